@@ -1,0 +1,63 @@
+# Haulmesh: the front door. `make run` brings the mesh up; `make test` runs every test.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+HAULMESH := $(VENV)/bin/haulmesh
+BUF_VERSION := 1.75.0
+BUF := .tools/node_modules/.bin/buf
+PROTOS := $(shell find protos -name '*.proto' 2>/dev/null)
+GENERATED := haulmesh/.generated
+
+.PHONY: help venv protos certs run demo status stop test lint-protos breaking tools clean distclean
+
+help: ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Haulmesh needs Python 3.11, found " + sys.version' 
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip==25.2
+	$(PY) -m pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
+	@touch $@
+
+venv: $(VENV)/.installed ## create the virtualenv and install the project
+
+$(GENERATED): $(VENV)/.installed $(PROTOS) scripts/protos/gen.sh
+	PYTHON=$(PY) bash scripts/protos/gen.sh
+	@touch $@
+
+protos: $(GENERATED) ## generate Python code (and type stubs) from protos/
+
+$(BUF):
+	@command -v npm >/dev/null || { echo "npm is needed to install buf (the proto linter): apt-get install npm"; exit 1; }
+	npm install --silent --no-save --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
+
+tools: $(BUF) ## install buf (proto lint and breaking-change checks)
+
+certs: $(VENV)/.installed ## dev CA and certificates for every service, the CLI and the demo truck (if missing)
+	$(HAULMESH) pki dev-bootstrap
+
+run: protos certs ## start the store and the whole mesh; Ctrl-C stops it
+	$(HAULMESH) run
+
+status: ## health of every service over mTLS (exit 0 only if all SERVING)
+	$(HAULMESH) status
+
+stop: ## stop a mesh started with `haulmesh run --detach`
+	$(HAULMESH) stop
+
+lint-protos: $(BUF) $(VENV)/.installed ## buf lint (STANDARD, offline)
+	PYTHON=$(PY) BUF=$(BUF) bash scripts/protos/lint.sh
+
+breaking: $(BUF) $(VENV)/.installed ## buf breaking (WIRE_JSON) against the last committed contract
+	PYTHON=$(PY) BUF=$(BUF) bash scripts/protos/breaking.sh
+
+test: protos lint-protos breaking ## every test: proto lint, unit, integration over real mTLS and a real store
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean: ## remove generated code and build output (keeps certificates and store data)
+	rm -rf haulmesh build .pytest_cache
+
+distclean: clean ## also remove the virtualenv, tools and local state (certificates, store data)
+	rm -rf $(VENV) .tools .haulmesh

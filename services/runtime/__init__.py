@@ -1,0 +1,70 @@
+"""The runtime every Haulmesh service stands on: config, identity, authorization, TLS, server, store.
+
+Services import from here only; the private modules behind it may change.
+"""
+
+from ._authz import AuthorizationInterceptor, Policy, caller
+from ._client import Channels, DeadlineInterceptor
+from ._config import DEFAULT_PORTS, MESH_SERVICES, ServiceConfig, TlsConfig, default_state_dir
+from ._errors import (
+    ERROR_DOMAIN,
+    AlreadyExists,
+    ConfigError,
+    FailedPrecondition,
+    FieldViolation,
+    HaulmeshError,
+    IdentityError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
+from ._identity import TRUST_DOMAIN, Identity, identity_from_pem
+from ._mesh import Mesh, check_health
+from ._server import Service, run_service
+from ._status import abort, status_of, to_rpc_status
+from ._store import EmbeddedStore, connect_async, redact_url, resolve_redis_url
+from ._tls import CertificateFiles, client_credentials, reloading_server_credentials
+
+__all__ = [
+    "ERROR_DOMAIN",
+    "TRUST_DOMAIN",
+    "DEFAULT_PORTS",
+    "MESH_SERVICES",
+    "AlreadyExists",
+    "AuthorizationInterceptor",
+    "CertificateFiles",
+    "Channels",
+    "ConfigError",
+    "DeadlineInterceptor",
+    "EmbeddedStore",
+    "FailedPrecondition",
+    "FieldViolation",
+    "HaulmeshError",
+    "Identity",
+    "IdentityError",
+    "InvalidArgument",
+    "Mesh",
+    "NotFound",
+    "PermissionDenied",
+    "Policy",
+    "Service",
+    "ServiceConfig",
+    "TlsConfig",
+    "Unauthenticated",
+    "Unavailable",
+    "abort",
+    "caller",
+    "check_health",
+    "client_credentials",
+    "connect_async",
+    "default_state_dir",
+    "identity_from_pem",
+    "redact_url",
+    "reloading_server_credentials",
+    "resolve_redis_url",
+    "run_service",
+    "status_of",
+    "to_rpc_status",
+]

@@ -1,0 +1,151 @@
+"""Per-method authorization on the peer's certificate identity, enforced before any handler runs.
+
+A policy maps full method names (``/haulmesh.tender.v1.TenderService/CreateTender``, or ``/<service>/*``
+for every method of a service) to the identities allowed to call them: ``service/gateway``,
+``vehicle/*`` (any vehicle) or ``*`` (any identity of the trust domain). A method the policy does not
+name is denied: a new RPC is closed until somebody decides who may call it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import logging
+from typing import Any, Awaitable, Callable, Iterable, Mapping
+
+import grpc
+
+from ._errors import HaulmeshError, IdentityError, PermissionDenied, Unauthenticated
+from ._identity import KINDS, Identity, identity_from_pem
+from ._status import abort
+
+__all__ = ["AuthorizationInterceptor", "Policy", "caller"]
+
+_log = logging.getLogger("haulmesh.authz")
+_caller: contextvars.ContextVar[Identity] = contextvars.ContextVar("haulmesh_caller")
+
+#: Rules every server gets: probes, ``haulmesh status`` and ``buf curl`` need health and reflection.
+BUILTIN_RULES: dict[str, tuple[str, ...]] = {
+    "/grpc.health.v1.Health/*": ("*",),
+    "/grpc.reflection.v1alpha.ServerReflection/*": ("*",),
+    "/grpc.reflection.v1.ServerReflection/*": ("*",),
+}
+
+
+def caller() -> Identity:
+    """The authenticated identity of the RPC being handled (set before the handler runs)."""
+    return _caller.get()
+
+
+class Policy:
+    """Who may call which method; anything not listed is denied."""
+
+    def __init__(self, rules: Mapping[str, Iterable[str]]) -> None:
+        self._rules: dict[str, frozenset[str]] = {}
+        for method, patterns in {**BUILTIN_RULES, **rules}.items():
+            if not method.startswith("/") or method.count("/") != 2:
+                raise ValueError(f"policy key {method!r} must be /<package.Service>/<Method> or /<service>/*")
+            pats = frozenset(patterns)
+            for pattern in pats:
+                kind, _, name = pattern.partition("/")
+                if pattern != "*" and (kind not in KINDS or not name):
+                    raise ValueError(f"policy pattern {pattern!r} must be '*', '<kind>/*' or '<kind>/<name>'")
+            self._rules[method] = pats
+
+    @property
+    def methods(self) -> frozenset[str]:
+        return frozenset(self._rules)
+
+    def allows(self, method: str, identity: Identity) -> bool:
+        patterns = self._rules.get(method)
+        if patterns is None:
+            patterns = self._rules.get(method.rsplit("/", 1)[0] + "/*", frozenset())
+        return (
+            "*" in patterns
+            or f"{identity.kind}/*" in patterns
+            or f"{identity.kind}/{identity.name}" in patterns
+        )
+
+
+def _peer_identity(context: grpc.aio.ServicerContext) -> Identity:
+    certs = context.auth_context().get("x509_pem_cert")
+    if not certs:
+        raise Unauthenticated("a client certificate is required", reason="CLIENT_CERTIFICATE_REQUIRED")
+    return identity_from_pem(certs[0])
+
+
+Behavior = Callable[..., Any]
+
+
+class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
+    """Authenticates the caller, applies the policy, and turns Haulmesh errors into rich statuses.
+
+    Handlers run only after the check passes; they read the caller with :func:`caller`.
+    """
+
+    def __init__(self, policy: Policy) -> None:
+        self._policy = policy
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary, method),
+                handler.request_deserializer, handler.response_serializer)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap_unary(handler.stream_unary, method),
+                handler.request_deserializer, handler.response_serializer)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream, method),
+                handler.request_deserializer, handler.response_serializer)
+        return grpc.stream_stream_rpc_method_handler(
+            self._wrap_stream(handler.stream_stream, method),
+            handler.request_deserializer, handler.response_serializer)
+
+    async def _authorize(self, context: grpc.aio.ServicerContext, method: str) -> None:
+        try:
+            identity = _peer_identity(context)
+        except IdentityError as exc:
+            _log.warning("rejected peer %s on %s: %s", context.peer(), method, exc)
+            await abort(context, exc)
+            return
+        if not self._policy.allows(method, identity):
+            _log.warning("denied %s on %s", identity, method)
+            await abort(context, PermissionDenied(f"{identity} may not call {method}",
+                                                  reason="METHOD_NOT_ALLOWED",
+                                                  metadata={"method": method, "caller": str(identity)}))
+        _caller.set(identity)
+
+    def _wrap_unary(self, inner: Behavior, method: str) -> Behavior:
+        async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await self._authorize(context, method)
+            try:
+                return await inner(request, context)
+            except HaulmeshError as exc:
+                await abort(context, exc)
+
+        return behavior
+
+    def _wrap_stream(self, inner: Behavior, method: str) -> Behavior:
+        if inspect.isasyncgenfunction(inner):
+            async def generator(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                await self._authorize(context, method)
+                try:
+                    async for response in inner(request, context):
+                        yield response
+                except HaulmeshError as exc:
+                    await abort(context, exc)
+
+            return generator
+
+        # Handlers that write with context.write() (the library's health Watch) stay coroutines.
+        return self._wrap_unary(inner, method)

@@ -1,0 +1,150 @@
+"""Typed configuration read from the environment, validated once at start-up.
+
+Every variable is documented in the README's configuration reference. Units are in the field names.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from ._errors import ConfigError
+
+__all__ = ["DEFAULT_PORTS", "MESH_SERVICES", "ServiceConfig", "TlsConfig", "default_state_dir"]
+
+#: Every process of the mesh, in start order, with its default gRPC port.
+DEFAULT_PORTS: dict[str, int] = {
+    "billing": 50054,
+    "mission": 50052,
+    "tender": 50051,
+    "telemetry": 50053,
+    "gateway": 50055,
+}
+MESH_SERVICES: tuple[str, ...] = tuple(DEFAULT_PORTS)
+DEFAULT_GATEWAY_HTTP_PORT = 8080
+
+
+def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where local state lives: certificates, the embedded store's data, logs."""
+    env = os.environ if env is None else env
+    return Path(env.get("HAULMESH_STATE_DIR", ".haulmesh")).resolve()
+
+
+def _float(env: Mapping[str, str], key: str, default: float, *, minimum: float = 0.0) -> float:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{key} must be a number, got {raw!r}", field=key) from None
+    if value < minimum:
+        raise ConfigError(f"{key} must be at least {minimum}, got {value}", field=key)
+    return value
+
+
+def _port(env: Mapping[str, str], key: str, default: int) -> int:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise ConfigError(f"{key} must be a TCP port 1-65535, got {raw!r}", field=key)
+    return int(raw)
+
+
+def _address(env: Mapping[str, str], key: str, default: str) -> str:
+    value = env.get(key) or default
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{key} must be host:port, got {value!r}", field=key)
+    return value
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """Where this workload's certificate, key and trust bundle live. Files are re-read when they change."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+    @classmethod
+    def for_workload(cls, stem: str, env: Mapping[str, str] | None = None) -> "TlsConfig":
+        """``HAULMESH_TLS_{CA,CERT,KEY}_FILE`` or ``<cert dir>/{ca,<stem>,<stem>-key}.pem``."""
+        env = os.environ if env is None else env
+        cert_dir = Path(env.get("HAULMESH_CERT_DIR") or default_state_dir(env) / "certs")
+        return cls(
+            ca_file=Path(env.get("HAULMESH_TLS_CA_FILE") or cert_dir / "ca.pem"),
+            cert_file=Path(env.get("HAULMESH_TLS_CERT_FILE") or cert_dir / f"{stem}.pem"),
+            key_file=Path(env.get("HAULMESH_TLS_KEY_FILE") or cert_dir / f"{stem}-key.pem"),
+        )
+
+    def check_readable(self) -> None:
+        """Fail start-up with the file that is missing, rather than with a TLS error on the first call."""
+        for name in ("ca_file", "cert_file", "key_file"):
+            path: Path = getattr(self, name)
+            if not path.is_file():
+                raise ConfigError(
+                    f"TLS {name.replace('_', ' ')} {path} does not exist (run 'haulmesh pki dev-bootstrap' "
+                    "or set HAULMESH_TLS_* / HAULMESH_CERT_DIR)",
+                    field=name,
+                )
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Everything one service process needs, read from the environment by :meth:`from_env`."""
+
+    service_name: str
+    listen_host: str
+    port: int
+    tls: TlsConfig
+    state_dir: Path
+    redis_url: str | None
+    #: host:port of every mesh service this one may call, by service name.
+    peer_addresses: dict[str, str] = field(default_factory=dict)
+    grace_period_seconds: float = 10.0
+    #: Time between health turning NOT_SERVING and the listener closing, so load balancers notice first.
+    shutdown_drain_seconds: float = 0.0
+    call_timeout_seconds: float = 5.0
+    max_message_bytes: int = 4 * 1024 * 1024
+    log_level: str = "INFO"
+    #: The gateway's HTTP listener (unused by other services).
+    http_port: int = DEFAULT_GATEWAY_HTTP_PORT
+
+    @classmethod
+    def from_env(cls, service_name: str, env: Mapping[str, str] | None = None) -> "ServiceConfig":
+        env = os.environ if env is None else env
+        if service_name not in DEFAULT_PORTS:
+            raise ConfigError(f"unknown service {service_name!r}; expected one of {', '.join(MESH_SERVICES)}")
+        peers = {
+            name: _address(env, f"HAULMESH_{name.upper()}_ADDR", f"127.0.0.1:{port}")
+            for name, port in DEFAULT_PORTS.items()
+        }
+        log_level = env.get("HAULMESH_LOG_LEVEL", "INFO").upper()
+        if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ConfigError(f"HAULMESH_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {log_level!r}",
+                              field="HAULMESH_LOG_LEVEL")
+        max_message_bytes = int(_float(env, "HAULMESH_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, minimum=1024))
+        return cls(
+            service_name=service_name,
+            listen_host=env.get("HAULMESH_LISTEN_HOST", "127.0.0.1"),
+            port=_port(env, "HAULMESH_PORT", DEFAULT_PORTS[service_name]),
+            tls=TlsConfig.for_workload(service_name, env),
+            state_dir=default_state_dir(env),
+            redis_url=env.get("REDIS_URL") or None,
+            peer_addresses=peers,
+            grace_period_seconds=_float(env, "HAULMESH_GRACE_PERIOD_SECONDS", 10.0),
+            shutdown_drain_seconds=_float(env, "HAULMESH_SHUTDOWN_DRAIN_SECONDS", 0.0),
+            call_timeout_seconds=_float(env, "HAULMESH_CALL_TIMEOUT_SECONDS", 5.0, minimum=0.001),
+            max_message_bytes=max_message_bytes,
+            log_level=log_level,
+            http_port=_port(env, "HAULMESH_HTTP_PORT", DEFAULT_GATEWAY_HTTP_PORT),
+        )
+
+    @property
+    def listen_address(self) -> str:
+        host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
+        return f"{host}:{self.port}"

@@ -1,0 +1,70 @@
+"""Workload identity: the single SPIFFE URI SAN of a peer's certificate."""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+
+from cryptography import x509
+
+from ._errors import IdentityError
+
+__all__ = ["TRUST_DOMAIN", "Identity", "identity_from_pem"]
+
+TRUST_DOMAIN = "haulmesh.local"
+
+#: The kinds of workload the mesh knows. Operators are people and tools (``haulmesh status``).
+KINDS = frozenset({"service", "vehicle", "operator"})
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A workload identity such as ``spiffe://haulmesh.local/vehicle/AU-TRK-1001``."""
+
+    kind: str
+    name: str
+
+    @property
+    def spiffe_id(self) -> str:
+        return f"spiffe://{TRUST_DOMAIN}/{self.kind}/{self.name}"
+
+    def __str__(self) -> str:
+        return self.spiffe_id
+
+    @classmethod
+    def parse(cls, uri: str) -> "Identity":
+        """Parse a SPIFFE ID of this trust domain; anything else raises :class:`IdentityError`."""
+        prefix = f"spiffe://{TRUST_DOMAIN}/"
+        if not uri.startswith(prefix):
+            raise IdentityError(f"identity {uri!r} is not in trust domain {TRUST_DOMAIN}")
+        parts = uri[len(prefix):].split("/")
+        if len(parts) != 2 or parts[0] not in KINDS or not _NAME.match(parts[1]):
+            raise IdentityError(
+                f"identity {uri!r} must be spiffe://{TRUST_DOMAIN}/<{'|'.join(sorted(KINDS))}>/<name>, "
+                "name 1-63 characters of letters, digits, '.', '_' or '-'"
+            )
+        return cls(parts[0], parts[1])
+
+
+@functools.lru_cache(maxsize=4096)
+def identity_from_pem(pem: bytes) -> Identity:
+    """The identity carried by a certificate: exactly one URI SAN, a SPIFFE ID of our trust domain.
+
+    Cached on the certificate bytes: a truck's stream and a service's calls present the same certificate
+    over and over, and parsing X.509 on every call would cost more than the call.
+    """
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError as exc:
+        raise IdentityError("peer certificate cannot be parsed") from exc
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound as exc:
+        raise IdentityError("peer certificate has no subject alternative names") from exc
+    uris = sans.get_values_for_type(x509.UniformResourceIdentifier)
+    if len(uris) != 1:
+        raise IdentityError(f"peer certificate must carry exactly one URI SAN, it carries {len(uris)}")
+    return Identity.parse(uris[0])

@@ -1,0 +1,178 @@
+"""Start, watch and stop the whole mesh on one machine: the store and every service as child processes.
+
+This is what ``haulmesh run`` (``make run``) and the integration tests use. In production each service is
+its own pod and Kubernetes supervises it; here a small asyncio supervisor is enough: start in order,
+wait for every health check to say SERVING, stop all of them when any one dies or on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ._config import DEFAULT_GATEWAY_HTTP_PORT, DEFAULT_PORTS, MESH_SERVICES, TlsConfig
+from ._store import EmbeddedStore, StoreInfo, redact_url
+from ._tls import CertificateFiles, client_credentials
+
+__all__ = ["Mesh", "check_health"]
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+async def check_health(address: str, credentials: grpc.ChannelCredentials, *, timeout_seconds: float = 2.0,
+                       service: str = "") -> str:
+    """The health status name of the server at ``address`` over mTLS, or why it could not be asked."""
+    async with grpc.aio.secure_channel(address, credentials) as channel:
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout_seconds)
+        except grpc.aio.AioRpcError as exc:
+            return f"{exc.code().name}: {exc.details()}"
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+@dataclass
+class _Child:
+    name: str
+    address: str
+    log_path: Path
+    process: asyncio.subprocess.Process | None = None
+
+
+@dataclass
+class Mesh:
+    """The mesh's processes for one state folder.
+
+    ``ports`` overrides the default gRPC port of any service (tests pass free ports); ``redis_url`` uses an
+    external store instead of starting the embedded one.
+    """
+
+    state_dir: Path
+    ports: dict[str, int] = field(default_factory=dict)
+    http_port: int = DEFAULT_GATEWAY_HTTP_PORT
+    redis_url: str | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+    grace_period_seconds: float = 10.0
+    children: dict[str, _Child] = field(default_factory=dict)
+    store: StoreInfo | None = None
+    _started_store: bool = False
+
+    def address(self, name: str) -> str:
+        return f"127.0.0.1:{self.ports.get(name, DEFAULT_PORTS[name])}"
+
+    @property
+    def cert_dir(self) -> Path:
+        return Path(self.extra_env.get("HAULMESH_CERT_DIR") or self.state_dir / "certs")
+
+    def _env(self, name: str, redis_url: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HAULMESH_")}
+        env.update({
+            "HAULMESH_STATE_DIR": str(self.state_dir),
+            "HAULMESH_CERT_DIR": str(self.cert_dir),
+            "HAULMESH_PORT": str(self.ports.get(name, DEFAULT_PORTS[name])),
+            "HAULMESH_HTTP_PORT": str(self.http_port),
+            "HAULMESH_GRACE_PERIOD_SECONDS": str(self.grace_period_seconds),
+            "REDIS_URL": redis_url,
+            "PYTHONUNBUFFERED": "1",
+        })
+        env.update({f"HAULMESH_{peer.upper()}_ADDR": self.address(peer) for peer in MESH_SERVICES})
+        env.update(self.extra_env)
+        return env
+
+    async def start(self, *, timeout_seconds: float = 60.0) -> float:
+        """Start the store and every service; returns seconds until all were SERVING."""
+        began = time.monotonic()
+        if self.redis_url:
+            redis_url = self.redis_url
+        else:
+            store = EmbeddedStore(self.state_dir / "store")
+            self._started_store = store.info() is None
+            self.store = await asyncio.to_thread(store.ensure_running)
+            redis_url = self.store.url
+        logs = self.state_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        for name in MESH_SERVICES:
+            child = _Child(name, self.address(name), logs / f"{name}.log")
+            with open(child.log_path, "ab") as log:
+                child.process = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", f"services.{name}",
+                    env=self._env(name, redis_url), stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log, stderr=log,
+                )
+            self.children[name] = child
+        await self.wait_serving(timeout_seconds=timeout_seconds - (time.monotonic() - began))
+        return time.monotonic() - began
+
+    def operator_credentials(self) -> grpc.ChannelCredentials:
+        return client_credentials(CertificateFiles(TlsConfig(
+            self.cert_dir / "ca.pem", self.cert_dir / "operator-cli.pem", self.cert_dir / "operator-cli-key.pem")))
+
+    async def status(self) -> dict[str, str]:
+        credentials = self.operator_credentials()
+        names = list(self.children) or list(MESH_SERVICES)
+        results = await asyncio.gather(*(check_health(self.address(n), credentials) for n in names))
+        return dict(zip(names, results))
+
+    async def wait_serving(self, *, timeout_seconds: float) -> None:
+        deadline = time.monotonic() + max(timeout_seconds, 1.0)
+        while True:
+            for child in self.children.values():
+                if child.process is not None and child.process.returncode is not None:
+                    raise RuntimeError(f"{child.name} exited with {child.process.returncode} at start-up; "
+                                       f"last lines of {child.log_path}:\n{_tail(child.log_path)}")
+            statuses = await self.status()
+            if all(s == "SERVING" for s in statuses.values()):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"mesh not SERVING after {timeout_seconds:.0f}s: {statuses}")
+            await asyncio.sleep(0.2)
+
+    async def wait_for_exit(self) -> _Child:
+        """Block until any child exits; returns it."""
+        waits = {asyncio.ensure_future(c.process.wait()): c for c in self.children.values() if c.process}
+        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in waits:
+            if task not in done:
+                task.cancel()
+        return waits[next(iter(done))]
+
+    async def stop(self, *, stop_store: bool | None = None) -> None:
+        """SIGTERM every service, wait out their grace, then stop the store if this mesh started it."""
+        for child in self.children.values():
+            if child.process is not None and child.process.returncode is None:
+                child.process.send_signal(signal.SIGTERM)
+        for child in self.children.values():
+            if child.process is None:
+                continue
+            try:
+                await asyncio.wait_for(child.process.wait(), self.grace_period_seconds + 5)
+            except asyncio.TimeoutError:
+                child.process.kill()
+                await child.process.wait()
+        if stop_store if stop_store is not None else self._started_store:
+            await asyncio.to_thread(EmbeddedStore(self.state_dir / "store").stop)
+
+    def describe(self) -> list[tuple[str, str]]:
+        """(what, where) rows for the terminal."""
+        rows = [(name, f"grpcs://{self.address(name)}") for name in MESH_SERVICES]
+        rows.append(("gateway (HTTP)", f"http://127.0.0.1:{self.http_port}"))
+        if self.store is not None:
+            rows.append(("store (embedded Valkey)", self.store.display_url))
+        elif self.redis_url:
+            rows.append(("store", redact_url(self.redis_url)))
+        return rows
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

@@ -1,0 +1,195 @@
+"""The grpc.aio server every Haulmesh service stands on.
+
+Start-up: typed config from the environment, mTLS with reloadable certificates, the authorization
+interceptor (default deny), the library's health service and reflection, a checked connection to the
+store. Shutdown on SIGTERM/SIGINT: health turns NOT_SERVING first, then the server stops accepting calls
+and gives those in flight ``grace_period_seconds`` to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any, Awaitable, Callable, TypeVar
+
+import grpc
+import redis.asyncio
+from google.protobuf.descriptor import ServiceDescriptor
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ._authz import AuthorizationInterceptor, Policy
+from ._client import Channels
+from ._config import ServiceConfig
+from ._errors import ConfigError, HaulmeshError
+from ._logging import configure_logging
+from ._store import connect_async, redact_url, resolve_redis_url
+from ._tls import CertificateFiles, reloading_server_credentials
+
+__all__ = ["Service", "run_service"]
+
+_log = logging.getLogger("haulmesh.server")
+StubT = TypeVar("StubT")
+
+
+class Service:
+    """One service process: its gRPC server, its store client, and its channels to other services."""
+
+    def __init__(self, config: ServiceConfig, policy: Policy) -> None:
+        self.config = config
+        self._policy = policy
+        self._files = CertificateFiles(config.tls)
+        self.server = grpc.aio.server(
+            interceptors=[AuthorizationInterceptor(policy)],
+            options=[
+                ("grpc.max_receive_message_length", config.max_message_bytes),
+                ("grpc.max_send_message_length", config.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        self.health = health.aio.HealthServicer()
+        self.channels = Channels(self._files, call_timeout_seconds=config.call_timeout_seconds,
+                                 max_message_bytes=config.max_message_bytes)
+        self._services: dict[str, ServiceDescriptor] = {}
+        self._redis: redis.asyncio.Redis | None = None
+        self._redis_url = resolve_redis_url(config.redis_url, config.state_dir)
+        self.bound_port = 0
+        self._stopping = asyncio.Event()
+        self._companions: list[tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]] = []
+        self._companion_tasks: list[asyncio.Task[None]] = []
+        #: Process exit status: non-zero when a companion task failed.
+        self.exit_code = 0
+
+    @property
+    def redis(self) -> redis.asyncio.Redis:
+        """The store client (connections are opened lazily and pooled)."""
+        if self._redis is None:
+            self._redis = connect_async(self._redis_url)
+        return self._redis
+
+    def add(self, add_to_server: Callable[[Any, grpc.aio.Server], None], servicer: Any,
+            descriptor: ServiceDescriptor) -> None:
+        """Register a servicer; ``descriptor`` names it for health, reflection and the policy check."""
+        add_to_server(servicer, self.server)
+        self._services[descriptor.full_name] = descriptor
+
+    def add_companion(self, run: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]) -> None:
+        """Something that runs beside the gRPC server (the gateway's HTTP listener, a consumer loop).
+
+        ``run`` starts after the server and a failure in it stops the process; ``stop`` is awaited after
+        health has turned NOT_SERVING and before the gRPC server stops.
+        """
+        self._companions.append((run, stop))
+
+    def stub(self, stub_class: Callable[[grpc.aio.Channel], StubT], peer: str) -> StubT:
+        """A client stub for the mesh service ``peer`` (current certificate, default deadline)."""
+        return stub_class(self.channels.channel(self.config.peer_addresses[peer]))
+
+    def _check_policy(self) -> None:
+        # A policy entry naming a method that does not exist is a typo that would silently deny (or, for a
+        # wildcard, silently allow too little): refuse to start instead.
+        known = {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
+                 "grpc.reflection.v1.ServerReflection"}
+        for method in self._policy.methods:
+            _, service, name = method.split("/")
+            if service in known:
+                continue
+            descriptor = self._services.get(service)
+            if descriptor is None:
+                raise ConfigError(f"policy names {method} but {service} is not served here")
+            if name != "*" and descriptor.methods_by_name.get(name) is None:
+                raise ConfigError(f"policy names {method} but {service} has no method {name}")
+
+    async def start(self) -> None:
+        self._check_policy()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = [*self._services, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        reflection.enable_server_reflection(names, self.server)
+        try:
+            self.bound_port = self.server.add_secure_port(self.config.listen_address,
+                                                          reloading_server_credentials(self._files))
+        except RuntimeError as exc:
+            raise ConfigError(f"cannot listen on {self.config.listen_address}: {exc}", field="HAULMESH_PORT") from exc
+        await self._wait_for_store()
+        await self.server.start()
+        for run, _ in self._companions:
+            task = asyncio.get_running_loop().create_task(run())
+            task.add_done_callback(self._companion_done)
+            self._companion_tasks.append(task)
+        for name in ["", *self._services]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        _log.info("%s serving on %s (store %s)", self.config.service_name,
+                  self.config.listen_address, redact_url(self._redis_url))
+
+    async def _wait_for_store(self, timeout_seconds: float = 30.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_seconds
+        while True:
+            try:
+                await self.redis.ping()
+                return
+            except redis.RedisError as exc:
+                if loop.time() >= deadline:
+                    raise ConfigError(f"store {redact_url(self._redis_url)} unreachable: {exc}",
+                                      field="REDIS_URL") from exc
+                await asyncio.sleep(0.25)
+
+    def _companion_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("companion task failed; stopping", exc_info=task.exception())
+            self.exit_code = 1
+        self.request_stop()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def stop(self) -> None:
+        """Health NOT_SERVING, drain, stop with grace, close clients."""
+        await self.health.enter_graceful_shutdown()
+        _log.info("shutting down: health NOT_SERVING, grace %.1fs", self.config.grace_period_seconds)
+        if self.config.shutdown_drain_seconds:
+            await asyncio.sleep(self.config.shutdown_drain_seconds)
+        await asyncio.gather(*(stop() for _, stop in self._companions), return_exceptions=True)
+        await self.server.stop(self.config.grace_period_seconds)
+        for task in self._companion_tasks:
+            task.cancel()
+        await self.channels.close()
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    async def run(self) -> None:
+        """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        await self.start()
+        await self._stopping.wait()
+        await self.stop()
+
+
+def run_service(service_name: str, policy: Policy,
+                register: Callable[[Service], Awaitable[None] | None]) -> None:
+    """Entry point of a service process: configure, register servicers, serve; exit 2 on bad config."""
+    try:
+        config = ServiceConfig.from_env(service_name)
+    except ConfigError as exc:
+        print(f"haulmesh-{service_name}: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_logging(service_name, config.log_level)
+
+    async def main() -> int:
+        service = Service(config, policy)
+        pending = register(service)
+        if pending is not None:
+            await pending
+        await service.run()
+        return service.exit_code
+
+    try:
+        code = asyncio.run(main())
+    except HaulmeshError as exc:
+        _log.error("%s cannot start: %s", service_name, exc)
+        raise SystemExit(2) from None
+    raise SystemExit(code)

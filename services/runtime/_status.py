@@ -1,0 +1,38 @@
+"""google.rpc.Status with ErrorInfo (and BadRequest) for every error a Haulmesh server returns."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from ._errors import ERROR_DOMAIN, HaulmeshError
+
+__all__ = ["abort", "status_of", "to_rpc_status"]
+
+
+def to_rpc_status(error: HaulmeshError) -> status_pb2.Status:
+    """The google.rpc.Status a client receives for ``error``: ErrorInfo always, BadRequest when fields are bad."""
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata))
+    details = [info]
+    if error.violations:
+        bad = any_pb2.Any()
+        bad.Pack(error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+            for v in error.violations
+        ]))
+        details.append(bad)
+    return status_pb2.Status(code=code_pb2.Code.Value(error.code_name), message=error.message, details=details)
+
+
+async def abort(context: grpc.aio.ServicerContext, error: HaulmeshError) -> None:
+    """End the RPC with ``error`` as a rich status (raises grpc.aio.AbortError)."""
+    status = rpc_status.to_status(to_rpc_status(error))
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def status_of(rpc_error: grpc.aio.AioRpcError | grpc.RpcError) -> status_pb2.Status | None:
+    """The rich status carried by a failed call, or None when the server sent only a code."""
+    return rpc_status.from_call(rpc_error)  # type: ignore[arg-type]

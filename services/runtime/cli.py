@@ -1,0 +1,220 @@
+"""``haulmesh``: the operator and developer command line.
+
+    haulmesh pki init | issue {service,vehicle,operator} NAME | dev-bootstrap
+    haulmesh run        start the store and every service; Ctrl-C stops them
+    haulmesh status     health of every service over mTLS; exit 0 only if all are SERVING
+    haulmesh store {start,stop,status}
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as _dt
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from cryptography import x509
+
+from . import pki
+from ._config import DEFAULT_GATEWAY_HTTP_PORT, DEFAULT_PORTS, MESH_SERVICES, default_state_dir
+from ._errors import HaulmeshError
+from ._mesh import Mesh
+from ._store import EmbeddedStore
+
+__all__ = ["main"]
+
+#: The demo truck every fresh clone gets a certificate for.
+DEMO_VEHICLE = "AU-TRK-1001"
+
+
+def _cert_dir(args: argparse.Namespace) -> Path:
+    return Path(args.cert_dir or os.environ.get("HAULMESH_CERT_DIR") or default_state_dir() / "certs").resolve()
+
+
+def _stem(kind: str, name: str) -> str:
+    return name if kind == "service" else f"{kind}-{name}"
+
+
+def _issue(directory: Path, kind: str, name: str, days: float) -> Path:
+    ca = pki.load_ca(directory)
+    identity = pki.identity_for(kind, name)
+    dns = (name, f"haulmesh-{name}", "localhost") if kind == "service" else ()
+    ips = ("127.0.0.1", "::1") if kind == "service" else ()
+    issued = pki.issue(ca, identity, valid_days=days, dns_names=dns, ip_addresses=ips)
+    cert_path, _ = pki.write_pem_files(directory, _stem(kind, name), issued, ca.certificate_pem)
+    return cert_path
+
+
+def _expires_within(path: Path, days: float) -> bool:
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError):
+        return True
+    return cert.not_valid_after_utc - _dt.datetime.now(_dt.timezone.utc) < _dt.timedelta(days=days)
+
+
+def cmd_pki(args: argparse.Namespace) -> int:
+    directory = _cert_dir(args)
+    if args.pki_command == "init":
+        pki.save_ca(directory, pki.create_ca(valid_days=args.days))
+        print(f"created CA in {directory} (ca.pem; ca-key.pem is secret: keep it out of version control)")
+    elif args.pki_command == "issue":
+        path = _issue(directory, args.kind, args.name, args.days)
+        print(f"issued {pki.identity_for(args.kind, args.name)} -> {path} (valid {args.days:g} days)")
+    elif args.pki_command == "dev-bootstrap":
+        if not (directory / "ca-key.pem").exists():
+            pki.save_ca(directory, pki.create_ca())
+            print(f"created dev CA in {directory}")
+        wanted = [("service", s) for s in MESH_SERVICES] + [("operator", "cli"), ("vehicle", DEMO_VEHICLE)]
+        for kind, name in wanted:
+            path = directory / f"{_stem(kind, name)}.pem"
+            if _expires_within(path, 7):
+                _issue(directory, kind, name, args.days)
+                print(f"issued {pki.identity_for(kind, name)}")
+    return 0
+
+
+async def _status(args: argparse.Namespace) -> int:
+    mesh = Mesh(default_state_dir(), ports=_ports_from_env(), extra_env={"HAULMESH_CERT_DIR": str(_cert_dir(args))})
+    statuses = await mesh.status()
+    width = max(map(len, statuses))
+    for name, status in statuses.items():
+        print(f"{name:<{width}}  {mesh.address(name):<21}  {status}")
+    serving = all(s == "SERVING" for s in statuses.values())
+    print("all services SERVING" if serving else "NOT all services are SERVING")
+    return 0 if serving else 1
+
+
+def _ports_from_env() -> dict[str, int]:
+    ports = {}
+    for name in MESH_SERVICES:
+        addr = os.environ.get(f"HAULMESH_{name.upper()}_ADDR")
+        ports[name] = int(addr.rsplit(":", 1)[1]) if addr else DEFAULT_PORTS[name]
+    return ports
+
+
+async def _run(args: argparse.Namespace) -> int:
+    mesh = Mesh(default_state_dir(), ports=_ports_from_env(),
+                http_port=int(os.environ.get("HAULMESH_HTTP_PORT", DEFAULT_GATEWAY_HTTP_PORT)),
+                redis_url=os.environ.get("REDIS_URL") or None,
+                extra_env={"HAULMESH_CERT_DIR": str(_cert_dir(args))})
+    began = time.monotonic()
+    print("starting the Haulmesh mesh ...", flush=True)
+    try:
+        await mesh.start(timeout_seconds=args.timeout)
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"start-up failed: {exc}", file=sys.stderr)
+        await mesh.stop()
+        return 1
+    rows = mesh.describe()
+    width = max(len(r[0]) for r in rows)
+    for what, where in rows:
+        print(f"  {what:<{width}}  {where}")
+    print(f"all services SERVING in {time.monotonic() - began:.1f}s; logs in {mesh.state_dir / 'logs'}")
+    if args.detach:
+        print("detached: stop with 'haulmesh stop'")
+        _write_pids(mesh)
+        return 0
+    print("Ctrl-C stops the mesh.", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    exited = asyncio.ensure_future(mesh.wait_for_exit())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if exited.done():
+        child = exited.result()
+        print(f"{child.name} exited with {child.process.returncode if child.process else '?'}; "
+              f"stopping the mesh (see {child.log_path})", file=sys.stderr)
+        code = 1
+    exited.cancel()
+    stopping.cancel()
+    print("stopping ...", flush=True)
+    await mesh.stop()
+    print("stopped.")
+    return code
+
+
+def _write_pids(mesh: Mesh) -> None:
+    pids = [str(c.process.pid) for c in mesh.children.values() if c.process]
+    (mesh.state_dir / "mesh.pids").write_text("\n".join(pids) + "\n")
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    path = default_state_dir() / "mesh.pids"
+    if path.exists():
+        for pid in path.read_text().split():
+            try:
+                os.kill(int(pid), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        path.unlink()
+    stopped = EmbeddedStore(default_state_dir() / "store").stop()
+    print("mesh stopped" + (" (and the embedded store)" if stopped else ""))
+    return 0
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    store = EmbeddedStore(default_state_dir() / "store")
+    if args.store_command == "start":
+        print(f"embedded store on {store.ensure_running().display_url}")
+    elif args.store_command == "stop":
+        print("stopped" if store.stop() else "not running")
+    else:
+        info = store.info()
+        print(f"running, pid {info.pid}, {info.display_url}" if info else "not running")
+        return 0 if info else 1
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="haulmesh", description="Haulmesh operator and developer CLI")
+    parser.add_argument("--cert-dir", help="certificate folder (default $HAULMESH_CERT_DIR or .haulmesh/certs)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pki", help="development PKI: CA, service, vehicle and operator certificates")
+    psub = p.add_subparsers(dest="pki_command", required=True)
+    init = psub.add_parser("init", help="create a dev CA")
+    init.add_argument("--days", type=float, default=3650)
+    issue = psub.add_parser("issue", help="issue a certificate with a SPIFFE identity")
+    issue.add_argument("kind", choices=["service", "vehicle", "operator"])
+    issue.add_argument("name", help="service name, vehicle id (e.g. AU-TRK-1001) or operator name")
+    issue.add_argument("--days", type=float, default=90, help="validity in days (default 90)")
+    boot = psub.add_parser("dev-bootstrap", help="CA and every certificate a local mesh needs, if missing")
+    boot.add_argument("--days", type=float, default=90)
+    p.set_defaults(func=cmd_pki)
+
+    r = sub.add_parser("run", help="start the store and every service, print where each listens")
+    r.add_argument("--timeout", type=float, default=90, help="seconds to wait for all services to be SERVING")
+    r.add_argument("--detach", action="store_true", help="leave the mesh running in the background")
+    r.set_defaults(func=lambda a: asyncio.run(_run(a)))
+
+    s = sub.add_parser("status", help="health of every service over mTLS; exit 0 only if all SERVING")
+    s.set_defaults(func=lambda a: asyncio.run(_status(a)))
+
+    st = sub.add_parser("stop", help="stop a mesh started with 'run --detach'")
+    st.set_defaults(func=cmd_stop)
+
+    store = sub.add_parser("store", help="the embedded store")
+    store.add_argument("store_command", choices=["start", "stop", "status"])
+    store.set_defaults(func=cmd_store)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except HaulmeshError as exc:
+        print(f"haulmesh: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""Development PKI: a CA, service certificates and vehicle certificates.
+
+Every certificate carries exactly one SPIFFE URI SAN, which is the identity the mesh authorizes on:
+``spiffe://haulmesh.local/service/<name>`` or ``spiffe://haulmesh.local/vehicle/<id>``. Keys are ECDSA
+P-256: it is what TPM 2.0 modules offer on the truck, and gRPC's TLS stack (BoringSSL) refuses Ed25519
+client certificates. Private keys are written 0600 and never leave the folder they are issued into.
+
+Production deployments take certificates from cert-manager or their own CA; this module exists so that a
+fresh clone has a working mesh and the tests can mint hostile certificates.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from ._errors import ConfigError
+from ._identity import TRUST_DOMAIN, Identity
+
+__all__ = [
+    "CertificateAuthority",
+    "IssuedCertificate",
+    "create_ca",
+    "identity_for",
+    "issue",
+    "load_ca",
+    "save_ca",
+    "write_pem_files",
+]
+
+_CA_CERT = "ca.pem"
+_CA_KEY = "ca-key.pem"
+
+
+@dataclass(frozen=True)
+class CertificateAuthority:
+    """A CA certificate with its signing key."""
+
+    certificate: x509.Certificate
+    private_key: ec.EllipticCurvePrivateKey
+
+    @property
+    def certificate_pem(self) -> bytes:
+        return self.certificate.public_bytes(serialization.Encoding.PEM)
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    """A leaf certificate, its key, and the chain a peer needs to verify it."""
+
+    certificate: x509.Certificate
+    private_key: ec.EllipticCurvePrivateKey
+
+    @property
+    def certificate_pem(self) -> bytes:
+        return self.certificate.public_bytes(serialization.Encoding.PEM)
+
+    @property
+    def private_key_pem(self) -> bytes:
+        return self.private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+
+def _now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
+def create_ca(common_name: str = "Haulmesh Dev CA", *, valid_days: int = 3650) -> CertificateAuthority:
+    """Create a self-signed CA that may sign leaf certificates only (path length 0)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Haulmesh"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _dt.timedelta(minutes=5))
+        .not_valid_after(now + _dt.timedelta(days=valid_days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                          content_commitment=False, key_encipherment=False, data_encipherment=False,
+                          key_agreement=False, encipher_only=False, decipher_only=False),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return CertificateAuthority(cert, key)
+
+
+def issue(
+    ca: CertificateAuthority,
+    identities: list[Identity] | Identity,
+    *,
+    valid_days: float = 90,
+    dns_names: tuple[str, ...] = (),
+    ip_addresses: tuple[str, ...] = (),
+) -> IssuedCertificate:
+    """Issue a leaf certificate for client and server use.
+
+    ``identities`` normally holds exactly one identity; passing several exists only so the tests can prove
+    that a certificate with two URI SANs is refused by the mesh.
+    """
+    ids = [identities] if isinstance(identities, Identity) else list(identities)
+    if valid_days <= 0:
+        raise ConfigError("certificate lifetime must be positive", field="valid_days")
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = _now()
+    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(i.spiffe_id) for i in ids]
+    sans += [x509.DNSName(d) for d in dns_names]
+    sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
+    common_name = ids[0].name if ids else "anonymous"
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Haulmesh"),
+                                 x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64])]))
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _dt.timedelta(minutes=5))
+        .not_valid_after(now + _dt.timedelta(days=valid_days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(digital_signature=True, key_cert_sign=False, crl_sign=False,
+                          content_commitment=False, key_encipherment=False, data_encipherment=False,
+                          key_agreement=True, encipher_only=False, decipher_only=False),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                              ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=bool(ids) and not dns_names)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.private_key.public_key()),
+                       critical=False)
+        .sign(ca.private_key, hashes.SHA256())
+    )
+    return IssuedCertificate(cert, key)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    # Create with 0600 from the start: a key must never exist world-readable, not even for a moment.
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def _write_public(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_pem_files(directory: Path, stem: str, issued: IssuedCertificate, ca_pem: bytes) -> tuple[Path, Path]:
+    """Write ``<stem>.pem`` (leaf) and ``<stem>-key.pem``, replacing any previous pair atomically.
+
+    Returns (certificate path, key path). The key is written first so that a server reloading on the
+    certificate's change never pairs a new certificate with the old key.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}-key.pem"
+    _write_private(key_path, issued.private_key_pem)
+    _write_public(cert_path, issued.certificate_pem)
+    ca_path = directory / _CA_CERT
+    if not ca_path.exists():
+        _write_public(ca_path, ca_pem)
+    return cert_path, key_path
+
+
+def save_ca(directory: Path, ca: CertificateAuthority) -> None:
+    """Write the CA certificate and key; refuses to overwrite an existing CA."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if (directory / _CA_KEY).exists():
+        raise ConfigError(f"a CA already exists in {directory}; remove it first to start over", field="dir")
+    _write_private(directory / _CA_KEY, ca.private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    _write_public(directory / _CA_CERT, ca.certificate_pem)
+
+
+def load_ca(directory: Path) -> CertificateAuthority:
+    """Load the CA written by :func:`save_ca`."""
+    try:
+        cert = x509.load_pem_x509_certificate((directory / _CA_CERT).read_bytes())
+        key = serialization.load_pem_private_key((directory / _CA_KEY).read_bytes(), password=None)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"no CA in {directory}: run 'haulmesh pki init' first", field="dir") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"CA key in {directory} is not an EC key", field="dir")
+    return CertificateAuthority(cert, key)
+
+
+def identity_for(kind: str, name: str) -> Identity:
+    """Build and validate the identity a certificate will carry."""
+    return Identity.parse(f"spiffe://{TRUST_DOMAIN}/{kind}/{name}")

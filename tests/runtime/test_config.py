@@ -1,0 +1,45 @@
+"""Typed configuration from the environment: every wrong input gets a clear error naming the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.runtime import ConfigError, ServiceConfig
+
+
+def test_defaults(tmp_path: Path) -> None:
+    config = ServiceConfig.from_env("tender", {"HAULMESH_STATE_DIR": str(tmp_path)})
+    assert config.port == 50051
+    assert config.listen_address == "127.0.0.1:50051"
+    assert config.tls.cert_file == tmp_path / "certs" / "tender.pem"
+    assert config.redis_url is None
+    assert config.peer_addresses["billing"] == "127.0.0.1:50054"
+    assert config.grace_period_seconds == 10.0
+
+
+@pytest.mark.parametrize("env,field", [
+    ({"HAULMESH_PORT": "70000"}, "HAULMESH_PORT"),
+    ({"HAULMESH_PORT": "abc"}, "HAULMESH_PORT"),
+    ({"HAULMESH_GRACE_PERIOD_SECONDS": "soon"}, "HAULMESH_GRACE_PERIOD_SECONDS"),
+    ({"HAULMESH_CALL_TIMEOUT_SECONDS": "0"}, "HAULMESH_CALL_TIMEOUT_SECONDS"),
+    ({"HAULMESH_BILLING_ADDR": "nohost"}, "HAULMESH_BILLING_ADDR"),
+    ({"HAULMESH_LOG_LEVEL": "LOUD"}, "HAULMESH_LOG_LEVEL"),
+])
+def test_bad_values_name_the_variable(env: dict[str, str], field: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        ServiceConfig.from_env("tender", env)
+    assert caught.value.field == field
+    assert field in str(caught.value)
+
+
+def test_unknown_service() -> None:
+    with pytest.raises(ConfigError, match="unknown service"):
+        ServiceConfig.from_env("teleporter", {})
+
+
+def test_missing_certificate_is_named(tmp_path: Path) -> None:
+    config = ServiceConfig.from_env("tender", {"HAULMESH_STATE_DIR": str(tmp_path)})
+    with pytest.raises(ConfigError, match="ca.pem does not exist"):
+        config.tls.check_readable()
