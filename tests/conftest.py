@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from services.runtime import Identity, Mesh, pki
+from services.runtime import EmbeddedStore, Identity, Mesh, pki
 from services.runtime._store import free_port
 
 
@@ -46,6 +46,15 @@ def make_pki(directory: Path) -> Pki:
     ca = pki.create_ca()
     pki.save_ca(directory, ca)
     return Pki(directory, ca)
+
+
+@pytest.fixture(scope="session")
+def store_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A real embedded Valkey on a free port for tests that need a store but not the mesh."""
+    store = EmbeddedStore(tmp_path_factory.mktemp("store"))
+    info = store.ensure_running()
+    yield info.url
+    store.stop()
 
 
 @pytest.fixture(scope="session")

@@ -20,17 +20,23 @@ from ._errors import (
     Unauthenticated,
     Unavailable,
 )
+from ._index import TimeIndex
 from ._identity import TRUST_DOMAIN, Identity, identity_from_pem
 from ._mesh import Mesh, check_health
+from ._paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, decode_page, encode_page_token
 from ._server import Service, run_service
 from ._status import abort, status_of, to_rpc_status
 from ._store import EmbeddedStore, connect_async, redact_url, resolve_redis_url
+from ._tenant import CARRIER_METADATA_KEY, carrier
 from ._tls import CertificateFiles, client_credentials, reloading_server_credentials
 
 __all__ = [
+    "CARRIER_METADATA_KEY",
     "ERROR_DOMAIN",
     "TRUST_DOMAIN",
+    "DEFAULT_PAGE_SIZE",
     "DEFAULT_PORTS",
+    "MAX_PAGE_SIZE",
     "MESH_SERVICES",
     "AlreadyExists",
     "AuthorizationInterceptor",
@@ -47,19 +53,24 @@ __all__ = [
     "InvalidArgument",
     "Mesh",
     "NotFound",
+    "Page",
     "PermissionDenied",
     "Policy",
     "Service",
     "ServiceConfig",
+    "TimeIndex",
     "TlsConfig",
     "Unauthenticated",
     "Unavailable",
     "abort",
     "caller",
+    "carrier",
     "check_health",
     "client_credentials",
     "connect_async",
+    "decode_page",
     "default_state_dir",
+    "encode_page_token",
     "identity_from_pem",
     "redact_url",
     "reloading_server_credentials",
