@@ -20,10 +20,11 @@ from ._errors import (
     Unauthenticated,
     Unavailable,
 )
-from ._index import TimeIndex
+from ._index import Collection, TimeIndex
 from ._identity import TRUST_DOMAIN, Identity, identity_from_pem
 from ._mesh import Mesh, check_health
-from ._paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, decode_page, encode_page_token
+from ._names import SERVER_ID, parse_name
+from ._paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, decode_page, encode_page_token, list_page, next_page_token
 from ._server import Service, run_service
 from ._status import abort, status_of, to_rpc_status
 from ._store import EmbeddedStore, connect_async, redact_url, resolve_redis_url
@@ -38,10 +39,12 @@ __all__ = [
     "DEFAULT_PORTS",
     "MAX_PAGE_SIZE",
     "MESH_SERVICES",
+    "SERVER_ID",
     "AlreadyExists",
     "AuthorizationInterceptor",
     "CertificateFiles",
     "Channels",
+    "Collection",
     "ConfigError",
     "DeadlineInterceptor",
     "EmbeddedStore",
@@ -71,6 +74,9 @@ __all__ = [
     "decode_page",
     "default_state_dir",
     "encode_page_token",
+    "list_page",
+    "next_page_token",
+    "parse_name",
     "identity_from_pem",
     "redact_url",
     "reloading_server_credentials",

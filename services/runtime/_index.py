@@ -6,11 +6,14 @@ time and an exclusive ``(cursor`` start keeps pages stable while new resources a
 
 from __future__ import annotations
 
+from typing import Generic, TypeVar
+
 import redis.asyncio
+from google.protobuf.message import Message
 
 from ._paging import Page
 
-__all__ = ["TimeIndex"]
+__all__ = ["Collection", "TimeIndex"]
 
 
 class TimeIndex:
@@ -42,3 +45,35 @@ class TimeIndex:
         members = members[: page.size]
         cursor = members[-1].decode() if more and members else ""
         return [self.resource_id(m) for m in members], cursor
+
+
+M = TypeVar("M", bound=Message)
+
+
+class Collection(Generic[M]):
+    """Protobuf resources stored one key each (``{prefix}:{id}``) with a :class:`TimeIndex` beside them.
+
+    ``prefix`` should end in a hash tag (``tender:{CARRIER-1}``) so the resources and their index share a
+    Redis Cluster slot and can commit together.
+    """
+
+    def __init__(self, client: redis.asyncio.Redis, message: type[M], *, prefix: str, index_key: str) -> None:
+        self._redis = client
+        self._message = message
+        self._prefix = prefix
+        self.index = TimeIndex(index_key)
+
+    def key(self, resource_id: str) -> str:
+        return f"{self._prefix}:{resource_id}"
+
+    async def get(self, resource_id: str) -> M | None:
+        raw = await self._redis.get(self.key(resource_id))
+        return None if raw is None else self._message.FromString(raw)
+
+    async def page(self, page: Page, *, newest_first: bool = True) -> tuple[list[M], str]:
+        """One page of resources and the cursor of the next page ("" on the last)."""
+        ids, cursor = await self.index.page(self._redis, page, newest_first=newest_first)
+        if not ids:
+            return [], cursor
+        raws = await self._redis.mget([self.key(i) for i in ids])
+        return [self._message.FromString(r) for r in raws if r is not None], cursor

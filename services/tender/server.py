@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 from haulmesh.tender.v1 import tender_service_pb2, tender_service_pb2_grpc
-from services.runtime import FieldViolation, InvalidArgument, NotFound, Policy, carrier, decode_page, encode_page_token
+from services.runtime import NotFound, Policy, carrier, list_page, next_page_token
 
 from .domain import parse_tender_name
 from .store import TenderStore
@@ -44,11 +44,7 @@ class TenderServicer(tender_service_pb2_grpc.TenderServiceServicer):
     async def ListTenders(self, request: tender_service_pb2.ListTendersRequest,
                           context: grpc.aio.ServicerContext):  # noqa: N802
         tenant = carrier(context)
-        if request.filter:
-            raise InvalidArgument("filter is not supported yet; list without it", reason="FILTER_UNSUPPORTED",
-                                  violations=[FieldViolation("filter", "not supported yet")])
-        query = f"{tenant}|{request.filter}"
-        page = decode_page(request.page_size, request.page_token, query)
+        page, query = list_page(request, f"tenders of {tenant}")
         tenders, cursor = await self._store.list(tenant, page)
-        return tender_service_pb2.ListTendersResponse(
-            tenders=tenders, next_page_token=encode_page_token(cursor, query) if cursor else "")
+        return tender_service_pb2.ListTendersResponse(tenders=tenders,
+                                                      next_page_token=next_page_token(cursor, query))

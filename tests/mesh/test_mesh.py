@@ -1,0 +1,188 @@
+"""The whole mesh as real processes on a real embedded store, every call over real mTLS."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from haulmesh.tender.v1 import tender_service_pb2, tender_service_pb2_grpc
+from services.runtime import MESH_SERVICES, Mesh
+from services.runtime._store import free_port
+
+from ..conftest import Pki
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: The gRPC services each process must serve, besides health and reflection.
+SERVED = {
+    "tender": "haulmesh.tender.v1.TenderService",
+    "mission": "haulmesh.mission.v1.MissionService",
+    "telemetry": "haulmesh.telemetry.v1.TelemetryService",
+    "billing": "haulmesh.billing.v1.BillingService",
+    "gateway": "haulmesh.gateway.v1.WebhookService",
+}
+
+
+async def test_every_service_reports_serving(mesh: Mesh, mesh_pki: Pki) -> None:
+    assert await mesh.status() == {name: "SERVING" for name in MESH_SERVICES}
+    credentials = mesh_pki.credentials("operator", "probe")
+    for name, service in SERVED.items():
+        async with grpc.aio.secure_channel(mesh.address(name), credentials) as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING, name
+
+
+async def test_reflection_lists_each_servers_services(mesh: Mesh, mesh_pki: Pki) -> None:
+    credentials = mesh_pki.credentials("vehicle", "AU-TRK-1001")
+    for name, service in SERVED.items():
+        async with grpc.aio.secure_channel(mesh.address(name), credentials) as channel:
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            call = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                                             timeout=5)
+            reply = await call.read()
+            call.cancel()
+        listed = {s.name for s in reply.list_services_response.service}
+        assert {service, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= listed, name
+
+
+async def test_truck_is_denied_on_tenders_and_gateway_is_allowed(mesh: Mesh, mesh_pki: Pki) -> None:
+    request = tender_service_pb2.ListTendersRequest()
+    metadata = (("x-haulmesh-carrier", "CARRIER-1"),)
+    async with grpc.aio.secure_channel(mesh.address("tender"),
+                                       mesh_pki.credentials("vehicle", "AU-TRK-1001")) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await tender_service_pb2_grpc.TenderServiceStub(channel).ListTenders(request, metadata=metadata,
+                                                                                 timeout=5)
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    async with grpc.aio.secure_channel(mesh.address("tender"),
+                                       mesh_pki.credentials("service", "gateway")) as channel:
+        reply = await tender_service_pb2_grpc.TenderServiceStub(channel).ListTenders(request, metadata=metadata,
+                                                                                     timeout=5)
+    assert list(reply.tenders) == [] and reply.next_page_token == ""
+
+
+def _buf() -> str:
+    buf = ROOT / ".tools" / "node_modules" / ".bin" / "buf"
+    if not buf.exists():
+        pytest.skip("buf is not installed (`make tools` installs it; `make test` does so first)")
+    return str(buf)
+
+
+async def test_buf_curl_through_reflection(mesh: Mesh, mesh_pki: Pki) -> None:
+    """A real reflection-driven client: the truck's certificate is denied, the gateway's allowed."""
+    certs = mesh_pki.directory
+    url = f"https://{mesh.address('tender')}/haulmesh.tender.v1.TenderService/ListTenders"
+
+    def curl(stem: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [_buf(), "curl", "--protocol", "grpc", "--reflect", "--cacert", str(certs / "ca.pem"),
+             "--cert", str(certs / f"{stem}.pem"), "--key", str(certs / f"{stem}-key.pem"),
+             "-H", "x-haulmesh-carrier: CARRIER-1", "-d", "{}", url],
+            capture_output=True, text=True, timeout=60)
+
+    denied = await asyncio.to_thread(curl, "vehicle-AU-TRK-1001")
+    assert denied.returncode != 0
+    assert json.loads(denied.stderr)["code"] == "permission_denied", denied.stderr
+    allowed = await asyncio.to_thread(curl, "gateway")
+    assert allowed.returncode == 0, allowed.stderr
+    assert json.loads(allowed.stdout or "{}") == {}
+
+
+def _cli_env(mesh: Mesh, **overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HAULMESH_")}
+    env.update({f"HAULMESH_{n.upper()}_ADDR": mesh.address(n) for n in MESH_SERVICES})
+    env["HAULMESH_CERT_DIR"] = str(mesh.cert_dir)
+    env["HAULMESH_STATE_DIR"] = str(mesh.state_dir)
+    env.update(overrides)
+    return env
+
+
+async def test_status_command_exit_codes(mesh: Mesh) -> None:
+    haulmesh = [sys.executable, "-m", "services.runtime.cli", "status"]
+    ok = await asyncio.to_thread(subprocess.run, haulmesh, env=_cli_env(mesh), capture_output=True, text=True,
+                                 timeout=60)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.count("SERVING") >= len(MESH_SERVICES)
+    down = await asyncio.to_thread(subprocess.run, haulmesh,
+                                   env=_cli_env(mesh, HAULMESH_BILLING_ADDR=f"127.0.0.1:{free_port()}"),
+                                   capture_output=True, text=True, timeout=60)
+    assert down.returncode == 1
+    assert "NOT all services are SERVING" in down.stdout
+
+
+async def test_gateway_http_probes(mesh: Mesh) -> None:
+    def get(path: str) -> tuple[int, dict]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{mesh.http_port}{path}", timeout=5) as reply:
+            return reply.status, json.loads(reply.read())
+
+    assert await asyncio.to_thread(get, "/healthz") == (200, {"status": "ok"})
+    assert await asyncio.to_thread(get, "/readyz") == (200, {"status": "ready"})
+
+
+async def test_edge_client_connects_as_its_truck(mesh: Mesh) -> None:
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "edge_client", "--cert-dir", str(mesh.cert_dir), "--target", mesh.address("telemetry"),
+         "check", "--vehicle", "AU-TRK-1001"],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "SERVING (as vehicle AU-TRK-1001)" in result.stdout
+
+
+def test_edge_client_depends_on_contracts_only() -> None:
+    for path in (ROOT / "edge_client").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            for name in names:
+                assert not name.startswith("services"), f"{path} imports {name}"
+
+
+async def test_sigterm_turns_health_not_serving_before_the_server_stops(mesh: Mesh, mesh_pki: Pki) -> None:
+    port = free_port()
+    env = _cli_env(mesh, HAULMESH_PORT=str(port), HAULMESH_GRACE_PERIOD_SECONDS="2",
+                   HAULMESH_SHUTDOWN_DRAIN_SECONDS="0.5",
+                   REDIS_URL=mesh.store.url if mesh.store else mesh.redis_url or "")
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.tender", env=env,
+                                                   stderr=asyncio.subprocess.PIPE)
+    address = f"127.0.0.1:{port}"
+    try:
+        async with grpc.aio.secure_channel(address, mesh_pki.credentials("operator", "probe")) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            for _ in range(200):
+                try:
+                    await stub.Check(health_pb2.HealthCheckRequest(), timeout=1, wait_for_ready=True)
+                    break
+                except grpc.aio.AioRpcError:
+                    await asyncio.sleep(0.1)
+            watch = stub.Watch(health_pb2.HealthCheckRequest(), timeout=30)
+            first = await watch.read()
+            assert first.status == health_pb2.HealthCheckResponse.SERVING
+            process.send_signal(signal.SIGTERM)
+            second = await watch.read()
+            assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            # While draining, the server still answers: NOT_SERVING came before the stop.
+            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert await asyncio.wait_for(process.wait(), 15) == 0
+        log = (await process.stderr.read()).decode()
+        assert "health NOT_SERVING" in log
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
