@@ -9,7 +9,7 @@ BUF := .tools/node_modules/.bin/buf
 PROTOS := $(shell find protos -name '*.proto' 2>/dev/null)
 GENERATED := haulmesh/.generated
 
-.PHONY: help venv protos certs run demo status stop test lint-protos breaking tools clean distclean
+.PHONY: help venv protos certs run status stop test lint lint-protos breaking tools clean distclean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -53,7 +53,10 @@ lint-protos: $(BUF) $(VENV)/.installed ## buf lint (STANDARD, offline)
 breaking: $(BUF) $(VENV)/.installed ## buf breaking (WIRE_JSON) against the last committed contract
 	PYTHON=$(PY) BUF=$(BUF) bash scripts/protos/breaking.sh
 
-test: protos lint-protos breaking ## every test: proto lint, unit, integration over real mTLS and a real store
+lint: lint-protos $(VENV)/.installed ## ruff on the Python code, buf lint on the protos
+	$(VENV)/bin/ruff check .
+
+test: protos lint breaking ## every test: lint, proto breaking check, unit, integration over real mTLS and a real store
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean: ## remove generated code and build output (keeps certificates and store data)

@@ -38,7 +38,7 @@ class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
         self._store = store
 
     async def GetInvoice(self, request: billing_service_pb2.GetInvoiceRequest,
-                         context: grpc.aio.ServicerContext):  # noqa: N802 (gRPC method name)
+                         context: grpc.aio.ServicerContext):
         invoice = await self._store.get_invoice(carrier(context), parse_invoice_name(request.name))
         if invoice is None:
             raise NotFound(f"{request.name} does not exist", reason="INVOICE_NOT_FOUND",
@@ -46,7 +46,7 @@ class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
         return invoice
 
     async def ListInvoices(self, request: billing_service_pb2.ListInvoicesRequest,
-                           context: grpc.aio.ServicerContext):  # noqa: N802
+                           context: grpc.aio.ServicerContext):
         tenant = carrier(context)
         page, query = list_page(request, f"invoices of {tenant}")
         invoices, cursor = await self._store.list_invoices(tenant, page)

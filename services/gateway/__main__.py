@@ -12,7 +12,7 @@ def register(service: Service) -> None:
     async def ready() -> bool:
         try:
             return bool(await service.redis.ping())
-        except Exception:  # noqa: BLE001 - any store failure means not ready
+        except Exception:
             return False
 
     listener = HttpListener(create_app(ready), service.config.listen_host, service.config.http_port)

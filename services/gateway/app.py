@@ -6,7 +6,8 @@ It holds no business rules: every request becomes a gRPC call to the service tha
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette

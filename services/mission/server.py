@@ -47,7 +47,7 @@ class MissionServicer(mission_service_pb2_grpc.MissionServiceServicer):
         self._store = store
 
     async def GetVehicle(self, request: mission_service_pb2.GetVehicleRequest,
-                         context: grpc.aio.ServicerContext):  # noqa: N802 (gRPC method name)
+                         context: grpc.aio.ServicerContext):
         vehicle = await self._store.get_vehicle(parse_vehicle_name(request.name))
         if vehicle is None:
             raise NotFound(f"{request.name} does not exist", reason="VEHICLE_NOT_FOUND",
@@ -55,7 +55,7 @@ class MissionServicer(mission_service_pb2_grpc.MissionServiceServicer):
         return vehicle
 
     async def ListVehicles(self, request: mission_service_pb2.ListVehiclesRequest,
-                           context: grpc.aio.ServicerContext):  # noqa: N802
+                           context: grpc.aio.ServicerContext):
         page, query = list_page(request, "vehicles")
         vehicles, cursor = await self._store.list_vehicles(page)
         return mission_service_pb2.ListVehiclesResponse(vehicles=vehicles,

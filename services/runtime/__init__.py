@@ -20,8 +20,8 @@ from ._errors import (
     Unauthenticated,
     Unavailable,
 )
-from ._index import Collection, TimeIndex
 from ._identity import TRUST_DOMAIN, Identity, identity_from_pem
+from ._index import Collection, TimeIndex
 from ._mesh import Mesh, check_health
 from ._names import SERVER_ID, parse_name
 from ._paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, decode_page, encode_page_token, list_page, next_page_token
@@ -33,13 +33,13 @@ from ._tls import CertificateFiles, client_credentials, reloading_server_credent
 
 __all__ = [
     "CARRIER_METADATA_KEY",
-    "ERROR_DOMAIN",
-    "TRUST_DOMAIN",
     "DEFAULT_PAGE_SIZE",
     "DEFAULT_PORTS",
+    "ERROR_DOMAIN",
     "MAX_PAGE_SIZE",
     "MESH_SERVICES",
     "SERVER_ID",
+    "TRUST_DOMAIN",
     "AlreadyExists",
     "AuthorizationInterceptor",
     "CertificateFiles",
@@ -74,10 +74,10 @@ __all__ = [
     "decode_page",
     "default_state_dir",
     "encode_page_token",
+    "identity_from_pem",
     "list_page",
     "next_page_token",
     "parse_name",
-    "identity_from_pem",
     "redact_url",
     "reloading_server_credentials",
     "resolve_redis_url",

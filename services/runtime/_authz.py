@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextvars
 import inspect
 import logging
-from typing import Any, Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
 
 import grpc
 

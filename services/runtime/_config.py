@@ -6,9 +6,9 @@ Every variable is documented in the README's configuration reference. Units are 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 from ._errors import ConfigError
 
@@ -71,7 +71,7 @@ class TlsConfig:
     key_file: Path
 
     @classmethod
-    def for_workload(cls, stem: str, env: Mapping[str, str] | None = None) -> "TlsConfig":
+    def for_workload(cls, stem: str, env: Mapping[str, str] | None = None) -> TlsConfig:
         """``HAULMESH_TLS_{CA,CERT,KEY}_FILE`` or ``<cert dir>/{ca,<stem>,<stem>-key}.pem``."""
         env = os.environ if env is None else env
         cert_dir = Path(env.get("HAULMESH_CERT_DIR") or default_state_dir(env) / "certs")
@@ -115,7 +115,7 @@ class ServiceConfig:
     http_port: int = DEFAULT_GATEWAY_HTTP_PORT
 
     @classmethod
-    def from_env(cls, service_name: str, env: Mapping[str, str] | None = None) -> "ServiceConfig":
+    def from_env(cls, service_name: str, env: Mapping[str, str] | None = None) -> ServiceConfig:
         env = os.environ if env is None else env
         if service_name not in DEFAULT_PORTS:
             raise ConfigError(f"unknown service {service_name!r}; expected one of {', '.join(MESH_SERVICES)}")

@@ -35,7 +35,7 @@ class Identity:
         return self.spiffe_id
 
     @classmethod
-    def parse(cls, uri: str) -> "Identity":
+    def parse(cls, uri: str) -> Identity:
         """Parse a SPIFFE ID of this trust domain; anything else raises :class:`IdentityError`."""
         prefix = f"spiffe://{TRUST_DOMAIN}/"
         if not uri.startswith(prefix):

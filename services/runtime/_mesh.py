@@ -101,7 +101,7 @@ class Mesh:
         logs.mkdir(parents=True, exist_ok=True)
         for name in MESH_SERVICES:
             child = _Child(name, self.address(name), logs / f"{name}.log")
-            with open(child.log_path, "ab") as log:
+            with open(child.log_path, "ab") as log:  # noqa: ASYNC230 - a local file, opened once at start
                 child.process = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", f"services.{name}",
                     env=self._env(name, redis_url), stdin=asyncio.subprocess.DEVNULL,
@@ -119,7 +119,7 @@ class Mesh:
         credentials = self.operator_credentials()
         names = list(self.children) or list(MESH_SERVICES)
         results = await asyncio.gather(*(check_health(self.address(n), credentials) for n in names))
-        return dict(zip(names, results))
+        return dict(zip(names, results, strict=True))
 
     async def wait_serving(self, *, timeout_seconds: float) -> None:
         deadline = time.monotonic() + max(timeout_seconds, 1.0)
@@ -154,7 +154,7 @@ class Mesh:
                 continue
             try:
                 await asyncio.wait_for(child.process.wait(), self.grace_period_seconds + 5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 child.process.kill()
                 await child.process.wait()
         if stop_store if stop_store is not None else self._started_store:

@@ -12,7 +12,8 @@ import asyncio
 import logging
 import signal
 import sys
-from typing import Any, Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 import redis.asyncio

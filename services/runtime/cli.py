@@ -54,7 +54,7 @@ def _expires_within(path: Path, days: float) -> bool:
         cert = x509.load_pem_x509_certificate(path.read_bytes())
     except (OSError, ValueError):
         return True
-    return cert.not_valid_after_utc - _dt.datetime.now(_dt.timezone.utc) < _dt.timedelta(days=days)
+    return cert.not_valid_after_utc - _dt.datetime.now(_dt.UTC) < _dt.timedelta(days=days)
 
 
 def cmd_pki(args: argparse.Namespace) -> int:

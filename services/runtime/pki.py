@@ -73,7 +73,7 @@ class IssuedCertificate:
 
 
 def _now() -> _dt.datetime:
-    return _dt.datetime.now(_dt.timezone.utc)
+    return _dt.datetime.now(_dt.UTC)
 
 
 def create_ca(common_name: str = "Haulmesh Dev CA", *, valid_days: int = 3650) -> CertificateAuthority:

@@ -33,7 +33,7 @@ class TenderServicer(tender_service_pb2_grpc.TenderServiceServicer):
         self._store = store
 
     async def GetTender(self, request: tender_service_pb2.GetTenderRequest,
-                        context: grpc.aio.ServicerContext):  # noqa: N802 (gRPC method name)
+                        context: grpc.aio.ServicerContext):
         tender_id = parse_tender_name(request.name)
         tender = await self._store.get(carrier(context), tender_id)
         if tender is None:
@@ -42,7 +42,7 @@ class TenderServicer(tender_service_pb2_grpc.TenderServiceServicer):
         return tender
 
     async def ListTenders(self, request: tender_service_pb2.ListTendersRequest,
-                          context: grpc.aio.ServicerContext):  # noqa: N802
+                          context: grpc.aio.ServicerContext):
         tenant = carrier(context)
         page, query = list_page(request, f"tenders of {tenant}")
         tenders, cursor = await self._store.list(tenant, page)

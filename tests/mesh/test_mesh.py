@@ -6,7 +6,6 @@ import ast
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys

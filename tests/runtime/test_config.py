@@ -41,5 +41,5 @@ def test_unknown_service() -> None:
 
 def test_missing_certificate_is_named(tmp_path: Path) -> None:
     config = ServiceConfig.from_env("tender", {"HAULMESH_STATE_DIR": str(tmp_path)})
-    with pytest.raises(ConfigError, match="ca.pem does not exist"):
+    with pytest.raises(ConfigError, match=r"ca\.pem does not exist"):
         config.tls.check_readable()

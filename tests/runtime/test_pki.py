@@ -26,7 +26,7 @@ def test_init_issue_and_expiry(tmp_path: Path) -> None:
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert sans.get_values_for_type(x509.UniformResourceIdentifier) == [
         "spiffe://haulmesh.local/vehicle/AU-TRK-2002"]
-    lifetime = cert.not_valid_after_utc - dt.datetime.now(dt.timezone.utc)
+    lifetime = cert.not_valid_after_utc - dt.datetime.now(dt.UTC)
     assert dt.timedelta(days=1.9) < lifetime < dt.timedelta(days=2.1)
     ca = _cert(tmp_path / "ca.pem")
     ca.public_key().verify(cert.signature, cert.tbs_certificate_bytes,

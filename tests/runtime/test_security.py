@@ -17,7 +17,6 @@ from google.rpc import error_details_pb2
 
 from haulmesh.tender.v1 import tender_service_pb2, tender_service_pb2_grpc
 from services.runtime import (
-    CARRIER_METADATA_KEY,
     ConfigError,
     Policy,
     Service,
@@ -38,11 +37,11 @@ class CountingTenders(tender_service_pb2_grpc.TenderServiceServicer):
     def __init__(self) -> None:
         self.calls = 0
 
-    async def ListTenders(self, request, context):  # noqa: N802
+    async def ListTenders(self, request, context):
         self.calls += 1
         return tender_service_pb2.ListTendersResponse()
 
-    async def DeclineTender(self, request, context):  # noqa: N802
+    async def DeclineTender(self, request, context):
         self.calls += 1
         raise AssertionError("never reached: the policy does not list DeclineTender")
 
