@@ -68,7 +68,6 @@ def decode_page(page_size: int, page_token: str, query: str) -> Page:
 class ListRequest(Protocol):
     page_size: int
     page_token: str
-    filter: str
 
 
 def list_page(request: ListRequest, scope: str) -> tuple[Page, str]:
@@ -78,7 +77,7 @@ def list_page(request: ListRequest, scope: str) -> tuple[Page, str]:
     replayed against another scope. A filter is refused rather than ignored: ignoring it would return
     results the caller did not ask for.
     """
-    if request.filter:
+    if getattr(request, "filter", ""):  # not every List request has a filter field
         raise InvalidArgument("filter is not supported on this list yet; list without it",
                               reason="FILTER_UNSUPPORTED",
                               violations=[FieldViolation("filter", "not supported yet")])

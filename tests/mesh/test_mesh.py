@@ -60,7 +60,7 @@ async def test_reflection_lists_each_servers_services(mesh: Mesh, mesh_pki: Pki)
 
 async def test_truck_is_denied_on_tenders_and_gateway_is_allowed(mesh: Mesh, mesh_pki: Pki) -> None:
     request = tender_service_pb2.ListTendersRequest()
-    metadata = (("x-haulmesh-carrier", "CARRIER-1"),)
+    metadata = (("haulmesh-carrier", "carriers/carrier-1"),)
     async with grpc.aio.secure_channel(mesh.address("tender"),
                                        mesh_pki.credentials("vehicle", "AU-TRK-1001")) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -90,7 +90,7 @@ async def test_buf_curl_through_reflection(mesh: Mesh, mesh_pki: Pki) -> None:
         return subprocess.run(
             [_buf(), "curl", "--protocol", "grpc", "--reflect", "--cacert", str(certs / "ca.pem"),
              "--cert", str(certs / f"{stem}.pem"), "--key", str(certs / f"{stem}-key.pem"),
-             "-H", "x-haulmesh-carrier: CARRIER-1", "-d", "{}", url],
+             "-H", "haulmesh-carrier: carriers/carrier-1", "-d", "{}", url],
             capture_output=True, text=True, timeout=60)
 
     denied = await asyncio.to_thread(curl, "vehicle-AU-TRK-1001")

@@ -30,7 +30,7 @@ from services.tender.server import POLICY
 
 from ..conftest import Pki, make_pki
 
-CARRIER = (("x-haulmesh-carrier", "CARRIER-1"),)
+CARRIER = (("haulmesh-carrier", "carriers/carrier-1"),)
 
 
 class CountingTenders(tender_service_pb2_grpc.TenderServiceServicer):
