@@ -14,11 +14,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from haulmesh.tender.v1 import tender_service_pb2, tender_service_pb2_grpc
-from services.runtime import MESH_SERVICES, Mesh
+from services.runtime import MESH_SERVICES, Mesh, status_of
 from services.runtime._store import free_port
 
 from ..conftest import Pki
@@ -72,6 +73,53 @@ async def test_truck_is_denied_on_tenders_and_gateway_is_allowed(mesh: Mesh, mes
         reply = await tender_service_pb2_grpc.TenderServiceStub(channel).ListTenders(request, metadata=metadata,
                                                                                      timeout=5)
     assert list(reply.tenders) == [] and reply.next_page_token == ""
+
+
+def _error(error: grpc.aio.AioRpcError) -> tuple[str, str, list[str]]:
+    """(code, ErrorInfo reason, BadRequest fields) of a rich error."""
+    status = status_of(error)
+    assert status is not None, "no google.rpc.Status in the error"
+    info, fields = error_details_pb2.ErrorInfo(), []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            detail.Unpack(info)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields += [v.field for v in bad.field_violations]
+    assert info.domain == "haulmesh.io"
+    return error.code().name, info.reason, fields
+
+
+@pytest.mark.parametrize("name,metadata,expected", [
+    ("tenders/does-not-exist", (("haulmesh-carrier", "carriers/carrier-1"),),
+     ("NOT_FOUND", "TENDER_NOT_FOUND", [])),
+    ("trucks/x", (("haulmesh-carrier", "carriers/carrier-1"),),
+     ("INVALID_ARGUMENT", "INVALID_RESOURCE_NAME", ["name"])),
+    ("tenders/x", (), ("INVALID_ARGUMENT", "TENANT_REQUIRED", [])),
+    ("tenders/x", (("haulmesh-carrier", "Carrier One"),), ("INVALID_ARGUMENT", "TENANT_REQUIRED", [])),
+])
+async def test_errors_are_rich_statuses(mesh: Mesh, mesh_pki: Pki, name: str, metadata: tuple,
+                                        expected: tuple) -> None:
+    async with grpc.aio.secure_channel(mesh.address("tender"), mesh_pki.credentials("service", "gateway")) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await tender_service_pb2_grpc.TenderServiceStub(ch).GetTender(
+                tender_service_pb2.GetTenderRequest(name=name), metadata=metadata, timeout=5)
+    assert _error(caught.value) == expected
+
+
+async def test_page_tokens_are_checked(mesh: Mesh, mesh_pki: Pki) -> None:
+    metadata = (("haulmesh-carrier", "carriers/carrier-1"),)
+    async with grpc.aio.secure_channel(mesh.address("tender"), mesh_pki.credentials("service", "gateway")) as ch:
+        stub = tender_service_pb2_grpc.TenderServiceStub(ch)
+        for request, reason in [
+            (tender_service_pb2.ListTendersRequest(page_token="garbage"), "INVALID_PAGE_TOKEN"),
+            (tender_service_pb2.ListTendersRequest(page_size=-1), "INVALID_PAGE_SIZE"),
+            (tender_service_pb2.ListTendersRequest(filter="state = OFFERED"), "FILTER_UNSUPPORTED"),
+        ]:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.ListTenders(request, metadata=metadata, timeout=5)
+            assert _error(caught.value)[:2] == ("INVALID_ARGUMENT", reason)
 
 
 def _buf() -> str:

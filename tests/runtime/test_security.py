@@ -15,8 +15,10 @@ import pytest
 from cryptography import x509
 from google.rpc import error_details_pb2
 
-from haulmesh.tender.v1 import tender_service_pb2, tender_service_pb2_grpc
+from haulmesh.tender.v1 import tender_pb2, tender_service_pb2, tender_service_pb2_grpc
 from services.runtime import (
+    CertificateFiles,
+    Channels,
     ConfigError,
     Policy,
     Service,
@@ -36,10 +38,17 @@ CARRIER = (("haulmesh-carrier", "carriers/carrier-1"),)
 class CountingTenders(tender_service_pb2_grpc.TenderServiceServicer):
     def __init__(self) -> None:
         self.calls = 0
+        self.peer_serials: list[int] = []
 
     async def ListTenders(self, request, context):
         self.calls += 1
+        pem = context.auth_context()["x509_pem_cert"][0]
+        self.peer_serials.append(x509.load_pem_x509_certificate(pem).serial_number)
         return tender_service_pb2.ListTendersResponse()
+
+    async def GetTender(self, request, context):
+        await asyncio.sleep(float(request.name.rsplit("/", 1)[1]))
+        return tender_pb2.Tender(name=request.name)
 
     async def DeclineTender(self, request, context):
         self.calls += 1
@@ -171,3 +180,44 @@ async def test_policy_naming_an_unknown_method_refuses_to_start(tmp_path: Path, 
                 tender_service_pb2.DESCRIPTOR.services_by_name["TenderService"])
     with pytest.raises(ConfigError, match="has no method CreateTendr"):
         await service.start()
+
+
+async def test_outgoing_calls_get_a_default_deadline(server, tmp_path: Path) -> None:
+    service, _, p, _ = server
+    issued = pki.issue(p.ca, pki.identity_for("service", "gateway"), valid_days=1)
+    cert, key = pki.write_pem_files(tmp_path / "client", "gateway", issued, p.ca.certificate_pem)
+    channels = Channels(CertificateFiles(TlsConfig(tmp_path / "client" / "ca.pem", cert, key)),
+                        call_timeout_seconds=0.2)
+    stub = tender_service_pb2_grpc.TenderServiceStub(channels.channel(f"127.0.0.1:{service.bound_port}"))
+    try:
+        assert (await stub.GetTender(tender_service_pb2.GetTenderRequest(name="tenders/0"), metadata=CARRIER)).name
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.GetTender(tender_service_pb2.GetTenderRequest(name="tenders/2"), metadata=CARRIER)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # An explicit deadline wins over the default.
+        reply = await stub.GetTender(tender_service_pb2.GetTenderRequest(name="tenders/0.5"), metadata=CARRIER,
+                                     timeout=5)
+        assert reply.name == "tenders/0.5"
+    finally:
+        await channels.close()
+
+
+async def test_client_presents_a_rotated_certificate_without_restart(server, tmp_path: Path) -> None:
+    service, servicer, p, _ = server
+    directory = tmp_path / "client"
+    first = pki.issue(p.ca, pki.identity_for("service", "gateway"), valid_days=1)
+    cert, key = pki.write_pem_files(directory, "gateway", first, p.ca.certificate_pem)
+    channels = Channels(CertificateFiles(TlsConfig(directory / "ca.pem", cert, key)), call_timeout_seconds=5,
+                        reload_check_interval_seconds=0.05)
+    target = f"127.0.0.1:{service.bound_port}"
+    try:
+        await tender_service_pb2_grpc.TenderServiceStub(channels.channel(target)).ListTenders(
+            tender_service_pb2.ListTendersRequest(), metadata=CARRIER)
+        second = pki.issue(p.ca, pki.identity_for("service", "gateway"), valid_days=1)
+        pki.write_pem_files(directory, "gateway", second, p.ca.certificate_pem)
+        await asyncio.sleep(0.1)
+        await tender_service_pb2_grpc.TenderServiceStub(channels.channel(target)).ListTenders(
+            tender_service_pb2.ListTendersRequest(), metadata=CARRIER)
+    finally:
+        await channels.close()
+    assert servicer.peer_serials == [first.certificate.serial_number, second.certificate.serial_number]
