@@ -3,7 +3,9 @@
 Services import from here only; the private modules behind it may change.
 """
 
-from ._authz import AuthorizationInterceptor, Policy, caller
+from ._audit import AuditLog, AuditReport
+from ._audit import verify as verify_audit_log
+from ._authz import AuthorizationInterceptor, Policy
 from ._client import Channels, DeadlineInterceptor
 from ._config import DEFAULT_PORTS, MESH_SERVICES, ServiceConfig, TlsConfig, default_state_dir
 from ._errors import (
@@ -20,8 +22,20 @@ from ._errors import (
     Unauthenticated,
     Unavailable,
 )
-from ._identity import TRUST_DOMAIN, Identity, identity_from_pem
+from ._events import (
+    DeadLetter,
+    EventConsumer,
+    add_event,
+    dead_letters,
+    event_stream_key,
+    new_event,
+    replay_dead_letters,
+    transact,
+)
+from ._idempotency import Idempotency
+from ._identity import TRUST_DOMAIN, Identity, caller, identity_from_pem
 from ._index import Collection, TimeIndex
+from ._keys import FLEET, carrier_metadata, new_id, tenant_key
 from ._mesh import Mesh, check_health
 from ._names import SERVER_ID, parse_name
 from ._paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, decode_page, encode_page_token, list_page, next_page_token
@@ -36,21 +50,27 @@ __all__ = [
     "DEFAULT_PAGE_SIZE",
     "DEFAULT_PORTS",
     "ERROR_DOMAIN",
+    "FLEET",
     "MAX_PAGE_SIZE",
     "MESH_SERVICES",
     "SERVER_ID",
     "TRUST_DOMAIN",
     "AlreadyExists",
+    "AuditLog",
+    "AuditReport",
     "AuthorizationInterceptor",
     "CertificateFiles",
     "Channels",
     "Collection",
     "ConfigError",
+    "DeadLetter",
     "DeadlineInterceptor",
     "EmbeddedStore",
+    "EventConsumer",
     "FailedPrecondition",
     "FieldViolation",
     "HaulmeshError",
+    "Idempotency",
     "Identity",
     "IdentityError",
     "InvalidArgument",
@@ -66,22 +86,32 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "abort",
+    "add_event",
     "caller",
     "carrier",
+    "carrier_metadata",
     "check_health",
     "client_credentials",
     "connect_async",
+    "dead_letters",
     "decode_page",
     "default_state_dir",
     "encode_page_token",
+    "event_stream_key",
     "identity_from_pem",
     "list_page",
+    "new_event",
+    "new_id",
     "next_page_token",
     "parse_name",
     "redact_url",
     "reloading_server_credentials",
+    "replay_dead_letters",
     "resolve_redis_url",
     "run_service",
     "status_of",
+    "tenant_key",
     "to_rpc_status",
+    "transact",
+    "verify_audit_log",
 ]

@@ -8,7 +8,6 @@ name is denied: a new RPC is closed until somebody decides who may call it.
 
 from __future__ import annotations
 
-import contextvars
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -16,14 +15,15 @@ from typing import Any
 
 import grpc
 
+from ._audit import AuditLog
 from ._errors import HaulmeshError, IdentityError, PermissionDenied, Unauthenticated
-from ._identity import KINDS, Identity, identity_from_pem
+from ._identity import _CALLER, KINDS, Identity, caller, identity_from_pem
 from ._status import abort
+from ._tenant import CARRIER_METADATA_KEY
 
 __all__ = ["AuthorizationInterceptor", "Policy", "caller"]
 
 _log = logging.getLogger("haulmesh.authz")
-_caller: contextvars.ContextVar[Identity] = contextvars.ContextVar("haulmesh_caller")
 
 #: Rules every server gets: probes, ``haulmesh status`` and ``buf curl`` need health and reflection.
 BUILTIN_RULES: dict[str, tuple[str, ...]] = {
@@ -31,11 +31,6 @@ BUILTIN_RULES: dict[str, tuple[str, ...]] = {
     "/grpc.reflection.v1alpha.ServerReflection/*": ("*",),
     "/grpc.reflection.v1.ServerReflection/*": ("*",),
 }
-
-
-def caller() -> Identity:
-    """The authenticated identity of the RPC being handled (set before the handler runs)."""
-    return _caller.get()
 
 
 class Policy:
@@ -68,6 +63,14 @@ class Policy:
         )
 
 
+_READ_PREFIXES = ("Get", "List", "Watch", "Check", "Batch", "Search", "ServerReflectionInfo")
+
+
+def _is_mutating(method: str) -> bool:
+    """Whether a unary method changes state (AIP naming: reads are Get/List/Watch/...)."""
+    return not method.rsplit("/", 1)[1].startswith(_READ_PREFIXES)
+
+
 def _peer_identity(context: grpc.aio.ServicerContext) -> Identity:
     certs = context.auth_context().get("x509_pem_cert")
     if not certs:
@@ -84,8 +87,9 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
     Handlers run only after the check passes; they read the caller with :func:`caller`.
     """
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, audit: AuditLog | None = None) -> None:
         self._policy = policy
+        self._audit = audit
 
     async def intercept_service(
         self,
@@ -124,17 +128,32 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
             await abort(context, PermissionDenied(f"{identity} may not call {method}",
                                                   reason="METHOD_NOT_ALLOWED",
                                                   metadata={"method": method, "caller": str(identity)}))
-        _caller.set(identity)
+        _CALLER.set(identity)
 
     def _wrap_unary(self, inner: Behavior, method: str) -> Behavior:
+        audited = self._audit is not None and _is_mutating(method)
+
         async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
             await self._authorize(context, method)
             try:
-                return await inner(request, context)
+                response = await inner(request, context)
             except HaulmeshError as exc:
                 await abort(context, exc)
+                return None
+            if audited:
+                await self._record(method, context, request, response)
+            return response
 
         return behavior
+
+    async def _record(self, method: str, context: grpc.aio.ServicerContext, request: Any, response: Any) -> None:
+        carriers = [v for k, v in (context.invocation_metadata() or ()) if k == CARRIER_METADATA_KEY]
+        resource = getattr(response, "name", "") or getattr(request, "name", "")
+        try:
+            await self._audit.append(actor=str(caller()), method=method, carrier=str(carriers[0]) if carriers else "",
+                                     resource=str(resource))
+        except Exception:  # the change is committed; a lost audit entry is logged loudly, not turned into an error
+            _log.exception("AUDIT: could not record %s by %s on %s", method, caller(), resource)
 
     def _wrap_stream(self, inner: Behavior, method: str) -> Behavior:
         if inspect.isasyncgenfunction(inner):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import re
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from cryptography import x509
 
 from ._errors import IdentityError
 
-__all__ = ["TRUST_DOMAIN", "Identity", "identity_from_pem"]
+__all__ = ["TRUST_DOMAIN", "Identity", "caller", "identity_from_pem"]
 
 TRUST_DOMAIN = "haulmesh.local"
 
@@ -68,3 +69,11 @@ def identity_from_pem(pem: bytes) -> Identity:
     if len(uris) != 1:
         raise IdentityError(f"peer certificate must carry exactly one URI SAN, it carries {len(uris)}")
     return Identity.parse(uris[0])
+
+
+_CALLER: contextvars.ContextVar[Identity] = contextvars.ContextVar("haulmesh_caller")
+
+
+def caller() -> Identity:
+    """The authenticated identity of the RPC being handled (set before the handler runs)."""
+    return _CALLER.get()

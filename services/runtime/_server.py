@@ -21,10 +21,12 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from ._audit import AuditLog
 from ._authz import AuthorizationInterceptor, Policy
 from ._client import Channels
 from ._config import ServiceConfig
 from ._errors import ConfigError, HaulmeshError
+from ._events import EventConsumer, Handler
 from ._logging import configure_logging
 from ._store import connect_async, redact_url, resolve_redis_url
 from ._tls import CertificateFiles, reloading_server_credentials
@@ -42,8 +44,10 @@ class Service:
         self.config = config
         self._policy = policy
         self._files = CertificateFiles(config.tls)
+        self._redis_url = resolve_redis_url(config.redis_url, config.state_dir)
+        self._redis: redis.asyncio.Redis | None = None
         self.server = grpc.aio.server(
-            interceptors=[AuthorizationInterceptor(policy)],
+            interceptors=[AuthorizationInterceptor(policy, AuditLog(self.redis))],
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
@@ -54,8 +58,6 @@ class Service:
         self.channels = Channels(self._files, call_timeout_seconds=config.call_timeout_seconds,
                                  max_message_bytes=config.max_message_bytes)
         self._services: dict[str, ServiceDescriptor] = {}
-        self._redis: redis.asyncio.Redis | None = None
-        self._redis_url = resolve_redis_url(config.redis_url, config.state_dir)
         self.bound_port = 0
         self._stopping = asyncio.Event()
         self._companions: list[tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]] = []
@@ -83,6 +85,13 @@ class Service:
         health has turned NOT_SERVING and before the gRPC server stops.
         """
         self._companions.append((run, stop))
+
+    def add_consumer(self, group: str, handler: Handler, *, types: set[str] | None = None,
+                     **options: Any) -> EventConsumer:
+        """Consume every event stream in consumer ``group`` while the service runs (see EventConsumer)."""
+        consumer = EventConsumer(self.redis, group=group, handler=handler, types=types, **options)
+        self.add_companion(consumer.run, consumer.stop)
+        return consumer
 
     def stub(self, stub_class: Callable[[grpc.aio.Channel], StubT], peer: str) -> StubT:
         """A client stub for the mesh service ``peer`` (current certificate, default deadline)."""

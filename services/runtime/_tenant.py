@@ -12,8 +12,8 @@ import re
 
 import grpc
 
-from ._authz import caller
 from ._errors import InvalidArgument, PermissionDenied
+from ._identity import caller
 
 __all__ = ["CARRIER_METADATA_KEY", "carrier"]
 

@@ -4,6 +4,9 @@
     haulmesh run        start the store and every service; Ctrl-C stops them
     haulmesh status     health of every service over mTLS; exit 0 only if all are SERVING
     haulmesh store {start,stop,status}
+    haulmesh audit verify               check the audit log's hash chain; exit 1 if tampered
+    haulmesh events dlq list|replay --group G [ENTRY ...]
+    haulmesh token mint ...             dev OAuth2 access tokens the gateway trusts
 """
 
 from __future__ import annotations
@@ -17,13 +20,16 @@ import sys
 import time
 from pathlib import Path
 
+import redis
 from cryptography import x509
 
 from . import pki
+from ._audit import verify as verify_audit_log
 from ._config import DEFAULT_GATEWAY_HTTP_PORT, DEFAULT_PORTS, MESH_SERVICES, default_state_dir
 from ._errors import HaulmeshError
+from ._events import dead_letters, replay_dead_letters
 from ._mesh import Mesh
-from ._store import EmbeddedStore
+from ._store import EmbeddedStore, connect_async, resolve_redis_url
 
 __all__ = ["main"]
 
@@ -173,6 +179,45 @@ def cmd_store(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store_url() -> str:
+    return resolve_redis_url(os.environ.get("REDIS_URL") or None, default_state_dir())
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    client = redis.Redis.from_url(_store_url(), socket_timeout=30)
+    try:
+        report = verify_audit_log(client)
+    finally:
+        client.close()
+    for problem in report.problems:
+        print(f"TAMPERED: {problem}")
+    print(f"audit log: {report.entries} entries, " + ("chain intact" if report.intact else
+                                                      f"{len(report.problems)} problem(s)"))
+    return 0 if report.intact else 1
+
+
+async def _dlq(args: argparse.Namespace) -> int:
+    client = connect_async(_store_url())
+    try:
+        if args.dlq_command == "list":
+            letters = await dead_letters(client, args.group)
+            for d in letters:
+                print(f"{d.entry_id}  {d.event_id}  {d.event_type}  {d.stream}  {d.error}")
+            print(f"{len(letters)} dead-lettered event(s) in group {args.group}")
+        else:
+            count = await replay_dead_letters(client, args.group, args.entry_ids)
+            print(f"replayed {count} event(s) to group {args.group}")
+    finally:
+        await client.aclose()
+    return 0
+
+
+def cmd_token(args: argparse.Namespace, rest: list[str]) -> int:
+    from services.gateway import tokens  # the dev issuer lives with the gateway that trusts it
+
+    return int(tokens.main(rest))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="haulmesh", description="Haulmesh operator and developer CLI")
     parser.add_argument("--cert-dir", help="certificate folder (default $HAULMESH_CERT_DIR or .haulmesh/certs)")
@@ -201,6 +246,22 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("stop", help="stop a mesh started with 'run --detach'")
     st.set_defaults(func=cmd_stop)
 
+    audit = sub.add_parser("audit", help="the hash-chained audit log")
+    audit.add_argument("audit_command", choices=["verify"])
+    audit.set_defaults(func=cmd_audit)
+
+    events = sub.add_parser("events", help="event streams: dead letters")
+    esub = events.add_subparsers(dest="events_command", required=True)
+    dlq = esub.add_parser("dlq", help="inspect or replay a consumer group's dead-lettered events")
+    dlq.add_argument("dlq_command", choices=["list", "replay"])
+    dlq.add_argument("--group", required=True, help="consumer group, e.g. webhooks")
+    dlq.add_argument("entry_ids", nargs="*", help="replay only these dead-letter entries (default: all)")
+    events.set_defaults(func=lambda a: asyncio.run(_dlq(a)))
+
+    token = sub.add_parser("token", help="dev OAuth2 tokens for the gateway (haulmesh token mint --help)",
+                           add_help=False)
+    token.set_defaults(func=None)
+
     store = sub.add_parser("store", help="the embedded store")
     store.add_argument("store_command", choices=["start", "stop", "status"])
     store.set_defaults(func=cmd_store)
@@ -208,6 +269,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["token"]:
+        try:
+            return cmd_token(argparse.Namespace(), argv[1:])
+        except HaulmeshError as exc:
+            print(f"haulmesh: {exc}", file=sys.stderr)
+            return 2
     args = _parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

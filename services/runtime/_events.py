@@ -1,0 +1,254 @@
+"""Events: the transactional outbox, consumer groups with reclaim and idempotency, and the dead-letter stream.
+
+Writers commit a state change and the event announcing it in one MULTI/EXEC (:func:`transact` +
+:func:`add_event`): the event exists if and only if the change was committed. Each carrier has its own
+stream ``events:{carrier}`` (fleet events go to ``events:{fleet}``), in the carrier's slot, so the
+transaction never crosses slots on Redis Cluster; the set ``events:streams`` lists the streams for the
+consumers.
+
+Consumers (:class:`EventConsumer`) read every stream in a consumer group. Delivery is at least once:
+an entry is acknowledged only after its handler succeeded; an entry left pending by a crashed consumer is
+claimed by another after ``claim_idle_ms``; an event id already handled by the group is skipped (so a
+handler runs once per event id even when an event is redelivered or replayed); an entry whose handler
+keeps failing moves, after ``max_deliveries``, to the group's dead-letter stream ``dlq:{<group>}``, from
+where it can be inspected and replayed (``haulmesh events dlq``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis.asyncio
+from google.protobuf.message import Message
+from redis.asyncio.client import Pipeline
+
+from haulmesh.events.v1 import event_pb2
+
+from ._keys import FLEET, new_id
+
+__all__ = [
+    "STREAMS_KEY",
+    "DeadLetter",
+    "EventConsumer",
+    "add_event",
+    "dead_letters",
+    "event_stream_key",
+    "new_event",
+    "replay_dead_letters",
+    "transact",
+]
+
+_log = logging.getLogger("haulmesh.events")
+T = TypeVar("T")
+
+#: The set of every event stream, for consumers to discover new carriers' streams.
+STREAMS_KEY = "events:streams"
+_DATA_FIELDS = frozenset(f.name for f in event_pb2.Event.DESCRIPTOR.oneofs_by_name["data"].fields)
+_registered: weakref.WeakKeyDictionary[redis.asyncio.Redis, set[str]] = weakref.WeakKeyDictionary()
+
+
+def event_stream_key(tag: str) -> str:
+    """The stream of a carrier (its id) or of the fleet (:data:`FLEET`)."""
+    return f"events:{{{tag}}}"
+
+
+def dlq_key(group: str) -> str:
+    return f"dlq:{{{group}}}"
+
+
+def new_event(field: str, payload: Message, *, subject: str, carrier_id: str | None, source: str) -> event_pb2.Event:
+    """An event whose ``data`` is ``payload`` in the oneof field ``field`` (e.g. ``tender_offered``).
+
+    The type follows event.proto's rule: ``tender_offered`` → ``haulmesh.tender.v1.offered``.
+    """
+    if field not in _DATA_FIELDS:
+        raise ValueError(f"{field!r} is not a field of Event.data")
+    area, _, name = field.partition("_")
+    event = event_pb2.Event(
+        id=new_id(), type=f"haulmesh.{area}.v1.{name}", source=f"//haulmesh.io/{source}", subject=subject,
+        carrier=f"carriers/{carrier_id}" if carrier_id else "", spec_version="1.0",
+    )
+    event.time.GetCurrentTime()
+    getattr(event, field).CopyFrom(payload)
+    return event
+
+
+def _tag_of(event: event_pb2.Event) -> str:
+    return event.carrier.removeprefix("carriers/") if event.carrier else FLEET
+
+
+def add_event(pipe: Pipeline, event: event_pb2.Event) -> None:
+    """Queue the event in the open MULTI of ``pipe``: it commits with the state change, or not at all."""
+    pipe.xadd(event_stream_key(_tag_of(event)),
+              {"id": event.id, "type": event.type, "event": event.SerializeToString()})
+
+
+async def _register_stream(client: redis.asyncio.Redis, tag: str) -> None:
+    key = event_stream_key(tag)
+    known = _registered.setdefault(client, set())
+    if key not in known:
+        # Outside the transaction (another slot); idempotent, and done before the first event is written.
+        await client.sadd(STREAMS_KEY, key)
+        known.add(key)
+
+
+async def transact(client: redis.asyncio.Redis, tag: str, watch_keys: Sequence[str],
+                   fn: Callable[[Pipeline], Awaitable[T]]) -> T:
+    """Run ``fn`` as an optimistic transaction over ``watch_keys`` (all tagged ``{tag}``).
+
+    ``fn`` reads through the pipeline (immediate mode while watching), calls ``pipe.multi()``, queues its
+    writes and :func:`add_event` calls, and returns the result. A concurrent change to a watched key
+    re-runs ``fn`` from the start. Errors raised by ``fn`` abort without writing.
+    """
+    await _register_stream(client, tag)
+    return await client.transaction(fn, *watch_keys, value_from_callable=True)
+
+
+Handler = Callable[[event_pb2.Event], Awaitable[None]]
+
+
+class EventConsumer:
+    """One consumer of a group, reading every event stream.
+
+    Streams are read one by one (no multi-key command, so it works on Redis Cluster), with an adaptive
+    pause when all are idle: latency stays under ``idle_max_ms`` while an idle mesh costs next to nothing.
+    """
+
+    def __init__(self, client: redis.asyncio.Redis, *, group: str, handler: Handler,
+                 types: set[str] | None = None, consumer: str | None = None, max_deliveries: int = 5,
+                 claim_idle_ms: int = 30_000, count: int = 100, idle_max_ms: int = 100,
+                 done_ttl_seconds: int = 7 * 86400) -> None:
+        self._redis = client
+        self.group = group
+        self._handler = handler
+        self._types = types
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self._max_deliveries = max_deliveries
+        self._claim_idle_ms = claim_idle_ms
+        self._count = count
+        self._idle_max = idle_max_ms / 1000
+        self._done_ttl = done_ttl_seconds
+        self._grouped: set[str] = set()
+        self._stopping = asyncio.Event()
+        self.handled = 0
+
+    def _done_key(self, event_id: str) -> str:
+        return f"events:done:{{{self.group}}}:{event_id}"
+
+    async def _streams(self) -> list[str]:
+        streams = sorted(s.decode() for s in await self._redis.smembers(STREAMS_KEY))
+        for stream in streams:
+            if stream not in self._grouped:
+                try:
+                    # From the stream's beginning: a new group (or a new stream) misses nothing committed.
+                    await self._redis.xgroup_create(stream, self.group, id="0", mkstream=True)
+                except redis.ResponseError as exc:
+                    if "BUSYGROUP" not in str(exc):
+                        raise
+                self._grouped.add(stream)
+        return streams
+
+    async def run(self) -> None:
+        """Consume until :meth:`stop`."""
+        pause = 0.005
+        while not self._stopping.is_set():
+            worked = 0
+            for stream in await self._streams():
+                worked += await self._reclaim(stream)
+                replies = await self._redis.xreadgroup(self.group, self.consumer, {stream: ">"}, count=self._count)
+                for _, entries in replies or ():
+                    for entry_id, fields in entries:
+                        await self._process(stream, entry_id, fields, deliveries=1)
+                        worked += 1
+            pause = 0.005 if worked else min(pause * 2, self._idle_max)
+            if not worked:
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), pause)
+                except TimeoutError:
+                    pass
+
+    async def stop(self) -> None:
+        self._stopping.set()
+
+    async def _reclaim(self, stream: str) -> int:
+        pending = await self._redis.xpending_range(stream, self.group, min="-", max="+", count=self._count,
+                                                   idle=self._claim_idle_ms)
+        claimed = 0
+        for entry in pending:
+            got = await self._redis.xclaim(stream, self.group, self.consumer, self._claim_idle_ms,
+                                           [entry["message_id"]])
+            for entry_id, fields in got:
+                if fields:  # an entry trimmed from the stream comes back without fields
+                    await self._process(stream, entry_id, fields, deliveries=entry["times_delivered"] + 1)
+                    claimed += 1
+        return claimed
+
+    async def _process(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], *, deliveries: int) -> None:
+        event_id = fields[b"id"].decode()
+        event_type = fields[b"type"].decode()
+        if (self._types is not None and event_type not in self._types) or await self._redis.exists(
+                self._done_key(event_id)):
+            await self._redis.xack(stream, self.group, entry_id)
+            return
+        try:
+            await self._handler(event_pb2.Event.FromString(fields[b"event"]))
+        except Exception as exc:  # any handler failure is retried, then dead-lettered
+            if deliveries >= self._max_deliveries:
+                await self._dead_letter(stream, entry_id, fields, exc)
+            else:
+                _log.warning("group %s: event %s (%s) failed on delivery %d: %s", self.group, event_id,
+                             event_type, deliveries, exc)
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(self._done_key(event_id), b"1", ex=self._done_ttl)
+            pipe.xack(stream, self.group, entry_id)
+            await pipe.execute()
+        self.handled += 1
+
+    async def _dead_letter(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], exc: Exception) -> None:
+        _log.error("group %s: event %s dead-lettered after %d deliveries: %s", self.group,
+                   fields[b"id"].decode(), self._max_deliveries, exc)
+        await self._redis.xadd(dlq_key(self.group), {
+            **fields, "stream": stream, "entry": entry_id, "error": f"{type(exc).__name__}: {exc}"[:500]})
+        await self._redis.xack(stream, self.group, entry_id)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An event a group gave up on, as kept in its dead-letter stream."""
+
+    entry_id: str
+    event_id: str
+    event_type: str
+    stream: str
+    error: str
+
+
+async def dead_letters(client: redis.asyncio.Redis, group: str, *, count: int = 1000) -> list[DeadLetter]:
+    """The dead-lettered events of ``group``, oldest first."""
+    entries = await client.xrange(dlq_key(group), count=count)
+    return [DeadLetter(entry_id.decode(), f[b"id"].decode(), f[b"type"].decode(), f[b"stream"].decode(),
+                       f.get(b"error", b"").decode()) for entry_id, f in entries]
+
+
+async def replay_dead_letters(client: redis.asyncio.Redis, group: str, entry_ids: Sequence[str] = ()) -> int:
+    """Put dead-lettered events (all, or ``entry_ids``) back on their streams; returns how many.
+
+    Other groups have already handled these event ids and skip them; ``group`` handles them again.
+    """
+    replayed = 0
+    for entry_id, fields in await client.xrange(dlq_key(group)):
+        if entry_ids and entry_id.decode() not in entry_ids:
+            continue
+        original: dict[Any, Any] = {k: fields[k] for k in (b"id", b"type", b"event")}
+        await client.xadd(fields[b"stream"].decode(), original)
+        await client.xdel(dlq_key(group), entry_id)
+        replayed += 1
+    return replayed

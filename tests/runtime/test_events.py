@@ -1,0 +1,152 @@
+"""Outbox, consumer groups, reclaim, dead letters and replay, on a real Valkey."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio
+
+from haulmesh.events.v1 import event_pb2, tender_events_pb2
+from services.runtime import (
+    EventConsumer,
+    add_event,
+    connect_async,
+    dead_letters,
+    event_stream_key,
+    new_event,
+    replay_dead_letters,
+    tenant_key,
+    transact,
+)
+
+from ..conftest import wait_for
+
+
+@pytest.fixture
+async def client(store_url: str):
+    client = connect_async(store_url)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+def _offered(tender: str, carrier: str = "acme") -> event_pb2.Event:
+    return new_event("tender_offered", tender_events_pb2.TenderOffered(), subject=tender, carrier_id=carrier,
+                     source="tender")
+
+
+def test_new_event_derives_type_and_envelope() -> None:
+    event = _offered("tenders/t1")
+    assert event.type == "haulmesh.tender.v1.offered"
+    assert event.carrier == "carriers/acme" and event.source == "//haulmesh.io/tender"
+    assert len(event.id) == 26 and event.id == event.id.lower()
+    assert event.WhichOneof("data") == "tender_offered"
+    with pytest.raises(ValueError, match="not a field"):
+        new_event("tender_teleported", tender_events_pb2.TenderOffered(), subject="x", carrier_id=None, source="x")
+
+
+async def test_state_and_event_commit_together_or_not_at_all(client: redis.asyncio.Redis) -> None:
+    key = tenant_key("tender", "acme", "t1")
+
+    async def ok(pipe):
+        pipe.multi()
+        pipe.set(key, b"OFFERED")
+        add_event(pipe, _offered("tenders/t1"))
+        return "done"
+
+    assert await transact(client, "acme", [key], ok) == "done"
+    assert await client.get(key) == b"OFFERED"
+    assert await client.xlen(event_stream_key("acme")) == 1
+
+    async def fails(pipe):
+        pipe.multi()
+        pipe.set(key, b"ACCEPTED")
+        add_event(pipe, _offered("tenders/t1"))
+        raise RuntimeError("rule violated after queuing")
+
+    with pytest.raises(RuntimeError):
+        await transact(client, "acme", [key], fails)
+    assert await client.get(key) == b"OFFERED"
+    assert await client.xlen(event_stream_key("acme")) == 1
+
+
+async def _emit(client: redis.asyncio.Redis, carrier: str, n: int) -> list[str]:
+    ids = []
+    for i in range(n):
+        event = _offered(f"tenders/t{i}", carrier)
+
+        async def write(pipe, event=event):
+            pipe.multi()
+            add_event(pipe, event)
+
+        await transact(client, carrier, [], write)
+        ids.append(event.id)
+    return ids
+
+
+async def test_consumer_reads_every_carrier_stream_once(client: redis.asyncio.Redis) -> None:
+    ids = await _emit(client, "acme", 3) + await _emit(client, "globex", 2)
+    seen: list[str] = []
+
+    async def handle(event):
+        seen.append(event.id)
+
+    consumer = EventConsumer(client, group="g1", handler=handle)
+    task = asyncio.create_task(consumer.run())
+    await wait_for(lambda: len(seen) >= 5)
+    await _emit(client, "initech", 1)  # a stream that appears while running
+    await wait_for(lambda: len(seen) >= 6)
+    await consumer.stop()
+    await task
+    assert sorted(seen[:5]) == sorted(ids) and len(seen) == 6
+
+
+async def test_crashed_consumers_pending_entries_are_reclaimed_and_applied_once(client: redis.asyncio.Redis) -> None:
+    [event_id] = await _emit(client, "acme", 1)
+    stream = event_stream_key("acme")
+    # A consumer that read the entry and died before acknowledging it.
+    await client.sadd("events:streams", stream)
+    await client.xgroup_create(stream, "billing", id="0")
+    await client.xreadgroup("billing", "crashed", {stream: ">"}, count=10)
+    applied: list[str] = []
+
+    async def handle(event):
+        applied.append(event.id)
+
+    survivor = EventConsumer(client, group="billing", handler=handle, consumer="survivor", claim_idle_ms=100)
+    task = asyncio.create_task(survivor.run())
+    await wait_for(lambda: applied)
+    # Replaying the same event id again is skipped: the effect is applied exactly once.
+    await client.xadd(stream, {"id": event_id, "type": "haulmesh.tender.v1.offered",
+                               "event": _offered("tenders/t0").SerializeToString()})
+    await asyncio.sleep(0.5)
+    await survivor.stop()
+    await task
+    assert applied == [event_id]
+    assert (await client.xpending(stream, "billing"))["pending"] == 0
+
+
+async def test_failing_entry_goes_to_dead_letters_and_replays(client: redis.asyncio.Redis) -> None:
+    [event_id] = await _emit(client, "acme", 1)
+    broken = True
+    attempts: list[str] = []
+
+    async def handle(event):
+        attempts.append(event.id)
+        if broken:
+            raise RuntimeError("receiver down")
+
+    consumer = EventConsumer(client, group="webhooks", handler=handle, claim_idle_ms=20, max_deliveries=3)
+    task = asyncio.create_task(consumer.run())
+    await wait_for(lambda: len(attempts) >= 3)
+    letters = await wait_for(lambda: dead_letters(client, "webhooks"))
+    assert [(d.event_id, d.event_type) for d in letters] == [(event_id, "haulmesh.tender.v1.offered")]
+    assert "receiver down" in letters[0].error
+    assert len(attempts) == 3
+    broken = False
+    assert await replay_dead_letters(client, "webhooks") == 1
+    await wait_for(lambda: len(attempts) == 4)
+    await consumer.stop()
+    await task
+    assert await dead_letters(client, "webhooks") == []
