@@ -10,6 +10,7 @@ from ._client import Channels, DeadlineInterceptor
 from ._config import DEFAULT_PORTS, MESH_SERVICES, ServiceConfig, TlsConfig, default_state_dir
 from ._errors import (
     ERROR_DOMAIN,
+    Aborted,
     AlreadyExists,
     ConfigError,
     FailedPrecondition,
@@ -55,6 +56,7 @@ __all__ = [
     "MESH_SERVICES",
     "SERVER_ID",
     "TRUST_DOMAIN",
+    "Aborted",
     "AlreadyExists",
     "AuditLog",
     "AuditReport",

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "ERROR_DOMAIN",
+    "Aborted",
     "AlreadyExists",
     "ConfigError",
     "FailedPrecondition",
@@ -79,6 +80,13 @@ class AlreadyExists(HaulmeshError):
 class FailedPrecondition(HaulmeshError):
     code_name = "FAILED_PRECONDITION"
     default_reason = "FAILED_PRECONDITION"
+
+
+class Aborted(HaulmeshError):
+    """A concurrency conflict: the resource changed since it was read (e.g. a stale etag); retry."""
+
+    code_name = "ABORTED"
+    default_reason = "ABORTED"
 
 
 class PermissionDenied(HaulmeshError):

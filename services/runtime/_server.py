@@ -59,6 +59,7 @@ class Service:
                                  max_message_bytes=config.max_message_bytes)
         self._services: dict[str, ServiceDescriptor] = {}
         self.bound_port = 0
+        self._stop_requested = asyncio.Event()
         self._stopping = asyncio.Event()
         self._companions: list[tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]] = []
         self._companion_tasks: list[asyncio.Task[None]] = []
@@ -147,24 +148,31 @@ class Service:
                 await asyncio.sleep(0.25)
 
     def _companion_done(self, task: asyncio.Task[None]) -> None:
+        if self._stopping.is_set():
+            return  # a companion ending (or failing on a closing connection) during shutdown is expected
         if not task.cancelled() and task.exception() is not None:
             _log.error("companion task failed; stopping", exc_info=task.exception())
             self.exit_code = 1
         self.request_stop()
 
     def request_stop(self) -> None:
-        self._stopping.set()
+        self._stop_requested.set()
 
     async def stop(self) -> None:
         """Health NOT_SERVING, drain, stop with grace, close clients."""
+        self._stopping.set()
         await self.health.enter_graceful_shutdown()
         _log.info("shutting down: health NOT_SERVING, grace %.1fs", self.config.grace_period_seconds)
         if self.config.shutdown_drain_seconds:
             await asyncio.sleep(self.config.shutdown_drain_seconds)
         await asyncio.gather(*(stop() for _, stop in self._companions), return_exceptions=True)
         await self.server.stop(self.config.grace_period_seconds)
-        for task in self._companion_tasks:
-            task.cancel()
+        # Companions finish their current step before the store client closes under them.
+        if self._companion_tasks:
+            _, late = await asyncio.wait(self._companion_tasks, timeout=self.config.grace_period_seconds)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*self._companion_tasks, return_exceptions=True)
         await self.channels.close()
         if self._redis is not None:
             await self._redis.aclose()
@@ -175,7 +183,7 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         await self.start()
-        await self._stopping.wait()
+        await self._stop_requested.wait()
         await self.stop()
 
 

@@ -1,0 +1,135 @@
+"""Translation between billing's protobuf messages and the plain domain values of ``domain.py``."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+
+from google.protobuf import timestamp_pb2
+from google.protobuf.message import Message
+
+from haulmesh.billing.v1 import invoice_pb2, rate_card_pb2
+from haulmesh.type.v1 import charge_line_pb2, lane_pb2, money_pb2
+
+from . import domain
+
+__all__ = [
+    "card_from_pb",
+    "etag_of",
+    "lane_from_pb",
+    "line_to_pb",
+    "money_from_pb",
+    "money_to_pb",
+    "reconciliation_to_pb",
+    "time_from_pb",
+    "time_to_pb",
+    "usage_from_pb",
+]
+
+
+def money_from_pb(money: money_pb2.Money) -> domain.Money:
+    return domain.Money(money.currency_code, money.amount_minor)
+
+
+def _optional_money(parent: Message, name: str) -> domain.Money | None:
+    return money_from_pb(getattr(parent, name)) if parent.HasField(name) else None
+
+
+def money_to_pb(money: domain.Money) -> money_pb2.Money:
+    return money_pb2.Money(currency_code=money.currency, amount_minor=money.minor)
+
+
+def time_from_pb(timestamp: timestamp_pb2.Timestamp) -> datetime:
+    return timestamp.ToDatetime(tzinfo=UTC)
+
+
+def time_to_pb(when: datetime) -> timestamp_pb2.Timestamp:
+    timestamp = timestamp_pb2.Timestamp()
+    timestamp.FromDatetime(when)
+    return timestamp
+
+
+def lane_from_pb(parent: Message, name: str = "lane") -> domain.Lane | None:
+    if not parent.HasField(name):
+        return None
+    lane: lane_pb2.Lane = getattr(parent, name)
+    return domain.Lane(lane.origin_region, lane.destination_region)
+
+
+def card_from_pb(card: rate_card_pb2.RateCard) -> domain.RateCard:
+    """The domain card; validation is :func:`domain.validate_rate_card`'s job."""
+    detention = None
+    if card.HasField("detention"):
+        detention = domain.DetentionTerms(
+            card.detention.free_time_minutes,
+            _optional_money(card.detention, "rate_per_hour"),  # type: ignore[arg-type]  # None: reported
+            card.detention.increment_minutes)
+    return domain.RateCard(
+        currency=card.currency_code,
+        default_rate_per_mile=_optional_money(card, "default_rate_per_mile"),  # type: ignore[arg-type]
+        effective_time=time_from_pb(card.effective_time) if card.HasField("effective_time") else None,
+        lane_rates=tuple(
+            domain.LaneRate(lane_from_pb(rate), _optional_money(rate, "rate_per_mile"),  # type: ignore[arg-type]
+                            frozenset(rate.equipment), _optional_money(rate, "minimum_charge"))
+            for rate in card.lane_rates),
+        fuel_surcharge_bps=card.fuel_surcharge_bps,
+        minimum_charge=_optional_money(card, "minimum_charge"),
+        hazmat_surcharge=_optional_money(card, "hazmat_surcharge"),
+        detention=detention,
+        expire_time=time_from_pb(card.expire_time) if card.HasField("expire_time") else None,
+        display_name=card.display_name,
+    )
+
+
+def usage_from_pb(usage: invoice_pb2.Usage) -> domain.Usage:
+    return domain.Usage(
+        lane=lane_from_pb(usage),
+        miles=usage.miles,
+        hours=usage.hours,
+        stop_dwells=tuple(
+            domain.StopDwell(d.stop_index, d.dwell_minutes,
+                             time_from_pb(d.arrive_time) if d.HasField("arrive_time") else None,
+                             time_from_pb(d.depart_time) if d.HasField("depart_time") else None)
+            for d in usage.stop_dwells),
+    )
+
+
+def line_to_pb(line: domain.ChargeLine) -> charge_line_pb2.ChargeLine:
+    return charge_line_pb2.ChargeLine(
+        type=charge_line_pb2.ChargeType.Value(f"CHARGE_TYPE_{line.type}"),
+        code=line.code,
+        description=line.description[:200],
+        quantity=float(line.quantity),
+        unit=charge_line_pb2.ChargeUnit.Value(f"CHARGE_UNIT_{line.unit or 'UNSPECIFIED'}"),
+        unit_price=money_to_pb(line.unit_price) if line.unit_price else None,
+        rate_bps=line.rate_bps,
+        amount=money_to_pb(line.amount),
+    )
+
+
+def reconciliation_to_pb(result: domain.Reconciliation, tms_total: domain.Money,
+                         tms_reference: str) -> invoice_pb2.Reconciliation:
+    """The Reconciliation message without ``reconcile_time`` (set by the caller when it commits)."""
+    kinds = invoice_pb2.LineDifference.Kind
+    return invoice_pb2.Reconciliation(
+        result=(invoice_pb2.Reconciliation.RESULT_MATCHED if result.matched
+                else invoice_pb2.Reconciliation.RESULT_DISPUTED),
+        tms_total=money_to_pb(tms_total),
+        total_difference=money_to_pb(result.total_difference),
+        line_differences=[
+            invoice_pb2.LineDifference(
+                code=d.code, kind=kinds.Value(f"KIND_{d.kind}"),
+                invoiced_amount=money_to_pb(d.invoiced) if d.invoiced else None,
+                tms_amount=money_to_pb(d.tms) if d.tms else None,
+                difference=money_to_pb(d.difference))
+            for d in result.line_differences],
+        tms_reference=tms_reference,
+    )
+
+
+def etag_of(resource: Message) -> str:
+    """A version tag of ``resource``: a digest of its content (``etag`` aside), so any change changes it."""
+    copy = type(resource)()
+    copy.CopyFrom(resource)
+    copy.ClearField("etag")
+    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()[:20]
