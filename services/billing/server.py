@@ -10,7 +10,6 @@ from google.protobuf.message import Message
 from haulmesh.billing.v1 import billing_service_pb2, billing_service_pb2_grpc, invoice_pb2, quote_pb2, rate_card_pb2
 from haulmesh.events.v1 import billing_events_pb2, event_pb2
 from services.runtime import (
-    Aborted,
     AlreadyExists,
     FailedPrecondition,
     FieldViolation,
@@ -19,6 +18,7 @@ from services.runtime import (
     NotFound,
     Policy,
     carrier,
+    check_etag,
     decode_page,
     new_event,
     new_id,
@@ -80,12 +80,6 @@ def _now() -> datetime:
 
 def _not_found(name: str, reason: str) -> NotFound:
     return NotFound(f"{name} does not exist", reason=reason, metadata={"name": name})
-
-
-def _check_etag(sent: str, current: str) -> None:
-    if sent and sent != current:
-        raise Aborted("the resource changed since it was read (etag); read it again",
-                             reason="ETAG_MISMATCH", metadata={"etag": current})
 
 
 def _stamp(resource: Message, when: datetime) -> None:
@@ -170,7 +164,7 @@ class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
         def mutate(current: rate_card_pb2.RateCard | None) -> rate_card_pb2.RateCard:
             if current is None:
                 raise _not_found(sent.name, "RATE_CARD_NOT_FOUND")
-            _check_etag(sent.etag, current.etag)
+            check_etag(sent.etag, current.etag, current.name)
             updated = rate_card_pb2.RateCard()
             updated.CopyFrom(current)
             for path in paths:
@@ -341,7 +335,7 @@ class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
         def mutate(current: invoice_pb2.Invoice | None):
             if current is None:
                 raise _not_found(request.name, "INVOICE_NOT_FOUND")
-            _check_etag(request.etag, current.etag)
+            check_etag(request.etag, current.etag, current.name)
             currency = current.total.currency_code
             domain.validate_tms_figures(currency, tms_total, tms_lines, request.tms_reference)
             result = domain.reconcile([(line.code, money_from_pb(line.amount)) for line in current.lines],

@@ -22,6 +22,7 @@ from ._errors import (
     PermissionDenied,
     Unauthenticated,
     Unavailable,
+    check_etag,
 )
 from ._events import (
     DeadLetter,
@@ -92,6 +93,7 @@ __all__ = [
     "caller",
     "carrier",
     "carrier_metadata",
+    "check_etag",
     "check_health",
     "client_credentials",
     "connect_async",

@@ -18,6 +18,7 @@ __all__ = [
     "PermissionDenied",
     "Unauthenticated",
     "Unavailable",
+    "check_etag",
 ]
 
 #: ErrorInfo.domain of every error Haulmesh raises.
@@ -87,6 +88,13 @@ class Aborted(HaulmeshError):
 
     code_name = "ABORTED"
     default_reason = "ABORTED"
+
+
+def check_etag(sent: str, current: str, name: str) -> None:
+    """AIP-154: when the caller sent an etag it must be the current one, else ABORTED ``ETAG_MISMATCH``."""
+    if sent and sent != current:
+        raise Aborted(f"{name} changed since it was read (etag {sent!r}); read it again",
+                      reason="ETAG_MISMATCH", metadata={"name": name, "etag": current})
 
 
 class PermissionDenied(HaulmeshError):

@@ -1,0 +1,60 @@
+"""The mission service's own settings, read from the environment once at start-up."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from services.runtime import ConfigError
+
+from .domain import CheckInPolicy
+
+__all__ = ["MissionSettings"]
+
+
+def _number(env: Mapping[str, str], key: str, default: float, *, minimum: float, maximum: float) -> float:
+    raw = env.get(key, "")
+    if raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{key} must be a number, got {raw!r}", field=key) from None
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{key} must be between {minimum:g} and {maximum:g}, got {value:g}", field=key)
+    return value
+
+
+@dataclass(frozen=True)
+class MissionSettings:
+    """Human-in-the-loop policy, geofence default and billing retry pacing."""
+
+    check_in: CheckInPolicy = field(default_factory=CheckInPolicy)
+    #: Radius of the circle geofence given to a stop that comes without one.
+    geofence_radius_meters: float = 500.0
+    #: How long a delivered mission waits for the event consumer before the sweeper bills it.
+    billing_grace_seconds: float = 30.0
+    #: How often the sweeper looks for delivered missions whose billing is due.
+    billing_sweep_seconds: float = 5.0
+    #: Longest pause between two billing attempts of one mission (exponential backoff up to this).
+    billing_max_backoff_seconds: float = 3600.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> MissionSettings:
+        env = os.environ if env is None else env
+        threshold = _number(env, "HAULMESH_CHECK_IN_FIRST_MISSIONS", 30, minimum=0, maximum=1_000_000)
+        if threshold != int(threshold):
+            raise ConfigError("HAULMESH_CHECK_IN_FIRST_MISSIONS must be a whole number",
+                              field="HAULMESH_CHECK_IN_FIRST_MISSIONS")
+        interval = _number(env, "HAULMESH_CHECK_IN_ENROUTE_INTERVAL_MINUTES", 60, minimum=1, maximum=24 * 60)
+        return cls(
+            check_in=CheckInPolicy(threshold=int(threshold), enroute_interval=timedelta(minutes=interval)),
+            geofence_radius_meters=_number(env, "HAULMESH_GEOFENCE_RADIUS_METERS", 500, minimum=10,
+                                           maximum=50_000),
+            billing_grace_seconds=_number(env, "HAULMESH_BILLING_GRACE_SECONDS", 30, minimum=0, maximum=3600),
+            billing_sweep_seconds=_number(env, "HAULMESH_BILLING_SWEEP_SECONDS", 5, minimum=0.1, maximum=3600),
+            billing_max_backoff_seconds=_number(env, "HAULMESH_BILLING_MAX_BACKOFF_SECONDS", 3600, minimum=1,
+                                                maximum=86400),
+        )

@@ -1,0 +1,399 @@
+"""Mission rules without gRPC or Redis: roster eligibility, dispatch order, capacity windows, the state
+machine (property-tested), contingencies, check-ins, proof-of-delivery signatures and usage metering."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.mission import domain
+from services.mission.config import MissionSettings
+from services.mission.domain import (
+    Action,
+    Availability,
+    Capabilities,
+    CheckInPoint,
+    CheckInPolicy,
+    Contingency,
+    ExceptionKind,
+    Load,
+    Severity,
+    State,
+    Status,
+    VehicleView,
+)
+from services.runtime import ConfigError, FailedPrecondition, InvalidArgument, pki
+
+DRY_VAN, REEFER = 1, 3
+HOUSTON, DALLAS, ATLANTA = (29.76, -95.37), (32.78, -96.80), (33.75, -84.39)
+T0 = datetime(2026, 11, 25, 14, 0, tzinfo=UTC)
+
+
+def caps(equipment=(DRY_VAN,), hazmat=False, max_lb=45_000, night=True) -> Capabilities:
+    return Capabilities(frozenset(equipment), hazmat, max_lb, night)
+
+
+def vehicle(vid: str, *, availability=Availability.AVAILABLE, region="US-TX-HOU", position=None, **kw) -> VehicleView:
+    return VehicleView(vid, caps(**kw), availability, region, position)
+
+
+# --- roster ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("load", "lacking"), [
+    (Load(DRY_VAN, 40_000, False, False), []),
+    (Load(REEFER, 40_000, False, False), ["EQUIPMENT"]),
+    (Load(DRY_VAN, 45_001, False, False), ["MAX_CARGO_WEIGHT"]),
+    (Load(DRY_VAN, 1_000, True, False), ["HAZMAT_CERTIFICATION"]),
+    (Load(REEFER, 50_000, True, True), ["EQUIPMENT", "HAZMAT_CERTIFICATION", "MAX_CARGO_WEIGHT",
+                                        "NIGHT_OPERATIONS"]),
+])
+def test_ineligibility_names_every_missing_capability(load: Load, lacking: list[str]) -> None:
+    assert domain.ineligibility(caps(night=False), load) == lacking
+
+
+def test_capabilities_validation() -> None:
+    assert domain.validate_capabilities(caps()) == []
+    fields = {v.field for v in domain.validate_capabilities(Capabilities(frozenset(), False, 0, False))}
+    assert fields == {"vehicle.capabilities.equipment", "vehicle.capabilities.max_cargo_weight_lb"}
+    assert domain.validate_capabilities(caps(max_lb=80_001))
+
+
+@pytest.mark.parametrize("vid", ["AU-TRK-1001", "ABC", "X" * 63])
+def test_vehicle_ids_accepted(vid: str) -> None:
+    domain.validate_vehicle_id(vid)
+
+
+@pytest.mark.parametrize("vid", ["", "AB", "1TRK", "au-trk-1", "X" * 64, "AU_TRK"])
+def test_vehicle_ids_refused(vid: str) -> None:
+    with pytest.raises(InvalidArgument):
+        domain.validate_vehicle_id(vid)
+
+
+def test_availability_changes() -> None:
+    domain.validate_availability_change(Availability.AVAILABLE, Availability.MAINTENANCE, on_mission=False)
+    domain.validate_availability_change(Availability.ASSIGNED, Availability.OUT_OF_SERVICE, on_mission=True)
+    with pytest.raises(InvalidArgument):
+        domain.validate_availability_change(Availability.AVAILABLE, Availability.ASSIGNED, on_mission=False)
+    with pytest.raises(FailedPrecondition) as caught:
+        domain.validate_availability_change(Availability.ASSIGNED, Availability.MAINTENANCE, on_mission=True)
+    assert caught.value.reason == "VEHICLE_ASSIGNED"
+
+
+def test_choose_vehicle_nearest_eligible_available_first() -> None:
+    roster = [
+        vehicle("AT-1", region="US-GA-ATL"),
+        vehicle("HOU-BUSY", availability=Availability.ASSIGNED),
+        vehicle("HOU-REEFER", equipment=(REEFER,)),
+        vehicle("DAL-1", region="US-TX-DAL"),
+        vehicle("HOU-2"),
+        vehicle("HOU-1"),
+        vehicle("NEAR", region="US-GA-ATL", position=(29.8, -95.4)),
+    ]
+    order = [v.vehicle_id for v in domain.choose_vehicle(roster, Load(DRY_VAN, 1000, False, False), HOUSTON)]
+    assert order == ["HOU-1", "HOU-2", "NEAR", "DAL-1", "AT-1"]
+
+
+def test_regions_and_route() -> None:
+    assert domain.resolve_region(*HOUSTON) == "US-TX-HOU"
+    assert domain.resolve_region(*ATLANTA) == "US-GA-ATL"
+    miles = domain.route_miles([HOUSTON, ATLANTA])
+    assert 800 < miles < 900  # ~700 great-circle miles times the circuity factor
+
+
+def test_night_operation_by_solar_time() -> None:
+    # 14:00 UTC at Houston (lon -95) is ~07:40 local: day. 03:00 UTC is ~20:40 local: night.
+    assert not domain.needs_night_operation(T0, T0 + timedelta(hours=8), HOUSTON[1])
+    assert domain.needs_night_operation(T0, T0 + timedelta(hours=14), HOUSTON[1])
+    assert domain.needs_night_operation(T0.replace(hour=3), T0.replace(hour=3, minute=30), HOUSTON[1])
+
+
+# --- capacity ----------------------------------------------------------------------------------------
+
+def test_capacity_windows_steps() -> None:
+    roster = [vehicle("HOU-1"), vehicle("HOU-2"), vehicle("DAL-1", region="US-TX-DAL"),
+              vehicle("MAINT", availability=Availability.MAINTENANCE), vehicle("REEF", equipment=(REEFER,))]
+    start, end = T0 + timedelta(hours=1), T0 + timedelta(hours=12)
+    windows, eligible = domain.capacity_windows(roster, Load(DRY_VAN, 1000, False, False), HOUSTON, start, end, T0)
+    assert eligible == 4  # MAINT fits (counted), REEF does not
+    assert [(w.vehicle_count, w.end) for w in windows][-1] == (3, end)
+    assert windows[0].start == start and windows[0].vehicle_count == 2  # both Houston trucks at once
+    assert windows[1].start > start  # Dallas truck after ~5 h deadhead
+
+
+@settings(max_examples=200, deadline=None)
+@given(positions=st.lists(st.tuples(st.floats(25, 36), st.floats(-110, -80)), max_size=12),
+       start_offset=st.integers(-600, 600), length=st.integers(1, 2000))
+def test_capacity_windows_are_ordered_disjoint_and_inside(positions, start_offset, length) -> None:
+    roster = [vehicle(f"V-{i:03d}", position=p) for i, p in enumerate(positions)]
+    start = T0 + timedelta(minutes=start_offset)
+    end = start + timedelta(minutes=length)
+    windows, eligible = domain.capacity_windows(roster, Load(DRY_VAN, 1, False, False), HOUSTON, start, end, T0)
+    assert eligible == len(roster)
+    for w in windows:
+        assert start <= w.start < w.end <= end
+    for a, b in itertools.pairwise(windows):
+        assert a.end == b.start and a.vehicle_count < b.vehicle_count
+    assert not windows or windows[-1].vehicle_count <= len(roster)
+
+
+# --- state machine -----------------------------------------------------------------------------------
+
+def test_happy_path() -> None:
+    status = Status(State.DISPATCHED)
+    for action, expected in [(Action.ACKNOWLEDGE, State.PRE_TRIP), (Action.START, State.ENROUTE),
+                             (Action.ARRIVE, State.ARRIVED), (Action.DELIVER, State.DELIVERED),
+                             (Action.COMPLETE, State.COMPLETED)]:
+        status = domain.transition(status, action)
+        assert status == Status(expected)
+        assert domain.transition(status, action) is None  # a retry changes nothing
+
+
+@pytest.mark.parametrize(("state", "action"), [
+    (State.DISPATCHED, Action.START), (State.DISPATCHED, Action.ARRIVE), (State.PRE_TRIP, Action.DELIVER),
+    (State.ENROUTE, Action.CANCEL), (State.PRE_TRIP, Action.ABORT), (State.DELIVERED, Action.RAISE),
+    (State.COMPLETED, Action.CANCEL), (State.CANCELLED, Action.ACKNOWLEDGE), (State.ABORTED, Action.RAISE),
+    (State.ENROUTE, Action.RESOLVE_LAST), (State.ARRIVED, Action.COMPLETE),
+])
+def test_illegal_transitions(state: State, action: Action) -> None:
+    with pytest.raises(FailedPrecondition) as caught:
+        domain.transition(Status(state), action)
+    assert caught.value.reason == "INVALID_MISSION_STATE"
+    assert caught.value.metadata == {"state": f"STATE_{state.name}"}
+
+
+def test_exception_rules() -> None:
+    enroute_exc = domain.transition(Status(State.ENROUTE), Action.RAISE)
+    assert enroute_exc == Status(State.EXCEPTION, State.ENROUTE)
+    # Arrival while in EXCEPTION moves the resume state; abort is allowed, cancel is not.
+    arrived = domain.transition(Status(State.EXCEPTION, State.ENROUTE, (ExceptionKind.SENSOR_FAULT,)), Action.ARRIVE)
+    assert arrived == Status(State.EXCEPTION, State.ARRIVED, (ExceptionKind.SENSOR_FAULT,))
+    assert domain.transition(arrived, Action.ABORT) == Status(State.ABORTED)
+    with pytest.raises(FailedPrecondition):
+        domain.transition(arrived, Action.CANCEL)
+    # Before departure: cancel yes, abort no; start only if every open exception is a pre-trip failure.
+    pre = Status(State.EXCEPTION, State.PRE_TRIP, (ExceptionKind.PRE_TRIP_FAILURE,))
+    assert domain.transition(pre, Action.START) == Status(State.ENROUTE)
+    assert domain.transition(pre, Action.CANCEL) == Status(State.CANCELLED)
+    with pytest.raises(FailedPrecondition):
+        domain.transition(pre, Action.ABORT)
+    with pytest.raises(FailedPrecondition):
+        domain.transition(Status(State.EXCEPTION, State.PRE_TRIP, (ExceptionKind.PRE_TRIP_FAILURE,
+                                                                   ExceptionKind.CARGO)), Action.START)
+    assert domain.transition(Status(State.EXCEPTION, State.ARRIVED, (ExceptionKind.OTHER,)),
+                             Action.RESOLVE_LAST) == Status(State.ARRIVED)
+
+
+_ORDER = {State.DISPATCHED: 0, State.PRE_TRIP: 1, State.ENROUTE: 2, State.ARRIVED: 3, State.DELIVERED: 4,
+          State.COMPLETED: 5, State.CANCELLED: 5, State.ABORTED: 5}
+_TERMINAL = {State.COMPLETED, State.CANCELLED, State.ABORTED}
+_STEPS = st.lists(st.one_of(st.sampled_from([a for a in Action if a != Action.RAISE]),
+                            st.sampled_from(list(ExceptionKind))), max_size=40)
+
+
+@settings(max_examples=500, deadline=None)
+@given(steps=_STEPS)
+def test_state_machine_invariants(steps) -> None:
+    """Any sequence of calls: progress never goes back, EXCEPTION iff exceptions are open, terminal absorbs,
+    cancel only before departure, abort only after, refused calls change nothing."""
+    status = Status(State.DISPATCHED)
+    for step in steps:
+        action = Action.RAISE if isinstance(step, ExceptionKind) else step
+        if action == Action.RAISE and isinstance(step, ExceptionKind):
+            kinds = (*status.open_exceptions, step)
+        else:
+            kinds = status.open_exceptions
+        if action == Action.RESOLVE_LAST and len(status.open_exceptions) > 1:
+            status = Status(status.state, status.resume, status.open_exceptions[1:])  # not the last one
+            continue
+        before = status
+        try:
+            after = domain.transition(status, action)
+        except FailedPrecondition as exc:
+            assert exc.reason == "INVALID_MISSION_STATE"
+            continue
+        if after is None:
+            continue
+        if action == Action.RAISE:
+            after = Status(after.state, after.resume, kinds)
+        elif after.state == State.EXCEPTION:
+            after = Status(after.state, after.resume, kinds)
+        status = after
+        # EXCEPTION iff a resume state and open exceptions
+        assert (status.state == State.EXCEPTION) == (status.resume is not None)
+        assert (status.state == State.EXCEPTION) == bool(status.open_exceptions)
+        assert status.resume not in _TERMINAL | {State.EXCEPTION}
+        assert before.state not in _TERMINAL
+        assert _ORDER[status.effective] >= _ORDER[before.effective]
+        if status.state == State.CANCELLED:
+            assert not before.departed
+        if status.state == State.ABORTED:
+            assert before.departed
+        if status.state == State.DELIVERED:
+            assert before.state == State.ARRIVED
+
+
+@pytest.mark.parametrize(("kind", "severity", "departed", "expected"), [
+    (ExceptionKind.SENSOR_FAULT, Severity.CRITICAL, True, Contingency.MINIMAL_RISK_STOP),
+    (ExceptionKind.SENSOR_FAULT, Severity.WARNING, True, Contingency.CONTINUE),
+    (ExceptionKind.VEHICLE_FAULT, Severity.CRITICAL, True, Contingency.MINIMAL_RISK_STOP),
+    (ExceptionKind.ADVERSE_WEATHER, Severity.INFO, True, Contingency.CONTINUE),
+    (ExceptionKind.ROAD_CLOSURE, Severity.CRITICAL, True, Contingency.REROUTE),
+    (ExceptionKind.TRAFFIC_INCIDENT, Severity.WARNING, True, Contingency.REROUTE),
+    (ExceptionKind.CONNECTIVITY_LOSS, Severity.CRITICAL, True, Contingency.CONTINUE),
+    (ExceptionKind.LAW_ENFORCEMENT_STOP, Severity.WARNING, True, Contingency.HUMAN_TAKEOVER),
+    (ExceptionKind.CARGO, Severity.WARNING, False, Contingency.HUMAN_TAKEOVER),
+    (ExceptionKind.PRE_TRIP_FAILURE, Severity.WARNING, False, Contingency.HOLD),
+    (ExceptionKind.CHECK_IN_HOLD, Severity.WARNING, True, Contingency.MINIMAL_RISK_STOP),
+    (ExceptionKind.DISPATCH_TIMEOUT, Severity.WARNING, False, Contingency.HOLD),
+    (ExceptionKind.OTHER, Severity.CRITICAL, True, Contingency.CONTINUE),
+])
+def test_contingency_rules(kind, severity, departed, expected) -> None:
+    assert domain.choose_contingency(kind, severity, departed=departed) == expected
+
+
+# --- check-ins ---------------------------------------------------------------------------------------
+
+def test_check_in_policy_and_points() -> None:
+    policy = CheckInPolicy(threshold=30)
+    assert policy.required(1) and policy.required(30) and not policy.required(31)
+    assert not CheckInPolicy(threshold=0).required(1)
+    domain.check_in_point_allowed(Status(State.PRE_TRIP), CheckInPoint.DEPARTURE)
+    domain.check_in_point_allowed(Status(State.EXCEPTION, State.PRE_TRIP, (ExceptionKind.CHECK_IN_HOLD,)),
+                                  CheckInPoint.DEPARTURE)
+    domain.check_in_point_allowed(Status(State.ARRIVED), CheckInPoint.ARRIVAL)
+    for status, point in [(Status(State.ENROUTE), CheckInPoint.DEPARTURE), (Status(State.PRE_TRIP),
+                          CheckInPoint.ARRIVAL), (Status(State.COMPLETED), CheckInPoint.ENROUTE)]:
+        with pytest.raises(FailedPrecondition):
+            domain.check_in_point_allowed(status, point)
+
+
+def test_departure_cleared_by_latest_departure_check_in() -> None:
+    dep, enr = CheckInPoint.DEPARTURE, CheckInPoint.ENROUTE
+    assert not domain.departure_cleared([])
+    assert domain.departure_cleared([(dep, domain.PROCEED)])
+    assert not domain.departure_cleared([(dep, domain.PROCEED), (dep, domain.HOLD)])
+    assert domain.departure_cleared([(dep, domain.HOLD), (dep, domain.PROCEED), (enr, domain.HOLD)])
+
+
+def test_next_check_in_due() -> None:
+    policy = CheckInPolicy(enroute_interval=timedelta(minutes=45))
+    pickup = T0 + timedelta(hours=2)
+    due = domain.next_check_in_due
+    assert due(policy, Status(State.DISPATCHED), planned_pickup=pickup, start_time=None, arrive_time=None,
+               check_ins=[]) == pickup
+    assert due(policy, Status(State.PRE_TRIP), planned_pickup=pickup, start_time=None, arrive_time=None,
+               check_ins=[(CheckInPoint.DEPARTURE, domain.PROCEED, T0)]) is None
+    enroute = [(CheckInPoint.DEPARTURE, domain.PROCEED, T0),
+               (CheckInPoint.ENROUTE, domain.PROCEED, T0 + timedelta(hours=3))]
+    assert due(policy, Status(State.ENROUTE), planned_pickup=pickup, start_time=T0 + timedelta(hours=2),
+               arrive_time=None, check_ins=enroute) == T0 + timedelta(hours=3, minutes=45)
+    assert due(policy, Status(State.ARRIVED), planned_pickup=pickup, start_time=T0, arrive_time=T0 + timedelta(hours=9),
+               check_ins=enroute) == T0 + timedelta(hours=9)
+    assert due(policy, Status(State.COMPLETED), planned_pickup=pickup, start_time=T0, arrive_time=None,
+               check_ins=[]) is None
+
+
+# --- proof of delivery -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def truck() -> pki.IssuedCertificate:
+    return pki.issue(pki.create_ca(), [pki.identity_for("vehicle", "AU-TRK-1001")], valid_days=1)
+
+
+def test_manifest_signature_accepted_and_rejected(truck) -> None:
+    pem = truck.certificate_pem
+    manifest = b"\x0a\x03abc-signed-bytes"
+    signature = truck.private_key.sign(manifest, ec.ECDSA(hashes.SHA256()))
+    key_id = domain.key_id_of(pem)
+    domain.verify_manifest_signature(pem, manifest, signature, key_id)
+    for args, field in [((manifest + b"x", signature, key_id), "proof_of_delivery.manifest_signature"),
+                        ((manifest, signature, "0" * 64), "proof_of_delivery.key_id")]:
+        with pytest.raises(InvalidArgument) as caught:
+            domain.verify_manifest_signature(pem, *args)
+        assert caught.value.reason == "POD_SIGNATURE_INVALID"
+        assert [v.field for v in caught.value.violations] == [field]
+    other = ec.generate_private_key(ec.SECP256R1()).sign(manifest, ec.ECDSA(hashes.SHA256()))
+    with pytest.raises(InvalidArgument):
+        domain.verify_manifest_signature(pem, manifest, other, key_id)
+
+
+def test_manifest_must_name_mission_vehicle_load_and_photos() -> None:
+    facts = domain.ManifestFacts("m1", "AU-TRK-1001", "LOAD-1", ("a" * 64,), T0)
+    domain.check_manifest(facts, mission_id="m1", vehicle_id="AU-TRK-1001", tms_load_id="LOAD-1",
+                          photo_sha256=["a" * 64])
+    with pytest.raises(InvalidArgument) as caught:
+        domain.check_manifest(facts, mission_id="m2", vehicle_id="AU-TRK-9", tms_load_id="LOAD-1", photo_sha256=[])
+    assert caught.value.reason == "POD_SIGNATURE_INVALID" and len(caught.value.violations) == 3
+
+
+# --- usage and config --------------------------------------------------------------------------------
+
+@given(seconds=st.integers(-10_000, 10**7))
+def test_whole_minutes_round_down_never_negative(seconds: int) -> None:
+    minutes = domain.whole_minutes(T0, T0 + timedelta(seconds=seconds))
+    assert minutes == max(0, seconds // 60)
+
+
+def test_settings_from_env() -> None:
+    assert MissionSettings.from_env({}).check_in.threshold == 30
+    custom = MissionSettings.from_env({"HAULMESH_CHECK_IN_FIRST_MISSIONS": "2",
+                                       "HAULMESH_CHECK_IN_ENROUTE_INTERVAL_MINUTES": "15",
+                                       "HAULMESH_GEOFENCE_RADIUS_METERS": "800"})
+    assert custom.check_in.threshold == 2 and custom.check_in.enroute_interval == timedelta(minutes=15)
+    assert custom.geofence_radius_meters == 800
+    for bad in ({"HAULMESH_CHECK_IN_FIRST_MISSIONS": "2.5"}, {"HAULMESH_CHECK_IN_FIRST_MISSIONS": "x"},
+                {"HAULMESH_GEOFENCE_RADIUS_METERS": "1"}):
+        with pytest.raises(ConfigError):
+            MissionSettings.from_env(bad)
+
+
+# --- filters -----------------------------------------------------------------------------------------
+
+FILTER_FIELDS = {"state": frozenset({"ENROUTE", "ARRIVED"}), "tender": "string", "ok": "bool",
+                 "equipment": frozenset({"DRY_VAN_53FT", "REEFER_53FT"}), "create_time": "time"}
+
+
+def test_filters_parse_and_match() -> None:
+    comparisons = domain.parse_filter('state = ENROUTE AND tender = "tenders/a\\"b" AND ok = true AND '
+                                      'create_time >= "2026-11-25T00:00:00Z"', FILTER_FIELDS)
+    assert [c.value for c in comparisons] == ["ENROUTE", 'tenders/a"b', "true", "2026-11-25T00:00:00Z"]
+    values = {"state": "ENROUTE", "tender": 'tenders/a"b', "ok": True, "create_time": T0}
+    assert domain.matches(comparisons, values)
+    assert not domain.matches(comparisons, {**values, "create_time": T0 - timedelta(days=1)})
+    assert not domain.matches(comparisons, {**values, "ok": False})
+    assert domain.matches(domain.parse_filter("equipment = REEFER_53FT", FILTER_FIELDS),
+                          {"equipment": {"DRY_VAN_53FT", "REEFER_53FT"}})
+    assert domain.parse_filter("  ", FILTER_FIELDS) == []
+
+
+@pytest.mark.parametrize("text", ["state = PARKED", "color = RED", "state > ENROUTE", "tender = tenders/x",
+                                  "ok = yes", 'create_time < "yesterday"', "state = ENROUTE OR ok = true",
+                                  "state"])
+def test_bad_filters_are_refused(text: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        domain.parse_filter(text, FILTER_FIELDS)
+    assert caught.value.reason == "INVALID_FILTER"
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(max_size=120))
+def test_any_filter_text_parses_or_is_refused_cleanly(text: str) -> None:
+    try:
+        comparisons = domain.parse_filter(text, FILTER_FIELDS)
+    except InvalidArgument as exc:
+        assert exc.reason == "INVALID_FILTER" and [v.field for v in exc.violations] == ["filter"]
+    else:
+        assert all(c.field in FILTER_FIELDS for c in comparisons)
+
+
+@given(lat=st.floats(allow_nan=True, allow_infinity=True), lon=st.floats(allow_nan=True, allow_infinity=True))
+def test_location_validation_total(lat: float, lon: float) -> None:
+    problems = {v.field for v in domain.location_violations(lat, lon, "origin")}
+    valid = -90 <= lat <= 90 and -180 <= lon <= 180 and not (lat == 0 and lon == 0)
+    assert (not problems) == valid
