@@ -9,7 +9,7 @@ BUF := .tools/node_modules/.bin/buf
 PROTOS := $(shell find protos -name '*.proto' 2>/dev/null)
 GENERATED := haulmesh/.generated
 
-.PHONY: help venv protos certs run status stop test lint lint-protos breaking tools clean distclean
+.PHONY: help venv protos certs run demo bench status stop test lint lint-protos breaking tools clean distclean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -40,6 +40,12 @@ certs: $(VENV)/.installed ## dev CA and certificates for every service, the CLI 
 
 run: protos certs ## start the store and the whole mesh; Ctrl-C stops it
 	$(HAULMESH) run
+
+demo: protos ## the whole flow end to end on a fresh local mesh: tender → offer → dispatch → delivery → invoice → reconciled
+	$(PY) scripts/demo.py
+
+bench: protos ## measured figures (printed, and written to build/bench.json)
+	$(PY) scripts/bench.py
 
 status: ## health of every service over mTLS (exit 0 only if all SERVING)
 	$(HAULMESH) status

@@ -1,0 +1,143 @@
+"""``make bench``: measured figures, printed and written as JSON (build/bench.json), never asserted.
+
+REST tender create → offer, through the gateway with a real token, over a fresh local mesh:
+  * latency p50 / p99 at a fixed offered load (open loop: requests start on schedule whether or not
+    earlier ones finished, and latency counts from the scheduled start, so a stall is not hidden), and
+  * the throughput at saturation (closed loop, N requests in flight).
+
+The load generator runs on the same 2-core machine as the mesh, so the figures are a floor for what the
+mesh does on its own cores. Each tender has its own TMS load number (the natural key), so no request is
+answered from the idempotency cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import httpx
+from localmesh import fresh_mesh, register_truck
+
+from haulmesh.mission.v1 import mission_service_pb2_grpc
+from services.gateway import tokens
+
+ROOT = Path(__file__).resolve().parents[1]
+STATE = ROOT / ".haulmesh" / "bench"
+OUT = ROOT / "build" / "bench.json"
+
+
+def _tender(window_start: datetime) -> dict:
+    return {
+        "tenderId": f"BENCH-{uuid.uuid4().hex[:12].upper()}",
+        "origin": {"lat": 29.749907, "lon": -95.358421, "address": "Houston, TX"},
+        "destination": {"lat": 33.7490, "lon": -84.3880, "address": "Atlanta, GA"},
+        "pickupWindow": f"{window_start:%Y-%m-%dT%H:%M:%SZ}/{window_start + timedelta(hours=10):%Y-%m-%dT%H:%M:%SZ}",
+        "equipment": "53FT_DRYVAN",
+        "weightLb": 42000,
+    }
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _create(http: httpx.AsyncClient, start: datetime) -> tuple[int, str]:
+    reply = await http.post("/api/v1/tenders", json=_tender(start))
+    return reply.status_code, reply.json().get("state", "") if reply.status_code == 200 else reply.text[:200]
+
+
+async def fixed_rate(http: httpx.AsyncClient, rate: float, seconds: float, start: datetime) -> dict:
+    latencies: list[float] = []
+    failures: list[str] = []
+    begin = time.perf_counter() + 0.05
+
+    async def one(scheduled: float) -> None:
+        await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+        status, state = await _create(http, start)
+        latencies.append(time.perf_counter() - scheduled)
+        if status != 200 or state != "STATE_OFFERED":
+            failures.append(f"{status} {state}")
+
+    count = int(rate * seconds)
+    await asyncio.gather(*(one(begin + i / rate) for i in range(count)))
+    return {"requests": count, "failures": len(failures), "first_failure": failures[:1],
+            "p50_ms": _percentile(latencies, 0.50) * 1000, "p99_ms": _percentile(latencies, 0.99) * 1000,
+            "mean_ms": statistics.fmean(latencies) * 1000}
+
+
+async def saturation(http: httpx.AsyncClient, concurrency: int, seconds: float, start: datetime) -> dict:
+    done = 0
+    failures = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal done, failures
+        while time.perf_counter() < stop_at:
+            status, state = await _create(http, start)
+            done += 1
+            failures += status != 200 or state != "STATE_OFFERED"
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return {"requests": done, "failures": failures, "rps": done / (time.perf_counter() - began)}
+
+
+async def run(args: argparse.Namespace) -> dict:
+    mesh = fresh_mesh(STATE, HAULMESH_RATE_LIMIT="off", HAULMESH_LOG_LEVEL="WARNING")
+    await mesh.start(timeout_seconds=90)
+    try:
+        async with grpc.aio.secure_channel(mesh.address("mission"), mesh.operator_credentials()) as channel:
+            ops = mission_service_pb2_grpc.MissionServiceStub(channel)
+            for i in range(20):
+                await register_truck(ops, f"BENCH-TRK-{i:03d}")
+        token = tokens.mint(carrier="bench-carrier", scopes="tender:create tender:read", state_dir=mesh.state_dir,
+                            ttl_seconds=3600)
+        limits = httpx.Limits(max_connections=args.concurrency * 2, max_keepalive_connections=args.concurrency * 2)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{mesh.http_port}", limits=limits, timeout=30,
+                                     headers={"Authorization": f"Bearer {token}"}) as http:
+            start = (datetime.now(UTC) + timedelta(days=1)).replace(hour=8, minute=0, second=0, microsecond=0)
+            await fixed_rate(http, 50, 2, start)  # warm-up: connections, caches, the JIT-less interpreter
+            steady = await fixed_rate(http, args.rate, args.seconds, start)
+            saturated = await saturation(http, args.concurrency, args.seconds, start)
+    finally:
+        await mesh.stop(stop_store=True)
+    return {
+        "tender_create_p50_ms": round(steady["p50_ms"], 2),
+        "tender_create_p99_ms": round(steady["p99_ms"], 2),
+        "tender_create_mean_ms": round(steady["mean_ms"], 2),
+        "tender_create_offered_rps": args.rate,
+        "tender_create_failures": steady["failures"] + saturated["failures"],
+        "tender_create_max_rps": round(saturated["rps"], 1),
+        "tender_create_saturation_concurrency": args.concurrency,
+        "first_failure": steady["first_failure"],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=200, help="offered load in requests/s (default 200)")
+    parser.add_argument("--seconds", type=float, default=10, help="length of each phase (default 10)")
+    parser.add_argument("--concurrency", type=int, default=32, help="requests in flight at saturation")
+    args = parser.parse_args()
+    figures = asyncio.run(run(args))
+    print(f"REST tender create → offer at {args.rate:g} req/s for {args.seconds:g}s: "
+          f"p50 {figures['tender_create_p50_ms']} ms, p99 {figures['tender_create_p99_ms']} ms (target p99 ≤ 25 ms)")
+    print(f"saturation ({args.concurrency} in flight): {figures['tender_create_max_rps']} req/s; "
+          f"failures: {figures['tender_create_failures']}")
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(figures, indent=2) + "\n")
+    print(json.dumps(figures, separators=(",", ":")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
