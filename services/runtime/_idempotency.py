@@ -50,7 +50,7 @@ class Idempotency:
         """``compute()`` once per (scope, request_id); ``scope`` names the tenant and the method."""
         if not request_id:
             return await compute()
-        if not _REQUEST_ID.match(request_id):
+        if not _REQUEST_ID.fullmatch(request_id):
             raise InvalidArgument("request_id must be 1-128 characters from A-Z a-z 0-9 . _ : -",
                                   reason="INVALID_REQUEST_ID",
                                   violations=[FieldViolation("request_id", "1-128 of [A-Za-z0-9._:-]")])

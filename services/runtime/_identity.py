@@ -42,7 +42,7 @@ class Identity:
         if not uri.startswith(prefix):
             raise IdentityError(f"identity {uri!r} is not in trust domain {TRUST_DOMAIN}")
         parts = uri[len(prefix):].split("/")
-        if len(parts) != 2 or parts[0] not in KINDS or not _NAME.match(parts[1]):
+        if len(parts) != 2 or parts[0] not in KINDS or not _NAME.fullmatch(parts[1]):
             raise IdentityError(
                 f"identity {uri!r} must be spiffe://{TRUST_DOMAIN}/<{'|'.join(sorted(KINDS))}>/<name>, "
                 "name 1-63 characters of letters, digits, '.', '_' or '-'"

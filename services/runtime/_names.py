@@ -15,7 +15,7 @@ SERVER_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 def parse_name(name: str, collection: str, *, field: str = "name", id_pattern: re.Pattern[str] = SERVER_ID) -> str:
     """The id in ``<collection>/<id>``, or INVALID_ARGUMENT naming ``field``."""
     prefix, _, resource_id = name.partition("/")
-    if prefix != collection or not id_pattern.match(resource_id):
+    if prefix != collection or not id_pattern.fullmatch(resource_id):
         raise InvalidArgument(f"{field} must be {collection}/{{id}}, got {name[:80]!r}",
                               reason="INVALID_RESOURCE_NAME",
                               violations=[FieldViolation(field, f"must be {collection}/{{id}}")])

@@ -26,7 +26,7 @@ def carrier(context: grpc.aio.ServicerContext) -> str:
     values = [v for k, v in (context.invocation_metadata() or ()) if k == CARRIER_METADATA_KEY]
     if caller().kind == "vehicle":
         raise PermissionDenied("vehicles do not act for a carrier", reason="TENANT_NOT_ALLOWED")
-    match = _CARRIER.match(values[0]) if len(values) == 1 and isinstance(values[0], str) else None
+    match = _CARRIER.fullmatch(values[0]) if len(values) == 1 and isinstance(values[0], str) else None
     if match is None:
         raise InvalidArgument(f"exactly one {CARRIER_METADATA_KEY} metadata entry, carriers/{{carrier}}, is required",
                               reason="TENANT_REQUIRED")

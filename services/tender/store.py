@@ -1,32 +1,217 @@
-"""The tender book in Redis: one key per tender, a creation-time index per carrier.
+"""The tender book in Redis.
 
-Keys carry the carrier as their hash tag (``{carrier}``) so that a tender, its index and (later) its
-outbox event commit in one slot on Redis Cluster.
+Keys of a carrier carry the carrier as their hash tag (``{carrier}``), so a tender, its time index, the
+carrier's natural-key map and the outbox event commit in one MULTI/EXEC in one Redis Cluster slot:
+
+* ``tender:{carrier}:<id>``            the Tender (serialized protobuf);
+* ``tenders:{carrier}:by-time``        creation-time index (sorted set, see runtime TimeIndex);
+* ``tender-load:{carrier}``            hash tms_load_id -> id of the carrier's non-terminal tender for it;
+* ``events:{carrier}``                 the outbox stream (runtime ``add_event``).
+
+Offer expiries live in one fleet-wide sorted set, ``tender-expiries:{fleet}`` (member ``<carrier>/<id>``,
+score the expiry in ms). It is another slot, so it is written *before* the commit that makes the offer:
+an entry whose offer was never committed, or was answered meanwhile, is dropped by the lapse loop.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import redis.asyncio
+from redis.asyncio.client import Pipeline
 
+from haulmesh.events.v1 import event_pb2
 from haulmesh.tender.v1 import tender_pb2
-from services.runtime import Collection, Page
+from services.runtime import FLEET, AlreadyExists, Collection, NotFound, add_event, tenant_key, transact
 
-__all__ = ["TenderStore"]
+from .domain import TERMINAL_STATES, EtagMismatch, compute_etag, tender_name
+
+__all__ = ["EXPIRIES_KEY", "UNCHANGED", "Mutation", "TenderStore", "already_exists", "event_payload_set"]
+
+EXPIRIES_KEY = tenant_key("tender-expiries", FLEET)
+
+#: Changes a tender in place; returns the event announcing the change (None: no event), or raises.
+#: Returning the sentinel :data:`UNCHANGED` means nothing changed and nothing is written.
+Mutation = Callable[[tender_pb2.Tender], "event_pb2.Event | object | None"]
+UNCHANGED = object()
+
+
+def _not_found(tender_id: str) -> NotFound:
+    name = tender_name(tender_id)
+    return NotFound(f"{name} does not exist", reason="TENDER_NOT_FOUND", metadata={"name": name})
 
 
 class TenderStore:
     """Reads and writes tenders of one store."""
 
     def __init__(self, client: redis.asyncio.Redis) -> None:
-        self._redis = client
+        self.redis = client
 
     def _tenders(self, carrier: str) -> Collection[tender_pb2.Tender]:
-        return Collection(self._redis, tender_pb2.Tender, prefix=f"tender:{{{carrier}}}",
+        return Collection(self.redis, tender_pb2.Tender, prefix=f"tender:{{{carrier}}}",
                           index_key=f"tenders:{{{carrier}}}:by-time")
+
+    @staticmethod
+    def _loads_key(carrier: str) -> str:
+        return tenant_key("tender-load", carrier)
 
     async def get(self, carrier: str, tender_id: str) -> tender_pb2.Tender | None:
         return await self._tenders(carrier).get(tender_id)
 
-    async def list(self, carrier: str, page: Page) -> tuple[list[tender_pb2.Tender], str]:
-        """One page of the carrier's tenders, newest first, and the cursor of the next page."""
-        return await self._tenders(carrier).page(page)
+    async def require(self, carrier: str, tender_id: str) -> tender_pb2.Tender:
+        tender = await self.get(carrier, tender_id)
+        if tender is None:
+            raise _not_found(tender_id)
+        return tender
+
+    async def open_tender_for_load(self, carrier: str, tms_load_id: str) -> str | None:
+        """The id of the carrier's non-terminal tender for ``tms_load_id``, if any."""
+        raw = await self.redis.hget(self._loads_key(carrier), tms_load_id)
+        return None if raw is None else raw.decode()
+
+    async def scan(self, carrier: str, after: str, size: int, keep: Callable[[tender_pb2.Tender], bool], *,
+                   upper: str = "", lower: str = "", scan_limit: int = 2000) -> tuple[list[tender_pb2.Tender], str]:
+        """Newest first from the index member ``after`` (exclusive): up to ``size`` tenders passing ``keep``,
+        examining at most ``scan_limit`` index entries; returns them and the cursor to continue from ("" at
+        the end). ``upper``/``lower`` bound the index members (exclusive upper, inclusive lower)."""
+        tenders = self._tenders(carrier)
+        out: list[tender_pb2.Tender] = []
+        start = f"({after}" if after else (f"({upper}" if upper else "+")
+        if after and upper and after > upper:
+            start = f"({upper}"
+        stop = f"[{lower}" if lower else "-"
+        examined = 0
+        batch = max(size + 1, 100) if keep is not None else size + 1
+        while True:
+            members = await self.redis.zrange(tenders.index.key, start, stop, desc=True, bylex=True, offset=0,
+                                              num=batch)
+            if not members:
+                return out, ""
+            ids = [tenders.index.resource_id(m) for m in members]
+            raws = await self.redis.mget([tenders.key(i) for i in ids])
+            for member, raw in zip(members, raws, strict=True):
+                examined += 1
+                if raw is not None:
+                    tender = tender_pb2.Tender.FromString(raw)
+                    if keep(tender):
+                        out.append(tender)
+                cursor = member.decode()
+                if len(out) == size:
+                    more = await self.redis.zrange(tenders.index.key, f"({cursor}", stop, desc=True, bylex=True,
+                                                   offset=0, num=1)
+                    return out, cursor if more else ""
+                if examined >= scan_limit:
+                    return out, cursor
+            start = f"({members[-1].decode()}"
+
+    async def create(self, carrier: str, tender: tender_pb2.Tender, event: event_pb2.Event) -> tender_pb2.Tender:
+        """Commit a new (evaluated) tender with its event; ALREADY_EXISTS if the load has an open tender."""
+        tenders = self._tenders(carrier)
+        tender_id = tender.name.removeprefix("tenders/")
+        loads = self._loads_key(carrier)
+        tender.etag = compute_etag(tender)
+        if tender.state == tender_pb2.Tender.STATE_OFFERED:
+            await self._schedule_expiry(carrier, tender)
+
+        async def write(pipe: Pipeline) -> tender_pb2.Tender:
+            existing = await pipe.hget(loads, tender.tms_load_id)
+            if existing is not None and existing.decode() != tender_id:
+                other = await pipe.get(tenders.key(existing.decode()))
+                if other is not None and tender_pb2.Tender.FromString(other).state not in TERMINAL_STATES:
+                    raise already_exists(tender.tms_load_id, existing.decode())
+            pipe.multi()
+            pipe.set(tenders.key(tender_id), tender.SerializeToString())
+            pipe.zadd(tenders.index.key, {tenders.index.member(tender.create_time.ToMilliseconds(), tender_id): 0})
+            if tender.state not in TERMINAL_STATES:
+                pipe.hset(loads, tender.tms_load_id, tender_id)
+            elif existing is not None:
+                pipe.hdel(loads, tender.tms_load_id)  # the previous open tender is terminal by now
+            event_payload_set(event, tender)
+            add_event(pipe, event)
+            return tender
+
+        return await transact(self.redis, carrier, [loads], write)
+
+    async def update(self, carrier: str, tender_id: str, mutate: Mutation, *, etag: str = "",
+                     respect_etag: Callable[[tender_pb2.Tender], bool] | None = None
+                     ) -> tuple[tender_pb2.Tender, bool]:
+        """Apply ``mutate`` atomically with the event it returns; (tender, changed).
+
+        ``etag``: if set, and ``respect_etag(tender)`` (default: always) is true, the tender's current etag
+        must equal it (else ABORTED, ETAG_MISMATCH). Stamps ``update_time`` and ``etag``; keeps the
+        natural-key map in step (a tender entering a terminal state frees its tms_load_id).
+        """
+        tenders = self._tenders(carrier)
+        key = tenders.key(tender_id)
+        loads = self._loads_key(carrier)
+
+        async def write(pipe: Pipeline) -> tuple[tender_pb2.Tender, bool]:
+            raw = await pipe.get(key)
+            if raw is None:
+                raise _not_found(tender_id)
+            tender = tender_pb2.Tender.FromString(raw)
+            if etag and (respect_etag is None or respect_etag(tender)) and etag != tender.etag:
+                raise EtagMismatch(tender_name(tender_id))
+            event = mutate(tender)
+            owner = await pipe.hget(loads, tender.tms_load_id) if tender.state in TERMINAL_STATES else None
+            pipe.multi()
+            if event is UNCHANGED:
+                return tender, False
+            tender.update_time.GetCurrentTime()
+            tender.etag = compute_etag(tender)
+            pipe.set(key, tender.SerializeToString())
+            if owner is not None and owner.decode() == tender_id:
+                pipe.hdel(loads, tender.tms_load_id)  # a terminal tender frees its load (if it still holds it)
+            if isinstance(event, event_pb2.Event):
+                event_payload_set(event, tender)
+                add_event(pipe, event)
+            return tender, True
+
+        result, changed = await transact(self.redis, carrier, [key, loads], write)
+        if changed and result.state == tender_pb2.Tender.STATE_OFFERED:
+            await self._schedule_expiry(carrier, result)
+        return result, changed
+
+    async def _schedule_expiry(self, carrier: str, tender: tender_pb2.Tender) -> None:
+        tender_id = tender.name.removeprefix("tenders/")
+        await self.redis.zadd(EXPIRIES_KEY, {f"{carrier}/{tender_id}": tender.offer.expire_time.ToMilliseconds()})
+
+    async def due_expiries(self, now_ms: int | None = None, limit: int = 100) -> list[tuple[str, str, int]]:
+        """(carrier, tender id, expiry ms) of offers due to lapse, earliest first."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        rows = await self.redis.zrangebyscore(EXPIRIES_KEY, "-inf", now_ms, start=0, num=limit, withscores=True)
+        out = []
+        for member, score in rows:
+            carrier, _, tender_id = member.decode().partition("/")
+            out.append((carrier, tender_id, int(score)))
+        return out
+
+    async def next_expiry_ms(self) -> int | None:
+        rows = await self.redis.zrange(EXPIRIES_KEY, 0, 0, withscores=True)
+        return int(rows[0][1]) if rows else None
+
+    async def forget_expiry(self, carrier: str, tender_id: str, score_ms: int) -> None:
+        """Drop the expiry entry, unless it was rescheduled meanwhile (a new offer)."""
+        member = f"{carrier}/{tender_id}"
+        await self.redis.eval(_FORGET, 1, EXPIRIES_KEY, member, score_ms)
+
+
+_FORGET = """
+local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if s and tonumber(s) <= tonumber(ARGV[2]) then return redis.call('ZREM', KEYS[1], ARGV[1]) end
+return 0
+"""
+
+
+def already_exists(tms_load_id: str, tender_id: str) -> AlreadyExists:
+    return AlreadyExists(f"the carrier already has an open tender for tms_load_id {tms_load_id!r}",
+                         reason="TENDER_ALREADY_EXISTS", metadata={"tender": tender_name(tender_id)})
+
+
+def event_payload_set(event: event_pb2.Event, tender: tender_pb2.Tender) -> None:
+    """Put the committed tender (with its final etag) in the event's payload."""
+    field = event.WhichOneof("data")
+    if field is not None:
+        getattr(event, field).tender.CopyFrom(tender)
+

@@ -1,0 +1,1 @@
+"""Tender service tests."""
