@@ -210,7 +210,7 @@ async def _flow(mesh: Mesh, receiver: WebhookReceiver, certs: Path) -> None:
             "secret": "whsec_" + base64.b64encode(receiver.secret).decode()})
         expect(reply.status_code == 200, f"subscription refused: {reply.status_code} {reply.text}")
         subscription = reply.json()
-        expect(not subscription.get("secret"), "the subscription echoed its secret")
+        expect("secret" not in subscription, "the subscription echoed its secret")
         detail(f"{subscription['name']}: every public event type; the signing secret stays with the TMS")
 
         tomorrow = (datetime.now(UTC) + timedelta(days=1)).replace(hour=8, minute=0, second=0, microsecond=0)

@@ -1,9 +1,26 @@
 """Entry point: ``python -m services.gateway`` — the HTTP listener for the TMS and a gRPC server beside it."""
 
-from services.runtime import Service, run_service
+from services.runtime import Service, resolve_redis_url, run_service
 
 from .app import HttpListener, create_app
+from .auth import AuthConfig, Authenticator
+from .descriptors import load_api
+from .ratelimit import TenantRateLimiter
+from .rest import RestGateway, max_request_bytes_from_env
 from .server import POLICY, register_grpc
+
+
+def rest_gateway(service: Service) -> RestGateway:
+    """The REST side from the environment (see docs/gateway.md); raises ConfigError on bad settings."""
+    config = service.config
+    return RestGateway(
+        api=load_api(),
+        authenticator=Authenticator(AuthConfig.from_env(config.state_dir)),
+        limiter=TenantRateLimiter.from_env(resolve_redis_url(config.redis_url, config.state_dir)),
+        # haulmesh.<area>.v1 is served by the mesh service <area>; the gateway's own (webhooks) included.
+        channel=lambda peer: service.channels.channel(config.peer_addresses[peer]),
+        max_request_bytes=max_request_bytes_from_env(),
+    )
 
 
 def register(service: Service) -> None:
@@ -15,7 +32,8 @@ def register(service: Service) -> None:
         except Exception:
             return False
 
-    listener = HttpListener(create_app(ready), service.config.listen_host, service.config.http_port)
+    listener = HttpListener(create_app(ready, rest_gateway(service)), service.config.listen_host,
+                            service.config.http_port)
     service.add_companion(listener.run, listener.stop)
 
 

@@ -6,20 +6,28 @@ It holds no business rules: every request becomes a gRPC call to the service tha
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
+
+from .errors import RestError, error_response
+from .openapi import build_openapi, render_docs
+from .rest import RestGateway
 
 __all__ = ["HttpListener", "create_app"]
 
+_VERBS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
-def create_app(ready: Callable[[], Awaitable[bool]]) -> Starlette:
-    """The ASGI app. ``ready`` says whether the gateway can serve (store reachable, not shutting down)."""
+
+def create_app(ready: Callable[[], Awaitable[bool]], rest: RestGateway | None = None) -> Starlette:
+    """The ASGI app. ``ready`` says whether the gateway can serve (store reachable, not shutting down);
+    ``rest`` serves the API (/api/..., /openapi.json, /docs) — without it only the probes are served."""
 
     async def healthz(_: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -28,7 +36,28 @@ def create_app(ready: Callable[[], Awaitable[bool]]) -> Starlette:
         ok = await ready()
         return JSONResponse({"status": "ready" if ok else "not ready"}, status_code=200 if ok else 503)
 
-    return Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz)])
+    routes = [Route("/healthz", healthz), Route("/readyz", readyz)]
+    if rest is not None:
+        document = build_openapi(rest.api)
+        spec = json.dumps(document, indent=1).encode()
+        page = render_docs(document)
+
+        async def openapi(_: Request) -> Response:
+            return Response(spec, media_type="application/json")
+
+        async def docs(_: Request) -> HTMLResponse:
+            return HTMLResponse(page)
+
+        routes += [Route("/openapi.json", openapi), Route("/docs", docs),
+                   Route("/{path:path}", rest.handle, methods=_VERBS)]
+    async def not_routed(request: Request, exc: Exception) -> Response:
+        # Starlette's own 404/405 (e.g. a path its router cannot match at all) in the API's error shape.
+        code = getattr(exc, "status_code", 404)
+        name, reason = ("UNIMPLEMENTED", "METHOD_NOT_ALLOWED") if code == 405 else ("NOT_FOUND", "ROUTE_NOT_FOUND")
+        return error_response(RestError(name, f"no route for {request.method} {request.url.path}", reason=reason,
+                                        http_status=code))
+
+    return Starlette(routes=routes, exception_handlers={404: not_routed, 405: not_routed})
 
 
 class _Server(uvicorn.Server):

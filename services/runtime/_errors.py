@@ -16,6 +16,7 @@ __all__ = [
     "InvalidArgument",
     "NotFound",
     "PermissionDenied",
+    "ResourceExhausted",
     "Unauthenticated",
     "Unavailable",
     "check_etag",
@@ -111,6 +112,13 @@ class IdentityError(Unauthenticated):
     """A peer certificate does not carry exactly one valid SPIFFE ID of our trust domain."""
 
     default_reason = "INVALID_PEER_IDENTITY"
+
+
+class ResourceExhausted(HaulmeshError):
+    """A quota or limit is reached (e.g. subscriptions per carrier)."""
+
+    code_name = "RESOURCE_EXHAUSTED"
+    default_reason = "RESOURCE_EXHAUSTED"
 
 
 class Unavailable(HaulmeshError):
