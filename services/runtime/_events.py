@@ -20,6 +20,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -138,11 +139,20 @@ class EventConsumer:
         self._grouped: set[str] = set()
         self._stopping = asyncio.Event()
         self.handled = 0
+        self._streams_cache: list[str] = []
+        self._streams_checked = 0.0
+        # Claims are for entries idle for claim_idle_ms: looking twice as often is soon enough.
+        self._reclaim_interval = max(0.01, min(claim_idle_ms / 2000, 5.0))
+        self._reclaimed_at = 0.0
 
     def _done_key(self, event_id: str) -> str:
         return f"events:done:{{{self.group}}}:{event_id}"
 
     async def _streams(self) -> list[str]:
+        now = time.monotonic()
+        if now - self._streams_checked < 1.0:  # new carriers' streams are picked up within a second
+            return self._streams_cache
+        self._streams_checked = now
         streams = sorted(s.decode() for s in await self._redis.smembers(STREAMS_KEY))
         for stream in streams:
             if stream not in self._grouped:
@@ -153,6 +163,7 @@ class EventConsumer:
                     if "BUSYGROUP" not in str(exc):
                         raise
                 self._grouped.add(stream)
+        self._streams_cache = streams
         return streams
 
     async def run(self) -> None:
@@ -160,13 +171,15 @@ class EventConsumer:
         pause = 0.005
         while not self._stopping.is_set():
             worked = 0
+            reclaim = time.monotonic() - self._reclaimed_at >= self._reclaim_interval
+            if reclaim:
+                self._reclaimed_at = time.monotonic()
             for stream in await self._streams():
-                worked += await self._reclaim(stream)
+                if reclaim:
+                    worked += await self._reclaim(stream)
                 replies = await self._redis.xreadgroup(self.group, self.consumer, {stream: ">"}, count=self._count)
                 for _, entries in replies or ():
-                    for entry_id, fields in entries:
-                        await self._process(stream, entry_id, fields, deliveries=1)
-                        worked += 1
+                    worked += await self._process_batch(stream, entries)
             pause = 0.005 if worked else min(pause * 2, self._idle_max)
             if not worked:
                 try:
@@ -189,6 +202,18 @@ class EventConsumer:
                     await self._process(stream, entry_id, fields, deliveries=entry["times_delivered"] + 1)
                     claimed += 1
         return claimed
+
+    async def _process_batch(self, stream: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> int:
+        """First deliveries of a batch; entries of types this group does not handle are acked in one call."""
+        skipped = []
+        for entry_id, fields in entries:
+            if self._types is not None and fields[b"type"].decode() not in self._types:
+                skipped.append(entry_id)
+            else:
+                await self._process(stream, entry_id, fields, deliveries=1)
+        if skipped:
+            await self._redis.xack(stream, self.group, *skipped)
+        return len(entries)
 
     async def _process(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], *, deliveries: int) -> None:
         event_id = fields[b"id"].decode()

@@ -17,6 +17,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from datetime import time as dt_time
 from zoneinfo import ZoneInfo
 
 from google.protobuf import timestamp_pb2
@@ -416,18 +417,25 @@ class Assessment:
 
 
 def night_minutes(start: datetime, transit: timedelta, zone: str, night_start: int, night_end: int) -> int:
-    """Minutes of [start, start + transit) that fall in local night hours (5-minute resolution)."""
+    """Whole minutes of [start, start + transit) that fall in local night hours [night_start, night_end).
+
+    Interval arithmetic over the local nights the trip touches (a few per trip), not a walk through the
+    trip: offers are priced on the request path.
+    """
     tz = ZoneInfo(zone)
-    step = timedelta(minutes=5)
-    total, t, end = 0, start, start + transit
-    while t < end:
-        hour = t.astimezone(tz).hour
-        at_night = (night_start <= hour or hour < night_end) if night_start > night_end else (
-            night_start <= hour < night_end)
-        if at_night:
-            total += int(min(step, end - t).total_seconds() // 60)
-        t += step
-    return total
+    end = start + transit
+    crosses_midnight = night_start > night_end
+    day = start.astimezone(tz).date() - timedelta(days=1)
+    total = timedelta()
+    while True:
+        night_from = datetime.combine(day, dt_time(night_start), tz)
+        night_to = datetime.combine(day + timedelta(days=1) if crosses_midnight else day, dt_time(night_end), tz)
+        if night_from >= end:
+            return int(total.total_seconds() // 60)
+        overlap = min(end, night_to) - max(start, night_from)
+        if overlap > timedelta():
+            total += overlap
+        day += timedelta(days=1)
 
 
 def _candidate_starts(start: datetime, end: datetime) -> list[datetime]:

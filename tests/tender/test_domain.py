@@ -374,3 +374,24 @@ def test_filter_parsing() -> None:
         with pytest.raises(InvalidArgument) as caught:
             parse_filter(bad)
         assert caught.value.reason == "INVALID_FILTER"
+
+
+@settings(max_examples=200, deadline=None)
+@given(start=st.datetimes(min_value=datetime(2026, 1, 1), max_value=datetime(2027, 12, 31), timezones=st.just(UTC)),
+       minutes=st.integers(0, 4 * 24 * 60),
+       zone=st.sampled_from(["America/Chicago", "America/New_York", "America/Phoenix", "UTC"]),
+       hours=st.tuples(st.integers(0, 23), st.integers(0, 23)))
+def test_night_minutes_matches_a_minute_by_minute_count(start: datetime, minutes: int, zone: str,
+                                                        hours: tuple[int, int]) -> None:
+    from zoneinfo import ZoneInfo
+
+    night_start, night_end = hours
+    start = start.replace(second=0, microsecond=0)
+    tz = ZoneInfo(zone)
+
+    def at_night(t: datetime) -> bool:
+        hour = t.astimezone(tz).hour
+        return (night_start <= hour or hour < night_end) if night_start > night_end else night_start <= hour < night_end
+
+    expected = sum(at_night(start + timedelta(minutes=i)) for i in range(minutes))
+    assert domain.night_minutes(start, timedelta(minutes=minutes), zone, night_start, night_end) == expected
