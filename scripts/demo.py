@@ -330,7 +330,7 @@ async def _flow(mesh: Mesh, receiver: WebhookReceiver, certs: Path) -> None:
         finally:
             client.close()
         expect(report.intact, f"audit chain broken: {report.problems}")
-        detail(f"{report.entries} audited calls, chain intact")
+        detail(f"{report.entries} audited calls in {report.chains} per-process chains, all intact")
     finally:
         await http.aclose()
         await operator.close()

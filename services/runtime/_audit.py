@@ -1,17 +1,26 @@
 """The tamper-evident audit log: every successful mutating call, hash-chained.
 
+Each process writes its own chain (``audit:{<writer>}``, the writer being service, host, pid and start
+time), listed in ``audit:chains``. One writer per chain means no cross-process contention on a hot head
+key: appends queued while a write is in flight are committed together in the next one (group commit),
+one round trip per batch, and the caller's RPC answers once its entry is stored.
+
 Each entry holds its sequence number, the previous entry's hash and its own hash, SHA-256 over the
-previous hash and the entry's canonical JSON. The head (last sequence and hash) is kept beside the
-stream, so :func:`verify` detects an edited, deleted, reordered or inserted entry (a broken link or a
-sequence gap) and a truncated tail (the head names an entry that is gone). Whoever can rewrite every
-entry *and* the head can still forge history: production deployments anchor the head elsewhere
-(periodic signed checkpoints shipped to the SIEM), as the seed's "immutable audit logs" asks.
+previous hash and the entry's canonical JSON; each chain's head (last sequence and hash) is stored
+beside it in the same transaction. :func:`verify` detects an edited, deleted, reordered or inserted entry
+(a broken link or a sequence gap), a truncated tail (the head names an entry that is gone) and a chain
+removed while still listed. Whoever can rewrite every entry, every head *and* the list can still forge
+history: production deployments anchor the heads elsewhere (periodic signed checkpoints shipped to the
+SIEM), as the seed's "immutable audit logs" asks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import os
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,10 +28,11 @@ from typing import Any
 import redis
 import redis.asyncio
 
-__all__ = ["AUDIT_STREAM", "AuditLog", "AuditReport", "verify"]
+from ._keys import new_id
 
-AUDIT_STREAM = "audit:{log}"
-AUDIT_HEAD = "audit:{log}:head"
+__all__ = ["CHAINS_KEY", "AuditLog", "AuditReport", "verify"]
+
+CHAINS_KEY = "audit:chains"
 _GENESIS = "0" * 64
 
 
@@ -31,35 +41,72 @@ def _entry_hash(prev: str, record: dict[str, Any]) -> str:
     return hashlib.sha256((prev + canonical).encode()).hexdigest()
 
 
-class AuditLog:
-    """Appends to the audit chain of one store (safe across processes: optimistic transaction on the head)."""
+def head_key(stream: str) -> str:
+    return f"{stream}:head"
 
-    def __init__(self, client: redis.asyncio.Redis) -> None:
+
+class AuditLog:
+    """This process's audit chain on one store."""
+
+    def __init__(self, client: redis.asyncio.Redis, writer: str = "audit") -> None:
         self._redis = client
+        self.stream = f"audit:{{{writer}-{socket.gethostname()}-{os.getpid()}-{new_id()}}}"
+        self._seq, self._hash = 0, _GENESIS
+        self._queue: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._writing: asyncio.Task[None] | None = None
+        self._registered = False
+        self._head_uncertain = False
 
     async def append(self, *, actor: str, method: str, carrier: str = "", resource: str = "",
                      outcome: str = "OK") -> None:
-        record_base = {"time": round(time.time(), 3), "actor": actor, "method": method, "carrier": carrier,
-                       "resource": resource, "outcome": outcome}
+        """Add an entry; returns once it is stored (with whatever else was queued meanwhile)."""
+        record = {"time": round(time.time(), 3), "actor": actor, "method": method, "carrier": carrier,
+                  "resource": resource, "outcome": outcome}
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((record, done))
+        if self._writing is None or self._writing.done():
+            self._writing = asyncio.get_running_loop().create_task(self._write())
+        await done
 
-        async def write(pipe: Any) -> None:
-            head = await pipe.hgetall(AUDIT_HEAD)
-            seq = int(head.get(b"seq", 0)) + 1
-            prev = head.get(b"hash", _GENESIS.encode()).decode()
-            record = {**record_base, "seq": seq, "prev": prev}
-            digest = _entry_hash(prev, record)
-            pipe.multi()
-            pipe.xadd(AUDIT_STREAM, {"record": json.dumps(record, sort_keys=True), "hash": digest})
-            pipe.hset(AUDIT_HEAD, mapping={"seq": seq, "hash": digest})
-
-        await self._redis.transaction(write, AUDIT_HEAD)
+    async def _write(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            try:
+                if not self._registered:
+                    await self._redis.sadd(CHAINS_KEY, self.stream)
+                    self._registered = True
+                if self._head_uncertain:  # a failed write may have committed after all: trust the store
+                    head = await self._redis.hgetall(head_key(self.stream))
+                    self._seq = int(head.get(b"seq", 0))
+                    self._hash = head.get(b"hash", _GENESIS.encode()).decode()
+                    self._head_uncertain = False
+                seq, digest = self._seq, self._hash
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    for record, _ in batch:
+                        seq += 1
+                        entry = {**record, "seq": seq, "prev": digest}
+                        digest = _entry_hash(digest, entry)
+                        pipe.xadd(self.stream, {"record": json.dumps(entry, sort_keys=True), "hash": digest})
+                    pipe.hset(head_key(self.stream), mapping={"seq": seq, "hash": digest})
+                    await pipe.execute()
+            except Exception as exc:  # every waiter of the batch learns it failed
+                self._head_uncertain = True
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            self._seq, self._hash = seq, digest
+            for _, done in batch:
+                if not done.done():
+                    done.set_result(None)
 
 
 @dataclass(frozen=True)
 class AuditReport:
-    """What :func:`verify` found: ``problems`` is empty when the chain is intact."""
+    """What :func:`verify` found: ``problems`` is empty when every chain is intact."""
 
     entries: int
+    chains: int
     problems: list[str]
 
     @property
@@ -67,39 +114,47 @@ class AuditReport:
         return not self.problems
 
 
-def verify(client: redis.Redis) -> AuditReport:
-    """Walk the whole chain (synchronously: it is a command-line check) and report every break."""
-    problems: list[str] = []
+def _verify_chain(client: redis.Redis, stream: str, problems: list[str]) -> int:
     prev, expected_seq, count = _GENESIS, 1, 0
     last_id = "-"
     while True:
-        batch = client.xrange(AUDIT_STREAM, min=last_id, count=1000)
+        batch = client.xrange(stream, min=last_id, count=1000)
         if last_id != "-":
             batch = batch[1:]
         if not batch:
             break
         for entry_id, fields in batch:
             count += 1
+            where = f"{stream} entry {entry_id.decode()}"
             try:
                 record = json.loads(fields[b"record"])
                 stored_hash = fields[b"hash"].decode()
             except (KeyError, ValueError):
-                problems.append(f"entry {entry_id.decode()}: unreadable")
+                problems.append(f"{where}: unreadable")
                 continue
             if record.get("seq") != expected_seq:
-                problems.append(f"entry {entry_id.decode()}: sequence {record.get('seq')}, expected {expected_seq}"
+                problems.append(f"{where}: sequence {record.get('seq')}, expected {expected_seq}"
                                 " (entries deleted, inserted or reordered)")
             if record.get("prev") != prev:
-                problems.append(f"entry {entry_id.decode()} (seq {record.get('seq')}): does not follow the "
-                                "previous entry (deleted, inserted or reordered)")
+                problems.append(f"{where} (seq {record.get('seq')}): does not follow the previous entry "
+                                "(deleted, inserted or reordered)")
             if _entry_hash(record.get("prev", ""), record) != stored_hash:
-                problems.append(f"entry {entry_id.decode()} (seq {record.get('seq')}): content does not match "
-                                "its hash (edited)")
+                problems.append(f"{where} (seq {record.get('seq')}): content does not match its hash (edited)")
             prev, expected_seq = stored_hash, int(record.get("seq", expected_seq)) + 1
         last_id = batch[-1][0].decode()
-    head = client.hgetall(AUDIT_HEAD)
+    head = client.hgetall(head_key(stream))
     head_seq, head_hash = int(head.get(b"seq", 0)), head.get(b"hash", _GENESIS.encode()).decode()
-    if head_seq != expected_seq - 1 or head_hash != prev:
-        problems.append(f"the log ends at sequence {expected_seq - 1} but its head says {head_seq} "
+    if not head:
+        problems.append(f"{stream}: listed but its head is gone (chain removed)")
+    elif head_seq != expected_seq - 1 or head_hash != prev:
+        problems.append(f"{stream}: ends at sequence {expected_seq - 1} but its head says {head_seq} "
                         "(truncated or rewritten)")
-    return AuditReport(count, problems)
+    return count
+
+
+def verify(client: redis.Redis) -> AuditReport:
+    """Walk every chain (synchronously: it is a command-line check) and report every break."""
+    problems: list[str] = []
+    chains = sorted(s.decode() for s in client.smembers(CHAINS_KEY))
+    entries = sum(_verify_chain(client, stream, problems) for stream in chains)
+    return AuditReport(entries, len(chains), problems)

@@ -47,7 +47,7 @@ class Service:
         self._redis_url = resolve_redis_url(config.redis_url, config.state_dir)
         self._redis: redis.asyncio.Redis | None = None
         self.server = grpc.aio.server(
-            interceptors=[AuthorizationInterceptor(policy, AuditLog(self.redis))],
+            interceptors=[AuthorizationInterceptor(policy, AuditLog(self.redis, config.service_name))],
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),

@@ -191,8 +191,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         client.close()
     for problem in report.problems:
         print(f"TAMPERED: {problem}")
-    print(f"audit log: {report.entries} entries, " + ("chain intact" if report.intact else
-                                                      f"{len(report.problems)} problem(s)"))
+    print(f"audit log: {report.entries} entries in {report.chains} chain(s), "
+          + ("every chain intact" if report.intact else f"{len(report.problems)} problem(s)"))
     return 0 if report.intact else 1
 
 

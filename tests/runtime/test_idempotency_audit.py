@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from haulmesh.tender.v1 import tender_pb2, tender_service_pb2
 from services.runtime import AuditLog, Idempotency, InvalidArgument, connect_async, verify_audit_log
-from services.runtime._audit import AUDIT_HEAD, AUDIT_STREAM
+from services.runtime._audit import head_key
 
 
 @pytest.fixture
@@ -90,60 +90,70 @@ async def test_malformed_request_id(client: redis.asyncio.Redis, bad: str) -> No
         await Idempotency(client).run("s", bad, _request("L"), compute, tender_pb2.Tender)
 
 
-async def _fill(client: redis.asyncio.Redis, n: int) -> list[bytes]:
-    log = AuditLog(client)
+async def _fill(client: redis.asyncio.Redis, n: int, writer: str = "tender") -> tuple[str, list[bytes]]:
+    """``n`` concurrent appends by one process's log: (its chain, its entry ids)."""
+    log = AuditLog(client, writer)
     await asyncio.gather(*(log.append(actor="spiffe://haulmesh.local/service/gateway", method=f"/x/M{i}",
                                       carrier="carriers/acme", resource=f"tenders/t{i}") for i in range(n)))
-    return [entry_id for entry_id, _ in await client.xrange(AUDIT_STREAM)]
+    return log.stream, [entry_id for entry_id, _ in await client.xrange(log.stream)]
 
 
 def _sync(store_url: str) -> redis.Redis:
     return redis.Redis.from_url(store_url)
 
 
-async def test_intact_chain_verifies(client: redis.asyncio.Redis, store_url: str) -> None:
-    assert len(await _fill(client, 20)) == 20
+async def test_intact_chains_verify(client: redis.asyncio.Redis, store_url: str) -> None:
+    stream, ids = await _fill(client, 20)
+    await _fill(client, 7, writer="billing")  # another process, its own chain
+    assert len(ids) == 20
+    records = [json.loads(f[b"record"]) for _, f in await client.xrange(stream)]
+    assert [r["seq"] for r in records] == list(range(1, 21))  # concurrent appends, one gapless chain
     report = verify_audit_log(_sync(store_url))
-    assert report.intact and report.entries == 20
+    assert report.intact and report.entries == 27 and report.chains == 2
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(tamper=st.sampled_from(["edit", "delete", "reorder", "truncate", "insert"]), index=st.integers(0, 9))
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tamper=st.sampled_from(["edit", "delete", "reorder", "truncate", "insert", "drop-chain"]),
+       index=st.integers(0, 9))
 async def test_any_tampering_is_detected(client: redis.asyncio.Redis, store_url: str, tamper: str, index: int) -> None:
     await client.flushall()
-    ids = await _fill(client, 10)
+    stream, ids = await _fill(client, 10)
+    await _fill(client, 3, writer="billing")  # an untouched chain beside it changes nothing
     sync = _sync(store_url)
-    entries = sync.xrange(AUDIT_STREAM)
+    entries = sync.xrange(stream)
     if tamper == "edit":
         entry_id, fields = entries[index]
         record = json.loads(fields[b"record"])
         record["actor"] = "spiffe://haulmesh.local/operator/mallory"
-        _rewrite(sync, entries, {index: {b"record": json.dumps(record, sort_keys=True), b"hash": fields[b"hash"]}})
+        _rewrite(sync, stream, entries, {index: {b"record": json.dumps(record, sort_keys=True),
+                                                 b"hash": fields[b"hash"]}})
     elif tamper == "delete":
-        sync.xdel(AUDIT_STREAM, ids[index])
+        sync.xdel(stream, ids[index])
     elif tamper == "reorder":
         j = (index + 1) % 10
-        swapped = {index: entries[j][1], j: entries[index][1]}
-        _rewrite(sync, entries, swapped)
+        _rewrite(sync, stream, entries, {index: entries[j][1], j: entries[index][1]})
     elif tamper == "truncate":
         for entry_id in ids[index:]:
-            sync.xdel(AUDIT_STREAM, entry_id)
+            sync.xdel(stream, entry_id)
+    elif tamper == "insert":
+        _rewrite(sync, stream, entries, {}, insert_at=index, inserted=entries[index][1])
     else:
-        _, fields = entries[index]
-        _rewrite(sync, entries, {}, insert_at=index, inserted=fields)
-    assert not verify_audit_log(sync).intact, tamper
+        sync.delete(stream, head_key(stream))
+    report = verify_audit_log(sync)
+    assert not report.intact, tamper
+    assert all(stream in problem for problem in report.problems)
 
 
-def _rewrite(sync: redis.Redis, entries: list, replace: dict, *, insert_at: int | None = None,
+def _rewrite(sync: redis.Redis, stream: str, entries: list, replace: dict, *, insert_at: int | None = None,
              inserted: dict | None = None) -> None:
     """Rebuild the stream with some entries replaced (stream ids must grow, so rewrite it whole)."""
-    head = sync.hgetall(AUDIT_HEAD)
-    sync.delete(AUDIT_STREAM)
+    head = sync.hgetall(head_key(stream))
+    sync.delete(stream)
     for i, (_, fields) in enumerate(entries):
         if insert_at == i:
-            sync.xadd(AUDIT_STREAM, inserted)
-        sync.xadd(AUDIT_STREAM, replace.get(i, fields))
-    sync.hset(AUDIT_HEAD, mapping=head)
+            sync.xadd(stream, inserted)
+        sync.xadd(stream, replace.get(i, fields))
+    sync.hset(head_key(stream), mapping=head)
 
 
 async def test_audit_verify_command(client: redis.asyncio.Redis, store_url: str) -> None:
@@ -151,11 +161,11 @@ async def test_audit_verify_command(client: redis.asyncio.Redis, store_url: str)
     import subprocess
     import sys
 
-    ids = await _fill(client, 5)
+    stream, ids = await _fill(client, 5)
     env = {**os.environ, "REDIS_URL": store_url}
     command = [sys.executable, "-m", "services.runtime.cli", "audit", "verify"]
     ok = await asyncio.to_thread(subprocess.run, command, env=env, capture_output=True, text=True, timeout=60)
-    assert ok.returncode == 0 and "5 entries, chain intact" in ok.stdout, ok.stdout + ok.stderr
-    await client.xdel(AUDIT_STREAM, ids[2])
+    assert ok.returncode == 0 and "5 entries in 1 chain(s), every chain intact" in ok.stdout, ok.stdout + ok.stderr
+    await client.xdel(stream, ids[2])
     bad = await asyncio.to_thread(subprocess.run, command, env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "TAMPERED" in bad.stdout
