@@ -53,8 +53,10 @@ class TenderStore:
                           index_key=f"tenders:{{{carrier}}}:by-time")
 
     @staticmethod
-    def _loads_key(carrier: str) -> str:
-        return tenant_key("tender-load", carrier)
+    def _load_key(carrier: str, tms_load_id: str) -> str:
+        # One key per load, not one hash per carrier: a transaction watches only its own load, so the
+        # carrier's concurrent creates do not abort each other.
+        return tenant_key("tender-load", carrier, tms_load_id)
 
     async def get(self, carrier: str, tender_id: str) -> tender_pb2.Tender | None:
         return await self._tenders(carrier).get(tender_id)
@@ -67,7 +69,7 @@ class TenderStore:
 
     async def open_tender_for_load(self, carrier: str, tms_load_id: str) -> str | None:
         """The id of the carrier's non-terminal tender for ``tms_load_id``, if any."""
-        raw = await self.redis.hget(self._loads_key(carrier), tms_load_id)
+        raw = await self.redis.get(self._load_key(carrier, tms_load_id))
         return None if raw is None else raw.decode()
 
     async def scan(self, carrier: str, after: str, size: int, keep: Callable[[tender_pb2.Tender], bool], *,
@@ -109,13 +111,13 @@ class TenderStore:
         """Commit a new (evaluated) tender with its event; ALREADY_EXISTS if the load has an open tender."""
         tenders = self._tenders(carrier)
         tender_id = tender.name.removeprefix("tenders/")
-        loads = self._loads_key(carrier)
+        load = self._load_key(carrier, tender.tms_load_id)
         tender.etag = compute_etag(tender)
         if tender.state == tender_pb2.Tender.STATE_OFFERED:
             await self._schedule_expiry(carrier, tender)
 
         async def write(pipe: Pipeline) -> tender_pb2.Tender:
-            existing = await pipe.hget(loads, tender.tms_load_id)
+            existing = await pipe.get(load)
             if existing is not None and existing.decode() != tender_id:
                 other = await pipe.get(tenders.key(existing.decode()))
                 if other is not None and tender_pb2.Tender.FromString(other).state not in TERMINAL_STATES:
@@ -124,14 +126,14 @@ class TenderStore:
             pipe.set(tenders.key(tender_id), tender.SerializeToString())
             pipe.zadd(tenders.index.key, {tenders.index.member(tender.create_time.ToMilliseconds(), tender_id): 0})
             if tender.state not in TERMINAL_STATES:
-                pipe.hset(loads, tender.tms_load_id, tender_id)
+                pipe.set(load, tender_id)
             elif existing is not None:
-                pipe.hdel(loads, tender.tms_load_id)  # the previous open tender is terminal by now
+                pipe.delete(load)  # the previous open tender is terminal by now
             event_payload_set(event, tender)
             add_event(pipe, event)
             return tender
 
-        return await transact(self.redis, carrier, [loads], write)
+        return await transact(self.redis, carrier, [load], write)
 
     async def update(self, carrier: str, tender_id: str, mutate: Mutation, *, etag: str = "",
                      respect_etag: Callable[[tender_pb2.Tender], bool] | None = None
@@ -144,7 +146,6 @@ class TenderStore:
         """
         tenders = self._tenders(carrier)
         key = tenders.key(tender_id)
-        loads = self._loads_key(carrier)
 
         async def write(pipe: Pipeline) -> tuple[tender_pb2.Tender, bool]:
             raw = await pipe.get(key)
@@ -154,7 +155,10 @@ class TenderStore:
             if etag and (respect_etag is None or respect_etag(tender)) and etag != tender.etag:
                 raise EtagMismatch(tender_name(tender_id))
             event = mutate(tender)
-            owner = await pipe.hget(loads, tender.tms_load_id) if tender.state in TERMINAL_STATES else None
+            load = self._load_key(carrier, tender.tms_load_id)  # tms_load_id never changes once created
+            if tender.state in TERMINAL_STATES:
+                await pipe.watch(load)
+            owner = await pipe.get(load) if tender.state in TERMINAL_STATES else None
             pipe.multi()
             if event is UNCHANGED:
                 return tender, False
@@ -162,13 +166,13 @@ class TenderStore:
             tender.etag = compute_etag(tender)
             pipe.set(key, tender.SerializeToString())
             if owner is not None and owner.decode() == tender_id:
-                pipe.hdel(loads, tender.tms_load_id)  # a terminal tender frees its load (if it still holds it)
+                pipe.delete(load)  # a terminal tender frees its load (if it still holds it)
             if isinstance(event, event_pb2.Event):
                 event_payload_set(event, tender)
                 add_event(pipe, event)
             return tender, True
 
-        result, changed = await transact(self.redis, carrier, [key, loads], write)
+        result, changed = await transact(self.redis, carrier, [key], write)
         if changed and result.state == tender_pb2.Tender.STATE_OFFERED:
             await self._schedule_expiry(carrier, result)
         return result, changed
