@@ -150,3 +150,53 @@ async def test_failing_entry_goes_to_dead_letters_and_replays(client: redis.asyn
     await consumer.stop()
     await task
     assert await dead_letters(client, "webhooks") == []
+
+
+_CRASHING_CONSUMER = """
+import asyncio, sys
+from services.runtime import EventConsumer, connect_async
+
+async def main(url):
+    client = connect_async(url)
+
+    async def handle(event):
+        if await client.set(f"effect:{event.id}", 1, nx=True):  # the handler is idempotent on the event id
+            await client.incr("applied")
+        await client.rpush("handled-before-crash", event.id)
+        await asyncio.sleep(3600)  # dies here, killed, before the entry is acknowledged
+
+    await EventConsumer(client, group="billing", handler=handle, consumer="doomed").run()
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def test_killed_consumer_process_entries_are_reclaimed_and_applied_once(client: redis.asyncio.Redis,
+                                                                               store_url: str) -> None:
+    import signal
+    import sys
+
+    ids = await _emit(client, "acme", 3)
+    doomed = await asyncio.create_subprocess_exec(sys.executable, "-c", _CRASHING_CONSUMER, store_url)
+    try:
+        await wait_for(lambda: client.llen("handled-before-crash"), timeout_seconds=30)
+    finally:
+        doomed.send_signal(signal.SIGKILL)
+        await doomed.wait()
+    stream = event_stream_key("acme")
+    assert (await client.xpending(stream, "billing"))["pending"] >= 1
+    assert int(await client.get("applied")) == 1
+
+    async def handle(event):
+        if await client.set(f"effect:{event.id}", 1, nx=True):
+            await client.incr("applied")
+
+    survivor = EventConsumer(client, group="billing", handler=handle, consumer="survivor", claim_idle_ms=200)
+    task = asyncio.create_task(survivor.run())
+    await wait_for(lambda: survivor.handled >= 3, timeout_seconds=15)
+    await survivor.stop()
+    await task
+    print(f"killed consumer: {len(ids)} events, {survivor.handled} handled by the survivor, "
+          f"applied {int(await client.get('applied'))} times")
+    assert int(await client.get("applied")) == 3  # each event's effect exactly once, the crashed one included
+    assert (await client.xpending(stream, "billing"))["pending"] == 0
