@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 
-from services.runtime import EmbeddedStore, Identity, Mesh, pki
+from services.runtime import EmbeddedStore, Identity, Mesh, pki, status_of
 from services.runtime._store import free_port
 
 
@@ -81,6 +83,31 @@ async def mesh(mesh_pki: Pki) -> Mesh:
         raise
     yield mesh
     await mesh.stop(stop_store=True)
+
+
+class RichError(NamedTuple):
+    """What a failed call carried: its code name, ErrorInfo reason and metadata, BadRequest fields."""
+
+    code: str
+    reason: str
+    fields: list[str]
+    metadata: dict[str, str]
+
+
+def rich_error(error: grpc.aio.AioRpcError) -> RichError:
+    """Unpack the google.rpc.Status of a failed call; fails the test if it is not a Haulmesh error."""
+    status = status_of(error)
+    assert status is not None, "no google.rpc.Status in the error"
+    info, fields = error_details_pb2.ErrorInfo(), []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            detail.Unpack(info)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields += [v.field for v in bad.field_violations]
+    assert info.domain == "haulmesh.io", info
+    return RichError(error.code().name, info.reason, fields, dict(info.metadata))
 
 
 async def wait_for(predicate, *, timeout_seconds: float = 10.0, interval_seconds: float = 0.05):

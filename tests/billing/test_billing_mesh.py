@@ -12,16 +12,15 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2, timestamp_pb2
-from google.rpc import error_details_pb2
 
 from haulmesh.billing.v1 import billing_service_pb2 as api
 from haulmesh.billing.v1 import billing_service_pb2_grpc, invoice_pb2, quote_pb2, rate_card_pb2
 from haulmesh.events.v1 import event_pb2, tender_events_pb2
 from haulmesh.tender.v1 import tender_pb2
 from haulmesh.type.v1 import lane_pb2, money_pb2
-from services.runtime import Mesh, add_event, connect_async, new_event, status_of, transact
+from services.runtime import Mesh, add_event, connect_async, new_event, transact
 
-from ..conftest import Pki, wait_for
+from ..conftest import Pki, rich_error, wait_for
 
 LANE = lane_pb2.Lane(origin_region="US-TX-HOU", destination_region="US-GA-ATL")
 DRY_VAN = 1
@@ -82,18 +81,7 @@ async def billing(mesh: Mesh, mesh_pki: Pki):
 
 def error_of(error: grpc.aio.AioRpcError) -> tuple[str, str, list[str], dict[str, str]]:
     """(code, ErrorInfo reason, BadRequest fields, ErrorInfo metadata)."""
-    status = status_of(error)
-    assert status is not None
-    info, fields = error_details_pb2.ErrorInfo(), []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            detail.Unpack(info)
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields += [v.field for v in bad.field_violations]
-    assert info.domain == "haulmesh.io"
-    return error.code().name, info.reason, fields, dict(info.metadata)
+    return tuple(rich_error(error))
 
 
 async def fails(call) -> tuple[str, str, list[str], dict[str, str]]:

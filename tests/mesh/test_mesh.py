@@ -14,15 +14,14 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from haulmesh.tender.v1 import tender_service_pb2, tender_service_pb2_grpc
-from services.runtime import MESH_SERVICES, Mesh, status_of
+from services.runtime import MESH_SERVICES, Mesh
 from services.runtime._store import free_port
 
-from ..conftest import Pki
+from ..conftest import Pki, rich_error
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,18 +76,8 @@ async def test_truck_is_denied_on_tenders_and_gateway_is_allowed(mesh: Mesh, mes
 
 def _error(error: grpc.aio.AioRpcError) -> tuple[str, str, list[str]]:
     """(code, ErrorInfo reason, BadRequest fields) of a rich error."""
-    status = status_of(error)
-    assert status is not None, "no google.rpc.Status in the error"
-    info, fields = error_details_pb2.ErrorInfo(), []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            detail.Unpack(info)
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields += [v.field for v in bad.field_violations]
-    assert info.domain == "haulmesh.io"
-    return error.code().name, info.reason, fields
+    e = rich_error(error)
+    return e.code, e.reason, e.fields
 
 
 @pytest.mark.parametrize("name,metadata,expected", [

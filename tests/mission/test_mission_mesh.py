@@ -17,15 +17,14 @@ import redis.asyncio
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf import field_mask_pb2, timestamp_pb2
-from google.rpc import error_details_pb2
 
 from haulmesh.events.v1 import event_pb2
 from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, mission_service_pb2_grpc, vehicle_pb2
 from haulmesh.type.v1 import hazmat_pb2, health_check_pb2, location_pb2, time_window_pb2
 from services.mission import domain
-from services.runtime import Mesh, new_id, pki, status_of
+from services.runtime import Mesh, new_id, pki
 
-from ..conftest import Pki, wait_for
+from ..conftest import Pki, rich_error, wait_for
 
 ACME = (("haulmesh-carrier", "carriers/acme"),)
 GLOBEX = (("haulmesh-carrier", "carriers/globex"),)
@@ -47,18 +46,8 @@ def _ts(value: datetime) -> timestamp_pb2.Timestamp:
 
 def _error(error: grpc.aio.AioRpcError) -> tuple[str, str, dict[str, str], list[str]]:
     """(code, ErrorInfo reason, ErrorInfo metadata, BadRequest fields)."""
-    status = status_of(error)
-    assert status is not None, "no google.rpc.Status in the error"
-    info, fields = error_details_pb2.ErrorInfo(), []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            detail.Unpack(info)
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields += [v.field for v in bad.field_violations]
-    assert info.domain == "haulmesh.io"
-    return error.code().name, info.reason, dict(info.metadata), fields
+    e = rich_error(error)
+    return e.code, e.reason, e.metadata, e.fields
 
 
 async def _fails(call, *args, **kwargs) -> tuple[str, str, dict[str, str], list[str]]:

@@ -8,15 +8,14 @@ import asyncio
 import grpc
 import pytest
 from google.protobuf import duration_pb2, field_mask_pb2
-from google.rpc import error_details_pb2
 
 from haulmesh.events.v1 import event_pb2, telemetry_events_pb2, tender_events_pb2
 from haulmesh.gateway.v1 import webhook_pb2, webhook_service_pb2, webhook_service_pb2_grpc
 from services.gateway import domain
 from services.gateway.webhooks import check_destination
-from services.runtime import Mesh, add_event, connect_async, new_event, status_of, transact
+from services.runtime import Mesh, add_event, connect_async, new_event, transact
 
-from ..conftest import Pki, wait_for
+from ..conftest import Pki, rich_error, wait_for
 from .conftest import SCHEDULE
 from .receiver import Receiver, verify
 
@@ -29,17 +28,8 @@ def _as(carrier: str) -> tuple[tuple[str, str]]:
 
 
 def _error(error: grpc.aio.AioRpcError) -> tuple[str, str, list[str]]:
-    status = status_of(error)
-    assert status is not None
-    info, fields = error_details_pb2.ErrorInfo(), []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            detail.Unpack(info)
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields += [v.field for v in bad.field_violations]
-    return error.code().name, info.reason, fields
+    e = rich_error(error)
+    return e.code, e.reason, e.fields
 
 
 async def _fails(call, *args, **kwargs) -> tuple[str, str, list[str]]:
