@@ -160,3 +160,27 @@ async def test_no_tenant_sees_or_touches_another_tenants_resources(mesh: Mesh, m
     assert leaks == []
     assert exercised == {"GetRateCard", "GetQuote", "GetInvoice", "ReconcileInvoice", "GetMission", "RecordCheckIn",
                          "GetTender", "UpdateTender", "CancelTender", "AcceptTender", "DeclineTender"}
+
+
+async def test_hundred_concurrent_rest_creates_with_one_idempotency_key(mesh: Mesh) -> None:
+    carrier = f"idem-{uuid.uuid4().hex[:6]}"
+    headers = {"Authorization": f"Bearer {mint(carrier=carrier, scopes=SCOPES, state_dir=mesh.state_dir)}",
+               "Idempotency-Key": str(uuid.uuid4())}
+    payload = _tender(f"IDEM-{uuid.uuid4().hex[:8]}")
+    limits = httpx.Limits(max_connections=100)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{mesh.http_port}", timeout=30, limits=limits) as http:
+        replies = await asyncio.gather(*(http.post("/api/v1/tenders", json=payload, headers=headers)
+                                         for _ in range(100)))
+        await asyncio.sleep(1.5)  # let the carrier's rate-limit window pass
+        listed = (await http.get("/api/v1/tenders", headers=headers)).json().get("tenders", [])
+        other = await http.post("/api/v1/tenders", json={**payload, "weightLb": 30000}, headers=headers)
+    statuses = {r.status_code for r in replies}
+    bodies = {r.text for r in replies if r.status_code == 200}
+    print(f"100 concurrent creates, one key: {sum(r.status_code == 200 for r in replies)} answered 200, "
+          f"statuses {sorted(statuses)}, {len(bodies)} distinct body, "
+          f"{len(listed)} tender stored")
+    # Requests over the carrier's rate limit are refused (429) before they reach the tender book; every
+    # request that got through answered with the very same tender.
+    assert statuses <= {200, 429} and 200 in statuses
+    assert len(bodies) == 1 and len(listed) == 1
+    assert other.status_code == 400 and "REQUEST_ID_REUSED" in other.text
