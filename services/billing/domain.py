@@ -247,7 +247,7 @@ class _Checks:
             self.add(path, "required")
             return
         for name, value in (("origin_region", lane.origin), ("destination_region", lane.destination)):
-            if not _REGION.match(value):
+            if not _REGION.fullmatch(value):
                 self.add(f"{path}.{name}", "must be a market code such as US-TX-HOU")
 
     def raise_if_any(self, what: str) -> None:
@@ -262,7 +262,7 @@ def validate_rate_card(card: RateCard, *, path: str = "rate_card") -> None:
     """INVALID_ARGUMENT (or CURRENCY_MISMATCH when only currencies are wrong) naming every bad field."""
     checks = _Checks()
     currency = card.currency
-    if not _CURRENCY.match(currency):
+    if not _CURRENCY.fullmatch(currency):
         checks.add(f"{path}.currency_code", "must be an ISO 4217 code such as USD")
     if len(card.display_name) > 100:
         checks.add(f"{path}.display_name", "at most 100 characters")
@@ -481,7 +481,7 @@ def validate_tms_figures(currency: str, tms_total: Money | None, tms_lines: Sequ
         checks.add("tms_lines", f"at most {MAX_TMS_LINES} lines")
     seen: set[str] = set()
     for i, (code, amount) in enumerate(tms_lines[:MAX_TMS_LINES]):
-        if not _LINE_CODE.match(code):
+        if not _LINE_CODE.fullmatch(code):
             checks.add(f"tms_lines[{i}].code", "must be an upper-case line code such as LINEHAUL")
         elif code in seen:
             checks.add(f"tms_lines[{i}].code", f"{code} listed twice")

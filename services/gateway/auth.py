@@ -185,7 +185,7 @@ class Authenticator:
         except jwt.InvalidTokenError as exc:
             raise _unauthenticated(f"invalid token: {exc}") from None
         carrier = claims.get("carrier")
-        if not isinstance(carrier, str) or not CARRIER_ID.match(carrier):
+        if not isinstance(carrier, str) or not CARRIER_ID.fullmatch(carrier):
             raise _unauthenticated("the token's carrier claim is missing or malformed")
         raw_scopes = claims.get("scope", claims.get("scp", ""))
         if isinstance(raw_scopes, str):

@@ -84,7 +84,7 @@ def parse_subscription_name(name: str, *, field: str = "name") -> str:
 
 def parse_delivery_name(name: str, *, field: str = "name") -> tuple[str, str]:
     """(subscription id, delivery id) of ``webhookSubscriptions/{s}/deliveries/{d}``."""
-    match = _DELIVERY_NAME.match(name)
+    match = _DELIVERY_NAME.fullmatch(name)
     if match is None:
         raise InvalidArgument(f"{field} must be webhookSubscriptions/{{id}}/deliveries/{{id}}, got {name[:120]!r}",
                               reason="INVALID_RESOURCE_NAME",

@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(list(argv) if argv is not None else None)
     except SystemExit as exc:
         return int(exc.code or 0)
-    if not CARRIER_ID.match(args.carrier):
+    if not CARRIER_ID.fullmatch(args.carrier):
         print(f"haulmesh token: --carrier must match {CARRIER_ID.pattern}", file=sys.stderr)
         return 2
     if not 1 <= args.ttl_seconds <= MAX_TTL_SECONDS:

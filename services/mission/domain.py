@@ -88,7 +88,7 @@ def parse_mission_name(name: str, *, field: str = "name") -> str:
 
 def validate_vehicle_id(vehicle_id: str, *, field: str = "vehicle_id") -> None:
     """INVALID_ARGUMENT unless ``vehicle_id`` is a valid fleet unit number."""
-    if not VEHICLE_ID.match(vehicle_id):
+    if not VEHICLE_ID.fullmatch(vehicle_id):
         raise InvalidArgument(f"{field} must be 3-63 characters of A-Z 0-9 -, starting with a letter",
                               violations=[FieldViolation(field, "3-63 of [A-Z0-9-], starting with a letter")])
 
@@ -575,7 +575,7 @@ def check_manifest(facts: ManifestFacts, *, mission_id: str, vehicle_id: str, tm
 
 
 def validate_photo_digest(value: str) -> bool:
-    return bool(_SHA256_HEX.match(value))
+    return bool(_SHA256_HEX.fullmatch(value))
 
 
 # --- Usage -------------------------------------------------------------------------------------------

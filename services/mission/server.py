@@ -190,7 +190,7 @@ class MissionServicer(mission_service_pb2_grpc.MissionServiceServicer):
         domain.validate_vehicle_id(request.vehicle_id)
         given = request.vehicle
         problems = self._vehicle_violations(given, _UPDATABLE_VEHICLE_FIELDS)
-        if given.vin and not domain.VIN.match(given.vin):
+        if given.vin and not domain.VIN.fullmatch(given.vin):
             problems.append(FieldViolation("vehicle.vin", "17 characters, ISO 3779 (no I, O, Q)"))
         raise_if(problems)
         vehicle = vehicle_pb2.Vehicle(
