@@ -6,7 +6,9 @@ stream ``events:{carrier}`` (fleet events go to ``events:{fleet}``), in the carr
 transaction never crosses slots on Redis Cluster; the set ``events:streams`` lists the streams for the
 consumers.
 
-Consumers (:class:`EventConsumer`) read every stream in a consumer group. Delivery is at least once:
+Consumers (:class:`EventConsumer`) read every stream in a consumer group, woken by a Pub/Sub doorbell
+that each commit rings with its stream's name (so an idle mesh costs nothing and an event is handled
+within a round trip), with a periodic sweep of all streams as the safety net. Delivery is at least once:
 an entry is acknowledged only after its handler succeeded; an entry left pending by a crashed consumer is
 claimed by another after ``claim_idle_ms``; an event id already handled by the group is skipped (so a
 handler runs once per event id even when an event is redelivered or replayed); an entry whose handler
@@ -51,6 +53,8 @@ T = TypeVar("T")
 
 #: The set of every event stream, for consumers to discover new carriers' streams.
 STREAMS_KEY = "events:streams"
+#: Pub/Sub channel on which every commit names the stream it added to: consumers wait on it, not poll.
+DOORBELL = "events:doorbell"
 _DATA_FIELDS = frozenset(f.name for f in event_pb2.Event.DESCRIPTOR.oneofs_by_name["data"].fields)
 _registered: weakref.WeakKeyDictionary[redis.asyncio.Redis, set[str]] = weakref.WeakKeyDictionary()
 
@@ -86,9 +90,13 @@ def _tag_of(event: event_pb2.Event) -> str:
 
 
 def add_event(pipe: Pipeline, event: event_pb2.Event) -> None:
-    """Queue the event in the open MULTI of ``pipe``: it commits with the state change, or not at all."""
-    pipe.xadd(event_stream_key(_tag_of(event)),
-              {"id": event.id, "type": event.type, "event": event.SerializeToString()})
+    """Queue the event in the open MULTI of ``pipe``: it commits with the state change, or not at all.
+
+    The doorbell (a PUBLISH of the stream's name in the same transaction) wakes the consumers at once.
+    """
+    stream = event_stream_key(_tag_of(event))
+    pipe.xadd(stream, {"id": event.id, "type": event.type, "event": event.SerializeToString()})
+    pipe.publish(DOORBELL, stream)
 
 
 async def _register_stream(client: redis.asyncio.Redis, tag: str) -> None:
@@ -118,13 +126,13 @@ Handler = Callable[[event_pb2.Event], Awaitable[None]]
 class EventConsumer:
     """One consumer of a group, reading every event stream.
 
-    Streams are read one by one (no multi-key command, so it works on Redis Cluster), with an adaptive
-    pause when all are idle: latency stays under ``idle_max_ms`` while an idle mesh costs next to nothing.
+    Streams are read one by one (no multi-key command, so it works on Redis Cluster), when the doorbell
+    names them or at the periodic sweep.
     """
 
     def __init__(self, client: redis.asyncio.Redis, *, group: str, handler: Handler,
                  types: set[str] | None = None, consumer: str | None = None, max_deliveries: int = 5,
-                 claim_idle_ms: int = 30_000, count: int = 100, idle_max_ms: int = 100,
+                 claim_idle_ms: int = 30_000, count: int = 100, sweep_seconds: float = 2.0,
                  done_ttl_seconds: int = 7 * 86400) -> None:
         self._redis = client
         self.group = group
@@ -134,7 +142,7 @@ class EventConsumer:
         self._max_deliveries = max_deliveries
         self._claim_idle_ms = claim_idle_ms
         self._count = count
-        self._idle_max = idle_max_ms / 1000
+        self._sweep_seconds = sweep_seconds
         self._done_ttl = done_ttl_seconds
         self._grouped: set[str] = set()
         self._stopping = asyncio.Event()
@@ -148,9 +156,9 @@ class EventConsumer:
     def _done_key(self, event_id: str) -> str:
         return f"events:done:{{{self.group}}}:{event_id}"
 
-    async def _streams(self) -> list[str]:
+    async def _streams(self, *, refresh: bool = False) -> list[str]:
         now = time.monotonic()
-        if now - self._streams_checked < 1.0:  # new carriers' streams are picked up within a second
+        if not refresh and now - self._streams_checked < self._sweep_seconds:
             return self._streams_cache
         self._streams_checked = now
         streams = sorted(s.decode() for s in await self._redis.smembers(STREAMS_KEY))
@@ -167,25 +175,48 @@ class EventConsumer:
         return streams
 
     async def run(self) -> None:
-        """Consume until :meth:`stop`."""
-        pause = 0.005
+        """Consume until :meth:`stop`.
+
+        Woken by the doorbell for the streams that received events; every ``sweep_seconds`` all streams
+        are read anyway (a doorbell is a hint: a message lost with a dropped connection delays, never
+        loses, an event), and pending entries are reclaimed at their own interval.
+        """
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(DOORBELL)
+        try:
+            dirty: set[str] = set()
+            swept = 0.0
+            while not self._stopping.is_set():
+                now = time.monotonic()
+                if now - swept >= self._sweep_seconds:
+                    dirty.update(await self._streams(refresh=True))
+                    swept = now
+                if now - self._reclaimed_at >= self._reclaim_interval:
+                    self._reclaimed_at = now
+                    for stream in await self._streams():
+                        await self._reclaim(stream)
+                for stream in sorted(dirty):
+                    await self._drain(stream)
+                dirty.clear()
+                wait = max(0.0, min(self._sweep_seconds - (time.monotonic() - swept),
+                                    self._reclaim_interval - (time.monotonic() - self._reclaimed_at)))
+                message = await pubsub.get_message(timeout=wait)
+                while message is not None:
+                    dirty.add(message["data"].decode())
+                    message = await pubsub.get_message(timeout=0)
+        finally:
+            await pubsub.aclose()
+
+    async def _drain(self, stream: str) -> None:
+        if stream not in self._grouped:
+            await self._streams(refresh=True)
         while not self._stopping.is_set():
-            worked = 0
-            reclaim = time.monotonic() - self._reclaimed_at >= self._reclaim_interval
-            if reclaim:
-                self._reclaimed_at = time.monotonic()
-            for stream in await self._streams():
-                if reclaim:
-                    worked += await self._reclaim(stream)
-                replies = await self._redis.xreadgroup(self.group, self.consumer, {stream: ">"}, count=self._count)
-                for _, entries in replies or ():
-                    worked += await self._process_batch(stream, entries)
-            pause = 0.005 if worked else min(pause * 2, self._idle_max)
-            if not worked:
-                try:
-                    await asyncio.wait_for(self._stopping.wait(), pause)
-                except TimeoutError:
-                    pass
+            replies = await self._redis.xreadgroup(self.group, self.consumer, {stream: ">"}, count=self._count)
+            read = 0
+            for _, entries in replies or ():
+                read += await self._process_batch(stream, entries)
+            if read < self._count:
+                return
 
     async def stop(self) -> None:
         self._stopping.set()

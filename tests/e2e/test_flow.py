@@ -101,9 +101,11 @@ async def _owners_resources(mesh: Mesh, mesh_pki: Pki, http: httpx.AsyncClient, 
                                metadata=tenant, timeout=10)
         current = await ops.ArriveMission(mission_service_pb2.ArriveMissionRequest(
             name=mission, arrive_time=_ts(datetime.now(UTC))), metadata=tenant, timeout=10)
-        truck = pki.issue(mesh_pki.ca, pki.identity_for("vehicle", truck_id), valid_days=1)
+        # Dispatch picks the nearest eligible truck, which may be another test's: sign as whichever it is.
+        assigned = current.vehicle.removeprefix("vehicles/")
+        truck = pki.issue(mesh_pki.ca, pki.identity_for("vehicle", assigned), valid_days=1)
         manifest = mission_pb2.DeliveryManifest(
-            mission_id=mission.removeprefix("missions/"), vehicle_id=truck_id, tms_load_id=current.load.tms_load_id,
+            mission_id=mission.removeprefix("missions/"), vehicle_id=assigned, tms_load_id=current.load.tms_load_id,
             deliver_time=_ts(datetime.now(UTC)), location=current.stops[-1].location,
             telemetry_log_sha256="ab" * 32, telemetry_first_sequence=1, telemetry_last_sequence=1).SerializeToString()
         signature = truck.private_key.sign(manifest, ec.ECDSA(hashes.SHA256()))
