@@ -1,0 +1,1 @@
+"""Derived telemetry events (services/telemetry/derived.py): pure-domain tests."""
