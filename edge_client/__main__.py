@@ -1,20 +1,38 @@
 """``haulmesh-edge``: the truck's command line.
 
-    haulmesh-edge check --vehicle AU-TRK-1001    connect to the telemetry service as the truck, over mTLS
+    haulmesh-edge check --vehicle AU-TRK-1001       connect to the telemetry service as the truck, over mTLS
+    haulmesh-edge simulate --vehicle AU-TRK-1001 --speedup 60 [--scenario sensor-fault|connectivity-loss:MINUTES|
+                  edge-crash|road-closure]          drive Houston → Atlanta, spooling and streaming signed frames
+    haulmesh-edge run --vehicle AU-TRK-1001         the stream client alone: send what the spool holds, keep going
+    haulmesh-edge status --vehicle AU-TRK-1001      what the spool holds
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
+import logging
 import os
+import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from .client import StreamClient
+from .recorder import Recorder
+from .signer import KeyFileSigner
+from .simulator import Simulation, parse_scenario
+from .spool import Spool
+
 __all__ = ["main"]
+
+_CHILD_ENV = "HAULMESH_EDGE_SUPERVISED"  # set in the process the edge-crash supervisor restarts
+_MAX_RESTARTS = 3
 
 
 def _credentials(cert_dir: Path, vehicle: str) -> grpc.ChannelCredentials:
@@ -27,6 +45,19 @@ def _credentials(cert_dir: Path, vehicle: str) -> grpc.ChannelCredentials:
     except FileNotFoundError as exc:
         raise SystemExit(f"haulmesh-edge: {exc.filename} is missing: issue the truck's certificate with "
                          f"'haulmesh pki issue vehicle {vehicle}'") from None
+
+
+def _signer(cert_dir: Path, vehicle: str) -> KeyFileSigner:
+    try:
+        return KeyFileSigner.from_files(cert_dir / f"vehicle-{vehicle}-key.pem", cert_dir / f"vehicle-{vehicle}.pem")
+    except FileNotFoundError as exc:
+        raise SystemExit(f"haulmesh-edge: {exc.filename} is missing") from None
+
+
+def _spool(args: argparse.Namespace) -> Spool:
+    path = Path(args.spool or Path(".haulmesh") / "edge" / args.vehicle / "spool.db")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Spool(path, max_frames=args.max_spool_frames)
 
 
 async def _check(args: argparse.Namespace) -> int:
@@ -42,7 +73,131 @@ async def _check(args: argparse.Namespace) -> int:
     return 0 if status == "SERVING" else 1
 
 
-def main(argv: list[str] | None = None) -> int:
+def _client(args: argparse.Namespace, spool: Spool, boot_id: str, on_command=None) -> StreamClient:
+    return StreamClient(args.target, _credentials(Path(args.cert_dir), args.vehicle), spool,
+                        vehicle_id=args.vehicle, boot_id=boot_id, on_command=on_command,
+                        backoff_base=args.backoff_base, backoff_cap=args.backoff_cap)
+
+
+async def _drain(client: StreamClient, spool: Spool, seconds: float) -> bool:
+    """Waits until the spool is empty (everything acked), at most ``seconds``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while loop.time() < deadline:
+        if (await asyncio.to_thread(spool.stats)).depth == 0:
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def _with_client(client: StreamClient | None, body):
+    task = asyncio.create_task(client.run()) if client else None
+    try:
+        return await body
+    finally:
+        if task:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def _status_lines(simulation: Simulation, spool: Spool, client: StreamClient | None) -> None:
+    """A live status line every two seconds (stderr), for the demo's terminal."""
+    while True:
+        await asyncio.sleep(2)
+        stats, truck = await asyncio.to_thread(spool.stats), simulation.truck
+        point = truck.route.at(truck.distance_m)
+        link = "up" if client and client.connected.is_set() else "down"
+        print(f"[edge] t+{simulation.report.simulated_seconds // 60:>4} min  {truck.odometer_miles:7.1f} mi  "
+              f"{truck.state:<18} ({point.lat:.4f}, {point.lon:.4f})  spool {stats.depth:>6}  "
+              f"acked {client.stats.acked_through if client else 0:>7}  link {link}", file=sys.stderr, flush=True)
+
+
+async def _simulate(args: argparse.Namespace) -> int:
+    scenario = parse_scenario(args.scenario)
+    spool = _spool(args)
+    progress = spool.path.with_name(spool.path.stem + ".sim.json")
+    if not os.environ.get(_CHILD_ENV):
+        progress.unlink(missing_ok=True)  # a new run starts in Houston; only a restarted process resumes
+    recorder = Recorder(spool, _signer(Path(args.cert_dir), args.vehicle), args.vehicle)
+    simulation = Simulation(recorder, None, speedup=args.speedup, scenario=scenario, mission_id=args.mission,
+                            wait_for_mission=args.wait_for_mission, progress_path=progress,
+                            max_sim_seconds=int(args.max_sim_minutes * 60) if args.max_sim_minutes else None)
+    client = None if args.offline else _client(args, spool, recorder.boot_id, simulation.on_command)
+    simulation.link = client
+
+    async def body() -> int:
+        status = asyncio.create_task(_status_lines(simulation, spool, client)) if not args.quiet else None
+        try:
+            report = await simulation.run()
+            drained = await _drain(client, spool, args.drain_seconds) if client else False
+        finally:
+            if status:
+                status.cancel()
+        stats = spool.stats()
+        print(json.dumps({
+            "vehicle": args.vehicle, "scenario": scenario.name, "frames": report.frames, "by_kind": report.by_kind,
+            "simulated_minutes": round(report.simulated_seconds / 60, 1), "arrived": report.arrived,
+            "rerouted": report.rerouted, "commands": report.commands, "drained": drained,
+            "last_sequence": stats.last_sequence, "spool_depth": stats.depth, "dropped": stats.dropped,
+            "rejected": stats.rejected, "acked_through": client.stats.acked_through if client else 0,
+            "sessions": client.stats.sessions if client else 0}), flush=True)
+        return 0 if (drained or not client) else 2
+
+    try:
+        return await _with_client(client, body())
+    finally:
+        spool.close()
+
+
+async def _run(args: argparse.Namespace) -> int:
+    spool = _spool(args)
+    client = _client(args, spool, str(uuid.uuid4()))
+
+    async def body() -> int:
+        if args.exit_when_drained:
+            await client.connected.wait()
+            while not await _drain(client, spool, 3600):
+                pass
+            print(json.dumps({"acked_through": client.stats.acked_through, "sessions": client.stats.sessions,
+                              "rejected": dict(client.stats.rejected)}), flush=True)
+            return 0
+        await asyncio.Event().wait()  # until interrupted
+        return 0
+
+    try:
+        return await _with_client(client, body())
+    finally:
+        spool.close()
+
+
+def _status(args: argparse.Namespace) -> int:
+    with _spool(args) as spool:
+        stats = spool.stats()
+    print(json.dumps({"spool": str(spool.path), "depth": stats.depth, "last_sequence": stats.last_sequence,
+                      "oldest_sequence": stats.oldest_sequence, "dropped": stats.dropped, "rejected": stats.rejected}))
+    return 0
+
+
+def _supervise(argv: list[str]) -> int:
+    """Runs the simulation in a child process and restarts it when it dies by SIGKILL (the edge-crash scenario)."""
+    env = {**os.environ, _CHILD_ENV: "1"}
+    Path(_progress_of(argv)).unlink(missing_ok=True)
+    for restart in range(_MAX_RESTARTS + 1):
+        result = subprocess.run([sys.executable, "-m", "edge_client", *argv], env=env, check=False)
+        if result.returncode != -9:
+            return result.returncode
+        print(f"[edge] the edge process crashed (SIGKILL); restart {restart + 1}", file=sys.stderr, flush=True)
+    return 1
+
+
+def _progress_of(argv: list[str]) -> str:
+    args = _parser().parse_args(argv)
+    spool = Path(args.spool or Path(".haulmesh") / "edge" / args.vehicle / "spool.db")
+    return str(spool.with_name(spool.stem + ".sim.json"))
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="haulmesh-edge", description="Haulmesh truck-side client")
     parser.add_argument("--cert-dir", default=os.environ.get("HAULMESH_CERT_DIR", ".haulmesh/certs"))
     parser.add_argument("--target", default=os.environ.get("HAULMESH_TELEMETRY_ADDR", "127.0.0.1:50053"),
@@ -51,8 +206,56 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check", help="connect as the truck and report the telemetry service's health")
     check.add_argument("--vehicle", required=True, help="vehicle id, e.g. AU-TRK-1001")
     check.set_defaults(func=lambda a: asyncio.run(_check(a)))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+
+    def spool_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--vehicle", required=True, help="vehicle id, e.g. AU-TRK-1001")
+        p.add_argument("--spool", default=os.environ.get("HAULMESH_EDGE_SPOOL"),
+                       help="spool file (default .haulmesh/edge/VEHICLE/spool.db)")
+        p.add_argument("--max-spool-frames", type=int, default=500_000,
+                       help="spool bound; when full the oldest routine frames are dropped (default 500000)")
+
+    def client_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--backoff-base", type=float, default=0.5, help="reconnect backoff base, seconds")
+        p.add_argument("--backoff-cap", type=float, default=30.0, help="reconnect backoff cap, seconds")
+
+    simulate = sub.add_parser("simulate", help="drive a simulated truck Houston → Atlanta and stream its telemetry")
+    spool_options(simulate)
+    client_options(simulate)
+    simulate.add_argument("--speedup", type=float, default=60.0, help="simulated seconds per real second")
+    simulate.add_argument("--scenario", help="sensor-fault | connectivity-loss:MINUTES | edge-crash | road-closure")
+    simulate.add_argument("--mission", default="", help="mission id to report (else taken from an assignment)")
+    simulate.add_argument("--wait-for-mission", action="store_true",
+                          help="stay idle until the cloud assigns a mission over the stream")
+    simulate.add_argument("--max-sim-minutes", type=float, help="stop after this many simulated minutes")
+    simulate.add_argument("--drain-seconds", type=float, default=60.0,
+                          help="after the drive, wait this long for every frame to be acked")
+    simulate.add_argument("--offline", action="store_true", help="spool only, no stream client")
+    simulate.add_argument("--quiet", action="store_true", help="no live status lines")
+    simulate.set_defaults(func=lambda a: asyncio.run(_simulate(a)))
+
+    run = sub.add_parser("run", help="the stream client alone: send the spool, reconnect, resume")
+    spool_options(run)
+    client_options(run)
+    run.add_argument("--exit-when-drained", action="store_true", help="exit once the spool is empty")
+    run.set_defaults(func=lambda a: asyncio.run(_run(a)))
+
+    status = sub.add_parser("status", help="what the spool holds")
+    spool_options(status)
+    status.set_defaults(func=_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``haulmesh-edge``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.command == "simulate" and args.scenario == "edge-crash" and not os.environ.get(_CHILD_ENV):
+        return _supervise(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

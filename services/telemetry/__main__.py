@@ -1,16 +1,52 @@
 """Entry point: ``python -m services.telemetry``."""
 
-from haulmesh.telemetry.v1 import telemetry_service_pb2, telemetry_service_pb2_grpc
-from services.runtime import Service, run_service
+from __future__ import annotations
 
+import asyncio
+import logging
+
+from haulmesh.telemetry.v1 import telemetry_service_pb2, telemetry_service_pb2_grpc
+from services.runtime import ConfigError, Service, run_service
+
+from .domain import TelemetryConfig
 from .server import POLICY, TelemetryServicer
 from .store import TelemetryStore
 
+_log = logging.getLogger("haulmesh.telemetry")
+
+#: How often expired frames are trimmed (retention is HAULMESH_TELEMETRY_RETENTION_DAYS).
+_SWEEP_INTERVAL_SECONDS = 3600.0
+
 
 def register(service: Service) -> None:
+    try:
+        config = TelemetryConfig.from_env()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    store = TelemetryStore(service.redis, config)
     service.add(telemetry_service_pb2_grpc.add_TelemetryServiceServicer_to_server,
-                TelemetryServicer(TelemetryStore(service.redis)),
+                TelemetryServicer(store, config),
                 telemetry_service_pb2.DESCRIPTOR.services_by_name["TelemetryService"])
+    stopped = asyncio.Event()
+
+    async def sweep() -> None:
+        while not stopped.is_set():
+            try:
+                dropped = await store.sweep_retention()
+                if dropped:
+                    _log.info("retention: dropped %d expired frames", dropped)
+            except Exception:
+                _log.exception("retention sweep failed")
+            try:
+                await asyncio.wait_for(stopped.wait(), _SWEEP_INTERVAL_SECONDS)
+            except TimeoutError:
+                pass
+
+    async def stop() -> None:
+        stopped.set()
+        await store.close()
+
+    service.add_companion(sweep, stop)
 
 
 if __name__ == "__main__":

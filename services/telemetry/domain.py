@@ -1,9 +1,257 @@
 """Telemetry rules. Plain Python: no gRPC, no Redis.
 
-Frame verification (signature, vehicle, sequence, clock skew) and the derived events (geofence, ETA,
-liveness) grow here (issue 4).
+Frame verification (size, key, signature, vehicle, sequence, clock window) and the sequencing rules
+(duplicates, gaps, order within a batch). The wire (server.py) and the store (store.py) call these; the
+derived events (geofence, ETA, liveness) live in derived.py.
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+import enum
+import functools
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from google.protobuf.message import DecodeError
+
+from haulmesh.telemetry.v1 import frame_pb2
+
+__all__ = [
+    "MAX_PAYLOAD_BYTES",
+    "MAX_SIGNATURE_BYTES",
+    "BatchPlan",
+    "FrameRejected",
+    "RejectReason",
+    "TelemetryConfig",
+    "VehicleKey",
+    "Verified",
+    "key_id_of",
+    "order_batch",
+    "plan_sequences",
+    "vehicle_key",
+    "verify_frame",
+]
+
+#: SignedFrame.payload bound (frame.proto: "At most 64 KiB").
+MAX_PAYLOAD_BYTES = 64 * 1024
+#: A DER ECDSA P-256 signature is at most 72 bytes (frame.proto).
+MAX_SIGNATURE_BYTES = 72
+
+
+class RejectReason(enum.Enum):
+    """Why a frame is refused; the names are Reject.Reason without its ``REASON_`` prefix."""
+
+    BAD_SIGNATURE = "BAD_SIGNATURE"
+    UNKNOWN_KEY = "UNKNOWN_KEY"
+    VEHICLE_MISMATCH = "VEHICLE_MISMATCH"
+    SEQUENCE_MISMATCH = "SEQUENCE_MISMATCH"
+    CLOCK_SKEW = "CLOCK_SKEW"
+    FRAME_TOO_OLD = "FRAME_TOO_OLD"
+    MALFORMED = "MALFORMED"
+    FRAME_TOO_LARGE = "FRAME_TOO_LARGE"
+    OUT_OF_ORDER = "OUT_OF_ORDER"
+
+
+@dataclass(frozen=True)
+class FrameRejected:
+    """A refused frame: its envelope sequence, the reason, and a detail for logs."""
+
+    sequence: int
+    reason: RejectReason
+    detail: str
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A frame whose signature, vehicle, sequence and time checked out; ``payload`` is decoded."""
+
+    sequence: int
+    payload_bytes: bytes
+    signature: bytes
+    key_id: str
+    payload: frame_pb2.FramePayload
+
+
+def _env_float(env: Mapping[str, str], key: str, default: float) -> float:
+    raw = env.get(key)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{key} must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"{key} must be positive, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    """Session parameters announced in Welcome and enforced on every frame (see ``from_env``)."""
+
+    clock_skew_seconds: float = 300.0
+    max_frame_age_seconds: float = 7 * 86400.0
+    max_batch_frames: int = 500
+    heartbeat_interval_seconds: float = 5.0
+    retention_seconds: float = 30 * 86400.0
+    #: How long a commit group waits for more batches before it is written (group commit window).
+    commit_window_seconds: float = 0.001
+    #: How long WAITAOF may wait for the fsync before the batch counts as not durable.
+    durable_timeout_seconds: float = 3.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> TelemetryConfig:
+        """``HAULMESH_TELEMETRY_*`` variables; unset ones keep the defaults above."""
+        env = os.environ if env is None else env
+        p = "HAULMESH_TELEMETRY_"
+        return cls(
+            clock_skew_seconds=_env_float(env, p + "CLOCK_SKEW_SECONDS", cls.clock_skew_seconds),
+            max_frame_age_seconds=_env_float(env, p + "MAX_FRAME_AGE_SECONDS", cls.max_frame_age_seconds),
+            max_batch_frames=int(_env_float(env, p + "MAX_BATCH_FRAMES", cls.max_batch_frames)),
+            heartbeat_interval_seconds=_env_float(env, p + "HEARTBEAT_INTERVAL_SECONDS",
+                                                  cls.heartbeat_interval_seconds),
+            retention_seconds=_env_float(env, p + "RETENTION_DAYS", cls.retention_seconds / 86400) * 86400,
+            commit_window_seconds=_env_float(env, p + "COMMIT_WINDOW_SECONDS", cls.commit_window_seconds),
+            durable_timeout_seconds=_env_float(env, p + "DURABLE_TIMEOUT_SECONDS", cls.durable_timeout_seconds),
+        )
+
+
+@dataclass(frozen=True)
+class VehicleKey:
+    """The public key of one vehicle certificate, named as frame.proto names it."""
+
+    key_id: str
+    public_key: ec.EllipticCurvePublicKey
+    spki_der: bytes
+
+
+def key_id_of(spki_der: bytes) -> str:
+    """Lowercase hex SHA-256 of a DER SubjectPublicKeyInfo (SignedFrame.key_id)."""
+    return hashlib.sha256(spki_der).hexdigest()
+
+
+@functools.lru_cache(maxsize=16384)
+def vehicle_key(cert_pem: bytes) -> VehicleKey:
+    """The key of a vehicle certificate (PEM). Cached: a stream presents the same certificate each time.
+
+    Raises ValueError when the certificate does not carry a P-256 key (frames could never verify).
+    """
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    return key_from_spki(cert.public_key().public_bytes(serialization.Encoding.DER,
+                                                        serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+@functools.lru_cache(maxsize=16384)
+def key_from_spki(spki_der: bytes) -> VehicleKey:
+    """A VehicleKey from a stored DER SubjectPublicKeyInfo (keys of a vehicle's earlier certificates)."""
+    public_key = serialization.load_der_public_key(spki_der)
+    if not isinstance(public_key, ec.EllipticCurvePublicKey) or public_key.curve.name != "secp256r1":
+        raise ValueError("vehicle certificate key is not ECDSA P-256")
+    return VehicleKey(key_id_of(spki_der), public_key, spki_der)
+
+
+_SIGNATURE_ALGORITHM = ec.ECDSA(hashes.SHA256())
+
+
+def verify_frame(sequence: int, payload: bytes, signature: bytes, key_id: str, *, vehicle_id: str,
+                 keys: Mapping[str, VehicleKey], now_seconds: float,
+                 config: TelemetryConfig, require_boot_id: bool = True) -> Verified | FrameRejected:
+    """Check one SignedFrame against the caller's vehicle and keys; never raises for bad input.
+
+    ``require_boot_id`` is False only for IngestTelemetry, whose JSON shape makes the boot id optional.
+
+    The cheap checks run before the signature (the expensive one) so a flood of junk costs little; the
+    payload is decoded only after the signature verified, so nothing unauthenticated is ever parsed.
+    """
+    def reject(reason: RejectReason, detail: str) -> FrameRejected:
+        return FrameRejected(sequence, reason, detail)
+
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return reject(RejectReason.FRAME_TOO_LARGE, f"payload is {len(payload)} bytes, at most {MAX_PAYLOAD_BYTES}")
+    if sequence <= 0:
+        return reject(RejectReason.MALFORMED, "sequence must be at least 1")
+    if not payload or not signature:
+        return reject(RejectReason.MALFORMED, "payload and signature are required")
+    key = keys.get(key_id)
+    if key is None:
+        return reject(RejectReason.UNKNOWN_KEY, f"key_id {key_id[:80]!r} names no key of vehicle {vehicle_id}")
+    if len(signature) > MAX_SIGNATURE_BYTES:
+        return reject(RejectReason.BAD_SIGNATURE, f"signature is {len(signature)} bytes, at most {MAX_SIGNATURE_BYTES}")
+    try:
+        key.public_key.verify(signature, payload, _SIGNATURE_ALGORITHM)
+    except (InvalidSignature, ValueError):
+        return reject(RejectReason.BAD_SIGNATURE, "signature does not verify over the payload")
+    decoded = frame_pb2.FramePayload()
+    try:
+        decoded.ParseFromString(payload)
+    except DecodeError:
+        return reject(RejectReason.MALFORMED, "payload is not a FramePayload")
+    missing = [name for name, ok in (("vehicle_id", decoded.vehicle_id),
+                                     ("boot_id", decoded.boot_id or not require_boot_id),
+                                     ("device_time", decoded.HasField("device_time")),
+                                     ("kind", decoded.kind != frame_pb2.FramePayload.KIND_UNSPECIFIED)) if not ok]
+    if missing:
+        return reject(RejectReason.MALFORMED, f"payload lacks {', '.join(missing)}")
+    if decoded.vehicle_id != vehicle_id:
+        return reject(RejectReason.VEHICLE_MISMATCH,
+                      f"payload vehicle {decoded.vehicle_id[:80]!r} is not the certificate's {vehicle_id}")
+    if decoded.sequence != sequence:
+        return reject(RejectReason.SEQUENCE_MISMATCH,
+                      f"payload sequence {decoded.sequence} differs from envelope sequence {sequence}")
+    device_seconds = decoded.device_time.seconds + decoded.device_time.nanos / 1e9
+    if device_seconds > now_seconds + config.clock_skew_seconds:
+        return reject(RejectReason.CLOCK_SKEW, f"device_time is {device_seconds - now_seconds:.0f}s ahead of the "
+                      f"server, tolerance {config.clock_skew_seconds:.0f}s")
+    if device_seconds < now_seconds - config.max_frame_age_seconds:
+        return reject(RejectReason.FRAME_TOO_OLD, f"device_time is {now_seconds - device_seconds:.0f}s old, at "
+                      f"most {config.max_frame_age_seconds:.0f}s")
+    return Verified(sequence, payload, signature, key_id, decoded)
+
+
+def order_batch(sequences: list[int]) -> list[bool]:
+    """Which envelope sequences of a batch are in order (strictly greater than the previous in-order one).
+
+    A frame out of order within its batch is refused (OUT_OF_ORDER) rather than reordered: the truck sends
+    ascending, so anything else is a bug or tampering, and the rest of the batch still goes through.
+    """
+    result, previous = [], 0
+    for sequence in sequences:
+        ok = sequence > previous
+        result.append(ok)
+        if ok:
+            previous = sequence
+    return result
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """What a batch of verified, ascending frames does to a vehicle's log."""
+
+    store: list[int]
+    duplicates: list[int]
+    lost: int
+    high_water: int
+
+
+def plan_sequences(high_water: int, sequences: list[int]) -> BatchPlan:
+    """Apply the sequencing rules to ascending ``sequences`` given the stored high-water mark.
+
+    At or below the mark: a duplicate (acknowledged, not stored again). Above: stored, and every skipped
+    sequence since the mark counts as lost (sequences start at 1, so a first frame 5 means 4 lost). The
+    store runs the same rule atomically (its Lua script); this is the reference the tests check it against.
+    """
+    store, duplicates, lost = [], [], 0
+    for sequence in sequences:
+        if sequence <= high_water:
+            duplicates.append(sequence)
+            continue
+        lost += sequence - high_water - 1
+        store.append(sequence)
+        high_water = sequence
+    return BatchPlan(store, duplicates, lost, high_water)

@@ -1,18 +1,389 @@
-"""Telemetry persistence in Redis: per-vehicle streams under the vehicle's hash tag (issue 4)."""
+"""Telemetry persistence in Redis: per-vehicle streams under the vehicle's hash tag.
+
+Keys (``{v}`` is the vehicle id as a Redis Cluster hash tag, so one vehicle's keys share a slot):
+
+* ``telemetry:{v}:frames`` — Stream, entry id ``<sequence>-0``, fields ``p`` (payload), ``s`` (signature),
+  ``k`` (key id), ``t`` (server receive time, ms). Redis refuses an id at or below the last one, so the
+  stream itself cannot hold a duplicate or go backwards; range reads by sequence are XRANGE.
+* ``telemetry:{v}:counters`` — Hash: ``high_water``, ``received``, ``stored``, ``duplicates``, ``lost``,
+  ``rejected:<REASON>``, ``last_frame_ms``.
+* ``telemetry:{v}:liveness`` — Hash: last heartbeat (time, edge CPU, link, spool).
+* ``telemetry:{v}:keys`` — Hash key id -> DER SubjectPublicKeyInfo of every certificate seen.
+* ``telemetry:{v}:commands`` — Stream of commands not yet acknowledged (``c``: serialized Command,
+  ``id``: command id); ``telemetry:{v}:command_ids`` maps command id -> entry id;
+  ``telemetry:{v}:command_acks`` — Stream of every CommandAck received.
+* ``telemetry:{v}:session`` — id of the vehicle's current stream session (newest wins).
+* ``telemetry:vehicles`` — Set of vehicle ids with telemetry (retention sweeps it).
+
+Durability: a frame is acknowledged only after ``WAITAOF 1 0`` confirmed it fsync'd. The commit loop
+gathers the batches of every stream of this process for up to ``commit_window_seconds``, writes them in one
+pipeline, and issues one WAITAOF per group: with ``appendfsync everysec`` one fsync then covers thousands of
+frames instead of one WAITAOF (up to a second) per batch.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
 import redis.asyncio
 
-__all__ = ["TelemetryStore"]
+from haulmesh.telemetry.v1 import stream_pb2
+from services.runtime import Unavailable
+
+from .domain import TelemetryConfig, Verified
+
+__all__ = ["CommitResult", "StoredFrame", "TelemetryStore"]
+
+_log = logging.getLogger("haulmesh.telemetry.store")
+
+# One batch of one vehicle, atomically: the sequencing rule of domain.plan_sequences (duplicates skipped,
+# gaps counted) against the stored high-water mark, then the counters. Atomic so that two writers of the
+# same vehicle (a stream and IngestTelemetry, or two replicas during a stream hand-over) cannot both
+# store a sequence or miscount a gap. Sequences travel as decimal strings and are compared as Lua numbers
+# (exact up to 2^53, far beyond any vehicle's lifetime at 1 Hz).
+# KEYS: frames, counters. ARGV: receive_ms, then (sequence, payload, signature, key_id) per frame.
+_COMMIT_LUA = """
+local hw_s = redis.call('HGET', KEYS[2], 'high_water') or '0'
+local hw = tonumber(hw_s)
+local now = ARGV[1]
+local stored, dup, lost = 0, 0, 0
+local out = {}
+for i = 2, #ARGV, 4 do
+  local seq = tonumber(ARGV[i])
+  if seq <= hw then
+    dup = dup + 1
+    out[#out + 1] = 0
+  else
+    lost = lost + (seq - hw - 1)
+    redis.call('XADD', KEYS[1], ARGV[i] .. '-0', 'p', ARGV[i + 1], 's', ARGV[i + 2], 'k', ARGV[i + 3], 't', now)
+    hw = seq
+    hw_s = ARGV[i]
+    stored = stored + 1
+    out[#out + 1] = 1
+  end
+end
+if stored > 0 then
+  redis.call('HSET', KEYS[2], 'high_water', hw_s, 'last_frame_ms', now)
+  redis.call('HINCRBY', KEYS[2], 'stored', stored)
+end
+if dup > 0 then redis.call('HINCRBY', KEYS[2], 'duplicates', dup) end
+if lost > 0 then redis.call('HINCRBY', KEYS[2], 'lost', lost) end
+table.insert(out, 1, hw_s)
+return out
+"""
+
+
+def _k(vehicle_id: str, what: str) -> str:
+    return f"telemetry:{{{vehicle_id}}}:{what}"
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """Outcome of one committed batch: sequences stored, sequences that were duplicates, new high-water."""
+
+    stored: list[int]
+    duplicates: list[int]
+    high_water: int
+    receive_ms: int
+
+
+@dataclass(frozen=True)
+class StoredFrame:
+    """A frame as stored: sequence, the exact payload and signature, key id, receive time (ms)."""
+
+    sequence: int
+    payload: bytes
+    signature: bytes
+    key_id: str
+    receive_ms: int
+
+
+@dataclass
+class _Pending:
+    vehicle_id: str
+    frames: list[Verified]
+    received: int
+    rejects: Counter[str]
+    future: asyncio.Future[CommitResult] = field(repr=False)
+
+
+def _decode_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> StoredFrame:
+    return StoredFrame(int(entry_id.split(b"-", 1)[0]), fields[b"p"], fields[b"s"], fields[b"k"].decode(),
+                       int(fields[b"t"]))
 
 
 class TelemetryStore:
-    """Frames and per-vehicle high-water marks of one store."""
+    """Frames, counters, keys, liveness and queued commands of one store, with group commit."""
 
-    def __init__(self, client: redis.asyncio.Redis) -> None:
+    #: Cap on WAITAOF calls in flight (each holds a pooled connection while the fsync is pending).
+    MAX_INFLIGHT_WAITS = 32
+
+    def __init__(self, client: redis.asyncio.Redis, config: TelemetryConfig | None = None) -> None:
         self._redis = client
+        self.config = config or TelemetryConfig()
+        self._commit = client.register_script(_COMMIT_LUA)
+        self._queue: asyncio.Queue[_Pending] | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._waits: set[asyncio.Task[None]] = set()
+        self._inflight: asyncio.Semaphore | None = None
 
     @staticmethod
     def frames_key(vehicle_id: str) -> str:
-        return f"telemetry:{{{vehicle_id}}}:frames"
+        """The vehicle's frame stream."""
+        return _k(vehicle_id, "frames")
+
+    # ---- ingest -------------------------------------------------------------------------------------
+
+    async def commit(self, vehicle_id: str, frames: list[Verified], *, received: int = 0,
+                     rejects: Counter[str] | None = None) -> CommitResult:
+        """Store ``frames`` (ascending) and count ``received``/``rejects``; returns once durable.
+
+        Raises Unavailable when the store fails or does not confirm the fsync in time: the caller must
+        not acknowledge, and the truck will resend (duplicates are then recognised).
+        """
+        if self._loop_task is None or self._loop_task.done():
+            self._queue = asyncio.Queue()
+            self._inflight = asyncio.Semaphore(self.MAX_INFLIGHT_WAITS)
+            self._loop_task = asyncio.get_running_loop().create_task(self._commit_loop())
+        future: asyncio.Future[CommitResult] = asyncio.get_running_loop().create_future()
+        assert self._queue is not None
+        self._queue.put_nowait(_Pending(vehicle_id, frames, received, rejects or Counter(), future))
+        return await future
+
+    async def close(self) -> None:
+        """Stop the commit loop (pending commits fail with Unavailable)."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, *self._waits, return_exceptions=True)
+
+    async def _commit_loop(self) -> None:
+        assert self._queue is not None and self._inflight is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            group = [await self._queue.get()]
+            # Group commit: whatever else arrives within the window rides the same pipeline and fsync wait.
+            deadline = loop.time() + self.config.commit_window_seconds
+            while True:
+                try:
+                    group.append(self._queue.get_nowait())
+                    continue
+                except asyncio.QueueEmpty:
+                    pass
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    group.append(await asyncio.wait_for(self._queue.get(), remaining))
+                except TimeoutError:
+                    break
+            try:
+                results = await self._write(group)
+            except Exception as exc:  # store down: nothing of this group is acknowledged
+                _fail(group, exc)
+                continue
+            # Writes of the next group go out while this one waits for its fsync; a later WAITAOF returning
+            # implies every earlier write is on disk too, and each stream acks its batches in order.
+            await self._inflight.acquire()
+            task = loop.create_task(self._await_durable(group, results))
+            self._waits.add(task)
+            task.add_done_callback(self._waits.discard)
+
+    async def _write(self, group: list[_Pending]) -> list[object]:
+        receive_ms = int(time.time() * 1000)
+        pipe = self._redis.pipeline(transaction=False)
+        for item in group:
+            args: list[object] = [receive_ms]
+            for frame in item.frames:
+                args += [frame.sequence, frame.payload_bytes, frame.signature, frame.key_id]
+            await self._commit(keys=[_k(item.vehicle_id, "frames"), _k(item.vehicle_id, "counters")],
+                               args=args, client=pipe)
+            counters = _k(item.vehicle_id, "counters")
+            if item.received:
+                pipe.hincrby(counters, "received", item.received)
+            for reason, count in item.rejects.items():
+                pipe.hincrby(counters, f"rejected:{reason}", count)
+        raw = await pipe.execute(raise_on_error=False)
+        # Keep only each item's script reply (the HINCRBY replies follow it).
+        results, index = [], 0
+        for item in group:
+            results.append((raw[index], receive_ms))
+            index += 1 + (1 if item.received else 0) + len(item.rejects)
+        return results
+
+    async def _await_durable(self, group: list[_Pending], results: list[object]) -> None:
+        assert self._inflight is not None
+        try:
+            timeout_ms = int(self.config.durable_timeout_seconds * 1000)
+            local, _ = await self._redis.execute_command("WAITAOF", 1, 0, timeout_ms)
+            if int(local) < 1:
+                raise Unavailable("store did not confirm the fsync in time; frames not acknowledged",
+                                  reason="NOT_DURABLE")
+        except Exception as exc:
+            _fail(group, exc)
+            return
+        finally:
+            self._inflight.release()
+        for item, (reply, receive_ms) in zip(group, results, strict=True):
+            if item.future.done():
+                continue
+            if isinstance(reply, Exception):
+                item.future.set_exception(Unavailable(f"store refused the batch: {reply}", reason="STORE_ERROR"))
+                continue
+            high_water, *flags = reply
+            item.future.set_result(CommitResult(
+                stored=[f.sequence for f, s in zip(item.frames, flags, strict=True) if s],
+                duplicates=[f.sequence for f, s in zip(item.frames, flags, strict=True) if not s],
+                high_water=int(high_water), receive_ms=receive_ms))
+
+    # ---- reads --------------------------------------------------------------------------------------
+
+    async def high_water(self, vehicle_id: str) -> int:
+        """Highest sequence of the vehicle stored durably enough to have been acknowledged, 0 if none."""
+        raw = await self._redis.hget(_k(vehicle_id, "counters"), "high_water")
+        return int(raw or 0)
+
+    async def counters(self, vehicle_id: str) -> dict[str, int]:
+        """The vehicle's counters (see the module docstring)."""
+        raw = await self._redis.hgetall(_k(vehicle_id, "counters"))
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    async def frames(self, vehicle_id: str, *, after: int = 0, through: int = 0, count: int = 100) -> list[StoredFrame]:
+        """Stored frames with ``after`` < sequence <= ``through`` (0: no upper bound), ascending."""
+        start = f"({after}-0" if after else "-"
+        end = f"{through}-0" if through else "+"
+        entries = await self._redis.xrange(self.frames_key(vehicle_id), start, end, count=count)
+        return [_decode_entry(i, f) for i, f in entries]
+
+    async def frame(self, vehicle_id: str, sequence: int) -> StoredFrame | None:
+        """One stored frame by sequence."""
+        found = await self.frames(vehicle_id, after=sequence - 1, through=sequence, count=1)
+        return found[0] if found else None
+
+    async def wait_frames(self, vehicle_id: str, after: int, *, block_ms: int = 2000,
+                          count: int = 500) -> list[StoredFrame]:
+        """Frames after ``after``, waiting up to ``block_ms`` for the first to be stored (XREAD BLOCK)."""
+        reply = await self._redis.xread({self.frames_key(vehicle_id): f"{after}-0"}, count=count, block=block_ms)
+        return [_decode_entry(i, f) for _, entries in reply or [] for i, f in entries]
+
+    # ---- keys, sessions, liveness --------------------------------------------------------------------
+
+    async def remember_key(self, vehicle_id: str, key_id: str, spki_der: bytes) -> dict[str, bytes]:
+        """Record the key of the certificate the vehicle authenticated with; returns every key seen."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hset(_k(vehicle_id, "keys"), key_id, spki_der)
+        pipe.hgetall(_k(vehicle_id, "keys"))
+        pipe.sadd("telemetry:vehicles", vehicle_id)
+        _, keys, _ = await pipe.execute()
+        return {k.decode(): v for k, v in keys.items()}
+
+    async def claim_session(self, vehicle_id: str, session_id: str) -> None:
+        """Make ``session_id`` the vehicle's current session (a newer stream replaces an older one)."""
+        await self._redis.set(_k(vehicle_id, "session"), session_id)
+
+    async def current_session(self, vehicle_id: str) -> str:
+        """The vehicle's current session id ("" if none)."""
+        raw = await self._redis.get(_k(vehicle_id, "session"))
+        return raw.decode() if raw else ""
+
+    async def record_heartbeat(self, vehicle_id: str, heartbeat: stream_pb2.Heartbeat) -> None:
+        """Last seen, edge CPU, link quality and spool state of the vehicle."""
+        await self._redis.hset(_k(vehicle_id, "liveness"), mapping={
+            "last_seen_ms": int(time.time() * 1000),
+            "device_time_ms": heartbeat.device_time.ToMilliseconds(),
+            "edge_cpu_utilization_percent": repr(heartbeat.edge_cpu_utilization_percent),
+            "link_technology": stream_pb2.LinkQuality.Technology.Name(heartbeat.link.technology),
+            "link_rssi_dbm": heartbeat.link.rssi_dbm,
+            "link_rtt_ms": heartbeat.link.rtt_ms,
+            "spool_depth": heartbeat.spool_depth,
+            "dropped_frames": heartbeat.dropped_frames,
+            "last_sequence": heartbeat.last_sequence,
+        })
+
+    async def liveness(self, vehicle_id: str) -> dict[str, str]:
+        """The last heartbeat's fields as strings."""
+        raw = await self._redis.hgetall(_k(vehicle_id, "liveness"))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    # ---- commands -----------------------------------------------------------------------------------
+
+    async def enqueue_command(self, vehicle_id: str, command: stream_pb2.Command) -> str:
+        """Queue a command for the vehicle (delivered on its stream, now or on connect, until acked)."""
+        entry = await self._redis.xadd(_k(vehicle_id, "commands"),
+                                       {"id": command.command_id, "c": command.SerializeToString()})
+        await self._redis.hset(_k(vehicle_id, "command_ids"), command.command_id, entry)
+        return entry.decode()
+
+    async def poll_commands(self, vehicle_id: str, after: str = "0-0",
+                            ) -> tuple[list[tuple[str, stream_pb2.Command]], str]:
+        """Queued, unacknowledged commands after entry id ``after`` in issue order, and the vehicle's current
+        session id, in one round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.xrange(_k(vehicle_id, "commands"), f"({after}" if after != "0-0" else "-", "+", count=100)
+        pipe.get(_k(vehicle_id, "session"))
+        entries, session = await pipe.execute()
+        commands = [(i.decode(), stream_pb2.Command.FromString(f[b"c"])) for i, f in entries]
+        return commands, session.decode() if session else ""
+
+    async def ack_command(self, vehicle_id: str, ack: stream_pb2.CommandAck) -> None:
+        """Record a CommandAck and stop re-sending its command."""
+        entry = await self._redis.hget(_k(vehicle_id, "command_ids"), ack.command_id)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.xadd(_k(vehicle_id, "command_acks"), {"id": ack.command_id, "a": ack.SerializeToString(),
+                                                   "t": int(time.time() * 1000)})
+        if entry is not None:
+            pipe.xdel(_k(vehicle_id, "commands"), entry)
+            pipe.hdel(_k(vehicle_id, "command_ids"), ack.command_id)
+        await pipe.execute()
+
+    async def command_acks(self, vehicle_id: str) -> list[stream_pb2.CommandAck]:
+        """Every CommandAck received from the vehicle, in order."""
+        entries = await self._redis.xrange(_k(vehicle_id, "command_acks"))
+        return [stream_pb2.CommandAck.FromString(f[b"a"]) for _, f in entries]
+
+    # ---- retention ----------------------------------------------------------------------------------
+
+    async def trim_expired(self, vehicle_id: str, cutoff_ms: int, *, chunk: int = 500) -> int:
+        """Drop the vehicle's frames received before ``cutoff_ms``; returns how many were dropped.
+
+        Entry ids are sequences, not times, so the cut is found by walking from the oldest entry (receive
+        times ascend with sequence): run regularly, the walk only covers what expires, then XTRIM MINID.
+        """
+        key, after, boundary = self.frames_key(vehicle_id), "-", None
+        while boundary is None:
+            entries = await self._redis.xrange(key, after, "+", count=chunk)
+            if not entries:
+                break
+            for entry_id, fields in entries:
+                if int(fields[b"t"]) >= cutoff_ms:
+                    boundary = entry_id
+                    break
+            else:
+                after = b"(" + entries[-1][0]
+        if boundary is None:
+            # Everything expired: MINID past the last entry empties the stream but keeps its last id.
+            last = await self._redis.xrevrange(key, "+", "-", count=1)
+            if not last:
+                return 0
+            boundary = f"{int(last[0][0].split(b'-')[0]) + 1}-0".encode()
+        return int(await self._redis.xtrim(key, minid=boundary, approximate=False))
+
+    async def sweep_retention(self) -> int:
+        """Trim every vehicle's frames older than the retention period; returns frames dropped."""
+        cutoff_ms = int((time.time() - self.config.retention_seconds) * 1000)
+        dropped = 0
+        for raw in await self._redis.smembers("telemetry:vehicles"):
+            dropped += await self.trim_expired(raw.decode(), cutoff_ms)
+        return dropped
+
+
+def _fail(group: list[_Pending], exc: BaseException) -> None:
+    error = exc if isinstance(exc, Unavailable) else Unavailable(f"telemetry store unavailable: {exc}",
+                                                                 reason="STORE_UNAVAILABLE")
+    _log.warning("commit group of %d batches failed: %s", len(group), exc)
+    for item in group:
+        if not item.future.done():
+            item.future.set_exception(error)

@@ -1,0 +1,218 @@
+"""The truck's disk spool: every reading is written here, signed, before it is sent, and kept until acked.
+
+Storage is one SQLite file in WAL mode. ``synchronous=FULL``: in WAL mode ``NORMAL`` already survives a crash
+of this process (kill -9), but a commit may roll back on a power loss, and a truck loses power (ignition off,
+a crash, a battery swap) far more often than a server does. ``FULL`` fsyncs the WAL on every commit; at the
+reading rate of a truck (a few per second) that costs nothing noticeable, and a reading whose enqueue
+returned then survives both.
+
+The spool also keeps the vehicle's sequence counter: sequences must be strictly increasing across reboots,
+so the counter lives in the same transaction as the frame it numbers.
+
+Bound: at most ``max_frames`` unacknowledged frames. When full, the oldest *routine* frame (POSITION, EVENT)
+is evicted to make room; alarms, faults and health frames are never evicted (they may exceed the bound: they
+are rare, and losing one is worse than a few kilobytes more on disk). Evictions are counted for ever in the
+spool and reported in every Heartbeat (``dropped_frames``); the server also sees them as a gap between its
+high-water mark and ``Hello.oldest_spooled_sequence``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from haulmesh.telemetry.v1 import frame_pb2
+
+__all__ = ["ROUTINE_KINDS", "Spool", "SpoolStats", "SpooledFrame"]
+
+#: Kinds the bound may evict. Anything else (ALARM, FAULT, HEALTH and kinds a newer stack invents) is kept.
+ROUTINE_KINDS = frozenset({frame_pb2.FramePayload.KIND_POSITION, frame_pb2.FramePayload.KIND_EVENT})
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS frames (
+    sequence INTEGER PRIMARY KEY,
+    kind     INTEGER NOT NULL,
+    routine  INTEGER NOT NULL,
+    frame    BLOB    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS frames_routine ON frames (routine, sequence);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS commands (command_id TEXT PRIMARY KEY, outcome INTEGER NOT NULL, detail TEXT NOT NULL);
+"""
+_COUNTERS = ("last_sequence", "dropped", "rejected")
+
+
+@dataclass(frozen=True)
+class SpooledFrame:
+    """One spooled frame: its sequence and the serialized ``SignedFrame``, exactly as it will be sent."""
+
+    sequence: int
+    frame: bytes
+
+
+@dataclass(frozen=True)
+class SpoolStats:
+    """What the spool holds and what it has lost, for heartbeats and Hello."""
+
+    depth: int
+    last_sequence: int
+    oldest_sequence: int
+    dropped: int
+    rejected: int
+
+
+class Spool:
+    """A bounded, crash-safe queue of signed frames keyed by the vehicle's sequence.
+
+    Thread-safe (one connection behind a lock): the asyncio client calls it through ``asyncio.to_thread``
+    so fsyncs never block the event loop.
+    """
+
+    def __init__(self, path: str | Path, *, max_frames: int = 500_000) -> None:
+        if max_frames < 1:
+            raise ValueError("max_frames must be at least 1")
+        self.path = Path(path)
+        self.max_frames = max_frames
+        self._lock = threading.Lock()
+        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a transaction takes the write lock
+        # before it reads the counter (two writers can never hand out the same sequence).
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.executescript(_SCHEMA)
+        self._db.executemany("INSERT OR IGNORE INTO counters (name, value) VALUES (?, 0)", [(c,) for c in _COUNTERS])
+
+    def close(self) -> None:
+        """Closes the database (committed frames are already on disk)."""
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing --------------------------------------------------------------------------------------------
+
+    def enqueue(self, kind: int, build: Callable[[int], bytes]) -> int:
+        """Assigns the next sequence, stores ``build(sequence)`` (a serialized SignedFrame) and commits.
+
+        Returns the sequence only once the frame is durable. ``build`` runs inside the transaction, so the
+        payload is signed with the sequence it is stored under; if it raises, nothing is stored and the
+        sequence is not used. If the spool is full, the oldest routine frame is evicted and counted, which
+        may be the new frame itself when the spool holds nothing but alarms and faults.
+        """
+        routine = kind in ROUTINE_KINDS
+        with self._lock, self._transaction() as db:
+            sequence = self._counter(db, "last_sequence") + 1
+            frame = build(sequence)
+            db.execute("UPDATE counters SET value = ? WHERE name = 'last_sequence'", (sequence,))
+            db.execute("INSERT INTO frames (sequence, kind, routine, frame) VALUES (?, ?, ?, ?)",
+                       (sequence, kind, int(routine), frame))
+            self._enforce_bound(db)
+        return sequence
+
+    def _enforce_bound(self, db: sqlite3.Connection) -> None:
+        excess = db.execute("SELECT COUNT(*) FROM frames").fetchone()[0] - self.max_frames
+        if excess <= 0:
+            return
+        victims = [row[0] for row in db.execute(
+            "SELECT sequence FROM frames WHERE routine = 1 ORDER BY sequence LIMIT ?", (excess,))]
+        if victims:
+            db.executemany("DELETE FROM frames WHERE sequence = ?", [(s,) for s in victims])
+            db.execute("UPDATE counters SET value = value + ? WHERE name = 'dropped'", (len(victims),))
+
+    def mark_acked(self, through_sequence: int) -> int:
+        """Deletes every frame at or below ``through_sequence`` (the server holds them durably).
+
+        Also raises the sequence counter to ``through_sequence`` if the server is ahead (a spool wiped or
+        restored from an old image): new frames must never reuse a sequence the server already holds.
+        Returns the number of frames deleted.
+        """
+        with self._lock, self._transaction() as db:
+            deleted = db.execute("DELETE FROM frames WHERE sequence <= ?", (through_sequence,)).rowcount
+            db.execute("UPDATE counters SET value = MAX(value, ?) WHERE name = 'last_sequence'",
+                       (through_sequence,))
+        return deleted
+
+    def reject(self, sequence: int) -> bool:
+        """Removes a frame the server refused (final: it must not be resent) and counts it.
+
+        Returns False if the frame was not in the spool (already removed).
+        """
+        with self._lock, self._transaction() as db:
+            removed = db.execute("DELETE FROM frames WHERE sequence = ?", (sequence,)).rowcount
+            if removed:
+                db.execute("UPDATE counters SET value = value + 1 WHERE name = 'rejected'")
+        return bool(removed)
+
+    # -- reading --------------------------------------------------------------------------------------------
+
+    def unacked_after(self, sequence: int, limit: int) -> list[SpooledFrame]:
+        """The spooled frames above ``sequence``, ascending, at most ``limit`` of them."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT sequence, frame FROM frames WHERE sequence > ? ORDER BY sequence LIMIT ?",
+                (sequence, limit)).fetchall()
+        return [SpooledFrame(s, f) for s, f in rows]
+
+    def sequences(self) -> list[int]:
+        """Every spooled sequence, ascending (for tests and diagnostics)."""
+        with self._lock:
+            return [row[0] for row in self._db.execute("SELECT sequence FROM frames ORDER BY sequence")]
+
+    def kinds(self) -> dict[int, int]:
+        """Sequence → frame kind of every spooled frame (for tests and diagnostics)."""
+        with self._lock:
+            return dict(self._db.execute("SELECT sequence, kind FROM frames"))
+
+    def stats(self) -> SpoolStats:
+        """Depth, counters and the oldest spooled sequence, read in one snapshot."""
+        with self._lock:
+            depth, oldest = self._db.execute("SELECT COUNT(*), COALESCE(MIN(sequence), 0) FROM frames").fetchone()
+            counters = dict(self._db.execute("SELECT name, value FROM counters"))
+        return SpoolStats(depth=depth, last_sequence=counters["last_sequence"], oldest_sequence=oldest,
+                          dropped=counters["dropped"], rejected=counters["rejected"])
+
+    # -- command outcomes (the truck answers a repeated command with its previous outcome) ------------------
+
+    def command_outcome(self, command_id: str) -> tuple[int, str] | None:
+        """The outcome recorded for a command, or None if the truck has not seen it."""
+        with self._lock:
+            row = self._db.execute("SELECT outcome, detail FROM commands WHERE command_id = ?",
+                                   (command_id,)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def record_command(self, command_id: str, outcome: int, detail: str) -> None:
+        """Remembers a command's latest outcome, durably, so a restart still deduplicates it."""
+        with self._lock, self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO commands (command_id, outcome, detail) VALUES (?, ?, ?)",
+                       (command_id, outcome, detail))
+
+    # -- internals ------------------------------------------------------------------------------------------
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+    @staticmethod
+    def _counter(db: sqlite3.Connection, name: str) -> int:
+        return int(db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()[0])
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE … COMMIT (ROLLBACK on error): the commit is the durability point."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._db.execute("BEGIN IMMEDIATE")
+        return self._db
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type else "COMMIT")

@@ -1,0 +1,166 @@
+"""A scripted truck and a telemetry process of the tests' own, for the telemetry tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from haulmesh.telemetry.v1 import frame_pb2, stream_pb2, telemetry_service_pb2_grpc
+from services.runtime import pki
+from services.runtime._store import free_port
+from services.telemetry.domain import key_id_of
+
+
+@dataclass
+class Truck:
+    """A vehicle with a real certificate: signs frames with its key and opens mTLS channels."""
+
+    vehicle_id: str
+    issued: pki.IssuedCertificate
+    ca_pem: bytes
+    boot_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    @classmethod
+    def mint(cls, ca: pki.CertificateAuthority, vehicle_id: str | None = None) -> Truck:
+        vehicle_id = vehicle_id or f"AU-TRK-{uuid.uuid4().hex[:8]}"
+        return cls(vehicle_id, pki.issue(ca, pki.identity_for("vehicle", vehicle_id), valid_days=1),
+                   ca.certificate_pem)
+
+    @property
+    def key_id(self) -> str:
+        return key_id_of(self.issued.certificate.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(root_certificates=self.ca_pem, private_key=self.issued.private_key_pem,
+                                            certificate_chain=self.issued.certificate_pem)
+
+    def payload(self, sequence: int, *, device_time: float | None = None, **overrides: object) -> bytes:
+        """A serialized KIND_POSITION FramePayload of this truck (fields overridable)."""
+        fields: dict[str, object] = {"vehicle_id": self.vehicle_id, "sequence": sequence, "boot_id": self.boot_id,
+                                     "kind": frame_pb2.FramePayload.KIND_POSITION, "vehicle_state": "enroute"}
+        fields.update(overrides)
+        payload = frame_pb2.FramePayload(**fields)
+        payload.device_time.FromNanoseconds(int((device_time if device_time is not None else time.time()) * 1e9))
+        payload.position.lat, payload.position.lon, payload.position.speed_kph = 30.2, -97.7, 88.5
+        return payload.SerializeToString(deterministic=True)
+
+    def sign(self, payload: bytes) -> bytes:
+        return self.issued.private_key.sign(payload, ec.ECDSA(hashes.SHA256()))
+
+    def frame(self, sequence: int, **overrides: object) -> frame_pb2.SignedFrame:
+        payload = self.payload(sequence, **overrides)
+        return frame_pb2.SignedFrame(sequence=sequence, payload=payload, signature=self.sign(payload),
+                                     key_id=self.key_id)
+
+    def hello(self, last_sequence: int = 0) -> stream_pb2.StreamTelemetryRequest:
+        return stream_pb2.StreamTelemetryRequest(hello=stream_pb2.Hello(
+            vehicle_id=self.vehicle_id, boot_id=self.boot_id, last_sequence=last_sequence, client_version="test"))
+
+
+def batch(frames: list[frame_pb2.SignedFrame]) -> stream_pb2.StreamTelemetryRequest:
+    return stream_pb2.StreamTelemetryRequest(frames=stream_pb2.FrameBatch(frames=frames))
+
+
+class Session:
+    """An open StreamTelemetry call whose requests the test feeds and whose responses it collects."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._requests: asyncio.Queue[stream_pb2.StreamTelemetryRequest | None] = asyncio.Queue()
+        self.call = telemetry_service_pb2_grpc.TelemetryServiceStub(channel).StreamTelemetry(
+            self._request_iterator(), timeout=120)
+        self.responses: list[stream_pb2.StreamTelemetryResponse] = []
+        self.error: grpc.aio.AioRpcError | None = None
+        self.ended = asyncio.Event()
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _request_iterator(self) -> AsyncIterator[stream_pb2.StreamTelemetryRequest]:
+        while (item := await self._requests.get()) is not None:
+            yield item
+
+    async def _read(self) -> None:
+        try:
+            async for response in self.call:
+                self.responses.append(response)
+        except grpc.aio.AioRpcError as exc:
+            self.error = exc
+        finally:
+            self.ended.set()
+
+    def send(self, request: stream_pb2.StreamTelemetryRequest) -> None:
+        self._requests.put_nowait(request)
+
+    def close(self) -> None:
+        self._requests.put_nowait(None)
+
+    def of(self, kind: str) -> list:
+        return [getattr(r, kind) for r in self.responses if r.WhichOneof("message") == kind]
+
+    @property
+    def acked_through(self) -> int:
+        acks = self.of("ack")
+        return acks[-1].through_sequence if acks else 0
+
+    async def aclose(self) -> None:
+        self.call.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
+
+
+class TelemetryProcess:
+    """``python -m services.telemetry`` as a child process of the test, on a free port."""
+
+    def __init__(self, cert_dir: Path, state_dir: Path, redis_url: str, **env: str) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self._env = {k: v for k, v in os.environ.items() if not k.startswith("HAULMESH_")}
+        self._env.update(HAULMESH_CERT_DIR=str(cert_dir), HAULMESH_STATE_DIR=str(state_dir), REDIS_URL=redis_url,
+                         HAULMESH_PORT=str(self.port), HAULMESH_GRACE_PERIOD_SECONDS="1", **env)
+        self.process: asyncio.subprocess.Process | None = None
+        self.log_path = state_dir / "telemetry.log"
+
+    async def start(self, probe: grpc.ChannelCredentials) -> None:
+        self.process = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.telemetry",
+                                                            env=self._env, stderr=self.log_path.open("ab"))
+        async with grpc.aio.secure_channel(self.address, probe) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            for _ in range(300):
+                if self.process.returncode is not None:
+                    raise RuntimeError(f"telemetry exited with {self.process.returncode}")
+                try:
+                    reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1, wait_for_ready=True)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.aio.AioRpcError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise TimeoutError("telemetry did not become SERVING")
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    async def kill(self) -> None:
+        """SIGKILL: no shutdown code runs."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.terminate()
+            try:
+                await asyncio.wait_for(self.process.wait(), 15)
+            except TimeoutError:
+                await self.kill()
