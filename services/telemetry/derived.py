@@ -873,7 +873,7 @@ def to_event_payload(event: object) -> tuple[str, object]:
         msg = tev.EtaUpdated(mission=mission, vehicle=vehicle, stop_index=event.stop_index,
                              estimated_arrive_time=_ts(event.estimated_arrive_time),
                              remaining_miles=event.remaining_miles, late=event.late,
-                             frame_sequence=event.frame_sequence)
+                             frame_sequence=event.frame_sequence, confidence=event.confidence)
         if event.previous_estimated_arrive_time is not None:
             msg.previous_estimated_arrive_time.CopyFrom(_ts(event.previous_estimated_arrive_time))
         return prefix + "eta_updated", msg
@@ -900,8 +900,7 @@ def to_mission_exception(event: object) -> mission_pb2.MissionException:
                   description=f"{event.code}: {event.description}"[:1000], location=_loc(event.location),
                   frame_sequence=event.frame_sequence)
     if isinstance(event, RouteDeviation):
-        # No exception kind names a route deviation; KIND_OTHER with the distance in the description.
-        return ex(kind=ex.KIND_OTHER, severity=ex.SEVERITY_WARNING,
+        return ex(kind=ex.KIND_ROUTE_DEVIATION, severity=ex.SEVERITY_WARNING,
                   description=(f"ROUTE_DEVIATION: {event.distance_m:.0f} m off the planned route "
                                f"(corridor {event.corridor_width_m:.0f} m) for {event.frames} frames"),
                   location=_loc(event.location), frame_sequence=event.frame_sequence)
