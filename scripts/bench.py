@@ -1,5 +1,7 @@
 """``make bench``: measured figures, printed and written as JSON (build/bench.json), never asserted.
 
+Telemetry figures: see bench_telemetry.py.
+
 REST tender create → offer, through the gateway with a real token, over a fresh local mesh:
   * latency p50 / p99 at a fixed offered load (open loop: requests start on schedule whether or not
     earlier ones finished, and latency counts from the scheduled start, so a stall is not hidden), and
@@ -24,10 +26,12 @@ from pathlib import Path
 
 import grpc
 import httpx
+from bench_telemetry import run_telemetry_bench
 from localmesh import fresh_mesh, register_truck
 
 from haulmesh.mission.v1 import mission_service_pb2_grpc
 from services.gateway import tokens
+from services.runtime import pki
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE = ROOT / ".haulmesh" / "bench"
@@ -101,16 +105,19 @@ async def run(args: argparse.Namespace) -> dict:
                 await register_truck(ops, f"BENCH-TRK-{i:03d}")
         token = tokens.mint(carrier="bench-carrier", scopes="tender:create tender:read", state_dir=mesh.state_dir,
                             ttl_seconds=3600)
-        limits = httpx.Limits(max_connections=args.concurrency * 2, max_keepalive_connections=args.concurrency * 2)
+        # Close idle connections before the gateway does (uvicorn: 5 s) so a reused one is never half-closed.
+        limits = httpx.Limits(max_connections=args.concurrency * 2, max_keepalive_connections=args.concurrency * 2,
+                              keepalive_expiry=2)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{mesh.http_port}", limits=limits, timeout=30,
                                      headers={"Authorization": f"Bearer {token}"}) as http:
             start = (datetime.now(UTC) + timedelta(days=1)).replace(hour=8, minute=0, second=0, microsecond=0)
             await fixed_rate(http, 50, 2, start)  # warm-up: connections, caches, the JIT-less interpreter
             steady = await fixed_rate(http, args.rate, args.seconds, start)
             saturated = await saturation(http, args.concurrency, args.seconds, start)
+        telemetry = await run_telemetry_bench(mesh, pki.load_ca(mesh.cert_dir), open_target=args.open_streams)
     finally:
         await mesh.stop(stop_store=True)
-    return {
+    return {**telemetry,
         "tender_create_p50_ms": round(steady["p50_ms"], 2),
         "tender_create_p99_ms": round(steady["p99_ms"], 2),
         "tender_create_mean_ms": round(steady["mean_ms"], 2),
@@ -127,12 +134,18 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=200, help="offered load in requests/s (default 200)")
     parser.add_argument("--seconds", type=float, default=10, help="length of each phase (default 10)")
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight at saturation")
+    parser.add_argument("--open-streams", type=int, default=5000, help="truck streams to try to hold open")
     args = parser.parse_args()
     figures = asyncio.run(run(args))
     print(f"REST tender create → offer at {args.rate:g} req/s for {args.seconds:g}s: "
           f"p50 {figures['tender_create_p50_ms']} ms, p99 {figures['tender_create_p99_ms']} ms (target p99 ≤ 25 ms)")
     print(f"saturation ({args.concurrency} in flight): {figures['tender_create_max_rps']} req/s; "
           f"failures: {figures['tender_create_failures']}")
+    print(f"telemetry: {figures['telemetry_server_cpu_us_per_frame']} µs server CPU per live frame (target ≤ 150), "
+          f"replay {figures['telemetry_replay_frames_per_s']} frames/s (≥ 20,000), subscriber p50 "
+          f"{figures['telemetry_subscriber_p50_ms']} ms / p99 {figures['telemetry_subscriber_p99_ms']} ms at 2,000 "
+          f"frames/s (p99 ≤ 50), {figures['telemetry_open_streams']} open streams (≥ 5,000) in "
+          f"{figures['telemetry_server_rss_mib']} MiB RSS")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures, separators=(",", ":")))

@@ -1,0 +1,236 @@
+"""Telemetry figures for ``make bench``: the telemetry service under signed traffic from many trucks.
+
+* live CPU: trucks on their own streams each send one signed frame per message; the figure is the
+  telemetry *server process's* CPU time (from /proc) divided by the frames it acknowledged, so the load
+  generator sharing the machine does not count;
+* replay: one truck sends a spooled backlog in batches of Welcome.max_batch_frames; frames acknowledged
+  per second;
+* subscriber latency: a watcher on a truck's frames while the fleet sends 2,000 frames/s in all; latency
+  from the frame's device time (stamped just before sending) to its arrival at the watcher;
+* open streams: trucks that completed Hello → Welcome and stay connected; the server's RSS with them.
+
+Frames are signed up front (ECDSA P-256, as a truck's TPM would) so signing does not slow the generator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import statistics
+import time
+import uuid
+from dataclasses import dataclass
+
+import grpc
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from haulmesh.telemetry.v1 import frame_pb2, stream_pb2, telemetry_service_pb2, telemetry_service_pb2_grpc
+from services.runtime import Mesh, pki
+
+__all__ = ["run_telemetry_bench"]
+
+@dataclass
+class Truck:
+    vehicle_id: str
+    issued: pki.IssuedCertificate
+    credentials: grpc.ChannelCredentials
+    key_id: str
+
+    def frame(self, sequence: int) -> frame_pb2.SignedFrame:
+        payload = frame_pb2.FramePayload(vehicle_id=self.vehicle_id, sequence=sequence, boot_id="bench",
+                                         kind=frame_pb2.FramePayload.KIND_POSITION,
+                                         position=frame_pb2.Position(lat=30.2, lon=-97.7, speed_kph=88.5))
+        payload.device_time.GetCurrentTime()
+        raw = payload.SerializeToString()
+        return frame_pb2.SignedFrame(sequence=sequence, payload=raw, key_id=self.key_id,
+                                     signature=self.issued.private_key.sign(raw, ec.ECDSA(hashes.SHA256())))
+
+
+def _trucks(ca: pki.CertificateAuthority, count: int, prefix: str) -> list[Truck]:
+    trucks = []
+    for i in range(count):
+        vehicle_id = f"{prefix}-{i:05d}"
+        issued = pki.issue(ca, pki.identity_for("vehicle", vehicle_id), valid_days=1)
+        spki = issued.certificate.public_key().public_bytes(serialization.Encoding.DER,
+                                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+        credentials = grpc.ssl_channel_credentials(ca.certificate_pem, issued.private_key_pem, issued.certificate_pem)
+        trucks.append(Truck(vehicle_id, issued, credentials, hashlib.sha256(spki).hexdigest()))
+    return trucks
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_mib(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Session:
+    """One truck's open stream: Hello → Welcome, then frames and acks."""
+
+    def __init__(self, channel: grpc.aio.Channel, truck: Truck) -> None:
+        self.truck = truck
+        self._queue: asyncio.Queue[stream_pb2.StreamTelemetryRequest | None] = asyncio.Queue()
+        self._call = telemetry_service_pb2_grpc.TelemetryServiceStub(channel).StreamTelemetry(self._requests())
+        self.acked = 0
+        self.welcome: stream_pb2.Welcome | None = None
+        self._acked_event = asyncio.Event()
+
+    async def _requests(self):
+        while (item := await self._queue.get()) is not None:
+            yield item
+
+    async def open(self) -> None:
+        await self._queue.put(stream_pb2.StreamTelemetryRequest(hello=stream_pb2.Hello(
+            vehicle_id=self.truck.vehicle_id, boot_id=uuid.uuid4().hex)))
+        reply = await self._call.read()
+        self.welcome = reply.welcome
+        self._reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        while (reply := await self._call.read()) is not grpc.aio.EOF:
+            if reply.WhichOneof("message") == "ack":
+                self.acked = max(self.acked, reply.ack.through_sequence)
+                self._acked_event.set()
+
+    async def send(self, frames: list[frame_pb2.SignedFrame]) -> None:
+        await self._queue.put(stream_pb2.StreamTelemetryRequest(frames=stream_pb2.FrameBatch(frames=frames)))
+
+    async def wait_acked(self, sequence: int, timeout_seconds: float = 60) -> None:
+        deadline = time.monotonic() + timeout_seconds
+        while self.acked < sequence:
+            self._acked_event.clear()
+            await asyncio.wait_for(self._acked_event.wait(), max(0.01, deadline - time.monotonic()))
+
+    async def close(self) -> None:
+        await self._queue.put(None)
+        self._call.cancel()
+
+
+async def _open_sessions(mesh: Mesh, trucks: list[Truck]) -> tuple[list[Session], list[grpc.aio.Channel]]:
+    # One connection per truck, as on the road: each presents its own certificate.
+    channels = [grpc.aio.secure_channel(mesh.address("telemetry"), truck.credentials) for truck in trucks]
+    sessions = [Session(channel, truck) for channel, truck in zip(channels, trucks, strict=True)]
+    await asyncio.gather(*(s.open() for s in sessions))
+    return sessions, channels
+
+
+async def live_cpu(mesh: Mesh, ca: pki.CertificateAuthority, *, trucks: int = 100, rate: int = 1000,
+                   seconds: float = 5.0) -> float:
+    fleet = _trucks(ca, trucks, "LIVE")
+    sessions, channels = await _open_sessions(mesh, fleet)
+    per_truck = int(rate * seconds / trucks)
+    frames = {s.truck.vehicle_id: [s.truck.frame(i + 1) for i in range(per_truck)] for s in sessions}
+    pid = mesh.children["telemetry"].process.pid
+    before = _cpu_seconds(pid)
+
+    async def drive(session: Session) -> None:
+        for frame in frames[session.truck.vehicle_id]:
+            await session.send([frame])  # live traffic: one frame per message
+            await asyncio.sleep(trucks / rate)
+        await session.wait_acked(per_truck)
+
+    await asyncio.gather(*(drive(s) for s in sessions))
+    used = _cpu_seconds(pid) - before
+    for s in sessions:
+        await s.close()
+    for c in channels:
+        await c.close()
+    return used / (per_truck * trucks) * 1e6
+
+
+async def replay(mesh: Mesh, ca: pki.CertificateAuthority, *, frames: int = 20_000) -> float:
+    [truck] = _trucks(ca, 1, "REPLAY")
+    backlog = [truck.frame(i + 1) for i in range(frames)]
+    channel = grpc.aio.secure_channel(mesh.address("telemetry"), truck.credentials)
+    session = Session(channel, truck)
+    await session.open()
+    batch = max(1, session.welcome.max_batch_frames or 500)
+    began = time.perf_counter()
+    for start in range(0, frames, batch):
+        await session.send(backlog[start:start + batch])
+    await session.wait_acked(frames, timeout_seconds=300)
+    elapsed = time.perf_counter() - began
+    await session.close()
+    await channel.close()
+    return frames / elapsed
+
+
+async def subscriber_latency(mesh: Mesh, ca: pki.CertificateAuthority, operator: grpc.ChannelCredentials, *,
+                             trucks: int = 50, rate: int = 2000, seconds: float = 5.0) -> tuple[float, float]:
+    fleet = _trucks(ca, trucks, "WATCH")
+    sessions, channels = await _open_sessions(mesh, fleet)
+    watched = sessions[0].truck.vehicle_id
+    latencies: list[float] = []
+    watch_channel = grpc.aio.secure_channel(mesh.address("telemetry"), operator)
+    watch = telemetry_service_pb2_grpc.TelemetryServiceStub(watch_channel).WatchVehicleTelemetry(
+        telemetry_service_pb2.WatchVehicleTelemetryRequest(vehicle=f"vehicles/{watched}"))
+
+    async def listen() -> None:
+        while (reply := await watch.read()) is not grpc.aio.EOF:
+            sent = reply.telemetry_frame.payload.device_time.ToNanoseconds() / 1e9
+            latencies.append(time.time() - sent)
+
+    listener = asyncio.ensure_future(listen())
+    await asyncio.sleep(0.5)
+    per_truck = int(rate * seconds / trucks)
+
+    async def drive(session: Session) -> None:
+        for i in range(per_truck):
+            await session.send([session.truck.frame(i + 1)])  # signed now: device time = send time
+            await asyncio.sleep(trucks / rate)
+        await session.wait_acked(per_truck)
+
+    await asyncio.gather(*(drive(s) for s in sessions))
+    await asyncio.sleep(0.5)
+    watch.cancel()
+    listener.cancel()
+    for s in sessions:
+        await s.close()
+    for c in [*channels, watch_channel]:
+        await c.close()
+    if not latencies:
+        return float("nan"), float("nan")
+    ordered = sorted(latencies)
+    return statistics.median(ordered) * 1000, ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000
+
+
+async def open_streams(mesh: Mesh, ca: pki.CertificateAuthority, *, target: int = 5000) -> tuple[int, float]:
+    fleet = _trucks(ca, target, "OPEN")
+    held, channels = 0, []
+    sessions: list[Session] = []
+    for start in range(0, target, 250):
+        try:
+            more, more_channels = await _open_sessions(mesh, fleet[start:start + 250])
+        except grpc.aio.AioRpcError:
+            break
+        sessions += more
+        channels += more_channels
+        held = len(sessions)
+    rss = _rss_mib(mesh.children["telemetry"].process.pid)
+    for s in sessions:
+        await s.close()
+    await asyncio.gather(*(c.close() for c in channels), return_exceptions=True)
+    return held, rss
+
+
+async def run_telemetry_bench(mesh: Mesh, ca: pki.CertificateAuthority, *, open_target: int = 5000) -> dict:
+    cpu = await live_cpu(mesh, ca)
+    replay_rate = await replay(mesh, ca)
+    p50, p99 = await subscriber_latency(mesh, ca, mesh.operator_credentials())
+    streams, rss = await open_streams(mesh, ca, target=open_target)
+    return {
+        "telemetry_server_cpu_us_per_frame": round(cpu, 1),
+        "telemetry_replay_frames_per_s": round(replay_rate),
+        "telemetry_subscriber_p50_ms": round(p50, 2),
+        "telemetry_subscriber_p99_ms": round(p99, 2),
+        "telemetry_open_streams": streams,
+        "telemetry_server_rss_mib": round(rss, 1),
+    }
