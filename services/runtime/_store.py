@@ -247,12 +247,20 @@ def resolve_redis_url(redis_url: str | None, state_dir: Path) -> str:
     return ensure_embedded_store(state_dir).url
 
 
-def connect_async(url: str, *, socket_timeout_seconds: float = 5.0) -> redis.asyncio.Redis:
-    """An asyncio Redis client with bounded timeouts (bytes in, bytes out)."""
-    return redis.asyncio.Redis.from_url(
+def connect_async(url: str, *, socket_timeout_seconds: float = 5.0, max_connections: int = 256) -> redis.asyncio.Redis:
+    """An asyncio Redis client with bounded timeouts (bytes in, bytes out).
+
+    The pool blocks a caller until a connection is free (up to the socket timeout) instead of failing:
+    a burst of truck streams or REST calls queues for a moment rather than erroring, and the store never
+    sees more than ``max_connections`` clients from one process.
+    """
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=socket_timeout_seconds,
         socket_timeout=socket_timeout_seconds,
         socket_connect_timeout=socket_timeout_seconds,
         health_check_interval=30,
         retry_on_timeout=False,
     )
+    return redis.asyncio.Redis.from_pool(pool)  # the client owns the pool and closes it
