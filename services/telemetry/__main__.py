@@ -8,6 +8,7 @@ import logging
 from haulmesh.telemetry.v1 import telemetry_service_pb2, telemetry_service_pb2_grpc
 from services.runtime import ConfigError, Service, run_service
 
+from .assignments import DISPATCHED, AssignmentRelay
 from .domain import TelemetryConfig
 from .server import POLICY, TelemetryServicer
 from .store import TelemetryStore
@@ -47,6 +48,7 @@ def register(service: Service) -> None:
         await store.close()
 
     service.add_companion(sweep, stop)
+    service.add_consumer("telemetry-assignments", AssignmentRelay(store), types={DISPATCHED})
 
 
 if __name__ == "__main__":

@@ -77,6 +77,18 @@ return out
 """
 
 
+#: How long a command id is remembered after it was queued, so a redelivered event cannot resend it.
+_ISSUED_TTL_SECONDS = 30 * 86400
+
+# KEYS: commands stream, command id -> entry hash, issued marker. ARGV: command id, command bytes, TTL.
+_ENQUEUE_LUA = """
+if redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[3]) == false then return false end
+local entry = redis.call('XADD', KEYS[1], '*', 'id', ARGV[1], 'c', ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], entry)
+return entry
+"""
+
+
 def _k(vehicle_id: str, what: str) -> str:
     return f"telemetry:{{{vehicle_id}}}:{what}"
 
@@ -126,6 +138,7 @@ class TelemetryStore:
         self._redis = client
         self.config = config or TelemetryConfig()
         self._commit = client.register_script(_COMMIT_LUA)
+        self._enqueue = client.register_script(_ENQUEUE_LUA)
         self._queue: asyncio.Queue[_Pending] | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._waits: set[asyncio.Task[None]] = set()
@@ -311,11 +324,15 @@ class TelemetryStore:
     # ---- commands -----------------------------------------------------------------------------------
 
     async def enqueue_command(self, vehicle_id: str, command: stream_pb2.Command) -> str:
-        """Queue a command for the vehicle (delivered on its stream, now or on connect, until acked)."""
-        entry = await self._redis.xadd(_k(vehicle_id, "commands"),
-                                       {"id": command.command_id, "c": command.SerializeToString()})
-        await self._redis.hset(_k(vehicle_id, "command_ids"), command.command_id, entry)
-        return entry.decode()
+        """Queue a command for the vehicle (delivered on its stream, now or on connect, until acked).
+
+        Idempotent on the command id: the same command queued again (an event redelivered) is not sent
+        twice, also after the truck acknowledged it. Returns the queue entry id ("" when already queued).
+        """
+        entry = await self._enqueue(keys=[_k(vehicle_id, "commands"), _k(vehicle_id, "command_ids"),
+                                          _k(vehicle_id, f"issued:{command.command_id}")],
+                                    args=[command.command_id, command.SerializeToString(), _ISSUED_TTL_SECONDS])
+        return entry.decode() if entry else ""
 
     async def poll_commands(self, vehicle_id: str, after: str = "0-0",
                             ) -> tuple[list[tuple[str, stream_pb2.Command]], str]:
