@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from haulmesh.telemetry.v1 import telemetry_service_pb2, telemetry_service_pb2_grpc
-from services.runtime import ConfigError, Service, run_service
+from haulmesh.mission.v1 import mission_service_pb2, mission_service_pb2_grpc
+from haulmesh.telemetry.v1 import stream_pb2, telemetry_service_pb2, telemetry_service_pb2_grpc
+from services.runtime import ConfigError, Service, carrier_metadata, run_service
 
 from .assignments import DISPATCHED, AssignmentRelay
 from .domain import TelemetryConfig
@@ -25,8 +26,16 @@ def register(service: Service) -> None:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     store = TelemetryStore(service.redis, config)
+
+    async def acknowledge(carrier_id: str, mission: str, ack: stream_pb2.CommandAck) -> None:
+        await service.stub(mission_service_pb2_grpc.MissionServiceStub, "mission").AcknowledgeMissionDispatch(
+            mission_service_pb2.AcknowledgeMissionDispatchRequest(name=mission, ack_time=ack.device_time,
+                                                                  command_id=ack.command_id),
+            metadata=carrier_metadata(carrier_id))
+
+    assignments = AssignmentRelay(store, acknowledge)
     service.add(telemetry_service_pb2_grpc.add_TelemetryServiceServicer_to_server,
-                TelemetryServicer(store, config),
+                TelemetryServicer(store, config, on_command_ack=assignments.on_command_ack),
                 telemetry_service_pb2.DESCRIPTOR.services_by_name["TelemetryService"])
     stopped = asyncio.Event()
 
@@ -48,7 +57,7 @@ def register(service: Service) -> None:
         await store.close()
 
     service.add_companion(sweep, stop)
-    service.add_consumer("telemetry-assignments", AssignmentRelay(store), types={DISPATCHED})
+    service.add_consumer("telemetry-assignments", assignments, types={DISPATCHED})
 
 
 if __name__ == "__main__":

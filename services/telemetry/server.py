@@ -7,7 +7,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -101,6 +101,11 @@ def _to_frame(vehicle_id: str, stored: StoredFrame) -> frame_pb2.TelemetryFrame:
     )
 
 
+def _log_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        _log.warning("command acknowledgement follow-up failed: %s", task.exception())
+
+
 def _vehicle_of(name: str, field: str) -> str:
     prefix, _, vehicle = name.partition("/")
     if prefix != "vehicles" or not vehicle or "/" in vehicle:
@@ -129,8 +134,11 @@ class _Session:
 class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
     """Telemetry RPCs. WatchMissionTelemetry is not implemented yet (UNIMPLEMENTED, the generated default)."""
 
-    def __init__(self, store: TelemetryStore, config: TelemetryConfig | None = None) -> None:
+    def __init__(self, store: TelemetryStore, config: TelemetryConfig | None = None,
+                 on_command_ack: Callable[[str, stream_pb2.CommandAck], Awaitable[None]] | None = None) -> None:
         self._store = store
+        #: Told of every CommandAck after it is recorded (off the stream's path: a slow peer never stalls it).
+        self._on_command_ack = on_command_ack
         self._config = config or store.config
         #: Open streams of this process by vehicle (a newer one ends the older at once; across replicas the
         #: older notices the session key changed within a command poll interval).
@@ -219,6 +227,9 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
                     await self._store.record_heartbeat(session.vehicle_id, request.heartbeat)
                 elif kind == "command_ack":
                     await self._store.ack_command(session.vehicle_id, request.command_ack)
+                    if self._on_command_ack is not None:
+                        task = asyncio.ensure_future(self._on_command_ack(session.vehicle_id, request.command_ack))
+                        task.add_done_callback(_log_failure)
                 elif kind == "hello":
                     session.end(FailedPrecondition("Hello may only be the first message", reason="HELLO_REPEATED"))
                     return

@@ -345,6 +345,14 @@ class TelemetryStore:
         commands = [(i.decode(), stream_pb2.Command.FromString(f[b"c"])) for i, f in entries]
         return commands, session.decode() if session else ""
 
+    async def remember_command_carrier(self, vehicle_id: str, command_id: str, carrier_id: str) -> None:
+        """Which carrier a command acts for (commands carry no tenant; the acknowledgement needs one)."""
+        await self._redis.set(_k(vehicle_id, f"carrier:{command_id}"), carrier_id, ex=_ISSUED_TTL_SECONDS)
+
+    async def command_carrier(self, vehicle_id: str, command_id: str) -> str:
+        raw = await self._redis.get(_k(vehicle_id, f"carrier:{command_id}"))
+        return raw.decode() if raw else ""
+
     async def ack_command(self, vehicle_id: str, ack: stream_pb2.CommandAck) -> None:
         """Record a CommandAck and stop re-sending its command."""
         entry = await self._redis.hget(_k(vehicle_id, "command_ids"), ack.command_id)

@@ -65,4 +65,25 @@ async def test_dispatch_sends_the_assignment_to_the_truck_once(mesh: Mesh, mesh_
         finally:
             await again.aclose()
     assert [c.command_id for c in repeat] == [f"assign-{mission_id}"]
-    assert isinstance(repeat[0], stream_pb2.Command)
+
+    # The truck accepts: the mission service records the dispatch acknowledgement (→ PRE_TRIP).
+    ack = stream_pb2.CommandAck(command_id=f"assign-{mission_id}", outcome=stream_pb2.CommandAck.OUTCOME_ACCEPTED)
+    ack.device_time.GetCurrentTime()
+    async with grpc.aio.secure_channel(mesh.address("telemetry"), truck.credentials()) as channel:
+        accepting = Session(channel)
+        accepting.send(truck.hello())
+        await wait_for(lambda: accepting.of("welcome"), timeout_seconds=15)
+        accepting.send(stream_pb2.StreamTelemetryRequest(command_ack=ack))
+        async with grpc.aio.secure_channel(mesh.address("mission"),
+                                           mesh_pki.credentials("operator", "ops")) as ops_ch:
+            async def acknowledged() -> mission_pb2.Mission | None:
+                current = await mission_service_pb2_grpc.MissionServiceStub(ops_ch).GetMission(
+                    mission_service_pb2.GetMissionRequest(name=mission.name), metadata=carrier_metadata("acme"),
+                    timeout=10)
+                return current if current.state == mission_pb2.Mission.STATE_PRE_TRIP else None
+
+            try:
+                acked = await wait_for(acknowledged, timeout_seconds=15)
+            finally:
+                await accepting.aclose()
+    assert acked.dispatch_ack_time.ToNanoseconds() == ack.device_time.ToNanoseconds()
