@@ -15,7 +15,6 @@ Frames are signed up front (ECDSA P-256, as a truck's TPM would) so signing does
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import statistics
 import time
@@ -23,11 +22,11 @@ import uuid
 from dataclasses import dataclass
 
 import grpc
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from haulmesh.telemetry.v1 import frame_pb2, stream_pb2, telemetry_service_pb2, telemetry_service_pb2_grpc
-from services.runtime import Mesh, pki
+from services.runtime import Mesh, certificate_key_id, pki
 
 __all__ = ["run_telemetry_bench"]
 
@@ -53,10 +52,8 @@ def _trucks(ca: pki.CertificateAuthority, count: int, prefix: str) -> list[Truck
     for i in range(count):
         vehicle_id = f"{prefix}-{i:05d}"
         issued = pki.issue(ca, pki.identity_for("vehicle", vehicle_id), valid_days=1)
-        spki = issued.certificate.public_key().public_bytes(serialization.Encoding.DER,
-                                                            serialization.PublicFormat.SubjectPublicKeyInfo)
         credentials = grpc.ssl_channel_credentials(ca.certificate_pem, issued.private_key_pem, issued.certificate_pem)
-        trucks.append(Truck(vehicle_id, issued, credentials, hashlib.sha256(spki).hexdigest()))
+        trucks.append(Truck(vehicle_id, issued, credentials, certificate_key_id(issued.certificate_pem)))
     return trucks
 
 

@@ -28,7 +28,6 @@ import grpc
 import httpx
 import redis
 import uvicorn
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf import timestamp_pb2
@@ -41,7 +40,7 @@ from starlette.routing import Route
 from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, mission_service_pb2_grpc, vehicle_pb2
 from haulmesh.type.v1 import health_check_pb2
 from services.gateway import tokens
-from services.runtime import Mesh, carrier_metadata, verify_audit_log
+from services.runtime import Mesh, carrier_metadata, certificate_key_id, verify_audit_log
 from services.runtime._store import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,12 +163,6 @@ def _truck_credentials(certs: Path) -> tuple[grpc.ChannelCredentials, ec.Ellipti
     return credentials, key, cert_pem
 
 
-def _key_id(cert_pem: bytes) -> str:
-    spki = x509.load_pem_x509_certificate(cert_pem).public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return hashlib.sha256(spki).hexdigest()
-
-
 async def run() -> None:
     step("Issuing dev certificates (CA, every service, the operator CLI, truck AU-TRK-1001)")
     # The receiver is on loopback: allow it explicitly (the gateway refuses private destinations otherwise).
@@ -279,7 +272,7 @@ async def _flow(mesh: Mesh, receiver: WebhookReceiver, certs: Path) -> None:
             location=mission.stops[-1].location, seal_number="SEAL-88231", received_by="Dock 7, Atlanta DC",
             telemetry_log_sha256=hashlib.sha256(b"telemetry arrives with issue 4").hexdigest(),
             telemetry_first_sequence=1, telemetry_last_sequence=1).SerializeToString()
-        proof = mission_pb2.ProofOfDelivery(manifest=manifest, key_id=_key_id(cert_pem),
+        proof = mission_pb2.ProofOfDelivery(manifest=manifest, key_id=certificate_key_id(cert_pem),
                                             manifest_signature=key.sign(manifest, ec.ECDSA(hashes.SHA256())))
         async with grpc.aio.secure_channel(mesh.address("mission"), credentials) as truck_channel:
             mission = await mission_service_pb2_grpc.MissionServiceStub(truck_channel).SubmitProofOfDelivery(

@@ -10,7 +10,6 @@ metering. Enum values are the protobuf numbers so that the server translates wit
 from __future__ import annotations
 
 import enum
-import hashlib
 import itertools
 import math
 import re
@@ -20,10 +19,10 @@ from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from services.runtime import FailedPrecondition, FieldViolation, InvalidArgument, parse_name
+from services.runtime import FailedPrecondition, FieldViolation, InvalidArgument, certificate_key_id, parse_name
 
 __all__ = [
     "MAX_CARGO_WEIGHT_LB",
@@ -516,10 +515,7 @@ def next_check_in_due(policy: CheckInPolicy, state: Status, *, planned_pickup: d
 
 def key_id_of(certificate_pem: bytes) -> str:
     """Lowercase hex SHA-256 of the certificate's DER SubjectPublicKeyInfo (the frames' key id)."""
-    cert = x509.load_pem_x509_certificate(certificate_pem)
-    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
-                                          serialization.PublicFormat.SubjectPublicKeyInfo)
-    return hashlib.sha256(spki).hexdigest()
+    return certificate_key_id(certificate_pem)
 
 
 def verify_manifest_signature(certificate_pem: bytes, manifest: bytes, signature: bytes, key_id: str) -> None:

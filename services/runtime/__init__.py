@@ -36,7 +36,7 @@ from ._events import (
     transact,
 )
 from ._idempotency import Idempotency
-from ._identity import TRUST_DOMAIN, Identity, caller, identity_from_pem
+from ._identity import TRUST_DOMAIN, Identity, caller, certificate_key_id, identity_from_pem, signing_key_id
 from ._index import Collection, TimeIndex
 from ._keys import FLEET, carrier_metadata, new_id, tenant_key
 from ._mesh import Mesh, check_health
@@ -95,6 +95,7 @@ __all__ = [
     "caller",
     "carrier",
     "carrier_metadata",
+    "certificate_key_id",
     "check_etag",
     "check_health",
     "client_credentials",
@@ -115,6 +116,7 @@ __all__ = [
     "replay_dead_letters",
     "resolve_redis_url",
     "run_service",
+    "signing_key_id",
     "status_of",
     "tenant_key",
     "to_rpc_status",

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import hashlib
 import re
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from ._errors import IdentityError
 
-__all__ = ["TRUST_DOMAIN", "Identity", "caller", "identity_from_pem"]
+__all__ = ["TRUST_DOMAIN", "Identity", "caller", "certificate_key_id", "identity_from_pem", "signing_key_id"]
 
 TRUST_DOMAIN = "haulmesh.local"
 
@@ -77,3 +79,16 @@ _CALLER: contextvars.ContextVar[Identity] = contextvars.ContextVar("haulmesh_cal
 def caller() -> Identity:
     """The authenticated identity of the RPC being handled (set before the handler runs)."""
     return _CALLER.get()
+
+
+def signing_key_id(spki_der: bytes) -> str:
+    """The id of a signing key (SignedFrame.key_id, ProofOfDelivery.key_id): lowercase hex SHA-256 of its
+    DER SubjectPublicKeyInfo, as frame.proto defines it. The edge client computes the same on the truck."""
+    return hashlib.sha256(spki_der).hexdigest()
+
+
+def certificate_key_id(certificate_pem: bytes) -> str:
+    """:func:`signing_key_id` of a certificate's public key."""
+    key = x509.load_pem_x509_certificate(certificate_pem).public_key()
+    return signing_key_id(key.public_bytes(serialization.Encoding.DER,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo))

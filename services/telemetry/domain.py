@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf.message import DecodeError
 
 from haulmesh.telemetry.v1 import frame_pb2
+from services.runtime import signing_key_id
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",
@@ -131,9 +131,8 @@ class VehicleKey:
     spki_der: bytes
 
 
-def key_id_of(spki_der: bytes) -> str:
-    """Lowercase hex SHA-256 of a DER SubjectPublicKeyInfo (SignedFrame.key_id)."""
-    return hashlib.sha256(spki_der).hexdigest()
+#: SignedFrame.key_id of a DER SubjectPublicKeyInfo (the runtime's rule, shared with proof of delivery).
+key_id_of = signing_key_id
 
 
 @functools.lru_cache(maxsize=16384)
