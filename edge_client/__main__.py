@@ -2,7 +2,8 @@
 
     haulmesh-edge check --vehicle AU-TRK-1001       connect to the telemetry service as the truck, over mTLS
     haulmesh-edge simulate --vehicle AU-TRK-1001 --speedup 60 [--scenario sensor-fault|connectivity-loss:MINUTES|
-                  edge-crash|road-closure]          drive Houston → Atlanta, spooling and streaming signed frames
+                  edge-crash|road-closure] [--scenario-at MINUTES] [--frame-every-sim-seconds N]
+                                                    drive Houston → Atlanta, spooling and streaming signed frames
     haulmesh-edge run --vehicle AU-TRK-1001         the stream client alone: send what the spool holds, keep going
     haulmesh-edge status --vehicle AU-TRK-1001      what the spool holds
 """
@@ -122,7 +123,9 @@ async def _simulate(args: argparse.Namespace) -> int:
     recorder = Recorder(spool, _signer(Path(args.cert_dir), args.vehicle), args.vehicle)
     simulation = Simulation(recorder, None, speedup=args.speedup, scenario=scenario, mission_id=args.mission,
                             wait_for_mission=args.wait_for_mission, progress_path=progress,
-                            max_sim_seconds=int(args.max_sim_minutes * 60) if args.max_sim_minutes else None)
+                            max_sim_seconds=int(args.max_sim_minutes * 60) if args.max_sim_minutes else None,
+                            frame_every=args.frame_every_sim_seconds, route_from_assignment=args.route_from_assignment,
+                            scenario_at=round(args.scenario_at * 60) if args.scenario_at is not None else None)
     client = None if args.offline else _client(args, spool, recorder.boot_id, simulation.on_command)
     simulation.link = client
 
@@ -197,6 +200,13 @@ def _progress_of(argv: list[str]) -> str:
     return str(spool.with_name(spool.stem + ".sim.json"))
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="haulmesh-edge", description="Haulmesh truck-side client")
     parser.add_argument("--cert-dir", default=os.environ.get("HAULMESH_CERT_DIR", ".haulmesh/certs"))
@@ -223,6 +233,14 @@ def _parser() -> argparse.ArgumentParser:
     client_options(simulate)
     simulate.add_argument("--speedup", type=float, default=60.0, help="simulated seconds per real second")
     simulate.add_argument("--scenario", help="sensor-fault | connectivity-loss:MINUTES | edge-crash | road-closure")
+    simulate.add_argument("--scenario-at", type=float, metavar="MINUTES",
+                          help="simulated minutes after departure when the scenario starts (default: its own time)")
+    simulate.add_argument("--frame-every-sim-seconds", type=_positive_int, default=1, metavar="N",
+                          help="one position frame every N simulated seconds (default 1: 1 Hz); thins the "
+                               "frames at a high --speedup")
+    simulate.add_argument("--route-from-assignment", action="store_true",
+                          help="start at the assigned mission's first stop and end at its last (lane waypoints "
+                               "in between) instead of the lane's own end points")
     simulate.add_argument("--mission", default="", help="mission id to report (else taken from an assignment)")
     simulate.add_argument("--wait-for-mission", action="store_true",
                           help="stay idle until the cloud assigns a mission over the stream")

@@ -14,7 +14,10 @@ self-checks before departing, and FAULT / ALARM / EVENT frames when a scenario s
 
 Device time is the real clock, not the simulated one: frames from the future would be rejected for clock
 skew. Simulated seconds only decide where the truck is; at ``--speedup 60`` it sends 60 frames per real
-second with device times 1/60 s apart.
+second with device times 1/60 s apart. ``frame_every`` (``--frame-every-sim-seconds``) thins the POSITION
+frames to one every N simulated seconds, so that a high speed-up (a whole lane in under a minute) stays
+within what one edge process and one telemetry process do comfortably on a small machine; scenario frames
+(health, faults, alarms, events) are recorded when they happen regardless.
 
 The simulation itself is plain Python; it reaches the network only through the ``Link`` it is given.
 """
@@ -35,14 +38,16 @@ from haulmesh.telemetry.v1 import frame_pb2, stream_pb2
 from .recorder import Recorder, pre_trip_checks
 from .route import Route
 
-__all__ = ["Link", "Scenario", "SimulationReport", "Truck", "parse_scenario", "simulate"]
+__all__ = ["Link", "Scenario", "SimulationReport", "Truck", "lane_between", "parse_scenario", "simulate"]
 
 KIND = frame_pb2.FramePayload
 SEVERITY = frame_pb2.Alarm
 CRUISE_KPH = 105.0  # 65 mph, a typical autonomous-truck cruise on interstates
-# When a scenario fires, in simulated seconds after departure.
+# When a scenario fires, in simulated seconds after departure (``scenario_at`` moves the whole scenario).
 FAULT_DEGRADE_AT, FAULT_FAIL_AT, MRC_HOLD_SECONDS = 600, 900, 120
 OUTAGE_AT, CRASH_AT, CLOSURE_AT, CLOSURE_MAX_HOLD = 300, 300, 1200, 600
+_SCENARIO_START = {"sensor-fault": FAULT_DEGRADE_AT, "connectivity-loss": OUTAGE_AT, "edge-crash": CRASH_AT,
+                   "road-closure": CLOSURE_AT}
 
 
 class Link(Protocol):
@@ -53,6 +58,11 @@ class Link(Protocol):
 
     def cut_link(self, seconds: float) -> None:
         """Drop the connection for ``seconds`` real seconds."""
+
+
+def lane_between(start: tuple[float, float], end: tuple[float, float]) -> Route:
+    """The lane with its end points replaced by ``start`` and ``end`` (a mission's first and last stop)."""
+    return Route([start, *Route.houston_to_atlanta().waypoints[1:-1], end])
 
 
 @dataclass(frozen=True)
@@ -143,11 +153,23 @@ class Simulation:
 
     def __init__(self, recorder: Recorder, link: Link | None, *, speedup: float, scenario: Scenario,
                  mission_id: str = "", wait_for_mission: bool = False, max_sim_seconds: int | None = None,
-                 progress_path: Path | None = None, crash: Callable[[], None] | None = None) -> None:
+                 progress_path: Path | None = None, crash: Callable[[], None] | None = None,
+                 frame_every: int = 1, scenario_at: int | None = None, route_from_assignment: bool = False) -> None:
+        """``frame_every``: one POSITION frame every N simulated seconds. ``scenario_at``: the simulated second
+        the scenario starts (default: its own, see the module docstring); later steps of the scenario keep
+        their spacing. ``route_from_assignment``: start at the assigned mission's first stop and end at its
+        last, through the lane's inner waypoints (the truck is at the shipper's dock, not at the lane's
+        nominal end points, so it is inside the pickup geofence when it departs)."""
+        if frame_every < 1:
+            raise ValueError("frame_every must be at least 1 simulated second")
         self.recorder = recorder
         self.link = link
         self.speedup = speedup
         self.scenario = scenario
+        self.frame_every = frame_every
+        self.route_from_assignment = route_from_assignment
+        default_start = _SCENARIO_START.get(scenario.name, 0)
+        self._scenario_shift = 0 if scenario_at is None else scenario_at - default_start
         self.truck = Truck(mission_id=mission_id)
         self.wait_for_mission = wait_for_mission and not mission_id
         self.max_sim_seconds = max_sim_seconds
@@ -171,6 +193,10 @@ class Simulation:
         self.report.commands.append(which or "unknown")
         if which == "assign_mission":
             self.truck.mission_id = command.assign_mission.mission_id
+            stops = command.assign_mission.stops
+            if self.route_from_assignment and len(stops) >= 2 and not self._progress.departed:
+                self.truck.route = lane_between((stops[0].location.lat, stops[0].location.lon),
+                                                (stops[-1].location.lat, stops[-1].location.lon))
             self._mission_assigned.set()
             return outcome.OUTCOME_ACCEPTED, ""
         if which == "reroute":
@@ -220,9 +246,11 @@ class Simulation:
             if hold_until is not None and second >= hold_until and truck.state == "stopped":
                 truck.state, truck.speed_kph, hold_until = "enroute", CRUISE_KPH, None  # no reroute came
             truck.step()
-            await self._record(KIND.KIND_POSITION)
             if second % 10 == 0:
                 self._save_progress(second)
+            if second % self.frame_every and not truck.arrived:
+                continue  # no frame this simulated second: nothing to pace either
+            await self._record(KIND.KIND_POSITION)
             # Pace: simulated second N is due at real time started + (N - first) / speedup; behind, catch up.
             delay = started + (second - first_second) / self.speedup - loop.time()
             if delay > 0:
@@ -236,12 +264,13 @@ class Simulation:
 
     async def _scenario(self, second: int) -> None:
         name, truck = self.scenario.name, self.truck
+        at = second - self._scenario_shift  # the scenario's own clock
         if name == "sensor-fault":
-            if second == FAULT_DEGRADE_AT:
+            if at == FAULT_DEGRADE_AT:
                 truck.sensors["lidar_status"] = "degraded"
                 await self._alarm(KIND.KIND_FAULT, "LIDAR_DEGRADED", SEVERITY.SEVERITY_WARNING, "lidar_front_left",
                                   "front-left lidar returns degraded")
-            elif second == FAULT_FAIL_AT:
+            elif at == FAULT_FAIL_AT:
                 truck.sensors["lidar_status"] = "fault"
                 await self._alarm(KIND.KIND_FAULT, "LIDAR_FAILURE", SEVERITY.SEVERITY_CRITICAL, "lidar_front_left",
                                   "front-left lidar failed")
@@ -249,13 +278,13 @@ class Simulation:
                 await self._alarm(KIND.KIND_ALARM, "MRC_ENGAGED", SEVERITY.SEVERITY_CRITICAL, "",
                                   "minimal-risk condition: stopped on the shoulder")
                 self.max_sim_seconds = second + MRC_HOLD_SECONDS
-        elif name == "connectivity-loss" and second == OUTAGE_AT and self.link:
+        elif name == "connectivity-loss" and at == OUTAGE_AT and self.link:
             self.link.cut_link(self.scenario.minutes * 60 / self.speedup)
-        elif name == "edge-crash" and second == CRASH_AT and not self._progress.crashed:
+        elif name == "edge-crash" and at == CRASH_AT and not self._progress.crashed:
             self._progress.crashed = True
             self._save_progress(second)
             self._crash()
-        elif name == "road-closure" and second == CLOSURE_AT:
+        elif name == "road-closure" and at == CLOSURE_AT:
             truck.state, truck.speed_kph = "stopped", 0.0
             await self._record(KIND.KIND_EVENT,
                                event=("road_closure_ahead", "I-10 closed ahead; holding for a reroute"))

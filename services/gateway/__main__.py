@@ -5,6 +5,7 @@ from services.runtime import Service, resolve_redis_url, run_service
 from .app import HttpListener, create_app
 from .auth import AuthConfig, Authenticator
 from .descriptors import load_api
+from .device import DeviceGateway, TlsScopeProtocol, device_api, device_ssl_context
 from .ratelimit import TenantRateLimiter
 from .rest import RestGateway, max_request_bytes_from_env
 from .server import POLICY, register_grpc
@@ -32,9 +33,16 @@ def register(service: Service) -> None:
         except Exception:
             return False
 
-    listener = HttpListener(create_app(ready, rest_gateway(service)), service.config.listen_host,
-                            service.config.http_port)
+    rest = rest_gateway(service)
+    listener = HttpListener(create_app(ready, rest), service.config.listen_host, service.config.http_port)
     service.add_companion(listener.run, listener.stop)
+    # The trucks' door (HAULMESH_GATEWAY_DEVICE_PORT): the same pipeline, client certificates instead of tokens.
+    device = DeviceGateway(api=device_api(rest.api), authenticator=rest.authenticator, limiter=rest.limiter,
+                           channel=rest.channel, max_request_bytes=rest.max_request_bytes)
+    context = device_ssl_context(service.config.tls)
+    devices = HttpListener(create_app(ready, device), service.config.listen_host, service.config.device_port,
+                           http=TlsScopeProtocol, ws="none", ssl_context_factory=lambda _config, _default: context)
+    service.add_companion(devices.run, devices.stop)
 
 
 if __name__ == "__main__":

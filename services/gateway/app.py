@@ -70,10 +70,11 @@ class _Server(uvicorn.Server):
 class HttpListener:
     """uvicorn serving the app inside the gateway's event loop, started and stopped by the runtime."""
 
-    def __init__(self, app: Any, host: str, port: int) -> None:
+    def __init__(self, app: Any, host: str, port: int, **options: Any) -> None:
+        """``options`` go to ``uvicorn.Config`` as they are (the device listener's TLS and protocol)."""
         self._server = _Server(uvicorn.Config(app, host=host, port=port, lifespan="off", log_config=None,
                                               access_log=False, server_header=False,
-                                              timeout_graceful_shutdown=5))
+                                              timeout_graceful_shutdown=5, **options))
 
     async def run(self) -> None:
         await self._server.serve()

@@ -239,10 +239,16 @@ class _Builder:
                                "schema": {"type": "string", "pattern": r"^[A-Za-z0-9._:-]{1,128}$"},
                                "description": "Sets `request_id` when the body does not: a retry with the same key "
                                               "and request returns the first response."})
-        operation["parameters"] = parameters
         responses: dict[str, Any] = {
             "200": {"description": "OK", "content": {"application/json": {"schema": self.ref(descriptor.output_type)}}},
         }
+        if descriptor.server_streaming:
+            parameters.append({"name": "Last-Event-ID", "in": "header", "required": False,
+                               "schema": {"type": "string", "pattern": r"^[0-9]{1,20}$"},
+                               "description": "Sent by a reconnecting client: the `id` of the last event it received; "
+                                              "sets `after_sequence`, so the stream resumes without gap or duplicate."})
+            responses["200"] = self.event_stream(descriptor.output_type)
+        operation["parameters"] = parameters
         for status, text in ((400, "Invalid argument, failed precondition, or out of range"),
                              (401, "Missing or invalid bearer token"), (403, "The token lacks the scope"),
                              (404, "Not found (or another carrier's)"), (409, "Already exists or aborted (etag)"),
@@ -255,18 +261,34 @@ class _Builder:
         return path, binding.verb.lower(), operation
 
 
+    def event_stream(self, output: Descriptor) -> dict[str, Any]:
+        """The 200 answer of a server-streaming method: Server-Sent Events, one per response message."""
+        event = next((f.json_name for f in output.fields if f.message_type is not None), "message")
+        return {
+            "description": (
+                f"A Server-Sent Events stream (see services/gateway/sse.py): each `{output.name}` is one event, "
+                f"`event: {event}`, `id:` the last segment of the resource name (the frame's sequence), `data:` "
+                "the message's JSON (schema `x-event-schema`); a comment line (`: heartbeat`) every 15 s; an "
+                "error after the start is a final `event: error` whose data is a google.rpc.Status. Errors "
+                "before the start are ordinary JSON error responses. Reconnect with `Last-Event-ID`."),
+            "content": {"text/event-stream": {"schema": {"type": "string"},
+                                              "x-event-schema": self.ref(output)}},
+        }
+
+
 def _camel_path(path: str) -> str:
     return ".".join(re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), part) for part in path.split("."))
 
 
 def build_openapi(api: Api) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of every unary http-annotated method (Watch streams come with SSE)."""
+    """The OpenAPI 3.1 document of every http-annotated method with a bearer scope; server streams are
+    ``text/event-stream`` answers."""
     builder = _Builder(api)
     paths: dict[str, dict[str, Any]] = {}
     scopes: dict[str, str] = {}
     tags: dict[str, str] = {}
     for method in api.methods:
-        if method.streaming or method.scope is None:
+        if method.method.client_streaming or method.scope is None:
             continue
         service = method.method.containing_service
         tags[service.name] = api.comment(service.full_name)

@@ -3,7 +3,8 @@
 Order of checks for a request: route (404 / 405) → declared size (413) → bearer token (401) → scope (403)
 → the tenant's rate limit (429) → body size while reading (413) → JSON and fields (400, including
 output-only fields) → the gRPC call over mTLS with the token's carrier as ``haulmesh-carrier`` metadata,
-whose status comes back through grpc-gateway's code → HTTP map.
+whose status comes back through grpc-gateway's code → HTTP map. A server-streaming route passes the same
+checks and is then answered as Server-Sent Events (:mod:`.sse`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .auth import Authenticator, require_scope
 from .descriptors import Api
 from .errors import RestError, error_response, rpc_error_response
 from .ratelimit import TenantRateLimiter
+from .sse import open_event_stream, resume_from
 from .transcode import RouteTable, build_request, to_json
 
 __all__ = ["DEFAULT_MAX_REQUEST_BYTES", "RestGateway", "max_request_bytes_from_env"]
@@ -79,12 +81,14 @@ class RestGateway:
                                 headers={"Allow": ", ".join(sorted(allowed))}, http_status=405)
             raise RestError("NOT_FOUND", f"no route for {request.url.path}", reason="ROUTE_NOT_FOUND")
         if route.method.scope is None:
-            # Trucks call these with their client certificate; this bearer-token listener does not serve them.
-            raise RestError("UNIMPLEMENTED", f"{route.method.method.name} is served to vehicles over mTLS only",
-                            reason="MTLS_REQUIRED")
-        if route.method.streaming:
-            raise RestError("UNIMPLEMENTED", f"{route.method.method.name} is a stream; Server-Sent Events are not "
-                            "served yet", reason="STREAMING_NOT_SUPPORTED")
+            # Trucks call these with their client certificate on the device listener (device.py), never here.
+            raise RestError("UNIMPLEMENTED", f"{route.method.method.name} is served to vehicles over mTLS only: "
+                            "HTTPS with the truck's client certificate on the gateway's device port "
+                            "(HAULMESH_GATEWAY_DEVICE_PORT, default 8443), no bearer token",
+                            reason="MTLS_REQUIRED", metadata={"port_setting": "HAULMESH_GATEWAY_DEVICE_PORT"})
+        if route.method.method.client_streaming:  # only server streams have an HTTP form (Server-Sent Events)
+            raise RestError("UNIMPLEMENTED", f"{route.method.method.name} streams requests; it has no REST form",
+                            reason="STREAMING_NOT_SUPPORTED")
         declared = request.headers.get("content-length")
         if declared is not None:
             if not declared.isdigit():
@@ -96,12 +100,16 @@ class RestGateway:
         body = await self._read_json(request)
         message = build_request(self.api, route, path_vars, body, list(request.query_params.multi_items()))
         self._apply_idempotency_key(message, request.headers.get(IDEMPOTENCY_HEADER))
+        metadata = ((CARRIER_METADATA_KEY, f"carriers/{principal.carrier}"),)
+        if route.method.streaming:
+            resume_from(message, request.headers.get("last-event-id"))
+            return await open_event_stream(self.channel(route.method.peer), route.method, message, metadata)
         method = route.method.method
         response_class = message_factory.GetMessageClass(method.output_type)
         call = self.channel(route.method.peer).unary_unary(
             route.method.grpc_path, request_serializer=lambda m: m.SerializeToString(),
             response_deserializer=response_class.FromString)
-        reply = await call(message, metadata=((CARRIER_METADATA_KEY, f"carriers/{principal.carrier}"),))
+        reply = await call(message, metadata=metadata)
         return JSONResponse(to_json(reply))
 
     def _check_size(self, size: int) -> None:

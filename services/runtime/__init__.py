@@ -36,10 +36,20 @@ from ._events import (
     transact,
 )
 from ._idempotency import Idempotency
-from ._identity import TRUST_DOMAIN, Identity, caller, certificate_key_id, identity_from_pem, signing_key_id
+from ._identity import (
+    TRUST_DOMAIN,
+    VEHICLE_CERTIFICATE_METADATA_KEY,
+    Identity,
+    caller,
+    certificate_key_id,
+    identity_from_pem,
+    signing_key_id,
+    verify_relayed_certificate,
+)
 from ._index import Collection, TimeIndex
 from ._keys import FLEET, carrier_metadata, new_id, tenant_key
 from ._mesh import Mesh, check_health
+from ._metrics import METRICS_REGISTRY, MetricsEndpoint
 from ._names import SERVER_ID, parse_name
 from ._paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, decode_page, encode_page_token, list_page, next_page_token
 from ._server import Service, run_service
@@ -56,8 +66,10 @@ __all__ = [
     "FLEET",
     "MAX_PAGE_SIZE",
     "MESH_SERVICES",
+    "METRICS_REGISTRY",
     "SERVER_ID",
     "TRUST_DOMAIN",
+    "VEHICLE_CERTIFICATE_METADATA_KEY",
     "Aborted",
     "AlreadyExists",
     "AuditLog",
@@ -79,6 +91,7 @@ __all__ = [
     "IdentityError",
     "InvalidArgument",
     "Mesh",
+    "MetricsEndpoint",
     "NotFound",
     "Page",
     "PermissionDenied",
@@ -122,4 +135,5 @@ __all__ = [
     "to_rpc_status",
     "transact",
     "verify_audit_log",
+    "verify_relayed_certificate",
 ]

@@ -24,6 +24,8 @@ DEFAULT_PORTS: dict[str, int] = {
 }
 MESH_SERVICES: tuple[str, ...] = tuple(DEFAULT_PORTS)
 DEFAULT_GATEWAY_HTTP_PORT = 8080
+#: The gateway's HTTPS listener for trucks (client certificates required).
+DEFAULT_GATEWAY_DEVICE_PORT = 8443
 
 
 def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -52,6 +54,11 @@ def _port(env: Mapping[str, str], key: str, default: int) -> int:
     if not raw.isdigit() or not 0 < int(raw) < 65536:
         raise ConfigError(f"{key} must be a TCP port 1-65535, got {raw!r}", field=key)
     return int(raw)
+
+
+def _optional_port(env: Mapping[str, str], key: str) -> int:
+    """A port where 0 (or unset) means the listener is off."""
+    return 0 if env.get(key, "").strip() in ("", "0") else _port(env, key, 0)
 
 
 def _address(env: Mapping[str, str], key: str, default: str) -> str:
@@ -113,6 +120,10 @@ class ServiceConfig:
     log_level: str = "INFO"
     #: The gateway's HTTP listener (unused by other services).
     http_port: int = DEFAULT_GATEWAY_HTTP_PORT
+    #: Prometheus exposition port on ``listen_host``; 0 turns the endpoint off (the default).
+    metrics_port: int = 0
+    #: The gateway's HTTPS listener for trucks, mTLS with the mesh CA (unused by other services).
+    device_port: int = DEFAULT_GATEWAY_DEVICE_PORT
 
     @classmethod
     def from_env(cls, service_name: str, env: Mapping[str, str] | None = None) -> ServiceConfig:
@@ -142,6 +153,8 @@ class ServiceConfig:
             max_message_bytes=max_message_bytes,
             log_level=log_level,
             http_port=_port(env, "HAULMESH_HTTP_PORT", DEFAULT_GATEWAY_HTTP_PORT),
+            metrics_port=_optional_port(env, "HAULMESH_METRICS_PORT"),
+            device_port=_port(env, "HAULMESH_GATEWAY_DEVICE_PORT", DEFAULT_GATEWAY_DEVICE_PORT),
         )
 
     @property

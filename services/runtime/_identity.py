@@ -10,10 +10,20 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.verification import Criticality, ExtensionPolicy, PolicyBuilder, Store, VerificationError
 
 from ._errors import IdentityError
 
-__all__ = ["TRUST_DOMAIN", "Identity", "caller", "certificate_key_id", "identity_from_pem", "signing_key_id"]
+__all__ = [
+    "TRUST_DOMAIN",
+    "VEHICLE_CERTIFICATE_METADATA_KEY",
+    "Identity",
+    "caller",
+    "certificate_key_id",
+    "identity_from_pem",
+    "signing_key_id",
+    "verify_relayed_certificate",
+]
 
 TRUST_DOMAIN = "haulmesh.local"
 
@@ -71,6 +81,40 @@ def identity_from_pem(pem: bytes) -> Identity:
     if len(uris) != 1:
         raise IdentityError(f"peer certificate must carry exactly one URI SAN, it carries {len(uris)}")
     return Identity.parse(uris[0])
+
+
+#: gRPC metadata entry in which the gateway relays the client certificate (DER; ``-bin``, so gRPC base64s it on
+#: the wire) of the truck it calls on behalf of. Only the service that checks it against its CA trusts it.
+VEHICLE_CERTIFICATE_METADATA_KEY = "haulmesh-vehicle-certificate-bin"
+
+# Our certificates mark the SAN critical next to a non-empty subject, which the CA/Browser Forum profile the
+# verifier defaults to forbids; every other web PKI check (validity, key usage, basic constraints) stays.
+_EE_POLICY = ExtensionPolicy.webpki_defaults_ee().may_be_present(x509.SubjectAlternativeName,
+                                                                  Criticality.AGNOSTIC, None)
+
+
+def verify_relayed_certificate(certificate: bytes, ca_pem: bytes) -> tuple[Identity, bytes]:
+    """The identity and PEM of a certificate a trusted peer relayed (not presented in our own handshake).
+
+    The TLS stack never saw it, so this does what the handshake would: the certificate (PEM or DER) must be
+    issued by a CA of ``ca_pem``, valid now, usable for client authentication, and carry exactly one SPIFFE
+    URI SAN. Raises :class:`IdentityError` otherwise.
+    """
+    try:
+        cert = (x509.load_pem_x509_certificate(certificate) if certificate.lstrip().startswith(b"-----")
+                else x509.load_der_x509_certificate(certificate))
+        anchors = x509.load_pem_x509_certificates(ca_pem)
+    except ValueError as exc:
+        raise IdentityError("relayed certificate cannot be parsed") from exc
+    verifier = (PolicyBuilder().store(Store(anchors))
+                .extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=_EE_POLICY)
+                .build_client_verifier())
+    try:
+        verifier.verify(cert, [])
+    except VerificationError as exc:
+        raise IdentityError(f"relayed certificate is not valid for this mesh: {exc}") from None
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    return identity_from_pem(pem), pem
 
 
 _CALLER: contextvars.ContextVar[Identity] = contextvars.ContextVar("haulmesh_caller")

@@ -18,8 +18,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ._config import DEFAULT_GATEWAY_HTTP_PORT, DEFAULT_PORTS, MESH_SERVICES, TlsConfig
-from ._store import EmbeddedStore, StoreInfo, redact_url
+from ._config import DEFAULT_GATEWAY_DEVICE_PORT, DEFAULT_GATEWAY_HTTP_PORT, DEFAULT_PORTS, MESH_SERVICES, TlsConfig
+from ._store import EmbeddedStore, StoreInfo, free_port, redact_url
 from ._tls import CertificateFiles, client_credentials
 
 __all__ = ["Mesh", "check_health"]
@@ -58,12 +58,20 @@ class Mesh:
     state_dir: Path
     ports: dict[str, int] = field(default_factory=dict)
     http_port: int = DEFAULT_GATEWAY_HTTP_PORT
+    #: The gateway's HTTPS port for trucks. None: 8443 beside the default HTTP port, else a free port (a mesh put
+    #: on free ports, as tests and demos do, must not collide on a fixed one).
+    device_port: int | None = None
     redis_url: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     grace_period_seconds: float = 10.0
     children: dict[str, _Child] = field(default_factory=dict)
     store: StoreInfo | None = None
     _started_store: bool = False
+
+    def __post_init__(self) -> None:
+        if self.device_port is None:
+            self.device_port = (DEFAULT_GATEWAY_DEVICE_PORT if self.http_port == DEFAULT_GATEWAY_HTTP_PORT
+                                else free_port())
 
     def address(self, name: str) -> str:
         return f"127.0.0.1:{self.ports.get(name, DEFAULT_PORTS[name])}"
@@ -79,6 +87,7 @@ class Mesh:
             "HAULMESH_CERT_DIR": str(self.cert_dir),
             "HAULMESH_PORT": str(self.ports.get(name, DEFAULT_PORTS[name])),
             "HAULMESH_HTTP_PORT": str(self.http_port),
+            "HAULMESH_GATEWAY_DEVICE_PORT": str(self.device_port),
             "HAULMESH_GRACE_PERIOD_SECONDS": str(self.grace_period_seconds),
             "REDIS_URL": redis_url,
             "PYTHONUNBUFFERED": "1",
@@ -164,6 +173,7 @@ class Mesh:
         """(what, where) rows for the terminal."""
         rows = [(name, f"grpcs://{self.address(name)}") for name in MESH_SERVICES]
         rows.append(("gateway (HTTP)", f"http://127.0.0.1:{self.http_port}"))
+        rows.append(("gateway (HTTPS for trucks, mTLS)", f"https://127.0.0.1:{self.device_port}"))
         if self.store is not None:
             rows.append(("store (embedded Valkey)", self.store.display_url))
         elif self.redis_url:

@@ -28,6 +28,7 @@ from ._config import ServiceConfig
 from ._errors import ConfigError, HaulmeshError
 from ._events import EventConsumer, Handler
 from ._logging import configure_logging
+from ._metrics import MetricsEndpoint
 from ._store import connect_async, redact_url, resolve_redis_url
 from ._tls import CertificateFiles, reloading_server_credentials
 
@@ -59,6 +60,8 @@ class Service:
                                  max_message_bytes=config.max_message_bytes)
         self._services: dict[str, ServiceDescriptor] = {}
         self.bound_port = 0
+        #: The Prometheus endpoint (off unless HAULMESH_METRICS_PORT is set), on the gRPC server's host.
+        self.metrics = MetricsEndpoint(config.listen_host, config.metrics_port)
         self._stop_requested = asyncio.Event()
         self._stopping = asyncio.Event()
         self._companions: list[tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]] = []
@@ -123,6 +126,8 @@ class Service:
                                                           reloading_server_credentials(self._files))
         except RuntimeError as exc:
             raise ConfigError(f"cannot listen on {self.config.listen_address}: {exc}", field="HAULMESH_PORT") from exc
+        # Before the store wait, so a process stuck waiting for its store can still be scraped and seen.
+        self.metrics.start()
         await self._wait_for_store()
         await self.server.start()
         for run, _ in self._companions:
@@ -176,6 +181,8 @@ class Service:
         await self.channels.close()
         if self._redis is not None:
             await self._redis.aclose()
+        # Last, so the final counts of the drain can still be scraped.
+        await asyncio.to_thread(self.metrics.stop)
 
     async def run(self) -> None:
         """Serve until SIGTERM or SIGINT, then shut down gracefully."""

@@ -86,6 +86,7 @@ __all__ = [
     "Stop",
     "StopType",
     "VehicleTracker",
+    "fault_kind",
     "frame_from_payload",
     "haversine_m",
     "mission_context_from_pb",
@@ -699,15 +700,19 @@ class VehicleTracker:
                 description=f"{sensor} status {previous} -> {status}"))
         if frame.kind == "fault" and frame.alarm is not None:
             a = frame.alarm
-            text = f"{a.code} {a.component}".lower()
-            # The brief maps a FAULT frame to SENSOR_FAULT; a fault of a non-perception component (brakes,
-            # power) is a vehicle fault, so only perception components get SENSOR_FAULT.
-            kind = "SENSOR_FAULT" if any(k in text for k in (*_SENSORS, "sensor", "perception")) else "VEHICLE_FAULT"
+            kind = fault_kind(a.code, a.component)
             events.append(SensorFault(
                 **common, source="fault_frame", status="cleared" if a.cleared else "raised", code=a.code,
                 severity=a.severity if a.severity in ("warning", "critical") else "warning",
                 suggested_kind=kind, cleared=a.cleared, description=a.description or a.code))
         return events
+
+
+def fault_kind(code: str, component: str) -> str:
+    """The MissionException kind name for a fault: SENSOR_FAULT when the code or component names a perception
+    sensor, else VEHICLE_FAULT (a brake or power fault is not a sensor fault)."""
+    text = f"{code} {component}".lower()
+    return "SENSOR_FAULT" if any(k in text for k in (*_SENSORS, "sensor", "perception")) else "VEHICLE_FAULT"
 
 
 # ------------------------------------------------------------------------------------------------- liveness
@@ -847,15 +852,16 @@ def _loc(p: LatLon | None) -> location_pb2.Location | None:
 
 
 def _names(event: object) -> tuple[str, str]:
-    mission = getattr(event, "mission_id", "")
-    return (f"missions/{mission}" if mission else ""), f"vehicles/{event.vehicle_id}"
+    mission, vehicle = getattr(event, "mission_id", ""), getattr(event, "vehicle_id", "")
+    return (f"missions/{mission}" if mission else ""), f"vehicles/{vehicle}"
 
 
 def to_event_payload(event: object) -> tuple[str, object]:
-    """``(event_type, haulmesh.events.v1 payload)`` of a geofence, ETA or connectivity event.
+    """``(event_type, haulmesh.events.v1 payload)`` of a derived event.
 
-    Raises TypeError for SensorFault and RouteDeviation: they have no telemetry event payload, they become
-    mission exceptions (:func:`to_mission_exception`).
+    A SensorFault becomes ``fault_reported`` (its component is the sensor, or the FAULT frame's own
+    component), a RouteDeviation ``route_deviated``; the mission exceptions they call for are raised by the
+    consumer of those events (:func:`to_mission_exception` builds them from the derived events directly).
     """
     mission, vehicle = _names(event)
     prefix = "haulmesh.telemetry.v1."
@@ -885,7 +891,23 @@ def to_event_payload(event: object) -> tuple[str, object]:
         return prefix + "connectivity_restored", tev.ConnectivityRestored(
             vehicle=vehicle, mission=mission, outage=_dur(event.outage),
             high_water_sequence=event.high_water_sequence, vehicle_last_sequence=event.vehicle_last_sequence)
-    raise TypeError(f"{type(event).__name__} has no telemetry event payload; use to_mission_exception")
+    if isinstance(event, RouteDeviation):
+        return prefix + "route_deviated", tev.RouteDeviated(
+            vehicle=vehicle, mission=mission, distance_meters=event.distance_m,
+            corridor_width_meters=event.corridor_width_m, frames=event.frames, location=_loc(event.location),
+            device_time=_ts(event.device_time), frame_sequence=event.frame_sequence)
+    if isinstance(event, SensorFault):
+        # A sensor's status change is announced like a FAULT frame, with the sensor as the component, so one
+        # event type carries every fault the mission service may turn into an exception.
+        critical = event.severity == "critical"
+        severity = frame_pb2.Alarm.SEVERITY_CRITICAL if critical else frame_pb2.Alarm.SEVERITY_WARNING
+        return prefix + "fault_reported", tev.FaultReported(
+            vehicle=vehicle, mission=mission, frame_sequence=event.frame_sequence, device_time=_ts(event.device_time),
+            kind=frame_pb2.FramePayload.KIND_FAULT, location=_loc(event.location),
+            alarm=frame_pb2.Alarm(code=event.code, severity=severity, description=event.description[:1000],
+                                  component="" if event.source == "fault_frame" else event.source,
+                                  cleared=event.cleared))
+    raise TypeError(f"{type(event).__name__} has no telemetry event payload")
 
 
 def to_mission_exception(event: object) -> mission_pb2.MissionException:

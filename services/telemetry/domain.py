@@ -104,6 +104,14 @@ class TelemetryConfig:
     commit_window_seconds: float = 0.001
     #: How long WAITAOF may wait for the fsync before the batch counts as not durable.
     durable_timeout_seconds: float = 3.0
+    #: Silence (no frame, no heartbeat) after which a vehicle on a mission is reported lost; 0 means three
+    #: heartbeat intervals (DESIGN.md).
+    liveness_timeout_seconds: float = 0.0
+
+    @property
+    def liveness_timeout(self) -> float:
+        """The effective liveness timeout in seconds."""
+        return self.liveness_timeout_seconds or 3 * self.heartbeat_interval_seconds
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> TelemetryConfig:
@@ -119,6 +127,7 @@ class TelemetryConfig:
             retention_seconds=_env_float(env, p + "RETENTION_DAYS", cls.retention_seconds / 86400) * 86400,
             commit_window_seconds=_env_float(env, p + "COMMIT_WINDOW_SECONDS", cls.commit_window_seconds),
             durable_timeout_seconds=_env_float(env, p + "DURABLE_TIMEOUT_SECONDS", cls.durable_timeout_seconds),
+            liveness_timeout_seconds=_env_float(env, p + "LIVENESS_TIMEOUT_SECONDS", cls.liveness_timeout_seconds),
         )
 
 

@@ -3,29 +3,42 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, mission_service_pb2_grpc
 from haulmesh.telemetry.v1 import frame_pb2, stream_pb2, telemetry_service_pb2, telemetry_service_pb2_grpc
 from services.runtime import (
+    VEHICLE_CERTIFICATE_METADATA_KEY,
     Aborted,
+    CertificateFiles,
     FailedPrecondition,
     FieldViolation,
     HaulmeshError,
+    Identity,
+    IdentityError,
     InvalidArgument,
+    NotFound,
     PermissionDenied,
     Policy,
+    TlsConfig,
     Unavailable,
     caller,
+    carrier,
+    carrier_metadata,
     decode_page,
     next_page_token,
+    parse_name,
+    verify_relayed_certificate,
 )
 
 from .domain import (
@@ -40,6 +53,7 @@ from .domain import (
     verify_frame,
 )
 from .store import StoredFrame, TelemetryStore
+from .tracking import MissionTracking
 
 __all__ = ["POLICY", "TelemetryServicer"]
 
@@ -80,12 +94,38 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     return d
 
 
-def _peer_key(context: grpc.aio.ServicerContext) -> VehicleKey:
-    certs = context.auth_context().get("x509_pem_cert")
-    if not certs:  # the interceptor already demanded a certificate; this is belt and braces
-        raise PermissionDenied("a vehicle client certificate is required", reason="CLIENT_CERTIFICATE_REQUIRED")
+@functools.cache
+def _mesh_trust() -> CertificateFiles:
+    # The files this process's own handshakes use (the same environment ServiceConfig reads), re-read when they
+    # change, so a relayed certificate is trusted exactly when the truck's own handshake would be.
+    return CertificateFiles(TlsConfig.for_workload("telemetry"))
+
+
+def _peer_key(context: grpc.aio.ServicerContext, relayed_for: str | None = None) -> VehicleKey:
+    """The signing key of the truck behind the call: its own client certificate, or, when the gateway calls on
+    behalf of vehicle ``relayed_for``, the certificate the gateway relayed, checked as a handshake would check
+    it (mesh CA, validity, one SPIFFE ID) and required to be that vehicle's. The gateway can relay, not forge."""
+    if relayed_for is None:
+        certs = context.auth_context().get("x509_pem_cert")
+        if not certs:  # the interceptor already demanded a certificate; this is belt and braces
+            raise PermissionDenied("a vehicle client certificate is required", reason="CLIENT_CERTIFICATE_REQUIRED")
+        pem = certs[0]
+    else:
+        relayed = [v for k, v in context.invocation_metadata() or () if k == VEHICLE_CERTIFICATE_METADATA_KEY]
+        if len(relayed) != 1:
+            raise PermissionDenied(f"a call on a truck's behalf must relay exactly one vehicle certificate in "
+                                   f"{VEHICLE_CERTIFICATE_METADATA_KEY}", reason="CLIENT_CERTIFICATE_REQUIRED")
+        trust = _mesh_trust()
+        trust.refresh()
+        try:
+            identity, pem = verify_relayed_certificate(relayed[0], trust.current.ca_pem)
+        except IdentityError as exc:
+            raise PermissionDenied(str(exc), reason="INVALID_PEER_IDENTITY") from None
+        if identity != Identity("vehicle", relayed_for):
+            raise PermissionDenied(f"vehicle_id {relayed_for[:80]!r} is not the relayed certificate's {identity}",
+                                   reason="VEHICLE_MISMATCH")
     try:
-        return vehicle_key(certs[0])
+        return vehicle_key(pem)
     except ValueError as exc:
         raise PermissionDenied(f"vehicle certificate unusable for frame signatures: {exc}",
                                reason="UNSUPPORTED_KEY") from None
@@ -99,11 +139,6 @@ def _to_frame(vehicle_id: str, stored: StoredFrame) -> frame_pb2.TelemetryFrame:
         payload=frame_pb2.FramePayload.FromString(stored.payload),
         receive_time=_timestamp_ms(stored.receive_ms),
     )
-
-
-def _log_failure(task: asyncio.Future[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        _log.warning("command acknowledgement follow-up failed: %s", task.exception())
 
 
 def _vehicle_of(name: str, field: str) -> str:
@@ -122,23 +157,32 @@ class _Session:
         self.session_id = uuid.uuid4().hex
         #: Responses to send, or a HaulmeshError that ends the stream, or None for a clean end.
         self.outbound: asyncio.Queue[Any] = asyncio.Queue()
-        #: Commits in flight, in batch order, with the sequence each acknowledges through.
-        self.pending_acks: asyncio.Queue[tuple[asyncio.Task[Any], int] | None] = asyncio.Queue()
+        #: Commits in flight, in batch order, with the sequence each acknowledges through and its frames.
+        self.pending_acks: asyncio.Queue[tuple[asyncio.Task[Any], int, list[Verified]] | None] = asyncio.Queue()
         #: Set when the stream has ended; loops blocked on the store check it after every wait.
         self.closed = asyncio.Event()
+        #: Set when a stream of the vehicle on another replica replaced this one.
+        self.moved_away = False
 
     def end(self, error: HaulmeshError | None) -> None:
         self.outbound.put_nowait(error)
 
 
 class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
-    """Telemetry RPCs. WatchMissionTelemetry is not implemented yet (UNIMPLEMENTED, the generated default)."""
+    """Telemetry RPCs. ``mission`` gives a MissionService stub (per call: the channel follows certificate
+    rotation); without it, mission-scoped reads answer FAILED_PRECONDITION MISSION_SCOPE_UNSUPPORTED."""
 
     def __init__(self, store: TelemetryStore, config: TelemetryConfig | None = None,
-                 on_command_ack: Callable[[str, stream_pb2.CommandAck], Awaitable[None]] | None = None) -> None:
+                 tracking: MissionTracking | None = None,
+                 mission: Callable[[], mission_service_pb2_grpc.MissionServiceStub] | None = None) -> None:
         self._store = store
-        #: Told of every CommandAck after it is recorded (off the stream's path: a slow peer never stalls it).
-        self._on_command_ack = on_command_ack
+        self._mission_stub = mission
+        #: Resolved missions by (carrier, mission id), with when they were resolved (monotonic seconds).
+        self._missions: dict[tuple[str, str], tuple[float, _FrameScope]] = {}
+        #: Sequence floors of mission spans by (vehicle, span start): valid forever once computed.
+        self._floors: dict[tuple[str, int], int] = {}
+        #: Told of durable frames, heartbeats, connections and command acks (derived events, liveness).
+        self._tracking = tracking
         self._config = config or store.config
         #: Open streams of this process by vehicle (a newer one ends the older at once; across replicas the
         #: older notices the session key changed within a command poll interval).
@@ -165,6 +209,8 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
         if older is not None:
             older.end(Aborted("a newer stream of this vehicle replaced this one", reason="STREAM_REPLACED"))
         await self._store.claim_session(vehicle_id, session.session_id)
+        if self._tracking is not None:
+            self._tracking.connected(vehicle_id, first.hello.last_sequence)
         high_water = await self._store.high_water(vehicle_id)
         _log.info("vehicle %s session %s opened (boot %s, truck last %d, server high-water %d)", vehicle_id,
                   session.session_id, first.hello.boot_id[:40], first.hello.last_sequence, high_water)
@@ -201,6 +247,8 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
             await asyncio.wait(tasks, timeout=1)
             if self._sessions.get(vehicle_id) is session:
                 del self._sessions[vehicle_id]
+            if session.moved_away and self._tracking is not None:
+                self._tracking.moved_away(vehicle_id)
             _log.info("vehicle %s session %s closed", vehicle_id, session.session_id)
 
     async def _keys(self, vehicle_id: str, current: VehicleKey) -> dict[str, VehicleKey]:
@@ -225,11 +273,10 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
                         return
                 elif kind == "heartbeat":
                     await self._store.record_heartbeat(session.vehicle_id, request.heartbeat)
+                    if self._tracking is not None:
+                        self._tracking.heartbeat(session.vehicle_id, request.heartbeat)
                 elif kind == "command_ack":
-                    await self._store.ack_command(session.vehicle_id, request.command_ack)
-                    if self._on_command_ack is not None:
-                        task = asyncio.ensure_future(self._on_command_ack(session.vehicle_id, request.command_ack))
-                        task.add_done_callback(_log_failure)
+                    await self._command_ack(session.vehicle_id, request.command_ack)
                 elif kind == "hello":
                     session.end(FailedPrecondition("Hello may only be the first message", reason="HELLO_REPEATED"))
                     return
@@ -244,6 +291,14 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
         except Exception as exc:
             _log.exception("stream of %s failed", session.vehicle_id)
             session.end(Unavailable(f"telemetry stream failed: {type(exc).__name__}", reason="INTERNAL_ERROR"))
+
+    async def _command_ack(self, vehicle_id: str, ack: stream_pb2.CommandAck) -> None:
+        # Announced before the command leaves the queue: if the announcement fails, the command is sent
+        # again on the next connection and the truck's new answer is announced then.
+        if self._tracking is not None:
+            carrier_id, mission = await self._store.command_context(vehicle_id, ack.command_id)
+            await self._tracking.command_acknowledged(vehicle_id, ack, carrier_id, mission)
+        await self._store.ack_command(vehicle_id, ack)
 
     def _accept_batch(self, session: _Session, batch: stream_pb2.FrameBatch, keys: dict[str, VehicleKey]) -> bool:
         frames = batch.frames
@@ -275,7 +330,7 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
                                                         rejects=rejects))
         # If the stream ends first, nobody awaits the commit; retrieve its failure so it is not logged as lost.
         commit.add_done_callback(lambda task: task.cancelled() or task.exception())
-        session.pending_acks.put_nowait((commit, max(f.sequence for f in frames)))
+        session.pending_acks.put_nowait((commit, max(f.sequence for f in frames), good))
         return True
 
     async def _send_acks(self, session: _Session) -> None:
@@ -284,7 +339,7 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
             if item is None:
                 session.end(None)
                 return
-            commit, through = item
+            commit, through, frames = item
             try:
                 await commit
             except HaulmeshError as exc:
@@ -292,6 +347,8 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
                 return
             session.outbound.put_nowait(stream_pb2.StreamTelemetryResponse(
                 ack=stream_pb2.Ack(through_sequence=through)))
+            if self._tracking is not None:
+                self._tracking.frames_stored(session.vehicle_id, frames)
 
     async def _send_commands(self, session: _Session) -> None:
         """Queued commands right after Welcome, then new ones as they are queued, until acknowledged.
@@ -305,6 +362,8 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
             while not session.closed.is_set():
                 commands, current = await self._store.poll_commands(session.vehicle_id, last)
                 if current != session.session_id:
+                    # Replaced by a stream on another replica (one in this process replaced it directly).
+                    session.moved_away = self._sessions.get(session.vehicle_id) is session
                     session.end(Aborted("a newer stream of this vehicle replaced this one",
                                         reason="STREAM_REPLACED"))
                     return
@@ -325,13 +384,10 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
     async def IngestTelemetry(self, request: telemetry_service_pb2.IngestTelemetryRequest,
                               context: grpc.aio.ServicerContext) -> telemetry_service_pb2.IngestTelemetryResponse:
         identity = caller()
-        if identity.kind != "vehicle":
-            # The gateway would ingest on a truck's behalf with the truck's certificate forwarded; that
-            # hand-over is not defined yet (see docs/telemetry.md).
-            raise FailedPrecondition("IngestTelemetry through the gateway is not supported yet; the truck must "
-                                     "call with its own mTLS certificate", reason="GATEWAY_INGEST_UNSUPPORTED")
-        vehicle_id = identity.name
-        if request.vehicle_id != vehicle_id:
+        # The policy admits vehicles and the gateway; the gateway relays a truck's REST call (docs/telemetry.md).
+        relayed = identity.kind != "vehicle"
+        vehicle_id = request.vehicle_id if relayed else identity.name
+        if not relayed and request.vehicle_id != vehicle_id:
             raise PermissionDenied(f"vehicle_id {request.vehicle_id[:80]!r} is not the certificate's {vehicle_id}",
                                    reason="VEHICLE_MISMATCH")
         missing = [f for f in ("timestamp", "position") if not request.HasField(f)]
@@ -349,7 +405,7 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
         if request.HasField("sensors"):
             payload.sensors.CopyFrom(request.sensors)
         payload_bytes = payload.SerializeToString(deterministic=True)
-        current = _peer_key(context)
+        current = _peer_key(context, vehicle_id if relayed else None)
         keys = await self._keys(vehicle_id, current)
         # boot_id is optional on this path (the seed's shape has none), so verification must not demand it.
         outcome = verify_frame(request.sequence, payload_bytes, request.signature, request.key_id or current.key_id,
@@ -375,10 +431,7 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
     # ---- reads --------------------------------------------------------------------------------------
 
     def _vehicle_parent(self, parent: str, field: str) -> str:
-        if parent.startswith("missions/"):
-            raise FailedPrecondition("listing frames by mission needs the mission's vehicle and time range, which "
-                                     "this service cannot resolve yet; list vehicles/{vehicle} internally",
-                                     reason="MISSION_SCOPE_UNSUPPORTED")
+        """The vehicle of an internal `vehicles/{vehicle}` read; only internal readers may name a vehicle."""
         vehicle_id = _vehicle_of(parent, field)
         identity = caller()
         if not any(p in (f"{identity.kind}/*", f"{identity.kind}/{identity.name}") for p in _VEHICLE_READERS):
@@ -388,13 +441,20 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
     async def ListTelemetryFrames(
         self, request: telemetry_service_pb2.ListTelemetryFramesRequest, context: grpc.aio.ServicerContext,
     ) -> telemetry_service_pb2.ListTelemetryFramesResponse:
-        vehicle_id = self._vehicle_parent(request.parent, "parent")
+        if request.parent.startswith("missions/"):
+            scope = await self._mission_scope(context, request.parent, "parent")
+        else:
+            scope = _FrameScope(self._vehicle_parent(request.parent, "parent"), request.parent)
         query = request.SerializeToString(deterministic=True)
         fingerprint = telemetry_service_pb2.ListTelemetryFramesRequest.FromString(query)
         fingerprint.ClearField("page_size")
         fingerprint.ClearField("page_token")
         page = decode_page(request.page_size, request.page_token, fingerprint.SerializeToString().hex())
+        if not scope.vehicle_id:
+            return telemetry_service_pb2.ListTelemetryFramesResponse()
         after = max(int(page.after or 0), request.min_sequence - 1 if request.min_sequence else 0)
+        if not page.after and scope.start_ms is not None:
+            after = max(after, await self._floor(scope))
         start_ms = request.start_time.ToMilliseconds() if request.HasField("start_time") else None
         end_ms = request.end_time.ToMilliseconds() if request.HasField("end_time") else None
         kinds = set(request.kinds)
@@ -402,25 +462,29 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
         cursor, scanned, exhausted = after, 0, False
         # Filters on device time and kind are applied while scanning by sequence; the scan per page is
         # bounded so a sparse filter cannot make one call read a whole stream (the token resumes it).
-        while len(out) < page.size and scanned < 10 * page.size:
-            chunk = await self._store.frames(vehicle_id, after=cursor, through=request.max_sequence,
+        while len(out) < page.size and scanned < 10 * page.size and not exhausted:
+            chunk = await self._store.frames(scope.vehicle_id, after=cursor, through=request.max_sequence,
                                              count=page.size - len(out))
             if not chunk:
                 exhausted = True
                 break
             for stored in chunk:
                 scanned += 1
+                frame = scope.frame(stored)
+                if scope.beyond(frame.payload, self._skew_ms):
+                    exhausted = True  # the vehicle's later frames are all after the mission
+                    break
                 cursor = stored.sequence
-                frame = _to_frame(vehicle_id, stored)
                 device_ms = frame.payload.device_time.ToMilliseconds()
-                if kinds and frame.payload.kind not in kinds:
+                if not scope.holds(frame.payload) or (kinds and frame.payload.kind not in kinds):
                     continue
                 if (start_ms is not None and device_ms < start_ms) or (end_ms is not None and device_ms >= end_ms):
                     continue
                 out.append(frame)
         if not exhausted and len(out) == page.size:
-            exhausted = not await self._store.frames(vehicle_id, after=cursor, through=request.max_sequence,
-                                                     count=1)
+            following = await self._store.frames(scope.vehicle_id, after=cursor, through=request.max_sequence,
+                                                 count=1)
+            exhausted = not following or scope.beyond(scope.frame(following[0]).payload, self._skew_ms)
         token = "" if exhausted else next_page_token(str(cursor), fingerprint.SerializeToString().hex())
         return telemetry_service_pb2.ListTelemetryFramesResponse(telemetry_frames=out, next_page_token=token)
 
@@ -428,15 +492,164 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
                                     context: grpc.aio.ServicerContext,
                                     ) -> AsyncIterator[telemetry_service_pb2.WatchVehicleTelemetryResponse]:
         vehicle_id = _vehicle_of(request.vehicle, "vehicle")
-        kinds = set(request.kinds)
+        scope = _FrameScope(vehicle_id, request.vehicle)
         # Live-only starts at the current high-water mark; replay starts after the requested sequence.
-        # XREAD from an id returns every later entry, so replay and live join without gap or duplicate.
         cursor = request.after_sequence or await self._store.high_water(vehicle_id)
+        async for frame in self._follow(scope, cursor, set(request.kinds), context):
+            yield telemetry_service_pb2.WatchVehicleTelemetryResponse(telemetry_frame=frame)
+
+    async def WatchMissionTelemetry(self, request: telemetry_service_pb2.WatchMissionTelemetryRequest,
+                                    context: grpc.aio.ServicerContext,
+                                    ) -> AsyncIterator[telemetry_service_pb2.WatchMissionTelemetryResponse]:
+        carrier_id = carrier(context)
+        scope = await self._mission_scope(context, request.mission, "mission")
+        if not scope.vehicle_id:
+            raise FailedPrecondition(f"{request.mission} has no vehicle yet", reason="MISSION_NOT_DISPATCHED")
+        if request.after_sequence:
+            cursor = max(request.after_sequence, await self._floor(scope))
+        else:
+            cursor = await self._store.high_water(scope.vehicle_id)
+        # Headers now: the gateway answers its HTTP status once they arrive (errors above come instead of them).
+        await context.send_initial_metadata(())
+
+        async def ended() -> bool:
+            try:
+                return (await self._mission_scope(context, request.mission, "mission", carrier_id=carrier_id)).ended
+            except Unavailable as exc:  # a blip of the mission service must not end the carrier's watch
+                _log.warning("watch of %s: %s; asking again later", request.mission, exc.message)
+                return False
+
+        async for frame in self._follow(scope, cursor, set(request.kinds), context, ended=ended):
+            yield telemetry_service_pb2.WatchMissionTelemetryResponse(telemetry_frame=frame)
+
+    @property
+    def _skew_ms(self) -> int:
+        return int(self._config.clock_skew_seconds * 1000)
+
+    async def _follow(self, scope: _FrameScope, cursor: int, kinds: set[int], context: grpc.aio.ServicerContext,
+                      ended: Callable[[], Awaitable[bool]] | None = None) -> AsyncIterator[frame_pb2.TelemetryFrame]:
+        """The scope's frames after ``cursor`` as they are stored; XREAD from an id returns every later entry,
+        so replay and live join without gap or duplicate. With ``ended``, asked every few seconds: once it
+        says so, what is stored by then is sent and the stream ends."""
+        loop = asyncio.get_running_loop()
+        next_check, final = loop.time(), False
         while not context.done():
-            stored = await self._store.wait_frames(vehicle_id, cursor, block_ms=2000)
+            if ended is not None and not final and loop.time() >= next_check:
+                final = await ended()
+                next_check = loop.time() + _MISSION_POLL_SECONDS
+            # After the end the reads do not block: they drain what was stored by then.
+            stored = await (self._store.frames(scope.vehicle_id, after=cursor, count=500) if final else
+                            self._store.wait_frames(scope.vehicle_id, cursor, block_ms=2000))
             for item in stored:
                 cursor = item.sequence
-                frame = _to_frame(vehicle_id, item)
-                if kinds and frame.payload.kind not in kinds:
-                    continue
-                yield telemetry_service_pb2.WatchVehicleTelemetryResponse(telemetry_frame=frame)
+                frame = scope.frame(item)
+                if scope.holds(frame.payload) and not (kinds and frame.payload.kind not in kinds):
+                    yield frame
+            if final and not stored:
+                return
+
+    async def _mission_scope(self, context: grpc.aio.ServicerContext, name: str, field: str, *,
+                             carrier_id: str | None = None) -> _FrameScope:
+        """The vehicle and time span of a mission of the caller's carrier, resolved by the mission service
+        (which answers NOT_FOUND for another carrier's mission); remembered for a moment."""
+        mission_id = parse_name(name, "missions", field=field)
+        carrier_id = carrier_id or carrier(context)
+        key = (carrier_id, mission_id)
+        now = time.monotonic()
+        cached = self._missions.get(key)
+        if cached is not None and now - cached[0] < _MISSION_CACHE_SECONDS:
+            return cached[1]
+        if self._mission_stub is None:
+            raise FailedPrecondition("this telemetry process has no mission service to resolve missions with",
+                                     reason="MISSION_SCOPE_UNSUPPORTED")
+        try:
+            mission = await self._mission_stub().GetMission(mission_service_pb2.GetMissionRequest(name=name),
+                                                            metadata=carrier_metadata(carrier_id))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise NotFound(f"{name} does not exist", reason="MISSION_NOT_FOUND", metadata={"name": name}) from None
+            raise Unavailable(f"the mission service could not resolve {name} ({exc.code().name})",
+                              reason="MISSION_LOOKUP_UNAVAILABLE", metadata={"cause": exc.code().name}) from None
+        scope = _FrameScope.of_mission(mission)
+        if len(self._missions) >= _MISSION_CACHE_SIZE:
+            self._missions.pop(next(iter(self._missions)))
+        self._missions[key] = (now, scope)
+        return scope
+
+    async def _floor(self, scope: _FrameScope) -> int:
+        """A sequence at or below which no frame of the mission can be: the vehicle's last frame received
+        more than the clock-skew tolerance before the mission began (a frame's device time is never further
+        ahead of its receive time, and receive times grow with sequence). Binary search by XRANGE; kept."""
+        assert scope.start_ms is not None
+        key = (scope.vehicle_id, scope.start_ms)
+        if key in self._floors:
+            return self._floors[key]
+        threshold = scope.start_ms - self._skew_ms
+        lo, hi = 0, await self._store.high_water(scope.vehicle_id)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            probe = await self._store.frames(scope.vehicle_id, after=mid - 1, count=1)
+            if probe and probe[0].receive_ms < threshold:
+                lo = probe[0].sequence
+            else:
+                hi = mid - 1
+        if len(self._floors) >= _MISSION_CACHE_SIZE:
+            self._floors.pop(next(iter(self._floors)))
+        self._floors[key] = lo
+        return lo
+
+
+#: How long a resolved mission is reused (list pages and watch polls in a row ask for the same one).
+_MISSION_CACHE_SECONDS = 2.0
+_MISSION_CACHE_SIZE = 4096
+#: How often a mission watch asks the mission service whether the mission has ended.
+_MISSION_POLL_SECONDS = 3.0
+_TERMINAL = {mission_pb2.Mission.STATE_COMPLETED, mission_pb2.Mission.STATE_CANCELLED,
+             mission_pb2.Mission.STATE_ABORTED}
+
+
+@dataclass(frozen=True)
+class _FrameScope:
+    """Which frames a read covers: all of a vehicle's, or those of one mission (its vehicle's frames whose
+    device time is in the mission's span and that name no other mission)."""
+
+    vehicle_id: str
+    #: The frames' parent in their names: `vehicles/{vehicle}` or `missions/{mission}`.
+    parent: str
+    mission_id: str = ""
+    #: The span in device time (ms): from dispatch (else the acknowledgement) to the end, None if open.
+    start_ms: int | None = None
+    end_ms: int | None = None
+    ended: bool = False
+
+    @classmethod
+    def of_mission(cls, mission: mission_pb2.Mission) -> _FrameScope:
+        vehicle_id = mission.vehicle.removeprefix("vehicles/")
+        start = next((t for t in (mission.dispatch_time, mission.dispatch_ack_time) if t.ToMilliseconds()), None)
+        if start is None:  # not dispatched: no vehicle has recorded anything for it
+            vehicle_id = ""
+        return cls(vehicle_id, mission.name, mission.name.removeprefix("missions/"),
+                   start.ToMilliseconds() if start is not None else None,
+                   mission.end_time.ToMilliseconds() if mission.HasField("end_time") else None,
+                   mission.state in _TERMINAL)
+
+    def frame(self, stored: StoredFrame) -> frame_pb2.TelemetryFrame:
+        frame = _to_frame(self.vehicle_id, stored)
+        if self.mission_id:
+            frame.name = f"{self.parent}/telemetryFrames/{stored.sequence}"
+        return frame
+
+    def holds(self, payload: frame_pb2.FramePayload) -> bool:
+        if not self.mission_id:
+            return True
+        if payload.mission_id and payload.mission_id != self.mission_id:
+            return False
+        device_ms = payload.device_time.ToMilliseconds()
+        return (self.start_ms is not None and device_ms >= self.start_ms
+                and (self.end_ms is None or device_ms < self.end_ms))
+
+    def beyond(self, payload: frame_pb2.FramePayload, margin_ms: int) -> bool:
+        """Whether a frame lies so far after the span that no later frame of the vehicle can be in it: the
+        vehicle numbers its readings in the order it takes them, so device time grows with sequence (the
+        margin absorbs clock corrections)."""
+        return self.end_ms is not None and payload.device_time.ToMilliseconds() >= self.end_ms + margin_ms

@@ -14,6 +14,10 @@ Keys (``{v}`` is the vehicle id as a Redis Cluster hash tag, so one vehicle's ke
   ``telemetry:{v}:command_acks`` — Stream of every CommandAck received.
 * ``telemetry:{v}:session`` — id of the vehicle's current stream session (newest wins).
 * ``telemetry:vehicles`` — Set of vehicle ids with telemetry (retention sweeps it).
+* ``telemetry:{v}:mission`` — Hash ``carrier``, ``name``, ``mission`` (serialized Mission): the vehicle's current
+  mission, kept from the mission service's events; derived events are published to that carrier's stream.
+* ``telemetry:{v}:lost`` — set while the vehicle is reported lost (connectivity); taken by whoever
+  announces the restoration.
 
 Durability: a frame is acknowledged only after ``WAITAOF 1 0`` confirmed it fsync'd. The commit loop
 gathers the batches of every stream of this process for up to ``commit_window_seconds``, writes them in one
@@ -30,10 +34,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import redis.asyncio
+from redis.asyncio.client import Pipeline
 
+from haulmesh.events.v1 import event_pb2
 from haulmesh.telemetry.v1 import stream_pb2
-from services.runtime import Unavailable
+from services.runtime import Unavailable, add_event, transact
 
+from . import metrics
 from .domain import TelemetryConfig, Verified
 
 __all__ = ["CommitResult", "StoredFrame", "TelemetryStore"]
@@ -46,6 +53,7 @@ _log = logging.getLogger("haulmesh.telemetry.store")
 # store a sequence or miscount a gap. Sequences travel as decimal strings and are compared as Lua numbers
 # (exact up to 2^53, far beyond any vehicle's lifetime at 1 Hz).
 # KEYS: frames, counters. ARGV: receive_ms, then (sequence, payload, signature, key_id) per frame.
+# Returns: the high-water mark, the sequences skipped (gaps), then 1 (stored) or 0 (duplicate) per frame.
 _COMMIT_LUA = """
 local hw_s = redis.call('HGET', KEYS[2], 'high_water') or '0'
 local hw = tonumber(hw_s)
@@ -72,6 +80,7 @@ if stored > 0 then
 end
 if dup > 0 then redis.call('HINCRBY', KEYS[2], 'duplicates', dup) end
 if lost > 0 then redis.call('HINCRBY', KEYS[2], 'lost', lost) end
+table.insert(out, 1, lost)
 table.insert(out, 1, hw_s)
 return out
 """
@@ -86,6 +95,15 @@ if redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[3]) == false then return fal
 local entry = redis.call('XADD', KEYS[1], '*', 'id', ARGV[1], 'c', ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], entry)
 return entry
+"""
+
+#: A lost marker outlives any outage worth announcing; an expired one only means no "restored" event.
+_LOST_TTL_SECONDS = 30 * 86400
+
+# KEYS: the vehicle's mission hash. ARGV: the mission name that ended.
+_CLEAR_MISSION_LUA = """
+if redis.call('HGET', KEYS[1], 'name') == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 
@@ -139,6 +157,7 @@ class TelemetryStore:
         self.config = config or TelemetryConfig()
         self._commit = client.register_script(_COMMIT_LUA)
         self._enqueue = client.register_script(_ENQUEUE_LUA)
+        self._clear_mission = client.register_script(_CLEAR_MISSION_LUA)
         self._queue: asyncio.Queue[_Pending] | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._waits: set[asyncio.Task[None]] = set()
@@ -158,6 +177,8 @@ class TelemetryStore:
         Raises Unavailable when the store fails or does not confirm the fsync in time: the caller must
         not acknowledge, and the truck will resend (duplicates are then recognised).
         """
+        if rejects:  # counted when rejected: whatever becomes of the batch's good frames, these are final
+            metrics.record_rejects(rejects)
         if self._loop_task is None or self._loop_task.done():
             self._queue = asyncio.Queue()
             self._inflight = asyncio.Semaphore(self.MAX_INFLIGHT_WAITS)
@@ -240,17 +261,32 @@ class TelemetryStore:
             return
         finally:
             self._inflight.release()
+        durable_at = time.time()
+        stored_total = duplicates_total = gaps_total = 0
+        ages: list[float] = []
         for item, (reply, receive_ms) in zip(group, results, strict=True):
-            if item.future.done():
-                continue
             if isinstance(reply, Exception):
-                item.future.set_exception(Unavailable(f"store refused the batch: {reply}", reason="STORE_ERROR"))
+                if not item.future.done():
+                    item.future.set_exception(Unavailable(f"store refused the batch: {reply}",
+                                                          reason="STORE_ERROR"))
                 continue
-            high_water, *flags = reply
-            item.future.set_result(CommitResult(
-                stored=[f.sequence for f, s in zip(item.frames, flags, strict=True) if s],
-                duplicates=[f.sequence for f, s in zip(item.frames, flags, strict=True) if not s],
-                high_water=int(high_water), receive_ms=receive_ms))
+            high_water, lost, *flags = reply
+            stored = [f.sequence for f, s in zip(item.frames, flags, strict=True) if s]
+            stored_total += len(stored)
+            duplicates_total += len(flags) - len(stored)
+            gaps_total += lost
+            # Stored frames are the batch's tail (ascending, above the high-water mark), so when the last
+            # frame was stored it is the batch's newest: one freshness figure per batch.
+            if flags and flags[-1]:
+                device_time = item.frames[-1].payload.device_time
+                ages.append(durable_at - device_time.seconds - device_time.nanos * 1e-9)
+            # Counted above even when nobody awaits the result any more (the stream ended): it is stored.
+            if not item.future.done():
+                item.future.set_result(CommitResult(
+                    stored=stored,
+                    duplicates=[f.sequence for f, s in zip(item.frames, flags, strict=True) if not s],
+                    high_water=int(high_water), receive_ms=receive_ms))
+        metrics.record_durable(stored_total, duplicates_total, gaps_total, ages)
 
     # ---- reads --------------------------------------------------------------------------------------
 
@@ -304,6 +340,7 @@ class TelemetryStore:
 
     async def record_heartbeat(self, vehicle_id: str, heartbeat: stream_pb2.Heartbeat) -> None:
         """Last seen, edge CPU, link quality and spool state of the vehicle."""
+        metrics.record_edge_cpu(heartbeat.edge_cpu_utilization_percent)
         await self._redis.hset(_k(vehicle_id, "liveness"), mapping={
             "last_seen_ms": int(time.time() * 1000),
             "device_time_ms": heartbeat.device_time.ToMilliseconds(),
@@ -345,12 +382,23 @@ class TelemetryStore:
         commands = [(i.decode(), stream_pb2.Command.FromString(f[b"c"])) for i, f in entries]
         return commands, session.decode() if session else ""
 
-    async def remember_command_carrier(self, vehicle_id: str, command_id: str, carrier_id: str) -> None:
-        """Which carrier a command acts for (commands carry no tenant; the acknowledgement needs one)."""
-        await self._redis.set(_k(vehicle_id, f"carrier:{command_id}"), carrier_id, ex=_ISSUED_TTL_SECONDS)
+    async def remember_command(self, vehicle_id: str, command_id: str, carrier_id: str, mission: str) -> None:
+        """Which carrier and mission a command acts for (commands carry no tenant; the acknowledgement needs
+        one), and for an assignment which vehicle runs the mission (exception events name only the mission)."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hset(_k(vehicle_id, f"command:{command_id}"), mapping={"carrier": carrier_id, "mission": mission})
+        pipe.expire(_k(vehicle_id, f"command:{command_id}"), _ISSUED_TTL_SECONDS)
+        pipe.set(f"telemetry:{{{mission}}}:vehicle", vehicle_id, ex=_ISSUED_TTL_SECONDS)
+        await pipe.execute()
 
-    async def command_carrier(self, vehicle_id: str, command_id: str) -> str:
-        raw = await self._redis.get(_k(vehicle_id, f"carrier:{command_id}"))
+    async def command_context(self, vehicle_id: str, command_id: str) -> tuple[str, str]:
+        """``(carrier id, mission name)`` a queued command was issued for; empty strings if unknown."""
+        carrier, mission = await self._redis.hmget(_k(vehicle_id, f"command:{command_id}"), ["carrier", "mission"])
+        return (carrier or b"").decode(), (mission or b"").decode()
+
+    async def mission_vehicle(self, mission: str) -> str:
+        """The vehicle a mission (``missions/{m}``) was assigned to, "" if none is known."""
+        raw = await self._redis.get(f"telemetry:{{{mission}}}:vehicle")
         return raw.decode() if raw else ""
 
     async def ack_command(self, vehicle_id: str, ack: stream_pb2.CommandAck) -> None:
@@ -403,6 +451,49 @@ class TelemetryStore:
         for raw in await self._redis.smembers("telemetry:vehicles"):
             dropped += await self.trim_expired(raw.decode(), cutoff_ms)
         return dropped
+
+    # ---- missions and derived events ------------------------------------------------------------------
+
+    async def set_mission(self, vehicle_id: str, carrier_id: str, name: str, mission: bytes) -> None:
+        """The vehicle's current mission (its name and the serialized Mission) and the carrier it runs for."""
+        await self._redis.hset(_k(vehicle_id, "mission"), mapping={"carrier": carrier_id, "name": name,
+                                                                 "mission": mission})
+
+    async def clear_mission(self, vehicle_id: str, mission_name: str) -> None:
+        """Forget the vehicle's mission if it is still ``mission_name`` (a newer one is kept)."""
+        await self._clear_mission(keys=[_k(vehicle_id, "mission")], args=[mission_name])
+
+    async def mission(self, vehicle_id: str) -> tuple[str, bytes] | None:
+        """``(carrier id, serialized Mission)`` of the vehicle's current mission, None if it has none."""
+        raw = await self._redis.hmget(_k(vehicle_id, "mission"), ["carrier", "mission"])
+        return (raw[0].decode(), raw[1]) if raw[0] and raw[1] else None
+
+    async def mark_lost(self, vehicle_id: str, marker: bytes) -> bool:
+        """Record that the vehicle was reported lost; False if it already was (by this or another replica),
+        so each outage is announced once across replicas."""
+        return bool(await self._redis.set(_k(vehicle_id, "lost"), marker, nx=True, ex=_LOST_TTL_SECONDS))
+
+    async def take_lost(self, vehicle_id: str) -> bytes | None:
+        """Remove and return the lost marker: whoever takes it announces the restoration, exactly once."""
+        return await self._redis.getdel(_k(vehicle_id, "lost"))
+
+    async def last_heard_ms(self, vehicle_id: str) -> int:
+        """When the vehicle's last frame was stored or its last heartbeat arrived (server ms), 0 if never."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hget(_k(vehicle_id, "counters"), "last_frame_ms")
+        pipe.hget(_k(vehicle_id, "liveness"), "last_seen_ms")
+        frame_ms, heartbeat_ms = await pipe.execute()
+        return max(int(frame_ms or 0), int(heartbeat_ms or 0))
+
+    async def publish(self, carrier_id: str, events: list[event_pb2.Event]) -> None:
+        """Append derived events to the carrier's event stream (one transaction, in order)."""
+
+        async def write(pipe: Pipeline) -> None:
+            pipe.multi()
+            for event in events:
+                add_event(pipe, event)
+
+        await transact(self._redis, carrier_id, [], write)
 
 
 def _fail(group: list[_Pending], exc: BaseException) -> None:

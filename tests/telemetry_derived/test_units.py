@@ -28,6 +28,7 @@ from services.telemetry.derived import (
     SensorFault,
     VehicleTracker,
     _FenceShape,
+    fault_kind,
     frame_from_payload,
     haversine_m,
     mission_context_from_pb,
@@ -226,9 +227,19 @@ def test_payload_mapping_round_trip() -> None:
     assert isinstance(exited, tev.GeofenceExited) and exited.dwell.ToTimedelta() == timedelta(minutes=3)
     eta = built["haulmesh.telemetry.v1.eta_updated"]
     assert isinstance(eta, tev.EtaUpdated) and eta.stop_index == 0 and eta.remaining_miles > 400
+    fault_type, fault = to_event_payload(SensorFault(MISSION, VEHICLE, "lidar", "fault", "LIDAR_FAULT", "critical",
+                                                     "SENSOR_FAULT", False, "lidar ok -> fault", ATL, T0, 9))
+    assert fault_type == "haulmesh.telemetry.v1.fault_reported" and isinstance(fault, tev.FaultReported)
+    assert (fault.kind, fault.alarm.code, fault.alarm.component) == (
+        frame_pb2.FramePayload.KIND_FAULT, "LIDAR_FAULT", "lidar")
+    assert fault.alarm.severity == frame_pb2.Alarm.SEVERITY_CRITICAL and fault.frame_sequence == 9
+    assert fault_kind(fault.alarm.code, fault.alarm.component) == "SENSOR_FAULT"
+    assert fault_kind("BRAKE_PRESSURE_LOW", "air_brakes") == "VEHICLE_FAULT"
+    route_type, route = to_event_payload(RouteDeviation(MISSION, VEHICLE, 1500.0, 1000.0, 3, ATL, T0, 11))
+    assert route_type == "haulmesh.telemetry.v1.route_deviated" and isinstance(route, tev.RouteDeviated)
+    assert (route.distance_meters, route.corridor_width_meters, route.frames) == (1500.0, 1000.0, 3)
     with pytest.raises(TypeError):
-        to_event_payload(SensorFault(MISSION, VEHICLE, "lidar", "fault", "LIDAR_FAULT", "critical", "SENSOR_FAULT",
-                                     False, "", None, T0, 1))
+        to_event_payload(object())
 
 
 def test_liveness_lost_restored_and_payloads() -> None:

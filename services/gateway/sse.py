@@ -1,0 +1,132 @@
+"""Server-streaming RPCs over REST as Server-Sent Events (``text/event-stream``).
+
+A streaming route passes the same checks as a unary one (route, token, scope, tenant, rate limit, request
+fields); then the gateway opens the server-streaming gRPC call and waits for the service's response
+headers. An error before them (another carrier's mission, a bad name) is answered as an ordinary JSON
+error with its HTTP status. Once the headers have come, the answer is ``200 text/event-stream``:
+
+* each response message is one event: ``event:`` the JSON name of the message's field
+  (``telemetryFrame``), ``id:`` the last segment of that resource's name (a frame's sequence), ``data:``
+  the message's proto-JSON on one line (the same JSON as the unary routes);
+* a comment line every :data:`HEARTBEAT_SECONDS` keeps proxies and clients from timing the stream out;
+* a gRPC error after the start becomes a final ``event: error`` whose data is the google.rpc.Status JSON;
+* a client that disconnects cancels the gRPC call;
+* a reconnecting client's ``Last-Event-ID`` becomes the request's ``after_sequence`` (replay from there,
+  then live, without gap or duplicate);
+* a stream lasts at most :data:`MAX_STREAM_SECONDS`, then ends cleanly; the client reconnects with
+  ``Last-Event-ID`` as after any other end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf import message_factory
+from google.protobuf.message import Message
+from starlette.responses import Response, StreamingResponse
+
+from .descriptors import HttpMethod
+from .errors import RestError, rpc_error_response
+from .transcode import to_json
+
+__all__ = ["HEARTBEAT_SECONDS", "MAX_STREAM_SECONDS", "open_event_stream", "resume_from"]
+
+_log = logging.getLogger("haulmesh.gateway.sse")
+
+#: Interval of the comment heartbeat on an idle stream.
+HEARTBEAT_SECONDS = 15.0
+#: Lifetime of one event stream; the gRPC call's deadline is a little longer, so the gateway ends first.
+MAX_STREAM_SECONDS = 3600.0
+#: What a client waits before reconnecting after the stream ends (the SSE ``retry:`` field).
+RETRY_MILLISECONDS = 3000
+_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def resume_from(message: Message, last_event_id: str | None) -> None:
+    """Set ``after_sequence`` from a reconnecting client's ``Last-Event-ID`` (it wins over the query)."""
+    if last_event_id is None or "after_sequence" not in message.DESCRIPTOR.fields_by_name:
+        return
+    value = last_event_id.strip()
+    if not value.isdigit() or len(value) > 20 or int(value) >= 2**64:
+        raise RestError("INVALID_ARGUMENT", "Last-Event-ID must be the id of an event of this stream (a sequence)",
+                        reason="INVALID_LAST_EVENT_ID")
+    message.after_sequence = int(value)
+
+
+def _event(reply: Message) -> bytes:
+    """One SSE event of a response message (see the module docstring)."""
+    kind = reply.WhichOneof(reply.DESCRIPTOR.oneofs[0].name) if reply.DESCRIPTOR.oneofs else None
+    fields = [f for f in reply.DESCRIPTOR.fields if f.message_type is not None and reply.HasField(f.name)]
+    field = reply.DESCRIPTOR.fields_by_name[kind] if kind else (fields[0] if fields else None)
+    lines = []
+    if field is not None:
+        lines.append(f"event: {field.json_name}")
+        name = getattr(getattr(reply, field.name), "name", "")
+        if isinstance(name, str) and name:
+            lines.append(f"id: {name.rsplit('/', 1)[-1]}")
+    # json.dumps without indent escapes every newline inside strings: the data stays on one line.
+    lines.append("data: " + json.dumps(to_json(reply), separators=(",", ":")))
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+def _error_event(error: grpc.aio.AioRpcError) -> bytes:
+    body = bytes(rpc_error_response(error).body).decode("ascii")
+    return f"event: error\ndata: {body}\n\n".encode()
+
+
+async def open_event_stream(channel: grpc.aio.Channel, method: HttpMethod, message: Message,
+                            metadata: tuple[tuple[str, str], ...]) -> Response:
+    """Open the server-streaming call and answer it as an event stream once the service has accepted it.
+
+    Raises grpc.aio.AioRpcError when the service refused the call before its first headers, so the caller
+    answers that as an ordinary error response.
+    """
+    response_class = message_factory.GetMessageClass(method.method.output_type)
+    call = channel.unary_stream(method.grpc_path, request_serializer=lambda m: m.SerializeToString(),
+                                response_deserializer=response_class.FromString)(
+        message, metadata=metadata, timeout=MAX_STREAM_SECONDS + 30)
+    try:
+        # A refusal comes as a trailers-only answer: no headers, the status at once. Services send their
+        # headers once the stream is open (or with the first message).
+        await call.initial_metadata()
+        if call.done():
+            await call.read()  # raises the call's error (an OK end without any message is an empty stream)
+    except BaseException:
+        call.cancel()
+        raise
+    return StreamingResponse(_events(call), media_type="text/event-stream", headers=_HEADERS)
+
+
+async def _events(call: Any) -> AsyncIterator[bytes]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + MAX_STREAM_SECONDS
+    reading: asyncio.Task[Any] | None = None
+    try:
+        yield f"retry: {RETRY_MILLISECONDS}\n\n".encode()
+        while True:
+            if reading is None:
+                reading = asyncio.ensure_future(call.read())
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            done, _ = await asyncio.wait({reading}, timeout=min(HEARTBEAT_SECONDS, left))
+            if not done:
+                yield b": heartbeat\n\n"
+                continue
+            reply, reading = reading.result(), None
+            if reply is grpc.aio.EOF:
+                return
+            yield _event(reply)
+    except grpc.aio.AioRpcError as exc:
+        _log.info("event stream ended by %s: %s", exc.code().name, exc.details())
+        yield _error_event(exc)
+    finally:
+        # Also on a client disconnect (the response task is cancelled): the service stops streaming.
+        if reading is not None:
+            reading.cancel()
+        call.cancel()

@@ -1,0 +1,93 @@
+"""Commands to trucks from the mission service's events: assignment, reroute, stop, cancellation.
+
+The mission service announces what a truck must do through its events; the telemetry service, which holds
+the trucks' streams, queues the matching command for the truck (sent at once when it is connected, on its
+next connection otherwise, and again on every connection until the truck acknowledges it):
+
+* ``dispatched`` → ``assign_mission`` (id ``assign-<mission>``);
+* ``exception_raised`` with contingency REROUTE → ``reroute`` with the exception's waypoints, MINIMAL_RISK_STOP
+  → ``stop`` (MODE_MINIMAL_RISK_STOP), HOLD → ``stop`` (MODE_HOLD) (id ``<action>-<exception id>``);
+* ``state_changed`` to CANCELLED → ``cancel_assignment`` (id ``cancel-<mission>``).
+
+Command ids derive from the mission or exception, so a redelivered event never sends a second command.
+Each command remembers its carrier and mission: the truck's acknowledgement is announced on the carrier's
+stream (``command_acknowledged``) and, for an assignment, acknowledges the dispatch (see :mod:`.actions`).
+"""
+
+from __future__ import annotations
+
+from haulmesh.events.v1 import event_pb2
+from haulmesh.mission.v1 import mission_pb2
+from haulmesh.telemetry.v1 import stream_pb2
+
+from .store import TelemetryStore
+
+__all__ = ["ASSIGN_PREFIX", "COMMAND_EVENT_TYPES", "CommandRelay", "assignment_command"]
+
+ASSIGN_PREFIX = "assign-"
+#: The mission service's events that become commands.
+COMMAND_EVENT_TYPES = frozenset({"haulmesh.mission.v1.dispatched", "haulmesh.mission.v1.exception_raised",
+                                 "haulmesh.mission.v1.state_changed"})
+_Exception = mission_pb2.MissionException
+
+
+def _command(command_id: str, **payload: object) -> stream_pb2.Command:
+    command = stream_pb2.Command(command_id=command_id, **payload)  # type: ignore[arg-type]
+    command.issue_time.GetCurrentTime()
+    return command
+
+
+def assignment_command(mission: mission_pb2.Mission) -> stream_pb2.Command:
+    """The MissionAssignment command for a dispatched mission (id ``assign-<mission id>``)."""
+    mission_id = mission.name.removeprefix("missions/")
+    return _command(f"{ASSIGN_PREFIX}{mission_id}", assign_mission=stream_pb2.MissionAssignment(
+        mission_id=mission_id, load=mission.load, stops=mission.stops,
+        check_ins_required=mission.check_in_requirement.required))
+
+
+def _exception_command(mission_id: str, exception: mission_pb2.MissionException) -> stream_pb2.Command | None:
+    reason = f"{_Exception.Kind.Name(exception.kind).removeprefix('KIND_')}: {exception.description}"[:500]
+    if exception.contingency == _Exception.CONTINGENCY_REROUTE and exception.reroute_waypoints:
+        return _command(f"reroute-{exception.exception_id}", reroute=stream_pb2.Reroute(
+            mission_id=mission_id, waypoints=exception.reroute_waypoints, reason=reason,
+            exception_id=exception.exception_id))
+    modes = {_Exception.CONTINGENCY_MINIMAL_RISK_STOP: stream_pb2.StopVehicle.MODE_MINIMAL_RISK_STOP,
+             _Exception.CONTINGENCY_HOLD: stream_pb2.StopVehicle.MODE_HOLD}
+    if exception.contingency in modes:
+        return _command(f"stop-{exception.exception_id}", stop=stream_pb2.StopVehicle(
+            mission_id=mission_id, mode=modes[exception.contingency], reason=reason))
+    return None
+
+
+class CommandRelay:
+    """Queues the command each mission event calls for (see the module docstring)."""
+
+    def __init__(self, store: TelemetryStore) -> None:
+        self._store = store
+
+    async def __call__(self, event: event_pb2.Event) -> None:
+        which = event.WhichOneof("data")
+        carrier_id = event.carrier.removeprefix("carriers/")
+        if which == "mission_dispatched":
+            mission = event.mission_dispatched.mission
+            await self._queue(mission.vehicle, mission.name, carrier_id, assignment_command(mission))
+        elif which == "mission_state_changed":
+            mission = event.mission_state_changed.mission
+            if mission.state == mission_pb2.Mission.STATE_CANCELLED:
+                mission_id = mission.name.removeprefix("missions/")
+                await self._queue(mission.vehicle, mission.name, carrier_id, _command(
+                    f"cancel-{mission_id}", cancel_assignment=stream_pb2.CancelAssignment(
+                        mission_id=mission_id, reason="the mission was cancelled")))
+        elif which == "mission_exception_raised":
+            raised = event.mission_exception_raised
+            command = _exception_command(raised.mission.removeprefix("missions/"), raised.exception)
+            if command is not None:
+                vehicle = await self._store.mission_vehicle(raised.mission)
+                await self._queue(vehicle, raised.mission, carrier_id, command)
+
+    async def _queue(self, vehicle: str, mission: str, carrier_id: str, command: stream_pb2.Command) -> None:
+        if not vehicle:
+            return
+        vehicle_id = vehicle.removeprefix("vehicles/")
+        await self._store.remember_command(vehicle_id, command.command_id, carrier_id, mission)
+        await self._store.enqueue_command(vehicle_id, command)

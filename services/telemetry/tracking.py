@@ -1,0 +1,288 @@
+"""Following missions from their trucks' frames: the derived events, published through the outbox.
+
+Frames reach :class:`MissionTracking` after they are durable (never on the acknowledgement path). For a
+vehicle on a mission it keeps a :class:`~.derived.VehicleTracker` and publishes what it derives — geofence
+enter / exit / dwell, ETA updates, route deviations, sensor faults — plus one event per HEALTH, ALARM and
+FAULT frame, to the mission's carrier's event stream (webhooks deliver the public ones to the TMS; the
+telemetry service's own consumer, :mod:`.actions`, turns the internal ones into mission transitions).
+
+Which mission a vehicle is on comes from the mission service's ``dispatched`` and ``state_changed`` events
+(:meth:`MissionTracking.on_mission_event`), kept per vehicle in the store and cached here for
+``_MISSION_CACHE_SECONDS`` (replicas that did not consume the event learn of it within that time).
+
+Liveness: every frame and heartbeat is a sign of life; a periodic sweep reports a vehicle silent for the
+liveness timeout as lost, once per outage across replicas (a marker in the store taken with SET NX), and
+whoever takes the marker back — this process when frames resume, or any replica on the truck's next Hello
+— reports it restored, exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from haulmesh.events.v1 import event_pb2
+from haulmesh.events.v1 import telemetry_events_pb2 as tev
+from haulmesh.mission.v1 import mission_pb2
+from haulmesh.telemetry.v1 import frame_pb2, stream_pb2
+from services.runtime import new_event
+
+from .derived import (
+    ConnectivityLost,
+    ConnectivityRestored,
+    DerivedSettings,
+    LatLon,
+    Liveness,
+    SensorFault,
+    VehicleTracker,
+    frame_from_payload,
+    mission_context_from_pb,
+    to_event_payload,
+)
+from .domain import Verified
+from .store import TelemetryStore
+
+__all__ = ["MISSION_EVENT_TYPES", "MissionTracking"]
+
+_log = logging.getLogger("haulmesh.telemetry.tracking")
+
+DISPATCHED = "haulmesh.mission.v1.dispatched"
+STATE_CHANGED = "haulmesh.mission.v1.state_changed"
+#: The mission service's events that say which mission a vehicle is on.
+MISSION_EVENT_TYPES = frozenset({DISPATCHED, STATE_CHANGED})
+_ENDED = {mission_pb2.Mission.STATE_COMPLETED, mission_pb2.Mission.STATE_CANCELLED, mission_pb2.Mission.STATE_ABORTED}
+_MISSION_CACHE_SECONDS = 5.0
+_SOURCE = "telemetry"
+_KIND = frame_pb2.FramePayload
+
+
+@dataclass
+class _Current:
+    """What this process knows of a vehicle's mission."""
+
+    checked: float
+    carrier_id: str = ""
+    mission: mission_pb2.Mission | None = None
+    tracker: VehicleTracker | None = None
+
+
+def _event(payload_field: str, payload: object, *, subject: str, carrier_id: str) -> event_pb2.Event:
+    return new_event(payload_field, payload, subject=subject, carrier_id=carrier_id,  # type: ignore[arg-type]
+                     source=_SOURCE)
+
+
+def _field_of(event_type: str) -> str:
+    """``haulmesh.telemetry.v1.geofence_entered`` → the Event.data field ``telemetry_geofence_entered``."""
+    return "telemetry_" + event_type.rsplit(".", 1)[1]
+
+
+class MissionTracking:
+    """Derived events of the vehicles streaming to this process (see the module docstring)."""
+
+    def __init__(self, store: TelemetryStore, *, liveness_timeout_seconds: float,
+                 settings: DerivedSettings | None = None) -> None:
+        self._store = store
+        self._settings = settings or DerivedSettings()
+        self._liveness = Liveness(timedelta(seconds=liveness_timeout_seconds))
+        self._vehicles: dict[str, _Current] = {}
+        #: Stored frames waiting to be derived, in commit order (one worker keeps each vehicle's order).
+        self._queue: asyncio.Queue[tuple[str, list[Verified], int | None]] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        self.published = 0
+
+    # ---- inputs from the streams ---------------------------------------------------------------------
+
+    def frames_stored(self, vehicle_id: str, frames: list[Verified]) -> None:
+        """Durable frames of a vehicle, in sequence order (duplicates included: the tracker skips them)."""
+        if not frames:
+            return
+        last = frames[-1].payload
+        where = LatLon(last.position.lat, last.position.lon) if last.HasField("position") else None
+        restored = self._liveness.heard(vehicle_id, datetime.now(UTC), sequence=frames[-1].sequence,
+                                        location=where)
+        self._queue.put_nowait((vehicle_id, frames, None))
+        if restored is not None:
+            self._queue.put_nowait((vehicle_id, [], None))  # no frames: look for the lost marker
+        self._ensure_worker()
+
+    def heartbeat(self, vehicle_id: str, heartbeat: stream_pb2.Heartbeat) -> None:
+        """A heartbeat is a sign of life too (a parked truck sends no frames)."""
+        if self._liveness.heard(vehicle_id, datetime.now(UTC), sequence=heartbeat.last_sequence) is not None:
+            self._queue.put_nowait((vehicle_id, [], None))
+            self._ensure_worker()
+
+    def connected(self, vehicle_id: str, vehicle_last_sequence: int) -> None:
+        """A Hello: if the vehicle was reported lost (by any replica), it is restored now."""
+        self._liveness.heard(vehicle_id, datetime.now(UTC))
+        self._queue.put_nowait((vehicle_id, [], vehicle_last_sequence))
+        self._ensure_worker()
+
+    def moved_away(self, vehicle_id: str) -> None:
+        """The vehicle's stream moved to another replica, which watches it from now on."""
+        self._liveness.forget(vehicle_id)
+
+    async def command_acknowledged(self, vehicle_id: str, ack: stream_pb2.CommandAck, carrier_id: str,
+                                   mission: str) -> None:
+        """Announce a truck's answer to a command (internal event; the actions consumer acts on it)."""
+        if not carrier_id:
+            return
+        payload = tev.CommandAcknowledged(vehicle=f"vehicles/{vehicle_id}", mission=mission, ack=ack)
+        payload.receive_time.GetCurrentTime()
+        await self._publish(carrier_id, [_event("telemetry_command_acknowledged", payload,
+                                                subject=mission or f"vehicles/{vehicle_id}", carrier_id=carrier_id)])
+
+    # ---- the mission directory -----------------------------------------------------------------------
+
+    async def on_mission_event(self, event: event_pb2.Event) -> None:
+        """Consumer of the mission service's dispatched / state_changed events."""
+        which = event.WhichOneof("data")
+        mission = getattr(event, which).mission if which in ("mission_dispatched", "mission_state_changed") else None
+        if mission is None or not mission.vehicle:
+            return
+        vehicle_id = mission.vehicle.removeprefix("vehicles/")
+        carrier_id = event.carrier.removeprefix("carriers/")
+        if mission.state in _ENDED:
+            await self._store.clear_mission(vehicle_id, mission.name)
+        else:
+            await self._store.set_mission(vehicle_id, carrier_id, mission.name, mission.SerializeToString())
+        self._vehicles.pop(vehicle_id, None)  # this replica re-reads it at the next frame
+
+    async def _current(self, vehicle_id: str) -> _Current:
+        now = time.monotonic()
+        current = self._vehicles.get(vehicle_id)
+        if current is not None and now - current.checked < _MISSION_CACHE_SECONDS:
+            return current
+        found = await self._store.mission(vehicle_id)
+        if found is None:
+            current = _Current(checked=now)
+        else:
+            carrier_id, raw = found
+            mission = mission_pb2.Mission.FromString(raw)
+            if current is not None and current.mission is not None and current.mission.name == mission.name:
+                current.checked, current.mission = now, mission  # same mission: keep the tracker's state
+            else:
+                tracker = VehicleTracker(mission_context_from_pb(mission), self._settings)
+                current = _Current(checked=now, carrier_id=carrier_id, mission=mission, tracker=tracker)
+        self._vehicles[vehicle_id] = current
+        return current
+
+    # ---- the worker ----------------------------------------------------------------------------------
+
+    def _ensure_worker(self) -> None:
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._work())
+
+    async def _work(self) -> None:
+        while True:
+            vehicle_id, frames, vehicle_last = await self._queue.get()
+            try:
+                await self._derive(vehicle_id, frames, vehicle_last)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The frames are stored; only their derived events are lost (logged, never silently).
+                _log.exception("deriving events of %s failed", vehicle_id)
+
+    async def _derive(self, vehicle_id: str, frames: list[Verified], vehicle_last: int | None) -> None:
+        if not frames:
+            await self._maybe_restored(vehicle_id, vehicle_last)
+            return
+        current = await self._current(vehicle_id)
+        if current.tracker is None or current.mission is None:
+            return
+        mission_name = current.mission.name
+        now = datetime.now(UTC)
+        events: list[event_pb2.Event] = []
+        for verified in frames:
+            payload = verified.payload
+            for derived in current.tracker.update(frame_from_payload(payload), now=now):
+                if isinstance(derived, SensorFault) and derived.source == "fault_frame":
+                    continue  # the FAULT frame itself is announced below, with its whole alarm
+                event_type, message = to_event_payload(derived)
+                events.append(_event(_field_of(event_type), message, subject=mission_name,
+                                     carrier_id=current.carrier_id))
+            events.extend(self._frame_events(vehicle_id, verified, mission_name, current.carrier_id))
+        if events:
+            await self._publish(current.carrier_id, events)
+
+    @staticmethod
+    def _frame_events(vehicle_id: str, verified: Verified, mission: str, carrier_id: str) -> list[event_pb2.Event]:
+        payload = verified.payload
+        vehicle = f"vehicles/{vehicle_id}"
+        if payload.kind == _KIND.KIND_HEALTH:
+            data = tev.HealthReported(vehicle=vehicle, mission=mission, frame_sequence=verified.sequence,
+                                      device_time=payload.device_time, checks=payload.health_checks)
+            return [_event("telemetry_health_reported", data, subject=mission, carrier_id=carrier_id)]
+        if payload.kind in (_KIND.KIND_FAULT, _KIND.KIND_ALARM) and payload.HasField("alarm"):
+            data = tev.FaultReported(vehicle=vehicle, mission=mission, frame_sequence=verified.sequence,
+                                     device_time=payload.device_time, kind=payload.kind, alarm=payload.alarm)
+            if payload.HasField("position"):
+                data.location.lat, data.location.lon = payload.position.lat, payload.position.lon
+            return [_event("telemetry_fault_reported", data, subject=mission, carrier_id=carrier_id)]
+        return []
+
+    async def _publish(self, carrier_id: str, events: list[event_pb2.Event]) -> None:
+        await self._store.publish(carrier_id, events)
+        self.published += len(events)
+
+    # ---- liveness ------------------------------------------------------------------------------------
+
+    async def sweep(self) -> int:
+        """Report vehicles silent for longer than the timeout as lost; returns how many were announced."""
+        announced = 0
+        for lost in self._liveness.sweep(datetime.now(UTC)):
+            try:
+                announced += await self._announce_lost(lost)
+            except Exception:
+                _log.exception("announcing %s lost failed", lost.vehicle_id)
+        return announced
+
+    async def _announce_lost(self, lost: ConnectivityLost) -> int:
+        vehicle_id = lost.vehicle_id
+        # Another replica may hold the truck's stream now (this one saw only the old connection die).
+        heard_ms = await self._store.last_heard_ms(vehicle_id)
+        if heard_ms and time.time() * 1000 - heard_ms < self._liveness.timeout.total_seconds() * 1000:
+            self._liveness.heard(vehicle_id, datetime.fromtimestamp(heard_ms / 1000, UTC))
+            return 0
+        current = await self._current(vehicle_id)
+        if current.mission is None:
+            return 0  # nobody to tell: liveness of an idle truck is in its heartbeat record
+        lost = ConnectivityLost(vehicle_id=vehicle_id, mission_id=current.mission.name.removeprefix("missions/"),
+                                last_seen_time=lost.last_seen_time, last_sequence=lost.last_sequence,
+                                last_location=lost.last_location, detected_time=lost.detected_time)
+        marker = json.dumps({"carrier": current.carrier_id, "mission": current.mission.name,
+                             "last_seen_ms": int(lost.last_seen_time.timestamp() * 1000),
+                             "last_sequence": lost.last_sequence}).encode()
+        if not await self._store.mark_lost(vehicle_id, marker):
+            return 0
+        event_type, message = to_event_payload(lost)
+        await self._publish(current.carrier_id, [_event(_field_of(event_type), message, subject=current.mission.name,
+                                                        carrier_id=current.carrier_id)])
+        _log.info("vehicle %s lost (last heard %s)", vehicle_id, lost.last_seen_time.isoformat())
+        return 1
+
+    async def _maybe_restored(self, vehicle_id: str, vehicle_last: int | None) -> None:
+        raw = await self._store.take_lost(vehicle_id)
+        if raw is None:
+            return
+        marker = json.loads(raw)
+        now = datetime.now(UTC)
+        last_seen = datetime.fromtimestamp(marker["last_seen_ms"] / 1000, UTC)
+        high_water = await self._store.high_water(vehicle_id)
+        restored = ConnectivityRestored(vehicle_id=vehicle_id, mission_id=marker["mission"].removeprefix("missions/"),
+                                        outage=max(timedelta(0), now - last_seen), restored_time=now,
+                                        high_water_sequence=high_water,
+                                        vehicle_last_sequence=high_water if vehicle_last is None else vehicle_last)
+        event_type, message = to_event_payload(restored)
+        await self._publish(marker["carrier"], [_event(_field_of(event_type), message, subject=marker["mission"],
+                                                       carrier_id=marker["carrier"])])
+        _log.info("vehicle %s restored after %.1f s", vehicle_id, restored.outage.total_seconds())
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)

@@ -1,0 +1,206 @@
+"""A mission driven by its truck's telemetry, through the real mesh: assignment → acknowledgement → pre-trip
+health → enroute with ETA events → a connectivity outage (lost → exception, restored → resolved) → the
+destination geofence → ARRIVED, and a sensor fault → exception → a stop command back on the truck's stream.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+import redis.asyncio
+
+from haulmesh.events.v1 import event_pb2
+from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, mission_service_pb2_grpc, vehicle_pb2
+from haulmesh.telemetry.v1 import frame_pb2, stream_pb2
+from haulmesh.type.v1 import equipment_pb2, geofence_pb2, health_check_pb2, location_pb2, time_window_pb2
+from services.runtime import Mesh, carrier_metadata, new_id
+
+from ..conftest import Pki, free_port, wait_for
+from ..telemetry.helpers import Session, Truck
+
+CARRIER = "follow-co"
+HOUSTON = location_pb2.Location(lat=29.7499, lon=-95.3584, address="Houston, TX")
+ATLANTA = location_pb2.Location(lat=33.749, lon=-84.388, address="Atlanta, GA")
+KIND = frame_pb2.FramePayload
+State = mission_pb2.Mission
+
+
+@pytest.fixture(scope="module")
+async def follow_mesh(mesh_pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
+    """A mesh of its own with a short liveness timeout (1.5 s), so an outage is seen within the test."""
+    ports = {name: free_port() for name in ("tender", "mission", "telemetry", "billing", "gateway")}
+    mesh = Mesh(tmp_path_factory.mktemp("follow"), ports=ports, http_port=free_port(), grace_period_seconds=2,
+                extra_env={"HAULMESH_CERT_DIR": str(mesh_pki.directory),
+                           "HAULMESH_TELEMETRY_HEARTBEAT_INTERVAL_SECONDS": "0.5",
+                           "HAULMESH_TELEMETRY_LIVENESS_TIMEOUT_SECONDS": "1.5"})
+    try:
+        await mesh.start(timeout_seconds=90)
+        yield mesh
+    finally:
+        await mesh.stop(stop_store=True)
+
+
+class Events:
+    """The carrier's event stream as the webhooks see it (read from the store the mesh started)."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self._client = client
+
+    async def all(self) -> list[event_pb2.Event]:
+        entries = await self._client.xrange(f"events:{{{CARRIER}}}")
+        return [event_pb2.Event.FromString(fields[b"event"]) for _, fields in entries]
+
+    async def of(self, event_type: str, subject: str) -> list[event_pb2.Event]:
+        return [e for e in await self.all() if e.type == event_type and e.subject == subject]
+
+
+def _window(start: datetime, hours: float) -> time_window_pb2.TimeWindow:
+    window = time_window_pb2.TimeWindow()
+    window.start_time.FromDatetime(start)
+    window.end_time.FromDatetime(start + timedelta(hours=hours))
+    return window
+
+
+async def _dispatch(mesh: Mesh, pki: Pki, truck: Truck) -> str:
+    async with grpc.aio.secure_channel(mesh.address("mission"), pki.credentials("operator", "ops")) as ops_ch, \
+            grpc.aio.secure_channel(mesh.address("mission"), pki.credentials("service", "tender")) as t_ch:
+        capabilities = vehicle_pb2.VehicleCapabilities(equipment=[equipment_pb2.EQUIPMENT_DRY_VAN_53FT],
+                                                       max_cargo_weight_lb=45_000, night_operations=True)
+        await mission_service_pb2_grpc.MissionServiceStub(ops_ch).CreateVehicle(
+            mission_service_pb2.CreateVehicleRequest(vehicle_id=truck.vehicle_id, vehicle=vehicle_pb2.Vehicle(
+                home_region="US-TX-HOU", capabilities=capabilities)), timeout=10)
+        now = datetime.now(UTC)
+        destination = geofence_pb2.Geofence(circle=geofence_pb2.Geofence.Circle(center=ATLANTA, radius_meters=800))
+        stops = [mission_pb2.Stop(type=mission_pb2.Stop.TYPE_PICKUP, location=HOUSTON,
+                                  planned_window=_window(now, 2)),
+                 mission_pb2.Stop(type=mission_pb2.Stop.TYPE_DELIVERY, location=ATLANTA, geofence=destination,
+                                  planned_window=_window(now + timedelta(hours=12), 4))]
+        mission = await mission_service_pb2_grpc.MissionServiceStub(t_ch).CreateMission(
+            mission_service_pb2.CreateMissionRequest(request_id=new_id(), mission=mission_pb2.Mission(
+                tender=f"tenders/{new_id()}", quote=f"quotes/{new_id()}", vehicle=f"vehicles/{truck.vehicle_id}",
+                load=mission_pb2.LoadDetails(tms_load_id=f"FL-{truck.vehicle_id}",
+                                             equipment=equipment_pb2.EQUIPMENT_DRY_VAN_53FT, weight_lb=30_000),
+                stops=stops)),
+            metadata=carrier_metadata(CARRIER), timeout=10)
+    return mission.name
+
+
+def _signed(truck: Truck, sequence: int, kind: int, *, at: location_pb2.Location, speed_kph: float = 88.0,
+            **fields: object) -> frame_pb2.SignedFrame:
+    payload = frame_pb2.FramePayload(vehicle_id=truck.vehicle_id, sequence=sequence, boot_id=truck.boot_id, kind=kind,
+                                     vehicle_state="enroute", **fields)  # type: ignore[arg-type]
+    payload.device_time.GetCurrentTime()
+    payload.position.lat, payload.position.lon, payload.position.speed_kph = at.lat, at.lon, speed_kph
+    raw = payload.SerializeToString(deterministic=True)
+    return frame_pb2.SignedFrame(sequence=sequence, payload=raw, signature=truck.sign(raw), key_id=truck.key_id)
+
+
+def _send(session: Session, *frames: frame_pb2.SignedFrame) -> None:
+    session.send(stream_pb2.StreamTelemetryRequest(frames=stream_pb2.FrameBatch(frames=list(frames))))
+
+
+async def test_a_mission_follows_its_trucks_telemetry(follow_mesh: Mesh, mesh_pki: Pki) -> None:
+    mesh = follow_mesh
+    truck = Truck.mint(mesh_pki.ca, f"FL-{uuid.uuid4().hex[:8].upper()}")
+    mission_name = await _dispatch(mesh, mesh_pki, truck)
+    assert mesh.store is not None
+    client = redis.asyncio.Redis.from_url(mesh.store.url)
+    events = Events(client)
+    counts: dict[str, int] = {}
+    ops_ch = grpc.aio.secure_channel(mesh.address("mission"), mesh_pki.credentials("operator", "ops"))
+    missions = mission_service_pb2_grpc.MissionServiceStub(ops_ch)
+    tenant = carrier_metadata(CARRIER)
+
+    async def mission_in(*states: int) -> mission_pb2.Mission | None:
+        current = await missions.GetMission(mission_service_pb2.GetMissionRequest(name=mission_name),
+                                            metadata=tenant, timeout=10)
+        return current if current.state in states else None
+
+    try:
+        # 1. The assignment arrives on the stream; the truck's acceptance acknowledges the dispatch.
+        channel = grpc.aio.secure_channel(mesh.address("telemetry"), truck.credentials())
+        session = Session(channel)
+        session.send(truck.hello())
+        commands = await wait_for(lambda: session.of("command"), timeout_seconds=15)
+        assign = commands[0]
+        assert assign.command_id == f"assign-{mission_name.removeprefix('missions/')}"
+        ack = stream_pb2.CommandAck(command_id=assign.command_id, outcome=stream_pb2.CommandAck.OUTCOME_ACCEPTED)
+        ack.device_time.GetCurrentTime()
+        session.send(stream_pb2.StreamTelemetryRequest(command_ack=ack))
+        pre_trip = await wait_for(lambda: mission_in(State.STATE_PRE_TRIP), timeout_seconds=15)
+        assert pre_trip.dispatch_ack_time.ToSeconds() == ack.device_time.ToSeconds()
+        assert await events.of("haulmesh.telemetry.v1.command_acknowledged", mission_name)
+        if pre_trip.check_in_requirement.required:
+            await missions.RecordCheckIn(mission_service_pb2.RecordCheckInRequest(
+                name=mission_name, check_in=mission_pb2.CheckIn(point=mission_pb2.CheckIn.POINT_DEPARTURE,
+                                                                outcome=mission_pb2.CheckIn.OUTCOME_PROCEED)),
+                metadata=tenant, timeout=10)
+
+        # 2. A passing pre-trip HEALTH frame starts the mission.
+        passed = health_check_pb2.HealthCheckResult.OUTCOME_PASS
+        checks = [health_check_pb2.HealthCheckResult(check=c, outcome=passed, blocking=True)
+                  for c in ("lidar", "camera", "radar", "brakes")]
+        _send(session, _signed(truck, 1, KIND.KIND_HEALTH, at=HOUSTON, speed_kph=0, health_checks=checks))
+        enroute = await wait_for(lambda: mission_in(State.STATE_ENROUTE), timeout_seconds=15)
+        assert list(enroute.pre_trip_checks) == checks
+
+        # 3. Driving: position frames give ETA updates for the TMS.
+        waypoints = [location_pb2.Location(lat=HOUSTON.lat + i * 0.05, lon=HOUSTON.lon + i * 0.1) for i in range(1, 6)]
+        _send(session, *(_signed(truck, 1 + i, KIND.KIND_POSITION, at=w) for i, w in enumerate(waypoints, 1)))
+        etas = await wait_for(lambda: events.of("haulmesh.telemetry.v1.eta_updated", mission_name), timeout_seconds=10)
+        assert etas[0].telemetry_eta_updated.remaining_miles > 500 and 0 < etas[0].telemetry_eta_updated.confidence <= 1
+        counts["eta_updated"] = len(etas)
+        await wait_for(lambda: session.acked_through == 6 or None, timeout_seconds=10)
+
+        # 4. The truck goes silent: connectivity lost → a CONNECTIVITY_LOSS exception; back → resolved.
+        await session.aclose()
+        await channel.close()
+        lost = await wait_for(lambda: events.of("haulmesh.telemetry.v1.connectivity_lost", mission_name),
+                              timeout_seconds=15)
+        assert lost[0].telemetry_connectivity_lost.last_sequence == 6
+        in_exception = await wait_for(lambda: mission_in(State.STATE_EXCEPTION), timeout_seconds=15)
+        assert [e.kind for e in in_exception.exceptions] == [mission_pb2.MissionException.KIND_CONNECTIVITY_LOSS]
+        channel = grpc.aio.secure_channel(mesh.address("telemetry"), truck.credentials())
+        session = Session(channel)
+        session.send(truck.hello(last_sequence=6))
+        restored = await wait_for(lambda: events.of("haulmesh.telemetry.v1.connectivity_restored", mission_name),
+                                  timeout_seconds=15)
+        assert restored[0].telemetry_connectivity_restored.vehicle_last_sequence == 6
+        back = await wait_for(lambda: mission_in(State.STATE_ENROUTE), timeout_seconds=15)
+        assert back.exceptions[0].HasField("resolve_time")
+        assert len(await events.of("haulmesh.telemetry.v1.connectivity_lost", mission_name)) == 1
+
+        # 5. The destination geofence: GeofenceEntered for the TMS, and the mission ARRIVED.
+        _send(session, _signed(truck, 7, KIND.KIND_POSITION, at=ATLANTA, speed_kph=20))
+        async def fences_entered() -> list[int] | None:
+            entered = await events.of("haulmesh.telemetry.v1.geofence_entered", mission_name)
+            stops = [e.telemetry_geofence_entered.context.stop_index for e in entered]
+            return stops if 1 in stops else None
+
+        # The pickup's fence was entered by the pre-trip frame at Houston, the destination's now.
+        assert await wait_for(fences_entered, timeout_seconds=10) == [0, 1]
+        arrived = await wait_for(lambda: mission_in(State.STATE_ARRIVED), timeout_seconds=15)
+        assert arrived.stops[1].HasField("arrive_time")
+
+        # 6. A critical lidar fault: a SENSOR_FAULT exception whose minimal-risk stop reaches the truck.
+        _send(session, _signed(truck, 8, KIND.KIND_POSITION, at=ATLANTA, speed_kph=0,
+                               sensors=frame_pb2.SensorStatus(lidar_status="fault")))
+        faulted = await wait_for(lambda: mission_in(State.STATE_EXCEPTION), timeout_seconds=15)
+        fault = faulted.exceptions[-1]
+        assert fault.kind == mission_pb2.MissionException.KIND_SENSOR_FAULT
+        assert fault.contingency == mission_pb2.MissionException.CONTINGENCY_MINIMAL_RISK_STOP
+        stops = await wait_for(lambda: [c for c in session.of("command") if c.WhichOneof("payload") == "stop"],
+                               timeout_seconds=15)
+        assert stops[0].command_id == f"stop-{fault.exception_id}"
+        assert stops[0].stop.mode == stream_pb2.StopVehicle.MODE_MINIMAL_RISK_STOP
+        counts["events"] = len(await events.all())
+        await session.aclose()
+        await channel.close()
+    finally:
+        await ops_ch.close()
+        await client.aclose()
+    print(f"mission followed its truck: {counts}")
