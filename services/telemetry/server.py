@@ -41,6 +41,7 @@ from services.runtime import (
     verify_relayed_certificate,
 )
 
+from . import metrics
 from .domain import (
     FrameRejected,
     RejectReason,
@@ -65,7 +66,7 @@ _READERS = ["service/gateway", "service/mission", "operator/*"]
 _VEHICLE_READERS = ["service/mission", "operator/*"]
 
 #: Per the proto's "Internal:" notes: StreamTelemetry is for trucks only (each checked against its own
-#: certificate); IngestTelemetry for trucks (and the gateway on a truck's behalf, not implemented yet);
+#: certificate); IngestTelemetry for trucks (and the gateway relaying a truck's certificate-bound frame);
 #: WatchVehicleTelemetry for Haulmesh services and fleet operators; the carrier-facing reads (List,
 #: WatchMission) also for the gateway.
 POLICY = Policy({
@@ -228,6 +229,7 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
             self._send_acks(session),
             self._send_commands(session),
         )]
+        metrics.stream_opened()
         try:
             while True:
                 item = await session.outbound.get()
@@ -239,6 +241,7 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
                     raise item
                 yield item
         finally:
+            metrics.stream_closed()
             session.closed.set()
             for task in tasks:
                 task.cancel()
@@ -416,6 +419,8 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
             raise InvalidArgument(outcome.detail, reason=outcome.reason.value, metadata={
                 "sequence": str(request.sequence)})
         result = await self._store.commit(vehicle_id, [outcome], received=1)
+        if self._tracking is not None:
+            self._tracking.frames_stored(vehicle_id, [outcome])
         if result.stored:
             receive_ms, status = result.receive_ms, telemetry_service_pb2.IngestTelemetryResponse.OUTCOME_STORED
         else:

@@ -272,3 +272,17 @@ async def test_vehicle_frames_stay_internal(mesh: Mesh, mesh_pki: Pki, http, tok
         with pytest.raises(grpc.aio.AioRpcError) as denied:
             await watch_call.read()
         assert rich_error(denied.value)[:2] == ("PERMISSION_DENIED", "METHOD_NOT_ALLOWED")
+
+
+async def test_openapi_documents_the_watch_as_an_event_stream(http) -> None:
+    doc = (await http.get("/openapi.json")).json()
+    operation = doc["paths"]["/api/v1/missions/{mission}:watchTelemetry"]["get"]
+    assert operation["security"] == [{"bearerAuth": [READ]}]
+    ok = operation["responses"]["200"]["content"]
+    assert list(ok) == ["text/event-stream"]
+    assert ok["text/event-stream"]["x-event-schema"] == {
+        "$ref": "#/components/schemas/haulmesh.telemetry.v1.WatchMissionTelemetryResponse"}
+    assert "Last-Event-ID" in {p["name"] for p in operation["parameters"] if p["in"] == "header"}
+    assert operation["responses"]["404"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/google.rpc.Status"}
+    assert "/api/v1/missions/{mission}/telemetryFrames" in doc["paths"]
