@@ -20,7 +20,8 @@ event                                  call
 Raised exceptions carry a request id derived from the event's vehicle and frame, so a retried call never
 raises a second exception. A call refused because the mission is not (yet) in the state the call needs is
 retried only where the mission is expected to get there by itself (a pre-trip report that overtook the
-dispatch acknowledgement); otherwise it is logged and dropped — the mission moved on (an operator acted).
+dispatch acknowledgement, or that waits for the departure check-in); otherwise it is logged and dropped — the
+mission moved on (an operator acted).
 """
 
 from __future__ import annotations
@@ -94,9 +95,11 @@ class MissionActions:
             if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
                 raise  # unavailable, deadline...: the consumer delivers the event again
             reason, state = _reason_and_state(exc)
-            early = which == "telemetry_health_reported" and state == "STATE_DISPATCHED"
-            if reason == "INVALID_MISSION_STATE" and early:
-                raise MissionNotReady("pre-trip report before the dispatch acknowledgement") from None
+            not_yet = reason == "CHECK_IN_REQUIRED" or (reason == "INVALID_MISSION_STATE"
+                                                         and state == "STATE_DISPATCHED")
+            if which == "telemetry_health_reported" and not_yet:
+                # The mission gets there by itself (the acknowledgement is on its way, an operator checks in).
+                raise MissionNotReady(f"pre-trip report not applicable yet: {reason}") from None
             _log.info("%s for %s not applied: %s %s", event.type, event.subject, reason or exc.code().name,
                       exc.details())
 
