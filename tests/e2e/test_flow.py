@@ -36,7 +36,7 @@ DELEGATED = {
     # with a local receiver and checks NOT_FOUND for another carrier on all seven of these calls.
     "GetWebhookSubscription", "UpdateWebhookSubscription", "DeleteWebhookSubscription", "RotateWebhookSecret",
     "ListWebhookDeliveries", "GetWebhookDelivery", "ReplayWebhookDelivery",
-    # Telemetry reads arrive with issue 4 (the service answers UNIMPLEMENTED until then).
+    # Telemetry reads by mission: tests/telemetry_reads checks another carrier's 404 on the list and the watch.
     "ListTelemetryFrames", "WatchMissionTelemetry",
 }
 

@@ -27,7 +27,7 @@ async def test_openapi_document_is_served_and_complete(http) -> None:
     for method in load_api().methods:
         for binding in method.bindings:
             path, _ = expand_template(binding.template)
-            expected = not method.streaming and method.scope is not None
+            expected = not method.method.client_streaming and method.scope is not None
             assert ((binding.verb, path) in served) == expected, (binding, served)
     create = doc["paths"]["/api/v1/tenders"]["post"]
     assert create["security"] == [{"bearerAuth": ["tender:create"]}]

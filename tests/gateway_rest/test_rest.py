@@ -180,11 +180,12 @@ async def test_truck_ingest_route_is_not_served_with_bearer_tokens(http, token) 
     assert error_info(response.json())["reason"] == "MTLS_REQUIRED"
 
 
-async def test_streaming_routes_answer_501_until_sse(http, token) -> None:
+async def test_a_watch_of_an_unknown_mission_is_a_json_404_not_a_stream(http, token) -> None:
+    # Errors before the stream starts keep the JSON error contract (tests/telemetry_reads covers the stream).
     response = await http.get("/api/v1/missions/01j9z3k6v8q2m4n5p7r9s1t3w5:watchTelemetry",
                               headers=bearer(token("streamco")))
-    assert response.status_code == 501
-    assert error_info(response.json())["reason"] == "STREAMING_NOT_SUPPORTED"
+    assert response.status_code == 404 and response.headers["content-type"].startswith("application/json")
+    assert error_info(response.json())["reason"] == "MISSION_NOT_FOUND"
 
 
 async def test_other_carriers_missions_are_404(http, token, vehicle: str) -> None:

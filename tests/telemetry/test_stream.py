@@ -286,10 +286,10 @@ async def test_list_and_watch_vehicle_frames(telemetry: TelemetryProcess, mesh_p
             assert seen == [2, 3, 4, 5, 6, 7]
             assert page.telemetry_frames[-1].name == f"vehicles/{truck.vehicle_id}/telemetryFrames/7"
             assert page.telemetry_frames[-1].payload.vehicle_id == truck.vehicle_id
-            with pytest.raises(grpc.aio.AioRpcError) as mission_scope:
+            with pytest.raises(grpc.aio.AioRpcError) as bad_parent:
                 await stub.ListTelemetryFrames(telemetry_service_pb2.ListTelemetryFramesRequest(
                     parent="missions/M1"), timeout=10)
-            assert rich_error(mission_scope.value)[:2] == ("FAILED_PRECONDITION", "MISSION_SCOPE_UNSUPPORTED")
+            assert rich_error(bad_parent.value)[:2] == ("INVALID_ARGUMENT", "INVALID_RESOURCE_NAME")
             watch = stub.WatchVehicleTelemetry(telemetry_service_pb2.WatchVehicleTelemetryRequest(
                 vehicle=f"vehicles/{truck.vehicle_id}", after_sequence=4), timeout=60)
             got = [(await watch.read()).telemetry_frame.signed_frame.sequence for _ in range(3)]
