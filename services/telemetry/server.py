@@ -7,7 +7,7 @@ import functools
 import logging
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -159,7 +159,9 @@ class _Session:
         #: Responses to send, or a HaulmeshError that ends the stream, or None for a clean end.
         self.outbound: asyncio.Queue[Any] = asyncio.Queue()
         #: Commits in flight, in batch order, with the sequence each acknowledges through and its frames.
-        self.pending_acks: asyncio.Queue[tuple[asyncio.Task[Any], int, list[Verified]] | None] = asyncio.Queue()
+        self.pending_acks: deque[tuple[asyncio.Future[Any], int, list[Verified]]] = deque()
+        #: The truck closed its side: the stream ends once the commits in flight are acknowledged.
+        self.reading_done = False
         #: Set when the stream has ended; loops blocked on the store check it after every wait.
         self.closed = asyncio.Event()
         #: Set when a stream of the vehicle on another replica replaced this one.
@@ -226,7 +228,6 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
         ))
         tasks = [asyncio.create_task(coro) for coro in (
             self._read(session, request_iterator, keys),
-            self._send_acks(session),
             self._send_commands(session),
         )]
         metrics.stream_opened()
@@ -284,7 +285,8 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
                     session.end(FailedPrecondition("Hello may only be the first message", reason="HELLO_REPEATED"))
                     return
             # The truck closed its side: finish acknowledging what it sent, then end.
-            session.pending_acks.put_nowait(None)
+            session.reading_done = True
+            self._flush_acks(session)
         except HaulmeshError as exc:
             session.end(exc)
         except asyncio.CancelledError:
@@ -329,29 +331,37 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
             session.outbound.put_nowait(stream_pb2.StreamTelemetryResponse(reject=stream_pb2.Reject(
                 sequence=outcome.sequence, reason=_REASON_WIRE[outcome.reason], detail=outcome.detail)))
         # The commit runs while the next batch is read and verified; acks follow in batch order.
-        commit = asyncio.create_task(self._store.commit(session.vehicle_id, good, received=len(frames),
-                                                        rejects=rejects))
-        # If the stream ends first, nobody awaits the commit; retrieve its failure so it is not logged as lost.
-        commit.add_done_callback(lambda task: task.cancelled() or task.exception())
-        session.pending_acks.put_nowait((commit, max(f.sequence for f in frames), good))
+        commit = self._store.submit(session.vehicle_id, good, received=len(frames), rejects=rejects)
+        session.pending_acks.append((commit, max(f.sequence for f in frames), good))
+        commit.add_done_callback(lambda _: self._flush_acks(session))
         return True
 
-    async def _send_acks(self, session: _Session) -> None:
-        while True:
-            item = await session.pending_acks.get()
-            if item is None:
-                session.end(None)
-                return
-            commit, through, frames = item
-            try:
-                await commit
-            except HaulmeshError as exc:
-                session.end(exc)
-                return
+    def _flush_acks(self, session: _Session) -> None:
+        """Acknowledge every leading commit that is durable, with one Ack through the last of them.
+
+        A commit group's fsync completes many batches of a stream at once (live trucks send a frame per
+        message): one Ack covers them all, sparing the truck's link and the server a message per frame.
+        """
+        through, durable = 0, []
+        pending = session.pending_acks
+        failure: BaseException | None = None
+        while pending and pending[0][0].done():
+            commit, last, frames = pending.popleft()
+            failure = commit.exception()  # also marks the failure retrieved if the stream is gone
+            if failure is not None:
+                break
+            through = max(through, last)  # a resent (duplicate) batch may end below an earlier one
+            durable.extend(frames)
+        if through and not session.closed.is_set():
             session.outbound.put_nowait(stream_pb2.StreamTelemetryResponse(
                 ack=stream_pb2.Ack(through_sequence=through)))
-            if self._tracking is not None:
-                self._tracking.frames_stored(session.vehicle_id, frames)
+        if durable and self._tracking is not None:
+            self._tracking.frames_stored(session.vehicle_id, durable)
+        if failure is not None:
+            session.end(failure if isinstance(failure, HaulmeshError) else Unavailable(
+                f"telemetry store failed: {failure}", reason="STORE_UNAVAILABLE"))
+        elif session.reading_done and not pending:
+            session.end(None)
 
     async def _send_commands(self, session: _Session) -> None:
         """Queued commands right after Welcome, then new ones as they are queued, until acknowledged.

@@ -52,15 +52,20 @@ _log = logging.getLogger("haulmesh.telemetry.store")
 # same vehicle (a stream and IngestTelemetry, or two replicas during a stream hand-over) cannot both
 # store a sequence or miscount a gap. Sequences travel as decimal strings and are compared as Lua numbers
 # (exact up to 2^53, far beyond any vehicle's lifetime at 1 Hz).
-# KEYS: frames, counters. ARGV: receive_ms, then (sequence, payload, signature, key_id) per frame.
+# The batch's receive and reject counts ride along, so a commit group is only EVALSHA calls (one per batch).
+# KEYS: frames, counters. ARGV: receive_ms, received, number of reject reasons R, then R (reason, count)
+# pairs, then (sequence, payload, signature, key_id) per frame.
 # Returns: the high-water mark, the sequences skipped (gaps), then 1 (stored) or 0 (duplicate) per frame.
 _COMMIT_LUA = """
 local hw_s = redis.call('HGET', KEYS[2], 'high_water') or '0'
 local hw = tonumber(hw_s)
 local now = ARGV[1]
+if ARGV[2] ~= '0' then redis.call('HINCRBY', KEYS[2], 'received', ARGV[2]) end
+local first = 4 + 2 * tonumber(ARGV[3])
+for i = 4, first - 1, 2 do redis.call('HINCRBY', KEYS[2], 'rejected:' .. ARGV[i], ARGV[i + 1]) end
 local stored, dup, lost = 0, 0, 0
 local out = {}
-for i = 2, #ARGV, 4 do
+for i = first, #ARGV, 4 do
   local seq = tonumber(ARGV[i])
   if seq <= hw then
     dup = dup + 1
@@ -155,7 +160,7 @@ class TelemetryStore:
     def __init__(self, client: redis.asyncio.Redis, config: TelemetryConfig | None = None) -> None:
         self._redis = client
         self.config = config or TelemetryConfig()
-        self._commit = client.register_script(_COMMIT_LUA)
+        self._commit_sha = client.register_script(_COMMIT_LUA).sha  # the Script only names it; see _write
         self._enqueue = client.register_script(_ENQUEUE_LUA)
         self._clear_mission = client.register_script(_CLEAR_MISSION_LUA)
         self._queue: asyncio.Queue[_Pending] | None = None
@@ -177,6 +182,11 @@ class TelemetryStore:
         Raises Unavailable when the store fails or does not confirm the fsync in time: the caller must
         not acknowledge, and the truck will resend (duplicates are then recognised).
         """
+        return await self.submit(vehicle_id, frames, received=received, rejects=rejects)
+
+    def submit(self, vehicle_id: str, frames: list[Verified], *, received: int = 0,
+               rejects: Counter[str] | None = None) -> asyncio.Future[CommitResult]:
+        """:meth:`commit` as a future, for callers that keep several commits in flight (no task per batch)."""
         if rejects:  # counted when rejected: whatever becomes of the batch's good frames, these are final
             metrics.record_rejects(rejects)
         if self._loop_task is None or self._loop_task.done():
@@ -186,7 +196,7 @@ class TelemetryStore:
         future: asyncio.Future[CommitResult] = asyncio.get_running_loop().create_future()
         assert self._queue is not None
         self._queue.put_nowait(_Pending(vehicle_id, frames, received, rejects or Counter(), future))
-        return await future
+        return future
 
     async def close(self) -> None:
         """Stop the commit loop (pending commits fail with Unavailable)."""
@@ -228,25 +238,27 @@ class TelemetryStore:
 
     async def _write(self, group: list[_Pending]) -> list[object]:
         receive_ms = int(time.time() * 1000)
-        pipe = self._redis.pipeline(transaction=False)
+        calls = []
         for item in group:
-            args: list[object] = [receive_ms]
+            args: list[object] = [receive_ms, item.received, len(item.rejects)]
+            for reason, count in item.rejects.items():
+                args += [reason, count]
             for frame in item.frames:
                 args += [frame.sequence, frame.payload_bytes, frame.signature, frame.key_id]
-            await self._commit(keys=[_k(item.vehicle_id, "frames"), _k(item.vehicle_id, "counters")],
-                               args=args, client=pipe)
-            counters = _k(item.vehicle_id, "counters")
-            if item.received:
-                pipe.hincrby(counters, "received", item.received)
-            for reason, count in item.rejects.items():
-                pipe.hincrby(counters, f"rejected:{reason}", count)
-        raw = await pipe.execute(raise_on_error=False)
-        # Keep only each item's script reply (the HINCRBY replies follow it).
-        results, index = [], 0
-        for item in group:
-            results.append((raw[index], receive_ms))
-            index += 1 + (1 if item.received else 0) + len(item.rejects)
-        return results
+            calls.append((_k(item.vehicle_id, "frames"), _k(item.vehicle_id, "counters"), *args))
+        # EVALSHA directly rather than through redis-py's Script on a pipeline, which asks SCRIPT EXISTS before
+        # every execution: a round trip per group. A store that lost its script cache (restarted) answers
+        # NOSCRIPT to every call of the group, none of which ran, so loading it and sending them again is safe.
+        for attempt in (1, 2):
+            pipe = self._redis.pipeline(transaction=False)
+            for call in calls:
+                pipe.evalsha(self._commit_sha, 2, *call)
+            raw = await pipe.execute(raise_on_error=False)
+            if attempt == 1 and any(isinstance(r, redis.exceptions.NoScriptError) for r in raw):
+                self._commit_sha = await self._redis.script_load(_COMMIT_LUA)
+                continue
+            break
+        return [(reply, receive_ms) for reply in raw]
 
     async def _await_durable(self, group: list[_Pending], results: list[object]) -> None:
         assert self._inflight is not None

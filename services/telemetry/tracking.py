@@ -149,7 +149,9 @@ class MissionTracking:
             await self._store.clear_mission(vehicle_id, mission.name)
         else:
             await self._store.set_mission(vehicle_id, carrier_id, mission.name, mission.SerializeToString())
-        self._vehicles.pop(vehicle_id, None)  # this replica re-reads it at the next frame
+        current = self._vehicles.get(vehicle_id)
+        if current is not None:
+            current.checked = 0.0  # re-read at the next frame; the tracker's state is kept if the mission is
 
     async def _current(self, vehicle_id: str) -> _Current:
         now = time.monotonic()
