@@ -50,8 +50,8 @@ def register(service: Service) -> None:
     def mission_stub() -> mission_service_pb2_grpc.MissionServiceStub:
         return service.stub(mission_service_pb2_grpc.MissionServiceStub, "mission")
 
-    service.add(telemetry_service_pb2_grpc.add_TelemetryServiceServicer_to_server,
-                TelemetryServicer(store, config, tracking=tracking, mission=mission_stub),
+    servicer = TelemetryServicer(store, config, tracking=tracking, mission=mission_stub)
+    service.add(telemetry_service_pb2_grpc.add_TelemetryServiceServicer_to_server, servicer,
                 telemetry_service_pb2.DESCRIPTOR.services_by_name["TelemetryService"])
     stopped = asyncio.Event()
 
@@ -67,6 +67,7 @@ def register(service: Service) -> None:
 
     async def stop() -> None:
         stopped.set()
+        await servicer.close()
         await tracking.close()
         await store.close()
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +55,7 @@ from .domain import (
     vehicle_key,
     verify_frame,
 )
-from .store import StoredFrame, TelemetryStore
+from .store import DOORBELL, StoredFrame, TelemetryStore
 from .tracking import MissionTracking
 
 __all__ = ["POLICY", "TelemetryServicer"]
@@ -78,8 +80,15 @@ POLICY = Policy({
 })
 
 _REASON_WIRE = {reason: stream_pb2.Reject.Reason.Value(f"REASON_{reason.value}") for reason in RejectReason}
-#: How often an open stream looks for newly queued commands (and whether a newer stream replaced it).
-_COMMAND_POLL_SECONDS = 1.0
+#: How often every open stream's command queue and session are looked at even without a doorbell.
+_COMMAND_SWEEP_SECONDS = 5.0
+#: Batches of at least this many frames are verified on several threads (one per core).
+_PARALLEL_VERIFY_FRAMES = 64
+_VERIFY_THREADS = min(os.cpu_count() or 1, 8)
+#: Streams whose queues one pipelined poll reads.
+_POLL_CHUNK = 500
+#: How long a doorbell read waits before it looks again (a cancellation point, nothing more).
+_DOORBELL_IDLE_SECONDS = 30.0
 _KEY_LIMIT = 64  # certificates remembered per vehicle; more is an attack or a bug, not rotations
 
 
@@ -166,6 +175,8 @@ class _Session:
         self.closed = asyncio.Event()
         #: Set when a stream of the vehicle on another replica replaced this one.
         self.moved_away = False
+        #: Entry id of the last command sent on this stream.
+        self.command_cursor = "0-0"
 
     def end(self, error: HaulmeshError | None) -> None:
         self.outbound.put_nowait(error)
@@ -188,8 +199,14 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
         self._tracking = tracking
         self._config = config or store.config
         #: Open streams of this process by vehicle (a newer one ends the older at once; across replicas the
-        #: older notices the session key changed within a command poll interval).
+        #: doorbell of the newer one's claim tells the older to end).
         self._sessions: dict[str, _Session] = {}
+        #: Vehicles whose command queues the deliverer reads next, and its wake-up.
+        self._due: set[str] = set()
+        self._wake = asyncio.Event()
+        self._deliverer: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._verifiers = ThreadPoolExecutor(_VERIFY_THREADS, "verify") if _VERIFY_THREADS > 1 else None
 
     # ---- StreamTelemetry ----------------------------------------------------------------------------
 
@@ -226,10 +243,8 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
             max_frame_age=_duration(self._config.max_frame_age_seconds),
             session_id=session.session_id,
         ))
-        tasks = [asyncio.create_task(coro) for coro in (
-            self._read(session, request_iterator, keys),
-            self._send_commands(session),
-        )]
+        tasks = [asyncio.create_task(self._read(session, request_iterator, keys))]
+        self._commands_due(vehicle_id)  # what was queued while the truck was away goes right after Welcome
         metrics.stream_opened()
         try:
             while True:
@@ -273,7 +288,7 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
             async for request in requests:
                 kind = request.WhichOneof("message")
                 if kind == "frames":
-                    if not self._accept_batch(session, request.frames, keys):
+                    if not await self._accept_batch(session, request.frames, keys):
                         return
                 elif kind == "heartbeat":
                     await self._store.record_heartbeat(session.vehicle_id, request.heartbeat)
@@ -305,7 +320,8 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
             await self._tracking.command_acknowledged(vehicle_id, ack, carrier_id, mission)
         await self._store.ack_command(vehicle_id, ack)
 
-    def _accept_batch(self, session: _Session, batch: stream_pb2.FrameBatch, keys: dict[str, VehicleKey]) -> bool:
+    async def _accept_batch(self, session: _Session, batch: stream_pb2.FrameBatch,
+                            keys: dict[str, VehicleKey]) -> bool:
         frames = batch.frames
         if len(frames) > self._config.max_batch_frames:
             session.end(InvalidArgument(f"a batch holds at most {self._config.max_batch_frames} frames, got "
@@ -313,17 +329,9 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
             return False
         if not frames:
             return True
-        now = time.time()
         good: list[Verified] = []
         rejects: Counter[str] = Counter()
-        for frame, in_order in zip(frames, order_batch([f.sequence for f in frames]), strict=True):
-            if in_order:
-                outcome = verify_frame(frame.sequence, frame.payload, frame.signature, frame.key_id,
-                                       vehicle_id=session.vehicle_id, keys=keys, now_seconds=now,
-                                       config=self._config)
-            else:
-                outcome = FrameRejected(frame.sequence, RejectReason.OUT_OF_ORDER,
-                                        "sequence is not greater than the previous frame's in the batch")
+        for outcome in await self._verify_batch(session.vehicle_id, frames, keys):
             if isinstance(outcome, Verified):
                 good.append(outcome)
                 continue
@@ -335,6 +343,28 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
         session.pending_acks.append((commit, max(f.sequence for f in frames), good))
         commit.add_done_callback(lambda _: self._flush_acks(session))
         return True
+
+    async def _verify_batch(self, vehicle_id: str, frames: Sequence[frame_pb2.SignedFrame],
+                            keys: dict[str, VehicleKey]) -> list[Verified | FrameRejected]:
+        """Each frame's outcome, in order. A large batch (a backlog replayed after an outage) is verified on
+        several threads: the signature check runs without the GIL, so replay uses every core."""
+        now = time.time()
+
+        def verify(chunk: Sequence[tuple[frame_pb2.SignedFrame, bool]]) -> list[Verified | FrameRejected]:
+            return [verify_frame(frame.sequence, frame.payload, frame.signature, frame.key_id, vehicle_id=vehicle_id,
+                                 keys=keys, now_seconds=now, config=self._config)
+                    if in_order else FrameRejected(frame.sequence, RejectReason.OUT_OF_ORDER,
+                                                   "sequence is not greater than the previous frame's in the batch")
+                    for frame, in_order in chunk]
+
+        work = list(zip(frames, order_batch([f.sequence for f in frames]), strict=True))
+        if len(work) < _PARALLEL_VERIFY_FRAMES or self._verifiers is None:
+            return verify(work)
+        size = -(-len(work) // _VERIFY_THREADS)
+        loop = asyncio.get_running_loop()
+        chunks = await asyncio.gather(*(loop.run_in_executor(self._verifiers, verify, work[i:i + size])
+                                        for i in range(0, len(work), size)))
+        return [outcome for chunk in chunks for outcome in chunk]
 
     def _flush_acks(self, session: _Session) -> None:
         """Acknowledge every leading commit that is durable, with one Ack through the last of them.
@@ -363,34 +393,89 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
         elif session.reading_done and not pending:
             session.end(None)
 
-    async def _send_commands(self, session: _Session) -> None:
-        """Queued commands right after Welcome, then new ones as they are queued, until acknowledged.
+    # ---- commands ---------------------------------------------------------------------------------
 
-        Polled (non-blocking XRANGE plus the session check, once per interval) rather than XREAD BLOCK: a
-        blocking read pins a store connection per truck, and thousands of idle trucks would exhaust the
-        pool; a command waits at most one interval.
-        """
-        last = "0-0"
-        try:
-            while not session.closed.is_set():
-                commands, current = await self._store.poll_commands(session.vehicle_id, last)
-                if current != session.session_id:
-                    # Replaced by a stream on another replica (one in this process replaced it directly).
-                    session.moved_away = self._sessions.get(session.vehicle_id) is session
-                    session.end(Aborted("a newer stream of this vehicle replaced this one",
-                                        reason="STREAM_REPLACED"))
-                    return
-                for entry_id, command in commands:
-                    session.outbound.put_nowait(stream_pb2.StreamTelemetryResponse(command=command))
-                    last = entry_id
+    def _commands_due(self, *vehicle_ids: str) -> None:
+        """Ask the command deliverer to look at these vehicles' queues now."""
+        self._due.update(vehicle_ids)
+        self._wake.set()
+        if self._deliverer is None or self._deliverer.done():
+            loop = asyncio.get_running_loop()
+            self._deliverer = loop.create_task(self._deliver_loop())
+            self._listener = loop.create_task(self._listen_doorbell())
+
+    async def _listen_doorbell(self) -> None:
+        """Vehicles named on the doorbell (a command queued, a newer session claimed) are due at once."""
+        while True:
+            try:
+                pubsub = self._store.doorbell()
                 try:
-                    await asyncio.wait_for(session.closed.wait(), _COMMAND_POLL_SECONDS)
-                except TimeoutError:
-                    pass
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            session.end(Unavailable(f"command queue unavailable: {exc}", reason="STORE_UNAVAILABLE"))
+                    await pubsub.subscribe(DOORBELL)
+                    self._commands_due(*self._sessions)  # anything rung while (re)subscribing
+                    while True:
+                        message = await pubsub.get_message(timeout=_DOORBELL_IDLE_SECONDS)
+                        if message is not None and (vehicle_id := message["data"].decode()) in self._sessions:
+                            self._commands_due(vehicle_id)
+                finally:
+                    await pubsub.aclose()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the store restarting: the sweep covers the gap, then resubscribe
+                _log.warning("command doorbell lost (%s); resubscribing", exc)
+                await asyncio.sleep(1)
+
+    async def _deliver_loop(self) -> None:
+        """The one task that sends queued commands to this process's streams (so never twice).
+
+        Woken by the doorbell; every ``_COMMAND_SWEEP_SECONDS`` it also looks at every open stream, the
+        safety net for a doorbell message lost with a dropped connection. One pipelined poll per round,
+        whatever the number of streams: thousands of idle trucks cost nothing between rounds.
+        """
+        loop = asyncio.get_running_loop()
+        swept = loop.time()
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), max(0.0, swept + _COMMAND_SWEEP_SECONDS - loop.time()))
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            due, self._due = self._due, set()
+            if loop.time() - swept >= _COMMAND_SWEEP_SECONDS:
+                due.update(self._sessions)
+                swept = loop.time()
+            sessions = [self._sessions[v] for v in due if v in self._sessions]
+            for start in range(0, len(sessions), _POLL_CHUNK):
+                chunk = sessions[start:start + _POLL_CHUNK]
+                try:
+                    await self._deliver_commands(chunk)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the next round retries; frames do not depend on it
+                    _log.warning("command queues unreadable: %s", exc)
+                    self._due.update(s.vehicle_id for s in chunk)
+
+    async def _deliver_commands(self, sessions: list[_Session]) -> None:
+        results = await self._store.poll_commands_of([(s.vehicle_id, s.command_cursor) for s in sessions])
+        for session, (commands, current) in zip(sessions, results, strict=True):
+            if session.closed.is_set():
+                continue
+            if current != session.session_id:
+                # Replaced by a stream on another replica (one in this process replaced it directly).
+                session.moved_away = self._sessions.get(session.vehicle_id) is session
+                session.end(Aborted("a newer stream of this vehicle replaced this one", reason="STREAM_REPLACED"))
+                continue
+            for entry_id, command in commands:
+                session.outbound.put_nowait(stream_pb2.StreamTelemetryResponse(command=command))
+                session.command_cursor = entry_id
+
+    async def close(self) -> None:
+        """Stop the command deliverer (at shutdown, after the streams were told to end)."""
+        tasks = [t for t in (self._deliverer, self._listener) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._verifiers is not None:
+            self._verifiers.shutdown(wait=False, cancel_futures=True)
 
     # ---- IngestTelemetry ----------------------------------------------------------------------------
 

@@ -43,7 +43,7 @@ from services.runtime import Unavailable, add_event, transact
 from . import metrics
 from .domain import TelemetryConfig, Verified
 
-__all__ = ["CommitResult", "StoredFrame", "TelemetryStore"]
+__all__ = ["DOORBELL", "CommitResult", "StoredFrame", "TelemetryStore"]
 
 _log = logging.getLogger("haulmesh.telemetry.store")
 
@@ -94,11 +94,17 @@ return out
 #: How long a command id is remembered after it was queued, so a redelivered event cannot resend it.
 _ISSUED_TTL_SECONDS = 30 * 86400
 
-# KEYS: commands stream, command id -> entry hash, issued marker. ARGV: command id, command bytes, TTL.
+#: Pub/Sub channel on which a queued command or a new session names its vehicle: the process holding the
+#: vehicle's stream sends the command (or ends the replaced stream) at once instead of polling for it.
+DOORBELL = "telemetry:doorbell"
+
+# KEYS: commands stream, command id -> entry hash, issued marker. ARGV: command id, command bytes, TTL,
+# vehicle id (rung on the doorbell).
 _ENQUEUE_LUA = """
 if redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[3]) == false then return false end
 local entry = redis.call('XADD', KEYS[1], '*', 'id', ARGV[1], 'c', ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], entry)
+redis.call('PUBLISH', '""" + DOORBELL + """', ARGV[4])
 return entry
 """
 
@@ -342,8 +348,12 @@ class TelemetryStore:
         return {k.decode(): v for k, v in keys.items()}
 
     async def claim_session(self, vehicle_id: str, session_id: str) -> None:
-        """Make ``session_id`` the vehicle's current session (a newer stream replaces an older one)."""
-        await self._redis.set(_k(vehicle_id, "session"), session_id)
+        """Make ``session_id`` the vehicle's current session (a newer stream replaces an older one); the
+        doorbell tells a replica holding an older stream of the vehicle to end it."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(_k(vehicle_id, "session"), session_id)
+        pipe.publish(DOORBELL, vehicle_id)
+        await pipe.execute()
 
     async def current_session(self, vehicle_id: str) -> str:
         """The vehicle's current session id ("" if none)."""
@@ -380,19 +390,34 @@ class TelemetryStore:
         """
         entry = await self._enqueue(keys=[_k(vehicle_id, "commands"), _k(vehicle_id, "command_ids"),
                                           _k(vehicle_id, f"issued:{command.command_id}")],
-                                    args=[command.command_id, command.SerializeToString(), _ISSUED_TTL_SECONDS])
+                                    args=[command.command_id, command.SerializeToString(), _ISSUED_TTL_SECONDS,
+                                          vehicle_id])
         return entry.decode() if entry else ""
 
     async def poll_commands(self, vehicle_id: str, after: str = "0-0",
                             ) -> tuple[list[tuple[str, stream_pb2.Command]], str]:
         """Queued, unacknowledged commands after entry id ``after`` in issue order, and the vehicle's current
         session id, in one round trip."""
+        [result] = await self.poll_commands_of([(vehicle_id, after)])
+        return result
+
+    async def poll_commands_of(self, cursors: list[tuple[str, str]],
+                               ) -> list[tuple[list[tuple[str, stream_pb2.Command]], str]]:
+        """:meth:`poll_commands` for many ``(vehicle id, after)`` in one pipeline."""
         pipe = self._redis.pipeline(transaction=False)
-        pipe.xrange(_k(vehicle_id, "commands"), f"({after}" if after != "0-0" else "-", "+", count=100)
-        pipe.get(_k(vehicle_id, "session"))
-        entries, session = await pipe.execute()
-        commands = [(i.decode(), stream_pb2.Command.FromString(f[b"c"])) for i, f in entries]
-        return commands, session.decode() if session else ""
+        for vehicle_id, after in cursors:
+            pipe.xrange(_k(vehicle_id, "commands"), f"({after}" if after != "0-0" else "-", "+", count=100)
+            pipe.get(_k(vehicle_id, "session"))
+        replies = await pipe.execute()
+        results = []
+        for entries, session in zip(replies[::2], replies[1::2], strict=True):
+            commands = [(i.decode(), stream_pb2.Command.FromString(f[b"c"])) for i, f in entries]
+            results.append((commands, session.decode() if session else ""))
+        return results
+
+    def doorbell(self) -> redis.asyncio.client.PubSub:
+        """A Pub/Sub connection for :data:`DOORBELL` (subscribe to it; messages name vehicles)."""
+        return self._redis.pubsub(ignore_subscribe_messages=True)
 
     async def remember_command(self, vehicle_id: str, command_id: str, carrier_id: str, mission: str) -> None:
         """Which carrier and mission a command acts for (commands carry no tenant; the acknowledgement needs
