@@ -191,8 +191,9 @@ def test_public_event_types_follow_event_proto() -> None:
     assert "haulmesh.tender.v1.offered" in PUBLIC_EVENT_TYPES
     assert "haulmesh.mission.v1.check_in_recorded" in PUBLIC_EVENT_TYPES
     assert "haulmesh.billing.v1.invoice_reconciled" in PUBLIC_EVENT_TYPES
+    assert "haulmesh.telemetry.v1.route_deviated" in PUBLIC_EVENT_TYPES
     assert not PUBLIC_EVENT_TYPES & domain.INTERNAL_EVENT_TYPES
-    assert len(PUBLIC_EVENT_TYPES) == 21
+    assert len(PUBLIC_EVENT_TYPES) == 22
 
 
 def test_subscription_validation_lists_every_bad_field() -> None:
