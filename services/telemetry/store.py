@@ -216,20 +216,11 @@ class TelemetryStore:
         while True:
             group = [await self._queue.get()]
             # Group commit: whatever else arrives within the window rides the same pipeline and fsync wait.
-            deadline = loop.time() + self.config.commit_window_seconds
-            while True:
-                try:
-                    group.append(self._queue.get_nowait())
-                    continue
-                except asyncio.QueueEmpty:
-                    pass
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    group.append(await asyncio.wait_for(self._queue.get(), remaining))
-                except TimeoutError:
-                    break
+            # One sleep per group, not a timed wait per batch: the window is a fixed cost, not per frame.
+            if self.config.commit_window_seconds > 0:
+                await asyncio.sleep(self.config.commit_window_seconds)
+            while not self._queue.empty():
+                group.append(self._queue.get_nowait())
             try:
                 results = await self._write(group)
             except Exception as exc:  # store down: nothing of this group is acknowledged

@@ -5,6 +5,7 @@ destination geofence → ARRIVED, and a sensor fault → exception → a stop co
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -204,3 +205,68 @@ async def test_a_mission_follows_its_trucks_telemetry(follow_mesh: Mesh, mesh_pk
         await ops_ch.close()
         await client.aclose()
     print(f"mission followed its truck: {counts}")
+
+
+async def test_reroute_and_cancel_reach_the_truck_queued_while_it_is_offline(follow_mesh: Mesh, mesh_pki: Pki) -> None:
+    mesh = follow_mesh
+    truck = Truck.mint(mesh_pki.ca, f"RR-{uuid.uuid4().hex[:8].upper()}")
+    mission_name = await _dispatch(mesh, mesh_pki, truck)
+    tenant = carrier_metadata(CARRIER)
+    detour = [location_pb2.Location(lat=30.5, lon=-93.9), location_pb2.Location(lat=32.3, lon=-90.2)]
+    async with grpc.aio.secure_channel(mesh.address("mission"), mesh_pki.credentials("operator", "ops")) as ops_ch:
+        missions = mission_service_pb2_grpc.MissionServiceStub(ops_ch)
+        # The truck is offline: an operator reroutes the mission around a closure, then cancels it.
+        raised = await missions.RaiseMissionException(mission_service_pb2.RaiseMissionExceptionRequest(
+            name=mission_name, request_id=new_id(), exception=mission_pb2.MissionException(
+                kind=mission_pb2.MissionException.KIND_ROAD_CLOSURE, description="I-10 closed at Lake Charles",
+                reroute_waypoints=detour)), metadata=tenant, timeout=10)
+        assert raised.exception.contingency == mission_pb2.MissionException.CONTINGENCY_REROUTE
+        await missions.CancelMission(mission_service_pb2.CancelMissionRequest(name=mission_name, reason="load pulled"),
+                                     metadata=tenant, timeout=10)
+    mission_id = mission_name.removeprefix("missions/")
+    expected = [f"assign-{mission_id}", f"reroute-{raised.exception.exception_id}", f"cancel-{mission_id}"]
+
+    async def connect_and_collect() -> tuple[grpc.aio.Channel, Session, list[stream_pb2.Command]]:
+        channel = grpc.aio.secure_channel(mesh.address("telemetry"), truck.credentials())
+        session = Session(channel)
+        session.send(truck.hello())
+        commands = await wait_for(lambda: (lambda got: got if len(got) >= 3 else None)(session.of("command")),
+                                  timeout_seconds=15)
+        return channel, session, commands
+
+    # On connect the truck gets all three, in issue order; unacknowledged, they come again on the next stream.
+    channel, session, commands = await connect_and_collect()
+    assert [c.command_id for c in commands] == expected
+    assert list(commands[1].reroute.waypoints) == detour and commands[1].reroute.exception_id
+    assert commands[2].cancel_assignment.mission_id == mission_id
+    await session.aclose()
+    await channel.close()
+    channel, session, commands = await connect_and_collect()
+    assert [c.command_id for c in commands] == expected
+    for command in commands:
+        ack = stream_pb2.CommandAck(command_id=command.command_id, outcome=stream_pb2.CommandAck.OUTCOME_COMPLETED)
+        ack.device_time.GetCurrentTime()
+        session.send(stream_pb2.StreamTelemetryRequest(command_ack=ack))
+    assert mesh.store is not None
+    client = redis.asyncio.Redis.from_url(mesh.store.url)
+    try:
+        async def all_acknowledged() -> list[event_pb2.Event] | None:
+            got = await Events(client).of("haulmesh.telemetry.v1.command_acknowledged", mission_name)
+            return got if len(got) == 3 else None
+
+        acknowledged = await wait_for(all_acknowledged, timeout_seconds=15)
+    finally:
+        await client.aclose()
+    assert sorted(e.telemetry_command_acknowledged.ack.command_id for e in acknowledged) == sorted(expected)
+    await session.aclose()
+    await channel.close()
+    # Acknowledged commands are not sent again.
+    channel = grpc.aio.secure_channel(mesh.address("telemetry"), truck.credentials())
+    session = Session(channel)
+    session.send(truck.hello())
+    await wait_for(lambda: session.of("welcome"), timeout_seconds=15)
+    await asyncio.sleep(1)
+    assert session.of("command") == []
+    await session.aclose()
+    await channel.close()
+    print(f"commands delivered while offline, resent until acked, then never again: {expected}")
