@@ -51,6 +51,7 @@ __all__ = [
     "next_check_in_due",
     "parse_mission_name",
     "parse_vehicle_name",
+    "plan_route",
     "resolve_region",
     "route_miles",
     "transition",
@@ -130,6 +131,27 @@ def route_miles(points: Sequence[tuple[float, float]]) -> float:
     """Planned road distance through ``points`` in order (great circle times circuity), rounded to 0.1 mile."""
     legs = sum(haversine_miles(*a, *b) for a, b in itertools.pairwise(points))
     return round(legs * ROAD_CIRCUITY, 1)
+
+
+#: A known route serves a mission whose first and last stops are each within this of the route's ends.
+ROUTE_MATCH_MILES = 25.0
+
+Point = tuple[float, float]
+
+
+def plan_route(stops: Sequence[Point], routes: Sequence[Sequence[Point]]) -> list[Point]:
+    """The planned road route of a mission: the first known route whose ends lie near the first and last stops,
+    running from the first stop through the route's inner waypoints to the last stop; empty when no known
+    route fits (a straight line between stops is no road, and measuring deviation from it would only raise
+    false alarms)."""
+    if len(stops) < 2:
+        return []
+    first, last = stops[0], stops[-1]
+    for route in routes:
+        if (len(route) >= 2 and haversine_miles(*first, *route[0]) <= ROUTE_MATCH_MILES
+                and haversine_miles(*last, *route[-1]) <= ROUTE_MATCH_MILES):
+            return [first, *route[1:-1], last]
+    return []
 
 
 def needs_night_operation(start: datetime, end: datetime, lon: float) -> bool:
@@ -323,6 +345,7 @@ class ExceptionKind(enum.IntEnum):
     CHECK_IN_HOLD = 10
     CARGO = 11
     OTHER = 12
+    ROUTE_DEVIATION = 13
 
 
 class Severity(enum.IntEnum):

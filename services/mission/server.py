@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError
 from haulmesh.billing.v1 import billing_service_pb2, billing_service_pb2_grpc, invoice_pb2
 from haulmesh.events.v1 import event_pb2, mission_events_pb2
 from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, mission_service_pb2_grpc, vehicle_pb2
-from haulmesh.type.v1 import equipment_pb2, geofence_pb2, health_check_pb2, lane_pb2
+from haulmesh.type.v1 import equipment_pb2, geofence_pb2, health_check_pb2, lane_pb2, location_pb2
 from services.runtime import (
     AlreadyExists,
     FailedPrecondition,
@@ -401,6 +401,8 @@ class MissionServicer(mission_service_pb2_grpc.MissionServiceServicer):
                           vehicle=f"vehicles/{vehicle_id}", load=given.load, lane=lane, route_miles=route,
                           state=Mission.STATE_DISPATCHED, dispatch_time=_ts(now), create_time=_ts(now),
                           update_time=_ts(now), etag=new_id())
+        planned = domain.plan_route([(s.location.lat, s.location.lon) for s in given.stops], self._settings.routes)
+        mission.planned_route.extend(location_pb2.Location(lat=lat, lon=lon) for lat, lon in planned)
         for stop in given.stops:
             added = mission.stops.add(type=stop.type, location=stop.location)
             if stop.HasField("planned_window"):
@@ -579,6 +581,11 @@ class MissionServicer(mission_service_pb2_grpc.MissionServiceServicer):
                                     ) -> mission_service_pb2.RaiseMissionExceptionResponse:
         given = request.exception
         problems = [] if given.kind else [FieldViolation("exception.kind", "is required")]
+        # A client built from newer contracts may send a value this service does not know yet.
+        enums = (("kind", given.kind, ExceptionKind), ("severity", given.severity, Severity),
+                 ("contingency", given.contingency, Contingency))
+        problems += [FieldViolation(f"exception.{name}", f"unknown value {value}") for name, value, known in enums
+                     if value and value not in {int(member) for member in known}]
         problems += domain.text_violations(given.description, 1000, "exception.description")
         if len(given.reroute_waypoints) > 100:
             problems.append(FieldViolation("exception.reroute_waypoints", "at most 100"))
@@ -839,6 +846,10 @@ def _raise(mission: Mission, announce: _Announcer, given: MissionException, who:
         raise_time=_ts(_now()))
     if given.HasField("location"):
         exc.location.CopyFrom(given.location)
+    if exc.contingency == Contingency.REROUTE and given.reroute_waypoints:
+        # The new plan: from where the vehicle was told to go, on to the destination.
+        del mission.planned_route[:]
+        mission.planned_route.extend([*given.reroute_waypoints, mission.stops[-1].location])
     announce.exception_raised(exc)
     if after.state != status.state:
         announce.state_changed()

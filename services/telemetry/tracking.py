@@ -164,10 +164,12 @@ class MissionTracking:
         else:
             carrier_id, raw = found
             mission = mission_pb2.Mission.FromString(raw)
-            if current is not None and current.mission is not None and current.mission.name == mission.name:
-                current.checked, current.mission = now, mission  # same mission: keep the tracker's state
-            else:
-                tracker = VehicleTracker(mission_context_from_pb(mission), self._settings)
+            if (current is not None and current.mission is not None and current.mission.name == mission.name
+                    and current.mission.planned_route == mission.planned_route):
+                current.checked, current.mission = now, mission  # same mission and plan: keep the tracker's state
+            else:  # a new mission, or a reroute: recorded arrivals/departures carry over through the mission
+                route = [LatLon(p.lat, p.lon) for p in mission.planned_route]
+                tracker = VehicleTracker(mission_context_from_pb(mission, route=route), self._settings)
                 current = _Current(checked=now, carrier_id=carrier_id, mission=mission, tracker=tracker)
         self._vehicles[vehicle_id] = current
         return current

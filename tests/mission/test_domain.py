@@ -397,3 +397,36 @@ def test_location_validation_total(lat: float, lon: float) -> None:
     problems = {v.field for v in domain.location_violations(lat, lon, "origin")}
     valid = -90 <= lat <= 90 and -180 <= lon <= 180 and not (lat == 0 and lon == 0)
     assert (not problems) == valid
+
+
+HOUSTON_ATLANTA_ROUTE = [(29.7604, -95.3698), (30.2266, -93.2174), (33.5186, -86.8104), (33.7490, -84.3880)]
+
+
+def test_a_known_lane_gives_the_mission_its_route_from_stop_to_stop() -> None:
+    pickup, delivery = (29.7499, -95.3584), (33.749, -84.388)
+    other = [(40.71, -74.0), (42.36, -71.06)]
+    assert domain.plan_route([pickup, delivery], [other, HOUSTON_ATLANTA_ROUTE]) == [
+        pickup, *HOUSTON_ATLANTA_ROUTE[1:-1], delivery]
+    assert domain.plan_route([pickup, (32.78, -96.8)], [HOUSTON_ATLANTA_ROUTE]) == []  # Dallas: no known route
+    assert domain.plan_route([delivery, pickup], [HOUSTON_ATLANTA_ROUTE]) == []  # a route has a direction
+    assert domain.plan_route([pickup], [HOUSTON_ATLANTA_ROUTE]) == []
+
+
+def test_the_shipped_routes_file_loads_and_bad_ones_are_refused(tmp_path) -> None:
+    from services.mission.config import DEFAULT_ROUTES_FILE, load_routes
+    from services.runtime import ConfigError
+
+    shipped = load_routes(DEFAULT_ROUTES_FILE)
+    assert len(shipped) == 1 and shipped[0][0] == (29.7604, -95.3698) and len(shipped[0]) == 14
+    assert MissionSettings.from_env({}).routes == shipped
+    bad = {"missing.json": None, "not-json.json": "{", "no-routes.json": '{"lanes": []}',
+           "one-point.json": '{"routes": [{"waypoints": [[1, 2]]}]}',
+           "out-of-range.json": '{"routes": [{"waypoints": [[1, 2], [91, 0]]}]}',
+           "strings.json": '{"routes": [{"waypoints": [["1", 2], [3, 4]]}]}'}
+    for name, text in bad.items():
+        path = tmp_path / name
+        if text is not None:
+            path.write_text(text)
+        with pytest.raises(ConfigError) as caught:
+            MissionSettings.from_env({"HAULMESH_MISSION_ROUTES_FILE": str(path)})
+        assert caught.value.field == "HAULMESH_MISSION_ROUTES_FILE" and name in str(caught.value)

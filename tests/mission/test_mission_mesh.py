@@ -377,6 +377,11 @@ async def test_exceptions_contingencies_and_abort(ops: Client, tender: Client, m
         name=mission.name, exception=mission_pb2.MissionException(
             kind=mission_pb2.MissionException.KIND_CONNECTIVITY_LOSS)), metadata=ACME, timeout=10)
     assert link.exception.contingency == mission_pb2.MissionException.CONTINGENCY_CONTINUE
+    unknown = mission_service_pb2.RaiseMissionExceptionRequest(
+        name=mission.name, exception=mission_pb2.MissionException(
+            kind=99, severity=7, contingency=mission_pb2.MissionException.CONTINGENCY_CONTINUE))
+    assert (await _fails(ops.RaiseMissionException, unknown, metadata=ACME))[::3] == (
+        "INVALID_ARGUMENT", ["exception.kind", "exception.severity"])
 
     def resolve(exception_id: str) -> mission_service_pb2.ResolveMissionExceptionRequest:
         return mission_service_pb2.ResolveMissionExceptionRequest(name=mission.name, exception_id=exception_id,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -100,6 +100,21 @@ def _signed(truck: Truck, sequence: int, kind: int, *, at: location_pb2.Location
     return frame_pb2.SignedFrame(sequence=sequence, payload=raw, signature=truck.sign(raw), key_id=truck.key_id)
 
 
+def _along(a: location_pb2.Location, b: location_pb2.Location, count: int) -> list[location_pb2.Location]:
+    """Points on the straight leg from a to b (the planned route's first segment), a excluded."""
+    return [location_pb2.Location(lat=a.lat + (b.lat - a.lat) * i / count, lon=a.lon + (b.lon - a.lon) * i / count)
+            for i in range(1, count + 1)]
+
+
+async def _keep_alive(session: Session) -> None:
+    """Heartbeats as a connected truck sends them (the test mesh reports silence after 1.5 s)."""
+    while True:
+        beat = stream_pb2.Heartbeat()
+        beat.device_time.GetCurrentTime()
+        session.send(stream_pb2.StreamTelemetryRequest(heartbeat=beat))
+        await asyncio.sleep(0.3)
+
+
 def _send(session: Session, *frames: frame_pb2.SignedFrame) -> None:
     session.send(stream_pb2.StreamTelemetryRequest(frames=stream_pb2.FrameBatch(frames=list(frames))))
 
@@ -126,6 +141,7 @@ async def test_a_mission_follows_its_trucks_telemetry(follow_mesh: Mesh, mesh_pk
         channel = grpc.aio.secure_channel(mesh.address("telemetry"), truck.credentials())
         session = Session(channel)
         session.send(truck.hello())
+        alive = asyncio.ensure_future(_keep_alive(session))
         commands = await wait_for(lambda: session.of("command"), timeout_seconds=15)
         assign = commands[0]
         assert assign.command_id == f"assign-{mission_name.removeprefix('missions/')}"
@@ -150,7 +166,8 @@ async def test_a_mission_follows_its_trucks_telemetry(follow_mesh: Mesh, mesh_pk
         assert list(enroute.pre_trip_checks) == checks
 
         # 3. Driving: position frames give ETA updates for the TMS.
-        waypoints = [location_pb2.Location(lat=HOUSTON.lat + i * 0.05, lon=HOUSTON.lon + i * 0.1) for i in range(1, 6)]
+        assert len(enroute.planned_route) == 14  # the seed lane's known route (services/mission/routes.json)
+        waypoints = _along(enroute.planned_route[0], enroute.planned_route[1], 5)
         _send(session, *(_signed(truck, 1 + i, KIND.KIND_POSITION, at=w) for i, w in enumerate(waypoints, 1)))
         etas = await wait_for(lambda: events.of("haulmesh.telemetry.v1.eta_updated", mission_name), timeout_seconds=10)
         assert etas[0].telemetry_eta_updated.remaining_miles > 500 and 0 < etas[0].telemetry_eta_updated.confidence <= 1
@@ -158,6 +175,7 @@ async def test_a_mission_follows_its_trucks_telemetry(follow_mesh: Mesh, mesh_pk
         await wait_for(lambda: session.acked_through == 6 or None, timeout_seconds=10)
 
         # 4. The truck goes silent: connectivity lost → a CONNECTIVITY_LOSS exception; back → resolved.
+        alive.cancel()
         await session.aclose()
         await channel.close()
         lost = await wait_for(lambda: events.of("haulmesh.telemetry.v1.connectivity_lost", mission_name),
@@ -168,6 +186,7 @@ async def test_a_mission_follows_its_trucks_telemetry(follow_mesh: Mesh, mesh_pk
         channel = grpc.aio.secure_channel(mesh.address("telemetry"), truck.credentials())
         session = Session(channel)
         session.send(truck.hello(last_sequence=6))
+        alive = asyncio.ensure_future(_keep_alive(session))
         restored = await wait_for(lambda: events.of("haulmesh.telemetry.v1.connectivity_restored", mission_name),
                                   timeout_seconds=15)
         assert restored[0].telemetry_connectivity_restored.vehicle_last_sequence == 6
@@ -199,6 +218,7 @@ async def test_a_mission_follows_its_trucks_telemetry(follow_mesh: Mesh, mesh_pk
         assert stops[0].command_id == f"stop-{fault.exception_id}"
         assert stops[0].stop.mode == stream_pb2.StopVehicle.MODE_MINIMAL_RISK_STOP
         counts["events"] = len(await events.all())
+        alive.cancel()
         await session.aclose()
         await channel.close()
     finally:
@@ -270,3 +290,60 @@ async def test_reroute_and_cancel_reach_the_truck_queued_while_it_is_offline(fol
     await session.aclose()
     await channel.close()
     print(f"commands delivered while offline, resent until acked, then never again: {expected}")
+
+
+async def test_leaving_the_planned_route_raises_a_route_deviation(follow_mesh: Mesh, mesh_pki: Pki) -> None:
+    mesh = follow_mesh
+    truck = Truck.mint(mesh_pki.ca, f"RD-{uuid.uuid4().hex[:8].upper()}")
+    mission_name = await _dispatch(mesh, mesh_pki, truck)
+    tenant = carrier_metadata(CARRIER)
+    assert mesh.store is not None
+    client = redis.asyncio.Redis.from_url(mesh.store.url)
+    channel = grpc.aio.secure_channel(mesh.address("telemetry"), truck.credentials())
+    session = Session(channel)
+    async with grpc.aio.secure_channel(mesh.address("mission"), mesh_pki.credentials("operator", "ops")) as ops_ch:
+        missions = mission_service_pb2_grpc.MissionServiceStub(ops_ch)
+        session.send(truck.hello())
+        alive = asyncio.ensure_future(_keep_alive(session))
+        try:
+            [assign] = await wait_for(lambda: session.of("command"), timeout_seconds=15)
+            ack = stream_pb2.CommandAck(command_id=assign.command_id, outcome=stream_pb2.CommandAck.OUTCOME_ACCEPTED)
+            session.send(stream_pb2.StreamTelemetryRequest(command_ack=ack))
+
+            async def mission_now() -> mission_pb2.Mission:
+                return await missions.GetMission(mission_service_pb2.GetMissionRequest(name=mission_name),
+                                                 metadata=tenant, timeout=10)
+
+            mission = await wait_for(lambda: _in(mission_now(), State.STATE_PRE_TRIP), timeout_seconds=15)
+            if mission.check_in_requirement.required:
+                await missions.RecordCheckIn(mission_service_pb2.RecordCheckInRequest(
+                    name=mission_name, check_in=mission_pb2.CheckIn(point=mission_pb2.CheckIn.POINT_DEPARTURE,
+                                                                    outcome=mission_pb2.CheckIn.OUTCOME_PROCEED)),
+                    metadata=tenant, timeout=10)
+            passed = health_check_pb2.HealthCheckResult(check="lidar", blocking=True,
+                                                        outcome=health_check_pb2.HealthCheckResult.OUTCOME_PASS)
+            _send(session, _signed(truck, 1, KIND.KIND_HEALTH, at=HOUSTON, speed_kph=0, health_checks=[passed]))
+            mission = await wait_for(lambda: _in(mission_now(), State.STATE_ENROUTE), timeout_seconds=15)
+            route = mission.planned_route
+            # Two frames on the route, then three 20 km north of it (the corridor is 1 km wide).
+            on_route = _along(route[0], route[1], 2)
+            off_route = [location_pb2.Location(lat=p.lat + 0.18, lon=p.lon) for p in _along(route[1], route[2], 3)]
+            _send(session, *(_signed(truck, 2 + i, KIND.KIND_POSITION, at=p)
+                             for i, p in enumerate([*on_route, *off_route])))
+            deviated = await wait_for(lambda: Events(client).of("haulmesh.telemetry.v1.route_deviated", mission_name),
+                                      timeout_seconds=10)
+            data = deviated[0].telemetry_route_deviated
+            assert data.frames == 3 and data.frame_sequence == 6 and data.distance_meters > 15_000
+            mission = await wait_for(lambda: _in(mission_now(), State.STATE_EXCEPTION), timeout_seconds=15)
+            assert [e.kind for e in mission.exceptions] == [mission_pb2.MissionException.KIND_ROUTE_DEVIATION]
+        finally:
+            alive.cancel()
+            await session.aclose()
+            await channel.close()
+            await client.aclose()
+    print(f"route deviation after 3 off-route frames, {data.distance_meters:.0f} m off the plan")
+
+
+async def _in(mission: Awaitable[mission_pb2.Mission], state: int) -> mission_pb2.Mission | None:
+    current = await mission
+    return current if current.state == state else None
