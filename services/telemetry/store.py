@@ -14,8 +14,9 @@ Keys (``{v}`` is the vehicle id as a Redis Cluster hash tag, so one vehicle's ke
   ``telemetry:{v}:command_acks`` — Stream of every CommandAck received.
 * ``telemetry:{v}:session`` — id of the vehicle's current stream session (newest wins).
 * ``telemetry:vehicles`` — Set of vehicle ids with telemetry (retention sweeps it).
-* ``telemetry:{v}:mission`` — Hash ``carrier``, ``name``, ``mission`` (serialized Mission): the vehicle's current
-  mission, kept from the mission service's events; derived events are published to that carrier's stream.
+* ``telemetry:{v}:mission`` — Hash ``carrier``, ``name``, ``update_ms``, ``mission`` (serialized Mission, empty once
+  it ended): the vehicle's current mission, kept from the mission service's events (newest change wins);
+  derived events are published to that carrier's stream.
 * ``telemetry:{v}:lost`` — set while the vehicle is reported lost (connectivity); taken by whoever
   announces the restoration.
 
@@ -112,9 +113,16 @@ return entry
 _LOST_TTL_SECONDS = 30 * 86400
 
 # KEYS: the vehicle's mission hash. ARGV: the mission name that ended.
-_CLEAR_MISSION_LUA = """
-if redis.call('HGET', KEYS[1], 'name') == ARGV[1] then redis.call('DEL', KEYS[1]) end
-return 0
+# The newest mission change wins, whatever order the events are handled in (replicas of the consumer handle
+# them in parallel): a change older than the one stored is ignored. An ended mission leaves a tombstone
+# (empty ``mission``) so that a late change of it cannot bring it back.
+# KEYS: the vehicle's mission hash. ARGV: mission name, its update time (ms), carrier id, serialized mission
+# ('' when it ended).
+_SET_MISSION_LUA = """
+local stored = tonumber(redis.call('HGET', KEYS[1], 'update_ms') or '-1')
+if tonumber(ARGV[2]) < stored then return 0 end
+redis.call('HSET', KEYS[1], 'name', ARGV[1], 'update_ms', ARGV[2], 'carrier', ARGV[3], 'mission', ARGV[4])
+return 1
 """
 
 
@@ -168,7 +176,7 @@ class TelemetryStore:
         self.config = config or TelemetryConfig()
         self._commit_sha = client.register_script(_COMMIT_LUA).sha  # the Script only names it; see _write
         self._enqueue = client.register_script(_ENQUEUE_LUA)
-        self._clear_mission = client.register_script(_CLEAR_MISSION_LUA)
+        self._set_mission = client.register_script(_SET_MISSION_LUA)
         self._queue: asyncio.Queue[_Pending] | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._waits: set[asyncio.Task[None]] = set()
@@ -482,14 +490,12 @@ class TelemetryStore:
 
     # ---- missions and derived events ------------------------------------------------------------------
 
-    async def set_mission(self, vehicle_id: str, carrier_id: str, name: str, mission: bytes) -> None:
-        """The vehicle's current mission (its name and the serialized Mission) and the carrier it runs for."""
-        await self._redis.hset(_k(vehicle_id, "mission"), mapping={"carrier": carrier_id, "name": name,
-                                                                 "mission": mission})
-
-    async def clear_mission(self, vehicle_id: str, mission_name: str) -> None:
-        """Forget the vehicle's mission if it is still ``mission_name`` (a newer one is kept)."""
-        await self._clear_mission(keys=[_k(vehicle_id, "mission")], args=[mission_name])
+    async def set_mission(self, vehicle_id: str, carrier_id: str, name: str, update_ms: int,
+                          mission: bytes | None) -> bool:
+        """Record a change of the vehicle's mission (``mission`` None: it ended); False when a newer change is
+        already stored (see ``_SET_MISSION_LUA``)."""
+        return bool(await self._set_mission(keys=[_k(vehicle_id, "mission")],
+                                            args=[name, update_ms, carrier_id, mission or b""]))
 
     async def mission(self, vehicle_id: str) -> tuple[str, bytes] | None:
         """``(carrier id, serialized Mission)`` of the vehicle's current mission, None if it has none."""

@@ -145,10 +145,9 @@ class MissionTracking:
             return
         vehicle_id = mission.vehicle.removeprefix("vehicles/")
         carrier_id = event.carrier.removeprefix("carriers/")
-        if mission.state in _ENDED:
-            await self._store.clear_mission(vehicle_id, mission.name)
-        else:
-            await self._store.set_mission(vehicle_id, carrier_id, mission.name, mission.SerializeToString())
+        ended = mission.state in _ENDED
+        await self._store.set_mission(vehicle_id, carrier_id, mission.name, mission.update_time.ToMilliseconds(),
+                                      None if ended else mission.SerializeToString())
         current = self._vehicles.get(vehicle_id)
         if current is not None:
             current.checked = 0.0  # re-read at the next frame; the tracker's state is kept if the mission is
