@@ -12,11 +12,13 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from .errors import RestError, error_response
+from .metrics import HttpMetricsMiddleware
 from .openapi import build_openapi, render_docs
 from .rest import RestGateway
 
@@ -57,7 +59,19 @@ def create_app(ready: Callable[[], Awaitable[bool]], rest: RestGateway | None = 
         return error_response(RestError(name, f"no route for {request.method} {request.url.path}", reason=reason,
                                         http_status=code))
 
-    return Starlette(routes=routes, exception_handlers={404: not_routed, 405: not_routed})
+    fixed = {route.path for route in routes if route.path != "/{path:path}"}
+
+    def route_of(verb: str, path: str) -> str | None:
+        # The label is a template the app declares: a fixed path, or the API route the REST handler will match.
+        if path in fixed:
+            return path
+        if rest is None:
+            return None
+        route, _, _ = rest.routes.match(verb, path)
+        return route.binding.template if route is not None else None
+
+    return Starlette(routes=routes, exception_handlers={404: not_routed, 405: not_routed},
+                     middleware=[Middleware(HttpMetricsMiddleware, route_of=route_of)])
 
 
 class _Server(uvicorn.Server):

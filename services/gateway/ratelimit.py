@@ -16,10 +16,11 @@ from collections.abc import Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from limits import RateLimitItem, parse
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.storage import MemoryStorage, RedisClusterStorage, RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from services.runtime import ConfigError
+from services.runtime._store import cluster_url
 
 from .errors import RestError
 
@@ -53,8 +54,13 @@ class TenantRateLimiter:
             except ValueError:
                 raise ConfigError(f"HAULMESH_RATE_LIMIT must look like '50/second' or 'off', got {raw!r}",
                                   field="HAULMESH_RATE_LIMIT") from None
-        storage: Storage = (RedisStorage(_limits_uri(redis_url), implementation="redispy", key_prefix="ratelimit")
-                            if redis_url else MemoryStorage())
+        storage: Storage = MemoryStorage()
+        if redis_url and cluster_url(redis_url):  # the limiter's own cluster client (keys are carrier-tagged)
+            seed = urlsplit(cluster_url(redis_url))
+            storage = RedisClusterStorage(urlunsplit(("async+redis+cluster", *seed[1:])), implementation="redispy",
+                                          key_prefix="ratelimit", ssl=seed.scheme == "rediss")
+        elif redis_url:
+            storage = RedisStorage(_limits_uri(redis_url), implementation="redispy", key_prefix="ratelimit")
         return cls(item, storage)
 
     async def check(self, carrier: str) -> None:

@@ -38,6 +38,7 @@ from haulmesh.gateway.v1 import webhook_pb2
 from services.runtime import ConfigError, FailedPrecondition, InvalidArgument, new_id
 
 from . import domain
+from .metrics import WEBHOOK_ATTEMPT_DURATION, WEBHOOK_DELIVERIES
 from .store import WebhookStore
 
 __all__ = ["CONSUMER_GROUP", "PUBLIC_EVENT_TYPES", "Dispatcher", "WebhookSettings", "check_destination", "resolve",
@@ -292,8 +293,11 @@ class Dispatcher:
             delivery.ClearField("next_attempt_time")
             _stamp(delivery.complete_time, now)
             await self._finish(carrier, delivery_id, delivery, None)
+            WEBHOOK_DELIVERIES.labels("skipped").inc()
             return
+        began = time.perf_counter()
         result = await self._send(carrier, subscription, delivery.event)
+        WEBHOOK_ATTEMPT_DURATION.observe(time.perf_counter() - began)
         delivery.attempt_count += 1
         delivery.last_status_code = result.status_code or 0
         delivery.last_error = result.error
@@ -315,6 +319,7 @@ class Dispatcher:
         if delivery.state != Delivery.STATE_RETRYING:
             _stamp(delivery.complete_time, _now_seconds())
         await self._finish(carrier, delivery_id, delivery, due_at)
+        WEBHOOK_DELIVERIES.labels(Delivery.State.Name(delivery.state).removeprefix("STATE_").lower()).inc()
         since = await self._store.record_outcome(carrier, subscription_id,
                                                  succeeded=outcome is domain.Outcome.SUCCEEDED, now=now)
         if since is not None and now - since >= self._settings.suspend_after_seconds:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -59,6 +60,7 @@ from .domain import (
     parse_vehicle_name,
     raise_if,
 )
+from .metrics import record_dispatch_ack, record_finished
 from .store import MissionStore
 
 __all__ = ["POLICY", "MissionServicer"]
@@ -136,6 +138,10 @@ def _ts(value: datetime) -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
     ts.FromDatetime(value)
     return ts
+
+
+def _seconds(ts: timestamp_pb2.Timestamp) -> float:
+    return ts.seconds + ts.nanos / 1e9
 
 
 def _now() -> datetime:
@@ -477,6 +483,7 @@ class MissionServicer(mission_service_pb2_grpc.MissionServiceServicer):
 
         mission, changed = await self._store.update_mission(carrier_id, mission_id, mutate)
         if changed and mission.state in _TERMINAL:
+            record_finished(Mission.State.Name(mission.state).removeprefix("STATE_").lower())
             await self._store.release_vehicle(mission.vehicle.removeprefix("vehicles/"), mission.name)
         return mission
 
@@ -501,8 +508,16 @@ class MissionServicer(mission_service_pb2_grpc.MissionServiceServicer):
                                          context: grpc.aio.ServicerContext) -> Mission:
         if not request.HasField("ack_time"):
             raise_if([FieldViolation("ack_time", "is required")])
-        return await self._simple(context, request.name, request.etag, Action.ACKNOWLEDGE,
-                                  lambda m: m.dispatch_ack_time.CopyFrom(request.ack_time))
+        acknowledged: list[bool] = []
+
+        def record(mission: Mission) -> None:
+            mission.dispatch_ack_time.CopyFrom(request.ack_time)
+            acknowledged[:] = [True]  # only on the transition itself (a repeated ack changes nothing)
+
+        mission = await self._simple(context, request.name, request.etag, Action.ACKNOWLEDGE, record)
+        if acknowledged and mission.HasField("dispatch_time"):
+            record_dispatch_ack(_seconds(mission.dispatch_time), _seconds(mission.dispatch_ack_time), time.time())
+        return mission
 
     async def StartMission(self, request: mission_service_pb2.StartMissionRequest,
                            context: grpc.aio.ServicerContext) -> Mission:

@@ -52,8 +52,10 @@ from ._mesh import Mesh, check_health
 from ._metrics import METRICS_REGISTRY, MetricsEndpoint
 from ._names import SERVER_ID, parse_name
 from ._paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, decode_page, encode_page_token, list_page, next_page_token
+from ._rpcmetrics import RpcMetricsInterceptor
 from ._server import Service, run_service
 from ._status import abort, status_of, to_rpc_status
+from ._cluster import wait_durable
 from ._store import EmbeddedStore, connect_async, redact_url, resolve_redis_url
 from ._tenant import CARRIER_METADATA_KEY, carrier
 from ._tls import CertificateFiles, client_credentials, reloading_server_credentials
@@ -97,6 +99,7 @@ __all__ = [
     "PermissionDenied",
     "Policy",
     "ResourceExhausted",
+    "RpcMetricsInterceptor",
     "Service",
     "ServiceConfig",
     "TimeIndex",
@@ -136,4 +139,5 @@ __all__ = [
     "transact",
     "verify_audit_log",
     "verify_relayed_certificate",
+    "wait_durable",
 ]

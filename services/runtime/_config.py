@@ -122,6 +122,9 @@ class ServiceConfig:
     http_port: int = DEFAULT_GATEWAY_HTTP_PORT
     #: Prometheus exposition port on ``listen_host``; 0 turns the endpoint off (the default).
     metrics_port: int = 0
+    #: A plain-text port serving only grpc.health.v1, for the kubelet's native gRPC probes (which can present
+    #: no client certificate); 0 turns it off (the default). It reveals nothing but serving status.
+    health_port: int = 0
     #: The gateway's HTTPS listener for trucks, mTLS with the mesh CA (unused by other services).
     device_port: int = DEFAULT_GATEWAY_DEVICE_PORT
 
@@ -154,6 +157,7 @@ class ServiceConfig:
             log_level=log_level,
             http_port=_port(env, "HAULMESH_HTTP_PORT", DEFAULT_GATEWAY_HTTP_PORT),
             metrics_port=_optional_port(env, "HAULMESH_METRICS_PORT"),
+            health_port=_optional_port(env, "HAULMESH_HEALTH_PORT"),
             device_port=_port(env, "HAULMESH_GATEWAY_DEVICE_PORT", DEFAULT_GATEWAY_DEVICE_PORT),
         )
 

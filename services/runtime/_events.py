@@ -30,11 +30,13 @@ from typing import Any, TypeVar
 
 import redis.asyncio
 from google.protobuf.message import Message
+from prometheus_client import Counter, Gauge
 from redis.asyncio.client import Pipeline
 
 from haulmesh.events.v1 import event_pb2
 
 from ._keys import FLEET, new_id
+from ._metrics import METRICS_REGISTRY
 
 __all__ = [
     "STREAMS_KEY",
@@ -57,6 +59,26 @@ STREAMS_KEY = "events:streams"
 DOORBELL = "events:doorbell"
 _DATA_FIELDS = frozenset(f.name for f in event_pb2.Event.DESCRIPTOR.oneofs_by_name["data"].fields)
 _registered: weakref.WeakKeyDictionary[redis.asyncio.Redis, set[str]] = weakref.WeakKeyDictionary()
+
+
+# Consumer health, per group only (never per carrier stream: one stream per carrier would be a series per
+# carrier). Every replica of a group reports the same group-wide figures, so dashboards and alerts take
+# max by (group), not sum. Refreshed by the consumer loop every METRICS_REFRESH_SECONDS, not per scrape:
+# the scrape runs on the metrics thread, away from the event loop that owns the store client.
+CONSUMER_PENDING = Gauge("haulmesh_events_consumer_pending", "Entries delivered to the group and not yet "
+                         "acknowledged, summed over every event stream (XINFO GROUPS pending).", ["group"],
+                         registry=METRICS_REGISTRY)
+CONSUMER_LAG = Gauge("haulmesh_events_consumer_lag", "Entries not yet delivered to the group, summed over every "
+                     "event stream (XINFO GROUPS lag).", ["group"], registry=METRICS_REGISTRY)
+DLQ_DEPTH = Gauge("haulmesh_events_dlq_depth", "Entries in the group's dead-letter stream (XLEN dlq:{group}).",
+                  ["group"], registry=METRICS_REGISTRY)
+DEAD_LETTERED = Counter("haulmesh_events_dead_lettered_total", "Events this process moved to the group's "
+                        "dead-letter stream after max_deliveries failed attempts.", ["group"],
+                        registry=METRICS_REGISTRY)
+EVENTS_HANDLED = Counter("haulmesh_events_handled_total", "Events whose handler succeeded, by group.", ["group"],
+                         registry=METRICS_REGISTRY)
+#: How often a consumer refreshes its group's gauges: a few commands per carrier stream each time.
+METRICS_REFRESH_SECONDS = 15.0
 
 
 def event_stream_key(tag: str) -> str:
@@ -152,6 +174,10 @@ class EventConsumer:
         # Claims are for entries idle for claim_idle_ms: looking twice as often is soon enough.
         self._reclaim_interval = max(0.01, min(claim_idle_ms / 2000, 5.0))
         self._reclaimed_at = 0.0
+        self._measured_at = -METRICS_REFRESH_SECONDS
+        self._dead_lettered = DEAD_LETTERED.labels(group)
+        self._handled_counter = EVENTS_HANDLED.labels(group)
+        DLQ_DEPTH.labels(group)  # exported (at 0) from the start, so an alert sees the group before a failure
 
     def _done_key(self, event_id: str) -> str:
         return f"events:done:{{{self.group}}}:{event_id}"
@@ -191,6 +217,9 @@ class EventConsumer:
                 if now - swept >= self._sweep_seconds:
                     dirty.update(await self._streams(refresh=True))
                     swept = now
+                if now - self._measured_at >= METRICS_REFRESH_SECONDS:
+                    self._measured_at = now
+                    await self._measure()
                 if now - self._reclaimed_at >= self._reclaim_interval:
                     self._reclaimed_at = now
                     for stream in await self._streams():
@@ -206,6 +235,24 @@ class EventConsumer:
                     message = await pubsub.get_message(timeout=0)
         finally:
             await pubsub.aclose()
+
+    async def _measure(self) -> None:
+        """Refresh the group's pending, lag and dead-letter gauges (read-only; a failure only logs)."""
+        pending = lag = 0
+        try:
+            for stream in list(self._grouped):
+                for info in await self._redis.xinfo_groups(stream):
+                    if _text(info.get("name")) == self.group:
+                        pending += int(info.get("pending") or 0)
+                        # lag is nil when Redis cannot tell (entries deleted mid-stream): count none then.
+                        lag += int(info.get("lag") or 0)
+            depth = await self._redis.xlen(dlq_key(self.group))
+        except redis.RedisError as exc:
+            _log.debug("group %s: metrics not refreshed: %s", self.group, exc)
+            return
+        CONSUMER_PENDING.labels(self.group).set(pending)
+        CONSUMER_LAG.labels(self.group).set(lag)
+        DLQ_DEPTH.labels(self.group).set(depth)
 
     async def _drain(self, stream: str) -> None:
         if stream not in self._grouped:
@@ -267,6 +314,7 @@ class EventConsumer:
             pipe.xack(stream, self.group, entry_id)
             await pipe.execute()
         self.handled += 1
+        self._handled_counter.inc()
 
     async def _dead_letter(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], exc: Exception) -> None:
         _log.error("group %s: event %s dead-lettered after %d deliveries: %s", self.group,
@@ -274,6 +322,11 @@ class EventConsumer:
         await self._redis.xadd(dlq_key(self.group), {
             **fields, "stream": stream, "entry": entry_id, "error": f"{type(exc).__name__}: {exc}"[:500]})
         await self._redis.xack(stream, self.group, entry_id)
+        self._dead_lettered.inc()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,8 @@ class Mesh:
     device_port: int | None = None
     redis_url: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: ``HAULMESH_METRICS_PORT`` per service (each child needs its own port; ``extra_env`` is shared).
+    metrics_ports: dict[str, int] = field(default_factory=dict)
     grace_period_seconds: float = 10.0
     children: dict[str, _Child] = field(default_factory=dict)
     store: StoreInfo | None = None
@@ -94,6 +96,8 @@ class Mesh:
         })
         env.update({f"HAULMESH_{peer.upper()}_ADDR": self.address(peer) for peer in MESH_SERVICES})
         env.update(self.extra_env)
+        if name in self.metrics_ports:
+            env["HAULMESH_METRICS_PORT"] = str(self.metrics_ports[name])
         return env
 
     async def start(self, *, timeout_seconds: float = 60.0) -> float:
@@ -172,6 +176,7 @@ class Mesh:
     def describe(self) -> list[tuple[str, str]]:
         """(what, where) rows for the terminal."""
         rows = [(name, f"grpcs://{self.address(name)}") for name in MESH_SERVICES]
+        rows += [(f"{name} metrics", f"http://127.0.0.1:{port}/metrics") for name, port in self.metrics_ports.items()]
         rows.append(("gateway (HTTP)", f"http://127.0.0.1:{self.http_port}"))
         rows.append(("gateway (HTTPS for trucks, mTLS)", f"https://127.0.0.1:{self.device_port}"))
         if self.store is not None:

@@ -29,6 +29,7 @@ from ._errors import ConfigError, HaulmeshError
 from ._events import EventConsumer, Handler
 from ._logging import configure_logging
 from ._metrics import MetricsEndpoint
+from ._rpcmetrics import RpcMetricsInterceptor
 from ._store import connect_async, redact_url, resolve_redis_url
 from ._tls import CertificateFiles, reloading_server_credentials
 
@@ -48,7 +49,9 @@ class Service:
         self._redis_url = resolve_redis_url(config.redis_url, config.state_dir)
         self._redis: redis.asyncio.Redis | None = None
         self.server = grpc.aio.server(
-            interceptors=[AuthorizationInterceptor(policy, AuditLog(self.redis, config.service_name))],
+            # RPC metrics first: they then count the authorization check's refusals too.
+            interceptors=[RpcMetricsInterceptor(),
+                          AuthorizationInterceptor(policy, AuditLog(self.redis, config.service_name))],
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
@@ -56,6 +59,8 @@ class Service:
             ],
         )
         self.health = health.aio.HealthServicer()
+        #: The plain-text probe listener (HAULMESH_HEALTH_PORT), health only; None when off.
+        self._probe_server: grpc.aio.Server | None = None
         self.channels = Channels(self._files, call_timeout_seconds=config.call_timeout_seconds,
                                  max_message_bytes=config.max_message_bytes)
         self._services: dict[str, ServiceDescriptor] = {}
@@ -128,6 +133,7 @@ class Service:
             raise ConfigError(f"cannot listen on {self.config.listen_address}: {exc}", field="HAULMESH_PORT") from exc
         # Before the store wait, so a process stuck waiting for its store can still be scraped and seen.
         self.metrics.start()
+        await self._start_probe_listener()
         await self._wait_for_store()
         await self.server.start()
         for run, _ in self._companions:
@@ -138,6 +144,18 @@ class Service:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         _log.info("%s serving on %s (store %s)", self.config.service_name,
                   self.config.listen_address, redact_url(self._redis_url))
+
+    async def _start_probe_listener(self) -> None:
+        if not self.config.health_port:
+            return
+        self._probe_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._probe_server)
+        address = f"{self.config.listen_host}:{self.config.health_port}"
+        try:
+            self._probe_server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise ConfigError(f"cannot listen on {address}: {exc}", field="HAULMESH_HEALTH_PORT") from exc
+        await self._probe_server.start()
 
     async def _wait_for_store(self, timeout_seconds: float = 30.0) -> None:
         loop = asyncio.get_running_loop()
@@ -181,6 +199,8 @@ class Service:
         await self.channels.close()
         if self._redis is not None:
             await self._redis.aclose()
+        if self._probe_server is not None:  # after the main server: the kubelet sees NOT_SERVING till the end
+            await self._probe_server.stop(0)
         # Last, so the final counts of the drain can still be scraped.
         await asyncio.to_thread(self.metrics.stop)
 

@@ -25,11 +25,13 @@ from urllib.parse import quote, urlsplit
 import redis
 import redis.asyncio
 
+from ._cluster import ClusterClient
 from ._errors import ConfigError, Unavailable
 
 __all__ = [
     "EmbeddedStore",
     "StoreInfo",
+    "cluster_url",
     "connect_async",
     "ensure_embedded_store",
     "redact_url",
@@ -240,11 +242,26 @@ def resolve_redis_url(redis_url: str | None, state_dir: Path) -> str:
     """``REDIS_URL`` when set, else the embedded store of ``state_dir`` (started if needed)."""
     if redis_url:
         scheme = urlsplit(redis_url).scheme
-        if scheme not in {"redis", "rediss", "unix"}:
-            raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, got {scheme}://",
-                              field="REDIS_URL")
+        if scheme not in {"redis", "rediss", "unix", *_CLUSTER_SCHEMES}:
+            raise ConfigError(f"REDIS_URL must start with redis://, rediss://, unix:// or (Redis Cluster) "
+                              f"redis+cluster:// or rediss+cluster://, got {scheme}://", field="REDIS_URL")
         return redis_url
     return ensure_embedded_store(state_dir).url
+
+
+#: URL schemes naming a Redis Cluster (any node seeds the slot map), and the scheme each node speaks.
+_CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+def cluster_url(url: str) -> str | None:
+    """The seed node URL when ``url`` names a Redis Cluster (``redis+cluster://``, ``rediss+cluster://``, or
+    any ``redis(s)://`` URL while ``HAULMESH_REDIS_CLUSTER=1``), else None."""
+    parts = urlsplit(url)
+    if parts.scheme in _CLUSTER_SCHEMES:
+        return parts._replace(scheme=_CLUSTER_SCHEMES[parts.scheme]).geturl()
+    if os.environ.get("HAULMESH_REDIS_CLUSTER") == "1" and parts.scheme in {"redis", "rediss"}:
+        return url
+    return None
 
 
 def connect_async(url: str, *, socket_timeout_seconds: float = 5.0, max_connections: int = 256) -> redis.asyncio.Redis:
@@ -252,8 +269,15 @@ def connect_async(url: str, *, socket_timeout_seconds: float = 5.0, max_connecti
 
     The pool blocks a caller until a connection is free (up to the socket timeout) instead of failing:
     a burst of truck streams or REST calls queues for a moment rather than erroring, and the store never
-    sees more than ``max_connections`` clients from one process.
+    sees more than ``max_connections`` clients from one process. A cluster URL (:func:`cluster_url`) gives a
+    :class:`~._cluster.ClusterClient`: the same commands, pipelines and transactions, routed by slot.
     """
+    seed = cluster_url(url)
+    if seed is not None:
+        return ClusterClient.from_url(  # type: ignore[return-value]
+            seed, max_connections=max_connections, node_max_connections=max(8, max_connections // 4),
+            socket_timeout=socket_timeout_seconds, socket_connect_timeout=socket_timeout_seconds,
+            health_check_interval=30)
     pool = redis.asyncio.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,

@@ -14,12 +14,28 @@ from dataclasses import dataclass
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from prometheus_client import Gauge
 
 from ._config import TlsConfig
+from ._metrics import METRICS_REGISTRY
 
 __all__ = ["CertificateFiles", "client_credentials", "reloading_server_credentials"]
 
 _log = logging.getLogger("haulmesh.tls")
+
+#: When this workload's certificates expire, set whenever they are (re)loaded: the alert rules page on
+#: a rotation that did not happen (deploy/prometheus/rules.yaml, docs/runbooks/CertificateExpiring*.md).
+CERTIFICATE_EXPIRY = Gauge("haulmesh_certificate_expiry_timestamp_seconds", "Unix time at which this process's "
+                           "certificate expires, by kind: leaf (its own identity) or ca (the trust bundle's "
+                           "first certificate).", ["kind"], registry=METRICS_REGISTRY)
+
+
+def _export_expiry(material: _Material) -> None:
+    for kind, pem in (("leaf", material.cert_pem), ("ca", material.ca_pem)):
+        try:
+            CERTIFICATE_EXPIRY.labels(kind).set(x509.load_pem_x509_certificate(pem).not_valid_after_utc.timestamp())
+        except ValueError:  # an unparsable bundle fails the handshakes loudly; the gauge keeps its last value
+            _log.warning("cannot read the %s certificate's expiry", kind)
 
 
 @dataclass(frozen=True)
@@ -58,6 +74,7 @@ class CertificateFiles:
         self._material = self._read()
         if self._material is None:
             raise ValueError(f"certificate {tls.cert_file} does not match key {tls.key_file}")
+        _export_expiry(self._material)
 
     def _read(self) -> _Material | None:
         stamp = _stamp(self._tls)
@@ -88,6 +105,7 @@ class CertificateFiles:
                 _log.warning("certificate and key do not match (rotation in progress?); keeping current pair")
                 return None
             self._material = material
+            _export_expiry(material)
             _log.info("reloaded certificate %s", self._tls.cert_file)
             return material
 

@@ -39,7 +39,7 @@ from redis.asyncio.client import Pipeline
 
 from haulmesh.events.v1 import event_pb2
 from haulmesh.telemetry.v1 import stream_pb2
-from services.runtime import Unavailable, add_event, transact
+from services.runtime import Unavailable, add_event, transact, wait_durable
 
 from . import metrics
 from .domain import TelemetryConfig, Verified
@@ -269,8 +269,8 @@ class TelemetryStore:
         assert self._inflight is not None
         try:
             timeout_ms = int(self.config.durable_timeout_seconds * 1000)
-            local, _ = await self._redis.execute_command("WAITAOF", 1, 0, timeout_ms)
-            if int(local) < 1:
+            # On the stores (every primary, on a cluster) that took the group's writes: see wait_durable.
+            if not await wait_durable(self._redis, [_k(item.vehicle_id, "frames") for item in group], timeout_ms):
                 raise Unavailable("store did not confirm the fsync in time; frames not acknowledged",
                                   reason="NOT_DURABLE")
         except Exception as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -40,6 +41,7 @@ from . import domain
 from .domain import Action, State
 from .eligibility import EligibilityPolicy
 from .filters import parse_filter
+from .metrics import TENDER_PROCESSING
 from .store import UNCHANGED, TenderStore, already_exists
 
 __all__ = ["POLICY", "Fleet", "TenderBook", "TenderServicer"]
@@ -475,7 +477,14 @@ class TenderServicer(tender_service_pb2_grpc.TenderServiceServicer):
         self._book = book
 
     async def CreateTender(self, request, context):
-        return await self._book.create(carrier(context), request)
+        began = time.perf_counter()
+        outcome = "failed"
+        try:
+            tender = await self._book.create(carrier(context), request)
+            outcome = "rejected" if tender.state == State.STATE_REJECTED else "offered"
+            return tender
+        finally:
+            TENDER_PROCESSING.labels(outcome).observe(time.perf_counter() - began)
 
     async def GetTender(self, request, context):
         return await self._book.get(carrier(context), request.name)

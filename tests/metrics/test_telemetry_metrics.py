@@ -42,10 +42,12 @@ async def test_every_series_is_exported_before_any_traffic(metered: MeteredTelem
     assert value(samples, f"{FRESHNESS}_bucket", le="2.0") >= 0
     assert value(samples, f"{CPU}_bucket", le="+Inf") >= 0
     assert value(samples, "process_resident_memory_bytes") > 0
-    # No vehicle labels anywhere: the label names in use are the ones this module expects.
+    # No vehicle labels anywhere: the label names in use are the ones this module and the runtime's RPC,
+    # consumer and certificate metrics expect.
     assert {k for _, labels in samples for k, _ in labels} <= {"outcome", "reason", "le", "implementation",
                                                                 "major", "minor", "patchlevel", "version",
-                                                                "generation"}
+                                                                "generation", "service", "method", "code",
+                                                                "direction", "group", "kind"}
 
 
 async def test_counts_equal_what_the_truck_sent(metered: MeteredTelemetry, truck: Truck,

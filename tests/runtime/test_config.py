@@ -43,3 +43,12 @@ def test_missing_certificate_is_named(tmp_path: Path) -> None:
     config = ServiceConfig.from_env("tender", {"HAULMESH_STATE_DIR": str(tmp_path)})
     with pytest.raises(ConfigError, match=r"ca\.pem does not exist"):
         config.tls.check_readable()
+
+
+def test_the_probe_port_is_off_by_default_and_checked() -> None:
+    assert ServiceConfig.from_env("billing", {}).health_port == 0
+    assert ServiceConfig.from_env("billing", {"HAULMESH_HEALTH_PORT": "9465"}).health_port == 9465
+    for bad in ("http", "-1", "70000"):
+        with pytest.raises(ConfigError) as caught:
+            ServiceConfig.from_env("billing", {"HAULMESH_HEALTH_PORT": bad})
+        assert caught.value.field == "HAULMESH_HEALTH_PORT"

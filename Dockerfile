@@ -1,0 +1,59 @@
+# syntax=docker/dockerfile:1
+# The one image every Haulmesh service runs (the Helm chart starts it as `python -m services.<name>`).
+# Build from the repository root:  docker build -t haulmesh:0.1.0 .
+# Multi-stage: the builder generates the contracts' code (scripts/protos/gen.sh, the same script as
+# `make protos`) and installs the pinned dependencies into a virtualenv; the runtime stage gets that virtualenv
+# and the source tree only: no compilers, no proto tools, no secrets (certificates and REDIS_URL come from
+# Kubernetes Secrets at run time), owned by root and run as an unprivileged user.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+# Dependencies first (their layer survives source changes). Every pin is read from pyproject.toml, so the
+# image cannot drift from what the tests ran with: the runtime dependencies into /opt/venv, the code
+# generators (grpcio-tools, mypy-protobuf from the dev extra) into a throw-away /opt/protoc.
+COPY pyproject.toml ./
+RUN python - <<'PY'
+import tomllib
+
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+runtime = project["dependencies"]
+generators = [d for d in project["optional-dependencies"]["dev"] if d.startswith(("grpcio-tools==", "mypy-protobuf=="))]
+googleapis = [d for d in runtime if d.startswith("googleapis-common-protos==")]
+open("/tmp/runtime.txt", "w").write("\n".join(runtime) + "\n")
+open("/tmp/protoc.txt", "w").write("\n".join(generators + googleapis) + "\n")
+PY
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install -r /tmp/runtime.txt \
+ && python -m venv /opt/protoc && /opt/protoc/bin/pip install -r /tmp/protoc.txt
+COPY protos/ protos/
+COPY scripts/protos/ scripts/protos/
+RUN PYTHON=/opt/protoc/bin/python bash scripts/protos/gen.sh
+COPY services/ services/
+COPY edge_client/ edge_client/
+# Byte-compile our code now (pip already did the dependencies): the root filesystem is read-only at run time.
+RUN /opt/venv/bin/python -m compileall -q services edge_client haulmesh
+
+FROM ${PYTHON_IMAGE} AS runtime
+LABEL org.opencontainers.image.title="haulmesh" \
+      org.opencontainers.image.description="Haulmesh services: tender, mission, telemetry, billing, gateway" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/app \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HAULMESH_LISTEN_HOST=0.0.0.0 \
+    HAULMESH_STATE_DIR=/var/lib/haulmesh
+RUN groupadd --system --gid 10001 haulmesh \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin haulmesh \
+ && mkdir -p /var/lib/haulmesh && chown 10001:10001 /var/lib/haulmesh
+COPY --from=builder /opt/venv /opt/venv
+COPY --from=builder /src/services /app/services
+COPY --from=builder /src/edge_client /app/edge_client
+COPY --from=builder /src/haulmesh /app/haulmesh
+WORKDIR /app
+# The only writable place the services need (local state); Kubernetes mounts an emptyDir here.
+VOLUME ["/var/lib/haulmesh"]
+USER 10001:10001
+EXPOSE 50051 50052 50053 50054 50055 8080 8443 9464 9465
+CMD ["python", "-m", "services.gateway"]

@@ -1,0 +1,386 @@
+{{/*
+Shared definitions. Every service template (tender.yaml, mission.yaml, ...) is one call of "haulmesh.service",
+so the five services cannot drift apart; what differs between them is in "haulmesh.topology" below.
+*/}}
+
+{{- define "haulmesh.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "haulmesh.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Labels on everything the release makes. */}}
+{{- define "haulmesh.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ include "haulmesh.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: haulmesh
+{{- end }}
+
+{{/* Selector labels of one component: (dict "root" $ "name" "tender"). */}}
+{{- define "haulmesh.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "haulmesh.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .name }}
+{{- end }}
+
+{{/*
+Who is who: each service's gRPC port (the runtime's defaults, services/runtime/_config.py), its extra ports, and
+the services that call it (the stub(...) calls in each service's __main__.py and the gateway's transcoding of every
+haulmesh.<area>.v1 API, its own webhook API included). The NetworkPolicies admit exactly these callers.
+*/}}
+{{- define "haulmesh.topology" -}}
+tender:
+  grpcPort: 50051
+  grpcService: haulmesh.tender.v1.TenderService
+  callers: [gateway]
+mission:
+  grpcPort: 50052
+  grpcService: haulmesh.mission.v1.MissionService
+  callers: [gateway, tender, telemetry]
+telemetry:
+  grpcPort: 50053
+  grpcService: haulmesh.telemetry.v1.TelemetryService
+  callers: [gateway]
+billing:
+  grpcPort: 50054
+  grpcService: haulmesh.billing.v1.BillingService
+  callers: [gateway, tender, mission]
+gateway:
+  grpcPort: 50055
+  grpcService: haulmesh.gateway.v1.WebhookService
+  callers: [gateway]
+  httpPort: 8080
+  devicePort: 8443
+{{- end }}
+
+{{- define "haulmesh.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{- define "haulmesh.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "haulmesh.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret holding REDIS_URL, and its key. */}}
+{{- define "haulmesh.redisSecretName" -}}
+{{- if .Values.redis.existingSecret }}
+{{- .Values.redis.existingSecret }}
+{{- else }}
+{{- printf "%s-redis" (include "haulmesh.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{- define "haulmesh.redisSecretKey" -}}
+{{- if .Values.redis.existingSecret }}
+{{- .Values.redis.existingSecretKey }}
+{{- else }}
+{{- "url" }}
+{{- end }}
+{{- end }}
+
+{{/* The TLS Secret of one service: (dict "root" $ "name" "tender"). */}}
+{{- define "haulmesh.tlsSecretName" -}}
+{{- $svc := index .root.Values.services .name }}
+{{- default (printf "%s-%s-tls" (include "haulmesh.fullname" .root) .name) $svc.tlsSecretName }}
+{{- end }}
+
+{{/* Pod-level hardening shared by every workload of the chart. */}}
+{{- define "haulmesh.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.securityContext.runAsUser }}
+runAsGroup: {{ .Values.securityContext.runAsGroup }}
+fsGroup: {{ .Values.securityContext.fsGroup }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "haulmesh.containerSecurityContext" -}}
+runAsNonRoot: true
+readOnlyRootFilesystem: true
+allowPrivilegeEscalation: false
+privileged: false
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/*
+One service: its Deployment and its ClusterIP Service. Called as (dict "root" $ "name" "tender") by the
+service's own template.
+*/}}
+{{- define "haulmesh.service" -}}
+{{- $root := .root }}
+{{- $name := .name }}
+{{- $fullname := include "haulmesh.fullname" $root }}
+{{- $topology := include "haulmesh.topology" $root | fromYaml }}
+{{- $me := index $topology $name }}
+{{- $svc := index $root.Values.services $name }}
+{{- $autoscaling := index $root.Values.autoscaling $name | default dict }}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ $fullname }}-{{ $name }}
+  labels:
+    {{- include "haulmesh.labels" $root | nindent 4 }}
+    app.kubernetes.io/component: {{ $name }}
+spec:
+  {{- if not $autoscaling.enabled }}
+  replicas: {{ $svc.replicas }}
+  {{- end }}
+  revisionHistoryLimit: 5
+  selector:
+    matchLabels:
+      {{- include "haulmesh.selectorLabels" . | nindent 6 }}
+  strategy:
+    type: RollingUpdate
+    rollingUpdate:
+      maxUnavailable: 0
+      maxSurge: 1
+  template:
+    metadata:
+      labels:
+        {{- include "haulmesh.labels" $root | nindent 8 }}
+        app.kubernetes.io/component: {{ $name }}
+        {{- with $svc.podLabels }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      annotations:
+        {{- /* A change of the chart-made Redis Secret rolls the pods (the URL is read at start-up). */}}
+        checksum/redis: {{ printf "%s|%s|%v" $root.Values.redis.url $root.Values.redis.existingSecret $root.Values.valkey.enabled | sha256sum | trunc 16 }}
+        {{- with $svc.podAnnotations }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+    spec:
+      serviceAccountName: {{ include "haulmesh.serviceAccountName" $root }}
+      # The services never call the Kubernetes API.
+      automountServiceAccountToken: false
+      enableServiceLinks: false
+      {{- with $root.Values.imagePullSecrets }}
+      imagePullSecrets:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $svc.priorityClassName }}
+      priorityClassName: {{ . }}
+      {{- end }}
+      terminationGracePeriodSeconds: {{ $svc.terminationGracePeriodSeconds }}
+      securityContext:
+        {{- include "haulmesh.podSecurityContext" $root | nindent 8 }}
+      containers:
+        - name: {{ $name }}
+          image: {{ include "haulmesh.image" $root }}
+          imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+          command: ["python", "-m", "services.{{ $name }}"]
+          securityContext:
+            {{- include "haulmesh.containerSecurityContext" $root | nindent 12 }}
+          ports:
+            - name: grpc
+              containerPort: {{ $me.grpcPort }}
+              protocol: TCP
+            - name: health
+              containerPort: {{ $root.Values.health.port }}
+              protocol: TCP
+            {{- if $root.Values.metrics.enabled }}
+            - name: metrics
+              containerPort: {{ $root.Values.metrics.port }}
+              protocol: TCP
+            {{- end }}
+            {{- if $me.httpPort }}
+            - name: http
+              containerPort: {{ $me.httpPort }}
+              protocol: TCP
+            - name: device
+              containerPort: {{ $me.devicePort }}
+              protocol: TCP
+            {{- end }}
+          env:
+            - name: HAULMESH_LISTEN_HOST
+              value: "0.0.0.0"
+            - name: HAULMESH_PORT
+              value: {{ $me.grpcPort | quote }}
+            - name: HAULMESH_HEALTH_PORT
+              value: {{ $root.Values.health.port | quote }}
+            - name: HAULMESH_METRICS_PORT
+              value: {{ ternary $root.Values.metrics.port 0 $root.Values.metrics.enabled | quote }}
+            {{- if $me.httpPort }}
+            - name: HAULMESH_HTTP_PORT
+              value: {{ $me.httpPort | quote }}
+            - name: HAULMESH_GATEWAY_DEVICE_PORT
+              value: {{ $me.devicePort | quote }}
+            {{- end }}
+            - name: HAULMESH_STATE_DIR
+              value: /var/lib/haulmesh
+            - name: HAULMESH_TLS_CA_FILE
+              value: /etc/haulmesh/tls/ca.crt
+            - name: HAULMESH_TLS_CERT_FILE
+              value: /etc/haulmesh/tls/tls.crt
+            - name: HAULMESH_TLS_KEY_FILE
+              value: /etc/haulmesh/tls/tls.key
+            {{- /* Short Service names: the names `haulmesh pki` and cert-manager put in the certificates. */}}
+            {{- range $peer, $peerTopology := $topology }}
+            - name: HAULMESH_{{ upper $peer }}_ADDR
+              value: "{{ $fullname }}-{{ $peer }}:{{ $peerTopology.grpcPort }}"
+            {{- end }}
+            - name: REDIS_URL
+              valueFrom:
+                secretKeyRef:
+                  name: {{ include "haulmesh.redisSecretName" $root }}
+                  key: {{ include "haulmesh.redisSecretKey" $root }}
+            {{- if eq $name "gateway" }}
+            {{- with $root.Values.gatewayAuth }}
+            {{- if .jwksUrl }}
+            - name: HAULMESH_JWKS_URL
+              value: {{ .jwksUrl | quote }}
+            {{- else if .jwksConfigMap.name }}
+            - name: HAULMESH_JWKS_FILE
+              value: /etc/haulmesh/jwks/{{ .jwksConfigMap.key }}
+            {{- end }}
+            {{- with .issuer }}
+            - name: HAULMESH_JWT_ISSUER
+              value: {{ . | quote }}
+            {{- end }}
+            {{- with .audience }}
+            - name: HAULMESH_JWT_AUDIENCE
+              value: {{ . | quote }}
+            {{- end }}
+            {{- end }}
+            {{- end }}
+            {{- range $key, $value := merge (deepCopy $svc.env) $root.Values.env }}
+            - name: {{ $key }}
+              value: {{ $value | toString | quote }}
+            {{- end }}
+            {{- with $svc.extraEnv }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+          {{- /* Native gRPC probes: grpc.health.v1 on the plain-text health port (the kubelet has no client certificate). */}}
+          startupProbe:
+            grpc:
+              port: {{ $root.Values.health.port }}
+            periodSeconds: {{ $root.Values.probes.startup.periodSeconds }}
+            timeoutSeconds: {{ $root.Values.probes.startup.timeoutSeconds }}
+            failureThreshold: {{ $root.Values.probes.startup.failureThreshold }}
+          livenessProbe:
+            grpc:
+              port: {{ $root.Values.health.port }}
+              service: ""
+            initialDelaySeconds: {{ $root.Values.probes.liveness.initialDelaySeconds }}
+            periodSeconds: {{ $root.Values.probes.liveness.periodSeconds }}
+            timeoutSeconds: {{ $root.Values.probes.liveness.timeoutSeconds }}
+            failureThreshold: {{ $root.Values.probes.liveness.failureThreshold }}
+          readinessProbe:
+            grpc:
+              port: {{ $root.Values.health.port }}
+              service: {{ $me.grpcService }}
+            initialDelaySeconds: {{ $root.Values.probes.readiness.initialDelaySeconds }}
+            periodSeconds: {{ $root.Values.probes.readiness.periodSeconds }}
+            timeoutSeconds: {{ $root.Values.probes.readiness.timeoutSeconds }}
+            failureThreshold: {{ $root.Values.probes.readiness.failureThreshold }}
+          resources:
+            {{- toYaml $svc.resources | nindent 12 }}
+          volumeMounts:
+            - name: tls
+              mountPath: /etc/haulmesh/tls
+              readOnly: true
+            - name: state
+              mountPath: /var/lib/haulmesh
+            - name: tmp
+              mountPath: /tmp
+            {{- if and (eq $name "gateway") (not $root.Values.gatewayAuth.jwksUrl) $root.Values.gatewayAuth.jwksConfigMap.name }}
+            - name: jwks
+              mountPath: /etc/haulmesh/jwks
+              readOnly: true
+            {{- end }}
+      volumes:
+        {{- /* A whole-Secret mount (no subPath): rotated certificates appear in place and are re-read. */}}
+        - name: tls
+          secret:
+            secretName: {{ include "haulmesh.tlsSecretName" . }}
+            defaultMode: 0440
+        - name: state
+          emptyDir:
+            sizeLimit: 256Mi
+        - name: tmp
+          emptyDir:
+            medium: Memory
+            sizeLimit: 64Mi
+        {{- if and (eq $name "gateway") (not $root.Values.gatewayAuth.jwksUrl) $root.Values.gatewayAuth.jwksConfigMap.name }}
+        - name: jwks
+          configMap:
+            name: {{ $root.Values.gatewayAuth.jwksConfigMap.name }}
+        {{- end }}
+      {{- with $svc.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $svc.tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $svc.affinity }}
+      affinity:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $svc.topologySpreadConstraints }}
+      topologySpreadConstraints:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ $fullname }}-{{ $name }}
+  labels:
+    {{- include "haulmesh.labels" $root | nindent 4 }}
+    app.kubernetes.io/component: {{ $name }}
+spec:
+  type: ClusterIP
+  selector:
+    {{- include "haulmesh.selectorLabels" . | nindent 4 }}
+  ports:
+    - name: grpc
+      port: {{ $me.grpcPort }}
+      targetPort: grpc
+      protocol: TCP
+      appProtocol: grpc
+    {{- if $root.Values.metrics.enabled }}
+    - name: metrics
+      port: {{ $root.Values.metrics.port }}
+      targetPort: metrics
+      protocol: TCP
+      appProtocol: http
+    {{- end }}
+    {{- if $me.httpPort }}
+    - name: http
+      port: {{ $me.httpPort }}
+      targetPort: http
+      protocol: TCP
+      appProtocol: http
+    - name: device
+      port: {{ $me.devicePort }}
+      targetPort: device
+      protocol: TCP
+      appProtocol: https
+    {{- end }}
+{{- end }}

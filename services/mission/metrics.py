@@ -1,0 +1,52 @@
+"""The mission service's Prometheus metrics: dispatch-ack latency and how missions end.
+
+Dispatch ack (the seed's "dispatch ack time" SLO, < 30 s, < 5 s where an SLA requires it) is the time from
+the mission's ``dispatch_time`` (the mission service's clock, when CreateMission committed the assignment)
+to the truck acknowledging the assignment command. Two measures of it:
+
+* ``aurora_mission_latency_seconds`` (the seed's name): ``dispatch_ack_time - dispatch_time`` as recorded on
+  the mission, i.e. the truck's own ack time (its clock, trusted within the telemetry service's skew
+  window). What the TMS sees on the mission resource.
+* ``haulmesh_mission_dispatch_ack_seconds``: the mission service's clock only, from ``dispatch_time`` until it
+  recorded the ack. It includes the event pipeline (truck → telemetry → event → mission) and no clock skew,
+  so it is the one the SLO alerts use (deploy/prometheus/rules.yaml).
+
+A truck offline at dispatch acks when it reconnects: that wait is part of both measures, as the TMS feels it.
+
+Mission success: ``haulmesh_missions_finished_total{outcome}`` counts missions reaching a terminal state
+(completed, aborted, cancelled). The SLO (> 99 %) is completed / (completed + aborted): a cancellation is the
+customer's decision, not a failed mission. No mission, vehicle or carrier label.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+from services.runtime import METRICS_REGISTRY
+
+__all__ = ["DISPATCH_ACK", "MISSIONS_FINISHED", "MISSION_LATENCY", "record_dispatch_ack", "record_finished"]
+
+# Buckets with edges at both objectives (5 s and 30 s), so the SLI is an exact bucket ratio.
+_ACK_BUCKETS = (0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 900, 3600)
+MISSION_LATENCY = Histogram("aurora_mission_latency_seconds", "Seconds from dispatch to the truck's acknowledgement "
+                            "of its assignment, by the mission's recorded times (dispatch_ack_time - "
+                            "dispatch_time; the truck's clock for the ack).", buckets=_ACK_BUCKETS,
+                            registry=METRICS_REGISTRY)
+DISPATCH_ACK = Histogram("haulmesh_mission_dispatch_ack_seconds", "Seconds from dispatch until the mission service "
+                         "recorded the truck's acknowledgement (server clock only; the dispatch-ack SLO's SLI).",
+                         buckets=_ACK_BUCKETS, registry=METRICS_REGISTRY)
+MISSIONS_FINISHED = Counter("haulmesh_missions_finished_total", "Missions that reached a terminal state, by "
+                            "outcome: completed, aborted or cancelled.", ["outcome"], registry=METRICS_REGISTRY)
+_OUTCOMES = {name: MISSIONS_FINISHED.labels(name) for name in ("completed", "aborted", "cancelled")}
+
+
+def record_dispatch_ack(dispatch_seconds: float, ack_seconds: float, recorded_seconds: float) -> None:
+    """Observe one acknowledged dispatch (Unix seconds of dispatch, of the truck's ack, of recording it)."""
+    # A truck clock slightly behind ours (within the accepted skew) does not make an ack before dispatch.
+    MISSION_LATENCY.observe(max(0.0, ack_seconds - dispatch_seconds))
+    DISPATCH_ACK.observe(max(0.0, recorded_seconds - dispatch_seconds))
+
+
+def record_finished(outcome: str) -> None:
+    """Count a mission that reached the terminal state ``outcome`` (completed / aborted / cancelled)."""
+    _OUTCOMES[outcome].inc()

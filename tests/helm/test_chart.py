@@ -1,0 +1,459 @@
+"""The Helm chart (deploy/helm/haulmesh), rendered by Helm's own engine and checked object by object.
+
+Every rendering (default values, every toggle on, a production-like set) is validated against the strict
+Kubernetes schemas of the newest release kubernetes-validate ships (unknown fields are errors), and the
+custom resources against tests/helm/crd_schemas.py; then the chart's promises are asserted: hardened pods,
+native gRPC probes, NetworkPolicies admitting exactly each service's callers, only the gateway exposed,
+HPAs for telemetry and gateway only, PDBs, certificates, REDIS_URL from a Secret, and values checked by
+values.schema.json.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from services.runtime import DEFAULT_PORTS
+
+from .conftest import ALL_ON, CHART, NAMESPACE, PRODUCTION, RELEASE, SERVICES, ChartRenderer, Rendered, helm
+from .crd_schemas import CUSTOM_RESOURCES
+
+REPO = Path(__file__).resolve().parents[2]
+KUBE_VERSION = kubernetes_validate.latest_version()
+
+#: Who calls whom, from the code: each service's outgoing stubs (services/<name>/__main__.py) and the gateway,
+#: which transcodes every haulmesh.<area>.v1 API (its own webhook API included).
+CALLERS = {
+    "tender": {"gateway"},
+    "mission": {"gateway", "tender", "telemetry"},
+    "telemetry": {"gateway"},
+    "billing": {"gateway", "tender", "mission"},
+    "gateway": {"gateway"},
+}
+GRPC_SERVICES = {
+    "tender": "haulmesh.tender.v1.TenderService",
+    "mission": "haulmesh.mission.v1.MissionService",
+    "telemetry": "haulmesh.telemetry.v1.TelemetryService",
+    "billing": "haulmesh.billing.v1.BillingService",
+    "gateway": "haulmesh.gateway.v1.WebhookService",
+}
+
+
+def _component(obj: dict[str, Any]) -> str:
+    return obj["metadata"]["labels"]["app.kubernetes.io/component"]
+
+
+def _pod_specs(rendered: Rendered) -> list[tuple[str, dict[str, Any]]]:
+    return [(o["metadata"]["name"], o["spec"]["template"]["spec"])
+            for o in rendered.objects if o["kind"] in ("Deployment", "StatefulSet")]
+
+
+# --- every object is a valid Kubernetes object --------------------------------------------------------------
+
+def test_every_object_validates_against_the_kubernetes_schemas(rendered: Rendered) -> None:
+    assert rendered.objects
+    for obj in rendered.objects:
+        key = (obj["apiVersion"], obj["kind"])
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        if key in CUSTOM_RESOURCES:
+            try:
+                jsonschema.Draft202012Validator(CUSTOM_RESOURCES[key]).validate(obj)
+            except jsonschema.ValidationError as exc:
+                pytest.fail(f"{where}: {'.'.join(map(str, exc.path))}: {exc.message}")
+            continue
+        try:
+            kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{where} (Kubernetes {KUBE_VERSION}): {'.'.join(map(str, exc.path))}: {exc.message}")
+
+
+def test_validation_catches_an_unknown_field(chart: ChartRenderer) -> None:
+    # The validation above must be able to fail: a field Kubernetes does not know, in a rendered Deployment.
+    deployment = chart.render().deployment("tender")
+    deployment["spec"]["template"]["spec"]["containers"][0]["securityContxt"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError, match="securityContxt"):
+        kubernetes_validate.validate(deployment, KUBE_VERSION, strict=True)
+
+
+def test_one_template_per_service_with_the_same_value_keys(chart: ChartRenderer) -> None:
+    templates = {p.stem for p in (CHART / "templates").glob("*.yaml")}
+    assert set(SERVICES) <= templates
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    keys = {name: set(values["services"][name]) for name in SERVICES}
+    assert all(k == keys["tender"] for k in keys.values()), keys
+    rendered = chart.render()
+    for name in SERVICES:
+        assert rendered.container(name)["command"] == ["python", "-m", f"services.{name}"]
+        assert (REPO / "services" / name / "__main__.py").is_file()
+        assert rendered.get("Service", f"{RELEASE}-{name}")["spec"]["type"] == "ClusterIP"
+
+
+def test_chart_ports_and_callers_match_the_code(chart: ChartRenderer) -> None:
+    rendered = chart.render()
+    for name in SERVICES:
+        env = rendered.env(name)
+        assert env["HAULMESH_PORT"]["value"] == str(DEFAULT_PORTS[name])
+        for peer, port in DEFAULT_PORTS.items():
+            assert env[f"HAULMESH_{peer.upper()}_ADDR"]["value"] == f"{RELEASE}-{peer}:{port}"
+    # Every stub(..., "<peer>") a service opens is admitted by the peer's NetworkPolicy (CALLERS).
+    for name in SERVICES:
+        source = (REPO / "services" / name / "__main__.py").read_text()
+        for peer in re.findall(r"""stub\([^)]*?,\s*["'](\w+)["']\)""", source):
+            assert name in CALLERS[peer], f"{name} calls {peer} but the chart does not let it"
+
+
+# --- hardened pods, probes, resources -------------------------------------------------------------------
+
+def test_pods_are_hardened(rendered: Rendered) -> None:
+    specs = _pod_specs(rendered)
+    assert len(specs) >= len(SERVICES)
+    for name, spec in specs:
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True, name
+        assert pod["runAsUser"] > 0, name
+        assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert spec["automountServiceAccountToken"] is False, name
+        assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC"), name
+        for container in spec["containers"] + spec.get("initContainers", []):
+            sc = container["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True, name
+            assert sc["allowPrivilegeEscalation"] is False, name
+            assert sc["capabilities"] == {"drop": ["ALL"]}, name
+            assert sc["runAsNonRoot"] is True, name
+            assert sc.get("privileged") is not True, name
+            assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, name
+            assert container["resources"]["requests"] and container["resources"]["limits"], name
+
+
+def test_probes_are_native_grpc_health_checks(rendered: Rendered) -> None:
+    for name in SERVICES:
+        container = rendered.container(name)
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports["grpc"] == DEFAULT_PORTS[name]
+        health_port = ports["health"]
+        assert rendered.env(name)["HAULMESH_HEALTH_PORT"]["value"] == str(health_port)
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert set(container[probe]) & {"grpc", "exec", "httpGet", "tcpSocket"} == {"grpc"}, (name, probe)
+            assert container[probe]["grpc"]["port"] == health_port, (name, probe)
+        assert container["livenessProbe"]["grpc"]["service"] == ""
+        # Readiness asks for the service's own name: it turns NOT_SERVING first when the pod drains.
+        assert container["readinessProbe"]["grpc"]["service"] == GRPC_SERVICES[name]
+
+
+def test_state_and_tmp_are_writable_volumes_and_tls_is_mounted_whole(rendered: Rendered) -> None:
+    for name in SERVICES:
+        mounts = {m["mountPath"]: m for m in rendered.container(name)["volumeMounts"]}
+        assert {"/var/lib/haulmesh", "/tmp", "/etc/haulmesh/tls"} <= set(mounts)
+        assert mounts["/etc/haulmesh/tls"]["readOnly"] is True
+        # subPath mounts never see a renewed certificate; the services re-read whole Secret mounts.
+        assert not any("subPath" in m for m in mounts.values())
+
+
+# --- network exposure --------------------------------------------------------------------------------------
+
+def _grpc_callers(policy: dict[str, Any]) -> tuple[set[str], list[dict[str, Any]]]:
+    """Components admitted on the gRPC port by pod selector, and any other peers admitted there."""
+    callers: set[str] = set()
+    others: list[dict[str, Any]] = []
+    for rule in policy["spec"]["ingress"]:
+        if {p["port"] for p in rule["ports"]} != {"grpc"}:
+            continue
+        for peer in rule.get("from", [{}]):  # no "from": any source
+            selector = peer.get("podSelector", {}).get("matchLabels", {})
+            if set(peer) == {"podSelector"} and selector.get("app.kubernetes.io/instance") == RELEASE:
+                callers.add(selector["app.kubernetes.io/component"])
+            else:
+                others.append(peer)
+    return callers, others
+
+
+def test_network_policies_admit_exactly_the_callers(chart: ChartRenderer) -> None:
+    rendered = chart.render()
+    deny = rendered.get("NetworkPolicy", f"{RELEASE}-default-deny")
+    assert deny["spec"]["policyTypes"] == ["Ingress"] and "ingress" not in deny["spec"]
+    assert deny["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == RELEASE
+    for name in SERVICES:
+        policy = rendered.get("NetworkPolicy", f"{RELEASE}-{name}")
+        assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == name
+        callers, others = _grpc_callers(policy)
+        assert callers == CALLERS[name], name
+        assert others == [], name
+        # Health is for the kubelet (node traffic, not subject to policies): no rule opens it.
+        opened = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+        assert "health" not in opened
+    # The store admits the five services and nothing else.
+    store = rendered.get("NetworkPolicy", f"{RELEASE}-valkey")
+    (rule,) = store["spec"]["ingress"]
+    assert {p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in rule["from"]} == set(SERVICES)
+
+
+def test_extra_grpc_peers_are_added_to_every_service(chart: ChartRenderer) -> None:
+    rendered = chart.render(ALL_ON)
+    for name in SERVICES:
+        callers, others = _grpc_callers(rendered.get("NetworkPolicy", f"{RELEASE}-{name}"))
+        assert callers == CALLERS[name]
+        # The trucks' stream port of telemetry is also open to the external CIDRs (external.telemetry).
+        trucks = [{"ipBlock": {"cidr": "0.0.0.0/0"}}] if name == "telemetry" else []
+        assert others == ALL_ON["networkPolicy"]["extraGrpcFrom"] + trucks
+
+
+def test_only_the_gateway_is_reachable_from_outside(chart: ChartRenderer) -> None:
+    for values in ({}, PRODUCTION):
+        rendered = chart.render(values)
+        exposed = [s["metadata"]["name"] for s in rendered.of_kind("Service") if s["spec"]["type"] != "ClusterIP"]
+        assert exposed == [f"{RELEASE}-gateway-external"]
+        gateway = rendered.get("Service", f"{RELEASE}-gateway-external")
+        assert {p["name"] for p in gateway["spec"]["ports"]} == {"http", "device"}
+        if not rendered.of_kind("NetworkPolicy"):
+            continue
+        # Rules open to any source (no "from", or an ipBlock) exist only on the gateway's http/device ports.
+        for policy in rendered.of_kind("NetworkPolicy"):
+            for rule in policy["spec"].get("ingress", []):
+                peers = rule.get("from")
+                if peers is None or any("ipBlock" in p for p in peers):
+                    assert _component(policy) == "gateway"
+                    assert {p["port"] for p in rule["ports"]} == {"http", "device"}
+
+
+def test_trucks_stream_port_is_exposed_only_when_asked(chart: ChartRenderer) -> None:
+    rendered = chart.render(ALL_ON)
+    external = rendered.get("Service", f"{RELEASE}-telemetry-external")
+    assert [p["port"] for p in external["spec"]["ports"]] == [DEFAULT_PORTS["telemetry"]]
+    policy = rendered.get("NetworkPolicy", f"{RELEASE}-telemetry")
+    open_rules = [r for r in policy["spec"]["ingress"] if any("ipBlock" in p for p in r.get("from", []))]
+    assert [{p["port"] for p in r["ports"]} for r in open_rules] == [{"grpc"}]
+    certificate = rendered.get("Certificate", f"{RELEASE}-telemetry")
+    assert "trucks.haulmesh.example" in certificate["spec"]["dnsNames"]
+
+
+# --- scaling and disruption ----------------------------------------------------------------------------
+
+def test_hpas_only_for_telemetry_and_gateway(rendered: Rendered) -> None:
+    hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in rendered.of_kind("HorizontalPodAutoscaler")}
+    assert set(hpas) == {f"{RELEASE}-telemetry", f"{RELEASE}-gateway"}
+    for name in SERVICES:
+        replicas = rendered.deployment(name)["spec"].get("replicas")
+        # The HPA owns the replica count of the Deployments it scales.
+        assert (replicas is None) == (f"{RELEASE}-{name}" in hpas), name
+
+
+def test_autoscaling_other_services_is_refused(chart: ChartRenderer) -> None:
+    with pytest.raises(helm.HelmValuesError, match="additional properties 'tender' not allowed"):
+        chart.render({"autoscaling": {"tender": {"enabled": True, "minReplicas": 1, "maxReplicas": 3}}})
+
+
+def test_a_pdb_per_service(rendered: Rendered) -> None:
+    pdbs = {_component(p): p for p in rendered.of_kind("PodDisruptionBudget")}
+    assert set(pdbs) == set(SERVICES)
+    for name, pdb in pdbs.items():
+        assert pdb["spec"]["maxUnavailable"] == 1
+        assert pdb["spec"]["selector"]["matchLabels"] == \
+            rendered.deployment(name)["spec"]["selector"]["matchLabels"]
+
+
+# --- certificates ------------------------------------------------------------------------------------------
+
+def test_cert_manager_issues_one_spiffe_certificate_per_service(chart: ChartRenderer) -> None:
+    rendered = chart.render({"certManager": {"enabled": True}})
+    certificates = {_component(c): c for c in rendered.of_kind("Certificate")}
+    assert set(certificates) == set(SERVICES)
+    for name, certificate in certificates.items():
+        spec = certificate["spec"]
+        assert spec["uris"] == [f"spiffe://haulmesh.local/service/{name}"]  # exactly one URI SAN
+        assert spec["privateKey"]["algorithm"] == "ECDSA" and spec["privateKey"]["size"] == 256
+        assert {"server auth", "client auth"} <= set(spec["usages"])
+        # The name peers dial (HAULMESH_<NAME>_ADDR) is in the certificate.
+        assert f"{RELEASE}-{name}" in spec["dnsNames"]
+        assert f"{RELEASE}-{name}.{NAMESPACE}.svc.cluster.local" in spec["dnsNames"]
+        volumes = rendered.deployment(name)["spec"]["template"]["spec"]["volumes"]
+        (tls,) = [v for v in volumes if v["name"] == "tls"]
+        assert tls["secret"]["secretName"] == spec["secretName"]
+
+
+def test_without_cert_manager_pods_mount_the_named_secrets(chart: ChartRenderer) -> None:
+    rendered = chart.render({"services": {"billing": {"tlsSecretName": "billing-from-haulmesh-pki"}}})
+    assert rendered.of_kind("Certificate") == []
+    for name in SERVICES:
+        volumes = rendered.deployment(name)["spec"]["template"]["spec"]["volumes"]
+        (tls,) = [v for v in volumes if v["name"] == "tls"]
+        expected = "billing-from-haulmesh-pki" if name == "billing" else f"{RELEASE}-{name}-tls"
+        assert tls["secret"]["secretName"] == expected
+        env = rendered.env(name)
+        assert env["HAULMESH_TLS_CERT_FILE"]["value"] == "/etc/haulmesh/tls/tls.crt"
+        assert env["HAULMESH_TLS_KEY_FILE"]["value"] == "/etc/haulmesh/tls/tls.key"
+        assert env["HAULMESH_TLS_CA_FILE"]["value"] == "/etc/haulmesh/tls/ca.crt"
+
+
+# --- the store ----------------------------------------------------------------------------------------------
+
+def test_redis_url_always_comes_from_a_secret(rendered: Rendered) -> None:
+    secrets = {s["metadata"]["name"] for s in rendered.of_kind("Secret")}
+    for name in SERVICES:
+        redis_url = rendered.env(name)["REDIS_URL"]
+        assert "value" not in redis_url
+        ref = redis_url["valueFrom"]["secretKeyRef"]
+        # Either a Secret of the chart, or the operator's own (production).
+        assert ref["name"] in secrets or ref["name"] == PRODUCTION["redis"]["existingSecret"]
+
+
+def test_in_chart_valkey_is_aof_with_a_password_secret(chart: ChartRenderer) -> None:
+    rendered = chart.render({"valkey": {"enabled": True}})
+    (statefulset,) = rendered.of_kind("StatefulSet")
+    (container,) = statefulset["spec"]["template"]["spec"]["containers"]
+    script = " ".join(container["args"])
+    assert "--appendonly yes" in script
+    assert "$VALKEY_PASSWORD" in script and "requirepass" in script
+    password_ref = {e["name"]: e for e in container["env"]}["VALKEY_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    password = rendered.get("Secret", password_ref["name"])["data"][password_ref["key"]]
+    url = rendered.get("Secret", f"{RELEASE}-redis")["stringData"]["url"]
+    assert url == f"redis://:{base64.b64decode(password).decode()}@{RELEASE}-valkey:6379/0"
+
+
+def test_redis_by_url_goes_into_a_secret(chart: ChartRenderer) -> None:
+    rendered = chart.render({"valkey": {"enabled": False}, "redis": {"url": "rediss://redis.example:6380/0"}})
+    assert rendered.of_kind("StatefulSet") == []
+    assert rendered.get("Secret", f"{RELEASE}-redis")["stringData"]["url"] == "rediss://redis.example:6380/0"
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"valkey": {"enabled": False}}, "no store"),
+    ({"redis": {"url": "redis://elsewhere:6379"}}, "exclusive"),
+    ({"valkey": {"enabled": False}, "redis": {"url": "http://redis:6379"}}, "/redis/url"),
+])
+def test_store_misconfiguration_is_refused(chart: ChartRenderer, values: dict[str, Any], message: str) -> None:
+    with pytest.raises(helm.HelmError, match=message):
+        chart.render(values)
+
+
+# --- observability ----------------------------------------------------------------------------------------
+
+def test_service_monitor_and_prometheus_rule_are_toggles(chart: ChartRenderer) -> None:
+    off = chart.render()
+    assert off.of_kind("ServiceMonitor") == [] and off.of_kind("PrometheusRule") == []
+    on = chart.render(ALL_ON)
+    (monitor,) = on.of_kind("ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
+    for name in SERVICES:
+        service = on.get("Service", f"{RELEASE}-{name}")
+        assert "metrics" in {p["name"] for p in service["spec"]["ports"]}
+        assert on.env(name)["HAULMESH_METRICS_PORT"]["value"] == "9464"
+    (rule,) = on.of_kind("PrometheusRule")
+    assert [g["name"] for g in rule["spec"]["groups"]] == ["haulmesh.availability", "extra"]
+    # Alert templates reach Prometheus unrendered by Helm.
+    assert "{{ $labels.job }}" in yaml.safe_dump(rule)
+
+
+def test_metrics_off_sets_the_port_to_zero(chart: ChartRenderer) -> None:
+    rendered = chart.render({"metrics": {"enabled": False}})
+    for name in SERVICES:
+        assert rendered.env(name)["HAULMESH_METRICS_PORT"]["value"] == "0"
+        assert "metrics" not in {p["name"] for p in rendered.container(name)["ports"]}
+
+
+# --- configuration ----------------------------------------------------------------------------------------
+
+def _readme_variables() -> list[str]:
+    """Every variable of the README's configuration reference (its first column)."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    names: list[str] = []
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            names += re.findall(r"`([A-Z][A-Z0-9_<>]*)`", line.split("|")[1])
+    return names
+
+
+def test_every_readme_variable_can_be_set(chart: ChartRenderer) -> None:
+    names = _readme_variables()
+    assert "REDIS_URL" in names and "HAULMESH_TELEMETRY_RETENTION_DAYS" in names
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    managed = set(schema["$defs"]["env"]["propertyNames"]["allOf"][1]["not"]["enum"])
+    # The rest go through the env maps (every service, or one service: the service's value wins).
+    free = {n: "1" for n in names if n not in managed and "<" not in n}
+    assert len(free) > 20
+    per_service = {"telemetry": {"env": {"HAULMESH_LOG_LEVEL": "DEBUG"}}}
+    rendered = chart.render({**ALL_ON, "env": free, "services": per_service})
+    # Variables the chart sets from its own keys, and where.
+    gateway_only = {"HAULMESH_HTTP_PORT", "HAULMESH_GATEWAY_DEVICE_PORT", "HAULMESH_JWKS_FILE",
+                    "HAULMESH_JWT_ISSUER", "HAULMESH_JWT_AUDIENCE"}
+    # Never set: HAULMESH_CERT_DIR (the explicit TLS files win), HAULMESH_JWKS_URL (ALL_ON mounts a JWKS file;
+    # PRODUCTION sets the URL, checked below).
+    unset = {"HAULMESH_CERT_DIR", "HAULMESH_JWKS_URL"}
+    for name in SERVICES:
+        env = rendered.env(name)
+        for variable in names:
+            if "<" in variable:  # HAULMESH_<SERVICE>_ADDR
+                assert all(f"HAULMESH_{peer.upper()}_ADDR" in env for peer in SERVICES)
+            elif variable in unset or (variable in gateway_only and name != "gateway"):
+                assert variable not in env, (name, variable)
+            else:
+                assert variable in env, (name, variable)
+        names_in_order = [e["name"] for e in rendered.container(name)["env"]]
+        assert len(names_in_order) == len(set(names_in_order)), f"{name}: duplicate env entries"
+    assert rendered.env("telemetry")["HAULMESH_LOG_LEVEL"]["value"] == "DEBUG"
+    assert rendered.env("tender")["HAULMESH_LOG_LEVEL"]["value"] == "1"
+    assert chart.render(PRODUCTION).env("gateway")["HAULMESH_JWKS_URL"]["value"] == \
+        PRODUCTION["gatewayAuth"]["jwksUrl"]
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"services": {"tender": {"replicas": "two"}}}, r"at '/services/tender/replicas': got string, want integer"),
+    ({"serviceMonitor": {"enabeld": True}}, r"additional properties 'enabeld' not allowed"),
+    ({"tracing": {"enabled": True}}, r"additional properties 'tracing' not allowed"),
+    ({"services": {"fleet": {}}}, r"additional properties 'fleet' not allowed"),
+    ({"env": {"REDIS_URL": "redis://x"}}, r"invalid propertyName 'REDIS_URL'"),
+    ({"securityContext": {"runAsUser": 0}}, r"/securityContext/runAsUser"),
+    ({"gatewayAuth": {"jwksUrl": "http://idp.example/jwks"}}, r"/gatewayAuth/jwksUrl"),
+    ({"external": {"gateway": {"type": "ExternalName"}}}, r"/external/gateway/type"),
+])
+def test_bad_values_are_refused_with_a_clear_error(chart: ChartRenderer, values: dict[str, Any],
+                                                    message: str) -> None:
+    with pytest.raises(helm.HelmValuesError, match=message):
+        chart.render(values)
+
+
+# --- lint, as `helm lint --strict` -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("values", [None, ALL_ON, PRODUCTION], ids=["default", "all-toggles-on", "production"])
+def test_helm_lint_strict_is_clean(sdk: Any, values: dict[str, Any] | None) -> None:
+    report = sdk.lint(str(CHART), values, strict=True, namespace=NAMESPACE, kube_version=f"v{KUBE_VERSION}.0")
+    assert report["total_charts_linted"] == 1
+    # Strict: warnings count as failures, as with `helm lint --strict`; info (severity 1) is advice only.
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert problems == [] and report["errors"] == [], report
+
+
+def test_helm_lint_strict_can_fail(sdk: Any, tmp_path: Path) -> None:
+    broken = tmp_path / "haulmesh"
+    broken.mkdir()
+    (broken / "Chart.yaml").write_text("apiVersion: v2\nname: haulmesh\nversion: not-semver\n")
+    (broken / "values.yaml").write_text("{}\n")
+    report = sdk.lint(str(broken), strict=True)
+    assert report["errors"] or any(m["severity"] >= 2 for m in report["messages"])
+
+
+def test_notes_tell_what_was_installed(chart: ChartRenderer) -> None:
+    notes = chart.render().notes
+    assert f"{RELEASE}-gateway-external" in notes and "evaluation only" in notes
+    assert "evaluation only" not in chart.render(PRODUCTION).notes
+
+
+def test_the_chart_rule_file_passes_promtool() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (the CI script installs Debian's prometheus package; "
+                    "apt-get install prometheus)")
+    result = subprocess.run([promtool, "check", "rules", str(CHART / "files" / "prometheus-rules.yaml")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
