@@ -17,6 +17,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from services.runtime import asgi_middleware
+
 from .errors import RestError, error_response
 from .metrics import HttpMetricsMiddleware
 from .openapi import build_openapi, render_docs
@@ -70,8 +72,12 @@ def create_app(ready: Callable[[], Awaitable[bool]], rest: RestGateway | None = 
         route, _, _ = rest.routes.match(verb, path)
         return route.binding.template if route is not None else None
 
+    def span_name(verb: str, path: str) -> str:
+        return f"{verb} {route_of(verb, path) or 'unmatched'}"
+
+    # Tracing outermost: its server span is the root of the request's trace (nothing when tracing is off).
     return Starlette(routes=routes, exception_handlers={404: not_routed, 405: not_routed},
-                     middleware=[Middleware(HttpMetricsMiddleware, route_of=route_of)])
+                     middleware=[*asgi_middleware(span_name), Middleware(HttpMetricsMiddleware, route_of=route_of)])
 
 
 class _Server(uvicorn.Server):

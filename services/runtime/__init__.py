@@ -7,7 +7,8 @@ from ._audit import AuditLog, AuditReport
 from ._audit import verify as verify_audit_log
 from ._authz import AuthorizationInterceptor, Policy
 from ._client import Channels, DeadlineInterceptor
-from ._config import DEFAULT_PORTS, MESH_SERVICES, ServiceConfig, TlsConfig, default_state_dir
+from ._cluster import wait_durable
+from ._config import DEFAULT_PORTS, MESH_SERVICES, ServiceConfig, TlsConfig, TracingConfig, default_state_dir
 from ._errors import (
     ERROR_DOMAIN,
     Aborted,
@@ -55,10 +56,18 @@ from ._paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, decode_page, encode
 from ._rpcmetrics import RpcMetricsInterceptor
 from ._server import Service, run_service
 from ._status import abort, status_of, to_rpc_status
-from ._cluster import wait_durable
 from ._store import EmbeddedStore, connect_async, redact_url, resolve_redis_url
 from ._tenant import CARRIER_METADATA_KEY, carrier
 from ._tls import CertificateFiles, client_credentials, reloading_server_credentials
+from ._tracing import (
+    asgi_middleware,
+    configure_tracing,
+    current_trace_ids,
+    event_span,
+    inject_event_context,
+    shutdown_tracing,
+    tracing_enabled,
+)
 
 __all__ = [
     "CARRIER_METADATA_KEY",
@@ -104,10 +113,12 @@ __all__ = [
     "ServiceConfig",
     "TimeIndex",
     "TlsConfig",
+    "TracingConfig",
     "Unauthenticated",
     "Unavailable",
     "abort",
     "add_event",
+    "asgi_middleware",
     "caller",
     "carrier",
     "carrier_metadata",
@@ -115,13 +126,17 @@ __all__ = [
     "check_etag",
     "check_health",
     "client_credentials",
+    "configure_tracing",
     "connect_async",
+    "current_trace_ids",
     "dead_letters",
     "decode_page",
     "default_state_dir",
     "encode_page_token",
+    "event_span",
     "event_stream_key",
     "identity_from_pem",
+    "inject_event_context",
     "list_page",
     "new_event",
     "new_id",
@@ -132,10 +147,12 @@ __all__ = [
     "replay_dead_letters",
     "resolve_redis_url",
     "run_service",
+    "shutdown_tracing",
     "signing_key_id",
     "status_of",
     "tenant_key",
     "to_rpc_status",
+    "tracing_enabled",
     "transact",
     "verify_audit_log",
     "verify_relayed_certificate",

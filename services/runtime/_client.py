@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 
 from ._tls import CertificateFiles, client_credentials
+from ._tracing import client_interceptors
 
 __all__ = ["Channels", "DeadlineInterceptor"]
 
@@ -53,7 +54,9 @@ class Channels:
                  reload_check_interval_seconds: float = 5.0, max_message_bytes: int = 4 * 1024 * 1024,
                  unary_deadlines: bool = True) -> None:
         self._files = files
-        self._interceptors = [DeadlineInterceptor(call_timeout_seconds)] if unary_deadlines else []
+        # Tracing first, so its client span covers the whole call and carries the context in the metadata.
+        self._interceptors: list[grpc.aio.ClientInterceptor] = [
+            *client_interceptors(), *([DeadlineInterceptor(call_timeout_seconds)] if unary_deadlines else [])]
         self._check_interval = reload_check_interval_seconds
         self._options = [
             ("grpc.max_receive_message_length", max_message_bytes),

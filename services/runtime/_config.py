@@ -12,7 +12,8 @@ from pathlib import Path
 
 from ._errors import ConfigError
 
-__all__ = ["DEFAULT_PORTS", "MESH_SERVICES", "ServiceConfig", "TlsConfig", "default_state_dir"]
+__all__ = ["DEFAULT_PORTS", "MESH_SERVICES", "TRACES_EXPORTERS", "ServiceConfig", "TlsConfig", "TracingConfig",
+           "default_state_dir"]
 
 #: Every process of the mesh, in start order, with its default gRPC port.
 DEFAULT_PORTS: dict[str, int] = {
@@ -26,6 +27,8 @@ MESH_SERVICES: tuple[str, ...] = tuple(DEFAULT_PORTS)
 DEFAULT_GATEWAY_HTTP_PORT = 8080
 #: The gateway's HTTPS listener for trucks (client certificates required).
 DEFAULT_GATEWAY_DEVICE_PORT = 8443
+#: Values of HAULMESH_TRACES_EXPORTER.
+TRACES_EXPORTERS = ("none", "console", "otlp")
 
 
 def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -101,6 +104,34 @@ class TlsConfig:
 
 
 @dataclass(frozen=True)
+class TracingConfig:
+    """Where this process's spans go (see _tracing.py). The OTLP endpoint, headers and timeout are read by the
+    exporter itself from OpenTelemetry's standard ``OTEL_EXPORTER_OTLP_[TRACES_]*`` variables."""
+
+    #: ``none`` (nothing is installed), ``console`` (spans as JSON on stdout) or ``otlp`` (OTLP over HTTP).
+    exporter: str = "none"
+    #: Fraction of new traces recorded; a call that arrives inside a trace follows its caller's decision.
+    sample_ratio: float = 1.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.exporter != "none"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> TracingConfig:
+        env = os.environ if env is None else env
+        exporter = (env.get("HAULMESH_TRACES_EXPORTER") or "none").strip().lower()
+        if exporter not in TRACES_EXPORTERS:
+            raise ConfigError(f"HAULMESH_TRACES_EXPORTER must be one of {', '.join(TRACES_EXPORTERS)}, "
+                              f"got {env['HAULMESH_TRACES_EXPORTER']!r}", field="HAULMESH_TRACES_EXPORTER")
+        ratio = _float(env, "HAULMESH_TRACES_SAMPLE_RATIO", 1.0)
+        if ratio > 1.0:
+            raise ConfigError(f"HAULMESH_TRACES_SAMPLE_RATIO must be between 0 and 1, got {ratio}",
+                              field="HAULMESH_TRACES_SAMPLE_RATIO")
+        return cls(exporter=exporter, sample_ratio=ratio)
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     """Everything one service process needs, read from the environment by :meth:`from_env`."""
 
@@ -127,6 +158,8 @@ class ServiceConfig:
     health_port: int = 0
     #: The gateway's HTTPS listener for trucks, mTLS with the mesh CA (unused by other services).
     device_port: int = DEFAULT_GATEWAY_DEVICE_PORT
+    #: Tracing (HAULMESH_TRACES_*): off unless an exporter is named.
+    tracing: TracingConfig = field(default_factory=TracingConfig)
 
     @classmethod
     def from_env(cls, service_name: str, env: Mapping[str, str] | None = None) -> ServiceConfig:
@@ -159,6 +192,7 @@ class ServiceConfig:
             metrics_port=_optional_port(env, "HAULMESH_METRICS_PORT"),
             health_port=_optional_port(env, "HAULMESH_HEALTH_PORT"),
             device_port=_port(env, "HAULMESH_GATEWAY_DEVICE_PORT", DEFAULT_GATEWAY_DEVICE_PORT),
+            tracing=TracingConfig.from_env(env),
         )
 
     @property

@@ -37,6 +37,7 @@ from haulmesh.events.v1 import event_pb2
 
 from ._keys import FLEET, new_id
 from ._metrics import METRICS_REGISTRY
+from ._tracing import event_span, inject_event_context
 
 __all__ = [
     "STREAMS_KEY",
@@ -117,6 +118,7 @@ def add_event(pipe: Pipeline, event: event_pb2.Event) -> None:
     The doorbell (a PUBLISH of the stream's name in the same transaction) wakes the consumers at once.
     """
     stream = event_stream_key(_tag_of(event))
+    inject_event_context(event)  # consumers continue the committing operation's trace
     pipe.xadd(stream, {"id": event.id, "type": event.type, "event": event.SerializeToString()})
     pipe.publish(DOORBELL, stream)
 
@@ -301,7 +303,10 @@ class EventConsumer:
             await self._redis.xack(stream, self.group, entry_id)
             return
         try:
-            await self._handler(event_pb2.Event.FromString(fields[b"event"]))
+            event = event_pb2.Event.FromString(fields[b"event"])
+            with event_span(event, self.group):
+                _log.debug("group %s: handling event %s (%s)", self.group, event_id, event_type)
+                await self._handler(event)
         except Exception as exc:  # any handler failure is retried, then dead-lettered
             if deliveries >= self._max_deliveries:
                 await self._dead_letter(stream, entry_id, fields, exc)

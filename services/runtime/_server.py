@@ -32,6 +32,7 @@ from ._metrics import MetricsEndpoint
 from ._rpcmetrics import RpcMetricsInterceptor
 from ._store import connect_async, redact_url, resolve_redis_url
 from ._tls import CertificateFiles, reloading_server_credentials
+from ._tracing import configure_tracing, server_interceptors, shutdown_tracing
 
 __all__ = ["Service", "run_service"]
 
@@ -49,8 +50,9 @@ class Service:
         self._redis_url = resolve_redis_url(config.redis_url, config.state_dir)
         self._redis: redis.asyncio.Redis | None = None
         self.server = grpc.aio.server(
-            # RPC metrics first: they then count the authorization check's refusals too.
-            interceptors=[RpcMetricsInterceptor(),
+            # Tracing outermost (its span covers everything), then RPC metrics: they then count the
+            # authorization check's refusals too.
+            interceptors=[*server_interceptors(), RpcMetricsInterceptor(),
                           AuthorizationInterceptor(policy, AuditLog(self.redis, config.service_name))],
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -223,6 +225,8 @@ def run_service(service_name: str, policy: Policy,
         print(f"haulmesh-{service_name}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(service_name, config.log_level)
+    # Before the Service exists: its server and channels take their tracing interceptors from the provider.
+    configure_tracing(service_name, config.tracing)
 
     async def main() -> int:
         service = Service(config, policy)
@@ -237,4 +241,6 @@ def run_service(service_name: str, policy: Policy,
     except HaulmeshError as exc:
         _log.error("%s cannot start: %s", service_name, exc)
         raise SystemExit(2) from None
+    finally:
+        shutdown_tracing()  # exports the spans still buffered
     raise SystemExit(code)

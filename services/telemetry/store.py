@@ -22,8 +22,9 @@ Keys (``{v}`` is the vehicle id as a Redis Cluster hash tag, so one vehicle's ke
 
 Durability: a frame is acknowledged only after ``WAITAOF 1 0`` confirmed it fsync'd. The commit loop
 gathers the batches of every stream of this process for up to ``commit_window_seconds``, writes them in one
-pipeline, and issues one WAITAOF per group: with ``appendfsync everysec`` one fsync then covers thousands of
-frames instead of one WAITAOF (up to a second) per batch.
+pipeline, and waits once per group (:func:`services.runtime.wait_durable`: a probe write and ``WAITAOF`` on one
+connection, per primary that took the group's writes on a cluster): with ``appendfsync everysec`` one fsync then
+covers thousands of frames instead of one WAITAOF (up to a second) per batch.
 """
 
 from __future__ import annotations

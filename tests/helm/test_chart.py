@@ -349,9 +349,10 @@ def test_service_monitor_and_prometheus_rule_are_toggles(chart: ChartRenderer) -
         assert "metrics" in {p["name"] for p in service["spec"]["ports"]}
         assert on.env(name)["HAULMESH_METRICS_PORT"]["value"] == "9464"
     (rule,) = on.of_kind("PrometheusRule")
-    assert [g["name"] for g in rule["spec"]["groups"]] == ["haulmesh.availability", "extra"]
+    assert [g["name"] for g in rule["spec"]["groups"]] == [
+        "haulmesh-slo-recording", "haulmesh-slo-alerts", "haulmesh-operations-alerts", "extra"]
     # Alert templates reach Prometheus unrendered by Helm.
-    assert "{{ $labels.job }}" in yaml.safe_dump(rule)
+    assert "{{ $labels.group }}" in yaml.safe_dump(rule)
 
 
 def test_metrics_off_sets_the_port_to_zero(chart: ChartRenderer) -> None:
@@ -457,3 +458,10 @@ def test_the_chart_rule_file_passes_promtool() -> None:
     result = subprocess.run([promtool, "check", "rules", str(CHART / "files" / "prometheus-rules.yaml")],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_chart_carries_the_projects_alert_rules_unchanged() -> None:
+    # Helm reads no file outside the chart, so the chart holds a copy of deploy/prometheus/rules.yaml.
+    source = CHART.parents[1] / "prometheus" / "rules.yaml"
+    assert (CHART / "files" / "prometheus-rules.yaml").read_bytes() == source.read_bytes(), (
+        "cp deploy/prometheus/rules.yaml deploy/helm/haulmesh/files/prometheus-rules.yaml")
