@@ -58,6 +58,8 @@ T = TypeVar("T")
 STREAMS_KEY = "events:streams"
 #: Pub/Sub channel on which every commit names the stream it added to: consumers wait on it, not poll.
 DOORBELL = "events:doorbell"
+#: The fields add_event writes to a stream entry.
+_ENVELOPE_FIELDS = frozenset({b"id", b"type", b"event"})
 _DATA_FIELDS = frozenset(f.name for f in event_pb2.Event.DESCRIPTOR.oneofs_by_name["data"].fields)
 _registered: weakref.WeakKeyDictionary[redis.asyncio.Redis, set[str]] = weakref.WeakKeyDictionary()
 
@@ -287,7 +289,11 @@ class EventConsumer:
         """First deliveries of a batch; entries of types this group does not handle are acked in one call."""
         skipped = []
         for entry_id, fields in entries:
-            if self._types is not None and fields[b"type"].decode() not in self._types:
+            if not _ENVELOPE_FIELDS <= fields.keys():
+                # Not written by add_event (a tool or a bug): park it for a human, never crash the consumer.
+                await self._dead_letter(stream, entry_id, fields, ValueError("not an event entry: it lacks "
+                                        + ", ".join(sorted(f.decode() for f in _ENVELOPE_FIELDS - fields.keys()))))
+            elif self._types is not None and fields[b"type"].decode() not in self._types:
                 skipped.append(entry_id)
             else:
                 await self._process(stream, entry_id, fields, deliveries=1)
@@ -296,6 +302,9 @@ class EventConsumer:
         return len(entries)
 
     async def _process(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], *, deliveries: int) -> None:
+        if not _ENVELOPE_FIELDS <= fields.keys():
+            await self._dead_letter(stream, entry_id, fields, ValueError("not an event entry"))
+            return
         event_id = fields[b"id"].decode()
         event_type = fields[b"type"].decode()
         if (self._types is not None and event_type not in self._types) or await self._redis.exists(
@@ -322,8 +331,8 @@ class EventConsumer:
         self._handled_counter.inc()
 
     async def _dead_letter(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], exc: Exception) -> None:
-        _log.error("group %s: event %s dead-lettered after %d deliveries: %s", self.group,
-                   fields[b"id"].decode(), self._max_deliveries, exc)
+        _log.error("group %s: entry %s (event %s) dead-lettered: %s", self.group, entry_id.decode(),
+                   fields.get(b"id", b"?").decode(errors="replace"), exc)
         await self._redis.xadd(dlq_key(self.group), {
             **fields, "stream": stream, "entry": entry_id, "error": f"{type(exc).__name__}: {exc}"[:500]})
         await self._redis.xack(stream, self.group, entry_id)
@@ -348,12 +357,14 @@ class DeadLetter:
 async def dead_letters(client: redis.asyncio.Redis, group: str, *, count: int = 1000) -> list[DeadLetter]:
     """The dead-lettered events of ``group``, oldest first."""
     entries = await client.xrange(dlq_key(group), count=count)
-    return [DeadLetter(entry_id.decode(), f[b"id"].decode(), f[b"type"].decode(), f[b"stream"].decode(),
+    return [DeadLetter(entry_id.decode(), f.get(b"id", b"").decode(errors="replace"),
+                       f.get(b"type", b"").decode(errors="replace"), f[b"stream"].decode(),
                        f.get(b"error", b"").decode()) for entry_id, f in entries]
 
 
 async def replay_dead_letters(client: redis.asyncio.Redis, group: str, entry_ids: Sequence[str] = ()) -> int:
-    """Put dead-lettered events (all, or ``entry_ids``) back on their streams; returns how many.
+    """Put dead-lettered events (all, or ``entry_ids``) back on their streams; returns how many (entries that
+    are not events, parked as malformed, stay).
 
     Other groups have already handled these event ids and skip them; ``group`` handles them again.
     """
@@ -361,6 +372,8 @@ async def replay_dead_letters(client: redis.asyncio.Redis, group: str, entry_ids
     for entry_id, fields in await client.xrange(dlq_key(group)):
         if entry_ids and entry_id.decode() not in entry_ids:
             continue
+        if not _ENVELOPE_FIELDS <= fields.keys():
+            continue  # a malformed entry parked for inspection: replaying it would only park it again
         original: dict[Any, Any] = {k: fields[k] for k in (b"id", b"type", b"event")}
         await client.xadd(fields[b"stream"].decode(), original)
         await client.xdel(dlq_key(group), entry_id)

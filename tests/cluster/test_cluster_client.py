@@ -32,7 +32,7 @@ async def test_plain_pipeline_splits_by_primary_and_keeps_the_order(cluster_clie
     for key in KEYS:
         pipe.set(key, key)
         pipe.evalsha(sha, 1, key + ":n")  # blocked in redis-py's own cluster pipelines
-    pipe.publish("events:doorbell", "x")  # keyless for routing purposes: any primary
+    pipe.publish("test:doorbell", "x")  # keyless for routing purposes: any primary
     for key in KEYS:
         pipe.get(key)
     replies = await pipe.execute()
@@ -46,8 +46,9 @@ async def test_transaction_runs_on_its_slot_and_cross_slot_is_refused(cluster_cl
         value = int(await pipe.get("c:{acme}:n") or 0)
         pipe.multi()
         pipe.set("c:{acme}:n", value + 1)
-        pipe.xadd("events:{acme}", {"n": value + 1})
-        pipe.publish("events:doorbell", "events:{acme}")
+        # Not the carrier's real event stream: the mesh sharing this cluster consumes that one.
+        pipe.xadd("test-stream:{acme}", {"n": value + 1})
+        pipe.publish("test:doorbell", "test-stream:{acme}")
         return value + 1
 
     first = await cluster_client.transaction(bump, "c:{acme}:n", value_from_callable=True)

@@ -152,6 +152,27 @@ async def test_failing_entry_goes_to_dead_letters_and_replays(client: redis.asyn
     assert await dead_letters(client, "webhooks") == []
 
 
+async def test_an_entry_that_is_no_event_is_parked_and_the_consumer_goes_on(client: redis.asyncio.Redis) -> None:
+    [before] = await _emit(client, "acme", 1)
+    await client.xadd(event_stream_key("acme"), {"n": 1})  # a stray write: not an add_event entry
+    seen: list[str] = []
+
+    async def handle(event):
+        seen.append(event.id)
+
+    consumer = EventConsumer(client, group="g-stray", handler=handle)
+    task = asyncio.create_task(consumer.run())
+    await wait_for(lambda: seen == [before])
+    [after] = await _emit(client, "acme", 1)
+    await wait_for(lambda: seen == [before, after])
+    letters = await dead_letters(client, "g-stray")
+    await consumer.stop()
+    await task
+    assert len(letters) == 1 and letters[0].event_id == "" and "not an event entry" in letters[0].error
+    assert await replay_dead_letters(client, "g-stray") == 0  # nothing to replay: it stays for inspection
+    print(f"stray entry parked in dlq:{{g-stray}}, events handled around it: {len(seen)}")
+
+
 _CRASHING_CONSUMER = """
 import asyncio, sys
 from services.runtime import EventConsumer, connect_async
