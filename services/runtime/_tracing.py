@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
@@ -98,7 +99,8 @@ class _StoreSampler(Sampler):
 
 def _exporter(config: TracingConfig) -> SpanExporter:
     if config.exporter == "console":
-        return ConsoleSpanExporter(service_name=None)
+        # One JSON object per line, like the logs, so a log collector reads spans line by line.
+        return ConsoleSpanExporter(out=sys.stdout, formatter=lambda span: span.to_json(indent=None) + "\n")
     # Imported here: only a process that exports over OTLP needs the HTTP transport loaded.
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 

@@ -7,6 +7,7 @@ would send), so the spans of one request are known by their trace id.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import uuid
@@ -16,6 +17,7 @@ import httpx
 import pytest
 
 from haulmesh.mission.v1 import mission_service_pb2, mission_service_pb2_grpc, vehicle_pb2
+from haulmesh.telemetry.v1 import telemetry_service_pb2_grpc
 from haulmesh.type.v1 import equipment_pb2
 from services.billing.events import ACCEPTANCE_GROUP
 from services.gateway.tokens import mint
@@ -23,6 +25,7 @@ from services.runtime import MESH_SERVICES, Mesh
 from services.runtime._store import free_port
 from tests.conftest import Pki, wait_for
 from tests.gateway_rest.test_rest import seed_tender
+from tests.telemetry.helpers import Truck, batch
 
 from .receiver import OtlpReceiver, ReceivedSpan
 
@@ -183,3 +186,34 @@ async def test_log_lines_carry_the_trace_id(traced_mesh: Mesh, receiver: OtlpRec
     assert any("handling event" in line["message"] for line in lines)
     span_ids = {s.span_id for s in receiver.trace(trace_id)}
     assert {line["span_id"] for line in lines} <= span_ids
+
+
+async def test_a_truck_stream_is_one_span_without_per_frame_store_spans(traced_mesh: Mesh, mesh_pki: Pki,
+                                                                        receiver: OtlpReceiver) -> None:
+    truck = Truck.mint(mesh_pki.ca)
+    trace_id, parent = _traceparent()
+    acked = asyncio.Event()
+
+    async def requests():
+        yield truck.hello()
+        for sequence in range(1, 6):  # live traffic: one frame per message
+            yield batch([truck.frame(sequence)])
+        await acked.wait()
+
+    async with grpc.aio.secure_channel(traced_mesh.address("telemetry"), truck.credentials()) as channel:
+        call = telemetry_service_pb2_grpc.TelemetryServiceStub(channel).StreamTelemetry(
+            requests(), metadata=(("traceparent", parent),), timeout=60)
+        async for response in call:
+            if response.WhichOneof("message") == "ack" and response.ack.through_sequence == 5:
+                acked.set()
+        assert await call.code() == grpc.StatusCode.OK
+
+    name = "/haulmesh.telemetry.v1.TelemetryService/StreamTelemetry"
+
+    def stream_spans() -> list[ReceivedSpan] | None:
+        return [s for s in receiver.trace(trace_id) if s.name == name and s.kind == "SPAN_KIND_SERVER"] or None
+
+    (span,) = await wait_for(stream_spans, timeout_seconds=20)
+    assert span.service == "haulmesh-telemetry" and span.attributes["haulmesh.rpc.streaming"] is True
+    await asyncio.sleep(0.5)  # a later export batch would hold per-frame spans
+    assert not [s for s in receiver.trace(trace_id) if _is_redis(s) and s.service == "haulmesh-telemetry"]

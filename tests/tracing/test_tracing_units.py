@@ -147,3 +147,15 @@ def test_the_store_sampler_records_commands_only_inside_a_unary_operation(spans:
     with tracer.start_as_current_span("StreamTelemetry") as stream:
         stream.set_attribute(_tracing.STREAMING_ATTRIBUTE, True)
         assert not sampler.should_sample(None, 1, "XADD").decision.is_sampled()
+
+
+def test_the_console_exporter_writes_one_json_span_per_line(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_tracing("billing", TracingConfig(exporter="console"))
+    try:
+        with _tracing._provider.get_tracer("test").start_as_current_span("CreateQuote"):
+            pass
+    finally:
+        shutdown_tracing()  # flushes the batch
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    span = json.loads(line)
+    assert span["name"] == "CreateQuote" and span["resource"]["attributes"]["service.name"] == "haulmesh-billing"
