@@ -59,6 +59,15 @@ def _port(env: Mapping[str, str], key: str, default: int) -> int:
     return int(raw)
 
 
+def _count(env: Mapping[str, str], key: str, default: int, *, maximum: int) -> int:
+    raw = env.get(key, "").strip()
+    if raw == "":
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise ConfigError(f"{key} must be a whole number from 1 to {maximum}, got {raw!r}", field=key)
+    return int(raw)
+
+
 def _optional_port(env: Mapping[str, str], key: str) -> int:
     """A port where 0 (or unset) means the listener is off."""
     return 0 if env.get(key, "").strip() in ("", "0") else _port(env, key, 0)
@@ -160,6 +169,10 @@ class ServiceConfig:
     device_port: int = DEFAULT_GATEWAY_DEVICE_PORT
     #: Tracing (HAULMESH_TRACES_*): off unless an exporter is named.
     tracing: TracingConfig = field(default_factory=TracingConfig)
+    #: Worker processes sharing the port (HAULMESH_WORKERS; only for services that support it, see _workers.py).
+    workers: int = 1
+    #: This process's index among the workers (set by the supervising parent), None when not a worker.
+    worker_index: int | None = None
 
     @classmethod
     def from_env(cls, service_name: str, env: Mapping[str, str] | None = None) -> ServiceConfig:
@@ -193,6 +206,8 @@ class ServiceConfig:
             health_port=_optional_port(env, "HAULMESH_HEALTH_PORT"),
             device_port=_port(env, "HAULMESH_GATEWAY_DEVICE_PORT", DEFAULT_GATEWAY_DEVICE_PORT),
             tracing=TracingConfig.from_env(env),
+            workers=_count(env, "HAULMESH_WORKERS", 1, maximum=64),
+            worker_index=int(env["HAULMESH_WORKER_INDEX"]) if env.get("HAULMESH_WORKER_INDEX", "").isdigit() else None,
         )
 
     @property

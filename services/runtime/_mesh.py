@@ -83,7 +83,10 @@ class Mesh:
         return Path(self.extra_env.get("HAULMESH_CERT_DIR") or self.state_dir / "certs")
 
     def _env(self, name: str, redis_url: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HAULMESH_")}
+        # The mesh sets every service's addresses and ports itself; of the caller's HAULMESH_* settings only the
+        # tracing ones pass through (so `HAULMESH_TRACES_EXPORTER=console make run` traces the whole mesh).
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("HAULMESH_") or k.startswith("HAULMESH_TRACES_")}
         env.update({
             "HAULMESH_STATE_DIR": str(self.state_dir),
             "HAULMESH_CERT_DIR": str(self.cert_dir),

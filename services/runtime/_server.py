@@ -33,6 +33,7 @@ from ._rpcmetrics import RpcMetricsInterceptor
 from ._store import connect_async, redact_url, resolve_redis_url
 from ._tls import CertificateFiles, reloading_server_credentials
 from ._tracing import configure_tracing, server_interceptors, shutdown_tracing
+from ._workers import supervise_workers
 
 __all__ = ["Service", "run_service"]
 
@@ -57,7 +58,9 @@ class Service:
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
-                ("grpc.so_reuseport", 0),
+                # Off unless this process is one of several workers on the port: then the kernel spreads the
+                # connections across them. Off, a second process on a taken port fails loudly instead.
+                ("grpc.so_reuseport", 1 if config.worker_index is not None else 0),
             ],
         )
         self.health = health.aio.HealthServicer()
@@ -68,7 +71,9 @@ class Service:
         self._services: dict[str, ServiceDescriptor] = {}
         self.bound_port = 0
         #: The Prometheus endpoint (off unless HAULMESH_METRICS_PORT is set), on the gRPC server's host.
-        self.metrics = MetricsEndpoint(config.listen_host, config.metrics_port)
+        # A registry is per process: each worker serves its own, on the next port up.
+        metrics_port = config.metrics_port + (config.worker_index or 0) if config.metrics_port else 0
+        self.metrics = MetricsEndpoint(config.listen_host, metrics_port)
         self._stop_requested = asyncio.Event()
         self._stopping = asyncio.Event()
         self._companions: list[tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]] = []
@@ -150,7 +155,8 @@ class Service:
     async def _start_probe_listener(self) -> None:
         if not self.config.health_port:
             return
-        self._probe_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        self._probe_server = grpc.aio.server(
+            options=[("grpc.so_reuseport", 1 if self.config.worker_index is not None else 0)])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._probe_server)
         address = f"{self.config.listen_host}:{self.config.health_port}"
         try:
@@ -217,14 +223,24 @@ class Service:
 
 
 def run_service(service_name: str, policy: Policy,
-                register: Callable[[Service], Awaitable[None] | None]) -> None:
-    """Entry point of a service process: configure, register servicers, serve; exit 2 on bad config."""
+                register: Callable[[Service], Awaitable[None] | None], *, scalable: bool = False) -> None:
+    """Entry point of a service process: configure, register servicers, serve; exit 2 on bad config.
+
+    ``scalable`` services may run ``HAULMESH_WORKERS`` worker processes on one port (see _workers.py); this
+    process then only supervises them.
+    """
     try:
         config = ServiceConfig.from_env(service_name)
+        if config.workers > 1 and not scalable:
+            raise ConfigError(f"{service_name} runs as one process (its background loops are not made for more); "
+                              "scale it with replicas, not HAULMESH_WORKERS", field="HAULMESH_WORKERS")
     except ConfigError as exc:
         print(f"haulmesh-{service_name}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(service_name, config.log_level)
+    if config.workers > 1 and config.worker_index is None:
+        raise SystemExit(supervise_workers(f"services.{service_name}", config.workers,
+                                           config.grace_period_seconds))
     # Before the Service exists: its server and channels take their tracing interceptors from the provider.
     configure_tracing(service_name, config.tracing)
 

@@ -84,4 +84,4 @@ def register(service: Service) -> None:
 
 
 if __name__ == "__main__":
-    run_service("telemetry", POLICY, register)
+    run_service("telemetry", POLICY, register, scalable=True)
