@@ -145,7 +145,8 @@ def main() -> int:
           f"replay {figures['telemetry_replay_frames_per_s']} frames/s (≥ 20,000), subscriber p50 "
           f"{figures['telemetry_subscriber_p50_ms']} ms / p99 {figures['telemetry_subscriber_p99_ms']} ms at 2,000 "
           f"frames/s (p99 ≤ 50), {figures['telemetry_open_streams']} open streams (≥ 5,000) in "
-          f"{figures['telemetry_server_rss_mib']} MiB RSS")
+          f"{figures['telemetry_server_rss_mib']} MiB RSS; the store: {figures['telemetry_store_cpu_us_per_frame']} µs "
+          f"CPU and {figures['telemetry_store_bytes_per_frame']} bytes per stored frame (docs/capacity.md)")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures, separators=(",", ":")))

@@ -22,6 +22,7 @@ import uuid
 from dataclasses import dataclass
 
 import grpc
+import redis.asyncio
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -119,14 +120,25 @@ async def _open_sessions(mesh: Mesh, trucks: list[Truck]) -> tuple[list[Session]
     return sessions, channels
 
 
+@dataclass
+class LiveFigures:
+    """Server CPU per frame; the store's CPU and memory per stored frame (inputs of docs/capacity.md)."""
+
+    server_cpu_us: float
+    store_cpu_us: float
+    store_bytes: float
+
+
 async def live_cpu(mesh: Mesh, ca: pki.CertificateAuthority, *, trucks: int = 100, rate: int = 1000,
-                   seconds: float = 5.0) -> float:
+                   seconds: float = 5.0) -> LiveFigures:
     fleet = _trucks(ca, trucks, "LIVE")
     sessions, channels = await _open_sessions(mesh, fleet)
     per_truck = int(rate * seconds / trucks)
     frames = {s.truck.vehicle_id: [s.truck.frame(i + 1) for i in range(per_truck)] for s in sessions}
     pid = mesh.children["telemetry"].process.pid
+    store_pid = mesh.store.pid if mesh.store is not None else None
     before = _cpu_seconds(pid)
+    store_before = _cpu_seconds(store_pid) if store_pid else 0.0
 
     async def drive(session: Session) -> None:
         for frame in frames[session.truck.vehicle_id]:
@@ -136,11 +148,26 @@ async def live_cpu(mesh: Mesh, ca: pki.CertificateAuthority, *, trucks: int = 10
 
     await asyncio.gather(*(drive(s) for s in sessions))
     used = _cpu_seconds(pid) - before
+    store_used = (_cpu_seconds(store_pid) - store_before) if store_pid else float("nan")
+    store_bytes = await _bytes_per_frame(mesh, fleet[0].vehicle_id, per_truck)
     for s in sessions:
         await s.close()
     for c in channels:
         await c.close()
-    return used / (per_truck * trucks) * 1e6
+    total = per_truck * trucks
+    return LiveFigures(used / total * 1e6, store_used / total * 1e6, store_bytes)
+
+
+async def _bytes_per_frame(mesh: Mesh, vehicle_id: str, frames: int) -> float:
+    """MEMORY USAGE of one truck's frame stream (every entry sampled) over its frames."""
+    if mesh.store is None:
+        return float("nan")
+    client = redis.asyncio.Redis.from_url(mesh.store.url)
+    try:
+        used = await client.memory_usage(f"telemetry:{{{vehicle_id}}}:frames", samples=0)
+    finally:
+        await client.aclose()
+    return (used or 0) / frames
 
 
 async def replay(mesh: Mesh, ca: pki.CertificateAuthority, *, frames: int = 20_000) -> float:
@@ -219,12 +246,14 @@ async def open_streams(mesh: Mesh, ca: pki.CertificateAuthority, *, target: int 
 
 
 async def run_telemetry_bench(mesh: Mesh, ca: pki.CertificateAuthority, *, open_target: int = 5000) -> dict:
-    cpu = await live_cpu(mesh, ca)
+    live = await live_cpu(mesh, ca)
     replay_rate = await replay(mesh, ca)
     p50, p99 = await subscriber_latency(mesh, ca, mesh.operator_credentials())
     streams, rss = await open_streams(mesh, ca, target=open_target)
     return {
-        "telemetry_server_cpu_us_per_frame": round(cpu, 1),
+        "telemetry_server_cpu_us_per_frame": round(live.server_cpu_us, 1),
+        "telemetry_store_cpu_us_per_frame": round(live.store_cpu_us, 1),
+        "telemetry_store_bytes_per_frame": round(live.store_bytes),
         "telemetry_replay_frames_per_s": round(replay_rate),
         "telemetry_subscriber_p50_ms": round(p50, 2),
         "telemetry_subscriber_p99_ms": round(p99, 2),

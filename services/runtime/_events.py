@@ -117,12 +117,13 @@ def _tag_of(event: event_pb2.Event) -> str:
 def add_event(pipe: Pipeline, event: event_pb2.Event) -> None:
     """Queue the event in the open MULTI of ``pipe``: it commits with the state change, or not at all.
 
-    The doorbell (a PUBLISH of the stream's name in the same transaction) wakes the consumers at once.
+    The doorbell (a PUBLISH of the stream's name and the event's type in the same transaction) wakes the
+    consumers that handle that type at once; the others read it in bulk at their next sweep.
     """
     stream = event_stream_key(_tag_of(event))
     inject_event_context(event)  # consumers continue the committing operation's trace
     pipe.xadd(stream, {"id": event.id, "type": event.type, "event": event.SerializeToString()})
-    pipe.publish(DOORBELL, stream)
+    pipe.publish(DOORBELL, f"{stream} {event.type}")
 
 
 async def _register_stream(client: redis.asyncio.Redis, tag: str) -> None:
@@ -235,7 +236,10 @@ class EventConsumer:
                                     self._reclaim_interval - (time.monotonic() - self._reclaimed_at)))
                 message = await pubsub.get_message(timeout=wait)
                 while message is not None:
-                    dirty.add(message["data"].decode())
+                    # "<stream> <type>"; a group woken only for types it handles (a bare stream name wakes all).
+                    stream, _, event_type = message["data"].decode().partition(" ")
+                    if not event_type or self._types is None or event_type in self._types:
+                        dirty.add(stream)
                     message = await pubsub.get_message(timeout=0)
         finally:
             await pubsub.aclose()

@@ -173,6 +173,38 @@ async def test_an_entry_that_is_no_event_is_parked_and_the_consumer_goes_on(clie
     print(f"stray entry parked in dlq:{{g-stray}}, events handled around it: {len(seen)}")
 
 
+async def test_the_doorbell_wakes_only_the_groups_that_handle_the_type(client: redis.asyncio.Redis) -> None:
+    declined = new_event("tender_declined", tender_events_pb2.TenderDeclined(), subject="tenders/d",
+                         carrier_id="acme", source="tender")
+    seen: list[str] = []
+
+    async def handle(event):
+        seen.append(event.type)
+
+    # A long sweep: within this test only the doorbell can wake the consumer.
+    consumer = EventConsumer(client, group="g-typed", handler=handle, types={"haulmesh.tender.v1.offered"},
+                             sweep_seconds=60)
+    await _emit(client, "acme", 1)  # makes the stream known before the consumer's first sweep
+    task = asyncio.create_task(consumer.run())
+    await wait_for(lambda: len(seen) == 1)
+
+    async def write(pipe):
+        pipe.multi()
+        add_event(pipe, declined)
+
+    await transact(client, "acme", [], write)
+    await asyncio.sleep(0.5)
+    [group] = [g for g in await client.xinfo_groups(event_stream_key("acme")) if g["name"] == b"g-typed"]
+    assert group["lag"] == 1  # not read: nothing woke this group for a type it does not handle
+    [offered] = await _emit(client, "acme", 1)
+    await wait_for(lambda: len(seen) == 2)  # woken at once; the declined entry is read (and skipped) with it
+    [group] = [g for g in await client.xinfo_groups(event_stream_key("acme")) if g["name"] == b"g-typed"]
+    await consumer.stop()
+    await task
+    assert seen == ["haulmesh.tender.v1.offered"] * 2 and group["lag"] == 0 and group["pending"] == 0
+    print(f"typed doorbell: {offered} handled at once, the declined event read in bulk with it")
+
+
 _CRASHING_CONSUMER = """
 import asyncio, sys
 from services.runtime import EventConsumer, connect_async
