@@ -24,7 +24,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from .client import StreamClient
+from .client import CpuSampler, StreamClient
+from .metrics import EdgeCollector, serve_metrics
 from .recorder import Recorder
 from .signer import KeyFileSigner
 from .simulator import Simulation, parse_scenario
@@ -80,6 +81,19 @@ def _client(args: argparse.Namespace, spool: Spool, boot_id: str, on_command=Non
                         backoff_base=args.backoff_base, backoff_cap=args.backoff_cap)
 
 
+def _metrics(args: argparse.Namespace, spool: Spool, client: StreamClient | None) -> None:
+    if not args.metrics_port:
+        return
+    if not 0 < args.metrics_port < 65536:
+        raise SystemExit(f"haulmesh-edge: --metrics-port must be 1-65535, got {args.metrics_port}")
+    collector = EdgeCollector(spool.stats, lambda: client.stats if client else None,
+                              lambda: bool(client and client.connected.is_set()), CpuSampler())
+    try:
+        serve_metrics(collector, args.metrics_port)
+    except OSError as exc:
+        raise SystemExit(f"haulmesh-edge: cannot serve metrics on port {args.metrics_port}: {exc.strerror}") from None
+
+
 async def _drain(client: StreamClient, spool: Spool, seconds: float) -> bool:
     """Waits until the spool is empty (everything acked), at most ``seconds``."""
     loop = asyncio.get_running_loop()
@@ -128,6 +142,7 @@ async def _simulate(args: argparse.Namespace) -> int:
                             scenario_at=round(args.scenario_at * 60) if args.scenario_at is not None else None)
     client = None if args.offline else _client(args, spool, recorder.boot_id, simulation.on_command)
     simulation.link = client
+    _metrics(args, spool, client)
 
     async def body() -> int:
         status = asyncio.create_task(_status_lines(simulation, spool, client)) if not args.quiet else None
@@ -156,6 +171,7 @@ async def _simulate(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace) -> int:
     spool = _spool(args)
     client = _client(args, spool, str(uuid.uuid4()))
+    _metrics(args, spool, client)
 
     async def body() -> int:
         if args.exit_when_drained:
@@ -227,6 +243,8 @@ def _parser() -> argparse.ArgumentParser:
     def client_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--backoff-base", type=float, default=0.5, help="reconnect backoff base, seconds")
         p.add_argument("--backoff-cap", type=float, default=30.0, help="reconnect backoff cap, seconds")
+        p.add_argument("--metrics-port", type=int, default=0,
+                       help="serve Prometheus metrics (spool, link, CPU) on 127.0.0.1:PORT/metrics; 0 = off")
 
     simulate = sub.add_parser("simulate", help="drive a simulated truck Houston → Atlanta and stream its telemetry")
     spool_options(simulate)

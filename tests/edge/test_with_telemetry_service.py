@@ -10,14 +10,19 @@ import asyncio
 import json
 import os
 import random
+import shutil
+import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from edge_client.spool import Spool
 from haulmesh.telemetry.v1 import telemetry_service_pb2, telemetry_service_pb2_grpc
 from services.runtime import Mesh, pki
+from services.runtime._store import free_port
 from tests.conftest import wait_for
 
 from .cloud import TcpProxy
@@ -47,6 +52,19 @@ async def _stored(mesh: Mesh, mesh_pki, vehicle: str) -> list[int]:
                 return sequences
 
 
+def _edge_metrics(port: int) -> dict[str, float]:
+    """One scrape of the edge client's endpoint, checked by promtool where it is installed."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    promtool = shutil.which("promtool")
+    if promtool:
+        checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True,
+                                 timeout=30)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    assert not any("vehicle" in labels for f in text_string_to_metric_families(text) for _, labels, *_ in f.samples)
+    return samples
+
+
 def _last_sequence(path: Path) -> int:
     if not path.exists():
         return 0
@@ -61,17 +79,21 @@ async def test_simulated_truck_through_an_outage_to_the_telemetry_service(mesh: 
     port = int(mesh.address("telemetry").rsplit(":", 1)[1])
     proxy = await TcpProxy(port).start()
     spool_path = tmp_path / "spool.db"
+    metrics_port = free_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "edge_client", "--cert-dir", str(certs), "--target", proxy.address,
         "simulate", "--vehicle", vehicle, "--spool", str(spool_path), "--quiet", "--speedup", "600",
         "--max-sim-minutes", "20", "--drain-seconds", "90", "--backoff-cap", "0.5",
+        "--metrics-port", str(metrics_port),
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         await wait_for(lambda: _last_sequence(spool_path) >= 60, timeout_seconds=60)
+        online = await asyncio.to_thread(_edge_metrics, metrics_port)
         proxy.cut()
         cut_at = _last_sequence(spool_path)
         await wait_for(lambda: _last_sequence(spool_path) >= cut_at + 600, timeout_seconds=120)
+        offline = await asyncio.to_thread(_edge_metrics, metrics_port)
         proxy.heal()
         out, err = await asyncio.wait_for(process.communicate(), timeout=180)
     finally:
@@ -85,5 +107,10 @@ async def test_simulated_truck_through_an_outage_to_the_telemetry_service(mesh: 
           f"acked_through={report['acked_through']} sessions={report['sessions']} rejected={report['rejected']}")
     assert process.returncode == 0, err.decode()[-2000:]
     assert report["spool_depth"] == 0 and report["rejected"] == 0 and report["sessions"] >= 2
+    # The truck's own Prometheus endpoint saw the link and the spool as they were (no vehicle label).
+    assert online["edge_link_up"] == 1 and online["edge_stream_sessions_total"] >= 1
+    assert 0 <= online["edge_cpu_utilization_percent"] <= 100 and online["edge_acked_sequence"] > 0
+    assert offline["edge_link_up"] == 0 and offline["edge_spool_depth_frames"] >= 600
+    print(f"edge metrics: online {online}, during the cut spool depth {offline['edge_spool_depth_frames']:.0f}")
     assert report["acked_through"] == report["last_sequence"] == report["frames"]
     assert stored == list(range(1, report["frames"] + 1))
