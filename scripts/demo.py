@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import os
 import secrets
 import shutil
 import sys
@@ -39,8 +40,6 @@ from typing import Any
 
 import grpc
 import httpx
-import redis
-import redis.asyncio
 import uvicorn
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -56,7 +55,14 @@ from edge_client.spool import Spool
 from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, mission_service_pb2_grpc, vehicle_pb2
 from haulmesh.telemetry.v1 import telemetry_service_pb2, telemetry_service_pb2_grpc
 from services.gateway import tokens
-from services.runtime import Mesh, carrier_metadata, certificate_key_id, verify_audit_log
+from services.runtime import (
+    Mesh,
+    carrier_metadata,
+    certificate_key_id,
+    connect_async,
+    connect_sync,
+    verify_audit_log,
+)
 from services.runtime._store import free_port
 from services.telemetry.store import TelemetryStore
 
@@ -366,7 +372,9 @@ def _truck_credentials(certs: Path) -> tuple[grpc.ChannelCredentials, ec.Ellipti
 async def run() -> None:
     step("Issuing dev certificates (CA, every service, the operator CLI, truck AU-TRK-1001)")
     # The receiver is on loopback: allow it explicitly (the gateway refuses private destinations otherwise).
-    mesh = fresh_mesh(STATE, HAULMESH_WEBHOOK_ALLOWED_CIDRS="127.0.0.0/8",
+    # REDIS_URL (a real Redis / Valkey, or a cluster) replaces the embedded store, as for the services.
+    mesh = fresh_mesh(STATE, redis_url=os.environ.get("REDIS_URL") or None,
+                      HAULMESH_WEBHOOK_ALLOWED_CIDRS="127.0.0.0/8",
                       HAULMESH_WEBHOOK_RETRY_SCHEDULE_SECONDS="0.5,1,2,4", **MESH_ENV)
     receiver = WebhookReceiver()
     await receiver.start()
@@ -400,7 +408,7 @@ class Demo:
         self.route_m = 0.0
         self.outage_spooled = 0
         self.link_down = False
-        self._store = redis.asyncio.Redis.from_url(self._store_url())
+        self._store = connect_async(self._store_url())
         self._telemetry = TelemetryStore(self._store)
 
     def _store_url(self) -> str:
@@ -746,7 +754,7 @@ class Demo:
         detail(f"the dead zone: {self.outage_spooled} frames spooled offline and replayed")
 
         step("Verifying the audit log's hash chain")
-        client = redis.Redis.from_url(self._store_url())
+        client = connect_sync(self._store_url())
         try:
             audit = verify_audit_log(client)
         finally:

@@ -13,14 +13,15 @@ from services.runtime._store import free_port
 __all__ = ["fresh_mesh", "register_truck"]
 
 
-def fresh_mesh(state: Path, **extra_env: str) -> Mesh:
-    """A Mesh (not started) on free ports over a state folder emptied first, with dev certificates."""
+def fresh_mesh(state: Path, redis_url: str | None = None, **extra_env: str) -> Mesh:
+    """A Mesh (not started) on free ports over a state folder emptied first, with dev certificates; on
+    ``redis_url`` when given, else on the state folder's embedded store."""
     shutil.rmtree(state, ignore_errors=True)
     certs = state / "certs"
     if cli.main(["--cert-dir", str(certs), "pki", "dev-bootstrap"]) != 0:
         raise RuntimeError("could not issue dev certificates")
     return Mesh(state, ports={name: free_port() for name in MESH_SERVICES}, http_port=free_port(),
-                grace_period_seconds=3, extra_env={"HAULMESH_CERT_DIR": str(certs), **extra_env})
+                grace_period_seconds=3, redis_url=redis_url, extra_env={"HAULMESH_CERT_DIR": str(certs), **extra_env})
 
 
 async def register_truck(ops: mission_service_pb2_grpc.MissionServiceStub, vehicle_id: str,

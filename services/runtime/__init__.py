@@ -56,7 +56,7 @@ from ._paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, decode_page, encode
 from ._rpcmetrics import RpcMetricsInterceptor
 from ._server import Service, run_service
 from ._status import abort, status_of, to_rpc_status
-from ._store import EmbeddedStore, connect_async, redact_url, resolve_redis_url
+from ._store import EmbeddedStore, connect_async, connect_sync, redact_url, resolve_redis_url
 from ._tenant import CARRIER_METADATA_KEY, carrier
 from ._tls import CertificateFiles, client_credentials, reloading_server_credentials
 from ._tracing import (
@@ -128,6 +128,7 @@ __all__ = [
     "client_credentials",
     "configure_tracing",
     "connect_async",
+    "connect_sync",
     "current_trace_ids",
     "dead_letters",
     "decode_page",

@@ -173,7 +173,8 @@ class Mesh:
             except TimeoutError:
                 child.process.kill()
                 await child.process.wait()
-        if stop_store if stop_store is not None else self._started_store:
+        # An external store (redis_url) is never the mesh's to stop.
+        if self.redis_url is None and (stop_store if stop_store is not None else self._started_store):
             await asyncio.to_thread(EmbeddedStore(self.state_dir / "store").stop)
 
     def describe(self) -> list[tuple[str, str]]:

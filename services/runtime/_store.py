@@ -33,6 +33,7 @@ __all__ = [
     "StoreInfo",
     "cluster_url",
     "connect_async",
+    "connect_sync",
     "ensure_embedded_store",
     "redact_url",
     "resolve_redis_url",
@@ -262,6 +263,15 @@ def cluster_url(url: str) -> str | None:
     if os.environ.get("HAULMESH_REDIS_CLUSTER") == "1" and parts.scheme in {"redis", "rediss"}:
         return url
     return None
+
+
+def connect_sync(url: str, *, socket_timeout_seconds: float = 30.0) -> redis.Redis:
+    """A blocking client for command-line checks (``haulmesh audit verify``, the demo's last step); a cluster
+    URL gives redis-py's ``RedisCluster``, which routes the single-key commands those checks use."""
+    seed = cluster_url(url)
+    if seed is not None:
+        return redis.RedisCluster.from_url(seed, socket_timeout=socket_timeout_seconds)  # type: ignore[return-value]
+    return redis.Redis.from_url(url, socket_timeout=socket_timeout_seconds)
 
 
 def connect_async(url: str, *, socket_timeout_seconds: float = 5.0, max_connections: int = 256) -> redis.asyncio.Redis:

@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import redis
 from cryptography import x509
 
 from . import pki
@@ -29,7 +28,7 @@ from ._config import DEFAULT_GATEWAY_HTTP_PORT, DEFAULT_PORTS, MESH_SERVICES, de
 from ._errors import HaulmeshError
 from ._events import dead_letters, replay_dead_letters
 from ._mesh import Mesh
-from ._store import EmbeddedStore, connect_async, resolve_redis_url
+from ._store import EmbeddedStore, connect_async, connect_sync, resolve_redis_url
 
 __all__ = ["main"]
 
@@ -184,7 +183,7 @@ def _store_url() -> str:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    client = redis.Redis.from_url(_store_url(), socket_timeout=30)
+    client = connect_sync(_store_url())
     try:
         report = verify_audit_log(client)
     finally:
