@@ -22,9 +22,8 @@ import ssl
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from google.protobuf import message_factory
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from services.runtime import (
@@ -39,7 +38,7 @@ from services.runtime import (
 from .descriptors import Api
 from .errors import RestError
 from .rest import RestGateway
-from .transcode import RouteTable, build_request, to_json
+from .transcode import build_request
 
 __all__ = ["DeviceGateway", "TlsScopeProtocol", "device_api", "device_ssl_context"]
 
@@ -123,34 +122,16 @@ class DeviceGateway(RestGateway):
     bearer tokens here); ``limiter`` counts per vehicle, with the same budget and store as per carrier.
     """
 
-    def __post_init__(self) -> None:
-        self.routes = RouteTable(self.api)
+    not_found_hint = " among the vehicle routes (the TMS's API is on the bearer-token listener)"
 
     async def _handle(self, request: Request) -> Response:
-        verb = "GET" if request.method == "HEAD" else request.method
-        route, path_vars, allowed = self.routes.match(verb, request.url.path)
-        if route is None:
-            if allowed:
-                raise RestError("UNIMPLEMENTED", f"{request.method} is not allowed here", reason="METHOD_NOT_ALLOWED",
-                                headers={"Allow": ", ".join(sorted(allowed))}, http_status=405)
-            raise RestError("NOT_FOUND", f"no vehicle route for {request.url.path} (the TMS's API is on the "
-                            "bearer-token listener)", reason="ROUTE_NOT_FOUND")
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                raise RestError("INVALID_ARGUMENT", "Content-Length is not a number", reason="INVALID_ARGUMENT")
-            self._check_size(int(declared))
+        route, path_vars = self._match(request)
         vehicle, der = self._vehicle(request)
         # "vehicle/<id>" cannot collide with a carrier's key: carrier ids have no "/".
         await self.limiter.check(f"vehicle/{vehicle.name}")
         body = await self._read_json(request)
         message = build_request(self.api, route, path_vars, body, list(request.query_params.multi_items()))
-        response_class = message_factory.GetMessageClass(route.method.method.output_type)
-        call = self.channel(route.method.peer).unary_unary(
-            route.method.grpc_path, request_serializer=lambda m: m.SerializeToString(),
-            response_deserializer=response_class.FromString)
-        reply = await call(message, metadata=((VEHICLE_CERTIFICATE_METADATA_KEY, der),))
-        return JSONResponse(to_json(reply))
+        return await self._call_unary(route, message, ((VEHICLE_CERTIFICATE_METADATA_KEY, der),))
 
     @staticmethod
     def _vehicle(request: Request) -> tuple[Identity, bytes]:

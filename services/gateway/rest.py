@@ -72,14 +72,36 @@ class RestGateway:
             _log.exception("%s %s failed", request.method, request.url.path)
             return error_response(RestError("INTERNAL", "internal error", reason="INTERNAL"))
 
-    async def _handle(self, request: Request) -> Response:
+    #: Said after "no route for <path>" when nothing matches (the device listener points at the TMS's).
+    not_found_hint = ""
+
+    def _match(self, request: Request) -> tuple[Any, dict[str, str]]:
+        """The route and its path variables; 405 (with Allow) or 404 when there is none. The declared body
+        size is checked here too, before anything reads or authenticates."""
         verb = "GET" if request.method == "HEAD" else request.method
         route, path_vars, allowed = self.routes.match(verb, request.url.path)
         if route is None:
             if allowed:
                 raise RestError("UNIMPLEMENTED", f"{request.method} is not allowed here", reason="METHOD_NOT_ALLOWED",
                                 headers={"Allow": ", ".join(sorted(allowed))}, http_status=405)
-            raise RestError("NOT_FOUND", f"no route for {request.url.path}", reason="ROUTE_NOT_FOUND")
+            raise RestError("NOT_FOUND", f"no route for {request.url.path}{self.not_found_hint}",
+                            reason="ROUTE_NOT_FOUND")
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise RestError("INVALID_ARGUMENT", "Content-Length is not a number", reason="INVALID_ARGUMENT")
+            self._check_size(int(declared))
+        return route, path_vars
+
+    async def _call_unary(self, route: Any, message: Any, metadata: tuple[tuple[str, Any], ...]) -> Response:
+        response_class = message_factory.GetMessageClass(route.method.method.output_type)
+        call = self.channel(route.method.peer).unary_unary(
+            route.method.grpc_path, request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=response_class.FromString)
+        return JSONResponse(to_json(await call(message, metadata=metadata)))
+
+    async def _handle(self, request: Request) -> Response:
+        route, path_vars = self._match(request)
         if route.method.scope is None:
             # Trucks call these with their client certificate on the device listener (device.py), never here.
             raise RestError("UNIMPLEMENTED", f"{route.method.method.name} is served to vehicles over mTLS only: "
@@ -89,11 +111,6 @@ class RestGateway:
         if route.method.method.client_streaming:  # only server streams have an HTTP form (Server-Sent Events)
             raise RestError("UNIMPLEMENTED", f"{route.method.method.name} streams requests; it has no REST form",
                             reason="STREAMING_NOT_SUPPORTED")
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                raise RestError("INVALID_ARGUMENT", "Content-Length is not a number", reason="INVALID_ARGUMENT")
-            self._check_size(int(declared))
         principal = await self.authenticator.authenticate(request.headers.get("authorization"))
         require_scope(principal, route.method.scope)
         await self.limiter.check(principal.carrier)
@@ -104,13 +121,7 @@ class RestGateway:
         if route.method.streaming:
             resume_from(message, request.headers.get("last-event-id"))
             return await open_event_stream(self.channel(route.method.peer), route.method, message, metadata)
-        method = route.method.method
-        response_class = message_factory.GetMessageClass(method.output_type)
-        call = self.channel(route.method.peer).unary_unary(
-            route.method.grpc_path, request_serializer=lambda m: m.SerializeToString(),
-            response_deserializer=response_class.FromString)
-        reply = await call(message, metadata=metadata)
-        return JSONResponse(to_json(reply))
+        return await self._call_unary(route, message, metadata)
 
     def _check_size(self, size: int) -> None:
         if size > self.max_request_bytes:
