@@ -16,8 +16,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, mission_service_pb2_grpc, vehicle_pb2
 from haulmesh.telemetry.v1 import frame_pb2, stream_pb2, telemetry_service_pb2_grpc
-from services.runtime import pki
+from haulmesh.type.v1 import equipment_pb2, location_pb2
+from services.runtime import Mesh, carrier_metadata, new_id, pki
 from services.runtime._store import free_port
 from services.telemetry.domain import key_id_of
 
@@ -164,3 +166,30 @@ class TelemetryProcess:
                 await asyncio.wait_for(self.process.wait(), 15)
             except TimeoutError:
                 await self.kill()
+
+
+HOUSTON = location_pb2.Location(lat=29.7499, lon=-95.3584, address="Houston, TX")
+ATLANTA = location_pb2.Location(lat=33.749, lon=-84.388, address="Atlanta, GA")
+
+
+async def dispatch_to(mesh: Mesh, pki_: object, truck: Truck, carrier: str,
+                      stops: list[mission_pb2.Stop] | None = None, tms_load_id: str = "") -> mission_pb2.Mission:
+    """Registers ``truck`` as a fleet operator would, then dispatches a Houston → Atlanta mission to it for
+    ``carrier`` as the tender service does on acceptance (``stops`` replaces the default two)."""
+    stops = stops or [mission_pb2.Stop(type=mission_pb2.Stop.TYPE_PICKUP, location=HOUSTON),
+                      mission_pb2.Stop(type=mission_pb2.Stop.TYPE_DELIVERY, location=ATLANTA)]
+    credentials = pki_.credentials  # type: ignore[attr-defined]
+    async with grpc.aio.secure_channel(mesh.address("mission"), credentials("operator", "ops")) as ops, \
+            grpc.aio.secure_channel(mesh.address("mission"), credentials("service", "tender")) as tender:
+        await mission_service_pb2_grpc.MissionServiceStub(ops).CreateVehicle(
+            mission_service_pb2.CreateVehicleRequest(vehicle_id=truck.vehicle_id, vehicle=vehicle_pb2.Vehicle(
+                home_region="US-TX-HOU", capabilities=vehicle_pb2.VehicleCapabilities(
+                    equipment=[equipment_pb2.EQUIPMENT_DRY_VAN_53FT], max_cargo_weight_lb=45_000,
+                    night_operations=True))), timeout=10)
+        return await mission_service_pb2_grpc.MissionServiceStub(tender).CreateMission(
+            mission_service_pb2.CreateMissionRequest(request_id=new_id(), mission=mission_pb2.Mission(
+                tender=f"tenders/{new_id()}", quote=f"quotes/{new_id()}", vehicle=f"vehicles/{truck.vehicle_id}",
+                load=mission_pb2.LoadDetails(tms_load_id=tms_load_id or f"LOAD-{truck.vehicle_id}",
+                                             equipment=equipment_pb2.EQUIPMENT_DRY_VAN_53FT, weight_lb=30_000),
+                stops=stops)),
+            metadata=carrier_metadata(carrier), timeout=10)

@@ -7,13 +7,13 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 
-from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, mission_service_pb2_grpc, vehicle_pb2
+from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, mission_service_pb2_grpc
 from haulmesh.telemetry.v1 import stream_pb2
-from haulmesh.type.v1 import equipment_pb2, location_pb2, time_window_pb2
-from services.runtime import Mesh, carrier_metadata, new_id
+from haulmesh.type.v1 import time_window_pb2
+from services.runtime import Mesh, carrier_metadata
 
 from ..conftest import Pki, wait_for
-from .helpers import Session, Truck
+from .helpers import ATLANTA, HOUSTON, Session, Truck, dispatch_to
 
 
 def _window(start: datetime) -> time_window_pb2.TimeWindow:
@@ -25,24 +25,10 @@ def _window(start: datetime) -> time_window_pb2.TimeWindow:
 
 async def test_dispatch_sends_the_assignment_to_the_truck_once(mesh: Mesh, mesh_pki: Pki) -> None:
     truck = Truck.mint(mesh_pki.ca, f"AS-{uuid.uuid4().hex[:8].upper()}")
-    async with grpc.aio.secure_channel(mesh.address("mission"), mesh_pki.credentials("operator", "ops")) as ops_ch, \
-            grpc.aio.secure_channel(mesh.address("mission"), mesh_pki.credentials("service", "tender")) as t_ch:
-        capabilities = vehicle_pb2.VehicleCapabilities(equipment=[equipment_pb2.EQUIPMENT_DRY_VAN_53FT],
-                                                       max_cargo_weight_lb=45_000, night_operations=True)
-        await mission_service_pb2_grpc.MissionServiceStub(ops_ch).CreateVehicle(
-            mission_service_pb2.CreateVehicleRequest(vehicle_id=truck.vehicle_id, vehicle=vehicle_pb2.Vehicle(
-                home_region="US-TX-HOU", capabilities=capabilities)), timeout=10)
-        stops = [mission_pb2.Stop(type=mission_pb2.Stop.TYPE_PICKUP, planned_window=_window(
-                     datetime.now(UTC) + timedelta(hours=2)),
-                                  location=location_pb2.Location(lat=29.7499, lon=-95.3584, address="Houston, TX")),
-                 mission_pb2.Stop(type=mission_pb2.Stop.TYPE_DELIVERY,
-                                  location=location_pb2.Location(lat=33.749, lon=-84.388, address="Atlanta, GA"))]
-        mission = await mission_service_pb2_grpc.MissionServiceStub(t_ch).CreateMission(
-            mission_service_pb2.CreateMissionRequest(request_id=new_id(), mission=mission_pb2.Mission(
-                tender=f"tenders/{new_id()}", quote=f"quotes/{new_id()}", vehicle=f"vehicles/{truck.vehicle_id}",
-                load=mission_pb2.LoadDetails(tms_load_id="AS-1", equipment=equipment_pb2.EQUIPMENT_DRY_VAN_53FT,
-                                             weight_lb=30_000), stops=stops)),
-            metadata=carrier_metadata("acme"), timeout=10)
+    stops = [mission_pb2.Stop(type=mission_pb2.Stop.TYPE_PICKUP, location=HOUSTON,
+                              planned_window=_window(datetime.now(UTC) + timedelta(hours=2))),
+             mission_pb2.Stop(type=mission_pb2.Stop.TYPE_DELIVERY, location=ATLANTA)]
+    mission = await dispatch_to(mesh, mesh_pki, truck, "acme", stops, tms_load_id="AS-1")
     mission_id = mission.name.removeprefix("missions/")
 
     async with grpc.aio.secure_channel(mesh.address("telemetry"), truck.credentials()) as channel:

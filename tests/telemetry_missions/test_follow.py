@@ -15,17 +15,15 @@ import pytest
 import redis.asyncio
 
 from haulmesh.events.v1 import event_pb2
-from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, mission_service_pb2_grpc, vehicle_pb2
+from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, mission_service_pb2_grpc
 from haulmesh.telemetry.v1 import frame_pb2, stream_pb2
-from haulmesh.type.v1 import equipment_pb2, geofence_pb2, health_check_pb2, location_pb2, time_window_pb2
+from haulmesh.type.v1 import geofence_pb2, health_check_pb2, location_pb2, time_window_pb2
 from services.runtime import Mesh, carrier_metadata, new_id
 
 from ..conftest import Pki, free_port, wait_for
-from ..telemetry.helpers import Session, Truck
+from ..telemetry.helpers import ATLANTA, HOUSTON, Session, Truck, dispatch_to
 
 CARRIER = "follow-co"
-HOUSTON = location_pb2.Location(lat=29.7499, lon=-95.3584, address="Houston, TX")
-ATLANTA = location_pb2.Location(lat=33.749, lon=-84.388, address="Atlanta, GA")
 KIND = frame_pb2.FramePayload
 State = mission_pb2.Mission
 
@@ -67,27 +65,12 @@ def _window(start: datetime, hours: float) -> time_window_pb2.TimeWindow:
 
 
 async def _dispatch(mesh: Mesh, pki: Pki, truck: Truck) -> str:
-    async with grpc.aio.secure_channel(mesh.address("mission"), pki.credentials("operator", "ops")) as ops_ch, \
-            grpc.aio.secure_channel(mesh.address("mission"), pki.credentials("service", "tender")) as t_ch:
-        capabilities = vehicle_pb2.VehicleCapabilities(equipment=[equipment_pb2.EQUIPMENT_DRY_VAN_53FT],
-                                                       max_cargo_weight_lb=45_000, night_operations=True)
-        await mission_service_pb2_grpc.MissionServiceStub(ops_ch).CreateVehicle(
-            mission_service_pb2.CreateVehicleRequest(vehicle_id=truck.vehicle_id, vehicle=vehicle_pb2.Vehicle(
-                home_region="US-TX-HOU", capabilities=capabilities)), timeout=10)
-        now = datetime.now(UTC)
-        destination = geofence_pb2.Geofence(circle=geofence_pb2.Geofence.Circle(center=ATLANTA, radius_meters=800))
-        stops = [mission_pb2.Stop(type=mission_pb2.Stop.TYPE_PICKUP, location=HOUSTON,
-                                  planned_window=_window(now, 2)),
-                 mission_pb2.Stop(type=mission_pb2.Stop.TYPE_DELIVERY, location=ATLANTA, geofence=destination,
-                                  planned_window=_window(now + timedelta(hours=12), 4))]
-        mission = await mission_service_pb2_grpc.MissionServiceStub(t_ch).CreateMission(
-            mission_service_pb2.CreateMissionRequest(request_id=new_id(), mission=mission_pb2.Mission(
-                tender=f"tenders/{new_id()}", quote=f"quotes/{new_id()}", vehicle=f"vehicles/{truck.vehicle_id}",
-                load=mission_pb2.LoadDetails(tms_load_id=f"FL-{truck.vehicle_id}",
-                                             equipment=equipment_pb2.EQUIPMENT_DRY_VAN_53FT, weight_lb=30_000),
-                stops=stops)),
-            metadata=carrier_metadata(CARRIER), timeout=10)
-    return mission.name
+    now = datetime.now(UTC)
+    destination = geofence_pb2.Geofence(circle=geofence_pb2.Geofence.Circle(center=ATLANTA, radius_meters=800))
+    stops = [mission_pb2.Stop(type=mission_pb2.Stop.TYPE_PICKUP, location=HOUSTON, planned_window=_window(now, 2)),
+             mission_pb2.Stop(type=mission_pb2.Stop.TYPE_DELIVERY, location=ATLANTA, geofence=destination,
+                              planned_window=_window(now + timedelta(hours=12), 4))]
+    return (await dispatch_to(mesh, pki, truck, CARRIER, stops)).name
 
 
 def _signed(truck: Truck, sequence: int, kind: int, *, at: location_pb2.Location, speed_kph: float = 88.0,
@@ -104,6 +87,41 @@ def _along(a: location_pb2.Location, b: location_pb2.Location, count: int) -> li
     """Points on the straight leg from a to b (the planned route's first segment), a excluded."""
     return [location_pb2.Location(lat=a.lat + (b.lat - a.lat) * i / count, lon=a.lon + (b.lon - a.lon) * i / count)
             for i in range(1, count + 1)]
+
+
+CHECKS = [health_check_pb2.HealthCheckResult(check=c, outcome=health_check_pb2.HealthCheckResult.OUTCOME_PASS,
+                                             blocking=True) for c in ("lidar", "camera", "radar", "brakes")]
+
+
+async def _in(mission: Awaitable[mission_pb2.Mission], *states: int) -> mission_pb2.Mission | None:
+    current = await mission
+    return current if current.state in states else None
+
+
+async def _start_mission(session: Session, truck: Truck, missions: mission_service_pb2_grpc.MissionServiceStub,
+                         mission_name: str) -> tuple[stream_pb2.CommandAck, mission_pb2.Mission, mission_pb2.Mission]:
+    """The truck accepts its assignment (→ PRE_TRIP), the operator clears departure if the lane needs it, and the
+    truck's passing HEALTH frame (sequence 1, at Houston) starts the mission: (ack, PRE_TRIP view, ENROUTE view)."""
+    tenant = carrier_metadata(CARRIER)
+
+    async def mission_now() -> mission_pb2.Mission:
+        return await missions.GetMission(mission_service_pb2.GetMissionRequest(name=mission_name), metadata=tenant,
+                                         timeout=10)
+
+    [assign] = await wait_for(lambda: session.of("command"), timeout_seconds=15)
+    assert assign.command_id == f"assign-{mission_name.removeprefix('missions/')}"
+    ack = stream_pb2.CommandAck(command_id=assign.command_id, outcome=stream_pb2.CommandAck.OUTCOME_ACCEPTED)
+    ack.device_time.GetCurrentTime()
+    session.send(stream_pb2.StreamTelemetryRequest(command_ack=ack))
+    pre_trip = await wait_for(lambda: _in(mission_now(), State.STATE_PRE_TRIP), timeout_seconds=15)
+    if pre_trip.check_in_requirement.required:
+        await missions.RecordCheckIn(mission_service_pb2.RecordCheckInRequest(
+            name=mission_name, check_in=mission_pb2.CheckIn(point=mission_pb2.CheckIn.POINT_DEPARTURE,
+                                                            outcome=mission_pb2.CheckIn.OUTCOME_PROCEED)),
+            metadata=tenant, timeout=10)
+    _send(session, _signed(truck, 1, KIND.KIND_HEALTH, at=HOUSTON, speed_kph=0, health_checks=CHECKS))
+    enroute = await wait_for(lambda: _in(mission_now(), State.STATE_ENROUTE), timeout_seconds=15)
+    return ack, pre_trip, enroute
 
 
 async def _keep_alive(session: Session) -> None:
@@ -142,28 +160,11 @@ async def test_a_mission_follows_its_trucks_telemetry(follow_mesh: Mesh, mesh_pk
         session = Session(channel)
         session.send(truck.hello())
         alive = asyncio.ensure_future(_keep_alive(session))
-        commands = await wait_for(lambda: session.of("command"), timeout_seconds=15)
-        assign = commands[0]
-        assert assign.command_id == f"assign-{mission_name.removeprefix('missions/')}"
-        ack = stream_pb2.CommandAck(command_id=assign.command_id, outcome=stream_pb2.CommandAck.OUTCOME_ACCEPTED)
-        ack.device_time.GetCurrentTime()
-        session.send(stream_pb2.StreamTelemetryRequest(command_ack=ack))
-        pre_trip = await wait_for(lambda: mission_in(State.STATE_PRE_TRIP), timeout_seconds=15)
-        assert pre_trip.dispatch_ack_time.ToSeconds() == ack.device_time.ToSeconds()
+        # 2. ... then a passing pre-trip HEALTH frame starts the mission.
+        ack, pre_trip, enroute = await _start_mission(session, truck, missions, mission_name)
+        assert pre_trip.dispatch_ack_time.ToSeconds() == ack.device_time.ToSeconds()  # the truck's time
         assert await events.of("haulmesh.telemetry.v1.command_acknowledged", mission_name)
-        if pre_trip.check_in_requirement.required:
-            await missions.RecordCheckIn(mission_service_pb2.RecordCheckInRequest(
-                name=mission_name, check_in=mission_pb2.CheckIn(point=mission_pb2.CheckIn.POINT_DEPARTURE,
-                                                                outcome=mission_pb2.CheckIn.OUTCOME_PROCEED)),
-                metadata=tenant, timeout=10)
-
-        # 2. A passing pre-trip HEALTH frame starts the mission.
-        passed = health_check_pb2.HealthCheckResult.OUTCOME_PASS
-        checks = [health_check_pb2.HealthCheckResult(check=c, outcome=passed, blocking=True)
-                  for c in ("lidar", "camera", "radar", "brakes")]
-        _send(session, _signed(truck, 1, KIND.KIND_HEALTH, at=HOUSTON, speed_kph=0, health_checks=checks))
-        enroute = await wait_for(lambda: mission_in(State.STATE_ENROUTE), timeout_seconds=15)
-        assert list(enroute.pre_trip_checks) == checks
+        assert list(enroute.pre_trip_checks) == CHECKS
 
         # 3. Driving: position frames give ETA updates for the TMS.
         assert len(enroute.planned_route) == 14  # the seed lane's known route (services/mission/routes.json)
@@ -306,24 +307,7 @@ async def test_leaving_the_planned_route_raises_a_route_deviation(follow_mesh: M
         session.send(truck.hello())
         alive = asyncio.ensure_future(_keep_alive(session))
         try:
-            [assign] = await wait_for(lambda: session.of("command"), timeout_seconds=15)
-            ack = stream_pb2.CommandAck(command_id=assign.command_id, outcome=stream_pb2.CommandAck.OUTCOME_ACCEPTED)
-            session.send(stream_pb2.StreamTelemetryRequest(command_ack=ack))
-
-            async def mission_now() -> mission_pb2.Mission:
-                return await missions.GetMission(mission_service_pb2.GetMissionRequest(name=mission_name),
-                                                 metadata=tenant, timeout=10)
-
-            mission = await wait_for(lambda: _in(mission_now(), State.STATE_PRE_TRIP), timeout_seconds=15)
-            if mission.check_in_requirement.required:
-                await missions.RecordCheckIn(mission_service_pb2.RecordCheckInRequest(
-                    name=mission_name, check_in=mission_pb2.CheckIn(point=mission_pb2.CheckIn.POINT_DEPARTURE,
-                                                                    outcome=mission_pb2.CheckIn.OUTCOME_PROCEED)),
-                    metadata=tenant, timeout=10)
-            passed = health_check_pb2.HealthCheckResult(check="lidar", blocking=True,
-                                                        outcome=health_check_pb2.HealthCheckResult.OUTCOME_PASS)
-            _send(session, _signed(truck, 1, KIND.KIND_HEALTH, at=HOUSTON, speed_kph=0, health_checks=[passed]))
-            mission = await wait_for(lambda: _in(mission_now(), State.STATE_ENROUTE), timeout_seconds=15)
+            _, _, mission = await _start_mission(session, truck, missions, mission_name)
             route = mission.planned_route
             # Two frames on the route, then three 20 km north of it (the corridor is 1 km wide).
             on_route = _along(route[0], route[1], 2)
@@ -334,7 +318,8 @@ async def test_leaving_the_planned_route_raises_a_route_deviation(follow_mesh: M
                                       timeout_seconds=10)
             data = deviated[0].telemetry_route_deviated
             assert data.frames == 3 and data.frame_sequence == 6 and data.distance_meters > 15_000
-            mission = await wait_for(lambda: _in(mission_now(), State.STATE_EXCEPTION), timeout_seconds=15)
+            mission = await wait_for(lambda: _in(missions.GetMission(mission_service_pb2.GetMissionRequest(
+                name=mission_name), metadata=tenant, timeout=10), State.STATE_EXCEPTION), timeout_seconds=15)
             assert [e.kind for e in mission.exceptions] == [mission_pb2.MissionException.KIND_ROUTE_DEVIATION]
         finally:
             alive.cancel()
@@ -342,8 +327,3 @@ async def test_leaving_the_planned_route_raises_a_route_deviation(follow_mesh: M
             await channel.close()
             await client.aclose()
     print(f"route deviation after 3 off-route frames, {data.distance_meters:.0f} m off the plan")
-
-
-async def _in(mission: Awaitable[mission_pb2.Mission], state: int) -> mission_pb2.Mission | None:
-    current = await mission
-    return current if current.state == state else None

@@ -10,15 +10,15 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 
-from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, mission_service_pb2_grpc, vehicle_pb2
-from haulmesh.type.v1 import equipment_pb2, location_pb2, time_window_pb2
-from services.runtime import Mesh, carrier_metadata, new_id
+from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, mission_service_pb2_grpc
+from haulmesh.type.v1 import time_window_pb2
+from services.runtime import Mesh, carrier_metadata
 
 from ..conftest import Pki
 
 # The REST fixtures of the gateway tests (a fixture imported into a conftest is registered here too).
 from ..gateway_rest.conftest import base_url, token  # noqa: F401
-from ..telemetry.helpers import Truck
+from ..telemetry.helpers import ATLANTA, HOUSTON, Truck, dispatch_to
 
 
 @dataclass(frozen=True)
@@ -51,22 +51,8 @@ async def dispatched(mesh: Mesh, mesh_pki: Pki) -> Dispatched:
     window = time_window_pb2.TimeWindow()
     window.start_time.FromDatetime(datetime.now(UTC) + timedelta(hours=2))
     window.end_time.FromDatetime(datetime.now(UTC) + timedelta(hours=6))
-    async with grpc.aio.secure_channel(mesh.address("mission"), mesh_pki.credentials("operator", "ops")) as ops, \
-            grpc.aio.secure_channel(mesh.address("mission"), mesh_pki.credentials("service", "tender")) as tender:
-        await mission_service_pb2_grpc.MissionServiceStub(ops).CreateVehicle(
-            mission_service_pb2.CreateVehicleRequest(vehicle_id=truck.vehicle_id, vehicle=vehicle_pb2.Vehicle(
-                home_region="US-TX-HOU", capabilities=vehicle_pb2.VehicleCapabilities(
-                    equipment=[equipment_pb2.EQUIPMENT_DRY_VAN_53FT], max_cargo_weight_lb=45_000,
-                    night_operations=True))), timeout=10)
-        stops = [mission_pb2.Stop(type=mission_pb2.Stop.TYPE_PICKUP, planned_window=window,
-                                  location=location_pb2.Location(lat=29.7499, lon=-95.3584, address="Houston, TX")),
-                 mission_pb2.Stop(type=mission_pb2.Stop.TYPE_DELIVERY,
-                                  location=location_pb2.Location(lat=33.749, lon=-84.388, address="Atlanta, GA"))]
-        mission = await mission_service_pb2_grpc.MissionServiceStub(tender).CreateMission(
-            mission_service_pb2.CreateMissionRequest(request_id=new_id(), mission=mission_pb2.Mission(
-                tender=f"tenders/{new_id()}", quote=f"quotes/{new_id()}", vehicle=f"vehicles/{truck.vehicle_id}",
-                load=mission_pb2.LoadDetails(tms_load_id="READS-1", equipment=equipment_pb2.EQUIPMENT_DRY_VAN_53FT,
-                                             weight_lb=30_000), stops=stops)),
-            metadata=carrier_metadata(carrier), timeout=10)
+    stops = [mission_pb2.Stop(type=mission_pb2.Stop.TYPE_PICKUP, planned_window=window, location=HOUSTON),
+             mission_pb2.Stop(type=mission_pb2.Stop.TYPE_DELIVERY, location=ATLANTA)]
+    mission = await dispatch_to(mesh, mesh_pki, truck, carrier, stops, tms_load_id="READS-1")
     assert mission.state == mission_pb2.Mission.STATE_DISPATCHED and mission.dispatch_time.ToMilliseconds()
     return Dispatched(truck, carrier, mission)
