@@ -59,6 +59,7 @@ from services.runtime import (
     Mesh,
     carrier_metadata,
     certificate_key_id,
+    cli,
     connect_async,
     connect_sync,
     verify_audit_log,
@@ -69,7 +70,9 @@ from services.telemetry.store import TelemetryStore
 ROOT = Path(__file__).resolve().parents[1]
 STATE = ROOT / ".haulmesh" / "demo"
 CARRIER = "russell-transport"
-TRUCK = "AU-TRK-1001"
+#: The seed's truck on the demo's own fresh store. On an external store (REDIS_URL) a new truck per run: the store
+#: remembers earlier runs' trucks (their roster entries, their stored sequences).
+TRUCK = f"AU-TRK-{secrets.token_hex(3).upper()}" if os.environ.get("REDIS_URL") else "AU-TRK-1001"
 SCOPES = ("tender:create tender:read tender:update tender:cancel tender:respond mission:read mission:checkin "
           "billing:read billing:reconcile telemetry:read webhook:read webhook:write")
 
@@ -370,12 +373,15 @@ def _truck_credentials(certs: Path) -> tuple[grpc.ChannelCredentials, ec.Ellipti
 
 
 async def run() -> None:
-    step("Issuing dev certificates (CA, every service, the operator CLI, truck AU-TRK-1001)")
+    step(f"Issuing dev certificates (CA, every service, the operator CLI, truck {TRUCK})")
     # The receiver is on loopback: allow it explicitly (the gateway refuses private destinations otherwise).
     # REDIS_URL (a real Redis / Valkey, or a cluster) replaces the embedded store, as for the services.
     mesh = fresh_mesh(STATE, redis_url=os.environ.get("REDIS_URL") or None,
                       HAULMESH_WEBHOOK_ALLOWED_CIDRS="127.0.0.0/8",
                       HAULMESH_WEBHOOK_RETRY_SCHEDULE_SECONDS="0.5,1,2,4", **MESH_ENV)
+    if not (mesh.cert_dir / f"vehicle-{TRUCK}.pem").exists():
+        expect(cli.main(["--cert-dir", str(mesh.cert_dir), "pki", "issue", "vehicle", TRUCK]) == 0,
+               f"could not issue a certificate for {TRUCK}")
     receiver = WebhookReceiver()
     await receiver.start()
     truck = Truck(mesh)

@@ -16,15 +16,26 @@ from tests.e2e.test_flow import (  # noqa: F401
     test_no_tenant_sees_or_touches_another_tenants_resources,
 )
 
+from .valkey_cluster import ValkeyCluster
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_demo_runs_on_the_cluster(store_url: str) -> None:
+def test_the_demo_runs_on_the_cluster(tmp_path: Path) -> None:
     """`make demo` — REST tender to reconciliation with a simulated truck, a dead zone, webhooks and the audit
-    check — with REDIS_URL pointing at the cluster instead of the embedded store."""
+    check — with REDIS_URL pointing at a three-primary cluster instead of the embedded store.
+
+    A cluster of its own: one store serves one mesh (two meshes on one store would share consumer groups, and
+    the session's mesh would take the demo's events).
+    """
+    cluster = ValkeyCluster(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HAULMESH_")}
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py")], capture_output=True, text=True,
-                            timeout=240, env={**env, "REDIS_URL": store_url})
+    try:
+        cluster.start()
+        result = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py")], capture_output=True, text=True,
+                                timeout=240, env={**env, "REDIS_URL": cluster.url})
+    finally:
+        cluster.stop()
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "demo complete" in result.stdout and "MATCHED" in result.stdout
     assert "every signature verified" in result.stdout and "all intact" in result.stdout
