@@ -355,11 +355,6 @@ class TelemetryStore:
         pipe.publish(DOORBELL, vehicle_id)
         await pipe.execute()
 
-    async def current_session(self, vehicle_id: str) -> str:
-        """The vehicle's current session id ("" if none)."""
-        raw = await self._redis.get(_k(vehicle_id, "session"))
-        return raw.decode() if raw else ""
-
     async def record_heartbeat(self, vehicle_id: str, heartbeat: stream_pb2.Heartbeat) -> None:
         """Last seen, edge CPU, link quality and spool state of the vehicle."""
         metrics.record_edge_cpu(heartbeat.edge_cpu_utilization_percent)
@@ -375,11 +370,6 @@ class TelemetryStore:
             "last_sequence": heartbeat.last_sequence,
         })
 
-    async def liveness(self, vehicle_id: str) -> dict[str, str]:
-        """The last heartbeat's fields as strings."""
-        raw = await self._redis.hgetall(_k(vehicle_id, "liveness"))
-        return {k.decode(): v.decode() for k, v in raw.items()}
-
     # ---- commands -----------------------------------------------------------------------------------
 
     async def enqueue_command(self, vehicle_id: str, command: stream_pb2.Command) -> str:
@@ -394,16 +384,10 @@ class TelemetryStore:
                                           vehicle_id])
         return entry.decode() if entry else ""
 
-    async def poll_commands(self, vehicle_id: str, after: str = "0-0",
-                            ) -> tuple[list[tuple[str, stream_pb2.Command]], str]:
-        """Queued, unacknowledged commands after entry id ``after`` in issue order, and the vehicle's current
-        session id, in one round trip."""
-        [result] = await self.poll_commands_of([(vehicle_id, after)])
-        return result
-
     async def poll_commands_of(self, cursors: list[tuple[str, str]],
                                ) -> list[tuple[list[tuple[str, stream_pb2.Command]], str]]:
-        """:meth:`poll_commands` for many ``(vehicle id, after)`` in one pipeline."""
+        """For each ``(vehicle id, after)``: the queued, unacknowledged commands after entry id ``after`` in
+        issue order, and the vehicle's current session id, all in one pipeline."""
         pipe = self._redis.pipeline(transaction=False)
         for vehicle_id, after in cursors:
             pipe.xrange(_k(vehicle_id, "commands"), f"({after}" if after != "0-0" else "-", "+", count=100)
