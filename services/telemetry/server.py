@@ -177,6 +177,9 @@ class _Session:
         self.moved_away = False
         #: Entry id of the last command sent on this stream.
         self.command_cursor = "0-0"
+        #: The store names this stream the vehicle's current one. Until then the deliverer leaves it alone:
+        #: it would read the vehicle's previous session (or none) and take this stream for replaced.
+        self.claimed = False
 
     def end(self, error: HaulmeshError | None) -> None:
         self.outbound.put_nowait(error)
@@ -228,25 +231,27 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
         self._sessions[vehicle_id] = session
         if older is not None:
             older.end(Aborted("a newer stream of this vehicle replaced this one", reason="STREAM_REPLACED"))
-        await self._store.claim_session(vehicle_id, session.session_id)
-        if self._tracking is not None:
-            self._tracking.connected(vehicle_id, first.hello.last_sequence)
-        high_water = await self._store.high_water(vehicle_id)
-        _log.info("vehicle %s session %s opened (boot %s, truck last %d, server high-water %d)", vehicle_id,
-                  session.session_id, first.hello.boot_id[:40], first.hello.last_sequence, high_water)
-        yield stream_pb2.StreamTelemetryResponse(welcome=stream_pb2.Welcome(
-            high_water_sequence=high_water,
-            server_time=_timestamp_ms(int(time.time() * 1000)),
-            max_batch_frames=self._config.max_batch_frames,
-            heartbeat_interval=_duration(self._config.heartbeat_interval_seconds),
-            clock_skew_tolerance=_duration(self._config.clock_skew_seconds),
-            max_frame_age=_duration(self._config.max_frame_age_seconds),
-            session_id=session.session_id,
-        ))
-        tasks = [asyncio.create_task(self._read(session, request_iterator, keys))]
-        self._commands_due(vehicle_id)  # what was queued while the truck was away goes right after Welcome
         metrics.stream_opened()
-        try:
+        tasks: list[asyncio.Task[None]] = []
+        try:  # from here on the stream is registered: whatever fails, the finally below unregisters it
+            await self._store.claim_session(vehicle_id, session.session_id)
+            session.claimed = True
+            if self._tracking is not None:
+                self._tracking.connected(vehicle_id, first.hello.last_sequence)
+            high_water = await self._store.high_water(vehicle_id)
+            _log.info("vehicle %s session %s opened (boot %s, truck last %d, server high-water %d)", vehicle_id,
+                      session.session_id, first.hello.boot_id[:40], first.hello.last_sequence, high_water)
+            yield stream_pb2.StreamTelemetryResponse(welcome=stream_pb2.Welcome(
+                high_water_sequence=high_water,
+                server_time=_timestamp_ms(int(time.time() * 1000)),
+                max_batch_frames=self._config.max_batch_frames,
+                heartbeat_interval=_duration(self._config.heartbeat_interval_seconds),
+                clock_skew_tolerance=_duration(self._config.clock_skew_seconds),
+                max_frame_age=_duration(self._config.max_frame_age_seconds),
+                session_id=session.session_id,
+            ))
+            tasks.append(asyncio.create_task(self._read(session, request_iterator, keys)))
+            self._commands_due(vehicle_id)  # what was queued while the truck was away goes right after Welcome
             while True:
                 item = await session.outbound.get()
                 if item is None:
@@ -263,7 +268,8 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
                 task.cancel()
             # A task blocked in a Redis call may finish that call before it sees the cancellation (the
             # client shields its reads); it stops at its next check of ``closed``, so do not wait for it.
-            await asyncio.wait(tasks, timeout=1)
+            if tasks:
+                await asyncio.wait(tasks, timeout=1)
             if self._sessions.get(vehicle_id) is session:
                 del self._sessions[vehicle_id]
             if session.moved_away and self._tracking is not None:
@@ -443,7 +449,8 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
             if loop.time() - swept >= _COMMAND_SWEEP_SECONDS:
                 due.update(self._sessions)
                 swept = loop.time()
-            sessions = [self._sessions[v] for v in due if v in self._sessions]
+            # A stream still claiming its session is left out: it asks for its queue once claimed.
+            sessions = [stream for v in due if (stream := self._sessions.get(v)) is not None and stream.claimed]
             for start in range(0, len(sessions), _POLL_CHUNK):
                 chunk = sessions[start:start + _POLL_CHUNK]
                 try:

@@ -22,6 +22,7 @@ from haulmesh.type.v1 import equipment_pb2, location_pb2
 from services.runtime import Mesh, carrier_metadata, new_id, pki
 from services.runtime._store import free_port
 from services.telemetry.domain import key_id_of
+from tests.conftest import wait_for
 
 
 @dataclass
@@ -166,6 +167,31 @@ class TelemetryProcess:
                 await asyncio.wait_for(self.process.wait(), 15)
             except TimeoutError:
                 await self.kill()
+
+
+async def open_streams(process: TelemetryProcess, trucks: list[Truck]) -> list[tuple[grpc.aio.Channel, Session]]:
+    """Opens a stream per truck, all at once, sends frame 1 on each and asserts each is acknowledged."""
+    opened = []
+    for truck in trucks:
+        channel = grpc.aio.secure_channel(process.address, truck.credentials())
+        session = Session(channel)
+        session.send(truck.hello())
+        session.send(batch([truck.frame(1)]))
+        opened.append((channel, session))
+    for _, session in opened:
+        try:
+            await wait_for(lambda session=session: session.acked_through == 1 or session.ended.is_set(),
+                           timeout_seconds=30)
+        except TimeoutError:
+            raise AssertionError(f"no ack in 30 s; responses {session.responses}") from None
+        assert session.acked_through == 1, f"stream ended: {session.error}"
+    return opened
+
+
+async def close_streams(opened: list[tuple[grpc.aio.Channel, Session]]) -> None:
+    for channel, session in opened:
+        await session.aclose()
+        await channel.close()
 
 
 HOUSTON = location_pb2.Location(lat=29.7499, lon=-95.3584, address="Houston, TX")

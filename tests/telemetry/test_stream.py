@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -14,7 +15,7 @@ from haulmesh.telemetry.v1 import frame_pb2, stream_pb2, telemetry_service_pb2, 
 from services.telemetry.store import TelemetryStore
 from tests.conftest import Pki, rich_error, wait_for
 
-from .helpers import Session, TelemetryProcess, Truck, batch
+from .helpers import Session, TelemetryProcess, Truck, batch, close_streams, open_streams
 
 R = stream_pb2.Reject
 
@@ -303,3 +304,17 @@ async def test_list_and_watch_vehicle_frames(telemetry: TelemetryProcess, mesh_p
             assert got == [8, 9]
             watch.cancel()
         await session.aclose()
+
+
+async def test_streams_opened_at_once_on_a_fresh_process_are_all_served(mesh_pki: Pki, store_url: str,
+                                                                         tmp_path: Path) -> None:
+    # The first stream starts the command deliverer, whose first round looks at every open stream while
+    # the others are still claiming their sessions: none of them may be taken for replaced.
+    process = TelemetryProcess(mesh_pki.directory, tmp_path, store_url)
+    await process.start(mesh_pki.credentials("operator", "probe"))
+    try:
+        opened = await open_streams(process, [Truck.mint(mesh_pki.ca) for _ in range(100)])
+        await close_streams(opened)
+    finally:
+        await process.stop()
+    print(f"{len(opened)} streams opened at once on a fresh process: every one acknowledged, none replaced")

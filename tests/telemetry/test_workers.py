@@ -10,7 +10,6 @@ import sys
 import urllib.request
 from pathlib import Path
 
-import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -18,7 +17,7 @@ from services.runtime import ConfigError, ServiceConfig
 from services.runtime._store import free_port
 from tests.conftest import Pki, wait_for
 
-from .helpers import Session, TelemetryProcess, Truck, batch
+from .helpers import TelemetryProcess, Truck, close_streams, open_streams
 
 
 def _children(pid: int) -> set[int]:
@@ -30,36 +29,12 @@ def _listening(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _open_streams(port: int) -> float:
+def _streams_served(port: int) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     for family in text_string_to_metric_families(text):
         if family.name == "haulmesh_telemetry_open_streams":
             return sum(sample.value for sample in family.samples)
     raise AssertionError("no haulmesh_telemetry_open_streams on the endpoint")
-
-
-async def _streams(process: TelemetryProcess, trucks: list[Truck]) -> list[tuple[grpc.aio.Channel, Session]]:
-    opened = []
-    for truck in trucks:
-        channel = grpc.aio.secure_channel(process.address, truck.credentials())
-        session = Session(channel)
-        session.send(truck.hello())
-        session.send(batch([truck.frame(1)]))
-        opened.append((channel, session))
-    for _, session in opened:
-        try:
-            await wait_for(lambda session=session: session.acked_through == 1 or session.ended.is_set(),
-                           timeout_seconds=30)
-        except TimeoutError:
-            raise AssertionError(f"no ack in 30 s; responses {session.responses}") from None
-        assert session.acked_through == 1, f"stream ended: {session.error}"
-    return opened
-
-
-async def _close(opened: list[tuple[grpc.aio.Channel, Session]]) -> None:
-    for channel, session in opened:
-        await session.aclose()
-        await channel.close()
 
 
 async def test_two_workers_share_the_port_and_a_killed_one_comes_back(mesh_pki: Pki, store_url: str,
@@ -81,19 +56,19 @@ async def test_two_workers_share_the_port_and_a_killed_one_comes_back(mesh_pki: 
         for port in (metrics_port, metrics_port + 1):  # both workers up (each serves its metrics before gRPC)
             await wait_for(lambda port=port: _listening(port), timeout_seconds=30)
         trucks = [Truck.mint(mesh_pki.ca) for _ in range(24)]
-        opened = await _streams(process, trucks)
+        opened = await open_streams(process, trucks)
         # The kernel spread the connections over both workers (all 24 on one: 2 ** -23).
-        per_worker = [await asyncio.to_thread(_open_streams, metrics_port + i) for i in (0, 1)]
+        per_worker = [await asyncio.to_thread(_streams_served, metrics_port + i) for i in (0, 1)]
         assert sum(per_worker) == 24 and min(per_worker) > 0, per_worker
-        await _close(opened)
+        await close_streams(opened)
 
         victim = sorted(workers)[0]
         os.kill(victim, signal.SIGKILL)
         replaced = await wait_for(lambda: (lambda c: c if len(c) == 2 and victim not in c else None)(
             _children(process.pid)), timeout_seconds=30)
         # The port kept serving through the loss, and serves on both workers again.
-        opened = await _streams(process, [Truck.mint(mesh_pki.ca) for _ in range(4)])
-        await _close(opened)
+        opened = await open_streams(process, [Truck.mint(mesh_pki.ca) for _ in range(4)])
+        await close_streams(opened)
         assert process.process is not None and process.process.returncode is None
     finally:
         await process.stop()
