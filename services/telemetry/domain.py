@@ -104,6 +104,10 @@ class TelemetryConfig:
     commit_window_seconds: float = 0.001
     #: How long WAITAOF may wait for the fsync before the batch counts as not durable.
     durable_timeout_seconds: float = 3.0
+    #: Least time between two Acks on one stream. A truck's first durable frame after a pause is acked at
+    #: once; what becomes durable sooner after an Ack waits and rides the next one, so a truck sending
+    #: several frames a second gets a few Acks a second, not one per frame (each is a message both ends pay).
+    ack_interval_seconds: float = 0.25
     #: Silence (no frame, no heartbeat) after which a vehicle on a mission is reported lost; 0 means three
     #: heartbeat intervals (DESIGN.md).
     liveness_timeout_seconds: float = 0.0
@@ -127,6 +131,7 @@ class TelemetryConfig:
             retention_seconds=_env_float(env, p + "RETENTION_DAYS", cls.retention_seconds / 86400) * 86400,
             commit_window_seconds=_env_float(env, p + "COMMIT_WINDOW_SECONDS", cls.commit_window_seconds),
             durable_timeout_seconds=_env_float(env, p + "DURABLE_TIMEOUT_SECONDS", cls.durable_timeout_seconds),
+            ack_interval_seconds=_env_float(env, p + "ACK_INTERVAL_SECONDS", cls.ack_interval_seconds),
             liveness_timeout_seconds=_env_float(env, p + "LIVENESS_TIMEOUT_SECONDS", cls.liveness_timeout_seconds),
         )
 

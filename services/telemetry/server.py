@@ -177,6 +177,9 @@ class _Session:
         self.moved_away = False
         #: Entry id of the last command sent on this stream.
         self.command_cursor = "0-0"
+        #: When the last Ack went out (event-loop time), and the flush waiting to send the next one.
+        self.last_ack_time = float("-inf")
+        self.ack_timer: asyncio.TimerHandle | None = None
         #: The store names this stream the vehicle's current one. Until then the deliverer leaves it alone:
         #: it would read the vehicle's previous session (or none) and take this stream for replaced.
         self.claimed = False
@@ -264,6 +267,8 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
         finally:
             metrics.stream_closed()
             session.closed.set()
+            if session.ack_timer is not None:
+                session.ack_timer.cancel()
             for task in tasks:
                 task.cancel()
             # A task blocked in a Redis call may finish that call before it sees the cancellation (the
@@ -347,7 +352,7 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
         # The commit runs while the next batch is read and verified; acks follow in batch order.
         commit = self._store.submit(session.vehicle_id, good, received=len(frames), rejects=rejects)
         session.pending_acks.append((commit, max(f.sequence for f in frames), good))
-        commit.add_done_callback(lambda _: self._flush_acks(session))
+        commit.add_done_callback(lambda done: self._commit_done(session, done))
         return True
 
     async def _verify_batch(self, vehicle_id: str, frames: Sequence[frame_pb2.SignedFrame],
@@ -372,6 +377,25 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
                                         for i in range(0, len(work), size)))
         return [outcome for chunk in chunks for outcome in chunk]
 
+    def _commit_done(self, session: _Session, commit: asyncio.Future[Any]) -> None:
+        """Acknowledge now, or at the stream's next Ack time if one went out less than the interval ago.
+        A failed commit is not paced: it ends the stream (and its error is retrieved here, once)."""
+        if commit.cancelled() or commit.exception() is not None:
+            self._flush_acks(session)
+            return
+        if session.ack_timer is not None:
+            return  # the scheduled flush takes this commit too
+        loop = asyncio.get_running_loop()
+        wait = session.last_ack_time + self._config.ack_interval_seconds - loop.time()
+        if wait <= 0:
+            self._flush_acks(session)
+        else:
+            session.ack_timer = loop.call_later(wait, self._paced_flush, session)
+
+    def _paced_flush(self, session: _Session) -> None:
+        session.ack_timer = None
+        self._flush_acks(session)
+
     def _flush_acks(self, session: _Session) -> None:
         """Acknowledge every leading commit that is durable, with one Ack through the last of them.
 
@@ -391,6 +415,7 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
         if through and not session.closed.is_set():
             session.outbound.put_nowait(stream_pb2.StreamTelemetryResponse(
                 ack=stream_pb2.Ack(through_sequence=through)))
+            session.last_ack_time = asyncio.get_running_loop().time()
         if durable and self._tracking is not None:
             self._tracking.frames_stored(session.vehicle_id, durable)
         if failure is not None:

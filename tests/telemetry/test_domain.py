@@ -161,3 +161,10 @@ def test_store_applies_the_same_rules_atomically(store_url: str, batches: list[l
             await client.aclose()
 
     asyncio.run(run())
+
+
+def test_the_ack_interval_comes_from_the_environment_and_is_checked() -> None:
+    assert TelemetryConfig.from_env({"HAULMESH_TELEMETRY_ACK_INTERVAL_SECONDS": "0.05"}).ack_interval_seconds == 0.05
+    for bad in ("0", "-1", "soon"):
+        with pytest.raises(ValueError, match="HAULMESH_TELEMETRY_ACK_INTERVAL_SECONDS"):
+            TelemetryConfig.from_env({"HAULMESH_TELEMETRY_ACK_INTERVAL_SECONDS": bad})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from haulmesh.telemetry.v1 import frame_pb2, stream_pb2, telemetry_service_pb2, telemetry_service_pb2_grpc
+from services.telemetry.domain import TelemetryConfig
 from services.telemetry.store import TelemetryStore
 from tests.conftest import Pki, rich_error, wait_for
 
@@ -318,3 +320,24 @@ async def test_streams_opened_at_once_on_a_fresh_process_are_all_served(mesh_pki
     finally:
         await process.stop()
     print(f"{len(opened)} streams opened at once on a fresh process: every one acknowledged, none replaced")
+
+
+async def test_acks_are_paced_per_stream(telemetry: TelemetryProcess, truck: Truck) -> None:
+    # A truck sending a frame every 25 ms gets an Ack at most every ack interval (0.25 s by default), each
+    # through everything durable by then, and the last through its last frame.
+    interval_seconds, frames = TelemetryConfig().ack_interval_seconds, 40
+    async with grpc.aio.secure_channel(telemetry.address, truck.credentials()) as channel:
+        session = Session(channel)
+        session.send(truck.hello())
+        await wait_for(lambda: session.of("welcome"))
+        began = time.monotonic()
+        for sequence in range(1, frames + 1):
+            session.send(batch([truck.frame(sequence)]))
+            await asyncio.sleep(0.025)
+        await wait_for(lambda: session.acked_through == frames, timeout_seconds=30)
+        elapsed_seconds = time.monotonic() - began
+        await session.aclose()
+    throughs = [ack.through_sequence for ack in session.of("ack")]
+    assert throughs == sorted(set(throughs)) and throughs[-1] == frames
+    assert len(throughs) <= elapsed_seconds / interval_seconds + 1, (len(throughs), elapsed_seconds)
+    print(f"{frames} frames over {elapsed_seconds:.2f} s, one per message: {len(throughs)} acks {throughs}")
