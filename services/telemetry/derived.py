@@ -777,6 +777,10 @@ class Liveness:
         """Stop watching a vehicle (deregistered, or its mission ended and it is parked)."""
         self._seen.pop(vehicle_id, None)
 
+    def watches(self, vehicle_id: str) -> bool:
+        """Whether the vehicle was heard here and not forgotten since."""
+        return vehicle_id in self._seen
+
 
 # ------------------------------------------------------------------------------- protobuf adapters (edges)
 

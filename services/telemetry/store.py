@@ -19,6 +19,9 @@ Keys (``{v}`` is the vehicle id as a Redis Cluster hash tag, so one vehicle's ke
   derived events are published to that carrier's stream.
 * ``telemetry:{v}:lost`` — set while the vehicle is reported lost (connectivity); taken by whoever
   announces the restoration.
+* ``telemetry:heard:{heard-<n>}`` — Sorted sets (16 shards by CRC32 of the vehicle id, so no key is hot):
+  vehicle id scored by when it was last heard (Hello or heartbeat, server ms). Any replica's liveness sweep
+  reads the silent end of them, so a truck whose stream was on a replica that died is still reported lost.
 
 Durability: a frame is acknowledged only after ``WAITAOF 1 0`` confirmed it fsync'd. The commit loop
 gathers the batches of every stream of this process for up to ``commit_window_seconds``, writes them in one
@@ -32,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -113,7 +117,6 @@ return entry
 #: A lost marker outlives any outage worth announcing; an expired one only means no "restored" event.
 _LOST_TTL_SECONDS = 30 * 86400
 
-# KEYS: the vehicle's mission hash. ARGV: the mission name that ended.
 # The newest mission change wins, whatever order the events are handled in (replicas of the consumer handle
 # them in parallel): a change older than the one stored is ignored. An ended mission leaves a tombstone
 # (empty ``mission``) so that a late change of it cannot bring it back.
@@ -127,8 +130,27 @@ return 1
 """
 
 
+# KEYS: a heard shard. ARGV: vehicle id, cutoff (ms). Removes the vehicle only if it was not heard since.
+_FORGET_HEARD_LUA = """
+local heard = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if heard and tonumber(heard) <= tonumber(ARGV[2]) then return redis.call('ZREM', KEYS[1], ARGV[1]) end
+return 0
+"""
+
+
 def _k(vehicle_id: str, what: str) -> str:
     return f"telemetry:{{{vehicle_id}}}:{what}"
+
+
+_HEARD_SHARDS = 16
+
+
+def _heard_key(shard: int) -> str:
+    return f"telemetry:heard:{{heard-{shard}}}"
+
+
+def _heard_of(vehicle_id: str) -> str:
+    return _heard_key(zlib.crc32(vehicle_id.encode()) % _HEARD_SHARDS)
 
 
 @dataclass(frozen=True)
@@ -350,16 +372,22 @@ class TelemetryStore:
     async def claim_session(self, vehicle_id: str, session_id: str) -> None:
         """Make ``session_id`` the vehicle's current session (a newer stream replaces an older one); the
         doorbell tells a replica holding an older stream of the vehicle to end it."""
+        now_ms = int(time.time() * 1000)
         pipe = self._redis.pipeline(transaction=False)
         pipe.set(_k(vehicle_id, "session"), session_id)
+        pipe.hset(_k(vehicle_id, "liveness"), "last_seen_ms", now_ms)  # a Hello is a sign of life
+        pipe.zadd(_heard_of(vehicle_id), {vehicle_id: now_ms}, gt=True)
         pipe.publish(DOORBELL, vehicle_id)
         await pipe.execute()
 
     async def record_heartbeat(self, vehicle_id: str, heartbeat: stream_pb2.Heartbeat) -> None:
         """Last seen, edge CPU, link quality and spool state of the vehicle."""
         metrics.record_edge_cpu(heartbeat.edge_cpu_utilization_percent)
-        await self._redis.hset(_k(vehicle_id, "liveness"), mapping={
-            "last_seen_ms": int(time.time() * 1000),
+        now_ms = int(time.time() * 1000)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zadd(_heard_of(vehicle_id), {vehicle_id: now_ms}, gt=True)
+        pipe.hset(_k(vehicle_id, "liveness"), mapping={
+            "last_seen_ms": now_ms,
             "device_time_ms": heartbeat.device_time.ToMilliseconds(),
             "edge_cpu_utilization_percent": repr(heartbeat.edge_cpu_utilization_percent),
             "link_technology": stream_pb2.LinkQuality.Technology.Name(heartbeat.link.technology),
@@ -369,6 +397,7 @@ class TelemetryStore:
             "dropped_frames": heartbeat.dropped_frames,
             "last_sequence": heartbeat.last_sequence,
         })
+        await pipe.execute()
 
     # ---- commands -----------------------------------------------------------------------------------
 
@@ -495,6 +524,22 @@ class TelemetryStore:
     async def take_lost(self, vehicle_id: str) -> bytes | None:
         """Remove and return the lost marker: whoever takes it announces the restoration, exactly once."""
         return await self._redis.getdel(_k(vehicle_id, "lost"))
+
+    async def silent_since(self, cutoff_ms: int, *, per_shard: int = 500) -> list[str]:
+        """Vehicles last heard (Hello or heartbeat) before ``cutoff_ms``, up to ``per_shard`` of each shard."""
+        pipe = self._redis.pipeline(transaction=False)
+        for shard in range(_HEARD_SHARDS):
+            pipe.zrangebyscore(_heard_key(shard), "-inf", cutoff_ms, start=0, num=per_shard)
+        return [raw.decode() for found in await pipe.execute() for raw in found]
+
+    async def heard_at(self, vehicle_id: str, at_ms: int) -> None:
+        """Move the vehicle to ``at_ms`` in the heard index (never back in time)."""
+        await self._redis.zadd(_heard_of(vehicle_id), {vehicle_id: at_ms}, gt=True)
+
+    async def forget_heard(self, vehicle_id: str, heard_before_ms: int) -> None:
+        """Take a vehicle silent since before ``heard_before_ms`` out of the heard index once its silence is
+        dealt with; one heard since stays (its next Hello or heartbeat would put it back anyway)."""
+        await self._redis.eval(_FORGET_HEARD_LUA, 1, _heard_of(vehicle_id), vehicle_id, heard_before_ms)
 
     async def last_heard_ms(self, vehicle_id: str) -> int:
         """When the vehicle's last frame was stored or its last heartbeat arrived (server ms), 0 if never."""

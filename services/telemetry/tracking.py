@@ -10,10 +10,11 @@ Which mission a vehicle is on comes from the mission service's ``dispatched`` an
 (:meth:`MissionTracking.on_mission_event`), kept per vehicle in the store and cached here for
 ``_MISSION_CACHE_SECONDS`` (replicas that did not consume the event learn of it within that time).
 
-Liveness: every frame and heartbeat is a sign of life; a periodic sweep reports a vehicle silent for the
-liveness timeout as lost, once per outage across replicas (a marker in the store taken with SET NX), and
+Liveness: every frame, heartbeat and Hello is a sign of life; a periodic sweep reports a vehicle silent for
+the liveness timeout as lost, once per outage across replicas (a marker in the store taken with SET NX), and
 whoever takes the marker back — this process when frames resume, or any replica on the truck's next Hello
-— reports it restored, exactly once.
+— reports it restored, exactly once. The sweep covers the vehicles that streamed to this process and, from
+the store's heard index, those that streamed to a replica that is gone.
 """
 
 from __future__ import annotations
@@ -235,22 +236,63 @@ class MissionTracking:
     # ---- liveness ------------------------------------------------------------------------------------
 
     async def sweep(self) -> int:
-        """Report vehicles silent for longer than the timeout as lost; returns how many were announced."""
+        """Report vehicles silent for longer than the timeout as lost; returns how many were announced.
+
+        First those that streamed to this process (it knows their last position), then any other the
+        store's heard index holds as silent: a truck whose replica died while it was out of coverage is
+        watched by no process, and is found there.
+        """
         announced = 0
         for lost in self._liveness.sweep(datetime.now(UTC)):
             try:
                 announced += await self._announce_lost(lost)
             except Exception:
                 _log.exception("announcing %s lost failed", lost.vehicle_id)
+        cutoff_ms = int((time.time() - self._liveness.timeout.total_seconds()) * 1000)
+        for vehicle_id in await self._store.silent_since(cutoff_ms):
+            if self._liveness.watches(vehicle_id):
+                continue  # the first pass reports it
+            try:
+                announced += await self._announce_silent(vehicle_id, cutoff_ms)
+            except Exception:
+                _log.exception("announcing %s lost failed", vehicle_id)
         return announced
 
     async def _announce_lost(self, lost: ConnectivityLost) -> int:
         vehicle_id = lost.vehicle_id
+        cutoff_ms = int((time.time() - self._liveness.timeout.total_seconds()) * 1000)
         # Another replica may hold the truck's stream now (this one saw only the old connection die).
         heard_ms = await self._store.last_heard_ms(vehicle_id)
-        if heard_ms and time.time() * 1000 - heard_ms < self._liveness.timeout.total_seconds() * 1000:
+        if heard_ms > cutoff_ms:
             self._liveness.heard(vehicle_id, datetime.fromtimestamp(heard_ms / 1000, UTC))
             return 0
+        announced = await self._report_lost(lost)
+        await self._store.forget_heard(vehicle_id, cutoff_ms)
+        return announced
+
+    async def _announce_silent(self, vehicle_id: str, cutoff_ms: int) -> int:
+        """A vehicle silent in the store's heard index that no stream of this process watches."""
+        heard_ms = await self._store.last_heard_ms(vehicle_id)
+        if heard_ms > cutoff_ms:  # frames kept it alive: the index is kept by Hellos and heartbeats only
+            await self._store.heard_at(vehicle_id, heard_ms)
+            return 0
+        last_sequence = await self._store.high_water(vehicle_id)
+        last = await self._store.frame(vehicle_id, last_sequence) if last_sequence else None
+        where = None
+        if last is not None:
+            payload = frame_pb2.FramePayload.FromString(last.payload)
+            if payload.HasField("position"):
+                where = LatLon(payload.position.lat, payload.position.lon)
+        announced = await self._report_lost(ConnectivityLost(
+            vehicle_id=vehicle_id, mission_id="", last_seen_time=datetime.fromtimestamp(heard_ms / 1000, UTC),
+            last_sequence=last_sequence, last_location=where, detected_time=datetime.now(UTC)))
+        await self._store.forget_heard(vehicle_id, cutoff_ms)
+        return announced
+
+    async def _report_lost(self, lost: ConnectivityLost) -> int:
+        """Announce the loss for the vehicle's current mission, once per outage across replicas (1 if this
+        call announced it)."""
+        vehicle_id = lost.vehicle_id
         current = await self._current(vehicle_id)
         if current.mission is None:
             return 0  # nobody to tell: liveness of an idle truck is in its heartbeat record

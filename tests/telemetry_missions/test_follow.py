@@ -9,6 +9,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc
 import pytest
@@ -21,7 +22,7 @@ from haulmesh.type.v1 import geofence_pb2, health_check_pb2, location_pb2, time_
 from services.runtime import Mesh, carrier_metadata, new_id
 
 from ..conftest import Pki, free_port, wait_for
-from ..telemetry.helpers import ATLANTA, HOUSTON, Session, Truck, dispatch_to
+from ..telemetry.helpers import ATLANTA, HOUSTON, Session, TelemetryProcess, Truck, dispatch_to
 
 CARRIER = "follow-co"
 KIND = frame_pb2.FramePayload
@@ -327,3 +328,67 @@ async def test_leaving_the_planned_route_raises_a_route_deviation(follow_mesh: M
             await channel.close()
             await client.aclose()
     print(f"route deviation after 3 off-route frames, {data.distance_meters:.0f} m off the plan")
+
+
+async def test_a_truck_whose_replica_died_is_still_reported_lost(follow_mesh: Mesh, mesh_pki: Pki,
+                                                                 tmp_path: Path) -> None:
+    # A second telemetry replica on the mesh's store holds the truck's stream, and dies (SIGKILL) while the
+    # truck is out of coverage: no process watches the truck any more, yet the surviving replica must report
+    # it lost, from the store's heard index; the truck's return to the survivor then restores it, once.
+    mesh = follow_mesh
+    assert mesh.store is not None
+    truck = Truck.mint(mesh_pki.ca, f"FL-{uuid.uuid4().hex[:8].upper()}")
+    mission_name = await _dispatch(mesh, mesh_pki, truck)
+    client = redis.asyncio.Redis.from_url(mesh.store.url)
+    events = Events(client)
+    ops_ch = grpc.aio.secure_channel(mesh.address("mission"), mesh_pki.credentials("operator", "ops"))
+    missions = mission_service_pb2_grpc.MissionServiceStub(ops_ch)
+    replica = TelemetryProcess(mesh_pki.directory, tmp_path, mesh.store.url,
+                               HAULMESH_MISSION_ADDR=mesh.address("mission"),
+                               HAULMESH_TELEMETRY_HEARTBEAT_INTERVAL_SECONDS="0.5",
+                               HAULMESH_TELEMETRY_LIVENESS_TIMEOUT_SECONDS="1.5")
+
+    async def mission_in(*states: int) -> mission_pb2.Mission | None:
+        return await _in(missions.GetMission(mission_service_pb2.GetMissionRequest(name=mission_name),
+                                             metadata=carrier_metadata(CARRIER), timeout=10), *states)
+
+    try:
+        await replica.start(mesh_pki.credentials("operator", "probe"))
+        channel = grpc.aio.secure_channel(replica.address, truck.credentials())
+        session = Session(channel)
+        session.send(truck.hello())
+        alive = asyncio.ensure_future(_keep_alive(session))
+        await _start_mission(session, truck, missions, mission_name)  # frame 1: pre-trip HEALTH at Houston
+        await wait_for(lambda: session.acked_through == 1 or None, timeout_seconds=10)
+        await replica.kill()
+        alive.cancel()
+        await session.aclose()
+        await channel.close()
+
+        lost = await wait_for(lambda: events.of("haulmesh.telemetry.v1.connectivity_lost", mission_name),
+                              timeout_seconds=20)
+        detail = lost[0].telemetry_connectivity_lost
+        assert detail.last_sequence == 1
+        assert (round(detail.last_location.lat, 3), round(detail.last_location.lon, 3)) == (
+            round(HOUSTON.lat, 3), round(HOUSTON.lon, 3))
+        in_exception = await wait_for(lambda: mission_in(State.STATE_EXCEPTION), timeout_seconds=15)
+        assert [e.kind for e in in_exception.exceptions] == [mission_pb2.MissionException.KIND_CONNECTIVITY_LOSS]
+
+        channel = grpc.aio.secure_channel(mesh.address("telemetry"), truck.credentials())
+        session = Session(channel)
+        session.send(truck.hello(last_sequence=1))
+        alive = asyncio.ensure_future(_keep_alive(session))
+        restored = await wait_for(lambda: events.of("haulmesh.telemetry.v1.connectivity_restored", mission_name),
+                                  timeout_seconds=15)
+        assert restored[0].telemetry_connectivity_restored.vehicle_last_sequence == 1
+        assert await wait_for(lambda: mission_in(State.STATE_ENROUTE), timeout_seconds=15)
+        assert len(await events.of("haulmesh.telemetry.v1.connectivity_lost", mission_name)) == 1
+        alive.cancel()
+        await session.aclose()
+        await channel.close()
+    finally:
+        await replica.stop()
+        await ops_ch.close()
+        await client.aclose()
+    print(f"replica pid {replica.pid} killed under the truck: lost reported by the survivor "
+          f"(last sequence {detail.last_sequence}), restored once on the truck's return")
