@@ -28,9 +28,9 @@ Liveness is separate, one :class:`Liveness` for all vehicles of a process::
 Exactly one ConnectivityLost per outage and exactly one ConnectivityRestored when the vehicle is heard again.
 
 To publish: :func:`to_event_payload` builds the ``haulmesh.events.v1`` telemetry payload and returns
-``(event_type, message)`` for the six events that have one; :func:`to_mission_exception` builds the
-``MissionException`` to raise (``RaiseMissionException``, request id ``{vehicle_id}:{frame_sequence}``) for
-SensorFault, RouteDeviation and ConnectivityLost. docs/derived-events.md has the field-by-field mapping.
+``(event_type, message)`` for the six events that have one; the telemetry service's ``telemetry-actions``
+consumer (``actions.py``) turns the published events into mission transitions and exceptions.
+docs/derived-events.md has the field-by-field mapping.
 
 Geometry
 --------
@@ -91,7 +91,6 @@ __all__ = [
     "haversine_m",
     "mission_context_from_pb",
     "to_event_payload",
-    "to_mission_exception",
 ]
 
 #: Mean Earth radius (IUGG), meters.
@@ -335,7 +334,8 @@ class RouteDeviation:
 class SensorFault:
     """A perception sensor left "ok" (or returned to it: ``cleared``), or a FAULT frame.
 
-    ``source`` is the sensor ("lidar", "camera", "radar") or "fault_frame"; ``suggested_kind`` is the
+    ``source`` is the sensor ("lidar", "camera", "radar") or "fault_frame"; ``component`` what failed (the
+    sensor, or the FAULT frame's own component, e.g. "lidar_front_left"); ``suggested_kind`` is the
     MissionException kind name to raise ("SENSOR_FAULT", or "VEHICLE_FAULT" for a FAULT frame about
     something that is not a perception sensor); ``severity`` is "warning" or "critical".
     """
@@ -343,6 +343,7 @@ class SensorFault:
     mission_id: str
     vehicle_id: str
     source: str
+    component: str
     status: str
     code: str
     severity: str
@@ -694,7 +695,7 @@ class VehicleTracker:
                 continue  # only transitions, so a sensor degraded for an hour raises one exception
             cleared = status == "ok"
             events.append(SensorFault(
-                **common, source=sensor, status=status, code=f"{sensor.upper()}_{status.upper()}",
+                **common, source=sensor, component=sensor, status=status, code=f"{sensor.upper()}_{status.upper()}",
                 severity="warning" if status == "degraded" or cleared else "critical",
                 suggested_kind="SENSOR_FAULT", cleared=cleared,
                 description=f"{sensor} status {previous} -> {status}"))
@@ -702,7 +703,8 @@ class VehicleTracker:
             a = frame.alarm
             kind = fault_kind(a.code, a.component)
             events.append(SensorFault(
-                **common, source="fault_frame", status="cleared" if a.cleared else "raised", code=a.code,
+                **common, source="fault_frame", component=a.component, status="cleared" if a.cleared else "raised",
+                code=a.code,
                 severity=a.severity if a.severity in ("warning", "critical") else "warning",
                 suggested_kind=kind, cleared=a.cleared, description=a.description or a.code))
         return events
@@ -865,7 +867,7 @@ def to_event_payload(event: object) -> tuple[str, object]:
 
     A SensorFault becomes ``fault_reported`` (its component is the sensor, or the FAULT frame's own
     component), a RouteDeviation ``route_deviated``; the mission exceptions they call for are raised by the
-    consumer of those events (:func:`to_mission_exception` builds them from the derived events directly).
+    consumer of those events (``actions.py``).
     """
     mission, vehicle = _names(event)
     prefix = "haulmesh.telemetry.v1."
@@ -909,29 +911,6 @@ def to_event_payload(event: object) -> tuple[str, object]:
             vehicle=vehicle, mission=mission, frame_sequence=event.frame_sequence, device_time=_ts(event.device_time),
             kind=frame_pb2.FramePayload.KIND_FAULT, location=_loc(event.location),
             alarm=frame_pb2.Alarm(code=event.code, severity=severity, description=event.description[:1000],
-                                  component="" if event.source == "fault_frame" else event.source,
+                                  component=event.component,
                                   cleared=event.cleared))
     raise TypeError(f"{type(event).__name__} has no telemetry event payload")
-
-
-def to_mission_exception(event: object) -> mission_pb2.MissionException:
-    """The MissionException to raise for a SensorFault, RouteDeviation or ConnectivityLost.
-
-    Output-only fields are left unset; ``contingency`` is left to the mission service's rules.
-    """
-    ex = mission_pb2.MissionException
-    if isinstance(event, SensorFault):
-        return ex(kind=ex.Kind.Value(f"KIND_{event.suggested_kind}"),
-                  severity=ex.SEVERITY_CRITICAL if event.severity == "critical" else ex.SEVERITY_WARNING,
-                  description=f"{event.code}: {event.description}"[:1000], location=_loc(event.location),
-                  frame_sequence=event.frame_sequence)
-    if isinstance(event, RouteDeviation):
-        return ex(kind=ex.KIND_ROUTE_DEVIATION, severity=ex.SEVERITY_WARNING,
-                  description=(f"ROUTE_DEVIATION: {event.distance_m:.0f} m off the planned route "
-                               f"(corridor {event.corridor_width_m:.0f} m) for {event.frames} frames"),
-                  location=_loc(event.location), frame_sequence=event.frame_sequence)
-    if isinstance(event, ConnectivityLost):
-        return ex(kind=ex.KIND_CONNECTIVITY_LOSS, severity=ex.SEVERITY_WARNING,
-                  description=f"no message since {event.last_seen_time.isoformat()}",
-                  location=_loc(event.last_location), frame_sequence=event.last_sequence)
-    raise TypeError(f"{type(event).__name__} does not raise a mission exception")

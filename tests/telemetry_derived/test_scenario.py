@@ -25,7 +25,6 @@ from services.telemetry.derived import (
     VehicleTracker,
     haversine_m,
     to_event_payload,
-    to_mission_exception,
 )
 
 from .helpers import HOUSTON_ATLANTA, T0, context, frame, offset
@@ -75,7 +74,8 @@ def test_houston_to_atlanta() -> None:
     deviations = [e for e in events if isinstance(e, RouteDeviation)]
     assert len(deviations) == 1
     assert deviations[0].frame_sequence == detour.start + 3 and deviations[0].distance_m == pytest.approx(3000, rel=0.1)
-    assert "ROUTE_DEVIATION" in to_mission_exception(deviations[0]).description
+    kind, deviated = to_event_payload(deviations[0])
+    assert kind == "haulmesh.telemetry.v1.route_deviated" and deviated.frame_sequence == detour.start + 3
 
     etas = [e for e in events if isinstance(e, EtaUpdated)]
     assert all(e.stop_index == 1 for e in etas) and all(e.frame_sequence < entered.frame_sequence for e in etas)

@@ -33,7 +33,6 @@ from services.telemetry.derived import (
     haversine_m,
     mission_context_from_pb,
     to_event_payload,
-    to_mission_exception,
 )
 
 from .helpers import HOUSTON_ATLANTA, MISSION, T0, VEHICLE, context, every, frame, offset
@@ -186,10 +185,11 @@ def test_sensor_transitions_and_fault_frames() -> None:
     alarm = tracker.update(frame(next(seq), T0, None, kind="alarm", alarm=Alarm("MRC_ENGAGED", "critical")))
     assert [e.suggested_kind for e in brake + lidar] == ["VEHICLE_FAULT", "SENSOR_FAULT"]  # type: ignore[attr-defined]
     assert alarm == []
-    ex = to_mission_exception(lidar[0])
-    assert ex.kind == mission_pb2.MissionException.KIND_SENSOR_FAULT
-    assert ex.severity == mission_pb2.MissionException.SEVERITY_CRITICAL
-    assert ex.frame_sequence == lidar[0].frame_sequence  # type: ignore[attr-defined]
+    kind, reported = to_event_payload(lidar[0])  # what the actions consumer raises SENSOR_FAULT from
+    assert kind == "haulmesh.telemetry.v1.fault_reported"
+    assert reported.alarm.severity == frame_pb2.Alarm.SEVERITY_CRITICAL
+    assert reported.alarm.component == "lidar_front_left"
+    assert reported.frame_sequence == lidar[0].frame_sequence  # type: ignore[attr-defined]
 
 
 def test_payload_mapping_round_trip() -> None:
@@ -227,8 +227,9 @@ def test_payload_mapping_round_trip() -> None:
     assert isinstance(exited, tev.GeofenceExited) and exited.dwell.ToTimedelta() == timedelta(minutes=3)
     eta = built["haulmesh.telemetry.v1.eta_updated"]
     assert isinstance(eta, tev.EtaUpdated) and eta.stop_index == 0 and eta.remaining_miles > 400
-    fault_type, fault = to_event_payload(SensorFault(MISSION, VEHICLE, "lidar", "fault", "LIDAR_FAULT", "critical",
-                                                     "SENSOR_FAULT", False, "lidar ok -> fault", ATL, T0, 9))
+    fault_type, fault = to_event_payload(SensorFault(MISSION, VEHICLE, "lidar", "lidar", "fault", "LIDAR_FAULT",
+                                                     "critical", "SENSOR_FAULT", False, "lidar ok -> fault", ATL,
+                                                     T0, 9))
     assert fault_type == "haulmesh.telemetry.v1.fault_reported" and isinstance(fault, tev.FaultReported)
     assert (fault.kind, fault.alarm.code, fault.alarm.component) == (
         frame_pb2.FramePayload.KIND_FAULT, "LIDAR_FAULT", "lidar")
@@ -261,4 +262,3 @@ def test_liveness_lost_restored_and_payloads() -> None:
     assert kind == "haulmesh.telemetry.v1.connectivity_restored" and isinstance(msg, tev.ConnectivityRestored)
     assert msg.outage.ToTimedelta() == timedelta(minutes=30) and msg.vehicle_last_sequence == 1800
     assert msg.high_water_sequence == 11
-    assert to_mission_exception(lost[0]).kind == mission_pb2.MissionException.KIND_CONNECTIVITY_LOSS
