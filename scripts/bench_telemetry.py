@@ -58,7 +58,8 @@ def _trucks(ca: pki.CertificateAuthority, count: int, prefix: str) -> list[Truck
     return trucks
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process has used (/proc/<pid>/stat)."""
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -137,8 +138,8 @@ async def live_cpu(mesh: Mesh, ca: pki.CertificateAuthority, *, trucks: int = 10
     frames = {s.truck.vehicle_id: [s.truck.frame(i + 1) for i in range(per_truck)] for s in sessions}
     pid = mesh.children["telemetry"].process.pid
     store_pid = mesh.store.pid if mesh.store is not None else None
-    before = _cpu_seconds(pid)
-    store_before = _cpu_seconds(store_pid) if store_pid else 0.0
+    before = cpu_seconds(pid)
+    store_before = cpu_seconds(store_pid) if store_pid else 0.0
 
     async def drive(session: Session) -> None:
         for frame in frames[session.truck.vehicle_id]:
@@ -147,8 +148,8 @@ async def live_cpu(mesh: Mesh, ca: pki.CertificateAuthority, *, trucks: int = 10
         await session.wait_acked(per_truck)
 
     await asyncio.gather(*(drive(s) for s in sessions))
-    used = _cpu_seconds(pid) - before
-    store_used = (_cpu_seconds(store_pid) - store_before) if store_pid else float("nan")
+    used = cpu_seconds(pid) - before
+    store_used = (cpu_seconds(store_pid) - store_before) if store_pid else float("nan")
     store_bytes = await _bytes_per_frame(mesh, fleet[0].vehicle_id, per_truck)
     for s in sessions:
         await s.close()

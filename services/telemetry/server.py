@@ -84,6 +84,8 @@ _REASON_WIRE = {reason: stream_pb2.Reject.Reason.Value(f"REASON_{reason.value}")
 _COMMAND_SWEEP_SECONDS = 5.0
 #: Batches of at least this many frames are verified on several threads (one per core).
 _PARALLEL_VERIFY_FRAMES = 64
+#: A batch this large is a replayed backlog: its Ack is not paced.
+_ACK_AT_ONCE_FRAMES = 64
 _VERIFY_THREADS = min(os.cpu_count() or 1, 8)
 #: Streams whose queues one pipelined poll reads.
 _POLL_CHUNK = 500
@@ -352,7 +354,8 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
         # The commit runs while the next batch is read and verified; acks follow in batch order.
         commit = self._store.submit(session.vehicle_id, good, received=len(frames), rejects=rejects)
         session.pending_acks.append((commit, max(f.sequence for f in frames), good))
-        commit.add_done_callback(lambda done: self._commit_done(session, done))
+        backlog = len(frames) >= _ACK_AT_ONCE_FRAMES
+        commit.add_done_callback(lambda done: self._commit_done(session, done, backlog=backlog))
         return True
 
     async def _verify_batch(self, vehicle_id: str, frames: Sequence[frame_pb2.SignedFrame],
@@ -377,10 +380,16 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
                                         for i in range(0, len(work), size)))
         return [outcome for chunk in chunks for outcome in chunk]
 
-    def _commit_done(self, session: _Session, commit: asyncio.Future[Any]) -> None:
+    def _commit_done(self, session: _Session, commit: asyncio.Future[Any], *, backlog: bool) -> None:
         """Acknowledge now, or at the stream's next Ack time if one went out less than the interval ago.
-        A failed commit is not paced: it ends the stream (and its error is retrieved here, once)."""
-        if commit.cancelled() or commit.exception() is not None:
+
+        Not paced: a failed commit (it ends the stream; its error is retrieved here, once), and a batch of a
+        replayed backlog (one Ack per hundreds of frames already; the truck frees its spool sooner).
+        """
+        if commit.cancelled() or commit.exception() is not None or backlog:
+            if session.ack_timer is not None:
+                session.ack_timer.cancel()
+                session.ack_timer = None
             self._flush_acks(session)
             return
         if session.ack_timer is not None:

@@ -49,7 +49,7 @@ from services.runtime import Unavailable, add_event, transact, wait_durable
 from . import metrics
 from .domain import TelemetryConfig, Verified
 
-__all__ = ["DOORBELL", "CommitResult", "StoredFrame", "TelemetryStore"]
+__all__ = ["DOORBELL", "CommitResult", "Silence", "StoredFrame", "TelemetryStore"]
 
 _log = logging.getLogger("haulmesh.telemetry.store")
 
@@ -143,6 +143,8 @@ def _k(vehicle_id: str, what: str) -> str:
 
 
 _HEARD_SHARDS = 16
+#: Vehicles per pipelined round trip of the liveness sweep's reads and writes.
+_PIPELINE_CHUNK = 500
 
 
 def _heard_key(shard: int) -> str:
@@ -151,6 +153,14 @@ def _heard_key(shard: int) -> str:
 
 def _heard_of(vehicle_id: str) -> str:
     return _heard_key(zlib.crc32(vehicle_id.encode()) % _HEARD_SHARDS)
+
+
+@dataclass(frozen=True)
+class Silence:
+    """What the liveness sweep needs to know of a vehicle that may have gone silent."""
+
+    last_heard_ms: int
+    on_mission: bool
 
 
 @dataclass(frozen=True)
@@ -525,29 +535,46 @@ class TelemetryStore:
         """Remove and return the lost marker: whoever takes it announces the restoration, exactly once."""
         return await self._redis.getdel(_k(vehicle_id, "lost"))
 
-    async def silent_since(self, cutoff_ms: int, *, per_shard: int = 500) -> list[str]:
+    async def silent_since(self, cutoff_ms: int, *, per_shard: int = 256) -> list[str]:
         """Vehicles last heard (Hello or heartbeat) before ``cutoff_ms``, up to ``per_shard`` of each shard."""
         pipe = self._redis.pipeline(transaction=False)
         for shard in range(_HEARD_SHARDS):
             pipe.zrangebyscore(_heard_key(shard), "-inf", cutoff_ms, start=0, num=per_shard)
         return [raw.decode() for found in await pipe.execute() for raw in found]
 
-    async def heard_at(self, vehicle_id: str, at_ms: int) -> None:
-        """Move the vehicle to ``at_ms`` in the heard index (never back in time)."""
-        await self._redis.zadd(_heard_of(vehicle_id), {vehicle_id: at_ms}, gt=True)
+    async def silence_of(self, vehicle_ids: list[str]) -> dict[str, Silence]:
+        """For each vehicle: when it was last heard (frame stored, heartbeat or Hello; server ms, 0 if never)
+        and whether it is on a mission. One pipelined round trip per ``_PIPELINE_CHUNK`` vehicles."""
+        found: dict[str, Silence] = {}
+        for start in range(0, len(vehicle_ids), _PIPELINE_CHUNK):
+            chunk = vehicle_ids[start:start + _PIPELINE_CHUNK]
+            pipe = self._redis.pipeline(transaction=False)
+            for vehicle_id in chunk:
+                pipe.hget(_k(vehicle_id, "counters"), "last_frame_ms")
+                pipe.hget(_k(vehicle_id, "liveness"), "last_seen_ms")
+                pipe.hstrlen(_k(vehicle_id, "mission"), "mission")  # empty once the mission ended
+            replies = await pipe.execute()
+            for i, vehicle_id in enumerate(chunk):
+                frame_ms, seen_ms, mission_bytes = replies[3 * i:3 * i + 3]
+                found[vehicle_id] = Silence(max(int(frame_ms or 0), int(seen_ms or 0)), bool(mission_bytes))
+        return found
 
-    async def forget_heard(self, vehicle_id: str, heard_before_ms: int) -> None:
-        """Take a vehicle silent since before ``heard_before_ms`` out of the heard index once its silence is
+    async def heard_at(self, heard: dict[str, int]) -> None:
+        """Move vehicles to when they were last heard (ms) in the heard index (never back in time)."""
+        for start in range(0, len(heard), _PIPELINE_CHUNK):
+            pipe = self._redis.pipeline(transaction=False)
+            for vehicle_id, at_ms in list(heard.items())[start:start + _PIPELINE_CHUNK]:
+                pipe.zadd(_heard_of(vehicle_id), {vehicle_id: at_ms}, gt=True)
+            await pipe.execute()
+
+    async def forget_heard(self, vehicle_ids: list[str], heard_before_ms: int) -> None:
+        """Take vehicles silent since before ``heard_before_ms`` out of the heard index once their silence is
         dealt with; one heard since stays (its next Hello or heartbeat would put it back anyway)."""
-        await self._redis.eval(_FORGET_HEARD_LUA, 1, _heard_of(vehicle_id), vehicle_id, heard_before_ms)
-
-    async def last_heard_ms(self, vehicle_id: str) -> int:
-        """When the vehicle's last frame was stored or its last heartbeat arrived (server ms), 0 if never."""
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hget(_k(vehicle_id, "counters"), "last_frame_ms")
-        pipe.hget(_k(vehicle_id, "liveness"), "last_seen_ms")
-        frame_ms, heartbeat_ms = await pipe.execute()
-        return max(int(frame_ms or 0), int(heartbeat_ms or 0))
+        for start in range(0, len(vehicle_ids), _PIPELINE_CHUNK):
+            pipe = self._redis.pipeline(transaction=False)
+            for vehicle_id in vehicle_ids[start:start + _PIPELINE_CHUNK]:
+                pipe.eval(_FORGET_HEARD_LUA, 1, _heard_of(vehicle_id), vehicle_id, heard_before_ms)
+            await pipe.execute()
 
     async def publish(self, carrier_id: str, events: list[event_pb2.Event]) -> None:
         """Append derived events to the carrier's event stream (one transaction, in order)."""

@@ -238,44 +238,44 @@ class MissionTracking:
     async def sweep(self) -> int:
         """Report vehicles silent for longer than the timeout as lost; returns how many were announced.
 
-        First those that streamed to this process (it knows their last position), then any other the
-        store's heard index holds as silent: a truck whose replica died while it was out of coverage is
-        watched by no process, and is found there.
+        The candidates are the vehicles that streamed to this process and went silent (it knows their last
+        position), and any other the store's heard index holds as silent: a truck whose replica died while
+        it was out of coverage is watched by no process, and is found there. Their state is read in a few
+        pipelined round trips, so a whole depot of trucks switching off at once costs little; only those
+        on a mission are announced, one by one.
         """
-        announced = 0
-        for lost in self._liveness.sweep(datetime.now(UTC)):
-            try:
-                announced += await self._announce_lost(lost)
-            except Exception:
-                _log.exception("announcing %s lost failed", lost.vehicle_id)
         cutoff_ms = int((time.time() - self._liveness.timeout.total_seconds()) * 1000)
-        for vehicle_id in await self._store.silent_since(cutoff_ms):
-            if self._liveness.watches(vehicle_id):
-                continue  # the first pass reports it
+        local = {lost.vehicle_id: lost for lost in self._liveness.sweep(datetime.now(UTC))}
+        candidates = [*local, *(v for v in await self._store.silent_since(cutoff_ms) if not self._liveness.watches(v))]
+        if not candidates:
+            return 0
+        silences = await self._store.silence_of(candidates)
+        announced, heard_since, dealt_with = 0, {}, []
+        for vehicle_id in candidates:
+            silence = silences[vehicle_id]
+            if silence.last_heard_ms > cutoff_ms:
+                # Heard since: another replica holds its new stream, or its frames kept it alive (the heard
+                # index is kept by Hellos and heartbeats only).
+                if vehicle_id in local:
+                    self._liveness.heard(vehicle_id, datetime.fromtimestamp(silence.last_heard_ms / 1000, UTC))
+                else:
+                    heard_since[vehicle_id] = silence.last_heard_ms
+                continue
+            dealt_with.append(vehicle_id)
+            if not silence.on_mission:
+                continue  # nobody to tell: liveness of an idle truck is in its heartbeat record
             try:
-                announced += await self._announce_silent(vehicle_id, cutoff_ms)
+                lost = local.get(vehicle_id) or await self._from_store(vehicle_id, silence.last_heard_ms)
+                announced += await self._report_lost(lost)
             except Exception:
                 _log.exception("announcing %s lost failed", vehicle_id)
+                dealt_with.pop()  # the next sweep tries again
+        await self._store.heard_at(heard_since)
+        await self._store.forget_heard(dealt_with, cutoff_ms)
         return announced
 
-    async def _announce_lost(self, lost: ConnectivityLost) -> int:
-        vehicle_id = lost.vehicle_id
-        cutoff_ms = int((time.time() - self._liveness.timeout.total_seconds()) * 1000)
-        # Another replica may hold the truck's stream now (this one saw only the old connection die).
-        heard_ms = await self._store.last_heard_ms(vehicle_id)
-        if heard_ms > cutoff_ms:
-            self._liveness.heard(vehicle_id, datetime.fromtimestamp(heard_ms / 1000, UTC))
-            return 0
-        announced = await self._report_lost(lost)
-        await self._store.forget_heard(vehicle_id, cutoff_ms)
-        return announced
-
-    async def _announce_silent(self, vehicle_id: str, cutoff_ms: int) -> int:
-        """A vehicle silent in the store's heard index that no stream of this process watches."""
-        heard_ms = await self._store.last_heard_ms(vehicle_id)
-        if heard_ms > cutoff_ms:  # frames kept it alive: the index is kept by Hellos and heartbeats only
-            await self._store.heard_at(vehicle_id, heard_ms)
-            return 0
+    async def _from_store(self, vehicle_id: str, last_heard_ms: int) -> ConnectivityLost:
+        """The loss of a vehicle no stream of this process watched: last sequence and position from the store."""
         last_sequence = await self._store.high_water(vehicle_id)
         last = await self._store.frame(vehicle_id, last_sequence) if last_sequence else None
         where = None
@@ -283,11 +283,9 @@ class MissionTracking:
             payload = frame_pb2.FramePayload.FromString(last.payload)
             if payload.HasField("position"):
                 where = LatLon(payload.position.lat, payload.position.lon)
-        announced = await self._report_lost(ConnectivityLost(
-            vehicle_id=vehicle_id, mission_id="", last_seen_time=datetime.fromtimestamp(heard_ms / 1000, UTC),
-            last_sequence=last_sequence, last_location=where, detected_time=datetime.now(UTC)))
-        await self._store.forget_heard(vehicle_id, cutoff_ms)
-        return announced
+        return ConnectivityLost(vehicle_id=vehicle_id, mission_id="",
+                                last_seen_time=datetime.fromtimestamp(last_heard_ms / 1000, UTC),
+                                last_sequence=last_sequence, last_location=where, detected_time=datetime.now(UTC))
 
     async def _report_lost(self, lost: ConnectivityLost) -> int:
         """Announce the loss for the vehicle's current mission, once per outage across replicas (1 if this

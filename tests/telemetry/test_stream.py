@@ -341,3 +341,27 @@ async def test_acks_are_paced_per_stream(telemetry: TelemetryProcess, truck: Tru
     assert throughs == sorted(set(throughs)) and throughs[-1] == frames
     assert len(throughs) <= elapsed_seconds / interval_seconds + 1, (len(throughs), elapsed_seconds)
     print(f"{frames} frames over {elapsed_seconds:.2f} s, one per message: {len(throughs)} acks {throughs}")
+
+
+async def test_a_replayed_backlog_is_acked_at_once_whatever_the_pacing(mesh_pki: Pki, store_url: str,
+                                                                       tmp_path: Path) -> None:
+    # With a 60 s Ack interval, a paced Ack could not arrive within the test: every Ack after the first
+    # comes from a backlog batch (≥ 64 frames), and a single frame sent between two backlogs rides the second.
+    process = TelemetryProcess(mesh_pki.directory, tmp_path, store_url, HAULMESH_TELEMETRY_ACK_INTERVAL_SECONDS="60")
+    await process.start(mesh_pki.credentials("operator", "probe"))
+    truck = Truck.mint(mesh_pki.ca)
+    try:
+        async with grpc.aio.secure_channel(process.address, truck.credentials()) as channel:
+            session = Session(channel)
+            session.send(truck.hello())
+            session.send(batch([truck.frame(1)]))
+            await wait_for(lambda: session.acked_through == 1, timeout_seconds=30)  # the first is never paced
+            session.send(batch([truck.frame(s) for s in range(2, 102)]))
+            await wait_for(lambda: session.acked_through == 101, timeout_seconds=30)
+            session.send(batch([truck.frame(102)]))
+            session.send(batch([truck.frame(s) for s in range(103, 203)]))
+            await wait_for(lambda: session.acked_through == 202, timeout_seconds=30)
+            await session.aclose()
+    finally:
+        await process.stop()
+    assert [ack.through_sequence for ack in session.of("ack")] == [1, 101, 202]
