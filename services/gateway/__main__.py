@@ -21,6 +21,7 @@ def rest_gateway(service: Service) -> RestGateway:
         # haulmesh.<area>.v1 is served by the mesh service <area>; the gateway's own (webhooks) included.
         channel=lambda peer: service.channels.channel(config.peer_addresses[peer]),
         max_request_bytes=max_request_bytes_from_env(),
+        durable=service.durable,
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +57,9 @@ class RestGateway:
     #: The mTLS channel to a mesh service by name (``tender``, ..., ``gateway`` for the gateway's own).
     channel: Callable[[str], grpc.aio.Channel]
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    #: Awaited after a change succeeded and before it is acknowledged: the TMS is told 2xx only once every
+    #: write the services made for it is on disk (Service.durable; None only in unit tests of the routing).
+    durable: Callable[[], Awaitable[None]] | None = None
 
     def __post_init__(self) -> None:
         self.routes = RouteTable(self.api)
@@ -121,7 +124,10 @@ class RestGateway:
         if route.method.streaming:
             resume_from(message, request.headers.get("last-event-id"))
             return await open_event_stream(self.channel(route.method.peer), route.method, message, metadata)
-        return await self._call_unary(route, message, metadata)
+        response = await self._call_unary(route, message, metadata)
+        if self.durable is not None and route.binding.verb != "GET":
+            await self.durable()
+        return response
 
     def _check_size(self, size: int) -> None:
         if size > self.max_request_bytes:

@@ -87,9 +87,12 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
     Handlers run only after the check passes; they read the caller with :func:`caller`.
     """
 
-    def __init__(self, policy: Policy, audit: AuditLog | None = None) -> None:
+    def __init__(self, policy: Policy, audit: AuditLog | None = None,
+                 durable: Callable[[], Awaitable[None]] | None = None) -> None:
         self._policy = policy
         self._audit = audit
+        #: Awaited before a change is acknowledged to a caller from outside the mesh (see ``_wrap_unary``).
+        self._durable = durable
 
     async def intercept_service(
         self,
@@ -131,7 +134,9 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
         _CALLER.set(identity)
 
     def _wrap_unary(self, inner: Behavior, method: str) -> Behavior:
-        audited = self._audit is not None and _is_mutating(method)
+        mutating = _is_mutating(method)
+        audited = self._audit is not None and mutating
+        durable = self._durable if mutating else None
 
         async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
             await self._authorize(context, method)
@@ -142,6 +147,15 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
                 return None
             if audited:
                 await self._record(method, context, request, response)
+            # Nothing is acknowledged to an operator or a vehicle before it is on disk. A mesh service calling
+            # is not waited for here: whoever answers outside the mesh waits once, for every write before it
+            # (the gateway for the TMS, see services/gateway/rest.py).
+            if durable is not None and caller().kind != "service":
+                try:
+                    await durable()
+                except HaulmeshError as exc:
+                    await abort(context, exc)
+                    return None
             return response
 
         return behavior

@@ -27,7 +27,7 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterNode
 from redis.exceptions import RedisClusterException
 
-__all__ = ["ClusterClient", "wait_durable"]
+__all__ = ["ClusterClient", "wait_all_durable", "wait_durable"]
 
 #: Lifetime of the probe key a durable wait writes (see :func:`wait_durable`).
 _PROBE_TTL_MS = 60_000
@@ -154,6 +154,24 @@ async def wait_durable(client: redis.asyncio.Redis, keys: Iterable[str], timeout
         return int(local) >= 1
 
     return all(await asyncio.gather(*(one(c, k) for c, k in targets.values())))
+
+
+async def wait_all_durable(client: redis.asyncio.Redis, timeout_ms: int) -> bool:
+    """Whether every write already applied anywhere in the store (every primary, on a cluster) is fsync'd:
+    what a service waits for before it acknowledges a change whose keys it does not know (it made it
+    through other services)."""
+    if not isinstance(client, ClusterClient):
+        return await wait_durable(client, ["durable-edge"], timeout_ms)
+    if client._initialize:
+        await client.initialize()
+    keys: dict[str, str] = {}
+    primaries = {node.name for node in client.get_primaries()}
+    tag = 0
+    while len(keys) < len(primaries) and tag < 100_000:  # a few dozen tags reach every primary
+        key = f"durable-edge-{tag}"
+        keys.setdefault(client.node_for_key(key).name, key)
+        tag += 1
+    return await wait_durable(client, keys.values(), timeout_ms)
 
 
 def _probe_key(key: str) -> str:

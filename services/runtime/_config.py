@@ -156,6 +156,9 @@ class ServiceConfig:
     #: Time between health turning NOT_SERVING and the listener closing, so load balancers notice first.
     shutdown_drain_seconds: float = 0.0
     call_timeout_seconds: float = 5.0
+    #: How long a change acknowledged to a TMS, an operator or a vehicle may wait for the store's fsync
+    #: (WAITAOF) before the caller is told UNAVAILABLE STORE_NOT_DURABLE instead of success.
+    durable_timeout_seconds: float = 3.0
     max_message_bytes: int = 4 * 1024 * 1024
     log_level: str = "INFO"
     #: The gateway's HTTP listener (unused by other services).
@@ -199,6 +202,7 @@ class ServiceConfig:
             grace_period_seconds=_float(env, "HAULMESH_GRACE_PERIOD_SECONDS", 10.0),
             shutdown_drain_seconds=_float(env, "HAULMESH_SHUTDOWN_DRAIN_SECONDS", 0.0),
             call_timeout_seconds=_float(env, "HAULMESH_CALL_TIMEOUT_SECONDS", 5.0, minimum=0.001),
+            durable_timeout_seconds=_float(env, "HAULMESH_DURABLE_TIMEOUT_SECONDS", 3.0, minimum=0.001),
             max_message_bytes=max_message_bytes,
             log_level=log_level,
             http_port=_port(env, "HAULMESH_HTTP_PORT", DEFAULT_GATEWAY_HTTP_PORT),

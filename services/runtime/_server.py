@@ -24,8 +24,9 @@ from grpc_reflection.v1alpha import reflection
 from ._audit import AuditLog
 from ._authz import AuthorizationInterceptor, Policy
 from ._client import Channels
+from ._cluster import wait_all_durable
 from ._config import ServiceConfig
-from ._errors import ConfigError, HaulmeshError
+from ._errors import ConfigError, HaulmeshError, Unavailable
 from ._events import EventConsumer, Handler
 from ._logging import configure_logging
 from ._metrics import MetricsEndpoint
@@ -54,7 +55,8 @@ class Service:
             # Tracing outermost (its span covers everything), then RPC metrics: they then count the
             # authorization check's refusals too.
             interceptors=[*server_interceptors(), RpcMetricsInterceptor(),
-                          AuthorizationInterceptor(policy, AuditLog(self.redis, config.service_name))],
+                          AuthorizationInterceptor(policy, AuditLog(self.redis, config.service_name),
+                                                   durable=self.durable)],
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
@@ -87,6 +89,24 @@ class Service:
         if self._redis is None:
             self._redis = connect_async(self._redis_url)
         return self._redis
+
+    async def durable(self) -> None:
+        """Return once every write the store has applied (on every primary, on a cluster) is fsync'd to its
+        AOF; UNAVAILABLE STORE_NOT_DURABLE when that is not confirmed within ``durable_timeout_seconds``.
+
+        Awaited before a change is acknowledged outside the mesh. The change itself is made: the caller
+        retries with the same request_id and gets it, exactly once.
+        """
+        timeout_seconds = self.config.durable_timeout_seconds
+        try:
+            confirmed = await asyncio.wait_for(wait_all_durable(self.redis, int(timeout_seconds * 1000)),
+                                               timeout_seconds + 2)
+        except (redis.RedisError, OSError, TimeoutError) as exc:
+            raise Unavailable(f"the change was made, but the store could not confirm it is on disk ({exc}); "
+                              "retry with the same request_id", reason="STORE_NOT_DURABLE") from None
+        if not confirmed:
+            raise Unavailable(f"the change was made, but the store did not confirm it is on disk within "
+                              f"{timeout_seconds:g} s; retry with the same request_id", reason="STORE_NOT_DURABLE")
 
     def add(self, add_to_server: Callable[[Any, grpc.aio.Server], None], servicer: Any,
             descriptor: ServiceDescriptor) -> None:

@@ -140,6 +140,9 @@ class EmbeddedStore:
             f"dir {data}",
             "appendonly yes",
             "appendfsync everysec",
+            # WAITAOF under everysec returns at the server's next cron tick after the fsync: 10 times a second
+            # by default (p50 ≈ 90 ms measured), 100 here (≈ 7 ms). Acks to trucks and the TMS wait for it.
+            "hz 100",
             'save ""',
             f"requirepass {info_password}",
             "protected-mode yes",
