@@ -779,6 +779,12 @@ class Liveness:
         """Stop watching a vehicle (deregistered, or its mission ended and it is parked)."""
         self._seen.pop(vehicle_id, None)
 
+    def report_again(self, vehicle_id: str) -> None:
+        """The loss reported by ``sweep`` could not be announced: report it again at the next sweep."""
+        seen = self._seen.get(vehicle_id)
+        if seen is not None:
+            seen.lost = False
+
     def watches(self, vehicle_id: str) -> bool:
         """Whether the vehicle was heard here and not forgotten since."""
         return vehicle_id in self._seen

@@ -246,10 +246,14 @@ class MissionTracking:
         """
         cutoff_ms = int((time.time() - self._liveness.timeout.total_seconds()) * 1000)
         local = {lost.vehicle_id: lost for lost in self._liveness.sweep(datetime.now(UTC))}
-        candidates = [*local, *(v for v in await self._store.silent_since(cutoff_ms) if not self._liveness.watches(v))]
-        if not candidates:
-            return 0
-        silences = await self._store.silence_of(candidates)
+        try:
+            silent = await self._store.silent_since(cutoff_ms)
+            candidates = [*local, *(v for v in silent if not self._liveness.watches(v))]
+            silences = await self._store.silence_of(candidates)
+        except Exception:
+            for vehicle_id in local:  # the store is unreachable: nothing was announced, try again next sweep
+                self._liveness.report_again(vehicle_id)
+            raise
         announced, heard_since, dealt_with = 0, {}, []
         for vehicle_id in candidates:
             silence = silences[vehicle_id]
@@ -270,6 +274,7 @@ class MissionTracking:
             except Exception:
                 _log.exception("announcing %s lost failed", vehicle_id)
                 dealt_with.pop()  # the next sweep tries again
+                self._liveness.report_again(vehicle_id)
         await self._store.heard_at(heard_since)
         await self._store.forget_heard(dealt_with, cutoff_ms)
         return announced

@@ -249,6 +249,9 @@ def test_liveness_lost_restored_and_payloads() -> None:
     assert liveness.sweep(T0 + timedelta(seconds=15)) == []  # exactly the timeout: not yet
     lost = liveness.sweep(T0 + timedelta(seconds=16))
     assert liveness.sweep(T0 + timedelta(seconds=60)) == []  # once per outage
+    liveness.report_again(VEHICLE)  # its announcement failed (store unreachable): the next sweep retries
+    assert [again.vehicle_id for again in liveness.sweep(T0 + timedelta(seconds=61))] == [VEHICLE]
+    assert liveness.sweep(T0 + timedelta(seconds=62)) == []
     assert len(lost) == 1 and lost[0].last_sequence == 10 and lost[0].last_location == ATL
     back = liveness.heard(VEHICLE, T0 + timedelta(minutes=30), sequence=11, vehicle_last_sequence=1800)
     assert back is not None and back.outage == timedelta(minutes=30) and back.mission_id == MISSION
