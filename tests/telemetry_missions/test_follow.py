@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import pytest
 import redis.asyncio
 
 from haulmesh.events.v1 import event_pb2
+from haulmesh.events.v1 import telemetry_events_pb2 as tev
 from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, mission_service_pb2_grpc
 from haulmesh.telemetry.v1 import frame_pb2, stream_pb2
 from haulmesh.type.v1 import geofence_pb2, health_check_pb2, location_pb2, time_window_pb2
@@ -138,6 +139,45 @@ def _send(session: Session, *frames: frame_pb2.SignedFrame) -> None:
     session.send(stream_pb2.StreamTelemetryRequest(frames=stream_pb2.FrameBatch(frames=list(frames))))
 
 
+MissionIn = Callable[..., Awaitable[mission_pb2.Mission | None]]
+
+
+def _mission_in(missions: mission_service_pb2_grpc.MissionServiceStub, mission_name: str) -> MissionIn:
+    """``await mission_in(*states)``: the mission as the operator sees it if it is in one of ``states``."""
+
+    async def mission_in(*states: int) -> mission_pb2.Mission | None:
+        return await _in(missions.GetMission(mission_service_pb2.GetMissionRequest(name=mission_name),
+                                             metadata=carrier_metadata(CARRIER), timeout=10), *states)
+
+    return mission_in
+
+
+async def _reported_lost(events: Events, mission_in: MissionIn, mission_name: str) -> tev.ConnectivityLost:
+    """The silent truck's ``connectivity_lost``, once the mission is in EXCEPTION CONNECTIVITY_LOSS."""
+    lost = await wait_for(lambda: events.of("haulmesh.telemetry.v1.connectivity_lost", mission_name),
+                          timeout_seconds=20)
+    in_exception = await wait_for(lambda: mission_in(State.STATE_EXCEPTION), timeout_seconds=15)
+    assert [e.kind for e in in_exception.exceptions] == [mission_pb2.MissionException.KIND_CONNECTIVITY_LOSS]
+    return lost[0].telemetry_connectivity_lost
+
+
+async def _reconnected(address: str, truck: Truck, events: Events, mission_in: MissionIn, mission_name: str,
+                       last_sequence: int) -> tuple[grpc.aio.Channel, Session, asyncio.Future[None]]:
+    """The truck back on ``address`` holding ``last_sequence``: restored once, the mission ENROUTE again with
+    its CONNECTIVITY_LOSS resolved, one lost event in all. Returns the new channel, session and heartbeats."""
+    channel = grpc.aio.secure_channel(address, truck.credentials())
+    session = Session(channel)
+    session.send(truck.hello(last_sequence=last_sequence))
+    alive = asyncio.ensure_future(_keep_alive(session))
+    restored = await wait_for(lambda: events.of("haulmesh.telemetry.v1.connectivity_restored", mission_name),
+                              timeout_seconds=15)
+    assert restored[0].telemetry_connectivity_restored.vehicle_last_sequence == last_sequence
+    back = await wait_for(lambda: mission_in(State.STATE_ENROUTE), timeout_seconds=15)
+    assert back.exceptions[0].HasField("resolve_time")
+    assert len(await events.of("haulmesh.telemetry.v1.connectivity_lost", mission_name)) == 1
+    return channel, session, alive
+
+
 async def test_a_mission_follows_its_trucks_telemetry(follow_mesh: Mesh, mesh_pki: Pki) -> None:
     mesh = follow_mesh
     truck = Truck.mint(mesh_pki.ca, f"FL-{uuid.uuid4().hex[:8].upper()}")
@@ -148,12 +188,7 @@ async def test_a_mission_follows_its_trucks_telemetry(follow_mesh: Mesh, mesh_pk
     counts: dict[str, int] = {}
     ops_ch = grpc.aio.secure_channel(mesh.address("mission"), mesh_pki.credentials("operator", "ops"))
     missions = mission_service_pb2_grpc.MissionServiceStub(ops_ch)
-    tenant = carrier_metadata(CARRIER)
-
-    async def mission_in(*states: int) -> mission_pb2.Mission | None:
-        current = await missions.GetMission(mission_service_pb2.GetMissionRequest(name=mission_name),
-                                            metadata=tenant, timeout=10)
-        return current if current.state in states else None
+    mission_in = _mission_in(missions, mission_name)
 
     try:
         # 1. The assignment arrives on the stream; the truck's acceptance acknowledges the dispatch.
@@ -180,21 +215,9 @@ async def test_a_mission_follows_its_trucks_telemetry(follow_mesh: Mesh, mesh_pk
         alive.cancel()
         await session.aclose()
         await channel.close()
-        lost = await wait_for(lambda: events.of("haulmesh.telemetry.v1.connectivity_lost", mission_name),
-                              timeout_seconds=15)
-        assert lost[0].telemetry_connectivity_lost.last_sequence == 6
-        in_exception = await wait_for(lambda: mission_in(State.STATE_EXCEPTION), timeout_seconds=15)
-        assert [e.kind for e in in_exception.exceptions] == [mission_pb2.MissionException.KIND_CONNECTIVITY_LOSS]
-        channel = grpc.aio.secure_channel(mesh.address("telemetry"), truck.credentials())
-        session = Session(channel)
-        session.send(truck.hello(last_sequence=6))
-        alive = asyncio.ensure_future(_keep_alive(session))
-        restored = await wait_for(lambda: events.of("haulmesh.telemetry.v1.connectivity_restored", mission_name),
-                                  timeout_seconds=15)
-        assert restored[0].telemetry_connectivity_restored.vehicle_last_sequence == 6
-        back = await wait_for(lambda: mission_in(State.STATE_ENROUTE), timeout_seconds=15)
-        assert back.exceptions[0].HasField("resolve_time")
-        assert len(await events.of("haulmesh.telemetry.v1.connectivity_lost", mission_name)) == 1
+        assert (await _reported_lost(events, mission_in, mission_name)).last_sequence == 6
+        channel, session, alive = await _reconnected(mesh.address("telemetry"), truck, events, mission_in,
+                                                     mission_name, last_sequence=6)
 
         # 5. The destination geofence: GeofenceEntered for the TMS, and the mission ARRIVED.
         _send(session, _signed(truck, 7, KIND.KIND_POSITION, at=ATLANTA, speed_kph=20))
@@ -347,10 +370,7 @@ async def test_a_truck_whose_replica_died_is_still_reported_lost(follow_mesh: Me
                                HAULMESH_MISSION_ADDR=mesh.address("mission"),
                                HAULMESH_TELEMETRY_HEARTBEAT_INTERVAL_SECONDS="0.5",
                                HAULMESH_TELEMETRY_LIVENESS_TIMEOUT_SECONDS="1.5")
-
-    async def mission_in(*states: int) -> mission_pb2.Mission | None:
-        return await _in(missions.GetMission(mission_service_pb2.GetMissionRequest(name=mission_name),
-                                             metadata=carrier_metadata(CARRIER), timeout=10), *states)
+    mission_in = _mission_in(missions, mission_name)
 
     try:
         await replica.start(mesh_pki.credentials("operator", "probe"))
@@ -365,24 +385,12 @@ async def test_a_truck_whose_replica_died_is_still_reported_lost(follow_mesh: Me
         await session.aclose()
         await channel.close()
 
-        lost = await wait_for(lambda: events.of("haulmesh.telemetry.v1.connectivity_lost", mission_name),
-                              timeout_seconds=20)
-        detail = lost[0].telemetry_connectivity_lost
+        detail = await _reported_lost(events, mission_in, mission_name)
         assert detail.last_sequence == 1
         assert (round(detail.last_location.lat, 3), round(detail.last_location.lon, 3)) == (
             round(HOUSTON.lat, 3), round(HOUSTON.lon, 3))
-        in_exception = await wait_for(lambda: mission_in(State.STATE_EXCEPTION), timeout_seconds=15)
-        assert [e.kind for e in in_exception.exceptions] == [mission_pb2.MissionException.KIND_CONNECTIVITY_LOSS]
-
-        channel = grpc.aio.secure_channel(mesh.address("telemetry"), truck.credentials())
-        session = Session(channel)
-        session.send(truck.hello(last_sequence=1))
-        alive = asyncio.ensure_future(_keep_alive(session))
-        restored = await wait_for(lambda: events.of("haulmesh.telemetry.v1.connectivity_restored", mission_name),
-                                  timeout_seconds=15)
-        assert restored[0].telemetry_connectivity_restored.vehicle_last_sequence == 1
-        assert await wait_for(lambda: mission_in(State.STATE_ENROUTE), timeout_seconds=15)
-        assert len(await events.of("haulmesh.telemetry.v1.connectivity_lost", mission_name)) == 1
+        channel, session, alive = await _reconnected(mesh.address("telemetry"), truck, events, mission_in,
+                                                     mission_name, last_sequence=1)
         alive.cancel()
         await session.aclose()
         await channel.close()
