@@ -36,6 +36,7 @@ from ._events import (
     replay_dead_letters,
     transact,
 )
+from ._geo import great_circle_m, great_circle_miles
 from ._idempotency import Idempotency
 from ._identity import (
     TRUST_DOMAIN,
@@ -53,11 +54,13 @@ from ._mesh import Mesh, check_health
 from ._metrics import METRICS_REGISTRY, MetricsEndpoint
 from ._names import SERVER_ID, parse_name
 from ._paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, decode_page, encode_page_token, list_page, next_page_token
+from ._periodic import Periodic
 from ._rpcmetrics import RpcMetricsInterceptor
 from ._server import Service, run_service
-from ._status import abort, status_of, to_rpc_status
+from ._status import abort, error_info, status_of, to_rpc_status
 from ._store import EmbeddedStore, connect_async, connect_sync, redact_url, resolve_redis_url
 from ._tenant import CARRIER_METADATA_KEY, carrier
+from ._time import from_timestamp, timestamp_ms, to_timestamp
 from ._tls import CertificateFiles, client_credentials, reloading_server_credentials
 from ._tracing import (
     asgi_middleware,
@@ -105,6 +108,7 @@ __all__ = [
     "MetricsEndpoint",
     "NotFound",
     "Page",
+    "Periodic",
     "PermissionDenied",
     "Policy",
     "ResourceExhausted",
@@ -134,8 +138,12 @@ __all__ = [
     "decode_page",
     "default_state_dir",
     "encode_page_token",
+    "error_info",
     "event_span",
     "event_stream_key",
+    "from_timestamp",
+    "great_circle_m",
+    "great_circle_miles",
     "identity_from_pem",
     "inject_event_context",
     "list_page",
@@ -152,7 +160,9 @@ __all__ = [
     "signing_key_id",
     "status_of",
     "tenant_key",
+    "timestamp_ms",
     "to_rpc_status",
+    "to_timestamp",
     "tracing_enabled",
     "transact",
     "verify_audit_log",

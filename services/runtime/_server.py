@@ -30,6 +30,7 @@ from ._errors import ConfigError, HaulmeshError, Unavailable
 from ._events import EventConsumer, Handler
 from ._logging import configure_logging
 from ._metrics import MetricsEndpoint
+from ._periodic import Periodic, Tick
 from ._rpcmetrics import RpcMetricsInterceptor
 from ._store import connect_async, redact_url, resolve_redis_url
 from ._tls import CertificateFiles, reloading_server_credentials
@@ -128,6 +129,14 @@ class Service:
         consumer = EventConsumer(self.redis, group=group, handler=handler, types=types, **options)
         self.add_companion(consumer.run, consumer.stop)
         return consumer
+
+    def add_periodic(self, name: str, tick: Tick, *, interval_seconds: float,
+                     max_backoff_seconds: float = 30.0) -> Periodic:
+        """Run ``tick`` every ``interval_seconds`` while the service runs (see Periodic); a failing pass is
+        logged and retried with backoff, never fatal."""
+        loop = Periodic(name, tick, interval_seconds=interval_seconds, max_backoff_seconds=max_backoff_seconds)
+        self.add_companion(loop.run, loop.stop)
+        return loop
 
     def stub(self, stub_class: Callable[[grpc.aio.Channel], StubT], peer: str) -> StubT:
         """A client stub for the mesh service ``peer`` (current certificate, default deadline)."""

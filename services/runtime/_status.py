@@ -9,7 +9,7 @@ from grpc_status import rpc_status
 
 from ._errors import ERROR_DOMAIN, HaulmeshError
 
-__all__ = ["abort", "status_of", "to_rpc_status"]
+__all__ = ["abort", "error_info", "status_of", "to_rpc_status"]
 
 
 def to_rpc_status(error: HaulmeshError) -> status_pb2.Status:
@@ -36,3 +36,14 @@ async def abort(context: grpc.aio.ServicerContext, error: HaulmeshError) -> None
 def status_of(rpc_error: grpc.aio.AioRpcError | grpc.RpcError) -> status_pb2.Status | None:
     """The rich status carried by a failed call, or None when the server sent only a code."""
     return rpc_status.from_call(rpc_error)  # type: ignore[arg-type]
+
+
+def error_info(rpc_error: grpc.aio.AioRpcError | grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
+    """The ErrorInfo of a failed call's rich status (reason, domain, metadata), or None when it has none."""
+    status = status_of(rpc_error)
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    return None

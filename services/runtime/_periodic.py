@@ -1,0 +1,59 @@
+"""Periodic loops (sweeps, lapses, liveness checks) that survive a failing tick and stop promptly.
+
+Every service has loops of the same shape: do a pass, sleep, again until the service stops. Written once here
+so that each one logs a failed pass and carries on with backoff (a store restarting must not end the process)
+and wakes at once when the service stops instead of finishing its sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+__all__ = ["Periodic"]
+
+_log = logging.getLogger("haulmesh.periodic")
+#: A pass returns how long to wait before the next one (seconds), or None for the loop's interval.
+Tick = Callable[[], Awaitable[float | None]]
+
+
+class Periodic:
+    """Runs ``tick`` every ``interval_seconds`` until :meth:`stop`.
+
+    ``tick`` may return the delay before its next pass (a loop that knows when its next work is due, like the
+    offer lapser); None means the interval. A pass that raises is logged and retried after a backoff that
+    doubles from ``interval_seconds`` up to ``max_backoff_seconds``, and resets after the next good pass.
+    """
+
+    def __init__(self, name: str, tick: Tick, *, interval_seconds: float,
+                 max_backoff_seconds: float = 30.0) -> None:
+        if interval_seconds <= 0:
+            raise ValueError(f"{name}: interval_seconds must be > 0, got {interval_seconds}")
+        self.name = name
+        self._tick = tick
+        self._interval_seconds = interval_seconds
+        self._max_backoff_seconds = max(max_backoff_seconds, interval_seconds)
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                delay = await self._tick()
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # any failure of one pass: log it, back off, try again, never end the process
+                failures += 1
+                delay = min(self._max_backoff_seconds, self._interval_seconds * 2 ** min(failures - 1, 20))
+                _log.exception("%s: pass failed (%d in a row); next in %.1fs", self.name, failures, delay)
+            if delay is None:
+                delay = self._interval_seconds
+            try:
+                await asyncio.wait_for(self._stopping.wait(), max(0.0, delay))
+            except TimeoutError:
+                pass
+
+    async def stop(self) -> None:
+        self._stopping.set()
