@@ -20,7 +20,7 @@ from limits.aio.storage import MemoryStorage, RedisClusterStorage, RedisStorage,
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from services.runtime import ConfigError
-from services.runtime._store import cluster_url
+from services.runtime import cluster_url
 
 from .errors import RestError
 

@@ -58,7 +58,7 @@ from ._periodic import Periodic
 from ._rpcmetrics import RpcMetricsInterceptor
 from ._server import Service, run_service
 from ._status import abort, error_info, status_of, to_rpc_status
-from ._store import EmbeddedStore, connect_async, connect_sync, redact_url, resolve_redis_url
+from ._store import EmbeddedStore, cluster_url, connect_async, connect_sync, free_port, redact_url, resolve_redis_url
 from ._tenant import CARRIER_METADATA_KEY, carrier
 from ._time import from_timestamp, timestamp_ms, to_timestamp
 from ._tls import CertificateFiles, client_credentials, reloading_server_credentials
@@ -130,6 +130,7 @@ __all__ = [
     "check_etag",
     "check_health",
     "client_credentials",
+    "cluster_url",
     "configure_tracing",
     "connect_async",
     "connect_sync",
@@ -141,6 +142,7 @@ __all__ = [
     "error_info",
     "event_span",
     "event_stream_key",
+    "free_port",
     "from_timestamp",
     "great_circle_m",
     "great_circle_miles",
