@@ -36,6 +36,16 @@ from ._events import (
     replay_dead_letters,
     transact,
 )
+from ._filters import (
+    BOOL_FIELD,
+    MAX_FILTER_LENGTH,
+    STRING_FIELD,
+    TIME_FIELD,
+    Filter,
+    FilterField,
+    enum_field,
+    parse_filter,
+)
 from ._geo import great_circle_m, great_circle_miles
 from ._idempotency import Idempotency
 from ._identity import (
@@ -73,15 +83,19 @@ from ._tracing import (
 )
 
 __all__ = [
+    "BOOL_FIELD",
     "CARRIER_METADATA_KEY",
     "DEFAULT_PAGE_SIZE",
     "DEFAULT_PORTS",
     "ERROR_DOMAIN",
     "FLEET",
+    "MAX_FILTER_LENGTH",
     "MAX_PAGE_SIZE",
     "MESH_SERVICES",
     "METRICS_REGISTRY",
     "SERVER_ID",
+    "STRING_FIELD",
+    "TIME_FIELD",
     "TRUST_DOMAIN",
     "VEHICLE_CERTIFICATE_METADATA_KEY",
     "Aborted",
@@ -99,6 +113,8 @@ __all__ = [
     "EventConsumer",
     "FailedPrecondition",
     "FieldViolation",
+    "Filter",
+    "FilterField",
     "HaulmeshError",
     "Idempotency",
     "Identity",
@@ -139,6 +155,7 @@ __all__ = [
     "decode_page",
     "default_state_dir",
     "encode_page_token",
+    "enum_field",
     "error_info",
     "event_span",
     "event_stream_key",
@@ -152,6 +169,7 @@ __all__ = [
     "new_event",
     "new_id",
     "next_page_token",
+    "parse_filter",
     "parse_name",
     "redact_url",
     "reloading_server_credentials",
