@@ -56,7 +56,7 @@ stop: ## stop a mesh started with `haulmesh run --detach`
 lint-protos: $(BUF) $(VENV)/.installed ## buf lint (STANDARD, offline)
 	PYTHON=$(PY) BUF=$(BUF) bash scripts/protos/lint.sh
 
-breaking: $(BUF) $(VENV)/.installed ## buf breaking (WIRE_JSON) against the last committed contract
+breaking: $(BUF) $(VENV)/.installed ## buf breaking (WIRE_JSON): every contract since protos/BREAKING_BASELINE against the one before
 	PYTHON=$(PY) BUF=$(BUF) bash scripts/protos/breaking.sh
 
 lint: lint-protos $(VENV)/.installed ## ruff on the Python code, buf lint on the protos
