@@ -2,7 +2,7 @@
 
 Every rendering (default values, every toggle on, a production-like set) is validated against the strict
 Kubernetes schemas of the newest release kubernetes-validate ships (unknown fields are errors), and the
-custom resources against tests/helm/crd_schemas.py; then the chart's promises are asserted: hardened pods,
+custom resources against tests/deploy/helm/crd_schemas.py; then the chart's promises are asserted: hardened pods,
 native gRPC probes, NetworkPolicies admitting exactly each service's callers, only the gateway exposed,
 HPAs for telemetry and gateway only, PDBs, certificates, REDIS_URL from a Secret, and values checked by
 values.schema.json.
@@ -28,7 +28,7 @@ from services.runtime import DEFAULT_PORTS
 from .conftest import ALL_ON, CHART, NAMESPACE, PRODUCTION, RELEASE, SERVICES, ChartRenderer, Rendered, helm
 from .crd_schemas import CUSTOM_RESOURCES
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 KUBE_VERSION = kubernetes_validate.latest_version()
 
 #: Who calls whom, from the code: each service's outgoing stubs (services/<name>/__main__.py) and the gateway,

@@ -18,7 +18,7 @@ from tests.e2e.test_flow import (  # noqa: F401
 
 from .valkey_cluster import ValkeyCluster
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_the_demo_runs_on_the_cluster(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from services.runtime._store import free_port
 
 from .conftest import SERVICES, ChartRenderer
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 PORT_VARIABLES = ("HAULMESH_PORT", "HAULMESH_METRICS_PORT", "HAULMESH_HEALTH_PORT", "HAULMESH_HTTP_PORT",
                   "HAULMESH_GATEWAY_DEVICE_PORT")
 

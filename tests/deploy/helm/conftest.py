@@ -22,7 +22,7 @@ except ImportError:  # no wheel for this platform: the chart tests skip, the Doc
 HELM_MISSING = ("helm-python-sdk (Helm's own Go library for Python) is not importable here; it ships wheels for "
                 "Linux, macOS and Windows: pip install -e '.[dev]'")
 
-CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "haulmesh"
+CHART = Path(__file__).resolve().parents[3] / "deploy" / "helm" / "haulmesh"
 RELEASE = "haulmesh"
 NAMESPACE = "haulmesh"
 SERVICES = ("tender", "mission", "telemetry", "billing", "gateway")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 SECRETISH = re.compile(r"(\.pem|\.key|\.p12|\.pfx|\.haulmesh|certs|id_rsa|\.env)\b", re.IGNORECASE)
