@@ -147,26 +147,39 @@ class EmbeddedStore:
             f"requirepass {info_password}",
             "protected-mode yes",
             f"logfile {self.directory / 'valkey.log'}",
-            "daemonize no",
+            "daemonize yes",
+            f"pidfile {self.directory / 'valkey.pid'}",
             "",
         ]))
-        process = subprocess.Popen(
+        # Valkey daemonizes itself (the started process exits once the server has forked off), so the store
+        # outlives the command that started it, belongs to no process of ours and leaves no child to reap.
+        pidfile = self.directory / "valkey.pid"
+        pidfile.unlink(missing_ok=True)
+        launcher = subprocess.run(
             [self.executable(), str(conf)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            # Its own session: the store outlives the command that started it until stopped on purpose.
-            start_new_session=True,
+            start_new_session=True, timeout=self._start_timeout, check=False,
         )
-        info = StoreInfo(process.pid, host, port, info_password)
+        if launcher.returncode != 0:
+            raise Unavailable(f"embedded store exited at start (see {self.directory / 'valkey.log'})")
         deadline = time.monotonic() + self._start_timeout
+        pid = 0
         while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise Unavailable(f"embedded store exited at start (see {self.directory / 'valkey.log'})")
-            if _answers(info):
+            if not pid:
+                try:
+                    pid = int(pidfile.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+            info = StoreInfo(pid, host, port, info_password)
+            if pid and _answers(info):
                 _write_private(self._info_path, json.dumps(info.__dict__))
                 _log.info("embedded store pid %d on %s", info.pid, info.display_url)
                 return info
+            if pid and not _alive(pid):
+                raise Unavailable(f"embedded store exited at start (see {self.directory / 'valkey.log'})")
             time.sleep(0.05)
-        process.kill()
+        if pid:
+            os.kill(pid, signal.SIGKILL)
         raise Unavailable(f"embedded store did not answer within {self._start_timeout:.0f}s")
 
     def _password(self) -> str:

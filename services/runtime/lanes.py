@@ -31,7 +31,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from datetime import time as dt_time
 from pathlib import Path
 from typing import Any
@@ -197,8 +197,11 @@ class LaneFacts:
         day = start.astimezone(tz).date() - timedelta(days=1)
         total = timedelta()
         while True:
-            night_from = datetime.combine(day, dt_time(night_start), tz)
-            night_to = datetime.combine(day + timedelta(days=1) if crosses_midnight else day, dt_time(night_end), tz)
+            # In UTC: arithmetic between two datetimes of one zone is wall-clock arithmetic, which miscounts the
+            # nights the clocks change on.
+            night_from = datetime.combine(day, dt_time(night_start), tz).astimezone(UTC)
+            night_to = datetime.combine(day + timedelta(days=1) if crosses_midnight else day, dt_time(night_end),
+                                        tz).astimezone(UTC)
             if night_from >= end:
                 return int(total.total_seconds() // 60)
             overlap = min(end, night_to) - max(start, night_from)

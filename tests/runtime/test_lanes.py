@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
@@ -73,6 +75,34 @@ def test_night_minutes_are_within_the_trip(start, minutes, zone) -> None:
     # a daylight-saving hour per change.
     if minutes % (24 * 60) == 0:
         assert abs(night - minutes // (24 * 60) * 7 * 60) <= 60 * max(1, minutes // (24 * 60 * 90))
+
+
+@settings(max_examples=300, deadline=None)
+@given(start=st.datetimes(min_value=datetime(2026, 1, 1), max_value=datetime(2027, 12, 31), timezones=st.just(UTC)),
+       minutes=st.integers(0, 4 * 24 * 60),
+       zone=st.sampled_from(["America/Chicago", "America/New_York", "America/Phoenix", "UTC"]),
+       hours=st.tuples(st.integers(0, 23), st.integers(0, 23)))
+def test_night_minutes_match_a_minute_by_minute_count(start: datetime, minutes: int, zone: str,
+                                                      hours: tuple[int, int]) -> None:
+    """Also on the nights the clocks change (the case a wall-clock subtraction got wrong)."""
+    night_start, night_end = hours
+    facts = dataclasses.replace(FACTS, night_start_hour=night_start, night_end_hour=night_end)
+    start = start.replace(second=0, microsecond=0)
+    tz = ZoneInfo(zone)
+
+    def at_night(t: datetime) -> bool:
+        hour = t.astimezone(tz).hour
+        return (night_start <= hour or hour < night_end) if night_start > night_end else night_start <= hour < night_end
+
+    expected = sum(at_night(start + timedelta(minutes=i)) for i in range(minutes))
+    assert facts.night_minutes(start, timedelta(minutes=minutes), zone) == expected
+
+
+def test_night_minutes_on_the_spring_forward_night() -> None:
+    facts = dataclasses.replace(FACTS, night_start_hour=0, night_end_hour=3)
+    # 2027-03-14 in New York: 02:00 does not exist, so the night 00:00-03:00 lasts two hours.
+    start = datetime(2027, 3, 14, 4, tzinfo=UTC)  # 23:00 EST on the 13th
+    assert facts.night_minutes(start, timedelta(hours=6), "America/New_York") == 120
 
 
 def _document() -> dict:
