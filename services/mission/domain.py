@@ -5,10 +5,11 @@ dispatch (which vehicle), fleet capacity windows, the mission state machine with
 contingency rules, the human-in-the-loop check-in policy, proof-of-delivery verification, usage
 metering, and the field checks of every request.
 
-Domain-model rule (docs/decisions.md): generated protobuf messages are plain data, so the rules here take and
-change them (a Mission, a MissionException, a Vehicle) without I/O; dataclasses only for values that have no
-message (Status, Load, VehicleView, ...). The IntEnums below name the values this service knows, each member
-taken from the generated enum, so ``int()`` and ``Enum(value)`` translate both ways.
+Domain-model rule (the project's): generated protobuf messages are plain data, so the rules here take and
+change them (a Mission, a MissionException, a Vehicle) without I/O. Dataclasses are for values that have no
+message (Status, Load, CapacityWindow, ...) and for the roster views dispatch ranks (Capabilities,
+VehicleView; :mod:`.convert` builds them). The IntEnums below name the values this service knows, each
+member taken from the generated enum, so ``int()`` and ``Enum(value)`` translate both ways.
 """
 
 from __future__ import annotations
@@ -43,41 +44,23 @@ from services.runtime import (
 )
 
 __all__ = [
-    "MAX_CARGO_WEIGHT_LB",
-    "VEHICLE_ID",
-    "Availability",
-    "Capabilities",
-    "CapacityWindow",
-    "CheckInPoint",
-    "CheckInPolicy",
-    "Contingency",
-    "ExceptionKind",
-    "Load",
-    "Severity",
-    "State",
-    "Status",
-    "VehicleView",
-    "capacity_windows",
-    "check_in_point_allowed",
-    "choose_contingency",
-    "choose_vehicle",
-    "departure_cleared",
-    "haversine_miles",
-    "ineligibility",
-    "key_id_of",
-    "needs_night_operation",
-    "next_check_in_due",
-    "parse_mission_name",
-    "parse_vehicle_name",
-    "plan_route",
-    "resolve_region",
-    "route_miles",
-    "transition",
-    "validate_availability_change",
-    "validate_capabilities",
-    "validate_vehicle_id",
-    "verify_manifest_signature",
-    "whole_minutes",
+    "BEFORE_DEPARTURE", "DEPARTED", "HOLD", "MAX_CARGO_WEIGHT_LB", "MAX_MANIFEST_BYTES", "MAX_STOPS",
+    "MISSION_SERVICE", "PLANNING_SPEED_MPH", "PROCEED", "REGION", "ROAD_CIRCUITY", "ROUTE_MATCH_MILES", "TERMINAL",
+    "TERMINALS", "UPDATABLE_VEHICLE_FIELDS", "VEHICLE_ID", "VIN", "Action", "Availability", "Capabilities",
+    "CapacityQuery", "CapacityWindow", "CheckInPoint", "CheckInPolicy", "Comparison", "Contingency", "DispatchPlan",
+    "ExceptionKind", "Load", "ManifestFacts", "Point", "Severity", "State", "Status", "VehicleView", "acknowledge",
+    "advance", "arrive", "billing_retry_delay", "capabilities_of", "capacity_query", "capacity_windows",
+    "check_in_point_allowed", "check_manifest", "check_named_vehicle", "choose_contingency", "choose_vehicle",
+    "complete_after_billing", "deliver", "departure_cleared", "haversine_miles", "ineligibility", "key_id_of",
+    "lane_between", "location_violations", "matches", "mission_hours", "mission_status", "mission_violations", "move",
+    "needs_night_operation", "new_mission", "next_check_in_due", "parse_filter", "parse_mission_name",
+    "parse_vehicle_name", "plan_dispatch", "plan_route", "raise_exception", "raise_if", "read_manifest",
+    "record_check_in", "recorded_check_ins", "refresh_check_in_due", "resolve", "resolve_exception", "resolve_open",
+    "resolve_region", "route_miles", "settle", "start", "text_violations", "transition", "update_vehicle", "usage",
+    "validate_availability_change", "validate_capabilities", "validate_check_in", "validate_exception",
+    "validate_new_vehicle", "validate_photo_digest", "validate_pre_trip_checks", "validate_proof", "validate_reason",
+    "validate_resolution", "validate_vehicle_id", "validate_vehicle_update", "vehicle_violations",
+    "verify_manifest_signature", "whole_minutes", "window_violations"
 ]
 
 #: Vehicle ids are the fleet's own unit numbers, e.g. AU-TRK-1001 (the same as in its certificate):
