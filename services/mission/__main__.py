@@ -5,19 +5,23 @@ from haulmesh.mission.v1 import mission_service_pb2, mission_service_pb2_grpc
 from services.runtime import Service, run_service
 
 from .config import MissionSettings
-from .server import CONSUMED_TYPES, POLICY, MissionServicer
+from .server import POLICY, MissionServicer
 from .store import MissionStore
+from .usecases import MissionUseCases
+from .workers import CONSUMED_TYPES, MissionWorkers
 
 
 def register(service: Service) -> None:
     settings = MissionSettings.from_env()
-    servicer = MissionServicer(MissionStore(service.redis, billing_grace_seconds=settings.billing_grace_seconds),
-                               settings, service.stub(billing_service_pb2_grpc.BillingServiceStub, "billing"))
-    service.add(mission_service_pb2_grpc.add_MissionServiceServicer_to_server, servicer,
+    store = MissionStore(service.redis, billing_grace_seconds=settings.billing_grace_seconds)
+    missions = MissionUseCases(store, settings, service.stub(billing_service_pb2_grpc.BillingServiceStub, "billing"))
+    service.add(mission_service_pb2_grpc.add_MissionServiceServicer_to_server, MissionServicer(missions),
                 mission_service_pb2.DESCRIPTOR.services_by_name["MissionService"])
     # Delivered missions are billed at once by the consumer; the sweeper retries those billing could not take.
-    service.add_consumer("mission", servicer.handle_event, types=CONSUMED_TYPES)
-    service.add_companion(servicer.sweep_billing, servicer.stop_sweeping)
+    workers = MissionWorkers(missions, store, settings)
+    service.add_consumer("mission", workers.handle_event, types=CONSUMED_TYPES)
+    service.add_periodic("mission-billing-sweep", workers.sweep_billing,
+                         interval_seconds=settings.billing_sweep_seconds)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,14 @@
 
 What lives here: the roster rules (capabilities, availability, eligibility of a vehicle for a load),
 dispatch (which vehicle), fleet capacity windows, the mission state machine with its exceptions and
-contingency rules, the human-in-the-loop check-in policy, proof-of-delivery verification and usage
-metering. Enum values are the protobuf numbers so that the server translates with ``int()`` and
-``Enum(value)``, but nothing here depends on generated code.
+contingency rules, the human-in-the-loop check-in policy, proof-of-delivery verification, usage
+metering, and the field checks of every request.
+
+Domain-model rule (the project's): generated protobuf messages are plain data, so the rules here take and
+change them (a Mission, a MissionException, a Vehicle) without I/O. Dataclasses are for values that have no
+message (Status, Load, CapacityWindow, ...) and for the roster views dispatch ranks (Capabilities,
+VehicleView; :mod:`.convert` builds them). The IntEnums below name the values this service knows, each
+member taken from the generated enum, so ``int()`` and ``Enum(value)`` translate both ways.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import enum
 import itertools
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -21,45 +26,41 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from google.protobuf.message import DecodeError
+from google.protobuf.timestamp_pb2 import Timestamp
 
-from services.runtime import FailedPrecondition, FieldViolation, InvalidArgument, certificate_key_id, parse_name
+from haulmesh.billing.v1 import invoice_pb2
+from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, vehicle_pb2
+from haulmesh.type.v1 import equipment_pb2, geofence_pb2, health_check_pb2, lane_pb2, location_pb2
+from services.runtime import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    certificate_key_id,
+    from_timestamp,
+    parse_name,
+    to_timestamp,
+)
 
 __all__ = [
-    "MAX_CARGO_WEIGHT_LB",
-    "VEHICLE_ID",
-    "Availability",
-    "Capabilities",
-    "CapacityWindow",
-    "CheckInPoint",
-    "CheckInPolicy",
-    "Contingency",
-    "ExceptionKind",
-    "Load",
-    "Severity",
-    "State",
-    "Status",
-    "VehicleView",
-    "capacity_windows",
-    "check_in_point_allowed",
-    "choose_contingency",
-    "choose_vehicle",
-    "departure_cleared",
-    "haversine_miles",
-    "ineligibility",
-    "key_id_of",
-    "needs_night_operation",
-    "next_check_in_due",
-    "parse_mission_name",
-    "parse_vehicle_name",
-    "plan_route",
-    "resolve_region",
-    "route_miles",
-    "transition",
-    "validate_availability_change",
-    "validate_capabilities",
-    "validate_vehicle_id",
-    "verify_manifest_signature",
-    "whole_minutes",
+    "BEFORE_DEPARTURE", "DEPARTED", "HOLD", "MAX_CARGO_WEIGHT_LB", "MAX_MANIFEST_BYTES", "MAX_STOPS",
+    "MISSION_SERVICE", "PLANNING_SPEED_MPH", "PROCEED", "REGION", "ROAD_CIRCUITY", "ROUTE_MATCH_MILES", "TERMINAL",
+    "TERMINALS", "UPDATABLE_VEHICLE_FIELDS", "VEHICLE_ID", "VIN", "Action", "Availability", "Capabilities",
+    "CapacityQuery", "CapacityWindow", "CheckInPoint", "CheckInPolicy", "Comparison", "Contingency", "DispatchPlan",
+    "ExceptionKind", "Load", "ManifestFacts", "Point", "Severity", "State", "Status", "VehicleView", "acknowledge",
+    "advance", "arrive", "billing_retry_delay", "capabilities_of", "capacity_query", "capacity_windows",
+    "check_in_point_allowed", "check_manifest", "check_named_vehicle", "choose_contingency", "choose_vehicle",
+    "complete_after_billing", "deliver", "departure_cleared", "haversine_miles", "ineligibility", "key_id_of",
+    "lane_between", "location_violations", "matches", "mission_hours", "mission_status", "mission_violations", "move",
+    "needs_night_operation", "new_mission", "next_check_in_due", "parse_filter", "parse_mission_name",
+    "parse_vehicle_name", "plan_dispatch", "plan_route", "raise_exception", "raise_if", "read_manifest",
+    "record_check_in", "recorded_check_ins", "refresh_check_in_due", "resolve", "resolve_exception", "resolve_open",
+    "resolve_region", "route_miles", "settle", "start", "text_violations", "transition", "update_vehicle", "usage",
+    "validate_availability_change", "validate_capabilities", "validate_check_in", "validate_exception",
+    "validate_new_vehicle", "validate_photo_digest", "validate_pre_trip_checks", "validate_proof", "validate_reason",
+    "validate_resolution", "validate_vehicle_id", "validate_vehicle_update", "vehicle_violations",
+    "verify_manifest_signature", "whole_minutes", "window_violations"
 ]
 
 #: Vehicle ids are the fleet's own unit numbers, e.g. AU-TRK-1001 (the same as in its certificate):
@@ -173,13 +174,19 @@ def needs_night_operation(start: datetime, end: datetime, lon: float) -> bool:
 
 # --- Roster ------------------------------------------------------------------------------------------
 
+_Vehicle = vehicle_pb2.Vehicle
+_Mission = mission_pb2.Mission
+_Exception = mission_pb2.MissionException
+_CheckIn = mission_pb2.CheckIn
+
+
 class Availability(enum.IntEnum):
     """Vehicle.Availability."""
 
-    AVAILABLE = 1
-    ASSIGNED = 2
-    MAINTENANCE = 3
-    OUT_OF_SERVICE = 4
+    AVAILABLE = _Vehicle.AVAILABILITY_AVAILABLE
+    ASSIGNED = _Vehicle.AVAILABILITY_ASSIGNED
+    MAINTENANCE = _Vehicle.AVAILABILITY_MAINTENANCE
+    OUT_OF_SERVICE = _Vehicle.AVAILABILITY_OUT_OF_SERVICE
 
 
 @dataclass(frozen=True)
@@ -217,7 +224,7 @@ class VehicleView:
 def validate_capabilities(caps: Capabilities, *, prefix: str = "vehicle.capabilities") -> list[FieldViolation]:
     """Field violations of a vehicle's capabilities (empty when valid)."""
     problems = []
-    if not caps.equipment or 0 in caps.equipment:
+    if not caps.equipment or equipment_pb2.EQUIPMENT_UNSPECIFIED in caps.equipment:
         problems.append(FieldViolation(f"{prefix}.equipment", "at least one, none UNSPECIFIED"))
     if not 1 <= caps.max_cargo_weight_lb <= MAX_CARGO_WEIGHT_LB:
         problems.append(FieldViolation(f"{prefix}.max_cargo_weight_lb", f"must be 1 to {MAX_CARGO_WEIGHT_LB}"))
@@ -248,6 +255,66 @@ def validate_availability_change(current: Availability, requested: Availability,
     if on_mission and requested != Availability.OUT_OF_SERVICE:
         raise FailedPrecondition("the vehicle is on a mission: it can only be set OUT_OF_SERVICE",
                                  reason="VEHICLE_ASSIGNED")
+
+
+#: The fields of a vehicle an operator sets (CreateVehicle, UpdateVehicle's update_mask).
+UPDATABLE_VEHICLE_FIELDS = ("display_name", "capabilities", "home_region", "availability")
+
+
+def capabilities_of(caps: vehicle_pb2.VehicleCapabilities) -> Capabilities:
+    return Capabilities(frozenset(caps.equipment), caps.hazmat_certified, caps.max_cargo_weight_lb,
+                        caps.night_operations)
+
+
+def vehicle_violations(vehicle: vehicle_pb2.Vehicle, fields: Sequence[str]) -> list[FieldViolation]:
+    """Field violations of the operator-set ``fields`` of ``vehicle`` (empty when valid)."""
+    problems = []
+    if "capabilities" in fields:
+        problems += validate_capabilities(capabilities_of(vehicle.capabilities))
+    if "home_region" in fields and not REGION.match(vehicle.home_region):
+        problems.append(FieldViolation("vehicle.home_region", "a market code such as US-TX-HOU"))
+    if "display_name" in fields:
+        problems += text_violations(vehicle.display_name, 100, "vehicle.display_name")
+    if "availability" in fields and vehicle.availability == _Vehicle.AVAILABILITY_ASSIGNED:
+        problems.append(FieldViolation("vehicle.availability", "ASSIGNED is set by dispatch only"))
+    return problems
+
+
+def validate_new_vehicle(vehicle_id: str, vehicle: vehicle_pb2.Vehicle) -> None:
+    """INVALID_ARGUMENT unless CreateVehicle's id and vehicle are valid."""
+    validate_vehicle_id(vehicle_id)
+    problems = vehicle_violations(vehicle, UPDATABLE_VEHICLE_FIELDS)
+    if vehicle.vin and not VIN.fullmatch(vehicle.vin):
+        problems.append(FieldViolation("vehicle.vin", "17 characters, ISO 3779 (no I, O, Q)"))
+    raise_if(problems)
+
+
+def validate_vehicle_update(vehicle: vehicle_pb2.Vehicle, mask: Sequence[str]) -> tuple[str, ...]:
+    """The paths UpdateVehicle changes (an empty mask or ``*``: all updatable fields); INVALID_ARGUMENT for
+    a path that is not updatable or an invalid value."""
+    paths = tuple(mask)
+    if not paths or paths == ("*",):
+        paths = UPDATABLE_VEHICLE_FIELDS
+    raise_if([FieldViolation("update_mask", f"{p!r} is not updatable") for p in paths
+              if p not in UPDATABLE_VEHICLE_FIELDS])
+    raise_if(vehicle_violations(vehicle, paths))
+    return paths
+
+
+def update_vehicle(vehicle: vehicle_pb2.Vehicle, given: vehicle_pb2.Vehicle, paths: Sequence[str]) -> bool:
+    """Apply the ``paths`` of ``given`` to ``vehicle``; whether anything changed."""
+    before = vehicle.SerializeToString(deterministic=True)
+    if "availability" in paths:
+        requested = Availability(given.availability or Availability.AVAILABLE)
+        validate_availability_change(Availability(vehicle.availability), requested,
+                                     on_mission=bool(vehicle.current_mission))
+        vehicle.availability = requested
+    for path in ("display_name", "home_region"):
+        if path in paths:
+            setattr(vehicle, path, getattr(given, path))
+    if "capabilities" in paths:
+        vehicle.capabilities.CopyFrom(given.capabilities)
+    return vehicle.SerializeToString(deterministic=True) != before
 
 
 def _position(vehicle: VehicleView) -> tuple[float, float] | None:
@@ -309,20 +376,166 @@ def capacity_windows(vehicles: Iterable[VehicleView], load: Load, origin: tuple[
     return windows, len(eligible)
 
 
+@dataclass(frozen=True)
+class CapacityQuery:
+    """GetFleetCapacity's question, checked: can vehicles for ``load`` be at ``origin`` in [start, end)?"""
+
+    origin: Point
+    destination: Point
+    load: Load
+    start: datetime
+    end: datetime
+
+
+def capacity_query(request: mission_service_pb2.GetFleetCapacityRequest) -> CapacityQuery:
+    """The checked question of a GetFleetCapacity request, or INVALID_ARGUMENT with every violation."""
+    start, end = from_timestamp(request.pickup_window.start_time), from_timestamp(request.pickup_window.end_time)
+    problems = [*location_violations(request.origin.lat, request.origin.lon, "origin"),
+                *location_violations(request.destination.lat, request.destination.lon, "destination"),
+                *window_violations(start, end, "pickup_window", required=True)]
+    if not request.equipment:
+        problems.append(FieldViolation("equipment", "is required"))
+    if not 1 <= request.weight_lb <= MAX_CARGO_WEIGHT_LB:
+        problems.append(FieldViolation("weight_lb", f"must be 1 to {MAX_CARGO_WEIGHT_LB}"))
+    raise_if(problems)
+    assert start is not None and end is not None  # window_violations(required=True) refused the rest
+    load = Load(request.equipment, request.weight_lb, bool(request.hazmat.un_number), request.night_operation)
+    return CapacityQuery((request.origin.lat, request.origin.lon),
+                         (request.destination.lat, request.destination.lon), load, start, end)
+
+
+# --- Dispatch ----------------------------------------------------------------------------------------
+
+def lane_between(origin: Point, destination: Point) -> lane_pb2.Lane:
+    """The lane (market to market) of a move from ``origin`` to ``destination``."""
+    return lane_pb2.Lane(origin_region=resolve_region(*origin), destination_region=resolve_region(*destination))
+
+
+def mission_violations(given: mission_pb2.Mission) -> list[FieldViolation]:
+    """Field violations of CreateMission's mission (empty when valid)."""
+    problems = []
+    for path, value, collection in (("mission.tender", given.tender, "tenders"),
+                                    ("mission.quote", given.quote, "quotes")):
+        try:
+            parse_name(value, collection, field=path)
+        except InvalidArgument as exc:
+            problems += exc.violations
+    load = given.load
+    problems += text_violations(load.tms_load_id, 100, "mission.load.tms_load_id", required=True)
+    problems += text_violations(load.special_instructions, 2000, "mission.load.special_instructions")
+    if not load.equipment:
+        problems.append(FieldViolation("mission.load.equipment", "is required"))
+    if not 1 <= load.weight_lb <= MAX_CARGO_WEIGHT_LB:
+        problems.append(FieldViolation("mission.load.weight_lb", f"must be 1 to {MAX_CARGO_WEIGHT_LB}"))
+    if load.HasField("hazmat") and not (load.hazmat.un_number and load.hazmat.hazard_class):
+        problems.append(FieldViolation("mission.load.hazmat", "un_number and hazard_class are required"))
+    stops = given.stops
+    if not 2 <= len(stops) <= MAX_STOPS:
+        problems.append(FieldViolation("mission.stops", f"2 to {MAX_STOPS} stops"))
+    for i, stop in enumerate(stops):
+        path = f"mission.stops[{i}]"
+        if not stop.type:
+            problems.append(FieldViolation(f"{path}.type", "is required"))
+        problems += location_violations(stop.location.lat, stop.location.lon, f"{path}.location")
+        problems += window_violations(from_timestamp(stop.planned_window.start_time),
+                                      from_timestamp(stop.planned_window.end_time), f"{path}.planned_window",
+                                      required=False)
+        shape = stop.geofence.WhichOneof("shape")
+        if shape == "circle" and not 10 <= stop.geofence.circle.radius_meters <= 50_000:
+            problems.append(FieldViolation(f"{path}.geofence.circle.radius_meters", "must be 10 to 50000"))
+        if shape == "polygon" and len(stop.geofence.polygon.vertices) < 3:
+            problems.append(FieldViolation(f"{path}.geofence.polygon.vertices", "at least 3"))
+    if stops and stops[0].type != mission_pb2.Stop.TYPE_PICKUP:
+        problems.append(FieldViolation("mission.stops[0].type", "the first stop is the PICKUP"))
+    if len(stops) >= 2 and stops[-1].type != mission_pb2.Stop.TYPE_DELIVERY:
+        problems.append(FieldViolation(f"mission.stops[{len(stops) - 1}].type", "the last stop is the DELIVERY"))
+    if given.vehicle:
+        try:
+            parse_vehicle_name(given.vehicle, field="mission.vehicle")
+        except InvalidArgument as exc:
+            problems += exc.violations
+    return problems
+
+
+@dataclass(frozen=True)
+class DispatchPlan:
+    """What dispatch needs to know of a requested mission before it picks a vehicle."""
+
+    lane: lane_pb2.Lane
+    route_miles: float
+    load: Load
+    origin: Point
+
+
+def plan_dispatch(given: mission_pb2.Mission, now: datetime) -> DispatchPlan:
+    """Lane, planned miles and the load's needs (night operation over the planned pickup-to-delivery span)."""
+    stops = given.stops
+    origin, destination = (stops[0].location.lat, stops[0].location.lon), (stops[-1].location.lat,
+                                                                          stops[-1].location.lon)
+    route = route_miles([(s.location.lat, s.location.lon) for s in stops])
+    pickup_start = from_timestamp(stops[0].planned_window.start_time) or now
+    delivery_end = (from_timestamp(stops[-1].planned_window.end_time)
+                    or pickup_start + timedelta(hours=route / PLANNING_SPEED_MPH))
+    load = Load(given.load.equipment, given.load.weight_lb, given.load.HasField("hazmat"),
+                needs_night_operation(pickup_start, delivery_end, origin[1]))
+    return DispatchPlan(lane_between(origin, destination), route, load, origin)
+
+
+def check_named_vehicle(vehicle: VehicleView, load: Load, name: str) -> None:
+    """FAILED_PRECONDITION VEHICLE_NOT_ELIGIBLE unless the vehicle a dispatch names can take the load now."""
+    lacking = ineligibility(vehicle.capabilities, load)
+    if lacking or vehicle.availability != Availability.AVAILABLE:
+        why = ", ".join(lacking) or f"availability {vehicle.availability.name}"
+        raise FailedPrecondition(f"{name} cannot take the load: {why}", reason="VEHICLE_NOT_ELIGIBLE",
+                                 metadata={"vehicle": name, "lacking": ",".join(lacking)})
+
+
+def new_mission(given: mission_pb2.Mission, *, name: str, carrier_id: str, vehicle_id: str, plan: DispatchPlan,
+                lane_ordinal: int, policy: CheckInPolicy, routes: Sequence[Sequence[Point]],
+                geofence_radius_meters: float, now: datetime, etag: str) -> mission_pb2.Mission:
+    """The DISPATCHED mission for ``given`` on ``vehicle_id``: planned route, stop geofences (a circle of
+    ``geofence_radius_meters`` for a stop without one) and the lane's check-in requirement."""
+    stamp = to_timestamp(now)
+    mission = _Mission(name=name, carrier=f"carriers/{carrier_id}", tender=given.tender, quote=given.quote,
+                       vehicle=f"vehicles/{vehicle_id}", load=given.load, lane=plan.lane, route_miles=plan.route_miles,
+                       state=_Mission.STATE_DISPATCHED, dispatch_time=stamp, create_time=stamp, update_time=stamp,
+                       etag=etag)
+    planned = plan_route([(s.location.lat, s.location.lon) for s in given.stops], routes)
+    mission.planned_route.extend(location_pb2.Location(lat=lat, lon=lon) for lat, lon in planned)
+    for stop in given.stops:
+        added = mission.stops.add(type=stop.type, location=stop.location)
+        if stop.HasField("planned_window"):
+            added.planned_window.CopyFrom(stop.planned_window)
+        if stop.HasField("geofence"):
+            added.geofence.CopyFrom(stop.geofence)
+        else:
+            added.geofence.CopyFrom(geofence_pb2.Geofence(circle=geofence_pb2.Geofence.Circle(
+                center=stop.location, radius_meters=geofence_radius_meters)))
+    requirement = mission.check_in_requirement
+    requirement.lane_mission_ordinal = lane_ordinal
+    requirement.lane_mission_threshold = policy.threshold
+    requirement.required = policy.required(lane_ordinal)
+    if requirement.required:
+        requirement.points.extend(int(p) for p in policy.points)
+        requirement.enroute_interval.FromTimedelta(policy.enroute_interval)
+    refresh_check_in_due(mission, policy, now)
+    return mission
+
+
 # --- Mission state machine ---------------------------------------------------------------------------
 
 class State(enum.IntEnum):
     """Mission.State."""
 
-    DISPATCHED = 1
-    PRE_TRIP = 2
-    ENROUTE = 3
-    EXCEPTION = 4
-    ARRIVED = 5
-    DELIVERED = 6
-    COMPLETED = 7
-    CANCELLED = 8
-    ABORTED = 9
+    DISPATCHED = _Mission.STATE_DISPATCHED
+    PRE_TRIP = _Mission.STATE_PRE_TRIP
+    ENROUTE = _Mission.STATE_ENROUTE
+    EXCEPTION = _Mission.STATE_EXCEPTION
+    ARRIVED = _Mission.STATE_ARRIVED
+    DELIVERED = _Mission.STATE_DELIVERED
+    COMPLETED = _Mission.STATE_COMPLETED
+    CANCELLED = _Mission.STATE_CANCELLED
+    ABORTED = _Mission.STATE_ABORTED
 
 
 TERMINAL = frozenset({State.COMPLETED, State.CANCELLED, State.ABORTED})
@@ -333,37 +546,37 @@ DEPARTED = frozenset({State.ENROUTE, State.ARRIVED})
 class ExceptionKind(enum.IntEnum):
     """MissionException.Kind."""
 
-    SENSOR_FAULT = 1
-    VEHICLE_FAULT = 2
-    ROAD_CLOSURE = 3
-    CONNECTIVITY_LOSS = 4
-    ADVERSE_WEATHER = 5
-    TRAFFIC_INCIDENT = 6
-    LAW_ENFORCEMENT_STOP = 7
-    PRE_TRIP_FAILURE = 8
-    DISPATCH_TIMEOUT = 9
-    CHECK_IN_HOLD = 10
-    CARGO = 11
-    OTHER = 12
-    ROUTE_DEVIATION = 13
+    SENSOR_FAULT = _Exception.KIND_SENSOR_FAULT
+    VEHICLE_FAULT = _Exception.KIND_VEHICLE_FAULT
+    ROAD_CLOSURE = _Exception.KIND_ROAD_CLOSURE
+    CONNECTIVITY_LOSS = _Exception.KIND_CONNECTIVITY_LOSS
+    ADVERSE_WEATHER = _Exception.KIND_ADVERSE_WEATHER
+    TRAFFIC_INCIDENT = _Exception.KIND_TRAFFIC_INCIDENT
+    LAW_ENFORCEMENT_STOP = _Exception.KIND_LAW_ENFORCEMENT_STOP
+    PRE_TRIP_FAILURE = _Exception.KIND_PRE_TRIP_FAILURE
+    DISPATCH_TIMEOUT = _Exception.KIND_DISPATCH_TIMEOUT
+    CHECK_IN_HOLD = _Exception.KIND_CHECK_IN_HOLD
+    CARGO = _Exception.KIND_CARGO
+    OTHER = _Exception.KIND_OTHER
+    ROUTE_DEVIATION = _Exception.KIND_ROUTE_DEVIATION
 
 
 class Severity(enum.IntEnum):
     """MissionException.Severity (UNSPECIFIED is treated as WARNING)."""
 
-    INFO = 1
-    WARNING = 2
-    CRITICAL = 3
+    INFO = _Exception.SEVERITY_INFO
+    WARNING = _Exception.SEVERITY_WARNING
+    CRITICAL = _Exception.SEVERITY_CRITICAL
 
 
 class Contingency(enum.IntEnum):
     """MissionException.Contingency."""
 
-    CONTINUE = 1
-    REROUTE = 2
-    HUMAN_TAKEOVER = 3
-    MINIMAL_RISK_STOP = 4
-    HOLD = 5
+    CONTINUE = _Exception.CONTINGENCY_CONTINUE
+    REROUTE = _Exception.CONTINGENCY_REROUTE
+    HUMAN_TAKEOVER = _Exception.CONTINGENCY_HUMAN_TAKEOVER
+    MINIMAL_RISK_STOP = _Exception.CONTINGENCY_MINIMAL_RISK_STOP
+    HOLD = _Exception.CONTINGENCY_HOLD
 
 
 @dataclass(frozen=True)
@@ -466,17 +679,218 @@ def choose_contingency(kind: ExceptionKind, severity: Severity, *, departed: boo
     return Contingency.CONTINUE  # CONNECTIVITY_LOSS drives on autonomously; OTHER is monitored
 
 
+# --- Mission changes ---------------------------------------------------------------------------------
+# Each takes the mission as read, changes it in place and says what happened; the caller announces it.
+
+#: Who resolves the exceptions left open when a mission is cancelled or aborted.
+MISSION_SERVICE = "spiffe://haulmesh.local/service/mission"
+
+
+def mission_status(mission: mission_pb2.Mission) -> Status:
+    """The state-machine view of a mission: its state, resume state and open exception kinds."""
+    open_kinds = tuple(ExceptionKind(e.kind) for e in mission.exceptions if not e.HasField("resolve_time"))
+    return Status(State(mission.state), State(mission.resume_state) if mission.resume_state else None, open_kinds)
+
+
+def move(mission: mission_pb2.Mission, status: Status) -> None:
+    mission.state = int(status.state)
+    mission.resume_state = int(status.resume) if status.resume else 0
+
+
+def resolve(exc: mission_pb2.MissionException, resolution: str, who: str, when: datetime) -> None:
+    exc.resolution = resolution
+    exc.resolved_by = who
+    exc.resolve_time.CopyFrom(to_timestamp(when))
+
+
+def resolve_open(mission: mission_pb2.Mission, resolution: str, who: str, when: datetime
+                 ) -> list[mission_pb2.MissionException]:
+    """Resolve every open exception of the mission; the ones resolved, in order."""
+    resolved = [exc for exc in mission.exceptions if not exc.HasField("resolve_time")]
+    for exc in resolved:
+        resolve(exc, resolution, who, when)
+    return resolved
+
+
+def settle(mission: mission_pb2.Mission, policy: CheckInPolicy, now: datetime) -> None:
+    """After any change: when the next check-in is due, and the end time of a mission just ended."""
+    refresh_check_in_due(mission, policy, now)
+    if mission.state in TERMINAL and not mission.HasField("end_time"):
+        mission.end_time.CopyFrom(to_timestamp(now))
+
+
+def advance(mission: mission_pb2.Mission, action: Action, now: datetime, *, reason: str = "",
+            record: Callable[[mission_pb2.Mission], None] | None = None
+            ) -> list[mission_pb2.MissionException] | None:
+    """A plain transition (acknowledge, arrive, complete, cancel, abort): None when it repeats the one that
+    produced the current state (nothing changes), else the exceptions it resolved (a cancel or abort
+    resolves those still open). ``record`` notes the transition's facts on the mission first."""
+    after = transition(mission_status(mission), action)
+    if after is None:
+        return None
+    if record is not None:
+        record(mission)
+    resolved = []
+    if after.state in (State.CANCELLED, State.ABORTED):
+        resolved = resolve_open(mission, f"mission {after.state.name.lower()}", MISSION_SERVICE, now)
+        mission.state_reason = reason
+    move(mission, after)
+    return resolved
+
+
+def acknowledge(mission: mission_pb2.Mission, ack_time: Timestamp, now: datetime
+                ) -> list[mission_pb2.MissionException] | None:
+    return advance(mission, Action.ACKNOWLEDGE, now, record=lambda m: m.dispatch_ack_time.CopyFrom(ack_time))
+
+
+def arrive(mission: mission_pb2.Mission, arrive_time: Timestamp, now: datetime
+           ) -> list[mission_pb2.MissionException] | None:
+    def record(m: mission_pb2.Mission) -> None:
+        last = m.stops[-1]
+        last.arrive_time.CopyFrom(arrive_time)
+        last.ClearField("estimated_arrive_time")
+
+    return advance(mission, Action.ARRIVE, now, record=record)
+
+
+#: Cancel and abort reasons: (at most this many characters, required).
+_REASONS = {Action.CANCEL: (500, False), Action.ABORT: (1000, True)}
+
+
+def validate_reason(action: Action, reason: str) -> None:
+    limit, required = _REASONS[action]
+    raise_if(text_violations(reason, limit, "reason", required=required))
+
+
+def validate_pre_trip_checks(checks: Sequence[health_check_pb2.HealthCheckResult]) -> None:
+    problems = [] if checks else [FieldViolation("pre_trip_checks", "at least one")]
+    for i, check in enumerate(checks):
+        problems += text_violations(check.check, 100, f"pre_trip_checks[{i}].check", required=True)
+        if not check.outcome:
+            problems.append(FieldViolation(f"pre_trip_checks[{i}].outcome", "is required"))
+    raise_if(problems)
+
+
+def start(mission: mission_pb2.Mission, checks: Sequence[health_check_pb2.HealthCheckResult], who: str,
+          now: datetime) -> list[mission_pb2.MissionException] | None:
+    """Depart after pre-trip ``checks``: None when already started, else the exceptions resolved (from
+    EXCEPTION, passing checks resolve the pre-trip failures). A failed blocking check, or a required
+    DEPARTURE check-in without PROCEED, refuses with FAILED_PRECONDITION."""
+    after = transition(mission_status(mission), Action.START)
+    if after is None:
+        return None
+    failed = next((c for c in checks
+                   if c.blocking and c.outcome == health_check_pb2.HealthCheckResult.OUTCOME_FAIL), None)
+    if failed is not None:
+        raise FailedPrecondition(f"blocking pre-trip check {failed.check!r} failed: {failed.detail}",
+                                 reason="PRE_TRIP_CHECK_FAILED", metadata={"check": failed.check})
+    if mission.check_in_requirement.required and not departure_cleared(
+            [(p, o) for p, o, _ in recorded_check_ins(mission, now)]):
+        raise FailedPrecondition("this mission needs a DEPARTURE check-in with outcome PROCEED first",
+                                 reason="CHECK_IN_REQUIRED")
+    resolved = resolve_open(mission, "pre-trip checks passed", who, now)
+    del mission.pre_trip_checks[:]
+    mission.pre_trip_checks.extend(checks)
+    mission.start_time.CopyFrom(to_timestamp(now))
+    pickup = mission.stops[0]
+    if not pickup.HasField("arrive_time"):
+        pickup.arrive_time.CopyFrom(mission.dispatch_ack_time if mission.HasField("dispatch_ack_time")
+                                    else to_timestamp(now))
+    if not pickup.HasField("depart_time"):
+        pickup.depart_time.CopyFrom(to_timestamp(now))
+    move(mission, after)
+    return resolved
+
+
+def complete_after_billing(mission: mission_pb2.Mission) -> bool:
+    """DELIVERED → COMPLETED once billing recorded the usage; False if an operator completed it meanwhile."""
+    if mission.state != State.DELIVERED:
+        return False
+    after = transition(mission_status(mission), Action.COMPLETE)
+    assert after is not None  # DELIVERED → COMPLETED is a move, never a repeat
+    move(mission, after)
+    mission.state_reason = "usage recorded by billing"
+    return True
+
+
+def validate_exception(given: mission_pb2.MissionException) -> None:
+    """INVALID_ARGUMENT unless RaiseMissionException's exception is valid and its enums known here."""
+    problems = [] if given.kind else [FieldViolation("exception.kind", "is required")]
+    # A client built from newer contracts may send a value this service does not know yet.
+    enums = (("kind", given.kind, ExceptionKind), ("severity", given.severity, Severity),
+             ("contingency", given.contingency, Contingency))
+    problems += [FieldViolation(f"exception.{name}", f"unknown value {value}") for name, value, known in enums
+                 if value and value not in {int(member) for member in known}]
+    problems += text_violations(given.description, 1000, "exception.description")
+    if len(given.reroute_waypoints) > 100:
+        problems.append(FieldViolation("exception.reroute_waypoints", "at most 100"))
+    if given.reroute_waypoints and given.contingency not in (Contingency.REROUTE, 0):
+        problems.append(FieldViolation("exception.reroute_waypoints", "only for REROUTE"))
+    raise_if(problems)
+
+
+def raise_exception(mission: mission_pb2.Mission, given: mission_pb2.MissionException, who: str, now: datetime
+                    ) -> tuple[mission_pb2.MissionException, bool]:
+    """Record ``given`` as a new open exception (the fleet's contingency when none is given; a REROUTE with
+    waypoints replaces the planned route) and move the mission to EXCEPTION. Returns the exception as
+    recorded and whether the mission's state changed."""
+    status = mission_status(mission)
+    after = transition(status, Action.RAISE)
+    assert after is not None  # RAISE always moves or refuses
+    severity = Severity(given.severity or Severity.WARNING)
+    contingency = given.contingency or choose_contingency(ExceptionKind(given.kind), severity,
+                                                          departed=status.departed)
+    exc = mission.exceptions.add(
+        exception_id=f"exc-{len(mission.exceptions) + 1}", kind=given.kind, severity=int(severity),
+        contingency=int(Contingency(contingency)), description=given.description,
+        reroute_waypoints=given.reroute_waypoints, frame_sequence=given.frame_sequence, raised_by=who,
+        raise_time=to_timestamp(now))
+    if given.HasField("location"):
+        exc.location.CopyFrom(given.location)
+    if exc.contingency == Contingency.REROUTE and given.reroute_waypoints:
+        # The new plan: from where the vehicle was told to go, on to the destination.
+        del mission.planned_route[:]
+        mission.planned_route.extend([*given.reroute_waypoints, mission.stops[-1].location])
+    move(mission, after)
+    return exc, after.state != status.state
+
+
+def validate_resolution(exception_id: str, resolution: str) -> None:
+    raise_if(text_violations(exception_id, 64, "exception_id", required=True)
+             + text_violations(resolution, 1000, "resolution", required=True))
+
+
+def resolve_exception(mission: mission_pb2.Mission, exception_id: str, resolution: str, who: str, now: datetime
+                      ) -> tuple[mission_pb2.MissionException, bool] | None:
+    """Resolve one exception (NOT_FOUND if the mission has no such exception); resolving the last open one
+    returns the mission to its resume state. None when it was resolved already (that succeeds without
+    change), else the exception and whether the mission's state changed."""
+    exc = next((e for e in mission.exceptions if e.exception_id == exception_id), None)
+    if exc is None:
+        raise NotFound(f"{mission.name} has no exception {exception_id!r}", reason="EXCEPTION_NOT_FOUND",
+                       metadata={"exception_id": exception_id})
+    if exc.HasField("resolve_time"):
+        return None
+    resolve(exc, resolution, who, now)
+    if mission_status(mission).open_exceptions:
+        return exc, False
+    after = transition(mission_status(mission), Action.RESOLVE_LAST)
+    assert after is not None  # RESOLVE_LAST always moves or refuses
+    move(mission, after)
+    return exc, True
+
+
 # --- Human in the loop -------------------------------------------------------------------------------
 
 class CheckInPoint(enum.IntEnum):
     """CheckIn.Point."""
 
-    DEPARTURE = 1
-    ENROUTE = 2
-    ARRIVAL = 3
+    DEPARTURE = _CheckIn.POINT_DEPARTURE
+    ENROUTE = _CheckIn.POINT_ENROUTE
+    ARRIVAL = _CheckIn.POINT_ARRIVAL
 
 
-PROCEED, HOLD = 1, 2  # CheckIn.Outcome
+PROCEED, HOLD = _CheckIn.OUTCOME_PROCEED, _CheckIn.OUTCOME_HOLD
 
 
 @dataclass(frozen=True)
@@ -532,6 +946,49 @@ def next_check_in_due(policy: CheckInPolicy, state: Status, *, planned_pickup: d
             return None
         return arrive_time
     return None
+
+
+def recorded_check_ins(mission: mission_pb2.Mission, now: datetime) -> list[tuple[CheckInPoint, int, datetime]]:
+    """The mission's check-ins as (point, outcome, record time; ``now`` when unrecorded)."""
+    return [(CheckInPoint(c.point), c.outcome, from_timestamp(c.record_time) or now) for c in mission.check_ins]
+
+
+def refresh_check_in_due(mission: mission_pb2.Mission, policy: CheckInPolicy, now: datetime) -> None:
+    """Set (or clear) the mission's ``check_in_requirement.next_due_time`` from its current state."""
+    requirement = mission.check_in_requirement
+    if not requirement.required:
+        return
+    due = next_check_in_due(
+        policy, mission_status(mission),
+        planned_pickup=from_timestamp(mission.stops[0].planned_window.start_time)
+        or from_timestamp(mission.dispatch_time), start_time=from_timestamp(mission.start_time),
+        arrive_time=from_timestamp(mission.stops[-1].arrive_time), check_ins=recorded_check_ins(mission, now))
+    if due is None:
+        requirement.ClearField("next_due_time")
+    else:
+        requirement.next_due_time.CopyFrom(to_timestamp(due))
+
+
+def validate_check_in(given: mission_pb2.CheckIn) -> None:
+    problems = [] if given.point else [FieldViolation("check_in.point", "is required")]
+    if not given.outcome:
+        problems.append(FieldViolation("check_in.outcome", "is required"))
+    problems += text_violations(given.notes, 1000, "check_in.notes")
+    raise_if(problems)
+
+
+def record_check_in(mission: mission_pb2.Mission, given: mission_pb2.CheckIn, who: str, now: datetime
+                    ) -> tuple[mission_pb2.CheckIn, mission_pb2.MissionException | None]:
+    """Record a check-in at the point the mission is at; with it, the CHECK_IN_HOLD exception to raise when
+    its outcome is HOLD (None otherwise)."""
+    check_in_point_allowed(mission_status(mission), CheckInPoint(given.point))
+    check_in = mission.check_ins.add(check_in_id=f"chk-{len(mission.check_ins) + 1}", point=given.point,
+                                     outcome=given.outcome, notes=given.notes, recorded_by=who,
+                                     record_time=to_timestamp(now))
+    if given.outcome != HOLD:
+        return check_in, None
+    return check_in, _Exception(kind=_Exception.KIND_CHECK_IN_HOLD, severity=_Exception.SEVERITY_WARNING,
+                                description=f"check-in {check_in.check_in_id} HOLD: {given.notes}"[:1000])
 
 
 # --- Proof of delivery -------------------------------------------------------------------------------
@@ -597,6 +1054,64 @@ def validate_photo_digest(value: str) -> bool:
     return bool(_SHA256_HEX.fullmatch(value))
 
 
+#: Largest signed DeliveryManifest a truck may submit.
+MAX_MANIFEST_BYTES = 64 * 1024
+
+
+def validate_proof(proof: mission_pb2.ProofOfDelivery) -> None:
+    """INVALID_ARGUMENT unless the proof's fields are well-formed (the signature is checked later)."""
+    problems = []
+    if not proof.manifest or len(proof.manifest) > MAX_MANIFEST_BYTES:
+        problems.append(FieldViolation("proof_of_delivery.manifest", "1 byte to 64 KiB"))
+    if not proof.manifest_signature:
+        problems.append(FieldViolation("proof_of_delivery.manifest_signature", "is required"))
+    if not validate_photo_digest(proof.key_id):
+        problems.append(FieldViolation("proof_of_delivery.key_id", "64 lowercase hex characters"))
+    if len(proof.photos) > 20:
+        problems.append(FieldViolation("proof_of_delivery.photos", "at most 20"))
+    for i, photo in enumerate(proof.photos):
+        if not photo.uri.startswith(("https://", "s3://")) or len(photo.uri) > 2048:
+            problems.append(FieldViolation(f"proof_of_delivery.photos[{i}].uri", "an https:// or s3:// URI"))
+        if not validate_photo_digest(photo.sha256):
+            problems.append(FieldViolation(f"proof_of_delivery.photos[{i}].sha256", "64 lowercase hex"))
+    raise_if(problems)
+
+
+def read_manifest(proof: mission_pb2.ProofOfDelivery, certificate_pem: bytes) -> mission_pb2.DeliveryManifest:
+    """The manifest of a proof whose signature the vehicle's certificate verifies; INVALID_ARGUMENT
+    POD_SIGNATURE_INVALID otherwise."""
+    verify_manifest_signature(certificate_pem, proof.manifest, proof.manifest_signature, proof.key_id)
+    try:
+        return mission_pb2.DeliveryManifest.FromString(proof.manifest)
+    except DecodeError:
+        raise InvalidArgument("the manifest is not a DeliveryManifest", reason="POD_SIGNATURE_INVALID",
+                              violations=[FieldViolation("proof_of_delivery.manifest", "not decodable")]) from None
+
+
+def deliver(mission: mission_pb2.Mission, proof: mission_pb2.ProofOfDelivery,
+            manifest: mission_pb2.DeliveryManifest, now: datetime) -> bool:
+    """Record the proof (its manifest must match the mission) and move ARRIVED → DELIVERED; False when
+    already delivered. The last stop is departed at delivery (never before its arrival)."""
+    after = transition(mission_status(mission), Action.DELIVER)
+    if after is None:
+        return False
+    check_manifest(
+        ManifestFacts(manifest.mission_id, manifest.vehicle_id, manifest.tms_load_id, tuple(manifest.photo_sha256),
+                      from_timestamp(manifest.deliver_time)),
+        mission_id=mission.name.removeprefix("missions/"), vehicle_id=mission.vehicle.removeprefix("vehicles/"),
+        tms_load_id=mission.load.tms_load_id, photo_sha256=[p.sha256 for p in proof.photos])
+    recorded = mission.proof_of_delivery
+    recorded.CopyFrom(proof)
+    recorded.manifest_details.CopyFrom(manifest)
+    recorded.submit_time.CopyFrom(to_timestamp(now))
+    last = mission.stops[-1]
+    delivered = from_timestamp(manifest.deliver_time)
+    assert delivered is not None  # check_manifest refused a manifest without one
+    last.depart_time.CopyFrom(to_timestamp(max(delivered, from_timestamp(last.arrive_time) or delivered)))
+    move(mission, after)
+    return True
+
+
 # --- Usage -------------------------------------------------------------------------------------------
 
 def whole_minutes(start: datetime, end: datetime) -> int:
@@ -609,7 +1124,26 @@ def mission_hours(start: datetime, delivered: datetime) -> float:
     return round(max(0.0, (delivered - start).total_seconds() / 3600), 3)
 
 
-# --- Concurrency -------------------------------------------------------------------------------------
+def usage(mission: mission_pb2.Mission) -> invoice_pb2.Usage:
+    """Metered usage from the recorded times: planned miles, departure-to-delivery hours, dwell per stop."""
+    start = from_timestamp(mission.start_time)
+    delivered = (from_timestamp(mission.stops[-1].depart_time)
+                 or from_timestamp(mission.proof_of_delivery.submit_time))
+    metered = invoice_pb2.Usage(lane=mission.lane, miles=mission.route_miles,
+                                hours=mission_hours(start, delivered) if start and delivered else 0.0)
+    for i, stop in enumerate(mission.stops):
+        arrive, depart = from_timestamp(stop.arrive_time), from_timestamp(stop.depart_time)
+        if arrive and depart:
+            metered.stop_dwells.add(stop_index=i, arrive_time=stop.arrive_time, depart_time=stop.depart_time,
+                                    dwell_minutes=whole_minutes(arrive, depart))
+    return metered
+
+
+def billing_retry_delay(attempts: int, sweep_seconds: float, max_backoff_seconds: float) -> float:
+    """Seconds until the next billing attempt of a mission billing refused ``attempts`` times: doubling
+    from the sweep interval, at most ``max_backoff_seconds``."""
+    return min(max_backoff_seconds, sweep_seconds * 2 ** min(attempts, 20))
+
 
 # --- Input checks shared by the RPCs -----------------------------------------------------------------
 

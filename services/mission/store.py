@@ -5,16 +5,17 @@ Key layout (``{tag}`` is the Redis Cluster hash tag; what commits together share
 * Fleet-wide, tag ``{fleet}``: ``vehicle:{fleet}:<id>`` (a Vehicle) with the roster index
   ``vehicles:{fleet}:by-time``; ``vehicle-cert:{fleet}:<id>`` (PEM of the certificate the vehicle last
   presented); ``mission-carrier:{fleet}`` (hash mission id → carrier, for callers that act for no
-  carrier: trucks); ``lane-missions:{fleet}`` (hash lane → missions dispatched on it).
+  carrier: trucks); ``lane-missions:{fleet}`` (hash lane ``ORIGIN>DESTINATION`` → missions dispatched on it).
 * Per carrier, tag ``{<carrier>}``: ``mission:{c}:<id>`` (a Mission), ``missions:{c}:by-time``,
   ``mission-by-tender:{c}`` (hash tender id → mission id: a tender has at most one mission),
   ``billing-pending:{c}`` (sorted set of DELIVERED missions whose usage billing has not recorded yet,
-  scored by the time of the next attempt), and the carrier's event stream.
+  scored by the time of the next attempt), ``billing-attempts:{c}:<id>`` (billing attempts of a pending
+  mission, kept a day), and the carrier's event stream.
 * ``mission:billing-carriers``: the carriers that ever had a mission awaiting billing (untagged, like
   the runtime's stream registry; written before the first such mission).
 
 A dispatch touches both tags: the vehicle is reserved in the fleet slot, then the mission is written in
-the carrier's slot; the server compensates (releases the vehicle) when the second step fails.
+the carrier's slot; the use case compensates (releases the vehicle) when the second step fails.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from redis.asyncio.client import Pipeline
 
 from haulmesh.events.v1 import event_pb2
 from haulmesh.mission.v1 import mission_pb2, vehicle_pb2
+from haulmesh.type.v1 import lane_pb2
 from services.runtime import FLEET, AlreadyExists, Collection, NotFound, Page, add_event, new_id, tenant_key, transact
 
 __all__ = ["MissionStore"]
@@ -40,6 +42,11 @@ _DELIVERED = mission_pb2.Mission.STATE_DELIVERED
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _lane_field(lane: lane_pb2.Lane) -> str:
+    """The lane's field in ``lane-missions``."""
+    return f"{lane.origin_region}>{lane.destination_region}"
 
 
 class MissionStore:
@@ -132,14 +139,14 @@ class MissionStore:
 
         return await transact(self.redis, FLEET, [key], write)
 
-    async def reserve_vehicle(self, vehicle_id: str, mission_name: str, carrier: str, lane: str
+    async def reserve_vehicle(self, vehicle_id: str, mission_name: str, carrier: str, lane: lane_pb2.Lane
                               ) -> int | None:
         """Assign an AVAILABLE vehicle to ``mission_name``; the lane's mission ordinal, or None if taken.
 
         One fleet-slot transaction: the vehicle, the mission → carrier map and the lane counter.
         """
         key = self._vehicles.key(vehicle_id)
-        lanes = tenant_key("lane-missions", FLEET)
+        lanes, lane_field = tenant_key("lane-missions", FLEET), _lane_field(lane)
 
         async def write(pipe: Pipeline) -> int | None:
             raw = await pipe.get(key)
@@ -148,7 +155,7 @@ class MissionStore:
             vehicle = vehicle_pb2.Vehicle.FromString(raw)
             if vehicle.availability != vehicle_pb2.Vehicle.AVAILABILITY_AVAILABLE:
                 return None
-            ordinal = int(await pipe.hget(lanes, lane) or 0) + 1
+            ordinal = int(await pipe.hget(lanes, lane_field) or 0) + 1
             vehicle.availability = vehicle_pb2.Vehicle.AVAILABILITY_ASSIGNED
             vehicle.current_mission = mission_name
             vehicle.update_time.GetCurrentTime()
@@ -156,12 +163,13 @@ class MissionStore:
             pipe.multi()
             pipe.set(key, vehicle.SerializeToString())
             pipe.hset(tenant_key("mission-carrier", FLEET), mission_name.removeprefix("missions/"), carrier)
-            pipe.hset(lanes, lane, ordinal)
+            pipe.hset(lanes, lane_field, ordinal)
             return ordinal
 
         return await transact(self.redis, FLEET, [key, lanes], write)
 
-    async def release_vehicle(self, vehicle_id: str, mission_name: str, *, lane: str | None = None) -> bool:
+    async def release_vehicle(self, vehicle_id: str, mission_name: str, *, lane: lane_pb2.Lane | None = None
+                              ) -> bool:
         """Free the vehicle if it is still assigned to ``mission_name`` (idempotent); True if it was.
 
         ``lane``: give back the lane ordinal too (compensation of a dispatch whose mission was never written).
@@ -182,7 +190,7 @@ class MissionStore:
             vehicle.etag = new_id()
             pipe.set(key, vehicle.SerializeToString())
             if lane is not None:
-                pipe.hincrby(lanes, lane, -1)
+                pipe.hincrby(lanes, _lane_field(lane), -1)
                 pipe.hdel(tenant_key("mission-carrier", FLEET), mission_name.removeprefix("missions/"))
             return True
 

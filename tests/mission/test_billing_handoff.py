@@ -14,10 +14,11 @@ from haulmesh.billing.v1 import billing_service_pb2, billing_service_pb2_grpc, q
 from haulmesh.events.v1 import mission_events_pb2
 from haulmesh.mission.v1 import mission_service_pb2
 from haulmesh.type.v1 import money_pb2
-from services.mission import server as mission_server
 from services.mission.config import MissionSettings
 from services.mission.store import MissionStore
-from services.runtime import Mesh, new_event, new_id
+from services.mission.usecases import MissionUseCases
+from services.mission.workers import MissionWorkers
+from services.runtime import Mesh, Periodic, new_event, new_id
 
 from ..conftest import Pki, wait_for
 from .test_mission_mesh import (
@@ -114,7 +115,7 @@ async def test_billing_outage_is_retried_until_it_succeeds(store_url: str) -> No
     store = MissionStore(client, billing_grace_seconds=0)
     settings = MissionSettings(billing_grace_seconds=0, billing_sweep_seconds=0.02, billing_max_backoff_seconds=0.1)
     billing = FlakyBilling(failures=3)
-    servicer = mission_server.MissionServicer(store, settings, billing)
+    workers = MissionWorkers(MissionUseCases(store, settings, billing), store, settings)
     carrier_id = f"c-{new_id()}"
     mission = mission_spec("vehicles/MT-NONE")
     mission.name = f"missions/{new_id()}"
@@ -132,7 +133,8 @@ async def test_billing_outage_is_retried_until_it_succeeds(store_url: str) -> No
         return lambda final: []
 
     await store.update_mission(carrier_id, mission.name.removeprefix("missions/"), deliver)
-    sweeper = asyncio.create_task(servicer.sweep_billing())
+    sweeper = Periodic("mission-billing-sweep", workers.sweep_billing, interval_seconds=settings.billing_sweep_seconds)
+    sweeping = asyncio.create_task(sweeper.run())
     try:
         async def done() -> bool:
             current = await store.get_mission(carrier_id, mission.name.removeprefix("missions/"))
@@ -140,8 +142,8 @@ async def test_billing_outage_is_retried_until_it_succeeds(store_url: str) -> No
 
         await wait_for(done, timeout_seconds=15)
     finally:
-        await servicer.stop_sweeping()
-        await sweeper
+        await sweeper.stop()
+        await sweeping
     assert len(billing.requests) == 4  # three failures, then success; never more once completed
     assert len({r.SerializeToString(deterministic=True) for r in billing.requests}) == 1  # same usage each time
     assert await store.due_for_billing() == [] or all(c != carrier_id for c, _ in await store.due_for_billing())

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from haulmesh.mission.v1 import mission_pb2, vehicle_pb2
 from services.mission import domain
 from services.mission.config import MissionSettings
 from services.mission.domain import (
@@ -430,3 +431,71 @@ def test_the_shipped_routes_file_loads_and_bad_ones_are_refused(tmp_path) -> Non
         with pytest.raises(ConfigError) as caught:
             MissionSettings.from_env({"HAULMESH_MISSION_ROUTES_FILE": str(path)})
         assert caught.value.field == "HAULMESH_MISSION_ROUTES_FILE" and name in str(caught.value)
+
+
+# --- rules on the generated messages -----------------------------------------------------------------
+
+Exc = mission_pb2.MissionException
+
+
+def test_domain_enums_take_the_generated_values() -> None:
+    for enum, generated, prefix in [
+            (State, mission_pb2.Mission.State, "STATE_"), (ExceptionKind, Exc.Kind, "KIND_"),
+            (Severity, Exc.Severity, "SEVERITY_"), (Contingency, Exc.Contingency, "CONTINGENCY_"),
+            (Availability, vehicle_pb2.Vehicle.Availability, "AVAILABILITY_"),
+            (CheckInPoint, mission_pb2.CheckIn.Point, "POINT_")]:
+        assert all(member == generated.Value(prefix + member.name) for member in enum)
+    assert (domain.PROCEED, domain.HOLD) == (mission_pb2.CheckIn.OUTCOME_PROCEED, mission_pb2.CheckIn.OUTCOME_HOLD)
+
+
+def _enroute_mission():
+    mission = mission_pb2.Mission(name="missions/m1", state=State.ENROUTE, vehicle="vehicles/AU-TRK-1001")
+    for lat, lon in (HOUSTON, ATLANTA):
+        mission.stops.add(location={"lat": lat, "lon": lon})
+    mission.planned_route.add(lat=HOUSTON[0], lon=HOUSTON[1])
+    return mission
+
+
+def test_raising_an_exception_picks_the_contingency_and_a_reroute_replaces_the_plan() -> None:
+    mission = _enroute_mission()
+    exc, moved = domain.raise_exception(mission, Exc(kind=Exc.KIND_SENSOR_FAULT, severity=Exc.SEVERITY_CRITICAL),
+                                        "operator/ops", T0)
+    assert moved and (exc.exception_id, exc.contingency) == ("exc-1", Contingency.MINIMAL_RISK_STOP)
+    assert domain.mission_status(mission) == Status(State.EXCEPTION, State.ENROUTE, (ExceptionKind.SENSOR_FAULT,))
+    detour = Exc(kind=Exc.KIND_ROAD_CLOSURE, reroute_waypoints=[{"lat": 31.0, "lon": -90.0}])
+    exc, moved = domain.raise_exception(mission, detour, "operator/ops", T0)
+    assert not moved and exc.contingency == Contingency.REROUTE and exc.severity == Severity.WARNING
+    assert [(p.lat, p.lon) for p in mission.planned_route] == [(31.0, -90.0), ATLANTA]
+    assert domain.resolve_exception(mission, "exc-1", "sensor cleaned", "operator/ops", T0) == (mission.exceptions[0],
+                                                                                                 False)
+    assert domain.resolve_exception(mission, "exc-1", "again", "operator/ops", T0) is None
+    assert domain.resolve_exception(mission, "exc-2", "detoured", "operator/ops", T0)[1]
+    assert domain.mission_status(mission) == Status(State.ENROUTE)
+
+
+def test_a_hold_check_in_comes_with_a_check_in_hold_exception() -> None:
+    mission = _enroute_mission()
+    given = mission_pb2.CheckIn(point=CheckInPoint.ENROUTE, outcome=domain.HOLD, notes="smoke")
+    check_in, hold = domain.record_check_in(mission, given, "operator/ops", T0)
+    assert check_in.check_in_id == "chk-1" and hold is not None
+    assert (hold.kind, hold.severity, hold.description) == (ExceptionKind.CHECK_IN_HOLD, Severity.WARNING,
+                                                            "check-in chk-1 HOLD: smoke")
+    assert domain.record_check_in(mission, mission_pb2.CheckIn(point=CheckInPoint.ENROUTE, outcome=domain.PROCEED),
+                                  "operator/ops", T0)[1] is None
+
+
+def test_usage_meters_hours_and_dwell_from_recorded_times() -> None:
+    mission = _enroute_mission()
+    mission.route_miles = 841.0
+    mission.start_time.FromDatetime(T0)
+    mission.stops[0].arrive_time.FromDatetime(T0 - timedelta(minutes=30, seconds=59))
+    mission.stops[0].depart_time.FromDatetime(T0)
+    mission.stops[1].arrive_time.FromDatetime(T0 + timedelta(hours=14))
+    mission.stops[1].depart_time.FromDatetime(T0 + timedelta(hours=14, minutes=45))
+    usage = domain.usage(mission)
+    assert (usage.miles, usage.hours) == (841.0, 14.75)
+    assert [(d.stop_index, d.dwell_minutes) for d in usage.stop_dwells] == [(0, 30), (1, 45)]
+
+
+def test_billing_retries_back_off_to_the_limit() -> None:
+    assert [domain.billing_retry_delay(n, 5, 3600) for n in (1, 2, 3, 10, 60)] == [10, 20, 40, 3600, 3600]

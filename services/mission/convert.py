@@ -1,0 +1,54 @@
+"""Protobuf ↔ the domain's own types: roster views, capacity windows and the values list filters match.
+
+Most rules take the generated messages themselves (see :mod:`.domain`); what is here translates the few
+values the domain keeps as its own types.
+"""
+
+from __future__ import annotations
+
+from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, vehicle_pb2
+from haulmesh.type.v1 import equipment_pb2, time_window_pb2
+from services.runtime import from_timestamp, to_timestamp
+
+from .domain import Availability, CapacityWindow, State, VehicleView, capabilities_of
+
+__all__ = ["MISSION_FILTER", "VEHICLE_FILTER", "capacity_windows", "mission_filter_values", "vehicle_filter_values",
+           "vehicle_view"]
+
+
+def vehicle_view(vehicle: vehicle_pb2.Vehicle) -> VehicleView:
+    """The roster facts of a vehicle that dispatch and capacity rank (position: its last reported one)."""
+    position = ((vehicle.last_location.lat, vehicle.last_location.lon)
+                if vehicle.HasField("last_location") else None)
+    return VehicleView(vehicle.name.removeprefix("vehicles/"), capabilities_of(vehicle.capabilities),
+                       Availability(vehicle.availability or Availability.AVAILABLE), vehicle.home_region, position)
+
+
+def capacity_windows(windows: list[CapacityWindow]) -> list[mission_service_pb2.CapacityWindow]:
+    return [mission_service_pb2.CapacityWindow(
+        window=time_window_pb2.TimeWindow(start_time=to_timestamp(w.start), end_time=to_timestamp(w.end)),
+        vehicle_count=w.vehicle_count) for w in windows]
+
+
+# --- List filters: the filterable fields (domain.parse_filter's kinds) and their values ---------------
+
+_EQUIPMENT_NAMES = frozenset(n.removeprefix("EQUIPMENT_") for n in equipment_pb2.Equipment.keys()[1:])
+MISSION_FILTER: dict[str, str | frozenset[str]] = {
+    "state": frozenset(s.name for s in State), "tender": "string", "vehicle": "string",
+    "load.tms_load_id": "string", "create_time": "time"}
+VEHICLE_FILTER: dict[str, str | frozenset[str]] = {
+    "availability": frozenset(a.name for a in Availability), "connectivity": frozenset({"ONLINE", "OFFLINE"}),
+    "home_region": "string", "capabilities.hazmat_certified": "bool", "capabilities.equipment": _EQUIPMENT_NAMES}
+
+
+def mission_filter_values(mission: mission_pb2.Mission) -> dict[str, object]:
+    return {"state": State(mission.state).name, "tender": mission.tender, "vehicle": mission.vehicle,
+            "load.tms_load_id": mission.load.tms_load_id, "create_time": from_timestamp(mission.create_time)}
+
+
+def vehicle_filter_values(vehicle: vehicle_pb2.Vehicle) -> dict[str, object]:
+    return {"availability": Availability(vehicle.availability).name if vehicle.availability else "",
+            "connectivity": vehicle_pb2.Vehicle.Connectivity.Name(vehicle.connectivity).removeprefix("CONNECTIVITY_"),
+            "home_region": vehicle.home_region, "capabilities.hazmat_certified": vehicle.capabilities.hazmat_certified,
+            "capabilities.equipment": {equipment_pb2.Equipment.Name(e).removeprefix("EQUIPMENT_")
+                                       for e in vehicle.capabilities.equipment}}

@@ -1,0 +1,418 @@
+"""The mission service's use cases: read, ask :mod:`.domain`, commit with the outbox, call billing.
+
+Every transition reads the mission, asks the domain what the change is, and commits the new mission with
+the events announcing it in one transaction (:meth:`MissionStore.update_mission`). Vehicles live in the
+fleet's slot, missions in the carrier's: dispatch reserves the vehicle first and gives it back if the
+mission cannot be written; terminal states free it after the mission commit (and again, idempotently,
+from the event consumer in :mod:`.workers`, so a crash in between cannot strand a vehicle).
+
+Requests arrive decoded and checked (:mod:`.server` runs the domain's field checks), except CreateMission,
+whose checks run inside its idempotent dispatch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from haulmesh.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
+from haulmesh.events.v1 import event_pb2, mission_events_pb2
+from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, vehicle_pb2
+from haulmesh.type.v1 import health_check_pb2, lane_pb2
+from services.runtime import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    Idempotency,
+    InvalidArgument,
+    NotFound,
+    carrier_metadata,
+    check_etag,
+    decode_page,
+    new_event,
+    new_id,
+    next_page_token,
+)
+
+from . import convert, domain
+from .config import MissionSettings
+from .domain import Action, CapacityQuery, CapacityWindow, Load, VehicleView, parse_mission_name, parse_vehicle_name
+from .metrics import record_dispatch_ack, record_finished
+from .store import MissionStore
+
+__all__ = ["MissionUseCases"]
+
+Mission = mission_pb2.Mission
+MissionException = mission_pb2.MissionException
+#: One change of a mission: (the mission as read, the announcer of its events, now) → whether it changed.
+Apply = Callable[[Mission, "_Announcer", datetime], bool]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _mission_not_found(name: str) -> NotFound:
+    return NotFound(f"{name} does not exist", reason="MISSION_NOT_FOUND", metadata={"name": name})
+
+
+class MissionUseCases:
+    """Roster and mission use cases, and the billing hand-off and vehicle release that follow delivery."""
+
+    def __init__(self, store: MissionStore, settings: MissionSettings,
+                 billing: billing_service_pb2_grpc.BillingServiceStub | None = None) -> None:
+        self._store = store
+        self._settings = settings
+        self._billing = billing
+        self._idempotency = Idempotency(store.redis)
+
+    # --- vehicles ------------------------------------------------------------------------------------
+
+    async def create_vehicle(self, vehicle_id: str, given: vehicle_pb2.Vehicle) -> vehicle_pb2.Vehicle:
+        vehicle = vehicle_pb2.Vehicle(
+            name=f"vehicles/{vehicle_id}", display_name=given.display_name, vin=given.vin,
+            capabilities=given.capabilities, home_region=given.home_region,
+            availability=given.availability or vehicle_pb2.Vehicle.AVAILABILITY_AVAILABLE, etag=new_id())
+        vehicle.create_time.GetCurrentTime()
+        vehicle.update_time.CopyFrom(vehicle.create_time)
+        return await self._store.create_vehicle(vehicle_id, vehicle)
+
+    async def get_vehicle(self, name: str) -> vehicle_pb2.Vehicle:
+        vehicle = await self._store.get_vehicle(parse_vehicle_name(name))
+        if vehicle is None:
+            raise NotFound(f"{name} does not exist", reason="VEHICLE_NOT_FOUND", metadata={"name": name})
+        return vehicle
+
+    async def list_vehicles(self, filter_text: str, page_size: int, page_token: str
+                            ) -> tuple[list[vehicle_pb2.Vehicle], str]:
+        """One page of the roster that ``filter_text`` selects, and the next page's token."""
+        comparisons = domain.parse_filter(filter_text, convert.VEHICLE_FILTER)
+        query = f"vehicles|{filter_text}"
+        page = decode_page(page_size, page_token, query)
+        keep = (lambda v: domain.matches(comparisons, convert.vehicle_filter_values(v))) if comparisons else None
+        vehicles, cursor = await self._store.list_vehicles(page, keep)
+        return vehicles, next_page_token(cursor, query)
+
+    async def update_vehicle(self, vehicle_id: str, given: vehicle_pb2.Vehicle, paths: Sequence[str]
+                             ) -> vehicle_pb2.Vehicle:
+        def mutate(vehicle: vehicle_pb2.Vehicle) -> bool:
+            check_etag(given.etag, vehicle.etag, vehicle.name)
+            return domain.update_vehicle(vehicle, given, paths)
+
+        return await self._store.update_vehicle(vehicle_id, mutate)
+
+    async def fleet_capacity(self, query: CapacityQuery) -> tuple[lane_pb2.Lane, list[CapacityWindow], int]:
+        """The lane asked about, the windows in which eligible vehicles can be at the origin, and how many
+        roster vehicles could take the load at all."""
+        vehicles = [convert.vehicle_view(v) for v in await self._store.all_vehicles()]
+        windows, eligible = domain.capacity_windows(vehicles, query.load, query.origin, query.start, query.end,
+                                                    _now())
+        return domain.lane_between(query.origin, query.destination), windows, eligible
+
+    # --- dispatch ------------------------------------------------------------------------------------
+
+    async def create_mission(self, carrier_id: str, request: mission_service_pb2.CreateMissionRequest) -> Mission:
+        return await self._idempotency.run(f"{carrier_id}:CreateMission", request.request_id, request,
+                                           lambda: self._dispatch(carrier_id, request.mission), Mission)
+
+    async def _dispatch(self, carrier_id: str, given: Mission) -> Mission:
+        domain.raise_if(domain.mission_violations(given))
+        tender_id = given.tender.removeprefix("tenders/")
+        existing = await self._store.mission_of_tender(carrier_id, tender_id)
+        if existing:
+            raise self._already_dispatched(given.tender, existing)
+        plan = domain.plan_dispatch(given, _now())
+        candidates = await self._candidates(given.vehicle, plan.load, plan.origin)
+        mission_id = new_id()
+        name = f"missions/{mission_id}"
+        for candidate in candidates:
+            ordinal = await self._store.reserve_vehicle(candidate.vehicle_id, name, carrier_id, plan.lane)
+            if ordinal is not None:
+                break
+        else:
+            if given.vehicle:
+                raise FailedPrecondition(f"{given.vehicle} is not AVAILABLE", reason="VEHICLE_NOT_ELIGIBLE",
+                                         metadata={"vehicle": given.vehicle})
+            raise FailedPrecondition("no roster vehicle can take the load now", reason="NO_VEHICLE_AVAILABLE")
+        settings = self._settings
+        mission = domain.new_mission(given, name=name, carrier_id=carrier_id, vehicle_id=candidate.vehicle_id,
+                                     plan=plan, lane_ordinal=ordinal, policy=settings.check_in,
+                                     routes=settings.routes, geofence_radius_meters=settings.geofence_radius_meters,
+                                     now=_now(), etag=new_id())
+        event = new_event("mission_dispatched", mission_events_pb2.MissionDispatched(mission=mission),
+                          subject=name, carrier_id=carrier_id, source="mission")
+        try:
+            other = await self._store.create_mission(carrier_id, mission, tender_id, event)
+        except BaseException:
+            await self._store.release_vehicle(candidate.vehicle_id, name, lane=plan.lane)
+            raise
+        if other is not None:  # a concurrent dispatch of the same tender won
+            await self._store.release_vehicle(candidate.vehicle_id, name, lane=plan.lane)
+            raise self._already_dispatched(given.tender, other)
+        return mission
+
+    @staticmethod
+    def _already_dispatched(tender: str, mission_id: str) -> AlreadyExists:
+        return AlreadyExists(f"{tender} already has a mission", reason="MISSION_ALREADY_EXISTS",
+                             metadata={"mission": f"missions/{mission_id}"})
+
+    async def _candidates(self, named: str, load: Load, origin: tuple[float, float]) -> list[VehicleView]:
+        if not named:
+            return domain.choose_vehicle([convert.vehicle_view(v) for v in await self._store.all_vehicles()],
+                                         load, origin)
+        vehicle = await self._store.get_vehicle(parse_vehicle_name(named, field="mission.vehicle"))
+        if vehicle is None:
+            raise NotFound(f"{named} does not exist", reason="VEHICLE_NOT_FOUND", metadata={"name": named})
+        view = convert.vehicle_view(vehicle)
+        domain.check_named_vehicle(view, load, named)
+        return [view]
+
+    # --- reads ---------------------------------------------------------------------------------------
+
+    async def get_mission(self, carrier_id: str, name: str) -> Mission:
+        mission = await self._store.get_mission(carrier_id, parse_mission_name(name))
+        if mission is None:
+            raise _mission_not_found(name)
+        return mission
+
+    async def list_missions(self, carrier_id: str, filter_text: str, page_size: int, page_token: str
+                            ) -> tuple[list[Mission], str]:
+        """One page of the carrier's missions that ``filter_text`` selects, and the next page's token."""
+        comparisons = domain.parse_filter(filter_text, convert.MISSION_FILTER)
+        query = f"missions:{carrier_id}|{filter_text}"
+        page = decode_page(page_size, page_token, query)
+        keep = (lambda m: domain.matches(comparisons, convert.mission_filter_values(m))) if comparisons else None
+        missions, cursor = await self._store.list_missions(carrier_id, page, keep)
+        return missions, next_page_token(cursor, query)
+
+    # --- transitions ---------------------------------------------------------------------------------
+
+    async def _change(self, carrier_id: str, name: str, etag: str, apply: Apply) -> tuple[Mission, bool]:
+        """Run ``apply`` on the mission in one transaction with its events; (the mission, whether it changed)."""
+        mission_id = parse_mission_name(name)
+
+        def mutate(mission: Mission) -> Callable[[Mission], list[event_pb2.Event]] | None:
+            check_etag(etag, mission.etag, mission.name)
+            announcer = _Announcer(carrier_id)
+            before = mission.state
+            now = _now()
+            if not apply(mission, announcer, now):
+                return None
+            domain.settle(mission, self._settings.check_in, now)
+            return lambda final: announcer.build(final, before)
+
+        mission, changed = await self._store.update_mission(carrier_id, mission_id, mutate)
+        if changed and mission.state in domain.TERMINAL:
+            record_finished(Mission.State.Name(mission.state).removeprefix("STATE_").lower())
+            await self.release_vehicle(mission)
+        return mission, changed
+
+    async def _advance(self, carrier_id: str, name: str, etag: str,
+                       step: Callable[[Mission, datetime], list[MissionException] | None]) -> tuple[Mission, bool]:
+        """A plain transition: ``step`` returns None for no change, else the exceptions it resolved."""
+        def apply(mission: Mission, announce: _Announcer, now: datetime) -> bool:
+            resolved = step(mission, now)
+            if resolved is None:
+                return False
+            for exc in resolved:
+                announce.exception_resolved(exc)
+            announce.state_changed()
+            return True
+
+        return await self._change(carrier_id, name, etag, apply)
+
+    async def acknowledge(self, carrier_id: str, name: str, etag: str, ack_time: Timestamp) -> Mission:
+        mission, acknowledged = await self._advance(carrier_id, name, etag,
+                                                    lambda m, now: domain.acknowledge(m, ack_time, now))
+        if acknowledged and mission.HasField("dispatch_time"):  # only on the transition, not on a repeated ack
+            record_dispatch_ack(mission.dispatch_time.ToNanoseconds() / 1e9,
+                                mission.dispatch_ack_time.ToNanoseconds() / 1e9, time.time())
+        return mission
+
+    async def arrive(self, carrier_id: str, name: str, etag: str, arrive_time: Timestamp) -> Mission:
+        mission, _ = await self._advance(carrier_id, name, etag, lambda m, now: domain.arrive(m, arrive_time, now))
+        return mission
+
+    async def advance(self, carrier_id: str, name: str, etag: str, action: Action, *, reason: str = "") -> Mission:
+        """Complete, cancel or abort (``reason``: why, for a cancel or abort)."""
+        mission, _ = await self._advance(carrier_id, name, etag,
+                                         lambda m, now: domain.advance(m, action, now, reason=reason))
+        return mission
+
+    async def start(self, carrier_id: str, name: str, etag: str,
+                    checks: Sequence[health_check_pb2.HealthCheckResult], who: str) -> Mission:
+        mission, _ = await self._advance(carrier_id, name, etag, lambda m, now: domain.start(m, checks, who, now))
+        return mission
+
+    # --- exceptions and check-ins --------------------------------------------------------------------
+
+    @staticmethod
+    def _raise(mission: Mission, announce: _Announcer, given: MissionException, who: str, now: datetime
+               ) -> MissionException:
+        exc, moved = domain.raise_exception(mission, given, who, now)
+        announce.exception_raised(exc)
+        if moved:
+            announce.state_changed()
+        return exc
+
+    async def raise_exception(self, carrier_id: str, request: mission_service_pb2.RaiseMissionExceptionRequest,
+                              who: str) -> mission_service_pb2.RaiseMissionExceptionResponse:
+        async def compute() -> mission_service_pb2.RaiseMissionExceptionResponse:
+            raised: list[MissionException] = []
+
+            def apply(mission: Mission, announce: _Announcer, now: datetime) -> bool:
+                raised.append(self._raise(mission, announce, request.exception, who, now))
+                return True
+
+            mission, _ = await self._change(carrier_id, request.name, "", apply)
+            return mission_service_pb2.RaiseMissionExceptionResponse(mission=mission, exception=raised[-1])
+
+        return await self._idempotency.run(f"{carrier_id}:RaiseMissionException", request.request_id, request,
+                                           compute, mission_service_pb2.RaiseMissionExceptionResponse)
+
+    async def resolve_exception(self, carrier_id: str, name: str, etag: str, exception_id: str, resolution: str,
+                                who: str) -> tuple[Mission, MissionException]:
+        def apply(mission: Mission, announce: _Announcer, now: datetime) -> bool:
+            outcome = domain.resolve_exception(mission, exception_id, resolution, who, now)
+            if outcome is None:
+                return False  # resolving a resolved exception succeeds without change
+            exc, moved = outcome
+            announce.exception_resolved(exc)
+            if moved:
+                announce.state_changed()
+            return True
+
+        mission, _ = await self._change(carrier_id, name, etag, apply)
+        return mission, next(e for e in mission.exceptions if e.exception_id == exception_id)
+
+    async def record_check_in(self, carrier_id: str, request: mission_service_pb2.RecordCheckInRequest, who: str
+                              ) -> mission_service_pb2.RecordCheckInResponse:
+        async def compute() -> mission_service_pb2.RecordCheckInResponse:
+            recorded: list[mission_pb2.CheckIn] = []
+
+            def apply(mission: Mission, announce: _Announcer, now: datetime) -> bool:
+                check_in, hold = domain.record_check_in(mission, request.check_in, who, now)
+                recorded.append(check_in)
+                announce.check_in_recorded(check_in)
+                if hold is not None:
+                    self._raise(mission, announce, hold, who, now)
+                return True
+
+            mission, _ = await self._change(carrier_id, request.name, "", apply)
+            check_in = next(c for c in mission.check_ins if c.check_in_id == recorded[-1].check_in_id)
+            return mission_service_pb2.RecordCheckInResponse(mission=mission, check_in=check_in)
+
+        return await self._idempotency.run(f"{carrier_id}:RecordCheckIn", request.request_id, request, compute,
+                                           mission_service_pb2.RecordCheckInResponse)
+
+    # --- proof of delivery ---------------------------------------------------------------------------
+
+    async def submit_proof_from_vehicle(self, vehicle_id: str, certificate_pem: bytes,
+                                        request: mission_service_pb2.SubmitProofOfDeliveryRequest) -> Mission:
+        """The mission's own truck submits: verified with the certificate it presents on this call (pinned
+        for later operator relays). Another truck's mission does not exist for this truck."""
+        mission_id = parse_mission_name(request.name)
+        carrier_id = await self._store.mission_carrier(mission_id)
+        mission = None if carrier_id is None else await self._store.get_mission(carrier_id, mission_id)
+        if carrier_id is None or mission is None or mission.vehicle != f"vehicles/{vehicle_id}":
+            raise _mission_not_found(request.name)
+        await self._store.pin_vehicle_certificate(vehicle_id, certificate_pem)
+        return await self._deliver(carrier_id, request, certificate_pem)
+
+    async def submit_proof_for_carrier(self, carrier_id: str,
+                                       request: mission_service_pb2.SubmitProofOfDeliveryRequest) -> Mission:
+        """An operator relays a truck's proof: verified with the certificate the truck last presented."""
+        mission = await self._store.get_mission(carrier_id, parse_mission_name(request.name))
+        if mission is None:
+            raise _mission_not_found(request.name)
+        certificate = await self._store.vehicle_certificate(mission.vehicle.removeprefix("vehicles/"))
+        if certificate is None:
+            raise InvalidArgument(f"no certificate of {mission.vehicle} is on file to verify the manifest with",
+                                  reason="POD_SIGNATURE_INVALID",
+                                  violations=[FieldViolation("proof_of_delivery.key_id", "vehicle key unknown")])
+        return await self._deliver(carrier_id, request, certificate)
+
+    async def _deliver(self, carrier_id: str, request: mission_service_pb2.SubmitProofOfDeliveryRequest,
+                       certificate_pem: bytes) -> Mission:
+        proof = request.proof_of_delivery
+        manifest = domain.read_manifest(proof, certificate_pem)
+
+        def apply(mission: Mission, announce: _Announcer, now: datetime) -> bool:
+            if not domain.deliver(mission, proof, manifest, now):
+                return False
+            announce.proof_of_delivery_submitted()
+            announce.state_changed()
+            return True
+
+        mission, _ = await self._change(carrier_id, request.name, request.etag, apply)
+        return mission
+
+    # --- after delivery: billing and vehicle release -------------------------------------------------
+
+    async def bill(self, carrier_id: str, mission_id: str) -> Mission | None:
+        """Record a DELIVERED mission's usage with billing, then complete it (idempotent both sides)."""
+        mission = await self._store.get_mission(carrier_id, mission_id)
+        if mission is None or mission.state != Mission.STATE_DELIVERED or self._billing is None:
+            return mission
+        await self._billing.RecordUsage(
+            billing_service_pb2.RecordUsageRequest(mission=mission.name, tender=mission.tender, quote=mission.quote,
+                                                   tms_load_id=mission.load.tms_load_id,
+                                                   usage=domain.usage(mission)),
+            metadata=carrier_metadata(carrier_id))
+
+        def complete(mission: Mission, announce: _Announcer, now: datetime) -> bool:
+            if not domain.complete_after_billing(mission):
+                return False  # an operator completed it meanwhile
+            announce.state_changed()
+            return True
+
+        mission, _ = await self._change(carrier_id, mission.name, "", complete)
+        return mission
+
+    async def release_vehicle(self, mission: Mission) -> None:
+        """Free the vehicle of an ended mission if it is still assigned to it (idempotent)."""
+        await self._store.release_vehicle(mission.vehicle.removeprefix("vehicles/"), mission.name)
+
+
+class _Announcer:
+    """Collects the events of one change; they are built from the committed (stamped) mission."""
+
+    def __init__(self, carrier_id: str) -> None:
+        self._carrier = carrier_id
+        self._pending: list[Callable[[Mission, int], event_pb2.Event]] = []
+
+    def _add(self, field: str, payload: Callable[[Mission, int], object]) -> None:
+        self._pending.append(lambda m, before: new_event(field, payload(m, before), subject=m.name,
+                                                         carrier_id=self._carrier, source="mission"))
+
+    def state_changed(self) -> None:
+        self._add("mission_state_changed",
+                  lambda m, before: mission_events_pb2.MissionStateChanged(mission=m, previous_state=before))
+
+    def exception_raised(self, exc: MissionException) -> None:
+        snapshot = MissionException()
+        snapshot.CopyFrom(exc)
+        self._add("mission_exception_raised", lambda m, _: mission_events_pb2.MissionExceptionRaised(
+            mission=m.name, tender=m.tender, exception=snapshot))
+
+    def exception_resolved(self, exc: MissionException) -> None:
+        snapshot = MissionException()
+        snapshot.CopyFrom(exc)
+        self._add("mission_exception_resolved", lambda m, _: mission_events_pb2.MissionExceptionResolved(
+            mission=m.name, tender=m.tender, exception=snapshot))
+
+    def check_in_recorded(self, check_in: mission_pb2.CheckIn) -> None:
+        snapshot = mission_pb2.CheckIn()
+        snapshot.CopyFrom(check_in)
+        self._add("mission_check_in_recorded",
+                  lambda m, _: mission_events_pb2.CheckInRecorded(mission=m.name, check_in=snapshot))
+
+    def proof_of_delivery_submitted(self) -> None:
+        self._add("mission_proof_of_delivery_submitted", lambda m, _: mission_events_pb2.ProofOfDeliverySubmitted(
+            mission=m.name, tender=m.tender, tms_load_id=m.load.tms_load_id, proof_of_delivery=m.proof_of_delivery))
+
+    def build(self, mission: Mission, before: int) -> list[event_pb2.Event]:
+        return [make(mission, before) for make in self._pending]

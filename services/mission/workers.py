@@ -1,0 +1,64 @@
+"""The mission service's background work, each piece started through the runtime (see ``__main__``).
+
+* :meth:`MissionWorkers.handle_event`: the consumer of the service's own events. A delivered mission is
+  billed at once; a mission that reached a terminal state frees its vehicle (again, idempotently: the
+  transition already did, but a crash in between must not strand a vehicle).
+* :meth:`MissionWorkers.sweep_billing`: one pass of the billing sweeper, which retries the delivered
+  missions the consumer could not bill, each with its own backoff, so no mission is ever dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from haulmesh.events.v1 import event_pb2
+
+from . import domain
+from .config import MissionSettings
+from .store import MissionStore
+from .usecases import MissionUseCases
+
+__all__ = ["CONSUMED_TYPES", "MissionWorkers"]
+
+_log = logging.getLogger("haulmesh.mission")
+
+#: Event types the mission service consumes itself (billing hand-off, vehicle release).
+CONSUMED_TYPES = {"haulmesh.mission.v1.proof_of_delivery_submitted", "haulmesh.mission.v1.state_changed"}
+
+
+class MissionWorkers:
+    """The event consumer and the billing sweeper of one mission service."""
+
+    def __init__(self, missions: MissionUseCases, store: MissionStore, settings: MissionSettings) -> None:
+        self._missions = missions
+        self._store = store
+        self._settings = settings
+
+    async def handle_event(self, event: event_pb2.Event) -> None:
+        """Bill delivered missions, free vehicles at terminal states."""
+        carrier_id = event.carrier.removeprefix("carriers/")
+        kind = event.WhichOneof("data")
+        if kind == "mission_proof_of_delivery_submitted":
+            try:
+                await self._missions.bill(carrier_id, event.subject.removeprefix("missions/"))
+            except grpc.aio.AioRpcError as exc:
+                # Billing is down or refused: the sweeper retries with backoff; the event is done.
+                _log.warning("billing %s failed (%s); the sweeper will retry", event.subject, exc.code().name)
+        elif kind == "mission_state_changed" and event.mission_state_changed.mission.state in domain.TERMINAL:
+            await self._missions.release_vehicle(event.mission_state_changed.mission)
+
+    async def sweep_billing(self) -> None:
+        """One pass: bill every delivered mission whose next attempt is due; a failure postpones that one."""
+        settings = self._settings
+        for carrier_id, mission_id in await self._store.due_for_billing():
+            try:
+                await self._missions.bill(carrier_id, mission_id)
+            except Exception as exc:  # any failure: try again later, never drop the mission
+                attempts = await self._store.billing_attempts(carrier_id, mission_id)
+                delay = domain.billing_retry_delay(attempts, settings.billing_sweep_seconds,
+                                                   settings.billing_max_backoff_seconds)
+                _log.warning("billing %s/%s failed (attempt %d, next in %.0fs): %s", carrier_id, mission_id,
+                             attempts, delay, exc)
+                await self._store.postpone_billing(carrier_id, mission_id, delay)
