@@ -1,12 +1,13 @@
-"""Entry point: ``python -m services.billing``."""
+"""Entry point: ``python -m services.billing``. Wiring only; settings are in config.py."""
 
 from haulmesh.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
 from services.runtime import Idempotency, Service, run_service
 
+from . import workers
 from .config import BillingConfig
-from .events import QuoteAcceptances
 from .server import POLICY, BillingServicer
 from .store import BillingStore
+from .usecases import Billing
 
 
 def register(service: Service) -> None:
@@ -14,9 +15,9 @@ def register(service: Service) -> None:
     config = BillingConfig.from_env()
     store = BillingStore(service.redis)
     service.add(billing_service_pb2_grpc.add_BillingServiceServicer_to_server,
-                BillingServicer(store, Idempotency(service.redis), config),
+                BillingServicer(Billing(store, Idempotency(service.redis), config)),
                 billing_service_pb2.DESCRIPTOR.services_by_name["BillingService"])
-    QuoteAcceptances(store).register(service)
+    workers.register(service, store)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime
 
-from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 
 from haulmesh.billing.v1 import invoice_pb2, rate_card_pb2
 from haulmesh.type.v1 import charge_line_pb2, lane_pb2, money_pb2
+from services.runtime import from_timestamp
 
 from . import domain
 
@@ -20,9 +20,8 @@ __all__ = [
     "line_to_pb",
     "money_from_pb",
     "money_to_pb",
+    "optional_time",
     "reconciliation_to_pb",
-    "time_from_pb",
-    "time_to_pb",
     "usage_from_pb",
 ]
 
@@ -39,14 +38,18 @@ def money_to_pb(money: domain.Money) -> money_pb2.Money:
     return money_pb2.Money(currency_code=money.currency, amount_minor=money.minor)
 
 
-def time_from_pb(timestamp: timestamp_pb2.Timestamp) -> datetime:
-    return timestamp.ToDatetime(tzinfo=UTC)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def time_to_pb(when: datetime) -> timestamp_pb2.Timestamp:
-    timestamp = timestamp_pb2.Timestamp()
-    timestamp.FromDatetime(when)
-    return timestamp
+def optional_time(parent: Message, name: str) -> datetime | None:
+    """The Timestamp field ``name`` of ``parent`` as an aware datetime; None when the field is absent.
+
+    A present zero value is the epoch, not "unset" as the runtime's ``from_timestamp`` alone reads it: the
+    default rate card is in effect since the epoch (config.py).
+    """
+    if not parent.HasField(name):
+        return None
+    return from_timestamp(getattr(parent, name)) or _EPOCH
 
 
 def lane_from_pb(parent: Message, name: str = "lane") -> domain.Lane | None:
@@ -67,7 +70,7 @@ def card_from_pb(card: rate_card_pb2.RateCard) -> domain.RateCard:
     return domain.RateCard(
         currency=card.currency_code,
         default_rate_per_mile=_optional_money(card, "default_rate_per_mile"),  # type: ignore[arg-type]
-        effective_time=time_from_pb(card.effective_time) if card.HasField("effective_time") else None,
+        effective_time=optional_time(card, "effective_time"),
         lane_rates=tuple(
             domain.LaneRate(lane_from_pb(rate), _optional_money(rate, "rate_per_mile"),  # type: ignore[arg-type]
                             frozenset(rate.equipment), _optional_money(rate, "minimum_charge"))
@@ -76,7 +79,7 @@ def card_from_pb(card: rate_card_pb2.RateCard) -> domain.RateCard:
         minimum_charge=_optional_money(card, "minimum_charge"),
         hazmat_surcharge=_optional_money(card, "hazmat_surcharge"),
         detention=detention,
-        expire_time=time_from_pb(card.expire_time) if card.HasField("expire_time") else None,
+        expire_time=optional_time(card, "expire_time"),
         display_name=card.display_name,
     )
 
@@ -88,8 +91,7 @@ def usage_from_pb(usage: invoice_pb2.Usage) -> domain.Usage:
         hours=usage.hours,
         stop_dwells=tuple(
             domain.StopDwell(d.stop_index, d.dwell_minutes,
-                             time_from_pb(d.arrive_time) if d.HasField("arrive_time") else None,
-                             time_from_pb(d.depart_time) if d.HasField("depart_time") else None)
+                             optional_time(d, "arrive_time"), optional_time(d, "depart_time"))
             for d in usage.stop_dwells),
     )
 

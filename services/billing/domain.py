@@ -17,10 +17,11 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 
+from haulmesh.type.v1 import equipment_pb2
 from services.runtime import FailedPrecondition, FieldViolation, InvalidArgument, parse_name
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "MAX_LANE_RATES",
     "MAX_ROUTE_MILES",
     "MAX_TMS_LINES",
+    "QUOTE_VALIDITY",
     "ChargeLine",
     "Comparison",
     "DetentionTerms",
@@ -60,6 +62,8 @@ __all__ = [
     "validate_usage",
 ]
 
+#: A quote holds its price this long (quote.proto).
+QUOTE_VALIDITY = timedelta(hours=24)
 #: Line codes of the quote lines (invoice detention lines are ``DETENTION-STOP-{n}``).
 CHARGE_CODES = {"LINEHAUL": "LINEHAUL", "FUEL_SURCHARGE": "FUEL", "MINIMUM_CHARGE": "MINIMUM",
                 "HAZMAT_SURCHARGE": "HAZMAT"}
@@ -276,7 +280,7 @@ def validate_rate_card(card: RateCard, *, path: str = "rate_card") -> None:
         checks.money(f"{at}.rate_per_mile", rate.rate_per_mile, currency, required=True, minimum=1,
                      maximum=_MAX_RATE_PER_MILE_MINOR)
         checks.money(f"{at}.minimum_charge", rate.minimum_charge, currency)
-        if 0 in rate.equipment:
+        if equipment_pb2.EQUIPMENT_UNSPECIFIED in rate.equipment:
             checks.add(f"{at}.equipment", "must not contain EQUIPMENT_UNSPECIFIED")
     if not 0 <= card.fuel_surcharge_bps <= 10_000:
         checks.add(f"{path}.fuel_surcharge_bps", "must be in [0, 10000]")
@@ -323,7 +327,7 @@ def validate_move(lane: Lane | None, route_miles: float, equipment: int, *, path
         checks.add(f"{path}.route_miles", f"must be > 0 and at most {MAX_ROUTE_MILES}")
     else:
         miles = exact_quantity(route_miles)
-    if equipment == 0:
+    if equipment == equipment_pb2.EQUIPMENT_UNSPECIFIED:
         checks.add(f"{path}.equipment", "required")
     checks.raise_if_any("quote")
     return miles

@@ -22,7 +22,8 @@ from zoneinfo import ZoneInfo
 
 from google.protobuf import timestamp_pb2
 
-from haulmesh.tender.v1 import tender_pb2
+from haulmesh.mission.v1 import mission_pb2
+from haulmesh.tender.v1 import tender_pb2, tender_service_pb2
 from haulmesh.type.v1 import (
     charge_line_pb2,
     equipment_pb2,
@@ -32,7 +33,15 @@ from haulmesh.type.v1 import (
     money_pb2,
     time_window_pb2,
 )
-from services.runtime import Aborted, FailedPrecondition, FieldViolation, InvalidArgument, parse_name
+from services.runtime import (
+    Aborted,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    from_timestamp,
+    parse_name,
+    to_timestamp,
+)
 
 from .eligibility import EligibilityPolicy, LanePolicy, Market
 
@@ -54,19 +63,23 @@ __all__ = [
     "check_reason_length",
     "choose_pickup_window",
     "compute_etag",
+    "decline_state_reason",
     "evaluate",
-    "from_timestamp",
+    "input_fields",
+    "instant",
+    "mission_for",
     "offer_expired",
     "parse_tender_name",
     "raise_if_invalid",
+    "refuse_if_departed",
     "risk",
     "state_name",
     "target_state",
     "tender_name",
-    "to_timestamp",
     "transition",
     "validate_request_id",
     "validate_tender",
+    "window_bounds",
 ]
 
 State = tender_pb2.Tender.State
@@ -129,22 +142,23 @@ def parse_tender_name(name: str, *, field: str = "name") -> str:
     return parse_name(f"{prefix}{sep}{tender_id.lower()}", "tenders", field=field)
 
 
-def to_timestamp(value: datetime) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value.astimezone(UTC))
-    return ts
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def from_timestamp(ts: timestamp_pb2.Timestamp) -> datetime:
-    return ts.ToDatetime(tzinfo=UTC)
+def instant(ts: timestamp_pb2.Timestamp) -> datetime:
+    """A Timestamp as the rules compare it: the zero value is the epoch (a client may send it; it is then
+    refused as in the past), not "unset" as the runtime's ``from_timestamp`` reads it."""
+    return from_timestamp(ts) or _EPOCH
 
 
 def _window(start: datetime, end: datetime) -> time_window_pb2.TimeWindow:
     return time_window_pb2.TimeWindow(start_time=to_timestamp(start), end_time=to_timestamp(end))
 
 
-def _bounds(window: time_window_pb2.TimeWindow) -> tuple[datetime, datetime]:
-    return from_timestamp(window.start_time), from_timestamp(window.end_time)
+def window_bounds(window: time_window_pb2.TimeWindow) -> tuple[datetime, datetime]:
+    """(start, end) of a time window as aware UTC datetimes."""
+    return instant(window.start_time), instant(window.end_time)
+
 
 
 def state_name(state: int) -> str:
@@ -242,7 +256,7 @@ def _check_window(window: time_window_pb2.TimeWindow, path: str, out: list[Field
     if bad:
         return None
     try:
-        start, end = _bounds(window)
+        start, end = window_bounds(window)
     except (ValueError, OverflowError):
         out.append(FieldViolation(path, "timestamps out of range"))
         return None
@@ -329,6 +343,16 @@ def _check_hazmat(h: hazmat_pb2.Hazmat, path: str, out: list[FieldViolation]) ->
         out.append(FieldViolation(f"{path}.proper_shipping_name", "at most 200 characters"))
     if h.emergency_phone and not _E164.fullmatch(h.emergency_phone):
         out.append(FieldViolation(f"{path}.emergency_phone", "must be an E.164 number, e.g. +18004249300"))
+
+
+def input_fields(sent: tender_pb2.Tender) -> tender_pb2.Tender:
+    """The input fields of a tender sent by a client (output-only fields ignored)."""
+    inputs = tender_pb2.Tender(tms_load_id=sent.tms_load_id, equipment=sent.equipment, weight_lb=sent.weight_lb,
+                               special_instructions=sent.special_instructions)
+    for name in ("origin", "destination", "pickup_window", "delivery_window", "hazmat"):
+        if sent.HasField(name):
+            getattr(inputs, name).CopyFrom(getattr(sent, name))
+    return inputs
 
 
 def raise_if_invalid(violations: list[FieldViolation]) -> None:
@@ -454,7 +478,7 @@ def assess(tender: tender_pb2.Tender, policy: EligibilityPolicy, now: datetime) 
     lane_policy = policy.lane(om.code, dm.code) if om and dm else None
     miles = policy.route_miles(o.lat, o.lon, d.lat, d.lon)
     transit = timedelta(minutes=round(policy.transit_hours(miles) * 60))
-    p_start, p_end = _bounds(tender.pickup_window)
+    p_start, p_end = window_bounds(tender.pickup_window)
     earliest = max(p_start, now)
     zone = om.timezone if om else "UTC"
     needs_night = all(night_minutes(s, transit, zone, policy.night_start_hour, policy.night_end_hour) > 0
@@ -503,7 +527,7 @@ def assess(tender: tender_pb2.Tender, policy: EligibilityPolicy, now: datetime) 
                       f"{advisory.description or 'weather outside the operating limits'} in {advisory.region}"
                       f" until {advisory.end.isoformat()}")
     if tender.HasField("delivery_window"):
-        _, d_end = _bounds(tender.delivery_window)
+        _, d_end = window_bounds(tender.delivery_window)
         if earliest + transit > d_end:
             a.violate(Rule.RULE_WINDOW_INFEASIBLE,
                       f"the route takes {_hours(transit)}: picked up at {earliest.isoformat()} the load arrives "
@@ -549,7 +573,7 @@ def risk(tender: tender_pb2.Tender, a: Assessment, policy: EligibilityPolicy, pl
         reasons.append((Factor.FACTOR_CONNECTIVITY_GAP, min(15, 3 + round(lp.connectivity_gap_miles / 10)),
                         f"{lp.connectivity_gap_miles:g} mi of the route has known cellular coverage gaps"))
     if tender.HasField("delivery_window"):
-        _, d_end = _bounds(tender.delivery_window)
+        _, d_end = window_bounds(tender.delivery_window)
         slack = d_end - (planned_start + a.transit)
         if slack < TIGHT_SLACK:
             reasons.append((Factor.FACTOR_TIGHT_WINDOW, 15 if slack < timedelta(hours=1) else 10,
@@ -638,7 +662,7 @@ def choose_pickup_window(tender: tender_pb2.Tender, requested: time_window_pb2.T
                          ) -> time_window_pb2.TimeWindow:
     """The pickup window AcceptTender books: the request's (inside one availability window, >= 30 min) or the
     first availability window."""
-    available = [_bounds(w) for w in tender.offer.pickup_availability]
+    available = [window_bounds(w) for w in tender.offer.pickup_availability]
     if requested is None or not (requested.HasField("start_time") or requested.HasField("end_time")):
         if not available:
             raise FailedPrecondition("the offer has no pickup availability", reason="INVALID_TENDER_STATE",
@@ -661,3 +685,46 @@ def check_reason_length(text: str, field_path: str) -> None:
     if len(text) > MAX_REASON:
         raise InvalidArgument(f"{field_path} is too long",
                               violations=[FieldViolation(field_path, f"at most {MAX_REASON} characters")])
+
+
+def decline_state_reason(reason: int, comment: str) -> str:
+    """The ``state_reason`` of a declined tender: the comment, else the reason's name; INVALID_ARGUMENT for a
+    reason that is not a DeclineTenderRequest.Reason value."""
+    if reason not in tender_service_pb2.DeclineTenderRequest.Reason.values():
+        raise InvalidArgument("reason is not a DeclineTenderRequest.Reason value",
+                              violations=[FieldViolation("reason", "unknown value")])
+    reason_name = tender_service_pb2.DeclineTenderRequest.Reason.Name(reason).removeprefix("REASON_")
+    return comment or ("" if reason_name == "UNSPECIFIED" else f"declined: {reason_name}")
+
+
+# --- dispatch -----------------------------------------------------------------------------------------
+
+#: Mission states from which the tender may still be changed or cancelled (the vehicle has not departed).
+_BEFORE_DEPARTURE = {mission_pb2.Mission.STATE_DISPATCHED, mission_pb2.Mission.STATE_PRE_TRIP}
+
+
+def mission_for(tender: tender_pb2.Tender) -> mission_pb2.Mission:
+    """The mission CreateMission is asked for once ``tender`` is ACCEPTED: its load, and a pickup in the
+    accepted window and a delivery in the tender's (or the offer's estimated) delivery window."""
+    delivery = tender.delivery_window if tender.HasField("delivery_window") else \
+        tender.offer.estimated_delivery_window
+    mission = mission_pb2.Mission(
+        tender=tender.name, quote=tender.offer.quote,
+        load=mission_pb2.LoadDetails(tms_load_id=tender.tms_load_id, equipment=tender.equipment,
+                                     weight_lb=tender.weight_lb, special_instructions=tender.special_instructions),
+        stops=[mission_pb2.Stop(type=mission_pb2.Stop.TYPE_PICKUP, location=tender.origin,
+                                planned_window=tender.accepted_pickup_window),
+               mission_pb2.Stop(type=mission_pb2.Stop.TYPE_DELIVERY, location=tender.destination,
+                                planned_window=delivery)])
+    if tender.HasField("hazmat"):
+        mission.load.hazmat.CopyFrom(tender.hazmat)
+    return mission
+
+
+def refuse_if_departed(mission_name: str, mission: mission_pb2.Mission) -> None:
+    """FAILED_PRECONDITION, MISSION_IN_PROGRESS, once the vehicle of ``mission`` (the tender's mission
+    ``mission_name`` as read) has left the origin; a mission in EXCEPTION counts by the state it resumes."""
+    state = mission.resume_state if mission.state == mission_pb2.Mission.STATE_EXCEPTION else mission.state
+    if state not in _BEFORE_DEPARTURE:
+        raise FailedPrecondition(f"{mission_name} has departed; the tender can no longer be changed",
+                                 reason="MISSION_IN_PROGRESS", metadata={"mission": mission_name})

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from haulmesh.tender.v1 import tender_pb2
 from haulmesh.type.v1 import equipment_pb2
-from services.tender.domain import to_timestamp
+from services.runtime import to_timestamp
 
 HOUSTON = (29.749907, -95.358421)
 ATLANTA = (33.7490, -84.3880)

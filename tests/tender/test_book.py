@@ -24,16 +24,18 @@ from services.runtime import (
     Idempotency,
     InvalidArgument,
     NotFound,
+    Periodic,
     Unavailable,
     connect_async,
     event_stream_key,
     new_id,
+    to_timestamp,
 )
-from services.tender import domain
 from services.tender.domain import State
 from services.tender.eligibility import load_policy
-from services.tender.server import OfferLapser, TenderBook
 from services.tender.store import TenderStore
+from services.tender.usecases import TenderBook
+from services.tender.workers import OfferLapser
 
 from .helpers import MIAMI, seed_tender
 
@@ -63,7 +65,7 @@ class FakeFleet:
             raise FakeRpcError(grpc.StatusCode.UNAVAILABLE, "billing down")
         result = quote_pb2.Quote(name=f"quotes/{new_id()}", lane=quote.lane, route_miles=quote.route_miles,
                                  total=money_pb2.Money(currency_code="USD", amount_minor=225_000))
-        result.expire_time.CopyFrom(domain.to_timestamp(datetime.now(UTC) + timedelta(hours=24)))
+        result.expire_time.CopyFrom(to_timestamp(datetime.now(UTC) + timedelta(hours=24)))
         return result
 
     async def capacity(self, tenant, request):
@@ -308,7 +310,7 @@ async def test_lapse_loop(book, redis) -> None:
     c = tenant()
     offered = await book.create(c, create_request(pickup_start=timedelta(minutes=-40),
                                                   pickup_length=timedelta(minutes=40, seconds=1)))
-    lapser = OfferLapser(book, max_sleep_seconds=0.05)
+    lapser = Periodic("offer lapser", OfferLapser(book, max_sleep_seconds=0.05).tick, interval_seconds=0.05)
     task = asyncio.create_task(lapser.run())
     try:
         for _ in range(100):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from haulmesh.tender.v1 import tender_pb2
 from haulmesh.type.v1 import equipment_pb2, money_pb2
-from services.runtime import ConfigError, FailedPrecondition, InvalidArgument
+from services.runtime import ConfigError, FailedPrecondition, InvalidArgument, from_timestamp, to_timestamp
 from services.tender import domain
 from services.tender.domain import Action, State
 from services.tender.eligibility import DEFAULT_POLICY_FILE, POLICY_ENV, EligibilityPolicy, load_policy
@@ -104,16 +104,16 @@ def test_missing_fields_are_each_reported() -> None:
                                                                        packing_group="IV")),
      "tender.hazmat.packing_group"),
     (lambda t: t.pickup_window.end_time.CopyFrom(t.pickup_window.start_time), "tender.pickup_window.end_time"),
-    (lambda t: t.pickup_window.end_time.CopyFrom(domain.to_timestamp(
-        domain.from_timestamp(t.pickup_window.start_time) + timedelta(minutes=29))), "tender.pickup_window.end_time"),
-    (lambda t: (t.pickup_window.start_time.CopyFrom(domain.to_timestamp(NOW - timedelta(hours=3))),
-                t.pickup_window.end_time.CopyFrom(domain.to_timestamp(NOW - timedelta(hours=1)))),
+    (lambda t: t.pickup_window.end_time.CopyFrom(to_timestamp(
+        from_timestamp(t.pickup_window.start_time) + timedelta(minutes=29))), "tender.pickup_window.end_time"),
+    (lambda t: (t.pickup_window.start_time.CopyFrom(to_timestamp(NOW - timedelta(hours=3))),
+                t.pickup_window.end_time.CopyFrom(to_timestamp(NOW - timedelta(hours=1)))),
      "tender.pickup_window.end_time"),
-    (lambda t: (t.pickup_window.start_time.CopyFrom(domain.to_timestamp(NOW + timedelta(days=15))),
-                t.pickup_window.end_time.CopyFrom(domain.to_timestamp(NOW + timedelta(days=16)))),
+    (lambda t: (t.pickup_window.start_time.CopyFrom(to_timestamp(NOW + timedelta(days=15))),
+                t.pickup_window.end_time.CopyFrom(to_timestamp(NOW + timedelta(days=16)))),
      "tender.pickup_window.start_time"),
-    (lambda t: (t.delivery_window.start_time.CopyFrom(domain.to_timestamp(NOW - timedelta(days=2))),
-                t.delivery_window.end_time.CopyFrom(domain.to_timestamp(NOW + timedelta(hours=1)))),
+    (lambda t: (t.delivery_window.start_time.CopyFrom(to_timestamp(NOW - timedelta(days=2))),
+                t.delivery_window.end_time.CopyFrom(to_timestamp(NOW + timedelta(hours=1)))),
      "tender.delivery_window.end_time"),
 ])
 def test_each_invalid_field_is_named(mutate, field: str) -> None:
@@ -146,8 +146,8 @@ def test_validation_accepts_exactly_the_documented_ranges(lat: float, lon: float
 def test_pickup_window_rules(start: int, length: int) -> None:
     tender = seed_tender(NOW)
     s, e = NOW + timedelta(seconds=start), NOW + timedelta(seconds=start + length)
-    tender.pickup_window.start_time.CopyFrom(domain.to_timestamp(s))
-    tender.pickup_window.end_time.CopyFrom(domain.to_timestamp(e))
+    tender.pickup_window.start_time.CopyFrom(to_timestamp(s))
+    tender.pickup_window.end_time.CopyFrom(to_timestamp(e))
     valid = (e > s and e - s >= timedelta(minutes=30) and e - s <= timedelta(days=14) and e > NOW
              and s <= NOW + timedelta(days=14))
     pickup = {f for f in fields(domain.validate_tender(tender, NOW)) if f.startswith("tender.pickup_window")}
@@ -275,15 +275,15 @@ def test_weather_and_night_restrictions() -> None:
 
 def test_window_infeasible() -> None:
     tender = seed_tender(NOW)
-    start = domain.from_timestamp(tender.pickup_window.start_time)
-    tender.delivery_window.start_time.CopyFrom(domain.to_timestamp(start))
-    tender.delivery_window.end_time.CopyFrom(domain.to_timestamp(start + timedelta(hours=5)))
+    start = from_timestamp(tender.pickup_window.start_time)
+    tender.delivery_window.start_time.CopyFrom(to_timestamp(start))
+    tender.delivery_window.end_time.CopyFrom(to_timestamp(start + timedelta(hours=5)))
     assert [v.rule for v in domain.assess(tender, POLICY, NOW).violations] == [Rule.RULE_WINDOW_INFEASIBLE]
 
 
 def _offer(tender: tender_pb2.Tender, windows=None) -> tender_pb2.Tender:
     a = domain.assess(tender, POLICY, NOW)
-    start, end = domain.from_timestamp(tender.pickup_window.start_time), domain.from_timestamp(
+    start, end = from_timestamp(tender.pickup_window.start_time), from_timestamp(
         tender.pickup_window.end_time)
     price = domain.Price("quotes/q1", money_pb2.Money(currency_code="USD", amount_minor=225_000), [], None)
     return domain.evaluate(tender, a, POLICY, domain.Capacity([(start, end)] if windows is None else windows), price,
@@ -300,13 +300,13 @@ def test_offer_for_the_seed_tender() -> None:
     contributions = [r.contribution for r in offer.risk_reasons]
     assert contributions == sorted(contributions, reverse=True)
     assert Factor.FACTOR_HEAVY_LOAD in {r.factor for r in offer.risk_reasons}  # 42,000 of 45,000 lb
-    assert domain.from_timestamp(offer.expire_time) == NOW + domain.DEFAULT_OFFER_TTL
+    assert from_timestamp(offer.expire_time) == NOW + domain.DEFAULT_OFFER_TTL
 
 
 def test_offer_never_outlives_the_pickup_window() -> None:
     tender = seed_tender(NOW, pickup_start=timedelta(minutes=-40), pickup_length=timedelta(minutes=45))
     result = _offer(tender)
-    assert domain.from_timestamp(result.offer.expire_time) == NOW + timedelta(minutes=5)
+    assert from_timestamp(result.offer.expire_time) == NOW + timedelta(minutes=5)
 
 
 def test_no_capacity_rejects() -> None:
@@ -324,7 +324,7 @@ def test_risk_is_deterministic_and_bounded(weight: int, hours: int, hazmat: bool
         tender.special_instructions = ""
         tender.hazmat.un_number, tender.hazmat.hazard_class = "UN1203", "3"
     a = domain.assess(tender, POLICY, NOW)
-    start = domain.from_timestamp(tender.pickup_window.start_time)
+    start = from_timestamp(tender.pickup_window.start_time)
     first = domain.risk(tender, a, POLICY, start)
     assert first == domain.risk(tender, a, POLICY, start)
     score, reasons = first
@@ -335,7 +335,7 @@ def test_risk_is_deterministic_and_bounded(weight: int, hours: int, hazmat: bool
 def test_choose_pickup_window() -> None:
     tender = _offer(seed_tender(NOW))
     assert tender.offer.pickup_availability[0] == domain.choose_pickup_window(tender, None)
-    start = domain.from_timestamp(tender.offer.pickup_availability[0].start_time)
+    start = from_timestamp(tender.offer.pickup_availability[0].start_time)
     inside = domain._window(start + timedelta(hours=1), start + timedelta(hours=2))
     assert domain.choose_pickup_window(tender, inside) == inside
     with pytest.raises(InvalidArgument):
@@ -362,7 +362,7 @@ def test_policy_file_from_env(tmp_path) -> None:
 
 def test_filter_parsing() -> None:
     tender = _offer(seed_tender(NOW))
-    tender.create_time.CopyFrom(domain.to_timestamp(NOW))
+    tender.create_time.CopyFrom(to_timestamp(NOW))
     assert parse_filter('state = OFFERED AND lane.origin_region = "US-TX-HOU"')(tender)
     assert not parse_filter("state = REJECTED")(tender)
     assert parse_filter('tms_load_id = "TND-20260118-001"')(tender)

@@ -16,8 +16,7 @@ from google.rpc import error_details_pb2
 from haulmesh.mission.v1 import mission_service_pb2, mission_service_pb2_grpc, vehicle_pb2
 from haulmesh.tender.v1 import tender_pb2, tender_service_pb2, tender_service_pb2_grpc
 from haulmesh.type.v1 import equipment_pb2
-from services.runtime import Mesh, check_health, new_id, status_of
-from services.runtime._store import free_port
+from services.runtime import Mesh, check_health, free_port, new_id, status_of
 
 from ..conftest import Pki, wait_for
 from .helpers import seed_tender

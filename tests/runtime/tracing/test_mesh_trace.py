@@ -19,7 +19,7 @@ import pytest
 from haulmesh.mission.v1 import mission_service_pb2, mission_service_pb2_grpc, vehicle_pb2
 from haulmesh.telemetry.v1 import telemetry_service_pb2_grpc
 from haulmesh.type.v1 import equipment_pb2
-from services.billing.events import ACCEPTANCE_GROUP
+from services.billing.workers import ACCEPTANCE_GROUP
 from services.gateway.tokens import mint
 from services.runtime import MESH_SERVICES, Mesh
 from services.runtime._store import free_port

@@ -1,4 +1,6 @@
-"""Events billing consumes: a tender's acceptance tells billing when its quote was accepted.
+"""Billing's event consumers, started through the runtime (``Service.add_consumer``).
+
+A tender's acceptance tells billing when its quote was accepted.
 
 RecordUsage refuses to invoice a quote accepted after it expired (QUOTE_EXPIRED); billing learns the
 acceptance time from ``haulmesh.tender.v1.accepted`` rather than by calling the tender service while
@@ -15,7 +17,7 @@ from services.runtime import InvalidArgument, Service
 from . import domain
 from .store import BillingStore
 
-__all__ = ["ACCEPTANCE_GROUP", "TENDER_ACCEPTED", "QuoteAcceptances"]
+__all__ = ["ACCEPTANCE_GROUP", "TENDER_ACCEPTED", "QuoteAcceptances", "register"]
 
 _log = logging.getLogger("haulmesh.billing")
 
@@ -48,3 +50,8 @@ class QuoteAcceptances:
         accepted = tender.accept_time if tender.HasField("accept_time") else event.time
         await self._store.record_acceptance(carrier_id, quote_id,
                                             accepted.seconds * 1000 + accepted.nanos // 1_000_000)
+
+
+def register(service: Service, store: BillingStore) -> None:
+    """Start billing's consumers with ``service``."""
+    QuoteAcceptances(store).register(service)
