@@ -2,52 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 
 from services.runtime import ConfigError
+from services.runtime.lanes import LaneFacts, load_lane_facts
 
 from .domain import CheckInPolicy
 
-__all__ = ["DEFAULT_ROUTES_FILE", "MissionSettings", "load_routes"]
-
-#: The fleet's known lane routes shipped with the service (the seed's Houston → Atlanta lane).
-DEFAULT_ROUTES_FILE = Path(__file__).with_name("routes.json")
-_MAX_ROUTES, _MAX_WAYPOINTS = 10_000, 10_000
-
-
-def load_routes(path: Path) -> tuple[tuple[tuple[float, float], ...], ...]:
-    """The routes of a routes file: ``{"routes": [{"name": "...", "waypoints": [[lat, lon], ...]}, ...]}``.
-
-    Raises ConfigError naming the file and the first bad entry.
-    """
-    key = "HAULMESH_MISSION_ROUTES_FILE"
-    try:
-        document = json.loads(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}", field=key) from None
-    except ValueError as exc:
-        raise ConfigError(f"{key}: {path} is not JSON: {exc}", field=key) from None
-    routes = document.get("routes") if isinstance(document, dict) else None
-    if not isinstance(routes, list) or len(routes) > _MAX_ROUTES:
-        raise ConfigError(f"{key}: {path} needs a \"routes\" list of at most {_MAX_ROUTES}", field=key)
-    loaded = []
-    for i, route in enumerate(routes):
-        points = route.get("waypoints") if isinstance(route, dict) else None
-        valid = isinstance(points, list) and 2 <= len(points) <= _MAX_WAYPOINTS and all(
-            isinstance(p, list) and len(p) == 2 and all(isinstance(c, int | float) and not isinstance(c, bool)
-                                                        for c in p)
-            and -90 <= p[0] <= 90 and -180 <= p[1] <= 180 for p in points)
-        if not valid:
-            raise ConfigError(f"{key}: {path} routes[{i}].waypoints must be 2 to {_MAX_WAYPOINTS} [lat, lon] pairs "
-                              "in degrees", field=key)
-        loaded.append(tuple((float(p[0]), float(p[1])) for p in points))
-    return tuple(loaded)
-
+__all__ = ["MissionSettings"]
 
 def _number(env: Mapping[str, str], key: str, default: float, *, minimum: float, maximum: float) -> float:
     raw = env.get(key, "")
@@ -75,8 +40,9 @@ class MissionSettings:
     billing_sweep_seconds: float = 5.0
     #: Longest pause between two billing attempts of one mission (exponential backoff up to this).
     billing_max_backoff_seconds: float = 3600.0
-    #: The fleet's known lane routes (each a polyline of (lat, lon)); a mission on one gets it as its plan.
-    routes: tuple[tuple[tuple[float, float], ...], ...] = ()
+    #: The lane facts (HAULMESH_LANES_FILE): markets, planning numbers, known routes (a mission on one gets it
+    #: as its planned route).
+    lanes: LaneFacts = field(default_factory=load_lane_facts)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> MissionSettings:
@@ -94,5 +60,5 @@ class MissionSettings:
             billing_sweep_seconds=_number(env, "HAULMESH_BILLING_SWEEP_SECONDS", 5, minimum=0.1, maximum=3600),
             billing_max_backoff_seconds=_number(env, "HAULMESH_BILLING_MAX_BACKOFF_SECONDS", 3600, minimum=1,
                                                 maximum=86400),
-            routes=load_routes(Path(env.get("HAULMESH_MISSION_ROUTES_FILE") or DEFAULT_ROUTES_FILE)),
+            lanes=load_lane_facts(env),
         )

@@ -15,7 +15,6 @@ member taken from the generated enum, so ``int()`` and ``Enum(value)`` translate
 from __future__ import annotations
 
 import enum
-import itertools
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -42,21 +41,22 @@ from services.runtime import (
     parse_name,
     to_timestamp,
 )
+from services.runtime.lanes import LaneFacts
 
 __all__ = [
     "BEFORE_DEPARTURE", "DEPARTED", "HOLD", "MAX_CARGO_WEIGHT_LB", "MAX_MANIFEST_BYTES", "MAX_STOPS",
-    "MISSION_SERVICE", "PLANNING_SPEED_MPH", "PROCEED", "REGION", "ROAD_CIRCUITY", "ROUTE_MATCH_MILES", "TERMINAL",
-    "TERMINALS", "UPDATABLE_VEHICLE_FIELDS", "VEHICLE_ID", "VIN", "Action", "Availability", "Capabilities",
+    "MISSION_SERVICE", "PROCEED", "REGION", "TERMINAL",
+    "UPDATABLE_VEHICLE_FIELDS", "VEHICLE_ID", "VIN", "Action", "Availability", "Capabilities",
     "CapacityQuery", "CapacityWindow", "CheckInPoint", "CheckInPolicy", "Comparison", "Contingency", "DispatchPlan",
     "ExceptionKind", "Load", "ManifestFacts", "Point", "Severity", "State", "Status", "VehicleView", "acknowledge",
     "advance", "arrive", "billing_retry_delay", "capabilities_of", "capacity_query", "capacity_windows",
     "check_in_point_allowed", "check_manifest", "check_named_vehicle", "choose_contingency", "choose_vehicle",
-    "complete_after_billing", "deliver", "departure_cleared", "haversine_miles", "ineligibility", "key_id_of",
+    "complete_after_billing", "deliver", "departure_cleared", "ineligibility", "key_id_of",
     "lane_between", "location_violations", "matches", "mission_hours", "mission_status", "mission_violations", "move",
-    "needs_night_operation", "new_mission", "next_check_in_due", "parse_filter", "parse_mission_name",
-    "parse_vehicle_name", "plan_dispatch", "plan_route", "raise_exception", "raise_if", "read_manifest",
+    "new_mission", "next_check_in_due", "parse_filter", "parse_mission_name",
+    "parse_vehicle_name", "plan_dispatch", "raise_exception", "raise_if", "read_manifest",
     "record_check_in", "recorded_check_ins", "refresh_check_in_due", "resolve", "resolve_exception", "resolve_open",
-    "resolve_region", "route_miles", "settle", "start", "text_violations", "transition", "update_vehicle", "usage",
+    "settle", "start", "text_violations", "transition", "update_vehicle", "usage",
     "validate_availability_change", "validate_capabilities", "validate_check_in", "validate_exception",
     "validate_new_vehicle", "validate_photo_digest", "validate_pre_trip_checks", "validate_proof", "validate_reason",
     "validate_resolution", "validate_vehicle_id", "validate_vehicle_update", "vehicle_violations",
@@ -69,13 +69,6 @@ VEHICLE_ID = re.compile(r"^[A-Z][A-Z0-9-]{2,62}$")
 
 #: Upper bound of a vehicle's cargo capacity (US federal gross-weight limit, vehicle.proto).
 MAX_CARGO_WEIGHT_LB = 80_000
-
-#: Planning speed of a driverless truck for deadhead and capacity estimates (interstate average incl. stops).
-PLANNING_SPEED_MPH = 50.0
-
-#: Great-circle distance times this factor approximates road distance (a common planning circuity factor).
-ROAD_CIRCUITY = 1.2
-
 
 def parse_vehicle_name(name: str, *, field: str = "name") -> str:
     """The id in ``vehicles/{id}``, or INVALID_ARGUMENT naming ``field``."""
@@ -95,82 +88,10 @@ def validate_vehicle_id(vehicle_id: str, *, field: str = "vehicle_id") -> None:
 
 
 # --- Geography ---------------------------------------------------------------------------------------
-
-#: The fleet's terminals: market code (lane.proto) → terminal coordinates. A location belongs to the market
-#: of the nearest terminal. Deliberately a small table: the fleet serves the Sun Belt freight corridors.
-TERMINALS: dict[str, tuple[float, float]] = {
-    "US-TX-HOU": (29.7604, -95.3698),
-    "US-TX-DAL": (32.7767, -96.7970),
-    "US-TX-SAT": (29.4241, -98.4936),
-    "US-TX-ELP": (31.7619, -106.4850),
-    "US-TX-LRD": (27.5306, -99.4803),
-    "US-AZ-PHX": (33.4484, -112.0740),
-    "US-CA-LAX": (34.0522, -118.2437),
-    "US-GA-ATL": (33.7490, -84.3880),
-    "US-FL-JAX": (30.3322, -81.6557),
-    "US-LA-MSY": (29.9511, -90.0715),
-    "US-OK-OKC": (35.4676, -97.5164),
-    "US-NM-ABQ": (35.0844, -106.6504),
-}
-
-
-def haversine_miles(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance in statute miles."""
-    r = 3958.7613
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * r * math.asin(min(1.0, math.sqrt(a)))
-
-
-def resolve_region(lat: float, lon: float) -> str:
-    """The market code of the terminal nearest to (lat, lon)."""
-    return min(TERMINALS, key=lambda code: (haversine_miles(lat, lon, *TERMINALS[code]), code))
-
-
-def route_miles(points: Sequence[tuple[float, float]]) -> float:
-    """Planned road distance through ``points`` in order (great circle times circuity), rounded to 0.1 mile."""
-    legs = sum(haversine_miles(*a, *b) for a, b in itertools.pairwise(points))
-    return round(legs * ROAD_CIRCUITY, 1)
-
-
-#: A known route serves a mission whose first and last stops are each within this of the route's ends.
-ROUTE_MATCH_MILES = 25.0
+# Markets, distances, planning speed, night hours and known routes are the lane facts every service shares
+# (services.runtime.lanes): the mission's plan and the tender's offer are one computation.
 
 Point = tuple[float, float]
-
-
-def plan_route(stops: Sequence[Point], routes: Sequence[Sequence[Point]]) -> list[Point]:
-    """The planned road route of a mission: the first known route whose ends lie near the first and last stops,
-    running from the first stop through the route's inner waypoints to the last stop; empty when no known
-    route fits (a straight line between stops is no road, and measuring deviation from it would only raise
-    false alarms)."""
-    if len(stops) < 2:
-        return []
-    first, last = stops[0], stops[-1]
-    for route in routes:
-        if (len(route) >= 2 and haversine_miles(*first, *route[0]) <= ROUTE_MATCH_MILES
-                and haversine_miles(*last, *route[-1]) <= ROUTE_MATCH_MILES):
-            return [first, *route[1:-1], last]
-    return []
-
-
-def needs_night_operation(start: datetime, end: datetime, lon: float) -> bool:
-    """True if the span [start, end] touches night (20:00-06:00 local mean solar time at ``lon``).
-
-    Solar time (UTC + lon/15 h) needs no time-zone database and errs by at most about an hour, which is
-    conservative enough for a capability filter: the tender service's lane rules are the real guardrail.
-    """
-    if end < start:
-        return False
-    offset = timedelta(hours=lon / 15.0)
-    local, stop = start + offset, end + offset
-    while local <= stop:
-        if local.hour >= 20 or local.hour < 6:
-            return True
-        local = (local + timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
-    return stop.hour >= 20 or stop.hour < 6
-
 
 # --- Roster ------------------------------------------------------------------------------------------
 
@@ -317,23 +238,26 @@ def update_vehicle(vehicle: vehicle_pb2.Vehicle, given: vehicle_pb2.Vehicle, pat
     return vehicle.SerializeToString(deterministic=True) != before
 
 
-def _position(vehicle: VehicleView) -> tuple[float, float] | None:
-    return vehicle.position or TERMINALS.get(vehicle.home_region)
+def _position(vehicle: VehicleView, facts: LaneFacts) -> Point | None:
+    if vehicle.position:
+        return vehicle.position
+    home = facts.market(vehicle.home_region)
+    return None if home is None else (home.lat, home.lon)
 
 
-def _deadhead_miles(vehicle: VehicleView, origin: tuple[float, float]) -> float:
-    position = _position(vehicle)
-    return math.inf if position is None else haversine_miles(*position, *origin) * ROAD_CIRCUITY
+def _deadhead_miles(vehicle: VehicleView, origin: Point, facts: LaneFacts) -> float:
+    position = _position(vehicle, facts)
+    return math.inf if position is None else facts.road_miles(position, origin)
 
 
-def choose_vehicle(vehicles: Iterable[VehicleView], load: Load, origin: tuple[float, float]) -> list[VehicleView]:
+def choose_vehicle(vehicles: Iterable[VehicleView], load: Load, origin: Point, facts: LaneFacts) -> list[VehicleView]:
     """Dispatch candidates, best first: AVAILABLE and able to haul the load, nearest to the origin.
 
     Ties break on the vehicle id so that dispatch is deterministic. The caller reserves the first it
     can (another dispatch may take one meanwhile) and tries the next.
     """
     fit = [v for v in vehicles if v.availability == Availability.AVAILABLE and not ineligibility(v.capabilities, load)]
-    return sorted(fit, key=lambda v: (_deadhead_miles(v, origin), v.vehicle_id))
+    return sorted(fit, key=lambda v: (_deadhead_miles(v, origin, facts), v.vehicle_id))
 
 
 @dataclass(frozen=True)
@@ -345,12 +269,12 @@ class CapacityWindow:
     vehicle_count: int
 
 
-def capacity_windows(vehicles: Iterable[VehicleView], load: Load, origin: tuple[float, float],
-                     window_start: datetime, window_end: datetime, now: datetime
+def capacity_windows(vehicles: Iterable[VehicleView], load: Load, origin: Point,
+                     window_start: datetime, window_end: datetime, now: datetime, facts: LaneFacts
                      ) -> tuple[list[CapacityWindow], int]:
     """(non-overlapping windows, earliest first; number of roster vehicles whose capabilities fit).
 
-    Each AVAILABLE eligible vehicle can be at the origin from ``now + deadhead / PLANNING_SPEED_MPH``
+    Each AVAILABLE eligible vehicle can be at the origin from ``now`` plus its deadhead at the planning speed
     onwards (a vehicle without a known position counts from the window start). Sorting those times
     within the pickup window gives steps: from the k-th arrival on, k vehicles can be there. Vehicles on
     a mission, in maintenance or out of service are not counted: when they free up is not known yet.
@@ -361,8 +285,8 @@ def capacity_windows(vehicles: Iterable[VehicleView], load: Load, origin: tuple[
     for v in eligible:
         if v.availability != Availability.AVAILABLE:
             continue
-        miles = _deadhead_miles(v, origin)
-        ready = window_start if math.isinf(miles) else now + timedelta(hours=miles / PLANNING_SPEED_MPH)
+        miles = _deadhead_miles(v, origin, facts)
+        ready = window_start if math.isinf(miles) else now + timedelta(hours=miles / facts.planning_speed_mph)
         ready = max(ready, window_start)
         if ready < window_end:
             arrivals.append(ready.replace(microsecond=0))
@@ -406,9 +330,13 @@ def capacity_query(request: mission_service_pb2.GetFleetCapacityRequest) -> Capa
 
 # --- Dispatch ----------------------------------------------------------------------------------------
 
-def lane_between(origin: Point, destination: Point) -> lane_pb2.Lane:
-    """The lane (market to market) of a move from ``origin`` to ``destination``."""
-    return lane_pb2.Lane(origin_region=resolve_region(*origin), destination_region=resolve_region(*destination))
+def lane_between(origin: Point, destination: Point, facts: LaneFacts) -> lane_pb2.Lane:
+    """The lane (market to market) of a move from ``origin`` to ``destination``: the markets whose service areas
+    hold them (the tender's rule), else the nearest (an operator's mission outside every service area)."""
+    def code(point: Point) -> str:
+        return (facts.market_for(*point) or facts.nearest_market(*point)).code
+
+    return lane_pb2.Lane(origin_region=code(origin), destination_region=code(destination))
 
 
 def mission_violations(given: mission_pb2.Mission) -> list[FieldViolation]:
@@ -465,20 +393,23 @@ class DispatchPlan:
     route_miles: float
     load: Load
     origin: Point
+    #: The road the mission follows (a known route's geometry), empty off the known routes.
+    route_points: tuple[Point, ...] = ()
 
 
-def plan_dispatch(given: mission_pb2.Mission, now: datetime) -> DispatchPlan:
-    """Lane, planned miles and the load's needs (night operation over the planned pickup-to-delivery span)."""
+def plan_dispatch(given: mission_pb2.Mission, now: datetime, facts: LaneFacts) -> DispatchPlan:
+    """Lane, planned route and miles (the lane facts' plan: the same miles the tender's offer quoted) and the
+    load's needs (night operation over the planned pickup-to-delivery span, in the origin market's time zone)."""
     stops = given.stops
-    origin, destination = (stops[0].location.lat, stops[0].location.lon), (stops[-1].location.lat,
-                                                                          stops[-1].location.lon)
-    route = route_miles([(s.location.lat, s.location.lon) for s in stops])
+    points = [(s.location.lat, s.location.lon) for s in stops]
+    origin, destination = points[0], points[-1]
+    planned = facts.plan(points)
     pickup_start = from_timestamp(stops[0].planned_window.start_time) or now
     delivery_end = (from_timestamp(stops[-1].planned_window.end_time)
-                    or pickup_start + timedelta(hours=route / PLANNING_SPEED_MPH))
+                    or pickup_start + facts.transit(planned.miles))
     load = Load(given.load.equipment, given.load.weight_lb, given.load.HasField("hazmat"),
-                needs_night_operation(pickup_start, delivery_end, origin[1]))
-    return DispatchPlan(lane_between(origin, destination), route, load, origin)
+                facts.touches_night(pickup_start, delivery_end, facts.timezone_at(*origin)))
+    return DispatchPlan(lane_between(origin, destination, facts), planned.miles, load, origin, planned.points)
 
 
 def check_named_vehicle(vehicle: VehicleView, load: Load, name: str) -> None:
@@ -491,8 +422,8 @@ def check_named_vehicle(vehicle: VehicleView, load: Load, name: str) -> None:
 
 
 def new_mission(given: mission_pb2.Mission, *, name: str, carrier_id: str, vehicle_id: str, plan: DispatchPlan,
-                lane_ordinal: int, policy: CheckInPolicy, routes: Sequence[Sequence[Point]],
-                geofence_radius_meters: float, now: datetime, etag: str) -> mission_pb2.Mission:
+                lane_ordinal: int, policy: CheckInPolicy, geofence_radius_meters: float, now: datetime,
+                etag: str) -> mission_pb2.Mission:
     """The DISPATCHED mission for ``given`` on ``vehicle_id``: planned route, stop geofences (a circle of
     ``geofence_radius_meters`` for a stop without one) and the lane's check-in requirement."""
     stamp = to_timestamp(now)
@@ -500,8 +431,7 @@ def new_mission(given: mission_pb2.Mission, *, name: str, carrier_id: str, vehic
                        vehicle=f"vehicles/{vehicle_id}", load=given.load, lane=plan.lane, route_miles=plan.route_miles,
                        state=_Mission.STATE_DISPATCHED, dispatch_time=stamp, create_time=stamp, update_time=stamp,
                        etag=etag)
-    planned = plan_route([(s.location.lat, s.location.lon) for s in given.stops], routes)
-    mission.planned_route.extend(location_pb2.Location(lat=lat, lon=lon) for lat, lon in planned)
+    mission.planned_route.extend(location_pb2.Location(lat=lat, lon=lon) for lat, lon in plan.route_points)
     for stop in given.stops:
         added = mission.stops.add(type=stop.type, location=stop.location)
         if stop.HasField("planned_window"):

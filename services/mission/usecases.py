@@ -108,9 +108,10 @@ class MissionUseCases:
         """The lane asked about, the windows in which eligible vehicles can be at the origin, and how many
         roster vehicles could take the load at all."""
         vehicles = [convert.vehicle_view(v) for v in await self._store.all_vehicles()]
+        lanes = self._settings.lanes
         windows, eligible = domain.capacity_windows(vehicles, query.load, query.origin, query.start, query.end,
-                                                    _now())
-        return domain.lane_between(query.origin, query.destination), windows, eligible
+                                                    _now(), lanes)
+        return domain.lane_between(query.origin, query.destination, lanes), windows, eligible
 
     # --- dispatch ------------------------------------------------------------------------------------
 
@@ -124,7 +125,7 @@ class MissionUseCases:
         existing = await self._store.mission_of_tender(carrier_id, tender_id)
         if existing:
             raise self._already_dispatched(given.tender, existing)
-        plan = domain.plan_dispatch(given, _now())
+        plan = domain.plan_dispatch(given, _now(), self._settings.lanes)
         candidates = await self._candidates(given.vehicle, plan.load, plan.origin)
         mission_id = new_id()
         name = f"missions/{mission_id}"
@@ -140,7 +141,7 @@ class MissionUseCases:
         settings = self._settings
         mission = domain.new_mission(given, name=name, carrier_id=carrier_id, vehicle_id=candidate.vehicle_id,
                                      plan=plan, lane_ordinal=ordinal, policy=settings.check_in,
-                                     routes=settings.routes, geofence_radius_meters=settings.geofence_radius_meters,
+                                     geofence_radius_meters=settings.geofence_radius_meters,
                                      now=_now(), etag=new_id())
         event = new_event("mission_dispatched", mission_events_pb2.MissionDispatched(mission=mission),
                           subject=name, carrier_id=carrier_id, source="mission")
@@ -162,7 +163,7 @@ class MissionUseCases:
     async def _candidates(self, named: str, load: Load, origin: tuple[float, float]) -> list[VehicleView]:
         if not named:
             return domain.choose_vehicle([convert.vehicle_view(v) for v in await self._store.all_vehicles()],
-                                         load, origin)
+                                         load, origin, self._settings.lanes)
         vehicle = await self._store.get_vehicle(parse_vehicle_name(named, field="mission.vehicle"))
         if vehicle is None:
             raise NotFound(f"{named} does not exist", reason="VEHICLE_NOT_FOUND", metadata={"name": named})

@@ -210,10 +210,11 @@ class LaneFacts:
             day += timedelta(days=1)
 
     def touches_night(self, start: datetime, end: datetime, timezone: str) -> bool:
-        """Whether [start, end] overlaps local night hours in ``timezone`` (an instant counts too)."""
+        """Whether [start, end] (the end's minute included: a delivery due at 22:00 is a night delivery) overlaps
+        local night hours in ``timezone``."""
         if end < start:
             return False
-        return self.night_minutes(start, max(end - start, timedelta(minutes=1)), timezone) > 0
+        return self.night_minutes(start, end - start + timedelta(minutes=1), timezone) > 0
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "lane facts") -> LaneFacts:

@@ -16,7 +16,7 @@ from .usecases import Fleet, TenderBook
 def register(service: Service) -> None:
     # Tender settings are validated here, before the server starts: a bad value is a start-up error.
     config = TenderConfig.from_env()
-    policy = load_policy({ELIGIBILITY_FILE_ENV: str(config.eligibility_file)})
+    policy = load_policy({ELIGIBILITY_FILE_ENV: str(config.eligibility_file)}, facts=config.lanes)
     fleet = Fleet(billing=lambda: service.stub(billing_service_pb2_grpc.BillingServiceStub, "billing"),
                   mission=lambda: service.stub(mission_service_pb2_grpc.MissionServiceStub, "mission"))
     book = TenderBook(store=TenderStore(service.redis), policy=policy, fleet=fleet,

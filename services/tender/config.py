@@ -3,6 +3,7 @@
 * ``HAULMESH_TENDER_ELIGIBILITY_FILE``: the eligibility policy (JSON, see eligibility.py); unset or empty:
   services/tender/eligibility.json.
 * ``HAULMESH_TENDER_OFFER_TTL_SECONDS``: how long an offer stands before it lapses, 1 to 86400 (default 900).
+* ``HAULMESH_LANES_FILE``: the lane facts every service shares (services.runtime.lanes).
 
 The runtime's own settings (port, store, TLS, tracing) are ``ServiceConfig``'s.
 """
@@ -11,11 +12,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
 from services.runtime import ConfigError
+from services.runtime.lanes import LaneFacts, load_lane_facts
 
 from .domain import DEFAULT_OFFER_TTL
 from .eligibility import DEFAULT_POLICY_FILE, POLICY_ENV
@@ -32,6 +34,8 @@ class TenderConfig:
 
     eligibility_file: Path = DEFAULT_POLICY_FILE
     offer_ttl_seconds: float = DEFAULT_OFFER_TTL.total_seconds()
+    #: Markets, distances, night hours and known routes (HAULMESH_LANES_FILE).
+    lanes: LaneFacts = field(default_factory=lambda: load_lane_facts({}))
 
     @property
     def offer_ttl(self) -> timedelta:
@@ -42,8 +46,9 @@ class TenderConfig:
         env = os.environ if env is None else env
         eligibility_file = Path(env.get(ELIGIBILITY_FILE_ENV) or DEFAULT_POLICY_FILE)
         raw = env.get(OFFER_TTL_ENV, "")
+        lanes = load_lane_facts(env)
         if not raw:
-            return cls(eligibility_file=eligibility_file)
+            return cls(eligibility_file=eligibility_file, lanes=lanes)
         try:
             seconds = float(raw)
         except ValueError:
@@ -51,4 +56,4 @@ class TenderConfig:
                               field=OFFER_TTL_ENV) from None
         if not 1 <= seconds <= 86400:
             raise ConfigError(f"{OFFER_TTL_ENV} must be 1 to 86400 seconds, got {raw!r}", field=OFFER_TTL_ENV)
-        return cls(eligibility_file=eligibility_file, offer_ttl_seconds=seconds)
+        return cls(eligibility_file=eligibility_file, offer_ttl_seconds=seconds, lanes=lanes)

@@ -17,8 +17,6 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from datetime import time as dt_time
-from zoneinfo import ZoneInfo
 
 from google.protobuf import timestamp_pb2
 
@@ -440,28 +438,6 @@ class Assessment:
                                                                field=field_path))
 
 
-def night_minutes(start: datetime, transit: timedelta, zone: str, night_start: int, night_end: int) -> int:
-    """Whole minutes of [start, start + transit) that fall in local night hours [night_start, night_end).
-
-    Interval arithmetic over the local nights the trip touches (a few per trip), not a walk through the
-    trip: offers are priced on the request path.
-    """
-    tz = ZoneInfo(zone)
-    end = start + transit
-    crosses_midnight = night_start > night_end
-    day = start.astimezone(tz).date() - timedelta(days=1)
-    total = timedelta()
-    while True:
-        night_from = datetime.combine(day, dt_time(night_start), tz)
-        night_to = datetime.combine(day + timedelta(days=1) if crosses_midnight else day, dt_time(night_end), tz)
-        if night_from >= end:
-            return int(total.total_seconds() // 60)
-        overlap = min(end, night_to) - max(start, night_from)
-        if overlap > timedelta():
-            total += overlap
-        day += timedelta(days=1)
-
-
 def _candidate_starts(start: datetime, end: datetime) -> list[datetime]:
     starts, t = [], start
     while t < end and len(starts) < 14 * 48:
@@ -473,16 +449,17 @@ def _candidate_starts(start: datetime, end: datetime) -> list[datetime]:
 def assess(tender: tender_pb2.Tender, policy: EligibilityPolicy, now: datetime) -> Assessment:
     """Lane, distance, transit time and every eligibility violation the policy alone can decide."""
     o, d = tender.origin, tender.destination
-    om, dm = policy.market_for(o.lat, o.lon), policy.market_for(d.lat, d.lon)
+    facts = policy.facts
+    om, dm = facts.market_for(o.lat, o.lon), facts.market_for(d.lat, d.lon)
     lane = lane_pb2.Lane(origin_region=om.code if om else "", destination_region=dm.code if dm else "")
     lane_policy = policy.lane(om.code, dm.code) if om and dm else None
-    miles = policy.route_miles(o.lat, o.lon, d.lat, d.lon)
-    transit = timedelta(minutes=round(policy.transit_hours(miles) * 60))
+    # The lane facts' plan: the same miles the mission will plan and the quote will price.
+    miles = facts.plan([(o.lat, o.lon), (d.lat, d.lon)]).miles
+    transit = facts.transit(miles)
     p_start, p_end = window_bounds(tender.pickup_window)
     earliest = max(p_start, now)
     zone = om.timezone if om else "UTC"
-    needs_night = all(night_minutes(s, transit, zone, policy.night_start_hour, policy.night_end_hour) > 0
-                      for s in _candidate_starts(earliest, p_end))
+    needs_night = all(facts.night_minutes(s, transit, zone) > 0 for s in _candidate_starts(earliest, p_end))
     a = Assessment(lane=lane, lane_policy=lane_policy, origin_market=om, destination_market=dm,
                    route_miles=miles, transit=transit, earliest_pickup=earliest, pickup_end=p_end,
                    needs_night=needs_night)
@@ -512,8 +489,8 @@ def assess(tender: tender_pb2.Tender, policy: EligibilityPolicy, now: datetime) 
                       "hazmat.hazard_class")
     if lane_policy is not None and not lane_policy.night_operation and needs_night:
         a.violate(Rule.RULE_NIGHT_OPERATION_RESTRICTED,
-                  f"every pickup time in the window needs night operation ({policy.night_start_hour:02d}:00-"
-                  f"{policy.night_end_hour:02d}:00 local), which {lane_text} does not permit", "pickup_window")
+                  f"every pickup time in the window needs night operation ({facts.night_start_hour:02d}:00-"
+                  f"{facts.night_end_hour:02d}:00 local), which {lane_text} does not permit", "pickup_window")
     for market, loc, name in ((om, o, "origin"), (dm, d, "destination")):
         if market and not market.urban_core_approved and market.miles_to(loc.lat, loc.lon) <= \
                 market.urban_core_radius_miles:
@@ -550,11 +527,12 @@ def risk(tender: tender_pb2.Tender, a: Assessment, policy: EligibilityPolicy, pl
         severe = cls.startswith(("1", "2.3", "6.1", "7"))
         reasons.append((Factor.FACTOR_HAZMAT, 30 if severe else 20, f"hazmat class {cls} ({tender.hazmat.un_number})"))
     zone = a.origin_market.timezone if a.origin_market else "UTC"
-    night = night_minutes(planned_start, a.transit, zone, policy.night_start_hour, policy.night_end_hour)
+    facts = policy.facts
+    night = facts.night_minutes(planned_start, a.transit, zone)
     if night:
         reasons.append((Factor.FACTOR_NIGHT_OPERATION, min(25, 5 + round(3 * night / 60)),
-                        f"{_hours(timedelta(minutes=night))} of the route is between {policy.night_start_hour:02d}:00 "
-                        f"and {policy.night_end_hour:02d}:00 local"))
+                        f"{_hours(timedelta(minutes=night))} of the route is between {facts.night_start_hour:02d}:00 "
+                        f"and {facts.night_end_hour:02d}:00 local"))
     regions = {c for c in (a.lane.origin_region, a.lane.destination_region) if c}
     advisories = [w for w in policy.advisories(regions, planned_start, planned_start + a.transit) if not w.restricted]
     if advisories:

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from haulmesh.mission.v1 import mission_pb2, vehicle_pb2
+from haulmesh.type.v1 import lane_pb2, location_pb2
 from services.mission import domain
 from services.mission.config import MissionSettings
 from services.mission.domain import (
@@ -30,10 +31,12 @@ from services.mission.domain import (
     VehicleView,
 )
 from services.runtime import ConfigError, FailedPrecondition, InvalidArgument, pki
+from services.runtime.lanes import KnownRoute, LaneFacts, load_lane_facts
 
 DRY_VAN, REEFER = 1, 3
 HOUSTON, DALLAS, ATLANTA = (29.76, -95.37), (32.78, -96.80), (33.75, -84.39)
 T0 = datetime(2026, 11, 25, 14, 0, tzinfo=UTC)
+FACTS = load_lane_facts({})
 
 
 def caps(equipment=(DRY_VAN,), hazmat=False, max_lb=45_000, night=True) -> Capabilities:
@@ -96,22 +99,42 @@ def test_choose_vehicle_nearest_eligible_available_first() -> None:
         vehicle("HOU-1"),
         vehicle("NEAR", region="US-GA-ATL", position=(29.8, -95.4)),
     ]
-    order = [v.vehicle_id for v in domain.choose_vehicle(roster, Load(DRY_VAN, 1000, False, False), HOUSTON)]
+    order = [v.vehicle_id for v in domain.choose_vehicle(roster, Load(DRY_VAN, 1000, False, False), HOUSTON,
+                                                               FACTS)]
     assert order == ["HOU-1", "HOU-2", "NEAR", "DAL-1", "AT-1"]
 
 
-def test_regions_and_route() -> None:
-    assert domain.resolve_region(*HOUSTON) == "US-TX-HOU"
-    assert domain.resolve_region(*ATLANTA) == "US-GA-ATL"
-    miles = domain.route_miles([HOUSTON, ATLANTA])
-    assert 800 < miles < 900  # ~700 great-circle miles times the circuity factor
+def test_lanes_and_the_planned_route_come_from_the_lane_facts() -> None:
+    assert domain.lane_between(HOUSTON, ATLANTA, FACTS) == lane_pb2.Lane(origin_region="US-TX-HOU",
+                                                                         destination_region="US-GA-ATL")
+    kansas = (38.5, -98.0)  # outside every service area: an operator's mission still gets a lane
+    assert domain.lane_between(kansas, DALLAS, FACTS).origin_region == "US-OK-OKC"
+    plan = domain.plan_dispatch(_mission_between(HOUSTON, ATLANTA), T0, FACTS)
+    assert plan.route_miles == FACTS.plan([HOUSTON, ATLANTA]).miles  # the tender's offer quotes the same miles
+    assert 780 < plan.route_miles < 800 and plan.route_points[0] == HOUSTON and len(plan.route_points) == 14
 
 
-def test_night_operation_by_solar_time() -> None:
-    # 14:00 UTC at Houston (lon -95) is ~07:40 local: day. 03:00 UTC is ~20:40 local: night.
-    assert not domain.needs_night_operation(T0, T0 + timedelta(hours=8), HOUSTON[1])
-    assert domain.needs_night_operation(T0, T0 + timedelta(hours=14), HOUSTON[1])
-    assert domain.needs_night_operation(T0.replace(hour=3), T0.replace(hour=3, minute=30), HOUSTON[1])
+def test_night_operation_in_the_origin_markets_local_time() -> None:
+    # 14:00 UTC at Houston is 08:00 CST: day until 22:00 CST (04:00 UTC); night runs 22:00-05:00 local.
+    def night(start: datetime, end: datetime) -> bool:
+        mission = _mission_between(HOUSTON, DALLAS, window=(start, end))
+        return domain.plan_dispatch(mission, T0, FACTS).load.night
+
+    assert not night(T0, T0 + timedelta(hours=8))
+    assert night(T0, T0 + timedelta(hours=14))
+    assert night(T0.replace(hour=4), T0.replace(hour=4, minute=30))
+    assert not night(T0.replace(hour=3), T0.replace(hour=3, minute=30))  # 21:00 CST
+
+
+def _mission_between(origin, destination, window=None) -> mission_pb2.Mission:
+    mission = mission_pb2.Mission()
+    for kind, (lat, lon) in ((mission_pb2.Stop.TYPE_PICKUP, origin), (mission_pb2.Stop.TYPE_DELIVERY, destination)):
+        mission.stops.add(type=kind).location.CopyFrom(location_pb2.Location(lat=lat, lon=lon))
+    if window is not None:
+        mission.stops[0].planned_window.start_time.FromDatetime(window[0])
+        mission.stops[-1].planned_window.end_time.FromDatetime(window[1])
+    mission.load.weight_lb, mission.load.equipment = 1000, DRY_VAN
+    return mission
 
 
 # --- capacity ----------------------------------------------------------------------------------------
@@ -120,7 +143,8 @@ def test_capacity_windows_steps() -> None:
     roster = [vehicle("HOU-1"), vehicle("HOU-2"), vehicle("DAL-1", region="US-TX-DAL"),
               vehicle("MAINT", availability=Availability.MAINTENANCE), vehicle("REEF", equipment=(REEFER,))]
     start, end = T0 + timedelta(hours=1), T0 + timedelta(hours=12)
-    windows, eligible = domain.capacity_windows(roster, Load(DRY_VAN, 1000, False, False), HOUSTON, start, end, T0)
+    windows, eligible = domain.capacity_windows(roster, Load(DRY_VAN, 1000, False, False), HOUSTON, start, end, T0,
+                                                FACTS)
     assert eligible == 4  # MAINT fits (counted), REEF does not
     assert [(w.vehicle_count, w.end) for w in windows][-1] == (3, end)
     assert windows[0].start == start and windows[0].vehicle_count == 2  # both Houston trucks at once
@@ -134,7 +158,8 @@ def test_capacity_windows_are_ordered_disjoint_and_inside(positions, start_offse
     roster = [vehicle(f"V-{i:03d}", position=p) for i, p in enumerate(positions)]
     start = T0 + timedelta(minutes=start_offset)
     end = start + timedelta(minutes=length)
-    windows, eligible = domain.capacity_windows(roster, Load(DRY_VAN, 1, False, False), HOUSTON, start, end, T0)
+    windows, eligible = domain.capacity_windows(roster, Load(DRY_VAN, 1, False, False), HOUSTON, start, end, T0,
+                                                FACTS)
     assert eligible == len(roster)
     for w in windows:
         assert start <= w.start < w.end <= end
@@ -405,32 +430,16 @@ HOUSTON_ATLANTA_ROUTE = [(29.7604, -95.3698), (30.2266, -93.2174), (33.5186, -86
 
 def test_a_known_lane_gives_the_mission_its_route_from_stop_to_stop() -> None:
     pickup, delivery = (29.7499, -95.3584), (33.749, -84.388)
-    other = [(40.71, -74.0), (42.36, -71.06)]
-    assert domain.plan_route([pickup, delivery], [other, HOUSTON_ATLANTA_ROUTE]) == [
-        pickup, *HOUSTON_ATLANTA_ROUTE[1:-1], delivery]
-    assert domain.plan_route([pickup, (32.78, -96.8)], [HOUSTON_ATLANTA_ROUTE]) == []  # Dallas: no known route
-    assert domain.plan_route([delivery, pickup], [HOUSTON_ATLANTA_ROUTE]) == []  # a route has a direction
-    assert domain.plan_route([pickup], [HOUSTON_ATLANTA_ROUTE]) == []
+    facts = LaneFacts(markets=FACTS.markets, routes=(
+        KnownRoute("Boston", ((40.71, -74.0), (42.36, -71.06)), 190.0),
+        KnownRoute("Houston-Atlanta", tuple(HOUSTON_ATLANTA_ROUTE), 789.0)))
 
+    def planned(*stops):
+        return list(domain.plan_dispatch(_mission_between(*stops), T0, facts).route_points)
 
-def test_the_shipped_routes_file_loads_and_bad_ones_are_refused(tmp_path) -> None:
-    from services.mission.config import DEFAULT_ROUTES_FILE, load_routes
-    from services.runtime import ConfigError
-
-    shipped = load_routes(DEFAULT_ROUTES_FILE)
-    assert len(shipped) == 1 and shipped[0][0] == (29.7604, -95.3698) and len(shipped[0]) == 14
-    assert MissionSettings.from_env({}).routes == shipped
-    bad = {"missing.json": None, "not-json.json": "{", "no-routes.json": '{"lanes": []}',
-           "one-point.json": '{"routes": [{"waypoints": [[1, 2]]}]}',
-           "out-of-range.json": '{"routes": [{"waypoints": [[1, 2], [91, 0]]}]}',
-           "strings.json": '{"routes": [{"waypoints": [["1", 2], [3, 4]]}]}'}
-    for name, text in bad.items():
-        path = tmp_path / name
-        if text is not None:
-            path.write_text(text)
-        with pytest.raises(ConfigError) as caught:
-            MissionSettings.from_env({"HAULMESH_MISSION_ROUTES_FILE": str(path)})
-        assert caught.value.field == "HAULMESH_MISSION_ROUTES_FILE" and name in str(caught.value)
+    assert planned(pickup, delivery) == [pickup, *HOUSTON_ATLANTA_ROUTE[1:-1], delivery]
+    assert planned(pickup, (32.78, -96.8)) == []  # Dallas: no known route
+    assert planned(delivery, pickup) == []  # a route has a direction
 
 
 # --- rules on the generated messages -----------------------------------------------------------------
