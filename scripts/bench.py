@@ -30,8 +30,7 @@ from bench_telemetry import cpu_seconds, run_telemetry_bench
 from localmesh import fresh_mesh, register_truck
 
 from haulmesh.mission.v1 import mission_service_pb2_grpc
-from services.gateway import tokens
-from services.runtime import pki
+from services.runtime import pki, tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE = ROOT / ".haulmesh" / "bench"

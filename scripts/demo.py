@@ -54,7 +54,6 @@ from edge_client.simulator import CRUISE_KPH, lane_between
 from edge_client.spool import Spool
 from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, mission_service_pb2_grpc, vehicle_pb2
 from haulmesh.telemetry.v1 import telemetry_service_pb2, telemetry_service_pb2_grpc
-from services.gateway import tokens
 from services.runtime import (
     Mesh,
     carrier_metadata,
@@ -62,6 +61,7 @@ from services.runtime import (
     cli,
     connect_async,
     connect_sync,
+    tokens,
     verify_audit_log,
 )
 from services.runtime._store import free_port

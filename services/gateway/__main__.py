@@ -1,32 +1,36 @@
-"""Entry point: ``python -m services.gateway`` — the HTTP listener for the TMS and a gRPC server beside it."""
+"""Entry point: ``python -m services.gateway`` — one process, two products: the REST door (rest/: the TMS's
+HTTP listener and the trucks' device listener) and the webhook service (webhooks/: its gRPC server and loops)."""
 
 from services.runtime import Service, resolve_redis_url, run_service
 
-from .app import HttpListener, create_app
-from .auth import AuthConfig, Authenticator
-from .descriptors import load_api
-from .device import DeviceGateway, TlsScopeProtocol, device_api, device_ssl_context
-from .ratelimit import TenantRateLimiter
-from .rest import RestGateway, max_request_bytes_from_env
-from .server import POLICY, register_grpc
+from .config import GatewayConfig
+from .rest.app import HttpListener, create_app
+from .rest.auth import AuthConfig, Authenticator
+from .rest.descriptors import load_api
+from .rest.device import DeviceGateway, TlsScopeProtocol, device_api, device_ssl_context
+from .rest.handler import RestGateway
+from .rest.ratelimit import TenantRateLimiter
+from .webhooks.server import POLICY, register_grpc
 
 
-def rest_gateway(service: Service) -> RestGateway:
-    """The REST side from the environment (see docs/gateway.md); raises ConfigError on bad settings."""
-    config = service.config
+def rest_gateway(service: Service, config: GatewayConfig) -> RestGateway:
+    """The REST side (see docs/gateway.md)."""
+    shared = service.config
     return RestGateway(
         api=load_api(),
-        authenticator=Authenticator(AuthConfig.from_env(config.state_dir)),
-        limiter=TenantRateLimiter.from_env(resolve_redis_url(config.redis_url, config.state_dir)),
+        authenticator=Authenticator(AuthConfig.from_config(config)),
+        limiter=TenantRateLimiter.from_config(config, resolve_redis_url(shared.redis_url, shared.state_dir)),
         # haulmesh.<area>.v1 is served by the mesh service <area>; the gateway's own (webhooks) included.
-        channel=lambda peer: service.channels.channel(config.peer_addresses[peer]),
-        max_request_bytes=max_request_bytes_from_env(),
+        channel=lambda peer: service.channels.channel(shared.peer_addresses[peer]),
+        max_request_bytes=config.max_request_bytes,
         durable=service.durable,
     )
 
 
 def register(service: Service) -> None:
-    register_grpc(service)
+    # Every setting first: a bad one stops the process before anything is served (ConfigError).
+    config = GatewayConfig.from_env(state_dir=service.config.state_dir)
+    register_grpc(service, config)
 
     async def ready() -> bool:
         try:
@@ -34,7 +38,7 @@ def register(service: Service) -> None:
         except Exception:
             return False
 
-    rest = rest_gateway(service)
+    rest = rest_gateway(service, config)
     listener = HttpListener(create_app(ready, rest), service.config.listen_host, service.config.http_port)
     service.add_companion(listener.run, listener.stop)
     # The trucks' door (HAULMESH_GATEWAY_DEVICE_PORT): the same pipeline, client certificates instead of tokens.

@@ -212,7 +212,7 @@ async def _dlq(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace, rest: list[str]) -> int:
-    from services.gateway import tokens  # the dev issuer lives with the gateway that trusts it
+    from . import tokens  # the dev issuer: the CLI mints, the gateway trusts its keys
 
     return int(tokens.main(rest))
 

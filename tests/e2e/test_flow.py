@@ -19,10 +19,10 @@ from google.protobuf import timestamp_pb2
 from haulmesh.billing.v1 import billing_service_pb2, billing_service_pb2_grpc, rate_card_pb2
 from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, mission_service_pb2_grpc, vehicle_pb2
 from haulmesh.type.v1 import equipment_pb2, health_check_pb2, money_pb2
-from services.gateway.descriptors import load_api
-from services.gateway.tokens import mint
+from services.gateway.rest.descriptors import load_api
 from services.mission.domain import key_id_of
 from services.runtime import Mesh, carrier_metadata, pki
+from services.runtime.tokens import mint
 
 from ..conftest import Pki
 
@@ -32,7 +32,7 @@ SCOPES = ("tender:create tender:read tender:update tender:cancel tender:respond 
 
 #: Routes this matrix does not drive itself, and why (each is covered where named).
 DELEGATED = {
-    # Webhook subscriptions need a destination the session mesh allows; tests/webhooks runs its own mesh
+    # Webhook subscriptions need a destination the session mesh allows; tests/gateway/webhooks runs its own mesh
     # with a local receiver and checks NOT_FOUND for another carrier on all seven of these calls.
     "GetWebhookSubscription", "UpdateWebhookSubscription", "DeleteWebhookSubscription", "RotateWebhookSecret",
     "ListWebhookDeliveries", "GetWebhookDelivery", "ReplayWebhookDelivery",

@@ -16,11 +16,11 @@ import pytest
 import redis.asyncio
 
 from haulmesh.telemetry.v1 import telemetry_service_pb2, telemetry_service_pb2_grpc
-from services.gateway.sse import HEARTBEAT_SECONDS
+from services.gateway.rest.sse import HEARTBEAT_SECONDS
 from services.runtime import Mesh, carrier_metadata
+from tests.gateway.rest.conftest import bearer, error_info
 
 from ..conftest import Pki, rich_error, wait_for
-from ..gateway_rest.conftest import bearer, error_info
 from ..telemetry.helpers import Session, Truck, batch
 from .conftest import Dispatched, cancel_mission
 

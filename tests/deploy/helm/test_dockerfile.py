@@ -171,7 +171,7 @@ def test_pins_come_from_pyproject(stages: list[Stage], tmp_path: Path) -> None:
 
 
 def test_generated_code_sits_beside_the_services(stages: list[Stage]) -> None:
-    # services/gateway/descriptors.py finds haulmesh/descriptors.binpb two levels above itself.
+    # services/gateway/rest/descriptors.py finds haulmesh/descriptors.binpb three levels above itself.
     destinations = {i.arguments.split()[-1] for i in stages[-1].instructions if i.keyword == "COPY"}
     assert {"/app/services", "/app/haulmesh"} <= destinations
     run = " ".join(i.arguments for i in stages[0].instructions if i.keyword == "RUN")

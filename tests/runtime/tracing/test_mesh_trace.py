@@ -20,11 +20,10 @@ from haulmesh.mission.v1 import mission_service_pb2, mission_service_pb2_grpc, v
 from haulmesh.telemetry.v1 import telemetry_service_pb2_grpc
 from haulmesh.type.v1 import equipment_pb2
 from services.billing.workers import ACCEPTANCE_GROUP
-from services.gateway.tokens import mint
-from services.runtime import MESH_SERVICES, Mesh
-from services.runtime._store import free_port
+from services.runtime import MESH_SERVICES, Mesh, free_port
+from services.runtime.tokens import mint
 from tests.conftest import Pki, wait_for
-from tests.gateway_rest.test_rest import seed_tender
+from tests.gateway.rest.test_rest import seed_tender
 from tests.telemetry.helpers import Truck, batch
 
 from .receiver import OtlpReceiver, ReceivedSpan

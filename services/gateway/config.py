@@ -1,0 +1,147 @@
+"""Every setting of the gateway from the environment, read once at start-up (a bad value stops the process).
+
+The one place in the gateway that reads ``os.environ`` (the runtime's ServiceConfig holds what every service
+shares: ports, TLS, store, peers). See docs/gateway.md and docs/webhooks.md.
+
+REST door:
+
+* ``HAULMESH_JWT_ISSUER`` / ``HAULMESH_JWT_AUDIENCE``: what the TMS's access tokens must say (default: the dev
+  issuer's); ``HAULMESH_JWKS_FILE`` or ``HAULMESH_JWKS_URL`` (https://, http only on loopback): the keys
+  (default: the dev issuer's ``<state dir>/issuer/jwks.json``); ``HAULMESH_JWT_LEEWAY_SECONDS`` (0-300, 30).
+* ``HAULMESH_RATE_LIMIT``: per carrier (and per vehicle on the device listener), e.g. ``50/second``
+  (the default), ``1000/minute``, or ``off``.
+* ``HAULMESH_MAX_REQUEST_BYTES``: the largest request body (1 to 67108864, default 1 MiB).
+
+Webhooks (``HAULMESH_WEBHOOK_*``): ``TIMEOUT_SECONDS`` of one attempt (0-30, 10), ``MAX_CONCURRENCY`` of
+attempts (32), ``SUSPEND_AFTER_SECONDS`` of nothing but failures (86400), ``RETRY_SCHEDULE_SECONDS`` (comma-
+separated delays, at most 9), ``RETRY_JITTER`` (a fraction in [0, 1), 0.2), ``CA_FILE`` (an extra CA for
+development receivers), ``ALLOWED_CIDRS`` (private networks a webhook may reach; none by default).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from limits import RateLimitItem, parse
+
+from services.runtime import ConfigError, default_state_dir
+from services.runtime.tokens import DEFAULT_AUDIENCE, DEFAULT_ISSUER, jwks_path
+
+from .webhooks.destinations import IpNetwork, parse_allowed_cidrs
+from .webhooks.domain import DEFAULT_RETRY_DELAYS_SECONDS, RetryPolicy
+
+__all__ = ["DEFAULT_MAX_REQUEST_BYTES", "DEFAULT_RATE_LIMIT", "GatewayConfig", "max_request_bytes_from_env"]
+
+DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
+DEFAULT_RATE_LIMIT = "50/second"
+_DEFAULT_RATE_LIMIT_ITEM = parse(DEFAULT_RATE_LIMIT)
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The gateway's own settings: the REST door's and the webhook service's."""
+
+    # --- the REST door -------------------------------------------------------------------------------
+    jwt_issuer: str = DEFAULT_ISSUER
+    jwt_audience: str = DEFAULT_AUDIENCE
+    #: The JWKS file trusted for tokens; None when the keys come from ``jwks_url``.
+    jwks_file: Path | None = None
+    jwks_url: str | None = None
+    jwt_leeway_seconds: float = 30.0
+    #: Requests per window per carrier (``limits``' item, e.g. 50 per 1 second); None: no limit.
+    rate_limit: RateLimitItem | None = _DEFAULT_RATE_LIMIT_ITEM
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+
+    # --- the webhook service -------------------------------------------------------------------------
+    webhook_timeout_seconds: float = 10.0
+    webhook_max_concurrency: int = 32
+    #: A subscription whose every attempt failed for this long is SUSPENDED (webhook.proto: 24 hours).
+    webhook_suspend_after_seconds: float = 86400.0
+    webhook_retry_schedule_seconds: tuple[float, ...] = DEFAULT_RETRY_DELAYS_SECONDS
+    webhook_retry_jitter_fraction: float = 0.2
+    #: An extra CA trusted for receivers' certificates (development receivers); None: the system store only.
+    webhook_ca_file: Path | None = None
+    webhook_allowed_cidrs: tuple[IpNetwork, ...] = ()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, state_dir: Path | None = None) -> GatewayConfig:
+        """The settings of ``env`` (default: the process environment); ``state_dir`` (default: the one
+        HAULMESH_STATE_DIR names) holds the dev issuer's keys, trusted unless a JWKS is configured."""
+        env = os.environ if env is None else env
+        url, file, leeway = _jwks(env)
+        retry = RetryPolicy.from_text(env.get("HAULMESH_WEBHOOK_RETRY_SCHEDULE_SECONDS", ""),
+                                      env.get("HAULMESH_WEBHOOK_RETRY_JITTER", ""))
+        timeout, concurrency, suspend_after = _webhook_numbers(env)
+        ca_file = env.get("HAULMESH_WEBHOOK_CA_FILE", "")
+        return cls(
+            jwt_issuer=env.get("HAULMESH_JWT_ISSUER") or DEFAULT_ISSUER,
+            jwt_audience=env.get("HAULMESH_JWT_AUDIENCE") or DEFAULT_AUDIENCE,
+            jwks_file=None if url else Path(file) if file else jwks_path(
+                state_dir if state_dir is not None else default_state_dir(env)),
+            jwks_url=url,
+            jwt_leeway_seconds=leeway,
+            rate_limit=_rate_limit(env),
+            max_request_bytes=max_request_bytes_from_env(env),
+            webhook_timeout_seconds=timeout,
+            webhook_max_concurrency=concurrency,
+            webhook_suspend_after_seconds=suspend_after,
+            webhook_retry_schedule_seconds=retry.delays,
+            webhook_retry_jitter_fraction=retry.jitter,
+            webhook_ca_file=Path(ca_file) if ca_file else None,
+            webhook_allowed_cidrs=parse_allowed_cidrs(env.get("HAULMESH_WEBHOOK_ALLOWED_CIDRS", "")),
+        )
+
+
+def _jwks(env: Mapping[str, str]) -> tuple[str | None, str | None, float]:
+    url = env.get("HAULMESH_JWKS_URL") or None
+    file = env.get("HAULMESH_JWKS_FILE") or None
+    if url and file:
+        raise ConfigError("set HAULMESH_JWKS_FILE or HAULMESH_JWKS_URL, not both", field="HAULMESH_JWKS_URL")
+    if url and not url.startswith(("https://", "http://127.0.0.1", "http://localhost")):
+        raise ConfigError("HAULMESH_JWKS_URL must be https:// (http only on loopback)", field="HAULMESH_JWKS_URL")
+    raw_leeway = env.get("HAULMESH_JWT_LEEWAY_SECONDS", "30")
+    try:
+        leeway = float(raw_leeway)
+    except ValueError:
+        raise ConfigError(f"HAULMESH_JWT_LEEWAY_SECONDS must be a number, got {raw_leeway!r}",
+                          field="HAULMESH_JWT_LEEWAY_SECONDS") from None
+    if not 0 <= leeway <= 300:
+        raise ConfigError("HAULMESH_JWT_LEEWAY_SECONDS must be within 0-300", field="HAULMESH_JWT_LEEWAY_SECONDS")
+    return url, file, leeway
+
+
+def _rate_limit(env: Mapping[str, str]) -> RateLimitItem | None:
+    raw = env.get("HAULMESH_RATE_LIMIT") or DEFAULT_RATE_LIMIT
+    if raw.strip().lower() == "off":
+        return None
+    try:
+        return parse(raw)
+    except ValueError:
+        raise ConfigError(f"HAULMESH_RATE_LIMIT must look like '50/second' or 'off', got {raw!r}",
+                          field="HAULMESH_RATE_LIMIT") from None
+
+
+def max_request_bytes_from_env(env: Mapping[str, str]) -> int:
+    """``HAULMESH_MAX_REQUEST_BYTES`` of ``env``: 1 to 64 MiB, default :data:`DEFAULT_MAX_REQUEST_BYTES`."""
+    raw = env.get("HAULMESH_MAX_REQUEST_BYTES") or str(DEFAULT_MAX_REQUEST_BYTES)
+    if not raw.isdigit() or not 1 <= int(raw) <= 64 * 1024 * 1024:
+        raise ConfigError(f"HAULMESH_MAX_REQUEST_BYTES must be 1 to 67108864, got {raw!r}",
+                          field="HAULMESH_MAX_REQUEST_BYTES")
+    return int(raw)
+
+
+def _webhook_numbers(env: Mapping[str, str]) -> tuple[float, int, float]:
+    try:
+        timeout = float(env.get("HAULMESH_WEBHOOK_TIMEOUT_SECONDS", "10"))
+        concurrency = int(env.get("HAULMESH_WEBHOOK_MAX_CONCURRENCY", "32"))
+        suspend_after = float(env.get("HAULMESH_WEBHOOK_SUSPEND_AFTER_SECONDS", "86400"))
+    except ValueError:
+        raise ConfigError("HAULMESH_WEBHOOK_TIMEOUT_SECONDS, _MAX_CONCURRENCY and _SUSPEND_AFTER_SECONDS "
+                          "must be numbers", field="HAULMESH_WEBHOOK_TIMEOUT_SECONDS") from None
+    if not 0 < timeout <= 30 or concurrency < 1 or suspend_after <= 0:
+        raise ConfigError("webhook timeout must be in (0, 30] s, concurrency at least 1, suspension positive",
+                          field="HAULMESH_WEBHOOK_TIMEOUT_SECONDS")
+    return timeout, concurrency, suspend_after

@@ -1,0 +1,103 @@
+"""The gateway's HTTP side: the TMS's door (REST transcoding, OpenAPI, auth, Server-Sent Events).
+
+It holds no business rules: every request becomes a gRPC call to the service that owns the rules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from services.runtime import asgi_middleware
+
+from .errors import RestError, error_response
+from .handler import RestGateway
+from .metrics import HttpMetricsMiddleware
+from .openapi import build_openapi, render_docs
+
+__all__ = ["HttpListener", "create_app"]
+
+_VERBS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def create_app(ready: Callable[[], Awaitable[bool]], rest: RestGateway | None = None) -> Starlette:
+    """The ASGI app. ``ready`` says whether the gateway can serve (store reachable, not shutting down);
+    ``rest`` serves the API (/api/..., /openapi.json, /docs) — without it only the probes are served."""
+
+    async def healthz(_: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_: Request) -> JSONResponse:
+        ok = await ready()
+        return JSONResponse({"status": "ready" if ok else "not ready"}, status_code=200 if ok else 503)
+
+    routes = [Route("/healthz", healthz), Route("/readyz", readyz)]
+    if rest is not None:
+        document = build_openapi(rest.api)
+        spec = json.dumps(document, indent=1).encode()
+        page = render_docs(document)
+
+        async def openapi(_: Request) -> Response:
+            return Response(spec, media_type="application/json")
+
+        async def docs(_: Request) -> HTMLResponse:
+            return HTMLResponse(page)
+
+        routes += [Route("/openapi.json", openapi), Route("/docs", docs),
+                   Route("/{path:path}", rest.handle, methods=_VERBS)]
+    async def not_routed(request: Request, exc: Exception) -> Response:
+        # Starlette's own 404/405 (e.g. a path its router cannot match at all) in the API's error shape.
+        code = getattr(exc, "status_code", 404)
+        name, reason = ("UNIMPLEMENTED", "METHOD_NOT_ALLOWED") if code == 405 else ("NOT_FOUND", "ROUTE_NOT_FOUND")
+        return error_response(RestError(name, f"no route for {request.method} {request.url.path}", reason=reason,
+                                        http_status=code))
+
+    fixed = {route.path for route in routes if route.path != "/{path:path}"}
+
+    def route_of(verb: str, path: str) -> str | None:
+        # The label is a template the app declares: a fixed path, or the API route the REST handler will match.
+        if path in fixed:
+            return path
+        if rest is None:
+            return None
+        route, _, _ = rest.routes.match(verb, path)
+        return route.binding.template if route is not None else None
+
+    def span_name(verb: str, path: str) -> str:
+        return f"{verb} {route_of(verb, path) or 'unmatched'}"
+
+    # Tracing outermost: its server span is the root of the request's trace (nothing when tracing is off).
+    return Starlette(routes=routes, exception_handlers={404: not_routed, 405: not_routed},
+                     middleware=[*asgi_middleware(span_name), Middleware(HttpMetricsMiddleware, route_of=route_of)])
+
+
+class _Server(uvicorn.Server):
+    # The process's signals belong to the service runtime, which stops this listener itself.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class HttpListener:
+    """uvicorn serving the app inside the gateway's event loop, started and stopped by the runtime."""
+
+    def __init__(self, app: Any, host: str, port: int, **options: Any) -> None:
+        """``options`` go to ``uvicorn.Config`` as they are (the device listener's TLS and protocol)."""
+        self._server = _Server(uvicorn.Config(app, host=host, port=port, lifespan="off", log_config=None,
+                                              access_log=False, server_header=False,
+                                              timeout_graceful_shutdown=5, **options))
+
+    async def run(self) -> None:
+        await self._server.serve()
+
+    async def stop(self) -> None:
+        self._server.should_exit = True

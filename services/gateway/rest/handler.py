@@ -1,0 +1,148 @@
+"""The REST door: one generic handler that authenticates, limits, transcodes and calls the owning service.
+
+Order of checks for a request: route (404 / 405) → declared size (413) → bearer token (401) → scope (403)
+→ the tenant's rate limit (429) → body size while reading (413) → JSON and fields (400, including
+output-only fields) → the gRPC call over mTLS with the token's carrier as ``haulmesh-carrier`` metadata,
+whose status comes back through grpc-gateway's code → HTTP map. A server-streaming route passes the same
+checks and is then answered as Server-Sent Events (:mod:`.sse`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import FieldDescriptor
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from services.runtime import CARRIER_METADATA_KEY, HaulmeshError
+
+from ..config import DEFAULT_MAX_REQUEST_BYTES
+from .auth import Authenticator, require_scope
+from .descriptors import Api
+from .errors import RestError, error_response, rpc_error_response
+from .ratelimit import TenantRateLimiter
+from .sse import open_event_stream, resume_from
+from .transcode import RouteTable, build_request, to_json
+
+__all__ = ["RestGateway"]
+
+_log = logging.getLogger("haulmesh.gateway.rest")
+IDEMPOTENCY_HEADER = "idempotency-key"
+
+
+@dataclass
+class RestGateway:
+    """What the generic handler needs: the API, its routes, the checks, and a channel to each service."""
+
+    api: Api
+    authenticator: Authenticator
+    limiter: TenantRateLimiter
+    #: The mTLS channel to a mesh service by name (``tender``, ..., ``gateway`` for the gateway's own).
+    channel: Callable[[str], grpc.aio.Channel]
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    #: Awaited after a change succeeded and before it is acknowledged: the TMS is told 2xx only once every
+    #: write the services made for it is on disk (Service.durable; None only in unit tests of the routing).
+    durable: Callable[[], Awaitable[None]] | None = None
+
+    def __post_init__(self) -> None:
+        self.routes = RouteTable(self.api)
+
+    async def handle(self, request: Request) -> Response:
+        try:
+            return await self._handle(request)
+        except HaulmeshError as exc:
+            return error_response(exc)
+        except grpc.aio.AioRpcError as exc:
+            return rpc_error_response(exc)
+        except Exception:
+            _log.exception("%s %s failed", request.method, request.url.path)
+            return error_response(RestError("INTERNAL", "internal error", reason="INTERNAL"))
+
+    #: Said after "no route for <path>" when nothing matches (the device listener points at the TMS's).
+    not_found_hint = ""
+
+    def _match(self, request: Request) -> tuple[Any, dict[str, str]]:
+        """The route and its path variables; 405 (with Allow) or 404 when there is none. The declared body
+        size is checked here too, before anything reads or authenticates."""
+        verb = "GET" if request.method == "HEAD" else request.method
+        route, path_vars, allowed = self.routes.match(verb, request.url.path)
+        if route is None:
+            if allowed:
+                raise RestError("UNIMPLEMENTED", f"{request.method} is not allowed here", reason="METHOD_NOT_ALLOWED",
+                                headers={"Allow": ", ".join(sorted(allowed))}, http_status=405)
+            raise RestError("NOT_FOUND", f"no route for {request.url.path}{self.not_found_hint}",
+                            reason="ROUTE_NOT_FOUND")
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise RestError("INVALID_ARGUMENT", "Content-Length is not a number", reason="INVALID_ARGUMENT")
+            self._check_size(int(declared))
+        return route, path_vars
+
+    async def _call_unary(self, route: Any, message: Any, metadata: tuple[tuple[str, Any], ...]) -> Response:
+        response_class = message_factory.GetMessageClass(route.method.method.output_type)
+        call = self.channel(route.method.peer).unary_unary(
+            route.method.grpc_path, request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=response_class.FromString)
+        return JSONResponse(to_json(await call(message, metadata=metadata)))
+
+    async def _handle(self, request: Request) -> Response:
+        route, path_vars = self._match(request)
+        if route.method.scope is None:
+            # Trucks call these with their client certificate on the device listener (device.py), never here.
+            raise RestError("UNIMPLEMENTED", f"{route.method.method.name} is served to vehicles over mTLS only: "
+                            "HTTPS with the truck's client certificate on the gateway's device port "
+                            "(HAULMESH_GATEWAY_DEVICE_PORT, default 8443), no bearer token",
+                            reason="MTLS_REQUIRED", metadata={"port_setting": "HAULMESH_GATEWAY_DEVICE_PORT"})
+        if route.method.method.client_streaming:  # only server streams have an HTTP form (Server-Sent Events)
+            raise RestError("UNIMPLEMENTED", f"{route.method.method.name} streams requests; it has no REST form",
+                            reason="STREAMING_NOT_SUPPORTED")
+        principal = await self.authenticator.authenticate(request.headers.get("authorization"))
+        require_scope(principal, route.method.scope)
+        await self.limiter.check(principal.carrier)
+        body = await self._read_json(request)
+        message = build_request(self.api, route, path_vars, body, list(request.query_params.multi_items()))
+        self._apply_idempotency_key(message, request.headers.get(IDEMPOTENCY_HEADER))
+        metadata = ((CARRIER_METADATA_KEY, f"carriers/{principal.carrier}"),)
+        if route.method.streaming:
+            resume_from(message, request.headers.get("last-event-id"))
+            return await open_event_stream(self.channel(route.method.peer), route.method, message, metadata)
+        response = await self._call_unary(route, message, metadata)
+        if self.durable is not None and route.binding.verb != "GET":
+            await self.durable()
+        return response
+
+    def _check_size(self, size: int) -> None:
+        if size > self.max_request_bytes:
+            raise RestError("RESOURCE_EXHAUSTED", f"the request body exceeds {self.max_request_bytes} bytes",
+                            reason="REQUEST_TOO_LARGE", metadata={"max_bytes": str(self.max_request_bytes)},
+                            http_status=413)
+
+    async def _read_json(self, request: Request) -> Any:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            self._check_size(size)  # also bounds chunked bodies that declared no length
+            chunks.append(chunk)
+        raw = b"".join(chunks)
+        if not raw.strip():
+            return None
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise RestError("INVALID_ARGUMENT", f"the request body is not valid JSON: {exc}",
+                            reason="INVALID_JSON") from None
+
+    @staticmethod
+    def _apply_idempotency_key(message: Any, key: str | None) -> None:
+        fd = message.DESCRIPTOR.fields_by_name.get("request_id")
+        if key and fd is not None and fd.type == FieldDescriptor.TYPE_STRING and not message.request_id:
+            message.request_id = key

@@ -1,0 +1,373 @@
+"""The OpenAPI 3.1 document of the REST API, generated from the same descriptors the gateway routes by.
+
+Paths come from the http rules (resource patterns expanded: ``{name=tenders/*}`` becomes
+``tenders/{tender}``, so a client never has to send an encoded slash), schemas from the messages with
+the proto comments as descriptions, ``OUTPUT_ONLY`` fields are ``readOnly``, ``REQUIRED`` fields
+``required``, every operation names its bearer scope, and every error is the ``google.rpc.Status`` schema.
+The /docs page is plain HTML rendered here from the document (no script, nothing fetched from a CDN).
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from typing import Any
+
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
+
+from .descriptors import Api, HttpBinding, HttpMethod, field_behaviors
+from .errors import HTTP_STATUS
+
+__all__ = ["build_openapi", "render_docs"]
+
+_STATUS_REF = {"$ref": "#/components/schemas/google.rpc.Status"}
+_INT32 = {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SFIXED32}
+_UINT32 = {FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_FIXED32}
+_INT64 = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_SINT64, FieldDescriptor.TYPE_SFIXED64,
+          FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_FIXED64}
+
+# Well-known types have a proto-JSON form of their own.
+_WKT: dict[str, dict[str, Any]] = {
+    "google.protobuf.Timestamp": {"type": "string", "format": "date-time",
+                                  "description": "RFC 3339 timestamp, e.g. 2026-02-01T08:00:00Z."},
+    "google.protobuf.Duration": {"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]{1,9})?s$",
+                                 "description": "Duration in seconds with an `s` suffix, e.g. `90s`."},
+    "google.protobuf.FieldMask": {"type": "string",
+                                  "description": "Comma-separated field paths (lowerCamelCase or snake_case)."},
+    "google.protobuf.Struct": {"type": "object"},
+    "google.protobuf.Value": {},
+    "google.protobuf.ListValue": {"type": "array"},
+    "google.protobuf.Empty": {"type": "object"},
+    "google.protobuf.Any": {"type": "object", "properties": {"@type": {"type": "string"}}, "required": ["@type"],
+                            "additionalProperties": True},
+    "google.protobuf.BoolValue": {"type": ["boolean", "null"]},
+    "google.protobuf.StringValue": {"type": ["string", "null"]},
+    "google.protobuf.BytesValue": {"type": ["string", "null"], "contentEncoding": "base64"},
+    "google.protobuf.DoubleValue": {"type": ["number", "null"]},
+    "google.protobuf.FloatValue": {"type": ["number", "null"]},
+    "google.protobuf.Int32Value": {"type": ["integer", "null"]},
+    "google.protobuf.UInt32Value": {"type": ["integer", "null"]},
+    "google.protobuf.Int64Value": {"type": ["string", "integer", "null"]},
+    "google.protobuf.UInt64Value": {"type": ["string", "integer", "null"]},
+}
+
+
+def _first_sentence(text: str) -> str:
+    flat = " ".join(text.split())
+    match = re.match(r"(.+?\.)(\s|$)", flat)
+    return (match.group(1) if match else flat)[:120]
+
+
+def _singular(collection: str) -> str:
+    if collection.endswith("ies"):
+        return collection[:-3] + "y"
+    return collection[:-1] if collection.endswith("s") else collection
+
+
+def expand_template(template: str) -> tuple[str, list[tuple[str, str]]]:
+    """``/api/v1/{name=tenders/*}:accept`` → (``/api/v1/tenders/{tender}:accept``, [(tender, name)]).
+
+    Each ``*`` of a variable becomes a path parameter named after the collection before it; the second
+    element lists (parameter, field path) in order.
+    """
+    params: list[tuple[str, str]] = []
+    used: set[str] = set()
+
+    def variable(match: re.Match[str]) -> str:
+        field_path, _, pattern = match.group(1).partition("=")
+        segments = (pattern or "*").split("/")
+        out = []
+        for i, segment in enumerate(segments):
+            if segment in {"*", "**"}:
+                base = _singular(segments[i - 1]) if i > 0 else field_path.replace(".", "_")
+                name, n = base, 2
+                while name in used:
+                    name, n = f"{base}{n}", n + 1
+                used.add(name)
+                params.append((name, field_path))
+                out.append(f"{{{name}}}")
+            else:
+                out.append(segment)
+        return "/".join(out)
+
+    return re.sub(r"\{([^}]+)\}", variable, template), params
+
+
+class _Builder:
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        self.schemas: dict[str, Any] = {}
+
+    # --- schemas -------------------------------------------------------------------------------------------
+
+    def ref(self, descriptor: Descriptor) -> dict[str, Any]:
+        if descriptor.full_name in _WKT:
+            return dict(_WKT[descriptor.full_name])
+        self.message(descriptor)
+        return {"$ref": f"#/components/schemas/{descriptor.full_name}"}
+
+    def enum(self, descriptor: EnumDescriptor) -> dict[str, Any]:
+        name = descriptor.full_name
+        if name not in self.schemas:
+            lines = [self.api.comment(name)]
+            for value in descriptor.values:
+                comment = " ".join(self.api.comment(f"{name}.{value.name}").split())
+                lines.append(f"* `{value.name}`: {comment}")
+            self.schemas[name] = {"type": "string", "enum": [v.name for v in descriptor.values],
+                                  "description": "\n".join(lines).strip()}
+        return {"$ref": f"#/components/schemas/{name}"}
+
+    def scalar(self, fd: FieldDescriptor) -> dict[str, Any]:
+        if fd.enum_type is not None:
+            return self.enum(fd.enum_type)
+        if fd.message_type is not None:
+            return self.ref(fd.message_type)
+        t = fd.type
+        if t in _INT32:
+            return {"type": "integer", "format": "int32", "minimum": -(2**31), "maximum": 2**31 - 1}
+        if t in _UINT32:
+            return {"type": "integer", "format": "int64", "minimum": 0, "maximum": 2**32 - 1}
+        if t in _INT64:
+            return {"type": ["string", "integer"], "format": "int64", "pattern": r"^-?[0-9]+$"}
+        if t in {FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT}:
+            return {"type": "number"}
+        if t == FieldDescriptor.TYPE_BOOL:
+            return {"type": "boolean"}
+        if t == FieldDescriptor.TYPE_BYTES:
+            return {"type": "string", "contentEncoding": "base64"}
+        return {"type": "string"}
+
+    def field(self, fd: FieldDescriptor) -> dict[str, Any]:
+        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+            schema: dict[str, Any] = {"type": "object",
+                                      "additionalProperties": self.scalar(fd.message_type.fields_by_name["value"])}
+        elif fd.is_repeated:
+            schema = {"type": "array", "items": self.scalar(fd)}
+        else:
+            schema = self.scalar(fd)
+        comment = self.api.comment(fd.full_name)
+        if comment:
+            schema["description"] = comment
+        behaviors = field_behaviors(fd)
+        if "OUTPUT_ONLY" in behaviors:
+            schema["readOnly"] = True
+        if "IMMUTABLE" in behaviors:
+            schema["description"] = (schema.get("description", "") + "\n\nImmutable once set.").strip()
+        return schema
+
+    def properties(self, descriptor: Descriptor, exclude: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
+        props: dict[str, Any] = {}
+        required: list[str] = []
+        for fd in descriptor.fields:
+            if fd.name in exclude:
+                continue
+            props[fd.json_name] = self.field(fd)
+            if "REQUIRED" in field_behaviors(fd):
+                required.append(fd.json_name)
+        schema: dict[str, Any] = {"type": "object", "properties": props}
+        if required:
+            schema["required"] = required
+        comment = self.api.comment(descriptor.full_name)
+        if comment:
+            schema["description"] = comment
+        return schema
+
+    def message(self, descriptor: Descriptor) -> None:
+        name = descriptor.full_name
+        if name in self.schemas:
+            return
+        self.schemas[name] = {}  # reserve first: messages may refer to themselves
+        self.schemas[name] = self.properties(descriptor)
+
+    # --- operations ----------------------------------------------------------------------------------------
+
+    def query_parameters(self, descriptor: Descriptor, bound: set[str], prefix: str = "",
+                         depth: int = 0) -> list[dict[str, Any]]:
+        """Fields neither the path nor the body binds, as query parameters (nested ones dotted)."""
+        params: list[dict[str, Any]] = []
+        for fd in descriptor.fields:
+            path = f"{prefix}{fd.name}"
+            if path in bound or "OUTPUT_ONLY" in field_behaviors(fd):
+                continue
+            if fd.message_type is not None and fd.message_type.full_name not in _WKT:
+                if not fd.is_repeated and depth < 2:
+                    params.extend(self.query_parameters(fd.message_type, bound, f"{path}.", depth + 1))
+                continue
+            schema = self.field(fd)
+            description = schema.pop("description", "")
+            params.append({"name": _camel_path(path), "in": "query",
+                           "required": False, "description": description, "schema": schema,
+                           **({"explode": True} if schema.get("type") == "array" else {})})
+        return params
+
+    def operation(self, method: HttpMethod, binding: HttpBinding) -> tuple[str, str, dict[str, Any]]:
+        path, params = expand_template(binding.template)
+        descriptor = method.method
+        input_type = descriptor.input_type
+        bound = {field_path for _, field_path in params}
+        parameters: list[dict[str, Any]] = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string", "pattern": r"^[^/:]+$"},
+             "description": f"The id in `{field_path}`."}
+            for name, field_path in params
+        ]
+        operation: dict[str, Any] = {
+            "operationId": f"{descriptor.containing_service.name}_{descriptor.name}",
+            "tags": [descriptor.containing_service.name],
+            "summary": _first_sentence(method.comment),
+            "description": method.comment,
+            "security": [{"bearerAuth": [method.scope]}] if method.scope else [],
+            "x-scope": method.scope,
+        }
+        if binding.body == "*":
+            top = {p.split(".")[0] for p in bound}
+            body = self.properties(input_type, exclude=top)
+            body.pop("description", None)
+            operation["requestBody"] = {"required": False, "content": {"application/json": {"schema": body}}}
+        elif binding.body:
+            fd = input_type.fields_by_name[binding.body]
+            operation["requestBody"] = {
+                "required": "REQUIRED" in field_behaviors(fd),
+                "description": self.api.comment(fd.full_name),
+                "content": {"application/json": {"schema": self.field(fd) if fd.message_type is None
+                                                  else self.ref(fd.message_type)}},
+            }
+            bound = bound | {binding.body}
+        if binding.body != "*":
+            parameters.extend(self.query_parameters(input_type, bound))
+        if descriptor.input_type.fields_by_name.get("request_id") is not None:
+            parameters.append({"name": "Idempotency-Key", "in": "header", "required": False,
+                               "schema": {"type": "string", "pattern": r"^[A-Za-z0-9._:-]{1,128}$"},
+                               "description": "Sets `request_id` when the body does not: a retry with the same key "
+                                              "and request returns the first response."})
+        responses: dict[str, Any] = {
+            "200": {"description": "OK", "content": {"application/json": {"schema": self.ref(descriptor.output_type)}}},
+        }
+        if descriptor.server_streaming:
+            parameters.append({"name": "Last-Event-ID", "in": "header", "required": False,
+                               "schema": {"type": "string", "pattern": r"^[0-9]{1,20}$"},
+                               "description": "Sent by a reconnecting client: the `id` of the last event it received; "
+                                              "sets `after_sequence`, so the stream resumes without gap or duplicate."})
+            responses["200"] = self.event_stream(descriptor.output_type)
+        operation["parameters"] = parameters
+        for status, text in ((400, "Invalid argument, failed precondition, or out of range"),
+                             (401, "Missing or invalid bearer token"), (403, "The token lacks the scope"),
+                             (404, "Not found (or another carrier's)"), (409, "Already exists or aborted (etag)"),
+                             (413, "Request body too large"), (429, "Rate limited; see Retry-After"),
+                             (503, "Unavailable; retry with backoff")):
+            responses[str(status)] = {"description": text, "content": {"application/json": {"schema": _STATUS_REF}}}
+        responses["default"] = {"description": "Any other error (google.rpc.Status)",
+                                "content": {"application/json": {"schema": _STATUS_REF}}}
+        operation["responses"] = responses
+        return path, binding.verb.lower(), operation
+
+
+    def event_stream(self, output: Descriptor) -> dict[str, Any]:
+        """The 200 answer of a server-streaming method: Server-Sent Events, one per response message."""
+        event = next((f.json_name for f in output.fields if f.message_type is not None), "message")
+        return {
+            "description": (
+                f"A Server-Sent Events stream (see services/gateway/rest/sse.py): each `{output.name}` is one event, "
+                f"`event: {event}`, `id:` the last segment of the resource name (the frame's sequence), `data:` "
+                "the message's JSON (schema `x-event-schema`); a comment line (`: heartbeat`) every 15 s; an "
+                "error after the start is a final `event: error` whose data is a google.rpc.Status. Errors "
+                "before the start are ordinary JSON error responses. Reconnect with `Last-Event-ID`."),
+            "content": {"text/event-stream": {"schema": {"type": "string"},
+                                              "x-event-schema": self.ref(output)}},
+        }
+
+
+def _camel_path(path: str) -> str:
+    return ".".join(re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), part) for part in path.split("."))
+
+
+def build_openapi(api: Api) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every http-annotated method with a bearer scope; server streams are
+    ``text/event-stream`` answers."""
+    builder = _Builder(api)
+    paths: dict[str, dict[str, Any]] = {}
+    scopes: dict[str, str] = {}
+    tags: dict[str, str] = {}
+    for method in api.methods:
+        if method.method.client_streaming or method.scope is None:
+            continue
+        service = method.method.containing_service
+        tags[service.name] = api.comment(service.full_name)
+        scopes.setdefault(method.scope, f"{method.method.name} and other operations that need it")
+        for binding in method.bindings:
+            path, verb, operation = builder.operation(method, binding)
+            paths.setdefault(path, {})[verb] = operation
+    status_schema = {
+        "type": "object",
+        "description": "google.rpc.Status: the error of every failed request (grpc-gateway's error contract). "
+                       "`details` carries a google.rpc.ErrorInfo (domain `haulmesh.io`, UPPER_SNAKE `reason`) and, "
+                       "for invalid input, a google.rpc.BadRequest with one field violation per field.",
+        "properties": {
+            "code": {"type": "integer", "description": "The google.rpc.Code.",
+                     "enum": sorted(HTTP_STATUS)},
+            "message": {"type": "string", "description": "A developer-facing explanation."},
+            "details": {"type": "array", "items": {"type": "object", "properties": {"@type": {"type": "string"}},
+                                                   "required": ["@type"], "additionalProperties": True}},
+        },
+        "required": ["code", "message"],
+    }
+    builder.schemas["google.rpc.Status"] = status_schema
+    scope_list = "\n".join(f"* `{s}`" for s in sorted(scopes))
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Haulmesh API",
+            "version": "v1",
+            "description": "The REST API of Haulmesh for a carrier's TMS, transcoded from the gRPC contracts in "
+                           "protos/ (google.api.http annotations). Bodies are proto-JSON (lowerCamelCase; "
+                           "snake_case accepted). Authenticate with an OAuth2 bearer access token (JWT, typ "
+                           "at+jwt) whose `carrier` claim is the tenant.",
+        },
+        "servers": [{"url": "/"}],
+        "tags": [{"name": name, "description": text} for name, text in sorted(tags.items())],
+        "paths": dict(sorted(paths.items())),
+        "components": {
+            "schemas": dict(sorted(builder.schemas.items())),
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                               "description": "OAuth2 access token (RFC 9068, ES256/RS256/EdDSA). Each operation "
+                                              "lists the scope it needs. Scopes:\n" + scope_list},
+            },
+        },
+    }
+
+
+def render_docs(document: dict[str, Any]) -> str:
+    """A self-contained HTML reference of the document: operations, scopes, parameters, descriptions."""
+    e = html.escape
+    rows: list[str] = []
+    for path, operations in document["paths"].items():
+        for verb, op in operations.items():
+            params = "".join(
+                f"<li><code>{e(p['name'])}</code> ({e(p['in'])}{', required' if p.get('required') else ''})"
+                f"{' — ' + e(p['description']) if p.get('description') else ''}</li>"
+                for p in op.get("parameters", []))
+            body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
+            body_ref = body.get("$ref", "").rsplit("/", 1)[-1] if isinstance(body, dict) else ""
+            rows.append(
+                f'<section id="{e(op["operationId"])}"><h3><span class="verb">{e(verb.upper())}</span> '
+                f"<code>{e(path)}</code></h3><p><b>{e(op['operationId'])}</b> — scope "
+                f"<code>{e(str(op.get('x-scope')))}</code></p><pre>{e(op.get('description', ''))}</pre>"
+                + (f"<p>Body: <a href='#schema-{e(body_ref)}'>{e(body_ref)}</a></p>" if body_ref else "")
+                + (f"<ul>{params}</ul>" if params else "") + "</section>")
+    schemas = "".join(
+        f'<section id="schema-{e(name)}"><h3>{e(name)}</h3><pre>{e(schema.get("description", ""))}</pre>'
+        + "<ul>" + "".join(
+            f"<li><code>{e(prop)}</code>{' (read-only)' if sub.get('readOnly') else ''}"
+            f"{' (required)' if prop in schema.get('required', []) else ''}: "
+            f"{e(' '.join(str(sub.get('description', '')).split()))}</li>"
+            for prop, sub in schema.get("properties", {}).items()) + "</ul></section>"
+        for name, schema in document["components"]["schemas"].items())
+    info = document["info"]
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{e(info['title'])} — reference</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}}
+pre{{white-space:pre-wrap;background:#f6f6f6;padding:.5rem}}.verb{{font-family:monospace;color:#05a}}
+section{{border-top:1px solid #ddd}}</style></head>
+<body><h1>{e(info['title'])} {e(info['version'])}</h1><p>{e(info['description'])}</p>
+<p>Machine-readable: <a href="/openapi.json">/openapi.json</a> (OpenAPI {e(document['openapi'])}).</p>
+<h2>Operations</h2>{''.join(rows)}<h2>Schemas</h2>{schemas}</body></html>"""

@@ -1,0 +1,77 @@
+"""Per-tenant rate limit (``limits``: sliding-window counter) on the gateway's store, shared by replicas.
+
+The counters live in the mesh's Redis (redis-py through limits' ``redispy`` implementation), keyed by the
+carrier inside a ``{carrier}`` hash tag, so every gateway replica counts against the same budget and the
+keys stay in one Cluster slot. If the store cannot be reached the request is let through (logged): the
+services behind are then unavailable anyway, and a rate limiter must not become the outage.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+from limits import RateLimitItem
+from limits.aio.storage import MemoryStorage, RedisClusterStorage, RedisStorage, Storage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+
+from services.runtime import cluster_url
+
+from ..config import DEFAULT_RATE_LIMIT, GatewayConfig
+from .errors import RestError
+
+__all__ = ["DEFAULT_RATE_LIMIT", "TenantRateLimiter"]
+
+_log = logging.getLogger("haulmesh.gateway.ratelimit")
+
+
+def _limits_uri(redis_url: str) -> str:
+    parts = urlsplit(redis_url)
+    scheme = {"redis": "async+redis", "rediss": "async+rediss", "unix": "async+redis+unix"}[parts.scheme]
+    return urlunsplit((scheme, *parts[1:]))
+
+
+class TenantRateLimiter:
+    """A budget (``HAULMESH_RATE_LIMIT``: e.g. ``50/second``, ``1000/minute``) per carrier; None: no limit."""
+
+    def __init__(self, item: RateLimitItem | None, storage: Storage) -> None:
+        self.item = item
+        self._limiter = SlidingWindowCounterRateLimiter(storage)
+
+    @classmethod
+    def from_config(cls, config: GatewayConfig, redis_url: str | None) -> TenantRateLimiter:
+        """``config.rate_limit`` counted in the store of ``redis_url`` (in memory without one)."""
+        storage: Storage = MemoryStorage()
+        if redis_url and cluster_url(redis_url):  # the limiter's own cluster client (keys are carrier-tagged)
+            seed = urlsplit(cluster_url(redis_url))
+            storage = RedisClusterStorage(urlunsplit(("async+redis+cluster", *seed[1:])), implementation="redispy",
+                                          key_prefix="ratelimit", ssl=seed.scheme == "rediss")
+        elif redis_url:
+            storage = RedisStorage(_limits_uri(redis_url), implementation="redispy", key_prefix="ratelimit")
+        return cls(config.rate_limit, storage)
+
+    @classmethod
+    def from_env(cls, redis_url: str | None, env: Mapping[str, str] | None = None) -> TenantRateLimiter:
+        """``HAULMESH_RATE_LIMIT`` of ``env`` as GatewayConfig reads it."""
+        return cls.from_config(GatewayConfig.from_env(env), redis_url)
+
+    async def check(self, carrier: str) -> None:
+        """RESOURCE_EXHAUSTED (429 with Retry-After) when ``carrier`` is over its budget."""
+        if self.item is None:
+            return
+        key = f"{{{carrier}}}"
+        try:
+            if await self._limiter.hit(self.item, key):
+                return
+            stats = await self._limiter.get_window_stats(self.item, key)
+        except Exception as exc:  # the limiter must not become the outage (see the module docstring)
+            _log.warning("rate limit store unavailable, letting the request through: %s", exc)
+            return
+        retry_after = max(1, math.ceil(stats.reset_time - time.time()))
+        raise RestError("RESOURCE_EXHAUSTED", f"rate limit of {self.item} per carrier exceeded",
+                        reason="RATE_LIMITED", metadata={"limit": str(self.item), "retry_after_seconds":
+                                                         str(retry_after)},
+                        headers={"Retry-After": str(retry_after)})

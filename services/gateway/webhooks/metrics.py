@@ -1,0 +1,24 @@
+"""The webhook service's Prometheus metrics: delivery outcomes and attempt durations.
+
+``haulmesh_webhook_deliveries_total{outcome}`` counts each attempt's outcome (succeeded, retrying, failed,
+skipped) and ``haulmesh_webhook_attempt_duration_seconds`` times the HTTP attempts (DNS check, connect, POST
+and reply). No subscription, carrier or URL label.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+from services.runtime import METRICS_REGISTRY
+
+__all__ = ["WEBHOOK_ATTEMPT_DURATION", "WEBHOOK_DELIVERIES"]
+
+WEBHOOK_DELIVERIES = Counter("haulmesh_webhook_deliveries_total", "Webhook delivery attempts by outcome: succeeded, "
+                             "retrying (will be tried again), failed (gave up), skipped (subscription not "
+                             "active).", ["outcome"], registry=METRICS_REGISTRY)
+WEBHOOK_ATTEMPT_DURATION = Histogram("haulmesh_webhook_attempt_duration_seconds", "Seconds one webhook HTTP attempt "
+                                     "took (destination check, connect, POST, reply).",
+                                     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+                                     registry=METRICS_REGISTRY)
+for _outcome in ("succeeded", "retrying", "failed", "skipped"):
+    WEBHOOK_DELIVERIES.labels(_outcome)

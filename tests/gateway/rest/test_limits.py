@@ -1,0 +1,56 @@
+"""The per-tenant rate limiter on a real store, and the limits' configuration."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from services.gateway.config import DEFAULT_MAX_REQUEST_BYTES, max_request_bytes_from_env
+from services.gateway.rest.errors import RestError
+from services.gateway.rest.ratelimit import TenantRateLimiter
+from services.runtime import ConfigError
+
+
+async def _allowed(limiter: TenantRateLimiter, carrier: str, attempts: int) -> int:
+    allowed = 0
+    for _ in range(attempts):
+        try:
+            await limiter.check(carrier)
+            allowed += 1
+        except RestError as exc:
+            assert exc.http_status is None and exc.code_name == "RESOURCE_EXHAUSTED"
+            assert int(exc.headers["Retry-After"]) >= 1
+    return allowed
+
+
+async def test_replicas_share_one_budget_per_tenant(store_url: str) -> None:
+    env = {"HAULMESH_RATE_LIMIT": "10/minute"}
+    replica_a = TenantRateLimiter.from_env(store_url, env)
+    replica_b = TenantRateLimiter.from_env(store_url, env)
+    carrier = f"c{uuid.uuid4().hex[:8]}"
+    assert await _allowed(replica_a, carrier, 6) + await _allowed(replica_b, carrier, 6) == 10
+    assert await _allowed(replica_b, f"{carrier}-other", 3) == 3
+
+
+async def test_off_disables_the_limit(store_url: str) -> None:
+    assert await _allowed(TenantRateLimiter.from_env(store_url, {"HAULMESH_RATE_LIMIT": "off"}), "acme", 50) == 50
+
+
+async def test_an_unreachable_store_lets_requests_through() -> None:
+    limiter = TenantRateLimiter.from_env("redis://127.0.0.1:1/0", {"HAULMESH_RATE_LIMIT": "1/minute"})
+    assert await _allowed(limiter, "acme", 3) == 3
+
+
+@pytest.mark.parametrize("raw", ["fast", "10 per", "-1/second"])
+def test_bad_rate_limit_is_refused(raw: str) -> None:
+    with pytest.raises(ConfigError):
+        TenantRateLimiter.from_env(None, {"HAULMESH_RATE_LIMIT": raw})
+
+
+def test_request_size_configuration() -> None:
+    assert max_request_bytes_from_env({}) == DEFAULT_MAX_REQUEST_BYTES == 1024 * 1024
+    assert max_request_bytes_from_env({"HAULMESH_MAX_REQUEST_BYTES": "2048"}) == 2048
+    for raw in ("0", "-5", "1MB", str(128 * 1024 * 1024)):
+        with pytest.raises(ConfigError):
+            max_request_bytes_from_env({"HAULMESH_MAX_REQUEST_BYTES": raw})
