@@ -19,9 +19,9 @@ from haulmesh.telemetry.v1 import telemetry_service_pb2, telemetry_service_pb2_g
 from services.gateway.sse import HEARTBEAT_SECONDS
 from services.runtime import Mesh, carrier_metadata
 
-from ..conftest import Pki, rich_error, wait_for
-from ..gateway_rest.conftest import bearer, error_info
-from ..telemetry.helpers import Session, Truck, batch
+from ...conftest import Pki, rich_error, wait_for
+from ...gateway_rest.conftest import bearer, error_info
+from ..helpers import Session, Truck, batch
 from .conftest import Dispatched, cancel_mission
 
 READ = "telemetry:read"

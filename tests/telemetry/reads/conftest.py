@@ -14,11 +14,11 @@ from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, mission_servic
 from haulmesh.type.v1 import time_window_pb2
 from services.runtime import Mesh, carrier_metadata
 
-from ..conftest import Pki
+from ...conftest import Pki
 
 # The REST fixtures of the gateway tests (a fixture imported into a conftest is registered here too).
-from ..gateway_rest.conftest import base_url, token  # noqa: F401
-from ..telemetry.helpers import ATLANTA, HOUSTON, Truck, dispatch_to
+from ...gateway_rest.conftest import base_url, token  # noqa: F401
+from ..helpers import ATLANTA, HOUSTON, Truck, dispatch_to
 
 
 @dataclass(frozen=True)
