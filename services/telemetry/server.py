@@ -27,6 +27,7 @@ from services.runtime import (
     carrier,
     decode_page,
     next_page_token,
+    parse_name,
     timestamp_ms,
     verify_relayed_certificate,
 )
@@ -214,7 +215,8 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
         self, request: telemetry_service_pb2.ListTelemetryFramesRequest, context: grpc.aio.ServicerContext,
     ) -> telemetry_service_pb2.ListTelemetryFramesResponse:
         if request.parent.startswith("missions/"):
-            scope = await self._reads.mission_scope(carrier(context), request.parent, "parent")
+            mission_id = parse_name(request.parent, "missions", field="parent")
+            scope = await self._reads.mission_scope(carrier(context), request.parent, mission_id)
         else:
             scope = FrameScope(self._vehicle_parent(request.parent, "parent"), request.parent)
         query = request.SerializeToString(deterministic=True)
@@ -241,12 +243,13 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
                                     context: grpc.aio.ServicerContext,
                                     ) -> AsyncIterator[telemetry_service_pb2.WatchMissionTelemetryResponse]:
         carrier_id = carrier(context)
-        scope = await self._reads.mission_scope(carrier_id, request.mission, "mission")
+        mission_id = parse_name(request.mission, "missions", field="mission")
+        scope = await self._reads.mission_scope(carrier_id, request.mission, mission_id)
         if not scope.vehicle_id:
             raise FailedPrecondition(f"{request.mission} has no vehicle yet", reason="MISSION_NOT_DISPATCHED")
         cursor = await self._reads.watch_cursor(scope, request.after_sequence)
         # Headers now: the gateway answers its HTTP status once they arrive (errors above come instead of them).
         await context.send_initial_metadata(())
-        ended = functools.partial(self._reads.mission_ended, carrier_id, request.mission)
+        ended = functools.partial(self._reads.mission_ended, carrier_id, request.mission, mission_id)
         async for frame in self._reads.follow(scope, cursor, set(request.kinds), context.done, ended=ended):
             yield telemetry_service_pb2.WatchMissionTelemetryResponse(telemetry_frame=frame)

@@ -16,7 +16,7 @@ import grpc
 
 from haulmesh.mission.v1 import mission_service_pb2, mission_service_pb2_grpc
 from haulmesh.telemetry.v1 import frame_pb2, telemetry_service_pb2
-from services.runtime import FailedPrecondition, NotFound, Unavailable, carrier_metadata, parse_name
+from services.runtime import FailedPrecondition, NotFound, Unavailable, carrier_metadata
 
 from ..config import TelemetryConfig
 from ..convert import telemetry_frame
@@ -100,10 +100,10 @@ class Reads:
             return max(after_sequence, await self.floor(scope))
         return after_sequence
 
-    async def mission_ended(self, carrier_id: str, name: str) -> bool:
+    async def mission_ended(self, carrier_id: str, name: str, mission_id: str) -> bool:
         """Whether a watched mission has ended; a blip of the mission service must not end the carrier's watch."""
         try:
-            return (await self.mission_scope(carrier_id, name, "mission")).ended
+            return (await self.mission_scope(carrier_id, name, mission_id)).ended
         except Unavailable as exc:
             _log.warning("watch of %s: %s; asking again later", name, exc.message)
             return False
@@ -130,10 +130,9 @@ class Reads:
             if final and not stored:
                 return
 
-    async def mission_scope(self, carrier_id: str, name: str, field: str) -> FrameScope:
-        """The vehicle and time span of a mission of the carrier, resolved by the mission service (which
-        answers NOT_FOUND for another carrier's mission); remembered for a moment."""
-        mission_id = parse_name(name, "missions", field=field)
+    async def mission_scope(self, carrier_id: str, name: str, mission_id: str) -> FrameScope:
+        """The vehicle and time span of mission ``name`` (id ``mission_id``) of the carrier, resolved by the
+        mission service (which answers NOT_FOUND for another carrier's mission); remembered for a moment."""
         key = (carrier_id, mission_id)
         now = time.monotonic()
         cached = self._missions.get(key)
