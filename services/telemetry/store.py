@@ -47,13 +47,14 @@ from haulmesh.telemetry.v1 import stream_pb2
 from services.runtime import Unavailable, add_event, transact, wait_durable
 
 from . import metrics
-from .domain import TelemetryConfig, Verified
+from .config import TelemetryConfig
+from .domain import Verified
 
 __all__ = ["DOORBELL", "CommitResult", "Silence", "StoredFrame", "TelemetryStore"]
 
 _log = logging.getLogger("haulmesh.telemetry.store")
 
-# One batch of one vehicle, atomically: the sequencing rule of domain.plan_sequences (duplicates skipped,
+# One batch of one vehicle, atomically: the sequencing rule of domain/frames.py plan_sequences (duplicates skipped,
 # gaps counted) against the stored high-water mark, then the counters. Atomic so that two writers of the
 # same vehicle (a stream and IngestTelemetry, or two replicas during a stream hand-over) cannot both
 # store a sequence or miscount a gap. Sequences travel as decimal strings and are compared as Lua numbers

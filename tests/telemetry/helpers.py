@@ -19,8 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, mission_service_pb2_grpc, vehicle_pb2
 from haulmesh.telemetry.v1 import frame_pb2, stream_pb2, telemetry_service_pb2_grpc
 from haulmesh.type.v1 import equipment_pb2, location_pb2
-from services.runtime import Mesh, carrier_metadata, new_id, pki
-from services.runtime._store import free_port
+from services.runtime import Mesh, carrier_metadata, free_port, new_id, pki
 from services.telemetry.domain import key_id_of
 from tests.conftest import wait_for
 

@@ -11,7 +11,7 @@ from datetime import timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.telemetry.derived import (
+from services.telemetry.domain import (
     Circle,
     DerivedSettings,
     EtaUpdated,

@@ -18,10 +18,10 @@ import redis.asyncio
 from haulmesh.telemetry.v1 import telemetry_service_pb2, telemetry_service_pb2_grpc
 from services.gateway.rest.sse import HEARTBEAT_SECONDS
 from services.runtime import Mesh, carrier_metadata
+from tests.conftest import Pki, rich_error, wait_for
 from tests.gateway.rest.conftest import bearer, error_info
+from tests.telemetry.helpers import Session, Truck, batch
 
-from ..conftest import Pki, rich_error, wait_for
-from ..telemetry.helpers import Session, Truck, batch
 from .conftest import Dispatched, cancel_mission
 
 READ = "telemetry:read"

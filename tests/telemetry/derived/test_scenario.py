@@ -12,7 +12,8 @@ from datetime import timedelta
 
 import pytest
 
-from services.telemetry.derived import (
+from services.telemetry.convert import to_event_payload
+from services.telemetry.domain import (
     METERS_PER_MILE,
     Circle,
     DerivedSettings,
@@ -24,7 +25,6 @@ from services.telemetry.derived import (
     RouteDeviation,
     VehicleTracker,
     haversine_m,
-    to_event_payload,
 )
 
 from .helpers import HOUSTON_ATLANTA, T0, context, frame, offset

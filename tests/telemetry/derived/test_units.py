@@ -12,7 +12,8 @@ from haulmesh.events.v1 import telemetry_events_pb2 as tev
 from haulmesh.mission.v1 import mission_pb2
 from haulmesh.telemetry.v1 import frame_pb2
 from haulmesh.type.v1 import geofence_pb2, location_pb2
-from services.telemetry.derived import (
+from services.telemetry.convert import frame_from_payload, mission_context_from_pb, to_event_payload
+from services.telemetry.domain import (
     Alarm,
     Circle,
     DerivedSettings,
@@ -27,13 +28,10 @@ from services.telemetry.derived import (
     RouteDeviation,
     SensorFault,
     VehicleTracker,
-    _FenceShape,
     fault_kind,
-    frame_from_payload,
     haversine_m,
-    mission_context_from_pb,
-    to_event_payload,
 )
+from services.telemetry.domain.geofence import _FenceShape
 
 from .helpers import HOUSTON_ATLANTA, MISSION, T0, VEHICLE, context, every, frame, offset
 

@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.runtime import ConfigError, ServiceConfig
-from services.runtime._store import free_port
+from services.runtime import ConfigError, ServiceConfig, free_port
 from tests.conftest import Pki, wait_for
 
-from .helpers import TelemetryProcess, Truck, close_streams, open_streams
+from ..helpers import TelemetryProcess, Truck, close_streams, open_streams
 
 
 def _children(pid: int) -> set[int]:

@@ -1,10 +1,10 @@
 """Following missions from their trucks' frames: the derived events, published through the outbox.
 
 Frames reach :class:`MissionTracking` after they are durable (never on the acknowledgement path). For a
-vehicle on a mission it keeps a :class:`~.derived.VehicleTracker` and publishes what it derives — geofence
+vehicle on a mission it keeps a :class:`~..domain.VehicleTracker` and publishes what it derives — geofence
 enter / exit / dwell, ETA updates, route deviations, sensor faults — plus one event per HEALTH, ALARM and
 FAULT frame, to the mission's carrier's event stream (webhooks deliver the public ones to the TMS; the
-telemetry service's own consumer, :mod:`.actions`, turns the internal ones into mission transitions).
+telemetry service's own consumer, :mod:`.missions`, turns the internal ones into mission transitions).
 
 Which mission a vehicle is on comes from the mission service's ``dispatched`` and ``state_changed`` events
 (:meth:`MissionTracking.on_mission_event`), kept per vehicle in the store and cached here for
@@ -32,7 +32,8 @@ from haulmesh.mission.v1 import mission_pb2
 from haulmesh.telemetry.v1 import frame_pb2, stream_pb2
 from services.runtime import new_event
 
-from .derived import (
+from ..convert import frame_from_payload, mission_context_from_pb, to_event_payload
+from ..domain import (
     ConnectivityLost,
     ConnectivityRestored,
     DerivedSettings,
@@ -40,12 +41,9 @@ from .derived import (
     Liveness,
     SensorFault,
     VehicleTracker,
-    frame_from_payload,
-    mission_context_from_pb,
-    to_event_payload,
+    Verified,
 )
-from .domain import Verified
-from .store import TelemetryStore
+from ..store import TelemetryStore
 
 __all__ = ["MISSION_EVENT_TYPES", "MissionTracking"]
 

@@ -14,7 +14,7 @@ from services.runtime import EmbeddedStore
 from services.telemetry.store import TelemetryStore
 from tests.conftest import Pki, wait_for
 
-from .helpers import Session, TelemetryProcess, Truck, batch
+from ..helpers import Session, TelemetryProcess, Truck, batch
 
 TOTAL, BATCH, WINDOW = 4000, 50, 400
 

@@ -14,11 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from haulmesh.telemetry.v1 import frame_pb2
+from services.telemetry.config import TelemetryConfig
 from services.telemetry.domain import (
     MAX_PAYLOAD_BYTES,
     FrameRejected,
     RejectReason,
-    TelemetryConfig,
     Verified,
     key_from_spki,
     order_batch,

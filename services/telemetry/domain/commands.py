@@ -11,18 +11,17 @@ next connection otherwise, and again on every connection until the truck acknowl
 
 Command ids derive from the mission or exception, so a redelivered event never sends a second command.
 Each command remembers its carrier and mission: the truck's acknowledgement is announced on the carrier's
-stream (``command_acknowledged``) and, for an assignment, acknowledges the dispatch (see :mod:`.actions`).
-"""
+stream (``command_acknowledged``) and, for an assignment, acknowledges the dispatch (see domain/actions.py).
 
+Here the rule (which command an event calls for); usecases/commands.py queues it.
+"""
 from __future__ import annotations
 
 from haulmesh.events.v1 import event_pb2
 from haulmesh.mission.v1 import mission_pb2
 from haulmesh.telemetry.v1 import stream_pb2
 
-from .store import TelemetryStore
-
-__all__ = ["ASSIGN_PREFIX", "COMMAND_EVENT_TYPES", "CommandRelay", "assignment_command"]
+__all__ = ["ASSIGN_PREFIX", "COMMAND_EVENT_TYPES", "assignment_command", "command_for"]
 
 ASSIGN_PREFIX = "assign-"
 #: The mission service's events that become commands.
@@ -59,35 +58,24 @@ def _exception_command(mission_id: str, exception: mission_pb2.MissionException)
     return None
 
 
-class CommandRelay:
-    """Queues the command each mission event calls for (see the module docstring)."""
-
-    def __init__(self, store: TelemetryStore) -> None:
-        self._store = store
-
-    async def __call__(self, event: event_pb2.Event) -> None:
-        which = event.WhichOneof("data")
-        carrier_id = event.carrier.removeprefix("carriers/")
-        if which == "mission_dispatched":
-            mission = event.mission_dispatched.mission
-            await self._queue(mission.vehicle, mission.name, carrier_id, assignment_command(mission))
-        elif which == "mission_state_changed":
-            mission = event.mission_state_changed.mission
-            if mission.state == mission_pb2.Mission.STATE_CANCELLED:
-                mission_id = mission.name.removeprefix("missions/")
-                await self._queue(mission.vehicle, mission.name, carrier_id, _command(
-                    f"cancel-{mission_id}", cancel_assignment=stream_pb2.CancelAssignment(
-                        mission_id=mission_id, reason="the mission was cancelled")))
-        elif which == "mission_exception_raised":
-            raised = event.mission_exception_raised
-            command = _exception_command(raised.mission.removeprefix("missions/"), raised.exception)
-            if command is not None:
-                vehicle = await self._store.mission_vehicle(raised.mission)
-                await self._queue(vehicle, raised.mission, carrier_id, command)
-
-    async def _queue(self, vehicle: str, mission: str, carrier_id: str, command: stream_pb2.Command) -> None:
-        if not vehicle:
-            return
-        vehicle_id = vehicle.removeprefix("vehicles/")
-        await self._store.remember_command(vehicle_id, command.command_id, carrier_id, mission)
-        await self._store.enqueue_command(vehicle_id, command)
+def command_for(event: event_pb2.Event) -> tuple[str | None, str, stream_pb2.Command] | None:
+    """``(vehicle, mission, command)`` a mission event calls for, None if none. ``vehicle`` is the mission's
+    ``vehicles/{v}`` ("" when it has none: nothing to send), or None when the event names only the mission and
+    the vehicle it was assigned to must be looked up."""
+    which = event.WhichOneof("data")
+    if which == "mission_dispatched":
+        mission = event.mission_dispatched.mission
+        return mission.vehicle, mission.name, assignment_command(mission)
+    if which == "mission_state_changed":
+        mission = event.mission_state_changed.mission
+        if mission.state == mission_pb2.Mission.STATE_CANCELLED:
+            mission_id = mission.name.removeprefix("missions/")
+            return mission.vehicle, mission.name, _command(
+                f"cancel-{mission_id}", cancel_assignment=stream_pb2.CancelAssignment(
+                    mission_id=mission_id, reason="the mission was cancelled"))
+        return None
+    if which == "mission_exception_raised":
+        raised = event.mission_exception_raised
+        command = _exception_command(raised.mission.removeprefix("missions/"), raised.exception)
+        return None if command is None else (None, raised.mission, command)
+    return None

@@ -10,9 +10,10 @@ from dataclasses import replace
 import redis.asyncio
 
 from haulmesh.telemetry.v1 import frame_pb2
-from services.telemetry.domain import TelemetryConfig, Verified
-from services.telemetry.server import TelemetryServicer, _FrameScope
+from services.telemetry.config import TelemetryConfig
+from services.telemetry.domain import FrameScope, Verified
 from services.telemetry.store import TelemetryStore
+from services.telemetry.usecases import Reads
 
 
 def _verified(sequence: int) -> Verified:
@@ -25,7 +26,7 @@ async def test_floor_is_the_last_frame_received_before_the_span_less_the_skew(st
     # A small tolerance so that receive times a few milliseconds apart fall on either side of it.
     config = replace(TelemetryConfig(), clock_skew_seconds=0.05)
     store = TelemetryStore(client, config)
-    servicer = TelemetryServicer(store, config)
+    reads = Reads(store, config)
     vehicle = f"FLOOR-{uuid.uuid4().hex[:8].upper()}"
     try:
         before = [1, 2, 3, 7, 9, 40]  # sparse sequences: the search probes ids that do not exist
@@ -35,12 +36,12 @@ async def test_floor_is_the_last_frame_received_before_the_span_less_the_skew(st
         await asyncio.sleep(0.2)
         await store.commit(vehicle, [_verified(s) for s in (41, 57, 300)], received=3)
 
-        def span(start: int) -> _FrameScope:
-            return _FrameScope(vehicle, "missions/m1", "m1", start)
+        def span(start: int) -> FrameScope:
+            return FrameScope(vehicle, "missions/m1", "m1", start)
 
-        assert await servicer._floor(span(start_ms)) == 40
-        assert await servicer._floor(span(start_ms - 60_000)) == 0  # span began before every frame
-        assert await servicer._floor(span(start_ms + 60_000)) == 300  # every frame precedes it
+        assert await reads.floor(span(start_ms)) == 40
+        assert await reads.floor(span(start_ms - 60_000)) == 0  # span began before every frame
+        assert await reads.floor(span(start_ms + 60_000)) == 300  # every frame precedes it
     finally:
         await store.close()
         await client.aclose()

@@ -15,10 +15,9 @@ from haulmesh.type.v1 import time_window_pb2
 from services.runtime import Mesh, carrier_metadata
 
 # The REST fixtures of the gateway tests (a fixture imported into a conftest is registered here too).
+from tests.conftest import Pki
 from tests.gateway.rest.conftest import base_url, token  # noqa: F401
-
-from ..conftest import Pki
-from ..telemetry.helpers import ATLANTA, HOUSTON, Truck, dispatch_to
+from tests.telemetry.helpers import ATLANTA, HOUSTON, Truck, dispatch_to
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from haulmesh.telemetry.v1 import frame_pb2, stream_pb2, telemetry_service_pb2, telemetry_service_pb2_grpc
-from services.telemetry.domain import TelemetryConfig
+from services.telemetry.config import TelemetryConfig
 from services.telemetry.store import TelemetryStore
 from tests.conftest import Pki, rich_error, wait_for
 
-from .helpers import Session, TelemetryProcess, Truck, batch, close_streams, open_streams
+from ..helpers import Session, TelemetryProcess, Truck, batch, close_streams, open_streams
 
 R = stream_pb2.Reject
 

@@ -12,8 +12,8 @@ from haulmesh.telemetry.v1 import stream_pb2
 from haulmesh.type.v1 import time_window_pb2
 from services.runtime import Mesh, carrier_metadata
 
-from ..conftest import Pki, wait_for
-from .helpers import ATLANTA, HOUSTON, Session, Truck, dispatch_to
+from ...conftest import Pki, wait_for
+from ..helpers import ATLANTA, HOUSTON, Session, Truck, dispatch_to
 
 
 def _window(start: datetime) -> time_window_pb2.TimeWindow:

@@ -22,8 +22,8 @@ from haulmesh.telemetry.v1 import frame_pb2, stream_pb2
 from haulmesh.type.v1 import geofence_pb2, health_check_pb2, location_pb2, time_window_pb2
 from services.runtime import Mesh, carrier_metadata, new_id
 
-from ..conftest import Pki, free_port, wait_for
-from ..telemetry.helpers import ATLANTA, HOUSTON, Session, TelemetryProcess, Truck, dispatch_to
+from ...conftest import Pki, free_port, wait_for
+from ..helpers import ATLANTA, HOUSTON, Session, TelemetryProcess, Truck, dispatch_to
 
 CARRIER = "follow-co"
 KIND = frame_pb2.FramePayload

@@ -5,16 +5,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime, timedelta
 
-from services.telemetry.derived import (
-    Circle,
-    Fence,
-    Frame,
-    LatLon,
-    MissionContext,
-    Position,
-    Stop,
-    StopType,
-)
+from services.telemetry.domain import Circle, Fence, Frame, LatLon, MissionContext, Position, Stop, StopType
 
 T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 VEHICLE = "AU-TRK-1001"

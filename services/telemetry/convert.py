@@ -1,0 +1,200 @@
+"""Protobuf ↔ the telemetry domain's own types: the tracker's inputs and derived events (domain/), stored frames
+(store.py) as TelemetryFrame, reject reasons and durations on the wire.
+
+Only where the domain keeps types of its own; elsewhere the generated messages are the domain's data.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from google.protobuf import duration_pb2
+
+from haulmesh.events.v1 import telemetry_events_pb2 as tev
+from haulmesh.mission.v1 import mission_pb2
+from haulmesh.telemetry.v1 import frame_pb2, stream_pb2
+from haulmesh.type.v1 import location_pb2
+from services.runtime import from_timestamp, timestamp_ms, to_timestamp
+
+from .domain import (
+    Alarm,
+    Circle,
+    ConnectivityLost,
+    ConnectivityRestored,
+    EtaUpdated,
+    Fence,
+    Frame,
+    FrameScope,
+    GeofenceDwell,
+    GeofenceEntered,
+    GeofenceExited,
+    LatLon,
+    MissionContext,
+    Polygon,
+    Position,
+    RejectReason,
+    RouteDeviation,
+    SensorFault,
+    Stop,
+    StopType,
+)
+
+if TYPE_CHECKING:
+    from .store import StoredFrame
+
+__all__ = [
+    "REJECT_REASONS",
+    "duration_seconds",
+    "frame_from_payload",
+    "mission_context_from_pb",
+    "telemetry_frame",
+    "to_event_payload",
+]
+
+#: RejectReason → the wire's Reject.Reason.
+REJECT_REASONS = {reason: stream_pb2.Reject.Reason.Value(f"REASON_{reason.value}") for reason in RejectReason}
+
+
+def duration_seconds(seconds: float) -> duration_pb2.Duration:
+    """A Duration of ``seconds`` (to the nanosecond)."""
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(seconds * 1e9))
+    return d
+
+
+def telemetry_frame(scope: FrameScope, stored: StoredFrame) -> frame_pb2.TelemetryFrame:
+    """A stored frame as a TelemetryFrame of the read's scope (named under the vehicle or the mission)."""
+    parent = scope.parent if scope.mission_id else f"vehicles/{scope.vehicle_id}"
+    return frame_pb2.TelemetryFrame(
+        name=f"{parent}/telemetryFrames/{stored.sequence}",
+        signed_frame=frame_pb2.SignedFrame(sequence=stored.sequence, payload=stored.payload,
+                                           signature=stored.signature, key_id=stored.key_id),
+        payload=frame_pb2.FramePayload.FromString(stored.payload),
+        receive_time=timestamp_ms(stored.receive_ms),
+    )
+
+
+# ---- the tracker's inputs and the derived events ---------------------------------------------------------
+
+_KINDS = {frame_pb2.FramePayload.KIND_POSITION: "position", frame_pb2.FramePayload.KIND_HEALTH: "health",
+          frame_pb2.FramePayload.KIND_ALARM: "alarm", frame_pb2.FramePayload.KIND_FAULT: "fault",
+          frame_pb2.FramePayload.KIND_EVENT: "event"}
+_SEVERITIES = {frame_pb2.Alarm.SEVERITY_INFO: "info", frame_pb2.Alarm.SEVERITY_CRITICAL: "critical"}
+_STOP_TYPES = {mission_pb2.Stop.TYPE_PICKUP: StopType.PICKUP, mission_pb2.Stop.TYPE_DELIVERY: StopType.DELIVERY}
+_STOP_TYPES_PB = {v: k for k, v in _STOP_TYPES.items()}
+
+
+def frame_from_payload(payload: frame_pb2.FramePayload) -> Frame:
+    """The tracker's view of a decoded (already verified) FramePayload."""
+    position = None
+    if payload.HasField("position"):
+        p = payload.position
+        position = Position(p.lat, p.lon, p.speed_kph, p.heading_deg, p.accuracy_meters)
+    sensors = {k: v for k, v in (("lidar", payload.sensors.lidar_status), ("camera", payload.sensors.camera_health),
+                                 ("radar", payload.sensors.radar_status)) if v}
+    alarm = None
+    if payload.HasField("alarm"):
+        a = payload.alarm
+        alarm = Alarm(a.code, _SEVERITIES.get(a.severity, "warning"), a.component, a.description, a.cleared)
+    # A verified payload's device time is set (and within the clock window), so never None here.
+    return Frame(vehicle_id=payload.vehicle_id, sequence=payload.sequence,
+                 device_time=from_timestamp(payload.device_time),  # type: ignore[arg-type]
+                 kind=_KINDS.get(payload.kind, "position"), position=position, sensors=sensors, alarm=alarm,
+                 mission_id=payload.mission_id)
+
+
+def _fence_from_pb(stop: mission_pb2.Stop) -> Fence:
+    shape = stop.geofence.WhichOneof("shape")
+    if shape == "polygon":
+        return Polygon(tuple(LatLon(v.lat, v.lon) for v in stop.geofence.polygon.vertices))
+    if shape == "circle":
+        c = stop.geofence.circle
+        return Circle(LatLon(c.center.lat, c.center.lon), c.radius_meters)
+    return Circle(LatLon(stop.location.lat, stop.location.lon), 500.0)  # the mission service's default
+
+
+def mission_context_from_pb(mission: mission_pb2.Mission, *, route: list[LatLon] | tuple[LatLon, ...] = (),
+                            corridor_width_m: float = 1000.0) -> MissionContext:
+    """The tracker's view of a Mission (stops, fences, windows, recorded arrivals/departures)."""
+    stops = []
+    for i, s in enumerate(mission.stops):
+        stops.append(Stop(
+            index=i, type=_STOP_TYPES.get(s.type, StopType.DELIVERY), location=LatLon(s.location.lat, s.location.lon),
+            fence=_fence_from_pb(s),
+            window_end=from_timestamp(s.planned_window.end_time) if s.planned_window.HasField("end_time") else None,
+            arrive_time=from_timestamp(s.arrive_time) if s.HasField("arrive_time") else None,
+            depart_time=from_timestamp(s.depart_time) if s.HasField("depart_time") else None))
+    return MissionContext(mission_id=mission.name.removeprefix("missions/"),
+                          vehicle_id=mission.vehicle.removeprefix("vehicles/"), stops=tuple(stops),
+                          route=tuple(route), corridor_width_m=corridor_width_m)
+
+
+def _dur(d: timedelta) -> duration_pb2.Duration:
+    out = duration_pb2.Duration()
+    out.FromTimedelta(d)
+    return out
+
+
+def _loc(p: LatLon | None) -> location_pb2.Location | None:
+    return None if p is None else location_pb2.Location(lat=p.lat, lon=p.lon)
+
+
+def _names(event: object) -> tuple[str, str]:
+    mission, vehicle = getattr(event, "mission_id", ""), getattr(event, "vehicle_id", "")
+    return (f"missions/{mission}" if mission else ""), f"vehicles/{vehicle}"
+
+
+def to_event_payload(event: object) -> tuple[str, object]:
+    """``(event_type, haulmesh.events.v1 payload)`` of a derived event.
+
+    A SensorFault becomes ``fault_reported`` (its component is the sensor, or the FAULT frame's own
+    component), a RouteDeviation ``route_deviated``; the mission exceptions they call for are raised by the
+    consumer of those events (usecases/missions.py).
+    """
+    mission, vehicle = _names(event)
+    prefix = "haulmesh.telemetry.v1."
+    if isinstance(event, GeofenceEntered | GeofenceExited | GeofenceDwell):
+        ctx = tev.GeofenceContext(mission=mission, vehicle=vehicle, stop_index=event.stop_index,
+                                  stop_type=_STOP_TYPES_PB[event.stop_type], location=_loc(event.location),
+                                  device_time=to_timestamp(event.device_time), frame_sequence=event.frame_sequence)
+        if isinstance(event, GeofenceEntered):
+            return prefix + "geofence_entered", tev.GeofenceEntered(context=ctx)
+        if isinstance(event, GeofenceExited):
+            return prefix + "geofence_exited", tev.GeofenceExited(context=ctx, dwell=_dur(event.dwell))
+        return prefix + "geofence_dwell", tev.GeofenceDwell(context=ctx, dwell=_dur(event.dwell),
+                                                            threshold=_dur(event.threshold))
+    if isinstance(event, EtaUpdated):
+        msg = tev.EtaUpdated(mission=mission, vehicle=vehicle, stop_index=event.stop_index,
+                             estimated_arrive_time=to_timestamp(event.estimated_arrive_time),
+                             remaining_miles=event.remaining_miles, late=event.late,
+                             frame_sequence=event.frame_sequence, confidence=event.confidence)
+        if event.previous_estimated_arrive_time is not None:
+            msg.previous_estimated_arrive_time.CopyFrom(to_timestamp(event.previous_estimated_arrive_time))
+        return prefix + "eta_updated", msg
+    if isinstance(event, ConnectivityLost):
+        return prefix + "connectivity_lost", tev.ConnectivityLost(
+            vehicle=vehicle, mission=mission, last_seen_time=to_timestamp(event.last_seen_time),
+            last_sequence=event.last_sequence, last_location=_loc(event.last_location))
+    if isinstance(event, ConnectivityRestored):
+        return prefix + "connectivity_restored", tev.ConnectivityRestored(
+            vehicle=vehicle, mission=mission, outage=_dur(event.outage),
+            high_water_sequence=event.high_water_sequence, vehicle_last_sequence=event.vehicle_last_sequence)
+    if isinstance(event, RouteDeviation):
+        return prefix + "route_deviated", tev.RouteDeviated(
+            vehicle=vehicle, mission=mission, distance_meters=event.distance_m,
+            corridor_width_meters=event.corridor_width_m, frames=event.frames, location=_loc(event.location),
+            device_time=to_timestamp(event.device_time), frame_sequence=event.frame_sequence)
+    if isinstance(event, SensorFault):
+        # A sensor's status change is announced like a FAULT frame, with the sensor as the component, so one
+        # event type carries every fault the mission service may turn into an exception.
+        critical = event.severity == "critical"
+        severity = frame_pb2.Alarm.SEVERITY_CRITICAL if critical else frame_pb2.Alarm.SEVERITY_WARNING
+        return prefix + "fault_reported", tev.FaultReported(
+            vehicle=vehicle, mission=mission, frame_sequence=event.frame_sequence,
+            device_time=to_timestamp(event.device_time),
+            kind=frame_pb2.FramePayload.KIND_FAULT, location=_loc(event.location),
+            alarm=frame_pb2.Alarm(code=event.code, severity=severity, description=event.description[:1000],
+                                  component=event.component,
+                                  cleared=event.cleared))
+    raise TypeError(f"{type(event).__name__} has no telemetry event payload")

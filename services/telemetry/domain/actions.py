@@ -1,0 +1,165 @@
+"""Which mission service call each of the telemetry service's own events calls for. Plain Python: the
+generated messages are the data; usecases/missions.py makes the calls (consumer group ``telemetry-actions``).
+
+=====================================  ====================================================================
+event                                  call
+=====================================  ====================================================================
+``command_acknowledged`` (assignment)  AcknowledgeMissionDispatch (DISPATCHED → PRE_TRIP; the truck's time)
+``health_reported``                    StartMission with the pre-trip checks (PRE_TRIP → ENROUTE); a blocking
+                                       check that failed raises a PRE_TRIP_FAILURE exception instead
+``geofence_entered`` (last stop)       ArriveMission (ENROUTE → ARRIVED)
+``connectivity_lost``                  RaiseMissionException CONNECTIVITY_LOSS
+``connectivity_restored``              ResolveMissionException of the open CONNECTIVITY_LOSS exceptions
+``fault_reported`` (FAULT, raised)     RaiseMissionException SENSOR_FAULT / VEHICLE_FAULT
+``route_deviated``                     RaiseMissionException ROUTE_DEVIATION
+=====================================  ====================================================================
+
+Raised exceptions carry a request id derived from the event's vehicle and frame, so a retried call never
+raises a second exception. A call refused because the mission is not (yet) in the state the call needs is
+retried only where the mission is expected to get there by itself (a pre-trip report that overtook the
+dispatch acknowledgement, or that waits for the departure check-in): :func:`retry_later`.
+"""
+
+from __future__ import annotations
+
+import re
+
+from haulmesh.events.v1 import telemetry_events_pb2 as tev
+from haulmesh.mission.v1 import mission_pb2, mission_service_pb2
+from haulmesh.telemetry.v1 import frame_pb2, stream_pb2
+from haulmesh.type.v1 import health_check_pb2
+
+from .commands import ASSIGN_PREFIX
+from .tracking import fault_kind
+
+__all__ = [
+    "ACTION_EVENT_TYPES",
+    "arrival",
+    "connectivity_lost",
+    "connectivity_resolutions",
+    "dispatch_acknowledgement",
+    "fault_raised",
+    "may_arrive",
+    "pre_trip",
+    "retry_later",
+    "route_deviated",
+]
+
+_P = "haulmesh.telemetry.v1."
+#: The telemetry events that move a mission.
+ACTION_EVENT_TYPES = frozenset(_P + t for t in (
+    "command_acknowledged", "health_reported", "geofence_entered", "connectivity_lost", "connectivity_restored",
+    "fault_reported", "route_deviated"))
+_Ex = mission_pb2.MissionException
+_ACCEPTED = (stream_pb2.CommandAck.OUTCOME_ACCEPTED, stream_pb2.CommandAck.OUTCOME_COMPLETED)
+_BLOCKING_OK = (health_check_pb2.HealthCheckResult.OUTCOME_PASS, health_check_pb2.HealthCheckResult.OUTCOME_WARN)
+_Raise = mission_service_pb2.RaiseMissionExceptionRequest
+
+
+def _request_id(vehicle: str, sequence: int, what: str) -> str:
+    """The idempotency key of an exception raised for a frame: one exception per vehicle, frame and cause."""
+    return re.sub(r"[^A-Za-z0-9._:-]", "_", f"{vehicle.removeprefix('vehicles/')}:{sequence}:{what}")[:128]
+
+
+def retry_later(data_field: str, reason: str, state: str) -> bool:
+    """Whether a call refused with FAILED_PRECONDITION (ErrorInfo ``reason``, its ``state`` metadata) is retried:
+    only a pre-trip report whose mission gets there by itself (the acknowledgement is on its way, an operator
+    checks in). Any other refusal means the mission moved on (an operator acted)."""
+    not_yet = reason == "CHECK_IN_REQUIRED" or (reason == "INVALID_MISSION_STATE" and state == "STATE_DISPATCHED")
+    return data_field == "telemetry_health_reported" and not_yet
+
+
+def dispatch_acknowledgement(data: tev.CommandAcknowledged,
+                             ) -> mission_service_pb2.AcknowledgeMissionDispatchRequest | None:
+    """An accepted assignment acknowledges the dispatch, at the truck's time."""
+    ack = data.ack
+    if not ack.command_id.startswith(ASSIGN_PREFIX) or ack.outcome not in _ACCEPTED or not data.mission:
+        return None
+    return mission_service_pb2.AcknowledgeMissionDispatchRequest(name=data.mission, ack_time=ack.device_time,
+                                                                 command_id=ack.command_id)
+
+
+def pre_trip(data: tev.HealthReported) -> mission_service_pb2.StartMissionRequest | _Raise | None:
+    """Start the mission with the pre-trip checks, or raise PRE_TRIP_FAILURE when a blocking check failed."""
+    if not data.mission or not data.checks:
+        return None
+    failed = [c for c in data.checks if c.blocking and c.outcome not in _BLOCKING_OK]
+    if failed:
+        names = ", ".join(c.check for c in failed)[:300]
+        return _Raise(name=data.mission, request_id=_request_id(data.vehicle, data.frame_sequence, "pre-trip"),
+                      exception=_Ex(kind=_Ex.KIND_PRE_TRIP_FAILURE, severity=_Ex.SEVERITY_CRITICAL,
+                                    description=f"blocking pre-trip checks failed: {names}",
+                                    frame_sequence=data.frame_sequence))
+    return mission_service_pb2.StartMissionRequest(name=data.mission, pre_trip_checks=data.checks,
+                                                   frame_sequence=data.frame_sequence)
+
+
+def may_arrive(ctx: tev.GeofenceContext) -> bool:
+    """Whether entering this fence can be the mission's arrival (a delivery stop of a mission)."""
+    return bool(ctx.mission) and ctx.stop_type == mission_pb2.Stop.TYPE_DELIVERY
+
+
+def arrival(ctx: tev.GeofenceContext, mission: mission_pb2.Mission,
+            ) -> mission_service_pb2.ArriveMissionRequest | None:
+    """The mission arrives when its truck enters its last stop (see :func:`may_arrive`)."""
+    if ctx.stop_index != len(mission.stops) - 1:
+        return None  # an intermediate delivery stop; the mission arrives at its destination
+    return mission_service_pb2.ArriveMissionRequest(name=ctx.mission, arrive_time=ctx.device_time,
+                                                    frame_sequence=ctx.frame_sequence)
+
+
+def connectivity_lost(data: tev.ConnectivityLost) -> _Raise | None:
+    """A CONNECTIVITY_LOSS exception, one per outage (its request id names the last time heard)."""
+    if not data.mission:
+        return None
+    exception = _Ex(kind=_Ex.KIND_CONNECTIVITY_LOSS, severity=_Ex.SEVERITY_WARNING,
+                    description=f"no message since {data.last_seen_time.ToJsonString()}",
+                    frame_sequence=data.last_sequence)
+    if data.HasField("last_location"):
+        exception.location.CopyFrom(data.last_location)
+    outage = f"lost-{data.last_seen_time.ToMilliseconds()}"
+    return _Raise(name=data.mission, exception=exception,
+                  request_id=_request_id(data.vehicle, data.last_sequence, outage))
+
+
+def connectivity_resolutions(data: tev.ConnectivityRestored, mission: mission_pb2.Mission,
+                             ) -> list[mission_service_pb2.ResolveMissionExceptionRequest]:
+    """Resolve every open CONNECTIVITY_LOSS exception of the mission."""
+    outage = data.outage.ToTimedelta().total_seconds()
+    return [mission_service_pb2.ResolveMissionExceptionRequest(
+        name=data.mission, exception_id=exception.exception_id,
+        resolution=f"connectivity restored after {outage:.0f} s; telemetry resumed at sequence "
+                   f"{data.high_water_sequence}")
+        for exception in mission.exceptions
+        if exception.kind == _Ex.KIND_CONNECTIVITY_LOSS and not exception.HasField("resolve_time")]
+
+
+def fault_raised(data: tev.FaultReported) -> _Raise | None:
+    """A SENSOR_FAULT / VEHICLE_FAULT exception for a raised FAULT report.
+
+    ALARM frames (e.g. the truck's own minimal-risk manoeuvre) report the consequence of a fault that was raised
+    already; only FAULT reports raise an exception, and a cleared one raises nothing.
+    """
+    if not data.mission or data.kind != frame_pb2.FramePayload.KIND_FAULT or data.alarm.cleared:
+        return None
+    alarm = data.alarm
+    critical = alarm.severity == frame_pb2.Alarm.SEVERITY_CRITICAL
+    exception = _Ex(kind=_Ex.Kind.Value(f"KIND_{fault_kind(alarm.code, alarm.component)}"),
+                    severity=_Ex.SEVERITY_CRITICAL if critical else _Ex.SEVERITY_WARNING,
+                    description=f"{alarm.code}: {alarm.description}"[:1000], frame_sequence=data.frame_sequence)
+    if data.HasField("location"):
+        exception.location.CopyFrom(data.location)
+    return _Raise(name=data.mission, exception=exception,
+                  request_id=_request_id(data.vehicle, data.frame_sequence, alarm.code))
+
+
+def route_deviated(data: tev.RouteDeviated) -> _Raise | None:
+    """A ROUTE_DEVIATION exception."""
+    if not data.mission:
+        return None
+    exception = _Ex(kind=_Ex.KIND_ROUTE_DEVIATION, severity=_Ex.SEVERITY_WARNING,
+                    description=(f"{data.distance_meters:.0f} m off the planned route (corridor "
+                                 f"{data.corridor_width_meters:.0f} m) for {data.frames} frames"),
+                    location=data.location, frame_sequence=data.frame_sequence)
+    return _Raise(name=data.mission, exception=exception,
+                  request_id=_request_id(data.vehicle, data.frame_sequence, "route"))

@@ -1,0 +1,26 @@
+"""The telemetry service's use cases: orchestration of the store, the domain and the mission service.
+
+* stream.py: truck streams and single frames, from verification to durable acks; command delivery;
+* reads.py: pages and watches of a vehicle's or a mission's frames;
+* tracking.py: derived events and liveness of the vehicles on a mission, published through the outbox;
+* commands.py: mission events → commands queued for trucks;
+* missions.py: telemetry's own events → mission service calls.
+"""
+
+from .commands import CommandRelay
+from .missions import MissionActions, MissionNotReady
+from .reads import Reads
+from .stream import COMMAND_SWEEP_SECONDS, Session, Streams
+from .tracking import MISSION_EVENT_TYPES, MissionTracking
+
+__all__ = [
+    "COMMAND_SWEEP_SECONDS",
+    "MISSION_EVENT_TYPES",
+    "CommandRelay",
+    "MissionActions",
+    "MissionNotReady",
+    "MissionTracking",
+    "Reads",
+    "Session",
+    "Streams",
+]

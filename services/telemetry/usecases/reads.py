@@ -1,0 +1,178 @@
+"""Reads of stored frames: a page of a vehicle's or a mission's frames, and live watches (replay, then follow).
+
+A mission's scope (its vehicle and time span) is resolved by the mission service, which answers NOT_FOUND for
+another carrier's mission, and remembered for a moment; where a mission read starts scanning is the sequence
+floor of its span (:meth:`Reads.floor`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import grpc
+
+from haulmesh.mission.v1 import mission_service_pb2, mission_service_pb2_grpc
+from haulmesh.telemetry.v1 import frame_pb2, telemetry_service_pb2
+from services.runtime import FailedPrecondition, NotFound, Unavailable, carrier_metadata
+
+from ..config import TelemetryConfig
+from ..convert import telemetry_frame
+from ..domain import FrameScope
+from ..store import TelemetryStore
+
+__all__ = ["Reads"]
+
+_log = logging.getLogger("haulmesh.telemetry")
+
+#: How long a resolved mission is reused (list pages and watch polls in a row ask for the same one).
+_MISSION_CACHE_SECONDS = 2.0
+_MISSION_CACHE_SIZE = 4096
+#: How often a mission watch asks the mission service whether the mission has ended.
+_MISSION_POLL_SECONDS = 3.0
+
+
+class Reads:
+    """Frame reads. ``mission`` gives a MissionService stub (per call: the channel follows certificate
+    rotation); without it, mission-scoped reads answer FAILED_PRECONDITION MISSION_SCOPE_UNSUPPORTED."""
+
+    def __init__(self, store: TelemetryStore, config: TelemetryConfig,
+                 mission: Callable[[], mission_service_pb2_grpc.MissionServiceStub] | None = None) -> None:
+        self._store = store
+        self._config = config
+        self._mission_stub = mission
+        #: Resolved missions by (carrier, mission id), with when they were resolved (monotonic seconds).
+        self._missions: dict[tuple[str, str], tuple[float, FrameScope]] = {}
+        #: Sequence floors of mission spans by (vehicle, span start): valid forever once computed.
+        self._floors: dict[tuple[str, int], int] = {}
+
+    @property
+    def _skew_ms(self) -> int:
+        return int(self._config.clock_skew_seconds * 1000)
+
+    async def list_frames(self, scope: FrameScope, request: telemetry_service_pb2.ListTelemetryFramesRequest,
+                          page_after: str, size: int) -> tuple[list[frame_pb2.TelemetryFrame], int, bool]:
+        """A page of the scope's frames after the page token's sequence (``page_after``, "" on the first page)
+        that pass the request's filters: ``(frames, cursor, exhausted)``, the cursor the last sequence read."""
+        after = max(int(page_after or 0), request.min_sequence - 1 if request.min_sequence else 0)
+        if not page_after and scope.start_ms is not None:
+            after = max(after, await self.floor(scope))
+        start_ms = request.start_time.ToMilliseconds() if request.HasField("start_time") else None
+        end_ms = request.end_time.ToMilliseconds() if request.HasField("end_time") else None
+        kinds = set(request.kinds)
+        out: list[frame_pb2.TelemetryFrame] = []
+        cursor, scanned, exhausted = after, 0, False
+        # Filters on device time and kind are applied while scanning by sequence; the scan per page is
+        # bounded so a sparse filter cannot make one call read a whole stream (the token resumes it).
+        while len(out) < size and scanned < 10 * size and not exhausted:
+            chunk = await self._store.frames(scope.vehicle_id, after=cursor, through=request.max_sequence,
+                                             count=size - len(out))
+            if not chunk:
+                exhausted = True
+                break
+            for stored in chunk:
+                scanned += 1
+                frame = telemetry_frame(scope, stored)
+                if scope.beyond(frame.payload, self._skew_ms):
+                    exhausted = True  # the vehicle's later frames are all after the mission
+                    break
+                cursor = stored.sequence
+                device_ms = frame.payload.device_time.ToMilliseconds()
+                if not scope.holds(frame.payload) or (kinds and frame.payload.kind not in kinds):
+                    continue
+                if (start_ms is not None and device_ms < start_ms) or (end_ms is not None and device_ms >= end_ms):
+                    continue
+                out.append(frame)
+        if not exhausted and len(out) == size:
+            following = await self._store.frames(scope.vehicle_id, after=cursor, through=request.max_sequence,
+                                                 count=1)
+            exhausted = not following or scope.beyond(telemetry_frame(scope, following[0]).payload, self._skew_ms)
+        return out, cursor, exhausted
+
+    async def watch_cursor(self, scope: FrameScope, after_sequence: int) -> int:
+        """Where a watch starts: after the requested sequence (never below a mission's floor: replay), else at
+        the current high-water mark (live only)."""
+        if not after_sequence:
+            return await self._store.high_water(scope.vehicle_id)
+        if scope.start_ms is not None:
+            return max(after_sequence, await self.floor(scope))
+        return after_sequence
+
+    async def mission_ended(self, carrier_id: str, name: str, mission_id: str) -> bool:
+        """Whether a watched mission has ended; a blip of the mission service must not end the carrier's watch."""
+        try:
+            return (await self.mission_scope(carrier_id, name, mission_id)).ended
+        except Unavailable as exc:
+            _log.warning("watch of %s: %s; asking again later", name, exc.message)
+            return False
+
+    async def follow(self, scope: FrameScope, cursor: int, kinds: set[int], done: Callable[[], bool],
+                     ended: Callable[[], Awaitable[bool]] | None = None) -> AsyncIterator[frame_pb2.TelemetryFrame]:
+        """The scope's frames after ``cursor`` as they are stored, until ``done()``; XREAD from an id returns
+        every later entry, so replay and live join without gap or duplicate. With ``ended``, asked every few
+        seconds: once it says so, what is stored by then is sent and the stream ends."""
+        loop = asyncio.get_running_loop()
+        next_check, final = loop.time(), False
+        while not done():
+            if ended is not None and not final and loop.time() >= next_check:
+                final = await ended()
+                next_check = loop.time() + _MISSION_POLL_SECONDS
+            # After the end the reads do not block: they drain what was stored by then.
+            stored = await (self._store.frames(scope.vehicle_id, after=cursor, count=500) if final else
+                            self._store.wait_frames(scope.vehicle_id, cursor, block_ms=2000))
+            for item in stored:
+                cursor = item.sequence
+                frame = telemetry_frame(scope, item)
+                if scope.holds(frame.payload) and not (kinds and frame.payload.kind not in kinds):
+                    yield frame
+            if final and not stored:
+                return
+
+    async def mission_scope(self, carrier_id: str, name: str, mission_id: str) -> FrameScope:
+        """The vehicle and time span of mission ``name`` (id ``mission_id``) of the carrier, resolved by the
+        mission service (which answers NOT_FOUND for another carrier's mission); remembered for a moment."""
+        key = (carrier_id, mission_id)
+        now = time.monotonic()
+        cached = self._missions.get(key)
+        if cached is not None and now - cached[0] < _MISSION_CACHE_SECONDS:
+            return cached[1]
+        if self._mission_stub is None:
+            raise FailedPrecondition("this telemetry process has no mission service to resolve missions with",
+                                     reason="MISSION_SCOPE_UNSUPPORTED")
+        try:
+            mission = await self._mission_stub().GetMission(mission_service_pb2.GetMissionRequest(name=name),
+                                                            metadata=carrier_metadata(carrier_id))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise NotFound(f"{name} does not exist", reason="MISSION_NOT_FOUND", metadata={"name": name}) from None
+            raise Unavailable(f"the mission service could not resolve {name} ({exc.code().name})",
+                              reason="MISSION_LOOKUP_UNAVAILABLE", metadata={"cause": exc.code().name}) from None
+        scope = FrameScope.of_mission(mission)
+        if len(self._missions) >= _MISSION_CACHE_SIZE:
+            self._missions.pop(next(iter(self._missions)))
+        self._missions[key] = (now, scope)
+        return scope
+
+    async def floor(self, scope: FrameScope) -> int:
+        """A sequence at or below which no frame of the mission can be: the vehicle's last frame received
+        more than the clock-skew tolerance before the mission began (a frame's device time is never further
+        ahead of its receive time, and receive times grow with sequence). Binary search by XRANGE; kept."""
+        assert scope.start_ms is not None
+        key = (scope.vehicle_id, scope.start_ms)
+        if key in self._floors:
+            return self._floors[key]
+        threshold = scope.start_ms - self._skew_ms
+        lo, hi = 0, await self._store.high_water(scope.vehicle_id)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            probe = await self._store.frames(scope.vehicle_id, after=mid - 1, count=1)
+            if probe and probe[0].receive_ms < threshold:
+                lo = probe[0].sequence
+            else:
+                hi = mid - 1
+        if len(self._floors) >= _MISSION_CACHE_SIZE:
+            self._floors.pop(next(iter(self._floors)))
+        self._floors[key] = lo
+        return lo

@@ -1,0 +1,1 @@
+"""Derived telemetry events (services/telemetry/domain/ and convert.py): pure-domain tests."""

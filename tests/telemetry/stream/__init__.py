@@ -1,0 +1,1 @@
+"""Telemetry streams: ingest, acks, commands, workers and faults, against a real telemetry process."""

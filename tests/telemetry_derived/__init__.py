@@ -1,1 +1,0 @@
-"""Derived telemetry events (services/telemetry/derived.py): pure-domain tests."""
