@@ -61,10 +61,10 @@ from services.runtime import (
     cli,
     connect_async,
     connect_sync,
+    free_port,
     tokens,
     verify_audit_log,
 )
-from services.runtime._store import free_port
 from services.telemetry.store import TelemetryStore
 
 ROOT = Path(__file__).resolve().parents[1]

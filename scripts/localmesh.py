@@ -7,8 +7,7 @@ from pathlib import Path
 
 from haulmesh.mission.v1 import mission_service_pb2, mission_service_pb2_grpc, vehicle_pb2
 from haulmesh.type.v1 import equipment_pb2
-from services.runtime import MESH_SERVICES, Mesh, cli
-from services.runtime._store import free_port
+from services.runtime import MESH_SERVICES, Mesh, cli, free_port
 
 __all__ = ["fresh_mesh", "register_truck"]
 

@@ -18,8 +18,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from services.runtime import EmbeddedStore, Identity, Mesh, pki, status_of
-from services.runtime._store import free_port
+from services.runtime import EmbeddedStore, Identity, Mesh, free_port, pki, status_of
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from haulmesh.tender.v1 import tender_service_pb2, tender_service_pb2_grpc
-from services.runtime import MESH_SERVICES, Mesh
-from services.runtime._store import free_port
+from services.runtime import MESH_SERVICES, Mesh, free_port
 
 from ..conftest import Pki, rich_error
 

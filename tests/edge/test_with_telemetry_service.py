@@ -21,8 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edge_client.spool import Spool
 from haulmesh.telemetry.v1 import telemetry_service_pb2, telemetry_service_pb2_grpc
-from services.runtime import Mesh, pki
-from services.runtime._store import free_port
+from services.runtime import Mesh, free_port, pki
 from tests.conftest import wait_for
 
 from .cloud import TcpProxy

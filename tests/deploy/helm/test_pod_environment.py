@@ -23,8 +23,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.runtime import check_health
-from services.runtime._store import free_port
+from services.runtime import check_health, free_port
 
 from .conftest import SERVICES, ChartRenderer
 
