@@ -9,18 +9,22 @@ from google.protobuf.message import Message
 
 from haulmesh.billing.v1 import invoice_pb2, rate_card_pb2
 from haulmesh.type.v1 import charge_line_pb2, lane_pb2, money_pb2
-from services.runtime import from_timestamp
+from services.runtime import STRING_FIELD, TIME_FIELD, enum_field, from_timestamp
 
 from . import domain
 
 __all__ = [
+    "INVOICE_FILTER",
+    "RATE_CARD_FILTER",
     "card_from_pb",
     "etag_of",
+    "invoice_filter_values",
     "lane_from_pb",
     "line_to_pb",
     "money_from_pb",
     "money_to_pb",
     "optional_time",
+    "rate_card_filter_values",
     "reconciliation_to_pb",
     "usage_from_pb",
 ]
@@ -135,3 +139,21 @@ def etag_of(resource: Message) -> str:
     copy.CopyFrom(resource)
     copy.ClearField("etag")
     return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()[:20]
+
+
+# --- List filters: the filterable fields (the runtime's AIP-160 grammar) and their values ---------------
+
+RATE_CARD_FILTER = {"currency_code": STRING_FIELD, "effective_time": TIME_FIELD, "expire_time": TIME_FIELD}
+INVOICE_FILTER = {"state": enum_field(invoice_pb2.Invoice.State.keys(), prefix="STATE_"), "mission": STRING_FIELD,
+                  "tender": STRING_FIELD, "tms_load_id": STRING_FIELD, "issue_time": TIME_FIELD}
+
+
+def rate_card_filter_values(card: rate_card_pb2.RateCard) -> dict[str, object]:
+    return {"currency_code": card.currency_code, "effective_time": optional_time(card, "effective_time"),
+            "expire_time": optional_time(card, "expire_time")}
+
+
+def invoice_filter_values(invoice: invoice_pb2.Invoice) -> dict[str, object]:
+    return {"state": invoice_pb2.Invoice.State.Name(invoice.state).removeprefix("STATE_"),
+            "mission": invoice.mission, "tender": invoice.tender, "tms_load_id": invoice.tms_load_id,
+            "issue_time": optional_time(invoice, "issue_time")}

@@ -17,7 +17,7 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 
@@ -31,7 +31,6 @@ __all__ = [
     "MAX_TMS_LINES",
     "QUOTE_VALIDITY",
     "ChargeLine",
-    "Comparison",
     "DetentionTerms",
     "Lane",
     "LaneRate",
@@ -46,9 +45,7 @@ __all__ = [
     "detention_lines",
     "exact_quantity",
     "format_money",
-    "matches_filter",
     "minor_unit_exponent",
-    "parse_filter",
     "parse_invoice_name",
     "parse_quote_name",
     "parse_rate_card_name",
@@ -541,70 +538,3 @@ def parse_quote_name(name: str, *, field: str = "name") -> str:
 def parse_rate_card_name(name: str, *, field: str = "name") -> str:
     """The id of ``rateCards/{rate_card}``."""
     return parse_name(name, "rateCards", field=field)
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """``field op value`` of an AIP-160 filter; ``value`` is a str, or a datetime for time fields."""
-
-    field: str
-    op: str
-    value: str | datetime
-
-
-_TERM = re.compile(r'^\s*([a-z_]+)\s*(<=|>=|=|<|>)\s*(?:"([^"\\]*)"|([A-Za-z0-9_]+))\s*$')
-
-
-def _invalid_filter(description: str) -> InvalidArgument:
-    return InvalidArgument(f"filter: {description}", reason="INVALID_FILTER",
-                           violations=[FieldViolation("filter", description)])
-
-
-def parse_filter(text: str, fields: dict[str, str]) -> list[Comparison]:
-    """The comparisons of ``a = "x" AND t >= "2026-01-01T00:00:00Z"`` (the AIP-160 subset the protos list).
-
-    ``fields`` maps each supported field to its kind: ``"enum"`` (bare or quoted name, ``=`` only),
-    ``"string"`` (quoted, ``=`` only) or ``"time"`` (quoted RFC 3339, any comparison).
-    """
-    if not text.strip():
-        return []
-    comparisons = []
-    for term in re.split(r"\s+AND\s+", text.strip()):
-        match = _TERM.match(term)
-        if match is None:
-            raise _invalid_filter(f"cannot parse {term[:60]!r}; expected field = \"value\" joined by AND")
-        name, op, quoted, bare = match.groups()
-        kind = fields.get(name)
-        if kind is None:
-            raise _invalid_filter(f"unsupported field {name!r}; supported: {', '.join(sorted(fields))}")
-        value = quoted if quoted is not None else bare
-        if kind == "time":
-            if quoted is None:
-                raise _invalid_filter(f"{name} takes an RFC 3339 timestamp in quotes")
-            try:
-                when = datetime.fromisoformat(quoted.replace("Z", "+00:00"))
-            except ValueError:
-                raise _invalid_filter(f"{quoted!r} is not an RFC 3339 timestamp") from None
-            if when.tzinfo is None:
-                raise _invalid_filter(f"{quoted!r} needs a time zone offset (e.g. Z)")
-            comparisons.append(Comparison(name, op, when.astimezone(UTC)))
-            continue
-        if op != "=":
-            raise _invalid_filter(f"{name} supports = only")
-        if kind == "string" and quoted is None:
-            raise _invalid_filter(f"{name} takes a value in double quotes")
-        comparisons.append(Comparison(name, op, value))
-    return comparisons
-
-
-_OPS = {"=": lambda a, b: a == b, "<": lambda a, b: a < b, "<=": lambda a, b: a <= b,
-        ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}
-
-
-def matches_filter(comparisons: Sequence[Comparison], values: dict[str, str | datetime | None]) -> bool:
-    """True if ``values`` (field -> value; None: unset, never matches) satisfy every comparison."""
-    for comparison in comparisons:
-        value = values.get(comparison.field)
-        if value is None or not _OPS[comparison.op](value, comparison.value):
-            return False
-    return True

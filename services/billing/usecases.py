@@ -3,6 +3,7 @@ the record with its event. The servicer (server.py) only hands them the caller's
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf.message import Message
@@ -13,6 +14,8 @@ from services.runtime import (
     AlreadyExists,
     FailedPrecondition,
     FieldViolation,
+    Filter,
+    FilterField,
     Idempotency,
     InvalidArgument,
     NotFound,
@@ -21,11 +24,12 @@ from services.runtime import (
     new_event,
     new_id,
     next_page_token,
+    parse_filter,
     parse_name,
     to_timestamp,
 )
 
-from . import domain
+from . import convert, domain
 from .config import BillingConfig
 from .convert import (
     card_from_pb,
@@ -46,9 +50,6 @@ _SOURCE = "billing"
 _RATE_CARD_OUTPUT_ONLY = ("name", "carrier", "create_time", "update_time", "etag")
 _RATE_CARD_UPDATABLE = ("display_name", "default_rate_per_mile", "lane_rates", "fuel_surcharge_bps",
                         "minimum_charge", "hazmat_surcharge", "detention", "effective_time", "expire_time")
-_RATE_CARD_FILTER = {"currency_code": "string", "effective_time": "time", "expire_time": "time"}
-_INVOICE_FILTER = {"state": "enum", "mission": "string", "tender": "string", "tms_load_id": "string",
-                   "issue_time": "time"}
 _ISSUED = invoice_pb2.Invoice.STATE_ISSUED
 
 
@@ -66,9 +67,9 @@ def _stamp(resource: Message, when: datetime) -> None:
     resource.etag = etag_of(resource)
 
 
-def _list_query(scope: str, request: Message, fields: dict[str, str]) -> tuple[list[domain.Comparison], str]:
+def _list_query(scope: str, request: Message, fields: Mapping[str, FilterField]) -> tuple[Filter, str]:
     # The filter is part of the query a page token is bound to: a token cannot be replayed with another.
-    return domain.parse_filter(request.filter, fields), f"{scope} where {request.filter.strip()}"
+    return parse_filter(request.filter, fields), f"{scope} where {request.filter.strip()}"
 
 
 class Billing:
@@ -108,16 +109,10 @@ class Billing:
 
     async def list_rate_cards(self, tenant: str, request: billing_service_pb2.ListRateCardsRequest
                               ) -> billing_service_pb2.ListRateCardsResponse:
-        comparisons, query = _list_query(f"rateCards of {tenant}", request, _RATE_CARD_FILTER)
+        selected, query = _list_query(f"rateCards of {tenant}", request, convert.RATE_CARD_FILTER)
         page = decode_page(request.page_size, request.page_token, query)
-
-        def keep(card: rate_card_pb2.RateCard) -> bool:
-            return domain.matches_filter(comparisons, {
-                "currency_code": card.currency_code,
-                "effective_time": optional_time(card, "effective_time"),
-                "expire_time": optional_time(card, "expire_time")})
-
-        cards, cursor = await self._store.list_rate_cards(tenant, page, keep)
+        cards, cursor = await self._store.list_rate_cards(
+            tenant, page, lambda card: selected.matches(convert.rate_card_filter_values(card)))
         return billing_service_pb2.ListRateCardsResponse(rate_cards=cards,
                                                          next_page_token=next_page_token(cursor, query))
 
@@ -269,19 +264,10 @@ class Billing:
 
     async def list_invoices(self, tenant: str, request: billing_service_pb2.ListInvoicesRequest
                             ) -> billing_service_pb2.ListInvoicesResponse:
-        comparisons, query = _list_query(f"invoices of {tenant}", request, _INVOICE_FILTER)
-        states = {name.removeprefix("STATE_") for name in invoice_pb2.Invoice.State.keys()} - {"UNSPECIFIED"}
-        for comparison in comparisons:
-            if comparison.field == "state" and comparison.value not in states:
-                raise InvalidArgument(f"filter: state must be one of {', '.join(sorted(states))}",
-                                      reason="INVALID_FILTER",
-                                      violations=[FieldViolation("filter", "unknown state")])
+        selected, query = _list_query(f"invoices of {tenant}", request, convert.INVOICE_FILTER)
 
         def keep(invoice: invoice_pb2.Invoice) -> bool:
-            return domain.matches_filter(comparisons, {
-                "state": invoice_pb2.Invoice.State.Name(invoice.state).removeprefix("STATE_"),
-                "mission": invoice.mission, "tender": invoice.tender, "tms_load_id": invoice.tms_load_id,
-                "issue_time": optional_time(invoice, "issue_time")})
+            return selected.matches(convert.invoice_filter_values(invoice))
 
         page = decode_page(request.page_size, request.page_token, query)
         invoices, cursor = await self._store.list_invoices(tenant, page, keep)

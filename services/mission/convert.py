@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, vehicle_pb2
 from haulmesh.type.v1 import equipment_pb2, time_window_pb2
-from services.runtime import from_timestamp, to_timestamp
+from services.runtime import BOOL_FIELD, STRING_FIELD, TIME_FIELD, enum_field, from_timestamp, to_timestamp
 
 from .domain import Availability, CapacityWindow, State, VehicleView, capabilities_of
 
@@ -30,15 +30,16 @@ def capacity_windows(windows: list[CapacityWindow]) -> list[mission_service_pb2.
         vehicle_count=w.vehicle_count) for w in windows]
 
 
-# --- List filters: the filterable fields (domain.parse_filter's kinds) and their values ---------------
+# --- List filters: the filterable fields and their values (the runtime's AIP-160 grammar) -------------
 
-_EQUIPMENT_NAMES = frozenset(n.removeprefix("EQUIPMENT_") for n in equipment_pb2.Equipment.keys()[1:])
-MISSION_FILTER: dict[str, str | frozenset[str]] = {
-    "state": frozenset(s.name for s in State), "tender": "string", "vehicle": "string",
-    "load.tms_load_id": "string", "create_time": "time"}
-VEHICLE_FILTER: dict[str, str | frozenset[str]] = {
-    "availability": frozenset(a.name for a in Availability), "connectivity": frozenset({"ONLINE", "OFFLINE"}),
-    "home_region": "string", "capabilities.hazmat_certified": "bool", "capabilities.equipment": _EQUIPMENT_NAMES}
+MISSION_FILTER = {
+    "state": enum_field(mission_pb2.Mission.State.keys(), prefix="STATE_"), "tender": STRING_FIELD,
+    "vehicle": STRING_FIELD, "load.tms_load_id": STRING_FIELD, "create_time": TIME_FIELD}
+VEHICLE_FILTER = {
+    "availability": enum_field(vehicle_pb2.Vehicle.Availability.keys(), prefix="AVAILABILITY_"),
+    "connectivity": enum_field(vehicle_pb2.Vehicle.Connectivity.keys(), prefix="CONNECTIVITY_"),
+    "home_region": STRING_FIELD, "capabilities.hazmat_certified": BOOL_FIELD,
+    "capabilities.equipment": enum_field(equipment_pb2.Equipment.keys(), prefix="EQUIPMENT_", repeated=True)}
 
 
 def mission_filter_values(mission: mission_pb2.Mission) -> dict[str, object]:

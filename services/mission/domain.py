@@ -47,13 +47,13 @@ __all__ = [
     "BEFORE_DEPARTURE", "DEPARTED", "HOLD", "MAX_CARGO_WEIGHT_LB", "MAX_MANIFEST_BYTES", "MAX_STOPS",
     "MISSION_SERVICE", "PROCEED", "REGION", "TERMINAL",
     "UPDATABLE_VEHICLE_FIELDS", "VEHICLE_ID", "VIN", "Action", "Availability", "Capabilities",
-    "CapacityQuery", "CapacityWindow", "CheckInPoint", "CheckInPolicy", "Comparison", "Contingency", "DispatchPlan",
+    "CapacityQuery", "CapacityWindow", "CheckInPoint", "CheckInPolicy", "Contingency", "DispatchPlan",
     "ExceptionKind", "Load", "ManifestFacts", "Point", "Severity", "State", "Status", "VehicleView", "acknowledge",
     "advance", "arrive", "billing_retry_delay", "capabilities_of", "capacity_query", "capacity_windows",
     "check_in_point_allowed", "check_manifest", "check_named_vehicle", "choose_contingency", "choose_vehicle",
     "complete_after_billing", "deliver", "departure_cleared", "ineligibility", "key_id_of",
-    "lane_between", "location_violations", "matches", "mission_hours", "mission_status", "mission_violations", "move",
-    "new_mission", "next_check_in_due", "parse_filter", "parse_mission_name",
+    "lane_between", "location_violations", "mission_hours", "mission_status", "mission_violations", "move",
+    "new_mission", "next_check_in_due", "parse_mission_name",
     "parse_vehicle_name", "plan_dispatch", "raise_exception", "raise_if", "read_manifest",
     "record_check_in", "recorded_check_ins", "refresh_check_in_due", "resolve", "resolve_exception", "resolve_open",
     "settle", "start", "text_violations", "transition", "update_vehicle", "usage",
@@ -1118,81 +1118,3 @@ def raise_if(problems: list[FieldViolation], what: str = "the request has invali
     if problems:
         raise InvalidArgument(f"{what}: " + "; ".join(f"{p.field} {p.description}" for p in problems[:5]),
                               violations=problems)
-
-
-# --- List filters (AIP-160 subset) -------------------------------------------------------------------
-
-#: A comparison: ``field op value``; the value is a bare word, a number, true/false or a "quoted" string.
-_COMPARISON = re.compile(r'^\s*([a-z_][a-z_.]*)\s*(<=|>=|=|<|>)\s*("(?:[^"\\]|\\.)*"|[A-Za-z0-9_.:+-]+)\s*$')
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """One parsed ``field op value`` of a filter."""
-
-    field: str
-    op: str
-    value: str
-
-
-def parse_filter(text: str, allowed: dict[str, str | frozenset[str]]) -> list[Comparison]:
-    """Comparisons joined by ``AND``; ``allowed`` maps each field to its kind: a set of enum value names
-    (the field equals one), "string", "bool", ("has", values) for a repeated enum, or "time" (RFC 3339,
-    also ``<`` ``<=`` ``>`` ``>=``).
-
-    Anything else is INVALID_ARGUMENT INVALID_FILTER: an unsupported filter is refused, never ignored.
-    """
-    def invalid(why: str) -> InvalidArgument:
-        return InvalidArgument(f"filter: {why}", reason="INVALID_FILTER", violations=[FieldViolation("filter", why)])
-
-    if not text.strip():
-        return []
-    comparisons = []
-    for part in re.split(r"\s+AND\s+", text.strip()):
-        match = _COMPARISON.match(part)
-        if match is None:
-            raise invalid(f"cannot parse {part[:80]!r}; expected `field = value` joined by AND")
-        name, op, value = match.groups()
-        kind = allowed.get(name)
-        if kind is None:
-            raise invalid(f"{name!r} is not filterable; supported: {', '.join(sorted(allowed))}")
-        if op != "=" and kind != "time":
-            raise invalid(f"{name} supports only =")
-        if value.startswith('"'):
-            value = value[1:-1].replace('\\"', '"').replace("\\\\", "\\")
-        elif kind in ("string", "time"):
-            raise invalid(f"{name} takes a quoted value")
-        if isinstance(kind, frozenset) and value not in kind:
-            raise invalid(f"{name} takes one of {', '.join(sorted(kind))}")
-        if kind == "bool" and value not in ("true", "false"):
-            raise invalid(f"{name} takes true or false")
-        if kind == "time":
-            try:
-                datetime.fromisoformat(value.replace("Z", "+00:00"))
-            except ValueError:
-                raise invalid(f"{name} takes an RFC 3339 timestamp") from None
-        comparisons.append(Comparison(name, op, value))
-    return comparisons
-
-
-def matches(comparisons: Sequence[Comparison], values: dict[str, object]) -> bool:
-    """Whether a resource whose filterable fields are ``values`` satisfies every comparison.
-
-    ``values``: enum fields as their names without prefix, strings, bools, sets of enum names ("has"),
-    aware datetimes ("time").
-    """
-    for c in comparisons:
-        actual = values.get(c.field)
-        if isinstance(actual, bool):
-            ok = actual == (c.value == "true")
-        elif isinstance(actual, (set, frozenset)):
-            ok = c.value in actual
-        elif isinstance(actual, datetime):
-            bound = datetime.fromisoformat(c.value.replace("Z", "+00:00"))
-            ok = {"=": actual == bound, "<": actual < bound, "<=": actual <= bound, ">": actual > bound,
-                  ">=": actual >= bound}[c.op]
-        else:
-            ok = actual == c.value
-        if not ok:
-            return False
-    return True

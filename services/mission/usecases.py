@@ -35,6 +35,7 @@ from services.runtime import (
     new_event,
     new_id,
     next_page_token,
+    parse_filter,
 )
 
 from . import convert, domain
@@ -89,10 +90,10 @@ class MissionUseCases:
     async def list_vehicles(self, filter_text: str, page_size: int, page_token: str
                             ) -> tuple[list[vehicle_pb2.Vehicle], str]:
         """One page of the roster that ``filter_text`` selects, and the next page's token."""
-        comparisons = domain.parse_filter(filter_text, convert.VEHICLE_FILTER)
+        selected = parse_filter(filter_text, convert.VEHICLE_FILTER)
         query = f"vehicles|{filter_text}"
         page = decode_page(page_size, page_token, query)
-        keep = (lambda v: domain.matches(comparisons, convert.vehicle_filter_values(v))) if comparisons else None
+        keep = (lambda v: selected.matches(convert.vehicle_filter_values(v))) if selected else None
         vehicles, cursor = await self._store.list_vehicles(page, keep)
         return vehicles, next_page_token(cursor, query)
 
@@ -182,10 +183,10 @@ class MissionUseCases:
     async def list_missions(self, carrier_id: str, filter_text: str, page_size: int, page_token: str
                             ) -> tuple[list[Mission], str]:
         """One page of the carrier's missions that ``filter_text`` selects, and the next page's token."""
-        comparisons = domain.parse_filter(filter_text, convert.MISSION_FILTER)
+        selected = parse_filter(filter_text, convert.MISSION_FILTER)
         query = f"missions:{carrier_id}|{filter_text}"
         page = decode_page(page_size, page_token, query)
-        keep = (lambda m: domain.matches(comparisons, convert.mission_filter_values(m))) if comparisons else None
+        keep = (lambda m: selected.matches(convert.mission_filter_values(m))) if selected else None
         missions, cursor = await self._store.list_missions(carrier_id, page, keep)
         return missions, next_page_token(cursor, query)
 

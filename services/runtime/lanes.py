@@ -238,6 +238,8 @@ def _req(d: Mapping[str, Any], key: str, where: str) -> Any:
 
 
 def _point(lat: Any, lon: Any, where: str) -> Point:
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (lat, lon)):
+        raise TypeError(f"{where}: lat and lon must be numbers")
     point = (float(lat), float(lon))
     if not (-90 <= point[0] <= 90 and -180 <= point[1] <= 180):
         raise ValueError(f"{where}: coordinates out of range")

@@ -28,14 +28,14 @@ from services.runtime import (
     new_event,
     new_id,
     next_page_token,
+    parse_filter,
     to_timestamp,
 )
 
-from . import domain
+from . import convert, domain
 from .convert import capacity_from_pb, price_from_pb
 from .domain import Action, State
 from .eligibility import EligibilityPolicy
-from .filters import parse_filter
 from .store import UNCHANGED, TenderStore, already_exists
 
 __all__ = ["Fleet", "TenderBook"]
@@ -187,12 +187,15 @@ class TenderBook:
 
     async def list(self, tenant: str, request: tender_service_pb2.ListTendersRequest
                    ) -> tender_service_pb2.ListTendersResponse:
-        flt = parse_filter(request.filter)
+        selected = parse_filter(request.filter, convert.TENDER_FILTER)
         query = f"tenders of {tenant} where {request.filter.strip()}"
         page = decode_page(request.page_size, request.page_token, query)
-        upper = f"{flt.before_ms:015d}" if flt.before_ms is not None else ""
-        lower = f"{flt.since_ms:015d}" if flt.since_ms is not None else ""
-        tenders, cursor = await self.store.scan(tenant, page.after, page.size, flt, upper=upper, lower=lower)
+        since_ms, before_ms = selected.time_range_ms("create_time")
+        upper = f"{before_ms:015d}" if before_ms is not None else ""
+        lower = f"{since_ms:015d}" if since_ms is not None else ""
+        tenders, cursor = await self.store.scan(
+            tenant, page.after, page.size, lambda t: selected.matches(convert.tender_filter_values(t)),
+            upper=upper, lower=lower)
         return tender_service_pb2.ListTendersResponse(tenders=tenders,
                                                       next_page_token=next_page_token(cursor, query))
 

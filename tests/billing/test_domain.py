@@ -219,15 +219,24 @@ def test_money_refuses_mixed_currencies() -> None:
 
 
 def test_filter_parses_and_matches() -> None:
-    fields = {"state": "enum", "tms_load_id": "string", "issue_time": "time"}
-    comparisons = domain.parse_filter('state = DISPUTED AND issue_time >= "2026-01-01T00:00:00Z"', fields)
-    assert domain.matches_filter(comparisons, {"state": "DISPUTED", "issue_time": T0})
-    assert not domain.matches_filter(comparisons, {"state": "DISPUTED", "issue_time": T0 - timedelta(seconds=1)})
-    assert not domain.matches_filter(comparisons, {"state": "MATCHED", "issue_time": T0})
+    # The grammar is the runtime's (tests/runtime/test_filters.py); here, the fields billing's lists offer.
+    from haulmesh.billing.v1 import invoice_pb2
+    from services.billing import convert
+    from services.runtime import parse_filter
+
+    selected = parse_filter('state = DISPUTED AND issue_time >= "2026-01-01T00:00:00Z"', convert.INVOICE_FILTER)
+    invoice = invoice_pb2.Invoice(state=invoice_pb2.Invoice.STATE_DISPUTED)
+    invoice.issue_time.FromDatetime(T0)
+    assert selected.matches(convert.invoice_filter_values(invoice))
+    invoice.issue_time.FromDatetime(T0 - timedelta(seconds=1))
+    assert not selected.matches(convert.invoice_filter_values(invoice))
+    invoice.issue_time.FromDatetime(T0)
+    invoice.state = invoice_pb2.Invoice.STATE_MATCHED
+    assert not selected.matches(convert.invoice_filter_values(invoice))
     for text in ['color = "red"', "state > DISPUTED", 'issue_time >= "yesterday"', "tms_load_id = bare",
-                 "state = = X"]:
+                 "state = = X", "state = PARKED"]:
         with pytest.raises(InvalidArgument) as caught:
-            domain.parse_filter(text, fields)
+            parse_filter(text, convert.INVOICE_FILTER)
         assert caught.value.reason == "INVALID_FILTER", text
 
 

@@ -31,7 +31,7 @@ from services.mission.domain import (
     VehicleView,
 )
 from services.runtime import ConfigError, FailedPrecondition, InvalidArgument, pki
-from services.runtime.lanes import KnownRoute, LaneFacts, load_lane_facts
+from services.runtime.lanes import load_lane_facts
 
 DRY_VAN, REEFER = 1, 3
 HOUSTON, DALLAS, ATLANTA = (29.76, -95.37), (32.78, -96.80), (33.75, -84.39)
@@ -380,66 +380,30 @@ def test_settings_from_env() -> None:
 
 
 # --- filters -----------------------------------------------------------------------------------------
-
-FILTER_FIELDS = {"state": frozenset({"ENROUTE", "ARRIVED"}), "tender": "string", "ok": "bool",
-                 "equipment": frozenset({"DRY_VAN_53FT", "REEFER_53FT"}), "create_time": "time"}
+# The grammar is the runtime's (tests/runtime/test_filters.py); here, the fields the mission lists offer.
 
 
-def test_filters_parse_and_match() -> None:
-    comparisons = domain.parse_filter('state = ENROUTE AND tender = "tenders/a\\"b" AND ok = true AND '
-                                      'create_time >= "2026-11-25T00:00:00Z"', FILTER_FIELDS)
-    assert [c.value for c in comparisons] == ["ENROUTE", 'tenders/a"b', "true", "2026-11-25T00:00:00Z"]
-    values = {"state": "ENROUTE", "tender": 'tenders/a"b', "ok": True, "create_time": T0}
-    assert domain.matches(comparisons, values)
-    assert not domain.matches(comparisons, {**values, "create_time": T0 - timedelta(days=1)})
-    assert not domain.matches(comparisons, {**values, "ok": False})
-    assert domain.matches(domain.parse_filter("equipment = REEFER_53FT", FILTER_FIELDS),
-                          {"equipment": {"DRY_VAN_53FT", "REEFER_53FT"}})
-    assert domain.parse_filter("  ", FILTER_FIELDS) == []
+def test_mission_and_vehicle_filters_select_by_their_fields() -> None:
+    from services.mission import convert
+    from services.runtime import parse_filter
 
-
-@pytest.mark.parametrize("text", ["state = PARKED", "color = RED", "state > ENROUTE", "tender = tenders/x",
-                                  "ok = yes", 'create_time < "yesterday"', "state = ENROUTE OR ok = true",
-                                  "state"])
-def test_bad_filters_are_refused(text: str) -> None:
-    with pytest.raises(InvalidArgument) as caught:
-        domain.parse_filter(text, FILTER_FIELDS)
-    assert caught.value.reason == "INVALID_FILTER"
-
-
-@settings(max_examples=300, deadline=None)
-@given(text=st.text(max_size=120))
-def test_any_filter_text_parses_or_is_refused_cleanly(text: str) -> None:
-    try:
-        comparisons = domain.parse_filter(text, FILTER_FIELDS)
-    except InvalidArgument as exc:
-        assert exc.reason == "INVALID_FILTER" and [v.field for v in exc.violations] == ["filter"]
-    else:
-        assert all(c.field in FILTER_FIELDS for c in comparisons)
-
-
-@given(lat=st.floats(allow_nan=True, allow_infinity=True), lon=st.floats(allow_nan=True, allow_infinity=True))
-def test_location_validation_total(lat: float, lon: float) -> None:
-    problems = {v.field for v in domain.location_violations(lat, lon, "origin")}
-    valid = -90 <= lat <= 90 and -180 <= lon <= 180 and not (lat == 0 and lon == 0)
-    assert (not problems) == valid
-
-
-HOUSTON_ATLANTA_ROUTE = [(29.7604, -95.3698), (30.2266, -93.2174), (33.5186, -86.8104), (33.7490, -84.3880)]
-
-
-def test_a_known_lane_gives_the_mission_its_route_from_stop_to_stop() -> None:
-    pickup, delivery = (29.7499, -95.3584), (33.749, -84.388)
-    facts = LaneFacts(markets=FACTS.markets, routes=(
-        KnownRoute("Boston", ((40.71, -74.0), (42.36, -71.06)), 190.0),
-        KnownRoute("Houston-Atlanta", tuple(HOUSTON_ATLANTA_ROUTE), 789.0)))
-
-    def planned(*stops):
-        return list(domain.plan_dispatch(_mission_between(*stops), T0, facts).route_points)
-
-    assert planned(pickup, delivery) == [pickup, *HOUSTON_ATLANTA_ROUTE[1:-1], delivery]
-    assert planned(pickup, (32.78, -96.8)) == []  # Dallas: no known route
-    assert planned(delivery, pickup) == []  # a route has a direction
+    mission = mission_pb2.Mission(state=mission_pb2.Mission.STATE_ENROUTE, tender="tenders/t1",
+                                  vehicle="vehicles/AU-TRK-1", load=mission_pb2.LoadDetails(tms_load_id="L-1"))
+    mission.create_time.FromDatetime(T0)
+    selected = parse_filter('state = ENROUTE AND tender = "tenders/t1" AND create_time >= "2026-11-25T00:00:00Z"',
+                            convert.MISSION_FILTER)
+    assert selected.matches(convert.mission_filter_values(mission))
+    assert not parse_filter("state = ARRIVED", convert.MISSION_FILTER).matches(convert.mission_filter_values(mission))
+    vehicle = vehicle_pb2.Vehicle(availability=vehicle_pb2.Vehicle.AVAILABILITY_ASSIGNED, home_region="US-TX-HOU")
+    vehicle.capabilities.equipment.extend([DRY_VAN, REEFER])
+    values = convert.vehicle_filter_values(vehicle)
+    assert parse_filter("availability = ASSIGNED AND capabilities.equipment = REEFER_53FT",
+                        convert.VEHICLE_FILTER).matches(values)
+    assert not parse_filter("capabilities.hazmat_certified = true", convert.VEHICLE_FILTER).matches(values)
+    for bad in ("state = PARKED", "colour = RED", "tender = tenders/x"):
+        with pytest.raises(InvalidArgument) as caught:
+            parse_filter(bad, convert.MISSION_FILTER)
+        assert caught.value.reason == "INVALID_FILTER"
 
 
 # --- rules on the generated messages -----------------------------------------------------------------

@@ -119,6 +119,9 @@ def _document() -> dict:
     (lambda d: d["planning"]["night_hours"].update(start=24), "night_hours"),
     (lambda d: d["routes"][0].update(miles=100), "cannot be the length"),
     (lambda d: d["routes"][0].update(waypoints=d["routes"][0]["waypoints"][:1]), "waypoints"),
+    (lambda d: d["routes"][0]["waypoints"][3].update(lat=91), "routes[0].waypoints[3]: coordinates out of range"),
+    (lambda d: d["routes"][0]["waypoints"][0].update(lon="-95.3"), "must be numbers"),
+    (lambda d: d.update(routes={}), "routes must be a list"),
     (lambda d: d.update(lanes=[]), "unknown keys"),
     (lambda d: d.pop("markets"), "markets"),
 ])

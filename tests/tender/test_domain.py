@@ -11,11 +11,18 @@ from hypothesis import strategies as st
 
 from haulmesh.tender.v1 import tender_pb2
 from haulmesh.type.v1 import equipment_pb2, money_pb2
-from services.runtime import ConfigError, FailedPrecondition, InvalidArgument, from_timestamp, to_timestamp
+from services.runtime import (
+    ConfigError,
+    FailedPrecondition,
+    InvalidArgument,
+    from_timestamp,
+    parse_filter,
+    to_timestamp,
+)
 from services.tender import domain
+from services.tender.convert import TENDER_FILTER, tender_filter_values
 from services.tender.domain import Action, State
 from services.tender.eligibility import DEFAULT_POLICY_FILE, POLICY_ENV, EligibilityPolicy, load_policy
-from services.tender.filters import parse_filter
 
 from .helpers import MIAMI, seed_tender
 
@@ -363,16 +370,20 @@ def test_policy_file_from_env(tmp_path) -> None:
 def test_filter_parsing() -> None:
     tender = _offer(seed_tender(NOW))
     tender.create_time.CopyFrom(to_timestamp(NOW))
-    assert parse_filter('state = OFFERED AND lane.origin_region = "US-TX-HOU"')(tender)
-    assert not parse_filter("state = REJECTED")(tender)
-    assert parse_filter('tms_load_id = "TND-20260118-001"')(tender)
-    assert parse_filter('create_time >= "2026-01-31T12:00:00Z" AND create_time < "2026-02-01T00:00:00Z"')(tender)
-    assert not parse_filter('create_time > "2026-01-31T12:00:00Z"')(tender)
-    assert parse_filter("")(tender)
+    def selects(text: str) -> bool:
+        return parse_filter(text, TENDER_FILTER).matches(tender_filter_values(tender))
+
+    assert selects('state = OFFERED AND lane.origin_region = "US-TX-HOU"')
+    assert not selects("state = REJECTED")
+    assert selects('tms_load_id = "TND-20260118-001"')
+    assert selects('create_time >= "2026-01-31T12:00:00Z" AND create_time < "2026-02-01T00:00:00Z"')
+    assert not selects('create_time > "2026-01-31T12:00:00Z"')
+    assert selects("")
+    assert selects("state != REJECTED AND state = STATE_OFFERED")
     for bad in ("state = NOPE", "color = 'red'", "state OFFERED", 'state = OFFERED OR state = REJECTED',
                 'create_time > "yesterday"', "tms_load_id = bare", "x" * 1001):
         with pytest.raises(InvalidArgument) as caught:
-            parse_filter(bad)
+            parse_filter(bad, TENDER_FILTER)
         assert caught.value.reason == "INVALID_FILTER"
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import operator
 import random
 import re
 import secrets
@@ -42,7 +41,6 @@ __all__ = [
     "MAX_SUBSCRIPTIONS",
     "PUBLIC_EVENT_TYPES",
     "SECRET_PREFIX",
-    "DeliveryFilter",
     "Destination",
     "DestinationGuard",
     "Outcome",
@@ -58,7 +56,6 @@ __all__ = [
     "event_type_for_field",
     "generate_secret",
     "parse_allowed_cidrs",
-    "parse_delivery_filter",
     "parse_delivery_name",
     "parse_destination",
     "parse_secret",
@@ -390,69 +387,3 @@ class RetryPolicy:
             return None
         factor = 1 - self.jitter * (rng or random).random()
         return self.delays[attempts - 1] * factor
-
-
-# --- the delivery-log filter (AIP-160 subset) --------------------------------------------------------
-
-_FILTER_TERM = re.compile(
-    r'\s*(?P<field>state|event\.type|event\.id|create_time)\s*(?P<op><=|>=|!=|=|<|>)\s*'
-    r'(?P<value>"[^"]*"|[A-Za-z_]+)\s*')
-_DELIVERY_STATES = ("PENDING", "RETRYING", "SUCCEEDED", "FAILED", "SKIPPED")
-
-
-@dataclass(frozen=True)
-class DeliveryFilter:
-    """A parsed ``filter`` of ListWebhookDeliveries: comparisons that must all hold."""
-
-    terms: tuple[tuple[str, str, str | datetime], ...] = ()
-
-    def matches(self, *, state: str, event_type: str, event_id: str, create_time: datetime) -> bool:
-        values = {"state": state, "event.type": event_type, "event.id": event_id, "create_time": create_time}
-        return all(_OPERATORS[op](values[name], expected) for name, op, expected in self.terms)
-
-
-_OPERATORS = {"=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
-              ">=": operator.ge}
-
-
-def parse_delivery_filter(text: str) -> DeliveryFilter:
-    """``state = FAILED AND event.type = "haulmesh.tender.v1.offered" AND create_time >= "2026-11-24T00:00:00Z"``.
-
-    INVALID_ARGUMENT (reason INVALID_FILTER) naming what does not parse.
-    """
-    def bad(description: str) -> InvalidArgument:
-        return InvalidArgument(f"filter: {description}", reason="INVALID_FILTER",
-                               violations=[FieldViolation("filter", description)])
-
-    if not text.strip():
-        return DeliveryFilter()
-    terms: list[tuple[str, str, str | datetime]] = []
-    for part in re.split(r"\s+AND\s+", text.strip()):
-        match = _FILTER_TERM.fullmatch(part)
-        if match is None:
-            raise bad(f"cannot parse {part[:60]!r}; supported: state, event.type, event.id, create_time joined "
-                      "by AND")
-        field_name, op, raw = match["field"], match["op"], match["value"]
-        quoted = raw.startswith('"')
-        value = raw[1:-1] if quoted else raw
-        if field_name == "create_time":
-            if op in ("=", "!=") or not quoted:
-                raise bad('create_time is compared with <, <=, >, >= against a quoted RFC 3339 time')
-            try:
-                when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-            except ValueError:
-                raise bad(f"{value[:40]!r} is not an RFC 3339 time") from None
-            if when.tzinfo is None:
-                raise bad("the time needs a zone (Z or +hh:mm)")
-            terms.append((field_name, op, when))
-            continue
-        if op not in ("=", "!="):
-            raise bad(f"{field_name} is compared with = or != only")
-        if field_name == "state":
-            value = value.removeprefix("STATE_")
-            if value not in _DELIVERY_STATES:
-                raise bad(f"state is one of {', '.join(_DELIVERY_STATES)}")
-        elif not quoted:
-            raise bad(f"{field_name} is compared with a quoted string")
-        terms.append((field_name, op, value))
-    return DeliveryFilter(tuple(terms))

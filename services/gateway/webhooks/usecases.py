@@ -21,13 +21,14 @@ from services.runtime import (
     NotFound,
     check_etag,
     decode_page,
-    from_timestamp,
     new_id,
     next_page_token,
+    parse_filter,
     timestamp_ms,
 )
 
 from . import domain
+from .convert import DELIVERY_FILTER, delivery_filter_values
 from .store import WebhookStore
 
 __all__ = ["Webhooks", "check_destination", "resolve"]
@@ -180,19 +181,14 @@ class Webhooks:
                               page_token: str) -> tuple[list[Delivery], str]:
         """A page (newest first) of the deliveries ``filter_text`` selects, and the next page's token."""
         subscription_id = domain.parse_subscription_name(parent, field="parent")
-        matcher = domain.parse_delivery_filter(filter_text)
+        selected = parse_filter(filter_text, DELIVERY_FILTER)
         query = f"deliveries of {tenant}/{subscription_id} where {filter_text.strip()}"
         page = decode_page(page_size, page_token, query)
         if await self._store.get(tenant, subscription_id) is None:
             raise _subscription_not_found(parent)
-
-        def keep(delivery: Delivery) -> bool:
-            return matcher.matches(state=Delivery.State.Name(delivery.state).removeprefix("STATE_"),
-                                   event_type=delivery.event.type, event_id=delivery.event.id,
-                                   create_time=from_timestamp(delivery.create_time))
-
-        deliveries, cursor = await self._store.list_deliveries(tenant, subscription_id, page,
-                                                               keep if matcher.terms else None)
+        deliveries, cursor = await self._store.list_deliveries(
+            tenant, subscription_id, page,
+            (lambda delivery: selected.matches(delivery_filter_values(delivery))) if selected else None)
         return deliveries, next_page_token(cursor, query)
 
     async def get_delivery(self, tenant: str, name: str) -> Delivery:
