@@ -10,6 +10,7 @@ from services.runtime import ConfigError, Service, run_service
 
 from . import workers
 from .config import TelemetryConfig
+from .domain import DerivedSettings
 from .server import POLICY, TelemetryServicer
 from .store import TelemetryStore
 from .usecases import CommandRelay, MissionActions, MissionTracking, Streams
@@ -21,7 +22,8 @@ def register(service: Service) -> None:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     store = TelemetryStore(service.redis, config)
-    tracking = MissionTracking(store, liveness_timeout_seconds=config.effective_liveness_timeout_seconds)
+    tracking = MissionTracking(store, liveness_timeout_seconds=config.effective_liveness_timeout_seconds,
+                               settings=DerivedSettings.for_lanes(config.lanes))
     streams = Streams(store, config, tracking)
 
     def mission_stub() -> mission_service_pb2_grpc.MissionServiceStub:

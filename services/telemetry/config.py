@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from services.runtime.lanes import LaneFacts, load_lane_facts
 
 __all__ = ["TelemetryConfig"]
 
@@ -46,6 +48,8 @@ class TelemetryConfig:
     #: Silence (no frame, no heartbeat) after which a vehicle on a mission is reported lost; 0 means three
     #: heartbeat intervals (DESIGN.md).
     liveness_timeout_seconds: float = 0.0
+    #: The lane facts (HAULMESH_LANES_FILE): the planning speed and circuity an ETA uses off the known routes.
+    lanes: LaneFacts = field(default_factory=lambda: load_lane_facts({}), compare=False)
 
     @property
     def effective_liveness_timeout_seconds(self) -> float:
@@ -68,4 +72,5 @@ class TelemetryConfig:
             durable_timeout_seconds=_env_float(env, p + "DURABLE_TIMEOUT_SECONDS", cls.durable_timeout_seconds),
             ack_interval_seconds=_env_float(env, p + "ACK_INTERVAL_SECONDS", cls.ack_interval_seconds),
             liveness_timeout_seconds=_env_float(env, p + "LIVENESS_TIMEOUT_SECONDS", cls.liveness_timeout_seconds),
+            lanes=load_lane_facts(env),
         )

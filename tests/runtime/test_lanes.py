@@ -151,3 +151,10 @@ def test_a_file_of_its_own_replaces_the_shipped_one(tmp_path) -> None:
     facts = load_lane_facts({LANES_FILE_ENV: str(path)})
     assert facts == LaneFacts.from_dict(document)
     assert [m.code for m in facts.markets] == ["US-TX-HOU"] and facts.routes == () and facts.circuity_factor == 1.2
+
+
+def test_the_shipped_planning_numbers_are_the_code_defaults() -> None:
+    """The file states them for operators to read; a file that leaves them out gets the same numbers."""
+    document = _document()
+    bare = LaneFacts.from_dict({"markets": document["markets"], "routes": document["routes"]})
+    assert bare == FACTS

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from services.runtime import great_circle_m
+from services.runtime.lanes import LaneFacts
 
 from .events import EtaUpdated, GeofenceDwell, GeofenceEntered, GeofenceExited, RouteDeviation, SensorFault
 from .geofence import _FenceShape
@@ -62,9 +63,11 @@ class DerivedSettings:
     speed_time_constant: timedelta = timedelta(minutes=15)
     #: Below this smoothed speed the vehicle is considered stopped and ``cruise_speed_kph`` is assumed.
     min_speed_kph: float = 5.0
-    cruise_speed_kph: float = 88.0
-    #: Great-circle distance is multiplied by this when the route cannot be used (roads are not straight).
-    circuity_factor: float = 1.2
+    #: The lane facts' planning speed (the running service passes its HAULMESH_LANES_FILE's: for_lanes).
+    cruise_speed_kph: float = LaneFacts.planning_speed_mph * 1.609344
+    #: Great-circle distance is multiplied by this when the route cannot be used (roads are not straight): the
+    #: lane facts' circuity, as quotes and plans use it.
+    circuity_factor: float = LaneFacts.circuity_factor
     #: Confidence halves for every this much frame age (server now - device time).
     stale_half_life: timedelta = timedelta(minutes=5)
     #: A silence between consecutive frames longer than this is a connectivity gap ...
@@ -73,6 +76,11 @@ class DerivedSettings:
     gap_half_life: timedelta = timedelta(minutes=5)
     #: ... and is remembered for this long (device time).
     gap_memory: timedelta = timedelta(minutes=15)
+
+    @classmethod
+    def for_lanes(cls, lanes: LaneFacts) -> DerivedSettings:
+        """The settings for the fleet's lane facts (planning speed, circuity)."""
+        return cls(cruise_speed_kph=lanes.planning_speed_kph, circuity_factor=lanes.circuity_factor)
 
 
 @dataclass(slots=True)
