@@ -497,8 +497,11 @@ class Demo:
         stops = mission["stops"]
         pickup, delivery = stops[0]["location"], stops[-1]["location"]
         self.route_m = lane_between((pickup["lat"], pickup["lon"]), (delivery["lat"], delivery["lon"])).length_m
-        detail(f"{self.mission_name} dispatched to {mission['vehicle']}, {mission.get('routeMiles', 0):,.0f} "
-               f"route miles; the assignment is queued for the truck's stream")
+        quoted, planned = float(offer.get("routeMiles", 0)), float(mission.get("routeMiles", 0))
+        detail(f"{self.mission_name} dispatched to {mission['vehicle']}; the assignment is queued for the "
+               f"truck's stream")
+        detail(f"miles: quoted {quoted:,.1f} (offer), planned {planned:,.1f} (mission); one set of lane facts")
+        expect(quoted == planned, f"the quote prices {quoted} miles but the mission plans {planned}")
         if mission.get("checkInRequirement", {}).get("required"):
             # The lane is in its first missions: a remote operator clears departure before the truck may go.
             # Recorded before the truck powers up, so its pre-trip frame finds the departure cleared.
