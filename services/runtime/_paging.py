@@ -7,7 +7,6 @@ import binascii
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Protocol
 
 from ._errors import FieldViolation, InvalidArgument
 
@@ -17,7 +16,6 @@ __all__ = [
     "Page",
     "decode_page",
     "encode_page_token",
-    "list_page",
     "next_page_token",
 ]
 
@@ -63,25 +61,6 @@ def decode_page(page_size: int, page_token: str, query: str) -> Page:
                               reason="INVALID_PAGE_TOKEN",
                               violations=[FieldViolation("page_token", "issued for another query")])
     return Page(after, size)
-
-
-class ListRequest(Protocol):
-    page_size: int
-    page_token: str
-
-
-def list_page(request: ListRequest, scope: str) -> tuple[Page, str]:
-    """Page and query fingerprint of a standard List request whose service does not filter (yet).
-
-    ``scope`` names what the list ranges over (the carrier, the collection), so that a token cannot be
-    replayed against another scope. A filter is refused rather than ignored: ignoring it would return
-    results the caller did not ask for.
-    """
-    if getattr(request, "filter", ""):  # not every List request has a filter field
-        raise InvalidArgument("filter is not supported on this list yet; list without it",
-                              reason="FILTER_UNSUPPORTED",
-                              violations=[FieldViolation("filter", "not supported yet")])
-    return decode_page(request.page_size, request.page_token, scope), scope
 
 
 def next_page_token(cursor: str, query: str) -> str:

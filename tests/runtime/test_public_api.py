@@ -1,0 +1,36 @@
+"""The runtime's public names are a contract with every service, script and test: this list changes on purpose.
+
+A name joins ``services.runtime.__all__`` when something outside the runtime uses it, and leaves when nothing
+does (tests/test_layout.py checks nothing outside the runtime reaches past it into a private module).
+"""
+
+from __future__ import annotations
+
+import services.runtime as runtime
+
+PUBLIC = {
+    "abort", "Aborted", "add_event", "AlreadyExists", "asgi_middleware", "AuditLog", "BOOL_FIELD", "caller",
+    "carrier", "carrier_metadata", "CARRIER_METADATA_KEY", "certificate_key_id", "CertificateFiles", "Channels",
+    "check_etag", "check_health", "cluster_url", "Collection", "ConfigError", "configure_tracing", "connect_async",
+    "connect_sync", "current_trace_ids", "dead_letters", "decode_page", "DEFAULT_PORTS", "default_state_dir",
+    "EmbeddedStore", "enum_field", "ERROR_DOMAIN", "error_info", "event_span", "event_stream_key", "EventConsumer",
+    "FailedPrecondition", "FieldViolation", "Filter", "FilterField", "FLEET", "free_port", "from_timestamp",
+    "great_circle_m", "great_circle_miles", "HaulmeshError", "Idempotency", "Identity", "identity_from_pem",
+    "IdentityError", "inject_event_context", "InvalidArgument", "Mesh", "MESH_SERVICES", "METRICS_REGISTRY",
+    "MetricsEndpoint", "new_event", "new_id", "next_page_token", "NotFound", "Page", "parse_filter", "parse_name",
+    "Periodic", "PermissionDenied", "Policy", "replay_dead_letters", "resolve_redis_url", "ResourceExhausted",
+    "run_service", "Service", "ServiceConfig", "shutdown_tracing", "signing_key_id", "status_of", "STRING_FIELD",
+    "tenant_key", "TIME_FIELD", "TimeIndex", "timestamp_ms", "TlsConfig", "to_rpc_status", "to_timestamp",
+    "tracing_enabled", "TracingConfig", "transact", "Unavailable", "VEHICLE_CERTIFICATE_METADATA_KEY",
+    "verify_audit_log", "verify_relayed_certificate", "wait_durable",
+}
+
+
+def test_the_public_names_are_pinned() -> None:
+    assert set(runtime.__all__) == PUBLIC
+    assert len(runtime.__all__) == len(PUBLIC)  # no name twice
+
+
+def test_every_public_name_exists() -> None:
+    missing = [name for name in runtime.__all__ if not hasattr(runtime, name)]
+    assert missing == []
