@@ -10,6 +10,8 @@ store is a real Valkey the tests start on a free port; every call goes over real
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -18,7 +20,8 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from services.runtime import EmbeddedStore, Identity, Mesh, free_port, pki, status_of
+from services.runtime import MESH_SERVICES, EmbeddedStore, Identity, Mesh, free_port, pki, status_of
+from tests.trucks import Truck
 
 
 @dataclass(frozen=True)
@@ -68,20 +71,37 @@ def mesh_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return Pki(directory, pki.load_ca(directory))
 
 
-@pytest.fixture(scope="session")
-async def mesh(mesh_pki: Pki) -> Mesh:
-    """Every service as a real process on free ports, on a fresh embedded store."""
-    state_dir = mesh_pki.directory.parent
-    ports = {name: free_port() for name in ("tender", "mission", "telemetry", "billing", "gateway")}
-    mesh = Mesh(state_dir, ports=ports, http_port=free_port(), grace_period_seconds=2,
-                extra_env={"HAULMESH_CERT_DIR": str(mesh_pki.directory)})
+@asynccontextmanager
+async def running_mesh(mesh_pki: Pki, state_dir: Path, *, env: Mapping[str, str] | None = None,
+                       redis_url: str | None = None, metrics: bool = False) -> AsyncIterator[Mesh]:
+    """The one way a test starts a mesh: every service as a real process on free ports, with certificates from
+    ``mesh_pki``, on a fresh embedded store in ``state_dir`` (stopped after) or on ``redis_url`` (left running).
+
+    ``env`` adds the variables the test needs (a short liveness timeout, tracing, webhook retry pacing);
+    ``metrics`` gives every service a Prometheus port of its own (``mesh.metrics_ports``).
+    """
+    mesh = Mesh(state_dir, ports={name: free_port() for name in MESH_SERVICES}, http_port=free_port(),
+                metrics_ports={name: free_port() for name in MESH_SERVICES} if metrics else {},
+                grace_period_seconds=2, redis_url=redis_url,
+                extra_env={"HAULMESH_CERT_DIR": str(mesh_pki.directory), **(env or {})})
     try:
         await mesh.start(timeout_seconds=90)
-    except BaseException:
-        await mesh.stop(stop_store=True)
-        raise
-    yield mesh
-    await mesh.stop(stop_store=True)
+        yield mesh
+    finally:
+        await mesh.stop(stop_store=redis_url is None)
+
+
+@pytest.fixture(scope="session")
+async def mesh(mesh_pki: Pki) -> AsyncIterator[Mesh]:
+    """The session's mesh: every service as a real process on free ports, on a fresh embedded store."""
+    async with running_mesh(mesh_pki, mesh_pki.directory.parent) as mesh:
+        yield mesh
+
+
+@pytest.fixture
+def truck(mesh_pki: Pki) -> Truck:
+    """A fresh vehicle of the mesh's CA (new id, new certificate) per test."""
+    return Truck.mint(mesh_pki.ca)
 
 
 class RichError(NamedTuple):

@@ -23,6 +23,7 @@ from edge_client.spool import Spool
 from haulmesh.telemetry.v1 import telemetry_service_pb2, telemetry_service_pb2_grpc
 from services.runtime import Mesh, free_port, pki
 from tests.conftest import wait_for
+from tests.trucks import Truck
 
 from .cloud import TcpProxy
 
@@ -31,10 +32,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _truck(mesh_pki, directory: Path) -> str:
     """Issues a fresh vehicle's certificate from the mesh CA into ``directory`` (the CLI's cert dir)."""
-    vehicle = f"AU-TRK-{random.randrange(5000, 9999)}"
-    issued = pki.issue(mesh_pki.ca, pki.identity_for("vehicle", vehicle), valid_days=1)
-    pki.write_pem_files(directory, f"vehicle-{vehicle}", issued, mesh_pki.ca.certificate_pem)
-    return vehicle
+    truck = Truck.mint(mesh_pki.ca, f"AU-TRK-{random.randrange(5000, 9999)}")
+    pki.write_pem_files(directory, f"vehicle-{truck.vehicle_id}", truck.issued, mesh_pki.ca.certificate_pem)
+    return truck.vehicle_id
 
 
 async def _stored(mesh: Mesh, mesh_pki, vehicle: str) -> list[int]:

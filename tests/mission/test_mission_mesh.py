@@ -23,8 +23,8 @@ from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, mission_servic
 from haulmesh.type.v1 import hazmat_pb2, health_check_pb2, location_pb2, time_window_pb2
 from services.mission import domain
 from services.runtime import Mesh, new_id, pki
-
-from ..conftest import Pki, rich_error, wait_for
+from tests.conftest import Pki, rich_error, wait_for
+from tests.trucks import Truck
 
 ACME = (("haulmesh-carrier", "carriers/acme"),)
 GLOBEX = (("haulmesh-carrier", "carriers/globex"),)
@@ -153,11 +153,8 @@ def signed_proof(truck: pki.IssuedCertificate, mission: M, *, mission_id: str | 
 
 
 def truck_client(mesh: Mesh, mesh_pki: Pki, vehicle_id: str) -> tuple[Client, pki.IssuedCertificate]:
-    issued = pki.issue(mesh_pki.ca, [pki.identity_for("vehicle", vehicle_id)], valid_days=1)
-    credentials = grpc.ssl_channel_credentials(root_certificates=mesh_pki.ca.certificate_pem,
-                                               private_key=issued.private_key_pem,
-                                               certificate_chain=issued.certificate_pem)
-    return Client(mesh, credentials), issued
+    truck = Truck.mint(mesh_pki.ca, vehicle_id)
+    return Client(mesh, truck.credentials()), truck.issued
 
 
 async def events_of(mesh: Mesh, subject: str) -> list[str]:

@@ -7,7 +7,7 @@ import redis.asyncio
 
 from tests.conftest import Pki
 
-from .helpers import TelemetryProcess, Truck
+from .helpers import TelemetryProcess
 
 
 @pytest.fixture(scope="session")
@@ -17,12 +17,6 @@ async def telemetry(mesh_pki: Pki, store_url: str, tmp_path_factory: pytest.Temp
     await process.start(mesh_pki.credentials("operator", "probe"))
     yield process
     await process.stop()
-
-
-@pytest.fixture
-def truck(mesh_pki: Pki) -> Truck:
-    """A fresh vehicle (new id, new certificate) per test."""
-    return Truck.mint(mesh_pki.ca)
 
 
 @pytest.fixture

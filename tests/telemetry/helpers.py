@@ -5,70 +5,18 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import time
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, mission_service_pb2_grpc, vehicle_pb2
 from haulmesh.telemetry.v1 import frame_pb2, stream_pb2, telemetry_service_pb2_grpc
 from haulmesh.type.v1 import equipment_pb2, location_pb2
-from services.runtime import Mesh, carrier_metadata, free_port, new_id, pki
-from services.telemetry.domain import key_id_of
+from services.runtime import Mesh, carrier_metadata, free_port, new_id
 from tests.conftest import wait_for
-
-
-@dataclass
-class Truck:
-    """A vehicle with a real certificate: signs frames with its key and opens mTLS channels."""
-
-    vehicle_id: str
-    issued: pki.IssuedCertificate
-    ca_pem: bytes
-    boot_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-
-    @classmethod
-    def mint(cls, ca: pki.CertificateAuthority, vehicle_id: str | None = None) -> Truck:
-        vehicle_id = vehicle_id or f"AU-TRK-{uuid.uuid4().hex[:8]}"
-        return cls(vehicle_id, pki.issue(ca, pki.identity_for("vehicle", vehicle_id), valid_days=1),
-                   ca.certificate_pem)
-
-    @property
-    def key_id(self) -> str:
-        return key_id_of(self.issued.certificate.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(root_certificates=self.ca_pem, private_key=self.issued.private_key_pem,
-                                            certificate_chain=self.issued.certificate_pem)
-
-    def payload(self, sequence: int, *, device_time: float | None = None, **overrides: object) -> bytes:
-        """A serialized KIND_POSITION FramePayload of this truck (fields overridable)."""
-        fields: dict[str, object] = {"vehicle_id": self.vehicle_id, "sequence": sequence, "boot_id": self.boot_id,
-                                     "kind": frame_pb2.FramePayload.KIND_POSITION, "vehicle_state": "enroute"}
-        fields.update(overrides)
-        payload = frame_pb2.FramePayload(**fields)
-        payload.device_time.FromNanoseconds(int((device_time if device_time is not None else time.time()) * 1e9))
-        payload.position.lat, payload.position.lon, payload.position.speed_kph = 30.2, -97.7, 88.5
-        return payload.SerializeToString(deterministic=True)
-
-    def sign(self, payload: bytes) -> bytes:
-        return self.issued.private_key.sign(payload, ec.ECDSA(hashes.SHA256()))
-
-    def frame(self, sequence: int, **overrides: object) -> frame_pb2.SignedFrame:
-        payload = self.payload(sequence, **overrides)
-        return frame_pb2.SignedFrame(sequence=sequence, payload=payload, signature=self.sign(payload),
-                                     key_id=self.key_id)
-
-    def hello(self, last_sequence: int = 0) -> stream_pb2.StreamTelemetryRequest:
-        return stream_pb2.StreamTelemetryRequest(hello=stream_pb2.Hello(
-            vehicle_id=self.vehicle_id, boot_id=self.boot_id, last_sequence=last_sequence, client_version="test"))
+from tests.trucks import Truck
 
 
 def batch(frames: list[frame_pb2.SignedFrame]) -> stream_pb2.StreamTelemetryRequest:

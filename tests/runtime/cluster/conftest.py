@@ -12,9 +12,8 @@ import pytest
 import redis.asyncio
 
 from services.runtime import Mesh, connect_async
-from services.runtime._store import free_port
-from tests.conftest import Pki
-from tests.telemetry.conftest import telemetry, truck  # noqa: F401  (reused as they are, on this store_url)
+from tests.conftest import Pki, running_mesh
+from tests.telemetry.conftest import telemetry  # noqa: F401  (reused as it is, on this store_url)
 
 from .valkey_cluster import ValkeyCluster
 
@@ -51,13 +50,5 @@ async def mesh(mesh_pki: Pki, valkey_cluster: ValkeyCluster, tmp_path_factory: p
 
     state_dir = tmp_path_factory.mktemp("cluster-mesh")
     shutil.copytree(mesh_pki.directory, state_dir / "certs")
-    ports = {name: free_port() for name in ("tender", "mission", "telemetry", "billing", "gateway")}
-    mesh = Mesh(state_dir, ports=ports, http_port=free_port(), grace_period_seconds=2, redis_url=valkey_cluster.url,
-                extra_env={"HAULMESH_CERT_DIR": str(mesh_pki.directory)})
-    try:
-        await mesh.start(timeout_seconds=90)
-    except BaseException:
-        await mesh.stop()
-        raise
-    yield mesh
-    await mesh.stop()
+    async with running_mesh(mesh_pki, state_dir, redis_url=valkey_cluster.url) as mesh:
+        yield mesh

@@ -50,10 +50,5 @@ async def metered(mesh_pki: Pki, store_url: str, tmp_path_factory: pytest.TempPa
 
 
 @pytest.fixture
-def truck(mesh_pki: Pki) -> Truck:
-    return Truck.mint(mesh_pki.ca)
-
-
-@pytest.fixture
 def other_truck(mesh_pki: Pki) -> Truck:
     return Truck.mint(mesh_pki.ca)

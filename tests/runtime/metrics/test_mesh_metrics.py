@@ -20,8 +20,7 @@ from haulmesh.mission.v1 import mission_service_pb2, mission_service_pb2_grpc, v
 from haulmesh.tender.v1 import tender_pb2, tender_service_pb2, tender_service_pb2_grpc
 from haulmesh.type.v1 import equipment_pb2
 from services.runtime import MESH_SERVICES, Mesh, carrier_metadata, new_id
-from services.runtime._store import free_port
-from tests.conftest import Pki, wait_for
+from tests.conftest import Pki, running_mesh, wait_for
 from tests.tender.helpers import seed_tender
 
 from .conftest import Samples, parse, value
@@ -37,14 +36,8 @@ ALLOWED_LABELS = {"service", "method", "code", "direction", "route", "status", "
 
 @pytest.fixture(scope="module")
 async def metered_mesh(mesh_pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Mesh:
-    state_dir = tmp_path_factory.mktemp("metered-mesh")
-    mesh = Mesh(state_dir, ports={name: free_port() for name in MESH_SERVICES}, http_port=free_port(),
-                metrics_ports={name: free_port() for name in MESH_SERVICES}, grace_period_seconds=2,
-                extra_env={"HAULMESH_CERT_DIR": str(mesh_pki.directory)})
-    try:
-        await mesh.start(timeout_seconds=90)
-    except BaseException:
-        await mesh.stop(stop_store=True)
+    async with running_mesh(mesh_pki, tmp_path_factory.mktemp("metered-mesh"), metrics=True) as mesh:
+        yield mesh
         raise
     yield mesh
     await mesh.stop(stop_store=True)

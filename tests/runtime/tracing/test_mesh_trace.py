@@ -20,9 +20,9 @@ from haulmesh.mission.v1 import mission_service_pb2, mission_service_pb2_grpc, v
 from haulmesh.telemetry.v1 import telemetry_service_pb2_grpc
 from haulmesh.type.v1 import equipment_pb2
 from services.billing.workers import ACCEPTANCE_GROUP
-from services.runtime import MESH_SERVICES, Mesh, free_port
+from services.runtime import Mesh
 from services.runtime.tokens import mint
-from tests.conftest import Pki, wait_for
+from tests.conftest import Pki, running_mesh, wait_for
 from tests.gateway.rest.test_rest import seed_tender
 from tests.telemetry.helpers import Truck, batch
 
@@ -42,26 +42,18 @@ def receiver() -> OtlpReceiver:
 @pytest.fixture(scope="module")
 async def traced_mesh(mesh_pki: Pki, receiver: OtlpReceiver, tmp_path_factory: pytest.TempPathFactory) -> Mesh:
     no_proxy = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1", "localhost"]))
-    mesh = Mesh(tmp_path_factory.mktemp("traced-mesh"), ports={name: free_port() for name in MESH_SERVICES},
-                http_port=free_port(), grace_period_seconds=2,
-                extra_env={"HAULMESH_CERT_DIR": str(mesh_pki.directory), "HAULMESH_TRACES_EXPORTER": "otlp",
-                           "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100",
-                           "HAULMESH_LOG_LEVEL": "DEBUG", "NO_PROXY": no_proxy, "no_proxy": no_proxy})
-    try:
-        await mesh.start(timeout_seconds=90)
-    except BaseException:
-        await mesh.stop(stop_store=True)
-        raise
-    async with grpc.aio.secure_channel(mesh.address("mission"), mesh_pki.credentials("operator", "tracing")) as ch:
-        await mission_service_pb2_grpc.MissionServiceStub(ch).CreateVehicle(
-            mission_service_pb2.CreateVehicleRequest(vehicle_id=f"TRC-{uuid.uuid4().hex[:8].upper()}",
-                                                     vehicle=vehicle_pb2.Vehicle(
-                display_name="Traced truck", home_region="US-TX-HOU",
-                capabilities=vehicle_pb2.VehicleCapabilities(equipment=[equipment_pb2.EQUIPMENT_DRY_VAN_53FT],
-                                                             max_cargo_weight_lb=45_000, night_operations=True))),
-            timeout=10)
-    yield mesh
-    await mesh.stop(stop_store=True)
+    env = {"HAULMESH_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+           "OTEL_BSP_SCHEDULE_DELAY": "100", "HAULMESH_LOG_LEVEL": "DEBUG", "NO_PROXY": no_proxy, "no_proxy": no_proxy}
+    async with running_mesh(mesh_pki, tmp_path_factory.mktemp("traced-mesh"), env=env) as mesh:
+        async with grpc.aio.secure_channel(mesh.address("mission"), mesh_pki.credentials("operator", "tracing")) as ch:
+            await mission_service_pb2_grpc.MissionServiceStub(ch).CreateVehicle(
+                mission_service_pb2.CreateVehicleRequest(vehicle_id=f"TRC-{uuid.uuid4().hex[:8].upper()}",
+                                                         vehicle=vehicle_pb2.Vehicle(
+                    display_name="Traced truck", home_region="US-TX-HOU",
+                    capabilities=vehicle_pb2.VehicleCapabilities(equipment=[equipment_pb2.EQUIPMENT_DRY_VAN_53FT],
+                                                                 max_cargo_weight_lb=45_000, night_operations=True))),
+                timeout=10)
+        yield mesh
 
 
 def _traceparent() -> tuple[str, str]:

@@ -21,8 +21,8 @@ from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, mission_servic
 from haulmesh.telemetry.v1 import frame_pb2, stream_pb2
 from haulmesh.type.v1 import geofence_pb2, health_check_pb2, location_pb2, time_window_pb2
 from services.runtime import Mesh, carrier_metadata, new_id
+from tests.conftest import Pki, running_mesh, wait_for
 
-from ...conftest import Pki, free_port, wait_for
 from ..helpers import ATLANTA, HOUSTON, Session, TelemetryProcess, Truck, dispatch_to
 
 CARRIER = "follow-co"
@@ -33,16 +33,9 @@ State = mission_pb2.Mission
 @pytest.fixture(scope="module")
 async def follow_mesh(mesh_pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
     """A mesh of its own with a short liveness timeout (1.5 s), so an outage is seen within the test."""
-    ports = {name: free_port() for name in ("tender", "mission", "telemetry", "billing", "gateway")}
-    mesh = Mesh(tmp_path_factory.mktemp("follow"), ports=ports, http_port=free_port(), grace_period_seconds=2,
-                extra_env={"HAULMESH_CERT_DIR": str(mesh_pki.directory),
-                           "HAULMESH_TELEMETRY_HEARTBEAT_INTERVAL_SECONDS": "0.5",
-                           "HAULMESH_TELEMETRY_LIVENESS_TIMEOUT_SECONDS": "1.5"})
-    try:
-        await mesh.start(timeout_seconds=90)
+    env = {"HAULMESH_TELEMETRY_HEARTBEAT_INTERVAL_SECONDS": "0.5", "HAULMESH_TELEMETRY_LIVENESS_TIMEOUT_SECONDS": "1.5"}
+    async with running_mesh(mesh_pki, tmp_path_factory.mktemp("follow"), env=env) as mesh:
         yield mesh
-    finally:
-        await mesh.stop(stop_store=True)
 
 
 class Events:
