@@ -152,9 +152,12 @@ class TcpProxy:
             return
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        except OSError:
+        except OSError:  # the upstream refuses: so does the proxy
             writer.transport.abort()
             return
+        except BaseException:  # cancelled at shutdown: close the accepted side too
+            writer.transport.abort()
+            raise
         self._writers.update((writer, up_writer))
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
@@ -164,5 +167,9 @@ class TcpProxy:
                     await dst.drain()
             dst.transport.abort()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._writers.difference_update((writer, up_writer))
+        try:
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        finally:  # also when cancelled at shutdown: no transport is left open for the garbage collector
+            for each in (writer, up_writer):
+                each.transport.abort()
+            self._writers.difference_update((writer, up_writer))

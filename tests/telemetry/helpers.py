@@ -80,8 +80,10 @@ class TelemetryProcess:
         self.log_path = state_dir / "telemetry.log"
 
     async def start(self, probe: grpc.ChannelCredentials) -> None:
-        self.process = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.telemetry",
-                                                            env=self._env, stderr=self.log_path.open("ab"))
+        # The child writes to its own copy of the descriptor; the parent's is closed once it is started.
+        with self.log_path.open("ab") as log:
+            self.process = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.telemetry",
+                                                                env=self._env, stderr=log)
         async with grpc.aio.secure_channel(self.address, probe) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             for _ in range(300):
