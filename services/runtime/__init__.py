@@ -12,7 +12,15 @@ from ._audit import verify as verify_audit_log
 from ._authz import Policy
 from ._client import Channels
 from ._cluster import wait_durable
-from ._config import DEFAULT_PORTS, MESH_SERVICES, ServiceConfig, TlsConfig, TracingConfig, default_state_dir
+from ._config import (
+    DEFAULT_PORTS,
+    MESH_SERVICES,
+    ServiceConfig,
+    TlsConfig,
+    TracingConfig,
+    default_state_dir,
+    read_json_file,
+)
 from ._errors import (
     ERROR_DOMAIN,
     Aborted,
@@ -140,6 +148,7 @@ __all__ = [
     "next_page_token",
     "parse_filter",
     "parse_name",
+    "read_json_file",
     "replay_dead_letters",
     "resolve_redis_url",
     "run_service",

@@ -149,7 +149,7 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
                 await self._record(method, context, request, response)
             # Nothing is acknowledged to an operator or a vehicle before it is on disk. A mesh service calling
             # is not waited for here: whoever answers outside the mesh waits once, for every write before it
-            # (the gateway for the TMS, see services/gateway/rest.py).
+            # (the gateway for the TMS, see services/gateway/rest/handler.py).
             if durable is not None and caller().kind != "service":
                 try:
                     await durable()

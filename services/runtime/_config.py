@@ -5,15 +5,25 @@ Every variable is documented in the README's configuration reference. Units are 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ._errors import ConfigError
 
-__all__ = ["DEFAULT_PORTS", "MESH_SERVICES", "TRACES_EXPORTERS", "ServiceConfig", "TlsConfig", "TracingConfig",
-           "default_state_dir"]
+__all__ = [
+    "DEFAULT_PORTS",
+    "MESH_SERVICES",
+    "TRACES_EXPORTERS",
+    "ServiceConfig",
+    "TlsConfig",
+    "TracingConfig",
+    "default_state_dir",
+    "read_json_file",
+]
 
 #: Every process of the mesh, in start order, with its default gRPC port.
 DEFAULT_PORTS: dict[str, int] = {
@@ -218,3 +228,17 @@ class ServiceConfig:
     def listen_address(self) -> str:
         host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
         return f"{host}:{self.port}"
+
+
+def read_json_file(path: Path, variable: str) -> dict[str, Any]:
+    """The JSON object in the file ``variable`` names (``path``), or a ConfigError naming both and what is
+    wrong: unreadable, not JSON, or not an object. For the policy files services load at start-up."""
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{variable}: cannot read {path}: {exc.strerror}", field=variable) from None
+    except ValueError as exc:
+        raise ConfigError(f"{variable}: {path} is not JSON: {exc}", field=variable) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{variable}: {path} must hold a JSON object", field=variable)
+    return data

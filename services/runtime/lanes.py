@@ -26,7 +26,6 @@ the polyline's length is used.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from ._config import read_json_file
 from ._errors import ConfigError
 from ._geo import great_circle_miles
 
@@ -315,10 +315,4 @@ def load_lane_facts(env: Mapping[str, str] | None = None) -> LaneFacts:
     """The facts of ``HAULMESH_LANES_FILE``, else the shipped default; ConfigError naming the file if bad."""
     env = os.environ if env is None else env
     path = Path(env.get(LANES_FILE_ENV) or DEFAULT_LANES_FILE)
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{LANES_FILE_ENV}: cannot read {path}: {exc.strerror}", field=LANES_FILE_ENV) from None
-    except ValueError as exc:
-        raise ConfigError(f"{LANES_FILE_ENV}: {path} is not JSON: {exc}", field=LANES_FILE_ENV) from None
-    return LaneFacts.from_dict(data, source=str(path))
+    return LaneFacts.from_dict(read_json_file(path, LANES_FILE_ENV), source=str(path))

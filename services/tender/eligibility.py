@@ -9,7 +9,6 @@ shares (``services.runtime.lanes``, ``HAULMESH_LANES_FILE``): a lane's markets m
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from services.runtime import ConfigError
+from services.runtime import ConfigError, read_json_file
 from services.runtime.lanes import LANES_FILE_ENV, LaneFacts, Market, load_lane_facts
 
 __all__ = [
@@ -174,12 +173,4 @@ def load_policy(env: Mapping[str, str] | None = None, *, facts: LaneFacts | None
     env = os.environ if env is None else env
     facts = load_lane_facts(env) if facts is None else facts
     path = Path(env.get(POLICY_ENV) or DEFAULT_POLICY_FILE)
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{POLICY_ENV}: cannot read {path}: {exc.strerror}", field=POLICY_ENV) from None
-    except ValueError as exc:
-        raise ConfigError(f"{POLICY_ENV}: {path} is not JSON: {exc}", field=POLICY_ENV) from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{POLICY_ENV}: {path} must hold a JSON object", field=POLICY_ENV)
-    return EligibilityPolicy.from_dict(data, facts=facts, source=str(path))
+    return EligibilityPolicy.from_dict(read_json_file(path, POLICY_ENV), facts=facts, source=str(path))

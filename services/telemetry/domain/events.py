@@ -21,8 +21,8 @@ __all__ = [
 
 
 @dataclass(frozen=True, slots=True)
-class GeofenceEntered:
-    """The vehicle entered stop ``stop_index``'s geofence (arrival)."""
+class _AtFence:
+    """What every geofence event says: whose mission, which stop, where and when (by the frame)."""
 
     mission_id: str
     vehicle_id: str
@@ -34,30 +34,21 @@ class GeofenceEntered:
 
 
 @dataclass(frozen=True, slots=True)
-class GeofenceExited:
+class GeofenceEntered(_AtFence):
+    """The vehicle entered stop ``stop_index``'s geofence (arrival)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GeofenceExited(_AtFence):
     """The vehicle left stop ``stop_index``'s geofence (departure) after ``dwell`` inside."""
 
-    mission_id: str
-    vehicle_id: str
-    stop_index: int
-    stop_type: StopType
-    location: LatLon
-    device_time: datetime
-    frame_sequence: int
     dwell: timedelta
 
 
 @dataclass(frozen=True, slots=True)
-class GeofenceDwell:
+class GeofenceDwell(_AtFence):
     """The vehicle has been inside the geofence longer than ``threshold`` (reported once per visit)."""
 
-    mission_id: str
-    vehicle_id: str
-    stop_index: int
-    stop_type: StopType
-    location: LatLon
-    device_time: datetime
-    frame_sequence: int
     dwell: timedelta
     threshold: timedelta
 
