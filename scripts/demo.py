@@ -91,17 +91,9 @@ MESH_ENV = {"HAULMESH_TELEMETRY_HEARTBEAT_INTERVAL_SECONDS": "0.5",
             "HAULMESH_TELEMETRY_LIVENESS_TIMEOUT_SECONDS": "2"}
 STEP_TIMEOUT_SECONDS = 20.0
 
-# The seed's tender, as the seed writes it; only the pickup window moves to tomorrow (the seed's date is
-# in the past, and the tender service rightly refuses windows in the past).
-SEED_TENDER = {
-    "tenderId": "TND-20260118-001",
-    "origin": {"lat": 29.749907, "lon": -95.358421, "address": "Houston, TX"},
-    "destination": {"lat": 33.7490, "lon": -84.3880, "address": "Atlanta, GA"},
-    "pickupWindow": "2026-02-01T08:00:00Z/2026-02-01T18:00:00Z",
-    "equipment": "53FT_DRYVAN",
-    "weightLb": 42000,
-    "specialInstructions": "Hazmat=false",
-}
+# The seed's tender, as the seed writes it (docs/examples/seed-tender.json); only the pickup window moves to
+# tomorrow (the seed's date is in the past, and the tender service rightly refuses windows in the past).
+SEED_TENDER = json.loads((ROOT / "docs" / "examples" / "seed-tender.json").read_text())
 
 TTY = sys.stdout.isatty()
 BOLD, DIM, GREEN, RED, YELLOW, RESET = ("\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[33m", "\033[0m") \

@@ -17,7 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ROOT / "services"
-#: The files of the shape (DESIGN.md, "Layout"); ``metrics.py`` holds a service's Prometheus instruments.
+#: The files of the shape (docs/decisions.md, "One shape for every service"); ``metrics.py`` holds a service's
+#: Prometheus instruments.
 SHAPE = {"__init__.py", "__main__.py", "server.py", "usecases.py", "domain.py", "store.py", "workers.py",
          "config.py", "convert.py", "metrics.py"}
 #: Modules beside the shape, each named for its one job, with why it is not one of the shape's files.

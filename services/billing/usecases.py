@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from google.protobuf.message import Message
 
@@ -53,12 +54,22 @@ _RATE_CARD_UPDATABLE = ("display_name", "default_rate_per_mile", "lane_rates", "
 _ISSUED = invoice_pb2.Invoice.STATE_ISSUED
 
 
+T = TypeVar("T")
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
 def _not_found(name: str, reason: str) -> NotFound:
     return NotFound(f"{name} does not exist", reason=reason, metadata={"name": name})
+
+
+def _found(resource: T | None, name: str, reason: str) -> T:
+    """``resource`` as read, or NOT_FOUND ``reason`` naming ``name`` when there is none."""
+    if resource is None:
+        raise _not_found(name, reason)
+    return resource
 
 
 def _stamp(resource: Message, when: datetime) -> None:
@@ -102,10 +113,8 @@ class Billing:
 
     async def get_rate_card(self, tenant: str, request: billing_service_pb2.GetRateCardRequest
                             ) -> rate_card_pb2.RateCard:
-        card = await self._store.get_rate_card(tenant, domain.parse_rate_card_name(request.name))
-        if card is None:
-            raise _not_found(request.name, "RATE_CARD_NOT_FOUND")
-        return card
+        return _found(await self._store.get_rate_card(tenant, domain.parse_rate_card_name(request.name)),
+                      request.name, "RATE_CARD_NOT_FOUND")
 
     async def list_rate_cards(self, tenant: str, request: billing_service_pb2.ListRateCardsRequest
                               ) -> billing_service_pb2.ListRateCardsResponse:
@@ -199,10 +208,9 @@ class Billing:
                                            quote_pb2.Quote)
 
     async def get_quote(self, tenant: str, request: billing_service_pb2.GetQuoteRequest) -> quote_pb2.Quote:
-        found = await self._store.get_quote(tenant, domain.parse_quote_name(request.name))
-        if found is None:
-            raise _not_found(request.name, "QUOTE_NOT_FOUND")
-        return found[0]
+        quote, _, _ = _found(await self._store.get_quote(tenant, domain.parse_quote_name(request.name)),
+                             request.name, "QUOTE_NOT_FOUND")
+        return quote
 
     # --- invoices -------------------------------------------------------------------------------------
 
@@ -218,10 +226,8 @@ class Billing:
             raise InvalidArgument("usage is required", violations=[FieldViolation("usage", "required")])
         usage = usage_from_pb(request.usage)
         domain.validate_usage(usage)
-        found = await self._store.get_quote(tenant, quote_id)
-        if found is None:
-            raise _not_found(request.quote, "QUOTE_NOT_FOUND")
-        quote, basis, accepted_ms = found
+        quote, basis, accepted_ms = _found(await self._store.get_quote(tenant, quote_id), request.quote,
+                                           "QUOTE_NOT_FOUND")
         domain.check_quote_accepted_in_time(
             request.quote, None if accepted_ms is None else datetime.fromtimestamp(accepted_ms / 1000, UTC),
             optional_time(quote, "expire_time"))
@@ -257,10 +263,8 @@ class Billing:
         return billing_service_pb2.RecordUsageResponse(invoice=invoice)
 
     async def get_invoice(self, tenant: str, request: billing_service_pb2.GetInvoiceRequest) -> invoice_pb2.Invoice:
-        invoice = await self._store.get_invoice(tenant, domain.parse_invoice_name(request.name))
-        if invoice is None:
-            raise _not_found(request.name, "INVOICE_NOT_FOUND")
-        return invoice
+        return _found(await self._store.get_invoice(tenant, domain.parse_invoice_name(request.name)),
+                      request.name, "INVOICE_NOT_FOUND")
 
     async def list_invoices(self, tenant: str, request: billing_service_pb2.ListInvoicesRequest
                             ) -> billing_service_pb2.ListInvoicesResponse:

@@ -46,7 +46,7 @@ class TelemetryConfig:
     #: several frames a second gets a few Acks a second, not one per frame (each is a message both ends pay).
     ack_interval_seconds: float = 0.25
     #: Silence (no frame, no heartbeat) after which a vehicle on a mission is reported lost; 0 means three
-    #: heartbeat intervals (DESIGN.md).
+    #: heartbeat intervals (the design brief).
     liveness_timeout_seconds: float = 0.0
     #: The lane facts (HAULMESH_LANES_FILE): the planning speed and circuity an ETA uses off the known routes.
     lanes: LaneFacts = field(default_factory=lambda: load_lane_facts({}), compare=False)

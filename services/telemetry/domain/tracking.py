@@ -46,7 +46,7 @@ _SENSORS = ("lidar", "camera", "radar")
 
 @dataclass(frozen=True, slots=True)
 class DerivedSettings:
-    """Tunables of the derived events (defaults follow the protos and DESIGN.md)."""
+    """Tunables of the derived events (defaults follow the protos and the design brief)."""
 
     #: A vehicle inside a fence is only considered out once farther than this beyond its edge: GPS jitter
     #: smaller than this at a fence edge cannot flap enter/exit.

@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 
 from .conftest import bearer, error_info
 
-SEED_TENDER = {  # the seed article's payload, verbatim except for dates that must lie in the future
-    "tenderId": "TND-20260118-001",
-    "origin": {"lat": 29.749907, "lon": -95.358421, "address": "Houston, TX"},
-    "destination": {"lat": 33.7490, "lon": -84.3880, "address": "Atlanta, GA"},
-    "pickupWindow": "2026-02-01T08:00:00Z/2026-02-01T18:00:00Z",
-    "equipment": "53FT_DRYVAN",
-    "weightLb": 42000,
-    "specialInstructions": "Hazmat=false",
-}
+#: The seed article's payload, verbatim (its dates are replaced where they must lie in the future).
+SEED_TENDER = json.loads((Path(__file__).resolve().parents[3] / "docs" / "examples" / "seed-tender.json").read_text())
 
 
 def _rfc3339(moment: datetime) -> str:
