@@ -25,6 +25,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -101,13 +102,17 @@ _Exception = mission_pb2.MissionException
 _CheckIn = mission_pb2.CheckIn
 
 
-class Availability(enum.IntEnum):
-    """Vehicle.Availability."""
+def _mirror(name: str, generated: EnumTypeWrapper, prefix: str, doc: str) -> type[enum.IntEnum]:
+    """The generated enum as a Python IntEnum: its values without UNSPECIFIED (no mission is in it), named
+    without the prefix (``State.ENROUTE``). The names and numbers are the contract's, taken from the
+    descriptor: a value the proto gains is here without a change."""
+    mirrored = enum.IntEnum(name, {n.removeprefix(prefix): v for n, v in generated.items() if v}, module=__name__)
+    mirrored.__doc__ = doc
+    return mirrored
 
-    AVAILABLE = _Vehicle.AVAILABILITY_AVAILABLE
-    ASSIGNED = _Vehicle.AVAILABILITY_ASSIGNED
-    MAINTENANCE = _Vehicle.AVAILABILITY_MAINTENANCE
-    OUT_OF_SERVICE = _Vehicle.AVAILABILITY_OUT_OF_SERVICE
+
+
+Availability = _mirror("Availability", _Vehicle.Availability, "AVAILABILITY_", "Vehicle.Availability.")
 
 
 @dataclass(frozen=True)
@@ -454,18 +459,7 @@ def new_mission(given: mission_pb2.Mission, *, name: str, carrier_id: str, vehic
 
 # --- Mission state machine ---------------------------------------------------------------------------
 
-class State(enum.IntEnum):
-    """Mission.State."""
-
-    DISPATCHED = _Mission.STATE_DISPATCHED
-    PRE_TRIP = _Mission.STATE_PRE_TRIP
-    ENROUTE = _Mission.STATE_ENROUTE
-    EXCEPTION = _Mission.STATE_EXCEPTION
-    ARRIVED = _Mission.STATE_ARRIVED
-    DELIVERED = _Mission.STATE_DELIVERED
-    COMPLETED = _Mission.STATE_COMPLETED
-    CANCELLED = _Mission.STATE_CANCELLED
-    ABORTED = _Mission.STATE_ABORTED
+State = _mirror("State", _Mission.State, "STATE_", "Mission.State.")
 
 
 TERMINAL = frozenset({State.COMPLETED, State.CANCELLED, State.ABORTED})
@@ -473,40 +467,14 @@ BEFORE_DEPARTURE = frozenset({State.DISPATCHED, State.PRE_TRIP})
 DEPARTED = frozenset({State.ENROUTE, State.ARRIVED})
 
 
-class ExceptionKind(enum.IntEnum):
-    """MissionException.Kind."""
-
-    SENSOR_FAULT = _Exception.KIND_SENSOR_FAULT
-    VEHICLE_FAULT = _Exception.KIND_VEHICLE_FAULT
-    ROAD_CLOSURE = _Exception.KIND_ROAD_CLOSURE
-    CONNECTIVITY_LOSS = _Exception.KIND_CONNECTIVITY_LOSS
-    ADVERSE_WEATHER = _Exception.KIND_ADVERSE_WEATHER
-    TRAFFIC_INCIDENT = _Exception.KIND_TRAFFIC_INCIDENT
-    LAW_ENFORCEMENT_STOP = _Exception.KIND_LAW_ENFORCEMENT_STOP
-    PRE_TRIP_FAILURE = _Exception.KIND_PRE_TRIP_FAILURE
-    DISPATCH_TIMEOUT = _Exception.KIND_DISPATCH_TIMEOUT
-    CHECK_IN_HOLD = _Exception.KIND_CHECK_IN_HOLD
-    CARGO = _Exception.KIND_CARGO
-    OTHER = _Exception.KIND_OTHER
-    ROUTE_DEVIATION = _Exception.KIND_ROUTE_DEVIATION
+ExceptionKind = _mirror("ExceptionKind", _Exception.Kind, "KIND_", "MissionException.Kind.")
 
 
-class Severity(enum.IntEnum):
-    """MissionException.Severity (UNSPECIFIED is treated as WARNING)."""
-
-    INFO = _Exception.SEVERITY_INFO
-    WARNING = _Exception.SEVERITY_WARNING
-    CRITICAL = _Exception.SEVERITY_CRITICAL
+Severity = _mirror("Severity", _Exception.Severity, "SEVERITY_",
+                   "MissionException.Severity (UNSPECIFIED is treated as WARNING).")
 
 
-class Contingency(enum.IntEnum):
-    """MissionException.Contingency."""
-
-    CONTINUE = _Exception.CONTINGENCY_CONTINUE
-    REROUTE = _Exception.CONTINGENCY_REROUTE
-    HUMAN_TAKEOVER = _Exception.CONTINGENCY_HUMAN_TAKEOVER
-    MINIMAL_RISK_STOP = _Exception.CONTINGENCY_MINIMAL_RISK_STOP
-    HOLD = _Exception.CONTINGENCY_HOLD
+Contingency = _mirror("Contingency", _Exception.Contingency, "CONTINGENCY_", "MissionException.Contingency.")
 
 
 @dataclass(frozen=True)
@@ -812,12 +780,7 @@ def resolve_exception(mission: mission_pb2.Mission, exception_id: str, resolutio
 
 # --- Human in the loop -------------------------------------------------------------------------------
 
-class CheckInPoint(enum.IntEnum):
-    """CheckIn.Point."""
-
-    DEPARTURE = _CheckIn.POINT_DEPARTURE
-    ENROUTE = _CheckIn.POINT_ENROUTE
-    ARRIVAL = _CheckIn.POINT_ARRIVAL
+CheckInPoint = _mirror("CheckInPoint", _CheckIn.Point, "POINT_", "CheckIn.Point.")
 
 
 PROCEED, HOLD = _CheckIn.OUTCOME_PROCEED, _CheckIn.OUTCOME_HOLD
