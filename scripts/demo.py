@@ -43,7 +43,6 @@ import httpx
 import uvicorn
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from google.protobuf import timestamp_pb2
 from localmesh import fresh_mesh, register_truck
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -55,6 +54,7 @@ from edge_client.spool import Spool
 from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, mission_service_pb2_grpc, vehicle_pb2
 from haulmesh.telemetry.v1 import telemetry_service_pb2, telemetry_service_pb2_grpc
 from services.runtime import (
+    METERS_PER_MILE,
     Mesh,
     carrier_metadata,
     certificate_key_id,
@@ -62,6 +62,7 @@ from services.runtime import (
     connect_async,
     connect_sync,
     free_port,
+    to_timestamp,
     tokens,
     verify_audit_log,
 )
@@ -330,12 +331,6 @@ class Truck:
             self._spool.close()
         if self._log is not None:
             self._log.close()
-
-
-def _ts(value: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 async def _until(predicate, what: str, timeout_seconds: float = STEP_TIMEOUT_SECONDS, truck: Truck | None = None):
@@ -637,7 +632,7 @@ class Demo:
             sim = progress.get("sim_seconds", 0)
             etas = self.receiver.all("telemetry.v1.eta_updated")
             link = "link DOWN" if self.link_down else "link up"
-            text = (f"{distance / 1609.344:4.0f}/{self.route_m / 1609.344:.0f} mi  "
+            text = (f"{distance / METERS_PER_MILE:4.0f}/{self.route_m / METERS_PER_MILE:.0f} mi  "
                     f"sim {sim // 3600:2d}h{sim % 3600 // 60:02d}  "
                     f"frames {spool.last_sequence if spool else 0} spooled {spool.depth if spool else 0} "
                     f"stored {stored}  {link}"
@@ -677,7 +672,7 @@ class Demo:
         credentials, key, cert_pem = _truck_credentials(self.mesh.cert_dir)
         manifest = mission_pb2.DeliveryManifest(
             mission_id=mission_id, vehicle_id=TRUCK, tms_load_id=mission.load.tms_load_id,
-            deliver_time=_ts(datetime.now(UTC)), location=mission.stops[-1].location, seal_number="SEAL-88231",
+            deliver_time=to_timestamp(datetime.now(UTC)), location=mission.stops[-1].location, seal_number="SEAL-88231",
             received_by="Dock 7, Atlanta DC", telemetry_log_sha256=digest,
             telemetry_first_sequence=log[0].signed_frame.sequence,
             telemetry_last_sequence=log[-1].signed_frame.sequence).SerializeToString()

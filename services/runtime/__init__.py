@@ -39,7 +39,7 @@ from ._errors import (
 )
 from ._events import EventConsumer, add_event, dead_letters, event_stream_key, new_event, replay_dead_letters, transact
 from ._filters import BOOL_FIELD, STRING_FIELD, TIME_FIELD, Filter, FilterField, enum_field, parse_filter
-from ._geo import great_circle_m, great_circle_miles
+from ._geo import EARTH_RADIUS_M, METERS_PER_MILE, great_circle_m, great_circle_miles
 from ._idempotency import Idempotency
 from ._identity import (
     VEHICLE_CERTIFICATE_METADATA_KEY,
@@ -77,9 +77,11 @@ __all__ = [
     "BOOL_FIELD",
     "CARRIER_METADATA_KEY",
     "DEFAULT_PORTS",
+    "EARTH_RADIUS_M",
     "ERROR_DOMAIN",
     "FLEET",
     "MESH_SERVICES",
+    "METERS_PER_MILE",
     "METRICS_REGISTRY",
     "STRING_FIELD",
     "TIME_FIELD",

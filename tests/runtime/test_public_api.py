@@ -9,6 +9,7 @@ from __future__ import annotations
 import services.runtime as runtime
 
 PUBLIC = {
+    "EARTH_RADIUS_M", "METERS_PER_MILE",
     "abort", "Aborted", "add_event", "AlreadyExists", "asgi_middleware", "AuditLog", "BOOL_FIELD", "caller",
     "carrier", "carrier_metadata", "CARRIER_METADATA_KEY", "certificate_key_id", "CertificateFiles", "Channels",
     "check_etag", "check_health", "cluster_url", "Collection", "ConfigError", "configure_tracing", "connect_async",

@@ -18,13 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 import shapely
 
-from services.runtime import great_circle_m
+from services.runtime import EARTH_RADIUS_M, METERS_PER_MILE, great_circle_m
 
 __all__ = ["EARTH_RADIUS_M", "METERS_PER_MILE", "LatLon", "Route", "haversine_m"]
 
 #: Mean Earth radius (IUGG), meters: the radius of the runtime's great_circle_m, used by the projections here.
-EARTH_RADIUS_M = 6_371_008.8
-METERS_PER_MILE = 1609.344
 
 
 @dataclass(frozen=True, slots=True)
