@@ -43,9 +43,39 @@ __all__ = [
 _log = logging.getLogger("haulmesh.store")
 
 
+#: Ports this process has handed out: never the same twice (two servers of one mesh asked in a row).
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free at the time of asking (the caller retries if it loses the race)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A TCP port free at the time of asking, for a server to listen on.
+
+    Picked outside the kernel's ephemeral range: that is where every outgoing connection (a store client, a
+    gRPC channel) takes its local port, so a port the kernel picked there could be taken by some client before
+    the server binds it — a flaky "address in use" under load. And never one this process handed out before.
+    """
+    low, high = _ephemeral_range()
+    candidates = range(10_000, low) if low > 11_000 else range(high + 1, 65_536)
+    for _ in range(500):
+        port = candidates[secrets.randbelow(len(candidates))]
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # the range is full: any free port
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Mapping
 from urllib.parse import urlsplit, urlunsplit
 
+import redis.asyncio
 from limits import RateLimitItem
 from limits.aio.storage import MemoryStorage, RedisClusterStorage, RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
@@ -37,26 +38,37 @@ def _limits_uri(redis_url: str) -> str:
 class TenantRateLimiter:
     """A budget (``HAULMESH_RATE_LIMIT``: e.g. ``50/second``, ``1000/minute``) per carrier; None: no limit."""
 
-    def __init__(self, item: RateLimitItem | None, storage: Storage) -> None:
+    def __init__(self, item: RateLimitItem | None, storage: Storage,
+                 pool: redis.asyncio.ConnectionPool | None = None) -> None:
         self.item = item
         self._limiter = SlidingWindowCounterRateLimiter(storage)
+        #: The store connections the limiter counts over (ours, so that ``close`` can release them).
+        self._pool = pool
 
     @classmethod
     def from_config(cls, config: GatewayConfig, redis_url: str | None) -> TenantRateLimiter:
         """``config.rate_limit`` counted in the store of ``redis_url`` (in memory without one)."""
         storage: Storage = MemoryStorage()
+        pool = None
         if redis_url and cluster_url(redis_url):  # the limiter's own cluster client (keys are carrier-tagged)
             seed = urlsplit(cluster_url(redis_url))
             storage = RedisClusterStorage(urlunsplit(("async+redis+cluster", *seed[1:])), implementation="redispy",
                                           key_prefix="ratelimit", ssl=seed.scheme == "rediss")
         elif redis_url:
-            storage = RedisStorage(_limits_uri(redis_url), implementation="redispy", key_prefix="ratelimit")
-        return cls(config.rate_limit, storage)
+            pool = redis.asyncio.ConnectionPool.from_url(redis_url)
+            storage = RedisStorage(_limits_uri(redis_url), implementation="redispy", key_prefix="ratelimit",
+                                   connection_pool=pool)
+        return cls(config.rate_limit, storage, pool)
 
     @classmethod
     def from_env(cls, redis_url: str | None, env: Mapping[str, str] | None = None) -> TenantRateLimiter:
         """``HAULMESH_RATE_LIMIT`` of ``env`` as GatewayConfig reads it."""
         return cls.from_config(GatewayConfig.from_env(env), redis_url)
+
+    async def close(self) -> None:
+        """Release the store connections (at shutdown; a closed limiter reconnects if used again)."""
+        if self._pool is not None:
+            await self._pool.aclose()
 
     async def check(self, carrier: str) -> None:
         """RESOURCE_EXHAUSTED (429 with Retry-After) when ``carrier`` is over its budget."""

@@ -29,17 +29,24 @@ async def test_replicas_share_one_budget_per_tenant(store_url: str) -> None:
     replica_a = TenantRateLimiter.from_env(store_url, env)
     replica_b = TenantRateLimiter.from_env(store_url, env)
     carrier = f"c{uuid.uuid4().hex[:8]}"
-    assert await _allowed(replica_a, carrier, 6) + await _allowed(replica_b, carrier, 6) == 10
-    assert await _allowed(replica_b, f"{carrier}-other", 3) == 3
+    try:
+        assert await _allowed(replica_a, carrier, 6) + await _allowed(replica_b, carrier, 6) == 10
+        assert await _allowed(replica_b, f"{carrier}-other", 3) == 3
+    finally:
+        await replica_a.close()
+        await replica_b.close()
 
 
 async def test_off_disables_the_limit(store_url: str) -> None:
-    assert await _allowed(TenantRateLimiter.from_env(store_url, {"HAULMESH_RATE_LIMIT": "off"}), "acme", 50) == 50
+    limiter = TenantRateLimiter.from_env(store_url, {"HAULMESH_RATE_LIMIT": "off"})
+    assert await _allowed(limiter, "acme", 50) == 50
+    await limiter.close()
 
 
 async def test_an_unreachable_store_lets_requests_through() -> None:
     limiter = TenantRateLimiter.from_env("redis://127.0.0.1:1/0", {"HAULMESH_RATE_LIMIT": "1/minute"})
     assert await _allowed(limiter, "acme", 3) == 3
+    await limiter.close()
 
 
 @pytest.mark.parametrize("raw", ["fast", "10 per", "-1/second"])

@@ -25,9 +25,6 @@ async def webhook_mesh(mesh_pki: Pki, tmp_path_factory: pytest.TempPathFactory) 
            "HAULMESH_WEBHOOK_RETRY_JITTER": "0", "HAULMESH_WEBHOOK_TIMEOUT_SECONDS": "2"}
     async with running_mesh(mesh_pki, tmp_path_factory.mktemp("webhook-mesh"), env=env) as mesh:
         yield mesh
-        raise
-    yield mesh
-    await mesh.stop(stop_store=True)
 
 
 @pytest.fixture(scope="package")

@@ -38,9 +38,6 @@ ALLOWED_LABELS = {"service", "method", "code", "direction", "route", "status", "
 async def metered_mesh(mesh_pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Mesh:
     async with running_mesh(mesh_pki, tmp_path_factory.mktemp("metered-mesh"), metrics=True) as mesh:
         yield mesh
-        raise
-    yield mesh
-    await mesh.stop(stop_store=True)
 
 
 async def scrape_text(mesh: Mesh, name: str) -> str:
