@@ -18,9 +18,19 @@ from typing import NamedTuple
 
 import grpc
 import pytest
+import redis.asyncio
 from google.rpc import error_details_pb2
 
-from services.runtime import MESH_SERVICES, EmbeddedStore, Identity, Mesh, free_port, pki, status_of
+from services.runtime import (
+    MESH_SERVICES,
+    EmbeddedStore,
+    Identity,
+    Mesh,
+    connect_async,
+    free_port,
+    pki,
+    status_of,
+)
 from tests.trucks import Truck
 
 
@@ -59,6 +69,14 @@ def store_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     info = store.ensure_running()
     yield info.url
     store.stop()
+
+
+@pytest.fixture
+async def store_client(store_url: str) -> AsyncIterator[redis.asyncio.Redis]:
+    """A client of the session's store (the cluster tests give their own)."""
+    client = connect_async(store_url)
+    yield client
+    await client.aclose()
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ from haulmesh.events.v1 import event_pb2, tender_events_pb2
 from services.runtime import (
     EventConsumer,
     add_event,
-    connect_async,
     dead_letters,
     event_stream_key,
     new_event,
@@ -21,14 +20,6 @@ from services.runtime import (
 )
 
 from ..conftest import wait_for
-
-
-@pytest.fixture
-async def client(store_url: str):
-    client = connect_async(store_url)
-    await client.flushall()
-    yield client
-    await client.aclose()
 
 
 def _offered(tender: str, carrier: str = "acme") -> event_pb2.Event:

@@ -12,16 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from haulmesh.tender.v1 import tender_pb2, tender_service_pb2
-from services.runtime import AuditLog, Idempotency, InvalidArgument, connect_async, verify_audit_log
+from services.runtime import AuditLog, Idempotency, InvalidArgument, verify_audit_log
 from services.runtime._audit import head_key
-
-
-@pytest.fixture
-async def client(store_url: str):
-    client = connect_async(store_url)
-    await client.flushall()
-    yield client
-    await client.aclose()
 
 
 def _request(load: str, request_id: str = "k1") -> tender_service_pb2.CreateTenderRequest:

@@ -6,7 +6,9 @@ import asyncio
 import os
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Self
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -15,7 +17,7 @@ from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, mission_servic
 from haulmesh.telemetry.v1 import frame_pb2, stream_pb2, telemetry_service_pb2_grpc
 from haulmesh.type.v1 import equipment_pb2, location_pb2
 from services.runtime import Mesh, carrier_metadata, free_port, new_id
-from tests.conftest import wait_for
+from tests.conftest import Pki, wait_for
 from tests.trucks import Truck
 
 
@@ -108,6 +110,18 @@ class TelemetryProcess:
         if self.process is not None and self.process.returncode is None:
             self.process.kill()
             await self.process.wait()
+
+    @classmethod
+    @asynccontextmanager
+    async def running(cls, mesh_pki: Pki, state_dir: Path, redis_url: str, **env: str) -> AsyncIterator[Self]:
+        """The one way a test runs its own telemetry process: started with the mesh's certificates on
+        ``redis_url``, probed as an operator until SERVING, stopped after."""
+        process = cls(mesh_pki.directory, state_dir, redis_url, **env)
+        try:
+            await process.start(mesh_pki.credentials("operator", "probe"))
+            yield process
+        finally:
+            await process.stop()
 
     async def stop(self) -> None:
         if self.process is not None and self.process.returncode is None:

@@ -6,7 +6,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.runtime._store import free_port
+from services.runtime import free_port
 from tests.conftest import Pki
 from tests.telemetry.helpers import TelemetryProcess, Truck
 
@@ -43,10 +43,8 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 @pytest.fixture(scope="module")
 async def metered(mesh_pki: Pki, store_url: str, tmp_path_factory: pytest.TempPathFactory) -> MeteredTelemetry:
-    process = MeteredTelemetry(mesh_pki.directory, tmp_path_factory.mktemp("metered-telemetry"), store_url)
-    await process.start(mesh_pki.credentials("operator", "probe"))
-    yield process
-    await process.stop()
+    async with MeteredTelemetry.running(mesh_pki, tmp_path_factory.mktemp("metered-telemetry"), store_url) as process:
+        yield process
 
 
 @pytest.fixture
