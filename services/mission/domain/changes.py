@@ -1,0 +1,216 @@
+"""Changes to a mission: transitions, exceptions raised and resolved, pre-trip checks, completion."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from haulmesh.mission.v1 import mission_pb2
+from haulmesh.type.v1 import health_check_pb2
+from services.runtime import (
+    FailedPrecondition,
+    FieldViolation,
+    NotFound,
+    to_timestamp,
+)
+
+from .checkins import CheckInPolicy, departure_cleared, recorded_check_ins, refresh_check_in_due
+from .checks import raise_if, text_violations
+from .enums import TERMINAL, Contingency, ExceptionKind, Severity, State
+from .lifecycle import Action, Status, choose_contingency, mission_status, transition
+
+# --- Mission changes ---------------------------------------------------------------------------------
+# Each takes the mission as read, changes it in place and says what happened; the caller announces it.
+
+#: Who resolves the exceptions left open when a mission is cancelled or aborted.
+MISSION_SERVICE = "spiffe://haulmesh.local/service/mission"
+
+
+def move(mission: mission_pb2.Mission, status: Status) -> None:
+    mission.state = int(status.state)
+    mission.resume_state = int(status.resume) if status.resume else 0
+
+
+def resolve(exc: mission_pb2.MissionException, resolution: str, who: str, when: datetime) -> None:
+    exc.resolution = resolution
+    exc.resolved_by = who
+    exc.resolve_time.CopyFrom(to_timestamp(when))
+
+
+def resolve_open(mission: mission_pb2.Mission, resolution: str, who: str, when: datetime
+                 ) -> list[mission_pb2.MissionException]:
+    """Resolve every open exception of the mission; the ones resolved, in order."""
+    resolved = [exc for exc in mission.exceptions if not exc.HasField("resolve_time")]
+    for exc in resolved:
+        resolve(exc, resolution, who, when)
+    return resolved
+
+
+def settle(mission: mission_pb2.Mission, policy: CheckInPolicy, now: datetime) -> None:
+    """After any change: when the next check-in is due, and the end time of a mission just ended."""
+    refresh_check_in_due(mission, policy, now)
+    if mission.state in TERMINAL and not mission.HasField("end_time"):
+        mission.end_time.CopyFrom(to_timestamp(now))
+
+
+def advance(mission: mission_pb2.Mission, action: Action, now: datetime, *, reason: str = "",
+            record: Callable[[mission_pb2.Mission], None] | None = None
+            ) -> list[mission_pb2.MissionException] | None:
+    """A plain transition (acknowledge, arrive, complete, cancel, abort): None when it repeats the one that
+    produced the current state (nothing changes), else the exceptions it resolved (a cancel or abort
+    resolves those still open). ``record`` notes the transition's facts on the mission first."""
+    after = transition(mission_status(mission), action)
+    if after is None:
+        return None
+    if record is not None:
+        record(mission)
+    resolved = []
+    if after.state in (State.CANCELLED, State.ABORTED):
+        resolved = resolve_open(mission, f"mission {after.state.name.lower()}", MISSION_SERVICE, now)
+        mission.state_reason = reason
+    move(mission, after)
+    return resolved
+
+
+def acknowledge(mission: mission_pb2.Mission, ack_time: Timestamp, now: datetime
+                ) -> list[mission_pb2.MissionException] | None:
+    return advance(mission, Action.ACKNOWLEDGE, now, record=lambda m: m.dispatch_ack_time.CopyFrom(ack_time))
+
+
+def arrive(mission: mission_pb2.Mission, arrive_time: Timestamp, now: datetime
+           ) -> list[mission_pb2.MissionException] | None:
+    def record(m: mission_pb2.Mission) -> None:
+        last = m.stops[-1]
+        last.arrive_time.CopyFrom(arrive_time)
+        last.ClearField("estimated_arrive_time")
+
+    return advance(mission, Action.ARRIVE, now, record=record)
+
+
+#: Cancel and abort reasons: (at most this many characters, required).
+_REASONS = {Action.CANCEL: (500, False), Action.ABORT: (1000, True)}
+
+
+def validate_reason(action: Action, reason: str) -> None:
+    limit, required = _REASONS[action]
+    raise_if(text_violations(reason, limit, "reason", required=required))
+
+
+def validate_pre_trip_checks(checks: Sequence[health_check_pb2.HealthCheckResult]) -> None:
+    problems = [] if checks else [FieldViolation("pre_trip_checks", "at least one")]
+    for i, check in enumerate(checks):
+        problems += text_violations(check.check, 100, f"pre_trip_checks[{i}].check", required=True)
+        if not check.outcome:
+            problems.append(FieldViolation(f"pre_trip_checks[{i}].outcome", "is required"))
+    raise_if(problems)
+
+
+def start(mission: mission_pb2.Mission, checks: Sequence[health_check_pb2.HealthCheckResult], who: str,
+          now: datetime) -> list[mission_pb2.MissionException] | None:
+    """Depart after pre-trip ``checks``: None when already started, else the exceptions resolved (from
+    EXCEPTION, passing checks resolve the pre-trip failures). A failed blocking check, or a required
+    DEPARTURE check-in without PROCEED, refuses with FAILED_PRECONDITION."""
+    after = transition(mission_status(mission), Action.START)
+    if after is None:
+        return None
+    failed = next((c for c in checks
+                   if c.blocking and c.outcome == health_check_pb2.HealthCheckResult.OUTCOME_FAIL), None)
+    if failed is not None:
+        raise FailedPrecondition(f"blocking pre-trip check {failed.check!r} failed: {failed.detail}",
+                                 reason="PRE_TRIP_CHECK_FAILED", metadata={"check": failed.check})
+    if mission.check_in_requirement.required and not departure_cleared(
+            [(p, o) for p, o, _ in recorded_check_ins(mission, now)]):
+        raise FailedPrecondition("this mission needs a DEPARTURE check-in with outcome PROCEED first",
+                                 reason="CHECK_IN_REQUIRED")
+    resolved = resolve_open(mission, "pre-trip checks passed", who, now)
+    del mission.pre_trip_checks[:]
+    mission.pre_trip_checks.extend(checks)
+    mission.start_time.CopyFrom(to_timestamp(now))
+    pickup = mission.stops[0]
+    if not pickup.HasField("arrive_time"):
+        pickup.arrive_time.CopyFrom(mission.dispatch_ack_time if mission.HasField("dispatch_ack_time")
+                                    else to_timestamp(now))
+    if not pickup.HasField("depart_time"):
+        pickup.depart_time.CopyFrom(to_timestamp(now))
+    move(mission, after)
+    return resolved
+
+
+def complete_after_billing(mission: mission_pb2.Mission) -> bool:
+    """DELIVERED → COMPLETED once billing recorded the usage; False if an operator completed it meanwhile."""
+    if mission.state != State.DELIVERED:
+        return False
+    after = transition(mission_status(mission), Action.COMPLETE)
+    assert after is not None  # DELIVERED → COMPLETED is a move, never a repeat
+    move(mission, after)
+    mission.state_reason = "usage recorded by billing"
+    return True
+
+
+def validate_exception(given: mission_pb2.MissionException) -> None:
+    """INVALID_ARGUMENT unless RaiseMissionException's exception is valid and its enums known here."""
+    problems = [] if given.kind else [FieldViolation("exception.kind", "is required")]
+    # A client built from newer contracts may send a value this service does not know yet.
+    enums = (("kind", given.kind, ExceptionKind), ("severity", given.severity, Severity),
+             ("contingency", given.contingency, Contingency))
+    problems += [FieldViolation(f"exception.{name}", f"unknown value {value}") for name, value, known in enums
+                 if value and value not in {int(member) for member in known}]
+    problems += text_violations(given.description, 1000, "exception.description")
+    if len(given.reroute_waypoints) > 100:
+        problems.append(FieldViolation("exception.reroute_waypoints", "at most 100"))
+    if given.reroute_waypoints and given.contingency not in (Contingency.REROUTE, 0):
+        problems.append(FieldViolation("exception.reroute_waypoints", "only for REROUTE"))
+    raise_if(problems)
+
+
+def raise_exception(mission: mission_pb2.Mission, given: mission_pb2.MissionException, who: str, now: datetime
+                    ) -> tuple[mission_pb2.MissionException, bool]:
+    """Record ``given`` as a new open exception (the fleet's contingency when none is given; a REROUTE with
+    waypoints replaces the planned route) and move the mission to EXCEPTION. Returns the exception as
+    recorded and whether the mission's state changed."""
+    status = mission_status(mission)
+    after = transition(status, Action.RAISE)
+    assert after is not None  # RAISE always moves or refuses
+    severity = Severity(given.severity or Severity.WARNING)
+    contingency = given.contingency or choose_contingency(ExceptionKind(given.kind), severity,
+                                                          departed=status.departed)
+    exc = mission.exceptions.add(
+        exception_id=f"exc-{len(mission.exceptions) + 1}", kind=given.kind, severity=int(severity),
+        contingency=int(Contingency(contingency)), description=given.description,
+        reroute_waypoints=given.reroute_waypoints, frame_sequence=given.frame_sequence, raised_by=who,
+        raise_time=to_timestamp(now))
+    if given.HasField("location"):
+        exc.location.CopyFrom(given.location)
+    if exc.contingency == Contingency.REROUTE and given.reroute_waypoints:
+        # The new plan: from where the vehicle was told to go, on to the destination.
+        del mission.planned_route[:]
+        mission.planned_route.extend([*given.reroute_waypoints, mission.stops[-1].location])
+    move(mission, after)
+    return exc, after.state != status.state
+
+
+def validate_resolution(exception_id: str, resolution: str) -> None:
+    raise_if(text_violations(exception_id, 64, "exception_id", required=True)
+             + text_violations(resolution, 1000, "resolution", required=True))
+
+
+def resolve_exception(mission: mission_pb2.Mission, exception_id: str, resolution: str, who: str, now: datetime
+                      ) -> tuple[mission_pb2.MissionException, bool] | None:
+    """Resolve one exception (NOT_FOUND if the mission has no such exception); resolving the last open one
+    returns the mission to its resume state. None when it was resolved already (that succeeds without
+    change), else the exception and whether the mission's state changed."""
+    exc = next((e for e in mission.exceptions if e.exception_id == exception_id), None)
+    if exc is None:
+        raise NotFound(f"{mission.name} has no exception {exception_id!r}", reason="EXCEPTION_NOT_FOUND",
+                       metadata={"exception_id": exception_id})
+    if exc.HasField("resolve_time"):
+        return None
+    resolve(exc, resolution, who, now)
+    if mission_status(mission).open_exceptions:
+        return exc, False
+    after = transition(mission_status(mission), Action.RESOLVE_LAST)
+    assert after is not None  # RESOLVE_LAST always moves or refuses
+    move(mission, after)
+    return exc, True

@@ -1,0 +1,147 @@
+"""Proof of delivery: the signed manifest checked against the truck's certificate and the mission."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from google.protobuf.message import DecodeError
+
+from haulmesh.mission.v1 import mission_pb2
+from services.runtime import (
+    FieldViolation,
+    InvalidArgument,
+    certificate_key_id,
+    from_timestamp,
+    to_timestamp,
+)
+
+from .changes import move
+from .checks import raise_if
+from .lifecycle import Action, mission_status, transition
+
+# --- Proof of delivery -------------------------------------------------------------------------------
+
+def key_id_of(certificate_pem: bytes) -> str:
+    """Lowercase hex SHA-256 of the certificate's DER SubjectPublicKeyInfo (the frames' key id)."""
+    return certificate_key_id(certificate_pem)
+
+
+def verify_manifest_signature(certificate_pem: bytes, manifest: bytes, signature: bytes, key_id: str) -> None:
+    """INVALID_ARGUMENT POD_SIGNATURE_INVALID unless ``signature`` is the certificate key's ECDSA P-256 /
+    SHA-256 signature over exactly ``manifest`` and ``key_id`` names that key."""
+    def invalid(why: str, path: str) -> InvalidArgument:
+        return InvalidArgument(f"proof of delivery rejected: {why}", reason="POD_SIGNATURE_INVALID",
+                               violations=[FieldViolation(f"proof_of_delivery.{path}", why)])
+
+    cert = x509.load_pem_x509_certificate(certificate_pem)
+    public_key = cert.public_key()
+    if not isinstance(public_key, ec.EllipticCurvePublicKey) or public_key.curve.name != "secp256r1":
+        raise invalid("the vehicle certificate key is not ECDSA P-256", "key_id")
+    if key_id != key_id_of(certificate_pem):
+        raise invalid("key_id is not the vehicle certificate's key", "key_id")
+    try:
+        public_key.verify(signature, manifest, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        raise invalid("the signature does not verify over the manifest bytes", "manifest_signature") from None
+
+
+@dataclass(frozen=True)
+class ManifestFacts:
+    """The parts of a decoded DeliveryManifest the rules check."""
+
+    mission_id: str
+    vehicle_id: str
+    tms_load_id: str
+    photo_sha256: tuple[str, ...]
+    deliver_time: datetime | None
+
+
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def check_manifest(facts: ManifestFacts, *, mission_id: str, vehicle_id: str, tms_load_id: str,
+                   photo_sha256: Sequence[str]) -> None:
+    """The manifest must name this mission, its vehicle and load, and list the photos' digests in order."""
+    problems = []
+    if facts.mission_id != mission_id:
+        problems.append(FieldViolation("proof_of_delivery.manifest", "names another mission"))
+    if facts.vehicle_id != vehicle_id:
+        problems.append(FieldViolation("proof_of_delivery.manifest", "names another vehicle"))
+    if facts.tms_load_id != tms_load_id:
+        problems.append(FieldViolation("proof_of_delivery.manifest", "names another load"))
+    if facts.deliver_time is None:
+        problems.append(FieldViolation("proof_of_delivery.manifest", "deliver_time is required"))
+    if tuple(photo_sha256) != facts.photo_sha256:
+        problems.append(FieldViolation("proof_of_delivery.photos", "sha256 values differ from the manifest's"))
+    if problems:
+        raise InvalidArgument("the delivery manifest does not match the mission", reason="POD_SIGNATURE_INVALID",
+                              violations=problems)
+
+
+def validate_photo_digest(value: str) -> bool:
+    return bool(_SHA256_HEX.fullmatch(value))
+
+
+#: Largest signed DeliveryManifest a truck may submit.
+MAX_MANIFEST_BYTES = 64 * 1024
+
+
+def validate_proof(proof: mission_pb2.ProofOfDelivery) -> None:
+    """INVALID_ARGUMENT unless the proof's fields are well-formed (the signature is checked later)."""
+    problems = []
+    if not proof.manifest or len(proof.manifest) > MAX_MANIFEST_BYTES:
+        problems.append(FieldViolation("proof_of_delivery.manifest", "1 byte to 64 KiB"))
+    if not proof.manifest_signature:
+        problems.append(FieldViolation("proof_of_delivery.manifest_signature", "is required"))
+    if not validate_photo_digest(proof.key_id):
+        problems.append(FieldViolation("proof_of_delivery.key_id", "64 lowercase hex characters"))
+    if len(proof.photos) > 20:
+        problems.append(FieldViolation("proof_of_delivery.photos", "at most 20"))
+    for i, photo in enumerate(proof.photos):
+        if not photo.uri.startswith(("https://", "s3://")) or len(photo.uri) > 2048:
+            problems.append(FieldViolation(f"proof_of_delivery.photos[{i}].uri", "an https:// or s3:// URI"))
+        if not validate_photo_digest(photo.sha256):
+            problems.append(FieldViolation(f"proof_of_delivery.photos[{i}].sha256", "64 lowercase hex"))
+    raise_if(problems)
+
+
+def read_manifest(proof: mission_pb2.ProofOfDelivery, certificate_pem: bytes) -> mission_pb2.DeliveryManifest:
+    """The manifest of a proof whose signature the vehicle's certificate verifies; INVALID_ARGUMENT
+    POD_SIGNATURE_INVALID otherwise."""
+    verify_manifest_signature(certificate_pem, proof.manifest, proof.manifest_signature, proof.key_id)
+    try:
+        return mission_pb2.DeliveryManifest.FromString(proof.manifest)
+    except DecodeError:
+        raise InvalidArgument("the manifest is not a DeliveryManifest", reason="POD_SIGNATURE_INVALID",
+                              violations=[FieldViolation("proof_of_delivery.manifest", "not decodable")]) from None
+
+
+def deliver(mission: mission_pb2.Mission, proof: mission_pb2.ProofOfDelivery,
+            manifest: mission_pb2.DeliveryManifest, now: datetime) -> bool:
+    """Record the proof (its manifest must match the mission) and move ARRIVED → DELIVERED; False when
+    already delivered. The last stop is departed at delivery (never before its arrival)."""
+    after = transition(mission_status(mission), Action.DELIVER)
+    if after is None:
+        return False
+    check_manifest(
+        ManifestFacts(manifest.mission_id, manifest.vehicle_id, manifest.tms_load_id, tuple(manifest.photo_sha256),
+                      from_timestamp(manifest.deliver_time)),
+        mission_id=mission.name.removeprefix("missions/"), vehicle_id=mission.vehicle.removeprefix("vehicles/"),
+        tms_load_id=mission.load.tms_load_id, photo_sha256=[p.sha256 for p in proof.photos])
+    recorded = mission.proof_of_delivery
+    recorded.CopyFrom(proof)
+    recorded.manifest_details.CopyFrom(manifest)
+    recorded.submit_time.CopyFrom(to_timestamp(now))
+    last = mission.stops[-1]
+    delivered = from_timestamp(manifest.deliver_time)
+    assert delivered is not None  # check_manifest refused a manifest without one
+    last.depart_time.CopyFrom(to_timestamp(max(delivered, from_timestamp(last.arrive_time) or delivered)))
+    move(mission, after)
+    return True
