@@ -62,6 +62,7 @@ from services.runtime import (
     connect_async,
     connect_sync,
     free_port,
+    poll_until,
     to_timestamp,
     tokens,
     verify_audit_log,
@@ -336,19 +337,16 @@ class Truck:
 async def _until(predicate, what: str, timeout_seconds: float = STEP_TIMEOUT_SECONDS, truck: Truck | None = None):
     """Polls ``predicate`` (sync or async) until it returns something true; DemoFailed naming the step if it
     does not within ``timeout_seconds`` or if the truck's process died meanwhile."""
-    deadline = time.monotonic() + timeout_seconds
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
+    def step():
         if truck is not None and truck.process is not None and not truck.running:
             raise DemoFailed(f"step '{what}': the truck's edge process exited ({truck.process.returncode}); "
                              f"log: {truck.log_path}")
-        if time.monotonic() > deadline:
-            raise DemoFailed(f"step '{what}': did not happen within {timeout_seconds:.0f}s")
-        await asyncio.sleep(0.05)
+        return predicate()
+
+    try:
+        return await poll_until(step, timeout_seconds=timeout_seconds, what=what)
+    except TimeoutError:
+        raise DemoFailed(f"step '{what}': did not happen within {timeout_seconds:.0f}s") from None
 
 
 def _truck_credentials(certs: Path) -> tuple[grpc.ChannelCredentials, ec.EllipticCurvePrivateKey, bytes]:

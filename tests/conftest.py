@@ -9,7 +9,6 @@ store is a real Valkey the tests start on a free port; every call goes over real
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from services.runtime import (
     connect_async,
     free_port,
     pki,
+    poll_until,
     status_of,
 )
 from tests.trucks import Truck
@@ -148,15 +148,5 @@ def rich_error(error: grpc.aio.AioRpcError) -> RichError:
 
 
 async def wait_for(predicate, *, timeout_seconds: float = 10.0, interval_seconds: float = 0.05):
-    """Poll ``predicate`` (sync or async) until it returns a truthy value."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_seconds
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(interval_seconds)
+    """Poll ``predicate`` (sync or async) until it returns a truthy value (the runtime's ``poll_until``)."""
+    return await poll_until(predicate, timeout_seconds=timeout_seconds, interval_seconds=interval_seconds)

@@ -56,7 +56,7 @@ from ._mesh import Mesh, check_health
 from ._metrics import METRICS_REGISTRY, MetricsEndpoint
 from ._names import parse_name
 from ._paging import Page, decode_page, next_page_token
-from ._periodic import Periodic
+from ._periodic import Periodic, poll_until
 from ._server import Service, run_service
 from ._status import abort, error_info, status_of, to_rpc_status
 from ._store import EmbeddedStore, cluster_url, connect_async, connect_sync, free_port, resolve_redis_url
@@ -150,6 +150,7 @@ __all__ = [
     "next_page_token",
     "parse_filter",
     "parse_name",
+    "poll_until",
     "read_json_file",
     "replay_dead_letters",
     "resolve_redis_url",

@@ -8,12 +8,31 @@ and wakes at once when the service stops instead of finishing its sleep.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 
-__all__ = ["Periodic"]
+__all__ = ["Periodic", "poll_until"]
 
 _log = logging.getLogger("haulmesh.periodic")
+async def poll_until(predicate: Callable[[], object], *, timeout_seconds: float, interval_seconds: float = 0.05,
+                     what: str = "condition") -> object:
+    """Call ``predicate`` (sync, or returning an awaitable) until it returns something true, and return that;
+    TimeoutError naming ``what`` when ``timeout_seconds`` pass first. For waiting on another process's work
+    (a mesh coming up, an event arriving), where there is nothing to subscribe to."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_seconds
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise TimeoutError(f"{what} not met within {timeout_seconds:g} s")
+        await asyncio.sleep(interval_seconds)
+
+
 #: A pass returns how long to wait before the next one (seconds), or None for the loop's interval.
 Tick = Callable[[], Awaitable[float | None]]
 

@@ -19,6 +19,7 @@ PUBLIC = {
     "great_circle_m", "great_circle_miles", "HaulmeshError", "Idempotency", "Identity", "identity_from_pem",
     "IdentityError", "inject_event_context", "InvalidArgument", "Mesh", "MESH_SERVICES", "METRICS_REGISTRY",
     "MetricsEndpoint", "new_event", "new_id", "next_page_token", "NotFound", "Page", "parse_filter", "parse_name",
+    "poll_until",
     "Periodic", "PermissionDenied", "Policy", "read_json_file", "replay_dead_letters", "resolve_redis_url",
     "ResourceExhausted",
     "run_service", "Service", "ServiceConfig", "shutdown_tracing", "signing_key_id", "status_of", "STRING_FIELD",
