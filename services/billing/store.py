@@ -53,7 +53,7 @@ class BillingStore:
     async def list_rate_cards(self, carrier: str, page: Page, keep: Callable[[rate_card_pb2.RateCard], bool]
                               ) -> tuple[list[rate_card_pb2.RateCard], str]:
         """One page of the cards ``keep`` accepts, latest ``effective_time`` first."""
-        return await self._filtered_page(self._rate_cards(carrier), rate_card_pb2.RateCard, page, keep)
+        return await self._rate_cards(carrier).filtered_page(page, keep)
 
     async def rate_cards_effective_before(self, carrier: str, at_ms: int
                                           ) -> AsyncIterator[list[rate_card_pb2.RateCard]]:
@@ -141,7 +141,7 @@ class BillingStore:
     async def list_invoices(self, carrier: str, page: Page, keep: Callable[[invoice_pb2.Invoice], bool]
                             ) -> tuple[list[invoice_pb2.Invoice], str]:
         """One page of the invoices ``keep`` accepts, newest ``issue_time`` first."""
-        return await self._filtered_page(self._invoices(carrier), invoice_pb2.Invoice, page, keep)
+        return await self._invoices(carrier).filtered_page(page, keep)
 
     async def issue_invoice(self, carrier: str, mission_id: str,
                             existing: Callable[[invoice_pb2.Invoice], invoice_pb2.Invoice],
@@ -197,36 +197,3 @@ class BillingStore:
             return updated
 
         return await transact(self._redis, carrier, [key], write)
-
-    # --- shared ---------------------------------------------------------------------------------------
-
-    async def _filtered_page(self, collection: Collection[M], message: type[M], page: Page,
-                             keep: Callable[[M], bool]) -> tuple[list[M], str]:
-        """A page of ``page.size`` resources ``keep`` accepts, scanning the index newest first.
-
-        The cursor is the index member of the last resource returned, so the next page resumes right after
-        it whatever the filter skipped.
-        """
-        found: list[M] = []
-        members_seen: list[str] = []
-        after = page.after
-        while len(found) <= page.size:
-            start = f"({after}" if after else "+"
-            members = await self._redis.zrange(collection.index.key, start, "-", desc=True, bylex=True,
-                                               offset=0, num=max(page.size, 50))
-            if not members:
-                break
-            raws = await self._redis.mget([collection.key(TimeIndex.resource_id(m)) for m in members])
-            for member, raw in zip(members, raws, strict=True):
-                if raw is None:
-                    continue
-                resource = message.FromString(raw)
-                if keep(resource):
-                    found.append(resource)
-                    members_seen.append(member.decode())
-                    if len(found) > page.size:
-                        break
-            after = members[-1].decode()
-        more = len(found) > page.size
-        found = found[: page.size]
-        return found, members_seen[page.size - 1] if more else ""

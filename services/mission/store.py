@@ -69,31 +69,7 @@ class MissionStore:
         """One page of the roster by creation; ``keep`` filters (the scan goes on until the page is full)."""
         if keep is None:
             return await self._vehicles.page(page, newest_first=False)
-        return await self._filtered(self._vehicles, vehicle_pb2.Vehicle, page, keep, newest_first=False)
-
-    async def _filtered(self, collection: Collection, message: type, page: Page, keep: Callable[[object], bool],
-                        *, newest_first: bool, batch: int = 200) -> tuple[list, str]:
-        """A page of the resources ``keep`` accepts, scanning the index in batches from the page's cursor.
-
-        The next cursor is the index member of the last resource returned, so a page never skips or
-        repeats a match (the last page may come back empty when the final match ended the previous one).
-        """
-        found: list = []
-        after = page.after
-        while True:
-            ids, cursor = await collection.index.page(self.redis, Page(after, batch), newest_first=newest_first)
-            raws = await self.redis.mget([collection.key(i) for i in ids]) if ids else []
-            for resource_id, raw in zip(ids, raws, strict=True):
-                if raw is None:
-                    continue
-                resource = message.FromString(raw)
-                if keep(resource):
-                    found.append(resource)
-                    if len(found) == page.size:
-                        return found, collection.index.member(resource.create_time.ToMilliseconds(), resource_id)
-            if not cursor:
-                return found, ""
-            after = cursor
+        return await self._vehicles.filtered_page(page, keep, newest_first=False)
 
     async def all_vehicles(self) -> list[vehicle_pb2.Vehicle]:
         """The whole roster (dispatch and capacity rank every vehicle; a fleet is thousands, not millions)."""
@@ -222,7 +198,7 @@ class MissionStore:
         """One page of the carrier's missions, newest first; ``keep`` filters."""
         if keep is None:
             return await self._missions(carrier).page(page, newest_first=True)
-        return await self._filtered(self._missions(carrier), mission_pb2.Mission, page, keep, newest_first=True)
+        return await self._missions(carrier).filtered_page(page, keep)
 
     async def mission_of_tender(self, carrier: str, tender_id: str) -> str | None:
         raw = await self.redis.hget(tenant_key("mission-by-tender", carrier), tender_id)
