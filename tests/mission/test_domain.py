@@ -31,7 +31,7 @@ from services.mission.domain import (
     VehicleView,
 )
 from services.runtime import ConfigError, FailedPrecondition, InvalidArgument, pki
-from services.runtime.lanes import load_lane_facts
+from services.runtime.lanes import KnownRoute, LaneFacts, load_lane_facts
 
 DRY_VAN, REEFER = 1, 3
 HOUSTON, DALLAS, ATLANTA = (29.76, -95.37), (32.78, -96.80), (33.75, -84.39)
@@ -404,6 +404,30 @@ def test_mission_and_vehicle_filters_select_by_their_fields() -> None:
         with pytest.raises(InvalidArgument) as caught:
             parse_filter(bad, convert.MISSION_FILTER)
         assert caught.value.reason == "INVALID_FILTER"
+
+
+@given(lat=st.floats(allow_nan=True, allow_infinity=True), lon=st.floats(allow_nan=True, allow_infinity=True))
+def test_location_validation_total(lat: float, lon: float) -> None:
+    problems = {v.field for v in domain.location_violations(lat, lon, "origin")}
+    valid = -90 <= lat <= 90 and -180 <= lon <= 180 and not (lat == 0 and lon == 0)
+    assert (not problems) == valid
+
+
+HOUSTON_ATLANTA_ROUTE = [(29.7604, -95.3698), (30.2266, -93.2174), (33.5186, -86.8104), (33.7490, -84.3880)]
+
+
+def test_a_known_lane_gives_the_mission_its_route_from_stop_to_stop() -> None:
+    pickup, delivery = (29.7499, -95.3584), (33.749, -84.388)
+    facts = LaneFacts(markets=FACTS.markets, routes=(
+        KnownRoute("Boston", ((40.71, -74.0), (42.36, -71.06)), 190.0),
+        KnownRoute("Houston-Atlanta", tuple(HOUSTON_ATLANTA_ROUTE), 789.0)))
+
+    def planned(*stops):
+        return list(domain.plan_dispatch(_mission_between(*stops), T0, facts).route_points)
+
+    assert planned(pickup, delivery) == [pickup, *HOUSTON_ATLANTA_ROUTE[1:-1], delivery]
+    assert planned(pickup, (32.78, -96.8)) == []  # Dallas: no known route
+    assert planned(delivery, pickup) == []  # a route has a direction
 
 
 # --- rules on the generated messages -----------------------------------------------------------------

@@ -317,3 +317,15 @@ def test_any_url_is_either_parsed_or_refused_as_invalid_argument(url: str) -> No
         return
     assert destination.scheme in ("https", "http") and destination.host and 0 <= destination.port <= 65535
     assert not any(c.isspace() for c in url)
+
+
+@settings(deadline=None)  # timings vary on a shared machine; correctness is the point
+@given(st.text(max_size=60))
+def test_delivery_filter_never_crashes(text: str) -> None:
+    from services.gateway.webhooks.convert import DELIVERY_FILTER
+    from services.runtime import parse_filter
+
+    try:
+        parse_filter(text, DELIVERY_FILTER)
+    except InvalidArgument as exc:
+        assert exc.reason == "INVALID_FILTER"
