@@ -14,7 +14,8 @@ from .workers import CONSUMED_TYPES, MissionWorkers
 def register(service: Service) -> None:
     settings = MissionSettings.from_env()
     store = MissionStore(service.redis, billing_grace_seconds=settings.billing_grace_seconds)
-    missions = MissionUseCases(store, settings, service.stub(billing_service_pb2_grpc.BillingServiceStub, "billing"))
+    missions = MissionUseCases(store, settings,
+                               lambda: service.stub(billing_service_pb2_grpc.BillingServiceStub, "billing"))
     service.add(mission_service_pb2_grpc.add_MissionServiceServicer_to_server, MissionServicer(missions),
                 mission_service_pb2.DESCRIPTOR.services_by_name["MissionService"])
     # Delivered missions are billed at once by the consumer; the sweeper retries those billing could not take.

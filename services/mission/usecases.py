@@ -64,7 +64,8 @@ class MissionUseCases:
     """Roster and mission use cases, and the billing hand-off and vehicle release that follow delivery."""
 
     def __init__(self, store: MissionStore, settings: MissionSettings,
-                 billing: billing_service_pb2_grpc.BillingServiceStub | None = None) -> None:
+                 billing: Callable[[], billing_service_pb2_grpc.BillingServiceStub] | None = None) -> None:
+        # ``billing`` gives the stub per call: the runtime's channels follow certificate rotation.
         self._store = store
         self._settings = settings
         self._billing = billing
@@ -359,7 +360,7 @@ class MissionUseCases:
         mission = await self._store.get_mission(carrier_id, mission_id)
         if mission is None or mission.state != Mission.STATE_DELIVERED or self._billing is None:
             return mission
-        await self._billing.RecordUsage(
+        await self._billing().RecordUsage(
             billing_service_pb2.RecordUsageRequest(mission=mission.name, tender=mission.tender, quote=mission.quote,
                                                    tms_load_id=mission.load.tms_load_id,
                                                    usage=domain.usage(mission)),

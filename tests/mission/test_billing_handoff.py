@@ -115,7 +115,7 @@ async def test_billing_outage_is_retried_until_it_succeeds(store_url: str) -> No
     store = MissionStore(client, billing_grace_seconds=0)
     settings = MissionSettings(billing_grace_seconds=0, billing_sweep_seconds=0.02, billing_max_backoff_seconds=0.1)
     billing = FlakyBilling(failures=3)
-    workers = MissionWorkers(MissionUseCases(store, settings, billing), store, settings)
+    workers = MissionWorkers(MissionUseCases(store, settings, lambda: billing), store, settings)
     carrier_id = f"c-{new_id()}"
     mission = mission_spec("vehicles/MT-NONE")
     mission.name = f"missions/{new_id()}"
