@@ -40,7 +40,12 @@ def register(service: Service) -> None:
 
     rest = rest_gateway(service, config)
     listener = HttpListener(create_app(ready, rest), service.config.listen_host, service.config.http_port)
-    service.add_companion(listener.run, listener.stop)
+
+    async def stop_rest() -> None:
+        await listener.stop()
+        await rest.limiter.close()  # its store connections (a late device request reconnects: harmless)
+
+    service.add_companion(listener.run, stop_rest)
     # The trucks' door (HAULMESH_GATEWAY_DEVICE_PORT): the same pipeline, client certificates instead of tokens.
     device = DeviceGateway(api=device_api(rest.api), authenticator=rest.authenticator, limiter=rest.limiter,
                            channel=rest.channel, max_request_bytes=rest.max_request_bytes)
