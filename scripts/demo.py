@@ -25,6 +25,7 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import inspect
 import json
 import os
 import secrets
@@ -337,11 +338,16 @@ class Truck:
 async def _until(predicate, what: str, timeout_seconds: float = STEP_TIMEOUT_SECONDS, truck: Truck | None = None):
     """Polls ``predicate`` (sync or async) until it returns something true; DemoFailed naming the step if it
     does not within ``timeout_seconds`` or if the truck's process died meanwhile."""
-    def step():
-        if truck is not None and truck.process is not None and not truck.running:
+    async def step():
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        # Only a step still waiting fails on a dead truck: one that happened as the truck finished its drive
+        # and exited did happen.
+        if not value and truck is not None and truck.process is not None and not truck.running:
             raise DemoFailed(f"step '{what}': the truck's edge process exited ({truck.process.returncode}); "
                              f"log: {truck.log_path}")
-        return predicate()
+        return value
 
     try:
         return await poll_until(step, timeout_seconds=timeout_seconds, what=what)
