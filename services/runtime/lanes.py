@@ -166,15 +166,19 @@ class LaneFacts:
         On a known route: the route's road miles, plus the estimated road miles between each end stop and the
         route's end near it; the geometry runs from the first stop through the route's inner waypoints to the
         last stop. Otherwise great circle through the stops times the circuity factor. One function, so the
-        quote, the offer and the mission plan carry the same miles.
+        quote, the offer and the mission plan carry the same miles. A move with stops between its ends keeps
+        the route's geometry but is measured through its stops (the route's mileage does not visit them).
         """
+        estimate = round(_polyline_miles(stops) * self.circuity_factor, 1)
         route = self.known_route(stops)
-        if route is not None:
-            points = (stops[0], *route.waypoints[1:-1], stops[-1])
-            miles = (route.miles + self.road_miles(stops[0], route.waypoints[0])
-                     + self.road_miles(route.waypoints[-1], stops[-1]))
-            return PlannedRoute(round(miles, 1), points, route.name)
-        return PlannedRoute(round(_polyline_miles(stops) * self.circuity_factor, 1), ())
+        if route is None:
+            return PlannedRoute(estimate, ())
+        points = (stops[0], *route.waypoints[1:-1], stops[-1])
+        if len(stops) > 2:
+            return PlannedRoute(estimate, points, route.name)
+        miles = (route.miles + self.road_miles(stops[0], route.waypoints[0])
+                 + self.road_miles(route.waypoints[-1], stops[-1]))
+        return PlannedRoute(round(miles, 1), points, route.name)
 
     def road_miles(self, a: Point, b: Point) -> float:
         """Estimated road miles between two points off any known route (great circle x circuity)."""

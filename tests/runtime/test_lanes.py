@@ -48,6 +48,14 @@ def test_stops_near_a_route_end_add_their_road_miles() -> None:
         789 + great_circle_miles(*pasadena, *HOUSTON) * FACTS.circuity_factor, abs=0.05)
 
 
+def test_a_move_with_stops_between_keeps_the_route_but_is_measured_through_its_stops() -> None:
+    baton_rouge = (30.4515, -91.1871)
+    plan = FACTS.plan([HOUSTON, baton_rouge, ATLANTA])
+    assert plan.route_name and plan.points[0] == HOUSTON and plan.points[-1] == ATLANTA
+    through = great_circle_miles(*HOUSTON, *baton_rouge) + great_circle_miles(*baton_rouge, *ATLANTA)
+    assert plan.miles == round(through * FACTS.circuity_factor, 1)
+
+
 def test_transit_and_night_hours() -> None:
     assert FACTS.transit(550) == timedelta(hours=10)
     # 18:00 UTC = 12:00 Chicago in January; 14 h runs to 02:00: night 22:00-02:00 = 240 minutes.
