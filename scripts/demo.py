@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import hmac
 import inspect
+import itertools
 import json
 import os
 import secrets
@@ -63,6 +64,7 @@ from services.runtime import (
     connect_async,
     connect_sync,
     free_port,
+    great_circle_miles,
     poll_until,
     to_timestamp,
     tokens,
@@ -335,6 +337,14 @@ class Truck:
             self._log.close()
 
 
+def driven_miles(frames: list) -> float:
+    """Miles along the track of ``frames`` (stored TelemetryFrames): great circle between consecutive positions
+    in sequence order. What the truck drove as its signed frames tell it (billing does not use it yet)."""
+    track = [(f.payload.position.lat, f.payload.position.lon)
+             for f in sorted(frames, key=lambda f: f.signed_frame.sequence) if f.payload.HasField("position")]
+    return sum(great_circle_miles(*a, *b) for a, b in itertools.pairwise(track))
+
+
 async def _until(predicate, what: str, timeout_seconds: float = STEP_TIMEOUT_SECONDS, truck: Truck | None = None):
     """Polls ``predicate`` (sync or async) until it returns something true; DemoFailed naming the step if it
     does not within ``timeout_seconds`` or if the truck's process died meanwhile."""
@@ -405,6 +415,8 @@ class Demo:
         self.route_m = 0.0
         self.outage_spooled = 0
         self.link_down = False
+        #: Miles as each party counts them: the offer's quote, the mission's plan, the stored frames, the invoice.
+        self.miles: dict[str, float | None] = {"quote": None, "planned": None, "driven": None, "invoice": None}
         self._store = connect_async(self._store_url())
         self._telemetry = TelemetryStore(self._store)
 
@@ -489,6 +501,7 @@ class Demo:
         pickup, delivery = stops[0]["location"], stops[-1]["location"]
         self.route_m = lane_between((pickup["lat"], pickup["lon"]), (delivery["lat"], delivery["lon"])).length_m
         quoted, planned = float(offer.get("routeMiles", 0)), float(mission.get("routeMiles", 0))
+        self.miles.update(quote=quoted, planned=planned)
         detail(f"{self.mission_name} dispatched to {mission['vehicle']}; the assignment is queued for the "
                f"truck's stream")
         detail(f"miles: quoted {quoted:,.1f} (offer), planned {planned:,.1f} (mission); one set of lane facts")
@@ -668,6 +681,7 @@ class Demo:
         self.stored_frames = await self._mission_frames()
         log = [f for f in self.stored_frames if f.payload.mission_id == mission_id]
         expect(bool(log), "no stored frame carries the mission id")
+        self.miles["driven"] = round(driven_miles(log), 1)
         digest = hashlib.sha256(b"".join(f.signed_frame.payload for f in log)).hexdigest()
 
         step("Truck submits proof of delivery, signed with its certificate's key (ECDSA P-256)")
@@ -704,6 +718,7 @@ class Demo:
         invoice = invoices[0]
         total = invoice["total"]
         self.invoice_total = f"{total['currencyCode']} {int(total['amountMinor']) / 100:,.2f}"
+        self.miles["invoice"] = float(invoice.get("usage", {}).get("miles", 0))
         detail(f"{invoice['name']}: {self.invoice_total}")
         for line in invoice.get("lines", []):
             detail(f"   {line.get('code', ''):<18} {int(line['amount']['amountMinor']) / 100:>10,.2f}  "
@@ -716,6 +731,8 @@ class Demo:
         reconciled = reply.json()
         expect(reconciled.get("state") == "STATE_MATCHED", f"not matched: {reconciled.get('state')}")
         detail("MATCHED to the minor unit")
+
+    summary: dict[str, object] | None = None
 
     async def _summary(self) -> None:
         receiver, report = self.receiver, self.truck.report
@@ -752,6 +769,18 @@ class Demo:
                f"= the truck's last: 0 lost, 0 stored twice ({counters.get('duplicates', 0)} resent after the cut "
                f"were recognised and acked)")
         detail(f"the dead zone: {self.outage_spooled} frames spooled offline and replayed")
+        miles = self.miles
+        detail(f"miles: quoted {miles['quote']:,.1f}, planned {miles['planned']:,.1f}, driven {miles['driven']:,.1f} "
+               f"(the stored frames' track), invoiced {miles['invoice']:,.1f}")
+        self.summary = {
+            "quote_miles": miles["quote"], "planned_miles": miles["planned"], "driven_miles": miles["driven"],
+            "invoice_miles": miles["invoice"],
+            # Not built yet (issue 10): the server does not recompute the POD's telemetry hash, frames are not
+            # archived, there is no evidence pack. Said as such rather than left out.
+            "pod_hash_verified": False, "frames_archived": 0, "evidence_pack": None, "evidence_verified": False,
+            "frames_sent": report["frames"], "frames_stored": len(set(sequences)), "frames_lost": len(lost),
+            "frames_duplicated": doubled, "eta_webhooks": receiver.types().count("haulmesh.telemetry.v1.eta_updated"),
+        }
 
         step("Verifying the audit log's hash chain")
         client = connect_sync(self._store_url())
@@ -762,6 +791,9 @@ class Demo:
         expect(audit.intact, f"audit chain broken: {audit.problems}")
         detail(f"{audit.entries} audited calls in {audit.chains} per-process chains, all intact")
         detail(f"invoice {self.invoice_total}, MATCHED")
+        path = self.mesh.state_dir / "summary.json"
+        path.write_text(json.dumps(self.summary, indent=2) + "\n")
+        detail(f"summary: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
 
 
 def main() -> int:

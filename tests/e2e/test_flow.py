@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import subprocess
 import sys
@@ -57,6 +58,15 @@ def test_demo_runs_end_to_end() -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "demo complete" in result.stdout
     assert "MATCHED" in result.stdout and "every signature verified" in result.stdout
+    summary = json.loads((ROOT / ".haulmesh" / "demo" / "summary.json").read_text())
+    assert {"quote_miles", "planned_miles", "driven_miles", "invoice_miles", "pod_hash_verified", "frames_sent",
+            "frames_stored", "frames_lost", "frames_duplicated", "frames_archived", "eta_webhooks", "evidence_pack",
+            "evidence_verified"} <= set(summary)
+    assert summary["quote_miles"] == summary["planned_miles"] > 0
+    assert summary["frames_lost"] == summary["frames_duplicated"] == 0
+    assert summary["frames_stored"] == summary["frames_sent"] > 0
+    # The truck drives the simulator's copy of the seed route: within a few percent of the planned road miles.
+    assert abs(summary["driven_miles"] - summary["planned_miles"]) < 0.05 * summary["planned_miles"]
 
 
 def _ts(value: datetime) -> timestamp_pb2.Timestamp:
