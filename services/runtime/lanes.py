@@ -38,7 +38,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ._config import read_json_file
 from ._errors import ConfigError
-from ._geo import great_circle_miles
+from ._geo import METERS_PER_MILE, great_circle_miles
 
 __all__ = [
     "DEFAULT_LANES_FILE",
@@ -126,7 +126,7 @@ class LaneFacts:
 
     @property
     def planning_speed_kph(self) -> float:
-        return self.planning_speed_mph * 1.609344
+        return self.planning_speed_mph * METERS_PER_MILE / 1000
 
     def market(self, code: str) -> Market | None:
         """The market with ``code``, or None."""
@@ -169,16 +169,14 @@ class LaneFacts:
         quote, the offer and the mission plan carry the same miles. A move with stops between its ends keeps
         the route's geometry but is measured through its stops (the route's mileage does not visit them).
         """
-        estimate = round(_polyline_miles(stops) * self.circuity_factor, 1)
         route = self.known_route(stops)
-        if route is None:
-            return PlannedRoute(estimate, ())
-        points = (stops[0], *route.waypoints[1:-1], stops[-1])
-        if len(stops) > 2:
-            return PlannedRoute(estimate, points, route.name)
-        miles = (route.miles + self.road_miles(stops[0], route.waypoints[0])
-                 + self.road_miles(route.waypoints[-1], stops[-1]))
-        return PlannedRoute(round(miles, 1), points, route.name)
+        if route is not None and len(stops) == 2:
+            miles = (route.miles + self.road_miles(stops[0], route.waypoints[0])
+                     + self.road_miles(route.waypoints[-1], stops[-1]))
+        else:
+            miles = _polyline_miles(stops) * self.circuity_factor
+        points = () if route is None else (stops[0], *route.waypoints[1:-1], stops[-1])
+        return PlannedRoute(round(miles, 1), points, route.name if route else "")
 
     def road_miles(self, a: Point, b: Point) -> float:
         """Estimated road miles between two points off any known route (great circle x circuity)."""
@@ -291,10 +289,11 @@ def _parse(data: Mapping[str, Any]) -> LaneFacts:
             raise ValueError(f"{where}: waypoints must be a list of 2 to {_MAX_WAYPOINTS}")
         points = tuple(_point(_req(p, "lat", f"{where}.waypoints[{j}]"), _req(p, "lon", f"{where}.waypoints[{j}]"),
                               f"{where}.waypoints[{j}]") for j, p in enumerate(raw_points))
-        miles = float(r.get("miles", _polyline_miles(points)))
-        if not _polyline_miles(points) * 0.95 <= miles <= _polyline_miles(points) * 3:
+        straight = _polyline_miles(points)
+        miles = float(r.get("miles", straight))
+        if not straight * 0.95 <= miles <= straight * 3:
             raise ValueError(f"{where}: miles {miles:g} cannot be the length of a road through its waypoints "
-                             f"({_polyline_miles(points):.0f} mi in straight lines)")
+                             f"({straight:.0f} mi in straight lines)")
         routes.append(KnownRoute(name=str(r.get("name", f"route {i}")), waypoints=points, miles=miles,
                                  waypoint_names=tuple(str(p.get("name", "")) for p in raw_points)))
     planning = data.get("planning", {})

@@ -51,4 +51,14 @@ def test_transit_and_deadhead_share_the_planning_speed() -> None:
     facts = load_lane_facts({})
     offered = tender_domain.assess(seed_tender(NOW), POLICY, NOW)
     assert offered.transit == facts.transit(offered.route_miles)
-    assert facts.transit(789.0) == timedelta(minutes=round(789.0 / facts.planning_speed_mph * 60))
+    assert offered.transit == timedelta(minutes=round(offered.route_miles / 55 * 60))  # the shipped 55 mph
+    # Mission's capacity: a truck at the Dallas terminal reaches a Houston pickup after its deadhead (the same
+    # road-miles estimate and the same speed), not before.
+    dallas, houston = facts.market("US-TX-DAL"), (29.7499, -95.3584)
+    caps = mission_domain.Capabilities(frozenset({1}), False, 45_000, True)
+    truck = mission_domain.VehicleView("DAL-1", caps, mission_domain.Availability.AVAILABLE, "US-TX-DAL",
+                                       (dallas.lat, dallas.lon))
+    windows, eligible = mission_domain.capacity_windows(
+        [truck], mission_domain.Load(1, 1_000, False, False), houston, NOW, NOW + timedelta(days=1), NOW, facts)
+    deadhead = timedelta(hours=facts.road_miles((dallas.lat, dallas.lon), houston) / 55)
+    assert eligible == 1 and windows[0].start == (NOW + deadhead).replace(microsecond=0)

@@ -37,7 +37,7 @@ from .frames import (
     verify_frame,
 )
 from .geofence import Circle, Fence, Polygon
-from .geometry import METERS_PER_MILE, LatLon, Route, haversine_m
+from .geometry import METERS_PER_MILE, LatLon, Route
 from .inputs import Alarm, Frame, MissionContext, Position, Stop, StopType
 from .liveness import Liveness
 from .scope import FrameScope
@@ -80,7 +80,6 @@ __all__ = [
     "assignment_command",
     "command_for",
     "fault_kind",
-    "haversine_m",
     "key_from_spki",
     "key_id_of",
     "order_batch",

@@ -20,7 +20,7 @@ import shapely
 
 from services.runtime import EARTH_RADIUS_M, METERS_PER_MILE, great_circle_m
 
-__all__ = ["EARTH_RADIUS_M", "METERS_PER_MILE", "LatLon", "Route", "haversine_m"]
+__all__ = ["EARTH_RADIUS_M", "METERS_PER_MILE", "LatLon", "Route"]
 
 #: Mean Earth radius (IUGG), meters: the radius of the runtime's great_circle_m, used by the projections here.
 
@@ -36,11 +36,6 @@ class LatLon:
 def _wrap_deg(delta: float | np.ndarray) -> float | np.ndarray:
     """A longitude difference brought into [-180, 180), so fences across the antimeridian work."""
     return (delta + 180.0) % 360.0 - 180.0
-
-
-def haversine_m(a: LatLon, b: LatLon) -> float:
-    """Great-circle distance in meters between two points (the runtime's :func:`great_circle_m`)."""
-    return great_circle_m(a.lat, a.lon, b.lat, b.lon)
 
 
 def _aeqd(center: LatLon, p: LatLon) -> tuple[float, float]:

@@ -31,7 +31,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from services.runtime import great_circle_m
+from services.runtime import METERS_PER_MILE, great_circle_m
 from services.runtime.lanes import LaneFacts
 
 from .events import EtaUpdated, GeofenceDwell, GeofenceEntered, GeofenceExited, RouteDeviation, SensorFault
@@ -64,7 +64,7 @@ class DerivedSettings:
     #: Below this smoothed speed the vehicle is considered stopped and ``cruise_speed_kph`` is assumed.
     min_speed_kph: float = 5.0
     #: The lane facts' planning speed (the running service passes its HAULMESH_LANES_FILE's: for_lanes).
-    cruise_speed_kph: float = LaneFacts.planning_speed_mph * 1.609344
+    cruise_speed_kph: float = LaneFacts.planning_speed_mph * METERS_PER_MILE / 1000
     #: Great-circle distance is multiplied by this when the route cannot be used (roads are not straight): the
     #: lane facts' circuity, as quotes and plans use it.
     circuity_factor: float = LaneFacts.circuity_factor

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime, timedelta
 
+from services.runtime import great_circle_m
 from services.telemetry.domain import Circle, Fence, Frame, LatLon, MissionContext, Position, Stop, StopType
 
 T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
@@ -57,3 +58,8 @@ def context(fences: list[Fence], route: tuple[LatLon, ...] = (), corridor_width_
 def every(seconds: float, n: int, start: datetime = T0) -> list[datetime]:
     """``n`` device times ``seconds`` apart."""
     return [start + timedelta(seconds=seconds * i) for i in range(n)]
+
+
+def distance_m(a: LatLon, b: LatLon) -> float:
+    """Great-circle meters between two points (the runtime's one distance)."""
+    return great_circle_m(a.lat, a.lon, b.lat, b.lon)

@@ -24,10 +24,9 @@ from services.telemetry.domain import (
     LatLon,
     RouteDeviation,
     VehicleTracker,
-    haversine_m,
 )
 
-from .helpers import HOUSTON_ATLANTA, T0, context, frame, offset
+from .helpers import HOUSTON_ATLANTA, T0, context, distance_m, frame, offset
 
 SPEED_KPH = 100.0
 STEP = timedelta(minutes=1)
@@ -38,7 +37,7 @@ def lane_fixes() -> list[LatLon]:
     fixes = []
     step_m = SPEED_KPH / 3.6 * STEP.total_seconds()
     for a, b in itertools.pairwise(HOUSTON_ATLANTA):
-        n = max(1, math.ceil(haversine_m(a, b) / step_m))
+        n = max(1, math.ceil(distance_m(a, b) / step_m))
         fixes += [LatLon(a.lat + (b.lat - a.lat) * k / n, a.lon + (b.lon - a.lon) * k / n) for k in range(n)]
     return [*fixes, HOUSTON_ATLANTA[-1]]
 
@@ -58,7 +57,7 @@ def test_houston_to_atlanta() -> None:
     for i, p in enumerate(path):
         noisy = offset(p, rng.gauss(0, 8), rng.gauss(0, 8))  # GPS noise, well under the 30 m hysteresis
         at = T0 + STEP * i
-        if arrival_time is None and haversine_m(p, destination) <= 800:
+        if arrival_time is None and distance_m(p, destination) <= 800:
             arrival_time = at
         speed = 0.0 if i >= len(path) - 180 else SPEED_KPH + rng.gauss(0, 3)
         events += tracker.update(frame(i + 1, at, noisy, speed_kph=speed), now=at + timedelta(seconds=2))
@@ -90,4 +89,4 @@ def test_houston_to_atlanta() -> None:
 
 
 #: The lane by interstate through the waypoints, ~790 statute miles (the tender's estimate is 792).
-HOUSTON_ATLANTA_MILES = sum(haversine_m(a, b) for a, b in itertools.pairwise(HOUSTON_ATLANTA)) / METERS_PER_MILE
+HOUSTON_ATLANTA_MILES = sum(distance_m(a, b) for a, b in itertools.pairwise(HOUSTON_ATLANTA)) / METERS_PER_MILE

@@ -29,11 +29,10 @@ from services.telemetry.domain import (
     SensorFault,
     VehicleTracker,
     fault_kind,
-    haversine_m,
 )
 from services.telemetry.domain.geofence import _FenceShape
 
-from .helpers import HOUSTON_ATLANTA, MISSION, T0, VEHICLE, context, every, frame, offset
+from .helpers import HOUSTON_ATLANTA, MISSION, T0, VEHICLE, context, distance_m, every, frame, offset
 
 ATL = LatLon(33.749, -84.388)
 
@@ -46,7 +45,7 @@ def test_circle_distance_is_the_great_circle_distance() -> None:
     shape = _FenceShape(Circle(ATL, 500))
     for north, east in [(0, 0), (300, 0), (0, 499), (-2000, 1500), (40_000, -30_000)]:
         p = offset(ATL, north, east)
-        assert shape.signed_distance_m(p) == pytest.approx(haversine_m(ATL, p) - 500, abs=1e-6)
+        assert shape.signed_distance_m(p) == pytest.approx(distance_m(ATL, p) - 500, abs=1e-6)
     assert shape.signed_distance_m(offset(ATL, 0, 499)) < 0 < shape.signed_distance_m(offset(ATL, 0, 501))
 
 
@@ -71,10 +70,10 @@ def test_polygon_across_the_antimeridian() -> None:
 
 def test_route_locates_points_along_the_lane() -> None:
     route = Route(HOUSTON_ATLANTA)
-    great_circle = sum(haversine_m(a, b) for a, b in itertools.pairwise(HOUSTON_ATLANTA))
+    great_circle = sum(distance_m(a, b) for a, b in itertools.pairwise(HOUSTON_ATLANTA))
     assert route.length_m == pytest.approx(great_circle, rel=2e-3)  # ~1,270 km by interstate
     off, along = route.locate(HOUSTON_ATLANTA[4])  # Baton Rouge, a waypoint
-    expected = sum(haversine_m(a, b) for a, b in itertools.pairwise(HOUSTON_ATLANTA[:5]))
+    expected = sum(distance_m(a, b) for a, b in itertools.pairwise(HOUSTON_ATLANTA[:5]))
     assert off == pytest.approx(0, abs=1) and along == pytest.approx(expected, rel=2e-3)
     off, _ = route.locate(offset(HOUSTON_ATLANTA[4], 5000, 0))
     assert off == pytest.approx(5000, rel=0.05)
