@@ -26,7 +26,8 @@ retained *version* is refused by the server and raised as :class:`ObjectLocked`.
 
 SeaweedFS 4.48 (the test server, tests/objectstore.py), checked by experiment: ``CreateBucket`` with
 ``ObjectLockEnabledForBucket=True`` enables Object Lock and versioning; ``If-None-Match: *`` is honoured (412,
-also on a bucket without Object Lock, and race-safe: of 8 concurrent creates exactly one wins); a wrong
+also on a bucket without Object Lock, and race-safe: of 8 concurrent creates exactly one wins, the losers
+answered in steps of about a second, as if polling a lock); a wrong
 ``x-amz-checksum-sha256`` is refused (400 ``BadDigest``, whose message wrongly says Content-MD5); deleting a
 COMPLIANCE-retained version, shortening its retention, or bypassing it as GOVERNANCE are refused (403
 ``AccessDenied``, as on AWS); a version-less delete adds a delete marker. Differences from AWS: reading a delete
@@ -281,8 +282,12 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def delete(self, key: str, *, version_id: str = "") -> None:
         """Delete ``key`` (or one version of it); :class:`ObjectLocked` while retention forbids it. Deleting what
-        is not there is not an error (as on S3). On a versioned S3 bucket a delete without ``version_id`` only
-        adds a delete marker: the versions stay readable by id."""
+        is not there is not an error (as on S3).
+
+        On a versioned S3 bucket a delete without ``version_id`` only adds a delete marker: the key reads as
+        missing, its versions stay readable by id. S3 accepts that even for a retained object; this API refuses
+        it (ObjectLocked) as the local store does, so a retained object never vanishes from ``get``/``list``
+        through this API. A retained version's delete is refused by the server itself."""
 
     @abc.abstractmethod
     def self_test(self) -> None:
@@ -683,6 +688,12 @@ class S3ObjectStore(ObjectStore):
         params = {"Bucket": self.bucket, "Key": self._key(key)}
         if version_id:
             params["VersionId"] = version_id
+        else:
+            # S3 accepts a version-less delete of a retained object as a delete marker, which hides the evidence
+            # from get() and list() while its bytes stay; this API refuses that as the local store does.
+            current = self._head(key)
+            if current is not None and current.retain_until and current.retain_until > datetime.now(UTC):
+                raise self._locked(key, current)
         try:
             self._client.delete_object(**params)
         except (ClientError, BotoCoreError) as error:
@@ -693,11 +704,13 @@ class S3ObjectStore(ObjectStore):
                 # permission by looking at the version's retention.
                 stored = self._head(key, version_id)
                 if stored is not None and stored.retain_until and stored.retain_until > datetime.now(UTC):
-                    raise ObjectLocked(f"{self.url}: {key!r} version {stored.version_id!r} is retained until "
-                                       f"{stored.retain_until.isoformat()}",
-                                       metadata={"key": key, "version_id": stored.version_id,
-                                                 "retain_until": stored.retain_until.isoformat()}) from error
+                    raise self._locked(key, stored) from error
             raise self._error("cannot delete", error, key) from error
+
+    def _locked(self, key: str, stored: StoredObject) -> ObjectLocked:
+        until = stored.retain_until.isoformat() if stored.retain_until else ""
+        return ObjectLocked(f"{self.url}: {key!r} version {stored.version_id!r} is retained until {until}",
+                            metadata={"key": key, "version_id": stored.version_id, "retain_until": until})
 
     def self_test(self) -> None:
         probe = self._key(f"_haulmesh/self-test/{secrets.token_hex(8)}")
