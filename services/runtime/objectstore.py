@@ -49,14 +49,14 @@ import re
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, FlexibleChecksumError
+from botocore.exceptions import BotoCoreError, ClientError, FlexibleChecksumError, NoCredentialsError
 
 from ._errors import ConfigError, FieldViolation, HaulmeshError
 
@@ -233,14 +233,16 @@ def _check_data(data: bytes) -> bytes:
 
 
 def _check_retention(retain_until: datetime | None) -> datetime | None:
-    """``retain_until`` in UTC; it must be timezone-aware and in the future (a past date protects nothing and
-    S3 refuses it)."""
+    """``retain_until`` in UTC, rounded up to a whole second; it must be timezone-aware and in the future (a past
+    date protects nothing and S3 refuses it)."""
     if retain_until is None:
         return None
     if not isinstance(retain_until, datetime) or retain_until.utcoffset() is None:
         raise InvalidObjectRequest("retain_until", "must be a timezone-aware datetime",
                                    reason="INVALID_RETENTION")
     retain_until = retain_until.astimezone(UTC)
+    if retain_until.microsecond:  # S3 keeps whole seconds: round up, so retention is never shorter than asked
+        retain_until = retain_until.replace(microsecond=0) + timedelta(seconds=1)
     if retain_until <= datetime.now(UTC):
         raise InvalidObjectRequest("retain_until", f"{retain_until.isoformat()} is not in the future",
                                    reason="INVALID_RETENTION")
@@ -342,10 +344,11 @@ class LocalObjectStore(ObjectStore):
         return self._meta / f"{key}.json"
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self, *, shared: bool = False) -> Iterator[None]:
+        """The store's lock: exclusive to publish or delete, shared to read an object and its sidecar as one."""
         fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)  # closing the descriptor releases the lock
@@ -427,14 +430,12 @@ class LocalObjectStore(ObjectStore):
 
     def get(self, key: str, *, version_id: str = "") -> bytes:
         validate_key(key)
-        stored = self._read_meta(key)
-        if stored is None or (version_id and version_id != stored.version_id):
-            what = f"{key!r} version {version_id!r}" if version_id else repr(key)
-            raise ObjectMissing(f"{self.url}: no object {what}", metadata={"key": key, "version_id": version_id})
-        try:
+        with self._locked(shared=True):
+            stored = self._read_meta(key)
+            if stored is None or (version_id and version_id != stored.version_id):
+                what = f"{key!r} version {version_id!r}" if version_id else repr(key)
+                raise ObjectMissing(f"{self.url}: no object {what}", metadata={"key": key, "version_id": version_id})
             data = self._path(key).read_bytes()
-        except FileNotFoundError as error:  # deleted between the two reads
-            raise ObjectMissing(f"{self.url}: no object {key!r}", metadata={"key": key}) from error
         if _sha256(data) != stored.sha256 or len(data) != stored.size:
             raise ObjectCorrupt(f"{self.url}: {key!r} does not match the sha256 recorded when it was written",
                                 metadata={"key": key, "sha256": stored.sha256})
@@ -442,7 +443,8 @@ class LocalObjectStore(ObjectStore):
 
     def head(self, key: str) -> StoredObject | None:
         validate_key(key)
-        return self._read_meta(key)
+        with self._locked(shared=True):
+            return self._read_meta(key)
 
     def list(self, prefix: str, *, limit: int = 10_000) -> list[str]:
         _validate_prefix(prefix)
@@ -506,6 +508,8 @@ class LocalObjectStore(ObjectStore):
             with self._locked():
                 self._path(probe).unlink(missing_ok=True)
                 self._meta_path(probe).unlink(missing_ok=True)
+                self._prune(self._path(probe).parent, self._internal)
+                self._prune(self._meta_path(probe).parent, self._meta)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -539,13 +543,21 @@ class S3ObjectStore(ObjectStore):
         try:
             self._client.head_bucket(Bucket=self.bucket)
         except ClientError as error:
+            if _status(error) in (401, 403):
+                raise ObjectStoreError(f"{self.url}: access to bucket {self.bucket!r} denied ({_status(error)}): "
+                                       "check the AWS credentials in the environment and the bucket's policy",
+                                       reason="OBJECT_STORE_ACCESS_DENIED") from error
             if _status(error) != 404:
                 raise self._error("cannot open the bucket", error) from error
             if not create:
                 raise ConfigError(f"{self.url}: bucket {self.bucket!r} does not exist",
                                   field="object store url") from error
             self._create_bucket()
-        except BotoCoreError as error:  # no connection, no credentials, a bad endpoint: after the retries
+        except NoCredentialsError as error:
+            raise ConfigError(f"{self.url}: no AWS credentials found: set AWS_ACCESS_KEY_ID and "
+                              "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or run with an instance role); an object store "
+                              "url never carries them", field="AWS_ACCESS_KEY_ID") from error
+        except BotoCoreError as error:  # no connection, a bad endpoint: after the retries
             raise self._error("cannot reach the store", error) from error
         try:
             config = self._client.get_object_lock_configuration(Bucket=self.bucket)

@@ -7,10 +7,10 @@ and the start-up self-test.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -65,7 +65,7 @@ def test_round_trip(store: ObjectStore) -> None:
     data = b"PAR1" + os.urandom(3000) + b"PAR1"
     stored = store.put_new(KEY, data)
     assert (stored.key, stored.size, stored.retain_until) == (KEY, len(data), None)
-    assert stored.sha256 == __import__("hashlib").sha256(data).hexdigest()
+    assert stored.sha256 == hashlib.sha256(data).hexdigest()
     assert stored.version_id  # S3: the VersionId; locally content-derived
     assert store.get(KEY) == data
     assert store.get(KEY, version_id=stored.version_id) == data
@@ -295,13 +295,28 @@ def test_a_malformed_url_is_a_config_error(url: str, message: str) -> None:
     assert "TOPSECRET" not in refused.value.message  # the error never repeats a secret
 
 
+def test_missing_credentials_are_a_config_error(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    with pytest.raises(ConfigError, match="no AWS credentials"):
+        open_object_store(s3_bucket)
+
+
+def test_wrong_credentials_are_refused_clearly(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    with pytest.raises(ObjectStoreError, match="denied") as refused:
+        open_object_store(s3_bucket)
+    assert refused.value.reason == "OBJECT_STORE_ACCESS_DENIED"
+    assert "not-the-secret" not in refused.value.message
+
+
 def test_a_missing_directory_without_create_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         open_object_store(str(tmp_path / "absent"), create=False)
     assert open_object_store(str(tmp_path / "made")).url == (tmp_path / "made").as_uri()
 
 
-def test_the_seaweed_helper_stops_cleanly(tmp_path: Path) -> Iterator[None]:
+def test_the_seaweed_helper_stops_cleanly(tmp_path: Path) -> None:
     """The helper's own contract: it stops what it started and leaves no socket behind."""
     server = SeaweedS3(tmp_path).start()
     process = server.process
