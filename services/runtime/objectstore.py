@@ -95,6 +95,8 @@ S3_CONNECT_TIMEOUT_SECONDS = 10
 S3_READ_TIMEOUT_SECONDS = 120
 #: The local store's own files live here, beside the objects; keys may not start a segment with '.'.
 LOCAL_INTERNAL_DIR = ".haulmesh-objectstore"
+#: A local temp file older than this belongs to a write that crashed; opening the store removes it.
+LOCAL_STALE_TEMP_SECONDS = 3600
 _SHA256_METADATA = "sha256"
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _S3_QUERY_PARAMETERS = ("endpoint_url", "region")
@@ -332,9 +334,30 @@ class LocalObjectStore(ObjectStore):
         self._internal = root / LOCAL_INTERNAL_DIR
         self._tmp = self._internal / "tmp"
         self._meta = self._internal / "meta"
-        for directory in (self._tmp, self._meta):
-            directory.mkdir(parents=True, exist_ok=True)
+        try:
+            for directory in (self._tmp, self._meta):
+                directory.mkdir(parents=True, exist_ok=True)
+            self._sweep_temp_files()
+        except OSError as error:
+            raise ConfigError(f"object store directory {root} is not usable: {error}",
+                              field="object store url") from error
         self._lock_path = self._internal / "lock"
+
+    def _sweep_temp_files(self) -> None:
+        """Remove temp files of writes that crashed (old enough that no live write can own them)."""
+        cutoff = datetime.now(UTC).timestamp() - LOCAL_STALE_TEMP_SECONDS
+        for entry in os.scandir(self._tmp):
+            with contextlib.suppress(OSError):
+                if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(entry.path)
+
+    @contextlib.contextmanager
+    def _os_errors(self, what: str, key: str) -> Iterator[None]:
+        """A filesystem failure (disk full, permissions) as an ObjectStoreError naming the store and key."""
+        try:
+            yield
+        except OSError as error:
+            raise ObjectStoreError(f"{self.url}: cannot {what} {key!r}: {error}", metadata={"key": key}) from error
 
     # The paths of a key. Keys are validated first, so they cannot leave root nor reach the internal directory.
     def _path(self, key: str) -> Path:
@@ -355,7 +378,9 @@ class LocalObjectStore(ObjectStore):
 
     def put_new(self, key: str, data: bytes, *, retain_until: datetime | None = None) -> StoredObject:
         validate_key(key)
-        return self._put_new(key, _check_data(data), _check_retention(retain_until))
+        data, retain_until = _check_data(data), _check_retention(retain_until)
+        with self._os_errors("write", key):
+            return self._put_new(key, data, retain_until)
 
     def _put_new(self, key: str, data: bytes, retain_until: datetime | None) -> StoredObject:
         path, sha256 = self._path(key), _sha256(data)
@@ -365,9 +390,7 @@ class LocalObjectStore(ObjectStore):
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
+                _write_all(fd, data)
                 os.fsync(fd)
                 os.fchmod(fd, 0o444)  # evidence is never edited in place
             finally:
@@ -408,7 +431,7 @@ class LocalObjectStore(ObjectStore):
         tmp = self._tmp / f"{secrets.token_hex(16)}.meta"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.write(fd, body)
+            _write_all(fd, body)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -430,7 +453,7 @@ class LocalObjectStore(ObjectStore):
 
     def get(self, key: str, *, version_id: str = "") -> bytes:
         validate_key(key)
-        with self._locked(shared=True):
+        with self._os_errors("read", key), self._locked(shared=True):
             stored = self._read_meta(key)
             if stored is None or (version_id and version_id != stored.version_id):
                 what = f"{key!r} version {version_id!r}" if version_id else repr(key)
@@ -443,7 +466,7 @@ class LocalObjectStore(ObjectStore):
 
     def head(self, key: str) -> StoredObject | None:
         validate_key(key)
-        with self._locked(shared=True):
+        with self._os_errors("read", key), self._locked(shared=True):
             return self._read_meta(key)
 
     def list(self, prefix: str, *, limit: int = 10_000) -> list[str]:
@@ -454,7 +477,7 @@ class LocalObjectStore(ObjectStore):
         if not base.is_dir():
             return []
         keys = []
-        for dirpath, dirnames, filenames in os.walk(base):
+        for dirpath, dirnames, filenames in os.walk(base):  # an unreadable directory is skipped, as os.walk does
             # Never descend into the store's own files (or anything hidden: no key can be hidden).
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             relative = Path(dirpath).relative_to(self.root).as_posix()
@@ -466,7 +489,7 @@ class LocalObjectStore(ObjectStore):
 
     def delete(self, key: str, *, version_id: str = "") -> None:
         validate_key(key)
-        with self._locked():
+        with self._os_errors("delete", key), self._locked():
             stored = self._read_meta(key)
             if stored is None or (version_id and version_id != stored.version_id):
                 return
@@ -510,6 +533,13 @@ class LocalObjectStore(ObjectStore):
                 self._meta_path(probe).unlink(missing_ok=True)
                 self._prune(self._path(probe).parent, self._internal)
                 self._prune(self._meta_path(probe).parent, self._meta)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written (a write may be short)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _fsync_dir(directory: Path) -> None:

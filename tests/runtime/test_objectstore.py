@@ -8,6 +8,7 @@ and the start-up self-test.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 import threading
@@ -216,6 +217,34 @@ def test_altered_bytes_are_detected_locally(tmp_path: Path) -> None:
     with pytest.raises(ObjectCorrupt) as corrupt:
         store.get(KEY)
     assert corrupt.value.reason == "OBJECT_CORRUPT"
+
+
+def test_a_crashed_local_write_leaves_nothing_that_blocks(tmp_path: Path) -> None:
+    """A write that died after its sidecar but before its link left a sidecar and a temp file: neither makes the
+    key look taken, and the temp file is swept when the store is next opened (once stale)."""
+    store = open_object_store(str(tmp_path))
+    internal = tmp_path / ".haulmesh-objectstore"
+    stale_meta = internal / "meta" / f"{KEY}.json"
+    stale_meta.parent.mkdir(parents=True)
+    stale_meta.write_text(json.dumps({"size": 1, "sha256": "00", "version_id": "00",
+                                      "retain_until": "2999-01-01T00:00:00+00:00"}))
+    stale_temp = internal / "tmp" / "dead.tmp"
+    stale_temp.write_bytes(b"half a parquet file")
+    os.utime(stale_temp, (0, 0))
+    assert store.head(KEY) is None and store.list("") == []
+    stored = store.put_new(KEY, b"the real bytes")
+    assert store.head(KEY) == stored and store.get(KEY) == b"the real bytes"
+    open_object_store(str(tmp_path))
+    assert not stale_temp.exists()
+
+
+def test_a_local_key_under_an_object_is_a_clear_conflict(tmp_path: Path) -> None:
+    """A directory cannot hold a file and a folder of one name: said plainly (S3 allows both)."""
+    store = open_object_store(str(tmp_path))
+    store.put_new("a/b", b"x")
+    with pytest.raises(ObjectStoreError) as conflict:
+        store.put_new("a/b/c", b"y")
+    assert conflict.value.reason == "OBJECT_KEY_CONFLICT"
 
 
 def test_altered_bytes_are_detected_on_s3(s3_store: S3ObjectStore, s3_server: SeaweedS3) -> None:
