@@ -35,8 +35,8 @@ from .destinations import (
 )
 
 __all__ = [
-    "DEFAULT_OVERLAP_SECONDS",
     "DEFAULT_ETA_POLICY",
+    "DEFAULT_OVERLAP_SECONDS",
     "DEFAULT_RETRY_DELAYS_SECONDS",
     "ETA_EVENT_TYPE",
     "INTERNAL_EVENT_TYPES",

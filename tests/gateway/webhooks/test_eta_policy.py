@@ -4,6 +4,7 @@ validation, and the dispatcher on a real Valkey (one delivery per update the pol
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -53,7 +54,7 @@ def _sent(policy: domain.EtaPolicy, sequence: list[domain.EtaSent]) -> list[doma
 def test_first_always_sent_and_no_two_sends_closer_than_cadence_unless_material(policy, sequence) -> None:
     sent = _sent(policy, sequence)
     assert sent[0] is sequence[0]
-    for previous, current in zip(sent, sent[1:], strict=False):
+    for previous, current in itertools.pairwise(sent):
         material = abs(current.eta - previous.eta) >= policy.min_change or current.late != previous.late
         due = bool(policy.cadence) and current.event_time - previous.event_time >= policy.cadence
         assert material or due, (previous, current)
@@ -144,7 +145,8 @@ async def _subscribe(store: WebhookStore, carrier: str, policy: webhook_pb2.EtaP
 
 def _eta_event(carrier: str, mission: str, minute: int, eta: datetime, *, stop: int = 1):
     data = tev.EtaUpdated(mission=mission, vehicle="vehicles/AU-TRK-1", stop_index=stop,
-                          estimated_arrive_time=to_timestamp(eta), device_time=to_timestamp(T0 + timedelta(minutes=minute)))
+                          estimated_arrive_time=to_timestamp(eta),
+                          device_time=to_timestamp(T0 + timedelta(minutes=minute)))
     return new_event("telemetry_eta_updated", data, subject=mission, carrier_id=carrier, source="telemetry")
 
 
