@@ -53,7 +53,8 @@ def test_a_report_is_checked_field_by_field() -> None:
 
 
 def test_a_valid_report_becomes_observations() -> None:
-    estimate = mission_service_pb2.StopEstimate(stop_index=1, estimated_arrive_time=to_timestamp(T0 + timedelta(hours=9)))
+    eta = to_timestamp(T0 + timedelta(hours=9))
+    estimate = mission_service_pb2.StopEstimate(stop_index=1, estimated_arrive_time=eta)
     request = mission_service_pb2.ReportFleetStateRequest(vehicles=[_entry(
         last_location=HOUSTON, mission="missions/m1", stop_estimates=[estimate])])
     [seen] = domain.fleet_report(request)
