@@ -73,6 +73,6 @@ class MissionSettings:
                                              minimum=0, maximum=30 * 86400),
             eta_min_change_seconds=_number(env, "HAULMESH_MISSION_ETA_MIN_CHANGE_SECONDS", 300, minimum=0,
                                            maximum=86400),
-            fleet_gauge_seconds=_number(env, "HAULMESH_FLEET_GAUGE_SECONDS", 15, minimum=1, maximum=3600),
+            fleet_gauge_seconds=_number(env, "HAULMESH_FLEET_GAUGE_SECONDS", 15, minimum=0.1, maximum=3600),
             lanes=load_lane_facts(env),
         )
