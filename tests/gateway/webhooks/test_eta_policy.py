@@ -8,6 +8,7 @@ import itertools
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,7 +18,12 @@ from haulmesh.gateway.v1 import webhook_pb2
 from services.gateway.webhooks import domain
 from services.gateway.webhooks.store import WebhookStore
 from services.gateway.webhooks.workers import Dispatcher, WebhookSettings
-from services.runtime import InvalidArgument, connect_async, new_event, new_id, to_timestamp
+from services.runtime import InvalidArgument, Mesh, connect_async, new_event, new_id, to_timestamp
+from services.runtime.tokens import mint
+from tests.conftest import wait_for
+
+from .receiver import Receiver
+from .test_webhooks_mesh import _emit
 
 Sub = webhook_pb2.WebhookSubscription
 T0 = datetime(2026, 12, 2, 6, 0, tzinfo=UTC)
@@ -176,3 +182,41 @@ async def test_dispatcher_sends_what_each_subscriptions_policy_lets_through(stor
     assert len(sent) == 1 + 59 // 5 + 1, len(sent)
     ids = {d.event.id for d in sent}
     assert events[0].id in ids and events[5].id in ids and events[4].id not in ids and other_stop.id in ids
+
+
+# --- over REST, end to end -------------------------------------------------------------------------------
+
+
+async def test_the_tms_sets_its_eta_policy_over_rest_and_receives_what_it_lets_through(webhook_mesh: Mesh,
+                                                                                       receiver: Receiver) -> None:
+    carrier = f"eta-rest-{new_id()[:6]}"
+    token = mint(carrier=carrier, scopes="webhook:read webhook:write", state_dir=webhook_mesh.state_dir)
+    auth = {"Authorization": f"Bearer {token}"}
+    body = {"url": receiver.url(), "eventTypes": ["haulmesh.telemetry.v1.eta_updated"], "secret": receiver.secrets[0]}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{webhook_mesh.http_port}", timeout=15) as http:
+        refused = await http.post("/api/v1/webhookSubscriptions", headers=auth,
+                                  json={**body, "etaPolicy": {"minChangeMinutes": -1, "cadenceMinutes": 2000}})
+        assert refused.status_code == 400, refused.text
+        fields = [v["field"] for d in refused.json()["details"] for v in d.get("fieldViolations", [])]
+        assert fields == ["webhook_subscription.eta_policy.min_change_minutes",
+                          "webhook_subscription.eta_policy.cadence_minutes"]
+        created = await http.post("/api/v1/webhookSubscriptions", headers=auth,
+                                  json={**body, "etaPolicy": {"minChangeMinutes": 30, "cadenceMinutes": 0}})
+        assert created.status_code == 200, created.text
+        assert created.json()["etaPolicy"] == {"minChangeMinutes": 30, "cadenceMinutes": 0}
+    mission = f"missions/{new_id()}"
+    # 20 updates, 5 minutes apart in event time, the ETA 4 minutes earlier each: sent at 0, 8, 16 (32 min moved).
+    for i in range(20):
+        await _emit(webhook_mesh, "telemetry_eta_updated",
+                    tev.EtaUpdated(mission=mission, stop_index=1, estimated_arrive_time=to_timestamp(
+                        T0 + timedelta(hours=12, minutes=-4 * i)),
+                        device_time=to_timestamp(T0 + timedelta(minutes=5 * i))),
+                    carrier=carrier, subject=mission)
+    # A last update that moved 2 hours: once it is received, every update before it was judged (stream order).
+    last = await _emit(webhook_mesh, "telemetry_eta_updated",
+                       tev.EtaUpdated(mission=mission, stop_index=1, estimated_arrive_time=to_timestamp(T0),
+                                      device_time=to_timestamp(T0 + timedelta(minutes=100))),
+                       carrier=carrier, subject=mission)
+    received = await wait_for(lambda: receiver.received if any(last.id in r.body.decode() for r in receiver.received)
+                              else None, timeout_seconds=15)
+    assert len(received) == 4, [r.body for r in received]
