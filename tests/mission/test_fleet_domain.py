@@ -110,6 +110,10 @@ def test_etas_are_recorded_when_first_or_material() -> None:
     assert domain.apply_estimates(mission, ((1, eta - timedelta(minutes=5)),), five)
     assert mission.estimated_arrive_time == to_timestamp(eta - timedelta(minutes=5))
     assert not domain.apply_estimates(mission, ((7, eta),), five)  # no such stop
+    heading = _mission()
+    assert domain.apply_estimates(heading, ((0, T0 + timedelta(minutes=30)),), five)
+    assert domain.apply_estimates(heading, ((1, eta),), five)  # past the pickup: its estimate is over
+    assert not heading.stops[0].HasField("estimated_arrive_time") and heading.stops[1].HasField("estimated_arrive_time")
     mission.stops[0].arrive_time.CopyFrom(to_timestamp(T0))
     assert not domain.apply_estimates(mission, ((0, eta),), five)  # reached: no estimate
     arrived = _mission(mission_pb2.Mission.STATE_ARRIVED)
