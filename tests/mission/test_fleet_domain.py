@@ -114,6 +114,9 @@ def test_etas_are_recorded_when_first_or_material() -> None:
     assert domain.apply_estimates(heading, ((0, T0 + timedelta(minutes=30)),), five)
     assert domain.apply_estimates(heading, ((1, eta),), five)  # past the pickup: its estimate is over
     assert not heading.stops[0].HasField("estimated_arrive_time") and heading.stops[1].HasField("estimated_arrive_time")
+    both = _mission()  # the pickup reached between two reports: only the later stop's estimate counts
+    assert domain.apply_estimates(both, ((0, T0), (1, eta)), five)
+    assert not both.stops[0].HasField("estimated_arrive_time") and both.estimated_arrive_time == to_timestamp(eta)
     mission.stops[0].arrive_time.CopyFrom(to_timestamp(T0))
     assert not domain.apply_estimates(mission, ((0, eta),), five)  # reached: no estimate
     arrived = _mission(mission_pb2.Mission.STATE_ARRIVED)

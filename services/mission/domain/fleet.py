@@ -160,16 +160,16 @@ def apply_estimates(mission: mission_pb2.Mission, estimates: tuple[tuple[int, da
         return False
     changed = False
     last = len(mission.stops) - 1
-    # Telemetry estimates the next stop not reached: the stops before it were reached (a pickup's arrival is
-    # not recorded on the mission), so their estimates are over.
-    reached = min((index for index, _ in estimates if 0 <= index <= last), default=0)
+    # Telemetry estimates the next stop not reached, in order: the stops before the latest one estimated were
+    # reached (a pickup's arrival is not recorded on the mission), so their estimates are over.
+    reached = max((index for index, _ in estimates if 0 <= index <= last), default=0)
     for stop in mission.stops[:reached]:
         if stop.HasField("estimated_arrive_time"):
             stop.ClearField("estimated_arrive_time")
             changed = True
     for index, eta in estimates:
-        if not 0 <= index <= last:
-            continue  # the mission has no such stop (a report from before a reroute, say): nothing to record
+        if not reached <= index <= last:
+            continue  # a stop passed since, or none such (a report from before a reroute, say): nothing to record
         stop = mission.stops[index]
         if stop.HasField("arrive_time"):
             continue
