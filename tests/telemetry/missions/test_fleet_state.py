@@ -21,7 +21,7 @@ from haulmesh.telemetry.v1 import frame_pb2
 from haulmesh.type.v1 import equipment_pb2, location_pb2
 from services.runtime import Mesh, carrier_metadata, new_id
 from services.runtime.tokens import mint
-from tests.conftest import Pki, running_mesh, wait_for
+from tests.conftest import Pki, rich_error, running_mesh, wait_for
 from tests.trucks import Truck
 
 from ..helpers import ATLANTA, HOUSTON, Session
@@ -236,3 +236,32 @@ async def _gauge_at_least(mesh: Mesh, connectivity: str, availability: str, coun
     value = await _metric(mesh, "mission", "haulmesh_fleet_vehicles",
                           f'{{availability="{availability}",connectivity="{connectivity}"}}')
     return value >= count
+
+
+async def test_report_fleet_state_is_telemetry_only_checked_and_idempotent(fleet_mesh: Mesh, mesh_pki: Pki,
+                                                                           roster: Roster) -> None:
+    mesh = fleet_mesh
+    truck = Truck.mint(mesh_pki.ca, f"RF-{uuid.uuid4().hex[:8].upper()}")
+    await _register(mesh, mesh_pki, truck)
+    entry = mission_service_pb2.VehicleObservation(vehicle=f"vehicles/{truck.vehicle_id}",
+                                                   connectivity=V.CONNECTIVITY_ONLINE, last_location=DALLAS)
+    entry.last_seen_time.GetCurrentTime()
+    report = mission_service_pb2.ReportFleetStateRequest(vehicles=[entry, mission_service_pb2.VehicleObservation(
+        vehicle="vehicles/NOT-ON-ROSTER", connectivity=V.CONNECTIVITY_OFFLINE, last_seen_time=entry.last_seen_time)])
+    with pytest.raises(grpc.aio.AioRpcError) as denied:
+        await roster.missions.ReportFleetState(report, timeout=10)  # an operator: not the telemetry service
+    assert rich_error(denied.value).reason == "METHOD_NOT_ALLOWED"
+    async with grpc.aio.secure_channel(mesh.address("mission"), mesh_pki.credentials("service", "telemetry")) as ch:
+        telemetry = mission_service_pb2_grpc.MissionServiceStub(ch)
+        first = await telemetry.ReportFleetState(report, timeout=10)
+        assert (first.vehicles_changed, list(first.unknown_vehicles)) == (1, ["vehicles/NOT-ON-ROSTER"])
+        again = await telemetry.ReportFleetState(report, timeout=10)  # a retry: nothing newer, nothing changes
+        assert again.vehicles_changed == 0
+        bad = mission_service_pb2.ReportFleetStateRequest(vehicles=[mission_service_pb2.VehicleObservation(
+            vehicle=f"vehicles/{truck.vehicle_id}", last_location=location_pb2.Location(lat=0, lon=200))])
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await telemetry.ReportFleetState(bad, timeout=10)
+    error = rich_error(refused.value)
+    assert error.code == "INVALID_ARGUMENT"
+    assert error.fields == ["vehicles[0].connectivity", "vehicles[0].last_seen_time", "vehicles[0].last_location.lon"]
+    assert (await _located(roster, truck.vehicle_id, DALLAS)).connectivity == V.CONNECTIVITY_ONLINE
