@@ -22,6 +22,7 @@ def register(service: Service) -> None:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     store = TelemetryStore(service.redis, config)
+
     def mission_stub() -> mission_service_pb2_grpc.MissionServiceStub:
         return service.stub(mission_service_pb2_grpc.MissionServiceStub, "mission")
 
