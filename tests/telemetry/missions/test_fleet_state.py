@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -118,6 +119,7 @@ async def test_an_idle_truck_online_driving_and_offline_reaches_the_roster_its_c
         # a handful of batched reports, not 200 writes.
         reports_before = await _metric(mesh, "telemetry", "haulmesh_telemetry_fleet_reports_total",
                                        '{outcome="sent"}')
+        began = time.monotonic()
         points = _along(HOUSTON, DALLAS, 200)
         for start in range(0, 200, 20):
             _send(session, *(_signed(truck, 1 + i, KIND.KIND_POSITION, at=p, speed_kph=95)
@@ -127,7 +129,9 @@ async def test_an_idle_truck_online_driving_and_offline_reaches_the_roster_its_c
         at_dallas = await wait_for(lambda: _located(roster, truck.vehicle_id, DALLAS), timeout_seconds=10)
         reports = await _metric(mesh, "telemetry", "haulmesh_telemetry_fleet_reports_total",
                                 '{outcome="sent"}') - reports_before
-        assert 1 <= reports <= 2 / FLUSH_SECONDS + 4, reports  # one per flush (plus slack), never per frame
+        elapsed = time.monotonic() - began
+        # One per flush interval (heartbeats keep the truck's entry fresh), however many frames: never per frame.
+        assert 1 <= reports <= elapsed / FLUSH_SECONDS + 2 and reports < 200 / 10, (reports, elapsed)
         assert at_dallas.connectivity == V.CONNECTIVITY_ONLINE
 
         # Silent: offline on the roster, an event for its carrier, the gauge counts it.
