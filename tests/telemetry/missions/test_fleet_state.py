@@ -131,7 +131,7 @@ async def test_an_idle_truck_online_driving_and_offline_reaches_the_roster_its_c
                                 '{outcome="sent"}') - reports_before
         elapsed = time.monotonic() - began
         # One per flush interval (heartbeats keep the truck's entry fresh), however many frames: never per frame.
-        assert 1 <= reports <= elapsed / FLUSH_SECONDS + 2 and reports < 200 / 10, (reports, elapsed)
+        assert 1 <= reports <= elapsed / FLUSH_SECONDS + 2 and reports < 200 / 5, (reports, elapsed)
         assert at_dallas.connectivity == V.CONNECTIVITY_ONLINE
 
         # Silent: offline on the roster, an event for its carrier, the gauge counts it.
