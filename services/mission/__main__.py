@@ -23,6 +23,7 @@ def register(service: Service) -> None:
     service.add_consumer("mission", workers.handle_event, types=CONSUMED_TYPES)
     service.add_periodic("mission-billing-sweep", workers.sweep_billing,
                          interval_seconds=settings.billing_sweep_seconds)
+    service.add_periodic("fleet gauge", workers.count_fleet, interval_seconds=settings.fleet_gauge_seconds)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,15 @@ class MissionSettings:
     billing_sweep_seconds: float = 5.0
     #: Longest pause between two billing attempts of one mission (exponential backoff up to this).
     billing_max_backoff_seconds: float = 3600.0
+    #: A vehicle's reported position counts for dispatch (nearest vehicle, deadhead, capacity) while it was
+    #: heard within this long; older, its home terminal counts (a truck parked off-line for days may have
+    #: been moved on a trailer or to a shop).
+    position_max_age_seconds: float = 6 * 3600.0
+    #: An ETA reported by telemetry is recorded on the mission only when it moved by at least this much since
+    #: the one recorded (or is the first for its stop): a poller sees material moves, the store sees few writes.
+    eta_min_change_seconds: float = 300.0
+    #: How often the fleet gauge (vehicles by connectivity and availability) is recomputed from the roster.
+    fleet_gauge_seconds: float = 15.0
     #: The lane facts (HAULMESH_LANES_FILE): markets, planning numbers, known routes (a mission on one gets it
     #: as its planned route).
     lanes: LaneFacts = field(default_factory=load_lane_facts)
@@ -60,5 +69,10 @@ class MissionSettings:
             billing_sweep_seconds=_number(env, "HAULMESH_BILLING_SWEEP_SECONDS", 5, minimum=0.1, maximum=3600),
             billing_max_backoff_seconds=_number(env, "HAULMESH_BILLING_MAX_BACKOFF_SECONDS", 3600, minimum=1,
                                                 maximum=86400),
+            position_max_age_seconds=_number(env, "HAULMESH_DISPATCH_POSITION_MAX_AGE_SECONDS", 6 * 3600,
+                                             minimum=0, maximum=30 * 86400),
+            eta_min_change_seconds=_number(env, "HAULMESH_MISSION_ETA_MIN_CHANGE_SECONDS", 300, minimum=0,
+                                           maximum=86400),
+            fleet_gauge_seconds=_number(env, "HAULMESH_FLEET_GAUGE_SECONDS", 15, minimum=0.1, maximum=3600),
             lanes=load_lane_facts(env),
         )

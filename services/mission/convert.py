@@ -6,20 +6,27 @@ values the domain keeps as its own types.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, vehicle_pb2
 from haulmesh.type.v1 import equipment_pb2, time_window_pb2
 from services.runtime import BOOL_FIELD, STRING_FIELD, TIME_FIELD, enum_field, from_timestamp, to_timestamp
 
-from .domain import Availability, CapacityWindow, State, VehicleView, capabilities_of
+from .domain import Availability, CapacityWindow, State, VehicleView, capabilities_of, dispatch_position
 
 __all__ = ["MISSION_FILTER", "VEHICLE_FILTER", "capacity_windows", "mission_filter_values", "vehicle_filter_values",
            "vehicle_view"]
 
 
-def vehicle_view(vehicle: vehicle_pb2.Vehicle) -> VehicleView:
-    """The roster facts of a vehicle that dispatch and capacity rank (position: its last reported one)."""
-    position = ((vehicle.last_location.lat, vehicle.last_location.lon)
-                if vehicle.HasField("last_location") else None)
+#: How old a reported position may be for dispatch to use it when the caller gives no bound.
+_POSITION_MAX_AGE = timedelta(hours=6)
+
+
+def vehicle_view(vehicle: vehicle_pb2.Vehicle, *, now: datetime | None = None,
+                 position_max_age: timedelta = _POSITION_MAX_AGE) -> VehicleView:
+    """The roster facts of a vehicle that dispatch and capacity rank (position: its last reported one while
+    fresher than ``position_max_age``, else none, and its home terminal counts)."""
+    position = dispatch_position(vehicle, now or datetime.now(UTC), position_max_age)
     return VehicleView(vehicle.name.removeprefix("vehicles/"), capabilities_of(vehicle.capabilities),
                        Availability(vehicle.availability or Availability.AVAILABLE), vehicle.home_region, position)
 

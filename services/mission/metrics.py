@@ -16,15 +16,23 @@ A truck offline at dispatch acks when it reconnects: that wait is part of both m
 Mission success: ``haulmesh_missions_finished_total{outcome}`` counts missions reaching a terminal state
 (completed, aborted, cancelled). The SLO (> 99 %) is completed / (completed + aborted): a cancellation is the
 customer's decision, not a failed mission. No mission, vehicle or carrier label.
+
+Fleet: ``haulmesh_fleet_vehicles{connectivity, availability}`` is the roster by connectivity (online, offline,
+unknown: never connected) and availability (available, assigned, maintenance, out_of_service), recomputed
+periodically from the roster by every replica (fleet-wide: aggregate with ``max``, not ``sum``). At most 12
+series, whatever the fleet's size; idle trucks offline are ``{connectivity="offline", availability="available"}``.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from collections.abc import Mapping
+
+from prometheus_client import Counter, Gauge, Histogram
 
 from services.runtime import METRICS_REGISTRY
 
-__all__ = ["DISPATCH_ACK", "MISSIONS_FINISHED", "MISSION_LATENCY", "record_dispatch_ack", "record_finished"]
+__all__ = ["DISPATCH_ACK", "FLEET_VEHICLES", "MISSIONS_FINISHED", "MISSION_LATENCY", "record_dispatch_ack",
+           "record_finished", "record_fleet"]
 
 # Buckets with edges at both objectives (5 s and 30 s), so the SLI is an exact bucket ratio.
 _ACK_BUCKETS = (0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 900, 3600)
@@ -50,3 +58,17 @@ def record_dispatch_ack(dispatch_seconds: float, ack_seconds: float, recorded_se
 def record_finished(outcome: str) -> None:
     """Count a mission that reached the terminal state ``outcome`` (completed / aborted / cancelled)."""
     _OUTCOMES[outcome].inc()
+
+
+FLEET_VEHICLES = Gauge("haulmesh_fleet_vehicles", "Roster vehicles by connectivity (online, offline, unknown) and "
+                       "availability (available, assigned, maintenance, out_of_service).",
+                       ["connectivity", "availability"], registry=METRICS_REGISTRY)
+_CONNECTIVITY = ("online", "offline", "unknown")
+_AVAILABILITY = ("available", "assigned", "maintenance", "out_of_service")
+
+
+def record_fleet(counts: Mapping[tuple[str, str], int]) -> None:
+    """Set the fleet gauge from ``counts`` of (connectivity, availability); absent combinations are 0."""
+    for connectivity in _CONNECTIVITY:
+        for availability in _AVAILABILITY:
+            FLEET_VEHICLES.labels(connectivity, availability).set(counts.get((connectivity, availability), 0))

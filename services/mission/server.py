@@ -48,6 +48,7 @@ POLICY = Policy({
     f"{_SERVICE}/RaiseMissionException": ["service/telemetry", _OPERATORS],
     f"{_SERVICE}/ResolveMissionException": ["service/telemetry", _OPERATORS],
     f"{_SERVICE}/RecordCheckIn": ["service/gateway", _OPERATORS],
+    f"{_SERVICE}/ReportFleetState": ["service/telemetry"],
 })
 
 
@@ -83,6 +84,10 @@ class MissionServicer(mission_service_pb2_grpc.MissionServiceServicer):
         lane, windows, eligible = await self._missions.fleet_capacity(domain.capacity_query(request))
         return mission_service_pb2.GetFleetCapacityResponse(lane=lane, windows=convert.capacity_windows(windows),
                                                             eligible_vehicle_count=eligible)
+
+    async def ReportFleetState(self, request: mission_service_pb2.ReportFleetStateRequest,
+                               context: Context) -> mission_service_pb2.ReportFleetStateResponse:
+        return await self._missions.report_fleet_state(domain.fleet_report(request))
 
     # --- missions ------------------------------------------------------------------------------------
 

@@ -5,7 +5,9 @@ Key layout (``{tag}`` is the Redis Cluster hash tag; what commits together share
 * Fleet-wide, tag ``{fleet}``: ``vehicle:{fleet}:<id>`` (a Vehicle) with the roster index
   ``vehicles:{fleet}:by-time``; ``vehicle-cert:{fleet}:<id>`` (PEM of the certificate the vehicle last
   presented); ``mission-carrier:{fleet}`` (hash mission id → carrier, for callers that act for no
-  carrier: trucks); ``lane-missions:{fleet}`` (hash lane ``ORIGIN>DESTINATION`` → missions dispatched on it).
+  carrier: trucks); ``lane-missions:{fleet}`` (hash lane ``ORIGIN>DESTINATION`` → missions dispatched on it);
+  ``vehicle-carrier:{fleet}`` (hash vehicle id → carrier of its latest mission: who hears of an idle
+  vehicle's connectivity).
 * Per carrier, tag ``{<carrier>}``: ``mission:{c}:<id>`` (a Mission), ``missions:{c}:by-time``,
   ``mission-by-tender:{c}`` (hash tender id → mission id: a tender has at most one mission),
   ``billing-pending:{c}`` (sorted set of DELIVERED missions whose usage billing has not recorded yet,
@@ -35,6 +37,8 @@ __all__ = ["MissionStore"]
 
 Mutation = Callable[[mission_pb2.Mission], Callable[[mission_pb2.Mission], list[event_pb2.Event]] | None]
 VehicleMutation = Callable[[vehicle_pb2.Vehicle], bool]
+#: An observation of a vehicle: (the vehicle, its latest mission's carrier) → None (unchanged) or its events.
+Observe = Callable[[vehicle_pb2.Vehicle, str | None], list[event_pb2.Event] | None]
 
 _BILLING_CARRIERS = "mission:billing-carriers"
 _DELIVERED = mission_pb2.Mission.STATE_DELIVERED
@@ -139,6 +143,7 @@ class MissionStore:
             pipe.multi()
             pipe.set(key, vehicle.SerializeToString())
             pipe.hset(tenant_key("mission-carrier", FLEET), mission_name.removeprefix("missions/"), carrier)
+            pipe.hset(tenant_key("vehicle-carrier", FLEET), vehicle_id, carrier)
             pipe.hset(lanes, lane_field, ordinal)
             return ordinal
 
@@ -171,6 +176,76 @@ class MissionStore:
             return True
 
         return await transact(self.redis, FLEET, [key], write)
+
+    async def observe_vehicles(self, vehicle_ids: list[str], observe: Observe
+                               ) -> tuple[int, list[str], list[event_pb2.Event]]:
+        """Apply telemetry's observations to many vehicles in one fleet-slot transaction.
+
+        ``observe(vehicle, carrier of its latest mission or None)`` changes the vehicle in place and returns
+        None (unchanged) or the events announcing the change. The vehicles are written as they are: these are
+        observations, so ``update_time`` and ``etag`` stay. Events without a carrier (the fleet's stream)
+        commit with the vehicles; those for a carrier are returned, for :meth:`publish` (another slot).
+        Returns (vehicles changed, ids not on the roster, the carriers' events).
+        """
+        keys = [self._vehicles.key(v) for v in vehicle_ids]
+        carriers_key = tenant_key("vehicle-carrier", FLEET)
+
+        async def write(pipe: Pipeline) -> tuple[int, list[str], list[event_pb2.Event]]:
+            raws = await pipe.mget(keys)
+            carriers = await pipe.hmget(carriers_key, vehicle_ids)
+            changed, unknown, later = 0, [], []
+            writes = []
+            for vehicle_id, key, raw, carrier in zip(vehicle_ids, keys, raws, carriers, strict=True):
+                if raw is None:
+                    unknown.append(vehicle_id)
+                    continue
+                vehicle = vehicle_pb2.Vehicle.FromString(raw)
+                events = observe(vehicle, carrier.decode() if carrier else None)
+                if events is None:
+                    continue
+                changed += 1
+                writes.append((key, vehicle.SerializeToString()))
+                later.extend(e for e in events if e.carrier)
+                writes.extend((None, e) for e in events if not e.carrier)
+            pipe.multi()
+            for key, value in writes:
+                if key is None:
+                    add_event(pipe, value)
+                else:
+                    pipe.set(key, value)
+            return changed, unknown, later
+
+        return await transact(self.redis, FLEET, keys, write)
+
+    async def publish(self, carrier: str, events: list[event_pb2.Event]) -> None:
+        """Append events to a carrier's stream (events that announce a change committed elsewhere)."""
+        async def write(pipe: Pipeline) -> None:
+            pipe.multi()
+            for event in events:
+                add_event(pipe, event)
+
+        await transact(self.redis, carrier, [], write)
+
+    async def observe_mission(self, mission_id: str, observe: Callable[[mission_pb2.Mission], bool]) -> bool:
+        """Apply an observation (ETAs) to a mission of any carrier; written as it is, without a new ``etag`` or
+        ``update_time`` and without events. Whether it changed (False: no such mission)."""
+        carrier = await self.mission_carrier(mission_id)
+        if carrier is None:
+            return False
+        key = self._missions(carrier).key(mission_id)
+
+        async def write(pipe: Pipeline) -> bool:
+            raw = await pipe.get(key)
+            pipe.multi()
+            if raw is None:
+                return False
+            mission = mission_pb2.Mission.FromString(raw)
+            if not observe(mission):
+                return False
+            pipe.set(key, mission.SerializeToString())
+            return True
+
+        return await transact(self.redis, carrier, [key], write)
 
     async def mission_carrier(self, mission_id: str) -> str | None:
         """The carrier of a mission, for callers that act for no carrier (the mission's truck)."""

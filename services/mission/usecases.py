@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -109,11 +109,59 @@ class MissionUseCases:
     async def fleet_capacity(self, query: CapacityQuery) -> tuple[lane_pb2.Lane, list[CapacityWindow], int]:
         """The lane asked about, the windows in which eligible vehicles can be at the origin, and how many
         roster vehicles could take the load at all."""
-        vehicles = [convert.vehicle_view(v) for v in await self._store.all_vehicles()]
+        vehicles = [self._view(v) for v in await self._store.all_vehicles()]
         lanes = self._settings.lanes
         windows, eligible = domain.capacity_windows(vehicles, query.load, query.origin, query.start, query.end,
                                                     _now(), lanes)
         return domain.lane_between(query.origin, query.destination, lanes), windows, eligible
+
+    # --- fleet state from telemetry ------------------------------------------------------------------
+
+    async def report_fleet_state(self, observations: list[domain.Observation]
+                                 ) -> mission_service_pb2.ReportFleetStateResponse:
+        """Record telemetry's observations (domain.fleet): the vehicles in one transaction, newest wins; an idle
+        vehicle's connectivity change announced to its latest carrier (else the fleet's stream); then each
+        mission's ETAs, when they moved materially."""
+        by_id = {o.vehicle_id: o for o in observations}
+
+        def observe(vehicle: vehicle_pb2.Vehicle, carrier: str | None) -> list[event_pb2.Event] | None:
+            changed, change = domain.apply_observation(vehicle, by_id[vehicle.name.removeprefix("vehicles/")])
+            if not changed:
+                return None
+            if change is None or change.current_mission:
+                return []  # a vehicle on a mission: telemetry's connectivity_lost / _restored tell its carrier
+            payload = mission_events_pb2.VehicleConnectivityChanged(
+                vehicle=vehicle.name, connectivity=change.current, previous_connectivity=change.previous)  # type: ignore[arg-type]
+            payload.last_seen_time.CopyFrom(vehicle.last_seen_time)
+            if change.location is not None:
+                payload.last_location.CopyFrom(change.location)
+            return [new_event("mission_vehicle_connectivity_changed", payload, subject=vehicle.name,
+                              carrier_id=carrier, source="mission")]
+
+        changed, unknown, carrier_events = await self._store.observe_vehicles(list(by_id), observe)
+        by_carrier: dict[str, list[event_pb2.Event]] = {}
+        for event in carrier_events:
+            by_carrier.setdefault(event.carrier.removeprefix("carriers/"), []).append(event)
+        for carrier_id, events in by_carrier.items():
+            await self._store.publish(carrier_id, events)
+        min_change = timedelta(seconds=self._settings.eta_min_change_seconds)
+        missions = 0
+        for seen in observations:
+            if not seen.estimates or seen.vehicle_id in unknown:
+                continue
+
+            def estimate(mission: Mission, seen: domain.Observation = seen) -> bool:
+                if mission.vehicle != f"vehicles/{seen.vehicle_id}":
+                    return False  # only the mission's own vehicle estimates its arrival
+                return domain.apply_estimates(mission, seen.estimates, min_change)
+
+            missions += await self._store.observe_mission(seen.mission_id, estimate)
+        return mission_service_pb2.ReportFleetStateResponse(
+            vehicles_changed=changed, missions_changed=missions, unknown_vehicles=[f"vehicles/{v}" for v in unknown])
+
+    def _view(self, vehicle: vehicle_pb2.Vehicle) -> VehicleView:
+        return convert.vehicle_view(vehicle, now=_now(),
+                                    position_max_age=timedelta(seconds=self._settings.position_max_age_seconds))
 
     # --- dispatch ------------------------------------------------------------------------------------
 
@@ -164,12 +212,12 @@ class MissionUseCases:
 
     async def _candidates(self, named: str, load: Load, origin: tuple[float, float]) -> list[VehicleView]:
         if not named:
-            return domain.choose_vehicle([convert.vehicle_view(v) for v in await self._store.all_vehicles()],
+            return domain.choose_vehicle([self._view(v) for v in await self._store.all_vehicles()],
                                          load, origin, self._settings.lanes)
         vehicle = await self._store.get_vehicle(parse_vehicle_name(named, field="mission.vehicle"))
         if vehicle is None:
             raise NotFound(f"{named} does not exist", reason="VEHICLE_NOT_FOUND", metadata={"name": named})
-        view = convert.vehicle_view(vehicle)
+        view = self._view(vehicle)
         domain.check_named_vehicle(view, load, named)
         return [view]
 

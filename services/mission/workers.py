@@ -4,7 +4,9 @@
   billed at once; a mission that reached a terminal state frees its vehicle (again, idempotently: the
   transition already did, but a crash in between must not strand a vehicle).
 * :meth:`MissionWorkers.sweep_billing`: one pass of the billing sweeper, which retries the delivered
-  missions the consumer could not bill, each with its own backoff, so no mission is ever dropped.
+  missions the consumer could not bill, each with its own backoff, so no mission is ever dropped;
+* :meth:`MissionWorkers.count_fleet`: the fleet gauge (vehicles by connectivity and availability), from the
+  roster.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import logging
 import grpc
 
 from haulmesh.events.v1 import event_pb2
+from haulmesh.mission.v1 import vehicle_pb2
 
 from . import domain
 from .config import MissionSettings
+from .metrics import record_fleet
 from .store import MissionStore
 from .usecases import MissionUseCases
 
@@ -48,6 +52,16 @@ class MissionWorkers:
                 _log.warning("billing %s failed (%s); the sweeper will retry", event.subject, exc.code().name)
         elif kind == "mission_state_changed" and event.mission_state_changed.mission.state in domain.TERMINAL:
             await self._missions.release_vehicle(event.mission_state_changed.mission)
+
+    async def count_fleet(self) -> None:
+        """Recompute the fleet gauge from the roster (one read of every vehicle: a fleet is thousands)."""
+        counts: dict[tuple[str, str], int] = {}
+        for vehicle in await self._store.all_vehicles():
+            connectivity = {vehicle_pb2.Vehicle.CONNECTIVITY_ONLINE: "online",
+                            vehicle_pb2.Vehicle.CONNECTIVITY_OFFLINE: "offline"}.get(vehicle.connectivity, "unknown")
+            availability = domain.Availability(vehicle.availability or domain.Availability.AVAILABLE).name.lower()
+            counts[connectivity, availability] = counts.get((connectivity, availability), 0) + 1
+        record_fleet(counts)
 
     async def sweep_billing(self) -> None:
         """One pass: bill every delivered mission whose next attempt is due; a failure postpones that one."""

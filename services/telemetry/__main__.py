@@ -13,7 +13,7 @@ from .config import TelemetryConfig
 from .domain import DerivedSettings
 from .server import POLICY, TelemetryServicer
 from .store import TelemetryStore
-from .usecases import CommandRelay, MissionActions, MissionTracking, Streams
+from .usecases import CommandRelay, FleetReporter, MissionActions, MissionTracking, Streams
 
 
 def register(service: Service) -> None:
@@ -22,12 +22,14 @@ def register(service: Service) -> None:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     store = TelemetryStore(service.redis, config)
-    tracking = MissionTracking(store, liveness_timeout_seconds=config.effective_liveness_timeout_seconds,
-                               settings=DerivedSettings.for_lanes(config.lanes))
-    streams = Streams(store, config, tracking)
 
     def mission_stub() -> mission_service_pb2_grpc.MissionServiceStub:
         return service.stub(mission_service_pb2_grpc.MissionServiceStub, "mission")
+
+    fleet = FleetReporter(mission_stub, flush_seconds=config.fleet_flush_seconds)
+    tracking = MissionTracking(store, liveness_timeout_seconds=config.effective_liveness_timeout_seconds,
+                               settings=DerivedSettings.for_lanes(config.lanes), fleet=fleet)
+    streams = Streams(store, config, tracking)
 
     servicer = TelemetryServicer(store, config, mission=mission_stub, streams=streams)
     service.add(telemetry_service_pb2_grpc.add_TelemetryServiceServicer_to_server, servicer,
@@ -47,7 +49,7 @@ def register(service: Service) -> None:
     service.add_companion(run, close)
     workers.start(service, store=store, streams=streams, tracking=tracking, relay=CommandRelay(store),
                   actions=MissionActions(mission_stub),
-                  liveness_timeout_seconds=config.effective_liveness_timeout_seconds)
+                  liveness_timeout_seconds=config.effective_liveness_timeout_seconds, fleet=fleet)
 
 
 if __name__ == "__main__":

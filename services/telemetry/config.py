@@ -48,6 +48,10 @@ class TelemetryConfig:
     #: Silence (no frame, no heartbeat) after which a vehicle on a mission is reported lost; 0 means three
     #: heartbeat intervals (the design brief).
     liveness_timeout_seconds: float = 0.0
+    #: How often what telemetry saw of each vehicle (position, last heard, ETAs) is reported to the roster in
+    #: one batch (a connectivity change is reported at once): the roster's cost is one write per vehicle per
+    #: flush, whatever the frame rate.
+    fleet_flush_seconds: float = 10.0
     #: The lane facts (HAULMESH_LANES_FILE): the planning speed and circuity an ETA uses off the known routes.
     lanes: LaneFacts = field(default_factory=lambda: load_lane_facts({}), compare=False)
 
@@ -72,5 +76,6 @@ class TelemetryConfig:
             durable_timeout_seconds=_env_float(env, p + "DURABLE_TIMEOUT_SECONDS", cls.durable_timeout_seconds),
             ack_interval_seconds=_env_float(env, p + "ACK_INTERVAL_SECONDS", cls.ack_interval_seconds),
             liveness_timeout_seconds=_env_float(env, p + "LIVENESS_TIMEOUT_SECONDS", cls.liveness_timeout_seconds),
+            fleet_flush_seconds=_env_float(env, p + "FLEET_FLUSH_SECONDS", cls.fleet_flush_seconds),
             lanes=load_lane_facts(env),
         )

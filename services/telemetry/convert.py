@@ -168,7 +168,8 @@ def to_event_payload(event: object) -> tuple[str, object]:
         msg = tev.EtaUpdated(mission=mission, vehicle=vehicle, stop_index=event.stop_index,
                              estimated_arrive_time=to_timestamp(event.estimated_arrive_time),
                              remaining_miles=event.remaining_miles, late=event.late,
-                             frame_sequence=event.frame_sequence, confidence=event.confidence)
+                             frame_sequence=event.frame_sequence, confidence=event.confidence,
+                             device_time=to_timestamp(event.device_time))
         if event.previous_estimated_arrive_time is not None:
             msg.previous_estimated_arrive_time.CopyFrom(to_timestamp(event.previous_estimated_arrive_time))
         return prefix + "eta_updated", msg

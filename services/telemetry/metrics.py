@@ -29,6 +29,7 @@ from .domain import RejectReason
 
 __all__ = [
     "EDGE_CPU",
+    "FLEET_REPORTS",
     "FRAMES",
     "FRESHNESS",
     "OPEN_STREAMS",
@@ -42,6 +43,9 @@ __all__ = [
     "stream_opened",
 ]
 
+#: Fleet-state reports to the mission service (usecases/fleet.py): one per flush, not per frame.
+FLEET_REPORTS = Counter("haulmesh_telemetry_fleet_reports_total", "ReportFleetState calls by outcome: sent or "
+                        "failed (retried at the next flush).", ["outcome"], registry=METRICS_REGISTRY)
 FRAMES = Counter("haulmesh_telemetry_frames_total", "Frames received from trucks by outcome: stored (durable), "
                  "duplicate (acked, not stored again) or rejected (never stored).", ["outcome"],
                  registry=METRICS_REGISTRY)

@@ -7,7 +7,8 @@
 * periodic: the retention sweep (hourly) and the liveness sweep (a tenth of the liveness timeout, so a loss is
   reported at most 10 % late);
 * companions (not simply periodic): the command deliverer, woken by the doorbell and sweeping every open stream
-  every ``COMMAND_SWEEP_SECONDS``, and the doorbell listener (Pub/Sub).
+  every ``COMMAND_SWEEP_SECONDS``, the doorbell listener (Pub/Sub), and the fleet-state reporter
+  (usecases/fleet.py: a batch to the roster every flush interval, at once on a connectivity change).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .domain import COMMAND_EVENT_TYPES
 from .domain.actions import ACTION_EVENT_TYPES
 from .store import DOORBELL, TelemetryStore
 from .usecases import COMMAND_SWEEP_SECONDS, MISSION_EVENT_TYPES, CommandRelay, MissionActions, MissionTracking, Streams
+from .usecases.fleet import FleetReporter
 
 __all__ = ["start"]
 
@@ -94,7 +96,8 @@ async def listen_doorbell(streams: Streams, store: TelemetryStore) -> None:
 
 
 def start(service: Service, *, store: TelemetryStore, streams: Streams, tracking: MissionTracking,
-          relay: CommandRelay, actions: MissionActions, liveness_timeout_seconds: float) -> None:
+          relay: CommandRelay, actions: MissionActions, liveness_timeout_seconds: float,
+          fleet: FleetReporter | None = None) -> None:
     """Register the consumers and loops with the runtime (they run while the service runs)."""
 
     async def trim() -> None:
@@ -115,5 +118,7 @@ def start(service: Service, *, store: TelemetryStore, streams: Streams, tracking
     for loop in (lambda: deliver_commands(streams), lambda: listen_doorbell(streams, store)):
         companion = _Companion(loop)
         service.add_companion(companion.run, companion.stop)
+    if fleet is not None:
+        service.add_companion(fleet.run, fleet.stop)
     service.add_consumer("telemetry-missions", on_mission_event, types=set(COMMAND_EVENT_TYPES | MISSION_EVENT_TYPES))
     service.add_consumer("telemetry-actions", actions, types=set(ACTION_EVENT_TYPES), claim_idle_ms=3000)

@@ -2,7 +2,8 @@
 
 ``haulmesh_webhook_deliveries_total{outcome}`` counts each attempt's outcome (succeeded, retrying, failed,
 skipped) and ``haulmesh_webhook_attempt_duration_seconds`` times the HTTP attempts (DNS check, connect, POST
-and reply). No subscription, carrier or URL label.
+and reply). ``haulmesh_webhook_eta_held_back_total`` counts ETA updates a subscription's ETA policy held back
+(no delivery recorded). No subscription, carrier or URL label.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from prometheus_client import Counter, Histogram
 
 from services.runtime import METRICS_REGISTRY
 
-__all__ = ["WEBHOOK_ATTEMPT_DURATION", "WEBHOOK_DELIVERIES"]
+__all__ = ["WEBHOOK_ATTEMPT_DURATION", "WEBHOOK_DELIVERIES", "WEBHOOK_ETA_HELD_BACK"]
 
 WEBHOOK_DELIVERIES = Counter("haulmesh_webhook_deliveries_total", "Webhook delivery attempts by outcome: succeeded, "
                              "retrying (will be tried again), failed (gave up), skipped (subscription not "
@@ -22,3 +23,6 @@ WEBHOOK_ATTEMPT_DURATION = Histogram("haulmesh_webhook_attempt_duration_seconds"
                                      registry=METRICS_REGISTRY)
 for _outcome in ("succeeded", "retrying", "failed", "skipped"):
     WEBHOOK_DELIVERIES.labels(_outcome)
+WEBHOOK_ETA_HELD_BACK = Counter("haulmesh_webhook_eta_held_back_total", "ETA updates not delivered to a subscription "
+                                "because its ETA policy held them back (moved too little, too soon).",
+                                registry=METRICS_REGISTRY)

@@ -10,6 +10,9 @@ Keys (``{c}`` is the carrier's hash tag, so everything of one carrier commits to
   ``webhook-deliveries:{c}:<sub>:by-time``; kept 30 days;
 * ``webhook-event:{c}:<sub>:<event id>`` → delivery id: one delivery per (subscription, event);
 * ``webhook-failing:{c}:<sub>`` since when every attempt to the subscription failed (suspension);
+* ``webhook-eta:{c}:<sub>:<mission>:<stop>`` the last ETA sent to the subscription for a mission's stop (JSON:
+  estimate, event time, late), which its ETA policy compares the next one with; expires
+  ``ETA_STATE_TTL_SECONDS`` after the last one sent, so finished missions leave nothing behind;
 * ``webhook:due`` (no tag: one set for all carriers) — a sorted set of ``<carrier>/<delivery>`` by the time
   the next attempt is due. A member's score also serves as a lease: a worker that claims a member pushes
   its score past the attempt's time-out, so a crashed worker's attempt is picked up again.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import redis.asyncio
 from redis.asyncio.client import Pipeline
@@ -27,9 +31,9 @@ from redis.asyncio.client import Pipeline
 from haulmesh.gateway.v1 import webhook_pb2
 from services.runtime import Collection, Page, TimeIndex
 
-from .domain import MAX_SUBSCRIPTIONS, SigningKey, SubscriptionLimitReached
+from .domain import MAX_SUBSCRIPTIONS, EtaSent, SigningKey, SubscriptionLimitReached
 
-__all__ = ["DELIVERY_TTL_SECONDS", "DUE_KEY", "WebhookStore"]
+__all__ = ["DELIVERY_TTL_SECONDS", "DUE_KEY", "ETA_STATE_TTL_SECONDS", "WebhookStore"]
 
 # --- the key map (``{c}``: the carrier's hash tag) ------------------------------------------------------
 
@@ -64,12 +68,19 @@ def _failing_key(carrier: str, subscription_id: str) -> str:
     return f"webhook-failing:{{{carrier}}}:{subscription_id}"
 
 
+def _eta_key(carrier: str, subscription_id: str, mission_id: str, stop_index: int) -> str:
+    return f"webhook-eta:{{{carrier}}}:{subscription_id}:{mission_id}:{stop_index}"
+
+
 def _due_member(carrier: str, delivery_id: str) -> str:
     return f"{carrier}/{delivery_id}"
 
 
 #: Deliveries are kept 30 days (webhook_service.proto).
 DELIVERY_TTL_SECONDS = 30 * 86400
+#: The last ETA sent per (subscription, mission, stop) is kept this long after it was sent: longer than any
+#: trip's silence between two ETA updates, and then it is gone with the mission.
+ETA_STATE_TTL_SECONDS = 7 * 86400
 
 # Claim the due members whose time has come by moving them to now + lease, atomically, so that two
 # gateway replicas never attempt the same delivery at once.
@@ -221,6 +232,43 @@ class WebhookStore:
             await self.schedule(carrier, delivery_id, due_at)
         return result
 
+    async def add_eta_delivery(self, carrier: str, subscription_id: str, delivery_id: str,
+                               delivery: webhook_pb2.WebhookDelivery, *, mission_id: str, stop_index: int,
+                               event_id: str, due_at: float,
+                               decide: Callable[[EtaSent | None], EtaSent | None]) -> tuple[str, bool]:
+        """Record (and schedule) an ETA delivery if ``decide(last sent)`` returns the update to remember.
+
+        The last ETA sent for the (subscription, mission, stop), the decision, the delivery and the new last
+        ETA are one transaction, so two consumers deciding on two updates of one stop at once cannot both
+        send on the same reference. A repeated event returns the existing delivery, as :meth:`add_delivery`.
+        Returns (delivery id, whether a delivery was created); ("", False) when the policy holds it back.
+        """
+        log = self._log_index(carrier, subscription_id)
+        event_key = _event_key(carrier, subscription_id, event_id)
+        state_key = _eta_key(carrier, subscription_id, mission_id, stop_index)
+        created_ms = delivery.create_time.ToMilliseconds()
+
+        async def write(pipe: Pipeline) -> tuple[str, bool]:
+            existing, raw_state = await pipe.mget(event_key, state_key)
+            if existing is not None:
+                pipe.multi()
+                return existing.decode(), False
+            remember = decide(_decode_eta(raw_state))
+            pipe.multi()
+            if remember is None:
+                return "", False
+            pipe.set(state_key, _encode_eta(remember), ex=ETA_STATE_TTL_SECONDS)
+            pipe.set(event_key, delivery_id, ex=DELIVERY_TTL_SECONDS)
+            pipe.set(_delivery_key(carrier, delivery_id), delivery.SerializeToString(), ex=DELIVERY_TTL_SECONDS)
+            pipe.zadd(log.key, {TimeIndex.member(created_ms, delivery_id): 0})
+            pipe.zremrangebylex(log.key, "-", f"({TimeIndex.member(created_ms - DELIVERY_TTL_SECONDS * 1000, '')}")
+            return delivery_id, True
+
+        result = await self._redis.transaction(write, event_key, state_key, value_from_callable=True)
+        if result[1]:
+            await self.schedule(carrier, delivery_id, due_at)
+        return result
+
     async def get_delivery(self, carrier: str, delivery_id: str) -> webhook_pb2.WebhookDelivery | None:
         raw = await self._redis.get(_delivery_key(carrier, delivery_id))
         return None if raw is None else webhook_pb2.WebhookDelivery.FromString(raw)
@@ -304,3 +352,16 @@ def _encode_keys(keys: list[SigningKey]) -> str:
 
 def _decode_keys(raw: bytes | None) -> list[SigningKey]:
     return [SigningKey(k["secret"], int(k["until_ms"])) for k in json.loads(raw)] if raw else []
+
+
+def _encode_eta(sent: EtaSent) -> str:
+    return json.dumps({"eta_ms": int(sent.eta.timestamp() * 1000), "time_ms": int(sent.event_time.timestamp() * 1000),
+                       "late": sent.late})
+
+
+def _decode_eta(raw: bytes | None) -> EtaSent | None:
+    if not raw:
+        return None
+    data = json.loads(raw)
+    return EtaSent(datetime.fromtimestamp(data["eta_ms"] / 1000, UTC),
+                   datetime.fromtimestamp(data["time_ms"] / 1000, UTC), bool(data["late"]))

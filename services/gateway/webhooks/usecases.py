@@ -94,7 +94,8 @@ class Webhooks:
 
         async def create() -> Subscription:
             domain.validate_subscription(display_name=given.display_name, url=given.url,
-                                         event_types=list(given.event_types), public=domain.PUBLIC_EVENT_TYPES)
+                                         event_types=list(given.event_types), public=domain.PUBLIC_EVENT_TYPES,
+                                         eta_policy=given.eta_policy if given.HasField("eta_policy") else None)
             domain.check_new_state(given.state)
             domain.parse_secret(given.secret, field=f"{_PREFIX}secret")
             await self._check_url(given.url)
@@ -104,6 +105,8 @@ class Webhooks:
                 name=f"webhookSubscriptions/{subscription_id}", carrier=f"carriers/{tenant}",
                 display_name=given.display_name, url=given.url, event_types=list(given.event_types),
                 state=given.state or Subscription.STATE_ACTIVE)
+            if given.HasField("eta_policy"):
+                subscription.eta_policy.CopyFrom(given.eta_policy)
             for stamp in (subscription.create_time, subscription.secret_update_time):
                 stamp.FromNanoseconds(now_ns)
             domain.touch(subscription, now_ns=now_ns)
@@ -131,7 +134,8 @@ class Webhooks:
         paths = domain.update_paths(mask_paths, given.state)
         domain.validate_subscription(display_name=given.display_name, url=given.url,
                                      event_types=list(given.event_types), public=domain.PUBLIC_EVENT_TYPES,
-                                     check=[p for p in paths if p != "state"])
+                                     check=[p for p in paths if p != "state"],
+                                     eta_policy=given.eta_policy if given.HasField("eta_policy") else None)
         if "url" in paths:
             await self._check_url(given.url)
 

@@ -27,6 +27,7 @@ import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC
 
 import httpx
 from google.protobuf import json_format
@@ -37,7 +38,7 @@ from services.runtime import ConfigError, InvalidArgument, Service, new_id, time
 
 from ..config import GatewayConfig
 from . import domain
-from .metrics import WEBHOOK_ATTEMPT_DURATION, WEBHOOK_DELIVERIES
+from .metrics import WEBHOOK_ATTEMPT_DURATION, WEBHOOK_DELIVERIES, WEBHOOK_ETA_HELD_BACK
 from .store import WebhookStore
 from .usecases import check_destination
 
@@ -162,11 +163,36 @@ class Dispatcher:
                                 state=Delivery.STATE_PENDING if active else Delivery.STATE_SKIPPED)
             delivery.create_time.CopyFrom(timestamp_ms(int(now * 1000)))
             (delivery.next_attempt_time if active else delivery.complete_time).CopyFrom(delivery.create_time)
+            if event.type == domain.ETA_EVENT_TYPE and active:
+                created = await self._eta_delivery(carrier, subscription, subscription_id, delivery_id, delivery,
+                                                   event, now)
+                scheduled = scheduled or created
+                continue
             _, created = await self._store.add_delivery(carrier, subscription_id, delivery_id, delivery,
                                                         due_at=now if active else None, event_id=event.id)
             scheduled = scheduled or (created and active)
         if scheduled:
             self.wake()
+
+    async def _eta_delivery(self, carrier: str, subscription: Subscription, subscription_id: str, delivery_id: str,
+                            delivery: Delivery, event: event_pb2.Event, now: float) -> bool:
+        """An ETA update goes out only if the subscription's ETA policy says so (domain.eta_to_send), judged
+        against the last one sent for the same mission stop; whether a delivery was created."""
+        data = event.telemetry_eta_updated
+        # Event time: the device time of the frame behind the estimate (older publishers: the event's time).
+        event_time = (data.device_time if data.HasField("device_time") else event.time).ToDatetime(tzinfo=UTC)
+        update = domain.EtaSent(data.estimated_arrive_time.ToDatetime(tzinfo=UTC), event_time, data.late)
+        policy = domain.eta_policy_of(subscription)
+
+        def decide(last: domain.EtaSent | None) -> domain.EtaSent | None:
+            return update if domain.eta_to_send(policy, last, update) else None
+
+        _, created = await self._store.add_eta_delivery(
+            carrier, subscription_id, delivery_id, delivery, mission_id=data.mission.removeprefix("missions/"),
+            stop_index=data.stop_index, event_id=event.id, due_at=now, decide=decide)
+        if not created:
+            WEBHOOK_ETA_HELD_BACK.inc()
+        return created
 
     # --- the sender ----------------------------------------------------------------------------------
 

@@ -12,8 +12,9 @@ VehicleView; :mod:`.convert` builds them). The IntEnums below name the values th
 member taken from the generated enum, so ``int()`` and ``Enum(value)`` translate both ways.
 
 Modules: ``checks`` (field checks every request shares), ``enums`` (the contract's enums), ``roster``,
-``dispatch``, ``lifecycle`` (the state machine), ``changes`` (transitions, exceptions), ``checkins`` (human in
-the loop), ``proof`` (proof of delivery), ``usage``; the package re-exports what the service and its tests use.
+``dispatch``, ``fleet`` (fleet state from telemetry: position, connectivity, ETAs), ``lifecycle`` (the state
+machine), ``changes`` (transitions, exceptions), ``checkins`` (human in the loop), ``proof`` (proof of
+delivery), ``usage``; the package re-exports what the service and its tests use.
 """
 
 from __future__ import annotations
@@ -75,6 +76,15 @@ from .enums import (
     Severity,
     State,
 )
+from .fleet import (
+    MAX_FLEET_REPORT_VEHICLES,
+    ConnectivityChange,
+    Observation,
+    apply_estimates,
+    apply_observation,
+    dispatch_position,
+    fleet_report,
+)
 from .lifecycle import Action, Status, choose_contingency, mission_status, transition
 from .proof import (
     MAX_MANIFEST_BYTES,
@@ -113,6 +123,7 @@ __all__ = [
     "DEPARTED",
     "HOLD",
     "MAX_CARGO_WEIGHT_LB",
+    "MAX_FLEET_REPORT_VEHICLES",
     "MAX_MANIFEST_BYTES",
     "MAX_STOPS",
     "MISSION_SERVICE",
@@ -129,11 +140,13 @@ __all__ = [
     "CapacityWindow",
     "CheckInPoint",
     "CheckInPolicy",
+    "ConnectivityChange",
     "Contingency",
     "DispatchPlan",
     "ExceptionKind",
     "Load",
     "ManifestFacts",
+    "Observation",
     "Point",
     "Severity",
     "State",
@@ -141,6 +154,8 @@ __all__ = [
     "VehicleView",
     "acknowledge",
     "advance",
+    "apply_estimates",
+    "apply_observation",
     "arrive",
     "billing_retry_delay",
     "capabilities_of",
@@ -154,6 +169,8 @@ __all__ = [
     "complete_after_billing",
     "deliver",
     "departure_cleared",
+    "dispatch_position",
+    "fleet_report",
     "ineligibility",
     "key_id_of",
     "lane_between",

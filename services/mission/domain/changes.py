@@ -85,6 +85,7 @@ def arrive(mission: mission_pb2.Mission, arrive_time: Timestamp, now: datetime
         last = m.stops[-1]
         last.arrive_time.CopyFrom(arrive_time)
         last.ClearField("estimated_arrive_time")
+        m.ClearField("estimated_arrive_time")  # the mission's ETA is its last stop's
 
     return advance(mission, Action.ARRIVE, now, record=record)
 

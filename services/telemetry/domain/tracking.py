@@ -55,6 +55,9 @@ class DerivedSettings:
     dwell_threshold: timedelta = timedelta(hours=2)
     #: An ETA is reported when it moved by more than this since the last report (telemetry_events.proto).
     eta_threshold: timedelta = timedelta(minutes=2)
+    #: ... or when this much device time passed since the last report, however little it moved: a steady ETA
+    #: is news too (a TMS's ETA cadence policy needs updates to choose from; webhooks/domain.py's EtaPolicy).
+    eta_refresh: timedelta = timedelta(minutes=15)
     #: Consecutive position frames off the corridor before a RouteDeviation.
     deviation_frames: int = 3
     #: Time constant of the exponentially weighted speed mean / variance: time-based rather than per frame,
@@ -101,6 +104,7 @@ class _EtaState:
     gaps: deque[tuple[datetime, float]] = field(default_factory=deque)
     last_stop: int | None = None
     last_eta: datetime | None = None
+    last_time: datetime | None = None
 
 
 class VehicleTracker:
@@ -249,10 +253,11 @@ class VehicleTracker:
             confidence *= 0.5 ** (max(g for _, g in e.gaps) / s.gap_half_life.total_seconds())
         eta = frame.device_time + timedelta(seconds=remaining / (mean / 3.6))
         if (e.last_stop == target and e.last_eta is not None
-                and abs((eta - e.last_eta).total_seconds()) <= s.eta_threshold.total_seconds()):
+                and abs((eta - e.last_eta).total_seconds()) <= s.eta_threshold.total_seconds()
+                and (e.last_time is None or frame.device_time - e.last_time < s.eta_refresh)):
             return []
         previous = e.last_eta if e.last_stop == target else None
-        e.last_stop, e.last_eta = target, eta
+        e.last_stop, e.last_eta, e.last_time = target, eta, frame.device_time
         return [EtaUpdated(mission_id=self.context.mission_id, vehicle_id=self.context.vehicle_id,
                            stop_index=target, estimated_arrive_time=eta, previous_estimated_arrive_time=previous,
                            remaining_m=remaining, speed_kph=mean, confidence=round(min(1.0, confidence), 3),

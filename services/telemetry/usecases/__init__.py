@@ -3,11 +3,13 @@
 * stream.py: truck streams and single frames, from verification to durable acks; command delivery;
 * reads.py: pages and watches of a vehicle's or a mission's frames;
 * tracking.py: derived events and liveness of the vehicles on a mission, published through the outbox;
+* fleet.py: what the roster should know of each vehicle (position, last heard, connectivity, ETAs), in batches;
 * commands.py: mission events → commands queued for trucks;
 * missions.py: telemetry's own events → mission service calls.
 """
 
 from .commands import CommandRelay
+from .fleet import FleetReporter
 from .missions import MissionActions, MissionNotReady
 from .reads import Reads
 from .stream import COMMAND_SWEEP_SECONDS, Session, Streams
@@ -17,6 +19,7 @@ __all__ = [
     "COMMAND_SWEEP_SECONDS",
     "MISSION_EVENT_TYPES",
     "CommandRelay",
+    "FleetReporter",
     "MissionActions",
     "MissionNotReady",
     "MissionTracking",

@@ -15,6 +15,10 @@ the liveness timeout as lost, once per outage across replicas (a marker in the s
 whoever takes the marker back — this process when frames resume, or any replica on the truck's next Hello
 — reports it restored, exactly once. The sweep covers the vehicles that streamed to this process and, from
 the store's heard index, those that streamed to a replica that is gone.
+
+Fleet state: with a :class:`~.fleet.FleetReporter`, every frame, heartbeat and Hello also updates the
+vehicle's entry in memory (last position, last heard), every derived ETA its mission stop's, and every vehicle
+the sweep finds silent, on a mission or idle, is marked offline; the reporter sends the roster batches.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from ..domain import (
     ConnectivityLost,
     ConnectivityRestored,
     DerivedSettings,
+    EtaUpdated,
     LatLon,
     Liveness,
     SensorFault,
@@ -44,6 +49,7 @@ from ..domain import (
     Verified,
 )
 from ..store import TelemetryStore
+from .fleet import FleetReporter
 
 __all__ = ["MISSION_EVENT_TYPES", "MissionTracking"]
 
@@ -83,8 +89,9 @@ class MissionTracking:
     """Derived events of the vehicles streaming to this process (see the module docstring)."""
 
     def __init__(self, store: TelemetryStore, *, liveness_timeout_seconds: float,
-                 settings: DerivedSettings | None = None) -> None:
+                 settings: DerivedSettings | None = None, fleet: FleetReporter | None = None) -> None:
         self._store = store
+        self._fleet = fleet
         self._settings = settings or DerivedSettings()
         self._liveness = Liveness(timedelta(seconds=liveness_timeout_seconds))
         self._vehicles: dict[str, _Current] = {}
@@ -101,8 +108,11 @@ class MissionTracking:
             return
         last = frames[-1].payload
         where = LatLon(last.position.lat, last.position.lon) if last.HasField("position") else None
-        restored = self._liveness.heard(vehicle_id, datetime.now(UTC), sequence=frames[-1].sequence,
-                                        location=where)
+        now = datetime.now(UTC)
+        restored = self._liveness.heard(vehicle_id, now, sequence=frames[-1].sequence, location=where)
+        if self._fleet is not None:  # memory only: the reporter sends the roster one batch per flush
+            self._fleet.heard(vehicle_id, now, location=where,
+                              location_time=last.device_time.ToDatetime(tzinfo=UTC) if where else None)
         self._queue.put_nowait((vehicle_id, frames, None))
         if restored is not None:
             self._queue.put_nowait((vehicle_id, [], None))  # no frames: look for the lost marker
@@ -110,6 +120,8 @@ class MissionTracking:
 
     def heartbeat(self, vehicle_id: str, heartbeat: stream_pb2.Heartbeat) -> None:
         """A heartbeat is a sign of life too (a parked truck sends no frames)."""
+        if self._fleet is not None:
+            self._fleet.heard(vehicle_id, datetime.now(UTC))
         if self._liveness.heard(vehicle_id, datetime.now(UTC), sequence=heartbeat.last_sequence) is not None:
             self._queue.put_nowait((vehicle_id, [], None))
             self._ensure_worker()
@@ -117,12 +129,16 @@ class MissionTracking:
     def connected(self, vehicle_id: str, vehicle_last_sequence: int) -> None:
         """A Hello: if the vehicle was reported lost (by any replica), it is restored now."""
         self._liveness.heard(vehicle_id, datetime.now(UTC))
+        if self._fleet is not None:
+            self._fleet.heard(vehicle_id, datetime.now(UTC))
         self._queue.put_nowait((vehicle_id, [], vehicle_last_sequence))
         self._ensure_worker()
 
     def moved_away(self, vehicle_id: str) -> None:
         """The vehicle's stream moved to another replica, which watches it from now on."""
         self._liveness.forget(vehicle_id)
+        if self._fleet is not None:
+            self._fleet.forget(vehicle_id)
 
     async def command_acknowledged(self, vehicle_id: str, ack: stream_pb2.CommandAck, carrier_id: str,
                                    mission: str) -> None:
@@ -204,6 +220,9 @@ class MissionTracking:
             for derived in current.tracker.update(frame_from_payload(payload), now=now):
                 if isinstance(derived, SensorFault) and derived.source == "fault_frame":
                     continue  # the FAULT frame itself is announced below, with its whole alarm
+                if isinstance(derived, EtaUpdated) and self._fleet is not None:
+                    self._fleet.estimate(vehicle_id, mission_name, derived.stop_index,
+                                         derived.estimated_arrive_time, derived.device_time)
                 event_type, message = to_event_payload(derived)
                 events.append(_event(_field_of(event_type), message, subject=mission_name,
                                      carrier_id=current.carrier_id))
@@ -264,6 +283,9 @@ class MissionTracking:
                     heard_since[vehicle_id] = silence.last_heard_ms
                 continue
             dealt_with.append(vehicle_id)
+            if self._fleet is not None:  # on a mission or idle: the roster shows it offline
+                self._fleet.offline(vehicle_id, datetime.fromtimestamp(silence.last_heard_ms / 1000, UTC),
+                                    datetime.fromtimestamp(cutoff_ms / 1000, UTC))
             if not silence.on_mission:
                 continue  # nobody to tell: liveness of an idle truck is in its heartbeat record
             try:

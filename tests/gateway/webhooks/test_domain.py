@@ -194,7 +194,8 @@ def test_public_event_types_follow_event_proto() -> None:
     assert "haulmesh.billing.v1.invoice_reconciled" in PUBLIC_EVENT_TYPES
     assert "haulmesh.telemetry.v1.route_deviated" in PUBLIC_EVENT_TYPES
     assert not PUBLIC_EVENT_TYPES & domain.INTERNAL_EVENT_TYPES
-    assert len(PUBLIC_EVENT_TYPES) == 22
+    assert "haulmesh.mission.v1.vehicle_connectivity_changed" in PUBLIC_EVENT_TYPES
+    assert len(PUBLIC_EVENT_TYPES) == 23
 
 
 def test_subscription_validation_lists_every_bad_field() -> None:

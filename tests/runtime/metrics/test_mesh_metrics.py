@@ -31,7 +31,8 @@ needs_promtool = pytest.mark.skipif(
 ACME = carrier_metadata("acme")
 #: Every label name a Haulmesh exposition may use: none of them can hold a vehicle, carrier or tender id.
 ALLOWED_LABELS = {"service", "method", "code", "direction", "route", "status", "outcome", "reason", "group", "kind",
-                  "le", "implementation", "major", "minor", "patchlevel", "version", "generation"}
+                  "le", "implementation", "major", "minor", "patchlevel", "version", "generation",
+                  "connectivity", "availability"}  # the fleet gauge's: Vehicle enum names
 
 
 @pytest.fixture(scope="module")

@@ -135,6 +135,21 @@ def test_eta_along_route_threshold_and_late() -> None:
     assert moved[0].confidence < eta.confidence
 
 
+def test_a_steady_eta_is_still_reported_every_refresh_interval_of_device_time() -> None:
+    """On pace for 50 minutes on the first leg, one fix a minute: the first ETA, then one per 15 minutes."""
+    route = HOUSTON_ATLANTA[-3:]
+    tracker = VehicleTracker(context([Circle(ATL, 500)], route=route), DerivedSettings())
+    step_m = 100 / 3.6 * 60
+    start, bearing_to = route[0], route[1]
+    etas = []
+    for i in range(51):
+        frac = i * step_m / distance_m(start, bearing_to)
+        where = LatLon(start.lat + (bearing_to.lat - start.lat) * frac, start.lon + (bearing_to.lon - start.lon) * frac)
+        etas += [e for e in tracker.update(frame(i + 1, T0 + timedelta(minutes=i), where, speed_kph=100))
+                 if isinstance(e, EtaUpdated)]
+    assert [e.device_time - T0 for e in etas] == [timedelta(minutes=m) for m in range(0, 51, 15)]
+
+
 def test_eta_confidence_drops_with_staleness_and_gaps() -> None:
     ctx = context([Circle(ATL, 500)])
     settings = DerivedSettings(eta_threshold=timedelta(0))
