@@ -31,7 +31,7 @@ from fractions import Fraction
 
 from services.runtime import FailedPrecondition, FieldViolation, InvalidArgument
 
-from ..domain import _REGION, Lane, Money, exact_quantity
+from ..domain import _CURRENCY, _REGION, Lane, Money, exact_quantity
 
 __all__ = [
     "ABORTED",
@@ -201,7 +201,7 @@ def validate_baseline(baseline: Money | None, *, path: str = "baseline_cost_per_
     if baseline is None:
         return
     bad = []
-    if len(baseline.currency) != 3 or not baseline.currency.isascii() or not baseline.currency.isupper():
+    if not _CURRENCY.fullmatch(baseline.currency):
         bad.append(FieldViolation(f"{path}.currency_code", "must be an ISO 4217 code such as USD"))
     if not 0 < baseline.minor <= _MAX_BASELINE_MINOR:
         bad.append(FieldViolation(f"{path}.amount_minor", f"must be in [1, {_MAX_BASELINE_MINOR}] minor units"))
