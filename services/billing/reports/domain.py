@@ -174,6 +174,9 @@ def resolve_window(start: datetime | None, end: datetime | None, now: datetime) 
 
     INVALID_ARGUMENT when ``end`` is not after ``start`` or the window is longer than :data:`MAX_WINDOW`.
     """
+    if end is None and start is not None and start >= now:
+        raise InvalidArgument("start_time must be before end_time, which defaults to now", violations=[
+            FieldViolation("start_time", f"must be before end_time (default: now, {now.isoformat()})")])
     end = end or now
     start = start or end - DEFAULT_WINDOW
     if end <= start:

@@ -169,6 +169,9 @@ def test_the_window_defaults_and_bounds() -> None:
         with pytest.raises(InvalidArgument) as caught:
             domain.resolve_window(start, bad_end, now)
         assert [v.field for v in caught.value.violations] == ["end_time"]
+    with pytest.raises(InvalidArgument) as caught:
+        domain.resolve_window(now, None, now)  # a start in the future, and no end: the start is what is wrong
+    assert [v.field for v in caught.value.violations] == ["start_time"]
 
 
 def test_lane_baseline_and_size_checks() -> None:
