@@ -294,7 +294,8 @@ _LINES: list[tuple[str, Callable[[Row], str]]] = [
     ("telemetry freshness p95", lambda r: _human(_seconds(r.telemetry_freshness_p95))
      if r.HasField("telemetry_freshness_p95") else "n/a"),
     ("packet loss", lambda r: "n/a" if not r.HasField("packet_loss_ratio") else f"{r.packet_loss_ratio * 100:.3f}%"),
-    ("on-time arrival", lambda r: f"{_percent(_optional(r, 'on_time_arrival_rate'))} of {r.arrivals}"),
+    ("on-time arrival", lambda r: f"{_percent(r.on_time_arrival_rate)} of {r.arrivals}"
+     if r.HasField("on_time_arrival_rate") else "n/a"),
     ("invoiced missions / miles", lambda r: f"{r.invoiced_missions} / {r.measured_miles:.1f} mi"),
     ("invoiced total", lambda r: _money(r, "invoiced_total")),
     ("cost per mile (measured)", lambda r: _money(r, "measured_cost_per_mile")),

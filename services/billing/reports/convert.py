@@ -15,6 +15,7 @@ outcome, an exception's kind), so the events can be applied in any order, any nu
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 
 from google.protobuf import duration_pb2
 
@@ -206,8 +207,8 @@ def _row(row: domain.KpiRow) -> report_service_pb2.KpiRow:
     return out
 
 
-def report_to_pb(carrier_id: str, report: domain.Report, *, start, end, baseline: Money | None, now
-                 ) -> report_service_pb2.GetKpiReportResponse:
+def report_to_pb(carrier_id: str, report: domain.Report, *, start: datetime, end: datetime, baseline: Money | None,
+                 now: datetime) -> report_service_pb2.GetKpiReportResponse:
     """The response of a computed report over [start, end) (aware datetimes), generated at ``now``."""
     out = report_service_pb2.GetKpiReportResponse(carrier=f"carriers/{carrier_id}", rows=[_row(r) for r in report.rows],
                                                   total=_row(report.total), generate_time=to_timestamp(now))
