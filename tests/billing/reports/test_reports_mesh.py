@@ -32,11 +32,12 @@ from haulmesh.billing.v1 import (
 )
 from haulmesh.billing.v1 import report_service_pb2 as api
 from haulmesh.events.v1 import event_pb2, mission_events_pb2, tender_events_pb2
-from haulmesh.mission.v1 import mission_pb2
+from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, mission_service_pb2_grpc, vehicle_pb2
 from haulmesh.tender.v1 import tender_pb2
-from haulmesh.type.v1 import lane_pb2, time_window_pb2
+from haulmesh.type.v1 import equipment_pb2, lane_pb2, time_window_pb2
 from services.runtime import Mesh, add_event, carrier_metadata, connect_async, new_event, transact
 from services.runtime.tokens import mint
+from tests.gateway.rest.test_rest import seed_tender
 
 from ...conftest import Pki, rich_error, wait_for
 
@@ -312,3 +313,51 @@ async def test_the_cli_prints_csv_json_and_a_table(mesh: Mesh, mesh_pki: Pki, ht
     code, _, err = await haulmesh(mesh, mesh_pki, "report", "--carrier", carrier, "--since", "2026-06-01",
                                   "--until", "2026-05-01")
     assert code == 2 and "INVALID_ARGUMENT" in err and "end_time" in err
+
+
+async def test_the_services_own_events_feed_the_report(mesh: Mesh, mesh_pki: Pki, http) -> None:
+    """The real flow: a tender over REST (offered by the tender service), accepted, dispatched by the mission
+    service, acknowledged, then cancelled: the report counts what the services themselves announced."""
+    carrier = new_carrier()
+    scopes = "tender:create tender:read tender:respond tender:cancel report:read"
+    headers = bearer(mesh, carrier, scopes)
+    vehicle_id = f"KPI-{uuid.uuid4().hex[:10].upper()}"
+    async with grpc.aio.secure_channel(mesh.address("mission"), mesh_pki.credentials("operator", "ops")) as channel:
+        missions = mission_service_pb2_grpc.MissionServiceStub(channel)
+        await missions.CreateVehicle(mission_service_pb2.CreateVehicleRequest(
+            vehicle_id=vehicle_id, vehicle=vehicle_pb2.Vehicle(
+                display_name=vehicle_id, home_region="US-TX-HOU", capabilities=vehicle_pb2.VehicleCapabilities(
+                    equipment=[equipment_pb2.EQUIPMENT_DRY_VAN_53FT], max_cargo_weight_lb=45_000,
+                    night_operations=True))), timeout=10)
+        tender = (await http.post("/api/v1/tenders", json=seed_tender(), headers=headers)).json()
+        assert tender["state"] == "STATE_OFFERED", tender
+        accepted = await http.post(f"/api/v1/{tender['name']}:accept", json={}, headers=headers)
+        assert accepted.status_code == 200, accepted.text
+
+        async def dispatched() -> str | None:
+            return (await http.get(f"/api/v1/{tender['name']}", headers=headers)).json().get("mission")
+
+        mission_name = await wait_for(dispatched, timeout_seconds=30)
+        mission = await missions.GetMission(mission_service_pb2.GetMissionRequest(name=mission_name),
+                                            metadata=carrier_metadata(carrier), timeout=10)
+        ack_time = ts(mission.dispatch_time.ToDatetime(tzinfo=UTC) + timedelta(seconds=7))
+        await missions.AcknowledgeMissionDispatch(mission_service_pb2.AcknowledgeMissionDispatchRequest(
+            name=mission_name, ack_time=ack_time), metadata=carrier_metadata(carrier), timeout=10)
+    cancelled = await http.post(f"/api/v1/{tender['name']}:cancel", json={"reason": "kpi test"}, headers=headers)
+    assert cancelled.status_code == 200, cancelled.text
+
+    async def projected() -> dict | None:
+        body = (await http.get("/api/v1/kpiReport", headers=headers)).json()
+        return body if body["total"]["missionsCancelled"] == 1 else None
+
+    row = (await wait_for(projected, timeout_seconds=30))["rows"][0]
+    assert row["lane"] == {"originRegion": tender["lane"]["originRegion"],
+                           "destinationRegion": tender["lane"]["destinationRegion"]}
+    assert (row["missions"], row["missionsCancelled"], row["missionsInProgress"]) == (1, 1, 0)
+    assert row["dispatchAckLatency"]["count"] == 1 and row["dispatchAckLatency"]["p50"] == "7s"
+    offer_ms = (datetime.fromisoformat(tender["offer"]["createTime"])
+                - datetime.fromisoformat(tender["createTime"])) / timedelta(milliseconds=1)
+    latency = row["tenderToOfferLatency"]
+    assert latency["count"] == 1
+    assert float(latency["p50"].removesuffix("s")) == pytest.approx(offer_ms / 1000, abs=0.001)
+    assert "successRate" not in row  # a cancelled mission is neither a success nor a failure
