@@ -3,7 +3,7 @@
 The hash fields of a mission (store.py keeps them):
 
 * ``lane`` ``ORIGIN>DESTINATION``; ``dispatch``, ``ack``, ``arrive`` ms since the epoch; ``window``
-  ``start_ms-end_ms`` of the delivery stop; ``outcome`` COMPLETED / ABORTED / CANCELLED;
+  ``start_ms/end_ms`` of the delivery stop; ``outcome`` COMPLETED / ABORTED / CANCELLED;
 * ``exc:<exception id>`` ``KIND CONTINGENCY`` (enum names without their prefixes);
 * ``inv_miles``, ``inv_total`` (minor units), ``inv_currency``: the invoice;
 * ``tel_frames``, ``tel_missing``, ``tel_fresh_p95_ms``: the telemetry provenance of the invoice's usage.
@@ -83,7 +83,7 @@ def mission_fields(mission: Mission) -> tuple[dict[str, str], int | None]:
         delivery = deliveries[-1]
         window = delivery.planned_window
         if window.HasField("start_time") and window.HasField("end_time"):
-            fields["window"] = f"{_ms(window.start_time)}-{_ms(window.end_time)}"
+            fields["window"] = f"{_ms(window.start_time)}/{_ms(window.end_time)}"
         if delivery.HasField("arrive_time"):
             fields["arrive"] = str(_ms(delivery.arrive_time))
     for exception in mission.exceptions:
@@ -130,7 +130,7 @@ def mission_facts(mission_id: str, fields: Mapping[str, str]) -> domain.MissionF
         return None
     window = None
     if fields.get("window"):
-        start, _, end = fields["window"].partition("-")
+        start, _, end = fields["window"].partition("/")  # "/": a time before 1970 is negative
         window = (int(start), int(end))
     exceptions = {}
     for name, value in fields.items():
