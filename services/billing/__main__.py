@@ -5,6 +5,9 @@ from services.runtime import Idempotency, Service, run_service
 
 from . import workers
 from .config import BillingConfig
+from .reports import server as reports_server
+from .reports import workers as reports_workers
+from .reports.store import ReportStore
 from .server import POLICY, BillingServicer
 from .store import BillingStore
 from .usecases import Billing
@@ -18,7 +21,11 @@ def register(service: Service) -> None:
                 BillingServicer(Billing(store, Idempotency(service.redis), config)),
                 billing_service_pb2.DESCRIPTOR.services_by_name["BillingService"])
     workers.register(service, store)
+    # The KPI report (reports/): its projection of the mesh's events and ReportService.
+    report_store = ReportStore(service.redis, retention_days=config.kpi_retention_days)
+    reports_server.register(service, report_store, max_missions=config.report_max_missions)
+    reports_workers.register(service, report_store)
 
 
 if __name__ == "__main__":
-    run_service("billing", POLICY, register)
+    run_service("billing", POLICY | reports_server.POLICY, register)

@@ -5,6 +5,10 @@
   Unset: the built-in :data:`BUILT_IN_DEFAULT`. ``none``: no default (a carrier without a rate card gets
   NO_RATE_CARD until an operator creates one).
 * ``HAULMESH_BILLING_PAYMENT_TERMS_DAYS``: days from issue to an invoice's ``due_time`` (default 30).
+* ``HAULMESH_BILLING_KPI_RETENTION_DAYS``: how long the KPI report's facts of a mission or tender are kept after
+  their last event (default 400: a year's report plus the month before it), in [1, 3660].
+* ``HAULMESH_BILLING_REPORT_MAX_MISSIONS``: the most missions (and, separately, tenders) one KPI report reads
+  (default 50000; a larger window is refused with REPORT_TOO_LARGE), in [1, 1000000].
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ class BillingConfig:
 
     default_rate_card: rate_card_pb2.RateCard | None
     payment_terms_days: int = 30
+    kpi_retention_days: int = 400
+    report_max_missions: int = 50_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> BillingConfig:
@@ -79,4 +85,14 @@ class BillingConfig:
         if not raw.isdigit() or not 0 <= int(raw) <= 365:
             raise ConfigError(f"{terms_key} must be a whole number of days in [0, 365], got {raw!r}",
                               field=terms_key)
-        return cls(default_rate_card=card, payment_terms_days=int(raw))
+        return cls(default_rate_card=card, payment_terms_days=int(raw),
+                   kpi_retention_days=_bounded_int(env, "HAULMESH_BILLING_KPI_RETENTION_DAYS", 400, 1, 3660),
+                   report_max_missions=_bounded_int(env, "HAULMESH_BILLING_REPORT_MAX_MISSIONS", 50_000, 1,
+                                                    1_000_000))
+
+
+def _bounded_int(env: Mapping[str, str], key: str, default: int, low: int, high: int) -> int:
+    raw = env.get(key, "") or str(default)
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ConfigError(f"{key} must be a whole number in [{low}, {high}], got {raw!r}", field=key)
+    return int(raw)

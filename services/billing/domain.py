@@ -23,6 +23,7 @@ from fractions import Fraction
 
 from haulmesh.type.v1 import equipment_pb2
 from services.runtime import FailedPrecondition, FieldViolation, InvalidArgument, parse_name
+from services.runtime.money import format_minor, minor_unit_exponent
 
 __all__ = [
     "CHARGE_CODES",
@@ -81,19 +82,9 @@ _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _REGION = re.compile(r"^[A-Z]{2}-[A-Z0-9]{1,3}-[A-Z]{3}$")
 _LINE_CODE = re.compile(r"^[A-Z0-9][A-Z0-9_-]{0,63}$")
 
-#: ISO 4217 currencies whose minor unit is not the cent (the rest have two decimals).
-_EXPONENTS = {"BIF": 0, "CLP": 0, "DJF": 0, "GNF": 0, "ISK": 0, "JPY": 0, "KMF": 0, "KRW": 0, "PYG": 0,
-              "RWF": 0, "UGX": 0, "UYI": 0, "VND": 0, "VUV": 0, "XAF": 0, "XOF": 0, "XPF": 0,
-              "BHD": 3, "IQD": 3, "JOD": 3, "KWD": 3, "LYD": 3, "OMR": 3, "TND": 3, "CLF": 4, "UYW": 4}
-
 
 def _currency_mismatch(message: str, violations: list[FieldViolation]) -> InvalidArgument:
     return InvalidArgument(message, reason="CURRENCY_MISMATCH", violations=violations)
-
-
-def minor_unit_exponent(currency: str) -> int:
-    """Decimal places of ``currency``'s minor unit (2 for USD, 0 for JPY, 3 for KWD)."""
-    return _EXPONENTS.get(currency, 2)
 
 
 @dataclass(frozen=True, order=True)
@@ -121,10 +112,7 @@ class Money:
 
 def format_money(money: Money) -> str:
     """``USD 1234.56`` (for descriptions; amounts on the wire are always integer minor units)."""
-    exponent = minor_unit_exponent(money.currency)
-    sign = "-" if money.minor < 0 else ""
-    units, rest = divmod(abs(money.minor), 10 ** exponent)
-    return f"{money.currency} {sign}{units}" + (f".{rest:0{exponent}d}" if exponent else "")
+    return format_minor(money.currency, money.minor)
 
 
 def _round(value: Fraction) -> int:

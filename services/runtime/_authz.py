@@ -52,6 +52,12 @@ class Policy:
     def methods(self) -> frozenset[str]:
         return frozenset(self._rules)
 
+    def __or__(self, other: Policy) -> Policy:
+        """Both policies, for a server that serves the APIs of two (billing's BillingService and ReportService):
+        a method is allowed to whom either allows it."""
+        return Policy({method: self._rules.get(method, frozenset()) | other._rules.get(method, frozenset())
+                       for method in self._rules.keys() | other._rules.keys()})
+
     def allows(self, method: str, identity: Identity) -> bool:
         patterns = self._rules.get(method)
         if patterns is None:

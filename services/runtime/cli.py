@@ -7,6 +7,8 @@
     haulmesh audit verify               check the audit log's hash chain; exit 1 if tampered
     haulmesh events dlq list|replay --group G [ENTRY ...]
     haulmesh token mint ...             dev OAuth2 access tokens the gateway trusts
+    haulmesh report [--carrier C] [--since T] [--until T] [--lane O:D] [--baseline USD:2.10]
+                    [--format table|csv|json]   the pilot's KPI report (billing's ReportService)
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from . import pki
+from . import kpi_report, pki
 from ._audit import verify as verify_audit_log
 from ._config import DEFAULT_GATEWAY_HTTP_PORT, DEFAULT_PORTS, MESH_SERVICES, default_state_dir
 from ._errors import HaulmeshError
@@ -260,6 +262,8 @@ def _parser() -> argparse.ArgumentParser:
     token = sub.add_parser("token", help="dev OAuth2 tokens for the gateway (haulmesh token mint --help)",
                            add_help=False)
     token.set_defaults(func=None)
+
+    kpi_report.add_parser(sub, cert_dir=_cert_dir, store_url=_store_url)
 
     store = sub.add_parser("store", help="the embedded store")
     store.add_argument("store_command", choices=["start", "stop", "status"])

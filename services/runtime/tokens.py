@@ -116,7 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("mint", help="mint an access token of the dev issuer")
     m.add_argument("--carrier", required=True, help="the tenant, e.g. acme (the token's carrier claim)")
-    m.add_argument("--scope", required=True, help='space-separated scopes, e.g. "tender:create tender:read"')
+    m.add_argument("--scope", required=True, help='space-separated scopes, e.g. "tender:create tender:read" '
+                   '(docs/gateway.md lists them; "report:read" for the KPI report)')
     m.add_argument("--ttl-seconds", type=int, default=DEFAULT_TTL_SECONDS, help="lifetime (default 900)")
     m.add_argument("--audience", default=os.environ.get("HAULMESH_JWT_AUDIENCE") or DEFAULT_AUDIENCE)
     m.add_argument("--issuer", default=os.environ.get("HAULMESH_JWT_ISSUER") or DEFAULT_ISSUER)

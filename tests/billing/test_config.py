@@ -54,3 +54,16 @@ def test_missing_file_and_bad_terms_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         BillingConfig.from_env({"HAULMESH_BILLING_PAYMENT_TERMS_DAYS": "-3"})
     assert caught.value.field == "HAULMESH_BILLING_PAYMENT_TERMS_DAYS"
+
+
+def test_kpi_report_bounds_from_the_environment() -> None:
+    config = BillingConfig.from_env({})
+    assert (config.kpi_retention_days, config.report_max_missions) == (400, 50_000)
+    config = BillingConfig.from_env({"HAULMESH_BILLING_KPI_RETENTION_DAYS": "730",
+                                     "HAULMESH_BILLING_REPORT_MAX_MISSIONS": "1000"})
+    assert (config.kpi_retention_days, config.report_max_missions) == (730, 1000)
+    for key, bad in (("HAULMESH_BILLING_KPI_RETENTION_DAYS", "0"), ("HAULMESH_BILLING_KPI_RETENTION_DAYS", "1y"),
+                     ("HAULMESH_BILLING_REPORT_MAX_MISSIONS", "1000001")):
+        with pytest.raises(ConfigError) as caught:
+            BillingConfig.from_env({key: bad})
+        assert caught.value.field == key
