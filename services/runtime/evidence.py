@@ -141,7 +141,7 @@ def _unzip(data: bytes) -> list[tuple[str, bytes]]:
     while data[offset:offset + 4] == b"PK\x03\x04":
         if offset + 30 > len(data):
             raise ValueError(f"truncated local header at byte {offset}")
-        (_, _, flags, method, _, _, _, size, usize, name_len, extra_len) = struct.unpack_from(
+        (_, _, _flags, method, _, _, _, size, usize, name_len, extra_len) = struct.unpack_from(
             "<IHHHHHIIIHH", data, offset)
         if method != 0 or size != usize:
             raise ValueError(f"member at byte {offset} is compressed (method {method}); packs store members")
