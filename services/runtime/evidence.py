@@ -604,7 +604,7 @@ def _verify_invoice(mission: mission_pb2.Mission, content: dict[str, bytes],
         return
     fixes = metering.fixes_from_payloads([p for _, p, _ in frames])
     measured = metering.measure(fixes, gap_seconds=_gap_seconds(invoice),
-                                planned_route=tuple(mission.planned_route))
+                                planned_route=tuple((p.lat, p.lon) for p in mission.planned_route))
     facts["driven_miles"] = measured.miles
     if abs(measured.miles - invoice.usage.miles) > MILES_TOLERANCE:
         raise _Failed("invoice", f"invoiced {invoice.usage.miles:.2f} mi, the frames measure {measured.miles:.2f} mi")
