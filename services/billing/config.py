@@ -5,6 +5,11 @@
   Unset: the built-in :data:`BUILT_IN_DEFAULT`. ``none``: no default (a carrier without a rate card gets
   NO_RATE_CARD until an operator creates one).
 * ``HAULMESH_BILLING_PAYMENT_TERMS_DAYS``: days from issue to an invoice's ``due_time`` (default 30).
+* ``HAULMESH_BILLING_EVIDENCE_CERT_FILE`` / ``HAULMESH_BILLING_EVIDENCE_KEY_FILE``: the platform's evidence key
+  that seals evidence packs, a signing-only certificate from the mesh CA (``haulmesh pki issue evidence
+  billing``) and its key. Default ``<cert dir>/evidence-billing.pem`` and ``evidence-billing-key.pem``. Only
+  billing holds it; read at each export, so a missing key fails the export (EVIDENCE_KEY_UNAVAILABLE), not the
+  start.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from google.protobuf import json_format
 
 from haulmesh.billing.v1 import rate_card_pb2
 from haulmesh.type.v1 import money_pb2
-from services.runtime import ConfigError, HaulmeshError
+from services.runtime import ConfigError, HaulmeshError, default_state_dir
 
 from .convert import card_from_pb
 from .domain import validate_rate_card
@@ -49,6 +54,8 @@ class BillingConfig:
 
     default_rate_card: rate_card_pb2.RateCard | None
     payment_terms_days: int = 30
+    evidence_certificate_file: Path = Path("evidence-billing.pem")
+    evidence_key_file: Path = Path("evidence-billing-key.pem")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> BillingConfig:
@@ -79,4 +86,9 @@ class BillingConfig:
         if not raw.isdigit() or not 0 <= int(raw) <= 365:
             raise ConfigError(f"{terms_key} must be a whole number of days in [0, 365], got {raw!r}",
                               field=terms_key)
-        return cls(default_rate_card=card, payment_terms_days=int(raw))
+        cert_dir = Path(env.get("HAULMESH_CERT_DIR") or default_state_dir(env) / "certs")
+        return cls(default_rate_card=card, payment_terms_days=int(raw),
+                   evidence_certificate_file=Path(env.get("HAULMESH_BILLING_EVIDENCE_CERT_FILE")
+                                                  or cert_dir / "evidence-billing.pem"),
+                   evidence_key_file=Path(env.get("HAULMESH_BILLING_EVIDENCE_KEY_FILE")
+                                          or cert_dir / "evidence-billing-key.pem"))

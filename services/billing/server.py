@@ -8,6 +8,7 @@ import grpc
 from haulmesh.billing.v1 import billing_service_pb2, billing_service_pb2_grpc, invoice_pb2, quote_pb2, rate_card_pb2
 from services.runtime import Policy, carrier
 
+from .evidence.server import RULES as EVIDENCE_RULES
 from .usecases import Billing
 
 __all__ = ["POLICY", "BillingServicer"]
@@ -16,7 +17,7 @@ _SERVICE = "/haulmesh.billing.v1.BillingService"
 _OPERATORS = "operator/*"
 
 #: Who may call what: the TMS (through the gateway) reads and reconciles, tender prices offers, mission
-#: meters usage, commercial operators keep the rate cards.
+#: meters usage, commercial operators keep the rate cards; evidence packs: services/billing/evidence/server.py.
 POLICY = Policy({
     f"{_SERVICE}/CreateRateCard": [_OPERATORS],
     f"{_SERVICE}/GetRateCard": ["service/gateway", "service/tender", _OPERATORS],
@@ -28,6 +29,7 @@ POLICY = Policy({
     f"{_SERVICE}/GetInvoice": ["service/gateway", _OPERATORS],
     f"{_SERVICE}/ListInvoices": ["service/gateway", _OPERATORS],
     f"{_SERVICE}/ReconcileInvoice": ["service/gateway"],
+    **EVIDENCE_RULES,
 })
 
 

@@ -2,12 +2,14 @@
 paging and filters, time and distance.
 
 Services, scripts and tests import from here, or from the runtime's public modules (``lanes``: the fleet's lane
-facts; ``pki``: the dev certificate authority; ``tokens``: the dev OAuth2 issuer; ``cli``: the ``haulmesh``
+facts; ``pki``: the dev certificate authority; ``evidence``: sealed evidence packs and
+their offline verifier; ``tokens``: the dev OAuth2 issuer; ``cli``: the ``haulmesh``
 command); the private modules behind them may change. ``__all__`` is what is used outside the runtime, pinned by
 tests/runtime/test_public_api.py.
 """
 
-from ._audit import AuditLog
+from ._audit import AuditEntry, AuditLog
+from ._audit import entries_touching as audit_entries_touching
 from ._audit import verify as verify_audit_log
 from ._authz import Policy
 from ._client import Channels
@@ -88,6 +90,7 @@ __all__ = [
     "VEHICLE_CERTIFICATE_METADATA_KEY",
     "Aborted",
     "AlreadyExists",
+    "AuditEntry",
     "AuditLog",
     "CertificateFiles",
     "Channels",
@@ -121,6 +124,7 @@ __all__ = [
     "abort",
     "add_event",
     "asgi_middleware",
+    "audit_entries_touching",
     "caller",
     "carrier",
     "carrier_metadata",
