@@ -350,12 +350,22 @@ def test_manifest_signature_accepted_and_rejected(truck) -> None:
 
 
 def test_manifest_must_name_mission_vehicle_load_and_photos() -> None:
-    facts = domain.ManifestFacts("m1", "AU-TRK-1001", "LOAD-1", ("a" * 64,), T0)
+    facts = domain.ManifestFacts("m1", "AU-TRK-1001", "LOAD-1", ("a" * 64,), T0, "c" * 64, 1, 10)
     domain.check_manifest(facts, mission_id="m1", vehicle_id="AU-TRK-1001", tms_load_id="LOAD-1",
                           photo_sha256=["a" * 64])
     with pytest.raises(InvalidArgument) as caught:
         domain.check_manifest(facts, mission_id="m2", vehicle_id="AU-TRK-9", tms_load_id="LOAD-1", photo_sha256=[])
     assert caught.value.reason == "POD_SIGNATURE_INVALID" and len(caught.value.violations) == 3
+
+
+@pytest.mark.parametrize("digest,first,last", [("C" * 64, 1, 10), ("c" * 64, 0, 10), ("c" * 64, 11, 10),
+                                               ("c" * 64, 1, 1 + domain.MAX_POD_FRAMES)])
+def test_the_manifest_telemetry_range_must_be_well_formed(digest: str, first: int, last: int) -> None:
+    facts = domain.ManifestFacts("m1", "AU-TRK-1001", "LOAD-1", (), T0, digest, first, last)
+    with pytest.raises(InvalidArgument) as caught:
+        domain.check_manifest(facts, mission_id="m1", vehicle_id="AU-TRK-1001", tms_load_id="LOAD-1",
+                              photo_sha256=[])
+    assert len(caught.value.violations) == 1
 
 
 # --- usage and config --------------------------------------------------------------------------------
