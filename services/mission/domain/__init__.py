@@ -78,14 +78,18 @@ from .enums import (
 from .lifecycle import Action, Status, choose_contingency, mission_status, transition
 from .proof import (
     MAX_MANIFEST_BYTES,
+    MAX_POD_FRAMES,
     ManifestFacts,
     check_manifest,
     deliver,
     key_id_of,
+    manifest_facts,
     read_manifest,
+    telemetry_range_violations,
     validate_photo_digest,
     validate_proof,
     verify_manifest_signature,
+    verify_telemetry_log,
 )
 from .roster import (
     UPDATABLE_VEHICLE_FIELDS,
@@ -106,7 +110,17 @@ from .roster import (
     validate_vehicle_update,
     vehicle_violations,
 )
-from .usage import billing_retry_delay, mission_hours, usage, whole_minutes
+from .usage import (
+    MissionFrame,
+    billing_retry_delay,
+    check_frame_budget,
+    measured_usage,
+    mission_hours,
+    record_geofence,
+    stop_dwells,
+    usage,
+    whole_minutes,
+)
 
 __all__ = [
     "BEFORE_DEPARTURE",
@@ -114,6 +128,7 @@ __all__ = [
     "HOLD",
     "MAX_CARGO_WEIGHT_LB",
     "MAX_MANIFEST_BYTES",
+    "MAX_POD_FRAMES",
     "MAX_STOPS",
     "MISSION_SERVICE",
     "PROCEED",
@@ -134,6 +149,7 @@ __all__ = [
     "ExceptionKind",
     "Load",
     "ManifestFacts",
+    "MissionFrame",
     "Point",
     "Severity",
     "State",
@@ -146,6 +162,7 @@ __all__ = [
     "capabilities_of",
     "capacity_query",
     "capacity_windows",
+    "check_frame_budget",
     "check_in_point_allowed",
     "check_manifest",
     "check_named_vehicle",
@@ -158,6 +175,8 @@ __all__ = [
     "key_id_of",
     "lane_between",
     "location_violations",
+    "manifest_facts",
+    "measured_usage",
     "mission_hours",
     "mission_status",
     "mission_violations",
@@ -171,6 +190,7 @@ __all__ = [
     "raise_if",
     "read_manifest",
     "record_check_in",
+    "record_geofence",
     "recorded_check_ins",
     "refresh_check_in_due",
     "resolve",
@@ -178,6 +198,8 @@ __all__ = [
     "resolve_open",
     "settle",
     "start",
+    "stop_dwells",
+    "telemetry_range_violations",
     "text_violations",
     "transition",
     "update_vehicle",
@@ -196,6 +218,7 @@ __all__ = [
     "validate_vehicle_update",
     "vehicle_violations",
     "verify_manifest_signature",
+    "verify_telemetry_log",
     "whole_minutes",
     "window_violations",
 ]
