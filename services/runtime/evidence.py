@@ -50,6 +50,7 @@ from haulmesh.billing.v1 import invoice_pb2
 from haulmesh.mission.v1 import mission_pb2
 from haulmesh.telemetry.v1 import frame_pb2
 
+from . import metering
 from ._audit import AuditEntry, verify_entries
 from ._identity import Identity, IdentityError, signing_key_id
 
@@ -72,8 +73,10 @@ MANIFEST_TYPE = "application/vnd.haulmesh.evidence-manifest.v1+json"
 DOCUMENT_SIGNING_EKU = ObjectIdentifier("1.3.6.1.5.5.7.3.36")
 #: Largest pack built or verified (no ZIP64: the container stays one simple layout).
 MAX_PACK_BYTES = 1 << 30
-#: Tolerance between invoiced miles and miles measured from the frames (rounding of the stored figure).
+#: Tolerance between invoiced miles and miles measured from the frames (both are rounded to 0.1 mi).
 MILES_TOLERANCE = 0.05
+#: The gap threshold of usage recorded without one in its provenance (the mission service's default).
+_DEFAULT_GAP_SECONDS = 120.0
 _FORMAT = "haulmesh.evidence/v1"
 _SEAL = "seal.dsse.json"
 _SIGNATURE = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)
@@ -190,17 +193,8 @@ def _spki(cert: x509.Certificate) -> bytes:
 
 
 def telemetry_log_sha256(payloads: Sequence[bytes]) -> str:
-    """DeliveryManifest.telemetry_log_sha256 (mission.proto): SHA-256 over (4-byte big-endian length || bytes)
-    of each payload in sequence order. Uses runtime.metering's when present (one definition)."""
-    try:
-        from . import metering  # type: ignore[attr-defined]
-
-        return str(metering.telemetry_log_sha256(list(payloads)))
-    except (ImportError, AttributeError):
-        digest = hashlib.sha256()
-        for payload in payloads:
-            digest.update(len(payload).to_bytes(4, "big") + payload)
-        return digest.hexdigest()
+    """DeliveryManifest.telemetry_log_sha256 (mission.proto): runtime.metering's, the one definition."""
+    return metering.telemetry_log_sha256(payloads)
 
 
 # --- build -----------------------------------------------------------------------------------------------
@@ -596,29 +590,28 @@ def _verify_invoice(mission: mission_pb2.Mission, content: dict[str, bytes],
     if invoice.mission != mission.name:
         raise _Failed("invoice", f"the invoice is for {invoice.mission}, not {mission.name}")
     facts["invoice_miles"] = invoice.usage.miles
-    try:
-        from . import metering  # type: ignore[attr-defined]
-    except ImportError:
-        _step(passed, "invoice", f"{invoice.name} for {mission.name}; miles not recomputed "
-              "(runtime.metering missing)")
+    usage = invoice.usage
+    if not usage.HasField("provenance"):
+        _step(passed, "invoice", f"{invoice.name}: {usage.miles:.1f} mi without provenance (not measured from "
+              "frames; nothing to recompute)")
         return
+    provenance = usage.provenance
+    if provenance.mission != mission.name:
+        raise _Failed("invoice", f"the usage provenance names {provenance.mission}, not {mission.name}")
+    gap_seconds = provenance.gap_threshold_seconds or _DEFAULT_GAP_SECONDS
     fixes = metering.fixes_from_payloads([p for _, p, _ in frames])
-    measured = metering.measure(fixes, gap_seconds=_gap_seconds(invoice),
+    measured = metering.measure(fixes, gap_seconds=gap_seconds,
                                 planned_route=tuple((p.lat, p.lon) for p in mission.planned_route))
     facts["driven_miles"] = measured.miles
-    if abs(measured.miles - invoice.usage.miles) > MILES_TOLERANCE:
-        raise _Failed("invoice", f"invoiced {invoice.usage.miles:.2f} mi, the frames measure {measured.miles:.2f} mi")
-    _step(passed, "invoice", f"{invoice.usage.miles:.2f} mi invoiced = {measured.miles:.2f} mi measured from "
-          f"frames {measured.first_sequence}..{measured.last_sequence}")
-
-
-def _gap_seconds(invoice: invoice_pb2.Invoice) -> float:
-    """The gap threshold the invoice's usage was measured with (its provenance), else metering's default."""
-    from . import metering  # type: ignore[attr-defined]
-
-    provenance = getattr(invoice.usage, "provenance", None)
-    for name in ("gap_threshold_seconds", "gap_seconds"):
-        value = getattr(provenance, name, 0) if provenance is not None else 0
-        if value:
-            return float(value)
-    return float(getattr(metering, "DEFAULT_GAP_SECONDS", 300))
+    stated = (provenance.first_sequence, provenance.last_sequence, provenance.frame_count)
+    if measured.frames and stated != (measured.first_sequence, measured.last_sequence, measured.frames):
+        raise _Failed("invoice", f"the provenance says frames {stated[0]}..{stated[1]} ({stated[2]}), the pack "
+                      f"holds {measured.first_sequence}..{measured.last_sequence} ({measured.frames})")
+    in_range = [p for s, p, _ in frames if provenance.first_sequence <= s <= provenance.last_sequence]
+    if measured.frames and telemetry_log_sha256(in_range) != provenance.telemetry_log_sha256:
+        raise _Failed("invoice", "the provenance's telemetry_log_sha256 is not the digest of the pack's frames")
+    if abs(measured.miles - usage.miles) > MILES_TOLERANCE:
+        raise _Failed("invoice", f"invoiced {usage.miles:.1f} mi, the frames measure {measured.miles:.1f} mi")
+    gaps = f", {len(measured.gaps)} gap(s) bridged {measured.bridged_miles:.1f} mi" if measured.gaps else ""
+    _step(passed, "invoice", f"{usage.miles:.1f} mi invoiced = {measured.miles:.1f} mi measured from frames "
+          f"{measured.first_sequence}..{measured.last_sequence}{gaps}")

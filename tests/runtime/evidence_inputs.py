@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from haulmesh.billing.v1 import invoice_pb2
 from haulmesh.mission.v1 import mission_pb2
 from haulmesh.telemetry.v1 import frame_pb2
-from services.runtime import pki, signing_key_id
+from services.runtime import metering, pki, signing_key_id
 from services.runtime._audit import _GENESIS, AuditEntry, _entry_hash
 from services.runtime.evidence import PackFrame, SealKey, telemetry_log_sha256
 
@@ -87,7 +87,14 @@ def make_inputs(frame_count: int = 3) -> Inputs:
     mission.proof_of_delivery.manifest_details.CopyFrom(manifest)
     invoice = invoice_pb2.Invoice(name="invoices/I1", carrier="carriers/acme", mission=mission.name,
                                   tender="tenders/T1", invoice_number="HM-2026-000001")
-    invoice.usage.miles = 1.9
+    measured = metering.measure(metering.fixes_from_payloads(f.payload for f in frames), gap_seconds=120)
+    invoice.usage.miles = measured.miles
+    invoice.usage.hours = measured.hours
+    invoice.usage.provenance.CopyFrom(invoice_pb2.UsageProvenance(
+        mission=mission.name, vehicle=mission.vehicle, first_sequence=measured.first_sequence,
+        last_sequence=measured.last_sequence, frame_count=measured.frames, gap_threshold_seconds=120,
+        source=invoice_pb2.UsageProvenance.SOURCE_POSITIONS,
+        telemetry_log_sha256=telemetry_log_sha256([f.payload for f in frames])))
     audit = audit_chain(["tenders/T1", mission.name, "invoices/I1"])
     seal = SealKey.load(sealer.certificate_pem, sealer.private_key_pem, ca.certificate_pem)
     return Inputs(ca, truck, mission, frames, [truck.certificate_pem], invoice, audit, seal)

@@ -160,6 +160,18 @@ def test_an_invoice_of_another_mission_fails(inputs) -> None:
     assert _verify(build_pack(**dict(inputs.kwargs(), invoice=invoice)), inputs).failure.name == "invoice"
 
 
+def test_invoiced_miles_must_follow_from_the_frames(inputs) -> None:
+    assert "mi measured from frames 1..3" in _verify(build_pack(**inputs.kwargs()), inputs).passed[8].detail
+    invoice = type(inputs.invoice)()
+    invoice.CopyFrom(inputs.invoice)
+    invoice.usage.miles += 10
+    result = _verify(build_pack(**dict(inputs.kwargs(), invoice=invoice)), inputs)
+    assert result.failure.name == "invoice" and "the frames measure" in result.failure.detail
+    invoice.CopyFrom(inputs.invoice)
+    invoice.usage.provenance.last_sequence = 2
+    assert "provenance says" in _verify(build_pack(**dict(inputs.kwargs(), invoice=invoice)), inputs).failure.detail
+
+
 def test_an_edited_audit_entry_fails(inputs) -> None:
     entries = list(inputs.audit_entries)
     entries[1] = type(entries[1])(entries[1].chain, entries[1].entry_id,
