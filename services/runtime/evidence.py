@@ -535,7 +535,9 @@ def _verify_frames(content: dict[str, bytes], keys: dict[str, Any], vehicle_id: 
             decoded = frame_pb2.FramePayload.FromString(payload)
         except DecodeError:
             raise _Failed("frames", f"{where}: the signed payload does not decode") from None
-        if decoded.vehicle_id != vehicle_id or decoded.sequence != sequence or decoded.mission_id != mission_id:
+        # A frame without a mission id counts when telemetry placed it in the mission (its span, its truck).
+        named = (decoded.vehicle_id, decoded.sequence)
+        if named != (vehicle_id, sequence) or decoded.mission_id not in ("", mission_id):
             raise _Failed("frames", f"{where}: the payload names another vehicle, sequence or mission")
         frames.append((sequence, payload, decoded))
         last = sequence

@@ -21,13 +21,15 @@ from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, mission_servic
 from haulmesh.telemetry.v1 import telemetry_service_pb2, telemetry_service_pb2_grpc
 from services.runtime import (
     FailedPrecondition,
-    FieldViolation,
+    HaulmeshError,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
     Unavailable,
     audit_entries_touching,
     carrier_metadata,
+    error_info,
+    parse_name,
 )
 from services.runtime.evidence import PackFrame, SealKey, build_pack
 
@@ -68,10 +70,7 @@ class EvidenceExport:
     async def export(self, carrier: str, request: evidence_service_pb2.ExportEvidencePackRequest) -> bytes:
         """The sealed pack of ``request.mission`` for ``carrier``."""
         name = request.mission
-        mission_id = name.removeprefix("missions/")
-        if not name.startswith("missions/") or not mission_id or "/" in mission_id:
-            raise InvalidArgument("mission must be missions/{mission}",
-                                  violations=[FieldViolation("mission", "must be missions/{mission}")])
+        mission_id = parse_name(name, "missions", field="mission")
         seal = self._seal_key()
         metadata = carrier_metadata(carrier)
         mission = await self._get_mission(name, metadata)
@@ -93,7 +92,7 @@ class EvidenceExport:
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 raise NotFound(f"{name} does not exist", reason="MISSION_NOT_FOUND", metadata={"name": name}) from None
-            raise _unavailable("mission", exc) from None
+            raise _peer_error("mission", exc) from None
 
     async def _frames(self, name: str, metadata: tuple[tuple[str, str], ...]) -> list[PackFrame]:
         frames: list[PackFrame] = []
@@ -104,7 +103,7 @@ class EvidenceExport:
                     telemetry_service_pb2.ListTelemetryFramesRequest(parent=name, page_size=_PAGE, page_token=token),
                     metadata=metadata)
             except grpc.aio.AioRpcError as exc:
-                raise _unavailable("telemetry", exc) from None
+                raise _peer_error("telemetry", exc) from None
             for frame in page.telemetry_frames:
                 signed = frame.signed_frame
                 frames.append(PackFrame(signed.sequence, signed.payload, signed.signature, signed.key_id,
@@ -122,7 +121,7 @@ class EvidenceExport:
             listed = await self._telemetry().ListVehicleCertificates(
                 telemetry_service_pb2.ListVehicleCertificatesRequest(parent=vehicle), metadata=metadata)
         except grpc.aio.AioRpcError as exc:
-            raise _unavailable("telemetry", exc) from None
+            raise _peer_error("telemetry", exc) from None
         by_key = {c.key_id: c.certificate_pem.encode() for c in listed.certificates}
         missing = sorted(key_ids - by_key.keys())
         if missing:
@@ -132,6 +131,13 @@ class EvidenceExport:
         return [by_key[k] for k in sorted(key_ids)]
 
 
-def _unavailable(peer: str, exc: grpc.aio.AioRpcError) -> Unavailable:
+def _peer_error(peer: str, exc: grpc.aio.AioRpcError) -> HaulmeshError:
+    """A peer's refusal of what the caller sent stays the caller's error; anything else is UNAVAILABLE."""
+    info = error_info(exc)
+    reason = info.reason if info is not None and info.reason else ""
+    if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidArgument(exc.details() or "invalid request", reason=reason or "INVALID_ARGUMENT")
+    if exc.code() == grpc.StatusCode.NOT_FOUND:
+        return NotFound(exc.details() or "not found", reason=reason or "NOT_FOUND")
     return Unavailable(f"the {peer} service did not answer ({exc.code().name}: {exc.details()})",
                        reason="EVIDENCE_SOURCE_UNAVAILABLE", metadata={"service": peer, "cause": exc.code().name})
