@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 import zlib
 
@@ -230,3 +231,24 @@ def test_audit_excerpts_with_gaps_verify_but_broken_links_do_not() -> None:
 
 def test_vehicle_constant_matches_the_truck(inputs) -> None:
     assert inputs.mission.vehicle == f"vehicles/{VEHICLE}"
+
+
+async def test_audit_entries_touching_a_mission_come_with_their_links(client) -> None:
+    """On a real store: two writers' chains; the run between the first and last touching entry of each chain comes
+    out whole (so every link verifies), entries after the last touching one do not, other chains give nothing."""
+    from services.runtime import AuditLog, audit_entries_touching
+
+    first, second = AuditLog(client, "billing"), AuditLog(client, "mission")
+    for resource in ["tenders/X", "missions/M", "invoices/I", "missions/OTHER", "missions/M", "tenders/Y"]:
+        await first.append(actor="spiffe://haulmesh.local/service/gateway", method="/x.Y/Z", resource=resource)
+    for resource in ["missions/OTHER", "missions/OTHER"]:
+        await second.append(actor="spiffe://haulmesh.local/operator/ops", method="/x.Y/Z", resource=resource)
+    entries = await audit_entries_touching(client, {"missions/M", "invoices/I"})
+    records = [json.loads(e.record) for e in entries]
+    assert [r["resource"] for r in records] == ["missions/M", "invoices/I", "missions/OTHER", "missions/M"]
+    assert [r["seq"] for r in records] == [2, 3, 4, 5]
+    assert {e.chain for e in entries} == {first.stream}
+    assert verify_entries(entries) == []
+    # A run longer than the bound is cut to the touching entries alone: links hold where they are adjacent.
+    cut = await audit_entries_touching(client, {"missions/M", "invoices/I"}, max_segment_entries=2)
+    assert [json.loads(e.record)["seq"] for e in cut] == [2, 3, 5] and verify_entries(cut) == []
