@@ -113,13 +113,14 @@ class Spool:
 
     # -- writing --------------------------------------------------------------------------------------------
 
-    def enqueue(self, kind: int, build: Callable[[int], bytes]) -> int:
+    def enqueue(self, kind: int, build: Callable[[int], bytes], *, mission_id: str = "") -> int:
         """Assigns the next sequence, stores ``build(sequence)`` (a serialized SignedFrame) and commits.
 
         Returns the sequence only once the frame is durable. ``build`` runs inside the transaction, so the
         payload is signed with the sequence it is stored under; if it raises, nothing is stored and the
         sequence is not used. If the spool is full, the oldest routine frame is evicted and counted, which
-        may be the new frame itself when the spool holds nothing but alarms and faults.
+        may be the new frame itself when the spool holds nothing but alarms and faults. With ``mission_id`` the
+        frame's payload also joins that mission's log, in the same transaction.
         """
         routine = kind in ROUTINE_KINDS
         with self._lock, self._transaction() as db:
@@ -129,14 +130,11 @@ class Spool:
             db.execute("INSERT INTO frames (sequence, kind, routine, frame) VALUES (?, ?, ?, ?)",
                        (sequence, kind, int(routine), frame))
             self._enforce_bound(db)
-            self._log(db, sequence, frame)
+            if mission_id:
+                self._log(db, sequence, mission_id, frame_pb2.SignedFrame.FromString(frame).payload)
         return sequence
 
-    def _log(self, db: sqlite3.Connection, sequence: int, frame: bytes) -> None:
-        payload = frame_pb2.SignedFrame.FromString(frame).payload
-        mission_id = frame_pb2.FramePayload.FromString(payload).mission_id
-        if not mission_id:
-            return
+    def _log(self, db: sqlite3.Connection, sequence: int, mission_id: str, payload: bytes) -> None:
         db.execute("INSERT OR REPLACE INTO mission_log (sequence, mission_id, payload) VALUES (?, ?, ?)",
                    (sequence, mission_id, payload))
         excess = db.execute("SELECT COUNT(*) FROM mission_log").fetchone()[0] - self.max_log_frames
