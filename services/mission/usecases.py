@@ -396,17 +396,20 @@ class MissionUseCases:
 
     async def _mission_frames(self, carrier_id: str, name: str, *, min_sequence: int = 0,
                               max_sequence: int = 0) -> list[domain.MissionFrame]:
-        """The mission's stored frames (optionally a sequence range), read from telemetry as service/mission a
-        page of 1000 at a time, at most ``usage_max_frames`` (else MISSION_FRAMES_EXCEEDED)."""
+        """The mission's stored frames (those naming it; optionally a sequence range), read from telemetry as
+        service/mission a page of 1000 at a time, at most ``usage_max_frames`` (else MISSION_FRAMES_EXCEEDED)."""
         assert self._telemetry is not None
+        mission_id = parse_mission_name(name)
         cap, frames, token = self._settings.usage_max_frames, [], ""
         while True:
             page = await self._telemetry().ListTelemetryFrames(
                 telemetry_service_pb2.ListTelemetryFramesRequest(parent=name, page_size=1000, page_token=token,
                                                                  min_sequence=min_sequence, max_sequence=max_sequence),
                 metadata=carrier_metadata(carrier_id))
+            # The mission's own frames (the proto's log rule): telemetry's mission scope also holds frames of the
+            # span that name no mission.
             frames.extend(domain.MissionFrame(f.signed_frame.payload, from_timestamp(f.receive_time))
-                          for f in page.telemetry_frames)
+                          for f in page.telemetry_frames if f.payload.mission_id == mission_id)
             domain.check_frame_budget(len(frames), cap, name)
             token = page.next_page_token
             if not token:

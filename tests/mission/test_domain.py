@@ -599,3 +599,10 @@ def test_the_proofs_telemetry_log_is_verified_refused_or_disputed() -> None:
 
 def test_billing_retries_back_off_to_the_limit() -> None:
     assert [domain.billing_retry_delay(n, 5, 3600) for n in (1, 2, 3, 10, 60)] == [10, 20, 40, 3600, 3600]
+
+
+def test_nothing_measured_without_two_fixes_bills_the_plan() -> None:
+    mission = _enroute_mission()
+    mission.route_miles = 841.0
+    usage = domain.measured_usage(mission, [_frame(1, 0, *HOUSTON)], gap_seconds=120, circuity_factor=1.13)
+    assert usage.miles == 841.0 and not usage.HasField("provenance")

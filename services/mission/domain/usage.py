@@ -114,8 +114,12 @@ def check_frame_budget(count: int, cap: int, mission_name: str) -> None:
 def measured_usage(mission: mission_pb2.Mission, frames: Sequence[MissionFrame], *, gap_seconds: float,
                    circuity_factor: float) -> invoice_pb2.Usage:
     """The mission's usage measured from its stored frames (runtime.metering over the planned route), with
-    provenance and the stop dwells. With no position frame at all, 0 miles and hours, said by frame_count 0."""
+    provenance and the stop dwells. With fewer than two position fixes nothing was measured: the usage of the
+    recorded times (:func:`usage`, planned miles, no provenance), so billing bills the accepted quote and the
+    invoice's line-haul does not claim a measurement."""
     fixes = fixes_from_payloads(f.payload for f in frames)
+    if len(fixes) < 2:
+        return usage(mission)
     route = [(p.lat, p.lon) for p in mission.planned_route]
     m = measure(fixes, gap_seconds=gap_seconds, planned_route=route, circuity_factor=circuity_factor)
     # Everything the proto's log rule covers: every frame of the mission in the measured sequence range.
