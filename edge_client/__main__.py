@@ -3,9 +3,14 @@
     haulmesh-edge check --vehicle AU-TRK-1001       connect to the telemetry service as the truck, over mTLS
     haulmesh-edge simulate --vehicle AU-TRK-1001 --speedup 60 [--scenario sensor-fault|connectivity-loss:MINUTES|
                   edge-crash|road-closure] [--scenario-at MINUTES] [--frame-every-sim-seconds N]
+                  [--pickup-dwell-minutes M [--dwell-speedup X]]
                                                     drive Houston → Atlanta, spooling and streaming signed frames
     haulmesh-edge run --vehicle AU-TRK-1001         the stream client alone: send what the spool holds, keep going
     haulmesh-edge status --vehicle AU-TRK-1001      what the spool holds
+    haulmesh-edge pod --vehicle AU-TRK-1001 --mission missions/ID [--photo URI,SHA256] [--received-by NAME]
+                  [--seal-number S] [--submit]      build and sign the proof of delivery from the truck's own
+                                                    telemetry log; with --submit wait until the server acked the
+                                                    log's last frame, then submit it (mTLS as the truck)
 """
 
 from __future__ import annotations
@@ -19,13 +24,17 @@ import os
 import subprocess
 import sys
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from haulmesh.mission.v1 import mission_pb2
+
 from .client import CpuSampler, StreamClient
 from .metrics import EdgeCollector, serve_metrics
+from .pod import Photo, PodError, build_proof, submit_proof, wait_until_acked
 from .recorder import Recorder
 from .signer import KeyFileSigner
 from .simulator import Simulation, parse_scenario
@@ -139,6 +148,8 @@ async def _simulate(args: argparse.Namespace) -> int:
                             wait_for_mission=args.wait_for_mission, progress_path=progress,
                             max_sim_seconds=int(args.max_sim_minutes * 60) if args.max_sim_minutes else None,
                             frame_every=args.frame_every_sim_seconds, route_from_assignment=args.route_from_assignment,
+                            pickup_dwell_seconds=round(args.pickup_dwell_minutes * 60),
+                            dwell_speedup=args.dwell_speedup,
                             scenario_at=round(args.scenario_at * 60) if args.scenario_at is not None else None)
     client = None if args.offline else _client(args, spool, recorder.boot_id, simulation.on_command)
     simulation.link = client
@@ -198,6 +209,64 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _photo(text: str) -> Photo:
+    uri, _, digest = text.rpartition(",")
+    if not uri or not digest:
+        raise argparse.ArgumentTypeError("expected URI,SHA256")
+    return Photo(uri=uri, sha256=digest)
+
+
+def _when(text: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected an ISO 8601 time with offset, e.g. 2026-02-01T18:20:00Z") from None
+    if when.tzinfo is None:
+        raise argparse.ArgumentTypeError("give the time zone (e.g. Z or +00:00)")
+    return when
+
+
+async def _pod(args: argparse.Namespace) -> int:
+    mission_id = args.mission.removeprefix("missions/")
+    verification = "RESULT_UNSPECIFIED"
+    with _spool(args) as spool:
+        try:
+            proof = build_proof(spool, _signer(Path(args.cert_dir), args.vehicle), vehicle_id=args.vehicle,
+                                mission_id=mission_id, tms_load_id=args.tms_load_id, deliver_time=args.deliver_time,
+                                location=(args.lat, args.lon) if args.lat is not None and args.lon is not None
+                                else None, seal_number=args.seal_number, received_by=args.received_by,
+                                photos=args.photo)
+            manifest = mission_pb2.DeliveryManifest.FromString(proof.manifest)
+            summary = {"mission": f"missions/{mission_id}", "vehicle": args.vehicle,
+                       "tms_load_id": manifest.tms_load_id, "first_sequence": manifest.telemetry_first_sequence,
+                       "last_sequence": manifest.telemetry_last_sequence,
+                       "telemetry_log_sha256": manifest.telemetry_log_sha256, "submitted": False}
+            if args.submit:
+                await wait_until_acked(spool, manifest.telemetry_last_sequence,
+                                       timeout_seconds=args.ack_timeout_seconds)
+                async with grpc.aio.secure_channel(args.mission_target,
+                                                   _credentials(Path(args.cert_dir), args.vehicle)) as channel:
+                    mission = await submit_proof(channel, mission_id, proof)
+                result = mission.proof_of_delivery.telemetry_verification
+                verification = mission_pb2.TelemetryVerification.Result.Name(result.result)
+                summary.update(submitted=True, state=mission_pb2.Mission.State.Name(mission.state),
+                               telemetry_verification=verification.removeprefix("RESULT_"),
+                               verification_reason=result.reason, frames_missing=result.frames_missing)
+                if result.result == mission_pb2.TelemetryVerification.RESULT_VERIFIED:
+                    spool.forget_mission(mission_id)  # proven: the log has served (a disputed one is kept)
+            else:
+                summary["proof_hex"] = proof.SerializeToString().hex()
+        except PodError as exc:
+            print(f"haulmesh-edge pod: {exc}", file=sys.stderr)
+            return 2
+        except grpc.aio.AioRpcError as exc:
+            print(f"haulmesh-edge pod: the mission service refused the proof: {exc.code().name}: {exc.details()}",
+                  file=sys.stderr)
+            return 1
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
 def _supervise(argv: list[str]) -> int:
     """Runs the simulation in a child process and restarts it when it dies by SIGKILL (the edge-crash scenario)."""
     env = {**os.environ, _CHILD_ENV: "1"}
@@ -220,6 +289,20 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be > 0")
     return value
 
 
@@ -259,6 +342,12 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--route-from-assignment", action="store_true",
                           help="start at the assigned mission's first stop and end at its last (lane waypoints "
                                "in between) instead of the lane's own end points")
+    simulate.add_argument("--pickup-dwell-minutes", type=_non_negative, default=0.0, metavar="MINUTES",
+                          help="once assigned, sit at the pickup (loading) this many simulated minutes before the "
+                               "pre-trip check and departure: a geofence dwell, billed as detention beyond free time")
+    simulate.add_argument("--dwell-speedup", type=_positive, metavar="X",
+                          help="simulated seconds per real second during the pickup dwell (default: --speedup); "
+                               "device time is real, so a slower dwell measures more minutes")
     simulate.add_argument("--mission", default="", help="mission id to report (else taken from an assignment)")
     simulate.add_argument("--wait-for-mission", action="store_true",
                           help="stay idle until the cloud assigns a mission over the stream")
@@ -278,6 +367,24 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="what the spool holds")
     spool_options(status)
     status.set_defaults(func=_status)
+
+    pod = sub.add_parser("pod", help="build, sign and (--submit) submit the proof of delivery from the spool's log")
+    spool_options(pod)
+    pod.add_argument("--mission", required=True, help="the mission, missions/ID or ID")
+    pod.add_argument("--tms-load-id", default="", help="the load number (default: from the accepted assignment)")
+    pod.add_argument("--deliver-time", type=_when, help="hand-over time, ISO 8601 (default: the last reading's)")
+    pod.add_argument("--lat", type=float, help="hand-over latitude (default: the last recorded position)")
+    pod.add_argument("--lon", type=float, help="hand-over longitude")
+    pod.add_argument("--seal-number", default="", help="trailer seal number as read at delivery")
+    pod.add_argument("--received-by", default="", help="the consignee's representative (at most 200 characters)")
+    pod.add_argument("--photo", type=_photo, action="append", default=[], metavar="URI,SHA256",
+                     help="a delivery photo by reference (https:// or s3:// URI, SHA-256 of its bytes); repeatable")
+    pod.add_argument("--submit", action="store_true", help="submit to the mission service once the log is acked")
+    pod.add_argument("--mission-target", default=os.environ.get("HAULMESH_MISSION_ADDR", "127.0.0.1:50052"),
+                     help="mission service host:port")
+    pod.add_argument("--ack-timeout-seconds", type=float, default=60.0,
+                     help="how long --submit waits for the server to ack the log's last frame")
+    pod.set_defaults(func=lambda a: asyncio.run(_pod(a)))
     return parser
 
 

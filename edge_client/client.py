@@ -301,6 +301,9 @@ class StreamClient:
         else:
             result = self._on_command(command)
             outcome, detail = (await result) if inspect.isawaitable(result) else result
+            if command.HasField("assign_mission") and outcome == stream_pb2.CommandAck.OUTCOME_ACCEPTED:
+                # Kept for the proof of delivery the truck builds at the end (load number, stops).
+                await asyncio.to_thread(self.spool.remember_assignment, command.assign_mission)
         await asyncio.to_thread(self.spool.record_command, command.command_id, outcome, detail)
         ack = stream_pb2.CommandAck(command_id=command.command_id, outcome=outcome, detail=detail[:500])
         ack.device_time.GetCurrentTime()

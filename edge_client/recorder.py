@@ -47,7 +47,7 @@ class Recorder:
             return frame_pb2.SignedFrame(sequence=sequence, payload=body, signature=self.signer.sign(body),
                                          key_id=self.signer.key_id).SerializeToString()
 
-        return self.spool.enqueue(payload.kind, build)
+        return self.spool.enqueue(payload.kind, build, mission_id=payload.mission_id)
 
 
 def pre_trip_checks(sensors: frame_pb2.SensorStatus, *, spool_ok: bool = True,

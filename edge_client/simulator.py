@@ -19,6 +19,13 @@ frames to one every N simulated seconds, so that a high speed-up (a whole lane i
 within what one edge process and one telemetry process do comfortably on a small machine; scenario frames
 (health, faults, alarms, events) are recorded when they happen regardless.
 
+``pickup_dwell_seconds`` (``--pickup-dwell-minutes``): once assigned, the truck first sits at the pickup
+("loading", speed 0) for that many simulated seconds, recording positions inside the pickup geofence, before its
+pre-trip check and departure; telemetry derives the geofence entry and exit, and the invoice bills the dwell
+beyond the rate card's free time as detention. Device time being real, the dwell lasts
+pickup_dwell_seconds / speedup real seconds of device time; ``dwell_speedup`` (``--dwell-speedup``) paces the dwell
+alone more slowly, so that a fast demo still measures minutes of dwell.
+
 The simulation itself is plain Python; it reaches the network only through the ``Link`` it is given.
 """
 
@@ -154,7 +161,8 @@ class Simulation:
     def __init__(self, recorder: Recorder, link: Link | None, *, speedup: float, scenario: Scenario,
                  mission_id: str = "", wait_for_mission: bool = False, max_sim_seconds: int | None = None,
                  progress_path: Path | None = None, crash: Callable[[], None] | None = None,
-                 frame_every: int = 1, scenario_at: int | None = None, route_from_assignment: bool = False) -> None:
+                 frame_every: int = 1, scenario_at: int | None = None, route_from_assignment: bool = False,
+                 pickup_dwell_seconds: int = 0, dwell_speedup: float | None = None) -> None:
         """``frame_every``: one POSITION frame every N simulated seconds. ``scenario_at``: the simulated second
         the scenario starts (default: its own, see the module docstring); later steps of the scenario keep
         their spacing. ``route_from_assignment``: start at the assigned mission's first stop and end at its
@@ -162,6 +170,10 @@ class Simulation:
         nominal end points, so it is inside the pickup geofence when it departs)."""
         if frame_every < 1:
             raise ValueError("frame_every must be at least 1 simulated second")
+        if pickup_dwell_seconds < 0 or (dwell_speedup is not None and dwell_speedup <= 0):
+            raise ValueError("pickup_dwell_seconds must be >= 0 and dwell_speedup > 0")
+        self.pickup_dwell_seconds = pickup_dwell_seconds
+        self.dwell_speedup = dwell_speedup or speedup
         self.recorder = recorder
         self.link = link
         self.speedup = speedup
@@ -222,6 +234,8 @@ class Simulation:
             truck.state = "idle"
             await self._record(KIND.KIND_POSITION)
             await self._mission_assigned.wait()
+        if self.pickup_dwell_seconds and not self._progress.departed:
+            await self._dwell_at_pickup()
         if not self._progress.departed:
             truck.state = "pre_trip"
             health = truck.payload(KIND.KIND_HEALTH)
@@ -261,6 +275,19 @@ class Simulation:
             await self._record(KIND.KIND_POSITION)
         self._save_progress(second)
         return self.report
+
+    async def _dwell_at_pickup(self) -> None:
+        """Parked at the pickup, loading: a position every ``frame_every`` simulated seconds (and one at the
+        end), paced at ``dwell_speedup``."""
+        truck, loop = self.truck, asyncio.get_running_loop()
+        truck.state, truck.speed_kph = "loading", 0.0
+        started = loop.time()
+        marks = [*range(0, self.pickup_dwell_seconds, self.frame_every), self.pickup_dwell_seconds]
+        for mark in marks:
+            delay = started + mark / self.dwell_speedup - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await self._record(KIND.KIND_POSITION)
 
     async def _scenario(self, second: int) -> None:
         name, truck = self.scenario.name, self.truck

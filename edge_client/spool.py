@@ -14,6 +14,12 @@ is evicted to make room; alarms, faults and health frames are never evicted (the
 are rare, and losing one is worse than a few kilobytes more on disk). Evictions are counted for ever in the
 spool and reported in every Heartbeat (``dropped_frames``); the server also sees them as a gap between its
 high-water mark and ``Hello.oldest_spooled_sequence``.
+
+The mission log: the payload of every frame recorded for a mission (``FramePayload.mission_id`` set) is also kept,
+acked or not, until the mission's proof of delivery is accepted (:meth:`Spool.forget_mission`): the truck signs
+the digest of its *own* telemetry log (edge_client/pod.py), not what the server says it stored. Bounded by
+``max_log_frames`` (oldest evicted first, counted as ``log_evicted``; a proof then covers what remains, and the
+server sees the shorter range). The assignments the truck accepted are kept beside it (load number, stops).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from haulmesh.telemetry.v1 import frame_pb2
+from haulmesh.telemetry.v1 import frame_pb2, stream_pb2
 
 __all__ = ["ROUTINE_KINDS", "Spool", "SpoolStats", "SpooledFrame"]
 
@@ -41,8 +47,15 @@ CREATE TABLE IF NOT EXISTS frames (
 CREATE INDEX IF NOT EXISTS frames_routine ON frames (routine, sequence);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS commands (command_id TEXT PRIMARY KEY, outcome INTEGER NOT NULL, detail TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS mission_log (
+    sequence   INTEGER PRIMARY KEY,
+    mission_id TEXT    NOT NULL,
+    payload    BLOB    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS mission_log_by_mission ON mission_log (mission_id, sequence);
+CREATE TABLE IF NOT EXISTS assignments (mission_id TEXT PRIMARY KEY, assignment BLOB NOT NULL);
 """
-_COUNTERS = ("last_sequence", "dropped", "rejected")
+_COUNTERS = ("last_sequence", "dropped", "rejected", "log_evicted")
 
 
 @dataclass(frozen=True)
@@ -71,11 +84,12 @@ class Spool:
     so fsyncs never block the event loop.
     """
 
-    def __init__(self, path: str | Path, *, max_frames: int = 500_000) -> None:
-        if max_frames < 1:
-            raise ValueError("max_frames must be at least 1")
+    def __init__(self, path: str | Path, *, max_frames: int = 500_000, max_log_frames: int = 1_000_000) -> None:
+        if max_frames < 1 or max_log_frames < 1:
+            raise ValueError("max_frames and max_log_frames must be at least 1")
         self.path = Path(path)
         self.max_frames = max_frames
+        self.max_log_frames = max_log_frames
         self._lock = threading.Lock()
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a transaction takes the write lock
         # before it reads the counter (two writers can never hand out the same sequence).
@@ -99,13 +113,14 @@ class Spool:
 
     # -- writing --------------------------------------------------------------------------------------------
 
-    def enqueue(self, kind: int, build: Callable[[int], bytes]) -> int:
+    def enqueue(self, kind: int, build: Callable[[int], bytes], *, mission_id: str = "") -> int:
         """Assigns the next sequence, stores ``build(sequence)`` (a serialized SignedFrame) and commits.
 
         Returns the sequence only once the frame is durable. ``build`` runs inside the transaction, so the
         payload is signed with the sequence it is stored under; if it raises, nothing is stored and the
         sequence is not used. If the spool is full, the oldest routine frame is evicted and counted, which
-        may be the new frame itself when the spool holds nothing but alarms and faults.
+        may be the new frame itself when the spool holds nothing but alarms and faults. With ``mission_id`` the
+        frame's payload also joins that mission's log, in the same transaction.
         """
         routine = kind in ROUTINE_KINDS
         with self._lock, self._transaction() as db:
@@ -115,7 +130,18 @@ class Spool:
             db.execute("INSERT INTO frames (sequence, kind, routine, frame) VALUES (?, ?, ?, ?)",
                        (sequence, kind, int(routine), frame))
             self._enforce_bound(db)
+            if mission_id:
+                self._log(db, sequence, mission_id, frame_pb2.SignedFrame.FromString(frame).payload)
         return sequence
+
+    def _log(self, db: sqlite3.Connection, sequence: int, mission_id: str, payload: bytes) -> None:
+        db.execute("INSERT OR REPLACE INTO mission_log (sequence, mission_id, payload) VALUES (?, ?, ?)",
+                   (sequence, mission_id, payload))
+        excess = db.execute("SELECT COUNT(*) FROM mission_log").fetchone()[0] - self.max_log_frames
+        if excess > 0:
+            db.execute("DELETE FROM mission_log WHERE sequence IN "
+                       "(SELECT sequence FROM mission_log ORDER BY sequence LIMIT ?)", (excess,))
+            db.execute("UPDATE counters SET value = value + ? WHERE name = 'log_evicted'", (excess,))
 
     def _enforce_bound(self, db: sqlite3.Connection) -> None:
         excess = db.execute("SELECT COUNT(*) FROM frames").fetchone()[0] - self.max_frames
@@ -178,6 +204,39 @@ class Spool:
             counters = dict(self._db.execute("SELECT name, value FROM counters"))
         return SpoolStats(depth=depth, last_sequence=counters["last_sequence"], oldest_sequence=oldest,
                           dropped=counters["dropped"], rejected=counters["rejected"])
+
+    # -- the mission log and assignments (for the proof of delivery) --------------------------------------
+
+    def mission_log(self, mission_id: str) -> list[tuple[int, bytes]]:
+        """(sequence, payload bytes exactly as signed) of every frame recorded for the mission, ascending."""
+        with self._lock:
+            return [(s, bytes(p)) for s, p in self._db.execute(
+                "SELECT sequence, payload FROM mission_log WHERE mission_id = ? ORDER BY sequence", (mission_id,))]
+
+    def acked_through(self, sequence: int) -> bool:
+        """Whether no frame at or below ``sequence`` is still waiting for the server's ack."""
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM frames WHERE sequence <= ? LIMIT 1", (sequence,)).fetchone() is None
+
+    def forget_mission(self, mission_id: str) -> int:
+        """Drops a mission's log and assignment once its proof of delivery is accepted; the rows removed."""
+        with self._lock, self._transaction() as db:
+            removed = db.execute("DELETE FROM mission_log WHERE mission_id = ?", (mission_id,)).rowcount
+            db.execute("DELETE FROM assignments WHERE mission_id = ?", (mission_id,))
+        return removed
+
+    def remember_assignment(self, assignment: stream_pb2.MissionAssignment) -> None:
+        """Keeps an accepted assignment (load number, stops) until the mission's proof is accepted."""
+        with self._lock, self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO assignments (mission_id, assignment) VALUES (?, ?)",
+                       (assignment.mission_id, assignment.SerializeToString()))
+
+    def assignment(self, mission_id: str) -> stream_pb2.MissionAssignment | None:
+        """The assignment of ``mission_id`` the truck accepted, or None."""
+        with self._lock:
+            row = self._db.execute("SELECT assignment FROM assignments WHERE mission_id = ?",
+                                   (mission_id,)).fetchone()
+        return None if row is None else stream_pb2.MissionAssignment.FromString(row[0])
 
     # -- command outcomes (the truck answers a repeated command with its previous outcome) ------------------
 

@@ -9,6 +9,11 @@
   their last event (default 400: a year's report plus the month before it), in [1, 3660].
 * ``HAULMESH_BILLING_REPORT_MAX_MISSIONS``: the most missions (and, separately, tenders) one KPI report reads
   (default 50000; a larger window is refused with REPORT_TOO_LARGE), in [1, 1000000].
+* ``HAULMESH_BILLING_EVIDENCE_CERT_FILE`` / ``HAULMESH_BILLING_EVIDENCE_KEY_FILE``: the platform's evidence key
+  that seals evidence packs, a signing-only certificate from the mesh CA (``haulmesh pki issue evidence
+  billing``) and its key. Default ``<cert dir>/evidence-billing.pem`` and ``evidence-billing-key.pem``. Only
+  billing holds it; read at each export, so a missing key fails the export (EVIDENCE_KEY_UNAVAILABLE), not the
+  start.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from google.protobuf import json_format
 
 from haulmesh.billing.v1 import rate_card_pb2
 from haulmesh.type.v1 import money_pb2
-from services.runtime import ConfigError, HaulmeshError
+from services.runtime import ConfigError, HaulmeshError, default_state_dir
 
 from .convert import card_from_pb
 from .domain import validate_rate_card
@@ -55,6 +60,8 @@ class BillingConfig:
     payment_terms_days: int = 30
     kpi_retention_days: int = 400
     report_max_missions: int = 50_000
+    evidence_certificate_file: Path = Path("evidence-billing.pem")
+    evidence_key_file: Path = Path("evidence-billing-key.pem")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> BillingConfig:
@@ -85,10 +92,15 @@ class BillingConfig:
         if not raw.isdigit() or not 0 <= int(raw) <= 365:
             raise ConfigError(f"{terms_key} must be a whole number of days in [0, 365], got {raw!r}",
                               field=terms_key)
+        cert_dir = Path(env.get("HAULMESH_CERT_DIR") or default_state_dir(env) / "certs")
         return cls(default_rate_card=card, payment_terms_days=int(raw),
                    kpi_retention_days=_bounded_int(env, "HAULMESH_BILLING_KPI_RETENTION_DAYS", 400, 1, 3660),
                    report_max_missions=_bounded_int(env, "HAULMESH_BILLING_REPORT_MAX_MISSIONS", 50_000, 1,
-                                                    1_000_000))
+                                                    1_000_000),
+                   evidence_certificate_file=Path(env.get("HAULMESH_BILLING_EVIDENCE_CERT_FILE")
+                                                  or cert_dir / "evidence-billing.pem"),
+                   evidence_key_file=Path(env.get("HAULMESH_BILLING_EVIDENCE_KEY_FILE")
+                                          or cert_dir / "evidence-billing-key.pem"))
 
 
 def _bounded_int(env: Mapping[str, str], key: str, default: int, low: int, high: int) -> int:

@@ -17,9 +17,11 @@ __all__ = [
     "INVOICE_FILTER",
     "RATE_CARD_FILTER",
     "card_from_pb",
+    "estimate_differences_to_pb",
     "etag_of",
     "invoice_filter_values",
     "lane_from_pb",
+    "line_figure",
     "line_to_pb",
     "money_from_pb",
     "money_to_pb",
@@ -88,16 +90,44 @@ def card_from_pb(card: rate_card_pb2.RateCard) -> domain.RateCard:
     )
 
 
+def _provenance_from_pb(usage: invoice_pb2.Usage) -> domain.Provenance | None:
+    if not usage.HasField("provenance"):
+        return None
+    p = usage.provenance
+    source = invoice_pb2.UsageProvenance.Source.Name(p.source).removeprefix("SOURCE_")
+    return domain.Provenance(first_sequence=p.first_sequence, last_sequence=p.last_sequence, frames=p.frame_count,
+                             gaps=len(p.gaps), bridged_miles=round(sum(g.bridged_miles for g in p.gaps), 1),
+                             source=source, telemetry_log_sha256=p.telemetry_log_sha256)
+
+
 def usage_from_pb(usage: invoice_pb2.Usage) -> domain.Usage:
+    basis = invoice_pb2.StopDwell.Basis
     return domain.Usage(
         lane=lane_from_pb(usage),
         miles=usage.miles,
         hours=usage.hours,
         stop_dwells=tuple(
             domain.StopDwell(d.stop_index, d.dwell_minutes,
-                             optional_time(d, "arrive_time"), optional_time(d, "depart_time"))
+                             optional_time(d, "arrive_time"), optional_time(d, "depart_time"),
+                             basis.Name(d.basis).removeprefix("BASIS_") if d.basis else "")
             for d in usage.stop_dwells),
+        provenance=_provenance_from_pb(usage),
     )
+
+
+def line_figure(line: charge_line_pb2.ChargeLine) -> domain.LineFigure:
+    """What estimate-vs-measured compares of a ChargeLine."""
+    unit = charge_line_pb2.ChargeUnit.Name(line.unit).removeprefix("CHARGE_UNIT_")
+    return domain.LineFigure(line.code, "" if unit == "UNSPECIFIED" else unit, line.quantity,
+                             money_from_pb(line.amount))
+
+
+def estimate_differences_to_pb(differences: list[domain.EstimateDifference]) -> list[invoice_pb2.EstimateDifference]:
+    return [invoice_pb2.EstimateDifference(
+        code=d.code, unit=charge_line_pb2.ChargeUnit.Value(f"CHARGE_UNIT_{d.unit or 'UNSPECIFIED'}"),
+        estimated_quantity=d.estimated_quantity, measured_quantity=d.measured_quantity,
+        estimated_amount=money_to_pb(d.estimated), measured_amount=money_to_pb(d.measured),
+        difference=money_to_pb(d.difference)) for d in differences]
 
 
 def line_to_pb(line: domain.ChargeLine) -> charge_line_pb2.ChargeLine:

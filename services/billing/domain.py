@@ -33,10 +33,13 @@ __all__ = [
     "QUOTE_VALIDITY",
     "ChargeLine",
     "DetentionTerms",
+    "EstimateDifference",
     "Lane",
     "LaneRate",
     "LineDifference",
+    "LineFigure",
     "Money",
+    "Provenance",
     "RateCard",
     "Reconciliation",
     "StopDwell",
@@ -44,8 +47,10 @@ __all__ = [
     "card_in_effect",
     "check_quote_accepted_in_time",
     "detention_lines",
+    "estimate_differences",
     "exact_quantity",
     "format_money",
+    "measured_lines",
     "minor_unit_exponent",
     "parse_invoice_name",
     "parse_quote_name",
@@ -362,24 +367,50 @@ def check_quote_accepted_in_time(quote_name: str, accepted: datetime | None, exp
 # --- usage and invoices -----------------------------------------------------------------------------
 
 
+#: What a dwell was measured between (StopDwell.Basis without its prefix), as the detention line says it.
+_DWELL_BASIS_TEXT = {"GEOFENCE": "geofence entry to exit",
+                     "GEOFENCE_ENTRY_TO_DELIVERY": "geofence entry to delivery"}
+#: Bounds of a usage's provenance: gaps listed, frames measured.
+MAX_USAGE_GAPS = 10_000
+_MAX_FRAMES = 10_000_000
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
 @dataclass(frozen=True)
 class StopDwell:
-    """Dwell at the stop ``stop_index`` (0-based) in whole minutes, with its geofence times if known."""
+    """Dwell at the stop ``stop_index`` (0-based) in whole minutes, with its geofence times if known and what
+    they are (``basis``: the StopDwell.Basis name without prefix, "" when not recorded)."""
 
     stop_index: int
     dwell_minutes: int
     arrive_time: datetime | None = None
     depart_time: datetime | None = None
+    basis: str = ""
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """The frames behind measured miles (invoice.proto UsageProvenance), as the line-haul line cites them."""
+
+    first_sequence: int
+    last_sequence: int
+    frames: int
+    gaps: int
+    bridged_miles: float
+    #: "POSITIONS" or "ODOMETER".
+    source: str
+    telemetry_log_sha256: str
 
 
 @dataclass(frozen=True)
 class Usage:
-    """Metered usage of a completed mission."""
+    """Metered usage of a completed mission; ``provenance`` set when the miles were measured from telemetry."""
 
     lane: Lane | None
     miles: float
     hours: float
     stop_dwells: tuple[StopDwell, ...] = field(default_factory=tuple)
+    provenance: Provenance | None = None
 
 
 def validate_usage(usage: Usage, *, path: str = "usage") -> None:
@@ -410,7 +441,90 @@ def validate_usage(usage: Usage, *, path: str = "usage") -> None:
                 checks.add(f"{at}.depart_time", "must not be before arrive_time")
             elif int(seconds // 60) != dwell.dwell_minutes:
                 checks.add(f"{at}.dwell_minutes", f"must be {int(seconds // 60)} (depart_time - arrive_time)")
+    p = usage.provenance
+    if p is not None:
+        at = f"{path}.provenance"
+        if not 0 <= p.frames <= _MAX_FRAMES:
+            checks.add(f"{at}.frame_count", f"must be in [0, {_MAX_FRAMES}]")
+        if p.frames and not 1 <= p.first_sequence <= p.last_sequence:
+            checks.add(f"{at}.first_sequence", "must be >= 1 and <= last_sequence")
+        if not 0 <= p.gaps <= MAX_USAGE_GAPS:
+            checks.add(f"{at}.gaps", f"at most {MAX_USAGE_GAPS}")
+        if not math.isfinite(p.bridged_miles) or not 0 <= p.bridged_miles <= MAX_ROUTE_MILES:
+            checks.add(f"{at}.gaps", f"bridged miles must be in [0, {MAX_ROUTE_MILES}]")
+        if p.source not in ("POSITIONS", "ODOMETER"):
+            checks.add(f"{at}.source", "SOURCE_POSITIONS or SOURCE_ODOMETER")
+        if not _SHA256_HEX.fullmatch(p.telemetry_log_sha256):
+            checks.add(f"{at}.telemetry_log_sha256", "64 lowercase hex characters")
     checks.raise_if_any("usage")
+
+
+def measured_lines(card: RateCard, lane: Lane, usage: Usage, equipment: int, hazmat: bool) -> list[ChargeLine]:
+    """The quote's lines repriced on the measured miles: LINEHAUL = measured miles at the quote's rate (the
+    card the quote was priced with), FUEL follows line-haul, MINIMUM and HAZMAT as in :func:`price_quote`. The
+    line-haul line cites its provenance: "Line-haul 778.4 mi measured (frames #12..#3141, 1 gap bridged
+    41.2 mi) @ USD 2.85/mi"."""
+    assert usage.provenance is not None
+    p = usage.provenance
+    miles = exact_quantity(usage.miles)
+    lines = price_quote(card, lane, miles, equipment, hazmat)
+    linehaul = lines[0]
+    assert linehaul.unit_price is not None
+    source = "odometer, " if p.source == "ODOMETER" else ""
+    if p.gaps:
+        gaps = f", {p.gaps} gap{'s' if p.gaps > 1 else ''} bridged {p.bridged_miles:.1f} mi"
+    else:
+        gaps = ", no gaps"
+    lines[0] = ChargeLine(linehaul.type, linehaul.code,
+                          f"Line-haul {miles} mi measured ({source}frames #{p.first_sequence}..#{p.last_sequence}"
+                          f"{gaps}) @ {format_money(linehaul.unit_price)}/mi", linehaul.amount,
+                          quantity=linehaul.quantity, unit=linehaul.unit, unit_price=linehaul.unit_price)
+    return lines
+
+
+@dataclass(frozen=True)
+class LineFigure:
+    """What estimate-vs-measured compares of a line: its code, unit ("" for none), quantity and amount."""
+
+    code: str
+    unit: str
+    quantity: float
+    amount: Money
+
+
+@dataclass(frozen=True)
+class EstimateDifference:
+    """One line code's estimate (the accepted quote) against its measured value (the invoice)."""
+
+    code: str
+    unit: str
+    estimated_quantity: float
+    measured_quantity: float
+    estimated: Money
+    measured: Money
+
+    @property
+    def difference(self) -> Money:
+        """Measured minus estimated (positive: the run cost more than quoted)."""
+        return self.measured - self.estimated
+
+
+def estimate_differences(estimated: Sequence[LineFigure], measured: Sequence[LineFigure],
+                         currency: str) -> list[EstimateDifference]:
+    """Per line code on either side, in the invoice's line order then the quote-only codes: a missing side
+    counts as zero. Reported, never an outcome: reconciliation compares the TMS with the invoice."""
+    quote = {line.code: line for line in estimated}
+    invoice = {line.code: line for line in measured}
+    zero = Money(currency, 0)
+    codes = [line.code for line in measured] + [line.code for line in estimated if line.code not in invoice]
+    out = []
+    for code in codes:
+        e, m = quote.get(code), invoice.get(code)
+        either = m or e
+        assert either is not None  # every code comes from one side
+        out.append(EstimateDifference(code, either.unit, e.quantity if e else 0.0, m.quantity if m else 0.0,
+                                      e.amount if e else zero, m.amount if m else zero))
+    return out
 
 
 def detention_lines(terms: DetentionTerms | None, dwells: Sequence[StopDwell], currency: str) -> list[ChargeLine]:
@@ -430,9 +544,10 @@ def detention_lines(terms: DetentionTerms | None, dwells: Sequence[StopDwell], c
         billable = -(-over // step) * step
         amount = Money(currency, _round(Fraction(billable * terms.rate_per_hour.minor, 60)))
         number = dwell.stop_index + 1
+        basis = f" ({_DWELL_BASIS_TEXT[dwell.basis]})" if dwell.basis in _DWELL_BASIS_TEXT else ""
         lines.append(ChargeLine(
             "DETENTION", f"DETENTION-STOP-{number}",
-            f"Detention stop {number}: {dwell.dwell_minutes} min dwell, {terms.free_time_minutes} min free, "
+            f"Detention stop {number}: {dwell.dwell_minutes} min dwell{basis}, {terms.free_time_minutes} min free, "
             f"{billable} min billed @ {format_money(terms.rate_per_hour)}/h", amount,
             quantity=Fraction(billable, 60), unit="HOUR", unit_price=terms.rate_per_hour))
     return lines

@@ -16,7 +16,8 @@ _SERVICE = "/haulmesh.billing.v1.BillingService"
 _OPERATORS = "operator/*"
 
 #: Who may call what: the TMS (through the gateway) reads and reconciles, tender prices offers, mission
-#: meters usage, commercial operators keep the rate cards.
+#: meters usage, commercial operators keep the rate cards. The KPI report and evidence packs keep their
+#: own policies (reports/server.py, evidence/server.py).
 POLICY = Policy({
     f"{_SERVICE}/CreateRateCard": [_OPERATORS],
     f"{_SERVICE}/GetRateCard": ["service/gateway", "service/tender", _OPERATORS],

@@ -138,6 +138,11 @@ class BillingStore:
     async def get_invoice(self, carrier: str, invoice_id: str) -> invoice_pb2.Invoice | None:
         return await self._invoices(carrier).get(invoice_id)
 
+    async def get_invoice_of_mission(self, carrier: str, mission_id: str) -> invoice_pb2.Invoice | None:
+        """The mission's invoice, or None while it has none."""
+        invoice_id = await self._redis.get(tenant_key("invoice-by-mission", carrier, mission_id))
+        return None if invoice_id is None else await self.get_invoice(carrier, invoice_id.decode())
+
     async def list_invoices(self, carrier: str, page: Page, keep: Callable[[invoice_pb2.Invoice], bool]
                             ) -> tuple[list[invoice_pb2.Invoice], str]:
         """One page of the invoices ``keep`` accepts, newest ``issue_time`` first."""

@@ -234,10 +234,20 @@ class Billing:
         if quote.tender and quote.tender != request.tender:
             raise InvalidArgument(f"{request.quote} prices {quote.tender}, not {request.tender}",
                                   violations=[FieldViolation("quote", f"prices {quote.tender}")])
-        detention = domain.detention_lines(card_from_pb(basis).detention, usage.stop_dwells, basis.currency_code)
-        lines = [*quote.lines, *(line_to_pb(line) for line in detention)]
-        total = domain.sum_money(basis.currency_code, [*(money_from_pb(line.amount) for line in quote.lines),
-                                                       *(line.amount for line in detention)])
+        card = card_from_pb(basis)
+        detention = domain.detention_lines(card.detention, usage.stop_dwells, basis.currency_code)
+        if usage.provenance is not None:
+            # Measured from telemetry: the line-haul bills the measured miles at the quote's rate (fuel, minimum
+            # and hazmat follow); the quote stays the estimate the TMS accepted, reported line by line.
+            lane = domain.Lane(quote.lane.origin_region, quote.lane.destination_region)
+            measured = domain.measured_lines(card, lane, usage, quote.equipment, quote.hazmat)
+            lines = [line_to_pb(line) for line in (*measured, *detention)]
+        else:
+            lines = [*quote.lines, *(line_to_pb(line) for line in detention)]
+        total = domain.sum_money(basis.currency_code, (money_from_pb(line.amount) for line in lines))
+        estimates = convert.estimate_differences_to_pb(domain.estimate_differences(
+            [convert.line_figure(line) for line in quote.lines], [convert.line_figure(line) for line in lines],
+            basis.currency_code))
 
         def existing(invoice: invoice_pb2.Invoice) -> invoice_pb2.Invoice:
             same = (invoice.usage == request.usage and invoice.tender == request.tender
@@ -253,7 +263,7 @@ class Billing:
                 name=f"invoices/{new_id()}", carrier=f"carriers/{tenant}",
                 invoice_number=f"HM-{now.year}-{sequence:06d}", mission=request.mission, tender=request.tender,
                 tms_load_id=request.tms_load_id, quote=request.quote, lines=lines, total=money_to_pb(total),
-                usage=request.usage, state=_ISSUED, issue_time=to_timestamp(now),
+                usage=request.usage, state=_ISSUED, issue_time=to_timestamp(now), estimate_differences=estimates,
                 due_time=to_timestamp(now + timedelta(days=self._config.payment_terms_days)))
             _stamp(invoice, now)
             return invoice, new_event("billing_invoice_issued", billing_events_pb2.InvoiceIssued(invoice=invoice),
@@ -294,6 +304,7 @@ class Billing:
             result = domain.reconcile([(line.code, money_from_pb(line.amount)) for line in current.lines],
                                       money_from_pb(current.total), tms_total, tms_lines)
             reconciliation = reconciliation_to_pb(result, tms_total, request.tms_reference)
+            reconciliation.estimate_differences.extend(current.estimate_differences)
             previous = invoice_pb2.Reconciliation()
             previous.CopyFrom(current.reconciliation)
             previous.ClearField("reconcile_time")

@@ -2,6 +2,7 @@
 
 from haulmesh.billing.v1 import billing_service_pb2_grpc
 from haulmesh.mission.v1 import mission_service_pb2, mission_service_pb2_grpc
+from haulmesh.telemetry.v1 import telemetry_service_pb2_grpc
 from services.runtime import Service, run_service
 
 from .config import MissionSettings
@@ -15,7 +16,8 @@ def register(service: Service) -> None:
     settings = MissionSettings.from_env()
     store = MissionStore(service.redis, billing_grace_seconds=settings.billing_grace_seconds)
     missions = MissionUseCases(store, settings,
-                               lambda: service.stub(billing_service_pb2_grpc.BillingServiceStub, "billing"))
+                               lambda: service.stub(billing_service_pb2_grpc.BillingServiceStub, "billing"),
+                               lambda: service.stub(telemetry_service_pb2_grpc.TelemetryServiceStub, "telemetry"))
     service.add(mission_service_pb2_grpc.add_MissionServiceServicer_to_server, MissionServicer(missions),
                 mission_service_pb2.DESCRIPTOR.services_by_name["MissionService"])
     # Delivered missions are billed at once by the consumer; the sweeper retries those billing could not take.

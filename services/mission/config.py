@@ -49,6 +49,12 @@ class MissionSettings:
     eta_min_change_seconds: float = 300.0
     #: How often the fleet gauge (vehicles by connectivity and availability) is recomputed from the roster.
     fleet_gauge_seconds: float = 15.0
+    #: Two consecutive position fixes further apart than this (device time) are a gap in the usage measured
+    #: from telemetry, bridged along the planned route and listed on the invoice (HAULMESH_USAGE_GAP_SECONDS).
+    usage_gap_seconds: float = 120.0
+    #: Most frames read to measure one mission's usage or check one proof of delivery; more is a clear
+    #: FAILED_PRECONDITION MISSION_FRAMES_EXCEEDED, never a truncated bill (HAULMESH_USAGE_MAX_FRAMES).
+    usage_max_frames: int = 200_000
     #: The lane facts (HAULMESH_LANES_FILE): markets, planning numbers, known routes (a mission on one gets it
     #: as its planned route).
     lanes: LaneFacts = field(default_factory=load_lane_facts)
@@ -74,5 +80,7 @@ class MissionSettings:
             eta_min_change_seconds=_number(env, "HAULMESH_MISSION_ETA_MIN_CHANGE_SECONDS", 300, minimum=0,
                                            maximum=86400),
             fleet_gauge_seconds=_number(env, "HAULMESH_FLEET_GAUGE_SECONDS", 15, minimum=0.1, maximum=3600),
+            usage_gap_seconds=_number(env, "HAULMESH_USAGE_GAP_SECONDS", 120, minimum=1, maximum=86400),
+            usage_max_frames=int(_number(env, "HAULMESH_USAGE_MAX_FRAMES", 200_000, minimum=1, maximum=10_000_000)),
             lanes=load_lane_facts(env),
         )

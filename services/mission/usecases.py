@@ -21,6 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from haulmesh.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
 from haulmesh.events.v1 import event_pb2, mission_events_pb2
 from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, vehicle_pb2
+from haulmesh.telemetry.v1 import telemetry_service_pb2, telemetry_service_pb2_grpc
 from haulmesh.type.v1 import health_check_pb2, lane_pb2
 from services.runtime import (
     AlreadyExists,
@@ -32,6 +33,7 @@ from services.runtime import (
     carrier_metadata,
     check_etag,
     decode_page,
+    from_timestamp,
     new_event,
     new_id,
     next_page_token,
@@ -64,11 +66,15 @@ class MissionUseCases:
     """Roster and mission use cases, and the billing hand-off and vehicle release that follow delivery."""
 
     def __init__(self, store: MissionStore, settings: MissionSettings,
-                 billing: Callable[[], billing_service_pb2_grpc.BillingServiceStub] | None = None) -> None:
-        # ``billing`` gives the stub per call: the runtime's channels follow certificate rotation.
+                 billing: Callable[[], billing_service_pb2_grpc.BillingServiceStub] | None = None,
+                 telemetry: Callable[[], telemetry_service_pb2_grpc.TelemetryServiceStub] | None = None) -> None:
+        # ``billing`` and ``telemetry`` give the stub per call: the runtime's channels follow certificate
+        # rotation. Without ``telemetry`` (tests of the hand-off alone) usage is the recorded times and planned
+        # miles and a proof's telemetry log is not checked (its verification stays RESULT_UNSPECIFIED).
         self._store = store
         self._settings = settings
         self._billing = billing
+        self._telemetry = telemetry
         self._idempotency = Idempotency(store.redis)
 
     # --- vehicles ------------------------------------------------------------------------------------
@@ -390,9 +396,17 @@ class MissionUseCases:
                        certificate_pem: bytes) -> Mission:
         proof = request.proof_of_delivery
         manifest = domain.read_manifest(proof, certificate_pem)
+        verification = None
+        if self._telemetry is not None:
+            # The truck's digest against the frames telemetry stored for the mission: a mismatch is refused
+            # here, missing frames make the proof DISPUTED (domain.verify_telemetry_log).
+            domain.raise_if(domain.telemetry_range_violations(domain.manifest_facts(manifest)))
+            first, last = manifest.telemetry_first_sequence, manifest.telemetry_last_sequence
+            frames = await self._mission_frames(carrier_id, request.name, min_sequence=first, max_sequence=last)
+            verification = domain.verify_telemetry_log(manifest, [f.payload for f in frames], _now())
 
         def apply(mission: Mission, announce: _Announcer, now: datetime) -> bool:
-            if not domain.deliver(mission, proof, manifest, now):
+            if not domain.deliver(mission, proof, manifest, now, verification):
                 return False
             announce.proof_of_delivery_submitted()
             announce.state_changed()
@@ -408,10 +422,15 @@ class MissionUseCases:
         mission = await self._store.get_mission(carrier_id, mission_id)
         if mission is None or mission.state != Mission.STATE_DELIVERED or self._billing is None:
             return mission
+        if self._telemetry is None:
+            usage = domain.usage(mission)
+        else:
+            frames = await self._mission_frames(carrier_id, mission.name)
+            usage = domain.measured_usage(mission, frames, gap_seconds=self._settings.usage_gap_seconds,
+                                          circuity_factor=self._settings.lanes.circuity_factor)
         await self._billing().RecordUsage(
             billing_service_pb2.RecordUsageRequest(mission=mission.name, tender=mission.tender, quote=mission.quote,
-                                                   tms_load_id=mission.load.tms_load_id,
-                                                   usage=domain.usage(mission)),
+                                                   tms_load_id=mission.load.tms_load_id, usage=usage),
             metadata=carrier_metadata(carrier_id))
 
         def complete(mission: Mission, announce: _Announcer, now: datetime) -> bool:
@@ -422,6 +441,42 @@ class MissionUseCases:
 
         mission, _ = await self._change(carrier_id, mission.name, "", complete)
         return mission
+
+    async def _mission_frames(self, carrier_id: str, name: str, *, min_sequence: int = 0,
+                              max_sequence: int = 0) -> list[domain.MissionFrame]:
+        """The mission's stored frames (those naming it; optionally a sequence range), read from telemetry as
+        service/mission a page of 1000 at a time, at most ``usage_max_frames`` (else MISSION_FRAMES_EXCEEDED)."""
+        assert self._telemetry is not None
+        mission_id = parse_mission_name(name)
+        cap, frames, token = self._settings.usage_max_frames, [], ""
+        while True:
+            page = await self._telemetry().ListTelemetryFrames(
+                telemetry_service_pb2.ListTelemetryFramesRequest(parent=name, page_size=1000, page_token=token,
+                                                                 min_sequence=min_sequence, max_sequence=max_sequence),
+                metadata=carrier_metadata(carrier_id))
+            # The mission's own frames (the proto's log rule): telemetry's mission scope also holds frames of the
+            # span that name no mission.
+            frames.extend(domain.MissionFrame(f.signed_frame.payload, from_timestamp(f.receive_time))
+                          for f in page.telemetry_frames if f.payload.mission_id == mission_id)
+            domain.check_frame_budget(len(frames), cap, name)
+            token = page.next_page_token
+            if not token:
+                return frames
+
+    async def record_geofence(self, carrier_id: str, name: str, stop_index: int, *, entered: bool,
+                              device_time: Timestamp) -> bool:
+        """Record telemetry's geofence entry or exit on the mission's stop (any state, no event: a fact for the
+        dwell billed as detention). False when nothing changed or the mission is unknown."""
+        def mutate(mission: Mission) -> Callable[[Mission], list[event_pb2.Event]] | None:
+            if not domain.record_geofence(mission, stop_index, entered=entered, device_time=device_time):
+                return None
+            return lambda _: []
+
+        try:
+            _, changed = await self._store.update_mission(carrier_id, parse_mission_name(name), mutate)
+        except NotFound:
+            return False
+        return changed
 
     async def release_vehicle(self, mission: Mission) -> None:
         """Free the vehicle of an ended mission if it is still assigned to it (idempotent)."""

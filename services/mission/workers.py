@@ -28,8 +28,10 @@ __all__ = ["CONSUMED_TYPES", "MissionWorkers"]
 
 _log = logging.getLogger("haulmesh.mission")
 
-#: Event types the mission service consumes itself (billing hand-off, vehicle release).
-CONSUMED_TYPES = {"haulmesh.mission.v1.proof_of_delivery_submitted", "haulmesh.mission.v1.state_changed"}
+#: Event types the mission service consumes (billing hand-off, vehicle release, and telemetry's geofence
+#: crossings, recorded on the stops for the dwell billed as detention).
+CONSUMED_TYPES = {"haulmesh.mission.v1.proof_of_delivery_submitted", "haulmesh.mission.v1.state_changed",
+                  "haulmesh.telemetry.v1.geofence_entered", "haulmesh.telemetry.v1.geofence_exited"}
 
 
 class MissionWorkers:
@@ -41,7 +43,7 @@ class MissionWorkers:
         self._settings = settings
 
     async def handle_event(self, event: event_pb2.Event) -> None:
-        """Bill delivered missions, free vehicles at terminal states."""
+        """Bill delivered missions, free vehicles at terminal states, record geofence crossings on stops."""
         carrier_id = event.carrier.removeprefix("carriers/")
         kind = event.WhichOneof("data")
         if kind == "mission_proof_of_delivery_submitted":
@@ -52,6 +54,12 @@ class MissionWorkers:
                 _log.warning("billing %s failed (%s); the sweeper will retry", event.subject, exc.code().name)
         elif kind == "mission_state_changed" and event.mission_state_changed.mission.state in domain.TERMINAL:
             await self._missions.release_vehicle(event.mission_state_changed.mission)
+        elif kind in ("telemetry_geofence_entered", "telemetry_geofence_exited") and carrier_id:
+            ctx = getattr(event, kind).context
+            if ctx.mission:
+                await self._missions.record_geofence(carrier_id, ctx.mission, ctx.stop_index,
+                                                     entered=kind == "telemetry_geofence_entered",
+                                                     device_time=ctx.device_time)
 
     async def count_fleet(self) -> None:
         """Recompute the fleet gauge from the roster (one read of every vehicle: a fleet is thousands)."""

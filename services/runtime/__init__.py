@@ -10,7 +10,8 @@ Lock; ``evidence``: sealed evidence packs and their offline verifier; ``pki``: t
 tests/runtime/test_public_api.py.
 """
 
-from ._audit import AuditLog
+from ._audit import AuditEntry, AuditLog
+from ._audit import entries_touching as audit_entries_touching
 from ._audit import verify as verify_audit_log
 from ._authz import Policy
 from ._client import Channels
@@ -91,6 +92,7 @@ __all__ = [
     "VEHICLE_CERTIFICATE_METADATA_KEY",
     "Aborted",
     "AlreadyExists",
+    "AuditEntry",
     "AuditLog",
     "CertificateFiles",
     "Channels",
@@ -124,6 +126,7 @@ __all__ = [
     "abort",
     "add_event",
     "asgi_middleware",
+    "audit_entries_touching",
     "caller",
     "carrier",
     "carrier_metadata",

@@ -30,7 +30,7 @@ import redis.asyncio
 
 from ._keys import new_id
 
-__all__ = ["CHAINS_KEY", "AuditLog", "AuditReport", "verify"]
+__all__ = ["CHAINS_KEY", "AuditEntry", "AuditLog", "AuditReport", "entries_touching", "verify", "verify_entries"]
 
 CHAINS_KEY = "audit:chains"
 _GENESIS = "0" * 64
@@ -158,3 +158,89 @@ def verify(client: redis.Redis) -> AuditReport:
     chains = sorted(s.decode() for s in client.smembers(CHAINS_KEY))
     entries = sum(_verify_chain(client, stream, problems) for stream in chains)
     return AuditReport(entries, len(chains), problems)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One stored audit entry, exactly as stored: its chain, its stream id, the record's JSON text and its hash.
+
+    ``record`` stays the stored text (never re-serialized) so a copy outside the store (an evidence pack) can
+    be checked with :func:`verify_entries` alone.
+    """
+
+    chain: str
+    entry_id: str
+    record: str
+    hash: str
+
+
+def verify_entries(entries: list[AuditEntry]) -> list[str]:
+    """Check audit entries taken out of the store (no store needed); returns the problems, empty if sound.
+
+    Every entry's hash must recompute from its record; within a chain, sequence numbers must ascend without
+    repeats, and an entry whose sequence follows the previous one's directly must name that entry's hash as
+    ``prev`` (the link). Entries need not be contiguous (a pack carries excerpts): a gap is not a problem, but
+    links are checked across every pair of neighbours.
+    """
+    problems: list[str] = []
+    last: dict[str, tuple[int, str]] = {}
+    for entry in entries:
+        where = f"{entry.chain} entry {entry.entry_id}"
+        try:
+            record = json.loads(entry.record)
+            seq = int(record["seq"])
+            prev = str(record["prev"])
+        except (ValueError, KeyError, TypeError):
+            problems.append(f"{where}: unreadable record")
+            continue
+        if _entry_hash(prev, record) != entry.hash:
+            problems.append(f"{where} (seq {seq}): content does not match its hash (edited)")
+        before = last.get(entry.chain)
+        if before is not None:
+            if seq <= before[0]:
+                problems.append(f"{where}: sequence {seq} after {before[0]} (reordered or repeated)")
+            elif seq == before[0] + 1 and prev != before[1]:
+                problems.append(f"{where} (seq {seq}): does not follow the previous entry (link broken)")
+        elif seq == 1 and prev != _GENESIS:
+            problems.append(f"{where}: the first entry of a chain must follow the genesis hash")
+        last[entry.chain] = (seq, entry.hash)
+    return problems
+
+
+async def entries_touching(client: redis.asyncio.Redis, resources: set[str], *,
+                           max_segment_entries: int = 20_000) -> list[AuditEntry]:
+    """The audit entries whose resource is one of ``resources``, chain by chain, with their links.
+
+    From each chain it returns the contiguous run from the first to the last touching entry (so every link
+    between them can be checked); a run longer than ``max_segment_entries`` is cut to the touching entries
+    alone (links are then checked only between neighbours). Reads every chain once: an export-time tool, not
+    a hot path.
+    """
+    found: list[AuditEntry] = []
+    for raw in sorted(await client.smembers(CHAINS_KEY)):
+        stream = raw.decode() if isinstance(raw, bytes) else raw
+        run: list[tuple[AuditEntry, bool]] = []
+        touching_only: list[AuditEntry] = []
+        last_id = "-"
+        while True:
+            batch = await client.xrange(stream, min=last_id, count=1000)
+            if last_id != "-":
+                batch = batch[1:]
+            if not batch:
+                break
+            for entry_id, fields in batch:
+                try:
+                    text = fields[b"record"].decode()
+                    entry = AuditEntry(stream, entry_id.decode(), text, fields[b"hash"].decode())
+                    touches = json.loads(text).get("resource") in resources
+                except (KeyError, ValueError, AttributeError):
+                    continue  # unreadable: `haulmesh audit verify` reports it; a pack carries only what parses
+                if touches:
+                    touching_only.append(entry)
+                if run or touches:
+                    run.append((entry, touches))
+            last_id = batch[-1][0].decode()
+        while run and not run[-1][1]:
+            run.pop()
+        found += [e for e, _ in run] if len(run) <= max_segment_entries else touching_only
+    return found

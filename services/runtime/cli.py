@@ -5,6 +5,8 @@
     haulmesh status     health of every service over mTLS; exit 0 only if all are SERVING
     haulmesh store {start,stop,status}
     haulmesh audit verify               check the audit log's hash chain; exit 1 if tampered
+    haulmesh evidence export missions/ID --carrier C [-o FILE]   a mission's sealed evidence pack (operator cert)
+    haulmesh evidence verify FILE [--ca ca.pem]                 offline; exit 0 if sound, 1 naming the first failure
     haulmesh events dlq list|replay --group G [ENTRY ...]
     haulmesh token mint ...             dev OAuth2 access tokens the gateway trusts
     haulmesh report [--carrier C] [--since T] [--until T] [--lane O:D] [--baseline USD:2.10]
@@ -36,6 +38,8 @@ __all__ = ["main"]
 
 #: The demo truck every fresh clone gets a certificate for.
 DEMO_VEHICLE = "AU-TRK-1001"
+#: The service holding the evidence key (services/billing/evidence).
+EVIDENCE_SEALER = "billing"
 
 
 def _cert_dir(args: argparse.Namespace) -> Path:
@@ -48,6 +52,9 @@ def _stem(kind: str, name: str) -> str:
 
 def _issue(directory: Path, kind: str, name: str, days: float) -> Path:
     ca = pki.load_ca(directory)
+    if kind == "evidence":  # the signing-only evidence key of the service named (it seals evidence packs)
+        issued = pki.issue_signing(ca, pki.identity_for("service", name), valid_days=days)
+        return pki.write_pem_files(directory, f"evidence-{name}", issued, ca.certificate_pem)[0]
     identity = pki.identity_for(kind, name)
     dns = (name, f"haulmesh-{name}", "localhost") if kind == "service" else ()
     ips = ("127.0.0.1", "::1") if kind == "service" else ()
@@ -71,17 +78,21 @@ def cmd_pki(args: argparse.Namespace) -> int:
         print(f"created CA in {directory} (ca.pem; ca-key.pem is secret: keep it out of version control)")
     elif args.pki_command == "issue":
         path = _issue(directory, args.kind, args.name, args.days)
-        print(f"issued {pki.identity_for(args.kind, args.name)} -> {path} (valid {args.days:g} days)")
+        what = pki.identity_for("service" if args.kind == "evidence" else args.kind, args.name)
+        print(f"issued {'evidence key of ' if args.kind == 'evidence' else ''}{what} -> {path} "
+              f"(valid {args.days:g} days)")
     elif args.pki_command == "dev-bootstrap":
         if not (directory / "ca-key.pem").exists():
             pki.save_ca(directory, pki.create_ca())
             print(f"created dev CA in {directory}")
-        wanted = [("service", s) for s in MESH_SERVICES] + [("operator", "cli"), ("vehicle", DEMO_VEHICLE)]
+        wanted = [("service", s) for s in MESH_SERVICES] + [("operator", "cli"), ("vehicle", DEMO_VEHICLE),
+                                                            ("evidence", EVIDENCE_SEALER)]
         for kind, name in wanted:
             path = directory / f"{_stem(kind, name)}.pem"
             if _expires_within(path, 7):
                 _issue(directory, kind, name, args.days)
-                print(f"issued {pki.identity_for(kind, name)}")
+                print(f"issued {pki.identity_for('service' if kind == 'evidence' else kind, name)}"
+                      + (" (evidence key)" if kind == "evidence" else ""))
     return 0
 
 
@@ -213,6 +224,64 @@ async def _dlq(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evidence_verify(args: argparse.Namespace) -> int:
+    from . import evidence  # offline: no store, no network
+
+    try:
+        data = Path(args.file).read_bytes()
+        ca = Path(args.ca).read_bytes() if args.ca else None
+    except OSError as exc:
+        print(f"haulmesh: {exc}", file=sys.stderr)
+        return 2
+    result = evidence.verify_pack(data, trusted_ca_pem=ca)
+    print(f"{args.file}: {len(data)} bytes")
+    print(result.report())
+    return 0 if result.ok else 1
+
+
+async def _evidence_export(args: argparse.Namespace) -> int:
+    import grpc
+
+    from haulmesh.billing.v1 import evidence_service_pb2, evidence_service_pb2_grpc
+
+    from ._keys import carrier_metadata
+
+    carrier = args.carrier or os.environ.get("HAULMESH_CARRIER", "")
+    if not carrier:
+        print("haulmesh: name the mission's carrier with --carrier (or HAULMESH_CARRIER)", file=sys.stderr)
+        return 2
+    directory = _cert_dir(args)
+    try:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=(directory / "ca.pem").read_bytes(),
+            private_key=(directory / f"operator-{args.operator}-key.pem").read_bytes(),
+            certificate_chain=(directory / f"operator-{args.operator}.pem").read_bytes())
+    except OSError as exc:
+        print(f"haulmesh: no operator certificate ({exc}); run 'haulmesh pki dev-bootstrap'", file=sys.stderr)
+        return 2
+    address = os.environ.get("HAULMESH_BILLING_ADDR") or f"127.0.0.1:{DEFAULT_PORTS['billing']}"
+    mission_id = args.mission.removeprefix("missions/")
+    out = Path(args.output or f"evidence-{mission_id}.zip")
+    tmp = out.with_name(out.name + ".part")
+    size = 0
+    async with grpc.aio.secure_channel(address, credentials) as channel:
+        stream = evidence_service_pb2_grpc.EvidenceServiceStub(channel).ExportEvidencePack(
+            evidence_service_pb2.ExportEvidencePackRequest(mission=args.mission),
+            metadata=carrier_metadata(carrier), timeout=args.timeout)
+        try:
+            with tmp.open("wb") as fh:
+                async for chunk in stream:
+                    fh.write(chunk.data)
+                    size += len(chunk.data)
+        except grpc.aio.AioRpcError as exc:
+            tmp.unlink(missing_ok=True)
+            print(f"haulmesh: export failed: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    tmp.replace(out)  # a half-written pack never has the final name
+    print(f"wrote {out} ({size} bytes); check it with: haulmesh evidence verify {out} --ca {directory / 'ca.pem'}")
+    return 0
+
+
 def cmd_token(args: argparse.Namespace, rest: list[str]) -> int:
     from . import tokens  # the dev issuer: the CLI mints, the gateway trusts its keys
 
@@ -229,7 +298,8 @@ def _parser() -> argparse.ArgumentParser:
     init = psub.add_parser("init", help="create a dev CA")
     init.add_argument("--days", type=float, default=3650)
     issue = psub.add_parser("issue", help="issue a certificate with a SPIFFE identity")
-    issue.add_argument("kind", choices=["service", "vehicle", "operator"])
+    issue.add_argument("kind", choices=["service", "vehicle", "operator", "evidence"],
+                       help="evidence: the signing-only key that seals evidence packs, for the service NAME")
     issue.add_argument("name", help="service name, vehicle id (e.g. AU-TRK-1001) or operator name")
     issue.add_argument("--days", type=float, default=90, help="validity in days (default 90)")
     boot = psub.add_parser("dev-bootstrap", help="CA and every certificate a local mesh needs, if missing")
@@ -250,6 +320,20 @@ def _parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="the hash-chained audit log")
     audit.add_argument("audit_command", choices=["verify"])
     audit.set_defaults(func=cmd_audit)
+
+    ev = sub.add_parser("evidence", help="evidence packs: export a mission's, verify one offline")
+    evsub = ev.add_subparsers(dest="evidence_command", required=True)
+    export = evsub.add_parser("export", help="a mission's sealed evidence pack, from billing (operator cert)")
+    export.add_argument("mission", help="missions/{mission}")
+    export.add_argument("-o", "--output", help="file to write (default evidence-<mission>.zip)")
+    export.add_argument("--carrier", help="the mission's carrier id (default $HAULMESH_CARRIER)")
+    export.add_argument("--operator", default="cli", help="operator certificate operator-<name>.pem (default cli)")
+    export.add_argument("--timeout", type=float, default=120, help="seconds for the whole export (default 120)")
+    export.set_defaults(func=lambda a: asyncio.run(_evidence_export(a)))
+    check = evsub.add_parser("verify", help="verify a pack offline; exit 0 if sound, 1 naming the first failure")
+    check.add_argument("file")
+    check.add_argument("--ca", help="pin the mesh CA (PEM); default: the CA the pack carries")
+    check.set_defaults(func=cmd_evidence_verify)
 
     events = sub.add_parser("events", help="event streams: dead letters")
     esub = events.add_subparsers(dest="events_command", required=True)

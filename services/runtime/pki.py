@@ -31,6 +31,7 @@ __all__ = [
     "create_ca",
     "identity_for",
     "issue",
+    "issue_signing",
     "load_ca",
     "save_ca",
     "write_pem_files",
@@ -144,6 +145,44 @@ def issue(
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
                                               ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(sans), critical=bool(ids) and not dns_names)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.private_key.public_key()),
+                       critical=False)
+        .sign(ca.private_key, hashes.SHA256())
+    )
+    return IssuedCertificate(cert, key)
+
+
+#: id-kp-documentSigning (RFC 9336): the evidence key's only extended usage (no TLS: it cannot open a channel).
+DOCUMENT_SIGNING = x509.ObjectIdentifier("1.3.6.1.5.5.7.3.36")
+
+
+def issue_signing(ca: CertificateAuthority, identity: Identity, *, valid_days: float = 365) -> IssuedCertificate:
+    """Issue a signing-only certificate (the platform's evidence key): keyUsage digitalSignature alone and the
+    document-signing extended usage, so no TLS stack accepts it for a client or a server, and its SPIFFE ID
+    names the process that seals. Evidence packs carry it and verifiers check it chains to the CA."""
+    if valid_days <= 0:
+        raise ConfigError("certificate lifetime must be positive", field="valid_days")
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Haulmesh"),
+                                 x509.NameAttribute(NameOID.COMMON_NAME, f"evidence seal: {identity.name}"[:64])]))
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _dt.timedelta(minutes=5))
+        .not_valid_after(now + _dt.timedelta(days=valid_days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(digital_signature=True, key_cert_sign=False, crl_sign=False,
+                          content_commitment=False, key_encipherment=False, data_encipherment=False,
+                          key_agreement=False, encipher_only=False, decipher_only=False),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([DOCUMENT_SIGNING]), critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.spiffe_id)]),
+                       critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.private_key.public_key()),
                        critical=False)
         .sign(ca.private_key, hashes.SHA256())

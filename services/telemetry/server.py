@@ -46,6 +46,9 @@ _SERVICE = "/haulmesh.telemetry.v1.TelemetryService"
 _READERS = ["service/gateway", "service/mission", "operator/*"]
 #: Internal readers may name a vehicle (`vehicles/*`); the gateway (the TMS's carriers) only missions.
 _VEHICLE_READERS = ["service/mission", "operator/*"]
+#: Billing reads the stored frames (usage and evidence come from them) but does not watch them live.
+_LIST_READERS = [*_READERS, "service/billing"]
+_VEHICLE_LIST_READERS = [*_VEHICLE_READERS, "service/billing"]
 
 #: Per the proto's "Internal:" notes: StreamTelemetry is for trucks only (each checked against its own
 #: certificate); IngestTelemetry for trucks (and the gateway relaying a truck's certificate-bound frame);
@@ -54,9 +57,11 @@ _VEHICLE_READERS = ["service/mission", "operator/*"]
 POLICY = Policy({
     f"{_SERVICE}/StreamTelemetry": ["vehicle/*"],
     f"{_SERVICE}/IngestTelemetry": ["vehicle/*", "service/gateway"],
-    f"{_SERVICE}/ListTelemetryFrames": _READERS,
+    f"{_SERVICE}/ListTelemetryFrames": _LIST_READERS,
     f"{_SERVICE}/WatchVehicleTelemetry": _VEHICLE_READERS,
     f"{_SERVICE}/WatchMissionTelemetry": _READERS,
+    f"{_SERVICE}/ListVehicleCertificates": ["service/billing", "service/mission", "operator/*"],
+    f"{_SERVICE}/RunArchive": ["operator/*"],
 })
 
 
@@ -203,11 +208,11 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
 
     # ---- reads --------------------------------------------------------------------------------------
 
-    def _vehicle_parent(self, parent: str, field: str) -> str:
+    def _vehicle_parent(self, parent: str, field: str, readers: list[str] = _VEHICLE_LIST_READERS) -> str:
         """The vehicle of an internal `vehicles/{vehicle}` read; only internal readers may name a vehicle."""
         vehicle_id = _vehicle_of(parent, field)
         identity = caller()
-        if not any(p in (f"{identity.kind}/*", f"{identity.kind}/{identity.name}") for p in _VEHICLE_READERS):
+        if not any(p in (f"{identity.kind}/*", f"{identity.kind}/{identity.name}") for p in readers):
             raise PermissionDenied(f"{identity} may read frames only by mission", reason="METHOD_NOT_ALLOWED")
         return vehicle_id
 
@@ -229,6 +234,15 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
         frames, cursor, exhausted = await self._reads.list_frames(scope, request, page.after, page.size)
         token = "" if exhausted else next_page_token(str(cursor), fingerprint.SerializeToString().hex())
         return telemetry_service_pb2.ListTelemetryFramesResponse(telemetry_frames=frames, next_page_token=token)
+
+    async def ListVehicleCertificates(
+        self, request: telemetry_service_pb2.ListVehicleCertificatesRequest, context: grpc.aio.ServicerContext,
+    ) -> telemetry_service_pb2.ListVehicleCertificatesResponse:
+        vehicle_id = self._vehicle_parent(request.parent, "parent")
+        return telemetry_service_pb2.ListVehicleCertificatesResponse(certificates=[
+            telemetry_service_pb2.VehicleCertificate(key_id=key_id, certificate_pem=pem.decode("ascii"),
+                                                     first_seen_time=timestamp_ms(seen_ms))
+            for key_id, pem, seen_ms in await self._reads.certificates(vehicle_id)])
 
     async def WatchVehicleTelemetry(self, request: telemetry_service_pb2.WatchVehicleTelemetryRequest,
                                     context: grpc.aio.ServicerContext,

@@ -9,6 +9,9 @@ Keys (``{v}`` is the vehicle id as a Redis Cluster hash tag, so one vehicle's ke
   ``rejected:<REASON>``, ``last_frame_ms``.
 * ``telemetry:{v}:liveness`` — Hash: last heartbeat (time, edge CPU, link, spool).
 * ``telemetry:{v}:keys`` — Hash key id -> DER SubjectPublicKeyInfo of every certificate seen.
+* ``telemetry:{v}:certs`` — Hash key id -> PEM of the first certificate seen with that key (the certificate that
+  verified the frames signed with it: evidence packs and the archive carry it); ``telemetry:{v}:certs_seen`` —
+  Hash key id -> when it was first seen (server ms). Both written only if absent (HSETNX).
 * ``telemetry:{v}:commands`` — Stream of commands not yet acknowledged (``c``: serialized Command,
   ``id``: command id); ``telemetry:{v}:command_ids`` maps command id -> entry id;
   ``telemetry:{v}:command_acks`` — Stream of every CommandAck received.
@@ -371,14 +374,28 @@ class TelemetryStore:
 
     # ---- keys, sessions, liveness --------------------------------------------------------------------
 
-    async def remember_key(self, vehicle_id: str, key_id: str, spki_der: bytes) -> dict[str, bytes]:
-        """Record the key of the certificate the vehicle authenticated with; returns every key seen."""
+    async def remember_key(self, vehicle_id: str, key_id: str, spki_der: bytes,
+                           certificate_pem: bytes = b"") -> dict[str, bytes]:
+        """Record the key of the certificate the vehicle authenticated with (and the certificate, the first
+        time its key is seen); returns every key seen."""
         pipe = self._redis.pipeline(transaction=False)
         pipe.hset(_k(vehicle_id, "keys"), key_id, spki_der)
         pipe.hgetall(_k(vehicle_id, "keys"))
         pipe.sadd("telemetry:vehicles", vehicle_id)
-        _, keys, _ = await pipe.execute()
+        if certificate_pem:
+            pipe.hsetnx(_k(vehicle_id, "certs"), key_id, certificate_pem)
+            pipe.hsetnx(_k(vehicle_id, "certs_seen"), key_id, int(time.time() * 1000))
+        keys = (await pipe.execute())[1]
         return {k.decode(): v for k, v in keys.items()}
+
+    async def certificates(self, vehicle_id: str) -> list[tuple[str, bytes, int]]:
+        """``(key id, certificate PEM, first seen ms)`` of every certificate remembered, oldest first."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hgetall(_k(vehicle_id, "certs"))
+        pipe.hgetall(_k(vehicle_id, "certs_seen"))
+        certs, seen = await pipe.execute()
+        found = [(k.decode(), pem, int(seen.get(k, 0))) for k, pem in certs.items()]
+        return sorted(found, key=lambda c: (c[2], c[0]))
 
     async def claim_session(self, vehicle_id: str, session_id: str) -> None:
         """Make ``session_id`` the vehicle's current session (a newer stream replaces an older one); the

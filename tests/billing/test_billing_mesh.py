@@ -204,6 +204,51 @@ async def test_quote_usage_invoice_reconcile(mesh: Mesh, billing: Billing) -> No
     assert all(e.carrier == f"carriers/{carrier_id}" and e.source == "//haulmesh.io/billing" for e in events)
 
 
+async def test_measured_usage_bills_the_measured_miles_and_reports_the_estimate(billing: Billing) -> None:
+    """Usage with provenance (measured from telemetry): the line-haul bills the measured miles at the quote's
+    rate and cites its frames; fuel follows; the quote stays the estimate, reported per line."""
+    _, md = new_carrier()
+    quote = await billing.tender.CreateQuote(quote_request("tenders/t-m"), metadata=md, timeout=5)  # 789.4 mi
+    measured = usage([45, 200], miles=778.4)
+    measured.stop_dwells[1].basis = invoice_pb2.StopDwell.BASIS_GEOFENCE_ENTRY_TO_DELIVERY
+    measured.provenance.CopyFrom(invoice_pb2.UsageProvenance(
+        mission="missions/m-m", vehicle="vehicles/AU-TRK-1001", first_sequence=12, last_sequence=3141,
+        frame_count=3129, source=invoice_pb2.UsageProvenance.SOURCE_POSITIONS, telemetry_log_sha256="ab" * 32,
+        gaps=[invoice_pb2.TelemetryGap(after_sequence=400, before_sequence=401, seconds=6000, bridged_miles=41.2)]))
+    record = api.RecordUsageRequest(mission="missions/m-m", tender="tenders/t-m", quote=quote.name,
+                                    tms_load_id="TND-M", usage=measured)
+    invoice = (await billing.mission.RecordUsage(record, metadata=md, timeout=5)).invoice
+    # 778.4 mi x USD 2.85 = 2218.44; fuel 28.50 % = 632.2554 -> 632.26; detention as before.
+    assert codes(invoice.lines) == {"LINEHAUL": 221_844, "FUEL": 63_226, "DETENTION-STOP-2": 11_250}
+    assert invoice.total == usd(221_844 + 63_226 + 11_250)
+    linehaul = invoice.lines[0]
+    assert linehaul.quantity == 778.4 and linehaul.unit_price == usd(285)
+    assert linehaul.description == ("Line-haul 778.4 mi measured (frames #12..#3141, 1 gap bridged 41.2 mi) "
+                                    "@ USD 2.85/mi")
+    assert "(geofence entry to delivery)" in invoice.lines[2].description
+    assert invoice.usage.provenance.telemetry_log_sha256 == "ab" * 32
+    estimates = {d.code: (d.estimated_quantity, d.measured_quantity, d.estimated_amount.amount_minor,
+                          d.measured_amount.amount_minor, d.difference.amount_minor)
+                 for d in invoice.estimate_differences}
+    assert estimates == {"LINEHAUL": (789.4, 778.4, 224_979, 221_844, -3_135),
+                         "FUEL": (0.0, 0.0, 64_119, 63_226, -893),
+                         "DETENTION-STOP-2": (0.0, 1.5, 0, 11_250, 11_250)}
+    # Reconciliation's outcome still compares the TMS with the invoice, and reports estimate vs measured.
+    matched = await billing.gateway.ReconcileInvoice(api.ReconcileInvoiceRequest(
+        name=invoice.name, tms_total=invoice.total, etag=invoice.etag), metadata=md, timeout=5)
+    assert matched.state == invoice_pb2.Invoice.STATE_MATCHED
+    assert list(matched.reconciliation.estimate_differences) == list(invoice.estimate_differences)
+    # A malformed provenance is named field by field.
+    bad = api.RecordUsageRequest()
+    bad.CopyFrom(record)
+    bad.mission = "missions/m-bad"
+    bad.usage.provenance.telemetry_log_sha256 = "nope"
+    bad.usage.provenance.source = invoice_pb2.UsageProvenance.SOURCE_UNSPECIFIED
+    _, reason, fields, _ = await fails(billing.mission.RecordUsage(bad, metadata=md, timeout=5))
+    assert reason == "INVALID_ARGUMENT"
+    assert set(fields) == {"usage.provenance.telemetry_log_sha256", "usage.provenance.source"}
+
+
 async def test_operator_rate_card_prices_later_quotes_only(billing: Billing) -> None:
     _, md = new_carrier()
     now = datetime.now(UTC)

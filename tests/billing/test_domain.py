@@ -357,3 +357,47 @@ def test_route_miles_out_of_range_are_refused(miles: float) -> None:
     with pytest.raises(InvalidArgument) as caught:
         domain.validate_move(HOU_ATL, miles, DRY_VAN)
     assert [v.field for v in caught.value.violations] == ["quote.route_miles"]
+
+
+# --- measured usage: line-haul on measured miles, estimate vs measured ---------------------------------
+
+PROVENANCE = domain.Provenance(first_sequence=12, last_sequence=3141, frames=3129, gaps=1, bridged_miles=41.2,
+                               source="POSITIONS", telemetry_log_sha256="ab" * 32)
+
+
+def test_measured_lines_bill_the_measured_miles_at_the_quotes_rate_and_cite_the_frames() -> None:
+    measured = Usage(HOU_ATL, 778.4, 13.9, provenance=PROVENANCE)
+    lines = domain.measured_lines(card(), HOU_ATL, measured, DRY_VAN, hazmat=False)
+    assert amounts(lines) == {"LINEHAUL": 221_844, "FUEL": 63_226}
+    assert lines[0].description == ("Line-haul 778.4 mi measured (frames #12..#3141, 1 gap bridged 41.2 mi) "
+                                    "@ USD 2.85/mi")
+    odometer = Usage(HOU_ATL, 20.0, 1.0, provenance=domain.Provenance(1, 9, 9, 0, 0.0, "ODOMETER", "ab" * 32))
+    lines = domain.measured_lines(card(), HOU_ATL, odometer, DRY_VAN, hazmat=True)
+    # A short measured run falls under the minimum: the top-up follows, as on a quote.
+    assert amounts(lines) == {"LINEHAUL": 5_700, "FUEL": 1_624, "MINIMUM": 37_676, "HAZMAT": 15_000}
+    assert lines[0].description == "Line-haul 20.0 mi measured (odometer, frames #1..#9, no gaps) @ USD 2.85/mi"
+
+
+def test_estimate_differences_cover_every_code_on_either_side() -> None:
+    quote = [domain.LineFigure("LINEHAUL", "MILE", 789.4, usd(224_979)), domain.LineFigure("FUEL", "", 0, usd(64_119))]
+    invoice = [domain.LineFigure("LINEHAUL", "MILE", 778.4, usd(221_844)),
+               domain.LineFigure("DETENTION-STOP-1", "HOUR", 0.5, usd(3_750))]
+    got = domain.estimate_differences(quote, invoice, USD)
+    assert [(d.code, d.estimated_quantity, d.measured_quantity, d.difference.minor) for d in got] == [
+        ("LINEHAUL", 789.4, 778.4, -3_135), ("DETENTION-STOP-1", 0.0, 0.5, 3_750), ("FUEL", 0, 0.0, -64_119)]
+
+
+def test_provenance_is_validated() -> None:
+    bad = domain.Provenance(first_sequence=9, last_sequence=1, frames=3, gaps=0, bridged_miles=-1.0,
+                            source="GUESS", telemetry_log_sha256="AB" * 32)
+    with pytest.raises(InvalidArgument) as caught:
+        domain.validate_usage(Usage(HOU_ATL, 10.0, 1.0, provenance=bad))
+    assert {v.field for v in caught.value.violations} == {
+        "usage.provenance.first_sequence", "usage.provenance.gaps", "usage.provenance.source",
+        "usage.provenance.telemetry_log_sha256"}
+
+
+def test_detention_lines_say_what_the_dwell_was_measured_between() -> None:
+    dwell = StopDwell(1, 200, basis="GEOFENCE_ENTRY_TO_DELIVERY")
+    (line,) = domain.detention_lines(DetentionTerms(120, usd(7_500), 15), [dwell], USD)
+    assert line.description.startswith("Detention stop 2: 200 min dwell (geofence entry to delivery), 120 min free")

@@ -12,7 +12,7 @@ import redis.asyncio
 
 from haulmesh.billing.v1 import billing_service_pb2, billing_service_pb2_grpc, quote_pb2, rate_card_pb2
 from haulmesh.events.v1 import mission_events_pb2
-from haulmesh.mission.v1 import mission_service_pb2
+from haulmesh.mission.v1 import mission_pb2, mission_service_pb2
 from haulmesh.type.v1 import money_pb2
 from services.mission.config import MissionSettings
 from services.mission.store import MissionStore
@@ -89,8 +89,12 @@ async def test_delivery_is_billed_and_completes(mesh: Mesh, mesh_pki: Pki) -> No
                 timeout=10)
         assert len(invoices.invoices) == 1
         usage = invoices.invoices[0].usage
+        # Driven by an operator, no truck telemetry: nothing measured, so the planned miles without provenance
+        # (the quote is billed), and no dwell (detention comes only from geofence crossings, none here).
         assert usage.miles == pytest.approx(final.route_miles) and usage.hours >= 0
-        assert [d.stop_index for d in usage.stop_dwells] == [0, 1]
+        assert not usage.HasField("provenance") and list(usage.stop_dwells) == []
+        assert final.proof_of_delivery.telemetry_verification.result == (
+            mission_pb2.TelemetryVerification.RESULT_DISPUTED)  # its frames #1..#10 were never stored
     finally:
         await ops.channel.close()
         await tender.channel.close()

@@ -12,7 +12,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from haulmesh.billing.v1 import invoice_pb2
 from haulmesh.mission.v1 import mission_pb2, vehicle_pb2
+from haulmesh.telemetry.v1 import frame_pb2
 from haulmesh.type.v1 import lane_pb2, location_pb2
 from services.mission import domain
 from services.mission.config import MissionSettings
@@ -30,8 +32,9 @@ from services.mission.domain import (
     Status,
     VehicleView,
 )
-from services.runtime import ConfigError, FailedPrecondition, InvalidArgument, pki
+from services.runtime import ConfigError, FailedPrecondition, InvalidArgument, great_circle_miles, pki, to_timestamp
 from services.runtime.lanes import KnownRoute, LaneFacts, load_lane_facts
+from services.runtime.metering import telemetry_log_sha256
 
 DRY_VAN, REEFER = 1, 3
 HOUSTON, DALLAS, ATLANTA = (29.76, -95.37), (32.78, -96.80), (33.75, -84.39)
@@ -350,12 +353,22 @@ def test_manifest_signature_accepted_and_rejected(truck) -> None:
 
 
 def test_manifest_must_name_mission_vehicle_load_and_photos() -> None:
-    facts = domain.ManifestFacts("m1", "AU-TRK-1001", "LOAD-1", ("a" * 64,), T0)
+    facts = domain.ManifestFacts("m1", "AU-TRK-1001", "LOAD-1", ("a" * 64,), T0, "c" * 64, 1, 10)
     domain.check_manifest(facts, mission_id="m1", vehicle_id="AU-TRK-1001", tms_load_id="LOAD-1",
                           photo_sha256=["a" * 64])
     with pytest.raises(InvalidArgument) as caught:
         domain.check_manifest(facts, mission_id="m2", vehicle_id="AU-TRK-9", tms_load_id="LOAD-1", photo_sha256=[])
     assert caught.value.reason == "POD_SIGNATURE_INVALID" and len(caught.value.violations) == 3
+
+
+@pytest.mark.parametrize("digest,first,last", [("C" * 64, 1, 10), ("c" * 64, 0, 10), ("c" * 64, 11, 10),
+                                               ("c" * 64, 1, 1 + domain.MAX_POD_FRAMES)])
+def test_the_manifest_telemetry_range_must_be_well_formed(digest: str, first: int, last: int) -> None:
+    facts = domain.ManifestFacts("m1", "AU-TRK-1001", "LOAD-1", (), T0, digest, first, last)
+    with pytest.raises(InvalidArgument) as caught:
+        domain.check_manifest(facts, mission_id="m1", vehicle_id="AU-TRK-1001", tms_load_id="LOAD-1",
+                              photo_sha256=[])
+    assert len(caught.value.violations) == 1
 
 
 # --- usage and config --------------------------------------------------------------------------------
@@ -481,18 +494,115 @@ def test_a_hold_check_in_comes_with_a_check_in_hold_exception() -> None:
                                   "operator/ops", T0)[1] is None
 
 
-def test_usage_meters_hours_and_dwell_from_recorded_times() -> None:
+def _ts(when: datetime):
+    return to_timestamp(when)
+
+
+def test_usage_without_telemetry_meters_hours_and_dwell_from_the_geofence_times() -> None:
     mission = _enroute_mission()
     mission.route_miles = 841.0
     mission.start_time.FromDatetime(T0)
-    mission.stops[0].arrive_time.FromDatetime(T0 - timedelta(minutes=30, seconds=59))
+    mission.stops[0].arrive_time.FromDatetime(T0 - timedelta(hours=2))  # dispatch ack: not a dwell
+    assert domain.record_geofence(mission, 0, entered=True, device_time=_ts(T0 - timedelta(minutes=30, seconds=59)))
+    assert domain.record_geofence(mission, 0, entered=False, device_time=_ts(T0))
     mission.stops[0].depart_time.FromDatetime(T0)
     mission.stops[1].arrive_time.FromDatetime(T0 + timedelta(hours=14))
+    assert domain.record_geofence(mission, 1, entered=True, device_time=_ts(T0 + timedelta(hours=14)))
     mission.stops[1].depart_time.FromDatetime(T0 + timedelta(hours=14, minutes=45))
+    mission.proof_of_delivery.manifest_details.deliver_time.FromDatetime(T0 + timedelta(hours=14, minutes=45))
     usage = domain.usage(mission)
     assert (usage.miles, usage.hours) == (841.0, 14.75)
-    assert [(d.stop_index, d.dwell_minutes) for d in usage.stop_dwells] == [(0, 30), (1, 45)]
+    basis = invoice_pb2.StopDwell.Basis
+    assert [(d.stop_index, d.dwell_minutes, d.basis) for d in usage.stop_dwells] == [
+        (0, 30, basis.BASIS_GEOFENCE), (1, 45, basis.BASIS_GEOFENCE_ENTRY_TO_DELIVERY)]
+    # The truck leaves the delivery fence after delivery: detention still ends at hand-over.
+    assert domain.record_geofence(mission, 1, entered=False, device_time=_ts(T0 + timedelta(hours=15)))
+    assert [d.dwell_minutes for d in domain.stop_dwells(mission)] == [30, 45]
+
+
+def test_geofence_crossings_keep_the_first_visit() -> None:
+    mission = _enroute_mission()
+    assert not domain.record_geofence(mission, 5, entered=True, device_time=_ts(T0))  # no such stop
+    assert not domain.record_geofence(mission, 0, entered=True, device_time=mission_pb2.Stop().arrive_time)
+    assert domain.record_geofence(mission, 0, entered=True, device_time=_ts(T0 + timedelta(minutes=5)))
+    assert domain.record_geofence(mission, 0, entered=True, device_time=_ts(T0))  # an earlier report wins
+    assert not domain.record_geofence(mission, 0, entered=True, device_time=_ts(T0 + timedelta(minutes=9)))
+    assert not domain.record_geofence(mission, 0, entered=False, device_time=_ts(T0 - timedelta(minutes=1)))
+    assert domain.record_geofence(mission, 0, entered=False, device_time=_ts(T0 + timedelta(minutes=50)))
+    assert not domain.record_geofence(mission, 0, entered=False, device_time=_ts(T0 + timedelta(hours=3)))
+    assert domain.stop_dwells(mission)[0].dwell_minutes == 50
+    # Inside a stop still (no exit) or never entered: nothing measured, nothing billed.
+    mission.stops[0].ClearField("geofence_exit_time")
+    assert domain.stop_dwells(mission) == []
+
+
+def _frame(seq: int, minutes: float, lat: float, lon: float, *, mission_id: str = "m1",
+           received_after_seconds: float = 1.0) -> domain.MissionFrame:
+    when = T0 + timedelta(minutes=minutes)
+    payload = frame_pb2.FramePayload(vehicle_id="AU-TRK-1001", sequence=seq, boot_id="b", device_time=_ts(when),
+                                     kind=frame_pb2.FramePayload.KIND_POSITION, mission_id=mission_id,
+                                     position=frame_pb2.Position(lat=lat, lon=lon))
+    return domain.MissionFrame(payload.SerializeToString(deterministic=True),
+                               when + timedelta(seconds=received_after_seconds))
+
+
+def test_usage_is_measured_from_the_frames_with_provenance() -> None:
+    mission = _enroute_mission()
+    route = [HOUSTON, (34.5, -90.0), ATLANTA]
+    del mission.planned_route[:]
+    for lat, lon in route:
+        mission.planned_route.add(lat=lat, lon=lon)
+    frames = [_frame(10, 0, *route[0]), _frame(11, 0.25, *route[0]),
+              _frame(13, 600, *route[2], received_after_seconds=3600.0),  # after a 10-hour gap, replayed
+              _frame(14, 600.25, *route[2])]
+    usage = domain.measured_usage(mission, frames, gap_seconds=120, circuity_factor=1.13)
+    # Bridged along the planned road through its bend, not the straight line.
+    along = great_circle_miles(*route[0], *route[1]) + great_circle_miles(*route[1], *route[2])
+    assert along > great_circle_miles(*HOUSTON, *ATLANTA) + 5
+    assert usage.miles == round(along, 1) and usage.hours == round(600.25 / 60, 3)
+    p = usage.provenance
+    assert (p.mission, p.vehicle, p.first_sequence, p.last_sequence, p.frame_count) == (
+        "missions/m1", "vehicles/AU-TRK-1001", 10, 14, 4)
+    assert p.frames_missing == 1 and p.source == invoice_pb2.UsageProvenance.SOURCE_POSITIONS
+    assert [(g.after_sequence, g.before_sequence, g.seconds) for g in p.gaps] == [(11, 13, 35985.0)]
+    assert p.gaps[0].bridged_miles == round(along, 1)
+    assert p.telemetry_log_sha256 == telemetry_log_sha256(f.payload for f in frames)
+    assert (p.freshness_p50_seconds, p.freshness_p95_seconds) == (1.0, 3600.0)
+    assert p.gap_threshold_seconds == 120
+
+
+def test_a_mission_with_too_many_frames_is_refused_clearly() -> None:
+    domain.check_frame_budget(10, 10, "missions/m1")
+    with pytest.raises(FailedPrecondition) as caught:
+        domain.check_frame_budget(11, 10, "missions/m1")
+    assert caught.value.reason == "MISSION_FRAMES_EXCEEDED"
+
+
+def test_the_proofs_telemetry_log_is_verified_refused_or_disputed() -> None:
+    frames = [_frame(s, s / 4, 30.0, -95.0) for s in range(5, 9)]
+    payloads = [f.payload for f in frames]
+    manifest = mission_pb2.DeliveryManifest(telemetry_log_sha256=telemetry_log_sha256(payloads),
+                                            telemetry_first_sequence=5, telemetry_last_sequence=8)
+    verified = domain.verify_telemetry_log(manifest, payloads, T0)
+    assert (verified.result, verified.reason, verified.frames_stored, verified.frames_missing) == (
+        mission_pb2.TelemetryVerification.RESULT_VERIFIED, "TELEMETRY_LOG_MATCHES", 4, 0)
+    # One frame not stored: accepted, but DISPUTED with the count; never silently trusted.
+    disputed = domain.verify_telemetry_log(manifest, payloads[:2] + payloads[3:], T0)
+    assert (disputed.result, disputed.frames_missing) == (mission_pb2.TelemetryVerification.RESULT_DISPUTED, 1)
+    # Every frame stored but a different digest: refused, naming the range.
+    manifest.telemetry_log_sha256 = "0" * 64
+    with pytest.raises(InvalidArgument) as caught:
+        domain.verify_telemetry_log(manifest, payloads, T0)
+    assert caught.value.reason == "POD_TELEMETRY_HASH_MISMATCH" and "#5..#8" in caught.value.message
+    assert caught.value.metadata["first_sequence"] == "5"
 
 
 def test_billing_retries_back_off_to_the_limit() -> None:
     assert [domain.billing_retry_delay(n, 5, 3600) for n in (1, 2, 3, 10, 60)] == [10, 20, 40, 3600, 3600]
+
+
+def test_nothing_measured_without_two_fixes_bills_the_plan() -> None:
+    mission = _enroute_mission()
+    mission.route_miles = 841.0
+    usage = domain.measured_usage(mission, [_frame(1, 0, *HOUSTON)], gap_seconds=120, circuity_factor=1.13)
+    assert usage.miles == 841.0 and not usage.HasField("provenance")

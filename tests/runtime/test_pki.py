@@ -61,3 +61,24 @@ def test_dev_bootstrap_is_idempotent(tmp_path: Path) -> None:
     assert main(["--cert-dir", str(tmp_path), "pki", "dev-bootstrap"]) == 0
     again = {p.name: _cert(p).serial_number for p in tmp_path.glob("*.pem") if not p.name.endswith("-key.pem")}
     assert again == serials
+
+
+def test_the_evidence_key_is_signing_only_and_bootstrapped(tmp_path: Path) -> None:
+    """dev-bootstrap issues billing's evidence key: digitalSignature alone, document signing, no TLS usage."""
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    from services.runtime import pki
+
+    assert main(["--cert-dir", str(tmp_path), "pki", "dev-bootstrap"]) == 0
+    cert = _cert(tmp_path / "evidence-billing.pem")
+    assert (tmp_path / "evidence-billing-key.pem").stat().st_mode & 0o077 == 0
+    usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert usage.digital_signature and not (usage.key_agreement or usage.key_cert_sign or usage.key_encipherment)
+    ekus = list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    assert ekus == [pki.DOCUMENT_SIGNING]
+    assert ExtendedKeyUsageOID.CLIENT_AUTH not in ekus and ExtendedKeyUsageOID.SERVER_AUTH not in ekus
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://haulmesh.local/service/billing"]
+    # `pki issue evidence NAME` replaces it.
+    assert main(["--cert-dir", str(tmp_path), "pki", "issue", "evidence", "billing", "--days", "30"]) == 0
+    assert _cert(tmp_path / "evidence-billing.pem").serial_number != cert.serial_number

@@ -4,7 +4,8 @@ Order of checks for a request: route (404 / 405) → declared size (413) → bea
 → the tenant's rate limit (429) → body size while reading (413) → JSON and fields (400, including
 output-only fields) → the gRPC call over mTLS with the token's carrier as ``haulmesh-carrier`` metadata,
 whose status comes back through grpc-gateway's code → HTTP map. A server-streaming route passes the same
-checks and is then answered as Server-Sent Events (:mod:`.sse`).
+checks and is then answered as Server-Sent Events (:mod:`.sse`), or, when it streams ``google.api.HttpBody``,
+as the file itself (:mod:`.download`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from services.runtime import CARRIER_METADATA_KEY, HaulmeshError
 from ..config import DEFAULT_MAX_REQUEST_BYTES
 from .auth import Authenticator, require_scope
 from .descriptors import Api
+from .download import is_download, open_download
 from .errors import RestError, error_response, rpc_error_response
 from .ratelimit import TenantRateLimiter
 from .sse import open_event_stream, resume_from
@@ -111,6 +113,8 @@ class RestGateway:
         message = build_request(self.api, route, path_vars, body, list(request.query_params.multi_items()))
         self._apply_idempotency_key(message, request.headers.get(IDEMPOTENCY_HEADER))
         metadata = ((CARRIER_METADATA_KEY, f"carriers/{principal.carrier}"),)
+        if is_download(route.method):  # a file (google.api.HttpBody chunks), e.g. an evidence pack
+            return await open_download(self.channel(route.method.peer), route.method, message, metadata)
         if route.method.streaming:
             resume_from(message, request.headers.get("last-event-id"))
             return await open_event_stream(self.channel(route.method.peer), route.method, message, metadata)

@@ -239,10 +239,16 @@ class _Builder:
                                "schema": {"type": "string", "pattern": r"^[A-Za-z0-9._:-]{1,128}$"},
                                "description": "Sets `request_id` when the body does not: a retry with the same key "
                                               "and request returns the first response."})
-        responses: dict[str, Any] = {
-            "200": {"description": "OK", "content": {"application/json": {"schema": self.ref(descriptor.output_type)}}},
-        }
-        if descriptor.server_streaming:
+        responses: dict[str, Any]
+        download = descriptor.server_streaming and descriptor.output_type.full_name == "google.api.HttpBody"
+        if download:
+            # A file download (services/gateway/rest/download.py): the body is the file, not JSON.
+            responses = {"200": {"description": "The file itself (the stream's google.api.HttpBody chunks).",
+                                 "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}}}}
+        else:
+            responses = {"200": {"description": "OK", "content": {
+                "application/json": {"schema": self.ref(descriptor.output_type)}}}}
+        if descriptor.server_streaming and not download:
             parameters.append({"name": "Last-Event-ID", "in": "header", "required": False,
                                "schema": {"type": "string", "pattern": r"^[0-9]{1,20}$"},
                                "description": "Sent by a reconnecting client: the `id` of the last event it received; "

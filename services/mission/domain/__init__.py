@@ -88,14 +88,18 @@ from .fleet import (
 from .lifecycle import Action, Status, choose_contingency, mission_status, transition
 from .proof import (
     MAX_MANIFEST_BYTES,
+    MAX_POD_FRAMES,
     ManifestFacts,
     check_manifest,
     deliver,
     key_id_of,
+    manifest_facts,
     read_manifest,
+    telemetry_range_violations,
     validate_photo_digest,
     validate_proof,
     verify_manifest_signature,
+    verify_telemetry_log,
 )
 from .roster import (
     UPDATABLE_VEHICLE_FIELDS,
@@ -116,7 +120,17 @@ from .roster import (
     validate_vehicle_update,
     vehicle_violations,
 )
-from .usage import billing_retry_delay, mission_hours, usage, whole_minutes
+from .usage import (
+    MissionFrame,
+    billing_retry_delay,
+    check_frame_budget,
+    measured_usage,
+    mission_hours,
+    record_geofence,
+    stop_dwells,
+    usage,
+    whole_minutes,
+)
 
 __all__ = [
     "BEFORE_DEPARTURE",
@@ -125,6 +139,7 @@ __all__ = [
     "MAX_CARGO_WEIGHT_LB",
     "MAX_FLEET_REPORT_VEHICLES",
     "MAX_MANIFEST_BYTES",
+    "MAX_POD_FRAMES",
     "MAX_STOPS",
     "MISSION_SERVICE",
     "PROCEED",
@@ -146,6 +161,7 @@ __all__ = [
     "ExceptionKind",
     "Load",
     "ManifestFacts",
+    "MissionFrame",
     "Observation",
     "Point",
     "Severity",
@@ -161,6 +177,7 @@ __all__ = [
     "capabilities_of",
     "capacity_query",
     "capacity_windows",
+    "check_frame_budget",
     "check_in_point_allowed",
     "check_manifest",
     "check_named_vehicle",
@@ -175,6 +192,8 @@ __all__ = [
     "key_id_of",
     "lane_between",
     "location_violations",
+    "manifest_facts",
+    "measured_usage",
     "mission_hours",
     "mission_status",
     "mission_violations",
@@ -188,6 +207,7 @@ __all__ = [
     "raise_if",
     "read_manifest",
     "record_check_in",
+    "record_geofence",
     "recorded_check_ins",
     "refresh_check_in_due",
     "resolve",
@@ -195,6 +215,8 @@ __all__ = [
     "resolve_open",
     "settle",
     "start",
+    "stop_dwells",
+    "telemetry_range_violations",
     "text_violations",
     "transition",
     "update_vehicle",
@@ -213,6 +235,7 @@ __all__ = [
     "validate_vehicle_update",
     "vehicle_violations",
     "verify_manifest_signature",
+    "verify_telemetry_log",
     "whole_minutes",
     "window_violations",
 ]

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf.message import DecodeError
 
 from haulmesh.mission.v1 import mission_pb2
+from haulmesh.telemetry.v1 import frame_pb2
 from services.runtime import (
     FieldViolation,
     InvalidArgument,
@@ -21,6 +22,7 @@ from services.runtime import (
     from_timestamp,
     to_timestamp,
 )
+from services.runtime.metering import missing_sequences, telemetry_log_sha256
 
 from .changes import move
 from .checks import raise_if
@@ -61,6 +63,9 @@ class ManifestFacts:
     tms_load_id: str
     photo_sha256: tuple[str, ...]
     deliver_time: datetime | None
+    telemetry_log_sha256: str = ""
+    telemetry_first_sequence: int = 0
+    telemetry_last_sequence: int = 0
 
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -80,9 +85,58 @@ def check_manifest(facts: ManifestFacts, *, mission_id: str, vehicle_id: str, tm
         problems.append(FieldViolation("proof_of_delivery.manifest", "deliver_time is required"))
     if tuple(photo_sha256) != facts.photo_sha256:
         problems.append(FieldViolation("proof_of_delivery.photos", "sha256 values differ from the manifest's"))
+    problems += telemetry_range_violations(facts)
     if problems:
         raise InvalidArgument("the delivery manifest does not match the mission", reason="POD_SIGNATURE_INVALID",
                               violations=problems)
+
+
+#: Most frames one proof of delivery may cover (a day at 1 Hz is 86,400): the server reads them all to check it.
+MAX_POD_FRAMES = 500_000
+
+
+def telemetry_range_violations(facts: ManifestFacts) -> list[FieldViolation]:
+    """The manifest's telemetry log fields: a lowercase hex SHA-256 over sequences first..last (first >= 1)."""
+    problems = []
+    if not _SHA256_HEX.fullmatch(facts.telemetry_log_sha256):
+        problems.append(FieldViolation("proof_of_delivery.manifest", "telemetry_log_sha256: 64 lowercase hex"))
+    first, last = facts.telemetry_first_sequence, facts.telemetry_last_sequence
+    if not 1 <= first <= last:
+        problems.append(FieldViolation("proof_of_delivery.manifest",
+                                       "telemetry_first_sequence must be >= 1 and <= telemetry_last_sequence"))
+    elif last - first + 1 > MAX_POD_FRAMES:
+        problems.append(FieldViolation("proof_of_delivery.manifest",
+                                       f"the telemetry log covers at most {MAX_POD_FRAMES} sequences"))
+    return problems
+
+
+def verify_telemetry_log(manifest: mission_pb2.DeliveryManifest, payloads: Sequence[bytes],
+                         now: datetime) -> mission_pb2.TelemetryVerification:
+    """The manifest's telemetry log digest against ``payloads``, the mission's stored frames in its range.
+
+    Every sequence of the range stored: the recomputed digest must equal the manifest's (VERIFIED), else
+    INVALID_ARGUMENT POD_TELEMETRY_HASH_MISMATCH naming the range. Sequences missing (lost, or not yet
+    stored): the digest cannot be confirmed, so the proof is recorded DISPUTED with the count, never trusted.
+    """
+    first, last = manifest.telemetry_first_sequence, manifest.telemetry_last_sequence
+    in_range = [p for p in payloads if first <= frame_pb2.FramePayload.FromString(p).sequence <= last]
+    sequences = {frame_pb2.FramePayload.FromString(p).sequence for p in in_range}
+    missing = missing_sequences(sequences, first, last)
+    recomputed = telemetry_log_sha256(in_range)
+    result = mission_pb2.TelemetryVerification(recomputed_sha256=recomputed, frames_stored=len(sequences),
+                                               frames_missing=missing, verify_time=to_timestamp(now))
+    if missing:
+        result.result, result.reason = mission_pb2.TelemetryVerification.RESULT_DISPUTED, "FRAMES_MISSING"
+        return result
+    if recomputed != manifest.telemetry_log_sha256:
+        raise InvalidArgument(
+            f"the proof's telemetry log digest does not match the stored frames #{first}..#{last} "
+            f"({len(sequences)} frames, sha256 {recomputed})", reason="POD_TELEMETRY_HASH_MISMATCH",
+            metadata={"first_sequence": str(first), "last_sequence": str(last), "recomputed_sha256": recomputed},
+            violations=[FieldViolation("proof_of_delivery.manifest",
+                                       f"telemetry_log_sha256 differs from the stored frames #{first}..#{last}")])
+    result.result, result.reason = mission_pb2.TelemetryVerification.RESULT_VERIFIED, "TELEMETRY_LOG_MATCHES"
+    return result
 
 
 def validate_photo_digest(value: str) -> bool:
@@ -123,22 +177,32 @@ def read_manifest(proof: mission_pb2.ProofOfDelivery, certificate_pem: bytes) ->
                               violations=[FieldViolation("proof_of_delivery.manifest", "not decodable")]) from None
 
 
+def manifest_facts(manifest: mission_pb2.DeliveryManifest) -> ManifestFacts:
+    """The checked parts of a decoded manifest."""
+    return ManifestFacts(manifest.mission_id, manifest.vehicle_id, manifest.tms_load_id, tuple(manifest.photo_sha256),
+                         from_timestamp(manifest.deliver_time), manifest.telemetry_log_sha256,
+                         manifest.telemetry_first_sequence, manifest.telemetry_last_sequence)
+
+
 def deliver(mission: mission_pb2.Mission, proof: mission_pb2.ProofOfDelivery,
-            manifest: mission_pb2.DeliveryManifest, now: datetime) -> bool:
-    """Record the proof (its manifest must match the mission) and move ARRIVED → DELIVERED; False when
-    already delivered. The last stop is departed at delivery (never before its arrival)."""
+            manifest: mission_pb2.DeliveryManifest, now: datetime,
+            verification: mission_pb2.TelemetryVerification | None = None) -> bool:
+    """Record the proof (its manifest must match the mission) with its telemetry verification and move
+    ARRIVED → DELIVERED; False when already delivered. The last stop is departed at delivery (never before
+    its arrival)."""
     after = transition(mission_status(mission), Action.DELIVER)
     if after is None:
         return False
     check_manifest(
-        ManifestFacts(manifest.mission_id, manifest.vehicle_id, manifest.tms_load_id, tuple(manifest.photo_sha256),
-                      from_timestamp(manifest.deliver_time)),
+        manifest_facts(manifest),
         mission_id=mission.name.removeprefix("missions/"), vehicle_id=mission.vehicle.removeprefix("vehicles/"),
         tms_load_id=mission.load.tms_load_id, photo_sha256=[p.sha256 for p in proof.photos])
     recorded = mission.proof_of_delivery
     recorded.CopyFrom(proof)
     recorded.manifest_details.CopyFrom(manifest)
     recorded.submit_time.CopyFrom(to_timestamp(now))
+    if verification is not None:
+        recorded.telemetry_verification.CopyFrom(verification)
     last = mission.stops[-1]
     delivered = from_timestamp(manifest.deliver_time)
     assert delivered is not None  # check_manifest refused a manifest without one

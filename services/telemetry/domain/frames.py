@@ -7,6 +7,7 @@ events (geofence, ETA, liveness) are in tracking.py and its neighbours.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 from collections.abc import Mapping
@@ -82,11 +83,13 @@ class Verified:
 
 @dataclass(frozen=True)
 class VehicleKey:
-    """The public key of one vehicle certificate, named as frame.proto names it."""
+    """The public key of one vehicle certificate, named as frame.proto names it; ``certificate_pem`` is the
+    certificate itself when it is at hand (the stream's peer), empty for a key restored from its SPKI."""
 
     key_id: str
     public_key: ec.EllipticCurvePublicKey
     spki_der: bytes
+    certificate_pem: bytes = b""
 
 
 #: SignedFrame.key_id of a DER SubjectPublicKeyInfo (the runtime's rule, shared with proof of delivery).
@@ -100,8 +103,9 @@ def vehicle_key(cert_pem: bytes) -> VehicleKey:
     Raises ValueError when the certificate does not carry a P-256 key (frames could never verify).
     """
     cert = x509.load_pem_x509_certificate(cert_pem)
-    return key_from_spki(cert.public_key().public_bytes(serialization.Encoding.DER,
-                                                        serialization.PublicFormat.SubjectPublicKeyInfo))
+    key = key_from_spki(cert.public_key().public_bytes(serialization.Encoding.DER,
+                                                       serialization.PublicFormat.SubjectPublicKeyInfo))
+    return dataclasses.replace(key, certificate_pem=cert_pem)
 
 
 @functools.lru_cache(maxsize=16384)

@@ -91,6 +91,10 @@ class Reads:
             exhausted = not following or scope.beyond(telemetry_frame(scope, following[0]).payload, self._skew_ms)
         return out, cursor, exhausted
 
+    async def certificates(self, vehicle_id: str) -> list[tuple[str, bytes, int]]:
+        """``(key id, certificate PEM, first seen ms)`` of the certificates the vehicle authenticated with."""
+        return await self._store.certificates(vehicle_id)
+
     async def watch_cursor(self, scope: FrameScope, after_sequence: int) -> int:
         """Where a watch starts: after the requested sequence (never below a mission's floor: replay), else at
         the current high-water mark (live only)."""

@@ -149,7 +149,8 @@ class Streams:
     async def keys(self, vehicle_id: str, current: VehicleKey) -> dict[str, VehicleKey]:
         """The current certificate's key plus every earlier one of the vehicle (frames spooled before a
         rotation keep their key id)."""
-        stored = await self._store.remember_key(vehicle_id, current.key_id, current.spki_der)
+        stored = await self._store.remember_key(vehicle_id, current.key_id, current.spki_der,
+                                               current.certificate_pem)
         keys = {current.key_id: current}
         for key_id, spki in list(stored.items())[:_KEY_LIMIT]:
             try:

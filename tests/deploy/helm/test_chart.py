@@ -35,8 +35,8 @@ KUBE_VERSION = kubernetes_validate.latest_version()
 #: which transcodes every haulmesh.<area>.v1 API (its own webhook API included).
 CALLERS = {
     "tender": {"gateway"},
-    "mission": {"gateway", "tender", "telemetry"},
-    "telemetry": {"gateway"},
+    "mission": {"gateway", "tender", "telemetry", "billing"},
+    "telemetry": {"gateway", "mission", "billing"},
     "billing": {"gateway", "tender", "mission"},
     "gateway": {"gateway"},
 }
@@ -157,6 +157,22 @@ def test_state_and_tmp_are_writable_volumes_and_tls_is_mounted_whole(rendered: R
         assert mounts["/etc/haulmesh/tls"]["readOnly"] is True
         # subPath mounts never see a renewed certificate; the services re-read whole Secret mounts.
         assert not any("subPath" in m for m in mounts.values())
+
+
+def test_only_billing_mounts_the_evidence_key(chart: ChartRenderer, rendered: Rendered) -> None:
+    """Least privilege: the evidence key's Secret reaches the one process that seals packs, optional."""
+    for name in SERVICES:
+        mounts = {m["mountPath"]: m for m in rendered.container(name)["volumeMounts"]}
+        assert ("/etc/haulmesh/evidence" in mounts) == (name == "billing"), name
+        assert ("HAULMESH_BILLING_EVIDENCE_KEY_FILE" in rendered.env(name)) == (name == "billing"), name
+    assert rendered.env("billing")["HAULMESH_BILLING_EVIDENCE_KEY_FILE"]["value"] == "/etc/haulmesh/evidence/tls.key"
+    volume = next(v for v in rendered.deployment("billing")["spec"]["template"]["spec"]["volumes"]
+                  if v["name"] == "evidence")
+    assert volume["secret"]["optional"] is True and volume["secret"]["secretName"].endswith("-evidence-key")
+    named = chart.render({"evidence": {"secretName": "my-evidence"}})
+    volume = next(v for v in named.deployment("billing")["spec"]["template"]["spec"]["volumes"]
+                  if v["name"] == "evidence")
+    assert volume["secret"]["secretName"] == "my-evidence"
 
 
 # --- network exposure --------------------------------------------------------------------------------------
@@ -388,6 +404,7 @@ def test_every_readme_variable_can_be_set(chart: ChartRenderer) -> None:
     # Variables the chart sets from its own keys, and where.
     gateway_only = {"HAULMESH_HTTP_PORT", "HAULMESH_GATEWAY_DEVICE_PORT", "HAULMESH_JWKS_FILE",
                     "HAULMESH_JWT_ISSUER", "HAULMESH_JWT_AUDIENCE"}
+    billing_only = {"HAULMESH_BILLING_EVIDENCE_CERT_FILE", "HAULMESH_BILLING_EVIDENCE_KEY_FILE"}
     # Never set: HAULMESH_CERT_DIR (the explicit TLS files win), HAULMESH_JWKS_URL (ALL_ON mounts a JWKS file;
     # PRODUCTION sets the URL, checked below).
     unset = {"HAULMESH_CERT_DIR", "HAULMESH_JWKS_URL"}
@@ -396,7 +413,8 @@ def test_every_readme_variable_can_be_set(chart: ChartRenderer) -> None:
         for variable in names:
             if "<" in variable:  # HAULMESH_<SERVICE>_ADDR
                 assert all(f"HAULMESH_{peer.upper()}_ADDR" in env for peer in SERVICES)
-            elif variable in unset or (variable in gateway_only and name != "gateway"):
+            elif variable in unset or (variable in gateway_only and name != "gateway") \
+                    or (variable in billing_only and name != "billing"):
                 assert variable not in env, (name, variable)
             else:
                 assert variable in env, (name, variable)

@@ -50,11 +50,11 @@ tender:
 mission:
   grpcPort: 50052
   grpcService: haulmesh.mission.v1.MissionService
-  callers: [gateway, tender, telemetry]
+  callers: [gateway, tender, telemetry, billing]
 telemetry:
   grpcPort: 50053
   grpcService: haulmesh.telemetry.v1.TelemetryService
-  callers: [gateway]
+  callers: [gateway, mission, billing]
 billing:
   grpcPort: 50054
   grpcService: haulmesh.billing.v1.BillingService
@@ -238,6 +238,13 @@ spec:
               value: /etc/haulmesh/tls/tls.crt
             - name: HAULMESH_TLS_KEY_FILE
               value: /etc/haulmesh/tls/tls.key
+            {{- if eq $name "billing" }}
+            {{- /* The evidence key that seals evidence packs: billing only (least privilege). */}}
+            - name: HAULMESH_BILLING_EVIDENCE_CERT_FILE
+              value: /etc/haulmesh/evidence/tls.crt
+            - name: HAULMESH_BILLING_EVIDENCE_KEY_FILE
+              value: /etc/haulmesh/evidence/tls.key
+            {{- end }}
             {{- /* Short Service names: the names `haulmesh pki` and cert-manager put in the certificates. */}}
             {{- range $peer, $peerTopology := $topology }}
             - name: HAULMESH_{{ upper $peer }}_ADDR
@@ -307,6 +314,11 @@ spec:
               mountPath: /var/lib/haulmesh
             - name: tmp
               mountPath: /tmp
+            {{- if eq $name "billing" }}
+            - name: evidence
+              mountPath: /etc/haulmesh/evidence
+              readOnly: true
+            {{- end }}
             {{- if and (eq $name "gateway") (not $root.Values.gatewayAuth.jwksUrl) $root.Values.gatewayAuth.jwksConfigMap.name }}
             - name: jwks
               mountPath: /etc/haulmesh/jwks
@@ -325,6 +337,14 @@ spec:
           emptyDir:
             medium: Memory
             sizeLimit: 64Mi
+        {{- if eq $name "billing" }}
+        {{- /* Optional: without it billing runs and an export answers EVIDENCE_KEY_UNAVAILABLE. */}}
+        - name: evidence
+          secret:
+            secretName: {{ $root.Values.evidence.secretName | default (printf "%s-evidence-key" $fullname) }}
+            defaultMode: 0440
+            optional: true
+        {{- end }}
         {{- if and (eq $name "gateway") (not $root.Values.gatewayAuth.jwksUrl) $root.Values.gatewayAuth.jwksConfigMap.name }}
         - name: jwks
           configMap:

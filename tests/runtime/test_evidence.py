@@ -1,0 +1,254 @@
+"""Evidence packs (runtime.evidence): built from direct inputs, verified offline, and every tampering caught."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+
+import pytest
+from cryptography import x509
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from services.runtime import pki
+from services.runtime._audit import verify_entries
+from services.runtime.evidence import _unzip, _zip, build_pack, verify_pack
+
+from .evidence_inputs import VEHICLE, audit_chain, make_inputs, sign_frame
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    return make_inputs()
+
+
+@pytest.fixture(scope="module")
+def pack(inputs) -> bytes:
+    return build_pack(**inputs.kwargs())
+
+
+def _verify(data: bytes, inputs) -> object:
+    return verify_pack(data, trusted_ca_pem=inputs.ca.certificate_pem)
+
+
+def _repack(pack: bytes, change) -> bytes:
+    """The pack's members passed through ``change`` and zipped canonically again (the seal left as it was)."""
+    return _zip(change(_unzip(pack)))
+
+
+def test_a_pack_verifies_offline_and_names_every_check(pack, inputs) -> None:
+    result = _verify(pack, inputs)
+    assert result.ok, result.report()
+    assert [c.name for c in result.passed] == ["container", "seal", "manifest", "canonical", "mission",
+                                               "vehicle certificates", "frames", "proof of delivery", "invoice",
+                                               "audit"]
+    assert result.facts["frames"] == 3 and result.facts["pod_verified"] is True
+    assert "VERIFIED" in result.report()
+    # Without a pinned CA the pack's own CA is used, and the report says it was not pinned.
+    unpinned = verify_pack(pack)
+    assert unpinned.ok and "not pinned" in unpinned.report()
+
+
+def test_same_inputs_same_bytes(inputs, pack) -> None:
+    assert build_pack(**inputs.kwargs()) == pack
+    # The frames' order in the input does not matter: the pack sorts them.
+    shuffled = dict(inputs.kwargs(), frames=list(reversed(inputs.frames)))
+    assert build_pack(**shuffled) == pack
+
+
+def test_every_single_byte_flip_fails(pack, inputs) -> None:
+    """Exhaustive: each offset of the small pack, xor 0x01 and xor 0xff; each names the first failure."""
+    for offset in range(len(pack)):
+        for mask in (0x01, 0xFF):
+            flipped = bytearray(pack)
+            flipped[offset] ^= mask
+            result = _verify(bytes(flipped), inputs)
+            assert not result.ok, f"flip at {offset} ^ {mask:#x} passed"
+            assert result.failure is not None and result.failure.detail
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_change_of_one_byte_fails(pack, inputs, data) -> None:
+    offset = data.draw(st.integers(0, len(pack) - 1))
+    value = data.draw(st.integers(0, 255).filter(lambda v: v != pack[offset]))
+    changed = pack[:offset] + bytes([value]) + pack[offset + 1:]
+    assert not _verify(changed, inputs).ok
+
+
+def test_truncated_or_extended_files_fail(pack, inputs) -> None:
+    for cut in (1, 22, len(pack) // 2, len(pack) - 1):
+        assert not _verify(pack[:cut], inputs).ok
+    assert _verify(pack + b"\0", inputs).failure.name == "container"
+    assert not _verify(b"junk" + pack, inputs).ok
+
+
+def test_a_removed_member_fails(pack, inputs) -> None:
+    result = _verify(_repack(pack, lambda ms: [m for m in ms if m[0] != "invoice.json"]), inputs)
+    assert result.failure.name == "manifest" and "missing" in result.failure.detail
+
+
+def test_an_added_member_fails(pack, inputs) -> None:
+    result = _verify(_repack(pack, lambda ms: [*ms[:1], ("extra.txt", b"hello"), *ms[1:]]), inputs)
+    assert result.failure.name == "manifest" and "extra.txt" in result.failure.detail
+
+
+def test_a_renamed_member_fails(pack, inputs) -> None:
+    renamed = _repack(pack, lambda ms: [("invoice2.json" if n == "invoice.json" else n, d) for n, d in ms])
+    assert _verify(renamed, inputs).failure.name == "manifest"
+
+
+def test_reordered_members_fail(pack, inputs) -> None:
+    swapped = _repack(pack, lambda ms: [ms[1], ms[0], *ms[2:]])
+    assert _verify(swapped, inputs).failure.name == "manifest"
+
+
+def test_a_path_escaping_the_folder_fails(pack, inputs) -> None:
+    hostile = _repack(pack, lambda ms: [("../evil", b"x"), *ms])
+    result = _verify(hostile, inputs)
+    assert result.failure.name == "container" and "not allowed" in result.failure.detail
+
+
+def test_metadata_changes_with_a_consistent_crc_still_fail(pack, inputs) -> None:
+    """A member's time changed in both its local header and the central directory: only the canonical rebuild
+    sees it (the members and the seal are untouched)."""
+    data = bytearray(pack)
+    for signature, time_at in ((b"PK\x03\x04", 10), (b"PK\x01\x02", 12)):
+        at = data.find(signature)
+        struct.pack_into("<H", data, at + time_at, 0x6000)
+    result = _verify(bytes(data), inputs)
+    assert result.failure.name == "container" and "canonical" in result.failure.detail
+    assert [c.name for c in result.passed] == ["container", "seal", "manifest"]
+
+
+def test_a_frame_signed_by_another_trucks_key_fails(inputs) -> None:
+    other = pki.issue(inputs.ca, pki.identity_for("vehicle", "AU-TRK-2002"))
+    # Another truck signing this truck's frame (its payload names our vehicle): the key is not ours.
+    forged = sign_frame(other, 2, 29.78, -95.35)
+    frames = [inputs.frames[0], forged, inputs.frames[2]]
+    result = _verify(build_pack(**dict(inputs.kwargs(), frames=frames)), inputs)
+    assert result.failure.name == "frames" and "not a certificate of vehicle/" in result.failure.detail
+    # ... even when the pack carries the other truck's certificate too.
+    result = _verify(build_pack(**dict(inputs.kwargs(), frames=frames,
+                                       vehicle_certificates=[inputs.truck.certificate_pem, other.certificate_pem])),
+                     inputs)
+    assert result.failure.name == "vehicle certificates" and "AU-TRK-2002" in result.failure.detail
+
+
+def test_a_frame_with_a_forged_signature_fails(inputs) -> None:
+    bad = inputs.frames[1]
+    bad = type(bad)(bad.sequence, bad.payload, inputs.frames[0].signature, bad.key_id, bad.receive_time)
+    result = _verify(build_pack(**dict(inputs.kwargs(), frames=[inputs.frames[0], bad, inputs.frames[2]])), inputs)
+    assert result.failure.name == "frames" and "frame 2" in result.failure.detail
+
+
+def test_a_missing_frame_breaks_the_pod_hash(inputs) -> None:
+    result = _verify(build_pack(**dict(inputs.kwargs(), frames=[inputs.frames[0], inputs.frames[2]])), inputs)
+    assert result.failure.name == "proof of delivery"
+
+
+def test_a_frame_of_another_mission_fails(inputs) -> None:
+    stray = sign_frame(inputs.truck, 4, 29.8, -95.3, mission_id="OTHER")
+    result = _verify(build_pack(**dict(inputs.kwargs(), frames=[*inputs.frames, stray])), inputs)
+    assert result.failure.name == "frames" and "frame 4" in result.failure.detail
+
+
+def test_an_invoice_of_another_mission_fails(inputs) -> None:
+    invoice = type(inputs.invoice)()
+    invoice.CopyFrom(inputs.invoice)
+    invoice.mission = "missions/OTHER"
+    assert _verify(build_pack(**dict(inputs.kwargs(), invoice=invoice)), inputs).failure.name == "invoice"
+
+
+def test_invoiced_miles_must_follow_from_the_frames(inputs) -> None:
+    assert "mi measured from frames 1..3" in _verify(build_pack(**inputs.kwargs()), inputs).passed[8].detail
+    invoice = type(inputs.invoice)()
+    invoice.CopyFrom(inputs.invoice)
+    invoice.usage.miles += 10
+    result = _verify(build_pack(**dict(inputs.kwargs(), invoice=invoice)), inputs)
+    assert result.failure.name == "invoice" and "the frames measure" in result.failure.detail
+    invoice.CopyFrom(inputs.invoice)
+    invoice.usage.provenance.last_sequence = 2
+    assert "provenance says" in _verify(build_pack(**dict(inputs.kwargs(), invoice=invoice)), inputs).failure.detail
+
+
+def test_an_edited_audit_entry_fails(inputs) -> None:
+    entries = list(inputs.audit_entries)
+    entries[1] = type(entries[1])(entries[1].chain, entries[1].entry_id,
+                                  entries[1].record.replace('"OK"', '"DENIED"'), entries[1].hash)
+    result = _verify(build_pack(**dict(inputs.kwargs(), audit_entries=entries)), inputs)
+    assert result.failure.name == "audit" and "edited" in result.failure.detail
+
+
+def test_another_ca_fails_the_seal(pack, inputs) -> None:
+    result = verify_pack(pack, trusted_ca_pem=pki.create_ca().certificate_pem)
+    assert result.failure.name == "seal" and "pinned" in result.failure.detail
+
+
+def test_a_seal_by_a_tls_certificate_fails(inputs) -> None:
+    """The evidence key must be signing-only: a service's TLS certificate cannot seal."""
+    tls = pki.issue(inputs.ca, pki.identity_for("service", "billing"))
+    seal = type(inputs.seal).load(tls.certificate_pem, tls.private_key_pem, inputs.ca.certificate_pem)
+    result = _verify(build_pack(**dict(inputs.kwargs(), seal=seal)), inputs)
+    assert result.failure.name == "seal" and "signing-only" in result.failure.detail
+
+
+def test_the_evidence_certificate_is_signing_only(inputs) -> None:
+    cert = x509.load_pem_x509_certificate(inputs.seal.certificate_pem)
+    usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert usage.digital_signature and not usage.key_agreement and not usage.key_cert_sign
+    assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [pki.DOCUMENT_SIGNING]
+
+
+def test_the_container_is_a_plain_zip(pack) -> None:
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(pack)) as archive:
+        assert archive.testzip() is None
+        assert archive.namelist()[-1] == "seal.dsse.json"
+        assert all(zlib.crc32(archive.read(i)) == i.CRC for i in archive.infolist())
+        assert archive.read("certs/vehicles/" + inputs_key(archive)).startswith(b"-----BEGIN CERTIFICATE")
+
+
+def inputs_key(archive) -> str:
+    return next(n for n in archive.namelist() if n.startswith("certs/vehicles/")).rsplit("/", 1)[1]
+
+
+# --- the audit excerpt check ---------------------------------------------------------------------------------
+
+def test_audit_excerpts_with_gaps_verify_but_broken_links_do_not() -> None:
+    chain = audit_chain([f"missions/M{i}" for i in range(6)])
+    assert verify_entries(chain) == []
+    assert verify_entries([chain[0], chain[3], chain[4]]) == []  # a gap is not a break
+    swapped = [chain[0], chain[2], chain[1]]
+    assert any("reordered" in p for p in verify_entries(swapped))
+    other = audit_chain(["x", "y"], chain="audit:{other}")
+    relinked = [chain[0], type(other[1])(chain[0].chain, "9-0", other[1].record, other[1].hash)]
+    assert any("link broken" in p for p in verify_entries(relinked))
+
+
+def test_vehicle_constant_matches_the_truck(inputs) -> None:
+    assert inputs.mission.vehicle == f"vehicles/{VEHICLE}"
+
+
+async def test_audit_entries_touching_a_mission_come_with_their_links(client) -> None:
+    """On a real store: two writers' chains; the run between the first and last touching entry of each chain comes
+    out whole (so every link verifies), entries after the last touching one do not, other chains give nothing."""
+    from services.runtime import AuditLog, audit_entries_touching
+
+    first, second = AuditLog(client, "billing"), AuditLog(client, "mission")
+    for resource in ["tenders/X", "missions/M", "invoices/I", "missions/OTHER", "missions/M", "tenders/Y"]:
+        await first.append(actor="spiffe://haulmesh.local/service/gateway", method="/x.Y/Z", resource=resource)
+    for resource in ["missions/OTHER", "missions/OTHER"]:
+        await second.append(actor="spiffe://haulmesh.local/operator/ops", method="/x.Y/Z", resource=resource)
+    entries = await audit_entries_touching(client, {"missions/M", "invoices/I"})
+    records = [json.loads(e.record) for e in entries]
+    assert [r["resource"] for r in records] == ["missions/M", "invoices/I", "missions/OTHER", "missions/M"]
+    assert [r["seq"] for r in records] == [2, 3, 4, 5]
+    assert {e.chain for e in entries} == {first.stream}
+    assert verify_entries(entries) == []
+    # A run longer than the bound is cut to the touching entries alone: links hold where they are adjacent.
+    cut = await audit_entries_touching(client, {"missions/M", "invoices/I"}, max_segment_entries=2)
+    assert [json.loads(e.record)["seq"] for e in cut] == [2, 3, 5] and verify_entries(cut) == []
