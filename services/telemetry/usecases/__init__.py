@@ -4,9 +4,11 @@
 * reads.py: pages and watches of a vehicle's or a mission's frames;
 * tracking.py: derived events and liveness of the vehicles on a mission, published through the outbox;
 * commands.py: mission events → commands queued for trucks;
-* missions.py: telemetry's own events → mission service calls.
+* missions.py: telemetry's own events → mission service calls;
+* archive.py: the archive tier (Parquet parts in the object store, trim only after archive) and reads across tiers.
 """
 
+from .archive import ArchiveConflict, Archiver, ArchiveRun, TieredFrames
 from .commands import CommandRelay
 from .missions import MissionActions, MissionNotReady
 from .reads import Reads
@@ -16,6 +18,9 @@ from .tracking import MISSION_EVENT_TYPES, MissionTracking
 __all__ = [
     "COMMAND_SWEEP_SECONDS",
     "MISSION_EVENT_TYPES",
+    "ArchiveConflict",
+    "ArchiveRun",
+    "Archiver",
     "CommandRelay",
     "MissionActions",
     "MissionNotReady",
@@ -23,4 +28,5 @@ __all__ = [
     "Reads",
     "Session",
     "Streams",
+    "TieredFrames",
 ]
