@@ -23,6 +23,7 @@ __all__ = [
     "UNASSIGNED_CARRIER",
     "PartEntry",
     "PartPlan",
+    "day_of",
     "due_count",
     "manifest_key",
     "part_key",
