@@ -136,7 +136,7 @@ class SeaweedS3:
                 raise RuntimeError(f"weed exited with {self.process.returncode}; see {self.directory / 'weed.log'}")
             try:
                 client.list_buckets()
-            except Exception:  # noqa: BLE001 - not up yet: connection refused, 503, IAM not loaded
+            except Exception:  # not up yet: connection refused, 503, IAM not loaded
                 return False
             return True
 
