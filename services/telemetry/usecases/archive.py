@@ -104,10 +104,10 @@ class Archiver:
             return
         try:
             run = await self.archive_vehicle(vehicle_id, through=high_water)
-        except ObjectStoreError as exc:
+        except (ObjectStoreError, OSError) as exc:
             metrics.ARCHIVE_FAILURES.inc()
             _log.warning("archive of completed %s (vehicle %s) failed: %s; the periodic job will retry",
-                         mission.name, vehicle_id, exc.message)
+                         mission.name, vehicle_id, exc)
             return
         _log.info("%s completed: vehicle %s archived through %d (%d frames in %d new parts)", mission.name,
                   vehicle_id, high_water, run.frames_archived, run.parts_written)
@@ -119,9 +119,9 @@ class Archiver:
         for vid in [vehicle_id] if vehicle_id else await self._store.vehicles():
             try:
                 total.add(await self.archive_vehicle(vid, through=None if not force else 0))
-            except ObjectStoreError as exc:
+            except (ObjectStoreError, OSError) as exc:  # OSError: a local directory failing under the store
                 metrics.ARCHIVE_FAILURES.inc()
-                _log.warning("archive of vehicle %s stopped: %s", vid, exc.message)
+                _log.warning("archive of vehicle %s stopped: %s", vid, exc)
                 if vehicle_id:
                     raise
         return total
@@ -216,8 +216,11 @@ class Archiver:
             raise ArchiveConflict(f"{plan.key} exists but cannot be read", metadata={"key": plan.key})
         if head.sha256 != hashlib.sha256(data).hexdigest():
             # Not our bytes (another pyarrow wrote it, or certificates were learnt since): compare the envelopes.
-            existing = read_part(await asyncio.to_thread(self._objects.get, plan.key))
-            if [_envelope(f) for f in existing.frames] != [_envelope(f) for f in frames]:
+            try:
+                existing = read_part(await asyncio.to_thread(self._objects.get, plan.key)).frames
+            except ValueError:
+                existing = []
+            if [_envelope(f) for f in existing] != [_envelope(f) for f in frames]:
                 raise ArchiveConflict(f"{plan.key} holds other frames than the hot stream's "
                                       f"{plan.first}..{plan.last}", metadata={"key": plan.key})
         _log.info("adopted %s written by an earlier, interrupted run", plan.key)

@@ -60,6 +60,8 @@ async def test_kill_between_write_and_index_loses_and_duplicates_nothing(
     # Yesterday's frames and today's: two parts; the process dies right after the first part's object is written.
     frames = [truck.frame(s, device_time=now - DAY if s <= 4 else now) for s in range(1, 9)]
     env = {"HAULMESH_ARCHIVE_URL": str(archive)}
+    for state in ("one", "two"):
+        (tmp_path / state).mkdir()
     async with TelemetryProcess.running(mesh_pki, tmp_path / "one", store_url,
                                         HAULMESH_ARCHIVE_TEST_KILL_AFTER_WRITE="1", **env) as doomed:
         await stream(doomed, truck, frames)
