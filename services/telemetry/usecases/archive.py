@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from haulmesh.events.v1 import event_pb2
 from haulmesh.mission.v1 import mission_pb2
 from haulmesh.telemetry.v1 import frame_pb2
+from services.runtime import Unavailable
 from services.runtime.objectstore import ObjectExists, ObjectStore, ObjectStoreError
 
 from .. import metrics
@@ -256,14 +257,15 @@ class TieredFrames:
                 if archived:
                     return archived
             hot = await self._store.frames(vehicle_id, after=after, through=through, count=count)
-            if self._objects is None or not hot or hot[0].sequence == after + 1:
+            if self._objects is None or (hot and hot[0].sequence == after + 1):
                 return hot
             # Sequences skipped between ``after`` and the first hot frame were never stored (lost by the truck) or
-            # were trimmed since ``first_hot`` was read (then they are archived): look again in the latter case.
-            parts = await self._store.archive_parts(vehicle_id, after, limit=1)
-            if not parts or parts[0].first >= hot[0].sequence:
+            # were trimmed after ``first_hot`` was read (then they are archived). The stream's first id only grows,
+            # so an unchanged first id means no trim came between: the skipped ones are gaps.
+            if await self._store.first_hot(vehicle_id) == first_hot:
                 return hot
-        raise ArchiveConflict(f"vehicle {vehicle_id}: reads after {after} keep racing the trim")
+        raise Unavailable(f"reads of vehicle {vehicle_id} after {after} keep meeting the archive's trim; retry",
+                          reason="ARCHIVE_TRIM_RACE")
 
     async def _archived(self, vehicle_id: str, after: int, upper: int, count: int) -> list[StoredFrame]:
         out: list[StoredFrame] = []

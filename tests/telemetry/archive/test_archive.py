@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from haulmesh.events.v1 import event_pb2, mission_events_pb2
+from haulmesh.mission.v1 import mission_pb2
 from services.runtime import pki
 from services.runtime.objectstore import ObjectStore, ObjectStoreError, open_object_store
 from services.telemetry.domain.archive import PartEntry, manifest_key
@@ -200,3 +202,26 @@ def test_reads_return_exactly_the_stored_set_whatever_the_interleaving(store_url
             await client.aclose()
 
     asyncio.run(run())
+
+
+def _mission_event(vehicle: str, state: int, *, dispatched: bool = False) -> event_pb2.Event:
+    mission = mission_pb2.Mission(name=f"missions/M-{vehicle}", vehicle=f"vehicles/{vehicle}", state=state)
+    if dispatched:
+        return event_pb2.Event(carrier="carriers/acme", mission_dispatched=mission_events_pb2.MissionDispatched(
+            mission=mission))
+    return event_pb2.Event(carrier="carriers/acme", mission_state_changed=mission_events_pb2.MissionStateChanged(
+        mission=mission))
+
+
+async def test_a_completed_mission_is_archived_at_once_under_its_carrier(tiers: Tiers) -> None:
+    """Frames are fresh (far inside the archive lag), yet COMPLETED archives them right away."""
+    await tiers.archiver.on_mission_event(_mission_event(tiers.vehicle, mission_pb2.Mission.STATE_DISPATCHED,
+                                                         dispatched=True))
+    await tiers.ingest([1, 2, 3, 4])
+    await tiers.archiver.on_mission_event(_mission_event(tiers.vehicle, mission_pb2.Mission.STATE_ARRIVED))
+    assert (await tiers.store.archive_state(tiers.vehicle))[0] == 0  # not settled yet: nothing forced
+    await tiers.archiver.on_mission_event(_mission_event(tiers.vehicle, mission_pb2.Mission.STATE_COMPLETED))
+    upto, _, frames, carrier = await tiers.store.archive_state(tiers.vehicle)
+    assert (upto, frames, carrier) == (4, 4, "acme")
+    [part] = await tiers.store.archive_parts(tiers.vehicle, 0)
+    assert f"carrier=acme/vehicle={tiers.vehicle}/" in part.key
