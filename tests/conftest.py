@@ -9,7 +9,9 @@ store is a real Valkey the tests start on a free port; every call goes over real
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,7 @@ from services.runtime import (
     poll_until,
     status_of,
 )
+from tests.objectstore import SeaweedS3
 from tests.trucks import Truck
 
 
@@ -150,3 +153,27 @@ def rich_error(error: grpc.aio.AioRpcError) -> RichError:
 async def wait_for(predicate, *, timeout_seconds: float = 10.0, interval_seconds: float = 0.05):
     """Poll ``predicate`` (sync or async) until it returns a truthy value (the runtime's ``poll_until``)."""
     return await poll_until(predicate, timeout_seconds=timeout_seconds, interval_seconds=interval_seconds)
+
+
+# --- object store (issue 10): a real S3 server (SeaweedFS) for the session, a fresh Object Lock bucket per test ---
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    """One SeaweedFS ``weed server -s3`` for the session, on free ports, with credentials made for this run
+    (``s3_server.env()`` gives them as AWS_* variables, e.g. for a service process's environment)."""
+    with SeaweedS3(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(s3_server: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket with Object Lock (so versioned) on the session's server, as the ``s3://`` URL that
+    ``open_object_store`` takes. Its credentials are in this test's environment (the standard AWS variables, set
+    by monkeypatch; a profile or metadata lookup cannot interfere), since an object store URL never holds them."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {**s3_server.env(), "AWS_EC2_METADATA_DISABLED": "true",
+                        "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}.items():
+        monkeypatch.setenv(name, value)
+    bucket = s3_server.create_bucket(f"test-{uuid.uuid4().hex[:20]}")
+    return s3_server.url(bucket)

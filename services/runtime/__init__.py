@@ -2,8 +2,9 @@
 paging and filters, time and distance.
 
 Services, scripts and tests import from here, or from the runtime's public modules (``lanes``: the fleet's lane
-facts; ``pki``: the dev certificate authority; ``tokens``: the dev OAuth2 issuer; ``cli``: the ``haulmesh``
-command); the private modules behind them may change. ``__all__`` is what is used outside the runtime, pinned by
+facts; ``pki``: the dev certificate authority; ``tokens``: the dev OAuth2 issuer; ``objectstore``: create-only,
+checksummed object storage, a local directory or S3 with Object Lock; ``cli``: the ``haulmesh`` command); the
+private modules behind them may change. ``__all__`` is what is used outside the runtime, pinned by
 tests/runtime/test_public_api.py.
 """
 

@@ -26,7 +26,8 @@ retained *version* is refused by the server and raised as :class:`ObjectLocked`.
 
 SeaweedFS 4.48 (the test server, tests/objectstore.py), checked by experiment: ``CreateBucket`` with
 ``ObjectLockEnabledForBucket=True`` enables Object Lock and versioning; ``If-None-Match: *`` is honoured (412,
-also on a bucket without Object Lock, and race-safe: of 8 concurrent creates exactly one wins); a wrong
+also on a bucket without Object Lock, and race-safe: of 8 concurrent creates exactly one wins, the losers
+answered in steps of about a second, as if polling a lock); a wrong
 ``x-amz-checksum-sha256`` is refused (400 ``BadDigest``, whose message wrongly says Content-MD5); deleting a
 COMPLIANCE-retained version, shortening its retention, or bypassing it as GOVERNANCE are refused (403
 ``AccessDenied``, as on AWS); a version-less delete adds a delete marker. Differences from AWS: reading a delete
@@ -48,14 +49,14 @@ import re
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, FlexibleChecksumError
+from botocore.exceptions import BotoCoreError, ClientError, FlexibleChecksumError, NoCredentialsError
 
 from ._errors import ConfigError, FieldViolation, HaulmeshError
 
@@ -94,6 +95,8 @@ S3_CONNECT_TIMEOUT_SECONDS = 10
 S3_READ_TIMEOUT_SECONDS = 120
 #: The local store's own files live here, beside the objects; keys may not start a segment with '.'.
 LOCAL_INTERNAL_DIR = ".haulmesh-objectstore"
+#: A local temp file older than this belongs to a write that crashed; opening the store removes it.
+LOCAL_STALE_TEMP_SECONDS = 3600
 _SHA256_METADATA = "sha256"
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _S3_QUERY_PARAMETERS = ("endpoint_url", "region")
@@ -232,14 +235,16 @@ def _check_data(data: bytes) -> bytes:
 
 
 def _check_retention(retain_until: datetime | None) -> datetime | None:
-    """``retain_until`` in UTC; it must be timezone-aware and in the future (a past date protects nothing and
-    S3 refuses it)."""
+    """``retain_until`` in UTC, rounded up to a whole second; it must be timezone-aware and in the future (a past
+    date protects nothing and S3 refuses it)."""
     if retain_until is None:
         return None
     if not isinstance(retain_until, datetime) or retain_until.utcoffset() is None:
         raise InvalidObjectRequest("retain_until", "must be a timezone-aware datetime",
                                    reason="INVALID_RETENTION")
     retain_until = retain_until.astimezone(UTC)
+    if retain_until.microsecond:  # S3 keeps whole seconds: round up, so retention is never shorter than asked
+        retain_until = retain_until.replace(microsecond=0) + timedelta(seconds=1)
     if retain_until <= datetime.now(UTC):
         raise InvalidObjectRequest("retain_until", f"{retain_until.isoformat()} is not in the future",
                                    reason="INVALID_RETENTION")
@@ -281,8 +286,12 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def delete(self, key: str, *, version_id: str = "") -> None:
         """Delete ``key`` (or one version of it); :class:`ObjectLocked` while retention forbids it. Deleting what
-        is not there is not an error (as on S3). On a versioned S3 bucket a delete without ``version_id`` only
-        adds a delete marker: the versions stay readable by id."""
+        is not there is not an error (as on S3).
+
+        On a versioned S3 bucket a delete without ``version_id`` only adds a delete marker: the key reads as
+        missing, its versions stay readable by id. S3 accepts that even for a retained object; this API refuses
+        it (ObjectLocked) as the local store does, so a retained object never vanishes from ``get``/``list``
+        through this API. A retained version's delete is refused by the server itself."""
 
     @abc.abstractmethod
     def self_test(self) -> None:
@@ -325,9 +334,30 @@ class LocalObjectStore(ObjectStore):
         self._internal = root / LOCAL_INTERNAL_DIR
         self._tmp = self._internal / "tmp"
         self._meta = self._internal / "meta"
-        for directory in (self._tmp, self._meta):
-            directory.mkdir(parents=True, exist_ok=True)
+        try:
+            for directory in (self._tmp, self._meta):
+                directory.mkdir(parents=True, exist_ok=True)
+            self._sweep_temp_files()
+        except OSError as error:
+            raise ConfigError(f"object store directory {root} is not usable: {error}",
+                              field="object store url") from error
         self._lock_path = self._internal / "lock"
+
+    def _sweep_temp_files(self) -> None:
+        """Remove temp files of writes that crashed (old enough that no live write can own them)."""
+        cutoff = datetime.now(UTC).timestamp() - LOCAL_STALE_TEMP_SECONDS
+        for entry in os.scandir(self._tmp):
+            with contextlib.suppress(OSError):
+                if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(entry.path)
+
+    @contextlib.contextmanager
+    def _os_errors(self, what: str, key: str) -> Iterator[None]:
+        """A filesystem failure (disk full, permissions) as an ObjectStoreError naming the store and key."""
+        try:
+            yield
+        except OSError as error:
+            raise ObjectStoreError(f"{self.url}: cannot {what} {key!r}: {error}", metadata={"key": key}) from error
 
     # The paths of a key. Keys are validated first, so they cannot leave root nor reach the internal directory.
     def _path(self, key: str) -> Path:
@@ -337,17 +367,20 @@ class LocalObjectStore(ObjectStore):
         return self._meta / f"{key}.json"
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self, *, shared: bool = False) -> Iterator[None]:
+        """The store's lock: exclusive to publish or delete, shared to read an object and its sidecar as one."""
         fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)  # closing the descriptor releases the lock
 
     def put_new(self, key: str, data: bytes, *, retain_until: datetime | None = None) -> StoredObject:
         validate_key(key)
-        return self._put_new(key, _check_data(data), _check_retention(retain_until))
+        data, retain_until = _check_data(data), _check_retention(retain_until)
+        with self._os_errors("write", key):
+            return self._put_new(key, data, retain_until)
 
     def _put_new(self, key: str, data: bytes, retain_until: datetime | None) -> StoredObject:
         path, sha256 = self._path(key), _sha256(data)
@@ -357,9 +390,7 @@ class LocalObjectStore(ObjectStore):
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
+                _write_all(fd, data)
                 os.fsync(fd)
                 os.fchmod(fd, 0o444)  # evidence is never edited in place
             finally:
@@ -400,7 +431,7 @@ class LocalObjectStore(ObjectStore):
         tmp = self._tmp / f"{secrets.token_hex(16)}.meta"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.write(fd, body)
+            _write_all(fd, body)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -422,14 +453,12 @@ class LocalObjectStore(ObjectStore):
 
     def get(self, key: str, *, version_id: str = "") -> bytes:
         validate_key(key)
-        stored = self._read_meta(key)
-        if stored is None or (version_id and version_id != stored.version_id):
-            what = f"{key!r} version {version_id!r}" if version_id else repr(key)
-            raise ObjectMissing(f"{self.url}: no object {what}", metadata={"key": key, "version_id": version_id})
-        try:
+        with self._os_errors("read", key), self._locked(shared=True):
+            stored = self._read_meta(key)
+            if stored is None or (version_id and version_id != stored.version_id):
+                what = f"{key!r} version {version_id!r}" if version_id else repr(key)
+                raise ObjectMissing(f"{self.url}: no object {what}", metadata={"key": key, "version_id": version_id})
             data = self._path(key).read_bytes()
-        except FileNotFoundError as error:  # deleted between the two reads
-            raise ObjectMissing(f"{self.url}: no object {key!r}", metadata={"key": key}) from error
         if _sha256(data) != stored.sha256 or len(data) != stored.size:
             raise ObjectCorrupt(f"{self.url}: {key!r} does not match the sha256 recorded when it was written",
                                 metadata={"key": key, "sha256": stored.sha256})
@@ -437,7 +466,8 @@ class LocalObjectStore(ObjectStore):
 
     def head(self, key: str) -> StoredObject | None:
         validate_key(key)
-        return self._read_meta(key)
+        with self._os_errors("read", key), self._locked(shared=True):
+            return self._read_meta(key)
 
     def list(self, prefix: str, *, limit: int = 10_000) -> list[str]:
         _validate_prefix(prefix)
@@ -447,7 +477,7 @@ class LocalObjectStore(ObjectStore):
         if not base.is_dir():
             return []
         keys = []
-        for dirpath, dirnames, filenames in os.walk(base):
+        for dirpath, dirnames, filenames in os.walk(base):  # an unreadable directory is skipped, as os.walk does
             # Never descend into the store's own files (or anything hidden: no key can be hidden).
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             relative = Path(dirpath).relative_to(self.root).as_posix()
@@ -459,7 +489,7 @@ class LocalObjectStore(ObjectStore):
 
     def delete(self, key: str, *, version_id: str = "") -> None:
         validate_key(key)
-        with self._locked():
+        with self._os_errors("delete", key), self._locked():
             stored = self._read_meta(key)
             if stored is None or (version_id and version_id != stored.version_id):
                 return
@@ -501,6 +531,15 @@ class LocalObjectStore(ObjectStore):
             with self._locked():
                 self._path(probe).unlink(missing_ok=True)
                 self._meta_path(probe).unlink(missing_ok=True)
+                self._prune(self._path(probe).parent, self._internal)
+                self._prune(self._meta_path(probe).parent, self._meta)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written (a write may be short)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -534,13 +573,21 @@ class S3ObjectStore(ObjectStore):
         try:
             self._client.head_bucket(Bucket=self.bucket)
         except ClientError as error:
+            if _status(error) in (401, 403):
+                raise ObjectStoreError(f"{self.url}: access to bucket {self.bucket!r} denied ({_status(error)}): "
+                                       "check the AWS credentials in the environment and the bucket's policy",
+                                       reason="OBJECT_STORE_ACCESS_DENIED") from error
             if _status(error) != 404:
                 raise self._error("cannot open the bucket", error) from error
             if not create:
                 raise ConfigError(f"{self.url}: bucket {self.bucket!r} does not exist",
                                   field="object store url") from error
             self._create_bucket()
-        except BotoCoreError as error:  # no connection, no credentials, a bad endpoint: after the retries
+        except NoCredentialsError as error:
+            raise ConfigError(f"{self.url}: no AWS credentials found: set AWS_ACCESS_KEY_ID and "
+                              "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or run with an instance role); an object store "
+                              "url never carries them", field="AWS_ACCESS_KEY_ID") from error
+        except BotoCoreError as error:  # no connection, a bad endpoint: after the retries
             raise self._error("cannot reach the store", error) from error
         try:
             config = self._client.get_object_lock_configuration(Bucket=self.bucket)
@@ -683,6 +730,12 @@ class S3ObjectStore(ObjectStore):
         params = {"Bucket": self.bucket, "Key": self._key(key)}
         if version_id:
             params["VersionId"] = version_id
+        else:
+            # S3 accepts a version-less delete of a retained object as a delete marker, which hides the evidence
+            # from get() and list() while its bytes stay; this API refuses that as the local store does.
+            current = self._head(key)
+            if current is not None and current.retain_until and current.retain_until > datetime.now(UTC):
+                raise self._locked(key, current)
         try:
             self._client.delete_object(**params)
         except (ClientError, BotoCoreError) as error:
@@ -693,11 +746,13 @@ class S3ObjectStore(ObjectStore):
                 # permission by looking at the version's retention.
                 stored = self._head(key, version_id)
                 if stored is not None and stored.retain_until and stored.retain_until > datetime.now(UTC):
-                    raise ObjectLocked(f"{self.url}: {key!r} version {stored.version_id!r} is retained until "
-                                       f"{stored.retain_until.isoformat()}",
-                                       metadata={"key": key, "version_id": stored.version_id,
-                                                 "retain_until": stored.retain_until.isoformat()}) from error
+                    raise self._locked(key, stored) from error
             raise self._error("cannot delete", error, key) from error
+
+    def _locked(self, key: str, stored: StoredObject) -> ObjectLocked:
+        until = stored.retain_until.isoformat() if stored.retain_until else ""
+        return ObjectLocked(f"{self.url}: {key!r} version {stored.version_id!r} is retained until {until}",
+                            metadata={"key": key, "version_id": stored.version_id, "retain_until": until})
 
     def self_test(self) -> None:
         probe = self._key(f"_haulmesh/self-test/{secrets.token_hex(8)}")
