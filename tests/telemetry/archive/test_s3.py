@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,28 +15,16 @@ import redis.asyncio
 
 from services.runtime.objectstore import ObjectLocked, ObjectStore, open_object_store
 from services.telemetry.domain.archive import PartPlan
-from tests.objectstore import SeaweedS3
 from tests.trucks import Truck
 
 from .conftest import Tiers, make_tiers
 from .test_archive import verify_part_offline
 
 
-@pytest.fixture(scope="module")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
-    server = SeaweedS3(tmp_path_factory.mktemp("seaweed")).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture
-def s3_objects(seaweed: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> ObjectStore:
-    for key, value in seaweed.env().items():
-        monkeypatch.setenv(key, value)
-    bucket = seaweed.create_bucket(f"archive-{uuid.uuid4().hex[:12]}", object_lock=True)
-    return open_object_store(seaweed.url(bucket, "fleet"))
+def s3_objects(s3_bucket: str) -> ObjectStore:
+    """The archive in a fresh Object Lock bucket of the session's SeaweedFS (tests/conftest.py)."""
+    return open_object_store(s3_bucket)
 
 
 @pytest.fixture
