@@ -26,7 +26,7 @@ def register(service: Service) -> None:
     try:
         objects = open_object_store(config.archive_url)
         objects.self_test()  # create-only must really refuse a second create, or the archive is unsafe
-    except ObjectStoreError as exc:
+    except (ObjectStoreError, ConfigError) as exc:  # a bad URL, missing credentials, a store that overwrites
         raise ConfigError(f"HAULMESH_ARCHIVE_URL: {exc.message}") from None
     archiver = Archiver(store, objects, config)
     tiered = TieredFrames(store, objects)
