@@ -5,6 +5,8 @@ archived and hot frames through one page token, each frame saying its tier."""
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -94,3 +96,14 @@ async def test_kill_between_write_and_index_loses_and_duplicates_nothing(
         with pytest.raises(grpc.aio.AioRpcError) as denied:
             await run_archive(process, mesh_pki, truck.vehicle_id, who=("service", "mission"))
         assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_haulmesh_archive_run_calls_the_rpc(telemetry: TelemetryProcess, mesh_pki: Pki, truck: Truck) -> None:
+    await stream(telemetry, truck, [truck.frame(1), truck.frame(2)])
+    env = {**os.environ, "HAULMESH_TELEMETRY_ADDR": telemetry.address, "HAULMESH_CERT_DIR": str(mesh_pki.directory)}
+    done = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.runtime.cli", "archive", "run", "--vehicle", truck.vehicle_id,
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(done.communicate(), 60)
+    assert done.returncode == 0, err.decode()
+    assert out.decode().startswith("archived 2 frames in 1 new parts from 1 vehicles; 2 frames in the archive")
