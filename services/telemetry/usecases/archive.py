@@ -83,7 +83,7 @@ class Archiver:
         self._objects = objects
         self._config = config
         #: One run per vehicle at a time in this process (the periodic job, a mission's end, RunArchive).
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     async def on_mission_event(self, event: event_pb2.Event) -> None:
         """Consumer of the mission service's dispatched / state_changed events: the vehicle's carrier is
@@ -130,13 +130,17 @@ class Archiver:
     async def archive_vehicle(self, vehicle_id: str, *, through: int | None = None) -> ArchiveRun:
         """Archive the vehicle's frames: with ``through`` None those received before now minus the archive lag;
         with ``through`` 0 every stored frame; else those at or below sequence ``through``."""
-        lock = self._locks.setdefault(vehicle_id, asyncio.Lock())
-        async with lock:
-            try:
+        lock, users = self._locks.get(vehicle_id, (asyncio.Lock(), 0))
+        self._locks[vehicle_id] = (lock, users + 1)
+        try:
+            async with lock:
                 return await self._archive_vehicle(vehicle_id, through)
-            finally:
-                if not lock.locked() and len(self._locks) > 10_000:
-                    self._locks.pop(vehicle_id, None)
+        finally:
+            lock, users = self._locks[vehicle_id]
+            if users == 1:  # nobody else holds or waits for it: forget it (bounded by the vehicles in progress)
+                del self._locks[vehicle_id]
+            else:
+                self._locks[vehicle_id] = (lock, users - 1)
 
     async def _archive_vehicle(self, vehicle_id: str, through: int | None) -> ArchiveRun:
         run = ArchiveRun(vehicles=1)

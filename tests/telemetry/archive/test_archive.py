@@ -225,3 +225,23 @@ async def test_a_completed_mission_is_archived_at_once_under_its_carrier(tiers: 
     assert (upto, frames, carrier) == (4, 4, "acme")
     [part] = await tiers.store.archive_parts(tiers.vehicle, 0)
     assert f"carrier=acme/vehicle={tiers.vehicle}/" in part.key
+
+
+async def test_two_replicas_archiving_at_once_write_each_part_once(tiers: Tiers, truck: Truck,
+                                                                    store_client: redis.asyncio.Redis,
+                                                                    local_objects: ObjectStore) -> None:
+    """Two archivers (as two telemetry replicas) on one vehicle: every frame in exactly one part."""
+    day = 86400.0
+    now = time.time()
+    for back in (3, 2, 1, 0):  # four days of frames: four parts
+        start = (3 - back) * 5 + 1
+        await tiers.ingest(list(range(start, start + 5)), device_time=now - back * day)
+    other = make_tiers(truck, store_client, local_objects)
+    runs = await asyncio.gather(tiers.archiver.run(tiers.vehicle, force=True),
+                                other.archiver.run(tiers.vehicle, force=True))
+    assert sum(r.frames_archived for r in runs) == 20 and sum(r.parts_written for r in runs) == 4
+    parts = await tiers.store.archive_parts(tiers.vehicle, 0)
+    assert [(p.first, p.last) for p in parts] == [(1, 5), (6, 10), (11, 15), (16, 20)]
+    keys = [k for k in local_objects.list("archive/v1/carrier=") if k.endswith(".parquet")]
+    assert sorted(keys) == sorted(p.key for p in parts)
+    await other.store.close()
