@@ -47,7 +47,7 @@ __all__ = ["ArchiveConflict", "ArchiveRun", "Archiver", "TieredFrames"]
 _log = logging.getLogger("haulmesh.telemetry.archive")
 
 #: Parsed parts kept for reads (a page walks one part at a time; pages in a row read the same part).
-_PART_CACHE_SIZE = 8
+_PART_CACHE_SIZE = 4
 #: Frames per XRANGE while planning (a part is at most MAX_PART_FRAMES).
 _SCAN_CHUNK = 2000
 
