@@ -27,6 +27,9 @@ Keys (``{v}`` is the vehicle id as a Redis Cluster hash tag, so one vehicle's ke
   PartPlan, JSON, of the part being written: recorded before its object is written, removed when its entry is
   committed, so whoever finds it finishes exactly that part), ``carrier`` (the vehicle's last known carrier,
   kept for good: the partition of its parts).
+* ``telemetry:{v}:archive_lease`` — String, the archiver (a random id per process) working on the vehicle's
+  periodic archive, with a TTL: replicas' periodic jobs skip a vehicle another one is archiving (only to save
+  work: two archivers on one vehicle are safe, see usecases/archive.py).
 * ``telemetry:{v}:archive_parts`` — Sorted set of the committed parts' PartEntry (JSON) scored by their last
   sequence: the parts covering sequences after ``s`` are ZRANGEBYSCORE ``(s +inf``.
 * ``telemetry:heard:{heard-<n>}`` — Sorted sets (16 shards by CRC32 of the vehicle id, so no key is hot):
@@ -603,6 +606,15 @@ class TelemetryStore:
         """The vehicle's carrier, for the partition of its parts (kept after its missions end)."""
         if carrier_id:
             await self._redis.hset(_k(vehicle_id, "archive"), "carrier", carrier_id)
+
+    async def take_archive_lease(self, vehicle_id: str, owner: str, ttl_seconds: int) -> bool:
+        """Claim the vehicle's periodic archive for ``owner`` for ``ttl_seconds``; False if another holds it."""
+        return bool(await self._redis.set(_k(vehicle_id, "archive_lease"), owner, nx=True, ex=ttl_seconds))
+
+    async def drop_archive_lease(self, vehicle_id: str, owner: str) -> None:
+        """Release the lease if ``owner`` still holds it."""
+        await self._redis.eval("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) "
+                               "end return 0", 1, _k(vehicle_id, "archive_lease"), owner)
 
     async def plan_part(self, vehicle_id: str, after: int, plan: PartPlan) -> PartPlan | None:
         """Record ``plan`` as the vehicle's pending part if the watermark is still ``after`` and nothing is

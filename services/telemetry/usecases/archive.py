@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import time
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,6 +49,8 @@ _log = logging.getLogger("haulmesh.telemetry.archive")
 
 #: Parsed parts kept for reads (a page walks one part at a time; pages in a row read the same part).
 _PART_CACHE_SIZE = 4
+#: How long a replica's periodic job holds a vehicle (a crashed holder delays that vehicle by at most this).
+_LEASE_SECONDS = 600
 #: Frames per XRANGE while planning (a part is at most MAX_PART_FRAMES).
 _SCAN_CHUNK = 2000
 
@@ -84,6 +87,7 @@ class Archiver:
         self._config = config
         #: One run per vehicle at a time in this process (the periodic job, a mission's end, RunArchive).
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._owner = uuid.uuid4().hex
 
     async def on_mission_event(self, event: event_pb2.Event) -> None:
         """Consumer of the mission service's dispatched / state_changed events: the vehicle's carrier is
@@ -114,10 +118,15 @@ class Archiver:
                   vehicle_id, high_water, run.frames_archived, run.parts_written)
 
     async def run(self, vehicle_id: str = "", *, force: bool = False) -> ArchiveRun:
-        """Archive due frames of one vehicle (or of every vehicle with telemetry). ``force``: every stored frame
-        is due, not only those older than HAULMESH_ARCHIVE_AFTER_SECONDS."""
+        """Archive due frames of one vehicle (or of every vehicle with telemetry). Without ``force`` (the periodic
+        job) only frames older than HAULMESH_ARCHIVE_AFTER_SECONDS are due, and a vehicle another replica holds
+        the lease of is skipped; ``force`` (RunArchive): every stored frame is due, lease or not."""
         total = ArchiveRun()
         for vid in [vehicle_id] if vehicle_id else await self._store.vehicles():
+            # The periodic job skips a vehicle another replica is archiving (saved work, not safety).
+            leased = not force
+            if leased and not await self._store.take_archive_lease(vid, self._owner, _LEASE_SECONDS):
+                continue
             try:
                 total.add(await self.archive_vehicle(vid, through=None if not force else 0))
             except (ObjectStoreError, OSError) as exc:  # OSError: a local directory failing under the store
@@ -125,6 +134,9 @@ class Archiver:
                 _log.warning("archive of vehicle %s stopped: %s", vid, exc)
                 if vehicle_id:
                     raise
+            finally:
+                if leased:
+                    await self._store.drop_archive_lease(vid, self._owner)
         return total
 
     async def archive_vehicle(self, vehicle_id: str, *, through: int | None = None) -> ArchiveRun:
