@@ -161,6 +161,9 @@ def main() -> int:
           f"frames/s (p99 ≤ 50), {figures['telemetry_open_streams']} open streams (≥ 5,000) in "
           f"{figures['telemetry_server_rss_mib']} MiB RSS; the store: {figures['telemetry_store_cpu_us_per_frame']} µs "
           f"CPU and {figures['telemetry_store_bytes_per_frame']} bytes per stored frame (docs/capacity.md)")
+    print(f"archive: {figures['archive_frames_per_s']} frames/s archived to Parquet; bytes per frame "
+          f"{figures['archive_parquet_bytes_per_frame']} in Parquet vs {figures['archive_redis_bytes_per_frame']} "
+          f"in Redis (docs/capacity.md, Data tiers)")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures, separators=(",", ":")))

@@ -7,7 +7,10 @@
   per second;
 * subscriber latency: a watcher on a truck's frames while the fleet sends 2,000 frames/s in all; latency
   from the frame's device time (stamped just before sending) to its arrival at the watcher;
-* open streams: trucks that completed Hello → Welcome and stay connected; the server's RSS with them.
+* open streams: trucks that completed Hello → Welcome and stay connected; the server's RSS with them;
+* archive: one truck's 20,000 stored frames archived by RunArchive (Parquet parts written, read back, manifest,
+  index); frames archived per second, and bytes per frame in Parquet (the parts' sizes) against bytes per frame
+  in Redis (MEMORY USAGE of the truck's stream, before any trim).
 
 Frames are signed up front (ECDSA P-256, as a truck's TPM would) so signing does not slow the generator.
 """
@@ -246,12 +249,46 @@ async def open_streams(mesh: Mesh, ca: pki.CertificateAuthority, *, target: int 
     return held, rss
 
 
+async def archive_rate(mesh: Mesh, ca: pki.CertificateAuthority, operator: grpc.ChannelCredentials, *,
+                       frames: int = 20_000) -> tuple[float, float, float]:
+    """``(frames archived per second, Parquet bytes per frame, Redis bytes per frame)`` for one truck's frames."""
+    [truck] = _trucks(ca, 1, "ARCHIVE")
+    backlog = [truck.frame(i + 1) for i in range(frames)]
+    channel = grpc.aio.secure_channel(mesh.address("telemetry"), truck.credentials)
+    session = Session(channel, truck)
+    await session.open()
+    batch = max(1, session.welcome.max_batch_frames or 500)
+    for start in range(0, frames, batch):
+        await session.send(backlog[start:start + batch])
+    await session.wait_acked(frames, timeout_seconds=300)
+    await session.close()
+    await channel.close()
+    redis_bytes = await _bytes_per_frame(mesh, truck.vehicle_id, frames)
+    async with grpc.aio.secure_channel(mesh.address("telemetry"), operator) as ops:
+        began = time.perf_counter()
+        reply = await telemetry_service_pb2_grpc.TelemetryServiceStub(ops).RunArchive(
+            telemetry_service_pb2.RunArchiveRequest(vehicle=f"vehicles/{truck.vehicle_id}"), timeout=600)
+        elapsed = time.perf_counter() - began
+    parquet_bytes = float("nan")
+    if mesh.store is not None:
+        client = redis.asyncio.Redis.from_url(mesh.store.url)
+        try:
+            parquet_bytes = int(await client.hget(f"telemetry:{{{truck.vehicle_id}}}:archive", "bytes") or 0) / frames
+        finally:
+            await client.aclose()
+    return reply.frames_archived / elapsed, parquet_bytes, redis_bytes
+
+
 async def run_telemetry_bench(mesh: Mesh, ca: pki.CertificateAuthority, *, open_target: int = 5000) -> dict:
     live = await live_cpu(mesh, ca)
     replay_rate = await replay(mesh, ca)
     p50, p99 = await subscriber_latency(mesh, ca, mesh.operator_credentials())
     streams, rss = await open_streams(mesh, ca, target=open_target)
+    archived_per_s, parquet_bytes, redis_bytes = await archive_rate(mesh, ca, mesh.operator_credentials())
     return {
+        "archive_frames_per_s": round(archived_per_s),
+        "archive_parquet_bytes_per_frame": round(parquet_bytes, 1),
+        "archive_redis_bytes_per_frame": round(redis_bytes, 1),
         "telemetry_server_cpu_us_per_frame": round(live.server_cpu_us, 1),
         "telemetry_store_cpu_us_per_frame": round(live.store_cpu_us, 1),
         "telemetry_store_bytes_per_frame": round(live.store_bytes),

@@ -107,6 +107,27 @@ async def _status(args: argparse.Namespace) -> int:
     return 0 if serving else 1
 
 
+async def _archive(args: argparse.Namespace) -> int:
+    """``haulmesh archive run [--vehicle V]``: the telemetry service's RunArchive as the CLI operator (the
+    runtime imports no service: it calls the RPC, as any operator tool would)."""
+    import grpc
+
+    from haulmesh.telemetry.v1 import telemetry_service_pb2, telemetry_service_pb2_grpc
+
+    mesh = Mesh(default_state_dir(), ports=_ports_from_env(), extra_env={"HAULMESH_CERT_DIR": str(_cert_dir(args))})
+    request = telemetry_service_pb2.RunArchiveRequest(vehicle=f"vehicles/{args.vehicle}" if args.vehicle else "")
+    async with grpc.aio.secure_channel(mesh.address("telemetry"), mesh.operator_credentials()) as channel:
+        try:
+            reply = await telemetry_service_pb2_grpc.TelemetryServiceStub(channel).RunArchive(
+                request, timeout=args.timeout_seconds)
+        except grpc.aio.AioRpcError as exc:
+            print(f"haulmesh: archive run failed: {exc.code().name} {exc.details()}", file=sys.stderr)
+            return 1
+    print(f"archived {reply.frames_archived} frames in {reply.parts_written} new parts from {reply.vehicles} "
+          f"vehicles; {reply.frames_in_archive} frames in the archive")
+    return 0
+
+
 def _ports_from_env() -> dict[str, int]:
     ports = {}
     for name in MESH_SERVICES:
@@ -342,6 +363,12 @@ def _parser() -> argparse.ArgumentParser:
     dlq.add_argument("--group", required=True, help="consumer group, e.g. webhooks")
     dlq.add_argument("entry_ids", nargs="*", help="replay only these dead-letter entries (default: all)")
     events.set_defaults(func=lambda a: asyncio.run(_dlq(a)))
+
+    archive = sub.add_parser("archive", help="the telemetry archive: archive stored frames now (RunArchive)")
+    archive.add_argument("archive_command", choices=["run"])
+    archive.add_argument("--vehicle", default="", help="only this vehicle id (default: every vehicle)")
+    archive.add_argument("--timeout-seconds", type=float, default=600.0, help="deadline of the call")
+    archive.set_defaults(func=lambda a: asyncio.run(_archive(a)))
 
     token = sub.add_parser("token", help="dev OAuth2 tokens for the gateway (haulmesh token mint --help)",
                            add_help=False)

@@ -7,13 +7,14 @@ import asyncio
 from haulmesh.mission.v1 import mission_service_pb2_grpc
 from haulmesh.telemetry.v1 import telemetry_service_pb2, telemetry_service_pb2_grpc
 from services.runtime import ConfigError, Service, run_service
+from services.runtime.objectstore import ObjectStoreError, open_object_store
 
 from . import workers
 from .config import TelemetryConfig
 from .domain import DerivedSettings
 from .server import POLICY, TelemetryServicer
 from .store import TelemetryStore
-from .usecases import CommandRelay, FleetReporter, MissionActions, MissionTracking, Streams
+from .usecases import Archiver, CommandRelay, FleetReporter, MissionActions, MissionTracking, Streams, TieredFrames
 
 
 def register(service: Service) -> None:
@@ -22,6 +23,13 @@ def register(service: Service) -> None:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     store = TelemetryStore(service.redis, config)
+    try:
+        objects = open_object_store(config.archive_url)
+        objects.self_test()  # create-only must really refuse a second create, or the archive is unsafe
+    except (ObjectStoreError, ConfigError) as exc:  # a bad URL, missing credentials, a store that overwrites
+        raise ConfigError(f"HAULMESH_ARCHIVE_URL: {exc.message}") from None
+    archiver = Archiver(store, objects, config)
+    tiered = TieredFrames(store, objects)
 
     def mission_stub() -> mission_service_pb2_grpc.MissionServiceStub:
         return service.stub(mission_service_pb2_grpc.MissionServiceStub, "mission")
@@ -31,7 +39,8 @@ def register(service: Service) -> None:
                                settings=DerivedSettings.for_lanes(config.lanes), fleet=fleet)
     streams = Streams(store, config, tracking)
 
-    servicer = TelemetryServicer(store, config, mission=mission_stub, streams=streams)
+    servicer = TelemetryServicer(store, config, mission=mission_stub, streams=streams, archiver=archiver,
+                                 tiered=tiered)
     service.add(telemetry_service_pb2_grpc.add_TelemetryServiceServicer_to_server, servicer,
                 telemetry_service_pb2.DESCRIPTOR.services_by_name["TelemetryService"])
 
@@ -49,7 +58,8 @@ def register(service: Service) -> None:
     service.add_companion(run, close)
     workers.start(service, store=store, streams=streams, tracking=tracking, relay=CommandRelay(store),
                   actions=MissionActions(mission_stub),
-                  liveness_timeout_seconds=config.effective_liveness_timeout_seconds, fleet=fleet)
+                  liveness_timeout_seconds=config.effective_liveness_timeout_seconds, fleet=fleet, archiver=archiver,
+                  archive_after_seconds=config.archive_after_seconds)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,20 @@
 """Every environment variable of the telemetry service, read once into one typed dataclass.
 
-``HAULMESH_TELEMETRY_*``; unset ones keep the defaults below. The runtime's own variables (ports, TLS,
-``REDIS_URL``, workers...) are read by ``services.runtime.ServiceConfig``.
+``HAULMESH_TELEMETRY_*`` and the archive's ``HAULMESH_ARCHIVE_*``; unset ones keep the defaults below. The
+runtime's own variables (ports, TLS, ``REDIS_URL``, workers...) are read by ``services.runtime.ServiceConfig``.
+
+The archive (warm/cold tier, docs/telemetry.md "Data tiers"):
+
+* ``HAULMESH_ARCHIVE_URL``: the object store of archived parts: a directory (``file:///abs/dir`` or a path) or
+  ``s3://bucket/prefix?endpoint_url=...`` (see services.runtime.objectstore). Default: ``archive/`` under the
+  state directory (``HAULMESH_STATE_DIR``), so a dev mesh needs nothing installed.
+* ``HAULMESH_ARCHIVE_RETENTION_DAYS``: the cold tier's retention (S3 Object Lock retain-until, counted from the
+  end of the part's day), whole days, default 2557 (seven years: invoices and the evidence behind them are
+  kept as long as the tax and audit records they support; one year of warm reads sits inside it).
+* ``HAULMESH_ARCHIVE_AFTER_SECONDS``: how old (since received) a frame is before the periodic job archives it,
+  default 3600. It also sets the job's cadence, so a part holds about that long of a vehicle's frames.
+* ``HAULMESH_ARCHIVE_TEST_KILL_AFTER_WRITE``: tests only; ``1`` makes the archiver SIGKILL its own process right
+  after a part's object is written and before the index records it (the crash the resume logic covers).
 """
 
 from __future__ import annotations
@@ -10,6 +23,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from services.runtime import default_state_dir
 from services.runtime.lanes import LaneFacts, load_lane_facts
 
 __all__ = ["TelemetryConfig"]
@@ -26,6 +40,22 @@ def _env_float(env: Mapping[str, str], key: str, default: float) -> float:
     if value <= 0:
         raise ValueError(f"{key} must be positive, got {raw!r}")
     return value
+
+
+def _env_days(env: Mapping[str, str], key: str, default: int) -> int:
+    raw = env.get(key)
+    if not raw:
+        return default
+    if not raw.strip().isdigit() or not 1 <= int(raw) <= 36_500:
+        raise ValueError(f"{key} must be a whole number of days from 1 to 36500, got {raw!r}")
+    return int(raw)
+
+
+def _env_flag(env: Mapping[str, str], key: str) -> bool:
+    raw = env.get(key, "")
+    if raw not in ("", "0", "1"):
+        raise ValueError(f"{key} must be 0 or 1, got {raw!r}")
+    return raw == "1"
 
 
 @dataclass(frozen=True)
@@ -52,6 +82,14 @@ class TelemetryConfig:
     #: one batch (a connectivity change is reported at once): the roster's cost is one write per vehicle per
     #: flush, whatever the frame rate.
     fleet_flush_seconds: float = 10.0
+    #: Where archived parts go (HAULMESH_ARCHIVE_URL); "" means ``archive/`` under the state directory.
+    archive_url: str = ""
+    #: Cold-tier retention in days (HAULMESH_ARCHIVE_RETENTION_DAYS).
+    archive_retention_days: int = 2557
+    #: Age (since received) at which the periodic job archives a frame (HAULMESH_ARCHIVE_AFTER_SECONDS).
+    archive_after_seconds: float = 3600.0
+    #: Tests only (HAULMESH_ARCHIVE_TEST_KILL_AFTER_WRITE): SIGKILL self between object write and index commit.
+    archive_test_kill_after_write: bool = False
     #: The lane facts (HAULMESH_LANES_FILE): the planning speed and circuity an ETA uses off the known routes.
     lanes: LaneFacts = field(default_factory=lambda: load_lane_facts({}), compare=False)
 
@@ -77,5 +115,9 @@ class TelemetryConfig:
             ack_interval_seconds=_env_float(env, p + "ACK_INTERVAL_SECONDS", cls.ack_interval_seconds),
             liveness_timeout_seconds=_env_float(env, p + "LIVENESS_TIMEOUT_SECONDS", cls.liveness_timeout_seconds),
             fleet_flush_seconds=_env_float(env, p + "FLEET_FLUSH_SECONDS", cls.fleet_flush_seconds),
+            archive_url=env.get("HAULMESH_ARCHIVE_URL") or str(default_state_dir(env) / "archive"),
+            archive_retention_days=_env_days(env, "HAULMESH_ARCHIVE_RETENTION_DAYS", cls.archive_retention_days),
+            archive_after_seconds=_env_float(env, "HAULMESH_ARCHIVE_AFTER_SECONDS", cls.archive_after_seconds),
+            archive_test_kill_after_write=_env_flag(env, "HAULMESH_ARCHIVE_TEST_KILL_AFTER_WRITE"),
             lanes=load_lane_facts(env),
         )

@@ -6,9 +6,14 @@ Only where the domain keeps types of its own; elsewhere the generated messages a
 
 from __future__ import annotations
 
+import io
+import json
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from google.protobuf import duration_pb2
 
 from haulmesh.events.v1 import telemetry_events_pb2 as tev
@@ -44,15 +49,22 @@ if TYPE_CHECKING:
     from .store import StoredFrame
 
 __all__ = [
+    "PART_FORMAT",
+    "PART_SCHEMA",
     "REJECT_REASONS",
+    "ArchivedPart",
     "duration_seconds",
     "frame_from_payload",
     "mission_context_from_pb",
+    "part_bytes",
+    "read_part",
     "telemetry_frame",
     "to_event_payload",
 ]
 
 #: RejectReason → the wire's Reject.Reason.
+_KIND_NAMES = set(frame_pb2.FramePayload.Kind.values())
+
 REJECT_REASONS = {reason: stream_pb2.Reject.Reason.Value(f"REASON_{reason.value}") for reason in RejectReason}
 
 
@@ -72,7 +84,94 @@ def telemetry_frame(scope: FrameScope, stored: StoredFrame) -> frame_pb2.Telemet
                                            signature=stored.signature, key_id=stored.key_id),
         payload=frame_pb2.FramePayload.FromString(stored.payload),
         receive_time=timestamp_ms(stored.receive_ms),
+        tier=frame_pb2.TIER_ARCHIVE if stored.tier == "archive" else frame_pb2.TIER_HOT,
     )
+
+
+# ---- archived parts: stored frames <-> Parquet ---------------------------------------------------------------
+
+#: Columns of an archived part. The first five are the complete signed envelope as stored (verify ``signature``
+#: over ``payload`` with the key of ``key_id``, whose certificate is in the footer's ``haulmesh.certs``); the
+#: others are decoded from the payload for queries only and are never the evidence.
+PART_SCHEMA = pa.schema([
+    pa.field("sequence", pa.uint64(), nullable=False),
+    pa.field("payload", pa.binary(), nullable=False),
+    pa.field("signature", pa.binary(), nullable=False),
+    pa.field("key_id", pa.string(), nullable=False),
+    pa.field("receive_ms", pa.int64(), nullable=False),
+    pa.field("device_time", pa.timestamp("ms", tz="UTC")),
+    pa.field("kind", pa.string()),
+    pa.field("mission_id", pa.string()),
+    pa.field("lat", pa.float64()),
+    pa.field("lon", pa.float64()),
+])
+#: Footer (key-value metadata) format tag of a part; a reader refuses parts of another format.
+PART_FORMAT = "haulmesh.telemetry.archive.part/1"
+
+
+def part_bytes(vehicle_id: str, carrier_id: str, frames: list[StoredFrame], certificates: dict[str, str]) -> bytes:
+    """One archived part: ``frames`` (ascending) as Parquet (zstd, page checksums), the certificates (PEM by
+    key id) of the keys that signed them in the footer. Deterministic: the same frames give the same bytes with
+    the same pyarrow, which lets a re-run recognise its own earlier write by digest."""
+    decoded = [frame_pb2.FramePayload.FromString(f.payload) for f in frames]
+    columns = {
+        "sequence": [f.sequence for f in frames],
+        "payload": [f.payload for f in frames],
+        "signature": [f.signature for f in frames],
+        "key_id": [f.key_id for f in frames],
+        "receive_ms": [f.receive_ms for f in frames],
+        "device_time": [p.device_time.ToMilliseconds() if p.HasField("device_time") else None for p in decoded],
+        "kind": [frame_pb2.FramePayload.Kind.Name(p.kind) if p.kind in _KIND_NAMES else str(p.kind)
+                 for p in decoded],
+        "mission_id": [p.mission_id for p in decoded],
+        "lat": [p.position.lat if p.HasField("position") else None for p in decoded],
+        "lon": [p.position.lon if p.HasField("position") else None for p in decoded],
+    }
+    used = sorted({f.key_id for f in frames})
+    metadata = {
+        "haulmesh.format": PART_FORMAT,
+        "haulmesh.vehicle": vehicle_id,
+        "haulmesh.carrier": carrier_id,
+        "haulmesh.first_sequence": str(frames[0].sequence),
+        "haulmesh.last_sequence": str(frames[-1].sequence),
+        "haulmesh.count": str(len(frames)),
+        # The certificate that verified each key's frames: what a third party checks the signatures with.
+        "haulmesh.certs": json.dumps({k: certificates.get(k, "") for k in used}, sort_keys=True),
+    }
+    table = pa.table(columns, schema=PART_SCHEMA.with_metadata(metadata))
+    out = io.BytesIO()
+    pq.write_table(table, out, compression="zstd", write_page_checksum=True, write_statistics=True,
+                   row_group_size=len(frames) or 1)
+    return out.getvalue()
+
+
+@dataclass(frozen=True)
+class ArchivedPart:
+    """A part read back: its frames (tier ``archive``) and the certificates of its footer (PEM by key id)."""
+
+    vehicle_id: str
+    carrier_id: str
+    frames: list[StoredFrame]
+    certificates: dict[str, str]
+
+
+def read_part(data: bytes) -> ArchivedPart:
+    """Parse an archived part, verifying its page checksums; ValueError if it is not one."""
+    from .store import StoredFrame
+
+    try:
+        table = pq.read_table(io.BytesIO(data), page_checksum_verification=True)
+    except (pa.ArrowException, OSError) as exc:
+        raise ValueError(f"not a readable Parquet part: {exc}") from None
+    metadata = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    if metadata.get("haulmesh.format") != PART_FORMAT:
+        raise ValueError(f"not an archived telemetry part (format {metadata.get('haulmesh.format')!r})")
+    columns = table.select(["sequence", "payload", "signature", "key_id", "receive_ms"]).to_pydict()
+    frames = [StoredFrame(*row, tier="archive") for row in zip(
+        columns["sequence"], columns["payload"], columns["signature"], columns["key_id"], columns["receive_ms"],
+        strict=True)]
+    return ArchivedPart(metadata.get("haulmesh.vehicle", ""), metadata.get("haulmesh.carrier", ""), frames,
+                        json.loads(metadata.get("haulmesh.certs", "{}")))
 
 
 # ---- the tracker's inputs and the derived events ---------------------------------------------------------

@@ -28,6 +28,10 @@ from services.runtime import METRICS_REGISTRY
 from .domain import RejectReason
 
 __all__ = [
+    "ARCHIVED_BYTES",
+    "ARCHIVED_FRAMES",
+    "ARCHIVED_PARTS",
+    "ARCHIVE_FAILURES",
     "EDGE_CPU",
     "FLEET_REPORTS",
     "FRAMES",
@@ -36,6 +40,7 @@ __all__ = [
     "PACKET_LOSS_RATIO",
     "REJECTED_FRAMES",
     "SEQUENCE_GAPS",
+    "record_archived",
     "record_durable",
     "record_edge_cpu",
     "record_rejects",
@@ -72,6 +77,15 @@ OPEN_STREAMS = Gauge("haulmesh_telemetry_open_streams", "Truck streams open on t
 PACKET_LOSS_RATIO = Gauge("vehicle_telemetry_packet_loss_ratio", "Lifetime ratio of this process: sequence gaps "
                           "/ (stored frames + gaps). For the SLO use the PromQL ratio of the counters over a "
                           "window (docs/telemetry.md).", registry=METRICS_REGISTRY)
+ARCHIVED_FRAMES = Counter("haulmesh_telemetry_archived_frames_total", "Frames committed to archive parts "
+                          "(object written, read back, manifest written, index committed).", registry=METRICS_REGISTRY)
+ARCHIVED_PARTS = Counter("haulmesh_telemetry_archived_parts_total", "Archive parts committed.",
+                         registry=METRICS_REGISTRY)
+ARCHIVED_BYTES = Counter("haulmesh_telemetry_archived_bytes_total", "Bytes of archive parts committed (Parquet).",
+                         registry=METRICS_REGISTRY)
+#: Any increase means a vehicle's archiving (and so its hot-stream trim) is stalled: alert on it.
+ARCHIVE_FAILURES = Counter("haulmesh_telemetry_archive_failures_total", "Archive runs of a vehicle stopped by an "
+                           "object store failure or a conflicting part.", registry=METRICS_REGISTRY)
 
 # Children created up front: every outcome and reason is exported from the start (at 0), so rate() and
 # absent-series alerts work before the first rejection, and recording is a plain attribute call.
@@ -114,6 +128,13 @@ def record_durable(stored: int, duplicates: int, gaps: int, ages_seconds: list[f
     for age in ages_seconds:
         # A truck clock slightly ahead (within the accepted skew) is not "fresher than instant".
         FRESHNESS.observe(age if age > 0.0 else 0.0)
+
+
+def record_archived(frames: int, size: int) -> None:
+    """Count one committed archive part of ``frames`` frames and ``size`` bytes."""
+    ARCHIVED_FRAMES.inc(frames)
+    ARCHIVED_PARTS.inc()
+    ARCHIVED_BYTES.inc(size)
 
 
 def record_edge_cpu(percent: float) -> None:

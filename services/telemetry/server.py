@@ -36,7 +36,7 @@ from .config import TelemetryConfig
 from .convert import duration_seconds
 from .domain import FrameScope, VehicleKey, vehicle_key
 from .store import TelemetryStore
-from .usecases import MissionTracking, Reads, Streams
+from .usecases import Archiver, MissionTracking, Reads, Streams, TieredFrames
 
 __all__ = ["POLICY", "TelemetryServicer"]
 
@@ -118,10 +118,12 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
     def __init__(self, store: TelemetryStore, config: TelemetryConfig | None = None,
                  tracking: MissionTracking | None = None,
                  mission: Callable[[], mission_service_pb2_grpc.MissionServiceStub] | None = None,
-                 streams: Streams | None = None) -> None:
+                 streams: Streams | None = None, archiver: Archiver | None = None,
+                 tiered: TieredFrames | None = None) -> None:
         self._config = config or store.config
         self.streams = streams or Streams(store, self._config, tracking)
-        self._reads = Reads(store, self._config, mission)
+        self._reads = Reads(store, self._config, mission, tiered)
+        self._archiver = archiver
 
     # ---- StreamTelemetry ----------------------------------------------------------------------------
 
@@ -243,6 +245,16 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
             telemetry_service_pb2.VehicleCertificate(key_id=key_id, certificate_pem=pem.decode("ascii"),
                                                      first_seen_time=timestamp_ms(seen_ms))
             for key_id, pem, seen_ms in await self._reads.certificates(vehicle_id)])
+
+    async def RunArchive(self, request: telemetry_service_pb2.RunArchiveRequest,
+                         context: grpc.aio.ServicerContext) -> telemetry_service_pb2.RunArchiveResponse:
+        vehicle_id = _vehicle_of(request.vehicle, "vehicle") if request.vehicle else ""
+        if self._archiver is None:
+            raise FailedPrecondition("this telemetry process has no archive configured", reason="ARCHIVE_UNCONFIGURED")
+        run = await self._archiver.run(vehicle_id, force=True)
+        return telemetry_service_pb2.RunArchiveResponse(vehicles=run.vehicles, frames_archived=run.frames_archived,
+                                                        parts_written=run.parts_written,
+                                                        frames_in_archive=run.frames_in_archive)
 
     async def WatchVehicleTelemetry(self, request: telemetry_service_pb2.WatchVehicleTelemetryRequest,
                                     context: grpc.aio.ServicerContext,

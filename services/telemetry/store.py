@@ -22,6 +22,16 @@ Keys (``{v}`` is the vehicle id as a Redis Cluster hash tag, so one vehicle's ke
   derived events are published to that carrier's stream.
 * ``telemetry:{v}:lost`` — set while the vehicle is reported lost (connectivity); taken by whoever
   announces the restoration.
+* ``telemetry:{v}:archive`` — Hash: ``upto`` (the archived watermark: every stored sequence at or below it is in
+  a committed part), ``frames``, ``parts``, ``bytes`` (totals of the committed parts), ``pending`` (the
+  PartPlan, JSON, of the part being written: recorded before its object is written, removed when its entry is
+  committed, so whoever finds it finishes exactly that part), ``carrier`` (the vehicle's last known carrier,
+  kept for good: the partition of its parts).
+* ``telemetry:{v}:archive_lease`` — String, the archiver (a random id per process) working on the vehicle's
+  periodic archive, with a TTL: replicas' periodic jobs skip a vehicle another one is archiving (only to save
+  work: two archivers on one vehicle are safe, see usecases/archive.py).
+* ``telemetry:{v}:archive_parts`` — Sorted set of the committed parts' PartEntry (JSON) scored by their last
+  sequence: the parts covering sequences after ``s`` are ZRANGEBYSCORE ``(s +inf``.
 * ``telemetry:heard:{heard-<n>}`` — Sorted sets (16 shards by CRC32 of the vehicle id, so no key is hot):
   vehicle id scored by when it was last heard (Hello or heartbeat, server ms). Any replica's liveness sweep
   reads the silent end of them, so a truck whose stream was on a replica that died is still reported lost.
@@ -52,6 +62,7 @@ from services.runtime import Unavailable, add_event, transact, wait_durable
 from . import metrics
 from .config import TelemetryConfig
 from .domain import Verified
+from .domain.archive import PartEntry, PartPlan, trim_boundary
 
 __all__ = ["DOORBELL", "CommitResult", "Silence", "StoredFrame", "TelemetryStore"]
 
@@ -142,6 +153,40 @@ return 0
 """
 
 
+# Record the plan of the next part of a vehicle, unless one is already pending (then it is returned: finish it
+# first) or the watermark moved since the caller read it (another replica archived meanwhile).
+# KEYS: archive hash. ARGV: the watermark the plan starts after, the plan (JSON).
+# Returns {'pending', plan} (ours or the one already pending) or {'moved', current watermark}.
+_PLAN_PART_LUA = """
+local pending = redis.call('HGET', KEYS[1], 'pending')
+if pending then return {'pending', pending} end
+local upto = redis.call('HGET', KEYS[1], 'upto') or '0'
+if upto ~= ARGV[1] then return {'moved', upto} end
+redis.call('HSET', KEYS[1], 'pending', ARGV[2])
+return {'pending', ARGV[2]}
+"""
+
+# Commit a written part: its entry into the parts index, the watermark to its last sequence, the totals, and the
+# pending plan cleared. Idempotent: a part at or below the watermark is already committed (a second replica
+# finishing the same plan) and only clears the plan.
+# KEYS: archive hash, parts sorted set. ARGV: first, last, count, size, entry (JSON), plan (JSON).
+# Returns 1 committed, 0 already committed.
+_COMMIT_PART_LUA = """
+local upto = tonumber(redis.call('HGET', KEYS[1], 'upto') or '0')
+local committed = 0
+if upto < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[5])
+  redis.call('HSET', KEYS[1], 'upto', ARGV[2])
+  redis.call('HINCRBY', KEYS[1], 'frames', ARGV[3])
+  redis.call('HINCRBY', KEYS[1], 'parts', 1)
+  redis.call('HINCRBY', KEYS[1], 'bytes', ARGV[4])
+  committed = 1
+end
+if redis.call('HGET', KEYS[1], 'pending') == ARGV[6] then redis.call('HDEL', KEYS[1], 'pending') end
+return committed
+"""
+
+
 def _k(vehicle_id: str, what: str) -> str:
     return f"telemetry:{{{vehicle_id}}}:{what}"
 
@@ -179,13 +224,15 @@ class CommitResult:
 
 @dataclass(frozen=True)
 class StoredFrame:
-    """A frame as stored: sequence, the exact payload and signature, key id, receive time (ms)."""
+    """A frame as stored: sequence, the exact payload and signature, key id, receive time (ms), and the tier it
+    was read from (``hot``: the stream; ``archive``: a Parquet part)."""
 
     sequence: int
     payload: bytes
     signature: bytes
     key_id: str
     receive_ms: int
+    tier: str = "hot"
 
 
 @dataclass
@@ -210,6 +257,8 @@ class TelemetryStore:
 
     def __init__(self, client: redis.asyncio.Redis, config: TelemetryConfig | None = None) -> None:
         self._redis = client
+        self._plan_part = client.register_script(_PLAN_PART_LUA)
+        self._commit_part = client.register_script(_COMMIT_PART_LUA)
         self.config = config or TelemetryConfig()
         self._commit_sha = client.register_script(_COMMIT_LUA).sha  # the Script only names it; see _write
         self._enqueue = client.register_script(_ENQUEUE_LUA)
@@ -498,11 +547,15 @@ class TelemetryStore:
     # ---- retention ----------------------------------------------------------------------------------
 
     async def trim_expired(self, vehicle_id: str, cutoff_ms: int, *, chunk: int = 500) -> int:
-        """Drop the vehicle's frames received before ``cutoff_ms``; returns how many were dropped.
+        """Drop the vehicle's frames received before ``cutoff_ms`` that are archived (at or below the archived
+        watermark: domain trim_boundary); returns how many were dropped. Nothing archived, nothing dropped.
 
         Entry ids are sequences, not times, so the cut is found by walking from the oldest entry (receive
         times ascend with sequence): run regularly, the walk only covers what expires, then XTRIM MINID.
         """
+        archived_upto = int(await self._redis.hget(_k(vehicle_id, "archive"), "upto") or 0)
+        if not archived_upto:
+            return 0
         key, after, boundary = self.frames_key(vehicle_id), "-", None
         while boundary is None:
             entries = await self._redis.xrange(key, after, "+", count=chunk)
@@ -520,15 +573,71 @@ class TelemetryStore:
             if not last:
                 return 0
             boundary = f"{int(last[0][0].split(b'-')[0]) + 1}-0".encode()
-        return int(await self._redis.xtrim(key, minid=boundary, approximate=False))
+        # MINID keeps ids >= boundary: the highest sequence dropped is boundary - 1, never past the watermark.
+        through = trim_boundary(archived_upto, int(boundary.split(b"-")[0]) - 1)
+        if not through:
+            return 0
+        return int(await self._redis.xtrim(key, minid=f"{through + 1}-0", approximate=False))
 
     async def sweep_retention(self) -> int:
-        """Trim every vehicle's frames older than the retention period; returns frames dropped."""
+        """Trim every vehicle's archived frames older than the retention period; returns frames dropped."""
         cutoff_ms = int((time.time() - self.config.retention_seconds) * 1000)
         dropped = 0
         for raw in await self._redis.smembers("telemetry:vehicles"):
             dropped += await self.trim_expired(raw.decode(), cutoff_ms)
         return dropped
+
+    # ---- the archive index ----------------------------------------------------------------------------
+
+    async def vehicles(self) -> list[str]:
+        """Every vehicle with telemetry."""
+        return sorted(raw.decode() for raw in await self._redis.smembers("telemetry:vehicles"))
+
+    async def archive_state(self, vehicle_id: str) -> tuple[int, str, int, str]:
+        """``(archived watermark, pending plan JSON or "", frames archived, carrier or "")`` of a vehicle."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hmget(_k(vehicle_id, "archive"), ["upto", "pending", "frames", "carrier"])
+        pipe.hget(_k(vehicle_id, "mission"), "carrier")  # kept after the mission ends (a tombstone)
+        (upto, pending, frames, carrier_id), mission_carrier = await pipe.execute()
+        carrier_id = carrier_id or mission_carrier or b""
+        return (int(upto or 0), (pending or b"").decode(), int(frames or 0), carrier_id.decode())
+
+    async def remember_carrier(self, vehicle_id: str, carrier_id: str) -> None:
+        """The vehicle's carrier, for the partition of its parts (kept after its missions end)."""
+        if carrier_id:
+            await self._redis.hset(_k(vehicle_id, "archive"), "carrier", carrier_id)
+
+    async def take_archive_lease(self, vehicle_id: str, owner: str, ttl_seconds: int) -> bool:
+        """Claim the vehicle's periodic archive for ``owner`` for ``ttl_seconds``; False if another holds it."""
+        return bool(await self._redis.set(_k(vehicle_id, "archive_lease"), owner, nx=True, ex=ttl_seconds))
+
+    async def drop_archive_lease(self, vehicle_id: str, owner: str) -> None:
+        """Release the lease if ``owner`` still holds it."""
+        await self._redis.eval("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) "
+                               "end return 0", 1, _k(vehicle_id, "archive_lease"), owner)
+
+    async def plan_part(self, vehicle_id: str, after: int, plan: PartPlan) -> PartPlan | None:
+        """Record ``plan`` as the vehicle's pending part if the watermark is still ``after`` and nothing is
+        pending; returns the plan to write (ours, or the one already pending), None if the watermark moved."""
+        status, value = await self._plan_part(keys=[_k(vehicle_id, "archive")], args=[after, plan.to_json()])
+        return PartPlan.from_json(value) if status == b"pending" else None
+
+    async def commit_part(self, vehicle_id: str, plan: PartPlan, entry: PartEntry) -> bool:
+        """Commit a written part into the index (see ``_COMMIT_PART_LUA``); False if it already was."""
+        return bool(await self._commit_part(
+            keys=[_k(vehicle_id, "archive"), _k(vehicle_id, "archive_parts")],
+            args=[entry.first, entry.last, entry.count, entry.size, entry.to_json(), plan.to_json()]))
+
+    async def archive_parts(self, vehicle_id: str, after: int, *, limit: int = 16) -> list[PartEntry]:
+        """The committed parts holding sequences after ``after``, ascending, at most ``limit``."""
+        raw = await self._redis.zrangebyscore(_k(vehicle_id, "archive_parts"), f"({after}", "+inf", start=0,
+                                              num=limit)
+        return [PartEntry.from_json(r) for r in raw]
+
+    async def first_hot(self, vehicle_id: str) -> int:
+        """The lowest sequence still in the hot stream, 0 if it is empty."""
+        first = await self._redis.xrange(self.frames_key(vehicle_id), "-", "+", count=1)
+        return int(first[0][0].split(b"-")[0]) if first else 0
 
     # ---- missions and derived events ------------------------------------------------------------------
 

@@ -4,7 +4,9 @@
   (usecases/commands.py) and the vehicle → mission directory (usecases/tracking.py);
 * consumer ``telemetry-actions``: telemetry's own events → mission transitions (usecases/missions.py), with a
   short reclaim time, since a truck waits on them;
-* periodic: the retention sweep (hourly) and the liveness sweep (a tenth of the liveness timeout, so a loss is
+* periodic: the archive job (every HAULMESH_ARCHIVE_AFTER_SECONDS, at most hourly: frames older than that go
+  to Parquet parts, so a part holds about that long of a vehicle's frames), the retention sweep (hourly; it
+  trims only archived frames) and the liveness sweep (a tenth of the liveness timeout, so a loss is
   reported at most 10 % late);
 * companions (not simply periodic): the command deliverer, woken by the doorbell and sweeping every open stream
   every ``COMMAND_SWEEP_SECONDS``, the doorbell listener (Pub/Sub), and the fleet-state reporter
@@ -23,7 +25,15 @@ from services.runtime import Service
 from .domain import COMMAND_EVENT_TYPES
 from .domain.actions import ACTION_EVENT_TYPES
 from .store import DOORBELL, TelemetryStore
-from .usecases import COMMAND_SWEEP_SECONDS, MISSION_EVENT_TYPES, CommandRelay, MissionActions, MissionTracking, Streams
+from .usecases import (
+    COMMAND_SWEEP_SECONDS,
+    MISSION_EVENT_TYPES,
+    Archiver,
+    CommandRelay,
+    MissionActions,
+    MissionTracking,
+    Streams,
+)
 from .usecases.fleet import FleetReporter
 
 __all__ = ["start"]
@@ -97,7 +107,8 @@ async def listen_doorbell(streams: Streams, store: TelemetryStore) -> None:
 
 def start(service: Service, *, store: TelemetryStore, streams: Streams, tracking: MissionTracking,
           relay: CommandRelay, actions: MissionActions, liveness_timeout_seconds: float,
-          fleet: FleetReporter | None = None) -> None:
+          fleet: FleetReporter | None = None, archiver: Archiver | None = None,
+          archive_after_seconds: float = 3600.0) -> None:
     """Register the consumers and loops with the runtime (they run while the service runs)."""
 
     async def trim() -> None:
@@ -111,7 +122,18 @@ def start(service: Service, *, store: TelemetryStore, streams: Streams, tracking
     async def on_mission_event(event: event_pb2.Event) -> None:
         await relay(event)
         await tracking.on_mission_event(event)
+        if archiver is not None:
+            await archiver.on_mission_event(event)
 
+    async def archive() -> None:
+        assert archiver is not None
+        run = await archiver.run()
+        if run.frames_archived:
+            _log.info("archive: %d frames in %d parts from %d vehicles", run.frames_archived, run.parts_written,
+                      run.vehicles)
+
+    if archiver is not None:
+        service.add_periodic("archive", archive, interval_seconds=min(max(archive_after_seconds, 1.0), 3600.0))
     service.add_periodic("retention sweep", trim, interval_seconds=RETENTION_SWEEP_SECONDS)
     service.add_periodic("liveness sweep", liveness,
                          interval_seconds=liveness_timeout_seconds / _LIVENESS_SWEEPS_PER_TIMEOUT)

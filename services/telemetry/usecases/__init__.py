@@ -5,9 +5,11 @@
 * tracking.py: derived events and liveness of the vehicles on a mission, published through the outbox;
 * fleet.py: what the roster should know of each vehicle (position, last heard, connectivity, ETAs), in batches;
 * commands.py: mission events → commands queued for trucks;
-* missions.py: telemetry's own events → mission service calls.
+* missions.py: telemetry's own events → mission service calls;
+* archive.py: the archive tier (Parquet parts in the object store, trim only after archive) and reads across tiers.
 """
 
+from .archive import ArchiveConflict, Archiver, ArchiveRun, TieredFrames
 from .commands import CommandRelay
 from .fleet import FleetReporter
 from .missions import MissionActions, MissionNotReady
@@ -18,6 +20,9 @@ from .tracking import MISSION_EVENT_TYPES, MissionTracking
 __all__ = [
     "COMMAND_SWEEP_SECONDS",
     "MISSION_EVENT_TYPES",
+    "ArchiveConflict",
+    "ArchiveRun",
+    "Archiver",
     "CommandRelay",
     "FleetReporter",
     "MissionActions",
@@ -26,4 +31,5 @@ __all__ = [
     "Reads",
     "Session",
     "Streams",
+    "TieredFrames",
 ]

@@ -22,6 +22,7 @@ from ..config import TelemetryConfig
 from ..convert import telemetry_frame
 from ..domain import FrameScope
 from ..store import TelemetryStore
+from .archive import TieredFrames
 
 __all__ = ["Reads"]
 
@@ -39,8 +40,11 @@ class Reads:
     rotation); without it, mission-scoped reads answer FAILED_PRECONDITION MISSION_SCOPE_UNSUPPORTED."""
 
     def __init__(self, store: TelemetryStore, config: TelemetryConfig,
-                 mission: Callable[[], mission_service_pb2_grpc.MissionServiceStub] | None = None) -> None:
+                 mission: Callable[[], mission_service_pb2_grpc.MissionServiceStub] | None = None,
+                 tiered: TieredFrames | None = None) -> None:
         self._store = store
+        #: Pages and floors read across the archive and the hot stream (by sequence, one token).
+        self._tiered = tiered or TieredFrames(store, None)
         self._config = config
         self._mission_stub = mission
         #: Resolved missions by (carrier, mission id), with when they were resolved (monotonic seconds).
@@ -55,7 +59,8 @@ class Reads:
     async def list_frames(self, scope: FrameScope, request: telemetry_service_pb2.ListTelemetryFramesRequest,
                           page_after: str, size: int) -> tuple[list[frame_pb2.TelemetryFrame], int, bool]:
         """A page of the scope's frames after the page token's sequence (``page_after``, "" on the first page)
-        that pass the request's filters: ``(frames, cursor, exhausted)``, the cursor the last sequence read."""
+        that pass the request's filters, archived and hot alike: ``(frames, cursor, exhausted)``, the cursor the
+        last sequence read."""
         after = max(int(page_after or 0), request.min_sequence - 1 if request.min_sequence else 0)
         if not page_after and scope.start_ms is not None:
             after = max(after, await self.floor(scope))
@@ -67,7 +72,7 @@ class Reads:
         # Filters on device time and kind are applied while scanning by sequence; the scan per page is
         # bounded so a sparse filter cannot make one call read a whole stream (the token resumes it).
         while len(out) < size and scanned < 10 * size and not exhausted:
-            chunk = await self._store.frames(scope.vehicle_id, after=cursor, through=request.max_sequence,
+            chunk = await self._tiered.frames(scope.vehicle_id, after=cursor, through=request.max_sequence,
                                              count=size - len(out))
             if not chunk:
                 exhausted = True
@@ -86,7 +91,7 @@ class Reads:
                     continue
                 out.append(frame)
         if not exhausted and len(out) == size:
-            following = await self._store.frames(scope.vehicle_id, after=cursor, through=request.max_sequence,
+            following = await self._tiered.frames(scope.vehicle_id, after=cursor, through=request.max_sequence,
                                                  count=1)
             exhausted = not following or scope.beyond(telemetry_frame(scope, following[0]).payload, self._skew_ms)
         return out, cursor, exhausted
@@ -117,6 +122,17 @@ class Reads:
         """The scope's frames after ``cursor`` as they are stored, until ``done()``; XREAD from an id returns
         every later entry, so replay and live join without gap or duplicate. With ``ended``, asked every few
         seconds: once it says so, what is stored by then is sent and the stream ends."""
+        # Replay of what was archived (and maybe trimmed) first; the hot stream's XREAD below cannot see it.
+        while not done():
+            replay = await self._tiered.frames(scope.vehicle_id, after=cursor, count=500)
+            archived = [item for item in replay if item.tier == "archive"]
+            for item in archived:
+                cursor = item.sequence
+                frame = telemetry_frame(scope, item)
+                if scope.holds(frame.payload) and not (kinds and frame.payload.kind not in kinds):
+                    yield frame
+            if len(archived) < len(replay) or not archived:
+                break
         loop = asyncio.get_running_loop()
         next_check, final = loop.time(), False
         while not done():
@@ -124,7 +140,7 @@ class Reads:
                 final = await ended()
                 next_check = loop.time() + _MISSION_POLL_SECONDS
             # After the end the reads do not block: they drain what was stored by then.
-            stored = await (self._store.frames(scope.vehicle_id, after=cursor, count=500) if final else
+            stored = await (self._tiered.frames(scope.vehicle_id, after=cursor, count=500) if final else
                             self._store.wait_frames(scope.vehicle_id, cursor, block_ms=2000))
             for item in stored:
                 cursor = item.sequence
@@ -171,7 +187,7 @@ class Reads:
         lo, hi = 0, await self._store.high_water(scope.vehicle_id)
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            probe = await self._store.frames(scope.vehicle_id, after=mid - 1, count=1)
+            probe = await self._tiered.frames(scope.vehicle_id, after=mid - 1, count=1)
             if probe and probe[0].receive_ms < threshold:
                 lo = probe[0].sequence
             else:
