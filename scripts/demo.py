@@ -31,6 +31,7 @@ import json
 import os
 import secrets
 import shutil
+import subprocess
 import sys
 import time
 import uuid
@@ -43,8 +44,6 @@ from typing import Any
 import grpc
 import httpx
 import uvicorn
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from localmesh import fresh_mesh, register_truck
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -59,14 +58,12 @@ from services.runtime import (
     METERS_PER_MILE,
     Mesh,
     carrier_metadata,
-    certificate_key_id,
     cli,
     connect_async,
     connect_sync,
     free_port,
     great_circle_miles,
     poll_until,
-    to_timestamp,
     tokens,
     verify_audit_log,
 )
@@ -79,7 +76,7 @@ CARRIER = "russell-transport"
 #: remembers earlier runs' trucks (their roster entries, their stored sequences).
 TRUCK = f"AU-TRK-{secrets.token_hex(3).upper()}" if os.environ.get("REDIS_URL") else "AU-TRK-1001"
 SCOPES = ("tender:create tender:read tender:update tender:cancel tender:respond mission:read mission:checkin "
-          "billing:read billing:reconcile telemetry:read webhook:read webhook:write")
+          "billing:read billing:reconcile telemetry:read webhook:read webhook:write report:read")
 
 # The drive: Houston → Atlanta (≈ 12 simulated hours at 105 km/h) in about 36 real seconds. One position
 # frame every 15 simulated seconds keeps the truck at ~80 frames/s (a few % of one core for signing and
@@ -92,8 +89,10 @@ OUTAGE_AT_SIM_MINUTES = 360
 OUTAGE_SIM_MINUTES = 100
 # The demo's mesh announces a 0.5 s heartbeat and declares a truck lost after 2 s of silence (defaults:
 # 5 s and 15 s), so that a 5-second dead zone is seen as one.
+# Fleet state reaches the roster every 2 s (default 10 s), so the ETA shows on GET mission during the short drive.
 MESH_ENV = {"HAULMESH_TELEMETRY_HEARTBEAT_INTERVAL_SECONDS": "0.5",
-            "HAULMESH_TELEMETRY_LIVENESS_TIMEOUT_SECONDS": "2"}
+            "HAULMESH_TELEMETRY_LIVENESS_TIMEOUT_SECONDS": "2",
+            "HAULMESH_TELEMETRY_FLEET_FLUSH_SECONDS": "2"}
 STEP_TIMEOUT_SECONDS = 20.0
 
 # The seed's tender, as the seed writes it (docs/examples/seed-tender.json); only the pickup window moves to
@@ -365,13 +364,6 @@ async def _until(predicate, what: str, timeout_seconds: float = STEP_TIMEOUT_SEC
         raise DemoFailed(f"step '{what}': did not happen within {timeout_seconds:.0f}s") from None
 
 
-def _truck_credentials(certs: Path) -> tuple[grpc.ChannelCredentials, ec.EllipticCurvePrivateKey, bytes]:
-    key_pem = (certs / f"vehicle-{TRUCK}-key.pem").read_bytes()
-    cert_pem = (certs / f"vehicle-{TRUCK}.pem").read_bytes()
-    key = serialization.load_pem_private_key(key_pem, password=None)
-    credentials = grpc.ssl_channel_credentials((certs / "ca.pem").read_bytes(), key_pem, cert_pem)
-    return credentials, key, cert_pem
-
 
 async def run() -> None:
     step(f"Issuing dev certificates (CA, every service, the operator CLI, truck {TRUCK})")
@@ -579,6 +571,14 @@ class Demo:
         milestone("ETA: first estimate for Atlanta")
         detail(self._eta_text(first_eta))
 
+        async def eta_on_mission():
+            mission = await self._mission()
+            return mission if mission.get("estimatedArriveTime") else None
+
+        polled = await _until(eta_on_mission, "the ETA readable on the mission over REST (GET mission)", truck=truck)
+        detail(f"GET {self.mission_name}: estimatedArriveTime {polled['estimatedArriveTime']} (what a polling TMS "
+               f"sees; the roster gets telemetry's fleet state in batches, not a write per frame)")
+
         lost = await _until(lambda: receiver.find("telemetry.v1.connectivity_lost"),
                             "connectivity lost in the dead zone (webhook)",
                             max(0.0, outage_at - time.monotonic()) + STEP_TIMEOUT_SECONDS, truck=truck)
@@ -676,32 +676,32 @@ class Demo:
 
     async def _deliver_and_settle(self) -> None:
         http, mission_name = self.http, self.mission_name
-        tenant = carrier_metadata(CARRIER)
         mission_id = mission_name.removeprefix("missions/")
         self.stored_frames = await self._mission_frames()
         log = [f for f in self.stored_frames if f.payload.mission_id == mission_id]
         expect(bool(log), "no stored frame carries the mission id")
         self.miles["driven"] = round(driven_miles(log), 1)
-        digest = hashlib.sha256(b"".join(f.signed_frame.payload for f in log)).hexdigest()
 
-        step("Truck submits proof of delivery, signed with its certificate's key (ECDSA P-256)")
-        mission = await self.ops.GetMission(mission_service_pb2.GetMissionRequest(name=mission_name),
-                                            metadata=tenant, timeout=10)
-        credentials, key, cert_pem = _truck_credentials(self.mesh.cert_dir)
-        manifest = mission_pb2.DeliveryManifest(
-            mission_id=mission_id, vehicle_id=TRUCK, tms_load_id=mission.load.tms_load_id,
-            deliver_time=to_timestamp(datetime.now(UTC)), location=mission.stops[-1].location, seal_number="SEAL-88231",
-            received_by="Dock 7, Atlanta DC", telemetry_log_sha256=digest,
-            telemetry_first_sequence=log[0].signed_frame.sequence,
-            telemetry_last_sequence=log[-1].signed_frame.sequence).SerializeToString()
-        proof = mission_pb2.ProofOfDelivery(manifest=manifest, key_id=certificate_key_id(cert_pem),
-                                            manifest_signature=key.sign(manifest, ec.ECDSA(hashes.SHA256())))
-        async with grpc.aio.secure_channel(self.mesh.address("mission"), credentials) as truck_channel:
-            mission = await mission_service_pb2_grpc.MissionServiceStub(truck_channel).SubmitProofOfDelivery(
-                mission_service_pb2.SubmitProofOfDeliveryRequest(name=mission_name, proof_of_delivery=proof),
-                timeout=10)
-        detail(f"{mission_pb2.Mission.State.Name(mission.state)}: manifest signature verified; telemetry log "
-               f"#{log[0].signed_frame.sequence}..#{log[-1].signed_frame.sequence} sha256 {digest[:16]}…")
+        step("Truck builds, signs and submits its proof of delivery from its own spool (haulmesh-edge pod)")
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "edge_client", "--cert-dir", str(self.mesh.cert_dir),
+            "pod", "--vehicle", TRUCK, "--spool", str(self.truck.spool_path), "--mission", mission_name,
+            "--seal-number", "SEAL-88231", "--received-by", "Dock 7, Atlanta DC", "--submit",
+            "--mission-target", self.mesh.address("mission"), cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(process.communicate(), 90)
+        expect(process.returncode == 0, f"haulmesh-edge pod exited {process.returncode}: {err.decode()[-500:]}")
+        pod = json.loads(out.decode().strip().splitlines()[-1])
+        detail(f"python -m edge_client pod --vehicle {TRUCK} --mission {mission_name} --submit")
+        detail(f"manifest signed with the truck's key (ECDSA P-256); telemetry log #{pod['first_sequence']}.."
+               f"#{pod['last_sequence']} sha256 {pod['telemetry_log_sha256'][:16]}… (length-prefixed payloads)")
+        mission = await self._mission()
+        verification = mission.get("proofOfDelivery", {}).get("telemetryVerification", {})
+        self.pod_hash_verified = verification.get("result") == "RESULT_VERIFIED"
+        expect(self.pod_hash_verified, f"the server did not verify the POD's telemetry hash: {verification}")
+        milestone("Proof of delivery: the server recomputed the telemetry log's hash from its stored frames: VERIFIED")
+        detail(f"{verification.get('framesStored', 0)} stored frames hashed, {verification.get('framesMissing', 0)} "
+               f"missing; recomputed sha256 {verification.get('recomputedSha256', '')[:16]}…")
 
         async def completed():
             current = await self._mission()
@@ -718,11 +718,27 @@ class Demo:
         invoice = invoices[0]
         total = invoice["total"]
         self.invoice_total = f"{total['currencyCode']} {int(total['amountMinor']) / 100:,.2f}"
-        self.miles["invoice"] = float(invoice.get("usage", {}).get("miles", 0))
+        usage = invoice.get("usage", {})
+        self.miles["invoice"] = float(usage.get("miles", 0))
         detail(f"{invoice['name']}: {self.invoice_total}")
         for line in invoice.get("lines", []):
             detail(f"   {line.get('code', ''):<18} {int(line['amount']['amountMinor']) / 100:>10,.2f}  "
                    f"{line.get('description', '')}")
+        provenance = usage.get("provenance", {})
+        expect(bool(provenance), "the invoice's usage carries no provenance")
+        detail(f"usage from the evidence: {self.miles['invoice']:,.1f} mi, frames #{provenance.get('firstSequence')}.."
+               f"#{provenance.get('lastSequence')} ({provenance.get('frameCount')} frames, "
+               f"{len(provenance.get('gaps', []))} gaps, {provenance.get('framesMissing', 0)} missing, source "
+               f"{provenance.get('source', '').removeprefix('SOURCE_').lower()})")
+        for dwell in usage.get("stopDwells", []):
+            detail(f"   stop {dwell.get('stopIndex', 0) + 1} dwell {dwell.get('dwellMinutes', 0)} min, "
+                   f"{dwell.get('basis', '').removeprefix('BASIS_').lower().replace('_', ' ')} "
+                   f"(geofence events; detention beyond the rate card's free time)")
+        for difference in invoice.get("estimateDifferences", []):
+            detail(f"   estimate vs measured {difference.get('code', ''):<10} "
+                   f"{difference.get('estimatedQuantity', 0):,.1f} → {difference.get('measuredQuantity', 0):,.1f}")
+        expect(abs(self.miles["invoice"] - self.miles["driven"]) <= 0.15,
+               f"invoiced {self.miles['invoice']} mi, but the stored frames' track is {self.miles['driven']} mi")
 
         step("TMS posts its figures back: POST /api/v1/invoices/…:reconcile")
         reply = await http.post(f"/api/v1/{invoice['name']}:reconcile",
@@ -775,9 +791,8 @@ class Demo:
         self.summary = {
             "quote_miles": miles["quote"], "planned_miles": miles["planned"], "driven_miles": miles["driven"],
             "invoice_miles": miles["invoice"],
-            # Not built yet (issue 10): the server does not recompute the POD's telemetry hash, frames are not
-            # archived, there is no evidence pack. Said as such rather than left out.
-            "pod_hash_verified": False, "frames_archived": 0, "evidence_pack": None, "evidence_verified": False,
+            "pod_hash_verified": self.pod_hash_verified, "frames_archived": 0, "evidence_pack": None,
+            "evidence_verified": False,
             "frames_sent": report["frames"], "frames_stored": len(set(sequences)), "frames_lost": len(lost),
             "frames_duplicated": doubled, "eta_webhooks": receiver.types().count("haulmesh.telemetry.v1.eta_updated"),
         }
@@ -791,9 +806,95 @@ class Demo:
         expect(audit.intact, f"audit chain broken: {audit.problems}")
         detail(f"{audit.entries} audited calls in {audit.chains} per-process chains, all intact")
         detail(f"invoice {self.invoice_total}, MATCHED")
+
+        await self._archive(len(set(sequences)))
+        await self._kpi_report()
+        await self._evidence_pack()
         path = self.mesh.state_dir / "summary.json"
         path.write_text(json.dumps(self.summary, indent=2) + "\n")
         detail(f"summary: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+
+
+    # -- archive, KPI report, evidence pack ----------------------------------------------------------------
+
+    async def _archive(self, frames_stored: int) -> None:
+        step("Archive: the settled mission's frames to the warm/cold tier (Parquet, create-only, with retention)")
+        async with grpc.aio.secure_channel(self.mesh.address("telemetry"),
+                                           self.mesh.operator_credentials()) as channel:
+            reply = await telemetry_service_pb2_grpc.TelemetryServiceStub(channel).RunArchive(
+                telemetry_service_pb2.RunArchiveRequest(vehicle=f"vehicles/{TRUCK}"), timeout=60)
+        expect(reply.frames_in_archive == frames_stored, f"{reply.frames_in_archive} frames archived, "
+                                                         f"{frames_stored} stored")
+        parts = sorted(self.mesh.state_dir.rglob("part-*.parquet"))
+        where = parts[0].parent if parts else self.mesh.state_dir
+        milestone(f"Archived: all {reply.frames_in_archive} frames, signed envelopes and the certificate that "
+                  f"verified them, in {len(parts)} Parquet part(s)")
+        detail(f"{where.relative_to(ROOT) if where.is_relative_to(ROOT) else where}  (HAULMESH_ARCHIVE_URL: a "
+               f"directory here, s3://… with Object Lock at scale; the hot stream is trimmed only after this)")
+        assert self.summary is not None
+        self.summary["frames_archived"] = reply.frames_in_archive
+
+    async def _kpi_report(self) -> None:
+        step("Pilot KPIs for the carrier: GET /api/v1/kpiReport (scope report:read), and `haulmesh report`")
+        since = (datetime.now(UTC) - timedelta(hours=1)).isoformat().replace("+00:00", "Z")
+
+        async def reported():
+            reply = await self.http.get("/api/v1/kpiReport", params={"startTime": since})
+            expect(reply.status_code == 200, f"kpiReport: {reply.status_code} {reply.text}")
+            total = reply.json().get("total", {})
+            return total if int(total.get("invoicedMissions", 0)) >= 1 else None
+
+        total = await _until(reported, "the KPI report counts the invoiced mission")
+        result = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "services.runtime.cli", "--cert-dir", str(self.mesh.cert_dir),
+                             "report", "--carrier", CARRIER, "--since", "1h", "--baseline", "USD:2.10"],
+            capture_output=True, text=True, cwd=ROOT, timeout=60,
+            env={**os.environ, "HAULMESH_BILLING_ADDR": self.mesh.address("billing")})
+        expect(result.returncode == 0, f"haulmesh report: exit {result.returncode}: {result.stderr[-500:]}")
+        for line in result.stdout.rstrip().splitlines():
+            detail(f"   {line}")
+        assert self.summary is not None
+        self.summary["kpi_missions"] = int(total.get("missions", 0))
+        self.summary["kpi_success_rate"] = total.get("successRate")
+
+    async def _evidence_pack(self) -> None:
+        step(f"Evidence pack: `haulmesh evidence export {self.mission_name}`, then `haulmesh evidence verify` "
+             f"offline")
+        pack = self.mesh.state_dir / f"evidence-{self.mission_name.removeprefix('missions/')}.zip"
+        env = {**os.environ, "HAULMESH_BILLING_ADDR": self.mesh.address("billing")}
+        cli_args = [sys.executable, "-m", "services.runtime.cli", "--cert-dir", str(self.mesh.cert_dir),
+                    "evidence"]
+
+        def run_cli(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run([*cli_args, *args], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                                  env=env)
+
+        exported = await asyncio.to_thread(run_cli, "export", self.mission_name, "--carrier", CARRIER, "-o",
+                                           str(pack))
+        expect(exported.returncode == 0 and pack.exists(),
+               f"evidence export: exit {exported.returncode}: {exported.stderr[-500:]}")
+        detail(f"{pack.relative_to(ROOT) if pack.is_relative_to(ROOT) else pack}: {pack.stat().st_size:,} bytes "
+               f"(mission, signed frames, certificates, POD, invoice with provenance, audit entries; sealed)")
+        ca = str(self.mesh.cert_dir / "ca.pem")
+        verified = await asyncio.to_thread(run_cli, "verify", str(pack), "--ca", ca)
+        for line in verified.stdout.rstrip().splitlines():
+            detail(f"   {line}")
+        expect(verified.returncode == 0, f"evidence verify: exit {verified.returncode}: "
+                                         f"{(verified.stdout + verified.stderr)[-800:]}")
+        milestone("Evidence pack VERIFIED offline: every signature, the POD hash, the invoiced miles, the audit links")
+        # One changed byte anywhere must break it: flip one in the middle of a copy.
+        tampered = pack.with_suffix(".tampered.zip")
+        data = bytearray(pack.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        tampered.write_bytes(bytes(data))
+        refused = await asyncio.to_thread(run_cli, "verify", str(tampered), "--ca", ca)
+        expect(refused.returncode != 0, "a pack with one byte changed still verified")
+        failure = next((line for line in refused.stdout.splitlines() if line.startswith("FAIL")), "")
+        detail(f"a copy with one byte flipped at offset {len(data) // 2:,}: NOT VERIFIED ({failure.strip()[:90]})")
+        tampered.unlink()
+        assert self.summary is not None
+        self.summary["evidence_pack"] = str(pack)
+        self.summary["evidence_verified"] = True
 
 
 def main() -> int:
