@@ -377,7 +377,11 @@ class MissionUseCases:
         if self._telemetry is None:
             usage = domain.usage(mission)
         else:
-            frames = await self._mission_frames(carrier_id, mission.name)
+            # The range the truck's proof of delivery signed: the bill rests on the proven log, and a retry
+            # measures the same frames even if the truck kept reporting after hand-over.
+            signed = mission.proof_of_delivery.manifest_details
+            frames = await self._mission_frames(carrier_id, mission.name, min_sequence=signed.telemetry_first_sequence,
+                                                max_sequence=signed.telemetry_last_sequence)
             usage = domain.measured_usage(mission, frames, gap_seconds=self._settings.usage_gap_seconds,
                                           circuity_factor=self._settings.lanes.circuity_factor)
         await self._billing().RecordUsage(
