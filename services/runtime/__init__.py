@@ -2,9 +2,9 @@
 paging and filters, time and distance.
 
 Services, scripts and tests import from here, or from the runtime's public modules (``lanes``: the fleet's lane
-facts; ``metering``: miles and hours measured from signed telemetry, the telemetry log digest; ``pki``: the dev certificate authority; ``tokens``: the dev OAuth2 issuer; ``cli``: the ``haulmesh``
-command); the private modules behind them may change. ``__all__`` is what is used outside the runtime, pinned by
-tests/runtime/test_public_api.py.
+facts; ``metering``: miles and hours measured from signed telemetry, the telemetry log digest; ``pki``: the dev
+certificate authority; ``tokens``: the dev OAuth2 issuer; ``cli``: the ``haulmesh`` command); the private modules
+behind them may change. ``__all__`` is what is used outside the runtime, pinned by tests/runtime/test_public_api.py.
 """
 
 from ._audit import AuditLog
