@@ -32,9 +32,9 @@ from edge_client.signer import KeyFileSigner
 from edge_client.spool import Spool
 from haulmesh.billing.v1 import billing_service_pb2, billing_service_pb2_grpc, invoice_pb2, quote_pb2
 from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, mission_service_pb2_grpc, vehicle_pb2
-from haulmesh.telemetry.v1 import frame_pb2, stream_pb2
+from haulmesh.telemetry.v1 import frame_pb2, stream_pb2, telemetry_service_pb2, telemetry_service_pb2_grpc
 from haulmesh.type.v1 import equipment_pb2, health_check_pb2, lane_pb2
-from services.runtime import Mesh, carrier_metadata, great_circle_miles, new_id, pki
+from services.runtime import Mesh, carrier_metadata, great_circle_miles, metering, new_id, pki
 from tests.conftest import Pki, rich_error, running_mesh, wait_for
 from tests.telemetry.helpers import ATLANTA, HOUSTON, Session
 from tests.trucks import Truck
@@ -148,6 +148,18 @@ class _Trip:
     async def submit(self, proof: mission_pb2.ProofOfDelivery) -> State:
         async with grpc.aio.secure_channel(self.mesh.address("mission"), self.truck.credentials()) as channel:
             return await submit_proof(channel, self.mission_name.removeprefix("missions/"), proof, timeout_seconds=30)
+
+    async def stored_payloads(self, first: int, last: int) -> list[bytes]:
+        """The payloads telemetry stored for the mission in [first, last], read as an operator."""
+        stub = telemetry_service_pb2_grpc.TelemetryServiceStub(self._channel("telemetry", "operator", "ops"))
+        payloads, token = [], ""
+        while True:
+            page = await stub.ListTelemetryFrames(telemetry_service_pb2.ListTelemetryFramesRequest(
+                parent=self.mission_name, page_size=1000, page_token=token, min_sequence=first, max_sequence=last),
+                metadata=self.tenant, timeout=10)
+            payloads += [f.signed_frame.payload for f in page.telemetry_frames]
+            if not (token := page.next_page_token):
+                return payloads
 
     async def pod_cli(self, *args: str) -> dict:
         """``python -m edge_client pod --submit`` as the truck (its certificate files, its spool): the JSON line."""
@@ -272,6 +284,12 @@ async def test_usage_detention_and_pod_come_from_the_trucks_signed_frames(trip: 
     assert p.telemetry_log_sha256 == verification.recomputed_sha256
     assert p.frames_missing == 0 and p.freshness_p50_seconds < 0  # stamped ahead of the server's clock
     assert usage.hours == pytest.approx((when - t0).total_seconds() / 3600, abs=0.002)
+    # Anyone holding the frames, the planned route and the provenance recomputes the figures.
+    payloads = await trip.stored_payloads(p.first_sequence, p.last_sequence)
+    assert metering.telemetry_log_sha256(payloads) == p.telemetry_log_sha256
+    again = metering.measure(metering.fixes_from_payloads(payloads), gap_seconds=p.gap_threshold_seconds,
+                             planned_route=route, circuity_factor=p.circuity_factor)
+    assert (again.miles, again.hours, again.frames) == (usage.miles, usage.hours, p.frame_count)
 
     # Detention: the pickup dwell beyond 120 free minutes, from the geofence; the delivery stop up to hand-over.
     dwells = {d.stop_index: d for d in usage.stop_dwells}
