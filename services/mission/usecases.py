@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
+import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from haulmesh.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
@@ -30,6 +31,7 @@ from services.runtime import (
     Idempotency,
     InvalidArgument,
     NotFound,
+    Unavailable,
     carrier_metadata,
     check_etag,
     decode_page,
@@ -425,7 +427,11 @@ class MissionUseCases:
         if self._telemetry is None:
             usage = domain.usage(mission)
         else:
-            frames = await self._mission_frames(carrier_id, mission.name)
+            # The range the truck's proof of delivery signed: the bill rests on the proven log, and a retry
+            # measures the same frames even if the truck kept reporting after hand-over.
+            signed = mission.proof_of_delivery.manifest_details
+            frames = await self._mission_frames(carrier_id, mission.name, min_sequence=signed.telemetry_first_sequence,
+                                                max_sequence=signed.telemetry_last_sequence)
             usage = domain.measured_usage(mission, frames, gap_seconds=self._settings.usage_gap_seconds,
                                           circuity_factor=self._settings.lanes.circuity_factor)
         await self._billing().RecordUsage(
@@ -450,10 +456,17 @@ class MissionUseCases:
         mission_id = parse_mission_name(name)
         cap, frames, token = self._settings.usage_max_frames, [], ""
         while True:
-            page = await self._telemetry().ListTelemetryFrames(
-                telemetry_service_pb2.ListTelemetryFramesRequest(parent=name, page_size=1000, page_token=token,
-                                                                 min_sequence=min_sequence, max_sequence=max_sequence),
-                metadata=carrier_metadata(carrier_id))
+            try:
+                page = await self._telemetry().ListTelemetryFrames(
+                    telemetry_service_pb2.ListTelemetryFramesRequest(
+                        parent=name, page_size=1000, page_token=token, min_sequence=min_sequence,
+                        max_sequence=max_sequence),
+                    metadata=carrier_metadata(carrier_id))
+            except grpc.aio.AioRpcError as exc:
+                # Nothing was recorded: the proof or the bill waits for the evidence, never goes without it.
+                raise Unavailable(f"the telemetry of {name} could not be read ({exc.code().name}); nothing was "
+                                  "recorded; retry", reason="TELEMETRY_UNAVAILABLE",
+                                  metadata={"cause": exc.code().name}) from None
             # The mission's own frames (the proto's log rule): telemetry's mission scope also holds frames of the
             # span that name no mission.
             frames.extend(domain.MissionFrame(f.signed_frame.payload, from_timestamp(f.receive_time))

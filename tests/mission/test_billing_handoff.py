@@ -13,12 +13,13 @@ import redis.asyncio
 from haulmesh.billing.v1 import billing_service_pb2, billing_service_pb2_grpc, quote_pb2, rate_card_pb2
 from haulmesh.events.v1 import mission_events_pb2
 from haulmesh.mission.v1 import mission_pb2, mission_service_pb2
+from haulmesh.telemetry.v1 import telemetry_service_pb2_grpc
 from haulmesh.type.v1 import money_pb2
 from services.mission.config import MissionSettings
 from services.mission.store import MissionStore
 from services.mission.usecases import MissionUseCases
 from services.mission.workers import MissionWorkers
-from services.runtime import Mesh, Periodic, new_event, new_id
+from services.runtime import Mesh, Periodic, Unavailable, free_port, new_event, new_id
 
 from ..conftest import Pki, wait_for
 from .test_mission_mesh import (
@@ -152,3 +153,29 @@ async def test_billing_outage_is_retried_until_it_succeeds(store_url: str) -> No
     assert len({r.SerializeToString(deterministic=True) for r in billing.requests}) == 1  # same usage each time
     assert await store.due_for_billing() == [] or all(c != carrier_id for c, _ in await store.due_for_billing())
     await client.aclose()
+
+
+async def test_unreadable_telemetry_bills_nothing_and_says_so(store_url: str, mesh_pki: Pki) -> None:
+    """The telemetry service is unreachable (nothing listens on its port): the bill waits for the evidence,
+    UNAVAILABLE TELEMETRY_UNAVAILABLE, billing is never called with usage that was not measured."""
+    client = redis.asyncio.Redis.from_url(store_url)
+    store = MissionStore(client, billing_grace_seconds=0)
+    billing = FlakyBilling(failures=0)
+    channel = grpc.aio.secure_channel(f"127.0.0.1:{free_port()}", mesh_pki.credentials("service", "mission"))
+    missions = MissionUseCases(store, MissionSettings(), lambda: billing,
+                               lambda: telemetry_service_pb2_grpc.TelemetryServiceStub(channel))
+    carrier_id = f"c-{new_id()}"
+    mission = mission_spec("vehicles/MT-NONE")
+    mission.name = f"missions/{new_id()}"
+    mission.state = M.STATE_DELIVERED
+    mission.create_time.GetCurrentTime()
+    event = new_event("mission_dispatched", mission_events_pb2.MissionDispatched(mission=mission),
+                      subject=mission.name, carrier_id=carrier_id, source="test")
+    assert await store.create_mission(carrier_id, mission, new_id(), event) is None
+    try:
+        with pytest.raises(Unavailable) as caught:
+            await missions.bill(carrier_id, mission.name.removeprefix("missions/"))
+        assert caught.value.reason == "TELEMETRY_UNAVAILABLE" and billing.requests == []
+    finally:
+        await channel.close()
+        await client.aclose()

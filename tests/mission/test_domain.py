@@ -568,7 +568,7 @@ def test_usage_is_measured_from_the_frames_with_provenance() -> None:
     assert p.gaps[0].bridged_miles == round(along, 1)
     assert p.telemetry_log_sha256 == telemetry_log_sha256(f.payload for f in frames)
     assert (p.freshness_p50_seconds, p.freshness_p95_seconds) == (1.0, 3600.0)
-    assert p.gap_threshold_seconds == 120
+    assert (p.gap_threshold_seconds, p.circuity_factor) == (120, 1.13)
 
 
 def test_a_mission_with_too_many_frames_is_refused_clearly() -> None:

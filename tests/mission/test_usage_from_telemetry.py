@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import os
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -29,15 +32,16 @@ from edge_client.signer import KeyFileSigner
 from edge_client.spool import Spool
 from haulmesh.billing.v1 import billing_service_pb2, billing_service_pb2_grpc, invoice_pb2, quote_pb2
 from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, mission_service_pb2_grpc, vehicle_pb2
-from haulmesh.telemetry.v1 import frame_pb2, stream_pb2
+from haulmesh.telemetry.v1 import frame_pb2, stream_pb2, telemetry_service_pb2, telemetry_service_pb2_grpc
 from haulmesh.type.v1 import equipment_pb2, health_check_pb2, lane_pb2
-from services.runtime import Mesh, carrier_metadata, great_circle_miles, new_id
+from services.runtime import Mesh, carrier_metadata, great_circle_miles, metering, new_id, pki
 from tests.conftest import Pki, rich_error, running_mesh, wait_for
 from tests.telemetry.helpers import ATLANTA, HOUSTON, Session
 from tests.trucks import Truck
 
 KIND = frame_pb2.FramePayload
 State = mission_pb2.Mission
+ROOT = Path(__file__).resolve().parents[2]
 DWELL = timedelta(hours=3)  # at the pickup; the default rate card gives 120 min free, then USD 75/h in 15 min steps
 GAP_FIXES = 12  # fixes of the drive never recorded: a dead zone in the truck's own log
 
@@ -145,6 +149,32 @@ class _Trip:
         async with grpc.aio.secure_channel(self.mesh.address("mission"), self.truck.credentials()) as channel:
             return await submit_proof(channel, self.mission_name.removeprefix("missions/"), proof, timeout_seconds=30)
 
+    async def stored_payloads(self, first: int, last: int) -> list[bytes]:
+        """The payloads telemetry stored for the mission in [first, last], read as an operator."""
+        stub = telemetry_service_pb2_grpc.TelemetryServiceStub(self._channel("telemetry", "operator", "ops"))
+        payloads, token = [], ""
+        while True:
+            page = await stub.ListTelemetryFrames(telemetry_service_pb2.ListTelemetryFramesRequest(
+                parent=self.mission_name, page_size=1000, page_token=token, min_sequence=first, max_sequence=last),
+                metadata=self.tenant, timeout=10)
+            payloads += [f.signed_frame.payload for f in page.telemetry_frames]
+            if not (token := page.next_page_token):
+                return payloads
+
+    async def pod_cli(self, *args: str) -> dict:
+        """``python -m edge_client pod --submit`` as the truck (its certificate files, its spool): the JSON line."""
+        certs = self.spool.path.parent / f"certs-{self.truck.vehicle_id}"
+        pki.write_pem_files(certs, f"vehicle-{self.truck.vehicle_id}", self.truck.issued, self.truck.ca_pem)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "edge_client", "--cert-dir", str(certs), "pod", "--vehicle", self.truck.vehicle_id,
+            "--spool", str(self.spool.path), "--mission", self.mission_name, "--submit",
+            "--mission-target", self.mesh.address("mission"), "--ack-timeout-seconds", "30", *args,
+            cwd=self.spool.path.parent, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(process.communicate(), 90)
+        assert process.returncode == 0, err.decode()
+        return json.loads(out)
+
     async def close(self) -> None:
         if self._alive is not None:
             self._alive.cancel()
@@ -213,15 +243,18 @@ async def test_usage_detention_and_pod_come_from_the_trucks_signed_frames(trip: 
     await trip.send_spooled()
     await wait_for(lambda: trip.in_state(State.STATE_ARRIVED), timeout_seconds=20)
 
-    # The truck signs its proof from its own log, after every frame of it is acked; the server verifies it.
-    proof = build_proof(trip.spool, trip.signer, vehicle_id=trip.truck.vehicle_id,
-                        mission_id=trip.mission_name.removeprefix("missions/"), received_by="Dock 7")
-    delivered = await trip.submit(proof)
+    # The truck's own CLI signs its proof from its log, waits for the acks, submits; the server verifies it.
+    log = trip.spool.mission_log(trip.mission_name.removeprefix("missions/"))
+    summary = await trip.pod_cli("--received-by", "Dock 7", "--seal-number", "SEAL-1")
+    assert (summary["submitted"], summary["telemetry_verification"], summary["frames_missing"]) == (True, "VERIFIED", 0)
+    assert (summary["first_sequence"], summary["last_sequence"]) == (log[0][0], log[-1][0])
+    assert summary["tms_load_id"] == f"LOAD-{trip.truck.vehicle_id}"  # from the assignment the truck accepted
+    assert trip.spool.mission_log(trip.mission_name.removeprefix("missions/")) == []  # proven: forgotten
+    delivered = await wait_for(lambda: trip.in_state(State.STATE_DELIVERED, State.STATE_COMPLETED))
     verification = delivered.proof_of_delivery.telemetry_verification
     assert verification.result == mission_pb2.TelemetryVerification.RESULT_VERIFIED
     assert (verification.frames_missing, verification.reason) == (0, "TELEMETRY_LOG_MATCHES")
-    signed = mission_pb2.DeliveryManifest.FromString(proof.manifest)
-    assert verification.recomputed_sha256 == signed.telemetry_log_sha256
+    assert verification.recomputed_sha256 == summary["telemetry_log_sha256"]
 
     # The pickup's dwell came from telemetry's geofence entry and exit, recorded on the stop.
     completed = await wait_for(lambda: trip.in_state(State.STATE_COMPLETED), timeout_seconds=30)
@@ -247,10 +280,16 @@ async def test_usage_detention_and_pod_come_from_the_trucks_signed_frames(trip: 
     assert abs(gap.bridged_miles - sum(great_circle_miles(*a, *b) for a, b in itertools.pairwise(
         [around[0], *fixes[hole.start:hole.stop], around[1]]))) <= 0.2
     assert gap.seconds == (GAP_FIXES + 10) * 60  # GAP_FIXES one-minute steps unrecorded, then ten minutes
-    assert p.frame_count == len(trip.spool.mission_log(trip.mission_name.removeprefix("missions/")))
+    assert p.frame_count == len(log)
     assert p.telemetry_log_sha256 == verification.recomputed_sha256
     assert p.frames_missing == 0 and p.freshness_p50_seconds < 0  # stamped ahead of the server's clock
     assert usage.hours == pytest.approx((when - t0).total_seconds() / 3600, abs=0.002)
+    # Anyone holding the frames, the planned route and the provenance recomputes the figures.
+    payloads = await trip.stored_payloads(p.first_sequence, p.last_sequence)
+    assert metering.telemetry_log_sha256(payloads) == p.telemetry_log_sha256
+    again = metering.measure(metering.fixes_from_payloads(payloads), gap_seconds=p.gap_threshold_seconds,
+                             planned_route=route, circuity_factor=p.circuity_factor)
+    assert (again.miles, again.hours, again.frames) == (usage.miles, usage.hours, p.frame_count)
 
     # Detention: the pickup dwell beyond 120 free minutes, from the geofence; the delivery stop up to hand-over.
     dwells = {d.stop_index: d for d in usage.stop_dwells}

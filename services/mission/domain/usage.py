@@ -141,7 +141,7 @@ def measured_usage(mission: mission_pb2.Mission, frames: Sequence[MissionFrame],
         telemetry_log_sha256=telemetry_log_sha256(f.payload for f in in_range.values()),
         freshness_p50_seconds=p50, freshness_p95_seconds=p95,
         frames_missing=missing_sequences(in_range, m.first_sequence, m.last_sequence) if m.frames else 0,
-        gap_threshold_seconds=gap_seconds)
+        gap_threshold_seconds=gap_seconds, circuity_factor=circuity_factor)
     for gap in m.gaps:
         provenance.gaps.add(after_sequence=gap.after_sequence, before_sequence=gap.before_sequence,
                             seconds=gap.seconds, bridged_miles=gap.bridged_miles)
