@@ -451,11 +451,14 @@ class Demo:
         receiver.secret = secrets.token_bytes(32)
         reply = await http.post("/api/v1/webhookSubscriptions", json={
             "displayName": "McLeod LoadMaster (demo)", "url": receiver.url, "eventTypes": ["*"],
-            "secret": "whsec_" + base64.b64encode(receiver.secret).decode()})
+            "secret": "whsec_" + base64.b64encode(receiver.secret).decode(),
+            # The TMS's ETA policy: an update when the ETA moved 30 min, or after an hour of (device) time.
+            "etaPolicy": {"minChangeMinutes": 30, "cadenceMinutes": 60}})
         expect(reply.status_code == 200, f"subscription refused: {reply.status_code} {reply.text}")
         subscription = reply.json()
         expect("secret" not in subscription, "the subscription echoed its secret")
-        detail(f"{subscription['name']}: every public event type; the signing secret stays with the TMS")
+        detail(f"{subscription['name']}: every public event type; the signing secret stays with the TMS; ETA "
+               f"updates when moved ≥ 30 min or hourly")
 
         tomorrow = (datetime.now(UTC) + timedelta(days=1)).replace(hour=8, minute=0, second=0, microsecond=0)
         self.payload = payload = {
@@ -735,8 +738,12 @@ class Demo:
                    f"{dwell.get('basis', '').removeprefix('BASIS_').lower().replace('_', ' ')} "
                    f"(geofence events; detention beyond the rate card's free time)")
         for difference in invoice.get("estimateDifferences", []):
-            detail(f"   estimate vs measured {difference.get('code', ''):<10} "
-                   f"{difference.get('estimatedQuantity', 0):,.1f} → {difference.get('measuredQuantity', 0):,.1f}")
+            estimated, measured = (int(difference.get(k, {}).get("amountMinor", 0)) / 100
+                                   for k in ("estimatedAmount", "measuredAmount"))
+            quantity = (f" ({difference['estimatedQuantity']:,.1f} → {difference['measuredQuantity']:,.1f})"
+                        if difference.get("estimatedQuantity") else "")
+            detail(f"   estimate vs measured {difference.get('code', ''):<10} {estimated:>10,.2f} → {measured:,.2f}"
+                   f"{quantity}")
         expect(abs(self.miles["invoice"] - self.miles["driven"]) <= 0.15,
                f"invoiced {self.miles['invoice']} mi, but the stored frames' track is {self.miles['driven']} mi")
 

@@ -601,6 +601,14 @@ def _verify_invoice(mission: mission_pb2.Mission, content: dict[str, bytes],
     if provenance.mission != mission.name:
         raise _Failed("invoice", f"the usage provenance names {provenance.mission}, not {mission.name}")
     gap_seconds = provenance.gap_threshold_seconds or _DEFAULT_GAP_SECONDS
+    # Billing measures the proven log: the frames naming the mission, inside the range the POD's signed manifest
+    # covers (the pack may hold more of the mission's frames, e.g. one before the truck's log began).
+    mission_id = mission.name.removeprefix("missions/")
+    frames = [f for f in frames if f[2].mission_id == mission_id]
+    if mission.HasField("proof_of_delivery") and mission.proof_of_delivery.manifest:
+        manifest = mission_pb2.DeliveryManifest.FromString(mission.proof_of_delivery.manifest)
+        first, last = manifest.telemetry_first_sequence, manifest.telemetry_last_sequence
+        frames = [f for f in frames if first <= f[0] <= last]
     fixes = metering.fixes_from_payloads([p for _, p, _ in frames])
     measured = metering.measure(fixes, gap_seconds=gap_seconds,
                                 planned_route=tuple((p.lat, p.lon) for p in mission.planned_route))
