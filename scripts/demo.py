@@ -8,7 +8,10 @@ seed's flow and waits for each milestone as the TMS sees it (signed webhooks, an
     → the truck powers up and gets its assignment over its telemetry stream → its CommandAck: PRE_TRIP
     → its signed pre-trip HEALTH frame: ENROUTE → geofence exit at the pickup, ETA updates as it drives
     → a dead zone: connectivity lost, a CONNECTIVITY_LOSS exception, the spool replayed on reconnect
-    → the delivery geofence: ARRIVED → proof of delivery signed by the truck → invoice → reconciled,
+    → the delivery geofence: ARRIVED → proof of delivery built and signed by the truck's edge client, its
+    telemetry log hash recomputed by the server → invoice billing the miles measured from the signed frames
+    (with their provenance) → reconciled → the frames archived (Parquet) → the pilot's KPI report → the
+    mission's evidence pack exported, verified offline, and shown to fail with one byte changed,
 
 with a progress bar of the drive (redrawn in place on a terminal, plain lines otherwise). It ends with a
 summary: frames recorded by the truck and stored by the server (none lost, none stored twice), webhooks by
