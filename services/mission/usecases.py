@@ -479,17 +479,14 @@ class MissionUseCases:
     async def record_geofence(self, carrier_id: str, name: str, stop_index: int, *, entered: bool,
                               device_time: Timestamp) -> bool:
         """Record telemetry's geofence entry or exit on the mission's stop (any state, no event: a fact for the
-        dwell billed as detention). False when nothing changed or the mission is unknown."""
-        def mutate(mission: Mission) -> Callable[[Mission], list[event_pb2.Event]] | None:
-            if not domain.record_geofence(mission, stop_index, entered=entered, device_time=device_time):
-                return None
-            return lambda _: []
-
-        try:
-            _, changed = await self._store.update_mission(carrier_id, parse_mission_name(name), mutate)
-        except NotFound:
+        dwell billed as detention). An observation like an ETA, not an edit: the mission's ``etag`` and
+        ``update_time`` stay, so a TMS's conditional update is not refused because the truck moved. False when
+        nothing changed or the mission is unknown (or not this carrier's)."""
+        mission_id = parse_mission_name(name)
+        if await self._store.mission_carrier(mission_id) != carrier_id:
             return False
-        return changed
+        return await self._store.observe_mission(mission_id, lambda mission: domain.record_geofence(
+            mission, stop_index, entered=entered, device_time=device_time))
 
     async def release_vehicle(self, mission: Mission) -> None:
         """Free the vehicle of an ended mission if it is still assigned to it (idempotent)."""
