@@ -121,27 +121,12 @@ def issue(
     if valid_days <= 0:
         raise ConfigError("certificate lifetime must be positive", field="valid_days")
     key = ec.generate_private_key(ec.SECP256R1())
-    now = _now()
     sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(i.spiffe_id) for i in ids]
     sans += [x509.DNSName(d) for d in dns_names]
     sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
     common_name = ids[0].name if ids else "anonymous"
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Haulmesh"),
-                                 x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64])]))
-        .issuer_name(ca.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _dt.timedelta(minutes=5))
-        .not_valid_after(now + _dt.timedelta(days=valid_days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(digital_signature=True, key_cert_sign=False, crl_sign=False,
-                          content_commitment=False, key_encipherment=False, data_encipherment=False,
-                          key_agreement=True, encipher_only=False, decipher_only=False),
-            critical=True,
-        )
+        _leaf(ca, key, common_name, valid_days, key_agreement=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
                                               ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(sans), critical=bool(ids) and not dns_names)
@@ -163,11 +148,27 @@ def issue_signing(ca: CertificateAuthority, identity: Identity, *, valid_days: f
     if valid_days <= 0:
         raise ConfigError("certificate lifetime must be positive", field="valid_days")
     key = ec.generate_private_key(ec.SECP256R1())
-    now = _now()
     cert = (
+        _leaf(ca, key, f"evidence seal: {identity.name}", valid_days, key_agreement=False)
+        .add_extension(x509.ExtendedKeyUsage([DOCUMENT_SIGNING]), critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.spiffe_id)]),
+                       critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.private_key.public_key()),
+                       critical=False)
+        .sign(ca.private_key, hashes.SHA256())
+    )
+    return IssuedCertificate(cert, key)
+
+
+def _leaf(ca: CertificateAuthority, key: ec.EllipticCurvePrivateKey, common_name: str, valid_days: float, *,
+          key_agreement: bool) -> x509.CertificateBuilder:
+    """What every leaf the CA issues shares: subject, issuer, validity (5 minutes back for clock skew), not a CA,
+    a critical keyUsage of digitalSignature (and keyAgreement for TLS keys)."""
+    now = _now()
+    return (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Haulmesh"),
-                                 x509.NameAttribute(NameOID.COMMON_NAME, f"evidence seal: {identity.name}"[:64])]))
+                                 x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64])]))
         .issuer_name(ca.certificate.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -177,17 +178,10 @@ def issue_signing(ca: CertificateAuthority, identity: Identity, *, valid_days: f
         .add_extension(
             x509.KeyUsage(digital_signature=True, key_cert_sign=False, crl_sign=False,
                           content_commitment=False, key_encipherment=False, data_encipherment=False,
-                          key_agreement=False, encipher_only=False, decipher_only=False),
+                          key_agreement=key_agreement, encipher_only=False, decipher_only=False),
             critical=True,
         )
-        .add_extension(x509.ExtendedKeyUsage([DOCUMENT_SIGNING]), critical=True)
-        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.spiffe_id)]),
-                       critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.private_key.public_key()),
-                       critical=False)
-        .sign(ca.private_key, hashes.SHA256())
     )
-    return IssuedCertificate(cert, key)
 
 
 def _write_private(path: Path, data: bytes) -> None:
