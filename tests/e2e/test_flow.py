@@ -180,7 +180,8 @@ async def test_no_tenant_sees_or_touches_another_tenants_resources(mesh: Mesh, m
     print(f"cross-tenant matrix: {len(exercised)} routes with an id, {len(leaks)} leaks")
     assert leaks == []
     assert exercised == {"GetRateCard", "GetQuote", "GetInvoice", "ReconcileInvoice", "GetMission", "RecordCheckIn",
-                         "GetTender", "UpdateTender", "CancelTender", "AcceptTender", "DeclineTender", "ExportEvidencePack"}
+                         "GetTender", "UpdateTender", "CancelTender", "AcceptTender", "DeclineTender",
+                         "ExportEvidencePack"}
 
 
 async def test_hundred_concurrent_rest_creates_with_one_idempotency_key(mesh: Mesh) -> None:
