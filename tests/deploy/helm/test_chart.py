@@ -175,6 +175,25 @@ def test_only_billing_mounts_the_evidence_key(chart: ChartRenderer, rendered: Re
     assert volume["secret"]["secretName"] == "my-evidence"
 
 
+def test_only_telemetry_gets_the_archive_and_its_credentials(chart: ChartRenderer, rendered: Rendered) -> None:
+    """The archive's bucket and credentials reach telemetry alone; without a url it stays in the pod (a trial)."""
+    assert "HAULMESH_ARCHIVE_URL" not in rendered.env("telemetry")
+    url = "s3://haulmesh-evidence/frames?endpoint_url=https://s3.example.net&region=us-east-1"
+    archived = chart.render({"archive": {"url": url, "retentionDays": 3650, "credentialsSecret": "archive-s3"}})
+    for name in SERVICES:
+        env, container = archived.env(name), archived.container(name)
+        assert ("HAULMESH_ARCHIVE_URL" in env) == (name == "telemetry"), name
+        assert bool(container.get("envFrom")) == (name == "telemetry"), name
+    assert archived.env("telemetry")["HAULMESH_ARCHIVE_URL"]["value"] == url
+    assert archived.env("telemetry")["HAULMESH_ARCHIVE_RETENTION_DAYS"]["value"] == "3650"
+    assert archived.container("telemetry")["envFrom"] == [{"secretRef": {"name": "archive-s3"}}]
+
+
+def test_the_archive_url_must_be_an_s3_bucket(chart: ChartRenderer) -> None:
+    with pytest.raises(helm.HelmValuesError, match="archive"):
+        chart.render({"archive": {"url": "ftp://somewhere/else"}})
+
+
 # --- network exposure --------------------------------------------------------------------------------------
 
 def _grpc_callers(policy: dict[str, Any]) -> tuple[set[str], list[dict[str, Any]]]:

@@ -215,6 +215,11 @@ spec:
               containerPort: {{ $me.devicePort }}
               protocol: TCP
             {{- end }}
+          {{- if and (eq $name "telemetry") $root.Values.archive.credentialsSecret }}
+          envFrom:
+            - secretRef:
+                name: {{ $root.Values.archive.credentialsSecret }}
+          {{- end }}
           env:
             - name: HAULMESH_LISTEN_HOST
               value: "0.0.0.0"
@@ -244,6 +249,19 @@ spec:
               value: /etc/haulmesh/evidence/tls.crt
             - name: HAULMESH_BILLING_EVIDENCE_KEY_FILE
               value: /etc/haulmesh/evidence/tls.key
+            {{- end }}
+            {{- if eq $name "telemetry" }}
+            {{- with $root.Values.archive }}
+            {{- /* The archive: an S3 bucket with Object Lock in a cluster; empty url: the pod's emptyDir. */}}
+            {{- if .url }}
+            - name: HAULMESH_ARCHIVE_URL
+              value: {{ .url | quote }}
+            {{- end }}
+            - name: HAULMESH_ARCHIVE_RETENTION_DAYS
+              value: {{ .retentionDays | quote }}
+            - name: HAULMESH_ARCHIVE_AFTER_SECONDS
+              value: {{ .afterSeconds | quote }}
+            {{- end }}
             {{- end }}
             {{- /* Short Service names: the names `haulmesh pki` and cert-manager put in the certificates. */}}
             {{- range $peer, $peerTopology := $topology }}
