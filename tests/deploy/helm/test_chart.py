@@ -424,16 +424,18 @@ def test_every_readme_variable_can_be_set(chart: ChartRenderer) -> None:
     gateway_only = {"HAULMESH_HTTP_PORT", "HAULMESH_GATEWAY_DEVICE_PORT", "HAULMESH_JWKS_FILE",
                     "HAULMESH_JWT_ISSUER", "HAULMESH_JWT_AUDIENCE"}
     billing_only = {"HAULMESH_BILLING_EVIDENCE_CERT_FILE", "HAULMESH_BILLING_EVIDENCE_KEY_FILE"}
+    telemetry_only = {"HAULMESH_ARCHIVE_RETENTION_DAYS", "HAULMESH_ARCHIVE_AFTER_SECONDS"}
     # Never set: HAULMESH_CERT_DIR (the explicit TLS files win), HAULMESH_JWKS_URL (ALL_ON mounts a JWKS file;
-    # PRODUCTION sets the URL, checked below).
-    unset = {"HAULMESH_CERT_DIR", "HAULMESH_JWKS_URL"}
+    # PRODUCTION sets the URL, checked below), HAULMESH_ARCHIVE_URL (archive.url, checked in the archive test).
+    unset = {"HAULMESH_CERT_DIR", "HAULMESH_JWKS_URL", "HAULMESH_ARCHIVE_URL"}
     for name in SERVICES:
         env = rendered.env(name)
         for variable in names:
             if "<" in variable:  # HAULMESH_<SERVICE>_ADDR
                 assert all(f"HAULMESH_{peer.upper()}_ADDR" in env for peer in SERVICES)
             elif variable in unset or (variable in gateway_only and name != "gateway") \
-                    or (variable in billing_only and name != "billing"):
+                    or (variable in billing_only and name != "billing") \
+                    or (variable in telemetry_only and name != "telemetry"):
                 assert variable not in env, (name, variable)
             else:
                 assert variable in env, (name, variable)
