@@ -33,7 +33,7 @@ from haulmesh.telemetry.v1 import frame_pb2, stream_pb2, telemetry_service_pb2_g
 
 from .spool import Spool
 
-__all__ = ["ClientStats", "CommandHandler", "CpuSampler", "StreamClient", "full_jitter"]
+__all__ = ["ClientStats", "CommandHandler", "CpuSampler", "Keepalive", "StreamClient", "full_jitter"]
 
 CLIENT_VERSION = "0.4.0"
 _log = logging.getLogger("haulmesh.edge")
@@ -42,13 +42,30 @@ CommandOutcome = tuple[int, str]
 #: Called with each new (not yet answered) command; returns (CommandAck.Outcome, detail), sync or async.
 CommandHandler = Callable[[stream_pb2.Command], CommandOutcome | Awaitable[CommandOutcome]]
 
-# The channel's own keepalive notices a link that died silently (a truck leaving coverage sends no RST);
-# its reconnect backoff is capped so it never waits longer than ours.
+@dataclass(frozen=True)
+class Keepalive:
+    """The truck's half of the keepalive policy agreed with the server (docs/decisions.md, "Keepalive, both
+    ends"). The channel pings after ``time_seconds`` without a read and drops the link when a ping is not
+    answered within ``timeout_seconds``: a link that died silently (a truck leaving coverage sends no RST, a
+    carrier NAT forgets the flow) is found within their sum, and the session reconnects. ``time_seconds`` must
+    not be below the server's HAULMESH_KEEPALIVE_MIN_PING_INTERVAL_SECONDS, or the server answers GOAWAY
+    too_many_pings."""
+
+    time_seconds: float = 10.0
+    timeout_seconds: float = 5.0
+
+    def channel_options(self) -> list[tuple[str, int]]:
+        return [
+            ("grpc.keepalive_time_ms", int(self.time_seconds * 1000)),
+            ("grpc.keepalive_timeout_ms", int(self.timeout_seconds * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            # A parked truck sends nothing but pings: unlimited, or they would stop after two (gRPC's default).
+            ("grpc.http2.max_pings_without_data", 0),
+        ]
+
+
+# The channel's reconnect backoff is capped so it never waits longer than ours.
 _CHANNEL_OPTIONS = [
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 5_000),
 ]
@@ -119,8 +136,9 @@ class StreamClient:
                  boot_id: str, on_command: CommandHandler | None = None, backoff_base: float = 0.5,
                  backoff_cap: float = 30.0, poll_interval: float = 1.0,
                  link: Callable[[], stream_pb2.LinkQuality] | None = None,
-                 server_name: str | None = None) -> None:
+                 server_name: str | None = None, keepalive: Keepalive | None = None) -> None:
         self.target = target
+        self.keepalive = keepalive or Keepalive()
         self.spool = spool
         self.vehicle_id = vehicle_id
         self.boot_id = boot_id
@@ -185,7 +203,7 @@ class StreamClient:
     # -- one session ----------------------------------------------------------------------------------------
 
     async def _session(self) -> None:
-        options = list(_CHANNEL_OPTIONS)
+        options = [*_CHANNEL_OPTIONS, *self.keepalive.channel_options()]
         if self._server_name:
             options.append(("grpc.ssl_target_name_override", self._server_name))
         async with grpc.aio.secure_channel(self.target, self._credentials, options=options) as channel:

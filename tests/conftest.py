@@ -36,6 +36,9 @@ from services.runtime import (
 from tests.objectstore import SeaweedS3
 from tests.trucks import Truck
 
+#: The fault proxy's fixture (``fault_proxy``) and the chaos runner (``--chaos``, seeds, build/chaos.json).
+pytest_plugins = ["tests.faultproxy", "tests.chaos"]
+
 
 @dataclass(frozen=True)
 class Pki:

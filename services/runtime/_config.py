@@ -186,6 +186,15 @@ class ServiceConfig:
     workers: int = 1
     #: This process's index among the workers (set by the supervising parent), None when not a worker.
     worker_index: int | None = None
+    #: The server's keepalive policy (docs/decisions.md, "Keepalive, both ends"): it pings every connection
+    #: after this much silence, so a link that died without a FIN or RST (a truck out of coverage, a NAT that
+    #: forgot the flow) is found, its streams ended and their memory freed.
+    keepalive_time_seconds: float = 20.0
+    #: How long a keepalive ping may go unanswered before the connection is closed.
+    keepalive_timeout_seconds: float = 10.0
+    #: The most often a client may ping without the server sending data: the edge client pings every 10 s,
+    #: so 5 s leaves it room for timer jitter; pings more frequent than this earn GOAWAY too_many_pings.
+    keepalive_min_ping_interval_seconds: float = 5.0
 
     @classmethod
     def from_env(cls, service_name: str, env: Mapping[str, str] | None = None) -> ServiceConfig:
@@ -222,6 +231,10 @@ class ServiceConfig:
             tracing=TracingConfig.from_env(env),
             workers=_count(env, "HAULMESH_WORKERS", 1, maximum=64),
             worker_index=int(env["HAULMESH_WORKER_INDEX"]) if env.get("HAULMESH_WORKER_INDEX", "").isdigit() else None,
+            keepalive_time_seconds=_float(env, "HAULMESH_KEEPALIVE_TIME_SECONDS", 20.0, minimum=0.01),
+            keepalive_timeout_seconds=_float(env, "HAULMESH_KEEPALIVE_TIMEOUT_SECONDS", 10.0, minimum=0.01),
+            keepalive_min_ping_interval_seconds=_float(env, "HAULMESH_KEEPALIVE_MIN_PING_INTERVAL_SECONDS", 5.0,
+                                                       minimum=0.01),
         )
 
     @property

@@ -43,6 +43,24 @@ _log = logging.getLogger("haulmesh.server")
 StubT = TypeVar("StubT")
 
 
+def _keepalive_options(config: ServiceConfig) -> list[tuple[str, int]]:
+    """The server half of the keepalive policy both ends agree (docs/decisions.md, "Keepalive, both ends")."""
+    return [
+        # Ping every connection after keepalive_time of silence, idle ones included, and close it when the ping
+        # is not answered within keepalive_timeout: a blackholed truck's stream ends within their sum.
+        ("grpc.keepalive_time_ms", int(config.keepalive_time_seconds * 1000)),
+        ("grpc.keepalive_timeout_ms", int(config.keepalive_timeout_seconds * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # A quiet stream (a parked truck: no frames, so no acks) sends no data: without 0 here the server's own
+        # pings would stop after two and a blackholed idle stream would never be found.
+        ("grpc.http2.max_pings_without_data", 0),
+        # The clients' pings we accept while sending no data; two faster ones and the client is told
+        # GOAWAY too_many_pings (gRPC's ping abuse policy, its default of 2 strikes made explicit).
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", int(config.keepalive_min_ping_interval_seconds * 1000)),
+        ("grpc.http2.max_ping_strikes", 2),
+    ]
+
+
 class Service:
     """One service process: its gRPC server, its store client, and its channels to other services."""
 
@@ -64,6 +82,7 @@ class Service:
                 # Off unless this process is one of several workers on the port: then the kernel spreads the
                 # connections across them. Off, a second process on a taken port fails loudly instead.
                 ("grpc.so_reuseport", 1 if config.worker_index is not None else 0),
+                *_keepalive_options(config),
             ],
         )
         self.health = health.aio.HealthServicer()

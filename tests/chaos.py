@@ -1,0 +1,128 @@
+"""The chaos runner's pytest plugin (loaded by tests/conftest.py): seeds, selection and ``build/chaos.json``.
+
+Issue 11's acceptance tests come in two sizes. The full one is marked ``@pytest.mark.chaos`` and runs only with
+``--chaos`` (``make chaos``), once per seed of ``--chaos-seeds``; the short one (one seed, smaller counts) is an
+ordinary test that ``make test`` runs. A test takes its seed from the ``chaos_seed`` fixture (parametrized here)
+and reports what it measured through the ``chaos_record`` fixture::
+
+    @pytest.mark.chaos
+    async def test_at09_full(chaos_seed: int, chaos_record) -> None:
+        rng = random.Random(chaos_seed)
+        ...
+        chaos_record("AT-09", detect_seconds=2.1, bound_seconds=3.0)
+
+With ``--chaos-json PATH`` the session writes PATH: an object keyed by acceptance id (``"AT-09"`` ...), each
+``{"pass": every run passed, "seed": the seed of the first failed run (else of the first run), "figure": that
+run's figures, "runs": [{"seed", "pass", "figure", "test"}, ...]}``. A run passes when its test passed; a run
+whose test failed before recording still appears, with the id its ``chaos_id`` marker names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+__all__ = ["DEFAULT_SEEDS"]
+
+#: Seeds of ``make chaos`` unless --chaos-seeds (or HAULMESH_CHAOS_SEEDS) says otherwise; the short versions use
+#: the first.
+DEFAULT_SEEDS = (11, 23, 37)
+
+_RUNS = pytest.StashKey[list[dict[str, Any]]]()
+_RECORDED = pytest.StashKey[dict[str, Any]]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("chaos", "issue 11's acceptance tests at full strength")
+    group.addoption("--chaos", action="store_true", default=False,
+                    help="run the tests marked chaos (make chaos); without it they are deselected")
+    group.addoption("--chaos-seeds", default=os.environ.get("HAULMESH_CHAOS_SEEDS", ""),
+                    help=f"comma-separated seeds for the chaos tests (default {','.join(map(str, DEFAULT_SEEDS))})")
+    group.addoption("--chaos-json", default=None, help="write the chaos tests' results to this JSON file")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "chaos: the full version of an acceptance test; runs only with --chaos "
+                                       "(make chaos), once per seed")
+    config.addinivalue_line("markers", "chaos_id(id): the acceptance test id (AT-09 ...) a test reports under")
+    config.stash[_RUNS] = []
+
+
+def _seeds(config: pytest.Config) -> list[int]:
+    raw = config.getoption("chaos_seeds")
+    if not raw:
+        return list(DEFAULT_SEEDS)
+    try:
+        return [int(s) for s in raw.split(",") if s.strip()]
+    except ValueError:
+        raise pytest.UsageError(f"--chaos-seeds must be comma-separated integers, got {raw!r}") from None
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "chaos_seed" not in metafunc.fixturenames:
+        return
+    seeds = _seeds(metafunc.config)
+    if metafunc.definition.get_closest_marker("chaos") is None:
+        seeds = seeds[:1]  # the short version: one seed
+    metafunc.parametrize("chaos_seed", seeds, ids=[f"seed{s}" for s in seeds])
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("chaos"):
+        return
+    deselected = [item for item in items if item.get_closest_marker("chaos") is not None]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if item.get_closest_marker("chaos") is None]
+
+
+@pytest.fixture
+def chaos_record(request: pytest.FixtureRequest) -> Callable[..., None]:
+    """``chaos_record("AT-09", figure=..., ...)``: what this run measured, under its acceptance id. Call it
+    before the test's final assertions, so a failed run still reports its figures."""
+
+    def record(test_id: str, **figure: Any) -> None:
+        request.node.stash[_RECORDED] = {"id": test_id, "figure": figure}
+
+    return record
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    failed_setup = report.when == "setup" and report.failed
+    if report.when == "call" or failed_setup:
+        recorded = item.stash.get(_RECORDED, None)
+        marker = item.get_closest_marker("chaos_id")
+        test_id = recorded["id"] if recorded else (marker.args[0] if marker else None)
+        callspec = getattr(item, "callspec", None)
+        if test_id is not None and item.get_closest_marker("chaos") is not None:
+            item.config.stash[_RUNS].append({
+                "id": test_id, "test": item.nodeid, "pass": report.passed,
+                "seed": callspec.params.get("chaos_seed") if callspec else None,
+                "figure": recorded["figure"] if recorded else {},
+            })
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    path = session.config.getoption("chaos_json")
+    if not path:
+        return
+    results: dict[str, Any] = {}
+    for run in session.config.stash[_RUNS]:
+        entry = results.setdefault(run["id"], {"pass": True, "seed": run["seed"], "figure": run["figure"],
+                                               "runs": []})
+        entry["runs"].append({k: run[k] for k in ("seed", "pass", "figure", "test")})
+        if not run["pass"] and entry["pass"]:  # the first failed run is the one to show
+            entry.update({"pass": False, "seed": run["seed"], "figure": run["figure"]})
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_suffix(".tmp")
+    temporary.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    temporary.replace(target)
