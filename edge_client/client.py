@@ -58,6 +58,10 @@ class Keepalive:
         return [
             ("grpc.keepalive_time_ms", int(self.time_seconds * 1000)),
             ("grpc.keepalive_timeout_ms", int(self.timeout_seconds * 1000)),
+            # Any unanswered ping ends the link after the same timeout. The keepalive ping waits behind a ping
+            # already in flight (gRPC's flow-control probe, sent after every read): with the library's default
+            # ping timeout of a minute, a link that died right after a read was found only then (measured).
+            ("grpc.http2.ping_timeout_ms", int(self.timeout_seconds * 1000)),
             ("grpc.keepalive_permit_without_calls", 1),
             # A parked truck sends nothing but pings: unlimited, or they would stop after two (gRPC's default).
             ("grpc.http2.max_pings_without_data", 0),

@@ -47,8 +47,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "chaos: the full version of an acceptance test; runs only with --chaos "
-                                       "(make chaos), once per seed")
+    config.addinivalue_line("markers", "chaos(seeds=N): the full version of an acceptance test; runs only with "
+                                       "--chaos (make chaos), once per seed (the first N seeds with seeds=N)")
     config.addinivalue_line("markers", "chaos_id(id): the acceptance test id (AT-09 ...) a test reports under")
     config.stash[_RUNS] = []
 
@@ -67,8 +67,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "chaos_seed" not in metafunc.fixturenames:
         return
     seeds = _seeds(metafunc.config)
-    if metafunc.definition.get_closest_marker("chaos") is None:
-        seeds = seeds[:1]  # the short version: one seed
+    marker = metafunc.definition.get_closest_marker("chaos")
+    # The short version runs with one seed; a long chaos test may ask for fewer (``chaos(seeds=1)``).
+    seeds = seeds[:1] if marker is None else seeds[:marker.kwargs.get("seeds", len(seeds))]
     metafunc.parametrize("chaos_seed", seeds, ids=[f"seed{s}" for s in seeds])
 
 

@@ -6,13 +6,15 @@ inject network faults for real, switchable while traffic flows:
 * ``reset(refuse_new=...)`` cuts every open connection with a TCP RST on both sides (``SO_LINGER`` 0, the way a
   crashed peer or a middlebox that dropped the flow answers), and with ``refuse_new`` resets new connections too
   until ``pass_through()``;
-* ``blackhole()`` keeps every socket open and reads what arrives but forwards nothing, either way, on open and
-  new connections: the half-open link a truck leaving coverage or a NAT that forgot the flow leaves behind,
-  which only keepalive or a timeout can find (no FIN, no RST ever reaches either end).
+* ``blackhole()`` keeps every open socket open and reads what arrives but forwards nothing, either way: the
+  half-open link a truck leaving coverage or a NAT that forgot the flow leaves behind, which only keepalive or a
+  timeout can find (no FIN, no RST ever reaches either end). New connections are accepted and held, unread and
+  not forwarded, until the proxy passes again (as a SYN retransmitted through an outage gets through once the
+  link is back): then they reach the upstream with what their client sent.
 
-A connection that was blackholed stays so until an end closes it (its byte stream has a hole: TLS could not
-resume it); ``pass_through()`` lets new connections through. The ``fault_proxy`` fixture makes proxies that are
-closed after the test. Unit tests: tests/test_faultproxy.py.
+A connection that was blackholed while open stays silent until an end closes it (its byte stream has a hole:
+TLS could not resume it). The ``fault_proxy`` fixture makes proxies that are closed after the test. Unit tests:
+tests/test_faultproxy.py.
 """
 
 from __future__ import annotations
@@ -83,6 +85,8 @@ class FaultProxy:
         self.bytes_swallowed = 0
         self._links: set[_Link] = set()
         self._handlers: set[asyncio.Task[None]] = set()  # one per accepted connection, awaited by close()
+        self._passing = asyncio.Event()  # set unless blackholed: connections accepted meanwhile wait for it
+        self._passing.set()
         self._server: asyncio.Server | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------------
@@ -105,6 +109,8 @@ class FaultProxy:
         """Stop listening and reset every connection still open."""
         if self._server is not None:
             self._server.close()
+        self.mode = Mode.RESET
+        self._passing.set()
         for link in list(self._links):
             await self._drop(link, rst=True)
         # Let every connection's handler see its end, so none is left for the event loop to cancel.
@@ -122,18 +128,21 @@ class FaultProxy:
     # -- faults ---------------------------------------------------------------------------------------------
 
     def pass_through(self) -> None:
-        """Forward again, without added latency (connections blackholed before stay silent)."""
-        self.mode, self.latency_seconds = Mode.PASS, 0.0
+        """Forward again, without added latency (connections blackholed while open stay silent; those accepted
+        during the blackhole go through now)."""
+        self.delay(0.0)
 
     def delay(self, seconds: float) -> None:
         """Forward with ``seconds`` of latency each way (0 removes it)."""
         self.mode, self.latency_seconds = Mode.PASS, seconds
+        self._passing.set()
 
     def reset(self, *, refuse_new: bool = False) -> int:
         """RST every open connection on both sides; with ``refuse_new``, new ones too until ``pass_through()``.
         Returns how many connections were cut."""
         if refuse_new:
             self.mode = Mode.RESET
+            self._passing.set()  # connections held by a blackhole are reset too
         links = list(self._links)
         for link in links:
             self.resets += 1
@@ -145,6 +154,7 @@ class FaultProxy:
     def blackhole(self) -> None:
         """Swallow everything, both ways, on open and new connections; every socket stays open."""
         self.mode = Mode.BLACKHOLE
+        self._passing.clear()
         for link in self._links:
             link.blackholed = True
 
@@ -161,15 +171,14 @@ class FaultProxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
-        if self.mode is Mode.RESET:
+        link = _Link(downstream=writer)
+        self._links.add(link)
+        # Blackholed: held, unread; nothing reaches the upstream, not even the connection.
+        await self._passing.wait()
+        if self.mode is Mode.RESET or link not in self._links:
+            self._links.discard(link)
             self.resets += 1
             _rst(writer)
-            return
-        link = _Link(downstream=writer, blackholed=self.mode is Mode.BLACKHOLE)
-        self._links.add(link)
-        if link.blackholed:  # nothing reaches the upstream: not even the connection
-            await self._swallow(reader)
-            await self._drop(link, rst=False)
             return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.upstream)
@@ -185,11 +194,6 @@ class FaultProxy:
                       asyncio.create_task(self._pump(link, up_reader, writer))]
         await asyncio.gather(*link.tasks, return_exceptions=True)
         await self._drop(link, rst=False)
-
-    async def _swallow(self, reader: asyncio.StreamReader) -> None:
-        with contextlib.suppress(OSError):
-            while chunk := await reader.read(_CHUNK_BYTES):
-                self.bytes_swallowed += len(chunk)
 
     async def _pump(self, link: _Link, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Read one side, and forward to the other after the latency in force when the chunk arrived; a queue

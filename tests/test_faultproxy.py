@@ -134,19 +134,21 @@ async def test_blackhole_swallows_and_keeps_the_sockets_open(echo: Echo, fault_p
     assert bytes(echo.received) == b"before"
     assert echo.endings == [] and not reader.at_eof() and not writer.is_closing()
     assert proxy.open_connections == 1
-    # A new connection is accepted and swallowed too; it never reaches the upstream.
+    # A new connection is accepted and held: nothing of it reaches the upstream while the blackhole lasts.
     late_reader, late_writer = await connect(proxy)
     late_writer.write(b"hello?")
-    await wait_for(lambda: proxy.bytes_swallowed >= 4006)
+    await wait_for(lambda: proxy.accepted == 2)
     assert bytes(echo.received) == b"before" and not late_reader.at_eof()
-    # Passing again: new connections work, the blackholed one stays silent (its stream has a hole).
+    # Passing again: the held connection goes through with what it sent, new ones work, and the connection
+    # blackholed while open stays silent (its stream has a hole).
     proxy.pass_through()
+    assert await late_reader.readexactly(6) == b"hello?"
     fresh_reader, fresh_writer = await connect(proxy)
     fresh_writer.write(b"after")
     assert await fresh_reader.readexactly(5) == b"after"
     writer.write(b"still lost")
-    await wait_for(lambda: proxy.bytes_swallowed >= 4016)
-    assert bytes(echo.received) == b"beforeafter"
+    await wait_for(lambda: proxy.bytes_swallowed >= 4010)
+    assert sorted([bytes(echo.received[6:12]), bytes(echo.received[12:])]) == [b"after", b"hello?"]
     # An end that gives up (as keepalive makes it) closes its own socket; the far end of a blackholed link is
     # not told (the echo server still holds its side), so that link stays; the others are let go.
     for w in (writer, late_writer, fresh_writer):
@@ -154,7 +156,20 @@ async def test_blackhole_swallows_and_keeps_the_sockets_open(echo: Echo, fault_p
         with contextlib.suppress(ConnectionError):
             await w.wait_closed()
     await wait_for(lambda: proxy.open_connections == 1)
-    assert echo.endings == ["eof"]  # the fresh connection's orderly end; nothing of the blackholed one
+    await wait_for(lambda: echo.endings == ["eof", "eof"])  # the two passed connections' orderly ends
+
+
+async def test_blackhole_then_reset_refusing_resets_the_held_connections(echo: Echo, fault_proxy) -> None:
+    proxy = await fault_proxy(echo.address)
+    proxy.blackhole()
+    reader, writer = await connect(proxy)
+    writer.write(b"held")
+    await wait_for(lambda: proxy.accepted == 1)
+    proxy.reset(refuse_new=True)
+    with pytest.raises(ConnectionResetError):
+        while await reader.read(1024):
+            pass
+    assert echo.received == b""
 
 
 async def test_upstream_down_is_a_refused_connection(fault_proxy) -> None:

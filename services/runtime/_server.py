@@ -50,13 +50,17 @@ def _keepalive_options(config: ServiceConfig) -> list[tuple[str, int]]:
         # is not answered within keepalive_timeout: a blackholed truck's stream ends within their sum.
         ("grpc.keepalive_time_ms", int(config.keepalive_time_seconds * 1000)),
         ("grpc.keepalive_timeout_ms", int(config.keepalive_timeout_seconds * 1000)),
+        # Any unanswered ping ends the connection after the same timeout: the keepalive ping waits behind one
+        # already in flight, whose own timeout would otherwise be the library's minute.
+        ("grpc.http2.ping_timeout_ms", int(config.keepalive_timeout_seconds * 1000)),
         ("grpc.keepalive_permit_without_calls", 1),
-        # A quiet stream (a parked truck: no frames, so no acks) sends no data: without 0 here the server's own
-        # pings would stop after two and a blackholed idle stream would never be found.
+        # A quiet stream (a parked truck: no frames, so no acks) sends no data; no cap on pings without data, so
+        # the server's keepalive never falls silent on it.
         ("grpc.http2.max_pings_without_data", 0),
-        # The clients' pings we accept while sending no data; two faster ones and the client is told
+        # How often a client may ping while the server sends no data (gRPC's default is 5 minutes: the truck's
+        # 10 s pings were told GOAWAY too_many_pings on a quiet stream). Two faster pings, and the client is told
         # GOAWAY too_many_pings (gRPC's ping abuse policy, its default of 2 strikes made explicit).
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", int(config.keepalive_min_ping_interval_seconds * 1000)),
+        ("grpc.http2.min_ping_interval_without_data_ms", int(config.keepalive_min_ping_interval_seconds * 1000)),
         ("grpc.http2.max_ping_strikes", 2),
     ]
 
