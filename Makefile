@@ -9,7 +9,7 @@ BUF := .tools/node_modules/.bin/buf
 PROTOS := $(shell find protos -name '*.proto' 2>/dev/null)
 GENERATED := haulmesh/.generated
 
-.PHONY: help venv protos certs run demo bench status stop test lint lint-protos breaking tools clean distclean
+.PHONY: help venv protos certs run demo bench status stop test chaos lint lint-protos breaking tools clean distclean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -64,6 +64,12 @@ lint: lint-protos $(VENV)/.installed ## ruff on the Python code, buf lint on the
 
 test: protos lint breaking ## every test: lint, proto breaking check, unit, integration over real mTLS and a real store
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The acceptance tests of issue 11 at full strength (tests marked chaos, which `make test` deselects: their short
+# versions run there), once per seed; results by test id in build/chaos.json (tests/chaos.py).
+CHAOS_SEEDS ?= 11,23,37
+chaos: protos ## the fault acceptance tests at full strength, several seeds; writes build/chaos.json
+	$(PY) -m pytest -m chaos --chaos --chaos-seeds=$(CHAOS_SEEDS) --chaos-json=build/chaos.json $(PYTEST_ARGS)
 
 clean: ## remove generated code and build output (keeps certificates and store data)
 	rm -rf haulmesh build .pytest_cache

@@ -17,6 +17,9 @@ def test_defaults(tmp_path: Path) -> None:
     assert config.redis_url is None
     assert config.peer_addresses["billing"] == "127.0.0.1:50054"
     assert config.grace_period_seconds == 10.0
+    # The server's keepalive policy (docs/decisions.md, "Keepalive, both ends"); the edge client pings every 10 s.
+    assert (config.keepalive_time_seconds, config.keepalive_timeout_seconds,
+            config.keepalive_min_ping_interval_seconds) == (20.0, 10.0, 5.0)
 
 
 @pytest.mark.parametrize("env,field", [
@@ -27,6 +30,9 @@ def test_defaults(tmp_path: Path) -> None:
     ({"HAULMESH_DURABLE_TIMEOUT_SECONDS": "never"}, "HAULMESH_DURABLE_TIMEOUT_SECONDS"),
     ({"HAULMESH_BILLING_ADDR": "nohost"}, "HAULMESH_BILLING_ADDR"),
     ({"HAULMESH_LOG_LEVEL": "LOUD"}, "HAULMESH_LOG_LEVEL"),
+    ({"HAULMESH_KEEPALIVE_TIME_SECONDS": "0"}, "HAULMESH_KEEPALIVE_TIME_SECONDS"),
+    ({"HAULMESH_KEEPALIVE_TIMEOUT_SECONDS": "soon"}, "HAULMESH_KEEPALIVE_TIMEOUT_SECONDS"),
+    ({"HAULMESH_KEEPALIVE_MIN_PING_INTERVAL_SECONDS": "-1"}, "HAULMESH_KEEPALIVE_MIN_PING_INTERVAL_SECONDS"),
 ])
 def test_bad_values_name_the_variable(env: dict[str, str], field: str) -> None:
     with pytest.raises(ConfigError) as caught:
