@@ -47,9 +47,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "chaos(seeds=N): the full version of an acceptance test; runs only with "
-                                       "--chaos (make chaos), once per seed (the first N seeds with seeds=N)")
-    config.addinivalue_line("markers", "chaos_id(id): the acceptance test id (AT-09 ...) a test reports under")
+    # The markers chaos and chaos_id are registered in pyproject.toml, with the other pytest settings.
     config.stash[_RUNS] = []
 
 
