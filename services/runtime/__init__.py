@@ -62,7 +62,7 @@ from ._names import parse_name
 from ._paging import Page, decode_page, next_page_token
 from ._periodic import Periodic, poll_until
 from ._server import Service, run_service
-from ._status import abort, error_info, status_of, to_rpc_status
+from ._status import abort, error_info, retry_delay_seconds, status_of, to_rpc_status
 from ._store import EmbeddedStore, cluster_url, connect_async, connect_sync, free_port, resolve_redis_url
 from ._tenant import CARRIER_METADATA_KEY, carrier
 from ._time import from_timestamp, timestamp_ms, to_timestamp
@@ -160,6 +160,7 @@ __all__ = [
     "read_json_file",
     "replay_dead_letters",
     "resolve_redis_url",
+    "retry_delay_seconds",
     "run_service",
     "shutdown_tracing",
     "signing_key_id",

@@ -22,7 +22,8 @@ def register(service: Service) -> None:
         config = TelemetryConfig.from_env()
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    store = TelemetryStore(service.redis, config)
+    # Watches block on a pool of their own (HAULMESH_TELEMETRY_WATCH_POOL_CONNECTIONS), never the commit path's.
+    store = TelemetryStore(service.redis, config, blocking=service.blocking_redis(config.watch_pool_connections))
     try:
         objects = open_object_store(config.archive_url)
         objects.self_test()  # create-only must really refuse a second create, or the archive is unsafe

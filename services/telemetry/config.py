@@ -15,6 +15,14 @@ The archive (warm/cold tier, docs/telemetry.md "Data tiers"):
   default 3600. It also sets the job's cadence, so a part holds about that long of a vehicle's frames.
 * ``HAULMESH_ARCHIVE_TEST_KILL_AFTER_WRITE``: tests only; ``1`` makes the archiver SIGKILL its own process right
   after a part's object is written and before the index records it (the crash the resume logic covers).
+
+
+Watches (docs/telemetry.md "Fair reads"): each live watch holds one blocking XREAD on a pool of its own, never
+the commit path's. ``HAULMESH_TELEMETRY_WATCH_POOL_CONNECTIONS`` (default 256) sizes that pool;
+``HAULMESH_TELEMETRY_MAX_WATCHES_PER_PROCESS`` (default 256, at most the pool's size) and
+``HAULMESH_TELEMETRY_MAX_WATCHES_PER_TENANT`` (default 32; a tenant is a carrier, or the calling operator or
+service for vehicle watches) cap concurrent watches; one beyond is refused RESOURCE_EXHAUSTED with
+google.rpc.RetryInfo of ``HAULMESH_TELEMETRY_WATCH_RETRY_AFTER_SECONDS`` (default 5).
 """
 
 from __future__ import annotations
@@ -82,6 +90,14 @@ class TelemetryConfig:
     #: one batch (a connectivity change is reported at once): the roster's cost is one write per vehicle per
     #: flush, whatever the frame rate.
     fleet_flush_seconds: float = 10.0
+    #: Store connections of the watches' own pool (blocking XREAD), apart from the commit path's.
+    watch_pool_connections: int = 256
+    #: Concurrent watches in this process; never more than the pool's connections (each holds one).
+    max_watches_per_process: int = 256
+    #: Concurrent watches of one tenant (a carrier; for vehicle watches, the calling operator or service).
+    max_watches_per_tenant: int = 32
+    #: The retry hint (google.rpc.RetryInfo) of a watch refused over a cap.
+    watch_retry_after_seconds: float = 5.0
     #: Where archived parts go (HAULMESH_ARCHIVE_URL); "" means ``archive/`` under the state directory.
     archive_url: str = ""
     #: Cold-tier retention in days (HAULMESH_ARCHIVE_RETENTION_DAYS).
@@ -103,6 +119,7 @@ class TelemetryConfig:
         """``HAULMESH_TELEMETRY_*`` variables; unset ones keep the defaults above."""
         env = os.environ if env is None else env
         p = "HAULMESH_TELEMETRY_"
+        pool = int(_env_float(env, p + "WATCH_POOL_CONNECTIONS", cls.watch_pool_connections))
         return cls(
             clock_skew_seconds=_env_float(env, p + "CLOCK_SKEW_SECONDS", cls.clock_skew_seconds),
             max_frame_age_seconds=_env_float(env, p + "MAX_FRAME_AGE_SECONDS", cls.max_frame_age_seconds),
@@ -115,6 +132,12 @@ class TelemetryConfig:
             ack_interval_seconds=_env_float(env, p + "ACK_INTERVAL_SECONDS", cls.ack_interval_seconds),
             liveness_timeout_seconds=_env_float(env, p + "LIVENESS_TIMEOUT_SECONDS", cls.liveness_timeout_seconds),
             fleet_flush_seconds=_env_float(env, p + "FLEET_FLUSH_SECONDS", cls.fleet_flush_seconds),
+            watch_pool_connections=pool,
+            # More watches than connections would queue on the pool and fail after its timeout: capped here.
+            max_watches_per_process=min(pool, int(_env_float(env, p + "MAX_WATCHES_PER_PROCESS",
+                                                             cls.max_watches_per_process))),
+            max_watches_per_tenant=int(_env_float(env, p + "MAX_WATCHES_PER_TENANT", cls.max_watches_per_tenant)),
+            watch_retry_after_seconds=_env_float(env, p + "WATCH_RETRY_AFTER_SECONDS", cls.watch_retry_after_seconds),
             archive_url=env.get("HAULMESH_ARCHIVE_URL") or str(default_state_dir(env) / "archive"),
             archive_retention_days=_env_days(env, "HAULMESH_ARCHIVE_RETENTION_DAYS", cls.archive_retention_days),
             archive_after_seconds=_env_float(env, "HAULMESH_ARCHIVE_AFTER_SECONDS", cls.archive_after_seconds),

@@ -255,8 +255,11 @@ class TelemetryStore:
     #: Cap on WAITAOF calls in flight (each holds a pooled connection while the fsync is pending).
     MAX_INFLIGHT_WAITS = 32
 
-    def __init__(self, client: redis.asyncio.Redis, config: TelemetryConfig | None = None) -> None:
+    def __init__(self, client: redis.asyncio.Redis, config: TelemetryConfig | None = None, *,
+                 blocking: redis.asyncio.Redis | None = None) -> None:
         self._redis = client
+        #: Blocking reads (watches' XREAD BLOCK) go through their own pool when given: never the commit path's.
+        self._blocking = blocking or client
         self._plan_part = client.register_script(_PLAN_PART_LUA)
         self._commit_part = client.register_script(_COMMIT_PART_LUA)
         self.config = config or TelemetryConfig()
@@ -418,7 +421,7 @@ class TelemetryStore:
     async def wait_frames(self, vehicle_id: str, after: int, *, block_ms: int = 2000,
                           count: int = 500) -> list[StoredFrame]:
         """Frames after ``after``, waiting up to ``block_ms`` for the first to be stored (XREAD BLOCK)."""
-        reply = await self._redis.xread({self.frames_key(vehicle_id): f"{after}-0"}, count=count, block=block_ms)
+        reply = await self._blocking.xread({self.frames_key(vehicle_id): f"{after}-0"}, count=count, block=block_ms)
         return [_decode_entry(i, f) for _, entries in reply or [] for i, f in entries]
 
     # ---- keys, sessions, liveness --------------------------------------------------------------------
