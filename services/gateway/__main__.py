@@ -10,6 +10,7 @@ from .rest.descriptors import load_api
 from .rest.device import DeviceGateway, TlsScopeProtocol, device_api, device_ssl_context
 from .rest.handler import RestGateway
 from .rest.ratelimit import TenantRateLimiter
+from .rest.sse import StreamSlots
 from .webhooks.server import POLICY, register_grpc
 
 
@@ -24,6 +25,8 @@ def rest_gateway(service: Service, config: GatewayConfig) -> RestGateway:
         channel=lambda peer: service.channels.channel(shared.peer_addresses[peer]),
         max_request_bytes=config.max_request_bytes,
         durable=service.durable,
+        streams=StreamSlots(config.sse_max_streams_per_process, config.sse_max_streams_per_carrier,
+                            config.sse_retry_after_seconds),
     )
 
 
