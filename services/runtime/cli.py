@@ -1,7 +1,7 @@
 """``haulmesh``: the operator and developer command line.
 
     haulmesh pki init | issue {service,vehicle,operator} NAME | dev-bootstrap
-    haulmesh run        start the store and every service; Ctrl-C stops them
+    haulmesh run        start the store and every service (a crashed one is restarted); Ctrl-C stops them
     haulmesh status     health of every service over mTLS; exit 0 only if all are SERVING
     haulmesh store {start,stop,status}
     haulmesh audit verify               check the audit log's hash chain; exit 1 if tampered
@@ -163,17 +163,14 @@ async def _run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    exited = asyncio.ensure_future(mesh.wait_for_exit())
-    stopping = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    # A service that dies is restarted with backoff (as a kubelet would); only a configuration error, which
+    # every restart would repeat, stops the mesh.
+    child = await mesh.supervise(stop)
     code = 0
-    if exited.done():
-        child = exited.result()
-        print(f"{child.name} exited with {child.process.returncode if child.process else '?'}; "
-              f"stopping the mesh (see {child.log_path})", file=sys.stderr)
+    if child is not None:
+        print(f"{child.name} exited with a configuration error; stopping the mesh (see {child.log_path})",
+              file=sys.stderr)
         code = 1
-    exited.cancel()
-    stopping.cancel()
     print("stopping ...", flush=True)
     await mesh.stop()
     print("stopped.")
