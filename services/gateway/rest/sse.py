@@ -65,8 +65,8 @@ class StreamSlots:
     def acquire(self, carrier: str) -> Callable[[], None]:
         """Take a slot for ``carrier``; returns its release (idempotent). 429 RESOURCE_EXHAUSTED with
         Retry-After beyond a cap. Single-threaded asyncio: check and count need no lock."""
-        scope, limit = ("process", self.per_process) if self.total >= self.per_process else \
-            ("carrier", self.per_carrier) if self._open[carrier] >= self.per_carrier else ("", 0)
+        scope, limit = ("carrier", self.per_carrier) if self._open[carrier] >= self.per_carrier else \
+            ("process", self.per_process) if self.total >= self.per_process else ("", 0)
         if scope:
             raise RestError("RESOURCE_EXHAUSTED", f"at most {limit} concurrent event streams per {scope}; close one "
                             "or retry later", reason="TOO_MANY_STREAMS",

@@ -58,15 +58,16 @@ class WatchSlots:
     @contextlib.contextmanager
     def hold(self, tenant: str) -> Iterator[None]:
         """A slot for one watch of ``tenant`` while the block runs; RESOURCE_EXHAUSTED (with RetryInfo) beyond
-        a cap. Single-threaded asyncio: the check and the count need no lock."""
-        if self.total >= self.per_process:
-            raise ResourceExhausted(f"this telemetry process serves at most {self.per_process} watches; retry later",
-                                    reason="TOO_MANY_WATCHES", retry_after_seconds=self.retry_after_seconds,
-                                    metadata={"limit": str(self.per_process), "scope": "process"})
+        a cap (the tenant's checked first: its hint is the one the caller can act on). Single-threaded asyncio:
+        the check and the count need no lock."""
         if self._open[tenant] >= self.per_tenant:
             raise ResourceExhausted(f"at most {self.per_tenant} concurrent watches per tenant; close one or retry "
                                     "later", reason="TOO_MANY_WATCHES", retry_after_seconds=self.retry_after_seconds,
                                     metadata={"limit": str(self.per_tenant), "scope": "tenant"})
+        if self.total >= self.per_process:
+            raise ResourceExhausted(f"this telemetry process serves at most {self.per_process} watches; retry later",
+                                    reason="TOO_MANY_WATCHES", retry_after_seconds=self.retry_after_seconds,
+                                    metadata={"limit": str(self.per_process), "scope": "process"})
         self._open[tenant] += 1
         self.total += 1
         try:
