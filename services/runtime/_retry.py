@@ -24,7 +24,8 @@ __all__ = ["Backoff", "is_transient"]
 _TRANSIENT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                               grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED})
 #: Replies of a store that is starting, failing over or resharding (Redis / Valkey / Cluster).
-_TRANSIENT_REPLIES = ("LOADING", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "READONLY", "BUSY ")
+_TRANSIENT_REPLIES = ("LOADING", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "READONLY", "BUSY ",
+                      "max number of clients reached", "ERR max number of clients reached")
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -37,7 +38,7 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)):
         return True
     if isinstance(exc, redis.ResponseError):
-        return str(exc).startswith(_TRANSIENT_REPLIES)
+        return str(exc).startswith(_TRANSIENT_REPLIES)  # redis-py drops the ERR prefix of some replies
     if isinstance(exc, grpc.aio.AioRpcError):
         return exc.code() in _TRANSIENT_CODES
     if isinstance(exc, Unavailable):

@@ -81,9 +81,12 @@ _COMMIT_LUA = """
 local hw_s = redis.call('HGET', KEYS[2], 'high_water') or '0'
 local hw = tonumber(hw_s)
 local now = ARGV[1]
+if tonumber(ARGV[4]) > hw then
+  return redis.error_reply('HIGH_WATER_BEHIND ' .. hw_s .. ' < ' .. ARGV[4])
+end
 if ARGV[2] ~= '0' then redis.call('HINCRBY', KEYS[2], 'received', ARGV[2]) end
-local first = 4 + 2 * tonumber(ARGV[3])
-for i = 4, first - 1, 2 do redis.call('HINCRBY', KEYS[2], 'rejected:' .. ARGV[i], ARGV[i + 1]) end
+local first = 5 + 2 * tonumber(ARGV[3])
+for i = 5, first - 1, 2 do redis.call('HINCRBY', KEYS[2], 'rejected:' .. ARGV[i], ARGV[i + 1]) end
 local stored, dup, lost = 0, 0, 0
 local out = {}
 for i = first, #ARGV, 4 do
@@ -242,6 +245,8 @@ class _Pending:
     received: int
     rejects: Counter[str]
     future: asyncio.Future[CommitResult] = field(repr=False)
+    #: The high-water the batch must find (the stream's earlier batches landed); 0: no check.
+    after: int = 0
 
 
 def _decode_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> StoredFrame:
@@ -288,8 +293,14 @@ class TelemetryStore:
         return await self.submit(vehicle_id, frames, received=received, rejects=rejects)
 
     def submit(self, vehicle_id: str, frames: list[Verified], *, received: int = 0,
-               rejects: Counter[str] | None = None) -> asyncio.Future[CommitResult]:
-        """:meth:`commit` as a future, for callers that keep several commits in flight (no task per batch)."""
+               rejects: Counter[str] | None = None, after: int = 0) -> asyncio.Future[CommitResult]:
+        """:meth:`commit` as a future, for callers that keep several commits in flight (no task per batch).
+
+        ``after``: the high-water the store must hold for this batch to apply (what the stream's earlier
+        batches reached). With several commits in flight, an earlier one can fail (a stale connection after a
+        store restart, an fsync lost with the store) while a later one lands; frame ids only grow, so the
+        earlier frames could then never be stored and would pass for duplicates when resent. Refused instead
+        (the stream ends, the truck resumes from the real high-water)."""
         if rejects:  # counted when rejected: whatever becomes of the batch's good frames, these are final
             metrics.record_rejects(rejects)
         if self._loop_task is None or self._loop_task.done():
@@ -298,7 +309,7 @@ class TelemetryStore:
             self._loop_task = asyncio.get_running_loop().create_task(self._commit_loop())
         future: asyncio.Future[CommitResult] = asyncio.get_running_loop().create_future()
         assert self._queue is not None
-        self._queue.put_nowait(_Pending(vehicle_id, frames, received, rejects or Counter(), future))
+        self._queue.put_nowait(_Pending(vehicle_id, frames, received, rejects or Counter(), future, after))
         return future
 
     async def close(self) -> None:
@@ -334,7 +345,7 @@ class TelemetryStore:
         receive_ms = int(time.time() * 1000)
         calls = []
         for item in group:
-            args: list[object] = [receive_ms, item.received, len(item.rejects)]
+            args: list[object] = [receive_ms, item.received, len(item.rejects), item.after]
             for reason, count in item.rejects.items():
                 args += [reason, count]
             for frame in item.frames:

@@ -75,6 +75,9 @@ class Session:
         #: The store names this stream the vehicle's current one. Until then the deliverer leaves it alone:
         #: it would read the vehicle's previous session (or none) and take this stream for replaced.
         self.claimed = False
+        #: The high-water this stream's submitted batches reach once they all land: each batch is committed
+        #: only on top of the previous ones (TelemetryStore.submit ``after``), never over a failed one.
+        self.expected_high_water = 0
 
     def end(self, error: HaulmeshError | None) -> None:
         self.outbound.put_nowait(error)
@@ -117,6 +120,7 @@ class Streams:
         if self._tracking is not None:
             self._tracking.connected(vehicle_id, vehicle_last_sequence)
         high_water = await self._store.high_water(vehicle_id)
+        session.expected_high_water = high_water
         _log.info("vehicle %s session %s opened (boot %s, truck last %d, server high-water %d)", vehicle_id,
                   session.session_id, boot_id[:40], vehicle_last_sequence, high_water)
         return high_water
@@ -216,7 +220,10 @@ class Streams:
             session.outbound.put_nowait(stream_pb2.StreamTelemetryResponse(reject=stream_pb2.Reject(
                 sequence=outcome.sequence, reason=REJECT_REASONS[outcome.reason], detail=outcome.detail)))
         # The commit runs while the next batch is read and verified; acks follow in batch order.
-        commit = self._store.submit(session.vehicle_id, good, received=len(frames), rejects=rejects)
+        after = session.expected_high_water
+        if good:
+            session.expected_high_water = max(after, max(f.sequence for f in good))
+        commit = self._store.submit(session.vehicle_id, good, received=len(frames), rejects=rejects, after=after)
         session.pending_acks.append((commit, max(f.sequence for f in frames), good))
         backlog = len(frames) >= _ACK_AT_ONCE_FRAMES
         commit.add_done_callback(lambda done: self._commit_done(session, done, backlog=backlog))
