@@ -11,9 +11,10 @@ import signal
 import subprocess
 import time
 import uuid
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
+import pytest
 import redis.asyncio
 
 from services.runtime import EmbeddedStore, Mesh, connect_async
@@ -91,46 +92,81 @@ class Truckline:
             await self._channel.close()
 
 
-async def test_store_killed_and_restarted_nothing_exits_health_follows_no_acked_frame_lost(
-        mesh_pki: Pki, tmp_path: Path) -> None:
-    async with running_mesh(mesh_pki, tmp_path) as mesh:
-        pids = {name: child.process.pid for name, child in mesh.children.items()}
-        truck = Truck.mint(mesh_pki.ca, f"W2-{uuid.uuid4().hex[:8].upper()}")
-        line = Truckline(mesh, truck)
-        driving = asyncio.ensure_future(line.run())
-        try:
-            await wait_for(lambda: line.observe() >= 20, timeout_seconds=30)
-            acked_before = line.observe()
-            os.kill(mesh.store.pid, signal.SIGKILL)
-            # While the store is gone the consumers cannot make progress: health says so (some service).
-            seen_not_serving: set[str] = set()
+@pytest.fixture(scope="module")
+async def w2_mesh(mesh_pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
+    async with running_mesh(mesh_pki, tmp_path_factory.mktemp("w2")) as mesh:
+        yield mesh
 
-            async def stuck() -> bool:
-                statuses = await mesh.status()
-                seen_not_serving.update(n for n, s in statuses.items() if s == "NOT_SERVING")
-                return bool(seen_not_serving)
 
-            await wait_for(stuck, timeout_seconds=30, interval_seconds=0.2)
-            await asyncio.sleep(1)  # an outage of a moment more, with the truck still sending
-            _restart_store(mesh)
-            # Back: every service SERVING again, and the truck's acks go past everything sent before.
-            await mesh.wait_serving(timeout_seconds=60)
-            target = line.sent
-            await wait_for(lambda: line.observe() >= target, timeout_seconds=60, interval_seconds=0.1)
-        finally:
-            driving.cancel()
-            await asyncio.gather(driving, return_exceptions=True)
-            await line.close()
-        # No service exited (same processes throughout).
-        assert {name: child.process.pid for name, child in mesh.children.items()} == pids
-        assert all(child.process.returncode is None for child in mesh.children.values())
-        assert seen_not_serving and line.acked > acked_before
-        # Every acknowledged frame is stored, once, in order: 1..acked with no gap.
-        client: redis.asyncio.Redis = connect_async(mesh.store.url)
-        try:
-            entries = await client.xrange(TelemetryStore.frames_key(truck.vehicle_id))
-        finally:
-            await client.aclose()
-        sequences = [int(entry_id.split(b"-")[0]) for entry_id, _ in entries]
-        assert sequences[:line.acked] == list(range(1, line.acked + 1))
-        assert len(sequences) == len(set(sequences))
+async def _through_a_fault(mesh: Mesh, mesh_pki: Pki, fault: Callable[[], Awaitable[None]],
+                           heal: Callable[[], Awaitable[None]]) -> None:
+    """A truck streams; ``fault`` breaks the store; health must say NOT_SERVING (some service); ``heal`` mends
+    it; then every service is SERVING again, no process was replaced, the truck's acks pass everything sent,
+    and every acknowledged frame is stored once, in order, without a hole."""
+    pids = {name: child.process.pid for name, child in mesh.children.items()}
+    truck = Truck.mint(mesh_pki.ca, f"W2-{uuid.uuid4().hex[:8].upper()}")
+    line = Truckline(mesh, truck)
+    driving = asyncio.ensure_future(line.run())
+    seen_not_serving: set[str] = set()
+    try:
+        await wait_for(lambda: line.observe() >= 20, timeout_seconds=30)
+        acked_before = line.observe()
+        await fault()
+
+        async def stuck() -> bool:
+            statuses = await mesh.status()
+            seen_not_serving.update(n for n, s in statuses.items() if s == "NOT_SERVING")
+            return bool(seen_not_serving)
+
+        await wait_for(stuck, timeout_seconds=30, interval_seconds=0.2)
+        await asyncio.sleep(1)  # an outage of a moment more, with the truck still sending
+        await heal()
+        await mesh.wait_serving(timeout_seconds=60)
+        target = line.sent
+        await wait_for(lambda: line.observe() >= target, timeout_seconds=60, interval_seconds=0.1)
+    finally:
+        driving.cancel()
+        await asyncio.gather(driving, return_exceptions=True)
+        await line.close()
+    assert {name: child.process.pid for name, child in mesh.children.items()} == pids  # nobody exited
+    assert all(child.process.returncode is None for child in mesh.children.values())
+    assert seen_not_serving and line.acked > acked_before
+    client: redis.asyncio.Redis = connect_async(mesh.store.url)
+    try:
+        entries = await client.xrange(TelemetryStore.frames_key(truck.vehicle_id))
+    finally:
+        await client.aclose()
+    sequences = [int(entry_id.split(b"-")[0]) for entry_id, _ in entries]
+    assert sequences[:line.acked] == list(range(1, line.acked + 1))
+    assert len(sequences) == len(set(sequences))
+
+
+async def test_store_killed_and_restarted_on_its_port(w2_mesh: Mesh, mesh_pki: Pki) -> None:
+    async def kill() -> None:
+        os.kill(json.loads((w2_mesh.state_dir / "store" / "store.json").read_text())["pid"], signal.SIGKILL)
+
+    async def restart() -> None:
+        _restart_store(w2_mesh)
+
+    await _through_a_fault(w2_mesh, mesh_pki, kill, restart)
+
+
+async def test_store_out_of_connections(w2_mesh: Mesh, mesh_pki: Pki) -> None:
+    """Every connection of every service dropped while the store takes no new one (maxclients reached):
+    every pool is exhausted and cannot refill until the store takes clients again."""
+    admin: redis.asyncio.Redis = redis.asyncio.Redis.from_url(w2_mesh.store.url, single_connection_client=True)
+    limit = (await admin.config_get("maxclients"))["maxclients"]
+
+    async def exhaust() -> None:
+        await admin.config_set("maxclients", 1)  # this admin connection is the one the store keeps
+        await admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+
+    async def heal() -> None:
+        await admin.config_set("maxclients", limit)
+
+    try:
+        await _through_a_fault(w2_mesh, mesh_pki, exhaust, heal)
+    finally:
+        await admin.config_set("maxclients", limit)
+        await admin.aclose()
