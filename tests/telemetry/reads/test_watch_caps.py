@@ -15,8 +15,10 @@ import httpx
 import pytest
 
 from haulmesh.telemetry.v1 import telemetry_service_pb2, telemetry_service_pb2_grpc
-from services.runtime import Mesh, retry_delay_seconds, status_of
+from services.runtime import Mesh, ResourceExhausted, retry_delay_seconds, status_of
 from services.runtime.tokens import mint
+from services.telemetry.config import TelemetryConfig
+from services.telemetry.usecases.reads import WatchSlots
 from tests.conftest import Pki, rich_error, running_mesh, wait_for
 from tests.gateway.rest.conftest import bearer, error_info
 from tests.telemetry.helpers import Session, batch, dispatch_to
@@ -155,3 +157,27 @@ async def _drain(lines: AsyncIterator[str], seen: asyncio.Event) -> None:
     async for line in lines:
         if line.startswith("data:"):
             seen.set()
+
+
+def test_watch_caps_from_the_environment_never_exceed_the_pool() -> None:
+    config = TelemetryConfig.from_env({"HAULMESH_TELEMETRY_WATCH_POOL_CONNECTIONS": "8",
+                                       "HAULMESH_TELEMETRY_MAX_WATCHES_PER_PROCESS": "100",
+                                       "HAULMESH_TELEMETRY_MAX_WATCHES_PER_TENANT": "3",
+                                       "HAULMESH_TELEMETRY_WATCH_RETRY_AFTER_SECONDS": "2.5"})
+    # Each watch holds one connection: more watches than connections would queue on the pool and time out.
+    assert (config.watch_pool_connections, config.max_watches_per_process, config.max_watches_per_tenant,
+            config.watch_retry_after_seconds) == (8, 8, 3, 2.5)
+    defaults = TelemetryConfig.from_env({})
+    assert (defaults.watch_pool_connections, defaults.max_watches_per_process,
+            defaults.max_watches_per_tenant) == (256, 256, 32)
+
+
+def test_a_watch_slot_is_released_however_the_watch_ends() -> None:
+    slots = WatchSlots(per_process=2, per_tenant=1, retry_after_seconds=1)
+    with pytest.raises(RuntimeError), slots.hold("carriers/a"):
+        raise RuntimeError("the client went away")
+    assert slots.total == 0 and slots.open("carriers/a") == 0
+    with slots.hold("carriers/a"), pytest.raises(ResourceExhausted) as refused:
+        with slots.hold("carriers/a"):
+            pass
+    assert refused.value.retry_after_seconds == 1 and refused.value.metadata["scope"] == "tenant"
