@@ -14,10 +14,12 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import grpc
+import redis
 
 from ._audit import AuditLog
-from ._errors import HaulmeshError, IdentityError, PermissionDenied, Unauthenticated
+from ._errors import HaulmeshError, IdentityError, PermissionDenied, Unauthenticated, Unavailable
 from ._identity import _CALLER, KINDS, Identity, caller, identity_from_pem
+from ._retry import is_transient
 from ._status import abort
 from ._tenant import CARRIER_METADATA_KEY
 
@@ -151,6 +153,9 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
             except HaulmeshError as exc:
                 await abort(context, exc)
                 return None
+            except redis.RedisError as exc:
+                await _abort_store_fault(context, exc)
+                return None
             if audited:
                 await self._record(method, context, request, response)
             # Nothing is acknowledged to an operator or a vehicle before it is on disk. A mesh service calling
@@ -184,8 +189,21 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
                         yield response
                 except HaulmeshError as exc:
                     await abort(context, exc)
+                except redis.RedisError as exc:
+                    await _abort_store_fault(context, exc)
 
             return generator
 
         # Handlers that write with context.write() (the library's health Watch) stay coroutines.
         return self._wrap_unary(inner, method)
+
+
+async def _abort_store_fault(context: grpc.aio.ServicerContext, exc: redis.RedisError) -> None:
+    """A store fault that escaped a handler: a transient one (store restarting, pool exhausted) is UNAVAILABLE
+    STORE_UNAVAILABLE, which clients retry (gRPC's UNKNOWN for an unexpected exception is not); anything else is
+    a bug and stays one."""
+    if not is_transient(exc):
+        raise exc
+    _log.warning("store fault in a handler: %s", exc)
+    await abort(context, Unavailable(f"the store is unavailable ({type(exc).__name__}); retry",
+                                     reason="STORE_UNAVAILABLE"))
