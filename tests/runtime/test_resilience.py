@@ -17,9 +17,9 @@ from services.runtime import Periodic, Service, ServiceConfig, Unavailable, chec
 from services.runtime._retry import Backoff, is_transient
 from services.runtime._server import COMPANION_RECOVERED_SECONDS
 from services.tender.server import POLICY
-from tests.conftest import make_pki, wait_for
+from tests.conftest import make_pki, rich_error, wait_for
 
-from .test_security import CountingTenders, _issue_server_cert
+from .test_security import CARRIER, CountingTenders, _issue_server_cert
 
 
 class _RpcError(grpc.aio.AioRpcError):
@@ -137,3 +137,34 @@ async def test_a_periodic_loop_reports_when_it_stops_and_resumes_making_progress
                     progress=lambda name, ok: heard.append((name, ok)))
     await asyncio.wait_for(loop.run(), 10)
     assert heard == [("sweep", False), ("sweep", True)]  # once when it began failing, once when it recovered
+
+
+class _FaultyTenders(CountingTenders):
+    async def ListTenders(self, request, context):
+        raise redis.ConnectionError("No connection available.")
+
+    async def GetTender(self, request, context):
+        raise redis.ResponseError("ERR Error running script: a bug")
+
+
+async def test_a_transient_store_fault_in_a_handler_is_unavailable_a_bug_is_not(tmp_path: Path, store_url: str) -> None:
+    p = make_pki(tmp_path / "ca")
+    config = ServiceConfig(service_name="tender", listen_host="127.0.0.1", port=free_port(),
+                           tls=_issue_server_cert(p, tmp_path / "server"), state_dir=tmp_path, redis_url=store_url,
+                           grace_period_seconds=0.5)
+    service = Service(config, POLICY)
+    service.add(tender_service_pb2_grpc.add_TenderServiceServicer_to_server, _FaultyTenders(),
+                tender_service_pb2.DESCRIPTOR.services_by_name["TenderService"])
+    await service.start()
+    try:
+        async with grpc.aio.secure_channel(f"127.0.0.1:{service.bound_port}",
+                                           p.credentials("service", "gateway")) as channel:
+            stub = tender_service_pb2_grpc.TenderServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as transient:
+                await stub.ListTenders(tender_service_pb2.ListTendersRequest(), metadata=CARRIER, timeout=5)
+            assert rich_error(transient.value)[:2] == ("UNAVAILABLE", "STORE_UNAVAILABLE")  # clients retry it
+            with pytest.raises(grpc.aio.AioRpcError) as bug:
+                await stub.GetTender(tender_service_pb2.GetTenderRequest(name="tenders/x"), metadata=CARRIER, timeout=5)
+            assert bug.value.code() == grpc.StatusCode.UNKNOWN
+    finally:
+        await service.stop()
