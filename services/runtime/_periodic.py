@@ -13,7 +13,7 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable
 
-from ._retry import Backoff
+from ._retry import Backoff, is_peer_fault
 
 __all__ = ["Periodic", "poll_until"]
 
@@ -51,7 +51,8 @@ class Periodic:
     offer lapser); None means the interval. A pass that raises is logged and retried after a jittered backoff
     whose ceiling doubles from ``interval_seconds`` up to ``max_backoff_seconds`` (the runtime's Backoff), and
     resets after the next good pass. ``progress`` (the Service's health) hears ``(name, False)`` at the first
-    failed pass and ``(name, True)`` at the next good one.
+    failed pass (unless a peer service failed it: see ``is_peer_fault``) and ``(name, True)`` at the next good
+    one.
     """
 
     def __init__(self, name: str, tick: Tick, *, interval_seconds: float,
@@ -67,17 +68,20 @@ class Periodic:
 
     async def run(self) -> None:
         backoff = Backoff(self._interval_seconds, self._max_backoff_seconds)
+        stuck = False  # reported as not making progress
         while not self._stopping.is_set():
             try:
                 delay = await self._tick()
-                if backoff.failures and self._progress is not None:
+                if stuck and self._progress is not None:
                     self._progress(self.name, True)
+                stuck = False
                 backoff.reset()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # any failure of one pass: log it, back off, try again, never end the process
-                if not backoff.failures and self._progress is not None:
+            except Exception as exc:  # any failure of one pass: log it, back off, try again, never end the process
+                if not stuck and self._progress is not None and not is_peer_fault(exc):
                     self._progress(self.name, False)
+                    stuck = True
                 delay = backoff.next()
                 _log.exception("%s: pass failed (%d in a row); next in %.1fs", self.name, backoff.failures, delay)
             if delay is None:

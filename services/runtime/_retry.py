@@ -18,7 +18,7 @@ import redis
 
 from ._errors import Unavailable
 
-__all__ = ["Backoff", "is_transient"]
+__all__ = ["Backoff", "is_peer_fault", "is_transient"]
 
 #: gRPC codes a peer answers while it is restarting, overloaded or unreachable: worth another try later.
 _TRANSIENT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -44,6 +44,13 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, Unavailable):
         return True
     return isinstance(exc, (OSError, TimeoutError, asyncio.TimeoutError))
+
+
+def is_peer_fault(exc: BaseException) -> bool:
+    """Whether ``exc`` is another service's failure (a gRPC call's error). A part stuck on it is retried, but
+    does not make this process NOT_SERVING: readiness that follows a peer's outage would take every caller of
+    this process out of rotation too (a cascade), while the peer's own health already says it is down."""
+    return isinstance(exc, grpc.aio.AioRpcError)
 
 
 class Backoff:

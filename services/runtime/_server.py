@@ -8,7 +8,8 @@ the connections commits, consumers and sweeps need.
 
 Companions (consumers, periodic loops, listeners) survive transient faults: one that fails with a transient
 store or peer error (see _retry.py) is restarted with capped, jittered backoff, and health says NOT_SERVING
-while any part is stuck, SERVING again once it has recovered; only a programming error ends the process.
+while any part is stuck on the store, SERVING again once it has recovered (a peer's outage is the peer's
+health, not ours: no cascade); only a programming error ends the process.
 
 Shutdown on SIGTERM/SIGINT: health turns NOT_SERVING first, then the server stops accepting calls
 and gives those in flight ``grace_period_seconds`` to finish.
@@ -39,7 +40,7 @@ from ._events import EventConsumer, Handler
 from ._logging import configure_logging
 from ._metrics import MetricsEndpoint
 from ._periodic import Periodic, Tick
-from ._retry import Backoff, is_transient
+from ._retry import Backoff, is_peer_fault, is_transient
 from ._rpcmetrics import RpcMetricsInterceptor
 from ._store import connect_async, redact_url, resolve_redis_url
 from ._tls import CertificateFiles, reloading_server_credentials
@@ -142,9 +143,9 @@ class Service:
     def add_companion(self, run: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]) -> None:
         """Something that runs beside the gRPC server (the gateway's HTTP listener, a consumer loop).
 
-        ``run`` starts after the server. A transient failure in it (a store or peer fault) turns health
-        NOT_SERVING and restarts it with backoff (SERVING again once it has run
-        :data:`COMPANION_RECOVERED_SECONDS` without failing); any other failure stops the process. ``stop`` is
+        ``run`` starts after the server. A transient failure in it (a store or peer fault) restarts it with
+        backoff; a store fault also turns health NOT_SERVING until it has recovered (SERVING again once it has
+        run :data:`COMPANION_RECOVERED_SECONDS` without failing); any other failure stops the process. ``stop`` is
         awaited after health has turned NOT_SERVING and before the gRPC server stops.
         """
         self._companions.append((run, stop))
@@ -273,7 +274,8 @@ class Service:
                     raise
                 if loop.time() - started >= COMPANION_RECOVERED_SECONDS:
                     backoff.reset()  # it ran well for a while: this is a new fault, not the same one
-                self.part_progress(part, False)
+                if not is_peer_fault(exc):  # a peer's outage is the peer's health, not ours (see is_peer_fault)
+                    self.part_progress(part, False)
                 delay = backoff.next()
                 _log.warning("%s failed (%s: %s); restarting in %.2fs", part, type(exc).__name__, exc, delay)
                 try:

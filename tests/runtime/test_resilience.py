@@ -168,3 +168,19 @@ async def test_a_transient_store_fault_in_a_handler_is_unavailable_a_bug_is_not(
             assert bug.value.code() == grpc.StatusCode.UNKNOWN
     finally:
         await service.stop()
+
+
+async def test_a_pass_failed_by_a_peer_leaves_health_alone() -> None:
+    heard: list[tuple[str, bool]] = []
+    passes = 0
+
+    async def tick() -> None:
+        nonlocal passes
+        passes += 1
+        if passes == 1:
+            raise _RpcError(grpc.StatusCode.UNAVAILABLE)  # the mission service is down, not this process
+        await loop.stop()
+
+    loop = Periodic("report", tick, interval_seconds=0.01, progress=lambda name, ok: heard.append((name, ok)))
+    await asyncio.wait_for(loop.run(), 10)
+    assert passes == 2 and heard == []
