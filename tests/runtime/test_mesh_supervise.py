@@ -26,3 +26,13 @@ async def test_a_service_killed_is_restarted_and_the_others_never_stop(mesh_pki:
         stop.set()
         assert await asyncio.wait_for(supervising, 10) is None  # stopped on request, nothing given up on
         assert billing.restarts == 1
+
+
+async def test_a_configuration_error_is_not_restarted_but_stops_the_mesh(mesh_pki: Pki, tmp_path: Path) -> None:
+    async with running_mesh(mesh_pki, tmp_path) as mesh:
+        supervising = asyncio.ensure_future(mesh.supervise(asyncio.Event()))
+        mesh.extra_env["HAULMESH_RATE_LIMIT"] = "as fast as you like"  # the gateway's next start: exit 2
+        gateway = mesh.children["gateway"]
+        os.kill(gateway.process.pid, signal.SIGKILL)
+        given_up = await asyncio.wait_for(supervising, 60)  # restarted once (a crash), then exit 2: given up
+        assert given_up is gateway and gateway.restarts == 1 and gateway.process.returncode == 2
