@@ -5,9 +5,9 @@ Key layout (``{tag}`` is the Redis Cluster hash tag; what commits together share
 * Fleet-wide, tag ``{fleet}``: ``vehicle:{fleet}:<id>`` (a Vehicle) with the roster index
   ``vehicles:{fleet}:by-time``; ``vehicle-cert:{fleet}:<id>`` (PEM of the certificate the vehicle last
   presented); ``mission-carrier:{fleet}`` (hash mission id → carrier, for callers that act for no
-  carrier: trucks); ``lane-missions:{fleet}`` (hash lane ``ORIGIN>DESTINATION`` → missions dispatched on it);
-  ``vehicle-carrier:{fleet}`` (hash vehicle id → carrier of its latest mission: who hears of an idle
-  vehicle's connectivity).
+  carrier: trucks); ``lane-missions:{fleet}`` (hash lane ``ORIGIN>DESTINATION`` → missions dispatched on it).
+  (``vehicle-carrier:{fleet}``, once the carrier told of an idle vehicle's connectivity, is no longer written
+  nor read: idle vehicles are the fleet's business only.)
 * Per carrier, tag ``{<carrier>}``: ``mission:{c}:<id>`` (a Mission), ``missions:{c}:by-time``,
   ``mission-by-tender:{c}`` (hash tender id → mission id: a tender has at most one mission),
   ``billing-pending:{c}`` (sorted set of DELIVERED missions whose usage billing has not recorded yet,
@@ -37,8 +37,8 @@ __all__ = ["MissionStore"]
 
 Mutation = Callable[[mission_pb2.Mission], Callable[[mission_pb2.Mission], list[event_pb2.Event]] | None]
 VehicleMutation = Callable[[vehicle_pb2.Vehicle], bool]
-#: An observation of a vehicle: (the vehicle, its latest mission's carrier) → None (unchanged) or its events.
-Observe = Callable[[vehicle_pb2.Vehicle, str | None], list[event_pb2.Event] | None]
+#: An observation of a vehicle: the vehicle → None (unchanged) or its events (for the fleet's stream).
+Observe = Callable[[vehicle_pb2.Vehicle], list[event_pb2.Event] | None]
 
 _BILLING_CARRIERS = "mission:billing-carriers"
 _DELIVERED = mission_pb2.Mission.STATE_DELIVERED
@@ -143,7 +143,6 @@ class MissionStore:
             pipe.multi()
             pipe.set(key, vehicle.SerializeToString())
             pipe.hset(tenant_key("mission-carrier", FLEET), mission_name.removeprefix("missions/"), carrier)
-            pipe.hset(tenant_key("vehicle-carrier", FLEET), vehicle_id, carrier)
             pipe.hset(lanes, lane_field, ordinal)
             return ordinal
 
@@ -177,54 +176,42 @@ class MissionStore:
 
         return await transact(self.redis, FLEET, [key], write)
 
-    async def observe_vehicles(self, vehicle_ids: list[str], observe: Observe
-                               ) -> tuple[int, list[str], list[event_pb2.Event]]:
+    async def observe_vehicles(self, vehicle_ids: list[str], observe: Observe) -> tuple[int, list[str]]:
         """Apply telemetry's observations to many vehicles in one fleet-slot transaction.
 
-        ``observe(vehicle, carrier of its latest mission or None)`` changes the vehicle in place and returns
-        None (unchanged) or the events announcing the change. The vehicles are written as they are: these are
-        observations, so ``update_time`` and ``etag`` stay. Events without a carrier (the fleet's stream)
-        commit with the vehicles; those for a carrier are returned, for :meth:`publish` (another slot).
-        Returns (vehicles changed, ids not on the roster, the carriers' events).
+        ``observe(vehicle)`` changes the vehicle in place and returns None (unchanged) or the events announcing
+        the change, which commit with the vehicles on the fleet's stream (they must carry no carrier: vehicles
+        are not exposed to carriers). The vehicles are written as they are: these are observations, so
+        ``update_time`` and ``etag`` stay. Returns (vehicles changed, ids not on the roster).
         """
         keys = [self._vehicles.key(v) for v in vehicle_ids]
-        carriers_key = tenant_key("vehicle-carrier", FLEET)
 
-        async def write(pipe: Pipeline) -> tuple[int, list[str], list[event_pb2.Event]]:
+        async def write(pipe: Pipeline) -> tuple[int, list[str]]:
             raws = await pipe.mget(keys)
-            carriers = await pipe.hmget(carriers_key, vehicle_ids)
-            changed, unknown, later = 0, [], []
-            writes = []
-            for vehicle_id, key, raw, carrier in zip(vehicle_ids, keys, raws, carriers, strict=True):
+            changed, unknown = 0, []
+            writes: list[tuple[str | None, object]] = []
+            for vehicle_id, key, raw in zip(vehicle_ids, keys, raws, strict=True):
                 if raw is None:
                     unknown.append(vehicle_id)
                     continue
                 vehicle = vehicle_pb2.Vehicle.FromString(raw)
-                events = observe(vehicle, carrier.decode() if carrier else None)
+                events = observe(vehicle)
                 if events is None:
                     continue
+                if any(e.carrier for e in events):
+                    raise ValueError("a vehicle observation's events belong to the fleet's stream only")
                 changed += 1
                 writes.append((key, vehicle.SerializeToString()))
-                later.extend(e for e in events if e.carrier)
-                writes.extend((None, e) for e in events if not e.carrier)
+                writes.extend((None, e) for e in events)
             pipe.multi()
             for key, value in writes:
                 if key is None:
                     add_event(pipe, value)
                 else:
                     pipe.set(key, value)
-            return changed, unknown, later
+            return changed, unknown
 
         return await transact(self.redis, FLEET, keys, write)
-
-    async def publish(self, carrier: str, events: list[event_pb2.Event]) -> None:
-        """Append events to a carrier's stream (events that announce a change committed elsewhere)."""
-        async def write(pipe: Pipeline) -> None:
-            pipe.multi()
-            for event in events:
-                add_event(pipe, event)
-
-        await transact(self.redis, carrier, [], write)
 
     async def observe_mission(self, mission_id: str, observe: Callable[[mission_pb2.Mission], bool]) -> bool:
         """Apply an observation (ETAs) to a mission of any carrier; written as it is, without a new ``etag`` or

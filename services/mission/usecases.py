@@ -125,14 +125,16 @@ class MissionUseCases:
 
     # --- fleet state from telemetry ------------------------------------------------------------------
 
-    async def report_fleet_state(self, observations: list[domain.Observation]
+    async def report_fleet_state(self, observations: list[domain.Observation],
+                                 rejected: Sequence[domain.Rejected] = ()
                                  ) -> mission_service_pb2.ReportFleetStateResponse:
         """Record telemetry's observations (domain.fleet): the vehicles in one transaction, newest wins; an idle
-        vehicle's connectivity change announced to its latest carrier (else the fleet's stream); then each
-        mission's ETAs, when they moved materially."""
+        vehicle's connectivity change announced on the fleet's stream only (vehicles are not exposed to
+        carriers; a vehicle on a mission is its carrier's through telemetry's mission-scoped events); then each
+        mission's ETAs, when they moved materially. ``rejected`` entries (invalid fields) are listed back."""
         by_id = {o.vehicle_id: o for o in observations}
 
-        def observe(vehicle: vehicle_pb2.Vehicle, carrier: str | None) -> list[event_pb2.Event] | None:
+        def observe(vehicle: vehicle_pb2.Vehicle) -> list[event_pb2.Event] | None:
             changed, change = domain.apply_observation(vehicle, by_id[vehicle.name.removeprefix("vehicles/")])
             if not changed:
                 return None
@@ -144,14 +146,9 @@ class MissionUseCases:
             if change.location is not None:
                 payload.last_location.CopyFrom(change.location)
             return [new_event("mission_vehicle_connectivity_changed", payload, subject=vehicle.name,
-                              carrier_id=carrier, source="mission")]
+                              source="mission")]
 
-        changed, unknown, carrier_events = await self._store.observe_vehicles(list(by_id), observe)
-        by_carrier: dict[str, list[event_pb2.Event]] = {}
-        for event in carrier_events:
-            by_carrier.setdefault(event.carrier.removeprefix("carriers/"), []).append(event)
-        for carrier_id, events in by_carrier.items():
-            await self._store.publish(carrier_id, events)
+        changed, unknown = await self._store.observe_vehicles(list(by_id), observe) if by_id else (0, [])
         min_change = timedelta(seconds=self._settings.eta_min_change_seconds)
         missions = 0
         for seen in observations:
@@ -164,8 +161,12 @@ class MissionUseCases:
                 return domain.apply_estimates(mission, seen.estimates, min_change)
 
             missions += await self._store.observe_mission(seen.mission_id, estimate)
-        return mission_service_pb2.ReportFleetStateResponse(
+        response = mission_service_pb2.ReportFleetStateResponse(
             vehicles_changed=changed, missions_changed=missions, unknown_vehicles=[f"vehicles/{v}" for v in unknown])
+        for entry in rejected:
+            response.rejected_vehicles.add(index=entry.index, vehicle=entry.vehicle, field_violations=[
+                mission_service_pb2.RejectedField(field=v.field, description=v.description) for v in entry.violations])
+        return response
 
     def _view(self, vehicle: vehicle_pb2.Vehicle) -> VehicleView:
         return convert.vehicle_view(vehicle, now=_now(),
