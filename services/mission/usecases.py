@@ -146,7 +146,7 @@ class MissionUseCases:
             if change.location is not None:
                 payload.last_location.CopyFrom(change.location)
             return [new_event("mission_vehicle_connectivity_changed", payload, subject=vehicle.name,
-                              source="mission")]
+                              carrier_id=None, source="mission")]  # the fleet's stream: no carrier
 
         changed, unknown = await self._store.observe_vehicles(list(by_id), observe) if by_id else (0, [])
         min_change = timedelta(seconds=self._settings.eta_min_change_seconds)
