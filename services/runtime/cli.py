@@ -128,12 +128,14 @@ async def _archive(args: argparse.Namespace) -> int:
     return 0
 
 
+def service_address(name: str) -> str:
+    """Where the CLI reaches a mesh service: ``HAULMESH_<NAME>_ADDR`` (host:port), else the local default port.
+    The one place the CLI and its sub-commands (report, evidence export) read service addresses."""
+    return os.environ.get(f"HAULMESH_{name.upper()}_ADDR") or f"127.0.0.1:{DEFAULT_PORTS[name]}"
+
+
 def _ports_from_env() -> dict[str, int]:
-    ports = {}
-    for name in MESH_SERVICES:
-        addr = os.environ.get(f"HAULMESH_{name.upper()}_ADDR")
-        ports[name] = int(addr.rsplit(":", 1)[1]) if addr else DEFAULT_PORTS[name]
-    return ports
+    return {name: int(service_address(name).rsplit(":", 1)[1]) for name in MESH_SERVICES}
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -280,7 +282,7 @@ async def _evidence_export(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"haulmesh: no operator certificate ({exc}); run 'haulmesh pki dev-bootstrap'", file=sys.stderr)
         return 2
-    address = os.environ.get("HAULMESH_BILLING_ADDR") or f"127.0.0.1:{DEFAULT_PORTS['billing']}"
+    address = service_address("billing")
     mission_id = args.mission.removeprefix("missions/")
     out = Path(args.output or f"evidence-{mission_id}.zip")
     tmp = out.with_name(out.name + ".part")
@@ -374,7 +376,7 @@ def _parser() -> argparse.ArgumentParser:
                            add_help=False)
     token.set_defaults(func=None)
 
-    kpi_report.add_parser(sub, cert_dir=_cert_dir, store_url=_store_url)
+    kpi_report.add_parser(sub, cert_dir=_cert_dir, store_url=_store_url, address=service_address)
 
     store = sub.add_parser("store", help="the embedded store")
     store.add_argument("store_command", choices=["start", "stop", "status"])
