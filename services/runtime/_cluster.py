@@ -128,8 +128,11 @@ class _RoutedPipeline(Pipeline):
         return indexes, await pipe.execute(raise_on_error=False)
 
 
-async def wait_durable(client: redis.asyncio.Redis, keys: Iterable[str], timeout_ms: int) -> bool:
-    """Whether every write already applied to the stores holding ``keys`` is fsync'd to the AOF.
+async def wait_durable(client: redis.asyncio.Redis, keys: Iterable[str], timeout_ms: int, *,
+                       replicas: int = 0) -> bool:
+    """Whether every write already applied to the stores holding ``keys`` is fsync'd to the AOF, and, when
+    ``replicas`` > 0, to the AOF of at least that many of each store's replicas (``WAITAOF 1 <replicas>``:
+    what a failover to one of them keeps; HAULMESH_STORE_ACK_REPLICAS).
 
     ``WAITAOF`` waits for the offset of the last write *of its own connection*: on a connection that has
     written nothing it answers at once, confirming nothing. So each store (each primary that holds one of
@@ -149,19 +152,19 @@ async def wait_durable(client: redis.asyncio.Redis, keys: Iterable[str], timeout
     async def one(node_client: redis.asyncio.Redis, key: str) -> bool:
         pipe = node_client.pipeline(transaction=False)
         pipe.set(_probe_key(key), b"1", px=_PROBE_TTL_MS)
-        pipe.execute_command("WAITAOF", 1, 0, timeout_ms)
-        _, (local, _) = await pipe.execute()
-        return int(local) >= 1
+        pipe.execute_command("WAITAOF", 1, replicas, timeout_ms)
+        _, (local, copies) = await pipe.execute()
+        return int(local) >= 1 and int(copies) >= replicas
 
     return all(await asyncio.gather(*(one(c, k) for c, k in targets.values())))
 
 
-async def wait_all_durable(client: redis.asyncio.Redis, timeout_ms: int) -> bool:
+async def wait_all_durable(client: redis.asyncio.Redis, timeout_ms: int, *, replicas: int = 0) -> bool:
     """Whether every write already applied anywhere in the store (every primary, on a cluster) is fsync'd:
     what a service waits for before it acknowledges a change whose keys it does not know (it made it
     through other services)."""
     if not isinstance(client, ClusterClient):
-        return await wait_durable(client, ["durable-edge"], timeout_ms)
+        return await wait_durable(client, ["durable-edge"], timeout_ms, replicas=replicas)
     if client._initialize:
         await client.initialize()
     keys: dict[str, str] = {}
@@ -171,7 +174,7 @@ async def wait_all_durable(client: redis.asyncio.Redis, timeout_ms: int) -> bool
         key = f"durable-edge-{tag}"
         keys.setdefault(client.node_for_key(key).name, key)
         tag += 1
-    return await wait_durable(client, keys.values(), timeout_ms)
+    return await wait_durable(client, keys.values(), timeout_ms, replicas=replicas)
 
 
 def _probe_key(key: str) -> str:
