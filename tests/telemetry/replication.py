@@ -15,7 +15,7 @@ from pathlib import Path
 
 import redis.asyncio
 
-from services.runtime import EmbeddedStore, free_port
+from services.runtime import EmbeddedStore, free_port, wait_durable
 from tests.conftest import wait_for
 
 
@@ -115,6 +115,13 @@ async def primary_and_replica(directory: Path) -> AsyncIterator[tuple[Node, Node
             return info.get("master_link_status") == "up"
 
         await wait_for(link_up, timeout_seconds=30)
+        # Linked is not yet counted: after its first sync the replica rewrites its AOF, and reports nothing
+        # fsync'd until that is done. Ready when a write on the primary is confirmed on the replica's disk too.
+        writer = primary.client()
+        try:
+            await wait_for(lambda: wait_durable(writer, ["replica-ready"], 500, replicas=1), timeout_seconds=30)
+        finally:
+            await writer.aclose()
         yield primary, replica, relay
     finally:
         await client.aclose()

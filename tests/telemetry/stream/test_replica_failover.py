@@ -26,7 +26,8 @@ TOTAL = 4000
 BEFORE_CUT, CUT_SECONDS = 600, 1.5
 
 
-async def _failover(mesh_pki: Pki, tmp_path: Path, truck: Truck, ack_replicas: int) -> tuple[int, int, list[int], int]:
+async def _failover(mesh_pki: Pki, tmp_path: Path, truck: Truck, ack_replicas: int, *,
+                    cut: bool = True) -> tuple[int, int, list[int], int]:
     """Streams, cuts the replica off, streams on, kills the primary, promotes the replica. Returns what was
     acked before the cut and in all, the sequences on the promoted replica, and the high-water a telemetry
     process on the promoted replica welcomes the truck with."""
@@ -38,8 +39,10 @@ async def _failover(mesh_pki: Pki, tmp_path: Path, truck: Truck, ack_replicas: i
                 session = Session(channel)
                 session.send(truck.hello(last_sequence=TOTAL))
                 feeder = asyncio.create_task(feed(session, spool, 0))
-                await wait_for(lambda: session.acked_through >= BEFORE_CUT, timeout_seconds=30)
-                relay.blackholed = True
+                await wait_for(lambda: session.acked_through >= BEFORE_CUT or session.ended.is_set(),
+                               timeout_seconds=30)
+                assert not session.ended.is_set(), f"stream ended before the cut: {session.error}"
+                relay.blackholed = cut
                 before_cut = session.acked_through
                 loop = asyncio.get_running_loop()
                 cut_at = loop.time()
