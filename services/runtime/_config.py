@@ -186,6 +186,9 @@ class ServiceConfig:
     #: ``WAITAOF 1 <n>``); 0 (the default) waits for the primary's disk only. Set it to the replicas the store
     #: runs (with AOF on) so that a failover to one of them loses nothing acknowledged (docs/capacity.md).
     store_ack_replicas: int = 0
+    #: Whether those replicas must have the change on disk (HAULMESH_STORE_ACK_REPLICA_DISK=1, the default:
+    #: ``WAITAOF 1 <n>``, ≈ 1 s per ack) or only received it (0: ``WAIT <n>`` + the primary's fsync, ≈ 1 ms).
+    store_ack_replica_disk: bool = True
     #: Tests only (HAULMESH_TEST_FAULTS_FILE): a JSON file that, while it exists, records incoming calls and
     #: injects UNAVAILABLE into some (services/runtime/_faults.py). None (unset) in production.
     test_faults_file: Path | None = None
@@ -235,6 +238,7 @@ class ServiceConfig:
             durable_timeout_seconds=_float(env, "HAULMESH_DURABLE_TIMEOUT_SECONDS", 3.0, minimum=0.001),
             call_max_attempts=_count(env, "HAULMESH_CALL_MAX_ATTEMPTS", 3, maximum=5),
             store_ack_replicas=_whole(env, "HAULMESH_STORE_ACK_REPLICAS", 0, maximum=16),
+            store_ack_replica_disk=_whole(env, "HAULMESH_STORE_ACK_REPLICA_DISK", 1, maximum=1) == 1,
             test_faults_file=Path(env["HAULMESH_TEST_FAULTS_FILE"]) if env.get("HAULMESH_TEST_FAULTS_FILE") else None,
             max_message_bytes=max_message_bytes,
             log_level=log_level,

@@ -104,7 +104,8 @@ class Service:
         timeout_seconds = self.config.durable_timeout_seconds
         try:
             confirmed = await asyncio.wait_for(wait_all_durable(self.redis, int(timeout_seconds * 1000),
-                                                                replicas=self.config.store_ack_replicas),
+                                                                replicas=self.config.store_ack_replicas,
+                                                                replica_disk=self.config.store_ack_replica_disk),
                                                timeout_seconds + 2)
         except (redis.RedisError, OSError, TimeoutError) as exc:
             raise Unavailable(f"the change was made, but the store could not confirm it is on disk ({exc}); "

@@ -256,10 +256,10 @@ class TelemetryStore:
     MAX_INFLIGHT_WAITS = 32
 
     def __init__(self, client: redis.asyncio.Redis, config: TelemetryConfig | None = None, *,
-                 ack_replicas: int = 0) -> None:
+                 ack_replicas: int = 0, ack_replica_disk: bool = True) -> None:
         self._redis = client
-        #: Replicas that must have fsync'd a frame too before it is acked (HAULMESH_STORE_ACK_REPLICAS).
-        self._ack_replicas = ack_replicas
+        #: Replicas that must hold a frame too before it is acked, on disk or received (HAULMESH_STORE_ACK_*).
+        self._ack_replicas, self._ack_replica_disk = ack_replicas, ack_replica_disk
         self._plan_part = client.register_script(_PLAN_PART_LUA)
         self._commit_part = client.register_script(_COMMIT_PART_LUA)
         self.config = config or TelemetryConfig()
@@ -360,7 +360,7 @@ class TelemetryStore:
             timeout_ms = int(self.config.durable_timeout_seconds * 1000)
             # On the stores (every primary, on a cluster) that took the group's writes: see wait_durable.
             if not await wait_durable(self._redis, [_k(item.vehicle_id, "frames") for item in group], timeout_ms,
-                                      replicas=self._ack_replicas):
+                                      replicas=self._ack_replicas, replica_disk=self._ack_replica_disk):
                 raise Unavailable("store did not confirm the fsync in time; frames not acknowledged",
                                   reason="NOT_DURABLE")
         except Exception as exc:

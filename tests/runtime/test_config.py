@@ -21,8 +21,10 @@ def test_defaults(tmp_path: Path) -> None:
 
 
 def test_retries_and_replica_acks_are_read(tmp_path: Path) -> None:
-    config = ServiceConfig.from_env("tender", {"HAULMESH_CALL_MAX_ATTEMPTS": "1", "HAULMESH_STORE_ACK_REPLICAS": "2"})
-    assert config.call_max_attempts == 1 and config.store_ack_replicas == 2
+    config = ServiceConfig.from_env("tender", {"HAULMESH_CALL_MAX_ATTEMPTS": "1", "HAULMESH_STORE_ACK_REPLICAS": "2",
+                                               "HAULMESH_STORE_ACK_REPLICA_DISK": "0"})
+    assert config.call_max_attempts == 1 and config.store_ack_replicas == 2 and not config.store_ack_replica_disk
+    assert ServiceConfig.from_env("tender", {}).store_ack_replica_disk
 
 
 @pytest.mark.parametrize("env,field", [
@@ -37,6 +39,7 @@ def test_retries_and_replica_acks_are_read(tmp_path: Path) -> None:
     ({"HAULMESH_CALL_MAX_ATTEMPTS": "6"}, "HAULMESH_CALL_MAX_ATTEMPTS"),
     ({"HAULMESH_STORE_ACK_REPLICAS": "-1"}, "HAULMESH_STORE_ACK_REPLICAS"),
     ({"HAULMESH_STORE_ACK_REPLICAS": "all"}, "HAULMESH_STORE_ACK_REPLICAS"),
+    ({"HAULMESH_STORE_ACK_REPLICA_DISK": "yes"}, "HAULMESH_STORE_ACK_REPLICA_DISK"),
 ])
 def test_bad_values_name_the_variable(env: dict[str, str], field: str) -> None:
     with pytest.raises(ConfigError) as caught:

@@ -59,3 +59,4 @@ async def test_replica_acks_wait_for_replicas_that_are_not_there(store_client) -
 
     assert await wait_durable(store_client, ["replica-acks"], 1000)
     assert not await wait_durable(store_client, ["replica-acks"], 100, replicas=1)
+    assert not await wait_durable(store_client, ["replica-acks"], 100, replicas=1, replica_disk=False)

@@ -26,14 +26,15 @@ TOTAL = 4000
 BEFORE_CUT, CUT_SECONDS = 600, 1.5
 
 
-async def _failover(mesh_pki: Pki, tmp_path: Path, truck: Truck, ack_replicas: int, *,
+async def _failover(mesh_pki: Pki, tmp_path: Path, truck: Truck, ack_replicas: int, *, replica_disk: bool = True,
                     cut: bool = True) -> tuple[int, int, list[int], int]:
     """Streams, cuts the replica off, streams on, kills the primary, promotes the replica. Returns what was
     acked before the cut and in all, the sequences on the promoted replica, and the high-water a telemetry
     process on the promoted replica welcomes the truck with."""
     spool = [truck.frame(s) for s in range(1, TOTAL + 1)]
     async with primary_and_replica(tmp_path / "valkey") as (primary, replica, relay):
-        env = {"HAULMESH_STORE_ACK_REPLICAS": str(ack_replicas), "HAULMESH_TELEMETRY_DURABLE_TIMEOUT_SECONDS": "0.5"}
+        env = {"HAULMESH_STORE_ACK_REPLICAS": str(ack_replicas),
+               "HAULMESH_STORE_ACK_REPLICA_DISK": "1" if replica_disk else "0"}
         async with TelemetryProcess.running(mesh_pki, tmp_path, primary.url, **env) as telemetry:
             async with grpc.aio.secure_channel(telemetry.address, truck.credentials()) as channel:
                 session = Session(channel)
@@ -71,12 +72,16 @@ async def _failover(mesh_pki: Pki, tmp_path: Path, truck: Truck, ack_replicas: i
     return before_cut, acked, frames, high_water
 
 
-@pytest.mark.parametrize("ack_replicas", [1, 0])
-async def test_failover_to_a_lagging_replica(mesh_pki: Pki, tmp_path: Path, truck: Truck, ack_replicas: int) -> None:
+@pytest.mark.parametrize(("ack_replicas", "replica_disk"), [(1, True), (1, False), (0, True)],
+                         ids=["replica-disk", "replica-received", "no-replica-acks"])
+async def test_failover_to_a_lagging_replica(mesh_pki: Pki, tmp_path: Path, truck: Truck, ack_replicas: int,
+                                             replica_disk: bool) -> None:
     (tmp_path / "after").mkdir()
-    before_cut, acked, frames, high_water = await _failover(mesh_pki, tmp_path, truck, ack_replicas)
+    before_cut, acked, frames, high_water = await _failover(mesh_pki, tmp_path, truck, ack_replicas,
+                                                            replica_disk=replica_disk)
     lost = sorted(set(range(1, acked + 1)) - set(frames))
-    print(f"replica acks {ack_replicas}: acked {before_cut} before the replica was cut off, {acked} in all; "
+    print(f"replica acks {ack_replicas} ({'disk' if replica_disk else 'received'}): acked {before_cut} before "
+          f"the replica was cut off, {acked} in all; "
           f"the promoted replica holds {len(frames)} (highest {frames[-1] if frames else 0}); acknowledged and "
           f"lost: {len(lost)}; the truck resumes from {high_water}")
     assert before_cut >= BEFORE_CUT
