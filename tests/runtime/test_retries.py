@@ -21,8 +21,9 @@ import httpx
 import redis.asyncio
 
 from haulmesh.mission.v1 import mission_service_pb2, mission_service_pb2_grpc, vehicle_pb2
+from haulmesh.tender.v1 import tender_service_pb2, tender_service_pb2_grpc
 from haulmesh.type.v1 import equipment_pb2
-from services.runtime import Mesh
+from services.runtime import Mesh, carrier_metadata
 from services.runtime._client import RETRIED_METHODS, RETRY_MAX_TOKENS, RETRY_TOKEN_RATIO, retry_service_config
 from services.runtime.tokens import mint
 from tests.conftest import Pki, running_mesh
@@ -93,6 +94,13 @@ async def test_deadlines_everywhere_and_retries_under_half_the_tender_calls_fail
         auth = {"Authorization": "Bearer " + mint(carrier=carrier, scopes="tender:create tender:read tender:respond "
                                                   "mission:read", state_dir=mesh.state_dir)}
         await _register_vehicle(mesh, mesh_pki)
+        # The recorder sees a missing deadline: a call made as a service, by hand, with none.
+        async with grpc.aio.secure_channel(mesh.address("tender"), mesh_pki.credentials("service", "gateway")) as ch:
+            await tender_service_pb2_grpc.TenderServiceStub(ch).ListTenders(
+                tender_service_pb2.ListTendersRequest(), metadata=carrier_metadata(carrier))
+        control = _calls(record)
+        assert [(c["method"], c["deadline"]) for c in control] == [(TENDER + "ListTenders", False)], control
+        record.unlink()
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{mesh.http_port}", timeout=30) as http:
             # 1. The flow, no faults: every call one service makes to another carries a deadline.
             created = await http.post("/api/v1/tenders", json=seed_tender(), headers=auth)
