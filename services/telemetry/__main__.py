@@ -22,7 +22,8 @@ def register(service: Service) -> None:
         config = TelemetryConfig.from_env()
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    store = TelemetryStore(service.redis, config)
+    store = TelemetryStore(service.redis, config, ack_replicas=service.config.store_ack_replicas,
+                           ack_replica_disk=service.config.store_ack_replica_disk)
     try:
         objects = open_object_store(config.archive_url)
         objects.self_test()  # create-only must really refuse a second create, or the archive is unsafe

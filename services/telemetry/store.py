@@ -36,7 +36,7 @@ Keys (``{v}`` is the vehicle id as a Redis Cluster hash tag, so one vehicle's ke
   vehicle id scored by when it was last heard (Hello or heartbeat, server ms). Any replica's liveness sweep
   reads the silent end of them, so a truck whose stream was on a replica that died is still reported lost.
 
-Durability: a frame is acknowledged only after ``WAITAOF 1 0`` confirmed it fsync'd. The commit loop
+Durability: a frame is acknowledged only after ``WAITAOF 1 <replicas>`` confirmed it fsync'd. The commit loop
 gathers the batches of every stream of this process for up to ``commit_window_seconds``, writes them in one
 pipeline, and waits once per group (:func:`services.runtime.wait_durable`: a probe write and ``WAITAOF`` on one
 connection, per primary that took the group's writes on a cluster): with ``appendfsync everysec`` one fsync then
@@ -255,8 +255,11 @@ class TelemetryStore:
     #: Cap on WAITAOF calls in flight (each holds a pooled connection while the fsync is pending).
     MAX_INFLIGHT_WAITS = 32
 
-    def __init__(self, client: redis.asyncio.Redis, config: TelemetryConfig | None = None) -> None:
+    def __init__(self, client: redis.asyncio.Redis, config: TelemetryConfig | None = None, *,
+                 ack_replicas: int = 0, ack_replica_disk: bool = True) -> None:
         self._redis = client
+        #: Replicas that must hold a frame too before it is acked, on disk or received (HAULMESH_STORE_ACK_*).
+        self._ack_replicas, self._ack_replica_disk = ack_replicas, ack_replica_disk
         self._plan_part = client.register_script(_PLAN_PART_LUA)
         self._commit_part = client.register_script(_COMMIT_PART_LUA)
         self.config = config or TelemetryConfig()
@@ -356,7 +359,8 @@ class TelemetryStore:
         try:
             timeout_ms = int(self.config.durable_timeout_seconds * 1000)
             # On the stores (every primary, on a cluster) that took the group's writes: see wait_durable.
-            if not await wait_durable(self._redis, [_k(item.vehicle_id, "frames") for item in group], timeout_ms):
+            if not await wait_durable(self._redis, [_k(item.vehicle_id, "frames") for item in group], timeout_ms,
+                                      replicas=self._ack_replicas, replica_disk=self._ack_replica_disk):
                 raise Unavailable("store did not confirm the fsync in time; frames not acknowledged",
                                   reason="NOT_DURABLE")
         except Exception as exc:
