@@ -20,7 +20,7 @@ from services.runtime.objectstore import open_object_store
 from services.telemetry.config import TelemetryConfig
 from services.telemetry.store import TelemetryStore
 from tests.conftest import Pki, wait_for
-from tests.telemetry.helpers import Session, TelemetryProcess, batch
+from tests.telemetry.helpers import Session, TelemetryProcess, batch, session_archive
 from tests.trucks import Truck
 
 from .test_archive import verify_part_offline
@@ -59,7 +59,7 @@ async def list_all(process: TelemetryProcess, pki_: Pki, vehicle: str, page_size
 
 async def test_kill_between_write_and_index_loses_and_duplicates_nothing(
         mesh_pki: Pki, store_url: str, store_client: redis.asyncio.Redis, truck: Truck, tmp_path: Path) -> None:
-    archive = tmp_path / "archive"
+    archive = session_archive(store_url)  # the store's one archive (its STORE-ID), shared with other tests
     now = time.time()
     # Yesterday's frames and today's: two parts; the process dies right after the first part's object is written.
     frames = [truck.frame(s, device_time=now - DAY if s <= 4 else now) for s in range(1, 9)]
@@ -75,7 +75,8 @@ async def test_kill_between_write_and_index_loses_and_duplicates_nothing(
         await asyncio.wait_for(doomed.process.wait(), 30)
         assert doomed.process.returncode == -9
     objects = open_object_store(str(archive))
-    written = [k for k in objects.list("archive/v1/carrier=") if k.endswith(".parquet")]
+    mine = f"/vehicle={truck.vehicle_id}/"
+    written = [k for k in objects.list("archive/v1/carrier=") if k.endswith(".parquet") and mine in k]
     assert len(written) == 1  # the object is there ...
     store = TelemetryStore(store_client, TelemetryConfig())
     upto, pending, _, _ = await store.archive_state(truck.vehicle_id)
@@ -86,7 +87,7 @@ async def test_kill_between_write_and_index_loses_and_duplicates_nothing(
         assert reply.frames_in_archive == 8
         parts = await store.archive_parts(truck.vehicle_id, 0)
         assert [(p.first, p.last) for p in parts] == [(1, 4), (5, 8)]
-        assert sorted(k for k in objects.list("archive/v1/carrier=") if k.endswith(".parquet")) == \
+        assert sorted(k for k in objects.list("archive/v1/carrier=") if k.endswith(".parquet") and mine in k) == \
             [p.key for p in parts]  # the first object adopted, not written twice
         for part in parts:  # P2 on what the real stream stored: every signature checks from the part alone
             assert verify_part_offline(objects.get(part.key)) == list(range(part.first, part.last + 1))
