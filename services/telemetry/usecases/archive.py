@@ -85,7 +85,7 @@ _SCAN_CHUNK = 2000
 #: unreachable one is left to the background with its retries, and telemetry serves meanwhile).
 _FIRST_OPEN_WAIT_SECONDS = 5.0
 #: Capped backoff between attempts to open an unreachable archive.
-_OPEN_BACKOFF_SECONDS = (1.0, 60.0)
+_OPEN_BACKOFF_SECONDS = (1.0, 30.0)
 #: How often the archive worker looks for vehicles marked due by another replica (its own marks wake it).
 _DUE_POLL_SECONDS = 5.0
 #: Vehicles the archive worker takes per round.
