@@ -116,7 +116,7 @@ def start(service: Service, *, store: TelemetryStore, streams: Streams, tracking
     """Register the consumers and loops with the runtime (they run while the service runs)."""
 
     async def trim() -> None:
-        if archiver is not None and not archiver.may_trim:
+        if archiver is not None and not await archiver.may_trim():
             return  # this process's archive is unavailable or not the store's: the replicas whose is trim
         dropped = await store.sweep_retention()
         if dropped:

@@ -119,7 +119,7 @@ class ArchiveObjects(ObjectStore):
     bucket without Object Lock or a store that ignores create-only do), and used only once its identity
     (``archive/v1/STORE-ID``, create-only, random) is the one the Redis store recorded first. Until then every
     call raises :class:`ArchiveUnavailable` or :class:`ArchiveStoreMismatch`: nothing is archived, trimmed or
-    read from it. Health: ``haulmesh_telemetry_archive_available`` (0/1) and a log line on every change."""
+    read from it. Health: ``haulmesh_telemetry_archive_available`` (0/1) and a log line per failed attempt."""
 
     worm = False
 
@@ -345,8 +345,18 @@ class Archiver:
             if failed:
                 await asyncio.sleep(delay)
 
+    async def _verified(self) -> None:
+        """Raise unless the archive is usable and still this Redis store's (a record lost and claimed again by
+        another archive is noticed before the next write, not an hour later)."""
+        if isinstance(self._objects, ArchiveObjects):
+            await self._objects.verify()
+
     async def archive_due(self) -> int:
         """Archive every vehicle marked due (through its mark) and unmark it; returns how many failed."""
+        try:
+            await self._verified()
+        except ObjectStoreError:
+            return 1  # logged by verify; the marks wait
         failed = 0
         for vehicle_id, through in await self._store.archive_due(limit=_DUE_BATCH):
             try:
@@ -368,13 +378,12 @@ class Archiver:
         the lease of is skipped; ``force`` (RunArchive): every stored frame is due, lease or not. An archive that
         is unavailable or not this Redis store's raises (one vehicle) or archives nothing (every vehicle)."""
         total = ArchiveRun()
-        if isinstance(self._objects, ArchiveObjects):
-            try:
-                await self._objects.verify()
-            except ObjectStoreError:
-                if vehicle_id or force:  # an operator's RunArchive is told why
-                    raise
-                return total  # logged by verify; the periodic job asks again next time
+        try:
+            await self._verified()
+        except ObjectStoreError:
+            if vehicle_id or force:  # an operator's RunArchive is told why
+                raise
+            return total  # logged by verify; the periodic job asks again next time
         for vid in [vehicle_id] if vehicle_id else await self._store.vehicles():
             # The periodic job skips a vehicle another replica is archiving (saved work, not safety).
             leased = not force
@@ -392,11 +401,14 @@ class Archiver:
                     await self._store.drop_archive_lease(vid, self._owner)
         return total
 
-    @property
-    def may_trim(self) -> bool:
-        """Whether this process may trim archived frames: its archive is this Redis store's (a plain store
-        handed in by a test always is)."""
-        return not isinstance(self._objects, ArchiveObjects) or self._objects.available
+    async def may_trim(self) -> bool:
+        """Whether this process may trim archived frames: its archive is open and is this Redis store's (asked
+        of the store now; a plain store handed in by a test always is)."""
+        try:
+            await self._verified()
+        except ObjectStoreError:
+            return False
+        return True
 
     async def archive_vehicle(self, vehicle_id: str, *, through: int | None = None) -> ArchiveRun:
         """Archive the vehicle's frames: with ``through`` None those received before now minus the archive lag;
