@@ -1,17 +1,20 @@
 """The archive tier: frames leave the hot stream as create-only, digest-listed Parquet parts in an object store,
 and reads join the two tiers by sequence.
 
-Commit order of one part (each step only after the one before it succeeded):
+Commit order of one part (each step only after the one before it succeeded; a run first waits until every frame
+stored by then is durable (``wait_durable``) and goes no further than the high-water mark read before that):
 
 1. plan: the part's range is recorded as the vehicle's ``pending`` plan in the index (store.py), so that
    whoever resumes after a crash writes exactly that part, never a differently cut one over the same frames;
 2. the Parquet bytes are built from the hot stream's frames of that range and written create-only with the
    cold retention (the object store reads them back and checks their sha256 before it answers); a key already
-   taken (a run that died after its write) is adopted if it holds exactly these frames, and is otherwise a
+   taken (a run that died after its write) is read back (digest checked by the store) and adopted if it holds
+   exactly these frames (never on the strength of a sha256 label), and is otherwise a
    conflict that stops the vehicle's archiving (and so its trimming) until someone looks;
 3. the manifest entry (key, sha256, size, range, count, version id, retain-until) is written as its own
    create-only object beside the part (``archive/v1/manifest/...``);
-4. the index commits the entry and moves the vehicle's archived watermark to the part's last sequence.
+4. the index commits the entry and moves the vehicle's archived watermark to the part's last sequence (the plan
+   and the commit are each followed by ``wait_durable``).
 
 Only then may the retention sweep trim those frames (store.py ``trim_expired``: never past the watermark, never
 inside the hot window). A crash anywhere loses nothing (the frames are still hot) and duplicates nothing (the
