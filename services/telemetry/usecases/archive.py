@@ -209,6 +209,8 @@ class ArchiveObjects(ObjectStore):
                 raise
             except (ObjectStoreError, OSError) as exc:
                 self._unavailable(str(getattr(exc, "message", exc)))
+            except Exception as exc:  # the Redis store restarting (the identity claim): a companion must not die
+                self._unavailable(f"cannot check the archive's identity with the store: {exc}")
             await asyncio.sleep(delay)
             delay = min(delay * 2, _OPEN_BACKOFF_SECONDS[1])
 
@@ -300,6 +302,8 @@ class Archiver:
         self._owner = uuid.uuid4().hex
         #: Set when this process marks a vehicle due: the archive worker wakes at once (created in the loop).
         self._due: asyncio.Event | None = None
+        #: How often the worker looks for other replicas' marks (its own wake it at once).
+        self.due_poll_seconds = _DUE_POLL_SECONDS
 
     def _wake(self) -> asyncio.Event:
         if self._due is None:
@@ -339,11 +343,15 @@ class Archiver:
         delay = 0.0
         while True:
             try:
-                await asyncio.wait_for(wake.wait(), max(delay, _DUE_POLL_SECONDS) if delay else _DUE_POLL_SECONDS)
+                await asyncio.wait_for(wake.wait(), self.due_poll_seconds)
             except TimeoutError:
                 pass
             wake.clear()
-            failed = await self.archive_due()
+            try:
+                failed = await self.archive_due()
+            except Exception as exc:  # the Redis store restarting: the marks wait there; a companion must not die
+                _log.warning("archive worker: %s; retrying", exc)
+                failed = 1
             delay = 0.0 if not failed else min(max(delay * 2, _OPEN_BACKOFF_SECONDS[0]), _OPEN_BACKOFF_SECONDS[1])
             if failed:
                 await asyncio.sleep(delay)
