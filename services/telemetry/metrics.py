@@ -31,7 +31,9 @@ __all__ = [
     "ARCHIVED_BYTES",
     "ARCHIVED_FRAMES",
     "ARCHIVED_PARTS",
+    "ARCHIVE_AVAILABLE",
     "ARCHIVE_FAILURES",
+    "ARCHIVE_STORE_MISMATCH",
     "EDGE_CPU",
     "FLEET_REPORTS",
     "FRAMES",
@@ -86,6 +88,14 @@ ARCHIVED_BYTES = Counter("haulmesh_telemetry_archived_bytes_total", "Bytes of ar
 #: Any increase means a vehicle's archiving (and so its hot-stream trim) is stalled: alert on it.
 ARCHIVE_FAILURES = Counter("haulmesh_telemetry_archive_failures_total", "Archive runs of a vehicle stopped by an "
                            "object store failure or a conflicting part.", registry=METRICS_REGISTRY)
+#: 0 while this process's archive is unreachable or not the Redis store's archive: nothing is archived or trimmed
+#: (the hot stream grows); alert when it stays 0.
+ARCHIVE_AVAILABLE = Gauge("haulmesh_telemetry_archive_available", "1 while this process's archive object store "
+                          "is open and is the one this Redis store archives to, else 0.", registry=METRICS_REGISTRY)
+#: 1: this process's archive holds another STORE-ID than the Redis store recorded (e.g. a pod's own emptyDir).
+ARCHIVE_STORE_MISMATCH = Gauge("haulmesh_telemetry_archive_store_mismatch", "1 while this process refuses to archive "
+                               "because its archive is another object store than the Redis store's archive.",
+                               registry=METRICS_REGISTRY)
 
 # Children created up front: every outcome and reason is exported from the start (at 0), so rate() and
 # absent-series alerts work before the first rejection, and recording is a plain attribute call.

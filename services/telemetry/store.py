@@ -32,6 +32,12 @@ Keys (``{v}`` is the vehicle id as a Redis Cluster hash tag, so one vehicle's ke
   work: two archivers on one vehicle are safe, see usecases/archive.py).
 * ``telemetry:{v}:archive_parts`` — Sorted set of the committed parts' PartEntry (JSON) scored by their last
   sequence: the parts covering sequences after ``s`` are ZRANGEBYSCORE ``(s +inf``.
+* ``telemetry:archive:store`` — String, the id (``archive/v1/STORE-ID``) of the object store this Redis store's
+  frames are archived to: set once (SET NX) by the first process whose archive opened; a process whose archive
+  holds another id refuses to archive (and to trim), so its parts can never be elsewhere than the watermark says.
+* ``telemetry:archive:due`` — Hash vehicle id -> sequence: vehicles whose frames through that sequence are to be
+  archived now (a mission COMPLETED), marked by the ``telemetry-missions`` consumer and archived by the archive
+  worker (usecases/archive.py), removed once archived (unless marked higher meanwhile).
 * ``telemetry:heard:{heard-<n>}`` — Sorted sets (16 shards by CRC32 of the vehicle id, so no key is hot):
   vehicle id scored by when it was last heard (Hello or heartbeat, server ms). Any replica's liveness sweep
   reads the silent end of them, so a truck whose stream was on a replica that died is still reported lost.
@@ -187,6 +193,26 @@ return committed
 """
 
 
+# Mark a vehicle due for archiving through a sequence (keep the highest). KEYS: due hash. ARGV: vehicle, through.
+_MARK_DUE_LUA = """
+local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if tonumber(ARGV[2]) > current then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return 1
+"""
+
+# Unmark a vehicle archived through a sequence, unless it was marked higher meanwhile.
+# KEYS: due hash. ARGV: vehicle, through.
+_CLEAR_DUE_LUA = """
+local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if current <= tonumber(ARGV[2]) then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
+"""
+
+#: The Redis store's archive identity and the vehicles due for archiving (see the keys above).
+ARCHIVE_STORE_KEY = "telemetry:archive:store"
+ARCHIVE_DUE_KEY = "telemetry:archive:due"
+
+
 def _k(vehicle_id: str, what: str) -> str:
     return f"telemetry:{{{vehicle_id}}}:{what}"
 
@@ -262,6 +288,8 @@ class TelemetryStore:
         self._ack_replicas, self._ack_replica_disk = ack_replicas, ack_replica_disk
         self._plan_part = client.register_script(_PLAN_PART_LUA)
         self._commit_part = client.register_script(_COMMIT_PART_LUA)
+        self._mark_due = client.register_script(_MARK_DUE_LUA)
+        self._clear_due = client.register_script(_CLEAR_DUE_LUA)
         self.config = config or TelemetryConfig()
         self._commit_sha = client.register_script(_COMMIT_LUA).sha  # the Script only names it; see _write
         self._enqueue = client.register_script(_ENQUEUE_LUA)
@@ -555,14 +583,15 @@ class TelemetryStore:
         watermark: domain trim_boundary); returns how many were dropped. Nothing archived, nothing dropped.
 
         Entry ids are sequences, not times, so the cut is found by walking from the oldest entry (receive
-        times ascend with sequence): run regularly, the walk only covers what expires, then XTRIM MINID.
+        times ascend with sequence), and never past the archived watermark (nothing above it may go): the walk
+        covers at most the archived frames still hot, however many unarchived ones follow; then XTRIM MINID.
         """
         archived_upto = int(await self._redis.hget(_k(vehicle_id, "archive"), "upto") or 0)
         if not archived_upto:
             return 0
         key, after, boundary = self.frames_key(vehicle_id), "-", None
         while boundary is None:
-            entries = await self._redis.xrange(key, after, "+", count=chunk)
+            entries = await self._redis.xrange(key, after, f"{archived_upto}-0", count=chunk)
             if not entries:
                 break
             for entry_id, fields in entries:
@@ -572,11 +601,9 @@ class TelemetryStore:
             else:
                 after = b"(" + entries[-1][0]
         if boundary is None:
-            # Everything expired: MINID past the last entry empties the stream but keeps its last id.
-            last = await self._redis.xrevrange(key, "+", "-", count=1)
-            if not last:
-                return 0
-            boundary = f"{int(last[0][0].split(b'-')[0]) + 1}-0".encode()
+            # Every archived frame still hot has expired: MINID just past the watermark drops them all and keeps
+            # the stream's last id (a stream emptied by XTRIM still refuses ids at or below it).
+            boundary = f"{archived_upto + 1}-0".encode()
         # MINID keeps ids >= boundary: the highest sequence dropped is boundary - 1, never past the watermark.
         through = trim_boundary(archived_upto, int(boundary.split(b"-")[0]) - 1)
         if not through:
@@ -637,6 +664,37 @@ class TelemetryStore:
         raw = await self._redis.zrangebyscore(_k(vehicle_id, "archive_parts"), f"({after}", "+inf", start=0,
                                               num=limit)
         return [PartEntry.from_json(r) for r in raw]
+
+    async def claim_archive_store(self, store_id: str) -> str:
+        """Record ``store_id`` as the archive of this Redis store unless one is recorded (SET NX); returns the
+        recorded id (``store_id`` if it was the first)."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(ARCHIVE_STORE_KEY, store_id, nx=True)
+        pipe.get(ARCHIVE_STORE_KEY)
+        _, holder = await pipe.execute()
+        return (holder or b"").decode()
+
+    async def mark_archive_due(self, vehicle_id: str, through: int) -> None:
+        """Mark the vehicle's frames through ``through`` due for archiving now (the archive worker takes it)."""
+        await self._mark_due(keys=[ARCHIVE_DUE_KEY], args=[vehicle_id, through])
+
+    async def archive_due(self, *, limit: int = 100) -> list[tuple[str, int]]:
+        """Up to ``limit`` vehicles marked due, with the sequence to archive through."""
+        _, found = await self._redis.hscan(ARCHIVE_DUE_KEY, 0, count=limit)
+        return sorted((k.decode(), int(v)) for k, v in found.items())[:limit]
+
+    async def clear_archive_due(self, vehicle_id: str, through: int) -> None:
+        """Unmark the vehicle archived through ``through`` (kept if it was marked higher meanwhile)."""
+        await self._clear_due(keys=[ARCHIVE_DUE_KEY], args=[vehicle_id, through])
+
+    async def archive_durable(self, vehicle_id: str) -> bool:
+        """Whether every write already applied to the vehicle's keys (its frames, its archive index) is fsync'd
+        (see :func:`services.runtime.wait_durable`); False if the store cannot say so in time."""
+        try:
+            return await wait_durable(self._redis, [_k(vehicle_id, "frames")],
+                                      int(self.config.durable_timeout_seconds * 1000))
+        except redis.ResponseError:  # no AOF at all (appendonly no): nothing is durable
+            return False
 
     async def first_hot(self, vehicle_id: str) -> int:
         """The lowest sequence still in the hot stream, 0 if it is empty."""

@@ -9,7 +9,15 @@
 * archive.py: the archive tier (Parquet parts in the object store, trim only after archive) and reads across tiers.
 """
 
-from .archive import ArchiveConflict, Archiver, ArchiveRun, TieredFrames
+from .archive import (
+    ArchiveConflict,
+    ArchiveObjects,
+    Archiver,
+    ArchiveRun,
+    ArchiveStoreMismatch,
+    ArchiveUnavailable,
+    TieredFrames,
+)
 from .commands import CommandRelay
 from .fleet import FleetReporter
 from .missions import MissionActions, MissionNotReady
@@ -21,7 +29,10 @@ __all__ = [
     "COMMAND_SWEEP_SECONDS",
     "MISSION_EVENT_TYPES",
     "ArchiveConflict",
+    "ArchiveObjects",
     "ArchiveRun",
+    "ArchiveStoreMismatch",
+    "ArchiveUnavailable",
     "Archiver",
     "CommandRelay",
     "FleetReporter",
