@@ -158,6 +158,7 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
             outbound = session.outbound
             while True:
                 item = await outbound.get()
+                session.drained.set()  # a reader held back by a full outbound queue may read again
                 if item is None:
                     return
                 if isinstance(item, HaulmeshError):
