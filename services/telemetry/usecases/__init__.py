@@ -14,7 +14,7 @@ from .commands import CommandRelay
 from .fleet import FleetReporter
 from .missions import MissionActions, MissionNotReady
 from .reads import Reads
-from .stream import COMMAND_SWEEP_SECONDS, Session, Streams
+from .stream import COMMAND_SWEEP_SECONDS, FrameCredits, Session, Streams
 from .tracking import MISSION_EVENT_TYPES, MissionTracking
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "Archiver",
     "CommandRelay",
     "FleetReporter",
+    "FrameCredits",
     "MissionActions",
     "MissionNotReady",
     "MissionTracking",

@@ -79,6 +79,12 @@ class FrameCredits:
         """No frame fits now (here, or in the parent): a reader should not read its stream."""
         return self.inflight >= self.limit or (self._parent is not None and self._parent.full())
 
+    def fits(self, n: int) -> bool:
+        """Whether :meth:`take` of ``n`` would return at once."""
+        n = min(n, self.limit)
+        return (not self._waiters and self.inflight + n <= self.limit
+                and (self._parent is None or self._parent.fits(n)))
+
     async def wait_room(self) -> None:
         """Return once at least one frame fits here and in the parent (the reader's check before a read)."""
         while self.full():
@@ -355,7 +361,15 @@ class Streams:
         if not frames:
             return True
         held = len(frames)
-        await session.credits.take(held)  # given back when the commit completes (or below, for rejects)
+        # Given back when the commit completes (or below, for rejects). Waiting here is not reading either.
+        if session.credits.fits(held):
+            await session.credits.take(held)
+        else:
+            metrics.stream_paused(True)
+            try:
+                await session.credits.take(held)
+            finally:
+                metrics.stream_paused(False)
         good: list[Verified] = []
         rejects: Counter[str] = Counter()
         for outcome in await self._verify_batch(session.vehicle_id, frames, keys):
