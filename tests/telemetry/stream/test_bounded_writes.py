@@ -3,10 +3,12 @@ outcome, in a capped stream; nothing a truck sends on its own grows the store.""
 
 from __future__ import annotations
 
+import json
+
 import grpc
 import redis.asyncio
 
-from haulmesh.telemetry.v1 import stream_pb2
+from haulmesh.telemetry.v1 import frame_pb2, stream_pb2, telemetry_service_pb2, telemetry_service_pb2_grpc
 from services.telemetry.config import TelemetryConfig
 from services.telemetry.store import TelemetryStore
 from tests.conftest import wait_for
@@ -69,3 +71,33 @@ async def test_command_acks_stream_is_capped(store_client: redis.asyncio.Redis, 
         assert await store.ack_command(truck.vehicle_id, _ack(command_id).command_ack) == "stored"
     # Approximate trimming removes whole macro nodes (100 entries each by default): at most one node more.
     assert 100 <= await store_client.xlen(f"telemetry:{{{truck.vehicle_id}}}:command_acks") <= 200
+
+
+def _ingest_request(truck: Truck, sequence: int) -> telemetry_service_pb2.IngestTelemetryRequest:
+    request = telemetry_service_pb2.IngestTelemetryRequest(
+        vehicle_id=truck.vehicle_id, state="enroute", sequence=sequence,
+        position=frame_pb2.Position(lat=30.267153, lon=-97.743057, speed_kph=88.5))
+    request.timestamp.GetCurrentTime()
+    payload = frame_pb2.FramePayload(vehicle_id=truck.vehicle_id, sequence=sequence, device_time=request.timestamp,
+                                     kind=frame_pb2.FramePayload.KIND_POSITION, position=request.position,
+                                     vehicle_state=request.state)
+    request.signature = truck.sign(payload.SerializeToString(deterministic=True))
+    return request
+
+
+async def test_ingest_telemetry_is_audited_once_per_truck_session_not_per_frame(
+        telemetry: TelemetryProcess, truck: Truck, store_client: redis.asyncio.Redis) -> None:
+    async with grpc.aio.secure_channel(telemetry.address, truck.credentials()) as channel:
+        stub = telemetry_service_pb2_grpc.TelemetryServiceStub(channel)
+        for sequence in range(1, 21):
+            await stub.IngestTelemetry(_ingest_request(truck, sequence), timeout=30)
+    entries = []
+    for chain in await store_client.smembers("audit:chains"):  # every process's chain (runtime _audit.py)
+        for _, fields in await store_client.xrange(chain):
+            record = json.loads(fields[b"record"])
+            if record["resource"] == f"vehicles/{truck.vehicle_id}":
+                entries.append(record)
+    assert len(entries) == 1, entries  # 20 frames, one entry: who wrote for the vehicle, and when
+    assert entries[0]["method"].endswith("/IngestTelemetry")
+    assert entries[0]["actor"] == f"spiffe://haulmesh.local/vehicle/{truck.vehicle_id}"
+    assert (await TelemetryStore(store_client).counters(truck.vehicle_id))["stored"] == 20
