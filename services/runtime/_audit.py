@@ -13,12 +13,13 @@ removed while still listed. Whoever can rewrite every entry, every head *and* th
 history: production deployments anchor the heads elsewhere (periodic signed checkpoints shipped to the
 SIEM), as the seed's "immutable audit logs" asks.
 
-Retention (docs/decisions.md, "Retention"): what reads the chains is ``haulmesh audit verify`` and the
-evidence packs of missions (:func:`entries_touching`), exported after delivery and within the dispute window;
-entries older than :data:`AUDIT_RETENTION_SECONDS` are trimmed by :func:`trim` (each process runs it over every
-chain every :data:`TRIM_INTERVAL_SECONDS`). A trim removes a chain's oldest entries and records, in the same
-script, the sequence and hash of the last one removed as the head's ``base_seq`` / ``base_hash``: the chain
-left verifies from there, and the newest entry of a chain is never trimmed (its head stays linked).
+Retention (docs/capacity.md, "Retention of what the store holds"): what reads the chains is
+``haulmesh audit verify`` and the evidence packs of missions (:func:`entries_touching`), exported after
+delivery and within the dispute window; entries older than :data:`AUDIT_RETENTION_SECONDS` are trimmed by
+:func:`trim` (each process runs it over every chain every :data:`TRIM_INTERVAL_SECONDS`). A trim removes a
+chain's oldest entries and records, in the same script, the sequence and hash of the last one removed as the
+head's ``base_seq`` / ``base_hash``: the chain left verifies from there, and the newest entry of a chain is never
+trimmed (its head stays linked).
 
 High-volume methods (a truck's IngestTelemetry, one frame a call) are coalesced: ``append(coalesce_seconds=N)``
 writes one entry per (actor, method, carrier, resource) per N seconds, not one per call.

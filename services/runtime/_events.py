@@ -15,10 +15,11 @@ handler runs once per event id even when an event is redelivered or replayed); a
 keeps failing moves, after ``max_deliveries``, to the group's dead-letter stream ``dlq:{<group>}``, from
 where it can be inspected and replayed (``haulmesh events dlq``).
 
-Retention (docs/decisions.md, "Retention"): what reads an event stream is its consumer groups, so an entry is
-trimmed (XTRIM MINID, :func:`trim_event_stream`, by every consumer every :data:`RETENTION_SWEEP_SECONDS`) once
-every group of the stream has acknowledged it *and* it is older than :data:`EVENT_RETENTION_SECONDS`, the window
-in which a replayed event is still recognised as done (the done markers' TTL). Nothing unread or pending is ever
+Retention (docs/capacity.md, "Retention of what the store holds"): what reads an event stream is its consumer
+groups, so an entry is trimmed (XTRIM MINID, :func:`trim_event_stream`, by every consumer every
+:data:`RETENTION_SWEEP_SECONDS`) once every group of the stream has acknowledged it *and* it is older than
+:data:`EVENT_RETENTION_SECONDS`, the window in which a replayed event is still recognised as done (the done
+markers' TTL). Nothing unread or pending is ever
 trimmed. A dead-letter stream is read by people: it keeps its newest :data:`DLQ_MAXLEN` entries (MAXLEN ~).
 """
 
@@ -233,7 +234,7 @@ class EventConsumer:
         for stream in streams:
             if stream not in self._grouped:
                 try:
-                    # From the stream's beginning: a new group (or a new stream) misses nothing committed.
+                    # From the stream's beginning: a new group (or stream) misses nothing still retained (7 days).
                     await self._redis.xgroup_create(stream, self.group, id="0", mkstream=True)
                 except redis.ResponseError as exc:
                     if "BUSYGROUP" not in str(exc):
