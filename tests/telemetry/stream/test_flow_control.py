@@ -5,6 +5,9 @@ the server stops reading, the frames stay with the truck, and once the fault end
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import sys
 from pathlib import Path
 
 import grpc
@@ -13,8 +16,9 @@ import pytest
 import redis.asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
+from edge_client.spool import Spool
 from haulmesh.telemetry.v1 import frame_pb2
-from services.runtime import EmbeddedStore, connect_async, free_port, new_id
+from services.runtime import EmbeddedStore, connect_async, free_port, new_id, pki
 from services.telemetry import metrics
 from services.telemetry.config import TelemetryConfig
 from services.telemetry.store import TelemetryStore
@@ -24,6 +28,7 @@ from tests.trucks import Truck
 
 from ..helpers import Session, TelemetryProcess, batch
 
+ROOT = Path(__file__).resolve().parents[3]
 BATCH, PER_STREAM, PER_PROCESS = 20, 40, 100
 TRUCKS, FRAMES = 4, 600
 PAUSE_MS = 3500
@@ -189,3 +194,72 @@ async def test_frame_credits_are_first_come_first_served_within_both_bounds() ->
     first.give(4)
     second.give(6)
     assert process.inflight == 0
+
+
+def _spool_depth(path: Path) -> int:
+    with Spool(path) as spool:
+        return spool.stats().depth
+
+
+async def _edge(*args: str, cwd: Path) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(sys.executable, "-m", "edge_client", *args, cwd=cwd,
+                                                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+
+
+async def test_the_real_edge_client_keeps_its_frames_while_the_server_holds_back(
+        mesh_pki: Pki, tmp_path: Path, own_store: tuple[str, redis.asyncio.Redis]) -> None:
+    """The edge client replays an hour's spool into a telemetry process whose store stalls: the process stays
+    at its bound and stops reading, the truck's spool keeps every unacknowledged frame, then drains to 0 with
+    every frame stored once."""
+    url, client = own_store
+    truck = Truck.mint(mesh_pki.ca)
+    certs, spool = tmp_path / "certs", tmp_path / "spool.db"
+    pki.write_pem_files(certs, f"vehicle-{truck.vehicle_id}", truck.issued, mesh_pki.ca.certificate_pem)
+    offline = await _edge("--cert-dir", str(certs), "simulate", "--vehicle", truck.vehicle_id, "--spool", str(spool),
+                          "--offline", "--quiet", "--speedup", "100000", "--max-sim-minutes", "60", cwd=tmp_path)
+    out, err = await asyncio.wait_for(offline.communicate(), timeout=120)
+    assert offline.returncode == 0, err.decode()[-2000:]
+    frames = json.loads(out.decode().strip().splitlines()[-1])["frames"]
+    metrics_port, per_stream = free_port(), 100
+    state = tmp_path / "state"
+    state.mkdir()
+    env = _bounded(metrics_port, HAULMESH_TELEMETRY_MAX_BATCH_FRAMES="50",
+                   HAULMESH_TELEMETRY_MAX_INFLIGHT_FRAMES_PER_STREAM=str(per_stream),
+                   HAULMESH_TELEMETRY_MAX_INFLIGHT_FRAMES_PER_PROCESS="1000")
+    async with TelemetryProcess.running(mesh_pki, state, url, **env) as process:
+        # The store stalls for writes as soon as the truck's stream is open, while it replays its spool.
+        edge = await _edge("--cert-dir", str(certs), "--target", process.address, "run", "--vehicle",
+                           truck.vehicle_id, "--spool", str(spool), "--exit-when-drained", "--backoff-cap", "0.5",
+                           cwd=tmp_path)
+        try:
+            await wait_for(lambda: _metrics_open(metrics_port), timeout_seconds=60)
+            await client.execute_command("CLIENT", "PAUSE", str(PAUSE_MS), "WRITE")
+            await wait_for(lambda: _metrics_at(metrics_port, per_stream), timeout_seconds=PAUSE_MS / 1000)
+            held = await asyncio.to_thread(_spool_depth, spool)
+            assert held > 0  # what is not acknowledged is still in the truck's spool
+            print(f"spool held {held} of {frames} frames while the store stalled")
+            await client.execute_command("CLIENT", "UNPAUSE")
+            out, err = await asyncio.wait_for(edge.communicate(), timeout=120)
+        finally:
+            if edge.returncode is None:
+                edge.kill()
+                await edge.wait()
+        assert edge.returncode == 0, err.decode()[-2000:]
+        assert await asyncio.to_thread(_spool_depth, spool) == 0
+        assert await _stored(client, truck.vehicle_id) == list(range(1, frames + 1))  # 0 lost, 0 twice
+        seen = await _metrics(metrics_port)
+        assert seen["haulmesh_telemetry_inflight_frames_peak"] <= per_stream
+
+
+async def _metrics_open(port: int) -> bool:
+    try:
+        return (await _metrics(port))["haulmesh_telemetry_open_streams"] >= 1
+    except httpx.HTTPError:
+        return False
+
+
+async def _metrics_at(port: int, bound: int) -> bool:
+    seen = await _metrics(port)
+    assert seen["haulmesh_telemetry_inflight_frames_peak"] <= bound
+    return seen["haulmesh_telemetry_inflight_frames"] == bound and seen["haulmesh_telemetry_paused_streams"] >= 1
