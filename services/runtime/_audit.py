@@ -12,6 +12,17 @@ beside it in the same transaction. :func:`verify` detects an edited, deleted, re
 removed while still listed. Whoever can rewrite every entry, every head *and* the list can still forge
 history: production deployments anchor the heads elsewhere (periodic signed checkpoints shipped to the
 SIEM), as the seed's "immutable audit logs" asks.
+
+Retention (docs/capacity.md, "Retention of what the store holds"): what reads the chains is
+``haulmesh audit verify`` and the evidence packs of missions (:func:`entries_touching`), exported after
+delivery and within the dispute window; entries older than :data:`AUDIT_RETENTION_SECONDS` are trimmed by
+:func:`trim` (each process runs it over every chain every :data:`TRIM_INTERVAL_SECONDS`). A trim removes a
+chain's oldest entries and records, in the same script, the sequence and hash of the last one removed as the
+head's ``base_seq`` / ``base_hash``: the chain left verifies from there, and the newest entry of a chain is never
+trimmed (its head stays linked).
+
+High-volume methods (a truck's IngestTelemetry, one frame a call) are coalesced: ``append(coalesce_seconds=N)``
+writes one entry per (actor, method, carrier, resource) per N seconds, not one per call.
 """
 
 from __future__ import annotations
@@ -19,9 +30,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import socket
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,10 +43,38 @@ import redis.asyncio
 
 from ._keys import new_id
 
-__all__ = ["CHAINS_KEY", "AuditEntry", "AuditLog", "AuditReport", "entries_touching", "verify", "verify_entries"]
+__all__ = ["AUDIT_RETENTION_SECONDS", "CHAINS_KEY", "AuditEntry", "AuditLog", "AuditReport", "entries_touching",
+           "trim", "verify", "verify_entries"]
 
 CHAINS_KEY = "audit:chains"
 _GENESIS = "0" * 64
+#: How long audit entries stay in the store: a year of disputes on an invoice, plus a month to export the pack.
+AUDIT_RETENTION_SECONDS = 395 * 86400
+#: How often each process trims every chain (cheap: one script call per chain).
+TRIM_INTERVAL_SECONDS = 3600.0
+#: Coalesced appends remembered per process (least recently written first out).
+_COALESCE_KEYS = 10_000
+
+# Trim a chain's entries older than a cutoff, keeping its newest entry, and record the base the rest links to.
+# KEYS: the chain, its head. ARGV: cutoff entry id (exclusive upper bound, "(<ms>-0"), max entries per call.
+# Returns the number of entries removed.
+_TRIM_LUA = """
+local old = redis.call('XRANGE', KEYS[1], '-', ARGV[1], 'COUNT', ARGV[2])
+if #old == 0 then return 0 end
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if newest[1][1] == old[#old][1] then table.remove(old) end
+if #old == 0 then return 0 end
+local last = old[#old][2]
+local record, digest
+for i = 1, #last, 2 do
+  if last[i] == 'record' then record = last[i + 1] elseif last[i] == 'hash' then digest = last[i + 1] end
+end
+local ids = {}
+for i, entry in ipairs(old) do ids[i] = entry[1] end
+redis.call('XDEL', KEYS[1], unpack(ids))
+redis.call('HSET', KEYS[2], 'base_seq', cjson.decode(record)['seq'], 'base_hash', digest)
+return #ids
+"""
 
 
 def _entry_hash(prev: str, record: dict[str, Any]) -> str:
@@ -56,10 +97,30 @@ class AuditLog:
         self._writing: asyncio.Task[None] | None = None
         self._registered = False
         self._head_uncertain = False
+        #: When each coalesced (actor, method, carrier, resource) was last written (monotonic seconds).
+        self._coalesced: OrderedDict[tuple[str, str, str, str], float] = OrderedDict()
+        self._trimmed_at = time.monotonic()
+        self._trimming: asyncio.Task[int] | None = None
 
     async def append(self, *, actor: str, method: str, carrier: str = "", resource: str = "",
-                     outcome: str = "OK") -> None:
-        """Add an entry; returns once it is stored (with whatever else was queued meanwhile)."""
+                     outcome: str = "OK", coalesce_seconds: float = 0.0) -> None:
+        """Add an entry; returns once it is stored (with whatever else was queued meanwhile).
+
+        ``coalesce_seconds``: skip the entry if the same actor, method, carrier and resource was written less
+        than that long ago by this process (one entry per truck session, not per frame)."""
+        now = time.monotonic()
+        if coalesce_seconds > 0:
+            key = (actor, method, carrier, resource)
+            last = self._coalesced.get(key)
+            if last is not None and now - last < coalesce_seconds:
+                return
+            self._coalesced[key] = now
+            self._coalesced.move_to_end(key)
+            while len(self._coalesced) > _COALESCE_KEYS:
+                self._coalesced.popitem(last=False)
+        if now - self._trimmed_at >= TRIM_INTERVAL_SECONDS and (self._trimming is None or self._trimming.done()):
+            self._trimmed_at = now
+            self._trimming = asyncio.get_running_loop().create_task(self._trim_quietly())
         record = {"time": round(time.time(), 3), "actor": actor, "method": method, "carrier": carrier,
                   "resource": resource, "outcome": outcome}
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -101,6 +162,31 @@ class AuditLog:
                     done.set_result(None)
 
 
+    async def _trim_quietly(self) -> int:
+        try:
+            return await trim(self._redis)
+        except Exception as exc:  # retention is housekeeping: the next interval tries again
+            logging.getLogger("haulmesh.audit").warning("audit chains not trimmed: %s", exc)
+            return 0
+
+
+async def trim(client: redis.asyncio.Redis, *, retention_seconds: float = AUDIT_RETENTION_SECONDS,
+               chunk: int = 1000) -> int:
+    """Remove every chain's entries older than ``retention_seconds`` (never a chain's newest), each chain's
+    head recording where its remaining entries start; returns the entries removed."""
+    cutoff = f"({int((time.time() - retention_seconds) * 1000)}-0"
+    script = client.register_script(_TRIM_LUA)
+    removed = 0
+    for raw in sorted(await client.smembers(CHAINS_KEY)):
+        stream = raw.decode() if isinstance(raw, bytes) else raw
+        while True:
+            n = int(await script(keys=[stream, head_key(stream)], args=[cutoff, chunk]))
+            removed += n
+            if n < chunk - 1:
+                break
+    return removed
+
+
 @dataclass(frozen=True)
 class AuditReport:
     """What :func:`verify` found: ``problems`` is empty when every chain is intact."""
@@ -115,7 +201,8 @@ class AuditReport:
 
 
 def _verify_chain(client: redis.Redis, stream: str, problems: list[str]) -> int:
-    prev, expected_seq, count = _GENESIS, 1, 0
+    base = client.hmget(head_key(stream), ["base_seq", "base_hash"])  # set once retention trimmed the chain
+    prev, expected_seq, count = (base[1] or _GENESIS.encode()).decode(), int(base[0] or 0) + 1, 0
     last_id = "-"
     while True:
         batch = client.xrange(stream, min=last_id, count=1000)

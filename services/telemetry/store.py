@@ -14,7 +14,9 @@ Keys (``{v}`` is the vehicle id as a Redis Cluster hash tag, so one vehicle's ke
   Hash key id -> when it was first seen (server ms). Both written only if absent (HSETNX).
 * ``telemetry:{v}:commands`` — Stream of commands not yet acknowledged (``c``: serialized Command,
   ``id``: command id); ``telemetry:{v}:command_ids`` maps command id -> entry id;
-  ``telemetry:{v}:command_acks`` — Stream of every CommandAck received.
+  ``telemetry:{v}:command_acks`` — Stream of the CommandAcks received (MAXLEN ~ ``command_acks_kept``): only
+  for commands issued to the vehicle (``telemetry:{v}:issued:<id>`` exists, 30 days), and one per command and
+  outcome (``o:<outcome>`` in ``telemetry:{v}:command:<id>``), so a truck cannot grow it beyond its commands.
 * ``telemetry:{v}:session`` — id of the vehicle's current stream session (newest wins).
 * ``telemetry:vehicles`` — Set of vehicle ids with telemetry (retention sweeps it).
 * ``telemetry:{v}:mission`` — Hash ``carrier``, ``name``, ``update_ms``, ``mission`` (serialized Mission, empty once
@@ -133,6 +135,24 @@ local entry = redis.call('XADD', KEYS[1], '*', 'id', ARGV[1], 'c', ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], entry)
 redis.call('PUBLISH', '""" + DOORBELL + """', ARGV[4])
 return entry
+"""
+
+# A truck's CommandAck: stored only for a command issued to it, once per (command, outcome); the queue entry of the
+# command is removed either way (a re-sent command answered again with its known outcome).
+# KEYS: issued marker, command id -> entry hash, commands stream, command_acks stream, the command's hash.
+# ARGV: command id, ack bytes, receive ms, MAXLEN, outcome, TTL.
+# Returns 'unknown' (never issued: nothing written), 'repeat' (outcome already stored) or 'stored'.
+_ACK_COMMAND_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'unknown' end
+local entry = redis.call('HGET', KEYS[2], ARGV[1])
+if entry then
+  redis.call('XDEL', KEYS[3], entry)
+  redis.call('HDEL', KEYS[2], ARGV[1])
+end
+if redis.call('HSETNX', KEYS[5], 'o:' .. ARGV[5], ARGV[3]) == 0 then return 'repeat' end
+redis.call('EXPIRE', KEYS[5], ARGV[6], 'NX')
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'id', ARGV[1], 'a', ARGV[2], 't', ARGV[3])
+return 'stored'
 """
 
 #: A lost marker outlives any outage worth announcing; an expired one only means no "restored" event.
@@ -294,6 +314,7 @@ class TelemetryStore:
         self._commit_sha = client.register_script(_COMMIT_LUA).sha  # the Script only names it; see _write
         self._enqueue = client.register_script(_ENQUEUE_LUA)
         self._set_mission = client.register_script(_SET_MISSION_LUA)
+        self._ack_command = client.register_script(_ACK_COMMAND_LUA)
         self._queue: asyncio.Queue[_Pending] | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._waits: set[asyncio.Task[None]] = set()
@@ -560,16 +581,25 @@ class TelemetryStore:
         raw = await self._redis.get(f"telemetry:{{{mission}}}:vehicle")
         return raw.decode() if raw else ""
 
-    async def ack_command(self, vehicle_id: str, ack: stream_pb2.CommandAck) -> None:
-        """Record a CommandAck and stop re-sending its command."""
-        entry = await self._redis.hget(_k(vehicle_id, "command_ids"), ack.command_id)
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.xadd(_k(vehicle_id, "command_acks"), {"id": ack.command_id, "a": ack.SerializeToString(),
-                                                   "t": int(time.time() * 1000)})
-        if entry is not None:
-            pipe.xdel(_k(vehicle_id, "commands"), entry)
-            pipe.hdel(_k(vehicle_id, "command_ids"), ack.command_id)
-        await pipe.execute()
+    async def command_ack_state(self, vehicle_id: str, ack: stream_pb2.CommandAck) -> str:
+        """``unknown`` (the command was never issued to this vehicle), ``repeat`` (this outcome of it is already
+        recorded) or ``new``: whether :meth:`ack_command` would store the ack (read only)."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.exists(_k(vehicle_id, f"issued:{ack.command_id}"))
+        pipe.hexists(_k(vehicle_id, f"command:{ack.command_id}"), f"o:{ack.outcome}")
+        issued, seen = await pipe.execute()
+        return "unknown" if not issued else "repeat" if seen else "new"
+
+    async def ack_command(self, vehicle_id: str, ack: stream_pb2.CommandAck) -> str:
+        """Record a CommandAck (once per command and outcome, only for a command issued to the vehicle) and stop
+        re-sending its command; returns ``stored``, ``repeat`` or ``unknown`` (see ``_ACK_COMMAND_LUA``)."""
+        outcome = await self._ack_command(
+            keys=[_k(vehicle_id, f"issued:{ack.command_id}"), _k(vehicle_id, "command_ids"),
+                  _k(vehicle_id, "commands"), _k(vehicle_id, "command_acks"),
+                  _k(vehicle_id, f"command:{ack.command_id}")],
+            args=[ack.command_id, ack.SerializeToString(), int(time.time() * 1000), self.config.command_acks_kept,
+                  ack.outcome, _ISSUED_TTL_SECONDS])
+        return outcome.decode() if isinstance(outcome, bytes) else str(outcome)
 
     async def command_acks(self, vehicle_id: str) -> list[stream_pb2.CommandAck]:
         """Every CommandAck received from the vehicle, in order."""

@@ -99,4 +99,17 @@ def rpc_error_response(error: grpc.aio.AioRpcError | grpc.RpcError) -> JSONRespo
         info = error_details_pb2.ErrorInfo(reason=code.name, domain=ERROR_DOMAIN)
         status = status_pb2.Status(code=numeric, message=error.details() or code.name)
         status.details.add().Pack(info)
-    return _status_response(status)
+    return _status_response(status, _retry_after(status))
+
+
+def _retry_after(status: status_pb2.Status) -> dict[str, str] | None:
+    """A service's retry hint (ErrorInfo metadata ``retry_after_seconds``, e.g. telemetry's TELEMETRY_BUSY) as
+    the HTTP header clients know."""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            seconds = info.metadata.get("retry_after_seconds", "")
+            if seconds.isdigit():
+                return {"Retry-After": seconds}
+    return None

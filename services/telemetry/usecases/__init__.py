@@ -22,7 +22,7 @@ from .commands import CommandRelay
 from .fleet import FleetReporter
 from .missions import MissionActions, MissionNotReady
 from .reads import Reads
-from .stream import COMMAND_SWEEP_SECONDS, Session, Streams
+from .stream import COMMAND_SWEEP_SECONDS, FrameCredits, Session, Streams
 from .tracking import MISSION_EVENT_TYPES, MissionTracking
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "Archiver",
     "CommandRelay",
     "FleetReporter",
+    "FrameCredits",
     "MissionActions",
     "MissionNotReady",
     "MissionTracking",
