@@ -840,7 +840,7 @@ class Demo:
         expect(reply.frames_in_archive == frames_stored, f"{reply.frames_in_archive} frames archived, "
                                                          f"{frames_stored} stored")
         archive = Path(self.mesh.extra_env.get("HAULMESH_ARCHIVE_URL") or self.mesh.state_dir / "archive")
-        parts = sorted(archive.rglob(f"vehicle={TRUCK}/**/part-*.parquet"))
+        parts = await asyncio.to_thread(lambda: sorted(archive.rglob(f"vehicle={TRUCK}/**/part-*.parquet")))
         where = parts[0].parent if parts else self.mesh.state_dir
         milestone(f"Archived: all {reply.frames_in_archive} frames, signed envelopes and the certificate that "
                   f"verified them, in {len(parts)} Parquet part(s)")
