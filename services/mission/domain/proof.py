@@ -209,3 +209,40 @@ def deliver(mission: mission_pb2.Mission, proof: mission_pb2.ProofOfDelivery,
     last.depart_time.CopyFrom(to_timestamp(max(delivered, from_timestamp(last.arrive_time) or delivered)))
     move(mission, after)
     return True
+
+
+# --- A DISPUTED proof before billing ------------------------------------------------------------------
+
+#: What the billing hand-off does with a delivered mission's proof (:func:`billing_gate`).
+BILL, WAIT, ESCALATE = "BILL", "WAIT", "ESCALATE"
+
+
+def billing_gate(verification: mission_pb2.TelemetryVerification, submitted: datetime | None, now: datetime,
+                 dispute_seconds: float) -> str:
+    """BILL a proof whose log verified (or was never checked: no telemetry wired); WAIT on a DISPUTED one
+    (late frames of a spool replay may still complete the range; the sweeper re-verifies) until
+    ``dispute_seconds`` after its submission, then ESCALATE: an operator decides, never a silent bill. A log
+    the stored frames contradict (TELEMETRY_HASH_MISMATCH, found on a re-check) escalates at once."""
+    if verification.result != mission_pb2.TelemetryVerification.RESULT_DISPUTED:
+        return BILL
+    if verification.reason == "TELEMETRY_HASH_MISMATCH":
+        return ESCALATE
+    if submitted is not None and (now - submitted).total_seconds() >= dispute_seconds:
+        return ESCALATE
+    return WAIT
+
+
+def reverify_telemetry_log(manifest: mission_pb2.DeliveryManifest, payloads: Sequence[bytes],
+                           now: datetime) -> mission_pb2.TelemetryVerification:
+    """:func:`verify_telemetry_log` for a proof already recorded (the billing sweeper's re-check): a digest
+    the now complete frames contradict is not refused (the proof is on file) but recorded DISPUTED
+    ``TELEMETRY_HASH_MISMATCH``, which :func:`billing_gate` escalates."""
+    try:
+        return verify_telemetry_log(manifest, payloads, now)
+    except InvalidArgument:
+        first, last = manifest.telemetry_first_sequence, manifest.telemetry_last_sequence
+        in_range = [p for p in payloads if first <= frame_pb2.FramePayload.FromString(p).sequence <= last]
+        return mission_pb2.TelemetryVerification(
+            result=mission_pb2.TelemetryVerification.RESULT_DISPUTED, reason="TELEMETRY_HASH_MISMATCH",
+            recomputed_sha256=telemetry_log_sha256(in_range), frames_stored=len(in_range), frames_missing=0,
+            verify_time=to_timestamp(now))
