@@ -10,7 +10,7 @@ Lock; ``evidence``: sealed evidence packs and their offline verifier; ``pki``: t
 tests/runtime/test_public_api.py.
 """
 
-from ._audit import AuditEntry, AuditLog
+from ._audit import AuditEntry, AuditLog, TooManyAuditEntries
 from ._audit import entries_touching as audit_entries_touching
 from ._audit import verify as verify_audit_log
 from ._authz import Policy
@@ -121,6 +121,7 @@ __all__ = [
     "ServiceConfig",
     "TimeIndex",
     "TlsConfig",
+    "TooManyAuditEntries",
     "TracingConfig",
     "Unavailable",
     "abort",

@@ -58,6 +58,7 @@ __all__ = [
     "DOCUMENT_SIGNING_EKU",
     "MANIFEST_TYPE",
     "MAX_PACK_BYTES",
+    "MAX_PACK_FRAMES",
     "Check",
     "PackFrame",
     "PackVerification",
@@ -73,6 +74,10 @@ MANIFEST_TYPE = "application/vnd.haulmesh.evidence-manifest.v1+json"
 DOCUMENT_SIGNING_EKU = ObjectIdentifier("1.3.6.1.5.5.7.3.36")
 #: Largest pack built or verified (no ZIP64: the container stays one simple layout).
 MAX_PACK_BYTES = 1 << 30
+#: Most frames one pack holds: 36 h at 1 Hz (a 12 h trip at 1 Hz is 43,200); more is refused at export. The
+#: mission service measures usage from at most this many frames (HAULMESH_USAGE_MAX_FRAMES is capped at it), so
+#: every invoice's evidence fits in a pack.
+MAX_PACK_FRAMES = 129_600
 #: Tolerance between invoiced miles and miles measured from the frames (both are rounded to 0.1 mi).
 MILES_TOLERANCE = 0.05
 #: The gap threshold of usage recorded without one in its provenance (the mission service's default).

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.runtime import pki
-from services.runtime._audit import verify_entries
+from services.runtime._audit import AuditEntry, verify_entries
 from services.runtime.evidence import _unzip, _zip, build_pack, verify_pack
 
 from .evidence_inputs import VEHICLE, audit_chain, make_inputs, sign_frame
@@ -233,22 +233,34 @@ def test_vehicle_constant_matches_the_truck(inputs) -> None:
     assert inputs.mission.vehicle == f"vehicles/{VEHICLE}"
 
 
-async def test_audit_entries_touching_a_mission_come_with_their_links(client) -> None:
-    """On a real store: two writers' chains; the run between the first and last touching entry of each chain comes
-    out whole (so every link verifies), entries after the last touching one do not, other chains give nothing."""
-    from services.runtime import AuditLog, audit_entries_touching
+async def test_audit_entries_touching_a_mission_are_only_those_never_another_carriers(client) -> None:
+    """On a real store: two writers' chains interleaving two carriers' calls. Only the entries naming the mission or
+    invoice leave the store, not the other carrier's records between them; each verifies on its own (hash over its
+    prev and content) and adjacent ones by their link; another carrier's call naming the resource is dropped."""
+    import time
+
+    from services.runtime import AuditLog, TooManyAuditEntries, audit_entries_touching
 
     first, second = AuditLog(client, "billing"), AuditLog(client, "mission")
-    for resource in ["tenders/X", "missions/M", "invoices/I", "missions/OTHER", "missions/M", "tenders/Y"]:
-        await first.append(actor="spiffe://haulmesh.local/service/gateway", method="/x.Y/Z", resource=resource)
-    for resource in ["missions/OTHER", "missions/OTHER"]:
-        await second.append(actor="spiffe://haulmesh.local/operator/ops", method="/x.Y/Z", resource=resource)
-    entries = await audit_entries_touching(client, {"missions/M", "invoices/I"})
+    calls = [("acme", "tenders/X"), ("acme", "missions/M"), ("acme", "invoices/I"), ("rival", "missions/OTHER"),
+             ("", "missions/M"), ("rival", "missions/M"), ("acme", "tenders/Y")]
+    for carrier, resource in calls:
+        await first.append(actor="spiffe://haulmesh.local/service/gateway", method="/x.Y/Z", carrier=carrier,
+                           resource=resource)
+    for _ in range(2):
+        await second.append(actor="spiffe://haulmesh.local/operator/ops", method="/x.Y/Z", carrier="rival",
+                            resource="missions/OTHER")
+    entries = await audit_entries_touching(client, {"missions/M", "invoices/I"}, carrier="acme")
     records = [json.loads(e.record) for e in entries]
-    assert [r["resource"] for r in records] == ["missions/M", "invoices/I", "missions/OTHER", "missions/M"]
-    assert [r["seq"] for r in records] == [2, 3, 4, 5]
+    assert [(r["carrier"], r["resource"], r["seq"]) for r in records] == [
+        ("acme", "missions/M", 2), ("acme", "invoices/I", 3), ("", "missions/M", 5)]
+    assert all(r["carrier"] != "rival" for r in records)  # the tenant leak: never another carrier's record
     assert {e.chain for e in entries} == {first.stream}
     assert verify_entries(entries) == []
-    # A run longer than the bound is cut to the touching entries alone: links hold where they are adjacent.
-    cut = await audit_entries_touching(client, {"missions/M", "invoices/I"}, max_segment_entries=2)
-    assert [json.loads(e.record)["seq"] for e in cut] == [2, 3, 5] and verify_entries(cut) == []
+    edited = [AuditEntry(e.chain, e.entry_id, e.record.replace('"acme"', '"acmf"'), e.hash) for e in entries]
+    assert any("edited" in p for p in verify_entries(edited))
+    # Scans start at a time (the mission's creation): nothing before it is read.
+    assert await audit_entries_touching(client, {"missions/M"}, since_ms=int(time.time() * 1000) + 60_000) == []
+    # Bounded: more touching entries than the cap is an error, never an unbounded list.
+    with pytest.raises(TooManyAuditEntries):
+        await audit_entries_touching(client, {"missions/M", "invoices/I"}, carrier="acme", max_entries=2)
