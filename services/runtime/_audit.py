@@ -226,7 +226,8 @@ async def entries_touching(client: redis.asyncio.Redis, resources: set[str], *, 
     recomputes over its prev and content) and, where two kept entries are adjacent in their chain, the link
     between them; what lies between non-adjacent ones is vouched for by the store's whole-chain check (``haulmesh
     audit verify``), not by the excerpt. With ``carrier``, an entry made for another carrier is dropped even if
-    it names the resource (entries made for no carrier, a truck's or a service's call, stay).
+    it names the resource (entries made for no carrier, a truck's or a service's call, stay; ``acme`` and
+    ``carriers/acme`` are one carrier).
 
     ``since_ms`` starts each chain's scan at that Unix time (stream ids are times: the mission's dispatch, before
     which nothing can touch it); more than ``max_entries`` touching entries raises :class:`TooManyAuditEntries`, so
@@ -234,6 +235,7 @@ async def entries_touching(client: redis.asyncio.Redis, resources: set[str], *, 
     """
     found: list[AuditEntry] = []
     start = f"{max(0, int(since_ms))}-0"
+    tenant = None if carrier is None else carrier.removeprefix("carriers/")  # recorded as given: "carriers/<id>"
     for raw in sorted(await client.smembers(CHAINS_KEY)):
         stream = raw.decode() if isinstance(raw, bytes) else raw
         last_id = start
@@ -250,7 +252,8 @@ async def entries_touching(client: redis.asyncio.Redis, resources: set[str], *, 
                     text = fields[b"record"].decode()
                     record = json.loads(text)
                     touches = record.get("resource") in resources
-                    if touches and carrier is not None and record.get("carrier") not in ("", carrier):
+                    made_for = str(record.get("carrier", "")).removeprefix("carriers/")
+                    if touches and tenant is not None and made_for not in ("", tenant):
                         touches = False  # another tenant's call naming the resource: not this carrier's evidence
                     entry = AuditEntry(stream, entry_id.decode(), text, fields[b"hash"].decode()) if touches else None
                 except (KeyError, ValueError, AttributeError):

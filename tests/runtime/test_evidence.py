@@ -242,8 +242,8 @@ async def test_audit_entries_touching_a_mission_are_only_those_never_another_car
     from services.runtime import AuditLog, TooManyAuditEntries, audit_entries_touching
 
     first, second = AuditLog(client, "billing"), AuditLog(client, "mission")
-    calls = [("acme", "tenders/X"), ("acme", "missions/M"), ("acme", "invoices/I"), ("rival", "missions/OTHER"),
-             ("", "missions/M"), ("rival", "missions/M"), ("acme", "tenders/Y")]
+    calls = [("acme", "tenders/X"), ("acme", "missions/M"), ("carriers/acme", "invoices/I"),
+             ("rival", "missions/OTHER"), ("", "missions/M"), ("carriers/rival", "missions/M"), ("acme", "tenders/Y")]
     for carrier, resource in calls:
         await first.append(actor="spiffe://haulmesh.local/service/gateway", method="/x.Y/Z", carrier=carrier,
                            resource=resource)
@@ -253,8 +253,8 @@ async def test_audit_entries_touching_a_mission_are_only_those_never_another_car
     entries = await audit_entries_touching(client, {"missions/M", "invoices/I"}, carrier="acme")
     records = [json.loads(e.record) for e in entries]
     assert [(r["carrier"], r["resource"], r["seq"]) for r in records] == [
-        ("acme", "missions/M", 2), ("acme", "invoices/I", 3), ("", "missions/M", 5)]
-    assert all(r["carrier"] != "rival" for r in records)  # the tenant leak: never another carrier's record
+        ("acme", "missions/M", 2), ("carriers/acme", "invoices/I", 3), ("", "missions/M", 5)]
+    assert all("rival" not in r["carrier"] for r in records)  # the tenant leak: never another carrier's record
     assert {e.chain for e in entries} == {first.stream}
     assert verify_entries(entries) == []
     edited = [AuditEntry(e.chain, e.entry_id, e.record.replace('"acme"', '"acmf"'), e.hash) for e in entries]
