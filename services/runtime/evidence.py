@@ -41,7 +41,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
@@ -184,12 +184,41 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: Any, what: str) -> bytes:
-    if not isinstance(text, str):
+    """Strict base64: the standard alphabet, padding only at the end, nothing after it, and the one canonical
+    spelling of the bytes (non-zero unused bits such as ``QR==`` for ``QQ==`` refused): a member's text is the
+    one way to write its bytes, so no two packs differ only in how they spell a signature."""
+    if not isinstance(text, str) or not text.isascii():
         raise ValueError(f"{what} is not a base64 string")
     try:
-        return base64.b64decode(text, validate=True)
+        data = binascii.a2b_base64(text.encode("ascii"), strict_mode=True)
     except binascii.Error:
         raise ValueError(f"{what} is not base64") from None
+    if base64.b64encode(data).decode("ascii") != text:
+        raise ValueError(f"{what} is not canonical base64")
+    return data
+
+
+#: The order of the P-256 group: a signature (r, s) and (r, n - s) both verify, so the seal uses the low one.
+_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def _low_s(signature: bytes) -> bytes:
+    """The DER ECDSA P-256 signature with s in the lower half of the group order (BIP 62's rule): the seal
+    has one valid encoding, not two."""
+    r, s = utils.decode_dss_signature(signature)
+    return utils.encode_dss_signature(r, _P256_ORDER - s if s > _P256_ORDER // 2 else s)
+
+
+def _check_low_s(signature: bytes) -> None:
+    """ValueError unless ``signature`` is strict DER with a low s (the only form :func:`_low_s` makes)."""
+    try:
+        r, s = utils.decode_dss_signature(signature)
+    except ValueError:
+        raise ValueError("the seal's signature is not DER") from None
+    if utils.encode_dss_signature(r, s) != signature:
+        raise ValueError("the seal's signature is not in strict DER")
+    if s > _P256_ORDER // 2:
+        raise ValueError("the seal's signature has a high s (malleated)")
 
 
 def _spki(cert: x509.Certificate) -> bytes:
@@ -246,7 +275,7 @@ def build_pack(*, mission: mission_pb2.Mission, frames: Sequence[PackFrame], veh
         "payloadType": MANIFEST_TYPE,
         "payload": _b64(manifest),
         "signatures": [{"keyid": signing_key_id(_spki(evidence_cert)),
-                        "sig": _b64(seal.private_key.sign(_pae(MANIFEST_TYPE, manifest), _SIGNATURE))}],
+                        "sig": _b64(_low_s(seal.private_key.sign(_pae(MANIFEST_TYPE, manifest), _SIGNATURE)))}],
     }
     members.append((_SEAL, _canonical(envelope)))
     packed = _zip(members)
@@ -340,6 +369,7 @@ def _verify(data: bytes, trusted_ca_pem: bytes | None, passed: list[Check], fact
         if envelope["payloadType"] != MANIFEST_TYPE or not isinstance(signatures, list) or len(signatures) != 1:
             raise ValueError("payload type or signature count")
         signature = _unb64(signatures[0]["sig"], "signature")
+        _check_low_s(signature)
         keyid = signatures[0]["keyid"]
     except (ValueError, KeyError, TypeError) as exc:
         raise _Failed("seal", f"{_SEAL} is not the expected DSSE envelope ({exc})") from None

@@ -264,3 +264,44 @@ async def test_audit_entries_touching_a_mission_are_only_those_never_another_car
     # Bounded: more touching entries than the cap is an error, never an unbounded list.
     with pytest.raises(TooManyAuditEntries):
         await audit_entries_touching(client, {"missions/M", "invoices/I"}, carrier="acme", max_entries=2)
+
+
+def _reseal(pack: bytes, change_sig) -> bytes:
+    """The pack with its seal's signature passed through ``change_sig`` (DER bytes → base64 text)."""
+    from services.runtime.evidence import _canonical, _unb64
+
+    def change(members):
+        *rest, (name, seal) = members
+        envelope = json.loads(seal)
+        envelope["signatures"][0]["sig"] = change_sig(_unb64(envelope["signatures"][0]["sig"], "sig"))
+        return [*rest, (name, _canonical(envelope))]
+
+    return _repack(pack, change)
+
+
+def test_a_malleated_seal_fails_high_s_or_loose_der(pack, inputs) -> None:
+    """(r, n - s) verifies as ECDSA too: the seal is made low-s and a high-s one is refused, so a pack has one
+    valid seal, not two."""
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric import utils
+
+    order = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+    def high_s(der: bytes) -> str:
+        r, s = utils.decode_dss_signature(der)
+        assert s <= order // 2  # sealed low-s
+        return base64.b64encode(utils.encode_dss_signature(r, order - s)).decode()
+
+    result = _verify(_reseal(pack, high_s), inputs)
+    assert (result.ok, result.failure.name) == (False, "seal") and "high s" in result.failure.detail
+
+
+@pytest.mark.parametrize("text", ["QR==", "QUJ=", "QQ==\n", "QQ==QQ==", " QQ==", "QQ"])
+def test_base64_is_strict_and_canonical(text: str) -> None:
+    """Only the one canonical spelling of some bytes is accepted (unused bits zero, padding, nothing around)."""
+    from services.runtime.evidence import _unb64
+
+    with pytest.raises(ValueError):
+        _unb64(text, "x")
+    assert _unb64("QQ==", "x") == b"A" and _unb64("QUI=", "x") == b"AB"
