@@ -42,12 +42,16 @@ def test_a_pack_verifies_offline_and_names_every_check(pack, inputs) -> None:
     assert result.ok, result.report()
     assert [c.name for c in result.passed] == ["container", "seal", "manifest", "canonical", "mission",
                                                "vehicle certificates", "frames", "proof of delivery", "invoice",
-                                               "audit"]
+                                               "audit", "validity"]
     assert result.facts["frames"] == 3 and result.facts["pod_verified"] is True
     assert "VERIFIED" in result.report()
     # Without a pinned CA the pack's own CA is used, and the report says it was not pinned.
     unpinned = verify_pack(pack)
     assert unpinned.ok and "not pinned" in unpinned.report()
+    # ... and is never VERIFIED: anyone can make a CA that every check passes against.
+    assert result.verified and not unpinned.verified
+    assert unpinned.report().endswith("NOT VERIFIED: CA not pinned (every check passed against the pack's own CA, "
+                                      "which anyone can make; pass --ca with the mesh CA)")
 
 
 def test_same_inputs_same_bytes(inputs, pack) -> None:
@@ -305,3 +309,46 @@ def test_base64_is_strict_and_canonical(text: str) -> None:
     with pytest.raises(ValueError):
         _unb64(text, "x")
     assert _unb64("QQ==", "x") == b"A" and _unb64("QUI=", "x") == b"AB"
+
+
+def _reissued(cert_pem: bytes, ca: pki.CertificateAuthority, before, after) -> bytes:
+    """The certificate re-issued by the CA with another validity window (same key, subject, extensions)."""
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    builder = (x509.CertificateBuilder().subject_name(cert.subject).issuer_name(cert.issuer)
+               .public_key(cert.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(before).not_valid_after(after))
+    for extension in cert.extensions:
+        builder = builder.add_extension(extension.value, extension.critical)
+    return builder.sign(ca.private_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+def test_a_truck_certificate_not_valid_at_the_frames_time_fails(inputs) -> None:
+    """The truck's certificate must be valid when the frames (and the manifest) were signed, by their own times."""
+    from datetime import UTC, datetime, timedelta
+
+    from .evidence_inputs import T0
+
+    start = datetime.fromtimestamp(T0, UTC)
+    later = _reissued(inputs.truck.certificate_pem, inputs.ca, start + timedelta(days=1), start + timedelta(days=90))
+    result = _verify(build_pack(**dict(inputs.kwargs(), vehicle_certificates=[later])), inputs)
+    assert (result.ok, result.failure.name) == (False, "frames") and "outside the validity" in result.failure.detail
+
+
+def test_a_seal_made_with_an_expired_evidence_certificate_fails(inputs) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from services.runtime.evidence import SealKey
+
+    from .evidence_inputs import T0
+
+    start = datetime.fromtimestamp(T0, UTC)
+    expired = _reissued(inputs.seal.certificate_pem, inputs.ca, start - timedelta(days=30), start - timedelta(days=1))
+    from cryptography.hazmat.primitives import serialization
+
+    key_pem = inputs.seal.private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                    serialization.NoEncryption())
+    seal = SealKey.load(expired, key_pem, inputs.ca.certificate_pem)
+    result = _verify(build_pack(**dict(inputs.kwargs(), seal=seal)), inputs)
+    assert (result.ok, result.failure.name) == (False, "validity") and "expired" in result.failure.detail
