@@ -482,6 +482,15 @@ def _verify(data: bytes, trusted_ca_pem: bytes | None, passed: list[Check], fact
           f"certificate valid until {evidence.not_valid_after_utc} (the pack records nothing later)")
 
 
+def _check_totals(invoice: invoice_pb2.Invoice) -> None:
+    """The invoice's total is the sum of its lines, in one currency."""
+    currencies = {line.amount.currency_code for line in invoice.lines} | {invoice.total.currency_code}
+    summed = sum(line.amount.amount_minor for line in invoice.lines)
+    if len(currencies) != 1 or summed != invoice.total.amount_minor:
+        raise _Failed("invoice", f"the total {invoice.total.amount_minor} {invoice.total.currency_code} is not the "
+                      f"sum of its lines ({summed} in {sorted(currencies)})")
+
+
 def _latest_time(mission: mission_pb2.Mission, content: dict[str, bytes], entries: list[AuditEntry]
                  ) -> datetime | None:
     """The latest time the pack records (mission and invoice times, frames' receive times, audit entries'): the
@@ -704,14 +713,7 @@ def _verify_invoice(mission: mission_pb2.Mission, content: dict[str, bytes],
         raise _Failed("invoice", f"the invoice is for {invoice.mission}, not {mission.name}")
     facts["invoice_miles"] = invoice.usage.miles
     usage = invoice.usage
-    if not usage.HasField("provenance"):
-        _step(passed, "invoice", f"{invoice.name}: {usage.miles:.1f} mi without provenance (not measured from "
-              "frames; nothing to recompute)")
-        return
-    provenance = usage.provenance
-    if provenance.mission != mission.name:
-        raise _Failed("invoice", f"the usage provenance names {provenance.mission}, not {mission.name}")
-    gap_seconds = provenance.gap_threshold_seconds or _DEFAULT_GAP_SECONDS
+    _check_totals(invoice)
     # Billing measures the proven log: the frames naming the mission, inside the range the POD's signed manifest
     # covers (the pack may hold more of the mission's frames, e.g. one before the truck's log began).
     mission_id = mission.name.removeprefix("missions/")
@@ -721,8 +723,22 @@ def _verify_invoice(mission: mission_pb2.Mission, content: dict[str, bytes],
         first, last = manifest.telemetry_first_sequence, manifest.telemetry_last_sequence
         frames = [f for f in frames if first <= f[0] <= last]
     fixes = metering.fixes_from_payloads([p for _, p, _ in frames])
+    if not usage.HasField("provenance"):
+        # The mission service bills without provenance only when it had fewer than two fixes to measure: with
+        # them in the pack, an unmeasured invoice is not the one the evidence supports.
+        if len(fixes) >= 2:
+            raise _Failed("invoice", f"the pack holds {len(fixes)} position fixes of the proven log, but the invoice "
+                          "carries no provenance (its miles were not measured from them)")
+        _step(passed, "invoice", f"{invoice.name}: {usage.miles:.1f} mi without provenance (no fixes to measure; "
+              "nothing to recompute)")
+        return
+    provenance = usage.provenance
+    if provenance.mission != mission.name:
+        raise _Failed("invoice", f"the usage provenance names {provenance.mission}, not {mission.name}")
+    gap_seconds = provenance.gap_threshold_seconds or _DEFAULT_GAP_SECONDS
     measured = metering.measure(fixes, gap_seconds=gap_seconds,
-                                planned_route=tuple((p.lat, p.lon) for p in mission.planned_route))
+                                planned_route=tuple((p.lat, p.lon) for p in mission.planned_route),
+                                circuity_factor=provenance.circuity_factor or metering.DEFAULT_CIRCUITY_FACTOR)
     facts["driven_miles"] = measured.miles
     stated = (provenance.first_sequence, provenance.last_sequence, provenance.frame_count)
     if measured.frames and stated != (measured.first_sequence, measured.last_sequence, measured.frames):
@@ -733,6 +749,10 @@ def _verify_invoice(mission: mission_pb2.Mission, content: dict[str, bytes],
         raise _Failed("invoice", "the provenance's telemetry_log_sha256 is not the digest of the pack's frames")
     if abs(measured.miles - usage.miles) > MILES_TOLERANCE:
         raise _Failed("invoice", f"invoiced {usage.miles:.1f} mi, the frames measure {measured.miles:.1f} mi")
+    linehaul = [line for line in invoice.lines if line.code == "LINEHAUL"]
+    if len(linehaul) != 1 or abs(linehaul[0].quantity - usage.miles) > 1e-9:
+        raise _Failed("invoice", f"the LINEHAUL line does not bill the measured {usage.miles:.1f} mi "
+                      f"({'quantity ' + str(linehaul[0].quantity) if len(linehaul) == 1 else 'no single line'})")
     gaps = f", {len(measured.gaps)} gap(s) bridged {measured.bridged_miles:.1f} mi" if measured.gaps else ""
     _step(passed, "invoice", f"{usage.miles:.1f} mi invoiced = {measured.miles:.1f} mi measured from frames "
           f"{measured.first_sequence}..{measured.last_sequence}{gaps}")

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from haulmesh.billing.v1 import invoice_pb2
 from haulmesh.mission.v1 import mission_pb2
 from haulmesh.telemetry.v1 import frame_pb2
+from haulmesh.type.v1 import charge_line_pb2, money_pb2
 from services.runtime import metering, pki, signing_key_id
 from services.runtime._audit import _GENESIS, AuditEntry, _entry_hash
 from services.runtime.evidence import PackFrame, SealKey, telemetry_log_sha256
@@ -94,9 +95,14 @@ def make_inputs(frame_count: int = 3) -> Inputs:
     measured = metering.measure(metering.fixes_from_payloads(f.payload for f in frames), gap_seconds=120)
     invoice.usage.miles = measured.miles
     invoice.usage.hours = measured.hours
+    amount = round(measured.miles * 285)
+    invoice.lines.add(type=charge_line_pb2.CHARGE_TYPE_LINEHAUL, code="LINEHAUL",
+                      quantity=measured.miles, amount=money_pb2.Money(currency_code="USD", amount_minor=amount))
+    invoice.total.CopyFrom(money_pb2.Money(currency_code="USD", amount_minor=amount))
     invoice.usage.provenance.CopyFrom(invoice_pb2.UsageProvenance(
         mission=mission.name, vehicle=mission.vehicle, first_sequence=measured.first_sequence,
         last_sequence=measured.last_sequence, frame_count=measured.frames, gap_threshold_seconds=120,
+        circuity_factor=metering.DEFAULT_CIRCUITY_FACTOR,
         source=invoice_pb2.UsageProvenance.SOURCE_POSITIONS,
         telemetry_log_sha256=telemetry_log_sha256([f.payload for f in frames])))
     audit = audit_chain(["tenders/T1", mission.name, "invoices/I1"])

@@ -352,3 +352,54 @@ def test_a_seal_made_with_an_expired_evidence_certificate_fails(inputs) -> None:
     seal = SealKey.load(expired, key_pem, inputs.ca.certificate_pem)
     result = _verify(build_pack(**dict(inputs.kwargs(), seal=seal)), inputs)
     assert (result.ok, result.failure.name) == (False, "validity") and "expired" in result.failure.detail
+
+
+def _invoice_copy(inputs, change):
+    invoice = type(inputs.invoice)()
+    invoice.CopyFrom(inputs.invoice)
+    change(invoice)
+    return _verify(build_pack(**dict(inputs.kwargs(), invoice=invoice)), inputs)
+
+
+def test_an_invoice_without_provenance_fails_when_the_pack_has_fixes(inputs) -> None:
+    """Unmeasured usage is billed only when there was nothing to measure; with fixes in the pack it is refused."""
+    result = _invoice_copy(inputs, lambda invoice: invoice.usage.ClearField("provenance"))
+    assert (result.ok, result.failure.name) == (False, "invoice") and "no provenance" in result.failure.detail
+
+
+def test_the_linehaul_line_and_the_total_must_match_the_usage(inputs) -> None:
+    def other_quantity(invoice) -> None:
+        invoice.lines[0].quantity += 1
+
+    def other_total(invoice) -> None:
+        invoice.total.amount_minor += 1
+
+    def no_linehaul(invoice) -> None:
+        invoice.lines[0].code = "FUEL"
+
+    assert "LINEHAUL" in _invoice_copy(inputs, other_quantity).failure.detail
+    assert "LINEHAUL" in _invoice_copy(inputs, no_linehaul).failure.detail
+    assert "sum of its lines" in _invoice_copy(inputs, other_total).failure.detail
+
+
+def test_gaps_are_bridged_with_the_provenance_circuity_factor(inputs) -> None:
+    """Without a planned route a gap is bridged as straight miles x the circuity factor the provenance states (the
+    billing deployment's lane facts), not the verifier's default."""
+    from services.runtime import metering
+
+    frames = [sign_frame(inputs.truck, s, 29.76 + 0.05 * s, -95.37 + 0.05 * s) for s in (1, 2, 40)]
+    mission = type(inputs.mission)()
+    mission.CopyFrom(inputs.mission)
+    mission.ClearField("proof_of_delivery")
+    measured = metering.measure(metering.fixes_from_payloads(f.payload for f in frames), gap_seconds=120,
+                                circuity_factor=1.5)
+    assert measured.gaps and measured.miles != metering.measure(
+        metering.fixes_from_payloads(f.payload for f in frames), gap_seconds=120).miles
+    invoice = type(inputs.invoice)()
+    invoice.CopyFrom(inputs.invoice)
+    invoice.usage.miles = invoice.lines[0].quantity = measured.miles
+    p = invoice.usage.provenance
+    p.first_sequence, p.last_sequence, p.frame_count, p.circuity_factor = 1, 40, 3, 1.5
+    p.telemetry_log_sha256 = metering.telemetry_log_sha256(f.payload for f in frames)
+    result = _verify(build_pack(**dict(inputs.kwargs(), mission=mission, frames=frames, invoice=invoice)), inputs)
+    assert result.ok, result.report()
