@@ -408,7 +408,9 @@ class MissionUseCases:
             domain.raise_if(domain.telemetry_range_violations(domain.manifest_facts(manifest)))
             first, last = manifest.telemetry_first_sequence, manifest.telemetry_last_sequence
             frames = await self._mission_frames(carrier_id, request.name, min_sequence=first, max_sequence=last)
-            verification = domain.verify_telemetry_log(manifest, [f.payload for f in frames], _now())
+            earlier = await self._has_frames_before(carrier_id, request.name, first)
+            verification = await asyncio.to_thread(domain.verify_telemetry_log, manifest,
+                                                   [f.payload for f in frames], _now(), earlier_frames=earlier)
 
         def apply(mission: Mission, announce: _Announcer, now: datetime) -> bool:
             if not domain.deliver(mission, proof, manifest, now, verification):
@@ -477,7 +479,9 @@ class MissionUseCases:
         manifest = proof.manifest_details
         frames = await self._mission_frames(carrier_id, mission.name, min_sequence=manifest.telemetry_first_sequence,
                                             max_sequence=manifest.telemetry_last_sequence)
-        again = await asyncio.to_thread(domain.reverify_telemetry_log, manifest, [f.payload for f in frames], _now())
+        earlier = await self._has_frames_before(carrier_id, mission.name, manifest.telemetry_first_sequence)
+        again = await asyncio.to_thread(domain.reverify_telemetry_log, manifest, [f.payload for f in frames], _now(),
+                                        earlier_frames=earlier)
 
         def record(current: Mission) -> bool:
             if current.state != Mission.STATE_DELIVERED:
@@ -508,6 +512,29 @@ class MissionUseCases:
             f"{mission.name}'s proof of delivery is DISPUTED ({verification.reason}) beyond "
             "HAULMESH_POD_DISPUTE_SECONDS: not billed; an operator must decide", reason="POD_DISPUTE_ESCALATED",
             metadata=facts)
+
+    async def _has_frames_before(self, carrier_id: str, name: str, first_sequence: int) -> bool:
+        """Whether telemetry stored a frame naming the mission with a sequence before ``first_sequence`` (the
+        proof's log would leave part of the mission out). Reads pages only until one is found."""
+        assert self._telemetry is not None
+        if first_sequence <= 1:
+            return False
+        mission_id, token = parse_mission_name(name), ""
+        while True:
+            try:
+                page = await self._telemetry().ListTelemetryFrames(
+                    telemetry_service_pb2.ListTelemetryFramesRequest(parent=name, page_size=1000, page_token=token,
+                                                                     max_sequence=first_sequence - 1),
+                    metadata=carrier_metadata(carrier_id))
+            except grpc.aio.AioRpcError as exc:
+                raise Unavailable(f"the telemetry of {name} could not be read ({exc.code().name}); nothing was "
+                                  "recorded; retry", reason="TELEMETRY_UNAVAILABLE",
+                                  metadata={"cause": exc.code().name}) from None
+            if any(f.payload.mission_id == mission_id for f in page.telemetry_frames):
+                return True
+            token = page.next_page_token
+            if not token:
+                return False
 
     async def _mission_frames(self, carrier_id: str, name: str, *, min_sequence: int = 0,
                               max_sequence: int = 0) -> list[domain.MissionFrame]:

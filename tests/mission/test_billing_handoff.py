@@ -335,3 +335,33 @@ async def test_a_billing_retry_sends_the_usage_measured_first(store_url: str) ->
         assert await store.billing_usage(carrier_id, frames.mission_id) is None  # gone with DELIVERED
     finally:
         await client.aclose()
+
+
+async def test_a_log_leaving_out_the_missions_earlier_frames_is_disputed_and_escalated(store_url: str) -> None:
+    """Telemetry holds frames #1..#2 of the mission, the proof signs #3..#4 only: its digest matches, but the log is
+    not the mission's whole log (LOG_INCOMPLETE), never VERIFIED, and no late frame can settle it."""
+    client = redis.asyncio.Redis.from_url(store_url)
+    store = MissionStore(client, billing_grace_seconds=0)
+    billing = FlakyBilling(failures=0)
+    frames = StoredFrames(new_id())
+    missions = MissionUseCases(store, MissionSettings(pod_dispute_seconds=3600), lambda: billing, lambda: frames)
+    carrier_id = f"c-{new_id()}"
+    frames.add(*[_payload(frames.mission_id, s, 29.7 + s / 100) for s in range(1, 5)])
+    mission = await _delivered_with_proof(store, carrier_id, frames, 4, Verification.RESULT_DISPUTED)
+
+    def sign_later_part_only(m: M):
+        details = m.proof_of_delivery.manifest_details
+        details.telemetry_first_sequence = 3
+        details.telemetry_log_sha256 = metering.telemetry_log_sha256(frames.payloads[2:])
+        return lambda final: []
+
+    await store.update_mission(carrier_id, mission.name.removeprefix("missions/"), sign_later_part_only)
+    try:
+        with pytest.raises(FailedPrecondition) as caught:
+            await missions.bill(carrier_id, frames.mission_id)
+        assert caught.value.reason == "POD_DISPUTE_ESCALATED" and billing.requests == []
+        verification = (await store.get_mission(carrier_id, frames.mission_id)).proof_of_delivery.telemetry_verification
+        assert (verification.result, verification.reason, verification.frames_missing) == (
+            Verification.RESULT_DISPUTED, "LOG_INCOMPLETE", 0)
+    finally:
+        await client.aclose()
