@@ -365,3 +365,16 @@ async def test_a_log_leaving_out_the_missions_earlier_frames_is_disputed_and_esc
             Verification.RESULT_DISPUTED, "LOG_INCOMPLETE", 0)
     finally:
         await client.aclose()
+
+
+def test_the_dispute_window_and_the_usage_frame_cap_are_read_and_bounded() -> None:
+    """HAULMESH_USAGE_MAX_FRAMES may not exceed the evidence pack's frame cap: every invoice must be exportable."""
+    from services.runtime import ConfigError
+    from services.runtime.evidence import MAX_PACK_FRAMES
+
+    settings = MissionSettings.from_env({"HAULMESH_POD_DISPUTE_SECONDS": "600"})
+    assert (settings.pod_dispute_seconds, settings.usage_max_frames) == (600, MAX_PACK_FRAMES)
+    with pytest.raises(ConfigError):
+        MissionSettings.from_env({"HAULMESH_USAGE_MAX_FRAMES": str(MAX_PACK_FRAMES + 1)})
+    with pytest.raises(ConfigError):
+        MissionSettings.from_env({"HAULMESH_POD_DISPUTE_SECONDS": "-1"})
