@@ -12,7 +12,10 @@ Key layout (``{tag}`` is the Redis Cluster hash tag; what commits together share
   ``mission-by-tender:{c}`` (hash tender id → mission id: a tender has at most one mission),
   ``billing-pending:{c}`` (sorted set of DELIVERED missions whose usage billing has not recorded yet,
   scored by the time of the next attempt), ``billing-attempts:{c}:<id>`` (billing attempts of a pending
-  mission, kept a day), and the carrier's event stream.
+  mission, kept a day), ``billing-usage:{c}:<id>`` (the RecordUsageRequest the first billing attempt
+  measured: every retry sends exactly it), ``billing-disputed:{c}`` (sorted set of DELIVERED missions whose
+  DISPUTED proof outlived HAULMESH_POD_DISPUTE_SECONDS → when escalated, ms: an operator's list), and the
+  carrier's event stream.
 * ``mission:billing-carriers``: the carriers that ever had a mission awaiting billing (untagged, like
   the runtime's stream registry; written before the first such mission).
 
@@ -234,6 +237,23 @@ class MissionStore:
 
         return await transact(self.redis, carrier, [key], write)
 
+    async def observe_carrier_mission(self, carrier: str, mission_id: str,
+                                      observe: Callable[[mission_pb2.Mission], bool]) -> mission_pb2.Mission | None:
+        """:meth:`observe_mission` for a known carrier; the mission as stored afterwards (None: no such mission)."""
+        key = self._missions(carrier).key(mission_id)
+
+        async def write(pipe: Pipeline) -> mission_pb2.Mission | None:
+            raw = await pipe.get(key)
+            pipe.multi()
+            if raw is None:
+                return None
+            mission = mission_pb2.Mission.FromString(raw)
+            if observe(mission):
+                pipe.set(key, mission.SerializeToString())
+            return mission
+
+        return await transact(self.redis, carrier, [key], write)
+
     async def mission_carrier(self, mission_id: str) -> str | None:
         """The carrier of a mission, for callers that act for no carrier (the mission's truck)."""
         raw = await self.redis.hget(tenant_key("mission-carrier", FLEET), mission_id)
@@ -322,6 +342,8 @@ class MissionStore:
                 pipe.zadd(pending, {mission_id: _now_ms() + self._billing_grace_ms})
             elif before == _DELIVERED and mission.state != _DELIVERED:
                 pipe.zrem(pending, mission_id)
+                pipe.zrem(tenant_key("billing-disputed", carrier), mission_id)
+                pipe.delete(tenant_key("billing-usage", carrier, mission_id))
             for event in announce(mission):
                 add_event(pipe, event)
             return mission, True
@@ -343,6 +365,26 @@ class MissionStore:
         """Set the next billing attempt of a pending mission (only if it is still pending)."""
         await self.redis.zadd(tenant_key("billing-pending", carrier),
                               {mission_id: _now_ms() + int(delay_seconds * 1000)}, xx=True)
+
+    async def keep_billing_usage(self, carrier: str, mission_id: str, request: bytes) -> bytes:
+        """Keep the first measured RecordUsageRequest of a mission (SET NX) and return the one kept: a retry
+        sends exactly what the first attempt measured, so billing never sees two usages for one mission. Deleted
+        when the mission leaves DELIVERED; the TTL only bounds a key whose mission vanished."""
+        key = tenant_key("billing-usage", carrier, mission_id)
+        kept = await self.redis.set(key, request, nx=True, get=True, ex=90 * 86400)
+        return request if kept is None else bytes(kept)
+
+    async def billing_usage(self, carrier: str, mission_id: str) -> bytes | None:
+        """The RecordUsageRequest kept by :meth:`keep_billing_usage`, if any."""
+        return await self.redis.get(tenant_key("billing-usage", carrier, mission_id))
+
+    async def escalate_dispute(self, carrier: str, mission_id: str) -> bool:
+        """List a mission whose disputed proof needs an operator; True the first time."""
+        return bool(await self.redis.zadd(tenant_key("billing-disputed", carrier), {mission_id: _now_ms()}, nx=True))
+
+    async def disputed_missions(self, carrier: str) -> list[str]:
+        """Ids of the carrier's delivered missions escalated for a disputed proof, oldest first."""
+        return [m.decode() for m in await self.redis.zrange(tenant_key("billing-disputed", carrier), 0, 999)]
 
     async def billing_attempts(self, carrier: str, mission_id: str) -> int:
         """Count one more billing attempt for the mission; returns the count (kept a day)."""

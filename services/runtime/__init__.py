@@ -10,7 +10,7 @@ Lock; ``evidence``: sealed evidence packs and their offline verifier; ``pki``: t
 tests/runtime/test_public_api.py.
 """
 
-from ._audit import AuditEntry, AuditLog
+from ._audit import AuditEntry, AuditLog, TooManyAuditEntries
 from ._audit import entries_touching as audit_entries_touching
 from ._audit import trim as trim_audit_log
 from ._audit import verify as verify_audit_log
@@ -131,6 +131,7 @@ __all__ = [
     "ServiceConfig",
     "TimeIndex",
     "TlsConfig",
+    "TooManyAuditEntries",
     "TracingConfig",
     "Unavailable",
     "abort",

@@ -43,8 +43,8 @@ import redis.asyncio
 
 from ._keys import new_id
 
-__all__ = ["AUDIT_RETENTION_SECONDS", "CHAINS_KEY", "AuditEntry", "AuditLog", "AuditReport", "entries_touching",
-           "trim", "verify", "verify_entries"]
+__all__ = ["AUDIT_RETENTION_SECONDS", "CHAINS_KEY", "AuditEntry", "AuditLog", "AuditReport", "TooManyAuditEntries",
+           "entries_touching", "trim", "verify", "verify_entries"]
 
 CHAINS_KEY = "audit:chains"
 _GENESIS = "0" * 64
@@ -294,40 +294,59 @@ def verify_entries(entries: list[AuditEntry]) -> list[str]:
     return problems
 
 
-async def entries_touching(client: redis.asyncio.Redis, resources: set[str], *,
-                           max_segment_entries: int = 20_000) -> list[AuditEntry]:
-    """The audit entries whose resource is one of ``resources``, chain by chain, with their links.
+class TooManyAuditEntries(Exception):
+    """More audit entries touch the resources than the caller's bound (:func:`entries_touching`)."""
 
-    From each chain it returns the contiguous run from the first to the last touching entry (so every link
-    between them can be checked); a run longer than ``max_segment_entries`` is cut to the touching entries
-    alone (links are then checked only between neighbours). Reads every chain once: an export-time tool, not
-    a hot path.
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"more than {limit} audit entries touch the resources")
+        self.limit = limit
+
+
+async def entries_touching(client: redis.asyncio.Redis, resources: set[str], *, carrier: str | None = None,
+                           since_ms: int = 0, max_entries: int = 10_000) -> list[AuditEntry]:
+    """The audit entries whose resource is one of ``resources``, and no other entry, chain by chain.
+
+    Only the touching entries leave the store: a chain interleaves every carrier's calls, so the entries between
+    two touching ones are other tenants' records and never go into one carrier's pack. Each entry carries its
+    own ``prev`` hash and its hash, so :func:`verify_entries` checks that every entry is unaltered (its hash
+    recomputes over its prev and content) and, where two kept entries are adjacent in their chain, the link
+    between them; what lies between non-adjacent ones is vouched for by the store's whole-chain check (``haulmesh
+    audit verify``), not by the excerpt. With ``carrier``, an entry made for another carrier is dropped even if
+    it names the resource (entries made for no carrier, a truck's or a service's call, stay; ``acme`` and
+    ``carriers/acme`` are one carrier).
+
+    ``since_ms`` starts each chain's scan at that Unix time (stream ids are times: the mission's dispatch, before
+    which nothing can touch it); more than ``max_entries`` touching entries raises :class:`TooManyAuditEntries`, so
+    an export's memory stays bounded whatever the chains hold.
     """
     found: list[AuditEntry] = []
+    start = f"{max(0, int(since_ms))}-0"
+    tenant = None if carrier is None else carrier.removeprefix("carriers/")  # recorded as given: "carriers/<id>"
     for raw in sorted(await client.smembers(CHAINS_KEY)):
         stream = raw.decode() if isinstance(raw, bytes) else raw
-        run: list[tuple[AuditEntry, bool]] = []
-        touching_only: list[AuditEntry] = []
-        last_id = "-"
+        last_id = start
+        first_page = True
         while True:
             batch = await client.xrange(stream, min=last_id, count=1000)
-            if last_id != "-":
+            if not first_page:
                 batch = batch[1:]
+            first_page = False
             if not batch:
                 break
             for entry_id, fields in batch:
                 try:
                     text = fields[b"record"].decode()
-                    entry = AuditEntry(stream, entry_id.decode(), text, fields[b"hash"].decode())
-                    touches = json.loads(text).get("resource") in resources
+                    record = json.loads(text)
+                    touches = record.get("resource") in resources
+                    made_for = str(record.get("carrier", "")).removeprefix("carriers/")
+                    if touches and tenant is not None and made_for not in ("", tenant):
+                        touches = False  # another tenant's call naming the resource: not this carrier's evidence
+                    entry = AuditEntry(stream, entry_id.decode(), text, fields[b"hash"].decode()) if touches else None
                 except (KeyError, ValueError, AttributeError):
                     continue  # unreadable: `haulmesh audit verify` reports it; a pack carries only what parses
-                if touches:
-                    touching_only.append(entry)
-                if run or touches:
-                    run.append((entry, touches))
+                if entry is not None:
+                    found.append(entry)
+                    if len(found) > max_entries:
+                        raise TooManyAuditEntries(max_entries)
             last_id = batch[-1][0].decode()
-        while run and not run[-1][1]:
-            run.pop()
-        found += [e for e, _ in run] if len(run) <= max_segment_entries else touching_only
     return found

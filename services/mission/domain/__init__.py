@@ -88,14 +88,19 @@ from .fleet import (
 )
 from .lifecycle import Action, Status, choose_contingency, mission_status, transition
 from .proof import (
+    BILL,
+    ESCALATE,
     MAX_MANIFEST_BYTES,
     MAX_POD_FRAMES,
+    WAIT,
     ManifestFacts,
+    billing_gate,
     check_manifest,
     deliver,
     key_id_of,
     manifest_facts,
     read_manifest,
+    reverify_telemetry_log,
     telemetry_range_violations,
     validate_photo_digest,
     validate_proof,
@@ -135,7 +140,9 @@ from .usage import (
 
 __all__ = [
     "BEFORE_DEPARTURE",
+    "BILL",
     "DEPARTED",
+    "ESCALATE",
     "HOLD",
     "MAX_CARGO_WEIGHT_LB",
     "MAX_FLEET_REPORT_VEHICLES",
@@ -149,6 +156,7 @@ __all__ = [
     "UPDATABLE_VEHICLE_FIELDS",
     "VEHICLE_ID",
     "VIN",
+    "WAIT",
     "Action",
     "Availability",
     "Capabilities",
@@ -175,6 +183,7 @@ __all__ = [
     "apply_estimates",
     "apply_observation",
     "arrive",
+    "billing_gate",
     "billing_retry_delay",
     "capabilities_of",
     "capacity_query",
@@ -215,6 +224,7 @@ __all__ = [
     "resolve",
     "resolve_exception",
     "resolve_open",
+    "reverify_telemetry_log",
     "settle",
     "start",
     "stop_dwells",
