@@ -51,7 +51,8 @@ def register(service: Service) -> None:
     service.add_companion(listener.run, stop_rest)
     # The trucks' door (HAULMESH_GATEWAY_DEVICE_PORT): the same pipeline, client certificates instead of tokens.
     device = DeviceGateway(api=device_api(rest.api), authenticator=rest.authenticator, limiter=rest.limiter,
-                           channel=rest.channel, max_request_bytes=rest.max_request_bytes)
+                           channel=rest.channel, max_request_bytes=rest.max_request_bytes,
+                           max_inflight_requests=config.device_max_inflight_requests)
     context = device_ssl_context(service.config.tls)
     devices = HttpListener(create_app(ready, device), service.config.listen_host, service.config.device_port,
                            http=TlsScopeProtocol, ws="none", ssl_context_factory=lambda _config, _default: context)

@@ -10,8 +10,9 @@ Lock; ``evidence``: sealed evidence packs and their offline verifier; ``pki``: t
 tests/runtime/test_public_api.py.
 """
 
-from ._audit import AuditEntry, AuditLog
+from ._audit import AuditEntry, AuditLog, TooManyAuditEntries
 from ._audit import entries_touching as audit_entries_touching
+from ._audit import trim as trim_audit_log
 from ._audit import verify as verify_audit_log
 from ._authz import Policy
 from ._client import Channels
@@ -41,7 +42,16 @@ from ._errors import (
     Unavailable,
     check_etag,
 )
-from ._events import EventConsumer, add_event, dead_letters, event_stream_key, new_event, replay_dead_letters, transact
+from ._events import (
+    EventConsumer,
+    add_event,
+    dead_letters,
+    event_stream_key,
+    new_event,
+    replay_dead_letters,
+    transact,
+    trim_event_stream,
+)
 from ._filters import BOOL_FIELD, STRING_FIELD, TIME_FIELD, Filter, FilterField, enum_field, parse_filter
 from ._geo import EARTH_RADIUS_M, METERS_PER_MILE, great_circle_m, great_circle_miles
 from ._idempotency import Idempotency
@@ -121,6 +131,7 @@ __all__ = [
     "ServiceConfig",
     "TimeIndex",
     "TlsConfig",
+    "TooManyAuditEntries",
     "TracingConfig",
     "Unavailable",
     "abort",
@@ -171,6 +182,8 @@ __all__ = [
     "to_timestamp",
     "tracing_enabled",
     "transact",
+    "trim_audit_log",
+    "trim_event_stream",
     "verify_audit_log",
     "verify_relayed_certificate",
     "wait_durable",

@@ -38,7 +38,11 @@ BUILTIN_RULES: dict[str, tuple[str, ...]] = {
 class Policy:
     """Who may call which method; anything not listed is denied."""
 
-    def __init__(self, rules: Mapping[str, Iterable[str]]) -> None:
+    def __init__(self, rules: Mapping[str, Iterable[str]],
+                 audit_coalesce_seconds: Mapping[str, float] | None = None) -> None:
+        #: Methods audited once per (caller, resource) per this many seconds rather than per call: high-volume
+        #: writes whose content is its own evidence (a truck's IngestTelemetry frames are signed and sequenced).
+        self.audit_coalesce_seconds: dict[str, float] = dict(audit_coalesce_seconds or {})
         self._rules: dict[str, frozenset[str]] = {}
         for method, patterns in {**BUILTIN_RULES, **rules}.items():
             if not method.startswith("/") or method.count("/") != 2:
@@ -58,7 +62,8 @@ class Policy:
         """Both policies, for a server that serves the APIs of two (billing's BillingService and ReportService):
         a method is allowed to whom either allows it."""
         return Policy({method: self._rules.get(method, frozenset()) | other._rules.get(method, frozenset())
-                       for method in self._rules.keys() | other._rules.keys()})
+                       for method in self._rules.keys() | other._rules.keys()},
+                      {**self.audit_coalesce_seconds, **other.audit_coalesce_seconds})
 
     def allows(self, method: str, identity: Identity) -> bool:
         patterns = self._rules.get(method)
@@ -174,9 +179,12 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
     async def _record(self, method: str, context: grpc.aio.ServicerContext, request: Any, response: Any) -> None:
         carriers = [v for k, v in (context.invocation_metadata() or ()) if k == CARRIER_METADATA_KEY]
         resource = getattr(response, "name", "") or getattr(request, "name", "")
+        if not resource and getattr(request, "vehicle_id", ""):  # a truck's write (relayed or its own)
+            resource = f"vehicles/{request.vehicle_id}"
         try:
             await self._audit.append(actor=str(caller()), method=method, carrier=str(carriers[0]) if carriers else "",
-                                     resource=str(resource))
+                                     resource=str(resource),
+                                     coalesce_seconds=self._policy.audit_coalesce_seconds.get(method, 0.0))
         except Exception:  # the change is committed; a lost audit entry is logged loudly, not turned into an error
             _log.exception("AUDIT: could not record %s by %s on %s", method, caller(), resource)
 

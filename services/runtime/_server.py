@@ -37,6 +37,7 @@ from ._cluster import wait_all_durable
 from ._config import ServiceConfig
 from ._errors import ConfigError, HaulmeshError, Unavailable
 from ._events import EventConsumer, Handler
+from ._faults import FaultInjector
 from ._logging import configure_logging
 from ._metrics import MetricsEndpoint
 from ._periodic import Periodic, Tick
@@ -75,7 +76,9 @@ class Service:
             # authorization check's refusals too.
             interceptors=[*server_interceptors(), RpcMetricsInterceptor(),
                           AuthorizationInterceptor(policy, AuditLog(self.redis, config.service_name),
-                                                   durable=self.durable)],
+                                                   durable=self.durable),
+                          # Tests only (HAULMESH_TEST_FAULTS_FILE), innermost: it sees the authorized caller.
+                          *([FaultInjector(config.test_faults_file)] if config.test_faults_file else [])],
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
@@ -88,7 +91,7 @@ class Service:
         #: The plain-text probe listener (HAULMESH_HEALTH_PORT), health only; None when off.
         self._probe_server: grpc.aio.Server | None = None
         self.channels = Channels(self._files, call_timeout_seconds=config.call_timeout_seconds,
-                                 max_message_bytes=config.max_message_bytes)
+                                 max_message_bytes=config.max_message_bytes, max_attempts=config.call_max_attempts)
         self._services: dict[str, ServiceDescriptor] = {}
         self.bound_port = 0
         #: The Prometheus endpoint (off unless HAULMESH_METRICS_PORT is set), on the gRPC server's host.
@@ -125,7 +128,9 @@ class Service:
         """
         timeout_seconds = self.config.durable_timeout_seconds
         try:
-            confirmed = await asyncio.wait_for(wait_all_durable(self.redis, int(timeout_seconds * 1000)),
+            confirmed = await asyncio.wait_for(wait_all_durable(self.redis, int(timeout_seconds * 1000),
+                                                                replicas=self.config.store_ack_replicas,
+                                                                replica_disk=self.config.store_ack_replica_disk),
                                                timeout_seconds + 2)
         except (redis.RedisError, OSError, TimeoutError) as exc:
             raise Unavailable(f"the change was made, but the store could not confirm it is on disk ({exc}); "

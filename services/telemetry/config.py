@@ -59,6 +59,15 @@ def _env_days(env: Mapping[str, str], key: str, default: int) -> int:
     return int(raw)
 
 
+def _env_int(env: Mapping[str, str], key: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(key)
+    if not raw:
+        return default
+    if not raw.strip().isdigit() or int(raw) < minimum:
+        raise ValueError(f"{key} must be a whole number >= {minimum}, got {raw!r}")
+    return int(raw)
+
+
 def _env_flag(env: Mapping[str, str], key: str) -> bool:
     raw = env.get(key, "")
     if raw not in ("", "0", "1"):
@@ -106,6 +115,20 @@ class TelemetryConfig:
     archive_after_seconds: float = 3600.0
     #: Tests only (HAULMESH_ARCHIVE_TEST_KILL_AFTER_WRITE): SIGKILL self between object write and index commit.
     archive_test_kill_after_write: bool = False
+    #: Flow control (docs/telemetry.md "Flow control"): frames read from a truck stream and not yet through
+    #: their commit (verified, queued, written, awaiting WAITAOF). A stream at its bound, or any stream while the
+    #: process is at its bound, is not read until commits complete: HTTP/2 flow control then holds the truck's
+    #: next messages in its own spool. Per stream at least one batch (``max_batch_frames``).
+    max_inflight_frames_per_stream: int = 2000
+    #: The process's bound on the same count, over every stream and IngestTelemetry (the memory bound).
+    max_inflight_frames_per_process: int = 50_000
+    #: Responses (acks, rejects, commands) queued for one stream and not yet taken by gRPC: a truck that does not
+    #: read them (ignores its acks) stops being read once this many wait.
+    max_outbound_messages_per_stream: int = 64
+    #: Largest CommandAck accepted (serialized bytes); a larger one is refused (the stream ends).
+    max_command_ack_bytes: int = 4096
+    #: CommandAcks kept per vehicle (``command_acks`` stream, MAXLEN ~): what the tests and an operator read.
+    command_acks_kept: int = 1000
     #: The lane facts (HAULMESH_LANES_FILE): the planning speed and circuity an ETA uses off the known routes.
     lanes: LaneFacts = field(default_factory=lambda: load_lane_facts({}), compare=False)
 
@@ -142,5 +165,26 @@ class TelemetryConfig:
             archive_retention_days=_env_days(env, "HAULMESH_ARCHIVE_RETENTION_DAYS", cls.archive_retention_days),
             archive_after_seconds=_env_float(env, "HAULMESH_ARCHIVE_AFTER_SECONDS", cls.archive_after_seconds),
             archive_test_kill_after_write=_env_flag(env, "HAULMESH_ARCHIVE_TEST_KILL_AFTER_WRITE"),
+            max_inflight_frames_per_stream=_env_int(env, p + "MAX_INFLIGHT_FRAMES_PER_STREAM",
+                                                    cls.max_inflight_frames_per_stream),
+            max_inflight_frames_per_process=_env_int(env, p + "MAX_INFLIGHT_FRAMES_PER_PROCESS",
+                                                     cls.max_inflight_frames_per_process),
+            max_outbound_messages_per_stream=_env_int(env, p + "MAX_OUTBOUND_MESSAGES_PER_STREAM",
+                                                      cls.max_outbound_messages_per_stream),
+            max_command_ack_bytes=_env_int(env, p + "MAX_COMMAND_ACK_BYTES", cls.max_command_ack_bytes, 64),
+            command_acks_kept=_env_int(env, p + "COMMAND_ACKS_KEPT", cls.command_acks_kept),
             lanes=load_lane_facts(env),
         )
+
+    def __post_init__(self) -> None:
+        # A stream must be able to hold one whole batch, and the process one whole stream, or a batch could
+        # never be admitted (the stream would wait forever).
+        if self.max_inflight_frames_per_stream < self.max_batch_frames:
+            raise ValueError(f"HAULMESH_TELEMETRY_MAX_INFLIGHT_FRAMES_PER_STREAM "
+                             f"({self.max_inflight_frames_per_stream}) must be at least "
+                             f"HAULMESH_TELEMETRY_MAX_BATCH_FRAMES ({self.max_batch_frames})")
+        if self.max_inflight_frames_per_process < self.max_inflight_frames_per_stream:
+            raise ValueError(f"HAULMESH_TELEMETRY_MAX_INFLIGHT_FRAMES_PER_PROCESS "
+                             f"({self.max_inflight_frames_per_process}) must be at least "
+                             f"HAULMESH_TELEMETRY_MAX_INFLIGHT_FRAMES_PER_STREAM "
+                             f"({self.max_inflight_frames_per_stream})")

@@ -43,6 +43,8 @@ __all__ = ["POLICY", "TelemetryServicer"]
 _log = logging.getLogger("haulmesh.telemetry")
 
 _SERVICE = "/haulmesh.telemetry.v1.TelemetryService"
+#: At most one audit entry per caller and vehicle this often for IngestTelemetry (docs/telemetry.md).
+INGEST_AUDIT_COALESCE_SECONDS = 3600.0
 _READERS = ["service/gateway", "service/mission", "operator/*"]
 #: Internal readers may name a vehicle (`vehicles/*`); the gateway (the TMS's carriers) only missions.
 _VEHICLE_READERS = ["service/mission", "operator/*"]
@@ -62,6 +64,10 @@ POLICY = Policy({
     f"{_SERVICE}/WatchMissionTelemetry": _READERS,
     f"{_SERVICE}/ListVehicleCertificates": ["service/billing", "service/mission", "operator/*"],
     f"{_SERVICE}/RunArchive": ["operator/*"],
+}, audit_coalesce_seconds={
+    # One frame a call: audited once per (caller, vehicle) per hour, not per frame (the frames themselves are the
+    # signed, sequenced record of what was written; the audit entry says who wrote for the vehicle, and when).
+    f"{_SERVICE}/IngestTelemetry": INGEST_AUDIT_COALESCE_SECONDS,
 })
 
 
@@ -158,6 +164,7 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
             outbound = session.outbound
             while True:
                 item = await outbound.get()
+                session.drained.set()  # a reader held back by a full outbound queue may read again
                 if item is None:
                     return
                 if isinstance(item, HaulmeshError):

@@ -17,6 +17,14 @@ def test_defaults(tmp_path: Path) -> None:
     assert config.redis_url is None
     assert config.peer_addresses["billing"] == "127.0.0.1:50054"
     assert config.grace_period_seconds == 10.0
+    assert config.call_max_attempts == 3 and config.store_ack_replicas == 0 and config.test_faults_file is None
+
+
+def test_retries_and_replica_acks_are_read(tmp_path: Path) -> None:
+    config = ServiceConfig.from_env("tender", {"HAULMESH_CALL_MAX_ATTEMPTS": "1", "HAULMESH_STORE_ACK_REPLICAS": "2",
+                                               "HAULMESH_STORE_ACK_REPLICA_DISK": "0"})
+    assert config.call_max_attempts == 1 and config.store_ack_replicas == 2 and not config.store_ack_replica_disk
+    assert ServiceConfig.from_env("tender", {}).store_ack_replica_disk
 
 
 @pytest.mark.parametrize("env,field", [
@@ -27,6 +35,11 @@ def test_defaults(tmp_path: Path) -> None:
     ({"HAULMESH_DURABLE_TIMEOUT_SECONDS": "never"}, "HAULMESH_DURABLE_TIMEOUT_SECONDS"),
     ({"HAULMESH_BILLING_ADDR": "nohost"}, "HAULMESH_BILLING_ADDR"),
     ({"HAULMESH_LOG_LEVEL": "LOUD"}, "HAULMESH_LOG_LEVEL"),
+    ({"HAULMESH_CALL_MAX_ATTEMPTS": "0"}, "HAULMESH_CALL_MAX_ATTEMPTS"),
+    ({"HAULMESH_CALL_MAX_ATTEMPTS": "6"}, "HAULMESH_CALL_MAX_ATTEMPTS"),
+    ({"HAULMESH_STORE_ACK_REPLICAS": "-1"}, "HAULMESH_STORE_ACK_REPLICAS"),
+    ({"HAULMESH_STORE_ACK_REPLICAS": "all"}, "HAULMESH_STORE_ACK_REPLICAS"),
+    ({"HAULMESH_STORE_ACK_REPLICA_DISK": "yes"}, "HAULMESH_STORE_ACK_REPLICA_DISK"),
 ])
 def test_bad_values_name_the_variable(env: dict[str, str], field: str) -> None:
     with pytest.raises(ConfigError) as caught:

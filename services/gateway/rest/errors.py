@@ -101,6 +101,20 @@ def rpc_error_response(error: grpc.aio.AioRpcError | grpc.RpcError) -> JSONRespo
         info = error_details_pb2.ErrorInfo(reason=code.name, domain=ERROR_DOMAIN)
         status = status_pb2.Status(code=numeric, message=error.details() or code.name)
         status.details.add().Pack(info)
-    # A service's retry hint (google.rpc.RetryInfo, e.g. too many watches) becomes HTTP's Retry-After.
+    return _status_response(status, _retry_after(status))
+
+
+def _retry_after(status: status_pb2.Status) -> dict[str, str] | None:
+    """A service's retry hint as the HTTP header clients know: google.rpc.RetryInfo (e.g. too many watches),
+    else ErrorInfo metadata ``retry_after_seconds`` (e.g. telemetry's TELEMETRY_BUSY)."""
     delay = retry_delay_seconds(status)
-    return _status_response(status, {"Retry-After": str(max(1, math.ceil(delay)))} if delay is not None else None)
+    if delay is not None:
+        return {"Retry-After": str(max(1, math.ceil(delay)))}
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            seconds = info.metadata.get("retry_after_seconds", "")
+            if seconds.isdigit():
+                return {"Retry-After": seconds}
+    return None

@@ -189,6 +189,11 @@ class Reads:
             # After the end the reads do not block: they drain what was stored by then.
             stored = await (self._tiered.frames(scope.vehicle_id, after=cursor, count=500) if final else
                             self._store.wait_frames(scope.vehicle_id, cursor, block_ms=2000))
+            if not final and stored and stored[0].sequence > cursor + 1:
+                # The hot stream skips sequences after the cursor: gaps the truck never filled, or frames archived
+                # and trimmed just ahead of the cursor (between the replay above and this read). The tiered reader
+                # tells them apart, so a trimmed stretch is read from its parts, never skipped.
+                stored = await self._tiered.frames(scope.vehicle_id, after=cursor, count=500)
             for item in stored:
                 cursor = item.sequence
                 frame = telemetry_frame(scope, item)
