@@ -326,6 +326,9 @@ class StreamClient:
             if command.HasField("assign_mission") and outcome == stream_pb2.CommandAck.OUTCOME_ACCEPTED:
                 # Kept for the proof of delivery the truck builds at the end (load number, stops).
                 await asyncio.to_thread(self.spool.remember_assignment, command.assign_mission)
+            if command.HasField("cancel_assignment") and outcome == stream_pb2.CommandAck.OUTCOME_ACCEPTED:
+                # No proof will be signed for a cancelled mission: its log and assignment are not kept.
+                await asyncio.to_thread(self.spool.end_mission, command.cancel_assignment.mission_id)
         await asyncio.to_thread(self.spool.record_command, command.command_id, outcome, detail)
         ack = stream_pb2.CommandAck(command_id=command.command_id, outcome=outcome, detail=detail[:500])
         ack.device_time.GetCurrentTime()

@@ -20,12 +20,19 @@ acked or not, until the mission's proof of delivery is accepted (:meth:`Spool.fo
 the digest of its *own* telemetry log (edge_client/pod.py), not what the server says it stored. Bounded by
 ``max_log_frames`` (oldest evicted first, counted as ``log_evicted``; a proof then covers what remains, and the
 server sees the shorter range). The assignments the truck accepted are kept beside it (load number, stops).
+A mission's log and assignment go when its proof is accepted, when the mission is cancelled (the truck accepted a
+``CancelAssignment``: :meth:`Spool.end_mission`), or when it is older than ``max_mission_age_days`` (pruned at
+open and by :meth:`Spool.prune`: a mission whose proof never went through must not hold the disk for ever).
+
+Row counts (frames, log rows) are counters kept in the same transactions as the rows, so the bound costs no
+``COUNT(*)`` scan per frame (that scan grows with the spool: a truck offline for a day holds 86,400 frames).
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +62,10 @@ CREATE TABLE IF NOT EXISTS mission_log (
 CREATE INDEX IF NOT EXISTS mission_log_by_mission ON mission_log (mission_id, sequence);
 CREATE TABLE IF NOT EXISTS assignments (mission_id TEXT PRIMARY KEY, assignment BLOB NOT NULL);
 """
-_COUNTERS = ("last_sequence", "dropped", "rejected", "log_evicted")
+_COUNTERS = ("last_sequence", "dropped", "rejected", "log_evicted", "frame_rows", "log_rows")
+#: Columns added after the first release: (table, column, definition). Old spools get them at open, stamped now.
+_ADDED_COLUMNS = (("mission_log", "recorded_at", "INTEGER NOT NULL DEFAULT 0"),
+                  ("assignments", "accepted_at", "INTEGER NOT NULL DEFAULT 0"))
 
 
 @dataclass(frozen=True)
@@ -84,12 +94,16 @@ class Spool:
     so fsyncs never block the event loop.
     """
 
-    def __init__(self, path: str | Path, *, max_frames: int = 500_000, max_log_frames: int = 1_000_000) -> None:
+    def __init__(self, path: str | Path, *, max_frames: int = 500_000, max_log_frames: int = 1_000_000,
+                 max_mission_age_days: float = 14.0) -> None:
         if max_frames < 1 or max_log_frames < 1:
             raise ValueError("max_frames and max_log_frames must be at least 1")
+        if not max_mission_age_days > 0:
+            raise ValueError("max_mission_age_days must be positive")
         self.path = Path(path)
         self.max_frames = max_frames
         self.max_log_frames = max_log_frames
+        self.max_mission_age_seconds = max_mission_age_days * 86400
         self._lock = threading.Lock()
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a transaction takes the write lock
         # before it reads the counter (two writers can never hand out the same sequence).
@@ -98,7 +112,19 @@ class Spool:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(_SCHEMA)
-        self._db.executemany("INSERT OR IGNORE INTO counters (name, value) VALUES (?, 0)", [(c,) for c in _COUNTERS])
+        with self._transaction() as db:
+            now = int(time.time())
+            for table, column, definition in _ADDED_COLUMNS:
+                if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+                    # unknown age: counted from now (names from _ADDED_COLUMNS, never input)
+                    db.execute(f"UPDATE {table} SET {column} = ?", (now,))  # noqa: S608
+            db.executemany("INSERT OR IGNORE INTO counters (name, value) VALUES (?, 0)", [(c,) for c in _COUNTERS])
+            # One count at open (a spool written before the counters, or by a crash-free older version); from
+            # here on every write keeps them.
+            db.execute("UPDATE counters SET value = (SELECT COUNT(*) FROM frames) WHERE name = 'frame_rows'")
+            db.execute("UPDATE counters SET value = (SELECT COUNT(*) FROM mission_log) WHERE name = 'log_rows'")
+        self.prune()
 
     def close(self) -> None:
         """Closes the database (committed frames are already on disk)."""
@@ -129,29 +155,40 @@ class Spool:
             db.execute("UPDATE counters SET value = ? WHERE name = 'last_sequence'", (sequence,))
             db.execute("INSERT INTO frames (sequence, kind, routine, frame) VALUES (?, ?, ?, ?)",
                        (sequence, kind, int(routine), frame))
+            self._add_rows(db, "frame_rows", 1)
             self._enforce_bound(db)
             if mission_id:
                 self._log(db, sequence, mission_id, frame_pb2.SignedFrame.FromString(frame).payload)
         return sequence
 
     def _log(self, db: sqlite3.Connection, sequence: int, mission_id: str, payload: bytes) -> None:
-        db.execute("INSERT OR REPLACE INTO mission_log (sequence, mission_id, payload) VALUES (?, ?, ?)",
-                   (sequence, mission_id, payload))
-        excess = db.execute("SELECT COUNT(*) FROM mission_log").fetchone()[0] - self.max_log_frames
+        known = db.execute("SELECT 1 FROM mission_log WHERE sequence = ?", (sequence,)).fetchone() is not None
+        db.execute("INSERT OR REPLACE INTO mission_log (sequence, mission_id, payload, recorded_at) "
+                   "VALUES (?, ?, ?, ?)", (sequence, mission_id, payload, int(time.time())))
+        if not known:
+            self._add_rows(db, "log_rows", 1)
+        excess = self._counter(db, "log_rows") - self.max_log_frames
         if excess > 0:
-            db.execute("DELETE FROM mission_log WHERE sequence IN "
-                       "(SELECT sequence FROM mission_log ORDER BY sequence LIMIT ?)", (excess,))
-            db.execute("UPDATE counters SET value = value + ? WHERE name = 'log_evicted'", (excess,))
+            removed = db.execute("DELETE FROM mission_log WHERE sequence IN "
+                                 "(SELECT sequence FROM mission_log ORDER BY sequence LIMIT ?)", (excess,)).rowcount
+            self._add_rows(db, "log_rows", -removed)
+            db.execute("UPDATE counters SET value = value + ? WHERE name = 'log_evicted'", (removed,))
 
     def _enforce_bound(self, db: sqlite3.Connection) -> None:
-        excess = db.execute("SELECT COUNT(*) FROM frames").fetchone()[0] - self.max_frames
+        excess = self._counter(db, "frame_rows") - self.max_frames
         if excess <= 0:
             return
         victims = [row[0] for row in db.execute(
             "SELECT sequence FROM frames WHERE routine = 1 ORDER BY sequence LIMIT ?", (excess,))]
         if victims:
             db.executemany("DELETE FROM frames WHERE sequence = ?", [(s,) for s in victims])
+            self._add_rows(db, "frame_rows", -len(victims))
             db.execute("UPDATE counters SET value = value + ? WHERE name = 'dropped'", (len(victims),))
+
+    @staticmethod
+    def _add_rows(db: sqlite3.Connection, counter: str, delta: int) -> None:
+        if delta:
+            db.execute("UPDATE counters SET value = value + ? WHERE name = ?", (delta, counter))
 
     def mark_acked(self, through_sequence: int) -> int:
         """Deletes every frame at or below ``through_sequence`` (the server holds them durably).
@@ -162,6 +199,7 @@ class Spool:
         """
         with self._lock, self._transaction() as db:
             deleted = db.execute("DELETE FROM frames WHERE sequence <= ?", (through_sequence,)).rowcount
+            self._add_rows(db, "frame_rows", -deleted)
             db.execute("UPDATE counters SET value = MAX(value, ?) WHERE name = 'last_sequence'",
                        (through_sequence,))
         return deleted
@@ -174,6 +212,7 @@ class Spool:
         with self._lock, self._transaction() as db:
             removed = db.execute("DELETE FROM frames WHERE sequence = ?", (sequence,)).rowcount
             if removed:
+                self._add_rows(db, "frame_rows", -1)
                 db.execute("UPDATE counters SET value = value + 1 WHERE name = 'rejected'")
         return bool(removed)
 
@@ -200,9 +239,9 @@ class Spool:
     def stats(self) -> SpoolStats:
         """Depth, counters and the oldest spooled sequence, read in one snapshot."""
         with self._lock:
-            depth, oldest = self._db.execute("SELECT COUNT(*), COALESCE(MIN(sequence), 0) FROM frames").fetchone()
+            oldest = self._db.execute("SELECT COALESCE(MIN(sequence), 0) FROM frames").fetchone()[0]
             counters = dict(self._db.execute("SELECT name, value FROM counters"))
-        return SpoolStats(depth=depth, last_sequence=counters["last_sequence"], oldest_sequence=oldest,
+        return SpoolStats(depth=counters["frame_rows"], last_sequence=counters["last_sequence"], oldest_sequence=oldest,
                           dropped=counters["dropped"], rejected=counters["rejected"])
 
     # -- the mission log and assignments (for the proof of delivery) --------------------------------------
@@ -221,15 +260,37 @@ class Spool:
     def forget_mission(self, mission_id: str) -> int:
         """Drops a mission's log and assignment once its proof of delivery is accepted; the rows removed."""
         with self._lock, self._transaction() as db:
-            removed = db.execute("DELETE FROM mission_log WHERE mission_id = ?", (mission_id,)).rowcount
-            db.execute("DELETE FROM assignments WHERE mission_id = ?", (mission_id,))
+            return self._forget(db, mission_id)
+
+    def end_mission(self, mission_id: str) -> int:
+        """The mission ended without a proof to sign (the truck accepted its cancellation): its log and
+        assignment are dropped like a proven one's; the log rows removed."""
+        return self.forget_mission(mission_id)
+
+    def prune(self, now: float | None = None) -> int:
+        """Drops the logs and assignments of missions older than ``max_mission_age_days`` (by the assignment's
+        acceptance, else the newest frame of the log): a proof never accepted must not keep them for ever. The
+        log rows removed."""
+        cutoff = int((time.time() if now is None else now) - self.max_mission_age_seconds)
+        with self._lock, self._transaction() as db:
+            stale = {row[0] for row in db.execute(
+                "SELECT mission_id FROM assignments WHERE accepted_at < ?", (cutoff,))}
+            stale |= {row[0] for row in db.execute(
+                "SELECT mission_id FROM mission_log WHERE mission_id NOT IN (SELECT mission_id FROM assignments) "
+                "GROUP BY mission_id HAVING MAX(recorded_at) < ?", (cutoff,))}
+            return sum(self._forget(db, mission_id) for mission_id in sorted(stale))
+
+    def _forget(self, db: sqlite3.Connection, mission_id: str) -> int:
+        removed = db.execute("DELETE FROM mission_log WHERE mission_id = ?", (mission_id,)).rowcount
+        db.execute("DELETE FROM assignments WHERE mission_id = ?", (mission_id,))
+        self._add_rows(db, "log_rows", -removed)
         return removed
 
     def remember_assignment(self, assignment: stream_pb2.MissionAssignment) -> None:
         """Keeps an accepted assignment (load number, stops) until the mission's proof is accepted."""
         with self._lock, self._transaction() as db:
-            db.execute("INSERT OR REPLACE INTO assignments (mission_id, assignment) VALUES (?, ?)",
-                       (assignment.mission_id, assignment.SerializeToString()))
+            db.execute("INSERT OR REPLACE INTO assignments (mission_id, assignment, accepted_at) VALUES (?, ?, ?)",
+                       (assignment.mission_id, assignment.SerializeToString(), int(time.time())))
 
     def assignment(self, mission_id: str) -> stream_pb2.MissionAssignment | None:
         """The assignment of ``mission_id`` the truck accepted, or None."""

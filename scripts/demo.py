@@ -372,9 +372,13 @@ async def run() -> None:
     step(f"Issuing dev certificates (CA, every service, the operator CLI, truck {TRUCK})")
     # The receiver is on loopback: allow it explicitly (the gateway refuses private destinations otherwise).
     # REDIS_URL (a real Redis / Valkey, or a cluster) replaces the embedded store, as for the services.
-    mesh = fresh_mesh(STATE, redis_url=os.environ.get("REDIS_URL") or None,
-                      HAULMESH_WEBHOOK_ALLOWED_CIDRS="127.0.0.0/8",
-                      HAULMESH_WEBHOOK_RETRY_SCHEDULE_SECONDS="0.5,1,2,4", **MESH_ENV)
+    redis_url = os.environ.get("REDIS_URL") or None
+    # An external store outlives the demo's fresh state folder; its archive must too (the store remembers which
+    # archive holds its frames and telemetry refuses another): one archive folder per store, kept between runs.
+    archive = {"HAULMESH_ARCHIVE_URL": str(ROOT / ".haulmesh" / "demo-archives" / hashlib.sha256(
+        redis_url.encode()).hexdigest()[:16])} if redis_url else {}
+    mesh = fresh_mesh(STATE, redis_url=redis_url, HAULMESH_WEBHOOK_ALLOWED_CIDRS="127.0.0.0/8",
+                      HAULMESH_WEBHOOK_RETRY_SCHEDULE_SECONDS="0.5,1,2,4", **MESH_ENV, **archive)
     if not (mesh.cert_dir / f"vehicle-{TRUCK}.pem").exists():
         expect(cli.main(["--cert-dir", str(mesh.cert_dir), "pki", "issue", "vehicle", TRUCK]) == 0,
                f"could not issue a certificate for {TRUCK}")
@@ -835,7 +839,8 @@ class Demo:
                 telemetry_service_pb2.RunArchiveRequest(vehicle=f"vehicles/{TRUCK}"), timeout=60)
         expect(reply.frames_in_archive == frames_stored, f"{reply.frames_in_archive} frames archived, "
                                                          f"{frames_stored} stored")
-        parts = sorted(self.mesh.state_dir.rglob("part-*.parquet"))
+        archive = Path(self.mesh.extra_env.get("HAULMESH_ARCHIVE_URL") or self.mesh.state_dir / "archive")
+        parts = await asyncio.to_thread(lambda: sorted(archive.rglob(f"vehicle={TRUCK}/**/part-*.parquet")))
         where = parts[0].parent if parts else self.mesh.state_dir
         milestone(f"Archived: all {reply.frames_in_archive} frames, signed envelopes and the certificate that "
                   f"verified them, in {len(parts)} Parquet part(s)")

@@ -14,6 +14,10 @@
   billing``) and its key. Default ``<cert dir>/evidence-billing.pem`` and ``evidence-billing-key.pem``. Only
   billing holds it; read at each export, so a missing key fails the export (EVIDENCE_KEY_UNAVAILABLE), not the
   start.
+* ``HAULMESH_BILLING_EVIDENCE_MAX_CONCURRENT``: evidence packs built at once by one billing process (default 2, in
+  [1, 64]); a pack of a long trip holds ~100k frames in memory, so more wait (their deadline bounds the wait).
+* ``HAULMESH_BILLING_EVIDENCE_MAX_AUDIT_ENTRIES``: most audit entries one pack carries (default 10000, in
+  [1, 1000000]); more is RESOURCE_EXHAUSTED EVIDENCE_TOO_LARGE.
 """
 
 from __future__ import annotations
@@ -62,6 +66,8 @@ class BillingConfig:
     report_max_missions: int = 50_000
     evidence_certificate_file: Path = Path("evidence-billing.pem")
     evidence_key_file: Path = Path("evidence-billing-key.pem")
+    evidence_max_concurrent: int = 2
+    evidence_max_audit_entries: int = 10_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> BillingConfig:
@@ -100,7 +106,10 @@ class BillingConfig:
                    evidence_certificate_file=Path(env.get("HAULMESH_BILLING_EVIDENCE_CERT_FILE")
                                                   or cert_dir / "evidence-billing.pem"),
                    evidence_key_file=Path(env.get("HAULMESH_BILLING_EVIDENCE_KEY_FILE")
-                                          or cert_dir / "evidence-billing-key.pem"))
+                                          or cert_dir / "evidence-billing-key.pem"),
+                   evidence_max_concurrent=_bounded_int(env, "HAULMESH_BILLING_EVIDENCE_MAX_CONCURRENT", 2, 1, 64),
+                   evidence_max_audit_entries=_bounded_int(env, "HAULMESH_BILLING_EVIDENCE_MAX_AUDIT_ENTRIES",
+                                                           10_000, 1, 1_000_000))
 
 
 def _bounded_int(env: Mapping[str, str], key: str, default: int, low: int, high: int) -> int:

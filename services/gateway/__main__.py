@@ -10,6 +10,7 @@ from .rest.descriptors import load_api
 from .rest.device import DeviceGateway, TlsScopeProtocol, device_api, device_ssl_context
 from .rest.handler import RestGateway
 from .rest.ratelimit import TenantRateLimiter
+from .rest.sse import StreamSlots
 from .webhooks.server import POLICY, register_grpc
 
 
@@ -24,6 +25,8 @@ def rest_gateway(service: Service, config: GatewayConfig) -> RestGateway:
         channel=lambda peer: service.channels.channel(shared.peer_addresses[peer]),
         max_request_bytes=config.max_request_bytes,
         durable=service.durable,
+        streams=StreamSlots(config.sse_max_streams_per_process, config.sse_max_streams_per_carrier,
+                            config.sse_retry_after_seconds),
     )
 
 
@@ -48,7 +51,8 @@ def register(service: Service) -> None:
     service.add_companion(listener.run, stop_rest)
     # The trucks' door (HAULMESH_GATEWAY_DEVICE_PORT): the same pipeline, client certificates instead of tokens.
     device = DeviceGateway(api=device_api(rest.api), authenticator=rest.authenticator, limiter=rest.limiter,
-                           channel=rest.channel, max_request_bytes=rest.max_request_bytes)
+                           channel=rest.channel, max_request_bytes=rest.max_request_bytes,
+                           max_inflight_requests=config.device_max_inflight_requests)
     context = device_ssl_context(service.config.tls)
     devices = HttpListener(create_app(ready, device), service.config.listen_host, service.config.device_port,
                            http=TlsScopeProtocol, ws="none", ssl_context_factory=lambda _config, _default: context)

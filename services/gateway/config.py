@@ -11,6 +11,11 @@ REST door:
 * ``HAULMESH_RATE_LIMIT``: per carrier (and per vehicle on the device listener), e.g. ``50/second``
   (the default), ``1000/minute``, or ``off``.
 * ``HAULMESH_MAX_REQUEST_BYTES``: the largest request body (1 to 67108864, default 1 MiB).
+* ``HAULMESH_GATEWAY_DEVICE_MAX_INFLIGHT_REQUESTS``: truck requests (REST ingest) handled at once by one gateway
+  process (1 to 65536, default 256); beyond, 503 with ``Retry-After: 1`` (docs/gateway.md).
+* ``HAULMESH_SSE_MAX_STREAMS_PER_PROCESS`` (default 512) and ``HAULMESH_SSE_MAX_STREAMS_PER_CARRIER`` (default
+  16): concurrent Server-Sent Event streams of this gateway process; one beyond is answered 429 with
+  ``Retry-After: HAULMESH_SSE_RETRY_AFTER_SECONDS`` (default 5).
 
 Webhooks (``HAULMESH_WEBHOOK_*``): ``TIMEOUT_SECONDS`` of one attempt (0-30, 10), ``MAX_CONCURRENCY`` of
 attempts (32), ``SUSPEND_AFTER_SECONDS`` of nothing but failures (86400), ``RETRY_SCHEDULE_SECONDS`` (comma-
@@ -33,10 +38,14 @@ from services.runtime.tokens import DEFAULT_AUDIENCE, DEFAULT_ISSUER, jwks_path
 from .webhooks.destinations import IpNetwork, parse_allowed_cidrs
 from .webhooks.domain import DEFAULT_RETRY_DELAYS_SECONDS, RetryPolicy
 
-__all__ = ["DEFAULT_MAX_REQUEST_BYTES", "DEFAULT_RATE_LIMIT", "GatewayConfig", "max_request_bytes_from_env"]
+__all__ = ["DEFAULT_DEVICE_MAX_INFLIGHT_REQUESTS", "DEFAULT_MAX_REQUEST_BYTES", "DEFAULT_RATE_LIMIT", "GatewayConfig",
+           "max_request_bytes_from_env"]
 
 DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
 DEFAULT_RATE_LIMIT = "50/second"
+#: 256 truck requests at once: at most 256 bodies (1 KiB typical, HAULMESH_MAX_REQUEST_BYTES at worst) and 256
+#: relayed calls in memory; well above what the per-vehicle rate limit lets a fleet of thousands send at 1 Hz.
+DEFAULT_DEVICE_MAX_INFLIGHT_REQUESTS = 256
 _DEFAULT_RATE_LIMIT_ITEM = parse(DEFAULT_RATE_LIMIT)
 
 
@@ -54,6 +63,11 @@ class GatewayConfig:
     #: Requests per window per carrier (``limits``' item, e.g. 50 per 1 second); None: no limit.
     rate_limit: RateLimitItem | None = _DEFAULT_RATE_LIMIT_ITEM
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    device_max_inflight_requests: int = DEFAULT_DEVICE_MAX_INFLIGHT_REQUESTS
+    #: Concurrent SSE streams (watches) in this gateway process, and per carrier; 429 + Retry-After beyond.
+    sse_max_streams_per_process: int = 512
+    sse_max_streams_per_carrier: int = 16
+    sse_retry_after_seconds: int = 5
 
     # --- the webhook service -------------------------------------------------------------------------
     webhook_timeout_seconds: float = 10.0
@@ -85,6 +99,10 @@ class GatewayConfig:
             jwt_leeway_seconds=leeway,
             rate_limit=_rate_limit(env),
             max_request_bytes=max_request_bytes_from_env(env),
+            device_max_inflight_requests=_device_inflight(env),
+            sse_max_streams_per_process=_positive_int(env, "HAULMESH_SSE_MAX_STREAMS_PER_PROCESS", 512),
+            sse_max_streams_per_carrier=_positive_int(env, "HAULMESH_SSE_MAX_STREAMS_PER_CARRIER", 16),
+            sse_retry_after_seconds=_positive_int(env, "HAULMESH_SSE_RETRY_AFTER_SECONDS", 5),
             webhook_timeout_seconds=timeout,
             webhook_max_concurrency=concurrency,
             webhook_suspend_after_seconds=suspend_after,
@@ -122,6 +140,21 @@ def _rate_limit(env: Mapping[str, str]) -> RateLimitItem | None:
     except ValueError:
         raise ConfigError(f"HAULMESH_RATE_LIMIT must look like '50/second' or 'off', got {raw!r}",
                           field="HAULMESH_RATE_LIMIT") from None
+
+
+def _device_inflight(env: Mapping[str, str]) -> int:
+    raw = env.get("HAULMESH_GATEWAY_DEVICE_MAX_INFLIGHT_REQUESTS") or str(DEFAULT_DEVICE_MAX_INFLIGHT_REQUESTS)
+    if not raw.isdigit() or not 1 <= int(raw) <= 65536:
+        raise ConfigError(f"HAULMESH_GATEWAY_DEVICE_MAX_INFLIGHT_REQUESTS must be 1-65536, got {raw!r}",
+                          field="HAULMESH_GATEWAY_DEVICE_MAX_INFLIGHT_REQUESTS")
+    return int(raw)
+
+
+def _positive_int(env: Mapping[str, str], key: str, default: int) -> int:
+    raw = env.get(key) or str(default)
+    if not raw.isdigit() or not 1 <= int(raw) <= 1_000_000:
+        raise ConfigError(f"{key} must be a whole number from 1 to 1000000, got {raw!r}", field=key)
+    return int(raw)
 
 
 def max_request_bytes_from_env(env: Mapping[str, str]) -> int:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from services.runtime import ConfigError
+from services.runtime.evidence import MAX_PACK_FRAMES
 from services.runtime.lanes import LaneFacts, load_lane_facts
 
 from .domain import CheckInPolicy
@@ -53,8 +54,13 @@ class MissionSettings:
     #: from telemetry, bridged along the planned route and listed on the invoice (HAULMESH_USAGE_GAP_SECONDS).
     usage_gap_seconds: float = 120.0
     #: Most frames read to measure one mission's usage or check one proof of delivery; more is a clear
-    #: FAILED_PRECONDITION MISSION_FRAMES_EXCEEDED, never a truncated bill (HAULMESH_USAGE_MAX_FRAMES).
-    usage_max_frames: int = 200_000
+    #: FAILED_PRECONDITION MISSION_FRAMES_EXCEEDED, never a truncated bill (HAULMESH_USAGE_MAX_FRAMES). At most
+    #: the evidence pack's frame cap (runtime.evidence.MAX_PACK_FRAMES), so every invoice can be exported.
+    usage_max_frames: int = MAX_PACK_FRAMES
+    #: How long a DISPUTED proof of delivery (frames of its signed range missing) waits for late frames before
+    #: billing escalates it to an operator (HAULMESH_POD_DISPUTE_SECONDS); meanwhile the billing sweeper
+    #: re-verifies the log on every attempt and bills once it VERIFIES. A disputed proof is never billed.
+    pod_dispute_seconds: float = 86400.0
     #: The lane facts (HAULMESH_LANES_FILE): markets, planning numbers, known routes (a mission on one gets it
     #: as its planned route).
     lanes: LaneFacts = field(default_factory=load_lane_facts)
@@ -81,6 +87,9 @@ class MissionSettings:
                                            maximum=86400),
             fleet_gauge_seconds=_number(env, "HAULMESH_FLEET_GAUGE_SECONDS", 15, minimum=0.1, maximum=3600),
             usage_gap_seconds=_number(env, "HAULMESH_USAGE_GAP_SECONDS", 120, minimum=1, maximum=86400),
-            usage_max_frames=int(_number(env, "HAULMESH_USAGE_MAX_FRAMES", 200_000, minimum=1, maximum=10_000_000)),
+            usage_max_frames=int(_number(env, "HAULMESH_USAGE_MAX_FRAMES", MAX_PACK_FRAMES, minimum=1,
+                                         maximum=MAX_PACK_FRAMES)),
+            pod_dispute_seconds=_number(env, "HAULMESH_POD_DISPUTE_SECONDS", 86400, minimum=0,
+                                        maximum=30 * 86400),
             lanes=load_lane_facts(env),
         )

@@ -21,6 +21,10 @@ Fleet: ``haulmesh_fleet_vehicles{connectivity, availability}`` is the roster by 
 unknown: never connected) and availability (available, assigned, maintenance, out_of_service), recomputed
 periodically from the roster by every replica (fleet-wide: aggregate with ``max``, not ``sum``). At most 12
 series, whatever the fleet's size; idle trucks offline are ``{connectivity="offline", availability="available"}``.
+
+Disputed proofs: ``haulmesh_mission_pod_disputes_escalated_total`` counts delivered missions left unbilled because
+their proof of delivery stayed DISPUTED past ``HAULMESH_POD_DISPUTE_SECONDS`` (alert on any increase: an operator
+decides each; the list is the carrier's ``billing-disputed`` set).
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from services.runtime import METRICS_REGISTRY
 
-__all__ = ["DISPATCH_ACK", "FLEET_VEHICLES", "MISSIONS_FINISHED", "MISSION_LATENCY", "record_dispatch_ack",
-           "record_finished", "record_fleet"]
+__all__ = ["DISPATCH_ACK", "DISPUTES_ESCALATED", "FLEET_VEHICLES", "MISSIONS_FINISHED", "MISSION_LATENCY",
+           "record_dispatch_ack", "record_dispute_escalated", "record_finished", "record_fleet"]
 
 # Buckets with edges at both objectives (5 s and 30 s), so the SLI is an exact bucket ratio.
 _ACK_BUCKETS = (0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 900, 3600)
@@ -72,3 +76,14 @@ def record_fleet(counts: Mapping[tuple[str, str], int]) -> None:
     for connectivity in _CONNECTIVITY:
         for availability in _AVAILABILITY:
             FLEET_VEHICLES.labels(connectivity, availability).set(counts.get((connectivity, availability), 0))
+
+
+DISPUTES_ESCALATED = Counter("haulmesh_mission_pod_disputes_escalated_total", "Delivered missions whose DISPUTED proof "
+                             "of delivery (frames of its signed range missing, or contradicting it) outlived "
+                             "HAULMESH_POD_DISPUTE_SECONDS unbilled: each needs an operator.",
+                             registry=METRICS_REGISTRY)
+
+
+def record_dispute_escalated() -> None:
+    """Count one mission escalated to an operator for a disputed proof (once per mission)."""
+    DISPUTES_ESCALATED.inc()

@@ -87,7 +87,8 @@ class MissionServicer(mission_service_pb2_grpc.MissionServiceServicer):
 
     async def ReportFleetState(self, request: mission_service_pb2.ReportFleetStateRequest,
                                context: Context) -> mission_service_pb2.ReportFleetStateResponse:
-        return await self._missions.report_fleet_state(domain.fleet_report(request))
+        observations, rejected = domain.fleet_report(request)
+        return await self._missions.report_fleet_state(observations, rejected)
 
     # --- missions ------------------------------------------------------------------------------------
 

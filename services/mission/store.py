@@ -5,14 +5,17 @@ Key layout (``{tag}`` is the Redis Cluster hash tag; what commits together share
 * Fleet-wide, tag ``{fleet}``: ``vehicle:{fleet}:<id>`` (a Vehicle) with the roster index
   ``vehicles:{fleet}:by-time``; ``vehicle-cert:{fleet}:<id>`` (PEM of the certificate the vehicle last
   presented); ``mission-carrier:{fleet}`` (hash mission id → carrier, for callers that act for no
-  carrier: trucks); ``lane-missions:{fleet}`` (hash lane ``ORIGIN>DESTINATION`` → missions dispatched on it);
-  ``vehicle-carrier:{fleet}`` (hash vehicle id → carrier of its latest mission: who hears of an idle
-  vehicle's connectivity).
+  carrier: trucks); ``lane-missions:{fleet}`` (hash lane ``ORIGIN>DESTINATION`` → missions dispatched on it).
+  (``vehicle-carrier:{fleet}``, once the carrier told of an idle vehicle's connectivity, is no longer written
+  nor read: idle vehicles are the fleet's business only.)
 * Per carrier, tag ``{<carrier>}``: ``mission:{c}:<id>`` (a Mission), ``missions:{c}:by-time``,
   ``mission-by-tender:{c}`` (hash tender id → mission id: a tender has at most one mission),
   ``billing-pending:{c}`` (sorted set of DELIVERED missions whose usage billing has not recorded yet,
   scored by the time of the next attempt), ``billing-attempts:{c}:<id>`` (billing attempts of a pending
-  mission, kept a day), and the carrier's event stream.
+  mission, kept a day), ``billing-usage:{c}:<id>`` (the RecordUsageRequest the first billing attempt
+  measured: every retry sends exactly it), ``billing-disputed:{c}`` (sorted set of DELIVERED missions whose
+  DISPUTED proof outlived HAULMESH_POD_DISPUTE_SECONDS → when escalated, ms: an operator's list), and the
+  carrier's event stream.
 * ``mission:billing-carriers``: the carriers that ever had a mission awaiting billing (untagged, like
   the runtime's stream registry; written before the first such mission).
 
@@ -37,8 +40,8 @@ __all__ = ["MissionStore"]
 
 Mutation = Callable[[mission_pb2.Mission], Callable[[mission_pb2.Mission], list[event_pb2.Event]] | None]
 VehicleMutation = Callable[[vehicle_pb2.Vehicle], bool]
-#: An observation of a vehicle: (the vehicle, its latest mission's carrier) → None (unchanged) or its events.
-Observe = Callable[[vehicle_pb2.Vehicle, str | None], list[event_pb2.Event] | None]
+#: An observation of a vehicle: the vehicle → None (unchanged) or its events (for the fleet's stream).
+Observe = Callable[[vehicle_pb2.Vehicle], list[event_pb2.Event] | None]
 
 _BILLING_CARRIERS = "mission:billing-carriers"
 _DELIVERED = mission_pb2.Mission.STATE_DELIVERED
@@ -143,7 +146,6 @@ class MissionStore:
             pipe.multi()
             pipe.set(key, vehicle.SerializeToString())
             pipe.hset(tenant_key("mission-carrier", FLEET), mission_name.removeprefix("missions/"), carrier)
-            pipe.hset(tenant_key("vehicle-carrier", FLEET), vehicle_id, carrier)
             pipe.hset(lanes, lane_field, ordinal)
             return ordinal
 
@@ -177,54 +179,42 @@ class MissionStore:
 
         return await transact(self.redis, FLEET, [key], write)
 
-    async def observe_vehicles(self, vehicle_ids: list[str], observe: Observe
-                               ) -> tuple[int, list[str], list[event_pb2.Event]]:
+    async def observe_vehicles(self, vehicle_ids: list[str], observe: Observe) -> tuple[int, list[str]]:
         """Apply telemetry's observations to many vehicles in one fleet-slot transaction.
 
-        ``observe(vehicle, carrier of its latest mission or None)`` changes the vehicle in place and returns
-        None (unchanged) or the events announcing the change. The vehicles are written as they are: these are
-        observations, so ``update_time`` and ``etag`` stay. Events without a carrier (the fleet's stream)
-        commit with the vehicles; those for a carrier are returned, for :meth:`publish` (another slot).
-        Returns (vehicles changed, ids not on the roster, the carriers' events).
+        ``observe(vehicle)`` changes the vehicle in place and returns None (unchanged) or the events announcing
+        the change, which commit with the vehicles on the fleet's stream (they must carry no carrier: vehicles
+        are not exposed to carriers). The vehicles are written as they are: these are observations, so
+        ``update_time`` and ``etag`` stay. Returns (vehicles changed, ids not on the roster).
         """
         keys = [self._vehicles.key(v) for v in vehicle_ids]
-        carriers_key = tenant_key("vehicle-carrier", FLEET)
 
-        async def write(pipe: Pipeline) -> tuple[int, list[str], list[event_pb2.Event]]:
+        async def write(pipe: Pipeline) -> tuple[int, list[str]]:
             raws = await pipe.mget(keys)
-            carriers = await pipe.hmget(carriers_key, vehicle_ids)
-            changed, unknown, later = 0, [], []
-            writes = []
-            for vehicle_id, key, raw, carrier in zip(vehicle_ids, keys, raws, carriers, strict=True):
+            changed, unknown = 0, []
+            writes: list[tuple[str | None, object]] = []
+            for vehicle_id, key, raw in zip(vehicle_ids, keys, raws, strict=True):
                 if raw is None:
                     unknown.append(vehicle_id)
                     continue
                 vehicle = vehicle_pb2.Vehicle.FromString(raw)
-                events = observe(vehicle, carrier.decode() if carrier else None)
+                events = observe(vehicle)
                 if events is None:
                     continue
+                if any(e.carrier for e in events):
+                    raise ValueError("a vehicle observation's events belong to the fleet's stream only")
                 changed += 1
                 writes.append((key, vehicle.SerializeToString()))
-                later.extend(e for e in events if e.carrier)
-                writes.extend((None, e) for e in events if not e.carrier)
+                writes.extend((None, e) for e in events)
             pipe.multi()
             for key, value in writes:
                 if key is None:
                     add_event(pipe, value)
                 else:
                     pipe.set(key, value)
-            return changed, unknown, later
+            return changed, unknown
 
         return await transact(self.redis, FLEET, keys, write)
-
-    async def publish(self, carrier: str, events: list[event_pb2.Event]) -> None:
-        """Append events to a carrier's stream (events that announce a change committed elsewhere)."""
-        async def write(pipe: Pipeline) -> None:
-            pipe.multi()
-            for event in events:
-                add_event(pipe, event)
-
-        await transact(self.redis, carrier, [], write)
 
     async def observe_mission(self, mission_id: str, observe: Callable[[mission_pb2.Mission], bool]) -> bool:
         """Apply an observation (ETAs) to a mission of any carrier; written as it is, without a new ``etag`` or
@@ -244,6 +234,23 @@ class MissionStore:
                 return False
             pipe.set(key, mission.SerializeToString())
             return True
+
+        return await transact(self.redis, carrier, [key], write)
+
+    async def observe_carrier_mission(self, carrier: str, mission_id: str,
+                                      observe: Callable[[mission_pb2.Mission], bool]) -> mission_pb2.Mission | None:
+        """:meth:`observe_mission` for a known carrier; the mission as stored afterwards (None: no such mission)."""
+        key = self._missions(carrier).key(mission_id)
+
+        async def write(pipe: Pipeline) -> mission_pb2.Mission | None:
+            raw = await pipe.get(key)
+            pipe.multi()
+            if raw is None:
+                return None
+            mission = mission_pb2.Mission.FromString(raw)
+            if observe(mission):
+                pipe.set(key, mission.SerializeToString())
+            return mission
 
         return await transact(self.redis, carrier, [key], write)
 
@@ -335,6 +342,8 @@ class MissionStore:
                 pipe.zadd(pending, {mission_id: _now_ms() + self._billing_grace_ms})
             elif before == _DELIVERED and mission.state != _DELIVERED:
                 pipe.zrem(pending, mission_id)
+                pipe.zrem(tenant_key("billing-disputed", carrier), mission_id)
+                pipe.delete(tenant_key("billing-usage", carrier, mission_id))
             for event in announce(mission):
                 add_event(pipe, event)
             return mission, True
@@ -356,6 +365,26 @@ class MissionStore:
         """Set the next billing attempt of a pending mission (only if it is still pending)."""
         await self.redis.zadd(tenant_key("billing-pending", carrier),
                               {mission_id: _now_ms() + int(delay_seconds * 1000)}, xx=True)
+
+    async def keep_billing_usage(self, carrier: str, mission_id: str, request: bytes) -> bytes:
+        """Keep the first measured RecordUsageRequest of a mission (SET NX) and return the one kept: a retry
+        sends exactly what the first attempt measured, so billing never sees two usages for one mission. Deleted
+        when the mission leaves DELIVERED; the TTL only bounds a key whose mission vanished."""
+        key = tenant_key("billing-usage", carrier, mission_id)
+        kept = await self.redis.set(key, request, nx=True, get=True, ex=90 * 86400)
+        return request if kept is None else bytes(kept)
+
+    async def billing_usage(self, carrier: str, mission_id: str) -> bytes | None:
+        """The RecordUsageRequest kept by :meth:`keep_billing_usage`, if any."""
+        return await self.redis.get(tenant_key("billing-usage", carrier, mission_id))
+
+    async def escalate_dispute(self, carrier: str, mission_id: str) -> bool:
+        """List a mission whose disputed proof needs an operator; True the first time."""
+        return bool(await self.redis.zadd(tenant_key("billing-disputed", carrier), {mission_id: _now_ms()}, nx=True))
+
+    async def disputed_missions(self, carrier: str) -> list[str]:
+        """Ids of the carrier's delivered missions escalated for a disputed proof, oldest first."""
+        return [m.decode() for m in await self.redis.zrange(tenant_key("billing-disputed", carrier), 0, 999)]
 
     async def billing_attempts(self, carrier: str, mission_id: str) -> int:
         """Count one more billing attempt for the mission; returns the count (kept a day)."""

@@ -12,6 +12,8 @@ whose checks run inside its idempotent dispatch.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -45,7 +47,7 @@ from services.runtime import (
 from . import convert, domain
 from .config import MissionSettings
 from .domain import Action, CapacityQuery, CapacityWindow, Load, VehicleView, parse_mission_name, parse_vehicle_name
-from .metrics import record_dispatch_ack, record_finished
+from .metrics import record_dispatch_ack, record_dispute_escalated, record_finished
 from .store import MissionStore
 
 __all__ = ["MissionUseCases"]
@@ -54,6 +56,7 @@ Mission = mission_pb2.Mission
 MissionException = mission_pb2.MissionException
 #: One change of a mission: (the mission as read, the announcer of its events, now) → whether it changed.
 Apply = Callable[[Mission, "_Announcer", datetime], bool]
+_log = logging.getLogger("haulmesh.mission")
 
 
 def _now() -> datetime:
@@ -125,14 +128,16 @@ class MissionUseCases:
 
     # --- fleet state from telemetry ------------------------------------------------------------------
 
-    async def report_fleet_state(self, observations: list[domain.Observation]
+    async def report_fleet_state(self, observations: list[domain.Observation],
+                                 rejected: Sequence[domain.Rejected] = ()
                                  ) -> mission_service_pb2.ReportFleetStateResponse:
         """Record telemetry's observations (domain.fleet): the vehicles in one transaction, newest wins; an idle
-        vehicle's connectivity change announced to its latest carrier (else the fleet's stream); then each
-        mission's ETAs, when they moved materially."""
+        vehicle's connectivity change announced on the fleet's stream only (vehicles are not exposed to
+        carriers; a vehicle on a mission is its carrier's through telemetry's mission-scoped events); then each
+        mission's ETAs, when they moved materially. ``rejected`` entries (invalid fields) are listed back."""
         by_id = {o.vehicle_id: o for o in observations}
 
-        def observe(vehicle: vehicle_pb2.Vehicle, carrier: str | None) -> list[event_pb2.Event] | None:
+        def observe(vehicle: vehicle_pb2.Vehicle) -> list[event_pb2.Event] | None:
             changed, change = domain.apply_observation(vehicle, by_id[vehicle.name.removeprefix("vehicles/")])
             if not changed:
                 return None
@@ -144,14 +149,9 @@ class MissionUseCases:
             if change.location is not None:
                 payload.last_location.CopyFrom(change.location)
             return [new_event("mission_vehicle_connectivity_changed", payload, subject=vehicle.name,
-                              carrier_id=carrier, source="mission")]
+                              carrier_id=None, source="mission")]  # the fleet's stream: no carrier
 
-        changed, unknown, carrier_events = await self._store.observe_vehicles(list(by_id), observe)
-        by_carrier: dict[str, list[event_pb2.Event]] = {}
-        for event in carrier_events:
-            by_carrier.setdefault(event.carrier.removeprefix("carriers/"), []).append(event)
-        for carrier_id, events in by_carrier.items():
-            await self._store.publish(carrier_id, events)
+        changed, unknown = await self._store.observe_vehicles(list(by_id), observe) if by_id else (0, [])
         min_change = timedelta(seconds=self._settings.eta_min_change_seconds)
         missions = 0
         for seen in observations:
@@ -164,8 +164,12 @@ class MissionUseCases:
                 return domain.apply_estimates(mission, seen.estimates, min_change)
 
             missions += await self._store.observe_mission(seen.mission_id, estimate)
-        return mission_service_pb2.ReportFleetStateResponse(
+        response = mission_service_pb2.ReportFleetStateResponse(
             vehicles_changed=changed, missions_changed=missions, unknown_vehicles=[f"vehicles/{v}" for v in unknown])
+        for entry in rejected:
+            response.rejected_vehicles.add(index=entry.index, vehicle=entry.vehicle, field_violations=[
+                mission_service_pb2.RejectedField(field=v.field, description=v.description) for v in entry.violations])
+        return response
 
     def _view(self, vehicle: vehicle_pb2.Vehicle) -> VehicleView:
         return convert.vehicle_view(vehicle, now=_now(),
@@ -405,7 +409,9 @@ class MissionUseCases:
             domain.raise_if(domain.telemetry_range_violations(domain.manifest_facts(manifest)))
             first, last = manifest.telemetry_first_sequence, manifest.telemetry_last_sequence
             frames = await self._mission_frames(carrier_id, request.name, min_sequence=first, max_sequence=last)
-            verification = domain.verify_telemetry_log(manifest, [f.payload for f in frames], _now())
+            earlier = await self._has_frames_before(carrier_id, request.name, first)
+            verification = await asyncio.to_thread(domain.verify_telemetry_log, manifest,
+                                                   [f.payload for f in frames], _now(), earlier_frames=earlier)
 
         def apply(mission: Mission, announce: _Announcer, now: datetime) -> bool:
             if not domain.deliver(mission, proof, manifest, now, verification):
@@ -420,24 +426,41 @@ class MissionUseCases:
     # --- after delivery: billing and vehicle release -------------------------------------------------
 
     async def bill(self, carrier_id: str, mission_id: str) -> Mission | None:
-        """Record a DELIVERED mission's usage with billing, then complete it (idempotent both sides)."""
+        """Record a DELIVERED mission's usage with billing, then complete it (idempotent both sides).
+
+        A DISPUTED proof is never billed: its log is re-verified first (late frames may have arrived) and billed
+        once VERIFIED; until then FAILED_PRECONDITION POD_DISPUTED (the sweeper retries with backoff), and past
+        HAULMESH_POD_DISPUTE_SECONDS, or contradicted by the stored frames, POD_DISPUTE_ESCALATED with the
+        mission listed for an operator. The usage is measured once: the first attempt's request is kept with
+        the mission before RecordUsage and every retry sends exactly it."""
         mission = await self._store.get_mission(carrier_id, mission_id)
         if mission is None or mission.state != Mission.STATE_DELIVERED or self._billing is None:
             return mission
-        if self._telemetry is None:
-            usage = domain.usage(mission)
+        kept = await self._store.billing_usage(carrier_id, mission_id)
+        if kept is not None:
+            request = billing_service_pb2.RecordUsageRequest.FromString(kept)
         else:
-            # The range the truck's proof of delivery signed: the bill rests on the proven log, and a retry
-            # measures the same frames even if the truck kept reporting after hand-over.
-            signed = mission.proof_of_delivery.manifest_details
-            frames = await self._mission_frames(carrier_id, mission.name, min_sequence=signed.telemetry_first_sequence,
-                                                max_sequence=signed.telemetry_last_sequence)
-            usage = domain.measured_usage(mission, frames, gap_seconds=self._settings.usage_gap_seconds,
-                                          circuity_factor=self._settings.lanes.circuity_factor)
-        await self._billing().RecordUsage(
-            billing_service_pb2.RecordUsageRequest(mission=mission.name, tender=mission.tender, quote=mission.quote,
-                                                   tms_load_id=mission.load.tms_load_id, usage=usage),
-            metadata=carrier_metadata(carrier_id))
+            if self._telemetry is None:
+                usage = domain.usage(mission)
+            else:
+                mission = await self._settle_dispute(carrier_id, mission)
+                # The range the truck's proof of delivery signed: the bill rests on the proven log.
+                signed = mission.proof_of_delivery.manifest_details
+                frames = await self._mission_frames(carrier_id, mission.name,
+                                                    min_sequence=signed.telemetry_first_sequence,
+                                                    max_sequence=signed.telemetry_last_sequence)
+                # CPU-bound over up to usage_max_frames frames: off the event loop.
+                usage = await asyncio.to_thread(domain.measured_usage, mission, frames,
+                                                gap_seconds=self._settings.usage_gap_seconds,
+                                                circuity_factor=self._settings.lanes.circuity_factor)
+            request = billing_service_pb2.RecordUsageRequest(
+                mission=mission.name, tender=mission.tender, quote=mission.quote, tms_load_id=mission.load.tms_load_id,
+                usage=usage)
+            # Kept before billing hears of it: a retry after a timeout (billing may have recorded it) sends the
+            # same usage, never a re-measurement billing would refuse or bill differently.
+            request = billing_service_pb2.RecordUsageRequest.FromString(await self._store.keep_billing_usage(
+                carrier_id, mission_id, request.SerializeToString(deterministic=True)))
+        await self._billing().RecordUsage(request, metadata=carrier_metadata(carrier_id))
 
         def complete(mission: Mission, announce: _Announcer, now: datetime) -> bool:
             if not domain.complete_after_billing(mission):
@@ -447,6 +470,72 @@ class MissionUseCases:
 
         mission, _ = await self._change(carrier_id, mission.name, "", complete)
         return mission
+
+    async def _settle_dispute(self, carrier_id: str, mission: Mission) -> Mission:
+        """The mission, once its proof may be billed (domain.billing_gate); a DISPUTED proof's log is verified
+        again against the frames stored now and the new verification recorded (an observation: no new etag)."""
+        proof = mission.proof_of_delivery
+        if proof.telemetry_verification.result != mission_pb2.TelemetryVerification.RESULT_DISPUTED:
+            return mission
+        manifest = proof.manifest_details
+        frames = await self._mission_frames(carrier_id, mission.name, min_sequence=manifest.telemetry_first_sequence,
+                                            max_sequence=manifest.telemetry_last_sequence)
+        earlier = await self._has_frames_before(carrier_id, mission.name, manifest.telemetry_first_sequence)
+        again = await asyncio.to_thread(domain.reverify_telemetry_log, manifest, [f.payload for f in frames], _now(),
+                                        earlier_frames=earlier)
+
+        def record(current: Mission) -> bool:
+            if current.state != Mission.STATE_DELIVERED:
+                return False
+            current.proof_of_delivery.telemetry_verification.CopyFrom(again)
+            return True
+
+        mission = await self._store.observe_carrier_mission(
+            carrier_id, mission.name.removeprefix("missions/"), record) or mission
+        verification = mission.proof_of_delivery.telemetry_verification
+        gate = domain.billing_gate(verification, from_timestamp(proof.submit_time), _now(),
+                                   self._settings.pod_dispute_seconds)
+        if gate == domain.BILL:
+            return mission
+        facts = {"mission": mission.name, "reason": verification.reason,
+                 "frames_missing": str(verification.frames_missing)}
+        if gate == domain.WAIT:
+            raise FailedPrecondition(
+                f"{mission.name}'s proof of delivery is DISPUTED ({verification.frames_missing} frames of its "
+                "signed range missing); it is billed once they arrive and the log verifies", reason="POD_DISPUTED",
+                metadata=facts)
+        if await self._store.escalate_dispute(carrier_id, mission.name.removeprefix("missions/")):
+            record_dispute_escalated()
+            _log.error("%s (carrier %s): proof of delivery still DISPUTED (%s, %d frames missing); not billed, "
+                       "an operator decides", mission.name, carrier_id, verification.reason,
+                       verification.frames_missing)
+        raise FailedPrecondition(
+            f"{mission.name}'s proof of delivery is DISPUTED ({verification.reason}) beyond "
+            "HAULMESH_POD_DISPUTE_SECONDS: not billed; an operator must decide", reason="POD_DISPUTE_ESCALATED",
+            metadata=facts)
+
+    async def _has_frames_before(self, carrier_id: str, name: str, first_sequence: int) -> bool:
+        """Whether telemetry stored a frame naming the mission with a sequence before ``first_sequence`` (the
+        proof's log would leave part of the mission out). Reads pages only until one is found."""
+        assert self._telemetry is not None
+        if first_sequence <= 1:
+            return False
+        mission_id, token = parse_mission_name(name), ""
+        while True:
+            try:
+                page = await self._telemetry().ListTelemetryFrames(
+                    telemetry_service_pb2.ListTelemetryFramesRequest(parent=name, page_size=1000, page_token=token,
+                                                                     max_sequence=first_sequence - 1),
+                    metadata=carrier_metadata(carrier_id))
+            except grpc.aio.AioRpcError as exc:
+                raise Unavailable(f"the telemetry of {name} could not be read ({exc.code().name}); nothing was "
+                                  "recorded; retry", reason="TELEMETRY_UNAVAILABLE",
+                                  metadata={"cause": exc.code().name}) from None
+            if any(f.payload.mission_id == mission_id for f in page.telemetry_frames):
+                return True
+            token = page.next_page_token
+            if not token:
+                return False
 
     async def _mission_frames(self, carrier_id: str, name: str, *, min_sequence: int = 0,
                               max_sequence: int = 0) -> list[domain.MissionFrame]:

@@ -17,6 +17,7 @@ import grpc
 
 from haulmesh.events.v1 import event_pb2
 from haulmesh.mission.v1 import vehicle_pb2
+from services.runtime import HaulmeshError
 
 from . import domain
 from .config import MissionSettings
@@ -52,6 +53,10 @@ class MissionWorkers:
             except grpc.aio.AioRpcError as exc:
                 # Billing is down or refused: the sweeper retries with backoff; the event is done.
                 _log.warning("billing %s failed (%s); the sweeper will retry", event.subject, exc.code().name)
+            except HaulmeshError as exc:
+                # Not billable yet (a DISPUTED proof waiting for late frames, telemetry unreadable): the sweeper
+                # re-checks with backoff; retrying the event would only repeat the refusal.
+                _log.info("billing %s deferred (%s); the sweeper will retry", event.subject, exc.reason)
         elif kind == "mission_state_changed" and event.mission_state_changed.mission.state in domain.TERMINAL:
             await self._missions.release_vehicle(event.mission_state_changed.mission)
         elif kind in ("telemetry_geofence_entered", "telemetry_geofence_exited") and carrier_id:

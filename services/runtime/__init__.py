@@ -10,8 +10,9 @@ Lock; ``evidence``: sealed evidence packs and their offline verifier; ``pki``: t
 tests/runtime/test_public_api.py.
 """
 
-from ._audit import AuditEntry, AuditLog
+from ._audit import AuditEntry, AuditLog, TooManyAuditEntries
 from ._audit import entries_touching as audit_entries_touching
+from ._audit import trim as trim_audit_log
 from ._audit import verify as verify_audit_log
 from ._authz import Policy
 from ._client import Channels
@@ -41,7 +42,16 @@ from ._errors import (
     Unavailable,
     check_etag,
 )
-from ._events import EventConsumer, add_event, dead_letters, event_stream_key, new_event, replay_dead_letters, transact
+from ._events import (
+    EventConsumer,
+    add_event,
+    dead_letters,
+    event_stream_key,
+    new_event,
+    replay_dead_letters,
+    transact,
+    trim_event_stream,
+)
 from ._filters import BOOL_FIELD, STRING_FIELD, TIME_FIELD, Filter, FilterField, enum_field, parse_filter
 from ._geo import EARTH_RADIUS_M, METERS_PER_MILE, great_circle_m, great_circle_miles
 from ._idempotency import Idempotency
@@ -62,7 +72,7 @@ from ._names import parse_name
 from ._paging import Page, decode_page, next_page_token
 from ._periodic import Periodic, poll_until
 from ._server import Service, run_service
-from ._status import abort, error_info, status_of, to_rpc_status
+from ._status import abort, error_info, retry_delay_seconds, status_of, to_rpc_status
 from ._store import EmbeddedStore, cluster_url, connect_async, connect_sync, free_port, resolve_redis_url
 from ._tenant import CARRIER_METADATA_KEY, carrier
 from ._time import from_timestamp, timestamp_ms, to_timestamp
@@ -121,6 +131,7 @@ __all__ = [
     "ServiceConfig",
     "TimeIndex",
     "TlsConfig",
+    "TooManyAuditEntries",
     "TracingConfig",
     "Unavailable",
     "abort",
@@ -160,6 +171,7 @@ __all__ = [
     "read_json_file",
     "replay_dead_letters",
     "resolve_redis_url",
+    "retry_delay_seconds",
     "run_service",
     "shutdown_tracing",
     "signing_key_id",
@@ -170,6 +182,8 @@ __all__ = [
     "to_timestamp",
     "tracing_enabled",
     "transact",
+    "trim_audit_log",
+    "trim_event_stream",
     "verify_audit_log",
     "verify_relayed_certificate",
     "wait_durable",

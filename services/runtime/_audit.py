@@ -12,6 +12,17 @@ beside it in the same transaction. :func:`verify` detects an edited, deleted, re
 removed while still listed. Whoever can rewrite every entry, every head *and* the list can still forge
 history: production deployments anchor the heads elsewhere (periodic signed checkpoints shipped to the
 SIEM), as the seed's "immutable audit logs" asks.
+
+Retention (docs/capacity.md, "Retention of what the store holds"): what reads the chains is
+``haulmesh audit verify`` and the evidence packs of missions (:func:`entries_touching`), exported after
+delivery and within the dispute window; entries older than :data:`AUDIT_RETENTION_SECONDS` are trimmed by
+:func:`trim` (each process runs it over every chain every :data:`TRIM_INTERVAL_SECONDS`). A trim removes a
+chain's oldest entries and records, in the same script, the sequence and hash of the last one removed as the
+head's ``base_seq`` / ``base_hash``: the chain left verifies from there, and the newest entry of a chain is never
+trimmed (its head stays linked).
+
+High-volume methods (a truck's IngestTelemetry, one frame a call) are coalesced: ``append(coalesce_seconds=N)``
+writes one entry per (actor, method, carrier, resource) per N seconds, not one per call.
 """
 
 from __future__ import annotations
@@ -19,9 +30,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import socket
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,10 +43,38 @@ import redis.asyncio
 
 from ._keys import new_id
 
-__all__ = ["CHAINS_KEY", "AuditEntry", "AuditLog", "AuditReport", "entries_touching", "verify", "verify_entries"]
+__all__ = ["AUDIT_RETENTION_SECONDS", "CHAINS_KEY", "AuditEntry", "AuditLog", "AuditReport", "TooManyAuditEntries",
+           "entries_touching", "trim", "verify", "verify_entries"]
 
 CHAINS_KEY = "audit:chains"
 _GENESIS = "0" * 64
+#: How long audit entries stay in the store: a year of disputes on an invoice, plus a month to export the pack.
+AUDIT_RETENTION_SECONDS = 395 * 86400
+#: How often each process trims every chain (cheap: one script call per chain).
+TRIM_INTERVAL_SECONDS = 3600.0
+#: Coalesced appends remembered per process (least recently written first out).
+_COALESCE_KEYS = 10_000
+
+# Trim a chain's entries older than a cutoff, keeping its newest entry, and record the base the rest links to.
+# KEYS: the chain, its head. ARGV: cutoff entry id (exclusive upper bound, "(<ms>-0"), max entries per call.
+# Returns the number of entries removed.
+_TRIM_LUA = """
+local old = redis.call('XRANGE', KEYS[1], '-', ARGV[1], 'COUNT', ARGV[2])
+if #old == 0 then return 0 end
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if newest[1][1] == old[#old][1] then table.remove(old) end
+if #old == 0 then return 0 end
+local last = old[#old][2]
+local record, digest
+for i = 1, #last, 2 do
+  if last[i] == 'record' then record = last[i + 1] elseif last[i] == 'hash' then digest = last[i + 1] end
+end
+local ids = {}
+for i, entry in ipairs(old) do ids[i] = entry[1] end
+redis.call('XDEL', KEYS[1], unpack(ids))
+redis.call('HSET', KEYS[2], 'base_seq', cjson.decode(record)['seq'], 'base_hash', digest)
+return #ids
+"""
 
 
 def _entry_hash(prev: str, record: dict[str, Any]) -> str:
@@ -56,10 +97,30 @@ class AuditLog:
         self._writing: asyncio.Task[None] | None = None
         self._registered = False
         self._head_uncertain = False
+        #: When each coalesced (actor, method, carrier, resource) was last written (monotonic seconds).
+        self._coalesced: OrderedDict[tuple[str, str, str, str], float] = OrderedDict()
+        self._trimmed_at = time.monotonic()
+        self._trimming: asyncio.Task[int] | None = None
 
     async def append(self, *, actor: str, method: str, carrier: str = "", resource: str = "",
-                     outcome: str = "OK") -> None:
-        """Add an entry; returns once it is stored (with whatever else was queued meanwhile)."""
+                     outcome: str = "OK", coalesce_seconds: float = 0.0) -> None:
+        """Add an entry; returns once it is stored (with whatever else was queued meanwhile).
+
+        ``coalesce_seconds``: skip the entry if the same actor, method, carrier and resource was written less
+        than that long ago by this process (one entry per truck session, not per frame)."""
+        now = time.monotonic()
+        if coalesce_seconds > 0:
+            key = (actor, method, carrier, resource)
+            last = self._coalesced.get(key)
+            if last is not None and now - last < coalesce_seconds:
+                return
+            self._coalesced[key] = now
+            self._coalesced.move_to_end(key)
+            while len(self._coalesced) > _COALESCE_KEYS:
+                self._coalesced.popitem(last=False)
+        if now - self._trimmed_at >= TRIM_INTERVAL_SECONDS and (self._trimming is None or self._trimming.done()):
+            self._trimmed_at = now
+            self._trimming = asyncio.get_running_loop().create_task(self._trim_quietly())
         record = {"time": round(time.time(), 3), "actor": actor, "method": method, "carrier": carrier,
                   "resource": resource, "outcome": outcome}
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -101,6 +162,31 @@ class AuditLog:
                     done.set_result(None)
 
 
+    async def _trim_quietly(self) -> int:
+        try:
+            return await trim(self._redis)
+        except Exception as exc:  # retention is housekeeping: the next interval tries again
+            logging.getLogger("haulmesh.audit").warning("audit chains not trimmed: %s", exc)
+            return 0
+
+
+async def trim(client: redis.asyncio.Redis, *, retention_seconds: float = AUDIT_RETENTION_SECONDS,
+               chunk: int = 1000) -> int:
+    """Remove every chain's entries older than ``retention_seconds`` (never a chain's newest), each chain's
+    head recording where its remaining entries start; returns the entries removed."""
+    cutoff = f"({int((time.time() - retention_seconds) * 1000)}-0"
+    script = client.register_script(_TRIM_LUA)
+    removed = 0
+    for raw in sorted(await client.smembers(CHAINS_KEY)):
+        stream = raw.decode() if isinstance(raw, bytes) else raw
+        while True:
+            n = int(await script(keys=[stream, head_key(stream)], args=[cutoff, chunk]))
+            removed += n
+            if n < chunk - 1:
+                break
+    return removed
+
+
 @dataclass(frozen=True)
 class AuditReport:
     """What :func:`verify` found: ``problems`` is empty when every chain is intact."""
@@ -115,7 +201,8 @@ class AuditReport:
 
 
 def _verify_chain(client: redis.Redis, stream: str, problems: list[str]) -> int:
-    prev, expected_seq, count = _GENESIS, 1, 0
+    base = client.hmget(head_key(stream), ["base_seq", "base_hash"])  # set once retention trimmed the chain
+    prev, expected_seq, count = (base[1] or _GENESIS.encode()).decode(), int(base[0] or 0) + 1, 0
     last_id = "-"
     while True:
         batch = client.xrange(stream, min=last_id, count=1000)
@@ -207,40 +294,59 @@ def verify_entries(entries: list[AuditEntry]) -> list[str]:
     return problems
 
 
-async def entries_touching(client: redis.asyncio.Redis, resources: set[str], *,
-                           max_segment_entries: int = 20_000) -> list[AuditEntry]:
-    """The audit entries whose resource is one of ``resources``, chain by chain, with their links.
+class TooManyAuditEntries(Exception):
+    """More audit entries touch the resources than the caller's bound (:func:`entries_touching`)."""
 
-    From each chain it returns the contiguous run from the first to the last touching entry (so every link
-    between them can be checked); a run longer than ``max_segment_entries`` is cut to the touching entries
-    alone (links are then checked only between neighbours). Reads every chain once: an export-time tool, not
-    a hot path.
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"more than {limit} audit entries touch the resources")
+        self.limit = limit
+
+
+async def entries_touching(client: redis.asyncio.Redis, resources: set[str], *, carrier: str | None = None,
+                           since_ms: int = 0, max_entries: int = 10_000) -> list[AuditEntry]:
+    """The audit entries whose resource is one of ``resources``, and no other entry, chain by chain.
+
+    Only the touching entries leave the store: a chain interleaves every carrier's calls, so the entries between
+    two touching ones are other tenants' records and never go into one carrier's pack. Each entry carries its
+    own ``prev`` hash and its hash, so :func:`verify_entries` checks that every entry is unaltered (its hash
+    recomputes over its prev and content) and, where two kept entries are adjacent in their chain, the link
+    between them; what lies between non-adjacent ones is vouched for by the store's whole-chain check (``haulmesh
+    audit verify``), not by the excerpt. With ``carrier``, an entry made for another carrier is dropped even if
+    it names the resource (entries made for no carrier, a truck's or a service's call, stay; ``acme`` and
+    ``carriers/acme`` are one carrier).
+
+    ``since_ms`` starts each chain's scan at that Unix time (stream ids are times: the mission's dispatch, before
+    which nothing can touch it); more than ``max_entries`` touching entries raises :class:`TooManyAuditEntries`, so
+    an export's memory stays bounded whatever the chains hold.
     """
     found: list[AuditEntry] = []
+    start = f"{max(0, int(since_ms))}-0"
+    tenant = None if carrier is None else carrier.removeprefix("carriers/")  # recorded as given: "carriers/<id>"
     for raw in sorted(await client.smembers(CHAINS_KEY)):
         stream = raw.decode() if isinstance(raw, bytes) else raw
-        run: list[tuple[AuditEntry, bool]] = []
-        touching_only: list[AuditEntry] = []
-        last_id = "-"
+        last_id = start
+        first_page = True
         while True:
             batch = await client.xrange(stream, min=last_id, count=1000)
-            if last_id != "-":
+            if not first_page:
                 batch = batch[1:]
+            first_page = False
             if not batch:
                 break
             for entry_id, fields in batch:
                 try:
                     text = fields[b"record"].decode()
-                    entry = AuditEntry(stream, entry_id.decode(), text, fields[b"hash"].decode())
-                    touches = json.loads(text).get("resource") in resources
+                    record = json.loads(text)
+                    touches = record.get("resource") in resources
+                    made_for = str(record.get("carrier", "")).removeprefix("carriers/")
+                    if touches and tenant is not None and made_for not in ("", tenant):
+                        touches = False  # another tenant's call naming the resource: not this carrier's evidence
+                    entry = AuditEntry(stream, entry_id.decode(), text, fields[b"hash"].decode()) if touches else None
                 except (KeyError, ValueError, AttributeError):
                     continue  # unreadable: `haulmesh audit verify` reports it; a pack carries only what parses
-                if touches:
-                    touching_only.append(entry)
-                if run or touches:
-                    run.append((entry, touches))
+                if entry is not None:
+                    found.append(entry)
+                    if len(found) > max_entries:
+                        raise TooManyAuditEntries(max_entries)
             last_id = batch[-1][0].decode()
-        while run and not run[-1][1]:
-            run.pop()
-        found += [e for e, _ in run] if len(run) <= max_segment_entries else touching_only
     return found

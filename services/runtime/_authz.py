@@ -14,10 +14,12 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import grpc
+import redis
 
 from ._audit import AuditLog
-from ._errors import HaulmeshError, IdentityError, PermissionDenied, Unauthenticated
+from ._errors import HaulmeshError, IdentityError, PermissionDenied, Unauthenticated, Unavailable
 from ._identity import _CALLER, KINDS, Identity, caller, identity_from_pem
+from ._retry import is_transient
 from ._status import abort
 from ._tenant import CARRIER_METADATA_KEY
 
@@ -36,7 +38,11 @@ BUILTIN_RULES: dict[str, tuple[str, ...]] = {
 class Policy:
     """Who may call which method; anything not listed is denied."""
 
-    def __init__(self, rules: Mapping[str, Iterable[str]]) -> None:
+    def __init__(self, rules: Mapping[str, Iterable[str]],
+                 audit_coalesce_seconds: Mapping[str, float] | None = None) -> None:
+        #: Methods audited once per (caller, resource) per this many seconds rather than per call: high-volume
+        #: writes whose content is its own evidence (a truck's IngestTelemetry frames are signed and sequenced).
+        self.audit_coalesce_seconds: dict[str, float] = dict(audit_coalesce_seconds or {})
         self._rules: dict[str, frozenset[str]] = {}
         for method, patterns in {**BUILTIN_RULES, **rules}.items():
             if not method.startswith("/") or method.count("/") != 2:
@@ -56,7 +62,8 @@ class Policy:
         """Both policies, for a server that serves the APIs of two (billing's BillingService and ReportService):
         a method is allowed to whom either allows it."""
         return Policy({method: self._rules.get(method, frozenset()) | other._rules.get(method, frozenset())
-                       for method in self._rules.keys() | other._rules.keys()})
+                       for method in self._rules.keys() | other._rules.keys()},
+                      {**self.audit_coalesce_seconds, **other.audit_coalesce_seconds})
 
     def allows(self, method: str, identity: Identity) -> bool:
         patterns = self._rules.get(method)
@@ -151,6 +158,9 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
             except HaulmeshError as exc:
                 await abort(context, exc)
                 return None
+            except redis.RedisError as exc:
+                await _abort_store_fault(context, exc)
+                return None
             if audited:
                 await self._record(method, context, request, response)
             # Nothing is acknowledged to an operator or a vehicle before it is on disk. A mesh service calling
@@ -169,9 +179,12 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
     async def _record(self, method: str, context: grpc.aio.ServicerContext, request: Any, response: Any) -> None:
         carriers = [v for k, v in (context.invocation_metadata() or ()) if k == CARRIER_METADATA_KEY]
         resource = getattr(response, "name", "") or getattr(request, "name", "")
+        if not resource and getattr(request, "vehicle_id", ""):  # a truck's write (relayed or its own)
+            resource = f"vehicles/{request.vehicle_id}"
         try:
             await self._audit.append(actor=str(caller()), method=method, carrier=str(carriers[0]) if carriers else "",
-                                     resource=str(resource))
+                                     resource=str(resource),
+                                     coalesce_seconds=self._policy.audit_coalesce_seconds.get(method, 0.0))
         except Exception:  # the change is committed; a lost audit entry is logged loudly, not turned into an error
             _log.exception("AUDIT: could not record %s by %s on %s", method, caller(), resource)
 
@@ -184,8 +197,21 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
                         yield response
                 except HaulmeshError as exc:
                     await abort(context, exc)
+                except redis.RedisError as exc:
+                    await _abort_store_fault(context, exc)
 
             return generator
 
         # Handlers that write with context.write() (the library's health Watch) stay coroutines.
         return self._wrap_unary(inner, method)
+
+
+async def _abort_store_fault(context: grpc.aio.ServicerContext, exc: redis.RedisError) -> None:
+    """A store fault that escaped a handler: a transient one (store restarting, pool exhausted) is UNAVAILABLE
+    STORE_UNAVAILABLE, which clients retry (gRPC's UNKNOWN for an unexpected exception is not); anything else is
+    a bug and stays one."""
+    if not is_transient(exc):
+        raise exc
+    _log.warning("store fault in a handler: %s", exc)
+    await abort(context, Unavailable(f"the store is unavailable ({type(exc).__name__}); retry",
+                                     reason="STORE_UNAVAILABLE"))

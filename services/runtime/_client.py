@@ -1,9 +1,34 @@
-"""Outgoing mTLS channels: a deadline on every call, and fresh credentials after a certificate rotation."""
+"""Outgoing mTLS channels: a deadline on every call, retries of idempotent methods with throttling, and fresh
+credentials after a certificate rotation.
+
+Retries (docs/decisions.md, "Retries between services") are gRPC's own (a service config on every channel):
+a call that failed with UNAVAILABLE is sent again, up to ``max_attempts`` in all, with exponential backoff,
+inside the call's one deadline; and retry throttling stops retrying towards a server once failures outweigh
+successes (gRPC's token bucket: every failure costs 1 of ``RETRY_MAX_TOKENS`` tokens, every success gives
+``RETRY_TOKEN_RATIO`` back, retries only while more than half are left), so a sick service sees at most about
+``RETRY_MAX_TOKENS / 2`` extra attempts from each client process instead of its load multiplied.
+
+Only methods that are safe to send twice are retried (:data:`RETRIED_METHODS`):
+
+* reads (Get/List, fleet capacity, the KPI report, telemetry's frame and certificate lists): no effect;
+* creates that are idempotent by ``request_id`` (the server's Idempotency: the same id and request give the
+  same answer, computed once). The deadline interceptor gives such a call a fresh ``request_id`` when its caller
+  set none, once per call, before gRPC's retries, which resend the same bytes: a second attempt after a reply
+  lost on the way is answered from the first one's record.
+
+Not retried: transitions (accept, decline, cancel, start, arrive, complete...) and updates, which carry no
+request id and answer a repeat with FAILED_PRECONDITION or an etag conflict; RecordUsage, RotateWebhookSecret,
+ReplayWebhookDelivery and RunArchive, each of which a repeat would do again; and every stream (a truck's
+telemetry stream resumes by its own handshake, watches from their last event id). Their callers retry at their
+own level (event consumers on the event id, the TMS with its Idempotency-Key).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -12,12 +37,57 @@ import grpc
 from ._tls import CertificateFiles, client_credentials
 from ._tracing import client_interceptors
 
-__all__ = ["Channels", "DeadlineInterceptor"]
+__all__ = ["RETRIED_METHODS", "RETRY_MAX_TOKENS", "RETRY_TOKEN_RATIO", "Channels", "DeadlineInterceptor",
+           "retry_service_config"]
+
+#: Methods safe to send twice, by gRPC service: reads, and creates idempotent by request_id (see the module).
+RETRIED_METHODS: dict[str, tuple[str, ...]] = {
+    "haulmesh.tender.v1.TenderService": ("GetTender", "ListTenders", "CreateTender"),
+    "haulmesh.mission.v1.MissionService": (
+        "GetVehicle", "ListVehicles", "GetFleetCapacity", "GetMission", "ListMissions",
+        "CreateMission", "RaiseMissionException", "RecordCheckIn"),
+    "haulmesh.billing.v1.BillingService": (
+        "GetRateCard", "ListRateCards", "GetQuote", "GetInvoice", "ListInvoices", "CreateRateCard", "CreateQuote"),
+    "haulmesh.billing.v1.ReportService": ("GetKpiReport",),
+    "haulmesh.telemetry.v1.TelemetryService": ("ListTelemetryFrames", "ListVehicleCertificates"),
+    "haulmesh.gateway.v1.WebhookService": (
+        "GetWebhookSubscription", "ListWebhookSubscriptions", "ListWebhookDeliveries", "GetWebhookDelivery",
+        "CreateWebhookSubscription"),
+}
+#: Full names (``/package.Service/Method``) of the retried methods whose request carries a request_id.
+_IDEMPOTENT_CREATES = frozenset(
+    f"/{service}/{method}" for service, methods in RETRIED_METHODS.items() for method in methods
+    if not method.startswith(("Get", "List")))
+#: Retry throttling (gRPC's retryThrottling): the token bucket of one client process towards one server.
+RETRY_MAX_TOKENS = 10
+RETRY_TOKEN_RATIO = 0.1
+
+
+def retry_service_config(max_attempts: int) -> str:
+    """The gRPC service config (JSON) of every mesh channel: retries of :data:`RETRIED_METHODS` on UNAVAILABLE,
+    ``max_attempts`` in all (1: no retry), backoff 50 ms doubling to 1 s (with gRPC's jitter), and throttling."""
+    config: dict[str, Any] = {
+        "retryThrottling": {"maxTokens": RETRY_MAX_TOKENS, "tokenRatio": RETRY_TOKEN_RATIO},
+    }
+    if max_attempts > 1:
+        config["methodConfig"] = [{
+            "name": [{"service": service, "method": method}
+                     for service, methods in RETRIED_METHODS.items() for method in methods],
+            "retryPolicy": {
+                "maxAttempts": max_attempts,
+                "initialBackoff": "0.05s",
+                "maxBackoff": "1s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }]
+    return json.dumps(config)
 
 
 class DeadlineInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.StreamUnaryClientInterceptor,
                           grpc.aio.UnaryStreamClientInterceptor):
-    """Gives every call without a deadline the default one, so no call can wait forever.
+    """Gives every call without a deadline the default one, so no call can wait forever, and every retried
+    create without a request_id a fresh one, so that gRPC's retries of it are answered once.
 
     Long-lived streams (a truck's telemetry stream, watch streams) are not called through here: they carry
     their own liveness (heartbeats) and pass an explicit timeout when they want one.
@@ -33,6 +103,10 @@ class DeadlineInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.StreamU
                                           details.credentials, details.wait_for_ready)
 
     async def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        method = details.method.decode() if isinstance(details.method, bytes) else details.method
+        if method in _IDEMPOTENT_CREATES and not getattr(request, "request_id", "x"):
+            # A copy: the caller's message stays as it was (it may send it again, as a new call).
+            request = _with_request_id(request)
         return await continuation(self._with_deadline(details), request)
 
     async def intercept_stream_unary(self, continuation: Callable[..., Any], details: Any,
@@ -43,8 +117,16 @@ class DeadlineInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.StreamU
         return await continuation(self._with_deadline(details), request)
 
 
+def _with_request_id(request: Any) -> Any:
+    copy = type(request)()
+    copy.CopyFrom(request)
+    copy.request_id = uuid.uuid4().hex
+    return copy
+
+
 class Channels:
-    """One channel per target, rebuilt when this workload's certificate files change.
+    """One channel per target, rebuilt when this workload's certificate files change; every channel retries the
+    idempotent methods up to ``max_attempts`` (:func:`retry_service_config`).
 
     The check for changed files runs at most every ``reload_check_interval_seconds``; the replaced
     channel is closed after a grace period so calls in flight on it finish.
@@ -52,7 +134,7 @@ class Channels:
 
     def __init__(self, files: CertificateFiles, *, call_timeout_seconds: float,
                  reload_check_interval_seconds: float = 5.0, max_message_bytes: int = 4 * 1024 * 1024,
-                 unary_deadlines: bool = True) -> None:
+                 unary_deadlines: bool = True, max_attempts: int = 3) -> None:
         self._files = files
         # Tracing first, so its client span covers the whole call and carries the context in the metadata.
         self._interceptors: list[grpc.aio.ClientInterceptor] = [
@@ -62,6 +144,8 @@ class Channels:
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.keepalive_time_ms", 30_000),
+            # Retries and throttling of idempotent methods (see the module); gRPC enables retries by default.
+            ("grpc.service_config", retry_service_config(max_attempts)),
         ]
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._credentials = client_credentials(files)

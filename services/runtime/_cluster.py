@@ -128,8 +128,13 @@ class _RoutedPipeline(Pipeline):
         return indexes, await pipe.execute(raise_on_error=False)
 
 
-async def wait_durable(client: redis.asyncio.Redis, keys: Iterable[str], timeout_ms: int) -> bool:
-    """Whether every write already applied to the stores holding ``keys`` is fsync'd to the AOF.
+async def wait_durable(client: redis.asyncio.Redis, keys: Iterable[str], timeout_ms: int, *,
+                       replicas: int = 0, replica_disk: bool = True) -> bool:
+    """Whether every write already applied to the stores holding ``keys`` is fsync'd to the AOF, and, when
+    ``replicas`` > 0, held by at least that many of each store's replicas (HAULMESH_STORE_ACK_REPLICAS): on their
+    disk too with ``replica_disk`` (``WAITAOF 1 <replicas>``; a replica reports its fsync'd offset about once a
+    second, so each wait takes ≈ 1 s), else received (``WAIT <replicas>``, one round trip, then ``WAITAOF 1 0``):
+    either way what a failover to one of them keeps (docs/capacity.md, "Durability").
 
     ``WAITAOF`` waits for the offset of the last write *of its own connection*: on a connection that has
     written nothing it answers at once, confirming nothing. So each store (each primary that holds one of
@@ -149,19 +154,25 @@ async def wait_durable(client: redis.asyncio.Redis, keys: Iterable[str], timeout
     async def one(node_client: redis.asyncio.Redis, key: str) -> bool:
         pipe = node_client.pipeline(transaction=False)
         pipe.set(_probe_key(key), b"1", px=_PROBE_TTL_MS)
-        pipe.execute_command("WAITAOF", 1, 0, timeout_ms)
-        _, (local, _) = await pipe.execute()
-        return int(local) >= 1
+        if replicas and not replica_disk:
+            pipe.execute_command("WAIT", replicas, timeout_ms)
+            pipe.execute_command("WAITAOF", 1, 0, timeout_ms)
+            _, copies, (local, _) = await pipe.execute()
+        else:
+            pipe.execute_command("WAITAOF", 1, replicas, timeout_ms)
+            _, (local, copies) = await pipe.execute()
+        return int(local) >= 1 and int(copies) >= replicas
 
     return all(await asyncio.gather(*(one(c, k) for c, k in targets.values())))
 
 
-async def wait_all_durable(client: redis.asyncio.Redis, timeout_ms: int) -> bool:
+async def wait_all_durable(client: redis.asyncio.Redis, timeout_ms: int, *, replicas: int = 0,
+                           replica_disk: bool = True) -> bool:
     """Whether every write already applied anywhere in the store (every primary, on a cluster) is fsync'd:
     what a service waits for before it acknowledges a change whose keys it does not know (it made it
     through other services)."""
     if not isinstance(client, ClusterClient):
-        return await wait_durable(client, ["durable-edge"], timeout_ms)
+        return await wait_durable(client, ["durable-edge"], timeout_ms, replicas=replicas, replica_disk=replica_disk)
     if client._initialize:
         await client.initialize()
     keys: dict[str, str] = {}
@@ -171,7 +182,7 @@ async def wait_all_durable(client: redis.asyncio.Redis, timeout_ms: int) -> bool
         key = f"durable-edge-{tag}"
         keys.setdefault(client.node_for_key(key).name, key)
         tag += 1
-    return await wait_durable(client, keys.values(), timeout_ms)
+    return await wait_durable(client, keys.values(), timeout_ms, replicas=replicas, replica_disk=replica_disk)
 
 
 def _probe_key(key: str) -> str:

@@ -78,6 +78,16 @@ def _count(env: Mapping[str, str], key: str, default: int, *, maximum: int) -> i
     return int(raw)
 
 
+def _whole(env: Mapping[str, str], key: str, default: int, *, maximum: int) -> int:
+    """A whole number from 0 to ``maximum``."""
+    raw = env.get(key, "").strip()
+    if raw == "":
+        return default
+    if not raw.isdigit() or int(raw) > maximum:
+        raise ConfigError(f"{key} must be a whole number from 0 to {maximum}, got {raw!r}", field=key)
+    return int(raw)
+
+
 def _optional_port(env: Mapping[str, str], key: str) -> int:
     """A port where 0 (or unset) means the listener is off."""
     return 0 if env.get(key, "").strip() in ("", "0") else _port(env, key, 0)
@@ -166,9 +176,22 @@ class ServiceConfig:
     #: Time between health turning NOT_SERVING and the listener closing, so load balancers notice first.
     shutdown_drain_seconds: float = 0.0
     call_timeout_seconds: float = 5.0
+    #: Attempts in all (first + retries) of an idempotent call to another service that failed UNAVAILABLE
+    #: (HAULMESH_CALL_MAX_ATTEMPTS, 1 to 5; 1 turns retries off); all within the call's one deadline.
+    call_max_attempts: int = 3
     #: How long a change acknowledged to a TMS, an operator or a vehicle may wait for the store's fsync
     #: (WAITAOF) before the caller is told UNAVAILABLE STORE_NOT_DURABLE instead of success.
     durable_timeout_seconds: float = 3.0
+    #: Replicas that must also have fsync'd a change before it is acknowledged (HAULMESH_STORE_ACK_REPLICAS:
+    #: ``WAITAOF 1 <n>``); 0 (the default) waits for the primary's disk only. Set it to the replicas the store
+    #: runs (with AOF on) so that a failover to one of them loses nothing acknowledged (docs/capacity.md).
+    store_ack_replicas: int = 0
+    #: Whether those replicas must have the change on disk (HAULMESH_STORE_ACK_REPLICA_DISK=1, the default:
+    #: ``WAITAOF 1 <n>``, ≈ 1 s per ack) or only received it (0: ``WAIT <n>`` + the primary's fsync, ≈ 1 ms).
+    store_ack_replica_disk: bool = True
+    #: Tests only (HAULMESH_TEST_FAULTS_FILE): a JSON file that, while it exists, records incoming calls and
+    #: injects UNAVAILABLE into some (services/runtime/_faults.py). None (unset) in production.
+    test_faults_file: Path | None = None
     max_message_bytes: int = 4 * 1024 * 1024
     log_level: str = "INFO"
     #: The gateway's HTTP listener (unused by other services).
@@ -222,6 +245,10 @@ class ServiceConfig:
             shutdown_drain_seconds=_float(env, "HAULMESH_SHUTDOWN_DRAIN_SECONDS", 0.0),
             call_timeout_seconds=_float(env, "HAULMESH_CALL_TIMEOUT_SECONDS", 5.0, minimum=0.001),
             durable_timeout_seconds=_float(env, "HAULMESH_DURABLE_TIMEOUT_SECONDS", 3.0, minimum=0.001),
+            call_max_attempts=_count(env, "HAULMESH_CALL_MAX_ATTEMPTS", 3, maximum=5),
+            store_ack_replicas=_whole(env, "HAULMESH_STORE_ACK_REPLICAS", 0, maximum=16),
+            store_ack_replica_disk=_whole(env, "HAULMESH_STORE_ACK_REPLICA_DISK", 1, maximum=1) == 1,
+            test_faults_file=Path(env["HAULMESH_TEST_FAULTS_FILE"]) if env.get("HAULMESH_TEST_FAULTS_FILE") else None,
             max_message_bytes=max_message_bytes,
             log_level=log_level,
             http_port=_port(env, "HAULMESH_HTTP_PORT", DEFAULT_GATEWAY_HTTP_PORT),

@@ -38,19 +38,22 @@ class HaulmeshError(Exception):
     """Root of every error Haulmesh raises on purpose.
 
     ``reason`` is the stable UPPER_SNAKE ErrorInfo reason a client may branch on; ``code_name`` the
-    google.rpc.Code name it travels as; ``metadata`` extra ErrorInfo metadata (never secrets).
+    google.rpc.Code name it travels as; ``metadata`` extra ErrorInfo metadata (never secrets);
+    ``retry_after_seconds`` a retry hint (google.rpc.RetryInfo) for limits that clear by themselves.
     """
 
     code_name = "INTERNAL"
     default_reason = "INTERNAL"
 
     def __init__(self, message: str, *, reason: str | None = None, metadata: dict[str, str] | None = None,
-                 violations: list[FieldViolation] | None = None) -> None:
+                 violations: list[FieldViolation] | None = None, retry_after_seconds: float | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.reason = reason or self.default_reason
         self.metadata = dict(metadata or {})
         self.violations = list(violations or [])
+        #: When set, the client is told to retry after this long (google.rpc.RetryInfo; Retry-After over REST).
+        self.retry_after_seconds = retry_after_seconds
 
 
 class ConfigError(HaulmeshError):

@@ -14,6 +14,13 @@ claimed by another after ``claim_idle_ms``; an event id already handled by the g
 handler runs once per event id even when an event is redelivered or replayed); an entry whose handler
 keeps failing moves, after ``max_deliveries``, to the group's dead-letter stream ``dlq:{<group>}``, from
 where it can be inspected and replayed (``haulmesh events dlq``).
+
+Retention (docs/capacity.md, "Retention of what the store holds"): what reads an event stream is its consumer
+groups, so an entry is trimmed (XTRIM MINID, :func:`trim_event_stream`, by every consumer every
+:data:`RETENTION_SWEEP_SECONDS`) once every group of the stream has acknowledged it *and* it is older than
+:data:`EVENT_RETENTION_SECONDS`, the window in which a replayed event is still recognised as done (the done
+markers' TTL). Nothing unread or pending is ever
+trimmed. A dead-letter stream is read by people: it keeps its newest :data:`DLQ_MAXLEN` entries (MAXLEN ~).
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ __all__ = [
     "new_event",
     "replay_dead_letters",
     "transact",
+    "trim_event_stream",
 ]
 
 _log = logging.getLogger("haulmesh.events")
@@ -58,6 +66,12 @@ T = TypeVar("T")
 STREAMS_KEY = "events:streams"
 #: Pub/Sub channel on which every commit names the stream it added to: consumers wait on it, not poll.
 DOORBELL = "events:doorbell"
+#: Acknowledged event entries are kept this long (the done markers' TTL, see ``EventConsumer.done_ttl_seconds``).
+EVENT_RETENTION_SECONDS = 7 * 86400
+#: How often each consumer trims the streams it reads.
+RETENTION_SWEEP_SECONDS = 600.0
+#: Entries kept in a group's dead-letter stream (approximately: MAXLEN ~).
+DLQ_MAXLEN = 10_000
 #: The fields add_event writes to a stream entry.
 _ENVELOPE_FIELDS = frozenset({b"id", b"type", b"event"})
 _DATA_FIELDS = frozenset(f.name for f in event_pb2.Event.DESCRIPTOR.oneofs_by_name["data"].fields)
@@ -147,6 +161,29 @@ async def transact(client: redis.asyncio.Redis, tag: str, watch_keys: Sequence[s
     return await client.transaction(fn, *watch_keys, value_from_callable=True)
 
 
+def _entry_id(raw: Any) -> tuple[int, int]:
+    ms, _, seq = _text(raw).partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def trim_event_stream(client: redis.asyncio.Redis, stream: str, *,
+                            retention_seconds: float = EVENT_RETENTION_SECONDS) -> int:
+    """Trim the entries of ``stream`` that every consumer group has acknowledged and that are older than
+    ``retention_seconds``; returns how many were removed. A group's unread entries (after its last delivered
+    id) and its pending ones are never trimmed; a stream without groups keeps only the age rule."""
+    floor = (int((time.time() - retention_seconds) * 1000), 0)
+    for info in await client.xinfo_groups(stream):
+        delivered_ms, delivered_seq = _entry_id(info.get("last-delivered-id") or "0-0")
+        floor = min(floor, (delivered_ms, delivered_seq + 1))
+        if int(info.get("pending") or 0):
+            oldest = (await client.xpending(stream, _text(info["name"]))).get("min")
+            if oldest:
+                floor = min(floor, _entry_id(oldest))
+    if floor <= (0, 1):
+        return 0
+    return int(await client.xtrim(stream, minid=f"{floor[0]}-{floor[1]}", approximate=False))
+
+
 Handler = Callable[[event_pb2.Event], Awaitable[None]]
 
 
@@ -180,6 +217,7 @@ class EventConsumer:
         self._reclaim_interval = max(0.01, min(claim_idle_ms / 2000, 5.0))
         self._reclaimed_at = 0.0
         self._measured_at = -METRICS_REFRESH_SECONDS
+        self._trimmed_at = time.monotonic()  # the first trim one sweep interval after start
         self._dead_lettered = DEAD_LETTERED.labels(group)
         self._handled_counter = EVENTS_HANDLED.labels(group)
         DLQ_DEPTH.labels(group)  # exported (at 0) from the start, so an alert sees the group before a failure
@@ -196,7 +234,7 @@ class EventConsumer:
         for stream in streams:
             if stream not in self._grouped:
                 try:
-                    # From the stream's beginning: a new group (or a new stream) misses nothing committed.
+                    # From the stream's beginning: a new group (or stream) misses nothing still retained (7 days).
                     await self._redis.xgroup_create(stream, self.group, id="0", mkstream=True)
                 except redis.ResponseError as exc:
                     if "BUSYGROUP" not in str(exc):
@@ -225,6 +263,9 @@ class EventConsumer:
                 if now - self._measured_at >= METRICS_REFRESH_SECONDS:
                     self._measured_at = now
                     await self._measure()
+                if now - self._trimmed_at >= RETENTION_SWEEP_SECONDS:
+                    self._trimmed_at = now
+                    await self.apply_retention()
                 if now - self._reclaimed_at >= self._reclaim_interval:
                     self._reclaimed_at = now
                     for stream in await self._streams():
@@ -243,6 +284,18 @@ class EventConsumer:
                     message = await pubsub.get_message(timeout=0)
         finally:
             await pubsub.aclose()
+
+    async def apply_retention(self) -> int:
+        """Trim every event stream this consumer reads (:func:`trim_event_stream`); a failure only logs (the next
+        sweep tries again). Returns the entries removed."""
+        removed = 0
+        try:
+            for stream in await self._streams():
+                removed += await trim_event_stream(self._redis, stream,
+                                                   retention_seconds=max(EVENT_RETENTION_SECONDS, self._done_ttl))
+        except redis.RedisError as exc:
+            _log.warning("group %s: event streams not trimmed: %s", self.group, exc)
+        return removed
 
     async def _measure(self) -> None:
         """Refresh the group's pending, lag and dead-letter gauges (read-only; a failure only logs)."""
@@ -338,7 +391,8 @@ class EventConsumer:
         _log.error("group %s: entry %s (event %s) dead-lettered: %s", self.group, entry_id.decode(),
                    fields.get(b"id", b"?").decode(errors="replace"), exc)
         await self._redis.xadd(dlq_key(self.group), {
-            **fields, "stream": stream, "entry": entry_id, "error": f"{type(exc).__name__}: {exc}"[:500]})
+            **fields, "stream": stream, "entry": entry_id, "error": f"{type(exc).__name__}: {exc}"[:500]},
+            maxlen=DLQ_MAXLEN, approximate=True)
         await self._redis.xack(stream, self.group, entry_id)
         self._dead_lettered.inc()
 

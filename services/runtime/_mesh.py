@@ -2,7 +2,9 @@
 
 This is what ``haulmesh run`` (``make run``) and the integration tests use. In production each service is
 its own pod and Kubernetes supervises it; here a small asyncio supervisor is enough: start in order,
-wait for every health check to say SERVING, stop all of them when any one dies or on Ctrl-C.
+wait for every health check to say SERVING, and (:meth:`Mesh.supervise`, as ``haulmesh run`` does) restart a
+service that dies with capped, jittered backoff, as a kubelet would, instead of stopping the others; only a
+configuration error (exit status 2, which every restart would repeat) stops the mesh. Ctrl-C stops all.
 """
 
 from __future__ import annotations
@@ -19,12 +21,18 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ._config import DEFAULT_GATEWAY_DEVICE_PORT, DEFAULT_GATEWAY_HTTP_PORT, DEFAULT_PORTS, MESH_SERVICES, TlsConfig
+from ._retry import Backoff
 from ._store import EmbeddedStore, StoreInfo, free_port, redact_url
 from ._tls import CertificateFiles, client_credentials
 
 __all__ = ["Mesh", "check_health"]
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
+#: Restart backoff of a crashed service: first ceiling and cap (seconds); a service that ran this long
+#: before dying starts over at the first ceiling (it was not failing at start-up).
+RESTART_BACKOFF_START_SECONDS, RESTART_BACKOFF_MAX_SECONDS, HEALTHY_RUN_SECONDS = 0.5, 30.0, 30.0
+#: The exit status of a configuration error (run_service): restarting would fail the same way.
+CONFIG_ERROR_EXIT = 2
 
 
 async def check_health(address: str, credentials: grpc.ChannelCredentials, *, timeout_seconds: float = 2.0,
@@ -45,6 +53,8 @@ class _Child:
     address: str
     log_path: Path
     process: asyncio.subprocess.Process | None = None
+    #: How many times the supervisor restarted it.
+    restarts: int = 0
 
 
 @dataclass
@@ -69,6 +79,8 @@ class Mesh:
     children: dict[str, _Child] = field(default_factory=dict)
     store: StoreInfo | None = None
     _started_store: bool = False
+    _redis_url: str = ""
+    _stopping: bool = False
 
     def __post_init__(self) -> None:
         if self.device_port is None:
@@ -113,19 +125,65 @@ class Mesh:
             self._started_store = store.info() is None
             self.store = await asyncio.to_thread(store.ensure_running)
             redis_url = self.store.url
+        self._redis_url = redis_url
         logs = self.state_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         for name in MESH_SERVICES:
             child = _Child(name, self.address(name), logs / f"{name}.log")
-            with open(child.log_path, "ab") as log:  # noqa: ASYNC230 - a local file, opened once at start
-                child.process = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", f"services.{name}",
-                    env=self._env(name, redis_url), stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log, stderr=log,
-                )
+            await self._spawn(child)
             self.children[name] = child
         await self.wait_serving(timeout_seconds=timeout_seconds - (time.monotonic() - began))
         return time.monotonic() - began
+
+    async def _spawn(self, child: _Child) -> None:
+        with open(child.log_path, "ab") as log:  # noqa: ASYNC230 - a local file, opened once per start
+            child.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", f"services.{child.name}",
+                env=self._env(child.name, self._redis_url), stdin=asyncio.subprocess.DEVNULL,
+                stdout=log, stderr=log,
+            )
+
+    async def supervise(self, stop: asyncio.Event) -> _Child | None:
+        """Restart any service that exits, with backoff, until ``stop`` is set (then None); returns the
+        service that exited with a configuration error (status 2) instead, which a restart cannot mend."""
+        gave_up: asyncio.Future[_Child] = asyncio.get_running_loop().create_future()
+        keepers = [asyncio.ensure_future(self._keep(child, stop, gave_up)) for child in self.children.values()]
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({stopping, gave_up}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (*keepers, stopping):
+                task.cancel()
+            await asyncio.gather(*keepers, stopping, return_exceptions=True)
+        return gave_up.result() if gave_up.done() else None
+
+    async def _keep(self, child: _Child, stop: asyncio.Event, gave_up: asyncio.Future[_Child]) -> None:
+        loop = asyncio.get_running_loop()
+        backoff = Backoff(RESTART_BACKOFF_START_SECONDS, RESTART_BACKOFF_MAX_SECONDS)
+        started = loop.time()
+        while child.process is not None:
+            code = await child.process.wait()
+            if stop.is_set() or self._stopping:
+                return
+            if code == CONFIG_ERROR_EXIT:
+                if not gave_up.done():
+                    gave_up.set_result(child)
+                return
+            if loop.time() - started >= HEALTHY_RUN_SECONDS:
+                backoff.reset()
+            delay = backoff.next()
+            print(f"haulmesh: {child.name} exited with {code}; restarting in {delay:.1f}s (see {child.log_path})",
+                  file=sys.stderr, flush=True)
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+                return
+            except TimeoutError:
+                pass
+            if self._stopping:
+                return
+            await self._spawn(child)
+            child.restarts += 1
+            started = loop.time()
 
     def operator_credentials(self) -> grpc.ChannelCredentials:
         return client_credentials(CertificateFiles(TlsConfig(
@@ -162,6 +220,7 @@ class Mesh:
 
     async def stop(self, *, stop_store: bool | None = None) -> None:
         """SIGTERM every service, wait out their grace, then stop the store if this mesh started it."""
+        self._stopping = True
         for child in self.children.values():
             if child.process is not None and child.process.returncode is None:
                 child.process.send_signal(signal.SIGTERM)

@@ -2,7 +2,16 @@
 
 Start-up: typed config from the environment, mTLS with reloadable certificates, the authorization
 interceptor (default deny), the library's health service and reflection, a checked connection to the
-store. Shutdown on SIGTERM/SIGINT: health turns NOT_SERVING first, then the server stops accepting calls
+store. Two store pools per process: the commit path's (:attr:`Service.redis`) and, for blocking reads (watches'
+XREAD BLOCK), a bounded one of their own (:meth:`Service.blocking_redis`), so a burst of watches can never take
+the connections commits, consumers and sweeps need.
+
+Companions (consumers, periodic loops, listeners) survive transient faults: one that fails with a transient
+store or peer error (see _retry.py) is restarted with capped, jittered backoff, and health says NOT_SERVING
+while any part is stuck on the store, SERVING again once it has recovered (a peer's outage is the peer's
+health, not ours: no cascade); only a programming error ends the process.
+
+Shutdown on SIGTERM/SIGINT: health turns NOT_SERVING first, then the server stops accepting calls
 and gives those in flight ``grace_period_seconds`` to finish.
 """
 
@@ -28,9 +37,11 @@ from ._cluster import wait_all_durable
 from ._config import ServiceConfig
 from ._errors import ConfigError, HaulmeshError, Unavailable
 from ._events import EventConsumer, Handler
+from ._faults import FaultInjector
 from ._logging import configure_logging
 from ._metrics import MetricsEndpoint
 from ._periodic import Periodic, Tick
+from ._retry import Backoff, is_peer_fault, is_transient
 from ._rpcmetrics import RpcMetricsInterceptor
 from ._store import connect_async, redact_url, resolve_redis_url
 from ._tls import CertificateFiles, reloading_server_credentials
@@ -41,6 +52,11 @@ __all__ = ["Service", "run_service"]
 
 _log = logging.getLogger("haulmesh.server")
 StubT = TypeVar("StubT")
+
+#: A restarted companion that has run this long without failing again counts as making progress.
+COMPANION_RECOVERED_SECONDS = 1.0
+#: Backoff of a companion's restarts after transient failures: first ceiling, and cap (seconds).
+COMPANION_BACKOFF_START_SECONDS, COMPANION_BACKOFF_MAX_SECONDS = 0.2, 10.0
 
 
 def _keepalive_options(config: ServiceConfig) -> list[tuple[str, int]]:
@@ -74,12 +90,17 @@ class Service:
         self._files = CertificateFiles(config.tls)
         self._redis_url = resolve_redis_url(config.redis_url, config.state_dir)
         self._redis: redis.asyncio.Redis | None = None
+        self._blocking_redis: redis.asyncio.Redis | None = None
+        #: Parts (companions, periodic loops) that cannot make progress now: health is NOT_SERVING while any is.
+        self._stuck: set[str] = set()
         self.server = grpc.aio.server(
             # Tracing outermost (its span covers everything), then RPC metrics: they then count the
             # authorization check's refusals too.
             interceptors=[*server_interceptors(), RpcMetricsInterceptor(),
                           AuthorizationInterceptor(policy, AuditLog(self.redis, config.service_name),
-                                                   durable=self.durable)],
+                                                   durable=self.durable),
+                          # Tests only (HAULMESH_TEST_FAULTS_FILE), innermost: it sees the authorized caller.
+                          *([FaultInjector(config.test_faults_file)] if config.test_faults_file else [])],
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
@@ -93,7 +114,7 @@ class Service:
         #: The plain-text probe listener (HAULMESH_HEALTH_PORT), health only; None when off.
         self._probe_server: grpc.aio.Server | None = None
         self.channels = Channels(self._files, call_timeout_seconds=config.call_timeout_seconds,
-                                 max_message_bytes=config.max_message_bytes)
+                                 max_message_bytes=config.max_message_bytes, max_attempts=config.call_max_attempts)
         self._services: dict[str, ServiceDescriptor] = {}
         self.bound_port = 0
         #: The Prometheus endpoint (off unless HAULMESH_METRICS_PORT is set), on the gRPC server's host.
@@ -114,6 +135,13 @@ class Service:
             self._redis = connect_async(self._redis_url)
         return self._redis
 
+    def blocking_redis(self, max_connections: int) -> redis.asyncio.Redis:
+        """The store client for blocking reads (XREAD BLOCK of watches), with its own pool of at most
+        ``max_connections``: never the commit path's. Created on first use; the same one after."""
+        if self._blocking_redis is None:
+            self._blocking_redis = connect_async(self._redis_url, max_connections=max_connections)
+        return self._blocking_redis
+
     async def durable(self) -> None:
         """Return once every write the store has applied (on every primary, on a cluster) is fsync'd to its
         AOF; UNAVAILABLE STORE_NOT_DURABLE when that is not confirmed within ``durable_timeout_seconds``.
@@ -123,7 +151,9 @@ class Service:
         """
         timeout_seconds = self.config.durable_timeout_seconds
         try:
-            confirmed = await asyncio.wait_for(wait_all_durable(self.redis, int(timeout_seconds * 1000)),
+            confirmed = await asyncio.wait_for(wait_all_durable(self.redis, int(timeout_seconds * 1000),
+                                                                replicas=self.config.store_ack_replicas,
+                                                                replica_disk=self.config.store_ack_replica_disk),
                                                timeout_seconds + 2)
         except (redis.RedisError, OSError, TimeoutError) as exc:
             raise Unavailable(f"the change was made, but the store could not confirm it is on disk ({exc}); "
@@ -141,8 +171,10 @@ class Service:
     def add_companion(self, run: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]) -> None:
         """Something that runs beside the gRPC server (the gateway's HTTP listener, a consumer loop).
 
-        ``run`` starts after the server and a failure in it stops the process; ``stop`` is awaited after
-        health has turned NOT_SERVING and before the gRPC server stops.
+        ``run`` starts after the server. A transient failure in it (a store or peer fault) restarts it with
+        backoff; a store fault also turns health NOT_SERVING until it has recovered (SERVING again once it has
+        run :data:`COMPANION_RECOVERED_SECONDS` without failing); any other failure stops the process. ``stop`` is
+        awaited after health has turned NOT_SERVING and before the gRPC server stops.
         """
         self._companions.append((run, stop))
 
@@ -157,7 +189,8 @@ class Service:
                      max_backoff_seconds: float = 30.0) -> Periodic:
         """Run ``tick`` every ``interval_seconds`` while the service runs (see Periodic); a failing pass is
         logged and retried with backoff, never fatal."""
-        loop = Periodic(name, tick, interval_seconds=interval_seconds, max_backoff_seconds=max_backoff_seconds)
+        loop = Periodic(name, tick, interval_seconds=interval_seconds, max_backoff_seconds=max_backoff_seconds,
+                        progress=self.part_progress)
         self.add_companion(loop.run, loop.stop)
         return loop
 
@@ -195,12 +228,14 @@ class Service:
         await self._start_probe_listener()
         await self._wait_for_store()
         await self.server.start()
-        for run, _ in self._companions:
-            task = asyncio.get_running_loop().create_task(run())
+        for index, (run, _) in enumerate(self._companions):
+            part = f"{getattr(run, '__qualname__', 'companion')}#{index}"
+            task = asyncio.get_running_loop().create_task(self._keep(run, part))
             task.add_done_callback(self._companion_done)
             self._companion_tasks.append(task)
+        ready = health_pb2.HealthCheckResponse.NOT_SERVING if self._stuck else health_pb2.HealthCheckResponse.SERVING
         for name in ["", *self._services]:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await self.health.set(name, ready)
         _log.info("%s serving on %s (store %s)", self.config.service_name,
                   self.config.listen_address, redact_url(self._redis_url))
 
@@ -229,6 +264,53 @@ class Service:
                     raise ConfigError(f"store {redact_url(self._redis_url)} unreachable: {exc}",
                                       field="REDIS_URL") from exc
                 await asyncio.sleep(0.25)
+
+    def part_progress(self, part: str, ok: bool) -> None:
+        """Record whether ``part`` makes progress; health is SERVING only while every part does."""
+        before = bool(self._stuck)
+        if ok:
+            self._stuck.discard(part)
+        else:
+            self._stuck.add(part)
+        if bool(self._stuck) != before and not self._stopping.is_set():
+            serving = health_pb2.HealthCheckResponse.SERVING
+            status = health_pb2.HealthCheckResponse.NOT_SERVING if self._stuck else serving
+            _log.warning("health %s (%s)", health_pb2.HealthCheckResponse.ServingStatus.Name(status),
+                         ", ".join(sorted(self._stuck)) or f"{part} recovered")
+            for name in ["", *self._services]:
+                # The servicer's own set() is a coroutine; a done task is nothing to keep.
+                asyncio.get_running_loop().create_task(self.health.set(name, status))
+
+    async def _keep(self, run: Callable[[], Awaitable[None]], part: str) -> None:
+        """Run a companion; restart it after a transient failure (see :meth:`add_companion`)."""
+        loop = asyncio.get_running_loop()
+        backoff = Backoff(COMPANION_BACKOFF_START_SECONDS, COMPANION_BACKOFF_MAX_SECONDS)
+        recovered: asyncio.TimerHandle | None = None
+        while True:
+            started = loop.time()
+            if backoff.failures:
+                recovered = loop.call_later(COMPANION_RECOVERED_SECONDS, self.part_progress, part, True)
+            try:
+                await run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if recovered is not None:
+                    recovered.cancel()
+                if self._stopping.is_set() or not is_transient(exc):
+                    raise
+                if loop.time() - started >= COMPANION_RECOVERED_SECONDS:
+                    backoff.reset()  # it ran well for a while: this is a new fault, not the same one
+                if not is_peer_fault(exc):  # a peer's outage is the peer's health, not ours (see is_peer_fault)
+                    self.part_progress(part, False)
+                delay = backoff.next()
+                _log.warning("%s failed (%s: %s); restarting in %.2fs", part, type(exc).__name__, exc, delay)
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                    return
+                except TimeoutError:
+                    pass
 
     def _companion_done(self, task: asyncio.Task[None]) -> None:
         if self._stopping.is_set():
@@ -259,6 +341,8 @@ class Service:
         await self.channels.close()
         if self._redis is not None:
             await self._redis.aclose()
+        if self._blocking_redis is not None:
+            await self._blocking_redis.aclose()
         if self._probe_server is not None:  # after the main server: the kubelet sees NOT_SERVING till the end
             await self._probe_server.stop(0)
         # Last, so the final counts of the drain can still be scraped.

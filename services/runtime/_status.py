@@ -9,11 +9,12 @@ from grpc_status import rpc_status
 
 from ._errors import ERROR_DOMAIN, HaulmeshError
 
-__all__ = ["abort", "error_info", "status_of", "to_rpc_status"]
+__all__ = ["abort", "error_info", "retry_delay_seconds", "status_of", "to_rpc_status"]
 
 
 def to_rpc_status(error: HaulmeshError) -> status_pb2.Status:
-    """The google.rpc.Status a client receives for ``error``: ErrorInfo always, BadRequest when fields are bad."""
+    """The google.rpc.Status a client receives for ``error``: ErrorInfo always, BadRequest when fields are bad,
+    RetryInfo when the error carries a retry hint."""
     info = any_pb2.Any()
     info.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata))
     details = [info]
@@ -24,6 +25,12 @@ def to_rpc_status(error: HaulmeshError) -> status_pb2.Status:
             for v in error.violations
         ]))
         details.append(bad)
+    if error.retry_after_seconds is not None:
+        retry = any_pb2.Any()
+        hint = error_details_pb2.RetryInfo()
+        hint.retry_delay.FromMilliseconds(int(error.retry_after_seconds * 1000))
+        retry.Pack(hint)
+        details.append(retry)
     return status_pb2.Status(code=code_pb2.Code.Value(error.code_name), message=error.message, details=details)
 
 
@@ -46,4 +53,14 @@ def error_info(rpc_error: grpc.aio.AioRpcError | grpc.RpcError) -> error_details
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
             return info
+    return None
+
+
+def retry_delay_seconds(status: status_pb2.Status | None) -> float | None:
+    """The google.rpc.RetryInfo delay of a status (seconds), or None when it carries no retry hint."""
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            hint = error_details_pb2.RetryInfo()
+            detail.Unpack(hint)
+            return hint.retry_delay.ToMilliseconds() / 1000
     return None

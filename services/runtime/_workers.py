@@ -8,10 +8,10 @@ per process. Beyond one machine the same service scales by replicas (Kubernetes)
 runs one worker per pod.
 
 The parent only supervises: it starts the workers, forwards SIGTERM / SIGINT to them, restarts one that dies
-on its own (exponential backoff, so a worker that cannot start does not spin), and exits with the worst exit
-status once all have stopped. Written here rather than taken from a supervisor daemon (supervisord, circus):
-those are separate programs with their own configuration, while this is the service's own entry point and
-has to stay one process tree for Kubernetes and `haulmesh run` alike.
+on its own (the runtime's capped, jittered backoff, so a worker that cannot start does not spin), and exits
+with the worst exit status once all have stopped. Written here rather than taken from a supervisor daemon
+(supervisord, circus): those are separate programs with their own configuration, while this is the service's
+own entry point and has to stay one process tree for Kubernetes and `haulmesh run` alike.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import logging
 import os
 import signal
 import sys
+
+from ._retry import Backoff
 
 __all__ = ["WORKER_INDEX_ENV", "supervise_workers"]
 
@@ -50,7 +52,7 @@ async def _supervise(module: str, workers: int, grace_seconds: float) -> int:
 
     async def keep(index: int) -> None:
         nonlocal worst
-        backoff = _BACKOFF_START_SECONDS
+        backoff = Backoff(_BACKOFF_START_SECONDS, _BACKOFF_MAX_SECONDS)
         while not stopping.is_set():
             children[index] = process = await spawn(index)
             started = loop.time()
@@ -66,13 +68,13 @@ async def _supervise(module: str, workers: int, grace_seconds: float) -> int:
                 stopping.set()
                 return
             if loop.time() - started >= _HEALTHY_RUN_SECONDS:
-                backoff = _BACKOFF_START_SECONDS
-            _log.error("worker %d (pid %d) exited with %d; restarting in %.1fs", index, process.pid, code, backoff)
+                backoff.reset()
+            delay = backoff.next()
+            _log.error("worker %d (pid %d) exited with %d; restarting in %.1fs", index, process.pid, code, delay)
             try:
-                await asyncio.wait_for(stopping.wait(), backoff)
+                await asyncio.wait_for(stopping.wait(), delay)
             except TimeoutError:
                 pass
-            backoff = min(backoff * 2, _BACKOFF_MAX_SECONDS)
 
     keepers = [asyncio.create_task(keep(i)) for i in range(workers)]
     await stopping.wait()

@@ -1,12 +1,13 @@
 """``haulmesh``: the operator and developer command line.
 
     haulmesh pki init | issue {service,vehicle,operator} NAME | dev-bootstrap
-    haulmesh run        start the store and every service; Ctrl-C stops them
+    haulmesh run        start the store and every service (a crashed one is restarted); Ctrl-C stops them
     haulmesh status     health of every service over mTLS; exit 0 only if all are SERVING
     haulmesh store {start,stop,status}
     haulmesh audit verify               check the audit log's hash chain; exit 1 if tampered
     haulmesh evidence export missions/ID --carrier C [-o FILE]   a mission's sealed evidence pack (operator cert)
-    haulmesh evidence verify FILE [--ca ca.pem]                 offline; exit 0 if sound, 1 naming the first failure
+    haulmesh evidence verify FILE --ca ca.pem                   offline; exit 0 if sound, 1 naming the first failure,
+                                                                3 if sound but no CA pinned (NOT VERIFIED)
     haulmesh events dlq list|replay --group G [ENTRY ...]
     haulmesh token mint ...             dev OAuth2 access tokens the gateway trusts
     haulmesh report [--carrier C] [--since T] [--until T] [--lane O:D] [--baseline USD:2.10]
@@ -40,6 +41,8 @@ __all__ = ["main"]
 DEMO_VEHICLE = "AU-TRK-1001"
 #: The service holding the evidence key (services/billing/evidence).
 EVIDENCE_SEALER = "billing"
+#: `evidence verify`'s exit code when every check passed but against the pack's own CA (no --ca): not verified.
+EXIT_CA_NOT_PINNED = 3
 
 
 def _cert_dir(args: argparse.Namespace) -> Path:
@@ -128,12 +131,14 @@ async def _archive(args: argparse.Namespace) -> int:
     return 0
 
 
+def service_address(name: str) -> str:
+    """Where the CLI reaches a mesh service: ``HAULMESH_<NAME>_ADDR`` (host:port), else the local default port.
+    The one place the CLI and its sub-commands (report, evidence export) read service addresses."""
+    return os.environ.get(f"HAULMESH_{name.upper()}_ADDR") or f"127.0.0.1:{DEFAULT_PORTS[name]}"
+
+
 def _ports_from_env() -> dict[str, int]:
-    ports = {}
-    for name in MESH_SERVICES:
-        addr = os.environ.get(f"HAULMESH_{name.upper()}_ADDR")
-        ports[name] = int(addr.rsplit(":", 1)[1]) if addr else DEFAULT_PORTS[name]
-    return ports
+    return {name: int(service_address(name).rsplit(":", 1)[1]) for name in MESH_SERVICES}
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -163,17 +168,14 @@ async def _run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    exited = asyncio.ensure_future(mesh.wait_for_exit())
-    stopping = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    # A service that dies is restarted with backoff (as a kubelet would); only a configuration error, which
+    # every restart would repeat, stops the mesh.
+    child = await mesh.supervise(stop)
     code = 0
-    if exited.done():
-        child = exited.result()
-        print(f"{child.name} exited with {child.process.returncode if child.process else '?'}; "
-              f"stopping the mesh (see {child.log_path})", file=sys.stderr)
+    if child is not None:
+        print(f"{child.name} exited with a configuration error; stopping the mesh (see {child.log_path})",
+              file=sys.stderr)
         code = 1
-    exited.cancel()
-    stopping.cancel()
     print("stopping ...", flush=True)
     await mesh.stop()
     print("stopped.")
@@ -257,7 +259,10 @@ def cmd_evidence_verify(args: argparse.Namespace) -> int:
     result = evidence.verify_pack(data, trusted_ca_pem=ca)
     print(f"{args.file}: {len(data)} bytes")
     print(result.report())
-    return 0 if result.ok else 1
+    # 0 only for a pack verified against a pinned CA; every check passing against the pack's own CA is not trust.
+    if result.verified:
+        return 0
+    return EXIT_CA_NOT_PINNED if result.ok else 1
 
 
 async def _evidence_export(args: argparse.Namespace) -> int:
@@ -280,7 +285,7 @@ async def _evidence_export(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"haulmesh: no operator certificate ({exc}); run 'haulmesh pki dev-bootstrap'", file=sys.stderr)
         return 2
-    address = os.environ.get("HAULMESH_BILLING_ADDR") or f"127.0.0.1:{DEFAULT_PORTS['billing']}"
+    address = service_address("billing")
     mission_id = args.mission.removeprefix("missions/")
     out = Path(args.output or f"evidence-{mission_id}.zip")
     tmp = out.with_name(out.name + ".part")
@@ -351,9 +356,11 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--operator", default="cli", help="operator certificate operator-<name>.pem (default cli)")
     export.add_argument("--timeout", type=float, default=120, help="seconds for the whole export (default 120)")
     export.set_defaults(func=lambda a: asyncio.run(_evidence_export(a)))
-    check = evsub.add_parser("verify", help="verify a pack offline; exit 0 if sound, 1 naming the first failure")
+    check = evsub.add_parser("verify", help="verify a pack offline; exit 0 if sound against the pinned CA, 1 naming "
+                             "the first failure, 3 if sound but the CA was not pinned (NOT VERIFIED)")
     check.add_argument("file")
-    check.add_argument("--ca", help="pin the mesh CA (PEM); default: the CA the pack carries")
+    check.add_argument("--ca", help="pin the mesh CA (PEM); without it the checks run against the CA the pack "
+                       "carries and the verdict is NOT VERIFIED (exit 3)")
     check.set_defaults(func=cmd_evidence_verify)
 
     events = sub.add_parser("events", help="event streams: dead letters")
@@ -374,7 +381,7 @@ def _parser() -> argparse.ArgumentParser:
                            add_help=False)
     token.set_defaults(func=None)
 
-    kpi_report.add_parser(sub, cert_dir=_cert_dir, store_url=_store_url)
+    kpi_report.add_parser(sub, cert_dir=_cert_dir, store_url=_store_url, address=service_address)
 
     store = sub.add_parser("store", help="the embedded store")
     store.add_argument("store_command", choices=["start", "stop", "status"])

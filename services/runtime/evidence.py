@@ -36,12 +36,13 @@ import struct
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
@@ -58,6 +59,7 @@ __all__ = [
     "DOCUMENT_SIGNING_EKU",
     "MANIFEST_TYPE",
     "MAX_PACK_BYTES",
+    "MAX_PACK_FRAMES",
     "Check",
     "PackFrame",
     "PackVerification",
@@ -73,10 +75,17 @@ MANIFEST_TYPE = "application/vnd.haulmesh.evidence-manifest.v1+json"
 DOCUMENT_SIGNING_EKU = ObjectIdentifier("1.3.6.1.5.5.7.3.36")
 #: Largest pack built or verified (no ZIP64: the container stays one simple layout).
 MAX_PACK_BYTES = 1 << 30
+#: Most frames one pack holds: 36 h at 1 Hz (a 12 h trip at 1 Hz is 43,200); more is refused at export. The
+#: mission service measures usage from at most this many frames (HAULMESH_USAGE_MAX_FRAMES is capped at it), so
+#: every invoice's evidence fits in a pack.
+MAX_PACK_FRAMES = 129_600
 #: Tolerance between invoiced miles and miles measured from the frames (both are rounded to 0.1 mi).
 MILES_TOLERANCE = 0.05
 #: The gap threshold of usage recorded without one in its provenance (the mission service's default).
 _DEFAULT_GAP_SECONDS = 120.0
+#: Clock tolerance of the certificate validity checks: a truck's clock is trusted this far off (telemetry's default
+#: HAULMESH_TELEMETRY_CLOCK_SKEW_SECONDS), and certificates are issued 5 minutes back-dated.
+_CLOCK_SKEW = timedelta(seconds=300)
 _FORMAT = "haulmesh.evidence/v1"
 _SEAL = "seal.dsse.json"
 _SIGNATURE = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)
@@ -179,12 +188,41 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: Any, what: str) -> bytes:
-    if not isinstance(text, str):
+    """Strict base64: the standard alphabet, padding only at the end, nothing after it, and the one canonical
+    spelling of the bytes (non-zero unused bits such as ``QR==`` for ``QQ==`` refused): a member's text is the
+    one way to write its bytes, so no two packs differ only in how they spell a signature."""
+    if not isinstance(text, str) or not text.isascii():
         raise ValueError(f"{what} is not a base64 string")
     try:
-        return base64.b64decode(text, validate=True)
+        data = binascii.a2b_base64(text.encode("ascii"), strict_mode=True)
     except binascii.Error:
         raise ValueError(f"{what} is not base64") from None
+    if base64.b64encode(data).decode("ascii") != text:
+        raise ValueError(f"{what} is not canonical base64")
+    return data
+
+
+#: The order of the P-256 group: a signature (r, s) and (r, n - s) both verify, so the seal uses the low one.
+_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def _low_s(signature: bytes) -> bytes:
+    """The DER ECDSA P-256 signature with s in the lower half of the group order (BIP 62's rule): the seal
+    has one valid encoding, not two."""
+    r, s = utils.decode_dss_signature(signature)
+    return utils.encode_dss_signature(r, _P256_ORDER - s if s > _P256_ORDER // 2 else s)
+
+
+def _check_low_s(signature: bytes) -> None:
+    """ValueError unless ``signature`` is strict DER with a low s (the only form :func:`_low_s` makes)."""
+    try:
+        r, s = utils.decode_dss_signature(signature)
+    except ValueError:
+        raise ValueError("the seal's signature is not DER") from None
+    if utils.encode_dss_signature(r, s) != signature:
+        raise ValueError("the seal's signature is not in strict DER")
+    if s > _P256_ORDER // 2:
+        raise ValueError("the seal's signature has a high s (malleated)")
 
 
 def _spki(cert: x509.Certificate) -> bytes:
@@ -241,7 +279,7 @@ def build_pack(*, mission: mission_pb2.Mission, frames: Sequence[PackFrame], veh
         "payloadType": MANIFEST_TYPE,
         "payload": _b64(manifest),
         "signatures": [{"keyid": signing_key_id(_spki(evidence_cert)),
-                        "sig": _b64(seal.private_key.sign(_pae(MANIFEST_TYPE, manifest), _SIGNATURE))}],
+                        "sig": _b64(_low_s(seal.private_key.sign(_pae(MANIFEST_TYPE, manifest), _SIGNATURE)))}],
     }
     members.append((_SEAL, _canonical(envelope)))
     packed = _zip(members)
@@ -272,13 +310,30 @@ class PackVerification:
     passed: tuple[Check, ...]
     failure: Check | None = None
     facts: dict[str, Any] = field(default_factory=dict)
+    #: Whether the CA was pinned by the caller (``trusted_ca_pem``). Unpinned, every check ran against the CA the
+    #: pack itself carries, which anyone can mint: the pack is consistent, not shown to come from Haulmesh.
+    pinned: bool = False
+
+    @property
+    def verified(self) -> bool:
+        """Every check passed against a pinned CA: the only outcome to rely on."""
+        return self.ok and self.pinned
+
+    @property
+    def verdict(self) -> str:
+        if self.verified:
+            return "evidence pack VERIFIED"
+        if self.ok:
+            return ("evidence pack NOT VERIFIED: CA not pinned (every check passed against the pack's own CA, "
+                    "which anyone can make; pass --ca with the mesh CA)")
+        return "evidence pack NOT VERIFIED"
 
     def report(self) -> str:
         """Human-readable lines: one per passed check, then the failure, then the verdict."""
         lines = [f"ok    {c.name}: {c.detail}" for c in self.passed]
         if self.failure is not None:
             lines.append(f"FAIL  {self.failure.name}: {self.failure.detail}")
-        lines.append("evidence pack VERIFIED" if self.ok else "evidence pack NOT VERIFIED")
+        lines.append(self.verdict)
         return "\n".join(lines)
 
 
@@ -289,15 +344,17 @@ class _Failed(Exception):
 
 
 def verify_pack(data: bytes, *, trusted_ca_pem: bytes | None = None) -> PackVerification:
-    """Verify a pack offline. ``trusted_ca_pem`` pins the mesh CA; without it the pack's own CA is used
-    (which proves integrity and origin only relative to that CA: pin it for trust)."""
+    """Verify a pack offline. ``trusted_ca_pem`` pins the mesh CA; without it the pack's own CA is used, which
+    proves consistency only: the result's ``ok`` may hold but ``verified`` never does (the verdict says "NOT
+    VERIFIED: CA not pinned")."""
     passed: list[Check] = []
     facts: dict[str, Any] = {}
+    pinned = trusted_ca_pem is not None
     try:
         _verify(data, trusted_ca_pem, passed, facts)
     except _Failed as failed:
-        return PackVerification(False, tuple(passed), Check(failed.check, failed.detail), facts)
-    return PackVerification(True, tuple(passed), None, facts)
+        return PackVerification(False, tuple(passed), Check(failed.check, failed.detail), facts, pinned)
+    return PackVerification(True, tuple(passed), None, facts, pinned)
 
 
 def _step(passed: list[Check], name: str, detail: str) -> None:
@@ -335,6 +392,7 @@ def _verify(data: bytes, trusted_ca_pem: bytes | None, passed: list[Check], fact
         if envelope["payloadType"] != MANIFEST_TYPE or not isinstance(signatures, list) or len(signatures) != 1:
             raise ValueError("payload type or signature count")
         signature = _unb64(signatures[0]["sig"], "signature")
+        _check_low_s(signature)
         keyid = signatures[0]["keyid"]
     except (ValueError, KeyError, TypeError) as exc:
         raise _Failed("seal", f"{_SEAL} is not the expected DSSE envelope ({exc})") from None
@@ -414,6 +472,46 @@ def _verify(data: bytes, trusted_ca_pem: bytes | None, passed: list[Check], fact
     facts["audit_entries"] = len(entries)
     _step(passed, "audit", f"{len(entries)} entries, every hash and link holds")
 
+    # The seal was made after everything it seals happened: a sealing certificate expired before the latest of
+    # those times sealed with an expired key. (An upper bound on the seal time needs a time-stamp token.)
+    latest = _latest_time(mission, content, entries)
+    if latest is not None and latest > evidence.not_valid_after_utc + _CLOCK_SKEW:
+        raise _Failed("validity", f"the evidence certificate expired {evidence.not_valid_after_utc}, before "
+                      f"{latest}, the latest time the pack records: it was sealed with an expired key")
+    _step(passed, "validity", "truck certificates valid at each frame's and the manifest's time; the evidence "
+          f"certificate valid until {evidence.not_valid_after_utc} (the pack records nothing later)")
+
+
+def _check_totals(invoice: invoice_pb2.Invoice) -> None:
+    """The invoice's total is the sum of its lines, in one currency."""
+    currencies = {line.amount.currency_code for line in invoice.lines} | {invoice.total.currency_code}
+    summed = sum(line.amount.amount_minor for line in invoice.lines)
+    if len(currencies) != 1 or summed != invoice.total.amount_minor:
+        raise _Failed("invoice", f"the total {invoice.total.amount_minor} {invoice.total.currency_code} is not the "
+                      f"sum of its lines ({summed} in {sorted(currencies)})")
+
+
+def _latest_time(mission: mission_pb2.Mission, content: dict[str, bytes], entries: list[AuditEntry]
+                 ) -> datetime | None:
+    """The latest time the pack records (mission and invoice times, frames' receive times, audit entries'): the
+    seal cannot be older."""
+    times = [_time_of(mission.update_time), _time_of(mission.create_time)]
+    if "invoice.binpb" in content:
+        invoice = invoice_pb2.Invoice.FromString(content["invoice.binpb"])
+        times += [_time_of(invoice.issue_time), _time_of(invoice.update_time)]
+    for line in content.get("telemetry/frames.jsonl", b"").splitlines():
+        try:
+            times.append(datetime.fromisoformat(json.loads(line)["receive_time"]))
+        except (ValueError, KeyError, TypeError):
+            continue  # a receive time proto JSON cannot hold; the frame itself was checked
+    for entry in entries:
+        try:
+            times.append(datetime.fromtimestamp(float(json.loads(entry.record)["time"]), UTC))
+        except (ValueError, KeyError, TypeError, OverflowError):
+            continue
+    known = [t if t.tzinfo else t.replace(tzinfo=UTC) for t in times if t is not None]
+    return max(known, default=None)
+
 
 def _parse(kind: Any, content: dict[str, bytes], path: str, check: str) -> Any:
     try:
@@ -486,7 +584,20 @@ def _uri_san(cert: x509.Certificate) -> str:
     return uris[0] if len(uris) == 1 else ""
 
 
-def _vehicle_keys(content: dict[str, bytes], ca: x509.Certificate, vehicle_id: str) -> dict[str, Any]:
+def _valid_at(cert: x509.Certificate, when: datetime) -> bool:
+    """Whether ``when`` lies in the certificate's validity window, give or take the clock tolerance."""
+    return cert.not_valid_before_utc - _CLOCK_SKEW <= when <= cert.not_valid_after_utc + _CLOCK_SKEW
+
+
+def _time_of(timestamp: Any) -> datetime | None:
+    """A protobuf Timestamp as an aware datetime; None when unset."""
+    if not timestamp.seconds and not timestamp.nanos:
+        return None
+    return timestamp.ToDatetime(UTC)
+
+
+def _vehicle_keys(content: dict[str, bytes], ca: x509.Certificate, vehicle_id: str) -> dict[str, x509.Certificate]:
+    """The truck's certificates by key id, each checked: issued by the CA, the mission's vehicle, P-256."""
     keys = {}
     for path in sorted(p for p in content if p.startswith("certs/vehicles/")):
         cert = _load_cert(content, path, "vehicle certificates")
@@ -503,13 +614,13 @@ def _vehicle_keys(content: dict[str, bytes], ca: x509.Certificate, vehicle_id: s
         public_key = cert.public_key()
         if not isinstance(public_key, ec.EllipticCurvePublicKey) or public_key.curve.name != "secp256r1":
             raise _Failed("vehicle certificates", f"{path}: not an ECDSA P-256 key")
-        keys[key_id] = public_key
+        keys[key_id] = cert
     if not keys:
         raise _Failed("vehicle certificates", "the pack carries no certificate of the mission's vehicle")
     return keys
 
 
-def _verify_frames(content: dict[str, bytes], keys: dict[str, Any], vehicle_id: str,
+def _verify_frames(content: dict[str, bytes], keys: dict[str, x509.Certificate], vehicle_id: str,
                    mission_id: str) -> list[tuple[int, bytes, frame_pb2.FramePayload]]:
     frames: list[tuple[int, bytes, frame_pb2.FramePayload]] = []
     last = -1
@@ -524,17 +635,22 @@ def _verify_frames(content: dict[str, bytes], keys: dict[str, Any], vehicle_id: 
         where = f"frame {sequence}"
         if sequence <= last:
             raise _Failed("frames", f"{where}: sequences must ascend without repeats")
-        key = keys.get(key_id)
-        if key is None:
+        cert = keys.get(key_id)
+        if cert is None:
             raise _Failed("frames", f"{where}: signed by key {key_id[:16]}…, not a certificate of vehicle/{vehicle_id}")
         try:
-            key.verify(signature, payload, _VERIFY)
+            cert.public_key().verify(signature, payload, _VERIFY)  # type: ignore[call-arg, union-attr]
         except InvalidSignature:
             raise _Failed("frames", f"{where}: the signature does not verify over the payload") from None
         try:
             decoded = frame_pb2.FramePayload.FromString(payload)
         except DecodeError:
             raise _Failed("frames", f"{where}: the signed payload does not decode") from None
+        # The key signed it while its certificate was valid (by the frame's own signed device time).
+        device_time = _time_of(decoded.device_time)
+        if device_time is None or not _valid_at(cert, device_time):
+            raise _Failed("frames", f"{where}: device time {device_time} is outside the validity of the certificate "
+                          f"of key {key_id[:16]}… ({cert.not_valid_before_utc} to {cert.not_valid_after_utc})")
         # A frame without a mission id counts when telemetry placed it in the mission (its span, its truck).
         named = (decoded.vehicle_id, decoded.sequence)
         if named != (vehicle_id, sequence) or decoded.mission_id not in ("", mission_id):
@@ -544,7 +660,7 @@ def _verify_frames(content: dict[str, bytes], keys: dict[str, Any], vehicle_id: 
     return frames
 
 
-def _verify_pod(mission: mission_pb2.Mission, content: dict[str, bytes], keys: dict[str, Any],
+def _verify_pod(mission: mission_pb2.Mission, content: dict[str, bytes], keys: dict[str, x509.Certificate],
                 frames: list[tuple[int, bytes, frame_pb2.FramePayload]], passed: list[Check],
                 facts: dict[str, Any]) -> None:
     if not mission.HasField("proof_of_delivery"):
@@ -554,17 +670,21 @@ def _verify_pod(mission: mission_pb2.Mission, content: dict[str, bytes], keys: d
     pod = mission.proof_of_delivery
     if content.get("pod/manifest.binpb") != pod.manifest or content.get("pod/manifest.sig") != pod.manifest_signature:
         raise _Failed("proof of delivery", "pod/ members differ from the mission's proof of delivery")
-    key = keys.get(pod.key_id)
-    if key is None:
+    cert = keys.get(pod.key_id)
+    if cert is None:
         raise _Failed("proof of delivery", "signed by a key that is not a certificate of the mission's vehicle")
     try:
-        key.verify(pod.manifest_signature, pod.manifest, _VERIFY)
+        cert.public_key().verify(pod.manifest_signature, pod.manifest, _VERIFY)  # type: ignore[call-arg, union-attr]
     except InvalidSignature:
         raise _Failed("proof of delivery", "the manifest signature does not verify") from None
     try:
         manifest = mission_pb2.DeliveryManifest.FromString(pod.manifest)
     except DecodeError:
         raise _Failed("proof of delivery", "the signed manifest does not decode") from None
+    delivered = _time_of(manifest.deliver_time)
+    if delivered is None or not _valid_at(cert, delivered):
+        raise _Failed("proof of delivery", f"deliver time {delivered} is outside the validity of the truck "
+                      "certificate that signed the manifest")
     if f"missions/{manifest.mission_id}" != mission.name:
         raise _Failed("proof of delivery", "the manifest names another mission")
     first, last = manifest.telemetry_first_sequence, manifest.telemetry_last_sequence
@@ -593,14 +713,7 @@ def _verify_invoice(mission: mission_pb2.Mission, content: dict[str, bytes],
         raise _Failed("invoice", f"the invoice is for {invoice.mission}, not {mission.name}")
     facts["invoice_miles"] = invoice.usage.miles
     usage = invoice.usage
-    if not usage.HasField("provenance"):
-        _step(passed, "invoice", f"{invoice.name}: {usage.miles:.1f} mi without provenance (not measured from "
-              "frames; nothing to recompute)")
-        return
-    provenance = usage.provenance
-    if provenance.mission != mission.name:
-        raise _Failed("invoice", f"the usage provenance names {provenance.mission}, not {mission.name}")
-    gap_seconds = provenance.gap_threshold_seconds or _DEFAULT_GAP_SECONDS
+    _check_totals(invoice)
     # Billing measures the proven log: the frames naming the mission, inside the range the POD's signed manifest
     # covers (the pack may hold more of the mission's frames, e.g. one before the truck's log began).
     mission_id = mission.name.removeprefix("missions/")
@@ -610,8 +723,22 @@ def _verify_invoice(mission: mission_pb2.Mission, content: dict[str, bytes],
         first, last = manifest.telemetry_first_sequence, manifest.telemetry_last_sequence
         frames = [f for f in frames if first <= f[0] <= last]
     fixes = metering.fixes_from_payloads([p for _, p, _ in frames])
+    if not usage.HasField("provenance"):
+        # The mission service bills without provenance only when it had fewer than two fixes to measure: with
+        # them in the pack, an unmeasured invoice is not the one the evidence supports.
+        if len(fixes) >= 2:
+            raise _Failed("invoice", f"the pack holds {len(fixes)} position fixes of the proven log, but the invoice "
+                          "carries no provenance (its miles were not measured from them)")
+        _step(passed, "invoice", f"{invoice.name}: {usage.miles:.1f} mi without provenance (no fixes to measure; "
+              "nothing to recompute)")
+        return
+    provenance = usage.provenance
+    if provenance.mission != mission.name:
+        raise _Failed("invoice", f"the usage provenance names {provenance.mission}, not {mission.name}")
+    gap_seconds = provenance.gap_threshold_seconds or _DEFAULT_GAP_SECONDS
     measured = metering.measure(fixes, gap_seconds=gap_seconds,
-                                planned_route=tuple((p.lat, p.lon) for p in mission.planned_route))
+                                planned_route=tuple((p.lat, p.lon) for p in mission.planned_route),
+                                circuity_factor=provenance.circuity_factor or metering.DEFAULT_CIRCUITY_FACTOR)
     facts["driven_miles"] = measured.miles
     stated = (provenance.first_sequence, provenance.last_sequence, provenance.frame_count)
     if measured.frames and stated != (measured.first_sequence, measured.last_sequence, measured.frames):
@@ -622,6 +749,10 @@ def _verify_invoice(mission: mission_pb2.Mission, content: dict[str, bytes],
         raise _Failed("invoice", "the provenance's telemetry_log_sha256 is not the digest of the pack's frames")
     if abs(measured.miles - usage.miles) > MILES_TOLERANCE:
         raise _Failed("invoice", f"invoiced {usage.miles:.1f} mi, the frames measure {measured.miles:.1f} mi")
+    linehaul = [line for line in invoice.lines if line.code == "LINEHAUL"]
+    if len(linehaul) != 1 or abs(linehaul[0].quantity - usage.miles) > 1e-9:
+        raise _Failed("invoice", f"the LINEHAUL line does not bill the measured {usage.miles:.1f} mi "
+                      f"({'quantity ' + str(linehaul[0].quantity) if len(linehaul) == 1 else 'no single line'})")
     gaps = f", {len(measured.gaps)} gap(s) bridged {measured.bridged_miles:.1f} mi" if measured.gaps else ""
     _step(passed, "invoice", f"{usage.miles:.1f} mi invoiced = {measured.miles:.1f} mi measured from frames "
           f"{measured.first_sequence}..{measured.last_sequence}{gaps}")

@@ -5,8 +5,9 @@
 
 The command calls the billing service over mTLS as the operator (the ``operator-cli`` certificate of the
 certificate folder), naming each carrier in the ``haulmesh-carrier`` metadata; the billing address is
-``HAULMESH_BILLING_ADDR`` (default 127.0.0.1:50054). Without ``--carrier`` it reports every carrier that has an
-event stream in the store (``REDIS_URL``, or the embedded store of the state folder).
+``HAULMESH_BILLING_ADDR`` (default 127.0.0.1:50054), read where the CLI reads every service address (cli.py's
+``service_address``). Without ``--carrier`` it reports every carrier that has an event stream in the store
+(``REDIS_URL``, or the embedded store of the state folder).
 
 Times (``--since``, ``--until``) are RFC 3339 (``2026-11-01T00:00:00Z``), a date (``2026-11-01``: midnight UTC) or
 an age (``30d``, ``12h``, ``90m``: that long before now). JSON is the service's proto-JSON (one object for one
@@ -20,7 +21,6 @@ import argparse
 import asyncio
 import csv
 import json
-import os
 import re
 import sys
 from collections.abc import Callable
@@ -37,7 +37,7 @@ from haulmesh.billing.v1 import report_service_pb2, report_service_pb2_grpc
 from haulmesh.mission.v1 import mission_pb2
 from haulmesh.type.v1 import lane_pb2, money_pb2
 
-from ._config import DEFAULT_PORTS, TlsConfig
+from ._config import TlsConfig
 from ._events import STREAMS_KEY
 from ._keys import FLEET, carrier_metadata
 from ._status import status_of
@@ -101,8 +101,10 @@ def parse_baseline(text: str) -> money_pb2.Money:
     return money_pb2.Money(currency_code=currency, amount_minor=int(minor))
 
 
-def add_parser(sub: Any, *, cert_dir: Callable[[argparse.Namespace], Path], store_url: Callable[[], str]) -> None:
-    """The ``report`` sub-command of ``haulmesh`` (``sub``: the CLI's sub-parsers)."""
+def add_parser(sub: Any, *, cert_dir: Callable[[argparse.Namespace], Path], store_url: Callable[[], str],
+               address: Callable[[str], str]) -> None:
+    """The ``report`` sub-command of ``haulmesh`` (``sub``: the CLI's sub-parsers; ``address(service)`` gives
+    a service's host:port, as the CLI reads it)."""
     r = sub.add_parser("report", help="the pilot's KPI report per carrier and lane (table, CSV or JSON)",
                        description=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("--carrier", action="append", default=[],
@@ -113,7 +115,7 @@ def add_parser(sub: Any, *, cert_dir: Callable[[argparse.Namespace], Path], stor
     r.add_argument("--baseline", type=parse_baseline, help="baseline cost per mile, CURRENCY:AMOUNT (USD:2.10)")
     r.add_argument("--format", choices=["table", "csv", "json"], default="table")
     r.add_argument("--timeout", type=float, default=30.0, help="seconds per call (default 30)")
-    r.set_defaults(func=lambda a: asyncio.run(_report(a, cert_dir(a), store_url)))
+    r.set_defaults(func=lambda a: asyncio.run(_report(a, cert_dir(a), store_url, address("billing"))))
 
 
 # --- the call ------------------------------------------------------------------------------------------
@@ -140,7 +142,7 @@ def _error_text(exc: grpc.aio.AioRpcError) -> str:
     return text
 
 
-async def _report(args: argparse.Namespace, certs: Path, store_url: Callable[[], str]) -> int:
+async def _report(args: argparse.Namespace, certs: Path, store_url: Callable[[], str], address: str) -> int:
     carriers = args.carrier or await _carriers(store_url)
     if not carriers:
         print("haulmesh report: no carrier has events in the store; name one with --carrier", file=sys.stderr)
@@ -156,7 +158,6 @@ async def _report(args: argparse.Namespace, certs: Path, store_url: Callable[[],
         request.baseline_cost_per_mile.CopyFrom(args.baseline)
     credentials = client_credentials(CertificateFiles(TlsConfig(
         certs / "ca.pem", certs / "operator-cli.pem", certs / "operator-cli-key.pem")))
-    address = os.environ.get("HAULMESH_BILLING_ADDR") or f"127.0.0.1:{DEFAULT_PORTS['billing']}"
     responses: list[Response] = []
     async with grpc.aio.secure_channel(address, credentials) as channel:
         stub = report_service_pb2_grpc.ReportServiceStub(channel)

@@ -7,14 +7,22 @@ import asyncio
 from haulmesh.mission.v1 import mission_service_pb2_grpc
 from haulmesh.telemetry.v1 import telemetry_service_pb2, telemetry_service_pb2_grpc
 from services.runtime import ConfigError, Service, run_service
-from services.runtime.objectstore import ObjectStoreError, open_object_store
 
 from . import workers
 from .config import TelemetryConfig
 from .domain import DerivedSettings
 from .server import POLICY, TelemetryServicer
 from .store import TelemetryStore
-from .usecases import Archiver, CommandRelay, FleetReporter, MissionActions, MissionTracking, Streams, TieredFrames
+from .usecases import (
+    ArchiveObjects,
+    Archiver,
+    CommandRelay,
+    FleetReporter,
+    MissionActions,
+    MissionTracking,
+    Streams,
+    TieredFrames,
+)
 
 
 def register(service: Service) -> None:
@@ -22,12 +30,19 @@ def register(service: Service) -> None:
         config = TelemetryConfig.from_env()
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    store = TelemetryStore(service.redis, config)
+    # Watches block on a pool of their own (HAULMESH_TELEMETRY_WATCH_POOL_CONNECTIONS), never the commit path's.
+    store = TelemetryStore(service.redis, config, ack_replicas=service.config.store_ack_replicas,
+                           ack_replica_disk=service.config.store_ack_replica_disk,
+                           blocking=service.blocking_redis(config.watch_pool_connections))
+    # Opened in the background: a malformed URL, missing credentials, an S3 bucket without Object Lock or a store
+    # that overwrites stop start-up (ConfigError); a store that is down does not (telemetry serves, the archive
+    # worker keeps trying, haulmesh_telemetry_archive_available says 0).
+    objects = ArchiveObjects(config.archive_url, store)
     try:
-        objects = open_object_store(config.archive_url)
-        objects.self_test()  # create-only must really refuse a second create, or the archive is unsafe
-    except (ObjectStoreError, ConfigError) as exc:  # a bad URL, missing credentials, a store that overwrites
-        raise ConfigError(f"HAULMESH_ARCHIVE_URL: {exc.message}") from None
+        objects.open_at_start()
+    except ConfigError as exc:
+        raise ConfigError(exc.message if exc.message.startswith("HAULMESH_ARCHIVE_URL")
+                          else f"HAULMESH_ARCHIVE_URL: {exc.message}", field="HAULMESH_ARCHIVE_URL") from None
     archiver = Archiver(store, objects, config)
     tiered = TieredFrames(store, objects)
 

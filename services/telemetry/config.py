@@ -15,6 +15,14 @@ The archive (warm/cold tier, docs/telemetry.md "Data tiers"):
   default 3600. It also sets the job's cadence, so a part holds about that long of a vehicle's frames.
 * ``HAULMESH_ARCHIVE_TEST_KILL_AFTER_WRITE``: tests only; ``1`` makes the archiver SIGKILL its own process right
   after a part's object is written and before the index records it (the crash the resume logic covers).
+
+
+Watches (docs/telemetry.md "Fair reads"): each live watch holds one blocking XREAD on a pool of its own, never
+the commit path's. ``HAULMESH_TELEMETRY_WATCH_POOL_CONNECTIONS`` (default 256) sizes that pool;
+``HAULMESH_TELEMETRY_MAX_WATCHES_PER_PROCESS`` (default 256, at most the pool's size) and
+``HAULMESH_TELEMETRY_MAX_WATCHES_PER_TENANT`` (default 32; a tenant is a carrier, or the calling operator or
+service for vehicle watches) cap concurrent watches; one beyond is refused RESOURCE_EXHAUSTED with
+google.rpc.RetryInfo of ``HAULMESH_TELEMETRY_WATCH_RETRY_AFTER_SECONDS`` (default 5).
 """
 
 from __future__ import annotations
@@ -51,6 +59,15 @@ def _env_days(env: Mapping[str, str], key: str, default: int) -> int:
     return int(raw)
 
 
+def _env_int(env: Mapping[str, str], key: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(key)
+    if not raw:
+        return default
+    if not raw.strip().isdigit() or int(raw) < minimum:
+        raise ValueError(f"{key} must be a whole number >= {minimum}, got {raw!r}")
+    return int(raw)
+
+
 def _env_flag(env: Mapping[str, str], key: str) -> bool:
     raw = env.get(key, "")
     if raw not in ("", "0", "1"):
@@ -82,6 +99,14 @@ class TelemetryConfig:
     #: one batch (a connectivity change is reported at once): the roster's cost is one write per vehicle per
     #: flush, whatever the frame rate.
     fleet_flush_seconds: float = 10.0
+    #: Store connections of the watches' own pool (blocking XREAD), apart from the commit path's.
+    watch_pool_connections: int = 256
+    #: Concurrent watches in this process; never more than the pool's connections (each holds one).
+    max_watches_per_process: int = 256
+    #: Concurrent watches of one tenant (a carrier; for vehicle watches, the calling operator or service).
+    max_watches_per_tenant: int = 32
+    #: The retry hint (google.rpc.RetryInfo) of a watch refused over a cap.
+    watch_retry_after_seconds: float = 5.0
     #: Where archived parts go (HAULMESH_ARCHIVE_URL); "" means ``archive/`` under the state directory.
     archive_url: str = ""
     #: Cold-tier retention in days (HAULMESH_ARCHIVE_RETENTION_DAYS).
@@ -90,6 +115,20 @@ class TelemetryConfig:
     archive_after_seconds: float = 3600.0
     #: Tests only (HAULMESH_ARCHIVE_TEST_KILL_AFTER_WRITE): SIGKILL self between object write and index commit.
     archive_test_kill_after_write: bool = False
+    #: Flow control (docs/telemetry.md "Flow control"): frames read from a truck stream and not yet through
+    #: their commit (verified, queued, written, awaiting WAITAOF). A stream at its bound, or any stream while the
+    #: process is at its bound, is not read until commits complete: HTTP/2 flow control then holds the truck's
+    #: next messages in its own spool. Per stream at least one batch (``max_batch_frames``).
+    max_inflight_frames_per_stream: int = 2000
+    #: The process's bound on the same count, over every stream and IngestTelemetry (the memory bound).
+    max_inflight_frames_per_process: int = 50_000
+    #: Responses (acks, rejects, commands) queued for one stream and not yet taken by gRPC: a truck that does not
+    #: read them (ignores its acks) stops being read once this many wait.
+    max_outbound_messages_per_stream: int = 64
+    #: Largest CommandAck accepted (serialized bytes); a larger one is refused (the stream ends).
+    max_command_ack_bytes: int = 4096
+    #: CommandAcks kept per vehicle (``command_acks`` stream, MAXLEN ~): what the tests and an operator read.
+    command_acks_kept: int = 1000
     #: The lane facts (HAULMESH_LANES_FILE): the planning speed and circuity an ETA uses off the known routes.
     lanes: LaneFacts = field(default_factory=lambda: load_lane_facts({}), compare=False)
 
@@ -103,6 +142,7 @@ class TelemetryConfig:
         """``HAULMESH_TELEMETRY_*`` variables; unset ones keep the defaults above."""
         env = os.environ if env is None else env
         p = "HAULMESH_TELEMETRY_"
+        pool = int(_env_float(env, p + "WATCH_POOL_CONNECTIONS", cls.watch_pool_connections))
         return cls(
             clock_skew_seconds=_env_float(env, p + "CLOCK_SKEW_SECONDS", cls.clock_skew_seconds),
             max_frame_age_seconds=_env_float(env, p + "MAX_FRAME_AGE_SECONDS", cls.max_frame_age_seconds),
@@ -115,9 +155,36 @@ class TelemetryConfig:
             ack_interval_seconds=_env_float(env, p + "ACK_INTERVAL_SECONDS", cls.ack_interval_seconds),
             liveness_timeout_seconds=_env_float(env, p + "LIVENESS_TIMEOUT_SECONDS", cls.liveness_timeout_seconds),
             fleet_flush_seconds=_env_float(env, p + "FLEET_FLUSH_SECONDS", cls.fleet_flush_seconds),
+            watch_pool_connections=pool,
+            # More watches than connections would queue on the pool and fail after its timeout: capped here.
+            max_watches_per_process=min(pool, int(_env_float(env, p + "MAX_WATCHES_PER_PROCESS",
+                                                             cls.max_watches_per_process))),
+            max_watches_per_tenant=int(_env_float(env, p + "MAX_WATCHES_PER_TENANT", cls.max_watches_per_tenant)),
+            watch_retry_after_seconds=_env_float(env, p + "WATCH_RETRY_AFTER_SECONDS", cls.watch_retry_after_seconds),
             archive_url=env.get("HAULMESH_ARCHIVE_URL") or str(default_state_dir(env) / "archive"),
             archive_retention_days=_env_days(env, "HAULMESH_ARCHIVE_RETENTION_DAYS", cls.archive_retention_days),
             archive_after_seconds=_env_float(env, "HAULMESH_ARCHIVE_AFTER_SECONDS", cls.archive_after_seconds),
             archive_test_kill_after_write=_env_flag(env, "HAULMESH_ARCHIVE_TEST_KILL_AFTER_WRITE"),
+            max_inflight_frames_per_stream=_env_int(env, p + "MAX_INFLIGHT_FRAMES_PER_STREAM",
+                                                    cls.max_inflight_frames_per_stream),
+            max_inflight_frames_per_process=_env_int(env, p + "MAX_INFLIGHT_FRAMES_PER_PROCESS",
+                                                     cls.max_inflight_frames_per_process),
+            max_outbound_messages_per_stream=_env_int(env, p + "MAX_OUTBOUND_MESSAGES_PER_STREAM",
+                                                      cls.max_outbound_messages_per_stream),
+            max_command_ack_bytes=_env_int(env, p + "MAX_COMMAND_ACK_BYTES", cls.max_command_ack_bytes, 64),
+            command_acks_kept=_env_int(env, p + "COMMAND_ACKS_KEPT", cls.command_acks_kept),
             lanes=load_lane_facts(env),
         )
+
+    def __post_init__(self) -> None:
+        # A stream must be able to hold one whole batch, and the process one whole stream, or a batch could
+        # never be admitted (the stream would wait forever).
+        if self.max_inflight_frames_per_stream < self.max_batch_frames:
+            raise ValueError(f"HAULMESH_TELEMETRY_MAX_INFLIGHT_FRAMES_PER_STREAM "
+                             f"({self.max_inflight_frames_per_stream}) must be at least "
+                             f"HAULMESH_TELEMETRY_MAX_BATCH_FRAMES ({self.max_batch_frames})")
+        if self.max_inflight_frames_per_process < self.max_inflight_frames_per_stream:
+            raise ValueError(f"HAULMESH_TELEMETRY_MAX_INFLIGHT_FRAMES_PER_PROCESS "
+                             f"({self.max_inflight_frames_per_process}) must be at least "
+                             f"HAULMESH_TELEMETRY_MAX_INFLIGHT_FRAMES_PER_STREAM "
+                             f"({self.max_inflight_frames_per_stream})")

@@ -31,21 +31,29 @@ __all__ = [
     "ARCHIVED_BYTES",
     "ARCHIVED_FRAMES",
     "ARCHIVED_PARTS",
+    "ARCHIVE_AVAILABLE",
     "ARCHIVE_FAILURES",
+    "ARCHIVE_STORE_MISMATCH",
     "EDGE_CPU",
     "FLEET_REPORTS",
     "FRAMES",
     "FRESHNESS",
+    "INFLIGHT_FRAMES",
+    "INFLIGHT_FRAMES_PEAK",
     "OPEN_STREAMS",
     "PACKET_LOSS_RATIO",
+    "PAUSED_STREAMS",
+    "REFUSED_COMMAND_ACKS",
     "REJECTED_FRAMES",
     "SEQUENCE_GAPS",
     "record_archived",
     "record_durable",
     "record_edge_cpu",
+    "record_inflight",
     "record_rejects",
     "stream_closed",
     "stream_opened",
+    "stream_paused",
 ]
 
 #: Fleet-state reports to the mission service (usecases/fleet.py): one per flush, not per frame.
@@ -77,6 +85,19 @@ OPEN_STREAMS = Gauge("haulmesh_telemetry_open_streams", "Truck streams open on t
 PACKET_LOSS_RATIO = Gauge("vehicle_telemetry_packet_loss_ratio", "Lifetime ratio of this process: sequence gaps "
                           "/ (stored frames + gaps). For the SLO use the PromQL ratio of the counters over a "
                           "window (docs/telemetry.md).", registry=METRICS_REGISTRY)
+#: Flow control (docs/telemetry.md "Flow control"): frames read and not yet through their commit, in this process.
+INFLIGHT_FRAMES = Gauge("haulmesh_telemetry_inflight_frames", "Frames read from trucks (streams and "
+                        "IngestTelemetry) whose commit has not completed, in this process; bounded by "
+                        "HAULMESH_TELEMETRY_MAX_INFLIGHT_FRAMES_PER_PROCESS.", registry=METRICS_REGISTRY)
+INFLIGHT_FRAMES_PEAK = Gauge("haulmesh_telemetry_inflight_frames_peak", "The most frames ever in flight at once "
+                             "in this process since it started (never above the bound).", registry=METRICS_REGISTRY)
+#: Streams not being read because their stream, or the process, is at its bound, or their truck does not read its
+#: responses: a lasting non-zero value means the store is slower than the trucks (or a truck ignores its acks).
+PAUSED_STREAMS = Gauge("haulmesh_telemetry_paused_streams", "Truck streams of this process not being read "
+                       "(flow control: in-flight or outbound bound reached).", registry=METRICS_REGISTRY)
+REFUSED_COMMAND_ACKS = Counter("haulmesh_telemetry_refused_command_acks_total", "CommandAcks not stored, by reason:"
+                               " unknown (no such command was sent to the truck) or too_large.", ["reason"],
+                               registry=METRICS_REGISTRY)
 ARCHIVED_FRAMES = Counter("haulmesh_telemetry_archived_frames_total", "Frames committed to archive parts "
                           "(object written, read back, manifest written, index committed).", registry=METRICS_REGISTRY)
 ARCHIVED_PARTS = Counter("haulmesh_telemetry_archived_parts_total", "Archive parts committed.",
@@ -86,6 +107,14 @@ ARCHIVED_BYTES = Counter("haulmesh_telemetry_archived_bytes_total", "Bytes of ar
 #: Any increase means a vehicle's archiving (and so its hot-stream trim) is stalled: alert on it.
 ARCHIVE_FAILURES = Counter("haulmesh_telemetry_archive_failures_total", "Archive runs of a vehicle stopped by an "
                            "object store failure or a conflicting part.", registry=METRICS_REGISTRY)
+#: 0 while this process's archive is unreachable or not the Redis store's archive: nothing is archived or trimmed
+#: (the hot stream grows); alert when it stays 0.
+ARCHIVE_AVAILABLE = Gauge("haulmesh_telemetry_archive_available", "1 while this process's archive object store "
+                          "is open and is the one this Redis store archives to, else 0.", registry=METRICS_REGISTRY)
+#: 1: this process's archive holds another STORE-ID than the Redis store recorded (e.g. a pod's own emptyDir).
+ARCHIVE_STORE_MISMATCH = Gauge("haulmesh_telemetry_archive_store_mismatch", "1 while this process refuses to archive "
+                               "because its archive is another object store than the Redis store's archive.",
+                               registry=METRICS_REGISTRY)
 
 # Children created up front: every outcome and reason is exported from the start (at 0), so rate() and
 # absent-series alerts work before the first rejection, and recording is a plain attribute call.
@@ -128,6 +157,25 @@ def record_durable(stored: int, duplicates: int, gaps: int, ages_seconds: list[f
     for age in ages_seconds:
         # A truck clock slightly ahead (within the accepted skew) is not "fresher than instant".
         FRESHNESS.observe(age if age > 0.0 else 0.0)
+
+
+_peak = {"inflight": 0}
+
+
+def record_inflight(inflight: int) -> None:
+    """The process's frames in flight changed (flow control's count)."""
+    INFLIGHT_FRAMES.set(inflight)
+    if inflight > _peak["inflight"]:
+        _peak["inflight"] = inflight
+        INFLIGHT_FRAMES_PEAK.set(inflight)
+
+
+def stream_paused(paused: bool) -> None:
+    """A stream stopped (True) or resumed (False) reading because of a flow-control bound."""
+    if paused:
+        PAUSED_STREAMS.inc()
+    else:
+        PAUSED_STREAMS.dec()
 
 
 def record_archived(frames: int, size: int) -> None:

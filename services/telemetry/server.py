@@ -43,6 +43,8 @@ __all__ = ["POLICY", "TelemetryServicer"]
 _log = logging.getLogger("haulmesh.telemetry")
 
 _SERVICE = "/haulmesh.telemetry.v1.TelemetryService"
+#: At most one audit entry per caller and vehicle this often for IngestTelemetry (docs/telemetry.md).
+INGEST_AUDIT_COALESCE_SECONDS = 3600.0
 _READERS = ["service/gateway", "service/mission", "operator/*"]
 #: Internal readers may name a vehicle (`vehicles/*`); the gateway (the TMS's carriers) only missions.
 _VEHICLE_READERS = ["service/mission", "operator/*"]
@@ -62,6 +64,10 @@ POLICY = Policy({
     f"{_SERVICE}/WatchMissionTelemetry": _READERS,
     f"{_SERVICE}/ListVehicleCertificates": ["service/billing", "service/mission", "operator/*"],
     f"{_SERVICE}/RunArchive": ["operator/*"],
+}, audit_coalesce_seconds={
+    # One frame a call: audited once per (caller, vehicle) per hour, not per frame (the frames themselves are the
+    # signed, sequenced record of what was written; the audit entry says who wrote for the vehicle, and when).
+    f"{_SERVICE}/IngestTelemetry": INGEST_AUDIT_COALESCE_SECONDS,
 })
 
 
@@ -158,6 +164,7 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
             outbound = session.outbound
             while True:
                 item = await outbound.get()
+                session.drained.set()  # a reader held back by a full outbound queue may read again
                 if item is None:
                     return
                 if isinstance(item, HaulmeshError):
@@ -260,22 +267,26 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
                                     context: grpc.aio.ServicerContext,
                                     ) -> AsyncIterator[telemetry_service_pb2.WatchVehicleTelemetryResponse]:
         scope = FrameScope(_vehicle_of(request.vehicle, "vehicle"), request.vehicle)
-        # Live-only starts at the current high-water mark; replay starts after the requested sequence.
-        cursor = await self._reads.watch_cursor(scope, request.after_sequence)
-        async for frame in self._reads.follow(scope, cursor, set(request.kinds), context.done):
-            yield telemetry_service_pb2.WatchVehicleTelemetryResponse(telemetry_frame=frame)
+        identity = caller()
+        with self._reads.watches.hold(f"{identity.kind}/{identity.name}"):  # the caps, before any store read
+            # Live-only starts at the current high-water mark; replay starts after the requested sequence.
+            cursor = await self._reads.watch_cursor(scope, request.after_sequence)
+            async for frame in self._reads.follow(scope, cursor, set(request.kinds), context.done):
+                yield telemetry_service_pb2.WatchVehicleTelemetryResponse(telemetry_frame=frame)
 
     async def WatchMissionTelemetry(self, request: telemetry_service_pb2.WatchMissionTelemetryRequest,
                                     context: grpc.aio.ServicerContext,
                                     ) -> AsyncIterator[telemetry_service_pb2.WatchMissionTelemetryResponse]:
         carrier_id = carrier(context)
         mission_id = parse_name(request.mission, "missions", field="mission")
-        scope = await self._reads.mission_scope(carrier_id, request.mission, mission_id)
-        if not scope.vehicle_id:
-            raise FailedPrecondition(f"{request.mission} has no vehicle yet", reason="MISSION_NOT_DISPATCHED")
-        cursor = await self._reads.watch_cursor(scope, request.after_sequence)
-        # Headers now: the gateway answers its HTTP status once they arrive (errors above come instead of them).
-        await context.send_initial_metadata(())
-        ended = functools.partial(self._reads.mission_ended, carrier_id, request.mission, mission_id)
-        async for frame in self._reads.follow(scope, cursor, set(request.kinds), context.done, ended=ended):
-            yield telemetry_service_pb2.WatchMissionTelemetryResponse(telemetry_frame=frame)
+        # The caps first (a refusal costs nothing), and before the headers: the gateway answers it as 429.
+        with self._reads.watches.hold(f"carriers/{carrier_id}"):
+            scope = await self._reads.mission_scope(carrier_id, request.mission, mission_id)
+            if not scope.vehicle_id:
+                raise FailedPrecondition(f"{request.mission} has no vehicle yet", reason="MISSION_NOT_DISPATCHED")
+            cursor = await self._reads.watch_cursor(scope, request.after_sequence)
+            # Headers now: the gateway answers its HTTP status once they arrive (errors above come instead).
+            await context.send_initial_metadata(())
+            ended = functools.partial(self._reads.mission_ended, carrier_id, request.mission, mission_id)
+            async for frame in self._reads.follow(scope, cursor, set(request.kinds), context.done, ended=ended):
+                yield telemetry_service_pb2.WatchMissionTelemetryResponse(telemetry_frame=frame)

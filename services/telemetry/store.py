@@ -14,7 +14,9 @@ Keys (``{v}`` is the vehicle id as a Redis Cluster hash tag, so one vehicle's ke
   Hash key id -> when it was first seen (server ms). Both written only if absent (HSETNX).
 * ``telemetry:{v}:commands`` — Stream of commands not yet acknowledged (``c``: serialized Command,
   ``id``: command id); ``telemetry:{v}:command_ids`` maps command id -> entry id;
-  ``telemetry:{v}:command_acks`` — Stream of every CommandAck received.
+  ``telemetry:{v}:command_acks`` — Stream of the CommandAcks received (MAXLEN ~ ``command_acks_kept``): only
+  for commands issued to the vehicle (``telemetry:{v}:issued:<id>`` exists, 30 days), and one per command and
+  outcome (``o:<outcome>`` in ``telemetry:{v}:command:<id>``), so a truck cannot grow it beyond its commands.
 * ``telemetry:{v}:session`` — id of the vehicle's current stream session (newest wins).
 * ``telemetry:vehicles`` — Set of vehicle ids with telemetry (retention sweeps it).
 * ``telemetry:{v}:mission`` — Hash ``carrier``, ``name``, ``update_ms``, ``mission`` (serialized Mission, empty once
@@ -32,11 +34,17 @@ Keys (``{v}`` is the vehicle id as a Redis Cluster hash tag, so one vehicle's ke
   work: two archivers on one vehicle are safe, see usecases/archive.py).
 * ``telemetry:{v}:archive_parts`` — Sorted set of the committed parts' PartEntry (JSON) scored by their last
   sequence: the parts covering sequences after ``s`` are ZRANGEBYSCORE ``(s +inf``.
+* ``telemetry:archive:store`` — String, the id (``archive/v1/STORE-ID``) of the object store this Redis store's
+  frames are archived to: set once (SET NX) by the first process whose archive opened; a process whose archive
+  holds another id refuses to archive (and to trim), so its parts can never be elsewhere than the watermark says.
+* ``telemetry:archive:due`` — Hash vehicle id -> sequence: vehicles whose frames through that sequence are to be
+  archived now (a mission COMPLETED), marked by the ``telemetry-missions`` consumer and archived by the archive
+  worker (usecases/archive.py), removed once archived (unless marked higher meanwhile).
 * ``telemetry:heard:{heard-<n>}`` — Sorted sets (16 shards by CRC32 of the vehicle id, so no key is hot):
   vehicle id scored by when it was last heard (Hello or heartbeat, server ms). Any replica's liveness sweep
   reads the silent end of them, so a truck whose stream was on a replica that died is still reported lost.
 
-Durability: a frame is acknowledged only after ``WAITAOF 1 0`` confirmed it fsync'd. The commit loop
+Durability: a frame is acknowledged only after ``WAITAOF 1 <replicas>`` confirmed it fsync'd. The commit loop
 gathers the batches of every stream of this process for up to ``commit_window_seconds``, writes them in one
 pipeline, and waits once per group (:func:`services.runtime.wait_durable`: a probe write and ``WAITAOF`` on one
 connection, per primary that took the group's writes on a cluster): with ``appendfsync everysec`` one fsync then
@@ -81,9 +89,12 @@ _COMMIT_LUA = """
 local hw_s = redis.call('HGET', KEYS[2], 'high_water') or '0'
 local hw = tonumber(hw_s)
 local now = ARGV[1]
+if tonumber(ARGV[4]) > hw then
+  return redis.error_reply('HIGH_WATER_BEHIND ' .. hw_s .. ' < ' .. ARGV[4])
+end
 if ARGV[2] ~= '0' then redis.call('HINCRBY', KEYS[2], 'received', ARGV[2]) end
-local first = 4 + 2 * tonumber(ARGV[3])
-for i = 4, first - 1, 2 do redis.call('HINCRBY', KEYS[2], 'rejected:' .. ARGV[i], ARGV[i + 1]) end
+local first = 5 + 2 * tonumber(ARGV[3])
+for i = 5, first - 1, 2 do redis.call('HINCRBY', KEYS[2], 'rejected:' .. ARGV[i], ARGV[i + 1]) end
 local stored, dup, lost = 0, 0, 0
 local out = {}
 for i = first, #ARGV, 4 do
@@ -127,6 +138,24 @@ local entry = redis.call('XADD', KEYS[1], '*', 'id', ARGV[1], 'c', ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], entry)
 redis.call('PUBLISH', '""" + DOORBELL + """', ARGV[4])
 return entry
+"""
+
+# A truck's CommandAck: stored only for a command issued to it, once per (command, outcome); the queue entry of the
+# command is removed either way (a re-sent command answered again with its known outcome).
+# KEYS: issued marker, command id -> entry hash, commands stream, command_acks stream, the command's hash.
+# ARGV: command id, ack bytes, receive ms, MAXLEN, outcome, TTL.
+# Returns 'unknown' (never issued: nothing written), 'repeat' (outcome already stored) or 'stored'.
+_ACK_COMMAND_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'unknown' end
+local entry = redis.call('HGET', KEYS[2], ARGV[1])
+if entry then
+  redis.call('XDEL', KEYS[3], entry)
+  redis.call('HDEL', KEYS[2], ARGV[1])
+end
+if redis.call('HSETNX', KEYS[5], 'o:' .. ARGV[5], ARGV[3]) == 0 then return 'repeat' end
+redis.call('EXPIRE', KEYS[5], ARGV[6], 'NX')
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'id', ARGV[1], 'a', ARGV[2], 't', ARGV[3])
+return 'stored'
 """
 
 #: A lost marker outlives any outage worth announcing; an expired one only means no "restored" event.
@@ -187,6 +216,26 @@ return committed
 """
 
 
+# Mark a vehicle due for archiving through a sequence (keep the highest). KEYS: due hash. ARGV: vehicle, through.
+_MARK_DUE_LUA = """
+local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if tonumber(ARGV[2]) > current then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return 1
+"""
+
+# Unmark a vehicle archived through a sequence, unless it was marked higher meanwhile.
+# KEYS: due hash. ARGV: vehicle, through.
+_CLEAR_DUE_LUA = """
+local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if current <= tonumber(ARGV[2]) then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
+"""
+
+#: The Redis store's archive identity and the vehicles due for archiving (see the keys above).
+ARCHIVE_STORE_KEY = "telemetry:archive:store"
+ARCHIVE_DUE_KEY = "telemetry:archive:due"
+
+
 def _k(vehicle_id: str, what: str) -> str:
     return f"telemetry:{{{vehicle_id}}}:{what}"
 
@@ -242,6 +291,8 @@ class _Pending:
     received: int
     rejects: Counter[str]
     future: asyncio.Future[CommitResult] = field(repr=False)
+    #: The high-water the batch must find (the stream's earlier batches landed); 0: no check.
+    after: int = 0
 
 
 def _decode_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> StoredFrame:
@@ -255,14 +306,23 @@ class TelemetryStore:
     #: Cap on WAITAOF calls in flight (each holds a pooled connection while the fsync is pending).
     MAX_INFLIGHT_WAITS = 32
 
-    def __init__(self, client: redis.asyncio.Redis, config: TelemetryConfig | None = None) -> None:
+    def __init__(self, client: redis.asyncio.Redis, config: TelemetryConfig | None = None, *,
+                 ack_replicas: int = 0, ack_replica_disk: bool = True,
+                 blocking: redis.asyncio.Redis | None = None) -> None:
         self._redis = client
+        #: Blocking reads (watches' XREAD BLOCK) go through their own pool when given: never the commit path's.
+        self._blocking = blocking or client
+        #: Replicas that must hold a frame too before it is acked, on disk or received (HAULMESH_STORE_ACK_*).
+        self._ack_replicas, self._ack_replica_disk = ack_replicas, ack_replica_disk
         self._plan_part = client.register_script(_PLAN_PART_LUA)
         self._commit_part = client.register_script(_COMMIT_PART_LUA)
+        self._mark_due = client.register_script(_MARK_DUE_LUA)
+        self._clear_due = client.register_script(_CLEAR_DUE_LUA)
         self.config = config or TelemetryConfig()
         self._commit_sha = client.register_script(_COMMIT_LUA).sha  # the Script only names it; see _write
         self._enqueue = client.register_script(_ENQUEUE_LUA)
         self._set_mission = client.register_script(_SET_MISSION_LUA)
+        self._ack_command = client.register_script(_ACK_COMMAND_LUA)
         self._queue: asyncio.Queue[_Pending] | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._waits: set[asyncio.Task[None]] = set()
@@ -285,8 +345,14 @@ class TelemetryStore:
         return await self.submit(vehicle_id, frames, received=received, rejects=rejects)
 
     def submit(self, vehicle_id: str, frames: list[Verified], *, received: int = 0,
-               rejects: Counter[str] | None = None) -> asyncio.Future[CommitResult]:
-        """:meth:`commit` as a future, for callers that keep several commits in flight (no task per batch)."""
+               rejects: Counter[str] | None = None, after: int = 0) -> asyncio.Future[CommitResult]:
+        """:meth:`commit` as a future, for callers that keep several commits in flight (no task per batch).
+
+        ``after``: the high-water the store must hold for this batch to apply (what the stream's earlier
+        batches reached). With several commits in flight, an earlier one can fail (a stale connection after a
+        store restart, an fsync lost with the store) while a later one lands; frame ids only grow, so the
+        earlier frames could then never be stored and would pass for duplicates when resent. Refused instead
+        (the stream ends, the truck resumes from the real high-water)."""
         if rejects:  # counted when rejected: whatever becomes of the batch's good frames, these are final
             metrics.record_rejects(rejects)
         if self._loop_task is None or self._loop_task.done():
@@ -295,7 +361,7 @@ class TelemetryStore:
             self._loop_task = asyncio.get_running_loop().create_task(self._commit_loop())
         future: asyncio.Future[CommitResult] = asyncio.get_running_loop().create_future()
         assert self._queue is not None
-        self._queue.put_nowait(_Pending(vehicle_id, frames, received, rejects or Counter(), future))
+        self._queue.put_nowait(_Pending(vehicle_id, frames, received, rejects or Counter(), future, after))
         return future
 
     async def close(self) -> None:
@@ -331,7 +397,7 @@ class TelemetryStore:
         receive_ms = int(time.time() * 1000)
         calls = []
         for item in group:
-            args: list[object] = [receive_ms, item.received, len(item.rejects)]
+            args: list[object] = [receive_ms, item.received, len(item.rejects), item.after]
             for reason, count in item.rejects.items():
                 args += [reason, count]
             for frame in item.frames:
@@ -356,7 +422,8 @@ class TelemetryStore:
         try:
             timeout_ms = int(self.config.durable_timeout_seconds * 1000)
             # On the stores (every primary, on a cluster) that took the group's writes: see wait_durable.
-            if not await wait_durable(self._redis, [_k(item.vehicle_id, "frames") for item in group], timeout_ms):
+            if not await wait_durable(self._redis, [_k(item.vehicle_id, "frames") for item in group], timeout_ms,
+                                      replicas=self._ack_replicas, replica_disk=self._ack_replica_disk):
                 raise Unavailable("store did not confirm the fsync in time; frames not acknowledged",
                                   reason="NOT_DURABLE")
         except Exception as exc:
@@ -418,7 +485,7 @@ class TelemetryStore:
     async def wait_frames(self, vehicle_id: str, after: int, *, block_ms: int = 2000,
                           count: int = 500) -> list[StoredFrame]:
         """Frames after ``after``, waiting up to ``block_ms`` for the first to be stored (XREAD BLOCK)."""
-        reply = await self._redis.xread({self.frames_key(vehicle_id): f"{after}-0"}, count=count, block=block_ms)
+        reply = await self._blocking.xread({self.frames_key(vehicle_id): f"{after}-0"}, count=count, block=block_ms)
         return [_decode_entry(i, f) for _, entries in reply or [] for i, f in entries]
 
     # ---- keys, sessions, liveness --------------------------------------------------------------------
@@ -528,16 +595,25 @@ class TelemetryStore:
         raw = await self._redis.get(f"telemetry:{{{mission}}}:vehicle")
         return raw.decode() if raw else ""
 
-    async def ack_command(self, vehicle_id: str, ack: stream_pb2.CommandAck) -> None:
-        """Record a CommandAck and stop re-sending its command."""
-        entry = await self._redis.hget(_k(vehicle_id, "command_ids"), ack.command_id)
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.xadd(_k(vehicle_id, "command_acks"), {"id": ack.command_id, "a": ack.SerializeToString(),
-                                                   "t": int(time.time() * 1000)})
-        if entry is not None:
-            pipe.xdel(_k(vehicle_id, "commands"), entry)
-            pipe.hdel(_k(vehicle_id, "command_ids"), ack.command_id)
-        await pipe.execute()
+    async def command_ack_state(self, vehicle_id: str, ack: stream_pb2.CommandAck) -> str:
+        """``unknown`` (the command was never issued to this vehicle), ``repeat`` (this outcome of it is already
+        recorded) or ``new``: whether :meth:`ack_command` would store the ack (read only)."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.exists(_k(vehicle_id, f"issued:{ack.command_id}"))
+        pipe.hexists(_k(vehicle_id, f"command:{ack.command_id}"), f"o:{ack.outcome}")
+        issued, seen = await pipe.execute()
+        return "unknown" if not issued else "repeat" if seen else "new"
+
+    async def ack_command(self, vehicle_id: str, ack: stream_pb2.CommandAck) -> str:
+        """Record a CommandAck (once per command and outcome, only for a command issued to the vehicle) and stop
+        re-sending its command; returns ``stored``, ``repeat`` or ``unknown`` (see ``_ACK_COMMAND_LUA``)."""
+        outcome = await self._ack_command(
+            keys=[_k(vehicle_id, f"issued:{ack.command_id}"), _k(vehicle_id, "command_ids"),
+                  _k(vehicle_id, "commands"), _k(vehicle_id, "command_acks"),
+                  _k(vehicle_id, f"command:{ack.command_id}")],
+            args=[ack.command_id, ack.SerializeToString(), int(time.time() * 1000), self.config.command_acks_kept,
+                  ack.outcome, _ISSUED_TTL_SECONDS])
+        return outcome.decode() if isinstance(outcome, bytes) else str(outcome)
 
     async def command_acks(self, vehicle_id: str) -> list[stream_pb2.CommandAck]:
         """Every CommandAck received from the vehicle, in order."""
@@ -551,14 +627,15 @@ class TelemetryStore:
         watermark: domain trim_boundary); returns how many were dropped. Nothing archived, nothing dropped.
 
         Entry ids are sequences, not times, so the cut is found by walking from the oldest entry (receive
-        times ascend with sequence): run regularly, the walk only covers what expires, then XTRIM MINID.
+        times ascend with sequence), and never past the archived watermark (nothing above it may go): the walk
+        covers at most the archived frames still hot, however many unarchived ones follow; then XTRIM MINID.
         """
         archived_upto = int(await self._redis.hget(_k(vehicle_id, "archive"), "upto") or 0)
         if not archived_upto:
             return 0
         key, after, boundary = self.frames_key(vehicle_id), "-", None
         while boundary is None:
-            entries = await self._redis.xrange(key, after, "+", count=chunk)
+            entries = await self._redis.xrange(key, after, f"{archived_upto}-0", count=chunk)
             if not entries:
                 break
             for entry_id, fields in entries:
@@ -568,11 +645,9 @@ class TelemetryStore:
             else:
                 after = b"(" + entries[-1][0]
         if boundary is None:
-            # Everything expired: MINID past the last entry empties the stream but keeps its last id.
-            last = await self._redis.xrevrange(key, "+", "-", count=1)
-            if not last:
-                return 0
-            boundary = f"{int(last[0][0].split(b'-')[0]) + 1}-0".encode()
+            # Every archived frame still hot has expired: MINID just past the watermark drops them all and keeps
+            # the stream's last id (a stream emptied by XTRIM still refuses ids at or below it).
+            boundary = f"{archived_upto + 1}-0".encode()
         # MINID keeps ids >= boundary: the highest sequence dropped is boundary - 1, never past the watermark.
         through = trim_boundary(archived_upto, int(boundary.split(b"-")[0]) - 1)
         if not through:
@@ -633,6 +708,37 @@ class TelemetryStore:
         raw = await self._redis.zrangebyscore(_k(vehicle_id, "archive_parts"), f"({after}", "+inf", start=0,
                                               num=limit)
         return [PartEntry.from_json(r) for r in raw]
+
+    async def claim_archive_store(self, store_id: str) -> str:
+        """Record ``store_id`` as the archive of this Redis store unless one is recorded (SET NX); returns the
+        recorded id (``store_id`` if it was the first)."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(ARCHIVE_STORE_KEY, store_id, nx=True)
+        pipe.get(ARCHIVE_STORE_KEY)
+        _, holder = await pipe.execute()
+        return (holder or b"").decode()
+
+    async def mark_archive_due(self, vehicle_id: str, through: int) -> None:
+        """Mark the vehicle's frames through ``through`` due for archiving now (the archive worker takes it)."""
+        await self._mark_due(keys=[ARCHIVE_DUE_KEY], args=[vehicle_id, through])
+
+    async def archive_due(self, *, limit: int = 100) -> list[tuple[str, int]]:
+        """Up to ``limit`` vehicles marked due, with the sequence to archive through."""
+        _, found = await self._redis.hscan(ARCHIVE_DUE_KEY, 0, count=limit)
+        return sorted((k.decode(), int(v)) for k, v in found.items())[:limit]
+
+    async def clear_archive_due(self, vehicle_id: str, through: int) -> None:
+        """Unmark the vehicle archived through ``through`` (kept if it was marked higher meanwhile)."""
+        await self._clear_due(keys=[ARCHIVE_DUE_KEY], args=[vehicle_id, through])
+
+    async def archive_durable(self, vehicle_id: str) -> bool:
+        """Whether every write already applied to the vehicle's keys (its frames, its archive index) is fsync'd
+        (see :func:`services.runtime.wait_durable`); False if the store cannot say so in time."""
+        try:
+            return await wait_durable(self._redis, [_k(vehicle_id, "frames")],
+                                      int(self.config.durable_timeout_seconds * 1000))
+        except redis.ResponseError:  # no AOF at all (appendonly no): nothing is durable
+            return False
 
     async def first_hot(self, vehicle_id: str) -> int:
         """The lowest sequence still in the hot stream, 0 if it is empty."""

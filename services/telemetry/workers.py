@@ -8,6 +8,10 @@
   to Parquet parts, so a part holds about that long of a vehicle's frames), the retention sweep (hourly; it
   trims only archived frames) and the liveness sweep (a tenth of the liveness timeout, so a loss is
   reported at most 10 % late);
+* companion: the archive worker (usecases/archive.py ``Archiver.serve``): opens the archive (capped backoff, so
+  an object store that is down never stops telemetry), then archives the vehicles the ``telemetry-missions``
+  consumer marked due (a COMPLETED mission), woken by the mark: that consumer also relays commands to trucks,
+  so it only marks and never waits on the object store;
 * companions (not simply periodic): the command deliverer, woken by the doorbell and sweeping every open stream
   every ``COMMAND_SWEEP_SECONDS``, the doorbell listener (Pub/Sub), and the fleet-state reporter
   (usecases/fleet.py: a batch to the roster every flush interval, at once on a connectivity change).
@@ -112,6 +116,8 @@ def start(service: Service, *, store: TelemetryStore, streams: Streams, tracking
     """Register the consumers and loops with the runtime (they run while the service runs)."""
 
     async def trim() -> None:
+        if archiver is not None and not await archiver.may_trim():
+            return  # this process's archive is unavailable or not the store's: the replicas whose is trim
         dropped = await store.sweep_retention()
         if dropped:
             _log.info("retention: dropped %d expired frames", dropped)
@@ -134,6 +140,8 @@ def start(service: Service, *, store: TelemetryStore, streams: Streams, tracking
 
     if archiver is not None:
         service.add_periodic("archive", archive, interval_seconds=min(max(archive_after_seconds, 1.0), 3600.0))
+        worker = _Companion(archiver.serve)
+        service.add_companion(worker.run, worker.stop)
     service.add_periodic("retention sweep", trim, interval_seconds=RETENTION_SWEEP_SECONDS)
     service.add_periodic("liveness sweep", liveness,
                          interval_seconds=liveness_timeout_seconds / _LIVENESS_SWEEPS_PER_TIMEOUT)

@@ -67,3 +67,12 @@ def test_kpi_report_bounds_from_the_environment() -> None:
         with pytest.raises(ConfigError) as caught:
             BillingConfig.from_env({key: bad})
         assert caught.value.field == key
+
+
+def test_evidence_export_bounds_are_read_and_checked() -> None:
+    config = BillingConfig.from_env({"HAULMESH_BILLING_EVIDENCE_MAX_CONCURRENT": "4",
+                                     "HAULMESH_BILLING_EVIDENCE_MAX_AUDIT_ENTRIES": "500"})
+    assert (config.evidence_max_concurrent, config.evidence_max_audit_entries) == (4, 500)
+    assert BillingConfig.from_env({}).evidence_max_concurrent == 2
+    with pytest.raises(ConfigError):
+        BillingConfig.from_env({"HAULMESH_BILLING_EVIDENCE_MAX_CONCURRENT": "0"})

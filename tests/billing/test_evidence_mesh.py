@@ -182,6 +182,9 @@ async def test_cli_export_and_verify_exit_codes(mesh: Mesh, mesh_pki: Pki, deliv
     assert main(["evidence", "verify", str(out), "--ca", ca]) == 0
     printed = capsys.readouterr().out
     assert "evidence pack VERIFIED" in printed and "ok    invoice:" in printed
+    # Without --ca the checks run against the pack's own CA: never exit 0, and the verdict says why.
+    assert main(["evidence", "verify", str(out)]) == 3
+    assert "NOT VERIFIED: CA not pinned" in capsys.readouterr().out
     data = bytearray(out.read_bytes())
     data[len(data) // 2] ^= 1
     (tmp_path / "bad.zip").write_bytes(bytes(data))

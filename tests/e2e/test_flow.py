@@ -19,13 +19,16 @@ from google.protobuf import timestamp_pb2
 
 from haulmesh.billing.v1 import billing_service_pb2, billing_service_pb2_grpc, rate_card_pb2
 from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, mission_service_pb2_grpc, vehicle_pb2
+from haulmesh.telemetry.v1 import frame_pb2
 from haulmesh.type.v1 import equipment_pb2, health_check_pb2, money_pb2
 from services.gateway.rest.descriptors import load_api
 from services.mission.domain import key_id_of
-from services.runtime import Mesh, carrier_metadata, pki
+from services.runtime import Mesh, carrier_metadata, metering, pki
 from services.runtime.tokens import mint
 
-from ..conftest import Pki
+from ..conftest import Pki, wait_for
+from ..telemetry.helpers import Session, batch
+from ..trucks import Truck
 
 ROOT = Path(__file__).resolve().parents[2]
 SCOPES = ("tender:create tender:read tender:update tender:cancel tender:respond mission:read mission:checkin "
@@ -123,10 +126,15 @@ async def _owners_resources(mesh: Mesh, mesh_pki: Pki, http: httpx.AsyncClient, 
         # Dispatch picks the nearest eligible truck, which may be another test's: sign as whichever it is.
         assigned = current.vehicle.removeprefix("vehicles/")
         truck = pki.issue(mesh_pki.ca, pki.identity_for("vehicle", assigned), valid_days=1)
+        # One signed frame of the mission, stored, so its proof VERIFIES (a DISPUTED proof is never billed). A
+        # sequence above any another test's truck of this id may have used: the server keeps the first frame.
+        frame = await _stream_one_frame(mesh, Truck(assigned, truck, mesh_pki.ca.certificate_pem),
+                                        mission.removeprefix("missions/"))
         manifest = mission_pb2.DeliveryManifest(
             mission_id=mission.removeprefix("missions/"), vehicle_id=assigned, tms_load_id=current.load.tms_load_id,
             deliver_time=_ts(datetime.now(UTC)), location=current.stops[-1].location,
-            telemetry_log_sha256="ab" * 32, telemetry_first_sequence=1, telemetry_last_sequence=1).SerializeToString()
+            telemetry_log_sha256=metering.telemetry_log_sha256([frame.payload]),
+            telemetry_first_sequence=frame.sequence, telemetry_last_sequence=frame.sequence).SerializeToString()
         signature = truck.private_key.sign(manifest, ec.ECDSA(hashes.SHA256()))
         proof = mission_pb2.ProofOfDelivery(manifest=manifest, key_id=key_id_of(truck.certificate_pem),
                                             manifest_signature=signature)
@@ -148,6 +156,20 @@ async def _owners_resources(mesh: Mesh, mesh_pki: Pki, http: httpx.AsyncClient, 
     assert len(invoices) == 1, "no invoice issued for the owner's mission"
     return {"tenders": tender["name"], "missions": mission, "quotes": tender["offer"]["quote"],
             "invoices": invoices[0]["name"], "rateCards": card.name}
+
+
+async def _stream_one_frame(mesh: Mesh, truck: Truck, mission_id: str) -> frame_pb2.SignedFrame:
+    """The truck streams one signed frame of the mission, at a fresh high sequence; returned once acked."""
+    sequence = 1_000_000_000 + uuid.uuid4().int % 1_000_000_000
+    frame = truck.frame(sequence, mission_id=mission_id)
+    async with grpc.aio.secure_channel(mesh.address("telemetry"), truck.credentials()) as channel:
+        session = Session(channel)
+        session.send(truck.hello())
+        session.send(batch([frame]))
+        await wait_for(lambda: session.acked_through >= sequence or None, timeout_seconds=20)
+        session.close()
+        await session.aclose()
+    return frame
 
 
 async def test_no_tenant_sees_or_touches_another_tenants_resources(mesh: Mesh, mesh_pki: Pki) -> None:

@@ -107,6 +107,7 @@ def test_eviction_policy_property(tmp_path_factory, kinds: list[int], bound: int
                 spool.mark_acked(ack_at[i])
                 model = [m for m in model if m[0] > ack_at[i]]
             assert spool.sequences() == [m[0] for m in model]
+            assert spool.stats().depth == len(model)  # the row counter, never a COUNT(*), stays exact
         assert spool.stats().dropped == dropped
         critical = {s for s, k in enumerate(kinds, start=1) if k not in ROUTINE_KINDS}
         acked = max([a for i, a in ack_at.items() if i < len(kinds)], default=0)
@@ -124,3 +125,73 @@ def test_recorded_frames_are_signed_over_the_stored_payload(tmp_path: Path, sign
         assert (frame.sequence, decoded.sequence, decoded.vehicle_id) == (1, 1, VEHICLE)
         assert frame.key_id == signer.key_id and len(frame.key_id) == 64
         signer._key.public_key().verify(frame.signature, frame.payload, ec.ECDSA(hashes.SHA256()))
+
+
+def _logged(spool: Spool, mission_id: str) -> int:
+    def build(seq: int) -> bytes:
+        payload = frame_pb2.FramePayload(vehicle_id=VEHICLE, sequence=seq, mission_id=mission_id)
+        return frame_pb2.SignedFrame(sequence=seq, payload=payload.SerializeToString()).SerializeToString()
+
+    return spool.enqueue(Kind.KIND_POSITION, build, mission_id=mission_id)
+
+
+def _rows(spool: Spool, table: str) -> int:
+    import sqlite3
+
+    with sqlite3.connect(spool.path) as db:
+        return db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]  # noqa: S608 - a test's fixed names
+
+
+def test_old_or_cancelled_missions_leave_the_spool(tmp_path: Path) -> None:
+    """A mission's log and assignment go when it is cancelled or older than max_mission_age_days (a proof that
+    never went through must not hold the disk for ever); a current mission's stay."""
+    import time
+
+    from haulmesh.telemetry.v1 import stream_pb2
+
+    with Spool(tmp_path / "s.db", max_mission_age_days=1) as spool:
+        for mission in ("old", "current", "cancelled"):
+            spool.remember_assignment(stream_pb2.MissionAssignment(mission_id=mission))
+            _logged(spool, mission)
+            _logged(spool, mission)
+        _logged(spool, "unassigned")
+        assert spool.end_mission("cancelled") == 2
+        assert spool.mission_log("cancelled") == [] and spool.assignment("cancelled") is None
+        assert spool.prune(now=time.time() + 0.5 * 86400) == 0  # nothing is a day old yet
+        import sqlite3
+
+        with sqlite3.connect(spool.path) as db:  # "old" was accepted two days ago
+            db.execute("UPDATE assignments SET accepted_at = accepted_at - 2 * 86400 WHERE mission_id = 'old'")
+        assert spool.prune() == 2
+        assert spool.assignment("old") is None and spool.mission_log("old") == []
+        assert len(spool.mission_log("current")) == 2 and spool.assignment("current") is not None
+        assert spool.prune(now=time.time() + 2 * 86400) == 3  # in two days: every mission is stale
+        assert _rows(spool, "mission_log") == 0 and _rows(spool, "assignments") == 0
+
+
+def test_row_counters_match_the_tables_across_reopen_and_a_legacy_spool(tmp_path: Path) -> None:
+    import sqlite3
+
+    with Spool(tmp_path / "s.db", max_log_frames=3) as spool:
+        for _ in range(5):
+            _logged(spool, "m1")
+        spool.mark_acked(2)
+        assert spool.stats().depth == _rows(spool, "frames") == 3
+        assert len(spool.mission_log("m1")) == _rows(spool, "mission_log") == 3  # bounded by the counter
+    # A spool of the release before the counters and time columns: opened, migrated, counted once.
+    legacy = tmp_path / "legacy.db"
+    with sqlite3.connect(legacy) as db:
+        db.executescript("""
+            CREATE TABLE frames (sequence INTEGER PRIMARY KEY, kind INTEGER NOT NULL, routine INTEGER NOT NULL,
+                                 frame BLOB NOT NULL);
+            CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+            CREATE TABLE mission_log (sequence INTEGER PRIMARY KEY, mission_id TEXT NOT NULL, payload BLOB NOT NULL);
+            CREATE TABLE assignments (mission_id TEXT PRIMARY KEY, assignment BLOB NOT NULL);
+            INSERT INTO counters VALUES ('last_sequence', 2);
+            INSERT INTO frames VALUES (1, 1, 1, x'00'), (2, 1, 1, x'00');
+            INSERT INTO mission_log VALUES (1, 'm', x'00'), (2, 'm', x'00');
+            INSERT INTO assignments VALUES ('m', x'');
+        """)
+    with Spool(legacy) as spool:
+        assert spool.stats().depth == 2 and len(spool.mission_log("m")) == 2  # kept: its age counts from now
+        assert _raw(spool, Kind.KIND_POSITION) == 3 and spool.stats().depth == 3

@@ -595,6 +595,24 @@ def test_the_proofs_telemetry_log_is_verified_refused_or_disputed() -> None:
         domain.verify_telemetry_log(manifest, payloads, T0)
     assert caught.value.reason == "POD_TELEMETRY_HASH_MISMATCH" and "#5..#8" in caught.value.message
     assert caught.value.metadata["first_sequence"] == "5"
+    # Frames of the mission stored before the range: the digest matches, but the log leaves part of the mission out.
+    manifest.telemetry_log_sha256 = telemetry_log_sha256(payloads)
+    partial = domain.verify_telemetry_log(manifest, payloads, T0, earlier_frames=True)
+    assert (partial.result, partial.reason) == (mission_pb2.TelemetryVerification.RESULT_DISPUTED, "LOG_INCOMPLETE")
+
+
+def test_a_disputed_proof_waits_then_escalates_and_lasting_disputes_escalate_at_once() -> None:
+    disputed = mission_pb2.TelemetryVerification(result=mission_pb2.TelemetryVerification.RESULT_DISPUTED,
+                                                 reason="FRAMES_MISSING")
+    submitted = T0
+    assert domain.billing_gate(disputed, submitted, T0 + timedelta(seconds=59), 60) == domain.WAIT
+    assert domain.billing_gate(disputed, submitted, T0 + timedelta(seconds=60), 60) == domain.ESCALATE
+    for lasting in ("TELEMETRY_HASH_MISMATCH", "LOG_INCOMPLETE"):
+        disputed.reason = lasting
+        assert domain.billing_gate(disputed, submitted, T0, 3600) == domain.ESCALATE
+    for result in (mission_pb2.TelemetryVerification.RESULT_VERIFIED,
+                   mission_pb2.TelemetryVerification.RESULT_UNSPECIFIED):
+        assert domain.billing_gate(mission_pb2.TelemetryVerification(result=result), submitted, T0, 0) == domain.BILL
 
 
 def test_billing_retries_back_off_to_the_limit() -> None:

@@ -188,7 +188,9 @@ class _Trip:
 @pytest.fixture(scope="module")
 async def usage_mesh(mesh_pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
     """A mesh of its own whose telemetry accepts device times up to two days ahead of its clock."""
-    env = {"HAULMESH_TELEMETRY_CLOCK_SKEW_SECONDS": "172800"}
+    # The billing sweeper re-checks a DISPUTED proof within a second or two (the test waits for late frames).
+    env = {"HAULMESH_TELEMETRY_CLOCK_SKEW_SECONDS": "172800", "HAULMESH_BILLING_GRACE_SECONDS": "0.5",
+           "HAULMESH_BILLING_SWEEP_SECONDS": "0.25", "HAULMESH_BILLING_MAX_BACKOFF_SECONDS": "1"}
     async with running_mesh(mesh_pki, tmp_path_factory.mktemp("usage"), env=env) as mesh:
         yield mesh
 
@@ -344,4 +346,25 @@ async def test_a_proof_whose_digest_disagrees_is_refused_and_missing_frames_disp
     verification = delivered.proof_of_delivery.telemetry_verification
     assert (verification.result, verification.reason, verification.frames_missing) == (
         mission_pb2.TelemetryVerification.RESULT_DISPUTED, "FRAMES_MISSING", 1)
-    assert delivered.state in (State.STATE_DELIVERED, State.STATE_COMPLETED)
+    assert delivered.state == State.STATE_DELIVERED
+
+    async def rechecked() -> State | None:
+        current = await trip.in_state(State.STATE_DELIVERED, State.STATE_COMPLETED)
+        again = current.proof_of_delivery.telemetry_verification.verify_time
+        return current if again.ToNanoseconds() > verification.verify_time.ToNanoseconds() else None
+
+    # Billing re-verified the log and, the frame still missing, billed nothing.
+    waiting = await wait_for(rechecked, timeout_seconds=20)
+    assert waiting.state == State.STATE_DELIVERED
+    invoices = await trip.billing.ListInvoices(billing_service_pb2.ListInvoicesRequest(
+        filter=f'mission = "{trip.mission_name}"'), metadata=trip.tenant, timeout=10)
+    assert list(invoices.invoices) == []
+
+    # The late frame arrives (the spool replays): the sweeper's next check verifies the log, then bills.
+    await trip.send_spooled()
+    completed = await wait_for(lambda: trip.in_state(State.STATE_COMPLETED), timeout_seconds=30)
+    verification = completed.proof_of_delivery.telemetry_verification
+    assert (verification.result, verification.frames_missing) == (mission_pb2.TelemetryVerification.RESULT_VERIFIED, 0)
+    invoices = await trip.billing.ListInvoices(billing_service_pb2.ListInvoicesRequest(
+        filter=f'mission = "{trip.mission_name}"'), metadata=trip.tenant, timeout=10)
+    assert len(invoices.invoices) == 1

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -12,12 +14,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from haulmesh.billing.v1 import invoice_pb2
 from haulmesh.mission.v1 import mission_pb2
 from haulmesh.telemetry.v1 import frame_pb2
+from haulmesh.type.v1 import charge_line_pb2, money_pb2
 from services.runtime import metering, pki, signing_key_id
 from services.runtime._audit import _GENESIS, AuditEntry, _entry_hash
 from services.runtime.evidence import PackFrame, SealKey, telemetry_log_sha256
 
 MISSION_ID = "01JEVIDENCEPACKTESTMISSION"
 VEHICLE = "AU-TRK-1001"
+#: When the inputs' trip happens: now (the certificates are issued now and frames must fall in their validity).
+T0 = int(time.time())
 
 
 @dataclass
@@ -48,20 +53,20 @@ def sign_frame(issued: pki.IssuedCertificate, sequence: int, lat: float, lon: fl
     payload = frame_pb2.FramePayload(vehicle_id=vehicle, sequence=sequence, boot_id="boot-1",
                                      kind=frame_pb2.FramePayload.KIND_POSITION, mission_id=mission_id,
                                      position=frame_pb2.Position(lat=lat, lon=lon, speed_kph=90))
-    payload.device_time.FromSeconds(1_780_000_000 + 15 * sequence)
+    payload.device_time.FromSeconds(T0 + 15 * sequence)
     raw = payload.SerializeToString()
     return PackFrame(sequence, raw, issued.private_key.sign(raw, ec.ECDSA(hashes.SHA256())), key_id(issued),
-                     f"2026-05-28T20:{sequence:02d}:00.123Z")
+                     datetime.fromtimestamp(T0 + 15 * sequence + 1, UTC).strftime("%Y-%m-%dT%H:%M:%S.123Z"))
 
 
 def audit_chain(resources: list[str], chain: str = "audit:{billing-test}") -> list[AuditEntry]:
     entries, prev = [], _GENESIS
     for seq, resource in enumerate(resources, 1):
-        record = {"time": 1_780_000_000.5 + seq, "actor": "spiffe://haulmesh.local/service/gateway",
+        record = {"time": T0 + 0.5 + seq, "actor": "spiffe://haulmesh.local/service/gateway",
                   "method": "/haulmesh.billing.v1.BillingService/ReconcileInvoice", "carrier": "carriers/acme",
                   "resource": resource, "outcome": "OK", "seq": seq, "prev": prev}
         digest = _entry_hash(prev, record)
-        entries.append(AuditEntry(chain, f"{1_780_000_000_000 + seq}-0", json.dumps(record, sort_keys=True),
+        entries.append(AuditEntry(chain, f"{T0 * 1000 + seq}-0", json.dumps(record, sort_keys=True),
                                   digest))
         prev = digest
     return entries
@@ -76,7 +81,7 @@ def make_inputs(frame_count: int = 3) -> Inputs:
         mission_id=MISSION_ID, vehicle_id=VEHICLE, tms_load_id="LD-1",
         telemetry_log_sha256=telemetry_log_sha256([f.payload for f in frames]),
         telemetry_first_sequence=frames[0].sequence, telemetry_last_sequence=frames[-1].sequence)
-    manifest.deliver_time.FromSeconds(1_780_000_900)
+    manifest.deliver_time.FromSeconds(T0 + 900)
     manifest_bytes = manifest.SerializeToString()
     mission = mission_pb2.Mission(name=f"missions/{MISSION_ID}", carrier="carriers/acme", tender="tenders/T1",
                                   quote="quotes/Q1", vehicle=f"vehicles/{VEHICLE}",
@@ -90,9 +95,14 @@ def make_inputs(frame_count: int = 3) -> Inputs:
     measured = metering.measure(metering.fixes_from_payloads(f.payload for f in frames), gap_seconds=120)
     invoice.usage.miles = measured.miles
     invoice.usage.hours = measured.hours
+    amount = round(measured.miles * 285)
+    invoice.lines.add(type=charge_line_pb2.CHARGE_TYPE_LINEHAUL, code="LINEHAUL",
+                      quantity=measured.miles, amount=money_pb2.Money(currency_code="USD", amount_minor=amount))
+    invoice.total.CopyFrom(money_pb2.Money(currency_code="USD", amount_minor=amount))
     invoice.usage.provenance.CopyFrom(invoice_pb2.UsageProvenance(
         mission=mission.name, vehicle=mission.vehicle, first_sequence=measured.first_sequence,
         last_sequence=measured.last_sequence, frame_count=measured.frames, gap_threshold_seconds=120,
+        circuity_factor=metering.DEFAULT_CIRCUITY_FACTOR,
         source=invoice_pb2.UsageProvenance.SOURCE_POSITIONS,
         telemetry_log_sha256=telemetry_log_sha256([f.payload for f in frames])))
     audit = audit_chain(["tenders/T1", mission.name, "invoices/I1"])

@@ -20,6 +20,14 @@ def test_defaults(tmp_path: Path) -> None:
     # The server's keepalive policy (docs/decisions.md, "Keepalive, both ends"); the edge client pings every 10 s.
     assert (config.keepalive_time_seconds, config.keepalive_timeout_seconds,
             config.keepalive_min_ping_interval_seconds) == (20.0, 10.0, 5.0)
+    assert config.call_max_attempts == 3 and config.store_ack_replicas == 0 and config.test_faults_file is None
+
+
+def test_retries_and_replica_acks_are_read(tmp_path: Path) -> None:
+    config = ServiceConfig.from_env("tender", {"HAULMESH_CALL_MAX_ATTEMPTS": "1", "HAULMESH_STORE_ACK_REPLICAS": "2",
+                                               "HAULMESH_STORE_ACK_REPLICA_DISK": "0"})
+    assert config.call_max_attempts == 1 and config.store_ack_replicas == 2 and not config.store_ack_replica_disk
+    assert ServiceConfig.from_env("tender", {}).store_ack_replica_disk
 
 
 @pytest.mark.parametrize("env,field", [
@@ -33,6 +41,11 @@ def test_defaults(tmp_path: Path) -> None:
     ({"HAULMESH_KEEPALIVE_TIME_SECONDS": "0"}, "HAULMESH_KEEPALIVE_TIME_SECONDS"),
     ({"HAULMESH_KEEPALIVE_TIMEOUT_SECONDS": "soon"}, "HAULMESH_KEEPALIVE_TIMEOUT_SECONDS"),
     ({"HAULMESH_KEEPALIVE_MIN_PING_INTERVAL_SECONDS": "-1"}, "HAULMESH_KEEPALIVE_MIN_PING_INTERVAL_SECONDS"),
+    ({"HAULMESH_CALL_MAX_ATTEMPTS": "0"}, "HAULMESH_CALL_MAX_ATTEMPTS"),
+    ({"HAULMESH_CALL_MAX_ATTEMPTS": "6"}, "HAULMESH_CALL_MAX_ATTEMPTS"),
+    ({"HAULMESH_STORE_ACK_REPLICAS": "-1"}, "HAULMESH_STORE_ACK_REPLICAS"),
+    ({"HAULMESH_STORE_ACK_REPLICAS": "all"}, "HAULMESH_STORE_ACK_REPLICAS"),
+    ({"HAULMESH_STORE_ACK_REPLICA_DISK": "yes"}, "HAULMESH_STORE_ACK_REPLICA_DISK"),
 ])
 def test_bad_values_name_the_variable(env: dict[str, str], field: str) -> None:
     with pytest.raises(ConfigError) as caught:

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.runtime import pki
-from services.runtime._audit import verify_entries
+from services.runtime._audit import AuditEntry, verify_entries
 from services.runtime.evidence import _unzip, _zip, build_pack, verify_pack
 
 from .evidence_inputs import VEHICLE, audit_chain, make_inputs, sign_frame
@@ -42,12 +42,16 @@ def test_a_pack_verifies_offline_and_names_every_check(pack, inputs) -> None:
     assert result.ok, result.report()
     assert [c.name for c in result.passed] == ["container", "seal", "manifest", "canonical", "mission",
                                                "vehicle certificates", "frames", "proof of delivery", "invoice",
-                                               "audit"]
+                                               "audit", "validity"]
     assert result.facts["frames"] == 3 and result.facts["pod_verified"] is True
     assert "VERIFIED" in result.report()
     # Without a pinned CA the pack's own CA is used, and the report says it was not pinned.
     unpinned = verify_pack(pack)
     assert unpinned.ok and "not pinned" in unpinned.report()
+    # ... and is never VERIFIED: anyone can make a CA that every check passes against.
+    assert result.verified and not unpinned.verified
+    assert unpinned.report().endswith("NOT VERIFIED: CA not pinned (every check passed against the pack's own CA, "
+                                      "which anyone can make; pass --ca with the mesh CA)")
 
 
 def test_same_inputs_same_bytes(inputs, pack) -> None:
@@ -233,22 +237,169 @@ def test_vehicle_constant_matches_the_truck(inputs) -> None:
     assert inputs.mission.vehicle == f"vehicles/{VEHICLE}"
 
 
-async def test_audit_entries_touching_a_mission_come_with_their_links(client) -> None:
-    """On a real store: two writers' chains; the run between the first and last touching entry of each chain comes
-    out whole (so every link verifies), entries after the last touching one do not, other chains give nothing."""
-    from services.runtime import AuditLog, audit_entries_touching
+async def test_audit_entries_touching_a_mission_are_only_those_never_another_carriers(client) -> None:
+    """On a real store: two writers' chains interleaving two carriers' calls. Only the entries naming the mission or
+    invoice leave the store, not the other carrier's records between them; each verifies on its own (hash over its
+    prev and content) and adjacent ones by their link; another carrier's call naming the resource is dropped."""
+    import time
+
+    from services.runtime import AuditLog, TooManyAuditEntries, audit_entries_touching
 
     first, second = AuditLog(client, "billing"), AuditLog(client, "mission")
-    for resource in ["tenders/X", "missions/M", "invoices/I", "missions/OTHER", "missions/M", "tenders/Y"]:
-        await first.append(actor="spiffe://haulmesh.local/service/gateway", method="/x.Y/Z", resource=resource)
-    for resource in ["missions/OTHER", "missions/OTHER"]:
-        await second.append(actor="spiffe://haulmesh.local/operator/ops", method="/x.Y/Z", resource=resource)
-    entries = await audit_entries_touching(client, {"missions/M", "invoices/I"})
+    calls = [("acme", "tenders/X"), ("acme", "missions/M"), ("carriers/acme", "invoices/I"),
+             ("rival", "missions/OTHER"), ("", "missions/M"), ("carriers/rival", "missions/M"), ("acme", "tenders/Y")]
+    for carrier, resource in calls:
+        await first.append(actor="spiffe://haulmesh.local/service/gateway", method="/x.Y/Z", carrier=carrier,
+                           resource=resource)
+    for _ in range(2):
+        await second.append(actor="spiffe://haulmesh.local/operator/ops", method="/x.Y/Z", carrier="rival",
+                            resource="missions/OTHER")
+    entries = await audit_entries_touching(client, {"missions/M", "invoices/I"}, carrier="acme")
     records = [json.loads(e.record) for e in entries]
-    assert [r["resource"] for r in records] == ["missions/M", "invoices/I", "missions/OTHER", "missions/M"]
-    assert [r["seq"] for r in records] == [2, 3, 4, 5]
+    assert [(r["carrier"], r["resource"], r["seq"]) for r in records] == [
+        ("acme", "missions/M", 2), ("carriers/acme", "invoices/I", 3), ("", "missions/M", 5)]
+    assert all("rival" not in r["carrier"] for r in records)  # the tenant leak: never another carrier's record
     assert {e.chain for e in entries} == {first.stream}
     assert verify_entries(entries) == []
-    # A run longer than the bound is cut to the touching entries alone: links hold where they are adjacent.
-    cut = await audit_entries_touching(client, {"missions/M", "invoices/I"}, max_segment_entries=2)
-    assert [json.loads(e.record)["seq"] for e in cut] == [2, 3, 5] and verify_entries(cut) == []
+    edited = [AuditEntry(e.chain, e.entry_id, e.record.replace('"acme"', '"acmf"'), e.hash) for e in entries]
+    assert any("edited" in p for p in verify_entries(edited))
+    # Scans start at a time (the mission's creation): nothing before it is read.
+    assert await audit_entries_touching(client, {"missions/M"}, since_ms=int(time.time() * 1000) + 60_000) == []
+    # Bounded: more touching entries than the cap is an error, never an unbounded list.
+    with pytest.raises(TooManyAuditEntries):
+        await audit_entries_touching(client, {"missions/M", "invoices/I"}, carrier="acme", max_entries=2)
+
+
+def _reseal(pack: bytes, change_sig) -> bytes:
+    """The pack with its seal's signature passed through ``change_sig`` (DER bytes → base64 text)."""
+    from services.runtime.evidence import _canonical, _unb64
+
+    def change(members):
+        *rest, (name, seal) = members
+        envelope = json.loads(seal)
+        envelope["signatures"][0]["sig"] = change_sig(_unb64(envelope["signatures"][0]["sig"], "sig"))
+        return [*rest, (name, _canonical(envelope))]
+
+    return _repack(pack, change)
+
+
+def test_a_malleated_seal_fails_high_s_or_loose_der(pack, inputs) -> None:
+    """(r, n - s) verifies as ECDSA too: the seal is made low-s and a high-s one is refused, so a pack has one
+    valid seal, not two."""
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric import utils
+
+    order = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+    def high_s(der: bytes) -> str:
+        r, s = utils.decode_dss_signature(der)
+        assert s <= order // 2  # sealed low-s
+        return base64.b64encode(utils.encode_dss_signature(r, order - s)).decode()
+
+    result = _verify(_reseal(pack, high_s), inputs)
+    assert (result.ok, result.failure.name) == (False, "seal") and "high s" in result.failure.detail
+
+
+@pytest.mark.parametrize("text", ["QR==", "QUJ=", "QQ==\n", "QQ==QQ==", " QQ==", "QQ"])
+def test_base64_is_strict_and_canonical(text: str) -> None:
+    """Only the one canonical spelling of some bytes is accepted (unused bits zero, padding, nothing around)."""
+    from services.runtime.evidence import _unb64
+
+    with pytest.raises(ValueError):
+        _unb64(text, "x")
+    assert _unb64("QQ==", "x") == b"A" and _unb64("QUI=", "x") == b"AB"
+
+
+def _reissued(cert_pem: bytes, ca: pki.CertificateAuthority, before, after) -> bytes:
+    """The certificate re-issued by the CA with another validity window (same key, subject, extensions)."""
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    builder = (x509.CertificateBuilder().subject_name(cert.subject).issuer_name(cert.issuer)
+               .public_key(cert.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(before).not_valid_after(after))
+    for extension in cert.extensions:
+        builder = builder.add_extension(extension.value, extension.critical)
+    return builder.sign(ca.private_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+def test_a_truck_certificate_not_valid_at_the_frames_time_fails(inputs) -> None:
+    """The truck's certificate must be valid when the frames (and the manifest) were signed, by their own times."""
+    from datetime import UTC, datetime, timedelta
+
+    from .evidence_inputs import T0
+
+    start = datetime.fromtimestamp(T0, UTC)
+    later = _reissued(inputs.truck.certificate_pem, inputs.ca, start + timedelta(days=1), start + timedelta(days=90))
+    result = _verify(build_pack(**dict(inputs.kwargs(), vehicle_certificates=[later])), inputs)
+    assert (result.ok, result.failure.name) == (False, "frames") and "outside the validity" in result.failure.detail
+
+
+def test_a_seal_made_with_an_expired_evidence_certificate_fails(inputs) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from services.runtime.evidence import SealKey
+
+    from .evidence_inputs import T0
+
+    start = datetime.fromtimestamp(T0, UTC)
+    expired = _reissued(inputs.seal.certificate_pem, inputs.ca, start - timedelta(days=30), start - timedelta(days=1))
+    from cryptography.hazmat.primitives import serialization
+
+    key_pem = inputs.seal.private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                    serialization.NoEncryption())
+    seal = SealKey.load(expired, key_pem, inputs.ca.certificate_pem)
+    result = _verify(build_pack(**dict(inputs.kwargs(), seal=seal)), inputs)
+    assert (result.ok, result.failure.name) == (False, "validity") and "expired" in result.failure.detail
+
+
+def _invoice_copy(inputs, change):
+    invoice = type(inputs.invoice)()
+    invoice.CopyFrom(inputs.invoice)
+    change(invoice)
+    return _verify(build_pack(**dict(inputs.kwargs(), invoice=invoice)), inputs)
+
+
+def test_an_invoice_without_provenance_fails_when_the_pack_has_fixes(inputs) -> None:
+    """Unmeasured usage is billed only when there was nothing to measure; with fixes in the pack it is refused."""
+    result = _invoice_copy(inputs, lambda invoice: invoice.usage.ClearField("provenance"))
+    assert (result.ok, result.failure.name) == (False, "invoice") and "no provenance" in result.failure.detail
+
+
+def test_the_linehaul_line_and_the_total_must_match_the_usage(inputs) -> None:
+    def other_quantity(invoice) -> None:
+        invoice.lines[0].quantity += 1
+
+    def other_total(invoice) -> None:
+        invoice.total.amount_minor += 1
+
+    def no_linehaul(invoice) -> None:
+        invoice.lines[0].code = "FUEL"
+
+    assert "LINEHAUL" in _invoice_copy(inputs, other_quantity).failure.detail
+    assert "LINEHAUL" in _invoice_copy(inputs, no_linehaul).failure.detail
+    assert "sum of its lines" in _invoice_copy(inputs, other_total).failure.detail
+
+
+def test_gaps_are_bridged_with_the_provenance_circuity_factor(inputs) -> None:
+    """Without a planned route a gap is bridged as straight miles x the circuity factor the provenance states (the
+    billing deployment's lane facts), not the verifier's default."""
+    from services.runtime import metering
+
+    frames = [sign_frame(inputs.truck, s, 29.76 + 0.05 * s, -95.37 + 0.05 * s) for s in (1, 2, 40)]
+    mission = type(inputs.mission)()
+    mission.CopyFrom(inputs.mission)
+    mission.ClearField("proof_of_delivery")
+    measured = metering.measure(metering.fixes_from_payloads(f.payload for f in frames), gap_seconds=120,
+                                circuity_factor=1.5)
+    assert measured.gaps and measured.miles != metering.measure(
+        metering.fixes_from_payloads(f.payload for f in frames), gap_seconds=120).miles
+    invoice = type(inputs.invoice)()
+    invoice.CopyFrom(inputs.invoice)
+    invoice.usage.miles = invoice.lines[0].quantity = measured.miles
+    p = invoice.usage.provenance
+    p.first_sequence, p.last_sequence, p.frame_count, p.circuity_factor = 1, 40, 3, 1.5
+    p.telemetry_log_sha256 = metering.telemetry_log_sha256(f.payload for f in frames)
+    result = _verify(build_pack(**dict(inputs.kwargs(), mission=mission, frames=frames, invoice=invoice)), inputs)
+    assert result.ok, result.report()

@@ -103,3 +103,16 @@ def test_a_server_of_two_apis_allows_what_either_policy_allows() -> None:
                             for who in ("service/gateway", "operator/ops", "service/tender"))
     assert both.allows("/a.A/Get", gateway) and both.allows("/a.A/Get", ops)
     assert both.allows("/b.B/List", tender) and not both.allows("/a.A/Put", tender)
+
+
+def test_the_billing_address_is_read_where_the_cli_reads_every_service_address(monkeypatch) -> None:
+    """kpi_report reads no environment itself: cli.py's service_address is the one place (HAULMESH_<NAME>_ADDR)."""
+    import inspect
+
+    from services.runtime import cli, kpi_report
+
+    assert "os.environ" not in inspect.getsource(kpi_report) and "getenv" not in inspect.getsource(kpi_report)
+    monkeypatch.setenv("HAULMESH_BILLING_ADDR", "billing.internal:7443")
+    assert cli.service_address("billing") == "billing.internal:7443"
+    monkeypatch.delenv("HAULMESH_BILLING_ADDR")
+    assert cli.service_address("billing") == "127.0.0.1:50054"

@@ -22,10 +22,11 @@ PUBLIC = {
     "MetricsEndpoint", "new_event", "new_id", "next_page_token", "NotFound", "Page", "parse_filter", "parse_name",
     "poll_until",
     "Periodic", "PermissionDenied", "Policy", "read_json_file", "replay_dead_letters", "resolve_redis_url",
-    "ResourceExhausted",
+    "ResourceExhausted", "retry_delay_seconds",
     "run_service", "Service", "ServiceConfig", "shutdown_tracing", "signing_key_id", "status_of", "STRING_FIELD",
-    "tenant_key", "TIME_FIELD", "TimeIndex", "timestamp_ms", "TlsConfig", "to_rpc_status", "to_timestamp",
-    "tracing_enabled", "TracingConfig", "transact", "Unavailable", "VEHICLE_CERTIFICATE_METADATA_KEY",
+    "tenant_key", "TIME_FIELD", "TimeIndex", "timestamp_ms", "TlsConfig", "TooManyAuditEntries",
+    "to_rpc_status", "to_timestamp", "tracing_enabled", "TracingConfig", "transact", "trim_audit_log",
+    "trim_event_stream", "Unavailable", "VEHICLE_CERTIFICATE_METADATA_KEY",
     "verify_audit_log", "verify_relayed_certificate", "wait_durable",
 }
 

@@ -50,3 +50,13 @@ def test_redis_url_overrides_embedded(tmp_path: Path) -> None:
 def test_bad_redis_url_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="REDIS_URL must start with"):
         resolve_redis_url("http://localhost:6379", tmp_path)
+
+
+async def test_replica_acks_wait_for_replicas_that_are_not_there(store_client) -> None:
+    """HAULMESH_STORE_ACK_REPLICAS set on a store without replicas: nothing is confirmed (the ack is withheld and
+    the caller told UNAVAILABLE), never a silent local-only ack. With replicas: tests/telemetry, AT-05."""
+    from services.runtime import wait_durable
+
+    assert await wait_durable(store_client, ["replica-acks"], 1000)
+    assert not await wait_durable(store_client, ["replica-acks"], 100, replicas=1)
+    assert not await wait_durable(store_client, ["replica-acks"], 100, replicas=1, replica_disk=False)

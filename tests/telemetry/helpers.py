@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -69,6 +72,20 @@ class Session:
         await asyncio.gather(self._reader, return_exceptions=True)
 
 
+_SESSION_ARCHIVES: dict[str, Path] = {}
+
+
+def session_archive(redis_url: str) -> Path:
+    """The archive directory every test telemetry process on ``redis_url`` shares unless told otherwise: a Redis
+    store archives to one object store only (the first one's STORE-ID; a process with another refuses to
+    archive), as the replicas of a deployment share one bucket. Removed when the test run ends."""
+    if redis_url not in _SESSION_ARCHIVES:
+        directory = Path(tempfile.mkdtemp(prefix="haulmesh-test-archive-"))
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+        _SESSION_ARCHIVES[redis_url] = directory
+    return _SESSION_ARCHIVES[redis_url]
+
+
 class TelemetryProcess:
     """``python -m services.telemetry`` as a child process of the test, on a free port."""
 
@@ -78,6 +95,7 @@ class TelemetryProcess:
         self._env = {k: v for k, v in os.environ.items() if not k.startswith("HAULMESH_")}
         self._env.update(HAULMESH_CERT_DIR=str(cert_dir), HAULMESH_STATE_DIR=str(state_dir), REDIS_URL=redis_url,
                          HAULMESH_PORT=str(self.port), HAULMESH_GRACE_PERIOD_SECONDS="1", **env)
+        self._env.setdefault("HAULMESH_ARCHIVE_URL", str(session_archive(redis_url)))
         self.process: asyncio.subprocess.Process | None = None
         self.log_path = state_dir / "telemetry.log"
 

@@ -25,22 +25,24 @@ from services.runtime import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    TooManyAuditEntries,
     Unavailable,
     audit_entries_touching,
     carrier_metadata,
     error_info,
     parse_name,
 )
-from services.runtime.evidence import PackFrame, SealKey, build_pack
+from services.runtime.evidence import MAX_PACK_FRAMES, PackFrame, SealKey, build_pack
 
 from ..config import BillingConfig
 from ..store import BillingStore
 
 __all__ = ["MAX_PACK_FRAMES", "EvidenceExport"]
 
-#: Most frames one pack holds: 36 h at 1 Hz (a 12 h trip at 1 Hz is 43,200). More is RESOURCE_EXHAUSTED.
-MAX_PACK_FRAMES = 129_600
 _PAGE = 1000
+#: Audit entries are read from this long before the mission's creation (the audit stream's ids are the store's
+#: clock, the mission's times the mission service's: a skew must not drop the dispatch's own entry).
+_AUDIT_CLOCK_SLACK_MS = 10 * 60 * 1000
 
 
 class EvidenceExport:
@@ -56,6 +58,8 @@ class EvidenceExport:
         self._mission = mission
         self._telemetry = telemetry
         self._ca_file = ca_file
+        # A pack holds its frames in memory while it is built: bound how many are built at once.
+        self._building = asyncio.Semaphore(config.evidence_max_concurrent)
 
     def _seal_key(self) -> SealKey:
         """Read on every export (a rotated key file is used at once); FAILED_PRECONDITION when absent."""
@@ -68,7 +72,12 @@ class EvidenceExport:
                                      metadata={"setting": "HAULMESH_BILLING_EVIDENCE_CERT_FILE"}) from None
 
     async def export(self, carrier: str, request: evidence_service_pb2.ExportEvidencePackRequest) -> bytes:
-        """The sealed pack of ``request.mission`` for ``carrier``."""
+        """The sealed pack of ``request.mission`` for ``carrier`` (at most HAULMESH_BILLING_EVIDENCE_MAX_CONCURRENT
+        built at once by this process; the others wait their turn)."""
+        async with self._building:
+            return await self._export(carrier, request)
+
+    async def _export(self, carrier: str, request: evidence_service_pb2.ExportEvidencePackRequest) -> bytes:
         name = request.mission
         mission_id = parse_name(name, "missions", field="mission")
         seal = self._seal_key()
@@ -81,7 +90,16 @@ class EvidenceExport:
         certificates = await self._certificates(mission.vehicle, key_ids, metadata)
         invoice = await self._store.get_invoice_of_mission(carrier, mission_id)
         touched = {name, mission.tender} | ({invoice.name} if invoice is not None else set())
-        audit = await audit_entries_touching(self._redis, touched)
+        # Only this carrier's entries touching them, from the mission's creation on (nothing earlier names it).
+        since = mission.create_time.ToMilliseconds() - _AUDIT_CLOCK_SLACK_MS if mission.HasField("create_time") else 0
+        limit = self._config.evidence_max_audit_entries
+        try:
+            audit = await audit_entries_touching(self._redis, touched, carrier=carrier, since_ms=since,
+                                                 max_entries=limit)
+        except TooManyAuditEntries:
+            raise ResourceExhausted(f"more than {limit} audit entries touch {name}, more than a pack holds",
+                                    reason="EVIDENCE_TOO_LARGE",
+                                    metadata={"max_audit_entries": str(limit)}) from None
         return await asyncio.to_thread(build_pack, mission=mission, frames=frames, vehicle_certificates=certificates,
                                        invoice=invoice, audit_entries=audit, seal=seal)
 

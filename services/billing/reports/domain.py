@@ -213,9 +213,14 @@ def validate_baseline(baseline: Money | None, *, path: str = "baseline_cost_per_
 
 
 def check_report_size(found: int, limit: int, what: str) -> None:
-    """FAILED_PRECONDITION (REPORT_TOO_LARGE) when the window holds more than ``limit`` of ``what``."""
+    """FAILED_PRECONDITION (REPORT_TOO_LARGE) when the window holds more than ``limit`` of ``what``.
+
+    The count is of the whole window, every lane: the facts are indexed by time only, and reading past the
+    limit to filter by lane first would make the read unbounded. So the advice is a shorter window; a lane
+    filter would not help, and the message does not suggest it."""
     if found > limit:
-        raise FailedPrecondition(f"the window holds more than {limit} {what}; ask for a shorter window or one lane",
+        raise FailedPrecondition(f"the window holds more than {limit} {what} (all lanes counted, before any lane "
+                                 "filter); ask for a shorter window",
                                  reason="REPORT_TOO_LARGE", metadata={"limit": str(limit), "what": what})
 
 

@@ -35,6 +35,7 @@ from services.runtime import (
     identity_from_pem,
 )
 
+from ..config import DEFAULT_DEVICE_MAX_INFLIGHT_REQUESTS
 from .descriptors import Api
 from .errors import RestError
 from .handler import RestGateway
@@ -123,8 +124,24 @@ class DeviceGateway(RestGateway):
     """
 
     not_found_hint = " among the vehicle routes (the TMS's API is on the bearer-token listener)"
+    #: Requests handled at once by this process (HAULMESH_GATEWAY_DEVICE_MAX_INFLIGHT_REQUESTS); beyond, 503 with
+    #: Retry-After. Each holds at most one body (``max_request_bytes``) and one relayed call: the memory bound.
+    max_inflight_requests: int = DEFAULT_DEVICE_MAX_INFLIGHT_REQUESTS
+    inflight: int = dataclasses.field(default=0, init=False)
 
     async def _handle(self, request: Request) -> Response:
+        if self.inflight >= self.max_inflight_requests:
+            # Refused before the body is read: a burst of trucks cannot make the gateway hold their bodies.
+            raise RestError("UNAVAILABLE", f"the gateway is handling {self.max_inflight_requests} truck requests; "
+                            "retry shortly", reason="GATEWAY_BUSY", metadata={"retry_after_seconds": "1"},
+                            headers={"Retry-After": "1"})
+        self.inflight += 1
+        try:
+            return await self._relay(request)
+        finally:
+            self.inflight -= 1
+
+    async def _relay(self, request: Request) -> Response:
         route, path_vars = self._match(request)
         vehicle, der = self._vehicle(request)
         # "vehicle/<id>" cannot collide with a carrier's key: carrier ids have no "/".

@@ -8,6 +8,7 @@ JSON) — is a ``google.rpc.Status`` in proto-JSON: ``{"code": 3, "message": "..
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import grpc
@@ -15,7 +16,7 @@ from google.protobuf import json_format
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from starlette.responses import JSONResponse
 
-from services.runtime import ERROR_DOMAIN, FieldViolation, HaulmeshError, status_of, to_rpc_status
+from services.runtime import ERROR_DOMAIN, FieldViolation, HaulmeshError, retry_delay_seconds, status_of, to_rpc_status
 
 __all__ = ["HTTP_STATUS", "RestError", "error_response", "http_status", "rpc_error_response"]
 
@@ -87,7 +88,8 @@ def error_response(error: HaulmeshError) -> JSONResponse:
 
 
 def rpc_error_response(error: grpc.aio.AioRpcError | grpc.RpcError) -> JSONResponse:
-    """The response for a failed call to a service: its rich status passed on, or one built from the code."""
+    """The response for a failed call to a service: its rich status passed on (a RetryInfo as Retry-After),
+    or one built from the code."""
     status = None
     try:
         status = status_of(error)
@@ -99,4 +101,20 @@ def rpc_error_response(error: grpc.aio.AioRpcError | grpc.RpcError) -> JSONRespo
         info = error_details_pb2.ErrorInfo(reason=code.name, domain=ERROR_DOMAIN)
         status = status_pb2.Status(code=numeric, message=error.details() or code.name)
         status.details.add().Pack(info)
-    return _status_response(status)
+    return _status_response(status, _retry_after(status))
+
+
+def _retry_after(status: status_pb2.Status) -> dict[str, str] | None:
+    """A service's retry hint as the HTTP header clients know: google.rpc.RetryInfo (e.g. too many watches),
+    else ErrorInfo metadata ``retry_after_seconds`` (e.g. telemetry's TELEMETRY_BUSY)."""
+    delay = retry_delay_seconds(status)
+    if delay is not None:
+        return {"Retry-After": str(max(1, math.ceil(delay)))}
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            seconds = info.metadata.get("retry_after_seconds", "")
+            if seconds.isdigit():
+                return {"Retry-After": seconds}
+    return None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -30,7 +30,7 @@ from .descriptors import Api
 from .download import is_download, open_download
 from .errors import RestError, error_response, rpc_error_response
 from .ratelimit import TenantRateLimiter
-from .sse import open_event_stream, resume_from
+from .sse import StreamSlots, open_event_stream, resume_from
 from .transcode import RouteTable, build_request, to_json
 
 __all__ = ["RestGateway"]
@@ -52,6 +52,8 @@ class RestGateway:
     #: Awaited after a change succeeded and before it is acknowledged: the TMS is told 2xx only once every
     #: write the services made for it is on disk (Service.durable; None only in unit tests of the routing).
     durable: Callable[[], Awaitable[None]] | None = None
+    #: Caps on concurrent SSE streams (per process, per carrier).
+    streams: StreamSlots = field(default_factory=StreamSlots)
 
     def __post_init__(self) -> None:
         self.routes = RouteTable(self.api)
@@ -117,7 +119,8 @@ class RestGateway:
             return await open_download(self.channel(route.method.peer), route.method, message, metadata)
         if route.method.streaming:
             resume_from(message, request.headers.get("last-event-id"))
-            return await open_event_stream(self.channel(route.method.peer), route.method, message, metadata)
+            release = self.streams.acquire(principal.carrier)
+            return await open_event_stream(self.channel(route.method.peer), route.method, message, metadata, release)
         response = await self._call_unary(route, message, metadata)
         if self.durable is not None and route.binding.verb != "GET":
             await self.durable()

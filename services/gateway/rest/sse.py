@@ -14,7 +14,10 @@ error with its HTTP status. Once the headers have come, the answer is ``200 text
 * a reconnecting client's ``Last-Event-ID`` becomes the request's ``after_sequence`` (replay from there,
   then live, without gap or duplicate);
 * a stream lasts at most :data:`MAX_STREAM_SECONDS`, then ends cleanly; the client reconnects with
-  ``Last-Event-ID`` as after any other end.
+  ``Last-Event-ID`` as after any other end;
+* concurrent streams are capped per gateway process and per carrier (:class:`StreamSlots`); one beyond is
+  answered 429 with ``Retry-After`` before any call to the service (which has caps of its own: its refusal,
+  RESOURCE_EXHAUSTED with RetryInfo, comes back as 429 with ``Retry-After`` too).
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+import weakref
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -34,7 +39,7 @@ from .descriptors import HttpMethod
 from .errors import RestError, rpc_error_response
 from .transcode import to_json
 
-__all__ = ["HEARTBEAT_SECONDS", "MAX_STREAM_SECONDS", "open_event_stream", "resume_from"]
+__all__ = ["HEARTBEAT_SECONDS", "MAX_STREAM_SECONDS", "StreamSlots", "open_event_stream", "resume_from"]
 
 _log = logging.getLogger("haulmesh.gateway.sse")
 
@@ -45,6 +50,43 @@ MAX_STREAM_SECONDS = 3600.0
 #: What a client waits before reconnecting after the stream ends (the SSE ``retry:`` field).
 RETRY_MILLISECONDS = 3000
 _HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class StreamSlots:
+    """Open event streams of this process: at most ``per_process`` in all and ``per_carrier`` per carrier."""
+
+    def __init__(self, per_process: int = 512, per_carrier: int = 16, retry_after_seconds: int = 5) -> None:
+        self.per_process = per_process
+        self.per_carrier = per_carrier
+        self.retry_after_seconds = retry_after_seconds
+        self._open: Counter[str] = Counter()
+        self.total = 0
+
+    def acquire(self, carrier: str) -> Callable[[], None]:
+        """Take a slot for ``carrier``; returns its release (idempotent). 429 RESOURCE_EXHAUSTED with
+        Retry-After beyond a cap. Single-threaded asyncio: check and count need no lock."""
+        scope, limit = ("carrier", self.per_carrier) if self._open[carrier] >= self.per_carrier else \
+            ("process", self.per_process) if self.total >= self.per_process else ("", 0)
+        if scope:
+            raise RestError("RESOURCE_EXHAUSTED", f"at most {limit} concurrent event streams per {scope}; close one "
+                            "or retry later", reason="TOO_MANY_STREAMS",
+                            metadata={"limit": str(limit), "scope": scope},
+                            headers={"Retry-After": str(self.retry_after_seconds)})
+        self._open[carrier] += 1
+        self.total += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            self.total -= 1
+            self._open[carrier] -= 1
+            if not self._open[carrier]:
+                del self._open[carrier]
+
+        return release
 
 
 def resume_from(message: Message, last_event_id: str | None) -> None:
@@ -80,11 +122,13 @@ def _error_event(error: grpc.aio.AioRpcError) -> bytes:
 
 
 async def open_event_stream(channel: grpc.aio.Channel, method: HttpMethod, message: Message,
-                            metadata: tuple[tuple[str, str], ...]) -> Response:
+                            metadata: tuple[tuple[str, str], ...],
+                            release: Callable[[], None] = lambda: None) -> Response:
     """Open the server-streaming call and answer it as an event stream once the service has accepted it.
 
     Raises grpc.aio.AioRpcError when the service refused the call before its first headers, so the caller
-    answers that as an ordinary error response.
+    answers that as an ordinary error response. ``release`` (the stream's slot) is called once the stream
+    ends, whichever way, or at once when it never starts.
     """
     response_class = message_factory.GetMessageClass(method.method.output_type)
     call = channel.unary_stream(method.grpc_path, request_serializer=lambda m: m.SerializeToString(),
@@ -98,11 +142,15 @@ async def open_event_stream(channel: grpc.aio.Channel, method: HttpMethod, messa
             await call.read()  # raises the call's error (an OK end without any message is an empty stream)
     except BaseException:
         call.cancel()
+        release()
         raise
-    return StreamingResponse(_events(call), media_type="text/event-stream", headers=_HEADERS)
+    events = _events(call, release)
+    # A client gone before the body starts never runs the generator's finally: the slot goes with the generator.
+    weakref.finalize(events, release)
+    return StreamingResponse(events, media_type="text/event-stream", headers=_HEADERS)
 
 
-async def _events(call: Any) -> AsyncIterator[bytes]:
+async def _events(call: Any, release: Callable[[], None]) -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + MAX_STREAM_SECONDS
     reading: asyncio.Task[Any] | None = None
@@ -130,3 +178,4 @@ async def _events(call: Any) -> AsyncIterator[bytes]:
         if reading is not None:
             reading.cancel()
         call.cancel()
+        release()

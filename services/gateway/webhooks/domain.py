@@ -464,16 +464,19 @@ def eta_to_send(policy: EtaPolicy, last: EtaSent | None, update: EtaSent) -> boo
 
     The first is always sent; one older (in event time) than the last sent never is; otherwise it is sent
     when the estimate moved by at least ``min_change`` (zero: any move), when it turns late or on time
-    again, or when ``cadence`` (if not zero) of event time passed since the last one sent. Event time is
-    the device time of the frame behind the estimate, so a replayed backlog or a sped-up simulation is
-    judged like the trip itself.
+    again and also moved by at least half of ``min_change`` (hysteresis: an ETA hovering at the
+    appointment would otherwise flip late/on time on every small move and bypass ``min_change``), or when
+    ``cadence`` (if not zero) of event time passed since the last one sent. Event time is the device time
+    of the frame behind the estimate, so a replayed backlog or a sped-up simulation is judged like the trip
+    itself.
     """
     if last is None:
         return True
     if update.event_time < last.event_time:
         return False  # a stale update (redelivered or reordered): the TMS has a newer one
-    if update.late != last.late:
+    moved = abs(update.eta - last.eta)
+    if update.late != last.late and moved >= policy.min_change / 2:
         return True
-    if abs(update.eta - last.eta) >= policy.min_change:
+    if moved >= policy.min_change:
         return True
     return bool(policy.cadence) and update.event_time - last.event_time >= policy.cadence

@@ -8,7 +8,8 @@ Keys (``{c}`` is the carrier's hash tag, so everything of one carrier commits to
   overlap, the previous one with its expiry) — kept apart so that a subscription read never carries them;
 * ``webhook-delivery:{c}:<delivery>`` one delivery (protobuf), indexed per subscription by
   ``webhook-deliveries:{c}:<sub>:by-time``; kept 30 days;
-* ``webhook-event:{c}:<sub>:<event id>`` → delivery id: one delivery per (subscription, event);
+* ``webhook-event:{c}:<sub>:<event id>`` → delivery id: one delivery per (subscription, event); for an ETA
+  event the subscription's policy held back, ``HELD_BACK`` instead (so a redelivery is known as one);
 * ``webhook-failing:{c}:<sub>`` since when every attempt to the subscription failed (suspension);
 * ``webhook-eta:{c}:<sub>:<mission>:<stop>`` the last ETA sent to the subscription for a mission's stop (JSON:
   estimate, event time, late), which its ETA policy compares the next one with; expires
@@ -33,7 +34,7 @@ from services.runtime import Collection, Page, TimeIndex
 
 from .domain import MAX_SUBSCRIPTIONS, EtaSent, SigningKey, SubscriptionLimitReached
 
-__all__ = ["DELIVERY_TTL_SECONDS", "DUE_KEY", "ETA_STATE_TTL_SECONDS", "WebhookStore"]
+__all__ = ["DELIVERY_TTL_SECONDS", "DUE_KEY", "ETA_STATE_TTL_SECONDS", "HELD_BACK", "WebhookStore"]
 
 # --- the key map (``{c}``: the carrier's hash tag) ------------------------------------------------------
 
@@ -81,6 +82,8 @@ DELIVERY_TTL_SECONDS = 30 * 86400
 #: The last ETA sent per (subscription, mission, stop) is kept this long after it was sent: longer than any
 #: trip's silence between two ETA updates, and then it is gone with the mission.
 ETA_STATE_TTL_SECONDS = 7 * 86400
+#: What ``webhook-event`` holds for an ETA event the subscription's policy held back (no delivery id is this).
+HELD_BACK = "held-back"
 
 # Claim the due members whose time has come by moving them to now + lease, atomically, so that two
 # gateway replicas never attempt the same delivery at once.
@@ -240,8 +243,9 @@ class WebhookStore:
 
         The last ETA sent for the (subscription, mission, stop), the decision, the delivery and the new last
         ETA are one transaction, so two consumers deciding on two updates of one stop at once cannot both
-        send on the same reference. A repeated event returns the existing delivery, as :meth:`add_delivery`.
-        Returns (delivery id, whether a delivery was created); ("", False) when the policy holds it back.
+        send on the same reference. A repeated event returns the existing delivery, as :meth:`add_delivery`
+        (:data:`HELD_BACK` for an event the policy held back before). Returns (delivery id, whether a delivery
+        was created); ("", False) when the policy holds it back now.
         """
         log = self._log_index(carrier, subscription_id)
         event_key = _event_key(carrier, subscription_id, event_id)
@@ -256,6 +260,8 @@ class WebhookStore:
             remember = decide(_decode_eta(raw_state))
             pipe.multi()
             if remember is None:
+                # Judged once: a redelivery of this event is a duplicate, not another update held back.
+                pipe.set(event_key, HELD_BACK, ex=DELIVERY_TTL_SECONDS)
                 return "", False
             pipe.set(state_key, _encode_eta(remember), ex=ETA_STATE_TTL_SECONDS)
             pipe.set(event_key, delivery_id, ex=DELIVERY_TTL_SECONDS)

@@ -38,7 +38,7 @@ from services.runtime import ConfigError, InvalidArgument, Service, new_id, time
 
 from ..config import GatewayConfig
 from . import domain
-from .metrics import WEBHOOK_ATTEMPT_DURATION, WEBHOOK_DELIVERIES, WEBHOOK_ETA_HELD_BACK
+from .metrics import WEBHOOK_ATTEMPT_DURATION, WEBHOOK_DELIVERIES, WEBHOOK_ETA_DUPLICATES, WEBHOOK_ETA_HELD_BACK
 from .store import WebhookStore
 from .usecases import check_destination
 
@@ -187,10 +187,12 @@ class Dispatcher:
         def decide(last: domain.EtaSent | None) -> domain.EtaSent | None:
             return update if domain.eta_to_send(policy, last, update) else None
 
-        _, created = await self._store.add_eta_delivery(
+        existing, created = await self._store.add_eta_delivery(
             carrier, subscription_id, delivery_id, delivery, mission_id=data.mission.removeprefix("missions/"),
             stop_index=data.stop_index, event_id=event.id, due_at=now, decide=decide)
-        if not created:
+        if existing and not created:
+            WEBHOOK_ETA_DUPLICATES.inc()  # a redelivered event: it has its delivery, the policy held nothing back
+        elif not created:
             WEBHOOK_ETA_HELD_BACK.inc()
         return created
 

@@ -111,12 +111,14 @@ def telemetry_range_violations(facts: ManifestFacts) -> list[FieldViolation]:
 
 
 def verify_telemetry_log(manifest: mission_pb2.DeliveryManifest, payloads: Sequence[bytes],
-                         now: datetime) -> mission_pb2.TelemetryVerification:
+                         now: datetime, *, earlier_frames: bool = False) -> mission_pb2.TelemetryVerification:
     """The manifest's telemetry log digest against ``payloads``, the mission's stored frames in its range.
 
     Every sequence of the range stored: the recomputed digest must equal the manifest's (VERIFIED), else
     INVALID_ARGUMENT POD_TELEMETRY_HASH_MISMATCH naming the range. Sequences missing (lost, or not yet
     stored): the digest cannot be confirmed, so the proof is recorded DISPUTED with the count, never trusted.
+    ``earlier_frames``: telemetry stored frames of the mission before the range's first sequence, so the signed
+    log leaves out part of the mission (DISPUTED ``LOG_INCOMPLETE``: the digest matches, the log is not whole).
     """
     first, last = manifest.telemetry_first_sequence, manifest.telemetry_last_sequence
     in_range = [p for p in payloads if first <= frame_pb2.FramePayload.FromString(p).sequence <= last]
@@ -135,6 +137,9 @@ def verify_telemetry_log(manifest: mission_pb2.DeliveryManifest, payloads: Seque
             metadata={"first_sequence": str(first), "last_sequence": str(last), "recomputed_sha256": recomputed},
             violations=[FieldViolation("proof_of_delivery.manifest",
                                        f"telemetry_log_sha256 differs from the stored frames #{first}..#{last}")])
+    if earlier_frames:
+        result.result, result.reason = mission_pb2.TelemetryVerification.RESULT_DISPUTED, "LOG_INCOMPLETE"
+        return result
     result.result, result.reason = mission_pb2.TelemetryVerification.RESULT_VERIFIED, "TELEMETRY_LOG_MATCHES"
     return result
 
@@ -209,3 +214,44 @@ def deliver(mission: mission_pb2.Mission, proof: mission_pb2.ProofOfDelivery,
     last.depart_time.CopyFrom(to_timestamp(max(delivered, from_timestamp(last.arrive_time) or delivered)))
     move(mission, after)
     return True
+
+
+# --- A DISPUTED proof before billing ------------------------------------------------------------------
+
+#: What the billing hand-off does with a delivered mission's proof (:func:`billing_gate`).
+BILL, WAIT, ESCALATE = "BILL", "WAIT", "ESCALATE"
+#: Disputes no late frame can settle: the stored frames contradict the digest, or the signed log leaves out
+#: frames of the mission stored before it. Escalated at once.
+_LASTING_DISPUTES = frozenset({"TELEMETRY_HASH_MISMATCH", "LOG_INCOMPLETE"})
+
+
+def billing_gate(verification: mission_pb2.TelemetryVerification, submitted: datetime | None, now: datetime,
+                 dispute_seconds: float) -> str:
+    """BILL a proof whose log verified (or was never checked: no telemetry wired); WAIT on a DISPUTED one
+    (late frames of a spool replay may still complete the range; the sweeper re-verifies) until
+    ``dispute_seconds`` after its submission, then ESCALATE: an operator decides, never a silent bill. A log
+    the stored frames contradict (TELEMETRY_HASH_MISMATCH, found on a re-check) or that leaves out earlier frames
+    of the mission (LOG_INCOMPLETE) escalates at once: waiting cannot settle it."""
+    if verification.result != mission_pb2.TelemetryVerification.RESULT_DISPUTED:
+        return BILL
+    if verification.reason in _LASTING_DISPUTES:
+        return ESCALATE
+    if submitted is not None and (now - submitted).total_seconds() >= dispute_seconds:
+        return ESCALATE
+    return WAIT
+
+
+def reverify_telemetry_log(manifest: mission_pb2.DeliveryManifest, payloads: Sequence[bytes],
+                           now: datetime, *, earlier_frames: bool = False) -> mission_pb2.TelemetryVerification:
+    """:func:`verify_telemetry_log` for a proof already recorded (the billing sweeper's re-check): a digest
+    the now complete frames contradict is not refused (the proof is on file) but recorded DISPUTED
+    ``TELEMETRY_HASH_MISMATCH``, which :func:`billing_gate` escalates."""
+    try:
+        return verify_telemetry_log(manifest, payloads, now, earlier_frames=earlier_frames)
+    except InvalidArgument:
+        first, last = manifest.telemetry_first_sequence, manifest.telemetry_last_sequence
+        in_range = [p for p in payloads if first <= frame_pb2.FramePayload.FromString(p).sequence <= last]
+        return mission_pb2.TelemetryVerification(
+            result=mission_pb2.TelemetryVerification.RESULT_DISPUTED, reason="TELEMETRY_HASH_MISMATCH",
+            recomputed_sha256=telemetry_log_sha256(in_range), frames_stored=len(in_range), frames_missing=0,
+            verify_time=to_timestamp(now))

@@ -20,6 +20,8 @@ from urllib.parse import quote
 __all__ = [
     "ARCHIVE_PREFIX",
     "MAX_PART_FRAMES",
+    "ROW_GROUP_FRAMES",
+    "STORE_ID_KEY",
     "UNASSIGNED_CARRIER",
     "PartEntry",
     "PartPlan",
@@ -40,6 +42,15 @@ UNASSIGNED_CARRIER = "_unassigned"
 #: Most frames in one part: about five hours at 1 Hz, ~1.5 MB of Parquet; bounds the memory of one write
 #: and of one read (a page read from the archive decodes one part at a time).
 MAX_PART_FRAMES = 20_000
+
+#: Rows per Parquet row group of a part: a read of a few frames decodes one group (~75 KB), not the whole part;
+#: each group's sequence statistics (min/max) say which groups a read needs.
+ROW_GROUP_FRAMES = 1_000
+#: The archive's identity: a random id written create-only at the first start on a store. The Redis store
+#: records the first id it was archived to (store.py), and a process whose archive holds another id refuses to
+#: archive: two pods on separate directories (a trial's emptyDirs) would otherwise each hold half the parts
+#: while the shared watermark lets the hot stream be trimmed behind both.
+STORE_ID_KEY = f"{ARCHIVE_PREFIX}/STORE-ID"
 
 _DAY_MS = 86_400_000
 

@@ -9,22 +9,34 @@
 * archive.py: the archive tier (Parquet parts in the object store, trim only after archive) and reads across tiers.
 """
 
-from .archive import ArchiveConflict, Archiver, ArchiveRun, TieredFrames
+from .archive import (
+    ArchiveConflict,
+    ArchiveObjects,
+    Archiver,
+    ArchiveRun,
+    ArchiveStoreMismatch,
+    ArchiveUnavailable,
+    TieredFrames,
+)
 from .commands import CommandRelay
 from .fleet import FleetReporter
 from .missions import MissionActions, MissionNotReady
 from .reads import Reads
-from .stream import COMMAND_SWEEP_SECONDS, Session, Streams
+from .stream import COMMAND_SWEEP_SECONDS, FrameCredits, Session, Streams
 from .tracking import MISSION_EVENT_TYPES, MissionTracking
 
 __all__ = [
     "COMMAND_SWEEP_SECONDS",
     "MISSION_EVENT_TYPES",
     "ArchiveConflict",
+    "ArchiveObjects",
     "ArchiveRun",
+    "ArchiveStoreMismatch",
+    "ArchiveUnavailable",
     "Archiver",
     "CommandRelay",
     "FleetReporter",
+    "FrameCredits",
     "MissionActions",
     "MissionNotReady",
     "MissionTracking",

@@ -1,17 +1,20 @@
 """The archive tier: frames leave the hot stream as create-only, digest-listed Parquet parts in an object store,
 and reads join the two tiers by sequence.
 
-Commit order of one part (each step only after the one before it succeeded):
+Commit order of one part (each step only after the one before it succeeded; a run first waits until every frame
+stored by then is durable (``wait_durable``) and goes no further than the high-water mark read before that):
 
 1. plan: the part's range is recorded as the vehicle's ``pending`` plan in the index (store.py), so that
    whoever resumes after a crash writes exactly that part, never a differently cut one over the same frames;
 2. the Parquet bytes are built from the hot stream's frames of that range and written create-only with the
    cold retention (the object store reads them back and checks their sha256 before it answers); a key already
-   taken (a run that died after its write) is adopted if it holds exactly these frames, and is otherwise a
+   taken (a run that died after its write) is read back (digest checked by the store) and adopted if it holds
+   exactly these frames (never on the strength of a sha256 label), and is otherwise a
    conflict that stops the vehicle's archiving (and so its trimming) until someone looks;
 3. the manifest entry (key, sha256, size, range, count, version id, retain-until) is written as its own
    create-only object beside the part (``archive/v1/manifest/...``);
-4. the index commits the entry and moves the vehicle's archived watermark to the part's last sequence.
+4. the index commits the entry and moves the vehicle's archived watermark to the part's last sequence (the plan
+   and the commit are each followed by ``wait_durable``).
 
 Only then may the retention sweep trim those frames (store.py ``trim_expired``: never past the watermark, never
 inside the hot window). A crash anywhere loses nothing (the frames are still hot) and duplicates nothing (the
@@ -24,26 +27,52 @@ import asyncio
 import hashlib
 import logging
 import os
+import secrets
 import signal
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from haulmesh.events.v1 import event_pb2
 from haulmesh.mission.v1 import mission_pb2
 from haulmesh.telemetry.v1 import frame_pb2
-from services.runtime import Unavailable
-from services.runtime.objectstore import ObjectExists, ObjectStore, ObjectStoreError
+from services.runtime import ConfigError, Unavailable
+from services.runtime.objectstore import (
+    ObjectExists,
+    ObjectStore,
+    ObjectStoreError,
+    S3ObjectStore,
+    StoredObject,
+    open_object_store,
+)
 
 from .. import metrics
 from ..config import TelemetryConfig
-from ..convert import ArchivedPart, part_bytes, read_part
-from ..domain.archive import MAX_PART_FRAMES, PartEntry, PartPlan, due_count, manifest_key, plan_parts
+from ..convert import PartReader, part_bytes, read_part
+from ..domain.archive import (
+    MAX_PART_FRAMES,
+    STORE_ID_KEY,
+    PartEntry,
+    PartPlan,
+    due_count,
+    manifest_key,
+    plan_parts,
+)
 from ..store import StoredFrame, TelemetryStore
 
-__all__ = ["ArchiveConflict", "ArchiveRun", "Archiver", "TieredFrames"]
+__all__ = [
+    "ArchiveConflict",
+    "ArchiveObjects",
+    "ArchiveRun",
+    "ArchiveStoreMismatch",
+    "ArchiveUnavailable",
+    "Archiver",
+    "TieredFrames",
+]
 
 _log = logging.getLogger("haulmesh.telemetry.archive")
 
@@ -55,11 +84,194 @@ _LEASE_SECONDS = 600
 _SCAN_CHUNK = 2000
 
 
+#: How long the start-up waits for the archive's first open (a reachable store answers in well under this; an
+#: unreachable one is left to the background with its retries, and telemetry serves meanwhile).
+_FIRST_OPEN_WAIT_SECONDS = 5.0
+#: Capped backoff between attempts to open an unreachable archive.
+_OPEN_BACKOFF_SECONDS = (1.0, 30.0)
+#: How often the archive worker looks for vehicles marked due by another replica (its own marks wake it).
+_DUE_POLL_SECONDS = 5.0
+#: Vehicles the archive worker takes per round.
+_DUE_BATCH = 100
+
+
 class ArchiveConflict(ObjectStoreError):
     """A part's key holds other frames than the hot stream's for that range: nothing is adopted or trimmed."""
 
     code_name = "DATA_LOSS"
     default_reason = "ARCHIVE_CONFLICT"
+
+
+class ArchiveUnavailable(ObjectStoreError):
+    """The archive cannot be used now: its store is not reachable yet, or the frames are not durable yet."""
+
+    code_name = "UNAVAILABLE"
+    default_reason = "ARCHIVE_UNAVAILABLE"
+
+
+class ArchiveStoreMismatch(ObjectStoreError):
+    """This process's archive is another object store than the one the Redis store's frames are archived to."""
+
+    code_name = "FAILED_PRECONDITION"
+    default_reason = "ARCHIVE_STORE_MISMATCH"
+
+
+class ArchiveObjects(ObjectStore):
+    """The archive's object store as a telemetry process holds it: opened in the background with capped backoff
+    (a store that is down at start-up never ends telemetry; only a malformed URL, missing credentials, an S3
+    bucket without Object Lock or a store that ignores create-only do), and used only once its identity
+    (``archive/v1/STORE-ID``, create-only, random) is the one the Redis store recorded first. Until then every
+    call raises :class:`ArchiveUnavailable` or :class:`ArchiveStoreMismatch`: nothing is archived, trimmed or
+    read from it. Health: ``haulmesh_telemetry_archive_available`` (0/1) and a log line per failed attempt."""
+
+    worm = False
+
+    def __init__(self, url: str, store: TelemetryStore,
+                 opener: Callable[[str], ObjectStore] = open_object_store) -> None:
+        self.url = url.split("?", 1)[0]  # no query in logs (a careless user may have put a secret there)
+        self._url = url
+        self._store = store
+        self._opener = opener
+        self._opened: ObjectStore | None = None
+        self.store_id = ""
+        #: The opened store once its identity matched the Redis store's; None while not usable.
+        self._usable: ObjectStore | None = None
+        self._problem = "not opened yet"
+        self._pending: Future[tuple[ObjectStore, str]] | None = None
+        self._mismatch_logged = ""
+        metrics.ARCHIVE_AVAILABLE.set(0)
+
+    # -- opening ---------------------------------------------------------------------------------------------
+
+    def _open(self) -> tuple[ObjectStore, str]:
+        """Blocking: open the store, check it is safe to archive to, read (or create) its id."""
+        objects = self._opener(self._url)
+        if isinstance(objects, S3ObjectStore) and not objects.worm:
+            raise ConfigError(f"HAULMESH_ARCHIVE_URL: {objects.url}: bucket {objects.bucket!r} has no Object Lock, "
+                              "so archived evidence could be deleted or overwritten; create the bucket with Object "
+                              "Lock (it can only be enabled at creation)", field="HAULMESH_ARCHIVE_URL")
+        try:
+            objects.self_test()  # create-only must really refuse a second create, or the archive is unsafe
+        except ObjectStoreError as exc:
+            if exc.reason == "CREATE_ONLY_NOT_ENFORCED":
+                raise ConfigError(f"HAULMESH_ARCHIVE_URL: {exc.message}", field="HAULMESH_ARCHIVE_URL") from None
+            raise
+        try:
+            objects.put_new(STORE_ID_KEY, secrets.token_hex(16).encode())
+        except ObjectExists:
+            pass  # opened before (or by another replica at the same moment): its id stands
+        store_id = objects.get(STORE_ID_KEY).decode()
+        return objects, store_id
+
+    def open_at_start(self) -> None:
+        """Start-up (synchronous, in ``register``): begin opening and wait a few seconds. A mistake in the
+        configuration raises :class:`ConfigError` (telemetry does not start); a store that does not answer is
+        left to :meth:`keep_open` (telemetry serves meanwhile)."""
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="archive-open")
+        self._pending = executor.submit(self._open)
+        executor.shutdown(wait=False)
+        try:
+            self._opened, self.store_id = self._pending.result(timeout=_FIRST_OPEN_WAIT_SECONDS)
+        except TimeoutError:
+            self._unavailable("still opening after the start-up's wait; retrying in the background")
+            return
+        except ConfigError:
+            raise
+        except (ObjectStoreError, OSError) as exc:
+            self._pending = None
+            self._unavailable(str(getattr(exc, "message", exc)))
+            return
+        self._pending = None
+
+    def _unavailable(self, why: str) -> None:
+        self._problem = why
+        metrics.ARCHIVE_AVAILABLE.set(0)
+        _log.warning("archive %s unavailable: %s; telemetry serves without it (nothing archived or trimmed)",
+                     self.url, why)
+
+    async def keep_open(self) -> None:
+        """Open the store (capped backoff) and check its identity against the Redis store's; returns once it is
+        usable. A configuration mistake found only now (the store answered late) raises ConfigError."""
+        delay = _OPEN_BACKOFF_SECONDS[0]
+        while True:
+            try:
+                if self._opened is None:
+                    if self._pending is not None:
+                        pending, self._pending = self._pending, None
+                        self._opened, self.store_id = await asyncio.wrap_future(pending)
+                    else:
+                        self._opened, self.store_id = await asyncio.to_thread(self._open)
+                await self.verify()
+                return
+            except ArchiveStoreMismatch:
+                pass  # logged by verify; looked at again (an operator may fix the store's record)
+            except ConfigError:
+                raise
+            except (ObjectStoreError, OSError) as exc:
+                self._unavailable(str(getattr(exc, "message", exc)))
+            except Exception as exc:  # the Redis store restarting (the identity claim): a companion must not die
+                self._unavailable(f"cannot check the archive's identity with the store: {exc}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _OPEN_BACKOFF_SECONDS[1])
+
+    async def verify(self) -> ObjectStore:
+        """The store, if it is open and its id is the Redis store's archive id (recorded by the first process to
+        open an archive); else :class:`ArchiveUnavailable` / :class:`ArchiveStoreMismatch` (logged, metric 0).
+        Asked before every archive run, so a Redis store that lost its record is claimed again at once."""
+        if self._opened is None:
+            raise ArchiveUnavailable(f"archive {self.url} is not available: {self._problem}")
+        holder = await self._store.claim_archive_store(self.store_id)
+        if holder != self.store_id:
+            self._usable = None
+            metrics.ARCHIVE_AVAILABLE.set(0)
+            metrics.ARCHIVE_STORE_MISMATCH.set(1)
+            message = (f"archive {self.url} is store {self.store_id}, but this Redis store's frames are archived to "
+                       f"store {holder}: refusing to archive or trim (two processes with separate archive "
+                       "directories, e.g. emptyDirs, would each hold part of the evidence); point "
+                       "HAULMESH_ARCHIVE_URL at the shared store")
+            if self._mismatch_logged != holder:
+                self._mismatch_logged = holder
+                _log.error("%s", message)
+            raise ArchiveStoreMismatch(message, metadata={"store_id": self.store_id, "recorded": holder})
+        if self._usable is None:
+            _log.info("archive %s available (store %s)", self.url, self.store_id)
+        self._usable, self._mismatch_logged = self._opened, ""
+        metrics.ARCHIVE_AVAILABLE.set(1)
+        metrics.ARCHIVE_STORE_MISMATCH.set(0)
+        return self._opened
+
+    @property
+    def available(self) -> bool:
+        """Whether the archive is open and verified (archive runs, trims and archived reads may go on)."""
+        return self._usable is not None
+
+    def _objects(self) -> ObjectStore:
+        if self._usable is None:
+            if self._mismatch_logged:
+                raise ArchiveStoreMismatch(f"archive {self.url} is not the store this Redis store archives to",
+                                           metadata={"store_id": self.store_id})
+            raise ArchiveUnavailable(f"archive {self.url} is not available: {self._problem}")
+        return self._usable
+
+    # -- the ObjectStore interface, once usable --------------------------------------------------------------
+
+    def put_new(self, key: str, data: bytes, *, retain_until: datetime | None = None) -> StoredObject:
+        return self._objects().put_new(key, data, retain_until=retain_until)
+
+    def get(self, key: str, *, version_id: str = "") -> bytes:
+        return self._objects().get(key, version_id=version_id)
+
+    def head(self, key: str) -> StoredObject | None:
+        return self._objects().head(key)
+
+    def list(self, prefix: str, *, limit: int = 10_000) -> list[str]:
+        return self._objects().list(prefix, limit=limit)
+
+    def delete(self, key: str, *, version_id: str = "") -> None:
+        self._objects().delete(key, version_id=version_id)
+
+    def self_test(self) -> None:
+        self._objects().self_test()
 
 
 @dataclass
@@ -85,15 +297,25 @@ class Archiver:
         self._store = store
         self._objects = objects
         self._config = config
-        #: One run per vehicle at a time in this process (the periodic job, a mission's end, RunArchive).
+        #: One run per vehicle at a time in this process (the periodic job, the worker, RunArchive).
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._owner = uuid.uuid4().hex
+        #: Set when this process marks a vehicle due: the archive worker wakes at once (created in the loop).
+        self._due: asyncio.Event | None = None
+        #: How often the worker looks for other replicas' marks (its own wake it at once).
+        self.due_poll_seconds = _DUE_POLL_SECONDS
+
+    def _wake(self) -> asyncio.Event:
+        if self._due is None:
+            self._due = asyncio.Event()
+        return self._due
 
     async def on_mission_event(self, event: event_pb2.Event) -> None:
-        """Consumer of the mission service's dispatched / state_changed events: the vehicle's carrier is
-        remembered for good (its parts' partition), and a COMPLETED mission's frames (everything the vehicle
-        stored by then) are archived at once: a settled mission's evidence goes to the archive right away. An
-        archive failure is logged, not raised: the periodic job archives them later."""
+        """Consumer of the mission service's dispatched / state_changed events (on the handler that also relays
+        commands to trucks, so it never waits on the object store): the vehicle's carrier is remembered for good
+        (its parts' partition), and a COMPLETED mission's vehicle is marked due through its high-water mark
+        (``telemetry:archive:due``), which wakes the archive worker (:meth:`serve`): a settled mission's evidence
+        goes to the archive right away, however slow the object store is."""
         which = event.WhichOneof("data")
         if which not in ("mission_dispatched", "mission_state_changed"):
             return
@@ -107,21 +329,72 @@ class Archiver:
         high_water = await self._store.high_water(vehicle_id)
         if not high_water:
             return
+        await self._store.mark_archive_due(vehicle_id, high_water)
+        self._wake().set()
+        _log.info("%s completed: vehicle %s due for the archive through %d", mission.name, vehicle_id, high_water)
+
+    async def serve(self) -> None:
+        """The archive worker (a companion): opens the archive if it is held lazily (:class:`ArchiveObjects`),
+        then archives the vehicles marked due, woken by this process's marks and looking every few seconds for
+        other replicas'. A failing vehicle stays marked and is retried with capped backoff."""
+        if isinstance(self._objects, ArchiveObjects):
+            await self._objects.keep_open()
+        wake = self._wake()
+        delay = 0.0
+        while True:
+            try:
+                await asyncio.wait_for(wake.wait(), self.due_poll_seconds)
+            except TimeoutError:
+                pass
+            wake.clear()
+            try:
+                failed = await self.archive_due()
+            except Exception as exc:  # the Redis store restarting: the marks wait there; a companion must not die
+                _log.warning("archive worker: %s; retrying", exc)
+                failed = 1
+            delay = 0.0 if not failed else min(max(delay * 2, _OPEN_BACKOFF_SECONDS[0]), _OPEN_BACKOFF_SECONDS[1])
+            if failed:
+                await asyncio.sleep(delay)
+
+    async def _verified(self) -> None:
+        """Raise unless the archive is usable and still this Redis store's (a record lost and claimed again by
+        another archive is noticed before the next write, not an hour later)."""
+        if isinstance(self._objects, ArchiveObjects):
+            await self._objects.verify()
+
+    async def archive_due(self) -> int:
+        """Archive every vehicle marked due (through its mark) and unmark it; returns how many failed."""
         try:
-            run = await self.archive_vehicle(vehicle_id, through=high_water)
-        except (ObjectStoreError, OSError) as exc:
-            metrics.ARCHIVE_FAILURES.inc()
-            _log.warning("archive of completed %s (vehicle %s) failed: %s; the periodic job will retry",
-                         mission.name, vehicle_id, exc)
-            return
-        _log.info("%s completed: vehicle %s archived through %d (%d frames in %d new parts)", mission.name,
-                  vehicle_id, high_water, run.frames_archived, run.parts_written)
+            await self._verified()
+        except ObjectStoreError:
+            return 1  # logged by verify; the marks wait
+        failed = 0
+        for vehicle_id, through in await self._store.archive_due(limit=_DUE_BATCH):
+            try:
+                run = await self.archive_vehicle(vehicle_id, through=through)
+            except (ObjectStoreError, OSError) as exc:
+                metrics.ARCHIVE_FAILURES.inc()
+                _log.warning("archive of vehicle %s (due through %d) failed: %s; retrying", vehicle_id, through,
+                             exc)
+                failed += 1
+                continue
+            await self._store.clear_archive_due(vehicle_id, through)
+            _log.info("vehicle %s archived through %d (%d frames in %d new parts)", vehicle_id, through,
+                      run.frames_archived, run.parts_written)
+        return failed
 
     async def run(self, vehicle_id: str = "", *, force: bool = False) -> ArchiveRun:
         """Archive due frames of one vehicle (or of every vehicle with telemetry). Without ``force`` (the periodic
         job) only frames older than HAULMESH_ARCHIVE_AFTER_SECONDS are due, and a vehicle another replica holds
-        the lease of is skipped; ``force`` (RunArchive): every stored frame is due, lease or not."""
+        the lease of is skipped; ``force`` (RunArchive): every stored frame is due, lease or not. An archive that
+        is unavailable or not this Redis store's raises (one vehicle) or archives nothing (every vehicle)."""
         total = ArchiveRun()
+        try:
+            await self._verified()
+        except ObjectStoreError:
+            if vehicle_id or force:  # an operator's RunArchive is told why
+                raise
+            return total  # logged by verify; the periodic job asks again next time
         for vid in [vehicle_id] if vehicle_id else await self._store.vehicles():
             # The periodic job skips a vehicle another replica is archiving (saved work, not safety).
             leased = not force
@@ -139,6 +412,15 @@ class Archiver:
                     await self._store.drop_archive_lease(vid, self._owner)
         return total
 
+    async def may_trim(self) -> bool:
+        """Whether this process may trim archived frames: its archive is open and is this Redis store's (asked
+        of the store now; a plain store handed in by a test always is)."""
+        try:
+            await self._verified()
+        except ObjectStoreError:
+            return False
+        return True
+
     async def archive_vehicle(self, vehicle_id: str, *, through: int | None = None) -> ArchiveRun:
         """Archive the vehicle's frames: with ``through`` None those received before now minus the archive lag;
         with ``through`` 0 every stored frame; else those at or below sequence ``through``."""
@@ -154,31 +436,46 @@ class Archiver:
             else:
                 self._locks[vehicle_id] = (lock, users - 1)
 
+    async def _durable(self, vehicle_id: str, what: str) -> None:
+        if not await self._store.archive_durable(vehicle_id):
+            raise ArchiveUnavailable(f"vehicle {vehicle_id}: the store could not confirm {what} durable (WAITAOF); "
+                                     "archiving later")
+
     async def _archive_vehicle(self, vehicle_id: str, through: int | None) -> ArchiveRun:
         run = ArchiveRun(vehicles=1)
         cutoff_ms = int((time.time() - self._config.archive_after_seconds) * 1000)
+        # Only durable frames are archived: whatever was stored by now is fsync'd once this returns, and the run
+        # goes no further than the high-water mark read before it (a frame stored later may not be durable yet).
+        durable_through = await self._store.high_water(vehicle_id)
+        await self._durable(vehicle_id, "the frames")
         for _ in range(1_000_000):  # bounded: each pass commits a part or ends
             upto, pending, frames_in_archive, carrier_id = await self._store.archive_state(vehicle_id)
             if pending:  # an interrupted part (this process or another, maybe dead): finish exactly that one
                 plan = PartPlan.from_json(pending)
             else:
-                plan = await self._next_plan(vehicle_id, upto, carrier_id, cutoff_ms, through)
+                plan = await self._next_plan(vehicle_id, upto, carrier_id, cutoff_ms, through, durable_through)
                 if plan is None:
                     run.frames_in_archive = frames_in_archive
                     return run
                 plan = await self._store.plan_part(vehicle_id, upto, plan)
                 if plan is None:  # another replica moved the watermark meanwhile: plan again from there
                     continue
+                await self._durable(vehicle_id, "the part's plan")  # so a crash finds the plan the object follows
             written = await self._write_part(plan)
-            if await self._store.commit_part(vehicle_id, plan, written):
+            committed = await self._store.commit_part(vehicle_id, plan, written)
+            await self._durable(vehicle_id, "the part's commit")  # the watermark lets trims go: durable first
+            if committed:
                 run.frames_archived += plan.count
                 run.parts_written += 1
                 metrics.record_archived(plan.count, written.size)
         raise RuntimeError("archive loop did not converge")  # pragma: no cover
 
     async def _next_plan(self, vehicle_id: str, upto: int, carrier_id: str, cutoff_ms: int,
-                         through: int | None) -> PartPlan | None:
-        """The next part after the watermark, or None when nothing is due."""
+                         through: int | None, durable_through: int) -> PartPlan | None:
+        """The next part after the watermark (at most through ``durable_through``), or None when nothing is due."""
+        bound = min(through, durable_through) if through else durable_through
+        if bound <= upto:
+            return None
         if through is None:  # the periodic job: most vehicles have nothing due, found with one small read
             oldest = await self._store.frames(vehicle_id, after=upto, count=1)
             if not oldest or oldest[0].receive_ms > cutoff_ms:
@@ -186,7 +483,7 @@ class Archiver:
         rows: list[tuple[int, int]] = []
         after = upto
         while len(rows) < MAX_PART_FRAMES:
-            chunk = await self._store.frames(vehicle_id, after=after, through=through or 0,
+            chunk = await self._store.frames(vehicle_id, after=after, through=bound,
                                              count=min(_SCAN_CHUNK, MAX_PART_FRAMES - len(rows)))
             if not chunk:
                 break
@@ -231,21 +528,31 @@ class Archiver:
         return entry
 
     async def _adopt(self, plan: PartPlan, data: bytes, frames: list[StoredFrame]) -> tuple[str, int, str]:
-        """The part's key is taken (a run died after writing it): adopt it if it holds exactly these frames."""
+        """The part's key is taken (a run died after writing it): adopt it only if it holds exactly these frames.
+        Its bytes are read (the store checks them against the digest recorded when they were written) and their
+        envelopes compared with the hot stream's: a sha256 label alone is never trusted."""
+        try:
+            existing = await asyncio.to_thread(self._objects.get, plan.key)
+        except ObjectStoreError as exc:
+            if exc.code_name in ("DATA_LOSS", "NOT_FOUND"):
+                raise ArchiveConflict(f"{plan.key} exists but cannot be read back intact: {exc.message}",
+                                      metadata={"key": plan.key}) from None
+            raise
         head = await asyncio.to_thread(self._objects.head, plan.key)
-        if head is None:
-            raise ArchiveConflict(f"{plan.key} exists but cannot be read", metadata={"key": plan.key})
-        if head.sha256 != hashlib.sha256(data).hexdigest():
+        sha256 = hashlib.sha256(existing).hexdigest()
+        if existing != data:
             # Not our bytes (another pyarrow wrote it, or certificates were learnt since): compare the envelopes.
             try:
-                existing = read_part(await asyncio.to_thread(self._objects.get, plan.key)).frames
+                found = read_part(existing).frames
             except ValueError:
-                existing = []
-            if [_envelope(f) for f in existing] != [_envelope(f) for f in frames]:
+                found = []
+            if [_envelope(f) for f in found] != [_envelope(f) for f in frames]:
                 raise ArchiveConflict(f"{plan.key} holds other frames than the hot stream's "
                                       f"{plan.first}..{plan.last}", metadata={"key": plan.key})
+        if head is None or head.sha256 != sha256:
+            raise ArchiveConflict(f"{plan.key} changed while it was adopted", metadata={"key": plan.key})
         _log.info("adopted %s written by an earlier, interrupted run", plan.key)
-        return head.sha256, head.size, head.version_id
+        return sha256, len(existing), head.version_id
 
 
 def _envelope(frame: StoredFrame) -> tuple[int, bytes, bytes, str, int]:
@@ -263,7 +570,12 @@ class TieredFrames:
     def __init__(self, store: TelemetryStore, objects: ObjectStore | None) -> None:
         self._store = store
         self._objects = objects
-        self._parts: OrderedDict[str, ArchivedPart] = OrderedDict()
+        #: Opened parts (bytes digest-checked, footer parsed; rows decoded per read, by row group).
+        self._parts: OrderedDict[str, PartReader] = OrderedDict()
+        #: Downloads in flight by key: concurrent misses of one part wait for the one download.
+        self._loading: dict[str, asyncio.Task[PartReader]] = {}
+        #: Parts downloaded (a test's window on the once-per-part download).
+        self.downloads = 0
 
     async def frames(self, vehicle_id: str, *, after: int = 0, through: int = 0, count: int = 100,
                      ) -> list[StoredFrame]:
@@ -293,24 +605,35 @@ class TieredFrames:
             if upper and entry.first > upper:
                 break
             part = await self._part(entry)
-            for frame in part.frames:
-                if frame.sequence > after and (not upper or frame.sequence <= upper):
-                    out.append(frame)
-                    if len(out) >= count:
-                        return out
+            out += await asyncio.to_thread(part.frames, after, upper, count - len(out))
+            if len(out) >= count:
+                return out
             after = max(after, entry.last)
         return out
 
-    async def _part(self, entry: PartEntry) -> ArchivedPart:
+    async def _part(self, entry: PartEntry) -> PartReader:
         cached = self._parts.get(entry.key)
         if cached is not None:
             self._parts.move_to_end(entry.key)
             return cached
+        loading = self._loading.get(entry.key)
+        if loading is None:
+            loading = asyncio.get_running_loop().create_task(self._load(entry))
+            self._loading[entry.key] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(entry.key, None))
+        # shield: a reader cancelled while waiting must not cancel the download the others wait for.
+        return await asyncio.shield(loading)
+
+    async def _load(self, entry: PartEntry) -> PartReader:
         assert self._objects is not None
+        self.downloads += 1
         data = await asyncio.to_thread(self._objects.get, entry.key, version_id=entry.version_id)
         if hashlib.sha256(data).hexdigest() != entry.sha256:
             raise ArchiveConflict(f"{entry.key} does not hash to its manifest entry", metadata={"key": entry.key})
-        part = await asyncio.to_thread(read_part, data)
+        try:
+            part = await asyncio.to_thread(PartReader, data)
+        except ValueError as exc:
+            raise ArchiveConflict(f"{entry.key}: {exc}", metadata={"key": entry.key}) from None
         self._parts[entry.key] = part
         if len(self._parts) > _PART_CACHE_SIZE:
             self._parts.popitem(last=False)

@@ -3,9 +3,15 @@ batches through ``MissionService.ReportFleetState``.
 
 Frames, heartbeats and Hellos only update memory (:class:`FleetReporter` is fed by usecases/tracking.py); a
 companion loop (workers.py) reports what changed every ``flush_seconds`` (HAULMESH_TELEMETRY_FLEET_FLUSH_SECONDS,
-10 s by default), and at once when a vehicle's connectivity changed. So a truck sending 10 frames a second costs
-the roster one write per flush, not ten a second. A report that fails is given back to the book and retried at
-the next round; the mission service keeps the newest of what it is told, so a retried batch is harmless.
+10 s by default), and at once when a vehicle's connectivity changed (that early round carries only the
+connectivity changes). So a truck sending 10 frames a second costs the roster one write per flush, not ten a
+second. A round sends what was due when it began (the book's generation mark), never what arrived while it ran.
+
+A report that fails is given back to the book (with what the roster had been told before restored) and the
+reporter backs off: no round, not even for a connectivity change, until a delay that doubles per consecutive
+failure (1 s, capped at 60 s, jittered) has passed. The mission service keeps the newest of what it is told, so
+a retried batch is harmless. Entries the mission service rejects (it applies the valid ones and lists the
+others) are logged and dropped: sending them again would not make them valid.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -21,7 +29,7 @@ from haulmesh.mission.v1 import mission_service_pb2, vehicle_pb2
 from haulmesh.type.v1 import location_pb2
 from services.runtime import to_timestamp
 
-from ..domain.fleet import OFFLINE, FleetBook, FleetReport
+from ..domain.fleet import OFFLINE, FleetBook, FleetReport, retry_delay
 from ..domain.geometry import LatLon
 from ..metrics import FLEET_REPORTS
 
@@ -32,6 +40,9 @@ _log = logging.getLogger("haulmesh.telemetry.fleet")
 #: Vehicles per ReportFleetState (the RPC's bound, mission_service.proto).
 MAX_REPORT_VEHICLES = 500
 _RPC_TIMEOUT_SECONDS = 10.0
+#: Backoff after a failed report: the first delay and its cap.
+RETRY_BASE_SECONDS = 1.0
+RETRY_CAP_SECONDS = 60.0
 
 
 def observation(report: FleetReport) -> mission_service_pb2.VehicleObservation:
@@ -55,15 +66,24 @@ def observation(report: FleetReport) -> mission_service_pb2.VehicleObservation:
 class FleetReporter:
     """This process's fleet book and the loop that reports it (``mission_stub()`` gives the MissionService stub)."""
 
-    def __init__(self, mission_stub: Callable[[], Any], *, flush_seconds: float = 10.0) -> None:
+    def __init__(self, mission_stub: Callable[[], Any], *, flush_seconds: float = 10.0,
+                 retry_base_seconds: float = RETRY_BASE_SECONDS, retry_cap_seconds: float = RETRY_CAP_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.book = FleetBook()
         self._stub = mission_stub
         self._flush_seconds = flush_seconds
+        self._retry_base, self._retry_cap = retry_base_seconds, retry_cap_seconds
+        self._clock = clock
         self._due = asyncio.Event()
         self._stopping = asyncio.Event()
+        #: Consecutive failed reports, and the clock time before which no report is tried.
+        self._failures = 0
+        self._resume_at = 0.0
         #: Reports sent (RPCs) and vehicles in them, for tests and logs (the metrics count them too).
         self.reports = 0
         self.vehicles_reported = 0
+        #: Reports tried (sent or failed).
+        self.attempts = 0
 
     # ---- inputs (memory only) ---------------------------------------------------------------------------
 
@@ -85,34 +105,58 @@ class FleetReporter:
     # ---- the loop ----------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Report every ``flush_seconds``, or at once when a connectivity change is due, until :meth:`stop`."""
+        """Report everything due every ``flush_seconds``, the connectivity changes at once, and nothing while
+        backing off after a failure, until :meth:`stop`."""
+        next_round = self._clock() + self._flush_seconds
         while not self._stopping.is_set():
+            now = self._clock()
+            if now < self._resume_at:  # backing off: not even a connectivity change goes now
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self._resume_at - now)
+                continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._due.wait(), self._flush_seconds)
+                await asyncio.wait_for(self._due.wait(), max(0.0, next_round - now))
+            if self._stopping.is_set():
+                break
             self._due.clear()
-            await self.flush()
-        await self.flush()  # what the last round did not carry (best effort at shutdown)
+            periodic = self._clock() >= next_round
+            await self.flush(urgent_only=not periodic)
+            if periodic:
+                next_round = self._clock() + self._flush_seconds
+        if self._clock() >= self._resume_at:
+            await self.flush()  # what the last round did not carry (best effort at shutdown)
 
     async def stop(self) -> None:
         self._stopping.set()
         self._due.set()
 
-    async def flush(self) -> int:
-        """Report everything due now, in batches; returns how many vehicles were reported."""
+    async def flush(self, *, urgent_only: bool = False) -> int:
+        """Report what is due now (only the connectivity changes with ``urgent_only``), in batches: what
+        became due while this runs waits for the next round. Returns how many vehicles were reported."""
         sent = 0
-        while batch := self.book.take(MAX_REPORT_VEHICLES):
+        through = self.book.mark()
+        while batch := self.book.take(MAX_REPORT_VEHICLES, through=through, urgent_only=urgent_only):
             request = mission_service_pb2.ReportFleetStateRequest(vehicles=[observation(r) for r in batch])
+            self.attempts += 1
             try:
-                await self._stub().ReportFleetState(request, timeout=_RPC_TIMEOUT_SECONDS)
+                response = await self._stub().ReportFleetState(request, timeout=_RPC_TIMEOUT_SECONDS)
             except asyncio.CancelledError:
                 self.book.give_back(batch)
                 raise
-            except Exception as exc:  # the mission service is away: keep it for the next round
+            except Exception as exc:  # the mission service is away: keep it, and wait before trying again
                 self.book.give_back(batch)
                 FLEET_REPORTS.labels("failed").inc()
-                _log.warning("fleet state report of %d vehicles failed (%s); retried at the next round",
-                             len(batch), exc)
+                self._failures += 1
+                delay = retry_delay(self._failures, base_seconds=self._retry_base, cap_seconds=self._retry_cap,
+                                    draw=random.random())  # noqa: S311 - jitter, not security
+                self._resume_at = self._clock() + delay
+                _log.warning("fleet state report of %d vehicles failed (%s); retried in %.1f s",
+                             len(batch), exc, delay)
                 return sent
+            self._failures, self._resume_at = 0, 0.0
+            for rejected in getattr(response, "rejected_vehicles", ()):
+                _log.warning("fleet state of %s rejected by the mission service: %s", rejected.vehicle,
+                             "; ".join(f"{v.field}: {v.description}" for v in rejected.field_violations))
             FLEET_REPORTS.labels("sent").inc()
             self.reports += 1
             self.vehicles_reported += len(batch)

@@ -3,20 +3,26 @@
 A mission's scope (its vehicle and time span) is resolved by the mission service, which answers NOT_FOUND for
 another carrier's mission, and remembered for a moment; where a mission read starts scanning is the sequence
 floor of its span (:meth:`Reads.floor`).
+
+Watches are capped (:class:`WatchSlots`): each holds a blocking XREAD on the watches' own store pool, so the
+cap per process keeps them within that pool, and the cap per tenant keeps one carrier (or one operator tool)
+from taking every slot. One beyond a cap is refused RESOURCE_EXHAUSTED with a retry hint.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import grpc
 
 from haulmesh.mission.v1 import mission_service_pb2, mission_service_pb2_grpc
 from haulmesh.telemetry.v1 import frame_pb2, telemetry_service_pb2
-from services.runtime import FailedPrecondition, NotFound, Unavailable, carrier_metadata
+from services.runtime import FailedPrecondition, NotFound, ResourceExhausted, Unavailable, carrier_metadata
 
 from ..config import TelemetryConfig
 from ..convert import telemetry_frame
@@ -24,7 +30,7 @@ from ..domain import FrameScope
 from ..store import TelemetryStore
 from .archive import TieredFrames
 
-__all__ = ["Reads"]
+__all__ = ["Reads", "WatchSlots"]
 
 _log = logging.getLogger("haulmesh.telemetry")
 
@@ -33,6 +39,44 @@ _MISSION_CACHE_SECONDS = 2.0
 _MISSION_CACHE_SIZE = 4096
 #: How often a mission watch asks the mission service whether the mission has ended.
 _MISSION_POLL_SECONDS = 3.0
+
+
+class WatchSlots:
+    """Concurrent watches of this process, at most ``per_process`` in all and ``per_tenant`` per tenant."""
+
+    def __init__(self, per_process: int, per_tenant: int, retry_after_seconds: float) -> None:
+        self.per_process = per_process
+        self.per_tenant = per_tenant
+        self.retry_after_seconds = retry_after_seconds
+        self._open: Counter[str] = Counter()
+        self.total = 0
+
+    def open(self, tenant: str) -> int:
+        """Watches ``tenant`` holds now."""
+        return self._open[tenant]
+
+    @contextlib.contextmanager
+    def hold(self, tenant: str) -> Iterator[None]:
+        """A slot for one watch of ``tenant`` while the block runs; RESOURCE_EXHAUSTED (with RetryInfo) beyond
+        a cap (the tenant's checked first: its hint is the one the caller can act on). Single-threaded asyncio:
+        the check and the count need no lock."""
+        if self._open[tenant] >= self.per_tenant:
+            raise ResourceExhausted(f"at most {self.per_tenant} concurrent watches per tenant; close one or retry "
+                                    "later", reason="TOO_MANY_WATCHES", retry_after_seconds=self.retry_after_seconds,
+                                    metadata={"limit": str(self.per_tenant), "scope": "tenant"})
+        if self.total >= self.per_process:
+            raise ResourceExhausted(f"this telemetry process serves at most {self.per_process} watches; retry later",
+                                    reason="TOO_MANY_WATCHES", retry_after_seconds=self.retry_after_seconds,
+                                    metadata={"limit": str(self.per_process), "scope": "process"})
+        self._open[tenant] += 1
+        self.total += 1
+        try:
+            yield
+        finally:
+            self.total -= 1
+            self._open[tenant] -= 1
+            if not self._open[tenant]:
+                del self._open[tenant]
 
 
 class Reads:
@@ -51,6 +95,9 @@ class Reads:
         self._missions: dict[tuple[str, str], tuple[float, FrameScope]] = {}
         #: Sequence floors of mission spans by (vehicle, span start): valid forever once computed.
         self._floors: dict[tuple[str, int], int] = {}
+        #: The caps on concurrent watches (see the module docstring).
+        self.watches = WatchSlots(config.max_watches_per_process, config.max_watches_per_tenant,
+                                  config.watch_retry_after_seconds)
 
     @property
     def _skew_ms(self) -> int:
@@ -142,6 +189,11 @@ class Reads:
             # After the end the reads do not block: they drain what was stored by then.
             stored = await (self._tiered.frames(scope.vehicle_id, after=cursor, count=500) if final else
                             self._store.wait_frames(scope.vehicle_id, cursor, block_ms=2000))
+            if not final and stored and stored[0].sequence > cursor + 1:
+                # The hot stream skips sequences after the cursor: gaps the truck never filled, or frames archived
+                # and trimmed just ahead of the cursor (between the replay above and this read). The tiered reader
+                # tells them apart, so a trimmed stretch is read from its parts, never skipped.
+                stored = await self._tiered.frames(scope.vehicle_id, after=cursor, count=500)
             for item in stored:
                 cursor = item.sequence
                 frame = telemetry_frame(scope, item)

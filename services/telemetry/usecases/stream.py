@@ -17,14 +17,21 @@ import os
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
 
 from haulmesh.telemetry.v1 import frame_pb2, stream_pb2
-from services.runtime import Aborted, FailedPrecondition, HaulmeshError, InvalidArgument, Unavailable
+from services.runtime import (
+    Aborted,
+    FailedPrecondition,
+    HaulmeshError,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
 
 from .. import metrics
 from ..config import TelemetryConfig
@@ -33,7 +40,7 @@ from ..domain import FrameRejected, RejectReason, VehicleKey, Verified, key_from
 from ..store import CommitResult, StoredFrame, TelemetryStore
 from .tracking import MissionTracking
 
-__all__ = ["Session", "Streams"]
+__all__ = ["FrameCredits", "Session", "Streams"]
 
 _log = logging.getLogger("haulmesh.telemetry")
 
@@ -49,11 +56,113 @@ _POLL_CHUNK = 500
 _KEY_LIMIT = 64  # certificates remembered per vehicle; more is an attack or a bug, not rotations
 
 
+class FrameCredits:
+    """A bound on frames in flight: :meth:`take` waits, first come first served, until ``n`` more fit under
+    ``limit``; :meth:`give` returns them. A weighted semaphore (asyncio has none): a 500-frame replay batch
+    takes 500 at once, and waits its turn rather than being starved by single live frames behind it.
+
+    ``parent`` (the process's credits) is taken after this one's and given back with it, so a frame counts
+    against its stream and its process together. ``on_change`` is told the new count (the metrics gauge).
+    """
+
+    def __init__(self, limit: int, parent: FrameCredits | None = None,
+                 on_change: Callable[[int], None] | None = None) -> None:
+        self.limit = limit
+        self.inflight = 0
+        #: The most ever in flight at once (the tests assert it never passed ``limit``).
+        self.peak = 0
+        self._parent = parent
+        self._on_change = on_change
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    def full(self) -> bool:
+        """No frame fits now (here, or in the parent): a reader should not read its stream."""
+        return self.inflight >= self.limit or (self._parent is not None and self._parent.full())
+
+    def fits(self, n: int) -> bool:
+        """Whether :meth:`take` of ``n`` would return at once."""
+        n = min(n, self.limit)
+        return (not self._waiters and self.inflight + n <= self.limit
+                and (self._parent is None or self._parent.fits(n)))
+
+    async def wait_room(self) -> None:
+        """Return once at least one frame fits here and in the parent (the reader's check before a read)."""
+        while self.full():
+            waiter = self if self.inflight >= self.limit else self._parent
+            assert waiter is not None
+            await waiter._wait(1, take=False)
+
+    async def take(self, n: int) -> None:
+        """Count ``n`` more frames in flight, waiting until they fit (here, then in the parent)."""
+        n = min(n, self.limit)  # never wait for the impossible; config ensures a batch fits a stream
+        await self._wait(n, take=True)
+        if self._parent is not None:
+            try:
+                await self._parent.take(n)
+            except BaseException:
+                self._release(n)
+                raise
+
+    def give(self, n: int) -> None:
+        """Return ``n`` frames' credits (here and in the parent)."""
+        n = min(n, self.limit)
+        self._release(n)
+        if self._parent is not None:
+            self._parent.give(n)
+
+    async def _wait(self, n: int, *, take: bool) -> None:
+        if not self._waiters and self.inflight + n <= self.limit:
+            if take:
+                self._add(n)
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (n if take else -n, future)
+        self._waiters.append(entry)
+        try:
+            await future
+        except BaseException:
+            if entry in self._waiters:
+                self._waiters.remove(entry)
+            elif take and future.done() and not future.cancelled():
+                self._release(n)  # granted while being cancelled: hand it back
+            self._wake()
+            raise
+
+    def _add(self, n: int) -> None:
+        self.inflight += n
+        self.peak = max(self.peak, self.inflight)
+        if self._on_change is not None:
+            self._on_change(self.inflight)
+
+    def _release(self, n: int) -> None:
+        self.inflight -= n
+        if self._on_change is not None:
+            self._on_change(self.inflight)
+        self._wake()
+
+    def _wake(self) -> None:
+        # In order: a waiter that does not fit yet blocks those behind it (no starvation of big batches).
+        while self._waiters:
+            n, future = self._waiters[0]
+            need = abs(n)
+            if future.done():
+                self._waiters.popleft()
+                continue
+            if self.inflight + need > self.limit:
+                return
+            self._waiters.popleft()
+            if n > 0:
+                self._add(n)
+            future.set_result(None)
+
+
 class Session:
     """One truck stream: the outbound queue the handler drains, and its tasks."""
 
-    def __init__(self, vehicle_id: str) -> None:
+    def __init__(self, vehicle_id: str, credits: FrameCredits | None = None) -> None:
         self.vehicle_id = vehicle_id
+        #: Frames of this stream in flight (read, not yet through their commit), within the process's.
+        self.credits = credits or FrameCredits(1 << 30)
         self.session_id = uuid.uuid4().hex
         #: Responses to send, or a HaulmeshError that ends the stream, or None for a clean end.
         self.outbound: asyncio.Queue[Any] = asyncio.Queue()
@@ -65,6 +174,8 @@ class Session:
         self.tasks: list[asyncio.Task[None]] = []
         #: Set when the stream has ended; loops blocked on the store check it after every wait.
         self.closed = asyncio.Event()
+        #: Set by the handler each time it takes a response from ``outbound`` (the reader waits on it when full).
+        self.drained = asyncio.Event()
         #: Set when a stream of the vehicle on another replica replaced this one.
         self.moved_away = False
         #: Entry id of the last command sent on this stream.
@@ -75,6 +186,9 @@ class Session:
         #: The store names this stream the vehicle's current one. Until then the deliverer leaves it alone:
         #: it would read the vehicle's previous session (or none) and take this stream for replaced.
         self.claimed = False
+        #: The high-water this stream's submitted batches reach once they all land: each batch is committed
+        #: only on top of the previous ones (TelemetryStore.submit ``after``), never over a failed one.
+        self.expected_high_water = 0
 
     def end(self, error: HaulmeshError | None) -> None:
         self.outbound.put_nowait(error)
@@ -96,12 +210,14 @@ class Streams:
         self._due: set[str] = set()
         self.wake = asyncio.Event()
         self._verifiers = ThreadPoolExecutor(_VERIFY_THREADS, "verify") if _VERIFY_THREADS > 1 else None
+        #: Frames in flight in this process (every stream and IngestTelemetry): the memory bound.
+        self.credits = FrameCredits(config.max_inflight_frames_per_process, on_change=metrics.record_inflight)
 
     # ---- a stream's life ----------------------------------------------------------------------------
 
     def open(self, vehicle_id: str) -> Session:
         """Register a new stream of the vehicle; an older one of this process ends at once."""
-        session = Session(vehicle_id)
+        session = Session(vehicle_id, FrameCredits(self._config.max_inflight_frames_per_stream, self.credits))
         older = self.sessions.get(vehicle_id)
         self.sessions[vehicle_id] = session
         if older is not None:
@@ -117,6 +233,7 @@ class Streams:
         if self._tracking is not None:
             self._tracking.connected(vehicle_id, vehicle_last_sequence)
         high_water = await self._store.high_water(vehicle_id)
+        session.expected_high_water = high_water
         _log.info("vehicle %s session %s opened (boot %s, truck last %d, server high-water %d)", vehicle_id,
                   session.session_id, boot_id[:40], vehicle_last_sequence, high_water)
         return high_water
@@ -161,8 +278,16 @@ class Streams:
 
     async def _read(self, session: Session, requests: AsyncIterator[stream_pb2.StreamTelemetryRequest],
                     keys: dict[str, VehicleKey]) -> None:
+        iterator = aiter(requests)
         try:
-            async for request in requests:
+            while True:
+                # Flow control: nothing more is read while this stream (or the process) is at its bound, so the
+                # truck's next messages wait in HTTP/2 flow control and then in its spool, not in our memory.
+                await self._admit(session)
+                try:
+                    request = await anext(iterator)
+                except StopAsyncIteration:
+                    break
                 kind = request.WhichOneof("message")
                 if kind == "frames":
                     if not await self._accept_batch(session, request.frames, keys):
@@ -189,10 +314,43 @@ class Streams:
             _log.exception("stream of %s failed", session.vehicle_id)
             session.end(Unavailable(f"telemetry stream failed: {type(exc).__name__}", reason="INTERNAL_ERROR"))
 
+    async def _admit(self, session: Session) -> None:
+        """Return when the stream may be read: room for a frame in the stream and the process, and fewer than
+        ``max_outbound_messages_per_stream`` responses waiting for gRPC (a truck that reads none of its acks
+        stops being read)."""
+        credits, outbound = session.credits, session.outbound
+        bound = self._config.max_outbound_messages_per_stream
+        if not credits.full() and outbound.qsize() < bound:
+            return
+        metrics.stream_paused(True)
+        try:
+            while credits.full() or outbound.qsize() >= bound:
+                if outbound.qsize() >= bound:
+                    session.drained.clear()
+                    await session.drained.wait()
+                else:
+                    await credits.wait_room()
+        finally:
+            metrics.stream_paused(False)
+
     async def _command_ack(self, vehicle_id: str, ack: stream_pb2.CommandAck) -> None:
+        # Bounded writes: a truck's acks are stored only for commands it was sent, small, once per outcome.
+        # A refused ack is counted and dropped (the stream goes on: a truck's bug must not cut its telemetry).
+        size = ack.ByteSize()
+        if size > self._config.max_command_ack_bytes:
+            metrics.REFUSED_COMMAND_ACKS.labels("too_large").inc()
+            _log.warning("vehicle %s: CommandAck of %d bytes refused (at most %d)", vehicle_id, size,
+                         self._config.max_command_ack_bytes)
+            return
+        state = await self._store.command_ack_state(vehicle_id, ack)
+        if state == "unknown":
+            metrics.REFUSED_COMMAND_ACKS.labels("unknown").inc()
+            _log.warning("vehicle %s: CommandAck for command %r never sent to it, refused", vehicle_id,
+                         ack.command_id[:80])
+            return
         # Announced before the command leaves the queue: if the announcement fails, the command is sent
         # again on the next connection and the truck's new answer is announced then.
-        if self._tracking is not None:
+        if state == "new" and self._tracking is not None:
             carrier_id, mission = await self._store.command_context(vehicle_id, ack.command_id)
             await self._tracking.command_acknowledged(vehicle_id, ack, carrier_id, mission)
         await self._store.ack_command(vehicle_id, ack)
@@ -206,6 +364,16 @@ class Streams:
             return False
         if not frames:
             return True
+        held = len(frames)
+        # Given back when the commit completes (or below, for rejects). Waiting here is not reading either.
+        if session.credits.fits(held):
+            await session.credits.take(held)
+        else:
+            metrics.stream_paused(True)
+            try:
+                await session.credits.take(held)
+            finally:
+                metrics.stream_paused(False)
         good: list[Verified] = []
         rejects: Counter[str] = Counter()
         for outcome in await self._verify_batch(session.vehicle_id, frames, keys):
@@ -215,11 +383,22 @@ class Streams:
             rejects[outcome.reason.value] += 1
             session.outbound.put_nowait(stream_pb2.StreamTelemetryResponse(reject=stream_pb2.Reject(
                 sequence=outcome.sequence, reason=REJECT_REASONS[outcome.reason], detail=outcome.detail)))
+        if len(good) < held:  # rejected frames are done with (their Rejects are in ``outbound``)
+            session.credits.give(held - len(good))
+            held = len(good)
         # The commit runs while the next batch is read and verified; acks follow in batch order.
-        commit = self._store.submit(session.vehicle_id, good, received=len(frames), rejects=rejects)
+        after = session.expected_high_water
+        if good:
+            session.expected_high_water = max(after, max(f.sequence for f in good))
+        try:
+            commit = self._store.submit(session.vehicle_id, good, received=len(frames), rejects=rejects,
+                                        after=after)
+        except BaseException:
+            session.credits.give(held)
+            raise
         session.pending_acks.append((commit, max(f.sequence for f in frames), good))
         backlog = len(frames) >= _ACK_AT_ONCE_FRAMES
-        commit.add_done_callback(lambda done: self._commit_done(session, done, backlog=backlog))
+        commit.add_done_callback(lambda done: self._commit_done(session, done, backlog=backlog, held=held))
         return True
 
     async def _verify_batch(self, vehicle_id: str, frames: Sequence[frame_pb2.SignedFrame],
@@ -244,12 +423,17 @@ class Streams:
                                         for i in range(0, len(work), size)))
         return [outcome for chunk in chunks for outcome in chunk]
 
-    def _commit_done(self, session: Session, commit: asyncio.Future[Any], *, backlog: bool) -> None:
+    def _commit_done(self, session: Session, commit: asyncio.Future[Any], *, backlog: bool, held: int = 0) -> None:
         """Acknowledge now, or at the stream's next Ack time if one went out less than the interval ago.
+
+        The commit's frames leave the in-flight count here (stored or failed, the store holds them no more),
+        which lets the stream, or another waiting on the process's bound, read again.
 
         Not paced: a failed commit (it ends the stream; its error is retrieved here, once), and a batch of a
         replayed backlog (one Ack per hundreds of frames already; the truck frees its spool sooner).
         """
+        if held:
+            session.credits.give(held)
         if commit.cancelled() or commit.exception() is not None or backlog:
             if session.ack_timer is not None:
                 session.ack_timer.cancel()
@@ -353,6 +537,18 @@ class Streams:
                      current: VehicleKey) -> tuple[CommitResult, StoredFrame | None]:
         """Verify and store one frame; returns the commit and, for a duplicate, the frame stored first.
         A refused frame is counted and raises InvalidArgument with its reason."""
+        if self.credits.full():
+            # Not queued behind the streams: the truck (or the gateway, as 429 with Retry-After) tries again.
+            raise ResourceExhausted("telemetry is at its bound of frames in flight; retry shortly",
+                                    reason="TELEMETRY_BUSY", metadata={"retry_after_seconds": "1"})
+        await self.credits.take(1)
+        try:
+            return await self._ingest(vehicle_id, sequence, payload_bytes, signature, key_id, current)
+        finally:
+            self.credits.give(1)
+
+    async def _ingest(self, vehicle_id: str, sequence: int, payload_bytes: bytes, signature: bytes, key_id: str,
+                      current: VehicleKey) -> tuple[CommitResult, StoredFrame | None]:
         keys = await self.keys(vehicle_id, current)
         # boot_id is optional on this path (the seed's shape has none), so verification must not demand it.
         outcome = verify_frame(sequence, payload_bytes, signature, key_id or current.key_id,

@@ -187,6 +187,8 @@ def test_lane_baseline_and_size_checks() -> None:
     with pytest.raises(FailedPrecondition) as caught:
         domain.check_report_size(11, 10, "missions")
     assert caught.value.reason == "REPORT_TOO_LARGE" and caught.value.metadata["limit"] == "10"
+    # The limit counts every lane of the window (before the lane filter): the advice must not be "one lane".
+    assert "shorter window" in str(caught.value) and "one lane" not in str(caught.value)
 
 
 # --- properties ----------------------------------------------------------------------------------------

@@ -354,6 +354,29 @@ def test_in_chart_valkey_is_aof_with_a_password_secret(chart: ChartRenderer) -> 
     assert url == f"redis://:{base64.b64decode(password).decode()}@{RELEASE}-valkey:6379/0"
 
 
+def test_acks_wait_for_the_replicas_the_chart_runs(chart: ChartRenderer) -> None:
+    """valkey.replicas: pods 1..n replicate pod 0, the services reach pod 0 only, and every ack waits for all n
+    (HAULMESH_STORE_ACK_REPLICAS); an operator's own store says how many with redis.ackReplicas."""
+    single = chart.render({"valkey": {"enabled": True}})
+    assert {single.env(name)["HAULMESH_STORE_ACK_REPLICAS"]["value"] for name in SERVICES} == {"0"}
+    (statefulset,) = single.of_kind("StatefulSet")
+    assert statefulset["spec"]["replicas"] == 1
+    assert "replicaof" not in " ".join(statefulset["spec"]["template"]["spec"]["containers"][0]["args"])
+
+    replicated = chart.render({"valkey": {"enabled": True, "replicas": 2}})
+    assert {replicated.env(name)["HAULMESH_STORE_ACK_REPLICAS"]["value"] for name in SERVICES} == {"2"}
+    (statefulset,) = replicated.of_kind("StatefulSet")
+    assert statefulset["spec"]["replicas"] == 3
+    script = " ".join(statefulset["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert f"if [ \"${{HOSTNAME##*-}}\" != 0 ]; then echo 'replicaof {RELEASE}-valkey 6379'" in script
+    assert "masterauth" in script and "--appendonly yes" in script  # replicas fsync too: WAITAOF counts them
+    selector = replicated.get("Service", f"{RELEASE}-valkey")["spec"]["selector"]
+    assert selector["statefulset.kubernetes.io/pod-name"] == f"{RELEASE}-valkey-0"
+
+    own = chart.render({**PRODUCTION, "redis": {**PRODUCTION["redis"], "ackReplicas": 1}})
+    assert {own.env(name)["HAULMESH_STORE_ACK_REPLICAS"]["value"] for name in SERVICES} == {"1"}
+
+
 def test_redis_by_url_goes_into_a_secret(chart: ChartRenderer) -> None:
     rendered = chart.render({"valkey": {"enabled": False}, "redis": {"url": "rediss://redis.example:6380/0"}})
     assert rendered.of_kind("StatefulSet") == []

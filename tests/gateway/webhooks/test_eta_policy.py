@@ -18,7 +18,7 @@ from haulmesh.gateway.v1 import webhook_pb2
 from services.gateway.webhooks import domain
 from services.gateway.webhooks.store import WebhookStore
 from services.gateway.webhooks.workers import Dispatcher, WebhookSettings
-from services.runtime import InvalidArgument, Mesh, connect_async, new_event, new_id, to_timestamp
+from services.runtime import METRICS_REGISTRY, InvalidArgument, Mesh, connect_async, new_event, new_id, to_timestamp
 from services.runtime.tokens import mint
 from tests.conftest import wait_for
 
@@ -61,7 +61,8 @@ def test_first_always_sent_and_no_two_sends_closer_than_cadence_unless_material(
     sent = _sent(policy, sequence)
     assert sent[0] is sequence[0]
     for previous, current in itertools.pairwise(sent):
-        material = abs(current.eta - previous.eta) >= policy.min_change or current.late != previous.late
+        moved = abs(current.eta - previous.eta)
+        material = moved >= policy.min_change or (current.late != previous.late and moved >= policy.min_change / 2)
         due = bool(policy.cadence) and current.event_time - previous.event_time >= policy.cadence
         assert material or due, (previous, current)
 
@@ -73,8 +74,9 @@ def test_nothing_material_or_due_is_held_back(policy, sequence) -> None:
     last = None
     for update in sequence:
         decision = domain.eta_to_send(policy, last, update)
-        if last is None or abs(update.eta - last.eta) >= policy.min_change or update.late != last.late or (
-                policy.cadence and update.event_time - last.event_time >= policy.cadence):
+        moved = None if last is None else abs(update.eta - last.eta)
+        if last is None or moved >= policy.min_change or (update.late != last.late and moved >= policy.min_change / 2) \
+                or (policy.cadence and update.event_time - last.event_time >= policy.cadence):
             assert decision
         if decision:
             last = update
@@ -84,6 +86,19 @@ def test_a_stale_update_is_never_sent() -> None:
     last = domain.EtaSent(T0 + timedelta(hours=5), T0 + timedelta(hours=1), False)
     older = domain.EtaSent(T0 + timedelta(hours=9), T0, True)
     assert not domain.eta_to_send(domain.DEFAULT_ETA_POLICY, last, older)
+
+
+def test_an_eta_hovering_at_the_appointment_does_not_flip_past_min_change() -> None:
+    """Late/on time flips every update while the ETA wobbles ±1 minute around the appointment: without
+    hysteresis each flip was sent (60 webhooks); a flip counts only with half of min_change (5 min) moved."""
+    policy = domain.EtaPolicy(min_change=timedelta(minutes=10), cadence=timedelta(0))
+    appointment = T0 + timedelta(hours=6)
+    wobble = [domain.EtaSent(appointment + timedelta(minutes=1 if i % 2 else -1), T0 + timedelta(minutes=2 * i),
+                             bool(i % 2)) for i in range(60)]
+    assert len(_sent(policy, wobble)) == 1
+    last = domain.EtaSent(appointment - timedelta(minutes=1), T0, False)
+    assert domain.eta_to_send(policy, last, domain.EtaSent(appointment + timedelta(minutes=4), T0, True))  # 5 min
+    assert not domain.eta_to_send(policy, last, domain.EtaSent(appointment + timedelta(minutes=3), T0, True))
 
 
 def test_default_policy_and_a_twelve_hour_trip_sends_tens_not_hundreds() -> None:
@@ -156,6 +171,10 @@ def _eta_event(carrier: str, mission: str, minute: int, eta: datetime, *, stop: 
     return new_event("telemetry_eta_updated", data, subject=mission, carrier_id=carrier, source="telemetry")
 
 
+def _counter(name: str) -> float:
+    return METRICS_REGISTRY.get_sample_value(name) or 0.0
+
+
 async def _deliveries(store: WebhookStore, carrier: str, sub: Sub) -> list[webhook_pb2.WebhookDelivery]:
     from services.runtime import Page
 
@@ -173,7 +192,13 @@ async def test_dispatcher_sends_what_each_subscriptions_policy_lets_through(stor
     events = [_eta_event(carrier, mission, 2 * i, T0 + timedelta(hours=12, minutes=-2 * i)) for i in range(60)]
     for event in events:
         await dispatcher.handle(event)
-    await dispatcher.handle(events[7])  # a redelivery changes nothing
+    held_back = _counter("haulmesh_webhook_eta_held_back_total")
+    duplicates = _counter("haulmesh_webhook_eta_duplicates_total")
+    # A redelivery changes nothing, and counts as a duplicate for both subscriptions (`every` sent it, `default`
+    # held it back): not as held back again.
+    await dispatcher.handle(events[7])
+    assert _counter("haulmesh_webhook_eta_held_back_total") == held_back
+    assert _counter("haulmesh_webhook_eta_duplicates_total") == duplicates + 2
     other_stop = _eta_event(carrier, mission, 119, T0 + timedelta(hours=2), stop=0)
     await dispatcher.handle(other_stop)  # another stop: its own first update
     sent = await _deliveries(store, carrier, default)

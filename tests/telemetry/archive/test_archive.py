@@ -24,10 +24,11 @@ from haulmesh.events.v1 import event_pb2, mission_events_pb2
 from haulmesh.mission.v1 import mission_pb2
 from services.runtime import pki
 from services.runtime.objectstore import ObjectStore, ObjectStoreError, open_object_store
-from services.telemetry.domain.archive import PartEntry, manifest_key
+from services.telemetry.domain.archive import PartEntry, day_of, manifest_key
 from services.telemetry.domain.frames import key_id_of
+from services.telemetry.store import ARCHIVE_DUE_KEY
 from services.telemetry.usecases import ArchiveConflict
-from tests.conftest import Pki
+from tests.conftest import Pki, wait_for
 from tests.trucks import Truck
 
 from .conftest import Tiers, make_tiers
@@ -135,9 +136,11 @@ async def test_trim_waits_for_the_archive(tiers: Tiers, tmp_path) -> None:
 
 async def test_a_conflicting_part_stops_archiving_and_trimming(tiers: Tiers) -> None:
     """Someone else's bytes under a part's name are not adopted: the run fails, nothing is committed."""
-    await tiers.ingest([1, 2])
+    device_time = time.time()
+    await tiers.ingest([1, 2], device_time=device_time)
+    # The partition is the frames' UTC day of device time (not the clock's day when the test runs: midnight).
     plan_key = (f"archive/v1/carrier=_unassigned/vehicle={tiers.vehicle}/date="
-                f"{time.strftime('%Y-%m-%d', time.gmtime())}/part-{1:020d}-{2:020d}.parquet")
+                f"{day_of(int(device_time * 1000))}/part-{1:020d}-{2:020d}.parquet")
     await asyncio.to_thread(tiers.objects.put_new, plan_key, b"not these frames")
     with pytest.raises(ArchiveConflict):
         await tiers.archiver.run(tiers.vehicle, force=True)
@@ -213,18 +216,37 @@ def _mission_event(vehicle: str, state: int, *, dispatched: bool = False) -> eve
         mission=mission))
 
 
-async def test_a_completed_mission_is_archived_at_once_under_its_carrier(tiers: Tiers) -> None:
-    """Frames are fresh (far inside the archive lag), yet COMPLETED archives them right away."""
-    await tiers.archiver.on_mission_event(_mission_event(tiers.vehicle, mission_pb2.Mission.STATE_DISPATCHED,
-                                                         dispatched=True))
-    await tiers.ingest([1, 2, 3, 4])
-    await tiers.archiver.on_mission_event(_mission_event(tiers.vehicle, mission_pb2.Mission.STATE_ARRIVED))
-    assert (await tiers.store.archive_state(tiers.vehicle))[0] == 0  # not settled yet: nothing forced
-    await tiers.archiver.on_mission_event(_mission_event(tiers.vehicle, mission_pb2.Mission.STATE_COMPLETED))
-    upto, _, frames, carrier = await tiers.store.archive_state(tiers.vehicle)
-    assert (upto, frames, carrier) == (4, 4, "acme")
-    [part] = await tiers.store.archive_parts(tiers.vehicle, 0)
-    assert f"carrier=acme/vehicle={tiers.vehicle}/" in part.key
+async def test_a_completed_mission_is_marked_and_the_worker_archives_it_at_once(tiers: Tiers) -> None:
+    """Frames are fresh (far inside the archive lag), yet COMPLETED archives them right away: the consumer's
+    handler only marks the vehicle due, and the archive worker, woken by the mark, archives it."""
+    await tiers.store._redis.delete(ARCHIVE_DUE_KEY)  # other tests' marks are not this worker's business
+    tiers.archiver.due_poll_seconds = 3600.0  # so only the mark's wake-up can start it in time
+    worker = asyncio.create_task(tiers.archiver.serve())
+    try:
+        await tiers.archiver.on_mission_event(_mission_event(tiers.vehicle, mission_pb2.Mission.STATE_DISPATCHED,
+                                                             dispatched=True))
+        await tiers.ingest([1, 2, 3, 4])
+        await tiers.archiver.on_mission_event(_mission_event(tiers.vehicle, mission_pb2.Mission.STATE_ARRIVED))
+        assert (await tiers.store.archive_due()) == []  # not settled yet: nothing marked
+        await tiers.archiver.on_mission_event(_mission_event(tiers.vehicle, mission_pb2.Mission.STATE_COMPLETED))
+
+        async def archived() -> bool:
+            return (await tiers.store.archive_state(tiers.vehicle))[0] == 4
+
+        await wait_for(archived, timeout_seconds=60)  # promptly: woken by the mark, not by its (hourly) poll
+        upto, _, frames, carrier = await tiers.store.archive_state(tiers.vehicle)
+        assert (upto, frames, carrier) == (4, 4, "acme")
+        await wait_for(_no_marks(tiers), timeout_seconds=60)  # unmarked once archived
+        [part] = await tiers.store.archive_parts(tiers.vehicle, 0)
+        assert f"carrier=acme/vehicle={tiers.vehicle}/" in part.key
+    finally:
+        worker.cancel()
+
+
+def _no_marks(tiers: Tiers):
+    async def check() -> bool:
+        return await tiers.store.archive_due() == []
+    return check
 
 
 async def test_two_replicas_archiving_at_once_write_each_part_once(tiers: Tiers, truck: Truck,

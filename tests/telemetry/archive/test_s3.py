@@ -5,6 +5,7 @@ locked part that cannot be deleted."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -13,12 +14,16 @@ from pathlib import Path
 import pytest
 import redis.asyncio
 
+from haulmesh.mission.v1 import mission_pb2
 from services.runtime.objectstore import ObjectLocked, ObjectStore, open_object_store
 from services.telemetry.domain.archive import PartPlan
+from services.telemetry.store import ARCHIVE_DUE_KEY
+from tests.conftest import wait_for
+from tests.objectstore import SeaweedS3
 from tests.trucks import Truck
 
 from .conftest import Tiers, make_tiers
-from .test_archive import verify_part_offline
+from .test_archive import _mission_event, verify_part_offline
 
 
 @pytest.fixture
@@ -89,3 +94,33 @@ async def test_a_second_create_of_a_part_is_refused_and_adopted(s3_tiers: Tiers)
     assert (again.frames_in_archive, again.parts_written) == (3, 1)
     [adopted] = await tiers.store.archive_parts(tiers.vehicle, 0)
     assert adopted == part  # same object, same version: nothing written twice
+
+
+async def test_a_completed_mission_never_waits_on_a_stalled_object_store(s3_tiers: Tiers, s3_server: SeaweedS3) -> None:
+    """The ``telemetry-missions`` handler also relays commands to trucks: with the S3 server frozen (SIGSTOP: every
+    request hangs), a COMPLETED mission's handling returns at once (it only marks the vehicle due), and once the
+    server answers again the archive worker archives the mission's frames."""
+    tiers = s3_tiers
+    await tiers.store._redis.delete(ARCHIVE_DUE_KEY)  # other tests' marks are not this worker's business
+    await tiers.archiver.on_mission_event(_mission_event(tiers.vehicle, mission_pb2.Mission.STATE_DISPATCHED,
+                                                         dispatched=True))
+    await tiers.ingest([1, 2, 3])
+    assert s3_server.process is not None
+    s3_server.process.send_signal(signal.SIGSTOP)
+    try:
+        # Before: the handler archived inline and hung on the frozen server (read timeout 120 s, 5 attempts).
+        await asyncio.wait_for(tiers.archiver.on_mission_event(
+            _mission_event(tiers.vehicle, mission_pb2.Mission.STATE_COMPLETED)), timeout=10)
+        assert await tiers.store.archive_due() == [(tiers.vehicle, 3)]
+    finally:
+        s3_server.process.send_signal(signal.SIGCONT)
+    worker = asyncio.create_task(tiers.archiver.serve())
+    try:
+        async def archived() -> bool:
+            return (await tiers.store.archive_state(tiers.vehicle))[0] == 3
+
+        await wait_for(archived, timeout_seconds=30)
+        [part] = await tiers.store.archive_parts(tiers.vehicle, 0)
+        assert "/carrier=acme/" in part.key
+    finally:
+        worker.cancel()

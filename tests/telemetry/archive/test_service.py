@@ -8,19 +8,25 @@ import asyncio
 import os
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 import redis.asyncio
 
 from haulmesh.telemetry.v1 import frame_pb2, telemetry_service_pb2_grpc
 from haulmesh.telemetry.v1 import telemetry_service_pb2 as ts
+from services.runtime import EmbeddedStore, free_port
 from services.runtime.objectstore import open_object_store
 from services.telemetry.config import TelemetryConfig
-from services.telemetry.store import TelemetryStore
-from tests.conftest import Pki, wait_for
-from tests.telemetry.helpers import Session, TelemetryProcess, batch
+from services.telemetry.domain.archive import STORE_ID_KEY
+from services.telemetry.store import ARCHIVE_STORE_KEY, TelemetryStore
+from tests.conftest import Pki, rich_error, wait_for
+from tests.objectstore import SeaweedS3
+from tests.telemetry.helpers import Session, TelemetryProcess, batch, session_archive
 from tests.trucks import Truck
 
 from .test_archive import verify_part_offline
@@ -59,7 +65,7 @@ async def list_all(process: TelemetryProcess, pki_: Pki, vehicle: str, page_size
 
 async def test_kill_between_write_and_index_loses_and_duplicates_nothing(
         mesh_pki: Pki, store_url: str, store_client: redis.asyncio.Redis, truck: Truck, tmp_path: Path) -> None:
-    archive = tmp_path / "archive"
+    archive = session_archive(store_url)  # the store's one archive (its STORE-ID), shared with other tests
     now = time.time()
     # Yesterday's frames and today's: two parts; the process dies right after the first part's object is written.
     frames = [truck.frame(s, device_time=now - DAY if s <= 4 else now) for s in range(1, 9)]
@@ -75,7 +81,8 @@ async def test_kill_between_write_and_index_loses_and_duplicates_nothing(
         await asyncio.wait_for(doomed.process.wait(), 30)
         assert doomed.process.returncode == -9
     objects = open_object_store(str(archive))
-    written = [k for k in objects.list("archive/v1/carrier=") if k.endswith(".parquet")]
+    mine = f"/vehicle={truck.vehicle_id}/"
+    written = [k for k in objects.list("archive/v1/carrier=") if k.endswith(".parquet") and mine in k]
     assert len(written) == 1  # the object is there ...
     store = TelemetryStore(store_client, TelemetryConfig())
     upto, pending, _, _ = await store.archive_state(truck.vehicle_id)
@@ -86,7 +93,7 @@ async def test_kill_between_write_and_index_loses_and_duplicates_nothing(
         assert reply.frames_in_archive == 8
         parts = await store.archive_parts(truck.vehicle_id, 0)
         assert [(p.first, p.last) for p in parts] == [(1, 4), (5, 8)]
-        assert sorted(k for k in objects.list("archive/v1/carrier=") if k.endswith(".parquet")) == \
+        assert sorted(k for k in objects.list("archive/v1/carrier=") if k.endswith(".parquet") and mine in k) == \
             [p.key for p in parts]  # the first object adopted, not written twice
         for part in parts:  # P2 on what the real stream stored: every signature checks from the part alone
             assert verify_part_offline(objects.get(part.key)) == list(range(part.first, part.last + 1))
@@ -111,3 +118,106 @@ async def test_haulmesh_archive_run_calls_the_rpc(telemetry: TelemetryProcess, m
     out, err = await asyncio.wait_for(done.communicate(), 60)
     assert done.returncode == 0, err.decode()
     assert out.decode().startswith("archived 2 frames in 1 new parts from 1 vehicles; 2 frames in the archive")
+
+
+# ---- the archive's store identity and its availability at start-up (real processes) ------------------------------
+
+@pytest.fixture
+def own_store_url(tmp_path: Path) -> Iterator[str]:
+    """A Valkey of this test's own: the store records the first archive it is archived to, for good."""
+    store = EmbeddedStore(tmp_path / "own-store")
+    yield store.ensure_running().url
+    store.stop()
+
+
+async def archive_metric(process: TelemetryProcess, port: int, name: str) -> float | None:
+    async with httpx.AsyncClient(timeout=10) as http:
+        reply = await http.get(f"http://127.0.0.1:{port}/metrics")
+    for line in reply.text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+async def test_a_second_archive_store_on_one_redis_store_refuses_to_archive(
+        mesh_pki: Pki, own_store_url: str, truck: Truck, tmp_path: Path) -> None:
+    """Two telemetry processes on one Redis store, each with its own archive directory (a trial's two pods with
+    their own emptyDirs): the first one's archive is the store's; the second refuses to archive, says why, and
+    nothing lands in its directory."""
+    first_dir, second_dir = tmp_path / "archive-a", tmp_path / "archive-b"
+    for state in ("a", "b"):
+        (tmp_path / state).mkdir()
+    client = redis.asyncio.Redis.from_url(own_store_url)
+    second_metrics = free_port()
+    try:
+        async with TelemetryProcess.running(mesh_pki, tmp_path / "a", own_store_url,
+                                            HAULMESH_ARCHIVE_URL=str(first_dir)) as first:
+            await wait_for(lambda: client.get(ARCHIVE_STORE_KEY), timeout_seconds=30)
+            first_id = open_object_store(str(first_dir)).get(STORE_ID_KEY).decode()
+            assert (await client.get(ARCHIVE_STORE_KEY)).decode() == first_id
+            async with TelemetryProcess.running(mesh_pki, tmp_path / "b", own_store_url,
+                                                HAULMESH_ARCHIVE_URL=str(second_dir),
+                                                HAULMESH_METRICS_PORT=str(second_metrics)) as second:
+                await stream(second, truck, [truck.frame(s) for s in range(1, 6)])  # it serves the truck
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await run_archive(second, mesh_pki, truck.vehicle_id)
+                assert rich_error(refused.value)[:2] == ("FAILED_PRECONDITION", "ARCHIVE_STORE_MISMATCH")
+                assert await archive_metric(second, second_metrics, "haulmesh_telemetry_archive_available") == 0
+                assert await archive_metric(second, second_metrics,
+                                            "haulmesh_telemetry_archive_store_mismatch") == 1
+                assert "refusing to archive or trim" in second.log_path.read_text()
+                reply = await run_archive(first, mesh_pki, truck.vehicle_id)  # the store's own archive does
+                assert reply.frames_in_archive == 5
+            parts = [k for k in open_object_store(str(first_dir)).list("archive/v1/carrier=")
+                     if k.endswith(".parquet")]
+            assert len(parts) == 1
+            assert open_object_store(str(second_dir)).list("archive/v1/carrier=") == []
+    finally:
+        await client.aclose()
+
+
+async def test_telemetry_starts_and_serves_while_its_s3_archive_is_down_then_archives(
+        mesh_pki: Pki, own_store_url: str, truck: Truck, tmp_path: Path) -> None:
+    """The S3 server is down when telemetry starts: telemetry serves trucks anyway, reports the archive unavailable
+    (metric 0, RunArchive UNAVAILABLE); once the server is up the archive opens by itself and archives."""
+    server = SeaweedS3(tmp_path / "s3")
+    metrics_port = free_port()
+    env = {**server.env(), "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": os.devnull,
+           "AWS_SHARED_CREDENTIALS_FILE": os.devnull, "HAULMESH_ARCHIVE_URL": server.url("late-archive"),
+           "HAULMESH_METRICS_PORT": str(metrics_port)}
+    try:
+        async with TelemetryProcess.running(mesh_pki, tmp_path, own_store_url, **env) as process:
+            await stream(process, truck, [truck.frame(s) for s in range(1, 4)])
+            assert await archive_metric(process, metrics_port, "haulmesh_telemetry_archive_available") == 0
+            with pytest.raises(grpc.aio.AioRpcError) as down:
+                await run_archive(process, mesh_pki, truck.vehicle_id)
+            assert rich_error(down.value)[:2] == ("UNAVAILABLE", "ARCHIVE_UNAVAILABLE")
+            await asyncio.to_thread(server.start)
+
+            async def available() -> bool:
+                return await archive_metric(process, metrics_port, "haulmesh_telemetry_archive_available") == 1
+
+            await wait_for(available, timeout_seconds=120, interval_seconds=0.5)  # capped backoff: <= 30 s apart
+            assert (await run_archive(process, mesh_pki, truck.vehicle_id)).frames_in_archive == 3
+            assert process.process is not None and process.process.returncode is None
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+@pytest.mark.parametrize("case", ["no credentials", "no object lock"])
+async def test_a_misconfigured_s3_archive_stops_start_up(case: str, mesh_pki: Pki, store_url: str,
+                                                         s3_server: SeaweedS3, tmp_path: Path) -> None:
+    env = {"AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": os.devnull,
+           "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+    if case == "no credentials":
+        env |= {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "HAULMESH_ARCHIVE_URL": s3_server.url("nocreds")}
+        expected = "AWS_ACCESS_KEY_ID"
+    else:
+        bucket = s3_server.create_bucket(f"unlocked-{uuid.uuid4().hex[:12]}", object_lock=False)
+        env |= {**s3_server.env(), "HAULMESH_ARCHIVE_URL": s3_server.url(bucket)}
+        expected = "no Object Lock"
+    process = TelemetryProcess(mesh_pki.directory, tmp_path, store_url, **env)
+    with pytest.raises(RuntimeError, match="exited"):
+        await process.start(mesh_pki.credentials("operator", "probe"))
+    log = process.log_path.read_text()
+    assert "HAULMESH_ARCHIVE_URL" in log and expected in log

@@ -72,3 +72,53 @@ def test_a_failed_report_is_given_back_whole() -> None:
     lost = book.take(10)
     book.give_back(lost)  # an offline report that failed comes back although it left the book
     assert [r.connectivity for r in book.take(10)] == [OFFLINE]
+
+
+def test_a_flush_takes_what_was_due_when_it_began_not_what_changed_since() -> None:
+    book = FleetBook()
+    for i in range(3):
+        book.heard(f"T{i}", _s(0))
+    through = book.mark()
+    first = book.take(2, through=through)
+    book.heard("T0", _s(1))  # a frame while the first batch is on its way: the next flush's
+    book.heard("T9", _s(1))  # new here (news, but after the mark)
+    rest = book.take(2, through=through)
+    assert [r.vehicle_id for r in first + rest] == ["T0", "T1", "T2"]
+    assert book.take(10, through=through) == []  # done, although T0 and T9 are dirty again
+    assert {r.vehicle_id for r in book.take(10, through=book.mark())} == {"T0", "T9"}
+
+
+def test_an_early_round_carries_only_connectivity_changes() -> None:
+    book = FleetBook()
+    book.heard("T1", _s(0))
+    book.take(10)
+    book.heard("T1", _s(1), location=LatLon(30, -97), location_time=_s(1))  # a position: waits for the round
+    assert book.heard("T2", _s(1))  # came online: news
+    assert [r.vehicle_id for r in book.take(10, urgent_only=True)] == ["T2"]
+    assert [r.vehicle_id for r in book.take(10)] == ["T1"]
+
+
+def test_a_report_given_back_restores_what_the_roster_was_told() -> None:
+    book = FleetBook()
+    assert book.heard("T1", _s(0))
+    book.take(10)  # reported online
+    book.heard("T1", _s(1))
+    failed = book.take(10)
+    book.give_back(failed)
+    # The roster still knows T1 online: the next frame is no news (it used to be, so every frame retried).
+    assert not book.heard("T1", _s(2))
+    assert book.offline("T1", _s(2), silent_since=_s(3))  # a real change still is
+    went = book.take(10)
+    book.give_back(went)
+    assert not book.heard("T1", _s(4))  # back online before the roster heard it went: nothing to announce
+    [again] = book.take(10)
+    assert again.connectivity == ONLINE and again.was_reported == ONLINE
+
+
+def test_an_invalid_fix_is_not_kept_but_the_vehicle_was_heard() -> None:
+    book = FleetBook()
+    book.heard("T1", _s(0), location=LatLon(30, -97), location_time=_s(0))
+    for bad in (LatLon(0, 0), LatLon(float("nan"), -97), LatLon(30, float("inf")), LatLon(91, 0), LatLon(0, 181)):
+        book.heard("T1", _s(1), location=bad, location_time=_s(1))
+    [report] = book.take(10)
+    assert report.location == LatLon(30, -97) and report.location_time == _s(0) and report.last_seen == _s(1)

@@ -1,6 +1,7 @@
 """Fleet state from telemetry, through the real mesh (its own, with a short liveness timeout and flush interval):
 the roster learns a truck's position, last heard and connectivity from batched reports (not a write per frame);
-an idle truck going offline and coming back reaches its carrier as events and the fleet gauge; dispatch takes the
+an idle truck going offline and coming back reaches the fleet's stream (operators; never its last mission's
+carrier: vehicles are not exposed to carriers) and the fleet gauge; dispatch takes the
 truck nearest by its reported position; the ETA telemetry derives is on the mission over REST."""
 
 from __future__ import annotations
@@ -73,8 +74,9 @@ class Roster:
         return await self.missions.GetVehicle(mission_service_pb2.GetVehicleRequest(name=f"vehicles/{vehicle_id}"),
                                               timeout=10)
 
-    async def connectivity_events(self, vehicle_id: str) -> list[event_pb2.Event]:
-        entries = await self._redis.xrange(f"events:{{{CARRIER}}}")
+    async def connectivity_events(self, vehicle_id: str, stream: str = "fleet") -> list[event_pb2.Event]:
+        """The vehicle's connectivity events on a stream: the fleet's, or a carrier's (``stream=CARRIER``)."""
+        entries = await self._redis.xrange(f"events:{{{stream}}}")
         events = [event_pb2.Event.FromString(fields[b"event"]) for _, fields in entries]
         return [e for e in events if e.type == "haulmesh.mission.v1.vehicle_connectivity_changed"
                 and e.subject == f"vehicles/{vehicle_id}"]
@@ -91,11 +93,11 @@ async def roster(fleet_mesh: Mesh, mesh_pki: Pki) -> AsyncIterator[Roster]:
     await roster.aclose()
 
 
-async def test_an_idle_truck_online_driving_and_offline_reaches_the_roster_its_carrier_and_the_gauge(
+async def test_an_idle_truck_online_driving_and_offline_reaches_the_roster_the_fleet_stream_and_the_gauge(
         fleet_mesh: Mesh, mesh_pki: Pki, roster: Roster) -> None:
     mesh = fleet_mesh
     truck = Truck.mint(mesh_pki.ca, f"FS-{uuid.uuid4().hex[:8].upper()}")
-    # A mission for the carrier, cancelled before departure: the truck is idle, and its carrier known.
+    # A mission for the carrier, cancelled before departure: the truck is idle, and was that carrier's.
     mission_name = await _dispatch(mesh, mesh_pki, truck)
     await roster.missions.CancelMission(mission_service_pb2.CancelMissionRequest(name=mission_name, reason="test"),
                                         metadata=carrier_metadata(CARRIER), timeout=10)
@@ -111,7 +113,7 @@ async def test_an_idle_truck_online_driving_and_offline_reaches_the_roster_its_c
         assert online.HasField("last_seen_time") and not online.HasField("last_location")
         [came] = await wait_for(lambda: roster.connectivity_events(truck.vehicle_id), timeout_seconds=10)
         assert came.mission_vehicle_connectivity_changed.connectivity == V.CONNECTIVITY_ONLINE
-        assert came.carrier == f"carriers/{CARRIER}"
+        assert came.carrier == ""  # the fleet's stream: an idle vehicle is no carrier's business
         # The etag and update time are the operator's: an observation changes neither.
         assert online.etag == (await _idle(roster, truck.vehicle_id)).etag
 
@@ -134,7 +136,7 @@ async def test_an_idle_truck_online_driving_and_offline_reaches_the_roster_its_c
         assert 1 <= reports <= elapsed / FLUSH_SECONDS + 2 and reports < 200 / 5, (reports, elapsed)
         assert at_dallas.connectivity == V.CONNECTIVITY_ONLINE
 
-        # Silent: offline on the roster, an event for its carrier, the gauge counts it.
+        # Silent: offline on the roster, an event on the fleet's stream, the gauge counts it.
         alive.cancel()
         await session.aclose()
         await channel.close()
@@ -146,6 +148,8 @@ async def test_an_idle_truck_online_driving_and_offline_reaches_the_roster_its_c
         assert (left.connectivity, left.previous_connectivity) == (V.CONNECTIVITY_OFFLINE, V.CONNECTIVITY_ONLINE)
         assert abs(left.last_location.lat - DALLAS.lat) < 1e-6
         await wait_for(lambda: _gauge_at_least(mesh, "offline", "available", 1), timeout_seconds=10)
+        # Its last mission's carrier heard none of it (nor where the idle truck is).
+        assert await roster.connectivity_events(truck.vehicle_id, stream=CARRIER) == []
     finally:
         alive.cancel()
         await session.aclose()
@@ -261,11 +265,21 @@ async def test_report_fleet_state_is_telemetry_only_checked_and_idempotent(fleet
         assert (first.vehicles_changed, list(first.unknown_vehicles)) == (1, ["vehicles/NOT-ON-ROSTER"])
         again = await telemetry.ReportFleetState(report, timeout=10)  # a retry: nothing newer, nothing changes
         assert again.vehicles_changed == 0
-        bad = mission_service_pb2.ReportFleetStateRequest(vehicles=[mission_service_pb2.VehicleObservation(
-            vehicle=f"vehicles/{truck.vehicle_id}", last_location=location_pb2.Location(lat=0, lon=200))])
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await telemetry.ReportFleetState(bad, timeout=10)
-    error = rich_error(refused.value)
-    assert error.code == "INVALID_ARGUMENT"
-    assert error.fields == ["vehicles[0].connectivity", "vehicles[0].last_seen_time", "vehicles[0].last_location.lon"]
-    assert (await _located(roster, truck.vehicle_id, DALLAS)).connectivity == V.CONNECTIVITY_ONLINE
+        # One bad entry (no fix, and missing fields) is rejected on its own; the other entry applies.
+        later = mission_service_pb2.VehicleObservation(vehicle=f"vehicles/{truck.vehicle_id}",
+                                                       connectivity=V.CONNECTIVITY_ONLINE, last_location=HOUSTON)
+        later.last_seen_time.GetCurrentTime()
+        bad = mission_service_pb2.ReportFleetStateRequest(vehicles=[
+            mission_service_pb2.VehicleObservation(vehicle="vehicles/NOT-ON-ROSTER",
+                                                   last_location=location_pb2.Location(lat=0, lon=200)),
+            later])
+        mixed = await telemetry.ReportFleetState(bad, timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:  # only a report out of bounds is refused whole
+            await telemetry.ReportFleetState(mission_service_pb2.ReportFleetStateRequest(), timeout=10)
+    assert rich_error(refused.value).code == "INVALID_ARGUMENT"
+    assert mixed.vehicles_changed == 1
+    [rejected] = mixed.rejected_vehicles
+    assert (rejected.index, rejected.vehicle) == (0, "vehicles/NOT-ON-ROSTER")
+    assert [v.field for v in rejected.field_violations] == [
+        "vehicles[0].connectivity", "vehicles[0].last_seen_time", "vehicles[0].last_location.lon"]
+    assert (await _located(roster, truck.vehicle_id, HOUSTON)).connectivity == V.CONNECTIVITY_ONLINE

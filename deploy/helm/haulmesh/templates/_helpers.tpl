@@ -100,6 +100,15 @@ gateway:
 {{- end }}
 {{- end }}
 
+{{/* HAULMESH_STORE_ACK_REPLICAS: the in-chart Valkey's replicas, else what redis.ackReplicas says. */}}
+{{- define "haulmesh.ackReplicas" -}}
+{{- if .Values.valkey.enabled }}
+{{- .Values.valkey.replicas | default 0 | int }}
+{{- else }}
+{{- .Values.redis.ackReplicas | default 0 | int }}
+{{- end }}
+{{- end }}
+
 {{/* The TLS Secret of one service: (dict "root" $ "name" "tender"). */}}
 {{- define "haulmesh.tlsSecretName" -}}
 {{- $svc := index .root.Values.services .name }}
@@ -268,6 +277,8 @@ spec:
             - name: HAULMESH_{{ upper $peer }}_ADDR
               value: "{{ $fullname }}-{{ $peer }}:{{ $peerTopology.grpcPort }}"
             {{- end }}
+            - name: HAULMESH_STORE_ACK_REPLICAS
+              value: {{ include "haulmesh.ackReplicas" $root | quote }}
             - name: REDIS_URL
               valueFrom:
                 secretKeyRef:

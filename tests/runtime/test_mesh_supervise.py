@@ -1,0 +1,38 @@
+"""The local mesh (`haulmesh run`) restarts a crashed service with backoff instead of stopping everything."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+from tests.conftest import Pki, running_mesh, wait_for
+
+
+async def test_a_service_killed_is_restarted_and_the_others_never_stop(mesh_pki: Pki, tmp_path: Path) -> None:
+    async with running_mesh(mesh_pki, tmp_path) as mesh:
+        stop = asyncio.Event()
+        supervising = asyncio.ensure_future(mesh.supervise(stop))
+        others = {name: child.process.pid for name, child in mesh.children.items() if name != "billing"}
+        billing = mesh.children["billing"]
+        killed = billing.process.pid
+        os.kill(killed, signal.SIGKILL)
+        await wait_for(lambda: billing.restarts == 1, timeout_seconds=30)
+        assert billing.process.pid != killed
+        await mesh.wait_serving(timeout_seconds=60)  # every service SERVING, billing's new process included
+        assert {name: mesh.children[name].process.pid for name in others} == others
+        assert all(mesh.children[name].process.returncode is None for name in others)
+        stop.set()
+        assert await asyncio.wait_for(supervising, 10) is None  # stopped on request, nothing given up on
+        assert billing.restarts == 1
+
+
+async def test_a_configuration_error_is_not_restarted_but_stops_the_mesh(mesh_pki: Pki, tmp_path: Path) -> None:
+    async with running_mesh(mesh_pki, tmp_path) as mesh:
+        supervising = asyncio.ensure_future(mesh.supervise(asyncio.Event()))
+        mesh.extra_env["HAULMESH_RATE_LIMIT"] = "as fast as you like"  # the gateway's next start: exit 2
+        gateway = mesh.children["gateway"]
+        os.kill(gateway.process.pid, signal.SIGKILL)
+        given_up = await asyncio.wait_for(supervising, 60)  # restarted once (a crash), then exit 2: given up
+        assert given_up is gateway and gateway.restarts == 1 and gateway.process.returncode == 2

@@ -1,0 +1,132 @@
+"""Retention (issue 11, bounded writes): event streams are trimmed to what their consumer groups have read and
+acknowledged (never an unread or pending entry), dead-letter streams are capped, audit chains drop old entries
+and still verify, on a real Valkey."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import redis
+import redis.asyncio
+
+from services.runtime import AuditLog, EventConsumer, trim_audit_log, trim_event_stream, verify_audit_log
+from services.runtime._audit import head_key
+from services.runtime._events import DLQ_MAXLEN, dlq_key
+
+
+def _old_id(i: int, *, days: int = 30) -> str:
+    """An entry id from ``days`` ago (ids are times): what an event stream holds after a month."""
+    return f"{int((time.time() - days * 86400) * 1000) + i}-0"
+
+
+async def _fill(client: redis.asyncio.Redis, stream: str, old: int, new: int) -> None:
+    for i in range(old):
+        await client.xadd(stream, {"id": f"old-{i}", "type": "t", "event": b""}, id=_old_id(i))
+    for i in range(new):
+        await client.xadd(stream, {"id": f"new-{i}", "type": "t", "event": b""})
+
+
+async def test_event_stream_is_trimmed_to_what_every_group_acknowledged(store_client: redis.asyncio.Redis) -> None:
+    stream = "events:{retention-a}"
+    await store_client.delete(stream)
+    await _fill(store_client, stream, old=300, new=20)
+    # Group "fast" read and acknowledged everything; group "slow" has read 200 and still holds 50 pending.
+    await store_client.xgroup_create(stream, "fast", id="0")
+    await store_client.xgroup_create(stream, "slow", id="0")
+    read = await store_client.xreadgroup("fast", "c", {stream: ">"}, count=1000)
+    await store_client.xack(stream, "fast", *[i for i, _ in read[0][1]])
+    read = await store_client.xreadgroup("slow", "c", {stream: ">"}, count=200)
+    ids = [i for i, _ in read[0][1]]
+    await store_client.xack(stream, "slow", *ids[:150])
+    # The slow group's pending entries (150..199) and everything after them stay; before them, the old ones go.
+    assert await trim_event_stream(store_client, stream) == 150
+    assert (await store_client.xrange(stream, count=1))[0][0] == ids[150]
+    await store_client.xack(stream, "slow", *ids[150:])
+    rest = await store_client.xreadgroup("slow", "c", {stream: ">"}, count=1000)
+    await store_client.xack(stream, "slow", *[i for i, _ in rest[0][1]])
+    # Everything acknowledged: the old entries go, the recent ones (inside the replay window) stay.
+    assert await trim_event_stream(store_client, stream) == 150
+    assert await store_client.xlen(stream) == 20
+    assert await trim_event_stream(store_client, stream) == 0
+
+
+async def test_a_group_that_read_nothing_keeps_everything(store_client: redis.asyncio.Redis) -> None:
+    stream = "events:{retention-b}"
+    await store_client.delete(stream)
+    await _fill(store_client, stream, old=50, new=0)
+    await store_client.xgroup_create(stream, "new-group", id="0")
+    assert await trim_event_stream(store_client, stream) == 0
+    assert await store_client.xlen(stream) == 50
+
+
+async def test_consumer_applies_retention_and_caps_its_dead_letters(store_client: redis.asyncio.Redis) -> None:
+    stream = "events:{retention-c}"
+    await store_client.delete(stream, dlq_key("retention-c-group"))
+    await store_client.sadd("events:streams", stream)
+    await _fill(store_client, stream, old=40, new=0)
+
+    async def fails(event) -> None:
+        raise RuntimeError("always")
+
+    consumer = EventConsumer(store_client, group="retention-c-group", handler=fails, max_deliveries=1)
+    await consumer._drain(stream)  # each entry fails once and is dead-lettered (acknowledged)
+    assert await store_client.xlen(dlq_key("retention-c-group")) == 40
+    assert await consumer.apply_retention() >= 40
+    assert await store_client.xlen(stream) == 0
+    # The dead-letter stream is written with MAXLEN ~ DLQ_MAXLEN: never far above it.
+    await store_client.xadd(dlq_key("retention-c-group"), {"x": "1"}, maxlen=DLQ_MAXLEN, approximate=True)
+    info = await store_client.xinfo_stream(dlq_key("retention-c-group"))
+    assert info["length"] <= DLQ_MAXLEN
+
+
+def _problems_of(store_url: str, stream: str) -> list[str]:
+    """What verify finds in this chain (other tests' chains in the session store are not this test's business)."""
+    return [p for p in verify_audit_log(redis.Redis.from_url(store_url)).problems if stream in p]
+
+
+async def test_audit_chain_trimmed_keeps_verifying(store_client: redis.asyncio.Redis, store_url: str) -> None:
+    log = AuditLog(store_client, "retention")
+    for i in range(30):
+        await log.append(actor="spiffe://haulmesh.local/service/gateway", method=f"/x/M{i}", resource=f"r/{i}")
+    entries = await store_client.xrange(log.stream)
+    # Age the first 20 entries: rewrite them with ids from a year and a half ago, same content.
+    await store_client.delete(log.stream)
+    for n, (_, fields) in enumerate(entries):
+        entry_id = _old_id(n, days=600) if n < 20 else "*"
+        await store_client.xadd(log.stream, fields, id=entry_id)
+    assert await trim_audit_log(store_client) >= 20  # (and whatever old entries other chains hold)
+    left = await store_client.xrange(log.stream)
+    assert [json.loads(f[b"record"])["seq"] for _, f in left] == list(range(21, 31))
+    head = await store_client.hgetall(head_key(log.stream))
+    assert int(head[b"base_seq"]) == 20
+    assert _problems_of(store_url, log.stream) == []
+    # Tampering with what is left is still found.
+    first_id, fields = left[0]
+    record = json.loads(fields[b"record"])
+    record["actor"] = "spiffe://haulmesh.local/operator/mallory"
+    sync = redis.Redis.from_url(store_url)
+    sync.xdel(log.stream, first_id)
+    sync.xadd(log.stream, {b"record": json.dumps(record, sort_keys=True), b"hash": fields[b"hash"]}, id="*")
+    assert _problems_of(store_url, log.stream)
+
+
+async def test_audit_never_trims_a_chains_newest_entry(store_client: redis.asyncio.Redis, store_url: str) -> None:
+    log = AuditLog(store_client, "retention")
+    await log.append(actor="a", method="/x/M")
+    (_, fields), = await store_client.xrange(log.stream)
+    await store_client.delete(log.stream)
+    await store_client.xadd(log.stream, fields, id=_old_id(0, days=600))
+    await trim_audit_log(store_client)
+    assert await store_client.xlen(log.stream) == 1
+    assert _problems_of(store_url, log.stream) == []
+
+
+async def test_coalesced_appends_write_once_per_window(store_client: redis.asyncio.Redis) -> None:
+    log = AuditLog(store_client, "coalesce")
+    for _ in range(50):
+        await log.append(actor="spiffe://haulmesh.local/vehicle/T1", method="/x/Ingest", resource="vehicles/T1",
+                         coalesce_seconds=3600)
+    await log.append(actor="spiffe://haulmesh.local/vehicle/T2", method="/x/Ingest", resource="vehicles/T2",
+                     coalesce_seconds=3600)
+    assert await store_client.xlen(log.stream) == 2
