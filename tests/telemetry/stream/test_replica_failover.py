@@ -43,7 +43,8 @@ async def _failover(mesh_pki: Pki, tmp_path: Path, truck: Truck, ack_replicas: i
                 await wait_for(lambda: session.acked_through >= BEFORE_CUT or session.ended.is_set(),
                                timeout_seconds=30)
                 assert not session.ended.is_set(), f"stream ended before the cut: {session.error}"
-                relay.blackholed = cut
+                if cut:
+                    relay.blackhole()
                 before_cut = session.acked_through
                 loop = asyncio.get_running_loop()
                 cut_at = loop.time()
