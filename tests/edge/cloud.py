@@ -1,4 +1,5 @@
-"""Test doubles on the cloud side: a scripted telemetry stream server (real gRPC, real mTLS) and a TCP proxy.
+"""Test doubles on the cloud side: a scripted telemetry stream server (real gRPC, real mTLS). Links are cut with
+the fault proxy (tests/faultproxy.py).
 
 The scripted server follows stream.proto's contract closely enough to exercise the truck: Welcome with the
 high-water mark it holds, signature verification with the vehicle certificate's key, storage deduplicated by
@@ -8,8 +9,6 @@ records everything it saw so the tests can count.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -108,68 +107,3 @@ async def start_cloud(ca: pki.CertificateAuthority, cloud: ScriptedCloud) -> Clo
     port = server.add_secure_port("127.0.0.1:0", credentials)
     await server.start()
     return CloudServer(cloud, server, port, ca.certificate_pem)
-
-
-class TcpProxy:
-    """A loopback TCP proxy the test controls: ``cut()`` drops every connection and refuses new ones."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.port = 0
-        self.up = True
-        self.cuts = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> TcpProxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def cut(self) -> None:
-        self.up = False
-        self.cuts += 1
-        for writer in list(self._writers):
-            writer.transport.abort()
-        self._writers.clear()
-
-    def heal(self) -> None:
-        self.up = True
-
-    async def close(self) -> None:
-        self.cut()
-        if self._server:
-            self._server.close()
-            await self._server.wait_closed()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not self.up:
-            writer.transport.abort()
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        except OSError:  # the upstream refuses: so does the proxy
-            writer.transport.abort()
-            return
-        except BaseException:  # cancelled at shutdown: close the accepted side too
-            writer.transport.abort()
-            raise
-        self._writers.update((writer, up_writer))
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError, ConnectionError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.transport.abort()
-
-        try:
-            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        finally:  # also when cancelled at shutdown: no transport is left open for the garbage collector
-            for each in (writer, up_writer):
-                each.transport.abort()
-            self._writers.difference_update((writer, up_writer))

@@ -15,8 +15,9 @@ from edge_client.spool import Spool
 from haulmesh.telemetry.v1 import frame_pb2, stream_pb2
 from services.runtime import pki
 from tests.conftest import wait_for
+from tests.faultproxy import FaultProxy
 
-from .cloud import CloudServer, ScriptedCloud, TcpProxy, start_cloud
+from .cloud import CloudServer, ScriptedCloud, start_cloud
 from .conftest import VEHICLE
 
 POSITION = frame_pb2.FramePayload.KIND_POSITION
@@ -57,7 +58,7 @@ def position(i: int) -> frame_pb2.FramePayload:
     return frame_pb2.FramePayload(kind=POSITION, position=frame_pb2.Position(lat=30 + i * 1e-4, lon=-94.0))
 
 
-def client_for(server: CloudServer | TcpProxy, credentials, recorder: Recorder, **kwargs) -> StreamClient:
+def client_for(server: CloudServer | FaultProxy, credentials, recorder: Recorder, **kwargs) -> StreamClient:
     return StreamClient(server.address, credentials, recorder.spool, vehicle_id=VEHICLE, boot_id=recorder.boot_id,
                         backoff_base=0.05, backoff_cap=0.5, poll_interval=0.2, **kwargs)
 
@@ -165,7 +166,7 @@ async def test_commands_run_once_and_repeat_their_outcome(ca, truck) -> None:
 async def test_connection_cut_by_a_proxy_loses_nothing(ca, truck) -> None:
     credentials, recorder, public_key = truck
     server = await start_cloud(ca, ScriptedCloud(public_key))
-    proxy = await TcpProxy(server.port).start()
+    proxy = await FaultProxy(server.address).start()
     client = client_for(proxy, credentials, recorder, server_name="localhost")
     total = 0
 
@@ -181,10 +182,10 @@ async def test_connection_cut_by_a_proxy_loses_nothing(ca, truck) -> None:
             await produce(100)
             await wait_for(lambda: server.cloud.high_water == total, timeout_seconds=30)
             for _ in range(3):
-                proxy.cut()
+                proxy.reset(refuse_new=True)
                 await produce(300)  # spooled while the truck is offline
                 offline_depth = recorder.spool.stats().depth
-                proxy.heal()
+                proxy.pass_through()
                 await wait_for(lambda: server.cloud.high_water == total and recorder.spool.stats().depth == 0,
                                timeout_seconds=60)
                 assert offline_depth > 0
@@ -193,7 +194,7 @@ async def test_connection_cut_by_a_proxy_loses_nothing(ca, truck) -> None:
         await server.server.stop(0)
     cloud = server.cloud
     resent = sum(cloud.received.values()) - len(cloud.received)
-    print(f"frames={total} stored={len(cloud.stored)} cuts={proxy.cuts} sessions={cloud.sessions} "
+    print(f"frames={total} stored={len(cloud.stored)} resets={proxy.resets} sessions={cloud.sessions} "
           f"resent_unacked={resent} failures={client.stats.failures}")
     assert cloud.arrival == list(range(1, total + 1))
     assert cloud.sessions >= 2

@@ -18,8 +18,9 @@ from haulmesh.telemetry.v1 import frame_pb2, stream_pb2
 from haulmesh.type.v1 import location_pb2
 from services.runtime import pki
 from tests.conftest import wait_for
+from tests.faultproxy import FaultProxy
 
-from .cloud import ScriptedCloud, TcpProxy, start_cloud
+from .cloud import ScriptedCloud, start_cloud
 from .conftest import VEHICLE
 
 KIND = frame_pb2.FramePayload
@@ -110,7 +111,7 @@ async def test_cli_outage_and_kill_9_half_way_lose_nothing(cert_dir, tmp_path: P
     """30 simulated minutes offline at 1 Hz, the edge process killed -9 half way: all frames arrive once, in order."""
     certs, ca, public_key = cert_dir
     server = await start_cloud(ca, ScriptedCloud(public_key))
-    proxy = await TcpProxy(server.port).start()
+    proxy = await FaultProxy(server.address).start()
     spool_path = tmp_path / "spool.db"
     argv = _cli(proxy.address, certs, spool_path, "--speedup", "600", "--max-sim-minutes", "45")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -119,7 +120,7 @@ async def test_cli_outage_and_kill_9_half_way_lose_nothing(cert_dir, tmp_path: P
         first = await asyncio.create_subprocess_exec(*argv, cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE)
         processes.append(first)
         await wait_for(lambda: server.cloud.high_water >= 60, timeout_seconds=60)
-        proxy.cut()
+        proxy.reset(refuse_new=True)
         cut_at = _last_sequence(spool_path)
         await wait_for(lambda: _last_sequence(spool_path) >= cut_at + 900, timeout_seconds=120)
         first.kill()  # SIGKILL, half way through the outage
@@ -130,7 +131,7 @@ async def test_cli_outage_and_kill_9_half_way_lose_nothing(cert_dir, tmp_path: P
                                                       env={**env, "HAULMESH_EDGE_SUPERVISED": "1"})
         processes.append(second)
         await wait_for(lambda: _last_sequence(spool_path) >= cut_at + 1800, timeout_seconds=120)
-        proxy.heal()
+        proxy.pass_through()
         out, _ = await asyncio.wait_for(second.communicate(), timeout=180)
         assert second.returncode == 0
         report = json.loads(out.decode().strip().splitlines()[-1])

@@ -23,9 +23,8 @@ from edge_client.spool import Spool
 from haulmesh.telemetry.v1 import telemetry_service_pb2, telemetry_service_pb2_grpc
 from services.runtime import Mesh, free_port, pki
 from tests.conftest import wait_for
+from tests.faultproxy import FaultProxy
 from tests.trucks import Truck
-
-from .cloud import TcpProxy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,7 +75,7 @@ async def test_simulated_truck_through_an_outage_to_the_telemetry_service(mesh: 
     certs = tmp_path / "certs"
     vehicle = _truck(mesh_pki, certs)
     port = int(mesh.address("telemetry").rsplit(":", 1)[1])
-    proxy = await TcpProxy(port).start()
+    proxy = await FaultProxy(f"127.0.0.1:{port}").start()
     spool_path = tmp_path / "spool.db"
     metrics_port = free_port()
     process = await asyncio.create_subprocess_exec(
@@ -89,11 +88,11 @@ async def test_simulated_truck_through_an_outage_to_the_telemetry_service(mesh: 
     try:
         await wait_for(lambda: _last_sequence(spool_path) >= 60, timeout_seconds=60)
         online = await asyncio.to_thread(_edge_metrics, metrics_port)
-        proxy.cut()
+        proxy.reset(refuse_new=True)
         cut_at = _last_sequence(spool_path)
         await wait_for(lambda: _last_sequence(spool_path) >= cut_at + 600, timeout_seconds=120)
         offline = await asyncio.to_thread(_edge_metrics, metrics_port)
-        proxy.heal()
+        proxy.pass_through()
         out, err = await asyncio.wait_for(process.communicate(), timeout=180)
     finally:
         if process.returncode is None:
