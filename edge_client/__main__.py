@@ -32,7 +32,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from haulmesh.mission.v1 import mission_pb2
 
-from .client import CpuSampler, StreamClient
+from .client import BACKOFF_CAP_SECONDS, CpuSampler, StreamClient
 from .metrics import EdgeCollector, serve_metrics
 from .pod import Photo, PodError, build_proof, submit_proof, wait_until_acked
 from .recorder import Recorder
@@ -325,7 +325,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def client_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--backoff-base", type=float, default=0.5, help="reconnect backoff base, seconds")
-        p.add_argument("--backoff-cap", type=float, default=30.0, help="reconnect backoff cap, seconds")
+        p.add_argument("--backoff-cap", type=float, default=BACKOFF_CAP_SECONDS, help="reconnect backoff cap, seconds")
         p.add_argument("--metrics-port", type=int, default=0,
                        help="serve Prometheus metrics (spool, link, CPU) on 127.0.0.1:PORT/metrics; 0 = off")
 

@@ -33,7 +33,8 @@ from haulmesh.telemetry.v1 import frame_pb2, stream_pb2, telemetry_service_pb2_g
 
 from .spool import Spool
 
-__all__ = ["ClientStats", "CommandHandler", "CpuSampler", "Keepalive", "StreamClient", "full_jitter"]
+__all__ = ["BACKOFF_CAP_SECONDS", "ClientStats", "CommandHandler", "CpuSampler", "Keepalive", "StreamClient",
+           "full_jitter"]
 
 CLIENT_VERSION = "0.4.0"
 _log = logging.getLogger("haulmesh.edge")
@@ -67,6 +68,12 @@ class Keepalive:
             ("grpc.http2.max_pings_without_data", 0),
         ]
 
+
+#: The reconnect backoff's ceiling. A truck must stream again within 10 s of telemetry serving again (issue 11,
+#: AT-01): after an outage of a few seconds the next delay is uniform in [0, cap], so the cap must leave the
+#: handshake room under 10 s (at 30 s a truck waited up to 30 s after a long outage). Full jitter still spreads a
+#: fleet that lost the cloud together over the whole cap.
+BACKOFF_CAP_SECONDS = 8.0
 
 # The channel's reconnect backoff is capped so it never waits longer than ours.
 _CHANNEL_OPTIONS = [
@@ -138,7 +145,7 @@ class StreamClient:
 
     def __init__(self, target: str, credentials: grpc.ChannelCredentials, spool: Spool, *, vehicle_id: str,
                  boot_id: str, on_command: CommandHandler | None = None, backoff_base: float = 0.5,
-                 backoff_cap: float = 30.0, poll_interval: float = 1.0,
+                 backoff_cap: float = BACKOFF_CAP_SECONDS, poll_interval: float = 1.0,
                  link: Callable[[], stream_pb2.LinkQuality] | None = None,
                  server_name: str | None = None, keepalive: Keepalive | None = None) -> None:
         self.target = target
