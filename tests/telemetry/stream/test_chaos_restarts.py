@@ -342,9 +342,9 @@ async def rolling_restart(mesh_pki: Pki, store_url: str, store_client: redis.asy
                     observe()
                     return all(e.back_at is not None for e in edges)
 
+                exit_time: list[float] = []
                 exited = asyncio.create_task(a.process.wait())
                 exited.add_done_callback(lambda _: exit_time.append(loop.time()))
-                exit_time: list[float] = []
                 await wait_for(all_back, timeout_seconds=60, interval_seconds=0.01)
                 await asyncio.wait_for(exited, 30)
             exit_code = a.process.returncode
