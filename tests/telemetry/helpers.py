@@ -94,7 +94,8 @@ class TelemetryProcess:
         self.address = f"127.0.0.1:{self.port}"
         self._env = {k: v for k, v in os.environ.items() if not k.startswith("HAULMESH_")}
         self._env.update(HAULMESH_CERT_DIR=str(cert_dir), HAULMESH_STATE_DIR=str(state_dir), REDIS_URL=redis_url,
-                         HAULMESH_PORT=str(self.port), HAULMESH_GRACE_PERIOD_SECONDS="1", **env)
+                         HAULMESH_PORT=str(self.port))
+        self._env.update({"HAULMESH_GRACE_PERIOD_SECONDS": "1", **env})  # a short grace unless the test sets one
         self._env.setdefault("HAULMESH_ARCHIVE_URL", str(session_archive(redis_url)))
         self.process: asyncio.subprocess.Process | None = None
         self.log_path = state_dir / "telemetry.log"
