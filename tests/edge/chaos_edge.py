@@ -178,14 +178,14 @@ def look(path: str | Path) -> SpoolLook:
 
 
 def last_sequence(path: str | Path) -> int:
-    """The spool's sequence counter, read-only (the edge process keeps writing); 0 before the spool exists."""
+    """The spool's sequence counter, only read (the edge process keeps writing); 0 before the spool exists."""
     if not Path(path).exists():
         return 0
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    db = sqlite3.connect(path, isolation_level=None)
     try:
         db.execute("PRAGMA busy_timeout=10000")
         row = db.execute("SELECT value FROM counters WHERE name = 'last_sequence'").fetchone()
-    except sqlite3.OperationalError:  # created but not yet initialized
+    except sqlite3.OperationalError:  # created, schema not yet written
         return 0
     finally:
         db.close()
