@@ -462,6 +462,6 @@ async def test_at04_spool_full_while_offline(mesh_pki: Pki, telemetry: Telemetry
 @pytest.mark.chaos_id("AT-04")
 async def test_at04_full(mesh_pki: Pki, telemetry: TelemetryProcess, store_client: redis.asyncio.Redis,
                          fault_proxy, tmp_path: Path, chaos_seed: int, chaos_record) -> None:
-    """Per seed: a bound of 2,000 frames, 10,000 recorded offline."""
+    """Per seed: a bound of 5,000 frames, 25,000 recorded offline."""
     await full_while_offline(mesh_pki, telemetry, store_client, fault_proxy, tmp_path, chaos_seed, chaos_record,
-                             bound=2000)
+                             bound=5000)
