@@ -374,23 +374,26 @@ class Streams:
                 await session.credits.take(held)
             finally:
                 metrics.stream_paused(False)
-        good: list[Verified] = []
-        rejects: Counter[str] = Counter()
-        for outcome in await self._verify_batch(session.vehicle_id, frames, keys):
-            if isinstance(outcome, Verified):
-                good.append(outcome)
-                continue
-            rejects[outcome.reason.value] += 1
-            session.outbound.put_nowait(stream_pb2.StreamTelemetryResponse(reject=stream_pb2.Reject(
-                sequence=outcome.sequence, reason=REJECT_REASONS[outcome.reason], detail=outcome.detail)))
-        if len(good) < held:  # rejected frames are done with (their Rejects are in ``outbound``)
-            session.credits.give(held - len(good))
-            held = len(good)
-        # The commit runs while the next batch is read and verified; acks follow in batch order.
-        after = session.expected_high_water
-        if good:
-            session.expected_high_water = max(after, max(f.sequence for f in good))
+        # From here until the commit owns them, the credits are given back on any way out: verification
+        # awaits threads, and a stream cancelled (or failing) there would otherwise hold them forever; a
+        # hundred reconnects with full batches would fill the process's bound and stall every stream.
         try:
+            good: list[Verified] = []
+            rejects: Counter[str] = Counter()
+            for outcome in await self._verify_batch(session.vehicle_id, frames, keys):
+                if isinstance(outcome, Verified):
+                    good.append(outcome)
+                    continue
+                rejects[outcome.reason.value] += 1
+                session.outbound.put_nowait(stream_pb2.StreamTelemetryResponse(reject=stream_pb2.Reject(
+                    sequence=outcome.sequence, reason=REJECT_REASONS[outcome.reason], detail=outcome.detail)))
+            if len(good) < held:  # rejected frames are done with (their Rejects are in ``outbound``)
+                session.credits.give(held - len(good))
+                held = len(good)
+            # The commit runs while the next batch is read and verified; acks follow in batch order.
+            after = session.expected_high_water
+            if good:
+                session.expected_high_water = max(after, max(f.sequence for f in good))
             commit = self._store.submit(session.vehicle_id, good, received=len(frames), rejects=rejects,
                                         after=after)
         except BaseException:

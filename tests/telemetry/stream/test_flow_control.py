@@ -8,6 +8,8 @@ import asyncio
 import json
 import os
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -23,6 +25,7 @@ from services.telemetry import metrics
 from services.telemetry.config import TelemetryConfig
 from services.telemetry.store import TelemetryStore
 from services.telemetry.usecases import FrameCredits, Streams
+from services.telemetry.usecases import stream as stream_usecases
 from tests.conftest import Pki, wait_for
 from tests.trucks import Truck
 
@@ -158,6 +161,43 @@ async def test_a_truck_that_reads_no_responses_stops_being_read(store_client: re
         await wait_for(lambda: taken > read_before, timeout_seconds=30)
     finally:
         await streams.close(session)
+        await streams.shutdown()
+
+
+async def test_a_stream_cancelled_while_its_batch_is_verified_gives_its_credits_back(
+        store_client: redis.asyncio.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A truck that disconnects while a large batch of its is being verified (on the verifier threads) must not
+    keep that batch's credits: otherwise reconnects in a replay fill the process's bound and every stream waits."""
+    config = TelemetryConfig()
+    streams = Streams(TelemetryStore(store_client, config), config)
+    if streams._verifiers is None:  # one core: the test needs verification on a thread to cancel it there
+        streams._verifiers = ThreadPoolExecutor(2, "verify")
+    started, release = threading.Event(), threading.Event()
+    real = stream_usecases.verify_frame
+
+    def held_up(*args: object, **kwargs: object) -> object:
+        started.set()
+        release.wait(30)  # a thread cannot be cancelled: it finishes after the stream is gone
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stream_usecases, "verify_frame", held_up)
+
+    async def truck_sends():
+        yield batch([frame_pb2.SignedFrame(sequence=s) for s in range(1, config.max_batch_frames + 1)])
+        await asyncio.Event().wait()  # the truck sends nothing more; it disconnects instead
+
+    session = streams.open(f"AU-TRK-{new_id()}")
+    try:
+        streams.serve(session, truck_sends(), {})
+        await wait_for(started.is_set, timeout_seconds=30)
+        assert streams.credits.inflight == config.max_batch_frames  # the batch holds its credits while verified
+        await streams.close(session)  # the stream ends mid-verification
+        await wait_for(lambda: streams.credits.inflight == 0, timeout_seconds=10)
+        assert session.credits.inflight == 0
+    finally:
+        release.set()
+        if not session.closed.is_set():
+            await streams.close(session)
         await streams.shutdown()
 
 
