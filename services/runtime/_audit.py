@@ -99,6 +99,8 @@ class AuditLog:
         self._head_uncertain = False
         #: When each coalesced (actor, method, carrier, resource) was last written (monotonic seconds).
         self._coalesced: OrderedDict[tuple[str, str, str, str], float] = OrderedDict()
+        #: Coalesced entries being written, by key: calls meanwhile wait for that write rather than add one.
+        self._coalescing: dict[tuple[str, str, str, str], asyncio.Future[None]] = {}
         self._trimmed_at = time.monotonic()
         self._trimming: asyncio.Task[int] | None = None
 
@@ -109,15 +111,15 @@ class AuditLog:
         ``coalesce_seconds``: skip the entry if the same actor, method, carrier and resource was written less
         than that long ago by this process (one entry per truck session, not per frame)."""
         now = time.monotonic()
+        key = (actor, method, carrier, resource)
         if coalesce_seconds > 0:
-            key = (actor, method, carrier, resource)
             last = self._coalesced.get(key)
             if last is not None and now - last < coalesce_seconds:
                 return
-            self._coalesced[key] = now
-            self._coalesced.move_to_end(key)
-            while len(self._coalesced) > _COALESCE_KEYS:
-                self._coalesced.popitem(last=False)
+            pending = self._coalescing.get(key)
+            if pending is not None:  # the window's entry is being written: its outcome is this call's too
+                await asyncio.shield(pending)
+                return
         if now - self._trimmed_at >= TRIM_INTERVAL_SECONDS and (self._trimming is None or self._trimming.done()):
             self._trimmed_at = now
             self._trimming = asyncio.get_running_loop().create_task(self._trim_quietly())
@@ -127,7 +129,21 @@ class AuditLog:
         self._queue.append((record, done))
         if self._writing is None or self._writing.done():
             self._writing = asyncio.get_running_loop().create_task(self._write())
-        await done
+        if coalesce_seconds <= 0:
+            await done
+            return
+        # The window is marked only once its entry is stored: a failed write leaves the window open, so the
+        # next call writes it (an hour of a truck's frames is never left without its entry).
+        self._coalescing[key] = done
+        try:
+            await asyncio.shield(done)
+        finally:
+            if self._coalescing.get(key) is done:
+                del self._coalescing[key]
+        self._coalesced[key] = now
+        self._coalesced.move_to_end(key)
+        while len(self._coalesced) > _COALESCE_KEYS:
+            self._coalesced.popitem(last=False)
 
     async def _write(self) -> None:
         while self._queue:

@@ -4,9 +4,11 @@ and still verify, on a real Valkey."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
+import pytest
 import redis
 import redis.asyncio
 
@@ -129,4 +131,22 @@ async def test_coalesced_appends_write_once_per_window(store_client: redis.async
                          coalesce_seconds=3600)
     await log.append(actor="spiffe://haulmesh.local/vehicle/T2", method="/x/Ingest", resource="vehicles/T2",
                      coalesce_seconds=3600)
+    assert await store_client.xlen(log.stream) == 2
+
+
+async def test_a_failed_coalesced_write_leaves_the_window_open(store_client: redis.asyncio.Redis) -> None:
+    """The first entry of a window fails to be stored (the chain's key is of the wrong type: the store refuses
+    the XADD): the next call in the window writes it, rather than the hour going unaudited."""
+    log = AuditLog(store_client, "coalesce-fail")
+    await store_client.set(log.stream, "not a stream")
+    entry = {"actor": "spiffe://haulmesh.local/vehicle/T3", "method": "/x/Ingest", "resource": "vehicles/T3",
+             "coalesce_seconds": 3600}
+    with pytest.raises(redis.RedisError):
+        await log.append(**entry)
+    await store_client.delete(log.stream)
+    await log.append(**entry)
+    await log.append(**entry)  # now the window is marked: coalesced
+    assert await store_client.xlen(log.stream) == 1
+    # Calls while the window's first entry is being written wait for it rather than add their own.
+    await asyncio.gather(*(log.append(**{**entry, "resource": "vehicles/T4"}) for _ in range(20)))
     assert await store_client.xlen(log.stream) == 2
