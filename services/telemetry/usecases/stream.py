@@ -53,6 +53,8 @@ _ACK_AT_ONCE_FRAMES = 64
 _VERIFY_THREADS = min(os.cpu_count() or 1, 8)
 #: Streams whose queues one pipelined poll reads.
 _POLL_CHUNK = 500
+#: The outcomes a CommandAck may carry (the enum's values but OUTCOME_UNSPECIFIED); others are refused unstored.
+_ACK_OUTCOMES = frozenset(v for v in stream_pb2.CommandAck.Outcome.values() if v)
 _KEY_LIMIT = 64  # certificates remembered per vehicle; more is an attack or a bug, not rotations
 
 
@@ -341,6 +343,11 @@ class Streams:
             metrics.REFUSED_COMMAND_ACKS.labels("too_large").inc()
             _log.warning("vehicle %s: CommandAck of %d bytes refused (at most %d)", vehicle_id, size,
                          self._config.max_command_ack_bytes)
+            return
+        if ack.outcome not in _ACK_OUTCOMES:  # proto3 enums are open: any number parses, only 1..4 mean anything
+            metrics.REFUSED_COMMAND_ACKS.labels("malformed").inc()
+            _log.warning("vehicle %s: CommandAck for command %r with outcome %d refused (known: %s)", vehicle_id,
+                         ack.command_id[:80], ack.outcome, sorted(_ACK_OUTCOMES))
             return
         state = await self._store.command_ack_state(vehicle_id, ack)
         if state == "unknown":
