@@ -55,6 +55,8 @@ _VERIFY_THREADS = min(os.cpu_count() or 1, 8)
 _POLL_CHUNK = 500
 #: The outcomes a CommandAck may carry (the enum's values but OUTCOME_UNSPECIFIED); others are refused unstored.
 _ACK_OUTCOMES = frozenset(v for v in stream_pb2.CommandAck.Outcome.values() if v)
+_PASSED_DETAIL = ("sequence at or below the high-water mark and never stored (a later frame of the vehicle was "
+                  "stored first); it can no longer be stored")
 _KEY_LIMIT = 64  # certificates remembered per vehicle; more is an attack or a bug, not rotations
 
 
@@ -478,7 +480,12 @@ class Streams:
             if failure is not None:
                 break
             through = max(through, last)  # a resent (duplicate) batch may end below an earlier one
-            durable.extend(frames)
+            passed = set(commit.result().passed)
+            for sequence in sorted(passed):  # refused before the Ack that covers it: never taken for stored
+                session.outbound.put_nowait(stream_pb2.StreamTelemetryResponse(reject=stream_pb2.Reject(
+                    sequence=sequence, reason=REJECT_REASONS[RejectReason.SEQUENCE_PASSED],
+                    detail=_PASSED_DETAIL)))
+            durable.extend(f for f in frames if f.sequence not in passed)
         if through and not session.closed.is_set():
             session.outbound.put_nowait(stream_pb2.StreamTelemetryResponse(
                 ack=stream_pb2.Ack(through_sequence=through)))
@@ -569,6 +576,8 @@ class Streams:
             raise InvalidArgument(outcome.detail, reason=outcome.reason.value, metadata={
                 "sequence": str(sequence)})
         result = await self._store.commit(vehicle_id, [outcome], received=1)
+        if result.passed:
+            raise FailedPrecondition(_PASSED_DETAIL, reason="SEQUENCE_PASSED", metadata={"sequence": str(sequence)})
         if self._tracking is not None:
             self._tracking.frames_stored(vehicle_id, [outcome])
         first = None if result.stored else await self._store.frame(vehicle_id, sequence)
