@@ -18,8 +18,10 @@ Retention (docs/capacity.md, "Retention of what the store holds"): what reads th
 delivery and within the dispute window; entries older than :data:`AUDIT_RETENTION_SECONDS` are trimmed by
 :func:`trim` (each process runs it over every chain every :data:`TRIM_INTERVAL_SECONDS`). A trim removes a
 chain's oldest entries and records, in the same script, the sequence and hash of the last one removed as the
-head's ``base_seq`` / ``base_hash``: the chain left verifies from there, and the newest entry of a chain is never
-trimmed (its head stays linked).
+head's ``base_seq`` / ``base_hash`` and that entry's whole record (``base_record``): the chain left verifies from
+there, and the newest entry of a chain is never trimmed (its head stays linked). Verify does not trust the base:
+``base_record`` must hash to ``base_hash``, carry ``base_seq`` and be older than the retention, so deleting a
+chain's first entries and rewriting the base to match is found.
 
 High-volume methods (a truck's IngestTelemetry, one frame a call) are coalesced: ``append(coalesce_seconds=N)``
 writes one entry per (actor, method, carrier, resource) per N seconds, not one per call.
@@ -72,7 +74,7 @@ end
 local ids = {}
 for i, entry in ipairs(old) do ids[i] = entry[1] end
 redis.call('XDEL', KEYS[1], unpack(ids))
-redis.call('HSET', KEYS[2], 'base_seq', cjson.decode(record)['seq'], 'base_hash', digest)
+redis.call('HSET', KEYS[2], 'base_seq', cjson.decode(record)['seq'], 'base_hash', digest, 'base_record', record)
 return #ids
 """
 
@@ -216,9 +218,34 @@ class AuditReport:
         return not self.problems
 
 
+def _base_problems(stream: str, base_seq: int, base_hash: str, base_record: bytes | None) -> list[str]:
+    """What is wrong with a trimmed chain's base: the last trimmed entry's record, kept in the head, must hash to
+    ``base_hash``, carry ``base_seq`` and be older than the retention (else entries were deleted and the base
+    rewritten to hide it: only retention removes entries, and only old ones)."""
+    where = f"{stream}: trimmed base (seq {base_seq})"
+    if base_record is None:
+        return [f"{where}: the last trimmed entry's record is missing (base rewritten)"]
+    try:
+        record = json.loads(base_record)
+        seq, at = int(record["seq"]), float(record["time"])
+    except (ValueError, KeyError, TypeError):
+        return [f"{where}: the last trimmed entry's record is unreadable"]
+    problems = []
+    if _entry_hash(str(record.get("prev", "")), record) != base_hash:
+        problems.append(f"{where}: the last trimmed entry's record does not match the base hash (rewritten)")
+    if seq != base_seq:
+        problems.append(f"{where}: the last trimmed entry is seq {seq} (base rewritten)")
+    if at >= time.time() - AUDIT_RETENTION_SECONDS:
+        problems.append(f"{where}: the last trimmed entry is younger than the retention (entries deleted)")
+    return problems
+
+
 def _verify_chain(client: redis.Redis, stream: str, problems: list[str]) -> int:
-    base = client.hmget(head_key(stream), ["base_seq", "base_hash"])  # set once retention trimmed the chain
+    # Set once retention trimmed the chain.
+    base = client.hmget(head_key(stream), ["base_seq", "base_hash", "base_record"])
     prev, expected_seq, count = (base[1] or _GENESIS.encode()).decode(), int(base[0] or 0) + 1, 0
+    if base[0] is not None:
+        problems.extend(_base_problems(stream, int(base[0]), prev, base[2]))
     last_id = "-"
     while True:
         batch = client.xrange(stream, min=last_id, count=1000)

@@ -12,7 +12,7 @@ import pytest
 import redis
 import redis.asyncio
 
-from services.runtime import AuditLog, EventConsumer, trim_audit_log, trim_event_stream, verify_audit_log
+from services.runtime import AuditLog, EventConsumer, _audit, trim_audit_log, trim_event_stream, verify_audit_log
 from services.runtime._audit import head_key
 from services.runtime._events import DLQ_MAXLEN, dlq_key
 
@@ -82,21 +82,44 @@ async def test_consumer_applies_retention_and_caps_its_dead_letters(store_client
     assert info["length"] <= DLQ_MAXLEN
 
 
+class _Clock:
+    """The audit module's clock, set back: entries appended meanwhile are genuinely old (their records' times,
+    under their hashes, say so), as retention finds them after a year and more."""
+
+    monotonic = staticmethod(time.monotonic)
+
+    def __init__(self, days: float) -> None:
+        self._offset = days * 86400
+
+    def time(self) -> float:
+        return time.time() - self._offset
+
+
+async def _aged_chain(client: redis.asyncio.Redis, monkeypatch: pytest.MonkeyPatch, writer: str, *, old: int,
+                      new: int) -> AuditLog:
+    """A chain whose first ``old`` entries were written 600 days ago (record times and entry ids)."""
+    log = AuditLog(client, writer)
+    monkeypatch.setattr(_audit, "time", _Clock(600))
+    for i in range(old):
+        await log.append(actor="spiffe://haulmesh.local/service/gateway", method=f"/x/M{i}", resource=f"r/{i}")
+    monkeypatch.setattr(_audit, "time", time)
+    for i in range(old, old + new):
+        await log.append(actor="spiffe://haulmesh.local/service/gateway", method=f"/x/M{i}", resource=f"r/{i}")
+    entries = await client.xrange(log.stream)
+    await client.delete(log.stream)
+    for n, (_, fields) in enumerate(entries):
+        await client.xadd(log.stream, fields, id=_old_id(n, days=600) if n < old else "*")
+    return log
+
+
 def _problems_of(store_url: str, stream: str) -> list[str]:
     """What verify finds in this chain (other tests' chains in the session store are not this test's business)."""
     return [p for p in verify_audit_log(redis.Redis.from_url(store_url)).problems if stream in p]
 
 
-async def test_audit_chain_trimmed_keeps_verifying(store_client: redis.asyncio.Redis, store_url: str) -> None:
-    log = AuditLog(store_client, "retention")
-    for i in range(30):
-        await log.append(actor="spiffe://haulmesh.local/service/gateway", method=f"/x/M{i}", resource=f"r/{i}")
-    entries = await store_client.xrange(log.stream)
-    # Age the first 20 entries: rewrite them with ids from a year and a half ago, same content.
-    await store_client.delete(log.stream)
-    for n, (_, fields) in enumerate(entries):
-        entry_id = _old_id(n, days=600) if n < 20 else "*"
-        await store_client.xadd(log.stream, fields, id=entry_id)
+async def test_audit_chain_trimmed_keeps_verifying(store_client: redis.asyncio.Redis, store_url: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    log = await _aged_chain(store_client, monkeypatch, "retention", old=20, new=10)
     assert await trim_audit_log(store_client) >= 20  # (and whatever old entries other chains hold)
     left = await store_client.xrange(log.stream)
     assert [json.loads(f[b"record"])["seq"] for _, f in left] == list(range(21, 31))
@@ -150,3 +173,26 @@ async def test_a_failed_coalesced_write_leaves_the_window_open(store_client: red
     # Calls while the window's first entry is being written wait for it rather than add their own.
     await asyncio.gather(*(log.append(**{**entry, "resource": "vehicles/T4"}) for _ in range(20)))
     assert await store_client.xlen(log.stream) == 2
+
+
+async def test_a_rewritten_base_of_a_trimmed_chain_is_found(store_client: redis.asyncio.Redis, store_url: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deleting a trimmed chain's first entries and rewriting the head's base to the last one deleted would hide
+    the deletion if verify trusted the base: it recomputes the base hash from the last trimmed entry's record and
+    requires that entry to be older than the retention (only retention removes entries)."""
+    log = await _aged_chain(store_client, monkeypatch, "rebase", old=20, new=10)
+    await trim_audit_log(store_client)
+    head = await store_client.hgetall(head_key(log.stream))
+    assert json.loads(head[b"base_record"])["seq"] == 20
+    assert _problems_of(store_url, log.stream) == []
+    # Mallory deletes entries 21..25 (recent: no retention removes them) and rewrites the base to entry 25.
+    left = await store_client.xrange(log.stream)
+    await store_client.xdel(log.stream, *[i for i, _ in left[:5]])
+    await store_client.hset(head_key(log.stream), mapping={"base_seq": 25, "base_hash": left[4][1][b"hash"]})
+    assert _problems_of(store_url, log.stream)
+    # ... and the base record too, to entry 25's own: it verifies, but it is not older than the retention.
+    await store_client.hset(head_key(log.stream), "base_record", left[4][1][b"record"])
+    problems = _problems_of(store_url, log.stream)
+    assert problems and all("younger than the retention" in p for p in problems)
+    await store_client.hdel(head_key(log.stream), "base_record")
+    assert _problems_of(store_url, log.stream)
