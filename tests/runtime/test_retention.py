@@ -1,5 +1,5 @@
 """Retention (issue 11, bounded writes): event streams are trimmed to what their consumer groups have read and
-acknowledged (never an unread or pending entry), dead-letter streams are capped, audit chains drop old entries
+acknowledged (never an unread or pending entry), dead-letter streams are never trimmed, audit chains drop old entries
 and still verify, on a real Valkey."""
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import redis.asyncio
 
 from services.runtime import AuditLog, EventConsumer, _audit, trim_audit_log, trim_event_stream, verify_audit_log
 from services.runtime._audit import head_key
-from services.runtime._events import DLQ_MAXLEN, dlq_key
+from services.runtime._events import dlq_key
+
+PRIOR_DEAD_LETTERS = 10_500
 
 
 def _old_id(i: int, *, days: int = 30) -> str:
@@ -62,24 +64,31 @@ async def test_a_group_that_read_nothing_keeps_everything(store_client: redis.as
     assert await store_client.xlen(stream) == 50
 
 
-async def test_consumer_applies_retention_and_caps_its_dead_letters(store_client: redis.asyncio.Redis) -> None:
+async def test_consumer_applies_retention_and_never_trims_its_dead_letters(
+        store_client: redis.asyncio.Redis) -> None:
     stream = "events:{retention-c}"
-    await store_client.delete(stream, dlq_key("retention-c-group"))
+    dlq = dlq_key("retention-c-group")
+    await store_client.delete(stream, dlq)
     await store_client.sadd("events:streams", stream)
     await _fill(store_client, stream, old=40, new=0)
+    # Unresolved dead letters from before, more than any cap a stream might have had (10,000 once).
+    async with store_client.pipeline(transaction=False) as pipe:
+        for i in range(PRIOR_DEAD_LETTERS):
+            pipe.xadd(dlq, {"id": f"prior-{i}", "error": "RuntimeError: earlier"})
+        await pipe.execute()
+    (first_id, _), = await store_client.xrange(dlq, count=1)
 
     async def fails(event) -> None:
         raise RuntimeError("always")
 
     consumer = EventConsumer(store_client, group="retention-c-group", handler=fails, max_deliveries=1)
     await consumer._drain(stream)  # each entry fails once and is dead-lettered (acknowledged)
-    assert await store_client.xlen(dlq_key("retention-c-group")) == 40
     assert await consumer.apply_retention() >= 40
     assert await store_client.xlen(stream) == 0
-    # The dead-letter stream is written with MAXLEN ~ DLQ_MAXLEN: never far above it.
-    await store_client.xadd(dlq_key("retention-c-group"), {"x": "1"}, maxlen=DLQ_MAXLEN, approximate=True)
-    info = await store_client.xinfo_stream(dlq_key("retention-c-group"))
-    assert info["length"] <= DLQ_MAXLEN
+    # Every dead letter is still there, the oldest first: only a replay or a person removes one.
+    assert await store_client.xlen(dlq) == PRIOR_DEAD_LETTERS + 40
+    assert (await store_client.xrange(dlq, count=1))[0][0] == first_id
+    await store_client.delete(dlq)
 
 
 class _Clock:
