@@ -152,13 +152,15 @@ return entry
 """
 
 # A truck's CommandAck: stored only for a command issued to it, once per (command, outcome); the queue entry of the
-# command is removed either way (a re-sent command answered again with its known outcome).
+# command is removed either way (a re-sent command answered again with its known outcome). Issued: the marker
+# (30 days), or the command still queued for the vehicle (older than the marker, resent until answered: its
+# answer must be taken, or it would be resent forever).
 # KEYS: issued marker, command id -> entry hash, commands stream, command_acks stream, the command's hash.
 # ARGV: command id, ack bytes, receive ms, MAXLEN, outcome, TTL.
 # Returns 'unknown' (never issued: nothing written), 'repeat' (outcome already stored) or 'stored'.
 _ACK_COMMAND_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 'unknown' end
 local entry = redis.call('HGET', KEYS[2], ARGV[1])
+if not entry and redis.call('EXISTS', KEYS[1]) == 0 then return 'unknown' end
 if entry then
   redis.call('XDEL', KEYS[3], entry)
   redis.call('HDEL', KEYS[2], ARGV[1])
@@ -617,9 +619,10 @@ class TelemetryStore:
         recorded) or ``new``: whether :meth:`ack_command` would store the ack (read only)."""
         pipe = self._redis.pipeline(transaction=False)
         pipe.exists(_k(vehicle_id, f"issued:{ack.command_id}"))
+        pipe.hexists(_k(vehicle_id, "command_ids"), ack.command_id)  # still queued: issued (see _ACK_COMMAND_LUA)
         pipe.hexists(_k(vehicle_id, f"command:{ack.command_id}"), f"o:{ack.outcome}")
-        issued, seen = await pipe.execute()
-        return "unknown" if not issued else "repeat" if seen else "new"
+        issued, queued, seen = await pipe.execute()
+        return "unknown" if not (issued or queued) else "repeat" if seen else "new"
 
     async def ack_command(self, vehicle_id: str, ack: stream_pb2.CommandAck) -> str:
         """Record a CommandAck (once per command and outcome, only for a command issued to the vehicle) and stop

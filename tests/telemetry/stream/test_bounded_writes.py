@@ -144,3 +144,37 @@ async def test_command_acks_with_an_unknown_outcome_are_refused_unstored(store_c
     finally:
         await streams.close(session)
         await streams.shutdown()
+
+
+async def test_a_command_queued_longer_than_its_issued_marker_is_still_answered(
+        store_client: redis.asyncio.Redis) -> None:
+    """A truck away for more than 30 days: the command's issued marker (and bookkeeping) expired, but the command
+    is still queued and sent on the next stream. Its answer is taken (the queue proves it was issued) and the
+    command leaves the queue, rather than being refused as unknown and resent forever."""
+    config = TelemetryConfig()
+    store = TelemetryStore(store_client, config)
+    streams = Streams(store, config)
+    vehicle_id = f"AU-TRK-{new_id()}"
+    await store.enqueue_command(vehicle_id, stream_pb2.Command(
+        command_id="01JCMDOLD", stop=stream_pb2.StopVehicle(reason="test")))
+    await store_client.delete(f"telemetry:{{{vehicle_id}}}:issued:01JCMDOLD",
+                              f"telemetry:{{{vehicle_id}}}:command:01JCMDOLD")  # 30 days on: expired
+
+    async def truck_sends():
+        yield _ack("01JCMDOLD", stream_pb2.CommandAck.OUTCOME_COMPLETED)
+        await asyncio.Event().wait()
+
+    session = streams.open(vehicle_id)
+    try:
+        streams.serve(session, truck_sends(), {})
+
+        async def answered() -> bool:
+            return bool(await store.command_acks(vehicle_id))
+
+        await wait_for(answered, timeout_seconds=30)
+        assert [a.command_id for a in await store.command_acks(vehicle_id)] == ["01JCMDOLD"]
+        assert not await store_client.hget(f"telemetry:{{{vehicle_id}}}:command_ids", "01JCMDOLD")
+        assert await store_client.xlen(f"telemetry:{{{vehicle_id}}}:commands") == 0
+    finally:
+        await streams.close(session)
+        await streams.shutdown()
