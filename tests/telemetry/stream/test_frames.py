@@ -196,3 +196,24 @@ async def test_a_passed_sequence_is_refused_not_taken_for_a_duplicate(store_clie
         assert (result.duplicates, result.passed) == ([50, 110], [101])
     finally:
         await store.close()
+
+
+async def test_a_batch_needing_a_higher_high_water_is_refused_and_stores_nothing(
+        store_client: redis.asyncio.Redis) -> None:
+    """``submit(after=110)`` against a high-water of 100 (an earlier batch of the stream failed): refused
+    (HIGH_WATER_BEHIND), nothing stored, nothing counted, the high-water unchanged."""
+    vehicle = f"HWB-{uuid.uuid4().hex[:8]}"
+    store = TelemetryStore(store_client, TelemetryConfig())
+
+    def frames(*sequences: int) -> list[Verified]:
+        return [Verified(s, payload(s, vehicle=vehicle), b"sig", "k", frame_pb2.FramePayload()) for s in sequences]
+
+    try:
+        await store.commit(vehicle, frames(*range(1, 101)))
+        before = await store.counters(vehicle)
+        with pytest.raises(Exception, match="HIGH_WATER_BEHIND"):
+            await store.submit(vehicle, frames(*range(111, 121)), received=10, after=110)
+        assert await store.counters(vehicle) == before and before["high_water"] == 100
+        assert await store.frames(vehicle, after=100) == []
+    finally:
+        await store.close()
