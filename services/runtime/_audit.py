@@ -240,13 +240,16 @@ def _base_problems(stream: str, base_seq: int, base_hash: str, base_record: byte
     return problems
 
 
-def _verify_chain(client: redis.Redis, stream: str, problems: list[str]) -> int:
+def _verify_chain(client: redis.Redis, stream: str, problems: list[str]) -> tuple[int, bool]:
+    """Check one chain into ``problems``; returns the entries read and whether the first of them did not follow
+    the base read before them (which a trim running meanwhile also causes: the caller reads the chain again)."""
     # Set once retention trimmed the chain.
     base = client.hmget(head_key(stream), ["base_seq", "base_hash", "base_record"])
     prev, expected_seq, count = (base[1] or _GENESIS.encode()).decode(), int(base[0] or 0) + 1, 0
     if base[0] is not None:
         problems.extend(_base_problems(stream, int(base[0]), prev, base[2]))
     last_id = "-"
+    first_off_base: bool | None = None
     while True:
         batch = client.xrange(stream, min=last_id, count=1000)
         if last_id != "-":
@@ -262,6 +265,8 @@ def _verify_chain(client: redis.Redis, stream: str, problems: list[str]) -> int:
             except (KeyError, ValueError):
                 problems.append(f"{where}: unreadable")
                 continue
+            if first_off_base is None:
+                first_off_base = record.get("seq") != expected_seq
             if record.get("seq") != expected_seq:
                 problems.append(f"{where}: sequence {record.get('seq')}, expected {expected_seq}"
                                 " (entries deleted, inserted or reordered)")
@@ -279,14 +284,25 @@ def _verify_chain(client: redis.Redis, stream: str, problems: list[str]) -> int:
     elif head_seq != expected_seq - 1 or head_hash != prev:
         problems.append(f"{stream}: ends at sequence {expected_seq - 1} but its head says {head_seq} "
                         "(truncated or rewritten)")
-    return count
+    return count, bool(first_off_base)
 
 
 def verify(client: redis.Redis) -> AuditReport:
     """Walk every chain (synchronously: it is a command-line check) and report every break."""
     problems: list[str] = []
     chains = sorted(s.decode() for s in client.smembers(CHAINS_KEY))
-    entries = sum(_verify_chain(client, stream, problems) for stream in chains)
+    entries = 0
+    for stream in chains:
+        found: list[str] = []
+        count, off_base = _verify_chain(client, stream, found)
+        if off_base and found:
+            # The first entry does not follow the base: a trim (every process runs one hourly) may have removed
+            # entries and moved the base between the two reads. Read the base and the chain once more: a
+            # deletion stays a deletion, a trim now verifies.
+            found = []
+            count, _ = _verify_chain(client, stream, found)
+        problems.extend(found)
+        entries += count
     return AuditReport(entries, len(chains), problems)
 
 

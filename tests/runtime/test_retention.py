@@ -205,3 +205,25 @@ async def test_a_rewritten_base_of_a_trimmed_chain_is_found(store_client: redis.
     assert problems and all("younger than the retention" in p for p in problems)
     await store_client.hdel(head_key(log.stream), "base_record")
     assert _problems_of(store_url, log.stream)
+
+
+async def test_verify_during_a_trim_reports_no_false_tampering(store_client: redis.asyncio.Redis, store_url: str,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trim that runs between verify's read of a chain's base and of its entries (every process trims hourly):
+    the first entry no longer follows the base read. Verify reads the chain again and finds it intact."""
+    log = await _aged_chain(store_client, monkeypatch, "trimrace", old=20, new=10)
+    cutoff = f"({int((time.time() - _audit.AUDIT_RETENTION_SECONDS) * 1000)}-0"
+
+    class TrimmedMeanwhile(redis.Redis):
+        trims = 0
+
+        def hmget(self, name, keys, *args):  # the base is read; then a trim runs, once
+            base = super().hmget(name, keys, *args)
+            if name == head_key(log.stream) and not TrimmedMeanwhile.trims:
+                TrimmedMeanwhile.trims += 1
+                self.register_script(_audit._TRIM_LUA)(keys=[log.stream, head_key(log.stream)], args=[cutoff, 1000])
+            return base
+
+    report = verify_audit_log(TrimmedMeanwhile.from_url(store_url))
+    assert TrimmedMeanwhile.trims == 1 and await store_client.xlen(log.stream) == 10
+    assert [p for p in report.problems if log.stream in p] == []
