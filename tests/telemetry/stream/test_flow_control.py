@@ -311,7 +311,7 @@ async def test_after_a_failed_commit_the_streams_next_batch_is_refused_not_acked
     """Two batches of a stream in one commit group; the first fails in the store (a stray entry 15 above the
     high-water of 0 makes its XADD of 1 fail), the second (16..25) would land over it and leave 1..10 to pass for
     duplicates. It carries ``after=10`` and is refused (HIGH_WATER_BEHIND): nothing acknowledged, nothing stored."""
-    config = TelemetryConfig(commit_window_seconds=0.5)  # both batches ride one group
+    config = TelemetryConfig(commit_window_seconds=2.0)  # both batches ride one group (read within ms)
     store = TelemetryStore(store_client, config)
     streams = Streams(store, config)
     await store_client.xadd(TelemetryStore.frames_key(truck.vehicle_id), {"stray": "1"}, id="15-0")
