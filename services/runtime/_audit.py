@@ -18,8 +18,10 @@ Retention (docs/capacity.md, "Retention of what the store holds"): what reads th
 delivery and within the dispute window; entries older than :data:`AUDIT_RETENTION_SECONDS` are trimmed by
 :func:`trim` (each process runs it over every chain every :data:`TRIM_INTERVAL_SECONDS`). A trim removes a
 chain's oldest entries and records, in the same script, the sequence and hash of the last one removed as the
-head's ``base_seq`` / ``base_hash``: the chain left verifies from there, and the newest entry of a chain is never
-trimmed (its head stays linked).
+head's ``base_seq`` / ``base_hash`` and that entry's whole record (``base_record``): the chain left verifies from
+there, and the newest entry of a chain is never trimmed (its head stays linked). Verify does not trust the base:
+``base_record`` must hash to ``base_hash``, carry ``base_seq`` and be older than the retention, so deleting a
+chain's first entries and rewriting the base to match is found.
 
 High-volume methods (a truck's IngestTelemetry, one frame a call) are coalesced: ``append(coalesce_seconds=N)``
 writes one entry per (actor, method, carrier, resource) per N seconds, not one per call.
@@ -72,7 +74,7 @@ end
 local ids = {}
 for i, entry in ipairs(old) do ids[i] = entry[1] end
 redis.call('XDEL', KEYS[1], unpack(ids))
-redis.call('HSET', KEYS[2], 'base_seq', cjson.decode(record)['seq'], 'base_hash', digest)
+redis.call('HSET', KEYS[2], 'base_seq', cjson.decode(record)['seq'], 'base_hash', digest, 'base_record', record)
 return #ids
 """
 
@@ -99,6 +101,8 @@ class AuditLog:
         self._head_uncertain = False
         #: When each coalesced (actor, method, carrier, resource) was last written (monotonic seconds).
         self._coalesced: OrderedDict[tuple[str, str, str, str], float] = OrderedDict()
+        #: Coalesced entries being written, by key: calls meanwhile wait for that write rather than add one.
+        self._coalescing: dict[tuple[str, str, str, str], asyncio.Future[None]] = {}
         self._trimmed_at = time.monotonic()
         self._trimming: asyncio.Task[int] | None = None
 
@@ -109,15 +113,15 @@ class AuditLog:
         ``coalesce_seconds``: skip the entry if the same actor, method, carrier and resource was written less
         than that long ago by this process (one entry per truck session, not per frame)."""
         now = time.monotonic()
+        key = (actor, method, carrier, resource)
         if coalesce_seconds > 0:
-            key = (actor, method, carrier, resource)
             last = self._coalesced.get(key)
             if last is not None and now - last < coalesce_seconds:
                 return
-            self._coalesced[key] = now
-            self._coalesced.move_to_end(key)
-            while len(self._coalesced) > _COALESCE_KEYS:
-                self._coalesced.popitem(last=False)
+            pending = self._coalescing.get(key)
+            if pending is not None:  # the window's entry is being written: its outcome is this call's too
+                await asyncio.shield(pending)
+                return
         if now - self._trimmed_at >= TRIM_INTERVAL_SECONDS and (self._trimming is None or self._trimming.done()):
             self._trimmed_at = now
             self._trimming = asyncio.get_running_loop().create_task(self._trim_quietly())
@@ -127,7 +131,21 @@ class AuditLog:
         self._queue.append((record, done))
         if self._writing is None or self._writing.done():
             self._writing = asyncio.get_running_loop().create_task(self._write())
-        await done
+        if coalesce_seconds <= 0:
+            await done
+            return
+        # The window is marked only once its entry is stored: a failed write leaves the window open, so the
+        # next call writes it (an hour of a truck's frames is never left without its entry).
+        self._coalescing[key] = done
+        try:
+            await asyncio.shield(done)
+        finally:
+            if self._coalescing.get(key) is done:
+                del self._coalescing[key]
+        self._coalesced[key] = now
+        self._coalesced.move_to_end(key)
+        while len(self._coalesced) > _COALESCE_KEYS:
+            self._coalesced.popitem(last=False)
 
     async def _write(self) -> None:
         while self._queue:
@@ -200,10 +218,38 @@ class AuditReport:
         return not self.problems
 
 
-def _verify_chain(client: redis.Redis, stream: str, problems: list[str]) -> int:
-    base = client.hmget(head_key(stream), ["base_seq", "base_hash"])  # set once retention trimmed the chain
+def _base_problems(stream: str, base_seq: int, base_hash: str, base_record: bytes | None) -> list[str]:
+    """What is wrong with a trimmed chain's base: the last trimmed entry's record, kept in the head, must hash to
+    ``base_hash``, carry ``base_seq`` and be older than the retention (else entries were deleted and the base
+    rewritten to hide it: only retention removes entries, and only old ones)."""
+    where = f"{stream}: trimmed base (seq {base_seq})"
+    if base_record is None:
+        return [f"{where}: the last trimmed entry's record is missing (base rewritten)"]
+    try:
+        record = json.loads(base_record)
+        seq, at = int(record["seq"]), float(record["time"])
+    except (ValueError, KeyError, TypeError):
+        return [f"{where}: the last trimmed entry's record is unreadable"]
+    problems = []
+    if _entry_hash(str(record.get("prev", "")), record) != base_hash:
+        problems.append(f"{where}: the last trimmed entry's record does not match the base hash (rewritten)")
+    if seq != base_seq:
+        problems.append(f"{where}: the last trimmed entry is seq {seq} (base rewritten)")
+    if at >= time.time() - AUDIT_RETENTION_SECONDS:
+        problems.append(f"{where}: the last trimmed entry is younger than the retention (entries deleted)")
+    return problems
+
+
+def _verify_chain(client: redis.Redis, stream: str, problems: list[str]) -> tuple[int, bool]:
+    """Check one chain into ``problems``; returns the entries read and whether the first of them did not follow
+    the base read before them (which a trim running meanwhile also causes: the caller reads the chain again)."""
+    # Set once retention trimmed the chain.
+    base = client.hmget(head_key(stream), ["base_seq", "base_hash", "base_record"])
     prev, expected_seq, count = (base[1] or _GENESIS.encode()).decode(), int(base[0] or 0) + 1, 0
+    if base[0] is not None:
+        problems.extend(_base_problems(stream, int(base[0]), prev, base[2]))
     last_id = "-"
+    first_off_base: bool | None = None
     while True:
         batch = client.xrange(stream, min=last_id, count=1000)
         if last_id != "-":
@@ -219,6 +265,8 @@ def _verify_chain(client: redis.Redis, stream: str, problems: list[str]) -> int:
             except (KeyError, ValueError):
                 problems.append(f"{where}: unreadable")
                 continue
+            if first_off_base is None:
+                first_off_base = record.get("seq") != expected_seq
             if record.get("seq") != expected_seq:
                 problems.append(f"{where}: sequence {record.get('seq')}, expected {expected_seq}"
                                 " (entries deleted, inserted or reordered)")
@@ -236,14 +284,25 @@ def _verify_chain(client: redis.Redis, stream: str, problems: list[str]) -> int:
     elif head_seq != expected_seq - 1 or head_hash != prev:
         problems.append(f"{stream}: ends at sequence {expected_seq - 1} but its head says {head_seq} "
                         "(truncated or rewritten)")
-    return count
+    return count, bool(first_off_base)
 
 
 def verify(client: redis.Redis) -> AuditReport:
     """Walk every chain (synchronously: it is a command-line check) and report every break."""
     problems: list[str] = []
     chains = sorted(s.decode() for s in client.smembers(CHAINS_KEY))
-    entries = sum(_verify_chain(client, stream, problems) for stream in chains)
+    entries = 0
+    for stream in chains:
+        found: list[str] = []
+        count, off_base = _verify_chain(client, stream, found)
+        if off_base and found:
+            # The first entry does not follow the base: a trim (every process runs one hourly) may have removed
+            # entries and moved the base between the two reads. Read the base and the chain once more: a
+            # deletion stays a deletion, a trim now verifies.
+            found = []
+            count, _ = _verify_chain(client, stream, found)
+        problems.extend(found)
+        entries += count
     return AuditReport(entries, len(chains), problems)
 
 

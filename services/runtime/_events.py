@@ -20,7 +20,9 @@ groups, so an entry is trimmed (XTRIM MINID, :func:`trim_event_stream`, by every
 :data:`RETENTION_SWEEP_SECONDS`) once every group of the stream has acknowledged it *and* it is older than
 :data:`EVENT_RETENTION_SECONDS`, the window in which a replayed event is still recognised as done (the done
 markers' TTL). Nothing unread or pending is ever
-trimmed. A dead-letter stream is read by people: it keeps its newest :data:`DLQ_MAXLEN` entries (MAXLEN ~).
+trimmed. A dead-letter stream is read by people and is never trimmed: each entry is an event nobody handled, and
+only a replay or a person's clear removes it (a cap would silently delete unresolved ones). Its depth is a
+gauge (``haulmesh_events_dlq_depth``) with alerts (deploy/prometheus/rules.yaml) instead.
 """
 
 from __future__ import annotations
@@ -70,8 +72,6 @@ DOORBELL = "events:doorbell"
 EVENT_RETENTION_SECONDS = 7 * 86400
 #: How often each consumer trims the streams it reads.
 RETENTION_SWEEP_SECONDS = 600.0
-#: Entries kept in a group's dead-letter stream (approximately: MAXLEN ~).
-DLQ_MAXLEN = 10_000
 #: The fields add_event writes to a stream entry.
 _ENVELOPE_FIELDS = frozenset({b"id", b"type", b"event"})
 _DATA_FIELDS = frozenset(f.name for f in event_pb2.Event.DESCRIPTOR.oneofs_by_name["data"].fields)
@@ -391,8 +391,7 @@ class EventConsumer:
         _log.error("group %s: entry %s (event %s) dead-lettered: %s", self.group, entry_id.decode(),
                    fields.get(b"id", b"?").decode(errors="replace"), exc)
         await self._redis.xadd(dlq_key(self.group), {
-            **fields, "stream": stream, "entry": entry_id, "error": f"{type(exc).__name__}: {exc}"[:500]},
-            maxlen=DLQ_MAXLEN, approximate=True)
+            **fields, "stream": stream, "entry": entry_id, "error": f"{type(exc).__name__}: {exc}"[:500]})
         await self._redis.xack(stream, self.group, entry_id)
         self._dead_lettered.inc()
 

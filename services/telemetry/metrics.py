@@ -96,7 +96,8 @@ INFLIGHT_FRAMES_PEAK = Gauge("haulmesh_telemetry_inflight_frames_peak", "The mos
 PAUSED_STREAMS = Gauge("haulmesh_telemetry_paused_streams", "Truck streams of this process not being read "
                        "(flow control: in-flight or outbound bound reached).", registry=METRICS_REGISTRY)
 REFUSED_COMMAND_ACKS = Counter("haulmesh_telemetry_refused_command_acks_total", "CommandAcks not stored, by reason:"
-                               " unknown (no such command was sent to the truck) or too_large.", ["reason"],
+                               " unknown (no such command was sent to the truck), too_large, or malformed (an"
+                               " outcome outside the enum's known values).", ["reason"],
                                registry=METRICS_REGISTRY)
 ARCHIVED_FRAMES = Counter("haulmesh_telemetry_archived_frames_total", "Frames committed to archive parts "
                           "(object written, read back, manifest written, index committed).", registry=METRICS_REGISTRY)

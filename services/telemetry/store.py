@@ -82,9 +82,11 @@ _log = logging.getLogger("haulmesh.telemetry.store")
 # store a sequence or miscount a gap. Sequences travel as decimal strings and are compared as Lua numbers
 # (exact up to 2^53, far beyond any vehicle's lifetime at 1 Hz).
 # The batch's receive and reject counts ride along, so a commit group is only EVALSHA calls (one per batch).
-# KEYS: frames, counters. ARGV: receive_ms, received, number of reject reasons R, then R (reason, count)
-# pairs, then (sequence, payload, signature, key_id) per frame.
-# Returns: the high-water mark, the sequences skipped (gaps), then 1 (stored) or 0 (duplicate) per frame.
+# KEYS: frames, counters, archive. ARGV: receive_ms, received, number of reject reasons R, the high-water
+# the batch needs (``after``), then R (reason, count) pairs, then (sequence, payload, signature, key_id) per frame.
+# Returns: the high-water mark, the sequences skipped (gaps), then 1 (stored), 0 (duplicate: stored, or at or
+# below the archived watermark) or 2 (passed: at or below the high-water, never stored) per frame. A passed
+# frame is refused (counted as rejected:SEQUENCE_PASSED; it is already in ``lost``, as the gap it was).
 _COMMIT_LUA = """
 local hw_s = redis.call('HGET', KEYS[2], 'high_water') or '0'
 local hw = tonumber(hw_s)
@@ -95,13 +97,21 @@ end
 if ARGV[2] ~= '0' then redis.call('HINCRBY', KEYS[2], 'received', ARGV[2]) end
 local first = 5 + 2 * tonumber(ARGV[3])
 for i = 5, first - 1, 2 do redis.call('HINCRBY', KEYS[2], 'rejected:' .. ARGV[i], ARGV[i + 1]) end
-local stored, dup, lost = 0, 0, 0
+local stored, dup, lost, passed = 0, 0, 0, 0
+local archived = tonumber(redis.call('HGET', KEYS[3], 'upto') or '0')
 local out = {}
 for i = first, #ARGV, 4 do
   local seq = tonumber(ARGV[i])
   if seq <= hw then
-    dup = dup + 1
-    out[#out + 1] = 0
+    -- A duplicate only if it is stored (or was, and went to the archive): a sequence passed over by a
+    -- concurrent commit of the vehicle was never stored, and acking its resend as a duplicate would lose it.
+    if seq <= archived or #redis.call('XRANGE', KEYS[1], ARGV[i] .. '-0', ARGV[i] .. '-0') > 0 then
+      dup = dup + 1
+      out[#out + 1] = 0
+    else
+      passed = passed + 1
+      out[#out + 1] = 2
+    end
   else
     lost = lost + (seq - hw - 1)
     redis.call('XADD', KEYS[1], ARGV[i] .. '-0', 'p', ARGV[i + 1], 's', ARGV[i + 2], 'k', ARGV[i + 3], 't', now)
@@ -117,6 +127,7 @@ if stored > 0 then
 end
 if dup > 0 then redis.call('HINCRBY', KEYS[2], 'duplicates', dup) end
 if lost > 0 then redis.call('HINCRBY', KEYS[2], 'lost', lost) end
+if passed > 0 then redis.call('HINCRBY', KEYS[2], 'rejected:SEQUENCE_PASSED', passed) end
 table.insert(out, 1, lost)
 table.insert(out, 1, hw_s)
 return out
@@ -141,13 +152,15 @@ return entry
 """
 
 # A truck's CommandAck: stored only for a command issued to it, once per (command, outcome); the queue entry of the
-# command is removed either way (a re-sent command answered again with its known outcome).
+# command is removed either way (a re-sent command answered again with its known outcome). Issued: the marker
+# (30 days), or the command still queued for the vehicle (older than the marker, resent until answered: its
+# answer must be taken, or it would be resent forever).
 # KEYS: issued marker, command id -> entry hash, commands stream, command_acks stream, the command's hash.
 # ARGV: command id, ack bytes, receive ms, MAXLEN, outcome, TTL.
 # Returns 'unknown' (never issued: nothing written), 'repeat' (outcome already stored) or 'stored'.
 _ACK_COMMAND_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 'unknown' end
 local entry = redis.call('HGET', KEYS[2], ARGV[1])
+if not entry and redis.call('EXISTS', KEYS[1]) == 0 then return 'unknown' end
 if entry then
   redis.call('XDEL', KEYS[3], entry)
   redis.call('HDEL', KEYS[2], ARGV[1])
@@ -263,12 +276,14 @@ class Silence:
 
 @dataclass(frozen=True)
 class CommitResult:
-    """Outcome of one committed batch: sequences stored, sequences that were duplicates, new high-water."""
+    """Outcome of one committed batch: sequences stored, sequences that were duplicates, new high-water, and
+    sequences passed (at or below the high-water, never stored: refused, never to be acknowledged)."""
 
     stored: list[int]
     duplicates: list[int]
     high_water: int
     receive_ms: int
+    passed: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -402,14 +417,15 @@ class TelemetryStore:
                 args += [reason, count]
             for frame in item.frames:
                 args += [frame.sequence, frame.payload_bytes, frame.signature, frame.key_id]
-            calls.append((_k(item.vehicle_id, "frames"), _k(item.vehicle_id, "counters"), *args))
+            calls.append((_k(item.vehicle_id, "frames"), _k(item.vehicle_id, "counters"),
+                          _k(item.vehicle_id, "archive"), *args))
         # EVALSHA directly rather than through redis-py's Script on a pipeline, which asks SCRIPT EXISTS before
         # every execution: a round trip per group. A store that lost its script cache (restarted) answers
         # NOSCRIPT to every call of the group, none of which ran, so loading it and sending them again is safe.
         for attempt in (1, 2):
             pipe = self._redis.pipeline(transaction=False)
             for call in calls:
-                pipe.evalsha(self._commit_sha, 2, *call)
+                pipe.evalsha(self._commit_sha, 3, *call)
             raw = await pipe.execute(raise_on_error=False)
             if attempt == 1 and any(isinstance(r, redis.exceptions.NoScriptError) for r in raw):
                 self._commit_sha = await self._redis.script_load(_COMMIT_LUA)
@@ -441,21 +457,24 @@ class TelemetryStore:
                                                           reason="STORE_ERROR"))
                 continue
             high_water, lost, *flags = reply
-            stored = [f.sequence for f, s in zip(item.frames, flags, strict=True) if s]
+            stored = [f.sequence for f, s in zip(item.frames, flags, strict=True) if s == 1]
+            duplicates = [f.sequence for f, s in zip(item.frames, flags, strict=True) if s == 0]
+            passed = [f.sequence for f, s in zip(item.frames, flags, strict=True) if s == 2]
             stored_total += len(stored)
-            duplicates_total += len(flags) - len(stored)
+            duplicates_total += len(duplicates)
+            if passed:
+                metrics.record_rejects(Counter({"SEQUENCE_PASSED": len(passed)}))
             gaps_total += lost
             # Stored frames are the batch's tail (ascending, above the high-water mark), so when the last
             # frame was stored it is the batch's newest: one freshness figure per batch.
-            if flags and flags[-1]:
+            if flags and flags[-1] == 1:
                 device_time = item.frames[-1].payload.device_time
                 ages.append(durable_at - device_time.seconds - device_time.nanos * 1e-9)
             # Counted above even when nobody awaits the result any more (the stream ended): it is stored.
             if not item.future.done():
                 item.future.set_result(CommitResult(
-                    stored=stored,
-                    duplicates=[f.sequence for f, s in zip(item.frames, flags, strict=True) if not s],
-                    high_water=int(high_water), receive_ms=receive_ms))
+                    stored=stored, duplicates=duplicates, high_water=int(high_water), receive_ms=receive_ms,
+                    passed=passed))
         metrics.record_durable(stored_total, duplicates_total, gaps_total, ages)
 
     # ---- reads --------------------------------------------------------------------------------------
@@ -600,9 +619,10 @@ class TelemetryStore:
         recorded) or ``new``: whether :meth:`ack_command` would store the ack (read only)."""
         pipe = self._redis.pipeline(transaction=False)
         pipe.exists(_k(vehicle_id, f"issued:{ack.command_id}"))
+        pipe.hexists(_k(vehicle_id, "command_ids"), ack.command_id)  # still queued: issued (see _ACK_COMMAND_LUA)
         pipe.hexists(_k(vehicle_id, f"command:{ack.command_id}"), f"o:{ack.outcome}")
-        issued, seen = await pipe.execute()
-        return "unknown" if not issued else "repeat" if seen else "new"
+        issued, queued, seen = await pipe.execute()
+        return "unknown" if not (issued or queued) else "repeat" if seen else "new"
 
     async def ack_command(self, vehicle_id: str, ack: stream_pb2.CommandAck) -> str:
         """Record a CommandAck (once per command and outcome, only for a command issued to the vehicle) and stop

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -59,6 +59,7 @@ class RejectReason(enum.Enum):
     MALFORMED = "MALFORMED"
     FRAME_TOO_LARGE = "FRAME_TOO_LARGE"
     OUT_OF_ORDER = "OUT_OF_ORDER"
+    SEQUENCE_PASSED = "SEQUENCE_PASSED"
 
 
 @dataclass(frozen=True)
@@ -198,21 +199,30 @@ class BatchPlan:
     duplicates: list[int]
     lost: int
     high_water: int
+    #: At or below the mark but never stored (passed over by another commit): refused, never acknowledged.
+    passed: list[int] = dataclasses.field(default_factory=list)
 
 
-def plan_sequences(high_water: int, sequences: list[int]) -> BatchPlan:
+def plan_sequences(high_water: int, sequences: list[int], stored: Collection[int] | None = None,
+                   archived: int = 0) -> BatchPlan:
     """Apply the sequencing rules to ascending ``sequences`` given the stored high-water mark.
 
-    At or below the mark: a duplicate (acknowledged, not stored again). Above: stored, and every skipped
+    At or below the mark: a duplicate (acknowledged, not stored again) if it is in ``stored`` or at or below
+    the ``archived`` watermark (``stored`` None: every sequence below the mark counts as stored); otherwise
+    passed: a concurrent commit stored a later frame first, so it can never be stored, and must not be
+    acknowledged as if it were (it was counted lost as the gap it left). Above: stored, and every skipped
     sequence since the mark counts as lost (sequences start at 1, so a first frame 5 means 4 lost). The
     store runs the same rule atomically (its Lua script); this is the reference the tests check it against.
     """
-    store, duplicates, lost = [], [], 0
+    store, duplicates, passed, lost = [], [], [], 0
     for sequence in sequences:
         if sequence <= high_water:
-            duplicates.append(sequence)
+            if stored is None or sequence in stored or sequence <= archived:
+                duplicates.append(sequence)
+            else:
+                passed.append(sequence)
             continue
         lost += sequence - high_water - 1
         store.append(sequence)
         high_water = sequence
-    return BatchPlan(store, duplicates, lost, high_water)
+    return BatchPlan(store, duplicates, lost, high_water, passed)

@@ -53,6 +53,10 @@ _ACK_AT_ONCE_FRAMES = 64
 _VERIFY_THREADS = min(os.cpu_count() or 1, 8)
 #: Streams whose queues one pipelined poll reads.
 _POLL_CHUNK = 500
+#: The outcomes a CommandAck may carry (the enum's values but OUTCOME_UNSPECIFIED); others are refused unstored.
+_ACK_OUTCOMES = frozenset(v for v in stream_pb2.CommandAck.Outcome.values() if v)
+_PASSED_DETAIL = ("sequence at or below the high-water mark and never stored (a later frame of the vehicle was "
+                  "stored first); it can no longer be stored")
 _KEY_LIMIT = 64  # certificates remembered per vehicle; more is an attack or a bug, not rotations
 
 
@@ -342,6 +346,11 @@ class Streams:
             _log.warning("vehicle %s: CommandAck of %d bytes refused (at most %d)", vehicle_id, size,
                          self._config.max_command_ack_bytes)
             return
+        if ack.outcome not in _ACK_OUTCOMES:  # proto3 enums are open: any number parses, only 1..4 mean anything
+            metrics.REFUSED_COMMAND_ACKS.labels("malformed").inc()
+            _log.warning("vehicle %s: CommandAck for command %r with outcome %d refused (known: %s)", vehicle_id,
+                         ack.command_id[:80], ack.outcome, sorted(_ACK_OUTCOMES))
+            return
         state = await self._store.command_ack_state(vehicle_id, ack)
         if state == "unknown":
             metrics.REFUSED_COMMAND_ACKS.labels("unknown").inc()
@@ -374,23 +383,26 @@ class Streams:
                 await session.credits.take(held)
             finally:
                 metrics.stream_paused(False)
-        good: list[Verified] = []
-        rejects: Counter[str] = Counter()
-        for outcome in await self._verify_batch(session.vehicle_id, frames, keys):
-            if isinstance(outcome, Verified):
-                good.append(outcome)
-                continue
-            rejects[outcome.reason.value] += 1
-            session.outbound.put_nowait(stream_pb2.StreamTelemetryResponse(reject=stream_pb2.Reject(
-                sequence=outcome.sequence, reason=REJECT_REASONS[outcome.reason], detail=outcome.detail)))
-        if len(good) < held:  # rejected frames are done with (their Rejects are in ``outbound``)
-            session.credits.give(held - len(good))
-            held = len(good)
-        # The commit runs while the next batch is read and verified; acks follow in batch order.
-        after = session.expected_high_water
-        if good:
-            session.expected_high_water = max(after, max(f.sequence for f in good))
+        # From here until the commit owns them, the credits are given back on any way out: verification
+        # awaits threads, and a stream cancelled (or failing) there would otherwise hold them forever; a
+        # hundred reconnects with full batches would fill the process's bound and stall every stream.
         try:
+            good: list[Verified] = []
+            rejects: Counter[str] = Counter()
+            for outcome in await self._verify_batch(session.vehicle_id, frames, keys):
+                if isinstance(outcome, Verified):
+                    good.append(outcome)
+                    continue
+                rejects[outcome.reason.value] += 1
+                session.outbound.put_nowait(stream_pb2.StreamTelemetryResponse(reject=stream_pb2.Reject(
+                    sequence=outcome.sequence, reason=REJECT_REASONS[outcome.reason], detail=outcome.detail)))
+            if len(good) < held:  # rejected frames are done with (their Rejects are in ``outbound``)
+                session.credits.give(held - len(good))
+                held = len(good)
+            # The commit runs while the next batch is read and verified; acks follow in batch order.
+            after = session.expected_high_water
+            if good:
+                session.expected_high_water = max(after, max(f.sequence for f in good))
             commit = self._store.submit(session.vehicle_id, good, received=len(frames), rejects=rejects,
                                         after=after)
         except BaseException:
@@ -468,7 +480,12 @@ class Streams:
             if failure is not None:
                 break
             through = max(through, last)  # a resent (duplicate) batch may end below an earlier one
-            durable.extend(frames)
+            passed = set(commit.result().passed)
+            for sequence in sorted(passed):  # refused before the Ack that covers it: never taken for stored
+                session.outbound.put_nowait(stream_pb2.StreamTelemetryResponse(reject=stream_pb2.Reject(
+                    sequence=sequence, reason=REJECT_REASONS[RejectReason.SEQUENCE_PASSED],
+                    detail=_PASSED_DETAIL)))
+            durable.extend(f for f in frames if f.sequence not in passed)
         if through and not session.closed.is_set():
             session.outbound.put_nowait(stream_pb2.StreamTelemetryResponse(
                 ack=stream_pb2.Ack(through_sequence=through)))
@@ -559,6 +576,8 @@ class Streams:
             raise InvalidArgument(outcome.detail, reason=outcome.reason.value, metadata={
                 "sequence": str(sequence)})
         result = await self._store.commit(vehicle_id, [outcome], received=1)
+        if result.passed:
+            raise FailedPrecondition(_PASSED_DETAIL, reason="SEQUENCE_PASSED", metadata={"sequence": str(sequence)})
         if self._tracking is not None:
             self._tracking.frames_stored(vehicle_id, [outcome])
         first = None if result.stored else await self._store.frame(vehicle_id, sequence)

@@ -111,6 +111,12 @@ CASES: dict[str, dict[str, Case]] = {
         "dead letters replayed after an hour": Case([{"series": 'haulmesh_events_dlq_depth{group="billing"}',
                                                       "values": "2x60 0x360"}], "400m"),
     },
+    "HaulmeshDeadLettersDeep": {
+        "12,000 dead letters for 10 minutes": Case([{"series": 'haulmesh_events_dlq_depth{group="billing"}',
+                                                     "values": "12000x20"}], "15m", {"group": "billing"}),
+        "9,000 dead letters": Case([{"series": 'haulmesh_events_dlq_depth{group="billing"}',
+                                     "values": "9000x20"}], "15m"),
+    },
     "HaulmeshConsumerLagging": {
         "2,000 undelivered for 20 minutes": Case(consumer(1500, 500), "25m", {"group": "mission"}),
         "600 per replica (max, not sum)": Case(consumer(400, 200), "25m"),

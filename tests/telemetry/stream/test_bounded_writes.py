@@ -3,14 +3,18 @@ outcome, in a capped stream; nothing a truck sends on its own grows the store.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import grpc
 import redis.asyncio
 
 from haulmesh.telemetry.v1 import frame_pb2, stream_pb2, telemetry_service_pb2, telemetry_service_pb2_grpc
+from services.runtime import new_id
+from services.telemetry import metrics
 from services.telemetry.config import TelemetryConfig
 from services.telemetry.store import TelemetryStore
+from services.telemetry.usecases import Streams
 from tests.conftest import wait_for
 from tests.trucks import Truck
 
@@ -101,3 +105,76 @@ async def test_ingest_telemetry_is_audited_once_per_truck_session_not_per_frame(
     assert entries[0]["method"].endswith("/IngestTelemetry")
     assert entries[0]["actor"] == f"spiffe://haulmesh.local/vehicle/{truck.vehicle_id}"
     assert (await TelemetryStore(store_client).counters(truck.vehicle_id))["stored"] == 20
+
+
+async def test_command_acks_with_an_unknown_outcome_are_refused_unstored(store_client: redis.asyncio.Redis) -> None:
+    """Proto3 enums are open: a truck may send outcome 0 (unspecified) or 9 (no such value). Neither is stored
+    (nor its per-outcome marker), both are counted as malformed, the stream goes on and the command stays queued
+    until a real answer. In process, on the real store: the count is read from this process's metrics."""
+    config = TelemetryConfig()
+    store = TelemetryStore(store_client, config)
+    streams = Streams(store, config)
+    vehicle_id = f"AU-TRK-{new_id()}"
+    await store.enqueue_command(vehicle_id, stream_pb2.Command(
+        command_id="01JCMDOUTCOME", stop=stream_pb2.StopVehicle(reason="test")))
+    malformed = metrics.REFUSED_COMMAND_ACKS.labels("malformed")
+    before = malformed._value.get()
+
+    async def truck_sends():
+        yield _ack("01JCMDOUTCOME", stream_pb2.CommandAck.OUTCOME_UNSPECIFIED)
+        yield _ack("01JCMDOUTCOME", 9)
+        await wait_for(lambda: malformed._value.get() - before >= 2, timeout_seconds=30)
+        assert await store_client.hget(f"telemetry:{{{vehicle_id}}}:command_ids", "01JCMDOUTCOME")
+        yield _ack("01JCMDOUTCOME", stream_pb2.CommandAck.OUTCOME_ACCEPTED)
+        await asyncio.Event().wait()
+
+    session = streams.open(vehicle_id)
+    try:
+        streams.serve(session, truck_sends(), {})
+
+        async def answered() -> bool:
+            return bool(await store.command_acks(vehicle_id))
+
+        await wait_for(answered, timeout_seconds=30)
+        stored = await store.command_acks(vehicle_id)
+        assert [a.outcome for a in stored] == [stream_pb2.CommandAck.OUTCOME_ACCEPTED]
+        fields = await store_client.hkeys(f"telemetry:{{{vehicle_id}}}:command:01JCMDOUTCOME")
+        assert [f for f in fields if f.startswith(b"o:")] == [b"o:1"]
+        assert malformed._value.get() - before == 2
+    finally:
+        await streams.close(session)
+        await streams.shutdown()
+
+
+async def test_a_command_queued_longer_than_its_issued_marker_is_still_answered(
+        store_client: redis.asyncio.Redis) -> None:
+    """A truck away for more than 30 days: the command's issued marker (and bookkeeping) expired, but the command
+    is still queued and sent on the next stream. Its answer is taken (the queue proves it was issued) and the
+    command leaves the queue, rather than being refused as unknown and resent forever."""
+    config = TelemetryConfig()
+    store = TelemetryStore(store_client, config)
+    streams = Streams(store, config)
+    vehicle_id = f"AU-TRK-{new_id()}"
+    await store.enqueue_command(vehicle_id, stream_pb2.Command(
+        command_id="01JCMDOLD", stop=stream_pb2.StopVehicle(reason="test")))
+    await store_client.delete(f"telemetry:{{{vehicle_id}}}:issued:01JCMDOLD",
+                              f"telemetry:{{{vehicle_id}}}:command:01JCMDOLD")  # 30 days on: expired
+
+    async def truck_sends():
+        yield _ack("01JCMDOLD", stream_pb2.CommandAck.OUTCOME_COMPLETED)
+        await asyncio.Event().wait()
+
+    session = streams.open(vehicle_id)
+    try:
+        streams.serve(session, truck_sends(), {})
+
+        async def answered() -> bool:
+            return bool(await store.command_acks(vehicle_id))
+
+        await wait_for(answered, timeout_seconds=30)
+        assert [a.command_id for a in await store.command_acks(vehicle_id)] == ["01JCMDOLD"]
+        assert not await store_client.hget(f"telemetry:{{{vehicle_id}}}:command_ids", "01JCMDOLD")
+        assert await store_client.xlen(f"telemetry:{{{vehicle_id}}}:commands") == 0
+    finally:
+        await streams.close(session)
+        await streams.shutdown()

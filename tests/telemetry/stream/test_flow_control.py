@@ -8,6 +8,8 @@ import asyncio
 import json
 import os
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -21,8 +23,10 @@ from haulmesh.telemetry.v1 import frame_pb2
 from services.runtime import EmbeddedStore, connect_async, free_port, new_id, pki
 from services.telemetry import metrics
 from services.telemetry.config import TelemetryConfig
+from services.telemetry.domain import vehicle_key
 from services.telemetry.store import TelemetryStore
 from services.telemetry.usecases import FrameCredits, Streams
+from services.telemetry.usecases import stream as stream_usecases
 from tests.conftest import Pki, wait_for
 from tests.trucks import Truck
 
@@ -161,6 +165,43 @@ async def test_a_truck_that_reads_no_responses_stops_being_read(store_client: re
         await streams.shutdown()
 
 
+async def test_a_stream_cancelled_while_its_batch_is_verified_gives_its_credits_back(
+        store_client: redis.asyncio.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A truck that disconnects while a large batch of its is being verified (on the verifier threads) must not
+    keep that batch's credits: otherwise reconnects in a replay fill the process's bound and every stream waits."""
+    config = TelemetryConfig()
+    streams = Streams(TelemetryStore(store_client, config), config)
+    if streams._verifiers is None:  # one core: the test needs verification on a thread to cancel it there
+        streams._verifiers = ThreadPoolExecutor(2, "verify")
+    started, release = threading.Event(), threading.Event()
+    real = stream_usecases.verify_frame
+
+    def held_up(*args: object, **kwargs: object) -> object:
+        started.set()
+        release.wait(30)  # a thread cannot be cancelled: it finishes after the stream is gone
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stream_usecases, "verify_frame", held_up)
+
+    async def truck_sends():
+        yield batch([frame_pb2.SignedFrame(sequence=s) for s in range(1, config.max_batch_frames + 1)])
+        await asyncio.Event().wait()  # the truck sends nothing more; it disconnects instead
+
+    session = streams.open(f"AU-TRK-{new_id()}")
+    try:
+        streams.serve(session, truck_sends(), {})
+        await wait_for(started.is_set, timeout_seconds=30)
+        assert streams.credits.inflight == config.max_batch_frames  # the batch holds its credits while verified
+        await streams.close(session)  # the stream ends mid-verification
+        await wait_for(lambda: streams.credits.inflight == 0, timeout_seconds=10)
+        assert session.credits.inflight == 0
+    finally:
+        release.set()
+        if not session.closed.is_set():
+            await streams.close(session)
+        await streams.shutdown()
+
+
 def test_bounds_must_hold_a_batch_and_a_stream() -> None:
     with pytest.raises(ValueError, match="MAX_INFLIGHT_FRAMES_PER_STREAM"):
         TelemetryConfig.from_env({"HAULMESH_TELEMETRY_MAX_INFLIGHT_FRAMES_PER_STREAM": "10"})
@@ -263,3 +304,44 @@ async def _metrics_at(port: int, bound: int) -> bool:
     seen = await _metrics(port)
     assert seen["haulmesh_telemetry_inflight_frames_peak"] <= bound
     return seen["haulmesh_telemetry_inflight_frames"] == bound and seen["haulmesh_telemetry_paused_streams"] >= 1
+
+
+async def test_after_a_failed_commit_the_streams_next_batch_is_refused_not_acked(
+        store_client: redis.asyncio.Redis, truck: Truck, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two batches of a stream in one commit group; the first fails in the store (a stray entry 15 above the
+    high-water of 0 makes its XADD of 1 fail), the second (16..25) would land over it and leave 1..10 to pass for
+    duplicates. It carries ``after=10`` and is refused (HIGH_WATER_BEHIND): nothing acknowledged, nothing stored."""
+    config = TelemetryConfig(commit_window_seconds=2.0)  # both batches ride one group (read within ms)
+    store = TelemetryStore(store_client, config)
+    streams = Streams(store, config)
+    await store_client.xadd(TelemetryStore.frames_key(truck.vehicle_id), {"stray": "1"}, id="15-0")
+    commits: list[asyncio.Future] = []
+    submit = store.submit
+
+    def recorded(*args: object, **kwargs: object) -> asyncio.Future:
+        commits.append(submit(*args, **kwargs))
+        return commits[-1]
+
+    monkeypatch.setattr(store, "submit", recorded)
+
+    async def truck_sends():
+        yield batch([truck.frame(s) for s in range(1, 11)])
+        yield batch([truck.frame(s) for s in range(16, 26)])
+        await asyncio.Event().wait()
+
+    key = vehicle_key(truck.issued.certificate_pem)
+    session = streams.open(truck.vehicle_id)
+    try:
+        streams.serve(session, truck_sends(), {key.key_id: key})
+        await wait_for(lambda: len(commits) == 2 and all(c.done() for c in commits), timeout_seconds=30)
+        assert commits[0].exception() is not None
+        assert "HIGH_WATER_BEHIND" in str(commits[1].exception())
+        responses = []
+        while not session.outbound.empty():
+            responses.append(session.outbound.get_nowait())
+        assert not any(getattr(r, "HasField", None) and r.HasField("ack") for r in responses)
+        assert any(isinstance(r, Exception) for r in responses)  # the stream ends: the truck resumes from the mark
+        assert [i for i, _ in await store_client.xrange(TelemetryStore.frames_key(truck.vehicle_id))] == [b"15-0"]
+    finally:
+        await streams.close(session)
+        await streams.shutdown()

@@ -148,9 +148,9 @@ def test_store_applies_the_same_rules_atomically(store_url: str, batches: list[l
             for batch in batches:
                 frames = [Verified(s, payload(s), b"sig", "k", frame_pb2.FramePayload()) for s in batch]
                 result = await store.commit(vehicle, frames, received=len(batch), rejects=Counter())
-                plan = plan_sequences(high_water, batch)
-                assert (result.stored, result.duplicates, result.high_water) == (plan.store, plan.duplicates,
-                                                                                 plan.high_water)
+                plan = plan_sequences(high_water, batch, set(expected))
+                assert (result.stored, result.duplicates, result.passed, result.high_water) == (
+                    plan.store, plan.duplicates, plan.passed, plan.high_water)
                 high_water, lost, expected = plan.high_water, lost + plan.lost, expected + plan.store
             stored = [f.sequence for f in await store.frames(vehicle, count=10_000)]
             assert stored == expected
@@ -168,3 +168,52 @@ def test_the_ack_interval_comes_from_the_environment_and_is_checked() -> None:
     for bad in ("0", "-1", "soon"):
         with pytest.raises(ValueError, match="HAULMESH_TELEMETRY_ACK_INTERVAL_SECONDS"):
             TelemetryConfig.from_env({"HAULMESH_TELEMETRY_ACK_INTERVAL_SECONDS": bad})
+
+
+async def test_a_passed_sequence_is_refused_not_taken_for_a_duplicate(store_client: redis.asyncio.Redis) -> None:
+    """Two commits of one vehicle in flight (IngestTelemetry commits with after=0): the later one lands first, the
+    earlier fails, and 101 is missing under a high-water of 110. Its resend is neither stored nor acknowledged as
+    a duplicate (it would be lost without anyone knowing): it is passed, refused. A sequence that is stored, or
+    at or below the archived watermark (its entry may be trimmed), is a duplicate."""
+    vehicle = f"PASS-{uuid.uuid4().hex[:8]}"
+    store = TelemetryStore(store_client, TelemetryConfig())
+
+    def frames(*sequences: int) -> list[Verified]:
+        return [Verified(s, payload(s, vehicle=vehicle), b"sig", "k", frame_pb2.FramePayload()) for s in sequences]
+
+    try:
+        await store.commit(vehicle, frames(*range(1, 101)))
+        await store.commit(vehicle, frames(*range(102, 111)))
+        result = await store.commit(vehicle, frames(101))
+        assert (result.stored, result.duplicates, result.passed, result.high_water) == ([], [], [101], 110)
+        assert await store.frame(vehicle, 101) is None
+        counters = await store.counters(vehicle)
+        assert counters["rejected:SEQUENCE_PASSED"] == 1 and counters["lost"] == 1 and "duplicates" not in counters
+        # Stored: a duplicate. Archived through 100 and trimmed from the hot stream: still a duplicate.
+        await store_client.hset(f"telemetry:{{{vehicle}}}:archive", "upto", 100)
+        await store_client.xdel(TelemetryStore.frames_key(vehicle), "50-0")
+        result = await store.commit(vehicle, frames(50, 101, 110))
+        assert (result.duplicates, result.passed) == ([50, 110], [101])
+    finally:
+        await store.close()
+
+
+async def test_a_batch_needing_a_higher_high_water_is_refused_and_stores_nothing(
+        store_client: redis.asyncio.Redis) -> None:
+    """``submit(after=110)`` against a high-water of 100 (an earlier batch of the stream failed): refused
+    (HIGH_WATER_BEHIND), nothing stored, nothing counted, the high-water unchanged."""
+    vehicle = f"HWB-{uuid.uuid4().hex[:8]}"
+    store = TelemetryStore(store_client, TelemetryConfig())
+
+    def frames(*sequences: int) -> list[Verified]:
+        return [Verified(s, payload(s, vehicle=vehicle), b"sig", "k", frame_pb2.FramePayload()) for s in sequences]
+
+    try:
+        await store.commit(vehicle, frames(*range(1, 101)))
+        before = await store.counters(vehicle)
+        with pytest.raises(Exception, match="HIGH_WATER_BEHIND"):
+            await store.submit(vehicle, frames(*range(111, 121)), received=10, after=110)
+        assert await store.counters(vehicle) == before and before["high_water"] == 100
+        assert await store.frames(vehicle, after=100) == []
+    finally:
+        await store.close()
