@@ -181,6 +181,7 @@ class Service:
     def add_consumer(self, group: str, handler: Handler, *, types: set[str] | None = None,
                      **options: Any) -> EventConsumer:
         """Consume every event stream in consumer ``group`` while the service runs (see EventConsumer)."""
+        options.setdefault("progress", self.part_progress)  # a handler stuck on a store fault: NOT_SERVING
         consumer = EventConsumer(self.redis, group=group, handler=handler, types=types, **options)
         self.add_companion(consumer.run, consumer.stop)
         return consumer
