@@ -1,7 +1,7 @@
 """Loose end (a) of issue 11: what gRPC's own HTTP/2 transport holds per stream before the application's flow
 control applies. A client streams as fast as it can to a handler that reads for a while (so BDP probing, when
-on, has a link to measure) and then stops reading, as telemetry does when a stream's credits run out; the bytes
-the client gets through after that are what the server's transport took in for the stream, unread. With the
+on, has a link to measure) and then stops reading, as telemetry does when a stream's credits run out; once the
+client's writes stall, what it wrote minus what the handler read is what the transport holds for the stream. With the
 runtime's server options (services/runtime/_server.py, STREAM_WINDOW_BYTES) that is bounded by the stream
 window; gRPC's defaults are measured beside it for docs/telemetry.md."""
 
@@ -23,18 +23,19 @@ STALL_SECONDS = 1.5
 
 
 async def unread_bytes(options: list[tuple[str, int]]) -> int:
-    """Bytes a client got through on one stream after the server's handler stopped reading."""
+    """Bytes a client wrote on one stream (its writes completed) that the server's handler never read."""
     stopped = asyncio.Event()
     release = asyncio.Event()
+    read = 0
 
     async def push(request_iterator, context) -> None:  # the reader/writer API: context.read()
         del request_iterator
-        received = 0
-        while received < READ_FIRST_BYTES:
+        nonlocal read
+        while read < READ_FIRST_BYTES:
             message = await context.read()
             if message is grpc.aio.EOF:
                 return
-            received += len(message)
+            read += len(message)
         stopped.set()
         await release.wait()  # the application's flow control: this stream is not read any more
 
@@ -58,7 +59,6 @@ async def unread_bytes(options: list[tuple[str, int]]) -> int:
             writer = asyncio.ensure_future(write())
             try:
                 await wait_for(stopped.is_set, timeout_seconds=60)
-                at_stop = written
                 last, last_change = written, time.monotonic()
 
                 def stalled() -> bool:
@@ -68,7 +68,7 @@ async def unread_bytes(options: list[tuple[str, int]]) -> int:
                     return time.monotonic() - last_change >= STALL_SECONDS
 
                 await wait_for(stalled, timeout_seconds=60, interval_seconds=0.1)
-                after_stop = written - at_stop
+                unread = written - read  # taken by the server's transport (or in the client's hands), never read
             finally:
                 writer.cancel()
                 await asyncio.gather(writer, return_exceptions=True)
@@ -76,7 +76,7 @@ async def unread_bytes(options: list[tuple[str, int]]) -> int:
                 call.cancel()
     finally:
         await server.stop(0)
-    return after_stop
+    return unread
 
 
 async def test_a_stream_the_application_stopped_reading_holds_at_most_the_stream_window() -> None:
