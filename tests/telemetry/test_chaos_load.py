@@ -349,7 +349,8 @@ async def _fleet_streaming(mesh: Mesh, mesh_pki: Pki, count: int, *, period_seco
 
 
 def _acks_p99(fleet: list[LightTruck], since: float, until: float = float("inf")) -> float:
-    return p99([s for truck in fleet for t, s in truck.latencies if since <= t < until])
+    """Ack latency p99 of the frames first sent in [since, until)."""
+    return p99([s for truck in fleet for t, s in truck.latencies if since <= t - s < until])
 
 
 async def _stop(tasks: list[asyncio.Task[None]]) -> None:
@@ -379,14 +380,19 @@ async def test_w1_full(mesh_pki: Pki, tmp_path_factory: pytest.TempPathFactory, 
             baseline = _acks_p99(fleet, started)
             opened = time.monotonic()
             outcomes = await _open_watches(stack, mesh, mesh_pki, mission, watched, carrier)
-            during_from = time.monotonic()
-            await asyncio.sleep(5)  # the watches held open while the trucks stream
-            during = _acks_p99(fleet, during_from)
+            answered = time.monotonic()
+            # The watches held open while the trucks stream (a duration); the p99 of the frames sent from a second
+            # after every watch was answered (admitted or refused) on; the opening burst's is recorded beside it.
+            await asyncio.sleep(7)
+            during_from = answered + 1
+            during = _acks_p99(fleet, during_from, during_from + 5)
+            opening = _acks_p99(fleet, opened, answered)
             statuses = await mesh.status()
             alive = all(child.process.returncode is None for child in mesh.children.values())
             same_pids = {name: child.process.pid for name, child in mesh.children.items()} == pids
         figures = {"watches": W1_WATCHES, "trucks": W1_TRUCKS, **outcomes,
-                   "open_seconds": round(during_from - opened, 1), "ack_p99_baseline_s": round(baseline, 3),
+                   "open_seconds": round(answered - opened, 1), "ack_p99_baseline_s": round(baseline, 3),
+                   "ack_p99_while_opening_s": round(opening, 3),
                    "ack_p99_during_s": round(during, 3), "alive": alive and same_pids,
                    "not_serving": sorted(n for n, s in statuses.items() if s != "SERVING")}
         print(figures)
@@ -471,7 +477,9 @@ async def _open_watches(stack: AsyncExitStack, mesh: Mesh, mesh_pki: Pki, missio
 
         drains.append(asyncio.ensure_future(drain()))
 
-    await asyncio.gather(*(grpc_watch(i) for i in range(grpc_count)), *(sse_watch() for _ in range(sse_count)))
+    # SSE first (the gateway's cap lets 16 of the carrier's through to telemetry), then gRPC takes what is left.
+    await asyncio.gather(*(sse_watch() for _ in range(sse_count)))
+    await asyncio.gather(*(grpc_watch(i) for i in range(grpc_count)))
     counts["grpc_max_per_identity"] = max(per_identity.values(), default=0)
     return counts
 
