@@ -24,6 +24,7 @@ import os
 import random
 import signal
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -35,9 +36,10 @@ import grpc
 import httpx
 import pytest
 import redis.asyncio
+from prometheus_client.parser import text_string_to_metric_families
 
 from haulmesh.telemetry.v1 import frame_pb2, stream_pb2, telemetry_service_pb2, telemetry_service_pb2_grpc
-from services.runtime import Mesh, connect_async, retry_delay_seconds, status_of
+from services.runtime import Mesh, connect_async, free_port, retry_delay_seconds, status_of
 from services.runtime.tokens import mint
 from services.telemetry.store import TelemetryStore
 from tests.conftest import Pki, running_mesh, wait_for
@@ -68,6 +70,12 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise AssertionError(f"no VmRSS for {pid}")
+
+
+def gauge(metrics_port: int, name: str) -> float:
+    """A gauge of the process's Prometheus endpoint, scraped."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    return next(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
 
 
 def p99(values: list[float]) -> float:
@@ -226,7 +234,9 @@ async def slow_store_under_trucks(mesh_pki: Pki, store_url: str, store_client: r
     fleet_trucks = await asyncio.to_thread(lambda: [Truck.mint(mesh_pki.ca, f"AT10-{uuid.uuid4().hex[:10].upper()}")
                                                     for _ in range(trucks)])
     await asyncio.to_thread((tmp_path / "state").mkdir, parents=True, exist_ok=True)
-    async with TelemetryProcess.running(mesh_pki, tmp_path / "state", via_proxy(store_url, proxy.address)) as process:
+    metrics_port = free_port()
+    async with TelemetryProcess.running(mesh_pki, tmp_path / "state", via_proxy(store_url, proxy.address),
+                                        HAULMESH_METRICS_PORT=str(metrics_port)) as process:
         base_mib = rss_mib(process.pid)
         fleet = [LightTruck(t, process.address, period_seconds=0.1 * frames_per_message,
                             frames_per_message=frames_per_message) for t in fleet_trucks]
@@ -262,6 +272,7 @@ async def slow_store_under_trucks(mesh_pki: Pki, store_url: str, store_client: r
                                    interval_seconds=0.5)
                 recovery = recovered_at(samples, healed, threshold)
                 assert process.process is not None and process.process.returncode is None, "telemetry died"
+                inflight_peak = await asyncio.to_thread(gauge, metrics_port, "haulmesh_telemetry_inflight_frames_peak")
                 alive = process.process.returncode is None
             finally:
                 for task in tasks:
@@ -279,7 +290,7 @@ async def slow_store_under_trucks(mesh_pki: Pki, store_url: str, store_client: r
         "latency_each_way_seconds": STORE_LATENCY_SECONDS, "latency_for_seconds": round(latency_seconds, 1),
         "rss_base_mib": round(base_mib, 1), "rss_peak_mib": round(peak, 1),
         "rss_model_mib": round(base_mib + trucks * PER_STREAM_MIB + INFLIGHT_MIB, 1),
-        "rss_process_bound_mib": PROCESS_BOUND_MIB, "alive": alive,
+        "rss_process_bound_mib": PROCESS_BOUND_MIB, "alive": alive, "inflight_frames_peak": inflight_peak,
         "ack_p99_baseline_s": round(baseline, 3), "ack_p99_during_s": round(during, 3),
         "ack_p99_threshold_s": round(threshold, 3),
         "recovery_seconds": round(recovery - healed, 1) if recovery is not None else None,
