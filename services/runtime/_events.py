@@ -13,7 +13,10 @@ an entry is acknowledged only after its handler succeeded; an entry left pending
 claimed by another after ``claim_idle_ms``; an event id already handled by the group is skipped (so a
 handler runs once per event id even when an event is redelivered or replayed); an entry whose handler
 keeps failing moves, after ``max_deliveries``, to the group's dead-letter stream ``dlq:{<group>}``, from
-where it can be inspected and replayed (``haulmesh events dlq``).
+where it can be inspected and replayed (``haulmesh events dlq``). A handler failing on a *transient* error (the
+store or a peer briefly down: ``_retry.is_transient``) does not use up a delivery: it is retried in place with
+the runtime's capped, jittered backoff (the entry kept claimed meanwhile) for up to ``transient_retry_seconds``;
+only an outage longer than that counts as one failed delivery. A store blip can then never dead-letter an event.
 
 Retention (docs/capacity.md, "Retention of what the store holds"): what reads an event stream is its consumer
 groups, so an entry is trimmed (XTRIM MINID, :func:`trim_event_stream`, by every consumer every
@@ -46,6 +49,7 @@ from haulmesh.events.v1 import event_pb2
 
 from ._keys import FLEET, new_id
 from ._metrics import METRICS_REGISTRY
+from ._retry import Backoff, is_peer_fault, is_transient
 from ._tracing import event_span, inject_event_context
 
 __all__ = [
@@ -96,6 +100,20 @@ EVENTS_HANDLED = Counter("haulmesh_events_handled_total", "Events whose handler 
                          registry=METRICS_REGISTRY)
 #: How often a consumer refreshes its group's gauges: a few commands per carrier stream each time.
 METRICS_REFRESH_SECONDS = 15.0
+#: A handler's transient failures (store or peer down) are retried in place this long before they count as one
+#: failed delivery: long enough for a store restart or failover, short enough that a failure which only looks
+#: transient (a peer refusing an oversized call with RESOURCE_EXHAUSTED) still reaches the dead-letter stream.
+TRANSIENT_RETRY_SECONDS = 600.0
+#: Backoff of those in-place retries: first ceiling and cap (seconds; the cap is also kept under half the claim
+#: idle time, so the entry's claim is refreshed before another consumer may take it).
+TRANSIENT_BACKOFF_START_SECONDS, TRANSIENT_BACKOFF_MAX_SECONDS = 0.2, 10.0
+#: Told ``(part, making progress)`` when a handler starts failing on a store fault and when it gets through.
+Progress = Callable[[str, bool], None]
+
+
+class _LeftPending(Exception):
+    """The entry is left pending, neither acknowledged nor counted (the consumer is stopping mid-retry, or the
+    entry is no longer this consumer's)."""
 
 
 def event_stream_key(tag: str) -> str:
@@ -197,7 +215,8 @@ class EventConsumer:
     def __init__(self, client: redis.asyncio.Redis, *, group: str, handler: Handler,
                  types: set[str] | None = None, consumer: str | None = None, max_deliveries: int = 5,
                  claim_idle_ms: int = 30_000, count: int = 100, sweep_seconds: float = 2.0,
-                 done_ttl_seconds: int = 7 * 86400) -> None:
+                 done_ttl_seconds: int = 7 * 86400, transient_retry_seconds: float = TRANSIENT_RETRY_SECONDS,
+                 progress: Progress | None = None) -> None:
         self._redis = client
         self.group = group
         self._handler = handler
@@ -208,6 +227,9 @@ class EventConsumer:
         self._count = count
         self._sweep_seconds = sweep_seconds
         self._done_ttl = done_ttl_seconds
+        self._transient_retry_seconds = transient_retry_seconds
+        self._transient_backoff_max = max(0.005, min(TRANSIENT_BACKOFF_MAX_SECONDS, claim_idle_ms / 2000))
+        self._progress = progress
         self._grouped: set[str] = set()
         self._stopping = asyncio.Event()
         self.handled = 0
@@ -372,7 +394,9 @@ class EventConsumer:
             event = event_pb2.Event.FromString(fields[b"event"])
             with event_span(event, self.group):
                 _log.debug("group %s: handling event %s (%s)", self.group, event_id, event_type)
-                await self._handler(event)
+                await self._handle(stream, entry_id, event)
+        except _LeftPending:
+            return
         except Exception as exc:  # any handler failure is retried, then dead-lettered
             if deliveries >= self._max_deliveries:
                 await self._dead_letter(stream, entry_id, fields, exc)
@@ -386,6 +410,59 @@ class EventConsumer:
             await pipe.execute()
         self.handled += 1
         self._handled_counter.inc()
+
+    async def _handle(self, stream: str, entry_id: bytes, event: event_pb2.Event) -> None:
+        """Run the handler; retry it in place while it fails on a transient error (see the module docstring).
+
+        Raises the handler's error when it is not transient, or when transient failures outlast
+        ``transient_retry_seconds`` (the caller then counts one delivery); :class:`_LeftPending` when the
+        consumer stops meanwhile or the entry is no longer this consumer's.
+        """
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self._transient_retry_seconds
+        backoff = Backoff(min(TRANSIENT_BACKOFF_START_SECONDS, self._transient_backoff_max),
+                          self._transient_backoff_max)
+        part = f"consumer {self.group}"
+        stuck = False  # told progress that a store fault holds this group
+        try:
+            while True:
+                try:
+                    await self._handler(event)
+                    return
+                except Exception as exc:
+                    if not is_transient(exc) or loop.time() >= give_up:
+                        raise
+                    if self._stopping.is_set():
+                        raise _LeftPending from exc
+                    if not stuck and self._progress is not None and not is_peer_fault(exc):
+                        self._progress(part, False)
+                        stuck = True
+                    delay = min(backoff.next(), max(0.0, give_up - loop.time()))
+                    _log.warning("group %s: event %s failed on a transient error (%s: %s); retry %d in %.2fs, "
+                                 "not counted as a delivery", self.group, event.id, type(exc).__name__, exc,
+                                 backoff.failures, delay)
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                    raise _LeftPending  # stopping: the entry stays pending for the next consumer
+                except TimeoutError:
+                    pass
+                await self._keep_claim(stream, entry_id)
+        finally:
+            if stuck and self._progress is not None:
+                self._progress(part, True)
+
+    async def _keep_claim(self, stream: str, entry_id: bytes) -> None:
+        """Reset the entry's idle time (XCLAIM JUSTID: the delivery counter is not incremented), so no other
+        consumer reclaims it while this one retries; :class:`_LeftPending` if it is no longer pending (another
+        consumer took and finished it). A store still down is no reason to stop retrying."""
+        try:
+            claimed = await self._redis.xclaim(stream, self.group, self.consumer, 0, [entry_id], justid=True)
+        except Exception as exc:
+            if is_transient(exc):
+                return
+            raise
+        if not claimed:
+            raise _LeftPending
 
     async def _dead_letter(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], exc: Exception) -> None:
         _log.error("group %s: entry %s (event %s) dead-lettered: %s", self.group, entry_id.decode(),

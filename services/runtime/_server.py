@@ -81,6 +81,21 @@ def _keepalive_options(config: ServiceConfig) -> list[tuple[str, int]]:
     ]
 
 
+#: What gRPC's HTTP/2 transport may take in per stream ahead of the application's reads (the stream's receive
+#: window, gRPC's "lookahead"): fixed, because BDP probing would otherwise grow it with the link's measured
+#: bandwidth-delay product, so a stream whose reads the application paused (telemetry's flow control, a slow
+#: watch consumer) could hold megabytes in the transport. 64 KiB: a truck's batch of 500 frames (≈ 130 KB) still
+#: passes, as gRPC widens the window for a message a read is waiting on; the cost is throughput on long fat links
+#: (64 KiB per round trip: ≈ 640 KB/s at 100 ms, ≈ 2,400 frames/s for one truck's replay over cellular).
+#: Measured by tests/runtime/test_transport_buffers.py; docs/telemetry.md, "Flow control".
+STREAM_WINDOW_BYTES = 64 * 1024
+
+
+def _transport_options() -> list[tuple[str, int]]:
+    """The server's HTTP/2 buffering per stream, bounded (see :data:`STREAM_WINDOW_BYTES`)."""
+    return [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", STREAM_WINDOW_BYTES)]
+
+
 class Service:
     """One service process: its gRPC server, its store client, and its channels to other services."""
 
@@ -108,6 +123,7 @@ class Service:
                 # connections across them. Off, a second process on a taken port fails loudly instead.
                 ("grpc.so_reuseport", 1 if config.worker_index is not None else 0),
                 *_keepalive_options(config),
+                *_transport_options(),
             ],
         )
         self.health = health.aio.HealthServicer()
@@ -181,6 +197,7 @@ class Service:
     def add_consumer(self, group: str, handler: Handler, *, types: set[str] | None = None,
                      **options: Any) -> EventConsumer:
         """Consume every event stream in consumer ``group`` while the service runs (see EventConsumer)."""
+        options.setdefault("progress", self.part_progress)  # a handler stuck on a store fault: NOT_SERVING
         consumer = EventConsumer(self.redis, group=group, handler=handler, types=types, **options)
         self.add_companion(consumer.run, consumer.stop)
         return consumer

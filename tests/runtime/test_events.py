@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis.asyncio
@@ -10,6 +11,7 @@ import redis.asyncio
 from haulmesh.events.v1 import event_pb2, tender_events_pb2
 from services.runtime import (
     EventConsumer,
+    Unavailable,
     add_event,
     dead_letters,
     event_stream_key,
@@ -244,3 +246,72 @@ async def test_killed_consumer_process_entries_are_reclaimed_and_applied_once(cl
           f"applied {int(await client.get('applied'))} times")
     assert int(await client.get("applied")) == 3  # each event's effect exactly once, the crashed one included
     assert (await client.xpending(stream, "billing"))["pending"] == 0
+
+
+def _through(store_url: str, proxy_address: str) -> redis.asyncio.Redis:
+    """A client of the store at ``store_url`` reaching it through the fault proxy at ``proxy_address``."""
+    parts = urlsplit(store_url)
+    netloc = parts.netloc.rpartition("@")
+    via = f"{netloc[0]}@{proxy_address}" if netloc[1] else proxy_address
+    return redis.asyncio.Redis.from_url(urlunsplit(parts._replace(netloc=via)), socket_timeout=1,
+                                        socket_connect_timeout=1)
+
+
+async def test_a_handler_failing_on_a_transient_store_fault_is_retried_not_dead_lettered(
+        client: redis.asyncio.Redis, store_url: str, fault_proxy) -> None:
+    """Loose end (b) of issue 11: a store outage under a handler (its connections reset, new ones refused) lasts
+    more attempts than max_deliveries allows; the event is retried with backoff, applied once when the store
+    is back, never dead-lettered, and its delivery counter stays at its first delivery."""
+    [event_id] = await _emit(client, "acme", 1)
+    stream = event_stream_key("acme")
+    proxy = await fault_proxy(urlsplit(store_url).netloc.rpartition("@")[2])
+    through = _through(store_url, proxy.address)
+    attempts: list[str] = []
+    progress: list[tuple[str, bool]] = []
+
+    async def handle(event):
+        attempts.append(event.id)
+        await through.incr(f"effects:{event.id}")  # the business effect, written through the proxy
+
+    proxy.reset(refuse_new=True)
+    consumer = EventConsumer(client, group="billing", handler=handle, claim_idle_ms=200, max_deliveries=2,
+                             progress=lambda part, ok: progress.append((part, ok)))
+    task = asyncio.create_task(consumer.run())
+    try:
+        await wait_for(lambda: len(attempts) >= 4, timeout_seconds=20)  # twice max_deliveries, still retrying
+        [pending] = await client.xpending_range(stream, "billing", min="-", max="+", count=10)
+        assert pending["times_delivered"] == 1 and pending["consumer"].decode() == consumer.consumer
+        assert progress == [("consumer billing", False)]  # health: NOT_SERVING while the store fault holds
+        proxy.pass_through()
+        await wait_for(lambda: consumer.handled == 1, timeout_seconds=20)
+    finally:
+        await consumer.stop()
+        await task
+        await through.aclose()
+    assert await dead_letters(client, "billing") == []
+    assert await client.get(f"effects:{event_id}") == b"1"
+    assert (await client.xpending(stream, "billing"))["pending"] == 0
+    assert progress == [("consumer billing", False), ("consumer billing", True)]
+
+
+async def test_transient_failures_outlasting_the_retry_window_count_as_a_delivery(
+        client: redis.asyncio.Redis) -> None:
+    """A failure that only looks transient (UNAVAILABLE for ever) still ends in the dead-letter stream: after
+    transient_retry_seconds each delivery counts, and max_deliveries applies."""
+    [event_id] = await _emit(client, "acme", 1)
+    attempts: list[str] = []
+
+    async def handle(event):
+        attempts.append(event.id)
+        raise Unavailable("the peer is never back")
+
+    consumer = EventConsumer(client, group="webhooks", handler=handle, claim_idle_ms=50, max_deliveries=2,
+                             transient_retry_seconds=0.2)
+    task = asyncio.create_task(consumer.run())
+    try:
+        letters = await wait_for(lambda: dead_letters(client, "webhooks"), timeout_seconds=20)
+    finally:
+        await consumer.stop()
+        await task
+    assert [d.event_id for d in letters] == [event_id] and "never back" in letters[0].error
+    assert len(attempts) > 2  # several tries within each of the two deliveries
