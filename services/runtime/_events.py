@@ -211,6 +211,9 @@ class EventConsumer:
         self._grouped: set[str] = set()
         self._stopping = asyncio.Event()
         self.handled = 0
+        #: Called after every pass that reached the store (its streams swept, drained, reclaimed): the progress
+        #: signal the Service's health waits for before a restarted consumer counts as recovered.
+        self.on_progress: Callable[[], None] | None = None
         self._streams_cache: list[str] = []
         self._streams_checked = 0.0
         # Claims are for entries idle for claim_idle_ms: looking twice as often is soon enough.
@@ -273,6 +276,8 @@ class EventConsumer:
                 for stream in sorted(dirty):
                     await self._drain(stream)
                 dirty.clear()
+                if self.on_progress is not None:
+                    self.on_progress()
                 wait = max(0.0, min(self._sweep_seconds - (time.monotonic() - swept),
                                     self._reclaim_interval - (time.monotonic() - self._reclaimed_at)))
                 message = await pubsub.get_message(timeout=wait)

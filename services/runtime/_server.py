@@ -53,8 +53,9 @@ __all__ = ["Service", "run_service"]
 _log = logging.getLogger("haulmesh.server")
 StubT = TypeVar("StubT")
 
-#: A restarted companion that has run this long without failing again counts as making progress.
-COMPANION_RECOVERED_SECONDS = 1.0
+#: How long the keeper waits for the store to answer its check that a restarted companion which reports no
+#: progress of its own (a listener) has its store back; a hung store never answers, so the part stays stuck.
+COMPANION_STORE_CHECK_SECONDS = 2.0
 #: Backoff of a companion's restarts after transient failures: first ceiling, and cap (seconds).
 COMPANION_BACKOFF_START_SECONDS, COMPANION_BACKOFF_MAX_SECONDS = 0.2, 10.0
 
@@ -123,7 +124,10 @@ class Service:
         self.metrics = MetricsEndpoint(config.listen_host, metrics_port)
         self._stop_requested = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._companions: list[tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]] = []
+        #: (run, stop, part name, whether the companion reports its own progress) per companion.
+        self._companions: list[tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]], str, bool]] = []
+        #: Each kept companion's restart backoff, reset only by the companion's own progress signal.
+        self._backoffs: dict[str, Backoff] = {}
         self._companion_tasks: list[asyncio.Task[None]] = []
         #: Process exit status: non-zero when a companion task failed.
         self.exit_code = 0
@@ -168,21 +172,37 @@ class Service:
         add_to_server(servicer, self.server)
         self._services[descriptor.full_name] = descriptor
 
-    def add_companion(self, run: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]) -> None:
+    def add_companion(self, run: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]], *,
+                      reports_progress: bool = False) -> Callable[[], None]:
         """Something that runs beside the gRPC server (the gateway's HTTP listener, a consumer loop).
 
         ``run`` starts after the server. A transient failure in it (a store or peer fault) restarts it with
-        backoff; a store fault also turns health NOT_SERVING until it has recovered (SERVING again once it has
-        run :data:`COMPANION_RECOVERED_SECONDS` without failing); any other failure stops the process. ``stop`` is
-        awaited after health has turned NOT_SERVING and before the gRPC server stops.
+        backoff; a store fault also turns health NOT_SERVING until it has recovered; any other failure stops the
+        process. ``stop`` is awaited after health has turned NOT_SERVING and before the gRPC server stops.
+
+        Recovery is a real progress signal, never run time alone (a companion restarted on a hung store runs
+        without failing, and makes no progress): the returned ``made_progress()`` is to be called by the companion
+        after each successful unit of work (a pass that reached the store, an event handled); it clears the
+        part's stuck mark and resets its restart backoff. A companion that has no such unit (``reports_progress``
+        False, e.g. a listener) is cleared once the store answers a PING after its restart, and its backoff is
+        never reset by time.
         """
-        self._companions.append((run, stop))
+        part = f"{getattr(run, '__qualname__', 'companion')}#{len(self._companions)}"
+        self._companions.append((run, stop, part, reports_progress))
+        return lambda: self._made_progress(part)
+
+    def _made_progress(self, part: str) -> None:
+        backoff = self._backoffs.get(part)
+        if backoff is not None and backoff.failures:
+            backoff.reset()
+        if part in self._stuck:
+            self.part_progress(part, True)
 
     def add_consumer(self, group: str, handler: Handler, *, types: set[str] | None = None,
                      **options: Any) -> EventConsumer:
         """Consume every event stream in consumer ``group`` while the service runs (see EventConsumer)."""
         consumer = EventConsumer(self.redis, group=group, handler=handler, types=types, **options)
-        self.add_companion(consumer.run, consumer.stop)
+        consumer.on_progress = self.add_companion(consumer.run, consumer.stop, reports_progress=True)
         return consumer
 
     def add_periodic(self, name: str, tick: Tick, *, interval_seconds: float,
@@ -228,9 +248,8 @@ class Service:
         await self._start_probe_listener()
         await self._wait_for_store()
         await self.server.start()
-        for index, (run, _) in enumerate(self._companions):
-            part = f"{getattr(run, '__qualname__', 'companion')}#{index}"
-            task = asyncio.get_running_loop().create_task(self._keep(run, part))
+        for run, _, part, reports_progress in self._companions:
+            task = asyncio.get_running_loop().create_task(self._keep(run, part, reports_progress))
             task.add_done_callback(self._companion_done)
             self._companion_tasks.append(task)
         ready = health_pb2.HealthCheckResponse.NOT_SERVING if self._stuck else health_pb2.HealthCheckResponse.SERVING
@@ -281,27 +300,21 @@ class Service:
                 # The servicer's own set() is a coroutine; a done task is nothing to keep.
                 asyncio.get_running_loop().create_task(self.health.set(name, status))
 
-    async def _keep(self, run: Callable[[], Awaitable[None]], part: str) -> None:
+    async def _keep(self, run: Callable[[], Awaitable[None]], part: str, reports_progress: bool) -> None:
         """Run a companion; restart it after a transient failure (see :meth:`add_companion`)."""
-        loop = asyncio.get_running_loop()
-        backoff = Backoff(COMPANION_BACKOFF_START_SECONDS, COMPANION_BACKOFF_MAX_SECONDS)
-        recovered: asyncio.TimerHandle | None = None
+        backoff = self._backoffs[part] = Backoff(COMPANION_BACKOFF_START_SECONDS, COMPANION_BACKOFF_MAX_SECONDS)
+        check: asyncio.Task[None] | None = None
         while True:
-            started = loop.time()
-            if backoff.failures:
-                recovered = loop.call_later(COMPANION_RECOVERED_SECONDS, self.part_progress, part, True)
+            if backoff.failures and not reports_progress and part in self._stuck:
+                check = asyncio.get_running_loop().create_task(self._clear_when_store_answers(part))
             try:
                 await run()
                 return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if recovered is not None:
-                    recovered.cancel()
                 if self._stopping.is_set() or not is_transient(exc):
                     raise
-                if loop.time() - started >= COMPANION_RECOVERED_SECONDS:
-                    backoff.reset()  # it ran well for a while: this is a new fault, not the same one
                 if not is_peer_fault(exc):  # a peer's outage is the peer's health, not ours (see is_peer_fault)
                     self.part_progress(part, False)
                 delay = backoff.next()
@@ -311,6 +324,23 @@ class Service:
                     return
                 except TimeoutError:
                     pass
+            finally:
+                if check is not None:
+                    check.cancel()
+                    check = None
+
+    async def _clear_when_store_answers(self, part: str) -> None:
+        """The progress signal of a companion with none of its own: the store answers again (a hung one does not,
+        so the part stays stuck instead of flapping). Cancelled when the companion fails again."""
+        backoff = Backoff(COMPANION_BACKOFF_START_SECONDS, COMPANION_BACKOFF_MAX_SECONDS)
+        while True:
+            try:
+                await asyncio.wait_for(self.redis.ping(), COMPANION_STORE_CHECK_SECONDS)
+            except (redis.RedisError, OSError, TimeoutError):
+                await asyncio.sleep(backoff.next())
+                continue
+            self.part_progress(part, True)
+            return
 
     def _companion_done(self, task: asyncio.Task[None]) -> None:
         if self._stopping.is_set():
@@ -330,7 +360,7 @@ class Service:
         _log.info("shutting down: health NOT_SERVING, grace %.1fs", self.config.grace_period_seconds)
         if self.config.shutdown_drain_seconds:
             await asyncio.sleep(self.config.shutdown_drain_seconds)
-        await asyncio.gather(*(stop() for _, stop in self._companions), return_exceptions=True)
+        await asyncio.gather(*(stop() for _, stop, _, _ in self._companions), return_exceptions=True)
         await self.server.stop(self.config.grace_period_seconds)
         # Companions finish their current step before the store client closes under them.
         if self._companion_tasks:

@@ -15,7 +15,6 @@ import redis
 from haulmesh.tender.v1 import tender_service_pb2, tender_service_pb2_grpc
 from services.runtime import Periodic, Service, ServiceConfig, Unavailable, check_health, free_port
 from services.runtime._retry import Backoff, is_transient
-from services.runtime._server import COMPANION_RECOVERED_SECONDS
 from services.tender.server import POLICY
 from tests.conftest import make_pki, rich_error, wait_for
 
@@ -98,8 +97,46 @@ async def test_a_transient_companion_failure_turns_health_not_serving_then_servi
     await wait_for(lambda: attempts >= 3, timeout_seconds=20)  # retried, with backoff, not given up on
     healthy.set()
     await wait_for(lambda: _status_is(address, credentials, "SERVING"),
-                   timeout_seconds=COMPANION_RECOVERED_SECONDS + 15)
+                   timeout_seconds=20)
     assert not service._stop_requested.is_set() and service.exit_code == 0
+
+
+async def test_a_restarted_companion_is_recovered_only_by_progress_never_by_run_time(service) -> None:
+    """A consumer restarted on a hung store runs without failing and makes no progress: health stays NOT_SERVING
+    (no flapping) and its backoff is not reset, however long it runs; its first real pass makes it SERVING."""
+    service, p = service
+    hung, progressed, stopped = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    attempts = 0
+    ran_since = 0.0
+
+    async def consume() -> None:
+        nonlocal attempts, ran_since
+        attempts += 1
+        if attempts <= 2:
+            raise redis.TimeoutError("Timeout reading from socket")  # the store hangs
+        ran_since = asyncio.get_running_loop().time()
+        hung.set()
+        await progressed.wait()  # blocked on the hung store: running, making no progress
+        made_progress()
+        await stopped.wait()
+
+    async def stop() -> None:
+        stopped.set()
+
+    made_progress = service.add_companion(consume, stop, reports_progress=True)
+    await service.start()
+    credentials = p.credentials("operator", "ops")
+    address = f"127.0.0.1:{service.bound_port}"
+    await wait_for(hung.is_set, timeout_seconds=20)
+    loop = asyncio.get_running_loop()
+    # Well past the 1 s of run time that used to count as recovered: still NOT_SERVING, at every look.
+    while loop.time() - ran_since < 2.5:
+        assert await check_health(address, credentials) == "NOT_SERVING"
+        await asyncio.sleep(0.1)
+    assert service._backoffs[next(iter(service._backoffs))].failures == 2  # not reset by run time
+    progressed.set()
+    await wait_for(lambda: _status_is(address, credentials, "SERVING"), timeout_seconds=10)
+    assert service._backoffs[next(iter(service._backoffs))].failures == 0
 
 
 async def test_a_programming_error_in_a_companion_still_stops_the_process(service) -> None:
