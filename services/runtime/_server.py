@@ -58,6 +58,11 @@ StubT = TypeVar("StubT")
 COMPANION_STORE_CHECK_SECONDS = 2.0
 #: Backoff of a companion's restarts after transient failures: first ceiling, and cap (seconds).
 COMPANION_BACKOFF_START_SECONDS, COMPANION_BACKOFF_MAX_SECONDS = 0.2, 10.0
+#: Start-up's wait for the store: backoff between PINGs (first ceiling, cap), each PING's own timeout, and how often
+#: a store still unreachable is logged again. No deadline: a store outage is not a configuration error.
+STORE_WAIT_BACKOFF_START_SECONDS, STORE_WAIT_BACKOFF_MAX_SECONDS = 0.25, 5.0
+STORE_WAIT_PING_TIMEOUT_SECONDS = 5.0
+STORE_WAIT_LOG_EVERY_SECONDS = 30.0
 
 
 def _keepalive_options(config: ServiceConfig) -> list[tuple[str, int]]:
@@ -243,10 +248,14 @@ class Service:
                                                           reloading_server_credentials(self._files))
         except RuntimeError as exc:
             raise ConfigError(f"cannot listen on {self.config.listen_address}: {exc}", field="HAULMESH_PORT") from exc
-        # Before the store wait, so a process stuck waiting for its store can still be scraped and seen.
+        # Before the store wait, so a process stuck waiting for its store can still be scraped and seen: NOT_SERVING
+        # (the health servicer's own default is SERVING) until the store answers.
+        for name in ["", *self._services]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.metrics.start()
         await self._start_probe_listener()
-        await self._wait_for_store()
+        if not await self._wait_for_store():
+            return  # stopped while waiting: run() goes on to stop()
         await self.server.start()
         for run, _, part, reports_progress in self._companions:
             task = asyncio.get_running_loop().create_task(self._keep(run, part, reports_progress))
@@ -271,18 +280,34 @@ class Service:
             raise ConfigError(f"cannot listen on {address}: {exc}", field="HAULMESH_HEALTH_PORT") from exc
         await self._probe_server.start()
 
-    async def _wait_for_store(self, timeout_seconds: float = 30.0) -> None:
+    async def _wait_for_store(self) -> bool:
+        """Wait, with capped jittered backoff and health NOT_SERVING, until the store answers a PING; True then,
+        False when the process is told to stop first. Never gives up: a store that is down or still starting is an
+        outage to wait out (a supervisor would otherwise give the whole mesh up on exit 2), not a configuration
+        error; only a refused login (a wrong password or user in REDIS_URL) is one."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_seconds
+        backoff = Backoff(STORE_WAIT_BACKOFF_START_SECONDS, STORE_WAIT_BACKOFF_MAX_SECONDS)
+        logged = loop.time()
         while True:
             try:
-                await self.redis.ping()
-                return
-            except redis.RedisError as exc:
-                if loop.time() >= deadline:
-                    raise ConfigError(f"store {redact_url(self._redis_url)} unreachable: {exc}",
-                                      field="REDIS_URL") from exc
-                await asyncio.sleep(0.25)
+                await asyncio.wait_for(self.redis.ping(), STORE_WAIT_PING_TIMEOUT_SECONDS)
+                if backoff.failures:
+                    _log.info("store %s reachable after %d attempts", redact_url(self._redis_url), backoff.failures)
+                return True
+            except redis.AuthenticationError as exc:
+                raise ConfigError(f"store {redact_url(self._redis_url)} refused the login: {exc}",
+                                  field="REDIS_URL") from exc
+            except (redis.RedisError, OSError, TimeoutError) as exc:
+                if not backoff.failures or loop.time() - logged >= STORE_WAIT_LOG_EVERY_SECONDS:
+                    logged = loop.time()
+                    _log.warning("store %s unreachable (%s); waiting for it, health NOT_SERVING",
+                                 redact_url(self._redis_url), exc or type(exc).__name__)
+                delay = backoff.next()
+            try:
+                await asyncio.wait_for(self._stop_requested.wait(), delay)
+                return False
+            except TimeoutError:
+                pass
 
     def part_progress(self, part: str, ok: bool) -> None:
         """Record whether ``part`` makes progress; health is SERVING only while every part does."""
@@ -420,9 +445,12 @@ def run_service(service_name: str, policy: Policy,
 
     try:
         code = asyncio.run(main())
-    except HaulmeshError as exc:
+    except ConfigError as exc:
         _log.error("%s cannot start: %s", service_name, exc)
-        raise SystemExit(2) from None
+        raise SystemExit(2) from None  # the supervisors give up on 2: it is kept for what a restart cannot fix
+    except HaulmeshError as exc:
+        _log.error("%s failed: %s", service_name, exc)
+        raise SystemExit(1) from None
     finally:
         shutdown_tracing()  # exports the spans still buffered
     raise SystemExit(code)
