@@ -212,8 +212,8 @@ class Service:
 
     def add_periodic(self, name: str, tick: Tick, *, interval_seconds: float,
                      max_backoff_seconds: float = 30.0) -> Periodic:
-        """Run ``tick`` every ``interval_seconds`` while the service runs (see Periodic); a failing pass is
-        logged and retried with backoff, never fatal."""
+        """Run ``tick`` every ``interval_seconds`` while the service runs (see Periodic); a pass failed by a
+        transient fault is logged and retried with backoff; a programming error ends the process (exit 1)."""
         loop = Periodic(name, tick, interval_seconds=interval_seconds, max_backoff_seconds=max_backoff_seconds,
                         progress=self.part_progress)
         self.add_companion(loop.run, loop.stop)

@@ -284,3 +284,32 @@ async def test_a_process_told_to_stop_while_waiting_for_its_store_stops(tmp_path
 
 async def _status_is_probe(port: int, status: str) -> bool:
     return await _probe_status(port) == status
+
+
+async def test_a_bug_in_a_periodic_pass_ends_the_loop_not_logged_forever() -> None:
+    heard: list[tuple[str, bool]] = []
+    passes = 0
+
+    async def tick() -> None:
+        nonlocal passes
+        passes += 1
+        if passes == 1:
+            raise redis.ConnectionError("store restarting")  # transient: backed off, retried
+        raise TypeError("a bug, not a fault")
+
+    loop = Periodic("sweep", tick, interval_seconds=0.01, progress=lambda name, ok: heard.append((name, ok)))
+    with pytest.raises(TypeError):
+        await asyncio.wait_for(loop.run(), 10)
+    assert passes == 2 and heard == [("sweep", False)]
+
+
+async def test_a_bug_in_a_periodic_pass_stops_the_service_for_its_supervisor_to_restart(service) -> None:
+    service, _ = service
+
+    async def tick() -> None:
+        raise KeyError("a bug in the sweep")
+
+    service.add_periodic("sweep", tick, interval_seconds=0.01)
+    await service.start()
+    await wait_for(service._stop_requested.is_set, timeout_seconds=10)
+    assert service.exit_code == 1  # not 2: the supervisor restarts it
