@@ -12,8 +12,10 @@ within a round trip), with a periodic sweep of all streams as the safety net. De
 an entry is acknowledged only after its handler succeeded; an entry left pending by a crashed consumer is
 claimed by another after ``claim_idle_ms``; an event id already handled by the group is skipped (so a
 handler runs once per event id even when an event is redelivered or replayed); an entry whose handler
-keeps failing moves, after ``max_deliveries``, to the group's dead-letter stream ``dlq:{<group>}``, from
-where it can be inspected and replayed (``haulmesh events dlq``).
+keeps failing moves, after ``max_deliveries`` failures that are not transient (a bug, a rejected event), to the
+group's dead-letter stream ``dlq:{<group>}``, from where it can be inspected and replayed (``haulmesh events
+dlq``). A transient failure (``is_transient``: a peer or the store down, however long) never counts toward that:
+the entry stays pending and is retried when reclaimed, every ``claim_idle_ms``.
 
 Retention (docs/capacity.md, "Retention of what the store holds"): what reads an event stream is its consumer
 groups, so an entry is trimmed (XTRIM MINID, :func:`trim_event_stream`, by every consumer every
@@ -44,6 +46,7 @@ from haulmesh.events.v1 import event_pb2
 
 from ._keys import FLEET, new_id
 from ._metrics import METRICS_REGISTRY
+from ._retry import is_transient
 from ._tracing import event_span, inject_event_context
 
 __all__ = [
@@ -228,6 +231,10 @@ class EventConsumer:
     def _done_key(self, event_id: str) -> str:
         return f"events:done:{{{self.group}}}:{event_id}"
 
+    def _failures_key(self, event_id: str) -> str:
+        """The count of an event's failures that were not transient (the ones that lead to the dead letters)."""
+        return f"events:failures:{{{self.group}}}:{event_id}"
+
     async def _streams(self, *, refresh: bool = False) -> list[str]:
         now = time.monotonic()
         if not refresh and now - self._streams_checked < self._sweep_seconds:
@@ -378,15 +385,27 @@ class EventConsumer:
             with event_span(event, self.group):
                 _log.debug("group %s: handling event %s (%s)", self.group, event_id, event_type)
                 await self._handler(event)
-        except Exception as exc:  # any handler failure is retried, then dead-lettered
-            if deliveries >= self._max_deliveries:
+        except Exception as exc:
+            if is_transient(exc):
+                # A peer or the store down says nothing about the event: it stays pending, retried when reclaimed
+                # (every claim_idle_ms), never dead-lettered for an outage however long.
+                _log.warning("group %s: event %s (%s) failed on delivery %d by a transient fault (%s); kept pending",
+                             self.group, event_id, event_type, deliveries, exc)
+                return
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.incr(self._failures_key(event_id))
+                pipe.expire(self._failures_key(event_id), self._done_ttl)
+                failures, _ = await pipe.execute()
+            if failures >= self._max_deliveries:
                 await self._dead_letter(stream, entry_id, fields, exc)
+                await self._redis.delete(self._failures_key(event_id))  # a replay starts counting again
             else:
-                _log.warning("group %s: event %s (%s) failed on delivery %d: %s", self.group, event_id,
-                             event_type, deliveries, exc)
+                _log.warning("group %s: event %s (%s) failed (%d of %d before the dead letters): %s", self.group,
+                             event_id, event_type, failures, self._max_deliveries, exc)
             return
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.set(self._done_key(event_id), b"1", ex=self._done_ttl)
+            pipe.delete(self._failures_key(event_id))
             pipe.xack(stream, self.group, entry_id)
             await pipe.execute()
         self.handled += 1
