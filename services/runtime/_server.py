@@ -240,6 +240,10 @@ class Service:
 
     async def start(self) -> None:
         self._check_policy()
+        if self.config.test_faults_file is not None:
+            _log.warning("TEST MODE: the test fault injector is installed (HAULMESH_TEST_FAULTS_FILE=%s, "
+                         "HAULMESH_TEST_MODE=1): calls may be failed on purpose; never in production",
+                         self.config.test_faults_file)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [*self._services, health.SERVICE_NAME, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, self.server)
