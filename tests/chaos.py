@@ -15,6 +15,10 @@ With ``--chaos-json PATH`` the session writes PATH: an object keyed by acceptanc
 ``{"pass": every run passed, "seed": the seed of the first failed run (else of the first run), "figure": that
 run's figures, "runs": [{"seed", "pass", "figure", "test"}, ...]}``. A run passes when its test passed; a run
 whose test failed before recording still appears, with the id its ``chaos_id`` marker names.
+
+Under ``--chaos`` a row cannot go missing silently: every id of :data:`REQUIRED_IDS` that no run reported is written
+``{"pass": false, "reason": "not run"}`` and fails the session (exit 1), whatever else passed. Never in
+``make test`` (no ``--chaos``): there the short versions run alone.
 """
 
 from __future__ import annotations
@@ -27,7 +31,11 @@ from typing import Any
 
 import pytest
 
-__all__ = ["DEFAULT_SEEDS"]
+__all__ = ["DEFAULT_SEEDS", "REQUIRED_IDS"]
+
+#: The acceptance ids ``make chaos`` must report, each from at least one run (issue 11's table).
+REQUIRED_IDS = ("AT-01", "AT-02", "AT-03", "AT-04", "AT-05", "AT-06", "AT-08", "AT-09", "AT-10", "AT-11", "AT-12",
+                "AT-18", "W-1", "W-2")
 
 #: Seeds of ``make chaos`` unless --chaos-seeds (or HAULMESH_CHAOS_SEEDS) says otherwise; the short versions use
 #: the first.
@@ -110,8 +118,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    chaos = session.config.getoption("chaos")
     path = session.config.getoption("chaos_json")
-    if not path:
+    if not path and not chaos:
         return
     results: dict[str, Any] = {}
     for run in session.config.stash[_RUNS]:
@@ -120,6 +129,16 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         entry["runs"].append({k: run[k] for k in ("seed", "pass", "figure", "test")})
         if not run["pass"] and entry["pass"]:  # the first failed run is the one to show
             entry.update({"pass": False, "seed": run["seed"], "figure": run["figure"]})
+    missing = [test_id for test_id in REQUIRED_IDS if test_id not in results] if chaos else []
+    for test_id in missing:
+        results[test_id] = {"pass": False, "reason": "not run", "runs": []}
+    if missing:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"chaos: no run reported {', '.join(missing)}: not run, the session fails", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if not path:
+        return
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_suffix(".tmp")

@@ -190,7 +190,8 @@ class ServiceConfig:
     #: ``WAITAOF 1 <n>``, ≈ 1 s per ack) or only received it (0: ``WAIT <n>`` + the primary's fsync, ≈ 1 ms).
     store_ack_replica_disk: bool = True
     #: Tests only (HAULMESH_TEST_FAULTS_FILE): a JSON file that, while it exists, records incoming calls and
-    #: injects UNAVAILABLE into some (services/runtime/_faults.py). None (unset) in production.
+    #: injects UNAVAILABLE into some (services/runtime/_faults.py). None (unset) in production; refused (ConfigError)
+    #: unless HAULMESH_TEST_MODE=1 says too that this is a test, so one stray variable cannot fail production calls.
     test_faults_file: Path | None = None
     max_message_bytes: int = 4 * 1024 * 1024
     log_level: str = "INFO"
@@ -248,7 +249,7 @@ class ServiceConfig:
             call_max_attempts=_count(env, "HAULMESH_CALL_MAX_ATTEMPTS", 3, maximum=5),
             store_ack_replicas=_whole(env, "HAULMESH_STORE_ACK_REPLICAS", 0, maximum=16),
             store_ack_replica_disk=_whole(env, "HAULMESH_STORE_ACK_REPLICA_DISK", 1, maximum=1) == 1,
-            test_faults_file=Path(env["HAULMESH_TEST_FAULTS_FILE"]) if env.get("HAULMESH_TEST_FAULTS_FILE") else None,
+            test_faults_file=_test_faults_file(env),
             max_message_bytes=max_message_bytes,
             log_level=log_level,
             http_port=_port(env, "HAULMESH_HTTP_PORT", DEFAULT_GATEWAY_HTTP_PORT),
@@ -282,3 +283,15 @@ def read_json_file(path: Path, variable: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{variable}: {path} must hold a JSON object", field=variable)
     return data
+
+
+def _test_faults_file(env: Mapping[str, str]) -> Path | None:
+    """HAULMESH_TEST_FAULTS_FILE, accepted only beside HAULMESH_TEST_MODE=1: the fault injector fails real calls,
+    so a production process must never install it by one variable left set."""
+    path = env.get("HAULMESH_TEST_FAULTS_FILE")
+    if not path:
+        return None
+    if env.get("HAULMESH_TEST_MODE") != "1":
+        raise ConfigError("HAULMESH_TEST_FAULTS_FILE installs the test fault injector (it fails calls on purpose); "
+                          "it is refused unless HAULMESH_TEST_MODE=1 is set too", field="HAULMESH_TEST_FAULTS_FILE")
+    return Path(path)

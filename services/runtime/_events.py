@@ -12,11 +12,13 @@ within a round trip), with a periodic sweep of all streams as the safety net. De
 an entry is acknowledged only after its handler succeeded; an entry left pending by a crashed consumer is
 claimed by another after ``claim_idle_ms``; an event id already handled by the group is skipped (so a
 handler runs once per event id even when an event is redelivered or replayed); an entry whose handler
-keeps failing moves, after ``max_deliveries``, to the group's dead-letter stream ``dlq:{<group>}``, from
+keeps failing moves, after ``max_deliveries`` failures, to the group's dead-letter stream ``dlq:{<group>}``, from
 where it can be inspected and replayed (``haulmesh events dlq``). A handler failing on a *transient* error (the
 store or a peer briefly down: ``_retry.is_transient``) does not use up a delivery: it is retried in place with
 the runtime's capped, jittered backoff (the entry kept claimed meanwhile) for up to ``transient_retry_seconds``;
-only an outage longer than that counts as one failed delivery. A store blip can then never dead-letter an event.
+only an outage longer than that counts as one failure (so an error wrongly taken for transient still reaches the
+dead letters, after ``max_deliveries`` such windows). A store blip can never dead-letter an event. Failures are
+counted per event id (``events:failures:{group}:<id>``), not by the stream's delivery count.
 
 Retention (docs/capacity.md, "Retention of what the store holds"): what reads an event stream is its consumer
 groups, so an entry is trimmed (XTRIM MINID, :func:`trim_event_stream`, by every consumer every
@@ -233,6 +235,9 @@ class EventConsumer:
         self._grouped: set[str] = set()
         self._stopping = asyncio.Event()
         self.handled = 0
+        #: Called after every pass that reached the store (its streams swept, drained, reclaimed): the progress
+        #: signal the Service's health waits for before a restarted consumer counts as recovered.
+        self.on_progress: Callable[[], None] | None = None
         self._streams_cache: list[str] = []
         self._streams_checked = 0.0
         # Claims are for entries idle for claim_idle_ms: looking twice as often is soon enough.
@@ -246,6 +251,10 @@ class EventConsumer:
 
     def _done_key(self, event_id: str) -> str:
         return f"events:done:{{{self.group}}}:{event_id}"
+
+    def _failures_key(self, event_id: str) -> str:
+        """The count of an event's failures that were not transient (the ones that lead to the dead letters)."""
+        return f"events:failures:{{{self.group}}}:{event_id}"
 
     async def _streams(self, *, refresh: bool = False) -> list[str]:
         now = time.monotonic()
@@ -295,6 +304,8 @@ class EventConsumer:
                 for stream in sorted(dirty):
                     await self._drain(stream)
                 dirty.clear()
+                if self.on_progress is not None:
+                    self.on_progress()
                 wait = max(0.0, min(self._sweep_seconds - (time.monotonic() - swept),
                                     self._reclaim_interval - (time.monotonic() - self._reclaimed_at)))
                 message = await pubsub.get_message(timeout=wait)
@@ -397,15 +408,21 @@ class EventConsumer:
                 await self._handle(stream, entry_id, event)
         except _LeftPending:
             return
-        except Exception as exc:  # any handler failure is retried, then dead-lettered
-            if deliveries >= self._max_deliveries:
+        except Exception as exc:  # not transient, or transient beyond the in-place window: one failure
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.incr(self._failures_key(event_id))
+                pipe.expire(self._failures_key(event_id), self._done_ttl)
+                failures, _ = await pipe.execute()
+            if failures >= self._max_deliveries:
                 await self._dead_letter(stream, entry_id, fields, exc)
+                await self._redis.delete(self._failures_key(event_id))  # a replay starts counting again
             else:
-                _log.warning("group %s: event %s (%s) failed on delivery %d: %s", self.group, event_id,
-                             event_type, deliveries, exc)
+                _log.warning("group %s: event %s (%s) failed (%d of %d before the dead letters): %s", self.group,
+                             event_id, event_type, failures, self._max_deliveries, exc)
             return
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.set(self._done_key(event_id), b"1", ex=self._done_ttl)
+            pipe.delete(self._failures_key(event_id))
             pipe.xack(stream, self.group, entry_id)
             await pipe.execute()
         self.handled += 1

@@ -3,7 +3,11 @@
 The first request with a key claims it (SET NX with a short lease) and computes; concurrent duplicates
 wait for its stored response. A key is kept ``ttl_seconds`` (24 h by default). A request that fails
 releases its claim, so a retry computes again; a caller that dies mid-way loses its claim when the lease
-expires. The same key with a different request (request_id aside) is refused: REQUEST_ID_REUSED.
+expires. A request that fails on a lost connection or a timeout keeps its claim until the lease runs out instead:
+its change may have been committed (the EXEC reached the store, its reply did not), and a retry at once would
+apply it twice. The record of the response ("done") is written with retries and backoff for up to the lease, so a
+store blip after the work does not let the key lapse (the TMS's retry would then find nothing, or compute again).
+The same key with a different request (request_id aside) is refused: REQUEST_ID_REUSED.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -20,6 +25,11 @@ import redis.asyncio
 from google.protobuf.message import Message
 
 from ._errors import FieldViolation, InvalidArgument, Unavailable
+from ._retry import Backoff
+
+_log = logging.getLogger("haulmesh.idempotency")
+#: Failures after which the work's outcome is unknown (it may be committed): the claim is kept till its lease ends.
+_OUTCOME_UNKNOWN = (redis.ConnectionError, redis.TimeoutError, OSError, TimeoutError)
 
 __all__ = ["Idempotency"]
 
@@ -63,11 +73,16 @@ class Idempotency:
             if await self._redis.set(key, claim, nx=True, ex=self._lease):
                 try:
                     response = await compute()
+                except _OUTCOME_UNKNOWN:
+                    raise  # the claim stays till its lease runs out: the change may be committed (see the module)
                 except BaseException:
-                    await self._redis.delete(key)
+                    try:
+                        await self._redis.delete(key)
+                    except (redis.RedisError, OSError):
+                        pass  # the lease lets the claim go anyway
                     raise
                 done = {"fp": fingerprint, "response": base64.b64encode(response.SerializeToString()).decode()}
-                await self._redis.set(key, json.dumps(done), ex=self._ttl)
+                await self._record(key, json.dumps(done), loop.time() + self._lease)
                 return response
             raw = await self._redis.get(key)
             if raw is None:
@@ -83,3 +98,20 @@ class Idempotency:
                 raise Unavailable("the first request with this request_id is still running; retry later",
                                   reason="REQUEST_IN_PROGRESS")
             await asyncio.sleep(self._poll)
+
+    async def _record(self, key: str, done: str, deadline: float) -> None:
+        """Write the done record, retrying a store fault with backoff until ``deadline`` (the claim's lease): the
+        work is done, and its response is what a retry with the same key must get."""
+        loop = asyncio.get_running_loop()
+        backoff = Backoff(0.05, 2.0)
+        while True:
+            try:
+                await self._redis.set(key, done, ex=self._ttl)
+                return
+            except _OUTCOME_UNKNOWN as exc:
+                if loop.time() >= deadline:
+                    _log.error("response of %s not recorded (%s): a retry with this key computes again", key, exc)
+                    raise
+                delay = backoff.next()
+                _log.warning("response of %s not recorded yet (%s); retrying in %.2fs", key, exc, delay)
+                await asyncio.sleep(delay)

@@ -33,6 +33,9 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 RESTART_BACKOFF_START_SECONDS, RESTART_BACKOFF_MAX_SECONDS, HEALTHY_RUN_SECONDS = 0.5, 30.0, 30.0
 #: The exit status of a configuration error (run_service): restarting would fail the same way.
 CONFIG_ERROR_EXIT = 2
+#: Consecutive runs shorter than HEALTHY_RUN_SECONDS after which a service is given up on like a configuration
+#: error: one that dies at import (exit 1) every time would otherwise be restarted forever.
+MAX_SHORT_RUNS = 5
 
 
 async def check_health(address: str, credentials: grpc.ChannelCredentials, *, timeout_seconds: float = 2.0,
@@ -55,6 +58,8 @@ class _Child:
     process: asyncio.subprocess.Process | None = None
     #: How many times the supervisor restarted it.
     restarts: int = 0
+    #: Why the supervisor gave it up (set when it did).
+    gave_up_reason: str = ""
 
 
 @dataclass
@@ -76,6 +81,9 @@ class Mesh:
     #: ``HAULMESH_METRICS_PORT`` per service (each child needs its own port; ``extra_env`` is shared).
     metrics_ports: dict[str, int] = field(default_factory=dict)
     grace_period_seconds: float = 10.0
+    #: The supervisor's restart backoff (first ceiling, seconds) and how many short runs in a row it gives up after.
+    restart_backoff_start_seconds: float = RESTART_BACKOFF_START_SECONDS
+    max_short_runs: int = MAX_SHORT_RUNS
     children: dict[str, _Child] = field(default_factory=dict)
     store: StoreInfo | None = None
     _started_store: bool = False
@@ -145,7 +153,9 @@ class Mesh:
 
     async def supervise(self, stop: asyncio.Event) -> _Child | None:
         """Restart any service that exits, with backoff, until ``stop`` is set (then None); returns the
-        service that exited with a configuration error (status 2) instead, which a restart cannot mend."""
+        service given up on instead (its ``gave_up_reason`` says why): one that exited with a configuration error
+        (status 2), which a restart cannot mend, or that died :attr:`max_short_runs` times in a row each within
+        HEALTHY_RUN_SECONDS of its start (it cannot start: exit 1 at import, a missing dependency)."""
         gave_up: asyncio.Future[_Child] = asyncio.get_running_loop().create_future()
         keepers = [asyncio.ensure_future(self._keep(child, stop, gave_up)) for child in self.children.values()]
         stopping = asyncio.ensure_future(stop.wait())
@@ -159,31 +169,54 @@ class Mesh:
 
     async def _keep(self, child: _Child, stop: asyncio.Event, gave_up: asyncio.Future[_Child]) -> None:
         loop = asyncio.get_running_loop()
-        backoff = Backoff(RESTART_BACKOFF_START_SECONDS, RESTART_BACKOFF_MAX_SECONDS)
+        backoff = Backoff(self.restart_backoff_start_seconds, max(RESTART_BACKOFF_MAX_SECONDS,
+                                                                  self.restart_backoff_start_seconds))
         started = loop.time()
+        short_runs = 0
         while child.process is not None:
             code = await child.process.wait()
             if stop.is_set() or self._stopping:
                 return
+            ran_seconds = loop.time() - started
             if code == CONFIG_ERROR_EXIT:
-                if not gave_up.done():
-                    gave_up.set_result(child)
+                self._give_up(child, gave_up, f"exited with a configuration error (status {code})")
                 return
-            if loop.time() - started >= HEALTHY_RUN_SECONDS:
+            if ran_seconds >= HEALTHY_RUN_SECONDS:
                 backoff.reset()
+                short_runs = 0
+            else:
+                short_runs += 1
+                if short_runs >= self.max_short_runs:
+                    self._give_up(child, gave_up, f"exited {short_runs} times in a row within "
+                                  f"{HEALTHY_RUN_SECONDS:g} s of starting (last status {code}): it cannot start")
+                    return
             delay = backoff.next()
             print(f"haulmesh: {child.name} exited with {code}; restarting in {delay:.1f}s (see {child.log_path})",
                   file=sys.stderr, flush=True)
-            try:
-                await asyncio.wait_for(stop.wait(), delay)
-                return
-            except TimeoutError:
-                pass
-            if self._stopping:
-                return
-            await self._spawn(child)
+            while True:  # a spawn that fails (no file descriptors, no memory) is retried, never kills the keeper
+                try:
+                    await asyncio.wait_for(stop.wait(), delay)
+                    return
+                except TimeoutError:
+                    pass
+                if self._stopping:
+                    return
+                try:
+                    await self._spawn(child)
+                    break
+                except Exception as exc:
+                    delay = backoff.next()
+                    print(f"haulmesh: {child.name} could not be started ({type(exc).__name__}: {exc}); "
+                          f"retrying in {delay:.1f}s", file=sys.stderr, flush=True)
             child.restarts += 1
             started = loop.time()
+
+    @staticmethod
+    def _give_up(child: _Child, gave_up: asyncio.Future[_Child], reason: str) -> None:
+        child.gave_up_reason = reason
+        print(f"haulmesh: giving up on {child.name}: it {reason} (see {child.log_path})", file=sys.stderr, flush=True)
+        if not gave_up.done():
+            gave_up.set_result(child)
 
     def operator_credentials(self) -> grpc.ChannelCredentials:
         return client_credentials(CertificateFiles(TlsConfig(

@@ -1,9 +1,10 @@
 """Periodic loops (sweeps, lapses, liveness checks) that survive a failing tick and stop promptly.
 
 Every service has loops of the same shape: do a pass, sleep, again until the service stops. Written once here
-so that each one logs a failed pass and carries on with capped, jittered backoff (a store restarting must not
-end the process), tells the service whether it is making progress (its health turns NOT_SERVING while a loop
-fails, SERVING again after a good pass), and wakes at once when the service stops instead of finishing its sleep.
+so that each one logs a pass failed by a transient fault and carries on with capped, jittered backoff (a store
+restarting must not end the process; a programming error does, for its supervisor to restart it), tells the
+service whether it is making progress (its health turns NOT_SERVING while a loop fails, SERVING again after a
+good pass), and wakes at once when the service stops instead of finishing its sleep.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable
 
-from ._retry import Backoff, is_peer_fault
+from ._retry import Backoff, is_peer_fault, is_transient
 
 __all__ = ["Periodic", "poll_until"]
 
@@ -48,11 +49,12 @@ class Periodic:
     """Runs ``tick`` every ``interval_seconds`` until :meth:`stop`.
 
     ``tick`` may return the delay before its next pass (a loop that knows when its next work is due, like the
-    offer lapser); None means the interval. A pass that raises is logged and retried after a jittered backoff
-    whose ceiling doubles from ``interval_seconds`` up to ``max_backoff_seconds`` (the runtime's Backoff), and
-    resets after the next good pass. ``progress`` (the Service's health) hears ``(name, False)`` at the first
-    failed pass (unless a peer service failed it: see ``is_peer_fault``) and ``(name, True)`` at the next good
-    one.
+    offer lapser); None means the interval. A pass that raises a transient error (``is_transient``: the store or a
+    peer) is logged and retried after a jittered backoff whose ceiling doubles from ``interval_seconds`` up to
+    ``max_backoff_seconds`` (the runtime's Backoff), and resets after the next good pass. ``progress`` (the
+    Service's health) hears ``(name, False)`` at the first failed pass (unless a peer service failed it: see
+    ``is_peer_fault``) and ``(name, True)`` at the next good one. Any other error (a bug) is raised: it ends
+    :meth:`run`, and with it the process.
     """
 
     def __init__(self, name: str, tick: Tick, *, interval_seconds: float,
@@ -78,7 +80,12 @@ class Periodic:
                 backoff.reset()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # any failure of one pass: log it, back off, try again, never end the process
+            except Exception as exc:
+                if not is_transient(exc):
+                    # A bug in a pass fails every pass: logging it forever with the part NOT_SERVING forever helps
+                    # nobody. It ends the process (the Service's keeper re-raises it), which its supervisor restarts.
+                    raise
+                # A transient store or peer fault: log it, back off, try again.
                 if not stuck and self._progress is not None and not is_peer_fault(exc):
                     self._progress(self.name, False)
                     stuck = True

@@ -53,10 +53,16 @@ __all__ = ["Service", "run_service"]
 _log = logging.getLogger("haulmesh.server")
 StubT = TypeVar("StubT")
 
-#: A restarted companion that has run this long without failing again counts as making progress.
-COMPANION_RECOVERED_SECONDS = 1.0
+#: How long the keeper waits for the store to answer its check that a restarted companion which reports no
+#: progress of its own (a listener) has its store back; a hung store never answers, so the part stays stuck.
+COMPANION_STORE_CHECK_SECONDS = 2.0
 #: Backoff of a companion's restarts after transient failures: first ceiling, and cap (seconds).
 COMPANION_BACKOFF_START_SECONDS, COMPANION_BACKOFF_MAX_SECONDS = 0.2, 10.0
+#: Start-up's wait for the store: backoff between PINGs (first ceiling, cap), each PING's own timeout, and how often
+#: a store still unreachable is logged again. No deadline: a store outage is not a configuration error.
+STORE_WAIT_BACKOFF_START_SECONDS, STORE_WAIT_BACKOFF_MAX_SECONDS = 0.25, 5.0
+STORE_WAIT_PING_TIMEOUT_SECONDS = 5.0
+STORE_WAIT_LOG_EVERY_SECONDS = 30.0
 
 
 def _keepalive_options(config: ServiceConfig) -> list[tuple[str, int]]:
@@ -139,7 +145,10 @@ class Service:
         self.metrics = MetricsEndpoint(config.listen_host, metrics_port)
         self._stop_requested = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._companions: list[tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]] = []
+        #: (run, stop, part name, whether the companion reports its own progress) per companion.
+        self._companions: list[tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]], str, bool]] = []
+        #: Each kept companion's restart backoff, reset only by the companion's own progress signal.
+        self._backoffs: dict[str, Backoff] = {}
         self._companion_tasks: list[asyncio.Task[None]] = []
         #: Process exit status: non-zero when a companion task failed.
         self.exit_code = 0
@@ -184,28 +193,44 @@ class Service:
         add_to_server(servicer, self.server)
         self._services[descriptor.full_name] = descriptor
 
-    def add_companion(self, run: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]) -> None:
+    def add_companion(self, run: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]], *,
+                      reports_progress: bool = False) -> Callable[[], None]:
         """Something that runs beside the gRPC server (the gateway's HTTP listener, a consumer loop).
 
         ``run`` starts after the server. A transient failure in it (a store or peer fault) restarts it with
-        backoff; a store fault also turns health NOT_SERVING until it has recovered (SERVING again once it has
-        run :data:`COMPANION_RECOVERED_SECONDS` without failing); any other failure stops the process. ``stop`` is
-        awaited after health has turned NOT_SERVING and before the gRPC server stops.
+        backoff; a store fault also turns health NOT_SERVING until it has recovered; any other failure stops the
+        process. ``stop`` is awaited after health has turned NOT_SERVING and before the gRPC server stops.
+
+        Recovery is a real progress signal, never run time alone (a companion restarted on a hung store runs
+        without failing, and makes no progress): the returned ``made_progress()`` is to be called by the companion
+        after each successful unit of work (a pass that reached the store, an event handled); it clears the
+        part's stuck mark and resets its restart backoff. A companion that has no such unit (``reports_progress``
+        False, e.g. a listener) is cleared once the store answers a PING after its restart, and its backoff is
+        never reset by time.
         """
-        self._companions.append((run, stop))
+        part = f"{getattr(run, '__qualname__', 'companion')}#{len(self._companions)}"
+        self._companions.append((run, stop, part, reports_progress))
+        return lambda: self._made_progress(part)
+
+    def _made_progress(self, part: str) -> None:
+        backoff = self._backoffs.get(part)
+        if backoff is not None and backoff.failures:
+            backoff.reset()
+        if part in self._stuck:
+            self.part_progress(part, True)
 
     def add_consumer(self, group: str, handler: Handler, *, types: set[str] | None = None,
                      **options: Any) -> EventConsumer:
         """Consume every event stream in consumer ``group`` while the service runs (see EventConsumer)."""
         options.setdefault("progress", self.part_progress)  # a handler stuck on a store fault: NOT_SERVING
         consumer = EventConsumer(self.redis, group=group, handler=handler, types=types, **options)
-        self.add_companion(consumer.run, consumer.stop)
+        consumer.on_progress = self.add_companion(consumer.run, consumer.stop, reports_progress=True)
         return consumer
 
     def add_periodic(self, name: str, tick: Tick, *, interval_seconds: float,
                      max_backoff_seconds: float = 30.0) -> Periodic:
-        """Run ``tick`` every ``interval_seconds`` while the service runs (see Periodic); a failing pass is
-        logged and retried with backoff, never fatal."""
+        """Run ``tick`` every ``interval_seconds`` while the service runs (see Periodic); a pass failed by a
+        transient fault is logged and retried with backoff; a programming error ends the process (exit 1)."""
         loop = Periodic(name, tick, interval_seconds=interval_seconds, max_backoff_seconds=max_backoff_seconds,
                         progress=self.part_progress)
         self.add_companion(loop.run, loop.stop)
@@ -232,6 +257,10 @@ class Service:
 
     async def start(self) -> None:
         self._check_policy()
+        if self.config.test_faults_file is not None:
+            _log.warning("TEST MODE: the test fault injector is installed (HAULMESH_TEST_FAULTS_FILE=%s, "
+                         "HAULMESH_TEST_MODE=1): calls may be failed on purpose; never in production",
+                         self.config.test_faults_file)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [*self._services, health.SERVICE_NAME, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, self.server)
@@ -240,14 +269,17 @@ class Service:
                                                           reloading_server_credentials(self._files))
         except RuntimeError as exc:
             raise ConfigError(f"cannot listen on {self.config.listen_address}: {exc}", field="HAULMESH_PORT") from exc
-        # Before the store wait, so a process stuck waiting for its store can still be scraped and seen.
+        # Before the store wait, so a process stuck waiting for its store can still be scraped and seen: NOT_SERVING
+        # (the health servicer's own default is SERVING) until the store answers.
+        for name in ["", *self._services]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.metrics.start()
         await self._start_probe_listener()
-        await self._wait_for_store()
+        if not await self._wait_for_store():
+            return  # stopped while waiting: run() goes on to stop()
         await self.server.start()
-        for index, (run, _) in enumerate(self._companions):
-            part = f"{getattr(run, '__qualname__', 'companion')}#{index}"
-            task = asyncio.get_running_loop().create_task(self._keep(run, part))
+        for run, _, part, reports_progress in self._companions:
+            task = asyncio.get_running_loop().create_task(self._keep(run, part, reports_progress))
             task.add_done_callback(self._companion_done)
             self._companion_tasks.append(task)
         ready = health_pb2.HealthCheckResponse.NOT_SERVING if self._stuck else health_pb2.HealthCheckResponse.SERVING
@@ -269,18 +301,34 @@ class Service:
             raise ConfigError(f"cannot listen on {address}: {exc}", field="HAULMESH_HEALTH_PORT") from exc
         await self._probe_server.start()
 
-    async def _wait_for_store(self, timeout_seconds: float = 30.0) -> None:
+    async def _wait_for_store(self) -> bool:
+        """Wait, with capped jittered backoff and health NOT_SERVING, until the store answers a PING; True then,
+        False when the process is told to stop first. Never gives up: a store that is down or still starting is an
+        outage to wait out (a supervisor would otherwise give the whole mesh up on exit 2), not a configuration
+        error; only a refused login (a wrong password or user in REDIS_URL) is one."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_seconds
+        backoff = Backoff(STORE_WAIT_BACKOFF_START_SECONDS, STORE_WAIT_BACKOFF_MAX_SECONDS)
+        logged = loop.time()
         while True:
             try:
-                await self.redis.ping()
-                return
-            except redis.RedisError as exc:
-                if loop.time() >= deadline:
-                    raise ConfigError(f"store {redact_url(self._redis_url)} unreachable: {exc}",
-                                      field="REDIS_URL") from exc
-                await asyncio.sleep(0.25)
+                await asyncio.wait_for(self.redis.ping(), STORE_WAIT_PING_TIMEOUT_SECONDS)
+                if backoff.failures:
+                    _log.info("store %s reachable after %d attempts", redact_url(self._redis_url), backoff.failures)
+                return True
+            except redis.AuthenticationError as exc:
+                raise ConfigError(f"store {redact_url(self._redis_url)} refused the login: {exc}",
+                                  field="REDIS_URL") from exc
+            except (redis.RedisError, OSError, TimeoutError) as exc:
+                if not backoff.failures or loop.time() - logged >= STORE_WAIT_LOG_EVERY_SECONDS:
+                    logged = loop.time()
+                    _log.warning("store %s unreachable (%s); waiting for it, health NOT_SERVING",
+                                 redact_url(self._redis_url), exc or type(exc).__name__)
+                delay = backoff.next()
+            try:
+                await asyncio.wait_for(self._stop_requested.wait(), delay)
+                return False
+            except TimeoutError:
+                pass
 
     def part_progress(self, part: str, ok: bool) -> None:
         """Record whether ``part`` makes progress; health is SERVING only while every part does."""
@@ -298,27 +346,21 @@ class Service:
                 # The servicer's own set() is a coroutine; a done task is nothing to keep.
                 asyncio.get_running_loop().create_task(self.health.set(name, status))
 
-    async def _keep(self, run: Callable[[], Awaitable[None]], part: str) -> None:
+    async def _keep(self, run: Callable[[], Awaitable[None]], part: str, reports_progress: bool) -> None:
         """Run a companion; restart it after a transient failure (see :meth:`add_companion`)."""
-        loop = asyncio.get_running_loop()
-        backoff = Backoff(COMPANION_BACKOFF_START_SECONDS, COMPANION_BACKOFF_MAX_SECONDS)
-        recovered: asyncio.TimerHandle | None = None
+        backoff = self._backoffs[part] = Backoff(COMPANION_BACKOFF_START_SECONDS, COMPANION_BACKOFF_MAX_SECONDS)
+        check: asyncio.Task[None] | None = None
         while True:
-            started = loop.time()
-            if backoff.failures:
-                recovered = loop.call_later(COMPANION_RECOVERED_SECONDS, self.part_progress, part, True)
+            if backoff.failures and not reports_progress and part in self._stuck:
+                check = asyncio.get_running_loop().create_task(self._clear_when_store_answers(part))
             try:
                 await run()
                 return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if recovered is not None:
-                    recovered.cancel()
                 if self._stopping.is_set() or not is_transient(exc):
                     raise
-                if loop.time() - started >= COMPANION_RECOVERED_SECONDS:
-                    backoff.reset()  # it ran well for a while: this is a new fault, not the same one
                 if not is_peer_fault(exc):  # a peer's outage is the peer's health, not ours (see is_peer_fault)
                     self.part_progress(part, False)
                 delay = backoff.next()
@@ -328,6 +370,23 @@ class Service:
                     return
                 except TimeoutError:
                     pass
+            finally:
+                if check is not None:
+                    check.cancel()
+                    check = None
+
+    async def _clear_when_store_answers(self, part: str) -> None:
+        """The progress signal of a companion with none of its own: the store answers again (a hung one does not,
+        so the part stays stuck instead of flapping). Cancelled when the companion fails again."""
+        backoff = Backoff(COMPANION_BACKOFF_START_SECONDS, COMPANION_BACKOFF_MAX_SECONDS)
+        while True:
+            try:
+                await asyncio.wait_for(self.redis.ping(), COMPANION_STORE_CHECK_SECONDS)
+            except (redis.RedisError, OSError, TimeoutError):
+                await asyncio.sleep(backoff.next())
+                continue
+            self.part_progress(part, True)
+            return
 
     def _companion_done(self, task: asyncio.Task[None]) -> None:
         if self._stopping.is_set():
@@ -347,7 +406,7 @@ class Service:
         _log.info("shutting down: health NOT_SERVING, grace %.1fs", self.config.grace_period_seconds)
         if self.config.shutdown_drain_seconds:
             await asyncio.sleep(self.config.shutdown_drain_seconds)
-        await asyncio.gather(*(stop() for _, stop in self._companions), return_exceptions=True)
+        await asyncio.gather(*(stop() for _, stop, _, _ in self._companions), return_exceptions=True)
         await self.server.stop(self.config.grace_period_seconds)
         # Companions finish their current step before the store client closes under them.
         if self._companion_tasks:
@@ -407,9 +466,12 @@ def run_service(service_name: str, policy: Policy,
 
     try:
         code = asyncio.run(main())
-    except HaulmeshError as exc:
+    except ConfigError as exc:
         _log.error("%s cannot start: %s", service_name, exc)
-        raise SystemExit(2) from None
+        raise SystemExit(2) from None  # the supervisors give up on 2: it is kept for what a restart cannot fix
+    except HaulmeshError as exc:
+        _log.error("%s failed: %s", service_name, exc)
+        raise SystemExit(1) from None
     finally:
         shutdown_tracing()  # exports the spans still buffered
     raise SystemExit(code)

@@ -8,8 +8,9 @@ per process. Beyond one machine the same service scales by replicas (Kubernetes)
 runs one worker per pod.
 
 The parent only supervises: it starts the workers, forwards SIGTERM / SIGINT to them, restarts one that dies
-on its own (the runtime's capped, jittered backoff, so a worker that cannot start does not spin), and exits
-with the worst exit status once all have stopped. Written here rather than taken from a supervisor daemon
+on its own (the runtime's capped, jittered backoff, so a worker that cannot start does not spin; after
+MAX_SHORT_RUNS runs in a row that each died within _HEALTHY_RUN_SECONDS it gives up, exit 2), and exits with the
+worst exit status once all have stopped. Written here rather than taken from a supervisor daemon
 (supervisord, circus): those are separate programs with their own configuration, while this is the service's
 own entry point and has to stay one process tree for Kubernetes and `haulmesh run` alike.
 """
@@ -33,6 +34,9 @@ WORKER_INDEX_ENV = "HAULMESH_WORKER_INDEX"
 _BACKOFF_START_SECONDS, _BACKOFF_MAX_SECONDS = 0.5, 30.0
 #: A worker that ran this long before dying starts again without delay (it was not a start-up failure).
 _HEALTHY_RUN_SECONDS = 30.0
+#: Runs in a row shorter than _HEALTHY_RUN_SECONDS after which a worker is given up on like a configuration error
+#: (exit 2, and the service stops): one that dies at import every time would otherwise be restarted forever.
+MAX_SHORT_RUNS = 5
 
 
 async def _supervise(module: str, workers: int, grace_seconds: float) -> int:
@@ -53,6 +57,7 @@ async def _supervise(module: str, workers: int, grace_seconds: float) -> int:
     async def keep(index: int) -> None:
         nonlocal worst
         backoff = Backoff(_BACKOFF_START_SECONDS, _BACKOFF_MAX_SECONDS)
+        short_runs = 0
         while not stopping.is_set():
             children[index] = process = await spawn(index)
             started = loop.time()
@@ -69,6 +74,15 @@ async def _supervise(module: str, workers: int, grace_seconds: float) -> int:
                 return
             if loop.time() - started >= _HEALTHY_RUN_SECONDS:
                 backoff.reset()
+                short_runs = 0
+            else:
+                short_runs += 1
+                if short_runs >= MAX_SHORT_RUNS:
+                    _log.error("worker %d exited %d times in a row within %g s of starting (last status %d): it "
+                               "cannot start; stopping the service", index, short_runs, _HEALTHY_RUN_SECONDS, code)
+                    worst = 2  # like a configuration error: the supervisor above (haulmesh run) gives up too
+                    stopping.set()
+                    return
             delay = backoff.next()
             _log.error("worker %d (pid %d) exited with %d; restarting in %.1fs", index, process.pid, code, delay)
             try:

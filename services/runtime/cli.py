@@ -168,13 +168,13 @@ async def _run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    # A service that dies is restarted with backoff (as a kubelet would); only a configuration error, which
-    # every restart would repeat, stops the mesh.
+    # A service that dies is restarted with backoff (as a kubelet would); only a configuration error, or a service
+    # that dies within moments of every start (MAX_SHORT_RUNS in a row), which every restart would repeat, stops
+    # the mesh.
     child = await mesh.supervise(stop)
     code = 0
     if child is not None:
-        print(f"{child.name} exited with a configuration error; stopping the mesh (see {child.log_path})",
-              file=sys.stderr)
+        print(f"{child.name} {child.gave_up_reason}; stopping the mesh (see {child.log_path})", file=sys.stderr)
         code = 1
     print("stopping ...", flush=True)
     await mesh.stop()

@@ -145,6 +145,26 @@ async def test_failing_entry_goes_to_dead_letters_and_replays(client: redis.asyn
     assert await dead_letters(client, "webhooks") == []
 
 
+async def test_transient_failures_never_dead_letter_an_event(client: redis.asyncio.Redis) -> None:
+    """A peer down for longer than max_deliveries reclaims (UNAVAILABLE, connection refused) keeps the event pending,
+    not dead-lettered; it is handled once the peer is back. Only failures that are not transient count."""
+    [event_id] = await _emit(client, "acme", 1)
+    attempts: list[str] = []
+
+    async def handle(event):
+        attempts.append(event.id)
+        if len(attempts) <= 7:
+            raise ConnectionRefusedError(111, "billing down")  # transient: an OSError
+
+    consumer = EventConsumer(client, group="g-transient", handler=handle, claim_idle_ms=20, max_deliveries=3)
+    task = asyncio.create_task(consumer.run())
+    await wait_for(lambda: consumer.handled == 1, timeout_seconds=20)
+    await consumer.stop()
+    await task
+    assert attempts == [event_id] * 8  # retried past max_deliveries, then handled once
+    assert await dead_letters(client, "g-transient") == []
+
+
 async def test_an_entry_that_is_no_event_is_parked_and_the_consumer_goes_on(client: redis.asyncio.Redis) -> None:
     [before] = await _emit(client, "acme", 1)
     await client.xadd(event_stream_key("acme"), {"n": 1})  # a stray write: not an add_event entry

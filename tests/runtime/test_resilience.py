@@ -11,11 +11,11 @@ from pathlib import Path
 import grpc
 import pytest
 import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from haulmesh.tender.v1 import tender_service_pb2, tender_service_pb2_grpc
 from services.runtime import Periodic, Service, ServiceConfig, Unavailable, check_health, free_port
 from services.runtime._retry import Backoff, is_transient
-from services.runtime._server import COMPANION_RECOVERED_SECONDS
 from services.tender.server import POLICY
 from tests.conftest import make_pki, rich_error, wait_for
 
@@ -98,8 +98,46 @@ async def test_a_transient_companion_failure_turns_health_not_serving_then_servi
     await wait_for(lambda: attempts >= 3, timeout_seconds=20)  # retried, with backoff, not given up on
     healthy.set()
     await wait_for(lambda: _status_is(address, credentials, "SERVING"),
-                   timeout_seconds=COMPANION_RECOVERED_SECONDS + 15)
+                   timeout_seconds=20)
     assert not service._stop_requested.is_set() and service.exit_code == 0
+
+
+async def test_a_restarted_companion_is_recovered_only_by_progress_never_by_run_time(service) -> None:
+    """A consumer restarted on a hung store runs without failing and makes no progress: health stays NOT_SERVING
+    (no flapping) and its backoff is not reset, however long it runs; its first real pass makes it SERVING."""
+    service, p = service
+    hung, progressed, stopped = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    attempts = 0
+    ran_since = 0.0
+
+    async def consume() -> None:
+        nonlocal attempts, ran_since
+        attempts += 1
+        if attempts <= 2:
+            raise redis.TimeoutError("Timeout reading from socket")  # the store hangs
+        ran_since = asyncio.get_running_loop().time()
+        hung.set()
+        await progressed.wait()  # blocked on the hung store: running, making no progress
+        made_progress()
+        await stopped.wait()
+
+    async def stop() -> None:
+        stopped.set()
+
+    made_progress = service.add_companion(consume, stop, reports_progress=True)
+    await service.start()
+    credentials = p.credentials("operator", "ops")
+    address = f"127.0.0.1:{service.bound_port}"
+    await wait_for(hung.is_set, timeout_seconds=20)
+    loop = asyncio.get_running_loop()
+    # Well past the 1 s of run time that used to count as recovered: still NOT_SERVING, at every look.
+    while loop.time() - ran_since < 2.5:
+        assert await check_health(address, credentials) == "NOT_SERVING"
+        await asyncio.sleep(0.1)
+    assert service._backoffs[next(iter(service._backoffs))].failures == 2  # not reset by run time
+    progressed.set()
+    await wait_for(lambda: _status_is(address, credentials, "SERVING"), timeout_seconds=10)
+    assert service._backoffs[next(iter(service._backoffs))].failures == 0
 
 
 async def test_a_programming_error_in_a_companion_still_stops_the_process(service) -> None:
@@ -184,3 +222,94 @@ async def test_a_pass_failed_by_a_peer_leaves_health_alone() -> None:
     loop = Periodic("report", tick, interval_seconds=0.01, progress=lambda name, ok: heard.append((name, ok)))
     await asyncio.wait_for(loop.run(), 10)
     assert passes == 2 and heard == []
+
+
+async def _probe_status(port: int) -> str:
+    """The plain-text probe listener's health status (HAULMESH_HEALTH_PORT), or why it could not be asked."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+        except grpc.aio.AioRpcError as exc:
+            return exc.code().name
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+async def test_a_store_down_at_start_up_is_waited_out_not_a_config_error(tmp_path: Path, store_url: str,
+                                                                          fault_proxy) -> None:
+    """The store refusing connections at start-up: the process keeps waiting (no ConfigError, no exit 2 that
+    would make the supervisor give the mesh up), its probe says NOT_SERVING meanwhile, and it serves once the
+    store is back."""
+    upstream = store_url.split("@", 1)[1].split("/", 1)[0]
+    proxy = await fault_proxy(upstream)
+    proxy.reset(refuse_new=True)  # the store is down: every connection refused with an RST
+    p = make_pki(tmp_path / "ca")
+    probe = free_port()
+    config = ServiceConfig(service_name="tender", listen_host="127.0.0.1", port=free_port(),
+                           tls=_issue_server_cert(p, tmp_path / "server"), state_dir=tmp_path,
+                           redis_url=store_url.replace(upstream, proxy.address), grace_period_seconds=0.5,
+                           health_port=probe)
+    service = Service(config, POLICY)
+    service.add(tender_service_pb2_grpc.add_TenderServiceServicer_to_server, CountingTenders(),
+                tender_service_pb2.DESCRIPTOR.services_by_name["TenderService"])
+    starting = asyncio.get_running_loop().create_task(service.start())
+    try:
+        await wait_for(lambda: _status_is_probe(probe, "NOT_SERVING"), timeout_seconds=10)
+        assert not starting.done()
+        proxy.pass_through()  # the store is back
+        await asyncio.wait_for(starting, 30)  # no ConfigError
+        await wait_for(lambda: _status_is_probe(probe, "SERVING"), timeout_seconds=10)
+    finally:
+        if not starting.done():
+            service.request_stop()
+            await starting
+        await service.stop()
+
+
+async def test_a_process_told_to_stop_while_waiting_for_its_store_stops(tmp_path: Path, fault_proxy) -> None:
+    proxy = await fault_proxy(f"127.0.0.1:{free_port()}")  # nothing listens behind it
+    proxy.reset(refuse_new=True)
+    p = make_pki(tmp_path / "ca")
+    config = ServiceConfig(service_name="tender", listen_host="127.0.0.1", port=free_port(),
+                           tls=_issue_server_cert(p, tmp_path / "server"), state_dir=tmp_path,
+                           redis_url=f"redis://{proxy.address}", grace_period_seconds=0.5)
+    service = Service(config, POLICY)
+    service.add(tender_service_pb2_grpc.add_TenderServiceServicer_to_server, CountingTenders(),
+                tender_service_pb2.DESCRIPTOR.services_by_name["TenderService"])
+    running = asyncio.get_running_loop().create_task(service.run())
+    await wait_for(lambda: service.bound_port, timeout_seconds=10)  # bound: now waiting for its store
+    service.request_stop()
+    await asyncio.wait_for(running, 15)
+    assert service.exit_code == 0
+
+
+async def _status_is_probe(port: int, status: str) -> bool:
+    return await _probe_status(port) == status
+
+
+async def test_a_bug_in_a_periodic_pass_ends_the_loop_not_logged_forever() -> None:
+    heard: list[tuple[str, bool]] = []
+    passes = 0
+
+    async def tick() -> None:
+        nonlocal passes
+        passes += 1
+        if passes == 1:
+            raise redis.ConnectionError("store restarting")  # transient: backed off, retried
+        raise TypeError("a bug, not a fault")
+
+    loop = Periodic("sweep", tick, interval_seconds=0.01, progress=lambda name, ok: heard.append((name, ok)))
+    with pytest.raises(TypeError):
+        await asyncio.wait_for(loop.run(), 10)
+    assert passes == 2 and heard == [("sweep", False)]
+
+
+async def test_a_bug_in_a_periodic_pass_stops_the_service_for_its_supervisor_to_restart(service) -> None:
+    service, _ = service
+
+    async def tick() -> None:
+        raise KeyError("a bug in the sweep")
+
+    service.add_periodic("sweep", tick, interval_seconds=0.01)
+    await service.start()
+    await wait_for(service._stop_requested.is_set, timeout_seconds=10)
+    assert service.exit_code == 1  # not 2: the supervisor restarts it

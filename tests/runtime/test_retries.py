@@ -88,7 +88,8 @@ async def test_deadlines_everywhere_and_retries_under_half_the_tender_calls_fail
                                                                                     tmp_path: Path) -> None:
     faults, record = tmp_path / "faults.json", tmp_path / "calls.jsonl"
     _set_faults(faults, {"record": str(record)})
-    env = {"HAULMESH_TEST_FAULTS_FILE": str(faults), "HAULMESH_CALL_TIMEOUT_SECONDS": str(CALL_TIMEOUT_SECONDS)}
+    env = {"HAULMESH_TEST_FAULTS_FILE": str(faults), "HAULMESH_TEST_MODE": "1",
+           "HAULMESH_CALL_TIMEOUT_SECONDS": str(CALL_TIMEOUT_SECONDS)}
     async with running_mesh(mesh_pki, tmp_path / "mesh", env=env) as mesh:
         carrier = f"rt{uuid.uuid4().hex[:8]}"
         auth = {"Authorization": "Bearer " + mint(carrier=carrier, scopes="tender:create tender:read tender:respond "

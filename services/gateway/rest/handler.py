@@ -119,8 +119,11 @@ class RestGateway:
             return await open_download(self.channel(route.method.peer), route.method, message, metadata)
         if route.method.streaming:
             resume_from(message, request.headers.get("last-event-id"))
+            # The channel first: a slot is taken only when nothing but open_event_stream (which releases it on
+            # every path) stands between it and the stream.
+            channel = self.channel(route.method.peer)
             release = self.streams.acquire(principal.carrier)
-            return await open_event_stream(self.channel(route.method.peer), route.method, message, metadata, release)
+            return await open_event_stream(channel, route.method, message, metadata, release)
         response = await self._call_unary(route, message, metadata)
         if self.durable is not None and route.binding.verb != "GET":
             await self.durable()

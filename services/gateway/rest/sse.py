@@ -130,18 +130,21 @@ async def open_event_stream(channel: grpc.aio.Channel, method: HttpMethod, messa
     answers that as an ordinary error response. ``release`` (the stream's slot) is called once the stream
     ends, whichever way, or at once when it never starts.
     """
-    response_class = message_factory.GetMessageClass(method.method.output_type)
-    call = channel.unary_stream(method.grpc_path, request_serializer=lambda m: m.SerializeToString(),
-                                response_deserializer=response_class.FromString)(
-        message, metadata=metadata, timeout=MAX_STREAM_SECONDS + 30)
+    call = None
     try:
+        # Inside the try: a call that cannot even be created (a closed channel, bad metadata) releases the slot too.
+        response_class = message_factory.GetMessageClass(method.method.output_type)
+        call = channel.unary_stream(method.grpc_path, request_serializer=lambda m: m.SerializeToString(),
+                                    response_deserializer=response_class.FromString)(
+            message, metadata=metadata, timeout=MAX_STREAM_SECONDS + 30)
         # A refusal comes as a trailers-only answer: no headers, the status at once. Services send their
         # headers once the stream is open (or with the first message).
         await call.initial_metadata()
         if call.done():
             await call.read()  # raises the call's error (an OK end without any message is an empty stream)
     except BaseException:
-        call.cancel()
+        if call is not None:
+            call.cancel()
         release()
         raise
     events = _events(call, release)

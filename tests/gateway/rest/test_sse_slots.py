@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import grpc
 import pytest
+from google.protobuf import message_factory
 
 from services.gateway.config import GatewayConfig
+from services.gateway.rest.descriptors import load_api
 from services.gateway.rest.errors import error_response
-from services.gateway.rest.sse import StreamSlots
+from services.gateway.rest.sse import StreamSlots, open_event_stream
 from services.runtime import ConfigError
 from services.runtime.tokens import DEFAULT_AUDIENCE
 
@@ -40,3 +43,16 @@ def test_the_caps_come_from_the_environment() -> None:
     assert config.jwt_audience == DEFAULT_AUDIENCE
     with pytest.raises(ConfigError):
         GatewayConfig.from_env({**env, "HAULMESH_SSE_MAX_STREAMS_PER_CARRIER": "0"})
+
+
+async def test_a_stream_whose_call_cannot_be_created_gives_its_slot_back() -> None:
+    """The slot is released when creating the call raises (here a real closed channel), not leaked for good."""
+    method = next(m for m in load_api().methods if m.method.server_streaming and m.scope is not None)
+    request = message_factory.GetMessageClass(method.method.input_type)()
+    slots = StreamSlots(per_process=1, per_carrier=1)
+    channel = grpc.aio.insecure_channel("127.0.0.1:1")
+    await channel.close()
+    for _ in range(3):  # with a leak, the second try would be refused: the only slot gone
+        with pytest.raises(Exception, match="closed"):
+            await open_event_stream(channel, method, request, (), slots.acquire("acme"))
+        assert slots.total == 0
