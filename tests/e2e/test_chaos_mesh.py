@@ -394,6 +394,7 @@ async def input_bounds(mesh: Mesh, mesh_pki: Pki, *, seconds: float, many_tender
     retry_after = flooded["retry_after"]
     figure.update(
         oversized_grpc_code=grpc_code, flood_requests=len(flooded["statuses"]),
+        flood_transport_errors=flooded["statuses"].count(0),
         flood_429=flooded["statuses"].count(429), flood_200=flooded["statuses"].count(200),
         flood_span_seconds=round(flooded["span_seconds"], 2), flood_retry_after=retry_after,
         calm_429=sum(r.status_code == 429 for _, r in [*baseline, *beside]),
