@@ -219,6 +219,11 @@ class ServiceConfig:
     #: The most often a client may ping without the server sending data: the edge client pings every 10 s,
     #: so 5 s leaves it room for timer jitter; pings more frequent than this earn GOAWAY too_many_pings.
     keepalive_min_ping_interval_seconds: float = 5.0
+    #: How long an event may stay pending (read, not acknowledged) with a consumer of a group before another
+    #: consumer of the group claims it (HAULMESH_EVENTS_CLAIM_IDLE_SECONDS): the time in which the events a
+    #: killed consumer held are taken over. Not shorter than a handler may legitimately run, or a slow handler's
+    #: event is handled twice at once (the effects stay once: handlers are idempotent).
+    events_claim_idle_seconds: float = 30.0
 
     @classmethod
     def from_env(cls, service_name: str, env: Mapping[str, str] | None = None) -> ServiceConfig:
@@ -263,6 +268,7 @@ class ServiceConfig:
             keepalive_timeout_seconds=_float(env, "HAULMESH_KEEPALIVE_TIMEOUT_SECONDS", 10.0, minimum=0.01),
             keepalive_min_ping_interval_seconds=_float(env, "HAULMESH_KEEPALIVE_MIN_PING_INTERVAL_SECONDS", 5.0,
                                                        minimum=0.01),
+            events_claim_idle_seconds=_float(env, "HAULMESH_EVENTS_CLAIM_IDLE_SECONDS", 30.0, minimum=0.1),
         )
 
     @property

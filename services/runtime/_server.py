@@ -221,8 +221,11 @@ class Service:
 
     def add_consumer(self, group: str, handler: Handler, *, types: set[str] | None = None,
                      **options: Any) -> EventConsumer:
-        """Consume every event stream in consumer ``group`` while the service runs (see EventConsumer)."""
+        """Consume every event stream in consumer ``group`` while the service runs (see EventConsumer); entries a
+        dead consumer left pending are claimed after ``HAULMESH_EVENTS_CLAIM_IDLE_SECONDS`` unless ``options``
+        name a ``claim_idle_ms`` of the group's own."""
         options.setdefault("progress", self.part_progress)  # a handler stuck on a store fault: NOT_SERVING
+        options.setdefault("claim_idle_ms", round(self.config.events_claim_idle_seconds * 1000))
         consumer = EventConsumer(self.redis, group=group, handler=handler, types=types, **options)
         consumer.on_progress = self.add_companion(consumer.run, consumer.stop, reports_progress=True)
         return consumer

@@ -227,4 +227,4 @@ async def test_hundred_concurrent_rest_creates_with_one_idempotency_key(mesh: Me
     # request that got through answered with the very same tender.
     assert statuses <= {200, 429} and 200 in statuses
     assert len(bodies) == 1 and len(listed) == 1
-    assert other.status_code == 400 and "REQUEST_ID_REUSED" in other.text
+    assert other.status_code == 422 and "REQUEST_ID_REUSED" in other.text

@@ -30,6 +30,12 @@ def test_retries_and_replica_acks_are_read(tmp_path: Path) -> None:
     assert ServiceConfig.from_env("tender", {}).store_ack_replica_disk
 
 
+def test_event_claim_idle_time_is_read() -> None:
+    assert ServiceConfig.from_env("billing", {}).events_claim_idle_seconds == 30.0
+    assert ServiceConfig.from_env("billing", {"HAULMESH_EVENTS_CLAIM_IDLE_SECONDS": "2.5"}
+                                  ).events_claim_idle_seconds == 2.5
+
+
 @pytest.mark.parametrize("env,field", [
     ({"HAULMESH_PORT": "70000"}, "HAULMESH_PORT"),
     ({"HAULMESH_PORT": "abc"}, "HAULMESH_PORT"),
@@ -46,6 +52,7 @@ def test_retries_and_replica_acks_are_read(tmp_path: Path) -> None:
     ({"HAULMESH_STORE_ACK_REPLICAS": "-1"}, "HAULMESH_STORE_ACK_REPLICAS"),
     ({"HAULMESH_STORE_ACK_REPLICAS": "all"}, "HAULMESH_STORE_ACK_REPLICAS"),
     ({"HAULMESH_STORE_ACK_REPLICA_DISK": "yes"}, "HAULMESH_STORE_ACK_REPLICA_DISK"),
+    ({"HAULMESH_EVENTS_CLAIM_IDLE_SECONDS": "0"}, "HAULMESH_EVENTS_CLAIM_IDLE_SECONDS"),
 ])
 def test_bad_values_name_the_variable(env: dict[str, str], field: str) -> None:
     with pytest.raises(ConfigError) as caught:

@@ -101,7 +101,21 @@ def rpc_error_response(error: grpc.aio.AioRpcError | grpc.RpcError) -> JSONRespo
         info = error_details_pb2.ErrorInfo(reason=code.name, domain=ERROR_DOMAIN)
         status = status_pb2.Status(code=numeric, message=error.details() or code.name)
         status.details.add().Pack(info)
-    return _status_response(status, _retry_after(status))
+    return _status_response(status, _retry_after(status), _REASON_STATUS.get(_reason(status)))
+
+
+#: Reasons HTTP has a more precise status for than their gRPC code's: an ``Idempotency-Key`` reused with another
+#: body is 422, as the IETF Idempotency-Key header draft says (gRPC keeps INVALID_ARGUMENT / REQUEST_ID_REUSED).
+_REASON_STATUS = {"REQUEST_ID_REUSED": 422}
+
+
+def _reason(status: status_pb2.Status) -> str:
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason
+    return ""
 
 
 def _retry_after(status: status_pb2.Status) -> dict[str, str] | None:

@@ -71,7 +71,7 @@ async def test_idempotency_key_header_sets_request_id(http, token) -> None:
     assert first.status_code == again.status_code == 200, (first.text, again.text)
     assert first.json()["name"] == again.json()["name"]
     other = await create(http, credentials, {**payload, "weightLb": 1000}, **{"Idempotency-Key": key})
-    assert other.status_code == 400, other.text
+    assert other.status_code == 422, other.text  # the IETF Idempotency-Key draft's status for a reused key
     assert error_info(other.json())["reason"] == "REQUEST_ID_REUSED"
 
 
