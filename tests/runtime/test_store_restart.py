@@ -5,11 +5,6 @@ after; every frame acknowledged before, during or after the outage is stored, on
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
-import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -17,30 +12,12 @@ import grpc
 import pytest
 import redis.asyncio
 
-from services.runtime import EmbeddedStore, Mesh, connect_async
+from services.runtime import Mesh, connect_async
 from services.telemetry.store import TelemetryStore
 from tests.conftest import Pki, running_mesh, wait_for
+from tests.store_faults import ConnectionsRefused, kill_store, restart_store
 from tests.telemetry.helpers import Session, batch
 from tests.trucks import Truck
-
-
-def _restart_store(mesh: Mesh) -> int:
-    """Start the mesh's embedded Valkey again from its own config (same port, password, AOF directory) and
-    record its new pid where EmbeddedStore (and so the mesh's stop) finds it. Returns the pid."""
-    directory = mesh.state_dir / "store"
-    pidfile = directory / "valkey.pid"
-    pidfile.unlink(missing_ok=True)
-    subprocess.run([EmbeddedStore.executable(), str(directory / "valkey.conf")], check=True,
-                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   start_new_session=True, timeout=30)
-    record = json.loads((directory / "store.json").read_text())
-    for _ in range(600):
-        if pidfile.exists() and pidfile.read_text().strip():
-            record["pid"] = int(pidfile.read_text().strip())
-            (directory / "store.json").write_text(json.dumps(record))
-            return record["pid"]
-        time.sleep(0.05)
-    raise AssertionError("the restarted store wrote no pid file")
 
 
 class Truckline:
@@ -143,10 +120,10 @@ async def _through_a_fault(mesh: Mesh, mesh_pki: Pki, fault: Callable[[], Awaita
 
 async def test_store_killed_and_restarted_on_its_port(w2_mesh: Mesh, mesh_pki: Pki) -> None:
     async def kill() -> None:
-        os.kill(json.loads((w2_mesh.state_dir / "store" / "store.json").read_text())["pid"], signal.SIGKILL)
+        kill_store(w2_mesh)
 
     async def restart() -> None:
-        _restart_store(w2_mesh)
+        await asyncio.to_thread(restart_store, w2_mesh)
 
     await _through_a_fault(w2_mesh, mesh_pki, kill, restart)
 
@@ -154,19 +131,8 @@ async def test_store_killed_and_restarted_on_its_port(w2_mesh: Mesh, mesh_pki: P
 async def test_store_out_of_connections(w2_mesh: Mesh, mesh_pki: Pki) -> None:
     """Every connection of every service dropped while the store takes no new one (maxclients reached):
     every pool is exhausted and cannot refill until the store takes clients again."""
-    admin: redis.asyncio.Redis = redis.asyncio.Redis.from_url(w2_mesh.store.url, single_connection_client=True)
-    limit = (await admin.config_get("maxclients"))["maxclients"]
-
-    async def exhaust() -> None:
-        await admin.config_set("maxclients", 1)  # this admin connection is the one the store keeps
-        await admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
-        await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
-
-    async def heal() -> None:
-        await admin.config_set("maxclients", limit)
-
+    store = ConnectionsRefused(w2_mesh.store.url)
     try:
-        await _through_a_fault(w2_mesh, mesh_pki, exhaust, heal)
+        await _through_a_fault(w2_mesh, mesh_pki, store.exhaust, store.heal)
     finally:
-        await admin.config_set("maxclients", limit)
-        await admin.aclose()
+        await store.aclose()

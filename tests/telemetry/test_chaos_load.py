@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import random
-import signal
 import time
 import urllib.request
 import uuid
@@ -45,7 +42,7 @@ from services.telemetry.store import TelemetryStore
 from tests.conftest import Pki, running_mesh, wait_for
 from tests.faultproxy import FaultProxy
 from tests.gateway.rest.conftest import bearer
-from tests.runtime.test_store_restart import _restart_store as restart_store
+from tests.store_faults import ConnectionsRefused, kill_store, restart_store
 from tests.trucks import Truck
 
 from .helpers import TelemetryProcess, batch, dispatch_to
@@ -560,28 +557,17 @@ async def test_w2_full(mesh_pki: Pki, tmp_path_factory: pytest.TempPathFactory, 
     figures: dict[str, dict] = {}
     async with running_mesh(mesh_pki, tmp_path_factory.mktemp("w2-full")) as mesh:
         async def kill() -> None:
-            os.kill(json.loads((mesh.state_dir / "store" / "store.json").read_text())["pid"], signal.SIGKILL)
+            kill_store(mesh)
 
         async def restart() -> None:
             await asyncio.to_thread(restart_store, mesh)
 
         figures["restart"] = await _w2_through_a_fault(mesh, mesh_pki, kill, restart, rng=rng)
-        admin: redis.asyncio.Redis = redis.asyncio.Redis.from_url(mesh.store.url, single_connection_client=True)
-        limit = (await admin.config_get("maxclients"))["maxclients"]
-
-        async def exhaust() -> None:
-            await admin.config_set("maxclients", 1)  # this admin connection is the one the store keeps
-            await admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
-            await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
-
-        async def heal() -> None:
-            await admin.config_set("maxclients", limit)
-
+        store = ConnectionsRefused(mesh.store.url)
         try:
-            figures["pool_exhausted"] = await _w2_through_a_fault(mesh, mesh_pki, exhaust, heal, rng=rng)
+            figures["pool_exhausted"] = await _w2_through_a_fault(mesh, mesh_pki, store.exhaust, store.heal, rng=rng)
         finally:
-            await admin.config_set("maxclients", limit)
-            await admin.aclose()
+            await store.aclose()
     print(figures)
     chaos_record("W-2", **figures)
     for fault, figure in figures.items():
