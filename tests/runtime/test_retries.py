@@ -10,7 +10,10 @@ twice.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
+import random
 import time
 import uuid
 from collections import Counter
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import grpc
 import httpx
+import pytest
 import redis.asyncio
 
 from haulmesh.mission.v1 import mission_service_pb2, mission_service_pb2_grpc, vehicle_pb2
@@ -175,3 +179,174 @@ async def test_deadlines_everywhere_and_retries_under_half_the_tender_calls_fail
     assert len(names) == len(set(names))
     assert quotes == tenders
     assert len(names) + 1 <= tenders <= 1 + FAULTY_CREATES
+
+
+# ---- AT-11 full: 50 % UNAVAILABLE on the tender service under a concurrent TMS load ----------------------------
+
+#: AT-11 full's load: concurrent TMS clients, each creating tenders (three in four with an Idempotency-Key) and
+#: reading them back (GetTender, sometimes ListTenders) over REST, through a period of injected faults.
+TMS_CLIENTS = 6
+#: Seconds of load before the faults, under them (50 % of the tender service's calls UNAVAILABLE), and after.
+CALM_SECONDS, FAULT_SECONDS, RECOVERY_SECONDS = 3.0, 15.0, 5.0
+MAX_ATTEMPTS = 3
+
+
+@dataclasses.dataclass
+class RestCall:
+    """One REST call of the load: what it was, its answer, and how long it took."""
+
+    kind: str  # "create", "get" or "list"
+    status: int
+    seconds: float
+    key: str | None = None
+    payload: dict | None = None
+    name: str | None = None
+
+
+async def _tms_load(http: httpx.AsyncClient, auth: dict[str, str], rng: random.Random,
+                    seconds: float) -> list[RestCall]:
+    """TMS_CLIENTS clients in a loop for ``seconds``: create, then read it back; returns every call."""
+    calls: list[RestCall] = []
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+
+    async def timed(kind: str, request) -> tuple[httpx.Response, RestCall]:
+        started = time.monotonic()
+        reply = await request
+        call = RestCall(kind, reply.status_code, time.monotonic() - started)
+        calls.append(call)
+        return reply, call
+
+    async def client(seed: int) -> None:
+        own = random.Random(seed)  # the load's mix, seeded
+        while loop.time() < end:
+            payload, key = seed_tender(), (str(uuid.uuid4()) if own.random() < 0.75 else None)
+            reply, call = await timed("create", http.post(
+                "/api/v1/tenders", json=payload, headers={**auth, **({"Idempotency-Key": key} if key else {})}))
+            call.key, call.payload = key, payload
+            if reply.status_code != 200:
+                continue
+            call.name = reply.json()["name"]
+            await timed("get", http.get(f"/api/v1/{call.name}", headers=auth))
+            if own.random() < 0.2:
+                await timed("list", http.get("/api/v1/tenders", params={"pageSize": 10}, headers=auth))
+
+    await asyncio.gather(*(client(rng.randrange(2**32)) for _ in range(TMS_CLIENTS)))
+    return calls
+
+
+async def _tenders_by_load(store: redis.asyncio.Redis, carrier: str) -> Counter[str]:
+    """How many tenders the store holds per TMS load id (each create of the load has its own)."""
+    from haulmesh.tender.v1 import tender_pb2
+
+    loads: Counter[str] = Counter()
+    async for key in store.scan_iter(match=f"tender:{{{carrier}}}:*", count=1000):
+        if await store.type(key) == b"string":
+            loads[tender_pb2.Tender.FromString(await store.get(key)).tms_load_id] += 1
+    return loads
+
+
+async def at11(mesh_pki: Pki, tmp_path: Path, seed: int) -> dict:
+    """The whole AT-11 full run; returns its figures."""
+    rng = random.Random(seed)
+    faults, record = tmp_path / "faults.json", tmp_path / "calls.jsonl"
+    _set_faults(faults, {"record": str(record)})
+    env = {"HAULMESH_TEST_FAULTS_FILE": str(faults), "HAULMESH_TEST_MODE": "1", "HAULMESH_RATE_LIMIT": "off",
+           "HAULMESH_CALL_TIMEOUT_SECONDS": str(CALL_TIMEOUT_SECONDS), "HAULMESH_CALL_MAX_ATTEMPTS": str(MAX_ATTEMPTS)}
+    async with running_mesh(mesh_pki, tmp_path / "mesh", env=env) as mesh:
+        carrier = f"rt{uuid.uuid4().hex[:8]}"
+        auth = {"Authorization": "Bearer " + mint(carrier=carrier, scopes="tender:create tender:read",
+                                                  state_dir=mesh.state_dir)}
+        await _register_vehicle(mesh, mesh_pki)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{mesh.http_port}", timeout=30,
+                                     limits=httpx.Limits(max_connections=TMS_CLIENTS)) as http:
+            calm = await _tms_load(http, auth, rng, CALM_SECONDS)
+            calm_lines = len(_calls(record))
+            # The period: half the tender service's calls fail (half of those after the handler ran). The load
+            # stops at its end, so every call of the period is in its part of the record.
+            _set_faults(faults, {"record": str(record), "fail_prefix": TENDER, "fail_ratio": 0.5, "seed": seed})
+            faulty = await _tms_load(http, auth, rng, FAULT_SECONDS)
+            _set_faults(faults, {"record": str(record)})
+            fault_lines = len(_calls(record))
+            recovery = await _tms_load(http, auth, rng, RECOVERY_SECONDS)
+            # The TMS retries what failed with its Idempotency-Key, once the tender service is well again.
+            retried = []
+            for call in faulty:
+                if call.kind == "create" and call.key and call.status != 200:
+                    again = await http.post("/api/v1/tenders", json=call.payload,
+                                            headers={**auth, "Idempotency-Key": call.key})
+                    retried.append(again.status_code)
+                    if again.status_code == 200:
+                        call.name = again.json()["name"]
+        store = redis.asyncio.Redis.from_url(mesh.store.url)
+        try:
+            loads = await _tenders_by_load(store, carrier)
+            quotes = await _count(store, f"quote:{{{carrier}}}:*")
+        finally:
+            await store.aclose()
+
+    lines = _calls(record)
+    during = [c for c in lines[calm_lines:fault_lines] if c["method"].startswith(TENDER)]
+    creates = [c for c in during if c["method"] == TENDER + "CreateTender"]
+    attempts = Counter(c["request_id"] for c in creates)
+    last_injected = {c["request_id"]: c["injected"] for c in creates}
+    # Throttled: create calls that failed on a retryable UNAVAILABLE with attempts left (their deadline too: a
+    # call takes < 1.2 s of backoff at most), which gRPC did not send again: its retry token bucket was below half.
+    throttled = sum(1 for request_id, n in attempts.items() if n < MAX_ATTEMPTS and last_injected[request_id])
+    # Every create the TMS made, and what it must have left behind: a keyed one exactly one tender (its retry
+    # after the period included), an unkeyed one that answered 200 exactly one, an unkeyed failure at most one.
+    all_creates = [c for c in calm + faulty + recovery if c.kind == "create"]
+    sure = [c for c in all_creates if c.key or c.status == 200]
+    maybe = [c for c in all_creates if not c.key and c.status != 200]
+    figures = {
+        "seed": seed, "tms_clients": TMS_CLIENTS, "fault_seconds": FAULT_SECONDS,
+        "rest_calls": {"calm": len(calm), "faulty": len(faulty), "recovery": len(recovery)},
+        "faulty_rest_status": dict(Counter(str(c.status) for c in faulty)),
+        "recovery_rest_status": dict(Counter(str(c.status) for c in recovery)),
+        "tms_retries_after_period_status": dict(Counter(str(s) for s in retried)),
+        "tender_calls_in_period": len(during),
+        "tender_calls_injected": dict(Counter(c["injected"] or "none" for c in during)),
+        "create_attempts_histogram": {str(n): count for n, count in sorted(Counter(attempts.values()).items())},
+        "create_retries": sum(n - 1 for n in attempts.values()),
+        "throttled_creates": throttled,
+        "max_attempts": MAX_ATTEMPTS,
+        "calls_without_deadline": sum(1 for c in lines if not c["deadline"]),
+        "calls_between_services": len(lines),
+        "slowest_rest_call_seconds": round(max(c.seconds for c in calm + faulty + recovery), 3),
+        "tenders": sum(loads.values()), "quotes": quotes,
+        "duplicate_tenders": sum(n - 1 for n in loads.values() if n > 1),
+        "creates_sure": len(sure), "creates_unkeyed_failed": len(maybe),
+        "missing_tenders": sum(1 for c in sure if loads[c.payload["tenderId"]] == 0),
+    }
+    print(figures)
+    return figures
+
+
+def check_at11(figures: dict) -> None:
+    successes = figures["tender_calls_injected"].get("none", 0)
+    assert figures["calls_without_deadline"] == 0, figures
+    assert max(int(n) for n in figures["create_attempts_histogram"]) <= MAX_ATTEMPTS, figures
+    assert figures["create_retries"] >= 1, figures
+    # gRPC's bucket: a retry only while more than half of RETRY_MAX_TOKENS are left; each failure takes one and
+    # each success gives RETRY_TOKEN_RATIO back, so retries are bounded by the successes, not the failures.
+    assert figures["create_retries"] <= RETRY_MAX_TOKENS / 2 + RETRY_TOKEN_RATIO * successes + 2, figures
+    assert figures["throttled_creates"] >= 1, figures
+    assert figures["slowest_rest_call_seconds"] < CALL_TIMEOUT_SECONDS + 2, figures
+    # Recovered: every call after the period answered 200, and so did every keyed retry of a failed create.
+    assert set(figures["recovery_rest_status"]) == {"200"}, figures
+    assert set(figures["tms_retries_after_period_status"]) <= {"200"}, figures
+    # 0 duplicate side effects: one tender per load at most, each created load there, one quote per tender.
+    assert figures["duplicate_tenders"] == 0 and figures["missing_tenders"] == 0, figures
+    assert figures["creates_sure"] <= figures["tenders"] <= figures["creates_sure"] + figures[
+        "creates_unkeyed_failed"], figures
+    assert figures["quotes"] == figures["tenders"], figures
+
+
+@pytest.mark.chaos
+@pytest.mark.chaos_id("AT-11")
+async def test_at11_full(mesh_pki: Pki, tmp_path: Path, chaos_seed: int, chaos_record) -> None:
+    """A concurrent TMS load through the REST gateway to the tender service, 15 s of it under 50 % injected
+    UNAVAILABLE (seeded), then 5 s without."""
+    figures = await at11(mesh_pki, tmp_path, chaos_seed)
+    chaos_record("AT-11", **figures)
+    check_at11(figures)
