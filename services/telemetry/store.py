@@ -779,6 +779,16 @@ class TelemetryStore:
         raw = await self._redis.hmget(_k(vehicle_id, "mission"), ["carrier", "mission"])
         return (raw[0].decode(), raw[1]) if raw[0] and raw[1] else None
 
+    async def missions(self, vehicle_ids: list[str]) -> list[tuple[str, bytes] | None]:
+        """:meth:`mission` of each vehicle, in order: one pipelined round trip per ``_PIPELINE_CHUNK`` vehicles."""
+        found: list[tuple[str, bytes] | None] = []
+        for start in range(0, len(vehicle_ids), _PIPELINE_CHUNK):
+            pipe = self._redis.pipeline(transaction=False)
+            for vehicle_id in vehicle_ids[start:start + _PIPELINE_CHUNK]:
+                pipe.hmget(_k(vehicle_id, "mission"), ["carrier", "mission"])
+            found.extend((raw[0].decode(), raw[1]) if raw[0] and raw[1] else None for raw in await pipe.execute())
+        return found
+
     async def mark_lost(self, vehicle_id: str, marker: bytes) -> bool:
         """Record that the vehicle was reported lost; False if it already was (by this or another replica),
         so each outage is announced once across replicas."""

@@ -270,6 +270,8 @@ async def slow_store_under_trucks(mesh_pki: Pki, store_url: str, store_client: r
                 recovery = recovered_at(samples, healed, threshold)
                 assert process.process is not None and process.process.returncode is None, "telemetry died"
                 inflight_peak = await asyncio.to_thread(gauge, metrics_port, "haulmesh_telemetry_inflight_frames_peak")
+                tracking_peak = await asyncio.to_thread(gauge, metrics_port,
+                                                        "haulmesh_telemetry_tracking_backlog_frames_peak")
                 alive = process.process.returncode is None
             finally:
                 for task in tasks:
@@ -288,6 +290,7 @@ async def slow_store_under_trucks(mesh_pki: Pki, store_url: str, store_client: r
         "rss_base_mib": round(base_mib, 1), "rss_peak_mib": round(peak, 1),
         "rss_model_mib": round(base_mib + trucks * PER_STREAM_MIB + INFLIGHT_MIB, 1),
         "rss_process_bound_mib": PROCESS_BOUND_MIB, "alive": alive, "inflight_frames_peak": inflight_peak,
+        "tracking_backlog_peak": tracking_peak,
         "ack_p99_baseline_s": round(baseline, 3), "ack_p99_during_s": round(during, 3),
         "ack_p99_threshold_s": round(threshold, 3),
         "recovery_seconds": round(recovery - healed, 1) if recovery is not None else None,
