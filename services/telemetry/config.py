@@ -124,7 +124,7 @@ class TelemetryConfig:
     max_inflight_frames_per_process: int = 50_000
     #: Stored frames waiting for mission tracking (derived events: geofences, ETAs, liveness), which runs after
     #: the ack: while this many wait, no stream is read (docs/capacity.md, "Memory bound per telemetry process").
-    max_tracking_frames: int = 20_000
+    max_tracking_frames: int = 10_000
     #: Responses (acks, rejects, commands) queued for one stream and not yet taken by gRPC: a truck that does not
     #: read them (ignores its acks) stops being read once this many wait.
     max_outbound_messages_per_stream: int = 64

@@ -69,7 +69,7 @@ MISSION_EVENT_TYPES = frozenset({DISPATCHED, STATE_CHANGED})
 _ENDED = {mission_pb2.Mission.STATE_COMPLETED, mission_pb2.Mission.STATE_CANCELLED, mission_pb2.Mission.STATE_ABORTED}
 _MISSION_CACHE_SECONDS = 5.0
 #: Frames waiting to be derived at which the streams stop reading (TelemetryConfig.max_tracking_frames).
-DEFAULT_MAX_BACKLOG_FRAMES = 20_000
+DEFAULT_MAX_BACKLOG_FRAMES = 10_000
 _SOURCE = "telemetry"
 _KIND = frame_pb2.FramePayload
 
