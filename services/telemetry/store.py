@@ -794,6 +794,17 @@ class TelemetryStore:
         so each outage is announced once across replicas."""
         return bool(await self._redis.set(_k(vehicle_id, "lost"), marker, nx=True, ex=_LOST_TTL_SECONDS))
 
+    async def lost_of(self, vehicle_ids: list[str]) -> list[bool]:
+        """Whether each vehicle has a lost marker (read only: :meth:`take_lost` takes it), in order; one pipelined
+        round trip per ``_PIPELINE_CHUNK`` vehicles."""
+        found: list[bool] = []
+        for start in range(0, len(vehicle_ids), _PIPELINE_CHUNK):
+            pipe = self._redis.pipeline(transaction=False)
+            for vehicle_id in vehicle_ids[start:start + _PIPELINE_CHUNK]:
+                pipe.exists(_k(vehicle_id, "lost"))
+            found.extend(bool(n) for n in await pipe.execute())
+        return found
+
     async def take_lost(self, vehicle_id: str) -> bytes | None:
         """Remove and return the lost marker: whoever takes it announces the restoration, exactly once."""
         return await self._redis.getdel(_k(vehicle_id, "lost"))

@@ -256,17 +256,24 @@ class MissionTracking:
             if not self._queue:
                 self._queued.clear()
                 await self._queued.wait()
-            # A round: everything queued so far, the stale missions among them read at once.
+            # A round: everything queued so far, the stale missions among them read at once, and which of the
+            # vehicles to look at for a restoration hold a lost marker (hundreds of trucks reconnecting at once
+            # after a store fault must not cost a round trip each: the backlog's bound would pause every stream).
             round_ = list(self._queue)
             self._queue.clear()
+            marked: set[str] | None = None
             try:
                 await self._refresh({vehicle_id for vehicle_id, frames, _ in round_ if frames})
+                looked_at = list(dict.fromkeys(vehicle_id for vehicle_id, frames, _ in round_ if not frames))
+                marked = {v for v, lost in zip(looked_at, await self._store.lost_of(looked_at), strict=True) if lost}
             except asyncio.CancelledError:
                 raise
-            except Exception:  # each vehicle's own read below tries again
+            except Exception:  # each vehicle's own reads below try again
                 _log.warning("reading the missions of %d vehicles failed", len(round_), exc_info=True)
             for vehicle_id, frames, vehicle_last in round_:
                 try:
+                    if not frames and marked is not None and vehicle_id not in marked:
+                        continue  # no lost marker (read this round): nothing to restore
                     await self._derive(vehicle_id, frames, vehicle_last)
                 except asyncio.CancelledError:
                     raise

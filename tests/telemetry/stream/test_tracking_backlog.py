@@ -10,6 +10,7 @@ vehicles in one pipelined round trip, and the streams stop reading while the bac
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from urllib.parse import urlsplit
 
@@ -57,6 +58,36 @@ async def test_a_round_of_many_vehicles_costs_one_store_round_trip_not_one_per_v
         await wait_for(lambda: tracking.backlog_frames == 0, timeout_seconds=30, interval_seconds=0.05)
         drained = time.monotonic() - started
         assert drained < 10 * 2 * LATENCY_SECONDS, drained  # a few round trips (loaded 2-core box), not 200
+    finally:
+        proxy.delay(0)
+        await tracking.close()
+        await client.aclose()
+
+
+async def test_hundreds_of_reconnects_cost_one_round_trip_and_the_lost_one_is_restored(store_url: str,
+                                                                                         fault_proxy) -> None:
+    """200 trucks say Hello at once (after a store fault, say) behind a store 0.5 s away: whether each was
+    reported lost is read for all of them at once, and the one that was (the last) is announced restored within
+    a few round trips, not after 199 GETDELs one after another (100 s, the streams paused meanwhile)."""
+    proxy = await fault_proxy(urlsplit(store_url).netloc.rpartition("@")[2])
+    client = connect_async(via_proxy(store_url, proxy.address))
+    store = TelemetryStore(client)
+    tracking = MissionTracking(store, liveness_timeout_seconds=3600)
+    vehicles = [f"TRK-{new_id()}-{index}" for index in range(VEHICLES)]
+    carrier = f"carrier-{new_id()}"
+    try:
+        marker = json.dumps({"carrier": carrier, "mission": f"missions/{new_id()}", "last_seen_ms": 1,
+                             "last_sequence": 0}).encode()
+        assert await store.mark_lost(vehicles[-1], marker)
+        proxy.delay(LATENCY_SECONDS)
+        started = time.monotonic()
+        for vehicle_id in vehicles:
+            tracking.connected(vehicle_id, 0)
+        await wait_for(lambda: tracking.published == 1, timeout_seconds=30, interval_seconds=0.05)
+        restored = time.monotonic() - started
+        assert restored < 10 * 2 * LATENCY_SECONDS, restored
+        proxy.delay(0)
+        assert await store.take_lost(vehicles[-1]) is None  # taken by the restoration, once
     finally:
         proxy.delay(0)
         await tracking.close()
