@@ -70,6 +70,8 @@ _ENDED = {mission_pb2.Mission.STATE_COMPLETED, mission_pb2.Mission.STATE_CANCELL
 _MISSION_CACHE_SECONDS = 5.0
 #: Frames waiting to be derived at which the streams stop reading (TelemetryConfig.max_tracking_frames).
 DEFAULT_MAX_BACKLOG_FRAMES = 10_000
+#: Events per publish transaction of a round (a replayed backlog can derive thousands at once).
+_PUBLISH_CHUNK = 500
 _SOURCE = "telemetry"
 _KIND = frame_pb2.FramePayload
 
@@ -270,11 +272,14 @@ class MissionTracking:
                 raise
             except Exception:  # each vehicle's own reads below try again
                 _log.warning("reading the missions of %d vehicles failed", len(round_), exc_info=True)
+            # The round's events, in order, published once per carrier at its end (one transaction each, not
+            # one round trip per commit of a truck on a mission).
+            out: list[tuple[str, list[event_pb2.Event]]] = []
             for vehicle_id, frames, vehicle_last in round_:
                 try:
                     if not frames and marked is not None and vehicle_id not in marked:
                         continue  # no lost marker (read this round): nothing to restore
-                    await self._derive(vehicle_id, frames, vehicle_last)
+                    await self._derive(vehicle_id, frames, vehicle_last, out)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
@@ -282,10 +287,27 @@ class MissionTracking:
                     _log.exception("deriving events of %s failed", vehicle_id)
                 finally:
                     self._count(-len(frames))
+            await self._publish_round(out)
 
-    async def _derive(self, vehicle_id: str, frames: list[Verified], vehicle_last: int | None) -> None:
+    async def _publish_round(self, out: list[tuple[str, list[event_pb2.Event]]]) -> None:
+        by_carrier: dict[str, list[event_pb2.Event]] = {}
+        for carrier_id, events in out:  # each carrier's events keep their order; carriers' streams are apart
+            by_carrier.setdefault(carrier_id, []).extend(events)
+        for carrier_id, events in by_carrier.items():
+            for start in range(0, len(events), _PUBLISH_CHUNK):
+                try:
+                    await self._publish(carrier_id, events[start:start + _PUBLISH_CHUNK])
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    _log.exception("publishing %d derived events of carrier %s failed", len(events), carrier_id)
+                    break
+
+    async def _derive(self, vehicle_id: str, frames: list[Verified], vehicle_last: int | None,
+                      out: list[tuple[str, list[event_pb2.Event]]]) -> None:
+        """Derive the events of one commit's frames (or, without frames, a restoration) into ``out``."""
         if not frames:
-            await self._maybe_restored(vehicle_id, vehicle_last)
+            await self._maybe_restored(vehicle_id, vehicle_last, out)
             return
         current = await self._current(vehicle_id)
         if current.tracker is None or current.mission is None:
@@ -306,7 +328,7 @@ class MissionTracking:
                                      carrier_id=current.carrier_id))
             events.extend(self._frame_events(vehicle_id, verified, mission_name, current.carrier_id))
         if events:
-            await self._publish(current.carrier_id, events)
+            out.append((current.carrier_id, events))
 
     @staticmethod
     def _frame_events(vehicle_id: str, verified: Verified, mission: str, carrier_id: str) -> list[event_pb2.Event]:
@@ -411,7 +433,8 @@ class MissionTracking:
         _log.info("vehicle %s lost (last heard %s)", vehicle_id, lost.last_seen_time.isoformat())
         return 1
 
-    async def _maybe_restored(self, vehicle_id: str, vehicle_last: int | None) -> None:
+    async def _maybe_restored(self, vehicle_id: str, vehicle_last: int | None,
+                              out: list[tuple[str, list[event_pb2.Event]]]) -> None:
         raw = await self._store.take_lost(vehicle_id)
         if raw is None:
             return
@@ -424,8 +447,8 @@ class MissionTracking:
                                         high_water_sequence=high_water,
                                         vehicle_last_sequence=high_water if vehicle_last is None else vehicle_last)
         event_type, message = to_event_payload(restored)
-        await self._publish(marker["carrier"], [_event(_field_of(event_type), message, subject=marker["mission"],
-                                                       carrier_id=marker["carrier"])])
+        out.append((marker["carrier"], [_event(_field_of(event_type), message, subject=marker["mission"],
+                                               carrier_id=marker["carrier"])]))
         _log.info("vehicle %s restored after %.1f s", vehicle_id, restored.outage.total_seconds())
 
     async def close(self) -> None:

@@ -16,8 +16,9 @@ from urllib.parse import urlsplit
 
 import redis.asyncio
 
+from haulmesh.mission.v1 import mission_pb2
 from haulmesh.telemetry.v1 import frame_pb2, stream_pb2
-from services.runtime import connect_async, new_id
+from services.runtime import connect_async, event_stream_key, new_id
 from services.telemetry.config import TelemetryConfig
 from services.telemetry.domain import Verified, vehicle_key
 from services.telemetry.store import TelemetryStore
@@ -88,6 +89,39 @@ async def test_hundreds_of_reconnects_cost_one_round_trip_and_the_lost_one_is_re
         assert restored < 10 * 2 * LATENCY_SECONDS, restored
         proxy.delay(0)
         assert await store.take_lost(vehicles[-1]) is None  # taken by the restoration, once
+    finally:
+        proxy.delay(0)
+        await tracking.close()
+        await client.aclose()
+
+
+async def test_a_rounds_events_go_out_in_one_transaction_per_carrier(store_url: str, store_client: redis.asyncio.Redis,
+                                                                     fault_proxy) -> None:
+    """100 trucks on missions of one carrier each send a HEALTH frame (one event each) behind a store 0.5 s away:
+    published, in order per truck, within a few round trips, not one transaction per truck after another."""
+    proxy = await fault_proxy(urlsplit(store_url).netloc.rpartition("@")[2])
+    client = connect_async(via_proxy(store_url, proxy.address))
+    store = TelemetryStore(client)
+    tracking = MissionTracking(store, liveness_timeout_seconds=3600)
+    carrier = f"carrier-{new_id()}"
+    vehicles = [f"TRK-{new_id()}-{index}" for index in range(100)]
+    try:
+        for vehicle_id in vehicles:
+            mission = mission_pb2.Mission(name=f"missions/{new_id()}", vehicle=f"vehicles/{vehicle_id}",
+                                          state=mission_pb2.Mission.STATE_ENROUTE)
+            await store.set_mission(vehicle_id, carrier, mission.name, 1, mission.SerializeToString())
+        proxy.delay(LATENCY_SECONDS)
+        started = time.monotonic()
+        for vehicle_id in vehicles:
+            frame = _stored_frame(vehicle_id, 1)
+            frame.payload.kind = frame_pb2.FramePayload.KIND_HEALTH
+            tracking.frames_stored(vehicle_id, [frame])
+        await wait_for(lambda: tracking.published == len(vehicles), timeout_seconds=60, interval_seconds=0.05)
+        published = time.monotonic() - started
+        assert published < 10 * 2 * LATENCY_SECONDS, published
+        proxy.delay(0)
+        events = await store_client.xrange(event_stream_key(carrier))
+        assert len(events) == len(vehicles)
     finally:
         proxy.delay(0)
         await tracking.close()
