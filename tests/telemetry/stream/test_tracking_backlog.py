@@ -14,11 +14,12 @@ import json
 import time
 from urllib.parse import urlsplit
 
+import pytest
 import redis.asyncio
 
 from haulmesh.mission.v1 import mission_pb2
 from haulmesh.telemetry.v1 import frame_pb2, stream_pb2
-from services.runtime import connect_async, event_stream_key, new_id
+from services.runtime import ResourceExhausted, connect_async, event_stream_key, new_id
 from services.telemetry.config import TelemetryConfig
 from services.telemetry.domain import Verified, vehicle_key
 from services.telemetry.store import TelemetryStore
@@ -200,3 +201,21 @@ async def test_streams_stop_reading_while_the_tracking_backlog_is_at_its_bound(
         await streams.shutdown()
         await tracking.close()
 
+
+
+async def test_ingest_is_refused_while_the_tracking_backlog_is_full(store_client: redis.asyncio.Redis) -> None:
+    """IngestTelemetry does not queue behind a full backlog either: TELEMETRY_BUSY with a retry hint (the gateway
+    answers 429 with Retry-After), as at the bound of frames in flight."""
+    config = TelemetryConfig(max_tracking_frames=1)
+    store = TelemetryStore(store_client, config)
+    tracking = MissionTracking(store, liveness_timeout_seconds=3600, max_backlog_frames=1)
+    tracking.frames_stored(f"TRK-{new_id()}", [_stored_frame("v", 1)])  # the worker has not run yet: full
+    streams = Streams(store, config, tracking)
+    try:
+        assert tracking.full()
+        with pytest.raises(ResourceExhausted) as refused:
+            await streams.ingest(f"TRK-{new_id()}", 1, b"payload", b"signature", "key", None)  # type: ignore[arg-type]
+        assert refused.value.reason == "TELEMETRY_BUSY"
+    finally:
+        await streams.shutdown()
+        await tracking.close()
