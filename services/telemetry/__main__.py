@@ -51,7 +51,8 @@ def register(service: Service) -> None:
 
     fleet = FleetReporter(mission_stub, flush_seconds=config.fleet_flush_seconds)
     tracking = MissionTracking(store, liveness_timeout_seconds=config.effective_liveness_timeout_seconds,
-                               settings=DerivedSettings.for_lanes(config.lanes), fleet=fleet)
+                               settings=DerivedSettings.for_lanes(config.lanes), fleet=fleet,
+                               max_backlog_frames=config.max_tracking_frames)
     streams = Streams(store, config, tracking)
 
     servicer = TelemetryServicer(store, config, mission=mission_stub, streams=streams, archiver=archiver,

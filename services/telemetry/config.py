@@ -122,6 +122,9 @@ class TelemetryConfig:
     max_inflight_frames_per_stream: int = 2000
     #: The process's bound on the same count, over every stream and IngestTelemetry (the memory bound).
     max_inflight_frames_per_process: int = 50_000
+    #: Stored frames waiting for mission tracking (derived events: geofences, ETAs, liveness), which runs after
+    #: the ack: while this many wait, no stream is read (docs/capacity.md, "Memory bound per telemetry process").
+    max_tracking_frames: int = 10_000
     #: Responses (acks, rejects, commands) queued for one stream and not yet taken by gRPC: a truck that does not
     #: read them (ignores its acks) stops being read once this many wait.
     max_outbound_messages_per_stream: int = 64
@@ -169,6 +172,7 @@ class TelemetryConfig:
                                                     cls.max_inflight_frames_per_stream),
             max_inflight_frames_per_process=_env_int(env, p + "MAX_INFLIGHT_FRAMES_PER_PROCESS",
                                                      cls.max_inflight_frames_per_process),
+            max_tracking_frames=_env_int(env, p + "MAX_TRACKING_FRAMES", cls.max_tracking_frames),
             max_outbound_messages_per_stream=_env_int(env, p + "MAX_OUTBOUND_MESSAGES_PER_STREAM",
                                                       cls.max_outbound_messages_per_stream),
             max_command_ack_bytes=_env_int(env, p + "MAX_COMMAND_ACK_BYTES", cls.max_command_ack_bytes, 64),
@@ -183,6 +187,8 @@ class TelemetryConfig:
             raise ValueError(f"HAULMESH_TELEMETRY_MAX_INFLIGHT_FRAMES_PER_STREAM "
                              f"({self.max_inflight_frames_per_stream}) must be at least "
                              f"HAULMESH_TELEMETRY_MAX_BATCH_FRAMES ({self.max_batch_frames})")
+        if self.max_tracking_frames < 1:
+            raise ValueError(f"HAULMESH_TELEMETRY_MAX_TRACKING_FRAMES ({self.max_tracking_frames}) must be at least 1")
         if self.max_inflight_frames_per_process < self.max_inflight_frames_per_stream:
             raise ValueError(f"HAULMESH_TELEMETRY_MAX_INFLIGHT_FRAMES_PER_PROCESS "
                              f"({self.max_inflight_frames_per_process}) must be at least "

@@ -95,6 +95,15 @@ INFLIGHT_FRAMES_PEAK = Gauge("haulmesh_telemetry_inflight_frames_peak", "The mos
 #: responses: a lasting non-zero value means the store is slower than the trucks (or a truck ignores its acks).
 PAUSED_STREAMS = Gauge("haulmesh_telemetry_paused_streams", "Truck streams of this process not being read "
                        "(flow control: in-flight or outbound bound reached).", registry=METRICS_REGISTRY)
+#: Stored frames waiting for mission tracking (derived events); the streams stop reading while it is at
+#: HAULMESH_TELEMETRY_MAX_TRACKING_FRAMES. Lasting at the bound: tracking is slower than the trucks.
+TRACKING_BACKLOG_FRAMES = Gauge("haulmesh_telemetry_tracking_backlog_frames", "Stored frames of this process "
+                                "waiting for their derived events (bounded by "
+                                "HAULMESH_TELEMETRY_MAX_TRACKING_FRAMES, passed by at most what was in flight).",
+                                registry=METRICS_REGISTRY)
+TRACKING_BACKLOG_PEAK = Gauge("haulmesh_telemetry_tracking_backlog_frames_peak", "The most stored frames ever "
+                              "waiting for their derived events at once in this process since it started.",
+                              registry=METRICS_REGISTRY)
 REFUSED_COMMAND_ACKS = Counter("haulmesh_telemetry_refused_command_acks_total", "CommandAcks not stored, by reason:"
                                " unknown (no such command was sent to the truck), too_large, or malformed (an"
                                " outcome outside the enum's known values).", ["reason"],
@@ -169,6 +178,14 @@ def record_inflight(inflight: int) -> None:
     if inflight > _peak["inflight"]:
         _peak["inflight"] = inflight
         INFLIGHT_FRAMES_PEAK.set(inflight)
+
+
+def record_tracking_backlog(frames: int) -> None:
+    """The frames waiting for mission tracking changed (its bounded queue)."""
+    TRACKING_BACKLOG_FRAMES.set(frames)
+    if frames > _peak.get("tracking", 0):
+        _peak["tracking"] = frames
+        TRACKING_BACKLOG_PEAK.set(frames)
 
 
 def stream_paused(paused: bool) -> None:

@@ -779,10 +779,31 @@ class TelemetryStore:
         raw = await self._redis.hmget(_k(vehicle_id, "mission"), ["carrier", "mission"])
         return (raw[0].decode(), raw[1]) if raw[0] and raw[1] else None
 
+    async def missions(self, vehicle_ids: list[str]) -> list[tuple[str, bytes] | None]:
+        """:meth:`mission` of each vehicle, in order: one pipelined round trip per ``_PIPELINE_CHUNK`` vehicles."""
+        found: list[tuple[str, bytes] | None] = []
+        for start in range(0, len(vehicle_ids), _PIPELINE_CHUNK):
+            pipe = self._redis.pipeline(transaction=False)
+            for vehicle_id in vehicle_ids[start:start + _PIPELINE_CHUNK]:
+                pipe.hmget(_k(vehicle_id, "mission"), ["carrier", "mission"])
+            found.extend((raw[0].decode(), raw[1]) if raw[0] and raw[1] else None for raw in await pipe.execute())
+        return found
+
     async def mark_lost(self, vehicle_id: str, marker: bytes) -> bool:
         """Record that the vehicle was reported lost; False if it already was (by this or another replica),
         so each outage is announced once across replicas."""
         return bool(await self._redis.set(_k(vehicle_id, "lost"), marker, nx=True, ex=_LOST_TTL_SECONDS))
+
+    async def lost_of(self, vehicle_ids: list[str]) -> list[bool]:
+        """Whether each vehicle has a lost marker (read only: :meth:`take_lost` takes it), in order; one pipelined
+        round trip per ``_PIPELINE_CHUNK`` vehicles."""
+        found: list[bool] = []
+        for start in range(0, len(vehicle_ids), _PIPELINE_CHUNK):
+            pipe = self._redis.pipeline(transaction=False)
+            for vehicle_id in vehicle_ids[start:start + _PIPELINE_CHUNK]:
+                pipe.exists(_k(vehicle_id, "lost"))
+            found.extend(bool(n) for n in await pipe.execute())
+        return found
 
     async def take_lost(self, vehicle_id: str) -> bytes | None:
         """Remove and return the lost marker: whoever takes it announces the restoration, exactly once."""

@@ -319,21 +319,25 @@ class Streams:
             session.end(Unavailable(f"telemetry stream failed: {type(exc).__name__}", reason="INTERNAL_ERROR"))
 
     async def _admit(self, session: Session) -> None:
-        """Return when the stream may be read: room for a frame in the stream and the process, and fewer than
+        """Return when the stream may be read: room for a frame in the stream and the process, fewer than
         ``max_outbound_messages_per_stream`` responses waiting for gRPC (a truck that reads none of its acks
-        stops being read)."""
-        credits, outbound = session.credits, session.outbound
+        stops being read), and mission tracking's backlog of stored frames below its bound."""
+        credits, outbound, tracking = session.credits, session.outbound, self._tracking
         bound = self._config.max_outbound_messages_per_stream
-        if not credits.full() and outbound.qsize() < bound:
+        tracking_full = tracking.full if tracking is not None else lambda: False
+        if not credits.full() and outbound.qsize() < bound and not tracking_full():
             return
         metrics.stream_paused(True)
         try:
-            while credits.full() or outbound.qsize() >= bound:
+            while credits.full() or outbound.qsize() >= bound or tracking_full():
                 if outbound.qsize() >= bound:
                     session.drained.clear()
                     await session.drained.wait()
-                else:
+                elif credits.full():
                     await credits.wait_room()
+                else:  # stored frames wait for their derived events: the same memory, counted there
+                    assert tracking is not None
+                    await tracking.wait_room()
         finally:
             metrics.stream_paused(False)
 
@@ -554,7 +558,7 @@ class Streams:
                      current: VehicleKey) -> tuple[CommitResult, StoredFrame | None]:
         """Verify and store one frame; returns the commit and, for a duplicate, the frame stored first.
         A refused frame is counted and raises InvalidArgument with its reason."""
-        if self.credits.full():
+        if self.credits.full() or (self._tracking is not None and self._tracking.full()):
             # Not queued behind the streams: the truck (or the gateway, as 429 with Retry-After) tries again.
             raise ResourceExhausted("telemetry is at its bound of frames in flight; retry shortly",
                                     reason="TELEMETRY_BUSY", metadata={"retry_after_seconds": "1"})

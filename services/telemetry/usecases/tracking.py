@@ -1,6 +1,11 @@
 """Following missions from their trucks' frames: the derived events, published through the outbox.
 
-Frames reach :class:`MissionTracking` after they are durable (never on the acknowledgement path). For a
+Frames reach :class:`MissionTracking` after they are durable (never on the acknowledgement path), and wait in
+its queue until its one worker derives them, in rounds: a round takes everything queued, reads the missions of the
+vehicles whose cached one is stale in one pipelined round trip, then derives each commit's frames in order. The
+queue is bounded (``max_backlog_frames``): the streams stop reading while it is full (:meth:`wait_room`), so a
+worker slower than the trucks (a slow store, a CPU-starved process) pauses ingest instead of holding every
+frame in memory (docs/capacity.md, "Memory bound per telemetry process"). For a
 vehicle on a mission it keeps a :class:`~..domain.VehicleTracker` and publishes what it derives — geofence
 enter / exit / dwell, ETA updates, route deviations, sensor faults — plus one event per HEALTH, ALARM and
 FAULT frame, to the mission's carrier's event stream (webhooks deliver the public ones to the TMS; the
@@ -27,6 +32,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -36,6 +42,7 @@ from haulmesh.mission.v1 import mission_pb2
 from haulmesh.telemetry.v1 import frame_pb2, stream_pb2
 from services.runtime import new_event
 
+from .. import metrics
 from ..convert import frame_from_payload, mission_context_from_pb, to_event_payload
 from ..domain import (
     ConnectivityLost,
@@ -61,6 +68,10 @@ STATE_CHANGED = "haulmesh.mission.v1.state_changed"
 MISSION_EVENT_TYPES = frozenset({DISPATCHED, STATE_CHANGED})
 _ENDED = {mission_pb2.Mission.STATE_COMPLETED, mission_pb2.Mission.STATE_CANCELLED, mission_pb2.Mission.STATE_ABORTED}
 _MISSION_CACHE_SECONDS = 5.0
+#: Frames waiting to be derived at which the streams stop reading (TelemetryConfig.max_tracking_frames).
+DEFAULT_MAX_BACKLOG_FRAMES = 10_000
+#: Events per publish transaction of a round (a replayed backlog can derive thousands at once).
+_PUBLISH_CHUNK = 500
 _SOURCE = "telemetry"
 _KIND = frame_pb2.FramePayload
 
@@ -89,16 +100,51 @@ class MissionTracking:
     """Derived events of the vehicles streaming to this process (see the module docstring)."""
 
     def __init__(self, store: TelemetryStore, *, liveness_timeout_seconds: float,
-                 settings: DerivedSettings | None = None, fleet: FleetReporter | None = None) -> None:
+                 settings: DerivedSettings | None = None, fleet: FleetReporter | None = None,
+                 max_backlog_frames: int = DEFAULT_MAX_BACKLOG_FRAMES) -> None:
         self._store = store
         self._fleet = fleet
         self._settings = settings or DerivedSettings()
         self._liveness = Liveness(timedelta(seconds=liveness_timeout_seconds))
         self._vehicles: dict[str, _Current] = {}
-        #: Stored frames waiting to be derived, in commit order (one worker keeps each vehicle's order).
-        self._queue: asyncio.Queue[tuple[str, list[Verified], int | None]] = asyncio.Queue()
+        #: Stored frames waiting to be derived, in commit order (one worker keeps each vehicle's order). Each
+        #: frame holds its payload decoded (≈ 2 KB with its bytes): this queue is what must stay bounded.
+        self._queue: deque[tuple[str, list[Verified], int | None]] = deque()
+        self._queued = asyncio.Event()
+        #: Frames in ``_queue``; the streams stop reading while it is at ``max_backlog_frames`` (:meth:`full`).
+        self.backlog_frames = 0
+        self.max_backlog_frames = max_backlog_frames
+        self._room = asyncio.Event()
+        self._room.set()
         self._worker: asyncio.Task[None] | None = None
         self.published = 0
+
+    # ---- the bound -----------------------------------------------------------------------------------
+
+    def full(self) -> bool:
+        """Frames waiting to be derived reached the bound: nothing more should be read from trucks."""
+        return self.backlog_frames >= self.max_backlog_frames
+
+    async def wait_room(self) -> None:
+        """Return once the backlog is below its bound (a stream's reader waits here before it reads)."""
+        while self.full():
+            await self._room.wait()
+
+    def _put(self, vehicle_id: str, frames: list[Verified], vehicle_last: int | None) -> None:
+        # Never refused (the frames are stored; their events must follow): the bound is kept by the readers,
+        # which stop reading while it is reached. It can be passed by what was in flight then (docs/capacity.md).
+        self._queue.append((vehicle_id, frames, vehicle_last))
+        self._count(len(frames))
+        self._queued.set()
+        self._ensure_worker()
+
+    def _count(self, frames: int) -> None:
+        self.backlog_frames += frames
+        metrics.record_tracking_backlog(self.backlog_frames)
+        if self.full():
+            self._room.clear()
+        else:
+            self._room.set()
 
     # ---- inputs from the streams ---------------------------------------------------------------------
 
@@ -113,26 +159,23 @@ class MissionTracking:
         if self._fleet is not None:  # memory only: the reporter sends the roster one batch per flush
             self._fleet.heard(vehicle_id, now, location=where,
                               location_time=last.device_time.ToDatetime(tzinfo=UTC) if where else None)
-        self._queue.put_nowait((vehicle_id, frames, None))
+        self._put(vehicle_id, frames, None)
         if restored is not None:
-            self._queue.put_nowait((vehicle_id, [], None))  # no frames: look for the lost marker
-        self._ensure_worker()
+            self._put(vehicle_id, [], None)  # no frames: look for the lost marker
 
     def heartbeat(self, vehicle_id: str, heartbeat: stream_pb2.Heartbeat) -> None:
         """A heartbeat is a sign of life too (a parked truck sends no frames)."""
         if self._fleet is not None:
             self._fleet.heard(vehicle_id, datetime.now(UTC))
         if self._liveness.heard(vehicle_id, datetime.now(UTC), sequence=heartbeat.last_sequence) is not None:
-            self._queue.put_nowait((vehicle_id, [], None))
-            self._ensure_worker()
+            self._put(vehicle_id, [], None)
 
     def connected(self, vehicle_id: str, vehicle_last_sequence: int) -> None:
         """A Hello: if the vehicle was reported lost (by any replica), it is restored now."""
         self._liveness.heard(vehicle_id, datetime.now(UTC))
         if self._fleet is not None:
             self._fleet.heard(vehicle_id, datetime.now(UTC))
-        self._queue.put_nowait((vehicle_id, [], vehicle_last_sequence))
-        self._ensure_worker()
+        self._put(vehicle_id, [], vehicle_last_sequence)
 
     def moved_away(self, vehicle_id: str) -> None:
         """The vehicle's stream moved to another replica, which watches it from now on."""
@@ -167,12 +210,28 @@ class MissionTracking:
         if current is not None:
             current.checked = 0.0  # re-read at the next frame; the tracker's state is kept if the mission is
 
+    def _stale(self, vehicle_id: str, now: float) -> bool:
+        current = self._vehicles.get(vehicle_id)
+        return current is None or now - current.checked >= _MISSION_CACHE_SECONDS
+
     async def _current(self, vehicle_id: str) -> _Current:
         now = time.monotonic()
+        if not self._stale(vehicle_id, now):
+            return self._vehicles[vehicle_id]
+        return self._learn(vehicle_id, await self._store.mission(vehicle_id), now)
+
+    async def _refresh(self, vehicle_ids: set[str]) -> None:
+        """Read the missions of those of ``vehicle_ids`` whose cached one is stale, in one pipelined round trip
+        (a round of hundreds of trucks costs one store latency, not one per truck)."""
+        now = time.monotonic()
+        stale = [v for v in vehicle_ids if self._stale(v, now)]
+        if stale:
+            for vehicle_id, found in zip(stale, await self._store.missions(stale), strict=True):
+                self._learn(vehicle_id, found, now)
+
+    def _learn(self, vehicle_id: str, found: tuple[str, bytes] | None, now: float) -> _Current:
+        """Cache what the store holds of the vehicle's mission (``found``, read at ``now``)."""
         current = self._vehicles.get(vehicle_id)
-        if current is not None and now - current.checked < _MISSION_CACHE_SECONDS:
-            return current
-        found = await self._store.mission(vehicle_id)
         if found is None:
             current = _Current(checked=now)
         else:
@@ -196,18 +255,59 @@ class MissionTracking:
 
     async def _work(self) -> None:
         while True:
-            vehicle_id, frames, vehicle_last = await self._queue.get()
+            if not self._queue:
+                self._queued.clear()
+                await self._queued.wait()
+            # A round: everything queued so far, the stale missions among them read at once, and which of the
+            # vehicles to look at for a restoration hold a lost marker (hundreds of trucks reconnecting at once
+            # after a store fault must not cost a round trip each: the backlog's bound would pause every stream).
+            round_ = list(self._queue)
+            self._queue.clear()
+            marked: set[str] | None = None
             try:
-                await self._derive(vehicle_id, frames, vehicle_last)
+                await self._refresh({vehicle_id for vehicle_id, frames, _ in round_ if frames})
+                looked_at = list(dict.fromkeys(vehicle_id for vehicle_id, frames, _ in round_ if not frames))
+                marked = {v for v, lost in zip(looked_at, await self._store.lost_of(looked_at), strict=True) if lost}
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                # The frames are stored; only their derived events are lost (logged, never silently).
-                _log.exception("deriving events of %s failed", vehicle_id)
+            except Exception:  # each vehicle's own reads below try again
+                _log.warning("reading the missions of %d vehicles failed", len(round_), exc_info=True)
+            # The round's events, in order, published once per carrier at its end (one transaction each, not
+            # one round trip per commit of a truck on a mission).
+            out: list[tuple[str, list[event_pb2.Event]]] = []
+            for vehicle_id, frames, vehicle_last in round_:
+                try:
+                    if not frames and marked is not None and vehicle_id not in marked:
+                        continue  # no lost marker (read this round): nothing to restore
+                    await self._derive(vehicle_id, frames, vehicle_last, out)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    # The frames are stored; only their derived events are lost (logged, never silently).
+                    _log.exception("deriving events of %s failed", vehicle_id)
+                finally:
+                    self._count(-len(frames))
+            await self._publish_round(out)
 
-    async def _derive(self, vehicle_id: str, frames: list[Verified], vehicle_last: int | None) -> None:
+    async def _publish_round(self, out: list[tuple[str, list[event_pb2.Event]]]) -> None:
+        by_carrier: dict[str, list[event_pb2.Event]] = {}
+        for carrier_id, events in out:  # each carrier's events keep their order; carriers' streams are apart
+            by_carrier.setdefault(carrier_id, []).extend(events)
+        for carrier_id, events in by_carrier.items():
+            for start in range(0, len(events), _PUBLISH_CHUNK):
+                try:
+                    await self._publish(carrier_id, events[start:start + _PUBLISH_CHUNK])
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    _log.exception("publishing %d derived events of carrier %s failed", len(events), carrier_id)
+                    break
+
+    async def _derive(self, vehicle_id: str, frames: list[Verified], vehicle_last: int | None,
+                      out: list[tuple[str, list[event_pb2.Event]]]) -> None:
+        """Derive the events of one commit's frames (or, without frames, a restoration) into ``out``."""
         if not frames:
-            await self._maybe_restored(vehicle_id, vehicle_last)
+            await self._maybe_restored(vehicle_id, vehicle_last, out)
             return
         current = await self._current(vehicle_id)
         if current.tracker is None or current.mission is None:
@@ -228,7 +328,7 @@ class MissionTracking:
                                      carrier_id=current.carrier_id))
             events.extend(self._frame_events(vehicle_id, verified, mission_name, current.carrier_id))
         if events:
-            await self._publish(current.carrier_id, events)
+            out.append((current.carrier_id, events))
 
     @staticmethod
     def _frame_events(vehicle_id: str, verified: Verified, mission: str, carrier_id: str) -> list[event_pb2.Event]:
@@ -333,7 +433,8 @@ class MissionTracking:
         _log.info("vehicle %s lost (last heard %s)", vehicle_id, lost.last_seen_time.isoformat())
         return 1
 
-    async def _maybe_restored(self, vehicle_id: str, vehicle_last: int | None) -> None:
+    async def _maybe_restored(self, vehicle_id: str, vehicle_last: int | None,
+                              out: list[tuple[str, list[event_pb2.Event]]]) -> None:
         raw = await self._store.take_lost(vehicle_id)
         if raw is None:
             return
@@ -346,8 +447,8 @@ class MissionTracking:
                                         high_water_sequence=high_water,
                                         vehicle_last_sequence=high_water if vehicle_last is None else vehicle_last)
         event_type, message = to_event_payload(restored)
-        await self._publish(marker["carrier"], [_event(_field_of(event_type), message, subject=marker["mission"],
-                                                       carrier_id=marker["carrier"])])
+        out.append((marker["carrier"], [_event(_field_of(event_type), message, subject=marker["mission"],
+                                               carrier_id=marker["carrier"])]))
         _log.info("vehicle %s restored after %.1f s", vehicle_id, restored.outage.total_seconds())
 
     async def close(self) -> None:
