@@ -13,8 +13,27 @@ import redis.asyncio
 from haulmesh.tender.v1 import tender_pb2, tender_service_pb2
 from services.runtime import Idempotency
 from services.runtime._store import connect_async
+from tests.conftest import wait_for
 
 KEY = "idempotency:{acme:CreateTender}:k1"
+
+
+class _ClaimLooks:
+    """The store client, counting the reads of the idempotency record: how often a waiting retry looked at the
+    claim (the Idempotency reads it only after its own claim was refused)."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self._client = client
+        self.count = 0
+
+    def __getattr__(self, name: str):
+        return getattr(self._client, name)
+
+    async def get(self, key: str) -> bytes | None:
+        value = await self._client.get(key)
+        if key == KEY:
+            self.count += 1
+        return value
 
 
 def _request() -> tender_service_pb2.CreateTenderRequest:
@@ -24,7 +43,8 @@ def _request() -> tender_service_pb2.CreateTenderRequest:
 async def test_a_lost_connection_after_the_work_keeps_the_claim(client: redis.asyncio.Redis) -> None:
     """The EXEC reached the store, its reply was lost: the change may be committed, so the claim stays till its lease
     runs out and a retry meanwhile does not compute again."""
-    idem = Idempotency(client, lease_seconds=30)
+    looks = _ClaimLooks(client)
+    idem = Idempotency(looks, lease_seconds=30)
     computed = 0
 
     async def compute() -> tender_pb2.Tender:
@@ -37,7 +57,9 @@ async def test_a_lost_connection_after_the_work_keeps_the_claim(client: redis.as
         await idem.run("acme:CreateTender", "k1", _request(), compute, tender_pb2.Tender)
     assert 0 < await client.ttl(KEY) <= 30 and "response" not in json.loads(await client.get(KEY))
     retry = asyncio.ensure_future(idem.run("acme:CreateTender", "k1", _request(), compute, tender_pb2.Tender))
-    await asyncio.sleep(0.3)  # the retry polls the claim: it must not have computed
+    # The retry has found the claim held (and no response in it) several times over, and waits on: it did not
+    # compute, however often it looks.
+    await wait_for(lambda: looks.count >= 5, timeout_seconds=10)
     assert computed == 1 and not retry.done() and await client.get("effects") == b"1"
     retry.cancel()
 

@@ -5,6 +5,7 @@ store), a programming error still stops the process, and periodic loops report t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from pathlib import Path
 
@@ -104,20 +105,29 @@ async def test_a_transient_companion_failure_turns_health_not_serving_then_servi
 
 async def test_a_restarted_companion_is_recovered_only_by_progress_never_by_run_time(service) -> None:
     """A consumer restarted on a hung store runs without failing and makes no progress: health stays NOT_SERVING
-    (no flapping) and its backoff is not reset, however long it runs; its first real pass makes it SERVING."""
+    (no flapping) and its backoff is not reset, however long it runs; its first real pass makes it SERVING.
+
+    Watched, not polled: the health Watch stream reports every change of the server's status, and the companion
+    counts its own passes without progress (as a consumer's blocking read times out on a hung store, here 50 ms
+    each): after 40 of them, more than twice the 1 s of run time that used to count as recovered, the stream
+    has reported no SERVING."""
     service, p = service
+    passes_without_progress = 40
     hung, progressed, stopped = asyncio.Event(), asyncio.Event(), asyncio.Event()
-    attempts = 0
+    attempts, passes = 0, 0
     ran_since = 0.0
 
     async def consume() -> None:
-        nonlocal attempts, ran_since
+        nonlocal attempts, passes, ran_since
         attempts += 1
         if attempts <= 2:
             raise redis.TimeoutError("Timeout reading from socket")  # the store hangs
         ran_since = asyncio.get_running_loop().time()
         hung.set()
-        await progressed.wait()  # blocked on the hung store: running, making no progress
+        while not progressed.is_set():  # blocked on the hung store: running, making no progress
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(progressed.wait(), 0.05)
+            passes += 1
         made_progress()
         await stopped.wait()
 
@@ -128,15 +138,31 @@ async def test_a_restarted_companion_is_recovered_only_by_progress_never_by_run_
     await service.start()
     credentials = p.credentials("operator", "ops")
     address = f"127.0.0.1:{service.bound_port}"
-    await wait_for(hung.is_set, timeout_seconds=20)
-    loop = asyncio.get_running_loop()
-    # Well past the 1 s of run time that used to count as recovered: still NOT_SERVING, at every look.
-    while loop.time() - ran_since < 2.5:
-        assert await check_health(address, credentials) == "NOT_SERVING"
-        await asyncio.sleep(0.1)
-    assert service._backoffs[next(iter(service._backoffs))].failures == 2  # not reset by run time
-    progressed.set()
-    await wait_for(lambda: _status_is(address, credentials, "SERVING"), timeout_seconds=10)
+    seen: list[str] = []
+    async with grpc.aio.secure_channel(address, credentials) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+
+        async def follow() -> None:
+            async for reply in watch:
+                seen.append(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+        follower = asyncio.create_task(follow())
+        try:
+            await wait_for(hung.is_set, timeout_seconds=20)
+            await wait_for(lambda: seen and seen[-1] == "NOT_SERVING", timeout_seconds=10)  # stuck: 2 failures
+            since_hung = len(seen)
+            await wait_for(lambda: passes >= passes_without_progress, timeout_seconds=30)
+            ran_for = asyncio.get_running_loop().time() - ran_since
+            assert "SERVING" not in seen[since_hung:] and seen[-1] == "NOT_SERVING", (seen, ran_for)
+            assert ran_for > 2.0, ran_for  # more than twice what used to count as recovered
+            assert service._backoffs[next(iter(service._backoffs))].failures == 2  # not reset by run time
+            progressed.set()
+            await wait_for(lambda: seen[-1] == "SERVING", timeout_seconds=10)
+        finally:
+            watch.cancel()
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
     assert service._backoffs[next(iter(service._backoffs))].failures == 0
 
 

@@ -25,6 +25,7 @@ from services.runtime.tokens import CARRIER_ID
 
 from ..config import GatewayConfig
 from .errors import RestError
+from .tokencache import VerifiedTokens
 
 __all__ = ["ALGORITHMS", "AuthConfig", "Authenticator", "Principal"]
 
@@ -127,6 +128,8 @@ class Authenticator:
     def __init__(self, config: AuthConfig) -> None:
         self.config = config
         self._keys = _UrlKeys(config.jwks_url) if config.jwks_url else _FileKeys(config.jwks_file)  # type: ignore[arg-type]
+        #: Tokens already verified (tokencache.py: until exp, at most a minute), not re-verified per request.
+        self._verified: VerifiedTokens[Principal] = VerifiedTokens()
 
     async def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
@@ -136,6 +139,8 @@ class Authenticator:
         if match is None:
             raise _unauthenticated("the Authorization header must be 'Bearer <token>'")
         token = match.group(1)
+        if (known := self._verified.get(token)) is not None:
+            return known
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
@@ -178,7 +183,9 @@ class Authenticator:
             scopes = frozenset(raw_scopes)
         else:
             raise _unauthenticated("the token's scope claim is malformed")
-        return Principal(carrier=carrier, scopes=scopes, subject=str(claims.get("sub", "")))
+        principal = Principal(carrier=carrier, scopes=scopes, subject=str(claims.get("sub", "")))
+        self._verified.put(token, principal, claims["exp"])
+        return principal
 
 
 def require_scope(principal: Principal, scope: str) -> None:

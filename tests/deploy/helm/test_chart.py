@@ -23,7 +23,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from services.gateway.config import GatewayConfig
 from services.runtime import DEFAULT_PORTS
+from services.telemetry.config import TelemetryConfig
 
 from .conftest import ALL_ON, CHART, NAMESPACE, PRODUCTION, RELEASE, SERVICES, ChartRenderer, Rendered, helm
 from .crd_schemas import CUSTOM_RESOURCES
@@ -192,6 +194,81 @@ def test_only_telemetry_gets_the_archive_and_its_credentials(chart: ChartRendere
 def test_the_archive_url_must_be_an_s3_bucket(chart: ChartRenderer) -> None:
     with pytest.raises(helm.HelmValuesError, match="archive"):
         chart.render({"archive": {"url": "ftp://somewhere/else"}})
+
+
+# --- per-process caps (issue 11) ---------------------------------------------------------------------------
+
+#: Each chart key of telemetryCaps / gatewayCaps, its variable, and the code's default (read from the config
+#: dataclasses, so a default changed in code and not in values.yaml fails here).
+CAPS = {
+    "telemetry": {
+        "watchPoolConnections": ("HAULMESH_TELEMETRY_WATCH_POOL_CONNECTIONS", "watch_pool_connections"),
+        "maxWatchesPerProcess": ("HAULMESH_TELEMETRY_MAX_WATCHES_PER_PROCESS", "max_watches_per_process"),
+        "maxWatchesPerTenant": ("HAULMESH_TELEMETRY_MAX_WATCHES_PER_TENANT", "max_watches_per_tenant"),
+        "watchRetryAfterSeconds": ("HAULMESH_TELEMETRY_WATCH_RETRY_AFTER_SECONDS", "watch_retry_after_seconds"),
+        "maxInflightFramesPerStream": ("HAULMESH_TELEMETRY_MAX_INFLIGHT_FRAMES_PER_STREAM",
+                                       "max_inflight_frames_per_stream"),
+        "maxInflightFramesPerProcess": ("HAULMESH_TELEMETRY_MAX_INFLIGHT_FRAMES_PER_PROCESS",
+                                        "max_inflight_frames_per_process"),
+        "maxOutboundMessagesPerStream": ("HAULMESH_TELEMETRY_MAX_OUTBOUND_MESSAGES_PER_STREAM",
+                                         "max_outbound_messages_per_stream"),
+        "maxCommandAckBytes": ("HAULMESH_TELEMETRY_MAX_COMMAND_ACK_BYTES", "max_command_ack_bytes"),
+        "commandAcksKept": ("HAULMESH_TELEMETRY_COMMAND_ACKS_KEPT", "command_acks_kept"),
+    },
+    "gateway": {
+        "sseMaxStreamsPerProcess": ("HAULMESH_SSE_MAX_STREAMS_PER_PROCESS", "sse_max_streams_per_process"),
+        "sseMaxStreamsPerCarrier": ("HAULMESH_SSE_MAX_STREAMS_PER_CARRIER", "sse_max_streams_per_carrier"),
+        "sseRetryAfterSeconds": ("HAULMESH_SSE_RETRY_AFTER_SECONDS", "sse_retry_after_seconds"),
+        "deviceMaxInflightRequests": ("HAULMESH_GATEWAY_DEVICE_MAX_INFLIGHT_REQUESTS", "device_max_inflight_requests"),
+    },
+}
+
+
+def _config_of(service: str, env: dict[str, str]) -> Any:
+    return (TelemetryConfig.from_env(env) if service == "telemetry" else GatewayConfig.from_env(env, state_dir=REPO))
+
+
+@pytest.mark.parametrize("service", sorted(CAPS))
+def test_the_caps_are_rendered_with_the_codes_defaults_into_their_service_only(rendered: Rendered,
+                                                                               service: str) -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())[f"{service}Caps"]
+    assert set(values) == set(CAPS[service]), "values.yaml and the test's table list the same caps"
+    env = rendered.env(service)
+    from_pod = {variable: env[variable]["value"] for variable, _ in CAPS[service].values()}
+    config = _config_of(service, from_pod)
+    for key, (variable, field) in CAPS[service].items():
+        assert float(from_pod[variable]) == values[key] == getattr(type(config)(), field), (key, variable)
+        assert getattr(config, field) == values[key], (key, "the service reads the rendered value as the default")
+    for other in SERVICES:
+        if other != service:
+            assert not set(rendered.env(other)) & set(from_pod), other
+
+
+def test_the_caps_can_be_changed_and_the_service_reads_them(chart: ChartRenderer) -> None:
+    rendered = chart.render({"telemetryCaps": {"maxWatchesPerTenant": 8, "maxInflightFramesPerProcess": 20000,
+                                               "watchRetryAfterSeconds": 2.5},
+                             "gatewayCaps": {"sseMaxStreamsPerCarrier": 4, "deviceMaxInflightRequests": 64}})
+    telemetry = TelemetryConfig.from_env({k: v["value"] for k, v in rendered.env("telemetry").items() if "value" in v})
+    assert (telemetry.max_watches_per_tenant, telemetry.max_inflight_frames_per_process,
+            telemetry.watch_retry_after_seconds) == (8, 20000, 2.5)
+    assert telemetry.max_watches_per_process == 256  # the keys not given keep their defaults
+    gateway = GatewayConfig.from_env({k: v["value"] for k, v in rendered.env("gateway").items() if "value" in v},
+                                     state_dir=REPO)
+    assert (gateway.sse_max_streams_per_carrier, gateway.device_max_inflight_requests) == (4, 64)
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"telemetryCaps": {"maxWatchesPerTenant": 0}}, r"/telemetryCaps/maxWatchesPerTenant"),
+    ({"telemetryCaps": {"maxWatchesPerTennant": 8}}, r"additional properties 'maxWatchesPerTennant' not allowed"),
+    ({"gatewayCaps": {"deviceMaxInflightRequests": 100000}}, r"/gatewayCaps/deviceMaxInflightRequests"),
+    # Set twice (the key and the env map) would render a duplicate entry: the env map refuses the chart's own.
+    ({"env": {"HAULMESH_SSE_MAX_STREAMS_PER_CARRIER": "4"}}, r"invalid propertyName"),
+    ({"services": {"telemetry": {"env": {"HAULMESH_TELEMETRY_MAX_WATCHES_PER_TENANT": "4"}}}},
+     r"invalid propertyName"),
+])
+def test_bad_caps_are_refused(chart: ChartRenderer, values: dict[str, Any], message: str) -> None:
+    with pytest.raises(helm.HelmValuesError, match=message):
+        chart.render(values)
 
 
 # --- network exposure --------------------------------------------------------------------------------------

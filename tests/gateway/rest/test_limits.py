@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -32,6 +34,42 @@ async def test_replicas_share_one_budget_per_tenant(store_url: str) -> None:
     try:
         assert await _allowed(replica_a, carrier, 6) + await _allowed(replica_b, carrier, 6) == 10
         assert await _allowed(replica_b, f"{carrier}-other", 3) == 3
+    finally:
+        await replica_a.close()
+        await replica_b.close()
+
+
+async def test_a_tenant_over_its_budget_is_refused_without_a_store_round_trip(store_url: str, fault_proxy) -> None:
+    # The limiter reaches the store through a proxy that is then blackholed: a refusal that still asked the store
+    # would hang there (a request that did would wait for the proxy), so answering at once proves it did not.
+    parts = urlsplit(store_url)
+    credentials, _, address = parts.netloc.rpartition("@")
+    proxy = await fault_proxy(address)
+    through = urlunsplit(parts._replace(netloc=f"{credentials}@{proxy.address}" if credentials else proxy.address))
+    limiter = TenantRateLimiter.from_env(through, {"HAULMESH_RATE_LIMIT": "5/minute"})
+    carrier = f"c{uuid.uuid4().hex[:8]}"
+    try:
+        assert await _allowed(limiter, carrier, 5) == 5
+        proxy.blackhole()
+        for _ in range(50):
+            with pytest.raises(RestError) as refused:
+                await asyncio.wait_for(limiter.check(carrier), timeout=5)
+            assert refused.value.headers["Retry-After"].isdigit() and int(refused.value.headers["Retry-After"]) >= 1
+    finally:
+        proxy.pass_through()
+        await limiter.close()
+
+
+async def test_the_local_count_holds_only_what_the_store_accepted(store_url: str) -> None:
+    # Replica A's requests refused by the shared budget (B used it) do not count in A's own counter: once the
+    # store's window lets requests through again, A asks it instead of refusing from memory.
+    env = {"HAULMESH_RATE_LIMIT": "3/minute"}
+    replica_a, replica_b = TenantRateLimiter.from_env(store_url, env), TenantRateLimiter.from_env(store_url, env)
+    carrier = f"c{uuid.uuid4().hex[:8]}"
+    try:
+        assert await _allowed(replica_b, carrier, 3) == 3
+        assert await _allowed(replica_a, carrier, 10) == 0
+        assert await replica_a._local.test(replica_a.item, f"{{{carrier}}}")  # A alone used none of the budget
     finally:
         await replica_a.close()
         await replica_b.close()

@@ -100,6 +100,25 @@ gateway:
 {{- end }}
 {{- end }}
 
+{{/* The variable each key of telemetryCaps / gatewayCaps sets (values.yaml documents them; defaults = the code's). */}}
+{{- define "haulmesh.capVariables" -}}
+telemetry:
+  watchPoolConnections: HAULMESH_TELEMETRY_WATCH_POOL_CONNECTIONS
+  maxWatchesPerProcess: HAULMESH_TELEMETRY_MAX_WATCHES_PER_PROCESS
+  maxWatchesPerTenant: HAULMESH_TELEMETRY_MAX_WATCHES_PER_TENANT
+  watchRetryAfterSeconds: HAULMESH_TELEMETRY_WATCH_RETRY_AFTER_SECONDS
+  maxInflightFramesPerStream: HAULMESH_TELEMETRY_MAX_INFLIGHT_FRAMES_PER_STREAM
+  maxInflightFramesPerProcess: HAULMESH_TELEMETRY_MAX_INFLIGHT_FRAMES_PER_PROCESS
+  maxOutboundMessagesPerStream: HAULMESH_TELEMETRY_MAX_OUTBOUND_MESSAGES_PER_STREAM
+  maxCommandAckBytes: HAULMESH_TELEMETRY_MAX_COMMAND_ACK_BYTES
+  commandAcksKept: HAULMESH_TELEMETRY_COMMAND_ACKS_KEPT
+gateway:
+  sseMaxStreamsPerProcess: HAULMESH_SSE_MAX_STREAMS_PER_PROCESS
+  sseMaxStreamsPerCarrier: HAULMESH_SSE_MAX_STREAMS_PER_CARRIER
+  sseRetryAfterSeconds: HAULMESH_SSE_RETRY_AFTER_SECONDS
+  deviceMaxInflightRequests: HAULMESH_GATEWAY_DEVICE_MAX_INFLIGHT_REQUESTS
+{{- end }}
+
 {{/* HAULMESH_STORE_ACK_REPLICAS: the in-chart Valkey's replicas, else what redis.ackReplicas says. */}}
 {{- define "haulmesh.ackReplicas" -}}
 {{- if .Values.valkey.enabled }}
@@ -271,6 +290,12 @@ spec:
             - name: HAULMESH_ARCHIVE_AFTER_SECONDS
               value: {{ .afterSeconds | quote }}
             {{- end }}
+            {{- end }}
+            {{- /* Per-process caps (values telemetryCaps / gatewayCaps), each to its own service only. */}}
+            {{- $caps := include "haulmesh.capVariables" . | fromYaml }}
+            {{- range $key, $variable := (get $caps $name | default dict) }}
+            - name: {{ $variable }}
+              value: {{ index (get $root.Values (printf "%sCaps" $name)) $key | toString | quote }}
             {{- end }}
             {{- /* Short Service names: the names `haulmesh pki` and cert-manager put in the certificates. */}}
             {{- range $peer, $peerTopology := $topology }}
