@@ -43,6 +43,7 @@ MAX_KID_CHARS = 128
 _KID = re.compile(rf"^[A-Za-z0-9._~:+/=-]{{1,{MAX_KID_CHARS}}}$")
 #: The subject becomes the audit log's actor: required, and bounded like any other identifier we store.
 MAX_SUBJECT_CHARS = 255
+_SUBJECT_RULE = f"the token's sub claim is required: a string of 1-{MAX_SUBJECT_CHARS} characters"
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,10 @@ class Authenticator:
             raise _unauthenticated("the token is not for this audience") from None
         except jwt.InvalidIssuerError:
             raise _unauthenticated("the token is not from the trusted issuer") from None
+        except jwt.exceptions.InvalidSubjectError:
+            raise _unauthenticated(_SUBJECT_RULE) from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise _unauthenticated(_SUBJECT_RULE if exc.claim == "sub" else f"invalid token: {exc}") from None
         except jwt.InvalidTokenError as exc:
             raise _unauthenticated(f"invalid token: {exc}") from None
         carrier = claims.get("carrier")
@@ -185,7 +190,7 @@ class Authenticator:
                                    reason="CARRIER_NOT_BOUND_TO_ISSUER")
         subject = claims.get("sub")
         if not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT_CHARS:
-            raise _unauthenticated(f"the token's sub claim must be 1-{MAX_SUBJECT_CHARS} characters")
+            raise _unauthenticated(_SUBJECT_RULE)
         raw_scopes = claims.get("scope", claims.get("scp", ""))
         if isinstance(raw_scopes, str):
             scopes = frozenset(raw_scopes.split())

@@ -95,7 +95,8 @@ def _jwks_file(tmp_path: Path, keys: dict[str, tuple[object, str]]) -> Path:
 
 def _token(key: object, alg: str, kid: str, carrier: str = "acme") -> str:
     now = int(time.time())
-    claims = {"iss": DEFAULT_ISSUER, "aud": DEFAULT_AUDIENCE, "iat": now, "exp": now + 60, "carrier": carrier,
+    claims = {"iss": DEFAULT_ISSUER, "aud": DEFAULT_AUDIENCE, "sub": "tms", "iat": now, "exp": now + 60,
+              "carrier": carrier,
               "scope": "tender:read"}
     return jwt.encode(claims, key, algorithm=alg, headers={"kid": kid, "typ": "at+jwt"})
 
