@@ -54,8 +54,9 @@ class IdentityProvider:
         self.failing = False
         #: Seconds each answer is held back (a slow IdP).
         self.delay_seconds = 0.0
-        #: time.monotonic() of every JWKS request served (the server's threads append).
-        self.fetch_times: list[float] = []
+        #: Every JWKS request served: its time.monotonic() and the kids the answer listed (the server's threads
+        #: append).
+        self.served: list[tuple[float, tuple[str, ...]]] = []
         self.port = 0
 
     @property
@@ -68,7 +69,15 @@ class IdentityProvider:
 
     @property
     def fetches(self) -> int:
-        return len(self.fetch_times)
+        return len(self.served)
+
+    @property
+    def fetch_times(self) -> list[float]:
+        return [at for at, _ in self.served]
+
+    def fetches_listing(self, kid: str) -> int:
+        """How many answers listed ``kid``."""
+        return sum(1 for _, kids in self.served if kid in kids)
 
     def rotate(self, *, retire_old: bool = False) -> str:
         """A new key, published (beside the old ones unless ``retire_old``); returns its kid."""
@@ -77,9 +86,10 @@ class IdentityProvider:
         self.published = [kid] if retire_old else [*self.published, kid]
         return kid
 
-    def jwks(self) -> dict:
+    def jwks(self, kids: tuple[str, ...] | None = None) -> dict:
+        """The published keys (or ``kids``) as a JWK Set."""
         entries = []
-        for kid in self.published:
+        for kid in self.published if kids is None else kids:
             public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(self.keys[kid].public_key()))
             entries.append({**public, "kid": kid, "alg": "ES256", "use": "sig"})
         return {"keys": entries}
@@ -105,9 +115,10 @@ class IdentityProvider:
                 if self.path != "/jwks.json":
                     self.send_error(404)
                     return
-                idp.fetch_times.append(time.monotonic())
+                at, listed = time.monotonic(), tuple(idp.published)
                 time.sleep(idp.delay_seconds)
-                body = b'{"error": "down"}' if idp.failing else json.dumps(idp.jwks()).encode()
+                body = b'{"error": "down"}' if idp.failing else json.dumps(idp.jwks(listed)).encode()
+                idp.served.append((at, () if idp.failing else listed))
                 self.send_response(500 if idp.failing else 200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
