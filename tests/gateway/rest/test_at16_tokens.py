@@ -210,6 +210,7 @@ async def _flood(http: httpx.AsyncClient, idp: IdentityProvider, rng: random.Ran
     tokens = [idp.token(kid, key=foreign) for kid in kids]
     span = 2 * scale.cooldown_seconds + 0.5
     statuses: list[int] = []
+    flood_latencies: list[float] = []
     valid_latencies: list[float] = []
     valid_statuses: list[int] = []
     fetches_before = idp.fetches
@@ -222,7 +223,9 @@ async def _flood(http: httpx.AsyncClient, idp: IdentityProvider, rng: random.Ran
             delay = began + span * index / len(tokens) - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
+            sent = time.monotonic()
             statuses.append((await http.get(PROBE, headers=bearer(tokens[index]))).status_code)
+            flood_latencies.append(time.monotonic() - sent)
 
     async def legitimate() -> None:
         while not done.is_set():
@@ -243,6 +246,7 @@ async def _flood(http: httpx.AsyncClient, idp: IdentityProvider, rng: random.Ran
     return {
         "flood_requests": len(statuses), "flood_seconds": round(elapsed, 2),
         "flood_non_401": sum(1 for s in statuses if s != 401),
+        "flood_p99_ms": round(_p99(flood_latencies) * 1000, 1),
         "flood_fetches": idp.fetches - fetches_before,
         "flood_fetch_bound": int(elapsed // scale.cooldown_seconds) + 1,
         "flood_min_fetch_gap_seconds": round(min(gaps), 3) if gaps else None,
