@@ -8,6 +8,14 @@ REST door:
 * ``HAULMESH_JWT_ISSUER`` / ``HAULMESH_JWT_AUDIENCE``: what the TMS's access tokens must say (default: the dev
   issuer's); ``HAULMESH_JWKS_FILE`` or ``HAULMESH_JWKS_URL`` (https://, http only on loopback): the keys
   (default: the dev issuer's ``<state dir>/issuer/jwks.json``); ``HAULMESH_JWT_LEEWAY_SECONDS`` (0-300, 30).
+* A JWKS URL's cache (docs/security.md "Tokens"): ``HAULMESH_JWKS_REFRESH_SECONDS`` (1-86400, 300): the key set's
+  age at which it is fetched again; ``HAULMESH_JWKS_COOLDOWN_SECONDS`` (0.1-3600, 30, at most the refresh): the
+  least time between the end of one fetch (succeeded or failed) and the start of the next;
+  ``HAULMESH_JWKS_MAX_STALE_SECONDS`` (0-604800, 3600): how long past its refresh age the last good key set is still
+  used while the identity provider cannot be reached; ``HAULMESH_JWKS_FETCH_TIMEOUT_SECONDS`` (0.1-30, 5): one
+  fetch, all told; ``HAULMESH_JWKS_CA_FILE``: an extra CA trusted for the JWKS URL's certificate.
+* ``HAULMESH_JWT_ISSUER_CARRIERS``: comma-separated carrier ids the issuer may speak for (unset: any carrier); a
+  token whose ``carrier`` claim is not among them is refused (401).
 * ``HAULMESH_RATE_LIMIT``: per carrier (and per vehicle on the device listener), e.g. ``50/second``
   (the default), ``1000/minute``, or ``off``.
 * ``HAULMESH_MAX_REQUEST_BYTES``: the largest request body (1 to 67108864, default 1 MiB).
@@ -33,7 +41,7 @@ from pathlib import Path
 from limits import RateLimitItem, parse
 
 from services.runtime import ConfigError, default_state_dir
-from services.runtime.tokens import DEFAULT_AUDIENCE, DEFAULT_ISSUER, jwks_path
+from services.runtime.tokens import CARRIER_ID, DEFAULT_AUDIENCE, DEFAULT_ISSUER, jwks_path
 
 from .webhooks.destinations import IpNetwork, parse_allowed_cidrs
 from .webhooks.domain import DEFAULT_RETRY_DELAYS_SECONDS, RetryPolicy
@@ -60,6 +68,16 @@ class GatewayConfig:
     jwks_file: Path | None = None
     jwks_url: str | None = None
     jwt_leeway_seconds: float = 30.0
+    #: The JWKS URL's cache (services/gateway/rest/jwks.py): refresh age, least time between fetches (after a
+    #: success or a failure), how long past the refresh age the last good set serves while the IdP is unreachable.
+    jwks_refresh_seconds: float = 300.0
+    jwks_cooldown_seconds: float = 30.0
+    jwks_max_stale_seconds: float = 3600.0
+    jwks_fetch_timeout_seconds: float = 5.0
+    #: An extra CA trusted for the JWKS URL's certificate; None: the system store only.
+    jwks_ca_file: Path | None = None
+    #: The carriers the issuer may speak for; None: any.
+    jwt_issuer_carriers: frozenset[str] | None = None
     #: Requests per window per carrier (``limits``' item, e.g. 50 per 1 second); None: no limit.
     rate_limit: RateLimitItem | None = _DEFAULT_RATE_LIMIT_ITEM
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
@@ -86,6 +104,12 @@ class GatewayConfig:
         HAULMESH_STATE_DIR names) holds the dev issuer's keys, trusted unless a JWKS is configured."""
         env = os.environ if env is None else env
         url, file, leeway = _jwks(env)
+        refresh = _number(env, "HAULMESH_JWKS_REFRESH_SECONDS", 300.0, 1.0, 86400.0)
+        cooldown = _number(env, "HAULMESH_JWKS_COOLDOWN_SECONDS", 30.0, 0.1, 3600.0)
+        if cooldown > refresh:
+            raise ConfigError("HAULMESH_JWKS_COOLDOWN_SECONDS must not exceed HAULMESH_JWKS_REFRESH_SECONDS",
+                              field="HAULMESH_JWKS_COOLDOWN_SECONDS")
+        jwks_ca = env.get("HAULMESH_JWKS_CA_FILE", "")
         retry = RetryPolicy.from_text(env.get("HAULMESH_WEBHOOK_RETRY_SCHEDULE_SECONDS", ""),
                                       env.get("HAULMESH_WEBHOOK_RETRY_JITTER", ""))
         timeout, concurrency, suspend_after = _webhook_numbers(env)
@@ -97,6 +121,12 @@ class GatewayConfig:
                 state_dir if state_dir is not None else default_state_dir(env)),
             jwks_url=url,
             jwt_leeway_seconds=leeway,
+            jwks_refresh_seconds=refresh,
+            jwks_cooldown_seconds=cooldown,
+            jwks_max_stale_seconds=_number(env, "HAULMESH_JWKS_MAX_STALE_SECONDS", 3600.0, 0.0, 604800.0),
+            jwks_fetch_timeout_seconds=_number(env, "HAULMESH_JWKS_FETCH_TIMEOUT_SECONDS", 5.0, 0.1, 30.0),
+            jwks_ca_file=Path(jwks_ca) if jwks_ca else None,
+            jwt_issuer_carriers=_issuer_carriers(env),
             rate_limit=_rate_limit(env),
             max_request_bytes=max_request_bytes_from_env(env),
             device_max_inflight_requests=_device_inflight(env),
@@ -129,6 +159,29 @@ def _jwks(env: Mapping[str, str]) -> tuple[str | None, str | None, float]:
     if not 0 <= leeway <= 300:
         raise ConfigError("HAULMESH_JWT_LEEWAY_SECONDS must be within 0-300", field="HAULMESH_JWT_LEEWAY_SECONDS")
     return url, file, leeway
+
+
+def _number(env: Mapping[str, str], key: str, default: float, low: float, high: float) -> float:
+    raw = env.get(key) or str(default)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{key} must be a number, got {raw!r}", field=key) from None
+    if not low <= value <= high:  # also refuses nan
+        raise ConfigError(f"{key} must be within {low:g}-{high:g}, got {raw!r}", field=key)
+    return value
+
+
+def _issuer_carriers(env: Mapping[str, str]) -> frozenset[str] | None:
+    raw = env.get("HAULMESH_JWT_ISSUER_CARRIERS", "").strip()
+    if not raw:
+        return None
+    carriers = frozenset(c.strip() for c in raw.split(","))
+    bad = sorted(c for c in carriers if not CARRIER_ID.fullmatch(c))
+    if bad:
+        raise ConfigError(f"HAULMESH_JWT_ISSUER_CARRIERS must be comma-separated carrier ids, not {bad[0]!r}",
+                          field="HAULMESH_JWT_ISSUER_CARRIERS")
+    return carriers
 
 
 def _rate_limit(env: Mapping[str, str]) -> RateLimitItem | None:

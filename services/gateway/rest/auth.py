@@ -2,21 +2,22 @@
 
 Only asymmetric algorithms are accepted (ES256, RS256, EdDSA): ``alg: none`` and every HMAC algorithm are
 refused before any key is looked at, so an HS256 token "signed" with the public key cannot pass. The key
-is the JWKS entry named by the token's ``kid`` and must suit the algorithm. ``iss``, ``aud``, ``exp``,
-``nbf`` and ``iat`` are checked with a small leeway; ``typ`` must be ``at+jwt`` (RFC 9068 §2.1: an ID
-token or another kind of JWT is not an access token). The ``carrier`` claim is the tenant; ``scope``
-(space-separated, or a ``scp`` list) the scopes.
+is the JWKS entry named by the token's ``kid`` (at most 128 characters of a fixed set, logged only as a short
+hash) and must suit the algorithm; a JWKS URL is cached by :class:`~.jwks.JwksCache` (cooldown, single flight,
+stale while error). ``iss``, ``aud``, ``exp``, ``nbf`` and ``iat`` are checked with a small leeway; ``sub`` is
+required; ``typ`` must be ``at+jwt`` (RFC 9068 §2.1: an ID token or another kind of JWT is not an access token).
+The ``carrier`` claim is the tenant, and must be one the issuer may speak for when HAULMESH_JWT_ISSUER_CARRIERS
+binds it; ``scope`` (space-separated, or a ``scp`` list) the scopes. docs/security.md "Tokens".
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jwt
@@ -26,8 +27,9 @@ from services.runtime.tokens import CARRIER_ID
 from ..config import GatewayConfig
 from .errors import RestError
 from .tokencache import VerifiedTokens
+from .jwks import JwksCache, JwksPolicy, kid_digest
 
-__all__ = ["ALGORITHMS", "AuthConfig", "Authenticator", "Principal"]
+__all__ = ["ALGORITHMS", "MAX_KID_CHARS", "MAX_SUBJECT_CHARS", "AuthConfig", "Authenticator", "Principal"]
 
 _log = logging.getLogger("haulmesh.gateway.auth")
 
@@ -36,6 +38,13 @@ ALGORITHMS = ("ES256", "RS256", "EdDSA")
 _KEY_TYPES = {"ES256": "EC", "RS256": "RSA", "EdDSA": "OKP"}
 ACCEPTED_TYPES = {"at+jwt", "application/at+jwt"}
 _BEARER = re.compile(r"^Bearer +([A-Za-z0-9._~+/=-]+) *$", re.IGNORECASE)
+#: A kid as identity providers write them (base64url / base64 thumbprints, UUIDs, dated names, URNs), bounded:
+#: anything else is refused before any key lookup, and never reaches a log or a cache key as sent.
+MAX_KID_CHARS = 128
+_KID = re.compile(rf"^[A-Za-z0-9._~:+/=-]{{1,{MAX_KID_CHARS}}}$")
+#: The subject becomes the audit log's actor: required, and bounded like any other identifier we store.
+MAX_SUBJECT_CHARS = 255
+_SUBJECT_RULE = f"the token's sub claim is required: a string of 1-{MAX_SUBJECT_CHARS} characters"
 
 
 @dataclass(frozen=True)
@@ -47,11 +56,19 @@ class AuthConfig:
     jwks_file: Path | None
     jwks_url: str | None
     leeway_seconds: float = 30.0
+    #: The JWKS URL's cache timings and CA.
+    jwks_policy: JwksPolicy = field(default_factory=JwksPolicy)
+    #: The carriers the issuer may speak for (HAULMESH_JWT_ISSUER_CARRIERS); None: any.
+    issuer_carriers: frozenset[str] | None = None
 
     @classmethod
     def from_config(cls, config: GatewayConfig) -> AuthConfig:
+        policy = JwksPolicy(refresh_seconds=config.jwks_refresh_seconds, cooldown_seconds=config.jwks_cooldown_seconds,
+                            max_stale_seconds=config.jwks_max_stale_seconds,
+                            fetch_timeout_seconds=config.jwks_fetch_timeout_seconds, ca_file=config.jwks_ca_file)
         return cls(issuer=config.jwt_issuer, audience=config.jwt_audience, jwks_file=config.jwks_file,
-                   jwks_url=config.jwks_url, leeway_seconds=config.jwt_leeway_seconds)
+                   jwks_url=config.jwks_url, leeway_seconds=config.jwt_leeway_seconds, jwks_policy=policy,
+                   issuer_carriers=config.jwt_issuer_carriers)
 
     @classmethod
     def from_env(cls, state_dir: Path, env: Mapping[str, str] | None = None) -> AuthConfig:
@@ -68,8 +85,8 @@ class Principal:
     subject: str
 
 
-def _unauthenticated(message: str) -> RestError:
-    return RestError("UNAUTHENTICATED", message, reason="UNAUTHENTICATED",
+def _unauthenticated(message: str, reason: str = "UNAUTHENTICATED") -> RestError:
+    return RestError("UNAUTHENTICATED", message, reason=reason,
                      headers={"WWW-Authenticate": 'Bearer realm="haulmesh", error="invalid_token"'})
 
 
@@ -108,26 +125,14 @@ class _FileKeys:
         return self._keys.get(kid)
 
 
-class _UrlKeys:
-    """A remote JWKS through PyJWKClient (cached; fetched in a thread, the client is synchronous)."""
-
-    def __init__(self, url: str) -> None:
-        self._client = jwt.PyJWKClient(url, cache_jwk_set=True, lifespan=300, timeout=5)
-
-    async def key(self, kid: str) -> jwt.PyJWK | None:
-        try:
-            return await asyncio.to_thread(self._client.get_signing_key, kid)
-        except jwt.PyJWKClientError as exc:
-            _log.warning("JWKS lookup of kid %s failed: %s", kid, exc)
-            return None
-
-
 class Authenticator:
     """Verifies the ``Authorization: Bearer`` header of a request and returns its Principal."""
 
     def __init__(self, config: AuthConfig) -> None:
         self.config = config
-        self._keys = _UrlKeys(config.jwks_url) if config.jwks_url else _FileKeys(config.jwks_file)  # type: ignore[arg-type]
+        self._keys: JwksCache | _FileKeys = (
+            JwksCache(config.jwks_url, config.jwks_policy) if config.jwks_url
+            else _FileKeys(config.jwks_file))  # type: ignore[arg-type]
         #: Tokens already verified (tokencache.py: until exp, at most a minute), not re-verified per request.
         self._verified: VerifiedTokens[Principal] = VerifiedTokens()
 
@@ -154,8 +159,12 @@ class Authenticator:
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
             raise _unauthenticated("the token names no key (kid)")
+        if not _KID.fullmatch(kid):
+            raise _unauthenticated(f"the token's kid is malformed (at most {MAX_KID_CHARS} characters of "
+                                   "A-Z a-z 0-9 . _ ~ : + / = -)")
         key = await self._keys.key(kid)
         if key is None:
+            _log.debug("token refused: kid %s is not in the trusted key set", kid_digest(kid))
             raise _unauthenticated("the token's key is not trusted")
         if key.key_type != _KEY_TYPES[alg] or key.algorithm_name != alg:
             raise _unauthenticated("the token's algorithm does not match its key")
@@ -163,7 +172,7 @@ class Authenticator:
             claims = jwt.decode(
                 token, key.key, algorithms=[alg], audience=self.config.audience, issuer=self.config.issuer,
                 leeway=self.config.leeway_seconds,
-                options={"require": ["exp", "iss", "aud", "iat"], "verify_signature": True},
+                options={"require": ["exp", "iss", "aud", "iat", "sub"], "verify_signature": True},
             )
         except jwt.ExpiredSignatureError:
             raise _unauthenticated("the token has expired") from None
@@ -171,11 +180,22 @@ class Authenticator:
             raise _unauthenticated("the token is not for this audience") from None
         except jwt.InvalidIssuerError:
             raise _unauthenticated("the token is not from the trusted issuer") from None
+        except jwt.exceptions.InvalidSubjectError:
+            raise _unauthenticated(_SUBJECT_RULE) from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise _unauthenticated(_SUBJECT_RULE if exc.claim == "sub" else f"invalid token: {exc}") from None
         except jwt.InvalidTokenError as exc:
             raise _unauthenticated(f"invalid token: {exc}") from None
         carrier = claims.get("carrier")
         if not isinstance(carrier, str) or not CARRIER_ID.fullmatch(carrier):
             raise _unauthenticated("the token's carrier claim is missing or malformed")
+        bound = self.config.issuer_carriers
+        if bound is not None and carrier not in bound:
+            raise _unauthenticated(f"the issuer {self.config.issuer} may not speak for carrier {carrier}",
+                                   reason="CARRIER_NOT_BOUND_TO_ISSUER")
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT_CHARS:
+            raise _unauthenticated(_SUBJECT_RULE)
         raw_scopes = claims.get("scope", claims.get("scp", ""))
         if isinstance(raw_scopes, str):
             scopes = frozenset(raw_scopes.split())
@@ -183,7 +203,7 @@ class Authenticator:
             scopes = frozenset(raw_scopes)
         else:
             raise _unauthenticated("the token's scope claim is malformed")
-        principal = Principal(carrier=carrier, scopes=scopes, subject=str(claims.get("sub", "")))
+        principal = Principal(carrier=carrier, scopes=scopes, subject=subject)
         self._verified.put(token, principal, claims["exp"])
         return principal
 

@@ -69,6 +69,14 @@ async def test_no_jwks_yet_refuses_every_token(tmp_path: Path) -> None:
     {"HAULMESH_JWKS_URL": "https://keys.example/jwks.json", "HAULMESH_JWKS_FILE": "/tmp/jwks.json"},
     {"HAULMESH_JWT_LEEWAY_SECONDS": "soon"},
     {"HAULMESH_JWT_LEEWAY_SECONDS": "3600"},
+    {"HAULMESH_JWKS_COOLDOWN_SECONDS": "0"},
+    {"HAULMESH_JWKS_COOLDOWN_SECONDS": "301"},  # more than the refresh age
+    {"HAULMESH_JWKS_REFRESH_SECONDS": "soon"},
+    {"HAULMESH_JWKS_MAX_STALE_SECONDS": "-1"},
+    {"HAULMESH_JWKS_MAX_STALE_SECONDS": "nan"},
+    {"HAULMESH_JWKS_FETCH_TIMEOUT_SECONDS": "31"},
+    {"HAULMESH_JWT_ISSUER_CARRIERS": "acme,Globex"},
+    {"HAULMESH_JWT_ISSUER_CARRIERS": "acme,,globex"},
 ])
 def test_bad_configuration_is_refused(tmp_path: Path, env: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
@@ -95,7 +103,8 @@ def _jwks_file(tmp_path: Path, keys: dict[str, tuple[object, str]]) -> Path:
 
 def _token(key: object, alg: str, kid: str, carrier: str = "acme") -> str:
     now = int(time.time())
-    claims = {"iss": DEFAULT_ISSUER, "aud": DEFAULT_AUDIENCE, "iat": now, "exp": now + 60, "carrier": carrier,
+    claims = {"iss": DEFAULT_ISSUER, "aud": DEFAULT_AUDIENCE, "sub": "tms", "iat": now, "exp": now + 60,
+              "carrier": carrier,
               "scope": "tender:read"}
     return jwt.encode(claims, key, algorithm=alg, headers={"kid": kid, "typ": "at+jwt"})
 
