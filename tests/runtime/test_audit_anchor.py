@@ -253,7 +253,8 @@ async def test_at20_full(chaos_seed: int, chaos_record, store_client: redis.asyn
     for kind in ATTACKS:
         for n in range(10):
             entries = rng.randrange(20, 200)
-            objects = open_object_store(f"{s3_bucket}/{kind}-{n}")
+            base, _, query = s3_bucket.partition("?")  # each attack its own key prefix in the bucket
+            objects = open_object_store(f"{base.rstrip('/')}/{kind}-{n}?{query}")
             outcomes.append(await run_attack(store_client, sync, objects, signer, public, kind, entries=entries,
                                              position=rng.randrange(1, entries), rng=rng))
     rate = detected(outcomes)
