@@ -325,15 +325,40 @@ class _ChainWalk:
     unanchored: int = 0
 
 
-def _pages(client: redis.Redis, stream: str, pool: ThreadPoolExecutor) -> Iterator[list[tuple[bytes, dict]]]:
-    """The chain's entries, a page at a time; the next page is read (in ``pool``) while the caller checks this
-    one, so the store's time and the hashing overlap (docs/security.md: 1,000,000 entries within a minute)."""
-    page = client.xrange(stream, min="-", count=VERIFY_PAGE_ENTRIES)
+# One page of a chain for verify, flattened in the store: [id, record, hash, id, record, hash, ...] (a missing field
+# is nil). The client then parses three strings per entry instead of XRANGE's nested arrays: a third of the
+# verifier's CPU per entry (pure-Python reply parsing was its largest cost). KEYS: the chain. ARGV: the start id
+# (inclusive, or "(<id>" exclusive), the page size.
+_PAGE_LUA = """
+local page = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
+local out = {}
+for _, entry in ipairs(page) do
+  local fields, record, digest = entry[2], false, false
+  for i = 1, #fields, 2 do
+    if fields[i] == 'record' then record = fields[i + 1] elseif fields[i] == 'hash' then digest = fields[i + 1] end
+  end
+  out[#out + 1] = entry[1]
+  out[#out + 1] = record
+  out[#out + 1] = digest
+end
+return out
+"""
+
+
+def _pages(client: redis.Redis, stream: str, pool: ThreadPoolExecutor) -> Iterator[list[Any]]:
+    """The chain's entries, a page at a time, flat (``[id, record, hash, ...]``); the next page is read (in
+    ``pool``) while the caller checks this one, so the store's time and the hashing overlap (docs/security.md:
+    1,000,000 entries within a minute)."""
+    script = client.register_script(_PAGE_LUA)
+
+    def read(start: str) -> list[Any]:
+        return script(keys=[stream], args=[start, VERIFY_PAGE_ENTRIES])
+
+    page = read("-")
     while page:
         following = None
-        if len(page) == VERIFY_PAGE_ENTRIES:
-            following = pool.submit(client.xrange, stream, min=f"({page[-1][0].decode()}",
-                                    count=VERIFY_PAGE_ENTRIES)
+        if len(page) == 3 * VERIFY_PAGE_ENTRIES:
+            following = pool.submit(read, f"({page[-3].decode()}")
         yield page
         page = following.result() if following is not None else []
 
@@ -358,33 +383,39 @@ def _verify_chain(client: redis.Redis, stream: str, problems: list[str], pool: T
     first: bool | None = None
     last_anchor = max(anchors, default=0)
     for page in _pages(client, stream, pool):
-        for entry_id, fields in page:
+        for at in range(0, len(page), 3):
+            entry_id, raw_record, raw_hash = page[at:at + 3]
             walk.count += 1
-            where = f"{stream} entry {entry_id.decode()}"
             try:
-                record = json.loads(fields[b"record"])
-                stored_hash = fields[b"hash"].decode()
-            except (KeyError, ValueError):
-                problems.append(f"{where}: unreadable")
+                record = json.loads(raw_record)
+                stored_hash = raw_hash.decode()
+                if not isinstance(record, dict):
+                    raise TypeError("not an object")
+            except (TypeError, ValueError, AttributeError):
+                problems.append(f"{stream} entry {entry_id.decode()}: unreadable")
                 continue
-            seq = record.get("seq")
+            seq, linked = record.get("seq"), record.get("prev")
             if first is None:
                 first = seq != expected_seq
-            if seq != expected_seq:
-                problems.append(f"{where}: sequence {seq}, expected {expected_seq}"
-                                " (entries deleted, inserted or reordered)")
-            if record.get("prev") != prev:
-                problems.append(f"{where} (seq {seq}): does not follow the previous entry "
-                                "(deleted, inserted or reordered)")
-            if _entry_hash(record.get("prev", ""), record) != stored_hash:
-                problems.append(f"{where} (seq {seq}): content does not match its hash (edited)")
+            # The common case first, each check once: every message is built only for a problem.
+            recomputed = _entry_hash(linked if isinstance(linked, str) else "", record)
             signed = anchors.get(seq) if isinstance(seq, int) else None
-            if signed is not None and signed != stored_hash:
-                problems.append(f"{where} (seq {seq}): differs from the signed checkpoint of that sequence "
-                                "(edited and the chain recomputed, or replaced)")
+            if seq != expected_seq or linked != prev or recomputed != stored_hash or signed not in (None, stored_hash):
+                where = f"{stream} entry {entry_id.decode()}"
+                if seq != expected_seq:
+                    problems.append(f"{where}: sequence {seq}, expected {expected_seq}"
+                                    " (entries deleted, inserted or reordered)")
+                if linked != prev:
+                    problems.append(f"{where} (seq {seq}): does not follow the previous entry "
+                                    "(deleted, inserted or reordered)")
+                if recomputed != stored_hash:
+                    problems.append(f"{where} (seq {seq}): content does not match its hash (edited)")
+                if signed not in (None, stored_hash):
+                    problems.append(f"{where} (seq {seq}): differs from the signed checkpoint of that sequence "
+                                    "(edited and the chain recomputed, or replaced)")
             if isinstance(seq, int) and seq > last_anchor:
                 walk.unanchored += 1
-            prev, expected_seq = stored_hash, int(seq if isinstance(seq, int) else expected_seq) + 1
+            prev, expected_seq = stored_hash, (seq if isinstance(seq, int) else expected_seq) + 1
     walk.first_off_base = bool(first)
     head = client.hgetall(head_key(stream))
     walk.head_seq = int(head.get(b"seq", 0))
