@@ -1,9 +1,10 @@
 """``make bench``, the audit part: verifying 1,000,000 audit entries against a signed checkpoint (issue 12: < 60 s
 on 2 cores).
 
-One chain of N entries shaped like the mesh's (a gateway's call for a carrier on a resource) is written straight
-into a fresh embedded store (pipelined XADDs, hashes chained as the runtime's AuditLog chains them), anchored by a
-signed checkpoint of its head in a local checkpoint directory; then what ``haulmesh audit verify`` does is timed:
+One chain of N entries shaped like the mesh's (a TMS's call through the gateway, for a carrier, on a resource) is
+written into a fresh embedded store by the runtime's own AuditLog (group commit: thousands of appends in flight),
+anchored by its CheckpointWriter's signed checkpoint in a local directory; then what ``haulmesh audit verify`` does
+is timed:
 read and check the checkpoints, walk and recompute the chain. Wall time, and CPU of the verifier and of the store
 per entry; the yardstick ``audit_hash_us`` is one entry's own floor (its canonical JSON and SHA-256), measured in
 the same run, so a slower machine shows as a slower yardstick too.
@@ -11,6 +12,8 @@ the same run, so a slower machine shows as a slower yardstick too.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import os
 import shutil
@@ -20,9 +23,8 @@ from pathlib import Path
 import redis
 from bench_telemetry import cpu_seconds
 
-from services.runtime import EmbeddedStore, verify_audit_log
-from services.runtime._audit import _GENESIS, CHAINS_KEY, _entry_hash, head_key
-from services.runtime._checkpoints import (
+from services.runtime import AuditLog, EmbeddedStore, connect_async, verify_audit_log
+from services.runtime.audit_anchor import (
     AuditSigner,
     CheckpointWriter,
     generate_signing_key,
@@ -37,44 +39,33 @@ __all__ = ["run_audit_bench"]
 TARGET_SECONDS_PER_MILLION = 60.0
 
 
-def _record(i: int, prev: str) -> dict:
-    return {"time": round(1_764_700_000 + i / 100, 3), "actor": "dispatcher-7", "client": "mcleod-loadmaster",
-            "via": "spiffe://haulmesh.local/service/gateway",
-            "method": "/haulmesh.tender.v1.TenderService/CreateTender",
-            "carrier": "carriers/acme", "resource": f"tenders/01J{i:023d}", "outcome": "OK", "seq": i, "prev": prev}
+#: Appends in flight at once while filling (each batch is one transaction of the chain's group commit).
+_FILL_IN_FLIGHT = 5000
+_ENTRY = {"actor": "dispatcher-7", "client": "mcleod-loadmaster", "via": "spiffe://haulmesh.local/service/gateway",
+          "method": "/haulmesh.tender.v1.TenderService/CreateTender", "carrier": "carriers/acme"}
 
 
-def _fill(client: redis.Redis, stream: str, entries: int) -> tuple[int, str]:
-    prev = _GENESIS
-    client.sadd(CHAINS_KEY, stream)
-    pipe = client.pipeline(transaction=False)
-    for i in range(1, entries + 1):
-        record = _record(i, prev)
-        prev = _entry_hash(prev, record)
-        pipe.xadd(stream, {"record": json.dumps(record, sort_keys=True), "hash": prev})
-        if i % 5000 == 0:
-            pipe.execute()
-    pipe.hset(head_key(stream), mapping={"seq": entries, "hash": prev})
-    pipe.execute()
-    return entries, prev
+async def _fill(url: str, entries: int) -> AuditLog:
+    client = connect_async(url)
+    log = AuditLog(client, "bench-audit")
+    try:
+        for start in range(0, entries, _FILL_IN_FLIGHT):
+            await asyncio.gather(*(log.append(**_ENTRY, resource=f"tenders/01J{i:023d}")
+                                   for i in range(start, min(entries, start + _FILL_IN_FLIGHT))))
+    finally:
+        await client.aclose()
+    return log
 
 
 def _hash_yardstick_us(samples: int = 20_000) -> float:
-    record = _record(1, _GENESIS)
+    """One entry's own floor: its canonical JSON (sorted keys) and SHA-256 over the previous hash and it."""
+    record = {**_ENTRY, "time": 1_764_700_000.123, "resource": "tenders/01J" + "0" * 23, "outcome": "OK",
+              "seq": 1, "prev": "0" * 64}
     began = time.perf_counter()
     for _ in range(samples):
-        _entry_hash(_GENESIS, record)
+        hashlib.sha256(("0" * 64 + json.dumps(record, sort_keys=True, separators=(",", ":"),
+                                                ensure_ascii=False)).encode()).hexdigest()
     return (time.perf_counter() - began) / samples * 1e6
-
-
-class _Head:
-    """The chain's head as its writer knew it, for the CheckpointWriter (which signs what a writer wrote)."""
-
-    def __init__(self, stream: str, seq: int, digest: str) -> None:
-        self.stream, self._head = stream, (seq, digest)
-
-    def head(self) -> tuple[int, str]:
-        return self._head
 
 
 async def run_audit_bench(state: Path, *, entries: int = 1_000_000) -> dict:
@@ -84,16 +75,14 @@ async def run_audit_bench(state: Path, *, entries: int = 1_000_000) -> dict:
     info = store.ensure_running()
     client = redis.Redis.from_url(info.url)
     try:
-        stream = "audit:{bench-audit}"
         began = time.perf_counter()
-        seq, digest = _fill(client, stream, entries)
+        log = await _fill(info.url, entries)
         fill_seconds = time.perf_counter() - began
         generate_signing_key(state / "audit-signing-key.pem", state / "audit-signing.pub.pem")
         objects = open_object_store(str(state / "checkpoints"))
-        writer = CheckpointWriter(_Head(stream, seq, digest), AuditSigner.from_file(state / "audit-signing-key.pem"),
-                                  lambda: objects)
+        writer = CheckpointWriter(log, AuditSigner.from_file(state / "audit-signing-key.pem"), lambda: objects)
         await writer.tick()
-        memory = int(client.memory_usage(stream) or 0)
+        memory = int(client.memory_usage(log.stream) or 0)
         store_cpu, own_cpu = cpu_seconds(info.pid), time.process_time()
         began = time.perf_counter()
         found = read_checkpoints(objects, load_public_keys([state / "audit-signing.pub.pem"]))

@@ -11,7 +11,7 @@ beside it in the same transaction. :func:`verify` detects an edited, deleted, re
 (a broken link or a sequence gap), a truncated tail (the head names an entry that is gone) and a chain
 removed while still listed. Whoever can rewrite every entry, every head *and* the list could still forge
 history, or put back an older copy of the store: so each process also signs its chain's head with a key the
-store never sees and exports it off the store (:mod:`._checkpoints`), and :func:`verify` given those signed
+store never sees and exports it off the store (:mod:`.audit_anchor`), and :func:`verify` given those signed
 checkpoints detects a recomputed chain and a rollback too (docs/security.md, "Audit anchor").
 
 For a TMS's call the gateway forwards who is behind the token (its subject and client) as request metadata;
@@ -434,7 +434,7 @@ def _verify_chain(client: redis.Redis, stream: str, problems: list[str], pool: T
 def verify(client: redis.Redis, *, checkpoints: Mapping[str, Mapping[int, str]] | None = None) -> AuditReport:
     """Walk every chain (synchronously: it is a command-line check) and report every break.
 
-    ``checkpoints``: the signed checkpoints, already signature-checked (:func:`._checkpoints.read_checkpoints`),
+    ``checkpoints``: the signed checkpoints, already signature-checked (:func:`.audit_anchor.read_checkpoints`),
     as chain → sequence → hash. Read them *before* calling: a checkpoint is written only after its entries are
     stored, so every one read before the walk must be matched by the store; a chain they name that the store does
     not list was deleted or the store rolled back."""

@@ -32,7 +32,6 @@ from grpc_reflection.v1alpha import reflection
 
 from ._audit import AuditLog
 from ._authz import AuthorizationInterceptor, Policy
-from ._checkpoints import AuditSigner, CheckpointWriter
 from ._client import Channels
 from ._cluster import wait_all_durable
 from ._config import ServiceConfig
@@ -48,6 +47,7 @@ from ._store import connect_async, redact_url, resolve_redis_url
 from ._tls import CertificateFiles, reloading_server_credentials
 from ._tracing import configure_tracing, server_interceptors, shutdown_tracing
 from ._workers import supervise_workers
+from .audit_anchor import AuditSigner, CheckpointWriter
 from .objectstore import ObjectStoreError, open_object_store
 
 __all__ = ["Service", "run_service"]

@@ -31,7 +31,6 @@ from cryptography import x509
 
 from . import kpi_report, pki
 from ._audit import verify as verify_audit_log
-from ._checkpoints import generate_signing_key, load_public_keys, read_checkpoints
 from ._config import (
     AUDIT_SIGNING_KEY_NAME,
     AUDIT_VERIFY_KEY_NAME,
@@ -44,6 +43,7 @@ from ._errors import HaulmeshError
 from ._events import dead_letters, replay_dead_letters
 from ._mesh import Mesh
 from ._store import EmbeddedStore, connect_async, connect_sync, resolve_redis_url
+from .audit_anchor import generate_signing_key, load_public_keys, read_checkpoints
 
 __all__ = ["main"]
 

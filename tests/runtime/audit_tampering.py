@@ -17,7 +17,7 @@ import redis.asyncio
 
 from services.runtime import AuditLog, verify_audit_log
 from services.runtime._audit import _GENESIS, _entry_hash, head_key
-from services.runtime._checkpoints import AuditSigner, CheckpointWriter, load_public_keys, read_checkpoints
+from services.runtime.audit_anchor import AuditSigner, CheckpointWriter, load_public_keys, read_checkpoints
 from services.runtime.objectstore import ObjectStore
 
 #: Every attack of AT-20 (issue 12): the naive ones the hash chain alone shows, and the careful ones (the chain

@@ -31,7 +31,8 @@ from services.runtime import (
     poll_until,
     verify_audit_log,
 )
-from services.runtime._checkpoints import (
+from services.runtime._store import free_port
+from services.runtime.audit_anchor import (
     AuditSigner,
     Checkpoint,
     CheckpointWriter,
@@ -39,7 +40,6 @@ from services.runtime._checkpoints import (
     load_public_keys,
     read_checkpoints,
 )
-from services.runtime._store import free_port
 from services.runtime.objectstore import open_object_store
 from services.runtime.tokens import mint
 from tests.gateway.rest.test_rest import seed_tender

@@ -48,8 +48,8 @@ from .objectstore import MAX_LIST_LIMIT, ObjectExists, ObjectStore, ObjectStoreE
 if TYPE_CHECKING:
     from ._audit import AuditLog
 
-__all__ = ["CHECKPOINT_PREFIX", "AuditSigner", "Checkpoint", "CheckpointWriter", "generate_signing_key",
-           "load_public_keys", "read_checkpoints"]
+__all__ = ["CHECKPOINT_PREFIX", "CHECKPOINT_RETENTION_SECONDS", "AuditSigner", "Checkpoint", "CheckpointSet",
+           "CheckpointWriter", "generate_signing_key", "key_id", "load_public_keys", "object_key", "read_checkpoints"]
 
 _log = logging.getLogger("haulmesh.audit")
 
