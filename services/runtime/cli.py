@@ -261,8 +261,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if anchored and not args.public_key and not keys_paths[0].is_file():
         print(f"no audit public key ({keys_paths[0]}; give --public-key): checkpoints not checked")
         anchored = False
+    url = _checkpoint_url(args)
+    if anchored and not (args.checkpoints or os.environ.get("HAULMESH_AUDIT_CHECKPOINT_URL")) \
+            and not Path(url).is_dir():  # the default place, never written: nothing anchors (named ones must exist)
+        print(f"no checkpoint store at {url} (give --checkpoints or HAULMESH_AUDIT_CHECKPOINT_URL)")
+        anchored = False
     if anchored:
-        url = _checkpoint_url(args)
         try:
             public_keys = load_public_keys(keys_paths)
             found = read_checkpoints(open_object_store(url, create=False), public_keys)

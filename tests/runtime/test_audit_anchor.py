@@ -18,10 +18,13 @@ import httpx
 import pytest
 import redis
 import redis.asyncio
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from haulmesh.tender.v1 import tender_pb2, tender_service_pb2, tender_service_pb2_grpc
 from services.runtime import (
     AuditLog,
+    ConfigError,
     Mesh,
     Policy,
     Service,
@@ -40,6 +43,7 @@ from services.runtime.audit_anchor import (
     load_public_keys,
     read_checkpoints,
 )
+from services.runtime.cli import main as cli_main
 from services.runtime.objectstore import open_object_store
 from services.runtime.tokens import mint
 from tests.gateway.rest.test_rest import seed_tender
@@ -271,3 +275,50 @@ def test_checkpoint_object_keys_are_one_per_chain_and_sequence(keys) -> None:
     checkpoint = signer.sign("audit:{tender-host-12-abc}", 42, "0" * 64, 1.5)
     assert checkpoint.object_key == "audit-checkpoints/tender-host-12-abc/000000000042.json"
     assert Checkpoint.from_json(checkpoint.to_json()) == checkpoint
+
+
+async def test_a_stopping_service_anchors_its_last_entries(tmp_path: Path, store_url: str, keys) -> None:
+    """The final checkpoint: a service that stops cleanly leaves every entry it wrote anchored, whatever its
+    interval (here an hour, so only the stop can have written it)."""
+    _, public = keys
+    p = make_pki(tmp_path / "ca")
+    url = str(tmp_path / "checkpoints")
+    config = ServiceConfig(service_name="tender", listen_host="127.0.0.1", port=free_port(),
+                           tls=_issue_server_cert(p, tmp_path / "server"), state_dir=tmp_path, redis_url=store_url,
+                           grace_period_seconds=0.5, audit_signing_key_file=tmp_path / "audit-signing-key.pem",
+                           audit_checkpoint_url=url, audit_checkpoint_interval_seconds=3600)
+    service = Service(config, Policy({_CANCEL: ["service/gateway"]}))
+    service.add(tender_service_pb2_grpc.add_TenderServiceServicer_to_server, Cancels(),
+                tender_service_pb2.DESCRIPTOR.services_by_name["TenderService"])
+    await service.start()
+    try:
+        async with grpc.aio.secure_channel(f"127.0.0.1:{config.port}", p.credentials("service", "gateway"),
+                                           options=[("grpc.ssl_target_name_override", "localhost")]) as channel:
+            stub = tender_service_pb2_grpc.TenderServiceStub(channel)
+            for i in range(3):
+                await stub.CancelTender(tender_service_pb2.CancelTenderRequest(name=f"tenders/t{i}"),
+                                        metadata=(("haulmesh-carrier", "carriers/acme"),), timeout=10)
+    finally:
+        await service.stop()
+    found = read_checkpoints(open_object_store(url), load_public_keys(public))
+    assert found.problems == [] and max(found.by_chain[service.audit.stream]) == 3
+
+
+def test_the_signing_key_settings(tmp_path: Path) -> None:
+    """Explicit and missing: the service does not start; unset: the certificate folder's key if there is one."""
+    with pytest.raises(ConfigError, match="HAULMESH_AUDIT_SIGNING_KEY_FILE"):
+        ServiceConfig.from_env("tender", {"HAULMESH_AUDIT_SIGNING_KEY_FILE": str(tmp_path / "none.pem")})
+    bare = ServiceConfig.from_env("tender", {"HAULMESH_CERT_DIR": str(tmp_path), "HAULMESH_STATE_DIR": str(tmp_path)})
+    assert bare.audit_signing_key_file is None and bare.audit_checkpoint_interval_seconds == 300
+    assert bare.audit_checkpoint_url == str(tmp_path / "audit-checkpoints")
+    assert cli_main(["--cert-dir", str(tmp_path), "pki", "audit-key"]) == 0
+    assert cli_main(["--cert-dir", str(tmp_path), "pki", "audit-key"]) == 2  # never replaced by accident
+    found = ServiceConfig.from_env("tender", {"HAULMESH_CERT_DIR": str(tmp_path),
+                                              "HAULMESH_AUDIT_CHECKPOINT_INTERVAL_SECONDS": "60"})
+    assert found.audit_signing_key_file == tmp_path / "audit-signing-key.pem"
+    assert found.audit_checkpoint_interval_seconds == 60
+    p256 = tmp_path / "p256.pem"  # a key of the mesh's kind is refused: checkpoints are signed with Ed25519 only
+    p256.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    with pytest.raises(ConfigError, match="Ed25519"):
+        AuditSigner.from_file(p256)
