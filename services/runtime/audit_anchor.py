@@ -41,15 +41,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from prometheus_client import Counter, Gauge
 
-from ._errors import ConfigError
+from ._errors import ConfigError, HaulmeshError
 from ._metrics import METRICS_REGISTRY
-from .objectstore import MAX_LIST_LIMIT, ObjectExists, ObjectStore, ObjectStoreError
+from .objectstore import MAX_LIST_LIMIT, ObjectExists, ObjectStore
 
 if TYPE_CHECKING:
     from ._audit import AuditLog
 
-__all__ = ["CHECKPOINT_PREFIX", "CHECKPOINT_RETENTION_SECONDS", "AuditSigner", "Checkpoint", "CheckpointSet",
-           "CheckpointWriter", "generate_signing_key", "key_id", "load_public_keys", "object_key", "read_checkpoints"]
+__all__ = ["CHECKPOINT_PREFIX", "CHECKPOINT_RETENTION_SECONDS", "RETRY_SECONDS", "AuditSigner", "Checkpoint",
+           "CheckpointSet", "CheckpointWriter", "generate_signing_key", "key_id", "load_public_keys", "object_key",
+           "read_checkpoints"]
 
 _log = logging.getLogger("haulmesh.audit")
 
@@ -227,7 +228,7 @@ class CheckpointWriter:
         checkpoint = self._signer.sign(self._log.stream, seq, digest, datetime.now(UTC).timestamp())
         try:
             await asyncio.to_thread(self._put, checkpoint)
-        except (ObjectStoreError, OSError) as exc:
+        except (HaulmeshError, OSError) as exc:  # ObjectStoreError, or a URL refused when first opened
             CHECKPOINT_FAILURES.inc()
             _log.error("AUDIT: checkpoint of %s at seq %d not exported (%s); retrying in %.0f s",
                        self._log.stream, seq, exc, RETRY_SECONDS)

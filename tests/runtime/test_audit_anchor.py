@@ -36,6 +36,7 @@ from services.runtime import (
 )
 from services.runtime._store import free_port
 from services.runtime.audit_anchor import (
+    RETRY_SECONDS,
     AuditSigner,
     Checkpoint,
     CheckpointWriter,
@@ -44,7 +45,7 @@ from services.runtime.audit_anchor import (
     read_checkpoints,
 )
 from services.runtime.cli import main as cli_main
-from services.runtime.objectstore import open_object_store
+from services.runtime.objectstore import ObjectStoreError, open_object_store
 from services.runtime.tokens import mint
 from tests.gateway.rest.test_rest import seed_tender
 
@@ -322,3 +323,25 @@ def test_the_signing_key_settings(tmp_path: Path) -> None:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     with pytest.raises(ConfigError, match="Ed25519"):
         AuditSigner.from_file(p256)
+
+
+async def test_a_failing_checkpoint_store_delays_the_anchor_and_never_ends_the_service(
+        store_client: redis.asyncio.Redis, tmp_path: Path, keys) -> None:
+    """The export fails (the store refuses): the pass says when to try again, the lag is counted, nothing is raised
+    (a raise would end the process); once the store answers, the checkpoint is written."""
+    signer, public = keys
+    objects = open_object_store(str(tmp_path / "cp"))
+    failing = [True]
+
+    def opener():
+        if failing[0]:
+            raise ObjectStoreError("the checkpoint store is down")
+        return objects
+
+    log = AuditLog(store_client, "failing")
+    writer = CheckpointWriter(log, signer, opener)
+    await log.append(actor="a", method="/x/M")
+    assert await writer.tick() == RETRY_SECONDS and writer.lag == 1 and writer.written == 0
+    failing[0] = False
+    assert await writer.tick() is None and writer.lag == 0 and writer.written == 1
+    assert read_checkpoints(objects, load_public_keys(public)).count == 1
