@@ -49,7 +49,7 @@ from services.runtime.objectstore import ObjectStoreError, open_object_store
 from services.runtime.tokens import mint
 from tests.gateway.rest.test_rest import seed_tender
 
-from ..conftest import make_pki
+from ..conftest import make_pki, running_mesh
 from .audit_tampering import ATTACKS, CHAIN_BLIND, attack, detected, run_attack
 from .test_security import _issue_server_cert
 
@@ -345,3 +345,60 @@ async def test_a_failing_checkpoint_store_delays_the_anchor_and_never_ends_the_s
     failing[0] = False
     assert await writer.tick() is None and writer.lag == 0 and writer.written == 1
     assert read_checkpoints(objects, load_public_keys(public)).count == 1
+
+
+@pytest.mark.chaos(seeds=1)
+async def test_at20_full_on_a_running_mesh(chaos_seed: int, chaos_record, mesh_pki, tmp_path: Path) -> None:
+    """AT-20 end to end: every service a real process anchoring its own chain (every 0.5 s here), TMS calls through
+    the real gateway, then the careful attacks on the tender service's live chain, checked by the real command."""
+    rng = random.Random(chaos_seed)
+    env_mesh = {"HAULMESH_AUDIT_CHECKPOINT_INTERVAL_SECONDS": "0.5"}
+    async with running_mesh(mesh_pki, tmp_path / "mesh", env=env_mesh) as mesh:
+        token = mint(carrier="acme", scopes="tender:create", state_dir=mesh.state_dir, subject="dispatcher-9")
+        sync = redis.Redis.from_url(mesh.store.url)
+        objects = open_object_store(str(mesh.state_dir / "audit-checkpoints"))
+        public = [mesh_pki.directory / "audit-signing.pub.pem"]
+
+        async def create(n: int) -> None:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{mesh.http_port}", timeout=30) as http:
+                for _ in range(n):
+                    reply = await http.post("/api/v1/tenders", json=seed_tender(),
+                                            headers={"Authorization": f"Bearer {token}"})
+                    assert reply.status_code == 200, reply.text
+
+        def fully_anchored() -> bool:
+            report = verify_audit_log(sync, checkpoints=_anchors(objects, public))
+            return report.intact and report.unanchored_entries == 0 and report.anchored_chains >= 1
+
+        def tender_chain() -> str:
+            return next(c.decode() for c in sync.smembers("audit:chains") if c.decode().startswith("audit:{tender-"))
+
+        cli_env = {**os.environ, "REDIS_URL": mesh.store.url,
+                   "HAULMESH_AUDIT_CHECKPOINT_URL": str(mesh.state_dir / "audit-checkpoints")}
+        args = ("--public-key", str(public[0]))
+        await create(rng.randrange(3, 8))
+        await poll_until(fully_anchored, timeout_seconds=30, what="every chain anchored")
+        clean = await asyncio.to_thread(_cli, *args, env=cli_env)
+        outcomes = {"clean_exit": clean.returncode}
+        chain = tender_chain()
+        # Recompute: an entry's actor rewritten and every hash after it recomputed, the head too.
+        before = {key: sync.dump(key) for key in (chain, f"{chain}:head")}
+        attack(sync, chain, "recompute", rng.randrange(0, sync.xlen(chain)), rng)
+        outcomes["recompute_exit"] = (await asyncio.to_thread(_cli, *args, env=cli_env)).returncode
+        outcomes["recompute_chain_only_exit"] = (await asyncio.to_thread(_cli, "--no-checkpoints",
+                                                                         env=cli_env)).returncode
+        for key, value in before.items():  # undone: the real history back
+            sync.restore(key, 0, value, replace=True)
+        # Roll back: a snapshot of the chain, more calls (anchored), the snapshot put back.
+        await create(2)
+        await poll_until(fully_anchored, timeout_seconds=30, what="the new calls anchored")
+        outcomes["restored_exit"] = (await asyncio.to_thread(_cli, *args, env=cli_env)).returncode
+        for key, value in before.items():
+            sync.restore(key, 0, value, replace=True)
+        rolled = await asyncio.to_thread(_cli, *args, env=cli_env)
+        outcomes["rollback_exit"] = rolled.returncode
+        sync.close()
+    chaos_record("AT-20", on_mesh=True, **outcomes)
+    assert outcomes == {"clean_exit": 0, "recompute_exit": 1, "recompute_chain_only_exit": 3, "restored_exit": 0,
+                        "rollback_exit": 1}, (outcomes, rolled.stdout)
+    assert "beyond the store's last entry" in rolled.stdout
