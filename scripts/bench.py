@@ -1,6 +1,7 @@
 """``make bench``: measured figures, printed and written as JSON (build/bench.json), never asserted.
 
-Telemetry figures: see bench_telemetry.py.
+Telemetry figures: see bench_telemetry.py. Audit figures (verifying 1,000,000 entries against a signed checkpoint,
+on a store of their own): see bench_audit.py; ``--only audit`` measures just those.
 
 REST tender create → offer, through the gateway with a real token, over a fresh local mesh:
   * latency p50 / p99 at a fixed offered load (open loop: requests start on schedule whether or not
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import grpc
 import httpx
+from bench_audit import run_audit_bench
 from bench_telemetry import cpu_seconds, run_telemetry_bench
 from localmesh import fresh_mesh, register_truck
 
@@ -131,7 +133,8 @@ async def run(args: argparse.Namespace) -> dict:
         telemetry["settle_seconds_before_telemetry"] = round(settled, 1)
     finally:
         await mesh.stop(stop_store=True)
-    return {**telemetry,
+    audit = await run_audit_bench(STATE / "audit", entries=args.audit_entries)  # the mesh stopped: its cores free
+    return {**telemetry, **audit,
         "tender_create_p50_ms": round(steady["p50_ms"], 2),
         "tender_create_p99_ms": round(steady["p99_ms"], 2),
         "tender_create_mean_ms": round(steady["mean_ms"], 2),
@@ -149,7 +152,19 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10, help="length of each phase (default 10)")
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight at saturation")
     parser.add_argument("--open-streams", type=int, default=5000, help="truck streams to try to hold open")
+    parser.add_argument("--audit-entries", type=int, default=1_000_000, help="audit entries verified (default 1e6)")
+    parser.add_argument("--only", choices=["all", "audit"], default="all",
+                        help="audit: only the audit verification figures (no mesh); written to build/bench.json "
+                        "beside the figures already there")
     args = parser.parse_args()
+    if args.only == "audit":
+        figures = asyncio.run(run_audit_bench(STATE / "audit", entries=args.audit_entries))
+        _print_audit(figures)
+        previous = json.loads(OUT.read_text()) if OUT.is_file() else {}
+        OUT.parent.mkdir(parents=True, exist_ok=True)
+        OUT.write_text(json.dumps({**previous, **figures}, indent=2) + "\n")
+        print(json.dumps(figures, separators=(",", ":")))
+        return 0
     figures = asyncio.run(run(args))
     print(f"REST tender create → offer at {args.rate:g} req/s for {args.seconds:g}s: "
           f"p50 {figures['tender_create_p50_ms']} ms, p99 {figures['tender_create_p99_ms']} ms (target p99 ≤ 25 ms)")
@@ -164,10 +179,19 @@ def main() -> int:
     print(f"archive: {figures['archive_frames_per_s']} frames/s archived to Parquet; bytes per frame "
           f"{figures['archive_parquet_bytes_per_frame']} in Parquet vs {figures['archive_redis_bytes_per_frame']} "
           f"in Redis (docs/capacity.md, Data tiers)")
+    _print_audit(figures)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures, separators=(",", ":")))
     return 0
+
+
+def _print_audit(figures: dict) -> None:
+    print(f"audit verify: {figures['audit_verify_entries']:,} entries against a signed checkpoint in "
+          f"{figures['audit_verify_seconds']} s ({figures['audit_verify_seconds_per_million']} s per million, target "
+          f"< {figures['audit_verify_target_seconds_per_million']:g}); {figures['audit_verify_cpu_us_per_entry']} µs "
+          f"verifier CPU + {figures['audit_verify_store_cpu_us_per_entry']} µs store CPU per entry "
+          f"(yardstick: one entry's hash {figures['audit_hash_us']} µs)")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ Lock; ``evidence``: sealed evidence packs and their offline verifier; ``pki``: t
 tests/runtime/test_public_api.py.
 """
 
-from ._audit import AuditEntry, AuditLog, TooManyAuditEntries
+from ._audit import AuditEntry, AuditLog, TooManyAuditEntries, actor_metadata
 from ._audit import entries_touching as audit_entries_touching
 from ._audit import trim as trim_audit_log
 from ._audit import verify as verify_audit_log
@@ -135,6 +135,7 @@ __all__ = [
     "TracingConfig",
     "Unavailable",
     "abort",
+    "actor_metadata",
     "add_event",
     "asgi_middleware",
     "audit_entries_touching",

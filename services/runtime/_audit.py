@@ -9,9 +9,14 @@ Each entry holds its sequence number, the previous entry's hash and its own hash
 previous hash and the entry's canonical JSON; each chain's head (last sequence and hash) is stored
 beside it in the same transaction. :func:`verify` detects an edited, deleted, reordered or inserted entry
 (a broken link or a sequence gap), a truncated tail (the head names an entry that is gone) and a chain
-removed while still listed. Whoever can rewrite every entry, every head *and* the list can still forge
-history: production deployments anchor the heads elsewhere (periodic signed checkpoints shipped to the
-SIEM), as the seed's "immutable audit logs" asks.
+removed while still listed. Whoever can rewrite every entry, every head *and* the list could still forge
+history, or put back an older copy of the store: so each process also signs its chain's head with a key the
+store never sees and exports it off the store (:mod:`.audit_anchor`), and :func:`verify` given those signed
+checkpoints detects a recomputed chain and a rollback too (docs/security.md, "Audit anchor").
+
+For a TMS's call the gateway forwards who is behind the token (its subject and client) as request metadata;
+the writer records them as the entry's ``actor`` and ``client``, with the gateway as ``via``
+(:data:`ACTOR_SUBJECT_METADATA_KEY`), believed only from the gateway's own identity.
 
 Retention (docs/capacity.md, "Retention of what the store holds"): what reads the chains is
 ``haulmesh audit verify`` and the evidence packs of missions (:func:`entries_touching`), exported after
@@ -37,15 +42,19 @@ import os
 import socket
 import time
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, unquote
 
 import redis
 import redis.asyncio
 
 from ._keys import new_id
 
-__all__ = ["AUDIT_RETENTION_SECONDS", "CHAINS_KEY", "AuditEntry", "AuditLog", "AuditReport", "TooManyAuditEntries",
+__all__ = ["ACTOR_CLIENT_METADATA_KEY", "ACTOR_SUBJECT_METADATA_KEY", "AUDIT_RETENTION_SECONDS", "CHAINS_KEY",
+           "AuditEntry", "AuditLog", "AuditReport", "TooManyAuditEntries", "actor_from_metadata", "actor_metadata",
            "entries_touching", "trim", "verify", "verify_entries"]
 
 CHAINS_KEY = "audit:chains"
@@ -56,6 +65,12 @@ AUDIT_RETENTION_SECONDS = 395 * 86400
 TRIM_INTERVAL_SECONDS = 3600.0
 #: Coalesced appends remembered per process (least recently written first out).
 _COALESCE_KEYS = 10_000
+#: Request metadata by which the gateway names who is behind a TMS's token: its subject (``sub``) and its client
+#: (``azp`` / ``client_id``), percent-encoded. Believed only from the gateway's identity (see _authz.py).
+ACTOR_SUBJECT_METADATA_KEY = "haulmesh-actor-subject"
+ACTOR_CLIENT_METADATA_KEY = "haulmesh-actor-client"
+#: Entries read per page by :func:`verify` (one XRANGE); the next page is read while this one is hashed.
+VERIFY_PAGE_ENTRIES = 5000
 
 # Trim a chain's entries older than a cutoff, keeping its newest entry, and record the base the rest links to.
 # KEYS: the chain, its head. ARGV: cutoff entry id (exclusive upper bound, "(<ms>-0"), max entries per call.
@@ -84,6 +99,32 @@ def _entry_hash(prev: str, record: dict[str, Any]) -> str:
     return hashlib.sha256((prev + canonical).encode()).hexdigest()
 
 
+#: Longest subject or client recorded from a token (characters, before percent-encoding); longer ones are cut.
+MAX_ACTOR_CHARS = 256
+
+
+def actor_metadata(subject: str, client: str) -> tuple[tuple[str, str], ...]:
+    """The gateway's request metadata naming who is behind a TMS's token (percent-encoded: gRPC metadata is
+    printable ASCII, a ``sub`` may be anything); empty parts are left out."""
+    return tuple((key, quote(value[:MAX_ACTOR_CHARS], safe="@:._-~+"))
+                 for key, value in ((ACTOR_SUBJECT_METADATA_KEY, subject), (ACTOR_CLIENT_METADATA_KEY, client))
+                 if value)
+
+
+def actor_from_metadata(metadata: Iterable[tuple[str, Any]]) -> tuple[str, str]:
+    """(subject, client) from :func:`actor_metadata`'s entries ("" when absent, or given more than once)."""
+    found: dict[str, list[str]] = {}
+    for key, value in metadata:
+        if key in (ACTOR_SUBJECT_METADATA_KEY, ACTOR_CLIENT_METADATA_KEY) and isinstance(value, str):
+            found.setdefault(key, []).append(value)
+
+    def one(key: str) -> str:
+        values = found.get(key, [])
+        return unquote(values[0])[:MAX_ACTOR_CHARS] if len(values) == 1 else ""
+
+    return one(ACTOR_SUBJECT_METADATA_KEY), one(ACTOR_CLIENT_METADATA_KEY)
+
+
 def head_key(stream: str) -> str:
     return f"{stream}:head"
 
@@ -99,6 +140,9 @@ class AuditLog:
         self._writing: asyncio.Task[None] | None = None
         self._registered = False
         self._head_uncertain = False
+        #: The head a write in flight would leave: after a failure, the store's head is believed only if it is
+        #: this or the head before.
+        self._tried: tuple[int, str] | None = None
         #: When each coalesced (actor, method, carrier, resource) was last written (monotonic seconds).
         self._coalesced: OrderedDict[tuple[str, str, str, str], float] = OrderedDict()
         #: Coalesced entries being written, by key: calls meanwhile wait for that write rather than add one.
@@ -106,14 +150,21 @@ class AuditLog:
         self._trimmed_at = time.monotonic()
         self._trimming: asyncio.Task[int] | None = None
 
+    def head(self) -> tuple[int, str]:
+        """The last sequence and hash this process stored (from memory, not read back from the store): what its
+        checkpoints sign."""
+        return self._seq, self._hash
+
     async def append(self, *, actor: str, method: str, carrier: str = "", resource: str = "",
-                     outcome: str = "OK", coalesce_seconds: float = 0.0) -> None:
+                     outcome: str = "OK", coalesce_seconds: float = 0.0, client: str = "", via: str = "") -> None:
         """Add an entry; returns once it is stored (with whatever else was queued meanwhile).
 
         ``coalesce_seconds``: skip the entry if the same actor, method, carrier and resource was written less
-        than that long ago by this process (one entry per truck session, not per frame)."""
+        than that long ago by this process (one entry per truck session, not per frame). ``client`` and ``via``
+        (recorded only when given): the OAuth2 client behind a TMS's call, and the identity that relayed it
+        (the gateway) when ``actor`` is the token's subject rather than the caller."""
         now = time.monotonic()
-        key = (actor, method, carrier, resource)
+        key = (actor if not client else f"{actor} {client}", method, carrier, resource)
         if coalesce_seconds > 0:
             last = self._coalesced.get(key)
             if last is not None and now - last < coalesce_seconds:
@@ -127,6 +178,10 @@ class AuditLog:
             self._trimming = asyncio.get_running_loop().create_task(self._trim_quietly())
         record = {"time": round(time.time(), 3), "actor": actor, "method": method, "carrier": carrier,
                   "resource": resource, "outcome": outcome}
+        if client:
+            record["client"] = client
+        if via:
+            record["via"] = via
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((record, done))
         if self._writing is None or self._writing.done():
@@ -154,11 +209,8 @@ class AuditLog:
                 if not self._registered:
                     await self._redis.sadd(CHAINS_KEY, self.stream)
                     self._registered = True
-                if self._head_uncertain:  # a failed write may have committed after all: trust the store
-                    head = await self._redis.hgetall(head_key(self.stream))
-                    self._seq = int(head.get(b"seq", 0))
-                    self._hash = head.get(b"hash", _GENESIS.encode()).decode()
-                    self._head_uncertain = False
+                if self._head_uncertain:  # a failed write may have committed after all
+                    await self._settle_head()
                 seq, digest = self._seq, self._hash
                 async with self._redis.pipeline(transaction=True) as pipe:
                     for record, _ in batch:
@@ -167,18 +219,34 @@ class AuditLog:
                         digest = _entry_hash(digest, entry)
                         pipe.xadd(self.stream, {"record": json.dumps(entry, sort_keys=True), "hash": digest})
                     pipe.hset(head_key(self.stream), mapping={"seq": seq, "hash": digest})
+                    self._tried = (seq, digest)
                     await pipe.execute()
             except Exception as exc:  # every waiter of the batch learns it failed
-                self._head_uncertain = True
+                self._head_uncertain = self._tried is not None
                 for _, done in batch:
                     if not done.done():
                         done.set_exception(exc)
                 continue
             self._seq, self._hash = seq, digest
+            self._tried = None
             for _, done in batch:
                 if not done.done():
                     done.set_result(None)
 
+    async def _settle_head(self) -> None:
+        """After a failed write, learn whether it committed (one transaction: all or nothing). The store's head
+        is believed only if it is this process's own head before the write or the one the write would have left;
+        anything else means somebody else wrote the head, and this process keeps its own (its checkpoints sign
+        what it wrote; the next entry's link to it shows the break to verify)."""
+        head = await self._redis.hgetall(head_key(self.stream))
+        stored = (int(head.get(b"seq", 0)), head.get(b"hash", _GENESIS.encode()).decode())
+        if stored == self._tried:
+            self._seq, self._hash = stored
+        elif stored != (self._seq, self._hash):
+            logging.getLogger("haulmesh.audit").error(
+                "AUDIT: %s head in the store is seq %d, which this process did not write (it wrote up to %d)",
+                self.stream, stored[0], self._seq)
+        self._head_uncertain, self._tried = False, None
 
     async def _trim_quietly(self) -> int:
         try:
@@ -207,11 +275,18 @@ async def trim(client: redis.asyncio.Redis, *, retention_seconds: float = AUDIT_
 
 @dataclass(frozen=True)
 class AuditReport:
-    """What :func:`verify` found: ``problems`` is empty when every chain is intact."""
+    """What :func:`verify` found: ``problems`` is empty when every chain is intact.
+
+    With checkpoints: ``checkpoints`` were checked against the store (every one of them, signature first),
+    ``anchored_chains`` of the ``chains`` have at least one, and ``unanchored_entries`` entries lie after their
+    chain's last checkpoint (covered by the hash chain alone until the next one)."""
 
     entries: int
     chains: int
     problems: list[str]
+    checkpoints: int = 0
+    anchored_chains: int = 0
+    unanchored_entries: int = 0
 
     @property
     def intact(self) -> bool:
@@ -240,70 +315,153 @@ def _base_problems(stream: str, base_seq: int, base_hash: str, base_record: byte
     return problems
 
 
-def _verify_chain(client: redis.Redis, stream: str, problems: list[str]) -> tuple[int, bool]:
-    """Check one chain into ``problems``; returns the entries read and whether the first of them did not follow
-    the base read before them (which a trim running meanwhile also causes: the caller reads the chain again)."""
+@dataclass
+class _ChainWalk:
+    """One chain's verification: what was read, and what the signed checkpoints said about it."""
+
+    count: int = 0
+    first_off_base: bool = False
+    head_seq: int = 0
+    unanchored: int = 0
+
+
+# One page of a chain for verify, flattened in the store: [id, record, hash, id, record, hash, ...] (a missing field
+# is nil). The client then parses three strings per entry instead of XRANGE's nested arrays: a third of the
+# verifier's CPU per entry (pure-Python reply parsing was its largest cost). KEYS: the chain. ARGV: the start id
+# (inclusive, or "(<id>" exclusive), the page size.
+_PAGE_LUA = """
+local page = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
+local out = {}
+for _, entry in ipairs(page) do
+  local fields, record, digest = entry[2], false, false
+  for i = 1, #fields, 2 do
+    if fields[i] == 'record' then record = fields[i + 1] elseif fields[i] == 'hash' then digest = fields[i + 1] end
+  end
+  out[#out + 1] = entry[1]
+  out[#out + 1] = record
+  out[#out + 1] = digest
+end
+return out
+"""
+
+
+def _pages(client: redis.Redis, stream: str, pool: ThreadPoolExecutor) -> Iterator[list[Any]]:
+    """The chain's entries, a page at a time, flat (``[id, record, hash, ...]``); the next page is read (in
+    ``pool``) while the caller checks this one, so the store's time and the hashing overlap (docs/security.md:
+    1,000,000 entries within a minute)."""
+    script = client.register_script(_PAGE_LUA)
+
+    def read(start: str) -> list[Any]:
+        return script(keys=[stream], args=[start, VERIFY_PAGE_ENTRIES])
+
+    page = read("-")
+    while page:
+        following = None
+        if len(page) == 3 * VERIFY_PAGE_ENTRIES:
+            following = pool.submit(read, f"({page[-3].decode()}")
+        yield page
+        page = following.result() if following is not None else []
+
+
+def _verify_chain(client: redis.Redis, stream: str, problems: list[str], pool: ThreadPoolExecutor,
+                  anchors: dict[int, str] | None = None) -> _ChainWalk:
+    """Check one chain into ``problems``; ``anchors`` are its signed checkpoints (sequence → hash), each checked
+    against the stored entry of that sequence and against the head. Returns what was read and whether the first
+    entry did not follow the base read before it (which a trim running meanwhile also causes: the caller reads
+    the chain again)."""
+    walk = _ChainWalk()
+    anchors = anchors or {}
     # Set once retention trimmed the chain.
     base = client.hmget(head_key(stream), ["base_seq", "base_hash", "base_record"])
-    prev, expected_seq, count = (base[1] or _GENESIS.encode()).decode(), int(base[0] or 0) + 1, 0
+    prev, expected_seq = (base[1] or _GENESIS.encode()).decode(), int(base[0] or 0) + 1
     if base[0] is not None:
         problems.extend(_base_problems(stream, int(base[0]), prev, base[2]))
-    last_id = "-"
-    first_off_base: bool | None = None
-    while True:
-        batch = client.xrange(stream, min=last_id, count=1000)
-        if last_id != "-":
-            batch = batch[1:]
-        if not batch:
-            break
-        for entry_id, fields in batch:
-            count += 1
-            where = f"{stream} entry {entry_id.decode()}"
+        signed = anchors.get(int(base[0]))
+        if signed is not None and signed != prev:
+            problems.append(f"{stream}: trimmed base (seq {base[0]}) differs from the signed checkpoint of that "
+                            "sequence (rewritten)")
+    first: bool | None = None
+    last_anchor = max(anchors, default=0)
+    for page in _pages(client, stream, pool):
+        for at in range(0, len(page), 3):
+            entry_id, raw_record, raw_hash = page[at:at + 3]
+            walk.count += 1
             try:
-                record = json.loads(fields[b"record"])
-                stored_hash = fields[b"hash"].decode()
-            except (KeyError, ValueError):
-                problems.append(f"{where}: unreadable")
+                record = json.loads(raw_record)
+                stored_hash = raw_hash.decode()
+                if not isinstance(record, dict):
+                    raise TypeError("not an object")
+            except (TypeError, ValueError, AttributeError):
+                problems.append(f"{stream} entry {entry_id.decode()}: unreadable")
                 continue
-            if first_off_base is None:
-                first_off_base = record.get("seq") != expected_seq
-            if record.get("seq") != expected_seq:
-                problems.append(f"{where}: sequence {record.get('seq')}, expected {expected_seq}"
-                                " (entries deleted, inserted or reordered)")
-            if record.get("prev") != prev:
-                problems.append(f"{where} (seq {record.get('seq')}): does not follow the previous entry "
-                                "(deleted, inserted or reordered)")
-            if _entry_hash(record.get("prev", ""), record) != stored_hash:
-                problems.append(f"{where} (seq {record.get('seq')}): content does not match its hash (edited)")
-            prev, expected_seq = stored_hash, int(record.get("seq", expected_seq)) + 1
-        last_id = batch[-1][0].decode()
+            seq, linked = record.get("seq"), record.get("prev")
+            if first is None:
+                first = seq != expected_seq
+            # The common case first, each check once: every message is built only for a problem.
+            recomputed = _entry_hash(linked if isinstance(linked, str) else "", record)
+            signed = anchors.get(seq) if isinstance(seq, int) else None
+            if seq != expected_seq or linked != prev or recomputed != stored_hash or signed not in (None, stored_hash):
+                where = f"{stream} entry {entry_id.decode()}"
+                if seq != expected_seq:
+                    problems.append(f"{where}: sequence {seq}, expected {expected_seq}"
+                                    " (entries deleted, inserted or reordered)")
+                if linked != prev:
+                    problems.append(f"{where} (seq {seq}): does not follow the previous entry "
+                                    "(deleted, inserted or reordered)")
+                if recomputed != stored_hash:
+                    problems.append(f"{where} (seq {seq}): content does not match its hash (edited)")
+                if signed not in (None, stored_hash):
+                    problems.append(f"{where} (seq {seq}): differs from the signed checkpoint of that sequence "
+                                    "(edited and the chain recomputed, or replaced)")
+            if isinstance(seq, int) and seq > last_anchor:
+                walk.unanchored += 1
+            prev, expected_seq = stored_hash, (seq if isinstance(seq, int) else expected_seq) + 1
+    walk.first_off_base = bool(first)
     head = client.hgetall(head_key(stream))
-    head_seq, head_hash = int(head.get(b"seq", 0)), head.get(b"hash", _GENESIS.encode()).decode()
+    walk.head_seq = int(head.get(b"seq", 0))
+    head_hash = head.get(b"hash", _GENESIS.encode()).decode()
     if not head:
         problems.append(f"{stream}: listed but its head is gone (chain removed)")
-    elif head_seq != expected_seq - 1 or head_hash != prev:
-        problems.append(f"{stream}: ends at sequence {expected_seq - 1} but its head says {head_seq} "
+    elif walk.head_seq != expected_seq - 1 or head_hash != prev:
+        problems.append(f"{stream}: ends at sequence {expected_seq - 1} but its head says {walk.head_seq} "
                         "(truncated or rewritten)")
-    return count, bool(first_off_base)
+    if last_anchor > expected_seq - 1:
+        problems.append(f"{stream}: a signed checkpoint names sequence {last_anchor}, beyond the store's last "
+                        f"entry {expected_seq - 1} (truncated, or the store rolled back to an older state)")
+    return walk
 
 
-def verify(client: redis.Redis) -> AuditReport:
-    """Walk every chain (synchronously: it is a command-line check) and report every break."""
+def verify(client: redis.Redis, *, checkpoints: Mapping[str, Mapping[int, str]] | None = None) -> AuditReport:
+    """Walk every chain (synchronously: it is a command-line check) and report every break.
+
+    ``checkpoints``: the signed checkpoints, already signature-checked (:func:`.audit_anchor.read_checkpoints`),
+    as chain → sequence → hash. Read them *before* calling: a checkpoint is written only after its entries are
+    stored, so every one read before the walk must be matched by the store; a chain they name that the store does
+    not list was deleted or the store rolled back."""
     problems: list[str] = []
+    anchors = {chain: dict(by_seq) for chain, by_seq in (checkpoints or {}).items()}
     chains = sorted(s.decode() for s in client.smembers(CHAINS_KEY))
-    entries = 0
-    for stream in chains:
-        found: list[str] = []
-        count, off_base = _verify_chain(client, stream, found)
-        if off_base and found:
-            # The first entry does not follow the base: a trim (every process runs one hourly) may have removed
-            # entries and moved the base between the two reads. Read the base and the chain once more: a
-            # deletion stays a deletion, a trim now verifies.
-            found = []
-            count, _ = _verify_chain(client, stream, found)
-        problems.extend(found)
-        entries += count
-    return AuditReport(entries, len(chains), problems)
+    entries = unanchored = 0
+    with ThreadPoolExecutor(1) as pool:
+        for stream in chains:
+            found: list[str] = []
+            walk = _verify_chain(client, stream, found, pool, anchors.get(stream))
+            if walk.first_off_base and found:
+                # The first entry does not follow the base: a trim (every process runs one hourly) may have removed
+                # entries and moved the base between the two reads. Read the base and the chain once more: a
+                # deletion stays a deletion, a trim now verifies.
+                found = []
+                walk = _verify_chain(client, stream, found, pool, anchors.get(stream))
+            problems.extend(found)
+            entries += walk.count
+            unanchored += walk.unanchored
+    listed = set(chains)
+    for chain in sorted(set(anchors) - listed):
+        problems.append(f"{chain}: signed checkpoints up to sequence {max(anchors[chain])}, but the store does not "
+                        "list the chain (deleted, or the store rolled back to before it)")
+    return AuditReport(entries, len(chains), problems, checkpoints=sum(len(a) for a in anchors.values()),
+                       anchored_chains=len(listed & {c for c, a in anchors.items() if a}),
+                       unanchored_entries=unanchored)
 
 
 @dataclass(frozen=True)

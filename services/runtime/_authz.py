@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import redis
 
-from ._audit import AuditLog
+from ._audit import AuditLog, actor_from_metadata
 from ._errors import HaulmeshError, IdentityError, PermissionDenied, Unauthenticated, Unavailable
 from ._identity import _CALLER, KINDS, Identity, caller, identity_from_pem
 from ._retry import is_transient
@@ -26,6 +26,8 @@ from ._tenant import CARRIER_METADATA_KEY
 __all__ = ["AuthorizationInterceptor", "Policy", "caller"]
 
 _log = logging.getLogger("haulmesh.authz")
+#: The one identity whose word on who is behind a call (the token's subject and client) the audit log records.
+GATEWAY = Identity("service", "gateway")
 
 #: Rules every server gets: probes, ``haulmesh status`` and ``buf curl`` need health and reflection.
 BUILTIN_RULES: dict[str, tuple[str, ...]] = {
@@ -177,13 +179,19 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
         return behavior
 
     async def _record(self, method: str, context: grpc.aio.ServicerContext, request: Any, response: Any) -> None:
-        carriers = [v for k, v in (context.invocation_metadata() or ()) if k == CARRIER_METADATA_KEY]
+        metadata = context.invocation_metadata() or ()
+        carriers = [v for k, v in metadata if k == CARRIER_METADATA_KEY]
         resource = getattr(response, "name", "") or getattr(request, "name", "")
         if not resource and getattr(request, "vehicle_id", ""):  # a truck's write (relayed or its own)
             resource = f"vehicles/{request.vehicle_id}"
+        actor, client, via = str(caller()), "", ""
+        if caller() == GATEWAY:  # a TMS's call: the actor is who is behind the token, believed from the gateway only
+            subject, client = actor_from_metadata(metadata)
+            if subject or client:
+                actor, via = subject, str(caller())
         try:
-            await self._audit.append(actor=str(caller()), method=method, carrier=str(carriers[0]) if carriers else "",
-                                     resource=str(resource),
+            await self._audit.append(actor=actor, method=method, carrier=str(carriers[0]) if carriers else "",
+                                     resource=str(resource), client=client, via=via,
                                      coalesce_seconds=self._policy.audit_coalesce_seconds.get(method, 0.0))
         except Exception:  # the change is committed; a lost audit entry is logged loudly, not turned into an error
             _log.exception("AUDIT: could not record %s by %s on %s", method, caller(), resource)

@@ -15,6 +15,8 @@ from typing import Any
 from ._errors import ConfigError
 
 __all__ = [
+    "AUDIT_SIGNING_KEY_NAME",
+    "AUDIT_VERIFY_KEY_NAME",
     "DEFAULT_PORTS",
     "MESH_SERVICES",
     "TRACES_EXPORTERS",
@@ -224,6 +226,16 @@ class ServiceConfig:
     #: killed consumer held are taken over. Not shorter than a handler may legitimately run, or a slow handler's
     #: event is handled twice at once (the effects stay once: handlers are idempotent).
     events_claim_idle_seconds: float = 30.0
+    #: The Ed25519 key (PEM) that signs this process's audit checkpoints (HAULMESH_AUDIT_SIGNING_KEY_FILE; default
+    #: ``audit-signing-key.pem`` in the certificate folder when it exists, as ``haulmesh pki dev-bootstrap`` makes
+    #: it). None: no checkpoints (logged at start). Set explicitly, a missing or wrong file stops the start.
+    audit_signing_key_file: Path | None = None
+    #: Where signed audit checkpoints go (HAULMESH_AUDIT_CHECKPOINT_URL): an object store URL (file:///dir, a path,
+    #: or s3://bucket/prefix?...); default ``audit-checkpoints/`` in the state directory.
+    audit_checkpoint_url: str = ""
+    #: How often this process exports its audit chain's signed head (HAULMESH_AUDIT_CHECKPOINT_INTERVAL_SECONDS,
+    #: default 300): entries newer than the last checkpoint are anchored by the hash chain alone until then.
+    audit_checkpoint_interval_seconds: float = 300.0
 
     @classmethod
     def from_env(cls, service_name: str, env: Mapping[str, str] | None = None) -> ServiceConfig:
@@ -269,6 +281,11 @@ class ServiceConfig:
             keepalive_min_ping_interval_seconds=_float(env, "HAULMESH_KEEPALIVE_MIN_PING_INTERVAL_SECONDS", 5.0,
                                                        minimum=0.01),
             events_claim_idle_seconds=_float(env, "HAULMESH_EVENTS_CLAIM_IDLE_SECONDS", 30.0, minimum=0.1),
+            audit_signing_key_file=_audit_signing_key_file(env),
+            audit_checkpoint_url=env.get("HAULMESH_AUDIT_CHECKPOINT_URL")
+            or str(default_state_dir(env) / "audit-checkpoints"),
+            audit_checkpoint_interval_seconds=_float(env, "HAULMESH_AUDIT_CHECKPOINT_INTERVAL_SECONDS", 300.0,
+                                                     minimum=0.1),
         )
 
     @property
@@ -289,6 +306,26 @@ def read_json_file(path: Path, variable: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{variable}: {path} must hold a JSON object", field=variable)
     return data
+
+
+#: The audit checkpoint key's file name in the certificate folder (``haulmesh pki dev-bootstrap`` writes it, with
+#: its public half ``audit-signing.pub.pem`` for ``haulmesh audit verify``).
+AUDIT_SIGNING_KEY_NAME = "audit-signing-key.pem"
+AUDIT_VERIFY_KEY_NAME = "audit-signing.pub.pem"
+
+
+def _audit_signing_key_file(env: Mapping[str, str]) -> Path | None:
+    """HAULMESH_AUDIT_SIGNING_KEY_FILE (must exist), else the certificate folder's key if there is one."""
+    explicit = env.get("HAULMESH_AUDIT_SIGNING_KEY_FILE", "").strip()
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"HAULMESH_AUDIT_SIGNING_KEY_FILE: {path} does not exist",
+                              field="HAULMESH_AUDIT_SIGNING_KEY_FILE")
+        return path
+    cert_dir = Path(env.get("HAULMESH_CERT_DIR") or default_state_dir(env) / "certs")
+    default = cert_dir / AUDIT_SIGNING_KEY_NAME
+    return default if default.is_file() else None
 
 
 def _test_faults_file(env: Mapping[str, str]) -> Path | None:

@@ -47,6 +47,8 @@ from ._store import connect_async, redact_url, resolve_redis_url
 from ._tls import CertificateFiles, reloading_server_credentials
 from ._tracing import configure_tracing, server_interceptors, shutdown_tracing
 from ._workers import supervise_workers
+from .audit_anchor import AuditSigner, CheckpointWriter
+from .objectstore import ObjectStoreError, open_object_store
 
 __all__ = ["Service", "run_service"]
 
@@ -114,12 +116,15 @@ class Service:
         self._blocking_redis: redis.asyncio.Redis | None = None
         #: Parts (companions, periodic loops) that cannot make progress now: health is NOT_SERVING while any is.
         self._stuck: set[str] = set()
+        #: This process's audit chain (every successful mutating call), and the loop that exports its signed head
+        #: off the store (None without a signing key: docs/security.md, "Audit anchor").
+        self.audit = AuditLog(self.redis, config.service_name)
+        self._checkpoints = self._checkpoint_writer()
         self.server = grpc.aio.server(
             # Tracing outermost (its span covers everything), then RPC metrics: they then count the
             # authorization check's refusals too.
             interceptors=[*server_interceptors(), RpcMetricsInterceptor(),
-                          AuthorizationInterceptor(policy, AuditLog(self.redis, config.service_name),
-                                                   durable=self.durable),
+                          AuthorizationInterceptor(policy, self.audit, durable=self.durable),
                           # Tests only (HAULMESH_TEST_FAULTS_FILE), innermost: it sees the authorized caller.
                           *([FaultInjector(config.test_faults_file)] if config.test_faults_file else [])],
             options=[
@@ -152,6 +157,16 @@ class Service:
         self._companion_tasks: list[asyncio.Task[None]] = []
         #: Process exit status: non-zero when a companion task failed.
         self.exit_code = 0
+        if self._checkpoints is not None:
+            self.add_periodic("audit-checkpoints", self._checkpoints.tick,
+                              interval_seconds=self.config.audit_checkpoint_interval_seconds)
+
+    def _checkpoint_writer(self) -> CheckpointWriter | None:
+        if self.config.audit_signing_key_file is None:
+            return None
+        signer = AuditSigner.from_file(self.config.audit_signing_key_file)
+        url = self.config.audit_checkpoint_url
+        return CheckpointWriter(self.audit, signer, lambda: open_object_store(url))
 
     @property
     def redis(self) -> redis.asyncio.Redis:
@@ -260,6 +275,15 @@ class Service:
 
     async def start(self) -> None:
         self._check_policy()
+        if self._checkpoints is None:
+            _log.warning("no audit signing key (HAULMESH_AUDIT_SIGNING_KEY_FILE): this process's audit chain is not "
+                         "anchored off the store; a recomputed chain or a rolled-back store goes undetected")
+        else:
+            try:  # a malformed URL stops the start (ConfigError); an unreachable store is retried by the loop
+                await asyncio.to_thread(self._checkpoints.open)
+            except (ObjectStoreError, OSError) as exc:
+                _log.error("audit checkpoint store %s unreachable (%s); retrying", self.config.audit_checkpoint_url,
+                           exc)
         if self.config.test_faults_file is not None:
             _log.warning("TEST MODE: the test fault injector is installed (HAULMESH_TEST_FAULTS_FILE=%s, "
                          "HAULMESH_TEST_MODE=1): calls may be failed on purpose; never in production",
@@ -417,6 +441,8 @@ class Service:
             for task in late:
                 task.cancel()
             await asyncio.gather(*self._companion_tasks, return_exceptions=True)
+        if self._checkpoints is not None:  # after the last call: the final checkpoint covers every entry written
+            await self._checkpoints.stop()
         await self.channels.close()
         if self._redis is not None:
             await self._redis.aclose()

@@ -4,7 +4,9 @@
     haulmesh run        start the store and every service (a crashed one is restarted); Ctrl-C stops them
     haulmesh status     health of every service over mTLS; exit 0 only if all are SERVING
     haulmesh store {start,stop,status}
-    haulmesh audit verify               check the audit log's hash chain; exit 1 if tampered
+    haulmesh audit verify [--checkpoints URL] [--public-key PEM]...
+                                        the audit chains against their signed checkpoints; exit 0 if intact and
+                                        anchored, 1 naming every problem, 3 if intact but not anchored
     haulmesh evidence export missions/ID --carrier C [-o FILE]   a mission's sealed evidence pack (operator cert)
     haulmesh evidence verify FILE --ca ca.pem                   offline; exit 0 if sound, 1 naming the first failure,
                                                                 3 if sound but no CA pinned (NOT VERIFIED)
@@ -29,11 +31,19 @@ from cryptography import x509
 
 from . import kpi_report, pki
 from ._audit import verify as verify_audit_log
-from ._config import DEFAULT_GATEWAY_HTTP_PORT, DEFAULT_PORTS, MESH_SERVICES, default_state_dir
+from ._config import (
+    AUDIT_SIGNING_KEY_NAME,
+    AUDIT_VERIFY_KEY_NAME,
+    DEFAULT_GATEWAY_HTTP_PORT,
+    DEFAULT_PORTS,
+    MESH_SERVICES,
+    default_state_dir,
+)
 from ._errors import HaulmeshError
 from ._events import dead_letters, replay_dead_letters
 from ._mesh import Mesh
 from ._store import EmbeddedStore, connect_async, connect_sync, resolve_redis_url
+from .audit_anchor import generate_signing_key, load_public_keys, read_checkpoints
 
 __all__ = ["main"]
 
@@ -43,6 +53,9 @@ DEMO_VEHICLE = "AU-TRK-1001"
 EVIDENCE_SEALER = "billing"
 #: `evidence verify`'s exit code when every check passed but against the pack's own CA (no --ca): not verified.
 EXIT_CA_NOT_PINNED = 3
+#: `audit verify`'s exit code when every chain is intact but nothing anchors it (no signed checkpoint checked), so a
+#: recomputed chain or a rolled-back store could not have been seen.
+EXIT_NOT_ANCHORED = 3
 
 
 def _cert_dir(args: argparse.Namespace) -> Path:
@@ -84,10 +97,21 @@ def cmd_pki(args: argparse.Namespace) -> int:
         what = pki.identity_for("service" if args.kind == "evidence" else args.kind, args.name)
         print(f"issued {'evidence key of ' if args.kind == 'evidence' else ''}{what} -> {path} "
               f"(valid {args.days:g} days)")
+    elif args.pki_command == "audit-key":
+        if (directory / AUDIT_SIGNING_KEY_NAME).exists() and not args.force:
+            print(f"haulmesh: {directory / AUDIT_SIGNING_KEY_NAME} exists (--force replaces it; keep the old public "
+                  "key: it still verifies the checkpoints it signed)", file=sys.stderr)
+            return 2
+        kid = generate_signing_key(directory / AUDIT_SIGNING_KEY_NAME, directory / AUDIT_VERIFY_KEY_NAME)
+        print(f"audit checkpoint key {kid}: {directory / AUDIT_SIGNING_KEY_NAME} (secret: mount it into the services "
+              f"only), {directory / AUDIT_VERIFY_KEY_NAME} (for haulmesh audit verify)")
     elif args.pki_command == "dev-bootstrap":
         if not (directory / "ca-key.pem").exists():
             pki.save_ca(directory, pki.create_ca())
             print(f"created dev CA in {directory}")
+        if not (directory / AUDIT_SIGNING_KEY_NAME).exists():
+            kid = generate_signing_key(directory / AUDIT_SIGNING_KEY_NAME, directory / AUDIT_VERIFY_KEY_NAME)
+            print(f"created audit checkpoint key {kid}")
         wanted = [("service", s) for s in MESH_SERVICES] + [("operator", "cli"), ("vehicle", DEMO_VEHICLE),
                                                             ("evidence", EVIDENCE_SEALER)]
         for kind, name in wanted:
@@ -218,17 +242,64 @@ def _store_url() -> str:
     return resolve_redis_url(os.environ.get("REDIS_URL") or None, default_state_dir())
 
 
+def _checkpoint_url(args: argparse.Namespace) -> str:
+    return (args.checkpoints or os.environ.get("HAULMESH_AUDIT_CHECKPOINT_URL")
+            or str(default_state_dir() / "audit-checkpoints"))
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
+    """``haulmesh audit verify``: the chains against every signed checkpoint (read first: each was written after
+    its entries were stored), then every chain walked and recomputed. Exit 0 intact and anchored, 1 tampered
+    (every problem printed), 2 cannot check (key or store unusable), 3 intact but not anchored."""
+    from .objectstore import ObjectStoreError, open_object_store
+
+    anchors: dict[str, dict[int, str]] = {}
+    checkpoint_problems: list[str] = []
+    count = 0
+    keys_paths = [Path(p) for p in args.public_key] or [_cert_dir(args) / AUDIT_VERIFY_KEY_NAME]
+    anchored = not args.no_checkpoints
+    if anchored and not args.public_key and not keys_paths[0].is_file():
+        print(f"no audit public key ({keys_paths[0]}; give --public-key): checkpoints not checked")
+        anchored = False
+    url = _checkpoint_url(args)
+    if anchored and not (args.checkpoints or os.environ.get("HAULMESH_AUDIT_CHECKPOINT_URL")) \
+            and not Path(url).is_dir():  # the default place, never written: nothing anchors (named ones must exist)
+        print(f"no checkpoint store at {url} (give --checkpoints or HAULMESH_AUDIT_CHECKPOINT_URL)")
+        anchored = False
+    if anchored:
+        try:
+            public_keys = load_public_keys(keys_paths)
+            found = read_checkpoints(open_object_store(url, create=False), public_keys)
+        except (OSError, ValueError) as exc:
+            print(f"haulmesh: {exc}", file=sys.stderr)
+            return 2
+        except (ObjectStoreError, HaulmeshError) as exc:
+            print(f"haulmesh: checkpoint store {url}: {exc}", file=sys.stderr)
+            return 2
+        anchors = {chain: {seq: c.hash for seq, c in by_seq.items()} for chain, by_seq in found.by_chain.items()}
+        checkpoint_problems, count = found.problems, found.count
+        print(f"checkpoints: {count} signed checkpoint(s) of {len(anchors)} chain(s) in {url} "
+              f"(keys {', '.join(sorted(public_keys))})"
+              + (f"; {len(checkpoint_problems)} refused" if checkpoint_problems else ", every signature valid"))
     client = connect_sync(_store_url())
     try:
-        report = verify_audit_log(client)
+        report = verify_audit_log(client, checkpoints=anchors)
     finally:
         client.close()
-    for problem in report.problems:
+    problems = checkpoint_problems + report.problems
+    for problem in problems:
         print(f"TAMPERED: {problem}")
     print(f"audit log: {report.entries} entries in {report.chains} chain(s), "
-          + ("every chain intact" if report.intact else f"{len(report.problems)} problem(s)"))
-    return 0 if report.intact else 1
+          + ("every chain intact" if not problems else f"{len(problems)} problem(s)"))
+    if problems:
+        return 1
+    if not anchored or count == 0:
+        print("NOT ANCHORED: no signed checkpoint was checked, so a recomputed chain or a rolled-back store "
+              "would not show (see docs/security.md, \"Audit anchor\")")
+        return EXIT_NOT_ANCHORED
+    print(f"anchored: {report.anchored_chains} of {report.chains} chain(s) match their signed checkpoints; "
+          f"{report.unanchored_entries} entries are newer than their chain's last checkpoint (hash chain only)")
+    return 0
 
 
 async def _dlq(args: argparse.Namespace) -> int:
@@ -328,6 +399,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="evidence: the signing-only key that seals evidence packs, for the service NAME")
     issue.add_argument("name", help="service name, vehicle id (e.g. AU-TRK-1001) or operator name")
     issue.add_argument("--days", type=float, default=90, help="validity in days (default 90)")
+    akey = psub.add_parser("audit-key", help=f"a new Ed25519 audit checkpoint key: {AUDIT_SIGNING_KEY_NAME} "
+                           f"(services sign with it) and {AUDIT_VERIFY_KEY_NAME} (audit verify checks with it)")
+    akey.add_argument("--force", action="store_true", help="replace an existing key")
     boot = psub.add_parser("dev-bootstrap", help="CA and every certificate a local mesh needs, if missing")
     boot.add_argument("--days", type=float, default=90)
     p.set_defaults(func=cmd_pki)
@@ -343,8 +417,15 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("stop", help="stop a mesh started with 'run --detach'")
     st.set_defaults(func=cmd_stop)
 
-    audit = sub.add_parser("audit", help="the hash-chained audit log")
+    audit = sub.add_parser("audit", help="the hash-chained audit log: verify it against its signed checkpoints; "
+                           "exit 0 intact and anchored, 1 tampered, 2 cannot check, 3 intact but not anchored")
     audit.add_argument("audit_command", choices=["verify"])
+    audit.add_argument("--checkpoints", help="the checkpoints' object store (default $HAULMESH_AUDIT_CHECKPOINT_URL "
+                       "or audit-checkpoints/ in the state directory)")
+    audit.add_argument("--public-key", action="append", default=[], metavar="PEM",
+                       help=f"an audit public key (repeat for rotated keys; default {AUDIT_VERIFY_KEY_NAME} in the "
+                       "certificate folder)")
+    audit.add_argument("--no-checkpoints", action="store_true", help="the hash chain only (exit 3 when intact)")
     audit.set_defaults(func=cmd_audit)
 
     ev = sub.add_parser("evidence", help="evidence packs: export a mission's, verify one offline")

@@ -97,15 +97,17 @@ def _thumbprint(public_jwk: dict[str, str]) -> str:
 
 def mint(*, carrier: str, scopes: Sequence[str] | str, state_dir: Path | None = None,
          ttl_seconds: int = DEFAULT_TTL_SECONDS, audience: str = DEFAULT_AUDIENCE, issuer: str = DEFAULT_ISSUER,
-         subject: str | None = None, now: float | None = None, extra_claims: dict | None = None) -> str:
-    """A signed access token of the dev issuer of ``state_dir`` (default: HAULMESH_STATE_DIR / .haulmesh)."""
+         subject: str | None = None, now: float | None = None, extra_claims: dict | None = None,
+         client: str | None = None) -> str:
+    """A signed access token of the dev issuer of ``state_dir`` (default: HAULMESH_STATE_DIR / .haulmesh); its
+    ``client_id`` (RFC 9068) is ``client`` or ``<carrier>-tms``, which the audit log records beside the subject."""
     key, kid = _signing_key(Path(state_dir) if state_dir is not None else default_state_dir())
     issued = int(time.time() if now is None else now)
     scope = scopes if isinstance(scopes, str) else " ".join(scopes)
     claims = {
         "iss": issuer, "aud": audience, "sub": subject or f"tms@{carrier}", "iat": issued, "nbf": issued,
         "exp": issued + ttl_seconds, "jti": uuid.uuid4().hex, "carrier": carrier, "scope": scope,
-        **(extra_claims or {}),
+        "client_id": client or f"{carrier}-tms", **(extra_claims or {}),
     }
     return jwt.encode(claims, key, algorithm="ES256", headers={"kid": kid, "typ": "at+jwt"})
 

@@ -10,8 +10,8 @@ import services.runtime as runtime
 
 PUBLIC = {
     "EARTH_RADIUS_M", "METERS_PER_MILE",
-    "abort", "Aborted", "add_event", "AlreadyExists", "asgi_middleware", "audit_entries_touching", "AuditEntry",
-    "AuditLog", "BOOL_FIELD", "caller",
+    "abort", "Aborted", "actor_metadata", "add_event", "AlreadyExists", "asgi_middleware", "audit_entries_touching",
+    "AuditEntry", "AuditLog", "BOOL_FIELD", "caller",
     "carrier", "carrier_metadata", "CARRIER_METADATA_KEY", "certificate_key_id", "CertificateFiles", "Channels",
     "check_etag", "check_health", "cluster_url", "Collection", "ConfigError", "configure_tracing", "connect_async",
     "connect_sync", "current_trace_ids", "dead_letters", "decode_page", "DEFAULT_PORTS", "default_state_dir",

@@ -83,6 +83,8 @@ class Principal:
     carrier: str
     scopes: frozenset[str]
     subject: str
+    #: The OAuth2 client the token was issued to (RFC 9068 ``client_id``, else OIDC ``azp``); "" when it names none.
+    client: str = ""
 
 
 def _unauthenticated(message: str, reason: str = "UNAUTHENTICATED") -> RestError:
@@ -203,9 +205,18 @@ class Authenticator:
             scopes = frozenset(raw_scopes)
         else:
             raise _unauthenticated("the token's scope claim is malformed")
-        principal = Principal(carrier=carrier, scopes=scopes, subject=subject)
+        principal = Principal(carrier=carrier, scopes=scopes, subject=subject, client=token_client(claims))
         self._verified.put(token, principal, claims["exp"])
         return principal
+
+
+def token_client(claims: Mapping[str, object]) -> str:
+    """The client a verified token was issued to, for the audit log: ``client_id`` (RFC 9068), else ``azp``."""
+    for name in ("client_id", "azp"):
+        value = claims.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return ""
 
 
 def require_scope(principal: Principal, scope: str) -> None:

@@ -2,8 +2,9 @@
 
 Order of checks for a request: route (404 / 405) → declared size (413) → bearer token (401) → scope (403)
 → the tenant's rate limit (429) → body size while reading (413) → JSON and fields (400, including
-output-only fields) → the gRPC call over mTLS with the token's carrier as ``haulmesh-carrier`` metadata,
-whose status comes back through grpc-gateway's code → HTTP map. A server-streaming route passes the same
+output-only fields) → the gRPC call over mTLS with the token's carrier as ``haulmesh-carrier`` metadata (and
+its subject and client as ``haulmesh-actor-subject`` / ``-client``, which the audit log records), whose
+status comes back through grpc-gateway's code → HTTP map. A server-streaming route passes the same
 checks and is then answered as Server-Sent Events (:mod:`.sse`), or, when it streams ``google.api.HttpBody``,
 as the file itself (:mod:`.download`).
 """
@@ -22,7 +23,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from services.runtime import CARRIER_METADATA_KEY, HaulmeshError
+from services.runtime import CARRIER_METADATA_KEY, HaulmeshError, actor_metadata
 
 from ..config import DEFAULT_MAX_REQUEST_BYTES
 from .auth import Authenticator, require_scope
@@ -114,7 +115,9 @@ class RestGateway:
         body = await self._read_json(request)
         message = build_request(self.api, route, path_vars, body, list(request.query_params.multi_items()))
         self._apply_idempotency_key(message, request.headers.get(IDEMPOTENCY_HEADER))
-        metadata = ((CARRIER_METADATA_KEY, f"carriers/{principal.carrier}"),)
+        # The carrier, and who is behind the token for the audit log (services believe both only from the gateway).
+        metadata = ((CARRIER_METADATA_KEY, f"carriers/{principal.carrier}"),
+                    *actor_metadata(principal.subject, principal.client))
         if is_download(route.method):  # a file (google.api.HttpBody chunks), e.g. an evidence pack
             return await open_download(self.channel(route.method.peer), route.method, message, metadata)
         if route.method.streaming:

@@ -22,6 +22,8 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.gateway.config import GatewayConfig
 from services.runtime import DEFAULT_PORTS
@@ -526,8 +528,9 @@ def test_every_readme_variable_can_be_set(chart: ChartRenderer) -> None:
     billing_only = {"HAULMESH_BILLING_EVIDENCE_CERT_FILE", "HAULMESH_BILLING_EVIDENCE_KEY_FILE"}
     telemetry_only = {"HAULMESH_ARCHIVE_RETENTION_DAYS", "HAULMESH_ARCHIVE_AFTER_SECONDS"}
     # Never set: HAULMESH_CERT_DIR (the explicit TLS files win), HAULMESH_JWKS_URL (ALL_ON mounts a JWKS file;
-    # PRODUCTION sets the URL, checked below), HAULMESH_ARCHIVE_URL (archive.url, checked in the archive test).
-    unset = {"HAULMESH_CERT_DIR", "HAULMESH_JWKS_URL", "HAULMESH_ARCHIVE_URL"}
+    # PRODUCTION sets the URL, checked below), HAULMESH_ARCHIVE_URL (archive.url, checked in the archive test),
+    # HAULMESH_AUDIT_CHECKPOINT_URL (auditAnchor.checkpointUrl, checked in the audit anchor test).
+    unset = {"HAULMESH_CERT_DIR", "HAULMESH_JWKS_URL", "HAULMESH_ARCHIVE_URL", "HAULMESH_AUDIT_CHECKPOINT_URL"}
     for name in SERVICES:
         env = rendered.env(name)
         for variable in names:
@@ -604,3 +607,28 @@ def test_the_chart_carries_the_projects_alert_rules_unchanged() -> None:
     source = CHART.parents[1] / "prometheus" / "rules.yaml"
     assert (CHART / "files" / "prometheus-rules.yaml").read_bytes() == source.read_bytes(), (
         "cp deploy/prometheus/rules.yaml deploy/helm/haulmesh/files/prometheus-rules.yaml")
+
+
+def test_every_service_signs_its_audit_checkpoints_with_a_kept_key(chart: ChartRenderer, rendered: Rendered) -> None:
+    """The audit anchor (docs/security.md): every service mounts the Ed25519 key the chart makes (kept across
+    upgrades) or a Secret of the operator's; checkpoints go to their own bucket with their own credentials."""
+    secret = rendered.get("Secret", f"{RELEASE}-audit-signing-key")
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    pem = base64.b64decode(secret["data"]["audit-signing-key.pem"])
+    assert isinstance(serialization.load_pem_private_key(pem, password=None), Ed25519PrivateKey)
+    for name in SERVICES:
+        assert rendered.env(name)["HAULMESH_AUDIT_SIGNING_KEY_FILE"]["value"] == \
+            "/etc/haulmesh/audit/audit-signing-key.pem"
+        assert "/etc/haulmesh/audit" in {m["mountPath"] for m in rendered.container(name)["volumeMounts"]}
+        assert "HAULMESH_AUDIT_CHECKPOINT_URL" not in rendered.env(name)
+    url = "s3://haulmesh-audit/checkpoints?endpoint_url=https://s3.example.net&region=us-east-1"
+    own = chart.render({"auditAnchor": {"secretName": "my-audit-key", "checkpointUrl": url,
+                                        "credentialsSecret": "audit-s3", "intervalSeconds": 60}})
+    assert not [d for d in own.of_kind("Secret") if d["metadata"]["name"].endswith("-audit-signing-key")]
+    for name in SERVICES:
+        env = own.env(name)
+        assert env["HAULMESH_AUDIT_CHECKPOINT_URL"]["value"] == url
+        assert env["HAULMESH_AUDIT_CHECKPOINT_INTERVAL_SECONDS"]["value"] == "60"
+        assert {"secretRef": {"name": "audit-s3"}} in own.container(name)["envFrom"]
+        volume = next(v for v in own.deployment(name)["spec"]["template"]["spec"]["volumes"] if v["name"] == "audit")
+        assert volume["secret"]["secretName"] == "my-audit-key"

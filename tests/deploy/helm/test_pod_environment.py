@@ -39,6 +39,10 @@ def _pod_environment(container: dict[str, Any], pod: Path, certs: Path, name: st
     (tls / "tls.crt").write_bytes((certs / f"{name}.pem").read_bytes())
     (tls / "tls.key").write_bytes((certs / f"{name}-key.pem").read_bytes())
     (tls / "ca.crt").write_bytes((certs / "ca.pem").read_bytes())
+    # The audit anchor's Secret (the chart makes it; dev-bootstrap made this one).
+    audit = pod / "etc-haulmesh-audit"
+    audit.mkdir(parents=True)
+    (audit / "audit-signing-key.pem").write_bytes((certs / "audit-signing-key.pem").read_bytes())
     env: dict[str, str] = {}
     for entry in container["env"]:
         if "valueFrom" in entry:
@@ -47,6 +51,7 @@ def _pod_environment(container: dict[str, Any], pod: Path, certs: Path, name: st
                 env["REDIS_URL"] = store_url
             continue
         value = entry["value"].replace("/etc/haulmesh/tls", str(tls)).replace("/var/lib/haulmesh", str(pod / "state"))
+        value = value.replace("/etc/haulmesh/audit", str(audit))
         env[entry["name"]] = value
     for variable in PORT_VARIABLES:
         if variable in env:

@@ -243,10 +243,23 @@ spec:
               containerPort: {{ $me.devicePort }}
               protocol: TCP
             {{- end }}
+          {{- $credentials := list }}
           {{- if and (eq $name "telemetry") $root.Values.archive.credentialsSecret }}
+          {{- $credentials = append $credentials $root.Values.archive.credentialsSecret }}
+          {{- end }}
+          {{- /* The audit checkpoints' store: every service writes its own chain's checkpoints there (credentials of
+          their own, never the archive's: least privilege). */}}
+          {{- with $root.Values.auditAnchor.credentialsSecret }}
+          {{- if not (has . $credentials) }}
+          {{- $credentials = append $credentials . }}
+          {{- end }}
+          {{- end }}
+          {{- with $credentials }}
           envFrom:
+            {{- range . }}
             - secretRef:
-                name: {{ $root.Values.archive.credentialsSecret }}
+                name: {{ . }}
+            {{- end }}
           {{- end }}
           env:
             - name: HAULMESH_LISTEN_HOST
@@ -271,6 +284,14 @@ spec:
               value: /etc/haulmesh/tls/tls.crt
             - name: HAULMESH_TLS_KEY_FILE
               value: /etc/haulmesh/tls/tls.key
+            - name: HAULMESH_AUDIT_SIGNING_KEY_FILE
+              value: /etc/haulmesh/audit/audit-signing-key.pem
+            {{- with $root.Values.auditAnchor.checkpointUrl }}
+            - name: HAULMESH_AUDIT_CHECKPOINT_URL
+              value: {{ . | quote }}
+            {{- end }}
+            - name: HAULMESH_AUDIT_CHECKPOINT_INTERVAL_SECONDS
+              value: {{ $root.Values.auditAnchor.intervalSeconds | quote }}
             {{- if eq $name "billing" }}
             {{- /* The evidence key that seals evidence packs: billing only (least privilege). */}}
             - name: HAULMESH_BILLING_EVIDENCE_CERT_FILE
@@ -368,6 +389,9 @@ spec:
               mountPath: /var/lib/haulmesh
             - name: tmp
               mountPath: /tmp
+            - name: audit
+              mountPath: /etc/haulmesh/audit
+              readOnly: true
             {{- if eq $name "billing" }}
             - name: evidence
               mountPath: /etc/haulmesh/evidence
@@ -391,6 +415,11 @@ spec:
           emptyDir:
             medium: Memory
             sizeLimit: 64Mi
+        {{- /* The audit checkpoint key (not optional: a service that cannot anchor its chain does not start). */}}
+        - name: audit
+          secret:
+            secretName: {{ $root.Values.auditAnchor.secretName | default (printf "%s-audit-signing-key" $fullname) }}
+            defaultMode: 0440
         {{- if eq $name "billing" }}
         {{- /* Optional: without it billing runs and an export answers EVIDENCE_KEY_UNAVAILABLE. */}}
         - name: evidence
