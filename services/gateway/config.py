@@ -8,6 +8,8 @@ REST door:
 * ``HAULMESH_JWT_ISSUER`` / ``HAULMESH_JWT_AUDIENCE``: what the TMS's access tokens must say (default: the dev
   issuer's); ``HAULMESH_JWKS_FILE`` or ``HAULMESH_JWKS_URL`` (https://, http only on loopback): the keys
   (default: the dev issuer's ``<state dir>/issuer/jwks.json``); ``HAULMESH_JWT_LEEWAY_SECONDS`` (0-300, 30).
+* ``HAULMESH_OAUTH_TOKEN_URL``: the identity provider's OAuth2 token endpoint (client credentials) that the
+  published OpenAPI document names (default ``/oauth2/token``, relative to the API).
 * ``HAULMESH_RATE_LIMIT``: per carrier (and per vehicle on the device listener), e.g. ``50/second``
   (the default), ``1000/minute``, or ``off``.
 * ``HAULMESH_MAX_REQUEST_BYTES``: the largest request body (1 to 67108864, default 1 MiB).
@@ -38,11 +40,12 @@ from services.runtime.tokens import DEFAULT_AUDIENCE, DEFAULT_ISSUER, jwks_path
 from .webhooks.destinations import IpNetwork, parse_allowed_cidrs
 from .webhooks.domain import DEFAULT_RETRY_DELAYS_SECONDS, RetryPolicy
 
-__all__ = ["DEFAULT_DEVICE_MAX_INFLIGHT_REQUESTS", "DEFAULT_MAX_REQUEST_BYTES", "DEFAULT_RATE_LIMIT", "GatewayConfig",
-           "max_request_bytes_from_env"]
+__all__ = ["DEFAULT_DEVICE_MAX_INFLIGHT_REQUESTS", "DEFAULT_MAX_REQUEST_BYTES", "DEFAULT_OAUTH_TOKEN_URL",
+           "DEFAULT_RATE_LIMIT", "GatewayConfig", "max_request_bytes_from_env"]
 
 DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
 DEFAULT_RATE_LIMIT = "50/second"
+DEFAULT_OAUTH_TOKEN_URL = "/oauth2/token"  # noqa: S105 - an endpoint's path, not a secret
 #: 256 truck requests at once: at most 256 bodies (1 KiB typical, HAULMESH_MAX_REQUEST_BYTES at worst) and 256
 #: relayed calls in memory; well above what the per-vehicle rate limit lets a fleet of thousands send at 1 Hz.
 DEFAULT_DEVICE_MAX_INFLIGHT_REQUESTS = 256
@@ -60,6 +63,8 @@ class GatewayConfig:
     jwks_file: Path | None = None
     jwks_url: str | None = None
     jwt_leeway_seconds: float = 30.0
+    #: The OAuth2 token endpoint the OpenAPI document's client-credentials flow names.
+    oauth_token_url: str = DEFAULT_OAUTH_TOKEN_URL
     #: Requests per window per carrier (``limits``' item, e.g. 50 per 1 second); None: no limit.
     rate_limit: RateLimitItem | None = _DEFAULT_RATE_LIMIT_ITEM
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
@@ -97,6 +102,7 @@ class GatewayConfig:
                 state_dir if state_dir is not None else default_state_dir(env)),
             jwks_url=url,
             jwt_leeway_seconds=leeway,
+            oauth_token_url=env.get("HAULMESH_OAUTH_TOKEN_URL") or DEFAULT_OAUTH_TOKEN_URL,
             rate_limit=_rate_limit(env),
             max_request_bytes=max_request_bytes_from_env(env),
             device_max_inflight_requests=_device_inflight(env),

@@ -136,8 +136,8 @@ def tender_name(tender_id: str) -> str:
 def parse_tender_name(name: str, *, field: str = "name") -> str:
     """The tender id in ``tenders/{tender}`` (ids are lowercase ULIDs; upper case is accepted and
     normalised), or INVALID_ARGUMENT (INVALID_RESOURCE_NAME) naming ``field``."""
-    prefix, sep, tender_id = name.partition("/")
-    return parse_name(f"{prefix}{sep}{tender_id.lower()}", "tenders", field=field)
+    # Only ASCII is folded: str.lower() maps e.g. the Kelvin sign to "k", an id the pattern refuses.
+    return parse_name(name, "tenders", field=field).lower()
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -42,7 +42,7 @@ def create_app(ready: Callable[[], Awaitable[bool]], rest: RestGateway | None = 
 
     routes = [Route("/healthz", healthz), Route("/readyz", readyz)]
     if rest is not None:
-        document = build_openapi(rest.api)
+        document = build_openapi(rest.api, rest.token_url)
         spec = json.dumps(document, indent=1).encode()
         page = render_docs(document)
 
@@ -55,11 +55,18 @@ def create_app(ready: Callable[[], Awaitable[bool]], rest: RestGateway | None = 
         routes += [Route("/openapi.json", openapi), Route("/docs", docs),
                    Route("/{path:path}", rest.handle, methods=_VERBS)]
     async def not_routed(request: Request, exc: Exception) -> Response:
-        # Starlette's own 404/405 (e.g. a path its router cannot match at all) in the API's error shape.
+        # Starlette's own 404/405 (e.g. a path its router cannot match at all, or a verb no route lists such as
+        # TRACE) in the API's error shape; a 405 always says what is allowed (RFC 9110 15.5.6).
         code = getattr(exc, "status_code", 404)
-        name, reason = ("UNIMPLEMENTED", "METHOD_NOT_ALLOWED") if code == 405 else ("NOT_FOUND", "ROUTE_NOT_FOUND")
-        return error_response(RestError(name, f"no route for {request.method} {request.url.path}", reason=reason,
-                                        http_status=code))
+        allow = dict(getattr(exc, "headers", None) or {}).get("Allow", "")
+        if code == 405 and rest is not None and request.url.path not in fixed:
+            _, _, verbs = rest.routes.match(request.method, request.url.path)
+            allow = ", ".join(sorted(verbs))
+        if code != 405 or not allow:
+            return error_response(RestError("NOT_FOUND", f"no route for {request.method} {request.url.path}",
+                                            reason="ROUTE_NOT_FOUND", http_status=404))
+        return error_response(RestError("UNIMPLEMENTED", f"{request.method} is not allowed here",
+                                        reason="METHOD_NOT_ALLOWED", headers={"Allow": allow}, http_status=405))
 
     fixed = {route.path for route in routes if route.path != "/{path:path}"}
 

@@ -10,7 +10,6 @@ as the file itself (:mod:`.download`).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,14 +23,14 @@ from starlette.responses import JSONResponse, Response
 
 from services.runtime import CARRIER_METADATA_KEY, HaulmeshError
 
-from ..config import DEFAULT_MAX_REQUEST_BYTES
+from ..config import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_OAUTH_TOKEN_URL
 from .auth import Authenticator, require_scope
 from .descriptors import Api
 from .download import is_download, open_download
 from .errors import RestError, error_response, rpc_error_response
 from .ratelimit import TenantRateLimiter
 from .sse import StreamSlots, open_event_stream, resume_from
-from .transcode import RouteTable, build_request, to_json
+from .transcode import RouteTable, build_request, parse_json_body, to_json
 
 __all__ = ["RestGateway"]
 
@@ -54,6 +53,8 @@ class RestGateway:
     durable: Callable[[], Awaitable[None]] | None = None
     #: Caps on concurrent SSE streams (per process, per carrier).
     streams: StreamSlots = field(default_factory=StreamSlots)
+    #: The token endpoint the published OpenAPI document names (HAULMESH_OAUTH_TOKEN_URL).
+    token_url: str = DEFAULT_OAUTH_TOKEN_URL
 
     def __post_init__(self) -> None:
         self.routes = RouteTable(self.api)
@@ -142,14 +143,7 @@ class RestGateway:
             size += len(chunk)
             self._check_size(size)  # also bounds chunked bodies that declared no length
             chunks.append(chunk)
-        raw = b"".join(chunks)
-        if not raw.strip():
-            return None
-        try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise RestError("INVALID_ARGUMENT", f"the request body is not valid JSON: {exc}",
-                            reason="INVALID_JSON") from None
+        return parse_json_body(b"".join(chunks))
 
     @staticmethod
     def _apply_idempotency_key(message: Any, key: str | None) -> None:

@@ -10,21 +10,55 @@ The /docs page is plain HTML rendered here from the document (no script, nothing
 from __future__ import annotations
 
 import html
+import json
 import re
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
+from haulmesh.events.v1 import event_pb2
+from services.runtime import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, resource_id_pattern
+
+from ..config import DEFAULT_OAUTH_TOKEN_URL
+from ..webhooks.domain import INTERNAL_EVENT_TYPES, event_type_for_field
 from .descriptors import Api, HttpBinding, HttpMethod, field_behaviors
 from .errors import HTTP_STATUS
 
-__all__ = ["build_openapi", "render_docs"]
+__all__ = ["build_openapi", "decimal_at_most", "render_docs"]
 
 _STATUS_REF = {"$ref": "#/components/schemas/google.rpc.Status"}
 _INT32 = {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SFIXED32}
 _UINT32 = {FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_FIXED32}
-_INT64 = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_SINT64, FieldDescriptor.TYPE_SFIXED64,
-          FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_FIXED64}
+_INT64 = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_SINT64, FieldDescriptor.TYPE_SFIXED64}
+_UINT64 = {FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_FIXED64}
+
+
+def decimal_at_most(bound: int) -> str:
+    """A regular expression (no anchors) of the decimals 0..``bound`` written without leading zeros: proto-JSON
+    sends 64-bit integers as strings, and a pattern is how JSON Schema bounds a string's value."""
+    text = str(bound)
+    shorter = f"[1-9][0-9]{{0,{len(text) - 2}}}" if len(text) > 2 else "[1-9]" if len(text) == 2 else ""
+    options = ["0", *([shorter] if shorter else [])]
+    for i, digit in enumerate(text):
+        low = 1 if i == 0 else 0
+        if int(digit) > low:
+            top = int(digit) - 1
+            rest = len(text) - i - 1
+            options.append(f"{text[:i]}[{low}-{top}]" + (f"[0-9]{{{rest}}}" if rest else ""))
+    options.append(text)
+    return "(?:" + "|".join(dict.fromkeys(options)) + ")"
+
+
+def _int64_schema(signed: bool) -> dict[str, Any]:
+    # proto-JSON writes 64-bit integers as strings and reads either form: both are stated, with the exact range.
+    if signed:
+        low, high = -(2**63), 2**63 - 1
+        pattern = f"^(?:-{decimal_at_most(2**63)}|{decimal_at_most(high)})$"
+    else:
+        low, high = 0, 2**64 - 1
+        pattern = f"^{decimal_at_most(high)}$"
+    return {"anyOf": [{"type": "integer", "minimum": low, "maximum": high},
+                      {"type": "string", "pattern": pattern}], "format": "int64" if signed else "uint64"}
 
 # Well-known types have a proto-JSON form of their own.
 _WKT: dict[str, dict[str, Any]] = {
@@ -64,13 +98,13 @@ def _singular(collection: str) -> str:
     return collection[:-1] if collection.endswith("s") else collection
 
 
-def expand_template(template: str) -> tuple[str, list[tuple[str, str]]]:
-    """``/api/v1/{name=tenders/*}:accept`` → (``/api/v1/tenders/{tender}:accept``, [(tender, name)]).
+def expand_template(template: str) -> tuple[str, list[tuple[str, str, str]]]:
+    """``/api/v1/{name=tenders/*}:accept`` → (``/api/v1/tenders/{tender}:accept``, [(tender, name, tenders)]).
 
     Each ``*`` of a variable becomes a path parameter named after the collection before it; the second
-    element lists (parameter, field path) in order.
+    element lists (parameter, field path, collection) in order.
     """
-    params: list[tuple[str, str]] = []
+    params: list[tuple[str, str, str]] = []
     used: set[str] = set()
 
     def variable(match: re.Match[str]) -> str:
@@ -84,13 +118,69 @@ def expand_template(template: str) -> tuple[str, list[tuple[str, str]]]:
                 while name in used:
                     name, n = f"{base}{n}", n + 1
                 used.add(name)
-                params.append((name, field_path))
+                params.append((name, field_path, segments[i - 1] if i > 0 else ""))
                 out.append(f"{{{name}}}")
             else:
                 out.append(segment)
         return "/".join(out)
 
     return re.sub(r"\{([^}]+)\}", variable, template), params
+
+
+#: Example ids of the collections whose ids are not server-assigned (ULID-like) ones.
+_ID_EXAMPLES = {"vehicles": "AU-TRK-1001", "webhookSubscriptions": "01jdq3x0f8c2m5t7v9w1y3z5b7"}
+_EXAMPLE_TIME = "2026-12-01T08:00:00Z"
+_SAMPLE = re.compile(r"e\.g\.,?\s*[`\"]([^`\"]{1,80})[`\"]")
+
+
+def _id_example(collection: str) -> str:
+    return _ID_EXAMPLES.get(collection, "01jdq3x0f8c2m5t7v9w1y3z5b7")
+
+
+def _example(schema: dict[str, Any], schemas: dict[str, Any], *, request: bool, depth: int = 0) -> Any:
+    """An example value of ``schema``: a request's leaves out read-only fields (which a request may not set)."""
+    ref = schema.get("$ref")
+    if isinstance(ref, str):
+        if depth > 4:
+            return None
+        return _example(schemas[ref.rsplit("/", 1)[1]], schemas, request=request, depth=depth + 1)
+    if "anyOf" in schema:  # a 64-bit integer: its string form, as the API writes it
+        return "42"
+    if "enum" in schema:
+        values = [v for v in schema["enum"] if not str(v).endswith("_UNSPECIFIED")]
+        return (values or schema["enum"])[0]
+    kind = schema.get("type")
+    kind = next((k for k in kind if k != "null"), None) if isinstance(kind, list) else kind
+    if kind == "object" or "properties" in schema:
+        out = {}
+        for name, sub in schema.get("properties", {}).items():
+            if request and sub.get("readOnly"):
+                continue
+            value = _example(sub, schemas, request=request, depth=depth + 1)
+            if value is not None:
+                out[name] = value
+        return out
+    if kind == "array":
+        item = _example(schema.get("items", {}), schemas, request=request, depth=depth + 1)
+        return [] if item is None else [item]
+    if kind == "integer":
+        return max(int(schema.get("minimum", 0)), 0) if "minimum" in schema else 1
+    if kind == "number":
+        return 1.5
+    if kind == "boolean":
+        return False
+    if kind == "string":
+        sample = _SAMPLE.search(" ".join(str(schema.get("description", "")).split()))
+        if sample and not schema.get("pattern") and not schema.get("format"):
+            return sample.group(1)  # the proto comment's own "e.g." value
+        if schema.get("format") == "date-time":
+            return _EXAMPLE_TIME
+        if schema.get("pattern", "").endswith("s$"):  # a google.protobuf.Duration
+            return "90s"
+        if schema.get("contentEncoding") == "base64":
+            return ""
+        return "example"
+    return None
 
 
 class _Builder:
@@ -127,8 +217,8 @@ class _Builder:
             return {"type": "integer", "format": "int32", "minimum": -(2**31), "maximum": 2**31 - 1}
         if t in _UINT32:
             return {"type": "integer", "format": "int64", "minimum": 0, "maximum": 2**32 - 1}
-        if t in _INT64:
-            return {"type": ["string", "integer"], "format": "int64", "pattern": r"^-?[0-9]+$"}
+        if t in _INT64 or t in _UINT64:
+            return _int64_schema(t in _INT64)
         if t in {FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT}:
             return {"type": "number"}
         if t == FieldDescriptor.TYPE_BOOL:
@@ -138,6 +228,11 @@ class _Builder:
         return {"type": "string"}
 
     def field(self, fd: FieldDescriptor) -> dict[str, Any]:
+        if fd.name == "page_size" and fd.type == FieldDescriptor.TYPE_INT32:
+            # AIP-158 as services/runtime/_paging.py enforces it: negative refused, 0 the default, larger clamped.
+            return {"type": "integer", "format": "int32", "minimum": 0, "maximum": 2**31 - 1,
+                    "description": (self.api.comment(fd.full_name) + f"\n\n0 (or absent) means {DEFAULT_PAGE_SIZE};"
+                                    f" more than {MAX_PAGE_SIZE} is read as {MAX_PAGE_SIZE}.").strip()}
         if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
             schema: dict[str, Any] = {"type": "object",
                                       "additionalProperties": self.scalar(fd.message_type.fields_by_name["value"])}
@@ -204,18 +299,19 @@ class _Builder:
         path, params = expand_template(binding.template)
         descriptor = method.method
         input_type = descriptor.input_type
-        bound = {field_path for _, field_path in params}
+        bound = {field_path for _, field_path, _ in params}
         parameters: list[dict[str, Any]] = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string", "pattern": r"^[^/:]+$"},
-             "description": f"The id in `{field_path}`."}
-            for name, field_path in params
+            {"name": name, "in": "path", "required": True,
+             "schema": {"type": "string", "pattern": resource_id_pattern(collection).pattern},
+             "example": _id_example(collection), "description": f"The id in `{field_path}`."}
+            for name, field_path, collection in params
         ]
         operation: dict[str, Any] = {
             "operationId": f"{descriptor.containing_service.name}_{descriptor.name}",
             "tags": [descriptor.containing_service.name],
             "summary": _first_sentence(method.comment),
             "description": method.comment,
-            "security": [{"bearerAuth": [method.scope]}] if method.scope else [],
+            "security": [{"oauth2": [method.scope]}] if method.scope else [],
             "x-scope": method.scope,
         }
         if binding.body == "*":
@@ -264,7 +360,60 @@ class _Builder:
         responses["default"] = {"description": "Any other error (google.rpc.Status)",
                                 "content": {"application/json": {"schema": _STATUS_REF}}}
         operation["responses"] = responses
+        self.add_examples(operation)
         return path, binding.verb.lower(), operation
+
+    def add_examples(self, operation: dict[str, Any]) -> None:
+        """An example request body (when the operation takes one) and an example of its 200 answer."""
+        body = operation.get("requestBody", {}).get("content", {}).get("application/json")
+        if body is not None:
+            body["example"] = _example(body["schema"], self.schemas, request=True)
+        ok = operation["responses"]["200"]["content"]
+        if "application/json" in ok:
+            ok["application/json"]["example"] = _example(ok["application/json"]["schema"], self.schemas,
+                                                         request=False)
+        elif "text/event-stream" in ok:
+            stream = ok["text/event-stream"]
+            data = _example(stream["x-event-schema"], self.schemas, request=False)
+            stream["example"] = f"id: 42\nevent: message\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+        else:
+            ok["application/zip"]["example"] = "(the evidence pack's bytes)"
+
+    def webhooks(self) -> dict[str, Any]:
+        """The OpenAPI 3.1 ``webhooks``: one POST per public event type, its body the Event with that payload."""
+        event = event_pb2.Event.DESCRIPTOR
+        envelope = self.ref(event)
+        hooks: dict[str, Any] = {}
+        for fd in event.oneofs_by_name["data"].fields:
+            event_type = event_type_for_field(fd.name)
+            if event_type in INTERNAL_EVENT_TYPES:
+                continue
+            schema = {"allOf": [envelope, {"type": "object", "required": [fd.json_name],
+                                           "properties": {"type": {"const": event_type}}}]}
+            example = _example(envelope, self.schemas, request=False)
+            example = {k: v for k, v in example.items() if k not in {f.json_name for f in event.oneofs_by_name[
+                "data"].fields}}
+            example.update(type=event_type, **{fd.json_name: _example(self.ref(fd.message_type), self.schemas,
+                                                                       request=False)})
+            hooks[event_type] = {"post": {
+                "operationId": f"webhook_{fd.name}",
+                "summary": _first_sentence(self.api.comment(fd.full_name)) or event_type,
+                "description": self.api.comment(fd.full_name),
+                "parameters": [
+                    {"name": "webhook-id", "in": "header", "required": True, "schema": {"type": "string"},
+                     "description": "The event's id: deduplicate on it (delivery is at least once)."},
+                    {"name": "webhook-timestamp", "in": "header", "required": True,
+                     "schema": {"type": "string", "pattern": "^[0-9]{1,20}$"},
+                     "description": "Unix seconds of the attempt; refuse old ones (replay protection)."},
+                    {"name": "webhook-signature", "in": "header", "required": True, "schema": {"type": "string"},
+                     "description": "`v1,<base64 HMAC-SHA256 of id.timestamp.body>` per signing key, "
+                                    "space-separated (Standard Webhooks)."}],
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": schema, "example": example}}},
+                "responses": {"2XX": {"description": "Received. Any other answer (or none within the timeout) "
+                                                     "is retried on the subscription's schedule."}},
+            }}
+        return dict(sorted(hooks.items()))
 
 
     def event_stream(self, output: Descriptor) -> dict[str, Any]:
@@ -286,19 +435,19 @@ def _camel_path(path: str) -> str:
     return ".".join(re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), part) for part in path.split("."))
 
 
-def build_openapi(api: Api) -> dict[str, Any]:
+def build_openapi(api: Api, token_url: str = DEFAULT_OAUTH_TOKEN_URL) -> dict[str, Any]:
     """The OpenAPI 3.1 document of every http-annotated method with a bearer scope; server streams are
-    ``text/event-stream`` answers."""
+    ``text/event-stream`` answers; the webhook events under ``webhooks``; tokens from ``token_url``."""
     builder = _Builder(api)
     paths: dict[str, dict[str, Any]] = {}
-    scopes: dict[str, str] = {}
+    scopes: dict[str, list[str]] = {}
     tags: dict[str, str] = {}
     for method in api.methods:
         if method.method.client_streaming or method.scope is None:
             continue
         service = method.method.containing_service
         tags[service.name] = api.comment(service.full_name)
-        scopes.setdefault(method.scope, f"{method.method.name} and other operations that need it")
+        scopes.setdefault(method.scope, []).append(method.method.name)
         for binding in method.bindings:
             path, verb, operation = builder.operation(method, binding)
             paths.setdefault(path, {})[verb] = operation
@@ -317,7 +466,7 @@ def build_openapi(api: Api) -> dict[str, Any]:
         "required": ["code", "message"],
     }
     builder.schemas["google.rpc.Status"] = status_schema
-    scope_list = "\n".join(f"* `{s}`" for s in sorted(scopes))
+    webhooks = builder.webhooks()
     return {
         "openapi": "3.1.0",
         "info": {
@@ -331,12 +480,18 @@ def build_openapi(api: Api) -> dict[str, Any]:
         "servers": [{"url": "/"}],
         "tags": [{"name": name, "description": text} for name, text in sorted(tags.items())],
         "paths": dict(sorted(paths.items())),
+        "webhooks": webhooks,
         "components": {
             "schemas": dict(sorted(builder.schemas.items())),
             "securitySchemes": {
-                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
-                               "description": "OAuth2 access token (RFC 9068, ES256/RS256/EdDSA). Each operation "
-                                              "lists the scope it needs. Scopes:\n" + scope_list},
+                "oauth2": {"type": "oauth2",
+                           "description": "OAuth2 client credentials: an access token (RFC 9068 JWT, typ at+jwt, "
+                                          "ES256/RS256/EdDSA) sent as `Authorization: Bearer <token>`, whose "
+                                          "`carrier` claim is the tenant. Each operation names the scope it needs.",
+                           "flows": {"clientCredentials": {
+                               "tokenUrl": token_url,
+                               "scopes": {scope: "Allows " + ", ".join(sorted(set(names)))
+                                          for scope, names in sorted(scopes.items())}}}},
             },
         },
     }

@@ -30,7 +30,7 @@ async def test_openapi_document_is_served_and_complete(http) -> None:
             expected = not method.method.client_streaming and method.scope is not None
             assert ((binding.verb, path) in served) == expected, (binding, served)
     create = doc["paths"]["/api/v1/tenders"]["post"]
-    assert create["security"] == [{"bearerAuth": ["tender:create"]}]
+    assert create["security"] == [{"oauth2": ["tender:create"]}]
     assert create["requestBody"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/haulmesh.tender.v1.Tender"}
     tender = doc["components"]["schemas"]["haulmesh.tender.v1.Tender"]
@@ -39,7 +39,8 @@ async def test_openapi_document_is_served_and_complete(http) -> None:
     assert "tmsLoadId" in tender["required"] and "state" not in tender["required"]
     assert "TMS's own load" in tender["properties"]["tmsLoadId"]["description"]
     assert "EQUIPMENT_DRY_VAN_53FT" in doc["components"]["schemas"]["haulmesh.type.v1.Equipment"]["enum"]
-    assert doc["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    flow = doc["components"]["securitySchemes"]["oauth2"]["flows"]["clientCredentials"]
+    assert set(flow["scopes"]) == set(ALL_SCOPES.split()) and flow["tokenUrl"]
     for ops in doc["paths"].values():
         for op in ops.values():
             assert op["responses"]["default"]["content"]["application/json"]["schema"] == {
