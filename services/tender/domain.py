@@ -40,6 +40,7 @@ from services.runtime import (
     parse_name,
     to_timestamp,
 )
+from services.runtime.limits import PACKING_GROUPS, REQUEST_ID, TENDER_WEIGHT_LB
 
 from .eligibility import EligibilityPolicy, LanePolicy, Market
 
@@ -84,8 +85,7 @@ State = tender_pb2.Tender.State
 Rule = tender_pb2.EligibilityViolation.Rule
 Factor = tender_pb2.RiskReason.Factor
 
-MIN_WEIGHT_LB = 1
-MAX_WEIGHT_LB = 80_000
+MIN_WEIGHT_LB, MAX_WEIGHT_LB = TENDER_WEIGHT_LB
 MIN_PICKUP_WINDOW = timedelta(minutes=30)
 ACCEPT_MIN_WINDOW = timedelta(minutes=30)
 MAX_AHEAD = timedelta(days=14)
@@ -107,12 +107,12 @@ _CAMEL = {"pickupWindow": "pickup_window", "deliveryWindow": "delivery_window", 
           "specialInstructions": "special_instructions", "tmsLoadId": "tms_load_id"}
 
 _TMS_LOAD_ID = re.compile(r"^[A-Za-z0-9._:/-]{1,64}$")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_REQUEST_ID = REQUEST_ID
 _UN_NUMBER = re.compile(r"^(UN|NA)[0-9]{4}$")
 #: Hazard classes 1-9 with divisions (1.1-1.6, 2.1-2.3, 4.1-4.3, 5.1-5.2, 6.1-6.2) and class 1 compatibility
 #: group letters (e.g. "1.4S").
 _HAZARD_CLASS = re.compile(r"^(1(\.[1-6][A-LN-S]?)?|2(\.[1-3])?|3|4(\.[1-3])?|5(\.[12])?|6(\.[12])?|7|8|9)$")
-_PACKING_GROUPS = {"", "I", "II", "III"}
+_PACKING_GROUPS = frozenset(PACKING_GROUPS)
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 _HAZMAT_NOTE = re.compile(r"hazmat\s*[=:]\s*(true|false|yes|no|y|n|1|0)\b", re.IGNORECASE)
 

@@ -6,7 +6,6 @@ It holds no business rules: every request becomes a gRPC call to the service tha
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -22,7 +21,7 @@ from services.runtime import asgi_middleware
 from .errors import RestError, error_response
 from .handler import RestGateway
 from .metrics import HttpMetricsMiddleware
-from .openapi import build_openapi, render_docs
+from .openapi import build_openapi, dump_openapi, render_docs
 
 __all__ = ["HttpListener", "create_app"]
 
@@ -43,7 +42,7 @@ def create_app(ready: Callable[[], Awaitable[bool]], rest: RestGateway | None = 
     routes = [Route("/healthz", healthz), Route("/readyz", readyz)]
     if rest is not None:
         document = build_openapi(rest.api, rest.token_url)
-        spec = json.dumps(document, indent=1).encode()
+        spec = dump_openapi(document).encode()
         page = render_docs(document)
 
         async def openapi(_: Request) -> Response:

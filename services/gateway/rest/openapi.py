@@ -12,19 +12,21 @@ from __future__ import annotations
 import html
 import json
 import re
+import sys
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
 from haulmesh.events.v1 import event_pb2
 from services.runtime import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, resource_id_pattern
+from services.runtime.limits import FIELD_SCHEMAS, REQUEST_ID
 
 from ..config import DEFAULT_OAUTH_TOKEN_URL
 from ..webhooks.domain import INTERNAL_EVENT_TYPES, event_type_for_field
 from .descriptors import Api, HttpBinding, HttpMethod, field_behaviors
 from .errors import HTTP_STATUS
 
-__all__ = ["build_openapi", "decimal_at_most", "render_docs"]
+__all__ = ["build_openapi", "decimal_at_most", "dump_openapi", "main", "render_docs"]
 
 _STATUS_REF = {"$ref": "#/components/schemas/google.rpc.Status"}
 _INT32 = {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SFIXED32}
@@ -144,6 +146,8 @@ def _example(schema: dict[str, Any], schemas: dict[str, Any], *, request: bool, 
         if depth > 4:
             return None
         return _example(schemas[ref.rsplit("/", 1)[1]], schemas, request=request, depth=depth + 1)
+    if "allOf" in schema:
+        return _example(schema["allOf"][0], schemas, request=request, depth=depth)
     if "anyOf" in schema:  # a 64-bit integer: its string form, as the API writes it
         return "42"
     if "enum" in schema:
@@ -240,10 +244,18 @@ class _Builder:
             schema = {"type": "array", "items": self.scalar(fd)}
         else:
             schema = self.scalar(fd)
+        # The limits the services enforce, from where they live (services/runtime/limits.py).
+        schema.update(FIELD_SCHEMAS.get(fd.full_name, {}))
+        if fd.name == "request_id" and fd.type == FieldDescriptor.TYPE_STRING:
+            schema = {"type": "string", "anyOf": [{"const": ""}, {"pattern": REQUEST_ID.pattern}]}
         comment = self.api.comment(fd.full_name)
         if comment:
             schema["description"] = comment
         behaviors = field_behaviors(fd)
+        if "REQUIRED" in behaviors and fd.enum_type is not None and not fd.is_repeated:
+            # A required enum must be set: its zero value (..._UNSPECIFIED) is refused as absent (AIP-126).
+            schema = {"allOf": [schema, {"not": {"const": fd.enum_type.values[0].name}}], **{
+                k: v for k, v in schema.items() if k != "$ref"}}
         if "OUTPUT_ONLY" in behaviors:
             schema["readOnly"] = True
         if "IMMUTABLE" in behaviors:
@@ -259,7 +271,8 @@ class _Builder:
             props[fd.json_name] = self.field(fd)
             if "REQUIRED" in field_behaviors(fd):
                 required.append(fd.json_name)
-        schema: dict[str, Any] = {"type": "object", "properties": props}
+        # Unknown fields are refused (proto-JSON's parser names them), so the schema says so.
+        schema: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": False}
         if required:
             schema["required"] = required
         comment = self.api.comment(descriptor.full_name)
@@ -332,7 +345,7 @@ class _Builder:
             parameters.extend(self.query_parameters(input_type, bound))
         if descriptor.input_type.fields_by_name.get("request_id") is not None:
             parameters.append({"name": "Idempotency-Key", "in": "header", "required": False,
-                               "schema": {"type": "string", "pattern": r"^[A-Za-z0-9._:-]{1,128}$"},
+                               "schema": {"type": "string", "pattern": REQUEST_ID.pattern},
                                "description": "Sets `request_id` when the body does not: a retry with the same key "
                                               "and request returns the first response."})
         responses: dict[str, Any]
@@ -532,3 +545,25 @@ section{{border-top:1px solid #ddd}}</style></head>
 <body><h1>{e(info['title'])} {e(info['version'])}</h1><p>{e(info['description'])}</p>
 <p>Machine-readable: <a href="/openapi.json">/openapi.json</a> (OpenAPI {e(document['openapi'])}).</p>
 <h2>Operations</h2>{''.join(rows)}<h2>Schemas</h2>{schemas}</body></html>"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m services.gateway.rest.openapi [PATH]`` (``make openapi``): the document the gateway serves with
+    its default settings, written to PATH (default docs/openapi.json), the committed copy a test keeps current."""
+    from pathlib import Path
+
+    from .descriptors import load_api
+
+    target = Path((argv if argv is not None else sys.argv[1:] or ["docs/openapi.json"])[0])
+    target.write_text(dump_openapi(build_openapi(load_api())))
+    print(f"wrote {target}")
+    return 0
+
+
+def dump_openapi(document: dict[str, Any]) -> str:
+    """The committed file's form (and the served one's): indented, keys in the document's own order."""
+    return json.dumps(document, indent=1, ensure_ascii=False) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

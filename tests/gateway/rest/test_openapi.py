@@ -88,26 +88,3 @@ async def test_docs_page_works_offline(http) -> None:
     assert "/openapi.json" in page.text and "TenderService_CreateTender" in page.text
     # Nothing to fetch: no script, no stylesheet link, no external source (proto comments may mention URLs).
     assert "<script" not in page.text and "<link" not in page.text and "src=" not in page.text
-
-
-async def test_schemathesis_finds_no_server_error_and_no_schema_violation(base_url: str, token, tmp_path: Path) -> None:
-    # A bounded run (CI): every operation, positive and negative data, with a valid token of every scope. One
-    # worker: with threads, CPython 3.11's ast.parse (used by hypothesis to describe filters) can fail with
-    # "AST constructor recursion depth mismatch", an error of the tool rather than of the API.
-    credentials = token("fuzz-co", ALL_SCOPES, ttl_seconds=3600)
-    async with httpx.AsyncClient(base_url=base_url) as client:
-        (tmp_path / "openapi.json").write_bytes((await client.get("/openapi.json")).content)
-    process = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).with_name("st")), "run", str(tmp_path / "openapi.json"), "--url", base_url,
-        "--header", f"Authorization: Bearer {credentials}",
-        "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
-                    "response_schema_conformance",
-        # TelemetryService's reads are issue 4's (they answer UNIMPLEMENTED until then).
-        "--exclude-tag", "TelemetryService",
-        "--phases", "examples,coverage,fuzzing", "--max-examples", "15", "--workers", "1",
-        "--request-timeout", "10", "--rate-limit", "auto", "--seed", "1", "--no-color",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=tmp_path)
-    output, _ = await asyncio.wait_for(process.communicate(), timeout=280)
-    text = output.decode(errors="replace")
-    failures = text.split("WARNINGS ===")[0]
-    assert process.returncode == 0, failures[-20000:]
