@@ -11,12 +11,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["CURRENCY_CODE", "FIELD_SCHEMAS", "MARKET_CODE", "PACKING_GROUPS", "REQUEST_ID", "TENDER_WEIGHT_LB"]
+__all__ = ["CURRENCY_CODE", "FIELD_SCHEMAS", "MARKET_CODE", "PACKING_GROUPS", "REQUEST_ID", "TENDER_WEIGHT_LB",
+           "TMS_LOAD_ID"]
 
 #: ``request_id`` / ``Idempotency-Key``: 1 to 128 characters from [A-Za-z0-9._:-].
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 #: A market (region) code such as US-TX-HOU: country, state or province, market.
 MARKET_CODE = re.compile(r"^[A-Z]{2}-[A-Z0-9]{1,3}-[A-Z]{3}$")
+#: A tender's load id in the TMS: 1 to 64 characters from [A-Za-z0-9._:/-].
+TMS_LOAD_ID = re.compile(r"^[A-Za-z0-9._:/-]{1,64}$")
 #: ISO 4217 currency code.
 CURRENCY_CODE = re.compile(r"^[A-Z]{3}$")
 #: A tender's cargo weight in pounds, inclusive (80,000 lb: the US federal gross-weight limit).
@@ -27,6 +30,8 @@ PACKING_GROUPS = ("", "I", "II", "III")
 FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
     "haulmesh.type.v1.Lane.origin_region": {"pattern": MARKET_CODE.pattern},
     "haulmesh.type.v1.Lane.destination_region": {"pattern": MARKET_CODE.pattern},
+    "haulmesh.type.v1.Money.currency_code": {"pattern": CURRENCY_CODE.pattern},
+    "haulmesh.tender.v1.Tender.tms_load_id": {"pattern": TMS_LOAD_ID.pattern},
     "haulmesh.type.v1.Hazmat.packing_group": {"enum": list(PACKING_GROUPS)},
     "haulmesh.tender.v1.Tender.weight_lb": {"minimum": TENDER_WEIGHT_LB[0], "maximum": TENDER_WEIGHT_LB[1]},
 }

@@ -40,7 +40,7 @@ from services.runtime import (
     parse_name,
     to_timestamp,
 )
-from services.runtime.limits import PACKING_GROUPS, REQUEST_ID, TENDER_WEIGHT_LB
+from services.runtime.limits import PACKING_GROUPS, REQUEST_ID, TENDER_WEIGHT_LB, TMS_LOAD_ID
 
 from .eligibility import EligibilityPolicy, LanePolicy, Market
 
@@ -106,7 +106,7 @@ UPDATABLE_FIELDS = ("origin", "destination", "pickup_window", "delivery_window",
 _CAMEL = {"pickupWindow": "pickup_window", "deliveryWindow": "delivery_window", "weightLb": "weight_lb",
           "specialInstructions": "special_instructions", "tmsLoadId": "tms_load_id"}
 
-_TMS_LOAD_ID = re.compile(r"^[A-Za-z0-9._:/-]{1,64}$")
+_TMS_LOAD_ID = TMS_LOAD_ID
 _REQUEST_ID = REQUEST_ID
 _UN_NUMBER = re.compile(r"^(UN|NA)[0-9]{4}$")
 #: Hazard classes 1-9 with divisions (1.1-1.6, 2.1-2.3, 4.1-4.3, 5.1-5.2, 6.1-6.2) and class 1 compatibility

@@ -51,8 +51,16 @@ def create_app(ready: Callable[[], Awaitable[bool]], rest: RestGateway | None = 
         async def docs(_: Request) -> HTMLResponse:
             return HTMLResponse(page)
 
+        async def api(request: Request) -> Response:
+            # Another verb on a fixed path (POST /openapi.json) reaches this catch-all route: 405, not 404.
+            if request.url.path in fixed:
+                return error_response(RestError("UNIMPLEMENTED", f"{request.method} is not allowed here",
+                                                reason="METHOD_NOT_ALLOWED", headers={"Allow": "GET, HEAD"},
+                                                http_status=405))
+            return await rest.handle(request)
+
         routes += [Route("/openapi.json", openapi), Route("/docs", docs),
-                   Route("/{path:path}", rest.handle, methods=_VERBS)]
+                   Route("/{path:path}", api, methods=_VERBS)]
     async def not_routed(request: Request, exc: Exception) -> Response:
         # Starlette's own 404/405 (e.g. a path its router cannot match at all, or a verb no route lists such as
         # TRACE) in the API's error shape; a 405 always says what is allowed (RFC 9110 15.5.6).

@@ -66,7 +66,7 @@ def _int64_schema(signed: bool) -> dict[str, Any]:
 _WKT: dict[str, dict[str, Any]] = {
     "google.protobuf.Timestamp": {"type": "string", "format": "date-time",
                                   "description": "RFC 3339 timestamp, e.g. 2026-02-01T08:00:00Z."},
-    "google.protobuf.Duration": {"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]{1,9})?s$",
+    "google.protobuf.Duration": {"type": "string", "pattern": "",  # bounded below, once decimal_at_most exists
                                  "description": "Duration in seconds with an `s` suffix, e.g. `90s`."},
     "google.protobuf.FieldMask": {"type": "string",
                                   "description": "Comma-separated field paths (lowerCamelCase or snake_case)."},
@@ -86,6 +86,8 @@ _WKT: dict[str, dict[str, Any]] = {
     "google.protobuf.Int64Value": {"type": ["string", "integer", "null"]},
     "google.protobuf.UInt64Value": {"type": ["string", "integer", "null"]},
 }
+# google.protobuf.Duration's range: ±315,576,000,000 s (10,000 years), at most 9 fractional digits.
+_WKT["google.protobuf.Duration"]["pattern"] = rf"^-?{decimal_at_most(315_576_000_000)}(\.[0-9]{{1,9}})?s$"
 
 
 def _first_sentence(text: str) -> str:

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
-import sys
 from pathlib import Path
 
-import httpx
 import jsonschema_rs
 from schemathesis.specs.openapi.definitions import OPENAPI_31
 
 from services.gateway.rest.descriptors import load_api
-from services.gateway.rest.openapi import expand_template
+from services.gateway.rest.openapi import build_openapi, decimal_at_most, dump_openapi, expand_template
+from services.runtime import resource_id_pattern
 
 from .conftest import ALL_SCOPES
 
@@ -88,3 +86,46 @@ async def test_docs_page_works_offline(http) -> None:
     assert "/openapi.json" in page.text and "TenderService_CreateTender" in page.text
     # Nothing to fetch: no script, no stylesheet link, no external source (proto comments may mention URLs).
     assert "<script" not in page.text and "<link" not in page.text and "src=" not in page.text
+
+
+def _committed() -> str:
+    return (Path(__file__).resolve().parents[3] / "docs" / "openapi.json").read_text()
+
+
+async def test_the_committed_document_is_the_served_one(http) -> None:
+    """docs/openapi.json is what `make openapi` writes; stale (a proto or limit changed since), this fails."""
+    served = (await http.get("/openapi.json")).text
+    assert _committed() == served == dump_openapi(build_openapi(load_api())), \
+        "docs/openapi.json is stale: run `make openapi` and commit it"
+
+
+async def test_the_document_states_the_limits_the_server_enforces(http) -> None:
+    doc = (await http.get("/openapi.json")).json()
+    schemas = doc["components"]["schemas"]
+    page_size = next(p for p in doc["paths"]["/api/v1/tenders"]["get"]["parameters"] if p["name"] == "pageSize")
+    assert page_size["schema"]["minimum"] == 0
+    vehicle = next(p for p in doc["paths"]["/api/v1/missions/{mission}"]["get"]["parameters"] if p["in"] == "path")
+    assert vehicle["schema"]["pattern"] == resource_id_pattern("missions").pattern
+    frames = doc["paths"]["/api/v1/missions/{mission}/telemetryFrames"]["get"]["parameters"]
+    sequence = next(p for p in frames if p["name"] == "minSequence")["schema"]
+    assert sequence["anyOf"][0]["minimum"] == 0 and sequence["anyOf"][0]["maximum"] == 2**64 - 1
+    pattern = re.compile(sequence["anyOf"][1]["pattern"])
+    assert pattern.match(str(2**64 - 1)) and not pattern.match(str(2**64)) and not pattern.match("-1")
+    assert schemas["haulmesh.tender.v1.Tender"]["properties"]["weightLb"]["maximum"] == 80_000
+    assert schemas["haulmesh.tender.v1.Tender"]["additionalProperties"] is False
+    assert "haulmesh.tender.v1.offered" in doc["webhooks"]
+    for ops in doc["paths"].values():
+        for op in ops.values():
+            ok = op["responses"]["200"]["content"]
+            assert any("example" in media for media in ok.values()), op["operationId"]
+            if "requestBody" in op:
+                assert "example" in op["requestBody"]["content"]["application/json"], op["operationId"]
+
+
+def test_decimal_bounds_are_exact() -> None:
+    for bound in (0, 7, 10, 99, 100, 255, 2**31 - 1, 2**63, 2**64 - 1):
+        pattern = re.compile(f"^{decimal_at_most(bound)}$")
+        for n in {0, 1, 9, 10, bound - 1, bound, bound + 1, bound * 10, max(bound // 2, 0)}:
+            if n >= 0:
+                assert bool(pattern.match(str(n))) == (n <= bound), (bound, n)
+        assert not pattern.match("01") and not pattern.match("")
