@@ -19,9 +19,11 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 
 from haulmesh.events.v1 import event_pb2
 from services.runtime import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, resource_id_pattern
-from services.runtime.limits import FIELD_SCHEMAS, REQUEST_ID
+from services.runtime.limits import FIELD_SCHEMAS, REQUEST_ID, mask_schema
 
 from ..config import DEFAULT_OAUTH_TOKEN_URL
+from ..webhooks import domain as webhooks
+from ..webhooks.destinations import MAX_URL_LENGTH
 from ..webhooks.domain import INTERNAL_EVENT_TYPES, event_type_for_field
 from .descriptors import Api, HttpBinding, HttpMethod, field_behaviors
 from .errors import HTTP_STATUS
@@ -49,6 +51,47 @@ def decimal_at_most(bound: int) -> str:
             options.append(f"{text[:i]}[{low}-{top}]" + (f"[0-9]{{{rest}}}" if rest else ""))
     options.append(text)
     return "(?:" + "|".join(dict.fromkeys(options)) + ")"
+
+
+def _webhook_limits() -> dict[str, dict[str, Any]]:
+    """The webhook subscriptions' limits, from the webhook service's own constants (services/gateway/webhooks)."""
+    b64 = "[A-Za-z0-9+/]"
+    low, high = (n // 3 for n in webhooks.SECRET_BYTES)  # whole base64 quads: 3 bytes each
+    tail = f"(?:{b64}{{2}}==|{b64}{{3}}=)"
+    # 24 to 64 bytes: 8 to 20 quads and any tail, or 21 quads (63 bytes) and at most a one-byte tail.
+    secret = f"^{webhooks.SECRET_PREFIX}(?:(?:{b64}{{4}}){{{low},{high - 1}}}{tail}?|(?:{b64}{{4}}){{{high}}}" \
+             f"(?:{b64}{{2}}==)?)$"
+    areas = sorted({t.rsplit(".", 1)[0] for t in webhooks.PUBLIC_EVENT_TYPES})
+    overlap = webhooks.MAX_OVERLAP_SECONDS
+    minutes = {"minimum": 0, "maximum": webhooks.MAX_ETA_POLICY_MINUTES}
+    subscription = "haulmesh.gateway.v1.WebhookSubscription"
+    return {
+        f"{subscription}.display_name": {"maxLength": webhooks.MAX_DISPLAY_NAME},
+        f"{subscription}.url": {"maxLength": MAX_URL_LENGTH, "format": "uri",
+                                "pattern": rf"^https://[A-Za-z0-9.-]+(?::{decimal_at_most(65535)})?(?:[/?][^\s#]*)?$"},
+        f"{subscription}.event_types": {"minItems": 1, "maxItems": webhooks.MAX_EVENT_TYPES, "items": {
+            "type": "string", "enum": ["*", *(f"{a}.*" for a in areas), *sorted(webhooks.PUBLIC_EVENT_TYPES)]}},
+        f"{subscription}.secret": {"pattern": secret},
+        "haulmesh.gateway.v1.RotateWebhookSecretRequest.new_secret": {"pattern": secret},
+        "haulmesh.gateway.v1.RotateWebhookSecretRequest.overlap": {
+            "pattern": rf"^(?:{decimal_at_most(overlap - 1)}(?:\.[0-9]{{1,9}})?|{overlap}(?:\.0{{1,9}})?)s$"},
+        "haulmesh.gateway.v1.UpdateWebhookSubscriptionRequest.update_mask": mask_schema(webhooks.UPDATABLE),
+        "haulmesh.gateway.v1.EtaPolicy.min_change_minutes": minutes,
+        "haulmesh.gateway.v1.EtaPolicy.cadence_minutes": minutes,
+    }
+
+
+def _with_limits(schema: dict[str, Any], limits: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` narrowed by ``limits``; a 64-bit integer's range goes into both its forms (number, string)."""
+    if "anyOf" in schema and schema.get("format") in {"int64", "uint64"} and "maximum" in limits:
+        low, high = limits["minimum"], limits["maximum"]
+        if low not in (0, 1):  # the string pattern below bounds from 0 or 1 only
+            raise ValueError(f"a 64-bit range from {low} cannot be stated")
+        digits = decimal_at_most(high) if low == 0 else f"(?!0$){decimal_at_most(high)}"
+        rest = {k: v for k, v in limits.items() if k not in {"minimum", "maximum"}}
+        return {**schema, **rest, "anyOf": [{"type": "integer", "minimum": low, "maximum": high},
+                                            {"type": "string", "pattern": f"^{digits}$"}]}
+    return {**schema, **limits}
 
 
 def _int64_schema(signed: bool) -> dict[str, Any]:
@@ -193,6 +236,7 @@ class _Builder:
     def __init__(self, api: Api) -> None:
         self.api = api
         self.schemas: dict[str, Any] = {}
+        self.limits = _webhook_limits()
 
     # --- schemas -------------------------------------------------------------------------------------------
 
@@ -246,8 +290,8 @@ class _Builder:
             schema = {"type": "array", "items": self.scalar(fd)}
         else:
             schema = self.scalar(fd)
-        # The limits the services enforce, from where they live (services/runtime/limits.py).
-        schema.update(FIELD_SCHEMAS.get(fd.full_name, {}))
+        # The limits the services enforce, from where they live (services/runtime/limits.py, the webhooks').
+        schema = _with_limits(schema, FIELD_SCHEMAS.get(fd.full_name) or self.limits.get(fd.full_name, {}))
         if fd.name == "request_id" and fd.type == FieldDescriptor.TYPE_STRING:
             schema = {"type": "string", "anyOf": [{"const": ""}, {"pattern": REQUEST_ID.pattern}]}
         comment = self.api.comment(fd.full_name)
@@ -292,8 +336,9 @@ class _Builder:
     # --- operations ----------------------------------------------------------------------------------------
 
     def query_parameters(self, descriptor: Descriptor, bound: set[str], prefix: str = "",
-                         depth: int = 0) -> list[dict[str, Any]]:
+                         depth: int = 0, root: str = "") -> list[dict[str, Any]]:
         """Fields neither the path nor the body binds, as query parameters (nested ones dotted)."""
+        root = root or descriptor.full_name
         params: list[dict[str, Any]] = []
         for fd in descriptor.fields:
             path = f"{prefix}{fd.name}"
@@ -301,9 +346,9 @@ class _Builder:
                 continue
             if fd.message_type is not None and fd.message_type.full_name not in _WKT:
                 if not fd.is_repeated and depth < 2:
-                    params.extend(self.query_parameters(fd.message_type, bound, f"{path}.", depth + 1))
+                    params.extend(self.query_parameters(fd.message_type, bound, f"{path}.", depth + 1, root))
                 continue
-            schema = self.field(fd)
+            schema = _with_limits(self.field(fd), FIELD_SCHEMAS.get(f"{root}.{path}", {}))
             description = schema.pop("description", "")
             params.append({"name": _camel_path(path), "in": "query",
                            "required": False, "description": description, "schema": schema,
@@ -361,7 +406,9 @@ class _Builder:
                 "application/json": {"schema": self.ref(descriptor.output_type)}}}}
         if descriptor.server_streaming and not download:
             parameters.append({"name": "Last-Event-ID", "in": "header", "required": False,
-                               "schema": {"type": "string", "pattern": r"^[0-9]{1,20}$"},
+                               # sse.resume_from: 1 to 20 digits, below 2**64 (leading zeros read).
+                               "schema": {"type": "string",
+                                          "pattern": f"^(?=[0-9]{{1,20}}$)0*{decimal_at_most(2**64 - 1)}$"},
                                "description": "Sent by a reconnecting client: the `id` of the last event it received; "
                                               "sets `after_sequence`, so the stream resumes without gap or duplicate."})
             responses["200"] = self.event_stream(descriptor.output_type)

@@ -26,11 +26,8 @@ EXAMPLES = int(os.environ.get("HAULMESH_FUZZ_EXAMPLES", "8"))
 RESULT_JSON = os.environ.get("HAULMESH_FUZZ_JSON", "")
 SEED = int(os.environ.get("HAULMESH_FUZZ_SEED", "1"))
 _ROOT = Path(__file__).resolve().parents[3]
-#: The built-in positive_data_acceptance always gives way to fuzz_checks' version; the short run (``make test``)
-#: leaves that one out too until the document states the limits fuzz_checks.NOT_YET_STATED lists and the market
-#: code patterns' trailing-newline case (hypothesis reads ``$`` as Python does) is settled: make fuzz runs it.
-_EXCLUDED = ("positive_data_acceptance",) if RESULT_JSON else (
-    "positive_data_acceptance", "positive_data_acceptance_within_schema")
+#: The built-in positive_data_acceptance gives way to fuzz_checks' version (see there).
+_EXCLUDED = ("positive_data_acceptance",)
 
 
 def _failures(report: dict) -> Counter[str]:
