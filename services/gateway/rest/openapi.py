@@ -378,7 +378,9 @@ class _Builder:
             top = {p.split(".")[0] for p in bound}
             body = self.properties(input_type, exclude=top)
             body.pop("description", None)
-            operation["requestBody"] = {"required": False, "content": {"application/json": {"schema": body}}}
+            # A body with required fields is itself required: an absent body is an empty message (400).
+            operation["requestBody"] = {"required": bool(body.get("required")),
+                                        "content": {"application/json": {"schema": body}}}
         elif binding.body:
             fd = input_type.fields_by_name[binding.body]
             operation["requestBody"] = {
@@ -493,6 +495,37 @@ class _Builder:
         }
 
 
+def _add_links(paths: dict[str, dict[str, Any]], schemas: dict[str, Any]) -> None:
+    """OpenAPI links from every answer that names a resource to the operations on that resource: a created
+    tender's ``name`` (``tenders/{id}``) feeds GetTender, AcceptTender, ...; its ``mission`` feeds GetMission.
+    Clients (and the fuzzer's stateful phase) follow them; the id is cut from the name by a regex extractor."""
+    on_collection: dict[str, list[tuple[str, str]]] = {}
+    for path, operations in paths.items():
+        params = re.findall(r"\{([^}]+)\}", path)
+        if len(params) == 1:
+            collection = path.split(f"/{{{params[0]}}}", 1)[0].rsplit("/", 1)[-1]
+            for op in operations.values():
+                on_collection.setdefault(collection, []).append((op["operationId"], params[0]))
+    for path, operations in paths.items():
+        own = path.split("/")[3].split("{")[0].split(":")[0] if path.count("/") >= 3 else ""
+        for op in operations.values():
+            ok = op["responses"]["200"]
+            ref = ok.get("content", {}).get("application/json", {}).get("schema", {}).get("$ref", "")
+            props = schemas.get(ref.rsplit("/", 1)[-1], {}).get("properties", {}) if ref else {}
+            links = {}
+            for prop, sub in props.items():
+                collection = own if prop == "name" else f"{prop}s"
+                if sub.get("type") != "string" or collection not in on_collection:
+                    continue
+                for target, param in on_collection[collection]:
+                    if target != op["operationId"]:
+                        links[f"{prop}_{target}"] = {
+                            "operationId": target,
+                            "parameters": {f"path.{param}": f"$response.body#/{prop}#regex:^{collection}/([^/]+)"}}
+            if links:
+                ok["links"] = dict(sorted(links.items()))
+
+
 def _camel_path(path: str) -> str:
     return ".".join(re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), part) for part in path.split("."))
 
@@ -528,6 +561,7 @@ def build_openapi(api: Api, token_url: str = DEFAULT_OAUTH_TOKEN_URL) -> dict[st
         "required": ["code", "message"],
     }
     builder.schemas["google.rpc.Status"] = status_schema
+    _add_links(paths, builder.schemas)
     webhooks = builder.webhooks()
     return {
         "openapi": "3.1.0",
