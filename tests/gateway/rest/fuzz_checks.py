@@ -42,7 +42,10 @@ def _forgiven_field(field: str, description: str, query: dict) -> bool:
     bare = field.split("[", 1)[0]
     if bare.endswith(CROSS_FIELD) or bare in REQUEST_ONLY_VALUES or "(0, 0)" in description:
         return True
-    return "." in bare and _camel(bare) not in query and bare not in query
+    # A message sent in part as query parameters: another of its parameters was sent, this one was not.
+    message, _, _ = _camel(bare).rpartition(".")
+    sent_part = any(str(key).startswith(f"{message}.") for key in query) if message else False
+    return sent_part and _camel(bare) not in query and bare not in query
 
 
 def _refused_beyond_schema(body: bytes, query: dict) -> bool:

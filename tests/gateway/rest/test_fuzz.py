@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import sys
-from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -30,30 +29,22 @@ _ROOT = Path(__file__).resolve().parents[3]
 _EXCLUDED = ("positive_data_acceptance",)
 
 
-def _failures(report: dict) -> Counter[str]:
-    """Failures by check name, from schemathesis' JSON run report."""
-    found: Counter[str] = Counter()
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            if node.get("type") == "failure" or ("failure_code" in node and "title" in node):
-                found[str(node.get("check") or node.get("failure_code") or node.get("title"))] += 1
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(report)
-    return found
+def _failures(report: dict) -> dict[str, int]:
+    """Failures by schemathesis code and title (``ST101 Server error``: 5xx), from its JSON run report."""
+    return {f"{f.get('code')} {f.get('title')}": int(f.get("count", 1)) for f in report.get("failures", [])}
 
 
-def _write_row(report: Path, exit_status: int | None, summary: str) -> None:
+def _read_report(report: Path) -> dict:
+    return json.loads(report.read_text()) if report.exists() else {}
+
+
+def _write_row(data: dict, exit_status: int | None, summary: str) -> None:
     """build/fuzz.json's AT-19 row (``make fuzz``)."""
-    failures = dict(_failures(json.loads(report.read_text()))) if report.exists() else {}
     row = {"pass": exit_status == 0, "seed": SEED,
            "figure": {"examples_per_operation": EXAMPLES, "exit_status": exit_status,
-                      "failures_by_check": failures, "summary": summary[-4000:]}}
+                      "failures": _failures(data), "test_cases": data.get("test_cases"),
+                      "operations": data.get("operations"),
+                      "errors": len(data.get("errors", [])), "summary": summary[-4000:]}}
     target = Path(RESULT_JSON)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps({"AT-19": row}, indent=2, sort_keys=True) + "\n")
@@ -80,7 +71,33 @@ async def test_schemathesis_every_operation_every_check(base_url: str, token, tm
     output, _ = await asyncio.wait_for(process.communicate(), timeout=None if RESULT_JSON else 280)
     text = output.decode(errors="replace")
     summary = text[text.rfind("= SUMMARY ="):] if "= SUMMARY =" in text else text[-3000:]
+    data = _read_report(report)
     if RESULT_JSON:
-        _write_row(report, process.returncode, summary)
+        _write_row(data, process.returncode, summary)
     assert process.returncode == 0, text.split("WARNINGS ===")[0][-20000:]
-    assert "Selected: " in summary and "Tested: " in summary
+    operations = data["operations"]
+    assert operations["tested"] == operations["selected"] == operations["total"] >= 29, operations
+
+
+def _status(code: int, reason: str, *violations: tuple[str, str]) -> bytes:
+    details = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason, "domain": "haulmesh.io"}]
+    if violations:
+        details.append({"@type": "type.googleapis.com/google.rpc.BadRequest",
+                        "fieldViolations": [{"field": f, "description": d} for f, d in violations]})
+    return json.dumps({"code": code, "message": "m", "details": details}).encode()
+
+
+def test_the_check_forgives_only_what_no_schema_states() -> None:
+    from .fuzz_checks import _refused_beyond_schema as forgiven
+
+    assert forgiven(_status(3, "INVALID_FILTER"), {})
+    assert forgiven(_status(9, "INVALID_TENDER_STATE"), {})
+    assert forgiven(_status(3, "INVALID_ARGUMENT", ("tender.pickup_window.end_time", "must be after start")), {})
+    assert forgiven(_status(3, "INVALID_ARGUMENT", ("lane.origin_region", "a market code")),
+                    {"lane.destinationRegion": "US-TX-HOU"})
+    # A single field's limit the document should state is never forgiven, nor a parameter that was sent.
+    assert not forgiven(_status(3, "INVALID_ARGUMENT", ("tender.weight_lb", "must be in [1, 80000]")), {})
+    assert not forgiven(_status(3, "INVALID_ARGUMENT", ("lane.origin_region", "a market code")),
+                        {"lane.originRegion": "x"})
+    assert not forgiven(_status(3, "INVALID_JSON"), {})
+    assert not forgiven(b"not json", {})
