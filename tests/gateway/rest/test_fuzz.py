@@ -95,6 +95,7 @@ def test_the_check_forgives_only_what_no_schema_states() -> None:
     assert forgiven(_status(3, "INVALID_ARGUMENT", ("tender.pickup_window.end_time", "must be after start")), {})
     assert forgiven(_status(3, "INVALID_ARGUMENT", ("lane.origin_region", "a market code")),
                     {"lane.destinationRegion": "US-TX-HOU"})
+    assert forgiven(_status(3, "INVALID_ARGUMENT", ("webhook_subscription.url", "host does not resolve")), {})
     # A single field's limit the document should state is never forgiven, nor a parameter that was sent.
     assert not forgiven(_status(3, "INVALID_ARGUMENT", ("tender.weight_lb", "must be in [1, 80000]")), {})
     assert not forgiven(_status(3, "INVALID_ARGUMENT", ("lane.origin_region", "a market code")),
