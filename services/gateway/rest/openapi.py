@@ -3,8 +3,11 @@
 Paths come from the http rules (resource patterns expanded: ``{name=tenders/*}`` becomes
 ``tenders/{tender}``, so a client never has to send an encoded slash), schemas from the messages with
 the proto comments as descriptions, ``OUTPUT_ONLY`` fields are ``readOnly``, ``REQUIRED`` fields
-``required``, every operation names its bearer scope, and every error is the ``google.rpc.Status`` schema.
-The /docs page is plain HTML rendered here from the document (no script, nothing fetched from a CDN).
+``required``, every operation names its OAuth2 scope, and every error is the ``google.rpc.Status`` schema.
+Every limit the server enforces on one field is stated, read from where it lives (resource id patterns from
+the runtime's names, page sizes from its paging, field limits from services/runtime/limits.py and the webhook
+service's constants), never copied here; answers naming a resource link to the operations on it; the webhook
+events are the ``webhooks``; every operation has examples. The /docs page is plain HTML rendered here from the document (no script, nothing fetched from a CDN).
 """
 
 from __future__ import annotations
