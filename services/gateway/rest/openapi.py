@@ -7,7 +7,8 @@ the proto comments as descriptions, ``OUTPUT_ONLY`` fields are ``readOnly``, ``R
 Every limit the server enforces on one field is stated, read from where it lives (resource id patterns from
 the runtime's names, page sizes from its paging, field limits from services/runtime/limits.py and the webhook
 service's constants), never copied here; answers naming a resource link to the operations on it; the webhook
-events are the ``webhooks``; every operation has examples. The /docs page is plain HTML rendered here from the document (no script, nothing fetched from a CDN).
+events are the ``webhooks``; every operation has examples. The /docs page is plain HTML rendered here from
+the document (no script, nothing fetched from a CDN).
 """
 
 from __future__ import annotations
