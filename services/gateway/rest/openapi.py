@@ -192,13 +192,19 @@ def _example(schema: dict[str, Any], schemas: dict[str, Any], *, request: bool, 
     """An example value of ``schema``: a request's leaves out read-only fields (which a request may not set)."""
     ref = schema.get("$ref")
     if isinstance(ref, str):
-        if depth > 4:
+        if depth > 8:  # eight messages deep: a message that contains itself stops there
             return None
         return _example(schemas[ref.rsplit("/", 1)[1]], schemas, request=request, depth=depth + 1)
     if "allOf" in schema:
         return _example(schema["allOf"][0], schemas, request=request, depth=depth)
-    if "anyOf" in schema:  # a 64-bit integer: its string form, as the API writes it
-        return "42"
+    if "const" in schema:
+        return schema["const"]
+    if "anyOf" in schema:
+        if schema.get("format") in {"int64", "uint64"}:  # a 64-bit integer: its string form, as the API writes it
+            return "42"
+        return next((v for option in schema["anyOf"]
+                     if (v := _example(option, schemas,
+                                       request=request, depth=depth)) is not None), None)
     if "enum" in schema:
         values = [v for v in schema["enum"] if not str(v).endswith("_UNSPECIFIED")]
         return (values or schema["enum"])[0]
@@ -206,15 +212,17 @@ def _example(schema: dict[str, Any], schemas: dict[str, Any], *, request: bool, 
     kind = next((k for k in kind if k != "null"), None) if isinstance(kind, list) else kind
     if kind == "object" or "properties" in schema:
         out = {}
+        # One member of each oneof: the first.
+        skipped = {name for members in schema.get("x-oneof", {}).values() for name in members[1:]}
         for name, sub in schema.get("properties", {}).items():
-            if request and sub.get("readOnly"):
+            if (request and sub.get("readOnly")) or name in skipped:
                 continue
-            value = _example(sub, schemas, request=request, depth=depth + 1)
+            value = _example(sub, schemas, request=request, depth=depth)
             if value is not None:
                 out[name] = value
         return out
     if kind == "array":
-        item = _example(schema.get("items", {}), schemas, request=request, depth=depth + 1)
+        item = _example(schema.get("items", {}), schemas, request=request, depth=depth)
         return [] if item is None else [item]
     if kind == "integer":
         return max(int(schema.get("minimum", 0)), 0) if "minimum" in schema else 1
@@ -223,17 +231,64 @@ def _example(schema: dict[str, Any], schemas: dict[str, Any], *, request: bool, 
     if kind == "boolean":
         return False
     if kind == "string":
-        sample = _SAMPLE.search(" ".join(str(schema.get("description", "")).split()))
-        if sample and not schema.get("pattern") and not schema.get("format"):
-            return sample.group(1)  # the proto comment's own "e.g." value
         if schema.get("format") == "date-time":
             return _EXAMPLE_TIME
-        if schema.get("pattern", "").endswith("s$"):  # a google.protobuf.Duration
-            return "90s"
         if schema.get("contentEncoding") == "base64":
             return ""
-        return "example"
+        pattern = schema.get("pattern")
+        sample = _SAMPLE.search(" ".join(str(schema.get("description", "")).split()))
+        # The proto comment's own "e.g." value when it fits, else the simplest string the pattern matches.
+        if sample and (pattern is None or re.fullmatch(pattern, sample.group(1))):
+            return sample.group(1)
+        if pattern is not None:
+            text = _simplest_match(pattern)
+            return text if text is not None and re.fullmatch(pattern, text) else None
+        return "example"[:schema.get("maxLength", 7)]
     return None
+
+
+def _simplest_match(pattern: str) -> str | None:
+    """A short string ``pattern`` matches, built from its parse tree (first branch, fewest repeats, first
+    character of each set); None for constructs it does not build (the caller checks the result anyway)."""
+    from re import _constants as c  # type: ignore[attr-defined]  # the stdlib's own regex parser
+    from re import _parser  # type: ignore[attr-defined]
+
+    def build(items: Any) -> str:
+        out = []
+        for op, arg in items:
+            if op is c.LITERAL:
+                out.append(chr(arg))
+            elif op is c.ANY:
+                out.append("a")
+            elif op is c.IN:
+                first_op, first = arg[0]
+                if first_op is c.NEGATE:
+                    out.append("x")
+                elif first_op is c.LITERAL:
+                    out.append(chr(first))
+                elif first_op is c.RANGE:
+                    out.append(chr(first[0]))
+                elif first_op is c.CATEGORY:
+                    out.append("0" if first is c.CATEGORY_DIGIT else "a")
+                else:
+                    raise ValueError(op)
+            elif op in (c.MAX_REPEAT, c.MIN_REPEAT):
+                low, _, sub = arg
+                out.append(build(sub) * max(low, 1) if low else "")
+            elif op is c.SUBPATTERN:
+                out.append(build(arg[3]))
+            elif op is c.BRANCH:
+                out.append(build(arg[1][0]))
+            elif op in (c.AT, c.ASSERT, c.ASSERT_NOT):
+                continue
+            else:
+                raise ValueError(op)
+        return "".join(out)
+
+    try:
+        return build(_parser.parse(pattern))
+    except (ValueError, TypeError, IndexError):
+        return None
 
 
 class _Builder:
@@ -325,6 +380,10 @@ class _Builder:
         schema: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": False}
         if required:
             schema["required"] = required
+        oneofs = {o.name: [f.json_name for f in o.fields if f.name not in exclude]
+                  for o in descriptor.oneofs if not (len(o.fields) == 1 and o.name == f"_{o.fields[0].name}")}
+        if oneofs:  # proto oneofs: at most one member of each is set (the proto-JSON parser refuses two)
+            schema["x-oneof"] = oneofs
         comment = self.api.comment(descriptor.full_name)
         if comment:
             schema["description"] = comment

@@ -129,3 +129,28 @@ def test_decimal_bounds_are_exact() -> None:
             if n >= 0:
                 assert bool(pattern.match(str(n))) == (n <= bound), (bound, n)
         assert not pattern.match("01") and not pattern.match("")
+
+
+def test_every_example_is_valid_against_its_schema() -> None:
+    doc = build_openapi(load_api())
+    checked = 0
+
+    def check(where: str, media: dict, *, request: bool) -> None:
+        nonlocal checked
+        if "example" not in media or "schema" not in media or media["schema"].get("type") == "string":
+            return
+        schema = {**media["schema"], "components": doc["components"]}
+        errors = [f"{e.instance_path}: {e.message}" for e in
+                  jsonschema_rs.Draft202012Validator(schema).iter_errors(media["example"])]
+        assert errors == [], (where, errors[:5])
+        checked += 1
+
+    for path, ops in doc["paths"].items():
+        for verb, op in ops.items():
+            if "requestBody" in op:
+                check(f"{verb} {path} request", op["requestBody"]["content"]["application/json"], request=True)
+            for media in op["responses"]["200"]["content"].values():
+                check(f"{verb} {path} 200", media, request=False)
+    for name, hook in doc["webhooks"].items():
+        check(name, hook["post"]["requestBody"]["content"]["application/json"], request=True)
+    assert checked > 60
