@@ -112,3 +112,14 @@ async def test_405_names_the_allowed_methods(http, method: str, path: str, allow
     assert response.status_code == 405
     assert response.headers["allow"] == allow
     assert error_info(response.json())["reason"] == "METHOD_NOT_ALLOWED"
+
+
+@pytest.mark.parametrize("target", [
+    "/api/v1/tenders/%FF%FE", "/api/v1/tenders/%00", "/api/v1/tenders?pageSize=%FF", "/api/v1/tenders?filter=%00",
+    "/api/v1/tenders?pageSize=1e999", "/api/v1/tenders?pageSize=-1", "/api/v1/tenders?pageToken=%F0%9F%98%8D",
+    "/api/v1/missions/m1/telemetryFrames?minSequence=18446744073709551616",
+])
+async def test_odd_paths_and_queries_are_4xx(http, token, target: str) -> None:
+    response = await http.get(target, headers=bearer(token("oddco")))
+    assert 400 <= response.status_code < 500, (target, response.status_code, response.text)
+    assert response.json()["code"] in {3, 5}
