@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from services.runtime import asgi_middleware
 
-from .errors import RestError, error_response
+from .errors import RestError, error_response, method_not_allowed
 from .handler import RestGateway
 from .metrics import HttpMetricsMiddleware
 from .openapi import build_openapi, dump_openapi, render_docs
@@ -54,9 +54,7 @@ def create_app(ready: Callable[[], Awaitable[bool]], rest: RestGateway | None = 
         async def api(request: Request) -> Response:
             # Another verb on a fixed path (POST /openapi.json) reaches this catch-all route: 405, not 404.
             if request.url.path in fixed:
-                return error_response(RestError("UNIMPLEMENTED", f"{request.method} is not allowed here",
-                                                reason="METHOD_NOT_ALLOWED", headers={"Allow": "GET, HEAD"},
-                                                http_status=405))
+                return error_response(method_not_allowed(request.method, "GET, HEAD"))
             return await rest.handle(request)
 
         routes += [Route("/openapi.json", openapi), Route("/docs", docs),
@@ -72,8 +70,7 @@ def create_app(ready: Callable[[], Awaitable[bool]], rest: RestGateway | None = 
         if code != 405 or not allow:
             return error_response(RestError("NOT_FOUND", f"no route for {request.method} {request.url.path}",
                                             reason="ROUTE_NOT_FOUND", http_status=404))
-        return error_response(RestError("UNIMPLEMENTED", f"{request.method} is not allowed here",
-                                        reason="METHOD_NOT_ALLOWED", headers={"Allow": allow}, http_status=405))
+        return error_response(method_not_allowed(request.method, allow))
 
     fixed = {route.path for route in routes if route.path != "/{path:path}"}
 

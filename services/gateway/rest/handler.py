@@ -27,7 +27,7 @@ from ..config import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_OAUTH_TOKEN_URL
 from .auth import Authenticator, require_scope
 from .descriptors import Api
 from .download import is_download, open_download
-from .errors import RestError, error_response, rpc_error_response
+from .errors import RestError, error_response, method_not_allowed, rpc_error_response
 from .ratelimit import TenantRateLimiter
 from .sse import StreamSlots, open_event_stream, resume_from
 from .transcode import RouteTable, build_request, parse_json_body, to_json
@@ -80,8 +80,7 @@ class RestGateway:
         route, path_vars, allowed = self.routes.match(verb, request.url.path)
         if route is None:
             if allowed:
-                raise RestError("UNIMPLEMENTED", f"{request.method} is not allowed here", reason="METHOD_NOT_ALLOWED",
-                                headers={"Allow": ", ".join(sorted(allowed))}, http_status=405)
+                raise method_not_allowed(request.method, ", ".join(sorted(allowed)))
             raise RestError("NOT_FOUND", f"no route for {request.url.path}{self.not_found_hint}",
                             reason="ROUTE_NOT_FOUND")
         declared = request.headers.get("content-length")
