@@ -9,7 +9,7 @@ BUF := .tools/node_modules/.bin/buf
 PROTOS := $(shell find protos -name '*.proto' 2>/dev/null)
 GENERATED := haulmesh/.generated
 
-.PHONY: help venv protos certs run demo bench status stop test chaos lint lint-protos breaking tools clean distclean
+.PHONY: help venv protos certs run demo bench status stop test chaos fuzz openapi lint lint-protos breaking tools clean distclean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -70,6 +70,16 @@ test: protos lint breaking ## every test: lint, proto breaking check, unit, inte
 CHAOS_SEEDS ?= 11,23,37
 chaos: protos ## the fault acceptance tests at full strength, several seeds; writes build/chaos.json
 	$(PY) -m pytest -m chaos --chaos --chaos-seeds=$(CHAOS_SEEDS) --chaos-json=build/chaos.json $(PYTEST_ARGS)
+
+openapi: protos ## write the REST API's OpenAPI document to docs/openapi.json (committed; a test fails when it is stale)
+	$(PY) -m services.gateway.rest.openapi docs/openapi.json
+
+# Schemathesis against a real mesh (tests/gateway/rest/test_fuzz.py): every operation, all checks, stateful phase,
+# FUZZ_EXAMPLES examples per operation; the AT-19 row in build/fuzz.json. `make test` runs the same test short.
+FUZZ_EXAMPLES ?= 200
+fuzz: protos ## schemathesis (all checks, stateful) against a real mesh, 200 examples per operation; build/fuzz.json
+	HAULMESH_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) HAULMESH_FUZZ_JSON=build/fuzz.json \
+		$(PY) -m pytest tests/gateway/rest/test_fuzz.py $(PYTEST_ARGS)
 
 clean: ## remove generated code and build output (keeps certificates and store data)
 	rm -rf haulmesh build .pytest_cache

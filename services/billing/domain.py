@@ -23,6 +23,7 @@ from fractions import Fraction
 
 from haulmesh.type.v1 import equipment_pb2
 from services.runtime import FailedPrecondition, FieldViolation, InvalidArgument, parse_name
+from services.runtime.limits import CURRENCY_CODE, MARKET_CODE
 from services.runtime.money import format_minor, minor_unit_exponent
 
 __all__ = [
@@ -82,9 +83,9 @@ _MAX_FREE_MINUTES = 7 * 24 * 60
 _MAX_DWELL_MINUTES = 30 * 24 * 60
 _MAX_HOURS = 24 * 60
 
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
+_CURRENCY = CURRENCY_CODE
 #: Market codes: ISO 3166-2 subdivision, hyphen, three-letter market (protos/haulmesh/type/v1/lane.proto).
-_REGION = re.compile(r"^[A-Z]{2}-[A-Z0-9]{1,3}-[A-Z]{3}$")
+_REGION = MARKET_CODE
 _LINE_CODE = re.compile(r"^[A-Z0-9][A-Z0-9_-]{0,63}$")
 
 

@@ -27,6 +27,7 @@ def rest_gateway(service: Service, config: GatewayConfig) -> RestGateway:
         durable=service.durable,
         streams=StreamSlots(config.sse_max_streams_per_process, config.sse_max_streams_per_carrier,
                             config.sse_retry_after_seconds),
+        token_url=config.oauth_token_url,
     )
 
 

@@ -16,6 +16,8 @@ REST door:
   fetch, all told; ``HAULMESH_JWKS_CA_FILE``: an extra CA trusted for the JWKS URL's certificate.
 * ``HAULMESH_JWT_ISSUER_CARRIERS``: comma-separated carrier ids the issuer may speak for (unset: any carrier); a
   token whose ``carrier`` claim is not among them is refused (401).
+* ``HAULMESH_OAUTH_TOKEN_URL``: the identity provider's OAuth2 token endpoint (client credentials) that the
+  published OpenAPI document names (default ``/oauth2/token``, relative to the API).
 * ``HAULMESH_RATE_LIMIT``: per carrier (and per vehicle on the device listener), e.g. ``50/second``
   (the default), ``1000/minute``, or ``off``.
 * ``HAULMESH_MAX_REQUEST_BYTES``: the largest request body (1 to 67108864, default 1 MiB).
@@ -46,11 +48,12 @@ from services.runtime.tokens import CARRIER_ID, DEFAULT_AUDIENCE, DEFAULT_ISSUER
 from .webhooks.destinations import IpNetwork, parse_allowed_cidrs
 from .webhooks.domain import DEFAULT_RETRY_DELAYS_SECONDS, RetryPolicy
 
-__all__ = ["DEFAULT_DEVICE_MAX_INFLIGHT_REQUESTS", "DEFAULT_MAX_REQUEST_BYTES", "DEFAULT_RATE_LIMIT", "GatewayConfig",
-           "max_request_bytes_from_env"]
+__all__ = ["DEFAULT_DEVICE_MAX_INFLIGHT_REQUESTS", "DEFAULT_MAX_REQUEST_BYTES", "DEFAULT_OAUTH_TOKEN_URL",
+           "DEFAULT_RATE_LIMIT", "GatewayConfig", "max_request_bytes_from_env"]
 
 DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
 DEFAULT_RATE_LIMIT = "50/second"
+DEFAULT_OAUTH_TOKEN_URL = "/oauth2/token"  # noqa: S105 - an endpoint's path, not a secret
 #: 256 truck requests at once: at most 256 bodies (1 KiB typical, HAULMESH_MAX_REQUEST_BYTES at worst) and 256
 #: relayed calls in memory; well above what the per-vehicle rate limit lets a fleet of thousands send at 1 Hz.
 DEFAULT_DEVICE_MAX_INFLIGHT_REQUESTS = 256
@@ -78,6 +81,8 @@ class GatewayConfig:
     jwks_ca_file: Path | None = None
     #: The carriers the issuer may speak for; None: any.
     jwt_issuer_carriers: frozenset[str] | None = None
+    #: The OAuth2 token endpoint the OpenAPI document's client-credentials flow names.
+    oauth_token_url: str = DEFAULT_OAUTH_TOKEN_URL
     #: Requests per window per carrier (``limits``' item, e.g. 50 per 1 second); None: no limit.
     rate_limit: RateLimitItem | None = _DEFAULT_RATE_LIMIT_ITEM
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
@@ -127,6 +132,7 @@ class GatewayConfig:
             jwks_fetch_timeout_seconds=_number(env, "HAULMESH_JWKS_FETCH_TIMEOUT_SECONDS", 5.0, 0.1, 30.0),
             jwks_ca_file=Path(jwks_ca) if jwks_ca else None,
             jwt_issuer_carriers=_issuer_carriers(env),
+            oauth_token_url=env.get("HAULMESH_OAUTH_TOKEN_URL") or DEFAULT_OAUTH_TOKEN_URL,
             rate_limit=_rate_limit(env),
             max_request_bytes=max_request_bytes_from_env(env),
             device_max_inflight_requests=_device_inflight(env),

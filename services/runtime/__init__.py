@@ -68,8 +68,8 @@ from ._index import Collection, TimeIndex
 from ._keys import FLEET, carrier_metadata, new_id, tenant_key
 from ._mesh import Mesh, check_health
 from ._metrics import METRICS_REGISTRY, MetricsEndpoint
-from ._names import parse_name
-from ._paging import Page, decode_page, next_page_token
+from ._names import VEHICLE_ID, parse_name, resource_id_pattern
+from ._paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, decode_page, next_page_token
 from ._periodic import Periodic, poll_until
 from ._server import Service, run_service
 from ._status import abort, error_info, retry_delay_seconds, status_of, to_rpc_status
@@ -90,16 +90,19 @@ from ._tracing import (
 __all__ = [
     "BOOL_FIELD",
     "CARRIER_METADATA_KEY",
+    "DEFAULT_PAGE_SIZE",
     "DEFAULT_PORTS",
     "EARTH_RADIUS_M",
     "ERROR_DOMAIN",
     "FLEET",
+    "MAX_PAGE_SIZE",
     "MESH_SERVICES",
     "METERS_PER_MILE",
     "METRICS_REGISTRY",
     "STRING_FIELD",
     "TIME_FIELD",
     "VEHICLE_CERTIFICATE_METADATA_KEY",
+    "VEHICLE_ID",
     "Aborted",
     "AlreadyExists",
     "AuditEntry",
@@ -172,6 +175,7 @@ __all__ = [
     "read_json_file",
     "replay_dead_letters",
     "resolve_redis_url",
+    "resource_id_pattern",
     "retry_delay_seconds",
     "run_service",
     "shutdown_tracing",

@@ -17,7 +17,6 @@ import base64
 import hashlib
 import json
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -26,6 +25,7 @@ from google.protobuf.message import Message
 
 from ._errors import FieldViolation, InvalidArgument, Unavailable
 from ._retry import Backoff
+from .limits import REQUEST_ID
 
 _log = logging.getLogger("haulmesh.idempotency")
 #: Failures after which the work's outcome is unknown (it may be committed): the claim is kept till its lease ends.
@@ -34,7 +34,7 @@ _OUTCOME_UNKNOWN = (redis.ConnectionError, redis.TimeoutError, OSError, TimeoutE
 __all__ = ["Idempotency"]
 
 M = TypeVar("M", bound=Message)
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_REQUEST_ID = REQUEST_ID
 
 
 def _fingerprint(request: Message) -> str:

@@ -40,6 +40,19 @@ from services.runtime import (
     parse_name,
     to_timestamp,
 )
+from services.runtime.limits import (
+    E164,
+    HAZARD_CLASS,
+    MAX_ADDRESS,
+    MAX_PROPER_SHIPPING_NAME,
+    MAX_SPECIAL_INSTRUCTIONS,
+    PACKING_GROUPS,
+    REQUEST_ID,
+    TENDER_UPDATABLE_FIELDS,
+    TENDER_WEIGHT_LB,
+    TMS_LOAD_ID,
+    UN_NUMBER,
+)
 
 from .eligibility import EligibilityPolicy, LanePolicy, Market
 
@@ -84,14 +97,11 @@ State = tender_pb2.Tender.State
 Rule = tender_pb2.EligibilityViolation.Rule
 Factor = tender_pb2.RiskReason.Factor
 
-MIN_WEIGHT_LB = 1
-MAX_WEIGHT_LB = 80_000
+MIN_WEIGHT_LB, MAX_WEIGHT_LB = TENDER_WEIGHT_LB
 MIN_PICKUP_WINDOW = timedelta(minutes=30)
 ACCEPT_MIN_WINDOW = timedelta(minutes=30)
 MAX_AHEAD = timedelta(days=14)
 MAX_WINDOW = timedelta(days=14)
-MAX_SPECIAL_INSTRUCTIONS = 2000
-MAX_ADDRESS = 500
 MAX_REASON = 500
 DEFAULT_OFFER_TTL = timedelta(minutes=15)
 #: Width of the estimated delivery window after the estimated arrival.
@@ -101,19 +111,16 @@ TIGHT_SLACK = timedelta(hours=2)
 
 TERMINAL_STATES = frozenset({State.STATE_REJECTED, State.STATE_DECLINED, State.STATE_LAPSED,
                              State.STATE_CANCELLED, State.STATE_DISPATCH_FAILED})
-UPDATABLE_FIELDS = ("origin", "destination", "pickup_window", "delivery_window", "equipment", "weight_lb",
-                    "hazmat", "special_instructions")
+UPDATABLE_FIELDS = TENDER_UPDATABLE_FIELDS
 _CAMEL = {"pickupWindow": "pickup_window", "deliveryWindow": "delivery_window", "weightLb": "weight_lb",
           "specialInstructions": "special_instructions", "tmsLoadId": "tms_load_id"}
 
-_TMS_LOAD_ID = re.compile(r"^[A-Za-z0-9._:/-]{1,64}$")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_UN_NUMBER = re.compile(r"^(UN|NA)[0-9]{4}$")
-#: Hazard classes 1-9 with divisions (1.1-1.6, 2.1-2.3, 4.1-4.3, 5.1-5.2, 6.1-6.2) and class 1 compatibility
-#: group letters (e.g. "1.4S").
-_HAZARD_CLASS = re.compile(r"^(1(\.[1-6][A-LN-S]?)?|2(\.[1-3])?|3|4(\.[1-3])?|5(\.[12])?|6(\.[12])?|7|8|9)$")
-_PACKING_GROUPS = {"", "I", "II", "III"}
-_E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+_TMS_LOAD_ID = TMS_LOAD_ID
+_REQUEST_ID = REQUEST_ID
+_UN_NUMBER = UN_NUMBER
+_HAZARD_CLASS = HAZARD_CLASS
+_PACKING_GROUPS = frozenset(PACKING_GROUPS)
+_E164 = E164
 _HAZMAT_NOTE = re.compile(r"hazmat\s*[=:]\s*(true|false|yes|no|y|n|1|0)\b", re.IGNORECASE)
 
 
@@ -136,8 +143,8 @@ def tender_name(tender_id: str) -> str:
 def parse_tender_name(name: str, *, field: str = "name") -> str:
     """The tender id in ``tenders/{tender}`` (ids are lowercase ULIDs; upper case is accepted and
     normalised), or INVALID_ARGUMENT (INVALID_RESOURCE_NAME) naming ``field``."""
-    prefix, sep, tender_id = name.partition("/")
-    return parse_name(f"{prefix}{sep}{tender_id.lower()}", "tenders", field=field)
+    # Only ASCII is folded: str.lower() maps e.g. the Kelvin sign to "k", an id the pattern refuses.
+    return parse_name(name, "tenders", field=field).lower()
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -337,8 +344,8 @@ def _check_hazmat(h: hazmat_pb2.Hazmat, path: str, out: list[FieldViolation]) ->
         out.append(FieldViolation(f"{path}.hazard_class", "required: a hazard class or division, e.g. 3 or 2.1"))
     if h.packing_group not in _PACKING_GROUPS:
         out.append(FieldViolation(f"{path}.packing_group", "must be I, II, III or empty"))
-    if len(h.proper_shipping_name) > 200:
-        out.append(FieldViolation(f"{path}.proper_shipping_name", "at most 200 characters"))
+    if len(h.proper_shipping_name) > MAX_PROPER_SHIPPING_NAME:
+        out.append(FieldViolation(f"{path}.proper_shipping_name", f"at most {MAX_PROPER_SHIPPING_NAME} characters"))
     if h.emergency_phone and not _E164.fullmatch(h.emergency_phone):
         out.append(FieldViolation(f"{path}.emergency_phone", "must be an E.164 number, e.g. +18004249300"))
 

@@ -20,7 +20,7 @@ PUBLIC = {
     "great_circle_m", "great_circle_miles", "HaulmeshError", "Idempotency", "Identity", "identity_from_pem",
     "IdentityError", "inject_event_context", "InvalidArgument", "Mesh", "MESH_SERVICES", "METRICS_REGISTRY",
     "MetricsEndpoint", "new_event", "new_id", "next_page_token", "NotFound", "Page", "parse_filter", "parse_name",
-    "poll_until",
+    "poll_until", "resource_id_pattern", "DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "VEHICLE_ID",
     "Periodic", "PermissionDenied", "Policy", "read_json_file", "replay_dead_letters", "resolve_redis_url",
     "ResourceExhausted", "retry_delay_seconds",
     "run_service", "Service", "ServiceConfig", "shutdown_tracing", "signing_key_id", "status_of", "STRING_FIELD",

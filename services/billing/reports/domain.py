@@ -30,6 +30,7 @@ from decimal import Decimal
 from fractions import Fraction
 
 from services.runtime import FailedPrecondition, FieldViolation, InvalidArgument
+from services.runtime.limits import KPI_BASELINE_MINOR
 
 from ..domain import _CURRENCY, _REGION, Lane, Money, exact_quantity
 
@@ -67,7 +68,7 @@ COMPLETED, ABORTED, CANCELLED = "COMPLETED", "ABORTED", "CANCELLED"
 #: The contingencies that hand the truck over (MissionException.Contingency names without the prefix).
 TAKEOVER, MINIMAL_RISK_STOP = "HUMAN_TAKEOVER", "MINIMAL_RISK_STOP"
 
-_MAX_BASELINE_MINOR = 1_000_000  # 10,000.00 a mile in a two-decimal currency: beyond any truck
+_MIN_BASELINE_MINOR, _MAX_BASELINE_MINOR = KPI_BASELINE_MINOR
 
 
 @dataclass(frozen=True)
@@ -206,8 +207,9 @@ def validate_baseline(baseline: Money | None, *, path: str = "baseline_cost_per_
     bad = []
     if not _CURRENCY.fullmatch(baseline.currency):
         bad.append(FieldViolation(f"{path}.currency_code", "must be an ISO 4217 code such as USD"))
-    if not 0 < baseline.minor <= _MAX_BASELINE_MINOR:
-        bad.append(FieldViolation(f"{path}.amount_minor", f"must be in [1, {_MAX_BASELINE_MINOR}] minor units"))
+    if not _MIN_BASELINE_MINOR <= baseline.minor <= _MAX_BASELINE_MINOR:
+        bad.append(FieldViolation(f"{path}.amount_minor",
+                                  f"must be in [{_MIN_BASELINE_MINOR}, {_MAX_BASELINE_MINOR}] minor units"))
     if bad:
         raise InvalidArgument("invalid baseline cost per mile", violations=bad)
 

@@ -6,7 +6,6 @@ It holds no business rules: every request becomes a gRPC call to the service tha
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -19,10 +18,10 @@ from starlette.routing import Route
 
 from services.runtime import asgi_middleware
 
-from .errors import RestError, error_response
+from .errors import RestError, error_response, method_not_allowed
 from .handler import RestGateway
 from .metrics import HttpMetricsMiddleware
-from .openapi import build_openapi, render_docs
+from .openapi import build_openapi, dump_openapi, render_docs
 
 __all__ = ["HttpListener", "create_app"]
 
@@ -42,8 +41,8 @@ def create_app(ready: Callable[[], Awaitable[bool]], rest: RestGateway | None = 
 
     routes = [Route("/healthz", healthz), Route("/readyz", readyz)]
     if rest is not None:
-        document = build_openapi(rest.api)
-        spec = json.dumps(document, indent=1).encode()
+        document = build_openapi(rest.api, rest.token_url)
+        spec = dump_openapi(document).encode()
         page = render_docs(document)
 
         async def openapi(_: Request) -> Response:
@@ -52,14 +51,26 @@ def create_app(ready: Callable[[], Awaitable[bool]], rest: RestGateway | None = 
         async def docs(_: Request) -> HTMLResponse:
             return HTMLResponse(page)
 
+        async def api(request: Request) -> Response:
+            # Another verb on a fixed path (POST /openapi.json) reaches this catch-all route: 405, not 404.
+            if request.url.path in fixed:
+                return error_response(method_not_allowed(request.method, "GET, HEAD"))
+            return await rest.handle(request)
+
         routes += [Route("/openapi.json", openapi), Route("/docs", docs),
-                   Route("/{path:path}", rest.handle, methods=_VERBS)]
+                   Route("/{path:path}", api, methods=_VERBS)]
     async def not_routed(request: Request, exc: Exception) -> Response:
-        # Starlette's own 404/405 (e.g. a path its router cannot match at all) in the API's error shape.
+        # Starlette's own 404/405 (e.g. a path its router cannot match at all, or a verb no route lists such as
+        # TRACE) in the API's error shape; a 405 always says what is allowed (RFC 9110 15.5.6).
         code = getattr(exc, "status_code", 404)
-        name, reason = ("UNIMPLEMENTED", "METHOD_NOT_ALLOWED") if code == 405 else ("NOT_FOUND", "ROUTE_NOT_FOUND")
-        return error_response(RestError(name, f"no route for {request.method} {request.url.path}", reason=reason,
-                                        http_status=code))
+        allow = dict(getattr(exc, "headers", None) or {}).get("Allow", "")
+        if code == 405 and rest is not None and request.url.path not in fixed:
+            _, _, verbs = rest.routes.match(request.method, request.url.path)
+            allow = ", ".join(sorted(verbs))
+        if code != 405 or not allow:
+            return error_response(RestError("NOT_FOUND", f"no route for {request.method} {request.url.path}",
+                                            reason="ROUTE_NOT_FOUND", http_status=404))
+        return error_response(method_not_allowed(request.method, allow))
 
     fixed = {route.path for route in routes if route.path != "/{path:path}"}
 

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse
 
 from services.runtime import ERROR_DOMAIN, FieldViolation, HaulmeshError, retry_delay_seconds, status_of, to_rpc_status
 
-__all__ = ["HTTP_STATUS", "RestError", "error_response", "http_status", "rpc_error_response"]
+__all__ = ["HTTP_STATUS", "RestError", "error_response", "http_status", "method_not_allowed", "rpc_error_response"]
 
 #: runtime.HTTPStatusFromCode of grpc-gateway v2, for every google.rpc.Code. FAILED_PRECONDITION is 400 (not
 #: 412, which is about HTTP conditional headers) and CANCELLED is nginx's 499, as grpc-gateway has them.
@@ -63,6 +63,12 @@ class RestError(HaulmeshError):
         super().__init__(message, reason=reason or code_name, metadata=metadata, violations=violations)
         self.headers = dict(headers or {})
         self.http_status = http_status
+
+
+def method_not_allowed(method: str, allowed: str) -> RestError:
+    """405 for ``method`` on a path that serves others, with the ``Allow`` header RFC 9110 requires."""
+    return RestError("UNIMPLEMENTED", f"{method} is not allowed here", reason="METHOD_NOT_ALLOWED",
+                     headers={"Allow": allowed}, http_status=405)
 
 
 class _StatusResponse(JSONResponse):

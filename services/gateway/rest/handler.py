@@ -11,7 +11,6 @@ as the file itself (:mod:`.download`).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,14 +24,14 @@ from starlette.responses import JSONResponse, Response
 
 from services.runtime import CARRIER_METADATA_KEY, HaulmeshError, actor_metadata
 
-from ..config import DEFAULT_MAX_REQUEST_BYTES
+from ..config import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_OAUTH_TOKEN_URL
 from .auth import Authenticator, require_scope
 from .descriptors import Api
 from .download import is_download, open_download
-from .errors import RestError, error_response, rpc_error_response
+from .errors import RestError, error_response, method_not_allowed, rpc_error_response
 from .ratelimit import TenantRateLimiter
 from .sse import StreamSlots, open_event_stream, resume_from
-from .transcode import RouteTable, build_request, to_json
+from .transcode import RouteTable, build_request, parse_json_body, to_json
 
 __all__ = ["RestGateway"]
 
@@ -55,6 +54,8 @@ class RestGateway:
     durable: Callable[[], Awaitable[None]] | None = None
     #: Caps on concurrent SSE streams (per process, per carrier).
     streams: StreamSlots = field(default_factory=StreamSlots)
+    #: The token endpoint the published OpenAPI document names (HAULMESH_OAUTH_TOKEN_URL).
+    token_url: str = DEFAULT_OAUTH_TOKEN_URL
 
     def __post_init__(self) -> None:
         self.routes = RouteTable(self.api)
@@ -80,8 +81,7 @@ class RestGateway:
         route, path_vars, allowed = self.routes.match(verb, request.url.path)
         if route is None:
             if allowed:
-                raise RestError("UNIMPLEMENTED", f"{request.method} is not allowed here", reason="METHOD_NOT_ALLOWED",
-                                headers={"Allow": ", ".join(sorted(allowed))}, http_status=405)
+                raise method_not_allowed(request.method, ", ".join(sorted(allowed)))
             raise RestError("NOT_FOUND", f"no route for {request.url.path}{self.not_found_hint}",
                             reason="ROUTE_NOT_FOUND")
         declared = request.headers.get("content-length")
@@ -145,14 +145,7 @@ class RestGateway:
             size += len(chunk)
             self._check_size(size)  # also bounds chunked bodies that declared no length
             chunks.append(chunk)
-        raw = b"".join(chunks)
-        if not raw.strip():
-            return None
-        try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise RestError("INVALID_ARGUMENT", f"the request body is not valid JSON: {exc}",
-                            reason="INVALID_JSON") from None
+        return parse_json_body(b"".join(chunks))
 
     @staticmethod
     def _apply_idempotency_key(message: Any, key: str | None) -> None:

@@ -11,6 +11,8 @@ TMS's legacy payload (see :data:`NORMALIZERS`) and read-only fields are refused 
 from __future__ import annotations
 
 import functools
+import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +27,13 @@ from services.runtime import FieldViolation
 from .descriptors import Api, HttpBinding, HttpMethod, field_behaviors
 from .errors import RestError
 
-__all__ = ["NORMALIZERS", "CompiledRoute", "RouteTable", "build_request", "compile_template", "to_json"]
+__all__ = ["MAX_JSON_DEPTH", "NORMALIZERS", "CompiledRoute", "RouteTable", "build_request", "compile_template",
+           "parse_json_body", "to_json"]
+
+#: Deepest nesting of objects and arrays a request body may have. The deepest message a request carries is a few
+#: levels (a tender's stops' windows); 32 leaves room for google.protobuf.Struct values while keeping the parser and
+#: protobuf's own recursion (limit 100) far from Python's stack limit.
+MAX_JSON_DEPTH = 32
 
 _FIELD_MASK = "google.protobuf.FieldMask"
 # Messages whose proto-JSON form is a string or another non-object: never walked field by field.
@@ -104,9 +112,87 @@ class RouteTable:
                 continue
             if route.binding.verb != verb:
                 allowed.add(route.binding.verb)
+                if route.binding.verb == "GET":  # HEAD is served wherever GET is (RFC 9110 9.3.2)
+                    allowed.add("HEAD")
                 continue
             return route, {var: m.group(f"g{i}") for i, var in enumerate(route.variables)}, allowed
         return None, {}, allowed
+
+
+# --- the body ----------------------------------------------------------------------------------------------
+
+
+class _BodyError(ValueError):
+    """A body the strict reader refuses, with the ErrorInfo reason and the field (JSON path) to name."""
+
+    def __init__(self, message: str, reason: str, field: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.field = field
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # RFC 8259 leaves duplicate names' meaning to the parser; Python keeps the last and a proxy in front may keep
+    # the first, so the one safe answer is to refuse them (RFC 7493, I-JSON).
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _BodyError(f"the request body has the key {key!r} twice", "DUPLICATE_JSON_KEY", key)
+        out[key] = value
+    return out
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _BodyError(f"the request body holds {name}, which JSON (RFC 8259) has no number for",
+                     "NUMBER_OUT_OF_RANGE")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _BodyError(f"the number {text[:40]} is out of range for a double", "NUMBER_OUT_OF_RANGE")
+    return value
+
+
+def _check_depth(value: Any) -> None:
+    """Iteratively, so that a body just under the parser's own limit cannot exhaust the stack here either."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise _BodyError(f"the request body nests deeper than {MAX_JSON_DEPTH} levels", "JSON_TOO_DEEP")
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """A request body as JSON, strictly (RFC 8259 in UTF-8, I-JSON's unique keys): None when empty, else the
+    value; RestError INVALID_ARGUMENT naming what is wrong (encoding, syntax, a key twice, NaN / Infinity or a
+    number no double holds, nesting deeper than :data:`MAX_JSON_DEPTH`)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RestError("INVALID_ARGUMENT", f"the request body is not UTF-8 (byte {exc.start}): JSON must be",
+                        reason="INVALID_ENCODING") from None
+    if not text.strip():
+        return None
+    try:
+        value = json.loads(text, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant,
+                           parse_float=_finite)
+    except _BodyError as exc:
+        raise RestError("INVALID_ARGUMENT", str(exc), reason=exc.reason,
+                        violations=[FieldViolation(exc.field, str(exc))] if exc.field else None) from None
+    except RecursionError:  # nesting beyond the C parser's stack guard
+        raise RestError("INVALID_ARGUMENT", f"the request body nests deeper than {MAX_JSON_DEPTH} levels",
+                        reason="JSON_TOO_DEEP") from None
+    except ValueError as exc:  # syntax, a BOM, an integer of more digits than Python converts
+        raise RestError("INVALID_ARGUMENT", f"the request body is not valid JSON: {exc}",
+                        reason="INVALID_JSON") from None
+    try:
+        _check_depth(value)
+    except _BodyError as exc:
+        raise RestError("INVALID_ARGUMENT", str(exc), reason=exc.reason) from None
+    return value
 
 
 # --- the TMS's legacy payload ------------------------------------------------------------------------------

@@ -7,21 +7,18 @@ import re
 from datetime import datetime
 
 from services.runtime import (
+    VEHICLE_ID,
     FieldViolation,
     InvalidArgument,
     parse_name,
 )
-
-#: Vehicle ids are the fleet's own unit numbers, e.g. AU-TRK-1001 (the same as in its certificate):
-#: 3 to 63 characters from [A-Z0-9-], starting with a letter (vehicle.proto).
-VEHICLE_ID = re.compile(r"^[A-Z][A-Z0-9-]{2,62}$")
 
 #: Upper bound of a vehicle's cargo capacity (US federal gross-weight limit, vehicle.proto).
 MAX_CARGO_WEIGHT_LB = 80_000
 
 def parse_vehicle_name(name: str, *, field: str = "name") -> str:
     """The id in ``vehicles/{id}``, or INVALID_ARGUMENT naming ``field``."""
-    return parse_name(name, "vehicles", field=field, id_pattern=VEHICLE_ID)
+    return parse_name(name, "vehicles", field=field)
 
 
 def parse_mission_name(name: str, *, field: str = "name") -> str:

@@ -160,7 +160,7 @@ async def test_unknown_route_and_wrong_verb(http, token) -> None:
     assert missing.status_code == 404 and missing.json()["code"] == 5
     wrong = await http.delete("/api/v1/tenders/01j9z3k6v8q2m4n5p7r9s1t3w5", headers=credentials)
     assert wrong.status_code == 405
-    assert set(wrong.headers["allow"].split(", ")) == {"GET", "PATCH"}
+    assert set(wrong.headers["allow"].split(", ")) == {"GET", "HEAD", "PATCH"}
     assert wrong.json()["code"] == 12
 
 

@@ -330,3 +330,17 @@ def test_delivery_filter_never_crashes(text: str) -> None:
         parse_filter(text, DELIVERY_FILTER)
     except InvalidArgument as exc:
         assert exc.reason == "INVALID_FILTER"
+
+
+async def test_a_silent_resolver_is_does_not_resolve_within_the_callers_deadline(monkeypatch) -> None:
+    """A lookup that never answers ends as "does not resolve" (400) well before the 5 s default call deadline of
+    the REST call that asked for it, which would otherwise expire first (504)."""
+    import asyncio
+
+    from services.gateway.webhooks.usecases import resolve
+
+    async def silent(*_args, **_kwargs):
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", silent)
+    assert await asyncio.wait_for(resolve("receiver.example", 443), timeout=3) == []

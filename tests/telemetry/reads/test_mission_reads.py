@@ -277,7 +277,7 @@ async def test_vehicle_frames_stay_internal(mesh: Mesh, mesh_pki: Pki, http, tok
 async def test_openapi_documents_the_watch_as_an_event_stream(http) -> None:
     doc = (await http.get("/openapi.json")).json()
     operation = doc["paths"]["/api/v1/missions/{mission}:watchTelemetry"]["get"]
-    assert operation["security"] == [{"bearerAuth": [READ]}]
+    assert operation["security"] == [{"oauth2": [READ]}]
     ok = operation["responses"]["200"]["content"]
     assert list(ok) == ["text/event-stream"]
     assert ok["text/event-stream"]["x-event-schema"] == {

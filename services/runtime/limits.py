@@ -1,0 +1,94 @@
+"""Field limits that both the services enforcing them and the gateway publishing them (its OpenAPI document) read.
+
+A limit lives here when a client can be told it in a schema: a pattern, a range, a set of values. The services
+check their fields against these constants; :data:`FIELD_SCHEMAS` states the same constants as JSON Schema,
+keyed by the proto field's full name, for services/gateway/rest/openapi.py. Rules that tie fields together (a
+window's end after its start) stay in the services' domain code: no schema of one field can state them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+__all__ = [
+    "CURRENCY_CODE",
+    "E164",
+    "FIELD_SCHEMAS",
+    "HAZARD_CLASS",
+    "KPI_BASELINE_MINOR",
+    "MARKET_CODE",
+    "MAX_ADDRESS",
+    "MAX_PROPER_SHIPPING_NAME",
+    "MAX_SPECIAL_INSTRUCTIONS",
+    "PACKING_GROUPS",
+    "REQUEST_ID",
+    "TENDER_UPDATABLE_FIELDS",
+    "TENDER_WEIGHT_LB",
+    "TMS_LOAD_ID",
+    "UN_NUMBER",
+    "mask_schema",
+]
+
+#: ``request_id`` / ``Idempotency-Key``: 1 to 128 characters from [A-Za-z0-9._:-].
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+#: A market (region) code such as US-TX-HOU: country, state or province, market.
+MARKET_CODE = re.compile(r"^[A-Z]{2}-[A-Z0-9]{1,3}-[A-Z]{3}$")
+#: A tender's load id in the TMS: 1 to 64 characters from [A-Za-z0-9._:/-].
+TMS_LOAD_ID = re.compile(r"^[A-Za-z0-9._:/-]{1,64}$")
+#: ISO 4217 currency code.
+CURRENCY_CODE = re.compile(r"^[A-Z]{3}$")
+#: A tender's cargo weight in pounds, inclusive (80,000 lb: the US federal gross-weight limit).
+TENDER_WEIGHT_LB = (1, 80_000)
+#: Hazmat packing groups (49 CFR 173); empty when none applies.
+PACKING_GROUPS = ("", "I", "II", "III")
+#: A UN / NA hazardous-material number, e.g. UN1203.
+UN_NUMBER = re.compile(r"^(UN|NA)[0-9]{4}$")
+#: Hazard classes 1-9 with divisions (1.1-1.6, 2.1-2.3, 4.1-4.3, 5.1-5.2, 6.1-6.2) and class 1 compatibility
+#: group letters (e.g. "1.4S").
+HAZARD_CLASS = re.compile(r"^(1(\.[1-6][A-LN-S]?)?|2(\.[1-3])?|3|4(\.[1-3])?|5(\.[12])?|6(\.[12])?|7|8|9)$")
+#: An E.164 telephone number, e.g. +18004249300.
+E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+#: Longest text, in characters: a location's address, a hazmat proper shipping name, a tender's instructions.
+MAX_ADDRESS = 500
+MAX_PROPER_SHIPPING_NAME = 200
+MAX_SPECIAL_INSTRUCTIONS = 2000
+
+#: A KPI report's baseline cost per mile, in minor units (10,000.00 a mile in a two-decimal currency: beyond
+#: any truck).
+KPI_BASELINE_MINOR = (1, 1_000_000)
+#: The fields UpdateTender may change (an empty mask or ``*``: all of them).
+TENDER_UPDATABLE_FIELDS = ("origin", "destination", "pickup_window", "delivery_window", "equipment", "weight_lb",
+                           "hazmat", "special_instructions")
+
+
+def mask_schema(fields: tuple[str, ...]) -> dict[str, Any]:
+    """An update_mask (proto-JSON: comma-separated paths) naming only ``fields``, in snake_case or lowerCamelCase,
+    or ``*``."""
+    names = sorted({spelling for f in fields for spelling in (f, re.sub(r"_([a-z0-9])", lambda m: m[1].upper(), f))},
+                   key=lambda n: (-len(n), n))  # longest first: no name is cut short by a prefix of it
+    one = "(?:" + "|".join(re.escape(n) for n in names) + ")"
+    return {"pattern": rf"^(?:\*|{one}(?:,{one})*)?$"}
+
+
+#: Keyed by the proto field's full name, or (for a field of a message type used elsewhere with other limits) by
+#: the request's full name and the field path inside it.
+FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
+    "haulmesh.billing.v1.GetKpiReportRequest.baseline_cost_per_mile.amount_minor": {
+        "minimum": KPI_BASELINE_MINOR[0], "maximum": KPI_BASELINE_MINOR[1]},
+    "haulmesh.tender.v1.UpdateTenderRequest.update_mask": mask_schema(TENDER_UPDATABLE_FIELDS),
+    "haulmesh.type.v1.Lane.origin_region": {"pattern": MARKET_CODE.pattern},
+    "haulmesh.type.v1.Lane.destination_region": {"pattern": MARKET_CODE.pattern},
+    "haulmesh.type.v1.Money.currency_code": {"pattern": CURRENCY_CODE.pattern},
+    "haulmesh.tender.v1.Tender.tms_load_id": {"pattern": TMS_LOAD_ID.pattern},
+    "haulmesh.type.v1.Hazmat.packing_group": {"enum": list(PACKING_GROUPS)},
+    "haulmesh.type.v1.Hazmat.un_number": {"pattern": UN_NUMBER.pattern},
+    "haulmesh.type.v1.Hazmat.hazard_class": {"pattern": HAZARD_CLASS.pattern},
+    "haulmesh.type.v1.Hazmat.emergency_phone": {"anyOf": [{"const": ""}, {"pattern": E164.pattern}]},
+    "haulmesh.type.v1.Hazmat.proper_shipping_name": {"maxLength": MAX_PROPER_SHIPPING_NAME},
+    "haulmesh.type.v1.Location.lat": {"minimum": -90, "maximum": 90},
+    "haulmesh.type.v1.Location.lon": {"minimum": -180, "maximum": 180},
+    "haulmesh.type.v1.Location.address": {"maxLength": MAX_ADDRESS},
+    "haulmesh.tender.v1.Tender.special_instructions": {"maxLength": MAX_SPECIAL_INSTRUCTIONS},
+    "haulmesh.tender.v1.Tender.weight_lb": {"minimum": TENDER_WEIGHT_LB[0], "maximum": TENDER_WEIGHT_LB[1]},
+}

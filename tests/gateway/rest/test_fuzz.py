@@ -1,0 +1,104 @@
+"""Schemathesis against the real gateway and mesh: every operation, every check, the stateful phase on.
+
+``make test`` runs it short (HAULMESH_FUZZ_EXAMPLES unset: 8 examples per operation); ``make fuzz`` runs it with
+200 per operation and writes the outcome to build/fuzz.json under "AT-19" (issue 12's row, in build/chaos.json's
+shape: ``{"AT-19": {"pass", "seed", "figure"}}``). The one substitution: ``positive_data_acceptance`` runs as
+``positive_data_acceptance_within_schema`` (tests/gateway/rest/fuzz_checks.py), which forgives only refusals no
+JSON Schema can state (an AIP-160 filter's syntax, a page token the API did not issue, a resource state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+import httpx
+
+from .conftest import ALL_SCOPES
+
+#: Examples per operation and phase: 200 under ``make fuzz``, a few in ``make test``.
+EXAMPLES = int(os.environ.get("HAULMESH_FUZZ_EXAMPLES", "8"))
+#: Where ``make fuzz`` wants the AT-19 row (unset in ``make test``).
+RESULT_JSON = os.environ.get("HAULMESH_FUZZ_JSON", "")
+SEED = int(os.environ.get("HAULMESH_FUZZ_SEED", "1"))
+_ROOT = Path(__file__).resolve().parents[3]
+#: The built-in positive_data_acceptance gives way to fuzz_checks' version (see there).
+_EXCLUDED = ("positive_data_acceptance",)
+
+
+def _failures(report: dict) -> dict[str, int]:
+    """Failures by schemathesis code and title (``ST101 Server error``: 5xx), from its JSON run report."""
+    return {f"{f.get('code')} {f.get('title')}": int(f.get("count", 1)) for f in report.get("failures", [])}
+
+
+def _read_report(report: Path) -> dict:
+    return json.loads(report.read_text()) if report.exists() else {}
+
+
+def _write_row(data: dict, exit_status: int | None, summary: str) -> None:
+    """build/fuzz.json's AT-19 row (``make fuzz``)."""
+    row = {"pass": exit_status == 0, "seed": SEED,
+           "figure": {"examples_per_operation": EXAMPLES, "exit_status": exit_status,
+                      "failures": _failures(data), "test_cases": data.get("test_cases"),
+                      "operations": data.get("operations"),
+                      "errors": len(data.get("errors", [])), "summary": summary[-4000:]}}
+    target = Path(RESULT_JSON)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps({"AT-19": row}, indent=2, sort_keys=True) + "\n")
+
+
+async def test_schemathesis_every_operation_every_check(base_url: str, token, tmp_path: Path) -> None:
+    credentials = token("fuzz-co", ALL_SCOPES, ttl_seconds=3 * 3600)
+    async with httpx.AsyncClient(base_url=base_url) as client:
+        spec = (await client.get("/openapi.json")).content
+    (tmp_path / "openapi.json").write_bytes(spec)
+    report = tmp_path / "report.json"
+    # One worker: with threads, CPython 3.11's ast.parse (used by hypothesis to describe filters) can fail with
+    # "AST constructor recursion depth mismatch", an error of the tool rather than of the API.
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("st")), "run", str(tmp_path / "openapi.json"), "--url", base_url,
+        "--header", f"Authorization: Bearer {credentials}",
+        "--checks", "all", "--exclude-checks", ",".join(_EXCLUDED),
+        "--phases", "examples,coverage,fuzzing,stateful", "--max-examples", str(EXAMPLES), "--workers", "1",
+        "--request-timeout", "10", "--seed", str(SEED), "--no-color",
+        "--report", "json", "--report-json-path", str(report),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=tmp_path,
+        env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.gateway.rest.fuzz_checks",
+             "PYTHONPATH": str(_ROOT)})
+    output, _ = await asyncio.wait_for(process.communicate(), timeout=None if RESULT_JSON else 280)
+    text = output.decode(errors="replace")
+    summary = text[text.rfind("= SUMMARY ="):] if "= SUMMARY =" in text else text[-3000:]
+    data = _read_report(report)
+    if RESULT_JSON:
+        _write_row(data, process.returncode, summary)
+    assert process.returncode == 0, text.split("WARNINGS ===")[0][-20000:]
+    operations = data["operations"]
+    assert operations["tested"] == operations["selected"] == operations["total"] >= 29, operations
+
+
+def _status(code: int, reason: str, *violations: tuple[str, str]) -> bytes:
+    details = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason, "domain": "haulmesh.io"}]
+    if violations:
+        details.append({"@type": "type.googleapis.com/google.rpc.BadRequest",
+                        "fieldViolations": [{"field": f, "description": d} for f, d in violations]})
+    return json.dumps({"code": code, "message": "m", "details": details}).encode()
+
+
+def test_the_check_forgives_only_what_no_schema_states() -> None:
+    from .fuzz_checks import _refused_beyond_schema as forgiven
+
+    assert forgiven(_status(3, "INVALID_FILTER"), {})
+    assert forgiven(_status(9, "INVALID_TENDER_STATE"), {})
+    assert forgiven(_status(3, "INVALID_ARGUMENT", ("tender.pickup_window.end_time", "must be after start")), {})
+    assert forgiven(_status(3, "INVALID_ARGUMENT", ("lane.origin_region", "a market code")),
+                    {"lane.destinationRegion": "US-TX-HOU"})
+    assert forgiven(_status(3, "INVALID_ARGUMENT", ("webhook_subscription.url", "host does not resolve")), {})
+    # A single field's limit the document should state is never forgiven, nor a parameter that was sent.
+    assert not forgiven(_status(3, "INVALID_ARGUMENT", ("tender.weight_lb", "must be in [1, 80000]")), {})
+    assert not forgiven(_status(3, "INVALID_ARGUMENT", ("lane.origin_region", "a market code")),
+                        {"lane.originRegion": "x"})
+    assert not forgiven(_status(3, "INVALID_JSON"), {})
+    assert not forgiven(b"not json", {})
