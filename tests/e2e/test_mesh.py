@@ -44,7 +44,8 @@ async def test_every_service_reports_serving(mesh: Mesh, mesh_pki: Pki) -> None:
 
 
 async def test_reflection_lists_each_servers_services(mesh: Mesh, mesh_pki: Pki) -> None:
-    credentials = mesh_pki.credentials("vehicle", "AU-TRK-1001")
+    # As an operator: reflection is closed to vehicles (tests/runtime/test_reflection_access.py).
+    credentials = mesh_pki.credentials("operator", "cli")
     for name, service in SERVED.items():
         async with grpc.aio.secure_channel(mesh.address(name), credentials) as channel:
             stub = reflection_pb2_grpc.ServerReflectionStub(channel)
