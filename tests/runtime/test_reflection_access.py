@@ -20,7 +20,6 @@ from services.runtime import Policy, Service, ServiceConfig, TlsConfig, free_por
 from ..conftest import Pki, make_pki
 
 
-
 @pytest.fixture
 async def bare_server(tmp_path: Path, store_url: str):
     """A server with no API of its own: only the builtin rules (health, reflection) apply."""
