@@ -71,6 +71,16 @@ CHAOS_SEEDS ?= 11,23,37
 chaos: protos ## the fault acceptance tests at full strength, several seeds; writes build/chaos.json
 	$(PY) -m pytest -m chaos --chaos --chaos-seeds=$(CHAOS_SEEDS) --chaos-json=build/chaos.json $(PYTEST_ARGS)
 
+# The frame fuzz target (tests/telemetry/fuzz: the stream's decoding and signature verification), longer than the
+# short run of `make test`: FUZZ_FRAME_EXAMPLES per input strategy; a new outcome or the run's smallest crash is
+# saved as a seed in tests/telemetry/fuzz/corpus/ (commit it: `make test` replays the corpus). Part of `make fuzz`.
+FUZZ_FRAME_EXAMPLES ?= 5000
+.PHONY: fuzz-frames
+fuzz-frames: protos ## fuzz the telemetry frame decoding and verification, 5,000 examples per strategy
+	HAULMESH_FUZZ_FRAME_EXAMPLES=$(FUZZ_FRAME_EXAMPLES) HAULMESH_FUZZ_FRAME_SAVE=1 \
+		$(PY) -m pytest tests/telemetry/fuzz $(PYTEST_ARGS)
+fuzz: fuzz-frames
+
 clean: ## remove generated code and build output (keeps certificates and store data)
 	rm -rf haulmesh build .pytest_cache
 
