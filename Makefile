@@ -35,6 +35,21 @@ $(BUF):
 
 tools: $(BUF) ## install buf (proto lint and breaking-change checks)
 
+# The interactive API reference's files (Swagger UI from npm, pinned), installed at build time into the gitignored
+# build/docs-ui/ and served by the gateway at /docs from there (services/gateway/rest/docs_ui.py): no CDN.
+SWAGGER_UI_VERSION := 5.35.0
+DOCS_UI := build/docs-ui/.installed-$(SWAGGER_UI_VERSION)
+$(DOCS_UI):
+	@command -v npm >/dev/null || { echo "npm is needed to install Swagger UI (the /docs page): apt-get install npm"; exit 1; }
+	rm -rf build/docs-ui
+	npm install --silent --no-save --no-audit --no-fund --prefix build/docs-ui swagger-ui-dist@$(SWAGGER_UI_VERSION)
+	@touch $@
+.PHONY: docs-ui
+docs-ui: $(DOCS_UI) ## install the /docs page's Swagger UI (npm, pinned) into build/docs-ui
+run: docs-ui
+demo: docs-ui
+test: docs-ui
+
 certs: $(VENV)/.installed ## dev CA and certificates for every service, the CLI and the demo truck (if missing)
 	$(HAULMESH) pki dev-bootstrap
 
