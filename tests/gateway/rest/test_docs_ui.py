@@ -99,6 +99,11 @@ async def test_the_reference_and_everything_it_loads_are_local_under_a_strict_cs
     document = await http.get(parsed.data["data-spec-url"])
     assert document.status_code == 200 and document.json()["openapi"].startswith("3.")
     assert document.json()["paths"]
+    # Another verb: 405 saying what is allowed (RFC 9110), from these routes, whatever else the app routes.
+    for verb, url, allow in (("POST", "/docs", "GET, HEAD"), ("DELETE", parsed.scripts[0], "GET, HEAD"),
+                             ("GET", "/oauth2/token", "POST")):
+        refused = await http.request(verb, url)
+        assert refused.status_code == 405 and refused.headers["allow"] == allow, (verb, url)
     # Only the bundle's named files: not its source maps, not a path out of the directory.
     for name in ("swagger-ui-bundle.js.map", "package.json", "..%2F..%2Fpackage.json", "index.html"):
         assert (await http.get(f"/docs/assets/{name}")).status_code == 404, name
