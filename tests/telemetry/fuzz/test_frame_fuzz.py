@@ -348,6 +348,8 @@ def _seeds() -> list[str]:
 @pytest.mark.parametrize("name", _seeds())
 def test_corpus_seed_replays(name: str) -> None:
     """Every committed seed still gets its recorded outcome (a crash seed: any outcome, no exception)."""
+    if not (CORPUS / name).exists():  # only in a saving run (make fuzz-frames): replaced by a smaller seed
+        pytest.skip(f"{name} was replaced by a smaller seed of its outcome in this run")
     outcome = consume((CORPUS / name).read_bytes())
     expected = _expected().get(name)
     if expected is not None:
