@@ -166,7 +166,8 @@ class DocsUi:
         e = html.escape
         note = ""
         if self.dev_tokens is not None:
-            note = (f"<p class=\"haulmesh-dev\">Dev mode: <b>Authorize</b> gets a token from this gateway's dev issuer "
+            note = (f"<p class=\"haulmesh-dev\" style=\"font-family:sans-serif;margin:1rem 1.25rem\">"
+                    f"Dev mode: <b>Authorize</b> gets a token from this gateway's dev issuer "
                     f"(<code>POST {e(token_path)}</code>, client credentials): client id = the carrier (e.g. "
                     f"<code>acme</code>), client secret = the contents of <code>"
                     f"{e(str(self.dev_tokens.secret_file))}</code>, and the scopes to try.</p>")
@@ -175,7 +176,8 @@ class DocsUi:
                 f"<title>{e(title)} — API reference</title>"
                 f"<link rel=\"stylesheet\" href=\"{_ASSETS}swagger-ui.css\">"
                 f"<link rel=\"icon\" type=\"image/png\" href=\"{_ASSETS}favicon-32x32.png\" sizes=\"32x32\">"
-                f"</head><body>{note}"
+                f"</head><body>{note}<noscript><p>This reference needs JavaScript; the OpenAPI document is at "
+                f"<a href=\"/openapi.json\">/openapi.json</a>.</p></noscript>"
                 f"<div id=\"haulmesh-docs\" data-spec-url=\"/openapi.json\" "
                 f"data-swagger-ui-version=\"{e(version)}\"></div>"
                 f"<script src=\"{_ASSETS}swagger-ui-bundle.js\"></script>"
