@@ -219,3 +219,14 @@ def test_the_settings_come_from_the_environment() -> None:
     assert config.dev_token_endpoint is True and config.docs_ui_dir == Path("/opt/swagger-ui")
     with pytest.raises(ConfigError):
         GatewayConfig.from_env({"HAULMESH_DEV_TOKEN_ENDPOINT": "yes"})
+
+
+@pytest.mark.parametrize("extra,dev", [({}, "1"), ({"HAULMESH_JWKS_URL": "https://idp.example/jwks"}, None),
+                                       ({"HAULMESH_JWKS_FILE": "/keys.json"}, None),
+                                       ({"HAULMESH_LISTEN_HOST": "0.0.0.0"}, None),
+                                       ({"HAULMESH_DEV_TOKEN_ENDPOINT": "0"}, "0")])
+def test_a_local_mesh_is_in_dev_mode_unless_it_trusts_another_issuer(tmp_path: Path, extra: dict, dev: str) -> None:
+    """haulmesh run's mesh gets the dev token endpoint; a mesh told to trust another issuer (AT-16's tests) or to
+    listen beyond loopback does not, so its gateway does not refuse to start."""
+    env = Mesh(tmp_path, extra_env=extra)._env("gateway", "redis://127.0.0.1:1")
+    assert env.get("HAULMESH_DEV_TOKEN_ENDPOINT") == dev
