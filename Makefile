@@ -35,6 +35,21 @@ $(BUF):
 
 tools: $(BUF) ## install buf (proto lint and breaking-change checks)
 
+# The interactive API reference's files (Swagger UI from npm, pinned), installed at build time into the gitignored
+# build/docs-ui/ and served by the gateway at /docs from there (services/gateway/rest/docs_ui.py): no CDN.
+SWAGGER_UI_VERSION := 5.35.0
+DOCS_UI := build/docs-ui/.installed-$(SWAGGER_UI_VERSION)
+$(DOCS_UI):
+	@command -v npm >/dev/null || { echo "npm is needed to install Swagger UI (the /docs page): apt-get install npm"; exit 1; }
+	rm -rf build/docs-ui
+	npm install --silent --no-save --no-audit --no-fund --prefix build/docs-ui swagger-ui-dist@$(SWAGGER_UI_VERSION)
+	@touch $@
+.PHONY: docs-ui
+docs-ui: $(DOCS_UI) ## install the /docs page's Swagger UI (npm, pinned) into build/docs-ui
+run: docs-ui
+demo: docs-ui
+test: docs-ui
+
 certs: $(VENV)/.installed ## dev CA and certificates for every service, the CLI and the demo truck (if missing)
 	$(HAULMESH) pki dev-bootstrap
 
@@ -80,6 +95,15 @@ FUZZ_EXAMPLES ?= 200
 fuzz: protos ## schemathesis (all checks, stateful) against a real mesh, 200 examples per operation; build/fuzz.json
 	HAULMESH_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) HAULMESH_FUZZ_JSON=build/fuzz.json \
 		$(PY) -m pytest tests/gateway/rest/test_fuzz.py $(PYTEST_ARGS)
+# The frame fuzz target (tests/telemetry/fuzz: the stream's decoding and signature verification), longer than the
+# short run of `make test`: FUZZ_FRAME_EXAMPLES per input strategy; a new outcome or the run's smallest crash is
+# saved as a seed in tests/telemetry/fuzz/corpus/ (commit it: `make test` replays the corpus). Part of `make fuzz`.
+FUZZ_FRAME_EXAMPLES ?= 5000
+.PHONY: fuzz-frames
+fuzz-frames: protos ## fuzz the telemetry frame decoding and verification, 5,000 examples per strategy
+	HAULMESH_FUZZ_FRAME_EXAMPLES=$(FUZZ_FRAME_EXAMPLES) HAULMESH_FUZZ_FRAME_SAVE=1 \
+		$(PY) -m pytest tests/telemetry/fuzz $(PYTEST_ARGS)
+fuzz: fuzz-frames
 
 clean: ## remove generated code and build output (keeps certificates and store data)
 	rm -rf haulmesh build .pytest_cache

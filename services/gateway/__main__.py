@@ -8,6 +8,7 @@ from .rest.app import HttpListener, create_app
 from .rest.auth import AuthConfig, Authenticator
 from .rest.descriptors import load_api
 from .rest.device import DeviceGateway, TlsScopeProtocol, device_api, device_ssl_context
+from .rest.docs_ui import DevTokenEndpoint, DocsUi
 from .rest.handler import RestGateway
 from .rest.ratelimit import TenantRateLimiter
 from .rest.sse import StreamSlots
@@ -31,6 +32,17 @@ def rest_gateway(service: Service, config: GatewayConfig) -> RestGateway:
     )
 
 
+def docs_ui(service: Service, config: GatewayConfig, rest: RestGateway) -> DocsUi:
+    """The interactive reference (/docs), with the dev issuer's token endpoint in dev mode (rest/docs_ui.py)."""
+    dev_tokens = None
+    if config.dev_token_endpoint:
+        dev_tokens = DevTokenEndpoint.checked(
+            state_dir=service.config.state_dir, issuer=config.jwt_issuer, audience=config.jwt_audience,
+            jwks_file=config.jwks_file, jwks_url=config.jwks_url, listen_host=service.config.listen_host,
+            scopes={method.scope for method in rest.api.methods if method.scope})
+    return DocsUi(config.docs_ui_dir, dev_tokens)
+
+
 def register(service: Service) -> None:
     # Every setting first: a bad one stops the process before anything is served (ConfigError).
     config = GatewayConfig.from_env(state_dir=service.config.state_dir)
@@ -43,7 +55,8 @@ def register(service: Service) -> None:
             return False
 
     rest = rest_gateway(service, config)
-    listener = HttpListener(create_app(ready, rest), service.config.listen_host, service.config.http_port)
+    listener = HttpListener(create_app(ready, rest, docs_ui(service, config, rest)), service.config.listen_host,
+                            service.config.http_port)
 
     async def stop_rest() -> None:
         await listener.stop()

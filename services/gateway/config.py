@@ -27,6 +27,12 @@ REST door:
   16): concurrent Server-Sent Event streams of this gateway process; one beyond is answered 429 with
   ``Retry-After: HAULMESH_SSE_RETRY_AFTER_SECONDS`` (default 5).
 
+Interactive reference (``/docs``, rest/docs_ui.py): ``HAULMESH_DOCS_UI_DIR``, the installed ``swagger-ui-dist`` it
+serves (default: ``build/docs-ui/node_modules/swagger-ui-dist`` of the checkout, which ``make docs-ui`` fills);
+``HAULMESH_DEV_TOKEN_ENDPOINT`` (``1``/``0``, default ``0``; ``haulmesh run`` sets ``1``): serve the dev issuer's
+OAuth2 token endpoint (client credentials) for /docs' "Authorize", only with the dev issuer's keys and a loopback
+listener.
+
 Webhooks (``HAULMESH_WEBHOOK_*``): ``TIMEOUT_SECONDS`` of one attempt (0-30, 10), ``MAX_CONCURRENCY`` of
 attempts (32), ``SUSPEND_AFTER_SECONDS`` of nothing but failures (86400), ``RETRY_SCHEDULE_SECONDS`` (comma-
 separated delays, at most 9), ``RETRY_JITTER`` (a fraction in [0, 1), 0.2), ``CA_FILE`` (an extra CA for
@@ -58,6 +64,8 @@ DEFAULT_OAUTH_TOKEN_URL = "/oauth2/token"  # noqa: S105 - an endpoint's path, no
 #: relayed calls in memory; well above what the per-vehicle rate limit lets a fleet of thousands send at 1 Hz.
 DEFAULT_DEVICE_MAX_INFLIGHT_REQUESTS = 256
 _DEFAULT_RATE_LIMIT_ITEM = parse(DEFAULT_RATE_LIMIT)
+#: Where ``make docs-ui`` installs Swagger UI in this checkout (gitignored build output).
+DEFAULT_DOCS_UI_DIR = Path(__file__).resolve().parents[2] / "build" / "docs-ui" / "node_modules" / "swagger-ui-dist"
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,11 @@ class GatewayConfig:
     webhook_ca_file: Path | None = None
     webhook_allowed_cidrs: tuple[IpNetwork, ...] = ()
 
+    # --- the interactive reference (/docs) ----------------------------------------------------------
+    docs_ui_dir: Path = DEFAULT_DOCS_UI_DIR
+    #: Serve the dev issuer's token endpoint (dev mode; rest/docs_ui.py says when it is allowed).
+    dev_token_endpoint: bool = False
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, state_dir: Path | None = None) -> GatewayConfig:
         """The settings of ``env`` (default: the process environment); ``state_dir`` (default: the one
@@ -146,6 +159,8 @@ class GatewayConfig:
             webhook_retry_jitter_fraction=retry.jitter,
             webhook_ca_file=Path(ca_file) if ca_file else None,
             webhook_allowed_cidrs=parse_allowed_cidrs(env.get("HAULMESH_WEBHOOK_ALLOWED_CIDRS", "")),
+            docs_ui_dir=Path(env.get("HAULMESH_DOCS_UI_DIR") or DEFAULT_DOCS_UI_DIR),
+            dev_token_endpoint=_flag(env, "HAULMESH_DEV_TOKEN_ENDPOINT"),
         )
 
 
@@ -188,6 +203,11 @@ def _issuer_carriers(env: Mapping[str, str]) -> frozenset[str] | None:
         raise ConfigError(f"HAULMESH_JWT_ISSUER_CARRIERS must be comma-separated carrier ids, not {bad[0]!r}",
                           field="HAULMESH_JWT_ISSUER_CARRIERS")
     return carriers
+def _flag(env: Mapping[str, str], key: str) -> bool:
+    raw = env.get(key) or "0"
+    if raw not in ("0", "1"):
+        raise ConfigError(f"{key} must be 1 or 0, got {raw!r}", field=key)
+    return raw == "1"
 
 
 def _rate_limit(env: Mapping[str, str]) -> RateLimitItem | None:

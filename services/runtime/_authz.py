@@ -29,11 +29,13 @@ _log = logging.getLogger("haulmesh.authz")
 #: The one identity whose word on who is behind a call (the token's subject and client) the audit log records.
 GATEWAY = Identity("service", "gateway")
 
-#: Rules every server gets: probes, ``haulmesh status`` and ``buf curl`` need health and reflection.
+#: Rules every server gets. Health is open to every identity (probes, ``haulmesh status``, ``edge_client check``);
+#: reflection (``buf curl``, grpcurl) to services and operators only: a truck's certificate is the one most
+#: likely to be stolen, and nothing on a truck needs the mesh's whole schema (least privilege, issue 12).
 BUILTIN_RULES: dict[str, tuple[str, ...]] = {
     "/grpc.health.v1.Health/*": ("*",),
-    "/grpc.reflection.v1alpha.ServerReflection/*": ("*",),
-    "/grpc.reflection.v1.ServerReflection/*": ("*",),
+    "/grpc.reflection.v1alpha.ServerReflection/*": ("service/*", "operator/*"),
+    "/grpc.reflection.v1.ServerReflection/*": ("service/*", "operator/*"),
 }
 
 

@@ -117,6 +117,11 @@ class Mesh:
             "REDIS_URL": redis_url,
             "PYTHONUNBUFFERED": "1",
         })
+        # A mesh of this class is a local one (haulmesh run, the demo, tests): its gateway serves the dev issuer's
+        # token endpoint for /docs (services/gateway/rest/docs_ui.py), unless it is told to trust another issuer
+        # or to listen beyond loopback, where the gateway would refuse the endpoint.
+        if not {"HAULMESH_JWKS_URL", "HAULMESH_JWKS_FILE", "HAULMESH_LISTEN_HOST"} & self.extra_env.keys():
+            env["HAULMESH_DEV_TOKEN_ENDPOINT"] = "1"  # noqa: S105 - a flag, not a secret
         env.update({f"HAULMESH_{peer.upper()}_ADDR": self.address(peer) for peer in MESH_SERVICES})
         env.update(self.extra_env)
         if name in self.metrics_ports:

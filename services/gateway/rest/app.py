@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from services.runtime import asgi_middleware
 
+from .docs_ui import DocsUi
 from .errors import RestError, error_response, method_not_allowed
 from .handler import RestGateway
 from .metrics import HttpMetricsMiddleware
@@ -28,7 +29,8 @@ __all__ = ["HttpListener", "create_app"]
 _VERBS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
-def create_app(ready: Callable[[], Awaitable[bool]], rest: RestGateway | None = None) -> Starlette:
+def create_app(ready: Callable[[], Awaitable[bool]], rest: RestGateway | None = None,
+               docs_ui: DocsUi | None = None) -> Starlette:
     """The ASGI app. ``ready`` says whether the gateway can serve (store reachable, not shutting down);
     ``rest`` serves the API (/api/..., /openapi.json, /docs) — without it only the probes are served."""
 
@@ -57,6 +59,8 @@ def create_app(ready: Callable[[], Awaitable[bool]], rest: RestGateway | None = 
                 return error_response(method_not_allowed(request.method, "GET, HEAD"))
             return await rest.handle(request)
 
+        if docs_ui is not None:  # the interactive reference (docs_ui.py), matched before the plain /docs page
+            routes += docs_ui.routes(document)
         routes += [Route("/openapi.json", openapi), Route("/docs", docs),
                    Route("/{path:path}", api, methods=_VERBS)]
     async def not_routed(request: Request, exc: Exception) -> Response:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -160,6 +161,9 @@ def verify_frame(sequence: int, payload: bytes, signature: bytes, key_id: str, *
                                      ("kind", decoded.kind != frame_pb2.FramePayload.KIND_UNSPECIFIED)) if not ok]
     if missing:
         return reject(RejectReason.MALFORMED, f"payload lacks {', '.join(missing)}")
+    invalid = _invalid_fields(decoded)
+    if invalid:
+        return reject(RejectReason.MALFORMED, f"payload has invalid {', '.join(invalid)}")
     if decoded.vehicle_id != vehicle_id:
         return reject(RejectReason.VEHICLE_MISMATCH,
                       f"payload vehicle {decoded.vehicle_id[:80]!r} is not the certificate's {vehicle_id}")
@@ -174,6 +178,28 @@ def verify_frame(sequence: int, payload: bytes, signature: bytes, key_id: str, *
         return reject(RejectReason.FRAME_TOO_OLD, f"device_time is {now_seconds - device_seconds:.0f}s old, at "
                       f"most {config.max_frame_age_seconds:.0f}s")
     return Verified(sequence, payload, signature, key_id, decoded)
+
+
+def _invalid_fields(payload: frame_pb2.FramePayload) -> list[str]:
+    """The fields whose value frame.proto rules out. A stored frame is read again and again (the tracker, the
+    reads and the archive, billing's miles, evidence packs), so such a frame would poison every later reader:
+    a Timestamp whose nanos are out of range raises when converted, and a non-finite or out-of-range
+    coordinate turns the miles on an invoice into NaN. Found by the frame fuzz target (tests/telemetry/fuzz)."""
+    invalid = []
+    if not 0 <= payload.device_time.nanos <= 999_999_999:
+        invalid.append("device_time.nanos")
+    if payload.HasField("position"):
+        p = payload.position
+        if not (math.isfinite(p.lat) and -90 <= p.lat <= 90):
+            invalid.append("position.lat")
+        if not (math.isfinite(p.lon) and -180 <= p.lon <= 180):
+            invalid.append("position.lon")
+        invalid += [f"position.{name}" for name, value in (("speed_kph", p.speed_kph), ("heading_deg", p.heading_deg),
+                                                            ("accuracy_meters", p.accuracy_meters))
+                    if not math.isfinite(value)]
+    if not math.isfinite(payload.odometer_miles):
+        invalid.append("odometer_miles")
+    return invalid
 
 
 def order_batch(sequences: list[int]) -> list[bool]:
