@@ -26,8 +26,8 @@ from services.runtime.tokens import CARRIER_ID
 
 from ..config import GatewayConfig
 from .errors import RestError
-from .tokencache import VerifiedTokens
 from .jwks import JwksCache, JwksPolicy, kid_digest
+from .tokencache import VerifiedTokens
 
 __all__ = ["ALGORITHMS", "MAX_KID_CHARS", "MAX_SUBJECT_CHARS", "AuthConfig", "Authenticator", "Principal"]
 
