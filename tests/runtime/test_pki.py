@@ -55,12 +55,21 @@ def test_issue_rejects_a_bad_name(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 def test_dev_bootstrap_is_idempotent(tmp_path: Path) -> None:
+    """A second dev-bootstrap keeps every certificate and the audit checkpoint key pair (not regenerated: a new
+    key would leave the checkpoints already written unverifiable with the key the auditor holds)."""
+    audit_keys = ("audit-signing-key.pem", "audit-signing.pub.pem")
+
+    def certificates() -> dict[str, int]:
+        return {p.name: _cert(p).serial_number for p in tmp_path.glob("*.pem")
+                if not p.name.endswith("-key.pem") and p.name not in audit_keys}
+
     assert main(["--cert-dir", str(tmp_path), "pki", "dev-bootstrap"]) == 0
-    serials = {p.name: _cert(p).serial_number for p in tmp_path.glob("*.pem") if not p.name.endswith("-key.pem")}
+    serials = certificates()
     assert {"ca.pem", "tender.pem", "gateway.pem", "operator-cli.pem", "vehicle-AU-TRK-1001.pem"} <= set(serials)
+    audit = {name: (tmp_path / name).read_bytes() for name in audit_keys}
     assert main(["--cert-dir", str(tmp_path), "pki", "dev-bootstrap"]) == 0
-    again = {p.name: _cert(p).serial_number for p in tmp_path.glob("*.pem") if not p.name.endswith("-key.pem")}
-    assert again == serials
+    assert certificates() == serials
+    assert {name: (tmp_path / name).read_bytes() for name in audit_keys} == audit
 
 
 def test_the_evidence_key_is_signing_only_and_bootstrapped(tmp_path: Path) -> None:
