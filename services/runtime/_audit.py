@@ -15,7 +15,7 @@ store never sees and exports it off the store (:mod:`.audit_anchor`), and :func:
 checkpoints detects a recomputed chain and a rollback too (docs/security.md, "Audit anchor").
 
 For a TMS's call the gateway forwards who is behind the token (its subject and client) as request metadata;
-the writer records them as the entry's ``actor`` and ``client``, with the gateway as ``via``
+the writer records them as the entry's ``actor`` (``token:<sub>``) and ``client``, with the gateway as ``via``
 (:data:`ACTOR_SUBJECT_METADATA_KEY`), believed only from the gateway's own identity.
 
 Retention (docs/capacity.md, "Retention of what the store holds"): what reads the chains is
@@ -69,6 +69,9 @@ _COALESCE_KEYS = 10_000
 #: (``azp`` / ``client_id``), percent-encoded. Believed only from the gateway's identity (see _authz.py).
 ACTOR_SUBJECT_METADATA_KEY = "haulmesh-actor-subject"
 ACTOR_CLIENT_METADATA_KEY = "haulmesh-actor-client"
+#: Recorded before a token's subject as the actor (``token:<sub>``): whatever the subject says, it never reads as a
+#: mesh identity. A token without a subject is recorded as the caller (the gateway), its client still named.
+TOKEN_ACTOR_PREFIX = "token:"  # noqa: S105 (an actor prefix, not a secret)
 #: Entries read per page by :func:`verify` (one XRANGE); the next page is read while this one is hashed.
 VERIFY_PAGE_ENTRIES = 5000
 

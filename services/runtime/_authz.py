@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import redis
 
-from ._audit import AuditLog, actor_from_metadata
+from ._audit import TOKEN_ACTOR_PREFIX, AuditLog, actor_from_metadata
 from ._errors import HaulmeshError, IdentityError, PermissionDenied, Unauthenticated, Unavailable
 from ._identity import _CALLER, KINDS, Identity, caller, identity_from_pem
 from ._retry import is_transient
@@ -189,8 +189,8 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
         actor, client, via = str(caller()), "", ""
         if caller() == GATEWAY:  # a TMS's call: the actor is who is behind the token, believed from the gateway only
             subject, client = actor_from_metadata(metadata)
-            if subject or client:
-                actor, via = subject, str(caller())
+            if subject:  # prefixed: a token's `sub` can never read as a mesh identity (a spiffe:// one, say)
+                actor, via = f"{TOKEN_ACTOR_PREFIX}{subject}", str(caller())
         try:
             await self._audit.append(actor=actor, method=method, carrier=str(carriers[0]) if carriers else "",
                                      resource=str(resource), client=client, via=via,

@@ -198,16 +198,19 @@ async def test_a_service_anchors_its_chain_and_records_the_token_behind_the_gate
     try:
         said = (("haulmesh-carrier", "carriers/acme"), *actor_metadata("alice@acme.example", "loadmaster-prod"))
         target = f"127.0.0.1:{config.port}"
-        for who, name in (("service", "gateway"), ("operator", "ops")):
+        for who, name, resource, metadata in (
+                ("service", "gateway", "gateway", said), ("operator", "ops", "ops", said),
+                ("service", "gateway", "spoof", actor_metadata("spiffe://haulmesh.local/operator/ops", "")),
+                ("service", "gateway", "nosub", actor_metadata("", "loadmaster-prod"))):
             async with grpc.aio.secure_channel(target, p.credentials(who, name),
                                                options=[("grpc.ssl_target_name_override", "localhost")]) as channel:
                 await tender_service_pb2_grpc.TenderServiceStub(channel).CancelTender(
-                    tender_service_pb2.CancelTenderRequest(name=f"tenders/{name}"), metadata=said, timeout=10)
+                    tender_service_pb2.CancelTenderRequest(name=f"tenders/{resource}"), metadata=metadata, timeout=10)
         objects = open_object_store(url)
 
         def anchored() -> bool:
             found = read_checkpoints(objects, load_public_keys(public)).by_chain.get(service.audit.stream, {})
-            return max(found, default=0) == 2
+            return max(found, default=0) == 4
 
         await poll_until(anchored, timeout_seconds=20, what="a checkpoint of both entries")
     finally:
@@ -215,12 +218,16 @@ async def test_a_service_anchors_its_chain_and_records_the_token_behind_the_gate
     records = [json.loads(f[b"record"]) for _, f in redis.Redis.from_url(store_url).xrange(service.audit.stream)]
     by_resource = {r["resource"]: r for r in records}
     # The gateway's word is taken: the actor is the token's subject, its client recorded, the gateway as via.
-    assert by_resource["tenders/gateway"]["actor"] == "alice@acme.example"
+    assert by_resource["tenders/gateway"]["actor"] == "token:alice@acme.example"
     assert by_resource["tenders/gateway"]["client"] == "loadmaster-prod"
     assert by_resource["tenders/gateway"]["via"] == "spiffe://haulmesh.local/service/gateway"
     # Anybody else's is not: the operator is the actor, whatever it claims.
     assert by_resource["tenders/ops"]["actor"] == "spiffe://haulmesh.local/operator/ops"
     assert "client" not in by_resource["tenders/ops"] and "via" not in by_resource["tenders/ops"]
+    # A token's subject never reads as a mesh identity; a token without one leaves the gateway as the actor.
+    assert by_resource["tenders/spoof"]["actor"] == "token:spiffe://haulmesh.local/operator/ops"
+    assert by_resource["tenders/nosub"]["actor"] == "spiffe://haulmesh.local/service/gateway"
+    assert by_resource["tenders/nosub"]["client"] == "loadmaster-prod" and "via" not in by_resource["tenders/nosub"]
 
 
 async def test_the_gateway_forwards_the_token_subject_and_client(mesh: Mesh) -> None:
@@ -240,7 +247,7 @@ async def test_the_gateway_forwards_the_token_subject_and_client(mesh: Mesh) -> 
         sync.close()
     created_entry = [e for e in entries if e["method"].endswith("/CreateTender")]
     assert len(created_entry) == 1, entries
-    assert created_entry[0]["actor"] == "dispatcher-7" and created_entry[0]["client"] == "mcleod-loadmaster"
+    assert created_entry[0]["actor"] == "token:dispatcher-7" and created_entry[0]["client"] == "mcleod-loadmaster"
     assert created_entry[0]["via"] == "spiffe://haulmesh.local/service/gateway"
     assert (mesh.cert_dir / "audit-signing.pub.pem").is_file()
 
