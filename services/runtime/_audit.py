@@ -282,7 +282,10 @@ class AuditReport:
 
     With checkpoints: ``checkpoints`` were checked against the store (every one of them, signature first),
     ``anchored_chains`` of the ``chains`` have at least one, and ``unanchored_entries`` entries lie after their
-    chain's last checkpoint (covered by the hash chain alone until the next one)."""
+    chain's last checkpoint (covered by the hash chain alone until the next one); ``unanchored_chains`` names the
+    listed chains with no checkpoint at all whose first entry is older than the checkpoint interval plus
+    :data:`CHECKPOINT_SLACK_SECONDS` (their writer should have anchored them by now: not proof of tampering, but
+    nothing vouches for them)."""
 
     entries: int
     chains: int
@@ -290,6 +293,7 @@ class AuditReport:
     checkpoints: int = 0
     anchored_chains: int = 0
     unanchored_entries: int = 0
+    unanchored_chains: tuple[str, ...] = ()
 
     @property
     def intact(self) -> bool:
@@ -326,6 +330,34 @@ class _ChainWalk:
     first_off_base: bool = False
     head_seq: int = 0
     unanchored: int = 0
+    #: The first entry's stream id time (Unix ms), 0 when the chain has none.
+    first_ms: int = 0
+
+
+#: How much later than its entry a checkpoint may be signed beyond one checkpoint interval: retries every 30 s
+#: through a checkpoint store outage of up to a day, and clock skew between hosts. Used twice by :func:`verify`: a
+#: checkpoint below a trimmed chain's base must be older than the retention by at least interval + this (else its
+#: entries were removed before their time), and a chain without any checkpoint is reported once it is older than
+#: interval + this.
+CHECKPOINT_SLACK_SECONDS = 86400.0
+
+
+@dataclass(frozen=True)
+class _Anchors:
+    """One chain's signed checkpoints, as :func:`verify` uses them: hash and time by sequence, and whether the
+    newest was written as its process stopped (``final``)."""
+
+    hashes: dict[int, str]
+    times: dict[int, float]
+    final: bool
+
+    @classmethod
+    def of(cls, by_seq: Mapping[int, Any]) -> _Anchors:
+        """From sequence → hash (str), or sequence → :class:`.audit_anchor.Checkpoint` (time and final known)."""
+        hashes = {seq: v if isinstance(v, str) else v.hash for seq, v in by_seq.items()}
+        times = {seq: float(v.time) for seq, v in by_seq.items() if not isinstance(v, str)}
+        newest = by_seq[max(by_seq)] if by_seq else None
+        return cls(hashes, times, bool(getattr(newest, "final", False)))
 
 
 # One page of a chain for verify, flattened in the store: [id, record, hash, id, record, hash, ...] (a missing field
@@ -366,29 +398,59 @@ def _pages(client: redis.Redis, stream: str, pool: ThreadPoolExecutor) -> Iterat
         page = following.result() if following is not None else []
 
 
+def _seq_of(raw_record: bytes) -> int:
+    """An entry's sequence, or -1 when unreadable (so it is walked, and reported)."""
+    try:
+        seq = json.loads(raw_record).get("seq")
+    except (ValueError, AttributeError):
+        return -1
+    return seq if isinstance(seq, int) else -1
+
+
 def _verify_chain(client: redis.Redis, stream: str, problems: list[str], pool: ThreadPoolExecutor,
-                  anchors: dict[int, str] | None = None) -> _ChainWalk:
-    """Check one chain into ``problems``; ``anchors`` are its signed checkpoints (sequence → hash), each checked
-    against the stored entry of that sequence and against the head. Returns what was read and whether the first
-    entry did not follow the base read before it (which a trim running meanwhile also causes: the caller reads
-    the chain again)."""
+                  chain_anchors: _Anchors | None = None, *, interval_seconds: float = 300.0) -> _ChainWalk:
+    """Check one chain into ``problems``; ``chain_anchors`` are its signed checkpoints, each checked against the
+    stored entry of that sequence and against the head. Returns what was read and whether the first entry did not
+    follow the base read before it (which a trim running meanwhile also causes: the caller reads the chain again).
+
+    The head (and the base) are read once, before the walk, and the walk stops at the head's entry: head and
+    entries are written in one transaction, so entries a live writer adds meanwhile are beyond it and never taken
+    for a mismatch (the next verify checks them)."""
     walk = _ChainWalk()
-    anchors = anchors or {}
+    chain_anchors = chain_anchors or _Anchors({}, {}, False)
+    anchors = chain_anchors.hashes
+    head = client.hgetall(head_key(stream))
+    walk.head_seq = int(head.get(b"seq", 0))
+    head_hash = head.get(b"hash", _GENESIS.encode()).decode()
     # Set once retention trimmed the chain.
-    base = client.hmget(head_key(stream), ["base_seq", "base_hash", "base_record"])
+    base = (head.get(b"base_seq"), head.get(b"base_hash"), head.get(b"base_record"))
     prev, expected_seq = (base[1] or _GENESIS.encode()).decode(), int(base[0] or 0) + 1
     if base[0] is not None:
-        problems.extend(_base_problems(stream, int(base[0]), prev, base[2]))
-        signed = anchors.get(int(base[0]))
+        base_seq = int(base[0])
+        problems.extend(_base_problems(stream, base_seq, prev, base[2]))
+        signed = anchors.get(base_seq)
         if signed is not None and signed != prev:
             problems.append(f"{stream}: trimmed base (seq {base[0]}) differs from the signed checkpoint of that "
                             "sequence (rewritten)")
+        # Only retention removes entries, and only entries older than it: a checkpoint below the base signed more
+        # recently than that (plus the time a checkpoint may lag its entry) anchored entries removed early.
+        newest_allowed = time.time() - AUDIT_RETENTION_SECONDS + interval_seconds + CHECKPOINT_SLACK_SECONDS
+        early = [seq for seq, at in chain_anchors.times.items() if seq < base_seq and at > newest_allowed]
+        if early:
+            problems.append(f"{stream}: signed entries removed before their retention: checkpoint(s) up to sequence "
+                            f"{max(early)} were signed less than {AUDIT_RETENTION_SECONDS // 86400} days ago, but "
+                            f"the store's chain starts after sequence {base_seq} (history erased, base forged)")
     first: bool | None = None
     last_anchor = max(anchors, default=0)
+    at_head = False
     for page in _pages(client, stream, pool):
         for at in range(0, len(page), 3):
             entry_id, raw_record, raw_hash = page[at:at + 3]
+            if at_head and raw_record and _seq_of(raw_record) > walk.head_seq:
+                break  # written after the head was read (a live writer): the next verify checks it
             walk.count += 1
+            if first is None:
+                walk.first_ms = int(entry_id.split(b"-")[0])
             try:
                 record = json.loads(raw_record)
                 stored_hash = raw_hash.decode()
@@ -419,10 +481,16 @@ def _verify_chain(client: redis.Redis, stream: str, problems: list[str], pool: T
             if isinstance(seq, int) and seq > last_anchor:
                 walk.unanchored += 1
             prev, expected_seq = stored_hash, (seq if isinstance(seq, int) else expected_seq) + 1
+            if seq == walk.head_seq and stored_hash == head_hash and head:
+                at_head = True  # the head read before the walk: entries beyond its sequence came after it
+        else:
+            continue
+        break
     walk.first_off_base = bool(first)
-    head = client.hgetall(head_key(stream))
-    walk.head_seq = int(head.get(b"seq", 0))
-    head_hash = head.get(b"hash", _GENESIS.encode()).decode()
+    if chain_anchors.final and expected_seq - 1 > last_anchor:
+        problems.append(f"{stream}: {expected_seq - 1 - last_anchor} entries after sequence {last_anchor}, whose "
+                        "signed checkpoint was its process's last (written as it stopped): added afterwards "
+                        "(forged)")
     if not head:
         problems.append(f"{stream}: listed but its head is gone (chain removed)")
     elif walk.head_seq != expected_seq - 1 or head_hash != prev:
@@ -434,37 +502,46 @@ def _verify_chain(client: redis.Redis, stream: str, problems: list[str], pool: T
     return walk
 
 
-def verify(client: redis.Redis, *, checkpoints: Mapping[str, Mapping[int, str]] | None = None) -> AuditReport:
+def verify(client: redis.Redis, *, checkpoints: Mapping[str, Mapping[int, Any]] | None = None,
+           checkpoint_interval_seconds: float = 300.0) -> AuditReport:
     """Walk every chain (synchronously: it is a command-line check) and report every break.
 
     ``checkpoints``: the signed checkpoints, already signature-checked (:func:`.audit_anchor.read_checkpoints`),
-    as chain → sequence → hash. Read them *before* calling: a checkpoint is written only after its entries are
-    stored, so every one read before the walk must be matched by the store; a chain they name that the store does
-    not list was deleted or the store rolled back."""
+    as chain → sequence → :class:`.audit_anchor.Checkpoint` (or → hash alone, which skips the checks needing the
+    checkpoint's time and final flag). Read them *before* calling: a checkpoint is written only after its entries
+    are stored, so every one read before the walk must be matched by the store; a chain they name that the store
+    does not list was deleted or the store rolled back. ``checkpoint_interval_seconds``: the writers' interval
+    (``HAULMESH_AUDIT_CHECKPOINT_INTERVAL_SECONDS``), for how late a checkpoint may be."""
     problems: list[str] = []
-    anchors = {chain: dict(by_seq) for chain, by_seq in (checkpoints or {}).items()}
+    anchors = {chain: _Anchors.of(by_seq) for chain, by_seq in (checkpoints or {}).items()}
     chains = sorted(s.decode() for s in client.smembers(CHAINS_KEY))
     entries = unanchored = 0
+    bare: list[str] = []
+    overdue_ms = (time.time() - checkpoint_interval_seconds - CHECKPOINT_SLACK_SECONDS) * 1000
     with ThreadPoolExecutor(1) as pool:
         for stream in chains:
             found: list[str] = []
-            walk = _verify_chain(client, stream, found, pool, anchors.get(stream))
+            walk = _verify_chain(client, stream, found, pool, anchors.get(stream),
+                                 interval_seconds=checkpoint_interval_seconds)
             if walk.first_off_base and found:
                 # The first entry does not follow the base: a trim (every process runs one hourly) may have removed
                 # entries and moved the base between the two reads. Read the base and the chain once more: a
                 # deletion stays a deletion, a trim now verifies.
                 found = []
-                walk = _verify_chain(client, stream, found, pool, anchors.get(stream))
+                walk = _verify_chain(client, stream, found, pool, anchors.get(stream),
+                                     interval_seconds=checkpoint_interval_seconds)
             problems.extend(found)
             entries += walk.count
             unanchored += walk.unanchored
+            if checkpoints is not None and stream not in anchors and walk.count and walk.first_ms < overdue_ms:
+                bare.append(stream)
     listed = set(chains)
     for chain in sorted(set(anchors) - listed):
-        problems.append(f"{chain}: signed checkpoints up to sequence {max(anchors[chain])}, but the store does not "
-                        "list the chain (deleted, or the store rolled back to before it)")
-    return AuditReport(entries, len(chains), problems, checkpoints=sum(len(a) for a in anchors.values()),
-                       anchored_chains=len(listed & {c for c, a in anchors.items() if a}),
-                       unanchored_entries=unanchored)
+        problems.append(f"{chain}: signed checkpoints up to sequence {max(anchors[chain].hashes)}, but the store "
+                        "does not list the chain (deleted, or the store rolled back to before it)")
+    return AuditReport(entries, len(chains), problems, checkpoints=sum(len(a.hashes) for a in anchors.values()),
+                       anchored_chains=len(listed & {c for c, a in anchors.items() if a.hashes}),
+                       unanchored_entries=unanchored, unanchored_chains=tuple(bare))
 
 
 @dataclass(frozen=True)

@@ -49,8 +49,8 @@ if TYPE_CHECKING:
     from ._audit import AuditLog
 
 __all__ = ["CHECKPOINT_PREFIX", "CHECKPOINT_RETENTION_SECONDS", "RETRY_SECONDS", "AuditSigner", "Checkpoint",
-           "CheckpointSet", "CheckpointWriter", "generate_signing_key", "key_id", "load_public_keys", "object_key",
-           "read_checkpoints"]
+           "CheckpointSet", "CheckpointWriter", "TooManyCheckpoints", "generate_signing_key", "key_id",
+           "load_public_keys", "object_key", "read_checkpoints"]
 
 _log = logging.getLogger("haulmesh.audit")
 
@@ -92,16 +92,22 @@ class Checkpoint:
     time: float
     key_id: str
     signature: str = ""
+    #: Written as the process stopped cleanly: no entry of the chain may follow it (signed; absent when false, so
+    #: checkpoints written before the flag existed keep their signatures).
+    final: bool = False
+
+    def _body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"v": _VERSION, "chain": self.chain, "seq": self.seq, "hash": self.hash,
+                                "time": self.time, "key_id": self.key_id}
+        if self.final:
+            body["final"] = True
+        return body
 
     def signed_bytes(self) -> bytes:
-        body = {"v": _VERSION, "chain": self.chain, "seq": self.seq, "hash": self.hash, "time": self.time,
-                "key_id": self.key_id}
-        return _SIGNING_DOMAIN + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        return _SIGNING_DOMAIN + json.dumps(self._body(), sort_keys=True, separators=(",", ":")).encode()
 
     def to_json(self) -> bytes:
-        return json.dumps({"v": _VERSION, "chain": self.chain, "seq": self.seq, "hash": self.hash,
-                           "time": self.time, "key_id": self.key_id, "signature": self.signature},
-                          sort_keys=True).encode() + b"\n"
+        return json.dumps({**self._body(), "signature": self.signature}, sort_keys=True).encode() + b"\n"
 
     @classmethod
     def from_json(cls, data: bytes) -> Checkpoint:
@@ -111,7 +117,8 @@ class Checkpoint:
             raise ValueError("not a version-1 audit checkpoint")
         try:
             checkpoint = cls(chain=str(raw["chain"]), seq=int(raw["seq"]), hash=str(raw["hash"]),
-                             time=float(raw["time"]), key_id=str(raw["key_id"]), signature=str(raw["signature"]))
+                             time=float(raw["time"]), key_id=str(raw["key_id"]), signature=str(raw["signature"]),
+                             final=raw.get("final", False) is True)
         except (KeyError, TypeError) as exc:
             raise ValueError(f"missing or malformed field: {exc}") from None
         return checkpoint
@@ -129,15 +136,16 @@ class Checkpoint:
 
     @property
     def object_key(self) -> str:
-        return object_key(self.chain, self.seq)
+        return object_key(self.chain, self.seq, final=self.final)
 
 
-def object_key(chain: str, seq: int) -> str:
-    """``audit-checkpoints/<chain id>/<seq>.json``: the chain id is the part between the braces of
-    ``audit:{<writer>}`` (a valid key segment: service, host, pid and a random id)."""
+def object_key(chain: str, seq: int, *, final: bool = False) -> str:
+    """``audit-checkpoints/<chain id>/<seq>.json`` (``<seq>.final.json`` for the stop's checkpoint, which may sign
+    the same head as the last periodic one: objects are create-only): the chain id is the part between the braces
+    of ``audit:{<writer>}`` (a valid key segment: service, host, pid and a random id)."""
     inner = chain[chain.find("{") + 1:chain.rfind("}")] if "{" in chain and chain.endswith("}") else chain
     segment = "".join(c if c.isalnum() or c in "-_." else "_" for c in inner).lstrip(".") or "_"
-    return f"{CHECKPOINT_PREFIX}{segment[:200]}/{seq:012d}.json"
+    return f"{CHECKPOINT_PREFIX}{segment[:200]}/{seq:012d}{'.final' if final else ''}.json"
 
 
 class AuditSigner:
@@ -161,10 +169,10 @@ class AuditSigner:
             raise ConfigError(f"{variable}: {path} holds a {type(key).__name__}, not an Ed25519 key", field=variable)
         return cls(key)
 
-    def sign(self, chain: str, seq: int, digest: str, at: float) -> Checkpoint:
-        unsigned = Checkpoint(chain, seq, digest, round(at, 3), self.key_id)
+    def sign(self, chain: str, seq: int, digest: str, at: float, *, final: bool = False) -> Checkpoint:
+        unsigned = Checkpoint(chain, seq, digest, round(at, 3), self.key_id, final=final)
         signature = base64.b64encode(self._key.sign(unsigned.signed_bytes())).decode()
-        return Checkpoint(chain, seq, digest, unsigned.time, self.key_id, signature)
+        return Checkpoint(chain, seq, digest, unsigned.time, self.key_id, signature, final)
 
 
 def generate_signing_key(private_path: Path, public_path: Path) -> str:
@@ -213,8 +221,9 @@ class CheckpointWriter:
         #: Checkpoints written by this process (for tests and the metrics).
         self.written = 0
 
-    async def tick(self) -> float | None:
-        """One pass: sign and export the head if it moved. The head is the writer's own (in memory), so what is
+    async def tick(self, *, final: bool = False) -> float | None:
+        """One pass: sign and export the head if it moved (``final``: the stop's checkpoint, written even if the
+        head did not move, once the chain has an entry). The head is the writer's own (in memory), so what is
         signed is what this process stored, whatever the store holds now.
 
         An object store that fails is logged and tried again after :data:`RETRY_SECONDS` (the returned delay), not
@@ -223,9 +232,9 @@ class CheckpointWriter:
         how far the anchor is behind."""
         seq, digest = self._log.head()
         CHECKPOINT_LAG.set(seq - self._exported)
-        if seq <= self._exported:
+        if seq <= self._exported and not (final and seq > 0):
             return None
-        checkpoint = self._signer.sign(self._log.stream, seq, digest, datetime.now(UTC).timestamp())
+        checkpoint = self._signer.sign(self._log.stream, seq, digest, datetime.now(UTC).timestamp(), final=final)
         try:
             await asyncio.to_thread(self._put, checkpoint)
         except (HaulmeshError, OSError) as exc:  # ObjectStoreError, or a URL refused when first opened
@@ -264,9 +273,10 @@ class CheckpointWriter:
                 _log.error("AUDIT: checkpoint %s already exists with other content", checkpoint.object_key)
 
     async def stop(self) -> None:
-        """The last checkpoint, as the process stops: a clean shutdown leaves its whole chain anchored."""
+        """The last checkpoint, as the process stops, signed ``final``: a clean shutdown leaves its whole chain
+        anchored, and verify reports any entry after it as forged (this process writes no more)."""
         try:
-            await self.tick()
+            await self.tick(final=True)
         except Exception as exc:  # shutting down: say so, the next verify reports the unanchored tail as such
             _log.warning("AUDIT: final checkpoint of %s not written: %s", self._log.stream, exc)
 
@@ -284,10 +294,20 @@ class CheckpointSet:
         return sum(len(c) for c in self.by_chain.values())
 
 
-def read_checkpoints(objects: ObjectStore, public_keys: dict[str, Ed25519PublicKey]) -> CheckpointSet:
+class TooManyCheckpoints(HaulmeshError):
+    """The checkpoint listing reached its limit: the set read would be partial, so nothing is checked against it
+    (``haulmesh audit verify`` exits 2) rather than a silently partial check."""
+
+
+def read_checkpoints(objects: ObjectStore, public_keys: dict[str, Ed25519PublicKey], *,
+                     limit: int = MAX_LIST_LIMIT) -> CheckpointSet:
     """Every checkpoint in ``objects``, signature-checked. A checkpoint that fails its check is a problem, never
-    used: only signed heads count against the store."""
-    keys = objects.list(CHECKPOINT_PREFIX, limit=MAX_LIST_LIMIT)
+    used: only signed heads count against the store. :class:`TooManyCheckpoints` when the listing reaches
+    ``limit`` (1,000,000 objects by default): never a silently partial set."""
+    keys = objects.list(CHECKPOINT_PREFIX, limit=limit)
+    if len(keys) >= limit:
+        raise TooManyCheckpoints(f"{len(keys)} checkpoint objects listed, the listing's limit: some may be missing, "
+                                 "so none is checked (remove checkpoints past their retention, or verify a copy)")
     problems: list[str] = []
     by_chain: dict[str, dict[int, Checkpoint]] = {}
 
@@ -306,5 +326,7 @@ def read_checkpoints(objects: ObjectStore, public_keys: dict[str, Ed25519PublicK
             if problem is not None:
                 problems.append(problem)
             elif checkpoint is not None:
-                by_chain.setdefault(checkpoint.chain, {})[checkpoint.seq] = checkpoint
+                chain = by_chain.setdefault(checkpoint.chain, {})
+                if checkpoint.final or checkpoint.seq not in chain:  # the final one of a head wins over its twin
+                    chain[checkpoint.seq] = checkpoint
     return CheckpointSet(by_chain, problems)

@@ -43,7 +43,7 @@ from ._errors import HaulmeshError
 from ._events import dead_letters, replay_dead_letters
 from ._mesh import Mesh
 from ._store import EmbeddedStore, connect_async, connect_sync, resolve_redis_url
-from .audit_anchor import generate_signing_key, load_public_keys, read_checkpoints
+from .audit_anchor import Checkpoint, generate_signing_key, load_public_keys, read_checkpoints
 
 __all__ = ["main"]
 
@@ -253,7 +253,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     (every problem printed), 2 cannot check (key or store unusable), 3 intact but not anchored."""
     from .objectstore import ObjectStoreError, open_object_store
 
-    anchors: dict[str, dict[int, str]] = {}
+    anchors: dict[str, dict[int, Checkpoint]] = {}
     checkpoint_problems: list[str] = []
     count = 0
     keys_paths = [Path(p) for p in args.public_key] or [_cert_dir(args) / AUDIT_VERIFY_KEY_NAME]
@@ -276,14 +276,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
         except (ObjectStoreError, HaulmeshError) as exc:
             print(f"haulmesh: checkpoint store {url}: {exc}", file=sys.stderr)
             return 2
-        anchors = {chain: {seq: c.hash for seq, c in by_seq.items()} for chain, by_seq in found.by_chain.items()}
+        anchors = found.by_chain
         checkpoint_problems, count = found.problems, found.count
         print(f"checkpoints: {count} signed checkpoint(s) of {len(anchors)} chain(s) in {url} "
               f"(keys {', '.join(sorted(public_keys))})"
               + (f"; {len(checkpoint_problems)} refused" if checkpoint_problems else ", every signature valid"))
     client = connect_sync(_store_url())
     try:
-        report = verify_audit_log(client, checkpoints=anchors)
+        report = verify_audit_log(client, checkpoints=anchors if anchored else None,
+                                  checkpoint_interval_seconds=float(
+                                      os.environ.get("HAULMESH_AUDIT_CHECKPOINT_INTERVAL_SECONDS") or 300))
     finally:
         client.close()
     problems = checkpoint_problems + report.problems
@@ -296,6 +298,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if not anchored or count == 0:
         print("NOT ANCHORED: no signed checkpoint was checked, so a recomputed chain or a rolled-back store "
               "would not show (see docs/security.md, \"Audit anchor\")")
+        return EXIT_NOT_ANCHORED
+    if report.unanchored_chains:
+        for chain in report.unanchored_chains:
+            print(f"NOT ANCHORED: {chain} has no signed checkpoint, though its first entry is older than its "
+                  "writer's checkpoint interval (plus a day): nothing vouches for it but the hash chain")
         return EXIT_NOT_ANCHORED
     print(f"anchored: {report.anchored_chains} of {report.chains} chain(s) match their signed checkpoints; "
           f"{report.unanchored_entries} entries are newer than their chain's last checkpoint (hash chain only)")

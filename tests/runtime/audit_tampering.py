@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,15 +17,16 @@ import redis
 import redis.asyncio
 
 from services.runtime import AuditLog, verify_audit_log
-from services.runtime._audit import _GENESIS, _entry_hash, head_key
+from services.runtime._audit import _GENESIS, AUDIT_RETENTION_SECONDS, _entry_hash, head_key
 from services.runtime.audit_anchor import AuditSigner, CheckpointWriter, load_public_keys, read_checkpoints
 from services.runtime.objectstore import ObjectStore
 
 #: Every attack of AT-20 (issue 12): the naive ones the hash chain alone shows, and the careful ones (the chain
-#: recomputed, the head rewritten, an older copy of the chain put back) that only the signed checkpoints show.
-ATTACKS = ("edit", "delete", "reorder", "truncate", "recompute", "rollback")
+#: recomputed, the head rewritten, an older copy of the chain put back, the whole history erased behind a made-up
+#: retention base) that only the signed checkpoints show.
+ATTACKS = ("edit", "delete", "reorder", "truncate", "recompute", "rollback", "erase")
 #: The attacks a careful attacker makes invisible to the hash chain alone (the anchor is what finds them).
-CHAIN_BLIND = frozenset({"truncate", "recompute", "rollback"})
+CHAIN_BLIND = frozenset({"truncate", "recompute", "rollback", "erase"})
 
 
 @dataclass
@@ -86,6 +88,15 @@ def attack(sync: redis.Redis, stream: str, kind: str, position: int, rng: random
     elif kind == "recompute":  # an entry edited and every hash after it recomputed, the head too
         records[position]["resource"] = "tenders/forged"
         _rewrite(sync, stream, *_recomputed(records))
+    elif kind == "erase":  # every entry gone, and a head saying retention trimmed them: a base past the last
+        # checkpoint (so none is "beyond the store"), its made-up record consistent and older than the retention
+        seq = len(records) + 1
+        record = {"seq": seq, "prev": "f" * 64, "time": time.time() - AUDIT_RETENTION_SECONDS - 5 * 86400,
+                  "actor": "x", "method": "/x/M", "carrier": "", "resource": "", "outcome": "OK"}
+        digest = _entry_hash(record["prev"], record)
+        sync.delete(stream)
+        sync.hset(head_key(stream), mapping={"seq": seq, "hash": digest, "base_seq": seq, "base_hash": digest,
+                                             "base_record": json.dumps(record, sort_keys=True)})
     else:
         raise ValueError(kind)
 
@@ -125,11 +136,11 @@ async def run_attack(client: redis.asyncio.Redis, sync: redis.Redis, objects: Ob
 
 
 def _problems(sync: redis.Redis, stream: str, anchor: tuple[ObjectStore, list] | None) -> list[str]:
-    anchors = None
+    anchors: dict | None = None
     extra: list[str] = []
     if anchor is not None:
         found = read_checkpoints(anchor[0], load_public_keys(anchor[1]))
-        anchors = {c: {s: cp.hash for s, cp in by.items()} for c, by in found.by_chain.items()}
+        anchors = found.by_chain
         extra = found.problems
     report = verify_audit_log(sync, checkpoints=anchors)
     return extra + [p for p in report.problems if stream in p]

@@ -29,17 +29,21 @@ from services.runtime import (
     Policy,
     Service,
     ServiceConfig,
+    _audit,
     actor_metadata,
     connect_sync,
     poll_until,
+    trim_audit_log,
     verify_audit_log,
 )
+from services.runtime._audit import _entry_hash, head_key
 from services.runtime._store import free_port
 from services.runtime.audit_anchor import (
     RETRY_SECONDS,
     AuditSigner,
     Checkpoint,
     CheckpointWriter,
+    TooManyCheckpoints,
     generate_signing_key,
     load_public_keys,
     read_checkpoints,
@@ -51,6 +55,7 @@ from tests.gateway.rest.test_rest import seed_tender
 
 from ..conftest import make_pki, running_mesh
 from .audit_tampering import ATTACKS, CHAIN_BLIND, attack, detected, run_attack
+from .test_retention import _aged_chain
 from .test_security import _issue_server_cert
 
 
@@ -409,3 +414,125 @@ async def test_at20_full_on_a_running_mesh(chaos_seed: int, chaos_record, mesh_p
     assert outcomes == {"clean_exit": 0, "recompute_exit": 1, "recompute_chain_only_exit": 3, "restored_exit": 0,
                         "rollback_exit": 1}, (outcomes, rolled.stdout)
     assert "beyond the store's last entry" in rolled.stdout
+
+
+# --- review findings (rv12): a clean stop's final checkpoint, a live chain, a chain never anchored, the listing -----
+
+def _forge_next(sync: redis.Redis, stream: str) -> None:
+    """An entry appended the careful way (linked, hashed, the head moved with it), as /tmp/rv12/live.py did."""
+    head = sync.hgetall(head_key(stream))
+    seq, prev = int(head[b"seq"]), head[b"hash"].decode()
+    record = {"time": time.time(), "actor": "spiffe://haulmesh.local/operator/cli", "carrier": "carriers/acme",
+              "method": "/haulmesh.billing.v1.BillingService/VoidInvoice", "resource": "invoices/i1",
+              "outcome": "OK", "seq": seq + 1, "prev": prev}
+    digest = _entry_hash(prev, record)
+    sync.xadd(stream, {"record": json.dumps(record, sort_keys=True), "hash": digest})
+    sync.hset(head_key(stream), mapping={"seq": seq + 1, "hash": digest})
+
+
+async def test_an_entry_after_a_final_checkpoint_is_forged(store_client: redis.asyncio.Redis, store_url: str,
+                                                            tmp_path: Path, keys) -> None:
+    """stop() signs its checkpoint `final` (a twin of the last periodic one when the head did not move): an entry
+    added after it is reported; entries after a periodic (non-final) checkpoint are the normal window."""
+    signer, public = keys
+    sync = connect_sync(store_url)
+    results = {}
+    for kind in ("stopped", "stopped-idle", "running"):
+        objects = open_object_store(str(tmp_path / f"cp-{kind}"))
+        log = AuditLog(store_client, f"final-{kind}")
+        writer = CheckpointWriter(log, signer, lambda objects=objects: objects)
+        for i in range(5):
+            await log.append(actor="a", method="/x/M", resource=f"r{i}")
+        if kind == "stopped-idle":
+            await writer.tick()
+        await (writer.tick() if kind == "running" else writer.stop())
+        found = read_checkpoints(objects, load_public_keys(public))
+        clean = [p for p in verify_audit_log(sync, checkpoints=found.by_chain).problems if log.stream in p]
+        _forge_next(sync, log.stream)
+        forged = [p for p in verify_audit_log(sync, checkpoints=found.by_chain).problems if log.stream in p]
+        results[kind] = (found.problems, clean, forged)
+    for kind in ("stopped", "stopped-idle"):
+        assert results[kind][:2] == ([], []), results[kind]
+        assert any("last (written as it stopped)" in p for p in results[kind][2]), results[kind]
+    assert results["running"] == ([], [], []), results["running"]
+
+
+async def test_verify_on_a_live_chain_reports_no_false_tampering(store_client: redis.asyncio.Redis,
+                                                                 store_url: str) -> None:
+    """A writer appends all the while (as /tmp/rv12/tail.py): verify reads the head first and stops at its entry,
+    so 0 of the runs report a problem, and the chain grew during them."""
+    log = AuditLog(store_client, "live")
+    sync = connect_sync(store_url)
+    stop = asyncio.Event()
+
+    async def write() -> None:
+        i = 0
+        while not stop.is_set():
+            await log.append(actor="a", method="/x/M", resource=f"r{i}")
+            i += 1
+
+    writing = asyncio.create_task(write())
+    try:
+        await poll_until(lambda: log.head()[0] >= 200, timeout_seconds=20, what="the writer under way")
+        false_reports, seen = [], []
+        for _ in range(15):
+            report = await asyncio.to_thread(verify_audit_log, sync)
+            false_reports += [p for p in report.problems if log.stream in p]
+            seen.append(log.head()[0])
+    finally:
+        stop.set()
+        await writing
+    assert false_reports == []
+    assert seen[-1] > seen[0]  # the chain really grew under the verifier
+
+
+async def test_a_chain_never_anchored_is_not_anchored(store_client: redis.asyncio.Redis, store_url: str,
+                                                      tmp_path: Path, keys, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listed chain without any checkpoint, older than the interval (+ slack): verify names it and the command
+    exits 3, even though another chain is anchored."""
+    signer, public = keys
+    await store_client.flushall()
+    url = str(tmp_path / "cp")
+    anchored, bare = AuditLog(store_client, "anchored"), AuditLog(store_client, "bare")
+    for log in (anchored, bare):
+        await log.append(actor="a", method="/x/M")
+    await CheckpointWriter(anchored, signer, lambda: open_object_store(url)).tick()
+    found = read_checkpoints(open_object_store(url), load_public_keys(public))
+    assert verify_audit_log(connect_sync(store_url), checkpoints=found.by_chain).unanchored_chains == ()
+    monkeypatch.setattr(_audit, "CHECKPOINT_SLACK_SECONDS", 0.0)
+    monkeypatch.setenv("REDIS_URL", store_url)
+    monkeypatch.setenv("HAULMESH_AUDIT_CHECKPOINT_URL", url)
+    monkeypatch.setenv("HAULMESH_AUDIT_CHECKPOINT_INTERVAL_SECONDS", "0")
+    report = verify_audit_log(connect_sync(store_url), checkpoints=found.by_chain, checkpoint_interval_seconds=0)
+    assert report.intact and report.unanchored_chains == (bare.stream,)
+    assert cli_main(["audit", "verify", "--public-key", str(public[0])]) == 3
+
+
+def test_a_checkpoint_listing_at_its_limit_is_refused(tmp_path: Path, keys) -> None:
+    """Never a silently partial set: a listing that reaches its limit raises (the command exits 2)."""
+    signer, public = keys
+    objects = open_object_store(str(tmp_path / "cp"))
+    for seq in (1, 2, 3):
+        checkpoint = signer.sign("audit:{limit}", seq, "ab" * 32, time.time())
+        objects.put_new(checkpoint.object_key, checkpoint.to_json())
+    assert read_checkpoints(objects, load_public_keys(public), limit=4).count == 3
+    with pytest.raises(TooManyCheckpoints):
+        read_checkpoints(objects, load_public_keys(public), limit=3)
+
+
+async def test_signed_entries_removed_before_their_retention_are_found(
+        store_client: redis.asyncio.Redis, store_url: str, keys, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A legitimately trimmed chain (entries 600 days old) with a checkpoint signed back then below its base and a
+    fresh one at its head verifies; a checkpoint below the base signed recently means entries removed early."""
+    signer, _ = keys
+    log = await _aged_chain(store_client, monkeypatch, "anchored-trim", old=20, new=10)
+    sync = connect_sync(store_url)
+    by_seq = {json.loads(f[b"record"])["seq"]: f[b"hash"].decode() for _, f in sync.xrange(log.stream)}
+    await trim_audit_log(store_client)
+    old = signer.sign(log.stream, 10, by_seq[10], time.time() - 600 * 86400)
+    head = signer.sign(log.stream, 30, by_seq[30], time.time())
+    legit = verify_audit_log(sync, checkpoints={log.stream: {10: old, 30: head}})
+    assert [p for p in legit.problems if log.stream in p] == []
+    recent = signer.sign(log.stream, 10, by_seq[10], time.time() - 30 * 86400)
+    early = verify_audit_log(sync, checkpoints={log.stream: {10: recent, 30: head}})
+    assert any("removed before their retention" in p for p in early.problems if log.stream in p), early.problems
