@@ -502,6 +502,17 @@ def _verify_chain(client: redis.Redis, stream: str, problems: list[str], pool: T
     return walk
 
 
+def bases(client: redis.Redis) -> dict[str, int]:
+    """Every listed chain's base sequence (0 when retention never trimmed it): what
+    :func:`.audit_anchor.read_checkpoints` needs to read only the checkpoints :func:`verify` uses."""
+    chains = sorted(s.decode() for s in client.smembers(CHAINS_KEY))
+    with client.pipeline(transaction=False) as pipe:
+        for chain in chains:
+            pipe.hget(head_key(chain), "base_seq")
+        found = pipe.execute()
+    return {chain: int(base or 0) for chain, base in zip(chains, found, strict=True)}
+
+
 def verify(client: redis.Redis, *, checkpoints: Mapping[str, Mapping[int, Any]] | None = None,
            checkpoint_interval_seconds: float = 300.0) -> AuditReport:
     """Walk every chain (synchronously: it is a command-line check) and report every break.

@@ -10,8 +10,9 @@ cannot write (``HAULMESH_AUDIT_CHECKPOINT_URL``: a local directory by default, t
 Lock in a cluster), create-only, one object per (chain, sequence).
 
 The signer signs what it wrote itself, from memory (:meth:`AuditLog.head`), never the head it reads back from the
-store. ``haulmesh audit verify`` then checks every stored entry named by a checkpoint against the signed hash
-(recomputing the chain after an edit changes it), and every checkpoint against the store's head (a checkpoint
+store. ``haulmesh audit verify`` then checks the stored entries named by the checkpoints it reads (each chain's
+newest and the newest at or below its base) against the signed hash (recomputing the chain after an edit changes
+it), and every checkpoint against the store's head (a checkpoint
 beyond the head: truncated or rolled back; a checkpointed chain absent from the store: deleted or rolled back).
 Entries written after a chain's last checkpoint are covered by the hash chain alone until the next one: the window
 is the interval.
@@ -29,7 +30,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -299,15 +300,48 @@ class TooManyCheckpoints(HaulmeshError):
     (``haulmesh audit verify`` exits 2) rather than a silently partial check."""
 
 
+def _needed(keys: list[str], bases: Mapping[str, int]) -> list[str]:
+    """Of the listed checkpoint keys, those verify needs: per chain directory its newest sequence (both twins, the
+    periodic and the final) and, for a chain the store lists, the newest at or below its base (``bases``: chain →
+    base sequence, 0 untrimmed). The newest one catches a recomputed chain (a recomputation changes every hash from
+    the edit on, the head's too), a truncation and a rollback; the one at or below the base a forged base and
+    history erased early; the hash chain the rest."""
+    by_dir: dict[str, dict[int, list[str]]] = {}
+    for key in keys:
+        directory, _, name = key.rpartition("/")
+        digits = name.split(".", 1)[0]
+        if not digits.isdigit():
+            by_dir.setdefault(directory, {}).setdefault(-1, []).append(key)  # not ours: read, and reported
+            continue
+        by_dir.setdefault(directory, {}).setdefault(int(digits), []).append(key)
+    base_of = {object_key(chain, 0).rpartition("/")[0]: base for chain, base in bases.items()}
+    needed: list[str] = []
+    for directory, by_seq in by_dir.items():
+        picks = {max(by_seq)} | ({-1} if -1 in by_seq else set())
+        base = base_of.get(directory, 0)
+        below = [seq for seq in by_seq if 0 <= seq <= base]
+        if below:
+            picks.add(max(below))
+        for seq in sorted(picks):
+            needed.extend(by_seq[seq])
+    return needed
+
+
 def read_checkpoints(objects: ObjectStore, public_keys: dict[str, Ed25519PublicKey], *,
-                     limit: int = MAX_LIST_LIMIT) -> CheckpointSet:
-    """Every checkpoint in ``objects``, signature-checked. A checkpoint that fails its check is a problem, never
+                     limit: int = MAX_LIST_LIMIT, bases: Mapping[str, int] | None = None) -> CheckpointSet:
+    """The checkpoints in ``objects``, signature-checked. A checkpoint that fails its check is a problem, never
     used: only signed heads count against the store. :class:`TooManyCheckpoints` when the listing reaches
-    ``limit`` (1,000,000 objects by default): never a silently partial set."""
+    ``limit`` (1,000,000 objects by default): never a silently partial set.
+
+    Every listed checkpoint is read, unless ``bases`` (chain → its base sequence, 0 untrimmed; read from the store
+    *before* the checkpoints) is given: then only those verify needs (:func:`_needed`), about two GETs a chain,
+    however long it has run."""
     keys = objects.list(CHECKPOINT_PREFIX, limit=limit)
     if len(keys) >= limit:
         raise TooManyCheckpoints(f"{len(keys)} checkpoint objects listed, the listing's limit: some may be missing, "
                                  "so none is checked (remove checkpoints past their retention, or verify a copy)")
+    if bases is not None:
+        keys = _needed(keys, bases)
     problems: list[str] = []
     by_chain: dict[str, dict[int, Checkpoint]] = {}
 

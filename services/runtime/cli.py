@@ -30,6 +30,7 @@ from pathlib import Path
 from cryptography import x509
 
 from . import kpi_report, pki
+from ._audit import bases as audit_bases
 from ._audit import verify as verify_audit_log
 from ._config import (
     AUDIT_SIGNING_KEY_NAME,
@@ -269,7 +270,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if anchored:
         try:
             public_keys = load_public_keys(keys_paths)
-            found = read_checkpoints(open_object_store(url, create=False), public_keys)
+            objects = open_object_store(url, create=False)
+            with connect_sync(_store_url()) as store:  # the bases first: which checkpoints verify needs
+                chain_bases = audit_bases(store)
+            found = read_checkpoints(objects, public_keys, bases=chain_bases)
         except (OSError, ValueError) as exc:
             print(f"haulmesh: {exc}", file=sys.stderr)
             return 2

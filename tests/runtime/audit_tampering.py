@@ -18,6 +18,7 @@ import redis.asyncio
 
 from services.runtime import AuditLog, verify_audit_log
 from services.runtime._audit import _GENESIS, AUDIT_RETENTION_SECONDS, _entry_hash, head_key
+from services.runtime._audit import bases as audit_bases
 from services.runtime.audit_anchor import AuditSigner, CheckpointWriter, load_public_keys, read_checkpoints
 from services.runtime.objectstore import ObjectStore
 
@@ -139,7 +140,8 @@ def _problems(sync: redis.Redis, stream: str, anchor: tuple[ObjectStore, list] |
     anchors: dict | None = None
     extra: list[str] = []
     if anchor is not None:
-        found = read_checkpoints(anchor[0], load_public_keys(anchor[1]))
+        # As `haulmesh audit verify` reads them: the bases first, then only the checkpoints verify needs.
+        found = read_checkpoints(anchor[0], load_public_keys(anchor[1]), bases=audit_bases(sync))
         anchors = found.by_chain
         extra = found.problems
     report = verify_audit_log(sync, checkpoints=anchors)

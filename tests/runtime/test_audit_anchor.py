@@ -536,3 +536,34 @@ async def test_signed_entries_removed_before_their_retention_are_found(
     recent = signer.sign(log.stream, 10, by_seq[10], time.time() - 30 * 86400)
     early = verify_audit_log(sync, checkpoints={log.stream: {10: recent, 30: head}})
     assert any("removed before their retention" in p for p in early.problems if log.stream in p), early.problems
+
+
+async def test_verify_reads_only_the_newest_checkpoint_and_the_base_one(store_client: redis.asyncio.Redis,
+                                                                      store_url: str, tmp_path: Path, keys) -> None:
+    """Given the chains' bases, read_checkpoints GETs per chain its newest checkpoint and the newest at or below
+    its base, not every one (a year of 5-minute checkpoints is 105,000 a chain); a chain the store no longer lists
+    keeps its newest, so its deletion still shows."""
+    signer, public = keys
+    objects = open_object_store(str(tmp_path / "cp"))
+    log, gone = AuditLog(store_client, "many"), AuditLog(store_client, "gone")
+    writer = CheckpointWriter(log, signer, lambda: objects)
+    gone_writer = CheckpointWriter(gone, signer, lambda: objects)
+    for i in range(10):
+        await log.append(actor="a", method="/x/M", resource=f"r{i}")
+        await gone.append(actor="a", method="/x/M", resource=f"r{i}")
+        await writer.tick()
+        await gone_writer.tick()
+    await writer.stop()
+    keys_ = load_public_keys(public)
+    assert read_checkpoints(objects, keys_).count == 20
+    sync = connect_sync(store_url)
+    sync.srem("audit:chains", gone.stream)
+    sync.delete(gone.stream, head_key(gone.stream))
+    untrimmed = read_checkpoints(objects, keys_, bases={log.stream: 0})
+    assert {c: sorted(by) for c, by in untrimmed.by_chain.items()} == {log.stream: [10], gone.stream: [10]}
+    assert untrimmed.by_chain[log.stream][10].final
+    trimmed = read_checkpoints(objects, keys_, bases={log.stream: 4})
+    assert sorted(trimmed.by_chain[log.stream]) == [4, 10]
+    report = verify_audit_log(sync, checkpoints=untrimmed.by_chain)
+    assert [p for p in report.problems if log.stream in p] == []
+    assert any("does not list the chain" in p for p in report.problems if gone.stream in p)
