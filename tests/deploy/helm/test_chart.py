@@ -212,6 +212,7 @@ CAPS = {
                                        "max_inflight_frames_per_stream"),
         "maxInflightFramesPerProcess": ("HAULMESH_TELEMETRY_MAX_INFLIGHT_FRAMES_PER_PROCESS",
                                         "max_inflight_frames_per_process"),
+        "maxTrackingFrames": ("HAULMESH_TELEMETRY_MAX_TRACKING_FRAMES", "max_tracking_frames"),
         "maxOutboundMessagesPerStream": ("HAULMESH_TELEMETRY_MAX_OUTBOUND_MESSAGES_PER_STREAM",
                                          "max_outbound_messages_per_stream"),
         "maxCommandAckBytes": ("HAULMESH_TELEMETRY_MAX_COMMAND_ACK_BYTES", "max_command_ack_bytes"),
@@ -267,6 +268,8 @@ def test_the_caps_can_be_changed_and_the_service_reads_them(chart: ChartRenderer
     ({"env": {"HAULMESH_SSE_MAX_STREAMS_PER_CARRIER": "4"}}, r"invalid propertyName"),
     ({"services": {"telemetry": {"env": {"HAULMESH_TELEMETRY_MAX_WATCHES_PER_TENANT": "4"}}}},
      r"invalid propertyName"),
+    ({"env": {"HAULMESH_TELEMETRY_MAX_TRACKING_FRAMES": "4"}}, r"invalid propertyName"),
+    ({"telemetryCaps": {"maxTrackingFrames": 0}}, r"/telemetryCaps/maxTrackingFrames"),
 ])
 def test_bad_caps_are_refused(chart: ChartRenderer, values: dict[str, Any], message: str) -> None:
     with pytest.raises(helm.HelmValuesError, match=message):
