@@ -270,10 +270,21 @@ def test_the_caps_can_be_changed_and_the_service_reads_them(chart: ChartRenderer
      r"invalid propertyName"),
     ({"env": {"HAULMESH_TELEMETRY_MAX_TRACKING_FRAMES": "4"}}, r"invalid propertyName"),
     ({"telemetryCaps": {"maxTrackingFrames": 0}}, r"/telemetryCaps/maxTrackingFrames"),
+    # A stream must hold one whole batch (500 frames, HAULMESH_TELEMETRY_MAX_BATCH_FRAMES' most).
+    ({"telemetryCaps": {"maxInflightFramesPerStream": 499}}, r"/telemetryCaps/maxInflightFramesPerStream"),
 ])
 def test_bad_caps_are_refused(chart: ChartRenderer, values: dict[str, Any], message: str) -> None:
     with pytest.raises(helm.HelmValuesError, match=message):
         chart.render(values)
+
+
+def test_a_process_cap_below_the_stream_cap_is_refused_at_render(chart: ChartRenderer) -> None:
+    # The service would refuse to start (TelemetryConfig): the chart says so at install, naming both keys.
+    with pytest.raises(helm.HelmError, match=r"maxInflightFramesPerProcess \(1000\) must be at least "
+                                             r"telemetryCaps.maxInflightFramesPerStream \(2000\)"):
+        chart.render({"telemetryCaps": {"maxInflightFramesPerProcess": 1000}})
+    equal = chart.render({"telemetryCaps": {"maxInflightFramesPerStream": 3000, "maxInflightFramesPerProcess": 3000}})
+    assert equal.env("telemetry")["HAULMESH_TELEMETRY_MAX_INFLIGHT_FRAMES_PER_PROCESS"]["value"] == "3000"
 
 
 # --- network exposure --------------------------------------------------------------------------------------
