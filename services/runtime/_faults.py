@@ -81,8 +81,10 @@ class FaultInjector(grpc.aio.ServerInterceptor):
                 injected = "before" if self._random.random() < 0.5 else "after"
             identity = caller()
             if settings.get("record") and identity.kind == "service":
+                # The deadline's time left too: a caller's last attempt with none left was ended by its deadline.
+                left = context.time_remaining()
                 line = json.dumps({"method": method, "caller": str(identity), "injected": injected,
-                                   "deadline": context.time_remaining() is not None,
+                                   "deadline": left is not None, "deadline_seconds": left,
                                    "request_id": getattr(request, "request_id", None)}) + "\n"
                 fd = os.open(settings["record"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
                 try:

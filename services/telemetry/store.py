@@ -452,6 +452,9 @@ class TelemetryStore:
         ages: list[float] = []
         for item, (reply, receive_ms) in zip(group, results, strict=True):
             if isinstance(reply, Exception):
+                # Logged with its reason (HIGH_WATER_BEHIND, an XADD error): the stream ends on its first failed
+                # commit, so a later batch's refusal is seen nowhere else.
+                _log.warning("store refused a batch of %s (%d frames): %s", item.vehicle_id, len(item.frames), reply)
                 if not item.future.done():
                     item.future.set_exception(Unavailable(f"store refused the batch: {reply}",
                                                           reason="STORE_ERROR"))

@@ -39,6 +39,13 @@ BATCH = 10
 STRAY = 15  # above the high-water (0) and within the second batch's range: the first batch's XADD fails
 
 
+def _refusal(log: Path, vehicle: str) -> str | None:
+    """The telemetry process's log line of a batch of ``vehicle`` the store refused HIGH_WATER_BEHIND, if any."""
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    return next((line for line in lines if "store refused a batch of " + vehicle in line
+                 and "HIGH_WATER_BEHIND" in line), None)
+
+
 async def _stored(address: str, mesh_pki, vehicle: str) -> list[int]:
     """Every stored sequence of ``vehicle``, through ListTelemetryFrames as a fleet operator."""
     async with grpc.aio.secure_channel(address, mesh_pki.credentials("operator", "cli")) as channel:
@@ -73,6 +80,9 @@ async def test_a_batch_refused_high_water_behind_is_resent_after_reconnecting_an
         # The first session ends: its first batch failed in the store, the next ones were refused behind it.
         await wait_for(lambda: client.stats.failures >= 1, timeout_seconds=60)
         first_error, sent_first = client.stats.last_error, client.stats.frames_sent
+        # The reason the second batch was refused, as the server logged it (the truck sees only the first
+        # failure: UNAVAILABLE, the XADD's error).
+        refusal = await wait_for(lambda: _refusal(telemetry.log_path, vehicle), timeout_seconds=30)
         counters = await store.counters(vehicle)
         held = spool.stats()
         # The stream held nothing but the stray entry; deleted whole (XDEL would keep its last ID, 15-0).
@@ -94,6 +104,7 @@ async def test_a_batch_refused_high_water_behind_is_resent_after_reconnecting_an
           f"spool then depth {held.depth}; "
           f"sessions={client.stats.sessions} failures={client.stats.failures} stored={len(stored)} after={after}")
     assert first_error.startswith("UNAVAILABLE"), first_error
+    assert f"HIGH_WATER_BEHIND 0 < {BATCH}" in refusal, refusal  # the second batch needs 10, the mark is at 0
     # While it failed: nothing stored, nothing acknowledged, every frame still in the spool. The truck sent at
     # least two batches into the 2 s commit group, and only the first reached the store's counting: the second
     # was refused HIGH_WATER_BEHIND, the script's first check (stored over the failed one, the high-water would

@@ -198,6 +198,9 @@ TMS_CLIENTS = 6
 #: Seconds of load before the faults, under them (50 % of the tender service's calls UNAVAILABLE), and after.
 CALM_SECONDS, FAULT_SECONDS, RECOVERY_SECONDS = 3.0, 15.0, 5.0
 MAX_ATTEMPTS = 3
+#: Deadline time left at a last attempt for it to count as throttled: the handler (a create, < 0.2 s) and
+#: gRPC's next backoff (at most 0.1 s at MAX_ATTEMPTS 3; the 1 s maxBackoff at most) fit well within it.
+THROTTLED_TIME_LEFT_SECONDS = 1.5
 
 
 @dataclasses.dataclass
@@ -299,9 +302,13 @@ async def at11(mesh_pki: Pki, tmp_path: Path, seed: int) -> dict:
     creates = [c for c in during if c["method"] == TENDER + "CreateTender"]
     attempts = Counter(c["request_id"] for c in creates)
     last_injected = {c["request_id"]: c["injected"] for c in creates}
-    # Throttled: create calls that failed on a retryable UNAVAILABLE with attempts left (their deadline too: a
-    # call takes < 1.2 s of backoff at most), which gRPC did not send again: its retry token bucket was below half.
-    throttled = sum(1 for request_id, n in attempts.items() if n < MAX_ATTEMPTS and last_injected[request_id])
+    last_left = {c["request_id"]: c.get("deadline_seconds") for c in creates}
+    # Throttled: create calls whose last attempt failed on a retryable UNAVAILABLE with attempts left and time
+    # left on their deadline for another (more than THROTTLED_TIME_LEFT_SECONDS when it arrived), which gRPC did
+    # not send again: its retry token bucket was below half. A call its deadline ended is not counted.
+    throttled = sum(1 for request_id, n in attempts.items()
+                    if n < MAX_ATTEMPTS and last_injected[request_id]
+                    and (last_left[request_id] or 0.0) > THROTTLED_TIME_LEFT_SECONDS)
     # Every create the TMS made, and what it must have left behind: a keyed one exactly one tender (its retry
     # after the period included), an unkeyed one that answered 200 exactly one, an unkeyed failure at most one.
     all_creates = [c for c in calm + faulty + recovery if c.kind == "create"]

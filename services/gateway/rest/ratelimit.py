@@ -5,15 +5,16 @@ carrier inside a ``{carrier}`` hash tag, so every gateway replica counts against
 keys stay in one Cluster slot. If the store cannot be reached the request is let through (logged): the
 services behind are then unavailable anyway, and a rate limiter must not become the outage.
 
-In front of the shared counter each process keeps its own (the same strategy on ``limits``' in-memory
-storage) of the requests the shared counter accepted through this process (a subset of what the shared one
-counted), and of those on their way to it. When this process alone has used the budget, the request is refused
-(429 with Retry-After) without a store round trip; the store is asked only while the tenant is under its budget
-as far as this process knows. A tenant flooding at many times its quota is thus answered from memory (AT-18:
-each refusal used to cost the event loop two store round trips, slowing the other tenants; docs/gateway.md has
-the figures). Both counters are sliding-window approximations, the local one with windows on the clock (``time
-// window``), the store's from its first hit: at a window boundary the local one may refuse a request or so
-earlier than the shared one would have; it never lets one through that the shared one refuses.
+After the store refuses a carrier, each process remembers until when: the reset time the store reported with
+that refusal (limits' estimate of when its sliding window frees a place), kept per carrier for at most
+``MAX_REFUSED_CARRIERS`` carriers (the least recent dropped first). Until then that carrier's requests are refused
+(429 with Retry-After) from memory, without a store round trip; from then the store is asked again. A tenant
+flooding at many times its quota is thus answered mostly from memory (AT-18: each refusal used to cost the event
+loop two store round trips, slowing the other tenants; docs/gateway.md has the figures). There is no second
+window estimate here: a request is refused locally only while the store's own last refusal says it would refuse,
+so a bursty tenant the store's window accepts is not refused (an earlier local count with windows on the clock
+refused such a tenant for up to a window). Under a flood the store is asked about twice per place its window
+frees (the request it accepts, and the refusal that gives the next reset time); the rest are refused from memory.
 """
 
 from __future__ import annotations
@@ -26,17 +27,21 @@ from typing import NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio
+from cachetools import LRUCache
 from limits import RateLimitItem
 from limits.aio.storage import MemoryStorage, RedisClusterStorage, RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
-from limits.util import WindowStats
 
 from services.runtime import cluster_url
 
 from ..config import DEFAULT_RATE_LIMIT, GatewayConfig
 from .errors import RestError
 
-__all__ = ["DEFAULT_RATE_LIMIT", "TenantRateLimiter"]
+__all__ = ["DEFAULT_RATE_LIMIT", "MAX_REFUSED_CARRIERS", "TenantRateLimiter"]
+
+#: Carriers whose last store refusal each process remembers (one float each; beyond it, the least recently refused
+#: is forgotten and its next request asks the store).
+MAX_REFUSED_CARRIERS = 10_000
 
 _log = logging.getLogger("haulmesh.gateway.ratelimit")
 
@@ -54,9 +59,8 @@ class TenantRateLimiter:
                  pool: redis.asyncio.ConnectionPool | None = None) -> None:
         self.item = item
         self._limiter = SlidingWindowCounterRateLimiter(storage)
-        #: This process's share of the accepted requests (a lower bound of the shared count; module docstring).
-        self._local_counts = MemoryStorage()
-        self._local = SlidingWindowCounterRateLimiter(self._local_counts)
+        #: Per carrier, the reset time (epoch seconds) of the store's last refusal: refused from memory until then.
+        self._refused_until: LRUCache[str, float] = LRUCache(maxsize=MAX_REFUSED_CARRIERS)
         #: The store connections the limiter counts over (ours, so that ``close`` can release them).
         self._pool = pool
 
@@ -90,27 +94,24 @@ class TenantRateLimiter:
         if self.item is None:
             return
         key = f"{{{carrier}}}"
-        # The place is taken in the local count before the store is asked, so that requests arriving together
-        # do not all pass the local check while the first are still on their way to the store; given back if
-        # the store refuses (the key is the window the hit lands in, computed the way limits does).
-        _, local_window = MemoryStorage.sliding_window_keys(self.item.key_for(key), self.item.get_expiry(),
-                                                            time.time())
-        if not await self._local.hit(self.item, key):  # this process alone used the budget: no store trip
-            self._refuse(await self._local.get_window_stats(self.item, key))
+        until = self._refused_until.get(key)
+        if until is not None:
+            if time.time() < until:  # the store refused it and said so until then: no store trip
+                self._refuse(until)
+            self._refused_until.pop(key, None)
         try:
             if await self._limiter.hit(self.item, key):
                 return
             stats = await self._limiter.get_window_stats(self.item, key)
         except Exception as exc:  # the limiter must not become the outage (see the module docstring)
             _log.warning("rate limit store unavailable, letting the request through: %s", exc)
-            await self._local_counts.decr(local_window)  # not counted anywhere, as before the local count
             return
-        await self._local_counts.decr(local_window)
-        self._refuse(stats)
+        self._refused_until[key] = stats.reset_time
+        self._refuse(stats.reset_time)
 
-    def _refuse(self, stats: WindowStats) -> NoReturn:
+    def _refuse(self, reset_time: float) -> NoReturn:
         assert self.item is not None
-        retry_after = max(1, math.ceil(stats.reset_time - time.time()))
+        retry_after = max(1, math.ceil(reset_time - time.time()))
         raise RestError("RESOURCE_EXHAUSTED", f"rate limit of {self.item} per carrier exceeded",
                         reason="RATE_LIMITED", metadata={"limit": str(self.item), "retry_after_seconds":
                                                          str(retry_after)},

@@ -6,8 +6,9 @@ for the tenant's rate limit (AT-18). The Authenticator asks this cache first and
 
 * Keyed by the SHA-256 of the token, never the token itself (a heap dump shows no usable credential).
 * An entry lives until the token's ``exp`` (no leeway: the cache never extends a token), and at most
-  :data:`MAX_AGE_SECONDS`, so that a key withdrawn from the JWKS stops being honoured within that time even for
-  tokens verified before.
+  :data:`MAX_AGE_SECONDS`. A key withdrawn from the JWKS is thus honoured, for tokens verified before, until the
+  gateway's copy of the JWKS drops it (the URL's refresh, ``HAULMESH_JWKS_REFRESH_SECONDS``, 300 s by default, or
+  the stale bound while the IdP is unreachable; the file within about a second) plus up to ``MAX_AGE_SECONDS``.
 * At most :data:`MAX_ENTRIES` tokens (least recently used dropped first): its memory is bounded however many
   tokens are presented (a few hundred bytes each).
 

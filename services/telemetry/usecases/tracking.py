@@ -263,31 +263,40 @@ class MissionTracking:
             # after a store fault must not cost a round trip each: the backlog's bound would pause every stream).
             round_ = list(self._queue)
             self._queue.clear()
-            marked: set[str] | None = None
+            held = sum(len(frames) for _, frames, _ in round_)
             try:
-                await self._refresh({vehicle_id for vehicle_id, frames, _ in round_ if frames})
-                looked_at = list(dict.fromkeys(vehicle_id for vehicle_id, frames, _ in round_ if not frames))
-                marked = {v for v, lost in zip(looked_at, await self._store.lost_of(looked_at), strict=True) if lost}
+                await self._round(round_)
+            finally:
+                # The round's frames stay counted until its events are published and the round let go of them:
+                # counted off earlier, the streams resumed while this round still held them (2x the bound alive).
+                round_ = []
+                self._count(-held)
+
+    async def _round(self, round_: list[tuple[str, list[Verified], int | None]]) -> None:
+        """Derive and publish one round (see :meth:`_work`)."""
+        marked: set[str] | None = None
+        try:
+            await self._refresh({vehicle_id for vehicle_id, frames, _ in round_ if frames})
+            looked_at = list(dict.fromkeys(vehicle_id for vehicle_id, frames, _ in round_ if not frames))
+            marked = {v for v, lost in zip(looked_at, await self._store.lost_of(looked_at), strict=True) if lost}
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # each vehicle's own reads below try again
+            _log.warning("reading the missions of %d vehicles failed", len(round_), exc_info=True)
+        # The round's events, in order, published once per carrier at its end (one transaction each, not
+        # one round trip per commit of a truck on a mission).
+        out: list[tuple[str, list[event_pb2.Event]]] = []
+        for vehicle_id, frames, vehicle_last in round_:
+            try:
+                if not frames and marked is not None and vehicle_id not in marked:
+                    continue  # no lost marker (read this round): nothing to restore
+                await self._derive(vehicle_id, frames, vehicle_last, out)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # each vehicle's own reads below try again
-                _log.warning("reading the missions of %d vehicles failed", len(round_), exc_info=True)
-            # The round's events, in order, published once per carrier at its end (one transaction each, not
-            # one round trip per commit of a truck on a mission).
-            out: list[tuple[str, list[event_pb2.Event]]] = []
-            for vehicle_id, frames, vehicle_last in round_:
-                try:
-                    if not frames and marked is not None and vehicle_id not in marked:
-                        continue  # no lost marker (read this round): nothing to restore
-                    await self._derive(vehicle_id, frames, vehicle_last, out)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    # The frames are stored; only their derived events are lost (logged, never silently).
-                    _log.exception("deriving events of %s failed", vehicle_id)
-                finally:
-                    self._count(-len(frames))
-            await self._publish_round(out)
+            except Exception:
+                # The frames are stored; only their derived events are lost (logged, never silently).
+                _log.exception("deriving events of %s failed", vehicle_id)
+        await self._publish_round(out)
 
     async def _publish_round(self, out: list[tuple[str, list[event_pb2.Event]]]) -> None:
         by_carrier: dict[str, list[event_pb2.Event]] = {}

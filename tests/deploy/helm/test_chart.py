@@ -212,6 +212,7 @@ CAPS = {
                                        "max_inflight_frames_per_stream"),
         "maxInflightFramesPerProcess": ("HAULMESH_TELEMETRY_MAX_INFLIGHT_FRAMES_PER_PROCESS",
                                         "max_inflight_frames_per_process"),
+        "maxTrackingFrames": ("HAULMESH_TELEMETRY_MAX_TRACKING_FRAMES", "max_tracking_frames"),
         "maxOutboundMessagesPerStream": ("HAULMESH_TELEMETRY_MAX_OUTBOUND_MESSAGES_PER_STREAM",
                                          "max_outbound_messages_per_stream"),
         "maxCommandAckBytes": ("HAULMESH_TELEMETRY_MAX_COMMAND_ACK_BYTES", "max_command_ack_bytes"),
@@ -267,10 +268,23 @@ def test_the_caps_can_be_changed_and_the_service_reads_them(chart: ChartRenderer
     ({"env": {"HAULMESH_SSE_MAX_STREAMS_PER_CARRIER": "4"}}, r"invalid propertyName"),
     ({"services": {"telemetry": {"env": {"HAULMESH_TELEMETRY_MAX_WATCHES_PER_TENANT": "4"}}}},
      r"invalid propertyName"),
+    ({"env": {"HAULMESH_TELEMETRY_MAX_TRACKING_FRAMES": "4"}}, r"invalid propertyName"),
+    ({"telemetryCaps": {"maxTrackingFrames": 0}}, r"/telemetryCaps/maxTrackingFrames"),
+    # A stream must hold one whole batch (500 frames, HAULMESH_TELEMETRY_MAX_BATCH_FRAMES' most).
+    ({"telemetryCaps": {"maxInflightFramesPerStream": 499}}, r"/telemetryCaps/maxInflightFramesPerStream"),
 ])
 def test_bad_caps_are_refused(chart: ChartRenderer, values: dict[str, Any], message: str) -> None:
     with pytest.raises(helm.HelmValuesError, match=message):
         chart.render(values)
+
+
+def test_a_process_cap_below_the_stream_cap_is_refused_at_render(chart: ChartRenderer) -> None:
+    # The service would refuse to start (TelemetryConfig): the chart says so at install, naming both keys.
+    with pytest.raises(helm.HelmError, match=r"maxInflightFramesPerProcess \(1000\) must be at least "
+                                             r"telemetryCaps.maxInflightFramesPerStream \(2000\)"):
+        chart.render({"telemetryCaps": {"maxInflightFramesPerProcess": 1000}})
+    equal = chart.render({"telemetryCaps": {"maxInflightFramesPerStream": 3000, "maxInflightFramesPerProcess": 3000}})
+    assert equal.env("telemetry")["HAULMESH_TELEMETRY_MAX_INFLIGHT_FRAMES_PER_PROCESS"]["value"] == "3000"
 
 
 # --- network exposure --------------------------------------------------------------------------------------

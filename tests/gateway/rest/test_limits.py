@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
@@ -12,6 +13,7 @@ from services.gateway.config import DEFAULT_MAX_REQUEST_BYTES, max_request_bytes
 from services.gateway.rest.errors import RestError
 from services.gateway.rest.ratelimit import TenantRateLimiter
 from services.runtime import ConfigError
+from tests.conftest import wait_for
 
 
 async def _allowed(limiter: TenantRateLimiter, carrier: str, attempts: int) -> int:
@@ -49,7 +51,7 @@ async def test_a_tenant_over_its_budget_is_refused_without_a_store_round_trip(st
     limiter = TenantRateLimiter.from_env(through, {"HAULMESH_RATE_LIMIT": "5/minute"})
     carrier = f"c{uuid.uuid4().hex[:8]}"
     try:
-        assert await _allowed(limiter, carrier, 5) == 5
+        assert await _allowed(limiter, carrier, 6) == 5  # the 6th refused by the store, until its reset time
         proxy.blackhole()
         for _ in range(50):
             with pytest.raises(RestError) as refused:
@@ -60,19 +62,45 @@ async def test_a_tenant_over_its_budget_is_refused_without_a_store_round_trip(st
         await limiter.close()
 
 
-async def test_the_local_count_holds_only_what_the_store_accepted(store_url: str) -> None:
-    # Replica A's requests refused by the shared budget (B used it) do not count in A's own counter: once the
-    # store's window lets requests through again, A asks it instead of refusing from memory.
+async def test_a_refusal_from_memory_holds_only_until_the_stores_reset_time(store_url: str) -> None:
+    # Replica A, refused by the shared budget (B used it), remembers the store's reset time and nothing else: once
+    # that time has passed, it asks the store again instead of refusing from memory.
     env = {"HAULMESH_RATE_LIMIT": "3/minute"}
     replica_a, replica_b = TenantRateLimiter.from_env(store_url, env), TenantRateLimiter.from_env(store_url, env)
     carrier = f"c{uuid.uuid4().hex[:8]}"
     try:
         assert await _allowed(replica_b, carrier, 3) == 3
         assert await _allowed(replica_a, carrier, 10) == 0
-        assert await replica_a._local.test(replica_a.item, f"{{{carrier}}}")  # A alone used none of the budget
+        until = replica_a._refused_until[f"{{{carrier}}}"]
+        assert time.time() < until <= time.time() + 60  # the store's reset time, within its window
+        await replica_a._limiter.clear(replica_a.item, f"{{{carrier}}}")  # the store's window moved on
+        replica_a._refused_until[f"{{{carrier}}}"] = time.time() - 1  # and the reset time has passed
+        assert await _allowed(replica_a, carrier, 1) == 1
     finally:
         await replica_a.close()
         await replica_b.close()
+
+
+async def test_a_burst_at_the_end_of_the_stores_window_does_not_make_later_requests_refused_locally(
+        store_url: str) -> None:
+    """20 per 4 s. One request at t0 (the store's window starts there), 19 at t0 + 2.8 s, 8 more at t0 + 5.6 s:
+    the store's sliding window then weighs its previous 20 by 2.4 / 4 (12), so it accepts all 8, and so must the
+    limiter. A local count with windows on the clock, one starting at t0 + 2.5 s, held all 19 of the burst in its
+    current window and refused 7 of the 8 without asking the store (the reviewer saw ~30 s of such 429s)."""
+    limiter = TenantRateLimiter.from_env(store_url, {"HAULMESH_RATE_LIMIT": "20 per 4 seconds"})
+    carrier = f"c{uuid.uuid4().hex[:8]}"
+    try:
+        # A clock window of 4 s starts 2.5 s after t0 (the old local count's windows were time // 4).
+        await wait_for(lambda: 1.45 <= time.time() % 4 < 1.6, timeout_seconds=10, interval_seconds=0.01)
+        t0 = time.time()
+        assert await _allowed(limiter, carrier, 1) == 1
+        await wait_for(lambda: time.time() >= t0 + 2.8, timeout_seconds=10, interval_seconds=0.01)
+        assert await _allowed(limiter, carrier, 19) == 19
+        assert time.time() < t0 + 4  # the burst is in the store's first window
+        await wait_for(lambda: time.time() >= t0 + 5.6, timeout_seconds=10, interval_seconds=0.01)
+        assert await _allowed(limiter, carrier, 8) == 8
+    finally:
+        await limiter.close()
 
 
 async def test_off_disables_the_limit(store_url: str) -> None:

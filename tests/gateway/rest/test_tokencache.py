@@ -34,15 +34,23 @@ async def test_a_token_is_verified_once_then_served_from_the_cache(tmp_path: Pat
             await auth.authenticate(f"Bearer {stranger}")
 
 
-async def test_a_withdrawn_key_stops_counting_once_the_entry_ages_out(tmp_path: Path) -> None:
+async def test_a_withdrawn_key_stops_counting_once_the_entry_ages_out(tmp_path: Path, monkeypatch) -> None:
+    """A token verified before its key is withdrawn is served from the cache (not verified again) until its entry
+    ages out (1 s here, 60 s in service), then refused: the withdrawal counts after the maximum age, not never."""
     auth = Authenticator(AuthConfig.from_env(tmp_path, {}))
-    auth._verified = VerifiedTokens(max_age_seconds=0.0)  # nothing trusted from memory: every request verifies
+    auth._verified = VerifiedTokens(max_age_seconds=1.0)
     token = mint(carrier="acme", scopes="a", state_dir=tmp_path)
+    decodes = []
+    real_decode = jwt.decode
+    monkeypatch.setattr(auth_module.jwt, "decode", lambda *a, **k: decodes.append(1) or real_decode(*a, **k))
     assert (await auth.authenticate(f"Bearer {token}")).carrier == "acme"
+    verified_at = time.time()
     (tmp_path / "issuer" / "signing-key.pem").unlink()
     mint(carrier="acme", scopes="a", state_dir=tmp_path)  # a new key: jwks.json now lists only it
+    assert (await auth.authenticate(f"Bearer {token}")).carrier == "acme"  # from the cache: not verified again
+    assert len(decodes) == 1
 
-    async def refused() -> bool:  # the JWKS file is re-read within a second (auth.py's _FileKeys)
+    async def refused() -> bool:  # the entry ages out after 1 s; the JWKS file is re-read within a second
         try:
             await auth.authenticate(f"Bearer {token}")
         except RestError as exc:
@@ -50,6 +58,7 @@ async def test_a_withdrawn_key_stops_counting_once_the_entry_ages_out(tmp_path: 
         return False
 
     assert await wait_for(refused, timeout_seconds=10)
+    assert time.time() - verified_at >= 1.0  # refused only once the entry had aged out
 
 
 def test_entries_end_at_exp_or_the_maximum_age_and_are_bounded() -> None:

@@ -12,7 +12,9 @@ address follows the primary (a proxy standing for a Kubernetes Service); the pri
 killed -9 at a seeded moment, the replica promoted and the address switched to it; the trucks stream on and drain.
 With replica acks: every frame acknowledged before the kill is on the promoted replica, and in the end every
 recorded frame is stored once (0 lost, 0 duplicated). Without: what the primary acknowledged and the promoted
-replica lacks is measured (and is exactly what is lost in the end: the trucks had dropped those frames).
+replica lacks is measured (and is exactly what is lost in the end: the trucks had dropped those frames). The replica
+being in sync, both settings keep every acked frame here: that each was in force is asserted from what the
+telemetry process asked the primary (MONITOR before the kill: ``WAITAOF 1 1`` with, ``WAITAOF 1 0`` without).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import redis.asyncio
 
 from tests.conftest import Pki, wait_for
 from tests.faultproxy import FaultProxy
@@ -121,6 +124,29 @@ TICKS_PER_SECOND = 20
 KILL_AFTER_SECONDS, STREAM_AFTER_SECONDS = (3.0, 8.0), 3.0
 
 
+#: Seconds of MONITOR on the primary before the kill: a WAITAOF with replicas waits ≈ 1 s, so several are sent.
+MONITOR_SECONDS = 2.0
+
+
+async def _waitaof_replicas_seen(client: redis.asyncio.Redis, seconds: float) -> list[int]:
+    """The ``numreplicas`` of every WAITAOF the store received during ``seconds`` (MONITOR, live traffic). The
+    replica is in sync either way, so the frames a failover keeps cannot tell the settings apart: what the
+    telemetry process asked the store for can (it acknowledges only once the reply confirms that many)."""
+    loop = asyncio.get_running_loop()
+    seen: list[int] = []
+    deadline = loop.time() + seconds
+    async with client.monitor() as monitor:
+        while (left := deadline - loop.time()) > 0:
+            try:
+                command = await asyncio.wait_for(monitor.next_command(), timeout=left)
+            except TimeoutError:
+                break
+            words = str(command.get("command", "")).split()
+            if words and words[0].upper() == "WAITAOF":
+                seen.append(int(words[2]))
+    return seen
+
+
 async def _failover_under_load(mesh_pki: Pki, tmp_path: Path, seed: int, ack_replicas: int) -> dict[str, float]:
     """The whole AT-05 full run for one setting of replica acks; returns its figures.
 
@@ -172,7 +198,12 @@ async def _failover_under_load(mesh_pki: Pki, tmp_path: Path, seed: int, ack_rep
             await wait_for(lambda: all(e.client.stats.acked_through > 0 for e in edges), timeout_seconds=60)
             window_start, acked_start = loop.time(), acked()
             recorded_start = recorded_at[-1][1]
-            await asyncio.sleep(kill_after)  # the seeded moment of the kill, under live traffic
+            watcher = primary.client()
+            try:  # the first MONITOR_SECONDS of the stretch before the kill (≥ 3 s)
+                waitaof_replicas = await _waitaof_replicas_seen(watcher, MONITOR_SECONDS)
+            finally:
+                await watcher.aclose()
+            await asyncio.sleep(max(0.0, window_start + kill_after - loop.time()))  # the seeded moment of the kill
             primary.kill()
             killed_at = loop.time()
             recorded_kill = recorded_at[-1][1]
@@ -217,6 +248,7 @@ async def _failover_under_load(mesh_pki: Pki, tmp_path: Path, seed: int, ack_rep
     lost_acked = {v: sorted(set(range(1, acked_at_kill[v] + 1)) - set(promoted[v])) for v in promoted}
     figures = {
         "ack_replicas": ack_replicas, "trucks": FULL_TRUCKS, "kill_after_seconds": round(kill_after, 3),
+        "waitaof_replicas_seen": sorted(set(waitaof_replicas)), "waitaof_seen": len(waitaof_replicas),
         "offered_frames_per_second": round((recorded_kill - recorded_start) / window),
         "acked_frames_per_second": round(window_acked / window),
         "acked_at_kill": sum(acked_at_kill.values()),
@@ -242,6 +274,10 @@ def check_at05(with_acks: dict[str, float], without: dict[str, float]) -> None:
         assert figures["beyond_recorded"] == 0, figures
         # What a failover forgot is all that is lost: every frame not yet acknowledged was resent from a spool.
         assert figures["lost"] == figures["acked_lost_at_failover"], figures
+    # The setting was in force: the telemetry process asked its store for WAITAOF 1 1 (it acknowledges only once
+    # the reply confirms a replica's fsync), resp. 1 0; the replica in sync cannot show it.
+    assert with_acks["waitaof_seen"] >= 1 and with_acks["waitaof_replicas_seen"] == [1], with_acks
+    assert without["waitaof_seen"] >= 1 and without["waitaof_replicas_seen"] == [0], without
     # Replica acks: acked ⊆ stored on the promoted replica, and so 0 lost in the end.
     assert with_acks["acked_lost_at_failover"] == 0 and with_acks["lost"] == 0, with_acks
     assert with_acks["stored"] == with_acks["recorded"], with_acks
