@@ -35,7 +35,7 @@ import logging
 import os
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +57,6 @@ _BUNDLE_FILES = {"swagger-ui.css": "text/css", "swagger-ui-bundle.js": "text/jav
                  "favicon-32x32.png": "image/png", "favicon-16x16.png": "image/png"}
 _INIT_SCRIPT = "haulmesh-docs.js"
 _ASSETS = "/docs/assets/"
-_VERBS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 #: The policy of every /docs answer (see the module docstring); ``{connect}`` is 'self' and a token origin.
 _CSP_TEMPLATE = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
                  "font-src 'self'; connect-src {connect}; base-uri 'none'; form-action 'none'; "
@@ -135,10 +134,12 @@ class DocsUi:
             # no-cache: revalidated (ETag) each load, so a new bundle version is never mixed with an old page.
             return FileResponse(path, media_type=_BUNDLE_FILES[name], headers={**headers, "Cache-Control": "no-cache"})
 
-        routes: list[BaseRoute] = [Route("/docs", _only("GET", page, headers), methods=_VERBS),
-                                   Route(_ASSETS + "{name}", _only("GET", asset, headers), methods=_VERBS)]
+        # Each route lists only its verbs (GET brings HEAD): the app answers another verb 405 with ``Allow`` in
+        # the API's error shape (app.py), TRACE or POST alike.
+        routes: list[BaseRoute] = [Route("/docs", page, methods=["GET"]),
+                                   Route(_ASSETS + "{name}", asset, methods=["GET"])]
         if self.dev_tokens is not None:
-            routes.append(Route(token_path, _only("POST", self.dev_tokens.token, {}), methods=_VERBS))
+            routes.append(Route(token_path, self.dev_tokens.token, methods=["POST"]))
         return routes
 
     def _bundle_version(self) -> str | None:
@@ -182,21 +183,6 @@ class DocsUi:
                 f"data-swagger-ui-version=\"{e(version)}\"></div>"
                 f"<script src=\"{_ASSETS}swagger-ui-bundle.js\"></script>"
                 f"<script src=\"{_ASSETS}{_INIT_SCRIPT}\"></script></body></html>")
-
-
-def _only(verb: str, endpoint: Callable[[Request], Awaitable[Response]],
-          headers: dict[str, str]) -> Callable[[Request], Awaitable[Response]]:
-    """``endpoint`` for ``verb`` (and HEAD with GET); any other verb 405 with ``Allow`` (RFC 9110 §15.5.6). The
-    route takes every verb so that no catch-all route of the app answers for it."""
-    allowed = {"GET", "HEAD"} if verb == "GET" else {verb}
-
-    async def handle(request: Request) -> Response:
-        if request.method not in allowed:
-            return Response(f"{request.method} is not allowed here\n", status_code=405, media_type="text/plain",
-                            headers={**headers, "Allow": ", ".join(sorted(allowed))})
-        return await endpoint(request)
-
-    return handle
 
 
 def dev_client_secret(state_dir: Path) -> Path:

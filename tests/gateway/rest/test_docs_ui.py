@@ -25,7 +25,7 @@ from services.gateway.rest.docs_ui import DOCS_CSP, DevTokenEndpoint, DocsUi
 from services.runtime import ConfigError, Mesh, free_port, poll_until
 from services.runtime.tokens import jwks_path
 
-from .conftest import bearer
+from .conftest import bearer, error_info
 
 SECRET_FILE = "issuer/dev-client-secret"
 
@@ -107,6 +107,18 @@ async def test_the_reference_and_everything_it_loads_are_local_under_a_strict_cs
     # Only the bundle's named files: not its source maps, not a path out of the directory.
     for name in ("swagger-ui-bundle.js.map", "package.json", "..%2F..%2Fpackage.json", "index.html"):
         assert (await http.get(f"/docs/assets/{name}")).status_code == 404, name
+
+
+async def test_another_verb_on_docs_is_405_in_the_api_error_shape(http: httpx.AsyncClient) -> None:
+    """Whatever verb (one the app routes elsewhere, or TRACE which none routes): 405, the right Allow, a Status."""
+    for verb, url, allow in (("TRACE", "/docs", "GET, HEAD"), ("POST", "/docs", "GET, HEAD"),
+                             ("TRACE", "/docs/assets/x", "GET, HEAD"), ("POST", "/docs/assets/x", "GET, HEAD"),
+                             ("DELETE", "/docs/assets/swagger-ui.css", "GET, HEAD"), ("TRACE", "/openapi.json",
+                                                                                     "GET, HEAD"),
+                             ("PUT", "/oauth2/token", "POST"), ("TRACE", "/oauth2/token", "POST")):
+        refused = await http.request(verb, url)
+        assert refused.status_code == 405 and refused.headers["allow"] == allow, (verb, url, refused.text)
+        assert refused.json()["code"] == 12 and error_info(refused.json())["reason"] == "METHOD_NOT_ALLOWED"
 
 
 async def test_authorize_gets_a_dev_token_the_api_accepts(http: httpx.AsyncClient, mesh: Mesh) -> None:
