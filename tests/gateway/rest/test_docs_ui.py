@@ -224,6 +224,60 @@ def test_the_dev_token_endpoint_is_refused_where_it_could_leak(tmp_path: Path) -
         assert caught.value.field == "HAULMESH_DEV_TOKEN_ENDPOINT", bad
 
 
+@pytest.mark.parametrize(("content", "mode", "words"), [
+    ("", 0o600, "holds 0 characters"),
+    ("\n", 0o600, "holds 0 characters"),
+    ("x" * 31 + "\n", 0o600, "at least 32"),
+    ("x" * 40, 0o640, "mode 0640"),
+    ("x" * 40, 0o604, "chmod 600"),
+])
+def test_a_weak_client_secret_file_refuses_the_start(tmp_path: Path, content: str, mode: int, words: str) -> None:
+    """An empty or short secret would let anyone mint tokens, a readable one would leak it: no start."""
+    good = {"state_dir": tmp_path, "issuer": "https://issuer.example", "audience": "https://api.example",
+            "jwks_file": jwks_path(tmp_path), "jwks_url": None, "listen_host": "127.0.0.1", "scopes": {"tender:read"}}
+    (tmp_path / "issuer").mkdir(mode=0o700)
+    secret = tmp_path / SECRET_FILE
+    secret.write_text(content)
+    secret.chmod(mode)
+    with pytest.raises(ConfigError, match=words) as caught:
+        DevTokenEndpoint.checked(**good)
+    assert caught.value.field == "HAULMESH_DEV_TOKEN_ENDPOINT" and str(secret) in str(caught.value)
+    secret.unlink()  # a missing file is created afresh, long enough, and the endpoint holds it from then on
+    endpoint = DevTokenEndpoint.checked(**good)
+    assert len(endpoint.secret) >= 32 and endpoint.secret == secret.read_text().strip()
+    assert secret.stat().st_mode & 0o777 == 0o600 and endpoint.secret not in repr(endpoint)
+
+
+async def test_a_removed_secret_file_is_a_401_not_a_500(tmp_path: Path) -> None:
+    """The secret is held from start-up: the file going away later changes nothing (no 500)."""
+    endpoint = DevTokenEndpoint.checked(state_dir=tmp_path, issuer="https://issuer.example",
+                                        audience="https://api.example", jwks_file=jwks_path(tmp_path), jwks_url=None,
+                                        listen_host="127.0.0.1", scopes={"tender:read"})
+    endpoint.secret_file.unlink()
+    document = {"openapi": "3.1.0", "info": {"title": "Haulmesh", "version": "v1"}, "paths": {}}
+    port = free_port()
+    listener = HttpListener(Starlette(routes=DocsUi(tmp_path / "absent", endpoint).routes(document)), "127.0.0.1",
+                            port)
+    task = asyncio.create_task(listener.run())
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            async def up() -> bool:
+                try:
+                    await client.get("/docs")
+                    return True
+                except httpx.TransportError:
+                    return False
+
+            await poll_until(up, timeout_seconds=20, what="the listener")
+            form = {"grant_type": "client_credentials", "scope": "tender:read"}
+            assert (await client.post("/oauth2/token", data=form, auth=("docs-co", ""))).status_code == 401
+            good = await client.post("/oauth2/token", data=form, auth=("docs-co", endpoint.secret))
+            assert good.status_code == 200 and good.json()["token_type"] == "Bearer"
+    finally:
+        await listener.stop()
+        await task
+
+
 def test_the_settings_come_from_the_environment() -> None:
     assert GatewayConfig.from_env({}).dev_token_endpoint is False
     assert GatewayConfig.from_env({}).docs_ui_dir == DEFAULT_DOCS_UI_DIR
