@@ -43,7 +43,7 @@ def create_app(ready: Callable[[], Awaitable[bool]], rest: RestGateway | None = 
 
     routes = [Route("/healthz", healthz), Route("/readyz", readyz)]
     if rest is not None:
-        document = build_openapi(rest.api, rest.token_url)
+        document = build_openapi(rest.api, rest.token_url, devices=rest.serves_devices)
         spec = dump_openapi(document).encode()
         page = render_docs(document)
 

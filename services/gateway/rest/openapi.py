@@ -434,7 +434,8 @@ class _Builder:
             "tags": [descriptor.containing_service.name],
             "summary": _first_sentence(method.comment),
             "description": method.comment,
-            "security": [{"oauth2": [method.scope]}] if method.scope else [],
+            # No scope: a truck's method, authenticated by its vehicle certificate on the device listener.
+            "security": [{"oauth2": [method.scope]}] if method.scope else [{"mutualTLS": []}],
             "x-scope": method.scope,
         }
         if binding.body == "*":
@@ -479,7 +480,8 @@ class _Builder:
             responses["200"] = self.event_stream(descriptor.output_type)
         operation["parameters"] = parameters
         for status, text in ((400, "Invalid argument, failed precondition, or out of range"),
-                             (401, "Missing or invalid bearer token"), (403, "The token lacks the scope"),
+                             *(((401, "Missing or invalid bearer token"), (403, "The token lacks the scope"))
+                               if method.scope else ((403, "The client certificate is not a vehicle's"),)),
                              (404, "Not found (or another carrier's)"), (409, "Already exists or aborted (etag)"),
                              (413, "Request body too large"), (429, "Rate limited; see Retry-After"),
                              (503, "Unavailable; retry with backoff")):
@@ -593,23 +595,9 @@ def _camel_path(path: str) -> str:
     return ".".join(re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), part) for part in path.split("."))
 
 
-def build_openapi(api: Api, token_url: str = DEFAULT_OAUTH_TOKEN_URL) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of every http-annotated method with a bearer scope; server streams are
-    ``text/event-stream`` answers; the webhook events under ``webhooks``; tokens from ``token_url``."""
-    builder = _Builder(api)
-    paths: dict[str, dict[str, Any]] = {}
-    scopes: dict[str, list[str]] = {}
-    tags: dict[str, str] = {}
-    for method in api.methods:
-        if method.method.client_streaming or method.scope is None:
-            continue
-        service = method.method.containing_service
-        tags[service.name] = api.comment(service.full_name)
-        scopes.setdefault(method.scope, []).append(method.method.name)
-        for binding in method.bindings:
-            path, verb, operation = builder.operation(method, binding)
-            paths.setdefault(path, {})[verb] = operation
-    status_schema = {
+def _status_schema() -> dict[str, Any]:
+    """google.rpc.Status as JSON Schema: the error body of every operation."""
+    return {
         "type": "object",
         "description": "google.rpc.Status: the error of every failed request (grpc-gateway's error contract). "
                        "`details` carries a google.rpc.ErrorInfo (domain `haulmesh.io`, UPPER_SNAKE `reason`) and, "
@@ -623,7 +611,30 @@ def build_openapi(api: Api, token_url: str = DEFAULT_OAUTH_TOKEN_URL) -> dict[st
         },
         "required": ["code", "message"],
     }
-    builder.schemas["google.rpc.Status"] = status_schema
+
+
+def build_openapi(api: Api, token_url: str = DEFAULT_OAUTH_TOKEN_URL, *, devices: bool = False) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every http-annotated method with a bearer scope; server streams are
+    ``text/event-stream`` answers; the webhook events under ``webhooks``; tokens from ``token_url``.
+
+    ``devices``: the truck listener's document instead: the methods without a scope (trucks' own), under the
+    ``mutualTLS`` security scheme (the vehicle's client certificate), no OAuth2 and no webhooks."""
+    if devices:
+        return _device_openapi(api)
+    builder = _Builder(api)
+    paths: dict[str, dict[str, Any]] = {}
+    scopes: dict[str, list[str]] = {}
+    tags: dict[str, str] = {}
+    for method in api.methods:
+        if method.method.client_streaming or method.scope is None:
+            continue
+        service = method.method.containing_service
+        tags[service.name] = api.comment(service.full_name)
+        scopes.setdefault(method.scope, []).append(method.method.name)
+        for binding in method.bindings:
+            path, verb, operation = builder.operation(method, binding)
+            paths.setdefault(path, {})[verb] = operation
+    builder.schemas["google.rpc.Status"] = _status_schema()
     _add_links(paths, builder.schemas)
     webhooks = builder.webhooks()
     return {
@@ -652,6 +663,35 @@ def build_openapi(api: Api, token_url: str = DEFAULT_OAUTH_TOKEN_URL) -> dict[st
                                "scopes": {scope: "Allows " + ", ".join(sorted(set(names)))
                                           for scope, names in sorted(scopes.items())}}}},
             },
+        },
+    }
+
+
+def _device_openapi(api: Api) -> dict[str, Any]:
+    builder = _Builder(api)
+    paths: dict[str, dict[str, Any]] = {}
+    for method in api.methods:
+        if method.method.client_streaming or method.scope is not None:
+            continue
+        for binding in method.bindings:
+            path, verb, operation = builder.operation(method, binding)
+            paths.setdefault(path, {})[verb] = operation
+    builder.schemas["google.rpc.Status"] = _status_schema()
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Haulmesh device API", "version": "v1",
+                 "description": "What trucks call over HTTPS on the device listener (HAULMESH_GATEWAY_DEVICE_PORT), "
+                                "transcoded from the gRPC contracts in protos/. Bodies are proto-JSON "
+                                "(lowerCamelCase). Authenticate with the vehicle's mTLS client certificate; no "
+                                "bearer token."},
+        "servers": [{"url": "/"}],
+        "paths": dict(sorted(paths.items())),
+        "components": {
+            "schemas": dict(sorted(builder.schemas.items())),
+            "securitySchemes": {"mutualTLS": {
+                "type": "mutualTLS",
+                "description": "TLS with the vehicle's client certificate (SPIFFE id of a vehicle), issued by the "
+                               "fleet's CA; the certificate is the identity, so no token is sent."}},
         },
     }
 
