@@ -71,7 +71,9 @@ def create_app(ready: Callable[[], Awaitable[bool]], rest: RestGateway | None = 
         # Starlette's own 404/405 (e.g. a path its router cannot match at all, or a verb no route lists such as
         # TRACE) in the API's error shape; a 405 always says what is allowed (RFC 9110 15.5.6).
         code = getattr(exc, "status_code", 404)
-        allow = dict(getattr(exc, "headers", None) or {}).get("Allow", "")
+        # Starlette lists a route's verbs in set order: sorted, as every other Allow of the app.
+        listed = dict(getattr(exc, "headers", None) or {}).get("Allow", "")
+        allow = ", ".join(sorted(v.strip() for v in listed.split(",") if v.strip()))
         if code == 405 and rest is not None and request.scope.get("endpoint") is api:
             # the catch-all took the path: the verbs are those of the API's routes for it
             _, _, verbs = rest.routes.match(request.method, request.url.path)
