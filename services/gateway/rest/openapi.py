@@ -32,7 +32,8 @@ from ..webhooks.domain import INTERNAL_EVENT_TYPES, event_type_for_field
 from .descriptors import Api, HttpBinding, HttpMethod, field_behaviors
 from .errors import HTTP_STATUS
 
-__all__ = ["build_openapi", "decimal_at_most", "dump_openapi", "main", "render_docs"]
+__all__ = ["DURATION_PATTERN", "INT64_PATTERN", "UINT64_PATTERN", "build_openapi", "decimal_at_most", "dump_openapi",
+           "main", "render_docs"]
 
 _STATUS_REF = {"$ref": "#/components/schemas/google.rpc.Status"}
 _INT32 = {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SFIXED32}
@@ -55,6 +56,13 @@ def decimal_at_most(bound: int) -> str:
             options.append(f"{text[:i]}[{low}-{top}]" + (f"[0-9]{{{rest}}}" if rest else ""))
     options.append(text)
     return "(?:" + "|".join(dict.fromkeys(options)) + ")"
+
+
+#: The published string forms of 64-bit integers and Durations (the REST door refuses any other, transcode.py).
+INT64_PATTERN = f"^(?:-{decimal_at_most(2**63)}|{decimal_at_most(2**63 - 1)})$"
+UINT64_PATTERN = f"^{decimal_at_most(2**64 - 1)}$"
+# google.protobuf.Duration's range: ±315,576,000,000 s (10,000 years), at most 9 fractional digits.
+DURATION_PATTERN = rf"^-?{decimal_at_most(315_576_000_000)}(\.[0-9]{{1,9}})?s$"
 
 
 def _webhook_limits() -> dict[str, dict[str, Any]]:
@@ -101,11 +109,9 @@ def _with_limits(schema: dict[str, Any], limits: dict[str, Any]) -> dict[str, An
 def _int64_schema(signed: bool) -> dict[str, Any]:
     # proto-JSON writes 64-bit integers as strings and reads either form: both are stated, with the exact range.
     if signed:
-        low, high = -(2**63), 2**63 - 1
-        pattern = f"^(?:-{decimal_at_most(2**63)}|{decimal_at_most(high)})$"
+        low, high, pattern = -(2**63), 2**63 - 1, INT64_PATTERN
     else:
-        low, high = 0, 2**64 - 1
-        pattern = f"^{decimal_at_most(high)}$"
+        low, high, pattern = 0, 2**64 - 1, UINT64_PATTERN
     return {"anyOf": [{"type": "integer", "minimum": low, "maximum": high},
                       {"type": "string", "pattern": pattern}], "format": "int64" if signed else "uint64"}
 
@@ -133,8 +139,7 @@ _WKT: dict[str, dict[str, Any]] = {
     "google.protobuf.Int64Value": {"type": ["string", "integer", "null"]},
     "google.protobuf.UInt64Value": {"type": ["string", "integer", "null"]},
 }
-# google.protobuf.Duration's range: ±315,576,000,000 s (10,000 years), at most 9 fractional digits.
-_WKT["google.protobuf.Duration"]["pattern"] = rf"^-?{decimal_at_most(315_576_000_000)}(\.[0-9]{{1,9}})?s$"
+_WKT["google.protobuf.Duration"]["pattern"] = DURATION_PATTERN
 
 
 def _first_sentence(text: str) -> str:
@@ -643,9 +648,9 @@ def build_openapi(api: Api, token_url: str = DEFAULT_OAUTH_TOKEN_URL, *, devices
             "title": "Haulmesh API",
             "version": "v1",
             "description": "The REST API of Haulmesh for a carrier's TMS, transcoded from the gRPC contracts in "
-                           "protos/ (google.api.http annotations). Bodies are proto-JSON (lowerCamelCase; "
-                           "snake_case accepted). Authenticate with an OAuth2 bearer access token (JWT, typ "
-                           "at+jwt) whose `carrier` claim is the tenant.",
+                           "protos/ (google.api.http annotations). Bodies are proto-JSON with exactly the "
+                           "lowerCamelCase names stated here (snake_case is refused). Authenticate with an "
+                           "OAuth2 bearer access token (JWT, typ at+jwt) whose `carrier` claim is the tenant.",
         },
         "servers": [{"url": "/"}],
         "tags": [{"name": name, "description": text} for name, text in sorted(tags.items())],
