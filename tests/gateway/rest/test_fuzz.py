@@ -92,7 +92,7 @@ def test_the_check_forgives_only_what_no_schema_states() -> None:
 
     assert forgiven(_status(3, "INVALID_FILTER"), {})
     assert forgiven(_status(9, "INVALID_TENDER_STATE"), {})
-    assert forgiven(_status(3, "INVALID_ARGUMENT", ("tender.pickup_window.end_time", "must be after start")), {})
+    assert forgiven(_status(3, "INVALID_ARGUMENT", ("tender.pickup_window.end_time", "must be after start_time")), {})
     assert forgiven(_status(3, "INVALID_ARGUMENT", ("lane.origin_region", "a market code")),
                     {"lane.destinationRegion": "US-TX-HOU"})
     assert forgiven(_status(3, "INVALID_ARGUMENT", ("webhook_subscription.url", "host does not resolve")), {})
@@ -101,4 +101,16 @@ def test_the_check_forgives_only_what_no_schema_states() -> None:
     assert not forgiven(_status(3, "INVALID_ARGUMENT", ("lane.origin_region", "a market code")),
                         {"lane.originRegion": "x"})
     assert not forgiven(_status(3, "INVALID_JSON"), {})
+    # Exactly the listed (field, rule) pairs and state reasons: not a field that merely ends like one, not a rule
+    # of one field on a listed one, not any code 9.
+    assert forgiven(_status(3, "INVALID_ARGUMENT", ("mission.stops[3].planned_window.end_time",
+                                                    "must be after start_time")), {})
+    assert not forgiven(_status(3, "INVALID_ARGUMENT", ("report.end_time", "must be after start_time")), {})
+    assert not forgiven(_status(3, "INVALID_ARGUMENT", ("tender.pickup_window.end_time", "timestamps out of range")),
+                        {})
+    assert not forgiven(_status(3, "INVALID_ARGUMENT", ("tender.notes", "required: (0, 0) is treated as not set")),
+                        {})
+    assert not forgiven(_status(3, "INVALID_ARGUMENT", ("tender.tms_load_id", "host does not resolve")), {})
+    assert not forgiven(_status(9, "SOMETHING_NEW"), {})
+    assert not forgiven(json.dumps({"code": 9, "message": "no reason"}).encode(), {})
     assert not forgiven(b"not json", {})
