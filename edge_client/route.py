@@ -47,7 +47,8 @@ def bearing_deg(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     p1, p2, dl = math.radians(lat1), math.radians(lat2), math.radians(lon2 - lon1)
     x = math.sin(dl) * math.cos(p2)
     y = math.cos(p1) * math.sin(p2) - math.sin(p1) * math.cos(p2) * math.cos(dl)
-    return math.degrees(math.atan2(x, y)) % 360.0
+    heading = math.degrees(math.atan2(x, y)) % 360.0
+    return 0.0 if heading >= 360.0 else heading  # -1e-15 % 360.0 rounds to 360.0, which the server refuses
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ __all__ = ["DEFAULT_SEEDS", "REQUIRED_IDS"]
 
 #: The acceptance ids ``make chaos`` must report, each from at least one run (issue 11's table).
 REQUIRED_IDS = ("AT-01", "AT-02", "AT-03", "AT-04", "AT-05", "AT-06", "AT-08", "AT-09", "AT-10", "AT-11", "AT-12",
-                "AT-18", "W-1", "W-2")
+                "AT-18", "AT-19", "W-1", "W-2")
 
 #: Seeds of ``make chaos`` unless --chaos-seeds (or HAULMESH_CHAOS_SEEDS) says otherwise; the short versions use
 #: the first.

@@ -203,6 +203,8 @@ def _issuer_carriers(env: Mapping[str, str]) -> frozenset[str] | None:
         raise ConfigError(f"HAULMESH_JWT_ISSUER_CARRIERS must be comma-separated carrier ids, not {bad[0]!r}",
                           field="HAULMESH_JWT_ISSUER_CARRIERS")
     return carriers
+
+
 def _flag(env: Mapping[str, str], key: str) -> bool:
     raw = env.get(key) or "0"
     if raw not in ("0", "1"):

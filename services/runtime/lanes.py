@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -39,6 +38,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from ._config import read_json_file
 from ._errors import ConfigError
 from ._geo import METERS_PER_MILE, great_circle_miles
+from .limits import MARKET_CODE
 
 __all__ = [
     "DEFAULT_LANES_FILE",
@@ -59,7 +59,6 @@ DEFAULT_LANES_FILE = Path(__file__).with_name("lanes.json")
 #: (lat, lon) in degrees.
 Point = tuple[float, float]
 
-_MARKET_CODE = re.compile(r"^[A-Z]{2}-[A-Z]{2}-[A-Z]{3}$")
 _MAX_MARKETS, _MAX_ROUTES, _MAX_WAYPOINTS = 1_000, 10_000, 10_000
 
 
@@ -261,7 +260,7 @@ def _parse(data: Mapping[str, Any]) -> LaneFacts:
     for i, m in enumerate(raw_markets):
         where = f"markets[{i}]"
         code = str(_req(m, "code", where))
-        if not _MARKET_CODE.fullmatch(code):
+        if not MARKET_CODE.fullmatch(code):
             raise ValueError(f"{where}: code {code!r} is not like US-TX-HOU")
         lat, lon = _point(_req(m, "lat", where), _req(m, "lon", where), where)
         market = Market(code=code, name=str(m.get("name", code)), lat=lat, lon=lon,

@@ -161,6 +161,14 @@ def test_a_file_of_its_own_replaces_the_shipped_one(tmp_path) -> None:
     assert [m.code for m in facts.markets] == ["US-TX-HOU"] and facts.routes == () and facts.circuity_factor == 1.2
 
 
+def test_a_market_code_is_the_one_the_api_publishes(tmp_path) -> None:
+    """One pattern (limits.MARKET_CODE) for the file and the API: a code the API takes loads from the file."""
+    document = {"markets": [{"code": "MX-CMX-MEX", "lat": 19.4326, "lon": -99.1332, "timezone": "America/Mexico_City"}]}
+    path = tmp_path / "lanes.json"
+    path.write_text(json.dumps(document))
+    assert [m.code for m in load_lane_facts({LANES_FILE_ENV: str(path)}).markets] == ["MX-CMX-MEX"]
+
+
 def test_the_shipped_planning_numbers_are_the_code_defaults() -> None:
     """The file states them for operators to read; a file that leaves them out gets the same numbers."""
     document = _document()

@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from services.runtime import asgi_middleware
 
@@ -43,7 +43,7 @@ def create_app(ready: Callable[[], Awaitable[bool]], rest: RestGateway | None = 
 
     routes = [Route("/healthz", healthz), Route("/readyz", readyz)]
     if rest is not None:
-        document = build_openapi(rest.api, rest.token_url)
+        document = build_openapi(rest.api, rest.token_url, devices=rest.serves_devices)
         spec = dump_openapi(document).encode()
         page = render_docs(document)
 
@@ -54,21 +54,28 @@ def create_app(ready: Callable[[], Awaitable[bool]], rest: RestGateway | None = 
             return HTMLResponse(page)
 
         async def api(request: Request) -> Response:
-            # Another verb on a fixed path (POST /openapi.json) reaches this catch-all route: 405, not 404.
-            if request.url.path in fixed:
-                return error_response(method_not_allowed(request.method, "GET, HEAD"))
+            # Another verb on a path a route of its own serves (POST /openapi.json, POST /docs/assets/x) reaches
+            # this catch-all route: 405 with that route's verbs, not 404.
+            allow = _verbs_of(own_routes, request)
+            if allow:
+                return error_response(method_not_allowed(request.method, allow))
             return await rest.handle(request)
 
         if docs_ui is not None:  # the interactive reference (docs_ui.py), matched before the plain /docs page
             routes += docs_ui.routes(document)
-        routes += [Route("/openapi.json", openapi), Route("/docs", docs),
-                   Route("/{path:path}", api, methods=_VERBS)]
+        routes += [Route("/openapi.json", openapi), Route("/docs", docs)]
+        own_routes = list(routes)
+        routes.append(Route("/{path:path}", api, methods=_VERBS))
+
     async def not_routed(request: Request, exc: Exception) -> Response:
         # Starlette's own 404/405 (e.g. a path its router cannot match at all, or a verb no route lists such as
         # TRACE) in the API's error shape; a 405 always says what is allowed (RFC 9110 15.5.6).
         code = getattr(exc, "status_code", 404)
-        allow = dict(getattr(exc, "headers", None) or {}).get("Allow", "")
-        if code == 405 and rest is not None and request.url.path not in fixed:
+        # Starlette lists a route's verbs in set order: sorted, as every other Allow of the app.
+        listed = dict(getattr(exc, "headers", None) or {}).get("Allow", "")
+        allow = ", ".join(sorted(v.strip() for v in listed.split(",") if v.strip()))
+        if code == 405 and rest is not None and request.scope.get("endpoint") is api:
+            # the catch-all took the path: the verbs are those of the API's routes for it
             _, _, verbs = rest.routes.match(request.method, request.url.path)
             allow = ", ".join(sorted(verbs))
         if code != 405 or not allow:
@@ -93,6 +100,15 @@ def create_app(ready: Callable[[], Awaitable[bool]], rest: RestGateway | None = 
     # Tracing outermost: its server span is the root of the request's trace (nothing when tracing is off).
     return Starlette(routes=routes, exception_handlers={404: not_routed, 405: not_routed},
                      middleware=[*asgi_middleware(span_name), Middleware(HttpMetricsMiddleware, route_of=route_of)])
+
+
+def _verbs_of(routes: list[Route], request: Request) -> str:
+    """The verbs (``Allow``) of the route among ``routes`` whose path matches but not its verb; "" if none."""
+    for route in routes:
+        match, _ = route.matches(request.scope)
+        if match == Match.PARTIAL:
+            return ", ".join(sorted(route.methods or ()))
+    return ""
 
 
 class _Server(uvicorn.Server):

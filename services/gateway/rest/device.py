@@ -124,6 +124,7 @@ class DeviceGateway(RestGateway):
     """
 
     not_found_hint = " among the vehicle routes (the TMS's API is on the bearer-token listener)"
+    serves_devices = True
     #: Requests handled at once by this process (HAULMESH_GATEWAY_DEVICE_MAX_INFLIGHT_REQUESTS); beyond, 503 with
     #: Retry-After. Each holds at most one body (``max_request_bytes``) and one relayed call: the memory bound.
     max_inflight_requests: int = DEFAULT_DEVICE_MAX_INFLIGHT_REQUESTS

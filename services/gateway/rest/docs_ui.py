@@ -18,7 +18,8 @@ Dev mode (``HAULMESH_DEV_TOKEN_ENDPOINT=1``, which the local mesh of ``haulmesh 
 gateway also serves the dev issuer's token endpoint (RFC 6749 §4.4, client credentials) at the token URL of the
 document (``/oauth2/token``), so "Authorize" on ``/docs`` gets a real token the gateway accepts. The client id is
 the carrier (the token's tenant), the client secret is the dev issuer's ``<state dir>/issuer/dev-client-secret``
-(created on first start, 0600), the scopes those the API names. Refused at start-up unless the gateway trusts the
+(created on first start, 0600, fsynced; the gateway refuses to start when it is shorter than 32 characters or
+readable by group or others), the scopes those the API names. Refused at start-up unless the gateway trusts the
 dev issuer's keys (no HAULMESH_JWKS_URL / HAULMESH_JWKS_FILE) and listens on loopback only: the endpoint mints
 tokens for any carrier, so it must never face a network.
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hmac
 import html
 import ipaddress
@@ -35,7 +37,7 @@ import logging
 import os
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,7 @@ from starlette.routing import BaseRoute, Route
 from services.runtime import ConfigError
 from services.runtime.tokens import CARRIER_ID, DEFAULT_TTL_SECONDS, jwks_path, mint
 
-__all__ = ["DOCS_CSP", "DevTokenEndpoint", "DocsUi", "dev_client_secret"]
+__all__ = ["DOCS_CSP", "MIN_CLIENT_SECRET_CHARS", "DevTokenEndpoint", "DocsUi", "dev_client_secret"]
 
 _log = logging.getLogger("haulmesh.gateway.docs")
 
@@ -57,7 +59,6 @@ _BUNDLE_FILES = {"swagger-ui.css": "text/css", "swagger-ui-bundle.js": "text/jav
                  "favicon-32x32.png": "image/png", "favicon-16x16.png": "image/png"}
 _INIT_SCRIPT = "haulmesh-docs.js"
 _ASSETS = "/docs/assets/"
-_VERBS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 #: The policy of every /docs answer (see the module docstring); ``{connect}`` is 'self' and a token origin.
 _CSP_TEMPLATE = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
                  "font-src 'self'; connect-src {connect}; base-uri 'none'; form-action 'none'; "
@@ -65,6 +66,8 @@ _CSP_TEMPLATE = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsaf
 DOCS_CSP = _CSP_TEMPLATE.format(connect="'self'")
 #: The path of the dev token endpoint when the document names no relative one.
 DEFAULT_TOKEN_PATH = "/oauth2/token"  # noqa: S105 - an endpoint's path, not a secret
+#: The fewest characters the dev client secret may have (the generated one has 43: 32 random bytes, base64url).
+MIN_CLIENT_SECRET_CHARS = 32
 #: A token request is a few form fields: anything larger is refused before parsing.
 _MAX_TOKEN_REQUEST_BYTES = 4096
 
@@ -135,10 +138,12 @@ class DocsUi:
             # no-cache: revalidated (ETag) each load, so a new bundle version is never mixed with an old page.
             return FileResponse(path, media_type=_BUNDLE_FILES[name], headers={**headers, "Cache-Control": "no-cache"})
 
-        routes: list[BaseRoute] = [Route("/docs", _only("GET", page, headers), methods=_VERBS),
-                                   Route(_ASSETS + "{name}", _only("GET", asset, headers), methods=_VERBS)]
+        # Each route lists only its verbs (GET brings HEAD): the app answers another verb 405 with ``Allow`` in
+        # the API's error shape (app.py), TRACE or POST alike.
+        routes: list[BaseRoute] = [Route("/docs", page, methods=["GET"]),
+                                   Route(_ASSETS + "{name}", asset, methods=["GET"])]
         if self.dev_tokens is not None:
-            routes.append(Route(token_path, _only("POST", self.dev_tokens.token, {}), methods=_VERBS))
+            routes.append(Route(token_path, self.dev_tokens.token, methods=["POST"]))
         return routes
 
     def _bundle_version(self) -> str | None:
@@ -184,21 +189,6 @@ class DocsUi:
                 f"<script src=\"{_ASSETS}{_INIT_SCRIPT}\"></script></body></html>")
 
 
-def _only(verb: str, endpoint: Callable[[Request], Awaitable[Response]],
-          headers: dict[str, str]) -> Callable[[Request], Awaitable[Response]]:
-    """``endpoint`` for ``verb`` (and HEAD with GET); any other verb 405 with ``Allow`` (RFC 9110 §15.5.6). The
-    route takes every verb so that no catch-all route of the app answers for it."""
-    allowed = {"GET", "HEAD"} if verb == "GET" else {verb}
-
-    async def handle(request: Request) -> Response:
-        if request.method not in allowed:
-            return Response(f"{request.method} is not allowed here\n", status_code=405, media_type="text/plain",
-                            headers={**headers, "Allow": ", ".join(sorted(allowed))})
-        return await endpoint(request)
-
-    return handle
-
-
 def dev_client_secret(state_dir: Path) -> Path:
     """The dev issuer's client secret file (``<state dir>/issuer/dev-client-secret``), created 0600 with a random
     secret on first use; returns its path."""
@@ -210,13 +200,40 @@ def dev_client_secret(state_dir: Path) -> Path:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write(secrets.token_urlsafe(32) + "\n")
+            out.flush()
+            os.fsync(out.fileno())  # a crash right after never leaves an empty secret behind
         try:
             os.link(tmp, path)  # two first starts never end with two secrets
         except FileExistsError:
             pass
         finally:
             tmp.unlink(missing_ok=True)
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the link itself survives a crash
+        finally:
+            os.close(dir_fd)
     return path
+
+
+def _read_client_secret(path: Path) -> str:
+    """The secret in ``path``; ConfigError unless the file is the owner's alone (no group / other bits, e.g.
+    0600) and holds at least :data:`MIN_CLIENT_SECRET_CHARS` characters."""
+    field = "HAULMESH_DEV_TOKEN_ENDPOINT"
+    try:
+        mode = path.stat().st_mode & 0o777
+        secret = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"HAULMESH_DEV_TOKEN_ENDPOINT: cannot read the client secret {path}: {exc}",
+                          field=field) from None
+    if mode & 0o077:
+        raise ConfigError(f"HAULMESH_DEV_TOKEN_ENDPOINT: the client secret {path} is mode {mode:04o}; it must be "
+                          "readable by its owner only (chmod 600)", field=field)
+    if len(secret) < MIN_CLIENT_SECRET_CHARS:
+        raise ConfigError(f"HAULMESH_DEV_TOKEN_ENDPOINT: the client secret {path} holds {len(secret)} characters; "
+                          f"it needs at least {MIN_CLIENT_SECRET_CHARS} (delete the file to get a new one)",
+                          field=field)
+    return secret
 
 
 @dataclass
@@ -228,12 +245,14 @@ class DevTokenEndpoint:
     audience: str
     scopes: frozenset[str]
     secret_file: Path
+    #: Read once at start-up: a file changed or removed later changes nothing until a restart.
+    secret: str = dataclasses.field(repr=False, default="")
 
     @classmethod
     def checked(cls, *, state_dir: Path, issuer: str, audience: str, jwks_file: Path | None, jwks_url: str | None,
                 listen_host: str, scopes: Iterable[str]) -> DevTokenEndpoint:
         """The endpoint for a gateway with these settings; ConfigError unless the gateway trusts the dev issuer's
-        keys and listens on loopback only."""
+        keys, listens on loopback only and its client secret file is sound (see :func:`_read_client_secret`)."""
         field = "HAULMESH_DEV_TOKEN_ENDPOINT"
         if jwks_url or jwks_file is None or Path(jwks_file) != jwks_path(state_dir):
             raise ConfigError("HAULMESH_DEV_TOKEN_ENDPOINT mints tokens of the dev issuer, which this gateway does not "
@@ -247,9 +266,10 @@ class DevTokenEndpoint:
             raise ConfigError(f"HAULMESH_DEV_TOKEN_ENDPOINT mints tokens for any carrier: only on a gateway listening "
                               f"on loopback, not {listen_host!r} (HAULMESH_LISTEN_HOST)", field=field)
         secret_file = dev_client_secret(state_dir)
+        secret = _read_client_secret(secret_file)
         _log.warning("DEV MODE: the dev issuer's token endpoint is served (HAULMESH_DEV_TOKEN_ENDPOINT=1); "
                      "client secret in %s", secret_file)
-        return cls(Path(state_dir), issuer, audience, frozenset(scopes), secret_file)
+        return cls(Path(state_dir), issuer, audience, frozenset(scopes), secret_file, secret)
 
     async def token(self, request: Request) -> Response:
         """RFC 6749 §4.4.2: a form with grant_type=client_credentials and scope; the client authenticated by
@@ -278,8 +298,9 @@ class DevTokenEndpoint:
             return _oauth_error("invalid_request", "authenticate the client one way: HTTP Basic or the form")
         client_id, client_secret = basic if basic is not None else (form.get("client_id", ""),
                                                                      form.get("client_secret", ""))
-        expected = self.secret_file.read_text().strip()
-        if not CARRIER_ID.fullmatch(client_id) or not hmac.compare_digest(client_secret.encode(), expected.encode()):
+        expected = self.secret
+        if (len(expected) < MIN_CLIENT_SECRET_CHARS or not CARRIER_ID.fullmatch(client_id)
+                or not hmac.compare_digest(client_secret.encode(), expected.encode())):
             return _oauth_error("invalid_client", "unknown client or wrong secret (client id = a carrier id, "
                                 f"secret in {self.secret_file})", status=401, basic=basic is not None)
         requested = form.get("scope", "").split()

@@ -73,6 +73,8 @@ class RestGateway:
 
     #: Said after "no route for <path>" when nothing matches (the device listener points at the TMS's).
     not_found_hint = ""
+    #: The listener's /openapi.json: the TMS's API (OAuth2) or, on the device listener, the trucks' (mutualTLS).
+    serves_devices = False
 
     def _match(self, request: Request) -> tuple[Any, dict[str, str]]:
         """The route and its path variables; 405 (with Allow) or 404 when there is none. The declared body

@@ -32,7 +32,8 @@ from ..webhooks.domain import INTERNAL_EVENT_TYPES, event_type_for_field
 from .descriptors import Api, HttpBinding, HttpMethod, field_behaviors
 from .errors import HTTP_STATUS
 
-__all__ = ["build_openapi", "decimal_at_most", "dump_openapi", "main", "render_docs"]
+__all__ = ["DURATION_PATTERN", "INT64_PATTERN", "UINT64_PATTERN", "build_openapi", "decimal_at_most", "dump_openapi",
+           "main", "render_docs"]
 
 _STATUS_REF = {"$ref": "#/components/schemas/google.rpc.Status"}
 _INT32 = {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SFIXED32}
@@ -55,6 +56,13 @@ def decimal_at_most(bound: int) -> str:
             options.append(f"{text[:i]}[{low}-{top}]" + (f"[0-9]{{{rest}}}" if rest else ""))
     options.append(text)
     return "(?:" + "|".join(dict.fromkeys(options)) + ")"
+
+
+#: The published string forms of 64-bit integers and Durations (the REST door refuses any other, transcode.py).
+INT64_PATTERN = f"^(?:-{decimal_at_most(2**63)}|{decimal_at_most(2**63 - 1)})$"
+UINT64_PATTERN = f"^{decimal_at_most(2**64 - 1)}$"
+# google.protobuf.Duration's range: ±315,576,000,000 s (10,000 years), at most 9 fractional digits.
+DURATION_PATTERN = rf"^-?{decimal_at_most(315_576_000_000)}(\.[0-9]{{1,9}})?s$"
 
 
 def _webhook_limits() -> dict[str, dict[str, Any]]:
@@ -101,11 +109,9 @@ def _with_limits(schema: dict[str, Any], limits: dict[str, Any]) -> dict[str, An
 def _int64_schema(signed: bool) -> dict[str, Any]:
     # proto-JSON writes 64-bit integers as strings and reads either form: both are stated, with the exact range.
     if signed:
-        low, high = -(2**63), 2**63 - 1
-        pattern = f"^(?:-{decimal_at_most(2**63)}|{decimal_at_most(high)})$"
+        low, high, pattern = -(2**63), 2**63 - 1, INT64_PATTERN
     else:
-        low, high = 0, 2**64 - 1
-        pattern = f"^{decimal_at_most(high)}$"
+        low, high, pattern = 0, 2**64 - 1, UINT64_PATTERN
     return {"anyOf": [{"type": "integer", "minimum": low, "maximum": high},
                       {"type": "string", "pattern": pattern}], "format": "int64" if signed else "uint64"}
 
@@ -133,8 +139,7 @@ _WKT: dict[str, dict[str, Any]] = {
     "google.protobuf.Int64Value": {"type": ["string", "integer", "null"]},
     "google.protobuf.UInt64Value": {"type": ["string", "integer", "null"]},
 }
-# google.protobuf.Duration's range: ±315,576,000,000 s (10,000 years), at most 9 fractional digits.
-_WKT["google.protobuf.Duration"]["pattern"] = rf"^-?{decimal_at_most(315_576_000_000)}(\.[0-9]{{1,9}})?s$"
+_WKT["google.protobuf.Duration"]["pattern"] = DURATION_PATTERN
 
 
 def _first_sentence(text: str) -> str:
@@ -434,7 +439,8 @@ class _Builder:
             "tags": [descriptor.containing_service.name],
             "summary": _first_sentence(method.comment),
             "description": method.comment,
-            "security": [{"oauth2": [method.scope]}] if method.scope else [],
+            # No scope: a truck's method, authenticated by its vehicle certificate on the device listener.
+            "security": [{"oauth2": [method.scope]}] if method.scope else [{"mutualTLS": []}],
             "x-scope": method.scope,
         }
         if binding.body == "*":
@@ -479,7 +485,8 @@ class _Builder:
             responses["200"] = self.event_stream(descriptor.output_type)
         operation["parameters"] = parameters
         for status, text in ((400, "Invalid argument, failed precondition, or out of range"),
-                             (401, "Missing or invalid bearer token"), (403, "The token lacks the scope"),
+                             *(((401, "Missing or invalid bearer token"), (403, "The token lacks the scope"))
+                               if method.scope else ((403, "The client certificate is not a vehicle's"),)),
                              (404, "Not found (or another carrier's)"), (409, "Already exists or aborted (etag)"),
                              (413, "Request body too large"), (429, "Rate limited; see Retry-After"),
                              (503, "Unavailable; retry with backoff")):
@@ -593,23 +600,9 @@ def _camel_path(path: str) -> str:
     return ".".join(re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), part) for part in path.split("."))
 
 
-def build_openapi(api: Api, token_url: str = DEFAULT_OAUTH_TOKEN_URL) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of every http-annotated method with a bearer scope; server streams are
-    ``text/event-stream`` answers; the webhook events under ``webhooks``; tokens from ``token_url``."""
-    builder = _Builder(api)
-    paths: dict[str, dict[str, Any]] = {}
-    scopes: dict[str, list[str]] = {}
-    tags: dict[str, str] = {}
-    for method in api.methods:
-        if method.method.client_streaming or method.scope is None:
-            continue
-        service = method.method.containing_service
-        tags[service.name] = api.comment(service.full_name)
-        scopes.setdefault(method.scope, []).append(method.method.name)
-        for binding in method.bindings:
-            path, verb, operation = builder.operation(method, binding)
-            paths.setdefault(path, {})[verb] = operation
-    status_schema = {
+def _status_schema() -> dict[str, Any]:
+    """google.rpc.Status as JSON Schema: the error body of every operation."""
+    return {
         "type": "object",
         "description": "google.rpc.Status: the error of every failed request (grpc-gateway's error contract). "
                        "`details` carries a google.rpc.ErrorInfo (domain `haulmesh.io`, UPPER_SNAKE `reason`) and, "
@@ -623,7 +616,30 @@ def build_openapi(api: Api, token_url: str = DEFAULT_OAUTH_TOKEN_URL) -> dict[st
         },
         "required": ["code", "message"],
     }
-    builder.schemas["google.rpc.Status"] = status_schema
+
+
+def build_openapi(api: Api, token_url: str = DEFAULT_OAUTH_TOKEN_URL, *, devices: bool = False) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every http-annotated method with a bearer scope; server streams are
+    ``text/event-stream`` answers; the webhook events under ``webhooks``; tokens from ``token_url``.
+
+    ``devices``: the truck listener's document instead: the methods without a scope (trucks' own), under the
+    ``mutualTLS`` security scheme (the vehicle's client certificate), no OAuth2 and no webhooks."""
+    if devices:
+        return _device_openapi(api)
+    builder = _Builder(api)
+    paths: dict[str, dict[str, Any]] = {}
+    scopes: dict[str, list[str]] = {}
+    tags: dict[str, str] = {}
+    for method in api.methods:
+        if method.method.client_streaming or method.scope is None:
+            continue
+        service = method.method.containing_service
+        tags[service.name] = api.comment(service.full_name)
+        scopes.setdefault(method.scope, []).append(method.method.name)
+        for binding in method.bindings:
+            path, verb, operation = builder.operation(method, binding)
+            paths.setdefault(path, {})[verb] = operation
+    builder.schemas["google.rpc.Status"] = _status_schema()
     _add_links(paths, builder.schemas)
     webhooks = builder.webhooks()
     return {
@@ -632,9 +648,9 @@ def build_openapi(api: Api, token_url: str = DEFAULT_OAUTH_TOKEN_URL) -> dict[st
             "title": "Haulmesh API",
             "version": "v1",
             "description": "The REST API of Haulmesh for a carrier's TMS, transcoded from the gRPC contracts in "
-                           "protos/ (google.api.http annotations). Bodies are proto-JSON (lowerCamelCase; "
-                           "snake_case accepted). Authenticate with an OAuth2 bearer access token (JWT, typ "
-                           "at+jwt) whose `carrier` claim is the tenant.",
+                           "protos/ (google.api.http annotations). Bodies are proto-JSON with exactly the "
+                           "lowerCamelCase names stated here (snake_case is refused). Authenticate with an "
+                           "OAuth2 bearer access token (JWT, typ at+jwt) whose `carrier` claim is the tenant.",
         },
         "servers": [{"url": "/"}],
         "tags": [{"name": name, "description": text} for name, text in sorted(tags.items())],
@@ -652,6 +668,35 @@ def build_openapi(api: Api, token_url: str = DEFAULT_OAUTH_TOKEN_URL) -> dict[st
                                "scopes": {scope: "Allows " + ", ".join(sorted(set(names)))
                                           for scope, names in sorted(scopes.items())}}}},
             },
+        },
+    }
+
+
+def _device_openapi(api: Api) -> dict[str, Any]:
+    builder = _Builder(api)
+    paths: dict[str, dict[str, Any]] = {}
+    for method in api.methods:
+        if method.method.client_streaming or method.scope is not None:
+            continue
+        for binding in method.bindings:
+            path, verb, operation = builder.operation(method, binding)
+            paths.setdefault(path, {})[verb] = operation
+    builder.schemas["google.rpc.Status"] = _status_schema()
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Haulmesh device API", "version": "v1",
+                 "description": "What trucks call over HTTPS on the device listener (HAULMESH_GATEWAY_DEVICE_PORT), "
+                                "transcoded from the gRPC contracts in protos/. Bodies are proto-JSON "
+                                "(lowerCamelCase). Authenticate with the vehicle's mTLS client certificate; no "
+                                "bearer token."},
+        "servers": [{"url": "/"}],
+        "paths": dict(sorted(paths.items())),
+        "components": {
+            "schemas": dict(sorted(builder.schemas.items())),
+            "securitySchemes": {"mutualTLS": {
+                "type": "mutualTLS",
+                "description": "TLS with the vehicle's client certificate (SPIFFE id of a vehicle), issued by the "
+                               "fleet's CA; the certificate is the identity, so no token is sent."}},
         },
     }
 

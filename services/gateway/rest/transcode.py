@@ -4,8 +4,12 @@ A path template such as ``/api/v1/{name=tenders/*}:accept`` or ``/api/v1/{tender
 compiles to a regular expression whose groups fill the named (possibly nested) request fields. The
 request message is built from the path variables, the body (``body: "*"`` → the whole request,
 ``body: "tender"`` → that field) and, for the fields neither binds, the query string. Field names are
-accepted in lowerCamelCase (proto-JSON) and snake_case. Before parsing, declared normalizers adapt the
-TMS's legacy payload (see :data:`NORMALIZERS`) and read-only fields are refused (mass assignment).
+exactly the published ones (docs/openapi.json): lowerCamelCase proto-JSON names, in the body and the query; a
+snake_case name, or one field set under two names, is refused naming the field. Before parsing, declared
+normalizers adapt the TMS's legacy payload (see :data:`NORMALIZERS`), read-only fields are refused (mass
+assignment), and the values proto-JSON reads more loosely than the document states (a string for an int32, a
+64-bit integer or a Duration outside its published pattern, a query integer that is not a plain decimal) are
+refused before the parser sees them.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from services.runtime import FieldViolation
 
 from .descriptors import Api, HttpBinding, HttpMethod, field_behaviors
 from .errors import RestError
+from .openapi import DURATION_PATTERN, INT64_PATTERN, UINT64_PATTERN
 
 __all__ = ["MAX_JSON_DEPTH", "NORMALIZERS", "CompiledRoute", "RouteTable", "build_request", "compile_template",
            "parse_json_body", "to_json"]
@@ -223,9 +228,8 @@ class Normalizer:
 #: the Tender message documents it; responses are always in this API's shape.
 NORMALIZERS: dict[str, Normalizer] = {
     "haulmesh.tender.v1.Tender": Normalizer(
-        renames={"tenderId": "tmsLoadId", "tender_id": "tmsLoadId"},
-        values={"pickupWindow": _interval, "pickup_window": _interval,
-                "deliveryWindow": _interval, "delivery_window": _interval},
+        renames={"tenderId": "tmsLoadId"},
+        values={"pickupWindow": _interval, "deliveryWindow": _interval},
     ),
 }
 
@@ -239,10 +243,69 @@ def _camel_mask(value: Any) -> Any:
 
 
 def _field(descriptor: Descriptor, key: str) -> FieldDescriptor | None:
+    """The field named ``key`` in snake_case or lowerCamelCase (path templates name fields in snake_case)."""
     fd = descriptor.fields_by_name.get(key)
     if fd is None:
-        fd = next((f for f in descriptor.fields if f.json_name == key), None)
+        fd = _json_field(descriptor, key)
     return fd
+
+
+def _json_field(descriptor: Descriptor, key: str) -> FieldDescriptor | None:
+    """The field whose published (proto-JSON) name is ``key``; None for any other spelling."""
+    return next((f for f in descriptor.fields if f.json_name == key), None)
+
+
+def _not_published(descriptor: Descriptor, key: str, where: str) -> RestError | None:
+    """The refusal of ``key`` when it is another spelling (snake_case) of a field: the document names only the
+    lowerCamelCase one. None for a published name or a key that names no field (the parser names those)."""
+    fd = descriptor.fields_by_name.get(key)
+    if fd is None or fd.json_name == key:
+        return None
+    field = f"{where}{fd.json_name}"
+    return RestError("INVALID_ARGUMENT", f"{where}{key} is not a field name of this API: send {field}",
+                     reason="INVALID_FIELD_NAME", violations=[FieldViolation(field, f"send it as {fd.json_name}")])
+
+
+_PLAIN_DECIMAL = re.compile(r"^-?(?:0|[1-9][0-9]*)$")
+_INT64_RE, _UINT64_RE, _DURATION_RE = (re.compile(p) for p in (INT64_PATTERN, UINT64_PATTERN, DURATION_PATTERN))
+#: The well-known types whose published schema admits null (google.protobuf.Value and the wrappers).
+_NULLABLE = {name for name in _WELL_KNOWN if name.endswith("Value")}
+_JSON_NUMBER = re.compile(r"^-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?$")
+_FLOATING = {FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT}
+_32_BIT = {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SFIXED32,
+           FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_FIXED32}
+_64_BIT = {FieldDescriptor.TYPE_INT64: _INT64_RE, FieldDescriptor.TYPE_SINT64: _INT64_RE,
+           FieldDescriptor.TYPE_SFIXED64: _INT64_RE, FieldDescriptor.TYPE_UINT64: _UINT64_RE,
+           FieldDescriptor.TYPE_FIXED64: _UINT64_RE}
+
+
+def _value_problem(fd: FieldDescriptor, item: Any, *, query: bool = False) -> str:
+    """Why ``item`` (one value of ``fd``, from the body or, with ``query``, a query string) is outside what the
+    document states, where proto-JSON would read it anyway ("0005" for an int32, "+5" or "0_5" for an int64,
+    "+1s" for a Duration); "" when it is not."""
+    if item is None:  # proto-JSON reads null as "unset"; the document types no field as nullable but these
+        nullable = fd.message_type is not None and fd.message_type.full_name in _NULLABLE
+        return "" if nullable else "must not be null (leave the field out instead)"
+    if fd.message_type is not None:
+        if fd.message_type.full_name == "google.protobuf.Duration" and isinstance(item, str) \
+                and not _DURATION_RE.fullmatch(item):
+            return "must be a Duration like 90s or 1.5s (a plain decimal of seconds and an s)"
+        return ""
+    numeric = fd.type in _32_BIT or fd.type in _64_BIT or fd.type in _FLOATING
+    if numeric and isinstance(item, bool):
+        return "must be a number, not a boolean"
+    if fd.type in _FLOATING:
+        if query:
+            return "" if _JSON_NUMBER.fullmatch(item) else "must be a decimal number"
+        return "must be a JSON number, not a string" if isinstance(item, str) else ""
+    if fd.type in _32_BIT:
+        if query:
+            return "" if _PLAIN_DECIMAL.fullmatch(item) else "must be a plain decimal integer"
+        return "must be a JSON integer, not a string" if isinstance(item, str) else ""
+    pattern = _64_BIT.get(fd.type)
+    if pattern is not None and isinstance(item, str) and not pattern.fullmatch(item):
+        return "must be a plain decimal integer (a number or its string)"
+    return ""
 
 
 def _is_map(fd: FieldDescriptor) -> bool:
@@ -257,24 +320,36 @@ def _walk(api: Api, descriptor: Descriptor, value: Any, path: str, violations: l
     """Normalize ``value`` (the JSON of a ``descriptor`` message) and collect read-only fields it sets."""
     if not isinstance(value, dict) or descriptor.full_name in _WELL_KNOWN:
         return value
+    for key in value:
+        refusal = _not_published(descriptor, key, _json_path(path))
+        if refusal is not None:
+            raise refusal
     normalizer = NORMALIZERS.get(descriptor.full_name)
     if normalizer is not None:
         value = dict(value)
         for old, new in normalizer.renames.items():
-            if old in value and _field(descriptor, new) is not None:
-                present = new in value or _field(descriptor, new).name in value
-                if not present:
-                    value[new] = value.pop(old)
+            if old in value:
+                if new in value:  # one field set twice: neither may silently win
+                    where = _json_path(path)
+                    raise RestError("INVALID_ARGUMENT", f"{where}{old} and {where}{new} are the same field: send "
+                                    f"one", reason="DUPLICATE_FIELD",
+                                    violations=[FieldViolation(f"{where}{new}", f"also sent as {old}")])
+                value[new] = value.pop(old)
         for key, convert in normalizer.values.items():
             if key in value:
                 value[key] = convert(value[key])
     out: dict[str, Any] = {}
     for key, item in value.items():
-        fd = _field(descriptor, key) if isinstance(key, str) else None
+        fd = _json_field(descriptor, key) if isinstance(key, str) else None
         if fd is None:
             out[key] = item  # unknown: the parser names it
             continue
         here = f"{path}{fd.name}"
+        for one in item if isinstance(item, list) and fd.is_repeated else [item]:
+            problem = _value_problem(fd, one)
+            if problem:
+                raise RestError("INVALID_ARGUMENT", f"{_json_path(path)}{key} {problem}", reason="INVALID_JSON",
+                                violations=[FieldViolation(here, problem)])
         if "OUTPUT_ONLY" in field_behaviors(fd):
             violations.append(FieldViolation(here, f"{here} is output only and cannot be set by a request"))
             out[key] = item
@@ -300,15 +375,24 @@ def _walk(api: Api, descriptor: Descriptor, value: Any, path: str, violations: l
     return out
 
 
+def _json_path(path: str) -> str:
+    """A violation path (``tender.pickup_window.``) as the body names it (``tender.pickupWindow.``)."""
+    return ".".join(re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), part) for part in path.split("."))
+
+
 # --- building the request ----------------------------------------------------------------------------------
 
 
-def _resolve(descriptor: Descriptor, dotted: str) -> list[FieldDescriptor] | None:
-    """The fields along a dotted path (snake_case or lowerCamelCase segments), or None if it names none."""
+def _resolve(descriptor: Descriptor, dotted: str, *, published: bool = False) -> list[FieldDescriptor] | None:
+    """The fields along a dotted path (snake_case or lowerCamelCase segments; with ``published``, as a query
+    parameter, only the lowerCamelCase names the document gives), or None if it names none."""
     chain: list[FieldDescriptor] = []
     current: Descriptor | None = descriptor
     for part in dotted.split("."):
-        fd = _field(current, part) if current is not None else None
+        if current is None:
+            fd = None
+        else:
+            fd = _json_field(current, part) if published else _field(current, part)
         if fd is None:
             return None
         chain.append(fd)
@@ -365,8 +449,14 @@ def build_request(api: Api, route: CompiledRoute, path_vars: dict[str, str], bod
     # Query parameters fill the fields neither the path nor the body binds (none when the body is "*").
     if binding.body != "*":
         repeated: dict[str, list[Any]] = {}
+        seen: set[str] = set()
         for key, raw in query:
-            chain = _resolve(input_type, key)
+            chain = _resolve(input_type, key, published=True)
+            if chain is None and _resolve(input_type, key) is not None:
+                published = ".".join(fd.json_name for fd in _resolve(input_type, key) or [])
+                raise RestError("INVALID_ARGUMENT", f"query parameter {key!r} is not a name of this API: send "
+                                f"{published}", reason="INVALID_FIELD_NAME",
+                                violations=[FieldViolation(published, f"send it as {published}")])
             if chain is None or any(fd.message_type is not None and fd.message_type.full_name not in _WELL_KNOWN
                                     for fd in chain[-1:]):
                 raise RestError("INVALID_ARGUMENT", f"unknown query parameter {key!r}", reason="INVALID_ARGUMENT",
@@ -375,6 +465,14 @@ def build_request(api: Api, route: CompiledRoute, path_vars: dict[str, str], bod
                 raise RestError("INVALID_ARGUMENT", f"query parameter {key!r} is bound by the body",
                                 reason="INVALID_ARGUMENT", violations=[FieldViolation(key, "set it in the body")])
             fd = chain[-1]
+            if key in seen and not _is_repeated(fd):
+                raise RestError("INVALID_ARGUMENT", f"query parameter {key!r} is sent twice", reason="DUPLICATE_FIELD",
+                                violations=[FieldViolation(key, "sent more than once")])
+            seen.add(key)
+            problem = _value_problem(fd, raw, query=True)
+            if problem:
+                raise RestError("INVALID_ARGUMENT", f"query parameter {key!r} {problem}", reason="INVALID_ARGUMENT",
+                                violations=[FieldViolation(key, problem)])
             value = _camel_mask(raw) if fd.message_type is not None and fd.message_type.full_name == _FIELD_MASK \
                 else _query_value(fd, raw)
             if _is_repeated(fd):

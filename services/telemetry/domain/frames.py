@@ -194,9 +194,13 @@ def _invalid_fields(payload: frame_pb2.FramePayload) -> list[str]:
             invalid.append("position.lat")
         if not (math.isfinite(p.lon) and -180 <= p.lon <= 180):
             invalid.append("position.lon")
-        invalid += [f"position.{name}" for name, value in (("speed_kph", p.speed_kph), ("heading_deg", p.heading_deg),
-                                                            ("accuracy_meters", p.accuracy_meters))
-                    if not math.isfinite(value)]
+        # frame.proto: speed >= 0, heading in [0, 360), accuracy >= 0 (0 = unknown); NaN fails every comparison.
+        if not (math.isfinite(p.speed_kph) and p.speed_kph >= 0):
+            invalid.append("position.speed_kph")
+        if not 0 <= p.heading_deg < 360:
+            invalid.append("position.heading_deg")
+        if not (math.isfinite(p.accuracy_meters) and p.accuracy_meters >= 0):
+            invalid.append("position.accuracy_meters")
     if not math.isfinite(payload.odometer_miles):
         invalid.append("odometer_miles")
     return invalid

@@ -25,7 +25,7 @@ from services.gateway.rest.docs_ui import DOCS_CSP, DevTokenEndpoint, DocsUi
 from services.runtime import ConfigError, Mesh, free_port, poll_until
 from services.runtime.tokens import jwks_path
 
-from .conftest import bearer
+from .conftest import bearer, error_info
 
 SECRET_FILE = "issuer/dev-client-secret"
 
@@ -107,6 +107,18 @@ async def test_the_reference_and_everything_it_loads_are_local_under_a_strict_cs
     # Only the bundle's named files: not its source maps, not a path out of the directory.
     for name in ("swagger-ui-bundle.js.map", "package.json", "..%2F..%2Fpackage.json", "index.html"):
         assert (await http.get(f"/docs/assets/{name}")).status_code == 404, name
+
+
+async def test_another_verb_on_docs_is_405_in_the_api_error_shape(http: httpx.AsyncClient) -> None:
+    """Whatever verb (one the app routes elsewhere, or TRACE which none routes): 405, the right Allow, a Status."""
+    for verb, url, allow in (("TRACE", "/docs", "GET, HEAD"), ("POST", "/docs", "GET, HEAD"),
+                             ("TRACE", "/docs/assets/x", "GET, HEAD"), ("POST", "/docs/assets/x", "GET, HEAD"),
+                             ("DELETE", "/docs/assets/swagger-ui.css", "GET, HEAD"), ("TRACE", "/openapi.json",
+                                                                                     "GET, HEAD"),
+                             ("PUT", "/oauth2/token", "POST"), ("TRACE", "/oauth2/token", "POST")):
+        refused = await http.request(verb, url)
+        assert refused.status_code == 405 and refused.headers["allow"] == allow, (verb, url, refused.text)
+        assert refused.json()["code"] == 12 and error_info(refused.json())["reason"] == "METHOD_NOT_ALLOWED"
 
 
 async def test_authorize_gets_a_dev_token_the_api_accepts(http: httpx.AsyncClient, mesh: Mesh) -> None:
@@ -210,6 +222,60 @@ def test_the_dev_token_endpoint_is_refused_where_it_could_leak(tmp_path: Path) -
         with pytest.raises(ConfigError) as caught:
             DevTokenEndpoint.checked(**{**good, **bad})
         assert caught.value.field == "HAULMESH_DEV_TOKEN_ENDPOINT", bad
+
+
+@pytest.mark.parametrize(("content", "mode", "words"), [
+    ("", 0o600, "holds 0 characters"),
+    ("\n", 0o600, "holds 0 characters"),
+    ("x" * 31 + "\n", 0o600, "at least 32"),
+    ("x" * 40, 0o640, "mode 0640"),
+    ("x" * 40, 0o604, "chmod 600"),
+])
+def test_a_weak_client_secret_file_refuses_the_start(tmp_path: Path, content: str, mode: int, words: str) -> None:
+    """An empty or short secret would let anyone mint tokens, a readable one would leak it: no start."""
+    good = {"state_dir": tmp_path, "issuer": "https://issuer.example", "audience": "https://api.example",
+            "jwks_file": jwks_path(tmp_path), "jwks_url": None, "listen_host": "127.0.0.1", "scopes": {"tender:read"}}
+    (tmp_path / "issuer").mkdir(mode=0o700)
+    secret = tmp_path / SECRET_FILE
+    secret.write_text(content)
+    secret.chmod(mode)
+    with pytest.raises(ConfigError, match=words) as caught:
+        DevTokenEndpoint.checked(**good)
+    assert caught.value.field == "HAULMESH_DEV_TOKEN_ENDPOINT" and str(secret) in str(caught.value)
+    secret.unlink()  # a missing file is created afresh, long enough, and the endpoint holds it from then on
+    endpoint = DevTokenEndpoint.checked(**good)
+    assert len(endpoint.secret) >= 32 and endpoint.secret == secret.read_text().strip()
+    assert secret.stat().st_mode & 0o777 == 0o600 and endpoint.secret not in repr(endpoint)
+
+
+async def test_a_removed_secret_file_is_a_401_not_a_500(tmp_path: Path) -> None:
+    """The secret is held from start-up: the file going away later changes nothing (no 500)."""
+    endpoint = DevTokenEndpoint.checked(state_dir=tmp_path, issuer="https://issuer.example",
+                                        audience="https://api.example", jwks_file=jwks_path(tmp_path), jwks_url=None,
+                                        listen_host="127.0.0.1", scopes={"tender:read"})
+    endpoint.secret_file.unlink()
+    document = {"openapi": "3.1.0", "info": {"title": "Haulmesh", "version": "v1"}, "paths": {}}
+    port = free_port()
+    listener = HttpListener(Starlette(routes=DocsUi(tmp_path / "absent", endpoint).routes(document)), "127.0.0.1",
+                            port)
+    task = asyncio.create_task(listener.run())
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            async def up() -> bool:
+                try:
+                    await client.get("/docs")
+                    return True
+                except httpx.TransportError:
+                    return False
+
+            await poll_until(up, timeout_seconds=20, what="the listener")
+            form = {"grant_type": "client_credentials", "scope": "tender:read"}
+            assert (await client.post("/oauth2/token", data=form, auth=("docs-co", ""))).status_code == 401
+            good = await client.post("/oauth2/token", data=form, auth=("docs-co", endpoint.secret))
+            assert good.status_code == 200 and good.json()["token_type"] == "Bearer"
+    finally:
+        await listener.stop()
+        await task
 
 
 def test_the_settings_come_from_the_environment() -> None:

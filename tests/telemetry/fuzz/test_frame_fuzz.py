@@ -129,7 +129,9 @@ def _check_verified(frame: frame_pb2.SignedFrame, result: Verified) -> None:
         assert fix.odometer_miles is None or math.isfinite(fix.odometer_miles), fix
     if payload.HasField("position"):
         p = payload.position
-        assert all(math.isfinite(v) for v in (p.speed_kph, p.heading_deg, p.accuracy_meters)), p
+        assert math.isfinite(p.speed_kph) and p.speed_kph >= 0, p  # frame.proto's ranges
+        assert 0 <= p.heading_deg < 360, p
+        assert math.isfinite(p.accuracy_meters) and p.accuracy_meters >= 0, p
 
 
 # ---- inputs ----------------------------------------------------------------------------------------------

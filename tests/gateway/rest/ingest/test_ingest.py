@@ -99,6 +99,22 @@ async def test_device_listener_serves_only_vehicle_routes(truck: TruckClient) ->
     assert wrong_verb.status_code == 405 and wrong_verb.headers["allow"] == "POST"
 
 
+async def test_device_listener_documents_mutual_tls_not_oauth2(mesh: Mesh, truck: TruckClient) -> None:
+    """The truck listener's /openapi.json: the trucks' operations, under the mutualTLS scheme, no OAuth2."""
+    async with truck.http() as http:
+        document = (await http.get("/openapi.json")).json()
+    assert document["components"]["securitySchemes"].keys() == {"mutualTLS"}
+    assert document["components"]["securitySchemes"]["mutualTLS"]["type"] == "mutualTLS"
+    assert list(document["paths"]) == [INGEST]
+    operation = document["paths"][INGEST]["post"]
+    assert operation["security"] == [{"mutualTLS": []}] and "401" not in operation["responses"]
+    assert "oauth2" not in str(document).lower()
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{mesh.http_port}", timeout=10) as tms:
+        bearer_document = (await tms.get("/openapi.json")).json()
+    assert bearer_document["components"]["securitySchemes"].keys() == {"oauth2"} and INGEST not in \
+        bearer_document["paths"]
+
+
 async def test_invalid_json_and_missing_fields(truck: TruckClient) -> None:
     async with truck.http() as http:
         garbage = await http.post(INGEST, content=b"{not json", headers={"content-type": "application/json"})
