@@ -345,11 +345,12 @@ async def _paced_gets(http: httpx.AsyncClient, tenants: list[dict[str, str]], *,
 
 async def _alone_and_beside(http: httpx.AsyncClient, calm: list[dict[str, str]], base_url: str, flood_token: str,
                             seconds: float) -> tuple[list[tuple[float, httpx.Response]],
-                                                     list[tuple[float, httpx.Response]], list[dict[str, object]]]:
+                                                     list[tuple[float, httpx.Response]], list[dict[str, object]],
+                                                     list[str]]:
     """The calm tenants' requests alone and beside the flood, ``seconds`` each, in alternating windows of at most
     WINDOW_SECONDS (ABBA order); the flood (10 times the quota) in its own process, paused between its windows
     and each of its windows finished (every reply in) before the next calm window starts. Returns (alone,
-    beside, the flood's windows)."""
+    beside, the flood's windows, each window's phase and p99 in ms)."""
     window = min(WINDOW_SECONDS, seconds / 2)
     pairs = max(1, round(seconds / window))
     flooding = await asyncio.create_subprocess_exec(
@@ -358,24 +359,26 @@ async def _alone_and_beside(http: httpx.AsyncClient, calm: list[dict[str, str]],
     alone: list[tuple[float, httpx.Response]] = []
     beside: list[tuple[float, httpx.Response]] = []
     floods: list[dict[str, object]] = []
+    windows: list[str] = []  # each window's phase and p99, in order ("A 9.1" alone, "B 10.2" beside), to see drift
     try:
         assert await flooding.stdout.readline() == b"ready\n"
         for pair in range(pairs):
             for flood_on in ((False, True) if pair % 2 == 0 else (True, False)):
-                if not flood_on:
-                    alone += await _paced_gets(http, calm, per_second=CALM_PER_SECOND, seconds=window)
-                    continue
-                flooding.stdin.write(f"{window}\n".encode())
-                await flooding.stdin.drain()
-                beside += await _paced_gets(http, calm, per_second=CALM_PER_SECOND, seconds=window)
-                floods.append(json.loads(await flooding.stdout.readline()))
+                if flood_on:
+                    flooding.stdin.write(f"{window}\n".encode())
+                    await flooding.stdin.drain()
+                samples = await _paced_gets(http, calm, per_second=CALM_PER_SECOND, seconds=window)
+                (beside if flood_on else alone).extend(samples)
+                windows.append(f"{'B' if flood_on else 'A'} {1000 * _p99([t for t, _ in samples]):.1f}")
+                if flood_on:
+                    floods.append(json.loads(await flooding.stdout.readline()))
         flooding.stdin.close()
         assert await flooding.wait() == 0
     finally:
         if flooding.returncode is None:
             flooding.kill()
             await flooding.wait()
-    return alone, beside, floods
+    return alone, beside, floods, windows
 
 
 async def _seed_tenders(mesh: Mesh, mesh_pki: Pki, headers: dict[str, str], count: int) -> None:
@@ -415,7 +418,7 @@ async def input_bounds(mesh: Mesh, mesh_pki: Pki, *, seconds: float, many_tender
         figure.update(oversized_body_status=declared.status_code, oversized_chunked_status=chunked.status_code)
         # 2. One tenant at 10 times its quota while the calm ones stay under their own: the calm ones' latency
         # alone (the baseline) and beside the flood, in alternating windows.
-        baseline, beside, floods = await _alone_and_beside(http, calm, gateway.base_url,
+        baseline, beside, floods, windows = await _alone_and_beside(http, calm, gateway.base_url,
                                                            flooder["Authorization"].split()[1], seconds)
         # 3. A page size past the maximum: clamped (tender_service.proto), not refused; with more tenders than a page
         # (seeded after the latency measurement: their events keep the consumers busy for a while).
@@ -446,7 +449,7 @@ async def input_bounds(mesh: Mesh, mesh_pki: Pki, *, seconds: float, many_tender
         calm_p50_alone_ms=round(1000 * statistics.median([t for t, _ in baseline]), 1),
         calm_p50_beside_flood_ms=round(1000 * statistics.median([t for t, _ in beside]), 1),
         calm_p99_alone_ms=round(1000 * _p99([t for t, _ in baseline]), 1),
-        calm_p99_beside_flood_ms=round(1000 * _p99([t for t, _ in beside]), 1))
+        calm_p99_beside_flood_ms=round(1000 * _p99([t for t, _ in beside]), 1), calm_p99_windows_ms=windows)
     figure["calm_p99_degradation"] = round(figure["calm_p99_beside_flood_ms"] / figure["calm_p99_alone_ms"] - 1, 3)
     print(f"AT-18: {figure}")
     record("AT-18", **figure)
