@@ -302,7 +302,7 @@ async def test_at03_kill_9_during_enqueues(mesh_pki: Pki, telemetry: TelemetryPr
                                 enqueues=1000, kills=10)
 
 
-@pytest.mark.chaos
+@pytest.mark.chaos(seeds=1)  # one seed is already 100 seeded kill points (and delays) in 5,000 enqueues
 @pytest.mark.chaos_id("AT-03")
 async def test_at03_full(mesh_pki: Pki, telemetry: TelemetryProcess, store_client: redis.asyncio.Redis,
                          tmp_path: Path, chaos_seed: int, chaos_record) -> None:
@@ -466,7 +466,7 @@ async def test_at04_spool_full_while_offline(mesh_pki: Pki, telemetry: Telemetry
                              bound=300)
 
 
-@pytest.mark.chaos
+@pytest.mark.chaos(seeds=1)  # the seed draws only the kinds' mix; filling and dropping follow the bound
 @pytest.mark.chaos_id("AT-04")
 async def test_at04_full(mesh_pki: Pki, telemetry: TelemetryProcess, store_client: redis.asyncio.Redis,
                          fault_proxy, tmp_path: Path, chaos_seed: int, chaos_record) -> None:
