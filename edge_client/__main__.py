@@ -32,7 +32,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from haulmesh.mission.v1 import mission_pb2
 
-from .client import BACKOFF_CAP_SECONDS, CpuSampler, StreamClient
+from .client import BACKOFF_CAP_SECONDS, CpuSampler, Keepalive, StreamClient
 from .metrics import EdgeCollector, serve_metrics
 from .pod import Photo, PodError, build_proof, submit_proof, wait_until_acked
 from .recorder import Recorder
@@ -87,7 +87,8 @@ async def _check(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace, spool: Spool, boot_id: str, on_command=None) -> StreamClient:
     return StreamClient(args.target, _credentials(Path(args.cert_dir), args.vehicle), spool,
                         vehicle_id=args.vehicle, boot_id=boot_id, on_command=on_command,
-                        backoff_base=args.backoff_base, backoff_cap=args.backoff_cap)
+                        backoff_base=args.backoff_base, backoff_cap=args.backoff_cap,
+                        keepalive=Keepalive(args.keepalive_time_seconds, args.keepalive_timeout_seconds))
 
 
 def _metrics(args: argparse.Namespace, spool: Spool, client: StreamClient | None) -> None:
@@ -326,6 +327,14 @@ def _parser() -> argparse.ArgumentParser:
     def client_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--backoff-base", type=float, default=0.5, help="reconnect backoff base, seconds")
         p.add_argument("--backoff-cap", type=float, default=BACKOFF_CAP_SECONDS, help="reconnect backoff cap, seconds")
+        # A dead link (no FIN, no RST) is found within time + timeout, 15 s by default (docs/decisions.md, "Keepalive,
+        # both ends"); shorter for a carrier NAT that forgets a flow sooner, as long as the time stays at or above
+        # the server's HAULMESH_KEEPALIVE_MIN_PING_INTERVAL_SECONDS (5 s by default), or the server answers GOAWAY.
+        p.add_argument("--keepalive-time-seconds", type=_positive, default=Keepalive.time_seconds,
+                       help="ping after this long without a read, seconds (default 10; not below the server's "
+                            "minimum ping interval)")
+        p.add_argument("--keepalive-timeout-seconds", type=_positive, default=Keepalive.timeout_seconds,
+                       help="drop the link when a ping is not answered within this, seconds (default 5)")
         p.add_argument("--metrics-port", type=int, default=0,
                        help="serve Prometheus metrics (spool, link, CPU) on 127.0.0.1:PORT/metrics; 0 = off")
 
