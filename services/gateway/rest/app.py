@@ -123,6 +123,9 @@ class HttpListener:
 
     def __init__(self, app: Any, host: str, port: int, **options: Any) -> None:
         """``options`` go to ``uvicorn.Config`` as they are (the device listener's TLS and protocol)."""
+        # httptools (C) parses HTTP/1.1 unless a caller brings its own protocol: the gateway shares one event loop
+        # with every tenant, so each request's parsing cost is paid by all of them (AT-18, docs/gateway.md).
+        options.setdefault("http", "httptools")
         self._server = _Server(uvicorn.Config(app, host=host, port=port, lifespan="off", log_config=None,
                                               access_log=False, server_header=False,
                                               timeout_graceful_shutdown=5, **options))
