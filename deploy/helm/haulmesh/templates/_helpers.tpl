@@ -348,6 +348,25 @@ spec:
             - name: HAULMESH_JWT_AUDIENCE
               value: {{ . | quote }}
             {{- end }}
+            {{- /* Always rendered, with the code's defaults (values.yaml): the gateway checks them at start-up. */}}
+            - name: HAULMESH_JWT_LEEWAY_SECONDS
+              value: {{ .leewaySeconds | toString | quote }}
+            - name: HAULMESH_JWKS_REFRESH_SECONDS
+              value: {{ .jwksRefreshSeconds | toString | quote }}
+            - name: HAULMESH_JWKS_COOLDOWN_SECONDS
+              value: {{ .jwksCooldownSeconds | toString | quote }}
+            - name: HAULMESH_JWKS_MAX_STALE_SECONDS
+              value: {{ .jwksMaxStaleSeconds | toString | quote }}
+            - name: HAULMESH_JWKS_FETCH_TIMEOUT_SECONDS
+              value: {{ .jwksFetchTimeoutSeconds | toString | quote }}
+            {{- with .issuerCarriers }}
+            - name: HAULMESH_JWT_ISSUER_CARRIERS
+              value: {{ join "," . | quote }}
+            {{- end }}
+            {{- if .jwksCaConfigMap.name }}
+            - name: HAULMESH_JWKS_CA_FILE
+              value: /etc/haulmesh/jwks-ca/{{ .jwksCaConfigMap.key }}
+            {{- end }}
             {{- end }}
             {{- end }}
             {{- range $key, $value := merge (deepCopy $svc.env) $root.Values.env }}
@@ -403,6 +422,11 @@ spec:
               mountPath: /etc/haulmesh/jwks
               readOnly: true
             {{- end }}
+            {{- if and (eq $name "gateway") $root.Values.gatewayAuth.jwksCaConfigMap.name }}
+            - name: jwks-ca
+              mountPath: /etc/haulmesh/jwks-ca
+              readOnly: true
+            {{- end }}
       volumes:
         {{- /* A whole-Secret mount (no subPath): rotated certificates appear in place and are re-read. */}}
         - name: tls
@@ -433,6 +457,11 @@ spec:
         - name: jwks
           configMap:
             name: {{ $root.Values.gatewayAuth.jwksConfigMap.name }}
+        {{- end }}
+        {{- if and (eq $name "gateway") $root.Values.gatewayAuth.jwksCaConfigMap.name }}
+        - name: jwks-ca
+          configMap:
+            name: {{ $root.Values.gatewayAuth.jwksCaConfigMap.name }}
         {{- end }}
       {{- with $svc.nodeSelector }}
       nodeSelector:
