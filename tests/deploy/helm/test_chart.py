@@ -260,6 +260,30 @@ def test_the_caps_can_be_changed_and_the_service_reads_them(chart: ChartRenderer
     assert (gateway.sse_max_streams_per_carrier, gateway.device_max_inflight_requests) == (4, 64)
 
 
+def test_large_and_fractional_numbers_reach_the_services_as_they_read_them(chart: ChartRenderer) -> None:
+    # Helm reads values' numbers as float64, which print as "1e+07" from 1,000,000 on: a service reading whole
+    # numbers would refuse to start. The schema's largest values must render as plain integers.
+    rendered = chart.render({
+        "telemetryCaps": {"maxTrackingFrames": 10_000_000, "maxInflightFramesPerProcess": 100_000_000,
+                          "maxInflightFramesPerStream": 10_000_000, "watchRetryAfterSeconds": 2.5},
+        "gatewayCaps": {"sseMaxStreamsPerProcess": 1_000_000},
+        "archive": {"afterSeconds": 2_592_000},
+        "auditAnchor": {"intervalSeconds": 86400},
+        "gatewayAuth": {"jwksMaxStaleSeconds": 604800, "jwksCooldownSeconds": 0.1}})
+    telemetry_env = {k: v["value"] for k, v in rendered.env("telemetry").items() if "value" in v}
+    assert telemetry_env["HAULMESH_TELEMETRY_MAX_INFLIGHT_FRAMES_PER_PROCESS"] == "100000000"
+    assert telemetry_env["HAULMESH_ARCHIVE_AFTER_SECONDS"] == "2592000"
+    telemetry = TelemetryConfig.from_env(telemetry_env)
+    assert (telemetry.max_tracking_frames, telemetry.max_inflight_frames_per_process,
+            telemetry.max_inflight_frames_per_stream, telemetry.watch_retry_after_seconds) == \
+        (10_000_000, 100_000_000, 10_000_000, 2.5)
+    gateway = GatewayConfig.from_env({k: v["value"] for k, v in rendered.env("gateway").items() if "value" in v},
+                                     state_dir=REPO)
+    assert (gateway.sse_max_streams_per_process, gateway.jwks_max_stale_seconds, gateway.jwks_cooldown_seconds) \
+        == (1_000_000, 604800, 0.1)
+    assert rendered.env("tender")["HAULMESH_AUDIT_CHECKPOINT_INTERVAL_SECONDS"]["value"] == "86400"
+
+
 @pytest.mark.parametrize(("values", "message"), [
     ({"telemetryCaps": {"maxWatchesPerTenant": 0}}, r"/telemetryCaps/maxWatchesPerTenant"),
     ({"telemetryCaps": {"maxWatchesPerTennant": 8}}, r"additional properties 'maxWatchesPerTennant' not allowed"),
