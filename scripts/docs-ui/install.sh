@@ -19,7 +19,8 @@ cp "$here/package.json" "$here/package-lock.json" "$prefix/"
 # --ignore-scripts: no package's install script runs (swagger-ui-dist's dependency @scarf/scarf has one that
 # reports the install to its vendor); the page needs only the package's files.
 npm ci --prefix "$prefix" --ignore-scripts --no-audit --no-fund --silent
-# What the gateway serves must be there (docs_ui.py answers 503 without it): fail the build, not the page.
-for file in swagger-ui-bundle.js swagger-ui.css package.json; do
+# What the gateway serves must be there (docs_ui.py's _BUNDLE_FILES and the version it reads; without them /docs
+# answers 503): fail the build, not the page.
+for file in swagger-ui-bundle.js swagger-ui.css favicon-32x32.png favicon-16x16.png package.json; do
   test -s "$prefix/node_modules/swagger-ui-dist/$file" || { echo "swagger-ui-dist is missing $file" >&2; exit 1; }
 done

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from services.gateway.config import DEFAULT_DOCS_UI_DIR
+from services.gateway.rest.docs_ui import _BUNDLE_FILES
 
 REPO = Path(__file__).resolve().parents[3]
 DOCKERFILE = REPO / "Dockerfile"
@@ -218,6 +219,9 @@ def test_swagger_ui_is_pinned_by_version_and_hash() -> None:
     script = (REPO / DOCS_UI_SCRIPT).read_text()
     # `npm ci` installs exactly the lock (it refuses a lock that disagrees with package.json); no install scripts.
     assert re.search(r"^npm ci .*--ignore-scripts", script, re.MULTILINE)
+    # The build fails, rather than /docs answering 503, when a file the gateway serves is missing.
+    (checked,) = re.findall(r"^for file in (.*); do$", script, re.MULTILINE)
+    assert set(checked.split()) >= {*_BUNDLE_FILES, "package.json"}
     assert "npm install" not in script.split("set -euo pipefail", 1)[1]
     package = json.loads((REPO / "scripts/docs-ui/package.json").read_text())
     lock = json.loads((REPO / "scripts/docs-ui/package-lock.json").read_text())
