@@ -63,15 +63,16 @@ KPI_BASELINE_MINOR = (1, 1_000_000)
 #: the platform is older than the Unix epoch its indexes count from) to 9999-12-31T23:59:59Z (RFC 3339's and
 #: Python's last second; nanoseconds within it are fine).
 KPI_REPORT_SECONDS = (0, 253_402_300_799)
-#: The same limit in the times' proto-JSON form (RFC 3339, as protobuf reads it: upper-case T and Z, at most 9
-#: fractional digits, offsets within +/-23:59), for the OpenAPI document: a date-time format has no bounds in JSON
-#: Schema, a pattern can state years 1970-9999. It never admits what the range refuses: on the two edge days an
-#: offset could cross the bound (1970-01-01T00:30:00+01:00 is in 1969), so there a time must be given in UTC or with
-#: an offset away from the bound (1970-01-01 without a positive offset, 9999-12-31 without a negative one, +/-00:00
-#: being UTC); 1969-12-31 with a negative offset, though it can name a time inside the range, is not admitted. Dates
-#: that do not exist (02-30) are the date-time format's to refuse.
+#: The lower end of that range in the times' proto-JSON form (RFC 3339 as protobuf reads it: upper-case T and Z, at
+#: most 9 fractional digits), for the OpenAPI document: a date-time format has no bounds in JSON Schema, a pattern
+#: can state years 1970-9999. On 1970-01-01 a positive offset could name a time in 1969 (00:30+01:00), so on that
+#: date a time is given in UTC or with a negative offset (+00:00 is UTC); 1969-12-31 with a negative offset, though it
+#: can name a time inside the range, is not admitted either (a regular expression cannot compare a time with its
+#: offset in less than kilobytes). The upper end is every Timestamp's own: protobuf reads nothing after
+#: 9999-12-31T23:59:59.999999999Z, so 9999-12-31 with a negative offset may be refused as INVALID_JSON, as in any
+#: other date-time field. Dates that do not exist (02-30) are the date-time format's to refuse.
 KPI_REPORT_TIME = re.compile(
-    r"^(?!1970-01-01T.*\+(?!00:00$))(?!9999-12-31T.*-(?!00:00$)[0-9]{2}:[0-9]{2}$)"
+    r"^(?!1970-01-01T.*\+(?!00:00$))"
     r"(?:19[7-9][0-9]|[2-9][0-9]{3})-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
     r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,9})?(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])$")
 #: The fields UpdateTender may change (an empty mask or ``*``: all of them).
