@@ -4,8 +4,10 @@
 # Multi-stage: the builder generates the contracts' code (scripts/protos/gen.sh, the same script as
 # `make protos`) and installs the pinned dependencies into a virtualenv; the runtime stage gets that virtualenv
 # and the source tree only: no compilers, no proto tools, no secrets (certificates and REDIS_URL come from
-# Kubernetes Secrets at run time), owned by root and run as an unprivileged user.
+# Kubernetes Secrets at run time), owned by root and run as an unprivileged user. The docs-ui stage installs the
+# /docs page's Swagger UI with `make docs-ui`'s own script and lock, so /docs works in the image, offline.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG NODE_IMAGE=node:20-bookworm-slim
 
 FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -34,6 +36,14 @@ COPY edge_client/ edge_client/
 # Byte-compile our code now (pip already did the dependencies): the root filesystem is read-only at run time.
 RUN /opt/venv/bin/python -m compileall -q services edge_client haulmesh
 
+# Swagger UI for /docs (services/gateway/rest/docs_ui.py): scripts/docs-ui/install.sh, the script `make docs-ui`
+# runs, `npm ci` against the committed package-lock.json (pinned version, integrity hashes, no install scripts).
+# npm and the registry are needed here only: the runtime stage gets the installed files.
+FROM ${NODE_IMAGE} AS docs-ui
+WORKDIR /src
+COPY scripts/docs-ui/ scripts/docs-ui/
+RUN bash scripts/docs-ui/install.sh /opt/docs-ui
+
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="haulmesh" \
       org.opencontainers.image.description="Haulmesh services: tender, mission, telemetry, billing, gateway" \
@@ -51,6 +61,8 @@ COPY --from=builder /opt/venv /opt/venv
 COPY --from=builder /src/services /app/services
 COPY --from=builder /src/edge_client /app/edge_client
 COPY --from=builder /src/haulmesh /app/haulmesh
+# Where the gateway looks by default (HAULMESH_DOCS_UI_DIR's default: build/docs-ui/... of the source tree, /app).
+COPY --from=docs-ui /opt/docs-ui/node_modules/swagger-ui-dist /app/build/docs-ui/node_modules/swagger-ui-dist
 WORKDIR /app
 # The only writable place the services need (local state); Kubernetes mounts an emptyDir here.
 VOLUME ["/var/lib/haulmesh"]

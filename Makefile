@@ -35,14 +35,14 @@ $(BUF):
 
 tools: $(BUF) ## install buf (proto lint and breaking-change checks)
 
-# The interactive API reference's files (Swagger UI from npm, pinned), installed at build time into the gitignored
-# build/docs-ui/ and served by the gateway at /docs from there (services/gateway/rest/docs_ui.py): no CDN.
-SWAGGER_UI_VERSION := 5.35.0
-DOCS_UI := build/docs-ui/.installed-$(SWAGGER_UI_VERSION)
-$(DOCS_UI):
-	@command -v npm >/dev/null || { echo "npm is needed to install Swagger UI (the /docs page): apt-get install npm"; exit 1; }
-	rm -rf build/docs-ui
-	npm install --silent --no-save --no-audit --no-fund --prefix build/docs-ui swagger-ui-dist@$(SWAGGER_UI_VERSION)
+# The interactive API reference's files (Swagger UI from npm, pinned with integrity hashes by
+# scripts/docs-ui/package-lock.json), installed at build time into the gitignored build/docs-ui/ and served by the
+# gateway at /docs from there (services/gateway/rest/docs_ui.py): no CDN. The image installs them with the same
+# script (Dockerfile, stage docs-ui).
+DOCS_UI_SOURCES := scripts/docs-ui/install.sh scripts/docs-ui/package.json scripts/docs-ui/package-lock.json
+DOCS_UI := build/docs-ui/.installed
+$(DOCS_UI): $(DOCS_UI_SOURCES)
+	bash scripts/docs-ui/install.sh build/docs-ui
 	@touch $@
 .PHONY: docs-ui
 docs-ui: $(DOCS_UI) ## install the /docs page's Swagger UI (npm, pinned) into build/docs-ui

@@ -45,17 +45,21 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 import redis
 import redis.asyncio
 
+from ._errors import HaulmeshError
 from ._keys import new_id
 
+if TYPE_CHECKING:
+    from .audit_anchor import Checkpoint
+
 __all__ = ["ACTOR_CLIENT_METADATA_KEY", "ACTOR_SUBJECT_METADATA_KEY", "AUDIT_RETENTION_SECONDS", "CHAINS_KEY",
-           "AuditEntry", "AuditLog", "AuditReport", "TooManyAuditEntries", "actor_from_metadata", "actor_metadata",
-           "entries_touching", "trim", "verify", "verify_entries"]
+           "AuditEntry", "AuditLog", "AuditReport", "TooManyAuditEntries", "UnusableCheckpoints", "actor_from_metadata",
+           "actor_metadata", "entries_touching", "trim", "verify", "verify_entries"]
 
 CHAINS_KEY = "audit:chains"
 _GENESIS = "0" * 64
@@ -342,6 +346,16 @@ class _ChainWalk:
 CHECKPOINT_SLACK_SECONDS = 86400.0
 
 
+class UnusableCheckpoints(HaulmeshError):
+    """What :func:`verify` was given as checkpoints cannot be checked against: not the signed checkpoints
+    :func:`.audit_anchor.read_checkpoints` returns (a bare hash has no signing time or final flag, so the retention
+    and final checks would be skipped in silence), or a checkpoint filed under another chain or sequence.
+    ``haulmesh audit verify`` exits 2 (cannot check), never a check with parts silently left out."""
+
+    code_name = "INVALID_ARGUMENT"
+    default_reason = "UNUSABLE_CHECKPOINTS"
+
+
 @dataclass(frozen=True)
 class _Anchors:
     """One chain's signed checkpoints, as :func:`verify` uses them: hash and time by sequence, and whether the
@@ -352,12 +366,23 @@ class _Anchors:
     final: bool
 
     @classmethod
-    def of(cls, by_seq: Mapping[int, Any]) -> _Anchors:
-        """From sequence → hash (str), or sequence → :class:`.audit_anchor.Checkpoint` (time and final known)."""
-        hashes = {seq: v if isinstance(v, str) else v.hash for seq, v in by_seq.items()}
-        times = {seq: float(v.time) for seq, v in by_seq.items() if not isinstance(v, str)}
+    def of(cls, chain: str, by_seq: Mapping[int, Any]) -> _Anchors:
+        """From sequence → :class:`.audit_anchor.Checkpoint` of ``chain``; :class:`UnusableCheckpoints` for anything
+        else (a bare hash, a checkpoint of another chain or sequence)."""
+        from .audit_anchor import Checkpoint  # here, not at the top: audit_anchor (the layer above) uses this module
+
+        for seq, checkpoint in by_seq.items():
+            if not isinstance(checkpoint, Checkpoint):
+                raise UnusableCheckpoints(
+                    f"checkpoint {chain} sequence {seq} is a {type(checkpoint).__name__}, not a signed Checkpoint "
+                    "(audit_anchor.read_checkpoints(...).by_chain): without its signing time and final flag the "
+                    "retention and final checks cannot be made")
+            if (checkpoint.chain, checkpoint.seq) != (chain, seq):
+                raise UnusableCheckpoints(f"checkpoint {checkpoint.chain} sequence {checkpoint.seq} is filed as "
+                                          f"{chain} sequence {seq}")
         newest = by_seq[max(by_seq)] if by_seq else None
-        return cls(hashes, times, bool(getattr(newest, "final", False)))
+        return cls({seq: c.hash for seq, c in by_seq.items()}, {seq: float(c.time) for seq, c in by_seq.items()},
+                   bool(newest is not None and newest.final))
 
 
 # One page of a chain for verify, flattened in the store: [id, record, hash, id, record, hash, ...] (a missing field
@@ -513,18 +538,19 @@ def bases(client: redis.Redis) -> dict[str, int]:
     return {chain: int(base or 0) for chain, base in zip(chains, found, strict=True)}
 
 
-def verify(client: redis.Redis, *, checkpoints: Mapping[str, Mapping[int, Any]] | None = None,
+def verify(client: redis.Redis, *, checkpoints: Mapping[str, Mapping[int, Checkpoint]] | None = None,
            checkpoint_interval_seconds: float = 300.0) -> AuditReport:
     """Walk every chain (synchronously: it is a command-line check) and report every break.
 
     ``checkpoints``: the signed checkpoints, already signature-checked (:func:`.audit_anchor.read_checkpoints`),
-    as chain → sequence → :class:`.audit_anchor.Checkpoint` (or → hash alone, which skips the checks needing the
-    checkpoint's time and final flag). Read them *before* calling: a checkpoint is written only after its entries
-    are stored, so every one read before the walk must be matched by the store; a chain they name that the store
-    does not list was deleted or the store rolled back. ``checkpoint_interval_seconds``: the writers' interval
-    (``HAULMESH_AUDIT_CHECKPOINT_INTERVAL_SECONDS``), for how late a checkpoint may be."""
+    as chain → sequence → :class:`.audit_anchor.Checkpoint`; anything else (a bare hash, which would silently skip
+    the checks needing the checkpoint's time and final flag) raises :class:`UnusableCheckpoints` before any chain is
+    read (``haulmesh audit verify``: exit 2, cannot check). Read them *before* calling: a checkpoint is written only
+    after its entries are stored, so every one read before the walk must be matched by the store; a chain they name
+    that the store does not list was deleted or the store rolled back. ``checkpoint_interval_seconds``: the writers'
+    interval (``HAULMESH_AUDIT_CHECKPOINT_INTERVAL_SECONDS``), for how late a checkpoint may be."""
     problems: list[str] = []
-    anchors = {chain: _Anchors.of(by_seq) for chain, by_seq in (checkpoints or {}).items()}
+    anchors = {chain: _Anchors.of(chain, by_seq) for chain, by_seq in (checkpoints or {}).items()}
     chains = sorted(s.decode() for s in client.smembers(CHAINS_KEY))
     entries = unanchored = 0
     bare: list[str] = []

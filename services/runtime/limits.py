@@ -17,6 +17,8 @@ __all__ = [
     "FIELD_SCHEMAS",
     "HAZARD_CLASS",
     "KPI_BASELINE_MINOR",
+    "KPI_REPORT_SECONDS",
+    "KPI_REPORT_TIME",
     "MARKET_CODE",
     "MAX_ADDRESS",
     "MAX_PROPER_SHIPPING_NAME",
@@ -57,6 +59,22 @@ MAX_SPECIAL_INSTRUCTIONS = 2000
 #: A KPI report's baseline cost per mile, in minor units (10,000.00 a mile in a two-decimal currency: beyond
 #: any truck).
 KPI_BASELINE_MINOR = (1, 1_000_000)
+#: A KPI report window's times (start_time, end_time) as Unix seconds, inclusive: 1970-01-01T00:00:00Z (no fact of
+#: the platform is older than the Unix epoch its indexes count from) to 9999-12-31T23:59:59Z (RFC 3339's and
+#: Python's last second; nanoseconds within it are fine).
+KPI_REPORT_SECONDS = (0, 253_402_300_799)
+#: The lower end of that range in the times' proto-JSON form (RFC 3339 as protobuf reads it: upper-case T and Z, at
+#: most 9 fractional digits), for the OpenAPI document: a date-time format has no bounds in JSON Schema, a pattern
+#: can state years 1970-9999. On 1970-01-01 a positive offset could name a time in 1969 (00:30+01:00), so on that
+#: date a time is given in UTC or with a negative offset (+00:00 is UTC); 1969-12-31 with a negative offset, though it
+#: can name a time inside the range, is not admitted either (a regular expression cannot compare a time with its
+#: offset in less than kilobytes). The upper end is every Timestamp's own: protobuf reads nothing after
+#: 9999-12-31T23:59:59.999999999Z, so 9999-12-31 with a negative offset may be refused as INVALID_JSON, as in any
+#: other date-time field. Dates that do not exist (02-30) are the date-time format's to refuse.
+KPI_REPORT_TIME = re.compile(
+    r"^(?!1970-01-01T.*\+(?!00:00$))"
+    r"(?:19[7-9][0-9]|[2-9][0-9]{3})-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
+    r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,9})?(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])$")
 #: The fields UpdateTender may change (an empty mask or ``*``: all of them).
 TENDER_UPDATABLE_FIELDS = ("origin", "destination", "pickup_window", "delivery_window", "equipment", "weight_lb",
                            "hazmat", "special_instructions")
@@ -76,6 +94,8 @@ def mask_schema(fields: tuple[str, ...]) -> dict[str, Any]:
 FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
     "haulmesh.billing.v1.GetKpiReportRequest.baseline_cost_per_mile.amount_minor": {
         "minimum": KPI_BASELINE_MINOR[0], "maximum": KPI_BASELINE_MINOR[1]},
+    "haulmesh.billing.v1.GetKpiReportRequest.start_time": {"pattern": KPI_REPORT_TIME.pattern},
+    "haulmesh.billing.v1.GetKpiReportRequest.end_time": {"pattern": KPI_REPORT_TIME.pattern},
     "haulmesh.tender.v1.UpdateTenderRequest.update_mask": mask_schema(TENDER_UPDATABLE_FIELDS),
     "haulmesh.type.v1.Lane.origin_region": {"pattern": MARKET_CODE.pattern},
     "haulmesh.type.v1.Lane.destination_region": {"pattern": MARKET_CODE.pattern},

@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -25,12 +26,14 @@ from haulmesh.tender.v1 import tender_pb2, tender_service_pb2, tender_service_pb
 from services.runtime import (
     AuditLog,
     ConfigError,
+    HaulmeshError,
     Mesh,
     Policy,
     Service,
     ServiceConfig,
     _audit,
     actor_metadata,
+    cli,
     connect_sync,
     poll_until,
     trim_audit_log,
@@ -42,6 +45,7 @@ from services.runtime.audit_anchor import (
     RETRY_SECONDS,
     AuditSigner,
     Checkpoint,
+    CheckpointSet,
     CheckpointWriter,
     TooManyCheckpoints,
     generate_signing_key,
@@ -66,10 +70,10 @@ def keys(tmp_path: Path) -> tuple[AuditSigner, list[Path]]:
     return AuditSigner.from_file(tmp_path / "audit-signing-key.pem"), [tmp_path / "audit-signing.pub.pem"]
 
 
-def _anchors(objects, public_keys: list[Path]) -> dict[str, dict[int, str]]:
+def _anchors(objects, public_keys: list[Path]) -> dict[str, dict[int, Checkpoint]]:
     found = read_checkpoints(objects, load_public_keys(public_keys))
     assert found.problems == []
-    return {chain: {seq: c.hash for seq, c in by.items()} for chain, by in found.by_chain.items()}
+    return found.by_chain
 
 
 # --- AT-20, short: every attack, a few positions each, on the real store; 100 % detected ---------------------------
@@ -506,6 +510,44 @@ async def test_a_chain_never_anchored_is_not_anchored(store_client: redis.asynci
     report = verify_audit_log(connect_sync(store_url), checkpoints=found.by_chain, checkpoint_interval_seconds=0)
     assert report.intact and report.unanchored_chains == (bare.stream,)
     assert cli_main(["audit", "verify", "--public-key", str(public[0])]) == 3
+
+
+async def test_checkpoints_that_are_not_signed_checkpoints_are_refused(
+        store_client: redis.asyncio.Redis, store_url: str, tmp_path: Path, keys,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A bare hash in place of a checkpoint has no signing time and no final flag: verify would skip the retention
+    and final checks in silence. It is refused before any chain is read, as is a checkpoint filed under another
+    sequence; the command exits 2 (cannot check), never 0."""
+    signer, public = keys
+    await store_client.flushall()
+    url = str(tmp_path / "cp")
+    log = AuditLog(store_client, "bare-hash")
+    for _ in range(3):
+        await log.append(actor="a", method="/x/M")
+    await CheckpointWriter(log, signer, lambda: open_object_store(url)).tick(final=True)
+    found = read_checkpoints(open_object_store(url), load_public_keys(public))
+    (checkpoint,) = found.by_chain[log.stream].values()
+    sync = connect_sync(store_url)
+    assert verify_audit_log(sync, checkpoints=found.by_chain).intact  # the signed form verifies
+    # A final checkpoint followed by more entries is tampering (the final check); the bare form would hide it.
+    await log.append(actor="a", method="/x/M")
+    assert any("was its process's last" in p for p in verify_audit_log(sync, checkpoints=found.by_chain).problems)
+    for bad, words in (({3: checkpoint.hash}, rf"checkpoint {re.escape(log.stream)} sequence 3 is a str, not a "
+                                                r"signed Checkpoint .*retention and final checks cannot be made"),
+                       ({2: checkpoint}, rf"checkpoint {re.escape(log.stream)} sequence 3 is filed as "
+                                         rf"{re.escape(log.stream)} sequence 2")):
+        with pytest.raises(HaulmeshError, match=words) as caught:
+            verify_audit_log(sync, checkpoints={log.stream: bad})
+        assert caught.value.reason == "UNUSABLE_CHECKPOINTS"
+    # The command: the same refusal is "cannot check" (exit 2, the reason on stderr), not a verdict.
+    monkeypatch.setenv("REDIS_URL", store_url)
+    monkeypatch.setenv("HAULMESH_AUDIT_CHECKPOINT_URL", url)
+    bare = CheckpointSet({log.stream: {3: checkpoint.hash}}, [])  # as if the reader handed hashes over
+    monkeypatch.setattr(cli, "read_checkpoints", lambda *args, **kwargs: bare)
+    capsys.readouterr()
+    assert cli_main(["audit", "verify", "--public-key", str(public[0])]) == 2
+    out, err = capsys.readouterr()
+    assert "is a str, not a signed Checkpoint" in err and "TAMPERED" not in out and "intact" not in out
 
 
 def test_a_checkpoint_listing_at_its_limit_is_refused(tmp_path: Path, keys) -> None:

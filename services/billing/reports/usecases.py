@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from haulmesh.billing.v1 import report_service_pb2
 from services.runtime import FieldViolation, InvalidArgument, from_timestamp
+from services.runtime.limits import KPI_REPORT_SECONDS
 
 from ..convert import money_from_pb
 from . import convert, domain
@@ -13,8 +14,6 @@ from .store import ReportStore
 
 __all__ = ["Reports"]
 
-#: Timestamps a report accepts: 1970-01-01 to 9999-12-31 (what RFC 3339 and Python's datetime can hold).
-_MAX_SECONDS = 253_402_300_799
 
 
 def _now() -> datetime:
@@ -25,7 +24,8 @@ def _time(request: report_service_pb2.GetKpiReportRequest, name: str) -> datetim
     if not request.HasField(name):
         return None
     stamp = getattr(request, name)
-    if not 0 <= stamp.seconds <= _MAX_SECONDS:
+    # The limit the OpenAPI document states (services/runtime/limits.py).
+    if not KPI_REPORT_SECONDS[0] <= stamp.seconds <= KPI_REPORT_SECONDS[1]:
         raise InvalidArgument(f"{name} is out of range", violations=[
             FieldViolation(name, "must be between 1970-01-01 and 9999-12-31")])
     return from_timestamp(stamp) or datetime.fromtimestamp(0, UTC)

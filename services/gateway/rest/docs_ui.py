@@ -1,10 +1,11 @@
 """The interactive API reference at ``/docs`` (Swagger UI) and, in dev mode, the dev issuer's OAuth2 token endpoint.
 
-The reference is Swagger UI (npm ``swagger-ui-dist``, the version pinned in the Makefile's SWAGGER_UI_VERSION),
-installed at build time by ``make docs-ui`` (which ``make run``, ``make demo`` and ``make test`` run) into the
-gitignored ``build/docs-ui/``, and served from those local files: nothing is fetched from a CDN, so it works
-offline. Swagger UI because it renders every operation with its schemas and examples, lets a reader send a request
-("try it out") and gets a token through the OAuth2 client-credentials flow the OpenAPI document declares.
+The reference is Swagger UI (npm ``swagger-ui-dist``, version and hash pinned by scripts/docs-ui/package-lock.json),
+installed at build time by scripts/docs-ui/install.sh: ``make docs-ui`` (which ``make run``, ``make demo`` and
+``make test`` run) into the gitignored ``build/docs-ui/``, the image's ``docs-ui`` stage (Dockerfile) into the same
+place under /app; and served from those local files: nothing is fetched from a CDN, so it works offline. Swagger
+UI because it renders every operation with its schemas and examples, lets a reader send a request ("try it out")
+and gets a token through the OAuth2 client-credentials flow the OpenAPI document declares.
 
 Every answer carries a strict Content-Security-Policy: scripts only from this origin (no inline script, no eval:
 the page's settings are data attributes that the served ``haulmesh-docs.js`` reads), connections only to this

@@ -229,6 +229,8 @@ async def test_another_tenant_sees_nothing(mesh: Mesh, mesh_pki: Pki, http) -> N
 @pytest.mark.parametrize(("params", "fields"), [
     ({"startTime": "2026-06-01T00:00:00Z", "endTime": "2026-05-31T00:00:00Z"}, ["end_time"]),
     ({"startTime": "2025-01-01T00:00:00Z", "endTime": "2026-01-03T00:00:00Z"}, ["end_time"]),  # 367 days
+    # The times' range, which the OpenAPI document states (services/runtime/limits.py KPI_REPORT_TIME).
+    ({"startTime": "1969-12-31T23:59:59Z", "endTime": "1970-01-02T00:00:00Z"}, ["start_time"]),
     ({"lane.originRegion": "Houston", "lane.destinationRegion": "US-GA-ATL"}, ["lane.origin_region"]),
     ({"baselineCostPerMile.currencyCode": "USD", "baselineCostPerMile.amountMinor": "0"},
      ["baseline_cost_per_mile.amount_minor"]),

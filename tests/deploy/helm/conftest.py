@@ -50,7 +50,7 @@ ALL_ON: dict[str, Any] = {
         "additionalGroups": [{"name": "extra", "rules": [{"record": "haulmesh:up:sum", "expr": "sum(up)"}]}],
     },
     "gatewayAuth": {"jwksConfigMap": {"name": "tms-issuer-jwks"}, "issuer": "https://idp.example",
-                    "audience": "haulmesh"},
+                    "audience": "haulmesh", "issuerCarriers": ["acme"]},
     "serviceAccount": {"create": True, "annotations": {"example.com/role": "haulmesh"}},
     "imagePullSecrets": [{"name": "registry"}],
     "services": {

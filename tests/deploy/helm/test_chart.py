@@ -260,6 +260,30 @@ def test_the_caps_can_be_changed_and_the_service_reads_them(chart: ChartRenderer
     assert (gateway.sse_max_streams_per_carrier, gateway.device_max_inflight_requests) == (4, 64)
 
 
+def test_large_and_fractional_numbers_reach_the_services_as_they_read_them(chart: ChartRenderer) -> None:
+    # Helm reads values' numbers as float64, which print as "1e+07" from 1,000,000 on: a service reading whole
+    # numbers would refuse to start. The schema's largest values must render as plain integers.
+    rendered = chart.render({
+        "telemetryCaps": {"maxTrackingFrames": 10_000_000, "maxInflightFramesPerProcess": 100_000_000,
+                          "maxInflightFramesPerStream": 10_000_000, "watchRetryAfterSeconds": 2.5},
+        "gatewayCaps": {"sseMaxStreamsPerProcess": 1_000_000},
+        "archive": {"afterSeconds": 2_592_000},
+        "auditAnchor": {"intervalSeconds": 86400},
+        "gatewayAuth": {"jwksMaxStaleSeconds": 604800, "jwksCooldownSeconds": 0.1}})
+    telemetry_env = {k: v["value"] for k, v in rendered.env("telemetry").items() if "value" in v}
+    assert telemetry_env["HAULMESH_TELEMETRY_MAX_INFLIGHT_FRAMES_PER_PROCESS"] == "100000000"
+    assert telemetry_env["HAULMESH_ARCHIVE_AFTER_SECONDS"] == "2592000"
+    telemetry = TelemetryConfig.from_env(telemetry_env)
+    assert (telemetry.max_tracking_frames, telemetry.max_inflight_frames_per_process,
+            telemetry.max_inflight_frames_per_stream, telemetry.watch_retry_after_seconds) == \
+        (10_000_000, 100_000_000, 10_000_000, 2.5)
+    gateway = GatewayConfig.from_env({k: v["value"] for k, v in rendered.env("gateway").items() if "value" in v},
+                                     state_dir=REPO)
+    assert (gateway.sse_max_streams_per_process, gateway.jwks_max_stale_seconds, gateway.jwks_cooldown_seconds) \
+        == (1_000_000, 604800, 0.1)
+    assert rendered.env("tender")["HAULMESH_AUDIT_CHECKPOINT_INTERVAL_SECONDS"]["value"] == "86400"
+
+
 @pytest.mark.parametrize(("values", "message"), [
     ({"telemetryCaps": {"maxWatchesPerTenant": 0}}, r"/telemetryCaps/maxWatchesPerTenant"),
     ({"telemetryCaps": {"maxWatchesPerTennant": 8}}, r"additional properties 'maxWatchesPerTennant' not allowed"),
@@ -285,6 +309,106 @@ def test_a_process_cap_below_the_stream_cap_is_refused_at_render(chart: ChartRen
         chart.render({"telemetryCaps": {"maxInflightFramesPerProcess": 1000}})
     equal = chart.render({"telemetryCaps": {"maxInflightFramesPerStream": 3000, "maxInflightFramesPerProcess": 3000}})
     assert equal.env("telemetry")["HAULMESH_TELEMETRY_MAX_INFLIGHT_FRAMES_PER_PROCESS"]["value"] == "3000"
+
+
+# --- the gateway's token settings (issue 12, docs/security.md "Tokens") ------------------------------------
+
+#: Each numeric key of gatewayAuth, its variable and GatewayConfig's field (the code's default is read from the
+#: dataclass, so a default changed in code and not in values.yaml fails here).
+TOKEN_SETTINGS = {
+    "leewaySeconds": ("HAULMESH_JWT_LEEWAY_SECONDS", "jwt_leeway_seconds"),
+    "jwksRefreshSeconds": ("HAULMESH_JWKS_REFRESH_SECONDS", "jwks_refresh_seconds"),
+    "jwksCooldownSeconds": ("HAULMESH_JWKS_COOLDOWN_SECONDS", "jwks_cooldown_seconds"),
+    "jwksMaxStaleSeconds": ("HAULMESH_JWKS_MAX_STALE_SECONDS", "jwks_max_stale_seconds"),
+    "jwksFetchTimeoutSeconds": ("HAULMESH_JWKS_FETCH_TIMEOUT_SECONDS", "jwks_fetch_timeout_seconds"),
+}
+TOKEN_VARIABLES = {variable for variable, _ in TOKEN_SETTINGS.values()} | {
+    "HAULMESH_JWT_ISSUER_CARRIERS", "HAULMESH_JWKS_CA_FILE"}
+
+
+def _gateway_config(rendered: Rendered) -> GatewayConfig:
+    return GatewayConfig.from_env({k: v["value"] for k, v in rendered.env("gateway").items() if "value" in v},
+                                  state_dir=REPO)
+
+
+def test_the_token_settings_are_rendered_with_the_codes_defaults_into_the_gateway_only(rendered: Rendered) -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["gatewayAuth"]
+    env = rendered.env("gateway")
+    config = _gateway_config(rendered)
+    for key, (variable, field) in TOKEN_SETTINGS.items():
+        assert float(env[variable]["value"]) == values[key] == getattr(GatewayConfig(), field), (key, variable)
+        assert getattr(config, field) == values[key], (key, "the gateway reads the rendered value")
+    # No binding by default (any carrier); a value set that binds the issuer gets exactly its carriers.
+    assert values["issuerCarriers"] == [] and GatewayConfig().jwt_issuer_carriers is None
+    assert config.jwt_issuer_carriers in (None, frozenset(ALL_ON["gatewayAuth"]["issuerCarriers"]))
+    for other in SERVICES:
+        if other != "gateway":
+            assert not set(rendered.env(other)) & TOKEN_VARIABLES, other
+
+
+def test_the_token_settings_can_be_changed_and_the_gateway_reads_them(chart: ChartRenderer) -> None:
+    rendered = chart.render({**PRODUCTION, "gatewayAuth": {
+        "jwksUrl": "https://idp.example/jwks", "leewaySeconds": 5, "issuerCarriers": ["acme", "russell-transport"],
+        "jwksRefreshSeconds": 600, "jwksCooldownSeconds": 0.5, "jwksMaxStaleSeconds": 604800,
+        "jwksFetchTimeoutSeconds": 2.5, "jwksCaConfigMap": {"name": "idp-ca", "key": "idp.pem"}}})
+    config = _gateway_config(rendered)
+    assert (config.jwks_url, config.jwt_leeway_seconds, config.jwks_refresh_seconds, config.jwks_cooldown_seconds,
+            config.jwks_max_stale_seconds, config.jwks_fetch_timeout_seconds) == \
+        ("https://idp.example/jwks", 5, 600, 0.5, 604800, 2.5)
+    assert config.jwt_issuer_carriers == {"acme", "russell-transport"}
+    # The CA is a ConfigMap mounted read-only into the gateway alone; the variable names the file in it.
+    assert config.jwks_ca_file == Path("/etc/haulmesh/jwks-ca/idp.pem")
+    (mount,) = [m for m in rendered.container("gateway")["volumeMounts"] if m["name"] == "jwks-ca"]
+    assert mount == {"name": "jwks-ca", "mountPath": "/etc/haulmesh/jwks-ca", "readOnly": True}
+    (volume,) = [v for v in rendered.deployment("gateway")["spec"]["template"]["spec"]["volumes"]
+                 if v["name"] == "jwks-ca"]
+    assert volume["configMap"] == {"name": "idp-ca"}
+    for other in SERVICES:
+        if other != "gateway":
+            assert "jwks-ca" not in {m["name"] for m in rendered.container(other)["volumeMounts"]}, other
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    # The schema: ranges and forms, as GatewayConfig checks them (the key's path in the error).
+    ({"gatewayAuth": {"leewaySeconds": 301}}, r"at '/gatewayAuth/leewaySeconds'"),
+    ({"gatewayAuth": {"jwksRefreshSeconds": 0}}, r"at '/gatewayAuth/jwksRefreshSeconds'"),
+    ({"gatewayAuth": {"jwksCooldownSeconds": 0.05}}, r"at '/gatewayAuth/jwksCooldownSeconds'"),
+    ({"gatewayAuth": {"jwksMaxStaleSeconds": -1}}, r"at '/gatewayAuth/jwksMaxStaleSeconds'"),
+    ({"gatewayAuth": {"jwksFetchTimeoutSeconds": 31}}, r"at '/gatewayAuth/jwksFetchTimeoutSeconds'"),
+    ({"gatewayAuth": {"jwksFetchTimeoutSeconds": "5s"}}, r"at '/gatewayAuth/jwksFetchTimeoutSeconds'"),
+    ({"gatewayAuth": {"issuerCarriers": ["Acme"]}}, r"at '/gatewayAuth/issuerCarriers/0'"),
+    ({"gatewayAuth": {"issuerCarriers": "acme,russell"}}, r"at '/gatewayAuth/issuerCarriers'"),
+    ({"gatewayAuth": {"issuerCarriers": ["acme", "acme"]}}, r"at '/gatewayAuth/issuerCarriers'"),
+    ({"gatewayAuth": {"jwksCaConfigMap": {"name": "ca", "key": ""}}}, r"at '/gatewayAuth/jwksCaConfigMap/key'"),
+    ({"gatewayAuth": {"jwksCooldown": 5}}, r"additional properties 'jwksCooldown' not allowed"),
+    # Set twice (the key and the env map) would render a duplicate entry: the env map refuses the chart's own.
+    ({"env": {"HAULMESH_JWKS_COOLDOWN_SECONDS": "5"}}, r"invalid propertyName"),
+    ({"services": {"gateway": {"env": {"HAULMESH_JWT_ISSUER_CARRIERS": "acme"}}}}, r"invalid propertyName"),
+])
+def test_bad_token_settings_are_refused_by_the_schema(chart: ChartRenderer, values: dict[str, Any],
+                                                      message: str) -> None:
+    with pytest.raises(helm.HelmValuesError, match=message):
+        chart.render(values)
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    # What the gateway would refuse at start-up (or, for the two key sources, the chart would silently drop).
+    ({"gatewayAuth": {"jwksCooldownSeconds": 301}},
+     r"gatewayAuth.jwksCooldownSeconds \(301\) must not exceed gatewayAuth.jwksRefreshSeconds \(300\)"),
+    ({"gatewayAuth": {"jwksUrl": "https://idp.example/jwks", "jwksConfigMap": {"name": "tms-issuer-jwks"}}},
+     r"gatewayAuth.jwksUrl and gatewayAuth.jwksConfigMap.name are exclusive"),
+    ({"gatewayAuth": {"jwksConfigMap": {"name": "tms-issuer-jwks"}, "jwksCaConfigMap": {"name": "idp-ca"}}},
+     r"gatewayAuth.jwksCaConfigMap is the CA of the jwksUrl's certificate: set gatewayAuth.jwksUrl too"),
+])
+def test_inconsistent_token_settings_are_refused_at_render(chart: ChartRenderer, values: dict[str, Any],
+                                                          message: str) -> None:
+    with pytest.raises(helm.HelmError, match=message):
+        chart.render(values)
+
+
+def test_a_cooldown_equal_to_the_refresh_is_accepted(chart: ChartRenderer) -> None:
+    rendered = chart.render({"gatewayAuth": {"jwksRefreshSeconds": 60, "jwksCooldownSeconds": 60}})
+    assert _gateway_config(rendered).jwks_cooldown_seconds == 60
 
 
 # --- network exposure --------------------------------------------------------------------------------------
@@ -538,13 +662,15 @@ def test_every_readme_variable_can_be_set(chart: ChartRenderer) -> None:
     rendered = chart.render({**ALL_ON, "env": free, "services": per_service})
     # Variables the chart sets from its own keys, and where.
     gateway_only = {"HAULMESH_HTTP_PORT", "HAULMESH_GATEWAY_DEVICE_PORT", "HAULMESH_JWKS_FILE",
-                    "HAULMESH_JWT_ISSUER", "HAULMESH_JWT_AUDIENCE"}
+                    "HAULMESH_JWT_ISSUER", "HAULMESH_JWT_AUDIENCE", *TOKEN_VARIABLES} - {"HAULMESH_JWKS_CA_FILE"}
     billing_only = {"HAULMESH_BILLING_EVIDENCE_CERT_FILE", "HAULMESH_BILLING_EVIDENCE_KEY_FILE"}
     telemetry_only = {"HAULMESH_ARCHIVE_RETENTION_DAYS", "HAULMESH_ARCHIVE_AFTER_SECONDS"}
     # Never set: HAULMESH_CERT_DIR (the explicit TLS files win), HAULMESH_JWKS_URL (ALL_ON mounts a JWKS file;
     # PRODUCTION sets the URL, checked below), HAULMESH_ARCHIVE_URL (archive.url, checked in the archive test),
-    # HAULMESH_AUDIT_CHECKPOINT_URL (auditAnchor.checkpointUrl, checked in the audit anchor test).
-    unset = {"HAULMESH_CERT_DIR", "HAULMESH_JWKS_URL", "HAULMESH_ARCHIVE_URL", "HAULMESH_AUDIT_CHECKPOINT_URL"}
+    # HAULMESH_AUDIT_CHECKPOINT_URL (auditAnchor.checkpointUrl, checked in the audit anchor test),
+    # HAULMESH_JWKS_CA_FILE (only with a JWKS URL: checked in the token settings' test).
+    unset = {"HAULMESH_CERT_DIR", "HAULMESH_JWKS_URL", "HAULMESH_ARCHIVE_URL", "HAULMESH_AUDIT_CHECKPOINT_URL",
+             "HAULMESH_JWKS_CA_FILE"}
     for name in SERVICES:
         env = rendered.env(name)
         for variable in names:

@@ -2,12 +2,14 @@
 
 Its invariants: multi-stage, the runtime stage on python:3.11-slim running as a non-root uid, nothing added
 from URLs or archives (no ADD), no secrets or local state copied or baked into the environment, a build
-context that only lets the sources in, and pins read from pyproject.toml rather than repeated.
+context that only lets the sources in, pins read from pyproject.toml rather than repeated, and /docs' Swagger UI
+installed by the same script and lock as ``make docs-ui`` into the place the gateway serves it from.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 import subprocess
 import sys
@@ -16,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from services.gateway.config import DEFAULT_DOCS_UI_DIR
+from services.gateway.rest.docs_ui import _BUNDLE_FILES
 
 REPO = Path(__file__).resolve().parents[3]
 DOCKERFILE = REPO / "Dockerfile"
@@ -94,9 +99,12 @@ def test_multi_stage_with_a_slim_python_runtime(stages: list[Stage]) -> None:
     assert stages[0].name == "builder"
     runtime = stages[-1]
     assert re.fullmatch(r"python:3\.11[\w.-]*-slim[\w.-]*(@sha256:[0-9a-f]{64})?", runtime.base), runtime.base
-    # The runtime stage takes only the builder's output, never a compiler or the proto tools.
+    # The runtime stage takes only the build stages' output (the builder's, Swagger UI's), never a compiler, npm or
+    # the proto tools.
+    build_stages = {stage.name for stage in stages[:-1]}
     copies = [i for i in runtime.instructions if i.keyword == "COPY"]
-    assert copies and all(i.arguments.startswith("--from=builder ") for i in copies)
+    assert copies and all(re.match(r"--from=(\S+) ", i.arguments) for i in copies)
+    assert {re.match(r"--from=(\S+) ", i.arguments).group(1) for i in copies} <= build_stages
     assert not any("/opt/protoc" in i.arguments for i in copies)
     assert not any(re.search(r"\b(apt-get|pip) install", i.arguments) for i in runtime.instructions)
 
@@ -144,10 +152,11 @@ def test_build_context_lets_in_only_the_sources(stages: list[Stage]) -> None:
                 if line.strip() and not line.startswith("#")]
     assert patterns[0] == "*", "allow-list: ignore everything, then re-include the sources"
     for path in (".haulmesh/certs/ca-key.pem", "services/tender/dev.pem", "edge_client/truck.key", ".venv/bin/python",
-                 "haulmesh/tender/v1/tender_pb2.py", ".git/config", "tests/conftest.py", "build/bench.json"):
+                 "haulmesh/tender/v1/tender_pb2.py", ".git/config", "tests/conftest.py", "build/bench.json",
+                 "build/docs-ui/node_modules/swagger-ui-dist/swagger-ui-bundle.js", "scripts/demo.py"):
         assert _ignored(path, patterns), path
-    # Everything the builder copies is in the context.
-    for instruction in stages[0].instructions:
+    # Everything the build stages copy is in the context.
+    for instruction in (i for stage in stages for i in stage.instructions):
         if instruction.keyword == "COPY" and not instruction.arguments.startswith("--from"):
             for source in instruction.arguments.split()[:-1]:
                 assert (REPO / source).exists(), source
@@ -168,6 +177,61 @@ def test_pins_come_from_pyproject(stages: list[Stage], tmp_path: Path) -> None:
     generators = (tmp_path / "protoc.txt").read_text().split()
     assert {g.split("==")[0] for g in generators} == {"grpcio-tools", "mypy-protobuf", "googleapis-common-protos"}
     assert all("==" in g for g in generators)
+
+
+DOCS_UI_SCRIPT = "scripts/docs-ui/install.sh"
+
+
+def _makefile_recipe(target_prefix: str) -> str:
+    """The recipe lines of the Makefile rule whose target starts with ``target_prefix``."""
+    lines = (REPO / "Makefile").read_text().splitlines()
+    (start,) = [n for n, line in enumerate(lines) if line.startswith(target_prefix) and ":" in line]
+    recipe = []
+    for line in lines[start + 1:]:
+        if not line.startswith("\t"):
+            break
+        recipe.append(line.strip())
+    return "\n".join(recipe)
+
+
+def test_the_image_installs_swagger_ui_as_make_docs_ui_does(stages: list[Stage]) -> None:
+    """/docs in the image: the same script and lock as ``make docs-ui``, into where the gateway looks by default
+    (else the image's /docs answers 503)."""
+    # `make docs-ui` runs the script, and is rebuilt when the script or its pins change.
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^DOCS_UI_SOURCES := .*scripts/docs-ui/package-lock\.json", makefile, re.MULTILINE)
+    assert f"bash {DOCS_UI_SCRIPT} build/docs-ui" in _makefile_recipe("$(DOCS_UI)")
+    # One stage of the image runs the same script on the same files, nothing else fetched.
+    (ui,) = [s for s in stages[:-1] if any(DOCS_UI_SCRIPT in i.arguments for i in s.instructions if i.keyword == "RUN")]
+    copies = [i.arguments.split() for i in ui.instructions if i.keyword == "COPY"]
+    assert copies == [["scripts/docs-ui/", "scripts/docs-ui/"]], copies
+    (run,) = [i.arguments for i in ui.instructions if i.keyword == "RUN"]
+    prefix = re.fullmatch(rf"bash {re.escape(DOCS_UI_SCRIPT)} (/\S+)", run).group(1)
+    assert re.fullmatch(r"node:\d+[\w.-]*-slim(@sha256:[0-9a-f]{64})?", ui.base), ui.base
+    # The runtime stage copies the installed package to the gateway's default directory under /app.
+    default = DEFAULT_DOCS_UI_DIR.relative_to(REPO)
+    assert [i.arguments for i in stages[-1].instructions if i.keyword == "COPY" and f"--from={ui.name} " in
+            i.arguments] == [f"--from={ui.name} {prefix}/node_modules/swagger-ui-dist /app/{default}"]
+    assert "HAULMESH_DOCS_UI_DIR" not in " ".join(i.arguments for i in stages[-1].instructions if i.keyword == "ENV")
+
+
+def test_swagger_ui_is_pinned_by_version_and_hash() -> None:
+    script = (REPO / DOCS_UI_SCRIPT).read_text()
+    # `npm ci` installs exactly the lock (it refuses a lock that disagrees with package.json); no install scripts.
+    assert re.search(r"^npm ci .*--ignore-scripts", script, re.MULTILINE)
+    # The build fails, rather than /docs answering 503, when a file the gateway serves is missing.
+    (checked,) = re.findall(r"^for file in (.*); do$", script, re.MULTILINE)
+    assert set(checked.split()) >= {*_BUNDLE_FILES, "package.json"}
+    assert "npm install" not in script.split("set -euo pipefail", 1)[1]
+    package = json.loads((REPO / "scripts/docs-ui/package.json").read_text())
+    lock = json.loads((REPO / "scripts/docs-ui/package-lock.json").read_text())
+    version = package["dependencies"]["swagger-ui-dist"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version), f"an exact version, not a range: {version}"
+    assert set(package["dependencies"]) == {"swagger-ui-dist"}
+    assert lock["packages"][""]["dependencies"] == package["dependencies"], "package-lock.json is stale"
+    assert lock["packages"]["node_modules/swagger-ui-dist"]["version"] == version
+    installed = {path: entry for path, entry in lock["packages"].items() if path}
+    assert installed and all(entry["integrity"].startswith("sha512-") for entry in installed.values())
 
 
 def test_generated_code_sits_beside_the_services(stages: list[Stage]) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+from collections.abc import AsyncIterator
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -181,11 +183,16 @@ async def test_token_errors_are_rfc6749(http: httpx.AsyncClient, mesh: Mesh, cas
     assert secret not in answer.text
 
 
-async def test_without_the_bundle_docs_says_how_to_build_it(tmp_path: Path) -> None:
-    """A gateway whose Swagger UI files are absent answers /docs 503 with the way out, never 500."""
-    document = {"openapi": "3.1.0", "info": {"title": "Haulmesh", "version": "v1"}, "paths": {}}
+#: The smallest OpenAPI document the /docs routes serve (the tests' own listeners below).
+_EMPTY_DOCUMENT = {"openapi": "3.1.0", "info": {"title": "Haulmesh", "version": "v1"}, "paths": {}}
+
+
+@contextlib.asynccontextmanager
+async def _serving(docs: DocsUi) -> AsyncIterator[httpx.AsyncClient]:
+    """``docs``' routes on a real uvicorn listener of the test's own (a free loopback port), and a client of it once
+    it answers (polled: no fixed wait on a loaded machine); the listener is stopped on the way out."""
     port = free_port()
-    listener = HttpListener(Starlette(routes=DocsUi(tmp_path / "absent").routes(document)), "127.0.0.1", port)
+    listener = HttpListener(Starlette(routes=docs.routes(_EMPTY_DOCUMENT)), "127.0.0.1", port)
     task = asyncio.create_task(listener.run())
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
@@ -197,17 +204,23 @@ async def test_without_the_bundle_docs_says_how_to_build_it(tmp_path: Path) -> N
                     return False
 
             await poll_until(up, timeout_seconds=20, what="the listener")
-            page = await client.get("/docs")
-            assert page.status_code == 503 and page.headers["content-type"].startswith("text/html")
-            assert "make docs-ui" in page.text and "/openapi.json" in page.text
-            assert page.headers["content-security-policy"] == DOCS_CSP
-            asset = await client.get("/docs/assets/swagger-ui-bundle.js")
-            assert asset.status_code == 503 and "make docs-ui" in asset.text
-            # No dev token endpoint unless asked for.
-            assert (await client.post("/oauth2/token", data={"grant_type": "client_credentials"})).status_code == 404
+            yield client
     finally:
         await listener.stop()
         await task
+
+
+async def test_without_the_bundle_docs_says_how_to_build_it(tmp_path: Path) -> None:
+    """A gateway whose Swagger UI files are absent answers /docs 503 with the way out, never 500."""
+    async with _serving(DocsUi(tmp_path / "absent")) as client:
+        page = await client.get("/docs")
+        assert page.status_code == 503 and page.headers["content-type"].startswith("text/html")
+        assert "make docs-ui" in page.text and "/openapi.json" in page.text
+        assert page.headers["content-security-policy"] == DOCS_CSP
+        asset = await client.get("/docs/assets/swagger-ui-bundle.js")
+        assert asset.status_code == 503 and "make docs-ui" in asset.text
+        # No dev token endpoint unless asked for.
+        assert (await client.post("/oauth2/token", data={"grant_type": "client_credentials"})).status_code == 404
 
 
 def test_the_dev_token_endpoint_is_refused_where_it_could_leak(tmp_path: Path) -> None:
@@ -254,28 +267,11 @@ async def test_a_removed_secret_file_is_a_401_not_a_500(tmp_path: Path) -> None:
                                         audience="https://api.example", jwks_file=jwks_path(tmp_path), jwks_url=None,
                                         listen_host="127.0.0.1", scopes={"tender:read"})
     endpoint.secret_file.unlink()
-    document = {"openapi": "3.1.0", "info": {"title": "Haulmesh", "version": "v1"}, "paths": {}}
-    port = free_port()
-    listener = HttpListener(Starlette(routes=DocsUi(tmp_path / "absent", endpoint).routes(document)), "127.0.0.1",
-                            port)
-    task = asyncio.create_task(listener.run())
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
-            async def up() -> bool:
-                try:
-                    await client.get("/docs")
-                    return True
-                except httpx.TransportError:
-                    return False
-
-            await poll_until(up, timeout_seconds=20, what="the listener")
-            form = {"grant_type": "client_credentials", "scope": "tender:read"}
-            assert (await client.post("/oauth2/token", data=form, auth=("docs-co", ""))).status_code == 401
-            good = await client.post("/oauth2/token", data=form, auth=("docs-co", endpoint.secret))
-            assert good.status_code == 200 and good.json()["token_type"] == "Bearer"
-    finally:
-        await listener.stop()
-        await task
+    async with _serving(DocsUi(tmp_path / "absent", endpoint)) as client:
+        form = {"grant_type": "client_credentials", "scope": "tender:read"}
+        assert (await client.post("/oauth2/token", data=form, auth=("docs-co", ""))).status_code == 401
+        good = await client.post("/oauth2/token", data=form, auth=("docs-co", endpoint.secret))
+        assert good.status_code == 200 and good.json()["token_type"] == "Bearer"
 
 
 def test_the_settings_come_from_the_environment() -> None:

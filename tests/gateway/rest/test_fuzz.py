@@ -138,6 +138,11 @@ def test_the_check_forgives_only_what_no_schema_states() -> None:
     assert not forgiven(_status(3, "INVALID_ARGUMENT", ("tender.notes", "required: (0, 0) is treated as not set")),
                         {})
     assert not forgiven(_status(3, "INVALID_ARGUMENT", ("tender.tms_load_id", "host does not resolve")), {})
+    # The KPI report window: its order and length are rules between fields; its times' range is stated
+    # (services/runtime/limits.py KPI_REPORT_TIME), so a refusal for it means the document is wrong.
+    assert forgiven(_status(3, "INVALID_ARGUMENT", ("end_time", "must be at most 366 days after start_time")), {})
+    for field in ("start_time", "end_time"):
+        assert not forgiven(_status(3, "INVALID_ARGUMENT", (field, "must be between 1970-01-01 and 9999-12-31")), {})
     assert not forgiven(_status(9, "SOMETHING_NEW"), {})
     assert not forgiven(json.dumps({"code": 9, "message": "no reason"}).encode(), {})
     assert not forgiven(b"not json", {})

@@ -120,6 +120,15 @@ gateway:
   deviceMaxInflightRequests: HAULMESH_GATEWAY_DEVICE_MAX_INFLIGHT_REQUESTS
 {{- end }}
 
+{{/*
+A number from values as an environment value. Helm reads every number of values.yaml as a float64, which prints
+in exponent form from 1,000,000 on ("1e+06"), and the services read whole numbers with int(): whole numbers are
+printed as integers, the others as they are ("2.5").
+*/}}
+{{- define "haulmesh.number" -}}
+{{- if eq (float64 .) (float64 (int64 .)) }}{{ int64 . }}{{ else }}{{ . }}{{ end }}
+{{- end }}
+
 {{/* HAULMESH_STORE_ACK_REPLICAS: the in-chart Valkey's replicas, else what redis.ackReplicas says. */}}
 {{- define "haulmesh.ackReplicas" -}}
 {{- if .Values.valkey.enabled }}
@@ -292,7 +301,7 @@ spec:
               value: {{ . | quote }}
             {{- end }}
             - name: HAULMESH_AUDIT_CHECKPOINT_INTERVAL_SECONDS
-              value: {{ $root.Values.auditAnchor.intervalSeconds | quote }}
+              value: {{ include "haulmesh.number" $root.Values.auditAnchor.intervalSeconds | quote }}
             {{- if eq $name "billing" }}
             {{- /* The evidence key that seals evidence packs: billing only (least privilege). */}}
             - name: HAULMESH_BILLING_EVIDENCE_CERT_FILE
@@ -308,16 +317,16 @@ spec:
               value: {{ .url | quote }}
             {{- end }}
             - name: HAULMESH_ARCHIVE_RETENTION_DAYS
-              value: {{ .retentionDays | quote }}
+              value: {{ include "haulmesh.number" .retentionDays | quote }}
             - name: HAULMESH_ARCHIVE_AFTER_SECONDS
-              value: {{ .afterSeconds | quote }}
+              value: {{ include "haulmesh.number" .afterSeconds | quote }}
             {{- end }}
             {{- end }}
             {{- /* Per-process caps (values telemetryCaps / gatewayCaps), each to its own service only. */}}
             {{- $caps := include "haulmesh.capVariables" . | fromYaml }}
             {{- range $key, $variable := (get $caps $name | default dict) }}
             - name: {{ $variable }}
-              value: {{ index (get $root.Values (printf "%sCaps" $name)) $key | toString | quote }}
+              value: {{ include "haulmesh.number" (index (get $root.Values (printf "%sCaps" $name)) $key) | quote }}
             {{- end }}
             {{- /* Short Service names: the names `haulmesh pki` and cert-manager put in the certificates. */}}
             {{- range $peer, $peerTopology := $topology }}
@@ -347,6 +356,25 @@ spec:
             {{- with .audience }}
             - name: HAULMESH_JWT_AUDIENCE
               value: {{ . | quote }}
+            {{- end }}
+            {{- /* Always rendered, with the code's defaults (values.yaml): the gateway checks them at start-up. */}}
+            - name: HAULMESH_JWT_LEEWAY_SECONDS
+              value: {{ include "haulmesh.number" .leewaySeconds | quote }}
+            - name: HAULMESH_JWKS_REFRESH_SECONDS
+              value: {{ include "haulmesh.number" .jwksRefreshSeconds | quote }}
+            - name: HAULMESH_JWKS_COOLDOWN_SECONDS
+              value: {{ include "haulmesh.number" .jwksCooldownSeconds | quote }}
+            - name: HAULMESH_JWKS_MAX_STALE_SECONDS
+              value: {{ include "haulmesh.number" .jwksMaxStaleSeconds | quote }}
+            - name: HAULMESH_JWKS_FETCH_TIMEOUT_SECONDS
+              value: {{ include "haulmesh.number" .jwksFetchTimeoutSeconds | quote }}
+            {{- with .issuerCarriers }}
+            - name: HAULMESH_JWT_ISSUER_CARRIERS
+              value: {{ join "," . | quote }}
+            {{- end }}
+            {{- if .jwksCaConfigMap.name }}
+            - name: HAULMESH_JWKS_CA_FILE
+              value: /etc/haulmesh/jwks-ca/{{ .jwksCaConfigMap.key }}
             {{- end }}
             {{- end }}
             {{- end }}
@@ -403,6 +431,11 @@ spec:
               mountPath: /etc/haulmesh/jwks
               readOnly: true
             {{- end }}
+            {{- if and (eq $name "gateway") $root.Values.gatewayAuth.jwksCaConfigMap.name }}
+            - name: jwks-ca
+              mountPath: /etc/haulmesh/jwks-ca
+              readOnly: true
+            {{- end }}
       volumes:
         {{- /* A whole-Secret mount (no subPath): rotated certificates appear in place and are re-read. */}}
         - name: tls
@@ -433,6 +466,11 @@ spec:
         - name: jwks
           configMap:
             name: {{ $root.Values.gatewayAuth.jwksConfigMap.name }}
+        {{- end }}
+        {{- if and (eq $name "gateway") $root.Values.gatewayAuth.jwksCaConfigMap.name }}
+        - name: jwks-ca
+          configMap:
+            name: {{ $root.Values.gatewayAuth.jwksCaConfigMap.name }}
         {{- end }}
       {{- with $svc.nodeSelector }}
       nodeSelector:
