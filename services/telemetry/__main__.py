@@ -56,7 +56,7 @@ def register(service: Service) -> None:
     streams = Streams(store, config, tracking)
 
     servicer = TelemetryServicer(store, config, mission=mission_stub, streams=streams, archiver=archiver,
-                                 tiered=tiered)
+                                 tiered=tiered, revocations=service.revocations)
     service.add(telemetry_service_pb2_grpc.add_TelemetryServiceServicer_to_server, servicer,
                 telemetry_service_pb2.DESCRIPTOR.services_by_name["TelemetryService"])
 
