@@ -154,7 +154,8 @@ def _request_iterator(message: object) -> AsyncIterator[object]:
     return one()
 
 
-async def call(channel: grpc.aio.Channel, path: str, method: MethodDescriptor, *, timeout: float = 10.0) -> str:
+async def call(channel: grpc.aio.Channel, path: str, method: MethodDescriptor, *,
+               deadline_seconds: float = 10.0) -> str:
     """Call ``path`` once with an empty request (one message for a client stream); returns "OK" or the error's
     ``CODE REASON`` (REASON from the google.rpc.Status ErrorInfo, empty when there is none)."""
     request = GetMessageClass(method.input_type)()
@@ -162,18 +163,19 @@ async def call(channel: grpc.aio.Channel, path: str, method: MethodDescriptor, *
     try:
         if method.client_streaming and method.server_streaming:
             stream = channel.stream_stream(path, serialize, deserialize)(_request_iterator(request), metadata=CARRIER,
-                                                                         timeout=timeout)
+                                                                         timeout=deadline_seconds)
             async for _ in stream:
                 pass
         elif method.server_streaming:
             async for _ in channel.unary_stream(path, serialize, deserialize)(request, metadata=CARRIER,
-                                                                                timeout=timeout):
+                                                                                timeout=deadline_seconds):
                 pass
         elif method.client_streaming:
             await channel.stream_unary(path, serialize, deserialize)(_request_iterator(request), metadata=CARRIER,
-                                                                     timeout=timeout)
+                                                                     timeout=deadline_seconds)
         else:
-            await channel.unary_unary(path, serialize, deserialize)(request, metadata=CARRIER, timeout=timeout)
+            await channel.unary_unary(path, serialize, deserialize)(request, metadata=CARRIER,
+                                                                    timeout=deadline_seconds)
     except grpc.aio.AioRpcError as error:
         return f"{error.code().name} {reason_of(error)}".strip()
     return "OK"

@@ -214,8 +214,8 @@ async def _full(mesh: Mesh, mesh_pki: Pki, chaos_record) -> None:
     assert mesh.store is not None
     revoked_at = time.monotonic()
     await _revoke(mesh.store.url, credentials)
-    for name in SERVED:
-        await wait_for(lambda a=mesh.address(name): _revocation_in_force(a, credentials), timeout_seconds=30)
+    for address in [mesh.address(name) for name in SERVED]:
+        await wait_for(lambda a=address: _revocation_in_force(a, credentials), timeout_seconds=30)
     enforced_seconds = time.monotonic() - revoked_at
     before = {name: await asyncio.to_thread(_scrape, mesh.metrics_ports[name]) for name in SERVED}
     calls, failures = 0, []
