@@ -26,6 +26,7 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -33,7 +34,7 @@ import redis.asyncio
 from cryptography import x509
 from prometheus_client import Gauge
 
-from ._errors import ResourceExhausted, Unauthenticated
+from ._errors import HaulmeshError, ResourceExhausted, Unauthenticated
 from ._metrics import METRICS_REGISTRY
 
 __all__ = [
@@ -165,6 +166,13 @@ class RevocationList:
         self._generation: bytes | None = None
         #: Whether the list was read from the store at least once (a server serves only after it was).
         self.loaded = False
+        #: Told the serials each refresh newly found revoked (telemetry ends the open streams they hold).
+        self._listeners: list[Callable[[frozenset[str]], None]] = []
+
+    def on_revoked(self, listener: Callable[[frozenset[str]], None]) -> None:
+        """Call ``listener`` with the newly revoked serials after each refresh that found some: for what holds a
+        certificate open without sending (an idle stream), which no per-message check would reach."""
+        self._listeners.append(listener)
 
     def __contains__(self, serial: str) -> bool:
         return serial in self._serials
@@ -189,17 +197,23 @@ class RevocationList:
         REVOCATION_REFRESHED.set(time.time())
         if added:
             _log.warning("revocation list: %d serial(s) newly revoked, %d in force", len(added), len(self._serials))
+            for listener in self._listeners:
+                listener(frozenset(added))
         return True
 
     async def tick(self) -> None:
         """One periodic pass (the Service's ``revocations`` loop)."""
         await self.refresh()
 
+    @staticmethod
+    def refusal(serial: str) -> HaulmeshError:
+        """The error a revoked certificate gets: UNAUTHENTICATED ``CERTIFICATE_REVOKED``."""
+        return Unauthenticated(f"certificate {serial} has been revoked", reason=REASON, metadata={"serial": serial})
+
     def check(self, serial: str) -> None:
-        """Raise UNAUTHENTICATED ``CERTIFICATE_REVOKED`` if ``serial`` is listed."""
+        """Raise :meth:`refusal` if ``serial`` is listed."""
         if serial in self._serials:
-            raise Unauthenticated(f"certificate {serial} has been revoked", reason=REASON,
-                                  metadata={"serial": serial})
+            raise self.refusal(serial)
 
     def check_pem(self, pem: bytes) -> str:
         """:meth:`check` for a PEM certificate; returns its serial."""

@@ -54,6 +54,7 @@ def register(service: Service) -> None:
                                settings=DerivedSettings.for_lanes(config.lanes), fleet=fleet,
                                max_backlog_frames=config.max_tracking_frames)
     streams = Streams(store, config, tracking)
+    service.revocations.on_revoked(streams.end_revoked)  # an idle truck's open stream ends when it is revoked
 
     servicer = TelemetryServicer(store, config, mission=mission_stub, streams=streams, archiver=archiver,
                                  tiered=tiered, revocations=service.revocations)

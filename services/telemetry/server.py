@@ -26,6 +26,7 @@ from services.runtime import (
     TlsConfig,
     caller,
     carrier,
+    certificate_serial,
     decode_page,
     next_page_token,
     parse_name,
@@ -154,8 +155,10 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
             raise PermissionDenied(f"hello names vehicle {hello.vehicle_id[:80]!r} but the certificate is "
                                    f"{vehicle_id}", reason="VEHICLE_MISMATCH")
         streams = self.streams
-        keys = await streams.keys(vehicle_id, _peer_key(context))
+        current = _peer_key(context)
+        keys = await streams.keys(vehicle_id, current)
         session = streams.open(vehicle_id)
+        session.serial = certificate_serial(current.certificate_pem)
         try:  # from here on the stream is registered: whatever fails, the finally below unregisters it
             high_water = await streams.claim(session, hello.boot_id, hello.last_sequence)
             yield stream_pb2.StreamTelemetryResponse(welcome=stream_pb2.Welcome(
