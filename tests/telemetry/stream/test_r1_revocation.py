@@ -30,6 +30,7 @@ from services.runtime.cli import main
 from tests.conftest import Pki, rich_error, running_mesh, wait_for
 from tests.gateway.rest.conftest import error_info
 from tests.gateway.rest.ingest.conftest import TruckClient
+from tests.telemetry.helpers import stored_sequences
 from tests.trucks import Truck
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -83,16 +84,7 @@ class EdgeTruck:
 
 async def _high_water(mesh: Mesh, mesh_pki: Pki, vehicle_id: str) -> int:
     """The newest sequence telemetry stored for the vehicle (as a fleet operator reads it)."""
-    async with grpc.aio.secure_channel(mesh.address("telemetry"), mesh_pki.credentials("operator", "cli")) as channel:
-        stub = telemetry_service_pb2_grpc.TelemetryServiceStub(channel)
-        sequences, token = [], ""
-        while True:
-            page = await stub.ListTelemetryFrames(telemetry_service_pb2.ListTelemetryFramesRequest(
-                parent=f"vehicles/{vehicle_id}", page_size=1000, page_token=token), timeout=30)
-            sequences += [f.signed_frame.sequence for f in page.telemetry_frames]
-            token = page.next_page_token
-            if not token:
-                return max(sequences, default=0)
+    return max(await stored_sequences(mesh, mesh_pki, vehicle_id), default=0)
 
 
 async def _revoke(edge: EdgeTruck, mesh: Mesh, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
