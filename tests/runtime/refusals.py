@@ -22,6 +22,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message_factory import GetMessageClass
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 
 from haulmesh.billing.v1 import billing_service_pb2, evidence_service_pb2, report_service_pb2
 from haulmesh.gateway.v1 import webhook_service_pb2
@@ -49,6 +51,10 @@ SERVED: dict[str, tuple[Policy, tuple[ServiceDescriptor, ...]]] = {
                  report_service_pb2.DESCRIPTOR.services_by_name["ReportService"])),
     "gateway": (GATEWAY_POLICY, (webhook_service_pb2.DESCRIPTOR.services_by_name["WebhookService"],)),
 }
+
+#: What the runtime adds to every server: health (open to every identity) and reflection (services and operators).
+BUILTIN: tuple[ServiceDescriptor, ...] = (health_pb2.DESCRIPTOR.services_by_name["Health"],
+                                          reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"])
 
 #: Identities a method may or may not allow: one of each kind, every mesh service.
 CANDIDATES = (Identity("vehicle", "AT14-TRK-1"), Identity("operator", "at14"),

@@ -36,7 +36,7 @@ from services.runtime import (
 from services.runtime._store import free_port
 
 from ..conftest import Pki, make_pki, running_mesh, wait_for
-from .refusals import ATTACKS, SERVED, Credentials, call, methods, refused_as_expected
+from .refusals import ATTACKS, BUILTIN, SERVED, Credentials, call, methods, refused_as_expected
 
 
 def _counting_handlers(descriptors, counts: Counter) -> list[grpc.GenericRpcHandler]:
@@ -92,8 +92,10 @@ async def _revoke(store_url: str, credentials: Credentials) -> None:
 
 
 async def _attack(address: str, name: str, credentials: Credentials) -> tuple[int, list[str]]:
-    """Every attack on every method of service ``name`` at ``address``: (calls made, failures described)."""
+    """Every attack on every method of service ``name`` at ``address`` (its own and the runtime's health and
+    reflection): (calls made, failures described)."""
     policy, descriptors = SERVED[name]
+    descriptors = (*descriptors, *BUILTIN)
     calls, failures = 0, []
     channels: dict[int, grpc.aio.Channel] = {}
     try:
@@ -172,9 +174,9 @@ async def test_at14_every_method_of_every_service_refuses_every_bad_credential(s
     for name, service in started.items():
         n, failed = await _attack(f"127.0.0.1:{service.bound_port}", name, credentials)
         calls, failures = calls + n, failures + failed
-    print(f"AT-14 short: {calls} attack calls on {sum(len(methods(d)) for _, d in SERVED.values())} methods of "
-          f"{len(SERVED)} services in {time.monotonic() - began:.1f} s; {len(failures)} not refused as expected; "
-          f"handler invocations {sum(counts.values())}")
+    print(f"AT-14 short: {calls} attack calls on {sum(len(methods((*d, *BUILTIN))) for _, d in SERVED.values())} "
+          f"methods of {len(SERVED)} services in {time.monotonic() - began:.1f} s; {len(failures)} not refused as "
+          f"expected; handler invocations {sum(counts.values())}")
     assert not failures, "\n".join(failures[:20])
     assert sum(counts.values()) == 0, counts
     assert _invocations() == metric_before
@@ -223,7 +225,7 @@ async def _full(mesh: Mesh, mesh_pki: Pki, chaos_record) -> None:
         n, failed = await _attack(mesh.address(name), name, credentials)
         calls, failures = calls + n, failures + failed
     after = {name: await asyncio.to_thread(_scrape, mesh.metrics_ports[name]) for name in SERVED}
-    attacked = {path[1:].split("/", 1)[0]: None for _, d in SERVED.values() for path, _ in methods(d)}
+    attacked = {path[1:].split("/", 1)[0] for _, d in SERVED.values() for path, _ in methods((*d, *BUILTIN))}
     invoked = {f"{name} {key}": after[name][key] - before[name].get(key, 0)
                for name in SERVED for key in after[name]
                if key[0] in attacked and after[name][key] != before[name].get(key, 0)}
