@@ -234,8 +234,8 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
             async def generator(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 await self._authorize(context, method)
                 revocations = self._revocations
-                serial = revocations.check_peer(context) if revocations is not None else ""
                 try:
+                    serial = revocations.check_peer(context) if revocations is not None else ""
                     async for response in inner(self._revoked_on_next_message(request, serial), context):
                         if revocations is not None:  # a server stream (a watch): at its next message too
                             revocations.check(serial)
