@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import sys
 import time
 import urllib.request
@@ -20,13 +21,25 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+import redis.asyncio
 from cryptography.hazmat.primitives import serialization
 from google.protobuf import json_format
 from prometheus_client.parser import text_string_to_metric_families
 
 from haulmesh.telemetry.v1 import telemetry_service_pb2, telemetry_service_pb2_grpc
-from services.runtime import VEHICLE_CERTIFICATE_METADATA_KEY, Mesh, free_port, pki
+from services.runtime import (
+    VEHICLE_CERTIFICATE_METADATA_KEY,
+    Mesh,
+    RevocationList,
+    free_port,
+    new_id,
+    pki,
+    revoke_certificate,
+)
 from services.runtime.cli import main
+from services.telemetry.config import TelemetryConfig
+from services.telemetry.store import TelemetryStore
+from services.telemetry.usecases import Streams
 from tests.conftest import Pki, rich_error, running_mesh, wait_for
 from tests.gateway.rest.conftest import error_info
 from tests.gateway.rest.ingest.conftest import TruckClient
@@ -209,3 +222,25 @@ async def test_an_idle_stream_ends_when_its_truck_is_revoked(mesh: Mesh, mesh_pk
         idle.set()
     assert rich_error(ended.value)[:2] == ("UNAUTHENTICATED", "CERTIFICATE_REVOKED")
     assert took < STREAM_END_BOUND_SECONDS, f"the idle stream ended {took:.2f} s after the revocation"
+
+
+async def test_the_stream_engine_ends_exactly_the_revoked_streams(store_client: redis.asyncio.Redis) -> None:
+    """In process, on the real store: the deny-list's refresh tells telemetry's stream engine, which ends the open
+    streams of the newly revoked serials at once, and only those."""
+    config = TelemetryConfig()
+    streams = Streams(TelemetryStore(store_client, config), config)
+    revocations = RevocationList(store_client)
+    revocations.on_revoked(streams.end_revoked)
+    await revocations.refresh()
+    stolen, parked = streams.open(f"AU-TRK-{new_id()}"), streams.open(f"AU-TRK-{new_id()}")
+    stolen.serial, parked.serial = secrets.token_hex(10), secrets.token_hex(10)  # the store's list is shared
+    try:
+        await revoke_certificate(store_client, stolen.serial, not_after=time.time() + 600)
+        assert await revocations.refresh()
+        ended = stolen.outbound.get_nowait()
+        assert (ended.code_name, ended.reason) == ("UNAUTHENTICATED", "CERTIFICATE_REVOKED")
+        assert parked.outbound.empty()
+    finally:
+        for session in (stolen, parked):
+            await streams.close(session)
+        await streams.shutdown()
