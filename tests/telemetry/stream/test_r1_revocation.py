@@ -233,7 +233,8 @@ async def test_the_stream_engine_ends_exactly_the_revoked_streams(store_client: 
     revocations.on_revoked(streams.end_revoked)
     await revocations.refresh()
     stolen, parked = streams.open(f"AU-TRK-{new_id()}"), streams.open(f"AU-TRK-{new_id()}")
-    stolen.serial, parked.serial = secrets.token_hex(10), secrets.token_hex(10)  # the store's list is shared
+    # Fresh serials (the store's list is shared), written as certificate_serial writes them: no leading zero.
+    stolen.serial, parked.serial = (format(secrets.randbits(72) | 1 << 72, "x") for _ in range(2))
     try:
         await revoke_certificate(store_client, stolen.serial, not_after=time.time() + 600)
         assert await revocations.refresh()
