@@ -71,6 +71,7 @@ from ._metrics import METRICS_REGISTRY, MetricsEndpoint
 from ._names import VEHICLE_ID, parse_name, resource_id_pattern
 from ._paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, decode_page, next_page_token
 from ._periodic import Periodic, poll_until
+from ._revocation import RevocationList, Revoked, certificate_serial, revoke_certificate, revoked_certificates
 from ._server import Service, run_service
 from ._status import abort, error_info, retry_delay_seconds, status_of, to_rpc_status
 from ._store import EmbeddedStore, cluster_url, connect_async, connect_sync, free_port, resolve_redis_url
@@ -130,6 +131,8 @@ __all__ = [
     "PermissionDenied",
     "Policy",
     "ResourceExhausted",
+    "RevocationList",
+    "Revoked",
     "Service",
     "ServiceConfig",
     "TimeIndex",
@@ -146,6 +149,7 @@ __all__ = [
     "carrier",
     "carrier_metadata",
     "certificate_key_id",
+    "certificate_serial",
     "check_etag",
     "check_health",
     "cluster_url",
@@ -177,6 +181,8 @@ __all__ = [
     "resolve_redis_url",
     "resource_id_pattern",
     "retry_delay_seconds",
+    "revoke_certificate",
+    "revoked_certificates",
     "run_service",
     "shutdown_tracing",
     "signing_key_id",

@@ -20,6 +20,8 @@ from ._audit import TOKEN_ACTOR_PREFIX, AuditLog, actor_from_metadata
 from ._errors import HaulmeshError, IdentityError, PermissionDenied, Unauthenticated, Unavailable
 from ._identity import _CALLER, KINDS, Identity, caller, identity_from_pem
 from ._retry import is_transient
+from ._revocation import RevocationList
+from ._rpcmetrics import count_handler_invocation
 from ._status import abort
 from ._tenant import CARRIER_METADATA_KEY
 
@@ -105,9 +107,12 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
     """
 
     def __init__(self, policy: Policy, audit: AuditLog | None = None,
-                 durable: Callable[[], Awaitable[None]] | None = None) -> None:
+                 durable: Callable[[], Awaitable[None]] | None = None,
+                 revocations: RevocationList | None = None) -> None:
         self._policy = policy
         self._audit = audit
+        #: The certificate deny-list (docs/security.md, "Revocation"); checked on every call and stream message.
+        self._revocations = revocations
         #: Awaited before a change is acknowledged to a caller from outside the mesh (see ``_wrap_unary``).
         self._durable = durable
 
@@ -143,12 +148,38 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
             _log.warning("rejected peer %s on %s: %s", context.peer(), method, exc)
             await abort(context, exc)
             return
+        await self._refuse_revoked(context, method, identity)
         if not self._policy.allows(method, identity):
             _log.warning("denied %s on %s", identity, method)
             await abort(context, PermissionDenied(f"{identity} may not call {method}",
                                                   reason="METHOD_NOT_ALLOWED",
                                                   metadata={"method": method, "caller": str(identity)}))
         _CALLER.set(identity)
+        count_handler_invocation(method)  # AT-14's proof: counted only past every check
+
+    async def _refuse_revoked(self, context: grpc.aio.ServicerContext, method: str, identity: Identity) -> None:
+        """Abort the call if the peer's certificate is on the deny-list."""
+        if self._revocations is None:
+            return
+        try:
+            self._revocations.check_peer(context)
+        except Unauthenticated as exc:
+            _log.warning("refused revoked certificate of %s on %s", identity, method)
+            await abort(context, exc)
+
+    def _revoked_on_next_message(self, requests: Any, serial: str) -> Any:
+        """The request stream, checked against the deny-list before each message is handed on: a certificate
+        revoked while its stream is open ends the stream at the next message (the handler sees the error)."""
+        revocations = self._revocations
+        if revocations is None or not hasattr(requests, "__aiter__"):
+            return requests
+
+        async def checked() -> Any:
+            async for message in requests:
+                revocations.check(serial)
+                yield message
+
+        return checked()
 
     def _wrap_unary(self, inner: Behavior, method: str) -> Behavior:
         mutating = _is_mutating(method)
@@ -202,8 +233,12 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
         if inspect.isasyncgenfunction(inner):
             async def generator(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 await self._authorize(context, method)
+                revocations = self._revocations
                 try:
-                    async for response in inner(request, context):
+                    serial = revocations.check_peer(context) if revocations is not None else ""
+                    async for response in inner(self._revoked_on_next_message(request, serial), context):
+                        if revocations is not None:  # a server stream (a watch): at its next message too
+                            revocations.check(serial)
                         yield response
                 except HaulmeshError as exc:
                     await abort(context, exc)

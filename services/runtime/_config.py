@@ -236,6 +236,10 @@ class ServiceConfig:
     #: How often this process exports its audit chain's signed head (HAULMESH_AUDIT_CHECKPOINT_INTERVAL_SECONDS,
     #: default 300): entries newer than the last checkpoint are anchored by the hash chain alone until then.
     audit_checkpoint_interval_seconds: float = 300.0
+    #: How often this process checks the store's certificate deny-list for changes
+    #: (HAULMESH_REVOCATION_REFRESH_SECONDS, default 1, at least 0.05): a revocation is enforced here within this
+    #: plus one store round trip (docs/security.md, "Revocation").
+    revocation_refresh_seconds: float = 1.0
 
     @classmethod
     def from_env(cls, service_name: str, env: Mapping[str, str] | None = None) -> ServiceConfig:
@@ -286,6 +290,7 @@ class ServiceConfig:
             or str(default_state_dir(env) / "audit-checkpoints"),
             audit_checkpoint_interval_seconds=_float(env, "HAULMESH_AUDIT_CHECKPOINT_INTERVAL_SECONDS", 300.0,
                                                      minimum=0.1),
+            revocation_refresh_seconds=_float(env, "HAULMESH_REVOCATION_REFRESH_SECONDS", 1.0, minimum=0.05),
         )
 
     @property

@@ -29,7 +29,8 @@ from prometheus_client import Counter, Histogram
 
 from ._metrics import METRICS_REGISTRY
 
-__all__ = ["RPC_DURATION", "RPC_REQUESTS", "RPC_STREAM_MESSAGES", "RpcMetricsInterceptor"]
+__all__ = ["HANDLER_INVOCATIONS", "RPC_DURATION", "RPC_REQUESTS", "RPC_STREAM_MESSAGES", "RpcMetricsInterceptor",
+           "count_handler_invocation"]
 
 RPC_REQUESTS = Counter("haulmesh_rpc_requests_total", "RPCs handled by this server, by gRPC service, method and "
                        "status code (counted when the call ends; a stream counts once).",
@@ -43,6 +44,22 @@ RPC_DURATION = Histogram("haulmesh_rpc_duration_seconds", "Handling time of unar
 RPC_STREAM_MESSAGES = Counter("haulmesh_rpc_stream_messages_total", "Messages of streaming RPCs, by gRPC service, "
                               "method and direction (received by this server / sent by it).",
                               ["service", "method", "direction"], registry=METRICS_REGISTRY)
+
+#: Calls handed to a handler: past the certificate, the deny-list and the policy (services/runtime/_authz.py). A
+#: refused call never counts here, whatever the handler would have answered (AT-14 reads it).
+HANDLER_INVOCATIONS = Counter("haulmesh_rpc_handler_invocations_total", "RPCs that passed authentication, the "
+                              "revocation check and the method policy and reached their handler, by gRPC service "
+                              "and method.", ["service", "method"], registry=METRICS_REGISTRY)
+#: Its child per full method name (bounded: the methods the server registered), so a call costs a dict lookup.
+_INVOKED: dict[str, Any] = {}
+
+
+def count_handler_invocation(full_method: str) -> None:
+    """Count one call of ``/pkg.Service/Method`` handed to its handler (:data:`HANDLER_INVOCATIONS`)."""
+    child = _INVOKED.get(full_method)
+    if child is None:
+        child = _INVOKED[full_method] = HANDLER_INVOCATIONS.labels(*_split(full_method))
+    child.inc()
 
 _CODE_NAMES: dict[Any, str] = {}
 for _code in grpc.StatusCode:

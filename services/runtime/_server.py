@@ -43,6 +43,7 @@ from ._logging import configure_logging
 from ._metrics import MetricsEndpoint
 from ._periodic import Periodic, Tick
 from ._retry import Backoff, is_peer_fault, is_transient
+from ._revocation import RevocationList
 from ._rpcmetrics import RpcMetricsInterceptor
 from ._store import connect_async, redact_url, resolve_redis_url
 from ._tls import CertificateFiles, reloading_server_credentials
@@ -121,11 +122,15 @@ class Service:
         #: off the store (None without a signing key: docs/security.md, "Audit anchor").
         self.audit = AuditLog(self.redis, config.service_name)
         self._checkpoints = self._checkpoint_writer()
+        #: The certificate deny-list, refreshed every ``revocation_refresh_seconds`` and checked on every call and
+        #: stream message (docs/security.md, "Revocation"); the gateway's device door checks it too.
+        self.revocations = RevocationList(self.redis)
         self.server = grpc.aio.server(
             # Tracing outermost (its span covers everything), then RPC metrics: they then count the
             # authorization check's refusals too.
             interceptors=[*server_interceptors(), RpcMetricsInterceptor(),
-                          AuthorizationInterceptor(policy, self.audit, durable=self.durable),
+                          AuthorizationInterceptor(policy, self.audit, durable=self.durable,
+                                                   revocations=self.revocations),
                           # Tests only (HAULMESH_TEST_FAULTS_FILE), innermost: it sees the authorized caller.
                           *([FaultInjector(config.test_faults_file)] if config.test_faults_file else [])],
             options=[
@@ -158,6 +163,8 @@ class Service:
         self._companion_tasks: list[asyncio.Task[None]] = []
         #: Process exit status: non-zero when a companion task failed.
         self.exit_code = 0
+        self.add_periodic("revocations", self.revocations.tick,
+                          interval_seconds=config.revocation_refresh_seconds, max_backoff_seconds=5.0)
         if self._checkpoints is not None:
             self.add_periodic("audit-checkpoints", self._checkpoints.tick,
                               interval_seconds=self.config.audit_checkpoint_interval_seconds)
@@ -303,7 +310,7 @@ class Service:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.metrics.start()
         await self._start_probe_listener()
-        if not await self._wait_for_store():
+        if not await self._wait_for_store() or not await self._load_revocations():
             return  # stopped while waiting: run() goes on to stop()
         await self.server.start()
         for run, _, part, reports_progress in self._companions:
@@ -354,6 +361,23 @@ class Service:
                 delay = backoff.next()
             try:
                 await asyncio.wait_for(self._stop_requested.wait(), delay)
+                return False
+            except TimeoutError:
+                pass
+
+    async def _load_revocations(self) -> bool:
+        """Read the certificate deny-list before the first call is served (a revoked certificate is never let in
+        by a process that just started); retried like the store wait. False when told to stop first."""
+        backoff = Backoff(STORE_WAIT_BACKOFF_START_SECONDS, STORE_WAIT_BACKOFF_MAX_SECONDS)
+        while True:
+            try:
+                await asyncio.wait_for(self.revocations.refresh(), STORE_WAIT_PING_TIMEOUT_SECONDS)
+                return True
+            except (redis.RedisError, OSError, TimeoutError) as exc:
+                _log.warning("cannot read the revocation list (%s); not serving until it is read",
+                             exc or type(exc).__name__)
+            try:
+                await asyncio.wait_for(self._stop_requested.wait(), backoff.next())
                 return False
             except TimeoutError:
                 pass

@@ -1,6 +1,8 @@
 """``haulmesh``: the operator and developer command line.
 
     haulmesh pki init | issue {service,vehicle,operator} NAME | dev-bootstrap
+    haulmesh pki revoke {vehicle,operator,serial} NAME | revoked
+                                        the certificate deny-list (every service refuses a revoked one within seconds)
     haulmesh run        start the store and every service (a crashed one is restarted); Ctrl-C stops them
     haulmesh status     health of every service over mTLS; exit 0 only if all are SERVING
     haulmesh store {start,stop,status}
@@ -29,7 +31,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from . import kpi_report, pki
+from . import kpi_report, pki, revoke
 from ._audit import bases as audit_bases
 from ._audit import verify as verify_audit_log
 from ._config import (
@@ -413,6 +415,9 @@ def _parser() -> argparse.ArgumentParser:
     akey = psub.add_parser("audit-key", help=f"a new Ed25519 audit checkpoint key: {AUDIT_SIGNING_KEY_NAME} "
                            f"(services sign with it) and {AUDIT_VERIFY_KEY_NAME} (audit verify checks with it)")
     akey.add_argument("--force", action="store_true", help="replace an existing key")
+    revoke.add_parsers(psub, cert_dir=_cert_dir, store_url=_store_url,
+                       checkpoint_url=lambda: os.environ.get("HAULMESH_AUDIT_CHECKPOINT_URL")
+                       or str(default_state_dir() / "audit-checkpoints"))
     boot = psub.add_parser("dev-bootstrap", help="CA and every certificate a local mesh needs, if missing")
     boot.add_argument("--days", type=float, default=90)
     p.set_defaults(func=cmd_pki)

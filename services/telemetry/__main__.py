@@ -54,9 +54,10 @@ def register(service: Service) -> None:
                                settings=DerivedSettings.for_lanes(config.lanes), fleet=fleet,
                                max_backlog_frames=config.max_tracking_frames)
     streams = Streams(store, config, tracking)
+    service.revocations.on_revoked(streams.end_revoked)  # an idle truck's open stream ends when it is revoked
 
     servicer = TelemetryServicer(store, config, mission=mission_stub, streams=streams, archiver=archiver,
-                                 tiered=tiered)
+                                 tiered=tiered, revocations=service.revocations)
     service.add(telemetry_service_pb2_grpc.add_TelemetryServiceServicer_to_server, servicer,
                 telemetry_service_pb2.DESCRIPTOR.services_by_name["TelemetryService"])
 

@@ -22,9 +22,11 @@ from services.runtime import (
     InvalidArgument,
     PermissionDenied,
     Policy,
+    RevocationList,
     TlsConfig,
     caller,
     carrier,
+    certificate_serial,
     decode_page,
     next_page_token,
     parse_name,
@@ -78,10 +80,12 @@ def _mesh_trust() -> CertificateFiles:
     return CertificateFiles(TlsConfig.for_workload("telemetry"))
 
 
-def _peer_key(context: grpc.aio.ServicerContext, relayed_for: str | None = None) -> VehicleKey:
+def _peer_key(context: grpc.aio.ServicerContext, relayed_for: str | None = None,
+              revocations: RevocationList | None = None) -> VehicleKey:
     """The signing key of the truck behind the call: its own client certificate, or, when the gateway calls on
     behalf of vehicle ``relayed_for``, the certificate the gateway relayed, checked as a handshake would check
-    it (mesh CA, validity, one SPIFFE ID) and required to be that vehicle's. The gateway can relay, not forge."""
+    it (mesh CA, validity, one SPIFFE ID), against the deny-list, and required to be that vehicle's. The gateway
+    can relay, not forge, and cannot relay a revoked truck's call either."""
     if relayed_for is None:
         certs = context.auth_context().get("x509_pem_cert")
         if not certs:  # the interceptor already demanded a certificate; this is belt and braces
@@ -98,6 +102,8 @@ def _peer_key(context: grpc.aio.ServicerContext, relayed_for: str | None = None)
             identity, pem = verify_relayed_certificate(relayed[0], trust.current.ca_pem)
         except IdentityError as exc:
             raise PermissionDenied(str(exc), reason="INVALID_PEER_IDENTITY") from None
+        if revocations is not None:  # the interceptor checked the gateway's own certificate, not this one
+            revocations.check_pem(pem)
         if identity != Identity("vehicle", relayed_for):
             raise PermissionDenied(f"vehicle_id {relayed_for[:80]!r} is not the relayed certificate's {identity}",
                                    reason="VEHICLE_MISMATCH")
@@ -125,8 +131,10 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
                  tracking: MissionTracking | None = None,
                  mission: Callable[[], mission_service_pb2_grpc.MissionServiceStub] | None = None,
                  streams: Streams | None = None, archiver: Archiver | None = None,
-                 tiered: TieredFrames | None = None) -> None:
+                 tiered: TieredFrames | None = None, revocations: RevocationList | None = None) -> None:
         self._config = config or store.config
+        #: The process's certificate deny-list, for certificates the gateway relays (docs/security.md).
+        self._revocations = revocations
         self.streams = streams or Streams(store, self._config, tracking)
         self._reads = Reads(store, self._config, mission, tiered)
         self._archiver = archiver
@@ -147,8 +155,10 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
             raise PermissionDenied(f"hello names vehicle {hello.vehicle_id[:80]!r} but the certificate is "
                                    f"{vehicle_id}", reason="VEHICLE_MISMATCH")
         streams = self.streams
-        keys = await streams.keys(vehicle_id, _peer_key(context))
+        current = _peer_key(context)
+        keys = await streams.keys(vehicle_id, current)
         session = streams.open(vehicle_id)
+        session.serial = certificate_serial(current.certificate_pem)
         try:  # from here on the stream is registered: whatever fails, the finally below unregisters it
             high_water = await streams.claim(session, hello.boot_id, hello.last_sequence)
             yield stream_pb2.StreamTelemetryResponse(welcome=stream_pb2.Welcome(
@@ -200,7 +210,7 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
             vehicle_state=request.state, mission_id=request.trip_id)
         if request.HasField("sensors"):
             payload.sensors.CopyFrom(request.sensors)
-        current = _peer_key(context, vehicle_id if relayed else None)
+        current = _peer_key(context, vehicle_id if relayed else None, self._revocations)
         result, first = await self.streams.ingest(vehicle_id, request.sequence,
                                                   payload.SerializeToString(deterministic=True), request.signature,
                                                   request.key_id, current)

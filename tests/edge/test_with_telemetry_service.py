@@ -16,14 +16,13 @@ import sys
 import urllib.request
 from pathlib import Path
 
-import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge_client.spool import Spool
-from haulmesh.telemetry.v1 import telemetry_service_pb2, telemetry_service_pb2_grpc
 from services.runtime import Mesh, free_port, pki
 from tests.conftest import wait_for
 from tests.faultproxy import FaultProxy
+from tests.telemetry.helpers import stored_sequences as _stored
 from tests.trucks import Truck
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,20 +33,6 @@ def _truck(mesh_pki, directory: Path) -> str:
     truck = Truck.mint(mesh_pki.ca, f"AU-TRK-{random.randrange(5000, 9999)}")
     pki.write_pem_files(directory, f"vehicle-{truck.vehicle_id}", truck.issued, mesh_pki.ca.certificate_pem)
     return truck.vehicle_id
-
-
-async def _stored(mesh: Mesh, mesh_pki, vehicle: str) -> list[int]:
-    """Every stored sequence of ``vehicle``, through ListTelemetryFrames as a fleet operator."""
-    sequences, token = [], ""
-    async with grpc.aio.secure_channel(mesh.address("telemetry"), mesh_pki.credentials("operator", "cli")) as channel:
-        stub = telemetry_service_pb2_grpc.TelemetryServiceStub(channel)
-        while True:
-            page = await stub.ListTelemetryFrames(telemetry_service_pb2.ListTelemetryFramesRequest(
-                parent=f"vehicles/{vehicle}", page_size=1000, page_token=token), timeout=30)
-            sequences += [f.signed_frame.sequence for f in page.telemetry_frames]
-            token = page.next_page_token
-            if not token:
-                return sequences
 
 
 def _edge_metrics(port: int) -> dict[str, float]:

@@ -17,7 +17,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, mission_service_pb2_grpc, vehicle_pb2
-from haulmesh.telemetry.v1 import frame_pb2, stream_pb2, telemetry_service_pb2_grpc
+from haulmesh.telemetry.v1 import frame_pb2, stream_pb2, telemetry_service_pb2, telemetry_service_pb2_grpc
 from haulmesh.type.v1 import equipment_pb2, location_pb2
 from services.runtime import Mesh, carrier_metadata, free_port, new_id
 from tests.conftest import Pki, wait_for
@@ -201,3 +201,17 @@ async def dispatch_to(mesh: Mesh, pki_: object, truck: Truck, carrier: str,
                                              equipment=equipment_pb2.EQUIPMENT_DRY_VAN_53FT, weight_lb=30_000),
                 stops=stops)),
             metadata=carrier_metadata(carrier), timeout=10)
+
+
+async def stored_sequences(mesh: Mesh, mesh_pki: Pki, vehicle: str) -> list[int]:
+    """Every stored sequence of ``vehicle``, through ListTelemetryFrames as a fleet operator."""
+    sequences, token = [], ""
+    async with grpc.aio.secure_channel(mesh.address("telemetry"), mesh_pki.credentials("operator", "cli")) as channel:
+        stub = telemetry_service_pb2_grpc.TelemetryServiceStub(channel)
+        while True:
+            page = await stub.ListTelemetryFrames(telemetry_service_pb2.ListTelemetryFramesRequest(
+                parent=f"vehicles/{vehicle}", page_size=1000, page_token=token), timeout=30)
+            sequences += [f.signed_frame.sequence for f in page.telemetry_frames]
+            token = page.next_page_token
+            if not token:
+                return sequences

@@ -3,7 +3,8 @@
 The vehicle routes are the http-annotated methods whose proto comment names no OAuth2 scope but says they are
 called with an "mTLS client certificate (no bearer token)" (today ``POST /api/v1/telemetry/ingest``). Order of
 checks: TLS handshake (no certificate, or one of another CA, never gets an HTTP request in) → route (404 / 405)
-→ declared size (413) → the certificate's identity must be ``vehicle/<id>`` (403) → the vehicle's rate limit
+→ declared size (413) → the certificate's identity must be ``vehicle/<id>`` (403) and not revoked (401
+``CERTIFICATE_REVOKED``, the process's deny-list: docs/security.md, "Revocation") → the vehicle's rate limit
 (429) → body size while reading (413) → JSON (400) → the gRPC call over the gateway's own mTLS channel, with
 the truck's certificate relayed in ``haulmesh-vehicle-certificate-bin``. The owning service checks that
 certificate against the mesh CA again and uses its key to verify the truck's signatures: the gateway can
@@ -29,8 +30,10 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from services.runtime import (
     VEHICLE_CERTIFICATE_METADATA_KEY,
     CertificateFiles,
+    HaulmeshError,
     Identity,
     IdentityError,
+    RevocationList,
     TlsConfig,
     identity_from_pem,
 )
@@ -129,6 +132,8 @@ class DeviceGateway(RestGateway):
     #: Retry-After. Each holds at most one body (``max_request_bytes``) and one relayed call: the memory bound.
     max_inflight_requests: int = DEFAULT_DEVICE_MAX_INFLIGHT_REQUESTS
     inflight: int = dataclasses.field(default=0, init=False)
+    #: The gateway process's certificate deny-list (its Service's); None only in tests of the door alone.
+    revocations: RevocationList | None = None
 
     async def _handle(self, request: Request) -> Response:
         if self.inflight >= self.max_inflight_requests:
@@ -145,11 +150,24 @@ class DeviceGateway(RestGateway):
     async def _relay(self, request: Request) -> Response:
         route, path_vars = self._match(request)
         vehicle, der = self._vehicle(request)
+        self._refuse_revoked(request, vehicle)
         # "vehicle/<id>" cannot collide with a carrier's key: carrier ids have no "/".
         await self.limiter.check(f"vehicle/{vehicle.name}")
         body = await self._read_json(request)
         message = build_request(self.api, route, path_vars, body, list(request.query_params.multi_items()))
         return await self._call_unary(route, message, ((VEHICLE_CERTIFICATE_METADATA_KEY, der),))
+
+    def _refuse_revoked(self, request: Request, vehicle: Identity) -> None:
+        """401 CERTIFICATE_REVOKED for a truck whose certificate is on the deny-list (telemetry checks the relayed
+        certificate again: this answers before the rate limit and the body are spent on it)."""
+        if self.revocations is None:
+            return
+        chain = request.scope["extensions"]["tls"]["client_cert_chain"]
+        try:
+            self.revocations.check_pem(chain[0].encode())
+        except HaulmeshError as exc:  # UNAUTHENTICATED CERTIFICATE_REVOKED
+            _log.warning("refused revoked certificate of %s", vehicle)
+            raise RestError("UNAUTHENTICATED", exc.message, reason=exc.reason, metadata=exc.metadata) from None
 
     @staticmethod
     def _vehicle(request: Request) -> tuple[Identity, bytes]:

@@ -30,6 +30,7 @@ from services.runtime import (
     HaulmeshError,
     InvalidArgument,
     ResourceExhausted,
+    RevocationList,
     Unavailable,
 )
 
@@ -190,6 +191,8 @@ class Session:
         #: The store names this stream the vehicle's current one. Until then the deliverer leaves it alone:
         #: it would read the vehicle's previous session (or none) and take this stream for replaced.
         self.claimed = False
+        #: Serial of the certificate the truck opened the stream with (ended at once if it is revoked).
+        self.serial = ""
         #: The high-water this stream's submitted batches reach once they all land: each batch is committed
         #: only on top of the previous ones (TelemetryStore.submit ``after``), never over a failed one.
         self.expected_high_water = 0
@@ -228,6 +231,15 @@ class Streams:
             older.end(Aborted("a newer stream of this vehicle replaced this one", reason="STREAM_REPLACED"))
         metrics.stream_opened()
         return session
+
+    def end_revoked(self, serials: frozenset[str]) -> None:
+        """End every open stream whose certificate was just revoked (the runtime's deny-list tells), at once: an
+        idle truck sends nothing for the per-message check to see."""
+        for session in list(self.sessions.values()):
+            if session.serial in serials:
+                _log.warning("vehicle %s session %s: certificate %s revoked; ending the stream", session.vehicle_id,
+                             session.session_id, session.serial)
+                session.end(RevocationList.refusal(session.serial))
 
     async def claim(self, session: Session, boot_id: str, vehicle_last_sequence: int) -> int:
         """Make the stream the vehicle's current one (across replicas); returns the server's high-water mark."""

@@ -44,6 +44,15 @@ class Case:
     fires: dict[str, str] | None = field(default=None)
 
 
+REFRESHER = {"job": "telemetry", "instance": "telemetry-0"}
+
+
+def revocation_refresh(values: str) -> list[dict[str, str]]:
+    """A process's last successful read of the deny-list (Unix seconds), sampled every minute."""
+    return [{"series": 'haulmesh_revocation_list_refresh_timestamp_seconds{job="telemetry",instance="telemetry-0"}',
+             "values": values}]
+
+
 ACK = "haulmesh_mission_dispatch_ack_seconds"
 FRESH = "haulmesh_telemetry_freshness_seconds"
 DAY = 86400
@@ -120,6 +129,10 @@ CASES: dict[str, dict[str, Case]] = {
     "HaulmeshConsumerLagging": {
         "2,000 undelivered for 20 minutes": Case(consumer(1500, 500), "25m", {"group": "mission"}),
         "600 per replica (max, not sum)": Case(consumer(400, 200), "25m"),
+    },
+    "HaulmeshRevocationListStale": {
+        "no refresh since minute 10": Case(revocation_refresh("60+60x9 600x20"), "25m", REFRESHER),
+        "refreshed every minute": Case(revocation_refresh("60+60x30"), "25m"),
     },
     "HaulmeshCertificateExpiringSoon": {
         "10 days left": Case(expiry(10 * DAY), "30m", CERT),
