@@ -111,7 +111,8 @@ class Service:
         self.config = config
         self._policy = policy
         self._files = CertificateFiles(config.tls)
-        self._redis_url = resolve_redis_url(config.redis_url, config.state_dir)
+        # Without REDIS_URL, the embedded store logged in as this service's own store user (_store_acl.py).
+        self._redis_url = resolve_redis_url(config.redis_url, config.state_dir, user=config.service_name)
         self._redis: redis.asyncio.Redis | None = None
         self._blocking_redis: redis.asyncio.Redis | None = None
         #: Parts (companions, periodic loops) that cannot make progress now: health is NOT_SERVING while any is.
