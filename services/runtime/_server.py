@@ -344,7 +344,8 @@ class Service:
                     _log.info("store %s reachable after %d attempts", redact_url(self._redis_url), backoff.failures)
                 return True
             except redis.AuthenticationError as exc:
-                raise ConfigError(f"store {redact_url(self._redis_url)} refused the login: {exc}",
+                raise ConfigError(f"store {redact_url(self._redis_url)} refused the login: {exc} (check the user "
+                                  "and password in REDIS_URL: docs/security.md, \"Store users\")",
                                   field="REDIS_URL") from exc
             except (redis.RedisError, OSError, TimeoutError) as exc:
                 if not backoff.failures or loop.time() - logged >= STORE_WAIT_LOG_EVERY_SECONDS:
