@@ -138,6 +138,8 @@ class AuditLog:
     def __init__(self, client: redis.asyncio.Redis, writer: str = "audit") -> None:
         self._redis = client
         self.stream = f"audit:{{{writer}-{socket.gethostname()}-{os.getpid()}-{new_id()}}}"
+        #: The chains of this writer's every process (its store user may write those only: _store_acl.py).
+        self._own_chains = f"audit:{{{writer}-"
         self._seq, self._hash = 0, _GENESIS
         self._queue: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
         self._writing: asyncio.Task[None] | None = None
@@ -253,21 +255,24 @@ class AuditLog:
 
     async def _trim_quietly(self) -> int:
         try:
-            return await trim(self._redis)
+            return await trim(self._redis, prefix=self._own_chains)
         except Exception as exc:  # retention is housekeeping: the next interval tries again
             logging.getLogger("haulmesh.audit").warning("audit chains not trimmed: %s", exc)
             return 0
 
 
 async def trim(client: redis.asyncio.Redis, *, retention_seconds: float = AUDIT_RETENTION_SECONDS,
-               chunk: int = 1000) -> int:
+               chunk: int = 1000, prefix: str = "") -> int:
     """Remove every chain's entries older than ``retention_seconds`` (never a chain's newest), each chain's
-    head recording where its remaining entries start; returns the entries removed."""
+    head recording where its remaining entries start; returns the entries removed. ``prefix``: only the chains
+    whose key starts with it (a service trims its own processes' chains: its store user may write no other)."""
     cutoff = f"({int((time.time() - retention_seconds) * 1000)}-0"
     script = client.register_script(_TRIM_LUA)
     removed = 0
     for raw in sorted(await client.smembers(CHAINS_KEY)):
         stream = raw.decode() if isinstance(raw, bytes) else raw
+        if not stream.startswith(prefix):
+            continue
         while True:
             n = int(await script(keys=[stream, head_key(stream)], args=[cutoff, chunk]))
             removed += n

@@ -5,6 +5,7 @@ writes; a password rotates without a refused login; a service with a wrong passw
 from __future__ import annotations
 
 import fnmatch
+import logging
 import re
 import subprocess
 import sys
@@ -18,7 +19,15 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from services.runtime import STORE_USERS, EmbeddedStore, free_port, render_acl_file
+from services.runtime import (
+    STORE_USERS,
+    AuditLog,
+    EmbeddedStore,
+    connect_async,
+    free_port,
+    render_acl_file,
+    trim_audit_log,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("tender", "mission", "telemetry", "billing", "gateway")
@@ -86,6 +95,7 @@ def test_a_service_user_reaches_its_own_keys_and_no_other_services(acl_store: Em
         client.delete(key)
         client.set(key, "x") if not key.startswith("events:{") else client.xadd(key, {"k": "v"})
         assert client.exists(key) == 1, key
+        assert client.delete(key) == 1, key  # (the module's later tests use some of these names for real)
     others = [key for other in SERVICES if other != service for key in OWN_KEYS[other]
               if not (service == "billing" and key.startswith("audit:"))]
     for key in others:
@@ -98,7 +108,7 @@ def test_a_service_user_reaches_its_own_keys_and_no_other_services(acl_store: Em
     # Another service's audit chain: billing reads every chain (evidence packs), nobody writes another's.
     foreign_chain = "audit:{tender-host-1-01jx}" if service != "tender" else "audit:{mission-host-1-01jx}"
     if service == "billing":
-        client.get(foreign_chain)
+        client.xrange(foreign_chain)
     with pytest.raises(redis.exceptions.NoPermissionError):
         client.xadd(foreign_chain, {"edited": "1"})
 
@@ -228,3 +238,26 @@ def test_a_service_with_a_wrong_password_stops_at_once_saying_why(acl_store: Emb
     assert "REDIS_URL" in output and "refused the login" in output, output[-2000:]
     assert password not in output
     assert elapsed < 30, f"took {elapsed:.1f} s"
+
+
+async def test_a_service_trims_its_own_audit_chains_only(acl_store: EmbeddedStore,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Retention under store users: each service trims the chains of its own processes (its user may write no
+    other chain); trimming every chain, as before the store users, is refused."""
+    tender, mission = (connect_async(acl_store.user_url(u)) for u in ("tender", "mission"))
+    try:
+        theirs, ours = AuditLog(mission, "mission"), AuditLog(tender, "tender")
+        for n in range(3):
+            await theirs.append(actor="spiffe://haulmesh.local/service/gateway", method=f"/m/M{n}")
+            await ours.append(actor="spiffe://haulmesh.local/service/gateway", method=f"/t/T{n}")
+        with caplog.at_level(logging.WARNING, logger="haulmesh.audit"):
+            await ours._trim_quietly()
+        assert "not trimmed" not in caplog.text
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            await trim_audit_log(tender, retention_seconds=-60)
+        assert await trim_audit_log(tender, retention_seconds=-60, prefix="audit:{tender-") >= 2
+        assert await tender.xlen(ours.stream) == 1  # the newest is always kept
+        assert await mission.xlen(theirs.stream) == 3
+    finally:
+        await tender.aclose()
+        await mission.aclose()
