@@ -189,6 +189,24 @@ def test_the_table_covers_every_key_the_services_code_names(service: str) -> Non
         assert owners == [], f"{key!r} of {service} is also reachable by {owners}"
 
 
+#: The runtime's own key families, each in the table's shared patterns (StoreUser.key_patterns).
+RUNTIME_KEY_FAMILIES = {"events", "events:streams", "events:doorbell", "events:done", "events:failures", "dlq",
+                        "idempotency", "audit", "audit:chains", "fsync-probe"}
+
+
+def test_the_runtime_names_no_key_the_table_does_not_know() -> None:
+    """A key the runtime starts writing (a deny-list, a registry) must join the table, or every service's user is
+    refused it: this names it."""
+    found: set[str] = set()
+    literals = (*_KEY_LITERALS, re.compile(r'f"([a-z][a-z0-9-]*:[a-z0-9-]+):\{\{\{'),
+                re.compile(r'^[A-Z_]+ = "([a-z][a-z0-9-]*:[a-z0-9-]+)"', re.M))
+    for path in (ROOT / "services" / "runtime").rglob("*.py"):
+        if path.name != "_store_acl.py":
+            for pattern in literals:
+                found.update(pattern.findall(path.read_text()))
+    assert found - RUNTIME_KEY_FAMILIES == set(), "add these keys to STORE_USERS (services/runtime/_store_acl.py)"
+
+
 def test_runtime_keys_are_everyones_and_their_own() -> None:
     for service in SERVICES:
         for key in SHARED_KEYS:
