@@ -4,6 +4,7 @@ writes; a password rotates without a refused login; a service with a wrong passw
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import json
 import logging
@@ -27,7 +28,9 @@ from services.runtime import (
     connect_async,
     free_port,
     render_acl_file,
+    replay_dead_letters,
     trim_audit_log,
+    verify_audit_log,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -326,3 +329,30 @@ def test_a_store_of_the_single_password_set_up_is_restarted_with_users(tmp_path:
         assert _once(store.user_url("tender")).get("tender:{acme}:kept") == b"yes"
     finally:
         store.stop()
+
+
+async def test_the_operator_user_verifies_the_audit_log_and_replays_dead_letters(acl_store: EmbeddedStore) -> None:
+    """`operator` (the CLI against a shared store) reads every chain and moves dead letters back to their stream,
+    and writes nothing else."""
+    tender = connect_async(acl_store.user_url("tender"))
+    operator = connect_async(acl_store.user_url("operator"))
+    try:
+        log = AuditLog(tender, "tender")
+        await log.append(actor="spiffe://haulmesh.local/service/gateway", method="/t/CreateTender")
+        report = await asyncio.to_thread(verify_audit_log, redis.Redis.from_url(acl_store.user_url("operator")))
+        assert not [p for p in report.problems if log.stream in p]
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            await operator.xadd(log.stream, {"record": "{}", "hash": "0"})
+        mission = connect_async(acl_store.user_url("mission"))
+        try:
+            await mission.xadd("dlq:{mission}", {"stream": "events:{acme}", "id": "e1", "type": "t", "event": "x",
+                                                 "error": "boom"})
+        finally:
+            await mission.aclose()
+        assert await replay_dead_letters(operator, "mission", []) >= 1
+        assert await operator.xlen("dlq:{mission}") == 0
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            await operator.get("tender:{acme}:01jx")
+    finally:
+        await tender.aclose()
+        await operator.aclose()
