@@ -175,6 +175,9 @@ _KEY_LITERALS = (re.compile(r'tenant_key\(\s*"([a-z][a-z0-9-]*)"'), re.compile(r
                  re.compile(r'^_[A-Z_]+ = "([a-z][a-z0-9-]*:[a-z0-9-]+)"', re.M))
 
 
+_IDEMPOTENT_SCOPE = re.compile(r'idempotency\.run\(\s*f"\{[a-z_]+\}:([A-Za-z]+)"')
+
+
 @pytest.mark.parametrize("service", SERVICES)
 def test_the_table_covers_every_key_the_services_code_names(service: str) -> None:
     """Derived from the code: every key prefix a service's package names is in its user's patterns, and in no
@@ -185,6 +188,9 @@ def test_the_table_covers_every_key_the_services_code_names(service: str) -> Non
         for pattern in _KEY_LITERALS:
             found.update(pattern.findall(text))
     found -= {"missions"} if service != "mission" else set()  # a cache key of usecases, not a store key
+    # Request ids of idempotent methods: Idempotency.run(f"{carrier}:<Method>", ...) → idempotency:{c:<Method>}:id
+    for path in (ROOT / "services" / service).rglob("*.py"):
+        found.update(f"idempotency:{{acme:{m}}}:r1" for m in _IDEMPOTENT_SCOPE.findall(path.read_text()))
     assert found, "no key found: the derivation's patterns no longer match the code"
     for prefix in sorted(found):
         key = prefix if ":" in prefix else f"{prefix}:{{acme}}:x"
