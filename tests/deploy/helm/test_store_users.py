@@ -115,10 +115,10 @@ def test_the_rendered_users_work_on_a_real_valkey(chart: ChartRenderer, tmp_path
             pass  # it is gone: what SHUTDOWN wanted
 
 
-def test_a_rotations_previous_password_stays_accepted(chart: ChartRenderer) -> None:
-    """A '<user>-previous' key in the Secret (kept across upgrades through lookup; offline rendering cannot
-    show the lookup, so the template's rule is checked on the generated file instead): the table's file has one
-    placeholder per user, which the chart fills with every hash of that user."""
+def test_each_user_has_one_placeholder_for_the_chart_to_fill(chart: ChartRenderer) -> None:
+    """The generated file has exactly one {{HASH:<user>}} per user of the table, which the chart replaces with the
+    user's hashes (two during a rotation, from a "<user>-previous" key of the Secret: that path needs the
+    Secret's lookup, which offline rendering cannot show, so it is not checked here)."""
     template = (Path(__file__).resolve().parents[3] / "deploy/helm/haulmesh/files/store-users.acl").read_text()
     for user in STORE_USERS:
         assert template.count(f"{{{{HASH:{user}}}}}") == 1
