@@ -9,12 +9,13 @@ import fnmatch
 import json
 import logging
 import re
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import pytest
 import redis
@@ -27,6 +28,7 @@ from services.runtime import (
     EmbeddedStore,
     connect_async,
     free_port,
+    pki,
     render_acl_file,
     replay_dead_letters,
     trim_audit_log,
@@ -362,3 +364,55 @@ async def test_the_operator_user_verifies_the_audit_log_and_replays_dead_letters
     finally:
         await tender.aclose()
         await operator.aclose()
+
+
+async def test_a_service_url_of_the_charts_tls_form_works(acl_store: EmbeddedStore, tmp_path: Path) -> None:
+    """The chart's TLS URL form, `rediss://<user>:<password>@<host>:<port>/0?ssl_ca_certs=<ca.crt>`, verified
+    for real: a TLS terminator the test starts (the wheel's Valkey has no TLS) with a certificate of a test CA for
+    the store's name; the service's client checks it against that CA and logs in as its user. A client trusting
+    another CA is refused."""
+    ca, other_ca = pki.create_ca(), pki.create_ca()
+    server = pki.issue(ca, [], valid_days=1, dns_names=("localhost",))
+    (tmp_path / "ca.crt").write_bytes(ca.certificate_pem)
+    (tmp_path / "other.crt").write_bytes(other_ca.certificate_pem)
+    (tmp_path / "tls.crt").write_bytes(server.certificate_pem)
+    (tmp_path / "tls.key").write_bytes(server.private_key_pem)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
+    info = acl_store.ensure_running()
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    async def terminate(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(info.host, info.port)
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+    terminator = await asyncio.start_server(terminate, "127.0.0.1", 0, ssl=context)
+    port = terminator.sockets[0].getsockname()[1]
+    password = quote(unquote(urlsplit(acl_store.user_url("tender")).password or ""), safe="")
+    url = f"rediss://tender:{password}@localhost:{port}/0?ssl_ca_certs={tmp_path / 'ca.crt'}"
+    try:
+        client = connect_async(url)
+        try:
+            await client.set("tender:{acme}:tls", "yes")
+            assert await client.get("tender:{acme}:tls") == b"yes"
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                await client.get("mission:{acme}:1")
+        finally:
+            await client.aclose()
+        stranger = connect_async(url.replace("ca.crt", "other.crt"))
+        try:
+            with pytest.raises(redis.exceptions.ConnectionError, match="certificate verify failed"):
+                await stranger.ping()
+        finally:
+            await stranger.aclose()
+    finally:
+        terminator.close()
