@@ -146,7 +146,11 @@ def render_acl_file(passwords: Mapping[str, Sequence[str]], *, admin_passwords: 
     Secret with Helm's ``sha256sum``), no admin user.
     """
     # An ACL file has no comments: what made it is said where it is written (the embedded store, the chart).
-    lines = ["user default off resetkeys resetchannels -@all"]
+    # `default` is off and has no password: nobody can log in as it, and a new connection starts unauthenticated.
+    # Its rights must still be all of them: the server replays its AOF as `default`, and EXEC checks the ACL again,
+    # so a `default` refused commands drops every MULTI/EXEC a service committed at the next start (seen: the W-2
+    # restart test lost acknowledged frames; tests/runtime/test_store_acl.py holds it).
+    lines = ["user default off resetpass ~* &* +@all"]
     if not template and admin_passwords:
         lines.append(f"user {ADMIN_USER} on " + " ".join(f"#{_hash(p)}" for p in admin_passwords)
                      + " ~* &* +@all")

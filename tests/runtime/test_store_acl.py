@@ -416,3 +416,23 @@ async def test_a_service_url_of_the_charts_tls_form_works(acl_store: EmbeddedSto
             await stranger.aclose()
     finally:
         terminator.close()
+
+
+def test_transactions_of_service_users_survive_a_restart(acl_store: EmbeddedStore) -> None:
+    """The store replays its AOF as the ``default`` user, and EXEC checks the ACL again: were ``default`` refused
+    commands (not only logins), every MULTI/EXEC a service committed would be dropped at the next start (seen:
+    the W-2 restart test lost its acknowledged frames)."""
+    client = _client(acl_store, "tender")
+    with client.pipeline(transaction=True) as pipe:
+        pipe.set("tender:{acme}:durable", "committed")
+        pipe.zadd("tenders:{acme}:by-time", {"durable": 0})
+        pipe.xadd("events:{acme}", {"type": "t"})
+        pipe.execute()
+    assert client.execute_command("WAITAOF", 1, 0, 5000)[0] == 1
+    acl_store.stop()
+    acl_store.ensure_running()
+    client = _client(acl_store, "tender")
+    assert client.get("tender:{acme}:durable") == b"committed"
+    assert client.zscore("tenders:{acme}:by-time", "durable") == 0
+    log = (acl_store.directory / "valkey.log").read_text()
+    assert "NOPERM" not in log
