@@ -21,7 +21,9 @@ def rest_gateway(service: Service, config: GatewayConfig) -> RestGateway:
     return RestGateway(
         api=load_api(),
         authenticator=Authenticator(AuthConfig.from_config(config)),
-        limiter=TenantRateLimiter.from_config(config, resolve_redis_url(shared.redis_url, shared.state_dir)),
+        # The gateway's own store user, as its service client (docs/security.md, "Store users").
+        limiter=TenantRateLimiter.from_config(config, resolve_redis_url(shared.redis_url, shared.state_dir,
+                                                                        user=shared.service_name)),
         # haulmesh.<area>.v1 is served by the mesh service <area>; the gateway's own (webhooks) included.
         channel=lambda peer: service.channels.channel(shared.peer_addresses[peer]),
         max_request_bytes=config.max_request_bytes,

@@ -75,6 +75,7 @@ from ._revocation import RevocationList, Revoked, certificate_serial, revoke_cer
 from ._server import Service, run_service
 from ._status import abort, error_info, retry_delay_seconds, status_of, to_rpc_status
 from ._store import EmbeddedStore, cluster_url, connect_async, connect_sync, free_port, resolve_redis_url
+from ._store_acl import STORE_USERS, StoreUser, render_acl_file
 from ._tenant import CARRIER_METADATA_KEY, carrier
 from ._time import from_timestamp, timestamp_ms, to_timestamp
 from ._tls import CertificateFiles
@@ -100,6 +101,7 @@ __all__ = [
     "MESH_SERVICES",
     "METERS_PER_MILE",
     "METRICS_REGISTRY",
+    "STORE_USERS",
     "STRING_FIELD",
     "TIME_FIELD",
     "VEHICLE_CERTIFICATE_METADATA_KEY",
@@ -135,6 +137,7 @@ __all__ = [
     "Revoked",
     "Service",
     "ServiceConfig",
+    "StoreUser",
     "TimeIndex",
     "TlsConfig",
     "TooManyAuditEntries",
@@ -177,6 +180,7 @@ __all__ = [
     "parse_name",
     "poll_until",
     "read_json_file",
+    "render_acl_file",
     "replay_dead_letters",
     "resolve_redis_url",
     "resource_id_pattern",

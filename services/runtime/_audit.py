@@ -142,6 +142,8 @@ class AuditLog:
     def __init__(self, client: redis.asyncio.Redis, writer: str = "audit") -> None:
         self._redis = client
         self.stream = f"audit:{{{writer}-{socket.gethostname()}-{os.getpid()}-{new_id()}}}"
+        #: The chains of this writer's every process (its store user may write those only: _store_acl.py).
+        self._own_chains = f"audit:{{{writer}-"
         self._seq, self._hash = 0, _GENESIS
         self._queue: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
         self._writing: asyncio.Task[None] | None = None
@@ -257,21 +259,24 @@ class AuditLog:
 
     async def _trim_quietly(self) -> int:
         try:
-            return await trim(self._redis)
+            return await trim(self._redis, prefix=self._own_chains)
         except Exception as exc:  # retention is housekeeping: the next interval tries again
             logging.getLogger("haulmesh.audit").warning("audit chains not trimmed: %s", exc)
             return 0
 
 
 async def trim(client: redis.asyncio.Redis, *, retention_seconds: float = AUDIT_RETENTION_SECONDS,
-               chunk: int = 1000) -> int:
+               chunk: int = 1000, prefix: str = "") -> int:
     """Remove every chain's entries older than ``retention_seconds`` (never a chain's newest), each chain's
-    head recording where its remaining entries start; returns the entries removed."""
+    head recording where its remaining entries start; returns the entries removed. ``prefix``: only the chains
+    whose key starts with it (a service trims its own processes' chains: its store user may write no other)."""
     cutoff = f"({int((time.time() - retention_seconds) * 1000)}-0"
     script = client.register_script(_TRIM_LUA)
     removed = 0
     for raw in sorted(await client.smembers(CHAINS_KEY)):
         stream = raw.decode() if isinstance(raw, bytes) else raw
+        if not stream.startswith(prefix):
+            continue
         while True:
             n = int(await script(keys=[stream, head_key(stream)], args=[cutoff, chunk]))
             removed += n
@@ -409,10 +414,11 @@ def _pages(client: redis.Redis, stream: str, pool: ThreadPoolExecutor) -> Iterat
     """The chain's entries, a page at a time, flat (``[id, record, hash, ...]``); the next page is read (in
     ``pool``) while the caller checks this one, so the store's time and the hashing overlap (docs/security.md:
     1,000,000 entries within a minute)."""
-    script = client.register_script(_PAGE_LUA)
-
+    # EVAL_RO, not EVALSHA: a script's keys count as written unless it runs read-only, and verify runs as a user
+    # that may only read the chains (the store user "operator": docs/security.md, "Store users"). The server
+    # caches the script by its digest, so resending it costs a few hundred bytes a page.
     def read(start: str) -> list[Any]:
-        return script(keys=[stream], args=[start, VERIFY_PAGE_ENTRIES])
+        return client.eval_ro(_PAGE_LUA, 1, stream, start, VERIFY_PAGE_ENTRIES)  # type: ignore[no-any-return]
 
     page = read("-")
     while page:

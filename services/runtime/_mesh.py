@@ -152,9 +152,17 @@ class Mesh:
         with open(child.log_path, "ab") as log:  # noqa: ASYNC230 - a local file, opened once per start
             child.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", f"services.{child.name}",
-                env=self._env(child.name, self._redis_url), stdin=asyncio.subprocess.DEVNULL,
+                env=self._env(child.name, self._service_redis_url(child.name)), stdin=asyncio.subprocess.DEVNULL,
                 stdout=log, stderr=log,
             )
+
+    def _service_redis_url(self, name: str) -> str:
+        """The store URL of service ``name``: on the embedded store its own store user (least privilege:
+        _store_acl.py), read at every spawn so that a rotated password is picked up by a restart; else the
+        external store's URL as given."""
+        if self.redis_url:
+            return self._redis_url
+        return EmbeddedStore(self.state_dir / "store").user_url(name)
 
     async def supervise(self, stop: asyncio.Event) -> _Child | None:
         """Restart any service that exits, with backoff, until ``stop`` is set (then None); returns the

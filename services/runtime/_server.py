@@ -113,7 +113,8 @@ class Service:
         self.config = config
         self._policy = policy
         self._files = CertificateFiles(config.tls)
-        self._redis_url = resolve_redis_url(config.redis_url, config.state_dir)
+        # Without REDIS_URL, the embedded store logged in as this service's own store user (_store_acl.py).
+        self._redis_url = resolve_redis_url(config.redis_url, config.state_dir, user=config.service_name)
         self._redis: redis.asyncio.Redis | None = None
         self._blocking_redis: redis.asyncio.Redis | None = None
         #: Parts (companions, periodic loops) that cannot make progress now: health is NOT_SERVING while any is.
@@ -351,7 +352,8 @@ class Service:
                     _log.info("store %s reachable after %d attempts", redact_url(self._redis_url), backoff.failures)
                 return True
             except redis.AuthenticationError as exc:
-                raise ConfigError(f"store {redact_url(self._redis_url)} refused the login: {exc}",
+                raise ConfigError(f"store {redact_url(self._redis_url)} refused the login: {exc} (check the user "
+                                  "and password in REDIS_URL: docs/security.md, \"Store users\")",
                                   field="REDIS_URL") from exc
             except (redis.RedisError, OSError, TimeoutError) as exc:
                 if not backoff.failures or loop.time() - logged >= STORE_WAIT_LOG_EVERY_SECONDS:

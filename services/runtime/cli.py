@@ -5,7 +5,9 @@
                                         the certificate deny-list (every service refuses a revoked one within seconds)
     haulmesh run        start the store and every service (a crashed one is restarted); Ctrl-C stops them
     haulmesh status     health of every service over mTLS; exit 0 only if all are SERVING
-    haulmesh store {start,stop,status}
+    haulmesh store {start,stop,status}  the embedded store
+    haulmesh store acl-file [--template | --passwords-dir DIR]   the store users' ACL file (one user per service)
+    haulmesh store rotate-password USER [--finish]              a store user's password, in two steps
     haulmesh audit verify [--checkpoints URL] [--public-key PEM]...
                                         the audit chains against their signed checkpoints; exit 0 if intact and
                                         anchored, 1 naming every problem, 3 if intact but not anchored
@@ -42,10 +44,11 @@ from ._config import (
     MESH_SERVICES,
     default_state_dir,
 )
-from ._errors import HaulmeshError
+from ._errors import ConfigError, HaulmeshError
 from ._events import dead_letters, replay_dead_letters
 from ._mesh import Mesh
 from ._store import EmbeddedStore, connect_async, connect_sync, resolve_redis_url
+from ._store_acl import STORE_USERS, render_acl_file
 from .audit_anchor import Checkpoint, generate_signing_key, load_public_keys, read_checkpoints
 
 __all__ = ["main"]
@@ -230,6 +233,14 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def cmd_store(args: argparse.Namespace) -> int:
     store = EmbeddedStore(default_state_dir() / "store")
+    if args.store_command == "acl-file":
+        return _acl_file(args)
+    if args.store_command == "rotate-password":
+        store.rotate_password(args.user, finish=args.finish)
+        print(f"store user {args.user}: " + ("previous password dropped" if args.finish else
+              "new password in effect, the previous one still accepted; restart the service, then run "
+              f"'haulmesh store rotate-password {args.user} --finish'"))
+        return 0
     if args.store_command == "start":
         print(f"embedded store on {store.ensure_running().display_url}")
     elif args.store_command == "stop":
@@ -238,6 +249,29 @@ def cmd_store(args: argparse.Namespace) -> int:
         info = store.info()
         print(f"running, pid {info.pid}, {info.display_url}" if info else "not running")
         return 0 if info else 1
+    return 0
+
+
+def _acl_file(args: argparse.Namespace) -> int:
+    """The ACL file of STORE_USERS on stdout: with placeholders for the chart, or the hashes of the passwords in a
+    folder (a file per user, as a mounted Secret has them; ``<user>-previous`` too during a rotation)."""
+    if args.template:
+        sys.stdout.write(render_acl_file({}, template=True))
+        return 0
+    if not args.passwords_dir:
+        raise ConfigError("give --template or --passwords-dir DIR (a file per store user: "
+                          + ", ".join(STORE_USERS) + ")")
+    folder = Path(args.passwords_dir)
+    passwords: dict[str, list[str]] = {}
+    for name in STORE_USERS:
+        try:
+            passwords[name] = [(folder / name).read_text().strip()]
+        except OSError as exc:
+            raise ConfigError(f"no password for store user {name}: {exc}") from exc
+        previous = folder / f"{name}-previous"
+        if previous.is_file() and previous.read_text().strip():
+            passwords[name].append(previous.read_text().strip())
+    sys.stdout.write(render_acl_file(passwords))
     return 0
 
 
@@ -480,8 +514,19 @@ def _parser() -> argparse.ArgumentParser:
 
     kpi_report.add_parser(sub, cert_dir=_cert_dir, store_url=_store_url, address=service_address)
 
-    store = sub.add_parser("store", help="the embedded store")
-    store.add_argument("store_command", choices=["start", "stop", "status"])
+    store = sub.add_parser("store", help="the embedded store and the store users")
+    store_sub = store.add_subparsers(dest="store_command", required=True)
+    for name, text in (("start", "start the embedded store"), ("stop", "stop the embedded store"),
+                       ("status", "whether the embedded store runs")):
+        store_sub.add_parser(name, help=text)
+    acl = store_sub.add_parser("acl-file", help="the store users' ACL file (services/runtime/_store_acl.py)")
+    how = acl.add_mutually_exclusive_group()
+    how.add_argument("--template", action="store_true",
+                     help="{{HASH:<user>}} placeholders for the passwords (the Helm chart's files/store-users.acl)")
+    how.add_argument("--passwords-dir", help="a folder with a file per store user holding its password")
+    rotate = store_sub.add_parser("rotate-password", help="rotate an embedded store user's password")
+    rotate.add_argument("user", help="a store user: " + ", ".join(STORE_USERS))
+    rotate.add_argument("--finish", action="store_true", help="drop the previous password (after the restart)")
     store.set_defaults(func=cmd_store)
     return parser
 

@@ -34,7 +34,6 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import quote
 
 import grpc
 import httpx
@@ -153,7 +152,8 @@ async def killed_consumer(mesh_pki: Pki, tmp_path: Path, fault_proxy, seed: int,
         expected = await _emit_acceptances(client, run, events)
         proxy: FaultProxy = await fault_proxy(f"{info.host}:{info.port}")
         proxy.delay(slow_store_seconds)
-        slow_url = f"redis://:{quote(info.password, safe='')}@{proxy.address}/0"
+        # Billing's own store user (the embedded store's default user is off), through the slow proxy.
+        slow_url = store.user_url("billing").replace(f"@{info.host}:{info.port}/", f"@{proxy.address}/")
         # The kill lands inside a stream's batch (the consumer drains the carriers' streams one by one, in order),
         # away from its edges: between two batches it would hold nothing.
         per_stream = events // CARRIERS

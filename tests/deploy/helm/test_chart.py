@@ -559,7 +559,9 @@ def test_redis_url_always_comes_from_a_secret(rendered: Rendered) -> None:
 
 
 def test_in_chart_valkey_is_aof_with_a_password_secret(chart: ChartRenderer) -> None:
-    rendered = chart.render({"valkey": {"enabled": True}})
+    """AOF on; passwords from a Secret through the environment (store users: tests/deploy/helm/test_store_users.py;
+    with valkey.acl.enabled=false one password for all)."""
+    rendered = chart.render({"valkey": {"enabled": True, "acl": {"enabled": False}}})
     (statefulset,) = rendered.of_kind("StatefulSet")
     (container,) = statefulset["spec"]["template"]["spec"]["containers"]
     script = " ".join(container["args"])
@@ -569,6 +571,12 @@ def test_in_chart_valkey_is_aof_with_a_password_secret(chart: ChartRenderer) -> 
     password = rendered.get("Secret", password_ref["name"])["data"][password_ref["key"]]
     url = rendered.get("Secret", f"{RELEASE}-redis")["stringData"]["url"]
     assert url == f"redis://:{base64.b64decode(password).decode()}@{RELEASE}-valkey:6379/0"
+    with_users = chart.render({"valkey": {"enabled": True}})
+    (statefulset,) = with_users.of_kind("StatefulSet")
+    (container,) = statefulset["spec"]["template"]["spec"]["containers"]
+    assert "--appendonly yes" in " ".join(container["args"])
+    ref = {e["name"]: e for e in container["env"]}["VALKEY_REPLICATION_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": f"{RELEASE}-valkey", "key": "replication"}
 
 
 def test_acks_wait_for_the_replicas_the_chart_runs(chart: ChartRenderer) -> None:

@@ -100,6 +100,27 @@ gateway:
 {{- end }}
 {{- end }}
 
+{{/* The key of a service's own REDIS_URL (its own store user): dict "root" . "name" <service>. */}}
+{{- define "haulmesh.redisSecretKeyFor" -}}
+{{- $root := .root }}
+{{- if and $root.Values.valkey.enabled $root.Values.valkey.acl.enabled }}
+{{- printf "url-%s" .name }}
+{{- else if and $root.Values.redis.existingSecret $root.Values.redis.perServiceKeys }}
+{{- printf "%s-%s" $root.Values.redis.existingSecretKey .name }}
+{{- else }}
+{{- include "haulmesh.redisSecretKey" $root }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret with the store's CA (ca.crt) the services verify its TLS certificate with; empty: none. */}}
+{{- define "haulmesh.storeTlsSecret" -}}
+{{- if .Values.valkey.enabled }}
+{{- if .Values.valkey.tls.enabled }}{{ .Values.valkey.tls.secretName }}{{ end }}
+{{- else }}
+{{- .Values.redis.tlsCaSecret }}
+{{- end }}
+{{- end }}
+
 {{/* The variable each key of telemetryCaps / gatewayCaps sets (values.yaml documents them; defaults = the code's). */}}
 {{- define "haulmesh.capVariables" -}}
 telemetry:
@@ -207,7 +228,7 @@ spec:
         {{- end }}
       annotations:
         {{- /* A change of the chart-made Redis Secret rolls the pods (the URL is read at start-up). */}}
-        checksum/redis: {{ printf "%s|%s|%v" $root.Values.redis.url $root.Values.redis.existingSecret $root.Values.valkey.enabled | sha256sum | trunc 16 }}
+        checksum/redis: {{ printf "%s|%s|%v|%v|%v" $root.Values.redis.url $root.Values.redis.existingSecret $root.Values.valkey.enabled $root.Values.valkey.acl.enabled $root.Values.valkey.tls.enabled | sha256sum | trunc 16 }}
         {{- with $svc.podAnnotations }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -339,7 +360,7 @@ spec:
               valueFrom:
                 secretKeyRef:
                   name: {{ include "haulmesh.redisSecretName" $root }}
-                  key: {{ include "haulmesh.redisSecretKey" $root }}
+                  key: {{ include "haulmesh.redisSecretKeyFor" (dict "root" $root "name" $name) }}
             {{- if eq $name "gateway" }}
             {{- with $root.Values.gatewayAuth }}
             {{- if .jwksUrl }}
@@ -421,6 +442,11 @@ spec:
             - name: audit
               mountPath: /etc/haulmesh/audit
               readOnly: true
+            {{- if include "haulmesh.storeTlsSecret" $root }}
+            - name: store-tls
+              mountPath: /etc/haulmesh/store-tls
+              readOnly: true
+            {{- end }}
             {{- if eq $name "billing" }}
             - name: evidence
               mountPath: /etc/haulmesh/evidence
@@ -449,6 +475,14 @@ spec:
           emptyDir:
             medium: Memory
             sizeLimit: 64Mi
+        {{- with include "haulmesh.storeTlsSecret" $root }}
+        - name: store-tls
+          secret:
+            secretName: {{ . }}
+            items:
+              - key: ca.crt
+                path: ca.crt
+        {{- end }}
         {{- /* The audit checkpoint key (not optional: a service that cannot anchor its chain does not start). */}}
         - name: audit
           secret:
