@@ -3,7 +3,7 @@
 The gateway derives the carrier from the TMS's verified JWT and passes it to the services in the
 ``haulmesh-carrier`` metadata as ``carriers/{carrier}`` (see protos/haulmesh/type/v1/carrier.proto);
 services pass it on to each other. Only mesh services and operators may assert a tenant: a truck acts
-for no carrier.
+for no carrier, and an operator only for a carrier its certificate's grant serves (``_roles.py``).
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ import grpc
 
 from ._errors import InvalidArgument, PermissionDenied
 from ._identity import caller
+from ._roles import caller_grant
+from .tokens import CARRIER_ID
 
 __all__ = ["CARRIER_METADATA_KEY", "carrier"]
 
 CARRIER_METADATA_KEY = "haulmesh-carrier"
-_CARRIER = re.compile(r"^carriers/([a-z0-9][a-z0-9-]{0,62})$")
+_CARRIER = re.compile(rf"^carriers/({CARRIER_ID.pattern.strip('^$')})$")
 
 
 def carrier(context: grpc.aio.ServicerContext) -> str:
@@ -30,4 +32,18 @@ def carrier(context: grpc.aio.ServicerContext) -> str:
     if match is None:
         raise InvalidArgument(f"exactly one {CARRIER_METADATA_KEY} metadata entry, carriers/{{carrier}}, is required",
                               reason="TENANT_REQUIRED")
-    return match.group(1)
+    return _check_operator_serves(match.group(1))
+
+
+def _check_operator_serves(carrier_id: str) -> str:
+    """An operator acts only for a carrier its grant serves (a platform admin for every one; no role, none)."""
+    identity = caller()
+    if identity.kind != "operator":
+        return carrier_id
+    grant = caller_grant()
+    if grant is None or not grant.serves(carrier_id):
+        served = ("no carrier (no role)" if grant is None else
+                  "every carrier" if not grant.carriers else ", ".join(sorted(grant.carriers)))
+        raise PermissionDenied(f"{identity} serves {served}, not carriers/{carrier_id}", reason="TENANT_NOT_ALLOWED",
+                               metadata={"carrier": f"carriers/{carrier_id}"})
+    return carrier_id
