@@ -38,7 +38,9 @@ POLICY = Policy({
                                  _ROSTER],
     f"{_SERVICE}/UpdateVehicle": [_ROSTER],
     f"{_SERVICE}/GetFleetCapacity": ["service/tender"],
-    f"{_SERVICE}/CreateMission": ["service/tender", *_OPERATORS],
+    # Missions come from accepted tenders (the tender service); dispatching by hand reserves a fleet vehicle and
+    # names a tender and quote the mission service cannot check: platform admins only.
+    f"{_SERVICE}/CreateMission": ["service/tender", PLATFORM_ADMINS],
     f"{_SERVICE}/GetMission": ["service/gateway", "service/tender", "service/telemetry", "service/billing",
                                *_OPERATORS],
     f"{_SERVICE}/ListMissions": ["service/gateway", *_OPERATORS],

@@ -24,7 +24,7 @@ from ._identity import _CALLER, KINDS, Identity, caller, identity_from_pem
 from ._retry import is_transient
 from ._roles import _GRANT, BILLING_ADMIN, FLEET_OPERATOR, PLATFORM_ADMIN, ROLES, OperatorGrant, grant_from_pem
 from ._status import abort
-from ._tenant import CARRIER_METADATA_KEY
+from ._tenant import CARRIER_METADATA_KEY, check_operator_tenant
 
 __all__ = ["BILLING_ADMINS", "FLEET_OPERATORS", "PLATFORM_ADMINS", "AuthorizationInterceptor", "Policy", "caller",
            "caller_may"]
@@ -194,6 +194,11 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
                                                                if identity.kind == "operator" else {})}))
         _CALLER.set(identity)
         _GRANT.set(grant)
+        try:
+            check_operator_tenant(context)
+        except PermissionDenied as exc:
+            _log.warning("denied %s on %s: %s", identity, method, exc.message)
+            await abort(context, exc)
 
     def _wrap_unary(self, inner: Behavior, method: str) -> Behavior:
         mutating = _is_mutating(method)

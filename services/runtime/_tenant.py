@@ -24,15 +24,31 @@ _CARRIER = re.compile(rf"^carriers/({CARRIER_ID.pattern.strip('^$')})$")
 
 
 def carrier(context: grpc.aio.ServicerContext) -> str:
-    """The carrier id of the call in progress; raises when absent, malformed or asserted by a truck."""
-    values = [v for k, v in (context.invocation_metadata() or ()) if k == CARRIER_METADATA_KEY]
+    """The carrier id of the call in progress; raises when absent, malformed, asserted by a truck, or asserted by
+    an operator whose grant does not serve it."""
     if caller().kind == "vehicle":
         raise PermissionDenied("vehicles do not act for a carrier", reason="TENANT_NOT_ALLOWED")
-    match = _CARRIER.fullmatch(values[0]) if len(values) == 1 and isinstance(values[0], str) else None
-    if match is None:
+    asserted = _asserted(context)
+    if asserted is None:
         raise InvalidArgument(f"exactly one {CARRIER_METADATA_KEY} metadata entry, carriers/{{carrier}}, is required",
                               reason="TENANT_REQUIRED")
-    return _check_operator_serves(match.group(1))
+    return _check_operator_serves(asserted)
+
+
+def check_operator_tenant(context: grpc.aio.ServicerContext) -> None:
+    """Refuse, before any handler runs, an operator asserting a carrier its grant does not serve (so the refusal
+    is the same whatever the request holds, and costs nothing); :func:`carrier` checks it again where used."""
+    if caller().kind == "operator":
+        asserted = _asserted(context)
+        if asserted is not None:
+            _check_operator_serves(asserted)
+
+
+def _asserted(context: grpc.aio.ServicerContext) -> str | None:
+    """The carrier id of the call's one well-formed metadata entry; None when absent, repeated or malformed."""
+    values = [v for k, v in (context.invocation_metadata() or ()) if k == CARRIER_METADATA_KEY]
+    match = _CARRIER.fullmatch(values[0]) if len(values) == 1 and isinstance(values[0], str) else None
+    return match.group(1) if match else None
 
 
 def _check_operator_serves(carrier_id: str) -> str:

@@ -219,15 +219,14 @@ def test_dev_bootstrap_makes_the_cli_a_platform_admin_and_upgrades_an_old_certif
 # --- enforced on a real server -----------------------------------------------------------------------------------
 
 class CarrierTenders(tender_service_pb2_grpc.TenderServiceServicer):
-    """GetTender answers for the call's carrier (the tenant check); CancelTender is a role's method."""
+    """Both answer for the call's carrier (``carrier()``); CancelTender is a platform admin's only."""
 
     def __init__(self) -> None:
         self.calls = 0
 
     async def GetTender(self, request, context):
-        tenant = carrier(context)
-        self.calls += 1
-        return tender_pb2.Tender(name=request.name, tms_load_id=tenant)
+        self.calls += 1  # counted on entry: a refusal must come before any handler runs
+        return tender_pb2.Tender(name=request.name, tms_load_id=carrier(context))
 
     async def CancelTender(self, request, context):
         self.calls += 1
@@ -298,7 +297,7 @@ async def test_roles_and_carriers_are_enforced_at_every_call(server, role, carri
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await _call(service, credentials, method, carrier_id)
     assert _refusal(caught.value) == (grpc.StatusCode.PERMISSION_DENIED, refused)
-    assert servicer.calls == 0  # nothing answered: refused before the handler did any work
+    assert servicer.calls == 0  # refused before any handler ran (the tenant too: by the interceptor)
 
 
 async def test_services_still_act_for_any_carrier(server) -> None:
