@@ -8,6 +8,7 @@ real store; the servicer counts what reached it.
 
 from __future__ import annotations
 
+import contextvars
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,12 +39,14 @@ from services.runtime import (
     Service,
     ServiceConfig,
     TlsConfig,
+    caller_may,
     carrier,
     free_port,
     pki,
     status_of,
 )
-from services.runtime._roles import OPERATOR_GRANT_OID, grant_from_pem
+from services.runtime._identity import _CALLER
+from services.runtime._roles import _GRANT, OPERATOR_GRANT_OID, grant_from_pem
 from services.runtime.cli import main as cli_main
 from services.telemetry.server import POLICY as TELEMETRY_POLICY
 from services.tender.server import POLICY as TENDER_POLICY
@@ -334,3 +337,23 @@ def test_the_test_pki_can_mint_every_role(tmp_path: Path) -> None:
     """The fixture's operator credentials (tests that are not about roles act as a platform admin)."""
     assert isinstance(Pki(tmp_path, pki.create_ca()).credentials("operator", "x", role=pki.BILLING_ADMIN,
                                                                  carriers=("acme",)), grpc.ChannelCredentials)
+
+
+def test_caller_may_applies_a_handlers_own_rule_by_role() -> None:
+    """Telemetry lets only some callers name a vehicle (``caller_may``): a platform admin, not a fleet operator."""
+    readers = ["service/mission", PLATFORM_ADMINS]
+
+    def may(identity: Identity, grant: pki.OperatorGrant | None) -> bool:
+        context = contextvars.copy_context()
+
+        def check() -> bool:
+            _CALLER.set(identity)
+            _GRANT.set(grant)
+            return caller_may(readers)
+
+        return context.run(check)
+
+    assert may(OPS, PLATFORM) and may(Identity("service", "mission"), None)
+    assert not may(OPS, FLEET_ACME) and not may(OPS, None) and not may(Identity("service", "gateway"), None)
+    with pytest.raises(ValueError, match="operators are allowed by role"):
+        caller_may(["operator/*"])
