@@ -37,11 +37,8 @@ from services.runtime import (
     IdentityError,
     Policy,
     Service,
-    ServiceConfig,
-    TlsConfig,
     caller_may,
     carrier,
-    free_port,
     pki,
     status_of,
 )
@@ -51,7 +48,8 @@ from services.runtime.cli import main as cli_main
 from services.telemetry.server import POLICY as TELEMETRY_POLICY
 from services.tender.server import POLICY as TENDER_POLICY
 
-from ..conftest import Pki, make_pki
+from ..conftest import Pki
+from .conftest import tender_server_config
 
 ROOT = Path(__file__).resolve().parents[2]
 OPS = Identity("operator", "ops")
@@ -242,13 +240,7 @@ _CANCEL = "/haulmesh.tender.v1.TenderService/CancelTender"
 
 @pytest.fixture
 async def server(tmp_path: Path, store_url: str):
-    p = make_pki(tmp_path / "ca")
-    issued = pki.issue(p.ca, pki.identity_for("service", "tender"), valid_days=1,
-                       dns_names=("localhost",), ip_addresses=("127.0.0.1",))
-    cert, key = pki.write_pem_files(tmp_path / "server", "tender", issued, p.ca.certificate_pem)
-    config = ServiceConfig(service_name="tender", listen_host="127.0.0.1", port=free_port(),
-                           tls=TlsConfig(tmp_path / "server" / "ca.pem", cert, key), state_dir=tmp_path,
-                           redis_url=store_url, grace_period_seconds=0.5)
+    p, config = tender_server_config(tmp_path, store_url)
     service = Service(config, Policy({_GET: ["service/gateway", FLEET_OPERATORS, PLATFORM_ADMINS],
                                       _CANCEL: [PLATFORM_ADMINS]}))
     servicer = CarrierTenders()
