@@ -24,6 +24,7 @@ written). Read-only fields: each Update naming an OUTPUT_ONLY field in its mask 
 from __future__ import annotations
 
 import importlib
+import json
 import random
 import time
 from collections import Counter
@@ -39,14 +40,23 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescri
 from google.protobuf.message import Message
 
 from haulmesh.billing.v1 import billing_service_pb2, rate_card_pb2
-from haulmesh.mission.v1 import mission_pb2
+from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, mission_service_pb2_grpc
 from haulmesh.type.v1 import health_check_pb2, money_pb2
 from services.billing.evidence.server import POLICY as EVIDENCE_POLICY
 from services.billing.reports.server import POLICY as REPORT_POLICY
 from services.billing.server import POLICY as BILLING_POLICY
 from services.gateway.webhooks.server import POLICY as WEBHOOK_POLICY
 from services.mission.server import POLICY as MISSION_POLICY
-from services.runtime import Identity, Mesh, Policy, audit_entries_touching, connect_async, error_info, pki
+from services.runtime import (
+    Identity,
+    Mesh,
+    Policy,
+    audit_entries_touching,
+    connect_async,
+    error_info,
+    pki,
+    poll_until,
+)
 from services.telemetry.server import POLICY as TELEMETRY_POLICY
 from services.tender.server import POLICY as TENDER_POLICY
 
@@ -349,14 +359,29 @@ async def snapshot(mesh: Mesh, p: Pki, owner: str, resources: dict[str, str]) ->
     return out
 
 
-async def audit_touches(mesh: Mesh, resources: dict[str, str], since_ms: int) -> list[str]:
-    """Audit entries (successful mutating calls) on any owner's object since ``since_ms``."""
+async def audit_touches(mesh: Mesh, resources: dict[str, str], since_ms: int) -> list[dict[str, str]]:
+    """Audit records (successful mutating calls) on any owner's object since ``since_ms``."""
     client = connect_async(mesh.store.url)
     try:
         entries = await audit_entries_touching(client, set(resources.values()), since_ms=since_ms)
     finally:
         await client.aclose()
-    return [f"{e.actor} {e.method} {e.resource}" for e in entries]
+    return [json.loads(e.record) for e in entries]
+
+
+async def settled(mesh: Mesh, p: Pki, owner: str, resources: dict[str, str]) -> None:
+    """Wait until the owner's mission is COMPLETED (the service completes it once billing recorded the usage,
+    possibly just after the invoice appears), so that nothing legitimate changes the objects meanwhile."""
+    request = mission_service_pb2.GetMissionRequest(name=resources["missions"])
+    async with grpc.aio.secure_channel(mesh.address("mission"), p.credentials("service", "gateway")) as channel:
+        stub = mission_service_pb2_grpc.MissionServiceStub(channel)
+
+        async def completed() -> bool:
+            mission = await stub.GetMission(request, metadata=(("haulmesh-carrier", f"carriers/{owner}"),),
+                                            timeout=10)
+            return mission.state == mission_pb2.Mission.STATE_COMPLETED
+
+        await poll_until(completed, timeout_seconds=30, what=f"{resources['missions']} COMPLETED")
 
 
 def now_ms() -> int:

@@ -233,6 +233,7 @@ async def test_no_tenant_sees_or_touches_another_tenants_resources(mesh: Mesh, o
 async def _grpc_matrix(mesh: Mesh, mesh_pki: Pki, owner: str, resources: dict[str, str], intruder: str,
                        rng: random.Random | None = None) -> dict[str, object]:
     """AT-17's gRPC half (tests/e2e/tenant_matrix.py) against the owner's objects; its figures."""
+    await tenant_matrix.settled(mesh, mesh_pki, owner, resources)
     since = tenant_matrix.now_ms()
     before = await tenant_matrix.snapshot(mesh, mesh_pki, owner, resources)
     matrix = await tenant_matrix.run_grpc_matrix(mesh, mesh_pki, owner, intruder, resources, rng)
@@ -242,7 +243,8 @@ async def _grpc_matrix(mesh: Mesh, mesh_pki: Pki, owner: str, resources: dict[st
     touched = await tenant_matrix.audit_touches(mesh, resources, since)
     return {"methods": len(matrix.exercised), "calls": matrix.calls, "outcomes": dict(matrix.outcomes),
             "wrong": matrix.wrong, "changed": sorted(k for k in before if before[k] != after[k]),
-            "audited_writes": [t for t in touched if "matrix" in t or intruder in t],
+            # Every successful write is audited: none may touch the owner's objects meanwhile.
+            "audited_writes": [f"{t.get('actor')} {t.get('method')} {t.get('resource')}" for t in touched],
             "read_only_calls": read_only.calls, "read_only_wrong": read_only.wrong,
             "read_only_not_made": sorted(read_only.not_made),
             "create_with_foreign_carrier_landed": carrier_of_card != f"carriers/{intruder}",
