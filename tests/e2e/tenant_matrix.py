@@ -431,7 +431,7 @@ async def create_ignores_foreign_carrier(mesh: Mesh, p: Pki, owner: str, intrude
     is the intruder's. Returns the carrier the created card has."""
     card = rate_card_pb2.RateCard(display_name="matrix", currency_code="USD", carrier=f"carriers/{owner}",
                                   default_rate_per_mile=money_pb2.Money(currency_code="USD", amount_minor=300))
-    card.effective_time.CopyFrom(_now())
+    card.effective_time.FromSeconds(int(time.time()) - 60)
     credentials = p.credentials("operator", "matrix-billing", role=pki.BILLING_ADMIN, carriers=(intruder,))
     async with grpc.aio.secure_channel(mesh.address("billing"), credentials) as channel:
         created = await channel.unary_unary(
