@@ -154,12 +154,17 @@ async def _owners_resources(mesh: Mesh, mesh_pki: Pki, http: httpx.AsyncClient, 
             billing_service_pb2.CreateRateCardRequest(rate_card=rate_card_pb2.RateCard(
                 display_name="contract", currency_code="USD", default_rate_per_mile=usd,
                 effective_time=_ts(datetime.now(UTC) - timedelta(hours=1)))), metadata=tenant, timeout=10)
-    for _ in range(100):
-        invoices = (await http.get("/api/v1/invoices", headers=headers)).json().get("invoices", [])
-        if invoices:
-            break
-        await asyncio.sleep(0.1)
-    assert len(invoices) == 1, "no invoice issued for the owner's mission"
+
+    async def invoiced() -> list:
+        return (await http.get("/api/v1/invoices", headers=headers)).json().get("invoices", [])
+
+    # Billing invoices from the usage event: a moment, longer on a loaded machine (polled, never a fixed sleep).
+    try:
+        invoices = await wait_for(invoiced, timeout_seconds=30, interval_seconds=0.1)
+    except TimeoutError:
+        invoices = []
+    assert len(invoices) == 1, (f"no invoice issued for the owner's mission {mission}: "
+                                f"{(await http.get(f'/api/v1/{mission}', headers=headers)).text[:300]}")
     return {"tenders": tender["name"], "missions": mission, "quotes": tender["offer"]["quote"],
             "invoices": invoices[0]["name"], "rateCards": card.name, "vehicles": current.vehicle}
 
@@ -296,9 +301,7 @@ async def test_at17_full(mesh: Mesh, mesh_pki: Pki, chaos_seed: int, chaos_recor
               "read_only_refused": sum(r[2]["read_only_calls"] - len(r[2]["read_only_wrong"]) for r in runs),
               "read_only_calls": sum(r[2]["read_only_calls"] for r in runs),
               "seconds": round(time.monotonic() - began, 1)}
-    chaos_record("AT-17", passed=figure["rest_leaks"] == figure["grpc_wrong"] == figure["objects_changed"]
-                 == figure["audited_writes"] == 0 and figure["read_only_refused"] == figure["read_only_calls"],
-                 figure=figure)
+    chaos_record("AT-17", **figure)
     for rest, leaks, grpc_figure in runs:
         assert leaks == [] and rest == REST_ROUTES_WITH_AN_ID
         _assert_matrix(grpc_figure)
