@@ -48,9 +48,13 @@ class Pki:
     ca: pki.CertificateAuthority
 
     def credentials(self, kind: str, name: str, *, ca: pki.CertificateAuthority | None = None,
-                    extra_uris: tuple[str, ...] = ()) -> grpc.ChannelCredentials:
+                    extra_uris: tuple[str, ...] = (), role: str | None = pki.PLATFORM_ADMIN,
+                    carriers: tuple[str, ...] = ()) -> grpc.ChannelCredentials:
+        """An operator gets ``role`` for ``carriers`` (a platform admin unless told otherwise, so tests that are not
+        about roles may act for any carrier; ``role=None``: an operator certificate without a role)."""
         ids = [pki.identity_for(kind, name), *(Identity.parse(uri) for uri in extra_uris)]
-        issued = pki.issue(ca or self.ca, ids, valid_days=1)
+        grant = pki.OperatorGrant(role, frozenset(carriers)) if kind == "operator" and role else None
+        issued = pki.issue(ca or self.ca, ids, valid_days=1, grant=grant)
         return grpc.ssl_channel_credentials(
             root_certificates=self.ca.certificate_pem,
             private_key=issued.private_key_pem,

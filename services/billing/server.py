@@ -6,28 +6,29 @@ from __future__ import annotations
 import grpc
 
 from haulmesh.billing.v1 import billing_service_pb2, billing_service_pb2_grpc, invoice_pb2, quote_pb2, rate_card_pb2
-from services.runtime import Policy, carrier
+from services.runtime import BILLING_ADMINS, PLATFORM_ADMINS, Policy, carrier
 
 from .usecases import Billing
 
 __all__ = ["POLICY", "BillingServicer"]
 
 _SERVICE = "/haulmesh.billing.v1.BillingService"
-_OPERATORS = "operator/*"
+#: A carrier's billing: its billing admins (for the carriers their certificates name) and platform admins.
+_OPERATORS = (BILLING_ADMINS, PLATFORM_ADMINS)
 
 #: Who may call what: the TMS (through the gateway) reads and reconciles, tender prices offers, mission
-#: meters usage, commercial operators keep the rate cards. The KPI report and evidence packs keep their
+#: meters usage, billing admins keep the rate cards. The KPI report and evidence packs keep their
 #: own policies (reports/server.py, evidence/server.py).
 POLICY = Policy({
-    f"{_SERVICE}/CreateRateCard": [_OPERATORS],
-    f"{_SERVICE}/GetRateCard": ["service/gateway", "service/tender", _OPERATORS],
-    f"{_SERVICE}/ListRateCards": ["service/gateway", "service/tender", _OPERATORS],
-    f"{_SERVICE}/UpdateRateCard": [_OPERATORS],
+    f"{_SERVICE}/CreateRateCard": _OPERATORS,
+    f"{_SERVICE}/GetRateCard": ["service/gateway", "service/tender", *_OPERATORS],
+    f"{_SERVICE}/ListRateCards": ["service/gateway", "service/tender", *_OPERATORS],
+    f"{_SERVICE}/UpdateRateCard": _OPERATORS,
     f"{_SERVICE}/CreateQuote": ["service/tender"],
-    f"{_SERVICE}/GetQuote": ["service/gateway", "service/tender", _OPERATORS],
+    f"{_SERVICE}/GetQuote": ["service/gateway", "service/tender", *_OPERATORS],
     f"{_SERVICE}/RecordUsage": ["service/mission"],
-    f"{_SERVICE}/GetInvoice": ["service/gateway", _OPERATORS],
-    f"{_SERVICE}/ListInvoices": ["service/gateway", _OPERATORS],
+    f"{_SERVICE}/GetInvoice": ["service/gateway", *_OPERATORS],
+    f"{_SERVICE}/ListInvoices": ["service/gateway", *_OPERATORS],
     f"{_SERVICE}/ReconcileInvoice": ["service/gateway"],
 })
 

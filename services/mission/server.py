@@ -10,7 +10,7 @@ from __future__ import annotations
 import grpc
 
 from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, mission_service_pb2_grpc, vehicle_pb2
-from services.runtime import FieldViolation, Policy, caller, carrier
+from services.runtime import FLEET_OPERATORS, PLATFORM_ADMINS, FieldViolation, Policy, caller, carrier
 
 from . import convert, domain
 from .domain import Action, parse_mission_name, parse_vehicle_name, raise_if
@@ -19,35 +19,41 @@ from .usecases import MissionUseCases
 __all__ = ["POLICY", "MissionServicer"]
 
 _SERVICE = "/haulmesh.mission.v1.MissionService"
-_OPERATORS = "operator/*"
+#: A carrier's missions: its fleet operators (for the carriers their certificates name) and platform admins.
+_OPERATORS = (FLEET_OPERATORS, PLATFORM_ADMINS)
+#: The roster belongs to the fleet, not to a carrier (vehicle.proto), and a vehicle shows the mission it runs
+#: and where it is, whichever carrier's: platform admins only.
+_ROSTER = PLATFORM_ADMINS
 Mission = mission_pb2.Mission
 Context = grpc.aio.ServicerContext
 
 #: Who may call what (mission_service.proto names the callers of each RPC): the TMS through the gateway,
 #: the other services for their step of the flow, the mission's own truck for its proof of delivery,
-#: and fleet operators (people and tools with an operator certificate).
+#: and operators by role (docs/security.md, "Operator roles").
 POLICY = Policy({
-    f"{_SERVICE}/CreateVehicle": [_OPERATORS],
+    f"{_SERVICE}/CreateVehicle": [_ROSTER],
     f"{_SERVICE}/GetVehicle": ["service/tender", "service/telemetry", "service/gateway", "service/billing",
-                               _OPERATORS],
+                               _ROSTER],
     f"{_SERVICE}/ListVehicles": ["service/tender", "service/telemetry", "service/gateway", "service/billing",
-                                 _OPERATORS],
-    f"{_SERVICE}/UpdateVehicle": [_OPERATORS],
+                                 _ROSTER],
+    f"{_SERVICE}/UpdateVehicle": [_ROSTER],
     f"{_SERVICE}/GetFleetCapacity": ["service/tender"],
-    f"{_SERVICE}/CreateMission": ["service/tender", _OPERATORS],
+    # Missions come from accepted tenders (the tender service); dispatching by hand reserves a fleet vehicle and
+    # names a tender and quote the mission service cannot check: platform admins only.
+    f"{_SERVICE}/CreateMission": ["service/tender", PLATFORM_ADMINS],
     f"{_SERVICE}/GetMission": ["service/gateway", "service/tender", "service/telemetry", "service/billing",
-                               _OPERATORS],
-    f"{_SERVICE}/ListMissions": ["service/gateway", _OPERATORS],
-    f"{_SERVICE}/AcknowledgeMissionDispatch": ["service/telemetry", _OPERATORS],
-    f"{_SERVICE}/StartMission": ["service/telemetry", _OPERATORS],
-    f"{_SERVICE}/ArriveMission": ["service/telemetry", _OPERATORS],
-    f"{_SERVICE}/SubmitProofOfDelivery": ["vehicle/*", _OPERATORS],
-    f"{_SERVICE}/CompleteMission": [_OPERATORS],
-    f"{_SERVICE}/CancelMission": ["service/tender", _OPERATORS],
-    f"{_SERVICE}/AbortMission": [_OPERATORS],
-    f"{_SERVICE}/RaiseMissionException": ["service/telemetry", _OPERATORS],
-    f"{_SERVICE}/ResolveMissionException": ["service/telemetry", _OPERATORS],
-    f"{_SERVICE}/RecordCheckIn": ["service/gateway", _OPERATORS],
+                               *_OPERATORS],
+    f"{_SERVICE}/ListMissions": ["service/gateway", *_OPERATORS],
+    f"{_SERVICE}/AcknowledgeMissionDispatch": ["service/telemetry", *_OPERATORS],
+    f"{_SERVICE}/StartMission": ["service/telemetry", *_OPERATORS],
+    f"{_SERVICE}/ArriveMission": ["service/telemetry", *_OPERATORS],
+    f"{_SERVICE}/SubmitProofOfDelivery": ["vehicle/*", *_OPERATORS],
+    f"{_SERVICE}/CompleteMission": _OPERATORS,
+    f"{_SERVICE}/CancelMission": ["service/tender", *_OPERATORS],
+    f"{_SERVICE}/AbortMission": _OPERATORS,
+    f"{_SERVICE}/RaiseMissionException": ["service/telemetry", *_OPERATORS],
+    f"{_SERVICE}/ResolveMissionException": ["service/telemetry", *_OPERATORS],
+    f"{_SERVICE}/RecordCheckIn": ["service/gateway", *_OPERATORS],
     f"{_SERVICE}/ReportFleetState": ["service/telemetry"],
 })
 

@@ -14,7 +14,7 @@ from ._audit import AuditEntry, AuditLog, TooManyAuditEntries, actor_metadata
 from ._audit import entries_touching as audit_entries_touching
 from ._audit import trim as trim_audit_log
 from ._audit import verify as verify_audit_log
-from ._authz import Policy
+from ._authz import BILLING_ADMINS, FLEET_OPERATORS, PLATFORM_ADMINS, Policy, caller_may
 from ._client import Channels
 from ._cluster import wait_durable
 from ._config import (
@@ -90,6 +90,7 @@ from ._tracing import (
 )
 
 __all__ = [
+    "BILLING_ADMINS",
     "BOOL_FIELD",
     "CARRIER_METADATA_KEY",
     "DEFAULT_PAGE_SIZE",
@@ -97,10 +98,12 @@ __all__ = [
     "EARTH_RADIUS_M",
     "ERROR_DOMAIN",
     "FLEET",
+    "FLEET_OPERATORS",
     "MAX_PAGE_SIZE",
     "MESH_SERVICES",
     "METERS_PER_MILE",
     "METRICS_REGISTRY",
+    "PLATFORM_ADMINS",
     "STORE_USERS",
     "STRING_FIELD",
     "TIME_FIELD",
@@ -149,6 +152,7 @@ __all__ = [
     "asgi_middleware",
     "audit_entries_touching",
     "caller",
+    "caller_may",
     "carrier",
     "carrier_metadata",
     "certificate_key_id",

@@ -2,8 +2,10 @@
 
 A policy maps full method names (``/haulmesh.tender.v1.TenderService/CreateTender``, or ``/<service>/*``
 for every method of a service) to the identities allowed to call them: ``service/gateway``,
-``vehicle/*`` (any vehicle) or ``*`` (any identity of the trust domain). A method the policy does not
-name is denied: a new RPC is closed until somebody decides who may call it.
+``vehicle/*`` (any vehicle), ``role:<role>`` (an operator whose certificate grants that role, see
+``_roles.py``) or ``*`` (any identity of the trust domain). Operators are allowed by role only, never by name
+or as ``operator/*``: an operator without a role may call what ``*`` allows (health) and nothing else. A
+method the policy does not name is denied: a new RPC is closed until somebody decides who may call it.
 """
 
 from __future__ import annotations
@@ -22,10 +24,18 @@ from ._identity import _CALLER, KINDS, Identity, caller, identity_from_pem
 from ._retry import is_transient
 from ._revocation import RevocationList
 from ._rpcmetrics import count_handler_invocation
+from ._roles import _GRANT, BILLING_ADMIN, FLEET_OPERATOR, PLATFORM_ADMIN, ROLES, OperatorGrant, grant_from_pem
 from ._status import abort
-from ._tenant import CARRIER_METADATA_KEY
+from ._tenant import CARRIER_METADATA_KEY, check_operator_tenant
 
-__all__ = ["AuthorizationInterceptor", "Policy", "caller"]
+__all__ = ["BILLING_ADMINS", "FLEET_OPERATORS", "PLATFORM_ADMINS", "AuthorizationInterceptor", "Policy", "caller",
+           "caller_may"]
+
+#: Policy patterns of the operator roles (docs/security.md, "Operator roles").
+FLEET_OPERATORS = f"role:{FLEET_OPERATOR}"
+BILLING_ADMINS = f"role:{BILLING_ADMIN}"
+PLATFORM_ADMINS = f"role:{PLATFORM_ADMIN}"
+_ROLE_PATTERNS = frozenset(f"role:{r}" for r in ROLES)
 
 _log = logging.getLogger("haulmesh.authz")
 #: The one identity whose word on who is behind a call (the token's subject and client) the audit log records.
@@ -36,8 +46,8 @@ GATEWAY = Identity("service", "gateway")
 #: likely to be stolen, and nothing on a truck needs the mesh's whole schema (least privilege, issue 12).
 BUILTIN_RULES: dict[str, tuple[str, ...]] = {
     "/grpc.health.v1.Health/*": ("*",),
-    "/grpc.reflection.v1alpha.ServerReflection/*": ("service/*", "operator/*"),
-    "/grpc.reflection.v1.ServerReflection/*": ("service/*", "operator/*"),
+    "/grpc.reflection.v1alpha.ServerReflection/*": ("service/*", *sorted(_ROLE_PATTERNS)),
+    "/grpc.reflection.v1.ServerReflection/*": ("service/*", *sorted(_ROLE_PATTERNS)),
 }
 
 
@@ -55,9 +65,7 @@ class Policy:
                 raise ValueError(f"policy key {method!r} must be /<package.Service>/<Method> or /<service>/*")
             pats = frozenset(patterns)
             for pattern in pats:
-                kind, _, name = pattern.partition("/")
-                if pattern != "*" and (kind not in KINDS or not name):
-                    raise ValueError(f"policy pattern {pattern!r} must be '*', '<kind>/*' or '<kind>/<name>'")
+                _check_pattern(pattern)
             self._rules[method] = pats
 
     @property
@@ -71,15 +79,40 @@ class Policy:
                        for method in self._rules.keys() | other._rules.keys()},
                       {**self.audit_coalesce_seconds, **other.audit_coalesce_seconds})
 
-    def allows(self, method: str, identity: Identity) -> bool:
+    def allows(self, method: str, identity: Identity, grant: OperatorGrant | None = None) -> bool:
+        """Whether ``identity`` (an operator with ``grant``, its certificate's) may call ``method``."""
         patterns = self._rules.get(method)
         if patterns is None:
             patterns = self._rules.get(method.rsplit("/", 1)[0] + "/*", frozenset())
-        return (
-            "*" in patterns
-            or f"{identity.kind}/*" in patterns
-            or f"{identity.kind}/{identity.name}" in patterns
-        )
+        return _matches(patterns, identity, grant)
+
+
+def _check_pattern(pattern: str) -> None:
+    if pattern == "*" or pattern in _ROLE_PATTERNS:
+        return
+    kind, _, name = pattern.partition("/")
+    if kind == "operator" or pattern.startswith("role:"):
+        raise ValueError(f"policy pattern {pattern!r}: operators are allowed by role, one of "
+                         f"{', '.join(sorted(_ROLE_PATTERNS))}")
+    if kind not in KINDS or not name:
+        raise ValueError(f"policy pattern {pattern!r} must be '*', '<kind>/*', '<kind>/<name>' or 'role:<role>'")
+
+
+def _matches(patterns: frozenset[str], identity: Identity, grant: OperatorGrant | None) -> bool:
+    if "*" in patterns:
+        return True
+    if identity.kind == "operator":  # by role only: a name or "operator/*" never admits an operator
+        return grant is not None and f"role:{grant.role}" in patterns
+    return f"{identity.kind}/*" in patterns or f"{identity.kind}/{identity.name}" in patterns
+
+
+def caller_may(patterns: Iterable[str]) -> bool:
+    """Whether the caller of the RPC being handled matches one of ``patterns`` (policy syntax): for a rule a
+    handler applies on top of the method's policy (telemetry: only some callers may name a vehicle)."""
+    pats = frozenset(patterns)
+    for pattern in pats:
+        _check_pattern(pattern)
+    return _matches(pats, caller(), _GRANT.get())
 
 
 _READ_PREFIXES = ("Get", "List", "Watch", "Check", "Batch", "Search", "ServerReflectionInfo")
@@ -95,6 +128,14 @@ def _peer_identity(context: grpc.aio.ServicerContext) -> Identity:
     if not certs:
         raise Unauthenticated("a client certificate is required", reason="CLIENT_CERTIFICATE_REQUIRED")
     return identity_from_pem(certs[0])
+
+
+def _operator_grant(context: grpc.aio.ServicerContext, identity: Identity) -> OperatorGrant | None:
+    """The role an operator's own certificate grants (cached per certificate); None for other kinds: a grant
+    counts only on an operator's certificate, so a service or truck certificate carrying one gains nothing."""
+    if identity.kind != "operator":
+        return None
+    return grant_from_pem(context.auth_context()["x509_pem_cert"][0])
 
 
 Behavior = Callable[..., Any]
@@ -144,17 +185,26 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
     async def _authorize(self, context: grpc.aio.ServicerContext, method: str) -> None:
         try:
             identity = _peer_identity(context)
+            grant = _operator_grant(context, identity)
         except IdentityError as exc:
             _log.warning("rejected peer %s on %s: %s", context.peer(), method, exc)
             await abort(context, exc)
             return
         await self._refuse_revoked(context, method, identity)
-        if not self._policy.allows(method, identity):
+        if not self._policy.allows(method, identity, grant):
             _log.warning("denied %s on %s", identity, method)
-            await abort(context, PermissionDenied(f"{identity} may not call {method}",
-                                                  reason="METHOD_NOT_ALLOWED",
-                                                  metadata={"method": method, "caller": str(identity)}))
+            who = identity if identity.kind != "operator" else f"{identity} ({_role_of(grant)})"
+            await abort(context, PermissionDenied(f"{who} may not call {method}", reason="METHOD_NOT_ALLOWED",
+                                                  metadata={"method": method, "caller": str(identity),
+                                                            **({"role": _role_of(grant)}
+                                                               if identity.kind == "operator" else {})}))
         _CALLER.set(identity)
+        _GRANT.set(grant)
+        try:
+            check_operator_tenant(context)
+        except PermissionDenied as exc:
+            _log.warning("denied %s on %s: %s", identity, method, exc.message)
+            await abort(context, exc)
         count_handler_invocation(method)  # AT-14's proof: counted only past every check
 
     async def _refuse_revoked(self, context: grpc.aio.ServicerContext, method: str, identity: Identity) -> None:
@@ -260,3 +310,7 @@ async def _abort_store_fault(context: grpc.aio.ServicerContext, exc: redis.Redis
     _log.warning("store fault in a handler: %s", exc)
     await abort(context, Unavailable(f"the store is unavailable ({type(exc).__name__}); retry",
                                      reason="STORE_UNAVAILABLE"))
+
+
+def _role_of(grant: OperatorGrant | None) -> str:
+    return grant.role if grant is not None else "no role"

@@ -1,6 +1,6 @@
 """``haulmesh``: the operator and developer command line.
 
-    haulmesh pki init | issue {service,vehicle,operator} NAME | dev-bootstrap
+    haulmesh pki init | issue {service,vehicle} NAME | issue operator NAME --role R [--carrier C]... | dev-bootstrap
     haulmesh pki revoke {vehicle,operator,serial} NAME | revoked
                                         the certificate deny-list (every service refuses a revoked one within seconds)
     haulmesh run        start the store and every service (a crashed one is restarted); Ctrl-C stops them
@@ -47,6 +47,7 @@ from ._config import (
 from ._errors import ConfigError, HaulmeshError
 from ._events import dead_letters, replay_dead_letters
 from ._mesh import Mesh
+from ._roles import PLATFORM_ADMIN, ROLES, OperatorGrant
 from ._store import EmbeddedStore, connect_async, connect_sync, resolve_redis_url
 from ._store_acl import STORE_USERS, render_acl_file
 from .audit_anchor import Checkpoint, generate_signing_key, load_public_keys, read_checkpoints
@@ -72,7 +73,7 @@ def _stem(kind: str, name: str) -> str:
     return name if kind == "service" else f"{kind}-{name}"
 
 
-def _issue(directory: Path, kind: str, name: str, days: float) -> Path:
+def _issue(directory: Path, kind: str, name: str, days: float, grant: OperatorGrant | None = None) -> Path:
     ca = pki.load_ca(directory)
     if kind == "evidence":  # the signing-only evidence key of the service named (it seals evidence packs)
         issued = pki.issue_signing(ca, pki.identity_for("service", name), valid_days=days)
@@ -80,9 +81,28 @@ def _issue(directory: Path, kind: str, name: str, days: float) -> Path:
     identity = pki.identity_for(kind, name)
     dns = (name, f"haulmesh-{name}", "localhost") if kind == "service" else ()
     ips = ("127.0.0.1", "::1") if kind == "service" else ()
-    issued = pki.issue(ca, identity, valid_days=days, dns_names=dns, ip_addresses=ips)
+    issued = pki.issue(ca, identity, valid_days=days, dns_names=dns, ip_addresses=ips, grant=grant)
     cert_path, _ = pki.write_pem_files(directory, _stem(kind, name), issued, ca.certificate_pem)
     return cert_path
+
+
+def _grant_of(args: argparse.Namespace) -> OperatorGrant | None:
+    """The role and carriers ``pki issue`` puts in an operator certificate; every misuse a clear error."""
+    if args.kind != "operator":
+        if args.role or args.carrier:
+            raise HaulmeshError(f"--role and --carrier are for operator certificates, not {args.kind}")
+        return None
+    if not args.role:
+        raise HaulmeshError(f"an operator certificate needs --role ({', '.join(ROLES)}); {PLATFORM_ADMIN} "
+                            "serves every carrier, the others the carriers named with --carrier")
+    return OperatorGrant(args.role, frozenset(args.carrier or ()))
+
+
+def _has_grant(path: Path, grant: OperatorGrant) -> bool:
+    try:
+        return OperatorGrant.from_certificate(x509.load_pem_x509_certificate(path.read_bytes())) == grant
+    except (OSError, ValueError, HaulmeshError):
+        return False
 
 
 def _expires_within(path: Path, days: float) -> bool:
@@ -99,10 +119,16 @@ def cmd_pki(args: argparse.Namespace) -> int:
         pki.save_ca(directory, pki.create_ca(valid_days=args.days))
         print(f"created CA in {directory} (ca.pem; ca-key.pem is secret: keep it out of version control)")
     elif args.pki_command == "issue":
-        path = _issue(directory, args.kind, args.name, args.days)
+        try:
+            grant = _grant_of(args)
+        except HaulmeshError as exc:
+            print(f"haulmesh: {exc.message}", file=sys.stderr)
+            return 2
+        path = _issue(directory, args.kind, args.name, args.days, grant)
         what = pki.identity_for("service" if args.kind == "evidence" else args.kind, args.name)
+        role = "" if grant is None else f", {grant.role} of " + (", ".join(sorted(grant.carriers)) or "every carrier")
         print(f"issued {'evidence key of ' if args.kind == 'evidence' else ''}{what} -> {path} "
-              f"(valid {args.days:g} days)")
+              f"(valid {args.days:g} days{role})")
     elif args.pki_command == "audit-key":
         if (directory / AUDIT_SIGNING_KEY_NAME).exists() and not args.force:
             print(f"haulmesh: {directory / AUDIT_SIGNING_KEY_NAME} exists (--force replaces it; keep the old public "
@@ -122,8 +148,11 @@ def cmd_pki(args: argparse.Namespace) -> int:
                                                             ("evidence", EVIDENCE_SEALER)]
         for kind, name in wanted:
             path = directory / f"{_stem(kind, name)}.pem"
-            if _expires_within(path, 7):
-                _issue(directory, kind, name, args.days)
+            # The dev CLI (make run, the demo, haulmesh status/report/archive) is a platform admin; a certificate
+            # from before operator roles has none, so it is reissued.
+            grant = OperatorGrant(PLATFORM_ADMIN) if kind == "operator" else None
+            if _expires_within(path, 7) or (grant is not None and not _has_grant(path, grant)):
+                _issue(directory, kind, name, args.days, grant)
                 print(f"issued {pki.identity_for('service' if kind == 'evidence' else kind, name)}"
                       + (" (evidence key)" if kind == "evidence" else ""))
     return 0
@@ -446,6 +475,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="evidence: the signing-only key that seals evidence packs, for the service NAME")
     issue.add_argument("name", help="service name, vehicle id (e.g. AU-TRK-1001) or operator name")
     issue.add_argument("--days", type=float, default=90, help="validity in days (default 90)")
+    issue.add_argument("--role", choices=ROLES, help="operators only, required: what the operator may do "
+                       f"(docs/security.md, 'Operator roles'); {PLATFORM_ADMIN} acts for every carrier")
+    issue.add_argument("--carrier", action="append", metavar="CARRIER",
+                       help="operators other than platform admins, at least one: a carrier id the operator serves "
+                       "(repeat for several)")
     akey = psub.add_parser("audit-key", help=f"a new Ed25519 audit checkpoint key: {AUDIT_SIGNING_KEY_NAME} "
                            f"(services sign with it) and {AUDIT_VERIFY_KEY_NAME} (audit verify checks with it)")
     akey.add_argument("--force", action="store_true", help="replace an existing key")

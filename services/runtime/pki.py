@@ -1,7 +1,9 @@
 """Development PKI: a CA, service certificates and vehicle certificates.
 
 Every certificate carries exactly one SPIFFE URI SAN, which is the identity the mesh authorizes on:
-``spiffe://haulmesh.local/service/<name>`` or ``spiffe://haulmesh.local/vehicle/<id>``. Keys are ECDSA
+``spiffe://haulmesh.local/service/<name>``, ``spiffe://haulmesh.local/vehicle/<id>`` or
+``spiffe://haulmesh.local/operator/<name>``; an operator's also carries its role and carriers (an
+:class:`OperatorGrant`, docs/security.md "Operator roles"). Keys are ECDSA
 P-256: it is what TPM 2.0 modules offer on the truck, and gRPC's TLS stack (BoringSSL) refuses Ed25519
 client certificates. Private keys are written 0600 and never leave the folder they are issued into.
 
@@ -24,10 +26,16 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ._errors import ConfigError
 from ._identity import TRUST_DOMAIN, Identity
+from ._roles import BILLING_ADMIN, FLEET_OPERATOR, PLATFORM_ADMIN, ROLES, OperatorGrant
 
 __all__ = [
+    "BILLING_ADMIN",
+    "FLEET_OPERATOR",
+    "PLATFORM_ADMIN",
+    "ROLES",
     "CertificateAuthority",
     "IssuedCertificate",
+    "OperatorGrant",
     "create_ca",
     "identity_for",
     "issue",
@@ -111,30 +119,37 @@ def issue(
     valid_days: float = 90,
     dns_names: tuple[str, ...] = (),
     ip_addresses: tuple[str, ...] = (),
+    grant: OperatorGrant | None = None,
 ) -> IssuedCertificate:
     """Issue a leaf certificate for client and server use.
 
     ``identities`` normally holds exactly one identity; passing several exists only so the tests can prove
-    that a certificate with two URI SANs is refused by the mesh.
+    that a certificate with two URI SANs is refused by the mesh. ``grant`` is an operator's role and carriers
+    (operators only; an operator certificate without one may read health and nothing else).
     """
     ids = [identities] if isinstance(identities, Identity) else list(identities)
     if valid_days <= 0:
         raise ConfigError("certificate lifetime must be positive", field="valid_days")
+    if grant is not None and any(i.kind != "operator" for i in ids):
+        raise ConfigError("a role and carriers are for operator certificates only", field="role")
     key = ec.generate_private_key(ec.SECP256R1())
     sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(i.spiffe_id) for i in ids]
     sans += [x509.DNSName(d) for d in dns_names]
     sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
     common_name = ids[0].name if ids else "anonymous"
-    cert = (
+    builder = (
         _leaf(ca, key, common_name, valid_days, key_agreement=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
                                               ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(sans), critical=bool(ids) and not dns_names)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.private_key.public_key()),
                        critical=False)
-        .sign(ca.private_key, hashes.SHA256())
     )
-    return IssuedCertificate(cert, key)
+    if grant is not None:
+        # Not critical: TLS stacks refuse a certificate with a critical extension they do not know (BoringSSL
+        # does). Only the mesh's authorization reads it, and a certificate without it has no role (fail closed).
+        builder = builder.add_extension(grant.extension(), critical=False)
+    return IssuedCertificate(builder.sign(ca.private_key, hashes.SHA256()), key)
 
 
 #: id-kp-documentSigning (RFC 9336): the evidence key's only extended usage (no TLS: it cannot open a channel).

@@ -12,6 +12,8 @@ import grpc
 from haulmesh.mission.v1 import mission_service_pb2_grpc
 from haulmesh.telemetry.v1 import frame_pb2, stream_pb2, telemetry_service_pb2, telemetry_service_pb2_grpc
 from services.runtime import (
+    FLEET_OPERATORS,
+    PLATFORM_ADMINS,
     VEHICLE_CERTIFICATE_METADATA_KEY,
     CertificateFiles,
     FailedPrecondition,
@@ -25,6 +27,7 @@ from services.runtime import (
     RevocationList,
     TlsConfig,
     caller,
+    caller_may,
     carrier,
     certificate_serial,
     decode_page,
@@ -47,9 +50,11 @@ _log = logging.getLogger("haulmesh.telemetry")
 _SERVICE = "/haulmesh.telemetry.v1.TelemetryService"
 #: At most one audit entry per caller and vehicle this often for IngestTelemetry (docs/telemetry.md).
 INGEST_AUDIT_COALESCE_SECONDS = 3600.0
-_READERS = ["service/gateway", "service/mission", "operator/*"]
-#: Internal readers may name a vehicle (`vehicles/*`); the gateway (the TMS's carriers) only missions.
-_VEHICLE_READERS = ["service/mission", "operator/*"]
+#: A carrier's missions' frames: its fleet operators and platform admins (docs/security.md, "Operator roles").
+_READERS = ["service/gateway", "service/mission", FLEET_OPERATORS, PLATFORM_ADMINS]
+#: Internal readers may name a vehicle (`vehicles/*`); the gateway (the TMS's carriers) and fleet operators (one
+#: carrier's) only missions: a vehicle's frames are every carrier's it carried.
+_VEHICLE_READERS = ["service/mission", PLATFORM_ADMINS]
 #: Billing reads the stored frames (usage and evidence come from them) but does not watch them live.
 _LIST_READERS = [*_READERS, "service/billing"]
 _VEHICLE_LIST_READERS = [*_VEHICLE_READERS, "service/billing"]
@@ -64,8 +69,8 @@ POLICY = Policy({
     f"{_SERVICE}/ListTelemetryFrames": _LIST_READERS,
     f"{_SERVICE}/WatchVehicleTelemetry": _VEHICLE_READERS,
     f"{_SERVICE}/WatchMissionTelemetry": _READERS,
-    f"{_SERVICE}/ListVehicleCertificates": ["service/billing", "service/mission", "operator/*"],
-    f"{_SERVICE}/RunArchive": ["operator/*"],
+    f"{_SERVICE}/ListVehicleCertificates": ["service/billing", "service/mission", PLATFORM_ADMINS],
+    f"{_SERVICE}/RunArchive": [PLATFORM_ADMINS],
 }, audit_coalesce_seconds={
     # One frame a call: audited once per (caller, vehicle) per hour, not per frame (the frames themselves are the
     # signed, sequenced record of what was written; the audit entry says who wrote for the vehicle, and when).
@@ -230,9 +235,8 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
     def _vehicle_parent(self, parent: str, field: str, readers: list[str] = _VEHICLE_LIST_READERS) -> str:
         """The vehicle of an internal `vehicles/{vehicle}` read; only internal readers may name a vehicle."""
         vehicle_id = _vehicle_of(parent, field)
-        identity = caller()
-        if not any(p in (f"{identity.kind}/*", f"{identity.kind}/{identity.name}") for p in readers):
-            raise PermissionDenied(f"{identity} may read frames only by mission", reason="METHOD_NOT_ALLOWED")
+        if not caller_may(readers):
+            raise PermissionDenied(f"{caller()} may read frames only by mission", reason="METHOD_NOT_ALLOWED")
         return vehicle_id
 
     async def ListTelemetryFrames(

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from haulmesh.tender.v1 import tender_pb2, tender_service_pb2, tender_service_pb2_grpc
 from services.runtime import (
+    PLATFORM_ADMINS,
     AuditLog,
     ConfigError,
     HaulmeshError,
@@ -200,7 +201,7 @@ async def test_a_service_anchors_its_chain_and_records_the_token_behind_the_gate
                            state_dir=tmp_path, redis_url=store_url, grace_period_seconds=0.5,
                            audit_signing_key_file=tmp_path / "audit-signing-key.pem", audit_checkpoint_url=url,
                            audit_checkpoint_interval_seconds=0.2)
-    service = Service(config, Policy({_CANCEL: ["service/gateway", "operator/*"]}))
+    service = Service(config, Policy({_CANCEL: ["service/gateway", PLATFORM_ADMINS]}))
     service.add(tender_service_pb2_grpc.add_TenderServiceServicer_to_server, Cancels(),
                 tender_service_pb2.DESCRIPTOR.services_by_name["TenderService"])
     await service.start()

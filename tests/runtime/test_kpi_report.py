@@ -13,7 +13,7 @@ import pytest
 from haulmesh.billing.v1 import report_service_pb2 as api
 from haulmesh.mission.v1 import mission_pb2
 from haulmesh.type.v1 import lane_pb2, money_pb2
-from services.runtime import Identity, Policy
+from services.runtime import FLEET_OPERATORS, Identity, Policy, pki
 from services.runtime.kpi_report import csv_lines, parse_baseline, parse_lane, parse_time, table
 from services.runtime.money import format_minor
 
@@ -95,13 +95,14 @@ def test_the_table_has_a_column_per_lane_and_says_why_na() -> None:
 
 
 def test_a_server_of_two_apis_allows_what_either_policy_allows() -> None:
-    first = Policy({"/a.A/Get": ["service/gateway"], "/a.A/Put": ["operator/*"]})
-    second = Policy({"/a.A/Get": ["operator/*"], "/b.B/*": ["service/tender"]})
+    first = Policy({"/a.A/Get": ["service/gateway"], "/a.A/Put": [FLEET_OPERATORS]})
+    second = Policy({"/a.A/Get": [FLEET_OPERATORS], "/b.B/*": ["service/tender"]})
     both = first | second
     assert both.methods == first.methods | second.methods
     gateway, ops, tender = (Identity.parse(f"spiffe://haulmesh.local/{who}")
                             for who in ("service/gateway", "operator/ops", "service/tender"))
-    assert both.allows("/a.A/Get", gateway) and both.allows("/a.A/Get", ops)
+    fleet = pki.OperatorGrant(pki.FLEET_OPERATOR, frozenset({"acme"}))
+    assert both.allows("/a.A/Get", gateway) and both.allows("/a.A/Get", ops, fleet)
     assert both.allows("/b.B/List", tender) and not both.allows("/a.A/Put", tender)
 
 

@@ -15,21 +15,16 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from services.runtime import Policy, Service, ServiceConfig, TlsConfig, free_port, pki, status_of
+from services.runtime import Policy, Service, status_of
 
-from ..conftest import Pki, make_pki
+from ..conftest import Pki
+from .conftest import tender_server_config
 
 
 @pytest.fixture
 async def bare_server(tmp_path: Path, store_url: str):
     """A server with no API of its own: only the builtin rules (health, reflection) apply."""
-    p = make_pki(tmp_path / "ca")
-    issued = pki.issue(p.ca, pki.identity_for("service", "tender"), valid_days=1,
-                       dns_names=("localhost",), ip_addresses=("127.0.0.1",))
-    cert, key = pki.write_pem_files(tmp_path / "server", "tender", issued, p.ca.certificate_pem)
-    config = ServiceConfig(service_name="tender", listen_host="127.0.0.1", port=free_port(),
-                           tls=TlsConfig(tmp_path / "server" / "ca.pem", cert, key), state_dir=tmp_path,
-                           redis_url=store_url, grace_period_seconds=0.5)
+    p, config = tender_server_config(tmp_path, store_url)
     service = Service(config, Policy({}))
     await service.start()
     yield service, p

@@ -9,7 +9,7 @@ import grpc
 from google.api import httpbody_pb2
 
 from haulmesh.billing.v1 import evidence_service_pb2, evidence_service_pb2_grpc
-from services.runtime import Policy, carrier
+from services.runtime import BILLING_ADMINS, PLATFORM_ADMINS, Policy, carrier
 
 from .usecases import EvidenceExport
 
@@ -18,7 +18,7 @@ __all__ = ["CHUNK_BYTES", "CONTENT_TYPE", "POLICY", "EvidenceServicer"]
 _SERVICE = "/haulmesh.billing.v1.EvidenceService"
 
 #: Who may export: the TMS through the gateway (scope billing:read), operators (``haulmesh evidence export``).
-POLICY = Policy({f"{_SERVICE}/ExportEvidencePack": ["service/gateway", "operator/*"]})
+POLICY = Policy({f"{_SERVICE}/ExportEvidencePack": ["service/gateway", BILLING_ADMINS, PLATFORM_ADMINS]})
 #: Chunk size of the stream: well under gRPC's 4 MiB message limit.
 CHUNK_BYTES = 1 << 20
 CONTENT_TYPE = "application/zip"

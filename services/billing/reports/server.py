@@ -6,7 +6,7 @@ from __future__ import annotations
 import grpc
 
 from haulmesh.billing.v1 import report_service_pb2, report_service_pb2_grpc
-from services.runtime import Policy, Service, carrier
+from services.runtime import BILLING_ADMINS, FLEET_OPERATORS, PLATFORM_ADMINS, Policy, Service, carrier
 
 from .store import ReportStore
 from .usecases import Reports
@@ -17,7 +17,7 @@ _SERVICE = "/haulmesh.billing.v1.ReportService"
 
 #: The TMS reads its report through the gateway (scope report:read); operators read any carrier's, naming it
 #: in the haulmesh-carrier metadata (``haulmesh report --carrier``).
-POLICY = Policy({f"{_SERVICE}/GetKpiReport": ["service/gateway", "operator/*"]})
+POLICY = Policy({f"{_SERVICE}/GetKpiReport": ["service/gateway", FLEET_OPERATORS, BILLING_ADMINS, PLATFORM_ADMINS]})
 
 
 class ReportServicer(report_service_pb2_grpc.ReportServiceServicer):

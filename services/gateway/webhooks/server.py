@@ -10,7 +10,7 @@ import grpc
 from google.protobuf import empty_pb2
 
 from haulmesh.gateway.v1 import webhook_pb2, webhook_service_pb2, webhook_service_pb2_grpc
-from services.runtime import Idempotency, Policy, Service, carrier
+from services.runtime import FLEET_OPERATORS, PLATFORM_ADMINS, Idempotency, Policy, Service, carrier
 
 from ..config import GatewayConfig
 from .store import WebhookStore
@@ -21,18 +21,19 @@ __all__ = ["POLICY", "WebhookServicer", "register_grpc"]
 
 _SERVICE = "/haulmesh.gateway.v1.WebhookService"
 
-#: The REST side of the gateway calls this service for the TMS (with the token's carrier); operators may
-#: inspect and replay deliveries.
+#: The REST side of the gateway calls this service for the TMS (with the token's carrier); a carrier's fleet
+#: operators (its integration's day-to-day) and platform admins may inspect and replay its deliveries.
+_OPERATORS = (FLEET_OPERATORS, PLATFORM_ADMINS)
 POLICY = Policy({
     f"{_SERVICE}/CreateWebhookSubscription": ["service/gateway"],
-    f"{_SERVICE}/GetWebhookSubscription": ["service/gateway", "operator/*"],
-    f"{_SERVICE}/ListWebhookSubscriptions": ["service/gateway", "operator/*"],
+    f"{_SERVICE}/GetWebhookSubscription": ["service/gateway", *_OPERATORS],
+    f"{_SERVICE}/ListWebhookSubscriptions": ["service/gateway", *_OPERATORS],
     f"{_SERVICE}/UpdateWebhookSubscription": ["service/gateway"],
     f"{_SERVICE}/DeleteWebhookSubscription": ["service/gateway"],
     f"{_SERVICE}/RotateWebhookSecret": ["service/gateway"],
-    f"{_SERVICE}/ListWebhookDeliveries": ["service/gateway", "operator/*"],
-    f"{_SERVICE}/GetWebhookDelivery": ["service/gateway", "operator/*"],
-    f"{_SERVICE}/ReplayWebhookDelivery": ["service/gateway", "operator/*"],
+    f"{_SERVICE}/ListWebhookDeliveries": ["service/gateway", *_OPERATORS],
+    f"{_SERVICE}/GetWebhookDelivery": ["service/gateway", *_OPERATORS],
+    f"{_SERVICE}/ReplayWebhookDelivery": ["service/gateway", *_OPERATORS],
 })
 
 Subscription = webhook_pb2.WebhookSubscription

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from tests.e2e.test_flow import (  # noqa: F401
+    owned,
     test_hundred_concurrent_rest_creates_with_one_idempotency_key,
     test_no_tenant_sees_or_touches_another_tenants_resources,
 )
