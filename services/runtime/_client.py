@@ -128,12 +128,13 @@ class Channels:
     """One channel per target, rebuilt when this workload's certificate files change; every channel retries the
     idempotent methods up to ``max_attempts`` (:func:`retry_service_config`).
 
-    The check for changed files runs at most every ``reload_check_interval_seconds``; the replaced
+    The check for changed files (three stats) runs at most every ``reload_check_interval_seconds`` (1 s: a rotated
+    certificate is presented by the next call a second later at most); the replaced
     channel is closed after a grace period so calls in flight on it finish.
     """
 
     def __init__(self, files: CertificateFiles, *, call_timeout_seconds: float,
-                 reload_check_interval_seconds: float = 5.0, max_message_bytes: int = 4 * 1024 * 1024,
+                 reload_check_interval_seconds: float = 1.0, max_message_bytes: int = 4 * 1024 * 1024,
                  unary_deadlines: bool = True, max_attempts: int = 3) -> None:
         self._files = files
         # Tracing first, so its client span covers the whole call and carries the context in the metadata.
@@ -149,6 +150,9 @@ class Channels:
         ]
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._credentials = client_credentials(files)
+        #: The material the channels present. Compared with the files' current material, not taken from
+        #: ``refresh()``'s answer: the server's handshakes share ``files`` and may have seen the change first.
+        self._material = files.current
         self._next_check = time.monotonic() + self._check_interval
         self._retired: set[asyncio.Task[None]] = set()
 
@@ -157,7 +161,9 @@ class Channels:
         now = time.monotonic()
         if now >= self._next_check:
             self._next_check = now + self._check_interval
-            if self._files.refresh() is not None:
+            self._files.refresh()
+            if self._files.current is not self._material:
+                self._material = self._files.current
                 self._credentials = client_credentials(self._files)
                 old, self._channels = self._channels, {}
                 for channel in old.values():
