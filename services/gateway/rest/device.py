@@ -152,6 +152,11 @@ class DeviceGateway(RestGateway):
         return await self._call_unary(route, message, ((VEHICLE_CERTIFICATE_METADATA_KEY, der),))
 
     @staticmethod
+    def certificate_identity(request: Request) -> tuple[Identity, bytes]:
+        """The truck's identity and DER certificate (the enrolment module's renewal route uses it too)."""
+        return DeviceGateway._vehicle(request)
+
+    @staticmethod
     def _vehicle(request: Request) -> tuple[Identity, bytes]:
         """The truck's identity and DER certificate; 403 for any certificate that is not a vehicle's."""
         chain = request.scope.get("extensions", {}).get("tls", {}).get("client_cert_chain") or []
