@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import grpc
+from cryptography import x509
 
 from haulmesh.mission.v1 import mission_service_pb2_grpc
 from haulmesh.telemetry.v1 import frame_pb2, stream_pb2, telemetry_service_pb2, telemetry_service_pb2_grpc
@@ -108,6 +109,13 @@ def _peer_key(context: grpc.aio.ServicerContext, relayed_for: str | None = None)
                                reason="UNSUPPORTED_KEY") from None
 
 
+def _serial(certificate_pem: bytes) -> str:
+    try:
+        return format(x509.load_pem_x509_certificate(certificate_pem).serial_number, "x")
+    except ValueError:
+        return "unknown"
+
+
 def _vehicle_of(name: str, field: str) -> str:
     prefix, _, vehicle = name.partition("/")
     if prefix != "vehicles" or not vehicle or "/" in vehicle:
@@ -147,8 +155,12 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
             raise PermissionDenied(f"hello names vehicle {hello.vehicle_id[:80]!r} but the certificate is "
                                    f"{vehicle_id}", reason="VEHICLE_MISMATCH")
         streams = self.streams
-        keys = await streams.keys(vehicle_id, _peer_key(context))
+        peer = _peer_key(context)
+        keys = await streams.keys(vehicle_id, peer)
         session = streams.open(vehicle_id)
+        # Which certificate opened the stream (once per session): a rotation shows as a new serial on reconnect.
+        _log.info("vehicle %s session %s: client certificate serial %s", vehicle_id, session.session_id,
+                  _serial(peer.certificate_pem))
         try:  # from here on the stream is registered: whatever fails, the finally below unregisters it
             high_water = await streams.claim(session, hello.boot_id, hello.last_sequence)
             yield stream_pb2.StreamTelemetryResponse(welcome=stream_pb2.Welcome(
