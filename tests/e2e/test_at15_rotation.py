@@ -34,7 +34,6 @@ import ssl
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -53,15 +52,7 @@ from services.runtime.enrolment import issue_token
 from services.runtime.tokens import mint
 from tests.conftest import Pki, running_mesh
 
-SCOPES = "tender:create tender:read"
-
-
-def _tender(load: str) -> dict:
-    start = (datetime.now(UTC) + timedelta(days=1)).replace(hour=8, minute=0, second=0, microsecond=0)
-    return {"tenderId": load, "origin": {"lat": 29.749907, "lon": -95.358421, "address": "Houston, TX"},
-            "destination": {"lat": 33.7490, "lon": -84.3880, "address": "Atlanta, GA"},
-            "pickupWindow": f"{start:%Y-%m-%dT%H:%M:%SZ}/{start + timedelta(hours=10):%Y-%m-%dT%H:%M:%SZ}",
-            "equipment": "53FT_DRYVAN", "weightLb": 42000}
+from .test_chaos_mesh import SCOPES, _tender
 
 
 @dataclass
