@@ -188,8 +188,8 @@ class GatewayConfig:
             dev_token_endpoint=_flag(env, "HAULMESH_DEV_TOKEN_ENDPOINT"),
             enrolment_ca_cert_file=ca_cert,
             enrolment_ca_key_file=ca_key,
-            vehicle_cert_ttl_seconds=int(_number(env, "HAULMESH_GATEWAY_VEHICLE_CERT_TTL_SECONDS",
-                                                 DEFAULT_VEHICLE_CERT_TTL_SECONDS, 5, 30 * 86400)),
+            vehicle_cert_ttl_seconds=_whole(env, "HAULMESH_GATEWAY_VEHICLE_CERT_TTL_SECONDS",
+                                            DEFAULT_VEHICLE_CERT_TTL_SECONDS, 5, 30 * 86400),
         )
 
 
@@ -237,6 +237,13 @@ def _number(env: Mapping[str, str], key: str, default: float, low: float, high: 
     if not low <= value <= high:  # also refuses nan
         raise ConfigError(f"{key} must be within {low:g}-{high:g}, got {raw!r}", field=key)
     return value
+
+
+def _whole(env: Mapping[str, str], key: str, default: int, low: int, high: int) -> int:
+    raw = (env.get(key) or str(default)).strip()
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ConfigError(f"{key} must be a whole number of seconds from {low} to {high}, got {raw!r}", field=key)
+    return int(raw)
 
 
 def _issuer_carriers(env: Mapping[str, str]) -> frozenset[str] | None:

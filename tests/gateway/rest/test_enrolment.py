@@ -219,3 +219,25 @@ async def test_the_renewer_renews_before_expiry_each_time_with_the_certificate_i
     assert chain[0][0] == format(first.serial_number, "x")
     assert all(chain[i][0] == chain[i - 1][1] for i in range(1, len(chain))), chain
     assert renewer.failures == 0, renewer.last_error
+
+
+def test_the_signing_key_settings_are_checked(tmp_path: Path) -> None:
+    from services.runtime import ConfigError
+
+    ca_file = tmp_path / "ca.pem"
+    # The dev PKI's layout: the key beside the mesh CA is found; without it, no enrolment.
+    assert GatewayConfig.from_env({}, state_dir=tmp_path, mesh_ca_file=ca_file).enrolment_ca_key_file is None
+    (tmp_path / "ca-key.pem").write_text("x")
+    config = GatewayConfig.from_env({}, state_dir=tmp_path, mesh_ca_file=ca_file)
+    assert (config.enrolment_ca_cert_file, config.enrolment_ca_key_file) == (ca_file, tmp_path / "ca-key.pem")
+    assert config.vehicle_cert_ttl_seconds == 86400
+    explicit = GatewayConfig.from_env({"HAULMESH_GATEWAY_ENROLMENT_CA_KEY_FILE": "/k.pem",
+                                       "HAULMESH_GATEWAY_VEHICLE_CERT_TTL_SECONDS": "600"},
+                                      state_dir=tmp_path, mesh_ca_file=ca_file)
+    assert (explicit.enrolment_ca_key_file, explicit.vehicle_cert_ttl_seconds) == (Path("/k.pem"), 600)
+    for env, words in [({"HAULMESH_GATEWAY_VEHICLE_CERT_TTL_SECONDS": "4"}, "from 5 to 2592000, got '4'"),
+                       ({"HAULMESH_GATEWAY_VEHICLE_CERT_TTL_SECONDS": "a day"}, "whole number of seconds"),
+                       ({"HAULMESH_GATEWAY_ENROLMENT_CA_CERT_FILE": "/c.pem"}, "without"
+                                                                               " HAULMESH_GATEWAY_ENROLMENT_CA_KEY")]:
+        with pytest.raises(ConfigError, match=words):
+            GatewayConfig.from_env(env, state_dir=tmp_path, mesh_ca_file=ca_file)
