@@ -6,25 +6,33 @@ to other services: whichever notices a change first must not keep it from the ot
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import grpc
+import pytest
 from cryptography import x509
 
-from haulmesh.tender.v1 import tender_service_pb2, tender_service_pb2_grpc
-from services.runtime import Policy, Service, ServiceConfig, TlsConfig, free_port, pki, poll_until
+from haulmesh.tender.v1 import tender_pb2, tender_service_pb2, tender_service_pb2_grpc
+from services.runtime import Policy, Service, ServiceConfig, TlsConfig, _client, free_port, pki, poll_until
 
 from ..conftest import make_pki
 
 _LIST = "/haulmesh.tender.v1.TenderService/ListTenders"
+_GET = "/haulmesh.tender.v1.TenderService/GetTender"
 CARRIER = (("haulmesh-carrier", "carriers/carrier-1"),)
 
 
 class SerialRecorder(tender_service_pb2_grpc.TenderServiceServicer):
-    """Records the serial of the client certificate behind each call (what the server sees)."""
+    """Records the serial of the client certificate behind each call (what the server sees); GetTender of
+    ``tenders/<seconds>`` takes that long (a long call in progress)."""
 
     def __init__(self) -> None:
         self.serials: list[int] = []
+
+    async def GetTender(self, request, context):
+        await asyncio.sleep(float(request.name.rsplit("/", 1)[1]))
+        return tender_pb2.Tender(name=request.name)
 
     async def ListTenders(self, request, context):
         pem = context.auth_context()["x509_pem_cert"][0]
@@ -48,7 +56,7 @@ async def test_a_service_presents_its_rotated_certificate_even_after_its_server_
     config = ServiceConfig(service_name="tender", listen_host="127.0.0.1", port=free_port(), tls=tls,
                            state_dir=tmp_path, redis_url=store_url, grace_period_seconds=0.5)
     # The service calls itself: its server sees exactly what its channels present.
-    service = Service(config, Policy({_LIST: ["service/tender", "service/gateway"]}))
+    service = Service(config, Policy({_LIST: ["service/tender", "service/gateway"], _GET: ["service/tender"]}))
     recorder = SerialRecorder()
     service.add(tender_service_pb2_grpc.add_TenderServiceServicer_to_server, recorder,
                 tender_service_pb2.DESCRIPTOR.services_by_name["TenderService"])
@@ -77,5 +85,43 @@ async def test_a_service_presents_its_rotated_certificate_even_after_its_server_
         except TimeoutError:
             raise AssertionError(f"the service kept presenting serial {recorder.serials[-1]:x}, not the rotated "
                                  f"{second:x}") from None
+    finally:
+        await service.stop()
+
+
+async def test_a_call_in_progress_outlives_the_rotation_and_its_channel_closes_after_it(
+        tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replaced channel is closed once idle, not after a fixed grace (which cut a TMS's watch in progress): here
+    the least wait is 0.1 s and the call lasts 2 s."""
+    monkeypatch.setattr(_client, "RETIRED_CHANNEL_MIN_SECONDS", 0.1)
+    p = make_pki(tmp_path / "ca")
+    directory = tmp_path / "tender"
+    _rotate(p, directory)
+    tls = TlsConfig(directory / "ca.pem", directory / "tender.pem", directory / "tender-key.pem")
+    config = ServiceConfig(service_name="tender", listen_host="127.0.0.1", port=free_port(), tls=tls,
+                           state_dir=tmp_path, redis_url=store_url, grace_period_seconds=0.5)
+    service = Service(config, Policy({_LIST: ["service/tender"], _GET: ["service/tender"]}))
+    recorder = SerialRecorder()
+    service.add(tender_service_pb2_grpc.add_TenderServiceServicer_to_server, recorder,
+                tender_service_pb2.DESCRIPTOR.services_by_name["TenderService"])
+    await service.start()
+    try:
+        config.peer_addresses["tender"] = f"127.0.0.1:{service.bound_port}"
+        old = service.channels.channel(config.peer_addresses["tender"])
+        long_call = asyncio.ensure_future(tender_service_pb2_grpc.TenderServiceStub(old).GetTender(
+            tender_service_pb2.GetTenderRequest(name="tenders/2"), metadata=CARRIER, timeout=10))
+        await asyncio.sleep(0.3)  # the call is open
+        second = _rotate(p, directory)
+
+        async def replaced() -> bool:
+            return service.channels.channel(config.peer_addresses["tender"]) is not old
+        await poll_until(replaced, timeout_seconds=5, interval_seconds=0.1, what="the channel replaced")
+        await service.stub(tender_service_pb2_grpc.TenderServiceStub, "tender").ListTenders(
+            tender_service_pb2.ListTendersRequest(), metadata=CARRIER, timeout=5)
+        assert recorder.serials[-1] == second
+        await asyncio.sleep(0.5)
+        assert not long_call.done()  # past the least wait, the old channel still carries its call
+        assert (await long_call).name == "tenders/2"
+        await poll_until(lambda: not service.channels._retired, timeout_seconds=5, what="the old channel closed")
     finally:
         await service.stop()
