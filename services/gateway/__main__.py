@@ -1,6 +1,8 @@
 """Entry point: ``python -m services.gateway`` — one process, two products: the REST door (rest/: the TMS's
 HTTP listener and the trucks' device listener) and the webhook service (webhooks/: its gRPC server and loops)."""
 
+import logging
+
 from services.runtime import Service, resolve_redis_url, run_service
 from services.runtime.enrolment import VehicleSigner
 
@@ -15,6 +17,8 @@ from .rest.handler import RestGateway
 from .rest.ratelimit import TenantRateLimiter
 from .rest.sse import StreamSlots
 from .webhooks.server import POLICY, register_grpc
+
+_log = logging.getLogger("haulmesh.gateway")
 
 
 def rest_gateway(service: Service, config: GatewayConfig) -> RestGateway:
@@ -52,6 +56,10 @@ def register(service: Service) -> None:
     if config.enrolment_ca_key_file is not None and config.enrolment_ca_cert_file is not None:
         signer = VehicleSigner.from_files(config.enrolment_ca_cert_file, config.enrolment_ca_key_file,
                                           valid_seconds=config.vehicle_cert_ttl_seconds)
+        _log.info("enrolment and renewal on: vehicle certificates of %d s signed with %s",
+                  config.vehicle_cert_ttl_seconds, config.enrolment_ca_key_file)
+    else:
+        _log.info("enrolment and renewal off: no HAULMESH_GATEWAY_ENROLMENT_CA_KEY_FILE (both routes answer 503)")
     register_grpc(service, config)
 
     async def ready() -> bool:
