@@ -87,9 +87,13 @@ def create_app(ready: Callable[[], Awaitable[bool]], rest: RestGateway | None = 
     fixed = {route.path for route in routes if route.path != "/{path:path}"}
 
     def route_of(verb: str, path: str) -> str | None:
-        # The label is a template the app declares: a fixed path, or the API route the REST handler will match.
+        # The label is a template the app declares: a fixed path, an extra route's template, or the API route the
+        # REST handler will match.
         if path in fixed:
             return path
+        for extra in extra_routes:
+            if extra.matches({"type": "http", "path": path, "method": verb})[0] != Match.NONE:
+                return extra.path
         if rest is None:
             return None
         route, _, _ = rest.routes.match(verb, path)

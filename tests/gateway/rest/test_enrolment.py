@@ -241,3 +241,17 @@ def test_the_signing_key_settings_are_checked(tmp_path: Path) -> None:
                                                                                " HAULMESH_GATEWAY_ENROLMENT_CA_KEY")]:
         with pytest.raises(ConfigError, match=words):
             GatewayConfig.from_env(env, state_dir=tmp_path, mesh_ca_file=ca_file)
+
+
+def test_the_routes_are_labelled_by_their_template_in_metrics() -> None:
+    from services.gateway.rest.metrics import HttpMetricsMiddleware
+
+    async def ready() -> bool:
+        return True
+
+    enrolment = Enrolment(None, lambda: None, None)  # type: ignore[arg-type]
+    app = create_app(ready, extra_routes=enrolment.enrol_routes())
+    middleware = next(m for m in app.user_middleware if m.cls is HttpMetricsMiddleware)
+    route_of = middleware.kwargs["route_of"]
+    assert route_of("POST", "/api/v1/vehicles/AU-TRK-1:enrol") == "/api/v1/vehicles/{vehicle}:enrol"
+    assert route_of("POST", "/healthz") == "/healthz"
