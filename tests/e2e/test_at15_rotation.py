@@ -204,6 +204,10 @@ async def rotation_under_load(tmp_path: Path, *, seed: int, period_seconds: floa
                         figures.server_serial_misses.append(f"{name}: {seen:x} != {serials[name]:x}")
                 await asyncio.sleep(max(0.0, period_seconds - (time.monotonic() - rotated_at)))
             stop.set()
+            # The run is over: renewals stop, and the services get certificates that outlive the drain below.
+            for rig in rigs:
+                rig.tasks[1].cancel()
+            await asyncio.to_thread(_rotate_services, p, 86400)
             # Every frame recorded is acked (the stream carried on through every rotation).
             await poll_until(lambda: all(r.client.stats.acked_through >= r.recorded for r in rigs),
                              timeout_seconds=30, what="every frame acked")
