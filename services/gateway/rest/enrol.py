@@ -51,7 +51,12 @@ class Enrolment:
 
     def __init__(self, signer: VehicleSigner | None, store: Callable[[], redis.asyncio.Redis],
                  limiter: TenantRateLimiter, audit: AuditLog | None = None,
-                 durable: Callable[[], Awaitable[None]] | None = None) -> None:
+                 durable: Callable[[], Awaitable[None]] | None = None,
+                 certificate_check: Callable[[bytes], Awaitable[None]] | None = None) -> None:
+        """``certificate_check``: awaited with the DER certificate a renewal presents, before anything is signed;
+        it raises (a HaulmeshError) to refuse it. The place for the revocation deny-list: a renewal gives a new
+        serial, so a revoked certificate must never renew."""
+        self._certificate_check = certificate_check
         self._signer = signer
         self._store = store
         self._limiter = limiter
@@ -97,6 +102,8 @@ class Enrolment:
         if _path_vehicle(request) != vehicle:
             raise RestError("PERMISSION_DENIED", f"the client certificate is {vehicle}; a truck renews only its own "
                             "certificate", reason="VEHICLE_MISMATCH")
+        if self._certificate_check is not None:
+            await self._certificate_check(der)
         await self._limiter.check(f"vehicle/{vehicle.name}")
         body = await _read_body(request, {"csr"})
         presented = format(x509.load_der_x509_certificate(der).serial_number, "x")

@@ -31,7 +31,8 @@ from ...conftest import Pki, make_pki
 class Gateway:
     """The two listeners with the enrolment routes, and what a test needs around them."""
 
-    def __init__(self, p: Pki, tmp: Path, store_url: str, valid_seconds: int, signer: bool = True) -> None:
+    def __init__(self, p: Pki, tmp: Path, store_url: str, valid_seconds: int, signer: bool = True,
+                 certificate_check=None) -> None:
         self.pki = p
         issued = pki.issue(p.ca, pki.identity_for("service", "gateway"), valid_days=1, dns_names=("localhost",),
                            ip_addresses=("127.0.0.1",))
@@ -41,7 +42,7 @@ class Gateway:
         self.sync_store = connect_sync(store_url)
         self.limiter = TenantRateLimiter.from_config(GatewayConfig(), store_url)
         self.enrolment = Enrolment(VehicleSigner(p.ca, valid_seconds) if signer else None, lambda: self.store,
-                                   self.limiter)
+                                   self.limiter, certificate_check=certificate_check)
         self.http_port, self.device_port = free_port(), free_port()
 
         async def ready() -> bool:
@@ -255,3 +256,27 @@ def test_the_routes_are_labelled_by_their_template_in_metrics() -> None:
     route_of = middleware.kwargs["route_of"]
     assert route_of("POST", "/api/v1/vehicles/AU-TRK-1:enrol") == "/api/v1/vehicles/{vehicle}:enrol"
     assert route_of("POST", "/healthz") == "/healthz"
+
+
+async def test_a_certificate_the_check_refuses_never_renews(tmp_path: Path, store_url: str) -> None:
+    """The hook the revocation deny-list plugs into: a refused certificate gets no new serial."""
+    from services.runtime import PermissionDenied
+
+    refused: list[int] = []
+
+    async def revoked(der: bytes) -> None:
+        refused.append(x509.load_der_x509_certificate(der).serial_number)
+        raise PermissionDenied("this certificate is revoked", reason="CERTIFICATE_REVOKED")
+
+    g = Gateway(make_pki(tmp_path / "ca"), tmp_path, store_url, valid_seconds=600, certificate_check=revoked)
+    await g.start()
+    try:
+        files = _files(g, tmp_path, "AU-TRK-E8")
+        first = await enrol(g.http_url, files, g.token("AU-TRK-E8"))
+        with pytest.raises(EnrolmentError) as caught:
+            await renew(g.device_url, files)
+    finally:
+        await g.stop()
+    assert (caught.value.status, caught.value.reason) == (403, "CERTIFICATE_REVOKED")
+    assert refused == [first.serial_number]
+    assert files.certificate().serial_number == first.serial_number  # nothing replaced
