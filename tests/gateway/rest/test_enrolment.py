@@ -5,10 +5,13 @@ run in-process (no mesh): the routes call no other service."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import re
 import ssl
 import stat
+import sys
 from pathlib import Path
 
 import httpx
@@ -21,11 +24,24 @@ from services.gateway.config import GatewayConfig
 from services.gateway.rest.app import HttpListener, create_app
 from services.gateway.rest.device import TlsScopeProtocol, device_ssl_context
 from services.gateway.rest.enrol import MAX_ENROL_BODY_BYTES, Enrolment
+from services.gateway.rest.metrics import HttpMetricsMiddleware
 from services.gateway.rest.ratelimit import TenantRateLimiter
-from services.runtime import TlsConfig, connect_async, connect_sync, free_port, identity_from_pem, pki, poll_until
+from services.runtime import (
+    ConfigError,
+    PermissionDenied,
+    TlsConfig,
+    connect_async,
+    connect_sync,
+    free_port,
+    identity_from_pem,
+    pki,
+    poll_until,
+)
 from services.runtime.enrolment import VehicleSigner, issue_token
 
 from ...conftest import Pki, make_pki
+
+REPO = str(Path(__file__).resolve().parents[3])
 
 
 class Gateway:
@@ -223,8 +239,6 @@ async def test_the_renewer_renews_before_expiry_each_time_with_the_certificate_i
 
 
 def test_the_signing_key_settings_are_checked(tmp_path: Path) -> None:
-    from services.runtime import ConfigError
-
     ca_file = tmp_path / "ca.pem"
     # The dev PKI's layout: the key beside the mesh CA is found; without it, no enrolment.
     assert GatewayConfig.from_env({}, state_dir=tmp_path, mesh_ca_file=ca_file).enrolment_ca_key_file is None
@@ -245,8 +259,6 @@ def test_the_signing_key_settings_are_checked(tmp_path: Path) -> None:
 
 
 def test_the_routes_are_labelled_by_their_template_in_metrics() -> None:
-    from services.gateway.rest.metrics import HttpMetricsMiddleware
-
     async def ready() -> bool:
         return True
 
@@ -260,8 +272,6 @@ def test_the_routes_are_labelled_by_their_template_in_metrics() -> None:
 
 async def test_a_certificate_the_check_refuses_never_renews(tmp_path: Path, store_url: str) -> None:
     """The hook the revocation deny-list plugs into: a refused certificate gets no new serial."""
-    from services.runtime import PermissionDenied
-
     refused: list[int] = []
 
     async def revoked(der: bytes) -> None:
@@ -280,3 +290,24 @@ async def test_a_certificate_the_check_refuses_never_renews(tmp_path: Path, stor
     assert (caught.value.status, caught.value.reason) == (403, "CERTIFICATE_REVOKED")
     assert refused == [first.serial_number]
     assert files.certificate().serial_number == first.serial_number  # nothing replaced
+
+
+async def test_the_edge_command_enrols_and_says_why_it_cannot(gateway: Gateway, tmp_path: Path) -> None:
+    files = _files(gateway, tmp_path, "AU-TRK-E9")
+    token = gateway.token("AU-TRK-E9")
+
+    async def edge(*args: str) -> tuple[int, str, str]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "edge_client", "--cert-dir", str(files.cert_dir), "enrol", "--vehicle", "AU-TRK-E9",
+            "--gateway-url", gateway.http_url, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": REPO})
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+        return process.returncode, out.decode(), err.decode()
+
+    code, out, _ = await edge("--token", token)
+    assert code == 0
+    assert json.loads(out)["serial"] == format(files.certificate().serial_number, "x")
+    code, _, err = await edge("--token", token)
+    assert code == 2 and "the truck is enrolled" in err
+    code, _, err = await edge("--token", token, "--force")
+    assert code == 1 and "ENROLMENT_TOKEN_USED" in err
