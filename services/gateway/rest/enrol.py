@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio
@@ -46,22 +47,19 @@ MAX_ENROL_BODY_BYTES = 16 * 1024
 _VEHICLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
+@dataclass(frozen=True)
 class Enrolment:
-    """The two routes. ``signer`` None: enrolment is not configured on this gateway (both answer 503)."""
+    """The two routes. ``signer`` None: enrolment is not configured on this gateway (both answer 503).
+    ``certificate_check`` is awaited with the DER certificate a renewal presents, before anything is signed, and
+    raises (a HaulmeshError) to refuse it: the place for the revocation deny-list (a renewal gives a new serial, so a
+    revoked certificate must never renew)."""
 
-    def __init__(self, signer: VehicleSigner | None, store: Callable[[], redis.asyncio.Redis],
-                 limiter: TenantRateLimiter, audit: AuditLog | None = None,
-                 durable: Callable[[], Awaitable[None]] | None = None,
-                 certificate_check: Callable[[bytes], Awaitable[None]] | None = None) -> None:
-        """``certificate_check``: awaited with the DER certificate a renewal presents, before anything is signed;
-        it raises (a HaulmeshError) to refuse it. The place for the revocation deny-list: a renewal gives a new
-        serial, so a revoked certificate must never renew."""
-        self._certificate_check = certificate_check
-        self._signer = signer
-        self._store = store
-        self._limiter = limiter
-        self._audit = audit
-        self._durable = durable
+    signer: VehicleSigner | None
+    store: Callable[[], redis.asyncio.Redis]
+    limiter: TenantRateLimiter
+    audit: AuditLog | None = None
+    durable: Callable[[], Awaitable[None]] | None = None
+    certificate_check: Callable[[bytes], Awaitable[None]] | None = None
 
     def enrol_routes(self) -> list[Route]:
         """For the TMS's listener (no client certificate)."""
@@ -81,10 +79,10 @@ class Enrolment:
         return endpoint
 
     def _signer_or_503(self) -> VehicleSigner:
-        if self._signer is None:
+        if self.signer is None:
             raise RestError("UNAVAILABLE", "this gateway does not enrol or renew vehicles: no signing key is "
                             "configured (HAULMESH_GATEWAY_ENROLMENT_CA_KEY_FILE)", reason="ENROLMENT_NOT_CONFIGURED")
-        return self._signer
+        return self.signer
 
     async def _enrol(self, request: Request) -> dict[str, str]:
         signer = self._signer_or_503()
@@ -92,8 +90,8 @@ class Enrolment:
         body = await _read_body(request, {"token", "csr"})
         pki.check_vehicle_csr(body["csr"].encode(), vehicle.name)  # before the token is spent
         # Per vehicle, the same budget as the truck's other calls: a script retrying in a loop cannot hammer the store.
-        await self._limiter.check(f"vehicle/{vehicle.name}")
-        await consume_token(self._store(), body["token"], vehicle.name)
+        await self.limiter.check(f"vehicle/{vehicle.name}")
+        await consume_token(self.store(), body["token"], vehicle.name)
         return await self._issue(signer, vehicle, body["csr"], action="enrol", presented="token")
 
     async def _renew(self, request: Request) -> dict[str, str]:
@@ -102,9 +100,9 @@ class Enrolment:
         if _path_vehicle(request) != vehicle:
             raise RestError("PERMISSION_DENIED", f"the client certificate is {vehicle}; a truck renews only its own "
                             "certificate", reason="VEHICLE_MISMATCH")
-        if self._certificate_check is not None:
-            await self._certificate_check(der)
-        await self._limiter.check(f"vehicle/{vehicle.name}")
+        if self.certificate_check is not None:
+            await self.certificate_check(der)
+        await self.limiter.check(f"vehicle/{vehicle.name}")
         body = await _read_body(request, {"csr"})
         presented = format(x509.load_der_x509_certificate(der).serial_number, "x")
         return await self._issue(signer, vehicle, body["csr"], action="renewCertificate", presented=presented)
@@ -115,11 +113,11 @@ class Enrolment:
         serial = format(certificate.serial_number, "x")
         _log.info("vehicle %s %s: presented %s, issued serial %s until %s", vehicle.name, action, presented, serial,
                   certificate.not_valid_after_utc.isoformat(timespec="seconds"))
-        if self._audit is not None:
-            await self._audit.append(actor=vehicle.spiffe_id, method=f"POST /api/v1/vehicles/{{vehicle}}:{action}",
+        if self.audit is not None:
+            await self.audit.append(actor=vehicle.spiffe_id, method=f"POST /api/v1/vehicles/{{vehicle}}:{action}",
                                      resource=f"vehicles/{vehicle.name}/certificates/{serial}")
-            if self._durable is not None:
-                await self._durable()
+            if self.durable is not None:
+                await self.durable()
         return {
             "certificate": certificate.public_bytes(serialization.Encoding.PEM).decode(),
             "caCertificates": signer.ca_pem.decode(),
