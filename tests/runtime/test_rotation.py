@@ -7,6 +7,8 @@ to other services: whichever notices a change first must not keep it from the ot
 from __future__ import annotations
 
 import asyncio
+import socket
+import ssl
 from pathlib import Path
 
 import grpc
@@ -123,5 +125,46 @@ async def test_a_call_in_progress_outlives_the_rotation_and_its_channel_closes_a
         assert not long_call.done()  # past the least wait, the old channel still carries its call
         assert (await long_call).name == "tenders/2"
         await poll_until(lambda: not service.channels._retired, timeout_seconds=5, what="the old channel closed")
+    finally:
+        await service.stop()
+
+
+def _served_serial(port: int, p) -> int:
+    """The serial of the certificate the server presents in a new handshake."""
+    context = ssl.create_default_context(cafile=str(p.directory / "ca.pem"))
+    issued = pki.issue(p.ca, pki.identity_for("service", "gateway"), valid_days=1)
+    cert, key = pki.write_pem_files(p.directory / "probe", "gateway", issued, p.ca.certificate_pem)
+    context.load_cert_chain(cert, key)
+    context.check_hostname = False
+    context.set_alpn_protocols(["h2"])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number
+
+
+async def test_a_service_serves_its_rotated_certificate_even_after_its_channels_saw_the_change(
+        tmp_path: Path, store_url: str) -> None:
+    p = make_pki(tmp_path / "ca")
+    directory = tmp_path / "tender"
+    first = _rotate(p, directory)
+    tls = TlsConfig(directory / "ca.pem", directory / "tender.pem", directory / "tender-key.pem")
+    config = ServiceConfig(service_name="tender", listen_host="127.0.0.1", port=free_port(), tls=tls,
+                           state_dir=tmp_path, redis_url=store_url, grace_period_seconds=0.5)
+    service = Service(config, Policy({_LIST: ["service/tender"]}))
+    recorder = SerialRecorder()
+    service.add(tender_service_pb2_grpc.add_TenderServiceServicer_to_server, recorder,
+                tender_service_pb2.DESCRIPTOR.services_by_name["TenderService"])
+    await service.start()
+    try:
+        config.peer_addresses["tender"] = f"127.0.0.1:{service.bound_port}"
+        assert await asyncio.to_thread(_served_serial, service.bound_port, p) == first
+        idle_target = "127.0.0.1:9"  # a channel never used: rebuilding it makes no handshake with the server
+        before = service.channels.channel(idle_target)
+        second = _rotate(p, directory)
+        # The channels notice the change first (within their 1 s check), with no handshake at the server meanwhile.
+        await poll_until(lambda: service.channels.channel(idle_target) is not before, timeout_seconds=5,
+                         interval_seconds=0.1, what="the channels rebuilt")
+        # A new client's handshake is served the rotated certificate too.
+        assert await asyncio.to_thread(_served_serial, service.bound_port, p) == second
     finally:
         await service.stop()
