@@ -49,20 +49,29 @@ def _rotate(p, directory: Path) -> int:
     return issued.certificate.serial_number
 
 
+async def _self_calling_service(tmp_path: Path, store_url: str, p, directory: Path,
+                                rules: dict[str, list[str]]) -> tuple[Service, SerialRecorder]:
+    """A started tender Service on ``directory``'s certificate whose peer "tender" is itself: its server sees
+    exactly what its channels present."""
+    tls = TlsConfig(directory / "ca.pem", directory / "tender.pem", directory / "tender-key.pem")
+    config = ServiceConfig(service_name="tender", listen_host="127.0.0.1", port=free_port(), tls=tls,
+                           state_dir=tmp_path, redis_url=store_url, grace_period_seconds=0.5)
+    service = Service(config, Policy(rules))
+    recorder = SerialRecorder()
+    service.add(tender_service_pb2_grpc.add_TenderServiceServicer_to_server, recorder,
+                tender_service_pb2.DESCRIPTOR.services_by_name["TenderService"])
+    await service.start()
+    service.config.peer_addresses["tender"] = f"127.0.0.1:{service.bound_port}"
+    return service, recorder
+
+
 async def test_a_service_presents_its_rotated_certificate_even_after_its_server_saw_the_change(
         tmp_path: Path, store_url: str) -> None:
     p = make_pki(tmp_path / "ca")
     directory = tmp_path / "tender"
     first = _rotate(p, directory)
-    tls = TlsConfig(directory / "ca.pem", directory / "tender.pem", directory / "tender-key.pem")
-    config = ServiceConfig(service_name="tender", listen_host="127.0.0.1", port=free_port(), tls=tls,
-                           state_dir=tmp_path, redis_url=store_url, grace_period_seconds=0.5)
-    # The service calls itself: its server sees exactly what its channels present.
-    service = Service(config, Policy({_LIST: ["service/tender", "service/gateway"], _GET: ["service/tender"]}))
-    recorder = SerialRecorder()
-    service.add(tender_service_pb2_grpc.add_TenderServiceServicer_to_server, recorder,
-                tender_service_pb2.DESCRIPTOR.services_by_name["TenderService"])
-    await service.start()
+    service, recorder = await _self_calling_service(
+        tmp_path, store_url, p, directory, {_LIST: ["service/tender", "service/gateway"], _GET: ["service/tender"]})
 
     async def call_self() -> int:
         await service.stub(tender_service_pb2_grpc.TenderServiceStub, "tender").ListTenders(
@@ -70,7 +79,6 @@ async def test_a_service_presents_its_rotated_certificate_even_after_its_server_
         return recorder.serials[-1]
 
     try:
-        config.peer_addresses["tender"] = f"127.0.0.1:{service.bound_port}"
         assert await call_self() == first
         second = _rotate(p, directory)
         # Another client's new connection: the server's handshake re-reads the shared files first.
@@ -99,24 +107,17 @@ async def test_a_call_in_progress_outlives_the_rotation_and_its_channel_closes_a
     p = make_pki(tmp_path / "ca")
     directory = tmp_path / "tender"
     _rotate(p, directory)
-    tls = TlsConfig(directory / "ca.pem", directory / "tender.pem", directory / "tender-key.pem")
-    config = ServiceConfig(service_name="tender", listen_host="127.0.0.1", port=free_port(), tls=tls,
-                           state_dir=tmp_path, redis_url=store_url, grace_period_seconds=0.5)
-    service = Service(config, Policy({_LIST: ["service/tender"], _GET: ["service/tender"]}))
-    recorder = SerialRecorder()
-    service.add(tender_service_pb2_grpc.add_TenderServiceServicer_to_server, recorder,
-                tender_service_pb2.DESCRIPTOR.services_by_name["TenderService"])
-    await service.start()
+    service, recorder = await _self_calling_service(
+        tmp_path, store_url, p, directory, {_LIST: ["service/tender"], _GET: ["service/tender"]})
     try:
-        config.peer_addresses["tender"] = f"127.0.0.1:{service.bound_port}"
-        old = service.channels.channel(config.peer_addresses["tender"])
+        old = service.channels.channel(service.config.peer_addresses["tender"])
         long_call = asyncio.ensure_future(tender_service_pb2_grpc.TenderServiceStub(old).GetTender(
             tender_service_pb2.GetTenderRequest(name="tenders/2"), metadata=CARRIER, timeout=10))
         await asyncio.sleep(0.3)  # the call is open
         second = _rotate(p, directory)
 
         async def replaced() -> bool:
-            return service.channels.channel(config.peer_addresses["tender"]) is not old
+            return service.channels.channel(service.config.peer_addresses["tender"]) is not old
         await poll_until(replaced, timeout_seconds=5, interval_seconds=0.1, what="the channel replaced")
         await service.stub(tender_service_pb2_grpc.TenderServiceStub, "tender").ListTenders(
             tender_service_pb2.ListTendersRequest(), metadata=CARRIER, timeout=5)
@@ -147,16 +148,8 @@ async def test_a_service_serves_its_rotated_certificate_even_after_its_channels_
     p = make_pki(tmp_path / "ca")
     directory = tmp_path / "tender"
     first = _rotate(p, directory)
-    tls = TlsConfig(directory / "ca.pem", directory / "tender.pem", directory / "tender-key.pem")
-    config = ServiceConfig(service_name="tender", listen_host="127.0.0.1", port=free_port(), tls=tls,
-                           state_dir=tmp_path, redis_url=store_url, grace_period_seconds=0.5)
-    service = Service(config, Policy({_LIST: ["service/tender"]}))
-    recorder = SerialRecorder()
-    service.add(tender_service_pb2_grpc.add_TenderServiceServicer_to_server, recorder,
-                tender_service_pb2.DESCRIPTOR.services_by_name["TenderService"])
-    await service.start()
+    service, _ = await _self_calling_service(tmp_path, store_url, p, directory, {_LIST: ["service/tender"]})
     try:
-        config.peer_addresses["tender"] = f"127.0.0.1:{service.bound_port}"
         assert await asyncio.to_thread(_served_serial, service.bound_port, p) == first
         idle_target = "127.0.0.1:9"  # a channel never used: rebuilding it makes no handshake with the server
         before = service.channels.channel(idle_target)
