@@ -6,6 +6,9 @@
                   [--pickup-dwell-minutes M [--dwell-speedup X]]
                                                     drive Houston → Atlanta, spooling and streaming signed frames
     haulmesh-edge run --vehicle AU-TRK-1001         the stream client alone: send what the spool holds, keep going
+    haulmesh-edge enrol --vehicle AU-TRK-1001 --token hmenrol_...
+                                                    make the truck's key here, send a CSR with the operator's
+                                                    one-time token, install the certificate it gets
     haulmesh-edge status --vehicle AU-TRK-1001      what the spool holds
     haulmesh-edge pod --vehicle AU-TRK-1001 --mission missions/ID [--photo URI,SHA256] [--received-by NAME]
                   [--seal-number S] [--submit]      build and sign the proof of delivery from the truck's own
@@ -21,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -32,6 +36,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from haulmesh.mission.v1 import mission_pb2
 
+from .certs import RENEW_AT_FRACTION, EnrolmentError, Renewer, VehicleFiles, enrol
 from .client import BACKOFF_CAP_SECONDS, CpuSampler, Keepalive, StreamClient
 from .metrics import EdgeCollector, serve_metrics
 from .pod import Photo, PodError, build_proof, submit_proof, wait_until_acked
@@ -85,7 +90,9 @@ async def _check(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace, spool: Spool, boot_id: str, on_command=None) -> StreamClient:
-    return StreamClient(args.target, _credentials(Path(args.cert_dir), args.vehicle), spool,
+    _credentials(Path(args.cert_dir), args.vehicle)  # a missing file is named now, not at the first connection
+    # Re-read at every session: a renewed certificate is presented by the next connection (certs.py).
+    return StreamClient(args.target, VehicleFiles(Path(args.cert_dir), args.vehicle).channel_credentials, spool,
                         vehicle_id=args.vehicle, boot_id=boot_id, on_command=on_command,
                         backoff_base=args.backoff_base, backoff_cap=args.backoff_cap,
                         keepalive=Keepalive(args.keepalive_time_seconds, args.keepalive_timeout_seconds))
@@ -115,15 +122,45 @@ async def _drain(client: StreamClient, spool: Spool, seconds: float) -> bool:
     return False
 
 
-async def _with_client(client: StreamClient | None, body):
-    task = asyncio.create_task(client.run()) if client else None
+async def _with_client(client: StreamClient | None, body, renewer: Renewer | None = None):
+    tasks = [asyncio.create_task(part.run()) for part in (client, renewer) if part]
     try:
         return await body
     finally:
-        if task:
+        for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def _renewer(args: argparse.Namespace) -> Renewer | None:
+    """The certificate's renewal beside the stream client (off with --no-renew)."""
+    if args.no_renew:
+        return None
+    return Renewer(args.device_url, VehicleFiles(Path(args.cert_dir), args.vehicle), fraction=args.renew_at_fraction)
+
+
+async def _enrol(args: argparse.Namespace) -> int:
+    files = VehicleFiles(Path(args.cert_dir), args.vehicle)
+    if files.cert_file.exists() and not args.force:
+        print(f"haulmesh-edge: {files.cert_file} exists: the truck is enrolled (it renews itself); --force enrols "
+              "again with a new token", file=sys.stderr)
+        return 2
+    token = args.token or os.environ.get("HAULMESH_ENROLMENT_TOKEN", "")
+    if not token:
+        print("haulmesh-edge: give the operator's one-time token (--token or HAULMESH_ENROLMENT_TOKEN)",
+              file=sys.stderr)
+        return 2
+    verify = args.gateway_ca_file if args.gateway_ca_file else True
+    try:
+        certificate = await enrol(args.gateway_url, files, token, verify=verify)
+    except EnrolmentError as exc:
+        print(f"haulmesh-edge: enrolment refused: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"vehicle": args.vehicle, "certificate": str(files.cert_file), "key": str(files.key_file),
+                      "serial": format(certificate.serial_number, "x"),
+                      "expire_time": certificate.not_valid_after_utc.isoformat(timespec="seconds")}), flush=True)
+    return 0
 
 
 async def _status_lines(simulation: Simulation, spool: Spool, client: StreamClient | None) -> None:
@@ -175,7 +212,7 @@ async def _simulate(args: argparse.Namespace) -> int:
         return 0 if (drained or not client) else 2
 
     try:
-        return await _with_client(client, body())
+        return await _with_client(client, body(), None if args.offline else _renewer(args))
     finally:
         spool.close()
 
@@ -197,7 +234,7 @@ async def _run(args: argparse.Namespace) -> int:
         return 0
 
     try:
-        return await _with_client(client, body())
+        return await _with_client(client, body(), _renewer(args))
     finally:
         spool.close()
 
@@ -307,6 +344,19 @@ def _positive(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError("must be between 0 and 1, e.g. 0.667")
+    return value
+
+
+def _vehicle_id(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", text):
+        raise argparse.ArgumentTypeError("1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="haulmesh-edge", description="Haulmesh truck-side client")
     parser.add_argument("--cert-dir", default=os.environ.get("HAULMESH_CERT_DIR", ".haulmesh/certs"))
@@ -337,6 +387,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="drop the link when a ping is not answered within this, seconds (default 5)")
         p.add_argument("--metrics-port", type=int, default=0,
                        help="serve Prometheus metrics (spool, link, CPU) on 127.0.0.1:PORT/metrics; 0 = off")
+        p.add_argument("--device-url", default=os.environ.get("HAULMESH_GATEWAY_DEVICE_URL", "https://127.0.0.1:8443"),
+                       help="the gateway's device listener, where the certificate is renewed (mTLS)")
+        p.add_argument("--renew-at-fraction", type=_fraction, default=RENEW_AT_FRACTION,
+                       help="renew the certificate when this fraction of its lifetime has passed (default 2/3)")
+        p.add_argument("--no-renew", action="store_true", help="never renew the certificate (it is managed outside)")
 
     simulate = sub.add_parser("simulate", help="drive a simulated truck Houston → Atlanta and stream its telemetry")
     spool_options(simulate)
@@ -372,6 +427,17 @@ def _parser() -> argparse.ArgumentParser:
     client_options(run)
     run.add_argument("--exit-when-drained", action="store_true", help="exit once the spool is empty")
     run.set_defaults(func=lambda a: asyncio.run(_run(a)))
+
+    enrol_cmd = sub.add_parser("enrol", help="enrol the truck: its own key, a CSR and the operator's one-time token")
+    enrol_cmd.add_argument("--vehicle", required=True, type=_vehicle_id, help="vehicle id, e.g. AU-TRK-1001")
+    enrol_cmd.add_argument("--token", help="the one-time token from 'haulmesh pki enrol-token vehicle ID' "
+                                           "(or HAULMESH_ENROLMENT_TOKEN)")
+    enrol_cmd.add_argument("--gateway-url", default=os.environ.get("HAULMESH_GATEWAY_URL", "http://127.0.0.1:8080"),
+                           help="the gateway's TMS listener (https:// in production)")
+    enrol_cmd.add_argument("--gateway-ca-file", help="CA bundle that signs the gateway's https certificate "
+                                                     "(default: the system's)")
+    enrol_cmd.add_argument("--force", action="store_true", help="enrol again although a certificate exists")
+    enrol_cmd.set_defaults(func=lambda a: asyncio.run(_enrol(a)))
 
     status = sub.add_parser("status", help="what the spool holds")
     spool_options(status)

@@ -143,7 +143,8 @@ class ClientStats:
 class StreamClient:
     """Streams one vehicle's spool to the telemetry service over mTLS, for as long as it runs."""
 
-    def __init__(self, target: str, credentials: grpc.ChannelCredentials, spool: Spool, *, vehicle_id: str,
+    def __init__(self, target: str, credentials: grpc.ChannelCredentials | Callable[[], grpc.ChannelCredentials],
+                 spool: Spool, *, vehicle_id: str,
                  boot_id: str, on_command: CommandHandler | None = None, backoff_base: float = 0.5,
                  backoff_cap: float = BACKOFF_CAP_SECONDS, poll_interval: float = 1.0,
                  link: Callable[[], stream_pb2.LinkQuality] | None = None,
@@ -217,7 +218,10 @@ class StreamClient:
         options = [*_CHANNEL_OPTIONS, *self.keepalive.channel_options()]
         if self._server_name:
             options.append(("grpc.ssl_target_name_override", self._server_name))
-        async with grpc.aio.secure_channel(self.target, self._credentials, options=options) as channel:
+        # A callable is asked at every session: a renewed certificate is presented by the next connection, while
+        # the open one (its TLS session already authenticated) carries on undisturbed.
+        credentials = self._credentials() if callable(self._credentials) else self._credentials
+        async with grpc.aio.secure_channel(self.target, credentials, options=options) as channel:
             call = telemetry_service_pb2_grpc.TelemetryServiceStub(channel).StreamTelemetry()
             try:
                 await self._stream(call)

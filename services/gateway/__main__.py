@@ -1,7 +1,10 @@
 """Entry point: ``python -m services.gateway`` — one process, two products: the REST door (rest/: the TMS's
 HTTP listener and the trucks' device listener) and the webhook service (webhooks/: its gRPC server and loops)."""
 
+import logging
+
 from services.runtime import Service, resolve_redis_url, run_service
+from services.runtime.enrolment import VehicleSigner
 
 from .config import GatewayConfig
 from .rest.app import HttpListener, create_app
@@ -9,10 +12,13 @@ from .rest.auth import AuthConfig, Authenticator
 from .rest.descriptors import load_api
 from .rest.device import DeviceGateway, TlsScopeProtocol, device_api, device_ssl_context
 from .rest.docs_ui import DevTokenEndpoint, DocsUi
+from .rest.enrol import Enrolment
 from .rest.handler import RestGateway
 from .rest.ratelimit import TenantRateLimiter
 from .rest.sse import StreamSlots
 from .webhooks.server import POLICY, register_grpc
+
+_log = logging.getLogger("haulmesh.gateway")
 
 
 def rest_gateway(service: Service, config: GatewayConfig) -> RestGateway:
@@ -47,7 +53,15 @@ def docs_ui(service: Service, config: GatewayConfig, rest: RestGateway) -> DocsU
 
 def register(service: Service) -> None:
     # Every setting first: a bad one stops the process before anything is served (ConfigError).
-    config = GatewayConfig.from_env(state_dir=service.config.state_dir)
+    config = GatewayConfig.from_env(state_dir=service.config.state_dir, mesh_ca_file=service.config.tls.ca_file)
+    signer = None
+    if config.enrolment_ca_key_file is not None and config.enrolment_ca_cert_file is not None:
+        signer = VehicleSigner.from_files(config.enrolment_ca_cert_file, config.enrolment_ca_key_file,
+                                          valid_seconds=config.vehicle_cert_ttl_seconds)
+        _log.info("enrolment and renewal on: vehicle certificates of %d s signed with %s",
+                  config.vehicle_cert_ttl_seconds, config.enrolment_ca_key_file)
+    else:
+        _log.info("enrolment and renewal off: no HAULMESH_GATEWAY_ENROLMENT_CA_KEY_FILE (both routes answer 503)")
     register_grpc(service, config)
 
     async def ready() -> bool:
@@ -57,8 +71,10 @@ def register(service: Service) -> None:
             return False
 
     rest = rest_gateway(service, config)
-    listener = HttpListener(create_app(ready, rest, docs_ui(service, config, rest)), service.config.listen_host,
-                            service.config.http_port)
+    # Trucks enrol and renew here (rest/enrol.py): with a token on the TMS's listener, with their certificate on theirs.
+    enrolment = Enrolment(signer, lambda: service.redis, rest.limiter, service.audit, service.durable)
+    listener = HttpListener(create_app(ready, rest, docs_ui(service, config, rest), enrolment.enrol_routes()),
+                            service.config.listen_host, service.config.http_port)
 
     async def stop_rest() -> None:
         await listener.stop()
@@ -71,7 +87,8 @@ def register(service: Service) -> None:
                            max_inflight_requests=config.device_max_inflight_requests,
                            revocations=service.revocations)
     context = device_ssl_context(service.config.tls)
-    devices = HttpListener(create_app(ready, device), service.config.listen_host, service.config.device_port,
+    devices = HttpListener(create_app(ready, device, extra_routes=enrolment.renew_routes()),
+                           service.config.listen_host, service.config.device_port,
                            http=TlsScopeProtocol, ws="none", ssl_context_factory=lambda _config, _default: context)
     service.add_companion(devices.run, devices.stop)
 

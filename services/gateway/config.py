@@ -27,6 +27,12 @@ REST door:
   16): concurrent Server-Sent Event streams of this gateway process; one beyond is answered 429 with
   ``Retry-After: HAULMESH_SSE_RETRY_AFTER_SECONDS`` (default 5).
 
+Enrolment and renewal (rest/enrol.py, docs/security.md "Enrolment and renewal"):
+``HAULMESH_GATEWAY_ENROLMENT_CA_KEY_FILE`` (PEM; default ``ca-key.pem`` beside the mesh CA file when it exists, as in
+the dev PKI; absent: enrolment and renewal answer 503) and ``HAULMESH_GATEWAY_ENROLMENT_CA_CERT_FILE`` (default: the
+mesh CA file) sign vehicle certificates; ``HAULMESH_GATEWAY_VEHICLE_CERT_TTL_SECONDS`` (5-2592000, default 86400)
+is their lifetime.
+
 Interactive reference (``/docs``, rest/docs_ui.py): ``HAULMESH_DOCS_UI_DIR``, the installed ``swagger-ui-dist`` it
 serves (default: ``build/docs-ui/node_modules/swagger-ui-dist`` of the checkout, which ``make docs-ui`` fills);
 ``HAULMESH_DEV_TOKEN_ENDPOINT`` (``1``/``0``, default ``0``; ``haulmesh run`` sets ``1``): serve the dev issuer's
@@ -54,8 +60,15 @@ from services.runtime.tokens import CARRIER_ID, DEFAULT_AUDIENCE, DEFAULT_ISSUER
 from .webhooks.destinations import IpNetwork, parse_allowed_cidrs
 from .webhooks.domain import DEFAULT_RETRY_DELAYS_SECONDS, RetryPolicy
 
-__all__ = ["DEFAULT_DEVICE_MAX_INFLIGHT_REQUESTS", "DEFAULT_MAX_REQUEST_BYTES", "DEFAULT_OAUTH_TOKEN_URL",
-           "DEFAULT_RATE_LIMIT", "GatewayConfig", "max_request_bytes_from_env"]
+__all__ = [
+    "DEFAULT_DEVICE_MAX_INFLIGHT_REQUESTS",
+    "DEFAULT_MAX_REQUEST_BYTES",
+    "DEFAULT_OAUTH_TOKEN_URL",
+    "DEFAULT_RATE_LIMIT",
+    "DEFAULT_VEHICLE_CERT_TTL_SECONDS",
+    "GatewayConfig",
+    "max_request_bytes_from_env",
+]
 
 DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
 DEFAULT_RATE_LIMIT = "50/second"
@@ -63,6 +76,8 @@ DEFAULT_OAUTH_TOKEN_URL = "/oauth2/token"  # noqa: S105 - an endpoint's path, no
 #: 256 truck requests at once: at most 256 bodies (1 KiB typical, HAULMESH_MAX_REQUEST_BYTES at worst) and 256
 #: relayed calls in memory; well above what the per-vehicle rate limit lets a fleet of thousands send at 1 Hz.
 DEFAULT_DEVICE_MAX_INFLIGHT_REQUESTS = 256
+#: A day: a stolen truck's certificate dies within a day even unrevoked; the truck renews at 2/3 (16 h).
+DEFAULT_VEHICLE_CERT_TTL_SECONDS = 86400
 _DEFAULT_RATE_LIMIT_ITEM = parse(DEFAULT_RATE_LIMIT)
 #: Where ``make docs-ui`` installs Swagger UI in this checkout (gitignored build output).
 DEFAULT_DOCS_UI_DIR = Path(__file__).resolve().parents[2] / "build" / "docs-ui" / "node_modules" / "swagger-ui-dist"
@@ -111,16 +126,26 @@ class GatewayConfig:
     webhook_ca_file: Path | None = None
     webhook_allowed_cidrs: tuple[IpNetwork, ...] = ()
 
+    # --- enrolment and renewal of trucks' certificates -----------------------------------------------
+    #: The CA that signs vehicle certificates, and its key; None: this gateway neither enrols nor renews (503).
+    enrolment_ca_cert_file: Path | None = None
+    enrolment_ca_key_file: Path | None = None
+    #: Lifetime of a certificate issued on enrolment or renewal (the edge client renews at 2/3 of it).
+    vehicle_cert_ttl_seconds: int = DEFAULT_VEHICLE_CERT_TTL_SECONDS
+
     # --- the interactive reference (/docs) ----------------------------------------------------------
     docs_ui_dir: Path = DEFAULT_DOCS_UI_DIR
     #: Serve the dev issuer's token endpoint (dev mode; rest/docs_ui.py says when it is allowed).
     dev_token_endpoint: bool = False
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, *, state_dir: Path | None = None) -> GatewayConfig:
+    def from_env(cls, env: Mapping[str, str] | None = None, *, state_dir: Path | None = None,
+                 mesh_ca_file: Path | None = None) -> GatewayConfig:
         """The settings of ``env`` (default: the process environment); ``state_dir`` (default: the one
-        HAULMESH_STATE_DIR names) holds the dev issuer's keys, trusted unless a JWKS is configured."""
+        HAULMESH_STATE_DIR names) holds the dev issuer's keys, trusted unless a JWKS is configured; ``mesh_ca_file``
+        (the mesh's CA bundle) is the default enrolment CA, its ``ca-key.pem`` neighbour the default key."""
         env = os.environ if env is None else env
+        ca_cert, ca_key = _enrolment_ca(env, mesh_ca_file)
         url, file, leeway = _jwks(env)
         refresh = _number(env, "HAULMESH_JWKS_REFRESH_SECONDS", 300.0, 1.0, 86400.0)
         cooldown = _number(env, "HAULMESH_JWKS_COOLDOWN_SECONDS", 30.0, 0.1, 3600.0)
@@ -161,7 +186,28 @@ class GatewayConfig:
             webhook_allowed_cidrs=parse_allowed_cidrs(env.get("HAULMESH_WEBHOOK_ALLOWED_CIDRS", "")),
             docs_ui_dir=Path(env.get("HAULMESH_DOCS_UI_DIR") or DEFAULT_DOCS_UI_DIR),
             dev_token_endpoint=_flag(env, "HAULMESH_DEV_TOKEN_ENDPOINT"),
+            enrolment_ca_cert_file=ca_cert,
+            enrolment_ca_key_file=ca_key,
+            vehicle_cert_ttl_seconds=_whole(env, "HAULMESH_GATEWAY_VEHICLE_CERT_TTL_SECONDS",
+                                            DEFAULT_VEHICLE_CERT_TTL_SECONDS, 5, 30 * 86400),
         )
+
+
+def _enrolment_ca(env: Mapping[str, str], mesh_ca_file: Path | None) -> tuple[Path | None, Path | None]:
+    """The enrolment CA's certificate and key files, or (None, None) when no key is configured or found."""
+    key = env.get("HAULMESH_GATEWAY_ENROLMENT_CA_KEY_FILE") or ""
+    cert = env.get("HAULMESH_GATEWAY_ENROLMENT_CA_CERT_FILE") or ""
+    if key:
+        if not cert and mesh_ca_file is None:
+            raise ConfigError("HAULMESH_GATEWAY_ENROLMENT_CA_CERT_FILE is required with the key",
+                              field="HAULMESH_GATEWAY_ENROLMENT_CA_CERT_FILE")
+        return Path(cert) if cert else mesh_ca_file, Path(key)
+    if cert:
+        raise ConfigError("HAULMESH_GATEWAY_ENROLMENT_CA_CERT_FILE is set without "
+                          "HAULMESH_GATEWAY_ENROLMENT_CA_KEY_FILE", field="HAULMESH_GATEWAY_ENROLMENT_CA_KEY_FILE")
+    if mesh_ca_file is not None and (mesh_ca_file.parent / "ca-key.pem").is_file():  # the dev PKI's layout
+        return mesh_ca_file, mesh_ca_file.parent / "ca-key.pem"
+    return None, None
 
 
 def _jwks(env: Mapping[str, str]) -> tuple[str | None, str | None, float]:
@@ -191,6 +237,13 @@ def _number(env: Mapping[str, str], key: str, default: float, low: float, high: 
     if not low <= value <= high:  # also refuses nan
         raise ConfigError(f"{key} must be within {low:g}-{high:g}, got {raw!r}", field=key)
     return value
+
+
+def _whole(env: Mapping[str, str], key: str, default: int, low: int, high: int) -> int:
+    raw = (env.get(key) or str(default)).strip()
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ConfigError(f"{key} must be a whole number of seconds from {low} to {high}, got {raw!r}", field=key)
+    return int(raw)
 
 
 def _issuer_carriers(env: Mapping[str, str]) -> frozenset[str] | None:

@@ -5,7 +5,8 @@ Services, scripts and tests import from here, or from the runtime's public modul
 facts; ``metering``: miles and hours measured from signed telemetry, the telemetry log digest; ``money``: minor
 units and formatting; ``objectstore``: create-only, checksummed object storage, a local directory or S3 with Object
 Lock; ``evidence``: sealed evidence packs and their offline verifier; ``pki``: the dev certificate authority;
-``tokens``: the dev OAuth2 issuer; ``cli``: the ``haulmesh`` command); the private modules behind them may change.
+``tokens``: the dev OAuth2 issuer; ``enrolment``: trucks' one-time enrolment tokens and the vehicle certificate
+signer; ``cli``: the ``haulmesh`` command); the private modules behind them may change.
 ``__all__`` is what is used outside the runtime, pinned by
 tests/runtime/test_public_api.py.
 """

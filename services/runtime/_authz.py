@@ -23,8 +23,8 @@ from ._errors import HaulmeshError, IdentityError, PermissionDenied, Unauthentic
 from ._identity import _CALLER, KINDS, Identity, caller, identity_from_pem
 from ._retry import is_transient
 from ._revocation import RevocationList
-from ._rpcmetrics import count_handler_invocation
 from ._roles import _GRANT, BILLING_ADMIN, FLEET_OPERATOR, PLATFORM_ADMIN, ROLES, OperatorGrant, grant_from_pem
+from ._rpcmetrics import count_handler_invocation
 from ._status import abort
 from ._tenant import CARRIER_METADATA_KEY, check_operator_tenant
 

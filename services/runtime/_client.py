@@ -26,6 +26,7 @@ own level (event consumers on the event id, the TMS with its Idempotency-Key).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -128,12 +129,15 @@ class Channels:
     """One channel per target, rebuilt when this workload's certificate files change; every channel retries the
     idempotent methods up to ``max_attempts`` (:func:`retry_service_config`).
 
-    The check for changed files runs at most every ``reload_check_interval_seconds``; the replaced
-    channel is closed after a grace period so calls in flight on it finish.
+    The check for changed files (three stats) runs at most every ``reload_check_interval_seconds`` (1 s: a rotated
+    certificate is presented by the next call a second later at most). A replaced channel is closed once the calls
+    open on it have ended (counted by :class:`InFlightCalls`), no sooner than :data:`RETIRED_CHANNEL_MIN_SECONDS` and
+    at the latest after :data:`RETIRED_CHANNEL_MAX_SECONDS`: a rotation never cuts a stream in progress, such as a
+    TMS's watch through the gateway (at most an hour).
     """
 
     def __init__(self, files: CertificateFiles, *, call_timeout_seconds: float,
-                 reload_check_interval_seconds: float = 5.0, max_message_bytes: int = 4 * 1024 * 1024,
+                 reload_check_interval_seconds: float = 1.0, max_message_bytes: int = 4 * 1024 * 1024,
                  unary_deadlines: bool = True, max_attempts: int = 3) -> None:
         self._files = files
         # Tracing first, so its client span covers the whole call and carries the context in the metadata.
@@ -149,28 +153,94 @@ class Channels:
         ]
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._credentials = client_credentials(files)
+        #: The material the channels present. Compared with the files' current material, not taken from
+        #: ``refresh()``'s answer: the server's handshakes share ``files`` and may have seen the change first.
+        self._material = files.current
         self._next_check = time.monotonic() + self._check_interval
-        self._retired: set[asyncio.Task[None]] = set()
+        self._retired: dict[asyncio.Task[None], grpc.aio.Channel] = {}
+        self._in_flight: dict[str, InFlightCalls] = {}
 
     def channel(self, target: str) -> grpc.aio.Channel:
         """The channel to ``target`` (host:port) with the current certificate."""
         now = time.monotonic()
         if now >= self._next_check:
             self._next_check = now + self._check_interval
-            if self._files.refresh() is not None:
+            self._files.refresh()
+            if self._files.current is not self._material:
+                self._material = self._files.current
                 self._credentials = client_credentials(self._files)
                 old, self._channels = self._channels, {}
-                for channel in old.values():
-                    task = asyncio.get_running_loop().create_task(channel.close(grace=30))
-                    self._retired.add(task)
-                    task.add_done_callback(self._retired.discard)
+                counters, self._in_flight = self._in_flight, {}
+                for name, channel in old.items():
+                    task = asyncio.get_running_loop().create_task(_retire(channel, counters[name]))
+                    self._retired[task] = channel
+                    task.add_done_callback(lambda done: self._retired.pop(done, None))
         channel = self._channels.get(target)
         if channel is None:
+            counter = InFlightCalls()
+            # Innermost: it counts the call gRPC really made, whatever the interceptors above did.
             channel = grpc.aio.secure_channel(target, self._credentials, options=self._options,
-                                              interceptors=self._interceptors)
+                                              interceptors=[*self._interceptors, counter])
             self._channels[target] = channel
+            self._in_flight[target] = counter
         return channel
 
     async def close(self) -> None:
         channels, self._channels = list(self._channels.values()), {}
-        await asyncio.gather(*(c.close() for c in channels), *self._retired, return_exceptions=True)
+        retired, self._retired = dict(self._retired), {}
+        for task in retired:
+            task.cancel()
+        await asyncio.gather(*(c.close() for c in [*channels, *retired.values()]), *retired, return_exceptions=True)
+
+
+#: Least time a replaced channel stays open: a stub taken just before the rotation may still make its next calls.
+RETIRED_CHANNEL_MIN_SECONDS = 30.0
+#: Longest a replaced channel waits for its open calls: a watch through the gateway lasts at most an hour
+#: (services/gateway/rest/sse.py); a call still open after that is cut, as a stuck one would be.
+RETIRED_CHANNEL_MAX_SECONDS = 3600.0 + 60.0
+
+
+class InFlightCalls(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor,
+                    grpc.aio.StreamUnaryClientInterceptor, grpc.aio.StreamStreamClientInterceptor):
+    """Counts the calls open on one channel (started and not done), so that a channel replaced after a
+    certificate rotation is closed when idle rather than under a call."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        #: Set while no call is open.
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def _track(self, call: Any) -> Any:
+        self.open += 1
+        self.idle.clear()
+        call.add_done_callback(self._done)
+        return call
+
+    def _done(self, _call: Any) -> None:
+        self.open -= 1
+        if self.open == 0:
+            self.idle.set()
+
+    async def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        return self._track(await continuation(details, request))
+
+    async def intercept_unary_stream(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        return self._track(await continuation(details, request))
+
+    async def intercept_stream_unary(self, continuation: Callable[..., Any], details: Any,
+                                     request_iterator: Any) -> Any:
+        return self._track(await continuation(details, request_iterator))
+
+    async def intercept_stream_stream(self, continuation: Callable[..., Any], details: Any,
+                                      request_iterator: Any) -> Any:
+        return self._track(await continuation(details, request_iterator))
+
+
+async def _retire(channel: grpc.aio.Channel, in_flight: InFlightCalls) -> None:
+    """Close ``channel`` once no call is open on it, no sooner than :data:`RETIRED_CHANNEL_MIN_SECONDS` and no later
+    than :data:`RETIRED_CHANNEL_MAX_SECONDS` after it was replaced."""
+    await asyncio.sleep(RETIRED_CHANNEL_MIN_SECONDS)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(in_flight.idle.wait(), RETIRED_CHANNEL_MAX_SECONDS - RETIRED_CHANNEL_MIN_SECONDS)
+    await channel.close(grace=1)

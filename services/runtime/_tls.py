@@ -118,10 +118,18 @@ def reloading_server_credentials(files: CertificateFiles) -> grpc.ServerCredenti
             [(material.key_pem, material.cert_pem)], root_certificates=material.ca_pem
         )
 
+    served = [files.current]
+
     def fetch() -> grpc.ServerCertificateConfiguration | None:
-        # Called by gRPC core before each handshake: a stat of three files, cheap next to the handshake.
-        material = files.refresh()
-        return configuration(material) if material is not None else None
+        # Called by gRPC core before each handshake: a stat of three files, cheap next to the handshake. Compared
+        # with what this server was last given, not taken from refresh()'s answer: the process's channels share
+        # ``files`` and may have seen the change first.
+        files.refresh()
+        material = files.current
+        if material is served[0]:
+            return None
+        served[0] = material
+        return configuration(material)
 
     return grpc.dynamic_ssl_server_credentials(
         configuration(files.current), fetch, require_client_authentication=True

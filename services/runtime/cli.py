@@ -33,7 +33,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from . import kpi_report, pki, revoke
+from . import enrolment, kpi_report, pki, revoke
 from ._audit import bases as audit_bases
 from ._audit import verify as verify_audit_log
 from ._config import (
@@ -137,6 +137,8 @@ def cmd_pki(args: argparse.Namespace) -> int:
         kid = generate_signing_key(directory / AUDIT_SIGNING_KEY_NAME, directory / AUDIT_VERIFY_KEY_NAME)
         print(f"audit checkpoint key {kid}: {directory / AUDIT_SIGNING_KEY_NAME} (secret: mount it into the services "
               f"only), {directory / AUDIT_VERIFY_KEY_NAME} (for haulmesh audit verify)")
+    elif args.pki_command == "enrol-token":
+        return _enrol_token(args)
     elif args.pki_command == "dev-bootstrap":
         if not (directory / "ca-key.pem").exists():
             pki.save_ca(directory, pki.create_ca())
@@ -155,6 +157,23 @@ def cmd_pki(args: argparse.Namespace) -> int:
                 _issue(directory, kind, name, args.days, grant)
                 print(f"issued {pki.identity_for('service' if kind == 'evidence' else kind, name)}"
                       + (" (evidence key)" if kind == "evidence" else ""))
+    return 0
+
+
+def _enrol_token(args: argparse.Namespace) -> int:
+    """``haulmesh pki enrol-token vehicle <id>``: a one-time enrolment token, written (hashed) to the store. The
+    token alone goes to stdout, so a provisioning script can capture it; what it is for goes to stderr."""
+    client = connect_sync(_store_url())
+    try:
+        token, expires_ms = enrolment.issue_token(client, args.name, ttl_seconds=args.ttl_seconds,
+                                                  issued_by=os.environ.get("USER") or "operator")
+    finally:
+        client.close()
+    expires = _dt.datetime.fromtimestamp(expires_ms / 1000, _dt.UTC).isoformat(timespec="seconds")
+    print(token)
+    print(f"one-time enrolment token for vehicle {args.name}, valid until {expires}: on the truck run "
+          f"'python -m edge_client enrol --vehicle {args.name} --token <token>' (shown once; only its hash is "
+          "stored)", file=sys.stderr)
     return 0
 
 
@@ -486,6 +505,13 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_parsers(psub, cert_dir=_cert_dir, store_url=_store_url,
                        checkpoint_url=lambda: os.environ.get("HAULMESH_AUDIT_CHECKPOINT_URL")
                        or str(default_state_dir() / "audit-checkpoints"))
+    enrol = psub.add_parser("enrol-token", help="a one-time token with which a truck enrols (gets its first "
+                            "certificate from a CSR of its own key); printed once, stored hashed")
+    enrol.add_argument("kind", choices=["vehicle"], help="what enrols: vehicles only")
+    enrol.add_argument("name", help="the vehicle id the token is bound to (e.g. AU-TRK-1001)")
+    enrol.add_argument("--ttl-seconds", type=int, default=enrolment.DEFAULT_TOKEN_TTL_SECONDS,
+                       help=f"how long the token may be used ({enrolment.MIN_TOKEN_TTL_SECONDS}-"
+                            f"{enrolment.MAX_TOKEN_TTL_SECONDS}, default {enrolment.DEFAULT_TOKEN_TTL_SECONDS})")
     boot = psub.add_parser("dev-bootstrap", help="CA and every certificate a local mesh needs, if missing")
     boot.add_argument("--days", type=float, default=90)
     p.set_defaults(func=cmd_pki)

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ._errors import ConfigError
+from ._errors import ConfigError, InvalidArgument
 from ._identity import TRUST_DOMAIN, Identity
 from ._roles import BILLING_ADMIN, FLEET_OPERATOR, PLATFORM_ADMIN, ROLES, OperatorGrant
 
@@ -36,12 +36,14 @@ __all__ = [
     "CertificateAuthority",
     "IssuedCertificate",
     "OperatorGrant",
+    "check_vehicle_csr",
     "create_ca",
     "identity_for",
     "issue",
     "issue_signing",
     "load_ca",
     "save_ca",
+    "sign_vehicle_csr",
     "write_pem_files",
 ]
 
@@ -175,20 +177,93 @@ def issue_signing(ca: CertificateAuthority, identity: Identity, *, valid_days: f
     return IssuedCertificate(cert, key)
 
 
-def _leaf(ca: CertificateAuthority, key: ec.EllipticCurvePrivateKey, common_name: str, valid_days: float, *,
-          key_agreement: bool) -> x509.CertificateBuilder:
-    """What every leaf the CA issues shares: subject, issuer, validity (5 minutes back for clock skew), not a CA,
-    a critical keyUsage of digitalSignature (and keyAgreement for TLS keys)."""
+#: Largest CSR (PEM) :func:`sign_vehicle_csr` reads: a P-256 CSR is about 500 bytes; this leaves room for PEM
+#: framing and a few attributes, and refuses anything built to make the parser work.
+MAX_CSR_BYTES = 8192
+#: Clock-skew allowance of an issued certificate's notBefore: 5 minutes, or a tenth of a short lifetime (so a
+#: certificate of a few seconds, as AT-15 rotates, is not mostly in the past when it is issued).
+_MAX_BACKDATE = _dt.timedelta(minutes=5)
+
+
+def _bad_csr(message: str, reason: str = "BAD_CSR") -> InvalidArgument:
+    return InvalidArgument(message, reason=reason)
+
+
+def check_vehicle_csr(csr_pem: bytes, vehicle_id: str) -> x509.CertificateSigningRequest:
+    """The parsed CSR if it may be signed for ``vehicle_id``, else :class:`InvalidArgument` naming what is wrong
+    (reason ``BAD_CSR`` or ``CSR_IDENTITY_MISMATCH``): PEM of at most :data:`MAX_CSR_BYTES`, a valid self-signature
+    (the sender holds the key), an ECDSA P-256 key (what the mesh's TLS and the frame signatures use), and exactly
+    one SAN, the URI ``spiffe://haulmesh.local/vehicle/<vehicle_id>`` (no DNS or IP names, no other identity)."""
+    if len(csr_pem) > MAX_CSR_BYTES:
+        raise _bad_csr(f"the CSR is {len(csr_pem)} bytes; at most {MAX_CSR_BYTES} are accepted")
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError:
+        raise _bad_csr("the CSR is not a PEM certificate signing request (-----BEGIN CERTIFICATE REQUEST-----)") \
+            from None
+    if not csr.is_signature_valid:
+        raise _bad_csr("the CSR's signature does not verify with its own public key")
+    key = csr.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise _bad_csr(f"the CSR's key is {type(key).__name__.removeprefix('_')}"
+                       f"{' ' + key.curve.name if isinstance(key, ec.EllipticCurvePublicKey) else ''}; "
+                       "vehicle keys must be ECDSA P-256 (secp256r1)", reason="BAD_CSR_KEY")
+    try:
+        sans = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        raise _bad_csr("the CSR has no subjectAltName; it must carry exactly one URI SAN, "
+                       f"spiffe://{TRUST_DOMAIN}/vehicle/{vehicle_id}", reason="CSR_IDENTITY_MISMATCH") from None
+    except ValueError as exc:  # a duplicated or malformed extension
+        raise _bad_csr(f"the CSR's extensions cannot be read: {exc}") from None
+    names = list(sans)
+    wanted = identity_for("vehicle", vehicle_id).spiffe_id
+    if len(names) != 1 or not isinstance(names[0], x509.UniformResourceIdentifier) or names[0].value != wanted:
+        shown = ", ".join(str(getattr(n, "value", n)) for n in names) or "none"
+        raise _bad_csr(f"the CSR must name exactly one identity, {wanted}; it names {shown}",
+                       reason="CSR_IDENTITY_MISMATCH")
+    return csr
+
+
+def sign_vehicle_csr(ca: CertificateAuthority, csr_pem: bytes, vehicle_id: str, *,
+                     valid_seconds: float) -> x509.Certificate:
+    """Issue a short-lived client/server certificate for the truck ``vehicle_id`` from its CSR (checked by
+    :func:`check_vehicle_csr`). Only the key and the identity come from the CSR: every other field (subject,
+    usages, lifetime, serial) is the CA's own, so a CSR cannot ask for more than a vehicle certificate."""
+    if valid_seconds <= 0:
+        raise ConfigError("certificate lifetime must be positive", field="valid_seconds")
+    csr = check_vehicle_csr(csr_pem, vehicle_id)
+    identity = identity_for("vehicle", vehicle_id)
+    lifetime = _dt.timedelta(seconds=valid_seconds)
+    return (
+        _leaf(ca, csr.public_key(), identity.name, lifetime, key_agreement=True,  # type: ignore[arg-type]
+              backdate=min(_MAX_BACKDATE, lifetime / 10))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                       critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.spiffe_id)]),
+                       critical=True)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.private_key.public_key()),
+                       critical=False)
+        .sign(ca.private_key, hashes.SHA256())
+    )
+
+
+def _leaf(ca: CertificateAuthority, key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey, common_name: str,
+          valid: float | _dt.timedelta, *, key_agreement: bool,
+          backdate: _dt.timedelta = _MAX_BACKDATE) -> x509.CertificateBuilder:
+    """What every leaf the CA issues shares: subject, issuer, validity (``backdate`` back for clock skew; ``valid``
+    in days or a timedelta), not a CA, a critical keyUsage of digitalSignature (and keyAgreement for TLS keys)."""
     now = _now()
+    public = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey) else key
+    lifetime = valid if isinstance(valid, _dt.timedelta) else _dt.timedelta(days=valid)
     return (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Haulmesh"),
                                  x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64])]))
         .issuer_name(ca.certificate.subject)
-        .public_key(key.public_key())
+        .public_key(public)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _dt.timedelta(minutes=5))
-        .not_valid_after(now + _dt.timedelta(days=valid_days))
+        .not_valid_before(now - backdate)
+        .not_valid_after(now + lifetime)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(digital_signature=True, key_cert_sign=False, crl_sign=False,

@@ -6,7 +6,7 @@ It holds no business rules: every request becomes a gRPC call to the service tha
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import uvicorn
@@ -30,9 +30,10 @@ _VERBS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 def create_app(ready: Callable[[], Awaitable[bool]], rest: RestGateway | None = None,
-               docs_ui: DocsUi | None = None) -> Starlette:
+               docs_ui: DocsUi | None = None, extra_routes: Sequence[Route] = ()) -> Starlette:
     """The ASGI app. ``ready`` says whether the gateway can serve (store reachable, not shutting down);
-    ``rest`` serves the API (/api/..., /openapi.json, /docs) — without it only the probes are served."""
+    ``rest`` serves the API (/api/..., /openapi.json, /docs) — without it only the probes are served;
+    ``extra_routes`` are the gateway's own routes outside the transcoded API (enrolment), matched before it."""
 
     async def healthz(_: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -41,7 +42,7 @@ def create_app(ready: Callable[[], Awaitable[bool]], rest: RestGateway | None = 
         ok = await ready()
         return JSONResponse({"status": "ready" if ok else "not ready"}, status_code=200 if ok else 503)
 
-    routes = [Route("/healthz", healthz), Route("/readyz", readyz)]
+    routes = [Route("/healthz", healthz), Route("/readyz", readyz), *extra_routes]
     if rest is not None:
         document = build_openapi(rest.api, rest.token_url, devices=rest.serves_devices)
         spec = dump_openapi(document).encode()
@@ -86,9 +87,13 @@ def create_app(ready: Callable[[], Awaitable[bool]], rest: RestGateway | None = 
     fixed = {route.path for route in routes if route.path != "/{path:path}"}
 
     def route_of(verb: str, path: str) -> str | None:
-        # The label is a template the app declares: a fixed path, or the API route the REST handler will match.
+        # The label is a template the app declares: a fixed path, an extra route's template, or the API route the
+        # REST handler will match.
         if path in fixed:
             return path
+        for extra in extra_routes:
+            if extra.matches({"type": "http", "path": path, "method": verb})[0] != Match.NONE:
+                return extra.path
         if rest is None:
             return None
         route, _, _ = rest.routes.match(verb, path)

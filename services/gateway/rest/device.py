@@ -170,6 +170,11 @@ class DeviceGateway(RestGateway):
             raise RestError("UNAUTHENTICATED", exc.message, reason=exc.reason, metadata=exc.metadata) from None
 
     @staticmethod
+    def certificate_identity(request: Request) -> tuple[Identity, bytes]:
+        """The truck's identity and DER certificate (the enrolment module's renewal route uses it too)."""
+        return DeviceGateway._vehicle(request)
+
+    @staticmethod
     def _vehicle(request: Request) -> tuple[Identity, bytes]:
         """The truck's identity and DER certificate; 403 for any certificate that is not a vehicle's."""
         chain = request.scope.get("extensions", {}).get("tls", {}).get("client_cert_chain") or []

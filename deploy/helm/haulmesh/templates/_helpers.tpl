@@ -330,6 +330,15 @@ spec:
             - name: HAULMESH_BILLING_EVIDENCE_KEY_FILE
               value: /etc/haulmesh/evidence/tls.key
             {{- end }}
+            {{- if and (eq $name "gateway") $root.Values.enrolment.secretName }}
+            {{- /* The CA key that signs trucks' certificates: the gateway only (least privilege). */}}
+            - name: HAULMESH_GATEWAY_ENROLMENT_CA_CERT_FILE
+              value: /etc/haulmesh/enrolment/tls.crt
+            - name: HAULMESH_GATEWAY_ENROLMENT_CA_KEY_FILE
+              value: /etc/haulmesh/enrolment/tls.key
+            - name: HAULMESH_GATEWAY_VEHICLE_CERT_TTL_SECONDS
+              value: {{ $root.Values.enrolment.vehicleCertTtlSeconds | quote }}
+            {{- end }}
             {{- if eq $name "telemetry" }}
             {{- with $root.Values.archive }}
             {{- /* The archive: an S3 bucket with Object Lock in a cluster; empty url: the pod's emptyDir. */}}
@@ -462,6 +471,11 @@ spec:
               mountPath: /etc/haulmesh/jwks-ca
               readOnly: true
             {{- end }}
+            {{- if and (eq $name "gateway") $root.Values.enrolment.secretName }}
+            - name: enrolment
+              mountPath: /etc/haulmesh/enrolment
+              readOnly: true
+            {{- end }}
       volumes:
         {{- /* A whole-Secret mount (no subPath): rotated certificates appear in place and are re-read. */}}
         - name: tls
@@ -505,6 +519,13 @@ spec:
         - name: jwks-ca
           configMap:
             name: {{ $root.Values.gatewayAuth.jwksCaConfigMap.name }}
+        {{- end }}
+        {{- if and (eq $name "gateway") $root.Values.enrolment.secretName }}
+        {{- /* Not optional: a gateway told to enrol without its key must not start (it would answer 503). */}}
+        - name: enrolment
+          secret:
+            secretName: {{ $root.Values.enrolment.secretName }}
+            defaultMode: 0440
         {{- end }}
       {{- with $svc.nodeSelector }}
       nodeSelector:
