@@ -69,7 +69,10 @@ REFERENCE_STATE = "STATE_PENDING"
 
 
 async def _create(http: httpx.AsyncClient, start: datetime) -> tuple[int, str]:
-    reply = await http.post("/api/v1/tenders", json=_tender(start))
+    try:
+        reply = await http.post("/api/v1/tenders", json=_tender(start))
+    except httpx.HTTPError as exc:  # a timeout on an overloaded box is a failed request, not the end of the bench
+        return 0, f"{type(exc).__name__}: {exc}"[:200]
     return reply.status_code, reply.json().get("state", "") if reply.status_code == 200 else reply.text[:200]
 
 
@@ -186,7 +189,9 @@ async def run_reference(args: argparse.Namespace) -> dict:
 
 
 async def run(args: argparse.Namespace) -> dict:
-    verify_us = ecdsa_verify_us()  # before anything of ours runs: the floor of this machine, now
+    # The floor of this machine now, before anything of ours runs; again just before and after the telemetry
+    # phases (the machine's load may change meanwhile): the median of the three is the yardstick.
+    verify_samples = [ecdsa_verify_us()]
     mesh = fresh_mesh(STATE, HAULMESH_RATE_LIMIT="off", HAULMESH_LOG_LEVEL="WARNING")
     await mesh.start(timeout_seconds=90)
     try:
@@ -206,15 +211,18 @@ async def run(args: argparse.Namespace) -> dict:
             half_rate = max(1.0, round(saturated["rps"] / 2, 1))
             half = await fixed_rate(http, half_rate, args.seconds, start)
         settled = await settle(list(pids.values()))
+        verify_samples.append(ecdsa_verify_us())
         telemetry = await run_telemetry_bench(mesh, pki.load_ca(mesh.cert_dir), open_target=args.open_streams,
                                               open_limit_seconds=args.open_seconds)
+        verify_samples.append(ecdsa_verify_us())
         telemetry["settle_seconds_before_telemetry"] = round(settled, 1)
     finally:
         await mesh.stop(stop_store=True)
     reference = await run_reference(args)  # the mesh stopped: its cores free
     audit = await run_audit_bench(STATE / "audit", entries=args.audit_entries)
     figures = {**telemetry, **audit, **reference,
-        "ecdsa_verify_us": round(verify_us, 2),
+        "ecdsa_verify_us": round(statistics.median(verify_samples), 2),
+        "ecdsa_verify_us_samples": [round(v, 2) for v in verify_samples],
         "tender_create_p50_ms": round(steady["p50_ms"], 2),
         "tender_create_p99_ms": round(steady["p99_ms"], 2),
         "tender_create_mean_ms": round(steady["mean_ms"], 2),
