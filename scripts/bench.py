@@ -138,14 +138,14 @@ async def cpu_per_create(http: httpx.AsyncClient, pids: dict[str, int], rate: fl
     """A fixed-rate phase and the CPU it cost the processes ``pids`` per request, from their /proc counters: from
     the phase's start until they are idle again (what a create sets off after its answer counts too), less
     what they use idle (measured over 2 s just before). The load generator's own CPU is not counted."""
-    await settle(list(pids.values()), limit_seconds=60)
+    await settle(list(pids.values()), limit_seconds=30)
     idle_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     await asyncio.sleep(2.0)
     idle = {name: (cpu_seconds(pid) - idle_before[name]) / 2.0 for name, pid in pids.items()}
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     began = time.perf_counter()
     phase = await fixed_rate(http, rate, seconds, start, expect=expect)
-    await settle(list(pids.values()), limit_seconds=60)
+    await settle(list(pids.values()), limit_seconds=30)
     window = time.perf_counter() - began
     used = {name: max(0.0, cpu_seconds(pid) - before[name] - idle[name] * window) for name, pid in pids.items()}
     return {**phase, "cpu_ms": sum(used.values()) / phase["requests"] * 1000,
@@ -207,7 +207,7 @@ async def run(args: argparse.Namespace) -> dict:
             await fixed_rate(http, 50, 2, start)  # warm-up: connections, caches, the JIT-less interpreter
             steady = await cpu_per_create(http, pids, args.rate, args.seconds, start, expect=MESH_STATE)
             saturated = await saturation(http, args.concurrency, args.seconds, start)
-            await settle(list(pids.values()), limit_seconds=60)
+            await settle(list(pids.values()), limit_seconds=30)
             half_rate = max(1.0, round(saturated["rps"] / 2, 1))
             half = await fixed_rate(http, half_rate, args.seconds, start)
         settled = await settle(list(pids.values()))
@@ -236,6 +236,7 @@ async def run(args: argparse.Namespace) -> dict:
         "tender_cpu_ms": round(steady["cpu_ms"], 3),
         "tender_cpu_ms_by_process": steady["cpu_ms_by_process"],
         "tender_cpu_window_seconds": round(steady["window_seconds"], 1),
+        "tender_cpu_idle_cores": round(steady["idle_cores"], 3),
         "first_failure": steady["first_failure"] or half["first_failure"],
     }
     return {**figures, **ratios(figures)}
