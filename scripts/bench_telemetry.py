@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import grpc
 import redis.asyncio
+from bench_yardsticks import frame_payload
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -42,11 +43,7 @@ class Truck:
     key_id: str
 
     def frame(self, sequence: int) -> frame_pb2.SignedFrame:
-        payload = frame_pb2.FramePayload(vehicle_id=self.vehicle_id, sequence=sequence, boot_id="bench",
-                                         kind=frame_pb2.FramePayload.KIND_POSITION,
-                                         position=frame_pb2.Position(lat=30.2, lon=-97.7, speed_kph=88.5))
-        payload.device_time.GetCurrentTime()
-        raw = payload.SerializeToString()
+        raw = frame_payload(self.vehicle_id, sequence)
         return frame_pb2.SignedFrame(sequence=sequence, payload=raw, key_id=self.key_id,
                                      signature=self.issued.private_key.sign(raw, ec.ECDSA(hashes.SHA256())))
 
@@ -63,14 +60,16 @@ def _trucks(ca: pki.CertificateAuthority, count: int, prefix: str) -> list[Truck
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds the process has used (/proc/<pid>/stat)."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_mib(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
     return 0.0
 
 
@@ -82,6 +81,7 @@ class Session:
         self._queue: asyncio.Queue[stream_pb2.StreamTelemetryRequest | None] = asyncio.Queue()
         self._call = telemetry_service_pb2_grpc.TelemetryServiceStub(channel).StreamTelemetry(self._requests())
         self.acked = 0
+        self.acks = 0  # Ack messages received (the 1 Hz figure is per-frame-ack traffic: one Ack a frame)
         self.welcome: stream_pb2.Welcome | None = None
         self._acked_event = asyncio.Event()
 
@@ -100,6 +100,7 @@ class Session:
         while (reply := await self._call.read()) is not grpc.aio.EOF:
             if reply.WhichOneof("message") == "ack":
                 self.acked = max(self.acked, reply.ack.through_sequence)
+                self.acks += 1
                 self._acked_event.set()
 
     async def send(self, frames: list[frame_pb2.SignedFrame]) -> None:
@@ -121,6 +122,18 @@ async def _open_sessions(mesh: Mesh, trucks: list[Truck]) -> tuple[list[Session]
     channels = [grpc.aio.secure_channel(mesh.address("telemetry"), truck.credentials) for truck in trucks]
     sessions = [Session(channel, truck) for channel, truck in zip(channels, trucks, strict=True)]
     await asyncio.gather(*(s.open() for s in sessions))
+    return sessions, channels
+
+
+async def _open_in_batches(mesh: Mesh, trucks: list[Truck], batch: int = 250
+                           ) -> tuple[list[Session], list[grpc.aio.Channel]]:
+    # A few hundred TLS handshakes at a time: thousands at once time out on 2 cores.
+    sessions: list[Session] = []
+    channels: list[grpc.aio.Channel] = []
+    for start in range(0, len(trucks), batch):
+        more, more_channels = await _open_sessions(mesh, trucks[start:start + batch])
+        sessions += more
+        channels += more_channels
     return sessions, channels
 
 
@@ -160,6 +173,44 @@ async def live_cpu(mesh: Mesh, ca: pki.CertificateAuthority, *, trucks: int = 10
         await c.close()
     total = per_truck * trucks
     return LiveFigures(used / total * 1e6, store_used / total * 1e6, store_bytes)
+
+
+@dataclass
+class SlowFleetFigures:
+    """1,000 trucks at 1 Hz: server CPU per frame, and Acks per frame (1.0: every frame its own Ack)."""
+
+    server_cpu_us: float
+    acks_per_frame: float
+    frames: int
+
+
+async def live_cpu_1hz(mesh: Mesh, ca: pki.CertificateAuthority, *, trucks: int = 1000,
+                       seconds: int = 10) -> SlowFleetFigures:
+    """Real trucks' rate: each truck one frame a second (starts spread over the first second), so every frame
+    is more than the Ack interval after the previous one and gets its own Ack. Server CPU from /proc over the
+    sending until the last Ack, divided by the frames."""
+    fleet = _trucks(ca, trucks, "SLOW")
+    sessions, channels = await _open_in_batches(mesh, fleet)
+    frames = {s.truck.vehicle_id: [s.truck.frame(i + 1) for i in range(seconds)] for s in sessions}
+    pid = mesh.children["telemetry"].process.pid
+    acks_before = sum(s.acks for s in sessions)
+    before = cpu_seconds(pid)
+    began = time.perf_counter()
+
+    async def drive(index: int, session: Session) -> None:
+        for i, frame in enumerate(frames[session.truck.vehicle_id]):
+            await asyncio.sleep(max(0.0, began + index / trucks + i - time.perf_counter()))
+            await session.send([frame])
+        await session.wait_acked(seconds)
+
+    await asyncio.gather(*(drive(i, s) for i, s in enumerate(sessions)))
+    used = cpu_seconds(pid) - before
+    acks = sum(s.acks for s in sessions) - acks_before
+    for s in sessions:
+        await s.close()
+    await asyncio.gather(*(c.close() for c in channels), return_exceptions=True)
+    total = seconds * trucks
+    return SlowFleetFigures(used / total * 1e6, acks / total, total)
 
 
 async def _bytes_per_frame(mesh: Mesh, vehicle_id: str, frames: int) -> float:
@@ -230,11 +281,26 @@ async def subscriber_latency(mesh: Mesh, ca: pki.CertificateAuthority, operator:
     return statistics.median(ordered) * 1000, ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000
 
 
-async def open_streams(mesh: Mesh, ca: pki.CertificateAuthority, *, target: int = 5000) -> tuple[int, float]:
+@dataclass
+class OpenStreams:
+    """Streams held open (Hello → Welcome, connected) by one telemetry process, the time it took, its RSS."""
+
+    held: int
+    seconds: float
+    rss_mib: float
+
+
+async def open_streams(mesh: Mesh, ca: pki.CertificateAuthority, *, target: int = 10_000,
+                       limit_seconds: float = 120.0) -> OpenStreams:
+    """Opens up to ``target`` trucks' streams, 250 at a time, and stops at the first refusal or once
+    ``limit_seconds`` have passed (no batch starts after it): the bench stays bounded on a slow machine."""
     fleet = _trucks(ca, target, "OPEN")
     held, channels = 0, []
     sessions: list[Session] = []
+    began = time.perf_counter()
     for start in range(0, target, 250):
+        if time.perf_counter() - began > limit_seconds:
+            break
         try:
             more, more_channels = await _open_sessions(mesh, fleet[start:start + 250])
         except grpc.aio.AioRpcError:
@@ -242,11 +308,12 @@ async def open_streams(mesh: Mesh, ca: pki.CertificateAuthority, *, target: int 
         sessions += more
         channels += more_channels
         held = len(sessions)
+    elapsed = time.perf_counter() - began
     rss = _rss_mib(mesh.children["telemetry"].process.pid)
     for s in sessions:
         await s.close()
     await asyncio.gather(*(c.close() for c in channels), return_exceptions=True)
-    return held, rss
+    return OpenStreams(held, elapsed, rss)
 
 
 async def archive_rate(mesh: Mesh, ca: pki.CertificateAuthority, operator: grpc.ChannelCredentials, *,
@@ -279,11 +346,14 @@ async def archive_rate(mesh: Mesh, ca: pki.CertificateAuthority, operator: grpc.
     return reply.frames_archived / elapsed, parquet_bytes, redis_bytes
 
 
-async def run_telemetry_bench(mesh: Mesh, ca: pki.CertificateAuthority, *, open_target: int = 5000) -> dict:
+async def run_telemetry_bench(mesh: Mesh, ca: pki.CertificateAuthority, *, open_target: int = 10_000,
+                              open_limit_seconds: float = 120.0, slow_trucks: int = 1000,
+                              slow_seconds: int = 10) -> dict:
     live = await live_cpu(mesh, ca)
+    slow = await live_cpu_1hz(mesh, ca, trucks=slow_trucks, seconds=slow_seconds)
     replay_rate = await replay(mesh, ca)
     p50, p99 = await subscriber_latency(mesh, ca, mesh.operator_credentials())
-    streams, rss = await open_streams(mesh, ca, target=open_target)
+    held = await open_streams(mesh, ca, target=open_target, limit_seconds=open_limit_seconds)
     archived_per_s, parquet_bytes, redis_bytes = await archive_rate(mesh, ca, mesh.operator_credentials())
     return {
         "archive_frames_per_s": round(archived_per_s),
@@ -292,9 +362,16 @@ async def run_telemetry_bench(mesh: Mesh, ca: pki.CertificateAuthority, *, open_
         "telemetry_server_cpu_us_per_frame": round(live.server_cpu_us, 1),
         "telemetry_store_cpu_us_per_frame": round(live.store_cpu_us, 1),
         "telemetry_store_bytes_per_frame": round(live.store_bytes),
+        "telemetry_1hz_server_cpu_us_per_frame": round(slow.server_cpu_us, 1),
+        "telemetry_1hz_acks_per_frame": round(slow.acks_per_frame, 3),
+        "telemetry_1hz_trucks": slow_trucks,
+        "telemetry_1hz_frames": slow.frames,
         "telemetry_replay_frames_per_s": round(replay_rate),
         "telemetry_subscriber_p50_ms": round(p50, 2),
         "telemetry_subscriber_p99_ms": round(p99, 2),
-        "telemetry_open_streams": streams,
-        "telemetry_server_rss_mib": round(rss, 1),
+        "telemetry_open_streams": held.held,
+        "telemetry_open_streams_target": open_target,
+        "telemetry_open_streams_seconds": round(held.seconds, 1),
+        "telemetry_open_streams_limit_seconds": open_limit_seconds,
+        "telemetry_server_rss_mib": round(held.rss_mib, 1),
     }
