@@ -33,9 +33,9 @@ import pytest
 
 __all__ = ["DEFAULT_SEEDS", "REQUIRED_IDS"]
 
-#: The acceptance ids ``make chaos`` must report, each from at least one run (issue 11's table).
+#: The acceptance ids ``make chaos`` must report, each from at least one run (issue 11's and issue 12's tables).
 REQUIRED_IDS = ("AT-01", "AT-02", "AT-03", "AT-04", "AT-05", "AT-06", "AT-08", "AT-09", "AT-10", "AT-11", "AT-12",
-                "AT-18", "AT-19", "W-1", "W-2")
+                "AT-14", "AT-15", "AT-16", "AT-17", "AT-18", "AT-19", "AT-20", "R-1", "W-1", "W-2")
 
 #: Seeds of ``make chaos`` unless --chaos-seeds (or HAULMESH_CHAOS_SEEDS) says otherwise; the short versions use
 #: the first.

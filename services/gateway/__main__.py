@@ -3,6 +3,9 @@ HTTP listener and the trucks' device listener) and the webhook service (webhooks
 
 import logging
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
 from services.runtime import Service, resolve_redis_url, run_service
 from services.runtime.enrolment import VehicleSigner
 
@@ -72,7 +75,13 @@ def register(service: Service) -> None:
 
     rest = rest_gateway(service, config)
     # Trucks enrol and renew here (rest/enrol.py): with a token on the TMS's listener, with their certificate on theirs.
-    enrolment = Enrolment(signer, lambda: service.redis, rest.limiter, service.audit, service.durable)
+    async def refuse_revoked(der: bytes) -> None:
+        # A renewal gives a new serial: a revoked certificate must never renew into one the deny-list lacks.
+        service.revocations.check_pem(
+            x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM))
+
+    enrolment = Enrolment(signer, lambda: service.redis, rest.limiter, service.audit, service.durable,
+                          certificate_check=refuse_revoked)
     listener = HttpListener(create_app(ready, rest, docs_ui(service, config, rest), enrolment.enrol_routes()),
                             service.config.listen_host, service.config.http_port)
 

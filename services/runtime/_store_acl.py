@@ -89,7 +89,9 @@ class StoreUser:
     def rules(self) -> str:
         """The ACL rules after ``user <name>`` (passwords aside): keys, channels, commands."""
         channels = (*self.channels, "events:doorbell") if self.service else self.channels
-        parts = ["resetkeys", *(f"~{p}" for p in self.key_patterns()), *(f"%R~{p}" for p in self.read_keys),
+        # Every service reads the certificate deny-list (services/runtime/_revocation.py) to refuse revoked peers.
+        read_keys = (*self.read_keys, "revocation:*") if self.service else self.read_keys
+        parts = ["resetkeys", *(f"~{p}" for p in self.key_patterns()), *(f"%R~{p}" for p in read_keys),
                  "resetchannels", *(f"&{c}" for c in channels), *self.commands]
         return " ".join(parts)
 
@@ -117,14 +119,18 @@ STORE_USERS: dict[str, StoreUser] = _users(
                                "kpi-mission:*", "kpi-missions:*", "kpi-tender:*", "kpi-tenders:*"),
               read_keys=("audit:*",), groups=("billing-quote-acceptances", "billing-kpi"),
               idempotent_methods=("CreateRateCard", "CreateQuote")),
-    # services/gateway/webhooks/store.py; the REST door's rate limit counters (limits, key prefix "ratelimit")
+    # services/gateway/webhooks/store.py; the REST door's rate limit counters (limits, key prefix "ratelimit");
+    # the enrolment tokens it consumes (services/runtime/enrolment.py)
     StoreUser("gateway", keys=("webhook:*", "webhooks:*", "webhook-secret:*", "webhook-delivery:*",
                                "webhook-deliveries:*", "webhook-event:*", "webhook-failing:*", "webhook-eta:*",
-                               "ratelimit*"),
+                               "ratelimit*", "enrol:*"),
               groups=("webhooks",), idempotent_methods=("CreateWebhookSubscription",)),
     # The operator's CLI against a shared store: `haulmesh audit verify` (reads every chain), `haulmesh dlq`
     # (lists and replays dead letters into the event streams), `haulmesh report` (the stream registry).
-    StoreUser("operator", keys=("dlq:*", "events:{*}"), read_keys=("audit:*", "events:*"), service=False),
+    # `haulmesh pki revoke` (the deny-list, and its own audit chain), `haulmesh pki enrol-token` (one-time tokens).
+    StoreUser("operator", keys=("dlq:*", "events:{*}", "revocation:*", "enrol:*", "audit:{pki-cli-*",
+                                "audit:chains"),
+              read_keys=("audit:*", "events:*"), service=False),
 )
 
 

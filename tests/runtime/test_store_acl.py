@@ -203,7 +203,7 @@ def test_the_table_covers_every_key_the_services_code_names(service: str) -> Non
 
 #: The runtime's own key families, each in the table's shared patterns (StoreUser.key_patterns).
 RUNTIME_KEY_FAMILIES = {"events", "events:streams", "events:doorbell", "events:done", "events:failures", "dlq",
-                        "idempotency", "audit", "audit:chains", "fsync-probe"}
+                        "idempotency", "audit", "audit:chains", "fsync-probe", "revocation", "enrol"}
 
 
 def test_the_runtime_names_no_key_the_table_does_not_know() -> None:
