@@ -518,8 +518,8 @@ def run_service(service_name: str, policy: Policy,
         if pending is not None:
             await pending
         # What start-up built (modules, descriptors, the app, caches' first entries) lives as long as the process:
-        # out of the collector's reach, a full collection scans only what serving allocates since, which halves
-        # its pause in the gateway (60-100 ms every few seconds under a flood of requests: AT-18, docs/capacity.md).
+        # out of the collector's reach, a full collection scans only what serving allocated since: about half the
+        # gateway's objects under a flood, whose 60-100 ms full collections were AT-18's tail (docs/decisions.md).
         gc.freeze()
         await service.run()
         return service.exit_code
