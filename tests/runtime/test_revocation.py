@@ -3,6 +3,7 @@ client refused at its next call by a real server over real mTLS (docs/security.m
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -17,7 +18,6 @@ from services.runtime import (
     ResourceExhausted,
     RevocationList,
     Service,
-    ServiceConfig,
     connect_async,
     connect_sync,
     free_port,
@@ -29,9 +29,10 @@ from services.runtime import _revocation as revocation
 from services.runtime.cli import main
 from services.tender.server import POLICY
 
-from ..conftest import make_pki, wait_for
+from ..conftest import wait_for
+from .conftest import tender_server_config
 from .refusals import reason_of
-from .test_security import CountingTenders, _issue_server_cert
+from .test_security import CountingTenders
 
 CARRIER = (("haulmesh-carrier", "carriers/carrier-1"),)
 
@@ -105,10 +106,8 @@ async def test_an_unreachable_store_keeps_the_last_list_in_force(client: redis.a
 
 @pytest.fixture
 async def server(tmp_path: Path, store_url: str, client: redis.asyncio.Redis):
-    p = make_pki(tmp_path / "ca")
-    config = ServiceConfig(service_name="tender", listen_host="127.0.0.1", port=free_port(),
-                           tls=_issue_server_cert(p, tmp_path / "server"), state_dir=tmp_path, redis_url=store_url,
-                           grace_period_seconds=0.5, revocation_refresh_seconds=0.1)
+    p, config = tender_server_config(tmp_path, store_url)
+    config = dataclasses.replace(config, revocation_refresh_seconds=0.1)
     service = Service(config, POLICY)
     servicer = CountingTenders()
     service.add(tender_service_pb2_grpc.add_TenderServiceServicer_to_server, servicer,
