@@ -72,7 +72,17 @@ from ._metrics import METRICS_REGISTRY, MetricsEndpoint
 from ._names import VEHICLE_ID, parse_name, resource_id_pattern
 from ._paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, decode_page, next_page_token
 from ._periodic import Periodic, poll_until
-from ._revocation import RevocationList, Revoked, certificate_serial, revoke_certificate, revoked_certificates
+from ._revocation import (
+    Credential,
+    RevocationList,
+    Revoked,
+    certificate_serial,
+    credential_of,
+    revocation_cutoff,
+    revoke_certificate,
+    revoke_identity,
+    revoked_certificates,
+)
 from ._server import Service, run_service
 from ._status import abort, error_info, retry_delay_seconds, status_of, to_rpc_status
 from ._store import EmbeddedStore, cluster_url, connect_async, connect_sync, free_port, resolve_redis_url
@@ -118,6 +128,7 @@ __all__ = [
     "Channels",
     "Collection",
     "ConfigError",
+    "Credential",
     "EmbeddedStore",
     "EventConsumer",
     "FailedPrecondition",
@@ -164,6 +175,7 @@ __all__ = [
     "configure_tracing",
     "connect_async",
     "connect_sync",
+    "credential_of",
     "current_trace_ids",
     "dead_letters",
     "decode_page",
@@ -190,7 +202,9 @@ __all__ = [
     "resolve_redis_url",
     "resource_id_pattern",
     "retry_delay_seconds",
+    "revocation_cutoff",
     "revoke_certificate",
+    "revoke_identity",
     "revoked_certificates",
     "run_service",
     "shutdown_tracing",

@@ -22,7 +22,7 @@ from ._audit import TOKEN_ACTOR_PREFIX, AuditLog, actor_from_metadata
 from ._errors import HaulmeshError, IdentityError, PermissionDenied, Unauthenticated, Unavailable
 from ._identity import _CALLER, KINDS, Identity, caller, identity_from_pem
 from ._retry import is_transient
-from ._revocation import RevocationList
+from ._revocation import Credential, RevocationList
 from ._roles import _GRANT, BILLING_ADMIN, FLEET_OPERATOR, PLATFORM_ADMIN, ROLES, OperatorGrant, grant_from_pem
 from ._rpcmetrics import count_handler_invocation
 from ._status import abort
@@ -217,7 +217,7 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
             _log.warning("refused revoked certificate of %s on %s", identity, method)
             await abort(context, exc)
 
-    def _revoked_on_next_message(self, requests: Any, serial: str) -> Any:
+    def _revoked_on_next_message(self, requests: Any, credential: Credential) -> Any:
         """The request stream, checked against the deny-list before each message is handed on: a certificate
         revoked while its stream is open ends the stream at the next message (the handler sees the error)."""
         revocations = self._revocations
@@ -226,7 +226,7 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
 
         async def checked() -> Any:
             async for message in requests:
-                revocations.check(serial)
+                revocations.check(credential)
                 yield message
 
         return checked()
@@ -285,10 +285,12 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
                 await self._authorize(context, method)
                 revocations = self._revocations
                 try:
-                    serial = revocations.check_peer(context) if revocations is not None else ""
-                    async for response in inner(self._revoked_on_next_message(request, serial), context):
+                    if revocations is not None:
+                        credential = revocations.check_peer(context)
+                        request = self._revoked_on_next_message(request, credential)
+                    async for response in inner(request, context):
                         if revocations is not None:  # a server stream (a watch): at its next message too
-                            revocations.check(serial)
+                            revocations.check(credential)
                         yield response
                 except HaulmeshError as exc:
                     await abort(context, exc)

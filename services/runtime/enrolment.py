@@ -156,8 +156,10 @@ class VehicleSigner:
     def ca_pem(self) -> bytes:
         return self.ca.certificate_pem
 
-    def sign(self, csr_pem: bytes, vehicle: Identity) -> x509.Certificate:
-        """A certificate for ``vehicle`` from its CSR; :class:`InvalidArgument` for a CSR it may not sign."""
+    def sign(self, csr_pem: bytes, vehicle: Identity, *, revoked_until: float | None = None) -> x509.Certificate:
+        """A certificate for ``vehicle`` from its CSR; :class:`InvalidArgument` for a CSR it may not sign.
+        ``revoked_until``: the cut-off of the vehicle's revocation, if any (the certificate is dated after it)."""
         if vehicle.kind != "vehicle":
             raise PermissionDenied(f"{vehicle} is not a vehicle", reason="VEHICLE_CERTIFICATE_REQUIRED")
-        return pki.sign_vehicle_csr(self.ca, csr_pem, vehicle.name, valid_seconds=self.valid_seconds)
+        return pki.sign_vehicle_csr(self.ca, csr_pem, vehicle.name, valid_seconds=self.valid_seconds,
+                                    revoked_until=revoked_until)

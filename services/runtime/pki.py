@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import ipaddress
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,10 +226,13 @@ def check_vehicle_csr(csr_pem: bytes, vehicle_id: str) -> x509.CertificateSignin
 
 
 def sign_vehicle_csr(ca: CertificateAuthority, csr_pem: bytes, vehicle_id: str, *,
-                     valid_seconds: float) -> x509.Certificate:
+                     valid_seconds: float, revoked_until: float | None = None) -> x509.Certificate:
     """Issue a short-lived client/server certificate for the truck ``vehicle_id`` from its CSR (checked by
     :func:`check_vehicle_csr`). Only the key and the identity come from the CSR: every other field (subject,
-    usages, lifetime, serial) is the CA's own, so a CSR cannot ask for more than a vehicle certificate."""
+    usages, lifetime, serial) is the CA's own, so a CSR cannot ask for more than a vehicle certificate.
+
+    ``revoked_until``: the cut-off of the vehicle's revocation (Unix seconds), if it was revoked: the
+    certificate's notBefore is put after it, not backdated before it, or the deny-list would refuse it."""
     if valid_seconds <= 0:
         raise ConfigError("certificate lifetime must be positive", field="valid_seconds")
     csr = check_vehicle_csr(csr_pem, vehicle_id)
@@ -236,7 +240,7 @@ def sign_vehicle_csr(ca: CertificateAuthority, csr_pem: bytes, vehicle_id: str, 
     lifetime = _dt.timedelta(seconds=valid_seconds)
     return (
         _leaf(ca, csr.public_key(), identity.name, lifetime, key_agreement=True,  # type: ignore[arg-type]
-              backdate=min(_MAX_BACKDATE, lifetime / 10))
+              backdate=min(_MAX_BACKDATE, lifetime / 10), not_before_floor=revoked_until)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                        critical=False)
         .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.spiffe_id)]),
@@ -249,10 +253,15 @@ def sign_vehicle_csr(ca: CertificateAuthority, csr_pem: bytes, vehicle_id: str, 
 
 def _leaf(ca: CertificateAuthority, key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey, common_name: str,
           valid: float | _dt.timedelta, *, key_agreement: bool,
-          backdate: _dt.timedelta = _MAX_BACKDATE) -> x509.CertificateBuilder:
-    """What every leaf the CA issues shares: subject, issuer, validity (``backdate`` back for clock skew; ``valid``
-    in days or a timedelta), not a CA, a critical keyUsage of digitalSignature (and keyAgreement for TLS keys)."""
+          backdate: _dt.timedelta = _MAX_BACKDATE,
+          not_before_floor: float | None = None) -> x509.CertificateBuilder:
+    """What every leaf the CA issues shares: subject, issuer, validity (``backdate`` back for clock skew, but
+    never to or before ``not_before_floor``, Unix seconds; ``valid`` in days or a timedelta), not a CA, a critical
+    keyUsage of digitalSignature (and keyAgreement for TLS keys)."""
     now = _now()
+    not_before = now - backdate
+    if not_before_floor is not None:  # notBefore has whole seconds: the next whole second after the floor
+        not_before = max(not_before, _dt.datetime.fromtimestamp(math.floor(not_before_floor) + 1, _dt.UTC))
     public = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey) else key
     lifetime = valid if isinstance(valid, _dt.timedelta) else _dt.timedelta(days=valid)
     return (
@@ -262,7 +271,7 @@ def _leaf(ca: CertificateAuthority, key: ec.EllipticCurvePrivateKey | ec.Ellipti
         .issuer_name(ca.certificate.subject)
         .public_key(public)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - backdate)
+        .not_valid_before(not_before)
         .not_valid_after(now + lifetime)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(

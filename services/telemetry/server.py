@@ -29,7 +29,7 @@ from services.runtime import (
     caller,
     caller_may,
     carrier,
-    certificate_serial,
+    credential_of,
     decode_page,
     next_page_token,
     parse_name,
@@ -163,10 +163,10 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
         current = _peer_key(context)
         keys = await streams.keys(vehicle_id, current)
         session = streams.open(vehicle_id)
-        session.serial = certificate_serial(current.certificate_pem)
+        session.credential = credential_of(current.certificate_pem)
         # Which certificate opened the stream (once per session): a rotation shows as a new serial on reconnect.
         _log.info("vehicle %s session %s: client certificate serial %s", vehicle_id, session.session_id,
-                  session.serial)
+                  session.credential.serial)
         try:  # from here on the stream is registered: whatever fails, the finally below unregisters it
             high_water = await streams.claim(session, hello.boot_id, hello.last_sequence)
             yield stream_pb2.StreamTelemetryResponse(welcome=stream_pb2.Welcome(

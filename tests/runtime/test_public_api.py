@@ -25,7 +25,7 @@ PUBLIC = {
     "Periodic", "PermissionDenied", "PLATFORM_ADMINS", "Policy", "read_json_file", "render_acl_file",
     "replay_dead_letters", "resolve_redis_url",
     "ResourceExhausted", "retry_delay_seconds", "RevocationList", "Revoked", "revoke_certificate",
-    "revoked_certificates", "certificate_serial",
+    "revoked_certificates", "certificate_serial", "Credential", "credential_of", "revocation_cutoff", "revoke_identity",
     "run_service", "Service", "ServiceConfig", "STORE_USERS", "StoreUser", "shutdown_tracing", "signing_key_id",
     "status_of", "STRING_FIELD",
     "tenant_key", "TIME_FIELD", "TimeIndex", "timestamp_ms", "TlsConfig", "TooManyAuditEntries",

@@ -12,17 +12,23 @@ import grpc
 import pytest
 import redis.asyncio
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from haulmesh.tender.v1 import tender_service_pb2, tender_service_pb2_grpc
 from services.runtime import (
+    Credential,
     ResourceExhausted,
     RevocationList,
     Service,
     connect_async,
     connect_sync,
+    credential_of,
     free_port,
     pki,
+    revocation_cutoff,
     revoke_certificate,
+    revoke_identity,
     revoked_certificates,
 )
 from services.runtime import _revocation as revocation
@@ -40,7 +46,7 @@ CARRIER = (("haulmesh-carrier", "carriers/carrier-1"),)
 @pytest.fixture
 async def client(store_client: redis.asyncio.Redis) -> redis.asyncio.Redis:
     """The session's store with no revocations (the list is one per store)."""
-    await store_client.delete(revocation.SERIALS_KEY, revocation.RECORDS_KEY, revocation.GENERATION_KEY)
+    await store_client.delete(*revocation.ALL_KEYS)
     return store_client
 
 
@@ -59,9 +65,58 @@ async def test_a_revocation_is_listed_once_until_its_certificate_expires(client:
     assert await cache.refresh() and "abc" in cache
     assert not await cache.refresh()  # the generation did not move: nothing re-read
     with pytest.raises(Exception) as refused:
-        cache.check("abc")
+        cache.check(Credential("abc", "spiffe://haulmesh.local/vehicle/Y", 0.0))
     assert refused.value.reason == "CERTIFICATE_REVOKED"
-    cache.check("abd")
+    cache.check(Credential("abd", "spiffe://haulmesh.local/vehicle/X", 0.0))
+
+
+async def test_an_identity_revocation_refuses_every_certificate_dated_up_to_its_cutoff(
+        client: redis.asyncio.Redis) -> None:
+    """A stolen truck renews its own short-lived certificates: revoking the vehicle refuses every one dated up to
+    the cut-off whatever its serial, and a certificate the gateway signs afterwards is dated after it."""
+    ca = pki.create_ca()
+    truck, other = pki.identity_for("vehicle", "AU-TRK-7"), pki.identity_for("vehicle", "AU-TRK-8")
+    first, renewed = pki.issue(ca, truck, valid_days=1), pki.issue(ca, truck, valid_days=1)
+    bystander = pki.issue(ca, other, valid_days=1)
+    cache = RevocationList(client)
+    await cache.refresh()
+    until = time.time() + 86400
+    cutoff = await revoke_identity(client, truck.spiffe_id, until=until, reason="stolen", revoked_by="cli:test")
+    assert abs(cutoff - time.time()) < 5  # the store's clock
+    assert await revocation_cutoff(client, truck.spiffe_id) == pytest.approx(cutoff, abs=1e-6)
+    assert await revocation_cutoff(client, other.spiffe_id) is None
+    assert await cache.refresh()
+    for issued in (first, renewed):
+        with pytest.raises(Exception) as refused:
+            cache.check_pem(issued.certificate_pem)
+        assert refused.value.reason == "CERTIFICATE_REVOKED"
+    assert cache.check_pem(bystander.certificate_pem).identity == other.spiffe_id  # another vehicle: untouched
+    # Re-enrolled at once: backdating for clock skew would put it before the cut-off; the floor puts it after.
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+           .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(truck.spiffe_id)]),
+                          critical=True).sign(key, hashes.SHA256()))
+    csr_pem = csr.public_bytes(serialization.Encoding.PEM)
+    backdated = pki.sign_vehicle_csr(ca, csr_pem, "AU-TRK-7", valid_seconds=3600)
+    assert cache.is_revoked(credential_of(backdated.public_bytes(serialization.Encoding.PEM)))
+    fresh = pki.sign_vehicle_csr(ca, csr_pem, "AU-TRK-7", valid_seconds=3600, revoked_until=cutoff)
+    assert fresh.not_valid_before_utc.timestamp() > cutoff
+    cache.check_pem(fresh.public_bytes(serialization.Encoding.PEM))
+    [entry] = await revoked_certificates(client)
+    assert (entry.serial, entry.identity, entry.reason) == ("", truck.spiffe_id, "stolen")
+    assert entry.not_after == pytest.approx(until, abs=1e-3)
+    # Revoking again moves the cut-off: what was issued in between is refused too.
+    assert await revoke_identity(client, truck.spiffe_id, until=until) > cutoff
+    assert await cache.refresh()
+    assert cache.is_revoked(credential_of(fresh.public_bytes(serialization.Encoding.PEM)))
+
+
+async def test_the_identity_list_is_bounded(client: redis.asyncio.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(revocation, "MAX_REVOKED_SERIALS", 1)
+    await revoke_identity(client, "spiffe://haulmesh.local/vehicle/A", until=time.time() + 600)
+    with pytest.raises(ResourceExhausted):
+        await revoke_identity(client, "spiffe://haulmesh.local/vehicle/B", until=time.time() + 600)
+    await revoke_identity(client, "spiffe://haulmesh.local/vehicle/A", until=time.time() + 600)  # listed: moves
 
 
 async def test_an_expired_entry_goes_at_the_next_revocation(client: redis.asyncio.Redis) -> None:
@@ -159,7 +214,7 @@ async def test_a_revoked_certificate_is_refused_at_its_next_call(server, client:
 def cli_env(tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A dev certificate folder and the test store for ``haulmesh``; returns the folder."""
     with connect_sync(store_url) as sync:
-        sync.delete(revocation.SERIALS_KEY, revocation.RECORDS_KEY, revocation.GENERATION_KEY)
+        sync.delete(*revocation.ALL_KEYS)
     certs = tmp_path / "certs"
     assert main(["--cert-dir", str(certs), "pki", "dev-bootstrap"]) == 0
     monkeypatch.setenv("REDIS_URL", store_url)
@@ -168,25 +223,44 @@ def cli_env(tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch) -> 
     return certs
 
 
-def test_pki_revoke_vehicle_lists_its_serial_and_audits_it(cli_env: Path, store_url: str, tmp_path: Path,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    cert = x509.load_pem_x509_certificate((cli_env / "vehicle-AU-TRK-1001.pem").read_bytes())
-    serial = format(cert.serial_number, "x")
+def test_pki_revoke_vehicle_revokes_every_certificate_of_it_and_audits_it(
+        cli_env: Path, store_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pem = (cli_env / "vehicle-AU-TRK-1001.pem").read_bytes()
+    ca = x509.load_pem_x509_certificate((cli_env / "ca.pem").read_bytes())
     assert main(["--cert-dir", str(cli_env), "pki", "revoke", "vehicle", "AU-TRK-1001", "--reason", "stolen"]) == 0
-    assert f"revoked spiffe://haulmesh.local/vehicle/AU-TRK-1001 certificate serial {serial}" in capsys.readouterr().out
-    assert main(["--cert-dir", str(cli_env), "pki", "revoke", "vehicle", "AU-TRK-1001"]) == 0
-    assert "already revoked" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "revoked spiffe://haulmesh.local/vehicle/AU-TRK-1001: every certificate dated up to" in out
+    assert "haulmesh pki enrol-token vehicle AU-TRK-1001" in out
     assert main(["--cert-dir", str(cli_env), "pki", "revoked"]) == 0
     listing = capsys.readouterr().out
-    assert serial in listing and "stolen" in listing and "1 revoked certificate(s)" in listing
+    assert "spiffe://haulmesh.local/vehicle/AU-TRK-1001" in listing and "stolen" in listing
+    assert "0 revoked certificate(s) and 1 revoked identity in force" in listing
     with connect_sync(store_url) as sync:
-        record = json.loads(sync.hget(revocation.RECORDS_KEY, serial))
-        assert record["not_after"] == cert.not_valid_after_utc.timestamp()
+        record = json.loads(sync.hget(revocation.IDENTITY_RECORDS_KEY, "spiffe://haulmesh.local/vehicle/AU-TRK-1001"))
+        assert record["until"] == ca.not_valid_after_utc.timestamp()  # kept while a certificate of the CA verifies
+        assert record["cutoff"] >= credential_of(pem).not_before
         entries = [fields for chain in sync.smembers("audit:chains") if b"pki-cli" in chain
                    for _, fields in sync.xrange(chain)]
-    [audited] = [json.loads(e[b"record"]) for e in entries if f"certificates/{serial}".encode() in e[b"record"]]
+    [audited] = [json.loads(e[b"record"]) for e in entries
+                 if b"spiffe://haulmesh.local/vehicle/AU-TRK-1001" in e[b"record"]]
     assert audited["method"] == "haulmesh pki revoke" and audited["actor"].startswith("cli:")
     assert list((tmp_path / "checkpoints").rglob("*.final.json")), "the revocation's audit entry is not anchored"
+
+
+def test_pki_revoke_serial_reads_a_certificate(cli_env: Path, store_url: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    cert = x509.load_pem_x509_certificate((cli_env / "vehicle-AU-TRK-1001.pem").read_bytes())
+    serial = format(cert.serial_number, "x")
+    args = ["--cert-dir", str(cli_env), "pki", "revoke", "serial", "-", "--cert",
+            str(cli_env / "vehicle-AU-TRK-1001.pem"), "--reason", "lost"]
+    assert main(args) == 0
+    assert f"revoked spiffe://haulmesh.local/vehicle/AU-TRK-1001 certificate serial {serial}" in \
+        capsys.readouterr().out
+    assert main(args) == 0
+    assert "already revoked" in capsys.readouterr().out
+    with connect_sync(store_url) as sync:
+        assert json.loads(sync.hget(revocation.RECORDS_KEY, serial))["not_after"] == \
+            cert.not_valid_after_utc.timestamp()
 
 
 def test_pki_revoke_by_serial_is_bounded_by_the_ca(cli_env: Path, store_url: str) -> None:
@@ -198,12 +272,13 @@ def test_pki_revoke_by_serial_is_bounded_by_the_ca(cli_env: Path, store_url: str
 
 
 @pytest.mark.parametrize(("args", "says"), [
-    (["vehicle", "AU-TRK-9999"], "no certificate"),
-    (["operator", "cli", "--cert", "{certs}/vehicle-AU-TRK-1001.pem"], "not spiffe://haulmesh.local/operator/cli"),
+    (["operator", "cli", "--cert", "{certs}/vehicle-AU-TRK-1001.pem"], "--cert and --identity are for a serial"),
+    (["serial", "abc", "--cert", "{certs}/vehicle-AU-TRK-1001.pem"], "has serial"),
+    (["serial", "-", "--cert", "{certs}/missing.pem"], "cannot read the certificate"),
     (["vehicle", "bad/id"], "must be spiffe://"),
     (["serial", "not-hex"], "hexadecimal"),
     (["serial", "abc", "--not-after", "tomorrow"], "ISO 8601"),
-    (["vehicle", "AU-TRK-1001", "--not-after", "2030-01-01"], "for a serial"),
+    (["vehicle", "AU-TRK-1001", "--not-after", "2001-01-01"], "is past"),
 ])
 def test_pki_revoke_refuses_what_it_cannot_name(cli_env: Path, capsys: pytest.CaptureFixture[str], args: list[str],
                                                 says: str) -> None:

@@ -26,14 +26,20 @@ from services.runtime import (
     STORE_USERS,
     AuditLog,
     EmbeddedStore,
+    RevocationList,
     connect_async,
     free_port,
+    new_id,
     pki,
     render_acl_file,
     replay_dead_letters,
+    revocation_cutoff,
+    revoke_certificate,
+    revoke_identity,
     trim_audit_log,
     verify_audit_log,
 )
+from services.runtime._revocation import ALL_KEYS as ALL_REVOCATION_KEYS
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("tender", "mission", "telemetry", "billing", "gateway")
@@ -364,6 +370,28 @@ async def test_the_operator_user_verifies_the_audit_log_and_replays_dead_letters
     finally:
         await tender.aclose()
         await operator.aclose()
+
+
+async def test_the_operator_revokes_and_every_service_reads_the_list_but_cannot_write_it(
+        acl_store: EmbeddedStore) -> None:
+    """`haulmesh pki revoke` runs as `operator` (its scripts: TIME, the identity records); the gateway reads an
+    identity's cut-off as it signs, every service refreshes the list, and none of them can add to it or clear it."""
+    operator = connect_async(acl_store.user_url("operator"))
+    gateway = connect_async(acl_store.user_url("gateway"))
+    try:
+        vehicle = f"spiffe://haulmesh.local/vehicle/AU-TRK-{new_id()[:8]}"
+        cutoff = await revoke_identity(operator, vehicle, until=time.time() + 600, reason="acl test")
+        await revoke_certificate(operator, "7eadbeef", not_after=time.time() + 600)
+        assert await revocation_cutoff(gateway, vehicle) == cutoff
+        cache = RevocationList(gateway)
+        assert await cache.refresh() and "7eadbeef" in cache
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            await revoke_identity(gateway, vehicle, until=time.time() + 600)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            await gateway.delete(*ALL_REVOCATION_KEYS)
+    finally:
+        await operator.aclose()
+        await gateway.aclose()
 
 
 async def test_a_service_url_of_the_charts_tls_form_works(acl_store: EmbeddedStore, tmp_path: Path) -> None:

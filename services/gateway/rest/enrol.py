@@ -15,8 +15,11 @@ a proto: they are the gateway's own, and not in the published OpenAPI document o
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.runtime import AuditLog, HaulmeshError, Identity, InvalidArgument, pki
+from services.runtime import AuditLog, HaulmeshError, Identity, InvalidArgument, pki, revocation_cutoff
 from services.runtime.enrolment import VehicleSigner, consume_token
 
 from .device import DeviceGateway
@@ -109,7 +112,14 @@ class Enrolment:
 
     async def _issue(self, signer: VehicleSigner, vehicle: Identity, csr: str, *, action: str,
                      presented: str) -> dict[str, str]:
-        certificate = signer.sign(csr.encode(), vehicle)
+        # A vehicle revoked by identity is refused for every certificate dated up to the cut-off: a new one (the
+        # enrolment after the revocation, or a renewal of that) is dated after it, read from the store, not a cache.
+        revoked_until = await revocation_cutoff(self.store(), vehicle.spiffe_id)
+        if revoked_until is not None:
+            # X.509 dates have whole seconds: dated after the cut-off is dated its next second. Within that second of
+            # a revocation, wait for it, so the certificate is valid the moment the truck has it.
+            await asyncio.sleep(min(1.0, max(0.0, math.floor(revoked_until) + 1 - time.time())))
+        certificate = signer.sign(csr.encode(), vehicle, revoked_until=revoked_until)
         serial = format(certificate.serial_number, "x")
         _log.info("vehicle %s %s: presented %s, issued serial %s until %s", vehicle.name, action, presented, serial,
                   certificate.not_valid_after_utc.isoformat(timespec="seconds"))

@@ -26,6 +26,7 @@ import grpc
 from haulmesh.telemetry.v1 import frame_pb2, stream_pb2
 from services.runtime import (
     Aborted,
+    Credential,
     FailedPrecondition,
     HaulmeshError,
     InvalidArgument,
@@ -191,8 +192,8 @@ class Session:
         #: The store names this stream the vehicle's current one. Until then the deliverer leaves it alone:
         #: it would read the vehicle's previous session (or none) and take this stream for replaced.
         self.claimed = False
-        #: Serial of the certificate the truck opened the stream with (ended at once if it is revoked).
-        self.serial = ""
+        #: The certificate the truck opened the stream with (the stream ends at once if it is revoked).
+        self.credential = Credential("", "", float("inf"))
         #: The high-water this stream's submitted batches reach once they all land: each batch is committed
         #: only on top of the previous ones (TelemetryStore.submit ``after``), never over a failed one.
         self.expected_high_water = 0
@@ -232,14 +233,14 @@ class Streams:
         metrics.stream_opened()
         return session
 
-    def end_revoked(self, serials: frozenset[str]) -> None:
+    def end_revoked(self, revocations: RevocationList) -> None:
         """End every open stream whose certificate was just revoked (the runtime's deny-list tells), at once: an
         idle truck sends nothing for the per-message check to see."""
         for session in list(self.sessions.values()):
-            if session.serial in serials:
+            if revocations.is_revoked(session.credential):
                 _log.warning("vehicle %s session %s: certificate %s revoked; ending the stream", session.vehicle_id,
-                             session.session_id, session.serial)
-                session.end(RevocationList.refusal(session.serial))
+                             session.session_id, session.credential.serial)
+                session.end(RevocationList.refusal(session.credential))
 
     async def claim(self, session: Session, boot_id: str, vehicle_last_sequence: int) -> int:
         """Make the stream the vehicle's current one (across replicas); returns the server's high-water mark."""

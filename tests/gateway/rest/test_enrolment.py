@@ -12,11 +12,13 @@ import re
 import ssl
 import stat
 import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from edge_client.certs import EnrolmentError, Renewer, VehicleFiles, enrol, renew, vehicle_csr
@@ -29,13 +31,16 @@ from services.gateway.rest.ratelimit import TenantRateLimiter
 from services.runtime import (
     ConfigError,
     PermissionDenied,
+    RevocationList,
     TlsConfig,
     connect_async,
     connect_sync,
     free_port,
     identity_from_pem,
+    new_id,
     pki,
     poll_until,
+    revoke_identity,
 )
 from services.runtime.enrolment import VehicleSigner, issue_token
 
@@ -290,6 +295,42 @@ async def test_a_certificate_the_check_refuses_never_renews(tmp_path: Path, stor
     assert (caught.value.status, caught.value.reason) == (403, "CERTIFICATE_REVOKED")
     assert refused == [first.serial_number]
     assert files.certificate().serial_number == first.serial_number  # nothing replaced
+
+
+async def test_a_stolen_truck_revoked_by_identity_cannot_renew_and_gets_back_in_only_by_enrolling_again(
+        tmp_path: Path, store_url: str) -> None:
+    """The thief holds the truck and its key, and renewed before the operator noticed: revoking the vehicle (not the
+    serial the operator knew) refuses the renewed certificate too; a new token enrols it again at once, and the
+    gateway dates the new certificate after the cut-off, so the deny-list lets it in (gateway/__main__.py's check)."""
+    store = connect_async(store_url)
+    revocations = RevocationList(store)
+
+    async def deny_list(der: bytes) -> None:
+        revocations.check_pem(x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM))
+
+    g = Gateway(make_pki(tmp_path / "ca"), tmp_path, store_url, valid_seconds=3600, certificate_check=deny_list)
+    await g.start()
+    try:
+        vehicle = f"AU-TRK-{new_id()[:8]}"
+        files = _files(g, tmp_path, vehicle)
+        known = await enrol(g.http_url, files, g.token(vehicle))  # the serial the operator saw
+        renewed = await renew(g.device_url, files)  # the thief's, unknown to the operator
+        assert renewed.serial_number != known.serial_number
+        cutoff = await revoke_identity(store, f"spiffe://haulmesh.local/vehicle/{vehicle}", until=time.time() + 3600)
+        await revocations.refresh()
+        with pytest.raises(EnrolmentError) as caught:
+            await renew(g.device_url, files)
+        assert (caught.value.status, caught.value.reason) == (401, "CERTIFICATE_REVOKED")
+        assert files.certificate().serial_number == renewed.serial_number  # nothing replaced
+        again = await enrol(g.http_url, files, g.token(vehicle))  # at once: backdating would fall before the cut-off
+        assert again.not_valid_before_utc.timestamp() > cutoff
+        await revocations.refresh()
+        revocations.check_pem(again.public_bytes(serialization.Encoding.PEM))
+        after = await renew(g.device_url, files)  # and it renews into one dated after the cut-off too
+        assert after.not_valid_before_utc.timestamp() > cutoff
+    finally:
+        await g.stop()
+        await store.aclose()
 
 
 async def test_the_edge_command_enrols_and_says_why_it_cannot(gateway: Gateway, tmp_path: Path) -> None:

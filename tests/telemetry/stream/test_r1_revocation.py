@@ -29,12 +29,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from haulmesh.telemetry.v1 import telemetry_service_pb2, telemetry_service_pb2_grpc
 from services.runtime import (
     VEHICLE_CERTIFICATE_METADATA_KEY,
+    Credential,
     Mesh,
     RevocationList,
     free_port,
     new_id,
     pki,
     revoke_certificate,
+    revoke_identity,
 )
 from services.runtime.cli import main
 from services.telemetry.config import TelemetryConfig
@@ -226,22 +228,29 @@ async def test_an_idle_stream_ends_when_its_truck_is_revoked(mesh: Mesh, mesh_pk
 
 async def test_the_stream_engine_ends_exactly_the_revoked_streams(store_client: redis.asyncio.Redis) -> None:
     """In process, on the real store: the deny-list's refresh tells telemetry's stream engine, which ends the open
-    streams of the newly revoked serials at once, and only those."""
+    streams of the newly revoked certificates (by serial, or by their identity's cut-off) at once, and only those."""
     config = TelemetryConfig()
     streams = Streams(TelemetryStore(store_client, config), config)
     revocations = RevocationList(store_client)
     revocations.on_revoked(streams.end_revoked)
     await revocations.refresh()
-    stolen, parked = streams.open(f"AU-TRK-{new_id()}"), streams.open(f"AU-TRK-{new_id()}")
-    # Fresh serials (the store's list is shared), written as certificate_serial writes them: no leading zero.
-    stolen.serial, parked.serial = (format(secrets.randbits(72) | 1 << 72, "x") for _ in range(2))
+    stolen, parked, renewed = (streams.open(f"AU-TRK-{new_id()}") for _ in range(3))
+    # Fresh serials and identities (the store's list is shared), serials as certificate_serial writes them.
+    for session in (stolen, parked, renewed):
+        session.credential = Credential(format(secrets.randbits(72) | 1 << 72, "x"),
+                                        f"spiffe://haulmesh.local/vehicle/{session.vehicle_id}", time.time() - 60)
     try:
-        await revoke_certificate(store_client, stolen.serial, not_after=time.time() + 600)
+        await revoke_certificate(store_client, stolen.credential.serial, not_after=time.time() + 600)
         assert await revocations.refresh()
         ended = stolen.outbound.get_nowait()
         assert (ended.code_name, ended.reason) == ("UNAUTHENTICATED", "CERTIFICATE_REVOKED")
+        assert parked.outbound.empty() and renewed.outbound.empty()
+        await revoke_identity(store_client, renewed.credential.identity, until=time.time() + 600)
+        assert await revocations.refresh()
+        ended = renewed.outbound.get_nowait()
+        assert (ended.code_name, ended.reason) == ("UNAUTHENTICATED", "CERTIFICATE_REVOKED")
         assert parked.outbound.empty()
     finally:
-        for session in (stolen, parked):
+        for session in (stolen, parked, renewed):
             await streams.close(session)
         await streams.shutdown()
