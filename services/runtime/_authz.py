@@ -115,7 +115,9 @@ def caller_may(patterns: Iterable[str]) -> bool:
     return _matches(pats, caller(), _GRANT.get())
 
 
-_READ_PREFIXES = ("Get", "List", "Watch", "Check", "Batch", "Search", "ServerReflectionInfo")
+#: AIP read methods (and health's Check, reflection). "BatchGet", not "Batch": a BatchCreate changes state and is
+#: audited and made durable like any write.
+_READ_PREFIXES = ("Get", "List", "Watch", "Check", "BatchGet", "Search", "ServerReflectionInfo")
 
 
 def _is_mutating(method: str) -> bool:

@@ -27,6 +27,7 @@ from services.runtime import (
     pki,
     status_of,
 )
+from services.runtime._authz import _is_mutating
 from services.runtime._store import free_port
 from services.tender.server import POLICY
 
@@ -221,3 +222,17 @@ async def test_client_presents_a_rotated_certificate_without_restart(server, tmp
     finally:
         await channels.close()
     assert servicer.peer_serials == [first.certificate.serial_number, second.certificate.serial_number]
+
+
+@pytest.mark.parametrize(("method", "mutating"), [
+    ("/haulmesh.tender.v1.TenderService/GetTender", False),
+    ("/haulmesh.tender.v1.TenderService/ListTenders", False),
+    ("/haulmesh.telemetry.v1.TelemetryService/WatchVehicleTelemetry", False),
+    ("/haulmesh.mission.v1.MissionService/BatchGetMissions", False),
+    ("/grpc.health.v1.Health/Check", False),
+    ("/haulmesh.tender.v1.TenderService/CreateTender", True),
+    ("/haulmesh.mission.v1.MissionService/RecordCheckIn", True),
+    ("/haulmesh.mission.v1.MissionService/BatchCreateMissions", True),  # a batch write is a write: audited
+])
+def test_reads_are_known_by_their_aip_verb_and_everything_else_is_audited(method: str, mutating: bool) -> None:
+    assert _is_mutating(method) is mutating
