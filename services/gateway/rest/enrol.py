@@ -8,7 +8,8 @@
 
 Both answer ``{"certificate": PEM, "caCertificates": PEM, "serialNumber": hex, "expireTime": RFC 3339}``. Order of
 checks: signer configured (503) → body size (413) → JSON and fields (400) → identity (token or certificate: 401 /
-403) → CSR (400: it must name exactly that vehicle, ECDSA P-256, self-signature valid). On enrolment the CSR is
+403) → CSR (400: it must name exactly that vehicle, ECDSA P-256, self-signature valid); enrolment, anonymous, first
+spends one attempt of a budget shared by every enrolment (429). On enrolment the CSR is
 checked before the token is spent, so a truck whose CSR is wrong keeps its token. Neither route is transcoded from
 a proto: they are the gateway's own, and not in the published OpenAPI document of either listener.
 """
@@ -39,7 +40,7 @@ from .errors import RestError, error_response
 from .ratelimit import TenantRateLimiter
 from .transcode import parse_json_body
 
-__all__ = ["ENROL_PATH", "MAX_ENROL_BODY_BYTES", "RENEW_PATH", "Enrolment"]
+__all__ = ["ANONYMOUS_ENROLMENT_BUDGET", "ENROL_PATH", "MAX_ENROL_BODY_BYTES", "RENEW_PATH", "Enrolment"]
 
 _log = logging.getLogger("haulmesh.gateway.enrol")
 
@@ -48,6 +49,9 @@ RENEW_PATH = "/api/v1/vehicles/{vehicle}:renewCertificate"
 #: A token and a P-256 CSR in JSON are under 1 KiB; 16 KiB leaves room and bounds what an anonymous caller sends.
 MAX_ENROL_BODY_BYTES = 16 * 1024
 _VEHICLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+#: The rate limiter's key of every enrolment attempt (HAULMESH_RATE_LIMIT, shared by the gateway's replicas; a ':'
+#: no carrier id or vehicle key has). Trucks enrol once, at a depot: a fleet never comes near it, a flood hits it.
+ANONYMOUS_ENROLMENT_BUDGET = "enrol:anonymous"
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,9 @@ class Enrolment:
 
     async def _enrol(self, request: Request) -> dict[str, str]:
         signer = self._signer_or_503()
+        # Anonymous: the caller names any vehicle it likes, so the per-vehicle budget alone would not bound a flood.
+        # One budget for every enrolment attempt, spent before the body is read or a CSR's signature checked.
+        await self.limiter.check(ANONYMOUS_ENROLMENT_BUDGET)
         vehicle = _path_vehicle(request)
         body = await _read_body(request, {"token", "csr"})
         pki.check_vehicle_csr(body["csr"].encode(), vehicle.name)  # before the token is spent

@@ -5,6 +5,7 @@ run in-process (no mesh): the routes call no other service."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -20,6 +21,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from limits import RateLimitItem
+from limits import parse as parse_rate_limit
 
 from edge_client.certs import EnrolmentError, Renewer, VehicleFiles, enrol, renew, vehicle_csr
 from services.gateway.config import GatewayConfig
@@ -53,7 +56,7 @@ class Gateway:
     """The two listeners with the enrolment routes, and what a test needs around them."""
 
     def __init__(self, p: Pki, tmp: Path, store_url: str, valid_seconds: int, signer: bool = True,
-                 certificate_check=None) -> None:
+                 certificate_check=None, rate_limit: RateLimitItem | None = None) -> None:
         self.pki = p
         issued = pki.issue(p.ca, pki.identity_for("service", "gateway"), valid_days=1, dns_names=("localhost",),
                            ip_addresses=("127.0.0.1",))
@@ -61,7 +64,8 @@ class Gateway:
         self.tls = TlsConfig(tmp / "gateway" / "ca.pem", cert, key)
         self.store = connect_async(store_url)
         self.sync_store = connect_sync(store_url)
-        self.limiter = TenantRateLimiter.from_config(GatewayConfig(), store_url)
+        config = GatewayConfig() if rate_limit is None else dataclasses.replace(GatewayConfig(), rate_limit=rate_limit)
+        self.limiter = TenantRateLimiter.from_config(config, store_url)
         self.enrolment = Enrolment(VehicleSigner(p.ca, valid_seconds) if signer else None, lambda: self.store,
                                    self.limiter, certificate_check=certificate_check)
         self.http_port, self.device_port = free_port(), free_port()
@@ -331,6 +335,24 @@ async def test_a_stolen_truck_revoked_by_identity_cannot_renew_and_gets_back_in_
     finally:
         await g.stop()
         await store.aclose()
+
+
+async def test_a_flood_of_anonymous_enrolments_for_made_up_vehicles_is_bounded(tmp_path: Path,
+                                                                             store_url: str) -> None:
+    """Every attempt names another vehicle, so no per-vehicle budget ever fills: the one enrolment budget does, and
+    before the body is read (the CSR here is garbage: refused 400 until the budget is spent, 429 after)."""
+    g = Gateway(make_pki(tmp_path / "ca"), tmp_path, store_url, valid_seconds=600,
+                rate_limit=parse_rate_limit("5/minute"))
+    await g.start()
+    try:
+        answers = [await _post(f"{g.http_url}/api/v1/vehicles/AU-FLOOD-{new_id()[:8]}:enrol",
+                               {"token": "hmenrol_" + "A" * 43, "csr": "x"}) for _ in range(12)]
+    finally:
+        await g.stop()
+    refused = [i for i, (_, reason, _) in enumerate(answers) if reason == "RATE_LIMITED"]
+    assert refused and refused[0] <= 5 and refused == list(range(refused[0], 12)), answers
+    assert {answers[i][0] for i in refused} == {429}
+    assert {reason for _, reason, _ in answers[:refused[0]]} <= {"BAD_CSR"}
 
 
 async def test_the_edge_command_enrols_and_says_why_it_cannot(gateway: Gateway, tmp_path: Path) -> None:
