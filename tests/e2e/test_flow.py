@@ -170,8 +170,12 @@ async def _owners_resources(mesh: Mesh, mesh_pki: Pki, http: httpx.AsyncClient, 
 
 
 async def _stream_one_frame(mesh: Mesh, truck: Truck, mission_id: str) -> frame_pb2.SignedFrame:
-    """The truck streams one signed frame of the mission, at a fresh high sequence; returned once acked."""
-    sequence = 1_000_000_000 + uuid.uuid4().int % 1_000_000_000
+    """The truck streams one signed frame of the mission, at a fresh high sequence; returned once acked.
+
+    The sequence is the time in microseconds, so it rises from one call to the next: the truck may be one an earlier
+    call streamed as (dispatch picks the nearest), and a frame at or below its high-water is acked as a duplicate and
+    not stored, leaving the proof DISPUTED (a random sequence did that, in half the reuses: AT-17 in make chaos)."""
+    sequence = time.time_ns() // 1000
     frame = truck.frame(sequence, mission_id=mission_id)
     async with grpc.aio.secure_channel(mesh.address("telemetry"), truck.credentials()) as channel:
         session = Session(channel)
