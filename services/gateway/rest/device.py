@@ -152,7 +152,7 @@ class DeviceGateway(RestGateway):
         vehicle, der = self._vehicle(request)
         self._refuse_revoked(request, vehicle)
         # "vehicle/<id>" cannot collide with a carrier's key: carrier ids have no "/".
-        await self.limiter.check(f"vehicle/{vehicle.name}")
+        await self.limiter.check(f"vehicle/{vehicle.name}", budget="per vehicle")
         body = await self._read_json(request)
         message = build_request(self.api, route, path_vars, body, list(request.query_params.multi_items()))
         return await self._call_unary(route, message, ((VEHICLE_CERTIFICATE_METADATA_KEY, der),))

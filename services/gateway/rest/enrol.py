@@ -95,12 +95,12 @@ class Enrolment:
         signer = self._signer_or_503()
         # Anonymous: the caller names any vehicle it likes, so the per-vehicle budget alone would not bound a flood.
         # One budget for every enrolment attempt, spent before the body is read or a CSR's signature checked.
-        await self.limiter.check(ANONYMOUS_ENROLMENT_BUDGET)
+        await self.limiter.check(ANONYMOUS_ENROLMENT_BUDGET, budget="shared by every enrolment attempt")
         vehicle = _path_vehicle(request)
         body = await _read_body(request, {"token", "csr"})
         pki.check_vehicle_csr(body["csr"].encode(), vehicle.name)  # before the token is spent
         # Per vehicle, the same budget as the truck's other calls: a script retrying in a loop cannot hammer the store.
-        await self.limiter.check(f"vehicle/{vehicle.name}")
+        await self.limiter.check(f"vehicle/{vehicle.name}", budget="per vehicle")
         await consume_token(self.store(), body["token"], vehicle.name)
         return await self._issue(signer, vehicle, body["csr"], action="enrol", presented="token")
 
@@ -112,7 +112,7 @@ class Enrolment:
                             "certificate", reason="VEHICLE_MISMATCH")
         if self.certificate_check is not None:
             await self.certificate_check(der)
-        await self.limiter.check(f"vehicle/{vehicle.name}")
+        await self.limiter.check(f"vehicle/{vehicle.name}", budget="per vehicle")
         body = await _read_body(request, {"csr"})
         presented = format(x509.load_der_x509_certificate(der).serial_number, "x")
         return await self._issue(signer, vehicle, body["csr"], action="renewCertificate", presented=presented)

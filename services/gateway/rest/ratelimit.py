@@ -89,15 +89,16 @@ class TenantRateLimiter:
         if self._pool is not None:
             await self._pool.aclose()
 
-    async def check(self, carrier: str) -> None:
-        """RESOURCE_EXHAUSTED (429 with Retry-After) when ``carrier`` is over its budget."""
+    async def check(self, carrier: str, *, budget: str = "per carrier") -> None:
+        """RESOURCE_EXHAUSTED (429 with Retry-After) when ``carrier`` (or another key: a vehicle's, the enrolment
+        attempts') is over its budget; ``budget`` says whose, in the error."""
         if self.item is None:
             return
         key = f"{{{carrier}}}"
         until = self._refused_until.get(key)
         if until is not None:
             if time.time() < until:  # the store refused it and said so until then: no store trip
-                self._refuse(until)
+                self._refuse(until, budget)
             self._refused_until.pop(key, None)
         try:
             if await self._limiter.hit(self.item, key):
@@ -107,12 +108,12 @@ class TenantRateLimiter:
             _log.warning("rate limit store unavailable, letting the request through: %s", exc)
             return
         self._refused_until[key] = stats.reset_time
-        self._refuse(stats.reset_time)
+        self._refuse(stats.reset_time, budget)
 
-    def _refuse(self, reset_time: float) -> NoReturn:
+    def _refuse(self, reset_time: float, budget: str) -> NoReturn:
         assert self.item is not None
         retry_after = max(1, math.ceil(reset_time - time.time()))
-        raise RestError("RESOURCE_EXHAUSTED", f"rate limit of {self.item} per carrier exceeded",
+        raise RestError("RESOURCE_EXHAUSTED", f"rate limit of {self.item} {budget} exceeded",
                         reason="RATE_LIMITED", metadata={"limit": str(self.item), "retry_after_seconds":
                                                          str(retry_after)},
                         headers={"Retry-After": str(retry_after)})

@@ -352,6 +352,7 @@ async def test_a_flood_of_anonymous_enrolments_for_made_up_vehicles_is_bounded(t
     refused = [i for i, (_, reason, _) in enumerate(answers) if reason == "RATE_LIMITED"]
     assert refused and refused[0] <= 5 and refused == list(range(refused[0], 12)), answers
     assert {answers[i][0] for i in refused} == {429}
+    assert "5 per 1 minute shared by every enrolment attempt exceeded" in answers[refused[0]][2]
     assert {reason for _, reason, _ in answers[:refused[0]]} <= {"BAD_CSR"}
 
 
