@@ -104,8 +104,8 @@ return 1
 
 # Atomic: drop expired identity entries, enforce the bound, (re)set the identity's cut-off to the store's clock (a
 # second revocation moves it: certificates issued since the first are revoked too, those the gateway dated just
-# after the first cut-off included), move the generation. Returns
-# the cut-off as a string (a Lua number would come back truncated to an integer).
+# after the first cut-off included), move the generation. Returns the cut-off as a string (a Lua number would
+# come back truncated to an integer).
 _REVOKE_IDENTITY = """
 local t = redis.call('TIME')
 -- milliseconds: cjson keeps 14 significant digits, so the record and the reply hold the same value
