@@ -107,7 +107,7 @@ def _serial_target(args: argparse.Namespace, directory: Path) -> tuple[str, floa
         except x509.ExtensionNotFound:
             pass
         serial = _normal_serial(format(cert.serial_number, "x"))
-        if args.name not in ("-", serial) and _checked_serial(args.name) != serial:
+        if args.name != "-" and _checked_serial(args.name) != serial:
             raise ConfigError(f"{args.cert} has serial {serial}, not {args.name}", field="cert")
         return serial, cert.not_valid_after_utc.timestamp(), uris[0] if len(uris) == 1 else args.identity
     return _checked_serial(args.name), _until(args, directory), args.identity
