@@ -33,6 +33,7 @@ import hashlib
 import json
 import re
 import struct
+import warnings
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
@@ -524,11 +526,19 @@ def _parse(kind: Any, content: dict[str, bytes], path: str, check: str) -> Any:
 
 def _load_cert(content: dict[str, bytes], path: str, check: str) -> x509.Certificate:
     try:
-        return x509.load_pem_x509_certificate(content[path])
+        pem = content[path]
     except KeyError:
         raise _Failed(check, f"{path} is missing") from None
-    except ValueError:
-        raise _Failed(check, f"{path} is not a PEM certificate") from None
+    # cryptography still parses a few RFC 5280 violations (a serial that is not positive) with only a
+    # deprecation warning; a pack is untrusted input, so what a future release refuses is refused now.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CryptographyDeprecationWarning)
+        try:
+            return x509.load_pem_x509_certificate(pem)
+        except ValueError:
+            raise _Failed(check, f"{path} is not a PEM certificate") from None
+        except CryptographyDeprecationWarning as violation:
+            raise _Failed(check, f"{path} is not an RFC 5280 certificate: {violation}") from None
 
 
 def _load_ca(trusted_ca_pem: bytes | None, content: dict[str, bytes]) -> x509.Certificate:

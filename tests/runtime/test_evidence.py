@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import ssl
 import struct
 import zlib
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -79,6 +81,28 @@ def test_any_change_of_one_byte_fails(pack, inputs, data) -> None:
     value = data.draw(st.integers(0, 255).filter(lambda v: v != pack[offset]))
     changed = pack[:offset] + bytes([value]) + pack[offset + 1:]
     assert not _verify(changed, inputs).ok
+
+
+def _with_negative_serial(pem: bytes) -> bytes:
+    """``pem`` with its serial's sign bit set: what a one-bit flip of a random serial can make."""
+    cert = x509.load_pem_x509_certificate(pem)
+    der = cert.public_bytes(serialization.Encoding.DER)
+    serial = cert.serial_number.to_bytes((cert.serial_number.bit_length() + 7) // 8, "big")
+    assert serial[0] < 0x80 and der.count(b"\x02" + bytes([len(serial)]) + serial) == 1
+    at = der.index(serial)
+    der = der[:at] + bytes([serial[0] | 0x80]) + der[at + 1:]
+    return ssl.DER_cert_to_PEM_cert(der).encode()
+
+
+def test_a_certificate_cryptography_only_warns_about_is_refused(pack, inputs) -> None:
+    """A non-positive serial parses with a deprecation warning; the verifier names it instead of passing it on."""
+    for path, check in (("certs/ca.pem", "seal"), ("certs/evidence.pem", "seal")):
+        changed = _repack(pack, lambda ms, path=path: [(n, _with_negative_serial(d) if n == path else d)
+                                                       for n, d in ms])
+        result = _verify(changed, inputs)
+        assert result.failure.name == check, result.report()
+        assert f"{path} is not an RFC 5280 certificate" in result.failure.detail
+        assert "serial" in result.failure.detail
 
 
 def test_truncated_or_extended_files_fail(pack, inputs) -> None:
