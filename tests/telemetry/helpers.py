@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -86,6 +88,20 @@ def session_archive(redis_url: str) -> Path:
     return _SESSION_ARCHIVES[redis_url]
 
 
+def free_metrics_port(workers: int) -> int:
+    """A port for HAULMESH_METRICS_PORT with the next ``workers - 1`` ports free too (worker i serves on port + i)."""
+    while True:
+        port = free_port()
+        try:
+            with contextlib.ExitStack() as held:
+                for index in range(1, workers):
+                    probe = held.enter_context(socket.socket())
+                    probe.bind(("127.0.0.1", port + index))
+            return port
+        except OSError:
+            continue
+
+
 class TelemetryProcess:
     """``python -m services.telemetry`` as a child process of the test, on a free port."""
 
@@ -123,6 +139,30 @@ class TelemetryProcess:
     def pid(self) -> int:
         assert self.process is not None
         return self.process.pid
+
+    def worker_pids(self) -> list[int]:
+        """The processes serving the port: with HAULMESH_WORKERS > 1 the supervising parent's children, else it."""
+        if int(self._env.get("HAULMESH_WORKERS", "1")) <= 1:
+            return [self.pid]
+        return sorted(int(p) for p in Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split())
+
+    def listening_workers(self) -> list[int]:
+        """The worker pids that hold a listening socket on the gRPC port (from /proc: a worker's socket inode in
+        LISTEN state on the port), so a test knows the kernel can hand each of them connections."""
+        listening: set[str] = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with contextlib.suppress(FileNotFoundError), open(table) as rows:
+                for row in list(rows)[1:]:
+                    fields = row.split()
+                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == self.port:
+                        listening.add(f"socket:[{fields[9]}]")
+        holders = []
+        for pid in self.worker_pids():
+            with contextlib.suppress(FileNotFoundError):
+                sockets = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+                if sockets & listening:
+                    holders.append(pid)
+        return holders
 
     async def kill(self) -> None:
         """SIGKILL: no shutdown code runs."""

@@ -16,11 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.runtime import ConfigError, ServiceConfig, free_port
 from tests.conftest import Pki, wait_for
 
-from ..helpers import TelemetryProcess, Truck, close_streams, open_streams
-
-
-def _children(pid: int) -> set[int]:
-    return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+from ..helpers import TelemetryProcess, Truck, close_streams, free_metrics_port, open_streams
 
 
 def _listening(port: int) -> bool:
@@ -38,19 +34,13 @@ def _streams_served(port: int) -> float:
 
 async def test_two_workers_share_the_port_and_a_killed_one_comes_back(mesh_pki: Pki, store_url: str,
                                                                       tmp_path: Path) -> None:
-    metrics_port = free_port()
-    while True:  # worker 1 serves its metrics on the next port up: both must be free
-        try:
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", metrics_port + 1))
-            break
-        except OSError:
-            metrics_port = free_port()
+    metrics_port = free_metrics_port(2)
     process = TelemetryProcess(mesh_pki.directory, tmp_path, store_url, HAULMESH_WORKERS="2",
                                HAULMESH_METRICS_PORT=str(metrics_port))
     await process.start(mesh_pki.credentials("operator", "probe"))
     try:
-        workers = await wait_for(lambda: (lambda c: c if len(c) == 2 else None)(_children(process.pid)),
+        # Both workers listening on the gRPC port (else the kernel hands every connection to the one that is).
+        workers = await wait_for(lambda: (lambda c: c if len(c) == 2 else None)(set(process.listening_workers())),
                                  timeout_seconds=30)
         for port in (metrics_port, metrics_port + 1):  # both workers up (each serves its metrics before gRPC)
             await wait_for(lambda port=port: _listening(port), timeout_seconds=30)
@@ -64,7 +54,7 @@ async def test_two_workers_share_the_port_and_a_killed_one_comes_back(mesh_pki: 
         victim = sorted(workers)[0]
         os.kill(victim, signal.SIGKILL)
         replaced = await wait_for(lambda: (lambda c: c if len(c) == 2 and victim not in c else None)(
-            _children(process.pid)), timeout_seconds=30)
+            set(process.worker_pids())), timeout_seconds=30)
         # The port kept serving through the loss, and serves on both workers again.
         opened = await open_streams(process, [Truck.mint(mesh_pki.ca) for _ in range(4)])
         await close_streams(opened)
