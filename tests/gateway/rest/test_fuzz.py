@@ -100,11 +100,11 @@ async def test_schemathesis_every_operation_every_check(base_url: str, token, tm
     assert operations["tested"] == operations["selected"] == operations["total"] >= 29, operations
 
 
-@pytest.mark.chaos
+@pytest.mark.chaos(seeds=1)  # make fuzz is the long run (200 examples); one seed here keeps make chaos in budget
 async def test_at19_rest_fuzz_full(base_url: str, token, tmp_path: Path, chaos_seed: int, chaos_record) -> None:
-    """AT-19's REST half in ``make chaos``: the same run, CHAOS_EXAMPLES per operation and phase per seed (stateful
-    on); 0 failures. Measured (2026-12-02, 100 examples, loaded 2-core machine): 39-56 s a seed, 144 s for the three
-    seeds with the mesh's start, within its ~4 min budget."""
+    """AT-19's REST half in ``make chaos``: the same run, CHAOS_EXAMPLES per operation and phase (stateful on); 0
+    failures. Measured (2026-12-03, 100 examples, quiet 2-core machine): 155-158 s a seed since the fuzzer keeps
+    under the carrier's rate limit (FUZZ_REQUESTS_PER_SECOND), so once, on the first seed."""
     started = time.monotonic()
     returncode, data, text = await _schemathesis(base_url, token, tmp_path, CHAOS_EXAMPLES, chaos_seed, 600)
     chaos_record("AT-19", target="rest", examples_per_operation=CHAOS_EXAMPLES, exit_status=returncode,
