@@ -269,8 +269,8 @@ async def slow_store_under_trucks(mesh_pki: Pki, tmp_path: Path, fault_proxy, se
     memory bound is per process: the peak is the highest any worker reached.
 
     On a store of its own: the session's holds every earlier test's frames (an earlier seed's 250,000 among them),
-    whose AOF rewrites and fsyncs the acks here would wait behind, and whose vehicles the workers' periodic jobs
-    walk; the recovery measured would be the store's history's, not this process's."""
+    and its size (AOF rewrites the acks' fsyncs share the disk with, vehicles the workers' periodic jobs walk)
+    would be part of what the recovery measures."""
     store = EmbeddedStore(tmp_path / "store")
     store_url = (await asyncio.to_thread(store.ensure_running)).url
     try:
