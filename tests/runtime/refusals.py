@@ -161,14 +161,21 @@ def _request_iterator(message: object) -> AsyncIterator[object]:
 
 
 async def call(channel: grpc.aio.Channel, path: str, method: MethodDescriptor, *,
-               deadline_seconds: float = 10.0) -> str:
+               deadline_seconds: float = 10.0, refused: bool = False) -> str:
     """Call ``path`` once with an empty request (one message for a client stream); returns "OK" or the error's
-    ``CODE REASON`` (REASON from the google.rpc.Status ErrorInfo, empty when there is none)."""
+    ``CODE REASON`` (REASON from the google.rpc.Status ErrorInfo, empty when there is none).
+
+    ``refused``: the call is expected to be refused, and a client stream then sends no message. A refusal comes
+    when the call opens, before any message is read, and grpcio's asyncio client reports a write that fails
+    because the server already ended the call as ``INTERNAL`` in place of the server's status (grpc/grpc#36066,
+    fix open as grpc/grpc#43486): writing would race the refusal. A call wrongly let through still shows: its
+    handler waits for a message until the deadline (DEADLINE_EXCEEDED) and counts an invocation."""
     request = GetMessageClass(method.input_type)()
     serialize, deserialize = (lambda m: m.SerializeToString()), (lambda b: b)
+    requests = None if refused else _request_iterator(request)
     try:
         if method.client_streaming and method.server_streaming:
-            stream = channel.stream_stream(path, serialize, deserialize)(_request_iterator(request), metadata=CARRIER,
+            stream = channel.stream_stream(path, serialize, deserialize)(requests, metadata=CARRIER,
                                                                          timeout=deadline_seconds)
             async for _ in stream:
                 pass
@@ -177,7 +184,7 @@ async def call(channel: grpc.aio.Channel, path: str, method: MethodDescriptor, *
                                                                                 timeout=deadline_seconds):
                 pass
         elif method.client_streaming:
-            await channel.stream_unary(path, serialize, deserialize)(_request_iterator(request), metadata=CARRIER,
+            await channel.stream_unary(path, serialize, deserialize)(requests, metadata=CARRIER,
                                                                      timeout=deadline_seconds)
         else:
             await channel.unary_unary(path, serialize, deserialize)(request, metadata=CARRIER,

@@ -107,7 +107,7 @@ async def _attack(address: str, name: str, credentials: Credentials) -> tuple[in
                 channel = channels.get(id(creds))
                 if channel is None:
                     channel = channels[id(creds)] = grpc.aio.secure_channel(address, creds)
-                outcome = await call(channel, path, method)
+                outcome = await call(channel, path, method, refused=True)
                 calls += 1
                 if not refused_as_expected(attack, outcome):
                     failures.append(f"{name} {path} {attack}: {outcome}")
