@@ -271,7 +271,7 @@ async def test_at15_rotation_under_load_short(tmp_path: Path, chaos_seed: int) -
     _check(figures, rigs, extra, min_renewals=2)
 
 
-@pytest.mark.chaos(seeds=1)  # one run is 3 minutes, 45 rotations probed at seeded moments: once keeps make chaos in budget
+@pytest.mark.chaos(seeds=1)  # a run is 3 min, 45 rotations probed at seeded moments: once keeps make chaos in budget
 @pytest.mark.chaos_id("AT-15")
 async def test_at15_rotation_under_load(tmp_path: Path, chaos_seed: int, chaos_record) -> None:
     # The seed's 5 minutes every hour, scaled: every 4 s for 3 minutes, 5 trucks, REST at 10/s.
