@@ -429,6 +429,30 @@ def connect_sync(url: str, *, socket_timeout_seconds: float = 30.0) -> redis.Red
     return redis.Redis.from_url(url, socket_timeout=socket_timeout_seconds)
 
 
+class _StaysClosedPool(redis.asyncio.BlockingConnectionPool):
+    """A blocking pool that stays closed once its client is. redis-py's reopens on demand: a task still running
+    when its client was closed (shutdown's stragglers) would open a connection nothing ever closes again, its
+    socket left to the garbage collector. Here a command after the close fails as a connection error (a
+    transient fault to the loops that retry, whose stop is under way) and opens nothing; a connection handed
+    back after the close is closed."""
+
+    _closed = False
+
+    async def get_connection(self, *args: object, **kwargs: object) -> redis.asyncio.connection.AbstractConnection:
+        if self._closed:
+            raise redis.ConnectionError("the store client is closed")
+        return await super().get_connection(*args, **kwargs)
+
+    async def release(self, connection: redis.asyncio.connection.AbstractConnection) -> None:
+        await super().release(connection)
+        if self._closed:
+            await connection.disconnect()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await super().aclose()
+
+
 def connect_async(url: str, *, socket_timeout_seconds: float = 5.0, max_connections: int = 256) -> redis.asyncio.Redis:
     """An asyncio Redis client with bounded timeouts (bytes in, bytes out).
 
@@ -443,7 +467,7 @@ def connect_async(url: str, *, socket_timeout_seconds: float = 5.0, max_connecti
             seed, max_connections=max_connections, node_max_connections=max(8, max_connections // 4),
             socket_timeout=socket_timeout_seconds, socket_connect_timeout=socket_timeout_seconds,
             health_check_interval=30)
-    pool = redis.asyncio.BlockingConnectionPool.from_url(
+    pool = _StaysClosedPool.from_url(
         url,
         max_connections=max_connections,
         timeout=socket_timeout_seconds,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 import redis
 
-from services.runtime import ConfigError, EmbeddedStore, resolve_redis_url
+from services.runtime import ConfigError, EmbeddedStore, connect_async, new_id, resolve_redis_url
 
 
 def _client(url: str) -> redis.Redis:
@@ -60,3 +61,22 @@ async def test_replica_acks_wait_for_replicas_that_are_not_there(store_client) -
     assert await wait_durable(store_client, ["replica-acks"], 1000)
     assert not await wait_durable(store_client, ["replica-acks"], 100, replicas=1)
     assert not await wait_durable(store_client, ["replica-acks"], 100, replicas=1, replica_disk=False)
+
+
+async def test_a_closed_client_opens_no_connection_again(store_url: str) -> None:
+    """A task still running when its client is closed (a commit loop, a consumer a test forgot) must not open a
+    connection that nothing will ever close: redis-py's pool would open one on demand and keep it, and its socket
+    is then found unclosed by the garbage collector at random, much later (once: at the end of the test run).
+    The runtime's pool stays closed: a command after the close fails as a connection error, opening nothing, and
+    a command in flight at the close leaves nothing open either."""
+    client = connect_async(store_url)
+    await client.ping()
+    blocked = asyncio.create_task(client.blpop([f"nothing-{new_id()}"], timeout=2))
+    await asyncio.sleep(0.2)  # the BLPOP is on the wire
+    await client.aclose()
+    with pytest.raises(redis.ConnectionError):
+        await blocked
+    with pytest.raises(redis.ConnectionError, match="closed"):
+        await client.set("after-close", b"1")
+    pool = client.connection_pool
+    assert [c for c in (*pool._available_connections, *pool._in_use_connections) if c.is_connected] == []

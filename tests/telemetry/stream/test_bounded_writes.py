@@ -144,6 +144,7 @@ async def test_command_acks_with_an_unknown_outcome_are_refused_unstored(store_c
     finally:
         await streams.close(session)
         await streams.shutdown()
+        await store.close()
 
 
 async def test_a_command_queued_longer_than_its_issued_marker_is_still_answered(
@@ -178,3 +179,4 @@ async def test_a_command_queued_longer_than_its_issued_marker_is_still_answered(
     finally:
         await streams.close(session)
         await streams.shutdown()
+        await store.close()

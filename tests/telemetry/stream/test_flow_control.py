@@ -134,7 +134,8 @@ async def test_a_truck_that_reads_no_responses_stops_being_read(store_client: re
     as OUT_OF_ORDER before any signature check."""
     config = TelemetryConfig(max_batch_frames=BATCH, max_inflight_frames_per_stream=PER_STREAM,
                              max_inflight_frames_per_process=PER_PROCESS, max_outbound_messages_per_stream=64)
-    streams = Streams(TelemetryStore(store_client, config), config)
+    store = TelemetryStore(store_client, config)
+    streams = Streams(store, config)
     taken = 0
 
     async def truck_sends():
@@ -163,6 +164,7 @@ async def test_a_truck_that_reads_no_responses_stops_being_read(store_client: re
     finally:
         await streams.close(session)
         await streams.shutdown()
+        await store.close()
 
 
 async def test_a_stream_cancelled_while_its_batch_is_verified_gives_its_credits_back(
@@ -170,7 +172,8 @@ async def test_a_stream_cancelled_while_its_batch_is_verified_gives_its_credits_
     """A truck that disconnects while a large batch of its is being verified (on the verifier threads) must not
     keep that batch's credits: otherwise reconnects in a replay fill the process's bound and every stream waits."""
     config = TelemetryConfig()
-    streams = Streams(TelemetryStore(store_client, config), config)
+    store = TelemetryStore(store_client, config)
+    streams = Streams(store, config)
     if streams._verifiers is None:  # one core: the test needs verification on a thread to cancel it there
         streams._verifiers = ThreadPoolExecutor(2, "verify")
     started, release = threading.Event(), threading.Event()
@@ -200,6 +203,7 @@ async def test_a_stream_cancelled_while_its_batch_is_verified_gives_its_credits_
         if not session.closed.is_set():
             await streams.close(session)
         await streams.shutdown()
+        await store.close()
 
 
 def test_bounds_must_hold_a_batch_and_a_stream() -> None:
@@ -345,3 +349,4 @@ async def test_after_a_failed_commit_the_streams_next_batch_is_refused_not_acked
     finally:
         await streams.close(session)
         await streams.shutdown()
+        await store.close()

@@ -230,7 +230,8 @@ async def test_the_stream_engine_ends_exactly_the_revoked_streams(store_client: 
     """In process, on the real store: the deny-list's refresh tells telemetry's stream engine, which ends the open
     streams of the newly revoked certificates (by serial, or by their identity's cut-off) at once, and only those."""
     config = TelemetryConfig()
-    streams = Streams(TelemetryStore(store_client, config), config)
+    store = TelemetryStore(store_client, config)
+    streams = Streams(store, config)
     revocations = RevocationList(store_client)
     revocations.on_revoked(streams.end_revoked)
     await revocations.refresh()
@@ -254,3 +255,4 @@ async def test_the_stream_engine_ends_exactly_the_revoked_streams(store_client: 
         for session in (stolen, parked, renewed):
             await streams.close(session)
         await streams.shutdown()
+        await store.close()

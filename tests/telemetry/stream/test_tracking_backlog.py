@@ -211,6 +211,7 @@ async def test_streams_stop_reading_while_the_tracking_backlog_is_at_its_bound(
         await streams.close(session)
         await streams.shutdown()
         await tracking.close()
+        await store.close()
 
 
 
@@ -230,6 +231,7 @@ async def test_ingest_is_refused_while_the_tracking_backlog_is_full(store_client
     finally:
         await streams.shutdown()
         await tracking.close()
+        await store.close()
 
 
 async def test_a_rounds_frames_stay_counted_until_its_events_are_published(store_client: redis.asyncio.Redis) -> None:
