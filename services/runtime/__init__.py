@@ -17,7 +17,7 @@ from ._audit import trim as trim_audit_log
 from ._audit import verify as verify_audit_log
 from ._authz import BILLING_ADMINS, FLEET_OPERATORS, PLATFORM_ADMINS, Policy, caller_may
 from ._client import Channels
-from ._cluster import wait_durable
+from ._cluster import ClusterClient, confirmed_durable, queue_durable_wait, wait_durable
 from ._config import (
     DEFAULT_PORTS,
     MESH_SERVICES,
@@ -126,6 +126,7 @@ __all__ = [
     "AuditLog",
     "CertificateFiles",
     "Channels",
+    "ClusterClient",
     "Collection",
     "ConfigError",
     "Credential",
@@ -173,6 +174,7 @@ __all__ = [
     "check_health",
     "cluster_url",
     "configure_tracing",
+    "confirmed_durable",
     "connect_async",
     "connect_sync",
     "credential_of",
@@ -196,6 +198,7 @@ __all__ = [
     "parse_filter",
     "parse_name",
     "poll_until",
+    "queue_durable_wait",
     "read_json_file",
     "render_acl_file",
     "replay_dead_letters",

@@ -27,7 +27,7 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterNode
 from redis.exceptions import RedisClusterException
 
-__all__ = ["ClusterClient", "wait_all_durable", "wait_durable"]
+__all__ = ["ClusterClient", "confirmed_durable", "queue_durable_wait", "wait_all_durable", "wait_durable"]
 
 #: Lifetime of the probe key a durable wait writes (see :func:`wait_durable`).
 _PROBE_TTL_MS = 60_000
@@ -153,17 +153,36 @@ async def wait_durable(client: redis.asyncio.Redis, keys: Iterable[str], timeout
 
     async def one(node_client: redis.asyncio.Redis, key: str) -> bool:
         pipe = node_client.pipeline(transaction=False)
-        pipe.set(_probe_key(key), b"1", px=_PROBE_TTL_MS)
-        if replicas and not replica_disk:
-            pipe.execute_command("WAIT", replicas, timeout_ms)
-            pipe.execute_command("WAITAOF", 1, 0, timeout_ms)
-            _, copies, (local, _) = await pipe.execute()
-        else:
-            pipe.execute_command("WAITAOF", 1, replicas, timeout_ms)
-            _, (local, copies) = await pipe.execute()
-        return int(local) >= 1 and int(copies) >= replicas
+        queue_durable_wait(pipe, key, timeout_ms, replicas=replicas, replica_disk=replica_disk)
+        return confirmed_durable(await pipe.execute(), replicas=replicas, replica_disk=replica_disk)
 
     return all(await asyncio.gather(*(one(c, k) for c, k in targets.values())))
+
+
+def queue_durable_wait(pipe: Any, key: str, timeout_ms: int, *, replicas: int = 0, replica_disk: bool = True) -> int:
+    """Queue :func:`wait_durable`'s probe and wait for one store (not a cluster) at the end of ``pipe``, behind
+    the writes queued before them: one round trip for the writes and their durability. Returns how many replies
+    they add (read them with :func:`confirmed_durable`)."""
+    pipe.set(_probe_key(key), b"1", px=_PROBE_TTL_MS)
+    if replicas and not replica_disk:
+        pipe.execute_command("WAIT", replicas, timeout_ms)
+        pipe.execute_command("WAITAOF", 1, 0, timeout_ms)
+        return 3
+    pipe.execute_command("WAITAOF", 1, replicas, timeout_ms)
+    return 2
+
+
+def confirmed_durable(replies: list[Any], *, replicas: int = 0, replica_disk: bool = True) -> bool:
+    """Whether the replies of :func:`queue_durable_wait`'s commands confirm the fsync (and the replicas); a
+    reply that is an error (a pipeline run with ``raise_on_error=False``) is raised."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    if replicas and not replica_disk:
+        _, copies, (local, _) = replies
+    else:
+        _, (local, copies) = replies
+    return int(local) >= 1 and int(copies) >= replicas
 
 
 async def wait_all_durable(client: redis.asyncio.Redis, timeout_ms: int, *, replicas: int = 0,

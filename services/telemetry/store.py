@@ -65,7 +65,15 @@ from redis.asyncio.client import Pipeline
 
 from haulmesh.events.v1 import event_pb2
 from haulmesh.telemetry.v1 import stream_pb2
-from services.runtime import Unavailable, add_event, transact, wait_durable
+from services.runtime import (
+    ClusterClient,
+    Unavailable,
+    add_event,
+    confirmed_durable,
+    queue_durable_wait,
+    transact,
+    wait_durable,
+)
 
 from . import metrics
 from .config import TelemetryConfig
@@ -388,6 +396,7 @@ class TelemetryStore:
     async def _commit_loop(self) -> None:
         assert self._queue is not None and self._inflight is not None
         loop = asyncio.get_running_loop()
+        one_store = not isinstance(self._redis, ClusterClient)
         while True:
             group = [await self._queue.get()]
             # Group commit: whatever else arrives within the window rides the same pipeline and fsync wait.
@@ -397,18 +406,26 @@ class TelemetryStore:
             while not self._queue.empty():
                 group.append(self._queue.get_nowait())
             try:
-                results = await self._write(group)
-            except Exception as exc:  # store down: nothing of this group is acknowledged
+                # One store: the writes and their fsync wait in one pipeline, one round trip; the next group is
+                # what arrived meanwhile, so a slower fsync makes bigger groups rather than more waits.
+                results = await self._write(group, durable=one_store)
+            except Exception as exc:  # store down, or the fsync unconfirmed: nothing of this group is acknowledged
                 _fail(group, exc)
                 continue
-            # Writes of the next group go out while this one waits for its fsync; a later WAITAOF returning
-            # implies every earlier write is on disk too, and each stream acks its batches in order.
+            if one_store:
+                self._settle(group, results)
+                continue
+            # A cluster: the writes went to several primaries, each gets its own probe and wait. Writes of the
+            # next group go out while this one waits for its fsync; a later WAITAOF returning implies every
+            # earlier write is on disk too, and each stream acks its batches in order.
             await self._inflight.acquire()
             task = loop.create_task(self._await_durable(group, results))
             self._waits.add(task)
             task.add_done_callback(self._waits.discard)
 
-    async def _write(self, group: list[_Pending]) -> list[object]:
+    async def _write(self, group: list[_Pending], *, durable: bool) -> list[object]:
+        """Run the group's commit scripts; ``durable``: with the fsync wait behind them on the same connection
+        (one store only), which covers them and anything applied before. Each batch's reply and receive time."""
         receive_ms = int(time.time() * 1000)
         calls = []
         for item in group:
@@ -419,6 +436,7 @@ class TelemetryStore:
                 args += [frame.sequence, frame.payload_bytes, frame.signature, frame.key_id]
             calls.append((_k(item.vehicle_id, "frames"), _k(item.vehicle_id, "counters"),
                           _k(item.vehicle_id, "archive"), *args))
+        timeout_ms = int(self.config.durable_timeout_seconds * 1000)
         # EVALSHA directly rather than through redis-py's Script on a pipeline, which asks SCRIPT EXISTS before
         # every execution: a round trip per group. A store that lost its script cache (restarted) answers
         # NOSCRIPT to every call of the group, none of which ran, so loading it and sending them again is safe.
@@ -426,12 +444,18 @@ class TelemetryStore:
             pipe = self._redis.pipeline(transaction=False)
             for call in calls:
                 pipe.evalsha(self._commit_sha, 3, *call)
+            if durable:
+                queue_durable_wait(pipe, calls[0][0], timeout_ms, replicas=self._ack_replicas,
+                                   replica_disk=self._ack_replica_disk)
             raw = await pipe.execute(raise_on_error=False)
-            if attempt == 1 and any(isinstance(r, redis.exceptions.NoScriptError) for r in raw):
+            if attempt == 1 and any(isinstance(r, redis.exceptions.NoScriptError) for r in raw[:len(calls)]):
                 self._commit_sha = await self._redis.script_load(_COMMIT_LUA)
                 continue
             break
-        return [(reply, receive_ms) for reply in raw]
+        if durable and not confirmed_durable(raw[len(calls):], replicas=self._ack_replicas,
+                                             replica_disk=self._ack_replica_disk):
+            raise Unavailable("store did not confirm the fsync in time; frames not acknowledged", reason="NOT_DURABLE")
+        return [(reply, receive_ms) for reply in raw[:len(calls)]]
 
     async def _await_durable(self, group: list[_Pending], results: list[object]) -> None:
         assert self._inflight is not None
@@ -447,6 +471,10 @@ class TelemetryStore:
             return
         finally:
             self._inflight.release()
+        self._settle(group, results)
+
+    def _settle(self, group: list[_Pending], results: list[object]) -> None:
+        """Complete each batch of a durable group with what the store did with its frames."""
         durable_at = time.time()
         stored_total = duplicates_total = gaps_total = 0
         ages: list[float] = []
