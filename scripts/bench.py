@@ -33,6 +33,7 @@ from pathlib import Path
 import grpc
 import httpx
 from bench_audit import run_audit_bench
+from bench_grpc_floor import grpc_floor
 from bench_reference import start_reference
 from bench_telemetry import cpu_seconds, run_telemetry_bench
 from bench_yardsticks import ecdsa_verify_us, ratios, report_lines
@@ -218,9 +219,10 @@ async def run(args: argparse.Namespace) -> dict:
         telemetry["settle_seconds_before_telemetry"] = round(settled, 1)
     finally:
         await mesh.stop(stop_store=True)
-    reference = await run_reference(args)  # the mesh stopped: its cores free
+    floor = await grpc_floor()  # the mesh stopped: its cores free
+    reference = await run_reference(args)
     audit = await run_audit_bench(STATE / "audit", entries=args.audit_entries)
-    figures = {**telemetry, **audit, **reference,
+    figures = {**telemetry, **floor, **audit, **reference,
         "ecdsa_verify_us": round(statistics.median(verify_samples), 2),
         "ecdsa_verify_us_samples": [round(v, 2) for v in verify_samples],
         "tender_create_p50_ms": round(steady["p50_ms"], 2),

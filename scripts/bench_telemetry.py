@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from haulmesh.telemetry.v1 import frame_pb2, stream_pb2, telemetry_service_pb2, telemetry_service_pb2_grpc
 from services.runtime import Mesh, certificate_key_id, pki
 
-__all__ = ["run_telemetry_bench"]
+__all__ = ["drive_1hz", "drive_live", "make_trucks", "run_telemetry_bench"]
 
 @dataclass
 class Truck:
@@ -48,7 +48,8 @@ class Truck:
                                      signature=self.issued.private_key.sign(raw, ec.ECDSA(hashes.SHA256())))
 
 
-def _trucks(ca: pki.CertificateAuthority, count: int, prefix: str) -> list[Truck]:
+def make_trucks(ca: pki.CertificateAuthority, count: int, prefix: str) -> list[Truck]:
+    """``count`` bench trucks of ``ca``, each with its own certificate (vehicle ids PREFIX-00000 ...)."""
     trucks = []
     for i in range(count):
         vehicle_id = f"{prefix}-{i:05d}"
@@ -117,21 +118,23 @@ class Session:
         self._call.cancel()
 
 
-async def _open_sessions(mesh: Mesh, trucks: list[Truck]) -> tuple[list[Session], list[grpc.aio.Channel]]:
+async def _open_sessions(address: str | Mesh, trucks: list[Truck]) -> tuple[list[Session], list[grpc.aio.Channel]]:
     # One connection per truck, as on the road: each presents its own certificate.
-    channels = [grpc.aio.secure_channel(mesh.address("telemetry"), truck.credentials) for truck in trucks]
+    if isinstance(address, Mesh):
+        address = address.address("telemetry")
+    channels = [grpc.aio.secure_channel(address, truck.credentials) for truck in trucks]
     sessions = [Session(channel, truck) for channel, truck in zip(channels, trucks, strict=True)]
     await asyncio.gather(*(s.open() for s in sessions))
     return sessions, channels
 
 
-async def _open_in_batches(mesh: Mesh, trucks: list[Truck], batch: int = 250
+async def _open_in_batches(address: str | Mesh, trucks: list[Truck], batch: int = 250
                            ) -> tuple[list[Session], list[grpc.aio.Channel]]:
     # A few hundred TLS handshakes at a time: thousands at once time out on 2 cores.
     sessions: list[Session] = []
     channels: list[grpc.aio.Channel] = []
     for start in range(0, len(trucks), batch):
-        more, more_channels = await _open_sessions(mesh, trucks[start:start + batch])
+        more, more_channels = await _open_sessions(address, trucks[start:start + batch])
         sessions += more
         channels += more_channels
     return sessions, channels
@@ -148,14 +151,25 @@ class LiveFigures:
 
 async def live_cpu(mesh: Mesh, ca: pki.CertificateAuthority, *, trucks: int = 100, rate: int = 1000,
                    seconds: float = 5.0) -> LiveFigures:
-    fleet = _trucks(ca, trucks, "LIVE")
-    sessions, channels = await _open_sessions(mesh, fleet)
+    fleet = make_trucks(ca, trucks, "LIVE")
+    store_pid = mesh.store.pid if mesh.store is not None else None
+    store_before = cpu_seconds(store_pid) if store_pid else 0.0
+    server_cpu_us = await drive_live(mesh.address("telemetry"), mesh.children["telemetry"].process.pid, fleet,
+                                     rate=rate, seconds=seconds)
+    total = int(rate * seconds / trucks) * trucks
+    store_used = (cpu_seconds(store_pid) - store_before) if store_pid else float("nan")
+    store_bytes = await _bytes_per_frame(mesh, fleet[0].vehicle_id, int(rate * seconds / trucks))
+    return LiveFigures(server_cpu_us, store_used / total * 1e6, store_bytes)
+
+
+async def drive_live(address: str, pid: int, fleet: list[Truck], *, rate: int, seconds: float) -> float:
+    """The 10 Hz phase against the server at ``address`` (process ``pid``): each truck one frame per message at
+    ``rate`` frames/s in all; the server's CPU µs per frame, from the first frame until the last is acked."""
+    trucks = len(fleet)
+    sessions, channels = await _open_sessions(address, fleet)
     per_truck = int(rate * seconds / trucks)
     frames = {s.truck.vehicle_id: [s.truck.frame(i + 1) for i in range(per_truck)] for s in sessions}
-    pid = mesh.children["telemetry"].process.pid
-    store_pid = mesh.store.pid if mesh.store is not None else None
     before = cpu_seconds(pid)
-    store_before = cpu_seconds(store_pid) if store_pid else 0.0
 
     async def drive(session: Session) -> None:
         for frame in frames[session.truck.vehicle_id]:
@@ -165,14 +179,11 @@ async def live_cpu(mesh: Mesh, ca: pki.CertificateAuthority, *, trucks: int = 10
 
     await asyncio.gather(*(drive(s) for s in sessions))
     used = cpu_seconds(pid) - before
-    store_used = (cpu_seconds(store_pid) - store_before) if store_pid else float("nan")
-    store_bytes = await _bytes_per_frame(mesh, fleet[0].vehicle_id, per_truck)
     for s in sessions:
         await s.close()
     for c in channels:
         await c.close()
-    total = per_truck * trucks
-    return LiveFigures(used / total * 1e6, store_used / total * 1e6, store_bytes)
+    return used / (per_truck * trucks) * 1e6
 
 
 @dataclass
@@ -186,13 +197,18 @@ class SlowFleetFigures:
 
 async def live_cpu_1hz(mesh: Mesh, ca: pki.CertificateAuthority, *, trucks: int = 1000,
                        seconds: int = 10) -> SlowFleetFigures:
-    """Real trucks' rate: each truck one frame a second (starts spread over the first second), so every frame
-    is more than the Ack interval after the previous one and gets its own Ack. Server CPU from /proc over the
+    """Real trucks' rate: each truck one frame a second (see :func:`drive_1hz`)."""
+    return await drive_1hz(mesh.address("telemetry"), mesh.children["telemetry"].process.pid,
+                           make_trucks(ca, trucks, "SLOW"), seconds=seconds)
+
+
+async def drive_1hz(address: str, pid: int, fleet: list[Truck], *, seconds: int) -> SlowFleetFigures:
+    """Each truck one frame a second (starts spread over the first second), so every frame is more than the Ack
+    interval after the previous one and gets its own Ack. The server's CPU (process ``pid``) from /proc over the
     sending until the last Ack, divided by the frames."""
-    fleet = _trucks(ca, trucks, "SLOW")
-    sessions, channels = await _open_in_batches(mesh, fleet)
+    trucks = len(fleet)
+    sessions, channels = await _open_in_batches(address, fleet)
     frames = {s.truck.vehicle_id: [s.truck.frame(i + 1) for i in range(seconds)] for s in sessions}
-    pid = mesh.children["telemetry"].process.pid
     acks_before = sum(s.acks for s in sessions)
     before = cpu_seconds(pid)
     began = time.perf_counter()
@@ -226,7 +242,7 @@ async def _bytes_per_frame(mesh: Mesh, vehicle_id: str, frames: int) -> float:
 
 
 async def replay(mesh: Mesh, ca: pki.CertificateAuthority, *, frames: int = 20_000) -> float:
-    [truck] = _trucks(ca, 1, "REPLAY")
+    [truck] = make_trucks(ca, 1, "REPLAY")
     backlog = [truck.frame(i + 1) for i in range(frames)]
     channel = grpc.aio.secure_channel(mesh.address("telemetry"), truck.credentials)
     session = Session(channel, truck)
@@ -244,7 +260,7 @@ async def replay(mesh: Mesh, ca: pki.CertificateAuthority, *, frames: int = 20_0
 
 async def subscriber_latency(mesh: Mesh, ca: pki.CertificateAuthority, operator: grpc.ChannelCredentials, *,
                              trucks: int = 50, rate: int = 2000, seconds: float = 5.0) -> tuple[float, float]:
-    fleet = _trucks(ca, trucks, "WATCH")
+    fleet = make_trucks(ca, trucks, "WATCH")
     sessions, channels = await _open_sessions(mesh, fleet)
     watched = sessions[0].truck.vehicle_id
     latencies: list[float] = []
@@ -294,7 +310,7 @@ async def open_streams(mesh: Mesh, ca: pki.CertificateAuthority, *, target: int 
                        limit_seconds: float = 120.0) -> OpenStreams:
     """Opens up to ``target`` trucks' streams, 250 at a time, and stops at the first refusal or once
     ``limit_seconds`` have passed (no batch starts after it): the bench stays bounded on a slow machine."""
-    fleet = _trucks(ca, target, "OPEN")
+    fleet = make_trucks(ca, target, "OPEN")
     held, channels = 0, []
     sessions: list[Session] = []
     began = time.perf_counter()
@@ -319,7 +335,7 @@ async def open_streams(mesh: Mesh, ca: pki.CertificateAuthority, *, target: int 
 async def archive_rate(mesh: Mesh, ca: pki.CertificateAuthority, operator: grpc.ChannelCredentials, *,
                        frames: int = 20_000) -> tuple[float, float, float]:
     """``(frames archived per second, Parquet bytes per frame, Redis bytes per frame)`` for one truck's frames."""
-    [truck] = _trucks(ca, 1, "ARCHIVE")
+    [truck] = make_trucks(ca, 1, "ARCHIVE")
     backlog = [truck.frame(i + 1) for i in range(frames)]
     channel = grpc.aio.secure_channel(mesh.address("telemetry"), truck.credentials)
     session = Session(channel, truck)

@@ -6,7 +6,10 @@ frame on two 2-core machines); a ratio to a floor measured in the same run, on t
 * ``ecdsa_verify_us``: one ECDSA P-256 / SHA-256 verify of a frame-sized payload (a bench truck's signed position
   frame) with ``cryptography`` on one thread: the median, over :data:`VERIFY_SAMPLES` samples, of the mean of
   :data:`VERIFY_PER_SAMPLE` verifies;
-* ``reference_tender_cpu_ms``: the REST create done the simplest honest way (bench_reference.py).
+* ``reference_tender_cpu_ms``: the REST create done the simplest honest way (bench_reference.py);
+* ``grpc_floor_cpu_us_per_frame`` / ``grpc_floor_1hz_cpu_us_per_frame``: a bare grpc.aio server of the same stream
+  contract driven by the same phases (bench_grpc_floor.py): what the transport alone costs per frame. Not in the
+  Targets table; :func:`ratios` writes the telemetry figures over it, and it over verify, beside the targets.
 
 :data:`TARGETS` lists every key of issue 13's Targets table; :func:`ratios` computes the ratio keys from the
 absolute figures, :func:`report_lines` prints each key with its figure, yardstick and target. docs/capacity.md,
@@ -111,6 +114,13 @@ def ratios(figures: dict) -> dict:
                                                           verify),
         "telemetry_replay_verify_cores": None if replay is None or verify is None else replay * verify / 1e6,
         "tender_cpu_over_reference": _ratio(_get(figures, "tender_cpu_ms"), _get(figures, "reference_tender_cpu_ms")),
+        # Not targets: how the telemetry figures split into the transport's floor and the service's own work.
+        "grpc_floor_over_verify": _ratio(_get(figures, "grpc_floor_cpu_us_per_frame"), verify),
+        "grpc_floor_1hz_over_verify": _ratio(_get(figures, "grpc_floor_1hz_cpu_us_per_frame"), verify),
+        "telemetry_cpu_per_frame_over_grpc_floor": _ratio(_get(figures, "telemetry_server_cpu_us_per_frame"),
+                                                          _get(figures, "grpc_floor_cpu_us_per_frame")),
+        "telemetry_1hz_cpu_per_frame_over_grpc_floor": _ratio(
+            _get(figures, "telemetry_1hz_server_cpu_us_per_frame"), _get(figures, "grpc_floor_1hz_cpu_us_per_frame")),
     }
     return {key: None if value is None else round(value, 2) for key, value in computed.items()}
 
@@ -148,7 +158,8 @@ def _yardstick(key: str, f: dict) -> str:
 
 
 def report_lines(figures: dict) -> list[str]:
-    """One line per key of the Targets table: figure, its yardstick, and the target (met / MISSED)."""
+    """One line per key of the Targets table: figure, its yardstick, and the target (met / MISSED); then the
+    gRPC floor's split of the telemetry figures."""
     lines = []
     for target in TARGETS:
         value = _get(figures, target.key)
@@ -156,4 +167,10 @@ def report_lines(figures: dict) -> list[str]:
         verdict = "not measured" if met is None else "met" if met else "MISSED"
         lines.append(f"{target.key} = {_fmt(value)}  [{_yardstick(target.key, figures)}]  "
                      f"target {target.op.replace('<=', '≤').replace('>=', '≥')} {_fmt(target.bound)}: {verdict}")
+    for phase, figure, floor in (("10 Hz", "telemetry_server_cpu_us_per_frame", "grpc_floor_cpu_us_per_frame"),
+                                 ("1 Hz", "telemetry_1hz_server_cpu_us_per_frame", "grpc_floor_1hz_cpu_us_per_frame")):
+        service, bare = _get(figures, figure), _get(figures, floor)
+        lines.append(f"gRPC floor at {phase}: bare server {_fmt(bare, ' µs')} per frame = "
+                     f"{_fmt(_ratio(bare, _get(figures, 'ecdsa_verify_us')))} x verify; the service "
+                     f"{_fmt(service, ' µs')} = {_fmt(_ratio(service, bare))} x the floor")
     return lines

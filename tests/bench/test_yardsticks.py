@@ -21,6 +21,7 @@ from services.runtime import tokens
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
 import bench
+from bench_grpc_floor import grpc_floor
 from bench_reference import start_reference, validate_tender
 from bench_yardsticks import TARGETS, ecdsa_verify_us, ratios, report_lines
 
@@ -94,19 +95,28 @@ async def test_cpu_per_create_counts_the_servers_own_cpu(tmp_path, store_url) ->
 def test_ratios_are_the_figures_over_their_yardsticks() -> None:
     figures = {"ecdsa_verify_us": 50.0, "telemetry_server_cpu_us_per_frame": 250.0,
                "telemetry_1hz_server_cpu_us_per_frame": 300.0, "telemetry_replay_frames_per_s": 24_000,
-               "tender_cpu_ms": 13.0, "reference_tender_cpu_ms": 2.0}
+               "tender_cpu_ms": 13.0, "reference_tender_cpu_ms": 2.0, "grpc_floor_cpu_us_per_frame": 125.0,
+               "grpc_floor_1hz_cpu_us_per_frame": 200.0}
     assert ratios(figures) == {"telemetry_cpu_per_frame_over_verify": 5.0,
                                "telemetry_1hz_cpu_per_frame_over_verify": 6.0,
-                               "telemetry_replay_verify_cores": 1.2, "tender_cpu_over_reference": 6.5}
+                               "telemetry_replay_verify_cores": 1.2, "tender_cpu_over_reference": 6.5,
+                               "grpc_floor_over_verify": 2.5, "grpc_floor_1hz_over_verify": 4.0,
+                               "telemetry_cpu_per_frame_over_grpc_floor": 2.0,
+                               "telemetry_1hz_cpu_per_frame_over_grpc_floor": 1.5}
     assert ratios({"telemetry_server_cpu_us_per_frame": 250.0}) == dict.fromkeys(ratios(figures))
 
 
 def test_every_target_key_gets_a_line_with_its_verdict() -> None:
     figures = {"ecdsa_verify_us": 50.0, "telemetry_server_cpu_us_per_frame": 90.0,
                "tender_create_p99_ms_at_half_saturation": 30.0, "telemetry_open_streams": 10_000}
-    lines = report_lines({**figures, **ratios(figures)})
-    assert [line.split(" = ")[0] for line in lines] == [t.key for t in TARGETS]
-    by_key = dict(zip((t.key for t in TARGETS), lines, strict=True))
+    lines = report_lines({**figures, **ratios(figures), "grpc_floor_cpu_us_per_frame": 60.0})
+    targets, floor = lines[:len(TARGETS)], lines[len(TARGETS):]
+    assert [line.split(" = ")[0] for line in targets] == [t.key for t in TARGETS]
+    assert floor == ["gRPC floor at 10 Hz: bare server 60.0 µs per frame = 1.2 x verify; the service 90.0 µs = "
+                     "1.5 x the floor",
+                     "gRPC floor at 1 Hz: bare server not measured per frame = not measured x verify; the service "
+                     "not measured = not measured x the floor"]
+    by_key = dict(zip((t.key for t in TARGETS), targets, strict=True))
     assert by_key["telemetry_cpu_per_frame_over_verify"].endswith(": met")  # 1.8 ≤ 2.0
     assert "90.0 µs per frame ÷ verify 50.0 µs" in by_key["telemetry_cpu_per_frame_over_verify"]
     assert by_key["tender_create_p99_ms_at_half_saturation"].endswith(": MISSED")
@@ -116,3 +126,11 @@ def test_every_target_key_gets_a_line_with_its_verdict() -> None:
 
 def test_the_verify_yardstick_is_measured() -> None:
     assert 1 < ecdsa_verify_us(samples=3, per_sample=10) < 100_000
+
+
+async def test_the_grpc_floor_server_acks_the_bench_phases_over_mtls() -> None:
+    """The bare server (its own process, client certificates required) at a few trucks: every frame of both
+    phases acknowledged (the drivers wait for it, and fail past their timeout), and an Ack per frame at 1 Hz, as
+    the service sends them (so the two phases cost the floor what they cost the service)."""
+    floor = await grpc_floor(trucks=2, rate=20, seconds=0.5, slow_trucks=2, slow_seconds=2)
+    assert floor["grpc_floor_1hz_acks_per_frame"] == 1.0
