@@ -159,17 +159,16 @@ async def wait_durable(client: redis.asyncio.Redis, keys: Iterable[str], timeout
     return all(await asyncio.gather(*(one(c, k) for c, k in targets.values())))
 
 
-def queue_durable_wait(pipe: Any, key: str, timeout_ms: int, *, replicas: int = 0, replica_disk: bool = True) -> int:
+def queue_durable_wait(pipe: Any, key: str, timeout_ms: int, *, replicas: int = 0, replica_disk: bool = True) -> None:
     """Queue :func:`wait_durable`'s probe and wait for one store (not a cluster) at the end of ``pipe``, behind
-    the writes queued before them: one round trip for the writes and their durability. Returns how many replies
-    they add (read them with :func:`confirmed_durable`)."""
+    the writes queued before them: one round trip for the writes and their durability. Their replies are the
+    pipeline's last ones; :func:`confirmed_durable` reads them."""
     pipe.set(_probe_key(key), b"1", px=_PROBE_TTL_MS)
     if replicas and not replica_disk:
         pipe.execute_command("WAIT", replicas, timeout_ms)
         pipe.execute_command("WAITAOF", 1, 0, timeout_ms)
-        return 3
-    pipe.execute_command("WAITAOF", 1, replicas, timeout_ms)
-    return 2
+    else:
+        pipe.execute_command("WAITAOF", 1, replicas, timeout_ms)
 
 
 def confirmed_durable(replies: list[Any], *, replicas: int = 0, replica_disk: bool = True) -> bool:

@@ -46,9 +46,10 @@ Keys (``{v}`` is the vehicle id as a Redis Cluster hash tag, so one vehicle's ke
 
 Durability: a frame is acknowledged only after ``WAITAOF 1 <replicas>`` confirmed it fsync'd. The commit loop
 gathers the batches of every stream of this process for up to ``commit_window_seconds``, writes them in one
-pipeline, and waits once per group (:func:`services.runtime.wait_durable`: a probe write and ``WAITAOF`` on one
-connection, per primary that took the group's writes on a cluster): with ``appendfsync everysec`` one fsync then
-covers thousands of frames instead of one WAITAOF (up to a second) per batch.
+pipeline, and waits once per group (a probe write and ``WAITAOF`` behind the writes, in the same pipeline on one
+store; :func:`services.runtime.wait_durable` per primary that took the group's writes on a cluster): with
+``appendfsync everysec`` one fsync then covers thousands of frames instead of one WAITAOF (up to a second) per
+batch.
 """
 
 from __future__ import annotations
@@ -326,7 +327,7 @@ def _decode_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> StoredFrame:
 class TelemetryStore:
     """Frames, counters, keys, liveness and queued commands of one store, with group commit."""
 
-    #: Cap on WAITAOF calls in flight (each holds a pooled connection while the fsync is pending).
+    #: Cap on a cluster's durable waits in flight (each holds pooled connections while the fsync is pending).
     MAX_INFLIGHT_WAITS = 32
 
     def __init__(self, client: redis.asyncio.Redis, config: TelemetryConfig | None = None, *,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import redis.asyncio
@@ -14,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from haulmesh.telemetry.v1 import frame_pb2
+from services.runtime import EmbeddedStore, Unavailable, connect_async
 from services.telemetry.config import TelemetryConfig
 from services.telemetry.domain import (
     MAX_PAYLOAD_BYTES,
@@ -217,3 +219,31 @@ async def test_a_batch_needing_a_higher_high_water_is_refused_and_stores_nothing
         assert await store.frames(vehicle, after=100) == []
     finally:
         await store.close()
+
+
+async def test_a_group_is_written_and_waited_for_in_one_round_trip_and_refused_unless_fsynced(
+        tmp_path: Path) -> None:
+    """On one store the group's commit scripts, the probe and WAITAOF go in one pipeline: a store that lost its
+    scripts (restarted) gets them loaded and the group sent again, stored once; a store whose fsync cannot be
+    confirmed (AOF off: WAITAOF refuses) fails the group with nothing acknowledged, though the writes ran."""
+    store_process = EmbeddedStore(tmp_path / "store")
+    client = connect_async(store_process.ensure_running().url)
+    store = TelemetryStore(client, TelemetryConfig())
+    vehicle = f"TRIP-{uuid.uuid4().hex[:8]}"
+
+    def frames(*sequences: int) -> list[Verified]:
+        return [Verified(s, payload(s, vehicle=vehicle), b"sig", "k", frame_pb2.FramePayload()) for s in sequences]
+
+    try:
+        assert (await store.commit(vehicle, frames(1, 2))).stored == [1, 2]
+        await client.script_flush()
+        assert (await store.commit(vehicle, frames(3))).stored == [3]
+        assert [f.sequence for f in await store.frames(vehicle)] == [1, 2, 3]
+        await client.config_set("appendonly", "no")
+        with pytest.raises(Unavailable, match="appendonly is disabled"):
+            await store.commit(vehicle, frames(4))
+        assert await store.frame(vehicle, 4) is not None  # written, never acknowledged: a resend is a duplicate
+    finally:
+        await store.close()
+        await client.aclose()
+        store_process.stop()
