@@ -87,10 +87,14 @@ def _with_negative_serial(pem: bytes) -> bytes:
     """``pem`` with its serial's sign bit set: what a one-bit flip of a random serial can make."""
     cert = x509.load_pem_x509_certificate(pem)
     der = cert.public_bytes(serialization.Encoding.DER)
-    serial = cert.serial_number.to_bytes((cert.serial_number.bit_length() + 7) // 8, "big")
-    assert serial[0] < 0x80 and der.count(b"\x02" + bytes([len(serial)]) + serial) == 1
-    at = der.index(serial)
-    der = der[:at] + bytes([serial[0] | 0x80]) + der[at + 1:]
+    # DER's two's complement: a positive serial whose top bit is set carries a leading 0x00 (random serials do,
+    # half the time). A first content byte of 0x80 makes it negative either way, length unchanged, and stays a
+    # minimal encoding (0xFF before a byte with its top bit set would not be: a parse error, not the warning).
+    serial = cert.serial_number.to_bytes(cert.serial_number.bit_length() // 8 + 1, "big")
+    tag = b"\x02" + bytes([len(serial)]) + serial
+    assert serial[0] < 0x80 and der.count(tag) == 1
+    at = der.index(tag) + 2
+    der = der[:at] + b"\x80" + der[at + 1:]
     return ssl.DER_cert_to_PEM_cert(der).encode()
 
 
