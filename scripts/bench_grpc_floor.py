@@ -111,14 +111,14 @@ async def grpc_floor(*, trucks: int = 100, rate: int = 1000, seconds: float = 5.
         try:
             await _wait_listening(port, process)
             address = f"127.0.0.1:{port}"
-            live = await drive_live(address, process.pid, make_trucks(ca, trucks, "FLOOR"), rate=rate,
+            live = await drive_live(address, {"server": process.pid}, make_trucks(ca, trucks, "FLOOR"), rate=rate,
                                     seconds=seconds)
             slow = await drive_1hz(address, process.pid, make_trucks(ca, slow_trucks, "FLOOR-SLOW"),
                                    seconds=slow_seconds)
         finally:
             process.kill()
             await process.wait()
-    return {"grpc_floor_cpu_us_per_frame": round(live, 1),
+    return {"grpc_floor_cpu_us_per_frame": round(live["server"], 1),
             "grpc_floor_1hz_cpu_us_per_frame": round(slow.server_cpu_us, 1),
             "grpc_floor_1hz_acks_per_frame": round(slow.acks_per_frame, 3)}
 

@@ -152,24 +152,24 @@ class LiveFigures:
 async def live_cpu(mesh: Mesh, ca: pki.CertificateAuthority, *, trucks: int = 100, rate: int = 1000,
                    seconds: float = 5.0) -> LiveFigures:
     fleet = make_trucks(ca, trucks, "LIVE")
-    store_pid = mesh.store.pid if mesh.store is not None else None
-    store_before = cpu_seconds(store_pid) if store_pid else 0.0
-    server_cpu_us = await drive_live(mesh.address("telemetry"), mesh.children["telemetry"].process.pid, fleet,
-                                     rate=rate, seconds=seconds)
-    total = int(rate * seconds / trucks) * trucks
-    store_used = (cpu_seconds(store_pid) - store_before) if store_pid else float("nan")
+    pids = {"server": mesh.children["telemetry"].process.pid}
+    if mesh.store is not None:
+        pids["store"] = mesh.store.pid
+    used = await drive_live(mesh.address("telemetry"), pids, fleet, rate=rate, seconds=seconds)
     store_bytes = await _bytes_per_frame(mesh, fleet[0].vehicle_id, int(rate * seconds / trucks))
-    return LiveFigures(server_cpu_us, store_used / total * 1e6, store_bytes)
+    return LiveFigures(used["server"], used.get("store", float("nan")), store_bytes)
 
 
-async def drive_live(address: str, pid: int, fleet: list[Truck], *, rate: int, seconds: float) -> float:
-    """The 10 Hz phase against the server at ``address`` (process ``pid``): each truck one frame per message at
-    ``rate`` frames/s in all; the server's CPU µs per frame, from the first frame until the last is acked."""
+async def drive_live(address: str, pids: dict[str, int], fleet: list[Truck], *, rate: int,
+                     seconds: float) -> dict[str, float]:
+    """The 10 Hz phase against the server at ``address``: each truck one frame per message at ``rate`` frames/s
+    in all; CPU µs per frame of each process of ``pids`` (by name), from the first frame until the last is acked
+    (the streams are opened before)."""
     trucks = len(fleet)
     sessions, channels = await _open_sessions(address, fleet)
     per_truck = int(rate * seconds / trucks)
     frames = {s.truck.vehicle_id: [s.truck.frame(i + 1) for i in range(per_truck)] for s in sessions}
-    before = cpu_seconds(pid)
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
 
     async def drive(session: Session) -> None:
         for frame in frames[session.truck.vehicle_id]:
@@ -178,12 +178,12 @@ async def drive_live(address: str, pid: int, fleet: list[Truck], *, rate: int, s
         await session.wait_acked(per_truck)
 
     await asyncio.gather(*(drive(s) for s in sessions))
-    used = cpu_seconds(pid) - before
+    used = {name: (cpu_seconds(pid) - before[name]) / (per_truck * trucks) * 1e6 for name, pid in pids.items()}
     for s in sessions:
         await s.close()
     for c in channels:
         await c.close()
-    return used / (per_truck * trucks) * 1e6
+    return used
 
 
 @dataclass
