@@ -36,7 +36,7 @@ from bench_audit import run_audit_bench
 from bench_grpc_floor import grpc_floor
 from bench_reference import start_reference
 from bench_telemetry import cpu_seconds, run_telemetry_bench
-from bench_yardsticks import ecdsa_verify_us, ratios, report_lines
+from bench_yardsticks import ecdsa_verify_parallel_cores, ecdsa_verify_us, ratios, report_lines
 from localmesh import fresh_mesh, register_truck
 
 from haulmesh.mission.v1 import mission_service_pb2_grpc
@@ -220,10 +220,13 @@ async def run(args: argparse.Namespace) -> dict:
     finally:
         await mesh.stop(stop_store=True)
     floor = await grpc_floor()  # the mesh stopped: its cores free
+    verify_us = statistics.median(verify_samples)
+    parallel_cores = ecdsa_verify_parallel_cores()
     reference = await run_reference(args)
     audit = await run_audit_bench(STATE / "audit", entries=args.audit_entries)
     figures = {**telemetry, **floor, **audit, **reference,
-        "ecdsa_verify_us": round(statistics.median(verify_samples), 2),
+        "ecdsa_verify_us": round(verify_us, 2),
+        "ecdsa_verify_parallel_cores": round(parallel_cores, 2),
         "ecdsa_verify_us_samples": [round(v, 2) for v in verify_samples],
         "tender_create_p50_ms": round(steady["p50_ms"], 2),
         "tender_create_p99_ms": round(steady["p99_ms"], 2),

@@ -6,6 +6,10 @@ frame on two 2-core machines); a ratio to a floor measured in the same run, on t
 * ``ecdsa_verify_us``: one ECDSA P-256 / SHA-256 verify of a frame-sized payload (a bench truck's signed position
   frame) with ``cryptography`` on one thread: the median, over :data:`VERIFY_SAMPLES` samples, of the mean of
   :data:`VERIFY_PER_SAMPLE` verifies;
+* ``ecdsa_verify_parallel_cores``: the same verify on one thread per core at once (``cryptography`` releases the GIL),
+  as cores' worth of one-thread verifying: what this machine's cores give in parallel with nothing else to do. The
+  ceiling of ``telemetry_replay_verify_cores`` here (1.61 on a 2-vCPU VM where two threads are not twice one);
+  ``telemetry_replay_over_verify_ceiling`` is the replay's share of it;
 * ``reference_tender_cpu_ms``: the REST create done the simplest honest way (bench_reference.py);
 * ``grpc_floor_cpu_us_per_frame`` / ``grpc_floor_1hz_cpu_us_per_frame``: a bare grpc.aio server of the same stream
   contract driven by the same phases (bench_grpc_floor.py): what the transport alone costs per frame. Not in the
@@ -19,8 +23,10 @@ absolute figures, :func:`report_lines` prints each key with its figure, yardstic
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes
@@ -28,7 +34,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from haulmesh.telemetry.v1 import frame_pb2
 
-__all__ = ["TARGETS", "Target", "ecdsa_verify_us", "frame_payload", "ratios", "report_lines"]
+__all__ = ["TARGETS", "Target", "ecdsa_verify_parallel_cores", "ecdsa_verify_us", "frame_payload", "ratios",
+           "report_lines"]
 
 #: 101 x 100 verifies: about half a second at 50 µs; the median of the means shrugs off another process's burst.
 VERIFY_SAMPLES = 101
@@ -91,6 +98,34 @@ def ecdsa_verify_us(*, samples: int = VERIFY_SAMPLES, per_sample: int = VERIFY_P
     return statistics.median(means) * 1e6
 
 
+def ecdsa_verify_parallel_cores(*, threads: int | None = None, per_thread: int = 4000, samples: int = 5) -> float:
+    """How many one-thread verifiers ``threads`` threads (one per core) are worth at once: their verifies per second
+    over one thread's, each the median of ``samples`` runs, the runs interleaved so that a burst of another process
+    weighs on both. 2.0 on two cores that scale perfectly."""
+    threads = threads or os.cpu_count() or 1
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = key.public_key()
+    payload = frame_payload()
+    signature = key.sign(payload, ec.ECDSA(hashes.SHA256()))
+
+    def verify_many(_: int) -> None:
+        algorithm = ec.ECDSA(hashes.SHA256())
+        for _ in range(per_thread):
+            public.verify(signature, payload, algorithm)
+
+    one, many = [], []
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(verify_many, range(threads)))  # warm: every thread started once
+        for _ in range(samples):
+            began = time.perf_counter()
+            verify_many(0)
+            one.append(per_thread / (time.perf_counter() - began))
+            began = time.perf_counter()
+            list(pool.map(verify_many, range(threads)))
+            many.append(threads * per_thread / (time.perf_counter() - began))
+    return statistics.median(many) / statistics.median(one)
+
+
 def _get(figures: dict, key: str) -> float | None:
     value = figures.get(key)
     if value is None or isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
@@ -114,7 +149,11 @@ def ratios(figures: dict) -> dict:
                                                           verify),
         "telemetry_replay_verify_cores": None if replay is None or verify is None else replay * verify / 1e6,
         "tender_cpu_over_reference": _ratio(_get(figures, "tender_cpu_ms"), _get(figures, "reference_tender_cpu_ms")),
-        # Not targets: how the telemetry figures split into the transport's floor and the service's own work.
+        # Not targets: how much of this machine's parallel verifying the replay gets, and how the telemetry
+        # figures split into the transport's floor and the service's own work.
+        "telemetry_replay_over_verify_ceiling": _ratio(None if replay is None or verify is None
+                                                       else replay * verify / 1e6,
+                                                       _get(figures, "ecdsa_verify_parallel_cores")),
         "grpc_floor_over_verify": _ratio(_get(figures, "grpc_floor_cpu_us_per_frame"), verify),
         "grpc_floor_1hz_over_verify": _ratio(_get(figures, "grpc_floor_1hz_cpu_us_per_frame"), verify),
         "telemetry_cpu_per_frame_over_grpc_floor": _ratio(_get(figures, "telemetry_server_cpu_us_per_frame"),
@@ -141,7 +180,9 @@ def _yardstick(key: str, f: dict) -> str:
             f"{_fmt(_get(f, 'telemetry_1hz_server_cpu_us_per_frame'), ' µs')} per frame "
             f"({_fmt(_get(f, 'telemetry_1hz_acks_per_frame'))} acks a frame) ÷ verify {verify}",
         "telemetry_replay_verify_cores":
-            f"{_fmt(_get(f, 'telemetry_replay_frames_per_s'))} frames/s x verify {verify}",
+            f"{_fmt(_get(f, 'telemetry_replay_frames_per_s'))} frames/s x verify {verify}; this machine's ceiling "
+            f"{_fmt(_get(f, 'ecdsa_verify_parallel_cores'))} (every core verifying, nothing else), the replay "
+            f"{_fmt(_get(f, 'telemetry_replay_over_verify_ceiling'))} of it",
         "tender_cpu_over_reference":
             f"{_fmt(_get(f, 'tender_cpu_ms'), ' ms')} mesh CPU per create ÷ reference "
             f"{_fmt(_get(f, 'reference_tender_cpu_ms'), ' ms')}",

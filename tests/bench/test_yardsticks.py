@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import bench
 from bench_grpc_floor import grpc_floor
 from bench_reference import start_reference, validate_tender
-from bench_yardsticks import TARGETS, ecdsa_verify_us, ratios, report_lines
+from bench_yardsticks import TARGETS, ecdsa_verify_parallel_cores, ecdsa_verify_us, ratios, report_lines
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -96,10 +96,11 @@ def test_ratios_are_the_figures_over_their_yardsticks() -> None:
     figures = {"ecdsa_verify_us": 50.0, "telemetry_server_cpu_us_per_frame": 250.0,
                "telemetry_1hz_server_cpu_us_per_frame": 300.0, "telemetry_replay_frames_per_s": 24_000,
                "tender_cpu_ms": 13.0, "reference_tender_cpu_ms": 2.0, "grpc_floor_cpu_us_per_frame": 125.0,
-               "grpc_floor_1hz_cpu_us_per_frame": 200.0}
+               "grpc_floor_1hz_cpu_us_per_frame": 200.0, "ecdsa_verify_parallel_cores": 1.6}
     assert ratios(figures) == {"telemetry_cpu_per_frame_over_verify": 5.0,
                                "telemetry_1hz_cpu_per_frame_over_verify": 6.0,
                                "telemetry_replay_verify_cores": 1.2, "tender_cpu_over_reference": 6.5,
+                               "telemetry_replay_over_verify_ceiling": 0.75,
                                "grpc_floor_over_verify": 2.5, "grpc_floor_1hz_over_verify": 4.0,
                                "telemetry_cpu_per_frame_over_grpc_floor": 2.0,
                                "telemetry_1hz_cpu_per_frame_over_grpc_floor": 1.5}
@@ -126,6 +127,13 @@ def test_every_target_key_gets_a_line_with_its_verdict() -> None:
 
 def test_the_verify_yardstick_is_measured() -> None:
     assert 1 < ecdsa_verify_us(samples=3, per_sample=10) < 100_000
+
+
+def test_the_parallel_verify_ceiling_counts_one_thread_verifiers() -> None:
+    # One thread is one one-thread verifier, give or take the machine's noise between two runs; one per core, some
+    # positive number of them. How far threads scale is what the bench measures, not a test.
+    assert 0.5 < ecdsa_verify_parallel_cores(threads=1, per_thread=200, samples=3) < 2
+    assert ecdsa_verify_parallel_cores(per_thread=200, samples=1) > 0
 
 
 async def test_the_grpc_floor_server_acks_the_bench_phases_over_mtls() -> None:
