@@ -41,7 +41,7 @@ from haulmesh.telemetry.v1 import frame_pb2, stream_pb2, telemetry_service_pb2, 
 from services.runtime import EmbeddedStore, Mesh, connect_async, retry_delay_seconds, status_of
 from services.runtime.tokens import mint
 from services.telemetry.store import TelemetryStore
-from tests.conftest import Pki, running_mesh, wait_for
+from tests.conftest import Pki, measuring_from_this_process, running_mesh, wait_for
 from tests.faultproxy import FaultProxy
 from tests.gateway.rest.conftest import bearer
 from tests.store_faults import ConnectionsRefused, kill_store, restart_store
@@ -302,7 +302,7 @@ async def _slow_store_under_trucks(mesh_pki: Pki, store_url: str, tmp_path: Path
         fleet = [LightTruck(t, process.address, period_seconds=0.1 * frames_per_message,
                             frames_per_message=frames_per_message) for t in fleet_trucks]
         tasks = []
-        with RssSampler(pids) as rss:
+        with RssSampler(pids) as rss, measuring_from_this_process():
             try:
                 for truck in fleet:  # started over a second, as a fleet's connections would not arrive at once
                     tasks.append(asyncio.ensure_future(truck.run()))
@@ -487,6 +487,7 @@ async def test_w1_full(mesh_pki: Pki, tmp_path_factory: pytest.TempPathFactory, 
         fleet, tasks = await _fleet_streaming(mesh, mesh_pki, W1_TRUCKS, period_seconds=1.0, first=watched)
         async with AsyncExitStack() as stack:
             stack.push_async_callback(_stop, tasks)
+            stack.enter_context(measuring_from_this_process())
             started = time.monotonic()
             await asyncio.sleep(5)  # the baseline period of ack latencies (a duration, not a wait)
             baseline = _acks_p99(fleet, started)
