@@ -124,9 +124,17 @@ class TenderBook:
         inputs = domain.input_fields(request.tender)
         domain.raise_if_invalid(domain.validate_tender(inputs, now))
         normalised = tender_service_pb2.CreateTenderRequest(tender=inputs)
-        result = await self.idempotency.run(f"{tenant}:CreateTender", request.request_id, normalised,
-                                            lambda: self._create(tenant, inputs, now), tender_pb2.Tender)
-        if request.request_id:  # a retry returns the tender as it is now
+        created = False
+
+        async def create() -> tender_pb2.Tender:
+            nonlocal created
+            tender = await self._create(tenant, inputs, now)
+            created = True
+            return tender
+
+        result = await self.idempotency.run(f"{tenant}:CreateTender", request.request_id, normalised, create,
+                                            tender_pb2.Tender)
+        if request.request_id and not created:  # a retry returns the tender as it is now, not as it was created
             current = await self.store.get(tenant, result.name.removeprefix("tenders/"))
             return current or result
         return result

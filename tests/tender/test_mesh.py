@@ -108,6 +108,20 @@ async def test_concurrent_creates_with_one_request_id(tenders) -> None:
     assert [t.name for t in listed.tenders] == [results[0].name]
 
 
+async def test_a_retried_create_returns_the_tender_as_it_is_now(tenders) -> None:
+    """The first create answers the tender it committed; a retry with its request_id (the TMS never saw that answer)
+    gets the same tender as it stands when the retry arrives, not a stale copy of the offer."""
+    request = create(request_id=f"req-{new_id()}")
+    first = await tenders.CreateTender(request, metadata=ACME, timeout=10)
+    assert first.state == State.STATE_OFFERED
+    assert await tenders.GetTender(tender_service_pb2.GetTenderRequest(name=first.name), metadata=ACME,
+                                   timeout=5) == first
+    declined = await tenders.DeclineTender(tender_service_pb2.DeclineTenderRequest(name=first.name), metadata=ACME,
+                                           timeout=5)
+    assert declined.state == State.STATE_DECLINED
+    assert await tenders.CreateTender(request, metadata=ACME, timeout=10) == declined
+
+
 async def test_same_request_id_with_another_body_is_refused(tenders) -> None:
     key = f"req-{new_id()}"
     await tenders.CreateTender(create(request_id=key), metadata=ACME, timeout=10)
