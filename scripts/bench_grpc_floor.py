@@ -2,10 +2,10 @@
 
 A bare grpc.aio server of the same ``StreamTelemetry`` contract, as its own process, over the same mTLS (client
 certificates required): Hello → Welcome, then it reads every message and acknowledges the last sequence it read,
-paced like the service (at most one Ack per stream every 0.25 s, the first after a quiet spell at once). No
-verification, no store, no interceptors, no metrics. The bench's own 10 Hz and 1 Hz phases drive it
-(bench_telemetry.drive_live / drive_1hz: the same trucks, messages and pacing as against the service), and its
-CPU per frame is read from /proc as the service's is.
+paced like the service (at most one Ack per stream every ``TelemetryConfig.ack_interval_seconds``, the first after a
+quiet spell at once). No verification, no store, no interceptors, no metrics. The bench's own 10 Hz and 1 Hz phases
+drive it (bench_telemetry.drive_live / drive_1hz: the same trucks, messages and pacing as against the service), and
+its CPU per frame is read from /proc as the service's is.
 
 So ``telemetry_server_cpu_us_per_frame`` can be read as floor + the service's own work, and the floor against
 ``ecdsa_verify_us`` shows what part of a target written as a multiple of verify the transport alone takes.
@@ -25,10 +25,12 @@ from bench_telemetry import drive_1hz, drive_live, make_trucks
 
 from haulmesh.telemetry.v1 import stream_pb2, telemetry_service_pb2_grpc
 from services.runtime import free_port, pki
+from services.telemetry.config import TelemetryConfig
 
 __all__ = ["grpc_floor"]
 
-ACK_INTERVAL_SECONDS = 0.25
+#: The service's default pacing, so that the floor sends the Acks the service would.
+ACK_INTERVAL_SECONDS = TelemetryConfig.ack_interval_seconds
 
 
 class _BareTelemetry(telemetry_service_pb2_grpc.TelemetryServiceServicer):
