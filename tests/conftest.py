@@ -169,7 +169,8 @@ def measuring_from_this_process() -> Iterator[None]:
     alone everything allocated before (``gc.freeze``). Late in a long session that is every earlier test's objects,
     and each full collection walked them all while the trucks' acks waited: the pauses were measured as the
     server's. AT-10 (seed 23, alone): recovery 20 s; with 1.5 M objects of ballast in the process, 31 s and a baseline
-    p99 of 0.87 s instead of 0.58; the same ballast frozen, 20 s and 0.43 s."""
+    p99 of 0.87 s instead of 0.58; the same ballast frozen, 20 s and 0.43 s. (AT-18's windows go further and switch
+    the collector off: they allocate little; a fleet of trucks allocates a lot.)"""
     gc.collect()
     gc.freeze()
     try:
