@@ -8,7 +8,8 @@ frame on two 2-core machines); a ratio to a floor measured in the same run, on t
   :data:`VERIFY_PER_SAMPLE` verifies;
 * ``ecdsa_verify_parallel_cores``: the same verify on one thread per core at once (``cryptography`` releases the GIL),
   as cores' worth of one-thread verifying: what this machine's cores give in parallel with nothing else to do. The
-  ceiling of ``telemetry_replay_verify_cores`` here (1.61 on a 2-vCPU VM where two threads are not twice one);
+  ceiling of ``telemetry_replay_verify_cores`` here (1.45-1.93 from run to run on a 2-vCPU VM where two threads
+  are not twice one);
   ``telemetry_replay_over_verify_ceiling`` is the replay's share of it;
 * ``reference_tender_cpu_ms``: the REST create done the simplest honest way (bench_reference.py);
 * ``grpc_floor_cpu_us_per_frame`` / ``grpc_floor_1hz_cpu_us_per_frame``: a bare grpc.aio server of the same stream
