@@ -1,9 +1,12 @@
 """A tenant flooding the gateway, as a process of its own (AT-18), in windows the test commands.
 
 ``python -m tests.e2e.flood BASE_URL TOKEN PER_SECOND`` prints ``ready``, then reads commands on stdin, one a
-line: ``SECONDS`` sends ``GET /api/v1/tenders`` at that steady rate for that long (each on time, not after the
-previous answer), waits for every reply of the window and prints one JSON object for it: every reply's status,
-the Retry-After values of the 429s, and the seconds from the window's first request sent to its last reply.
+line: ``SECONDS`` opens the window's connections and prints ``open``, then sends ``GET /api/v1/tenders`` at that
+steady rate for that long (each on time, not after the previous answer), waits for every reply of the window and
+prints one JSON object for it: every reply's status, the Retry-After values of the 429s, and the seconds from the
+window's first request sent to its last reply. The test starts its own window on ``open``: a burst of new
+connections (the gateway accepting twenty at once) is another load than a tenant over its quota on kept-alive
+ones, and it used to land in the first milliseconds of every measured flood window.
 Between windows it sends nothing (paused), so the test can measure another tenant alone and beside the flood in
 alternating windows that share the machine's drift. End of stdin ends the process.
 
@@ -45,12 +48,19 @@ class _Connection:
         return status, fields.get("retry-after", "")
 
 
-async def _window(host: str, port: int, request: bytes, per_second: float, seconds: float) -> dict[str, object]:
-    """One window of the flood: send, collect, summarise (see the module's docstring)."""
-    loop = asyncio.get_running_loop()
+async def _open(host: str, port: int) -> asyncio.Queue[_Connection]:
+    """The window's kept-alive connections, idle."""
     idle: asyncio.Queue[_Connection] = asyncio.Queue()
     for _ in range(CONNECTIONS):
         idle.put_nowait(_Connection(*await asyncio.open_connection(host, port)))
+    return idle
+
+
+async def _window(host: str, port: int, idle: asyncio.Queue[_Connection], request: bytes, per_second: float,
+                  seconds: float) -> dict[str, object]:
+    """One window of the flood over the ``idle`` connections: send, collect, summarise (see the module's
+    docstring); the connections are closed at its end."""
+    loop = asyncio.get_running_loop()
     retry_after: set[str] = set()
 
     async def one() -> int:
@@ -87,7 +97,9 @@ async def flood(base_url: str, token: str, per_second: float) -> None:
     loop = asyncio.get_running_loop()
     print("ready", flush=True)  # imports done: the test may command its first window
     while line := await loop.run_in_executor(None, sys.stdin.readline):
-        print(json.dumps(await _window(host, port, request, per_second, float(line))), flush=True)
+        idle = await _open(host, port)
+        print("open", flush=True)
+        print(json.dumps(await _window(host, port, idle, request, per_second, float(line))), flush=True)
 
 
 if __name__ == "__main__":
