@@ -82,12 +82,16 @@ def frame_payload(vehicle_id: str = "BENCH-TRK-00000", sequence: int = 1) -> byt
     return payload.SerializeToString()
 
 
+def _signed_frame() -> tuple[ec.EllipticCurvePublicKey, bytes, bytes]:
+    """A fresh P-256 key's public half, a bench frame's payload and its signature: what each verify checks."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    payload = frame_payload()
+    return key.public_key(), payload, key.sign(payload, ec.ECDSA(hashes.SHA256()))
+
+
 def ecdsa_verify_us(*, samples: int = VERIFY_SAMPLES, per_sample: int = VERIFY_PER_SAMPLE) -> float:
     """Microseconds for one frame-sized ECDSA P-256 verify on this thread (median of ``samples`` means)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    public = key.public_key()
-    payload = frame_payload()
-    signature = key.sign(payload, ec.ECDSA(hashes.SHA256()))
+    public, payload, signature = _signed_frame()
     algorithm = ec.ECDSA(hashes.SHA256())
     public.verify(signature, payload, algorithm)  # warm: the first call pays for lazy set-up
     means = []
@@ -104,10 +108,7 @@ def ecdsa_verify_parallel_cores(*, threads: int | None = None, per_thread: int =
     over one thread's, each the median of ``samples`` runs, the runs interleaved so that a burst of another process
     weighs on both. 2.0 on two cores that scale perfectly."""
     threads = threads or os.cpu_count() or 1
-    key = ec.generate_private_key(ec.SECP256R1())
-    public = key.public_key()
-    payload = frame_payload()
-    signature = key.sign(payload, ec.ECDSA(hashes.SHA256()))
+    public, payload, signature = _signed_frame()
 
     def verify_many(_: int) -> None:
         algorithm = ec.ECDSA(hashes.SHA256())

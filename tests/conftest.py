@@ -164,18 +164,22 @@ async def wait_for(predicate, *, timeout_seconds: float = 10.0, interval_seconds
 
 
 @contextmanager
-def measuring_from_this_process() -> Iterator[None]:
+def measuring_from_this_process(*, collector_off: bool = False) -> Iterator[None]:
     """For a test that drives load from the test process and measures latency there: the garbage collector leaves
-    alone everything allocated before (``gc.freeze``). Late in a long session that is every earlier test's objects,
-    and each full collection walked them all while the trucks' acks waited: the pauses were measured as the
-    server's. AT-10 (seed 23, alone): recovery 20 s; with 1.5 M objects of ballast in the process, 31 s and a baseline
-    p99 of 0.87 s instead of 0.58; the same ballast frozen, 20 s and 0.43 s. (AT-18's windows go further and switch
-    the collector off: they allocate little; a fleet of trucks allocates a lot.)"""
+    alone everything allocated before (``gc.freeze``), and with ``collector_off`` does not run at all (for
+    measurements that allocate little: AT-18's windows, where a collection stopped the clock-reading client for
+    50-130 ms). Late in a long session that is every earlier test's objects, and each full collection walked them
+    all while the trucks' acks waited: the pauses were measured as the server's. AT-10 (seed 23, alone): recovery
+    20 s; with 1.5 M objects of ballast in the process, 31 s and a baseline p99 of 0.87 s instead of 0.58; the same
+    ballast frozen, 20 s and 0.43 s. A fleet of trucks allocates a lot: its collector stays on."""
     gc.collect()
     gc.freeze()
+    if collector_off:
+        gc.disable()
     try:
         yield
     finally:
+        gc.enable()
         gc.unfreeze()
 
 

@@ -22,7 +22,6 @@ in build/chaos.json.
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import math
 import random
@@ -55,7 +54,7 @@ from services.runtime import (
     transact,
 )
 from services.runtime.tokens import mint
-from tests.conftest import Pki, running_mesh, wait_for
+from tests.conftest import Pki, measuring_from_this_process, running_mesh, wait_for
 from tests.faultproxy import FaultProxy
 
 from .processes import ServiceProcess, gateway_replica
@@ -364,31 +363,28 @@ async def _alone_and_beside(http: httpx.AsyncClient, calm: list[dict[str, str]],
     windows: list[str] = []  # each window's phase and p99, in order ("A 9.1" alone, "B 10.2" beside), to see drift
     # The measuring client must not pause either: a collection of this (large) test process stops its clock-reading
     # for 50-130 ms, which lands in whichever window it falls in. Off for the windows only (they allocate little).
-    gc.freeze()
-    gc.disable()
     try:
-        assert await flooding.stdout.readline() == b"ready\n"
-        # A pair first that is not counted: the gateway replica's first requests of each kind (calm, refused) pay
-        # for what is set up once (tens of ms in the first windows of a fresh replica, in both phases).
-        for pair in range(-1, pairs):
-            for flood_on in ((False, True) if pair % 2 == 0 else (True, False)):
-                if flood_on:
-                    flooding.stdin.write(f"{window}\n".encode())
-                    await flooding.stdin.drain()
-                    assert await flooding.stdout.readline() == b"open\n"  # its connections up: the window starts
-                samples = await _paced_gets(http, calm, per_second=CALM_PER_SECOND, seconds=window)
-                flood = json.loads(await flooding.stdout.readline()) if flood_on else None
-                if pair < 0:
-                    continue
-                (beside if flood_on else alone).extend(samples)
-                windows.append(f"{'B' if flood_on else 'A'} {1000 * _p99([t for t, _ in samples]):.1f}")
-                if flood is not None:
-                    floods.append(flood)
-        flooding.stdin.close()
-        assert await flooding.wait() == 0
+        with measuring_from_this_process(collector_off=True):
+            assert await flooding.stdout.readline() == b"ready\n"
+            # A pair first that is not counted: the gateway replica's first requests of each kind (calm, refused) pay
+            # for what is set up once (tens of ms in the first windows of a fresh replica, in both phases).
+            for pair in range(-1, pairs):
+                for flood_on in ((False, True) if pair % 2 == 0 else (True, False)):
+                    if flood_on:
+                        flooding.stdin.write(f"{window}\n".encode())
+                        await flooding.stdin.drain()
+                        assert await flooding.stdout.readline() == b"open\n"  # its connections up: the window starts
+                    samples = await _paced_gets(http, calm, per_second=CALM_PER_SECOND, seconds=window)
+                    flood = json.loads(await flooding.stdout.readline()) if flood_on else None
+                    if pair < 0:
+                        continue
+                    (beside if flood_on else alone).extend(samples)
+                    windows.append(f"{'B' if flood_on else 'A'} {1000 * _p99([t for t, _ in samples]):.1f}")
+                    if flood is not None:
+                        floods.append(flood)
+            flooding.stdin.close()
+            assert await flooding.wait() == 0
     finally:
-        gc.enable()
-        gc.unfreeze()
         if flooding.returncode is None:
             flooding.kill()
             await flooding.wait()

@@ -13,7 +13,6 @@ PUBLIC = {
     "abort", "Aborted", "actor_metadata", "add_event", "AlreadyExists", "asgi_middleware", "audit_entries_touching",
     "AuditEntry", "AuditLog", "BILLING_ADMINS", "BOOL_FIELD", "caller", "caller_may",
     "carrier", "carrier_metadata", "CARRIER_METADATA_KEY", "certificate_key_id", "CertificateFiles", "Channels",
-    "ClusterClient",
     "check_etag", "check_health", "cluster_url", "Collection", "ConfigError", "configure_tracing", "connect_async",
     "connect_sync", "current_trace_ids", "dead_letters", "decode_page", "DEFAULT_PORTS", "default_state_dir",
     "EmbeddedStore", "enum_field", "ERROR_DOMAIN", "error_info", "event_span", "event_stream_key", "EventConsumer",
@@ -32,7 +31,9 @@ PUBLIC = {
     "tenant_key", "TIME_FIELD", "TimeIndex", "timestamp_ms", "TlsConfig", "TooManyAuditEntries",
     "to_rpc_status", "to_timestamp", "tracing_enabled", "TracingConfig", "transact", "trim_audit_log",
     "trim_event_stream", "Unavailable", "VEHICLE_CERTIFICATE_METADATA_KEY",
-    "verify_audit_log", "verify_relayed_certificate", "wait_durable", "confirmed_durable", "queue_durable_wait",
+    "verify_audit_log", "verify_relayed_certificate", "wait_durable",
+    # The one-store durable wait in a caller's own pipeline (the telemetry commit), and the cluster client.
+    "ClusterClient", "confirmed_durable", "queue_durable_wait",
 }
 
 
