@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 import grpc
@@ -98,24 +99,33 @@ def via_proxy(store_url: str, proxy_address: str) -> str:
 
 @dataclass
 class LightTruck:
-    """A truck of the test: streams ``frames_per_message`` frames every ``period_seconds`` over its own channel,
-    notes when each frame was first sent and when an Ack covered it, and on a broken stream opens a new session
-    (Hello with what was acked) and resends what was not acknowledged."""
+    """A truck of the test: spools ``frames_per_message`` frames every ``period_seconds`` and streams what it has
+    spooled whenever its stream takes another message, as the edge client does (edge_client/client.py): live, one
+    period's frames per message; behind a server that has stopped reading (flow control), the spool grows and goes
+    out in batches of up to MAX_BATCH_FRAMES once it reads again. Notes when each frame was spooled and when an Ack
+    covered it; on a broken stream it opens a new session (Hello with what was acked) and resends what was not
+    acknowledged."""
 
     truck: Truck
     address: str
     period_seconds: float
     frames_per_message: int = 1
+    #: Frames spooled (sequence of the last); ``written`` of them handed to the stream in this session.
     sent: int = 0
+    written: int = 0
     acked: int = 0
     sessions: int = 0
     sent_at: dict[int, float] = field(default_factory=dict)
-    #: (monotonic time the Ack arrived, seconds since the frame was first sent), one per frame.
+    #: (monotonic time the Ack arrived, seconds since the frame was spooled), one per frame.
     latencies: list[tuple[float, float]] = field(default_factory=list)
-    _queue: asyncio.Queue[stream_pb2.StreamTelemetryRequest | None] | None = None
+    #: Set when a frame is spooled: the stream's request iterator waits on it.
+    _spooled: asyncio.Event = field(default_factory=asyncio.Event)
     #: Set by the test once every truck of the fleet is connected: the trucks then start their rate together
     #: (before, each has sent one frame), so the fleet's connecting is not a backlog the baseline inherits.
     go: asyncio.Event = field(default_factory=asyncio.Event)
+
+    #: The largest batch the truck sends (the telemetry service's Welcome.max_batch_frames default).
+    MAX_BATCH_FRAMES: ClassVar[int] = 500
 
     def __post_init__(self) -> None:
         self._key_id = self.truck.key_id  # derived from the certificate: once, not per frame
@@ -133,22 +143,25 @@ class LightTruck:
                 self.latencies.append((now, now - started))
         self.acked = max(self.acked, through)
 
+    async def _requests(self) -> AsyncIterator[stream_pb2.StreamTelemetryRequest]:
+        """The session's messages: its Hello, then the spool above what was acked, taken when gRPC asks for the
+        next message (that is, once the previous one was written: flow control holds the frames in the spool)."""
+        yield self.truck.hello(self.acked)
+        self.written = self.acked
+        while True:
+            if self.written >= self.sent:
+                self._spooled.clear()
+                await self._spooled.wait()
+                continue
+            last = min(self.written + self.MAX_BATCH_FRAMES, self.sent)
+            message = batch([self._frame(s) for s in range(self.written + 1, last + 1)])
+            self.written = last
+            yield message
+
     async def _session(self, channel: grpc.aio.Channel) -> None:
         """One StreamTelemetry call until it breaks."""
-        queue: asyncio.Queue[stream_pb2.StreamTelemetryRequest | None] = asyncio.Queue()
-        self._queue = queue
-        queue.put_nowait(self.truck.hello(self.acked))
-        if self.sent > self.acked:  # the spool's unacknowledged frames, resent
-            for start in range(self.acked + 1, self.sent + 1, 500):
-                queue.put_nowait(batch([self._frame(s) for s in range(start, min(start + 500, self.sent + 1))]))
-        if self.sent == 0:  # the first frame, before the fleet's rate starts
-            self._send_frames(1)
-
-        async def requests() -> AsyncIterator[stream_pb2.StreamTelemetryRequest]:
-            while (item := await queue.get()) is not None:
-                yield item
-
-        call = telemetry_service_pb2_grpc.TelemetryServiceStub(channel).StreamTelemetry(requests(), timeout=900)
+        call = telemetry_service_pb2_grpc.TelemetryServiceStub(channel).StreamTelemetry(self._requests(),
+                                                                                        timeout=900)
         self.sessions += 1
         try:
             async for response in call:
@@ -157,26 +170,24 @@ class LightTruck:
         except grpc.aio.AioRpcError:
             pass
         finally:
-            self._queue = None
             call.cancel()
 
     async def _send(self) -> None:
+        self._spool(1)  # the first frame, before the fleet's rate starts
         await self.go.wait()
         next_at = time.monotonic()
         while True:
-            if self._queue is not None:
-                self._send_frames(self.frames_per_message)
+            self._spool(self.frames_per_message)
             next_at += self.period_seconds
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
-    def _send_frames(self, count: int) -> None:
-        assert self._queue is not None
+    def _spool(self, count: int) -> None:
         now = time.monotonic()
         first = self.sent + 1
         self.sent += count
         for sequence in range(first, self.sent + 1):
             self.sent_at[sequence] = now
-        self._queue.put_nowait(batch([self._frame(s) for s in range(first, self.sent + 1)]))
+        self._spooled.set()
 
     async def run(self) -> None:
         sender = asyncio.ensure_future(self._send())

@@ -138,6 +138,12 @@ class Authenticator:
         #: Tokens already verified (tokencache.py: until exp, at most a minute), not re-verified per request.
         self._verified: VerifiedTokens[Principal] = VerifiedTokens()
 
+    def remembered(self, authorization: str | None) -> Principal | None:
+        """The principal of a bearer token this process verified before and still trusts (tokencache.py); None
+        for any other header, which only :meth:`authenticate` can judge."""
+        match = _BEARER.match(authorization or "")
+        return None if match is None else self._verified.get(match.group(1))
+
     async def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
             raise RestError("UNAUTHENTICATED", "a bearer token is required", reason="UNAUTHENTICATED",

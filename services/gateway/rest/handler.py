@@ -134,6 +134,31 @@ class RestGateway:
             await self.durable()
         return response
 
+    def remembered_refusal(self, method: str, path: str, headers: Any) -> Response | None:
+        """The 429 :meth:`handle` would answer, when this process knows it without a store trip or a token check:
+        a token verified before, on a route of its scope, of a carrier the store refused moments ago
+        (ratelimit.py). None whenever anything else could decide the answer (an unknown route, a body over the
+        limit, a token not yet verified, a carrier not refused): such requests take the whole path.
+
+        The app asks this before its routing (app.py): a tenant flooding at many times its quota then costs the
+        event loop it shares with every other tenant little more than the HTTP parse (AT-18, docs/gateway.md)."""
+        principal = self.authenticator.remembered(headers.get("authorization"))
+        if principal is None or self.limiter.item is None:
+            return None
+        route, _, _ = self.routes.match("GET" if method == "HEAD" else method, path)
+        if route is None or route.method.scope is None or route.method.method.client_streaming:
+            return None
+        declared = headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_request_bytes):
+            return None
+        if route.method.scope not in principal.scopes:
+            return None
+        try:
+            self.limiter.check_remembered(principal.carrier)
+        except RestError as exc:
+            return error_response(exc)
+        return None
+
     def _check_size(self, size: int) -> None:
         if size > self.max_request_bytes:
             raise RestError("RESOURCE_EXHAUSTED", f"the request body exceeds {self.max_request_bytes} bytes",

@@ -94,12 +94,8 @@ class TenantRateLimiter:
         attempts') is over its budget; ``budget`` says whose, in the error."""
         if self.item is None:
             return
+        self.check_remembered(carrier, budget=budget)
         key = f"{{{carrier}}}"
-        until = self._refused_until.get(key)
-        if until is not None:
-            if time.time() < until:  # the store refused it and said so until then: no store trip
-                self._refuse(until, budget)
-            self._refused_until.pop(key, None)
         try:
             if await self._limiter.hit(self.item, key):
                 return
@@ -109,6 +105,16 @@ class TenantRateLimiter:
             return
         self._refused_until[key] = stats.reset_time
         self._refuse(stats.reset_time, budget)
+
+    def check_remembered(self, carrier: str, *, budget: str = "per carrier") -> None:
+        """The refusal of :meth:`check` when this process can give it from memory alone: the store refused
+        ``carrier`` and said until when, and that is not past (no store trip); else nothing."""
+        key = f"{{{carrier}}}"
+        until = self._refused_until.get(key)
+        if until is not None:
+            if time.time() < until:
+                self._refuse(until, budget)
+            self._refused_until.pop(key, None)
 
     def _refuse(self, reset_time: float, budget: str) -> NoReturn:
         assert self.item is not None

@@ -155,6 +155,25 @@ async def test_rate_limit_is_429_with_retry_after_per_tenant(http, token) -> Non
     assert quiet.status_code == 200
 
 
+async def test_a_refused_tenant_is_answered_from_memory_only_where_429_is_the_answer(http, token) -> None:
+    """While the store's refusal holds, the gateway answers the tenant's requests before its routing (app.py):
+    the same 429 as the store's, and every other answer (404, 403, 413, the API document) unchanged."""
+    noisy = bearer(token("remembered-co", "webhook:read"))
+    responses = await asyncio.gather(*(http.get("/api/v1/webhookSubscriptions", headers=noisy) for _ in range(150)))
+    refused = [r for r in responses if r.status_code == 429]
+    assert refused, [r.status_code for r in responses]
+    probes = await asyncio.gather(
+        http.get("/api/v1/webhookSubscriptions", headers=noisy),
+        http.get("/api/v1/nothing-here", headers=noisy),
+        http.get("/api/v1/tenders", headers=noisy),  # tender:read, which the token lacks
+        http.post("/api/v1/tenders", content=b"x" * (1024 * 1024 + 1), headers=noisy),
+        http.get("/openapi.json", headers=noisy))
+    assert [p.status_code for p in probes] == [429, 404, 403, 413, 200], [p.text[:200] for p in probes]
+    assert probes[0].json() == refused[0].json() and probes[0].headers["retry-after"] == refused[0].headers[
+        "retry-after"]
+    assert error_info(probes[2].json())["reason"] == "MISSING_SCOPE"
+
+
 async def test_unknown_route_and_wrong_verb(http, token) -> None:
     credentials = bearer(token("routeco"))
     missing = await http.get("/api/v1/nothing-here", headers=credentials)
