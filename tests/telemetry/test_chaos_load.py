@@ -110,9 +110,8 @@ class LightTruck:
     address: str
     period_seconds: float
     frames_per_message: int = 1
-    #: Frames spooled (sequence of the last); ``written`` of them handed to the stream in this session.
+    #: Frames spooled (sequence of the last).
     sent: int = 0
-    written: int = 0
     acked: int = 0
     sessions: int = 0
     sent_at: dict[int, float] = field(default_factory=dict)
@@ -145,17 +144,21 @@ class LightTruck:
 
     async def _requests(self) -> AsyncIterator[stream_pb2.StreamTelemetryRequest]:
         """The session's messages: its Hello, then the spool above what was acked, taken when gRPC asks for the
-        next message (that is, once the previous one was written: flow control holds the frames in the spool)."""
-        yield self.truck.hello(self.acked)
-        self.written = self.acked
+        next message (that is, once the previous one was written: flow control holds the frames in the spool).
+
+        What was written is this session's own: a broken session's iterator may still be woken by a frame spooled
+        after the next session began (gRPC leaves it suspended when the call ends with an error), and a count kept
+        on the truck would then skip that session's frames (W-2 counted them as acknowledged and lost)."""
+        written = self.acked
+        yield self.truck.hello(written)
         while True:
-            if self.written >= self.sent:
+            if written >= self.sent:
                 self._spooled.clear()
                 await self._spooled.wait()
                 continue
-            last = min(self.written + self.MAX_BATCH_FRAMES, self.sent)
-            message = batch([self._frame(s) for s in range(self.written + 1, last + 1)])
-            self.written = last
+            last = min(written + self.MAX_BATCH_FRAMES, self.sent)
+            message = batch([self._frame(s) for s in range(written + 1, last + 1)])
+            written = last
             yield message
 
     async def _session(self, channel: grpc.aio.Channel) -> None:
