@@ -84,7 +84,7 @@ def _render_status(serialized: bytes) -> bytes:
 
 #: The last 256 distinct error bodies, kept rendered: a tenant over its quota, or a client retrying a bad token,
 #: gets the same Status thousands of times, and rendering it (proto → dict → JSON) was a sixth of the gateway's work
-#: per refused request (AT-18, docs/gateway.md). Only statuses of at most 2 KiB are kept (≤ 1 MiB in all), so a
+#: per refused request (AT-18, docs/gateway.md). Only statuses of at most 2 KiB are kept (about 1 MiB in all), so a
 #: message quoting a long input cannot fill the cache.
 _rendered_status = functools.lru_cache(maxsize=256)(_render_status)
 _KEPT_STATUS_BYTES = 2048

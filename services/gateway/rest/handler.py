@@ -12,7 +12,7 @@ as the file itself (:mod:`.download`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,7 +134,7 @@ class RestGateway:
             await self.durable()
         return response
 
-    def remembered_refusal(self, method: str, path: str, headers: Any) -> Response | None:
+    def remembered_refusal(self, method: str, path: str, headers: Mapping[str, str]) -> Response | None:
         """The 429 :meth:`handle` would answer, when this process knows it without a store trip or a token check:
         a token verified before, on a route of its scope, of a carrier the store refused moments ago
         (ratelimit.py). None whenever anything else could decide the answer (an unknown route, a body over the
@@ -151,8 +151,10 @@ class RestGateway:
         declared = headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_request_bytes):
             return None
-        if route.method.scope not in principal.scopes:
-            return None
+        try:
+            require_scope(principal, route.method.scope)
+        except RestError:
+            return None  # the 403 is the whole path's to give
         try:
             self.limiter.check_remembered(principal.carrier)
         except RestError as exc:
