@@ -382,7 +382,7 @@ async def _alone_and_beside(http: httpx.AsyncClient, calm: list[dict[str, str]],
                         continue
                     (beside if flood_on else alone).extend(samples)
                     windows.append(f"{'B' if flood_on else 'A'} {1000 * _p99([t for t, _ in samples]):.1f}")
-                    if flood is not None:
+                    if flood_on:
                         floods.append(flood)
             flooding.stdin.close()
             assert await flooding.wait() == 0

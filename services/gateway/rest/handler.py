@@ -86,11 +86,7 @@ class RestGateway:
                 raise method_not_allowed(request.method, ", ".join(sorted(allowed)))
             raise RestError("NOT_FOUND", f"no route for {request.url.path}{self.not_found_hint}",
                             reason="ROUTE_NOT_FOUND")
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                raise RestError("INVALID_ARGUMENT", "Content-Length is not a number", reason="INVALID_ARGUMENT")
-            self._check_size(int(declared))
+        self._check_declared_size(request.headers.get("content-length"))
         return route, path_vars
 
     async def _call_unary(self, route: Any, message: Any, metadata: tuple[tuple[str, Any], ...]) -> Response:
@@ -148,18 +144,22 @@ class RestGateway:
         route, _, _ = self.routes.match("GET" if method == "HEAD" else method, path)
         if route is None or route.method.scope is None or route.method.method.client_streaming:
             return None
-        declared = headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_request_bytes):
-            return None
         try:
+            self._check_declared_size(headers.get("content-length"))
             require_scope(principal, route.method.scope)
         except RestError:
-            return None  # the 403 is the whole path's to give
+            return None  # a 400, 413 or 403 is the whole path's to give
         try:
             self.limiter.check_remembered(principal.carrier)
         except RestError as exc:
             return error_response(exc)
         return None
+
+    def _check_declared_size(self, declared: str | None) -> None:
+        if declared is not None:
+            if not declared.isdigit():
+                raise RestError("INVALID_ARGUMENT", "Content-Length is not a number", reason="INVALID_ARGUMENT")
+            self._check_size(int(declared))
 
     def _check_size(self, size: int) -> None:
         if size > self.max_request_bytes:

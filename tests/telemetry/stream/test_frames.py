@@ -225,8 +225,8 @@ async def test_a_groups_commit_survives_a_lost_script_cache_and_is_refused_unles
         tmp_path: Path) -> None:
     """On one store the group's commit scripts, the probe and WAITAOF go in one pipeline (one round trip: what that
     saves is make bench's to show): a store that lost its scripts (restarted) gets them loaded and the group sent
-    again, stored once; a store whose fsync cannot be
-    confirmed (AOF off: WAITAOF refuses) fails the group with nothing acknowledged, though the writes ran."""
+    again, stored once; a store whose fsync cannot be confirmed (AOF off: WAITAOF refuses) fails the group with
+    nothing acknowledged, though the writes ran."""
     store_process = EmbeddedStore(tmp_path / "store")
     client = connect_async(store_process.ensure_running().url)
     store = TelemetryStore(client, TelemetryConfig())
