@@ -115,6 +115,9 @@ class LightTruck:
     acked: int = 0
     sessions: int = 0
     sent_at: dict[int, float] = field(default_factory=dict)
+    #: The spool: frames signed when recorded, as the edge client's Recorder signs them (not when sent: a
+    #: backlog's signing would then land on the cores the server drains it with), until an Ack covers them.
+    spool: dict[int, frame_pb2.SignedFrame] = field(default_factory=dict)
     #: (monotonic time the Ack arrived, seconds since the frame was spooled), one per frame.
     latencies: list[tuple[float, float]] = field(default_factory=list)
     #: Set when a frame is spooled: the stream's request iterator waits on it.
@@ -140,6 +143,7 @@ class LightTruck:
             started = self.sent_at.pop(sequence, None)
             if started is not None:
                 self.latencies.append((now, now - started))
+            self.spool.pop(sequence, None)
         self.acked = max(self.acked, through)
 
     async def _requests(self) -> AsyncIterator[stream_pb2.StreamTelemetryRequest]:
@@ -157,7 +161,7 @@ class LightTruck:
                 await self._spooled.wait()
                 continue
             last = min(written + self.MAX_BATCH_FRAMES, self.sent)
-            message = batch([self._frame(s) for s in range(written + 1, last + 1)])
+            message = batch([self.spool[s] for s in range(written + 1, last + 1)])
             written = last
             yield message
 
@@ -190,6 +194,7 @@ class LightTruck:
         self.sent += count
         for sequence in range(first, self.sent + 1):
             self.sent_at[sequence] = now
+            self.spool[sequence] = self._frame(sequence)
         self._spooled.set()
 
     async def run(self) -> None:
@@ -361,13 +366,9 @@ async def _slow_store_under_trucks(mesh_pki: Pki, store_url: str, tmp_path: Path
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
         peak = rss.peak
-    lost = 0
     store_client = connect_async(store_url)
     try:
-        for truck in fleet:  # every acknowledged frame stored
-            entries = await store_client.xrange(TelemetryStore.frames_key(truck.truck.vehicle_id))
-            stored = {int(entry_id.split(b"-")[0]) for entry_id, _ in entries}
-            lost += sum(1 for s in range(1, truck.acked + 1) if s not in stored)
+        lost = await acked_not_stored(store_client, fleet)
     finally:
         await store_client.aclose()
     sent = sum(t.sent for t in fleet)
@@ -387,6 +388,21 @@ async def _slow_store_under_trucks(mesh_pki: Pki, store_url: str, tmp_path: Path
     }
     print(figures)
     return figures
+
+
+async def acked_not_stored(client: redis.asyncio.Redis, fleet: list[LightTruck]) -> int:
+    """How many frames the fleet had acknowledged are not in the store: counted, not listed. A vehicle's stream
+    ids are its sequences (≥ 1, each at most once), so its entries at or below what was acked are all of
+    1..acked exactly when there are that many of them: the stream's length less its entries above the mark.
+    Reading every entry back instead (half a million frames with their payloads) took this process 20 s."""
+    pipe = client.pipeline(transaction=False)
+    for truck in fleet:
+        key = TelemetryStore.frames_key(truck.truck.vehicle_id)
+        pipe.xlen(key)
+        pipe.xrange(key, min=f"{truck.acked + 1}-0")
+    replies = await pipe.execute()
+    return sum(truck.acked - (length - len(above))
+               for truck, length, above in zip(fleet, replies[0::2], replies[1::2], strict=True))
 
 
 def check_at10(figures: dict) -> None:
@@ -426,6 +442,24 @@ def test_ack_windows_find_the_recovery_as_samples_arrive() -> None:
     changes = [(step, value) for step, value in enumerate(found) if step == 0 or found[step - 1] != value]
     assert changes == [(0, None), (30, since), (40, None), (80, since + 5), (100, None), (130, since + 10)]
     assert windows.p99s()[3] == 5.0 and windows.p99s()[2] <= 0.5
+
+
+async def test_acked_not_stored_counts_exactly_the_acknowledged_frames_missing(
+        store_client: redis.asyncio.Redis, mesh_pki: Pki) -> None:
+    """The count AT-10 asserts on: frames above the acked mark (stored, not yet acked) do not hide one missing at or
+    below it, and a truck's other frames do not count for it."""
+    fleet = [LightTruck(Truck.mint(mesh_pki.ca), "unused", period_seconds=1.0) for _ in range(2)]
+    stored = ([1, 2, 4, 5, 6, 7], [1, 2, 3])
+    for light, sequences in zip(fleet, stored, strict=True):
+        for sequence in sequences:
+            await store_client.xadd(TelemetryStore.frames_key(light.truck.vehicle_id), {"p": b""},
+                                    id=f"{sequence}-0")
+    fleet[0].acked, fleet[1].acked = 5, 3
+    assert await acked_not_stored(store_client, fleet) == 1  # the 3rd of the first truck
+    fleet[0].acked = 2
+    assert await acked_not_stored(store_client, fleet) == 0
+    fleet[1].acked = 8
+    assert await acked_not_stored(store_client, fleet) == 5
 
 
 @pytest.mark.timeout(120)
@@ -652,7 +686,8 @@ async def _w2_through_a_fault(mesh: Mesh, mesh_pki: Pki, fault, heal, *, rng: ra
         for truck in fleet:
             entries = await client.xrange(TelemetryStore.frames_key(truck.truck.vehicle_id))
             sequences = [int(entry_id.split(b"-")[0]) for entry_id, _ in entries]
-            lost += sum(1 for s in range(1, truck.acked + 1) if s not in set(sequences))
+            stored = set(sequences)
+            lost += sum(1 for s in range(1, truck.acked + 1) if s not in stored)
             duplicated += len(sequences) - len(set(sequences))
     finally:
         await client.aclose()
