@@ -15,7 +15,31 @@ from haulmesh.telemetry.v1 import frame_pb2, stream_pb2
 from services.runtime import pki
 from services.telemetry.domain import key_id_of
 
-__all__ = ["Truck"]
+__all__ = ["Truck", "position_payload", "signed_frames"]
+
+_ECDSA = ec.ECDSA(hashes.SHA256())
+
+
+def position_payload(*, device_time: float | None = None, **fields: object) -> bytes:
+    """A serialized KIND_POSITION FramePayload with ``fields`` (vehicle_id, sequence and boot_id among them)."""
+    payload = frame_pb2.FramePayload(**{"kind": frame_pb2.FramePayload.KIND_POSITION, "vehicle_state": "enroute",
+                                        **fields})
+    payload.device_time.FromNanoseconds(int((device_time if device_time is not None else time.time()) * 1e9))
+    payload.position.lat, payload.position.lon, payload.position.speed_kph = 30.2, -97.7, 88.5
+    return payload.SerializeToString(deterministic=True)
+
+
+def signed_frames(vehicle_id: str, boot_id: str, private_key_pem: bytes, key_id: str, count: int) -> list[bytes]:
+    """Serialized SignedFrames 1..``count`` of a truck, stamped now. Plain arguments, so a process pool can make
+    them: a test's fleet signs up front, as each truck's own TPM would, and not on the cores the test measures."""
+    key = serialization.load_pem_private_key(private_key_pem, password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    frames = []
+    for sequence in range(1, count + 1):
+        payload = position_payload(vehicle_id=vehicle_id, sequence=sequence, boot_id=boot_id)
+        frames.append(frame_pb2.SignedFrame(sequence=sequence, payload=payload, signature=key.sign(payload, _ECDSA),
+                                            key_id=key_id).SerializeToString())
+    return frames
 
 
 @dataclass
@@ -44,16 +68,11 @@ class Truck:
 
     def payload(self, sequence: int, *, device_time: float | None = None, **overrides: object) -> bytes:
         """A serialized KIND_POSITION FramePayload of this truck (fields overridable)."""
-        fields: dict[str, object] = {"vehicle_id": self.vehicle_id, "sequence": sequence, "boot_id": self.boot_id,
-                                     "kind": frame_pb2.FramePayload.KIND_POSITION, "vehicle_state": "enroute"}
-        fields.update(overrides)
-        payload = frame_pb2.FramePayload(**fields)
-        payload.device_time.FromNanoseconds(int((device_time if device_time is not None else time.time()) * 1e9))
-        payload.position.lat, payload.position.lon, payload.position.speed_kph = 30.2, -97.7, 88.5
-        return payload.SerializeToString(deterministic=True)
+        return position_payload(device_time=device_time, **{"vehicle_id": self.vehicle_id, "sequence": sequence,
+                                                            "boot_id": self.boot_id, **overrides})
 
     def sign(self, payload: bytes) -> bytes:
-        return self.issued.private_key.sign(payload, ec.ECDSA(hashes.SHA256()))
+        return self.issued.private_key.sign(payload, _ECDSA)
 
     def frame(self, sequence: int, **overrides: object) -> frame_pb2.SignedFrame:
         payload = self.payload(sequence, **overrides)
