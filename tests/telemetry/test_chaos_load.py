@@ -1,8 +1,9 @@
 """AT-10 (a slow store under many trucks), and W-1 / W-2 at full strength.
 
 AT-10: a telemetry process of the test reaches its Valkey through the fault proxy; light in-process trucks (one
-mTLS channel and one StreamTelemetry call each, frames signed with their own keys, the unacknowledged resent on a
-new session if a stream breaks, as the edge client's spool does) stream at 10 Hz; the proxy then adds 500 ms of
+mTLS channel and one StreamTelemetry call each, frames signed with their own keys before the run, as each truck's
+own CPU would, not on the cores the test measures; the unacknowledged resent on a new session if a stream breaks,
+as the edge client's spool does) stream at 10 Hz; the proxy then adds 500 ms of
 latency each way for a while. The process's RSS (``/proc/<pid>/status`` VmRSS, sampled every 100 ms) must stay
 under the memory bound docs/capacity.md states ("Memory bound per telemetry process"), the process must live,
 and the trucks' ack latency p99 must be back to its baseline within 60 s of the latency ending. Every
