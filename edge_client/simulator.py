@@ -49,6 +49,8 @@ __all__ = ["Link", "Scenario", "SimulationReport", "Truck", "lane_between", "par
 
 KIND = frame_pb2.FramePayload
 SEVERITY = frame_pb2.Alarm
+#: How long (simulated) a truck stopped by a command waits for a resume before its run ends.
+STOP_HOLD_SECONDS = 60
 CRUISE_KPH = 105.0  # 65 mph, a typical autonomous-truck cruise on interstates
 # When a scenario fires, in simulated seconds after departure (``scenario_at`` moves the whole scenario).
 FAULT_DEGRADE_AT, FAULT_FAIL_AT, MRC_HOLD_SECONDS = 600, 900, 120
@@ -162,12 +164,14 @@ class Simulation:
                  mission_id: str = "", wait_for_mission: bool = False, max_sim_seconds: int | None = None,
                  progress_path: Path | None = None, crash: Callable[[], None] | None = None,
                  frame_every: int = 1, scenario_at: int | None = None, route_from_assignment: bool = False,
-                 pickup_dwell_seconds: int = 0, dwell_speedup: float | None = None) -> None:
+                 pickup_dwell_seconds: int = 0, dwell_speedup: float | None = None,
+                 stop_hold_seconds: int = STOP_HOLD_SECONDS) -> None:
         """``frame_every``: one POSITION frame every N simulated seconds. ``scenario_at``: the simulated second
         the scenario starts (default: its own, see the module docstring); later steps of the scenario keep
         their spacing. ``route_from_assignment``: start at the assigned mission's first stop and end at its
         last, through the lane's inner waypoints (the truck is at the shipper's dock, not at the lane's
-        nominal end points, so it is inside the pickup geofence when it departs)."""
+        nominal end points, so it is inside the pickup geofence when it departs). ``stop_hold_seconds``: how long
+        (simulated) the truck stays stopped after a stop command before the run ends, unless a resume comes."""
         if frame_every < 1:
             raise ValueError("frame_every must be at least 1 simulated second")
         if pickup_dwell_seconds < 0 or (dwell_speedup is not None and dwell_speedup <= 0):
@@ -191,6 +195,9 @@ class Simulation:
         self._crash = crash or (lambda: os.kill(os.getpid(), signal.SIGKILL))
         self._mission_assigned = asyncio.Event()
         self._reroute: list[tuple[float, float]] | None = None
+        self.stop_hold_seconds = stop_hold_seconds
+        #: The simulated second a stop command's hold ends the run (None: not stopped by a command).
+        self._stop_deadline: int | None = None
         if self._progress.sim_seconds:
             self.truck.distance_m = self._progress.distance_m
             self.truck.odometer_miles = self._progress.odometer_miles
@@ -218,8 +225,13 @@ class Simulation:
             return outcome.OUTCOME_COMPLETED, f"following {len(self._reroute)} new waypoints"
         if which == "stop":
             self.truck.speed_kph, self.truck.state = 0.0, "stopped"
-            self.max_sim_seconds = self.report.simulated_seconds + 60  # end the run a minute later
+            self._stop_deadline = self.report.simulated_seconds + self.stop_hold_seconds
             return outcome.OUTCOME_COMPLETED, "stopped"
+        if which == "resume":
+            if self._stop_deadline is None or self.truck.state != "stopped":
+                return outcome.OUTCOME_REJECTED, f"not stopped by a command (state {self.truck.state})"
+            self.truck.speed_kph, self.truck.state, self._stop_deadline = CRUISE_KPH, "enroute", None
+            return outcome.OUTCOME_COMPLETED, "resumed"
         if which == "cancel_assignment":
             self.truck.mission_id = ""
             return outcome.OUTCOME_COMPLETED, "assignment dropped"
@@ -245,13 +257,14 @@ class Simulation:
         second = self._progress.sim_seconds
         started, first_second = loop.time(), second
         hold_until = None
-        while not truck.arrived and (self.max_sim_seconds is None or second < self.max_sim_seconds):
+        while not truck.arrived and (self.max_sim_seconds is None or second < self.max_sim_seconds) and \
+                (self._stop_deadline is None or second < self._stop_deadline):
             second += 1
             self.report.simulated_seconds = second
             await self._scenario(second)
             if self._reroute:
                 truck.route, truck.distance_m = truck.route.rest_from(truck.distance_m, self._reroute), 0.0
-                self._reroute, hold_until = None, None
+                self._reroute, hold_until, self._stop_deadline = None, None, None
                 self.report.rerouted = True
                 truck.state, truck.speed_kph = "enroute", CRUISE_KPH
                 await self._record(KIND.KIND_EVENT, event=("reroute_applied", "following the cloud's reroute"))

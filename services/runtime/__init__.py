@@ -87,7 +87,7 @@ from ._server import Service, run_service
 from ._status import abort, error_info, retry_delay_seconds, status_of, to_rpc_status
 from ._store import EmbeddedStore, cluster_url, connect_async, connect_sync, free_port, resolve_redis_url
 from ._store_acl import STORE_USERS, StoreUser, render_acl_file
-from ._tenant import CARRIER_METADATA_KEY, carrier
+from ._tenant import CARRIER_METADATA_KEY, carrier, check_operator_serves
 from ._time import from_timestamp, timestamp_ms, to_timestamp
 from ._tls import CertificateFiles
 from ._tracing import (
@@ -172,6 +172,7 @@ __all__ = [
     "certificate_serial",
     "check_etag",
     "check_health",
+    "check_operator_serves",
     "cluster_url",
     "configure_tracing",
     "confirmed_durable",

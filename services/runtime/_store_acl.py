@@ -112,7 +112,7 @@ STORE_USERS: dict[str, StoreUser] = _users(
               groups=("mission",), idempotent_methods=("CreateMission", "RaiseMissionException", "RecordCheckIn")),
     # services/telemetry/store.py (frames, commands, liveness, archive bookkeeping; its own doorbell)
     StoreUser("telemetry", keys=("telemetry:*",), channels=("telemetry:doorbell",),
-              groups=("telemetry-missions", "telemetry-actions")),
+              groups=("telemetry-missions", "telemetry-actions"), idempotent_methods=("CreateVehicleCommand",)),
     # services/billing/store.py, billing/reports/store.py; evidence packs read every audit chain
     StoreUser("billing", keys=("ratecard:*", "ratecards:*", "quote:*", "quote-basis:*", "quote-accepted:*",
                                "invoice:*", "invoices:*", "invoice-by-mission:*", "invoice-seq:*",

@@ -17,7 +17,7 @@ from ._identity import caller
 from ._roles import caller_grant
 from .tokens import CARRIER_ID
 
-__all__ = ["CARRIER_METADATA_KEY", "carrier"]
+__all__ = ["CARRIER_METADATA_KEY", "carrier", "check_operator_serves"]
 
 CARRIER_METADATA_KEY = "haulmesh-carrier"
 _CARRIER = re.compile(rf"^carriers/({CARRIER_ID.pattern.strip('^$')})$")
@@ -32,7 +32,7 @@ def carrier(context: grpc.aio.ServicerContext) -> str:
     if asserted is None:
         raise InvalidArgument(f"exactly one {CARRIER_METADATA_KEY} metadata entry, carriers/{{carrier}}, is required",
                               reason="TENANT_REQUIRED")
-    return _check_operator_serves(asserted)
+    return check_operator_serves(asserted)
 
 
 def check_operator_tenant(context: grpc.aio.ServicerContext) -> None:
@@ -41,7 +41,7 @@ def check_operator_tenant(context: grpc.aio.ServicerContext) -> None:
     if caller().kind == "operator":
         asserted = _asserted(context)
         if asserted is not None:
-            _check_operator_serves(asserted)
+            check_operator_serves(asserted)
 
 
 def _asserted(context: grpc.aio.ServicerContext) -> str | None:
@@ -51,8 +51,9 @@ def _asserted(context: grpc.aio.ServicerContext) -> str | None:
     return match.group(1) if match else None
 
 
-def _check_operator_serves(carrier_id: str) -> str:
-    """An operator acts only for a carrier its grant serves (a platform admin for every one; no role, none)."""
+def check_operator_serves(carrier_id: str) -> str:
+    """An operator acts only for a carrier its grant serves (a platform admin for every one; no role, none): for a
+    resource whose carrier comes from the store rather than from the call's metadata. Other callers pass."""
     identity = caller()
     if identity.kind != "operator":
         return carrier_id

@@ -6,7 +6,7 @@ import asyncio
 
 from haulmesh.mission.v1 import mission_service_pb2_grpc
 from haulmesh.telemetry.v1 import telemetry_service_pb2, telemetry_service_pb2_grpc
-from services.runtime import ConfigError, Service, run_service
+from services.runtime import ConfigError, Idempotency, Service, run_service
 
 from . import workers
 from .config import TelemetryConfig
@@ -20,6 +20,7 @@ from .usecases import (
     FleetReporter,
     MissionActions,
     MissionTracking,
+    OperatorCommands,
     Streams,
     TieredFrames,
 )
@@ -57,7 +58,8 @@ def register(service: Service) -> None:
     service.revocations.on_revoked(streams.end_revoked)  # an idle truck's open stream ends when it is revoked
 
     servicer = TelemetryServicer(store, config, mission=mission_stub, streams=streams, archiver=archiver,
-                                 tiered=tiered, revocations=service.revocations)
+                                 tiered=tiered, revocations=service.revocations,
+                                 commands=OperatorCommands(store, Idempotency(service.redis)))
     service.add(telemetry_service_pb2_grpc.add_TelemetryServiceServicer_to_server, servicer,
                 telemetry_service_pb2.DESCRIPTOR.services_by_name["TelemetryService"])
 

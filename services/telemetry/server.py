@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from haulmesh.mission.v1 import mission_service_pb2_grpc
-from haulmesh.telemetry.v1 import frame_pb2, stream_pb2, telemetry_service_pb2, telemetry_service_pb2_grpc
+from haulmesh.telemetry.v1 import command_pb2, frame_pb2, stream_pb2, telemetry_service_pb2, telemetry_service_pb2_grpc
 from services.runtime import (
     FLEET_OPERATORS,
     PLATFORM_ADMINS,
@@ -41,7 +41,7 @@ from .config import TelemetryConfig
 from .convert import duration_seconds
 from .domain import FrameScope, VehicleKey, vehicle_key
 from .store import TelemetryStore
-from .usecases import Archiver, MissionTracking, Reads, Streams, TieredFrames
+from .usecases import Archiver, MissionTracking, OperatorCommands, Reads, Streams, TieredFrames
 
 __all__ = ["POLICY", "TelemetryServicer"]
 
@@ -71,6 +71,11 @@ POLICY = Policy({
     f"{_SERVICE}/WatchMissionTelemetry": _READERS,
     f"{_SERVICE}/ListVehicleCertificates": ["service/billing", "service/mission", PLATFORM_ADMINS],
     f"{_SERVICE}/RunArchive": [PLATFORM_ADMINS],
+    # A person's decision about a truck: operators only (a fleet operator for its carriers' missions' vehicles,
+    # checked per vehicle in usecases/commands.py), never another service.
+    f"{_SERVICE}/CreateVehicleCommand": [FLEET_OPERATORS, PLATFORM_ADMINS],
+    f"{_SERVICE}/GetVehicleCommand": [FLEET_OPERATORS, PLATFORM_ADMINS],
+    f"{_SERVICE}/ListVehicleCommands": [FLEET_OPERATORS, PLATFORM_ADMINS],
 }, audit_coalesce_seconds={
     # One frame a call: audited once per (caller, vehicle) per hour, not per frame (the frames themselves are the
     # signed, sequenced record of what was written; the audit entry says who wrote for the vehicle, and when).
@@ -136,13 +141,15 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
                  tracking: MissionTracking | None = None,
                  mission: Callable[[], mission_service_pb2_grpc.MissionServiceStub] | None = None,
                  streams: Streams | None = None, archiver: Archiver | None = None,
-                 tiered: TieredFrames | None = None, revocations: RevocationList | None = None) -> None:
+                 tiered: TieredFrames | None = None, revocations: RevocationList | None = None,
+                 commands: OperatorCommands | None = None) -> None:
         self._config = config or store.config
         #: The process's certificate deny-list, for certificates the gateway relays (docs/security.md).
         self._revocations = revocations
         self.streams = streams or Streams(store, self._config, tracking)
         self._reads = Reads(store, self._config, mission, tiered)
         self._archiver = archiver
+        self._commands = commands
 
     # ---- StreamTelemetry ----------------------------------------------------------------------------
 
@@ -279,6 +286,28 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
         return telemetry_service_pb2.RunArchiveResponse(vehicles=run.vehicles, frames_archived=run.frames_archived,
                                                         parts_written=run.parts_written,
                                                         frames_in_archive=run.frames_in_archive)
+
+    # ---- operators' commands to vehicles --------------------------------------------------------------
+
+    def _operator_commands(self) -> OperatorCommands:
+        if self._commands is None:
+            raise FailedPrecondition("this telemetry process takes no operator commands",
+                                     reason="COMMANDS_UNCONFIGURED")
+        return self._commands
+
+    async def CreateVehicleCommand(self, request: telemetry_service_pb2.CreateVehicleCommandRequest,
+                                   context: grpc.aio.ServicerContext) -> command_pb2.VehicleCommand:
+        vehicle_id = _vehicle_of(request.parent, "parent")
+        return await self._operator_commands().create(vehicle_id, request, str(caller()))
+
+    async def GetVehicleCommand(self, request: telemetry_service_pb2.GetVehicleCommandRequest,
+                                context: grpc.aio.ServicerContext) -> command_pb2.VehicleCommand:
+        return await self._operator_commands().get(request.name)
+
+    async def ListVehicleCommands(
+        self, request: telemetry_service_pb2.ListVehicleCommandsRequest, context: grpc.aio.ServicerContext,
+    ) -> telemetry_service_pb2.ListVehicleCommandsResponse:
+        return await self._operator_commands().list(_vehicle_of(request.parent, "parent"), request)
 
     async def WatchVehicleTelemetry(self, request: telemetry_service_pb2.WatchVehicleTelemetryRequest,
                                     context: grpc.aio.ServicerContext,

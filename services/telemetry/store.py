@@ -16,7 +16,10 @@ Keys (``{v}`` is the vehicle id as a Redis Cluster hash tag, so one vehicle's ke
   ``id``: command id); ``telemetry:{v}:command_ids`` maps command id -> entry id;
   ``telemetry:{v}:command_acks`` — Stream of the CommandAcks received (MAXLEN ~ ``command_acks_kept``): only
   for commands issued to the vehicle (``telemetry:{v}:issued:<id>`` exists, 30 days), and one per command and
-  outcome (``o:<outcome>`` in ``telemetry:{v}:command:<id>``), so a truck cannot grow it beyond its commands.
+  outcome (``o:<outcome>`` in ``telemetry:{v}:command:<id>``: its receive time, ``a:<outcome>`` the ack itself), so
+  a truck cannot grow it beyond its commands. An operator's command (CreateVehicleCommand) also keeps ``record``
+  (its VehicleCommand as created) in that hash, indexed by ``telemetry:{v}:operator_commands`` (sorted set,
+  members ``<create ms, 15 digits>:<id>``, the newest ``OPERATOR_COMMANDS_KEPT``).
 * ``telemetry:{v}:session`` — id of the vehicle's current stream session (newest wins).
 * ``telemetry:vehicles`` — Set of vehicle ids with telemetry (retention sweeps it).
 * ``telemetry:{v}:mission`` — Hash ``carrier``, ``name``, ``update_ms``, ``mission`` (serialized Mission, empty once
@@ -81,7 +84,7 @@ from .config import TelemetryConfig
 from .domain import Verified
 from .domain.archive import PartEntry, PartPlan, trim_boundary
 
-__all__ = ["DOORBELL", "CommitResult", "Silence", "StoredFrame", "TelemetryStore"]
+__all__ = ["DOORBELL", "CommitResult", "OperatorCommandRecord", "Silence", "StoredFrame", "TelemetryStore"]
 
 _log = logging.getLogger("haulmesh.telemetry.store")
 
@@ -175,10 +178,34 @@ if entry then
   redis.call('HDEL', KEYS[2], ARGV[1])
 end
 if redis.call('HSETNX', KEYS[5], 'o:' .. ARGV[5], ARGV[3]) == 0 then return 'repeat' end
+redis.call('HSET', KEYS[5], 'a:' .. ARGV[5], ARGV[2])
 redis.call('EXPIRE', KEYS[5], ARGV[6], 'NX')
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'id', ARGV[1], 'a', ARGV[2], 't', ARGV[3])
 return 'stored'
 """
+
+#: An operator's commands a vehicle's index keeps (the newest); each also expires with its record.
+OPERATOR_COMMANDS_KEPT = 1000
+
+
+@dataclass(frozen=True)
+class OperatorCommandRecord:
+    """An operator's command as stored: its VehicleCommand as created, the carrier it acts for ("" if none), and
+    the vehicle's acknowledgements with their receive times (ms), oldest first."""
+
+    record: bytes
+    carrier_id: str
+    acks: list[tuple[int, stream_pb2.CommandAck]]
+
+
+def _operator_command(fields: dict[bytes, bytes]) -> OperatorCommandRecord | None:
+    record = fields.get(b"record")
+    if record is None:
+        return None
+    acks = sorted(((int(fields.get(b"o:" + key[2:], b"0")), stream_pb2.CommandAck.FromString(value))
+                   for key, value in fields.items() if key.startswith(b"a:")), key=lambda pair: pair[0])
+    return OperatorCommandRecord(record, fields.get(b"carrier", b"").decode(), acks)
+
 
 #: A lost marker outlives any outage worth announcing; an expired one only means no "restored" event.
 _LOST_TTL_SECONDS = 30 * 86400
@@ -666,6 +693,41 @@ class TelemetryStore:
             args=[ack.command_id, ack.SerializeToString(), int(time.time() * 1000), self.config.command_acks_kept,
                   ack.outcome, _ISSUED_TTL_SECONDS])
         return outcome.decode() if isinstance(outcome, bytes) else str(outcome)
+
+    async def record_operator_command(self, vehicle_id: str, command_id: str, record: bytes, create_ms: int,
+                                      carrier_id: str, mission: str) -> None:
+        """Keep an operator's command (its VehicleCommand as created, ``record``) with the carrier and mission it acts
+        for, and index it by creation time (the vehicle's last ``OPERATOR_COMMANDS_KEPT``): before it is queued, so
+        that the truck's first acknowledgement finds it."""
+        index = _k(vehicle_id, "operator_commands")
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(_k(vehicle_id, f"command:{command_id}"),
+                      mapping={"carrier": carrier_id, "mission": mission, "record": record})
+            pipe.expire(_k(vehicle_id, f"command:{command_id}"), _ISSUED_TTL_SECONDS)
+            pipe.zadd(index, {f"{create_ms:015d}:{command_id}": 0})
+            pipe.zremrangebyrank(index, 0, -OPERATOR_COMMANDS_KEPT - 1)
+            pipe.expire(index, _ISSUED_TTL_SECONDS)
+            await pipe.execute()
+
+    async def operator_command(self, vehicle_id: str, command_id: str) -> OperatorCommandRecord | None:
+        """An operator's command as recorded, with the acknowledgements received for it; None if there is none of
+        that id (or it has expired)."""
+        fields = await self._redis.hgetall(_k(vehicle_id, f"command:{command_id}"))
+        return _operator_command(fields)
+
+    async def operator_commands(self, vehicle_id: str, after: str, count: int
+                                ) -> tuple[list[OperatorCommandRecord], str]:
+        """The vehicle's operator commands newest first, from the index member ``after`` (exclusive; "" from the
+        newest): up to ``count`` with their acknowledgements, and the member to continue from ("" at the end)."""
+        index = _k(vehicle_id, "operator_commands")
+        members = await self._redis.zrange(index, f"({after}" if after else "+", "-", desc=True, bylex=True,
+                                           offset=0, num=count + 1)
+        page, more = members[:count], len(members) > count
+        pipe = self._redis.pipeline(transaction=False)
+        for member in page:
+            pipe.hgetall(_k(vehicle_id, f"command:{member.decode().partition(':')[2]}"))
+        found = [c for c in (_operator_command(f) for f in await pipe.execute()) if c is not None] if page else []
+        return found, page[-1].decode() if more else ""
 
     async def command_acks(self, vehicle_id: str) -> list[stream_pb2.CommandAck]:
         """Every CommandAck received from the vehicle, in order."""

@@ -86,6 +86,40 @@ async def test_road_closure_follows_the_reroute(tmp_path: Path, signer) -> None:
     assert events == ["road_closure_ahead", "reroute_applied"] and report.rerouted
 
 
+async def test_an_operators_stop_holds_the_truck_until_it_is_told_to_resume(tmp_path: Path, signer) -> None:
+    ok, refused = stream_pb2.CommandAck.OUTCOME_COMPLETED, stream_pb2.CommandAck.OUTCOME_REJECTED
+    with Spool(tmp_path / "s.db") as spool:
+        simulation = Simulation(Recorder(spool, signer, VEHICLE), None, speedup=200, scenario=parse_scenario(None),
+                                max_sim_seconds=900, stop_hold_seconds=100_000)
+        task = asyncio.create_task(simulation.run())
+        await wait_for(lambda: simulation.report.simulated_seconds >= 20, timeout_seconds=30, interval_seconds=0.01)
+        assert simulation.on_command(stream_pb2.Command(command_id="r0", resume=stream_pb2.ResumeVehicle()))[0] == \
+            refused  # moving: nothing to resume
+        assert simulation.on_command(stream_pb2.Command(command_id="s1", stop=stream_pb2.StopVehicle()))[0] == ok
+        stopped_at, held = simulation.report.simulated_seconds, simulation.truck.distance_m
+        await wait_for(lambda: simulation.report.simulated_seconds >= stopped_at + 60, timeout_seconds=30,
+                       interval_seconds=0.01)
+        assert simulation.truck.distance_m == held and simulation.truck.state == "stopped"
+        assert simulation.on_command(stream_pb2.Command(command_id="r1", resume=stream_pb2.ResumeVehicle()))[0] == ok
+        report = await task
+    assert report.simulated_seconds == 900  # the stop did not end the run: the resume came within the hold
+    assert simulation.truck.distance_m > held and simulation.truck.state == "enroute"
+    assert report.commands == ["resume", "stop", "resume"]
+
+
+async def test_a_stop_without_a_resume_ends_the_run_after_the_hold(tmp_path: Path, signer) -> None:
+    with Spool(tmp_path / "s.db") as spool:
+        simulation = Simulation(Recorder(spool, signer, VEHICLE), None, speedup=200, scenario=parse_scenario(None),
+                                max_sim_seconds=100_000, stop_hold_seconds=30)
+        task = asyncio.create_task(simulation.run())
+        await wait_for(lambda: simulation.report.simulated_seconds >= 10, timeout_seconds=30, interval_seconds=0.01)
+        simulation.on_command(stream_pb2.Command(command_id="s1", stop=stream_pb2.StopVehicle()))
+        stopped_at = simulation.report.simulated_seconds
+        report = await asyncio.wait_for(task, timeout=30)
+    assert stopped_at + 30 <= report.simulated_seconds <= stopped_at + 31
+    assert simulation.truck.state == "stopped"
+
+
 @pytest.fixture
 def cert_dir(tmp_path: Path):
     """A cert dir as `haulmesh pki` lays it out, for the CLI; and the CA."""

@@ -4,7 +4,7 @@
 * reads.py: pages and watches of a vehicle's or a mission's frames;
 * tracking.py: derived events and liveness of the vehicles on a mission, published through the outbox;
 * fleet.py: what the roster should know of each vehicle (position, last heard, connectivity, ETAs), in batches;
-* commands.py: mission events → commands queued for trucks;
+* commands.py: mission events and operators' commands → commands queued for trucks;
 * missions.py: telemetry's own events → mission service calls;
 * archive.py: the archive tier (Parquet parts in the object store, trim only after archive) and reads across tiers.
 """
@@ -18,7 +18,7 @@ from .archive import (
     ArchiveUnavailable,
     TieredFrames,
 )
-from .commands import CommandRelay
+from .commands import CommandRelay, OperatorCommands
 from .fleet import FleetReporter
 from .missions import MissionActions, MissionNotReady
 from .reads import Reads
@@ -40,6 +40,7 @@ __all__ = [
     "MissionActions",
     "MissionNotReady",
     "MissionTracking",
+    "OperatorCommands",
     "Reads",
     "Session",
     "Streams",

@@ -1,16 +1,40 @@
-"""Commands to trucks: the command a mission event calls for (domain/commands.py) is remembered with its carrier
-and mission, and queued for the truck (the store rings the doorbell; the deliverer sends it on the truck's
-stream, now or on its next connection, until the truck acknowledges it)."""
+"""Commands to trucks: the command a mission event calls for (domain/commands.py), and an operator's
+(domain/operator_commands.py), each remembered with its carrier and mission and queued for the truck (the store
+rings the doorbell; the deliverer sends it on the truck's stream, now or on its next connection, until the truck
+acknowledges it)."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
 from haulmesh.events.v1 import event_pb2
-from haulmesh.telemetry.v1 import stream_pb2
+from haulmesh.mission.v1 import mission_pb2
+from haulmesh.telemetry.v1 import command_pb2, stream_pb2, telemetry_service_pb2
+from services.runtime import (
+    PLATFORM_ADMINS,
+    FailedPrecondition,
+    FieldViolation,
+    Idempotency,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    caller_may,
+    check_operator_serves,
+    decode_page,
+    new_id,
+    next_page_token,
+    timestamp_ms,
+)
 
 from ..domain import command_for
+from ..domain.operator_commands import NEEDS_MISSION, command_state, stream_command, validate_vehicle_command
 from ..store import TelemetryStore
 
-__all__ = ["CommandRelay"]
+__all__ = ["CommandRelay", "OperatorCommands"]
+
+_log = logging.getLogger("haulmesh.telemetry.commands")
 
 
 class CommandRelay:
@@ -34,3 +58,108 @@ class CommandRelay:
         vehicle_id = vehicle.removeprefix("vehicles/")
         await self._store.remember_command(vehicle_id, command.command_id, carrier_id, mission)
         await self._store.enqueue_command(vehicle_id, command)
+
+
+class OperatorCommands:
+    """An operator's commands to a vehicle (CreateVehicleCommand): checked (domain/operator_commands.py), recorded,
+    queued for the truck like any other command, and read back with the truck's acknowledgements."""
+
+    def __init__(self, store: TelemetryStore, idempotency: Idempotency,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self._store = store
+        self._idempotency = idempotency
+        self._clock = clock
+
+    async def create(self, vehicle_id: str, request: telemetry_service_pb2.CreateVehicleCommandRequest,
+                     requester: str) -> command_pb2.VehicleCommand:
+        now = self._clock()
+        wanted = request.vehicle_command
+        validate_vehicle_command(wanted, now)
+        current = await self._store.mission(vehicle_id)
+        carrier_id, mission = ("", "") if current is None else (current[0], mission_pb2.Mission.FromString(
+            current[1]).name)
+        _check_may_command(vehicle_id, carrier_id)
+        action = wanted.WhichOneof("action")
+        if action in NEEDS_MISSION and not mission:
+            raise FailedPrecondition(f"vehicles/{vehicle_id} has no current mission to {action.replace('_', ' ')}",
+                                     reason="NO_CURRENT_MISSION", metadata={"vehicle": f"vehicles/{vehicle_id}"})
+        normalised = telemetry_service_pb2.CreateVehicleCommandRequest(parent=request.parent, vehicle_command=wanted)
+        created = False
+
+        async def compute() -> command_pb2.VehicleCommand:
+            nonlocal created
+            command_id = new_id()
+            record = command_pb2.VehicleCommand(name=f"vehicles/{vehicle_id}/commands/{command_id}",
+                                                reason=wanted.reason, mission=mission, requester=requester)
+            getattr(record, action).CopyFrom(getattr(wanted, action))
+            command = stream_command(wanted, command_id, mission.removeprefix("missions/"), now)
+            getattr(record, action).CopyFrom(getattr(command, action))
+            record.expire_time.CopyFrom(command.expire_time)
+            record.create_time.CopyFrom(command.issue_time)
+            await self._store.record_operator_command(vehicle_id, command_id, record.SerializeToString(),
+                                                      command.issue_time.ToMilliseconds(), carrier_id, mission)
+            await self._store.enqueue_command(vehicle_id, command)
+            _log.info("vehicle %s: %s command %s queued by %s (%s)", vehicle_id, action, command_id, requester,
+                      mission or "no mission")
+            created = True
+            return _view(record, [], now)
+
+        result = await self._idempotency.run(f"{vehicle_id}:CreateVehicleCommand", request.request_id, normalised,
+                                             compute, command_pb2.VehicleCommand)
+        return result if created else await self.get(result.name)
+
+    async def get(self, name: str) -> command_pb2.VehicleCommand:
+        vehicle_id, command_id = _parse_command_name(name)
+        found = await self._store.operator_command(vehicle_id, command_id)
+        if found is None:
+            raise NotFound(f"{name} does not exist", reason="COMMAND_NOT_FOUND", metadata={"name": name})
+        _check_may_command(vehicle_id, found.carrier_id)
+        return _view(command_pb2.VehicleCommand.FromString(found.record), found.acks, self._clock())
+
+    async def list(self, vehicle_id: str, request: telemetry_service_pb2.ListVehicleCommandsRequest
+                   ) -> telemetry_service_pb2.ListVehicleCommandsResponse:
+        query = f"commands of {vehicle_id}"
+        page = decode_page(request.page_size, request.page_token, query)
+        found, cursor = await self._store.operator_commands(vehicle_id, page.after, page.size)
+        now = self._clock()
+        # A fleet operator sees the commands sent for its carriers' missions only.
+        visible = [c for c in found if _may_see(vehicle_id, c.carrier_id)]
+        return telemetry_service_pb2.ListVehicleCommandsResponse(
+            vehicle_commands=[_view(command_pb2.VehicleCommand.FromString(c.record), c.acks, now) for c in visible],
+            next_page_token=next_page_token(cursor, query))
+
+
+def _check_may_command(vehicle_id: str, carrier_id: str) -> None:
+    """A platform admin may command any vehicle; a fleet operator only one running a mission of a carrier it serves."""
+    if carrier_id:
+        check_operator_serves(carrier_id)
+    elif not caller_may([PLATFORM_ADMINS]):
+        raise PermissionDenied(f"vehicles/{vehicle_id} runs no mission: only a platform admin may command it",
+                               reason="TENANT_NOT_ALLOWED", metadata={"vehicle": f"vehicles/{vehicle_id}"})
+
+
+def _may_see(vehicle_id: str, carrier_id: str) -> bool:
+    try:
+        _check_may_command(vehicle_id, carrier_id)
+    except PermissionDenied:
+        return False
+    return True
+
+
+def _parse_command_name(name: str) -> tuple[str, str]:
+    parts = name.split("/")
+    if len(parts) != 4 or parts[0] != "vehicles" or parts[2] != "commands" or not parts[1] or not parts[3]:
+        raise InvalidArgument(f"name must be vehicles/{{vehicle}}/commands/{{command}}, got {name[:200]!r}",
+                              violations=[FieldViolation("name", "must be vehicles/{vehicle}/commands/{command}")])
+    return parts[1], parts[3]
+
+
+def _view(record: command_pb2.VehicleCommand, acks: list[tuple[int, stream_pb2.CommandAck]],
+          now: datetime) -> command_pb2.VehicleCommand:
+    view = command_pb2.VehicleCommand()
+    view.CopyFrom(record)
+    view.acks.extend(ack for _, ack in acks)
+    expire = record.expire_time.ToDatetime(tzinfo=UTC) if record.HasField("expire_time") else None
+    view.state = command_state(view.acks, expire, now)
+    view.update_time.CopyFrom(timestamp_ms(acks[-1][0]) if acks else record.create_time)
+    return view
