@@ -84,7 +84,7 @@ from ._revocation import (
     revoked_certificates,
 )
 from ._server import Service, run_service
-from ._status import abort, error_info, retry_delay_seconds, status_of, to_rpc_status
+from ._status import abort, describe_rpc_error, error_info, retry_delay_seconds, status_of, to_rpc_status
 from ._store import EmbeddedStore, cluster_url, connect_async, connect_sync, free_port, resolve_redis_url
 from ._store_acl import STORE_USERS, StoreUser, render_acl_file
 from ._tenant import CARRIER_METADATA_KEY, carrier, check_operator_serves
@@ -183,6 +183,7 @@ __all__ = [
     "dead_letters",
     "decode_page",
     "default_state_dir",
+    "describe_rpc_error",
     "enum_field",
     "error_info",
     "event_span",

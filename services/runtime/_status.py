@@ -9,7 +9,7 @@ from grpc_status import rpc_status
 
 from ._errors import ERROR_DOMAIN, HaulmeshError
 
-__all__ = ["abort", "error_info", "retry_delay_seconds", "status_of", "to_rpc_status"]
+__all__ = ["abort", "describe_rpc_error", "error_info", "retry_delay_seconds", "status_of", "to_rpc_status"]
 
 
 def to_rpc_status(error: HaulmeshError) -> status_pb2.Status:
@@ -43,6 +43,18 @@ async def abort(context: grpc.aio.ServicerContext, error: HaulmeshError) -> None
 def status_of(rpc_error: grpc.aio.AioRpcError | grpc.RpcError) -> status_pb2.Status | None:
     """The rich status carried by a failed call, or None when the server sent only a code."""
     return rpc_status.from_call(rpc_error)  # type: ignore[arg-type]
+
+
+def describe_rpc_error(rpc_error: grpc.aio.AioRpcError) -> str:
+    """A failed call for a person at a terminal: code, message, and each field violation on a line of its own."""
+    text = f"{rpc_error.code().name}: {rpc_error.details()}"
+    status = status_of(rpc_error)
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            text += "".join(f"\n  {v.field}: {v.description}" for v in bad.field_violations)
+    return text
 
 
 def error_info(rpc_error: grpc.aio.AioRpcError | grpc.RpcError) -> error_details_pb2.ErrorInfo | None:

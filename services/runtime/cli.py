@@ -33,7 +33,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from . import enrolment, kpi_report, pki, revoke
+from . import command_cli, enrolment, kpi_report, pki, revoke
 from ._audit import bases as audit_bases
 from ._audit import verify as verify_audit_log
 from ._config import (
@@ -573,6 +573,7 @@ def _parser() -> argparse.ArgumentParser:
     token.set_defaults(func=None)
 
     kpi_report.add_parser(sub, cert_dir=_cert_dir, store_url=_store_url, address=service_address)
+    command_cli.add_parser(sub, cert_dir=_cert_dir, address=service_address)
 
     store = sub.add_parser("store", help="the embedded store and the store users")
     store_sub = store.add_subparsers(dest="store_command", required=True)

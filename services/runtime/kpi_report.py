@@ -31,7 +31,6 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
-from google.rpc import error_details_pb2
 
 from haulmesh.billing.v1 import report_service_pb2, report_service_pb2_grpc
 from haulmesh.mission.v1 import mission_pb2
@@ -40,7 +39,7 @@ from haulmesh.type.v1 import lane_pb2, money_pb2
 from ._config import TlsConfig
 from ._events import STREAMS_KEY
 from ._keys import FLEET, carrier_metadata
-from ._status import status_of
+from ._status import describe_rpc_error
 from ._store import connect_async
 from ._tls import CertificateFiles, client_credentials
 from .money import format_minor, minor_unit_exponent
@@ -131,17 +130,6 @@ async def _carriers(store_url: Callable[[], str]) -> list[str]:
     return sorted(t for t in tags if t != FLEET)
 
 
-def _error_text(exc: grpc.aio.AioRpcError) -> str:
-    text = f"{exc.code().name}: {exc.details()}"
-    status = status_of(exc)
-    for detail in status.details if status is not None else ():
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            text += "".join(f"\n  {v.field}: {v.description}" for v in bad.field_violations)
-    return text
-
-
 async def _report(args: argparse.Namespace, certs: Path, store_url: Callable[[], str], address: str) -> int:
     carriers = args.carrier or await _carriers(store_url)
     if not carriers:
@@ -166,7 +154,7 @@ async def _report(args: argparse.Namespace, certs: Path, store_url: Callable[[],
                 responses.append(await stub.GetKpiReport(request, metadata=carrier_metadata(carrier),
                                                          timeout=args.timeout))
             except grpc.aio.AioRpcError as exc:
-                print(f"haulmesh report: carriers/{carrier}: {_error_text(exc)}", file=sys.stderr)
+                print(f"haulmesh report: carriers/{carrier}: {describe_rpc_error(exc)}", file=sys.stderr)
                 return 2 if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT,
                                            grpc.StatusCode.FAILED_PRECONDITION) else 1
     if args.format == "json":
