@@ -41,6 +41,7 @@ __all__ = [
     "INFLIGHT_FRAMES",
     "INFLIGHT_FRAMES_PEAK",
     "OPEN_STREAMS",
+    "OPERATOR_COMMANDS",
     "PACKET_LOSS_RATIO",
     "PAUSED_STREAMS",
     "REFUSED_COMMAND_ACKS",
@@ -108,6 +109,9 @@ REFUSED_COMMAND_ACKS = Counter("haulmesh_telemetry_refused_command_acks_total", 
                                " unknown (no such command was sent to the truck), too_large, or malformed (an"
                                " outcome outside the enum's known values).", ["reason"],
                                registry=METRICS_REGISTRY)
+OPERATOR_COMMANDS = Counter("haulmesh_telemetry_operator_commands_total", "Operators' commands queued for trucks "
+                            "(CreateVehicleCommand), by action: stop, reroute, resume, cancel_assignment.", ["action"],
+                            registry=METRICS_REGISTRY)
 ARCHIVED_FRAMES = Counter("haulmesh_telemetry_archived_frames_total", "Frames committed to archive parts "
                           "(object written, read back, manifest written, index committed).", registry=METRICS_REGISTRY)
 ARCHIVED_PARTS = Counter("haulmesh_telemetry_archived_parts_total", "Archive parts committed.",

@@ -28,6 +28,7 @@ from services.runtime import (
     timestamp_ms,
 )
 
+from .. import metrics
 from ..domain import command_for
 from ..domain.operator_commands import NEEDS_MISSION, command_state, stream_command, validate_vehicle_command
 from ..store import TelemetryStore
@@ -101,6 +102,7 @@ class OperatorCommands:
             await self._store.enqueue_command(vehicle_id, command)
             _log.info("vehicle %s: %s command %s queued by %s (%s)", vehicle_id, action, command_id, requester,
                       mission or "no mission")
+            metrics.OPERATOR_COMMANDS.labels(action).inc()
             created = True
             return _view(record, [], now)
 
