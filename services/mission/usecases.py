@@ -312,10 +312,9 @@ class MissionUseCases:
 
     # --- exceptions and check-ins --------------------------------------------------------------------
 
-    @staticmethod
-    def _raise(mission: Mission, announce: _Announcer, given: MissionException, who: str, now: datetime
+    def _raise(self, mission: Mission, announce: _Announcer, given: MissionException, who: str, now: datetime
                ) -> MissionException:
-        exc, moved = domain.raise_exception(mission, given, who, now)
+        exc, moved = domain.raise_exception(mission, given, who, now, self._settings.lanes)
         announce.exception_raised(exc)
         if moved:
             announce.state_changed()

@@ -15,7 +15,9 @@ File format (see docs/decisions.md, "Lane facts")::
                   "timezone": "America/Chicago", "service_radius_miles": 75, "urban_core_radius_miles": 8,
                   "urban_core_approved": true}, ...],
      "routes": [{"name": "...", "miles": 789,
-                 "waypoints": [{"name": "Houston, TX", "lat": 29.7604, "lon": -95.3698}, ...]}]}
+                 "waypoints": [{"name": "Houston, TX", "lat": 29.7604, "lon": -95.3698}, ...]}],
+     "roads": {"places": [...], "segments": [{"from": "Houston, TX", "to": "Baytown, TX", "road": "I-10",
+                                              "miles": 25}, ...]}}       (roads.py: detours around a closure)
 
 A route's ``miles`` is its road mileage end to end as the fleet's mileage guide gives it; a sparse waypoint
 polyline cuts the road's curves and under-measures it (the seed route's 14 waypoints measure 779 of 789 miles),
@@ -28,7 +30,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from datetime import time as dt_time
 from pathlib import Path
@@ -39,10 +41,12 @@ from ._config import read_json_file
 from ._errors import ConfigError
 from ._geo import METERS_PER_MILE, great_circle_miles
 from .limits import MARKET_CODE
+from .roads import Detour, RoadNetwork, empty_network, parse_roads
 
 __all__ = [
     "DEFAULT_LANES_FILE",
     "LANES_FILE_ENV",
+    "Detour",
     "KnownRoute",
     "LaneFacts",
     "Market",
@@ -122,6 +126,8 @@ class LaneFacts:
     night_end_hour: int = 5
     #: A known route serves a move whose first and last stops lie within this of the route's ends.
     route_match_miles: float = 25.0
+    #: The mapped road network, for detours around a closure (roads.py); empty: no detour is ever known.
+    roads: RoadNetwork = field(default_factory=empty_network)
 
     @property
     def planning_speed_kph(self) -> float:
@@ -176,6 +182,11 @@ class LaneFacts:
             miles = _polyline_miles(stops) * self.circuity_factor
         points = () if route is None else (stops[0], *route.waypoints[1:-1], stops[-1])
         return PlannedRoute(round(miles, 1), points, route.name if route else "")
+
+    def detour(self, position: Point, destination: Point) -> Detour | None:
+        """The way around the road segment a truck at ``position`` reported closed ahead, to ``destination``
+        (roads.py); None when no mapped segment lies within ``route_match_miles`` or nothing leads around it."""
+        return self.roads.detour(position, destination, near_miles=self.route_match_miles)
 
     def road_miles(self, a: Point, b: Point) -> float:
         """Estimated road miles between two points off any known route (great circle x circuity)."""
@@ -250,9 +261,9 @@ def _point(lat: Any, lon: Any, where: str) -> Point:
 def _parse(data: Mapping[str, Any]) -> LaneFacts:
     if not isinstance(data, Mapping):
         raise TypeError("the document must be a JSON object")
-    unknown = set(data) - {"planning", "markets", "routes"}
+    unknown = set(data) - {"planning", "markets", "routes", "roads"}
     if unknown:
-        raise ValueError(f"unknown keys {sorted(unknown)} (expected planning, markets, routes)")
+        raise ValueError(f"unknown keys {sorted(unknown)} (expected planning, markets, routes, roads)")
     raw_markets = _req(data, "markets", "document")
     if not isinstance(raw_markets, list) or not 0 < len(raw_markets) <= _MAX_MARKETS:
         raise ValueError(f"markets must be a list of 1 to {_MAX_MARKETS}")
@@ -301,7 +312,8 @@ def _parse(data: Mapping[str, Any]) -> LaneFacts:
                       circuity_factor=float(planning.get("circuity_factor", 1.13)),
                       planning_speed_mph=float(planning.get("planning_speed_mph", 55.0)),
                       night_start_hour=int(night.get("start", 22)), night_end_hour=int(night.get("end", 5)),
-                      route_match_miles=float(planning.get("route_match_miles", 25.0)))
+                      route_match_miles=float(planning.get("route_match_miles", 25.0)),
+                      roads=parse_roads(data["roads"], _point) if "roads" in data else empty_network())
     if not 1 <= facts.circuity_factor <= 3:
         raise ValueError("planning.circuity_factor must be in 1..3")
     if not 0 < facts.planning_speed_mph <= 85:

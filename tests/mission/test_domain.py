@@ -483,6 +483,30 @@ def test_raising_an_exception_picks_the_contingency_and_a_reroute_replaces_the_p
     assert domain.mission_status(mission) == Status(State.ENROUTE)
 
 
+def test_a_closure_reported_without_waypoints_takes_the_lane_facts_detour_or_stops() -> None:
+    lanes = load_lane_facts({})
+    mission = _enroute_mission()
+    on_i59 = Exc(kind=Exc.KIND_ROAD_CLOSURE, description="road_closure_ahead: I-59 closed",
+                 location={"lat": 30.8, "lon": -89.55})  # between Slidell and Hattiesburg
+    exc, _ = domain.raise_exception(mission, on_i59, "vehicle/AU-TRK-1001", T0, lanes)
+    assert exc.contingency == Contingency.REROUTE
+    waypoints = [(p.lat, p.lon) for p in exc.reroute_waypoints]
+    assert waypoints[0] == lanes.roads.places["Slidell, LA"] and waypoints[-1] == ATLANTA
+    assert lanes.roads.places["Hattiesburg, MS"] not in waypoints
+    assert exc.description.startswith("road_closure_ahead: I-59 closed; detour via I-10, I-65, I-85 (")
+    assert "avoiding I-59 Slidell, LA - Hattiesburg, MS" in exc.description
+    assert [(p.lat, p.lon) for p in mission.planned_route] == [*waypoints, ATLANTA]
+    # Nowhere near a mapped road (or no location at all): no route is guessed; the truck stops.
+    offshore = Exc(kind=Exc.KIND_ROAD_CLOSURE, location={"lat": 27.0, "lon": -90.0})
+    exc, _ = domain.raise_exception(mission, offshore, "vehicle/AU-TRK-1001", T0, lanes)
+    assert exc.contingency == Contingency.MINIMAL_RISK_STOP and not exc.reroute_waypoints
+    assert exc.description.startswith("no known road around it: the vehicle stops")
+    before_departure = mission_pb2.Mission(name="missions/m2", state=State.PRE_TRIP)
+    before_departure.stops.add(location={"lat": HOUSTON[0], "lon": HOUSTON[1]})
+    exc, _ = domain.raise_exception(before_departure, Exc(kind=Exc.KIND_ROAD_CLOSURE), "operator/ops", T0, lanes)
+    assert exc.contingency == Contingency.HOLD
+
+
 def test_a_hold_check_in_comes_with_a_check_in_hold_exception() -> None:
     mission = _enroute_mission()
     given = mission_pb2.CheckIn(point=CheckInPoint.ENROUTE, outcome=domain.HOLD, notes="smoke")

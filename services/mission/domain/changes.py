@@ -8,13 +8,14 @@ from datetime import datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from haulmesh.mission.v1 import mission_pb2
-from haulmesh.type.v1 import health_check_pb2
+from haulmesh.type.v1 import health_check_pb2, location_pb2
 from services.runtime import (
     FailedPrecondition,
     FieldViolation,
     NotFound,
     to_timestamp,
 )
+from services.runtime.lanes import Detour, LaneFacts
 
 from .checkins import CheckInPolicy, departure_cleared, recorded_check_ins, refresh_check_in_due
 from .checks import raise_if, text_violations
@@ -166,30 +167,62 @@ def validate_exception(given: mission_pb2.MissionException) -> None:
     raise_if(problems)
 
 
-def raise_exception(mission: mission_pb2.Mission, given: mission_pb2.MissionException, who: str, now: datetime
-                    ) -> tuple[mission_pb2.MissionException, bool]:
+def raise_exception(mission: mission_pb2.Mission, given: mission_pb2.MissionException, who: str, now: datetime,
+                    lanes: LaneFacts | None = None) -> tuple[mission_pb2.MissionException, bool]:
     """Record ``given`` as a new open exception (the fleet's contingency when none is given; a REROUTE with
     waypoints replaces the planned route) and move the mission to EXCEPTION. Returns the exception as
-    recorded and whether the mission's state changed."""
+    recorded and whether the mission's state changed.
+
+    A REROUTE without waypoints (a truck's closure report says where it is, not how to go round) takes the detour
+    the lane facts' road network gives from ``given.location`` to the next stop (:func:`detour_for`); when there is
+    none (no mapped road there, nothing around it, no location), the truck is stopped instead: a minimal-risk stop
+    once departed, a hold before, and the description says so (an operator may send waypoints himself)."""
     status = mission_status(mission)
     after = transition(status, Action.RAISE)
     assert after is not None  # RAISE always moves or refuses
     severity = Severity(given.severity or Severity.WARNING)
     contingency = given.contingency or choose_contingency(ExceptionKind(given.kind), severity,
                                                           departed=status.departed)
+    description, waypoints = given.description, list(given.reroute_waypoints)
+    if contingency == Contingency.REROUTE and not waypoints:
+        found = detour_for(mission, given, lanes, departed=status.departed)
+        if found is not None:
+            waypoints = [location_pb2.Location(lat=lat, lon=lon) for lat, lon in found.waypoints]
+            description = _append(description, f"detour via {', '.join(found.roads)} ({found.miles:.0f} mi to the "
+                                                f"next stop), avoiding {found.avoided}")
+        else:
+            contingency = Contingency.MINIMAL_RISK_STOP if status.departed else Contingency.HOLD
+            description = _append(description, "no known road around it: the vehicle stops until an operator "
+                                               "sends a route (a reroute with waypoints) or resumes it")
     exc = mission.exceptions.add(
         exception_id=f"exc-{len(mission.exceptions) + 1}", kind=given.kind, severity=int(severity),
-        contingency=int(Contingency(contingency)), description=given.description,
-        reroute_waypoints=given.reroute_waypoints, frame_sequence=given.frame_sequence, raised_by=who,
+        contingency=int(Contingency(contingency)), description=description,
+        reroute_waypoints=waypoints, frame_sequence=given.frame_sequence, raised_by=who,
         raise_time=to_timestamp(now))
     if given.HasField("location"):
         exc.location.CopyFrom(given.location)
-    if exc.contingency == Contingency.REROUTE and given.reroute_waypoints:
+    if exc.contingency == Contingency.REROUTE and exc.reroute_waypoints:
         # The new plan: from where the vehicle was told to go, on to the destination.
         del mission.planned_route[:]
-        mission.planned_route.extend([*given.reroute_waypoints, mission.stops[-1].location])
+        mission.planned_route.extend([*exc.reroute_waypoints, mission.stops[-1].location])
     move(mission, after)
     return exc, after.state != status.state
+
+
+def detour_for(mission: mission_pb2.Mission, given: mission_pb2.MissionException, lanes: LaneFacts | None, *,
+               departed: bool) -> Detour | None:
+    """The lane facts' way around the road the vehicle reported closed at ``given.location``, to the mission's next
+    stop (once departed, the first after the pickup not yet reached); None without a location, lane facts or a
+    known way."""
+    if lanes is None or not given.HasField("location") or not mission.stops:
+        return None
+    stops = mission.stops[1:] if departed and len(mission.stops) > 1 else mission.stops
+    ahead = next((s for s in stops if not s.HasField("arrive_time")), mission.stops[-1])
+    return lanes.detour((given.location.lat, given.location.lon), (ahead.location.lat, ahead.location.lon))
+
+
+def _append(description: str, note: str) -> str:
+    return f"{description}; {note}"[:1000] if description else note[:1000]
 
 
 def validate_resolution(exception_id: str, resolution: str) -> None:
