@@ -31,6 +31,7 @@ GLOBEX = (("haulmesh-carrier", "carriers/globex"),)
 DRY_VAN, STEP_DECK, CHASSIS = 1, 5, 7
 HOUSTON = location_pb2.Location(lat=29.7604, lon=-95.3698, address="Houston, TX")
 DALLAS = location_pb2.Location(lat=32.7767, lon=-96.7970, address="Dallas, TX")
+ATLANTA = location_pb2.Location(lat=33.7490, lon=-84.3880, address="Atlanta, GA")
 LAREDO = location_pb2.Location(lat=27.5306, lon=-99.4803, address="Laredo, TX")
 EL_PASO = location_pb2.Location(lat=31.7619, lon=-106.4850, address="El Paso, TX")
 M = mission_pb2.Mission
@@ -356,12 +357,19 @@ async def test_mission_driven_to_completion(mesh: Mesh, mesh_pki: Pki, ops: Clie
 
 async def test_exceptions_contingencies_and_abort(ops: Client, tender: Client, mesh: Mesh) -> None:
     vehicle = await add_vehicle(ops)
-    mission = await drive_to_enroute(ops, await dispatch(tender, vehicle))
+    mission = await drive_to_enroute(ops, await dispatch(tender, vehicle, destination=ATLANTA))
     closure = mission_service_pb2.RaiseMissionExceptionRequest(
         name=mission.name, request_id=f"{vehicle.name[9:]}:42", exception=mission_pb2.MissionException(
-            kind=mission_pb2.MissionException.KIND_ROAD_CLOSURE, description="I-45 closed", frame_sequence=42))
+            kind=mission_pb2.MissionException.KIND_ROAD_CLOSURE, description="I-59 closed", frame_sequence=42,
+            location=location_pb2.Location(lat=30.8, lon=-89.55)))  # on I-59, between Slidell and Hattiesburg
     raised = await ops.RaiseMissionException(closure, metadata=ACME, timeout=10)
     assert raised.exception.contingency == mission_pb2.MissionException.CONTINGENCY_REROUTE
+    # No waypoints came with it: the mission service took the lane facts' detour to the delivery.
+    detour = [(p.lat, p.lon) for p in raised.exception.reroute_waypoints]
+    assert detour[0] == (30.2752, -89.7812) and detour[-1] == (mission.stops[-1].location.lat,
+                                                                mission.stops[-1].location.lon)
+    assert "detour via I-10, I-65" in raised.exception.description
+    assert [(p.lat, p.lon) for p in raised.mission.planned_route][:len(detour)] == detour
     assert raised.exception.exception_id == "exc-1" and raised.exception.raised_by.endswith("/operator/ops")
     assert (raised.mission.state, raised.mission.resume_state) == (M.STATE_EXCEPTION, M.STATE_ENROUTE)
     assert await ops.RaiseMissionException(closure, metadata=ACME, timeout=10) == raised  # idempotent
