@@ -12,6 +12,8 @@ event                                  call
 ``connectivity_restored``              ResolveMissionException of the open CONNECTIVITY_LOSS exceptions
 ``fault_reported`` (FAULT, raised)     RaiseMissionException SENSOR_FAULT / VEHICLE_FAULT
 ``route_deviated``                     RaiseMissionException ROUTE_DEVIATION
+``road_closure_reported``              RaiseMissionException ROAD_CLOSURE at the truck's position, without
+                                       waypoints: the mission service takes the lane facts' detour, or stops it
 =====================================  ====================================================================
 
 Raised exceptions carry a request id derived from the event's vehicle and frame, so a retried call never
@@ -34,6 +36,7 @@ from .tracking import fault_kind
 
 __all__ = [
     "ACTION_EVENT_TYPES",
+    "ROAD_CLOSURE_CODES",
     "arrival",
     "connectivity_lost",
     "connectivity_resolutions",
@@ -42,6 +45,7 @@ __all__ = [
     "may_arrive",
     "pre_trip",
     "retry_later",
+    "road_closure",
     "route_deviated",
 ]
 
@@ -49,7 +53,9 @@ _P = "haulmesh.telemetry.v1."
 #: The telemetry events that move a mission.
 ACTION_EVENT_TYPES = frozenset(_P + t for t in (
     "command_acknowledged", "health_reported", "geofence_entered", "connectivity_lost", "connectivity_restored",
-    "fault_reported", "route_deviated"))
+    "fault_reported", "route_deviated", "road_closure_reported"))
+#: Device event codes (DeviceEvent.code) by which a truck reports the road ahead of it closed.
+ROAD_CLOSURE_CODES = frozenset({"road_closure_ahead"})
 _Ex = mission_pb2.MissionException
 _ACCEPTED = (stream_pb2.CommandAck.OUTCOME_ACCEPTED, stream_pb2.CommandAck.OUTCOME_COMPLETED)
 _BLOCKING_OK = (health_check_pb2.HealthCheckResult.OUTCOME_PASS, health_check_pb2.HealthCheckResult.OUTCOME_WARN)
@@ -163,3 +169,17 @@ def route_deviated(data: tev.RouteDeviated) -> _Raise | None:
                     location=data.location, frame_sequence=data.frame_sequence)
     return _Raise(name=data.mission, exception=exception,
                   request_id=_request_id(data.vehicle, data.frame_sequence, "route"))
+
+
+def road_closure(data: tev.RoadClosureReported) -> _Raise | None:
+    """A ROAD_CLOSURE exception where the truck is, with no waypoints: the route round it is the mission service's
+    to find (its lane facts' road network), and it stops the truck when there is none."""
+    if not data.mission:
+        return None
+    exception = _Ex(kind=_Ex.KIND_ROAD_CLOSURE, severity=_Ex.SEVERITY_WARNING,
+                    description=f"the truck reports the road ahead closed: {data.detail or 'no detail'}"[:500],
+                    frame_sequence=data.frame_sequence)
+    if data.HasField("location"):
+        exception.location.CopyFrom(data.location)
+    return _Raise(name=data.mission, exception=exception,
+                  request_id=_request_id(data.vehicle, data.frame_sequence, "closure"))

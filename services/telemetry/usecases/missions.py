@@ -91,6 +91,9 @@ class MissionActions:
     async def _telemetry_route_deviated(self, data: Any, metadata: Any) -> None:
         await self._raise(actions.route_deviated(data), metadata)
 
+    async def _telemetry_road_closure_reported(self, data: Any, metadata: Any) -> None:
+        await self._raise(actions.road_closure(data), metadata)
+
     async def _raise(self, request: mission_service_pb2.RaiseMissionExceptionRequest | None, metadata: Any) -> None:
         if request is not None:
             await self._stub().RaiseMissionException(request, metadata=metadata)

@@ -393,3 +393,44 @@ async def test_a_truck_whose_replica_died_is_still_reported_lost(follow_mesh: Me
         await client.aclose()
     print(f"replica pid {replica.pid} killed under the truck: lost reported by the survivor "
           f"(last sequence {detail.last_sequence}), restored once on the truck's return")
+
+
+async def test_a_trucks_road_closure_report_brings_it_the_detour_round_it(follow_mesh: Mesh, mesh_pki: Pki) -> None:
+    mesh = follow_mesh
+    truck = Truck.mint(mesh_pki.ca, f"RC-{uuid.uuid4().hex[:8].upper()}")
+    mission_name = await _dispatch(mesh, mesh_pki, truck)
+    tenant = carrier_metadata(CARRIER)
+    channel = grpc.aio.secure_channel(mesh.address("telemetry"), truck.credentials())
+    session = Session(channel)
+    # On I-59 between Slidell and Hattiesburg (the planned route's leg), the truck holds and reports the road closed.
+    on_i59 = location_pb2.Location(lat=30.8, lon=-89.55)
+    async with grpc.aio.secure_channel(mesh.address("mission"), mesh_pki.credentials("operator", "ops")) as ops_ch:
+        missions = mission_service_pb2_grpc.MissionServiceStub(ops_ch)
+        session.send(truck.hello())
+        alive = asyncio.ensure_future(_keep_alive(session))
+        try:
+            await _start_mission(session, truck, missions, mission_name)
+            _send(session, _signed(truck, 2, KIND.KIND_EVENT, at=on_i59, speed_kph=0, event=frame_pb2.DeviceEvent(
+                code="road_closure_ahead", detail="I-59 closed ahead; holding for a reroute")))
+            mission = await wait_for(lambda: _in(missions.GetMission(mission_service_pb2.GetMissionRequest(
+                name=mission_name), metadata=tenant, timeout=10), State.STATE_EXCEPTION), timeout_seconds=15)
+            [closure] = mission.exceptions
+            reroutes = await wait_for(
+                lambda: [c for c in session.of("command") if c.WhichOneof("payload") == "reroute"], timeout_seconds=15)
+        finally:
+            alive.cancel()
+            await session.aclose()
+            await channel.close()
+    assert (closure.kind, closure.contingency) == (mission_pb2.MissionException.KIND_ROAD_CLOSURE,
+                                                   mission_pb2.MissionException.CONTINGENCY_REROUTE)
+    assert closure.raised_by.endswith("/service/telemetry") and closure.frame_sequence == 2
+    assert (closure.location.lat, closure.location.lon) == (on_i59.lat, on_i59.lon)
+    assert "I-59 closed ahead" in closure.description and "avoiding I-59 Slidell, LA - Hattiesburg, MS" in \
+        closure.description
+    [reroute] = reroutes
+    assert reroute.command_id == f"reroute-{closure.exception_id}"
+    assert list(reroute.reroute.waypoints) == list(closure.reroute_waypoints)
+    first, last = reroute.reroute.waypoints[0], reroute.reroute.waypoints[-1]
+    assert (first.lat, first.lon) == (30.2752, -89.7812)  # back to Slidell, then I-10 east
+    assert (last.lat, last.lon) == (ATLANTA.lat, ATLANTA.lon)
+    print(f"closure reported at {on_i59.lat},{on_i59.lon}: {closure.description}")
