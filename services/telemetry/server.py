@@ -297,7 +297,7 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
 
     async def CreateVehicleCommand(self, request: telemetry_service_pb2.CreateVehicleCommandRequest,
                                    context: grpc.aio.ServicerContext) -> command_pb2.VehicleCommand:
-        vehicle_id = _vehicle_of(request.parent, "parent")
+        vehicle_id = parse_name(request.parent, "vehicles", field="parent")
         return await self._operator_commands().create(vehicle_id, request, str(caller()))
 
     async def GetVehicleCommand(self, request: telemetry_service_pb2.GetVehicleCommandRequest,
@@ -307,7 +307,7 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
     async def ListVehicleCommands(
         self, request: telemetry_service_pb2.ListVehicleCommandsRequest, context: grpc.aio.ServicerContext,
     ) -> telemetry_service_pb2.ListVehicleCommandsResponse:
-        return await self._operator_commands().list(_vehicle_of(request.parent, "parent"), request)
+        return await self._operator_commands().list(parse_name(request.parent, "vehicles", field="parent"), request)
 
     async def WatchVehicleTelemetry(self, request: telemetry_service_pb2.WatchVehicleTelemetryRequest,
                                     context: grpc.aio.ServicerContext,

@@ -14,6 +14,7 @@ from haulmesh.mission.v1 import mission_pb2
 from haulmesh.telemetry.v1 import command_pb2, stream_pb2, telemetry_service_pb2
 from services.runtime import (
     PLATFORM_ADMINS,
+    VEHICLE_ID,
     FailedPrecondition,
     FieldViolation,
     Idempotency,
@@ -25,6 +26,7 @@ from services.runtime import (
     decode_page,
     new_id,
     next_page_token,
+    resource_id_pattern,
     timestamp_ms,
 )
 
@@ -92,7 +94,6 @@ class OperatorCommands:
             command_id = new_id()
             record = command_pb2.VehicleCommand(name=f"vehicles/{vehicle_id}/commands/{command_id}",
                                                 reason=wanted.reason, mission=mission, requester=requester)
-            getattr(record, action).CopyFrom(getattr(wanted, action))
             command = stream_command(wanted, command_id, mission.removeprefix("missions/"), now)
             getattr(record, action).CopyFrom(getattr(command, action))
             record.expire_time.CopyFrom(command.expire_time)
@@ -149,9 +150,12 @@ def _may_see(vehicle_id: str, carrier_id: str) -> bool:
 
 
 def _parse_command_name(name: str) -> tuple[str, str]:
+    """(vehicle id, command id) of ``vehicles/{vehicle}/commands/{command}``; INVALID_ARGUMENT otherwise."""
     parts = name.split("/")
-    if len(parts) != 4 or parts[0] != "vehicles" or parts[2] != "commands" or not parts[1] or not parts[3]:
+    if len(parts) != 4 or parts[0] != "vehicles" or parts[2] != "commands" or not VEHICLE_ID.fullmatch(parts[1]) \
+            or not resource_id_pattern("commands").fullmatch(parts[3]):
         raise InvalidArgument(f"name must be vehicles/{{vehicle}}/commands/{{command}}, got {name[:200]!r}",
+                              reason="INVALID_RESOURCE_NAME",
                               violations=[FieldViolation("name", "must be vehicles/{vehicle}/commands/{command}")])
     return parts[1], parts[3]
 

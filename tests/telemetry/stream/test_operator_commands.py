@@ -161,7 +161,10 @@ async def test_who_may_command_which_vehicle(mesh: Mesh, mesh_pki: Pki) -> None:
             (grpc.StatusCode.NOT_FOUND, "COMMAND_NOT_FOUND")
         assert await _refusal(_stub(admin_ch).GetVehicleCommand(
             telemetry_service_pb2.GetVehicleCommandRequest(name="vehicles/x"), timeout=10)) == \
-            (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")
+            (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_RESOURCE_NAME")
+        assert await _refusal(_stub(admin_ch).CreateVehicleCommand(telemetry_service_pb2.CreateVehicleCommandRequest(
+            parent="vehicles/not a vehicle", vehicle_command=_stop("X").vehicle_command), timeout=10)) == \
+            (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_RESOURCE_NAME")
 
 
 async def test_an_invalid_command_names_every_bad_field(mesh: Mesh, mesh_pki: Pki) -> None:
