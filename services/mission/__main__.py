@@ -26,6 +26,8 @@ def register(service: Service) -> None:
     service.add_periodic("mission-billing-sweep", workers.sweep_billing,
                          interval_seconds=settings.billing_sweep_seconds)
     service.add_periodic("fleet gauge", workers.count_fleet, interval_seconds=settings.fleet_gauge_seconds)
+    # Required check-ins past their due time (+ grace) are escalated: the event check_in_overdue (webhook, console).
+    service.add_periodic("check-in sweep", workers.sweep_check_ins, interval_seconds=settings.check_in_sweep_seconds)
 
 
 if __name__ == "__main__":

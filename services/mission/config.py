@@ -48,6 +48,11 @@ class MissionSettings:
     #: An ETA reported by telemetry is recorded on the mission only when it moved by at least this much since
     #: the one recorded (or is the first for its stop): a poller sees material moves, the store sees few writes.
     eta_min_change_seconds: float = 300.0
+    #: A required check-in this long past its due time is escalated: the event ``check_in_overdue`` (a webhook, the
+    #: console's alert), once per due time (HAULMESH_CHECK_IN_OVERDUE_GRACE_SECONDS).
+    check_in_overdue_grace_seconds: float = 600.0
+    #: How often the overdue check-in sweep runs (HAULMESH_CHECK_IN_SWEEP_SECONDS).
+    check_in_sweep_seconds: float = 30.0
     #: How often the fleet gauge (vehicles by connectivity and availability) is recomputed from the roster.
     fleet_gauge_seconds: float = 15.0
     #: Two consecutive position fixes further apart than this (device time) are a gap in the usage measured
@@ -86,6 +91,9 @@ class MissionSettings:
             eta_min_change_seconds=_number(env, "HAULMESH_MISSION_ETA_MIN_CHANGE_SECONDS", 300, minimum=0,
                                            maximum=86400),
             fleet_gauge_seconds=_number(env, "HAULMESH_FLEET_GAUGE_SECONDS", 15, minimum=0.1, maximum=3600),
+            check_in_overdue_grace_seconds=_number(env, "HAULMESH_CHECK_IN_OVERDUE_GRACE_SECONDS", 600, minimum=0,
+                                                   maximum=86400),
+            check_in_sweep_seconds=_number(env, "HAULMESH_CHECK_IN_SWEEP_SECONDS", 30, minimum=0.1, maximum=3600),
             usage_gap_seconds=_number(env, "HAULMESH_USAGE_GAP_SECONDS", 120, minimum=1, maximum=86400),
             usage_max_frames=int(_number(env, "HAULMESH_USAGE_MAX_FRAMES", MAX_PACK_FRAMES, minimum=1,
                                          maximum=MAX_PACK_FRAMES)),

@@ -35,8 +35,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from services.runtime import METRICS_REGISTRY
 
-__all__ = ["DISPATCH_ACK", "DISPUTES_ESCALATED", "FLEET_VEHICLES", "MISSIONS_FINISHED", "MISSION_LATENCY",
-           "record_dispatch_ack", "record_dispute_escalated", "record_finished", "record_fleet"]
+__all__ = ["CHECK_INS_OVERDUE", "DISPATCH_ACK", "DISPUTES_ESCALATED", "FLEET_VEHICLES", "MISSIONS_FINISHED",
+           "MISSION_LATENCY", "record_check_in_overdue", "record_dispatch_ack", "record_dispute_escalated",
+           "record_finished", "record_fleet"]
 
 # Buckets with edges at both objectives (5 s and 30 s), so the SLI is an exact bucket ratio.
 _ACK_BUCKETS = (0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 900, 3600)
@@ -87,3 +88,13 @@ DISPUTES_ESCALATED = Counter("haulmesh_mission_pod_disputes_escalated_total", "D
 def record_dispute_escalated() -> None:
     """Count one mission escalated to an operator for a disputed proof (once per mission)."""
     DISPUTES_ESCALATED.inc()
+
+
+CHECK_INS_OVERDUE = Counter("haulmesh_mission_check_ins_overdue_total", "Required check-ins escalated as overdue "
+                            "(past their due time by more than HAULMESH_CHECK_IN_OVERDUE_GRACE_SECONDS), once per due "
+                            "time: each is a person's missing confirmation.", registry=METRICS_REGISTRY)
+
+
+def record_check_in_overdue() -> None:
+    """Count one overdue check-in escalated."""
+    CHECK_INS_OVERDUE.inc()

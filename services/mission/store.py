@@ -14,10 +14,12 @@ Key layout (``{tag}`` is the Redis Cluster hash tag; what commits together share
   scored by the time of the next attempt), ``billing-attempts:{c}:<id>`` (billing attempts of a pending
   mission, kept a day), ``billing-usage:{c}:<id>`` (the RecordUsageRequest the first billing attempt
   measured: every retry sends exactly it), ``billing-disputed:{c}`` (sorted set of DELIVERED missions whose
-  DISPUTED proof outlived HAULMESH_POD_DISPUTE_SECONDS → when escalated, ms: an operator's list), and the
-  carrier's event stream.
+  DISPUTED proof outlived HAULMESH_POD_DISPUTE_SECONDS → when escalated, ms: an operator's list),
+  ``check-ins-due:{c}`` (sorted set of missions whose required check-in is pending and not yet escalated, scored by
+  its due time, ms: the overdue sweep's), and the carrier's event stream.
 * ``mission:billing-carriers``: the carriers that ever had a mission awaiting billing (untagged, like
-  the runtime's stream registry; written before the first such mission).
+  the runtime's stream registry; written before the first such mission); ``mission:check-in-carriers`` likewise,
+  the carriers that ever had a mission written (the overdue check-in sweep's list).
 
 A dispatch touches both tags: the vehicle is reserved in the fleet slot, then the mission is written in
 the carrier's slot; the use case compensates (releases the vehicle) when the second step fails.
@@ -44,6 +46,7 @@ VehicleMutation = Callable[[vehicle_pb2.Vehicle], bool]
 Observe = Callable[[vehicle_pb2.Vehicle], list[event_pb2.Event] | None]
 
 _BILLING_CARRIERS = "mission:billing-carriers"
+_CHECK_IN_CARRIERS = "mission:check-in-carriers"
 _DELIVERED = mission_pb2.Mission.STATE_DELIVERED
 
 
@@ -65,6 +68,7 @@ class MissionStore:
         self._vehicles = Collection(client, vehicle_pb2.Vehicle, prefix=f"vehicle:{{{FLEET}}}",
                                     index_key=tenant_key("vehicles", FLEET, "by-time"))
         self._billing_carriers_known: set[str] = set()
+        self._check_in_carriers_known: set[str] = set()
 
     # --- vehicles ------------------------------------------------------------------------------------
 
@@ -302,9 +306,11 @@ class MissionStore:
             pipe.set(missions.key(mission_id), mission.SerializeToString())
             pipe.zadd(missions.index.key, {missions.index.member(mission.create_time.ToMilliseconds(), mission_id): 0})
             pipe.hset(by_tender, tender_id, mission_id)
+            _index_check_in(pipe, carrier, mission_id, mission)
             add_event(pipe, event)
             return None
 
+        await self._know_check_in_carrier(carrier)
         return await transact(self.redis, carrier, [by_tender], write)
 
     async def update_mission(self, carrier: str, mission_id: str, mutate: Mutation
@@ -344,11 +350,35 @@ class MissionStore:
                 pipe.zrem(pending, mission_id)
                 pipe.zrem(tenant_key("billing-disputed", carrier), mission_id)
                 pipe.delete(tenant_key("billing-usage", carrier, mission_id))
+            _index_check_in(pipe, carrier, mission_id, mission)
             for event in announce(mission):
                 add_event(pipe, event)
             return mission, True
 
+        await self._know_check_in_carrier(carrier)
         return await transact(self.redis, carrier, [key], write)
+
+    async def _know_check_in_carrier(self, carrier: str) -> None:
+        if carrier not in self._check_in_carriers_known:
+            await self.redis.sadd(_CHECK_IN_CARRIERS, carrier)  # before any of its missions can be due
+            self._check_in_carriers_known.add(carrier)
+
+    async def overdue_check_ins(self, grace_seconds: float, limit: int = 100) -> list[tuple[str, str]]:
+        """(carrier, mission id) of missions whose pending check-in was due more than ``grace_seconds`` ago and is
+        not escalated yet, earliest first per carrier."""
+        due, cutoff = [], _now_ms() - int(grace_seconds * 1000)
+        for raw in sorted(await self.redis.smembers(_CHECK_IN_CARRIERS)):
+            carrier = raw.decode()
+            ids = await self.redis.zrangebyscore(tenant_key("check-ins-due", carrier), "-inf", cutoff, start=0,
+                                                 num=limit - len(due))
+            due.extend((carrier, i.decode()) for i in ids)
+            if len(due) >= limit:
+                break
+        return due
+
+    async def forget_check_in_due(self, carrier: str, mission_id: str) -> None:
+        """Drop a mission that no longer exists from the carrier's due check-ins."""
+        await self.redis.zrem(tenant_key("check-ins-due", carrier), mission_id)
 
     async def due_for_billing(self, limit: int = 100) -> list[tuple[str, str]]:
         """(carrier, mission id) of DELIVERED missions whose next billing attempt is due."""
@@ -393,3 +423,13 @@ class MissionStore:
         await self.redis.expire(key, 86400)
         return int(count)
 
+
+def _index_check_in(pipe: Pipeline, carrier: str, mission_id: str, mission: mission_pb2.Mission) -> None:
+    """Keep the carrier's due check-ins in step with the mission (same slot, same transaction): listed, scored by
+    its due time, while a required check-in is pending and not yet escalated."""
+    requirement = mission.check_in_requirement
+    due = tenant_key("check-ins-due", carrier)
+    if requirement.required and requirement.HasField("next_due_time") and not requirement.HasField("escalate_time"):
+        pipe.zadd(due, {mission_id: requirement.next_due_time.ToMilliseconds()})
+    else:
+        pipe.zrem(due, mission_id)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import grpc
+from google.protobuf import duration_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from haulmesh.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
@@ -42,6 +43,7 @@ from services.runtime import (
     new_id,
     next_page_token,
     parse_filter,
+    to_timestamp,
 )
 
 from . import convert, domain
@@ -370,6 +372,28 @@ class MissionUseCases:
         return await self._idempotency.run(f"{carrier_id}:RecordCheckIn", request.request_id, request, compute,
                                            mission_service_pb2.RecordCheckInResponse)
 
+    async def escalate_overdue_check_in(self, carrier_id: str, mission_id: str) -> bool:
+        """Escalate the mission's pending check-in if it is overdue by more than the grace (the event
+        ``check_in_overdue``, once per due time: ``escalate_time`` is recorded in the same transaction); whether
+        it was escalated now."""
+        grace = timedelta(seconds=self._settings.check_in_overdue_grace_seconds)
+
+        def apply(mission: Mission, announce: _Announcer, now: datetime) -> bool:
+            overdue = domain.escalate_overdue(mission, now, grace)
+            if overdue is None:
+                return False
+            announce.check_in_overdue(overdue)
+            _log.warning("%s: %s check-in overdue by %s (due %s)", mission.name, overdue.point.name,
+                         overdue.overdue, overdue.due.isoformat())
+            return True
+
+        try:
+            _, changed = await self._change(carrier_id, f"missions/{mission_id}", "", apply)
+        except NotFound:
+            await self._store.forget_check_in_due(carrier_id, mission_id)
+            return False
+        return changed
+
     # --- proof of delivery ---------------------------------------------------------------------------
 
     async def submit_proof_from_vehicle(self, vehicle_id: str, certificate_pem: bytes,
@@ -613,6 +637,11 @@ class _Announcer:
         snapshot.CopyFrom(check_in)
         self._add("mission_check_in_recorded",
                   lambda m, _: mission_events_pb2.CheckInRecorded(mission=m.name, check_in=snapshot))
+
+    def check_in_overdue(self, overdue: domain.OverdueCheckIn) -> None:
+        self._add("mission_check_in_overdue", lambda m, _: mission_events_pb2.CheckInOverdue(
+            mission=m.name, tender=m.tender, point=int(overdue.point), due_time=to_timestamp(overdue.due),
+            overdue=duration_pb2.Duration(seconds=int(overdue.overdue.total_seconds())), state=m.state))
 
     def proof_of_delivery_submitted(self) -> None:
         self._add("mission_proof_of_delivery_submitted", lambda m, _: mission_events_pb2.ProofOfDeliverySubmitted(

@@ -21,7 +21,7 @@ from services.runtime import HaulmeshError
 
 from . import domain
 from .config import MissionSettings
-from .metrics import record_fleet
+from .metrics import record_check_in_overdue, record_fleet
 from .store import MissionStore
 from .usecases import MissionUseCases
 
@@ -75,6 +75,13 @@ class MissionWorkers:
             availability = domain.Availability(vehicle.availability or domain.Availability.AVAILABLE).name.lower()
             counts[connectivity, availability] = counts.get((connectivity, availability), 0) + 1
         record_fleet(counts)
+
+    async def sweep_check_ins(self) -> None:
+        """One pass: escalate every required check-in overdue by more than the grace (each once per due time)."""
+        for carrier_id, mission_id in await self._store.overdue_check_ins(
+                self._settings.check_in_overdue_grace_seconds):
+            if await self._missions.escalate_overdue_check_in(carrier_id, mission_id):
+                record_check_in_overdue()
 
     async def sweep_billing(self) -> None:
         """One pass: bill every delivered mission whose next attempt is due; a failure postpones that one."""

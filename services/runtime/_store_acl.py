@@ -108,7 +108,7 @@ STORE_USERS: dict[str, StoreUser] = _users(
     # services/mission/store.py (the roster, missions, the billing hand-off it retries)
     StoreUser("mission", keys=("vehicle:*", "vehicles:*", "vehicle-cert:*", "mission:*", "missions:*",
                                "mission-carrier:*", "mission-by-tender:*", "lane-missions:*", "billing-pending:*",
-                               "billing-attempts:*", "billing-usage:*", "billing-disputed:*"),
+                               "billing-attempts:*", "billing-usage:*", "billing-disputed:*", "check-ins-due:*"),
               groups=("mission",), idempotent_methods=("CreateMission", "RaiseMissionException", "RecordCheckIn")),
     # services/telemetry/store.py (frames, commands, liveness, archive bookkeeping; its own doorbell)
     StoreUser("telemetry", keys=("telemetry:*",), channels=("telemetry:doorbell",),

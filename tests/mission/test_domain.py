@@ -507,6 +507,28 @@ def test_a_closure_reported_without_waypoints_takes_the_lane_facts_detour_or_sto
     assert exc.contingency == Contingency.HOLD
 
 
+def test_an_overdue_check_in_is_escalated_once_per_due_time() -> None:
+    grace = timedelta(minutes=10)
+    mission = _enroute_mission()
+    mission.start_time.CopyFrom(to_timestamp(T0))
+    assert domain.escalate_overdue(mission, T0 + timedelta(days=1), grace) is None  # no check-ins required
+    mission.check_in_requirement.required = True
+    domain.refresh_check_in_due(mission, domain.CheckInPolicy(), T0)
+    due = mission.check_in_requirement.next_due_time.ToDatetime(tzinfo=UTC)
+    assert due == T0 + timedelta(hours=1)  # en route: an hour after departure
+    assert domain.escalate_overdue(mission, due + grace - timedelta(seconds=1), grace) is None  # within the grace
+    late = domain.escalate_overdue(mission, due + grace, grace)
+    assert late == domain.OverdueCheckIn(CheckInPoint.ENROUTE, due, grace)
+    assert mission.check_in_requirement.escalate_time.ToDatetime(tzinfo=UTC) == due + grace
+    assert domain.escalate_overdue(mission, due + 2 * grace, grace) is None  # once per due time
+    domain.refresh_check_in_due(mission, domain.CheckInPolicy(), due + grace)  # same due: still escalated
+    assert mission.check_in_requirement.HasField("escalate_time")
+    mission.check_ins.add(point=CheckInPoint.ENROUTE, outcome=domain.PROCEED, record_time=to_timestamp(due + grace))
+    domain.refresh_check_in_due(mission, domain.CheckInPolicy(), due + grace)  # recorded: the next one is due
+    assert not mission.check_in_requirement.HasField("escalate_time")
+    assert mission.check_in_requirement.next_due_time.ToDatetime(tzinfo=UTC) == due + grace + timedelta(hours=1)
+
+
 def test_a_hold_check_in_comes_with_a_check_in_hold_exception() -> None:
     mission = _enroute_mission()
     given = mission_pb2.CheckIn(point=CheckInPoint.ENROUTE, outcome=domain.HOLD, notes="smoke")

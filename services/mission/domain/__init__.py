@@ -39,8 +39,11 @@ from .changes import (
 )
 from .checkins import (
     CheckInPolicy,
+    OverdueCheckIn,
     check_in_point_allowed,
     departure_cleared,
+    due_point,
+    escalate_overdue,
     next_check_in_due,
     record_check_in,
     recorded_check_ins,
@@ -172,6 +175,7 @@ __all__ = [
     "ManifestFacts",
     "MissionFrame",
     "Observation",
+    "OverdueCheckIn",
     "Point",
     "Rejected",
     "Severity",
@@ -198,6 +202,8 @@ __all__ = [
     "deliver",
     "departure_cleared",
     "dispatch_position",
+    "due_point",
+    "escalate_overdue",
     "fleet_report",
     "ineligibility",
     "key_id_of",

@@ -90,10 +90,46 @@ def refresh_check_in_due(mission: mission_pb2.Mission, policy: CheckInPolicy, no
         planned_pickup=from_timestamp(mission.stops[0].planned_window.start_time)
         or from_timestamp(mission.dispatch_time), start_time=from_timestamp(mission.start_time),
         arrive_time=from_timestamp(mission.stops[-1].arrive_time), check_ins=recorded_check_ins(mission, now))
+    previous = from_timestamp(requirement.next_due_time) if requirement.HasField("next_due_time") else None
+    if due != previous:  # a new due time (or none): whatever was escalated was the previous one's
+        requirement.ClearField("escalate_time")
     if due is None:
         requirement.ClearField("next_due_time")
     else:
         requirement.next_due_time.CopyFrom(to_timestamp(due))
+
+
+@dataclass(frozen=True)
+class OverdueCheckIn:
+    """A required check-in past its due time by more than the grace: which, when due, how late."""
+
+    point: CheckInPoint
+    due: datetime
+    overdue: timedelta
+
+
+def due_point(status: Status) -> CheckInPoint | None:
+    """The check-in a mission in ``status`` waits for (the one ``next_check_in_due`` times)."""
+    effective = status.effective
+    if status.state in TERMINAL or effective == State.DELIVERED:
+        return None
+    if effective in BEFORE_DEPARTURE:
+        return CheckInPoint.DEPARTURE
+    return {State.ENROUTE: CheckInPoint.ENROUTE, State.ARRIVED: CheckInPoint.ARRIVAL}.get(effective)
+
+
+def escalate_overdue(mission: mission_pb2.Mission, now: datetime, grace: timedelta) -> OverdueCheckIn | None:
+    """Mark the mission's pending check-in escalated (``escalate_time``) if it is overdue by more than ``grace`` and
+    was not escalated yet for this due time; what to announce, or None (not due, not late enough, done already)."""
+    requirement = mission.check_in_requirement
+    if not requirement.required or not requirement.HasField("next_due_time") or requirement.HasField("escalate_time"):
+        return None
+    due = from_timestamp(requirement.next_due_time)
+    point = due_point(mission_status(mission))
+    if due is None or point is None or now - due < grace:
+        return None
+    requirement.escalate_time.CopyFrom(to_timestamp(now))
+    return OverdueCheckIn(point, due, now - due)
 
 
 def validate_check_in(given: mission_pb2.CheckIn) -> None:
