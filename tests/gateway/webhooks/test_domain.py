@@ -195,7 +195,9 @@ def test_public_event_types_follow_event_proto() -> None:
     assert "haulmesh.telemetry.v1.route_deviated" in PUBLIC_EVENT_TYPES
     assert not PUBLIC_EVENT_TYPES & domain.INTERNAL_EVENT_TYPES
     assert "haulmesh.mission.v1.vehicle_connectivity_changed" in PUBLIC_EVENT_TYPES
-    assert len(PUBLIC_EVENT_TYPES) == 23
+    assert "haulmesh.mission.v1.check_in_overdue" in PUBLIC_EVENT_TYPES  # the TMS hears of a missing check-in
+    assert "haulmesh.telemetry.v1.road_closure_reported" not in PUBLIC_EVENT_TYPES  # the exception it raises is public
+    assert len(PUBLIC_EVENT_TYPES) == 24
 
 
 def test_subscription_validation_lists_every_bad_field() -> None:
