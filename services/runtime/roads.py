@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import networkx
@@ -53,10 +53,13 @@ class Detour:
 
 @dataclass(frozen=True)
 class RoadNetwork:
-    """Named places and the road segments between them (a weighted, undirected graph)."""
+    """Named places and the road segments between them (a weighted, undirected graph). Two networks are equal when
+    their places and segments are (the graph is derived from them)."""
 
     places: Mapping[str, Point]
-    graph: networkx.Graph
+    #: (from, to, road, miles) of each segment, as the file lists them.
+    segments: tuple[tuple[str, str, str, float], ...]
+    graph: networkx.Graph = field(compare=False, repr=False)
 
     def detour(self, position: Point, destination: Point, *, near_miles: float) -> Detour | None:
         """The way from ``position`` to ``destination`` around the segment the truck is on (see the module
@@ -136,6 +139,7 @@ def parse_roads(data: Any, point: Any) -> RoadNetwork:
         places[place["name"]] = point(place.get("lat"), place.get("lon"), where)
     graph = networkx.Graph()
     graph.add_nodes_from(places)
+    segments = []
     for i, segment in enumerate(raw_segments):
         where = f"roads.segments[{i}]"
         if not isinstance(segment, Mapping):
@@ -151,9 +155,10 @@ def parse_roads(data: Any, point: Any) -> RoadNetwork:
             raise ValueError(f"{where}: miles {miles!r} cannot be the road miles between {a} and {b} "
                              f"({straight:.0f} mi in a straight line)")
         graph.add_edge(a, b, road=road, miles=float(miles))
-    return RoadNetwork(places=places, graph=graph)
+        segments.append((a, b, road, float(miles)))
+    return RoadNetwork(places=places, segments=tuple(segments), graph=graph)
 
 
 def empty_network() -> RoadNetwork:
     """No mapped roads: every detour is None."""
-    return RoadNetwork(places={}, graph=networkx.Graph())
+    return RoadNetwork(places={}, segments=(), graph=networkx.Graph())

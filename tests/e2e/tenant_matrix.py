@@ -81,6 +81,9 @@ OBJECTS: dict[str, str | None] = {
     "haulmesh.io/Invoice": "invoices", "haulmesh.io/RateCard": "rateCards", "haulmesh.io/Vehicle": "vehicles",
     "haulmesh.io/TelemetryFrame": "missions",  # a child type: its parent, the mission (by vehicle: platform only)
     "haulmesh.io/WebhookSubscription": None, "haulmesh.io/WebhookDelivery": None,
+    # An operator's command to a vehicle: none in the session mesh (tests/telemetry/stream/test_operator_commands.py
+    # checks another carrier's operator gets TENANT_NOT_ALLOWED for one).
+    "haulmesh.io/VehicleCommand": None,
 }
 #: Plain ``*_id`` fields that name an object (the others name no resource: ``request_id`` an idempotency key,
 #: ``exception_id`` an entry of the mission already named, ``key_id``/``boot_id``/``command_id`` a truck's).
@@ -88,7 +91,8 @@ PLAIN_IDS = {"vehicle_id": "haulmesh.io/Vehicle"}
 #: Resources that belong to no tenant: the roster is the fleet's (vehicle.proto).
 UNTENANTED = {"haulmesh.io/Vehicle"}
 _PLACEHOLDER = {"haulmesh.io/WebhookSubscription": "webhookSubscriptions/{id}",
-                "haulmesh.io/WebhookDelivery": "webhookSubscriptions/{id}/deliveries/{id}"}
+                "haulmesh.io/WebhookDelivery": "webhookSubscriptions/{id}/deliveries/{id}",
+                "haulmesh.io/VehicleCommand": "vehicles/MATRIX-TRK/commands/{id}"}
 
 
 def _behaviors(fd: FieldDescriptor) -> set[str]:

@@ -172,5 +172,6 @@ def test_a_market_code_is_the_one_the_api_publishes(tmp_path) -> None:
 def test_the_shipped_planning_numbers_are_the_code_defaults() -> None:
     """The file states them for operators to read; a file that leaves them out gets the same numbers."""
     document = _document()
-    bare = LaneFacts.from_dict({"markets": document["markets"], "routes": document["routes"]})
+    bare = LaneFacts.from_dict({"markets": document["markets"], "routes": document["routes"],
+                                "roads": document["roads"]})
     assert bare == FACTS
