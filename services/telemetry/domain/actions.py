@@ -14,6 +14,7 @@ event                                  call
 ``route_deviated``                     RaiseMissionException ROUTE_DEVIATION
 ``road_closure_reported``              RaiseMissionException ROAD_CLOSURE at the truck's position, without
                                        waypoints: the mission service takes the lane facts' detour, or stops it
+                                       (none while one is open: a repeated report gets one detour)
 =====================================  ====================================================================
 
 Raised exceptions carry a request id derived from the event's vehicle and frame, so a retried call never
@@ -171,10 +172,12 @@ def route_deviated(data: tev.RouteDeviated) -> _Raise | None:
                   request_id=_request_id(data.vehicle, data.frame_sequence, "route"))
 
 
-def road_closure(data: tev.RoadClosureReported) -> _Raise | None:
+def road_closure(data: tev.RoadClosureReported, mission: mission_pb2.Mission) -> _Raise | None:
     """A ROAD_CLOSURE exception where the truck is, with no waypoints: the route round it is the mission service's
-    to find (its lane facts' road network), and it stops the truck when there is none."""
-    if not data.mission:
+    to find (its lane facts' road network), and it stops the truck when there is none. None while the mission has
+    an open ROAD_CLOSURE already: a truck that repeats its report (every frame while it holds) gets one detour."""
+    if not data.mission or any(e.kind == _Ex.KIND_ROAD_CLOSURE and not e.HasField("resolve_time")
+                               for e in mission.exceptions):
         return None
     exception = _Ex(kind=_Ex.KIND_ROAD_CLOSURE, severity=_Ex.SEVERITY_WARNING,
                     description=f"the truck reports the road ahead closed: {data.detail or 'no detail'}"[:500],

@@ -92,7 +92,11 @@ class MissionActions:
         await self._raise(actions.route_deviated(data), metadata)
 
     async def _telemetry_road_closure_reported(self, data: Any, metadata: Any) -> None:
-        await self._raise(actions.road_closure(data), metadata)
+        if not data.mission:
+            return
+        mission = await self._stub().GetMission(mission_service_pb2.GetMissionRequest(name=data.mission),
+                                                metadata=metadata)
+        await self._raise(actions.road_closure(data, mission), metadata)
 
     async def _raise(self, request: mission_service_pb2.RaiseMissionExceptionRequest | None, metadata: Any) -> None:
         if request is not None:

@@ -395,6 +395,23 @@ async def test_a_truck_whose_replica_died_is_still_reported_lost(follow_mesh: Me
           f"(last sequence {detail.last_sequence}), restored once on the truck's return")
 
 
+async def _handled_by_actions(client: redis.asyncio.Redis, mission: str, *, frame_sequence: int) -> bool:
+    """Whether the consumer group ``telemetry-actions`` has handled (acknowledged) the ``road_closure_reported`` of
+    that frame."""
+    entries = await client.xrange(f"events:{{{CARRIER}}}")
+    ids = [entry_id for entry_id, fields in entries
+           if (e := event_pb2.Event.FromString(fields[b"event"])).type == "haulmesh.telemetry.v1.road_closure_reported"
+           and e.subject == mission and e.telemetry_road_closure_reported.frame_sequence == frame_sequence]
+    if not ids:
+        return False
+    groups = {g["name"].decode(): g for g in await client.xinfo_groups(f"events:{{{CARRIER}}}")}
+    group = groups.get("telemetry-actions")
+    delivered = tuple(int(part) for part in group["last-delivered-id"].decode().split("-")) if group else (0, 0)
+    pending = await client.xpending_range(f"events:{{{CARRIER}}}", "telemetry-actions", min=ids[0], max=ids[0],
+                                          count=1)
+    return delivered >= tuple(int(part) for part in ids[0].decode().split("-")) and not pending
+
+
 async def test_a_trucks_road_closure_report_brings_it_the_detour_round_it(follow_mesh: Mesh, mesh_pki: Pki) -> None:
     mesh = follow_mesh
     truck = Truck.mint(mesh_pki.ca, f"RC-{uuid.uuid4().hex[:8].upper()}")
@@ -402,6 +419,8 @@ async def test_a_trucks_road_closure_report_brings_it_the_detour_round_it(follow
     tenant = carrier_metadata(CARRIER)
     channel = grpc.aio.secure_channel(mesh.address("telemetry"), truck.credentials())
     session = Session(channel)
+    assert mesh.store is not None
+    client = redis.asyncio.Redis.from_url(mesh.store.url)
     # On I-59 between Slidell and Hattiesburg (the planned route's leg), the truck holds and reports the road closed.
     on_i59 = location_pb2.Location(lat=30.8, lon=-89.55)
     async with grpc.aio.secure_channel(mesh.address("mission"), mesh_pki.credentials("operator", "ops")) as ops_ch:
@@ -414,6 +433,12 @@ async def test_a_trucks_road_closure_report_brings_it_the_detour_round_it(follow
                 code="road_closure_ahead", detail="I-59 closed ahead; holding for a reroute")))
             mission = await wait_for(lambda: _in(missions.GetMission(mission_service_pb2.GetMissionRequest(
                 name=mission_name), metadata=tenant, timeout=10), State.STATE_EXCEPTION), timeout_seconds=15)
+            # It says it again while it holds: still one closure, one detour.
+            _send(session, _signed(truck, 3, KIND.KIND_EVENT, at=on_i59, speed_kph=0, event=frame_pb2.DeviceEvent(
+                code="road_closure_ahead", detail="I-59 closed ahead; holding for a reroute")))
+            await wait_for(lambda: _handled_by_actions(client, mission_name, frame_sequence=3), timeout_seconds=15)
+            mission = await missions.GetMission(mission_service_pb2.GetMissionRequest(name=mission_name),
+                                                metadata=tenant, timeout=10)
             [closure] = mission.exceptions
             reroutes = await wait_for(
                 lambda: [c for c in session.of("command") if c.WhichOneof("payload") == "reroute"], timeout_seconds=15)
@@ -421,6 +446,7 @@ async def test_a_trucks_road_closure_report_brings_it_the_detour_round_it(follow
             alive.cancel()
             await session.aclose()
             await channel.close()
+            await client.aclose()
     assert (closure.kind, closure.contingency) == (mission_pb2.MissionException.KIND_ROAD_CLOSURE,
                                                    mission_pb2.MissionException.CONTINGENCY_REROUTE)
     assert closure.raised_by.endswith("/service/telemetry") and closure.frame_sequence == 2
