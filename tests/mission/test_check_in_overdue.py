@@ -8,14 +8,13 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import redis.asyncio
 
 from haulmesh.events.v1 import event_pb2
 from haulmesh.mission.v1 import mission_pb2, mission_service_pb2
 from services.runtime import Mesh, new_id
 from tests.conftest import Pki, running_mesh, wait_for
 
-from .test_mission_mesh import ACME, HOUSTON, Client, _ts, add_vehicle, mission_spec
+from .test_mission_mesh import ACME, HOUSTON, Client, _ts, acme_events, add_vehicle, mission_spec
 
 M = mission_pb2.Mission
 GRACE_SECONDS = 1.0
@@ -29,14 +28,7 @@ async def overdue_mesh(mesh_pki: Pki, tmp_path_factory: pytest.TempPathFactory) 
 
 
 async def _overdue_events(mesh: Mesh, mission: str) -> list[event_pb2.Event]:
-    assert mesh.store is not None
-    client = redis.asyncio.Redis.from_url(mesh.store.url)
-    try:
-        entries = await client.xrange("events:{acme}")
-    finally:
-        await client.aclose()
-    events = [event_pb2.Event.FromString(fields[b"event"]) for _, fields in entries]
-    return [e for e in events if e.type == "haulmesh.mission.v1.check_in_overdue" and e.subject == mission]
+    return [e for e in await acme_events(mesh, mission) if e.type == "haulmesh.mission.v1.check_in_overdue"]
 
 
 async def test_an_overdue_departure_check_in_is_escalated_once_and_ends_when_recorded(overdue_mesh: Mesh,

@@ -158,14 +158,19 @@ def truck_client(mesh: Mesh, mesh_pki: Pki, vehicle_id: str) -> tuple[Client, pk
     return Client(mesh, truck.credentials()), truck.issued
 
 
-async def events_of(mesh: Mesh, subject: str) -> list[str]:
+async def acme_events(mesh: Mesh, subject: str) -> list[event_pb2.Event]:
+    """The events about ``subject`` on the carrier acme's stream, in order."""
     client = redis.asyncio.Redis.from_url(mesh.store.url)
     try:
         entries = await client.xrange("events:{acme}")
     finally:
         await client.aclose()
     events = [event_pb2.Event.FromString(fields[b"event"]) for _, fields in entries]
-    return [e.type.removeprefix("haulmesh.mission.v1.") for e in events if e.subject == subject]
+    return [e for e in events if e.subject == subject]
+
+
+async def events_of(mesh: Mesh, subject: str) -> list[str]:
+    return [e.type.removeprefix("haulmesh.mission.v1.") for e in await acme_events(mesh, subject)]
 
 
 # --- roster ------------------------------------------------------------------------------------------
