@@ -24,13 +24,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import networkx
+import shapely
 
-from ._geo import great_circle_miles
+from ._geo import EARTH_RADIUS_M, METERS_PER_MILE, great_circle_miles
 
 __all__ = ["Detour", "RoadNetwork", "empty_network", "parse_roads"]
 
 Point = tuple[float, float]
 _MAX_PLACES, _MAX_SEGMENTS = 2000, 5000
+_ORIGIN = shapely.Point(0.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -106,17 +108,15 @@ class RoadNetwork:
 
 
 def _miles_to_segment(p: Point, a: Point, b: Point) -> float:
-    """Miles from ``p`` to the straight segment ``a`` to ``b`` (equirectangular around ``p``: fine at road scale)."""
+    """Miles from ``p`` to the straight segment ``a`` to ``b``, in an equirectangular projection around ``p`` (fine at
+    road scale); shapely measures it."""
+    miles_per_degree = math.radians(1) * EARTH_RADIUS_M / METERS_PER_MILE
     scale = math.cos(math.radians(p[0]))
 
     def xy(q: Point) -> tuple[float, float]:
-        return (q[1] - p[1]) * scale * 69.17, (q[0] - p[0]) * 69.17
+        return (q[1] - p[1]) * scale * miles_per_degree, (q[0] - p[0]) * miles_per_degree
 
-    (ax, ay), (bx, by) = xy(a), xy(b)
-    dx, dy = bx - ax, by - ay
-    length2 = dx * dx + dy * dy
-    t = 0.0 if length2 == 0 else max(0.0, min(1.0, -(ax * dx + ay * dy) / length2))
-    return math.hypot(ax + t * dx, ay + t * dy)
+    return float(shapely.LineString([xy(a), xy(b)]).distance(_ORIGIN))
 
 
 def parse_roads(data: Any, point: Any) -> RoadNetwork:

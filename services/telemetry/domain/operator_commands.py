@@ -8,12 +8,13 @@ hold, a reroute through waypoints, a resume after a stop, the cancel of the assi
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from haulmesh.telemetry.v1 import command_pb2, stream_pb2
 from services.runtime import FieldViolation, InvalidArgument, to_timestamp
+
+from .fleet import valid_fix
 
 __all__ = ["DEFAULT_EXPIRY", "MAX_EXPIRY", "MAX_REASON_CHARS", "MAX_WAYPOINTS", "NEEDS_MISSION", "command_state",
            "stream_command", "validate_vehicle_command"]
@@ -73,13 +74,8 @@ def _waypoint_violations(waypoints: Sequence[object]) -> list[FieldViolation]:
         return [FieldViolation(field, "at least one waypoint is required")]
     if len(waypoints) > MAX_WAYPOINTS:
         return [FieldViolation(field, f"at most {MAX_WAYPOINTS} waypoints")]
-    out = []
-    for i, point in enumerate(waypoints):
-        lat, lon = point.lat, point.lon  # type: ignore[attr-defined]
-        if not (math.isfinite(lat) and math.isfinite(lon) and -90 <= lat <= 90 and -180 <= lon <= 180) or \
-                (lat == 0 and lon == 0):
-            out.append(FieldViolation(f"{field}[{i}]", "lat in [-90, 90] and lon in [-180, 180], not 0,0"))
-    return out
+    return [FieldViolation(f"{field}[{i}]", "lat in [-90, 90] and lon in [-180, 180], not 0,0")
+            for i, point in enumerate(waypoints) if not valid_fix(point)]  # type: ignore[arg-type]
 
 
 def stream_command(command: command_pb2.VehicleCommand, command_id: str, mission_id: str,
