@@ -10,11 +10,14 @@ from services.runtime import Service, resolve_redis_url, run_service
 from services.runtime.enrolment import VehicleSigner
 
 from .config import GatewayConfig
+from .console.app import Console
+from .console.oidc import OidcClient
+from .console.sessions import ConsoleSessions
 from .rest.app import HttpListener, create_app
 from .rest.auth import AuthConfig, Authenticator
 from .rest.descriptors import load_api
 from .rest.device import DeviceGateway, TlsScopeProtocol, device_api, device_ssl_context
-from .rest.docs_ui import DevTokenEndpoint, DocsUi
+from .rest.docs_ui import DevTokenEndpoint, DocsUi, require_dev_mode
 from .rest.enrol import Enrolment
 from .rest.handler import RestGateway
 from .rest.ratelimit import TenantRateLimiter
@@ -54,6 +57,19 @@ def docs_ui(service: Service, config: GatewayConfig, rest: RestGateway) -> DocsU
     return DocsUi(config.docs_ui_dir, dev_tokens)
 
 
+def console(service: Service, config: GatewayConfig) -> Console:
+    """The operations console (/console/): sign-in by the carrier's identity provider, or the dev login in dev mode."""
+    if config.console_dev_login:
+        require_dev_mode("HAULMESH_CONSOLE_DEV_LOGIN", "signs people in as any role of any carrier",
+                         state_dir=service.config.state_dir, jwks_file=config.jwks_file, jwks_url=config.jwks_url,
+                         listen_host=service.config.listen_host)
+        _log.warning("DEV MODE: /console/dev-login signs anyone in as any role (HAULMESH_CONSOLE_DEV_LOGIN=1)")
+    return Console(ConsoleSessions(lambda: service.redis, session_seconds=config.console_session_seconds),
+                   assets_dir=config.console_assets_dir, tile_url=config.console_tile_url,
+                   oidc=OidcClient(config.oidc) if config.oidc is not None else None,
+                   dev_login=config.console_dev_login, dev_carrier=config.console_dev_carrier)
+
+
 def register(service: Service) -> None:
     # Every setting first: a bad one stops the process before anything is served (ConfigError).
     config = GatewayConfig.from_env(state_dir=service.config.state_dir, mesh_ca_file=service.config.tls.ca_file)
@@ -74,6 +90,8 @@ def register(service: Service) -> None:
             return False
 
     rest = rest_gateway(service, config)
+    operations_console = console(service, config)
+    rest.session_principal = operations_console.principal
     # Trucks enrol and renew here (rest/enrol.py): with a token on the TMS's listener, with their certificate on theirs.
     async def refuse_revoked(der: bytes) -> None:
         # A renewal gives a new serial: a revoked certificate must never renew into one the deny-list lacks.
@@ -82,7 +100,8 @@ def register(service: Service) -> None:
 
     enrolment = Enrolment(signer, lambda: service.redis, rest.limiter, service.audit, service.durable,
                           certificate_check=refuse_revoked)
-    listener = HttpListener(create_app(ready, rest, docs_ui(service, config, rest), enrolment.enrol_routes()),
+    listener = HttpListener(create_app(ready, rest, docs_ui(service, config, rest),
+                                       [*enrolment.enrol_routes(), *operations_console.routes()]),
                             service.config.listen_host, service.config.http_port)
 
     async def stop_rest() -> None:

@@ -48,15 +48,18 @@ development receivers), ``ALLOWED_CIDRS`` (private networks a webhook may reach;
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from limits import RateLimitItem, parse
 
 from services.runtime import ConfigError, default_state_dir
 from services.runtime.tokens import CARRIER_ID, DEFAULT_AUDIENCE, DEFAULT_ISSUER, jwks_path
 
+from .rest.jwks import JwksPolicy
 from .webhooks.destinations import IpNetwork, parse_allowed_cidrs
 from .webhooks.domain import DEFAULT_RETRY_DELAYS_SECONDS, RetryPolicy
 
@@ -67,6 +70,7 @@ __all__ = [
     "DEFAULT_RATE_LIMIT",
     "DEFAULT_VEHICLE_CERT_TTL_SECONDS",
     "GatewayConfig",
+    "OidcConfig",
     "max_request_bytes_from_env",
 ]
 
@@ -79,8 +83,28 @@ DEFAULT_DEVICE_MAX_INFLIGHT_REQUESTS = 256
 #: A day: a stolen truck's certificate dies within a day even unrevoked; the truck renews at 2/3 (16 h).
 DEFAULT_VEHICLE_CERT_TTL_SECONDS = 86400
 _DEFAULT_RATE_LIMIT_ITEM = parse(DEFAULT_RATE_LIMIT)
+#: Where ``make console-assets`` installs the console's front-end packages (gitignored build output).
+DEFAULT_CONSOLE_ASSETS_DIR = Path(__file__).resolve().parents[2] / "build" / "console"
+DEFAULT_CONSOLE_SESSION_SECONDS = 8 * 3600
 #: Where ``make docs-ui`` installs Swagger UI in this checkout (gitignored build output).
 DEFAULT_DOCS_UI_DIR = Path(__file__).resolve().parents[2] / "build" / "docs-ui" / "node_modules" / "swagger-ui-dist"
+
+
+@dataclass(frozen=True)
+class OidcConfig:
+    """The carrier's identity provider, for the console's sign-in (console/oidc.py)."""
+
+    issuer: str
+    client_id: str
+    #: None: a public client (PKCE alone); else client_secret_basic at the token endpoint.
+    client_secret: str | None
+    #: The callback URL registered at the provider; None: this gateway's own /console/oidc/callback as requested.
+    redirect_url: str | None
+    scopes: tuple[str, ...] = ("openid", "profile", "email")
+    roles_claim: str = "roles"
+    carrier_claim: str = "carrier"
+    leeway_seconds: float = 30.0
+    jwks_policy: JwksPolicy = field(default_factory=JwksPolicy)
 
 
 @dataclass(frozen=True)
@@ -138,6 +162,17 @@ class GatewayConfig:
     #: Serve the dev issuer's token endpoint (dev mode; rest/docs_ui.py says when it is allowed).
     dev_token_endpoint: bool = False
 
+    # --- the console (/console/) -----------------------------------------------------------------------
+    console_assets_dir: Path = DEFAULT_CONSOLE_ASSETS_DIR
+    #: A raster tile URL template for the fleet map's basemap; None: the shipped outlines only (offline).
+    console_tile_url: str | None = None
+    console_session_seconds: int = DEFAULT_CONSOLE_SESSION_SECONDS
+    #: Serve /console/dev-login (dev mode; console/app.py says when it is allowed).
+    console_dev_login: bool = False
+    console_dev_carrier: str = "sandbox"
+    #: The carrier's identity provider; None: no sign-in but the dev login.
+    oidc: OidcConfig | None = None
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, state_dir: Path | None = None,
                  mesh_ca_file: Path | None = None) -> GatewayConfig:
@@ -186,6 +221,7 @@ class GatewayConfig:
             webhook_allowed_cidrs=parse_allowed_cidrs(env.get("HAULMESH_WEBHOOK_ALLOWED_CIDRS", "")),
             docs_ui_dir=Path(env.get("HAULMESH_DOCS_UI_DIR") or DEFAULT_DOCS_UI_DIR),
             dev_token_endpoint=_flag(env, "HAULMESH_DEV_TOKEN_ENDPOINT"),
+            **_console(env, leeway),
             enrolment_ca_cert_file=ca_cert,
             enrolment_ca_key_file=ca_key,
             vehicle_cert_ttl_seconds=_whole(env, "HAULMESH_GATEWAY_VEHICLE_CERT_TTL_SECONDS",
@@ -256,6 +292,72 @@ def _issuer_carriers(env: Mapping[str, str]) -> frozenset[str] | None:
         raise ConfigError(f"HAULMESH_JWT_ISSUER_CARRIERS must be comma-separated carrier ids, not {bad[0]!r}",
                           field="HAULMESH_JWT_ISSUER_CARRIERS")
     return carriers
+
+
+_CLAIM_NAME = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
+
+
+def _console(env: Mapping[str, str], leeway: float) -> dict[str, Any]:
+    tile_url = env.get("HAULMESH_CONSOLE_TILE_URL") or None
+    if tile_url is not None and not (tile_url.startswith("https://") and
+                                     all(part in tile_url for part in ("{z}", "{x}", "{y}"))):
+        raise ConfigError("HAULMESH_CONSOLE_TILE_URL must be an https:// URL template with {z}, {x} and {y}",
+                          field="HAULMESH_CONSOLE_TILE_URL")
+    carrier = env.get("HAULMESH_CONSOLE_DEV_CARRIER") or "sandbox"
+    if not CARRIER_ID.fullmatch(carrier):
+        raise ConfigError(f"HAULMESH_CONSOLE_DEV_CARRIER must be a carrier id, got {carrier!r}",
+                          field="HAULMESH_CONSOLE_DEV_CARRIER")
+    oidc = _oidc(env, leeway)
+    dev_login = _flag(env, "HAULMESH_CONSOLE_DEV_LOGIN")
+    if dev_login and oidc is not None:
+        raise ConfigError("HAULMESH_CONSOLE_DEV_LOGIN signs anyone in as any role: it is refused with a real identity "
+                          "provider (HAULMESH_OIDC_ISSUER is set); unset one of them",
+                          field="HAULMESH_CONSOLE_DEV_LOGIN")
+    return {"console_assets_dir": Path(env.get("HAULMESH_CONSOLE_ASSETS_DIR") or DEFAULT_CONSOLE_ASSETS_DIR),
+            "console_tile_url": tile_url,
+            "console_session_seconds": _whole(env, "HAULMESH_CONSOLE_SESSION_SECONDS",
+                                              DEFAULT_CONSOLE_SESSION_SECONDS, 300, 86400),
+            "console_dev_login": dev_login, "console_dev_carrier": carrier, "oidc": oidc}
+
+
+def _oidc(env: Mapping[str, str], leeway: float) -> OidcConfig | None:
+    issuer = env.get("HAULMESH_OIDC_ISSUER") or ""
+    client_id = env.get("HAULMESH_OIDC_CLIENT_ID") or ""
+    if not issuer:
+        if client_id:
+            raise ConfigError("HAULMESH_OIDC_CLIENT_ID is set without HAULMESH_OIDC_ISSUER",
+                              field="HAULMESH_OIDC_ISSUER")
+        return None
+    if not issuer.startswith(("https://", "http://127.0.0.1", "http://localhost")):
+        raise ConfigError("HAULMESH_OIDC_ISSUER must be https:// (http only on loopback)", field="HAULMESH_OIDC_ISSUER")
+    if not client_id:
+        raise ConfigError("HAULMESH_OIDC_CLIENT_ID is required with HAULMESH_OIDC_ISSUER",
+                          field="HAULMESH_OIDC_CLIENT_ID")
+    secret = None
+    if secret_file := env.get("HAULMESH_OIDC_CLIENT_SECRET_FILE"):
+        try:
+            secret = Path(secret_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"HAULMESH_OIDC_CLIENT_SECRET_FILE cannot be read: {exc.strerror}",
+                              field="HAULMESH_OIDC_CLIENT_SECRET_FILE") from None
+        if not secret:
+            raise ConfigError("HAULMESH_OIDC_CLIENT_SECRET_FILE is empty", field="HAULMESH_OIDC_CLIENT_SECRET_FILE")
+    redirect = env.get("HAULMESH_OIDC_REDIRECT_URL") or None
+    if redirect is not None and not redirect.startswith(("https://", "http://127.0.0.1", "http://localhost")):
+        raise ConfigError("HAULMESH_OIDC_REDIRECT_URL must be https:// (http only on loopback)",
+                          field="HAULMESH_OIDC_REDIRECT_URL")
+    scopes = tuple((env.get("HAULMESH_OIDC_SCOPES") or "openid profile email").split())
+    if "openid" not in scopes:
+        raise ConfigError("HAULMESH_OIDC_SCOPES must include openid", field="HAULMESH_OIDC_SCOPES")
+    claims = {}
+    for key, default in (("HAULMESH_OIDC_ROLES_CLAIM", "roles"), ("HAULMESH_OIDC_CARRIER_CLAIM", "carrier")):
+        claims[key] = env.get(key) or default
+        if not _CLAIM_NAME.fullmatch(claims[key]):
+            raise ConfigError(f"{key} must be a claim name, got {claims[key]!r}", field=key)
+    policy = JwksPolicy(ca_file=Path(ca) if (ca := env.get("HAULMESH_JWKS_CA_FILE")) else None)
+    return OidcConfig(issuer=issuer, client_id=client_id, client_secret=secret, redirect_url=redirect, scopes=scopes,
+                      roles_claim=claims["HAULMESH_OIDC_ROLES_CLAIM"],
+                      carrier_claim=claims["HAULMESH_OIDC_CARRIER_CLAIM"], leeway_seconds=leeway, jwks_policy=policy)
 
 
 def _flag(env: Mapping[str, str], key: str) -> bool:

@@ -122,6 +122,9 @@ class Mesh:
         # or to listen beyond loopback, where the gateway would refuse the endpoint.
         if not {"HAULMESH_JWKS_URL", "HAULMESH_JWKS_FILE", "HAULMESH_LISTEN_HOST"} & self.extra_env.keys():
             env["HAULMESH_DEV_TOKEN_ENDPOINT"] = "1"  # noqa: S105 - a flag, not a secret
+            # and the console's dev login (services/gateway/console/app.py), unless a real identity provider is set
+            if "HAULMESH_OIDC_ISSUER" not in self.extra_env:
+                env["HAULMESH_CONSOLE_DEV_LOGIN"] = "1"
         env.update({f"HAULMESH_{peer.upper()}_ADDR": self.address(peer) for peer in MESH_SERVICES})
         env.update(self.extra_env)
         if name in self.metrics_ports:

@@ -120,10 +120,11 @@ STORE_USERS: dict[str, StoreUser] = _users(
               read_keys=("audit:*",), groups=("billing-quote-acceptances", "billing-kpi"),
               idempotent_methods=("CreateRateCard", "CreateQuote")),
     # services/gateway/webhooks/store.py; the REST door's rate limit counters (limits, key prefix "ratelimit");
-    # the enrolment tokens it consumes (services/runtime/enrolment.py)
+    # the enrolment tokens it consumes (services/runtime/enrolment.py); the console's sessions and sign-ins under
+    # way (services/gateway/console/sessions.py)
     StoreUser("gateway", keys=("webhook:*", "webhooks:*", "webhook-secret:*", "webhook-delivery:*",
                                "webhook-deliveries:*", "webhook-event:*", "webhook-failing:*", "webhook-eta:*",
-                               "ratelimit*", "enrol:*"),
+                               "ratelimit*", "enrol:*", "console-session:*", "console-login:*"),
               groups=("webhooks",), idempotent_methods=("CreateWebhookSubscription",)),
     # The operator's CLI against a shared store: `haulmesh audit verify` (reads every chain), `haulmesh dlq`
     # (lists and replays dead letters into the event streams), `haulmesh report` (the stream registry).

@@ -51,7 +51,7 @@ from starlette.routing import BaseRoute, Route
 from services.runtime import ConfigError
 from services.runtime.tokens import CARRIER_ID, DEFAULT_TTL_SECONDS, jwks_path, mint
 
-__all__ = ["DOCS_CSP", "MIN_CLIENT_SECRET_CHARS", "DevTokenEndpoint", "DocsUi", "dev_client_secret"]
+__all__ = ["DOCS_CSP", "MIN_CLIENT_SECRET_CHARS", "DevTokenEndpoint", "DocsUi", "dev_client_secret", "require_dev_mode"]
 
 _log = logging.getLogger("haulmesh.gateway.docs")
 
@@ -237,6 +237,22 @@ def _read_client_secret(path: Path) -> str:
     return secret
 
 
+def require_dev_mode(field: str, what: str, *, state_dir: Path, jwks_file: Path | None, jwks_url: str | None,
+                     listen_host: str) -> None:
+    """ConfigError unless the gateway trusts the dev issuer's keys and listens on loopback only: what a dev-mode
+    feature (``field``, which ``what``) needs, since it speaks for any carrier and must never face a network."""
+    if jwks_url or jwks_file is None or Path(jwks_file) != jwks_path(state_dir):
+        raise ConfigError(f"{field} {what}, which this gateway does not trust (HAULMESH_JWKS_URL or "
+                          "HAULMESH_JWKS_FILE is set): unset one or the other", field=field)
+    try:
+        loopback = ipaddress.ip_address(listen_host).is_loopback
+    except ValueError:
+        loopback = listen_host == "localhost"
+    if not loopback:
+        raise ConfigError(f"{field} speaks for any carrier: only on a gateway listening on loopback, not "
+                          f"{listen_host!r} (HAULMESH_LISTEN_HOST)", field=field)
+
+
 @dataclass
 class DevTokenEndpoint:
     """The dev issuer's OAuth2 token endpoint (client credentials); see the module docstring."""
@@ -254,18 +270,8 @@ class DevTokenEndpoint:
                 listen_host: str, scopes: Iterable[str]) -> DevTokenEndpoint:
         """The endpoint for a gateway with these settings; ConfigError unless the gateway trusts the dev issuer's
         keys, listens on loopback only and its client secret file is sound (see :func:`_read_client_secret`)."""
-        field = "HAULMESH_DEV_TOKEN_ENDPOINT"
-        if jwks_url or jwks_file is None or Path(jwks_file) != jwks_path(state_dir):
-            raise ConfigError("HAULMESH_DEV_TOKEN_ENDPOINT mints tokens of the dev issuer, which this gateway does not "
-                              "trust (HAULMESH_JWKS_URL or HAULMESH_JWKS_FILE is set): unset one or the other",
-                              field=field)
-        try:
-            loopback = ipaddress.ip_address(listen_host).is_loopback
-        except ValueError:
-            loopback = listen_host == "localhost"
-        if not loopback:
-            raise ConfigError(f"HAULMESH_DEV_TOKEN_ENDPOINT mints tokens for any carrier: only on a gateway listening "
-                              f"on loopback, not {listen_host!r} (HAULMESH_LISTEN_HOST)", field=field)
+        require_dev_mode("HAULMESH_DEV_TOKEN_ENDPOINT", "mints tokens of the dev issuer", state_dir=state_dir,
+                         jwks_file=jwks_file, jwks_url=jwks_url, listen_host=listen_host)
         secret_file = dev_client_secret(state_dir)
         secret = _read_client_secret(secret_file)
         _log.warning("DEV MODE: the dev issuer's token endpoint is served (HAULMESH_DEV_TOKEN_ENDPOINT=1); "

@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 from services.runtime import CARRIER_METADATA_KEY, HaulmeshError, actor_metadata
 
 from ..config import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_OAUTH_TOKEN_URL
-from .auth import Authenticator, require_scope
+from .auth import Authenticator, Principal, require_scope
 from .descriptors import Api
 from .download import is_download, open_download
 from .errors import RestError, error_response, method_not_allowed, rpc_error_response
@@ -56,6 +56,9 @@ class RestGateway:
     streams: StreamSlots = field(default_factory=StreamSlots)
     #: The token endpoint the published OpenAPI document names (HAULMESH_OAUTH_TOKEN_URL).
     token_url: str = DEFAULT_OAUTH_TOKEN_URL
+    #: The console's session check (console/app.py): the Principal of a request that carries the console's session
+    #: cookie and no bearer token; None when it carries neither (or no console is served).
+    session_principal: Callable[[Request], Awaitable[Principal | None]] | None = None
 
     def __post_init__(self) -> None:
         self.routes = RouteTable(self.api)
@@ -107,7 +110,7 @@ class RestGateway:
         if route.method.method.client_streaming:  # only server streams have an HTTP form (Server-Sent Events)
             raise RestError("UNIMPLEMENTED", f"{route.method.method.name} streams requests; it has no REST form",
                             reason="STREAMING_NOT_SUPPORTED")
-        principal = await self.authenticator.authenticate(request.headers.get("authorization"))
+        principal = await self._principal(request)
         require_scope(principal, route.method.scope)
         await self.limiter.check(principal.carrier)
         body = await self._read_json(request)
@@ -129,6 +132,15 @@ class RestGateway:
         if self.durable is not None and route.binding.verb != "GET":
             await self.durable()
         return response
+
+    async def _principal(self, request: Request) -> Principal:
+        """The bearer token's principal or, without an Authorization header, the console session's."""
+        authorization = request.headers.get("authorization")
+        if not authorization and self.session_principal is not None:
+            principal = await self.session_principal(request)
+            if principal is not None:
+                return principal
+        return await self.authenticator.authenticate(authorization)
 
     def remembered_refusal(self, method: str, path: str, headers: Mapping[str, str]) -> Response | None:
         """The 429 :meth:`handle` would answer, when this process knows it without a store trip or a token check:

@@ -36,7 +36,7 @@ import jwt
 
 from services.runtime import ConfigError
 
-__all__ = ["JwksCache", "JwksPolicy", "kid_digest"]
+__all__ = ["JwksCache", "JwksPolicy", "idp_verification", "kid_digest"]
 
 _log = logging.getLogger("haulmesh.gateway.auth")
 
@@ -60,6 +60,18 @@ class JwksPolicy:
     ca_file: Path | None = None
 
 
+def idp_verification(ca_file: Path | None) -> ssl.SSLContext | bool:
+    """How an identity provider's certificate is checked: the system store, plus ``ca_file`` when given."""
+    if ca_file is None:
+        return True
+    context = ssl.create_default_context()
+    try:
+        context.load_verify_locations(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"HAULMESH_JWKS_CA_FILE: {exc}", field="HAULMESH_JWKS_CA_FILE") from None
+    return context
+
+
 class JwksCache:
     """The signing keys of one JWKS URL, looked up by kid (see the module docstring for the guarantees)."""
 
@@ -67,7 +79,7 @@ class JwksCache:
         self.url = url
         self.policy = policy
         self._clock = clock
-        self._verify = self._ssl_context(policy.ca_file)
+        self._verify = idp_verification(policy.ca_file)
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at: float | None = None  # the last successful fetch (clock)
         self._attempt_ended_at: float | None = None  # the end of the last fetch, whatever its outcome
@@ -75,17 +87,6 @@ class JwksCache:
         #: Fetches started, and of them those that failed (for tests and the figures of docs/security.md).
         self.fetches = 0
         self.failures = 0
-
-    @staticmethod
-    def _ssl_context(ca_file: Path | None) -> ssl.SSLContext | bool:
-        if ca_file is None:
-            return True
-        context = ssl.create_default_context()
-        try:
-            context.load_verify_locations(cafile=ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"HAULMESH_JWKS_CA_FILE: {exc}", field="HAULMESH_JWKS_CA_FILE") from None
-        return context
 
     def _usable(self, now: float) -> dict[str, jwt.PyJWK]:
         """The cached keys unless the set is older than its refresh age plus the bounded staleness."""

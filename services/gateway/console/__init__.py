@@ -1,0 +1,1 @@
+"""The operations console at /console/ (docs/console.md): sign-in, sessions, pages and their assets."""

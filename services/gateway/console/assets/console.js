@@ -1,0 +1,303 @@
+// The console's one script: each <section data-region> of the page is drawn from the REST API (with the session
+// cookie; changes carry X-Haulmesh-Console: 1) and kept fresh, live frames by Server-Sent Events, the rest by
+// polling every few seconds. Every fact shown on the map is also in a table; state is never shown by colour alone.
+
+const body = document.body;
+const scopes = new Set((body.dataset.scopes || "").split(" ").filter(Boolean));
+const REFRESH_MS = 3000;
+
+export async function api(path, options = {}) {
+  const init = { credentials: "same-origin", headers: { Accept: "application/json" }, ...options };
+  if (init.method && init.method !== "GET") {
+    init.headers = { ...init.headers, "Content-Type": "application/json", "X-Haulmesh-Console": "1" };
+  }
+  const answer = await fetch(`/api/v1/${path}`, init);
+  if (answer.status === 401) {
+    window.location.assign(`/console/login?return_to=${encodeURIComponent(window.location.pathname)}`);
+    throw new Error("signed out");
+  }
+  const data = answer.headers.get("content-type")?.includes("json") ? await answer.json() : {};
+  if (!answer.ok) {
+    throw new Error(data?.error?.message || data?.message || `HTTP ${answer.status}`);
+  }
+  return data;
+}
+
+export function announce(text) {
+  const live = document.getElementById("announcer");
+  if (live) live.textContent = text;
+}
+
+export function el(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attributes)) {
+    if (key === "onclick") node.addEventListener("click", value);
+    else if (value !== undefined && value !== null) node.setAttribute(key, value);
+  }
+  for (const child of children.flat()) {
+    node.append(child instanceof Node ? child : document.createTextNode(child ?? ""));
+  }
+  return node;
+}
+
+export const idOf = (name) => (name || "").split("/").pop();
+const label = (value) => (value || "").replace(/^(STATE|KIND|SEVERITY|CONTINGENCY|FACTOR|POINT|OUTCOME|TYPE)_/, "").replaceAll("_", " ").toLowerCase();
+const when = (ts) => (ts ? new Date(ts).toLocaleString() : "");
+const money = (m) => (m ? `${m.currencyCode} ${(Number(m.units || 0) + (m.nanos || 0) / 1e9).toFixed(2)}` : "");
+
+function table(caption, headings, rows, empty) {
+  if (!rows.length) return el("p", { class: "empty" }, empty);
+  return el("table", {},
+    el("caption", { class: "visually-hidden" }, caption),
+    el("thead", {}, el("tr", {}, headings.map((h) => el("th", { scope: "col" }, h)))),
+    el("tbody", {}, rows));
+}
+
+function fill(section, ...content) {
+  const target = section.querySelector(".region-body");
+  target.replaceChildren(...content);
+  section.dataset.loaded = "true";
+}
+
+function failed(section, error) {
+  fill(section, el("p", { class: "problem", role: "alert" }, `Could not load: ${error.message}`));
+}
+
+const full = (section) => !section.closest(".overview");
+
+// --- tender board -------------------------------------------------------------------------------------------
+
+async function tenderBoard(section) {
+  const { tenders = [] } = await api(`tenders?pageSize=${full(section) ? 100 : 20}`);
+  const rows = tenders.map((t) => {
+    const id = idOf(t.name);
+    const risk = (t.offer?.riskReasons || []).map((r) => `${label(r.factor)} (+${r.contribution})`).join(", ");
+    const actions = el("td", {});
+    if (t.state === "STATE_OFFERED" && scopes.has("tender:respond")) {
+      for (const [verb, text] of [["accept", "Accept"], ["decline", "Decline"]]) {
+        actions.append(el("button", {
+          type: "button", "data-action": verb, "data-tender": id,
+          onclick: async (event) => {
+            event.target.disabled = true;
+            try {
+              const body = verb === "accept" ? { etag: t.etag } : { etag: t.etag, reason: "REASON_OTHER", comment: "declined in the console" };
+              const answer = await api(`tenders/${id}:${verb}`, { method: "POST", body: JSON.stringify(body) });
+              announce(`Tender ${t.tmsLoadId || id} ${label(answer.state)}`);
+            } catch (error) {
+              announce(`Tender ${t.tmsLoadId || id}: ${error.message}`);
+              event.target.disabled = false;
+            }
+            refresh(section);
+          },
+        }, text));
+      }
+    }
+    return el("tr", { "data-tender": id, "data-state": t.state },
+      el("td", {}, t.tmsLoadId || id),
+      el("td", {}, el("span", { class: `state ${label(t.state).replaceAll(" ", "-")}` }, label(t.state))),
+      el("td", {}, `${t.lane?.originRegion || ""} → ${t.lane?.destinationRegion || ""}`),
+      el("td", {}, money(t.offer?.price)),
+      el("td", {}, t.offer ? `${t.offer.riskScore}${risk ? `: ${risk}` : ""}` : (t.stateReason || "")),
+      actions);
+  });
+  fill(section, table("Tenders", ["Load", "State", "Lane", "Price", "Risk", ""], rows, "No tenders yet."));
+}
+
+// --- missions and exceptions --------------------------------------------------------------------------------
+
+let missionsCache = { at: 0, missions: [] };
+export async function missions() {
+  if (Date.now() - missionsCache.at > 1000) {
+    const { missions: list = [] } = await api("missions?pageSize=100");
+    missionsCache = { at: Date.now(), missions: list };
+  }
+  return missionsCache.missions;
+}
+
+async function missionList(section) {
+  const list = await missions();
+  const rows = list.slice(0, full(section) ? 100 : 10).map((m) => el("tr", { "data-mission": idOf(m.name), "data-state": m.state },
+    el("td", {}, el("a", { href: `/console/missions/${idOf(m.name)}` }, m.load?.tmsLoadId || idOf(m.name))),
+    el("td", {}, label(m.state)),
+    el("td", {}, idOf(m.vehicle)),
+    el("td", {}, `${m.lane?.originRegion || ""} → ${m.lane?.destinationRegion || ""}`),
+    el("td", {}, when(m.estimatedArriveTime)),
+    el("td", {}, String((m.exceptions || []).filter((e) => !e.resolveTime).length))));
+  fill(section, table("Missions", ["Load", "State", "Truck", "Lane", "ETA", "Open exceptions"], rows, "No missions yet."));
+}
+
+const seenExceptions = new Set();
+async function exceptionQueue(section) {
+  const list = await missions();
+  const open = [];
+  const due = [];
+  for (const m of list) {
+    for (const e of m.exceptions || []) if (!e.resolveTime) open.push([m, e]);
+    const requirement = m.checkInRequirement;
+    if (requirement?.required && requirement.nextDueTime) due.push([m, requirement]);
+  }
+  const fresh = open.filter(([m, e]) => !seenExceptions.has(`${m.name}/${e.exceptionId}`));
+  if (seenExceptions.size && fresh.length) {
+    announce(`New exception: ${fresh.map(([m, e]) => `${label(e.kind)} on ${idOf(m.vehicle)}`).join("; ")}`);
+  }
+  for (const [m, e] of open) seenExceptions.add(`${m.name}/${e.exceptionId}`);
+  const rows = open.map(([m, e]) => el("tr", { "data-exception": e.exceptionId, "data-kind": e.kind },
+    el("td", {}, when(e.raiseTime)),
+    el("td", {}, el("a", { href: `/console/missions/${idOf(m.name)}` }, idOf(m.name))),
+    el("td", {}, idOf(m.vehicle)),
+    el("td", {}, label(e.kind)),
+    el("td", {}, label(e.severity)),
+    el("td", {}, label(e.contingency)),
+    el("td", {}, e.description || "")));
+  const dueRows = due.map(([m, r]) => el("tr", { "data-check-in-due": idOf(m.name) },
+    el("td", {}, el("a", { href: `/console/missions/${idOf(m.name)}` }, idOf(m.name))),
+    el("td", {}, when(r.nextDueTime)),
+    el("td", {}, r.escalateTime ? "overdue: escalated" : "due")));
+  fill(section,
+    table("Open exceptions", ["Raised", "Mission", "Truck", "Kind", "Severity", "Contingency", "Description"], rows,
+      "No open exceptions."),
+    el("h3", {}, "Check-ins due"),
+    table("Check-ins due", ["Mission", "Due", "Status"], dueRows, "No check-ins due."));
+}
+
+async function missionTimeline(section) {
+  const id = body.dataset.mission;
+  const m = await api(`missions/${id}`);
+  const entries = [];
+  const add = (time, what, detail = "") => time && entries.push([time, what, detail]);
+  add(m.createTime, "created", `${m.lane?.originRegion || ""} → ${m.lane?.destinationRegion || ""}`);
+  add(m.dispatchTime, "dispatched", idOf(m.vehicle));
+  add(m.dispatchAckTime, "dispatch acknowledged by the truck");
+  add(m.startTime, "started");
+  for (const s of m.stops || []) {
+    add(s.geofenceEnterTime, `entered ${label(s.type)} geofence`);
+    add(s.arriveTime, `arrived at ${label(s.type)}`);
+    add(s.departTime, `departed ${label(s.type)}`);
+  }
+  for (const e of m.exceptions || []) {
+    add(e.raiseTime, `exception: ${label(e.kind)}`, `${label(e.contingency)} ${e.description || ""}`);
+    add(e.resolveTime, `exception resolved: ${label(e.kind)}`, e.resolution || "");
+  }
+  for (const c of m.checkIns || []) add(c.recordTime, `check-in: ${label(c.point)}`, `${label(c.outcome)} ${c.notes || ""}`);
+  add(m.endTime, label(m.state), m.stateReason || "");
+  entries.sort((a, b) => new Date(a[0]) - new Date(b[0]));
+  const rows = entries.map(([t, what, detail]) => el("tr", {}, el("td", {}, when(t)), el("td", {}, what), el("td", {}, detail)));
+  const facts = el("dl", { class: "facts" },
+    el("dt", {}, "State"), el("dd", { "data-field": "state" }, label(m.state)),
+    el("dt", {}, "Truck"), el("dd", {}, idOf(m.vehicle)),
+    el("dt", {}, "ETA"), el("dd", {}, when(m.estimatedArriveTime) || "—"),
+    el("dt", {}, "Proof of delivery"), el("dd", {}, m.proofOfDelivery?.keyId ? "signed manifest received" : "—"));
+  const links = [];
+  if (scopes.has("billing:read")) {
+    links.push(el("p", {}, el("a", { href: `/api/v1/missions/${id}:exportEvidencePack` }, "Download the evidence pack")));
+  }
+  fill(section, facts, ...links, table("Timeline", ["When", "What", "Detail"], rows, "Nothing yet."));
+}
+
+// --- webhooks -----------------------------------------------------------------------------------------------
+
+async function webhookLog(section) {
+  if (!scopes.has("webhook:read")) {
+    fill(section, el("p", { class: "empty" }, "Your roles do not include webhooks."));
+    return;
+  }
+  const { webhookSubscriptions: subs = [] } = await api("webhookSubscriptions?pageSize=20");
+  const rows = [];
+  for (const sub of subs) {
+    const { webhookDeliveries: deliveries = [] } = await api(`${sub.name.replace(/^carriers\/[^/]+\//, "")}/deliveries?pageSize=${full(section) ? 50 : 10}`);
+    for (const d of deliveries) {
+      const actions = el("td", {});
+      if (d.state === "STATE_FAILED" && scopes.has("webhook:write")) {
+        actions.append(el("button", {
+          type: "button", "data-action": "replay", "data-delivery": idOf(d.name),
+          onclick: async (event) => {
+            event.target.disabled = true;
+            try {
+              const path = d.name.replace(/^carriers\/[^/]+\//, "");
+              const replay = await api(`${path}:replay`, { method: "POST", body: "{}" });
+              announce(`Delivery replayed as ${idOf(replay.name)}`);
+            } catch (error) {
+              announce(`Replay failed: ${error.message}`);
+              event.target.disabled = false;
+            }
+            refresh(section);
+          },
+        }, "Replay"));
+      }
+      rows.push(el("tr", { "data-delivery": idOf(d.name), "data-state": d.state },
+        el("td", {}, when(d.createTime)), el("td", {}, sub.displayName || sub.url || idOf(sub.name)),
+        el("td", {}, d.event?.type || ""), el("td", {}, label(d.state)),
+        el("td", {}, `${d.attemptCount} (${d.lastStatusCode || d.lastError || "—"})`),
+        el("td", {}, d.replayOf ? `replay of ${idOf(d.replayOf)}` : ""), actions));
+    }
+  }
+  fill(section, table("Webhook deliveries", ["Created", "Subscription", "Event", "State", "Attempts", "", ""], rows,
+    subs.length ? "No deliveries yet." : "No webhook subscriptions."));
+}
+
+// --- KPIs ---------------------------------------------------------------------------------------------------
+
+let chartLoaded;
+function loadChart() {
+  chartLoaded ??= new Promise((resolve, reject) => {
+    const script = el("script", { src: "/console/vendor/chart.umd.min.js" });
+    script.onload = () => resolve(window.Chart);
+    script.onerror = reject;
+    document.head.append(script);
+  });
+  return chartLoaded;
+}
+
+async function kpiReport(section) {
+  if (!scopes.has("report:read")) {
+    fill(section, el("p", { class: "empty" }, "Your roles do not include the KPI report."));
+    return;
+  }
+  const since = new Date(Date.now() - 30 * 86400e3).toISOString();
+  const report = await api(`kpiReport?startTime=${encodeURIComponent(since)}`);
+  const rows = report.rows || [];
+  const lanes = rows.map((r) => `${r.lane?.originRegion || "?"} → ${r.lane?.destinationRegion || "?"}`);
+  const series = [["Completed", "missionsCompleted"], ["In progress", "missionsInProgress"], ["Aborted", "missionsAborted"],
+    ["Minimal-risk stops", "minimalRiskStops"], ["Takeovers", "takeovers"]];
+  const canvas = el("canvas", { role: "img", "aria-label": "Missions per lane, by outcome (the table below has the figures)" });
+  const figures = table("KPIs per lane", ["Lane", ...series.map((s) => s[0]), "On-time"], rows.map((r, i) =>
+    el("tr", {}, el("td", {}, lanes[i]), series.map(([, key]) => el("td", {}, String(r[key] || 0))),
+      el("td", {}, r.onTimeArrivalRate === undefined ? "—" : `${Math.round(r.onTimeArrivalRate * 100)} %`))),
+  "No missions in the last 30 days.");
+  fill(section, el("div", { class: "chart" }, canvas), figures);
+  const Chart = await loadChart();
+  const chart = section.chart;
+  const data = { labels: lanes, datasets: series.map(([name, key]) => ({ label: name, data: rows.map((r) => r[key] || 0) })) };
+  if (chart) chart.destroy();
+  section.chart = new Chart(canvas, { type: "bar", data, options: { animation: false, responsive: true, maintainAspectRatio: false } });
+  section.dataset.chart = "drawn";
+}
+
+// --- the loop -----------------------------------------------------------------------------------------------
+
+const REGIONS = {
+  "tender-board": tenderBoard,
+  "mission-list": missionList,
+  "exception-queue": exceptionQueue,
+  "webhook-log": webhookLog,
+  "kpi-report": kpiReport,
+  "mission-timeline": missionTimeline,
+  "fleet-map": async (section) => (await import("/console/assets/map.js")).fleetMap(section),
+};
+
+async function refresh(section) {
+  try {
+    await REGIONS[section.dataset.region](section);
+  } catch (error) {
+    if (error.message !== "signed out") failed(section, error);
+  }
+}
+
+async function start() {
+  const sections = [...document.querySelectorAll("section[data-region]")];
+  await Promise.all(sections.map(refresh));
+  const polled = sections.filter((s) => !["fleet-map", "kpi-report"].includes(s.dataset.region));
+  setInterval(() => polled.forEach(refresh), REFRESH_MS);
+}
+
+if (body.dataset.page !== "sign-in" && body.dataset.page !== "problem") start();
