@@ -10,7 +10,7 @@ from __future__ import annotations
 import grpc
 
 from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, mission_service_pb2_grpc, vehicle_pb2
-from services.runtime import FLEET_OPERATORS, PLATFORM_ADMINS, FieldViolation, Policy, caller, carrier
+from services.runtime import FLEET_OPERATORS, PLATFORM_ADMINS, FieldViolation, Policy, caller, carrier, requester
 
 from . import convert, domain
 from .domain import Action, parse_mission_name, parse_vehicle_name, raise_if
@@ -118,7 +118,7 @@ class MissionServicer(mission_service_pb2_grpc.MissionServiceServicer):
 
     async def StartMission(self, request: mission_service_pb2.StartMissionRequest, context: Context) -> Mission:
         domain.validate_pre_trip_checks(request.pre_trip_checks)
-        who = str(caller())
+        who = requester(context)
         return await self._missions.start(carrier(context), request.name, request.etag, request.pre_trip_checks, who)
 
     async def ArriveMission(self, request: mission_service_pb2.ArriveMissionRequest, context: Context) -> Mission:
@@ -147,12 +147,12 @@ class MissionServicer(mission_service_pb2_grpc.MissionServiceServicer):
         domain.validate_exception(request.exception)
         carrier_id = carrier(context)
         parse_mission_name(request.name)
-        return await self._missions.raise_exception(carrier_id, request, str(caller()))
+        return await self._missions.raise_exception(carrier_id, request, requester(context))
 
     async def ResolveMissionException(self, request: mission_service_pb2.ResolveMissionExceptionRequest,
                                       context: Context) -> mission_service_pb2.ResolveMissionExceptionResponse:
         domain.validate_resolution(request.exception_id, request.resolution)
-        who = str(caller())
+        who = requester(context)
         mission, exc = await self._missions.resolve_exception(carrier(context), request.name, request.etag,
                                                               request.exception_id, request.resolution, who)
         return mission_service_pb2.ResolveMissionExceptionResponse(mission=mission, exception=exc)
@@ -162,7 +162,7 @@ class MissionServicer(mission_service_pb2_grpc.MissionServiceServicer):
         domain.validate_check_in(request.check_in)
         carrier_id = carrier(context)
         parse_mission_name(request.name)
-        return await self._missions.record_check_in(carrier_id, request, str(caller()))
+        return await self._missions.record_check_in(carrier_id, request, requester(context))
 
     async def SubmitProofOfDelivery(self, request: mission_service_pb2.SubmitProofOfDeliveryRequest,
                                     context: Context) -> Mission:

@@ -15,7 +15,7 @@ from ._audit import AuditEntry, AuditLog, TooManyAuditEntries, actor_metadata
 from ._audit import entries_touching as audit_entries_touching
 from ._audit import trim as trim_audit_log
 from ._audit import verify as verify_audit_log
-from ._authz import BILLING_ADMINS, FLEET_OPERATORS, PLATFORM_ADMINS, Policy, caller_may
+from ._authz import BILLING_ADMINS, FLEET_OPERATORS, PLATFORM_ADMINS, Policy, caller_may, requester
 from ._client import Channels
 from ._cluster import ClusterClient, confirmed_durable, queue_durable_wait, wait_durable
 from ._config import (
@@ -204,6 +204,7 @@ __all__ = [
     "read_json_file",
     "render_acl_file",
     "replay_dead_letters",
+    "requester",
     "resolve_redis_url",
     "resource_id_pattern",
     "retry_delay_seconds",

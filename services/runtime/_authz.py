@@ -29,7 +29,7 @@ from ._status import abort
 from ._tenant import CARRIER_METADATA_KEY, check_operator_tenant
 
 __all__ = ["BILLING_ADMINS", "FLEET_OPERATORS", "PLATFORM_ADMINS", "AuthorizationInterceptor", "Policy", "caller",
-           "caller_may"]
+           "caller_may", "requester"]
 
 #: Policy patterns of the operator roles (docs/security.md, "Operator roles").
 FLEET_OPERATORS = f"role:{FLEET_OPERATOR}"
@@ -113,6 +113,18 @@ def caller_may(patterns: Iterable[str]) -> bool:
     for pattern in pats:
         _check_pattern(pattern)
     return _matches(pats, caller(), _GRANT.get())
+
+
+def requester(context: grpc.aio.ServicerContext) -> str:
+    """Who asked for the call being handled, for a record that names a person (a command's requester, a check-in's
+    recorder): the caller's identity, or, when the gateway calls, the subject and client its token or console
+    session named (``ann@acme.example via haulmesh-console``), which the gateway alone may vouch for."""
+    identity = caller()
+    if identity == GATEWAY:
+        subject, client = actor_from_metadata(context.invocation_metadata() or ())
+        if subject:
+            return f"{subject} via {client}" if client else subject
+    return str(identity)
 
 
 #: AIP read methods (and health's Check, reflection). "BatchGet", not "Batch": a BatchCreate changes state and is

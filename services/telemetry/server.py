@@ -33,6 +33,7 @@ from services.runtime import (
     decode_page,
     next_page_token,
     parse_name,
+    requester,
     timestamp_ms,
     verify_relayed_certificate,
 )
@@ -71,16 +72,23 @@ POLICY = Policy({
     f"{_SERVICE}/WatchMissionTelemetry": _READERS,
     f"{_SERVICE}/ListVehicleCertificates": ["service/billing", "service/mission", PLATFORM_ADMINS],
     f"{_SERVICE}/RunArchive": [PLATFORM_ADMINS],
-    # A person's decision about a truck: operators only (a fleet operator for its carriers' missions' vehicles,
-    # checked per vehicle in usecases/commands.py), never another service.
-    f"{_SERVICE}/CreateVehicleCommand": [FLEET_OPERATORS, PLATFORM_ADMINS],
-    f"{_SERVICE}/GetVehicleCommand": [FLEET_OPERATORS, PLATFORM_ADMINS],
-    f"{_SERVICE}/ListVehicleCommands": [FLEET_OPERATORS, PLATFORM_ADMINS],
+    # A person's decision about a truck: operators (a fleet operator for its carriers' missions' vehicles, checked
+    # per vehicle in usecases/commands.py), or the gateway for a person at the console (the carrier it asserts must
+    # be that of the vehicle's mission), never another service.
+    f"{_SERVICE}/CreateVehicleCommand": [FLEET_OPERATORS, PLATFORM_ADMINS, "service/gateway"],
+    f"{_SERVICE}/GetVehicleCommand": [FLEET_OPERATORS, PLATFORM_ADMINS, "service/gateway"],
+    f"{_SERVICE}/ListVehicleCommands": [FLEET_OPERATORS, PLATFORM_ADMINS, "service/gateway"],
 }, audit_coalesce_seconds={
     # One frame a call: audited once per (caller, vehicle) per hour, not per frame (the frames themselves are the
     # signed, sequenced record of what was written; the audit entry says who wrote for the vehicle, and when).
     f"{_SERVICE}/IngestTelemetry": INGEST_AUDIT_COALESCE_SECONDS,
 })
+
+
+def _acting_for(context: grpc.aio.ServicerContext) -> str | None:
+    """The carrier a service caller (the gateway) acts for, from its metadata; None for an operator, whose
+    certificate's grant decides (usecases/commands.py)."""
+    return carrier(context) if caller().kind == "service" else None
 
 
 @functools.cache
@@ -298,16 +306,17 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
     async def CreateVehicleCommand(self, request: telemetry_service_pb2.CreateVehicleCommandRequest,
                                    context: grpc.aio.ServicerContext) -> command_pb2.VehicleCommand:
         vehicle_id = parse_name(request.parent, "vehicles", field="parent")
-        return await self._operator_commands().create(vehicle_id, request, str(caller()))
+        return await self._operator_commands().create(vehicle_id, request, requester(context), _acting_for(context))
 
     async def GetVehicleCommand(self, request: telemetry_service_pb2.GetVehicleCommandRequest,
                                 context: grpc.aio.ServicerContext) -> command_pb2.VehicleCommand:
-        return await self._operator_commands().get(request.name)
+        return await self._operator_commands().get(request.name, _acting_for(context))
 
     async def ListVehicleCommands(
         self, request: telemetry_service_pb2.ListVehicleCommandsRequest, context: grpc.aio.ServicerContext,
     ) -> telemetry_service_pb2.ListVehicleCommandsResponse:
-        return await self._operator_commands().list(parse_name(request.parent, "vehicles", field="parent"), request)
+        return await self._operator_commands().list(parse_name(request.parent, "vehicles", field="parent"), request,
+                                                    _acting_for(context))
 
     async def WatchVehicleTelemetry(self, request: telemetry_service_pb2.WatchVehicleTelemetryRequest,
                                     context: grpc.aio.ServicerContext,

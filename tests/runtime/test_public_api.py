@@ -25,7 +25,7 @@ PUBLIC = {
     "MetricsEndpoint", "new_event", "new_id", "next_page_token", "NotFound", "Page", "parse_filter", "parse_name",
     "poll_until", "resource_id_pattern", "DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "VEHICLE_ID",
     "Periodic", "PermissionDenied", "PLATFORM_ADMINS", "Policy", "read_json_file", "render_acl_file",
-    "replay_dead_letters", "resolve_redis_url",
+    "replay_dead_letters", "requester", "resolve_redis_url",
     "ResourceExhausted", "retry_delay_seconds", "RevocationList", "Revoked", "revoke_certificate",
     "revoked_certificates", "certificate_serial", "Credential", "credential_of", "revocation_cutoff", "revoke_identity",
     "run_service", "Service", "ServiceConfig", "STORE_USERS", "StoreUser", "shutdown_tracing", "signing_key_id",

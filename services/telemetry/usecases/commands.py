@@ -74,14 +74,16 @@ class OperatorCommands:
         self._clock = clock
 
     async def create(self, vehicle_id: str, request: telemetry_service_pb2.CreateVehicleCommandRequest,
-                     requester: str) -> command_pb2.VehicleCommand:
+                     requester: str, acting_for: str | None = None) -> command_pb2.VehicleCommand:
+        """Queue ``request``'s command; ``acting_for`` is the carrier a service caller (the gateway) speaks for,
+        None for an operator (whose certificate's grant decides)."""
         now = self._clock()
         wanted = request.vehicle_command
         validate_vehicle_command(wanted, now)
         current = await self._store.mission(vehicle_id)
         carrier_id, mission = ("", "") if current is None else (current[0], mission_pb2.Mission.FromString(
             current[1]).name)
-        _check_may_command(vehicle_id, carrier_id)
+        _check_may_command(vehicle_id, carrier_id, acting_for)
         action = wanted.WhichOneof("action")
         if action in NEEDS_MISSION and not mission:
             raise FailedPrecondition(f"vehicles/{vehicle_id} has no current mission to {action.replace('_', ' ')}",
@@ -109,31 +111,37 @@ class OperatorCommands:
 
         result = await self._idempotency.run(f"{vehicle_id}:CreateVehicleCommand", request.request_id, normalised,
                                              compute, command_pb2.VehicleCommand)
-        return result if created else await self.get(result.name)
+        return result if created else await self.get(result.name, acting_for)
 
-    async def get(self, name: str) -> command_pb2.VehicleCommand:
+    async def get(self, name: str, acting_for: str | None = None) -> command_pb2.VehicleCommand:
         vehicle_id, command_id = _parse_command_name(name)
         found = await self._store.operator_command(vehicle_id, command_id)
         if found is None:
             raise NotFound(f"{name} does not exist", reason="COMMAND_NOT_FOUND", metadata={"name": name})
-        _check_may_command(vehicle_id, found.carrier_id)
+        _check_may_command(vehicle_id, found.carrier_id, acting_for)
         return _view(command_pb2.VehicleCommand.FromString(found.record), found.acks, self._clock())
 
-    async def list(self, vehicle_id: str, request: telemetry_service_pb2.ListVehicleCommandsRequest
-                   ) -> telemetry_service_pb2.ListVehicleCommandsResponse:
+    async def list(self, vehicle_id: str, request: telemetry_service_pb2.ListVehicleCommandsRequest,
+                   acting_for: str | None = None) -> telemetry_service_pb2.ListVehicleCommandsResponse:
         query = f"commands of {vehicle_id}"
         page = decode_page(request.page_size, request.page_token, query)
         found, cursor = await self._store.operator_commands(vehicle_id, page.after, page.size)
         now = self._clock()
-        # A fleet operator sees the commands sent for its carriers' missions only.
-        visible = [c for c in found if _may_see(vehicle_id, c.carrier_id)]
+        # A fleet operator (or the gateway, for one carrier) sees the commands sent for its carriers' missions only.
+        visible = [c for c in found if _may_see(vehicle_id, c.carrier_id, acting_for)]
         return telemetry_service_pb2.ListVehicleCommandsResponse(
             vehicle_commands=[_view(command_pb2.VehicleCommand.FromString(c.record), c.acks, now) for c in visible],
             next_page_token=next_page_token(cursor, query))
 
 
-def _check_may_command(vehicle_id: str, carrier_id: str) -> None:
-    """A platform admin may command any vehicle; a fleet operator only one running a mission of a carrier it serves."""
+def _check_may_command(vehicle_id: str, carrier_id: str, acting_for: str | None) -> None:
+    """A platform admin may command any vehicle; a fleet operator only one running a mission of a carrier it serves;
+    the gateway, acting for one carrier, only one running a mission of that carrier."""
+    if acting_for is not None:
+        if carrier_id != acting_for:
+            raise PermissionDenied(f"vehicles/{vehicle_id} runs no mission of carriers/{acting_for}",
+                                   reason="TENANT_NOT_ALLOWED", metadata={"vehicle": f"vehicles/{vehicle_id}"})
+        return
     if carrier_id:
         check_operator_serves(carrier_id)
     elif not caller_may([PLATFORM_ADMINS]):
@@ -141,9 +149,9 @@ def _check_may_command(vehicle_id: str, carrier_id: str) -> None:
                                reason="TENANT_NOT_ALLOWED", metadata={"vehicle": f"vehicles/{vehicle_id}"})
 
 
-def _may_see(vehicle_id: str, carrier_id: str) -> bool:
+def _may_see(vehicle_id: str, carrier_id: str, acting_for: str | None) -> bool:
     try:
-        _check_may_command(vehicle_id, carrier_id)
+        _check_may_command(vehicle_id, carrier_id, acting_for)
     except PermissionDenied:
         return False
     return True

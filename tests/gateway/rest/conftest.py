@@ -16,7 +16,7 @@ from services.runtime.tokens import mint
 
 #: Every scope the annotated methods name (see the protos' "Scope:" sentences).
 ALL_SCOPES = ("tender:create tender:read tender:update tender:cancel tender:respond mission:read mission:checkin "
-              "telemetry:read billing:read billing:reconcile webhook:read webhook:write report:read")
+              "telemetry:read billing:read billing:reconcile webhook:read webhook:write report:read vehicle:command")
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import pytest
 
 from haulmesh.telemetry.v1 import command_pb2, stream_pb2, telemetry_service_pb2, telemetry_service_pb2_grpc
 from haulmesh.type.v1 import location_pb2
-from services.runtime import Mesh, error_info, new_id
+from services.runtime import Mesh, actor_metadata, carrier_metadata, error_info, new_id
 
 from ...conftest import Pki, wait_for
 from ..helpers import Session, Truck, dispatch_to
@@ -131,7 +131,9 @@ async def test_who_may_command_which_vehicle(mesh: Mesh, mesh_pki: Pki) -> None:
             grpc.aio.secure_channel(mesh.address("telemetry"), theirs) as theirs_ch, \
             grpc.aio.secure_channel(mesh.address("telemetry"), mesh_pki.credentials("operator", "admin")) as admin_ch, \
             grpc.aio.secure_channel(mesh.address("telemetry"),
-                                    mesh_pki.credentials("service", "gateway")) as gateway_ch:
+                                    mesh_pki.credentials("service", "gateway")) as gateway_ch, \
+            grpc.aio.secure_channel(mesh.address("telemetry"),
+                                    mesh_pki.credentials("service", "billing")) as billing_ch:
         created = await _create_once_dispatched(_stub(ours_ch), _stop(truck.vehicle_id))
         # Another carrier's fleet operator can neither command that truck nor read the command.
         assert await _refusal(_stub(theirs_ch).CreateVehicleCommand(_stop(truck.vehicle_id), timeout=10)) == \
@@ -142,9 +144,25 @@ async def test_who_may_command_which_vehicle(mesh: Mesh, mesh_pki: Pki) -> None:
         listed = await _stub(theirs_ch).ListVehicleCommands(
             telemetry_service_pb2.ListVehicleCommandsRequest(parent=f"vehicles/{truck.vehicle_id}"), timeout=10)
         assert not listed.vehicle_commands
-        # No service may: a command is a person's decision (the gateway relays TMS calls, not operators' yet).
-        assert await _refusal(_stub(gateway_ch).CreateVehicleCommand(_stop(truck.vehicle_id), timeout=10)) == \
+        # No service but the gateway, acting for one carrier (a person at the console): a command is a person's.
+        assert await _refusal(_stub(billing_ch).CreateVehicleCommand(_stop(truck.vehicle_id), timeout=10)) == \
             (grpc.StatusCode.PERMISSION_DENIED, "METHOD_NOT_ALLOWED")
+        assert await _refusal(_stub(gateway_ch).CreateVehicleCommand(_stop(truck.vehicle_id), timeout=10)) == \
+            (grpc.StatusCode.INVALID_ARGUMENT, "TENANT_REQUIRED")
+        for_other = carrier_metadata("someone-else") + actor_metadata("mallory", "haulmesh-console")
+        assert await _refusal(_stub(gateway_ch).CreateVehicleCommand(
+            _stop(truck.vehicle_id), metadata=for_other, timeout=10)) == \
+            (grpc.StatusCode.PERMISSION_DENIED, "TENANT_NOT_ALLOWED")
+        assert await _refusal(_stub(gateway_ch).GetVehicleCommand(telemetry_service_pb2.GetVehicleCommandRequest(
+            name=created.name), metadata=for_other, timeout=10)) == \
+            (grpc.StatusCode.PERMISSION_DENIED, "TENANT_NOT_ALLOWED")
+        for_ours = carrier_metadata(carrier) + actor_metadata("ann", "haulmesh-console")
+        seen = await _stub(gateway_ch).GetVehicleCommand(telemetry_service_pb2.GetVehicleCommandRequest(
+            name=created.name), metadata=for_ours, timeout=10)
+        assert seen.name == created.name
+        by_console = await _stub(gateway_ch).CreateVehicleCommand(
+            _stop(truck.vehicle_id), metadata=for_ours, timeout=10)
+        assert by_console.requester == "ann via haulmesh-console"
         # A vehicle on no mission: a fleet operator may not; a platform admin may stop it, not reroute it.
         assert await _refusal(_stub(ours_ch).CreateVehicleCommand(_stop(idle.vehicle_id), timeout=10)) == \
             (grpc.StatusCode.PERMISSION_DENIED, "TENANT_NOT_ALLOWED")
