@@ -5,7 +5,8 @@
 # `make protos`) and installs the pinned dependencies into a virtualenv; the runtime stage gets that virtualenv
 # and the source tree only: no compilers, no proto tools, no secrets (certificates and REDIS_URL come from
 # Kubernetes Secrets at run time), owned by root and run as an unprivileged user. The docs-ui stage installs the
-# /docs page's Swagger UI with `make docs-ui`'s own script and lock, so /docs works in the image, offline.
+# /docs page's Swagger UI with `make docs-ui`'s own script and lock, so /docs works in the image, offline; the
+# console-assets stage likewise installs the /console page's files with `make console-assets`' script and lock.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG NODE_IMAGE=node:20-bookworm-slim
 
@@ -44,6 +45,15 @@ WORKDIR /src
 COPY scripts/docs-ui/ scripts/docs-ui/
 RUN bash scripts/docs-ui/install.sh /opt/docs-ui
 
+# The operations console's files for /console/ (MapLibre GL JS, Chart.js, axe-core, the US states base map built
+# from us-atlas): scripts/console/install.sh, the script `make console-assets` runs, `npm ci` against the committed
+# package-lock.json (pinned versions, integrity hashes, no install scripts). The runtime stage gets only the files
+# the gateway serves, not node_modules.
+FROM ${NODE_IMAGE} AS console-assets
+WORKDIR /src
+COPY scripts/console/ scripts/console/
+RUN bash scripts/console/install.sh /opt/console
+
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="haulmesh" \
       org.opencontainers.image.description="Haulmesh services: tender, mission, telemetry, billing, gateway" \
@@ -63,6 +73,14 @@ COPY --from=builder /src/edge_client /app/edge_client
 COPY --from=builder /src/haulmesh /app/haulmesh
 # Where the gateway looks by default (HAULMESH_DOCS_UI_DIR's default: build/docs-ui/... of the source tree, /app).
 COPY --from=docs-ui /opt/docs-ui/node_modules/swagger-ui-dist /app/build/docs-ui/node_modules/swagger-ui-dist
+# The same for /console/ (build/console/... of the source tree): the files scripts/console/install.sh checks, where
+# it installs them.
+COPY --from=console-assets /opt/console/node_modules/maplibre-gl/dist/maplibre-gl.mjs \
+     /opt/console/node_modules/maplibre-gl/dist/maplibre-gl-worker.mjs \
+     /opt/console/node_modules/maplibre-gl/dist/maplibre-gl.css /app/build/console/node_modules/maplibre-gl/dist/
+COPY --from=console-assets /opt/console/node_modules/chart.js/dist/chart.umd.min.js /app/build/console/node_modules/chart.js/dist/
+COPY --from=console-assets /opt/console/node_modules/axe-core/axe.min.js /app/build/console/node_modules/axe-core/
+COPY --from=console-assets /opt/console/basemap/us-states.geojson /app/build/console/basemap/
 WORKDIR /app
 # The only writable place the services need (local state); Kubernetes mounts an emptyDir here.
 VOLUME ["/var/lib/haulmesh"]

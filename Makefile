@@ -9,7 +9,7 @@ BUF := .tools/node_modules/.bin/buf
 PROTOS := $(shell find protos -name '*.proto' 2>/dev/null)
 GENERATED := haulmesh/.generated
 
-.PHONY: help venv protos certs run demo bench status stop test chaos fuzz openapi lint lint-protos breaking tools clean distclean
+.PHONY: help venv protos certs run sandbox demo bench status stop test chaos fuzz openapi lint lint-protos breaking tools clean distclean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -50,11 +50,40 @@ run: docs-ui
 demo: docs-ui
 test: docs-ui
 
+# The operations console's files (MapLibre GL JS, Chart.js, axe-core, and a US states base map built from us-atlas
+# with topojson-client; all from npm, pinned with integrity hashes by scripts/console/package-lock.json), installed
+# at build time into the gitignored build/console/ and served by the gateway at /console/ from there: no CDN, no
+# tile server. The image installs them with the same script (Dockerfile, stage console-assets).
+CONSOLE_ASSETS_SOURCES := scripts/console/install.sh scripts/console/package.json scripts/console/package-lock.json
+CONSOLE_ASSETS := build/console/.installed
+$(CONSOLE_ASSETS): $(CONSOLE_ASSETS_SOURCES)
+	bash scripts/console/install.sh build/console
+	@touch $@
+.PHONY: console-assets
+console-assets: $(CONSOLE_ASSETS) ## install the /console page's assets (npm, pinned) and its base map into build/console
+run: console-assets
+demo: console-assets
+test: console-assets
+sandbox: console-assets docs-ui
+
+# The OpenID provider the console's sign-in tests start (npm oidc-provider, pinned by its lock; tests/support/oidc),
+# installed into the gitignored build/oidc-provider/.
+OIDC_PROVIDER_SOURCES := scripts/oidc-provider/install.sh scripts/oidc-provider/package.json \
+	scripts/oidc-provider/package-lock.json
+OIDC_PROVIDER := build/oidc-provider/.installed
+$(OIDC_PROVIDER): $(OIDC_PROVIDER_SOURCES)
+	bash scripts/oidc-provider/install.sh build/oidc-provider
+	@touch $@
+test: $(OIDC_PROVIDER)
+
 certs: $(VENV)/.installed ## dev CA and certificates for every service, the CLI and the demo truck (if missing)
 	$(HAULMESH) pki dev-bootstrap
 
 run: protos certs ## start the store and the whole mesh; Ctrl-C stops it
 	$(HAULMESH) run
+
+sandbox: protos ## the mesh with a sandbox carrier, synthetic tenders and simulated trucks in rescue scenarios
+	$(HAULMESH) sandbox $(SANDBOX_ARGS)
 
 demo: protos ## the whole flow end to end on a fresh local mesh: tender → offer → dispatch → delivery → invoice → reconciled
 	$(PY) scripts/demo.py

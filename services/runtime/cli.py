@@ -4,6 +4,9 @@
     haulmesh pki revoke {vehicle,operator,serial} NAME | revoked
                                         the certificate deny-list (every service refuses a revoked one within seconds)
     haulmesh run        start the store and every service (a crashed one is restarted); Ctrl-C stops them
+    haulmesh sandbox [--trucks N] [--tenders-per-minute R] [--scenarios A,B] [--speedup X]
+                        the mesh with a sandbox carrier, synthetic tenders and simulated trucks running rescue
+                        scenarios (services/runtime/sandbox.py); prints where the console is; Ctrl-C stops it
     haulmesh status     health of every service over mTLS; exit 0 only if all are SERVING
     haulmesh store {start,stop,status}  the embedded store
     haulmesh store acl-file [--template | --passwords-dir DIR]   the store users' ACL file (one user per service)
@@ -51,6 +54,7 @@ from ._roles import PLATFORM_ADMIN, ROLES, OperatorGrant
 from ._store import EmbeddedStore, connect_async, connect_sync, resolve_redis_url
 from ._store_acl import STORE_USERS, render_acl_file
 from .audit_anchor import Checkpoint, generate_signing_key, load_public_keys, read_checkpoints
+from .sandbox import SCENARIOS, Sandbox, SandboxConfig
 
 __all__ = ["main"]
 
@@ -224,10 +228,34 @@ async def _run(args: argparse.Namespace) -> int:
                 http_port=int(os.environ.get("HAULMESH_HTTP_PORT", DEFAULT_GATEWAY_HTTP_PORT)),
                 redis_url=os.environ.get("REDIS_URL") or None,
                 extra_env={"HAULMESH_CERT_DIR": str(_cert_dir(args))})
+    return await _serve(mesh, args.timeout, detach=args.detach)
+
+
+async def _sandbox(args: argparse.Namespace) -> int:
+    try:
+        config = SandboxConfig(trucks=args.trucks, tenders_per_minute=args.tenders_per_minute, speedup=args.speedup,
+                               scenarios=tuple(s.strip() for s in args.scenarios.split(",") if s.strip()),
+                               scenario_at_sim_minutes=args.scenario_at, seed=args.seed)
+    except ValueError as exc:
+        print(f"haulmesh sandbox: {exc}", file=sys.stderr)
+        return 2
+    # Its own state (store, certificates, spools, logs) beside `haulmesh run`'s, so neither disturbs the other.
+    state = default_state_dir() / "sandbox"
+    certs = state / "certs"
+    if main(["--cert-dir", str(certs), "pki", "dev-bootstrap"]) != 0:
+        return 1
+    mesh = Mesh(state, ports=_ports_from_env(),
+                http_port=int(os.environ.get("HAULMESH_HTTP_PORT", DEFAULT_GATEWAY_HTTP_PORT)),
+                extra_env={"HAULMESH_CERT_DIR": str(certs), "HAULMESH_CONSOLE_DEV_CARRIER": config.carrier})
+    return await _serve(mesh, args.timeout, detach=False, sandbox=config)
+
+
+async def _serve(mesh: Mesh, timeout_seconds: float, *, detach: bool, sandbox: SandboxConfig | None = None) -> int:
+    """Start ``mesh`` (and the sandbox on it), print where everything listens, supervise until Ctrl-C."""
     began = time.monotonic()
     print("starting the Haulmesh mesh ...", flush=True)
     try:
-        await mesh.start(timeout_seconds=args.timeout)
+        await mesh.start(timeout_seconds=timeout_seconds)
     except (RuntimeError, TimeoutError) as exc:
         print(f"start-up failed: {exc}", file=sys.stderr)
         await mesh.stop()
@@ -237,7 +265,15 @@ async def _run(args: argparse.Namespace) -> int:
     for what, where in rows:
         print(f"  {what:<{width}}  {where}")
     print(f"all services SERVING in {time.monotonic() - began:.1f}s; logs in {mesh.state_dir / 'logs'}")
-    if args.detach:
+    print(f"  console     http://127.0.0.1:{mesh.http_port}/console/")
+    running_sandbox = None
+    if sandbox is not None:
+        running_sandbox = Sandbox(mesh, sandbox)
+        await running_sandbox.start()
+        print(f"sandbox: carrier {sandbox.carrier}, {sandbox.trucks} trucks ({', '.join(sandbox.scenarios)}), "
+              f"{sandbox.tenders_per_minute:g} tenders a minute at {sandbox.speedup:g}x time")
+        print(f"open the console signed in as a fleet operator: {running_sandbox.console_url}")
+    if detach:
         print("detached: stop with 'haulmesh stop'")
         _write_pids(mesh)
         return 0
@@ -250,6 +286,8 @@ async def _run(args: argparse.Namespace) -> int:
     # that dies within moments of every start (MAX_SHORT_RUNS in a row), which every restart would repeat, stops
     # the mesh.
     child = await mesh.supervise(stop)
+    if running_sandbox is not None:
+        await running_sandbox.stop()
     code = 0
     if child is not None:
         print(f"{child.name} {child.gave_up_reason}; stopping the mesh (see {child.log_path})", file=sys.stderr)
@@ -520,6 +558,20 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--timeout", type=float, default=90, help="seconds to wait for all services to be SERVING")
     r.add_argument("--detach", action="store_true", help="leave the mesh running in the background")
     r.set_defaults(func=lambda a: asyncio.run(_run(a)))
+
+    sb = sub.add_parser("sandbox", help="the mesh with a sandbox carrier, synthetic tenders and simulated trucks "
+                        "running rescue scenarios; prints where the console is; Ctrl-C stops it")
+    sb.add_argument("--trucks", type=int, default=SandboxConfig.trucks, help="simulated trucks, each its own process")
+    sb.add_argument("--tenders-per-minute", type=float, default=SandboxConfig.tenders_per_minute,
+                    help="synthetic tenders a minute on the policy's lanes (accepted when offered)")
+    sb.add_argument("--speedup", type=float, default=SandboxConfig.speedup, help="simulated seconds per real second")
+    sb.add_argument("--scenarios", default=",".join(SCENARIOS),
+                    help=f"comma-separated, one per truck in turn: {', '.join(SCENARIOS)}")
+    sb.add_argument("--scenario-at", type=float, metavar="MINUTES",
+                    help="simulated minutes after departure when each scenario starts (default: its own time)")
+    sb.add_argument("--seed", type=int, help="the tender generator's seed (repeatable loads)")
+    sb.add_argument("--timeout", type=float, default=90, help="seconds to wait for all services to be SERVING")
+    sb.set_defaults(func=lambda a: asyncio.run(_sandbox(a)))
 
     s = sub.add_parser("status", help="health of every service over mTLS; exit 0 only if all SERVING")
     s.set_defaults(func=lambda a: asyncio.run(_status(a)))

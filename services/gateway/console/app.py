@@ -54,7 +54,9 @@ _OWN_ASSETS = Path(__file__).resolve().parent / "assets"
 _OWN_FILES = frozenset({"console.js", "console.css", "map.js"})
 #: What of the installed npm packages is served (scripts/console/install.sh builds and checks these).
 VENDOR_FILES = {
-    "maplibre-gl.js": "node_modules/maplibre-gl/dist/maplibre-gl.js",
+    # MapLibre 6 is ES modules only; it loads its worker from beside itself (maplibre-gl-worker.mjs?v=...).
+    "maplibre-gl.mjs": "node_modules/maplibre-gl/dist/maplibre-gl.mjs",
+    "maplibre-gl-worker.mjs": "node_modules/maplibre-gl/dist/maplibre-gl-worker.mjs",
     "maplibre-gl.css": "node_modules/maplibre-gl/dist/maplibre-gl.css",
     "chart.umd.min.js": "node_modules/chart.js/dist/chart.umd.min.js",
     "axe.min.js": "node_modules/axe-core/axe.min.js",

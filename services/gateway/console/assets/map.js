@@ -4,7 +4,7 @@
 // thousands of trucks stay cheap; every fact is repeated in the table under the map (a canvas is invisible to a
 // screen reader), and state is a label as well as a colour.
 
-import maplibregl from "/console/vendor/maplibre-gl.mjs";
+import * as maplibregl from "/console/vendor/maplibre-gl.mjs";
 import { api, announce, el, idOf, missions } from "/console/assets/console.js";
 
 const ACTIVE = new Set(["STATE_DISPATCHED", "STATE_PRE_TRIP", "STATE_ENROUTE", "STATE_EXCEPTION", "STATE_ARRIVED"]);
