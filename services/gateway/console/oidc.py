@@ -56,7 +56,7 @@ class OidcClient:
         self._endpoints: _Endpoints | None = None
         self._discovered_at = 0.0
         self._jwks: JwksCache | None = None
-        self._verify = idp_verification(config.jwks_policy.ca_file)
+        self._tls_verify = idp_verification(config.jwks_policy.ca_file)
 
     @staticmethod
     def new_pkce() -> tuple[str, str]:
@@ -139,7 +139,7 @@ class OidcClient:
 
     async def _fetch(self, method: str, url: str, **options: Any) -> httpx.Response:
         try:
-            async with httpx.AsyncClient(timeout=self.config.jwks_policy.fetch_timeout_seconds, verify=self._verify,
+            async with httpx.AsyncClient(timeout=self.config.jwks_policy.fetch_timeout_seconds, verify=self._tls_verify,
                                          follow_redirects=False) as client:
                 answer = await client.request(method, url, **options)
         except httpx.HTTPError as exc:

@@ -43,7 +43,7 @@ export function el(tag, attributes = {}, ...children) {
 export const idOf = (name) => (name || "").split("/").pop();
 const label = (value) => (value || "").replace(/^(STATE|KIND|SEVERITY|CONTINGENCY|FACTOR|POINT|OUTCOME|TYPE)_/, "").replaceAll("_", " ").toLowerCase();
 const when = (ts) => (ts ? new Date(ts).toLocaleString() : "");
-const money = (m) => (m ? `${m.currencyCode} ${(Number(m.units || 0) + (m.nanos || 0) / 1e9).toFixed(2)}` : "");
+const money = (m) => (m ? `${m.currencyCode} ${(Number(m.amountMinor || 0) / 100).toLocaleString(undefined, { minimumFractionDigits: 2 })}` : "");
 
 function table(caption, headings, rows, empty) {
   if (!rows.length) return el("p", { class: "empty" }, empty);
@@ -126,6 +126,58 @@ async function missionList(section) {
   fill(section, table("Missions", ["Load", "State", "Truck", "Lane", "ETA", "Open exceptions"], rows, "No missions yet."));
 }
 
+// --- rescue actions: a command to the truck, confirmed in a second step, followed until the truck answers ----
+
+const commands = new Map(); // "<vehicle>/<action>" → the VehicleCommand as last read
+const FINAL = new Set(["STATE_COMPLETED", "STATE_REJECTED", "STATE_FAILED", "STATE_EXPIRED"]);
+const ACTIONS = {
+  stop: { text: "Minimal-risk stop", body: { stop: { mode: "MODE_MINIMAL_RISK_STOP" } } },
+  resume: { text: "Resume", body: { resume: {} } },
+};
+
+async function follow(key, name) {
+  for (let i = 0; i < 120; i += 1) {
+    const command = await api(name.replace(/^\//, ""));
+    commands.set(key, command);
+    if (FINAL.has(command.state)) {
+      announce(`${label(Object.keys(ACTIONS).find((a) => command[a]) || "command")} ${label(command.state)} by ${idOf(key.split("/")[0])}`);
+      return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+}
+
+function rescueButtons(vehicle, reason) {
+  const cell = el("td", { class: "actions" });
+  if (!scopes.has("vehicle:command") || !vehicle) return cell;
+  for (const [action, { text, body: payload }] of Object.entries(ACTIONS)) {
+    const key = `${vehicle}/${action}`;
+    const sent = commands.get(key);
+    const button = el("button", { type: "button", "data-action": action, "data-vehicle": vehicle }, text);
+    button.addEventListener("click", async () => {
+      if (button.dataset.confirm !== "yes") { // the second step: nothing is sent on one click
+        button.dataset.confirm = "yes";
+        button.textContent = `Confirm: ${text.toLowerCase()} ${vehicle}`;
+        return;
+      }
+      button.disabled = true;
+      try {
+        const command = await api(`vehicles/${vehicle}/commands`, { method: "POST",
+          body: JSON.stringify({ ...payload, reason: `${reason} (console)` }), headers: { "Idempotency-Key": crypto.randomUUID() } });
+        commands.set(key, command);
+        announce(`${text} sent to ${vehicle}: ${label(command.state)}`);
+        follow(key, command.name);
+      } catch (error) {
+        announce(`${text} for ${vehicle} failed: ${error.message}`);
+        button.disabled = false;
+      }
+    });
+    cell.append(button);
+    if (sent) cell.append(el("span", { class: "command-state", "data-command-state": sent.state, "data-command": action }, ` ${action}: ${label(sent.state)}`));
+  }
+  return cell;
+}
+
 const seenExceptions = new Set();
 async function exceptionQueue(section) {
   const list = await missions();
@@ -148,13 +200,14 @@ async function exceptionQueue(section) {
     el("td", {}, label(e.kind)),
     el("td", {}, label(e.severity)),
     el("td", {}, label(e.contingency)),
-    el("td", {}, e.description || "")));
+    el("td", {}, e.description || ""),
+    rescueButtons(idOf(m.vehicle), `${label(e.kind)} on ${idOf(m.name)}`)));
   const dueRows = due.map(([m, r]) => el("tr", { "data-check-in-due": idOf(m.name) },
     el("td", {}, el("a", { href: `/console/missions/${idOf(m.name)}` }, idOf(m.name))),
     el("td", {}, when(r.nextDueTime)),
     el("td", {}, r.escalateTime ? "overdue: escalated" : "due")));
   fill(section,
-    table("Open exceptions", ["Raised", "Mission", "Truck", "Kind", "Severity", "Contingency", "Description"], rows,
+    table("Open exceptions", ["Raised", "Mission", "Truck", "Kind", "Severity", "Contingency", "Description", "Rescue"], rows,
       "No open exceptions."),
     el("h3", {}, "Check-ins due"),
     table("Check-ins due", ["Mission", "Due", "Status"], dueRows, "No check-ins due."));
@@ -204,7 +257,7 @@ async function webhookLog(section) {
   const { webhookSubscriptions: subs = [] } = await api("webhookSubscriptions?pageSize=20");
   const rows = [];
   for (const sub of subs) {
-    const { webhookDeliveries: deliveries = [] } = await api(`${sub.name.replace(/^carriers\/[^/]+\//, "")}/deliveries?pageSize=${full(section) ? 50 : 10}`);
+    const { deliveries = [] } = await api(`${sub.name.replace(/^carriers\/[^/]+\//, "")}/deliveries?pageSize=${full(section) ? 50 : 10}`);
     for (const d of deliveries) {
       const actions = el("td", {});
       if (d.state === "STATE_FAILED" && scopes.has("webhook:write")) {

@@ -116,12 +116,13 @@ function draw(list) {
 function tableOf(section, list) {
   const rows = [...trucks.entries()].map(([vehicle, t]) => el("tr", { "data-vehicle": vehicle },
     el("td", {}, vehicle), el("td", {}, t.mission), el("td", {}, (t.missionState || "").replace("STATE_", "").toLowerCase()),
+    el("td", { "data-field": "truck-state" }, (t.state || "").replaceAll("_", " ")),
     el("td", {}, `${t.lat.toFixed(4)}, ${t.lon.toFixed(4)}`), el("td", {}, `${Math.round(t.speed)} km/h`),
     el("td", {}, Date.now() - t.heard > STALE_MS ? "not heard for a minute" : "live")));
   const lanes = [...laneCoverage(list).entries()].map(([lane, c]) => el("tr", { "data-lane": lane },
     el("td", {}, lane), el("td", {}, `${c.heard} of ${c.total} trucks heard in the last minute`)));
   const trucksTable = rows.length ? el("table", { class: "trucks" }, el("caption", {}, "Trucks on the map"),
-    el("thead", {}, el("tr", {}, ["Truck", "Mission", "Mission state", "Position", "Speed", "Link"].map((h) => el("th", { scope: "col" }, h)))),
+    el("thead", {}, el("tr", {}, ["Truck", "Mission", "Mission state", "Truck state", "Position", "Speed", "Link"].map((h) => el("th", { scope: "col" }, h)))),
     el("tbody", {}, rows)) : el("p", { class: "empty" }, "No truck has reported a position yet.");
   const lanesTable = lanes.length ? el("table", { class: "lanes" }, el("caption", {}, "Connectivity per lane"),
     el("thead", {}, el("tr", {}, [el("th", { scope: "col" }, "Lane"), el("th", { scope: "col" }, "Coverage")])),
