@@ -91,6 +91,7 @@ INTERNAL_EVENT_TYPES = frozenset({
     "haulmesh.telemetry.v1.fault_reported",
     "haulmesh.telemetry.v1.command_acknowledged",
     "haulmesh.telemetry.v1.road_closure_reported",
+    "haulmesh.telemetry.v1.law_enforcement_stop_reported",
 })
 
 _AREAS = ("tender", "mission", "telemetry", "billing")
