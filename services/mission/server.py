@@ -53,6 +53,7 @@ POLICY = Policy({
     f"{_SERVICE}/AbortMission": _OPERATORS,
     f"{_SERVICE}/RaiseMissionException": ["service/telemetry", *_OPERATORS],
     f"{_SERVICE}/ResolveMissionException": ["service/telemetry", *_OPERATORS],
+    f"{_SERVICE}/AcknowledgeMissionTakeover": ["service/telemetry", *_OPERATORS],
     f"{_SERVICE}/RecordCheckIn": ["service/gateway", *_OPERATORS],
     f"{_SERVICE}/ReportFleetState": ["service/telemetry"],
 })
@@ -156,6 +157,14 @@ class MissionServicer(mission_service_pb2_grpc.MissionServiceServicer):
         mission, exc = await self._missions.resolve_exception(carrier(context), request.name, request.etag,
                                                               request.exception_id, request.resolution, who)
         return mission_service_pb2.ResolveMissionExceptionResponse(mission=mission, exception=exc)
+
+    async def AcknowledgeMissionTakeover(self, request: mission_service_pb2.AcknowledgeMissionTakeoverRequest,
+                                         context: Context) -> Mission:
+        domain.validate_takeover_ack(request.exception_id, request.step,
+                                     request.ack_time if request.HasField("ack_time") else None)
+        return await self._missions.acknowledge_takeover(carrier(context), request.name, request.etag,
+                                                         request.exception_id, domain.TakeoverStep(request.step),
+                                                         request.ack_time)
 
     async def RecordCheckIn(self, request: mission_service_pb2.RecordCheckInRequest,
                             context: Context) -> mission_service_pb2.RecordCheckInResponse:

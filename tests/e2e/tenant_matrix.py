@@ -203,6 +203,8 @@ BODIES: dict[str, Callable[[Message], None]] = {
         kind=mission_pb2.MissionException.KIND_ROAD_CLOSURE, severity=mission_pb2.MissionException.SEVERITY_INFO,
         contingency=mission_pb2.MissionException.CONTINGENCY_CONTINUE, description="matrix")),
     "ResolveMissionException": lambda r: (setattr(r, "exception_id", "exc-matrix"), setattr(r, "resolution", "matrix")),
+    "AcknowledgeMissionTakeover": lambda r: (setattr(r, "exception_id", "exc-matrix"), setattr(r, "step", 1),
+                                             r.ack_time.CopyFrom(_now())),
     "RecordCheckIn": lambda r: r.check_in.CopyFrom(mission_pb2.CheckIn(point=mission_pb2.CheckIn.POINT_DEPARTURE,
                                                                      outcome=mission_pb2.CheckIn.OUTCOME_PROCEED)),
     "SubmitProofOfDelivery": lambda r: r.proof_of_delivery.CopyFrom(mission_pb2.ProofOfDelivery(

@@ -13,8 +13,9 @@ member taken from the generated enum, so ``int()`` and ``Enum(value)`` translate
 
 Modules: ``checks`` (field checks every request shares), ``enums`` (the contract's enums), ``roster``,
 ``dispatch``, ``fleet`` (fleet state from telemetry: position, connectivity, ETAs), ``lifecycle`` (the state
-machine), ``changes`` (transitions, exceptions), ``checkins`` (human in the loop), ``proof`` (proof of
-delivery), ``usage``; the package re-exports what the service and its tests use.
+machine), ``changes`` (transitions, exceptions), ``takeover`` (hand-over to a remote human and back),
+``checkins`` (human in the loop), ``proof`` (proof of delivery), ``usage``; the package re-exports what the service
+and its tests use.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .changes import (
     advance,
     arrive,
     complete_after_billing,
+    find_exception,
     move,
     raise_exception,
     resolve,
@@ -78,6 +80,7 @@ from .enums import (
     ExceptionKind,
     Severity,
     State,
+    TakeoverStep,
 )
 from .fleet import (
     MAX_FLEET_REPORT_VEHICLES,
@@ -129,6 +132,7 @@ from .roster import (
     validate_vehicle_update,
     vehicle_violations,
 )
+from .takeover import acknowledge_takeover, request_hand_back, start_takeover, validate_takeover_ack
 from .usage import (
     MissionFrame,
     billing_retry_delay,
@@ -181,8 +185,10 @@ __all__ = [
     "Severity",
     "State",
     "Status",
+    "TakeoverStep",
     "VehicleView",
     "acknowledge",
+    "acknowledge_takeover",
     "advance",
     "apply_estimates",
     "apply_observation",
@@ -204,6 +210,7 @@ __all__ = [
     "dispatch_position",
     "due_point",
     "escalate_overdue",
+    "find_exception",
     "fleet_report",
     "ineligibility",
     "key_id_of",
@@ -227,12 +234,14 @@ __all__ = [
     "record_geofence",
     "recorded_check_ins",
     "refresh_check_in_due",
+    "request_hand_back",
     "resolve",
     "resolve_exception",
     "resolve_open",
     "reverify_telemetry_log",
     "settle",
     "start",
+    "start_takeover",
     "stop_dwells",
     "telemetry_range_violations",
     "text_violations",
@@ -249,6 +258,7 @@ __all__ = [
     "validate_proof",
     "validate_reason",
     "validate_resolution",
+    "validate_takeover_ack",
     "validate_vehicle_id",
     "validate_vehicle_update",
     "vehicle_violations",

@@ -21,6 +21,7 @@ from .checkins import CheckInPolicy, departure_cleared, recorded_check_ins, refr
 from .checks import raise_if, text_violations
 from .enums import TERMINAL, Contingency, ExceptionKind, Severity, State
 from .lifecycle import Action, Status, choose_contingency, mission_status, transition
+from .takeover import request_hand_back, start_takeover
 
 # --- Mission changes ---------------------------------------------------------------------------------
 # Each takes the mission as read, changes it in place and says what happened; the caller announces it.
@@ -35,9 +36,12 @@ def move(mission: mission_pb2.Mission, status: Status) -> None:
 
 
 def resolve(exc: mission_pb2.MissionException, resolution: str, who: str, when: datetime) -> None:
+    """Resolve one exception, however it ends (an operator, passing checks, the mission's end): a takeover's
+    hand-back is asked for with it (takeover.py)."""
     exc.resolution = resolution
     exc.resolved_by = who
     exc.resolve_time.CopyFrom(to_timestamp(when))
+    request_hand_back(exc, when)
 
 
 def resolve_open(mission: mission_pb2.Mission, resolution: str, who: str, when: datetime
@@ -201,6 +205,7 @@ def raise_exception(mission: mission_pb2.Mission, given: mission_pb2.MissionExce
         raise_time=to_timestamp(now))
     if given.HasField("location"):
         exc.location.CopyFrom(given.location)
+    start_takeover(exc, now)
     if exc.contingency == Contingency.REROUTE and exc.reroute_waypoints:
         # The new plan: from where the vehicle was told to go, on to the destination.
         del mission.planned_route[:]
@@ -230,15 +235,21 @@ def validate_resolution(exception_id: str, resolution: str) -> None:
              + text_violations(resolution, 1000, "resolution", required=True))
 
 
+def find_exception(mission: mission_pb2.Mission, exception_id: str) -> mission_pb2.MissionException:
+    """The mission's exception of that id; NOT_FOUND EXCEPTION_NOT_FOUND if it has none."""
+    exc = next((e for e in mission.exceptions if e.exception_id == exception_id), None)
+    if exc is None:
+        raise NotFound(f"{mission.name} has no exception {exception_id!r}", reason="EXCEPTION_NOT_FOUND",
+                       metadata={"exception_id": exception_id})
+    return exc
+
+
 def resolve_exception(mission: mission_pb2.Mission, exception_id: str, resolution: str, who: str, now: datetime
                       ) -> tuple[mission_pb2.MissionException, bool] | None:
     """Resolve one exception (NOT_FOUND if the mission has no such exception); resolving the last open one
     returns the mission to its resume state. None when it was resolved already (that succeeds without
     change), else the exception and whether the mission's state changed."""
-    exc = next((e for e in mission.exceptions if e.exception_id == exception_id), None)
-    if exc is None:
-        raise NotFound(f"{mission.name} has no exception {exception_id!r}", reason="EXCEPTION_NOT_FOUND",
-                       metadata={"exception_id": exception_id})
+    exc = find_exception(mission, exception_id)
     if exc.HasField("resolve_time"):
         return None
     resolve(exc, resolution, who, now)

@@ -7,7 +7,7 @@ import enum
 
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
-from haulmesh.mission.v1 import mission_pb2, vehicle_pb2
+from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, vehicle_pb2
 
 _Vehicle = vehicle_pb2.Vehicle
 _Mission = mission_pb2.Mission
@@ -50,3 +50,7 @@ CheckInPoint = _mirror("CheckInPoint", _CheckIn.Point, "POINT_", "CheckIn.Point.
 
 
 PROCEED, HOLD = _CheckIn.OUTCOME_PROCEED, _CheckIn.OUTCOME_HOLD
+
+
+TakeoverStep = _mirror("TakeoverStep", mission_service_pb2.AcknowledgeMissionTakeoverRequest.Step, "STEP_",
+                       "AcknowledgeMissionTakeoverRequest.Step: a step of a human takeover the vehicle confirms.")
