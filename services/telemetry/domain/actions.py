@@ -5,6 +5,8 @@ generated messages are the data; usecases/missions.py makes the calls (consumer 
 event                                  call
 =====================================  ====================================================================
 ``command_acknowledged`` (assignment)  AcknowledgeMissionDispatch (DISPATCHED → PRE_TRIP; the truck's time)
+``command_acknowledged`` (hand-over,   AcknowledgeMissionTakeover HAND_OVER / HAND_BACK (the exception's takeover
+hand-back)                             records the truck's time); see :data:`_CONFIRMING`
 ``health_reported``                    StartMission with the pre-trip checks (PRE_TRIP → ENROUTE); a blocking
                                        check that failed raises a PRE_TRIP_FAILURE exception instead
 ``geofence_entered`` (last stop)       ArriveMission (ENROUTE → ARRIVED)
@@ -15,6 +17,9 @@ event                                  call
 ``road_closure_reported``              RaiseMissionException ROAD_CLOSURE at the truck's position, without
                                        waypoints: the mission service takes the lane facts' detour, or stops it
                                        (none while one is open: a repeated report gets one detour)
+``law_enforcement_stop_reported``      RaiseMissionException LAW_ENFORCEMENT_STOP where the truck is; the
+                                       fleet's rule hands it to a remote human (HUMAN_TAKEOVER); none while
+                                       one is open
 =====================================  ====================================================================
 
 Raised exceptions carry a request id derived from the event's vehicle and frame, so a retried call never
@@ -32,33 +37,49 @@ from haulmesh.mission.v1 import mission_pb2, mission_service_pb2
 from haulmesh.telemetry.v1 import frame_pb2, stream_pb2
 from haulmesh.type.v1 import health_check_pb2
 
-from .commands import ASSIGN_PREFIX
+from .commands import ASSIGN_PREFIX, takeover_command_of
 from .tracking import fault_kind
 
 __all__ = [
     "ACTION_EVENT_TYPES",
-    "ROAD_CLOSURE_CODES",
+    "DEVICE_EVENT_REPORTS",
     "arrival",
     "connectivity_lost",
     "connectivity_resolutions",
     "dispatch_acknowledgement",
     "fault_raised",
+    "law_enforcement_stop",
     "may_arrive",
     "pre_trip",
     "retry_later",
     "road_closure",
     "route_deviated",
+    "takeover_acknowledgement",
+    "takeover_refused",
 ]
 
 _P = "haulmesh.telemetry.v1."
 #: The telemetry events that move a mission.
 ACTION_EVENT_TYPES = frozenset(_P + t for t in (
     "command_acknowledged", "health_reported", "geofence_entered", "connectivity_lost", "connectivity_restored",
-    "fault_reported", "route_deviated", "road_closure_reported"))
-#: Device event codes (DeviceEvent.code) by which a truck reports the road ahead of it closed.
-ROAD_CLOSURE_CODES = frozenset({"road_closure_ahead"})
+    "fault_reported", "route_deviated", "road_closure_reported", "law_enforcement_stop_reported"))
+#: Device event codes (DeviceEvent.code) by which a truck reports what the mission must answer, and the internal
+#: event each becomes (its Event.data field and message): the road ahead of it closed; law enforcement (a patrol car,
+#: a roadside inspection) stopping it.
+DEVICE_EVENT_REPORTS: dict[str, tuple[str, type[tev.RoadClosureReported] | type[tev.LawEnforcementStopReported]]] = {
+    "road_closure_ahead": ("telemetry_road_closure_reported", tev.RoadClosureReported),
+    "law_enforcement_stop": ("telemetry_law_enforcement_stop_reported", tev.LawEnforcementStopReported),
+}
 _Ex = mission_pb2.MissionException
-_ACCEPTED = (stream_pb2.CommandAck.OUTCOME_ACCEPTED, stream_pb2.CommandAck.OUTCOME_COMPLETED)
+_Ack = stream_pb2.CommandAck
+_ACCEPTED = (_Ack.OUTCOME_ACCEPTED, _Ack.OUTCOME_COMPLETED)
+_Step = mission_service_pb2.AcknowledgeMissionTakeoverRequest.Step
+#: The answers by which a truck confirms a takeover step, and the step each confirms. A hand-over is in force while
+#: it lasts, like an assignment: ACCEPTED says the remote operator has control (COMPLETED says no less). A hand-back
+#: is done once done: COMPLETED says the autonomy stack has control again; ACCEPTED only that it is handing back.
+_CONFIRMING = {"hand_over": (_ACCEPTED, _Step.STEP_HAND_OVER),
+               "hand_back": ((_Ack.OUTCOME_COMPLETED,), _Step.STEP_HAND_BACK)}
+_REFUSALS = (_Ack.OUTCOME_REJECTED, _Ack.OUTCOME_FAILED)
 _BLOCKING_OK = (health_check_pb2.HealthCheckResult.OUTCOME_PASS, health_check_pb2.HealthCheckResult.OUTCOME_WARN)
 _Raise = mission_service_pb2.RaiseMissionExceptionRequest
 
@@ -84,6 +105,29 @@ def dispatch_acknowledgement(data: tev.CommandAcknowledged,
         return None
     return mission_service_pb2.AcknowledgeMissionDispatchRequest(name=data.mission, ack_time=ack.device_time,
                                                                  command_id=ack.command_id)
+
+
+def takeover_acknowledgement(data: tev.CommandAcknowledged,
+                             ) -> mission_service_pb2.AcknowledgeMissionTakeoverRequest | None:
+    """A truck's answer that confirms a hand-over or hand-back (:data:`_CONFIRMING`) records that step of the
+    exception's takeover, at the truck's time; None for any other answer or command."""
+    found = takeover_command_of(data.ack.command_id, data.mission)
+    if found is None or data.ack.outcome not in _CONFIRMING[found[0]][0]:
+        return None
+    payload, exception_id = found
+    return mission_service_pb2.AcknowledgeMissionTakeoverRequest(
+        name=data.mission, exception_id=exception_id, step=_CONFIRMING[payload][1], ack_time=data.ack.device_time,
+        command_id=data.ack.command_id)
+
+
+def takeover_refused(data: tev.CommandAcknowledged) -> str | None:
+    """What to tell the command centre when a truck refused a hand-over or hand-back (REJECTED, FAILED): the
+    takeover records nothing and the exception stays as it is; None for any other answer or command."""
+    found = takeover_command_of(data.ack.command_id, data.mission)
+    if found is None or data.ack.outcome not in _REFUSALS:
+        return None
+    return (f"{data.vehicle} answered {_Ack.Outcome.Name(data.ack.outcome).removeprefix('OUTCOME_')} to the "
+            f"{found[0].replace('_', '-')} of {data.mission} {found[1]}: {data.ack.detail or 'no detail'}")
 
 
 def pre_trip(data: tev.HealthReported) -> mission_service_pb2.StartMissionRequest | _Raise | None:
@@ -176,13 +220,26 @@ def road_closure(data: tev.RoadClosureReported, mission: mission_pb2.Mission) ->
     """A ROAD_CLOSURE exception where the truck is, with no waypoints: the route round it is the mission service's
     to find (its lane facts' road network), and it stops the truck when there is none. None while the mission has
     an open ROAD_CLOSURE already: a truck that repeats its report (every frame while it holds) gets one detour."""
-    if not data.mission or any(e.kind == _Ex.KIND_ROAD_CLOSURE and not e.HasField("resolve_time")
-                               for e in mission.exceptions):
+    return _reported(data, mission, _Ex.KIND_ROAD_CLOSURE, "the truck reports the road ahead closed", "closure")
+
+
+def law_enforcement_stop(data: tev.LawEnforcementStopReported, mission: mission_pb2.Mission) -> _Raise | None:
+    """A LAW_ENFORCEMENT_STOP exception where the truck is, without a contingency: the fleet's rule hands the truck
+    to a remote human operator (HUMAN_TAKEOVER), who deals with the officer. None while the mission has one open
+    already (a truck that repeats its report)."""
+    return _reported(data, mission, _Ex.KIND_LAW_ENFORCEMENT_STOP, "the truck reports a law-enforcement stop",
+                     "police")
+
+
+def _reported(data: tev.RoadClosureReported | tev.LawEnforcementStopReported, mission: mission_pb2.Mission,
+              kind: int, what: str, cause: str) -> _Raise | None:
+    """An exception of ``kind`` for a truck's device-event report (:data:`DEVICE_EVENT_REPORTS`) where it was, in its
+    words; None without a mission or while one of that kind is open."""
+    if not data.mission or any(e.kind == kind and not e.HasField("resolve_time") for e in mission.exceptions):
         return None
-    exception = _Ex(kind=_Ex.KIND_ROAD_CLOSURE, severity=_Ex.SEVERITY_WARNING,
-                    description=f"the truck reports the road ahead closed: {data.detail or 'no detail'}"[:500],
-                    frame_sequence=data.frame_sequence)
+    exception = _Ex(kind=kind, severity=_Ex.SEVERITY_WARNING, frame_sequence=data.frame_sequence,  # type: ignore[arg-type]
+                    description=f"{what}: {data.detail or 'no detail'}"[:500])
     if data.HasField("location"):
         exception.location.CopyFrom(data.location)
     return _Raise(name=data.mission, exception=exception,
-                  request_id=_request_id(data.vehicle, data.frame_sequence, "closure"))
+                  request_id=_request_id(data.vehicle, data.frame_sequence, cause))

@@ -1,4 +1,5 @@
-"""Commands to trucks from the mission service's events: assignment, reroute, stop, cancellation.
+"""Commands to trucks from the mission service's events: assignment, reroute, stop, hand-over and hand-back,
+cancellation.
 
 The mission service announces what a truck must do through its events; the telemetry service, which holds
 the trucks' streams, queues the matching command for the truck (sent at once when it is connected, on its
@@ -7,11 +8,15 @@ next connection otherwise, and again on every connection until the truck acknowl
 * ``dispatched`` → ``assign_mission`` (id ``assign-<mission>``);
 * ``exception_raised`` with contingency REROUTE → ``reroute`` with the exception's waypoints, MINIMAL_RISK_STOP
   → ``stop`` (MODE_MINIMAL_RISK_STOP), HOLD → ``stop`` (MODE_HOLD) (id ``<action>-<exception id>``);
+* ``exception_raised`` with a takeover (contingency HUMAN_TAKEOVER) → ``hand_over``, and that exception's
+  ``exception_resolved`` (its takeover's hand-back asked for) → ``hand_back`` (ids ``handover-<mission>-<exception
+  id>``, ``handback-<mission>-<exception id>``: :func:`takeover_command_of` reads them back);
 * ``state_changed`` to CANCELLED → ``cancel_assignment`` (id ``cancel-<mission>``).
 
 Command ids derive from the mission or exception, so a redelivered event never sends a second command.
 Each command remembers its carrier and mission: the truck's acknowledgement is announced on the carrier's
-stream (``command_acknowledged``) and, for an assignment, acknowledges the dispatch (see domain/actions.py).
+stream (``command_acknowledged``) and, for an assignment, acknowledges the dispatch, for a hand-over or hand-back
+confirms the takeover's step (see domain/actions.py).
 
 Here the rule (which command an event calls for); usecases/commands.py queues it.
 """
@@ -21,12 +26,14 @@ from haulmesh.events.v1 import event_pb2
 from haulmesh.mission.v1 import mission_pb2
 from haulmesh.telemetry.v1 import stream_pb2
 
-__all__ = ["ASSIGN_PREFIX", "COMMAND_EVENT_TYPES", "assignment_command", "command_for"]
+__all__ = ["ASSIGN_PREFIX", "COMMAND_EVENT_TYPES", "assignment_command", "command_for", "takeover_command_of"]
 
 ASSIGN_PREFIX = "assign-"
+#: The id prefix of each takeover command, by its payload field.
+_TAKEOVER_PREFIXES = {"hand_over": "handover-", "hand_back": "handback-"}
 #: The mission service's events that become commands.
 COMMAND_EVENT_TYPES = frozenset({"haulmesh.mission.v1.dispatched", "haulmesh.mission.v1.exception_raised",
-                                 "haulmesh.mission.v1.state_changed"})
+                                 "haulmesh.mission.v1.exception_resolved", "haulmesh.mission.v1.state_changed"})
 _Exception = mission_pb2.MissionException
 
 
@@ -44,8 +51,27 @@ def assignment_command(mission: mission_pb2.Mission) -> stream_pb2.Command:
         check_ins_required=mission.check_in_requirement.required))
 
 
+def _takeover_command(payload: str, mission_id: str, exception: mission_pb2.MissionException, reason: str,
+                      ) -> stream_pb2.Command:
+    message = stream_pb2.HandOver if payload == "hand_over" else stream_pb2.HandBack
+    return _command(f"{_TAKEOVER_PREFIXES[payload]}{mission_id}-{exception.exception_id}", **{payload: message(
+        mission_id=mission_id, exception_id=exception.exception_id, reason=reason[:500])})
+
+
+def takeover_command_of(command_id: str, mission: str) -> tuple[str, str] | None:
+    """``(payload, exception id)`` of a hand-over or hand-back command sent for ``mission`` (``missions/{m}``) by its
+    id (``hand_over`` or ``hand_back``); None for any other command."""
+    for payload, prefix in _TAKEOVER_PREFIXES.items():
+        head = f"{prefix}{mission.removeprefix('missions/')}-"
+        if mission and command_id.startswith(head) and len(command_id) > len(head):
+            return payload, command_id.removeprefix(head)
+    return None
+
+
 def _exception_command(mission_id: str, exception: mission_pb2.MissionException) -> stream_pb2.Command | None:
     reason = f"{_Exception.Kind.Name(exception.kind).removeprefix('KIND_')}: {exception.description}"[:500]
+    if exception.HasField("takeover"):  # the mission service records one for contingency HUMAN_TAKEOVER
+        return _takeover_command("hand_over", mission_id, exception, reason)
     if exception.contingency == _Exception.CONTINGENCY_REROUTE and exception.reroute_waypoints:
         return _command(f"reroute-{exception.exception_id}", reroute=stream_pb2.Reroute(
             mission_id=mission_id, waypoints=exception.reroute_waypoints, reason=reason,
@@ -78,4 +104,10 @@ def command_for(event: event_pb2.Event) -> tuple[str | None, str, stream_pb2.Com
         raised = event.mission_exception_raised
         command = _exception_command(raised.mission.removeprefix("missions/"), raised.exception)
         return None if command is None else (None, raised.mission, command)
+    if which == "mission_exception_resolved":
+        resolved = event.mission_exception_resolved
+        if not resolved.exception.takeover.HasField("hand_back_request_time"):
+            return None
+        return None, resolved.mission, _takeover_command("hand_back", resolved.mission.removeprefix("missions/"),
+                                                         resolved.exception, resolved.exception.resolution)
     return None

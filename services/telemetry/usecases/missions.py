@@ -56,6 +56,20 @@ class MissionActions:
         request = actions.dispatch_acknowledgement(data)
         if request is not None:
             await self._stub().AcknowledgeMissionDispatch(request, metadata=metadata)
+            return
+        refused = actions.takeover_refused(data)
+        if refused is not None:
+            _log.warning("takeover step refused: %s", refused)
+        takeover = actions.takeover_acknowledgement(data)
+        if takeover is None:
+            return
+        try:
+            await self._stub().AcknowledgeMissionTakeover(takeover, metadata=metadata)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise  # FAILED_PRECONDITION (a step not asked for) is logged by __call__; the rest retried
+            _log.info("%s of %s %s not recorded: %s", takeover.command_id, takeover.name, takeover.exception_id,
+                      exc.details())
 
     async def _telemetry_health_reported(self, data: Any, metadata: Any) -> None:
         request = actions.pre_trip(data)
@@ -92,11 +106,18 @@ class MissionActions:
         await self._raise(actions.route_deviated(data), metadata)
 
     async def _telemetry_road_closure_reported(self, data: Any, metadata: Any) -> None:
+        await self._raise_for_report(actions.road_closure, data, metadata)
+
+    async def _telemetry_law_enforcement_stop_reported(self, data: Any, metadata: Any) -> None:
+        await self._raise_for_report(actions.law_enforcement_stop, data, metadata)
+
+    async def _raise_for_report(self, rule: Callable[[Any, Any], Any], data: Any, metadata: Any) -> None:
+        """A truck's device-event report: the rule reads the mission (none raised while one of its kind is open)."""
         if not data.mission:
             return
         mission = await self._stub().GetMission(mission_service_pb2.GetMissionRequest(name=data.mission),
                                                 metadata=metadata)
-        await self._raise(actions.road_closure(data, mission), metadata)
+        await self._raise(rule(data, mission), metadata)
 
     async def _raise(self, request: mission_service_pb2.RaiseMissionExceptionRequest | None, metadata: Any) -> None:
         if request is not None:

@@ -55,7 +55,7 @@ from ..domain import (
     VehicleTracker,
     Verified,
 )
-from ..domain.actions import ROAD_CLOSURE_CODES
+from ..domain.actions import DEVICE_EVENT_REPORTS
 from ..store import TelemetryStore
 from .fleet import FleetReporter
 
@@ -354,12 +354,13 @@ class MissionTracking:
             if payload.HasField("position"):
                 data.location.lat, data.location.lon = payload.position.lat, payload.position.lon
             return [_event("telemetry_fault_reported", data, subject=mission, carrier_id=carrier_id)]
-        if payload.HasField("event") and payload.event.code in ROAD_CLOSURE_CODES:
-            closure = tev.RoadClosureReported(vehicle=vehicle, mission=mission, frame_sequence=verified.sequence,
-                                              device_time=payload.device_time, detail=payload.event.detail)
+        if payload.HasField("event") and payload.event.code in DEVICE_EVENT_REPORTS:
+            field, message = DEVICE_EVENT_REPORTS[payload.event.code]
+            report = message(vehicle=vehicle, mission=mission, frame_sequence=verified.sequence,
+                             device_time=payload.device_time, detail=payload.event.detail)
             if payload.HasField("position"):
-                closure.location.lat, closure.location.lon = payload.position.lat, payload.position.lon
-            return [_event("telemetry_road_closure_reported", closure, subject=mission, carrier_id=carrier_id)]
+                report.location.lat, report.location.lon = payload.position.lat, payload.position.lon
+            return [_event(field, report, subject=mission, carrier_id=carrier_id)]
         return []
 
     async def _publish(self, carrier_id: str, events: list[event_pb2.Event]) -> None:

@@ -1,6 +1,7 @@
 """A mission driven by its truck's telemetry, through the real mesh: assignment → acknowledgement → pre-trip
 health → enroute with ETA events → a connectivity outage (lost → exception, restored → resolved) → the
-destination geofence → ARRIVED, and a sensor fault → exception → a stop command back on the truck's stream.
+destination geofence → ARRIVED, and a sensor fault → exception → a stop command back on the truck's stream; a
+human takeover → hand_over → the truck's confirmation recorded → resolved → hand_back → confirmed.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 import redis.asyncio
+from google.protobuf import timestamp_pb2
 
 from haulmesh.events.v1 import event_pb2
 from haulmesh.events.v1 import telemetry_events_pb2 as tev
@@ -395,13 +397,14 @@ async def test_a_truck_whose_replica_died_is_still_reported_lost(follow_mesh: Me
           f"(last sequence {detail.last_sequence}), restored once on the truck's return")
 
 
-async def _handled_by_actions(client: redis.asyncio.Redis, mission: str, *, frame_sequence: int) -> bool:
-    """Whether the consumer group ``telemetry-actions`` has handled (acknowledged) the ``road_closure_reported`` of
-    that frame."""
+async def _handled_by_actions(client: redis.asyncio.Redis, mission: str, *, frame_sequence: int,
+                              reported: str = "road_closure_reported") -> bool:
+    """Whether the consumer group ``telemetry-actions`` has handled (acknowledged) the ``reported`` event (a truck's
+    device-event report) of that frame."""
     entries = await client.xrange(f"events:{{{CARRIER}}}")
     ids = [entry_id for entry_id, fields in entries
-           if (e := event_pb2.Event.FromString(fields[b"event"])).type == "haulmesh.telemetry.v1.road_closure_reported"
-           and e.subject == mission and e.telemetry_road_closure_reported.frame_sequence == frame_sequence]
+           if (e := event_pb2.Event.FromString(fields[b"event"])).type == f"haulmesh.telemetry.v1.{reported}"
+           and e.subject == mission and getattr(e, f"telemetry_{reported}").frame_sequence == frame_sequence]
     if not ids:
         return False
     groups = {g["name"].decode(): g for g in await client.xinfo_groups(f"events:{{{CARRIER}}}")}
@@ -460,3 +463,147 @@ async def test_a_trucks_road_closure_report_brings_it_the_detour_round_it(follow
     assert (first.lat, first.lon) == (30.2752, -89.7812)  # back to Slidell, then I-10 east
     assert (last.lat, last.lon) == (ATLANTA.lat, ATLANTA.lon)
     print(f"closure reported at {on_i59.lat},{on_i59.lon}: {closure.description}")
+
+
+def _answer(session: Session, command: stream_pb2.Command, outcome: int) -> stream_pb2.CommandAck:
+    ack = stream_pb2.CommandAck(command_id=command.command_id, outcome=outcome)  # type: ignore[arg-type]
+    ack.device_time.GetCurrentTime()
+    session.send(stream_pb2.StreamTelemetryRequest(command_ack=ack))
+    return ack
+
+
+Confirm = mission_service_pb2.AcknowledgeMissionTakeoverRequest
+
+
+async def _command(session: Session, payload: str) -> stream_pb2.Command:
+    [command] = await wait_for(lambda: [c for c in session.of("command") if c.WhichOneof("payload") == payload],
+                               timeout_seconds=15)
+    return command
+
+
+async def test_a_takeover_hands_the_truck_to_a_human_and_back_with_its_confirmations_recorded(
+        follow_mesh: Mesh, mesh_pki: Pki) -> None:
+    mesh = follow_mesh
+    truck = Truck.mint(mesh_pki.ca, f"TO-{uuid.uuid4().hex[:8].upper()}")
+    mission_name = await _dispatch(mesh, mesh_pki, truck)
+    mission_id = mission_name.removeprefix("missions/")
+    tenant = carrier_metadata(CARRIER)
+    channel = grpc.aio.secure_channel(mesh.address("telemetry"), truck.credentials())
+    session = Session(channel)
+    async with grpc.aio.secure_channel(mesh.address("mission"), mesh_pki.credentials("operator", "ops")) as ops_ch:
+        missions = mission_service_pb2_grpc.MissionServiceStub(ops_ch)
+
+        async def takeover_now(field: str) -> mission_pb2.Mission | None:
+            mission = await missions.GetMission(mission_service_pb2.GetMissionRequest(name=mission_name),
+                                                metadata=tenant, timeout=10)
+            return mission if mission.exceptions[0].takeover.HasField(field) else None
+
+        session.send(truck.hello())
+        alive = asyncio.ensure_future(_keep_alive(session))
+        try:
+            await _start_mission(session, truck, missions, mission_name)
+            # 1. An operator hands the mission to a remote human: the truck is sent hand_over at once.
+            raised = await missions.RaiseMissionException(mission_service_pb2.RaiseMissionExceptionRequest(
+                name=mission_name, request_id=new_id(), exception=mission_pb2.MissionException(
+                    kind=mission_pb2.MissionException.KIND_CARGO, description="reefer at 9 °C, rising",
+                    contingency=mission_pb2.MissionException.CONTINGENCY_HUMAN_TAKEOVER)), metadata=tenant, timeout=10)
+            exc_id = raised.exception.exception_id
+            assert raised.exception.takeover.HasField("request_time")
+            hand_over = await _command(session, "hand_over")
+            assert hand_over.command_id == f"handover-{mission_id}-{exc_id}"
+            assert (hand_over.hand_over.mission_id, hand_over.hand_over.exception_id) == (mission_id, exc_id)
+            assert hand_over.hand_over.reason == "CARGO: reefer at 9 °C, rising"
+            # 2. The human has control: the truck's ACCEPTED is recorded at its time (said twice, recorded once);
+            # the mission stays in EXCEPTION.
+            in_control = _answer(session, hand_over, stream_pb2.CommandAck.OUTCOME_ACCEPTED)
+            _answer(session, hand_over, stream_pb2.CommandAck.OUTCOME_ACCEPTED)
+            _send(session, _signed(truck, 2, KIND.KIND_POSITION, at=HOUSTON, speed_kph=8))  # it keeps streaming
+            controlled = await wait_for(lambda: takeover_now("control_time"), timeout_seconds=15)
+            takeover = controlled.exceptions[0].takeover
+            assert takeover.control_time == in_control.device_time and not takeover.HasField("hand_back_request_time")
+            assert (controlled.state, controlled.resume_state) == (State.STATE_EXCEPTION, State.STATE_ENROUTE)
+            await wait_for(lambda: session.acked_through == 2 or None, timeout_seconds=10)
+            # A confirmation relayed again changes nothing; one of a hand-back nobody asked for is refused.
+            relay = Confirm(name=mission_name, exception_id=exc_id, step=Confirm.STEP_HAND_OVER,
+                            ack_time=timestamp_pb2.Timestamp(seconds=1))
+            again = await missions.AcknowledgeMissionTakeover(relay, metadata=tenant, timeout=10)
+            assert again.etag == controlled.etag and again.exceptions[0].takeover == takeover
+            relay.step = Confirm.STEP_HAND_BACK
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await missions.AcknowledgeMissionTakeover(relay, metadata=tenant, timeout=10)
+            assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            # 3. Resolved: the mission is back in its resume state and the truck is sent hand_back.
+            resolved = await missions.ResolveMissionException(mission_service_pb2.ResolveMissionExceptionRequest(
+                name=mission_name, exception_id=exc_id, resolution="reefer reset by the remote operator"),
+                metadata=tenant, timeout=10)
+            assert resolved.mission.state == State.STATE_ENROUTE
+            assert resolved.exception.takeover.HasField("hand_back_request_time")
+            hand_back = await _command(session, "hand_back")
+            assert hand_back.command_id == f"handback-{mission_id}-{exc_id}"
+            assert (hand_back.hand_back.exception_id, hand_back.hand_back.reason) == (
+                exc_id, "reefer reset by the remote operator")
+            # 4. ACCEPTED says it is handing back (nothing recorded); COMPLETED that the autonomy stack drives again.
+            _answer(session, hand_back, stream_pb2.CommandAck.OUTCOME_ACCEPTED)
+            autonomous = _answer(session, hand_back, stream_pb2.CommandAck.OUTCOME_COMPLETED)
+            back = await wait_for(lambda: takeover_now("hand_back_time"), timeout_seconds=15)
+        finally:
+            alive.cancel()
+            await session.aclose()
+            await channel.close()
+    takeover = back.exceptions[0].takeover
+    assert takeover.hand_back_time == autonomous.device_time
+    assert takeover.control_time == in_control.device_time  # untouched by the relayed repeat
+    assert takeover.request_time.ToNanoseconds() <= takeover.control_time.ToNanoseconds() <= \
+        takeover.hand_back_request_time.ToNanoseconds() <= takeover.hand_back_time.ToNanoseconds()
+    assert back.state == State.STATE_ENROUTE and back.resume_state == 0
+    ms = {f: getattr(takeover, f).ToMilliseconds() for f in ("control_time", "hand_back_request_time",
+                                                             "hand_back_time")}
+    print(f"takeover {exc_id}: the human had control for {ms['hand_back_request_time'] - ms['control_time']} ms; "
+          f"autonomy back {ms['hand_back_time'] - ms['hand_back_request_time']} ms after the hand-back was asked")
+
+
+async def test_a_trucks_law_enforcement_stop_hands_it_to_a_human(follow_mesh: Mesh, mesh_pki: Pki) -> None:
+    mesh = follow_mesh
+    truck = Truck.mint(mesh_pki.ca, f"LE-{uuid.uuid4().hex[:8].upper()}")
+    mission_name = await _dispatch(mesh, mesh_pki, truck)
+    tenant = carrier_metadata(CARRIER)
+    channel = grpc.aio.secure_channel(mesh.address("telemetry"), truck.credentials())
+    session = Session(channel)
+    on_i10 = location_pb2.Location(lat=30.2, lon=-93.2)
+    assert mesh.store is not None
+    client = redis.asyncio.Redis.from_url(mesh.store.url)
+    async with grpc.aio.secure_channel(mesh.address("mission"), mesh_pki.credentials("operator", "ops")) as ops_ch:
+        missions = mission_service_pb2_grpc.MissionServiceStub(ops_ch)
+        session.send(truck.hello())
+        alive = asyncio.ensure_future(_keep_alive(session))
+        try:
+            await _start_mission(session, truck, missions, mission_name)
+            for sequence in (2, 3):  # it says it twice while it pulls over: one exception
+                _send(session, _signed(truck, sequence, KIND.KIND_EVENT, at=on_i10, speed_kph=0,
+                                       event=frame_pb2.DeviceEvent(code="law_enforcement_stop",
+                                                                   detail="patrol car signalling to pull over")))
+            await wait_for(lambda: _handled_by_actions(client, mission_name, frame_sequence=3,
+                                                       reported="law_enforcement_stop_reported"), timeout_seconds=15)
+            hand_over = await _command(session, "hand_over")
+            in_control = _answer(session, hand_over, stream_pb2.CommandAck.OUTCOME_ACCEPTED)
+
+            async def controlled() -> mission_pb2.Mission | None:
+                mission = await missions.GetMission(mission_service_pb2.GetMissionRequest(name=mission_name),
+                                                    metadata=tenant, timeout=10)
+                return mission if mission.exceptions and mission.exceptions[0].takeover.HasField("control_time") \
+                    else None
+
+            mission = await wait_for(controlled, timeout_seconds=15)
+        finally:
+            alive.cancel()
+            await session.aclose()
+            await channel.close()
+            await client.aclose()
+    [stop] = mission.exceptions
+    assert (stop.kind, stop.contingency) == (mission_pb2.MissionException.KIND_LAW_ENFORCEMENT_STOP,
+                                             mission_pb2.MissionException.CONTINGENCY_HUMAN_TAKEOVER)
+    assert stop.raised_by.endswith("/service/telemetry") and stop.frame_sequence == 2
+    assert (stop.location.lat, stop.location.lon) == (on_i10.lat, on_i10.lon)
+    assert stop.description == "the truck reports a law-enforcement stop: patrol car signalling to pull over"
+    assert hand_over.hand_over.exception_id == stop.exception_id
+    assert stop.takeover.control_time == in_control.device_time and mission.state == State.STATE_EXCEPTION
