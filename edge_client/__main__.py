@@ -2,8 +2,8 @@
 
     haulmesh-edge check --vehicle AU-TRK-1001       connect to the telemetry service as the truck, over mTLS
     haulmesh-edge simulate --vehicle AU-TRK-1001 --speedup 60 [--scenario sensor-fault|connectivity-loss:MINUTES|
-                  edge-crash|road-closure] [--scenario-at MINUTES] [--frame-every-sim-seconds N]
-                  [--pickup-dwell-minutes M [--dwell-speedup X]]
+                  edge-crash|road-closure|takeover|pre-trip-failure] [--scenario-at MINUTES]
+                  [--frame-every-sim-seconds N] [--pickup-dwell-minutes M [--dwell-speedup X]]
                                                     drive Houston → Atlanta, spooling and streaming signed frames
     haulmesh-edge run --vehicle AU-TRK-1001         the stream client alone: send what the spool holds, keep going
     haulmesh-edge enrol --vehicle AU-TRK-1001 --token hmenrol_...
@@ -397,7 +397,8 @@ def _parser() -> argparse.ArgumentParser:
     spool_options(simulate)
     client_options(simulate)
     simulate.add_argument("--speedup", type=float, default=60.0, help="simulated seconds per real second")
-    simulate.add_argument("--scenario", help="sensor-fault | connectivity-loss:MINUTES | edge-crash | road-closure")
+    simulate.add_argument("--scenario", help="sensor-fault | connectivity-loss:MINUTES | edge-crash | road-closure | "
+                          "takeover | pre-trip-failure")
     simulate.add_argument("--scenario-at", type=float, metavar="MINUTES",
                           help="simulated minutes after departure when the scenario starts (default: its own time)")
     simulate.add_argument("--frame-every-sim-seconds", type=_positive_int, default=1, metavar="N",

@@ -4,13 +4,25 @@ The truck produces one POSITION frame per simulated second (1 Hz), a signed HEAL
 self-checks before departing, and FAULT / ALARM / EVENT frames when a scenario says so:
 
 * ``sensor-fault``: the front lidar degrades (FAULT, warning), then fails (FAULT, critical); the truck
-  engages its minimal-risk condition (ALARM MRC_ENGAGED) and stops on the shoulder.
+  engages its minimal-risk condition (ALARM MRC_ENGAGED) and stops on the shoulder, where it waits for the
+  command centre (a stop, then a resume) as long as a commanded stop would.
 * ``connectivity-loss:MINUTES``: the link drops for MINUTES simulated minutes; frames keep spooling and
   are replayed when it returns.
 * ``edge-crash``: the edge process is killed (SIGKILL) mid-route; the CLI's supervisor restarts it, and it
   resumes from its spool and its saved progress.
 * ``road-closure``: the truck reports a road closure ahead (EVENT), holds, and follows the Reroute
   command the cloud sends (or, without one, the original route after a while).
+* ``takeover``: a patrol car signals the truck to pull over; it reports a law-enforcement stop (EVENT
+  ``law_enforcement_stop``) and stops on the shoulder. The cloud hands it to a remote human operator (``hand_over``:
+  state ``remote-control``, speed 0, positions still streaming) and, once the operator resolves the exception, back
+  (``hand_back``: it drives on). Without a hand-over the run ends after ``stop_hold_seconds``; under remote control
+  the truck waits for the hand-back as long as the run may last (the human drives until the cloud hands it back).
+* ``pre-trip-failure``: the front lidar fails the pre-trip self-checks (a blocking FAIL in the first HEALTH frame);
+  the truck stays at the pickup while a technician fixes it, then checks again, passes and departs.
+
+Under remote control the autonomy stack does not drive: the truck answers ``hand_over`` ACCEPTED once the human has
+control and ``hand_back`` COMPLETED once it drives itself again (EVENT frames ``takeover_started`` and
+``takeover_ended`` mark both in its telemetry); a reroute received meanwhile waits for the hand-back.
 
 Device time is the real clock, not the simulated one: frames from the future would be rejected for clock
 skew. Simulated seconds only decide where the truck is; at ``--speedup 60`` it sends 60 frames per real
@@ -43,7 +55,7 @@ from typing import Protocol
 from haulmesh.telemetry.v1 import frame_pb2, stream_pb2
 
 from .recorder import Recorder, pre_trip_checks
-from .route import Route
+from .route import Route, haversine_m
 
 __all__ = ["Link", "Scenario", "SimulationReport", "Truck", "lane_between", "parse_scenario", "simulate"]
 
@@ -53,10 +65,16 @@ SEVERITY = frame_pb2.Alarm
 STOP_HOLD_SECONDS = 60
 CRUISE_KPH = 105.0  # 65 mph, a typical autonomous-truck cruise on interstates
 # When a scenario fires, in simulated seconds after departure (``scenario_at`` moves the whole scenario).
-FAULT_DEGRADE_AT, FAULT_FAIL_AT, MRC_HOLD_SECONDS = 600, 900, 120
-OUTAGE_AT, CRASH_AT, CLOSURE_AT, CLOSURE_MAX_HOLD = 300, 300, 1200, 600
+FAULT_DEGRADE_AT, FAULT_FAIL_AT = 600, 900
+OUTAGE_AT, CRASH_AT, CLOSURE_AT, CLOSURE_MAX_HOLD, TAKEOVER_AT = 300, 300, 1200, 600, 900
+#: How long (simulated) the technician takes to fix the pre-trip-failure scenario's lidar at the pickup.
+PRE_TRIP_REPAIR_SECONDS = 300
 _SCENARIO_START = {"sensor-fault": FAULT_DEGRADE_AT, "connectivity-loss": OUTAGE_AT, "edge-crash": CRASH_AT,
-                   "road-closure": CLOSURE_AT}
+                   "road-closure": CLOSURE_AT, "takeover": TAKEOVER_AT}
+#: Scenarios that take no argument.
+_PLAIN_SCENARIOS = ("sensor-fault", "edge-crash", "road-closure", "takeover", "pre-trip-failure")
+#: The truck's state while a remote human operator has control.
+REMOTE_CONTROL = "remote-control"
 
 
 class Link(Protocol):
@@ -70,8 +88,13 @@ class Link(Protocol):
 
 
 def lane_between(start: tuple[float, float], end: tuple[float, float]) -> Route:
-    """The lane with its end points replaced by ``start`` and ``end`` (a mission's first and last stop)."""
-    return Route([start, *Route.houston_to_atlanta().waypoints[1:-1], end])
+    """The lane with its end points replaced by ``start`` and ``end`` (a mission's first and last stop), driven
+    backwards (Atlanta → Houston) when ``start`` lies nearer the lane's far end: a truck's way home."""
+    lane = Route.houston_to_atlanta().waypoints
+    interior = lane[1:-1]
+    if haversine_m(*start, *lane[-1]) < haversine_m(*start, *lane[0]):
+        interior = interior[::-1]
+    return Route([start, *interior, end])
 
 
 @dataclass(frozen=True)
@@ -83,7 +106,8 @@ class Scenario:
 
 
 def parse_scenario(text: str | None) -> Scenario:
-    """``sensor-fault``, ``connectivity-loss:MINUTES``, ``edge-crash`` or ``road-closure`` (None: no scenario)."""
+    """``sensor-fault``, ``connectivity-loss:MINUTES``, ``edge-crash``, ``road-closure``, ``takeover`` or
+    ``pre-trip-failure`` (None: no scenario)."""
     if not text:
         return Scenario()
     name, _, arg = text.partition(":")
@@ -92,9 +116,10 @@ def parse_scenario(text: str | None) -> Scenario:
         if minutes <= 0:
             raise ValueError("connectivity-loss needs a positive number of minutes")
         return Scenario(name, minutes)
-    if name in ("sensor-fault", "edge-crash", "road-closure") and not arg:
+    if name in _PLAIN_SCENARIOS and not arg:
         return Scenario(name)
-    raise ValueError(f"unknown scenario {text!r}: sensor-fault, connectivity-loss:MINUTES, edge-crash, road-closure")
+    raise ValueError(f"unknown scenario {text!r}: sensor-fault, connectivity-loss:MINUTES, edge-crash, road-closure, "
+                     "takeover, pre-trip-failure")
 
 
 @dataclass
@@ -196,8 +221,13 @@ class Simulation:
         self._mission_assigned = asyncio.Event()
         self._reroute: list[tuple[float, float]] | None = None
         self.stop_hold_seconds = stop_hold_seconds
-        #: The simulated second a stop command's hold ends the run (None: not stopped by a command).
+        #: The simulated second a hold ends the run (None: not holding): after a stop command (unless resumed), after a
+        #: law-enforcement stop (unless handed over).
         self._stop_deadline: int | None = None
+        #: Whether the truck left the pickup (what a hand-back returns it to).
+        self._departed = False
+        #: Device events a command calls for, recorded by the run (a command's answer cannot wait for the spool).
+        self._events: list[tuple[str, str]] = []
         if self._progress.sim_seconds:
             self.truck.distance_m = self._progress.distance_m
             self.truck.odometer_miles = self._progress.odometer_miles
@@ -235,7 +265,27 @@ class Simulation:
         if which == "cancel_assignment":
             self.truck.mission_id = ""
             return outcome.OUTCOME_COMPLETED, "assignment dropped"
+        if which in ("hand_over", "hand_back"):
+            return self._takeover(which, getattr(command, which))
         return outcome.OUTCOME_REJECTED, f"unsupported command {which!r}"
+
+    def _takeover(self, which: str, payload: stream_pb2.HandOver | stream_pb2.HandBack) -> tuple[int, str]:
+        """``hand_over``: hold where it is and let the remote operator drive (ACCEPTED once the human has control);
+        ``hand_back``: the autonomy stack drives on (COMPLETED once it has control)."""
+        outcome, truck = stream_pb2.CommandAck, self.truck
+        if payload.mission_id != truck.mission_id:
+            return outcome.OUTCOME_REJECTED, f"not on mission {payload.mission_id!r}"
+        if which == "hand_over":
+            truck.state, truck.speed_kph = REMOTE_CONTROL, 0.0
+            self._stop_deadline = None  # the human has control until the hand-back, however long that takes
+            self._events.append(("takeover_started", f"remote operator in control ({payload.exception_id})"))
+            return outcome.OUTCOME_ACCEPTED, "remote operator in control"
+        if truck.state != REMOTE_CONTROL:
+            return outcome.OUTCOME_REJECTED, f"not under remote control (state {truck.state})"
+        truck.state, truck.speed_kph = ("enroute", CRUISE_KPH) if self._departed else ("pre_trip", 0.0)
+        self._stop_deadline = None
+        self._events.append(("takeover_ended", f"autonomy stack in control ({payload.exception_id})"))
+        return outcome.OUTCOME_COMPLETED, "autonomy stack in control"
 
     # -- the run --------------------------------------------------------------------------------------------
 
@@ -247,13 +297,13 @@ class Simulation:
             await self._record(KIND.KIND_POSITION)
             await self._mission_assigned.wait()
         if self.pickup_dwell_seconds and not self._progress.departed:
-            await self._dwell_at_pickup()
+            truck.state, truck.speed_kph = "loading", 0.0
+            await self._stand_at_pickup(self.pickup_dwell_seconds, self.dwell_speedup)
         if not self._progress.departed:
-            truck.state = "pre_trip"
-            health = truck.payload(KIND.KIND_HEALTH)
-            health.health_checks.extend(pre_trip_checks(health.sensors))
-            await self._record(KIND.KIND_HEALTH, health)
-        truck.state, truck.speed_kph = "enroute", CRUISE_KPH
+            await self._pre_trip()
+        if truck.state != REMOTE_CONTROL:
+            truck.state, truck.speed_kph = "enroute", CRUISE_KPH
+        self._departed = True
         second = self._progress.sim_seconds
         started, first_second = loop.time(), second
         hold_until = None
@@ -262,7 +312,9 @@ class Simulation:
             second += 1
             self.report.simulated_seconds = second
             await self._scenario(second)
-            if self._reroute:
+            for code, detail in self._take_events():
+                await self._record(KIND.KIND_EVENT, event=(code, detail))
+            if self._reroute and truck.state != REMOTE_CONTROL:  # the autonomy stack follows it once it drives
                 truck.route, truck.distance_m = truck.route.rest_from(truck.distance_m, self._reroute), 0.0
                 self._reroute, hold_until, self._stop_deadline = None, None, None
                 self.report.rerouted = True
@@ -289,18 +341,43 @@ class Simulation:
         self._save_progress(second)
         return self.report
 
-    async def _dwell_at_pickup(self) -> None:
-        """Parked at the pickup, loading: a position every ``frame_every`` simulated seconds (and one at the
-        end), paced at ``dwell_speedup``."""
-        truck, loop = self.truck, asyncio.get_running_loop()
-        truck.state, truck.speed_kph = "loading", 0.0
+    async def _stand_at_pickup(self, seconds: int, speedup: float) -> None:
+        """Parked at the pickup for ``seconds`` simulated seconds (loading, or waiting for a repair): a position every
+        ``frame_every`` simulated seconds (and one at the end), paced at ``speedup``."""
+        loop = asyncio.get_running_loop()
         started = loop.time()
-        marks = [*range(0, self.pickup_dwell_seconds, self.frame_every), self.pickup_dwell_seconds]
-        for mark in marks:
-            delay = started + mark / self.dwell_speedup - loop.time()
+        for mark in [*range(0, seconds, self.frame_every), seconds]:
+            delay = started + mark / speedup - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
+            for code, detail in self._take_events():
+                await self._record(KIND.KIND_EVENT, event=(code, detail))
             await self._record(KIND.KIND_POSITION)
+
+    async def _pre_trip(self) -> None:
+        """The pre-trip self-checks, as a HEALTH frame. In ``pre-trip-failure`` the front lidar fails them first
+        (blocking): the truck stays at the pickup while a technician fixes it (the cloud's hold, if one comes, is
+        answered and kept), then a passing check, which the mission service takes as the departure (resolving the
+        failure), lifts that hold."""
+        truck = self.truck
+        truck.state, truck.speed_kph = "pre_trip", 0.0
+        if self.scenario.name == "pre-trip-failure":
+            truck.sensors["lidar_status"] = "fault"
+            await self._health()
+            await self._stand_at_pickup(PRE_TRIP_REPAIR_SECONDS, self.speedup)
+            truck.sensors["lidar_status"] = "ok"
+            if truck.state == "stopped":
+                truck.state, self._stop_deadline = "pre_trip", None
+        await self._health()
+
+    async def _health(self) -> None:
+        health = self.truck.payload(KIND.KIND_HEALTH)
+        health.health_checks.extend(pre_trip_checks(health.sensors))
+        await self._record(KIND.KIND_HEALTH, health)
+
+    def _take_events(self) -> list[tuple[str, str]]:
+        events, self._events = self._events, []
+        return events
 
     async def _scenario(self, second: int) -> None:
         name, truck = self.scenario.name, self.truck
@@ -317,7 +394,9 @@ class Simulation:
                 truck.state, truck.speed_kph = "minimal_risk_stop", 0.0
                 await self._alarm(KIND.KIND_ALARM, "MRC_ENGAGED", SEVERITY.SEVERITY_CRITICAL, "",
                                   "minimal-risk condition: stopped on the shoulder")
-                self.max_sim_seconds = second + MRC_HOLD_SECONDS
+                # On the shoulder until the command centre's stop confirms it and an operator's resume (the
+                # console's rescue action) sends it on, or the hold runs out and the run ends there.
+                self._stop_deadline = second + self.stop_hold_seconds
         elif name == "connectivity-loss" and at == OUTAGE_AT and self.link:
             self.link.cut_link(self.scenario.minutes * 60 / self.speedup)
         elif name == "edge-crash" and at == CRASH_AT and not self._progress.crashed:
@@ -328,6 +407,11 @@ class Simulation:
             truck.state, truck.speed_kph = "stopped", 0.0
             await self._record(KIND.KIND_EVENT,
                                event=("road_closure_ahead", "I-10 closed ahead; holding for a reroute"))
+        elif name == "takeover" and at == TAKEOVER_AT and truck.state != REMOTE_CONTROL:
+            truck.state, truck.speed_kph = "pulled_over", 0.0
+            self._stop_deadline = second + self.stop_hold_seconds  # waiting for the hand-over
+            await self._record(KIND.KIND_EVENT, event=("law_enforcement_stop",
+                                                       "patrol car signalling to pull over; stopped on the shoulder"))
 
     async def _alarm(self, kind: int, code: str, severity: int, component: str, description: str) -> None:
         payload = self.truck.payload(kind)

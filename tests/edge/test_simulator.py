@@ -15,7 +15,7 @@ from edge_client.route import Route, haversine_m
 from edge_client.simulator import Simulation, parse_scenario
 from edge_client.spool import Spool
 from haulmesh.telemetry.v1 import frame_pb2, stream_pb2
-from haulmesh.type.v1 import location_pb2
+from haulmesh.type.v1 import health_check_pb2, location_pb2
 from services.runtime import pki
 from tests.conftest import wait_for
 from tests.faultproxy import FaultProxy
@@ -41,7 +41,8 @@ def test_the_lane_is_houston_to_atlanta() -> None:
 def test_scenarios_parse() -> None:
     assert parse_scenario("connectivity-loss:30").minutes == 30
     assert parse_scenario(None).name == "none"
-    for bad in ("connectivity-loss:0", "meteor", "edge-crash:3"):
+    assert [parse_scenario(n).name for n in ("takeover", "pre-trip-failure")] == ["takeover", "pre-trip-failure"]
+    for bad in ("connectivity-loss:0", "meteor", "edge-crash:3", "takeover:5"):
         with pytest.raises(ValueError):
             parse_scenario(bad)
 
@@ -118,6 +119,95 @@ async def test_a_stop_without_a_resume_ends_the_run_after_the_hold(tmp_path: Pat
         report = await asyncio.wait_for(task, timeout=30)
     assert stopped_at + 30 <= report.simulated_seconds <= stopped_at + 31
     assert simulation.truck.state == "stopped"
+
+
+def _payloads(spool: Spool) -> list[frame_pb2.FramePayload]:
+    return [frame_pb2.FramePayload.FromString(frame_pb2.SignedFrame.FromString(f.frame).payload)
+            for f in spool.unacked_after(0, 100_000)]
+
+
+def _takeover_command(which: str, mission_id: str = "m-1") -> stream_pb2.Command:
+    payload = {"hand_over": stream_pb2.HandOver, "hand_back": stream_pb2.HandBack}[which]
+    return stream_pb2.Command(command_id=f"{which}-1", **{which: payload(mission_id=mission_id, exception_id="exc-1")})
+
+
+async def test_a_law_enforcement_stop_is_handed_to_a_human_and_back(tmp_path: Path, signer) -> None:
+    accepted, completed = stream_pb2.CommandAck.OUTCOME_ACCEPTED, stream_pb2.CommandAck.OUTCOME_COMPLETED
+    refused = stream_pb2.CommandAck.OUTCOME_REJECTED
+    with Spool(tmp_path / "s.db") as spool:
+        simulation = Simulation(Recorder(spool, signer, VEHICLE), None, speedup=400, mission_id="m-1",
+                                scenario=parse_scenario("takeover"), scenario_at=20, max_sim_seconds=400,
+                                stop_hold_seconds=30)  # waiting for the hand-over; under remote control, no limit
+        task = asyncio.create_task(simulation.run())
+        await wait_for(lambda: simulation.truck.state == "pulled_over", timeout_seconds=30, interval_seconds=0.005)
+        assert simulation.on_command(_takeover_command("hand_back"))[0] == refused  # nothing handed over yet
+        assert simulation.on_command(_takeover_command("hand_over", "another-mission"))[0] == refused
+        assert simulation.on_command(_takeover_command("hand_over")) == (accepted, "remote operator in control")
+        taken_at, held = simulation.report.simulated_seconds, simulation.truck.distance_m
+        await wait_for(lambda: simulation.report.simulated_seconds >= taken_at + 60, timeout_seconds=30,
+                       interval_seconds=0.005)
+        assert simulation.truck.distance_m == held and simulation.truck.state == "remote-control"
+        assert simulation.on_command(_takeover_command("hand_back")) == (completed, "autonomy stack in control")
+        report = await asyncio.wait_for(task, timeout=30)
+        payloads = _payloads(spool)
+    assert report.simulated_seconds == 400 and simulation.truck.distance_m > held  # it drove on after the hand-back
+    events = [p.event.code for p in payloads if p.kind == KIND.KIND_EVENT]
+    assert events == ["law_enforcement_stop", "takeover_started", "takeover_ended"]
+    remote = [p for p in payloads if p.kind == KIND.KIND_POSITION and p.vehicle_state == "remote-control"]
+    assert len(remote) >= 59 and all(p.position.speed_kph == 0 for p in remote)  # positions kept coming
+    assert payloads[-1].vehicle_state == "enroute" and payloads[-1].position.speed_kph > 0
+
+
+async def test_a_moving_truck_handed_over_stops_and_a_reroute_waits_for_the_hand_back(tmp_path: Path, signer) -> None:
+    with Spool(tmp_path / "s.db") as spool:
+        simulation = Simulation(Recorder(spool, signer, VEHICLE), None, speedup=400, mission_id="m-1",
+                                scenario=parse_scenario(None), max_sim_seconds=300, stop_hold_seconds=100_000)
+        task = asyncio.create_task(simulation.run())
+        await wait_for(lambda: simulation.report.simulated_seconds >= 20, timeout_seconds=30, interval_seconds=0.005)
+        simulation.on_command(_takeover_command("hand_over"))  # an operator's CARGO takeover while it drives
+        taken_at, held = simulation.report.simulated_seconds, simulation.truck.distance_m
+        detour = stream_pb2.Command(command_id="r1", reroute=stream_pb2.Reroute(
+            waypoints=[location_pb2.Location(lat=30.9, lon=-93.0), location_pb2.Location(lat=33.749, lon=-84.388)]))
+        simulation.on_command(detour)
+        await wait_for(lambda: simulation.report.simulated_seconds >= taken_at + 30, timeout_seconds=30,
+                       interval_seconds=0.005)
+        assert simulation.truck.distance_m <= held + 30 and not simulation.report.rerouted  # the human holds it
+        simulation.on_command(_takeover_command("hand_back"))
+        report = await asyncio.wait_for(task, timeout=30)
+    assert report.rerouted and simulation.truck.state == "enroute"  # the autonomy stack follows the reroute now
+
+
+async def test_a_pulled_over_truck_nobody_takes_over_ends_its_run_after_the_hold(tmp_path: Path, signer) -> None:
+    with Spool(tmp_path / "s.db") as spool:
+        simulation = Simulation(Recorder(spool, signer, VEHICLE), None, speedup=1e9, mission_id="m-1",
+                                scenario=parse_scenario("takeover"), stop_hold_seconds=45)
+        report = await asyncio.wait_for(simulation.run(), timeout=30)
+    assert report.simulated_seconds == 900 + 45 and simulation.truck.state == "pulled_over"
+
+
+async def test_a_pre_trip_failure_holds_the_truck_at_the_pickup_until_a_passing_check(tmp_path: Path, signer) -> None:
+    with Spool(tmp_path / "s.db") as spool:
+        simulation = Simulation(Recorder(spool, signer, VEHICLE), None, speedup=2_000, mission_id="m-1",
+                                scenario=parse_scenario("pre-trip-failure"), max_sim_seconds=120, stop_hold_seconds=5)
+        task = asyncio.create_task(simulation.run())
+        await wait_for(lambda: spool.kinds(), timeout_seconds=30, interval_seconds=0.005)
+        # The cloud answers the failed check with a hold (PRE_TRIP_FAILURE, contingency HOLD): kept while it waits.
+        hold = stream_pb2.Command(command_id="stop-1",
+                                  stop=stream_pb2.StopVehicle(mode=stream_pb2.StopVehicle.MODE_HOLD))
+        assert simulation.on_command(hold)[0] == stream_pb2.CommandAck.OUTCOME_COMPLETED
+        report = await asyncio.wait_for(task, timeout=30)
+        payloads = _payloads(spool)
+    health = [i for i, p in enumerate(payloads) if p.kind == KIND.KIND_HEALTH]
+    assert len(health) == 2 and health[0] == 0
+    failed = [(c.check, c.detail) for c in payloads[0].health_checks
+              if c.blocking and c.outcome == health_check_pb2.HealthCheckResult.OUTCOME_FAIL]
+    assert failed == [("lidar", "fault")]
+    waiting = payloads[1:health[1]]
+    assert len(waiting) == 301 and all(p.kind == KIND.KIND_POSITION and p.position.speed_kph == 0 for p in waiting)
+    assert {p.vehicle_state for p in waiting} <= {"pre_trip", "stopped"}
+    assert all(c.outcome == health_check_pb2.HealthCheckResult.OUTCOME_PASS for c in payloads[health[1]].health_checks)
+    # The passing check lifted the hold: it departed and drove on past the hold's few seconds.
+    assert report.simulated_seconds == 120 and payloads[-1].vehicle_state == "enroute"
 
 
 @pytest.fixture
