@@ -7,13 +7,16 @@ next connection otherwise, and again on every connection until the truck acknowl
 
 * ``dispatched`` → ``assign_mission`` (id ``assign-<mission>``);
 * ``exception_raised`` with contingency REROUTE → ``reroute`` with the exception's waypoints, MINIMAL_RISK_STOP
-  → ``stop`` (MODE_MINIMAL_RISK_STOP), HOLD → ``stop`` (MODE_HOLD) (id ``<action>-<exception id>``);
+  → ``stop`` (MODE_MINIMAL_RISK_STOP), HOLD → ``stop`` (MODE_HOLD);
 * ``exception_raised`` with a takeover (contingency HUMAN_TAKEOVER) → ``hand_over``, and that exception's
-  ``exception_resolved`` (its takeover's hand-back asked for) → ``hand_back`` (ids ``handover-<mission>-<exception
-  id>``, ``handback-<mission>-<exception id>``: :func:`takeover_command_of` reads them back);
+  ``exception_resolved`` (its takeover's hand-back asked for) → ``hand_back`` (:func:`takeover_command_of` reads
+  their ids back);
 * ``state_changed`` to CANCELLED → ``cancel_assignment`` (id ``cancel-<mission>``).
 
-Command ids derive from the mission or exception, so a redelivered event never sends a second command.
+Command ids derive from the mission or exception, so a redelivered event never sends a second command: an
+exception's is ``<action>-<mission>-<exception id>`` (``reroute``, ``stop``, ``handover``, ``handback``), the mission
+included because exception ids are unique within a mission only and a vehicle's issued ids are kept 30 days (a
+second mission's ``exc-1`` must not pass for the first's, which the queue would drop as already sent).
 Each command remembers its carrier and mission: the truck's acknowledgement is announced on the carrier's
 stream (``command_acknowledged``) and, for an assignment, acknowledges the dispatch, for a hand-over or hand-back
 confirms the takeover's step (see domain/actions.py).
@@ -29,8 +32,8 @@ from haulmesh.telemetry.v1 import stream_pb2
 __all__ = ["ASSIGN_PREFIX", "COMMAND_EVENT_TYPES", "assignment_command", "command_for", "takeover_command_of"]
 
 ASSIGN_PREFIX = "assign-"
-#: The id prefix of each takeover command, by its payload field.
-_TAKEOVER_PREFIXES = {"hand_over": "handover-", "hand_back": "handback-"}
+#: The id's action of each takeover command, by its payload field.
+_TAKEOVER_PREFIXES = {"hand_over": "handover", "hand_back": "handback"}
 #: The mission service's events that become commands.
 COMMAND_EVENT_TYPES = frozenset({"haulmesh.mission.v1.dispatched", "haulmesh.mission.v1.exception_raised",
                                  "haulmesh.mission.v1.exception_resolved", "haulmesh.mission.v1.state_changed"})
@@ -51,18 +54,24 @@ def assignment_command(mission: mission_pb2.Mission) -> stream_pb2.Command:
         check_ins_required=mission.check_in_requirement.required))
 
 
+def _exception_command_id(action: str, mission_id: str, exception_id: str) -> str:
+    """The id of the command an exception calls for (see the module docstring)."""
+    return f"{action}-{mission_id}-{exception_id}"
+
+
 def _takeover_command(payload: str, mission_id: str, exception: mission_pb2.MissionException, reason: str,
                       ) -> stream_pb2.Command:
     message = stream_pb2.HandOver if payload == "hand_over" else stream_pb2.HandBack
-    return _command(f"{_TAKEOVER_PREFIXES[payload]}{mission_id}-{exception.exception_id}", **{payload: message(
-        mission_id=mission_id, exception_id=exception.exception_id, reason=reason[:500])})
+    return _command(_exception_command_id(_TAKEOVER_PREFIXES[payload], mission_id, exception.exception_id),
+                    **{payload: message(mission_id=mission_id, exception_id=exception.exception_id,
+                                        reason=reason[:500])})
 
 
 def takeover_command_of(command_id: str, mission: str) -> tuple[str, str] | None:
     """``(payload, exception id)`` of a hand-over or hand-back command sent for ``mission`` (``missions/{m}``) by its
     id (``hand_over`` or ``hand_back``); None for any other command."""
-    for payload, prefix in _TAKEOVER_PREFIXES.items():
-        head = f"{prefix}{mission.removeprefix('missions/')}-"
+    for payload, action in _TAKEOVER_PREFIXES.items():
+        head = _exception_command_id(action, mission.removeprefix("missions/"), "")
         if mission and command_id.startswith(head) and len(command_id) > len(head):
             return payload, command_id.removeprefix(head)
     return None
@@ -73,14 +82,15 @@ def _exception_command(mission_id: str, exception: mission_pb2.MissionException)
     if exception.HasField("takeover"):  # the mission service records one for contingency HUMAN_TAKEOVER
         return _takeover_command("hand_over", mission_id, exception, reason)
     if exception.contingency == _Exception.CONTINGENCY_REROUTE and exception.reroute_waypoints:
-        return _command(f"reroute-{exception.exception_id}", reroute=stream_pb2.Reroute(
-            mission_id=mission_id, waypoints=exception.reroute_waypoints, reason=reason,
-            exception_id=exception.exception_id))
+        return _command(_exception_command_id("reroute", mission_id, exception.exception_id),
+                        reroute=stream_pb2.Reroute(mission_id=mission_id, waypoints=exception.reroute_waypoints,
+                                                   reason=reason, exception_id=exception.exception_id))
     modes = {_Exception.CONTINGENCY_MINIMAL_RISK_STOP: stream_pb2.StopVehicle.MODE_MINIMAL_RISK_STOP,
              _Exception.CONTINGENCY_HOLD: stream_pb2.StopVehicle.MODE_HOLD}
     if exception.contingency in modes:
-        return _command(f"stop-{exception.exception_id}", stop=stream_pb2.StopVehicle(
-            mission_id=mission_id, mode=modes[exception.contingency], reason=reason))
+        return _command(_exception_command_id("stop", mission_id, exception.exception_id), stop=stream_pb2.StopVehicle(
+            mission_id=mission_id, mode=modes[exception.contingency], reason=reason,
+            exception_id=exception.exception_id))
     return None
 
 

@@ -235,8 +235,9 @@ async def test_a_mission_follows_its_trucks_telemetry(follow_mesh: Mesh, mesh_pk
         assert fault.contingency == mission_pb2.MissionException.CONTINGENCY_MINIMAL_RISK_STOP
         stops = await wait_for(lambda: [c for c in session.of("command") if c.WhichOneof("payload") == "stop"],
                                timeout_seconds=15)
-        assert stops[0].command_id == f"stop-{fault.exception_id}"
+        assert stops[0].command_id == f"stop-{mission_name.removeprefix('missions/')}-{fault.exception_id}"
         assert stops[0].stop.mode == stream_pb2.StopVehicle.MODE_MINIMAL_RISK_STOP
+        assert stops[0].stop.exception_id == fault.exception_id
         counts["events"] = len(await events.all())
         alive.cancel()
         await session.aclose()
@@ -264,7 +265,7 @@ async def test_reroute_and_cancel_reach_the_truck_queued_while_it_is_offline(fol
         await missions.CancelMission(mission_service_pb2.CancelMissionRequest(name=mission_name, reason="load pulled"),
                                      metadata=tenant, timeout=10)
     mission_id = mission_name.removeprefix("missions/")
-    expected = [f"assign-{mission_id}", f"reroute-{raised.exception.exception_id}", f"cancel-{mission_id}"]
+    expected = [f"assign-{mission_id}", f"reroute-{mission_id}-{raised.exception.exception_id}", f"cancel-{mission_id}"]
 
     async def connect_and_collect() -> tuple[grpc.aio.Channel, Session, list[stream_pb2.Command]]:
         channel = grpc.aio.secure_channel(mesh.address("telemetry"), truck.credentials())
@@ -457,7 +458,7 @@ async def test_a_trucks_road_closure_report_brings_it_the_detour_round_it(follow
     assert "I-59 closed ahead" in closure.description and "avoiding I-59 Slidell, LA - Hattiesburg, MS" in \
         closure.description
     [reroute] = reroutes
-    assert reroute.command_id == f"reroute-{closure.exception_id}"
+    assert reroute.command_id == f"reroute-{mission_name.removeprefix('missions/')}-{closure.exception_id}"
     assert list(reroute.reroute.waypoints) == list(closure.reroute_waypoints)
     first, last = reroute.reroute.waypoints[0], reroute.reroute.waypoints[-1]
     assert (first.lat, first.lon) == (30.2752, -89.7812)  # back to Slidell, then I-10 east
