@@ -42,7 +42,7 @@ from .metrics import EdgeCollector, serve_metrics
 from .pod import Photo, PodError, build_proof, submit_proof, wait_until_acked
 from .recorder import Recorder
 from .signer import KeyFileSigner
-from .simulator import Simulation, parse_scenario
+from .simulator import STOP_HOLD_SECONDS, Simulation, parse_scenario
 from .spool import Spool
 
 __all__ = ["main"]
@@ -187,7 +187,7 @@ async def _simulate(args: argparse.Namespace) -> int:
                             max_sim_seconds=int(args.max_sim_minutes * 60) if args.max_sim_minutes else None,
                             frame_every=args.frame_every_sim_seconds, route_from_assignment=args.route_from_assignment,
                             pickup_dwell_seconds=round(args.pickup_dwell_minutes * 60),
-                            dwell_speedup=args.dwell_speedup,
+                            dwell_speedup=args.dwell_speedup, stop_hold_seconds=args.stop_hold_seconds,
                             scenario_at=round(args.scenario_at * 60) if args.scenario_at is not None else None)
     client = None if args.offline else _client(args, spool, recorder.boot_id, simulation.on_command)
     simulation.link = client
@@ -413,6 +413,9 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--dwell-speedup", type=_positive, metavar="X",
                           help="simulated seconds per real second during the pickup dwell (default: --speedup); "
                                "device time is real, so a slower dwell measures more minutes")
+    simulate.add_argument("--stop-hold-seconds", type=_positive_int, default=STOP_HOLD_SECONDS, metavar="N",
+                          help="after a stop command, wait this many simulated seconds for a resume before the run "
+                               f"ends (default {STOP_HOLD_SECONDS})")
     simulate.add_argument("--mission", default="", help="mission id to report (else taken from an assignment)")
     simulate.add_argument("--wait-for-mission", action="store_true",
                           help="stay idle until the cloud assigns a mission over the stream")
