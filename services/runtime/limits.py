@@ -21,8 +21,12 @@ __all__ = [
     "KPI_REPORT_TIME",
     "MARKET_CODE",
     "MAX_ADDRESS",
+    "MAX_COMMAND_EXCEPTION_ID",
+    "MAX_COMMAND_REASON",
     "MAX_PROPER_SHIPPING_NAME",
+    "MAX_REROUTE_WAYPOINTS",
     "MAX_SPECIAL_INSTRUCTIONS",
+    "MESSAGE_SCHEMAS",
     "PACKING_GROUPS",
     "REQUEST_ID",
     "TENDER_UPDATABLE_FIELDS",
@@ -55,6 +59,11 @@ E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 MAX_ADDRESS = 500
 MAX_PROPER_SHIPPING_NAME = 200
 MAX_SPECIAL_INSTRUCTIONS = 2000
+#: An operator's command to a truck (telemetry's domain/operator_commands.py): why, the exception it answers, and
+#: a reroute's waypoints.
+MAX_COMMAND_REASON = 500
+MAX_COMMAND_EXCEPTION_ID = 64
+MAX_REROUTE_WAYPOINTS = 100
 
 #: A KPI report's baseline cost per mile, in minor units (10,000.00 a mile in a two-decimal currency: beyond
 #: any truck).
@@ -111,4 +120,18 @@ FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
     "haulmesh.type.v1.Location.address": {"maxLength": MAX_ADDRESS},
     "haulmesh.tender.v1.Tender.special_instructions": {"maxLength": MAX_SPECIAL_INSTRUCTIONS},
     "haulmesh.tender.v1.Tender.weight_lb": {"minimum": TENDER_WEIGHT_LB[0], "maximum": TENDER_WEIGHT_LB[1]},
+    "haulmesh.telemetry.v1.VehicleCommand.reason": {"minLength": 1, "maxLength": MAX_COMMAND_REASON},
+    "haulmesh.telemetry.v1.StopVehicle.exception_id": {"maxLength": MAX_COMMAND_EXCEPTION_ID},
+    "haulmesh.telemetry.v1.Reroute.exception_id": {"maxLength": MAX_COMMAND_EXCEPTION_ID},
+    "haulmesh.telemetry.v1.Reroute.waypoints": {"minItems": 1, "maxItems": MAX_REROUTE_WAYPOINTS},
+}
+
+#: Rules of a whole message a schema can state, keyed by its full name: a oneof of which one member is required
+#: (proto cannot mark a oneof REQUIRED; at most one is stated for every oneof by the document itself), a required
+#: repeated field. ``required`` adds to the fields' own.
+MESSAGE_SCHEMAS: dict[str, dict[str, Any]] = {
+    "haulmesh.telemetry.v1.VehicleCommand": {
+        "anyOf": [{"required": [member]} for member in ("stop", "reroute", "resume", "cancelAssignment")]},
+    # proto3 cannot mark a repeated field REQUIRED: a reroute without waypoints is no reroute.
+    "haulmesh.telemetry.v1.Reroute": {"required": ["waypoints"]},
 }

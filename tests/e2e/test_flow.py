@@ -38,7 +38,7 @@ from . import tenant_matrix
 
 ROOT = Path(__file__).resolve().parents[2]
 SCOPES = ("tender:create tender:read tender:update tender:cancel tender:respond mission:read mission:checkin "
-          "telemetry:read billing:read billing:reconcile webhook:read webhook:write")
+          "telemetry:read billing:read billing:reconcile webhook:read webhook:write vehicle:command")
 
 #: Routes this matrix does not drive itself, and why (each is covered where named).
 DELEGATED = {
@@ -55,6 +55,7 @@ BODIES = {
     "ReconcileInvoice": {"tmsTotal": {"currencyCode": "USD", "amountMinor": "100"}},
     "RecordCheckIn": {"checkIn": {"point": "POINT_DEPARTURE", "outcome": "OUTCOME_PROCEED"}},
     "UpdateTender": {"specialInstructions": "dock 4"},
+    "CreateVehicleCommand": {"stop": {"mode": "MODE_MINIMAL_RISK_STOP"}, "reason": "tenant matrix"},
 }
 QUERIES = {"UpdateTender": {"updateMask": "specialInstructions"}}
 
@@ -227,7 +228,7 @@ async def _rest_matrix(mesh: Mesh, http: httpx.AsyncClient, owner: str, resource
 
 REST_ROUTES_WITH_AN_ID = {"GetRateCard", "GetQuote", "GetInvoice", "ReconcileInvoice", "GetMission", "RecordCheckIn",
                           "GetTender", "UpdateTender", "CancelTender", "AcceptTender", "DeclineTender",
-                          "ExportEvidencePack"}
+                          "ExportEvidencePack", "CreateVehicleCommand", "GetVehicleCommand", "ListVehicleCommands"}
 
 
 async def test_no_tenant_sees_or_touches_another_tenants_resources(mesh: Mesh, owned) -> None:

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from services.runtime import Unavailable
 
-from .roles import ConsoleUser
+from .roles import ConsoleUser, SignInRefused
 
 __all__ = ["DEFAULT_SESSION_SECONDS", "LOGIN_SECONDS", "ConsoleSessions", "PendingLogin"]
 
@@ -74,7 +74,10 @@ class ConsoleSessions:
         raw = await self._run(self._redis().get(_SESSION_PREFIX + _digest(cookie)))
         if raw is None or len(raw) > _MAX_RECORD_BYTES:
             return None
-        return ConsoleUser.from_record(json.loads(raw))
+        try:
+            return ConsoleUser.from_record(json.loads(raw))
+        except (ValueError, SignInRefused):  # a record this version cannot read (a role since withdrawn): signed out
+            return None
 
     async def end(self, cookie: str) -> None:
         if cookie and len(cookie) <= 128:

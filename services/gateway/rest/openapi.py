@@ -23,7 +23,7 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 
 from haulmesh.events.v1 import event_pb2
 from services.runtime import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, resource_id_pattern
-from services.runtime.limits import FIELD_SCHEMAS, REQUEST_ID, mask_schema
+from services.runtime.limits import FIELD_SCHEMAS, MESSAGE_SCHEMAS, REQUEST_ID, mask_schema
 
 from ..config import DEFAULT_OAUTH_TOKEN_URL
 from ..webhooks import domain as webhooks
@@ -34,6 +34,8 @@ from .errors import HTTP_STATUS
 
 __all__ = ["DURATION_PATTERN", "INT64_PATTERN", "UINT64_PATTERN", "build_openapi", "decimal_at_most", "dump_openapi",
            "main", "render_docs"]
+#: The largest oneof whose "at most one member" rule is spelled out in JSON Schema (as pairs that may not meet).
+_MAX_ONEOF_PAIRED = 8
 
 _STATUS_REF = {"$ref": "#/components/schemas/google.rpc.Status"}
 _INT32 = {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SFIXED32}
@@ -204,7 +206,7 @@ def _example(schema: dict[str, Any], schemas: dict[str, Any], *, request: bool, 
         return _example(schema["allOf"][0], schemas, request=request, depth=depth)
     if "const" in schema:
         return schema["const"]
-    if "anyOf" in schema:
+    if "anyOf" in schema and "properties" not in schema:  # a message's anyOf states a rule, not alternatives
         if schema.get("format") in {"int64", "uint64"}:  # a 64-bit integer: its string form, as the API writes it
             return "42"
         return next((v for option in schema["anyOf"]
@@ -389,6 +391,15 @@ class _Builder:
                   for o in descriptor.oneofs if not (len(o.fields) == 1 and o.name == f"_{o.fields[0].name}")}
         if oneofs:  # proto oneofs: at most one member of each is set (the proto-JSON parser refuses two)
             schema["x-oneof"] = oneofs
+            # ... said in JSON Schema too, so that a client's validator (and a fuzzer) knows two are refused: no two
+            # members together. Pairs grow as n²: the event envelope's data (dozens of members, output only) keeps
+            # the x-oneof note alone.
+            pairs = [{"required": [a, b]} for members in oneofs.values() if len(members) <= _MAX_ONEOF_PAIRED
+                     for i, a in enumerate(members) for b in members[i + 1:]]
+            if pairs:
+                schema["not"] = {"anyOf": pairs}
+        for key, rule in MESSAGE_SCHEMAS.get(descriptor.full_name, {}).items():
+            schema[key] = sorted({*schema.get(key, ()), *rule}) if key == "required" else rule
         comment = self.api.comment(descriptor.full_name)
         if comment:
             schema["description"] = comment

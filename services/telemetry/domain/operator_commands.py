@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from haulmesh.telemetry.v1 import command_pb2, stream_pb2
 from services.runtime import FieldViolation, InvalidArgument, to_timestamp
+from services.runtime.limits import MAX_COMMAND_EXCEPTION_ID, MAX_COMMAND_REASON, MAX_REROUTE_WAYPOINTS
 
 from .fleet import valid_fix
 
@@ -23,9 +24,9 @@ VehicleCommand = command_pb2.VehicleCommand
 State = VehicleCommand.State
 Outcome = stream_pb2.CommandAck.Outcome
 
-MAX_REASON_CHARS = 500
-MAX_EXCEPTION_ID_CHARS = 64
-MAX_WAYPOINTS = 100
+MAX_REASON_CHARS = MAX_COMMAND_REASON
+MAX_EXCEPTION_ID_CHARS = MAX_COMMAND_EXCEPTION_ID
+MAX_WAYPOINTS = MAX_REROUTE_WAYPOINTS
 #: Long enough for a truck in a dead zone to come back and still act on it; short enough that a stale stop is not
 #: carried out an hour later. An operator may set up to MAX_EXPIRY.
 DEFAULT_EXPIRY = timedelta(minutes=15)

@@ -129,6 +129,9 @@ class OperatorCommands:
         now = self._clock()
         # A fleet operator (or the gateway, for one carrier) sees the commands sent for its carriers' missions only.
         visible = [c for c in found if _may_see(vehicle_id, c.carrier_id, acting_for)]
+        if acting_for is not None and not visible and not page.after:
+            current = await self._store.mission(vehicle_id)
+            _check_may_command(vehicle_id, current[0] if current is not None else "", acting_for)
         return telemetry_service_pb2.ListVehicleCommandsResponse(
             vehicle_commands=[_view(command_pb2.VehicleCommand.FromString(c.record), c.acks, now) for c in visible],
             next_page_token=next_page_token(cursor, query))
@@ -138,9 +141,11 @@ def _check_may_command(vehicle_id: str, carrier_id: str, acting_for: str | None)
     """A platform admin may command any vehicle; a fleet operator only one running a mission of a carrier it serves;
     the gateway, acting for one carrier, only one running a mission of that carrier."""
     if acting_for is not None:
+        # NOT_FOUND, as any other carrier's resource is to a carrier (AIP-211): whether the vehicle exists, and
+        # whose mission it runs, is not the carrier's to learn.
         if carrier_id != acting_for:
-            raise PermissionDenied(f"vehicles/{vehicle_id} runs no mission of carriers/{acting_for}",
-                                   reason="TENANT_NOT_ALLOWED", metadata={"vehicle": f"vehicles/{vehicle_id}"})
+            raise NotFound(f"vehicles/{vehicle_id} runs no mission of carriers/{acting_for}",
+                           reason="VEHICLE_NOT_FOUND", metadata={"vehicle": f"vehicles/{vehicle_id}"})
         return
     if carrier_id:
         check_operator_serves(carrier_id)
@@ -152,7 +157,7 @@ def _check_may_command(vehicle_id: str, carrier_id: str, acting_for: str | None)
 def _may_see(vehicle_id: str, carrier_id: str, acting_for: str | None) -> bool:
     try:
         _check_may_command(vehicle_id, carrier_id, acting_for)
-    except PermissionDenied:
+    except (PermissionDenied, NotFound):
         return False
     return True
 

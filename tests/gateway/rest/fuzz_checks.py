@@ -38,7 +38,7 @@ STATE_REASONS = frozenset({
     "INVALID_MISSION_STATE", "MISSION_NOT_DISPATCHED", "MISSION_UNAVAILABLE", "INVALID_DELIVERY_STATE",
     "VEHICLE_NOT_ELIGIBLE", "VEHICLE_ASSIGNED", "NO_VEHICLE_AVAILABLE", "CHECK_IN_REQUIRED",
     "PRE_TRIP_CHECK_FAILED", "POD_DISPUTED", "POD_DISPUTE_ESCALATED", "REPORT_TOO_LARGE",
-    "MISSION_FRAMES_EXCEEDED", "MISSION_SCOPE_UNSUPPORTED", "EVIDENCE_INCOMPLETE",
+    "MISSION_FRAMES_EXCEEDED", "MISSION_SCOPE_UNSUPPORTED", "EVIDENCE_INCOMPLETE", "NO_CURRENT_MISSION",
 })
 _WINDOW_ORDER = ("must be after start_time", "start_time and end_time are both required")
 #: Rules between fields, or against the clock, as (field without indices, description prefixes): a window's end
@@ -57,6 +57,9 @@ CROSS_FIELD: dict[str, tuple[str, ...]] = {
     # one-field limit the document states: services/runtime/limits.py KPI_REPORT_TIME, never forgiven here).
     "start_time": ("must be before end_time",),
     "end_time": ("must be after start_time", "must be at most"),
+    # A command's expiry against the clock; a waypoint other than 0,0.
+    "vehicle_command.expire_time": ("must be in the future", "at most 24 hours ahead"),
+    "vehicle_command.reroute.waypoints": ("lat in [-90, 90] and lon in [-180, 180], not 0,0",),
     "tender.origin": ("required: (0, 0)",),
     "tender.destination": ("required: (0, 0)",),
 }

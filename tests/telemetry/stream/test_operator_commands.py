@@ -150,12 +150,16 @@ async def test_who_may_command_which_vehicle(mesh: Mesh, mesh_pki: Pki) -> None:
         assert await _refusal(_stub(gateway_ch).CreateVehicleCommand(_stop(truck.vehicle_id), timeout=10)) == \
             (grpc.StatusCode.INVALID_ARGUMENT, "TENANT_REQUIRED")
         for_other = carrier_metadata("someone-else") + actor_metadata("mallory", "haulmesh-console")
+        # Another carrier learns nothing: NOT_FOUND, as for any resource of another tenant.
         assert await _refusal(_stub(gateway_ch).CreateVehicleCommand(
             _stop(truck.vehicle_id), metadata=for_other, timeout=10)) == \
-            (grpc.StatusCode.PERMISSION_DENIED, "TENANT_NOT_ALLOWED")
+            (grpc.StatusCode.NOT_FOUND, "VEHICLE_NOT_FOUND")
         assert await _refusal(_stub(gateway_ch).GetVehicleCommand(telemetry_service_pb2.GetVehicleCommandRequest(
             name=created.name), metadata=for_other, timeout=10)) == \
-            (grpc.StatusCode.PERMISSION_DENIED, "TENANT_NOT_ALLOWED")
+            (grpc.StatusCode.NOT_FOUND, "VEHICLE_NOT_FOUND")
+        assert await _refusal(_stub(gateway_ch).ListVehicleCommands(telemetry_service_pb2.ListVehicleCommandsRequest(
+            parent=f"vehicles/{truck.vehicle_id}"), metadata=for_other, timeout=10)) == \
+            (grpc.StatusCode.NOT_FOUND, "VEHICLE_NOT_FOUND")
         for_ours = carrier_metadata(carrier) + actor_metadata("ann", "haulmesh-console")
         seen = await _stub(gateway_ch).GetVehicleCommand(telemetry_service_pb2.GetVehicleCommandRequest(
             name=created.name), metadata=for_ours, timeout=10)
