@@ -29,6 +29,7 @@ import random
 import sys
 import time
 import uuid
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -68,6 +69,8 @@ _HOME = "US-TX-HOU"
 #: How long an arrived truck waits for its mission to be ARRIVED before giving up its proof of delivery.
 _DELIVERY_WAIT_SECONDS = 60.0
 _DELIVERY_ATTEMPTS = 3
+#: Reports kept per truck (a sandbox runs for days).
+_REPORTS_KEPT = 100
 
 
 @dataclass(frozen=True)
@@ -157,7 +160,8 @@ class SandboxTruck:
 
     vehicle_id: str
     scenario: str
-    reports: list[dict[str, Any]] = field(default_factory=list)
+    #: The last runs' reports (the simulator's JSON line), newest last.
+    reports: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=_REPORTS_KEPT))
     process: asyncio.subprocess.Process | None = None
 
 
@@ -174,8 +178,8 @@ class Sandbox:
         self.lanes = sandbox_lanes(_eligibility_policy(), load_lane_facts())
         if not self.lanes:
             raise ValueError("no lane of the eligibility policy has a route the simulator can drive")
-        self.tenders: dict[str, str] = {}  # tender name → its state as last seen
-        self.handed_back: set[str] = set()
+        #: Tenders sent, by the state they were left in (accepted, rejected, ...).
+        self.tenders: Counter[str] = Counter()
         self._tasks: list[asyncio.Task[None]] = []
         self._http: httpx.AsyncClient | None = None
         self._channel: grpc.aio.Channel | None = None
@@ -199,13 +203,16 @@ class Sandbox:
             if not (self.mesh.cert_dir / f"vehicle-{truck.vehicle_id}.pem").exists():
                 issued = pki.issue(ca, pki.identity_for("vehicle", truck.vehicle_id), valid_days=30)
                 pki.write_pem_files(self.mesh.cert_dir, f"vehicle-{truck.vehicle_id}", issued, ca.certificate_pem)
-            with contextlib.suppress(grpc.aio.AioRpcError):  # already registered by an earlier sandbox
+            try:
                 await ops.CreateVehicle(mission_service_pb2.CreateVehicleRequest(
                     vehicle_id=truck.vehicle_id, vehicle=vehicle_pb2.Vehicle(
                         display_name=f"Sandbox truck {truck.vehicle_id}", home_region=_HOME,
                         capabilities=vehicle_pb2.VehicleCapabilities(
                             equipment=[equipment_pb2.EQUIPMENT_DRY_VAN_53FT], max_cargo_weight_lb=45_000,
                             night_operations=True))), timeout=10)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.ALREADY_EXISTS:  # registered by an earlier sandbox: fine
+                    raise
             self._tasks.append(asyncio.create_task(self._drive(truck), name=f"truck {truck.vehicle_id}"))
         self._tasks.append(asyncio.create_task(self._tms(), name="tms"))
         self._tasks.append(asyncio.create_task(self._command_centre(ops), name="command centre"))
@@ -330,13 +337,13 @@ class Sandbox:
                 elif tender.get("state") == "STATE_OFFERED":
                     accepted = await self._http.post(f"/api/v1/{tender['name']}:accept", json={})
                     body = accepted.json()
-                    self.tenders[tender["name"]] = body.get("state", "?")
+                    self.tenders[body.get("state", "?")] += 1
                     if body.get("mission"):
                         await self._clear_departure(body["mission"])
                     self.say(f"tender {tender['name']} {lane.origin} → {lane.destination}: offered, "
                              f"{'accepted → ' + body['mission'] if body.get('mission') else body.get('message', '')}")
                 else:
-                    self.tenders[tender["name"]] = tender.get("state", "?")
+                    self.tenders[tender.get("state", "?")] += 1
                     reasons = ", ".join(r.get("description", "") for r in tender.get("rejectionReasons", []))
                     self.say(f"tender {tender['name']} {lane.origin} → {lane.destination}: "
                              f"{tender.get('state', '?').removeprefix('STATE_').lower()} {reasons}".rstrip())
@@ -404,16 +411,14 @@ class Sandbox:
 
     async def _hand_back(self, ops: mission_service_pb2_grpc.MissionServiceStub, mission: dict[str, Any]) -> None:
         for exception in mission.get("exceptions", []):
-            key = f"{mission['name']}/{exception.get('exceptionId')}"
             if (exception.get("contingency") != "CONTINGENCY_HUMAN_TAKEOVER" or exception.get("resolveTime")
-                    or key in self.handed_back or not exception.get("takeover", {}).get("controlTime")
+                    or not exception.get("takeover", {}).get("controlTime")
                     or _age_seconds(exception["takeover"]["controlTime"]) < self.config.takeover_hold_seconds):
                 continue
             await ops.ResolveMissionException(mission_service_pb2.ResolveMissionExceptionRequest(
                 name=mission["name"], exception_id=exception["exceptionId"],
                 resolution="sandbox: the remote operator hands control back"),
                 metadata=carrier_metadata(self.config.carrier), timeout=10)
-            self.handed_back.add(key)
             self.say(f"takeover on {mission['name']}: control handed back to the truck")
 
 

@@ -165,8 +165,7 @@ class Console:
         return_to = _return_to(request.query_params.get("return_to", "/console/"))
         if self.oidc is None:
             roles = CONSOLE_ROLES if self.dev_login else ()
-            return self._html(render_sign_in(dev_roles=roles, dev_carrier=self.dev_carrier, oidc=False,
-                                             return_to=return_to))
+            return self._html(render_sign_in(dev_roles=roles, dev_carrier=self.dev_carrier, return_to=return_to))
         verifier, challenge = OidcClient.new_pkce()
         nonce = new_secret()
         state = await self.sessions.begin_login(PendingLogin(verifier=verifier, nonce=nonce, return_to=return_to))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import json
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from .roles import ConsoleUser
 
@@ -96,20 +97,15 @@ def render_page(page: str, user: ConsoleUser, *, tile_url: str | None, mission: 
     return _shell(_PAGE_TITLES[page], f'<div class="{layout}">{"".join(sections)}</div>', data=data, user=user)
 
 
-def render_sign_in(*, dev_roles: tuple[str, ...], dev_carrier: str, oidc: bool, return_to: str,
-                   problem: str = "") -> str:
-    """The sign-in page: the identity provider's button, or in dev mode one link per role."""
+def render_sign_in(*, dev_roles: tuple[str, ...], dev_carrier: str, return_to: str) -> str:
+    """The sign-in page without an identity provider (with one, /console/login goes straight to it): in dev mode
+    one link per role, else what to configure."""
     parts = []
-    if problem:
-        parts.append(f'<p class="problem" role="alert">{html.escape(problem)}</p>')
-    if oidc:
-        parts.append(f'<p><a class="button" href="/console/login?start=1&amp;return_to={html.escape(return_to)}">'
-                     "Sign in with your company account</a></p>")
     if dev_roles:
-        links = "".join(f'<li><a href="/console/dev-login?role={role}&amp;carrier={html.escape(dev_carrier)}">'
-                        f"{html.escape(role)}</a></li>" for role in dev_roles)
+        links = "".join(f'<li><a href="/console/dev-login?role={role}&amp;carrier={html.escape(dev_carrier)}'
+                        f'&amp;return_to={quote(return_to)}">{html.escape(role)}</a></li>' for role in dev_roles)
         parts.append(f"<p>Dev mode: sign in to carrier <code>{html.escape(dev_carrier)}</code> as</p><ul>{links}</ul>")
-    if not parts or (not oidc and not dev_roles):
+    else:
         parts.append("<p>No identity provider is configured (HAULMESH_OIDC_ISSUER): see docs/console.md.</p>")
     return _shell("Sign in", "".join(parts), data={"page": "sign-in"}, user=None)
 
