@@ -411,6 +411,45 @@ def test_a_cooldown_equal_to_the_refresh_is_accepted(chart: ChartRenderer) -> No
     assert _gateway_config(rendered).jwks_cooldown_seconds == 60
 
 
+def test_the_consoles_sign_in_is_rendered_into_the_gateway_and_read_by_it(chart: ChartRenderer,
+                                                                          tmp_path: Path) -> None:
+    console = {"oidcIssuer": "https://login.acme.example", "oidcClientId": "haulmesh-console",
+               "oidcRedirectUrl": "https://haulmesh.acme.example/console/oidc/callback",
+               "oidcScopes": "openid profile email haulmesh", "oidcRolesClaim": "groups",
+               "tileUrl": "https://tiles.acme.example/{z}/{x}/{y}.png", "sessionSeconds": 3600}
+    config = _gateway_config(chart.render({**PRODUCTION, "console": console}))
+    assert config.oidc is not None and config.oidc.client_secret is None  # a public client: PKCE alone
+    assert (config.oidc.issuer, config.oidc.client_id, config.oidc.redirect_url, config.oidc.scopes,
+            config.oidc.roles_claim, config.oidc.carrier_claim) == (
+        "https://login.acme.example", "haulmesh-console", "https://haulmesh.acme.example/console/oidc/callback",
+        ("openid", "profile", "email", "haulmesh"), "groups", "carrier")
+    assert (config.console_tile_url, config.console_session_seconds, config.console_dev_login) == \
+        ("https://tiles.acme.example/{z}/{x}/{y}.png", 3600, False)
+    # A confidential client's secret: a Secret mounted into the gateway alone, named by the variable.
+    rendered = chart.render({**PRODUCTION, "console": {**console, "oidcClientSecret": {"name": "idp-client"}}})
+    assert rendered.env("gateway")["HAULMESH_OIDC_CLIENT_SECRET_FILE"]["value"] == "/etc/haulmesh/oidc/client-secret"
+    (volume,) = [v for v in rendered.deployment("gateway")["spec"]["template"]["spec"]["volumes"]
+                 if v["name"] == "oidc-client"]
+    assert volume["secret"]["secretName"] == "idp-client"
+    for other in SERVICES:
+        if other != "gateway":
+            assert not {k for k in rendered.env(other) if k.startswith(("HAULMESH_OIDC_", "HAULMESH_CONSOLE_"))}
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"console": {"oidcIssuer": "http://login.acme.example", "oidcClientId": "c"}}, r"at '/console/oidcIssuer'"),
+    ({"console": {"oidcIssuer": "https://login.acme.example"}}, r"at '/console/oidcClientId'"),
+    ({"console": {"oidcScopes": "profile email"}}, r"at '/console/oidcScopes'"),
+    ({"console": {"sessionSeconds": 60}}, r"at '/console/sessionSeconds'"),
+    ({"console": {"tileUrl": "http://tiles.example/{z}/{x}/{y}.png"}}, r"at '/console/tileUrl'"),
+    ({"env": {"HAULMESH_CONSOLE_DEV_LOGIN": "1"}}, r"invalid propertyName"),
+])
+def test_bad_console_settings_are_refused_by_the_schema(chart: ChartRenderer, values: dict[str, Any],
+                                                        message: str) -> None:
+    with pytest.raises(helm.HelmValuesError, match=message):
+        chart.render(values)
+
+
 # --- network exposure --------------------------------------------------------------------------------------
 
 def _grpc_callers(policy: dict[str, Any]) -> tuple[set[str], list[dict[str, Any]]]:

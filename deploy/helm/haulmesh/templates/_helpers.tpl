@@ -407,6 +407,34 @@ spec:
               value: /etc/haulmesh/jwks-ca/{{ .jwksCaConfigMap.key }}
             {{- end }}
             {{- end }}
+            {{- with $root.Values.console }}
+            {{- if .oidcIssuer }}
+            - name: HAULMESH_OIDC_ISSUER
+              value: {{ .oidcIssuer | quote }}
+            - name: HAULMESH_OIDC_CLIENT_ID
+              value: {{ .oidcClientId | quote }}
+            - name: HAULMESH_OIDC_SCOPES
+              value: {{ .oidcScopes | quote }}
+            - name: HAULMESH_OIDC_ROLES_CLAIM
+              value: {{ .oidcRolesClaim | quote }}
+            - name: HAULMESH_OIDC_CARRIER_CLAIM
+              value: {{ .oidcCarrierClaim | quote }}
+            {{- with .oidcRedirectUrl }}
+            - name: HAULMESH_OIDC_REDIRECT_URL
+              value: {{ . | quote }}
+            {{- end }}
+            {{- if .oidcClientSecret.name }}
+            - name: HAULMESH_OIDC_CLIENT_SECRET_FILE
+              value: /etc/haulmesh/oidc/{{ .oidcClientSecret.key }}
+            {{- end }}
+            {{- end }}
+            {{- with .tileUrl }}
+            - name: HAULMESH_CONSOLE_TILE_URL
+              value: {{ . | quote }}
+            {{- end }}
+            - name: HAULMESH_CONSOLE_SESSION_SECONDS
+              value: {{ include "haulmesh.number" .sessionSeconds | quote }}
+            {{- end }}
             {{- end }}
             {{- range $key, $value := merge (deepCopy $svc.env) $root.Values.env }}
             - name: {{ $key }}
@@ -476,6 +504,11 @@ spec:
               mountPath: /etc/haulmesh/enrolment
               readOnly: true
             {{- end }}
+            {{- if and (eq $name "gateway") $root.Values.console.oidcIssuer $root.Values.console.oidcClientSecret.name }}
+            - name: oidc-client
+              mountPath: /etc/haulmesh/oidc
+              readOnly: true
+            {{- end }}
       volumes:
         {{- /* A whole-Secret mount (no subPath): rotated certificates appear in place and are re-read. */}}
         - name: tls
@@ -525,6 +558,12 @@ spec:
         - name: enrolment
           secret:
             secretName: {{ $root.Values.enrolment.secretName }}
+            defaultMode: 0440
+        {{- end }}
+        {{- if and (eq $name "gateway") $root.Values.console.oidcIssuer $root.Values.console.oidcClientSecret.name }}
+        - name: oidc-client
+          secret:
+            secretName: {{ $root.Values.console.oidcClientSecret.name }}
             defaultMode: 0440
         {{- end }}
       {{- with $svc.nodeSelector }}
