@@ -158,6 +158,13 @@ export async function fleetMap(section) {
   async function poll() {
     try {
       list = await missions();
+      const active = new Set(list.filter((x) => ACTIVE.has(x.state)).map((x) => idOf(x.name)));
+      for (const [id, source] of streams) { // a finished mission's slot goes to the next one
+        if (!active.has(id)) {
+          source.close();
+          streams.delete(id);
+        }
+      }
       for (const m of list.filter((x) => ACTIVE.has(x.state))) {
         if (!trucks.has(idOf(m.vehicle))) {
           const since = new Date(Date.now() - 10 * 60e3).toISOString();
