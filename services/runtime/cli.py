@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import datetime as _dt
 import os
+import shutil
 import signal
 import sys
 import time
@@ -239,8 +240,10 @@ async def _sandbox(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"haulmesh sandbox: {exc}", file=sys.stderr)
         return 2
-    # Its own state (store, certificates, spools, logs) beside `haulmesh run`'s, so neither disturbs the other.
+    # Its own state (store, certificates, spools, logs) beside `haulmesh run`'s, so neither disturbs the other; fresh
+    # each time, as the demo's: a truck left on the last sandbox's unfinished mission would take no new load.
     state = default_state_dir() / "sandbox"
+    shutil.rmtree(state, ignore_errors=True)
     certs = state / "certs"
     if main(["--cert-dir", str(certs), "pki", "dev-bootstrap"]) != 0:
         return 1
@@ -270,7 +273,8 @@ async def _serve(mesh: Mesh, timeout_seconds: float, *, detach: bool, sandbox: S
     if sandbox is not None:
         running_sandbox = Sandbox(mesh, sandbox)
         await running_sandbox.start()
-        print(f"sandbox: carrier {sandbox.carrier}, {sandbox.trucks} trucks ({', '.join(sandbox.scenarios)}), "
+        scenarios = ", ".join(f"{t.vehicle_id} {t.scenario}" for t in running_sandbox.trucks)
+        print(f"sandbox: carrier {sandbox.carrier}, {sandbox.trucks} trucks ({scenarios}), "
               f"{sandbox.tenders_per_minute:g} tenders a minute at {sandbox.speedup:g}x time")
         print(f"open the console signed in as a fleet operator: {running_sandbox.console_url}")
     if detach:
