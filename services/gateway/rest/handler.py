@@ -1,6 +1,7 @@
 """The REST door: one generic handler that authenticates, limits, transcodes and calls the owning service.
 
-Order of checks for a request: route (404 / 405) → declared size (413) → bearer token (401) → scope (403)
+Order of checks for a request: route (404 / 405) → declared size (413) → bearer token, or without one the
+console's session cookie (401; console/app.py) → scope (403)
 → the tenant's rate limit (429) → body size while reading (413) → JSON and fields (400, including
 output-only fields) → the gRPC call over mTLS with the token's carrier as ``haulmesh-carrier`` metadata (and
 its subject and client as ``haulmesh-actor-subject`` / ``-client``, which the audit log records), whose
