@@ -90,6 +90,9 @@ class SandboxConfig:
     #: How long the connectivity-loss scenario's dead zone lasts in real time: past the telemetry service's liveness
     #: timeout (30 s by default), so that the loss is seen, raised and resolved on reconnection.
     outage_real_seconds: float = 45.0
+    #: How long a truck stands at the pickup being loaded (real seconds) before its pre-trip check: the command
+    #: centre clears a lane's first missions for departure meanwhile, so the truck's start is not refused for it.
+    pickup_dwell_real_seconds: float = 5.0
     check_in_delay_seconds: float = 5.0
     takeover_hold_seconds: float = 20.0
     #: How long a stopped truck waits for an operator's resume (real seconds) before its run ends: a minimal-risk
@@ -256,7 +259,8 @@ class Sandbox:
         args = ["simulate", "--wait-for-mission", "--route-from-assignment", "--speedup", str(config.speedup),
                 "--frame-every-sim-seconds", str(config.frame_every_sim_seconds), "--quiet",
                 "--stop-hold-seconds", str(max(1, round(config.stop_hold_real_seconds * config.speedup))),
-                "--backoff-base", "0.2", "--backoff-cap", "2", "--drain-seconds", "30"]
+                "--backoff-base", "0.2", "--backoff-cap", "2", "--drain-seconds", "30",
+                "--pickup-dwell-minutes", f"{config.pickup_dwell_real_seconds * config.speedup / 60:g}"]
         if (scenario := SCENARIOS[truck.scenario]) is not None:
             if scenario == "connectivity-loss":
                 scenario += f":{config.outage_real_seconds * config.speedup / 60:g}"

@@ -56,7 +56,8 @@ async def test_every_scenario_runs_end_to_end_against_the_mesh(mesh_pki: Pki, tm
     scenarios = tuple(SCENARIOS)
     config = SandboxConfig(carrier=f"sbx-{uuid.uuid4().hex[:6]}", trucks=len(scenarios), scenarios=scenarios,
                            tenders_per_minute=30, speedup=1200, frame_every_sim_seconds=10,
-                           scenario_at_sim_minutes=60, outage_real_seconds=4, check_in_delay_seconds=0.5,
+                           scenario_at_sim_minutes=60, outage_real_seconds=4, pickup_dwell_real_seconds=2,
+                           check_in_delay_seconds=0.5,
                            takeover_hold_seconds=2, stop_hold_real_seconds=3, seed=1)
     lines: list[str] = []
     async with running_mesh(mesh_pki, tmp_path / "mesh", env=FAST_LIVENESS) as mesh:
