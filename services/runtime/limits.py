@@ -23,6 +23,8 @@ __all__ = [
     "MAX_ADDRESS",
     "MAX_COMMAND_EXCEPTION_ID",
     "MAX_COMMAND_REASON",
+    "MAX_EXCEPTION_DESCRIPTION",
+    "MAX_EXCEPTION_RESOLUTION",
     "MAX_PROPER_SHIPPING_NAME",
     "MAX_REROUTE_WAYPOINTS",
     "MAX_SPECIAL_INSTRUCTIONS",
@@ -64,6 +66,9 @@ MAX_SPECIAL_INSTRUCTIONS = 2000
 MAX_COMMAND_REASON = 500
 MAX_COMMAND_EXCEPTION_ID = 64
 MAX_REROUTE_WAYPOINTS = 100
+#: A mission exception (mission's domain/changes.py): what happened, and how it was resolved.
+MAX_EXCEPTION_DESCRIPTION = 1000
+MAX_EXCEPTION_RESOLUTION = 1000
 
 #: A KPI report's baseline cost per mile, in minor units (10,000.00 a mile in a two-decimal currency: beyond
 #: any truck).
@@ -124,6 +129,13 @@ FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
     "haulmesh.telemetry.v1.StopVehicle.exception_id": {"maxLength": MAX_COMMAND_EXCEPTION_ID},
     "haulmesh.telemetry.v1.Reroute.exception_id": {"maxLength": MAX_COMMAND_EXCEPTION_ID},
     "haulmesh.telemetry.v1.Reroute.waypoints": {"minItems": 1, "maxItems": MAX_REROUTE_WAYPOINTS},
+    "haulmesh.mission.v1.MissionException.description": {"maxLength": MAX_EXCEPTION_DESCRIPTION},
+    "haulmesh.mission.v1.MissionException.reroute_waypoints": {"maxItems": MAX_REROUTE_WAYPOINTS},
+    # Required text is more than white space (the service strips it before it looks).
+    "haulmesh.mission.v1.ResolveMissionExceptionRequest.exception_id": {"maxLength": MAX_COMMAND_EXCEPTION_ID,
+                                                                        "pattern": r"\S"},
+    "haulmesh.mission.v1.ResolveMissionExceptionRequest.resolution": {"maxLength": MAX_EXCEPTION_RESOLUTION,
+                                                                      "pattern": r"\S"},
 }
 
 #: Rules of a whole message a schema can state, keyed by its full name: a oneof of which one member is required

@@ -63,8 +63,8 @@ SCENARIOS: Mapping[str, str | None] = {
     "pre-trip-failure": "pre-trip-failure",
     "takeover": "takeover",
 }
-_ALL_SCOPES = ("tender:create tender:read tender:update tender:cancel tender:respond mission:read mission:checkin "
-               "telemetry:read billing:read billing:reconcile webhook:read webhook:write report:read vehicle:command")
+#: What the sandbox's TMS does over REST (tender, accept, read missions, record check-ins), and nothing more.
+_TMS_SCOPES = "tender:create tender:read tender:respond mission:read mission:checkin"
 _HOME = "US-TX-HOU"
 #: How long an arrived truck waits for its mission to be ARRIVED before giving up its proof of delivery.
 _DELIVERY_WAIT_SECONDS = 60.0
@@ -195,7 +195,7 @@ class Sandbox:
 
     async def start(self) -> None:
         """Register and start the trucks, then the TMS and the command-centre hand."""
-        token = mint(carrier=self.config.carrier, scopes=_ALL_SCOPES, state_dir=self.mesh.state_dir,
+        token = mint(carrier=self.config.carrier, scopes=_TMS_SCOPES, state_dir=self.mesh.state_dir,
                      subject="sandbox-tms", ttl_seconds=24 * 3600)
         self._http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.mesh.http_port}", timeout=30,
                                        headers={"Authorization": f"Bearer {token}"})

@@ -38,7 +38,7 @@ from . import tenant_matrix
 
 ROOT = Path(__file__).resolve().parents[2]
 SCOPES = ("tender:create tender:read tender:update tender:cancel tender:respond mission:read mission:checkin "
-          "telemetry:read billing:read billing:reconcile webhook:read webhook:write vehicle:command")
+          "mission:exception telemetry:read billing:read billing:reconcile webhook:read webhook:write vehicle:command")
 
 #: Routes this matrix does not drive itself, and why (each is covered where named).
 DELEGATED = {
@@ -56,6 +56,8 @@ BODIES = {
     "RecordCheckIn": {"checkIn": {"point": "POINT_DEPARTURE", "outcome": "OUTCOME_PROCEED"}},
     "UpdateTender": {"specialInstructions": "dock 4"},
     "CreateVehicleCommand": {"stop": {"mode": "MODE_MINIMAL_RISK_STOP"}, "reason": "tenant matrix"},
+    "RaiseMissionException": {"exception": {"kind": "KIND_OTHER", "description": "tenant matrix"}},
+    "ResolveMissionException": {"exceptionId": "exc-1", "resolution": "tenant matrix"},
 }
 QUERIES = {"UpdateTender": {"updateMask": "specialInstructions"}}
 
@@ -227,6 +229,7 @@ async def _rest_matrix(mesh: Mesh, http: httpx.AsyncClient, owner: str, resource
 
 
 REST_ROUTES_WITH_AN_ID = {"GetRateCard", "GetQuote", "GetInvoice", "ReconcileInvoice", "GetMission", "RecordCheckIn",
+                          "RaiseMissionException", "ResolveMissionException",
                           "GetTender", "UpdateTender", "CancelTender", "AcceptTender", "DeclineTender",
                           "ExportEvidencePack", "CreateVehicleCommand", "GetVehicleCommand", "ListVehicleCommands"}
 

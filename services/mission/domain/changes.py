@@ -16,6 +16,12 @@ from services.runtime import (
     to_timestamp,
 )
 from services.runtime.lanes import Detour, LaneFacts
+from services.runtime.limits import (
+    MAX_COMMAND_EXCEPTION_ID,
+    MAX_EXCEPTION_DESCRIPTION,
+    MAX_EXCEPTION_RESOLUTION,
+    MAX_REROUTE_WAYPOINTS,
+)
 
 from .checkins import CheckInPolicy, departure_cleared, recorded_check_ins, refresh_check_in_due
 from .checks import raise_if, text_violations
@@ -163,9 +169,9 @@ def validate_exception(given: mission_pb2.MissionException) -> None:
              ("contingency", given.contingency, Contingency))
     problems += [FieldViolation(f"exception.{name}", f"unknown value {value}") for name, value, known in enums
                  if value and value not in {int(member) for member in known}]
-    problems += text_violations(given.description, 1000, "exception.description")
-    if len(given.reroute_waypoints) > 100:
-        problems.append(FieldViolation("exception.reroute_waypoints", "at most 100"))
+    problems += text_violations(given.description, MAX_EXCEPTION_DESCRIPTION, "exception.description")
+    if len(given.reroute_waypoints) > MAX_REROUTE_WAYPOINTS:
+        problems.append(FieldViolation("exception.reroute_waypoints", f"at most {MAX_REROUTE_WAYPOINTS}"))
     if given.reroute_waypoints and given.contingency not in (Contingency.REROUTE, 0):
         problems.append(FieldViolation("exception.reroute_waypoints", "only for REROUTE"))
     raise_if(problems)
@@ -227,12 +233,13 @@ def detour_for(mission: mission_pb2.Mission, given: mission_pb2.MissionException
 
 
 def _append(description: str, note: str) -> str:
-    return f"{description}; {note}"[:1000] if description else note[:1000]
+    limit = MAX_EXCEPTION_DESCRIPTION
+    return f"{description}; {note}"[:limit] if description else note[:limit]
 
 
 def validate_resolution(exception_id: str, resolution: str) -> None:
-    raise_if(text_violations(exception_id, 64, "exception_id", required=True)
-             + text_violations(resolution, 1000, "resolution", required=True))
+    raise_if(text_violations(exception_id, MAX_COMMAND_EXCEPTION_ID, "exception_id", required=True)
+             + text_violations(resolution, MAX_EXCEPTION_RESOLUTION, "resolution", required=True))
 
 
 def find_exception(mission: mission_pb2.Mission, exception_id: str) -> mission_pb2.MissionException:

@@ -2,8 +2,9 @@
 against a mesh of its own with the sandbox running, signed in through the dev login. What a person would check:
 the overview draws every region and passes axe; a tender created over REST appears on the board and is accepted
 there; a truck moves on the map as its frames arrive; a sensor fault shows in the queue and the minimal-risk stop
-sent from there reaches the simulated truck, which acknowledges it; a failed webhook is replayed; the KPI chart
-draws the report's figures. Each test saves a screenshot under build/screenshots/."""
+sent from there reaches the simulated truck, which acknowledges it; a takeover asked there is handed over and back
+by the truck; a failed webhook is replayed; the KPI chart draws the report's figures. Each test saves a screenshot
+under build/screenshots/."""
 
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ async def console_mesh(mesh_pki: Pki, tmp_path_factory: pytest.TempPathFactory) 
     other truck's load)."""
     config = SandboxConfig(carrier=CARRIER, trucks=2, scenarios=("clean", "sensor-fault"), tenders_per_minute=0.5,
                            speedup=60, frame_every_sim_seconds=2, scenario_at_sim_minutes=1,
-                           stop_hold_real_seconds=600, seed=3)
+                           stop_hold_real_seconds=600, takeover_hold_seconds=600, seed=3)
     async with running_mesh(mesh_pki, tmp_path_factory.mktemp("console-mesh"), env=WEBHOOK_ENV) as mesh:
         sandbox = Sandbox(mesh, config, say=lambda _line: None)
         await sandbox.start()
@@ -202,6 +203,38 @@ async def test_a_sensor_fault_is_queued_and_its_stop_reaches_the_truck(browser: 
                                 "s !== 'STATE_ACCEPTED' && s", timeout_seconds=30)
     await browser.screenshot("exception-queue-stop")
     assert state == "STATE_COMPLETED"  # the simulated truck acknowledged it: stopped
+
+
+async def test_a_takeover_asked_in_the_queue_reaches_the_truck_and_is_handed_back(browser: Browser,
+                                                                                   tms: httpx.AsyncClient) -> None:
+    """From the sensor fault's row: "Take over" raises a HUMAN_TAKEOVER exception (the truck is sent hand_over and
+    answers once the remote operator has control), "Hand back" resolves it (the truck is sent hand_back and drives
+    itself again); both steps confirmed, both recorded with the truck's times and the person's name."""
+    await browser.open("/console/exceptions")
+    take = "tr[data-kind='KIND_SENSOR_FAULT']:not([data-contingency='CONTINGENCY_HUMAN_TAKEOVER']) " \
+           "button[data-action='take-over']"
+    await browser.until(f"return document.querySelector(\"{take}\")", timeout_seconds=90)
+    mission = await browser.js(f"return document.querySelector(\"{take}\").dataset.mission")
+    await browser.click(take)
+    await browser.click(take)  # confirmed
+    control = f"tr[data-mission='{mission}'][data-contingency='CONTINGENCY_HUMAN_TAKEOVER'] [data-takeover]"
+    await browser.until(f"return document.querySelector(\"{control}\")?.textContent.includes('in control since')",
+                        timeout_seconds=30)
+    await browser.screenshot("exception-queue-takeover")
+    hand_back = f"tr[data-mission='{mission}'] button[data-action='hand-back']"
+    await browser.click(hand_back)
+    await browser.click(hand_back)
+
+    async def handed_back() -> dict | None:
+        current = (await tms.get(f"/api/v1/missions/{mission}")).json()
+        return next((e for e in current.get("exceptions", []) if e.get("takeover", {}).get("handBackTime")), None)
+    exception = await wait_for(handed_back, timeout_seconds=30)
+    takeover = exception["takeover"]
+    assert takeover["requestTime"] <= takeover["controlTime"] <= takeover["handBackRequestTime"] \
+        <= takeover["handBackTime"]
+    assert exception["raisedBy"].endswith("via haulmesh-console") and exception["resolvedBy"] == exception["raisedBy"]
+    # Handed back, the takeover leaves the queue (the sensor fault it answered stays until resolved).
+    await browser.until(f"return !document.querySelector(\"{control}\")", timeout_seconds=10)
 
 
 async def test_a_failed_webhook_is_replayed_from_the_log(browser: Browser, tms: httpx.AsyncClient) -> None:

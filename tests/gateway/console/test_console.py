@@ -11,8 +11,11 @@ import pytest
 from services.gateway.console.app import CSRF_HEADER, SESSION_COOKIE
 from services.runtime import Mesh
 
-from ..rest.conftest import error_info
+from ..rest import conftest as rest
+from ..rest.conftest import bearer, error_info
+from ..rest.test_rest import create, seed_tender
 
+token, vehicle = rest.token, rest.vehicle  # the REST tests' fixtures: a dev token, a truck at Houston
 REGION_TESTIDS = ("fleet-map", "tender-board", "mission-list", "exception-queue", "webhook-log", "kpi-report")
 
 
@@ -119,3 +122,41 @@ async def test_assets_are_served_from_a_fixed_list(browser: httpx.AsyncClient) -
     basemap = await browser.get("/console/vendor/us-states.geojson")
     assert basemap.status_code == 200, "make console-assets installs the basemap"
     assert basemap.json()["type"] == "FeatureCollection"
+
+
+async def test_the_command_centre_raises_a_takeover_and_hands_it_back(browser: httpx.AsyncClient, token,
+                                                                       vehicle: str) -> None:
+    """A fleet operator's session raises and resolves a mission's exceptions over REST (the console's rescue
+    actions), named as the person; a TMS user's session may not (its roles grant no ``mission:exception``)."""
+    carrier = f"console-{uuid.uuid4().hex[:8]}"
+    tms = token(carrier)
+    tender = (await create(browser, tms, seed_tender())).json()
+    accepted = await browser.post(f"/api/v1/{tender['name']}:accept", json={}, headers=bearer(tms))
+    mission = accepted.json()["mission"]
+    takeover = {"exception": {"kind": "KIND_CARGO", "severity": "SEVERITY_CRITICAL",
+                              "contingency": "CONTINGENCY_HUMAN_TAKEOVER", "description": "reefer alarm"}}
+    await dev_login(browser, "tms-user", carrier)
+    refused = await browser.post(f"/api/v1/{mission}:raiseException", json=takeover, headers={CSRF_HEADER: "1"})
+    assert refused.status_code == 403 and error_info(refused.json())["reason"] == "MISSING_SCOPE"
+
+    await dev_login(browser, "fleet-operator", carrier)
+    raised = await browser.post(f"/api/v1/{mission}:raiseException", json=takeover,
+                                headers={CSRF_HEADER: "1", "Idempotency-Key": f"takeover-{uuid.uuid4().hex}"})
+    assert raised.status_code == 200, raised.text
+    exception = raised.json()["exception"]
+    assert raised.json()["mission"]["state"] == "STATE_EXCEPTION"
+    assert exception["contingency"] == "CONTINGENCY_HUMAN_TAKEOVER" and exception["takeover"]["requestTime"]
+    assert exception["raisedBy"].endswith("via haulmesh-console"), exception
+    blank = await browser.post(f"/api/v1/{mission}:resolveException", headers={CSRF_HEADER: "1"},
+                               json={"exceptionId": exception["exceptionId"], "resolution": "  "})
+    assert blank.status_code == 400  # a resolution says how
+    resolved = await browser.post(f"/api/v1/{mission}:resolveException", headers={CSRF_HEADER: "1"},
+                                  json={"exceptionId": exception["exceptionId"], "resolution": "handed back"})
+    assert resolved.status_code == 200, resolved.text
+    after = resolved.json()["exception"]
+    assert after["resolvedBy"] == exception["raisedBy"] and after["takeover"]["handBackRequestTime"]
+    # Another carrier's session does not see the mission at all.
+    await dev_login(browser, "fleet-operator", f"other-{uuid.uuid4().hex[:8]}")
+    other = await browser.post(f"/api/v1/{mission}:resolveException", headers={CSRF_HEADER: "1"},
+                               json={"exceptionId": exception["exceptionId"], "resolution": "not mine"})
+    assert other.status_code == 404

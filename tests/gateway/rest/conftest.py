@@ -11,12 +11,12 @@ import pytest
 
 from haulmesh.mission.v1 import mission_service_pb2, mission_service_pb2_grpc, vehicle_pb2
 from haulmesh.type.v1 import equipment_pb2
+from services.gateway.rest.descriptors import load_api
 from services.runtime import Mesh
 from services.runtime.tokens import mint
 
 #: Every scope the annotated methods name (see the protos' "Scope:" sentences).
-ALL_SCOPES = ("tender:create tender:read tender:update tender:cancel tender:respond mission:read mission:checkin "
-              "telemetry:read billing:read billing:reconcile webhook:read webhook:write report:read vehicle:command")
+ALL_SCOPES = " ".join(sorted({m.scope for m in load_api().methods if m.scope}))
 
 
 @pytest.fixture(scope="session")

@@ -60,6 +60,8 @@ CROSS_FIELD: dict[str, tuple[str, ...]] = {
     # A command's expiry against the clock; a waypoint other than 0,0.
     "vehicle_command.expire_time": ("must be in the future", "at most 24 hours ahead"),
     "vehicle_command.reroute.waypoints": ("lat in [-90, 90] and lon in [-180, 180], not 0,0",),
+    # A mission exception's waypoints are a reroute's: with another contingency they mean nothing.
+    "exception.reroute_waypoints": ("only for REROUTE",),
     "tender.origin": ("required: (0, 0)",),
     "tender.destination": ("required: (0, 0)",),
 }

@@ -126,13 +126,18 @@ async function missionList(section) {
   fill(section, table("Missions", ["Load", "State", "Truck", "Lane", "ETA", "Open exceptions"], rows, "No missions yet."));
 }
 
-// --- rescue actions: a command to the truck, confirmed in a second step, followed until the truck answers ----
+// --- rescue actions: each confirmed in a second step, followed until the truck answers -------------------------
+// The queue is redrawn every few seconds: what a person has begun (an armed button, a form and its text) lives in
+// these maps, not in the DOM, so a redraw never drops it.
 
 const commands = new Map(); // "<vehicle>/<action>" → the VehicleCommand as last read
+const armed = new Map(); // button key → when its confirmation lapses (ms)
+const drafts = new Map(); // form field key → the text typed so far; present while the form is open
+const ARMED_MS = 10_000;
 const FINAL = new Set(["STATE_COMPLETED", "STATE_REJECTED", "STATE_FAILED", "STATE_EXPIRED"]);
-const ACTIONS = {
-  stop: { text: "Minimal-risk stop", body: { stop: { mode: "MODE_MINIMAL_RISK_STOP" } } },
-  resume: { text: "Resume", body: { resume: {} } },
+const COMMANDS = {
+  stop: { text: "Minimal-risk stop", body: () => ({ stop: { mode: "MODE_MINIMAL_RISK_STOP" } }) },
+  resume: { text: "Resume", body: () => ({ resume: {} }) },
 };
 
 async function follow(key, name) {
@@ -140,39 +145,158 @@ async function follow(key, name) {
     const command = await api(name.replace(/^\//, ""));
     commands.set(key, command);
     if (FINAL.has(command.state)) {
-      announce(`${label(Object.keys(ACTIONS).find((a) => command[a]) || "command")} ${label(command.state)} by ${idOf(key.split("/")[0])}`);
+      announce(`${label(key.split("/")[1])} ${label(command.state)} by ${key.split("/")[0]}`);
       return;
     }
     await new Promise((resolve) => setTimeout(resolve, 1000));
   }
 }
 
-function rescueButtons(vehicle, reason) {
+// A button that acts only on its second click within ARMED_MS (nothing is sent on one click).
+function confirmed(key, text, attributes, act) {
+  const isArmed = (armed.get(key) || 0) > Date.now();
+  const button = el("button", { type: "button", ...attributes, "data-confirm": isArmed ? "yes" : "no" },
+    isArmed ? `Confirm: ${text.toLowerCase()}` : text);
+  button.addEventListener("click", async () => {
+    if ((armed.get(key) || 0) <= Date.now()) {
+      armed.set(key, Date.now() + ARMED_MS);
+      button.dataset.confirm = "yes";
+      button.textContent = `Confirm: ${text.toLowerCase()}`;
+      return;
+    }
+    armed.delete(key);
+    button.disabled = true;
+    try {
+      await act();
+    } catch (error) {
+      announce(`${text} failed: ${error.message}`);
+      button.disabled = false;
+    }
+  });
+  return button;
+}
+
+async function sendCommand(vehicle, action, payload, reason) {
+  const key = `${vehicle}/${action}`;
+  const command = await api(`vehicles/${vehicle}/commands`, { method: "POST",
+    body: JSON.stringify({ ...payload, reason: `${reason} (console)`.slice(0, 500) }),
+    headers: { "Idempotency-Key": crypto.randomUUID() } });
+  commands.set(key, command);
+  announce(`${label(action)} sent to ${vehicle}: ${label(command.state)}`);
+  follow(key, command.name);
+}
+
+// "lat, lon" per line (or separated by ";") → Locations; an Error naming the first line that is not one.
+export function parseWaypoints(text) {
+  const points = text.split(/[\n;]+/).map((line) => line.trim()).filter(Boolean).map((line, i) => {
+    const match = line.match(/^(-?\d+(?:\.\d+)?)\s*[, ]\s*(-?\d+(?:\.\d+)?)$/);
+    const [lat, lon] = match ? [Number(match[1]), Number(match[2])] : [NaN, NaN];
+    if (!(Math.abs(lat) <= 90 && Math.abs(lon) <= 180) || (lat === 0 && lon === 0)) {
+      throw new Error(`waypoint ${i + 1} ("${line}") is not "latitude, longitude"`);
+    }
+    return { lat, lon };
+  });
+  if (!points.length || points.length > 100) throw new Error("give 1 to 100 waypoints, one \"latitude, longitude\" a line");
+  return points;
+}
+
+// A small form (one text field and a send button) whose text survives redraws.
+function draftForm(key, labelText, multiline, placeholder, send) {
+  const field = el(multiline ? "textarea" : "input", { id: key, name: key, placeholder, rows: multiline ? 3 : undefined,
+    "data-field": key.split("/").pop() });
+  field.value = drafts.get(key) || "";
+  field.addEventListener("input", () => drafts.set(key, field.value));
+  const problem = el("span", { class: "problem", role: "status" });
+  const form = el("form", { class: "rescue-form", "data-form": key.split("/").pop() },
+    el("label", { for: key }, labelText), field,
+    el("button", { type: "submit" }, "Send"),
+    el("button", { type: "button", onclick: () => { drafts.delete(key); refreshRegion("exception-queue"); } }, "Cancel"),
+    problem);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    try {
+      await send(field.value);
+      drafts.delete(key);
+      refreshRegion("exception-queue");
+    } catch (error) {
+      problem.textContent = error.message;
+    }
+  });
+  return form;
+}
+
+function opener(key, text, attributes) {
+  return el("button", { type: "button", ...attributes, onclick: async () => {
+    drafts.set(key, drafts.get(key) || "");
+    await refreshRegion("exception-queue");
+    document.getElementById(key)?.focus();
+  } }, text);
+}
+
+function takeoverState(e) {
+  const t = e.takeover || {};
+  if (t.handBackTime) return `handed back ${when(t.handBackTime)}`;
+  if (t.handBackRequestTime) return "hand-back asked, waiting for the truck";
+  if (t.controlTime) return `remote operator in control since ${when(t.controlTime)}`;
+  return "hand-over asked, waiting for the truck";
+}
+
+function rescueCell(m, e) {
   const cell = el("td", { class: "actions" });
-  if (!scopes.has("vehicle:command") || !vehicle) return cell;
-  for (const [action, { text, body: payload }] of Object.entries(ACTIONS)) {
-    const key = `${vehicle}/${action}`;
-    const sent = commands.get(key);
-    const button = el("button", { type: "button", "data-action": action, "data-vehicle": vehicle }, text);
-    button.addEventListener("click", async () => {
-      if (button.dataset.confirm !== "yes") { // the second step: nothing is sent on one click
-        button.dataset.confirm = "yes";
-        button.textContent = `Confirm: ${text.toLowerCase()} ${vehicle}`;
-        return;
+  const vehicle = idOf(m.vehicle);
+  const mission = idOf(m.name);
+  const reason = `${label(e.kind)} on ${mission}`;
+  const takeover = e.contingency === "CONTINGENCY_HUMAN_TAKEOVER";
+  if (scopes.has("vehicle:command") && vehicle) {
+    for (const [action, { text, body: payload }] of Object.entries(COMMANDS)) {
+      cell.append(confirmed(`${vehicle}/${action}`, text, { "data-action": action, "data-vehicle": vehicle },
+        () => sendCommand(vehicle, action, payload(), reason)));
+    }
+    const key = `${mission}/${e.exceptionId}/waypoints`;
+    if (drafts.has(key)) {
+      cell.append(draftForm(key, `Reroute ${vehicle} through (latitude, longitude per line, ending at the next stop)`, true,
+        "33.52, -86.80", (text) => sendCommand(vehicle, "reroute",
+          { reroute: { waypoints: parseWaypoints(text), exceptionId: e.exceptionId } }, reason)));
+    } else {
+      cell.append(opener(key, "Reroute…", { "data-action": "reroute", "data-vehicle": vehicle }));
+    }
+  }
+  if (scopes.has("mission:exception")) {
+    if (takeover) {
+      cell.append(el("span", { class: "takeover-state", "data-takeover": e.exceptionId }, takeoverState(e)));
+      if (!e.resolveTime) cell.append(confirmed(`${mission}/${e.exceptionId}/hand-back`, "Hand back", { "data-action": "hand-back", "data-mission": mission },
+        async () => {
+          await api(`missions/${mission}:resolveException`, { method: "POST",
+            body: JSON.stringify({ exceptionId: e.exceptionId, resolution: "handed back to the autonomy stack (console)" }) });
+          announce(`Hand-back asked of ${vehicle}`);
+          refreshRegion("exception-queue");
+        }));
+    } else {
+      cell.append(confirmed(`${mission}/${e.exceptionId}/take-over`, "Take over", { "data-action": "take-over", "data-mission": mission },
+        async () => {
+          const raised = await api(`missions/${mission}:raiseException`, { method: "POST",
+            headers: { "Idempotency-Key": crypto.randomUUID() },
+            body: JSON.stringify({ exception: { kind: e.kind, severity: "SEVERITY_CRITICAL", contingency: "CONTINGENCY_HUMAN_TAKEOVER",
+              description: `remote operator takes over (${label(e.kind)}, ${e.exceptionId})` } }) });
+          announce(`Takeover of ${vehicle} asked (${raised.exception?.exceptionId})`);
+          refreshRegion("exception-queue");
+        }));
+      const key = `${mission}/${e.exceptionId}/resolution`;
+      if (drafts.has(key)) {
+        cell.append(draftForm(key, `How was ${label(e.kind)} on ${vehicle} resolved?`, false, "cleared by the command centre",
+          async (text) => {
+            if (!text.trim()) throw new Error("say how it was resolved");
+            await api(`missions/${mission}:resolveException`, { method: "POST",
+              body: JSON.stringify({ exceptionId: e.exceptionId, resolution: `${text.trim()} (console)`.slice(0, 1000) }) });
+            announce(`${label(e.kind)} on ${vehicle} resolved`);
+          }));
+      } else {
+        cell.append(opener(key, "Resolve…", { "data-action": "resolve", "data-mission": mission }));
       }
-      button.disabled = true;
-      try {
-        const command = await api(`vehicles/${vehicle}/commands`, { method: "POST",
-          body: JSON.stringify({ ...payload, reason: `${reason} (console)` }), headers: { "Idempotency-Key": crypto.randomUUID() } });
-        commands.set(key, command);
-        announce(`${text} sent to ${vehicle}: ${label(command.state)}`);
-        follow(key, command.name);
-      } catch (error) {
-        announce(`${text} for ${vehicle} failed: ${error.message}`);
-        button.disabled = false;
-      }
-    });
-    cell.append(button);
+    }
+  }
+  for (const action of [...Object.keys(COMMANDS), "reroute"]) {
+    const sent = commands.get(`${vehicle}/${action}`);
     if (sent) cell.append(el("span", { class: "command-state", "data-command-state": sent.state, "data-command": action }, ` ${action}: ${label(sent.state)}`));
   }
   return cell;
@@ -180,11 +304,12 @@ function rescueButtons(vehicle, reason) {
 
 const seenExceptions = new Set();
 async function exceptionQueue(section) {
+  if (section.contains(document.activeElement) && document.activeElement.matches("input, textarea")) return; // typing
   const list = await missions();
   const open = [];
   const due = [];
   for (const m of list) {
-    for (const e of m.exceptions || []) if (!e.resolveTime) open.push([m, e]);
+    for (const e of m.exceptions || []) if (!e.resolveTime || (e.takeover && !e.takeover.handBackTime)) open.push([m, e]);
     const requirement = m.checkInRequirement;
     if (requirement?.required && requirement.nextDueTime) due.push([m, requirement]);
   }
@@ -193,7 +318,8 @@ async function exceptionQueue(section) {
     announce(`New exception: ${fresh.map(([m, e]) => `${label(e.kind)} on ${idOf(m.vehicle)}`).join("; ")}`);
   }
   for (const [m, e] of open) seenExceptions.add(`${m.name}/${e.exceptionId}`);
-  const rows = open.map(([m, e]) => el("tr", { "data-exception": e.exceptionId, "data-kind": e.kind },
+  const rows = open.map(([m, e]) => el("tr", { "data-exception": e.exceptionId, "data-kind": e.kind, "data-mission": idOf(m.name),
+    "data-contingency": e.contingency },
     el("td", {}, when(e.raiseTime)),
     el("td", {}, el("a", { href: `/console/missions/${idOf(m.name)}` }, idOf(m.name))),
     el("td", {}, idOf(m.vehicle)),
@@ -201,7 +327,7 @@ async function exceptionQueue(section) {
     el("td", {}, label(e.severity)),
     el("td", {}, label(e.contingency)),
     el("td", {}, e.description || ""),
-    rescueButtons(idOf(m.vehicle), `${label(e.kind)} on ${idOf(m.name)}`)));
+    rescueCell(m, e)));
   const dueRows = due.map(([m, r]) => el("tr", { "data-check-in-due": idOf(m.name) },
     el("td", {}, el("a", { href: `/console/missions/${idOf(m.name)}` }, idOf(m.name))),
     el("td", {}, when(r.nextDueTime)),
@@ -337,6 +463,12 @@ const REGIONS = {
   "mission-timeline": missionTimeline,
   "fleet-map": async (section) => (await import("/console/assets/map.js")).fleetMap(section),
 };
+
+// Redraw a region now, from fresh data (after a change the person made).
+function refreshRegion(region) {
+  missionsCache = { at: 0, missions: [] };
+  return Promise.all([...document.querySelectorAll(`section[data-region="${region}"]`)].map(refresh));
+}
 
 async function refresh(section) {
   try {
