@@ -190,6 +190,24 @@ async def test_a_truck_moves_on_the_map_as_frames_arrive(browser: Browser) -> No
     await browser.screenshot("fleet-map")
 
 
+async def test_a_missions_timeline_shows_its_frames_as_they_arrive(browser: Browser, tms: httpx.AsyncClient) -> None:
+    mission = await wait_for(lambda: _enroute(tms), timeout_seconds=60)
+    await browser.open(f"/console/missions/{mission}")
+    newest = "return Math.max(0, ...[...document.querySelectorAll('.live-frames tr[data-sequence]')]" \
+             ".map(r => Number(r.dataset.sequence)))"
+    first = await browser.until(newest, timeout_seconds=30)
+    later = await browser.until(f"const n = (() => {{ {newest} }})(); return n > {first} && n", timeout_seconds=30)
+    assert later > first
+    await browser.screenshot("mission-timeline")
+
+
+async def _enroute(tms: httpx.AsyncClient) -> str | None:
+    """A mission of the clean truck, driving (the other may stand on the shoulder: no new frames there)."""
+    listed = (await tms.get("/api/v1/missions")).json().get("missions", [])
+    return next((m["name"].split("/")[-1] for m in listed if m["state"] == "STATE_ENROUTE"
+                 and not any(e["kind"] == "KIND_SENSOR_FAULT" for e in m.get("exceptions", []))), None)
+
+
 async def test_a_sensor_fault_is_queued_and_its_stop_reaches_the_truck(browser: Browser) -> None:
     await browser.open("/console/exceptions")
     fault = "tr[data-kind='KIND_SENSOR_FAULT'] button[data-action='stop']"

@@ -339,6 +339,54 @@ async function exceptionQueue(section) {
     table("Check-ins due", ["Mission", "Due", "Status"], dueRows, "No check-ins due."));
 }
 
+// Live frames of the mission shown: the last minute's, then each as it is stored (one SSE stream a page).
+const LIVE_FRAMES = 20;
+const liveFrames = [];
+let framesBox;
+let framesStream;
+const ACTIVE_STATES = new Set(["STATE_DISPATCHED", "STATE_PRE_TRIP", "STATE_ENROUTE", "STATE_EXCEPTION", "STATE_ARRIVED"]);
+
+function frameRow(frame) {
+  const f = frame.telemetryFrame || frame;
+  const p = f.payload || {};
+  const where = p.position ? `${p.position.lat.toFixed(4)}, ${p.position.lon.toFixed(4)} at ${Math.round(p.position.speedKph || 0)} km/h` : "";
+  const detail = p.event ? `${p.event.code} ${p.event.detail || ""}` : p.alarm ? `${p.alarm.code || ""} ${p.alarm.description || ""}` : p.vehicleState || "";
+  const late = f.receiveTime && p.deviceTime ? (new Date(f.receiveTime) - new Date(p.deviceTime)) / 1000 : 0;
+  return el("tr", { "data-sequence": p.sequence },
+    el("td", {}, when(p.deviceTime)), el("td", {}, String(p.sequence || "")), el("td", {}, label(p.kind)),
+    el("td", {}, where), el("td", {}, detail.trim()),
+    el("td", {}, late > 30 ? `${Math.round(late)} s late (replayed from the truck's spool)` : "live"));
+}
+
+function drawFrames() {
+  framesBox.replaceChildren(table("Live frames", ["Taken", "Sequence", "Kind", "Position", "Detail", "Received"],
+    liveFrames.slice().reverse().map(frameRow), "No frames in the last minute; waiting for the next one."));
+  framesBox.dataset.frames = String(liveFrames.length);
+}
+
+function keep(frame) {
+  const f = frame.telemetryFrame || frame;
+  const sequence = Number(f.payload?.sequence || 0);
+  if (liveFrames.some((x) => Number(x.payload?.sequence) === sequence)) return;
+  liveFrames.push(f);
+  liveFrames.sort((a, b) => Number(a.payload?.sequence) - Number(b.payload?.sequence));
+  liveFrames.splice(0, Math.max(0, liveFrames.length - LIVE_FRAMES));
+}
+
+async function followFrames(id) {
+  framesBox = el("div", { class: "live-frames", "data-frames": "0" });
+  const since = new Date(Date.now() - 60e3).toISOString();
+  const { telemetryFrames: recent = [] } = await api(`missions/${id}/telemetryFrames?pageSize=200&startTime=${encodeURIComponent(since)}`);
+  recent.forEach(keep);
+  drawFrames();
+  const after = liveFrames.length ? liveFrames[liveFrames.length - 1].payload.sequence : 0;
+  framesStream = new EventSource(`/api/v1/missions/${id}:watchTelemetry${after ? `?afterSequence=${after}` : ""}`);
+  framesStream.addEventListener("telemetryFrame", (event) => {
+    keep(JSON.parse(event.data));
+    drawFrames();
+  });
+}
+
 async function missionTimeline(section) {
   const id = body.dataset.mission;
   const m = await api(`missions/${id}`);
@@ -354,8 +402,11 @@ async function missionTimeline(section) {
     add(s.departTime, `departed ${label(s.type)}`);
   }
   for (const e of m.exceptions || []) {
-    add(e.raiseTime, `exception: ${label(e.kind)}`, `${label(e.contingency)} ${e.description || ""}`);
-    add(e.resolveTime, `exception resolved: ${label(e.kind)}`, e.resolution || "");
+    add(e.raiseTime, `exception: ${label(e.kind)}`, `${label(e.contingency)} ${e.description || ""} (${e.raisedBy || ""})`);
+    add(e.takeover?.controlTime, "remote operator in control", `the truck confirmed the hand-over (${e.exceptionId})`);
+    add(e.takeover?.handBackRequestTime, "hand-back asked", e.exceptionId);
+    add(e.takeover?.handBackTime, "autonomy stack in control again", `the truck confirmed the hand-back (${e.exceptionId})`);
+    add(e.resolveTime, `exception resolved: ${label(e.kind)}`, `${e.resolution || ""} (${e.resolvedBy || ""})`);
   }
   for (const c of m.checkIns || []) add(c.recordTime, `check-in: ${label(c.point)}`, `${label(c.outcome)} ${c.notes || ""}`);
   add(m.endTime, label(m.state), m.stateReason || "");
@@ -370,7 +421,13 @@ async function missionTimeline(section) {
   if (scopes.has("billing:read")) {
     links.push(el("p", {}, el("a", { href: `/api/v1/missions/${id}:exportEvidencePack` }, "Download the evidence pack")));
   }
-  fill(section, facts, ...links, table("Timeline", ["When", "What", "Detail"], rows, "Nothing yet."));
+  const live = [];
+  if (scopes.has("telemetry:read") && m.vehicle) {
+    if (!framesBox) await followFrames(id);
+    if (!ACTIVE_STATES.has(m.state)) framesStream?.close(); // a finished mission's stream ends; its frames stay
+    live.push(el("h3", {}, "Live frames"), framesBox);
+  }
+  fill(section, facts, ...links, table("Timeline", ["When", "What", "Detail"], rows, "Nothing yet."), ...live);
 }
 
 // --- webhooks -----------------------------------------------------------------------------------------------
