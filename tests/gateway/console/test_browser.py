@@ -305,7 +305,16 @@ async def test_the_kpi_chart_draws_the_reports_figures(browser: Browser, tms: ht
 
 def test_the_readme_shows_a_screenshot_these_tests_take() -> None:
     """The README's picture of the console is build/screenshots/console-overview.png as the overview test saves it,
-    committed as docs/images/console-overview.png (copy it again when the console's look changes)."""
+    committed as docs/images/console-overview.png (copy it again when the console's look changes): a PNG the README
+    names, of the size the browser here draws (when the overview test ran first, as it does in this module)."""
     committed = ROOT / "docs" / "images" / "console-overview.png"
-    assert committed.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", "docs/images/console-overview.png is not a PNG"
     assert "docs/images/console-overview.png" in (ROOT / "README.md").read_text()
+    assert committed.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", "docs/images/console-overview.png is not a PNG"
+    taken = SCREENSHOTS / "console-overview.png"
+    if taken.exists():
+        assert _png_size(committed) == _png_size(taken), "the README's screenshot is not this browser's overview"
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    header = path.read_bytes()[16:24]  # IHDR's width and height, big-endian
+    return int.from_bytes(header[:4], "big"), int.from_bytes(header[4:], "big")
