@@ -67,6 +67,7 @@ def _shell(title: str, body: str, *, data: dict[str, str], user: ConsoleUser | N
 {who}
 </header>
 <div id="announcer" class="visually-hidden" role="status" aria-live="polite"></div>
+<ul id="alerts" class="alerts" aria-live="assertive" aria-label="Alerts"></ul>
 <main id="main">
 <h1>{html.escape(title)}</h1>
 {body}

@@ -3,8 +3,8 @@ against a mesh of its own with the sandbox running, signed in through the dev lo
 the overview draws every region and passes axe; a tender created over REST appears on the board and is accepted
 there; a truck moves on the map as its frames arrive; a sensor fault shows in the queue and the minimal-risk stop
 sent from there reaches the simulated truck, which acknowledges it; a takeover asked there is handed over and back
-by the truck; a failed webhook is replayed; the KPI chart draws the report's figures. Each test saves a screenshot
-under build/screenshots/."""
+by the truck; a new exception alerts any page; a failed webhook is replayed; the KPI chart draws the report's
+figures. Each test saves a screenshot under build/screenshots/."""
 
 from __future__ import annotations
 
@@ -225,11 +225,13 @@ async def test_a_sensor_fault_is_queued_and_its_stop_reaches_the_truck(browser: 
 
 async def test_a_takeover_asked_in_the_queue_reaches_the_truck_and_is_handed_back(browser: Browser,
                                                                                    tms: httpx.AsyncClient) -> None:
-    """From the sensor fault's row: "Take over" raises a HUMAN_TAKEOVER exception (the truck is sent hand_over and
+    """From a sensor fault's row: "Take over" raises a HUMAN_TAKEOVER exception (the truck is sent hand_over and
     answers once the remote operator has control), "Hand back" resolves it (the truck is sent hand_back and drives
     itself again); both steps confirmed, both recorded with the truck's times and the person's name."""
     await browser.open("/console/exceptions")
-    take = "tr[data-kind='KIND_SENSOR_FAULT']:not([data-contingency='CONTINGENCY_HUMAN_TAKEOVER']) " \
+    # From the lidar's failure (the truck stopped on the shoulder): before it, the scenario's fault is still growing
+    # and its own minimal-risk stop would take the truck out of the remote operator's hands.
+    take = "tr[data-kind='KIND_SENSOR_FAULT'][data-contingency='CONTINGENCY_MINIMAL_RISK_STOP'] " \
            "button[data-action='take-over']"
     await browser.until(f"return document.querySelector(\"{take}\")", timeout_seconds=90)
     mission = await browser.js(f"return document.querySelector(\"{take}\").dataset.mission")
@@ -246,13 +248,37 @@ async def test_a_takeover_asked_in_the_queue_reaches_the_truck_and_is_handed_bac
     async def handed_back() -> dict | None:
         current = (await tms.get(f"/api/v1/missions/{mission}")).json()
         return next((e for e in current.get("exceptions", []) if e.get("takeover", {}).get("handBackTime")), None)
-    exception = await wait_for(handed_back, timeout_seconds=30)
+    try:
+        exception = await wait_for(handed_back, timeout_seconds=30)
+    except TimeoutError:
+        current = (await tms.get(f"/api/v1/missions/{mission}")).json()
+        raise AssertionError(f"no hand-back confirmed: {current.get('exceptions')}") from None
     takeover = exception["takeover"]
     assert takeover["requestTime"] <= takeover["controlTime"] <= takeover["handBackRequestTime"] \
         <= takeover["handBackTime"]
     assert exception["raisedBy"].endswith("via haulmesh-console") and exception["resolvedBy"] == exception["raisedBy"]
     # Handed back, the takeover leaves the queue (the sensor fault it answered stays until resolved).
     await browser.until(f"return !document.querySelector(\"{control}\")", timeout_seconds=10)
+
+
+async def test_a_new_exception_alerts_whatever_page_is_open(browser: Browser, tms: httpx.AsyncClient) -> None:
+    await browser.open("/console/webhooks")  # a page without the queue
+    await browser.until(REGIONS_LOADED)
+    listed = (await tms.get("/api/v1/missions", params={"filter": 'state = "STATE_EXCEPTION"'})).json()["missions"]
+    mission = listed[0]["name"]
+    await asyncio.sleep(3.5)  # one look at the missions as they were: what was open then is not new
+    raised = await tms.post(f"/api/v1/{mission}:raiseException", json={"exception": {
+        "kind": "KIND_CARGO", "contingency": "CONTINGENCY_CONTINUE", "description": "seal number mismatch"}})
+    assert raised.status_code == 200, raised.text
+    exception = raised.json()["exception"]["exceptionId"]
+    try:
+        alert = await browser.until("return [...document.querySelectorAll('#alerts li')].map(li => li.textContent)"
+                                    ".find(t => t.includes('cargo on'))", timeout_seconds=15)
+        assert "New exception:" in alert and listed[0]["vehicle"].split("/")[-1] in alert
+        await browser.screenshot("alert-new-exception")
+    finally:
+        await tms.post(f"/api/v1/{mission}:resolveException", json={"exceptionId": exception,
+                                                                      "resolution": "seal checked at the shoulder"})
 
 
 async def test_a_failed_webhook_is_replayed_from_the_log(browser: Browser, tms: httpx.AsyncClient) -> None:

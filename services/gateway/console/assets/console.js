@@ -28,6 +28,18 @@ export function announce(text) {
   if (live) live.textContent = text;
 }
 
+// A fact that needs someone now (a new exception, an overdue check-in): shown at the top of every page until
+// dismissed, the newest five kept.
+const MAX_ALERTS = 5;
+export function raiseAlert(text) {
+  const list = document.getElementById("alerts");
+  if (!list) return;
+  const item = el("li", { "data-alert": "" }, el("span", {}, `${new Date().toLocaleTimeString()} · ${text}`),
+    el("button", { type: "button", onclick: () => item.remove() }, "Dismiss"));
+  list.prepend(item);
+  while (list.children.length > MAX_ALERTS) list.lastElementChild.remove();
+}
+
 export function el(tag, attributes = {}, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(attributes)) {
@@ -100,8 +112,19 @@ async function tenderBoard(section) {
       el("td", {}, t.offer ? `${t.offer.riskScore}${risk ? `: ${risk}` : ""}` : (t.stateReason || "")),
       actions);
   });
-  fill(section, table("Tenders", ["Load", "State", "Lane", "Price", "Risk", ""], rows, "No tenders yet."));
+  const headings = ["Load", "State", "Lane", "Price", "Risk", ""];
+  if (!full(section)) {
+    fill(section, table("Tenders", headings, rows, "No tenders yet."));
+    return;
+  }
+  // The board: one column of work per state, those waiting for an answer first.
+  const groups = TENDER_STATES.map((state) => [state, rows.filter((r) => r.dataset.state === state)]).filter(([, r]) => r.length);
+  fill(section, ...(groups.length ? groups.flatMap(([state, r]) => [
+    el("h3", { "data-group": state }, `${label(state)} (${r.length})`), table(`Tenders ${label(state)}`, headings, r, "")])
+    : [el("p", { class: "empty" }, "No tenders yet.")]));
 }
+const TENDER_STATES = ["STATE_OFFERED", "STATE_PENDING", "STATE_ACCEPTED", "STATE_DISPATCH_FAILED", "STATE_DECLINED",
+  "STATE_REJECTED", "STATE_LAPSED", "STATE_CANCELLED", "STATE_UNSPECIFIED"];
 
 // --- missions and exceptions --------------------------------------------------------------------------------
 
@@ -303,9 +326,12 @@ function rescueCell(m, e) {
 }
 
 const seenExceptions = new Set();
-async function exceptionQueue(section) {
-  if (section.contains(document.activeElement) && document.activeElement.matches("input, textarea")) return; // typing
-  const list = await missions();
+const seenEscalations = new Set();
+let primed = false; // the exceptions open when the page loaded are shown, not alerted
+
+// The open exceptions (a takeover stays until the truck confirms the hand-back) and the check-ins due; alerts for
+// what is new since the last look. Every page runs it (start), so an alert reaches whoever has the console open.
+function triage(list) {
   const open = [];
   const due = [];
   for (const m of list) {
@@ -314,10 +340,22 @@ async function exceptionQueue(section) {
     if (requirement?.required && requirement.nextDueTime) due.push([m, requirement]);
   }
   const fresh = open.filter(([m, e]) => !seenExceptions.has(`${m.name}/${e.exceptionId}`));
-  if (seenExceptions.size && fresh.length) {
-    announce(`New exception: ${fresh.map(([m, e]) => `${label(e.kind)} on ${idOf(m.vehicle)}`).join("; ")}`);
+  if (primed && fresh.length) {
+    raiseAlert(`New exception: ${fresh.map(([m, e]) => `${label(e.kind)} on ${idOf(m.vehicle)}`).join("; ")}`);
   }
   for (const [m, e] of open) seenExceptions.add(`${m.name}/${e.exceptionId}`);
+  primed = true;
+  const overdue = due.filter(([m, r]) => r.escalateTime && !seenEscalations.has(`${m.name}/${r.escalateTime}`));
+  if (overdue.length) {
+    raiseAlert(`Check-in overdue: ${overdue.map(([m]) => `${idOf(m.vehicle)} (${idOf(m.name)})`).join("; ")}`);
+    for (const [m, r] of overdue) seenEscalations.add(`${m.name}/${r.escalateTime}`);
+  }
+  return { open, due };
+}
+
+async function exceptionQueue(section) {
+  if (section.contains(document.activeElement) && document.activeElement.matches("input, textarea")) return; // typing
+  const { open, due } = triage(await missions());
   const rows = open.map(([m, e]) => el("tr", { "data-exception": e.exceptionId, "data-kind": e.kind, "data-mission": idOf(m.name),
     "data-contingency": e.contingency },
     el("td", {}, when(e.raiseTime)),
@@ -328,10 +366,10 @@ async function exceptionQueue(section) {
     el("td", {}, label(e.contingency)),
     el("td", {}, e.description || ""),
     rescueCell(m, e)));
-  const dueRows = due.map(([m, r]) => el("tr", { "data-check-in-due": idOf(m.name) },
+  const dueRows = due.map(([m, r]) => el("tr", { "data-check-in-due": idOf(m.name), class: r.escalateTime ? "overdue" : "" },
     el("td", {}, el("a", { href: `/console/missions/${idOf(m.name)}` }, idOf(m.name))),
     el("td", {}, when(r.nextDueTime)),
-    el("td", {}, r.escalateTime ? "overdue: escalated" : "due")));
+    el("td", {}, r.escalateTime ? `overdue: escalated ${when(r.escalateTime)}` : "due")));
   fill(section,
     table("Open exceptions", ["Raised", "Mission", "Truck", "Kind", "Severity", "Contingency", "Description", "Rescue"], rows,
       "No open exceptions."),
@@ -467,8 +505,17 @@ async function webhookLog(section) {
         el("td", {}, d.replayOf ? `replay of ${idOf(d.replayOf)}` : ""), actions));
     }
   }
-  fill(section, table("Webhook deliveries", ["Created", "Subscription", "Event", "State", "Attempts", "", ""], rows,
-    subs.length ? "No deliveries yet." : "No webhook subscriptions."));
+  const deliveries = table("Webhook deliveries", ["Created", "Subscription", "Event", "State", "Attempts", "", ""], rows,
+    subs.length ? "No deliveries yet." : "No webhook subscriptions.");
+  if (!full(section)) {
+    fill(section, deliveries);
+    return;
+  }
+  const subscriptions = table("Webhook subscriptions", ["Subscription", "URL", "Events", "State", "Created"],
+    subs.map((sub) => el("tr", { "data-subscription": idOf(sub.name), "data-state": sub.state },
+      el("td", {}, sub.displayName || idOf(sub.name)), el("td", {}, sub.url || ""), el("td", {}, (sub.eventTypes || []).join(", ")),
+      el("td", {}, label(sub.state)), el("td", {}, when(sub.createTime)))), "No webhook subscriptions.");
+  fill(section, el("h3", {}, "Subscriptions"), subscriptions, el("h3", {}, "Deliveries"), deliveries);
 }
 
 // --- KPIs ---------------------------------------------------------------------------------------------------
@@ -540,6 +587,11 @@ async function start() {
   await Promise.all(sections.map(refresh));
   const polled = sections.filter((s) => !["fleet-map", "kpi-report"].includes(s.dataset.region));
   setInterval(() => polled.forEach(refresh), REFRESH_MS);
+  if (!sections.some((s) => s.dataset.region === "exception-queue") && scopes.has("mission:read")) {
+    const look = () => missions().then(triage).catch(() => {}); // alerts only; the page's own regions report errors
+    look();
+    setInterval(look, REFRESH_MS);
+  }
 }
 
 if (body.dataset.page !== "sign-in" && body.dataset.page !== "problem") start();
