@@ -542,17 +542,27 @@ async function kpiReport(section) {
   const lanes = rows.map((r) => `${r.lane?.originRegion || "?"} → ${r.lane?.destinationRegion || "?"}`);
   const series = [["Completed", "missionsCompleted"], ["In progress", "missionsInProgress"], ["Aborted", "missionsAborted"],
     ["Minimal-risk stops", "minimalRiskStops"], ["Takeovers", "takeovers"]];
-  const canvas = el("canvas", { role: "img", "aria-label": "Missions per lane, by outcome (the table below has the figures)" });
-  const figures = table("KPIs per lane", ["Lane", ...series.map((s) => s[0]), "On-time"], rows.map((r, i) =>
+  // Rates in percent; a rate the report could not compute (no arrivals yet, no frames) stays a gap, not a zero.
+  const rates = [["Success", "successRate"], ["On-time arrival", "onTimeArrivalRate"], ["Packet loss", "packetLossRatio"]];
+  const percent = (value) => (value === undefined || value === null ? null : Math.round(value * 1000) / 10);
+  const counts = el("canvas", { role: "img", "aria-label": "Missions per lane, by outcome (the table below has the figures)" });
+  const ratios = el("canvas", { role: "img", "aria-label": "Success, on-time arrival and packet loss per lane, in percent (the table below has the figures)" });
+  const figures = table("KPIs per lane", ["Lane", ...series.map((x) => x[0]), ...rates.map((x) => `${x[0]} %`), "Freshness p95",
+    "Cost per mile"], rows.map((r, i) =>
     el("tr", {}, el("td", {}, lanes[i]), series.map(([, key]) => el("td", {}, String(r[key] || 0))),
-      el("td", {}, r.onTimeArrivalRate === undefined ? "—" : `${Math.round(r.onTimeArrivalRate * 100)} %`))),
+      rates.map(([, key]) => el("td", {}, percent(r[key]) === null ? "—" : `${percent(r[key])} %`)),
+      el("td", {}, r.telemetryFreshnessP95 || "—"), el("td", {}, money(r.measuredCostPerMile) || "—"))),
   "No missions in the last 30 days.");
-  fill(section, el("div", { class: "chart" }, canvas), figures);
+  fill(section, el("div", { class: "charts" }, el("div", { class: "chart" }, counts), el("div", { class: "chart" }, ratios)), figures);
   const Chart = await loadChart();
-  const chart = section.chart;
-  const data = { labels: lanes, datasets: series.map(([name, key]) => ({ label: name, data: rows.map((r) => r[key] || 0) })) };
-  if (chart) chart.destroy();
-  section.chart = new Chart(canvas, { type: "bar", data, options: { animation: false, responsive: true, maintainAspectRatio: false } });
+  for (const chart of section.charts || []) chart.destroy();
+  const options = { animation: false, responsive: true, maintainAspectRatio: false };
+  section.charts = [
+    new Chart(counts, { type: "bar", options, data: { labels: lanes,
+      datasets: series.map(([name, key]) => ({ label: name, data: rows.map((r) => r[key] || 0) })) } }),
+    new Chart(ratios, { type: "bar", options: { ...options, scales: { y: { min: 0, max: 100, title: { display: true, text: "%" } } } },
+      data: { labels: lanes, datasets: rates.map(([name, key]) => ({ label: name, data: rows.map((r) => percent(r[key])) })) } }),
+  ];
   section.dataset.chart = "drawn";
 }
 
