@@ -22,7 +22,8 @@ self-checks before departing, and FAULT / ALARM / EVENT frames when a scenario s
 
 Under remote control the autonomy stack does not drive: the truck answers ``hand_over`` ACCEPTED once the human has
 control and ``hand_back`` COMPLETED once it drives itself again (EVENT frames ``takeover_started`` and
-``takeover_ended`` mark both in its telemetry); a reroute received meanwhile waits for the hand-back.
+``takeover_ended`` mark both in its telemetry); a reroute received meanwhile waits for the hand-back; a stop is
+refused (the remote operator stops the truck), and a sensor failure engages no minimal-risk condition of its own.
 
 Device time is the real clock, not the simulated one: frames from the future would be rejected for clock
 skew. Simulated seconds only decide where the truck is; at ``--speedup 60`` it sends 60 frames per real
@@ -254,6 +255,8 @@ class Simulation:
                 return outcome.OUTCOME_REJECTED, "the reroute has no usable waypoints"
             return outcome.OUTCOME_COMPLETED, f"following {len(self._reroute)} new waypoints"
         if which == "stop":
+            if self.truck.state == REMOTE_CONTROL:  # the human drives until the hand-back; a stop is theirs to make
+                return outcome.OUTCOME_REJECTED, "under remote control: the remote operator stops the truck"
             self.truck.speed_kph, self.truck.state = 0.0, "stopped"
             self._stop_deadline = self.report.simulated_seconds + self.stop_hold_seconds
             return outcome.OUTCOME_COMPLETED, "stopped"
@@ -391,12 +394,13 @@ class Simulation:
                 truck.sensors["lidar_status"] = "fault"
                 await self._alarm(KIND.KIND_FAULT, "LIDAR_FAILURE", SEVERITY.SEVERITY_CRITICAL, "lidar_front_left",
                                   "front-left lidar failed")
-                truck.state, truck.speed_kph = "minimal_risk_stop", 0.0
-                await self._alarm(KIND.KIND_ALARM, "MRC_ENGAGED", SEVERITY.SEVERITY_CRITICAL, "",
-                                  "minimal-risk condition: stopped on the shoulder")
-                # On the shoulder until the command centre's stop confirms it and an operator's resume (the
-                # console's rescue action) sends it on, or the hold runs out and the run ends there.
-                self._stop_deadline = second + self.stop_hold_seconds
+                if truck.state != REMOTE_CONTROL:  # a remote operator at the wheel handles it: no MRC of its own
+                    truck.state, truck.speed_kph = "minimal_risk_stop", 0.0
+                    await self._alarm(KIND.KIND_ALARM, "MRC_ENGAGED", SEVERITY.SEVERITY_CRITICAL, "",
+                                      "minimal-risk condition: stopped on the shoulder")
+                    # On the shoulder until the command centre's stop confirms it and an operator's resume (the
+                    # console's rescue action) sends it on, or the hold runs out and the run ends there.
+                    self._stop_deadline = second + self.stop_hold_seconds
         elif name == "connectivity-loss" and at == OUTAGE_AT and self.link:
             self.link.cut_link(self.scenario.minutes * 60 / self.speedup)
         elif name == "edge-crash" and at == CRASH_AT and not self._progress.crashed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -175,6 +176,34 @@ async def test_a_moving_truck_handed_over_stops_and_a_reroute_waits_for_the_hand
         simulation.on_command(_takeover_command("hand_back"))
         report = await asyncio.wait_for(task, timeout=30)
     assert report.rerouted and simulation.truck.state == "enroute"  # the autonomy stack follows the reroute now
+
+
+async def test_under_remote_control_a_stop_is_refused_and_a_lidar_failure_keeps_the_human_in_control(
+        tmp_path: Path, signer) -> None:
+    """The cloud's minimal-risk stop (the lidar's failure raises one) is the remote operator's to make while they
+    drive: refused, and the truck engages no minimal-risk condition of its own, so the hand-back still finds it under
+    remote control and completes."""
+    refused, completed = stream_pb2.CommandAck.OUTCOME_REJECTED, stream_pb2.CommandAck.OUTCOME_COMPLETED
+    with Spool(tmp_path / "s.db") as spool:
+        simulation = Simulation(Recorder(spool, signer, VEHICLE), None, speedup=400, mission_id="m-1",
+                                scenario=parse_scenario("sensor-fault"), scenario_at=20, max_sim_seconds=600,
+                                stop_hold_seconds=100_000)
+        task = asyncio.create_task(simulation.run())
+        await wait_for(lambda: simulation.truck.sensors.get("lidar_status") == "degraded", timeout_seconds=30,
+                       interval_seconds=0.005)
+        simulation.on_command(_takeover_command("hand_over"))
+        await wait_for(lambda: simulation.truck.sensors.get("lidar_status") == "fault", timeout_seconds=30,
+                       interval_seconds=0.005)
+        stop = stream_pb2.Command(command_id="stop-1", stop=stream_pb2.StopVehicle())
+        assert simulation.on_command(stop)[0] == refused
+        assert simulation.truck.state == "remote-control"
+        assert simulation.on_command(_takeover_command("hand_back"))[0] == completed
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        payloads = _payloads(spool)
+    alarms = [p.alarm.code for p in payloads if p.HasField("alarm")]
+    assert "LIDAR_FAILURE" in alarms and "MRC_ENGAGED" not in alarms
 
 
 async def test_a_pulled_over_truck_nobody_takes_over_ends_its_run_after_the_hold(tmp_path: Path, signer) -> None:
