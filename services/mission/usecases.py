@@ -266,6 +266,13 @@ class MissionUseCases:
             now = _now()
             if not apply(mission, announcer, now):
                 return None
+            # Whatever the change, it may have cleared the last obstacle of a departure that waits (a truck's kept
+            # pre-trip report: domain/changes.py); it is recorded in the same transaction.
+            departed = domain.depart_when_cleared(mission, now)
+            if departed is not None:
+                for exc in departed:
+                    announcer.exception_resolved(exc)
+                announcer.state_changed()
             domain.settle(mission, self._settings.check_in, now)
             return lambda final: announcer.build(final, before)
 
@@ -309,7 +316,27 @@ class MissionUseCases:
 
     async def start(self, carrier_id: str, name: str, etag: str,
                     checks: Sequence[health_check_pb2.HealthCheckResult], who: str) -> Mission:
-        mission, _ = await self._advance(carrier_id, name, etag, lambda m, now: domain.start(m, checks, who, now))
+        """Depart (domain.start). A refusal still commits what it must keep: passing checks of a mission not ready
+        to depart yet wait on it, and the change that clears the way records the departure (see _change); failing
+        checks drop such a kept report. The refusal is then returned as it is."""
+        refused: list[FailedPrecondition] = []
+
+        def apply(mission: Mission, announce: _Announcer, now: datetime) -> bool:
+            try:
+                resolved = domain.start(mission, checks, who, now)
+            except FailedPrecondition as refusal:
+                refused.append(refusal)
+                return domain.keep_pre_trip_report(mission, checks)
+            if resolved is None:
+                return False
+            for exc in resolved:
+                announce.exception_resolved(exc)
+            announce.state_changed()
+            return True
+
+        mission, _ = await self._change(carrier_id, name, etag, apply)
+        if refused:
+            raise refused[-1]
         return mission
 
     # --- exceptions and check-ins --------------------------------------------------------------------
@@ -624,12 +651,17 @@ class _Announcer:
     def __init__(self, carrier_id: str) -> None:
         self._carrier = carrier_id
         self._pending: list[Callable[[Mission, int], event_pb2.Event]] = []
+        self._state_announced = False
 
     def _add(self, field: str, payload: Callable[[Mission, int], object]) -> None:
         self._pending.append(lambda m, before: new_event(field, payload(m, before), subject=m.name,
                                                          carrier_id=self._carrier, source="mission"))
 
     def state_changed(self) -> None:
+        """Once per change: the event carries the committed mission and the state before the change."""
+        if self._state_announced:
+            return
+        self._state_announced = True
         self._add("mission_state_changed",
                   lambda m, before: mission_events_pb2.MissionStateChanged(mission=m, previous_state=before))
 

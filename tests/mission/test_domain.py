@@ -205,15 +205,31 @@ def test_exception_rules() -> None:
     assert domain.transition(arrived, Action.ABORT) == Status(State.ABORTED)
     with pytest.raises(FailedPrecondition):
         domain.transition(arrived, Action.CANCEL)
-    # Before departure: cancel yes, abort no; start only if every open exception is a pre-trip failure.
-    pre = Status(State.EXCEPTION, State.PRE_TRIP, (ExceptionKind.PRE_TRIP_FAILURE,))
+    # Before departure: cancel yes, abort no; a start resolves the pre-trip failures and is recorded in the
+    # resume state unless an open exception stops the vehicle (HOLD, MINIMAL_RISK_STOP).
+    pre = Status(State.EXCEPTION, State.PRE_TRIP, (ExceptionKind.PRE_TRIP_FAILURE,), (ExceptionKind.PRE_TRIP_FAILURE,))
     assert domain.transition(pre, Action.START) == Status(State.ENROUTE)
     assert domain.transition(pre, Action.CANCEL) == Status(State.CANCELLED)
     with pytest.raises(FailedPrecondition):
         domain.transition(pre, Action.ABORT)
-    with pytest.raises(FailedPrecondition):
-        domain.transition(Status(State.EXCEPTION, State.PRE_TRIP, (ExceptionKind.PRE_TRIP_FAILURE,
-                                                                   ExceptionKind.CARGO)), Action.START)
+    cargo = Status(State.EXCEPTION, State.PRE_TRIP, (ExceptionKind.PRE_TRIP_FAILURE, ExceptionKind.CARGO))
+    assert domain.transition(cargo, Action.START) == Status(State.EXCEPTION, State.ENROUTE, (ExceptionKind.CARGO,))
+    fault = Status(State.EXCEPTION, State.DISPATCHED, (ExceptionKind.SENSOR_FAULT,))
+    assert domain.transition(fault, Action.START) == Status(State.EXCEPTION, State.ENROUTE,
+                                                            (ExceptionKind.SENSOR_FAULT,))
+    held = Status(State.EXCEPTION, State.PRE_TRIP, (ExceptionKind.SENSOR_FAULT, ExceptionKind.CHECK_IN_HOLD),
+                  (ExceptionKind.CHECK_IN_HOLD,))
+    with pytest.raises(FailedPrecondition) as caught:
+        domain.transition(held, Action.START)
+    assert caught.value.reason == "MISSION_HELD"
+    assert caught.value.metadata == {"state": "STATE_EXCEPTION", "exceptions": "CHECK_IN_HOLD"}
+    assert "CHECK_IN_HOLD" in caught.value.message
+    # The acknowledgement moves the resume state too; repeated, it changes nothing.
+    failure = (ExceptionKind.PRE_TRIP_FAILURE,)
+    early = Status(State.EXCEPTION, State.DISPATCHED, failure, failure)
+    acked = domain.transition(early, Action.ACKNOWLEDGE)
+    assert acked == Status(State.EXCEPTION, State.PRE_TRIP, early.open_exceptions, early.stopping)
+    assert domain.transition(acked, Action.ACKNOWLEDGE) is None
     assert domain.transition(Status(State.EXCEPTION, State.ARRIVED, (ExceptionKind.OTHER,)),
                              Action.RESOLVE_LAST) == Status(State.ARRIVED)
 
@@ -250,7 +266,7 @@ def test_state_machine_invariants(steps) -> None:
             continue
         if action == Action.RAISE:
             after = Status(after.state, after.resume, kinds)
-        elif after.state == State.EXCEPTION:
+        elif after.state == State.EXCEPTION and action != Action.START:  # a start resolves the pre-trip failures
             after = Status(after.state, after.resume, kinds)
         status = after
         # EXCEPTION iff a resume state and open exceptions
@@ -471,7 +487,8 @@ def test_raising_an_exception_picks_the_contingency_and_a_reroute_replaces_the_p
     exc, moved = domain.raise_exception(mission, Exc(kind=Exc.KIND_SENSOR_FAULT, severity=Exc.SEVERITY_CRITICAL),
                                         "operator/ops", T0)
     assert moved and (exc.exception_id, exc.contingency) == ("exc-1", Contingency.MINIMAL_RISK_STOP)
-    assert domain.mission_status(mission) == Status(State.EXCEPTION, State.ENROUTE, (ExceptionKind.SENSOR_FAULT,))
+    assert domain.mission_status(mission) == Status(State.EXCEPTION, State.ENROUTE, (ExceptionKind.SENSOR_FAULT,),
+                                                    (ExceptionKind.SENSOR_FAULT,))  # a minimal-risk stop stops it
     detour = Exc(kind=Exc.KIND_ROAD_CLOSURE, reroute_waypoints=[{"lat": 31.0, "lon": -90.0}])
     exc, moved = domain.raise_exception(mission, detour, "operator/ops", T0)
     assert not moved and exc.contingency == Contingency.REROUTE and exc.severity == Severity.WARNING

@@ -311,21 +311,23 @@ async def test_mission_driven_to_completion(mesh: Mesh, mesh_pki: Pki, ops: Clie
         name=mission.name, ack_time=_ts(datetime.now(UTC))), metadata=ACME, timeout=10)
     assert again == acked  # a retried acknowledgement changes nothing
 
-    start = mission_service_pb2.StartMissionRequest(name=mission.name, pre_trip_checks=[PASS])
-    assert (await _fails(ops.StartMission, start, metadata=ACME))[:2] == ("FAILED_PRECONDITION", "CHECK_IN_REQUIRED")
-    recorded = await check_in(ops, mission, mission_pb2.CheckIn.POINT_DEPARTURE, request_id="dep-1")
-    assert recorded.check_in.check_in_id == "chk-1" and recorded.check_in.recorded_by.endswith("/operator/ops")
-    assert not recorded.mission.check_in_requirement.HasField("next_due_time")
-    assert (await check_in(ops, mission, mission_pb2.CheckIn.POINT_DEPARTURE, request_id="dep-1")) == recorded
     failing = health_check_pb2.HealthCheckResult(check="lidar", outcome=health_check_pb2.HealthCheckResult.OUTCOME_FAIL,
                                                  blocking=True, detail="no returns")
     code, reason, metadata, _ = await _fails(ops.StartMission, mission_service_pb2.StartMissionRequest(
         name=mission.name, pre_trip_checks=[PASS, failing]), metadata=ACME)
     assert (code, reason, metadata) == ("FAILED_PRECONDITION", "PRE_TRIP_CHECK_FAILED", {"check": "lidar"})
-    enroute = await ops.StartMission(start, metadata=ACME, timeout=10)
+    start = mission_service_pb2.StartMissionRequest(name=mission.name, pre_trip_checks=[PASS])
+    assert (await _fails(ops.StartMission, start, metadata=ACME))[:2] == ("FAILED_PRECONDITION", "CHECK_IN_REQUIRED")
+    waiting = await ops.GetMission(mission_service_pb2.GetMissionRequest(name=mission.name), metadata=ACME, timeout=10)
+    assert waiting.state == M.STATE_PRE_TRIP and list(waiting.pre_trip_checks) == [PASS]  # kept for the departure
+    recorded = await check_in(ops, mission, mission_pb2.CheckIn.POINT_DEPARTURE, request_id="dep-1")
+    assert recorded.check_in.check_in_id == "chk-1" and recorded.check_in.recorded_by.endswith("/operator/ops")
+    assert (await check_in(ops, mission, mission_pb2.CheckIn.POINT_DEPARTURE, request_id="dep-1")) == recorded
+    enroute = recorded.mission  # the check-in cleared the kept report: the departure is recorded with it
     assert enroute.state == M.STATE_ENROUTE and enroute.HasField("start_time")
     assert enroute.stops[0].HasField("depart_time") and list(enroute.pre_trip_checks) == [PASS]
-    assert enroute.check_in_requirement.HasField("next_due_time")
+    assert enroute.check_in_requirement.HasField("next_due_time")  # the first en-route check-in
+    assert await ops.StartMission(start, metadata=ACME, timeout=10) == enroute  # the truck's retry: no change
     arrived = await arrive(ops, mission)
     assert arrived.state == M.STATE_ARRIVED and arrived.stops[-1].HasField("arrive_time")
 
@@ -610,5 +612,63 @@ async def test_passing_pre_trip_checks_resolve_a_pre_trip_failure(ops: Client, t
     types = await events_of(mesh, mission.name)
     assert types[-3:] == ["state_changed", "exception_resolved", "state_changed"]
     assert "exception_raised" in types
+    await ops.AbortMission(mission_service_pb2.AbortMissionRequest(name=mission.name, reason="test over"),
+                           metadata=ACME, timeout=10)
+
+
+@pytest.fixture
+async def telemetry(mesh: Mesh, mesh_pki: Pki):
+    client = Client(mesh, mesh_pki.credentials("service", "telemetry"))
+    yield client
+    await client.channel.close()
+
+
+@pytest.mark.parametrize("severity", [mission_pb2.MissionException.SEVERITY_WARNING,
+                                      mission_pb2.MissionException.SEVERITY_CRITICAL])
+async def test_a_start_waiting_for_the_check_in_survives_a_fault_raised_meanwhile(
+        ops: Client, tender: Client, telemetry: Client, mesh: Mesh, severity: int) -> None:
+    """The sandbox's race, through the service: the truck's passing pre-trip report is refused for the missing
+    DEPARTURE check-in, a fault frame raises an exception before the command centre checks the truck in. The
+    report is kept: a warning (CONTINUE) lets the check-in record the departure at once behind the open exception;
+    a critical fault (MINIMAL_RISK_STOP) holds it (MISSION_HELD) until resolved. Either way the mission ends
+    ENROUTE, not stranded in PRE_TRIP."""
+    vehicle = await add_vehicle(ops)
+    mission = await dispatch(tender, vehicle, origin=EL_PASO, destination=LAREDO)  # a lane no other test uses
+    assert mission.check_in_requirement.required
+    await telemetry.AcknowledgeMissionDispatch(mission_service_pb2.AcknowledgeMissionDispatchRequest(
+        name=mission.name, ack_time=_ts(datetime.now(UTC))), metadata=ACME, timeout=10)
+    start = mission_service_pb2.StartMissionRequest(name=mission.name, pre_trip_checks=[PASS], frame_sequence=7)
+    assert (await _fails(telemetry.StartMission, start, metadata=ACME))[:2] == (
+        "FAILED_PRECONDITION", "CHECK_IN_REQUIRED")
+    fault = await telemetry.RaiseMissionException(mission_service_pb2.RaiseMissionExceptionRequest(
+        name=mission.name, request_id=f"{vehicle.name[9:]}:9:LIDAR", exception=mission_pb2.MissionException(
+            kind=mission_pb2.MissionException.KIND_SENSOR_FAULT, severity=severity, frame_sequence=9,
+            description="front-left lidar")), metadata=ACME, timeout=10)
+    assert (fault.mission.state, fault.mission.resume_state) == (M.STATE_EXCEPTION, M.STATE_PRE_TRIP)
+    critical = severity == mission_pb2.MissionException.SEVERITY_CRITICAL
+    # The consumer's retry of the report: no longer "not allowed in state EXCEPTION" for good.
+    retried = await _fails(telemetry.StartMission, start, metadata=ACME)
+    if critical:
+        assert retried[:3] == ("FAILED_PRECONDITION", "MISSION_HELD",
+                               {"state": "STATE_EXCEPTION", "exceptions": "SENSOR_FAULT"})
+    else:
+        assert retried[:2] == ("FAILED_PRECONDITION", "CHECK_IN_REQUIRED")
+    cleared = (await check_in(ops, mission, mission_pb2.CheckIn.POINT_DEPARTURE)).mission
+    if critical:  # the minimal-risk stop keeps the truck where it is: no departure yet
+        assert (cleared.state, cleared.resume_state) == (M.STATE_EXCEPTION, M.STATE_PRE_TRIP)
+        assert not cleared.HasField("start_time")
+    else:  # recorded behind the open warning: resolving it lands in ENROUTE
+        assert (cleared.state, cleared.resume_state) == (M.STATE_EXCEPTION, M.STATE_ENROUTE)
+        assert cleared.HasField("start_time") and cleared.stops[0].HasField("depart_time")
+    resolved = await ops.ResolveMissionException(mission_service_pb2.ResolveMissionExceptionRequest(
+        name=mission.name, exception_id=fault.exception.exception_id, resolution="lidar cleaned"),
+        metadata=ACME, timeout=10)
+    final = resolved.mission
+    assert (final.state, final.resume_state) == (M.STATE_ENROUTE, 0)
+    assert final.HasField("start_time") and list(final.pre_trip_checks) == [PASS]
+    assert await arrive(ops, mission)  # the rest of the lifecycle follows
+    types = await events_of(mesh, mission.name)
+    departed = "check_in_recorded" if not critical else "exception_resolved"
+    assert types[types.index(departed) + 1] == "state_changed"  # the departure, in the clearing transaction
     await ops.AbortMission(mission_service_pb2.AbortMissionRequest(name=mission.name, reason="test over"),
                            metadata=ACME, timeout=10)

@@ -119,11 +119,19 @@ def validate_pre_trip_checks(checks: Sequence[health_check_pb2.HealthCheckResult
     raise_if(problems)
 
 
+def _passing(checks: Sequence[health_check_pb2.HealthCheckResult]) -> bool:
+    return bool(checks) and not any(c.blocking and c.outcome == health_check_pb2.HealthCheckResult.OUTCOME_FAIL
+                                    for c in checks)
+
+
 def start(mission: mission_pb2.Mission, checks: Sequence[health_check_pb2.HealthCheckResult], who: str,
           now: datetime) -> list[mission_pb2.MissionException] | None:
-    """Depart after pre-trip ``checks``: None when already started, else the exceptions resolved (from
-    EXCEPTION, passing checks resolve the pre-trip failures). A failed blocking check, or a required
-    DEPARTURE check-in without PROCEED, refuses with FAILED_PRECONDITION."""
+    """Depart after pre-trip ``checks``: None when already started, else the exceptions resolved (passing checks
+    resolve the open PRE_TRIP_FAILURE exceptions). A failed blocking check, or a required DEPARTURE check-in without
+    PROCEED, refuses with FAILED_PRECONDITION; so does an open exception that stops the vehicle (MISSION_HELD).
+
+    From EXCEPTION before departure the departure is recorded in ``resume_state`` (ENROUTE) while exceptions the
+    truck drives under stay open (lifecycle._start_in_exception says why): resolving them lands in ENROUTE."""
     after = transition(mission_status(mission), Action.START)
     if after is None:
         return None
@@ -134,9 +142,13 @@ def start(mission: mission_pb2.Mission, checks: Sequence[health_check_pb2.Health
                                  reason="PRE_TRIP_CHECK_FAILED", metadata={"check": failed.check})
     if mission.check_in_requirement.required and not departure_cleared(
             [(p, o) for p, o, _ in recorded_check_ins(mission, now)]):
-        raise FailedPrecondition("this mission needs a DEPARTURE check-in with outcome PROCEED first",
+        raise FailedPrecondition("this mission needs a DEPARTURE check-in with outcome PROCEED first; the passing "
+                                 "pre-trip checks are kept and the departure is recorded when it comes",
                                  reason="CHECK_IN_REQUIRED")
-    resolved = resolve_open(mission, "pre-trip checks passed", who, now)
+    resolved = [exc for exc in mission.exceptions
+                if not exc.HasField("resolve_time") and exc.kind == ExceptionKind.PRE_TRIP_FAILURE]
+    for exc in resolved:
+        resolve(exc, "pre-trip checks passed", who, now)
     del mission.pre_trip_checks[:]
     mission.pre_trip_checks.extend(checks)
     mission.start_time.CopyFrom(to_timestamp(now))
@@ -148,6 +160,55 @@ def start(mission: mission_pb2.Mission, checks: Sequence[health_check_pb2.Health
         pickup.depart_time.CopyFrom(to_timestamp(now))
     move(mission, after)
     return resolved
+
+
+# --- A departure that waits ---------------------------------------------------------------------------
+# The truck's pre-trip report is its departure: the edge does not wait for the cloud's answer. A start refused only
+# because the mission is not ready for it yet (the DEPARTURE check-in not recorded, an open HOLD or minimal-risk stop,
+# the dispatch acknowledgement still on its way) must not be lost with the refusal, or the mission stays before
+# departure while its truck drives. So the passing checks are kept on the mission (``pre_trip_checks``: the latest
+# the vehicle reported) and the departure is recorded by the change that clears the last obstacle, in its
+# transaction: a DEPARTURE check-in with PROCEED, the resolution of the hold, the acknowledgement
+# (:func:`depart_when_cleared`, run after every change of a mission). Retrying the call cannot do this: a human's
+# check-in may come an hour later. A failing report (PRE_TRIP_FAILURE raised, a failed blocking check) drops a kept
+# passing one: the truck's latest word counts, and no departure is recorded on an older one.
+
+def keep_pre_trip_report(mission: mission_pb2.Mission, checks: Sequence[health_check_pb2.HealthCheckResult]) -> bool:
+    """After :func:`start` refused ``checks``: keep passing checks of a mission not yet departed, so that its
+    departure is recorded once cleared; drop a kept report when these fail. Whether the mission changed."""
+    status = mission_status(mission)
+    if status.state in TERMINAL or status.departed or mission.HasField("start_time"):
+        return False
+    if not _passing(checks):
+        if not departure_pending(mission):
+            return False
+        del mission.pre_trip_checks[:]
+        return True
+    if list(mission.pre_trip_checks) == list(checks):
+        return False
+    del mission.pre_trip_checks[:]
+    mission.pre_trip_checks.extend(checks)
+    return True
+
+
+def departure_pending(mission: mission_pb2.Mission) -> bool:
+    """Whether the mission keeps a passing pre-trip report of a truck whose departure is not recorded yet."""
+    status = mission_status(mission)
+    return (status.state not in TERMINAL and not status.departed and not mission.HasField("start_time")
+            and _passing(mission.pre_trip_checks))
+
+
+def depart_when_cleared(mission: mission_pb2.Mission, now: datetime
+                        ) -> list[mission_pb2.MissionException] | None:
+    """Record the departure the kept pre-trip report waits for, if nothing stands in its way any more: None when
+    there is nothing to record (no report waits, or it still cannot start), else the exceptions resolved (as
+    :func:`start`; resolved by the mission service)."""
+    if not departure_pending(mission):
+        return None
+    try:
+        return start(mission, list(mission.pre_trip_checks), MISSION_SERVICE, now)
+    except FailedPrecondition:
+        return None  # still waiting: the check-in, the hold's resolution, the acknowledgement
 
 
 def complete_after_billing(mission: mission_pb2.Mission) -> bool:
@@ -211,6 +272,8 @@ def raise_exception(mission: mission_pb2.Mission, given: mission_pb2.MissionExce
         raise_time=to_timestamp(now))
     if given.HasField("location"):
         exc.location.CopyFrom(given.location)
+    if exc.kind == ExceptionKind.PRE_TRIP_FAILURE and departure_pending(mission):
+        del mission.pre_trip_checks[:]  # a later failing report: the kept passing one must not start the mission
     start_takeover(exc, now)
     if exc.contingency == Contingency.REROUTE and exc.reroute_waypoints:
         # The new plan: from where the vehicle was told to go, on to the destination.

@@ -16,11 +16,13 @@ from .enums import BEFORE_DEPARTURE, DEPARTED, TERMINAL, Contingency, ExceptionK
 
 @dataclass(frozen=True)
 class Status:
-    """Where a mission is: its state, the state it resumes to from EXCEPTION, its open exception kinds."""
+    """Where a mission is: its state, the state it resumes to from EXCEPTION, its open exception kinds, and the
+    kinds of those open exceptions whose contingency stops the vehicle (HOLD, MINIMAL_RISK_STOP: :data:`STOPPING`)."""
 
     state: State
     resume: State | None = None
     open_exceptions: tuple[ExceptionKind, ...] = ()
+    stopping: tuple[ExceptionKind, ...] = ()
 
     @property
     def effective(self) -> State:
@@ -46,6 +48,10 @@ class Action(enum.Enum):
     RESOLVE_LAST = "resolve_last"
 
 
+#: The contingencies that keep a vehicle where it is: an open exception with one forbids the departure.
+STOPPING = frozenset({Contingency.HOLD, Contingency.MINIMAL_RISK_STOP})
+
+
 #: Plain transitions: action → (from states, to state).
 _PLAIN: dict[Action, tuple[frozenset[State], State]] = {
     Action.ACKNOWLEDGE: (frozenset({State.DISPATCHED}), State.PRE_TRIP),
@@ -64,13 +70,41 @@ def _illegal(status: Status, action: Action) -> FailedPrecondition:
                               reason="INVALID_MISSION_STATE", metadata={"state": f"STATE_{status.state.name}"})
 
 
+def _held(status: Status) -> FailedPrecondition:
+    kinds = sorted({k.name for k in status.stopping if k != ExceptionKind.PRE_TRIP_FAILURE})
+    return FailedPrecondition(f"start is held: the open {', '.join(kinds)} exception"
+                              f"{'s' if len(kinds) > 1 else ''} keep{'' if len(kinds) > 1 else 's'} the vehicle "
+                              "where it is (contingency HOLD or MINIMAL_RISK_STOP); resolve it first and the "
+                              "departure is recorded then", reason="MISSION_HELD",
+                              metadata={"state": f"STATE_{status.state.name}", "exceptions": ",".join(kinds)})
+
+
+def _start_in_exception(status: Status) -> Status:
+    """START (the truck departs) while in EXCEPTION before departure (``resume`` DISPATCHED or PRE_TRIP).
+
+    Why it is recorded rather than refused: the truck's passing pre-trip report is a fact about the truck, not a
+    request the exception can answer later; refusing it for good strands the mission in PRE_TRIP while the truck
+    drives (nothing then raises or resolves anything for it). So the departure is recorded in ``resume``: the
+    passing checks resolve the open PRE_TRIP_FAILURE exceptions, and the mission is ENROUTE, or stays in EXCEPTION
+    resuming to ENROUTE while other exceptions are open (a warning-level fault, a lost link, a reroute, a remote
+    operator at the wheel: contingencies under which a truck moves). Only an open exception whose contingency
+    keeps the truck where it is (HOLD, MINIMAL_RISK_STOP: a check-in's HOLD, a dispatch timeout, a critical
+    fault) refuses the start, with MISSION_HELD, naming them. A DISPATCHED resume counts as acknowledged: a truck
+    reporting its pre-trip checks for the mission has its assignment."""
+    if any(k != ExceptionKind.PRE_TRIP_FAILURE for k in status.stopping):
+        raise _held(status)
+    remaining = tuple(k for k in status.open_exceptions if k != ExceptionKind.PRE_TRIP_FAILURE)
+    return Status(State.EXCEPTION, State.ENROUTE, remaining) if remaining else Status(State.ENROUTE)
+
+
 def transition(status: Status, action: Action) -> Status | None:
     """The status after ``action``, None when the action repeats the one that produced the current state
     (a safe retry: nothing changes), or FAILED_PRECONDITION INVALID_MISSION_STATE when illegal.
 
     RAISE adds an open exception (the server knows which; here only the state moves). RESOLVE_LAST resolves
-    the last open exception: the mission returns to ``resume``. START from EXCEPTION resolves the open
-    PRE_TRIP_FAILURE exceptions.
+    the last open exception: the mission returns to ``resume``. Before departure EXCEPTION does not stop the
+    lifecycle underneath it: ACKNOWLEDGE moves ``resume`` from DISPATCHED to PRE_TRIP, and START records the
+    departure (:func:`_start_in_exception`; refused with MISSION_HELD while an open exception stops the vehicle).
     """
     state, resume = status.state, status.resume
     if action == Action.RAISE:
@@ -95,9 +129,12 @@ def transition(status: Status, action: Action) -> Status | None:
             return Status(State.CANCELLED)
         if action == Action.ABORT and resume in DEPARTED:
             return Status(State.ABORTED)
-        if (action == Action.START and resume == State.PRE_TRIP and status.open_exceptions
-                and all(k == ExceptionKind.PRE_TRIP_FAILURE for k in status.open_exceptions)):
-            return Status(State.ENROUTE)
+        if action == Action.ACKNOWLEDGE and resume == State.DISPATCHED:
+            return Status(State.EXCEPTION, State.PRE_TRIP, status.open_exceptions, status.stopping)
+        if action == Action.ACKNOWLEDGE and resume == State.PRE_TRIP:
+            return None
+        if action == Action.START and resume in BEFORE_DEPARTURE:
+            return _start_in_exception(status)
     raise _illegal(status, action)
 
 
@@ -116,5 +153,7 @@ def choose_contingency(kind: ExceptionKind, severity: Severity, *, departed: boo
 
 def mission_status(mission: mission_pb2.Mission) -> Status:
     """The state-machine view of a mission: its state, resume state and open exception kinds."""
-    open_kinds = tuple(ExceptionKind(e.kind) for e in mission.exceptions if not e.HasField("resolve_time"))
-    return Status(State(mission.state), State(mission.resume_state) if mission.resume_state else None, open_kinds)
+    open_ones = [e for e in mission.exceptions if not e.HasField("resolve_time")]
+    return Status(State(mission.state), State(mission.resume_state) if mission.resume_state else None,
+                  tuple(ExceptionKind(e.kind) for e in open_ones),
+                  tuple(ExceptionKind(e.kind) for e in open_ones if e.contingency in STOPPING))
