@@ -7,8 +7,9 @@ event                                  call
 ``command_acknowledged`` (assignment)  AcknowledgeMissionDispatch (DISPATCHED → PRE_TRIP; the truck's time)
 ``command_acknowledged`` (hand-over,   AcknowledgeMissionTakeover HAND_OVER / HAND_BACK (the exception's takeover
 hand-back)                             records the truck's time); see :data:`_CONFIRMING`
-``health_reported``                    StartMission with the pre-trip checks (PRE_TRIP → ENROUTE); a blocking
-                                       check that failed raises a PRE_TRIP_FAILURE exception instead
+``health_reported``                    StartMission with the pre-trip checks (PRE_TRIP → ENROUTE; kept by the
+                                       mission until a check-in or a hold clears it); a blocking check that
+                                       failed raises a PRE_TRIP_FAILURE exception instead
 ``geofence_entered`` (last stop)       ArriveMission (ENROUTE → ARRIVED)
 ``connectivity_lost``                  RaiseMissionException CONNECTIVITY_LOSS
 ``connectivity_restored``              ResolveMissionException of the open CONNECTIVITY_LOSS exceptions
@@ -24,8 +25,11 @@ hand-back)                             records the truck's time); see :data:`_CO
 
 Raised exceptions carry a request id derived from the event's vehicle and frame, so a retried call never
 raises a second exception. A call refused because the mission is not (yet) in the state the call needs is
-retried only where the mission is expected to get there by itself (a pre-trip report that overtook the
-dispatch acknowledgement, or that waits for the departure check-in): :func:`retry_later`.
+retried only where the mission is expected to get there by itself within the consumer's deliveries (a pre-trip
+report that overtook the dispatch acknowledgement): :func:`retry_later`. A pre-trip report refused because it
+waits for a human (CHECK_IN_REQUIRED: the departure check-in; MISSION_HELD: an open hold or minimal-risk stop) is
+not retried: the mission service keeps the passing checks with the refusal and records the departure itself when
+the check-in or the resolution clears it, however late (services/mission/domain/changes.py).
 """
 
 from __future__ import annotations
@@ -91,10 +95,12 @@ def _request_id(vehicle: str, sequence: int, what: str) -> str:
 
 def retry_later(data_field: str, reason: str, state: str) -> bool:
     """Whether a call refused with FAILED_PRECONDITION (ErrorInfo ``reason``, its ``state`` metadata) is retried:
-    only a pre-trip report whose mission gets there by itself (the acknowledgement is on its way, an operator
-    checks in). Any other refusal means the mission moved on (an operator acted)."""
-    not_yet = reason == "CHECK_IN_REQUIRED" or (reason == "INVALID_MISSION_STATE" and state == "STATE_DISPATCHED")
-    return data_field == "telemetry_health_reported" and not_yet
+    only a pre-trip report whose mission gets there by itself within seconds (the acknowledgement is on its way).
+    A report waiting for a human (CHECK_IN_REQUIRED, MISSION_HELD) is kept by the mission service, which departs
+    the mission once cleared: retrying it would only end in the dead-letter stream. Any other refusal means the
+    mission moved on (an operator acted)."""
+    return data_field == "telemetry_health_reported" and reason == "INVALID_MISSION_STATE" \
+        and state == "STATE_DISPATCHED"
 
 
 def dispatch_acknowledgement(data: tev.CommandAcknowledged,

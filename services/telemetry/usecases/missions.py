@@ -49,6 +49,10 @@ class MissionActions:
             reason, state = (info.reason, info.metadata.get("state", "")) if info is not None else ("", "")
             if actions.retry_later(which, reason, state):
                 raise MissionNotReady(f"pre-trip report not applicable yet: {reason}") from None
+            if which == "telemetry_health_reported" and reason in ("CHECK_IN_REQUIRED", "MISSION_HELD"):
+                _log.info("%s for %s kept by the mission service until cleared: %s %s", event.type, event.subject,
+                          reason, exc.details())
+                return
             _log.info("%s for %s not applied: %s %s", event.type, event.subject, reason or exc.code().name,
                       exc.details())
 
