@@ -63,13 +63,14 @@ _VEHICLE_LIST_READERS = [*_VEHICLE_READERS, "service/billing"]
 #: Per the proto's "Internal:" notes: StreamTelemetry is for trucks only (each checked against its own
 #: certificate); IngestTelemetry for trucks (and the gateway relaying a truck's certificate-bound frame);
 #: WatchVehicleTelemetry for Haulmesh services and fleet operators; the carrier-facing reads (List,
-#: WatchMission) also for the gateway.
+#: WatchMission, WatchFleet) also for the gateway.
 POLICY = Policy({
     f"{_SERVICE}/StreamTelemetry": ["vehicle/*"],
     f"{_SERVICE}/IngestTelemetry": ["vehicle/*", "service/gateway"],
     f"{_SERVICE}/ListTelemetryFrames": _LIST_READERS,
     f"{_SERVICE}/WatchVehicleTelemetry": _VEHICLE_READERS,
     f"{_SERVICE}/WatchMissionTelemetry": _READERS,
+    f"{_SERVICE}/WatchFleetTelemetry": _READERS,
     f"{_SERVICE}/ListVehicleCertificates": ["service/billing", "service/mission", PLATFORM_ADMINS],
     f"{_SERVICE}/RunArchive": [PLATFORM_ADMINS],
     # A person's decision about a truck: operators (a fleet operator for its carriers' missions' vehicles, checked
@@ -345,3 +346,13 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
             ended = functools.partial(self._reads.mission_ended, carrier_id, request.mission, mission_id)
             async for frame in self._reads.follow(scope, cursor, set(request.kinds), context.done, ended=ended):
                 yield telemetry_service_pb2.WatchMissionTelemetryResponse(telemetry_frame=frame)
+
+    async def WatchFleetTelemetry(self, request: telemetry_service_pb2.WatchFleetTelemetryRequest,
+                                  context: grpc.aio.ServicerContext,
+                                  ) -> AsyncIterator[telemetry_service_pb2.WatchFleetTelemetryResponse]:
+        carrier_id = carrier(context)
+        # One of the carrier's watch slots, like a mission watch: refused before the headers (429 at the gateway).
+        with self._reads.watches.hold(f"carriers/{carrier_id}"):
+            await context.send_initial_metadata(())
+            async for frame in self._reads.follow_fleet(carrier_id, set(request.kinds), context.done):
+                yield telemetry_service_pb2.WatchFleetTelemetryResponse(telemetry_frame=frame)

@@ -25,6 +25,12 @@ Keys (``{v}`` is the vehicle id as a Redis Cluster hash tag, so one vehicle's ke
 * ``telemetry:{v}:mission`` — Hash ``carrier``, ``name``, ``update_ms``, ``mission`` (serialized Mission, empty once
   it ended): the vehicle's current mission, kept from the mission service's events (newest change wins);
   derived events are published to that carrier's stream.
+* ``telemetry:fleet:{fleet-<carrier>}`` — Sorted set, vehicle id scored by the ``update_ms`` of the mission change
+  that put it there: the vehicles running one of the carrier's missions, for the fleet watch. An index, not the
+  truth: written after ``telemetry:{v}:mission`` (another slot, so not in its script), each reader checks every
+  member against that hash and drops a stale one only if its score is not newer than what it checked
+  (``_UNINDEX_FLEET_LUA``), so a removal never races away a newer addition. ``telemetry:fleet:indexed`` marks
+  that the vehicles of ``telemetry:vehicles`` were indexed once (missions recorded before the index existed).
 * ``telemetry:{v}:lost`` — set while the vehicle is reported lost (connectivity); taken by whoever
   announces the restoration.
 * ``telemetry:{v}:archive`` — Hash: ``upto`` (the archived watermark: every stored sequence at or below it is in
@@ -223,6 +229,17 @@ return 1
 """
 
 
+# KEYS: a carrier's fleet index. ARGV: vehicle id, update ms. Removes the vehicle unless it was indexed by a newer
+# mission change than the one that showed it stale.
+_UNINDEX_FLEET_LUA = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) <= tonumber(ARGV[2]) then return redis.call('ZREM', KEYS[1], ARGV[1]) end
+return 0
+"""
+
+FLEET_INDEXED_KEY = "telemetry:fleet:indexed"
+
+
 # KEYS: a heard shard. ARGV: vehicle id, cutoff (ms). Removes the vehicle only if it was not heard since.
 _FORGET_HEARD_LUA = """
 local heard = redis.call('ZSCORE', KEYS[1], ARGV[1])
@@ -292,6 +309,10 @@ def _k(vehicle_id: str, what: str) -> str:
 _HEARD_SHARDS = 16
 #: Vehicles per pipelined round trip of the liveness sweep's reads and writes.
 _PIPELINE_CHUNK = 500
+
+
+def _fleet_key(carrier_id: str) -> str:
+    return f"telemetry:fleet:{{fleet-{carrier_id}}}"
 
 
 def _heard_key(shard: int) -> str:
@@ -373,6 +394,7 @@ class TelemetryStore:
         self._commit_sha = client.register_script(_COMMIT_LUA).sha  # the Script only names it; see _write
         self._enqueue = client.register_script(_ENQUEUE_LUA)
         self._set_mission = client.register_script(_SET_MISSION_LUA)
+        self._unindex_fleet = client.register_script(_UNINDEX_FLEET_LUA)
         self._ack_command = client.register_script(_ACK_COMMAND_LUA)
         self._queue: asyncio.Queue[_Pending] | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -565,6 +587,37 @@ class TelemetryStore:
         """Frames after ``after``, waiting up to ``block_ms`` for the first to be stored (XREAD BLOCK)."""
         reply = await self._blocking.xread({self.frames_key(vehicle_id): f"{after}-0"}, count=count, block=block_ms)
         return [_decode_entry(i, f) for _, entries in reply or [] for i, f in entries]
+
+    async def wait_fleet_frames(self, cursors: dict[str, int], *, block_ms: int = 2000,
+                                count: int = 100) -> list[tuple[str, list[StoredFrame]]]:
+        """Frames of several vehicles after their cursors (vehicle -> sequence), at most ``count`` per vehicle:
+        ``(vehicle, frames)`` for those with any. One store: one XREAD BLOCK over every stream (one connection of
+        the blocking pool, answered as soon as any vehicle has a frame). A cluster refuses a multi-key command
+        across slots (every vehicle has its own), so there each vehicle is one non-blocking XREAD, pipelined per
+        primary, polled every 250 ms while nothing comes (block_ms at most)."""
+        keys = {self.frames_key(v).encode(): v for v in cursors}
+        streams = {self.frames_key(v): f"{c}-0" for v, c in cursors.items()}
+        if not streams:
+            return []
+        if isinstance(self._blocking, ClusterClient):
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + block_ms / 1000
+            while True:
+                pipe = self._blocking.pipeline(transaction=False)
+                for key, after in streams.items():
+                    pipe.xread({key: after}, count=count)
+                replies = [item for reply in await pipe.execute() for item in reply or []]
+                if replies or loop.time() >= deadline:
+                    break
+                await asyncio.sleep(min(0.25, max(0.0, deadline - loop.time())))
+        else:
+            replies = await self._blocking.xread(streams, count=count, block=block_ms) or []
+        found = []
+        for key, entries in replies:
+            vehicle = keys.get(key if isinstance(key, bytes) else key.encode())
+            if vehicle is not None and entries:
+                found.append((vehicle, [_decode_entry(i, f) for i, f in entries]))
+        return found
 
     # ---- keys, sessions, liveness --------------------------------------------------------------------
 
@@ -867,6 +920,64 @@ class TelemetryStore:
         already stored (see ``_SET_MISSION_LUA``)."""
         return bool(await self._set_mission(keys=[_k(vehicle_id, "mission")],
                                             args=[name, update_ms, carrier_id, mission or b""]))
+
+    async def index_fleet(self, carrier_id: str, vehicle_id: str, update_ms: int, *, running: bool) -> None:
+        """Keep the carrier's fleet index (see the module docstring) after a mission change of the vehicle was
+        recorded: in it while ``running``, out of it once the mission ended (unless indexed by a newer change)."""
+        if running:
+            await self._redis.zadd(_fleet_key(carrier_id), {vehicle_id: update_ms}, gt=True)
+        else:
+            await self._unindex_fleet(keys=[_fleet_key(carrier_id)], args=[vehicle_id, update_ms])
+
+    async def fleet(self, carrier_id: str, limit: int) -> list[tuple[str, bytes]]:
+        """``(vehicle, serialized Mission)`` of at most ``limit`` vehicles running one of the carrier's missions,
+        those indexed last first. Each member of the index is checked against the vehicle's mission hash; a stale
+        one (its mission ended, or another carrier's now) is dropped from the index on the way."""
+        found: list[tuple[str, bytes]] = []
+        seen: set[str] = set()
+        start = 0
+        while len(found) < limit:
+            members = await self._redis.zrevrange(_fleet_key(carrier_id), start, start + limit - 1)
+            if not members:
+                break
+            start += len(members)
+            vehicles = [v for v in (m.decode() for m in members) if v not in seen]
+            seen.update(vehicles)
+            pipe = self._redis.pipeline(transaction=False)
+            for vehicle_id in vehicles:
+                pipe.hmget(_k(vehicle_id, "mission"), ["carrier", "mission", "update_ms"])
+            stale = []
+            for vehicle_id, (owner, raw, update_ms) in zip(vehicles, await pipe.execute(), strict=True):
+                if owner is not None and owner.decode() == carrier_id and raw:
+                    found.append((vehicle_id, raw))
+                else:
+                    stale.append((vehicle_id, int(update_ms or 0)))
+            if stale:
+                pipe = self._redis.pipeline(transaction=False)
+                for vehicle_id, update_ms in stale:
+                    pipe.eval(_UNINDEX_FLEET_LUA, 1, _fleet_key(carrier_id), vehicle_id, update_ms)
+                start -= sum(int(n) for n in await pipe.execute())  # the members after them moved up
+        return found[:limit]
+
+    async def index_fleets_once(self) -> int:
+        """Index the current missions of every vehicle with telemetry, once per store (``FLEET_INDEXED_KEY``): the
+        missions recorded before the fleet index existed. Returns the vehicles indexed (0 if already done)."""
+        if not await self._redis.set(FLEET_INDEXED_KEY, int(time.time() * 1000), nx=True):
+            return 0
+        indexed = 0
+        vehicles = await self.vehicles()
+        for begin in range(0, len(vehicles), _PIPELINE_CHUNK):
+            chunk = vehicles[begin:begin + _PIPELINE_CHUNK]
+            pipe = self._redis.pipeline(transaction=False)
+            for vehicle_id in chunk:
+                pipe.hmget(_k(vehicle_id, "mission"), ["carrier", "mission", "update_ms"])
+            writes = self._redis.pipeline(transaction=False)
+            for vehicle_id, (owner, raw, update_ms) in zip(chunk, await pipe.execute(), strict=True):
+                if owner and raw:
+                    writes.zadd(_fleet_key(owner.decode()), {vehicle_id: int(update_ms or 0)}, gt=True)
+                    indexed += 1
+            await writes.execute()
+        return indexed
 
     async def mission(self, vehicle_id: str) -> tuple[str, bytes] | None:
         """``(carrier id, serialized Mission)`` of the vehicle's current mission, None if it has none."""

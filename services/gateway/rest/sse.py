@@ -6,8 +6,9 @@ headers. An error before them (another carrier's mission, a bad name) is answere
 error with its HTTP status. Once the headers have come, the answer is ``200 text/event-stream``:
 
 * each response message is one event: ``event:`` the JSON name of the message's field
-  (``telemetryFrame``), ``id:`` the last segment of that resource's name (a frame's sequence), ``data:``
-  the message's proto-JSON on one line (the same JSON as the unary routes);
+  (``telemetryFrame``), ``id:`` the last segment of that resource's name (a frame's sequence) when the
+  request can resume from it (it has ``after_sequence``; a fleet's frames, sequences of many vehicles, have
+  no id), ``data:`` the message's proto-JSON on one line (the same JSON as the unary routes);
 * a comment line every :data:`HEARTBEAT_SECONDS` keeps proxies and clients from timing the stream out;
 * a gRPC error after the start becomes a final ``event: error`` whose data is the google.rpc.Status JSON;
 * a client that disconnects cancels the gRPC call;
@@ -100,8 +101,8 @@ def resume_from(message: Message, last_event_id: str | None) -> None:
     message.after_sequence = int(value)
 
 
-def _event(reply: Message) -> bytes:
-    """One SSE event of a response message (see the module docstring)."""
+def _event(reply: Message, resumable: bool = True) -> bytes:
+    """One SSE event of a response message (see the module docstring); an ``id`` only if ``resumable``."""
     kind = reply.WhichOneof(reply.DESCRIPTOR.oneofs[0].name) if reply.DESCRIPTOR.oneofs else None
     fields = [f for f in reply.DESCRIPTOR.fields if f.message_type is not None and reply.HasField(f.name)]
     field = reply.DESCRIPTOR.fields_by_name[kind] if kind else (fields[0] if fields else None)
@@ -109,7 +110,7 @@ def _event(reply: Message) -> bytes:
     if field is not None:
         lines.append(f"event: {field.json_name}")
         name = getattr(getattr(reply, field.name), "name", "")
-        if isinstance(name, str) and name:
+        if resumable and isinstance(name, str) and name:
             lines.append(f"id: {name.rsplit('/', 1)[-1]}")
     # json.dumps without indent escapes every newline inside strings: the data stays on one line.
     lines.append("data: " + json.dumps(to_json(reply), separators=(",", ":")))
@@ -147,13 +148,13 @@ async def open_event_stream(channel: grpc.aio.Channel, method: HttpMethod, messa
             call.cancel()
         release()
         raise
-    events = _events(call, release)
+    events = _events(call, release, "after_sequence" in method.method.input_type.fields_by_name)
     # A client gone before the body starts never runs the generator's finally: the slot goes with the generator.
     weakref.finalize(events, release)
     return StreamingResponse(events, media_type="text/event-stream", headers=_HEADERS)
 
 
-async def _events(call: Any, release: Callable[[], None]) -> AsyncIterator[bytes]:
+async def _events(call: Any, release: Callable[[], None], resumable: bool) -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + MAX_STREAM_SECONDS
     reading: asyncio.Task[Any] | None = None
@@ -172,7 +173,7 @@ async def _events(call: Any, release: Callable[[], None]) -> AsyncIterator[bytes
             reply, reading = reading.result(), None
             if reply is grpc.aio.EOF:
                 return
-            yield _event(reply)
+            yield _event(reply, resumable)
     except grpc.aio.AioRpcError as exc:
         _log.info("event stream ended by %s: %s", exc.code().name, exc.details())
         yield _error_event(exc)

@@ -7,6 +7,12 @@ floor of its span (:meth:`Reads.floor`).
 Watches are capped (:class:`WatchSlots`): each holds a blocking XREAD on the watches' own store pool, so the
 cap per process keeps them within that pool, and the cap per tenant keeps one carrier (or one operator tool)
 from taking every slot. One beyond a cap is refused RESOURCE_EXHAUSTED with a retry hint.
+
+A fleet watch (:meth:`Reads.follow_fleet`) follows every vehicle running one of a carrier's missions with one
+blocking XREAD over all their streams (a single watch slot, a single connection of the pool). Its vehicles come
+from the carrier's fleet index in the store (kept from the mission service's events, see store.py), looked up
+again every :data:`FLEET_REFRESH_SECONDS` (the lookup shared by the carrier's watches in this process), at most
+:data:`MAX_FLEET_VEHICLES` per watch. Each vehicle's frames are those of its mission's scope, as a mission watch's.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import grpc
 
-from haulmesh.mission.v1 import mission_service_pb2, mission_service_pb2_grpc
+from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, mission_service_pb2_grpc
 from haulmesh.telemetry.v1 import frame_pb2, telemetry_service_pb2
 from services.runtime import FailedPrecondition, NotFound, ResourceExhausted, Unavailable, carrier_metadata
 
@@ -30,7 +36,7 @@ from ..domain import FrameScope
 from ..store import TelemetryStore
 from .archive import TieredFrames
 
-__all__ = ["Reads", "WatchSlots"]
+__all__ = ["FLEET_REFRESH_SECONDS", "MAX_FLEET_VEHICLES", "Reads", "WatchSlots"]
 
 _log = logging.getLogger("haulmesh.telemetry")
 
@@ -39,6 +45,15 @@ _MISSION_CACHE_SECONDS = 2.0
 _MISSION_CACHE_SIZE = 4096
 #: How often a mission watch asks the mission service whether the mission has ended.
 _MISSION_POLL_SECONDS = 3.0
+#: Vehicles one fleet watch follows at most (the carrier's missions changed last): one XREAD names them all.
+MAX_FLEET_VEHICLES = 500
+#: How often a fleet watch looks its vehicles up again (missions dispatched and ended meanwhile).
+FLEET_REFRESH_SECONDS = 3.0
+#: A vehicle that joins a running fleet watch is read from the start of its mission, at most this many frames back.
+FLEET_CATCH_UP_FRAMES = 300
+#: After a read that brought frames, a fleet watch waits this long before the next: frames of hundreds of trucks
+#: come in one XREAD every 100 ms instead of one (naming every stream) per frame.
+FLEET_COALESCE_SECONDS = 0.1
 
 
 class WatchSlots:
@@ -95,6 +110,9 @@ class Reads:
         self._missions: dict[tuple[str, str], tuple[float, FrameScope]] = {}
         #: Sequence floors of mission spans by (vehicle, span start): valid forever once computed.
         self._floors: dict[tuple[str, int], int] = {}
+        #: Fleets by carrier, with when they were looked up (monotonic seconds): shared by its fleet watches.
+        self._fleets: dict[str, tuple[float, dict[str, FrameScope]]] = {}
+        self._fleet_indexed = False
         #: The caps on concurrent watches (see the module docstring).
         self.watches = WatchSlots(config.max_watches_per_process, config.max_watches_per_tenant,
                                   config.watch_retry_after_seconds)
@@ -201,6 +219,69 @@ class Reads:
                     yield frame
             if final and not stored:
                 return
+
+    async def fleet(self, carrier_id: str) -> dict[str, FrameScope]:
+        """Vehicle -> its mission's scope, for the vehicles running one of the carrier's missions (at most
+        :data:`MAX_FLEET_VEHICLES`); looked up at most once per :data:`FLEET_REFRESH_SECONDS` per carrier."""
+        now = time.monotonic()
+        cached = self._fleets.get(carrier_id)
+        if cached is not None and now - cached[0] < FLEET_REFRESH_SECONDS * 0.9:
+            return cached[1]
+        if not self._fleet_indexed:  # missions recorded before the fleet index existed (once per store)
+            indexed = await self._store.index_fleets_once()
+            if indexed:
+                _log.info("fleet index built: %d vehicles on missions", indexed)
+            self._fleet_indexed = True
+        scopes = {}
+        for vehicle_id, raw in await self._store.fleet(carrier_id, MAX_FLEET_VEHICLES):
+            scope = FrameScope.of_mission(mission_pb2.Mission.FromString(raw))
+            if scope.vehicle_id == vehicle_id and not scope.ended:
+                scopes[vehicle_id] = scope
+        if len(self._fleets) >= _MISSION_CACHE_SIZE:
+            self._fleets.pop(next(iter(self._fleets)))
+        self._fleets[carrier_id] = (now, scopes)
+        return scopes
+
+    async def follow_fleet(self, carrier_id: str, kinds: set[int],
+                           done: Callable[[], bool]) -> AsyncIterator[frame_pb2.TelemetryFrame]:
+        """Frames of the carrier's fleet as they are stored, until ``done()`` (see the module docstring): live
+        from the vehicles' high-water marks at the start; a vehicle that joins later from its mission's start
+        (its floor), at most :data:`FLEET_CATCH_UP_FRAMES` back, so nothing it recorded before the lookup found it
+        is missed."""
+        loop = asyncio.get_running_loop()
+        scopes: dict[str, FrameScope] = {}
+        cursors: dict[str, int] = {}
+        started, next_refresh = False, loop.time()
+        while not done():
+            if loop.time() >= next_refresh:
+                current = await self.fleet(carrier_id)
+                for vehicle_id in cursors.keys() - current.keys():
+                    del cursors[vehicle_id], scopes[vehicle_id]
+                for vehicle_id, scope in current.items():
+                    if vehicle_id not in cursors:
+                        cursors[vehicle_id] = await self._fleet_cursor(scope, live=not started)
+                    scopes[vehicle_id] = scope
+                started, next_refresh = True, loop.time() + FLEET_REFRESH_SECONDS
+            block_ms = max(1, int((next_refresh - loop.time()) * 1000))
+            if not cursors:
+                await asyncio.sleep(min(block_ms / 1000, 1.0))
+                continue
+            found = await self._store.wait_fleet_frames(cursors, block_ms=min(block_ms, 2000))
+            for vehicle_id, stored in found:
+                scope = scopes[vehicle_id]
+                for item in stored:
+                    cursors[vehicle_id] = item.sequence
+                    frame = telemetry_frame(scope, item)
+                    if scope.holds(frame.payload) and not (kinds and frame.payload.kind not in kinds):
+                        yield frame
+            if found:
+                await asyncio.sleep(FLEET_COALESCE_SECONDS)
+
+    async def _fleet_cursor(self, scope: FrameScope, *, live: bool) -> int:
+        high_water = await self._store.high_water(scope.vehicle_id)
+        if live or scope.start_ms is None:
+            return high_water
+        return max(await self.floor(scope), high_water - FLEET_CATCH_UP_FRAMES, 0)
 
     async def mission_scope(self, carrier_id: str, name: str, mission_id: str) -> FrameScope:
         """The vehicle and time span of mission ``name`` (id ``mission_id``) of the carrier, resolved by the

@@ -205,8 +205,11 @@ class MissionTracking:
         vehicle_id = mission.vehicle.removeprefix("vehicles/")
         carrier_id = event.carrier.removeprefix("carriers/")
         ended = mission.state in _ENDED
-        await self._store.set_mission(vehicle_id, carrier_id, mission.name, mission.update_time.ToMilliseconds(),
-                                      None if ended else mission.SerializeToString())
+        update_ms = mission.update_time.ToMilliseconds()
+        if await self._store.set_mission(vehicle_id, carrier_id, mission.name, update_ms,
+                                         None if ended else mission.SerializeToString()):
+            # The carrier's fleet index (fleet watches) follows; redelivered, the event indexes it again.
+            await self._store.index_fleet(carrier_id, vehicle_id, update_ms, running=not ended)
         current = self._vehicles.get(vehicle_id)
         if current is not None:
             current.checked = 0.0  # re-read at the next frame; the tracker's state is kept if the mission is

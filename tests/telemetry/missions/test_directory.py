@@ -29,3 +29,32 @@ async def test_the_newest_mission_change_wins_whatever_the_order(store_url: str)
         await store.close()
         await client.aclose()
     print("directory: 7 changes applied out of order, the newest kept each time")
+
+
+async def test_the_carriers_fleet_index_follows_missions_and_heals_itself(store_url: str) -> None:
+    """The fleet index (fleet watches) is a hint checked against the directory: a vehicle whose mission ended or
+    went to another carrier is dropped as it is read, but never one indexed again by a newer mission change."""
+    client = redis.asyncio.Redis.from_url(store_url)
+    store = TelemetryStore(client)
+    carrier, other = f"fleet-{uuid.uuid4().hex[:8]}", f"fleet-{uuid.uuid4().hex[:8]}"
+    a, b, c = (f"FIX-{uuid.uuid4().hex[:8]}" for _ in range(3))
+    try:
+        for vehicle, update_ms in ((a, 100), (b, 200), (c, 300)):
+            await store.set_mission(vehicle, carrier, f"missions/{vehicle}", update_ms, f"{vehicle}@run".encode())
+            await store.index_fleet(carrier, vehicle, update_ms, running=True)
+        assert [v for v, _ in await store.fleet(carrier, 10)] == [c, b, a]  # the missions changed last first
+        assert [v for v, _ in await store.fleet(carrier, 2)] == [c, b]  # bounded
+        await store.set_mission(a, carrier, f"missions/{a}", 400, None)  # ended...
+        await store.index_fleet(carrier, a, 400, running=False)  # ...and unindexed
+        assert not await store.index_fleet(carrier, a, 350, running=False)  # a late, older end: no effect
+        # b went to another carrier without its end reaching this index (a lost write): the reader drops it.
+        await store.set_mission(b, other, f"missions/{b}-2", 500, b"b@other")
+        assert await store.fleet(carrier, 10) == [(c, f"{c}@run".encode())]
+        assert await client.zscore(f"telemetry:fleet:{{fleet-{carrier}}}", b) is None
+        # A removal never beats a newer addition: index c again as of 900, then a reader that saw it at 300 stale.
+        await store.index_fleet(carrier, c, 900, running=True)
+        await store.index_fleet(carrier, c, 300, running=False)
+        assert [v for v, _ in await store.fleet(carrier, 10)] == [c]
+    finally:
+        await store.close()
+        await client.aclose()
