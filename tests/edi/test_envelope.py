@@ -325,7 +325,7 @@ def interchanges(draw) -> Interchange:
         when = draw(st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12, 31)))
         groups.append(FunctionalGroup(
             "SM", draw(_IDS.filter(lambda s: len(s) >= 2)), draw(_IDS.filter(lambda s: len(s) >= 2)),
-            when.strftime("%Y%m%d"), when.strftime("%H%M"), str(draw(_DIGITS) + group_number),
+            when.strftime("%Y%m%d"), when.strftime("%H%M"), str(draw(st.integers(1, 999_999_990)) + group_number),
             "005010" if five else "004010", sets))
     ta1s = tuple(Ta1(f"{draw(_DIGITS):09d}", "260101", "2359", draw(st.sampled_from("AER")), "000")
                  for _ in range(draw(st.integers(0, 1))))

@@ -235,7 +235,9 @@ def _check_elements(spec: Seg, segment: Segment, reserved: frozenset[str]) -> tu
     present = {p for p, v in enumerate(segment.elements, 1) if v not in ("", ())}
     refs = {p: e.ref for p, e in enumerate(spec.elements, 1)}
     for rule in spec.rules:
-        errors.extend(_check_rule(rule, present, refs))
+        for error in _check_rule(rule, present, refs):
+            if not any(e.position == error.position and e.code == error.code for e in errors):
+                errors.append(error)
     return tuple(errors)
 
 
