@@ -91,14 +91,17 @@ class StreamSlots:
 
 
 def resume_from(message: Message, last_event_id: str | None) -> None:
-    """Set ``after_sequence`` from a reconnecting client's ``Last-Event-ID`` (it wins over the query)."""
-    if last_event_id is None or "after_sequence" not in message.DESCRIPTOR.fields_by_name:
+    """Set ``after_sequence`` from a reconnecting client's ``Last-Event-ID`` (it wins over the query). The header
+    is checked on every stream (the OpenAPI document states its form for all); a stream without
+    ``after_sequence`` sends no ids, so a well-formed one is ignored there."""
+    if last_event_id is None:
         return
     value = last_event_id.strip()
     if not value.isdigit() or len(value) > 20 or int(value) >= 2**64:
         raise RestError("INVALID_ARGUMENT", "Last-Event-ID must be the id of an event of this stream (a sequence)",
                         reason="INVALID_LAST_EVENT_ID")
-    message.after_sequence = int(value)
+    if "after_sequence" in message.DESCRIPTOR.fields_by_name:
+        message.after_sequence = int(value)
 
 
 def _event(reply: Message, resumable: bool = True) -> bytes:
