@@ -58,6 +58,12 @@ def test_order_matters_within_the_standards_table() -> None:
     assert [e[:3] for e in found((body[1], body[0], *body[2:]))] == [("B2", 2, 3), ("B2", 3, 7)]
 
 
+def test_a_loop_follows_itself_directly() -> None:
+    body = stops("Origin")[:2]
+    assert found((*body, Segment.of("S5", "1", "LD"), Segment.of("S5", "2", "UL"), Segment.of("S5", "3", "UL"))) \
+        == []
+
+
 def test_loops_nest_and_a_segment_returns_to_the_loop_that_takes_it() -> None:
     body = with_stop(Segment.of("L11", "SID-1", "SI"), Segment.of("G62", "37", "20260316"))
     body = (*body[:6],  # B2, B2A, S5, L11, G62, N1 (0310)

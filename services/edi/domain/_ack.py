@@ -14,10 +14,11 @@ Rules (issue 15 and the notes' checklist):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ._codes import ElementSyntax, SegmentSyntax, Ta1Note
-from ._envelope import FunctionalGroup, GroupReading, Reading, Ta1, TransactionSet
+from ._envelope import FunctionalGroup, GroupReading, Reading, Ta1, TransactionSet, echoable_group
 from ._errors import AcknowledgementError, ElementError, SegmentError
 from ._tokens import DATA_CHARACTERS, Delimiters, Segment
 
@@ -38,21 +39,29 @@ _MAX_ELEMENT_ERRORS = 99
 
 def acknowledge(reading: GroupReading, *, control: str, delimiters: Delimiters | None = None) -> \
         TransactionSet | None:
-    """The 997 set (ST02 ``control``) for a received group; ``None`` for a group of 997s (never acknowledged).
+    """The 997 set (ST02 ``control``) for a received group.
+
+    ``None`` for a group of 997s (never acknowledged) and for a group whose GS the AK1 cannot name (see
+    :func:`echoable_group`; the reader noted it as TA1 024 on the interchange).
 
     ``delimiters`` are those the 997 will be written with: an echoed bad value (AK4-04) holding one is left out.
     """
     group = reading.group
-    if group.functional_id == "FA":
+    if group.functional_id == "FA" or not echoable_group(group):
         return None
     five = group.version.startswith("005")
     reserved = delimiters.reserved if delimiters else frozenset("*>~^")
     segments = [Segment.of("AK1", group.functional_id, group.control, group.version if five else "")]
     for set_reading in reading.sets:
         transaction = set_reading.transaction
+        if not (_SET_ID.fullmatch(transaction.id) and _SET_CONTROL.fullmatch(transaction.control)) or any(
+                c in reserved for c in transaction.id + transaction.control):
+            continue  # no AK2 can name it: AK9 counts it received and not accepted
         segments.append(Segment.of("AK2", transaction.id, transaction.control,
                                    transaction.convention if five else ""))
         for error in set_reading.segment_errors[:_MAX_SEGMENT_ERRORS]:
+            if not _SEGMENT_ID.fullmatch(error.segment_id):
+                continue  # an id no AK3 can carry (the AK5's code 5 still rejects the set)
             segments.append(Segment.of("AK3", error.segment_id, str(error.position), error.loop_id,
                                        str(int(error.code))))
             for element in error.elements[:_MAX_ELEMENT_ERRORS]:
@@ -70,6 +79,11 @@ def acknowledge(reading: GroupReading, *, control: str, delimiters: Delimiters |
         codes = []
     segments.append(Segment.of("AK9", status, str(included), str(received), str(accepted), *codes))
     return TransactionSet("997", control, tuple(segments))
+
+
+_SET_ID = re.compile(r"[ -~]{1,3}")
+_SEGMENT_ID = re.compile(r"[A-Z0-9]{2,3}")
+_SET_CONTROL = re.compile(r"[ -~]{1,9}")
 
 
 def _unique(codes) -> list[str]:
@@ -91,14 +105,21 @@ def _ak4(error: ElementError, reserved: frozenset[str]) -> Segment:
 
 
 def acknowledgement_group(reading: GroupReading, *, group_control: str, set_control: str, date: str, time: str,
+                          sender: str | None = None, receiver: str | None = None,
                           delimiters: Delimiters | None = None) -> FunctionalGroup | None:
-    """The ``FA`` group carrying the 997 for ``reading``: sender and receiver swapped, the inbound GS08 version."""
+    """The ``FA`` group carrying the 997 for ``reading``, in the inbound GS08 version.
+
+    GS02/GS03 are the inbound ones swapped unless given (the service gives the trading partner's configured ids,
+    so a malformed inbound GS never reaches an outbound one). ``None`` when no 997 is owed (see
+    :func:`acknowledge`).
+    """
     transaction = acknowledge(reading, control=set_control, delimiters=delimiters)
     if transaction is None:
         return None
     group = reading.group
-    return FunctionalGroup("FA", group.receiver, group.sender, date, time, group_control, group.version,
-                           (transaction,), group.agency or "X")
+    return FunctionalGroup("FA", sender if sender is not None else group.receiver,
+                           receiver if receiver is not None else group.sender, date, time, group_control,
+                           group.version, (transaction,), "X")
 
 
 def ta1_for(reading: Reading) -> Ta1:

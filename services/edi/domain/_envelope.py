@@ -40,6 +40,7 @@ __all__ = [
     "SetReading",
     "Ta1",
     "TransactionSet",
+    "echoable_group",
     "read",
     "write",
     "write_text",
@@ -357,6 +358,8 @@ def _read_interchange(text: str, start: int, catalog: Catalog) -> tuple[Reading,
                 groups.append(_close_group(group, None, current, d))
                 current = None
             group = _open_group(segment, catalog)
+            if not _echoable(segment.get(1), segment.get(6), segment.get(8)):
+                problems.append(InterchangeError(Ta1Note.INVALID_CONTENT, f"a GS no 997 can name: {raw[:40]!r}"))
         elif kind == "GE" and group is not None:
             groups.append(_close_group(group, segment, current, d))
             group, current = None, None
@@ -380,6 +383,18 @@ def _read_interchange(text: str, start: int, catalog: Catalog) -> tuple[Reading,
         delimiters=d, authorization_qualifier=fields[0], authorization=fields[1].rstrip(),
         security_qualifier=fields[2], security=fields[3].rstrip())
     return Reading(interchange, tuple(problems), tuple(groups), (start, pos), **echo), pos
+
+
+def echoable_group(group: FunctionalGroup) -> bool:
+    """Whether a 997 can name the group and answer in its version (GS01 two letters or digits, GS06 1-9 digits,
+    GS08 1-12 letters or digits); a group that cannot is answered by the interchange's TA1 (note 024, invalid
+    GS) instead."""
+    return _echoable(group.functional_id, group.control, group.version)
+
+
+def _echoable(functional_id: str, control: str, version: str) -> bool:
+    return bool(re.fullmatch(r"[A-Z0-9]{2}", functional_id) and re.fullmatch(r"\d{1,9}", control)
+                and re.fullmatch(r"[0-9A-Z]{1,12}", version))
 
 
 def _open_group(gs: Segment, catalog: Catalog) -> _OpenGroup:

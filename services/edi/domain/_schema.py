@@ -134,7 +134,8 @@ class _Frame:
         self.counts = [0] * len(self.children)
 
     def find(self, segment_id: str) -> int | None:
-        for j in range(max(self.index, 0), len(self.children)):
+        # A loop's own trigger starts its next iteration, which is the enclosing frame's to take.
+        for j in range(max(self.index, 1 if self.loop_id else 0), len(self.children)):
             if self.children[j].trigger == segment_id:
                 return j
         return None
