@@ -42,22 +42,29 @@ class InterchangeError(X12Error):
         self.message = message
 
 
-class GroupError(X12Error):
+class _CodedError(X12Error):
+    """A problem named by one code of an acknowledgement's list (the segment it goes in: ``_segment``)."""
+
+    _segment = ""
+
+    def __init__(self, code: GroupSyntax | SetSyntax, message: str) -> None:
+        super().__init__(f"{self._segment} {int(code)}: {message}")
+        self.code = code
+        self.message = message
+
+
+class GroupError(_CodedError):
     """A functional-group envelope problem: an AK9 syntax code; the group is rejected (AK9-01 ``R``)."""
 
-    def __init__(self, code: GroupSyntax, message: str) -> None:
-        super().__init__(f"AK9 {int(code)}: {message}")
-        self.code = code
-        self.message = message
+    _segment = "AK9"
+    code: GroupSyntax
 
 
-class SetError(X12Error):
+class SetError(_CodedError):
     """A transaction-set envelope or content problem: an AK5 syntax code; the set is rejected (AK5-01 ``R``)."""
 
-    def __init__(self, code: SetSyntax, message: str) -> None:
-        super().__init__(f"AK5 {int(code)}: {message}")
-        self.code = code
-        self.message = message
+    _segment = "AK5"
+    code: SetSyntax
 
 
 class ElementError(X12Error):
