@@ -961,8 +961,9 @@ class TelemetryStore:
 
     async def index_fleets_once(self) -> int:
         """Index the current missions of every vehicle with telemetry, once per store (``FLEET_INDEXED_KEY``): the
-        missions recorded before the fleet index existed. Returns the vehicles indexed (0 if already done)."""
-        if not await self._redis.set(FLEET_INDEXED_KEY, int(time.time() * 1000), nx=True):
+        missions recorded before the fleet index existed. Returns the vehicles indexed (0 if already done). The mark
+        is set once the work is done (a run cut short is run again; two at once index the same, ZADD GT)."""
+        if await self._redis.exists(FLEET_INDEXED_KEY):
             return 0
         indexed = 0
         vehicles = await self.vehicles()
@@ -977,6 +978,7 @@ class TelemetryStore:
                     writes.zadd(_fleet_key(owner.decode()), {vehicle_id: int(update_ms or 0)}, gt=True)
                     indexed += 1
             await writes.execute()
+        await self._redis.set(FLEET_INDEXED_KEY, int(time.time() * 1000))
         return indexed
 
     async def mission(self, vehicle_id: str) -> tuple[str, bytes] | None:

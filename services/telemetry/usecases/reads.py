@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, mission_service_pb2_grpc
 from haulmesh.telemetry.v1 import frame_pb2, telemetry_service_pb2
@@ -234,7 +235,11 @@ class Reads:
             self._fleet_indexed = True
         scopes = {}
         for vehicle_id, raw in await self._store.fleet(carrier_id, MAX_FLEET_VEHICLES):
-            scope = FrameScope.of_mission(mission_pb2.Mission.FromString(raw))
+            try:
+                scope = FrameScope.of_mission(mission_pb2.Mission.FromString(raw))
+            except DecodeError:
+                _log.warning("fleet of %s: the mission of %s is unreadable; skipped", carrier_id, vehicle_id)
+                continue
             if scope.vehicle_id == vehicle_id and not scope.ended:
                 scopes[vehicle_id] = scope
         if len(self._fleets) >= _MISSION_CACHE_SIZE:

@@ -6,7 +6,7 @@ import uuid
 
 import redis.asyncio
 
-from services.telemetry.store import TelemetryStore
+from services.telemetry.store import FLEET_INDEXED_KEY, TelemetryStore
 
 
 async def test_the_newest_mission_change_wins_whatever_the_order(store_url: str) -> None:
@@ -56,5 +56,23 @@ async def test_the_carriers_fleet_index_follows_missions_and_heals_itself(store_
         await store.index_fleet(carrier, c, 300, running=False)
         assert [v for v, _ in await store.fleet(carrier, 10)] == [c]
     finally:
+        await store.close()
+        await client.aclose()
+
+
+async def test_missions_recorded_before_the_fleet_index_are_indexed_once(store_url: str) -> None:
+    client = redis.asyncio.Redis.from_url(store_url)
+    store = TelemetryStore(client)
+    carrier, vehicle = f"fleet-{uuid.uuid4().hex[:8]}", f"OLD-{uuid.uuid4().hex[:8]}"
+    try:
+        await store.set_mission(vehicle, carrier, f"missions/{vehicle}", 100, b"running")  # no index written then
+        await client.sadd("telemetry:vehicles", vehicle)
+        await client.delete(FLEET_INDEXED_KEY)  # as on a store from before the index (idempotent for the others)
+        assert await store.fleet(carrier, 10) == []
+        assert await store.index_fleets_once() >= 1
+        assert await store.fleet(carrier, 10) == [(vehicle, b"running")]
+        assert await store.index_fleets_once() == 0  # once per store
+    finally:
+        await client.srem("telemetry:vehicles", vehicle)
         await store.close()
         await client.aclose()
