@@ -15,6 +15,8 @@ read; their schemas come with their writers, to validate what we send).
 from __future__ import annotations
 
 from ._schema import Catalog, El, Loop, Seg, SetSchema
+from ._set_210 import SCHEMA_210
+from ._set_214 import SCHEMA_214
 from ._set_990 import SCHEMA_990
 
 __all__ = ["CATALOG", "FUNCTIONAL_IDS", "PURPOSES", "SCHEMA_204", "SCHEMA_997", "SCHEMA_997_5010", "STOP_REASONS"]
@@ -193,4 +195,4 @@ SCHEMA_204 = SetSchema("204", "SM", _V4010, (
 ))
 
 #: What the reader validates by default.
-CATALOG = Catalog((SCHEMA_997, SCHEMA_997_5010, SCHEMA_204, SCHEMA_990))
+CATALOG = Catalog((SCHEMA_997, SCHEMA_997_5010, SCHEMA_204, SCHEMA_990, SCHEMA_214, SCHEMA_210))
