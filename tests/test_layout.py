@@ -25,6 +25,8 @@ SHAPE = {"__init__.py", "__main__.py", "server.py", "usecases.py", "domain.py", 
 EXTRA_MODULES = {
     "tender/eligibility.py": "the eligibility policy file's typed model and loader (the tender's own policy file)",
     "gateway/webhooks/destinations.py": "the SSRF guard of webhook destinations, a rule set of its own",
+    "telemetry/peers.py": "the truck behind a call, from its own or the gateway's relayed certificate: the transport's "
+                          "authentication, which the servicer calls and no use case needs",
 }
 
 

@@ -14,18 +14,13 @@ from haulmesh.telemetry.v1 import command_pb2, frame_pb2, stream_pb2, telemetry_
 from services.runtime import (
     FLEET_OPERATORS,
     PLATFORM_ADMINS,
-    VEHICLE_CERTIFICATE_METADATA_KEY,
-    CertificateFiles,
     FailedPrecondition,
     FieldViolation,
     HaulmeshError,
-    Identity,
-    IdentityError,
     InvalidArgument,
     PermissionDenied,
     Policy,
     RevocationList,
-    TlsConfig,
     caller,
     caller_may,
     carrier,
@@ -35,12 +30,12 @@ from services.runtime import (
     parse_name,
     requester,
     timestamp_ms,
-    verify_relayed_certificate,
 )
 
 from .config import TelemetryConfig
 from .convert import duration_seconds
-from .domain import FrameScope, VehicleKey, vehicle_key
+from .domain import FrameScope
+from .peers import peer_key
 from .store import TelemetryStore
 from .usecases import Archiver, MissionTracking, OperatorCommands, Reads, Streams, TieredFrames
 
@@ -92,47 +87,6 @@ def _acting_for(context: grpc.aio.ServicerContext) -> str | None:
     return carrier(context) if caller().kind == "service" else None
 
 
-@functools.cache
-def _mesh_trust() -> CertificateFiles:
-    # The files this process's own handshakes use (the same environment ServiceConfig reads), re-read when they
-    # change, so a relayed certificate is trusted exactly when the truck's own handshake would be.
-    return CertificateFiles(TlsConfig.for_workload("telemetry"))
-
-
-def _peer_key(context: grpc.aio.ServicerContext, relayed_for: str | None = None,
-              revocations: RevocationList | None = None) -> VehicleKey:
-    """The signing key of the truck behind the call: its own client certificate, or, when the gateway calls on
-    behalf of vehicle ``relayed_for``, the certificate the gateway relayed, checked as a handshake would check
-    it (mesh CA, validity, one SPIFFE ID), against the deny-list, and required to be that vehicle's. The gateway
-    can relay, not forge, and cannot relay a revoked truck's call either."""
-    if relayed_for is None:
-        certs = context.auth_context().get("x509_pem_cert")
-        if not certs:  # the interceptor already demanded a certificate; this is belt and braces
-            raise PermissionDenied("a vehicle client certificate is required", reason="CLIENT_CERTIFICATE_REQUIRED")
-        pem = certs[0]
-    else:
-        relayed = [v for k, v in context.invocation_metadata() or () if k == VEHICLE_CERTIFICATE_METADATA_KEY]
-        if len(relayed) != 1:
-            raise PermissionDenied(f"a call on a truck's behalf must relay exactly one vehicle certificate in "
-                                   f"{VEHICLE_CERTIFICATE_METADATA_KEY}", reason="CLIENT_CERTIFICATE_REQUIRED")
-        trust = _mesh_trust()
-        trust.refresh()
-        try:
-            identity, pem = verify_relayed_certificate(relayed[0], trust.current.ca_pem)
-        except IdentityError as exc:
-            raise PermissionDenied(str(exc), reason="INVALID_PEER_IDENTITY") from None
-        if revocations is not None:  # the interceptor checked the gateway's own certificate, not this one
-            revocations.check_pem(pem)
-        if identity != Identity("vehicle", relayed_for):
-            raise PermissionDenied(f"vehicle_id {relayed_for[:80]!r} is not the relayed certificate's {identity}",
-                                   reason="VEHICLE_MISMATCH")
-    try:
-        return vehicle_key(pem)
-    except ValueError as exc:
-        raise PermissionDenied(f"vehicle certificate unusable for frame signatures: {exc}",
-                               reason="UNSUPPORTED_KEY") from None
-
-
 def _vehicle_of(name: str, field: str) -> str:
     prefix, _, vehicle = name.partition("/")
     if prefix != "vehicles" or not vehicle or "/" in vehicle:
@@ -176,7 +130,7 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
             raise PermissionDenied(f"hello names vehicle {hello.vehicle_id[:80]!r} but the certificate is "
                                    f"{vehicle_id}", reason="VEHICLE_MISMATCH")
         streams = self.streams
-        current = _peer_key(context)
+        current = peer_key(context)
         keys = await streams.keys(vehicle_id, current)
         session = streams.open(vehicle_id)
         session.credential = credential_of(current.certificate_pem)
@@ -234,7 +188,7 @@ class TelemetryServicer(telemetry_service_pb2_grpc.TelemetryServiceServicer):
             vehicle_state=request.state, mission_id=request.trip_id)
         if request.HasField("sensors"):
             payload.sensors.CopyFrom(request.sensors)
-        current = _peer_key(context, vehicle_id if relayed else None, self._revocations)
+        current = peer_key(context, vehicle_id if relayed else None, self._revocations)
         result, first = await self.streams.ingest(vehicle_id, request.sequence,
                                                   payload.SerializeToString(deterministic=True), request.signature,
                                                   request.key_id, current)

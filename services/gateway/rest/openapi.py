@@ -487,13 +487,18 @@ class _Builder:
             responses = {"200": {"description": "OK", "content": {
                 "application/json": {"schema": self.ref(descriptor.output_type)}}}}
         if descriptor.server_streaming and not download:
+            # A stream resumes by sequence only when its request can say where (sse.py): one vehicle's or mission's
+            # frames, not a fleet's, whose events carry no id.
+            resumable = "after_sequence" in descriptor.input_type.fields_by_name
             parameters.append({"name": "Last-Event-ID", "in": "header", "required": False,
                                # sse.resume_from: 1 to 20 digits, below 2**64 (leading zeros read).
                                "schema": {"type": "string",
                                           "pattern": f"^(?=[0-9]{{1,20}}$)0*{decimal_at_most(2**64 - 1)}$"},
                                "description": "Sent by a reconnecting client: the `id` of the last event it received; "
-                                              "sets `after_sequence`, so the stream resumes without gap or duplicate."})
-            responses["200"] = self.event_stream(descriptor.output_type)
+                                              "sets `after_sequence`, so the stream resumes without gap or duplicate."
+                                              if resumable else "Checked, then ignored: this stream's events carry "
+                                              "no `id` (it follows many sequences), a reconnection starts live."})
+            responses["200"] = self.event_stream(descriptor.output_type, resumable=resumable)
         operation["parameters"] = parameters
         for status, text in ((400, "Invalid argument, failed precondition, or out of range"),
                              *(((401, "Missing or invalid bearer token"), (403, "The token lacks the scope"))
@@ -561,16 +566,19 @@ class _Builder:
         return dict(sorted(hooks.items()))
 
 
-    def event_stream(self, output: Descriptor) -> dict[str, Any]:
+    def event_stream(self, output: Descriptor, *, resumable: bool = True) -> dict[str, Any]:
         """The 200 answer of a server-streaming method: Server-Sent Events, one per response message."""
         event = next((f.json_name for f in output.fields if f.message_type is not None), "message")
+        ids = ("`id:` the last segment of the resource name (the frame's sequence), " if resumable
+               else "no `id:` (the frames of many vehicles have no one sequence to resume from), ")
         return {
             "description": (
                 f"A Server-Sent Events stream (see services/gateway/rest/sse.py): each `{output.name}` is one event, "
-                f"`event: {event}`, `id:` the last segment of the resource name (the frame's sequence), `data:` "
+                f"`event: {event}`, {ids}`data:` "
                 "the message's JSON (schema `x-event-schema`); a comment line (`: heartbeat`) every 15 s; an "
                 "error after the start is a final `event: error` whose data is a google.rpc.Status. Errors "
-                "before the start are ordinary JSON error responses. Reconnect with `Last-Event-ID`."),
+                "before the start are ordinary JSON error responses. "
+                + ("Reconnect with `Last-Event-ID`." if resumable else "A reconnection starts live.")),
             "content": {"text/event-stream": {"schema": {"type": "string"},
                                               "x-event-schema": self.ref(output)}},
         }
