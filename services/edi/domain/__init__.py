@@ -8,6 +8,8 @@ Private modules, re-exported here (import from ``services.edi.domain``):
   delimiters in data refused);
 * ``_schema``: declarative set schemas (``Seg``, ``Loop``, ``El``, syntax notes) and :func:`validate` into AK3/AK4;
 * ``_sets``: the 997 and 204 schemas and the default catalog;
+* ``_load_tender``: a 204 as a :class:`LoadTender` (:func:`read_load_tender`, problems as AK3/AK4) and back;
+* ``_response``: the 990 accepting or declining a tender (:func:`response_990`, schema in ``_set_990``);
 * ``_status`` and ``_invoice``: the 214 shipment status and 210 freight invoice writers (schemas in
   ``_set_214`` and ``_set_210``);
 * ``_ack``: the 997 for a received group, the TA1 for an interchange, inbound 997s read;
@@ -59,9 +61,31 @@ from ._invoice import (
     InvoiceParty,
     invoice_210,
 )
+from ._load_tender import (
+    DELIVERY_REASONS,
+    PICKUP_REASONS,
+    Commodity,
+    Contact,
+    LoadTender,
+    Moment,
+    Money,
+    Note,
+    Party,
+    Purpose,
+    Quantity,
+    Reference,
+    Stop,
+    StopPlace,
+    Window,
+    WindowKind,
+    read_load_tender,
+    write_load_tender,
+)
+from ._response import Decision, DeclineStyle, TenderResponse, read_990, response_990
 from ._schema import Catalog, El, Loop, Seg, SetSchema, validate
 from ._set_210 import SCHEMA_210
 from ._set_214 import SCHEMA_214
+from ._set_990 import SCHEMA_990
 from ._sets import CATALOG, FUNCTIONAL_IDS, PURPOSES, SCHEMA_204, SCHEMA_997, SCHEMA_997_5010, STOP_REASONS
 from ._status import (
     ARRIVED_AT_DELIVERY,
@@ -111,6 +135,7 @@ __all__ = [
     "CONTROL_MAXIMUM",
     "DATA_CHARACTERS",
     "DELIVERED",
+    "DELIVERY_REASONS",
     "DEPARTED_DELIVERY",
     "DEPARTED_PICKUP",
     "EN_ROUTE",
@@ -118,11 +143,13 @@ __all__ = [
     "EXCEPTION_REASONS",
     "EXCEPTION_REMARKS",
     "FUNCTIONAL_IDS",
+    "PICKUP_REASONS",
     "PURPOSES",
     "RATE_QUALIFIER_BY_UNIT",
     "SCHEMA_204",
     "SCHEMA_210",
     "SCHEMA_214",
+    "SCHEMA_990",
     "SCHEMA_997",
     "SCHEMA_997_5010",
     "SEPARATOR_CHOICES",
@@ -133,9 +160,13 @@ __all__ = [
     "Allocation",
     "Catalog",
     "CityState",
+    "Commodity",
+    "Contact",
     "ControlCounters",
     "ControlKind",
     "Coordinates",
+    "Decision",
+    "DeclineStyle",
     "Delimiters",
     "El",
     "Element",
@@ -153,8 +184,16 @@ __all__ = [
     "InvoiceCharge",
     "InvoiceError",
     "InvoiceParty",
+    "LoadTender",
     "Loop",
+    "Moment",
+    "Money",
+    "Note",
+    "Party",
+    "Purpose",
+    "Quantity",
     "Reading",
+    "Reference",
     "Seg",
     "Segment",
     "SegmentError",
@@ -168,9 +207,14 @@ __all__ = [
     "ShipmentStatus",
     "StatusError",
     "StatusEvent",
+    "Stop",
+    "StopPlace",
     "Ta1",
     "Ta1Note",
+    "TenderResponse",
     "TransactionSet",
+    "Window",
+    "WindowKind",
     "WriteRefused",
     "X12Error",
     "acknowledge",
@@ -189,8 +233,11 @@ __all__ = [
     "parse_date",
     "parse_time",
     "read",
+    "read_990",
     "read_997",
+    "read_load_tender",
     "remarks",
+    "response_990",
     "split_segment",
     "status_214",
     "ta1_for",
@@ -199,5 +246,6 @@ __all__ = [
     "to_implied",
     "validate",
     "write",
+    "write_load_tender",
     "write_text",
 ]
