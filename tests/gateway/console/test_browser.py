@@ -143,6 +143,10 @@ async def test_the_overview_draws_every_region_and_passes_axe(browser: Browser) 
     foreign = await browser.js("return performance.getEntriesByType('resource').map(e => e.name)"
                                ".filter(n => !n.startsWith(location.origin))")
     assert foreign == []
+    # the README's picture: with the sandbox's trucks on the map (the first frames arrive a few seconds in)
+    await browser.until("return window.fleetMapTrucks >= 1 && document.querySelector('.mission-list, "
+                        "section[data-region=mission-list] tbody tr')", timeout_seconds=60)
+    await asyncio.sleep(1)  # the map's next draw (every 0.5 s)
     path = await browser.screenshot("console-overview")
     assert path.stat().st_size > 10_000
     await browser.js("const s = document.createElement('script'); s.src = '/console/vendor/axe.min.js';"
