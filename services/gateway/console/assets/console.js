@@ -382,7 +382,8 @@ const LIVE_FRAMES = 20;
 const liveFrames = [];
 let framesBox;
 let framesStream;
-const ACTIVE_STATES = new Set(["STATE_DISPATCHED", "STATE_PRE_TRIP", "STATE_ENROUTE", "STATE_EXCEPTION", "STATE_ARRIVED"]);
+// A mission whose truck is on it (its frames still come).
+export const ACTIVE_STATES = new Set(["STATE_DISPATCHED", "STATE_PRE_TRIP", "STATE_ENROUTE", "STATE_EXCEPTION", "STATE_ARRIVED"]);
 
 function frameRow(frame) {
   const f = frame.telemetryFrame || frame;

@@ -7,9 +7,8 @@
 // under the map (a canvas is invisible to a screen reader), and state is a label as well as a colour.
 
 import * as maplibregl from "/console/vendor/maplibre-gl.mjs";
-import { api, announce, el, idOf, missions } from "/console/assets/console.js";
+import { ACTIVE_STATES as ACTIVE, api, announce, el, idOf, missions } from "/console/assets/console.js";
 
-const ACTIVE = new Set(["STATE_DISPATCHED", "STATE_PRE_TRIP", "STATE_ENROUTE", "STATE_EXCEPTION", "STATE_ARRIVED"]);
 const STALE_MS = 60_000;
 const UPDATE_MS = 500;
 // The fleet stream: every truck on the carrier's missions, positions only (one of the carrier's 16 streams).
