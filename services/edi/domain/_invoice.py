@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 
 from ._envelope import TransactionSet
 from ._errors import WriteRefused
@@ -63,6 +63,7 @@ _FLAT = "FR"
 _GROSS = "G"
 _DELIVERED = "035"
 _MAX_LINES = 999
+_THOUSANDTH = Decimal("0.001")
 
 
 class InvoiceError(WriteRefused):
@@ -132,12 +133,15 @@ def _money(amount: object, what: str) -> str:
 
 
 def _real(value: Decimal | float | int, digits: int, what: str) -> str:
-    """An ``R`` element: no exponent, no trailing zeros, at most ``digits`` digits."""
+    """An ``R`` element: no exponent, no trailing zeros, at most ``digits`` digits. A Decimal is written exactly
+    (or refused); a float (a usage measured as a proto double) to the thousandth."""
     if isinstance(value, bool) or not isinstance(value, Decimal | float | int):
         raise InvoiceError(f"{what}: not a number: {value!r}")
     number = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
     if not number.is_finite():
         raise InvoiceError(f"{what}: not a number: {value!r}")
+    if isinstance(value, float):  # a measured usage (proto double): to the thousandth, as the contract keeps it
+        number = number.quantize(_THOUSANDTH, rounding=ROUND_HALF_EVEN)
     text = format(number, "f")
     if "." in text:
         text = text.rstrip("0").rstrip(".")
@@ -198,7 +202,9 @@ def _rate(charge: InvoiceCharge) -> tuple[str, str]:
 def _line(number: int, charge: InvoiceCharge, codes: Mapping[str, str], weight: str, weight_unit: str) -> \
         list[Segment]:
     amount = _money(charge.amount, f"{charge.code} L1-04")
-    description = clean_text(charge.description) or clean_text(charge.code.replace("-", " ")) or charge.kind
+    description = clean_text(charge.description)
+    if len(description) < 2:  # L5-02 and L1-12 want words: the line's code says what it is
+        description = clean_text(f"{charge.code.replace('-', ' ')} {description}") or clean_text(charge.kind)
     segments = [Segment.of("LX", str(number)), Segment.of("L5", str(number), _text(description, 1, 50, "L5-02"))]
     quantity, billed_as = "", ""
     if charge.quantity is not None and charge.unit in BILLED_AS_BY_UNIT:
