@@ -32,7 +32,7 @@ APPOINTMENT_STATUSES = frozenset({"AA", "AB"})
 #: daylight, generic), GM, LT (local time) and UT.
 TIME_CODES = frozenset({f"{n:02d}" for n in range(1, 25)} | {
     "AD", "AS", "AT", "CD", "CS", "CT", "ED", "ES", "ET", "GM", "HD", "HS", "HT", "LT", "MD", "MS", "MT", "ND",
-    "NS", "NT", "PD", "PS", "PT", "TD", "TS", "TT", "UT"})
+    "NS", "NT", "PD", "PS", "PT", "UT"})
 
 
 def _l11(max_use: int) -> Seg:

@@ -112,7 +112,7 @@ EXCEPTION_REMARKS: Mapping[str, str] = {
 #: Zone abbreviations (``datetime.tzname()``) to X12 time codes (element 623).
 _ZONE_CODES = {
     "EST": "ES", "EDT": "ED", "CST": "CS", "CDT": "CD", "MST": "MS", "MDT": "MD", "PST": "PS", "PDT": "PD",
-    "AKST": "AS", "AKDT": "AD", "HST": "HS", "HDT": "HD", "NST": "NS", "NDT": "ND", "AST": "TS", "ADT": "TD",
+    "AKST": "AS", "AKDT": "AD", "HST": "HS", "HDT": "HD", "NST": "NS", "NDT": "ND",
     "UTC": "UT", "GMT": "GM",
 }
 #: How a partner wants event times: the stop's wall time with LT, the same with its zone's code, or UTC.
