@@ -213,7 +213,7 @@ def test_a_group_no_997_can_name_is_answered_by_the_ta1() -> None:
     (b"SE*21*0001~\n", b"", "AK5*R*2"),
     (b"ST*204*0001", b"ST*204*001", "AK5*R*7*3"),
     (b"ST*204*0001", b"ST*20X*0001", "AK5*R*6"),
-    (b"ST*204*0001", b"ST*214*0001", "AK5*R*1"),
+    (b"ST*204*0001", b"ST*211*0001", "AK5*R*1"),
 ])
 def test_set_problems_become_ak5_codes(old: bytes, new: bytes, ak5: str) -> None:
     data = sample("204_change.edi").replace(old, new)
