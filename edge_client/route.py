@@ -1,8 +1,9 @@
-"""The seed's lane, Houston → Atlanta, as a polyline, and the spherical geometry to drive along it.
+"""The seed's lane, Houston → Atlanta, as a polyline, and the spherical geometry to drive along any route.
 
 Plain Python (no geometry library on the truck for a dozen great-circle segments): distances by haversine,
 headings by initial bearing, positions by linear interpolation in latitude/longitude within a segment
-(segments are tens of miles long; the error is far below a GNSS fix's at this scale).
+(segments are tens of miles long; the error is far below a GNSS fix's at this scale). A route with longer
+segments (a plan straight between two stops) is densified along the great circle first (``Route.densified``).
 """
 
 from __future__ import annotations
@@ -90,7 +91,33 @@ class Route:
         t = 0.0 if span == 0 else (distance_m - self._cumulative[i]) / span
         return Point(a_lat + (b_lat - a_lat) * t, a_lon + (b_lon - a_lon) * t, bearing_deg(a_lat, a_lon, b_lat, b_lon))
 
+    def densified(self, max_segment_m: float) -> Route:
+        """The same route with points added along the great circle of every segment longer than ``max_segment_m``
+        (a planned route straight between two stops hundreds of miles apart): positions between them then stay on
+        the great circle and headings follow it, as on a route of short segments."""
+        if max_segment_m <= 0:
+            raise ValueError("max_segment_m must be positive")
+        points = [self.waypoints[0]]
+        for i, (a, b) in enumerate(zip(self.waypoints, self.waypoints[1:], strict=False)):
+            pieces = math.ceil((self._cumulative[i + 1] - self._cumulative[i]) / max_segment_m)
+            points += [_along_great_circle(a, b, k / pieces) for k in range(1, pieces)]
+            points.append(b)
+        return Route(points)
+
     def rest_from(self, distance_m: float, via: list[tuple[float, float]]) -> Route:
         """A new route from the point ``distance_m`` along this one through ``via`` (a reroute)."""
         here = self.at(distance_m)
         return Route([(here.lat, here.lon), *via])
+
+
+def _along_great_circle(a: tuple[float, float], b: tuple[float, float], fraction: float) -> tuple[float, float]:
+    """The point ``fraction`` of the way from ``a`` to ``b`` on their great circle (slerp of unit vectors)."""
+    (lat1, lon1), (lat2, lon2) = (tuple(map(math.radians, p)) for p in (a, b))
+    va = (math.cos(lat1) * math.cos(lon1), math.cos(lat1) * math.sin(lon1), math.sin(lat1))
+    vb = (math.cos(lat2) * math.cos(lon2), math.cos(lat2) * math.sin(lon2), math.sin(lat2))
+    angle = math.acos(max(-1.0, min(1.0, sum(x * y for x, y in zip(va, vb, strict=True)))))
+    if angle < 1e-12:
+        return a
+    wa, wb = math.sin((1 - fraction) * angle) / math.sin(angle), math.sin(fraction * angle) / math.sin(angle)
+    x, y, z = (wa * p + wb * q for p, q in zip(va, vb, strict=True))
+    return math.degrees(math.atan2(z, math.hypot(x, y))), math.degrees(math.atan2(y, x))

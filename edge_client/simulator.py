@@ -1,4 +1,5 @@
-"""A simulated driverless truck on the seed's lane (Houston → Atlanta), at accelerated time.
+"""A simulated driverless truck at accelerated time: on the seed's lane (Houston → Atlanta), or, with
+``route_from_assignment``, on the route its mission's assignment carries (the way the cloud planned).
 
 The truck produces one POSITION frame per simulated second (1 Hz), a signed HEALTH frame with its pre-trip
 self-checks before departing, and FAULT / ALARM / EVENT frames when a scenario says so:
@@ -58,7 +59,8 @@ from haulmesh.telemetry.v1 import frame_pb2, stream_pb2
 from .recorder import Recorder, pre_trip_checks
 from .route import Route, haversine_m
 
-__all__ = ["Link", "Scenario", "SimulationReport", "Truck", "lane_between", "parse_scenario", "simulate"]
+__all__ = ["Link", "Scenario", "SimulationReport", "Truck", "lane_between", "parse_scenario", "planned_between",
+           "simulate"]
 
 KIND = frame_pb2.FramePayload
 SEVERITY = frame_pb2.Alarm
@@ -88,9 +90,23 @@ class Link(Protocol):
         """Drop the connection for ``seconds`` real seconds."""
 
 
+#: A planned route's segments longer than this are driven along their great circle in pieces of this length.
+MAX_SEGMENT_M = 30_000.0
+
+
+def planned_between(start: tuple[float, float], end: tuple[float, float],
+                    planned: list[tuple[float, float]]) -> Route:
+    """The cloud's planned route (2+ points, first stop to last) from ``start`` through its inner points to ``end``
+    (a mission's first and last stop), its long straight segments densified along the great circle."""
+    if len(planned) < 2:
+        raise ValueError("a planned route needs at least two points")
+    return Route([start, *planned[1:-1], end]).densified(MAX_SEGMENT_M)
+
+
 def lane_between(start: tuple[float, float], end: tuple[float, float]) -> Route:
     """The lane with its end points replaced by ``start`` and ``end`` (a mission's first and last stop), driven
-    backwards (Atlanta → Houston) when ``start`` lies nearer the lane's far end: a truck's way home."""
+    backwards (Atlanta → Houston) when ``start`` lies nearer the lane's far end: a truck's way home. For an
+    assignment without a planned route (an older server's)."""
     lane = Route.houston_to_atlanta().waypoints
     interior = lane[1:-1]
     if haversine_m(*start, *lane[-1]) < haversine_m(*start, *lane[0]):
@@ -195,9 +211,11 @@ class Simulation:
         """``frame_every``: one POSITION frame every N simulated seconds. ``scenario_at``: the simulated second
         the scenario starts (default: its own, see the module docstring); later steps of the scenario keep
         their spacing. ``route_from_assignment``: start at the assigned mission's first stop and end at its
-        last, through the lane's inner waypoints (the truck is at the shipper's dock, not at the lane's
-        nominal end points, so it is inside the pickup geofence when it departs). ``stop_hold_seconds``: how long
-        (simulated) the truck stays stopped after a stop command before the run ends, unless a resume comes."""
+        last, through the inner points of the assignment's planned route (the way the cloud planned; through the
+        seed lane's inner waypoints when an older server sends none) (the truck is at the shipper's dock, not at
+        the route's nominal end points, so it is inside the pickup geofence when it departs).
+        ``stop_hold_seconds``: how long (simulated) the truck stays stopped after a stop command before the run
+        ends, unless a resume comes."""
         if frame_every < 1:
             raise ValueError("frame_every must be at least 1 simulated second")
         if pickup_dwell_seconds < 0 or (dwell_speedup is not None and dwell_speedup <= 0):
@@ -243,10 +261,12 @@ class Simulation:
         self.report.commands.append(which or "unknown")
         if which == "assign_mission":
             self.truck.mission_id = command.assign_mission.mission_id
-            stops = command.assign_mission.stops
+            stops, planned = command.assign_mission.stops, command.assign_mission.planned_route
             if self.route_from_assignment and len(stops) >= 2 and not self._progress.departed:
-                self.truck.route = lane_between((stops[0].location.lat, stops[0].location.lon),
-                                                (stops[-1].location.lat, stops[-1].location.lon))
+                first = (stops[0].location.lat, stops[0].location.lon)
+                last = (stops[-1].location.lat, stops[-1].location.lon)
+                self.truck.route = (planned_between(first, last, [(p.lat, p.lon) for p in planned])
+                                    if len(planned) >= 2 else lane_between(first, last))
             self._mission_assigned.set()
             return outcome.OUTCOME_ACCEPTED, ""
         if which == "reroute":

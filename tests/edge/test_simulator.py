@@ -15,6 +15,7 @@ from edge_client.recorder import Recorder
 from edge_client.route import Route, haversine_m
 from edge_client.simulator import Simulation, parse_scenario
 from edge_client.spool import Spool
+from haulmesh.mission.v1 import mission_pb2
 from haulmesh.telemetry.v1 import frame_pb2, stream_pb2
 from haulmesh.type.v1 import health_check_pb2, location_pb2
 from services.runtime import pki
@@ -86,6 +87,53 @@ async def test_road_closure_follows_the_reroute(tmp_path: Path, signer) -> None:
     print(f"outcome={outcome} events={events} rerouted={report.rerouted}")
     assert outcome[0] == stream_pb2.CommandAck.OUTCOME_COMPLETED
     assert events == ["road_closure_ahead", "reroute_applied"] and report.rerouted
+
+
+HOUSTON, DALLAS, ATLANTA = (29.7604, -95.3698), (32.7767, -96.797), (33.7490, -84.3880)
+
+
+def _assignment(stops: list[tuple[float, float]], planned: list[tuple[float, float]]) -> stream_pb2.Command:
+    where = [location_pb2.Location(lat=lat, lon=lon) for lat, lon in stops]
+    return stream_pb2.Command(command_id="assign-m-1", assign_mission=stream_pb2.MissionAssignment(
+        mission_id="m-1", stops=[mission_pb2.Stop(location=loc) for loc in where],
+        planned_route=[location_pb2.Location(lat=lat, lon=lon) for lat, lon in planned]))
+
+
+async def _drive_assignment(spool: Spool, signer, command: stream_pb2.Command) -> list[frame_pb2.FramePayload]:
+    simulation = Simulation(Recorder(spool, signer, VEHICLE), None, speedup=1e9, scenario=parse_scenario(None),
+                            wait_for_mission=True, route_from_assignment=True, frame_every=10)
+    assert simulation.on_command(command)[0] == stream_pb2.CommandAck.OUTCOME_ACCEPTED
+    report = await simulation.run()
+    assert report.arrived
+    return [p for p in _payloads(spool) if p.kind == KIND.KIND_POSITION]
+
+
+async def test_an_assignment_with_a_planned_route_is_driven_along_it_to_its_last_stop(tmp_path: Path,
+                                                                                       signer) -> None:
+    # Houston → Dallas, planned straight between the stops (no known road): off the seed lane altogether
+    with Spool(tmp_path / "s.db") as spool:
+        positions = await _drive_assignment(spool, signer, _assignment([HOUSTON, DALLAS], [HOUSTON, DALLAS]))
+    first, last = positions[0].position, positions[-1].position
+    print(f"positions={len(positions)} last=({last.lat:.4f}, {last.lon:.4f}) state={positions[-1].vehicle_state}")
+    assert haversine_m(first.lat, first.lon, *HOUSTON) < 1 and haversine_m(last.lat, last.lon, *DALLAS) < 1
+    assert positions[-1].vehicle_state == "arrived" and positions[-1].mission_id == "m-1"
+    # on the way: north-north-west all along, never further from Dallas than Houston is, nowhere near Louisiana
+    straight = haversine_m(*HOUSTON, *DALLAS)
+    moving = [p.position for p in positions if p.vehicle_state == "enroute"]
+    assert moving and all(300 < p.heading_deg < 360 for p in moving)
+    assert all(haversine_m(p.lat, p.lon, *DALLAS) <= straight + 1 and p.lon < -95.3 for p in moving)
+    # along the great circle: at halfway, as far from either end
+    middle = min(moving, key=lambda p: abs(haversine_m(p.lat, p.lon, *HOUSTON) - straight / 2))
+    assert abs(haversine_m(middle.lat, middle.lon, *DALLAS) - straight / 2) < 3_000
+
+
+async def test_an_assignment_without_a_planned_route_drives_the_seed_lane(tmp_path: Path, signer) -> None:
+    # an older server's assignment: stops only; the seed lane's inner waypoints (through Baton Rouge)
+    with Spool(tmp_path / "s.db") as spool:
+        positions = await _drive_assignment(spool, signer, _assignment([HOUSTON, ATLANTA], []))
+    last = positions[-1].position
+    assert haversine_m(last.lat, last.lon, *ATLANTA) < 1
+    assert min(haversine_m(p.position.lat, p.position.lon, 30.4515, -91.1871) for p in positions) < 5_000
 
 
 async def test_an_operators_stop_holds_the_truck_until_it_is_told_to_resume(tmp_path: Path, signer) -> None:

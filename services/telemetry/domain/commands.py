@@ -47,11 +47,14 @@ def _command(command_id: str, **payload: object) -> stream_pb2.Command:
 
 
 def assignment_command(mission: mission_pb2.Mission) -> stream_pb2.Command:
-    """The MissionAssignment command for a dispatched mission (id ``assign-<mission id>``)."""
+    """The MissionAssignment command for a dispatched mission (id ``assign-<mission id>``). Its planned route is the
+    mission's (a known road's geometry), else the stops' locations in order: the truck drives the way the cloud
+    planned either way, never a road of its own choosing."""
     mission_id = mission.name.removeprefix("missions/")
+    route = list(mission.planned_route) or [stop.location for stop in mission.stops]
     return _command(f"{ASSIGN_PREFIX}{mission_id}", assign_mission=stream_pb2.MissionAssignment(
         mission_id=mission_id, load=mission.load, stops=mission.stops,
-        check_ins_required=mission.check_in_requirement.required))
+        check_ins_required=mission.check_in_requirement.required, planned_route=route))
 
 
 def _exception_command_id(action: str, mission_id: str, exception_id: str) -> str:
