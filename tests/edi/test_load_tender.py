@@ -420,7 +420,7 @@ def tenders(draw) -> LoadTender:
         offered_rate=draw(st.none() | st.integers(0, 10**11).map(lambda c: Money(Decimal(c).scaleb(-2)))))
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(delimiters(), tenders())
 def test_read_load_tender_recovers_what_was_written(d: Delimiters, tender: LoadTender) -> None:
     sent = write_load_tender(tender, control="0042")

@@ -127,7 +127,7 @@ _REMARKS = st.lists(st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789.,", m
                     max_size=12).map(" ".join)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(delimiters(), tenders(), st.sampled_from(list(Decision)), st.from_regex(r"[A-Z]{3}", fullmatch=True),
        _REMARKS, st.sampled_from([DeclineStyle(), DeclineStyle(False, "REJ"), DeclineStyle(True, "REJ")]))
 def test_any_tender_answered_either_way_reads_back_as_sent(d, tender, decision, reason, remark, style) -> None:
