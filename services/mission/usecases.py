@@ -268,11 +268,7 @@ class MissionUseCases:
                 return None
             # Whatever the change, it may have cleared the last obstacle of a departure that waits (a truck's kept
             # pre-trip report: domain/changes.py); it is recorded in the same transaction.
-            departed = domain.depart_when_cleared(mission, now)
-            if departed is not None:
-                for exc in departed:
-                    announcer.exception_resolved(exc)
-                announcer.state_changed()
+            announcer.moved(domain.depart_when_cleared(mission, now))
             domain.settle(mission, self._settings.check_in, now)
             return lambda final: announcer.build(final, before)
 
@@ -286,13 +282,7 @@ class MissionUseCases:
                        step: Callable[[Mission, datetime], list[MissionException] | None]) -> tuple[Mission, bool]:
         """A plain transition: ``step`` returns None for no change, else the exceptions it resolved."""
         def apply(mission: Mission, announce: _Announcer, now: datetime) -> bool:
-            resolved = step(mission, now)
-            if resolved is None:
-                return False
-            for exc in resolved:
-                announce.exception_resolved(exc)
-            announce.state_changed()
-            return True
+            return announce.moved(step(mission, now))
 
         return await self._change(carrier_id, name, etag, apply)
 
@@ -327,12 +317,7 @@ class MissionUseCases:
             except FailedPrecondition as refusal:
                 refused.append(refusal)
                 return domain.keep_pre_trip_report(mission, checks)
-            if resolved is None:
-                return False
-            for exc in resolved:
-                announce.exception_resolved(exc)
-            announce.state_changed()
-            return True
+            return announce.moved(resolved)
 
         mission, _ = await self._change(carrier_id, name, etag, apply)
         if refused:
@@ -656,6 +641,16 @@ class _Announcer:
     def _add(self, field: str, payload: Callable[[Mission, int], object]) -> None:
         self._pending.append(lambda m, before: new_event(field, payload(m, before), subject=m.name,
                                                          carrier_id=self._carrier, source="mission"))
+
+    def moved(self, resolved: Sequence[MissionException] | None) -> bool:
+        """A transition's events: the exceptions it resolved and the state change; False when there was none
+        (``resolved`` None)."""
+        if resolved is None:
+            return False
+        for exc in resolved:
+            self.exception_resolved(exc)
+        self.state_changed()
+        return True
 
     def state_changed(self) -> None:
         """Once per change: the event carries the committed mission and the state before the change."""
