@@ -3,8 +3,8 @@ against a mesh of its own with the sandbox running, signed in through the dev lo
 the overview draws every region and passes axe; a tender created over REST appears on the board and is accepted
 there; a truck moves on the map as its frames arrive; a sensor fault shows in the queue and the minimal-risk stop
 sent from there reaches the simulated truck, which acknowledges it; a takeover asked there is handed over and back
-by the truck; a new exception alerts any page; a failed webhook is replayed; the KPI chart draws the report's
-figures. Each test saves a screenshot under build/screenshots/."""
+by the truck; a reroute typed there is checked and followed; a new exception alerts any page; a failed webhook is
+replayed; the KPI chart draws the report's figures. Each test saves a screenshot under build/screenshots/."""
 
 from __future__ import annotations
 
@@ -283,6 +283,31 @@ async def test_a_new_exception_alerts_whatever_page_is_open(browser: Browser, tm
     finally:
         await tms.post(f"/api/v1/{mission}:resolveException", json={"exceptionId": exception,
                                                                       "resolution": "seal checked at the shoulder"})
+
+
+async def test_a_reroute_typed_in_the_queue_is_checked_and_reaches_the_truck(browser: Browser) -> None:
+    await browser.open("/console/exceptions")
+    row = "tr[data-kind='KIND_SENSOR_FAULT'][data-contingency='CONTINGENCY_MINIMAL_RISK_STOP']"
+    await browser.until(f"return document.querySelector(\"{row} button[data-action='reroute']\")", timeout_seconds=90)
+    await browser.click(f"{row} button[data-action='reroute']")
+    field = f"{row} textarea[data-field='waypoints']"
+    await browser.until(f"return document.querySelector(\"{field}\")")
+
+    async def send(text: str) -> None:
+        element = await browser.run(browser.driver.find_element, By.CSS_SELECTOR, field)
+        await browser.run(element.clear)
+        await browser.run(element.send_keys, text)
+        await browser.click(f"{row} form[data-form='waypoints'] button[type='submit']")
+
+    await send("Birmingham please")
+    problem = await browser.until(f"return document.querySelector(\"{row} form .problem\")?.textContent")
+    assert 'waypoint 1 ("Birmingham please")' in problem  # said, nothing sent
+    await send("32.2988, -90.1848\n33.5186, -86.8104")
+    done = f"return document.querySelector(\"{row} [data-command='reroute']\")?.dataset.commandState"
+    state = await browser.until(f"const s = (() => {{ {done} }})(); return s && s !== 'STATE_QUEUED' && "
+                                "s !== 'STATE_ACCEPTED' && s", timeout_seconds=30)
+    await browser.screenshot("exception-queue-reroute")
+    assert state == "STATE_COMPLETED"  # the simulated truck follows the two waypoints
 
 
 async def test_a_failed_webhook_is_replayed_from_the_log(browser: Browser, tms: httpx.AsyncClient) -> None:
