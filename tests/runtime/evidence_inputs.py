@@ -21,7 +21,8 @@ from services.runtime.evidence import PackFrame, SealKey, telemetry_log_sha256
 
 MISSION_ID = "01JEVIDENCEPACKTESTMISSION"
 VEHICLE = "AU-TRK-1001"
-#: When the inputs' trip happens: now (the certificates are issued now and frames must fall in their validity).
+#: When the inputs' trip happens: when they are made (make_inputs sets it again: the certificates it issues are
+#: valid from a few minutes before then, and a whole test session may pass between this module's import and that).
 T0 = int(time.time())
 
 
@@ -73,6 +74,8 @@ def audit_chain(resources: list[str], chain: str = "audit:{billing-test}") -> li
 
 
 def make_inputs(frame_count: int = 3) -> Inputs:
+    global T0
+    T0 = int(time.time())
     ca = pki.create_ca()
     truck = pki.issue(ca, pki.identity_for("vehicle", VEHICLE))
     sealer = pki.issue_signing(ca, pki.identity_for("service", "billing"))
