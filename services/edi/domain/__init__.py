@@ -249,3 +249,19 @@ __all__ = [
     "write_load_tender",
     "write_text",
 ]
+
+# Trading partners (the service's config; the SFTP door reads their keys).
+from ._partners import (
+    ACK_RESEND_MINUTES,
+    CARRIER_ID,
+    STATUS_EVENT_CODES,
+    Partner,
+    PartnerConfigError,
+    Partners,
+    ResponsePolicy,
+    ResponseRule,
+    parse_partners,
+)
+
+__all__ += ["ACK_RESEND_MINUTES", "CARRIER_ID", "STATUS_EVENT_CODES", "Partner", "PartnerConfigError", "Partners",
+            "ResponsePolicy", "ResponseRule", "parse_partners"]
