@@ -161,10 +161,10 @@ class MissionServicer(mission_service_pb2_grpc.MissionServiceServicer):
     async def AcknowledgeMissionTakeover(self, request: mission_service_pb2.AcknowledgeMissionTakeoverRequest,
                                          context: Context) -> Mission:
         domain.validate_takeover_ack(request.exception_id, request.step,
-                                     request.ack_time if request.HasField("ack_time") else None)
+                                     request.ack_time if request.HasField("ack_time") else None, request.refusal)
         return await self._missions.acknowledge_takeover(carrier(context), request.name, request.etag,
                                                          request.exception_id, domain.TakeoverStep(request.step),
-                                                         request.ack_time)
+                                                         request.ack_time, request.refusal)
 
     async def RecordCheckIn(self, request: mission_service_pb2.RecordCheckInRequest,
                             context: Context) -> mission_service_pb2.RecordCheckInResponse:

@@ -365,14 +365,17 @@ class MissionUseCases:
         return mission, next(e for e in mission.exceptions if e.exception_id == exception_id)
 
     async def acknowledge_takeover(self, carrier_id: str, name: str, etag: str, exception_id: str,
-                                   step: domain.TakeoverStep, ack_time: Timestamp) -> Mission:
-        """Record the vehicle's confirmation of a takeover step on the exception (domain/takeover.py); no event: the
-        mission's state does not move, and the new etag and update time say it changed."""
+                                   step: domain.TakeoverStep, ack_time: Timestamp, refusal: str = "") -> Mission:
+        """Record the vehicle's confirmation (or refusal) of a takeover step on the exception (domain/takeover.py);
+        no event: the mission's state does not move, and the new etag and update time say it changed."""
         def apply(mission: Mission, announce: _Announcer, now: datetime) -> bool:
-            return domain.acknowledge_takeover(domain.find_exception(mission, exception_id), step, ack_time)
+            return domain.acknowledge_takeover(domain.find_exception(mission, exception_id), step, ack_time, refusal)
 
         mission, changed = await self._change(carrier_id, name, etag, apply)
-        if changed:
+        if changed and refusal:
+            _log.warning("%s %s: the vehicle refused the %s at %s: %s", name, exception_id,
+                         step.name.lower().replace("_", "-"), ack_time.ToJsonString(), refusal)
+        elif changed:
             _log.info("%s %s: the vehicle confirmed the %s at %s", name, exception_id,
                       step.name.lower().replace("_", "-"), ack_time.ToJsonString())
         return mission

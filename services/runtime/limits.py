@@ -69,6 +69,8 @@ MAX_REROUTE_WAYPOINTS = 100
 #: A mission exception (mission's domain/changes.py): what happened, and how it was resolved.
 MAX_EXCEPTION_DESCRIPTION = 1000
 MAX_EXCEPTION_RESOLUTION = 1000
+#: A truck's refusal of a takeover step as recorded on the takeover (mission's domain/takeover.py).
+MAX_TAKEOVER_REFUSAL = 500
 
 #: A KPI report's baseline cost per mile, in minor units (10,000.00 a mile in a two-decimal currency: beyond
 #: any truck).

@@ -100,6 +100,29 @@ def test_a_late_hand_over_is_recorded_until_the_hand_back_is_confirmed_then_refu
     assert not other.exceptions[0].takeover.HasField("control_time")
 
 
+def test_a_trucks_refusal_is_recorded_latest_kept_and_stale_once_the_step_is_confirmed() -> None:
+    mission = _enroute()
+    exc_id = _taken_over(mission).exception_id
+    exc = domain.find_exception(mission, exc_id)
+    assert domain.acknowledge_takeover(exc, TakeoverStep.HAND_OVER, _at(1), "REJECTED: no teleop link")
+    assert not domain.acknowledge_takeover(exc, TakeoverStep.HAND_OVER, _at(1), "REJECTED: no teleop link")  # again
+    assert exc.takeover.hand_over_refusal == mission_pb2.TakeoverRefusal(time=_at(1), detail="REJECTED: no teleop link")
+    assert not exc.takeover.HasField("control_time")  # a refusal confirms nothing
+    assert domain.acknowledge_takeover(exc, TakeoverStep.HAND_OVER, _at(2))  # asked again on reconnection: in control
+    assert not domain.acknowledge_takeover(exc, TakeoverStep.HAND_OVER, _at(3), "REJECTED: late")  # stale: dropped
+    assert exc.takeover.hand_over_refusal.detail == "REJECTED: no teleop link"  # kept for the record
+    # A hand-back refused before anyone asked for it is as wrong as a confirmation would be.
+    with pytest.raises(FailedPrecondition, match="the exception is open"):
+        domain.acknowledge_takeover(exc, TakeoverStep.HAND_BACK, _at(4), "REJECTED: not under remote control")
+    domain.resolve_exception(mission, exc_id, "cleared", OPS, T0 + timedelta(minutes=5))
+    assert domain.acknowledge_takeover(exc, TakeoverStep.HAND_BACK, _at(6), "REJECTED: minimal-risk stop engaged")
+    assert domain.acknowledge_takeover(exc, TakeoverStep.HAND_BACK, _at(7), "FAILED: autonomy stack not ready")
+    assert exc.takeover.hand_back_refusal == mission_pb2.TakeoverRefusal(time=_at(7),
+                                                                         detail="FAILED: autonomy stack not ready")
+    assert not exc.takeover.HasField("hand_back_time")
+    assert domain.mission_status(mission) == Status(State.ENROUTE)  # a refusal moves no state
+
+
 def test_a_confirmation_for_no_takeover_or_no_exception_is_refused() -> None:
     mission = _enroute()
     fault, _ = domain.raise_exception(mission, Exc(kind=Exc.KIND_SENSOR_FAULT, severity=Exc.SEVERITY_CRITICAL),
@@ -137,10 +160,13 @@ def test_passing_pre_trip_checks_ask_for_the_hand_back_of_a_pre_trip_takeover() 
     ("", 0, None, {"exception_id", "step", "ack_time"}),
     ("x" * 65, 7, _at(0), {"exception_id", "step"}),
 ])
-def test_the_request_is_checked_field_by_field(exception_id: str, step: int, ack_time, fields: set[str]) -> None:
+@pytest.mark.parametrize("refusal", ["", "REJECTED: x", "x" * 501])
+def test_the_request_is_checked_field_by_field(exception_id: str, step: int, ack_time, fields: set[str],
+                                               refusal: str) -> None:
+    fields = fields | ({"refusal"} if len(refusal) > 500 else set())
     if not fields:
-        domain.validate_takeover_ack(exception_id, step, ack_time)
+        domain.validate_takeover_ack(exception_id, step, ack_time, refusal)
         return
     with pytest.raises(InvalidArgument) as refused:
-        domain.validate_takeover_ack(exception_id, step, ack_time)
+        domain.validate_takeover_ack(exception_id, step, ack_time, refusal)
     assert {v.field for v in refused.value.violations} == fields

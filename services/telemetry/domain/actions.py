@@ -6,7 +6,7 @@ event                                  call
 =====================================  ====================================================================
 ``command_acknowledged`` (assignment)  AcknowledgeMissionDispatch (DISPATCHED → PRE_TRIP; the truck's time)
 ``command_acknowledged`` (hand-over,   AcknowledgeMissionTakeover HAND_OVER / HAND_BACK (the exception's takeover
-hand-back)                             records the truck's time); see :data:`_CONFIRMING`
+hand-back)                             records the truck's time, or its refusal); see :data:`_CONFIRMING`
 ``health_reported``                    StartMission with the pre-trip checks (PRE_TRIP → ENROUTE; kept by the
                                        mission until a check-in or a hold clears it); a blocking check that
                                        failed raises a PRE_TRIP_FAILURE exception instead
@@ -40,6 +40,7 @@ from haulmesh.events.v1 import telemetry_events_pb2 as tev
 from haulmesh.mission.v1 import mission_pb2, mission_service_pb2
 from haulmesh.telemetry.v1 import frame_pb2, stream_pb2
 from haulmesh.type.v1 import health_check_pb2
+from services.runtime.limits import MAX_TAKEOVER_REFUSAL
 
 from .commands import ASSIGN_PREFIX, takeover_command_of
 from .tracking import fault_kind
@@ -59,7 +60,6 @@ __all__ = [
     "road_closure",
     "route_deviated",
     "takeover_acknowledgement",
-    "takeover_refused",
 ]
 
 _P = "haulmesh.telemetry.v1."
@@ -115,25 +115,23 @@ def dispatch_acknowledgement(data: tev.CommandAcknowledged,
 
 def takeover_acknowledgement(data: tev.CommandAcknowledged,
                              ) -> mission_service_pb2.AcknowledgeMissionTakeoverRequest | None:
-    """A truck's answer that confirms a hand-over or hand-back (:data:`_CONFIRMING`) records that step of the
-    exception's takeover, at the truck's time; None for any other answer or command."""
+    """A truck's answer to a hand-over or hand-back: one that confirms it (:data:`_CONFIRMING`) records that step of
+    the exception's takeover at the truck's time; a refusal (REJECTED, FAILED) records the refusal, with the
+    truck's detail, for the command centre to see; None for any other answer or command."""
     found = takeover_command_of(data.ack.command_id, data.mission)
-    if found is None or data.ack.outcome not in _CONFIRMING[found[0]][0]:
+    if found is None:
         return None
     payload, exception_id = found
-    return mission_service_pb2.AcknowledgeMissionTakeoverRequest(
-        name=data.mission, exception_id=exception_id, step=_CONFIRMING[payload][1], ack_time=data.ack.device_time,
-        command_id=data.ack.command_id)
-
-
-def takeover_refused(data: tev.CommandAcknowledged) -> str | None:
-    """What to tell the command centre when a truck refused a hand-over or hand-back (REJECTED, FAILED): the
-    takeover records nothing and the exception stays as it is; None for any other answer or command."""
-    found = takeover_command_of(data.ack.command_id, data.mission)
-    if found is None or data.ack.outcome not in _REFUSALS:
+    ack = data.ack
+    if ack.outcome in _REFUSALS:
+        refusal = f"{_Ack.Outcome.Name(ack.outcome).removeprefix('OUTCOME_')}: {ack.detail or 'no detail'}"
+    elif ack.outcome in _CONFIRMING[payload][0]:
+        refusal = ""
+    else:
         return None
-    return (f"{data.vehicle} answered {_Ack.Outcome.Name(data.ack.outcome).removeprefix('OUTCOME_')} to the "
-            f"{found[0].replace('_', '-')} of {data.mission} {found[1]}: {data.ack.detail or 'no detail'}")
+    return mission_service_pb2.AcknowledgeMissionTakeoverRequest(
+        name=data.mission, exception_id=exception_id, step=_CONFIRMING[payload][1], ack_time=ack.device_time,
+        command_id=ack.command_id, refusal=refusal[:MAX_TAKEOVER_REFUSAL])
 
 
 def pre_trip(data: tev.HealthReported) -> mission_service_pb2.StartMissionRequest | _Raise | None:

@@ -61,9 +61,6 @@ class MissionActions:
         if request is not None:
             await self._stub().AcknowledgeMissionDispatch(request, metadata=metadata)
             return
-        refused = actions.takeover_refused(data)
-        if refused is not None:
-            _log.warning("takeover step refused: %s", refused)
         takeover = actions.takeover_acknowledgement(data)
         if takeover is None:
             return

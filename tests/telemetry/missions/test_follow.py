@@ -466,8 +466,8 @@ async def test_a_trucks_road_closure_report_brings_it_the_detour_round_it(follow
     print(f"closure reported at {on_i59.lat},{on_i59.lon}: {closure.description}")
 
 
-def _answer(session: Session, command: stream_pb2.Command, outcome: int) -> stream_pb2.CommandAck:
-    ack = stream_pb2.CommandAck(command_id=command.command_id, outcome=outcome)  # type: ignore[arg-type]
+def _answer(session: Session, command: stream_pb2.Command, outcome: int, detail: str = "") -> stream_pb2.CommandAck:
+    ack = stream_pb2.CommandAck(command_id=command.command_id, outcome=outcome, detail=detail)  # type: ignore[arg-type]
     ack.device_time.GetCurrentTime()
     session.send(stream_pb2.StreamTelemetryRequest(command_ack=ack))
     return ack
@@ -543,8 +543,14 @@ async def test_a_takeover_hands_the_truck_to_a_human_and_back_with_its_confirmat
             assert hand_back.command_id == f"handback-{mission_id}-{exc_id}"
             assert (hand_back.hand_back.exception_id, hand_back.hand_back.reason) == (
                 exc_id, "reefer reset by the remote operator")
-            # 4. ACCEPTED says it is handing back (nothing recorded); COMPLETED that the autonomy stack drives again.
+            # 4. ACCEPTED says it is handing back (nothing recorded); a refusal is recorded for the command centre
+            # (the console alerts on it); COMPLETED says the autonomy stack drives again.
             _answer(session, hand_back, stream_pb2.CommandAck.OUTCOME_ACCEPTED)
+            _answer(session, hand_back, stream_pb2.CommandAck.OUTCOME_REJECTED, "minimal-risk stop engaged")
+            refused_back = await wait_for(lambda: takeover_now("hand_back_refusal"), timeout_seconds=15)
+            assert refused_back.exceptions[0].takeover.hand_back_refusal.detail == \
+                "REJECTED: minimal-risk stop engaged"
+            assert not refused_back.exceptions[0].takeover.HasField("hand_back_time")
             autonomous = _answer(session, hand_back, stream_pb2.CommandAck.OUTCOME_COMPLETED)
             back = await wait_for(lambda: takeover_now("hand_back_time"), timeout_seconds=15)
         finally:

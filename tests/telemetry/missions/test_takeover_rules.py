@@ -11,13 +11,13 @@ from haulmesh.events.v1 import telemetry_events_pb2 as tev
 from haulmesh.mission.v1 import mission_pb2, mission_service_pb2
 from haulmesh.telemetry.v1 import stream_pb2
 from haulmesh.type.v1 import location_pb2
+from services.runtime.limits import MAX_TAKEOVER_REFUSAL
 from services.telemetry.domain import COMMAND_EVENT_TYPES, command_for
 from services.telemetry.domain.actions import (
     ACTION_EVENT_TYPES,
     DEVICE_EVENT_REPORTS,
     law_enforcement_stop,
     takeover_acknowledgement,
-    takeover_refused,
 )
 from services.telemetry.domain.commands import takeover_command_of
 
@@ -88,8 +88,6 @@ def _acked(command_id: str, outcome: int, detail: str = "") -> tev.CommandAcknow
     (f"handover-{MISSION_ID}-exc-2", Ack.OUTCOME_COMPLETED, Step.STEP_HAND_OVER),
     (f"handback-{MISSION_ID}-exc-2", Ack.OUTCOME_COMPLETED, Step.STEP_HAND_BACK),  # the autonomy stack has it back
     (f"handback-{MISSION_ID}-exc-2", Ack.OUTCOME_ACCEPTED, None),  # only handing back: nothing to record yet
-    (f"handover-{MISSION_ID}-exc-2", Ack.OUTCOME_REJECTED, None),
-    (f"handback-{MISSION_ID}-exc-2", Ack.OUTCOME_FAILED, None),
     (f"assign-{MISSION_ID}", Ack.OUTCOME_ACCEPTED, None),  # the dispatch acknowledgement's, not a takeover's
 ])
 def test_which_answers_confirm_a_takeover_step(command_id: str, outcome: int, step: int | None) -> None:
@@ -102,11 +100,19 @@ def test_which_answers_confirm_a_takeover_step(command_id: str, outcome: int, st
         ack_time={"seconds": 1_800_000_042})
 
 
-def test_a_refused_takeover_step_is_told_not_recorded() -> None:
-    refused = takeover_refused(_acked(f"handover-{MISSION_ID}-exc-2", Ack.OUTCOME_REJECTED, "no teleop link"))
-    assert refused == (f"vehicles/AU-TRK-1001 answered REJECTED to the hand-over of {MISSION} exc-2: no teleop link")
-    assert takeover_refused(_acked(f"handover-{MISSION_ID}-exc-2", Ack.OUTCOME_ACCEPTED)) is None
-    assert takeover_refused(_acked(f"assign-{MISSION_ID}", Ack.OUTCOME_REJECTED)) is None
+@pytest.mark.parametrize(("command_id", "outcome", "step", "refusal"), [
+    (f"handover-{MISSION_ID}-exc-2", Ack.OUTCOME_REJECTED, Step.STEP_HAND_OVER, "REJECTED: no teleop link"),
+    (f"handback-{MISSION_ID}-exc-2", Ack.OUTCOME_FAILED, Step.STEP_HAND_BACK, "FAILED: no teleop link"),
+])
+def test_a_refused_takeover_step_is_recorded_as_refused(command_id: str, outcome: int, step: int, refusal: str,
+                                                       ) -> None:
+    request = takeover_acknowledgement(_acked(command_id, outcome, "no teleop link"))
+    assert request == mission_service_pb2.AcknowledgeMissionTakeoverRequest(
+        name=MISSION, exception_id="exc-2", step=step, command_id=command_id,  # type: ignore[arg-type]
+        ack_time={"seconds": 1_800_000_042}, refusal=refusal)
+    assert takeover_acknowledgement(_acked(f"assign-{MISSION_ID}", Ack.OUTCOME_REJECTED)) is None
+    long = takeover_acknowledgement(_acked(command_id, outcome, "x" * 2000))
+    assert long is not None and len(long.refusal) == MAX_TAKEOVER_REFUSAL  # the mission refuses longer
 
 
 def _police_report(sequence: int) -> tev.LawEnforcementStopReported:

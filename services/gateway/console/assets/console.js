@@ -259,8 +259,12 @@ function opener(key, text, attributes) {
 function takeoverState(e) {
   const t = e.takeover || {};
   if (t.handBackTime) return `handed back ${when(t.handBackTime)}`;
+  if (t.handBackRequestTime && t.handBackRefusal) {
+    return `the truck refused the hand-back ${when(t.handBackRefusal.time)} (${t.handBackRefusal.detail}): check the truck`;
+  }
   if (t.handBackRequestTime) return "hand-back asked, waiting for the truck";
   if (t.controlTime) return `remote operator in control since ${when(t.controlTime)}`;
+  if (t.handOverRefusal) return `the truck refused the hand-over ${when(t.handOverRefusal.time)} (${t.handOverRefusal.detail})`;
   return "hand-over asked, waiting for the truck";
 }
 
@@ -327,6 +331,7 @@ function rescueCell(m, e) {
 
 const seenExceptions = new Set();
 const seenEscalations = new Set();
+const seenRefusals = new Set();
 let primed = false; // the exceptions open when the page loaded are shown, not alerted
 
 // The open exceptions (a takeover stays until the truck confirms the hand-back) and the check-ins due; alerts for
@@ -344,6 +349,15 @@ function triage(list) {
     raiseAlert(`New exception: ${fresh.map(([m, e]) => `${label(e.kind)} on ${idOf(m.vehicle)}`).join("; ")}`);
   }
   for (const [m, e] of open) seenExceptions.add(`${m.name}/${e.exceptionId}`);
+  // A truck that refused a hand-over or hand-back is in a state nobody confirmed: someone must look now.
+  for (const [m, e] of open) {
+    for (const [step, refusal] of [["hand-over", e.takeover?.handOverRefusal], ["hand-back", e.takeover?.handBackRefusal]]) {
+      const key = `${m.name}/${e.exceptionId}/${step}/${refusal?.time}`;
+      if (!refusal || seenRefusals.has(key)) continue;
+      if (primed) raiseAlert(`${idOf(m.vehicle)} refused the ${step} (${idOf(m.name)}): ${refusal.detail}`);
+      seenRefusals.add(key);
+    }
+  }
   primed = true;
   const overdue = due.filter(([m, r]) => r.escalateTime && !seenEscalations.has(`${m.name}/${r.escalateTime}`));
   if (overdue.length) {
@@ -443,7 +457,9 @@ async function missionTimeline(section) {
   for (const e of m.exceptions || []) {
     add(e.raiseTime, `exception: ${label(e.kind)}`, `${label(e.contingency)} ${e.description || ""} (${e.raisedBy || ""})`);
     add(e.takeover?.controlTime, "remote operator in control", `the truck confirmed the hand-over (${e.exceptionId})`);
+    add(e.takeover?.handOverRefusal?.time, "the truck refused the hand-over", `${e.takeover?.handOverRefusal?.detail} (${e.exceptionId})`);
     add(e.takeover?.handBackRequestTime, "hand-back asked", e.exceptionId);
+    add(e.takeover?.handBackRefusal?.time, "the truck refused the hand-back", `${e.takeover?.handBackRefusal?.detail} (${e.exceptionId})`);
     add(e.takeover?.handBackTime, "autonomy stack in control again", `the truck confirmed the hand-back (${e.exceptionId})`);
     add(e.resolveTime, `exception resolved: ${label(e.kind)}`, `${e.resolution || ""} (${e.resolvedBy || ""})`);
   }
