@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -132,6 +134,46 @@ async def _keep_alive(session: Session) -> None:
 
 def _send(session: Session, *frames: frame_pb2.SignedFrame) -> None:
     session.send(stream_pb2.StreamTelemetryRequest(frames=stream_pb2.FrameBatch(frames=list(frames))))
+
+
+@dataclass
+class Run:
+    """A truck on its dispatched mission, its stream open and kept alive, as a test drives it."""
+
+    truck: Truck
+    mission_name: str
+    session: Session
+    #: The mission service as the fleet's operator calls it (``tenant`` metadata).
+    missions: mission_service_pb2_grpc.MissionServiceStub
+    #: The mesh's store (events, the actions consumer's progress).
+    client: redis.asyncio.Redis
+    tenant: tuple[tuple[str, str], ...] = carrier_metadata(CARRIER)
+
+    async def mission(self) -> mission_pb2.Mission:
+        return await self.missions.GetMission(mission_service_pb2.GetMissionRequest(name=self.mission_name),
+                                              metadata=self.tenant, timeout=10)
+
+
+@asynccontextmanager
+async def _on_the_road(mesh: Mesh, pki: Pki, prefix: str) -> AsyncIterator[Run]:
+    """A new truck (``<prefix>-…``) dispatched, connected with heartbeats and started: ENROUTE from Houston."""
+    truck = Truck.mint(pki.ca, f"{prefix}-{uuid.uuid4().hex[:8].upper()}")
+    mission_name = await _dispatch(mesh, pki, truck)
+    assert mesh.store is not None
+    client = redis.asyncio.Redis.from_url(mesh.store.url)
+    channel = grpc.aio.secure_channel(mesh.address("telemetry"), truck.credentials())
+    session = Session(channel)
+    async with grpc.aio.secure_channel(mesh.address("mission"), pki.credentials("operator", "ops")) as ops_ch:
+        run = Run(truck, mission_name, session, mission_service_pb2_grpc.MissionServiceStub(ops_ch), client)
+        session.send(truck.hello())
+        alive = asyncio.ensure_future(_keep_alive(session))
+        try:
+            yield run
+        finally:
+            alive.cancel()
+            await session.aclose()
+            await channel.close()
+            await client.aclose()
 
 
 MissionIn = Callable[..., Awaitable[mission_pb2.Mission | None]]
@@ -314,38 +356,20 @@ async def test_reroute_and_cancel_reach_the_truck_queued_while_it_is_offline(fol
 
 
 async def test_leaving_the_planned_route_raises_a_route_deviation(follow_mesh: Mesh, mesh_pki: Pki) -> None:
-    mesh = follow_mesh
-    truck = Truck.mint(mesh_pki.ca, f"RD-{uuid.uuid4().hex[:8].upper()}")
-    mission_name = await _dispatch(mesh, mesh_pki, truck)
-    tenant = carrier_metadata(CARRIER)
-    assert mesh.store is not None
-    client = redis.asyncio.Redis.from_url(mesh.store.url)
-    channel = grpc.aio.secure_channel(mesh.address("telemetry"), truck.credentials())
-    session = Session(channel)
-    async with grpc.aio.secure_channel(mesh.address("mission"), mesh_pki.credentials("operator", "ops")) as ops_ch:
-        missions = mission_service_pb2_grpc.MissionServiceStub(ops_ch)
-        session.send(truck.hello())
-        alive = asyncio.ensure_future(_keep_alive(session))
-        try:
-            _, _, mission = await _start_mission(session, truck, missions, mission_name)
-            route = mission.planned_route
-            # Two frames on the route, then three 20 km north of it (the corridor is 1 km wide).
-            on_route = _along(route[0], route[1], 2)
-            off_route = [location_pb2.Location(lat=p.lat + 0.18, lon=p.lon) for p in _along(route[1], route[2], 3)]
-            _send(session, *(_signed(truck, 2 + i, KIND.KIND_POSITION, at=p)
+    async with _on_the_road(follow_mesh, mesh_pki, "RD") as run:
+        _, _, mission = await _start_mission(run.session, run.truck, run.missions, run.mission_name)
+        route = mission.planned_route
+        # Two frames on the route, then three 20 km north of it (the corridor is 1 km wide).
+        on_route = _along(route[0], route[1], 2)
+        off_route = [location_pb2.Location(lat=p.lat + 0.18, lon=p.lon) for p in _along(route[1], route[2], 3)]
+        _send(run.session, *(_signed(run.truck, 2 + i, KIND.KIND_POSITION, at=p)
                              for i, p in enumerate([*on_route, *off_route])))
-            deviated = await wait_for(lambda: Events(client).of("haulmesh.telemetry.v1.route_deviated", mission_name),
-                                      timeout_seconds=10)
-            data = deviated[0].telemetry_route_deviated
-            assert data.frames == 3 and data.frame_sequence == 6 and data.distance_meters > 15_000
-            mission = await wait_for(lambda: _in(missions.GetMission(mission_service_pb2.GetMissionRequest(
-                name=mission_name), metadata=tenant, timeout=10), State.STATE_EXCEPTION), timeout_seconds=15)
-            assert [e.kind for e in mission.exceptions] == [mission_pb2.MissionException.KIND_ROUTE_DEVIATION]
-        finally:
-            alive.cancel()
-            await session.aclose()
-            await channel.close()
-            await client.aclose()
+        deviated = await wait_for(lambda: Events(run.client).of("haulmesh.telemetry.v1.route_deviated",
+                                                                run.mission_name), timeout_seconds=10)
+        data = deviated[0].telemetry_route_deviated
+        assert data.frames == 3 and data.frame_sequence == 6 and data.distance_meters > 15_000
+        mission = await wait_for(lambda: _in(run.mission(), State.STATE_EXCEPTION), timeout_seconds=15)
+        assert [e.kind for e in mission.exceptions] == [mission_pb2.MissionException.KIND_ROUTE_DEVIATION]
     print(f"route deviation after 3 off-route frames, {data.distance_meters:.0f} m off the plan")
 
 
@@ -417,40 +441,20 @@ async def _handled_by_actions(client: redis.asyncio.Redis, mission: str, *, fram
 
 
 async def test_a_trucks_road_closure_report_brings_it_the_detour_round_it(follow_mesh: Mesh, mesh_pki: Pki) -> None:
-    mesh = follow_mesh
-    truck = Truck.mint(mesh_pki.ca, f"RC-{uuid.uuid4().hex[:8].upper()}")
-    mission_name = await _dispatch(mesh, mesh_pki, truck)
-    tenant = carrier_metadata(CARRIER)
-    channel = grpc.aio.secure_channel(mesh.address("telemetry"), truck.credentials())
-    session = Session(channel)
-    assert mesh.store is not None
-    client = redis.asyncio.Redis.from_url(mesh.store.url)
     # On I-59 between Slidell and Hattiesburg (the planned route's leg), the truck holds and reports the road closed.
     on_i59 = location_pb2.Location(lat=30.8, lon=-89.55)
-    async with grpc.aio.secure_channel(mesh.address("mission"), mesh_pki.credentials("operator", "ops")) as ops_ch:
-        missions = mission_service_pb2_grpc.MissionServiceStub(ops_ch)
-        session.send(truck.hello())
-        alive = asyncio.ensure_future(_keep_alive(session))
-        try:
-            await _start_mission(session, truck, missions, mission_name)
-            _send(session, _signed(truck, 2, KIND.KIND_EVENT, at=on_i59, speed_kph=0, event=frame_pb2.DeviceEvent(
-                code="road_closure_ahead", detail="I-59 closed ahead; holding for a reroute")))
-            mission = await wait_for(lambda: _in(missions.GetMission(mission_service_pb2.GetMissionRequest(
-                name=mission_name), metadata=tenant, timeout=10), State.STATE_EXCEPTION), timeout_seconds=15)
-            # It says it again while it holds: still one closure, one detour.
-            _send(session, _signed(truck, 3, KIND.KIND_EVENT, at=on_i59, speed_kph=0, event=frame_pb2.DeviceEvent(
-                code="road_closure_ahead", detail="I-59 closed ahead; holding for a reroute")))
-            await wait_for(lambda: _handled_by_actions(client, mission_name, frame_sequence=3), timeout_seconds=15)
-            mission = await missions.GetMission(mission_service_pb2.GetMissionRequest(name=mission_name),
-                                                metadata=tenant, timeout=10)
-            [closure] = mission.exceptions
-            reroutes = await wait_for(
-                lambda: [c for c in session.of("command") if c.WhichOneof("payload") == "reroute"], timeout_seconds=15)
-        finally:
-            alive.cancel()
-            await session.aclose()
-            await channel.close()
-            await client.aclose()
+    async with _on_the_road(follow_mesh, mesh_pki, "RC") as run:
+        await _start_mission(run.session, run.truck, run.missions, run.mission_name)
+        closed = frame_pb2.DeviceEvent(code="road_closure_ahead", detail="I-59 closed ahead; holding for a reroute")
+        _send(run.session, _signed(run.truck, 2, KIND.KIND_EVENT, at=on_i59, speed_kph=0, event=closed))
+        await wait_for(lambda: _in(run.mission(), State.STATE_EXCEPTION), timeout_seconds=15)
+        # It says it again while it holds: still one closure, one detour.
+        _send(run.session, _signed(run.truck, 3, KIND.KIND_EVENT, at=on_i59, speed_kph=0, event=closed))
+        await wait_for(lambda: _handled_by_actions(run.client, run.mission_name, frame_sequence=3), timeout_seconds=15)
+        [closure] = (await run.mission()).exceptions
+        reroutes = await wait_for(
+            lambda: [c for c in run.session.of("command") if c.WhichOneof("payload") == "reroute"], timeout_seconds=15)
+        mission_name = run.mission_name
     assert (closure.kind, closure.contingency) == (mission_pb2.MissionException.KIND_ROAD_CLOSURE,
                                                    mission_pb2.MissionException.CONTINGENCY_REROUTE)
     assert closure.raised_by.endswith("/service/telemetry") and closure.frame_sequence == 2
@@ -484,79 +488,66 @@ async def _command(session: Session, payload: str) -> stream_pb2.Command:
 
 async def test_a_takeover_hands_the_truck_to_a_human_and_back_with_its_confirmations_recorded(
         follow_mesh: Mesh, mesh_pki: Pki) -> None:
-    mesh = follow_mesh
-    truck = Truck.mint(mesh_pki.ca, f"TO-{uuid.uuid4().hex[:8].upper()}")
-    mission_name = await _dispatch(mesh, mesh_pki, truck)
-    mission_id = mission_name.removeprefix("missions/")
-    tenant = carrier_metadata(CARRIER)
-    channel = grpc.aio.secure_channel(mesh.address("telemetry"), truck.credentials())
-    session = Session(channel)
-    async with grpc.aio.secure_channel(mesh.address("mission"), mesh_pki.credentials("operator", "ops")) as ops_ch:
-        missions = mission_service_pb2_grpc.MissionServiceStub(ops_ch)
+    async with _on_the_road(follow_mesh, mesh_pki, "TO") as run:
+        session, truck, missions, mission_name, tenant = run.session, run.truck, run.missions, run.mission_name, \
+            run.tenant
+        mission_id = mission_name.removeprefix("missions/")
 
         async def takeover_now(field: str) -> mission_pb2.Mission | None:
-            mission = await missions.GetMission(mission_service_pb2.GetMissionRequest(name=mission_name),
-                                                metadata=tenant, timeout=10)
+            mission = await run.mission()
             return mission if mission.exceptions[0].takeover.HasField(field) else None
 
-        session.send(truck.hello())
-        alive = asyncio.ensure_future(_keep_alive(session))
-        try:
-            await _start_mission(session, truck, missions, mission_name)
-            # 1. An operator hands the mission to a remote human: the truck is sent hand_over at once.
-            raised = await missions.RaiseMissionException(mission_service_pb2.RaiseMissionExceptionRequest(
-                name=mission_name, request_id=new_id(), exception=mission_pb2.MissionException(
-                    kind=mission_pb2.MissionException.KIND_CARGO, description="reefer at 9 °C, rising",
-                    contingency=mission_pb2.MissionException.CONTINGENCY_HUMAN_TAKEOVER)), metadata=tenant, timeout=10)
-            exc_id = raised.exception.exception_id
-            assert raised.exception.takeover.HasField("request_time")
-            hand_over = await _command(session, "hand_over")
-            assert hand_over.command_id == f"handover-{mission_id}-{exc_id}"
-            assert (hand_over.hand_over.mission_id, hand_over.hand_over.exception_id) == (mission_id, exc_id)
-            assert hand_over.hand_over.reason == "CARGO: reefer at 9 °C, rising"
-            # 2. The human has control: the truck's ACCEPTED is recorded at its time (said twice, recorded once);
-            # the mission stays in EXCEPTION.
-            in_control = _answer(session, hand_over, stream_pb2.CommandAck.OUTCOME_ACCEPTED)
-            _answer(session, hand_over, stream_pb2.CommandAck.OUTCOME_ACCEPTED)
-            _send(session, _signed(truck, 2, KIND.KIND_POSITION, at=HOUSTON, speed_kph=8))  # it keeps streaming
-            controlled = await wait_for(lambda: takeover_now("control_time"), timeout_seconds=15)
-            takeover = controlled.exceptions[0].takeover
-            assert takeover.control_time == in_control.device_time and not takeover.HasField("hand_back_request_time")
-            assert (controlled.state, controlled.resume_state) == (State.STATE_EXCEPTION, State.STATE_ENROUTE)
-            await wait_for(lambda: session.acked_through == 2 or None, timeout_seconds=10)
-            # A confirmation relayed again changes nothing; one of a hand-back nobody asked for is refused.
-            relay = Confirm(name=mission_name, exception_id=exc_id, step=Confirm.STEP_HAND_OVER,
-                            ack_time=timestamp_pb2.Timestamp(seconds=1))
-            again = await missions.AcknowledgeMissionTakeover(relay, metadata=tenant, timeout=10)
-            assert again.etag == controlled.etag and again.exceptions[0].takeover == takeover
-            relay.step = Confirm.STEP_HAND_BACK
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await missions.AcknowledgeMissionTakeover(relay, metadata=tenant, timeout=10)
-            assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-            # 3. Resolved: the mission is back in its resume state and the truck is sent hand_back.
-            resolved = await missions.ResolveMissionException(mission_service_pb2.ResolveMissionExceptionRequest(
-                name=mission_name, exception_id=exc_id, resolution="reefer reset by the remote operator"),
-                metadata=tenant, timeout=10)
-            assert resolved.mission.state == State.STATE_ENROUTE
-            assert resolved.exception.takeover.HasField("hand_back_request_time")
-            hand_back = await _command(session, "hand_back")
-            assert hand_back.command_id == f"handback-{mission_id}-{exc_id}"
-            assert (hand_back.hand_back.exception_id, hand_back.hand_back.reason) == (
-                exc_id, "reefer reset by the remote operator")
-            # 4. ACCEPTED says it is handing back (nothing recorded); a refusal is recorded for the command centre
-            # (the console alerts on it); COMPLETED says the autonomy stack drives again.
-            _answer(session, hand_back, stream_pb2.CommandAck.OUTCOME_ACCEPTED)
-            _answer(session, hand_back, stream_pb2.CommandAck.OUTCOME_REJECTED, "minimal-risk stop engaged")
-            refused_back = await wait_for(lambda: takeover_now("hand_back_refusal"), timeout_seconds=15)
-            assert refused_back.exceptions[0].takeover.hand_back_refusal.detail == \
-                "REJECTED: minimal-risk stop engaged"
-            assert not refused_back.exceptions[0].takeover.HasField("hand_back_time")
-            autonomous = _answer(session, hand_back, stream_pb2.CommandAck.OUTCOME_COMPLETED)
-            back = await wait_for(lambda: takeover_now("hand_back_time"), timeout_seconds=15)
-        finally:
-            alive.cancel()
-            await session.aclose()
-            await channel.close()
+        await _start_mission(session, truck, missions, mission_name)
+        # 1. An operator hands the mission to a remote human: the truck is sent hand_over at once.
+        raised = await missions.RaiseMissionException(mission_service_pb2.RaiseMissionExceptionRequest(
+            name=mission_name, request_id=new_id(), exception=mission_pb2.MissionException(
+                kind=mission_pb2.MissionException.KIND_CARGO, description="reefer at 9 °C, rising",
+                contingency=mission_pb2.MissionException.CONTINGENCY_HUMAN_TAKEOVER)), metadata=tenant, timeout=10)
+        exc_id = raised.exception.exception_id
+        assert raised.exception.takeover.HasField("request_time")
+        hand_over = await _command(session, "hand_over")
+        assert hand_over.command_id == f"handover-{mission_id}-{exc_id}"
+        assert (hand_over.hand_over.mission_id, hand_over.hand_over.exception_id) == (mission_id, exc_id)
+        assert hand_over.hand_over.reason == "CARGO: reefer at 9 °C, rising"
+        # 2. The human has control: the truck's ACCEPTED is recorded at its time (said twice, recorded once);
+        # the mission stays in EXCEPTION.
+        in_control = _answer(session, hand_over, stream_pb2.CommandAck.OUTCOME_ACCEPTED)
+        _answer(session, hand_over, stream_pb2.CommandAck.OUTCOME_ACCEPTED)
+        _send(session, _signed(truck, 2, KIND.KIND_POSITION, at=HOUSTON, speed_kph=8))  # it keeps streaming
+        controlled = await wait_for(lambda: takeover_now("control_time"), timeout_seconds=15)
+        takeover = controlled.exceptions[0].takeover
+        assert takeover.control_time == in_control.device_time and not takeover.HasField("hand_back_request_time")
+        assert (controlled.state, controlled.resume_state) == (State.STATE_EXCEPTION, State.STATE_ENROUTE)
+        await wait_for(lambda: session.acked_through == 2 or None, timeout_seconds=10)
+        # A confirmation relayed again changes nothing; one of a hand-back nobody asked for is refused.
+        relay = Confirm(name=mission_name, exception_id=exc_id, step=Confirm.STEP_HAND_OVER,
+                        ack_time=timestamp_pb2.Timestamp(seconds=1))
+        again = await missions.AcknowledgeMissionTakeover(relay, metadata=tenant, timeout=10)
+        assert again.etag == controlled.etag and again.exceptions[0].takeover == takeover
+        relay.step = Confirm.STEP_HAND_BACK
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await missions.AcknowledgeMissionTakeover(relay, metadata=tenant, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        # 3. Resolved: the mission is back in its resume state and the truck is sent hand_back.
+        resolved = await missions.ResolveMissionException(mission_service_pb2.ResolveMissionExceptionRequest(
+            name=mission_name, exception_id=exc_id, resolution="reefer reset by the remote operator"),
+            metadata=tenant, timeout=10)
+        assert resolved.mission.state == State.STATE_ENROUTE
+        assert resolved.exception.takeover.HasField("hand_back_request_time")
+        hand_back = await _command(session, "hand_back")
+        assert hand_back.command_id == f"handback-{mission_id}-{exc_id}"
+        assert (hand_back.hand_back.exception_id, hand_back.hand_back.reason) == (
+            exc_id, "reefer reset by the remote operator")
+        # 4. ACCEPTED says it is handing back (nothing recorded); a refusal is recorded for the command centre
+        # (the console alerts on it); COMPLETED says the autonomy stack drives again.
+        _answer(session, hand_back, stream_pb2.CommandAck.OUTCOME_ACCEPTED)
+        _answer(session, hand_back, stream_pb2.CommandAck.OUTCOME_REJECTED, "minimal-risk stop engaged")
+        refused_back = await wait_for(lambda: takeover_now("hand_back_refusal"), timeout_seconds=15)
+        assert refused_back.exceptions[0].takeover.hand_back_refusal.detail == \
+            "REJECTED: minimal-risk stop engaged"
+        assert not refused_back.exceptions[0].takeover.HasField("hand_back_time")
+        autonomous = _answer(session, hand_back, stream_pb2.CommandAck.OUTCOME_COMPLETED)
+        back = await wait_for(lambda: takeover_now("hand_back_time"), timeout_seconds=15)
     takeover = back.exceptions[0].takeover
     assert takeover.hand_back_time == autonomous.device_time
     assert takeover.control_time == in_control.device_time  # untouched by the relayed repeat
@@ -570,42 +561,25 @@ async def test_a_takeover_hands_the_truck_to_a_human_and_back_with_its_confirmat
 
 
 async def test_a_trucks_law_enforcement_stop_hands_it_to_a_human(follow_mesh: Mesh, mesh_pki: Pki) -> None:
-    mesh = follow_mesh
-    truck = Truck.mint(mesh_pki.ca, f"LE-{uuid.uuid4().hex[:8].upper()}")
-    mission_name = await _dispatch(mesh, mesh_pki, truck)
-    tenant = carrier_metadata(CARRIER)
-    channel = grpc.aio.secure_channel(mesh.address("telemetry"), truck.credentials())
-    session = Session(channel)
     on_i10 = location_pb2.Location(lat=30.2, lon=-93.2)
-    assert mesh.store is not None
-    client = redis.asyncio.Redis.from_url(mesh.store.url)
-    async with grpc.aio.secure_channel(mesh.address("mission"), mesh_pki.credentials("operator", "ops")) as ops_ch:
-        missions = mission_service_pb2_grpc.MissionServiceStub(ops_ch)
-        session.send(truck.hello())
-        alive = asyncio.ensure_future(_keep_alive(session))
-        try:
-            await _start_mission(session, truck, missions, mission_name)
-            for sequence in (2, 3):  # it says it twice while it pulls over: one exception
-                _send(session, _signed(truck, sequence, KIND.KIND_EVENT, at=on_i10, speed_kph=0,
-                                       event=frame_pb2.DeviceEvent(code="law_enforcement_stop",
-                                                                   detail="patrol car signalling to pull over")))
-            await wait_for(lambda: _handled_by_actions(client, mission_name, frame_sequence=3,
-                                                       reported="law_enforcement_stop_reported"), timeout_seconds=15)
-            hand_over = await _command(session, "hand_over")
-            in_control = _answer(session, hand_over, stream_pb2.CommandAck.OUTCOME_ACCEPTED)
+    async with _on_the_road(follow_mesh, mesh_pki, "LE") as run:
+        session, truck = run.session, run.truck
+        await _start_mission(session, truck, run.missions, run.mission_name)
+        for sequence in (2, 3):  # it says it twice while it pulls over: one exception
+            _send(session, _signed(truck, sequence, KIND.KIND_EVENT, at=on_i10, speed_kph=0,
+                                   event=frame_pb2.DeviceEvent(code="law_enforcement_stop",
+                                                               detail="patrol car signalling to pull over")))
+        await wait_for(lambda: _handled_by_actions(run.client, run.mission_name, frame_sequence=3,
+                                                   reported="law_enforcement_stop_reported"), timeout_seconds=15)
+        hand_over = await _command(session, "hand_over")
+        in_control = _answer(session, hand_over, stream_pb2.CommandAck.OUTCOME_ACCEPTED)
 
-            async def controlled() -> mission_pb2.Mission | None:
-                mission = await missions.GetMission(mission_service_pb2.GetMissionRequest(name=mission_name),
-                                                    metadata=tenant, timeout=10)
-                return mission if mission.exceptions and mission.exceptions[0].takeover.HasField("control_time") \
-                    else None
+        async def controlled() -> mission_pb2.Mission | None:
+            mission = await run.mission()
+            return mission if mission.exceptions and mission.exceptions[0].takeover.HasField("control_time") \
+                else None
 
-            mission = await wait_for(controlled, timeout_seconds=15)
-        finally:
-            alive.cancel()
-            await session.aclose()
-            await channel.close()
-            await client.aclose()
+        mission = await wait_for(controlled, timeout_seconds=15)
     [stop] = mission.exceptions
     assert (stop.kind, stop.contingency) == (mission_pb2.MissionException.KIND_LAW_ENFORCEMENT_STOP,
                                              mission_pb2.MissionException.CONTINGENCY_HUMAN_TAKEOVER)
