@@ -265,3 +265,8 @@ from ._partners import (
 
 __all__ += ["ACK_RESEND_MINUTES", "CARRIER_ID", "STATUS_EVENT_CODES", "Partner", "PartnerConfigError", "Partners",
             "ResponsePolicy", "ResponseRule", "parse_partners"]
+
+# Outbound rules: a billing invoice as the 210's content (_invoicing).
+from ._invoicing import check_charge_codes, freight_invoice, invoice_charge  # noqa: E402 (appended, after __all__ +=)
+
+__all__ += ["check_charge_codes", "freight_invoice", "invoice_charge"]
