@@ -180,7 +180,7 @@ async def _simulate(args: argparse.Namespace) -> int:
     spool = _spool(args)
     progress = spool.path.with_name(spool.path.stem + ".sim.json")
     if not os.environ.get(_CHILD_ENV):
-        progress.unlink(missing_ok=True)  # a new run starts in Houston; only a restarted process resumes
+        progress.unlink(missing_ok=True)  # a new run starts afresh (where the last ended); only a restart resumes
     recorder = Recorder(spool, _signer(Path(args.cert_dir), args.vehicle), args.vehicle)
     simulation = Simulation(recorder, None, speedup=args.speedup, scenario=scenario, mission_id=args.mission,
                             wait_for_mission=args.wait_for_mission, progress_path=progress,
@@ -188,6 +188,7 @@ async def _simulate(args: argparse.Namespace) -> int:
                             frame_every=args.frame_every_sim_seconds, route_from_assignment=args.route_from_assignment,
                             pickup_dwell_seconds=round(args.pickup_dwell_minutes * 60),
                             dwell_speedup=args.dwell_speedup, stop_hold_seconds=args.stop_hold_seconds,
+                            position_path=spool.path.with_name(spool.path.stem + ".where.json"),
                             scenario_at=round(args.scenario_at * 60) if args.scenario_at is not None else None)
     client = None if args.offline else _client(args, spool, recorder.boot_id, simulation.on_command)
     simulation.link = client

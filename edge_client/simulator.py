@@ -12,7 +12,9 @@ self-checks before departing, and FAULT / ALARM / EVENT frames when a scenario s
 * ``edge-crash``: the edge process is killed (SIGKILL) mid-route; the CLI's supervisor restarts it, and it
   resumes from its spool and its saved progress.
 * ``road-closure``: the truck reports a road closure ahead (EVENT), holds, and follows the Reroute
-  command the cloud sends (or, without one, the original route after a while).
+  command the cloud sends (or, without one, the original route after a while). Where the cloud knows no way
+  around the closure it sends a stop instead: the truck then stays stopped until an operator's resume (the road
+  reopened) or the end of its hold, as after any stop.
 * ``takeover``: a patrol car signals the truck to pull over; it reports a law-enforcement stop (EVENT
   ``law_enforcement_stop``) and stops on the shoulder. The cloud hands it to a remote human operator (``hand_over``:
   state ``remote-control``, speed 0, positions still streaming) and, once the operator resolves the exception, back
@@ -40,6 +42,11 @@ beyond the rate card's free time as detention. Device time being real, the dwell
 pickup_dwell_seconds / speedup real seconds of device time; ``dwell_speedup`` (``--dwell-speedup``) paces the dwell
 alone more slowly, so that a fast demo still measures minutes of dwell.
 
+Where the truck is between runs (``position_path``, beside the spool): a run that waits for its mission reports the
+truck idle where the last run ended (its delivery, or the shoulder where it was left), not back at Houston, so the
+fleet measures deadhead from there; the run saves where it ends. Once assigned, the truck starts at the mission's
+first stop (the deadhead itself is not driven).
+
 The simulation itself is plain Python; it reaches the network only through the ``Link`` it is given.
 """
 
@@ -57,7 +64,7 @@ from typing import Protocol
 from haulmesh.telemetry.v1 import frame_pb2, stream_pb2
 
 from .recorder import Recorder, pre_trip_checks
-from .route import Route, haversine_m
+from .route import Point, Route, haversine_m
 
 __all__ = ["Link", "Scenario", "SimulationReport", "Truck", "lane_between", "parse_scenario", "planned_between",
            "simulate"]
@@ -151,6 +158,9 @@ class Truck:
     mission_id: str = ""
     sensors: dict[str, str] = field(default_factory=lambda: {"lidar_status": "ok", "camera_health": "ok",
                                                               "radar_status": "ok"})
+    #: Where the truck stands waiting for a mission, when not at the start of its route (where the last run ended);
+    #: None once assigned.
+    parked_at: tuple[float, float] | None = None
 
     @property
     def arrived(self) -> bool:
@@ -167,7 +177,7 @@ class Truck:
 
     def payload(self, kind: int) -> frame_pb2.FramePayload:
         """A frame payload describing the truck now."""
-        point = self.route.at(self.distance_m)
+        point = self.route.at(self.distance_m) if self.parked_at is None else Point(*self.parked_at, 0.0)
         return frame_pb2.FramePayload(
             kind=kind, vehicle_state=self.state, mission_id=self.mission_id, odometer_miles=self.odometer_miles,
             position=frame_pb2.Position(lat=point.lat, lon=point.lon, speed_kph=self.speed_kph,
@@ -207,7 +217,7 @@ class Simulation:
                  progress_path: Path | None = None, crash: Callable[[], None] | None = None,
                  frame_every: int = 1, scenario_at: int | None = None, route_from_assignment: bool = False,
                  pickup_dwell_seconds: int = 0, dwell_speedup: float | None = None,
-                 stop_hold_seconds: int = STOP_HOLD_SECONDS) -> None:
+                 stop_hold_seconds: int = STOP_HOLD_SECONDS, position_path: Path | None = None) -> None:
         """``frame_every``: one POSITION frame every N simulated seconds. ``scenario_at``: the simulated second
         the scenario starts (default: its own, see the module docstring); later steps of the scenario keep
         their spacing. ``route_from_assignment``: start at the assigned mission's first stop and end at its
@@ -215,7 +225,8 @@ class Simulation:
         seed lane's inner waypoints when an older server sends none) (the truck is at the shipper's dock, not at
         the route's nominal end points, so it is inside the pickup geofence when it departs).
         ``stop_hold_seconds``: how long (simulated) the truck stays stopped after a stop command before the run
-        ends, unless a resume comes."""
+        ends, unless a resume comes. ``position_path``: where the truck keeps its position between runs (see the
+        module docstring); None: each run waiting for a mission starts at Houston."""
         if frame_every < 1:
             raise ValueError("frame_every must be at least 1 simulated second")
         if pickup_dwell_seconds < 0 or (dwell_speedup is not None and dwell_speedup <= 0):
@@ -247,6 +258,9 @@ class Simulation:
         self._departed = False
         #: Device events a command calls for, recorded by the run (a command's answer cannot wait for the spool).
         self._events: list[tuple[str, str]] = []
+        self._position_path = position_path
+        if self.wait_for_mission and not self._progress.departed:
+            self.truck.parked_at = self._load_position()
         if self._progress.sim_seconds:
             self.truck.distance_m = self._progress.distance_m
             self.truck.odometer_miles = self._progress.odometer_miles
@@ -261,6 +275,7 @@ class Simulation:
         self.report.commands.append(which or "unknown")
         if which == "assign_mission":
             self.truck.mission_id = command.assign_mission.mission_id
+            self.truck.parked_at = None  # at the pickup now (the deadhead is not simulated)
             stops, planned = command.assign_mission.stops, command.assign_mission.planned_route
             if self.route_from_assignment and len(stops) >= 2 and not self._progress.departed:
                 first = (stops[0].location.lat, stops[0].location.lon)
@@ -345,7 +360,8 @@ class Simulation:
                 await self._record(KIND.KIND_EVENT, event=("reroute_applied", "following the cloud's reroute"))
             if hold_until is None and truck.state == "stopped" and self.scenario.name == "road-closure":
                 hold_until = second + CLOSURE_MAX_HOLD
-            if hold_until is not None and second >= hold_until and truck.state == "stopped":
+            if hold_until is not None and second >= hold_until and truck.state == "stopped" and \
+                    self._stop_deadline is None:  # a commanded stop waits for its resume instead
                 truck.state, truck.speed_kph, hold_until = "enroute", CRUISE_KPH, None  # no reroute came
             truck.step()
             if second % 10 == 0:
@@ -362,6 +378,7 @@ class Simulation:
             self.report.arrived = True
             await self._record(KIND.KIND_POSITION)
         self._save_progress(second)
+        self._save_position()
         return self.report
 
     async def _stand_at_pickup(self, seconds: int, speedup: float) -> None:
@@ -461,6 +478,26 @@ class Simulation:
         if self._progress_path and self._progress_path.exists():
             return _Progress(**json.loads(self._progress_path.read_text()))
         return _Progress()
+
+    # -- where the truck is between runs ------------------------------------------------------------------------
+
+    def _load_position(self) -> tuple[float, float] | None:
+        if not self._position_path or not self._position_path.exists():
+            return None
+        try:
+            saved = json.loads(self._position_path.read_text())
+            lat, lon = float(saved["lat"]), float(saved["lon"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # unreadable: the truck starts at its route's start, as a new one would
+        return (lat, lon) if -90 <= lat <= 90 and -180 <= lon <= 180 else None
+
+    def _save_position(self) -> None:
+        if not self._position_path:
+            return
+        point = self.truck.payload(KIND.KIND_POSITION).position
+        tmp = self._position_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"lat": point.lat, "lon": point.lon}))
+        os.replace(tmp, self._position_path)
 
     def _save_progress(self, second: int) -> None:
         if not self._progress_path:

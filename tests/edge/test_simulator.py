@@ -13,7 +13,7 @@ import pytest
 
 from edge_client.recorder import Recorder
 from edge_client.route import Route, haversine_m
-from edge_client.simulator import Simulation, parse_scenario
+from edge_client.simulator import CLOSURE_MAX_HOLD, Simulation, parse_scenario
 from edge_client.spool import Spool
 from haulmesh.mission.v1 import mission_pb2
 from haulmesh.telemetry.v1 import frame_pb2, stream_pb2
@@ -89,6 +89,27 @@ async def test_road_closure_follows_the_reroute(tmp_path: Path, signer) -> None:
     assert events == ["road_closure_ahead", "reroute_applied"] and report.rerouted
 
 
+async def test_a_closure_answered_with_a_stop_waits_for_the_resume_not_its_own_hold(tmp_path: Path, signer) -> None:
+    # No known road around the closure: the cloud stops the truck; it must not drive on after its own closure hold
+    # (CLOSURE_MAX_HOLD), only once an operator resumes it (the road reopened).
+    ok = stream_pb2.CommandAck.OUTCOME_COMPLETED
+    with Spool(tmp_path / "s.db") as spool:
+        simulation = Simulation(Recorder(spool, signer, VEHICLE), None, speedup=20_000,
+                                scenario=parse_scenario("road-closure"), scenario_at=60, max_sim_seconds=3_000,
+                                stop_hold_seconds=100_000)
+        task = asyncio.create_task(simulation.run())
+        await wait_for(lambda: simulation.truck.state == "stopped", timeout_seconds=30, interval_seconds=0.001)
+        assert simulation.on_command(stream_pb2.Command(command_id="s1", stop=stream_pb2.StopVehicle()))[0] == ok
+        stopped_at, held = simulation.report.simulated_seconds, simulation.truck.distance_m
+        await wait_for(lambda: simulation.report.simulated_seconds >= stopped_at + CLOSURE_MAX_HOLD + 100,
+                       timeout_seconds=30, interval_seconds=0.001)
+        assert simulation.truck.state == "stopped" and simulation.truck.distance_m == held
+        assert simulation.on_command(stream_pb2.Command(command_id="r1", resume=stream_pb2.ResumeVehicle()))[0] == ok
+        report = await task
+    assert report.simulated_seconds == 3_000 and simulation.truck.distance_m > held and not report.rerouted
+    assert report.commands == ["stop", "resume"]
+
+
 HOUSTON, DALLAS, ATLANTA = (29.7604, -95.3698), (32.7767, -96.797), (33.7490, -84.3880)
 
 
@@ -134,6 +155,32 @@ async def test_an_assignment_without_a_planned_route_drives_the_seed_lane(tmp_pa
     last = positions[-1].position
     assert haversine_m(last.lat, last.lon, *ATLANTA) < 1
     assert min(haversine_m(p.position.lat, p.position.lon, 30.4515, -91.1871) for p in positions) < 5_000
+
+
+async def test_a_truck_waiting_for_its_next_mission_reports_itself_where_its_last_run_ended(tmp_path: Path,
+                                                                                             signer) -> None:
+    where = tmp_path / "s.where.json"
+    with Spool(tmp_path / "s.db") as spool:
+        first = Simulation(Recorder(spool, signer, VEHICLE), None, speedup=1e9, scenario=parse_scenario(None),
+                           wait_for_mission=True, route_from_assignment=True, frame_every=10, position_path=where)
+        first.on_command(_assignment([HOUSTON, DALLAS], [HOUSTON, DALLAS]))
+        assert (await first.run()).arrived
+        # the next run, waiting for a mission: idle at Dallas (not at Houston, where the seed lane starts)
+        again = Simulation(Recorder(spool, signer, VEHICLE), None, speedup=1e9, scenario=parse_scenario(None),
+                           wait_for_mission=True, route_from_assignment=True, frame_every=10, position_path=where)
+        waiting = asyncio.create_task(again.run())
+        await wait_for(lambda: again.report.frames >= 1, timeout_seconds=30, interval_seconds=0.001)
+        idle = _payloads(spool)[-1]
+        again.on_command(_assignment([DALLAS, HOUSTON], [DALLAS, HOUSTON]))
+        assert (await waiting).arrived
+        home = _payloads(spool)[-1].position
+        # an unreadable file: where its route starts, as a new truck would
+        where.write_text("{not json")
+        fresh = Simulation(Recorder(spool, signer, VEHICLE), None, speedup=1e9, scenario=parse_scenario(None),
+                           wait_for_mission=True, position_path=where)
+    assert idle.vehicle_state == "idle" and haversine_m(idle.position.lat, idle.position.lon, *DALLAS) < 1
+    assert haversine_m(home.lat, home.lon, *HOUSTON) < 1  # the second run ended back in Houston
+    assert fresh.truck.parked_at is None
 
 
 async def test_an_operators_stop_holds_the_truck_until_it_is_told_to_resume(tmp_path: Path, signer) -> None:
