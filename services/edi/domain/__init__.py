@@ -270,3 +270,26 @@ __all__ += ["ACK_RESEND_MINUTES", "CARRIER_ID", "STATUS_EVENT_CODES", "Partner",
 from ._invoicing import check_charge_codes, freight_invoice, invoice_charge  # noqa: E402 (appended, after __all__ +=)
 
 __all__ += ["check_charge_codes", "freight_invoice", "invoice_charge"]
+
+# Outbound rules: 997s awaited for what we send, overdue, resent, given up (_tracking).
+from ._tracking import (  # noqa: E402 (appended, after __all__ +=)
+    ACK_FINAL_STATES,
+    AckAction,
+    AckFinding,
+    AckReport,
+    AckResult,
+    AckSchedule,
+    AckState,
+    AckStep,
+    OutboundDocument,
+    TrackingError,
+    Transmission,
+    advance_tracking,
+    apply_997,
+    record_resend,
+    track_sent,
+)
+
+__all__ += ["ACK_FINAL_STATES", "AckAction", "AckFinding", "AckReport", "AckResult", "AckSchedule", "AckState",
+            "AckStep", "OutboundDocument", "TrackingError", "Transmission", "advance_tracking", "apply_997",
+            "record_resend", "track_sent"]
