@@ -8,14 +8,20 @@ What runs:
 * N trucks, each a separate ``haulmesh-edge simulate`` process waiting for a mission, with its own certificate and
   spool; each runs one scenario of :data:`SCENARIOS` (round robin), and after its run the truck submits its proof of
   delivery (``haulmesh-edge pod --submit``) when it arrived, then waits for the next mission;
-* a TMS: synthetic tenders at ``--tenders-per-minute`` on the lanes of the eligibility policy the simulator can
-  drive (those with a known route in the lane facts), accepted as soon as offered;
+* a TMS: synthetic tenders at ``--tenders-per-minute`` on every lane of the eligibility policy whose markets the lane
+  facts know, accepted as soon as offered. The simulator drives any of them: the mission's planned route (a known
+  road's waypoints, else straight between the stops) travels with its assignment. A truck waits for its next mission
+  where its last run ended, so the TMS tenders the lanes whose origin an available truck can reach within the pickup
+  window (where the fleet believes its trucks are); otherwise Atlanta → Houston loads would be tendered to trucks in
+  Houston and refused for no capacity. ``SandboxConfig.lanes`` tenders fixed lanes in order instead;
 * a command-centre hand: due check-ins recorded with PROCEED after ``check_in_delay_seconds`` (so a lane's first
-  missions flow; the console shows them due in between), and a truck under remote control handed back after
-  ``takeover_hold_seconds``.
+  missions flow; the console shows them due in between), a truck under remote control handed back after
+  ``takeover_hold_seconds``, and a road closure with no mapped way around it (the mission service stopped the
+  truck) reopened after ``closure_reopen_real_seconds``: the truck resumed, the exception resolved.
 
 Nothing here bypasses the mesh: the TMS goes through the REST door with a dev token, the command-centre hand through
-the REST door too (its check-ins) and the operator's gRPC (the hand-back), the trucks over their mTLS streams.
+the REST door too (its check-ins) and the operator's gRPC (the hand-back, the resume, where the trucks are), the
+trucks over their mTLS streams.
 """
 
 from __future__ import annotations
@@ -41,15 +47,17 @@ import grpc
 import httpx
 
 from haulmesh.mission.v1 import mission_service_pb2, mission_service_pb2_grpc, vehicle_pb2
+from haulmesh.telemetry.v1 import command_pb2, stream_pb2, telemetry_service_pb2, telemetry_service_pb2_grpc
 from haulmesh.type.v1 import equipment_pb2
 
 from . import pki
 from ._keys import carrier_metadata
 from ._mesh import Mesh
-from .lanes import LaneFacts, load_lane_facts
+from .lanes import LaneFacts, Market, Point, load_lane_facts
 from .tokens import mint
 
-__all__ = ["SCENARIOS", "Sandbox", "SandboxConfig", "SandboxTruck", "sandbox_lanes", "synthetic_tender"]
+__all__ = ["SCENARIOS", "Sandbox", "SandboxConfig", "SandboxLane", "SandboxTruck", "reachable_lanes", "sandbox_lanes",
+           "synthetic_tender"]
 
 _log = logging.getLogger("haulmesh.sandbox")
 
@@ -71,6 +79,13 @@ _DELIVERY_WAIT_SECONDS = 60.0
 _DELIVERY_ATTEMPTS = 3
 #: Reports kept per truck (a sandbox runs for days).
 _REPORTS_KEPT = 100
+#: A synthetic tender's pickup window; a truck can take a load whose origin it reaches (deadhead at the planning
+#: speed) before the window ends, which is how the mission service counts capacity.
+_PICKUP_WINDOW = timedelta(hours=10)
+#: In a market whose urban core is not approved for autonomous operation, a stop lies this far outside the core.
+_OUTSIDE_CORE_MILES = 5.0
+#: Vehicles read per ListVehicles page (the sandbox's trucks are at most 200; the roster may hold others).
+_VEHICLES_PAGE = 1000
 
 
 @dataclass(frozen=True)
@@ -98,6 +113,13 @@ class SandboxConfig:
     #: How long a stopped truck waits for an operator's resume (real seconds) before its run ends: a minimal-risk
     #: stop is the command centre's to clear, from the console.
     stop_hold_real_seconds: float = 3600.0
+    #: A road closure with no mapped way around it stops the truck (the mission service's rule); this long after the
+    #: exception was raised (real seconds) the command centre's hand reopens the road: resume, then resolve. Shorter
+    #: than the stop hold, or the truck's run ends on the shoulder first.
+    closure_reopen_real_seconds: float = 30.0
+    #: Tender these lanes ((origin, destination) market codes of the eligibility policy) in this order, round robin,
+    #: instead of at random among the lanes a truck can reach: a rehearsal that runs the same way every time.
+    lanes: tuple[tuple[str, str], ...] = ()
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -111,41 +133,62 @@ class SandboxConfig:
             raise ValueError(f"tenders per minute must be in (0, 600], not {self.tenders_per_minute}")
         if not 1 <= self.speedup <= 3600:
             raise ValueError(f"speedup must be 1-3600, not {self.speedup}")
+        if not 0 <= self.closure_reopen_real_seconds < self.stop_hold_real_seconds:
+            raise ValueError(f"the closure reopen delay ({self.closure_reopen_real_seconds:g} s) must be shorter "
+                             f"than the stop hold ({self.stop_hold_real_seconds:g} s): the truck would give up first")
 
 
 @dataclass(frozen=True)
 class SandboxLane:
+    """A lane the sandbox tenders: its market codes and where its loads are picked up and delivered."""
+
     origin: str
     destination: str
-    origin_point: tuple[float, float]
-    destination_point: tuple[float, float]
+    origin_point: Point
+    destination_point: Point
 
 
 def sandbox_lanes(policy: Mapping[str, Any], facts: LaneFacts) -> list[SandboxLane]:
-    """The eligibility policy's lanes the simulator can drive: both markets known and a route of the lane facts
-    between them, either way (the simulator follows a known route's waypoints, backwards on the way home)."""
+    """Every lane of the eligibility policy whose two markets the lane facts know, in the policy's order. Its stops
+    are the markets' terminals, except in a market whose urban core is not approved for autonomous operation
+    (Phoenix): there just outside the core, on the side facing the lane's other end, as a shipper's yard on the
+    edge of town, so that the tender is not refused for the urban core."""
     lanes = []
     for lane in policy.get("lanes", ()):
         origin, destination = facts.market(lane.get("origin", "")), facts.market(lane.get("destination", ""))
         if origin is None or destination is None:
             continue
-        ends = [(origin.lat, origin.lon), (destination.lat, destination.lon)]
-        if facts.known_route(ends) is None and facts.known_route(ends[::-1]) is None:
-            continue
-        lanes.append(SandboxLane(origin.code, destination.code, (origin.lat, origin.lon),
-                                 (destination.lat, destination.lon)))
+        lanes.append(SandboxLane(origin.code, destination.code, _stop_in(origin, destination),
+                                 _stop_in(destination, origin)))
     return lanes
+
+
+def _stop_in(market: Market, other: Market) -> Point:
+    if market.urban_core_approved:
+        return market.lat, market.lon
+    # Straight towards the other market in degrees: a few miles off a great circle's bearing is no matter here.
+    fraction = (market.urban_core_radius_miles + _OUTSIDE_CORE_MILES) / market.miles_to(other.lat, other.lon)
+    return (round(market.lat + (other.lat - market.lat) * fraction, 5),
+            round(market.lon + (other.lon - market.lon) * fraction, 5))
+
+
+def reachable_lanes(lanes: list[SandboxLane], trucks_at: list[Point], facts: LaneFacts) -> list[SandboxLane]:
+    """The lanes whose origin one of the trucks at ``trucks_at`` reaches within a synthetic tender's pickup window
+    (road miles by the lane facts at their planning speed: the deadhead the mission service counts capacity by)."""
+    reach_miles = _PICKUP_WINDOW.total_seconds() / 3600 * facts.planning_speed_mph
+    return [lane for lane in lanes if any(facts.road_miles(at, lane.origin_point) < reach_miles for at in trucks_at)]
 
 
 def synthetic_tender(rng: random.Random, lane: SandboxLane, now: datetime) -> dict[str, Any]:
     """A TMS's tender on ``lane`` (REST JSON): pickup within the next hour, a dry van, a plausible weight."""
     pickup = (now + timedelta(minutes=rng.randint(1, 60))).replace(second=0, microsecond=0)
+    end = pickup + _PICKUP_WINDOW
     return {
         "tenderId": f"SBX-{now:%Y%m%d}-{uuid.uuid4().hex[:8].upper()}",
         "origin": {"lat": lane.origin_point[0], "lon": lane.origin_point[1], "address": lane.origin},
         "destination": {"lat": lane.destination_point[0], "lon": lane.destination_point[1],
                         "address": lane.destination},
-        "pickupWindow": f"{pickup:%Y-%m-%dT%H:%M:%SZ}/{pickup + timedelta(hours=10):%Y-%m-%dT%H:%M:%SZ}",
+        "pickupWindow": f"{pickup:%Y-%m-%dT%H:%M:%SZ}/{end:%Y-%m-%dT%H:%M:%SZ}",
         "equipment": "53FT_DRYVAN",
         "weightLb": rng.randrange(18_000, 44_000, 500),
         "specialInstructions": "sandbox: synthetic load",
@@ -178,14 +221,24 @@ class Sandbox:
         self.rng = random.Random(config.seed)  # noqa: S311 - synthetic loads, not secrets
         self.trucks = [SandboxTruck(f"SBX-TRK-{i + 1:03d}", scenario)
                        for i, scenario in zip(range(config.trucks), itertools.cycle(config.scenarios), strict=False)]
-        self.lanes = sandbox_lanes(_eligibility_policy(), load_lane_facts())
+        self.facts = load_lane_facts()
+        self.lanes = sandbox_lanes(_eligibility_policy(), self.facts)
         if not self.lanes:
-            raise ValueError("no lane of the eligibility policy has a route the simulator can drive")
+            raise ValueError("no lane of the eligibility policy joins two markets of the lane facts")
+        if config.lanes:
+            known = {(lane.origin, lane.destination): lane for lane in self.lanes}
+            if unknown := [f"{o} > {d}" for o, d in config.lanes if (o, d) not in known]:
+                raise ValueError(f"lane {unknown[0]} is not a lane of the eligibility policy between known markets")
+            self.lanes = [known[pair] for pair in config.lanes]
         #: Tenders sent, by the state they were left in (accepted, rejected, ...).
         self.tenders: Counter[str] = Counter()
         self._tasks: list[asyncio.Task[None]] = []
         self._http: httpx.AsyncClient | None = None
         self._channel: grpc.aio.Channel | None = None
+        self._telemetry_channel: grpc.aio.Channel | None = None
+        self._ops: mission_service_pb2_grpc.MissionServiceStub | None = None
+        self._commands: telemetry_service_pb2_grpc.TelemetryServiceStub | None = None
+        self._tendered = 0
         self._stopping = False
 
     @property
@@ -200,7 +253,10 @@ class Sandbox:
         self._http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.mesh.http_port}", timeout=30,
                                        headers={"Authorization": f"Bearer {token}"})
         self._channel = grpc.aio.secure_channel(self.mesh.address("mission"), self.mesh.operator_credentials())
-        ops = mission_service_pb2_grpc.MissionServiceStub(self._channel)
+        self._ops = ops = mission_service_pb2_grpc.MissionServiceStub(self._channel)
+        self._telemetry_channel = grpc.aio.secure_channel(self.mesh.address("telemetry"),
+                                                          self.mesh.operator_credentials())
+        self._commands = telemetry_service_pb2_grpc.TelemetryServiceStub(self._telemetry_channel)
         ca = pki.load_ca(self.mesh.cert_dir)
         for truck in self.trucks:
             if not (self.mesh.cert_dir / f"vehicle-{truck.vehicle_id}.pem").exists():
@@ -231,8 +287,9 @@ class Sandbox:
             await _terminate(truck.process)
         if self._http is not None:
             await self._http.aclose()
-        if self._channel is not None:
-            await self._channel.close()
+        for channel in (self._channel, self._telemetry_channel):
+            if channel is not None:
+                await channel.close()
 
     # --- the trucks ---------------------------------------------------------------------------------------
 
@@ -331,8 +388,8 @@ class Sandbox:
         assert self._http is not None
         period = 60.0 / self.config.tenders_per_minute
         while True:
-            lane = self.rng.choice(self.lanes)
             try:
+                lane = await self._next_lane()
                 answer = await self._http.post("/api/v1/tenders", json=synthetic_tender(
                     self.rng, lane, datetime.now(UTC)), headers={"Idempotency-Key": str(uuid.uuid4())})
                 tender = answer.json()
@@ -351,9 +408,36 @@ class Sandbox:
                     reasons = ", ".join(r.get("description", "") for r in tender.get("rejectionReasons", []))
                     self.say(f"tender {tender['name']} {lane.origin} → {lane.destination}: "
                              f"{tender.get('state', '?').removeprefix('STATE_').lower()} {reasons}".rstrip())
-            except (httpx.HTTPError, ValueError) as exc:  # the mesh restarting a service: try again next time
+            except (httpx.HTTPError, grpc.aio.AioRpcError, ValueError) as exc:  # a service restarting: next time
                 self.say(f"tender not sent: {type(exc).__name__}: {exc}")
             await asyncio.sleep(period)
+
+    async def _next_lane(self) -> SandboxLane:
+        """The configured lanes in turn; else a lane at random among those an available truck can reach (any lane
+        when every truck is busy: the TMS does not know the fleet, its tender is then refused for no capacity)."""
+        if self.config.lanes:
+            self._tendered += 1
+            return self.lanes[(self._tendered - 1) % len(self.lanes)]
+        return self.rng.choice(reachable_lanes(self.lanes, await self._available_trucks_at(), self.facts)
+                               or self.lanes)
+
+    async def _available_trucks_at(self) -> list[Point]:
+        """Where the sandbox's available trucks are as dispatch sees them: the position each last reported (where
+        its last run ended), else its home terminal."""
+        assert self._ops is not None
+        mine, found, token = {f"vehicles/{truck.vehicle_id}" for truck in self.trucks}, [], ""
+        while True:
+            page = await self._ops.ListVehicles(mission_service_pb2.ListVehiclesRequest(
+                page_size=_VEHICLES_PAGE, page_token=token, filter="availability = AVAILABLE"), timeout=10)
+            for vehicle in page.vehicles:
+                if vehicle.name not in mine:
+                    continue
+                if vehicle.HasField("last_location"):
+                    found.append((vehicle.last_location.lat, vehicle.last_location.lon))
+                elif (home := self.facts.market(vehicle.home_region)) is not None:
+                    found.append((home.lat, home.lon))
+            if not (token := page.next_page_token):
+                return found
 
     # --- the command centre's hand ------------------------------------------------------------------------
 
@@ -364,6 +448,7 @@ class Sandbox:
                 for mission in await self._missions():
                     await self._check_in(mission)
                     await self._hand_back(ops, mission)
+                    await self._reopen_road(ops, mission)
                     await self._close_at_arrival(ops, mission)
             except (httpx.HTTPError, grpc.aio.AioRpcError, ValueError) as exc:
                 self.say(f"command centre: {type(exc).__name__}: {exc}")
@@ -412,6 +497,28 @@ class Sandbox:
                     metadata=carrier_metadata(self.config.carrier), timeout=10)
                 self.say(f"{mission['name']}: {exception['kind'].removeprefix('KIND_').lower()} closed, the truck "
                          "reached its stop")
+
+    async def _reopen_road(self, ops: mission_service_pb2_grpc.MissionServiceStub, mission: dict[str, Any]) -> None:
+        """A road closure no mapped road leads around: the mission service stopped the truck (a minimal-risk stop)
+        until an operator sends a route or resumes it. ``closure_reopen_real_seconds`` after it was raised, the hand
+        does what a person would once the road reopens: the truck's resume (once: the request id is the
+        exception's), then the exception resolved, so that the mission runs on to its delivery."""
+        assert self._commands is not None
+        for exception in mission.get("exceptions", []):
+            if (exception.get("kind") != "KIND_ROAD_CLOSURE" or exception.get("resolveTime")
+                    or exception.get("contingency") != "CONTINGENCY_MINIMAL_RISK_STOP"
+                    or _age_seconds(exception["raiseTime"]) < self.config.closure_reopen_real_seconds):
+                continue
+            mission_id = mission["name"].removeprefix("missions/")
+            await self._commands.CreateVehicleCommand(telemetry_service_pb2.CreateVehicleCommandRequest(
+                parent=mission["vehicle"], request_id=f"sandbox-reopen:{mission_id}:{exception['exceptionId']}",
+                vehicle_command=command_pb2.VehicleCommand(
+                    resume=stream_pb2.ResumeVehicle(), reason="sandbox: the road reopened")), timeout=10)
+            await ops.ResolveMissionException(mission_service_pb2.ResolveMissionExceptionRequest(
+                name=mission["name"], exception_id=exception["exceptionId"],
+                resolution="sandbox: the road reopened; the truck resumed"),
+                metadata=carrier_metadata(self.config.carrier), timeout=10)
+            self.say(f"road closure on {mission['name']}: reopened, the truck resumed")
 
     async def _hand_back(self, ops: mission_service_pb2_grpc.MissionServiceStub, mission: dict[str, Any]) -> None:
         for exception in mission.get("exceptions", []):
