@@ -12,25 +12,50 @@ import re
 from typing import Any
 
 __all__ = [
+    "COMMODITY_PIECES",
+    "COUNTRY_CODE",
     "CURRENCY_CODE",
     "E164",
+    "FACILITY_CODE",
+    "FACILITY_CODE_QUALIFIER",
+    "FACILITY_GEOFENCE_RADIUS_METERS",
+    "FACILITY_UPDATABLE_FIELDS",
     "FIELD_SCHEMAS",
+    "FREIGHT_CLASSES",
     "HAZARD_CLASS",
     "KPI_BASELINE_MINOR",
     "KPI_REPORT_SECONDS",
     "KPI_REPORT_TIME",
     "MARKET_CODE",
     "MAX_ADDRESS",
+    "MAX_ADDRESS_LINE",
+    "MAX_ADDRESS_LINES",
+    "MAX_CITY",
     "MAX_COMMAND_EXCEPTION_ID",
     "MAX_COMMAND_REASON",
+    "MAX_COMMODITIES",
+    "MAX_COMMODITY_DESCRIPTION",
     "MAX_EXCEPTION_DESCRIPTION",
     "MAX_EXCEPTION_RESOLUTION",
+    "MAX_FACILITY_CODES",
+    "MAX_FACILITY_NAME",
     "MAX_PROPER_SHIPPING_NAME",
+    "MAX_REFERENCE_DESCRIPTION",
+    "MAX_REFERENCE_VALUE",
     "MAX_REROUTE_WAYPOINTS",
     "MAX_SPECIAL_INSTRUCTIONS",
+    "MAX_STOP_NAME",
+    "MAX_STOP_REFERENCES",
+    "MAX_TENDER_REFERENCES",
     "MESSAGE_SCHEMAS",
+    "NMFC_CODE",
     "PACKING_GROUPS",
+    "PIECE_UNIT",
+    "POSTAL_CODE",
+    "REFERENCE_QUALIFIER",
+    "REGION_CODE",
     "REQUEST_ID",
+    "TENDER_STOPS",
     "TENDER_UPDATABLE_FIELDS",
     "TENDER_WEIGHT_LB",
     "TMS_LOAD_ID",
@@ -93,7 +118,7 @@ KPI_REPORT_TIME = re.compile(
     r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,9})?(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])$")
 #: The fields UpdateTender may change (an empty mask or ``*``: all of them).
 TENDER_UPDATABLE_FIELDS = ("origin", "destination", "pickup_window", "delivery_window", "equipment", "weight_lb",
-                           "hazmat", "special_instructions")
+                           "hazmat", "special_instructions", "stops", "references", "commodities", "offered_rate")
 
 
 def mask_schema(fields: tuple[str, ...]) -> dict[str, Any]:
@@ -149,3 +174,82 @@ MESSAGE_SCHEMAS: dict[str, dict[str, Any]] = {
     # proto3 cannot mark a repeated field REQUIRED: a reroute without waypoints is no reroute.
     "haulmesh.telemetry.v1.Reroute": {"required": ["waypoints"]},
 }
+
+
+# --- a tender's stops, references and commodities, and the facility registry (issue 15: what an X12 204 carries) ---
+
+#: A tender's stops, inclusive: a pickup and a delivery at least; at most the mission's own bound
+#: (services/mission/domain/checks.py MAX_STOPS), so every tender's stops pass to its mission.
+TENDER_STOPS = (2, 10)
+#: References of a tender, of one stop; their value and description (X12 L11-01 is 1/50 in later versions; 80
+#: leaves room), and the X12 reference qualifier (element 128: 2 to 3 characters).
+MAX_TENDER_REFERENCES = 20
+MAX_STOP_REFERENCES = 10
+MAX_REFERENCE_VALUE = 80
+MAX_REFERENCE_DESCRIPTION = 80
+REFERENCE_QUALIFIER = re.compile(r"^[A-Z0-9]{2,3}$")
+#: A stop's place name (X12 N1-02 is 1/60).
+MAX_STOP_NAME = 60
+#: Commodity lines of a tender, their description, piece count (inclusive), the pieces' unit code, the NMFC item
+#: (item number, optionally a sub: "100240-02") and the NMFC freight classes.
+MAX_COMMODITIES = 20
+MAX_COMMODITY_DESCRIPTION = 200
+COMMODITY_PIECES = (0, 1_000_000)
+PIECE_UNIT = re.compile(r"^[A-Z0-9]{1,8}$")
+NMFC_CODE = re.compile(r"^[0-9]{1,6}(-[0-9]{1,2})?$")
+FREIGHT_CLASSES = ("50", "55", "60", "65", "70", "77.5", "85", "92.5", "100", "110", "125", "150", "175", "200",
+                   "250", "300", "400", "500")
+#: A postal address (X12 N3: two lines of 1/55; N4: city 2/30, state 2/2, postal code 3/15, country 2/3; we take
+#: ISO 3166-1 alpha-2 countries and up to 3-character region codes).
+MAX_ADDRESS_LINES = 2
+MAX_ADDRESS_LINE = 55
+MAX_CITY = 30
+REGION_CODE = re.compile(r"^[A-Z0-9]{1,3}$")
+POSTAL_CODE = re.compile(r"^[A-Za-z0-9 -]{1,15}$")
+COUNTRY_CODE = re.compile(r"^[A-Z]{2}$")
+#: A facility's id code: X12 N1-03 (qualifier, 1/2) and N1-04 (code, 2/80, no control characters); codes per
+#: facility; its display name; its geofence radius in meters, inclusive (haulmesh.type.v1.Geofence's circle; 0:
+#: the mission's default).
+FACILITY_CODE_QUALIFIER = re.compile(r"^[A-Z0-9]{1,2}$")
+FACILITY_CODE = re.compile(r"^[^\x00-\x1f\x7f]{2,80}$")
+MAX_FACILITY_CODES = 10
+MAX_FACILITY_NAME = 200
+FACILITY_GEOFENCE_RADIUS_METERS = (25, 50_000)
+#: The fields UpdateFacility may change (an empty mask or ``*``: all of them).
+FACILITY_UPDATABLE_FIELDS = ("display_name", "location", "address", "geofence_radius_meters", "codes")
+
+
+def _empty_or(pattern: re.Pattern[str]) -> dict[str, Any]:
+    return {"anyOf": [{"const": ""}, {"pattern": pattern.pattern}]}
+
+
+FIELD_SCHEMAS.update({
+    "haulmesh.tender.v1.Tender.stops": {"maxItems": TENDER_STOPS[1]},
+    "haulmesh.tender.v1.Tender.references": {"maxItems": MAX_TENDER_REFERENCES},
+    "haulmesh.tender.v1.Tender.commodities": {"maxItems": MAX_COMMODITIES},
+    "haulmesh.tender.v1.Stop.display_name": {"maxLength": MAX_STOP_NAME},
+    "haulmesh.tender.v1.Stop.references": {"maxItems": MAX_STOP_REFERENCES},
+    "haulmesh.tender.v1.Reference.qualifier": _empty_or(REFERENCE_QUALIFIER),
+    "haulmesh.tender.v1.Reference.value": {"minLength": 1, "maxLength": MAX_REFERENCE_VALUE},
+    "haulmesh.tender.v1.Reference.description": {"maxLength": MAX_REFERENCE_DESCRIPTION},
+    "haulmesh.tender.v1.Commodity.description": {"minLength": 1, "maxLength": MAX_COMMODITY_DESCRIPTION},
+    "haulmesh.tender.v1.Commodity.piece_count": {"minimum": COMMODITY_PIECES[0], "maximum": COMMODITY_PIECES[1]},
+    "haulmesh.tender.v1.Commodity.piece_unit": _empty_or(PIECE_UNIT),
+    "haulmesh.tender.v1.Commodity.weight_lb": {"minimum": 0, "maximum": TENDER_WEIGHT_LB[1]},
+    "haulmesh.tender.v1.Commodity.nmfc_code": _empty_or(NMFC_CODE),
+    "haulmesh.tender.v1.Commodity.freight_class": {"enum": ["", *FREIGHT_CLASSES]},
+    "haulmesh.tender.v1.FacilityCode.qualifier": {"pattern": FACILITY_CODE_QUALIFIER.pattern},
+    "haulmesh.tender.v1.FacilityCode.code": {"pattern": FACILITY_CODE.pattern},
+    "haulmesh.tender.v1.Facility.display_name": {"minLength": 1, "maxLength": MAX_FACILITY_NAME},
+    "haulmesh.tender.v1.Facility.codes": {"maxItems": MAX_FACILITY_CODES},
+    "haulmesh.tender.v1.Facility.geofence_radius_meters": {
+        "anyOf": [{"const": 0}, {"minimum": FACILITY_GEOFENCE_RADIUS_METERS[0],
+                                 "maximum": FACILITY_GEOFENCE_RADIUS_METERS[1]}]},
+    "haulmesh.tender.v1.UpdateFacilityRequest.update_mask": mask_schema(FACILITY_UPDATABLE_FIELDS),
+    "haulmesh.type.v1.PostalAddress.lines": {"maxItems": MAX_ADDRESS_LINES,
+                                             "items": {"minLength": 1, "maxLength": MAX_ADDRESS_LINE}},
+    "haulmesh.type.v1.PostalAddress.city": {"maxLength": MAX_CITY},
+    "haulmesh.type.v1.PostalAddress.region": _empty_or(REGION_CODE),
+    "haulmesh.type.v1.PostalAddress.postal_code": _empty_or(POSTAL_CODE),
+    "haulmesh.type.v1.PostalAddress.country_code": _empty_or(COUNTRY_CODE),
+})
