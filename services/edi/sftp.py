@@ -150,11 +150,18 @@ class SftpServer:
         return self._root / partner
 
     def replace_authorized_keys(self, authorized_keys: Mapping[str, Sequence[str]]) -> None:
-        """Takes a new partner -> keys mapping (a reloaded partners file) for the logins that follow; sessions open
-        stay open. A partner's folders are made when it is new."""
+        """Takes a new partner -> keys mapping (a reloaded partners file): a connection logged in with a partner or
+        key no longer listed is closed (a revoked key stops working now, not at the partner's next login); a new
+        partner's folders are made. A mapping refused (ConfigError) changes nothing."""
         keys = _parse_authorized_keys(authorized_keys)
         self._make_folders(keys)
         self._keys = keys
+        for connection in list(self._connections):
+            if connection.partner is not None and connection.key not in keys.get(connection.partner, ()):
+                _log.warning("SFTP connection of partner %s closed: its key is no longer authorized",
+                             connection.partner)
+                assert connection.conn is not None
+                connection.conn.close()
 
     async def start(self) -> None:
         """Loads (or in development makes) the host key, makes each partner's folders, removes parts a crash left,
@@ -220,6 +227,8 @@ class _Connection(asyncssh.SSHServer):
         self.door = door
         self.conn: asyncssh.SSHServerConnection | None = None
         self.partner: str | None = None
+        #: The public key the partner logged in with (the last one accepted before the login completed).
+        self.key: bytes | None = None
         self.sessions = 0
         self._peer = "?"
         self._last_seen = 0.0
@@ -259,6 +268,7 @@ class _Connection(asyncssh.SSHServer):
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         allowed = self.door._keys.get(username)
         if allowed is not None and key.public_data in allowed:
+            self.key = key.public_data
             return True  # asyncssh then checks the signature with it
         outcome = "unknown_partner" if allowed is None else "wrong_key"
         SFTP_LOGINS.labels(outcome).inc()
@@ -557,20 +567,10 @@ class _JailedSftp(asyncssh.SFTPServer):
         await self._commit(file_obj)
 
     async def _commit(self, upload: _Upload) -> None:
-        fd, upload.fd = upload.fd, -1
-        try:
-            await asyncio.to_thread(os.fsync, fd)  # durable before the poller may take it and delete the sender's
-        finally:
-            os.close(fd)
-        try:
-            # A hard link fails when the name exists (rename would replace it): never overwrite a pending file.
-            os.link(upload.folder / upload.part, upload.folder / upload.name)
-        except FileExistsError:
+        # In a thread, and whole there: a cancelled close cannot leave the part behind or race its descriptor.
+        if not await asyncio.to_thread(_put_in_place, upload):
             SFTP_UPLOADS.labels("exists").inc()
-            raise asyncssh.SFTPFileAlreadyExists(f"in/{upload.name} is still waiting to be processed") from None
-        finally:
-            upload.discard()
-        _fsync_folder(upload.folder)
+            raise asyncssh.SFTPFileAlreadyExists(f"in/{upload.name} is still waiting to be processed")
         SFTP_UPLOADS.labels("committed").inc()
         _log.info("partner %s: received in/%s (%d bytes)", self._partner, upload.name, upload.size)
 
@@ -650,6 +650,22 @@ def _only_times(attrs: asyncssh.SFTPAttrs) -> None:
                if k not in _TIME_FIELDS and getattr(attrs, k) != default]
     if changed:
         raise asyncssh.SFTPPermissionDenied(f"attributes may not be changed here: {', '.join(changed)}")
+
+
+def _put_in_place(upload: _Upload) -> bool:
+    """Gives a received part its final name; False when the name is taken. The part is gone afterwards either way.
+
+    fsync first (durable before the poller may take it and the sender delete its copy), then a hard link, which
+    fails when the name exists where a rename would replace it, then the folder's fsync (the name is durable)."""
+    try:
+        os.fsync(upload.fd)
+        os.link(upload.folder / upload.part, upload.folder / upload.name)
+    except FileExistsError:
+        return False
+    finally:
+        upload.discard()
+    _fsync_folder(upload.folder)
+    return True
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -385,3 +385,22 @@ async def test_parts_left_by_a_crash_are_removed_at_start(tmp_path: Path) -> Non
     (inbox / "204.edi").write_bytes(b"whole")
     async with _running(tmp_path):
         assert _names(inbox) == ["204.edi"]
+
+
+async def test_a_new_partner_list_applies_at_once(tmp_path: Path) -> None:
+    async with _running(tmp_path) as door:
+        acme, bravo = await _connect(door, "acme", KEY_A), await _connect(door, "bravo", KEY_B)
+        door.replace_authorized_keys({"bravo": [_public(KEY_B)], "charlie": [_public(KEY_A)]})
+        await asyncio.wait_for(acme.wait_closed(), 3)  # acme is gone: its connection too
+        with pytest.raises(asyncssh.PermissionDenied):
+            await _connect(door, "acme", KEY_A)
+        async with _sftp(door, "charlie", KEY_A) as sftp:  # a new partner, its folders made
+            assert "in" in await sftp.listdir("/")
+        async with bravo.start_sftp_client() as sftp:  # a partner whose key stays keeps its connection
+            assert "out" in await sftp.listdir("/")
+        door.replace_authorized_keys({"bravo": [_public(KEY_STRANGER)]})  # bravo's key rotated
+        await asyncio.wait_for(bravo.wait_closed(), 3)
+        with pytest.raises(ConfigError):
+            door.replace_authorized_keys({"bravo": ["not a key"]})
+        async with _connect(door, "bravo", KEY_STRANGER):  # a refused list changed nothing
+            pass
