@@ -104,7 +104,7 @@ def _users(*users: StoreUser) -> dict[str, StoreUser]:
 STORE_USERS: dict[str, StoreUser] = _users(
     # services/tender/store.py
     StoreUser("tender", keys=("tender:*", "tenders:*", "tender-load:*", "tender-expiries:*"),
-              idempotent_methods=("CreateTender",)),
+              idempotent_methods=("CreateTender", "CreateFacility")),
     # services/mission/store.py (the roster, missions, the billing hand-off it retries)
     StoreUser("mission", keys=("vehicle:*", "vehicles:*", "vehicle-cert:*", "mission:*", "missions:*",
                                "mission-carrier:*", "mission-by-tender:*", "lane-missions:*", "billing-pending:*",

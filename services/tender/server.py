@@ -1,20 +1,24 @@
-"""TenderService over gRPC: the carrier from the call's metadata, the request to a use case
-(:class:`~services.tender.usecases.TenderBook`), its answer back. No rules here."""
+"""TenderService and FacilityService over gRPC: the carrier from the call's metadata, the request to a use case
+(:class:`~services.tender.usecases.TenderBook`, :class:`~services.tender.usecases.FacilityRegistry`), its answer
+back. No rules here."""
 
 from __future__ import annotations
 
 import time
 
-from haulmesh.tender.v1 import tender_service_pb2_grpc
+from google.protobuf import empty_pb2
+
+from haulmesh.tender.v1 import facility_service_pb2_grpc, tender_service_pb2_grpc
 from services.runtime import Policy, carrier
 
 from .domain import State
 from .metrics import TENDER_PROCESSING
-from .usecases import TenderBook
+from .usecases import FacilityRegistry, TenderBook
 
-__all__ = ["POLICY", "TenderServicer"]
+__all__ = ["POLICY", "FacilityServicer", "TenderServicer"]
 
 _SERVICE = "/haulmesh.tender.v1.TenderService"
+_FACILITIES = "/haulmesh.tender.v1.FacilityService"
 
 #: Who may call what. Only the gateway (the TMS's door) reaches the tender book.
 POLICY = Policy({
@@ -25,6 +29,12 @@ POLICY = Policy({
     f"{_SERVICE}/CancelTender": ["service/gateway"],
     f"{_SERVICE}/AcceptTender": ["service/gateway"],
     f"{_SERVICE}/DeclineTender": ["service/gateway"],
+    # The facility registry is the carrier's, managed through its door like its tenders.
+    f"{_FACILITIES}/CreateFacility": ["service/gateway"],
+    f"{_FACILITIES}/GetFacility": ["service/gateway"],
+    f"{_FACILITIES}/ListFacilities": ["service/gateway"],
+    f"{_FACILITIES}/UpdateFacility": ["service/gateway"],
+    f"{_FACILITIES}/DeleteFacility": ["service/gateway"],
 })
 
 
@@ -61,3 +71,26 @@ class TenderServicer(tender_service_pb2_grpc.TenderServiceServicer):
 
     async def DeclineTender(self, request, context):
         return await self._book.decline(carrier(context), request)
+
+
+class FacilityServicer(facility_service_pb2_grpc.FacilityServiceServicer):
+    """Facility registry RPCs: the carrier from the call's metadata, the rest in :class:`FacilityRegistry`."""
+
+    def __init__(self, registry: FacilityRegistry) -> None:
+        self._registry = registry
+
+    async def CreateFacility(self, request, context):
+        return await self._registry.create(carrier(context), request)
+
+    async def GetFacility(self, request, context):
+        return await self._registry.get(carrier(context), request.name)
+
+    async def ListFacilities(self, request, context):
+        return await self._registry.list(carrier(context), request)
+
+    async def UpdateFacility(self, request, context):
+        return await self._registry.update(carrier(context), request)
+
+    async def DeleteFacility(self, request, context):
+        await self._registry.delete(carrier(context), request)
+        return empty_pb2.Empty()

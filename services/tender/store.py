@@ -8,6 +8,13 @@ carrier's natural-key map and the outbox event commit in one MULTI/EXEC in one R
 * ``tender-load:{carrier}``            hash tms_load_id -> id of the carrier's non-terminal tender for it;
 * ``events:{carrier}``                 the outbox stream (runtime ``add_event``).
 
+The carrier's facility registry (:class:`FacilityStore`), in the same slot:
+
+* ``tender:{carrier}:facility:<id>``              the Facility (serialized protobuf);
+* ``tenders:{carrier}:facilities:by-time``        its creation-time index;
+* ``tender:{carrier}:facility-code:<qualifier>/<code>``  the id of the facility holding that code (a code
+  belongs to one facility of the carrier: the key is the uniqueness and the placement lookup at once).
+
 Offer expiries live in one fleet-wide sorted set, ``tender-expiries:{fleet}`` (member ``<carrier>/<id>``,
 score the expiry in ms). It is another slot, so it is written *before* the commit that makes the offer:
 an entry whose offer was never committed, or was answered meanwhile, is dropped by the lapse loop.
@@ -22,12 +29,23 @@ import redis.asyncio
 from redis.asyncio.client import Pipeline
 
 from haulmesh.events.v1 import event_pb2
-from haulmesh.tender.v1 import tender_pb2
-from services.runtime import FLEET, AlreadyExists, Collection, NotFound, add_event, tenant_key, transact
+from haulmesh.tender.v1 import facility_pb2, tender_pb2
+from services.runtime import (
+    FLEET,
+    AlreadyExists,
+    Collection,
+    NotFound,
+    Page,
+    add_event,
+    check_etag,
+    tenant_key,
+    transact,
+)
 
-from .domain import TERMINAL_STATES, EtagMismatch, compute_etag, tender_name
+from .domain import TERMINAL_STATES, EtagMismatch, compute_etag, facility_code_key, facility_name, tender_name
 
-__all__ = ["EXPIRIES_KEY", "UNCHANGED", "Mutation", "TenderStore", "already_exists", "event_payload_set"]
+__all__ = ["EXPIRIES_KEY", "UNCHANGED", "FacilityStore", "Mutation", "TenderStore", "already_exists",
+           "event_payload_set", "facility_not_found"]
 
 EXPIRIES_KEY = tenant_key("tender-expiries", FLEET)
 
@@ -219,3 +237,120 @@ def event_payload_set(event: event_pb2.Event, tender: tender_pb2.Tender) -> None
     if field is not None:
         getattr(event, field).tender.CopyFrom(tender)
 
+
+
+def facility_not_found(facility_id: str) -> NotFound:
+    name = facility_name(facility_id)
+    return NotFound(f"{name} does not exist", reason="FACILITY_NOT_FOUND", metadata={"name": name})
+
+
+def _code_in_use(code: tender_pb2.FacilityCode, holder: str) -> AlreadyExists:
+    return AlreadyExists(f"the code {code.qualifier}/{code.code} belongs to {facility_name(holder)}",
+                         reason="FACILITY_CODE_IN_USE", metadata={"facility": facility_name(holder)})
+
+
+class FacilityStore:
+    """The carrier's facility registry: facilities and the codes that find them, committed together."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self.redis = client
+
+    def _facilities(self, carrier: str) -> Collection[facility_pb2.Facility]:
+        return Collection(self.redis, facility_pb2.Facility, prefix=f"tender:{{{carrier}}}:facility",
+                          index_key=f"tenders:{{{carrier}}}:facilities:by-time")
+
+    @staticmethod
+    def _code_key(carrier: str, code: tender_pb2.FacilityCode) -> str:
+        return f"tender:{{{carrier}}}:facility-code:{facility_code_key(code)}"
+
+    async def get(self, carrier: str, facility_id: str) -> facility_pb2.Facility | None:
+        return await self._facilities(carrier).get(facility_id)
+
+    async def require(self, carrier: str, facility_id: str) -> facility_pb2.Facility:
+        facility = await self.get(carrier, facility_id)
+        if facility is None:
+            raise facility_not_found(facility_id)
+        return facility
+
+    async def by_code(self, carrier: str, code: tender_pb2.FacilityCode) -> facility_pb2.Facility | None:
+        """The carrier's facility holding ``code``, if any."""
+        holder = await self.redis.get(self._code_key(carrier, code))
+        return None if holder is None else await self.get(carrier, holder.decode())
+
+    async def page(self, carrier: str, page: Page) -> tuple[list[facility_pb2.Facility], str]:
+        return await self._facilities(carrier).page(page)
+
+    async def _claim_codes(self, pipe: Pipeline, carrier: str, facility_id: str,
+                           codes: list[tender_pb2.FacilityCode]) -> None:
+        """ALREADY_EXISTS unless every code is free or already the facility's (keys watched by the caller)."""
+        for code in codes:
+            holder = await pipe.get(self._code_key(carrier, code))
+            if holder is not None and holder.decode() != facility_id:
+                raise _code_in_use(code, holder.decode())
+
+    async def create(self, carrier: str, facility: facility_pb2.Facility) -> facility_pb2.Facility:
+        facilities = self._facilities(carrier)
+        facility_id = facility.name.removeprefix("facilities/")
+        facility.etag = compute_etag(facility)
+        code_keys = [self._code_key(carrier, c) for c in facility.codes]
+
+        async def write(pipe: Pipeline) -> facility_pb2.Facility:
+            await self._claim_codes(pipe, carrier, facility_id, list(facility.codes))
+            pipe.multi()
+            pipe.set(facilities.key(facility_id), facility.SerializeToString())
+            pipe.zadd(facilities.index.key,
+                      {facilities.index.member(facility.create_time.ToMilliseconds(), facility_id): 0})
+            for key in code_keys:
+                pipe.set(key, facility_id)
+            return facility
+
+        return await transact(self.redis, carrier, code_keys, write)
+
+    async def update(self, carrier: str, facility_id: str, etag: str,
+                     change: Callable[[facility_pb2.Facility], facility_pb2.Facility]) -> facility_pb2.Facility:
+        """Replace the facility with ``change(current)`` (its codes re-claimed), if ``etag`` is empty or current."""
+        facilities = self._facilities(carrier)
+        key = facilities.key(facility_id)
+
+        async def write(pipe: Pipeline) -> facility_pb2.Facility:
+            raw = await pipe.get(key)
+            if raw is None:
+                raise facility_not_found(facility_id)
+            current = facility_pb2.Facility.FromString(raw)
+            check_etag(etag, current.etag, current.name)
+            updated = change(current)
+            new_keys = {self._code_key(carrier, c) for c in updated.codes}
+            old_keys = {self._code_key(carrier, c) for c in current.codes}
+            if new_keys:
+                await pipe.watch(*new_keys)
+            await self._claim_codes(pipe, carrier, facility_id, list(updated.codes))
+            pipe.multi()
+            updated.update_time.GetCurrentTime()
+            updated.etag = compute_etag(updated)
+            pipe.set(key, updated.SerializeToString())
+            for stale in old_keys - new_keys:
+                pipe.delete(stale)
+            for fresh in new_keys - old_keys:
+                pipe.set(fresh, facility_id)
+            return updated
+
+        return await transact(self.redis, carrier, [key], write)
+
+    async def delete(self, carrier: str, facility_id: str, etag: str) -> None:
+        facilities = self._facilities(carrier)
+        key = facilities.key(facility_id)
+
+        async def write(pipe: Pipeline) -> None:
+            raw = await pipe.get(key)
+            if raw is None:
+                raise facility_not_found(facility_id)
+            current = facility_pb2.Facility.FromString(raw)
+            check_etag(etag, current.etag, current.name)
+            pipe.multi()
+            pipe.delete(key)
+            pipe.zrem(facilities.index.key,
+                      facilities.index.member(current.create_time.ToMilliseconds(), facility_id))
+            for code in current.codes:
+                pipe.delete(self._code_key(carrier, code))
+
+        await transact(self.redis, carrier, [key], write)
