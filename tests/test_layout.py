@@ -27,6 +27,10 @@ EXTRA_MODULES = {
     "gateway/webhooks/destinations.py": "the SSRF guard of webhook destinations, a rule set of its own",
     "telemetry/peers.py": "the truck behind a call, from its own or the gateway's relayed certificate: the transport's "
                           "authentication, which the servicer calls and no use case needs",
+    "edi/folders.py": "the folder transport's layout (a partner's in/, out/, archive/, failed/), which uploads are "
+                      "complete, and the whole-file writes to out/: shared by the poller and the SFTP door",
+    "edi/archive.py": "the raw archive of every interchange in or out (an object store, not the Redis store)",
+    "edi/sftp.py": "the SFTP door (asyncssh): each partner's keys, jailed in its own folders",
 }
 
 

@@ -36,6 +36,13 @@ DEFAULT_PORTS: dict[str, int] = {
     "gateway": 50055,
 }
 MESH_SERVICES: tuple[str, ...] = tuple(DEFAULT_PORTS)
+#: Services the mesh starts only when asked (``Mesh(optional=...)``, ``haulmesh run``) or configured for: the EDI
+#: service (issue 15) serves carriers whose TMS speaks X12; a test mesh without it starts no process for it. No
+#: service calls them, so they are not among every service's peers.
+OPTIONAL_PORTS: dict[str, int] = {
+    "edi": 50056,
+}
+OPTIONAL_SERVICES: tuple[str, ...] = tuple(OPTIONAL_PORTS)
 DEFAULT_GATEWAY_HTTP_PORT = 8080
 #: The gateway's HTTPS listener for trucks (client certificates required).
 DEFAULT_GATEWAY_DEVICE_PORT = 8443
@@ -244,8 +251,9 @@ class ServiceConfig:
     @classmethod
     def from_env(cls, service_name: str, env: Mapping[str, str] | None = None) -> ServiceConfig:
         env = os.environ if env is None else env
-        if service_name not in DEFAULT_PORTS:
-            raise ConfigError(f"unknown service {service_name!r}; expected one of {', '.join(MESH_SERVICES)}")
+        ports = {**DEFAULT_PORTS, **OPTIONAL_PORTS}
+        if service_name not in ports:
+            raise ConfigError(f"unknown service {service_name!r}; expected one of {', '.join(ports)}")
         peers = {
             name: _address(env, f"HAULMESH_{name.upper()}_ADDR", f"127.0.0.1:{port}")
             for name, port in DEFAULT_PORTS.items()
@@ -258,7 +266,7 @@ class ServiceConfig:
         return cls(
             service_name=service_name,
             listen_host=env.get("HAULMESH_LISTEN_HOST", "127.0.0.1"),
-            port=_port(env, "HAULMESH_PORT", DEFAULT_PORTS[service_name]),
+            port=_port(env, "HAULMESH_PORT", ports[service_name]),
             tls=TlsConfig.for_workload(service_name, env),
             state_dir=default_state_dir(env),
             redis_url=env.get("REDIS_URL") or None,

@@ -20,7 +20,14 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ._config import DEFAULT_GATEWAY_DEVICE_PORT, DEFAULT_GATEWAY_HTTP_PORT, DEFAULT_PORTS, MESH_SERVICES, TlsConfig
+from ._config import (
+    DEFAULT_GATEWAY_DEVICE_PORT,
+    DEFAULT_GATEWAY_HTTP_PORT,
+    DEFAULT_PORTS,
+    MESH_SERVICES,
+    OPTIONAL_PORTS,
+    TlsConfig,
+)
 from ._retry import Backoff
 from ._store import EmbeddedStore, StoreInfo, free_port, redact_url
 from ._tls import CertificateFiles, client_credentials
@@ -36,6 +43,9 @@ CONFIG_ERROR_EXIT = 2
 #: Consecutive runs shorter than HEALTHY_RUN_SECONDS after which a service is given up on like a configuration
 #: error: one that dies at import (exit 1) every time would otherwise be restarted forever.
 MAX_SHORT_RUNS = 5
+#: An optional service the mesh starts as soon as its configuration names this variable (the EDI service, once a
+#: partners file is given), besides those it is asked for.
+_OPTIONAL_WHEN_SET = {"edi": "HAULMESH_EDI_PARTNERS_FILE"}
 
 
 async def check_health(address: str, credentials: grpc.ChannelCredentials, *, timeout_seconds: float = 2.0,
@@ -81,6 +91,10 @@ class Mesh:
     #: ``HAULMESH_METRICS_PORT`` per service (each child needs its own port; ``extra_env`` is shared).
     metrics_ports: dict[str, int] = field(default_factory=dict)
     grace_period_seconds: float = 10.0
+    #: Optional services (_config.OPTIONAL_PORTS) to start after the others: ``haulmesh run`` asks for all of them;
+    #: a test mesh starts one only when asked, or when ``extra_env`` configures it (see _OPTIONAL_WHEN_SET), so the
+    #: many tests that do not use it pay no start-up time for it.
+    optional: tuple[str, ...] = ()
     #: The supervisor's restart backoff (first ceiling, seconds) and how many short runs in a row it gives up after.
     restart_backoff_start_seconds: float = RESTART_BACKOFF_START_SECONDS
     max_short_runs: int = MAX_SHORT_RUNS
@@ -94,9 +108,19 @@ class Mesh:
         if self.device_port is None:
             self.device_port = (DEFAULT_GATEWAY_DEVICE_PORT if self.http_port == DEFAULT_GATEWAY_HTTP_PORT
                                 else free_port())
+        self.ports = dict(self.ports)  # the caller's dict is not ours to fill in
+        wanted = {*self.optional, *(name for name, variable in _OPTIONAL_WHEN_SET.items()
+                                    if self.extra_env.get(variable))}
+        unknown = wanted - OPTIONAL_PORTS.keys()
+        if unknown:
+            raise ValueError(f"no optional service {', '.join(sorted(unknown))}; expected {', '.join(OPTIONAL_PORTS)}")
+        self.optional = tuple(name for name in OPTIONAL_PORTS if name in wanted)
+        for name in self.optional:  # like the device port: its default beside the default ports, else a free one
+            if name not in self.ports:
+                self.ports[name] = OPTIONAL_PORTS[name] if self.http_port == DEFAULT_GATEWAY_HTTP_PORT else free_port()
 
     def address(self, name: str) -> str:
-        return f"127.0.0.1:{self.ports.get(name, DEFAULT_PORTS[name])}"
+        return f"127.0.0.1:{self.ports.get(name) or {**DEFAULT_PORTS, **OPTIONAL_PORTS}[name]}"
 
     @property
     def cert_dir(self) -> Path:
@@ -104,13 +128,14 @@ class Mesh:
 
     def _env(self, name: str, redis_url: str) -> dict[str, str]:
         # The mesh sets every service's addresses and ports itself; of the caller's HAULMESH_* settings only the
-        # tracing ones pass through (so `HAULMESH_TRACES_EXPORTER=console make run` traces the whole mesh).
+        # tracing ones pass through (so `HAULMESH_TRACES_EXPORTER=console make run` traces the whole mesh), and the
+        # EDI service's own (`HAULMESH_EDI_PARTNERS_FILE=... make run`).
         env = {k: v for k, v in os.environ.items()
-               if not k.startswith("HAULMESH_") or k.startswith("HAULMESH_TRACES_")}
+               if not k.startswith("HAULMESH_") or k.startswith(("HAULMESH_TRACES_", "HAULMESH_EDI_"))}
         env.update({
             "HAULMESH_STATE_DIR": str(self.state_dir),
             "HAULMESH_CERT_DIR": str(self.cert_dir),
-            "HAULMESH_PORT": str(self.ports.get(name, DEFAULT_PORTS[name])),
+            "HAULMESH_PORT": self.address(name).rsplit(":", 1)[1],
             "HAULMESH_HTTP_PORT": str(self.http_port),
             "HAULMESH_GATEWAY_DEVICE_PORT": str(self.device_port),
             "HAULMESH_GRACE_PERIOD_SECONDS": str(self.grace_period_seconds),
@@ -144,7 +169,7 @@ class Mesh:
         self._redis_url = redis_url
         logs = self.state_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        for name in MESH_SERVICES:
+        for name in (*MESH_SERVICES, *self.optional):
             child = _Child(name, self.address(name), logs / f"{name}.log")
             await self._spawn(child)
             self.children[name] = child
@@ -240,7 +265,7 @@ class Mesh:
 
     async def status(self) -> dict[str, str]:
         credentials = self.operator_credentials()
-        names = list(self.children) or list(MESH_SERVICES)
+        names = list(self.children) or [*MESH_SERVICES, *self.optional]
         results = await asyncio.gather(*(check_health(self.address(n), credentials) for n in names))
         return dict(zip(names, results, strict=True))
 
@@ -287,7 +312,7 @@ class Mesh:
 
     def describe(self) -> list[tuple[str, str]]:
         """(what, where) rows for the terminal."""
-        rows = [(name, f"grpcs://{self.address(name)}") for name in MESH_SERVICES]
+        rows = [(name, f"grpcs://{self.address(name)}") for name in (*MESH_SERVICES, *self.optional)]
         rows += [(f"{name} metrics", f"http://127.0.0.1:{port}/metrics") for name, port in self.metrics_ports.items()]
         rows.append(("gateway (HTTP)", f"http://127.0.0.1:{self.http_port}"))
         rows.append(("gateway (HTTPS for trucks, mTLS)", f"https://127.0.0.1:{self.device_port}"))

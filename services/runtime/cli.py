@@ -46,6 +46,8 @@ from ._config import (
     DEFAULT_GATEWAY_HTTP_PORT,
     DEFAULT_PORTS,
     MESH_SERVICES,
+    OPTIONAL_PORTS,
+    OPTIONAL_SERVICES,
     default_state_dir,
 )
 from ._errors import ConfigError, HaulmeshError
@@ -151,8 +153,8 @@ def cmd_pki(args: argparse.Namespace) -> int:
         if not (directory / AUDIT_SIGNING_KEY_NAME).exists():
             kid = generate_signing_key(directory / AUDIT_SIGNING_KEY_NAME, directory / AUDIT_VERIFY_KEY_NAME)
             print(f"created audit checkpoint key {kid}")
-        wanted = [("service", s) for s in MESH_SERVICES] + [("operator", "cli"), ("vehicle", DEMO_VEHICLE),
-                                                            ("evidence", EVIDENCE_SEALER)]
+        wanted = [("service", s) for s in (*MESH_SERVICES, *OPTIONAL_SERVICES)] + [
+            ("operator", "cli"), ("vehicle", DEMO_VEHICLE), ("evidence", EVIDENCE_SEALER)]
         for kind, name in wanted:
             path = directory / f"{_stem(kind, name)}.pem"
             # The dev CLI (make run, the demo, haulmesh status/report/archive) is a platform admin; a certificate
@@ -217,17 +219,17 @@ async def _archive(args: argparse.Namespace) -> int:
 def service_address(name: str) -> str:
     """Where the CLI reaches a mesh service: ``HAULMESH_<NAME>_ADDR`` (host:port), else the local default port.
     The one place the CLI and its sub-commands (report, evidence export) read service addresses."""
-    return os.environ.get(f"HAULMESH_{name.upper()}_ADDR") or f"127.0.0.1:{DEFAULT_PORTS[name]}"
+    return os.environ.get(f"HAULMESH_{name.upper()}_ADDR") or f"127.0.0.1:{({**DEFAULT_PORTS, **OPTIONAL_PORTS})[name]}"
 
 
 def _ports_from_env() -> dict[str, int]:
-    return {name: int(service_address(name).rsplit(":", 1)[1]) for name in MESH_SERVICES}
+    return {name: int(service_address(name).rsplit(":", 1)[1]) for name in (*MESH_SERVICES, *OPTIONAL_SERVICES)}
 
 
 async def _run(args: argparse.Namespace) -> int:
     mesh = Mesh(default_state_dir(), ports=_ports_from_env(),
                 http_port=int(os.environ.get("HAULMESH_HTTP_PORT", DEFAULT_GATEWAY_HTTP_PORT)),
-                redis_url=os.environ.get("REDIS_URL") or None,
+                redis_url=os.environ.get("REDIS_URL") or None, optional=OPTIONAL_SERVICES,
                 extra_env={"HAULMESH_CERT_DIR": str(_cert_dir(args))})
     return await _serve(mesh, args.timeout, detach=args.detach)
 
