@@ -1,0 +1,171 @@
+"""The EDI service's records in Redis, under the trading partner's hash tag.
+
+Keys of partner ``p`` (all tagged ``{p}``: what commits together shares a slot, also on Redis Cluster):
+
+* ``edi:{p}:control`` hash ``interchange`` / ``group`` / ``set``: the last ISA13 / GS06 / ST02 counter used
+  towards the partner. Only ever grows (``HINCRBY`` in one MULTI/EXEC per outbound interchange), so a control
+  number is never reused, also across restarts; the domain's ``control_number`` formats them.
+* ``edi:{p}:seen:<sha256 of ISA05, ISA06, ISA07, ISA08, ISA13, ISA15>`` the interchanges received: ``processing``
+  (``SET NX`` when first read) then ``done``; kept ``duplicate_window_seconds`` (30 days). A re-read of a file
+  whose processing a crash cut short finds ``processing`` and finishes it (every step is idempotent); ``done`` is
+  a duplicate interchange.
+* ``edi:{p}:doc:<id>`` hash: one document in or out (``direction``, ``set``, ``isa13``, ``gs06``, ``st02``,
+  ``shipment`` B2-04, ``tender`` name, ``state``, ``file``, ``archive`` key, ``detail``, ``created_ms``,
+  ``updated_ms``); ``edi:{p}:docs`` sorted set of the ids by creation time.
+  States: in ``received`` / ``rejected`` (its 997 said so) / ``duplicate``; out ``awaiting_997`` / ``accepted``
+  / ``accepted_with_errors`` / ``rejected`` / ``overdue`` (997s and TA1s are never acknowledged: ``sent``).
+* ``edi:{p}:out:<GS06>:<ST02>`` the id of our outbound document a partner's 997 (AK1-02, AK2-02) answers.
+* ``edi:{p}:shipment:<B2-04>`` the tender (``tenders/<id>``) a shipment id created; ``edi:{p}:tender:<id>`` the
+  shipment id back (the 214s and 210s of a tender echo it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Mapping
+from enum import StrEnum
+
+import redis.asyncio
+
+from services.runtime import new_id, tenant_key
+
+from .domain import Allocation, ControlCounters
+
+__all__ = ["DocumentState", "EdiStore", "InterchangeClaim"]
+
+#: The most documents a partner's index keeps (oldest trimmed; the raw archive keeps every interchange).
+MAX_DOCUMENTS_PER_PARTNER = 100_000
+
+
+class InterchangeClaim(StrEnum):
+    """What a received interchange is to this partner."""
+
+    NEW = "new"
+    #: Its processing began and did not finish (a crash): finish it, every step is idempotent.
+    UNFINISHED = "processing"
+    #: Processed before: a duplicate interchange.
+    DONE = "done"
+
+
+class DocumentState(StrEnum):
+    RECEIVED = "received"
+    DUPLICATE = "duplicate"
+    SENT = "sent"
+    AWAITING_997 = "awaiting_997"
+    ACCEPTED = "accepted"
+    ACCEPTED_WITH_ERRORS = "accepted_with_errors"
+    REJECTED = "rejected"
+    OVERDUE = "overdue"
+
+
+def _ms() -> int:
+    return int(time.time() * 1000)
+
+
+class EdiStore:
+    """Reads and writes the EDI records of one store."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self._redis = client
+
+    # --- control numbers ----------------------------------------------------------------------------------
+
+    async def allocate(self, partner: str, sets_per_group: tuple[int, ...] = (1,)) -> Allocation:
+        """Control numbers for one outbound interchange of ``len(sets_per_group)`` groups: the counters grow in one
+        MULTI/EXEC, so two allocations never share a number, whatever runs at the same time."""
+        key = tenant_key("edi", partner, "control")
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hincrby(key, "interchange", 1)
+            pipe.hincrby(key, "group", len(sets_per_group))
+            pipe.hincrby(key, "set", sum(sets_per_group))
+            interchange, group, sets = await pipe.execute()
+        before = ControlCounters(interchange - 1, group - len(sets_per_group), sets - sum(sets_per_group))
+        allocation, _ = before.allocate(sets_per_group)
+        return allocation
+
+    async def counters(self, partner: str) -> ControlCounters:
+        raw = await self._redis.hgetall(tenant_key("edi", partner, "control"))
+        return ControlCounters(*(int(raw.get(k.encode(), 0)) for k in ("interchange", "group", "set")))
+
+    # --- received interchanges -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _seen_key(partner: str, envelope: tuple[str, ...]) -> str:
+        digest = hashlib.sha256("\x1f".join(envelope).encode()).hexdigest()
+        return tenant_key("edi", partner, "seen", digest)
+
+    async def claim_interchange(self, partner: str, envelope: tuple[str, ...], *, ttl_seconds: int) \
+            -> InterchangeClaim:
+        """Note a received interchange (``envelope``: ISA05, ISA06, ISA07, ISA08, ISA13, ISA15) as being processed;
+        what it was before (``NEW`` when first seen)."""
+        key = self._seen_key(partner, envelope)
+        if await self._redis.set(key, InterchangeClaim.UNFINISHED.value, nx=True, ex=ttl_seconds):
+            return InterchangeClaim.NEW
+        value = await self._redis.get(key)
+        return InterchangeClaim(value.decode()) if value else InterchangeClaim.NEW
+
+    async def finish_interchange(self, partner: str, envelope: tuple[str, ...], *, ttl_seconds: int) -> None:
+        await self._redis.set(self._seen_key(partner, envelope), InterchangeClaim.DONE.value, ex=ttl_seconds)
+
+    # --- documents -------------------------------------------------------------------------------------------
+
+    async def record_document(self, partner: str, fields: Mapping[str, str]) -> str:
+        """Record a document in or out; its id. An outbound one is findable by its GS06 and ST02."""
+        doc_id = new_id()
+        now = _ms()
+        record = {**{k: str(v) for k, v in fields.items()}, "id": doc_id, "partner": partner,
+                  "created_ms": str(now), "updated_ms": str(now)}
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(tenant_key("edi", partner, "doc", doc_id), mapping=record)
+            pipe.zadd(tenant_key("edi", partner, "docs"), {doc_id: now})
+            pipe.zremrangebyrank(tenant_key("edi", partner, "docs"), 0, -MAX_DOCUMENTS_PER_PARTNER - 1)
+            if fields.get("direction") == "out" and fields.get("gs06") and fields.get("st02"):
+                pipe.set(tenant_key("edi", partner, "out", fields["gs06"], fields["st02"]), doc_id)
+            await pipe.execute()
+        return doc_id
+
+    async def document(self, partner: str, doc_id: str) -> dict[str, str] | None:
+        raw = await self._redis.hgetall(tenant_key("edi", partner, "doc", doc_id))
+        return {k.decode(): v.decode() for k, v in raw.items()} if raw else None
+
+    async def documents(self, partner: str, *, limit: int = 100) -> list[dict[str, str]]:
+        """The partner's latest documents, newest first."""
+        ids = await self._redis.zrevrange(tenant_key("edi", partner, "docs"), 0, limit - 1)
+        found = [await self.document(partner, i.decode()) for i in ids]
+        return [d for d in found if d is not None]
+
+    async def outbound_for(self, partner: str, gs06: str, st02: str) -> str | None:
+        """The id of our document with GS06 ``gs06`` and ST02 ``st02`` (what an inbound 997 answers)."""
+        value = await self._redis.get(tenant_key("edi", partner, "out", gs06, st02))
+        return value.decode() if value else None
+
+    async def set_state(self, partner: str, doc_id: str, state: DocumentState, detail: str = "") -> None:
+        key = tenant_key("edi", partner, "doc", doc_id)
+        update = {"state": state.value, "updated_ms": str(_ms())}
+        if detail:
+            update["detail"] = detail
+        await self._redis.hset(key, mapping=update)
+
+    # --- shipments and tenders -------------------------------------------------------------------------------
+
+    async def link_tender(self, partner: str, shipment_id: str, tender_name: str) -> None:
+        tender_id = tender_name.rsplit("/", 1)[-1]
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(tenant_key("edi", partner, "shipment", shipment_id), tender_name)
+            pipe.set(tenant_key("edi", partner, "tender", tender_id), shipment_id)
+            await pipe.execute()
+
+    async def tender_for(self, partner: str, shipment_id: str) -> str | None:
+        value = await self._redis.get(tenant_key("edi", partner, "shipment", shipment_id))
+        return value.decode() if value else None
+
+    async def shipment_for(self, partner: str, tender_name: str) -> str | None:
+        value = await self._redis.get(tenant_key("edi", partner, "tender", tender_name.rsplit("/", 1)[-1]))
+        return value.decode() if value else None
+
+
+def detail_json(**values: object) -> str:
+    """A document's ``detail``: what happened, as compact JSON."""
+    return json.dumps(values, separators=(",", ":"), sort_keys=True, default=str)

@@ -1,0 +1,437 @@
+"""Inbound X12 from a trading partner, end to end: archive, read, acknowledge, act on the tender service, answer.
+
+One file (:meth:`EdiDesk.receive`), every interchange in it, in this order:
+
+1. the raw bytes are archived before anything is read (nothing received is lost, a malformed file included);
+2. the envelope is checked against the partner (ISA05/06 its ids, ISA07/08 ours): a bad envelope gets a TA1 ``R``
+   and nothing else; a good one a TA1 when the partner wants one for every interchange or ISA14 asks;
+3. a duplicate interchange (same sender, receiver, ISA13 and ISA15 within the window, already processed) gets a
+   TA1 with note 025 when the partner wants TA1s, and nothing else is done: the same file delivered twice makes
+   one tender. One whose processing a crash cut short is finished instead (every step is idempotent);
+4. each functional group gets its 997 (never a group of 997s: those are matched to our documents, which become
+   accepted or rejected); a 204's content errors (no B2-04, a stop out of order) are in the 997 as AK3/AK4;
+5. each accepted 204: original (00) → CreateTender as service ``edi`` for the partner's carrier, with a
+   request id from partner, B2-04, purpose and ISA13 (a retry never creates a second tender); change (04) →
+   UpdateTender; cancel (01) → CancelTender. Then the 990 per the partner's policy: accept (AcceptTender, 990
+   ``A``) when the offer is eligible and within the tolerance of the 204's rate, decline (DeclineTender, 990
+   ``D`` with the reason code), or hold (nothing sent yet). A tender the fleet rejected, or a 204 that cannot
+   become one (a stop that cannot be placed), is declined with the partner's ineligible reason and a remark
+   naming why.
+
+Every document in or out is recorded (store.py) and archived raw; an outbound file is written only once its
+record is durable, through ``out/<name>.tmp`` and a rename.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import grpc
+import redis
+
+from haulmesh.tender.v1 import tender_pb2, tender_service_pb2, tender_service_pb2_grpc
+from services.runtime import Unavailable, carrier_metadata, describe_rpc_error
+
+from .archive import RawArchive
+from .convert import Refusal, request_id_for, tender_request
+from .domain import (
+    Decision,
+    Delimiters,
+    FunctionalGroup,
+    GroupReading,
+    Interchange,
+    LoadTender,
+    Partner,
+    Partners,
+    Purpose,
+    Reading,
+    SetError,
+    SetReading,
+    SetSyntax,
+    Ta1,
+    Ta1Note,
+    TransactionSet,
+    X12Error,
+    acknowledge,
+    acknowledgement_group,
+    clean_text,
+    read,
+    read_997,
+    read_load_tender,
+    response_990,
+    ta1_for,
+    write,
+)
+from .folders import PartnerFolders
+from .store import DocumentState, EdiStore, InterchangeClaim, detail_json
+
+__all__ = ["EdiDesk", "Received", "TenderClient", "is_transient"]
+
+_log = logging.getLogger("haulmesh.edi")
+State = tender_pb2.Tender.State
+#: A 990 remark's length: ten K1s of two 30-character remarks hold 600; words wrap, so less is safe.
+_MAX_REMARK = 300
+_UPDATE_PATHS = ("origin", "destination", "pickup_window", "delivery_window", "weight_lb", "special_instructions")
+
+
+class TenderClient:
+    """The tender service as the edi service calls it: always for the partner's carrier (haulmesh-carrier)."""
+
+    def __init__(self, stub: Callable[[], tender_service_pb2_grpc.TenderServiceStub]) -> None:
+        self._stub = stub
+
+    async def create(self, carrier: str, request: tender_service_pb2.CreateTenderRequest) -> tender_pb2.Tender:
+        return await self._stub().CreateTender(request, metadata=carrier_metadata(carrier))
+
+    async def get(self, carrier: str, name: str) -> tender_pb2.Tender:
+        return await self._stub().GetTender(tender_service_pb2.GetTenderRequest(name=name),
+                                            metadata=carrier_metadata(carrier))
+
+    async def update(self, carrier: str, name: str, changed: tender_pb2.Tender) -> tender_pb2.Tender:
+        request = tender_service_pb2.UpdateTenderRequest(tender=changed)
+        request.tender.name = name
+        request.update_mask.paths.extend(p for p in _UPDATE_PATHS
+                                         if p not in ("delivery_window",) or changed.HasField("delivery_window"))
+        return await self._stub().UpdateTender(request, metadata=carrier_metadata(carrier))
+
+    async def cancel(self, carrier: str, name: str, reason: str) -> tender_pb2.Tender:
+        return await self._stub().CancelTender(tender_service_pb2.CancelTenderRequest(name=name, reason=reason),
+                                               metadata=carrier_metadata(carrier))
+
+    async def accept(self, carrier: str, name: str) -> tender_pb2.Tender:
+        return await self._stub().AcceptTender(tender_service_pb2.AcceptTenderRequest(name=name),
+                                               metadata=carrier_metadata(carrier))
+
+    async def decline(self, carrier: str, name: str, reason: int, comment: str) -> tender_pb2.Tender:
+        return await self._stub().DeclineTender(
+            tender_service_pb2.DeclineTenderRequest(name=name, reason=reason, comment=comment),
+            metadata=carrier_metadata(carrier))
+
+
+@dataclass
+class Received:
+    """What one inbound file led to (for the worker's log and the tests)."""
+
+    interchanges: int = 0
+    duplicates: int = 0
+    sent: list[str] = field(default_factory=list)
+    tenders: list[str] = field(default_factory=list)
+    unreadable: bool = False
+
+
+@dataclass(frozen=True)
+class _Context:
+    partner: Partner
+    reading: Reading
+    interchange: Interchange
+    archive_key: str
+    file_name: str
+
+
+class EdiDesk:
+    """The EDI service's use cases."""
+
+    def __init__(self, *, partners: Partners, store: EdiStore, archive: RawArchive, folders: PartnerFolders,
+                 tenders: TenderClient, lanes, durable: Callable[[], Awaitable[None]],
+                 duplicate_window_seconds: int, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.partners = partners
+        self.store = store
+        self.archive = archive
+        self.folders = folders
+        self.tenders = tenders
+        self.lanes = lanes
+        self._durable = durable
+        self._window = duplicate_window_seconds
+        self.clock = clock
+
+    # --- inbound -------------------------------------------------------------------------------------------
+
+    async def receive(self, partner: Partner, file_name: str, data: bytes) -> Received:
+        """Process one inbound file of ``partner``'s: archived first, then every interchange in it."""
+        archive_key = await self.archive.put("in", partner.id, data, when=self.clock())
+        outcome = Received()
+        readings = read(data)
+        if not readings:
+            outcome.unreadable = True
+            await self.store.record_document(partner.id, {
+                "direction": "in", "set": "", "state": DocumentState.REJECTED.value, "file": file_name,
+                "archive": archive_key, "detail": detail_json(problem="no interchange (no ISA) in the file")})
+            return outcome
+        for reading in readings:
+            outcome.interchanges += 1
+            await self._interchange(partner, reading, archive_key, file_name, outcome)
+        return outcome
+
+    async def _interchange(self, partner: Partner, reading: Reading, archive_key: str, file_name: str,
+                           outcome: Received) -> None:
+        ic = reading.interchange
+        wrong = self._envelope_mismatch(partner, ic)
+        if ic is None or wrong is not None or not reading.accepted:
+            ta1 = ta1_for(reading) if wrong is None else Ta1(
+                *(_echo(v, w) for v, w in ((reading.control, 9), (reading.date, 6), (reading.time, 4))), "R",
+                wrong.value)
+            await self.store.record_document(partner.id, {
+                "direction": "in", "set": "", "isa13": reading.control, "state": DocumentState.REJECTED.value,
+                "file": file_name, "archive": archive_key,
+                "detail": detail_json(ta1=ta1.note, problems=[str(p) for p in reading.problems])})
+            outcome.sent.append(await self._send(partner, "TA1", ta1s=(ta1,)))
+            return
+        envelope = (ic.sender_qualifier, ic.sender_id, ic.receiver_qualifier, ic.receiver_id, ic.control, ic.usage)
+        claim = await self.store.claim_interchange(partner.id, envelope, ttl_seconds=self._window)
+        if claim is InterchangeClaim.DONE:
+            outcome.duplicates += 1
+            await self.store.record_document(partner.id, {
+                "direction": "in", "set": "", "isa13": ic.control, "state": DocumentState.DUPLICATE.value,
+                "file": file_name, "archive": archive_key, "detail": detail_json(duplicate_of=ic.control)})
+            if partner.ta1_wanted:
+                ta1 = Ta1(ic.control, ic.date, ic.time, "R", Ta1Note.DUPLICATE_CONTROL_NUMBER.value)
+                outcome.sent.append(await self._send(partner, "TA1", ta1s=(ta1,)))
+            return
+        if partner.ta1_wanted or ic.ack_requested == "1" or reading.problems:
+            outcome.sent.append(await self._send(partner, "TA1", ta1s=(ta1_for(reading),)))
+        context = _Context(partner, reading, ic, archive_key, file_name)
+        for group_reading in reading.groups:
+            await self._group(context, group_reading, outcome)
+        await self.store.finish_interchange(partner.id, envelope, ttl_seconds=self._window)
+
+    @staticmethod
+    def _envelope_mismatch(partner: Partner, ic: Interchange | None) -> Ta1Note | None:
+        """Whether the interchange is not from this partner to us (the folder it came through says who)."""
+        if ic is None:
+            return None
+        if ic.sender_qualifier != partner.isa_qualifier:
+            return Ta1Note.INVALID_SENDER_QUALIFIER
+        if ic.sender_id != partner.isa_id:
+            return Ta1Note.INVALID_SENDER_ID
+        if ic.receiver_qualifier != partner.our_isa_qualifier:
+            return Ta1Note.INVALID_RECEIVER_QUALIFIER
+        if ic.receiver_id != partner.our_isa_id:
+            return Ta1Note.UNKNOWN_RECEIVER_ID
+        return None
+
+    async def _group(self, context: _Context, group_reading: GroupReading, outcome: Received) -> None:
+        group = group_reading.group
+        if group.functional_id == "FA":
+            await self._acknowledgements_in(context, group_reading)
+            return
+        group_reading, tenders = self._read_tenders(group_reading)
+        for set_reading in group_reading.sets:
+            transaction = set_reading.transaction
+            shipment = tenders[transaction.control].shipment_id if transaction.control in tenders else ""
+            await self.store.record_document(context.partner.id, {
+                "direction": "in", "set": transaction.id, "isa13": context.interchange.control,
+                "gs06": group.control, "st02": transaction.control, "shipment": shipment,
+                "state": (DocumentState.RECEIVED if set_reading.accepted and not group_reading.problems
+                          else DocumentState.REJECTED).value,
+                "file": context.file_name, "archive": context.archive_key,
+                "detail": detail_json(problems=[str(p) for p in set_reading.problems],
+                                      errors=[str(e) for e in set_reading.segment_errors][:20])})
+        if acknowledge(group_reading, control="0001") is not None:
+            outcome.sent.append(await self._send(context.partner, "997", acknowledging=group_reading))
+        for set_reading in group_reading.accepted_sets:
+            tender = tenders.get(set_reading.transaction.control)
+            if tender is not None:
+                await self._tender(context, tender, outcome)
+
+    @staticmethod
+    def _read_tenders(group_reading: GroupReading) -> tuple[GroupReading, dict[str, LoadTender]]:
+        """Each accepted 204 as a LoadTender; a 204 whose content is wrong becomes a rejected set (its AK3/AK4 in
+        the 997)."""
+        tenders: dict[str, LoadTender] = {}
+        sets: list[SetReading] = []
+        for set_reading in group_reading.sets:
+            if set_reading.accepted and set_reading.transaction.id == "204":
+                result = read_load_tender(set_reading.transaction)
+                if isinstance(result, LoadTender):
+                    tenders[set_reading.transaction.control] = result
+                else:
+                    set_reading = dataclasses.replace(
+                        set_reading, problems=(*set_reading.problems, SetError(
+                            SetSyntax.SEGMENTS_IN_ERROR, f"{len(result)} segment errors")),
+                        segment_errors=(*set_reading.segment_errors, *result))
+            sets.append(set_reading)
+        return dataclasses.replace(group_reading, sets=tuple(sets)), tenders
+
+    async def _acknowledgements_in(self, context: _Context, group_reading: GroupReading) -> None:
+        """A partner's 997s: each marks our documents accepted or rejected (a 997 is never acknowledged)."""
+        for set_reading in group_reading.sets:
+            try:
+                ack = read_997(set_reading.transaction)
+            except X12Error as exc:
+                _log.warning("partner %s: unreadable 997 %s: %s", context.partner.id,
+                             set_reading.transaction.control, exc)
+                continue
+            await self.store.record_document(context.partner.id, {
+                "direction": "in", "set": "997", "isa13": context.interchange.control,
+                "gs06": group_reading.group.control, "st02": set_reading.transaction.control,
+                "state": DocumentState.RECEIVED.value, "file": context.file_name, "archive": context.archive_key,
+                "detail": detail_json(acknowledges=ack.group_control, status=ack.status)})
+            for set_ack in ack.sets:
+                doc_id = await self.store.outbound_for(context.partner.id, ack.group_control, set_ack.control)
+                outcome = ack.outcome(set_ack.control)
+                if doc_id is not None and outcome is not None:
+                    await self.store.set_state(context.partner.id, doc_id, DocumentState(outcome),
+                                               detail_json(ak5=set_ack.status, codes=list(set_ack.codes)))
+
+    # --- tenders ---------------------------------------------------------------------------------------------
+
+    async def _tender(self, context: _Context, tender: LoadTender, outcome: Received) -> None:
+        partner = context.partner
+        if tender.purpose is Purpose.CANCEL:
+            await self._cancel(context, tender)
+            return
+        known = await self.store.tender_for(partner.id, tender.shipment_id)
+        request_id = request_id_for(partner.id, tender.shipment_id, tender.purpose.value, context.interchange.control)
+        request = tender_request(tender, self.lanes, request_id=request_id)
+        if isinstance(request, Refusal):
+            await self._respond(context, tender, Decision.DECLINE, partner.response.ineligible_reason,
+                                request.remark, outcome)
+            return
+        try:
+            if tender.purpose is Purpose.ORIGINAL or (tender.purpose is Purpose.REPLACE and known is None):
+                created = await self.tenders.create(partner.carrier, request)
+            elif known is None:  # a change before its original: quarantined, no 990 (the notes' pitfall)
+                _log.warning("partner %s: change of shipment %s before its original: held", partner.id,
+                             tender.shipment_id)
+                return
+            else:
+                created = await self.tenders.update(partner.carrier, known, request.tender)
+        except grpc.aio.AioRpcError as exc:
+            if is_transient(exc):
+                raise
+            await self._respond(context, tender, Decision.DECLINE, partner.response.ineligible_reason,
+                                _remark(exc), outcome)
+            return
+        await self.store.link_tender(partner.id, tender.shipment_id, created.name)
+        outcome.tenders.append(created.name)
+        await self._decide(context, tender, created, outcome)
+
+    async def _decide(self, context: _Context, tender: LoadTender, created: tender_pb2.Tender,
+                      outcome: Received) -> None:
+        policy = context.partner.response
+        carrier = context.partner.carrier
+        if created.state == State.STATE_REJECTED:
+            reasons = "; ".join(r.description for r in created.rejection_reasons) or created.state_reason
+            await self._respond(context, tender, Decision.DECLINE, policy.ineligible_reason, reasons, outcome)
+            return
+        if created.state == State.STATE_ACCEPTED:  # a re-read after a crash: the answer was decided before
+            await self._respond(context, tender, Decision.ACCEPT, None, "", outcome)
+            return
+        if created.state != State.STATE_OFFERED or policy.rule.value == "hold":
+            return  # held for a person (or in no state to answer): no 990 yet
+        price = Decimal(created.offer.price.amount_minor) / 100
+        offered = tender.offered_rate.amount if tender.offered_rate else None
+        if policy.rule.value == "accept" and policy.within_tolerance(price, offered):
+            try:
+                await self.tenders.accept(carrier, created.name)
+            except grpc.aio.AioRpcError as exc:
+                if is_transient(exc):
+                    raise
+                await self._respond(context, tender, Decision.DECLINE, policy.ineligible_reason, _remark(exc),
+                                    outcome)
+                return
+            await self._respond(context, tender, Decision.ACCEPT, None, "", outcome)
+            return
+        remark = (f"our price {price} exceeds the offered {offered} by more than {policy.rate_tolerance_percent}%"
+                  if policy.rule.value == "accept" else "")
+        try:
+            await self.tenders.decline(carrier, created.name,
+                                       tender_service_pb2.DeclineTenderRequest.REASON_PRICE
+                                       if remark else tender_service_pb2.DeclineTenderRequest.REASON_OTHER,
+                                       f"EDI 990 policy of partner {context.partner.id}")
+        except grpc.aio.AioRpcError as exc:
+            if is_transient(exc):
+                raise
+            _log.warning("partner %s: decline of %s failed: %s", context.partner.id, created.name,
+                         describe_rpc_error(exc))
+        await self._respond(context, tender, Decision.DECLINE, policy.decline_reason, remark, outcome)
+
+    async def _cancel(self, context: _Context, tender: LoadTender) -> None:
+        partner = context.partner
+        known = await self.store.tender_for(partner.id, tender.shipment_id)
+        if known is None:
+            _log.warning("partner %s: cancel of unknown shipment %s", partner.id, tender.shipment_id)
+            return
+        try:
+            await self.tenders.cancel(partner.carrier, known,
+                                      f"cancelled by EDI 204 (B2A 01) in interchange {context.interchange.control}")
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:  # already cancelled (a re-read) is done
+                raise
+
+    async def _respond(self, context: _Context, tender: LoadTender, decision: Decision, reason: str | None,
+                       remark: str, outcome: Received) -> None:
+        partner = context.partner
+        outcome.sent.append(await self._send(partner, "990", load_tender=tender, decision=decision,
+                                             reason=reason, remark=remark))
+
+    # --- outbound --------------------------------------------------------------------------------------------
+
+    async def _send(self, partner: Partner, kind: str, *, ta1s: tuple[Ta1, ...] = (),
+                    acknowledging: GroupReading | None = None, load_tender: LoadTender | None = None,
+                    decision: Decision | None = None, reason: str | None = None, remark: str = "") -> str:
+        """Number, write, archive, record (durably), then place one outbound interchange in ``out/``; its file
+        name."""
+        allocation = await self.store.allocate(partner.id, () if kind == "TA1" else (1,))
+        now = self.clock()
+        gs06, st02 = (allocation.groups[0], allocation.sets[0][0]) if allocation.groups else ("", "")
+        delimiters = Delimiters(line_end="\n", repetition="^" if partner.version >= "005010" else None)
+        groups: tuple[FunctionalGroup, ...] = ()
+        shipment = ""
+        if acknowledging is not None:
+            group = acknowledgement_group(acknowledging, group_control=gs06, set_control=st02,
+                                          date=now.strftime("%Y%m%d"), time=now.strftime("%H%M"),
+                                          sender=partner.our_gs_id, receiver=partner.gs_id, delimiters=delimiters)
+            groups = (group,) if group is not None else ()
+        elif load_tender is not None and decision is not None:
+            shipment = load_tender.shipment_id
+            transaction: TransactionSet = response_990(
+                load_tender, decision, scac=partner.scac, date=now.date(), control=st02, reason_code=reason,
+                remark=clean_text(remark)[:_MAX_REMARK], style=partner.response.decline_style)
+            groups = (FunctionalGroup("GF", partner.our_gs_id, partner.gs_id, now.strftime("%Y%m%d"),
+                                      now.strftime("%H%M"), gs06, partner.version, (transaction,)),)
+        interchange = Interchange(
+            partner.our_isa_qualifier, partner.our_isa_id, partner.isa_qualifier, partner.isa_id,
+            now.strftime("%y%m%d"), now.strftime("%H%M"), allocation.interchange,
+            version="00501" if partner.version >= "005010" else "00401", usage=partner.usage, groups=groups,
+            ta1s=ta1s, delimiters=delimiters)
+        data = write(interchange)
+        archive_key = await self.archive.put("out", partner.id, data, when=now)
+        name = f"{kind}_{allocation.interchange}.x12"
+        state = DocumentState.AWAITING_997 if kind == "990" else DocumentState.SENT
+        await self.store.record_document(partner.id, {
+            "direction": "out", "set": kind, "isa13": allocation.interchange,
+            "gs06": gs06 if groups else "", "st02": st02 if groups else "", "shipment": shipment,
+            "state": state.value, "file": name, "archive": archive_key,
+            "detail": detail_json(decision=decision.value if decision else "", reason=reason or "", remark=remark)})
+        await self._durable()  # the record (and the counters) on disk before the partner can see the document
+        await asyncio.to_thread(self.folders.write_out, partner.id, name, data)
+        _log.info("partner %s: sent %s %s", partner.id, kind, name)
+        return name
+
+
+#: A call failed by these passes by itself: the file stays in ``in/`` and is taken again (never a 990 decline).
+_TRANSIENT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                              grpc.StatusCode.RESOURCE_EXHAUSTED})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed step is to be retried (the store, a peer or the disk hiccuped), not answered or failed."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return exc.code() in _TRANSIENT_CODES
+    return isinstance(exc, (redis.RedisError, OSError, TimeoutError, Unavailable))
+
+
+def _echo(value: str, width: int) -> str:
+    return value if len(value) == width and value.isdigit() else "0" * width
+
+
+def _remark(exc: grpc.aio.AioRpcError) -> str:
+    """A failed call's message, as a 990 remark (the tender service names the field and the rule)."""
+    return describe_rpc_error(exc)[:_MAX_REMARK]

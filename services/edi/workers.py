@@ -1,0 +1,67 @@
+"""The EDI service's loops, started through the runtime (``Service.add_periodic``).
+
+* the folder poller: every partner's ``in/`` (folders.py), at most N complete files a pass, each processed once
+  (usecases.EdiDesk.receive) and then moved out of ``in/``. A pass failed by the store, the tender service or the
+  disk leaves the file where it is: the next pass takes it again, and finishes what the first began (a duplicate
+  interchange check with a ``processing`` mark, request ids derived from the interchange). A file whose processing
+  fails otherwise (a bug) goes to ``failed/`` (it is archived raw already), never blocking the partner's queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from services.runtime import Periodic, Service
+
+from .usecases import EdiDesk, is_transient
+
+__all__ = ["FolderPoller", "register"]
+
+_log = logging.getLogger("haulmesh.edi")
+
+
+class FolderPoller:
+    """One pass over every partner's ``in/`` folder."""
+
+    def __init__(self, desk: EdiDesk, *, files_per_poll: int) -> None:
+        self._desk = desk
+        self._limit = files_per_poll
+
+    async def run_once(self) -> int:
+        """Process the ready files; how many were processed."""
+        desk = self._desk
+        ids = [p.id for p in desk.partners]
+        ready = await asyncio.to_thread(desk.folders.ready, ids, limit=self._limit)
+        done = 0
+        for partner_id, path in ready:
+            partner = desk.partners.get(partner_id)
+            assert partner is not None
+            try:
+                data = await asyncio.to_thread(path.read_bytes)
+            except FileNotFoundError:
+                continue  # taken away meanwhile (the partner deleted its upload)
+            try:
+                outcome = await desk.receive(partner, path.name, data)
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                _log.exception("partner %s: %s could not be processed; moved to failed/", partner_id, path.name)
+                await asyncio.to_thread(desk.folders.settle, path, partner_id, failed=True)
+                continue
+            await asyncio.to_thread(desk.folders.settle, path, partner_id, failed=outcome.unreadable)
+            _log.info("partner %s: %s: %d interchanges, %d duplicates, sent %s, tenders %s", partner_id, path.name,
+                      outcome.interchanges, outcome.duplicates, ", ".join(outcome.sent) or "nothing",
+                      ", ".join(outcome.tenders) or "none")
+            done += 1
+        return done
+
+    async def tick(self) -> None:
+        await self.run_once()
+
+
+def register(service: Service, desk: EdiDesk, *, poll_interval_seconds: float, files_per_poll: int) -> Periodic:
+    """Start the EDI service's loops with ``service``."""
+    poller = FolderPoller(desk, files_per_poll=files_per_poll)
+    return service.add_periodic("edi folder poller", poller.tick, interval_seconds=poll_interval_seconds,
+                                max_backoff_seconds=10.0)

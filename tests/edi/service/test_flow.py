@@ -1,0 +1,196 @@
+"""The EDI service in a real mesh, folder mode: 204 files dropped in a partner's ``in/`` become a 997, a tender
+(created over mTLS as service ``edi`` for the partner's carrier) and a 990 in ``out/``; the same interchange again
+is processed once (TA1 025); a malformed 204 is rejected by its 997 and kept in the raw archive; a cancel cancels.
+
+The partners file is the repository's example (services/edi/partners.example.toml): partner ``prairie`` wants TA1s
+and accepts automatically within 5 % of the 204's rate (the samples offer $9,999.00, above any price of the lane).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import grpc
+import pytest
+
+from haulmesh.mission.v1 import mission_service_pb2, mission_service_pb2_grpc, vehicle_pb2
+from haulmesh.tender.v1 import tender_pb2, tender_service_pb2, tender_service_pb2_grpc
+from haulmesh.type.v1 import equipment_pb2
+from services.edi.domain import Decision, read, read_990, read_997
+from services.edi.store import EdiStore
+from services.runtime import Mesh, carrier_metadata, connect_async, new_id
+
+from ...conftest import Pki, running_mesh, wait_for
+from .samples import load_tender_204
+
+EXAMPLE = Path(__file__).parents[3] / "services" / "edi" / "partners.example.toml"
+CARRIER = carrier_metadata("prairie-freight")
+State = tender_pb2.Tender.State
+
+
+@pytest.fixture(scope="module")
+async def edi_mesh(mesh_pki: Pki, tmp_path_factory: pytest.TempPathFactory):
+    state = tmp_path_factory.mktemp("edi-mesh")
+    env = {"HAULMESH_EDI_PARTNERS_FILE": str(EXAMPLE), "HAULMESH_EDI_ROOT": str(state / "edi"),
+           "HAULMESH_EDI_ARCHIVE_URL": str(state / "edi-archive"), "HAULMESH_EDI_POLL_SECONDS": "0.1"}
+    async with running_mesh(mesh_pki, state, env=env) as mesh:
+        assert "edi" in mesh.children  # started because a partners file is configured
+        async with grpc.aio.secure_channel(mesh.address("mission"),
+                                           mesh_pki.credentials("operator", "dispatch")) as channel:
+            stub = mission_service_pb2_grpc.MissionServiceStub(channel)
+            for n in range(1, 4):
+                vehicle = vehicle_pb2.Vehicle(
+                    display_name=f"EDI test truck {n}", home_region="US-TX-DAL",
+                    availability=vehicle_pb2.Vehicle.AVAILABILITY_AVAILABLE,
+                    capabilities=vehicle_pb2.VehicleCapabilities(
+                        equipment=[equipment_pb2.EQUIPMENT_DRY_VAN_53FT], max_cargo_weight_lb=45_000,
+                        night_operations=True))
+                await stub.CreateVehicle(mission_service_pb2.CreateVehicleRequest(
+                    vehicle_id=f"EDI-TRK-{n:03d}", vehicle=vehicle), timeout=10)
+        yield mesh, state
+
+
+@pytest.fixture
+async def tenders(edi_mesh, mesh_pki: Pki):
+    mesh, _ = edi_mesh
+    async with grpc.aio.secure_channel(mesh.address("tender"), mesh_pki.credentials("service", "gateway")) as ch:
+        yield tender_service_pb2_grpc.TenderServiceStub(ch)
+
+
+@pytest.fixture
+async def edi_store(edi_mesh):
+    mesh, _ = edi_mesh
+    client = connect_async(mesh.store.url)
+    yield EdiStore(client)
+    await client.aclose()
+
+
+def drop(state: Path, data: bytes, name: str) -> None:
+    """Upload as a partner does: to a ``.part`` name, then renamed."""
+    inbox = state / "edi" / "prairie" / "in"
+    (inbox / f"{name}.part").write_bytes(data)
+    os.replace(inbox / f"{name}.part", inbox / name)
+
+
+def outbox(state: Path) -> set[str]:
+    return {p.name for p in (state / "edi" / "prairie" / "out").iterdir()}
+
+
+async def new_files(state: Path, before: set[str], *, kinds: tuple[str, ...]) -> dict[str, bytes]:
+    """Wait until ``out/`` holds a new file of each kind (``997``, ``990``, ``TA1``); kind -> bytes."""
+    out = state / "edi" / "prairie" / "out"
+
+    def found():
+        fresh = sorted(outbox(state) - before)
+        assert not any(n.startswith(".") for n in fresh)  # never a temporary name visible as a document
+        got = {k: (out / n).read_bytes() for k in kinds for n in fresh if n.startswith(f"{k}_")}
+        return got if len(got) == len(kinds) else None
+
+    return await wait_for(found, timeout_seconds=30)
+
+
+def only_set(data: bytes):
+    (reading,) = read(data)
+    (group,) = reading.groups
+    (set_reading,) = group.sets
+    return reading, group, set_reading.transaction
+
+
+async def test_a_204_becomes_a_997_a_tender_and_a_990(edi_mesh, tenders, edi_store) -> None:
+    _, state = edi_mesh
+    shipment = f"PF-{new_id()[-8:].upper()}"
+    before = outbox(state)
+    drop(state, load_tender_204(shipment, isa13="000000101"), f"{shipment}.x12")
+    got = await new_files(state, before, kinds=("TA1", "997", "990"))
+
+    ta1 = read(got["TA1"])[0].interchange.ta1s[0]
+    assert (ta1.control, ta1.ack, ta1.note) == ("000000101", "A", "000")
+    _, group, ack = only_set(got["997"])
+    assert group.group.functional_id == "FA"
+    ack997 = read_997(ack)
+    assert (ack997.group_control, ack997.status, ack997.accepted) == ("101", "A", 1)
+    _, group, response = only_set(got["990"])
+    answer = read_990(response)
+    assert answer.shipment_id == shipment and answer.scac == "HMSH"
+    assert answer.decision is Decision.ACCEPT, answer
+
+    name = await edi_store.tender_for("prairie", shipment)
+    tender = await tenders.GetTender(tender_service_pb2.GetTenderRequest(name=name), metadata=CARRIER, timeout=10)
+    assert tender.tms_load_id == shipment and tender.state == State.STATE_ACCEPTED
+    assert tender.carrier == "carriers/prairie-freight"
+    # The file left in/ for archive/ once processed.
+    assert not list((state / "edi" / "prairie" / "in").iterdir())
+    assert any(p.name.endswith(f"{shipment}.x12") for p in (state / "edi" / "prairie" / "archive").iterdir())
+
+    # The same interchange again (a partner's retry, a re-read): a TA1 025, nothing else, no second tender.
+    before = outbox(state)
+    drop(state, load_tender_204(shipment, isa13="000000101"), f"{shipment}-again.x12")
+    got = await new_files(state, before, kinds=("TA1",))
+    ta1 = read(got["TA1"])[0].interchange.ta1s[0]
+    assert (ta1.control, ta1.ack, ta1.note) == ("000000101", "R", "025")
+    assert not any(n.startswith(("997_", "990_")) for n in outbox(state) - before)
+    listed = await tenders.ListTenders(tender_service_pb2.ListTendersRequest(page_size=100), metadata=CARRIER,
+                                       timeout=10)
+    assert [t.name for t in listed.tenders if t.tms_load_id == shipment] == [name]
+
+
+async def test_a_malformed_204_is_rejected_by_its_997_and_kept(edi_mesh, edi_store) -> None:
+    _, state = edi_mesh
+    shipment = f"PF-{new_id()[-8:].upper()}"
+    data = load_tender_204(shipment, isa13="000000102", without_shipment_id=True)
+    before = outbox(state)
+    drop(state, data, "malformed.x12")
+    got = await new_files(state, before, kinds=("997",))
+    ack = read_997(only_set(got["997"])[2])
+    assert ack.status == "R" and ack.accepted == 0
+    (set_ack,) = ack.sets
+    assert set_ack.status == "R" and "5" in set_ack.codes
+    assert [(e.segment_id, e.elements[0].position) for e in set_ack.errors] == [("B2", 4)]
+    assert not any(n.startswith("990_") for n in outbox(state) - before)
+    # Kept: the raw bytes in the archive, as received.
+    digest = hashlib.sha256(data).hexdigest()
+    assert list((state / "edi-archive" / "in" / "prairie").glob(f"*/{digest}.x12"))
+
+
+async def test_a_cancel_204_cancels_the_tender(edi_mesh, tenders, edi_store) -> None:
+    _, state = edi_mesh
+    shipment = f"PF-{new_id()[-8:].upper()}"
+    before = outbox(state)
+    drop(state, load_tender_204(shipment, isa13="000000103"), "original.x12")
+    await new_files(state, before, kinds=("990",))
+    name = await edi_store.tender_for("prairie", shipment)
+    before = outbox(state)
+    drop(state, load_tender_204(shipment, purpose="01", isa13="000000104"), "cancel.x12")
+    await new_files(state, before, kinds=("997",))
+
+    async def cancelled():
+        tender = await tenders.GetTender(tender_service_pb2.GetTenderRequest(name=name), metadata=CARRIER,
+                                         timeout=10)
+        return tender.state == State.STATE_CANCELLED
+    await wait_for(cancelled, timeout_seconds=10)
+
+
+async def test_a_stop_that_cannot_be_placed_is_declined_by_name(edi_mesh, edi_store) -> None:
+    _, state = edi_mesh
+    shipment = f"PF-{new_id()[-8:].upper()}"
+    before = outbox(state)
+    drop(state, load_tender_204(shipment, isa13="000000105", delivery_zip="99999"), "unplaced.x12")
+    got = await new_files(state, before, kinds=("997", "990"))
+    answer = read_990(only_set(got["990"])[2])
+    assert answer.decision is Decision.DECLINE and answer.reason_code == "NCA"
+    assert "stop 2 cannot be placed" in answer.remark and "99999" in answer.remark
+    assert await edi_store.tender_for("prairie", shipment) is None
+
+
+async def test_outbound_control_numbers_only_grow(edi_mesh) -> None:
+    _, state = edi_mesh
+    numbers = [int(n.split("_")[1].split(".")[0]) for n in outbox(state)]
+    assert len(numbers) == len(set(numbers)) >= 3
+
+
+def test_mesh_without_partners_file_does_not_start_edi(tmp_path: Path) -> None:
+    assert Mesh(tmp_path, http_port=1234).optional == ()
+    assert Mesh(tmp_path, http_port=1234, extra_env={"HAULMESH_EDI_PARTNERS_FILE": "x"}).optional == ("edi",)
+    assert Mesh(tmp_path, optional=("edi",)).address("edi") == "127.0.0.1:50056"
