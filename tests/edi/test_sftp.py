@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import stat
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -184,6 +185,38 @@ async def test_out_is_fetched_and_removed(tmp_path: Path) -> None:
             await sftp.open("/out/997_0001.edi", "ab")
         await sftp.remove("/out/997_0001.edi")
         assert _names(outbox) == [".writing", "990_0002.edi.tmp"]
+
+
+async def test_openssh_sftp_works_as_a_partner(tmp_path: Path) -> None:
+    """OpenSSH's sftp (SFTP version 3, what most TMS hosts script) against the door: put, list, get, rm, refusals."""
+    sftp_command = shutil.which("sftp")
+    if sftp_command is None:
+        pytest.skip("OpenSSH's sftp not installed (Debian package openssh-client)")
+    key_file = tmp_path / "partner_key"
+    key_file.write_bytes(KEY_A.export_private_key())
+    key_file.chmod(0o600)
+    (tmp_path / "204.edi").write_bytes(b"ISA*204~")
+    async with _running(tmp_path) as door:
+        (door.partner_home("acme") / "out" / "997.edi").write_bytes(b"ISA*997~")
+        known_hosts = tmp_path / "known_hosts"
+        host_key = asyncssh.read_private_key(door._host_key_path).export_public_key().decode().strip()
+        known_hosts.write_text(f"[127.0.0.1]:{door.port} {host_key}\n")
+        batch = tmp_path / "batch"
+        # "-" before a command: its failure does not end the batch
+        batch.write_text("put 204.edi in/204.edi\n-put 204.edi in/204.edi\nls in\nget out/997.edi got.edi\n"
+                         "rm out/997.edi\n-get ../../etc/passwd\n-mkdir in/sub\n-rm in/204.edi\n")
+        process = await asyncio.create_subprocess_exec(
+            sftp_command, "-b", str(batch), "-P", str(door.port), "-i", str(key_file), "-F", "/dev/null",
+            "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes",
+            "-o", "BatchMode=yes", "acme@127.0.0.1", cwd=tmp_path, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT)
+        output = (await asyncio.wait_for(process.communicate(), 30))[0].decode()
+        assert process.returncode == 0, output
+        assert 'dest open "/in/204.edi": Failure' in output  # the second put: the name is waiting
+        assert "not found" in output and "Permission denied" in output
+        assert _names(door.partner_home("acme") / "in") == ["204.edi"]
+        assert (tmp_path / "got.edi").read_bytes() == b"ISA*997~"
+        assert _names(door.partner_home("acme") / "out") == []
 
 
 # -- logins --------------------------------------------------------------------------------------------------------
