@@ -20,15 +20,16 @@ __all__ = ["POLICY", "FacilityServicer", "TenderServicer"]
 _SERVICE = "/haulmesh.tender.v1.TenderService"
 _FACILITIES = "/haulmesh.tender.v1.FacilityService"
 
-#: Who may call what. Only the gateway (the TMS's door) reaches the tender book.
+#: Who may call what. The TMS's doors reach the tender book: the gateway (REST) and the EDI service (X12 204s,
+#: always for its partner's carrier).
 POLICY = Policy({
-    f"{_SERVICE}/CreateTender": ["service/gateway"],
-    f"{_SERVICE}/GetTender": ["service/gateway", "service/mission", "service/billing"],
+    f"{_SERVICE}/CreateTender": ["service/gateway", "service/edi"],
+    f"{_SERVICE}/GetTender": ["service/gateway", "service/mission", "service/billing", "service/edi"],
     f"{_SERVICE}/ListTenders": ["service/gateway"],
-    f"{_SERVICE}/UpdateTender": ["service/gateway"],
-    f"{_SERVICE}/CancelTender": ["service/gateway"],
-    f"{_SERVICE}/AcceptTender": ["service/gateway"],
-    f"{_SERVICE}/DeclineTender": ["service/gateway"],
+    f"{_SERVICE}/UpdateTender": ["service/gateway", "service/edi"],
+    f"{_SERVICE}/CancelTender": ["service/gateway", "service/edi"],
+    f"{_SERVICE}/AcceptTender": ["service/gateway", "service/edi"],
+    f"{_SERVICE}/DeclineTender": ["service/gateway", "service/edi"],
     # The facility registry is the carrier's, managed through its door like its tenders.
     f"{_FACILITIES}/CreateFacility": ["service/gateway"],
     f"{_FACILITIES}/GetFacility": ["service/gateway"],
