@@ -168,6 +168,7 @@ class SftpServer:
         and listens."""
         key = _load_host_key(self._host_key_path, generate=self._generate_host_key)
         self._make_folders(self._keys)
+        self._remove_unfinished_uploads()
         self._acceptor = await asyncssh.create_server(
             lambda: _Connection(self), self._host, self._port, server_host_keys=[key],
             # No sftp_factory here: with one, asyncssh opens every session itself and no count per connection
@@ -195,9 +196,13 @@ class SftpServer:
         for partner in keys:
             for folder in ("in", "out"):
                 (self.partner_home(partner) / folder).mkdir(parents=True, exist_ok=True)
+
+    def _remove_unfinished_uploads(self) -> None:
+        # Only before listening: no upload of this door runs yet, so a part is one a crash left (one door per root).
+        for partner in self._keys:
             for entry in os.scandir(self.partner_home(partner) / "in"):
                 if _PART.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
-                    os.unlink(entry.path)  # no upload runs before start: a crash left it
+                    os.unlink(entry.path)
                     _log.warning("removed an unfinished upload of partner %s: in/%s", partner, entry.name)
 
     # -- asyncssh callbacks, through _Connection ----------------------------------------------------------------

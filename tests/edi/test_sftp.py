@@ -429,8 +429,13 @@ async def test_a_new_partner_list_applies_at_once(tmp_path: Path) -> None:
             await _connect(door, "acme", KEY_A)
         async with _sftp(door, "charlie", KEY_A) as sftp:  # a new partner, its folders made
             assert "in" in await sftp.listdir("/")
-        async with bravo.start_sftp_client() as sftp:  # a partner whose key stays keeps its connection
+        async with bravo.start_sftp_client() as sftp:  # a partner whose key stays keeps its connection...
             assert "out" in await sftp.listdir("/")
+            async with sftp.open("/in/during.edi", "wb") as remote:  # ...and its upload under way
+                await remote.write(b"ISA")
+                door.replace_authorized_keys({"bravo": [_public(KEY_B)]})
+                await remote.write(b"*204")
+        assert (door.partner_home("bravo") / "in" / "during.edi").read_bytes() == b"ISA*204"
         door.replace_authorized_keys({"bravo": [_public(KEY_STRANGER)]})  # bravo's key rotated
         await asyncio.wait_for(bravo.wait_closed(), 3)
         with pytest.raises(ConfigError):
