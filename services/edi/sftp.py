@@ -53,7 +53,8 @@ from prometheus_client import Counter, Gauge
 
 from services.runtime import METRICS_REGISTRY, ConfigError
 
-__all__ = ["SFTP_BYTES", "SFTP_LOGINS", "SFTP_UPLOADS", "SftpLimits", "SftpServer"]
+__all__ = ["SFTP_BYTES", "SFTP_CONNECTIONS", "SFTP_LOGINS", "SFTP_REFUSED_CONNECTIONS", "SFTP_UPLOADS", "SftpLimits",
+           "SftpServer"]
 
 _log = logging.getLogger("haulmesh.edi.sftp")
 
@@ -212,12 +213,13 @@ class SftpServer:
             SFTP_REFUSED_CONNECTIONS.inc()
             return False
         self._connections.add(connection)
-        SFTP_CONNECTIONS.set(len(self._connections))
+        SFTP_CONNECTIONS.inc()
         return True
 
     def _release(self, connection: _Connection) -> None:
-        self._connections.discard(connection)
-        SFTP_CONNECTIONS.set(len(self._connections))
+        if connection in self._connections:
+            self._connections.remove(connection)
+            SFTP_CONNECTIONS.dec()
 
     def _open_sftp(self, chan: asyncssh.SSHServerChannel) -> asyncssh.SFTPServer:
         connection = chan.get_connection().get_owner()

@@ -16,7 +16,15 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from services.edi.sftp import SFTP_LOGINS, SFTP_UPLOADS, SftpLimits, SftpServer
+from services.edi.sftp import (
+    SFTP_BYTES,
+    SFTP_CONNECTIONS,
+    SFTP_LOGINS,
+    SFTP_REFUSED_CONNECTIONS,
+    SFTP_UPLOADS,
+    SftpLimits,
+    SftpServer,
+)
 from services.runtime import ConfigError
 
 KEY_A = asyncssh.generate_private_key("ssh-ed25519")
@@ -76,6 +84,7 @@ def _names(folder: Path) -> list[str]:
 async def test_an_upload_appears_under_its_name_only_after_a_clean_close(tmp_path: Path) -> None:
     async with _running(tmp_path) as door, _sftp(door) as sftp:
         inbox = door.partner_home("acme") / "in"
+        bytes_in = SFTP_BYTES.labels("in")._value.get()
         async with sftp.open("/in/204_0001.edi", "wb") as remote:
             await remote.write(b"ISA*00*" + b"x" * 5000)
             [part] = _names(inbox)
@@ -88,6 +97,7 @@ async def test_an_upload_appears_under_its_name_only_after_a_clean_close(tmp_pat
         local.write_bytes(b"ISA*second")
         await sftp.put(str(local), "in/204_0002.edi")
         assert (inbox / "204_0002.edi").read_bytes() == b"ISA*second"
+        assert SFTP_BYTES.labels("in")._value.get() == bytes_in + 5007 + 10
 
 
 async def test_an_upload_cut_off_leaves_no_file(tmp_path: Path) -> None:
@@ -342,9 +352,12 @@ async def test_one_partner_cannot_see_another(tmp_path: Path) -> None:
 
 async def test_the_connection_limit_holds(tmp_path: Path) -> None:
     async with _running(tmp_path, SftpLimits(max_connections=2)) as door:
+        open_before, refused_before = SFTP_CONNECTIONS._value.get(), SFTP_REFUSED_CONNECTIONS._value.get()
         first, second = await _connect(door), await _connect(door)
         with pytest.raises((asyncssh.DisconnectError, ConnectionError)):
             await _connect(door)
+        assert SFTP_CONNECTIONS._value.get() == open_before + 2
+        assert SFTP_REFUSED_CONNECTIONS._value.get() == refused_before + 1
         first.close()
         await first.wait_closed()
         await _eventually(lambda: len(door._connections) == 1)
