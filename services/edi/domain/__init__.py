@@ -293,3 +293,20 @@ from ._tracking import (  # noqa: E402 (appended, after __all__ +=)
 __all__ += ["ACK_FINAL_STATES", "AckAction", "AckFinding", "AckReport", "AckResult", "AckSchedule", "AckState",
             "AckStep", "OutboundDocument", "TrackingError", "Transmission", "advance_tracking", "apply_997",
             "record_resend", "track_sent"]
+
+# Outbound rules: which 214 statuses to send and when, from the mesh's events (_milestones).
+from ._milestones import (  # noqa: E402 (appended, after __all__ +=)
+    MILESTONE_EVENTS,
+    MilestoneState,
+    PositionFormat,
+    StatusPreferences,
+    StopPlan,
+    equipment_for,
+    milestones,
+    shipment_status,
+    start_milestones,
+    stop_plans,
+)
+
+__all__ += ["MILESTONE_EVENTS", "MilestoneState", "PositionFormat", "StatusPreferences", "StopPlan", "equipment_for",
+            "milestones", "shipment_status", "start_milestones", "stop_plans"]
