@@ -65,7 +65,8 @@ SFTP_BYTES = Counter("haulmesh_edi_sftp_bytes_total", "File bytes over SFTP: in 
                      "out (read by partners from out/).", ["direction"], registry=METRICS_REGISTRY)
 SFTP_UPLOADS = Counter("haulmesh_edi_sftp_uploads_total", "Uploads into in/ by outcome: committed (under its final "
                        "name), aborted (cut off before a clean close), too_large (over the size limit), exists (the "
-                       "name is still waiting in in/).", ["outcome"], registry=METRICS_REGISTRY)
+                       "name is still waiting in in/), too_many (in/ full of files waiting).", ["outcome"],
+                       registry=METRICS_REGISTRY)
 SFTP_CONNECTIONS = Gauge("haulmesh_edi_sftp_connections", "SFTP connections open on this process (logged in or "
                          "not).", registry=METRICS_REGISTRY)
 SFTP_REFUSED_CONNECTIONS = Counter("haulmesh_edi_sftp_refused_connections_total", "Connections refused because "
@@ -74,7 +75,7 @@ for _outcome in ("accepted", "unknown_partner", "wrong_key"):
     SFTP_LOGINS.labels(_outcome)
 for _direction in ("in", "out"):
     SFTP_BYTES.labels(_direction)
-for _outcome in ("committed", "aborted", "too_large", "exists"):
+for _outcome in ("committed", "aborted", "too_large", "exists", "too_many"):
     SFTP_UPLOADS.labels(_outcome)
 
 #: A partner id is a folder name under the root: no dot first, no slash (the core's rule is stricter still).
@@ -108,6 +109,9 @@ class SftpLimits:
     max_open_files_per_session: int = 16
     #: The largest file a partner may upload, in bytes (an X12 interchange is kilobytes; a big 210 batch, a few MB).
     max_file_bytes: int = 16 * 1024 * 1024
+    #: Files a partner may have waiting in its in/ (uploads under way included): with the size limit, a bound on the
+    #: disk one partner can fill while the service is not taking its files.
+    max_pending_files: int = 1000
     #: Seconds from the TCP connection to a completed login (OpenSSH's LoginGraceTime).
     login_grace_seconds: float = 30.0
     #: Seconds without an SFTP request after which a logged-in connection is closed.
@@ -115,7 +119,7 @@ class SftpLimits:
 
     def __post_init__(self) -> None:
         for name in ("max_connections", "max_sessions_per_connection", "max_open_files_per_session",
-                     "max_file_bytes"):
+                     "max_file_bytes", "max_pending_files"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"SFTP limit {name} must be at least 1", field=name)
         for name in ("login_grace_seconds", "idle_timeout_seconds"):
@@ -508,6 +512,11 @@ class _JailedSftp(asyncssh.SFTPServer):
             raise asyncssh.SFTPFileAlreadyExists(f"in/{final.name} is still waiting to be processed")
         if not pflags & asyncssh.FXF_CREAT:
             raise asyncssh.SFTPNoSuchFile("no such file")
+        with os.scandir(final.parent) as entries:
+            pending = sum(1 for _ in entries)
+        if pending >= self._limits.max_pending_files:
+            SFTP_UPLOADS.labels("too_many").inc()
+            raise asyncssh.SFTPFailure(f"in/ holds {pending} files waiting to be processed; try again later")
         part = f".{final.name}.{secrets.token_hex(6)}.part"
         fd = os.open(final.parent / part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         upload = _Upload(final.parent, final.name, fd, part)

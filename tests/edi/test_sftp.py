@@ -165,6 +165,21 @@ async def test_an_oversize_upload_is_refused_and_removed(tmp_path: Path) -> None
         assert _names(inbox) == ["big.edi"]
 
 
+async def test_the_files_waiting_in_in_are_bounded(tmp_path: Path) -> None:
+    async with _running(tmp_path, SftpLimits(max_pending_files=2)) as door, _sftp(door) as sftp:
+        inbox = door.partner_home("acme") / "in"
+        async with sftp.open("/in/1.edi", "wb") as remote:
+            await remote.write(b"one")
+        under_way = await sftp.open("/in/2.edi", "wb")  # an upload under way counts too
+        with pytest.raises(asyncssh.SFTPFailure, match="2 files waiting"):
+            await sftp.open("/in/3.edi", "wb")
+        await under_way.close()
+        os.unlink(inbox / "1.edi")  # the service took one
+        async with sftp.open("/in/3.edi", "wb") as remote:
+            await remote.write(b"three")
+        assert _names(inbox) == ["2.edi", "3.edi"]
+
+
 async def test_in_is_write_only(tmp_path: Path) -> None:
     async with _running(tmp_path) as door, _sftp(door) as sftp:
         (door.partner_home("acme") / "in" / "waiting.edi").write_bytes(b"ours now")
