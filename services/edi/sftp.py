@@ -22,12 +22,14 @@ poller's). Paths are the partner's own virtual paths, mapped here (not asyncssh'
 ``/../other/in`` is ``/other/in``, which does not exist; files are opened with ``O_NOFOLLOW`` and must be regular
 files, so a symlink planted in a partner's folder is not followed.
 
-Bounded: connections (refused beyond, before the SSH handshake), SFTP sessions per connection, open files per
-session, the size of a file, the login grace time (asyncssh's ``login_timeout``) and an idle timeout (no SFTP
-request for that long closes the connection).
+Bounded: connections (one more is disconnected as it arrives, before any login), sessions per connection, open
+files per session, the size of a file, the files waiting in a partner's ``in/``, the login grace time (asyncssh's
+``login_timeout``) and an idle timeout (no SFTP request for that long closes the connection). A new partner list
+(:meth:`SftpServer.replace_authorized_keys`) closes the connections of partners or keys no longer in it.
 
-The host key: given in production (:attr:`SftpServer` refuses to start when it is missing or readable by others);
-in development ``generate_host_key=True`` writes an Ed25519 key (0600) on first start.
+The host key: given in production (:meth:`SftpServer.start` refuses when it is missing or open to every user, the
+"other" permission bits; group-readable is allowed, as a Kubernetes secret with an fsGroup mounts it); in
+development ``generate_host_key=True`` writes an Ed25519 key (0600) on first start and reuses it after.
 
 The constructor takes plain data (partner id -> OpenSSH public key lines), so it does not depend on the core's
 partner type; the service passes ``Partner.ssh_authorized_keys`` (services/edi/domain/_partners.py).
@@ -101,7 +103,7 @@ _SFTP_VERSION = 4
 class SftpLimits:
     """How much the SFTP door takes at once; every bound is refused beyond, never queued."""
 
-    #: Open TCP connections, logged in or not; one more is disconnected before the SSH handshake.
+    #: Open TCP connections, logged in or not; one more is disconnected as it arrives.
     max_connections: int = 64
     #: SFTP sessions (channels) one connection may run at once.
     max_sessions_per_connection: int = 4
