@@ -160,11 +160,20 @@ def test_resends_get_new_control_numbers_and_a_repeat_changes_nothing() -> None:
         record_resend(doc, Transmission("000000042", "42", "0002", minutes(-1)))
 
 
-@pytest.mark.parametrize(("deadline", "resends"), [(0, ()), (30, (20,)), (30, (60, 60)), (30, (240, 60)),
-                                                   (30, tuple(range(30, 41))), (True, ()), (30, [60])])
+@pytest.mark.parametrize(("deadline", "resends"), [(0, ()), (30, (0,)), (30, (60, 60)), (30, (240, 60)),
+                                                   (30, tuple(range(30, 41))), (True, ()), (30, "60"), (30, (True,))])
 def test_a_schedule_that_cannot_work_is_refused(deadline, resends) -> None:
     with pytest.raises(TrackingError):
         AckSchedule(deadline, resends)
+
+
+def test_a_resend_planned_before_the_deadline_waits_for_it() -> None:
+    schedule = AckSchedule(30, [10])  # a partner file's list; 10 minutes is before the first is overdue
+    assert schedule.resend_after_minutes == (10,)
+    early = advance_tracking(track_sent("214:a", "214", first()), schedule, minutes(20))
+    assert (early.actions, early.due) == ((), minutes(30))
+    step = advance_tracking(early.document, schedule, minutes(30))
+    assert (step.actions, step.due) == ((AckAction.OVERDUE, AckAction.RESEND), minutes(30))
 
 
 def test_set_ids_and_times_are_checked_when_tracking_starts() -> None:
@@ -198,7 +207,7 @@ def numbered(resend: int, now: datetime) -> Transmission:
 @settings(max_examples=150, deadline=None)
 @given(_OPS, st.integers(1, 60), st.lists(st.integers(1, 500), max_size=3, unique=True))
 def test_a_tracked_document_ends_in_exactly_one_final_state(ops, deadline, offsets) -> None:
-    schedule = AckSchedule(deadline, tuple(sorted(deadline + o for o in offsets)))
+    schedule = AckSchedule(deadline, tuple(sorted(offsets)))
     doc = track_sent("214:a", "214", first("1000", "100", "000000100"))
     now, finals, resends = T0, [], 0
     def note(d: OutboundDocument) -> None:

@@ -29,7 +29,7 @@ not resent: the same content would be rejected again; it waits for a person (the
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -84,9 +84,10 @@ ACK_FINAL_STATES = frozenset({AckState.ACCEPTED, AckState.ACCEPTED_WITH_ERRORS, 
 @dataclass(frozen=True)
 class AckSchedule:
     """A partner's 997 habits: a transmission without its 997 after ``deadline_minutes`` is overdue; resends go
-    out ``resend_after_minutes`` after the *first* send (increasing, each at least the deadline: e.g. 60 and 240,
-    a backoff; none: never resent); a document is given up once its last transmission has been overdue for
-    another deadline."""
+    out ``resend_after_minutes`` after the *first* send (increasing: e.g. 60 and 240, a backoff; none: never
+    resent), never before the transmission they follow is overdue; a document is given up once its last
+    transmission has been overdue for another deadline. The partner config's ``acknowledgements.
+    resend_after_minutes`` is this schedule."""
 
     deadline_minutes: int = 30
     resend_after_minutes: tuple[int, ...] = (60, 240)
@@ -96,11 +97,12 @@ class AckSchedule:
                 or not 1 <= self.deadline_minutes <= _MAX_MINUTES:
             raise TrackingError(f"deadline_minutes: {self.deadline_minutes!r} is not 1 to {_MAX_MINUTES}")
         resends = self.resend_after_minutes
-        if not isinstance(resends, tuple) or len(resends) > _MAX_RESENDS or any(
-                isinstance(m, bool) or not isinstance(m, int) or not self.deadline_minutes <= m <= _MAX_MINUTES
-                for m in resends) or list(resends) != sorted(set(resends)):
-            raise TrackingError(f"resend_after_minutes: {resends!r} is not an increasing tuple of at most "
-                                f"{_MAX_RESENDS} minutes from the deadline ({self.deadline_minutes}) to {_MAX_MINUTES}")
+        if isinstance(resends, str | bytes) or not isinstance(resends, Sequence) or len(resends) > _MAX_RESENDS or any(
+                isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= _MAX_MINUTES for m in resends) \
+                or list(resends) != sorted(set(resends)):
+            raise TrackingError(f"resend_after_minutes: {resends!r} is not an increasing list of at most "
+                                f"{_MAX_RESENDS} minutes from 1 to {_MAX_MINUTES}")
+        object.__setattr__(self, "resend_after_minutes", tuple(resends))  # a TOML list is welcome
 
     @property
     def deadline(self) -> timedelta:
