@@ -4,6 +4,7 @@ the cadence."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from datetime import UTC, datetime, timedelta
 
@@ -330,6 +331,9 @@ def test_a_shipment_starts_from_the_204_and_round_trips_through_plain_values() -
                      StopPlan(2, False, "America/Chicago", CityState("Houston", "TX", "US")))
     with pytest.raises(StatusError, match="zones"):
         stop_plans(tender, ("America/Chicago",))
+    odd = dataclasses.replace(tender, stops=tuple(
+        dataclasses.replace(stop, place=dataclasses.replace(stop.place, state="Texas")) for stop in tender.stops))
+    assert [p.place for p in stop_plans(odd, ("America/Chicago", "America/Chicago"))] == [None, None]
     with pytest.raises(StatusError, match="zone"):
         start_milestones(MISSION, "S", (plans[0], StopPlan(2, False, "Nowhere/Town")))
     with pytest.raises(StatusError, match="mission"):

@@ -38,6 +38,7 @@ lat/lon when it has none).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -68,6 +69,7 @@ from ._status import (
     ShipmentStatus,
     StatusError,
     StatusEvent,
+    clean_text,
     eta_event,
     exception_event,
 )
@@ -208,13 +210,16 @@ def start_milestones(mission: str, shipment_id: str, stops: Sequence[StopPlan], 
 
 def stop_plans(tender: LoadTender, zones: Sequence[str]) -> tuple[StopPlan, ...]:
     """The 204's stops as plans (``zones``: each stop's IANA zone, in the same order), with their N4 city and
-    state when the 204 gives them."""
+    state when the 204 gives them in a shape MS1 can carry."""
     if len(zones) != len(tender.stops):
         raise StatusError(f"{len(zones)} zones for {len(tender.stops)} stops")
     plans = []
     for stop, zone in zip(tender.stops, zones, strict=True):
         place = stop.place
-        city = CityState(place.city, place.state, place.country) if place and place.city and place.state else None
+        city = None
+        if place and 2 <= len(clean_text(place.city)) <= 30 and re.fullmatch(r"[A-Z]{2}", place.state) and (
+                not place.country or re.fullmatch(r"[A-Z]{2,3}", place.country)):
+            city = CityState(place.city, place.state, place.country)  # else MS1 says lat/lon: never a bad MS1
         plans.append(StopPlan(stop.sequence, stop.is_pickup, zone, city))
     return tuple(plans)
 
