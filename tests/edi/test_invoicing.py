@@ -3,6 +3,7 @@ refusals naming the line, and the totals invariant over generated invoices."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
@@ -111,6 +112,18 @@ def test_the_204_is_echoed_references_parties_and_payment() -> None:
     assert [s for s in only_bol if s.startswith("N9")] == ["N9*BM*BOL-778812"]
     freight = freight_invoice(invoice(LINEHAUL), TENDER, scac="HMSH")
     assert freight.references == (ShipmentReference("BM", "BOL-778812"), ShipmentReference("PO", "PO-55120"))
+
+
+def test_what_an_n1_loop_cannot_carry_is_left_out_of_the_echo() -> None:
+    bill_to = TENDER.party("BT")
+    assert bill_to is not None
+    odd = dataclasses.replace(bill_to, state="Texas", postal_code="75", country="USA1", id_qualifier="ABC",
+                              address=("1200 Commerce St", "", "Floor 2", "Dock 4", "Door 9", "Gate 1"))
+    tender = dataclasses.replace(TENDER, parties=(odd,))
+    written = [str(s) for s in invoice_210(freight_invoice(invoice(LINEHAUL), tender, scac="HMSH"),
+                                           control="0001").segments]
+    assert written[4:7] == ["N1*BT*Prairie Freight Payables", "N3*1200 Commerce St*Floor 2", "N3*Dock 4*Door 9"]
+    assert written[7] == "N4*Dallas"
 
 
 def test_dates_are_read_in_the_partners_zone() -> None:

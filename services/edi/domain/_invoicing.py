@@ -101,11 +101,23 @@ def invoice_charge(line: charge_line_pb2.ChargeLine, currency: str, *, number: i
                          line.rate_bps)
 
 
+def _kept(value: str, pattern: str) -> str:
+    return value if re.fullmatch(pattern, value) else ""
+
+
 def _party(party: Party | None, role: str) -> InvoiceParty | None:
+    """A 204 party as an N1 loop. What the 210's N1/N4 cannot carry is left out, not refused: the echo is a
+    courtesy, and a stray 204 address must not stop the invoice (the writer refuses what it is given)."""
     if party is None or not clean_text(party.name):
         return None  # N1-02 is what the writer names a party by: a 204 party known only by id is not echoed
-    return InvoiceParty(role, party.name, party.id_qualifier if party.id else "", party.id, party.address,
-                        party.city, party.state, party.postal_code, party.country)
+    identified = bool(re.fullmatch(r"[A-Z0-9]{1,2}", party.id_qualifier)) and 2 <= len(party.id) <= 80 and all(
+        " " <= c <= "~" for c in party.id)
+    postal = party.postal_code.replace(" ", "").replace("-", "").upper()
+    return InvoiceParty(role, party.name, party.id_qualifier if identified else "", party.id if identified else "",
+                        tuple(a for a in party.address if clean_text(a))[:4],
+                        party.city if 2 <= len(clean_text(party.city)) <= 30 else "", _kept(party.state, "[A-Z]{2}"),
+                        party.postal_code if re.fullmatch(r"[A-Z0-9]{3,15}", postal) else "",
+                        _kept(party.country, "[A-Z]{2,3}"))
 
 
 def _parties(tender: LoadTender) -> tuple[InvoiceParty, ...]:
