@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,7 +40,7 @@ from haulmesh.tender.v1 import tender_pb2, tender_service_pb2, tender_service_pb
 from services.runtime import Unavailable, carrier_metadata, describe_rpc_error
 
 from .archive import RawArchive
-from .convert import Refusal, request_id_for, tender_request
+from .convert import UPDATE_PATHS, Refusal, request_id_for, tender_request
 from .domain import (
     Decision,
     Delimiters,
@@ -77,7 +78,6 @@ _log = logging.getLogger("haulmesh.edi")
 State = tender_pb2.Tender.State
 #: A 990 remark's length: ten K1s of two 30-character remarks hold 600; words wrap, so less is safe.
 _MAX_REMARK = 300
-_UPDATE_PATHS = ("origin", "destination", "pickup_window", "delivery_window", "weight_lb", "special_instructions")
 
 
 class TenderClient:
@@ -96,8 +96,7 @@ class TenderClient:
     async def update(self, carrier: str, name: str, changed: tender_pb2.Tender) -> tender_pb2.Tender:
         request = tender_service_pb2.UpdateTenderRequest(tender=changed)
         request.tender.name = name
-        request.update_mask.paths.extend(p for p in _UPDATE_PATHS
-                                         if p not in ("delivery_window",) or changed.HasField("delivery_window"))
+        request.update_mask.paths.extend(UPDATE_PATHS)
         return await self._stub().UpdateTender(request, metadata=carrier_metadata(carrier))
 
     async def cancel(self, carrier: str, name: str, reason: str) -> tender_pb2.Tender:
@@ -306,7 +305,7 @@ class EdiDesk:
             if is_transient(exc):
                 raise
             await self._respond(context, tender, Decision.DECLINE, partner.response.ineligible_reason,
-                                _remark(exc), outcome)
+                                _remark(exc, tender), outcome)
             return
         await self.store.link_tender(partner.id, tender.shipment_id, created.name)
         outcome.tenders.append(created.name)
@@ -333,7 +332,7 @@ class EdiDesk:
             except grpc.aio.AioRpcError as exc:
                 if is_transient(exc):
                     raise
-                await self._respond(context, tender, Decision.DECLINE, policy.ineligible_reason, _remark(exc),
+                await self._respond(context, tender, Decision.DECLINE, policy.ineligible_reason, _remark(exc, tender),
                                     outcome)
                 return
             await self._respond(context, tender, Decision.ACCEPT, None, "", outcome)
@@ -416,6 +415,7 @@ class EdiDesk:
         return name
 
 
+_STOP_FIELD = re.compile(r"tender\.stops\[(\d+)\]")
 #: A call failed by these passes by itself: the file stays in ``in/`` and is taken again (never a 990 decline).
 _TRANSIENT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                               grpc.StatusCode.RESOURCE_EXHAUSTED})
@@ -432,6 +432,10 @@ def _echo(value: str, width: int) -> str:
     return value if len(value) == width and value.isdigit() else "0" * width
 
 
-def _remark(exc: grpc.aio.AioRpcError) -> str:
-    """A failed call's message, as a 990 remark (the tender service names the field and the rule)."""
-    return describe_rpc_error(exc)[:_MAX_REMARK]
+def _remark(exc: grpc.aio.AioRpcError, tender: LoadTender) -> str:
+    """A failed call's message, as a 990 remark: the tender service names the field and the rule; a stop it names
+    (``tender.stops[1]``) is named as the 204 does (``stop 2``, its S5-01)."""
+    def stop(match: re.Match[str]) -> str:
+        index = int(match.group(1))
+        return f"stop {tender.stops[index].sequence}" if index < len(tender.stops) else match.group(0)
+    return _STOP_FIELD.sub(stop, describe_rpc_error(exc))[:_MAX_REMARK]

@@ -18,7 +18,16 @@ import pytest
 from haulmesh.mission.v1 import mission_service_pb2, mission_service_pb2_grpc, vehicle_pb2
 from haulmesh.tender.v1 import tender_pb2, tender_service_pb2, tender_service_pb2_grpc
 from haulmesh.type.v1 import equipment_pb2
-from services.edi.domain import Decision, read, read_990, read_997
+from services.edi.domain import (
+    Decision,
+    Delimiters,
+    Interchange,
+    acknowledgement_group,
+    read,
+    read_990,
+    read_997,
+    write,
+)
 from services.edi.store import EdiStore
 from services.runtime import Mesh, carrier_metadata, connect_async, new_id
 
@@ -40,7 +49,7 @@ async def edi_mesh(mesh_pki: Pki, tmp_path_factory: pytest.TempPathFactory):
         async with grpc.aio.secure_channel(mesh.address("mission"),
                                            mesh_pki.credentials("operator", "dispatch")) as channel:
             stub = mission_service_pb2_grpc.MissionServiceStub(channel)
-            for n in range(1, 4):
+            for n in range(1, 11):  # each accepted tender takes one
                 vehicle = vehicle_pb2.Vehicle(
                     display_name=f"EDI test truck {n}", home_region="US-TX-DAL",
                     availability=vehicle_pb2.Vehicle.AVAILABILITY_AVAILABLE,
@@ -67,28 +76,41 @@ async def edi_store(edi_mesh):
     await client.aclose()
 
 
-def drop(state: Path, data: bytes, name: str) -> None:
+def drop(state: Path, data: bytes, name: str, partner: str = "prairie") -> None:
     """Upload as a partner does: to a ``.part`` name, then renamed."""
-    inbox = state / "edi" / "prairie" / "in"
+    inbox = state / "edi" / partner / "in"
     (inbox / f"{name}.part").write_bytes(data)
     os.replace(inbox / f"{name}.part", inbox / name)
 
 
-def outbox(state: Path) -> set[str]:
-    return {p.name for p in (state / "edi" / "prairie" / "out").iterdir()}
+def outbox(state: Path, partner: str = "prairie") -> set[str]:
+    return {p.name for p in (state / "edi" / partner / "out").iterdir()}
 
 
-async def new_files(state: Path, before: set[str], *, kinds: tuple[str, ...]) -> dict[str, bytes]:
+async def new_files(state: Path, before: set[str], *, kinds: tuple[str, ...], partner: str = "prairie") -> \
+        dict[str, bytes]:
     """Wait until ``out/`` holds a new file of each kind (``997``, ``990``, ``TA1``); kind -> bytes."""
-    out = state / "edi" / "prairie" / "out"
+    out = state / "edi" / partner / "out"
 
     def found():
-        fresh = sorted(outbox(state) - before)
-        assert not any(n.startswith(".") for n in fresh)  # never a temporary name visible as a document
+        # A document appears whole under its name (written as a hidden .tmp, then renamed): skip the hidden ones.
+        fresh = sorted(n for n in outbox(state, partner) - before if not n.startswith("."))
         got = {k: (out / n).read_bytes() for k in kinds for n in fresh if n.startswith(f"{k}_")}
         return got if len(got) == len(kinds) else None
 
     return await wait_for(found, timeout_seconds=30)
+
+
+async def tendered(state: Path, shipment: str, isa13: str) -> bytes:
+    """Prairie tenders ``shipment`` (an original 204); the 990 it gets back."""
+    before = outbox(state)
+    drop(state, load_tender_204(shipment, isa13=isa13), f"{shipment}-original.x12")
+    return (await new_files(state, before, kinds=("990",)))["990"]
+
+
+async def get(tenders, name: str, carrier: str = "prairie-freight") -> tender_pb2.Tender:
+    return await tenders.GetTender(tender_service_pb2.GetTenderRequest(name=name),
+                                   metadata=carrier_metadata(carrier), timeout=10)
 
 
 def only_set(data: bytes):
@@ -117,9 +139,16 @@ async def test_a_204_becomes_a_997_a_tender_and_a_990(edi_mesh, tenders, edi_sto
     assert answer.decision is Decision.ACCEPT, answer
 
     name = await edi_store.tender_for("prairie", shipment)
-    tender = await tenders.GetTender(tender_service_pb2.GetTenderRequest(name=name), metadata=CARRIER, timeout=10)
+    tender = await get(tenders, name)
     assert tender.tms_load_id == shipment and tender.state == State.STATE_ACCEPTED
     assert tender.carrier == "carriers/prairie-freight"
+    # What the 204 carries beyond the lane: its stops (placed by their ZIP codes), references, rate, commodity.
+    assert [(s.type, s.address.postal_code, s.facility_code.code) for s in tender.stops] == [
+        (tender_pb2.Stop.TYPE_PICKUP, "75212", "PF-DAL-01"), (tender_pb2.Stop.TYPE_DELIVERY, "77002", "PF-HOU-02")]
+    assert tender.stops[0].location_source == tender_pb2.Stop.LOCATION_SOURCE_POSTAL_CODE
+    assert {(r.qualifier, r.value) for r in tender.references} >= {("SI", shipment), ("BM", f"BOL-{shipment}")}
+    assert tender.offered_rate.amount_minor == 999_900 and tender.weight_lb == 42000
+    assert [c.description for c in tender.commodities] == ["Canned vegetables"]
     # The file left in/ for archive/ once processed.
     assert not list((state / "edi" / "prairie" / "in").iterdir())
     assert any(p.name.endswith(f"{shipment}.x12") for p in (state / "edi" / "prairie" / "archive").iterdir())
@@ -134,6 +163,29 @@ async def test_a_204_becomes_a_997_a_tender_and_a_990(edi_mesh, tenders, edi_sto
     listed = await tenders.ListTenders(tender_service_pb2.ListTendersRequest(page_size=100), metadata=CARRIER,
                                        timeout=10)
     assert [t.name for t in listed.tenders if t.tms_load_id == shipment] == [name]
+
+
+async def test_the_partners_997_marks_our_990_accepted(edi_mesh, edi_store) -> None:
+    _, state = edi_mesh
+    shipment = f"PF-{new_id()[-8:].upper()}"
+    sent = await tendered(state, shipment, "000000109")
+    (ours,) = read(sent)
+    (group,) = ours.groups
+    documents = {(d["gs06"], d["st02"]): d for d in await edi_store.documents("prairie", limit=200)
+                 if d["direction"] == "out" and d["set"] == "990"}
+    record = documents[(group.group.control, group.sets[0].transaction.control)]
+    assert record["state"] == "awaiting_997" and record["shipment"] == shipment
+    # The partner's translator acknowledges it: a 997 in its own interchange (which we never acknowledge).
+    fa = acknowledgement_group(group, group_control="4401", set_control="0001", date="20261204", time="1200")
+    reply = Interchange("ZZ", "PRAIRIEFRT", "ZZ", "HAULMESH", "261204", "1200", "000000110", groups=(fa,),
+                        delimiters=Delimiters(line_end="\n"))
+    before = outbox(state)
+    drop(state, write(reply), "997.x12")
+
+    async def accepted():
+        return (await edi_store.document("prairie", record["id"]))["state"] == "accepted"
+    await wait_for(accepted, timeout_seconds=15)
+    assert not any(n.startswith("997_") for n in outbox(state) - before)
 
 
 async def test_a_malformed_204_is_rejected_by_its_997_and_kept(edi_mesh, edi_store) -> None:
@@ -157,18 +209,14 @@ async def test_a_malformed_204_is_rejected_by_its_997_and_kept(edi_mesh, edi_sto
 async def test_a_cancel_204_cancels_the_tender(edi_mesh, tenders, edi_store) -> None:
     _, state = edi_mesh
     shipment = f"PF-{new_id()[-8:].upper()}"
-    before = outbox(state)
-    drop(state, load_tender_204(shipment, isa13="000000103"), "original.x12")
-    await new_files(state, before, kinds=("990",))
+    await tendered(state, shipment, "000000103")
     name = await edi_store.tender_for("prairie", shipment)
     before = outbox(state)
     drop(state, load_tender_204(shipment, purpose="01", isa13="000000104"), "cancel.x12")
     await new_files(state, before, kinds=("997",))
 
     async def cancelled():
-        tender = await tenders.GetTender(tender_service_pb2.GetTenderRequest(name=name), metadata=CARRIER,
-                                         timeout=10)
-        return tender.state == State.STATE_CANCELLED
+        return (await get(tenders, name)).state == State.STATE_CANCELLED
     await wait_for(cancelled, timeout_seconds=10)
 
 
@@ -184,9 +232,65 @@ async def test_a_stop_that_cannot_be_placed_is_declined_by_name(edi_mesh, edi_st
     assert await edi_store.tender_for("prairie", shipment) is None
 
 
+async def test_a_stop_the_tender_service_cannot_place_is_declined_by_name(edi_mesh, edi_store) -> None:
+    _, state = edi_mesh
+    shipment = f"PF-{new_id()[-8:].upper()}"
+    before = outbox(state)
+    drop(state, load_tender_204(shipment, isa13="000000106", delivery_zip="99999", delivery_window=False),
+         "unplaceable.x12")
+    got = await new_files(state, before, kinds=("997", "990"))
+    answer = read_990(only_set(got["990"])[2])
+    assert answer.decision is Decision.DECLINE and answer.reason_code == "NCA"
+    assert "stop 2" in answer.remark and "tender.stops" not in answer.remark, answer.remark
+
+
+async def test_a_change_204_updates_the_tender(edi_mesh, tenders, edi_store) -> None:
+    _, state = edi_mesh
+    shipment = f"PF-{new_id()[-8:].upper()}"
+    # A partner on hold would leave it OFFERED; prairie accepts, and an accepted tender takes no lane change:
+    # the change is declined by a 990 that names why, and the tender keeps its weight.
+    await tendered(state, shipment, "000000107")
+    before = outbox(state)
+    drop(state, load_tender_204(shipment, purpose="04", isa13="000000108", weight=40000), "change.x12")
+    got = await new_files(state, before, kinds=("997", "990"))
+    answer = read_990(only_set(got["990"])[2])
+    name = await edi_store.tender_for("prairie", shipment)
+    tender = await get(tenders, name)
+    assert answer.decision is Decision.DECLINE and "ACCEPTED" in answer.remark.upper(), answer.remark
+    assert tender.weight_lb == 42000
+
+
+async def test_a_held_tender_is_changed_and_cancelled_without_a_990(edi_mesh, tenders, edi_store) -> None:
+    """Partner ``lonestar`` holds its loads for a person: no 990; its change updates the offered tender."""
+    _, state = edi_mesh
+    shipment = f"LS-{new_id()[-8:].upper()}"
+    lonestar = ("02", "LSLG")
+    before = outbox(state, "lonestar")
+    drop(state, load_tender_204(shipment, isa13="000000201", sender=lonestar), "original.x12", "lonestar")
+    await new_files(state, before, kinds=("997",), partner="lonestar")
+    name = await wait_for(lambda: edi_store.tender_for("lonestar", shipment))
+    tender = await get(tenders, name, "lonestar-logistics")
+    assert tender.state == State.STATE_OFFERED and tender.weight_lb == 42000
+    drop(state, load_tender_204(shipment, purpose="04", isa13="000000202", weight=40000, sender=lonestar),
+         "change.x12", "lonestar")
+
+    async def changed():
+        tender = await get(tenders, name, "lonestar-logistics")
+        return tender.weight_lb == 40000 and tender.state == State.STATE_OFFERED
+    await wait_for(changed, timeout_seconds=15)
+    assert await edi_store.tender_for("lonestar", shipment) == name  # the same tender, changed
+    drop(state, load_tender_204(shipment, purpose="01", isa13="000000203", sender=lonestar), "cancel.x12",
+         "lonestar")
+
+    async def cancelled():
+        return (await get(tenders, name, "lonestar-logistics")).state == State.STATE_CANCELLED
+    await wait_for(cancelled, timeout_seconds=15)
+    assert not any(n.startswith("990_") for n in outbox(state, "lonestar"))
+
+
 async def test_outbound_control_numbers_only_grow(edi_mesh) -> None:
     _, state = edi_mesh
-    numbers = [int(n.split("_")[1].split(".")[0]) for n in outbox(state)]
+    numbers = [int(n.split("_")[1].split(".")[0]) for n in outbox(state) if not n.startswith(".")]
     assert len(numbers) == len(set(numbers)) >= 3
 
 
