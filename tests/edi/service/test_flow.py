@@ -165,6 +165,23 @@ async def test_a_204_becomes_a_997_a_tender_and_a_990(edi_mesh, tenders, edi_sto
     assert [t.name for t in listed.tenders if t.tms_load_id == shipment] == [name]
 
 
+async def test_a_file_read_again_after_a_crash_makes_no_second_tender(edi_mesh, tenders, edi_store) -> None:
+    """A crash after the tender was created, before the interchange was marked done and the file moved: the file
+    is read again, its processing finished (the same request id returns the same tender), and answered again."""
+    _, state = edi_mesh
+    shipment = f"PF-{new_id()[-8:].upper()}"
+    await tendered(state, shipment, "000000111")
+    name = await edi_store.tender_for("prairie", shipment)
+    envelope = ("ZZ", "PRAIRIEFRT", "ZZ", "HAULMESH", "000000111", "P")
+    await edi_store._redis.set(edi_store._seen_key("prairie", envelope), "processing")  # as the crash left it
+    answer = read_990(only_set(await tendered(state, shipment, "000000111"))[2])
+    assert answer.decision is Decision.ACCEPT
+    assert await edi_store.tender_for("prairie", shipment) == name
+    listed = await tenders.ListTenders(tender_service_pb2.ListTendersRequest(page_size=100), metadata=CARRIER,
+                                       timeout=10)
+    assert [t.name for t in listed.tenders if t.tms_load_id == shipment] == [name]
+
+
 async def test_the_partners_997_marks_our_990_accepted(edi_mesh, edi_store) -> None:
     _, state = edi_mesh
     shipment = f"PF-{new_id()[-8:].upper()}"
