@@ -28,6 +28,7 @@ import asyncio
 import dataclasses
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -70,6 +71,7 @@ from .domain import (
     write,
 )
 from .folders import PartnerFolders
+from .metrics import ACK_LATENCY, DOCUMENTS
 from .store import DocumentState, EdiStore, InterchangeClaim, detail_json
 
 __all__ = ["EdiDesk", "Received", "TenderClient", "is_transient"]
@@ -131,6 +133,8 @@ class _Context:
     interchange: Interchange
     archive_key: str
     file_name: str
+    #: When the file was taken (time.monotonic()), for the 997 latency.
+    began: float
 
 
 class EdiDesk:
@@ -149,33 +153,39 @@ class EdiDesk:
         self._window = duplicate_window_seconds
         self.clock = clock
 
+    async def _record(self, partner: str, fields: dict[str, str]) -> str:
+        doc_id = await self.store.record_document(partner, fields)
+        DOCUMENTS.labels(fields.get("direction", ""), fields.get("set", ""), fields.get("state", "")).inc()
+        return doc_id
+
     # --- inbound -------------------------------------------------------------------------------------------
 
     async def receive(self, partner: Partner, file_name: str, data: bytes) -> Received:
         """Process one inbound file of ``partner``'s: archived first, then every interchange in it."""
+        began = time.monotonic()
         archive_key = await self.archive.put("in", partner.id, data, when=self.clock())
         outcome = Received()
         readings = read(data)
         if not readings:
             outcome.unreadable = True
-            await self.store.record_document(partner.id, {
+            await self._record(partner.id, {
                 "direction": "in", "set": "", "state": DocumentState.REJECTED.value, "file": file_name,
                 "archive": archive_key, "detail": detail_json(problem="no interchange (no ISA) in the file")})
             return outcome
         for reading in readings:
             outcome.interchanges += 1
-            await self._interchange(partner, reading, archive_key, file_name, outcome)
+            await self._interchange(partner, reading, archive_key, file_name, outcome, began)
         return outcome
 
     async def _interchange(self, partner: Partner, reading: Reading, archive_key: str, file_name: str,
-                           outcome: Received) -> None:
+                           outcome: Received, began: float) -> None:
         ic = reading.interchange
         wrong = self._envelope_mismatch(partner, ic)
         if ic is None or wrong is not None or not reading.accepted:
             ta1 = ta1_for(reading) if wrong is None else Ta1(
                 *(_echo(v, w) for v, w in ((reading.control, 9), (reading.date, 6), (reading.time, 4))), "R",
                 wrong.value)
-            await self.store.record_document(partner.id, {
+            await self._record(partner.id, {
                 "direction": "in", "set": "", "isa13": reading.control, "state": DocumentState.REJECTED.value,
                 "file": file_name, "archive": archive_key,
                 "detail": detail_json(ta1=ta1.note, problems=[str(p) for p in reading.problems])})
@@ -185,7 +195,7 @@ class EdiDesk:
         claim = await self.store.claim_interchange(partner.id, envelope, ttl_seconds=self._window)
         if claim is InterchangeClaim.DONE:
             outcome.duplicates += 1
-            await self.store.record_document(partner.id, {
+            await self._record(partner.id, {
                 "direction": "in", "set": "", "isa13": ic.control, "state": DocumentState.DUPLICATE.value,
                 "file": file_name, "archive": archive_key, "detail": detail_json(duplicate_of=ic.control)})
             if partner.ta1_wanted:
@@ -194,7 +204,7 @@ class EdiDesk:
             return
         if partner.ta1_wanted or ic.ack_requested == "1" or reading.problems:
             outcome.sent.append(await self._send(partner, "TA1", ta1s=(ta1_for(reading),)))
-        context = _Context(partner, reading, ic, archive_key, file_name)
+        context = _Context(partner, reading, ic, archive_key, file_name, began)
         for group_reading in reading.groups:
             await self._group(context, group_reading, outcome)
         await self.store.finish_interchange(partner.id, envelope, ttl_seconds=self._window)
@@ -223,7 +233,7 @@ class EdiDesk:
         for set_reading in group_reading.sets:
             transaction = set_reading.transaction
             shipment = tenders[transaction.control].shipment_id if transaction.control in tenders else ""
-            await self.store.record_document(context.partner.id, {
+            await self._record(context.partner.id, {
                 "direction": "in", "set": transaction.id, "isa13": context.interchange.control,
                 "gs06": group.control, "st02": transaction.control, "shipment": shipment,
                 "state": (DocumentState.RECEIVED if set_reading.accepted and not group_reading.problems
@@ -233,6 +243,7 @@ class EdiDesk:
                                       errors=[str(e) for e in set_reading.segment_errors][:20])})
         if acknowledge(group_reading, control="0001") is not None:
             outcome.sent.append(await self._send(context.partner, "997", acknowledging=group_reading))
+            ACK_LATENCY.observe(time.monotonic() - context.began)
         for set_reading in group_reading.accepted_sets:
             tender = tenders.get(set_reading.transaction.control)
             if tender is not None:
@@ -266,7 +277,7 @@ class EdiDesk:
                 _log.warning("partner %s: unreadable 997 %s: %s", context.partner.id,
                              set_reading.transaction.control, exc)
                 continue
-            await self.store.record_document(context.partner.id, {
+            await self._record(context.partner.id, {
                 "direction": "in", "set": "997", "isa13": context.interchange.control,
                 "gs06": group_reading.group.control, "st02": set_reading.transaction.control,
                 "state": DocumentState.RECEIVED.value, "file": context.file_name, "archive": context.archive_key,
@@ -404,7 +415,7 @@ class EdiDesk:
         archive_key = await self.archive.put("out", partner.id, data, when=now)
         name = f"{kind}_{allocation.interchange}.x12"
         state = DocumentState.AWAITING_997 if kind == "990" else DocumentState.SENT
-        await self.store.record_document(partner.id, {
+        await self._record(partner.id, {
             "direction": "out", "set": kind, "isa13": allocation.interchange,
             "gs06": gs06 if groups else "", "st02": st02 if groups else "", "shipment": shipment,
             "state": state.value, "file": name, "archive": archive_key,

@@ -1,0 +1,23 @@
+"""The EDI service's Prometheus metrics (issue 15: documents by set and outcome, 997 latency).
+
+* ``haulmesh_edi_documents_total{direction, set, state}``: every document recorded, in (``204``, ``997``; a file
+  or interchange refused as a whole has set ``""``) or out (``997``, ``990``, ``TA1``), by its state when recorded
+  (received, rejected, duplicate; sent, awaiting_997). No partner label: a carrier's partner count is unbounded in
+  principle, and the documents' records (the store) name them.
+* ``haulmesh_edi_ack_latency_seconds``: from an inbound file being taken from ``in/`` to its 997 being placed in
+  ``out/`` (partners expect 997s within seconds).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+from services.runtime import METRICS_REGISTRY
+
+__all__ = ["ACK_LATENCY", "DOCUMENTS"]
+
+DOCUMENTS = Counter("haulmesh_edi_documents_total", "X12 documents recorded, by direction (in/out), set id "
+                    "and state when recorded.", ["direction", "set", "state"], registry=METRICS_REGISTRY)
+ACK_LATENCY = Histogram("haulmesh_edi_ack_latency_seconds", "Seconds from an inbound file taken to its 997 placed "
+                        "in the partner's out/ folder.", buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+                        registry=METRICS_REGISTRY)
