@@ -53,6 +53,7 @@ from .domain import (
     Partners,
     Purpose,
     Reading,
+    ResponseRule,
     SetError,
     SetReading,
     SetSyntax,
@@ -315,8 +316,11 @@ class EdiDesk:
         except grpc.aio.AioRpcError as exc:
             if is_transient(exc):
                 raise
-            await self._respond(context, tender, Decision.DECLINE, partner.response.ineligible_reason,
-                                _remark(exc, tender), outcome)
+            remark = _remark(exc, tender)
+            if known is not None:  # the 990 declines the change, not the load the partner tendered before
+                remark = f"change not applied, the load stands as tendered before: {remark}"
+            await self._respond(context, tender, Decision.DECLINE, partner.response.ineligible_reason, remark,
+                                outcome)
             return
         await self.store.link_tender(partner.id, tender.shipment_id, created.name)
         outcome.tenders.append(created.name)
@@ -333,11 +337,11 @@ class EdiDesk:
         if created.state == State.STATE_ACCEPTED:  # a re-read after a crash: the answer was decided before
             await self._respond(context, tender, Decision.ACCEPT, None, "", outcome)
             return
-        if created.state != State.STATE_OFFERED or policy.rule.value == "hold":
+        if created.state != State.STATE_OFFERED or policy.rule is ResponseRule.HOLD:
             return  # held for a person (or in no state to answer): no 990 yet
         price = Decimal(created.offer.price.amount_minor) / 100
         offered = tender.offered_rate.amount if tender.offered_rate else None
-        if policy.rule.value == "accept" and policy.within_tolerance(price, offered):
+        if policy.rule is ResponseRule.ACCEPT and policy.within_tolerance(price, offered):
             try:
                 await self.tenders.accept(carrier, created.name)
             except grpc.aio.AioRpcError as exc:
@@ -349,7 +353,7 @@ class EdiDesk:
             await self._respond(context, tender, Decision.ACCEPT, None, "", outcome)
             return
         remark = (f"our price {price} exceeds the offered {offered} by more than {policy.rate_tolerance_percent}%"
-                  if policy.rule.value == "accept" else "")
+                  if policy.rule is ResponseRule.ACCEPT else "")
         try:
             await self.tenders.decline(carrier, created.name,
                                        tender_service_pb2.DeclineTenderRequest.REASON_PRICE
