@@ -12,8 +12,9 @@ What runs:
   facts know, accepted as soon as offered. The simulator drives any of them: the mission's planned route (a known
   road's waypoints, else straight between the stops) travels with its assignment. A truck waits for its next mission
   where its last run ended, so the TMS tenders the lanes whose origin an available truck can reach within the pickup
-  window (where the fleet believes its trucks are); otherwise Atlanta → Houston loads would be tendered to trucks in
-  Houston and refused for no capacity. ``SandboxConfig.lanes`` tenders fixed lanes in order instead;
+  window (where the fleet believes its trucks are): a load no truck reaches in time is refused for no capacity, and
+  a TMS that tendered Atlanta → Houston to a fleet waiting in Houston would see half its tenders refused.
+  ``SandboxConfig.lanes`` tenders fixed lanes in order instead;
 * a command-centre hand: due check-ins recorded with PROCEED after ``check_in_delay_seconds`` (so a lane's first
   missions flow; the console shows them due in between), a truck under remote control handed back after
   ``takeover_hold_seconds``, and a road closure with no mapped way around it (the mission service stopped the
@@ -164,10 +165,11 @@ def sandbox_lanes(policy: Mapping[str, Any], facts: LaneFacts) -> list[SandboxLa
 
 
 def _stop_in(market: Market, other: Market) -> Point:
-    if market.urban_core_approved:
+    miles = market.miles_to(other.lat, other.lon)
+    if market.urban_core_approved or not miles:
         return market.lat, market.lon
     # Straight towards the other market in degrees: a few miles off a great circle's bearing is no matter here.
-    fraction = (market.urban_core_radius_miles + _OUTSIDE_CORE_MILES) / market.miles_to(other.lat, other.lon)
+    fraction = (market.urban_core_radius_miles + _OUTSIDE_CORE_MILES) / miles
     return (round(market.lat + (other.lat - market.lat) * fraction, 5),
             round(market.lon + (other.lon - market.lon) * fraction, 5))
 
@@ -506,7 +508,7 @@ class Sandbox:
         assert self._commands is not None
         for exception in mission.get("exceptions", []):
             if (exception.get("kind") != "KIND_ROAD_CLOSURE" or exception.get("resolveTime")
-                    or exception.get("contingency") != "CONTINGENCY_MINIMAL_RISK_STOP"
+                    or exception.get("contingency") != "CONTINGENCY_MINIMAL_RISK_STOP" or not mission.get("vehicle")
                     or _age_seconds(exception["raiseTime"]) < self.config.closure_reopen_real_seconds):
                 continue
             mission_id = mission["name"].removeprefix("missions/")
