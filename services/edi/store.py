@@ -15,6 +15,8 @@ Keys of partner ``p`` (all tagged ``{p}``: what commits together shares a slot, 
   States: in ``received`` / ``rejected`` (its 997 said so) / ``duplicate``; out ``awaiting_997`` / ``accepted``
   / ``accepted_with_errors`` / ``rejected`` / ``overdue`` (997s and TA1s are never acknowledged: ``sent``).
 * ``edi:{p}:out:<GS06>:<ST02>`` the id of our outbound document a partner's 997 (AK1-02, AK2-02) answers.
+* ``edi:{p}:awaiting`` sorted set of our documents awaiting a 997, by the time they were sent (ms): what the
+  acknowledgement chaser resends and counts overdue (a document leaves it with any other state).
 * ``edi:{p}:shipment:<B2-04>`` the tender (``tenders/<id>``) a shipment id created; ``edi:{p}:tender:<id>`` the
   shipment id back (the 214s and 210s of a tender echo it).
 """
@@ -123,6 +125,8 @@ class EdiStore:
             pipe.zremrangebyrank(tenant_key("edi", partner, "docs"), 0, -MAX_DOCUMENTS_PER_PARTNER - 1)
             if fields.get("direction") == "out" and fields.get("gs06") and fields.get("st02"):
                 pipe.set(tenant_key("edi", partner, "out", fields["gs06"], fields["st02"]), doc_id)
+            if fields.get("state") == DocumentState.AWAITING_997.value:
+                pipe.zadd(tenant_key("edi", partner, "awaiting"), {doc_id: now})
             await pipe.execute()
         return doc_id
 
@@ -146,7 +150,22 @@ class EdiStore:
         update = {"state": state.value, "updated_ms": str(_ms())}
         if detail:
             update["detail"] = detail
-        await self._redis.hset(key, mapping=update)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=update)
+            if state is not DocumentState.AWAITING_997:
+                pipe.zrem(tenant_key("edi", partner, "awaiting"), doc_id)
+            await pipe.execute()
+
+    async def awaiting(self, partner: str, *, sent_before_ms: int, limit: int = 100) -> list[dict[str, str]]:
+        """Our documents still awaiting a 997 that were sent before ``sent_before_ms``, oldest first."""
+        ids = await self._redis.zrangebyscore(tenant_key("edi", partner, "awaiting"), "-inf", sent_before_ms,
+                                              start=0, num=limit)
+        found = [await self.document(partner, i.decode()) for i in ids]
+        return [d for d in found if d is not None]
+
+    async def note_resend(self, partner: str, doc_id: str) -> int:
+        """Count one more resend of a document; how many now."""
+        return await self._redis.hincrby(tenant_key("edi", partner, "doc", doc_id), "resends", 1)
 
     # --- shipments and tenders -------------------------------------------------------------------------------
 

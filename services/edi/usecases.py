@@ -72,7 +72,7 @@ from .domain import (
     write,
 )
 from .folders import PartnerFolders
-from .metrics import ACK_LATENCY, DOCUMENTS
+from .metrics import ACK_LATENCY, DOCUMENTS, OVERDUE
 from .store import DocumentState, EdiStore, InterchangeClaim, detail_json
 
 __all__ = ["EdiDesk", "Received", "TenderClient", "is_transient"]
@@ -384,6 +384,38 @@ class EdiDesk:
         partner = context.partner
         outcome.sent.append(await self._send(partner, "990", load_tender=tender, decision=decision,
                                              reason=reason, remark=remark))
+
+    # --- 997s we wait for -------------------------------------------------------------------------------------
+
+    async def chase_acknowledgements(self) -> int:
+        """Our documents still without a 997: resent (the archived bytes, as first sent) at each step of the
+        partner's schedule, overdue at its last; how many were acted on."""
+        now = self.clock()
+        now_ms = int(now.timestamp() * 1000)
+        acted = 0
+        for partner in self.partners:
+            first_step_ms = partner.ack_resend_minutes[0] * 60_000
+            for doc in await self.store.awaiting(partner.id, sent_before_ms=now_ms - first_step_ms):
+                age_minutes = (now_ms - int(doc["created_ms"])) / 60_000
+                resends = int(doc.get("resends", 0))
+                step = partner.acknowledgement_step(age_minutes, resends)
+                if step == "overdue":
+                    await self.store.set_state(partner.id, doc["id"], DocumentState.OVERDUE,
+                                               detail_json(overdue_after_minutes=round(age_minutes), resends=resends))
+                    OVERDUE.inc()
+                    _log.warning("partner %s: no 997 for %s %s after %d minutes (%d resends): overdue", partner.id,
+                                 doc["set"], doc["file"], age_minutes, resends)
+                elif step == "resend":
+                    data = await self.archive.get(doc["archive"])
+                    name = doc["file"].removesuffix(".x12") + f".resend{resends + 1}.x12"
+                    await asyncio.to_thread(self.folders.write_out, partner.id, name, data)
+                    await self.store.note_resend(partner.id, doc["id"])
+                    _log.info("partner %s: no 997 for %s after %d minutes: resent as %s", partner.id, doc["file"],
+                              age_minutes, name)
+                else:
+                    continue
+                acted += 1
+        return acted
 
     # --- outbound --------------------------------------------------------------------------------------------
 

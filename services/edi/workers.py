@@ -4,7 +4,9 @@
   (usecases.EdiDesk.receive) and then moved out of ``in/``. A pass failed by the store, the tender service or the
   disk leaves the file where it is: the next pass takes it again, and finishes what the first began (a duplicate
   interchange check with a ``processing`` mark, request ids derived from the interchange). A file whose processing
-  fails otherwise (a bug) goes to ``failed/`` (it is archived raw already), never blocking the partner's queue.
+  fails otherwise (a bug) goes to ``failed/`` (it is archived raw already), never blocking the partner's queue;
+* the 997 chaser: our documents still without a 997 are resent, then counted overdue, on each partner's schedule
+  (usecases.EdiDesk.chase_acknowledgements).
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from services.runtime import Periodic, Service
 
 from .usecases import EdiDesk, is_transient
 
-__all__ = ["FolderPoller", "register"]
+__all__ = ["ACK_CHASE_INTERVAL_SECONDS", "FolderPoller", "register"]
 
 _log = logging.getLogger("haulmesh.edi")
+#: How often documents awaiting a 997 are looked at (the schedules count in minutes).
+ACK_CHASE_INTERVAL_SECONDS = 30.0
 
 
 class FolderPoller:
@@ -60,8 +64,13 @@ class FolderPoller:
         await self.run_once()
 
 
+async def _chase(desk: EdiDesk) -> None:
+    await desk.chase_acknowledgements()
+
+
 def register(service: Service, desk: EdiDesk, *, poll_interval_seconds: float, files_per_poll: int) -> Periodic:
-    """Start the EDI service's loops with ``service``."""
+    """Start the EDI service's loops with ``service``; the folder poller returned."""
     poller = FolderPoller(desk, files_per_poll=files_per_poll)
+    service.add_periodic("edi 997 chaser", lambda: _chase(desk), interval_seconds=ACK_CHASE_INTERVAL_SECONDS)
     return service.add_periodic("edi folder poller", poller.tick, interval_seconds=poll_interval_seconds,
                                 max_backoff_seconds=10.0)

@@ -48,8 +48,8 @@ _VERSIONS = ("004010", "005010")
 #: AT7-01 shipment status codes a partner may ask 214s for (the notes' checklist): arrived at pickup, departed,
 #: en route, arrived at delivery, delivered, departed delivery, estimated delivery (ETA), delayed.
 STATUS_EVENT_CODES = ("X3", "AF", "X6", "X1", "D1", "CD", "AG", "SD")
-#: Default 997 resend schedule: an outbound document without a 997 is resent after these many minutes since it
-#: was first sent, then counted overdue.
+#: Default 997 schedule: an outbound document without a 997 is resent at each of these minutes since it was sent
+#: but the last, at which it is counted overdue (see :meth:`Partner.acknowledgement_step`).
 ACK_RESEND_MINUTES = (60, 240)
 _REASON_CODE = re.compile(r"[A-Z0-9]{1,3}")
 _MAX_KEYS = 32
@@ -127,10 +127,18 @@ class Partner:
     #: 214s: the AT7-01 codes wanted and the en-route (X6) cadence.
     status_events: tuple[str, ...] = ("X3", "AF", "X1", "D1")
     status_cadence_minutes: int = 60
-    #: 997s for our documents: resent after these many minutes without one, then overdue.
+    #: 997s for our documents: resent at each of these minutes since sent without one, overdue at the last.
     ack_resend_minutes: tuple[int, ...] = ACK_RESEND_MINUTES
     #: OpenSSH public keys (``authorized_keys`` lines) allowed to log in as this partner on the SFTP door.
     ssh_authorized_keys: tuple[str, ...] = ()
+
+    def acknowledgement_step(self, age_minutes: float, resends: int) -> str | None:
+        """What is due for a document of ours still without a 997, ``age_minutes`` after it was sent and resent
+        ``resends`` times: ``"resend"``, ``"overdue"`` (at the schedule's last entry) or None (nothing yet)."""
+        schedule = self.ack_resend_minutes
+        if resends >= len(schedule) or age_minutes < schedule[resends]:
+            return None
+        return "overdue" if resends == len(schedule) - 1 else "resend"
 
     @property
     def isa_sender(self) -> tuple[str, str]:
@@ -289,11 +297,11 @@ class _Reader:
         cadence = self.minutes(status, "cadence_minutes", 60, "status.")
         acks = self.table_at("acknowledgements", _ACK_KEYS)
         resend = acks.get("resend_after_minutes", list(ACK_RESEND_MINUTES))
-        if (not isinstance(resend, list) or len(resend) > 10
+        if (not isinstance(resend, list) or not 1 <= len(resend) <= 10
                 or any(isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= 10080 for m in resend)
                 or resend != sorted(set(resend))):
             self.fail("acknowledgements.resend_after_minutes",
-                      f"{resend!r} is not an increasing list of at most 10 minutes from 1 to 10080")
+                      f"{resend!r} is not an increasing list of 1 to 10 minutes from 1 to 10080")
             resend = list(ACK_RESEND_MINUTES)
         keys = self._ssh_keys()
         if len(self.problems) > self.before:

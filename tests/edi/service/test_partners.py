@@ -81,6 +81,8 @@ def _refused(edit) -> str:
      "partner 'prairie': status.events: ['X3', 'ZZ'] is not a list of"),
     (lambda d: d["partner"][0]["acknowledgements"].update(resend_after_minutes=[240, 60]),
      "partner 'prairie': acknowledgements.resend_after_minutes: [240, 60] is not an increasing list"),
+    (lambda d: d["partner"][0]["acknowledgements"].update(resend_after_minutes=[]),
+     "partner 'prairie': acknowledgements.resend_after_minutes: [] is not an increasing list of 1 to 10"),
     (lambda d: d["partner"][0]["sftp"].update(authorized_keys=["not a key"]),
      "partner 'prairie': sftp.authorized_keys[0]: not an OpenSSH public key line"),
     (lambda d: d["partner"][0]["response"].update(decline_reason_in_k1=False),
@@ -121,3 +123,13 @@ def test_the_service_refuses_a_bad_file_at_start_with_status_2(tmp_path: Path, m
                           text=True, timeout=60)
     assert done.returncode == 2, done.stderr
     assert "response.rule: 'sometimes' is not one of accept, decline, hold" in done.stderr
+
+
+def test_the_997_schedule_resends_then_counts_overdue() -> None:
+    prairie = EdiConfig.from_env({PARTNERS_FILE_ENV: str(EXAMPLE)}).partners.get("prairie")
+    assert prairie is not None and prairie.ack_resend_minutes == (60, 240)
+    assert prairie.acknowledgement_step(59.9, 0) is None
+    assert prairie.acknowledgement_step(60, 0) == "resend"
+    assert prairie.acknowledgement_step(200, 1) is None
+    assert prairie.acknowledgement_step(240, 1) == "overdue"
+    assert prairie.acknowledgement_step(10_000, 2) is None  # overdue once, then left to people
