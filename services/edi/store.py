@@ -14,7 +14,8 @@ Keys of partner ``p`` (all tagged ``{p}``: what commits together shares a slot, 
   ``updated_ms``); ``edi:{p}:docs`` sorted set of the ids by creation time.
   States: in ``received`` / ``rejected`` (its 997 said so) / ``duplicate``; out ``awaiting_997`` / ``accepted``
   / ``accepted_with_errors`` / ``rejected`` / ``overdue`` (997s and TA1s are never acknowledged: ``sent``).
-* ``edi:{p}:out:<GS06>:<ST02>`` the id of our outbound document a partner's 997 (AK1-02, AK2-02) answers.
+* ``edi:{p}:out:<GS06>`` hash ST02 -> the id of our outbound document: what a partner's 997 answers (AK1-02,
+  and AK2-02, or every set of the group when an accepting 997 lists none).
 * ``edi:{p}:awaiting`` sorted set of our documents awaiting a 997, by the time they were sent (ms): what the
   acknowledgement chaser resends and counts overdue (a document leaves it with any other state).
 * ``edi:{p}:shipment:<B2-04>`` the tender (``tenders/<id>``) a shipment id created; ``edi:{p}:tender:<id>`` the
@@ -124,7 +125,7 @@ class EdiStore:
             pipe.zadd(tenant_key("edi", partner, "docs"), {doc_id: now})
             pipe.zremrangebyrank(tenant_key("edi", partner, "docs"), 0, -MAX_DOCUMENTS_PER_PARTNER - 1)
             if fields.get("direction") == "out" and fields.get("gs06") and fields.get("st02"):
-                pipe.set(tenant_key("edi", partner, "out", fields["gs06"], fields["st02"]), doc_id)
+                pipe.hset(tenant_key("edi", partner, "out", fields["gs06"]), fields["st02"], doc_id)
             if fields.get("state") == DocumentState.AWAITING_997.value:
                 pipe.zadd(tenant_key("edi", partner, "awaiting"), {doc_id: now})
             await pipe.execute()
@@ -142,8 +143,13 @@ class EdiStore:
 
     async def outbound_for(self, partner: str, gs06: str, st02: str) -> str | None:
         """The id of our document with GS06 ``gs06`` and ST02 ``st02`` (what an inbound 997 answers)."""
-        value = await self._redis.get(tenant_key("edi", partner, "out", gs06, st02))
+        value = await self._redis.hget(tenant_key("edi", partner, "out", gs06), st02)
         return value.decode() if value else None
+
+    async def outbound_group(self, partner: str, gs06: str) -> dict[str, str]:
+        """Our documents of the group GS06 ``gs06``: ST02 -> document id."""
+        raw = await self._redis.hgetall(tenant_key("edi", partner, "out", gs06))
+        return {k.decode(): v.decode() for k, v in raw.items()}
 
     async def set_state(self, partner: str, doc_id: str, state: DocumentState, detail: str = "") -> None:
         key = tenant_key("edi", partner, "doc", doc_id)

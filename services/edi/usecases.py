@@ -283,12 +283,14 @@ class EdiDesk:
                 "gs06": group_reading.group.control, "st02": set_reading.transaction.control,
                 "state": DocumentState.RECEIVED.value, "file": context.file_name, "archive": context.archive_key,
                 "detail": detail_json(acknowledges=ack.group_control, status=ack.status)})
-            for set_ack in ack.sets:
-                doc_id = await self.store.outbound_for(context.partner.id, ack.group_control, set_ack.control)
-                outcome = ack.outcome(set_ack.control)
-                if doc_id is not None and outcome is not None:
-                    await self.store.set_state(context.partner.id, doc_id, DocumentState(outcome),
-                                               detail_json(ak5=set_ack.status, codes=list(set_ack.codes)))
+            listed = {a.control: a for a in ack.sets}
+            for control, doc_id in (await self.store.outbound_group(context.partner.id, ack.group_control)).items():
+                outcome = ack.outcome(control)  # an accepting 997 may list no set: all of the group's then
+                if outcome is not None:
+                    set_ack = listed.get(control)
+                    await self.store.set_state(context.partner.id, doc_id, DocumentState(outcome), detail_json(
+                        ak5=set_ack.status if set_ack else "", ak9=ack.status,
+                        codes=list(set_ack.codes if set_ack else ack.codes)))
 
     # --- tenders ---------------------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from services.edi.archive import RawArchive
 from services.edi.config import PARTNERS_FILE_ENV, EdiConfig
+from services.edi.domain import Delimiters, FunctionalGroup, Interchange, Segment, TransactionSet, write
 from services.edi.folders import PartnerFolders
 from services.edi.store import DocumentState, EdiStore
 from services.edi.usecases import EdiDesk
@@ -19,15 +20,21 @@ async def _nothing() -> None:
     return None
 
 
-async def test_a_990_without_a_997_is_resent_then_overdue(store_client, tmp_path: Path) -> None:
+def _desk(store: EdiStore, tmp_path: Path, now: list[datetime]) -> EdiDesk:
+    """A desk for partners of their own (another test's prairie documents in the session store are not theirs)."""
     config = EdiConfig.from_env({PARTNERS_FILE_ENV: str(EXAMPLE)})
-    now = [datetime.now(UTC)]
     folders = PartnerFolders(tmp_path / "edi")
     folders.ensure(p.id for p in config.partners)
-    archive = RawArchive(str(tmp_path / "archive"))
+    return EdiDesk(partners=config.partners, store=store, archive=RawArchive(str(tmp_path / "archive")),
+                   folders=folders, tenders=None, lanes=config.lanes, durable=_nothing, duplicate_window_seconds=60,
+                   clock=lambda: now[0])
+
+
+async def test_a_990_without_a_997_is_resent_then_overdue(store_client, tmp_path: Path) -> None:
+    now = [datetime.now(UTC)]
     store = EdiStore(store_client)
-    desk = EdiDesk(partners=config.partners, store=store, archive=archive, folders=folders, tenders=None,
-                   lanes=config.lanes, durable=_nothing, duplicate_window_seconds=60, clock=lambda: now[0])
+    desk = _desk(store, tmp_path, now)
+    archive, folders = desk.archive, desk.folders
     sent = b"ISA*00*...990 as first sent~"
     key = await archive.put("out", "prairie", sent)
     chased = await store.record_document("prairie", {
@@ -55,3 +62,32 @@ async def test_a_990_without_a_997_is_resent_then_overdue(store_client, tmp_path
     record = await store.document("prairie", chased)
     assert record["state"] == "overdue" and record["resends"] == "1"
     assert await store.awaiting("prairie", sent_before_ms=int(now[0].timestamp() * 1000) + 10**9) == []
+
+
+def _997_from_prairie(isa13: str, *body: Segment) -> bytes:
+    group = FunctionalGroup("FA", "PRAIRIEFRT", "HAULMESH", "20261204", "1200", str(int(isa13)), "004010",
+                            (TransactionSet("997", "0001", body),))
+    return write(Interchange("ZZ", "PRAIRIEFRT", "ZZ", "HAULMESH", "261204", "1200", isa13, groups=(group,),
+                             delimiters=Delimiters(line_end="\n")))
+
+
+async def test_a_partners_997_accepts_or_rejects_our_sets(store_client, tmp_path: Path) -> None:
+    store = EdiStore(store_client)
+    desk = _desk(store, tmp_path, [datetime.now(UTC)])
+    prairie = desk.partners.get("prairie")
+    assert prairie is not None
+    docs = {}
+    for gs06 in ("51", "52"):
+        docs[gs06] = await store.record_document("prairie", {
+            "direction": "out", "set": "990", "isa13": f"0000000{gs06}", "gs06": gs06, "st02": f"00{gs06}",
+            "state": DocumentState.AWAITING_997.value, "file": f"990_0000000{gs06}.x12", "archive": "k"})
+    # A 997 accepting group 51 without listing its sets (AK9 alone): every set of the group is accepted.
+    accepted = _997_from_prairie("000000301", Segment.of("AK1", "GF", "51"), Segment.of("AK9", "A", "1", "1", "1"))
+    # One rejecting group 52's set 0052.
+    rejected = _997_from_prairie("000000302", Segment.of("AK1", "GF", "52"), Segment.of("AK2", "990", "0052"),
+                                 Segment.of("AK5", "R", "5"), Segment.of("AK9", "R", "1", "1", "0"))
+    for data in (accepted, rejected):
+        outcome = await desk.receive(prairie, "997.x12", data)
+        assert outcome.sent == [n for n in outcome.sent if n.startswith("TA1_")]  # a TA1 (wanted), never a 997
+    assert (await store.document("prairie", docs["51"]))["state"] == "accepted"
+    assert (await store.document("prairie", docs["52"]))["state"] == "rejected"
