@@ -8,8 +8,10 @@ and accepts automatically within 5 % of the 204's rate (the samples offer $9,999
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import signal
 from pathlib import Path
 
 import grpc
@@ -306,10 +308,24 @@ async def test_a_held_tender_is_changed_and_cancelled_without_a_990(edi_mesh, te
     assert not any(n.startswith("990_") for n in outbox(state, "lonestar"))
 
 
-async def test_outbound_control_numbers_only_grow(edi_mesh) -> None:
-    _, state = edi_mesh
-    numbers = [int(n.split("_")[1].split(".")[0]) for n in outbox(state) if not n.startswith(".")]
-    assert len(numbers) == len(set(numbers)) >= 3
+async def test_control_numbers_only_grow_across_a_restart_of_the_service(edi_mesh) -> None:
+    mesh, state = edi_mesh
+
+    def numbers() -> list[int]:
+        return [int(n.split("_")[1].split(".")[0]) for n in outbox(state) if not n.startswith(".")]
+    before = numbers()
+    assert len(before) == len(set(before)) >= 3
+    stop = asyncio.Event()
+    supervising = asyncio.ensure_future(mesh.supervise(stop))
+    edi = mesh.children["edi"]
+    os.kill(edi.process.pid, signal.SIGKILL)  # no goodbye: whatever it held in memory is gone
+    await wait_for(lambda: edi.restarts == 1, timeout_seconds=30)
+    await mesh.wait_serving(timeout_seconds=60)
+    await tendered(state, f"PF-{new_id()[-8:].upper()}", "000000120")
+    stop.set()
+    assert await asyncio.wait_for(supervising, 10) is None
+    after = sorted(set(numbers()) - set(before))
+    assert after and after[0] > max(before) and len(numbers()) == len(set(numbers()))
 
 
 def test_mesh_without_partners_file_does_not_start_edi(tmp_path: Path) -> None:
