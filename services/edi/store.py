@@ -162,6 +162,11 @@ class EdiStore:
                 pipe.zrem(tenant_key("edi", partner, "awaiting"), doc_id)
             await pipe.execute()
 
+    async def annotate(self, partner: str, doc_id: str, **fields: str) -> None:
+        """Add what was learnt since a document was recorded (the tender a 204 created)."""
+        await self._redis.hset(tenant_key("edi", partner, "doc", doc_id),
+                               mapping={**fields, "updated_ms": str(_ms())})
+
     async def awaiting(self, partner: str, *, sent_before_ms: int, limit: int = 100) -> list[dict[str, str]]:
         """Our documents still awaiting a 997 that were sent before ``sent_before_ms``, oldest first."""
         ids = await self._redis.zrangebyscore(tenant_key("edi", partner, "awaiting"), "-inf", sent_before_ms,

@@ -231,10 +231,11 @@ class EdiDesk:
             await self._acknowledgements_in(context, group_reading)
             return
         group_reading, tenders = self._read_tenders(group_reading)
+        records: dict[str, str] = {}
         for set_reading in group_reading.sets:
             transaction = set_reading.transaction
             shipment = tenders[transaction.control].shipment_id if transaction.control in tenders else ""
-            await self._record(context.partner.id, {
+            records[transaction.control] = await self._record(context.partner.id, {
                 "direction": "in", "set": transaction.id, "isa13": context.interchange.control,
                 "gs06": group.control, "st02": transaction.control, "shipment": shipment,
                 "state": (DocumentState.RECEIVED if set_reading.accepted and not group_reading.problems
@@ -248,7 +249,7 @@ class EdiDesk:
         for set_reading in group_reading.accepted_sets:
             tender = tenders.get(set_reading.transaction.control)
             if tender is not None:
-                await self._tender(context, tender, outcome)
+                await self._tender(context, tender, outcome, records[set_reading.transaction.control])
 
     @staticmethod
     def _read_tenders(group_reading: GroupReading) -> tuple[GroupReading, dict[str, LoadTender]]:
@@ -294,7 +295,8 @@ class EdiDesk:
 
     # --- tenders ---------------------------------------------------------------------------------------------
 
-    async def _tender(self, context: _Context, tender: LoadTender, outcome: Received) -> None:
+    async def _tender(self, context: _Context, tender: LoadTender, outcome: Received, record: str) -> None:
+        """Act on one accepted 204 (``record``: its document's id, which learns the tender's name)."""
         partner = context.partner
         if tender.purpose is Purpose.CANCEL:
             await self._cancel(context, tender)
@@ -325,6 +327,7 @@ class EdiDesk:
                                 outcome)
             return
         await self.store.link_tender(partner.id, tender.shipment_id, created.name)
+        await self.store.annotate(partner.id, record, tender=created.name)
         outcome.tenders.append(created.name)
         await self._decide(context, tender, created, outcome)
 
@@ -431,7 +434,7 @@ class EdiDesk:
         gs06, st02 = (allocation.groups[0], allocation.sets[0][0]) if allocation.groups else ("", "")
         delimiters = Delimiters(line_end="\n", repetition="^" if partner.version >= "005010" else None)
         groups: tuple[FunctionalGroup, ...] = ()
-        shipment = ""
+        shipment = tender_name = ""
         if acknowledging is not None:
             group = acknowledgement_group(acknowledging, group_control=gs06, set_control=st02,
                                           date=now.strftime("%Y%m%d"), time=now.strftime("%H%M"),
@@ -439,6 +442,7 @@ class EdiDesk:
             groups = (group,) if group is not None else ()
         elif load_tender is not None and decision is not None:
             shipment = load_tender.shipment_id
+            tender_name = await self.store.tender_for(partner.id, shipment) or ""
             transaction: TransactionSet = response_990(
                 load_tender, decision, scac=partner.scac, date=now.date(), control=st02, reason_code=reason,
                 remark=clean_text(remark)[:_MAX_REMARK], style=partner.response.decline_style)
@@ -456,6 +460,7 @@ class EdiDesk:
         await self._record(partner.id, {
             "direction": "out", "set": kind, "isa13": allocation.interchange,
             "gs06": gs06 if groups else "", "st02": st02 if groups else "", "shipment": shipment,
+            "tender": tender_name,
             "state": state.value, "file": name, "archive": archive_key,
             "detail": detail_json(decision=decision.value if decision else "", reason=reason or "", remark=remark)})
         await self._durable()  # the record (and the counters) on disk before the partner can see the document

@@ -151,6 +151,9 @@ async def test_a_204_becomes_a_997_a_tender_and_a_990(edi_mesh, tenders, edi_sto
     assert {(r.qualifier, r.value) for r in tender.references} >= {("SI", shipment), ("BM", f"BOL-{shipment}")}
     assert tender.offered_rate.amount_minor == 999_900 and tender.weight_lb == 42000
     assert [c.description for c in tender.commodities] == ["Canned vegetables"]
+    # The documents' records name the shipment and the tender, in and out.
+    records = [d for d in await edi_store.documents("prairie", limit=50) if d["shipment"] == shipment]
+    assert {(d["direction"], d["set"], d["tender"]) for d in records} == {("in", "204", name), ("out", "990", name)}
     # The file left in/ for archive/ once processed.
     assert not list((state / "edi" / "prairie" / "in").iterdir())
     assert any(p.name.endswith(f"{shipment}.x12") for p in (state / "edi" / "prairie" / "archive").iterdir())
