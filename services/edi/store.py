@@ -18,6 +18,8 @@ Keys of partner ``p`` (all tagged ``{p}``: what commits together shares a slot, 
   and AK2-02, or every set of the group when an accepting 997 lists none).
 * ``edi:{p}:awaiting`` sorted set of our documents awaiting a 997, by the time they were sent (ms): what the
   acknowledgement chaser resends and counts overdue (a document leaves it with any other state).
+* ``edi:{p}:answered:<tender id>`` set once a person's answer to a held tender was sent as a 990 (an event
+  redelivered sends none again).
 * ``edi:{p}:shipment:<B2-04>`` the tender (``tenders/<id>``) a shipment id created; ``edi:{p}:tender:<id>`` the
   shipment id back (the 214s and 210s of a tender echo it).
 """
@@ -38,6 +40,8 @@ from .domain import Allocation, ControlCounters
 
 __all__ = ["DocumentState", "EdiStore", "InterchangeClaim"]
 
+#: How long a held tender's 990 is remembered as sent (an offer lapses within a day; events are not older).
+ANSWERED_TTL_SECONDS = 30 * 86400
 #: The most documents a partner's index keeps (oldest trimmed; the raw archive keeps every interchange).
 MAX_DOCUMENTS_PER_PARTNER = 100_000
 
@@ -190,6 +194,13 @@ class EdiStore:
     async def tender_for(self, partner: str, shipment_id: str) -> str | None:
         value = await self._redis.get(tenant_key("edi", partner, "shipment", shipment_id))
         return value.decode() if value else None
+
+    async def answered(self, partner: str, tender_name: str) -> bool:
+        return bool(await self._redis.exists(tenant_key("edi", partner, "answered", tender_name.rsplit("/", 1)[-1])))
+
+    async def mark_answered(self, partner: str, tender_name: str) -> None:
+        await self._redis.set(tenant_key("edi", partner, "answered", tender_name.rsplit("/", 1)[-1]), "1",
+                              ex=ANSWERED_TTL_SECONDS)
 
     async def shipment_for(self, partner: str, tender_name: str) -> str | None:
         value = await self._redis.get(tenant_key("edi", partner, "tender", tender_name.rsplit("/", 1)[-1]))

@@ -53,6 +53,7 @@ from .domain import (
     Partners,
     Purpose,
     Reading,
+    Reference,
     ResponseRule,
     SetError,
     SetReading,
@@ -337,10 +338,11 @@ class EdiDesk:
         carrier = context.partner.carrier
         if created.state == State.STATE_REJECTED:
             reasons = "; ".join(r.description for r in created.rejection_reasons) or created.state_reason
-            await self._respond(context, tender, Decision.DECLINE, policy.ineligible_reason, reasons, outcome)
+            await self._answer(context, tender, created, Decision.DECLINE, policy.ineligible_reason, reasons,
+                               outcome)
             return
         if created.state == State.STATE_ACCEPTED:  # a re-read after a crash: the answer was decided before
-            await self._respond(context, tender, Decision.ACCEPT, None, "", outcome)
+            await self._answer(context, tender, created, Decision.ACCEPT, None, "", outcome)
             return
         if created.state != State.STATE_OFFERED or policy.rule is ResponseRule.HOLD:
             return  # held for a person (or in no state to answer): no 990 yet
@@ -352,10 +354,10 @@ class EdiDesk:
             except grpc.aio.AioRpcError as exc:
                 if is_transient(exc):
                     raise
-                await self._respond(context, tender, Decision.DECLINE, policy.ineligible_reason, _remark(exc, tender),
-                                    outcome)
+                await self._answer(context, tender, created, Decision.DECLINE, policy.ineligible_reason,
+                                   _remark(exc, tender), outcome)
                 return
-            await self._respond(context, tender, Decision.ACCEPT, None, "", outcome)
+            await self._answer(context, tender, created, Decision.ACCEPT, None, "", outcome)
             return
         remark = (f"our price {price} exceeds the offered {offered} by more than {policy.rate_tolerance_percent}%"
                   if policy.rule is ResponseRule.ACCEPT else "")
@@ -369,7 +371,13 @@ class EdiDesk:
                 raise
             _log.warning("partner %s: decline of %s failed: %s", context.partner.id, created.name,
                          describe_rpc_error(exc))
-        await self._respond(context, tender, Decision.DECLINE, policy.decline_reason, remark, outcome)
+        await self._answer(context, tender, created, Decision.DECLINE, policy.decline_reason, remark, outcome)
+
+    async def _answer(self, context: _Context, tender: LoadTender, created: tender_pb2.Tender, decision: Decision,
+                      reason: str | None, remark: str, outcome: Received) -> None:
+        """The 990 that answers the tender for good (a person's later answer to it sends none: answer_held)."""
+        await self._respond(context, tender, decision, reason, remark, outcome)
+        await self.store.mark_answered(context.partner.id, created.name)
 
     async def _cancel(self, context: _Context, tender: LoadTender) -> None:
         partner = context.partner
@@ -389,6 +397,26 @@ class EdiDesk:
         partner = context.partner
         outcome.sent.append(await self._send(partner, "990", load_tender=tender, decision=decision,
                                              reason=reason, remark=remark))
+
+    # --- a person's answer to a held tender ------------------------------------------------------------------
+
+    async def answer_held(self, carrier: str, tender: tender_pb2.Tender, decision: Decision, remark: str) -> bool:
+        """The 990 for a tender of a partner that holds its loads for a person, once it is answered (accepted or
+        declined in the console or over REST) or lapses unanswered; whether one was sent. Once per tender: a
+        redelivered event, or a tender no partner of ours tendered, sends nothing."""
+        for partner in self.partners:
+            if partner.carrier != carrier or partner.response.rule is not ResponseRule.HOLD:
+                continue
+            shipment = await self.store.shipment_for(partner.id, tender.name)
+            if shipment is None or await self.store.answered(partner.id, tender.name):
+                continue
+            load = LoadTender(shipment, Purpose.ORIGINAL, (), references=tuple(
+                Reference(r.qualifier, r.value) for r in tender.references if r.qualifier and r.value))
+            reason = partner.response.decline_reason if decision is Decision.DECLINE else None
+            await self._send(partner, "990", load_tender=load, decision=decision, reason=reason, remark=remark)
+            await self.store.mark_answered(partner.id, tender.name)
+            return True
+        return False
 
     # --- 997s we wait for -------------------------------------------------------------------------------------
 

@@ -5,6 +5,8 @@
   disk leaves the file where it is: the next pass takes it again, and finishes what the first began (a duplicate
   interchange check with a ``processing`` mark, request ids derived from the interchange). A file whose processing
   fails otherwise (a bug) goes to ``failed/`` (it is archived raw already), never blocking the partner's queue;
+* the held tenders' answers (consumer group ``edi-tender-answers``): a tender of a partner that holds its loads
+  for a person, once accepted or declined (the console, REST) or lapsed, gets its 990;
 * the 997 chaser: our documents still without a 997 are resent, then counted overdue, on each partner's schedule
   (usecases.EdiDesk.chase_acknowledgements).
 """
@@ -14,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from haulmesh.events.v1 import event_pb2
 from services.runtime import Periodic, Service
 
+from .domain import Decision, ResponseRule
 from .usecases import EdiDesk, is_transient
 
-__all__ = ["ACK_CHASE_INTERVAL_SECONDS", "FolderPoller", "register"]
+__all__ = ["ACK_CHASE_INTERVAL_SECONDS", "ANSWERS_GROUP", "FolderPoller", "HeldAnswers", "register"]
 
 _log = logging.getLogger("haulmesh.edi")
 #: How often documents awaiting a 997 are looked at (the schedules count in minutes).
@@ -64,6 +68,28 @@ class FolderPoller:
         await self.run_once()
 
 
+#: The consumer group of the held tenders' answers, and the events it reads.
+ANSWERS_GROUP = "edi-tender-answers"
+_ANSWERS = {"haulmesh.tender.v1.accepted": ("tender_accepted", Decision.ACCEPT, ""),
+            "haulmesh.tender.v1.declined": ("tender_declined", Decision.DECLINE, ""),
+            "haulmesh.tender.v1.lapsed": ("tender_lapsed", Decision.DECLINE, "offer lapsed unanswered")}
+
+
+class HeldAnswers:
+    """Handler of a tender's acceptance, decline or lapse: the 990 of a held tender (usecases.answer_held)."""
+
+    def __init__(self, desk: EdiDesk) -> None:
+        self._desk = desk
+
+    async def handle(self, event: event_pb2.Event) -> None:
+        field, decision, remark = _ANSWERS[event.type]
+        tender = getattr(event, field).tender
+        carrier = event.carrier.removeprefix("carriers/")
+        remark = remark or (tender.state_reason if decision is Decision.DECLINE else "")
+        if carrier and await self._desk.answer_held(carrier, tender, decision, remark):
+            _log.info("event %s: 990 %s sent for held %s", event.id, decision.value, tender.name)
+
+
 async def _chase(desk: EdiDesk) -> None:
     await desk.chase_acknowledgements()
 
@@ -71,6 +97,8 @@ async def _chase(desk: EdiDesk) -> None:
 def register(service: Service, desk: EdiDesk, *, poll_interval_seconds: float, files_per_poll: int) -> Periodic:
     """Start the EDI service's loops with ``service``; the folder poller returned."""
     poller = FolderPoller(desk, files_per_poll=files_per_poll)
+    if any(p.response.rule is ResponseRule.HOLD for p in desk.partners):
+        service.add_consumer(ANSWERS_GROUP, HeldAnswers(desk).handle, types=set(_ANSWERS))
     service.add_periodic("edi 997 chaser", lambda: _chase(desk), interval_seconds=ACK_CHASE_INTERVAL_SECONDS)
     return service.add_periodic("edi folder poller", poller.tick, interval_seconds=poll_interval_seconds,
                                 max_backoff_seconds=10.0)

@@ -311,6 +311,34 @@ async def test_a_held_tender_is_changed_and_cancelled_without_a_990(edi_mesh, te
     assert not any(n.startswith("990_") for n in outbox(state, "lonestar"))
 
 
+async def test_a_person_answering_a_held_tender_sends_its_990(edi_mesh, tenders, edi_store) -> None:
+    """Lonestar's loads wait for a person: accepted over REST (as the gateway), the 990 A follows; declined, D."""
+    _, state = edi_mesh
+    lonestar = ("02", "LSLG")
+    names = {}
+    for shipment, isa13 in ((f"LS-{new_id()[-8:].upper()}", "000000211"), (f"LS-{new_id()[-8:].upper()}",
+                                                                             "000000212")):
+        before = outbox(state, "lonestar")
+        drop(state, load_tender_204(shipment, isa13=isa13, sender=lonestar), f"{shipment}.x12", "lonestar")
+        await new_files(state, before, kinds=("997",), partner="lonestar")
+        names[shipment] = await wait_for(lambda s=shipment: edi_store.tender_for("lonestar", s))
+    (take, leave) = names
+    metadata = carrier_metadata("lonestar-logistics")
+    before = outbox(state, "lonestar")
+    await tenders.AcceptTender(tender_service_pb2.AcceptTenderRequest(name=names[take]), metadata=metadata,
+                               timeout=10)
+    answer = read_990(only_set((await new_files(state, before, kinds=("990",), partner="lonestar"))["990"])[2])
+    assert (answer.shipment_id, answer.decision) == (take, Decision.ACCEPT)
+    before = outbox(state, "lonestar")
+    await tenders.DeclineTender(tender_service_pb2.DeclineTenderRequest(
+        name=names[leave], reason=tender_service_pb2.DeclineTenderRequest.REASON_RISK, comment="not this week"),
+        metadata=metadata, timeout=10)
+    answer = read_990(only_set((await new_files(state, before, kinds=("990",), partner="lonestar"))["990"])[2])
+    assert (answer.shipment_id, answer.decision, answer.reason_code) == (leave, Decision.DECLINE, "PRC")
+    await asyncio.sleep(0.5)  # nothing more comes (one 990 per tender)
+    assert len([n for n in outbox(state, "lonestar") if n.startswith("990_")]) == 2
+
+
 async def test_control_numbers_only_grow_across_a_restart_of_the_service(edi_mesh) -> None:
     mesh, state = edi_mesh
 
