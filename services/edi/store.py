@@ -12,12 +12,13 @@ Keys of partner ``p`` (all tagged ``{p}``: what commits together shares a slot, 
 * ``edi:{p}:doc:<id>`` hash: one document in or out (``direction``, ``set``, ``isa13``, ``gs06``, ``st02``,
   ``shipment`` B2-04, ``tender`` name, ``state``, ``file``, ``archive`` key, ``detail``, ``created_ms``,
   ``updated_ms``); ``edi:{p}:docs`` sorted set of the ids by creation time.
-  States: in ``received`` / ``rejected`` (its 997 said so) / ``duplicate``; out ``awaiting_997`` / ``accepted``
-  / ``accepted_with_errors`` / ``rejected`` / ``overdue`` (997s and TA1s are never acknowledged: ``sent``).
+  States: in ``received`` / ``rejected`` / ``duplicate``; out ``awaiting_997`` / ``overdue`` / ``accepted`` /
+  ``accepted_with_errors`` / ``rejected`` / ``given_up`` (997s and TA1s are never acknowledged: ``sent``).
 * ``edi:{p}:out:<GS06>`` hash ST02 -> the id of our outbound document: what a partner's 997 answers (AK1-02,
   and AK2-02, or every set of the group when an accepting 997 lists none).
-* ``edi:{p}:awaiting`` sorted set of our documents awaiting a 997, by the time they were sent (ms): what the
-  acknowledgement chaser resends and counts overdue (a document leaves it with any other state).
+* ``edi:{p}:awaiting`` sorted set of our documents awaiting a 997, by when their tracking is next due (ms): what
+  the acknowledgement chaser looks at (overdue, resend, give up: services/edi/domain/_tracking.py). A document's
+  tracking (``OutboundDocument`` as JSON) is its record's ``tracking`` field; it leaves the set once final.
 * ``edi:{p}:answered:<tender id>`` set once a person's answer to a held tender was sent as a 990 (an event
   redelivered sends none again).
 * ``edi:{p}:shipment:<B2-04>`` the tender (``tenders/<id>``) a shipment id created; ``edi:{p}:tender:<id>`` the
@@ -65,6 +66,7 @@ class DocumentState(StrEnum):
     ACCEPTED_WITH_ERRORS = "accepted_with_errors"
     REJECTED = "rejected"
     OVERDUE = "overdue"
+    GIVEN_UP = "given_up"
 
 
 def _ms() -> int:
@@ -118,9 +120,11 @@ class EdiStore:
 
     # --- documents -------------------------------------------------------------------------------------------
 
-    async def record_document(self, partner: str, fields: Mapping[str, str]) -> str:
-        """Record a document in or out; its id. An outbound one is findable by its GS06 and ST02."""
-        doc_id = new_id()
+    async def record_document(self, partner: str, fields: Mapping[str, str], *, doc_id: str | None = None,
+                              due_ms: int | None = None) -> str:
+        """Record a document in or out; its id. An outbound one is findable by its GS06 and ST02; one with
+        ``due_ms`` is tracked for its 997 (:meth:`due` from then)."""
+        doc_id = doc_id or new_id()
         now = _ms()
         record = {**{k: str(v) for k, v in fields.items()}, "id": doc_id, "partner": partner,
                   "created_ms": str(now), "updated_ms": str(now)}
@@ -130,8 +134,8 @@ class EdiStore:
             pipe.zremrangebyrank(tenant_key("edi", partner, "docs"), 0, -MAX_DOCUMENTS_PER_PARTNER - 1)
             if fields.get("direction") == "out" and fields.get("gs06") and fields.get("st02"):
                 pipe.hset(tenant_key("edi", partner, "out", fields["gs06"]), fields["st02"], doc_id)
-            if fields.get("state") == DocumentState.AWAITING_997.value:
-                pipe.zadd(tenant_key("edi", partner, "awaiting"), {doc_id: now})
+            if due_ms is not None:
+                pipe.zadd(tenant_key("edi", partner, "awaiting"), {doc_id: due_ms})
             await pipe.execute()
         return doc_id
 
@@ -156,31 +160,37 @@ class EdiStore:
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     async def set_state(self, partner: str, doc_id: str, state: DocumentState, detail: str = "") -> None:
-        key = tenant_key("edi", partner, "doc", doc_id)
         update = {"state": state.value, "updated_ms": str(_ms())}
         if detail:
             update["detail"] = detail
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=update)
-            if state is not DocumentState.AWAITING_997:
-                pipe.zrem(tenant_key("edi", partner, "awaiting"), doc_id)
-            await pipe.execute()
+        await self._redis.hset(tenant_key("edi", partner, "doc", doc_id), mapping=update)
 
     async def annotate(self, partner: str, doc_id: str, **fields: str) -> None:
         """Add what was learnt since a document was recorded (the tender a 204 created)."""
         await self._redis.hset(tenant_key("edi", partner, "doc", doc_id),
                                mapping={**fields, "updated_ms": str(_ms())})
 
-    async def awaiting(self, partner: str, *, sent_before_ms: int, limit: int = 100) -> list[dict[str, str]]:
-        """Our documents still awaiting a 997 that were sent before ``sent_before_ms``, oldest first."""
-        ids = await self._redis.zrangebyscore(tenant_key("edi", partner, "awaiting"), "-inf", sent_before_ms,
-                                              start=0, num=limit)
-        found = [await self.document(partner, i.decode()) for i in ids]
-        return [d for d in found if d is not None]
+    async def track(self, partner: str, doc_id: str, tracking: str, state: str, *, due_ms: int | None,
+                    transmission: tuple[str, str] | None = None) -> None:
+        """Save a document's 997 tracking and state; next due at ``due_ms`` (None: final, no longer looked at). A
+        resend's ``transmission`` (GS06, ST02) finds the document too."""
+        key = tenant_key("edi", partner, "doc", doc_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={"tracking": tracking, "state": state, "updated_ms": str(_ms())})
+            if due_ms is None:
+                pipe.zrem(tenant_key("edi", partner, "awaiting"), doc_id)
+            else:
+                pipe.zadd(tenant_key("edi", partner, "awaiting"), {doc_id: due_ms})
+            if transmission is not None:
+                pipe.hset(tenant_key("edi", partner, "out", transmission[0]), transmission[1], doc_id)
+            await pipe.execute()
 
-    async def note_resend(self, partner: str, doc_id: str) -> int:
-        """Count one more resend of a document; how many now."""
-        return await self._redis.hincrby(tenant_key("edi", partner, "doc", doc_id), "resends", 1)
+    async def due(self, partner: str, *, now_ms: int, limit: int = 100) -> list[dict[str, str]]:
+        """Our tracked documents whose tracking is due at ``now_ms``, the longest due first."""
+        ids = await self._redis.zrangebyscore(tenant_key("edi", partner, "awaiting"), "-inf", now_ms, start=0,
+                                              num=limit)
+        found = [await self.document(partner, i.decode()) for i in ids]
+        return [d for d in found if d is not None and d.get("tracking")]
 
     # --- shipments and tenders -------------------------------------------------------------------------------
 

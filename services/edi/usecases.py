@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import re
 import time
@@ -38,17 +39,20 @@ import grpc
 import redis
 
 from haulmesh.tender.v1 import tender_pb2, tender_service_pb2, tender_service_pb2_grpc
-from services.runtime import Unavailable, carrier_metadata, describe_rpc_error
+from services.runtime import Unavailable, carrier_metadata, describe_rpc_error, new_id
 
 from .archive import RawArchive
 from .convert import UPDATE_PATHS, Refusal, request_id_for, tender_request
 from .domain import (
+    AckAction,
+    AckState,
     Decision,
     Delimiters,
     FunctionalGroup,
     GroupReading,
     Interchange,
     LoadTender,
+    OutboundDocument,
     Partner,
     Partners,
     Purpose,
@@ -61,15 +65,20 @@ from .domain import (
     Ta1,
     Ta1Note,
     TransactionSet,
+    Transmission,
     X12Error,
     acknowledge,
     acknowledgement_group,
+    advance_tracking,
+    apply_997,
     clean_text,
     read,
     read_997,
     read_load_tender,
+    record_resend,
     response_990,
     ta1_for,
+    track_sent,
     write,
 )
 from .folders import PartnerFolders
@@ -155,8 +164,9 @@ class EdiDesk:
         self._window = duplicate_window_seconds
         self.clock = clock
 
-    async def _record(self, partner: str, fields: dict[str, str]) -> str:
-        doc_id = await self.store.record_document(partner, fields)
+    async def _record(self, partner: str, fields: dict[str, str], *, doc_id: str | None = None,
+                      due_ms: int | None = None) -> str:
+        doc_id = await self.store.record_document(partner, fields, doc_id=doc_id, due_ms=due_ms)
         DOCUMENTS.labels(fields.get("direction", ""), fields.get("set", ""), fields.get("state", "")).inc()
         return doc_id
 
@@ -285,14 +295,18 @@ class EdiDesk:
                 "gs06": group_reading.group.control, "st02": set_reading.transaction.control,
                 "state": DocumentState.RECEIVED.value, "file": context.file_name, "archive": context.archive_key,
                 "detail": detail_json(acknowledges=ack.group_control, status=ack.status)})
-            listed = {a.control: a for a in ack.sets}
-            for control, doc_id in (await self.store.outbound_group(context.partner.id, ack.group_control)).items():
-                outcome = ack.outcome(control)  # an accepting 997 may list no set: all of the group's then
-                if outcome is not None:
-                    set_ack = listed.get(control)
-                    await self.store.set_state(context.partner.id, doc_id, DocumentState(outcome), detail_json(
-                        ak5=set_ack.status if set_ack else "", ak9=ack.status,
-                        codes=list(set_ack.codes if set_ack else ack.codes)))
+            ids = set((await self.store.outbound_group(context.partner.id, ack.group_control)).values())
+            records = [r for r in [await self.store.document(context.partner.id, i) for i in sorted(ids)]
+                       if r is not None and r.get("tracking")]
+            result = apply_997(ack, [OutboundDocument.from_dict(json.loads(r["tracking"])) for r in records],
+                               self.clock())
+            for document in result.documents:
+                await self.store.track(context.partner.id, document.document, json.dumps(document.to_dict()),
+                                       _state_of(document), due_ms=None)
+            for report in result.reports:
+                if report.needs_attention:
+                    _log.warning("partner %s: 997 %s: %s %s %s", context.partner.id, report.group,
+                                 report.finding.value, report.outcome, report.detail)
 
     # --- tenders ---------------------------------------------------------------------------------------------
 
@@ -421,34 +435,52 @@ class EdiDesk:
     # --- 997s we wait for -------------------------------------------------------------------------------------
 
     async def chase_acknowledgements(self) -> int:
-        """Our documents still without a 997: resent (the archived bytes, as first sent) at each step of the
-        partner's schedule, overdue at its last; how many were acted on."""
+        """Our documents due a look (services/edi/domain/_tracking.py): overdue (alerted), resent in a new
+        envelope, or given up, by each partner's schedule; how many were looked at."""
         now = self.clock()
-        now_ms = int(now.timestamp() * 1000)
-        acted = 0
+        looked = 0
         for partner in self.partners:
-            first_step_ms = partner.ack_resend_minutes[0] * 60_000
-            for doc in await self.store.awaiting(partner.id, sent_before_ms=now_ms - first_step_ms):
-                age_minutes = (now_ms - int(doc["created_ms"])) / 60_000
-                resends = int(doc.get("resends", 0))
-                step = partner.acknowledgement_step(age_minutes, resends)
-                if step == "overdue":
-                    await self.store.set_state(partner.id, doc["id"], DocumentState.OVERDUE,
-                                               detail_json(overdue_after_minutes=round(age_minutes), resends=resends))
-                    OVERDUE.inc()
-                    _log.warning("partner %s: no 997 for %s %s after %d minutes (%d resends): overdue", partner.id,
-                                 doc["set"], doc["file"], age_minutes, resends)
-                elif step == "resend":
-                    data = await self.archive.get(doc["archive"])
-                    name = doc["file"].removesuffix(".x12") + f".resend{resends + 1}.x12"
-                    await asyncio.to_thread(self.folders.write_out, partner.id, name, data)
-                    await self.store.note_resend(partner.id, doc["id"])
-                    _log.info("partner %s: no 997 for %s after %d minutes: resent as %s", partner.id, doc["file"],
-                              age_minutes, name)
-                else:
-                    continue
-                acted += 1
-        return acted
+            for record in await self.store.due(partner.id, now_ms=_ms(now) or 0):
+                looked += 1
+                tracked = OutboundDocument.from_dict(json.loads(record["tracking"]))
+                step = advance_tracking(tracked, partner.ack_schedule, now)
+                document = step.document
+                for action in step.actions:
+                    if action is AckAction.OVERDUE:
+                        OVERDUE.inc()
+                        _log.warning("partner %s: no 997 for %s %s after %s: overdue", partner.id, document.set_id,
+                                     record["file"], now - document.transmissions[-1].sent_at)
+                    elif action is AckAction.GIVE_UP:
+                        _log.error("partner %s: no 997 for %s %s after %d resends: given up (a person's turn)",
+                                   partner.id, document.set_id, record["file"], document.resends)
+                    elif action is AckAction.RESEND:
+                        document = await self._resend(partner, record, document, now)
+                due = advance_tracking(document, partner.ack_schedule, now).due
+                await self.store.track(partner.id, record["id"], json.dumps(document.to_dict()),
+                                       _state_of(document), due_ms=_ms(due))
+        return looked
+
+    async def _resend(self, partner: Partner, record: dict[str, str], document: OutboundDocument,
+                      now: datetime) -> OutboundDocument:
+        """The same set as first sent (its archived bytes), in a new envelope: new ISA13, GS06 and ST02 (a
+        partner refuses an interchange control number it has seen; why: _tracking's docstring)."""
+        (reading,) = read(await self.archive.get(record["archive"]))[:1]
+        (group_reading,) = reading.groups[:1]
+        first = group_reading.sets[0].transaction
+        allocation = await self.store.allocate(partner.id, (1,))
+        gs06, st02 = allocation.groups[0], allocation.sets[0][0]
+        group = dataclasses.replace(group_reading.group, date=now.strftime("%Y%m%d"), time=now.strftime("%H%M"),
+                                    control=gs06, sets=(dataclasses.replace(first, control=st02),))
+        data = self._interchange_bytes(partner, allocation.interchange, (group,), (), now)
+        await self.archive.put("out", partner.id, data, when=now)
+        document = record_resend(document, Transmission(allocation.interchange, gs06, st02, now))
+        await self.store.track(partner.id, record["id"], json.dumps(document.to_dict()), _state_of(document),
+                               due_ms=_ms(now), transmission=(gs06, st02))
+        await self._durable()
+        name = f"{document.set_id}_{allocation.interchange}.x12"
+        await asyncio.to_thread(self.folders.write_out, partner.id, name, data)
+        _log.info("partner %s: no 997 for %s: resent as %s", partner.id, record["file"], name)
+        return document
 
     # --- outbound --------------------------------------------------------------------------------------------
 
@@ -456,17 +488,17 @@ class EdiDesk:
                     acknowledging: GroupReading | None = None, load_tender: LoadTender | None = None,
                     decision: Decision | None = None, reason: str | None = None, remark: str = "") -> str:
         """Number, write, archive, record (durably), then place one outbound interchange in ``out/``; its file
-        name."""
+        name. A document the partner owes a 997 for (a 990) is tracked until it comes (chase_acknowledgements)."""
         allocation = await self.store.allocate(partner.id, () if kind == "TA1" else (1,))
         now = self.clock()
         gs06, st02 = (allocation.groups[0], allocation.sets[0][0]) if allocation.groups else ("", "")
-        delimiters = Delimiters(line_end="\n", repetition="^" if partner.version >= "005010" else None)
         groups: tuple[FunctionalGroup, ...] = ()
         shipment = tender_name = ""
         if acknowledging is not None:
             group = acknowledgement_group(acknowledging, group_control=gs06, set_control=st02,
                                           date=now.strftime("%Y%m%d"), time=now.strftime("%H%M"),
-                                          sender=partner.our_gs_id, receiver=partner.gs_id, delimiters=delimiters)
+                                          sender=partner.our_gs_id, receiver=partner.gs_id,
+                                          delimiters=_delimiters(partner))
             groups = (group,) if group is not None else ()
         elif load_tender is not None and decision is not None:
             shipment = load_tender.shipment_id
@@ -476,25 +508,52 @@ class EdiDesk:
                 remark=clean_text(remark)[:_MAX_REMARK], style=partner.response.decline_style)
             groups = (FunctionalGroup("GF", partner.our_gs_id, partner.gs_id, now.strftime("%Y%m%d"),
                                       now.strftime("%H%M"), gs06, partner.version, (transaction,)),)
-        interchange = Interchange(
-            partner.our_isa_qualifier, partner.our_isa_id, partner.isa_qualifier, partner.isa_id,
-            now.strftime("%y%m%d"), now.strftime("%H%M"), allocation.interchange,
-            version="00501" if partner.version >= "005010" else "00401", usage=partner.usage, groups=groups,
-            ta1s=ta1s, delimiters=delimiters)
-        data = write(interchange)
+        data = self._interchange_bytes(partner, allocation.interchange, groups, ta1s, now)
         archive_key = await self.archive.put("out", partner.id, data, when=now)
         name = f"{kind}_{allocation.interchange}.x12"
-        state = DocumentState.AWAITING_997 if kind == "990" else DocumentState.SENT
-        await self._record(partner.id, {
-            "direction": "out", "set": kind, "isa13": allocation.interchange,
-            "gs06": gs06 if groups else "", "st02": st02 if groups else "", "shipment": shipment,
-            "tender": tender_name,
-            "state": state.value, "file": name, "archive": archive_key,
-            "detail": detail_json(decision=decision.value if decision else "", reason=reason or "", remark=remark)})
+        fields = {"direction": "out", "set": kind, "isa13": allocation.interchange,
+                  "gs06": gs06 if groups else "", "st02": st02 if groups else "", "shipment": shipment,
+                  "tender": tender_name, "state": DocumentState.SENT.value, "file": name, "archive": archive_key,
+                  "detail": detail_json(decision=decision.value if decision else "", reason=reason or "",
+                                        remark=remark)}
+        doc_id, due_ms = new_id(), None
+        if kind in _TRACKED:
+            tracked = track_sent(doc_id, kind, Transmission(allocation.interchange, gs06, st02, now))
+            step = advance_tracking(tracked, partner.ack_schedule, now)
+            fields.update(state=_state_of(step.document), tracking=json.dumps(step.document.to_dict()))
+            due_ms = _ms(step.due)
+        await self._record(partner.id, fields, doc_id=doc_id, due_ms=due_ms)
         await self._durable()  # the record (and the counters) on disk before the partner can see the document
         await asyncio.to_thread(self.folders.write_out, partner.id, name, data)
         _log.info("partner %s: sent %s %s", partner.id, kind, name)
         return name
+
+    @staticmethod
+    def _interchange_bytes(partner: Partner, control: str, groups: tuple[FunctionalGroup, ...],
+                           ta1s: tuple[Ta1, ...], now: datetime) -> bytes:
+        """Our interchange to ``partner``: our ids as sender, its as receiver, its version and usage."""
+        return write(Interchange(
+            partner.our_isa_qualifier, partner.our_isa_id, partner.isa_qualifier, partner.isa_id,
+            now.strftime("%y%m%d"), now.strftime("%H%M"), control,
+            version="00501" if partner.version >= "005010" else "00401", usage=partner.usage, groups=groups,
+            ta1s=ta1s, delimiters=_delimiters(partner)))
+
+
+def _delimiters(partner: Partner) -> Delimiters:
+    return Delimiters(line_end="\n", repetition="^" if partner.version >= "005010" else None)
+
+
+#: The sets of ours a partner owes a 997 for (its 997s and TA1s are never acknowledged).
+_TRACKED = frozenset({"990", "214", "210"})
+
+
+def _state_of(document: OutboundDocument) -> str:
+    """The record's state for a tracked document (``waiting`` reads ``awaiting_997``)."""
+    return DocumentState.AWAITING_997.value if document.state is AckState.WAITING else document.state.value
+
+
+def _ms(moment: datetime | None) -> int | None:
+    return None if moment is None else int(moment.timestamp() * 1000)
 
 
 _STOP_FIELD = re.compile(r"tender\.stops\[(\d+)\]")

@@ -20,6 +20,7 @@ from enum import StrEnum
 from typing import Any
 
 from ._response import DeclineStyle
+from ._tracking import AckSchedule
 
 __all__ = [
     "ACK_RESEND_MINUTES",
@@ -48,8 +49,8 @@ _VERSIONS = ("004010", "005010")
 #: AT7-01 shipment status codes a partner may ask 214s for (the notes' checklist): arrived at pickup, departed,
 #: en route, arrived at delivery, delivered, departed delivery, estimated delivery (ETA), delayed.
 STATUS_EVENT_CODES = ("X3", "AF", "X6", "X1", "D1", "CD", "AG", "SD")
-#: Default 997 schedule: an outbound document without a 997 is resent at each of these minutes since it was sent
-#: but the last, at which it is counted overdue (see :meth:`Partner.acknowledgement_step`).
+#: Default 997 resends: an outbound document without a 997 is resent (a new envelope) at these minutes after it
+#: was first sent (the tracking rules, _tracking.AckSchedule, say when it is overdue and given up).
 ACK_RESEND_MINUTES = (60, 240)
 _REASON_CODE = re.compile(r"[A-Z0-9]{1,3}")
 _MAX_KEYS = 32
@@ -127,18 +128,17 @@ class Partner:
     #: 214s: the AT7-01 codes wanted and the en-route (X6) cadence.
     status_events: tuple[str, ...] = ("X3", "AF", "X1", "D1")
     status_cadence_minutes: int = 60
-    #: 997s for our documents: resent at each of these minutes since sent without one, overdue at the last.
+    #: 997s for our documents: overdue after this many minutes without one (per transmission)...
+    ack_deadline_minutes: int = 30
+    #: ...resent in a new envelope at these minutes after the first send (none: never), given up after the last.
     ack_resend_minutes: tuple[int, ...] = ACK_RESEND_MINUTES
     #: OpenSSH public keys (``authorized_keys`` lines) allowed to log in as this partner on the SFTP door.
     ssh_authorized_keys: tuple[str, ...] = ()
 
-    def acknowledgement_step(self, age_minutes: float, resends: int) -> str | None:
-        """What is due for a document of ours still without a 997, ``age_minutes`` after it was sent and resent
-        ``resends`` times: ``"resend"``, ``"overdue"`` (at the schedule's last entry) or None (nothing yet)."""
-        schedule = self.ack_resend_minutes
-        if resends >= len(schedule) or age_minutes < schedule[resends]:
-            return None
-        return "overdue" if resends == len(schedule) - 1 else "resend"
+    @property
+    def ack_schedule(self) -> AckSchedule:
+        """The partner's 997 habits as the tracking rules take them (services/edi/domain/_tracking.py)."""
+        return AckSchedule(self.ack_deadline_minutes, self.ack_resend_minutes)
 
     @property
     def isa_sender(self) -> tuple[str, str]:
@@ -175,7 +175,7 @@ _PARTNER_KEYS = frozenset({"id", "carrier", "isa_qualifier", "isa_id", "gs_id", 
 _RESPONSE_KEYS = frozenset({"rule", "rate_tolerance_percent", "decline_reason", "ineligible_reason",
                             "decline_reason_in_k1", "decline_reason_v9_event"})
 _STATUS_KEYS = frozenset({"events", "cadence_minutes"})
-_ACK_KEYS = frozenset({"resend_after_minutes"})
+_ACK_KEYS = frozenset({"resend_after_minutes", "deadline_minutes"})
 _SFTP_KEYS = frozenset({"authorized_keys"})
 _SSH_KEY = re.compile(r"(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com) "
                       r"[A-Za-z0-9+/]+={0,3}( [ -~]*)?")
@@ -297,12 +297,13 @@ class _Reader:
         cadence = self.minutes(status, "cadence_minutes", 60, "status.")
         acks = self.table_at("acknowledgements", _ACK_KEYS)
         resend = acks.get("resend_after_minutes", list(ACK_RESEND_MINUTES))
-        if (not isinstance(resend, list) or not 1 <= len(resend) <= 10
+        if (not isinstance(resend, list) or len(resend) > 10
                 or any(isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= 10080 for m in resend)
                 or resend != sorted(set(resend))):
             self.fail("acknowledgements.resend_after_minutes",
-                      f"{resend!r} is not an increasing list of 1 to 10 minutes from 1 to 10080")
+                      f"{resend!r} is not an increasing list of at most 10 minutes from 1 to 10080")
             resend = list(ACK_RESEND_MINUTES)
+        deadline = self.minutes(acks, "deadline_minutes", 30, "acknowledgements.")
         keys = self._ssh_keys()
         if len(self.problems) > self.before:
             return None
@@ -310,7 +311,7 @@ class _Reader:
                        our_isa_qualifier=our_qualifier, our_isa_id=our_isa_id, our_gs_id=our_gs_id, scac=scac,
                        version=version, usage=usage, response=response, ta1_wanted=bool(ta1),
                        status_events=tuple(events), status_cadence_minutes=cadence,
-                       ack_resend_minutes=tuple(resend), ssh_authorized_keys=keys)
+                       ack_deadline_minutes=deadline, ack_resend_minutes=tuple(resend), ssh_authorized_keys=keys)
 
     def _response(self) -> ResponsePolicy:
         r = self.table_at("response", _RESPONSE_KEYS)

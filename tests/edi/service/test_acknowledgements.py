@@ -1,17 +1,33 @@
-"""Our documents still without a 997: resent as first sent at each step of the partner's schedule, overdue at its
-last (the example partner ``prairie``: resent at 60 minutes, overdue at 240); a 997 stops the chase."""
+"""Our 990s and the partner's 997s (the tracking rules: services/edi/domain/_tracking.py): a 990 without a 997 is
+overdue after the partner's deadline, resent in a new envelope at its schedule's minutes, given up after the last;
+a 997 (for any transmission, listing the set or not) ends the chase; a rejecting one marks it rejected.
+
+The example partner ``lonestar`` (deadline 30 minutes, resends at 60 and 240) holds its loads: a person's answer
+(:meth:`EdiDesk.answer_held`) sends the 990s these tests follow, on a real Valkey, with a clock of their own."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from haulmesh.tender.v1 import tender_pb2
 from services.edi.archive import RawArchive
 from services.edi.config import PARTNERS_FILE_ENV, EdiConfig
-from services.edi.domain import Delimiters, FunctionalGroup, Interchange, Segment, TransactionSet, write
+from services.edi.domain import (
+    Decision,
+    Delimiters,
+    FunctionalGroup,
+    Interchange,
+    Segment,
+    TransactionSet,
+    read,
+    read_990,
+    write,
+)
 from services.edi.folders import PartnerFolders
-from services.edi.store import DocumentState, EdiStore
+from services.edi.store import EdiStore
 from services.edi.usecases import EdiDesk
+from services.runtime import new_id
 
 EXAMPLE = Path(__file__).parents[3] / "services" / "edi" / "partners.example.toml"
 
@@ -20,74 +36,104 @@ async def _nothing() -> None:
     return None
 
 
-def _desk(store: EdiStore, tmp_path: Path, now: list[datetime]) -> EdiDesk:
-    """A desk for partners of their own (another test's prairie documents in the session store are not theirs)."""
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, minutes: float) -> None:
+        self.now += timedelta(minutes=minutes)
+
+
+def _desk(store: EdiStore, tmp_path: Path, clock: Clock) -> EdiDesk:
     config = EdiConfig.from_env({PARTNERS_FILE_ENV: str(EXAMPLE)})
     folders = PartnerFolders(tmp_path / "edi")
     folders.ensure(p.id for p in config.partners)
     return EdiDesk(partners=config.partners, store=store, archive=RawArchive(str(tmp_path / "archive")),
                    folders=folders, tenders=None, lanes=config.lanes, durable=_nothing, duplicate_window_seconds=60,
-                   clock=lambda: now[0])
+                   clock=clock)
 
 
-async def test_a_990_without_a_997_is_resent_then_overdue(store_client, tmp_path: Path) -> None:
-    now = [datetime.now(UTC)]
-    store = EdiStore(store_client)
-    desk = _desk(store, tmp_path, now)
-    archive, folders = desk.archive, desk.folders
-    sent = b"ISA*00*...990 as first sent~"
-    key = await archive.put("out", "prairie", sent)
-    chased = await store.record_document("prairie", {
-        "direction": "out", "set": "990", "isa13": "000000042", "gs06": "42", "st02": "0042",
-        "state": DocumentState.AWAITING_997.value, "file": "990_000000042.x12", "archive": key})
-    answered = await store.record_document("prairie", {
-        "direction": "out", "set": "990", "isa13": "000000043", "gs06": "43", "st02": "0043",
-        "state": DocumentState.AWAITING_997.value, "file": "990_000000043.x12", "archive": key})
-    await store.set_state("prairie", answered, DocumentState.ACCEPTED)  # its 997 came
-    out = folders.folder("prairie", "out")
-
-    now[0] += timedelta(minutes=59)
-    await desk.chase_acknowledgements()
-    assert not (out / "990_000000042.resend1.x12").exists()
-    now[0] += timedelta(minutes=2)
-    await desk.chase_acknowledgements()
-    assert (out / "990_000000042.resend1.x12").read_bytes() == sent  # the same bytes, the same control numbers
-    assert not (out / "990_000000043.resend1.x12").exists()
-    await desk.chase_acknowledgements()  # not twice for one step
-    assert sorted(p.name for p in out.iterdir()) == ["990_000000042.resend1.x12"]
-    assert (await store.document("prairie", chased))["state"] == "awaiting_997"
-
-    now[0] += timedelta(minutes=180)
-    await desk.chase_acknowledgements()
-    record = await store.document("prairie", chased)
-    assert record["state"] == "overdue" and record["resends"] == "1"
-    assert await store.awaiting("prairie", sent_before_ms=int(now[0].timestamp() * 1000) + 10**9) == []
+async def _held_990(desk: EdiDesk, decision: Decision = Decision.ACCEPT) -> tuple[str, str]:
+    """A lonestar tender answered by a person: (shipment id, the record id of the 990 sent)."""
+    shipment, name = f"LS-{new_id()[-8:].upper()}", f"tenders/{new_id()}"
+    await desk.store.link_tender("lonestar", shipment, name)
+    tender = tender_pb2.Tender(name=name, references=[tender_pb2.Reference(
+        kind=tender_pb2.Reference.KIND_BILL_OF_LADING, qualifier="BM", value=f"BOL-{shipment}")])
+    assert await desk.answer_held("lonestar-logistics", tender, decision, "")
+    assert not await desk.answer_held("lonestar-logistics", tender, decision, "")  # once per tender
+    (record,) = [d for d in await desk.store.documents("lonestar", limit=500) if d.get("shipment") == shipment]
+    return shipment, record["id"]
 
 
-def _997_from_prairie(isa13: str, *body: Segment) -> bytes:
-    group = FunctionalGroup("FA", "PRAIRIEFRT", "HAULMESH", "20261204", "1200", str(int(isa13)), "004010",
+def _outbox(desk: EdiDesk) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in desk.folders.folder("lonestar", "out").iterdir()}
+
+
+def _997(isa13: str, *body: Segment) -> bytes:
+    group = FunctionalGroup("FA", "LSLG", "HAULMESH", "20261204", "1200", str(int(isa13)), "004010",
                             (TransactionSet("997", "0001", body),))
-    return write(Interchange("ZZ", "PRAIRIEFRT", "ZZ", "HAULMESH", "261204", "1200", isa13, groups=(group,),
+    return write(Interchange("02", "LSLG", "ZZ", "HAULMESH", "261204", "1200", isa13, groups=(group,),
                              delimiters=Delimiters(line_end="\n")))
 
 
-async def test_a_partners_997_accepts_or_rejects_our_sets(store_client, tmp_path: Path) -> None:
+async def test_a_990_without_a_997_goes_overdue_is_resent_anew_and_accepted(store_client, tmp_path: Path) -> None:
+    clock = Clock()
     store = EdiStore(store_client)
-    desk = _desk(store, tmp_path, [datetime.now(UTC)])
-    prairie = desk.partners.get("prairie")
-    assert prairie is not None
-    docs = {}
-    for gs06 in ("51", "52"):
-        docs[gs06] = await store.record_document("prairie", {
-            "direction": "out", "set": "990", "isa13": f"0000000{gs06}", "gs06": gs06, "st02": f"00{gs06}",
-            "state": DocumentState.AWAITING_997.value, "file": f"990_0000000{gs06}.x12", "archive": "k"})
-    # A 997 accepting group 51 without listing its sets (AK9 alone): every set of the group is accepted.
-    accepted = _997_from_prairie("000000301", Segment.of("AK1", "GF", "51"), Segment.of("AK9", "A", "1", "1", "1"))
-    # One rejecting group 52's set 0052.
-    rejected = _997_from_prairie("000000302", Segment.of("AK1", "GF", "52"), Segment.of("AK2", "990", "0052"),
-                                 Segment.of("AK5", "R", "5"), Segment.of("AK9", "R", "1", "1", "0"))
-    for data in (accepted, rejected):
-        outcome = await desk.receive(prairie, "997.x12", data)
-        assert outcome.sent == [n for n in outcome.sent if n.startswith("TA1_")]  # a TA1 (wanted), never a 997
-    assert (await store.document("prairie", docs["51"]))["state"] == "accepted"
-    assert (await store.document("prairie", docs["52"]))["state"] == "rejected"
+    desk = _desk(store, tmp_path, clock)
+    shipment, doc = await _held_990(desk)
+    (first_name,) = [n for n in _outbox(desk) if shipment.encode() in _outbox(desk)[n]]
+    assert (await store.document("lonestar", doc))["state"] == "awaiting_997"
+
+    clock.advance(29)
+    await desk.chase_acknowledgements()
+    assert (await store.document("lonestar", doc))["state"] == "awaiting_997"
+    clock.advance(2)
+    await desk.chase_acknowledgements()
+    assert (await store.document("lonestar", doc))["state"] == "overdue"
+    assert len(_outbox(desk)) == 1
+
+    clock.advance(30)  # 61 minutes after the first send: resent
+    await desk.chase_acknowledgements()
+    await desk.chase_acknowledgements()  # once, however often the chaser looks
+    files = _outbox(desk)
+    (resent,) = [n for n in files if n != first_name]
+    first, again = read(files[first_name])[0], read(files[resent])[0]
+    assert again.interchange.control != first.interchange.control  # a new envelope...
+    assert again.groups[0].group.control != first.groups[0].group.control
+    assert again.groups[0].sets[0].transaction.control != first.groups[0].sets[0].transaction.control
+    assert again.groups[0].sets[0].transaction.segments == first.groups[0].sets[0].transaction.segments  # ...same
+    assert read_990(again.groups[0].sets[0].transaction).shipment_id == shipment
+    assert (await store.document("lonestar", doc))["state"] == "awaiting_997"
+
+    # The partner's 997 for the resend (AK9 alone: the group accepted) ends it.
+    clock.advance(1)
+    answered = _997("000000401", Segment.of("AK1", "GF", again.groups[0].group.control),
+                    Segment.of("AK9", "A", "1", "1", "1"))
+    outcome = await desk.receive(desk.partners.get("lonestar"), "997.x12", answered)
+    assert not [n for n in outcome.sent if n.startswith("997_")]  # a 997 is never acknowledged
+    assert (await store.document("lonestar", doc))["state"] == "accepted"
+    clock.advance(600)
+    await desk.chase_acknowledgements()
+    assert len(_outbox(desk)) == 2 and (await store.document("lonestar", doc))["state"] == "accepted"
+
+
+async def test_unanswered_990s_are_given_up_and_a_rejecting_997_rejects(store_client, tmp_path: Path) -> None:
+    clock = Clock()
+    store = EdiStore(store_client)
+    desk = _desk(store, tmp_path, clock)
+    _, ignored = await _held_990(desk)
+    _, rejected = await _held_990(desk, Decision.DECLINE)
+    (record,) = [d for d in await store.documents("lonestar", limit=500) if d["id"] == rejected]
+    answer = _997("000000402", Segment.of("AK1", "GF", record["gs06"]), Segment.of("AK2", "990", record["st02"]),
+                  Segment.of("AK5", "R", "5"), Segment.of("AK9", "R", "1", "1", "0"))
+    await desk.receive(desk.partners.get("lonestar"), "997.x12", answer)
+    assert (await store.document("lonestar", rejected))["state"] == "rejected"
+    for _ in range(40):  # ten minutes a look, 400 minutes: resent at 60 and 240, given up at 300
+        clock.advance(10)
+        await desk.chase_acknowledgements()
+    assert (await store.document("lonestar", ignored))["state"] == "given_up"
+    sent = [n for n, data in _outbox(desk).items() if b"990" in data]
+    assert len(sent) == 2 + 2  # each first 990, and the ignored one's two resends (a rejected one is not resent)

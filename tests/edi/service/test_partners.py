@@ -37,7 +37,7 @@ def test_the_example_file_loads_with_every_setting() -> None:
     assert prairie.response.rule is ResponseRule.ACCEPT
     assert prairie.response.rate_tolerance_percent == Decimal(5)
     assert prairie.status_events == ("X3", "AF", "X6", "X1", "D1") and prairie.status_cadence_minutes == 30
-    assert prairie.ack_resend_minutes == (60, 240)
+    assert prairie.ack_resend_minutes == (60, 240) and prairie.ack_schedule.deadline_minutes == 30
     assert len(prairie.ssh_authorized_keys) == 1 and prairie.ssh_authorized_keys[0].startswith("ssh-ed25519 ")
     lonestar = config.partners.by_isa("02", "LSLG")
     assert lonestar is not None and lonestar.response.rule is ResponseRule.HOLD
@@ -81,8 +81,8 @@ def _refused(edit) -> str:
      "partner 'prairie': status.events: ['X3', 'ZZ'] is not a list of"),
     (lambda d: d["partner"][0]["acknowledgements"].update(resend_after_minutes=[240, 60]),
      "partner 'prairie': acknowledgements.resend_after_minutes: [240, 60] is not an increasing list"),
-    (lambda d: d["partner"][0]["acknowledgements"].update(resend_after_minutes=[]),
-     "partner 'prairie': acknowledgements.resend_after_minutes: [] is not an increasing list of 1 to 10"),
+    (lambda d: d["partner"][0]["acknowledgements"].update(deadline_minutes=0),
+     "partner 'prairie': acknowledgements.deadline_minutes: 0 is not a whole number of minutes from 1 to 10080"),
     (lambda d: d["partner"][0]["sftp"].update(authorized_keys=["not a key"]),
      "partner 'prairie': sftp.authorized_keys[0]: not an OpenSSH public key line"),
     (lambda d: d["partner"][0]["response"].update(decline_reason_in_k1=False),
@@ -124,12 +124,3 @@ def test_the_service_refuses_a_bad_file_at_start_with_status_2(tmp_path: Path, m
     assert done.returncode == 2, done.stderr
     assert "response.rule: 'sometimes' is not one of accept, decline, hold" in done.stderr
 
-
-def test_the_997_schedule_resends_then_counts_overdue() -> None:
-    prairie = EdiConfig.from_env({PARTNERS_FILE_ENV: str(EXAMPLE)}).partners.get("prairie")
-    assert prairie is not None and prairie.ack_resend_minutes == (60, 240)
-    assert prairie.acknowledgement_step(59.9, 0) is None
-    assert prairie.acknowledgement_step(60, 0) == "resend"
-    assert prairie.acknowledgement_step(200, 1) is None
-    assert prairie.acknowledgement_step(240, 1) == "overdue"
-    assert prairie.acknowledgement_step(10_000, 2) is None  # overdue once, then left to people
