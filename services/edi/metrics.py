@@ -6,8 +6,8 @@
   principle, and the documents' records (the store) name them.
 * ``haulmesh_edi_ack_latency_seconds``: from an inbound file being taken from ``in/`` to its 997 being placed in
   ``out/`` (partners expect 997s within seconds).
-* ``haulmesh_edi_overdue_total``: our documents counted overdue (no 997 by the partner's schedule's last step);
-  alert on any increase (docs/runbooks).
+* ``haulmesh_edi_overdue_total``: transmissions of ours counted overdue (no 997 within the partner's deadline);
+  a steady increase is a partner not acknowledging: alert on it.
 """
 
 from __future__ import annotations
@@ -23,5 +23,5 @@ DOCUMENTS = Counter("haulmesh_edi_documents_total", "X12 documents recorded, by 
 ACK_LATENCY = Histogram("haulmesh_edi_ack_latency_seconds", "Seconds from an inbound file taken to its 997 placed "
                         "in the partner's out/ folder.", buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
                         registry=METRICS_REGISTRY)
-OVERDUE = Counter("haulmesh_edi_overdue_total", "Documents of ours counted overdue: no 997 by the last step of the "
-                  "partner's schedule.", registry=METRICS_REGISTRY)
+OVERDUE = Counter("haulmesh_edi_overdue_total", "Transmissions of ours counted overdue: no 997 within the "
+                  "partner's deadline.", registry=METRICS_REGISTRY)

@@ -7,8 +7,8 @@
   fails otherwise (a bug) goes to ``failed/`` (it is archived raw already), never blocking the partner's queue;
 * the held tenders' answers (consumer group ``edi-tender-answers``): a tender of a partner that holds its loads
   for a person, once accepted or declined (the console, REST) or lapsed, gets its 990;
-* the 997 chaser: our documents still without a 997 are resent, then counted overdue, on each partner's schedule
-  (usecases.EdiDesk.chase_acknowledgements).
+* the 997 chaser: our documents still without a 997 go overdue, are resent in a new envelope and are given up on
+  each partner's schedule (usecases.EdiDesk.chase_acknowledgements, the rules in domain/_tracking.py).
 """
 
 from __future__ import annotations
