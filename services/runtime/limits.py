@@ -19,6 +19,7 @@ __all__ = [
     "FACILITY_CODE",
     "FACILITY_CODE_QUALIFIER",
     "FACILITY_GEOFENCE_RADIUS_METERS",
+    "FACILITY_NAME",
     "FACILITY_UPDATABLE_FIELDS",
     "FIELD_SCHEMAS",
     "FREIGHT_CLASSES",
@@ -51,6 +52,7 @@ __all__ = [
     "NMFC_CODE",
     "PACKING_GROUPS",
     "PIECE_UNIT",
+    "PLAIN_TEXT",
     "POSTAL_CODE",
     "REFERENCE_QUALIFIER",
     "REGION_CODE",
@@ -219,20 +221,34 @@ FACILITY_GEOFENCE_RADIUS_METERS = (25, 50_000)
 FACILITY_UPDATABLE_FIELDS = ("display_name", "location", "address", "geofence_radius_meters", "codes")
 
 
+#: Free text without control characters (a tender's and a facility's names, references, commodity lines, addresses).
+PLAIN_TEXT = re.compile(r"^[^\x00-\x1f\x7f]*$")
+#: A tender stop's facility: empty, or a facility's resource name.
+FACILITY_NAME = re.compile(r"^facilities/[a-z0-9][a-z0-9-]{0,62}$")
+
+
 def _empty_or(pattern: re.Pattern[str]) -> dict[str, Any]:
     return {"anyOf": [{"const": ""}, {"pattern": pattern.pattern}]}
 
 
+def _text(least: int, most: int) -> dict[str, Any]:
+    pattern = PLAIN_TEXT.pattern.replace("]*$", "]+$") if least else PLAIN_TEXT.pattern
+    return {"type": "string", **({"minLength": least} if least else {}), "maxLength": most, "pattern": pattern}
+
+
 FIELD_SCHEMAS.update({
+    # None (the lane fields give the two stops) or 2 to 10; "never one" is the tender's rule of stops against lane
+    # fields (the document's examples show one item of every list, so it is not stated as a `not` here).
     "haulmesh.tender.v1.Tender.stops": {"maxItems": TENDER_STOPS[1]},
+    "haulmesh.tender.v1.Stop.facility": _empty_or(FACILITY_NAME),
     "haulmesh.tender.v1.Tender.references": {"maxItems": MAX_TENDER_REFERENCES},
     "haulmesh.tender.v1.Tender.commodities": {"maxItems": MAX_COMMODITIES},
-    "haulmesh.tender.v1.Stop.display_name": {"maxLength": MAX_STOP_NAME},
+    "haulmesh.tender.v1.Stop.display_name": _text(0, MAX_STOP_NAME),
     "haulmesh.tender.v1.Stop.references": {"maxItems": MAX_STOP_REFERENCES},
     "haulmesh.tender.v1.Reference.qualifier": _empty_or(REFERENCE_QUALIFIER),
-    "haulmesh.tender.v1.Reference.value": {"minLength": 1, "maxLength": MAX_REFERENCE_VALUE},
-    "haulmesh.tender.v1.Reference.description": {"maxLength": MAX_REFERENCE_DESCRIPTION},
-    "haulmesh.tender.v1.Commodity.description": {"minLength": 1, "maxLength": MAX_COMMODITY_DESCRIPTION},
+    "haulmesh.tender.v1.Reference.value": _text(1, MAX_REFERENCE_VALUE),
+    "haulmesh.tender.v1.Reference.description": _text(0, MAX_REFERENCE_DESCRIPTION),
+    "haulmesh.tender.v1.Commodity.description": _text(1, MAX_COMMODITY_DESCRIPTION),
     "haulmesh.tender.v1.Commodity.piece_count": {"minimum": COMMODITY_PIECES[0], "maximum": COMMODITY_PIECES[1]},
     "haulmesh.tender.v1.Commodity.piece_unit": _empty_or(PIECE_UNIT),
     "haulmesh.tender.v1.Commodity.weight_lb": {"minimum": 0, "maximum": TENDER_WEIGHT_LB[1]},
@@ -240,16 +256,21 @@ FIELD_SCHEMAS.update({
     "haulmesh.tender.v1.Commodity.freight_class": {"enum": ["", *FREIGHT_CLASSES]},
     "haulmesh.tender.v1.FacilityCode.qualifier": {"pattern": FACILITY_CODE_QUALIFIER.pattern},
     "haulmesh.tender.v1.FacilityCode.code": {"pattern": FACILITY_CODE.pattern},
-    "haulmesh.tender.v1.Facility.display_name": {"minLength": 1, "maxLength": MAX_FACILITY_NAME},
-    "haulmesh.tender.v1.Facility.codes": {"maxItems": MAX_FACILITY_CODES},
+    "haulmesh.tender.v1.Facility.display_name": _text(1, MAX_FACILITY_NAME),
+    "haulmesh.tender.v1.Facility.codes": {"maxItems": MAX_FACILITY_CODES, "uniqueItems": True},
     "haulmesh.tender.v1.Facility.geofence_radius_meters": {
         "anyOf": [{"const": 0}, {"minimum": FACILITY_GEOFENCE_RADIUS_METERS[0],
                                  "maximum": FACILITY_GEOFENCE_RADIUS_METERS[1]}]},
     "haulmesh.tender.v1.UpdateFacilityRequest.update_mask": mask_schema(FACILITY_UPDATABLE_FIELDS),
-    "haulmesh.type.v1.PostalAddress.lines": {"maxItems": MAX_ADDRESS_LINES,
-                                             "items": {"minLength": 1, "maxLength": MAX_ADDRESS_LINE}},
-    "haulmesh.type.v1.PostalAddress.city": {"maxLength": MAX_CITY},
+    "haulmesh.type.v1.PostalAddress.lines": {"maxItems": MAX_ADDRESS_LINES, "items": _text(1, MAX_ADDRESS_LINE)},
+    "haulmesh.type.v1.PostalAddress.city": _text(0, MAX_CITY),
     "haulmesh.type.v1.PostalAddress.region": _empty_or(REGION_CODE),
     "haulmesh.type.v1.PostalAddress.postal_code": _empty_or(POSTAL_CODE),
     "haulmesh.type.v1.PostalAddress.country_code": _empty_or(COUNTRY_CODE),
 })
+
+# A tender is given by its lane fields or by its stops (tender.proto, "Stops and the lane fields"); UpdateTender's
+# body is the same schema, and before stops it required the three lane fields outright.
+MESSAGE_SCHEMAS["haulmesh.tender.v1.Tender"] = {
+    "anyOf": [{"required": ["origin", "destination", "pickupWindow"]},
+              {"required": ["stops"], "properties": {"stops": {"minItems": TENDER_STOPS[0]}}}]}

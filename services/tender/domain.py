@@ -355,8 +355,7 @@ def validate_tender(tender: tender_pb2.Tender, now: datetime, *, prefix: str = "
         rate = tender.offered_rate
         if not CURRENCY_CODE.fullmatch(rate.currency_code):
             out.append(FieldViolation(f"{p}offered_rate.currency_code", "required: an ISO 4217 code, e.g. USD"))
-        if rate.amount_minor < 0:
-            out.append(FieldViolation(f"{p}offered_rate.amount_minor", "must not be negative"))
+
     if want("special_instructions") or want("hazmat"):
         text = tender.special_instructions
         if want("special_instructions") and len(text) > MAX_SPECIAL_INSTRUCTIONS:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import grpc
+
+from haulmesh.mission.v1 import mission_service_pb2, mission_service_pb2_grpc, vehicle_pb2
 from haulmesh.tender.v1 import tender_pb2
 from haulmesh.type.v1 import equipment_pb2
-from services.runtime import to_timestamp
+from services.runtime import Mesh, to_timestamp
 
 HOUSTON = (29.749907, -95.358421)
 ATLANTA = (33.7490, -84.3880)
@@ -28,3 +31,22 @@ def seed_tender(now: datetime | None = None, *, tms_load_id: str = "TND-20260118
     tender.pickup_window.start_time.CopyFrom(to_timestamp(start))
     tender.pickup_window.end_time.CopyFrom(to_timestamp(start + pickup_length))
     return tender
+
+
+async def register_trucks(mesh: Mesh, credentials: grpc.ChannelCredentials, prefix: str, count: int) -> None:
+    """Trucks able to haul the seed load out of Houston, ``<prefix>-001`` on (ALREADY_EXISTS on a rerun is fine)."""
+    async with grpc.aio.secure_channel(mesh.address("mission"), credentials) as ch:
+        stub = mission_service_pb2_grpc.MissionServiceStub(ch)
+        for n in range(1, count + 1):
+            vehicle = vehicle_pb2.Vehicle(
+                display_name=f"{prefix} test truck {n}", home_region="US-TX-HOU",
+                availability=vehicle_pb2.Vehicle.AVAILABILITY_AVAILABLE,
+                capabilities=vehicle_pb2.VehicleCapabilities(
+                    equipment=[equipment_pb2.EQUIPMENT_DRY_VAN_53FT], max_cargo_weight_lb=45_000,
+                    night_operations=True, hazmat_certified=True))
+            try:
+                await stub.CreateVehicle(mission_service_pb2.CreateVehicleRequest(
+                    vehicle_id=f"{prefix}-{n:03d}", vehicle=vehicle), timeout=10)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
+                    raise

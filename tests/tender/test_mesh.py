@@ -13,13 +13,11 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from haulmesh.mission.v1 import mission_service_pb2, mission_service_pb2_grpc, vehicle_pb2
 from haulmesh.tender.v1 import tender_pb2, tender_service_pb2, tender_service_pb2_grpc
-from haulmesh.type.v1 import equipment_pb2
 from services.runtime import Mesh, check_health, free_port, new_id, status_of
 
 from ..conftest import Pki, wait_for
-from .helpers import seed_tender
+from .helpers import register_trucks, seed_tender
 
 ACME = (("haulmesh-carrier", "carriers/acme"),)
 OTHER = (("haulmesh-carrier", "carriers/globex"),)
@@ -38,21 +36,7 @@ def error_of(exc: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str, dict[str,
 @pytest.fixture(scope="module")
 async def roster(mesh: Mesh, mesh_pki: Pki) -> None:
     """Vehicles able to haul the seed load out of Houston (created once; ALREADY_EXISTS is fine)."""
-    async with grpc.aio.secure_channel(mesh.address("mission"), mesh_pki.credentials("operator", "dispatch")) as ch:
-        stub = mission_service_pb2_grpc.MissionServiceStub(ch)
-        for n in range(1, 4):
-            vehicle = vehicle_pb2.Vehicle(
-                display_name=f"Tender test truck {n}", home_region="US-TX-HOU",
-                availability=vehicle_pb2.Vehicle.AVAILABILITY_AVAILABLE,
-                capabilities=vehicle_pb2.VehicleCapabilities(
-                    equipment=[equipment_pb2.EQUIPMENT_DRY_VAN_53FT], max_cargo_weight_lb=45_000,
-                    night_operations=True, hazmat_certified=True))
-            try:
-                await stub.CreateVehicle(mission_service_pb2.CreateVehicleRequest(
-                    vehicle_id=f"TND-TRK-{n:03d}", vehicle=vehicle), timeout=10)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
-                    raise
+    await register_trucks(mesh, mesh_pki.credentials("operator", "dispatch"), "TND-TRK", 3)
 
 
 @pytest.fixture

@@ -23,8 +23,11 @@ TMS_USER = "tms-user"
 
 _READ = frozenset({"tender:read", "mission:read", "telemetry:read", "report:read"})
 _TMS = _READ | {"tender:create", "tender:update", "tender:respond", "tender:cancel", "mission:checkin",
-                "billing:read", "webhook:read", "webhook:write"}
-_FLEET = _READ | {"mission:checkin", "mission:exception", "webhook:read", "vehicle:command"}
+                "billing:read", "webhook:read", "webhook:write", "facility:read"}
+# The facility registry (where tenders' stops are placed, and the missions' geofences drawn) is kept by the fleet's
+# operators; the carrier's planners read it.
+_FLEET = _READ | {"mission:checkin", "mission:exception", "webhook:read", "vehicle:command", "facility:read",
+                  "facility:write"}
 _BILLING = _READ | {"billing:read", "billing:reconcile"}
 
 #: The TMS scopes each role grants. A platform admin gets every scope of the others (one carrier at a time: the
