@@ -67,6 +67,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: Which mesh process serves each service, and its policy (the expected "allowed" comes from the real POLICY).
 SERVERS: dict[str, tuple[str, Policy]] = {
     "haulmesh.tender.v1.TenderService": ("tender", TENDER_POLICY),
+    "haulmesh.tender.v1.FacilityService": ("tender", TENDER_POLICY),
     "haulmesh.mission.v1.MissionService": ("mission", MISSION_POLICY),
     "haulmesh.telemetry.v1.TelemetryService": ("telemetry", TELEMETRY_POLICY),
     "haulmesh.billing.v1.BillingService": ("billing", BILLING_POLICY),
@@ -79,6 +80,7 @@ SERVERS: dict[str, tuple[str, Policy]] = {
 OBJECTS: dict[str, str | None] = {
     "haulmesh.io/Tender": "tenders", "haulmesh.io/Mission": "missions", "haulmesh.io/Quote": "quotes",
     "haulmesh.io/Invoice": "invoices", "haulmesh.io/RateCard": "rateCards", "haulmesh.io/Vehicle": "vehicles",
+    "haulmesh.io/Facility": "facilities",
     "haulmesh.io/TelemetryFrame": "missions",  # a child type: its parent, the mission (by vehicle: platform only)
     "haulmesh.io/WebhookSubscription": None, "haulmesh.io/WebhookDelivery": None,
     # An operator's command to a vehicle: none in the session mesh (tests/telemetry/stream/test_operator_commands.py
@@ -187,6 +189,8 @@ BODIES: dict[str, Callable[[Message], None]] = {
     "UpdateTender": lambda r: (setattr(r.tender, "special_instructions", "dock 4"),
                                r.update_mask.paths.append("special_instructions")),
     "UpdateRateCard": lambda r: (setattr(r.rate_card, "display_name", "matrix"),
+                                 r.update_mask.paths.append("display_name")),
+    "UpdateFacility": lambda r: (setattr(r.facility, "display_name", "matrix"),
                                  r.update_mask.paths.append("display_name")),
     "UpdateVehicle": lambda r: (setattr(r.vehicle, "display_name", "matrix"),
                                 r.update_mask.paths.append("display_name")),
@@ -347,6 +351,7 @@ READS = {
     "quotes": ("billing", "/haulmesh.billing.v1.BillingService/GetQuote"),
     "invoices": ("billing", "/haulmesh.billing.v1.BillingService/GetInvoice"),
     "rateCards": ("billing", "/haulmesh.billing.v1.BillingService/GetRateCard"),
+    "facilities": ("tender", "/haulmesh.tender.v1.FacilityService/GetFacility"),
 }
 
 

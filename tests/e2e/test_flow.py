@@ -38,7 +38,8 @@ from . import tenant_matrix
 
 ROOT = Path(__file__).resolve().parents[2]
 SCOPES = ("tender:create tender:read tender:update tender:cancel tender:respond mission:read mission:checkin "
-          "mission:exception telemetry:read billing:read billing:reconcile webhook:read webhook:write vehicle:command")
+          "mission:exception telemetry:read billing:read billing:reconcile webhook:read webhook:write vehicle:command "
+          "facility:read facility:write")
 
 #: Routes this matrix does not drive itself, and why (each is covered where named).
 DELEGATED = {
@@ -55,11 +56,12 @@ BODIES = {
     "ReconcileInvoice": {"tmsTotal": {"currencyCode": "USD", "amountMinor": "100"}},
     "RecordCheckIn": {"checkIn": {"point": "POINT_DEPARTURE", "outcome": "OUTCOME_PROCEED"}},
     "UpdateTender": {"specialInstructions": "dock 4"},
+    "UpdateFacility": {"displayName": "matrix"},
     "CreateVehicleCommand": {"stop": {"mode": "MODE_MINIMAL_RISK_STOP"}, "reason": "tenant matrix"},
     "RaiseMissionException": {"exception": {"kind": "KIND_OTHER", "description": "tenant matrix"}},
     "ResolveMissionException": {"exceptionId": "exc-1", "resolution": "tenant matrix"},
 }
-QUERIES = {"UpdateTender": {"updateMask": "specialInstructions"}}
+QUERIES = {"UpdateTender": {"updateMask": "specialInstructions"}, "UpdateFacility": {"updateMask": "displayName"}}
 
 
 def test_demo_runs_end_to_end() -> None:
@@ -157,6 +159,9 @@ async def _owners_resources(mesh: Mesh, mesh_pki: Pki, http: httpx.AsyncClient, 
             billing_service_pb2.CreateRateCardRequest(rate_card=rate_card_pb2.RateCard(
                 display_name="contract", currency_code="USD", default_rate_per_mile=usd,
                 effective_time=_ts(datetime.now(UTC) - timedelta(hours=1)))), metadata=tenant, timeout=10)
+    facility = (await http.post("/api/v1/facilities", headers=headers, json={
+        "displayName": "owner's DC", "location": {"lat": 29.8069, "lon": -95.4012},
+        "codes": [{"qualifier": "93", "code": f"DC-{uuid.uuid4().hex[:8]}"}]})).json()
 
     async def invoiced() -> list:
         return (await http.get("/api/v1/invoices", headers=headers)).json().get("invoices", [])
@@ -169,7 +174,8 @@ async def _owners_resources(mesh: Mesh, mesh_pki: Pki, http: httpx.AsyncClient, 
     assert len(invoices) == 1, (f"no invoice issued for the owner's mission {mission}: "
                                 f"{(await http.get(f'/api/v1/{mission}', headers=headers)).text[:300]}")
     return {"tenders": tender["name"], "missions": mission, "quotes": tender["offer"]["quote"],
-            "invoices": invoices[0]["name"], "rateCards": card.name, "vehicles": current.vehicle}
+            "invoices": invoices[0]["name"], "rateCards": card.name, "vehicles": current.vehicle,
+            "facilities": facility["name"]}
 
 
 async def _stream_one_frame(mesh: Mesh, truck: Truck, mission_id: str) -> frame_pb2.SignedFrame:
@@ -221,7 +227,7 @@ async def _rest_matrix(mesh: Mesh, http: httpx.AsyncClient, owner: str, resource
         if key != "vehicles":  # no REST route: a vehicle is the fleet's (vehicle.proto)
             assert (await http.get(f"/api/v1/{name}", headers=owner_headers)).status_code == 200, name
     lists = {"/api/v1/tenders": "tenders", "/api/v1/missions": "missions", "/api/v1/invoices": "invoices",
-             "/api/v1/rateCards": "rateCards"}
+             "/api/v1/rateCards": "rateCards", "/api/v1/facilities": "facilities"}
     for path, key in lists.items():
         listed = (await http.get(path, headers=headers)).json().get(key, [])
         leaks += [f"GET {path} lists {item['name']}" for item in listed if item["name"] in resources.values()]
@@ -231,7 +237,8 @@ async def _rest_matrix(mesh: Mesh, http: httpx.AsyncClient, owner: str, resource
 REST_ROUTES_WITH_AN_ID = {"GetRateCard", "GetQuote", "GetInvoice", "ReconcileInvoice", "GetMission", "RecordCheckIn",
                           "RaiseMissionException", "ResolveMissionException",
                           "GetTender", "UpdateTender", "CancelTender", "AcceptTender", "DeclineTender",
-                          "ExportEvidencePack", "CreateVehicleCommand", "GetVehicleCommand", "ListVehicleCommands"}
+                          "ExportEvidencePack", "CreateVehicleCommand", "GetVehicleCommand", "ListVehicleCommands",
+                          "GetFacility", "UpdateFacility", "DeleteFacility"}
 
 
 async def test_no_tenant_sees_or_touches_another_tenants_resources(mesh: Mesh, owned) -> None:
