@@ -67,6 +67,50 @@ gateway:
   devicePort: 8443
 {{- end }}
 
+{{/*
+The services the chart runs only when asked (services/runtime OPTIONAL_PORTS): no service calls them, so they are
+not among every service's peers above; "calls" are the peers they reach (their HAULMESH_<PEER>_ADDR, their egress
+NetworkPolicy, and the peers' ingress policies admit them). The EDI service (edi.enabled) serves no gRPC API of its
+own (health and reflection only: its readiness asks for the server, ""); its partners' door is SFTP on sftpPort.
+*/}}
+{{- define "haulmesh.optionalTopology" -}}
+edi:
+  grpcPort: 50056
+  grpcService: ""
+  calls: [tender, mission, billing]
+  sftpPort: 2222
+{{- end }}
+
+{{/* The optional services that are switched on, e.g. ["edi"] with edi.enabled. */}}
+{{- define "haulmesh.enabledOptional" -}}
+{{- $on := list }}
+{{- if .Values.edi.enabled }}{{ $on = append $on "edi" }}{{ end }}
+{{- toJson $on }}
+{{- end }}
+
+{{/* The optional services that call one service: (dict "root" $ "name" "tender") -> ["edi"] or []. */}}
+{{- define "haulmesh.optionalCallers" -}}
+{{- $optional := include "haulmesh.optionalTopology" .root | fromYaml }}
+{{- $callers := list }}
+{{- range $caller := include "haulmesh.enabledOptional" .root | fromJsonArray }}
+{{- if has $.name (index $optional $caller).calls }}{{ $callers = append $callers $caller }}{{ end }}
+{{- end }}
+{{- toJson $callers }}
+{{- end }}
+
+{{/* Where the EDI service keeps its partner folders and (by default) its raw archive: its PersistentVolumeClaim. */}}
+{{- define "haulmesh.ediDataDir" -}}
+/var/lib/haulmesh-edi
+{{- end }}
+
+{{- define "haulmesh.ediClaimName" -}}
+{{- default (printf "%s-edi" (include "haulmesh.fullname" .)) .Values.edi.persistence.existingClaim }}
+{{- end }}
+
+{{- define "haulmesh.ediPartnersConfigMap" -}}
+{{- default (printf "%s-edi-partners" (include "haulmesh.fullname" .)) .Values.edi.existingPartnersConfigMap }}
+{{- end }}
+
 {{- define "haulmesh.image" -}}
 {{- if .Values.image.digest }}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
@@ -161,7 +205,8 @@ printed as integers, the others as they are ("2.5").
 
 {{/* The TLS Secret of one service: (dict "root" $ "name" "tender"). */}}
 {{- define "haulmesh.tlsSecretName" -}}
-{{- $svc := index .root.Values.services .name }}
+{{- $svc := index .root.Values.services .name | default dict }}
+{{- if eq .name "edi" }}{{ $svc = .root.Values.edi }}{{ end }}
 {{- default (printf "%s-%s-tls" (include "haulmesh.fullname" .root) .name) $svc.tlsSecretName }}
 {{- end }}
 
@@ -188,15 +233,18 @@ seccompProfile:
 
 {{/*
 One service: its Deployment and its ClusterIP Service. Called as (dict "root" $ "name" "tender") by the
-service's own template.
+service's own template. The EDI service (edi.yaml) is one too, with its values under "edi" instead of
+"services.<name>", one replica, and its own volumes and variables (the "$edi" branches).
 */}}
 {{- define "haulmesh.service" -}}
 {{- $root := .root }}
 {{- $name := .name }}
 {{- $fullname := include "haulmesh.fullname" $root }}
 {{- $topology := include "haulmesh.topology" $root | fromYaml }}
-{{- $me := index $topology $name }}
-{{- $svc := index $root.Values.services $name }}
+{{- $edi := eq $name "edi" }}
+{{- $me := index (merge (include "haulmesh.optionalTopology" $root | fromYaml) $topology) $name }}
+{{- $svc := index $root.Values.services $name | default dict }}
+{{- if $edi }}{{ $svc = $root.Values.edi }}{{ end }}
 {{- $autoscaling := index $root.Values.autoscaling $name | default dict }}
 apiVersion: apps/v1
 kind: Deployment
@@ -206,7 +254,14 @@ metadata:
     {{- include "haulmesh.labels" $root | nindent 4 }}
     app.kubernetes.io/component: {{ $name }}
 spec:
-  {{- if not $autoscaling.enabled }}
+  {{- if $edi }}
+  {{- /* One EDI process, never two, not even during a rollout (Recreate: the old pod is gone before the new one
+  starts). The folder poller takes each partner's in/ files and the SFTP door writes them, both on one
+  ReadWriteOnce volume: two pods would race on the same files (a file processed twice, one's 997 sent by each),
+  and the volume cannot be attached to two nodes anyway. A partner's SFTP client retries a refused connection;
+  nothing is lost while the pod restarts (uploads wait in in/, our documents in out/). */}}
+  replicas: 1
+  {{- else if not $autoscaling.enabled }}
   replicas: {{ $svc.replicas }}
   {{- end }}
   revisionHistoryLimit: 5
@@ -214,10 +269,14 @@ spec:
     matchLabels:
       {{- include "haulmesh.selectorLabels" . | nindent 6 }}
   strategy:
+    {{- if $edi }}
+    type: Recreate
+    {{- else }}
     type: RollingUpdate
     rollingUpdate:
       maxUnavailable: 0
       maxSurge: 1
+    {{- end }}
   template:
     metadata:
       labels:
@@ -229,6 +288,10 @@ spec:
       annotations:
         {{- /* A change of the chart-made Redis Secret rolls the pods (the URL is read at start-up). */}}
         checksum/redis: {{ printf "%s|%s|%v|%v|%v" $root.Values.redis.url $root.Values.redis.existingSecret $root.Values.valkey.enabled $root.Values.valkey.acl.enabled $root.Values.valkey.tls.enabled | sha256sum | trunc 16 }}
+        {{- if and $edi $root.Values.edi.partners (not $root.Values.edi.existingPartnersConfigMap) }}
+        {{- /* The partners are read at start-up: a changed partners file rolls the pod (`helm upgrade`). */}}
+        checksum/edi-partners: {{ $root.Values.edi.partners | sha256sum | trunc 16 }}
+        {{- end }}
         {{- with $svc.podAnnotations }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -274,9 +337,17 @@ spec:
               containerPort: {{ $me.devicePort }}
               protocol: TCP
             {{- end }}
+            {{- if and $edi $root.Values.edi.sftp.enabled }}
+            - name: sftp
+              containerPort: {{ $me.sftpPort }}
+              protocol: TCP
+            {{- end }}
           {{- $credentials := list }}
           {{- if and (eq $name "telemetry") $root.Values.archive.credentialsSecret }}
           {{- $credentials = append $credentials $root.Values.archive.credentialsSecret }}
+          {{- end }}
+          {{- if and $edi $root.Values.edi.archive.credentialsSecret }}
+          {{- $credentials = append $credentials $root.Values.edi.archive.credentialsSecret }}
           {{- end }}
           {{- /* The audit checkpoints' store: every service writes its own chain's checkpoints there (credentials of
           their own, never the archive's: least privilege). */}}
@@ -358,10 +429,16 @@ spec:
             - name: {{ $variable }}
               value: {{ include "haulmesh.number" (index (get $root.Values (printf "%sCaps" $name)) $key) | quote }}
             {{- end }}
-            {{- /* Short Service names: the names `haulmesh pki` and cert-manager put in the certificates. */}}
+            {{- if $edi }}
+            {{- include "haulmesh.ediEnv" (dict "root" $root "me" $me) | trim | nindent 12 }}
+            {{- end }}
+            {{- /* Short Service names: the names `haulmesh pki` and cert-manager put in the certificates. An optional
+            service gets the peers it calls only (its egress reaches no other). */}}
             {{- range $peer, $peerTopology := $topology }}
+            {{- if or (not $edi) (has $peer $me.calls) }}
             - name: HAULMESH_{{ upper $peer }}_ADDR
               value: "{{ $fullname }}-{{ $peer }}:{{ $peerTopology.grpcPort }}"
+            {{- end }}
             {{- end }}
             - name: HAULMESH_STORE_ACK_REPLICAS
               value: {{ include "haulmesh.ackReplicas" $root | quote }}
@@ -461,7 +538,7 @@ spec:
           readinessProbe:
             grpc:
               port: {{ $root.Values.health.port }}
-              service: {{ $me.grpcService }}
+              service: {{ $me.grpcService | quote }}
             initialDelaySeconds: {{ $root.Values.probes.readiness.initialDelaySeconds }}
             periodSeconds: {{ $root.Values.probes.readiness.periodSeconds }}
             timeoutSeconds: {{ $root.Values.probes.readiness.timeoutSeconds }}
@@ -508,6 +585,20 @@ spec:
             - name: oidc-client
               mountPath: /etc/haulmesh/oidc
               readOnly: true
+            {{- end }}
+            {{- if $edi }}
+            - name: edi-data
+              mountPath: {{ include "haulmesh.ediDataDir" $root }}
+            {{- if or $root.Values.edi.partners $root.Values.edi.existingPartnersConfigMap }}
+            - name: edi-partners
+              mountPath: /etc/haulmesh/edi
+              readOnly: true
+            {{- end }}
+            {{- if $root.Values.edi.sftp.enabled }}
+            - name: edi-sftp-host-key
+              mountPath: /etc/haulmesh/edi-sftp
+              readOnly: true
+            {{- end }}
             {{- end }}
       volumes:
         {{- /* A whole-Secret mount (no subPath): rotated certificates appear in place and are re-read. */}}
@@ -566,6 +657,32 @@ spec:
             secretName: {{ $root.Values.console.oidcClientSecret.name }}
             defaultMode: 0440
         {{- end }}
+        {{- if $edi }}
+        {{- /* The partner folders (in/, out/, archive/, failed/) and the local raw archive: kept across restarts. */}}
+        - name: edi-data
+          persistentVolumeClaim:
+            claimName: {{ include "haulmesh.ediClaimName" $root }}
+        {{- if or $root.Values.edi.partners $root.Values.edi.existingPartnersConfigMap }}
+        - name: edi-partners
+          configMap:
+            name: {{ include "haulmesh.ediPartnersConfigMap" $root }}
+            items:
+              - key: partners.toml
+                path: partners.toml
+        {{- end }}
+        {{- if $root.Values.edi.sftp.enabled }}
+        {{- /* The SFTP host key (not optional, never generated by the chart: the door refuses to start without
+        it, and partners pin its fingerprint). 0400: the kubelet makes it group-readable for fsGroup only, never
+        world-readable, which the door refuses. */}}
+        - name: edi-sftp-host-key
+          secret:
+            secretName: {{ $root.Values.edi.sftp.hostKeySecret }}
+            defaultMode: 0400
+            items:
+              - key: ssh_host_key
+                path: ssh_host_key
+        {{- end }}
+        {{- end }}
       {{- with $svc.nodeSelector }}
       nodeSelector:
         {{- toYaml . | nindent 8 }}
@@ -619,4 +736,39 @@ spec:
       protocol: TCP
       appProtocol: https
     {{- end }}
+{{- end }}
+
+{{/*
+The EDI service's own variables (services/edi/config.py; the SFTP door's, services/edi/sftp.py, as the service
+reads them): (dict "root" $ "me" <its topology>). Paths are the pod's mounts ("haulmesh.service").
+*/}}
+{{- define "haulmesh.ediEnv" -}}
+{{- $edi := .root.Values.edi }}
+{{- $data := include "haulmesh.ediDataDir" .root }}
+{{- if or $edi.partners $edi.existingPartnersConfigMap }}
+- name: HAULMESH_EDI_PARTNERS_FILE
+  value: /etc/haulmesh/edi/partners.toml
+{{- end }}
+- name: HAULMESH_EDI_ROOT
+  value: {{ printf "%s/partners" $data | quote }}
+- name: HAULMESH_EDI_ARCHIVE_URL
+  value: {{ default (printf "%s/archive" $data) $edi.archive.url | quote }}
+- name: HAULMESH_EDI_POLL_SECONDS
+  value: {{ include "haulmesh.number" $edi.pollSeconds | quote }}
+- name: HAULMESH_EDI_FILES_PER_POLL
+  value: {{ include "haulmesh.number" $edi.filesPerPoll | quote }}
+- name: HAULMESH_EDI_DUPLICATE_DAYS
+  value: {{ include "haulmesh.number" $edi.duplicateDays | quote }}
+- name: HAULMESH_EDI_SFTP_PORT
+  value: {{ ternary .me.sftpPort 0 $edi.sftp.enabled | quote }}
+{{- if $edi.sftp.enabled }}
+- name: HAULMESH_EDI_SFTP_BIND_HOST
+  value: "0.0.0.0"
+- name: HAULMESH_EDI_SFTP_HOST_KEY_FILE
+  value: /etc/haulmesh/edi-sftp/ssh_host_key
+- name: HAULMESH_EDI_SFTP_MAX_CONNECTIONS
+  value: {{ include "haulmesh.number" $edi.sftp.maxConnections | quote }}
+- name: HAULMESH_EDI_SFTP_MAX_FILE_BYTES
+  value: {{ include "haulmesh.number" $edi.sftp.maxFileBytes | quote }}
+{{- end }}
 {{- end }}
