@@ -324,8 +324,11 @@ def _check_window(window: time_window_pb2.TimeWindow, path: str, out: list[Field
 
 
 def validate_tender(tender: tender_pb2.Tender, now: datetime, *, prefix: str = "tender",
-                    only: set[str] | None = None) -> list[FieldViolation]:
-    """Field violations of the input fields of ``tender`` (all of them, or the fields in ``only``)."""
+                    only: set[str] | None = None, lane_fields_given: bool | None = None) -> list[FieldViolation]:
+    """Field violations of the input fields of ``tender`` (all of them, or the fields in ``only``).
+
+    The load's places are checked as the client gave them: its lane fields (``lane_fields_given``; by default when
+    the tender has no stops), with their own paths as before stops existed, or its stops."""
     out: list[FieldViolation] = []
     p = f"{prefix}." if prefix else ""
 
@@ -334,12 +337,13 @@ def validate_tender(tender: tender_pb2.Tender, now: datetime, *, prefix: str = "
 
     if want("tms_load_id") and not _TMS_LOAD_ID.fullmatch(tender.tms_load_id):
         out.append(FieldViolation(f"{p}tms_load_id", "required: 1 to 64 characters from [A-Za-z0-9._:/-]"))
-    if tender.stops:
-        # The stops give the lane fields (checked against them once placed: derive_lane_fields).
-        if only is None or only & {*LANE_FIELDS, "stops"}:
-            _check_stops(tender.stops, f"{p}stops", now, out)
-    else:
+    if lane_fields_given is None:
+        lane_fields_given = not tender.stops
+    if lane_fields_given:
         _check_lane_fields(tender, p, now, out, want)
+    elif only is None or only & {*LANE_FIELDS, "stops"}:
+        # The stops give the lane fields (checked against them once placed: derive_lane_fields).
+        _check_stops(tender.stops, f"{p}stops", now, out)
     if want("equipment") and (tender.equipment == equipment_pb2.EQUIPMENT_UNSPECIFIED
                               or tender.equipment not in equipment_pb2.Equipment.values()):
         out.append(FieldViolation(f"{p}equipment", "required: an Equipment value"))
@@ -729,8 +733,11 @@ def apply_update(current: tender_pb2.Tender, patch: tender_pb2.Tender, mask: lis
         else:
             setattr(updated, path, getattr(patch, path))
     _follow_lane_fields(updated, patch, set(paths))
+    # An update that sends no stops gives its places by the lane fields (whose paths its violations name, as before
+    # stops existed); the stops followed them.
     violations = validate_tender(updated, now, only=set(paths) | ({"hazmat"} if "special_instructions" in paths
-                                                                  else set()))
+                                                                  else set()),
+                                 lane_fields_given=not ("stops" in paths and patch.stops))
     raise_if_invalid(violations)
     return updated, state != State.STATE_ACCEPTED and set(paths) != {"special_instructions"}
 

@@ -123,3 +123,18 @@ def test_a_facility_update_checks_what_it_changes() -> None:
     with pytest.raises(InvalidArgument) as caught:
         domain.apply_facility_update(current, facility_pb2.Facility(), ["carrier"])
     assert [v.field for v in caught.value.violations] == ["update_mask"]
+
+
+def test_an_update_without_stops_is_checked_by_its_lane_fields_as_before_stops() -> None:
+    """An existing client updating ``origin`` of a tender (which has stops now) hears about ``tender.origin``."""
+    current = seed_tender(NOW)
+    current.state = tender_pb2.Tender.STATE_OFFERED
+    domain.derive_stops(current)
+    patch = tender_pb2.Tender(origin=location_pb2.Location(lat=123, lon=-95))
+    with pytest.raises(InvalidArgument) as caught:
+        domain.apply_update(current, patch, ["origin"], NOW)
+    assert [v.field for v in caught.value.violations] == ["tender.origin.lat"]
+    patch.origin.lat = 30
+    updated, reevaluate = domain.apply_update(current, patch, ["origin"], NOW)
+    assert reevaluate and updated.stops[0].location == patch.origin and not updated.stops[0].location_source
+    assert updated.stops[1] == current.stops[1]  # the delivery keeps its placement
