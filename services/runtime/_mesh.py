@@ -46,6 +46,10 @@ MAX_SHORT_RUNS = 5
 #: An optional service the mesh starts as soon as its configuration names this variable (the EDI service, once a
 #: partners file is given), besides those it is asked for.
 _OPTIONAL_WHEN_SET = {"edi": "HAULMESH_EDI_PARTNERS_FILE"}
+#: The EDI service's SFTP door on a local mesh with the default ports (the Helm chart's container port too);
+#: a mesh on free ports (tests, demos) takes a free one. HAULMESH_EDI_SFTP_PORT, given, wins (0: no door).
+DEFAULT_EDI_SFTP_PORT = 2222
+_EDI_SFTP_PORT = "HAULMESH_EDI_SFTP_PORT"
 
 
 async def check_health(address: str, credentials: grpc.ChannelCredentials, *, timeout_seconds: float = 2.0,
@@ -98,6 +102,8 @@ class Mesh:
     #: The supervisor's restart backoff (first ceiling, seconds) and how many short runs in a row it gives up after.
     restart_backoff_start_seconds: float = RESTART_BACKOFF_START_SECONDS
     max_short_runs: int = MAX_SHORT_RUNS
+    #: The EDI service's SFTP door port when the mesh starts it (set from the rules of DEFAULT_EDI_SFTP_PORT).
+    edi_sftp_port: int = 0
     children: dict[str, _Child] = field(default_factory=dict)
     store: StoreInfo | None = None
     _started_store: bool = False
@@ -118,6 +124,13 @@ class Mesh:
         for name in self.optional:  # like the device port: its default beside the default ports, else a free one
             if name not in self.ports:
                 self.ports[name] = OPTIONAL_PORTS[name] if self.http_port == DEFAULT_GATEWAY_HTTP_PORT else free_port()
+        if "edi" in self.optional:
+            given = self.extra_env.get(_EDI_SFTP_PORT, os.environ.get(_EDI_SFTP_PORT, "")).strip()
+            # A malformed value is the service's to refuse (exit status 2, naming the variable): passed as given.
+            self.edi_sftp_port = int(given) if given.isdigit() else 0 if given else (
+                DEFAULT_EDI_SFTP_PORT if self.http_port == DEFAULT_GATEWAY_HTTP_PORT else free_port())
+            if not given:
+                self.extra_env = {**self.extra_env, _EDI_SFTP_PORT: str(self.edi_sftp_port)}
 
     def address(self, name: str) -> str:
         return f"127.0.0.1:{self.ports.get(name) or {**DEFAULT_PORTS, **OPTIONAL_PORTS}[name]}"
@@ -314,6 +327,8 @@ class Mesh:
         """(what, where) rows for the terminal."""
         rows = [(name, f"grpcs://{self.address(name)}") for name in (*MESH_SERVICES, *self.optional)]
         rows += [(f"{name} metrics", f"http://127.0.0.1:{port}/metrics") for name, port in self.metrics_ports.items()]
+        if self.edi_sftp_port:
+            rows.append(("edi SFTP door (trading partners)", f"sftp://127.0.0.1:{self.edi_sftp_port}"))
         rows.append(("gateway (HTTP)", f"http://127.0.0.1:{self.http_port}"))
         rows.append(("gateway (HTTPS for trucks, mTLS)", f"https://127.0.0.1:{self.device_port}"))
         if self.store is not None:
