@@ -44,6 +44,7 @@ __all__ = ["RETRIED_METHODS", "RETRY_MAX_TOKENS", "RETRY_TOKEN_RATIO", "Channels
 #: Methods safe to send twice, by gRPC service: reads, and creates idempotent by request_id (see the module).
 RETRIED_METHODS: dict[str, tuple[str, ...]] = {
     "haulmesh.tender.v1.TenderService": ("GetTender", "ListTenders", "CreateTender"),
+    "haulmesh.tender.v1.FacilityService": ("GetFacility", "ListFacilities", "CreateFacility"),
     "haulmesh.mission.v1.MissionService": (
         "GetVehicle", "ListVehicles", "GetFleetCapacity", "GetMission", "ListMissions",
         "CreateMission", "RaiseMissionException", "RecordCheckIn"),

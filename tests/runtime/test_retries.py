@@ -52,7 +52,8 @@ def test_every_retried_method_exists_and_is_read_or_idempotent_by_request_id() -
 
     from google.protobuf import descriptor_pool
 
-    for module in ("haulmesh.tender.v1.tender_service_pb2", "haulmesh.mission.v1.mission_service_pb2",
+    for module in ("haulmesh.tender.v1.tender_service_pb2", "haulmesh.tender.v1.facility_service_pb2",
+                   "haulmesh.mission.v1.mission_service_pb2",
                    "haulmesh.billing.v1.billing_service_pb2", "haulmesh.billing.v1.report_service_pb2",
                    "haulmesh.telemetry.v1.telemetry_service_pb2", "haulmesh.gateway.v1.webhook_service_pb2"):
         importlib.import_module(module)
