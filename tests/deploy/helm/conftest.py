@@ -22,7 +22,8 @@ except ImportError:  # no wheel for this platform: the chart tests skip, the Doc
 HELM_MISSING = ("helm-python-sdk (Helm's own Go library for Python) is not importable here; it ships wheels for "
                 "Linux, macOS and Windows: pip install -e '.[dev]'")
 
-CHART = Path(__file__).resolve().parents[3] / "deploy" / "helm" / "haulmesh"
+REPO = Path(__file__).resolve().parents[3]
+CHART = REPO / "deploy" / "helm" / "haulmesh"
 RELEASE = "haulmesh"
 NAMESPACE = "haulmesh"
 SERVICES = ("tender", "mission", "telemetry", "billing", "gateway")
@@ -53,6 +54,18 @@ ALL_ON: dict[str, Any] = {
                     "audience": "haulmesh", "issuerCarriers": ["acme"]},
     "serviceAccount": {"create": True, "annotations": {"example.com/role": "haulmesh"}},
     "imagePullSecrets": [{"name": "registry"}],
+    # The EDI service with its SFTP door on a load balancer, its archive in a bucket (tests/deploy/helm/test_edi.py).
+    "edi": {
+        "enabled": True,
+        "partners": (REPO / "services" / "edi" / "partners.example.toml").read_text(),
+        "archive": {"url": "s3://haulmesh-edi/raw?endpoint_url=https://s3.example.net&region=us-east-1",
+                    "credentialsSecret": "edi-archive-s3",
+                    "egress": [{"to": [{"ipBlock": {"cidr": "203.0.113.0/24"}}],
+                                "ports": [{"port": 443, "protocol": "TCP"}]}]},
+        "sftp": {"hostKeySecret": "haulmesh-edi-host-key", "allowedCidrs": ["198.51.100.0/24"],
+                 "service": {"type": "LoadBalancer", "annotations": {"example.com/lb": "internet-facing"}}},
+        "podAnnotations": {"example.com/team": "haulmesh"},
+    },
     "services": {
         name: {"podAnnotations": {"example.com/team": "haulmesh"},
                "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",

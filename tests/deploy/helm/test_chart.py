@@ -44,6 +44,9 @@ CALLERS = {
     "billing": {"gateway", "tender", "mission"},
     "gateway": {"gateway"},
 }
+#: The peers the EDI service calls when it runs (edi.enabled; services/edi/__main__.py, the 214s and 210s from
+#: mission's and billing's): their policies admit it then (tests/deploy/helm/test_edi.py).
+EDI_CALLS = {"tender", "mission", "billing"}
 GRPC_SERVICES = {
     "tender": "haulmesh.tender.v1.TenderService",
     "mission": "haulmesh.mission.v1.MissionService",
@@ -492,7 +495,7 @@ def test_extra_grpc_peers_are_added_to_every_service(chart: ChartRenderer) -> No
     rendered = chart.render(ALL_ON)
     for name in SERVICES:
         callers, others = _grpc_callers(rendered.get("NetworkPolicy", f"{RELEASE}-{name}"))
-        assert callers == CALLERS[name]
+        assert callers == CALLERS[name] | ({"edi"} if name in EDI_CALLS else set())  # ALL_ON runs edi
         # The trucks' stream port of telemetry is also open to the external CIDRs (external.telemetry).
         trucks = [{"ipBlock": {"cidr": "0.0.0.0/0"}}] if name == "telemetry" else []
         assert others == ALL_ON["networkPolicy"]["extraGrpcFrom"] + trucks
@@ -672,7 +675,7 @@ def test_service_monitor_and_prometheus_rule_are_toggles(chart: ChartRenderer) -
         assert on.env(name)["HAULMESH_METRICS_PORT"]["value"] == "9464"
     (rule,) = on.of_kind("PrometheusRule")
     assert [g["name"] for g in rule["spec"]["groups"]] == [
-        "haulmesh-slo-recording", "haulmesh-slo-alerts", "haulmesh-operations-alerts", "extra"]
+        "haulmesh-slo-recording", "haulmesh-slo-alerts", "haulmesh-operations-alerts", "haulmesh-edi-alerts", "extra"]
     # Alert templates reach Prometheus unrendered by Helm.
     assert "{{ $labels.group }}" in yaml.safe_dump(rule)
 
