@@ -31,6 +31,8 @@ EXTRA_MODULES = {
                       "complete, and the whole-file writes to out/: shared by the poller and the SFTP door",
     "edi/archive.py": "the raw archive of every interchange in or out (an object store, not the Redis store)",
     "edi/sftp.py": "the SFTP door (asyncssh): each partner's keys, jailed in its own folders",
+    "edi/check.py": "`haulmesh edi check`: a partner's sample 204 through the service's own reading and mapping, "
+                    "offline, and the field map measured on them (the runtime's CLI runs it by name)",
 }
 
 

@@ -31,6 +31,7 @@ import datetime as _dt
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -524,6 +525,19 @@ def cmd_token(args: argparse.Namespace, rest: list[str]) -> int:
     return int(tokens.main(rest))
 
 
+def cmd_edi(rest: list[str]) -> int:
+    """``haulmesh edi check ...``: the EDI service's schema compatibility check (services/edi/check.py).
+
+    Run as ``python -m services.edi.check`` in a child process, not imported: the runtime imports no service
+    (tests/test_layout.py), and the check is the EDI service's own code (its 204 reading and tender mapping), so
+    it stays there and this only dispatches to it by name. Its exit status is the command's."""
+    if rest[:1] != ["check"]:
+        print("usage: haulmesh edi check FILE --partner P [--partners-file F] [--format text|json]",
+              file=sys.stderr)
+        return 0 if rest[:1] in (["-h"], ["--help"]) else 2
+    return subprocess.run([sys.executable, "-m", "services.edi.check", *rest[1:]], check=False).returncode
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="haulmesh", description="Haulmesh operator and developer CLI")
     parser.add_argument("--cert-dir", help="certificate folder (default $HAULMESH_CERT_DIR or .haulmesh/certs)")
@@ -629,6 +643,8 @@ def _parser() -> argparse.ArgumentParser:
     token = sub.add_parser("token", help="dev OAuth2 tokens for the gateway (haulmesh token mint --help)",
                            add_help=False)
     token.set_defaults(func=None)
+    sub.add_parser("edi", help="EDI trading partners: check a partner's sample 204 (haulmesh edi check --help)",
+                   add_help=False)
 
     kpi_report.add_parser(sub, cert_dir=_cert_dir, store_url=_store_url, address=service_address)
     command_cli.add_parser(sub, cert_dir=_cert_dir, address=service_address)
@@ -658,6 +674,8 @@ def main(argv: list[str] | None = None) -> int:
         except HaulmeshError as exc:
             print(f"haulmesh: {exc}", file=sys.stderr)
             return 2
+    if argv[:1] == ["edi"]:
+        return cmd_edi(argv[1:])
     args = _parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
