@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .test_rules import ROOT, Case, _promtool, needs_promtool
+from .test_rules import ROOT, Case, _promtool, check_cases, needs_promtool, promtool_test, unit_test
 
 RULES = ROOT / "deploy" / "helm" / "haulmesh" / "files" / "edi-rules.yaml"
 RUNBOOK = ROOT / "docs" / "runbooks" / "edi.md"
@@ -95,27 +95,8 @@ CASES: dict[str, dict[str, Case]] = {
 }
 
 
-def _expand(text: str, labels: dict[str, str]) -> str:
-    """``{{ $labels.x }}`` as Prometheus renders it (a label absent, or empty, renders empty)."""
-    return re.sub(r"\{\{\s*\$labels\.(\w+)\s*\}\}", lambda m: labels.get(m.group(1), ""), text)
-
-
-def unit_test(alert: str, case: Case) -> dict:
-    expected = []
-    if case.fires is not None:
-        rule = alerts()[alert]
-        labels = {**rule.get("labels", {}), **case.fires}
-        expected.append({"exp_labels": labels,
-                         "exp_annotations": {k: _expand(v, labels) for k, v in rule["annotations"].items()}})
-    return {"interval": "1m", "input_series": case.series,
-            "alert_rule_test": [{"eval_time": case.eval_time, "alertname": alert, "exp_alerts": expected}]}
-
-
 def test_every_alert_has_cases() -> None:
-    assert set(CASES) == set(alerts())
-    for alert, cases in CASES.items():
-        assert any(c.fires is not None for c in cases.values()), f"{alert}: no case that fires it"
-        assert any(c.fires is None for c in cases.values()), f"{alert}: no case that must not fire it"
+    check_cases(CASES, alerts())
 
 
 def test_every_alert_has_its_runbook_section() -> None:
@@ -159,8 +140,4 @@ async def test_the_rule_file_passes_promtool_check() -> None:
 @needs_promtool
 @pytest.mark.parametrize(("alert", "case"), [(a, c) for a, cases in CASES.items() for c in cases])
 async def test_alert_case(alert: str, case: str, tmp_path: Path) -> None:
-    tests = tmp_path / "rules_test.yaml"
-    tests.write_text(yaml.safe_dump({"rule_files": [str(RULES)], "evaluation_interval": "1m",
-                                     "tests": [unit_test(alert, CASES[alert][case])]}, sort_keys=False))
-    code, output = await _promtool("test", "rules", str(tests))
-    assert code == 0, output
+    await promtool_test(RULES, unit_test(alert, CASES[alert][case], alerts()), tmp_path)
