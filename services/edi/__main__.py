@@ -3,6 +3,7 @@
 import asyncio
 import logging
 
+from haulmesh.mission.v1 import mission_service_pb2_grpc
 from haulmesh.tender.v1 import tender_service_pb2_grpc
 from services.runtime import ConfigError, Service, run_service
 
@@ -13,7 +14,7 @@ from .folders import PartnerFolders
 from .server import POLICY
 from .sftp import SftpServer
 from .store import EdiStore
-from .usecases import EdiDesk, TenderClient
+from .usecases import EdiDesk, MissionClient, TenderClient
 
 
 async def register(service: Service) -> None:
@@ -35,7 +36,8 @@ async def register(service: Service) -> None:
                    folders=folders,
                    tenders=TenderClient(lambda: service.stub(tender_service_pb2_grpc.TenderServiceStub, "tender")),
                    lanes=config.lanes, durable=service.durable,
-                   duplicate_window_seconds=config.duplicate_window_seconds)
+                   duplicate_window_seconds=config.duplicate_window_seconds,
+                   missions=MissionClient(lambda: service.stub(mission_service_pb2_grpc.MissionServiceStub, "mission")))
     workers.register(service, desk, poll_interval_seconds=config.poll_interval_seconds,
                      files_per_poll=config.files_per_poll)
     if config.sftp.enabled:

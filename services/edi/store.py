@@ -21,8 +21,16 @@ Keys of partner ``p`` (all tagged ``{p}``: what commits together shares a slot, 
   tracking (``OutboundDocument`` as JSON) is its record's ``tracking`` field; it leaves the set once final.
 * ``edi:{p}:answered:<tender id>`` set once a person's answer to a held tender was sent as a 990 (an event
   redelivered sends none again).
+* ``edi:{p}:unacknowledged`` sorted set of the same documents by when they were first sent (ms): the oldest is
+  the unacknowledged age (a gauge the chaser sets); a document leaves it with the ``awaiting`` set.
 * ``edi:{p}:shipment:<B2-04>`` the tender (``tenders/<id>``) a shipment id created; ``edi:{p}:tender:<id>`` the
   shipment id back (the 214s and 210s of a tender echo it).
+* ``edi:{p}:load:<B2-04>`` the 204 a tender was created or last changed from (one set in an interchange of its
+  own): the stops, parties and references its 214s and 210 echo. Kept :data:`SHIPMENT_TTL_SECONDS`.
+* ``edi:{p}:mission:<mission id>`` the B2-04 a mission hauls, or empty when it is not one of the partner's
+  (remembered :data:`NOT_OURS_TTL_SECONDS`, so the carrier's other missions cost one lookup);
+  ``edi:{p}:status:<B2-04>`` the shipment's 214 state (domain/_milestones.py's ``MilestoneState`` as JSON).
+* ``edi:{p}:invoiced:<invoice id>`` set once the invoice's 210 was sent (or refused and recorded).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from enum import StrEnum
 
 import redis.asyncio
@@ -45,6 +54,10 @@ __all__ = ["DocumentState", "EdiStore", "InterchangeClaim"]
 ANSWERED_TTL_SECONDS = 30 * 86400
 #: The most documents a partner's index keeps (oldest trimmed; the raw archive keeps every interchange).
 MAX_DOCUMENTS_PER_PARTNER = 100_000
+#: How long a shipment's 204, 214 state and mission link are kept (a run and its invoice take days, not months).
+SHIPMENT_TTL_SECONDS = 90 * 86400
+#: How long a mission that is not a partner's is remembered as such (the event streams' retention).
+NOT_OURS_TTL_SECONDS = 7 * 86400
 
 
 class InterchangeClaim(StrEnum):
@@ -67,6 +80,8 @@ class DocumentState(StrEnum):
     REJECTED = "rejected"
     OVERDUE = "overdue"
     GIVEN_UP = "given_up"
+    #: A 214 or 210 our writer refused (the content cannot be expressed): recorded, logged, never sent.
+    REFUSED = "refused"
 
 
 def _ms() -> int:
@@ -136,6 +151,7 @@ class EdiStore:
                 pipe.hset(tenant_key("edi", partner, "out", fields["gs06"]), fields["st02"], doc_id)
             if due_ms is not None:
                 pipe.zadd(tenant_key("edi", partner, "awaiting"), {doc_id: due_ms})
+                pipe.zadd(tenant_key("edi", partner, "unacknowledged"), {doc_id: now})
             await pipe.execute()
         return doc_id
 
@@ -179,6 +195,7 @@ class EdiStore:
             pipe.hset(key, mapping={"tracking": tracking, "state": state, "updated_ms": str(_ms())})
             if due_ms is None:
                 pipe.zrem(tenant_key("edi", partner, "awaiting"), doc_id)
+                pipe.zrem(tenant_key("edi", partner, "unacknowledged"), doc_id)
             else:
                 pipe.zadd(tenant_key("edi", partner, "awaiting"), {doc_id: due_ms})
             if transmission is not None:
@@ -191,6 +208,11 @@ class EdiStore:
                                               num=limit)
         found = [await self.document(partner, i.decode()) for i in ids]
         return [d for d in found if d is not None and d.get("tracking")]
+
+    async def oldest_unacknowledged(self, partner: str) -> datetime | None:
+        """When the oldest document of ours still awaiting the partner's 997 was first sent (None: none is)."""
+        found = await self._redis.zrange(tenant_key("edi", partner, "unacknowledged"), 0, 0, withscores=True)
+        return datetime.fromtimestamp(found[0][1] / 1000, UTC) if found else None
 
     # --- shipments and tenders -------------------------------------------------------------------------------
 
@@ -215,6 +237,44 @@ class EdiStore:
     async def shipment_for(self, partner: str, tender_name: str) -> str | None:
         value = await self._redis.get(tenant_key("edi", partner, "tender", tender_name.rsplit("/", 1)[-1]))
         return value.decode() if value else None
+
+
+    async def keep_load_tender(self, partner: str, shipment_id: str, data: bytes | None) -> None:
+        if data is not None:
+            await self._redis.set(tenant_key("edi", partner, "load", shipment_id), data, ex=SHIPMENT_TTL_SECONDS)
+
+    async def load_tender(self, partner: str, shipment_id: str) -> bytes | None:
+        return await self._redis.get(tenant_key("edi", partner, "load", shipment_id))
+
+    # --- shipments followed (214s, 210s) ---------------------------------------------------------------------
+
+    async def followed(self, partner: str, mission_id: str) -> str | None:
+        """The B2-04 the mission hauls, ``""`` when it is known not to be the partner's, None when not known."""
+        value = await self._redis.get(tenant_key("edi", partner, "mission", mission_id))
+        return None if value is None else value.decode()
+
+    async def follow(self, partner: str, mission_id: str, shipment_id: str, state: str | None = None) -> None:
+        """Note what the mission is to the partner (``shipment_id`` empty: not its); a shipment's first 214
+        ``state`` is written unless one is there (a mission link that expired never resets what was said)."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(tenant_key("edi", partner, "mission", mission_id), shipment_id,
+                     ex=SHIPMENT_TTL_SECONDS if shipment_id else NOT_OURS_TTL_SECONDS)
+            if shipment_id and state is not None:
+                pipe.set(tenant_key("edi", partner, "status", shipment_id), state, nx=True, ex=SHIPMENT_TTL_SECONDS)
+            await pipe.execute()
+
+    async def shipment_state(self, partner: str, shipment_id: str) -> str | None:
+        value = await self._redis.get(tenant_key("edi", partner, "status", shipment_id))
+        return value.decode() if value else None
+
+    async def save_shipment_state(self, partner: str, shipment_id: str, state: str) -> None:
+        await self._redis.set(tenant_key("edi", partner, "status", shipment_id), state, ex=SHIPMENT_TTL_SECONDS)
+
+    async def invoiced(self, partner: str, invoice_id: str) -> bool:
+        return bool(await self._redis.exists(tenant_key("edi", partner, "invoiced", invoice_id)))
+
+    async def mark_invoiced(self, partner: str, invoice_id: str) -> None:
+        await self._redis.set(tenant_key("edi", partner, "invoiced", invoice_id), "1", ex=SHIPMENT_TTL_SECONDS)
 
 
 def detail_json(**values: object) -> str:

@@ -7,6 +7,8 @@
   fails otherwise (a bug) goes to ``failed/`` (it is archived raw already), never blocking the partner's queue;
 * the held tenders' answers (consumer group ``edi-tender-answers``): a tender of a partner that holds its loads
   for a person, once accepted or declined (the console, REST) or lapsed, gets its 990;
+* the shipments (consumer group ``edi-shipments``): the mission's, telemetry's and billing's events of the partners'
+  carriers become the 214s and 210s of the partners' shipments (usecases.EdiDesk.follow, usecases/shipments.py);
 * the 997 chaser: our documents still without a 997 go overdue, are resent in a new envelope and are given up on
   each partner's schedule (usecases.EdiDesk.chase_acknowledgements, the rules in domain/_tracking.py).
 """
@@ -20,9 +22,10 @@ from haulmesh.events.v1 import event_pb2
 from services.runtime import Periodic, Service
 
 from .domain import Decision, ResponseRule
-from .usecases import EdiDesk, is_transient
+from .usecases import SHIPMENT_EVENT_TYPES, EdiDesk, is_transient
 
-__all__ = ["ACK_CHASE_INTERVAL_SECONDS", "ANSWERS_GROUP", "FolderPoller", "HeldAnswers", "register"]
+__all__ = ["ACK_CHASE_INTERVAL_SECONDS", "ANSWERS_GROUP", "SHIPMENTS_GROUP", "FolderPoller", "HeldAnswers",
+           "ShipmentEvents", "register"]
 
 _log = logging.getLogger("haulmesh.edi")
 #: How often documents awaiting a 997 are looked at (the schedules count in minutes).
@@ -90,6 +93,22 @@ class HeldAnswers:
             _log.info("event %s: 990 %s sent for held %s", event.id, decision.value, tender.name)
 
 
+#: The consumer group of the shipments' events (214s, 210s).
+SHIPMENTS_GROUP = "edi-shipments"
+
+
+class ShipmentEvents:
+    """Handler of the mission's, telemetry's and billing's events: the 214s and 210s they make due."""
+
+    def __init__(self, desk: EdiDesk) -> None:
+        self._desk = desk
+
+    async def handle(self, event: event_pb2.Event) -> None:
+        sent = await self._desk.follow(event)
+        if sent:
+            _log.info("event %s (%s): sent %s", event.id, event.type, ", ".join(sent))
+
+
 async def _chase(desk: EdiDesk) -> None:
     await desk.chase_acknowledgements()
 
@@ -99,6 +118,7 @@ def register(service: Service, desk: EdiDesk, *, poll_interval_seconds: float, f
     poller = FolderPoller(desk, files_per_poll=files_per_poll)
     if any(p.response.rule is ResponseRule.HOLD for p in desk.partners):
         service.add_consumer(ANSWERS_GROUP, HeldAnswers(desk).handle, types=set(_ANSWERS))
+    service.add_consumer(SHIPMENTS_GROUP, ShipmentEvents(desk).handle, types=set(SHIPMENT_EVENT_TYPES))
     service.add_periodic("edi 997 chaser", lambda: _chase(desk), interval_seconds=ACK_CHASE_INTERVAL_SECONDS)
     return service.add_periodic("edi folder poller", poller.tick, interval_seconds=poll_interval_seconds,
                                 max_backoff_seconds=10.0)

@@ -33,7 +33,7 @@ Context = grpc.aio.ServicerContext
 POLICY = Policy({
     f"{_SERVICE}/CreateVehicle": [_ROSTER],
     f"{_SERVICE}/GetVehicle": ["service/tender", "service/telemetry", "service/gateway", "service/billing",
-                               _ROSTER],
+                               "service/edi", _ROSTER],
     f"{_SERVICE}/ListVehicles": ["service/tender", "service/telemetry", "service/gateway", "service/billing",
                                  _ROSTER],
     f"{_SERVICE}/UpdateVehicle": [_ROSTER],
@@ -42,7 +42,7 @@ POLICY = Policy({
     # names a tender and quote the mission service cannot check: platform admins only.
     f"{_SERVICE}/CreateMission": ["service/tender", PLATFORM_ADMINS],
     f"{_SERVICE}/GetMission": ["service/gateway", "service/tender", "service/telemetry", "service/billing",
-                               *_OPERATORS],
+                               "service/edi", *_OPERATORS],
     f"{_SERVICE}/ListMissions": ["service/gateway", *_OPERATORS],
     f"{_SERVICE}/AcknowledgeMissionDispatch": ["service/telemetry", *_OPERATORS],
     f"{_SERVICE}/StartMission": ["service/telemetry", *_OPERATORS],

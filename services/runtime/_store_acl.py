@@ -127,7 +127,7 @@ STORE_USERS: dict[str, StoreUser] = _users(
                                "ratelimit*", "enrol:*", "console-session:*", "console-login:*"),
               groups=("webhooks",), idempotent_methods=("CreateWebhookSubscription",)),
     # services/edi/store.py (control numbers, received interchanges, documents, shipment <-> tender, per partner)
-    StoreUser("edi", keys=("edi:*",), groups=("edi-tender-answers",)),
+    StoreUser("edi", keys=("edi:*",), groups=("edi-tender-answers", "edi-shipments")),
     # The operator's CLI against a shared store: `haulmesh audit verify` (reads every chain), `haulmesh dlq`
     # (lists and replays dead letters into the event streams), `haulmesh report` (the stream registry).
     # `haulmesh pki revoke` (the deny-list, and its own audit chain), `haulmesh pki enrol-token` (one-time tokens).

@@ -5,7 +5,7 @@ in the past), with the shapes the flow needs: an original, a change, a cancel, a
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from services.edi.domain import Delimiters, FunctionalGroup, Interchange, Segment, TransactionSet, write
 
@@ -48,3 +48,21 @@ def load_tender_204(shipment: str, *, purpose: str = "00", isa13: str = "0000009
                               "00401", ack_requested=ack_requested, usage="P", groups=(group,),
                               delimiters=Delimiters(line_end="\n"))
     return write(interchange)
+
+
+async def nothing() -> None:
+    """The desk's ``durable`` where the tests do not measure it (the mesh's is WAITAOF)."""
+    return None
+
+
+class Clock:
+    """The desk's clock, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, minutes: float) -> None:
+        self.now += timedelta(minutes=minutes)

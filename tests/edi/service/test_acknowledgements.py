@@ -7,7 +7,6 @@ The example partner ``lonestar`` (deadline 30 minutes, resends at 60 and 240) ho
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from haulmesh.tender.v1 import tender_pb2
@@ -29,22 +28,9 @@ from services.edi.store import EdiStore
 from services.edi.usecases import EdiDesk
 from services.runtime import new_id
 
+from .samples import Clock, nothing
+
 EXAMPLE = Path(__file__).parents[3] / "services" / "edi" / "partners.example.toml"
-
-
-async def _nothing() -> None:
-    return None
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, minutes: float) -> None:
-        self.now += timedelta(minutes=minutes)
 
 
 def _desk(store: EdiStore, tmp_path: Path, clock: Clock) -> EdiDesk:
@@ -52,7 +38,7 @@ def _desk(store: EdiStore, tmp_path: Path, clock: Clock) -> EdiDesk:
     folders = PartnerFolders(tmp_path / "edi")
     folders.ensure(p.id for p in config.partners)
     return EdiDesk(partners=config.partners, store=store, archive=RawArchive(str(tmp_path / "archive")),
-                   folders=folders, tenders=None, lanes=config.lanes, durable=_nothing, duplicate_window_seconds=60,
+                   folders=folders, tenders=None, lanes=config.lanes, durable=nothing, duplicate_window_seconds=60,
                    clock=clock)
 
 
