@@ -9,7 +9,7 @@ BUF := .tools/node_modules/.bin/buf
 PROTOS := $(shell find protos -name '*.proto' 2>/dev/null)
 GENERATED := haulmesh/.generated
 
-.PHONY: help venv protos certs run sandbox demo bench status stop test chaos fuzz openapi lint lint-protos breaking tools clean distclean
+.PHONY: help venv protos certs run sandbox demo demo-edi bench status stop test chaos fuzz openapi lint lint-protos breaking tools clean distclean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -87,6 +87,9 @@ sandbox: protos ## the mesh with a sandbox carrier, synthetic tenders and simula
 
 demo: protos ## the whole flow end to end on a fresh local mesh: tender → offer → dispatch → delivery → invoice → reconciled
 	$(PY) scripts/demo.py
+
+demo-edi: protos ## the seed flow as EDI X12 over SFTP on a fresh local mesh: 204 → 997/990 → 214s → 210 → the TMS's 997s
+	$(PY) scripts/demo_edi.py
 
 bench: protos ## measured figures (printed, and written to build/bench.json)
 	$(PY) scripts/bench.py

@@ -39,7 +39,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -262,11 +262,19 @@ class WebhookReceiver:
             await self._task
 
 
-class Truck:
-    """Truck AU-TRK-1001: the edge CLI's simulator in its own process, and what the demo reads of it."""
+#: The simulator's dead zone as `make demo` drives it (the EDI demo drives without one).
+DEAD_ZONE_ARGS = ("--scenario", f"connectivity-loss:{OUTAGE_SIM_MINUTES}", "--scenario-at", str(OUTAGE_AT_SIM_MINUTES))
 
-    def __init__(self, mesh: Mesh) -> None:
+
+class Truck:
+    """Truck AU-TRK-1001: the edge CLI's simulator in its own process, and what the demo reads of it.
+
+    ``speedup`` and ``scenario_args`` (the simulator's ``--scenario`` options) are `make demo`'s unless given."""
+
+    def __init__(self, mesh: Mesh, *, speedup: int = SPEEDUP, scenario_args: tuple[str, ...] = DEAD_ZONE_ARGS) -> None:
         self.mesh = mesh
+        self.speedup = speedup
+        self.scenario_args = scenario_args
         self.dir = mesh.state_dir / "edge" / TRUCK
         self.dir.mkdir(parents=True, exist_ok=True)
         self.spool_path = self.dir / "spool.db"
@@ -282,9 +290,8 @@ class Truck:
             sys.executable, "-m", "edge_client", "--cert-dir", str(self.mesh.cert_dir),
             "--target", self.mesh.address("telemetry"),
             "simulate", "--vehicle", TRUCK, "--spool", str(self.spool_path), "--wait-for-mission",
-            "--route-from-assignment", "--speedup", str(SPEEDUP),
-            "--frame-every-sim-seconds", str(FRAME_EVERY_SIM_SECONDS),
-            "--scenario", f"connectivity-loss:{OUTAGE_SIM_MINUTES}", "--scenario-at", str(OUTAGE_AT_SIM_MINUTES),
+            "--route-from-assignment", "--speedup", str(self.speedup),
+            "--frame-every-sim-seconds", str(FRAME_EVERY_SIM_SECONDS), *self.scenario_args,
             "--backoff-base", "0.2", "--backoff-cap", "1", "--drain-seconds", "30", "--quiet",
             cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=self._log)
 
@@ -347,7 +354,7 @@ def driven_miles(frames: list) -> float:
     return sum(great_circle_miles(*a, *b) for a, b in itertools.pairwise(track))
 
 
-async def _until(predicate, what: str, timeout_seconds: float = STEP_TIMEOUT_SECONDS, truck: Truck | None = None):
+async def until(predicate, what: str, timeout_seconds: float = STEP_TIMEOUT_SECONDS, truck: Truck | None = None):
     """Polls ``predicate`` (sync or async) until it returns something true; DemoFailed naming the step if it
     does not within ``timeout_seconds`` or if the truck's process died meanwhile."""
     async def step():
@@ -367,6 +374,56 @@ async def _until(predicate, what: str, timeout_seconds: float = STEP_TIMEOUT_SEC
         raise DemoFailed(f"step '{what}': did not happen within {timeout_seconds:.0f}s") from None
 
 
+@contextlib.asynccontextmanager
+async def carrier_clients(mesh: Mesh, scopes: str) -> AsyncIterator[tuple[
+        mission_service_pb2_grpc.MissionServiceStub, httpx.AsyncClient]]:
+    """The fleet operator's mission stub (operator certificate) and the carrier's REST client (a dev token with
+    ``scopes``), closed on leaving."""
+    operator = grpc.aio.secure_channel(mesh.address("mission"), mesh.operator_credentials())
+    token = tokens.mint(carrier=CARRIER, scopes=scopes, state_dir=mesh.state_dir)
+    http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{mesh.http_port}", timeout=20,
+                             headers={"Authorization": f"Bearer {token}"})
+    try:
+        yield mission_service_pb2_grpc.MissionServiceStub(operator), http
+    finally:
+        await http.aclose()
+        await operator.close()
+
+
+def issue_truck_certificate(mesh: Mesh) -> None:
+    """The truck's mTLS certificate, unless the dev bootstrap issued it (it issues AU-TRK-1001's)."""
+    if not (mesh.cert_dir / f"vehicle-{TRUCK}.pem").exists():
+        expect(cli.main(["--cert-dir", str(mesh.cert_dir), "pki", "issue", "vehicle", TRUCK]) == 0,
+               f"could not issue a certificate for {TRUCK}")
+
+
+async def clear_departure(ops: mission_service_pb2_grpc.MissionServiceStub, mission_name: str, mission: dict) -> bool:
+    """Records the remote operator's departure check-in when the lane is in its first missions (``mission`` as
+    REST returns it); whether one was needed. Done before the truck powers up, so that its pre-trip frame finds
+    the departure cleared."""
+    if not mission.get("checkInRequirement", {}).get("required"):
+        return False
+    await ops.RecordCheckIn(mission_service_pb2.RecordCheckInRequest(
+        name=mission_name, check_in=mission_pb2.CheckIn(
+            point=mission_pb2.CheckIn.POINT_DEPARTURE, outcome=mission_pb2.CheckIn.OUTCOME_PROCEED,
+            notes="remote operator cleared departure")), metadata=carrier_metadata(CARRIER), timeout=10)
+    return True
+
+
+async def submit_pod(mesh: Mesh, truck: Truck, mission_name: str) -> dict:
+    """The truck builds, signs and submits its proof of delivery from its own spool (``haulmesh-edge pod``); the
+    edge CLI's report (first and last sequence, the telemetry log's hash)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "edge_client", "--cert-dir", str(mesh.cert_dir),
+        "pod", "--vehicle", TRUCK, "--spool", str(truck.spool_path), "--mission", mission_name,
+        "--seal-number", "SEAL-88231", "--received-by", "Dock 7, Atlanta DC", "--submit",
+        "--mission-target", mesh.address("mission"), cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), 90)
+    expect(process.returncode == 0, f"haulmesh-edge pod exited {process.returncode}: {err.decode()[-500:]}")
+    return json.loads(out.decode().strip().splitlines()[-1])
+
+
 
 async def run() -> None:
     step(f"Issuing dev certificates (CA, every service, the operator CLI, truck {TRUCK})")
@@ -379,9 +436,7 @@ async def run() -> None:
         redis_url.encode()).hexdigest()[:16])} if redis_url else {}
     mesh = fresh_mesh(STATE, redis_url=redis_url, HAULMESH_WEBHOOK_ALLOWED_CIDRS="127.0.0.0/8",
                       HAULMESH_WEBHOOK_RETRY_SCHEDULE_SECONDS="0.5,1,2,4", **MESH_ENV, **archive)
-    if not (mesh.cert_dir / f"vehicle-{TRUCK}.pem").exists():
-        expect(cli.main(["--cert-dir", str(mesh.cert_dir), "pki", "issue", "vehicle", TRUCK]) == 0,
-               f"could not issue a certificate for {TRUCK}")
+    issue_truck_certificate(mesh)
     receiver = WebhookReceiver()
     await receiver.start()
     truck = Truck(mesh)
@@ -423,27 +478,20 @@ class Demo:
         return self.mesh.store.url if self.mesh.store else (self.mesh.redis_url or "")
 
     async def flow(self) -> None:
-        mesh = self.mesh
-        self.operator = grpc.aio.secure_channel(mesh.address("mission"), mesh.operator_credentials())
-        self.ops = mission_service_pb2_grpc.MissionServiceStub(self.operator)
-        token = tokens.mint(carrier=CARRIER, scopes=SCOPES, state_dir=mesh.state_dir)
-        self.http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{mesh.http_port}", timeout=20,
-                                      headers={"Authorization": f"Bearer {token}"})
         bar = None
         try:
-            await self._tender_and_accept()
-            await self._truck_takes_the_mission()
-            bar = asyncio.create_task(self._progress_bar())
-            await self._drive()
-            bar.cancel()
-            VIEW.close_bar()
-            await self._deliver_and_settle()
-            await self._summary()
+            async with carrier_clients(self.mesh, SCOPES) as (self.ops, self.http):
+                await self._tender_and_accept()
+                await self._truck_takes_the_mission()
+                bar = asyncio.create_task(self._progress_bar())
+                await self._drive()
+                bar.cancel()
+                VIEW.close_bar()
+                await self._deliver_and_settle()
+                await self._summary()
         finally:
             if bar:
                 bar.cancel()
-            await self.http.aclose()
-            await self.operator.close()
             await self._store.aclose()
 
     # -- tender → accepted → dispatched ------------------------------------------------------------------
@@ -508,13 +556,8 @@ class Demo:
                f"truck's stream")
         detail(f"miles: quoted {quoted:,.1f} (offer), planned {planned:,.1f} (mission); one set of lane facts")
         expect(quoted == planned, f"the quote prices {quoted} miles but the mission plans {planned}")
-        if mission.get("checkInRequirement", {}).get("required"):
-            # The lane is in its first missions: a remote operator clears departure before the truck may go.
-            # Recorded before the truck powers up, so its pre-trip frame finds the departure cleared.
-            await self.ops.RecordCheckIn(mission_service_pb2.RecordCheckInRequest(
-                name=self.mission_name, check_in=mission_pb2.CheckIn(
-                    point=mission_pb2.CheckIn.POINT_DEPARTURE, outcome=mission_pb2.CheckIn.OUTCOME_PROCEED,
-                    notes="remote operator cleared departure")), metadata=carrier_metadata(CARRIER), timeout=10)
+        # The lane is in its first missions: a remote operator clears departure before the truck may go.
+        if await clear_departure(self.ops, self.mission_name, mission):
             detail("human-in-the-loop: this lane is in its first missions, departure check-in recorded")
 
     async def _mission(self) -> dict:
@@ -532,14 +575,14 @@ class Demo:
         detail(f"python -m edge_client simulate --wait-for-mission --speedup {SPEEDUP} --scenario "
                f"connectivity-loss:{OUTAGE_SIM_MINUTES} --scenario-at {OUTAGE_AT_SIM_MINUTES}   "
                f"{DIM}(log: {truck.log_path.relative_to(ROOT)}){RESET}")
-        await _until(lambda: receiver.state_reached("STATE_PRE_TRIP"),
+        await until(lambda: receiver.state_reached("STATE_PRE_TRIP"),
                      "the truck gets its assignment over its stream and acknowledges it (→ PRE_TRIP)", truck=truck)
         mission = await self._mission()
         ack = (_when(mission["dispatchAckTime"]) - _when(mission["dispatchTime"])).total_seconds()
         milestone("Assignment delivered over the truck's stream; its CommandAck → PRE_TRIP")
         detail(f"dispatch acknowledged by the truck {ack:.2f}s after dispatch (SLO < 30 s), "
                f"including the truck's power-up")
-        await _until(lambda: receiver.state_reached("STATE_ENROUTE"),
+        await until(lambda: receiver.state_reached("STATE_ENROUTE"),
                      "a passing pre-trip HEALTH frame starts the mission (→ ENROUTE)", truck=truck)
         mission = await self._mission()
         checks = mission.get("preTripChecks", [])
@@ -559,7 +602,7 @@ class Demo:
             return lambda: receiver.find(f"telemetry.v1.{short}",
                                          lambda d: d.get("context", {}).get("stopIndex", 0) == stop_index)
 
-        entered = await _until(stop_event("geofence_entered", 0), "geofence entry at the pickup (webhook)",
+        entered = await until(stop_event("geofence_entered", 0), "geofence entry at the pickup (webhook)",
                                truck=truck)
         milestone("Geofence: the truck is in the pickup's geofence (Houston, TX)")
         detail(f"geofence_entered, frame #{entered['context'].get('frameSequence')} (the pre-trip HEALTH frame)")
@@ -567,7 +610,7 @@ class Demo:
         # telemetry service rebuilds a vehicle's tracker on each mission event, and a rebuild that lands
         # between entry and exit forgets the truck was inside (reported to the telemetry owner).
         with contextlib.suppress(DemoFailed):
-            exited = await _until(stop_event("geofence_exited", 0), "geofence exit at the pickup (webhook)", 2.0,
+            exited = await until(stop_event("geofence_exited", 0), "geofence exit at the pickup (webhook)", 2.0,
                                   truck=truck)
             milestone("Geofence: the truck left the pickup's geofence")
             detail(f"geofence_exited, frame #{exited['context'].get('frameSequence')}, dwell "
@@ -575,7 +618,7 @@ class Demo:
         if not stop_event("geofence_exited", 0)():
             detail(f"{YELLOW}no geofence_exited for the pickup within 2 s{RESET}")
 
-        first_eta = await _until(lambda: receiver.find("telemetry.v1.eta_updated",
+        first_eta = await until(lambda: receiver.find("telemetry.v1.eta_updated",
                                                        lambda d: d.get("stopIndex", 0) == 1),
                                  "first ETA for the delivery stop (webhook)", truck=truck)
         milestone("ETA: first estimate for Atlanta")
@@ -585,11 +628,11 @@ class Demo:
             mission = await self._mission()
             return mission if mission.get("estimatedArriveTime") else None
 
-        polled = await _until(eta_on_mission, "the ETA readable on the mission over REST (GET mission)", truck=truck)
+        polled = await until(eta_on_mission, "the ETA readable on the mission over REST (GET mission)", truck=truck)
         detail(f"GET {self.mission_name}: estimatedArriveTime {polled['estimatedArriveTime']} (what a polling TMS "
                f"sees; the roster gets telemetry's fleet state in batches, not a write per frame)")
 
-        lost = await _until(lambda: receiver.find("telemetry.v1.connectivity_lost"),
+        lost = await until(lambda: receiver.find("telemetry.v1.connectivity_lost"),
                             "connectivity lost in the dead zone (webhook)",
                             max(0.0, outage_at - time.monotonic()) + STEP_TIMEOUT_SECONDS, truck=truck)
         self.link_down = True
@@ -597,16 +640,16 @@ class Demo:
         detail(f"last stored frame #{lost.get('lastSequence', 0)}; the truck keeps driving and spooling "
                f"(link down for {OUTAGE_SIM_MINUTES} simulated minutes, {outage_seconds:.0f} s here)")
 
-        raised = await _until(lambda: receiver.find("mission.v1.exception_raised", lambda d: d.get(
+        raised = await until(lambda: receiver.find("mission.v1.exception_raised", lambda d: d.get(
             "exception", {}).get("kind") == "KIND_CONNECTIVITY_LOSS"), "CONNECTIVITY_LOSS mission exception "
             "(webhook)", truck=truck)
         exception = raised["exception"]
-        await _until(lambda: receiver.state_reached("STATE_EXCEPTION"), "mission → EXCEPTION (webhook)",
+        await until(lambda: receiver.state_reached("STATE_EXCEPTION"), "mission → EXCEPTION (webhook)",
                      truck=truck)
         milestone(f"Mission exception {exception['kind'].removeprefix('KIND_')}: "
                   f"{exception.get('contingency', '').removeprefix('CONTINGENCY_')} → mission EXCEPTION")
 
-        restored = await _until(lambda: receiver.find("telemetry.v1.connectivity_restored"),
+        restored = await until(lambda: receiver.find("telemetry.v1.connectivity_restored"),
                                 "connectivity restored and the spool replayed (webhook)",
                                 outage_seconds + STEP_TIMEOUT_SECONDS, truck=truck)
         self.link_down = False
@@ -615,20 +658,20 @@ class Demo:
         milestone("Link back: connectivity_restored; the truck replays its spool from the server's high-water")
         detail(f"outage {_seconds(restored.get('outage', '0s')):.1f}s; {self.outage_spooled} frames spooled "
                f"meanwhile (#{high + 1}..#{last}) sent in batches")
-        await _until(lambda: receiver.find("mission.v1.exception_resolved", lambda d: d.get(
+        await until(lambda: receiver.find("mission.v1.exception_resolved", lambda d: d.get(
             "exception", {}).get("kind") == "KIND_CONNECTIVITY_LOSS"), "the CONNECTIVITY_LOSS exception resolved "
             "(webhook)", truck=truck)
-        await _until(lambda: receiver.state_reached("STATE_ENROUTE", "STATE_EXCEPTION"),
+        await until(lambda: receiver.state_reached("STATE_ENROUTE", "STATE_EXCEPTION"),
                      "mission back to ENROUTE after the exception (webhook)", truck=truck)
         milestone("Exception resolved by the reconnection → ENROUTE")
 
         remaining = drive_seconds - (time.monotonic() - outage_at) + STEP_TIMEOUT_SECONDS
-        arrived = await _until(stop_event("geofence_entered", 1), "geofence entry at the delivery stop (webhook)",
+        arrived = await until(stop_event("geofence_entered", 1), "geofence entry at the delivery stop (webhook)",
                                max(remaining, STEP_TIMEOUT_SECONDS), truck=truck)
         milestone("Geofence: the truck entered the delivery stop's geofence (Atlanta, GA)")
         detail(f"frame #{arrived['context'].get('frameSequence')} at "
                f"({arrived['context']['location']['lat']:.4f}, {arrived['context']['location']['lon']:.4f})")
-        await _until(lambda: receiver.state_reached("STATE_ARRIVED"), "mission → ARRIVED (webhook)", truck=truck)
+        await until(lambda: receiver.state_reached("STATE_ARRIVED"), "mission → ARRIVED (webhook)", truck=truck)
         mission = await self._mission()
         expect(mission["state"] == "STATE_ARRIVED", f"mission over REST: {mission['state']}, expected ARRIVED")
         milestone("ARRIVED (mission over REST: STATE_ARRIVED)")
@@ -693,15 +736,7 @@ class Demo:
         self.miles["driven"] = round(driven_miles(log), 1)
 
         step("Truck builds, signs and submits its proof of delivery from its own spool (haulmesh-edge pod)")
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "edge_client", "--cert-dir", str(self.mesh.cert_dir),
-            "pod", "--vehicle", TRUCK, "--spool", str(self.truck.spool_path), "--mission", mission_name,
-            "--seal-number", "SEAL-88231", "--received-by", "Dock 7, Atlanta DC", "--submit",
-            "--mission-target", self.mesh.address("mission"), cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(process.communicate(), 90)
-        expect(process.returncode == 0, f"haulmesh-edge pod exited {process.returncode}: {err.decode()[-500:]}")
-        pod = json.loads(out.decode().strip().splitlines()[-1])
+        pod = await submit_pod(self.mesh, self.truck, mission_name)
         detail(f"python -m edge_client pod --vehicle {TRUCK} --mission {mission_name} --submit")
         detail(f"manifest signed with the truck's key (ECDSA P-256); telemetry log #{pod['first_sequence']}.."
                f"#{pod['last_sequence']} sha256 {pod['telemetry_log_sha256'][:16]}… (length-prefixed payloads)")
@@ -717,7 +752,7 @@ class Demo:
             current = await self._mission()
             return current if current["state"] == "STATE_COMPLETED" else None
 
-        await _until(completed, "the mission completes (billing records usage)")
+        await until(completed, "the mission completes (billing records usage)")
         detail("COMPLETED: billing metered the usage")
 
         step("TMS reads the invoice: GET /api/v1/invoices")
@@ -774,7 +809,7 @@ class Demo:
                   "haulmesh.telemetry.v1.eta_updated", "haulmesh.telemetry.v1.connectivity_lost",
                   "haulmesh.telemetry.v1.connectivity_restored", "haulmesh.mission.v1.proof_of_delivery_submitted",
                   "haulmesh.billing.v1.invoice_issued", "haulmesh.billing.v1.invoice_reconciled"}
-        await _until(lambda: wanted <= set(receiver.types()),
+        await until(lambda: wanted <= set(receiver.types()),
                      f"webhooks {sorted(wanted - set(receiver.types()))}")
         expect(receiver.rejected == 0, f"{receiver.rejected} webhook(s) failed signature verification")
         detail(f"{len(receiver.received)} webhooks received, every signature verified")
@@ -859,7 +894,7 @@ class Demo:
             total = reply.json().get("total", {})
             return total if int(total.get("invoicedMissions", 0)) >= 1 else None
 
-        total = await _until(reported, "the KPI report counts the invoiced mission")
+        total = await until(reported, "the KPI report counts the invoiced mission")
         result = await asyncio.to_thread(
             subprocess.run, [sys.executable, "-m", "services.runtime.cli", "--cert-dir", str(self.mesh.cert_dir),
                              "report", "--carrier", CARRIER, "--since", "1h", "--baseline", "USD:2.10"],
