@@ -715,6 +715,7 @@ def test_every_readme_variable_can_be_set(chart: ChartRenderer) -> None:
                     "HAULMESH_JWT_ISSUER", "HAULMESH_JWT_AUDIENCE", *TOKEN_VARIABLES} - {"HAULMESH_JWKS_CA_FILE"}
     billing_only = {"HAULMESH_BILLING_EVIDENCE_CERT_FILE", "HAULMESH_BILLING_EVIDENCE_KEY_FILE"}
     telemetry_only = {"HAULMESH_ARCHIVE_RETENTION_DAYS", "HAULMESH_ARCHIVE_AFTER_SECONDS"}
+    edi_only = {n for n in names if n.startswith("HAULMESH_EDI_")}  # the EDI service's (tests/deploy/helm/test_edi.py)
     # Never set: HAULMESH_CERT_DIR (the explicit TLS files win), HAULMESH_JWKS_URL (ALL_ON mounts a JWKS file;
     # PRODUCTION sets the URL, checked below), HAULMESH_ARCHIVE_URL (archive.url, checked in the archive test),
     # HAULMESH_AUDIT_CHECKPOINT_URL (auditAnchor.checkpointUrl, checked in the audit anchor test),
@@ -728,7 +729,7 @@ def test_every_readme_variable_can_be_set(chart: ChartRenderer) -> None:
                 assert all(f"HAULMESH_{peer.upper()}_ADDR" in env for peer in SERVICES)
             elif variable in unset or (variable in gateway_only and name != "gateway") \
                     or (variable in billing_only and name != "billing") \
-                    or (variable in telemetry_only and name != "telemetry"):
+                    or (variable in telemetry_only and name != "telemetry") or variable in edi_only:
                 assert variable not in env, (name, variable)
             else:
                 assert variable in env, (name, variable)

@@ -225,6 +225,8 @@ def test_the_sftp_service_is_its_own(chart: ChartRenderer) -> None:
     assert sftp["spec"]["loadBalancerSourceRanges"] == ALL_ON["edi"]["sftp"]["allowedCidrs"]
     assert sftp["metadata"]["annotations"] == {"example.com/lb": "internet-facing"}
     assert sftp["spec"]["selector"] == rendered.deployment("edi")["spec"]["selector"]["matchLabels"]
+    # Partners deliver while the pod is NOT_SERVING (the store away): the door does not need the store.
+    assert sftp["spec"]["publishNotReadyAddresses"] is True
     node_port = chart.render(_with(sftp={"hostKeySecret": "k", "allowedCidrs": ["198.51.100.7/32"],
                                          "service": {"type": "NodePort", "port": 2022, "nodePort": 30022,
                                                      "loadBalancerSourceRanges": ["10.0.0.0/8"]}}))
@@ -442,6 +444,15 @@ def test_its_egress_reaches_its_peers_the_store_dns_and_the_archive_only(chart: 
 def test_inconsistent_values_are_refused_at_render(chart: ChartRenderer, edi: dict[str, Any], message: str) -> None:
     with pytest.raises(helm.HelmError, match=message):
         chart.render(_with(**edi))
+
+
+def test_the_audit_bucket_needs_an_egress_rule(chart: ChartRenderer) -> None:
+    audit = {"auditAnchor": {"checkpointUrl": "s3://haulmesh-audit/checkpoints"}}
+    with pytest.raises(helm.HelmError, match=r"edi.networkPolicy.extraEgress must admit the audit checkpoints"):
+        chart.render({**ON, **audit})
+    rule = {"to": [{"ipBlock": {"cidr": "203.0.113.0/24"}}], "ports": [{"port": 443, "protocol": "TCP"}]}
+    rendered = chart.render({**_with(networkPolicy={"extraEgress": [rule]}), **audit})
+    assert rule in rendered.get("NetworkPolicy", EDI)["spec"]["egress"]
 
 
 def test_an_own_store_needs_an_egress_rule(chart: ChartRenderer) -> None:
