@@ -423,8 +423,13 @@ def _text(report: Report) -> str:
         head = f"  set {out.set_id} {out.control}"
         if out.shipment:
             head += f", shipment {out.shipment}, {out.purpose}"
-        verdict = "REFUSED" if not out.accepted else "would cancel the shipment's tender" if out.purpose == "cancel" \
-            else "would update the shipment's tender" if out.purpose == "change" else "would become a tender request"
+        if out.status != "A":
+            verdict = f"REJECTED by its 997 (AK5 {out.status})"
+        elif out.refusal:
+            verdict = "accepted by its 997, then DECLINED by a 990"
+        else:
+            verdict = {"cancel": "would cancel the shipment's tender",
+                       "change": "would update the shipment's tender"}.get(out.purpose, "would become a tender request")
         lines.append(f"{head}: {verdict}")
         lines += [f"    note: {n}" for n in out.notes]
         lines += [f"    error: {e}" for e in out.errors]

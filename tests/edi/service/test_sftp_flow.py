@@ -20,7 +20,7 @@ from haulmesh.mission.v1 import mission_service_pb2, mission_service_pb2_grpc, v
 from haulmesh.type.v1 import equipment_pb2
 from services.edi.config import SftpConfig
 from services.edi.domain import Decision, read, read_990, read_997
-from services.runtime import ConfigError, new_id
+from services.runtime import ConfigError, Mesh, free_port, new_id
 
 from ...conftest import Pki, running_mesh, wait_for
 from .samples import load_tender_204
@@ -146,3 +146,14 @@ def test_the_doors_settings_are_checked(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match="HAULMESH_EDI_SFTP_HOST_KEY_FILE"):
             SftpConfig.from_env({"HAULMESH_EDI_SFTP_PORT": "2222",
                                  "HAULMESH_EDI_SFTP_HOST_KEY_FILE": str(missing_or_open)}, state)
+
+
+def test_the_local_mesh_opens_the_door(tmp_path: Path) -> None:
+    """``haulmesh run`` (default ports): 2222, the chart's port too; a mesh on free ports (tests, demos): a free one;
+    HAULMESH_EDI_SFTP_PORT given wins, 0 included; no EDI service, no door."""
+    assert Mesh(tmp_path, optional=("edi",)).edi_sftp_port == 2222
+    free = Mesh(tmp_path, optional=("edi",), http_port=free_port())
+    assert free.edi_sftp_port not in (0, 2222) and free.extra_env["HAULMESH_EDI_SFTP_PORT"] == str(free.edi_sftp_port)
+    assert Mesh(tmp_path, optional=("edi",), extra_env={"HAULMESH_EDI_SFTP_PORT": "0"}).edi_sftp_port == 0
+    assert Mesh(tmp_path).edi_sftp_port == 0
+    assert ("edi SFTP door (trading partners)", "sftp://127.0.0.1:2222") in Mesh(tmp_path, optional=("edi",)).describe()
