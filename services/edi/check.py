@@ -12,7 +12,9 @@ fields that changed are where that element goes:
 
 * ``mapped``: a field of the tender request changed (``B2-04 → tender.tms_load_id, tender.references[0].value``);
 * ``kept``: only the read tender changed (what the 990, 214 and 210 echo, e.g. the bill-to party, the SCAC);
-* ``checked``: every other value tried is refused (a code or qualifier the reading decides by, e.g. S5-02);
+* ``checked``: some other value tried is refused and none reaches the request (a code or qualifier the reading
+  decides by, e.g. G62-01, or S5-02: another loading code reads the same, an unloading one on a first stop is
+  refused);
 * ``ignored``: nothing changed: Haulmesh does not use it (an N7 trailer number, a G61 contact's extension).
 
 A stop's place is the tender service's to resolve (the carrier's facility registry by N1-03/N1-04, else the ZIP
@@ -259,10 +261,10 @@ def _field_map(transaction: TransactionSet, tender: LoadTender, request: Message
                     tender_paths |= _differences(base_tender, _flat(mapped, ""))
             if tender_paths:
                 status = "mapped"
+            elif refused:  # S5-02: another loading code reads the same; an unloading one first is refused
+                status = "checked"
             elif kept_paths:
                 status = "kept"
-            elif tried and refused == tried:
-                status = "checked"
             else:
                 status = "ignored"
             note = next((places[p] for p in sorted(tender_paths) if p in places), "")
@@ -437,7 +439,7 @@ def _text(report: Report) -> str:
             lines.append(f"    refused (a 990 decline with the partner's ineligible reason): {out.refusal}")
         for status, title in (("mapped", "maps to the tender"), ("kept", "kept for the 990/214/210, not on the "
                                                                          "tender"),
-                              ("checked", "codes the reading decides by (other values are refused)"),
+                              ("checked", "codes the reading decides by (some other values are refused)"),
                               ("ignored", "present, not used by Haulmesh")):
             chosen = [f for f in out.fields if f.status == status]
             if not chosen:

@@ -55,6 +55,7 @@ def test_an_original_maps_field_by_field() -> None:
     assert uses[("S5[1]/S5-03", "42000")].kept == ("load_tender.stops[0].weight.value",)
     # Codes the reading decides by; and what Haulmesh does not read at all (the N7 trailer number).
     assert uses[("S5[1]/G62-01", "37")].status == "checked"
+    assert uses[("S5[1]/S5-02", "LD")].status == "checked"
     assert uses[("N7-02", "TRL0042")].status == "ignored"
     assert not report.sets[0].missing
 
