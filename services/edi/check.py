@@ -242,9 +242,8 @@ def _field_map(transaction: TransactionSet, tender: LoadTender, request: Message
             name = f"{label}{segment.id}-{position:02d}"
             tender_paths: set[str] = set()
             kept_paths: set[str] = set()
-            tried = refused = 0
+            refused = 0
             for other in _other_values(value, spec):
-                tried += 1
                 changed = _replace(transaction, index, position, other)
                 read_again = read_load_tender(changed)
                 if not isinstance(read_again, LoadTender):
