@@ -136,9 +136,9 @@ class EdiStore:
     # --- documents -------------------------------------------------------------------------------------------
 
     async def record_document(self, partner: str, fields: Mapping[str, str], *, doc_id: str | None = None,
-                              due_ms: int | None = None) -> str:
+                              due_ms: int | None = None, sent_ms: int | None = None) -> str:
         """Record a document in or out; its id. An outbound one is findable by its GS06 and ST02; one with
-        ``due_ms`` is tracked for its 997 (:meth:`due` from then)."""
+        ``due_ms`` is tracked for its 997 (:meth:`due` from then), sent at ``sent_ms`` (default: now)."""
         doc_id = doc_id or new_id()
         now = _ms()
         record = {**{k: str(v) for k, v in fields.items()}, "id": doc_id, "partner": partner,
@@ -151,7 +151,7 @@ class EdiStore:
                 pipe.hset(tenant_key("edi", partner, "out", fields["gs06"]), fields["st02"], doc_id)
             if due_ms is not None:
                 pipe.zadd(tenant_key("edi", partner, "awaiting"), {doc_id: due_ms})
-                pipe.zadd(tenant_key("edi", partner, "unacknowledged"), {doc_id: now})
+                pipe.zadd(tenant_key("edi", partner, "unacknowledged"), {doc_id: sent_ms or now})
             await pipe.execute()
         return doc_id
 

@@ -71,8 +71,8 @@ class DeskBase:
         self.clock = clock
 
     async def _record(self, partner: str, fields: dict[str, str], *, doc_id: str | None = None,
-                      due_ms: int | None = None) -> str:
-        doc_id = await self.store.record_document(partner, fields, doc_id=doc_id, due_ms=due_ms)
+                      due_ms: int | None = None, sent_ms: int | None = None) -> str:
+        doc_id = await self.store.record_document(partner, fields, doc_id=doc_id, due_ms=due_ms, sent_ms=sent_ms)
         DOCUMENTS.labels(fields.get("direction", ""), fields.get("set", ""), fields.get("state", "")).inc()
         return doc_id
 
@@ -110,7 +110,7 @@ class DeskBase:
             step = advance_tracking(tracked, partner.ack_schedule, now)
             fields.update(state=state_of(step.document), tracking=json.dumps(step.document.to_dict()))
             due_ms = ms(step.due)
-        await self._record(partner.id, fields, doc_id=doc_id, due_ms=due_ms)
+        await self._record(partner.id, fields, doc_id=doc_id, due_ms=due_ms, sent_ms=ms(now))
         await self._durable()  # the record (and the counters) on disk before the partner can see the document
         await asyncio.to_thread(self.folders.write_out, partner.id, name, data)
         _log.info("partner %s: sent %s %s", partner.id, kind, name)

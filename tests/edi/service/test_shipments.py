@@ -35,7 +35,7 @@ from services.edi.folders import PartnerFolders
 from services.edi.store import EdiStore
 from services.edi.usecases import EdiDesk
 from services.edi.usecases.shipments import kept_204
-from services.runtime import new_id
+from services.runtime import METRICS_REGISTRY, new_id
 
 from .samples import Clock, load_tender_204, nothing
 
@@ -232,6 +232,16 @@ async def test_a_trip_becomes_its_214s_once_and_the_invoice_its_210(store_client
     (record,) = [d for d in await desk.store.documents(PARTNER, limit=50)
                  if d["set"] == "210" and d["shipment"] == shipment]
     assert record["state"] == "awaiting_997" and record["shipment"] == shipment
+
+    # 45 minutes without the other 997s: the chaser says how old the oldest unacknowledged document is (the
+    # alert's metric, by its exported name), and the unanswered 214s are overdue.
+    clock.advance(45)
+    await desk.chase_acknowledgements()
+    age = METRICS_REGISTRY.get_sample_value("haulmesh_edi_unacknowledged_oldest_age_seconds")
+    assert age is not None and age >= 45 * 60
+    states = {d["file"]: d["state"] for d in await desk.store.documents(PARTNER, limit=50)
+              if d.get("shipment") == shipment and d["set"] in ("214", "210")}
+    assert sorted(states.values()) == ["accepted", *["overdue"] * (len(states) - 1)]
 
 
 async def test_an_invoice_the_210_cannot_express_is_recorded_refused(store_client, tmp_path: Path) -> None:
