@@ -327,7 +327,9 @@ class Mesh:
         """(what, where) rows for the terminal."""
         rows = [(name, f"grpcs://{self.address(name)}") for name in (*MESH_SERVICES, *self.optional)]
         rows += [(f"{name} metrics", f"http://127.0.0.1:{port}/metrics") for name, port in self.metrics_ports.items()]
-        if self.edi_sftp_port:
+        # The EDI service opens no door without a partner (its log says so): listed only with a partners file.
+        partners = _OPTIONAL_WHEN_SET["edi"]
+        if self.edi_sftp_port and (self.extra_env.get(partners) or os.environ.get(partners)):
             rows.append(("edi SFTP door (trading partners)", f"sftp://127.0.0.1:{self.edi_sftp_port}"))
         rows.append(("gateway (HTTP)", f"http://127.0.0.1:{self.http_port}"))
         rows.append(("gateway (HTTPS for trucks, mTLS)", f"https://127.0.0.1:{self.device_port}"))

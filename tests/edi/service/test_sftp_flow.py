@@ -150,10 +150,12 @@ def test_the_doors_settings_are_checked(tmp_path: Path) -> None:
 
 def test_the_local_mesh_opens_the_door(tmp_path: Path) -> None:
     """``haulmesh run`` (default ports): 2222, the chart's port too; a mesh on free ports (tests, demos): a free one;
-    HAULMESH_EDI_SFTP_PORT given wins, 0 included; no EDI service, no door."""
+    HAULMESH_EDI_SFTP_PORT given wins, 0 included; no EDI service, no door; listed where a partners file is set."""
     assert Mesh(tmp_path, optional=("edi",)).edi_sftp_port == 2222
     free = Mesh(tmp_path, optional=("edi",), http_port=free_port())
     assert free.edi_sftp_port not in (0, 2222) and free.extra_env["HAULMESH_EDI_SFTP_PORT"] == str(free.edi_sftp_port)
     assert Mesh(tmp_path, optional=("edi",), extra_env={"HAULMESH_EDI_SFTP_PORT": "0"}).edi_sftp_port == 0
     assert Mesh(tmp_path).edi_sftp_port == 0
-    assert ("edi SFTP door (trading partners)", "sftp://127.0.0.1:2222") in Mesh(tmp_path, optional=("edi",)).describe()
+    door = ("edi SFTP door (trading partners)", "sftp://127.0.0.1:2222")
+    assert door in Mesh(tmp_path, extra_env={"HAULMESH_EDI_PARTNERS_FILE": str(EXAMPLE)}).describe()
+    assert door not in Mesh(tmp_path, optional=("edi",)).describe()  # no partner: the service opens no door
