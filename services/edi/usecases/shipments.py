@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC, timedelta
 
 import grpc
 
@@ -127,6 +128,17 @@ def _mission_named(event: event_pb2.Event) -> tuple[mission_pb2.Mission | None, 
     if kind == "telemetry_eta_updated":
         return None, event.telemetry_eta_updated.mission
     return None, ""
+
+
+def _position_due(state: MilestoneState, prefs: StatusPreferences, update) -> bool:
+    """Whether an X6 may be due at this ETA update (its frame's device time a cadence after the last X6's): the
+    roster is asked for the position only then; the rules decide the rest."""
+    if not prefs.positions_wanted:
+        return False
+    if state.position_time is None or not update.HasField("device_time"):
+        return True
+    return update.device_time.ToDatetime(tzinfo=UTC) - state.position_time >= timedelta(
+        minutes=prefs.position_minutes)
 
 
 class Shipments(DeskBase):
@@ -228,7 +240,8 @@ class Shipments(DeskBase):
         now = self.clock()
         said, state = milestones(state, event, prefs, now, zone_at=self.lanes.timezone_at)
         statuses = list(said)
-        if event.WhichOneof("data") == "telemetry_eta_updated" and prefs.positions_wanted:
+        if event.WhichOneof("data") == "telemetry_eta_updated" and _position_due(state, prefs,
+                                                                                  event.telemetry_eta_updated):
             frame = await self._position(partner, event.telemetry_eta_updated)
             if frame is not None:
                 said, state = milestones(state, frame, prefs, now, zone_at=self.lanes.timezone_at)
