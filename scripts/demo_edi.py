@@ -476,11 +476,17 @@ class EdiDemo:
 
     async def until(self, predicate, what: str, timeout_seconds: float = STEP_TIMEOUT_SECONDS, *,
                     truck: bool = False):
-        """demo.until with the TMS's polling checked too: a document it could not read fails the step."""
+        """demo.until with the TMS's polling checked too: a document it could not read fails the step. With
+        ``truck``, a truck process that failed fails it too; one that finished its drive (status 0) does not, since
+        a 214 of its last minutes reaches the TMS after the truck has drained its spool and exited."""
         def checked():
             self.tms.check()
+            process = self.truck.process
+            if truck and process is not None and process.returncode not in (None, 0):
+                raise DemoFailed(f"step '{what}': the truck's edge process exited ({process.returncode}); "
+                                 f"log: {self.truck.log_path}")
             return predicate()
-        return await until(checked, what, timeout_seconds, truck=self.truck if truck else None)
+        return await until(checked, what, timeout_seconds)
 
     async def _get(self, path: str) -> dict:
         reply = await self.http.get(f"/api/v1/{path}")
