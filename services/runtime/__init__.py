@@ -83,7 +83,7 @@ from ._revocation import (
     revoke_identity,
     revoked_certificates,
 )
-from ._server import Service, run_service
+from ._server import LIVENESS_SERVICE, Service, run_service
 from ._status import abort, describe_rpc_error, error_info, retry_delay_seconds, status_of, to_rpc_status
 from ._store import EmbeddedStore, cluster_url, connect_async, connect_sync, free_port, resolve_redis_url
 from ._store_acl import STORE_USERS, StoreUser, render_acl_file
@@ -110,6 +110,7 @@ __all__ = [
     "ERROR_DOMAIN",
     "FLEET",
     "FLEET_OPERATORS",
+    "LIVENESS_SERVICE",
     "MAX_PAGE_SIZE",
     "MESH_SERVICES",
     "METERS_PER_MILE",

@@ -13,6 +13,12 @@ health, not ours: no cascade); only a programming error ends the process.
 
 Shutdown on SIGTERM/SIGINT: health turns NOT_SERVING first, then the server stops accepting calls
 and gives those in flight ``grace_period_seconds`` to finish.
+
+Two health answers for two questions: the server's ("") and each service's name say whether the process can serve
+now (NOT_SERVING while it waits for its store or a part is stuck on it: readiness, ``make status``);
+:data:`LIVENESS_SERVICE` says only that the process is alive and answering (SERVING from before the store wait until
+shutdown). A kubelet's liveness probe asks the latter: a store outage must take pods out of rotation, never restart
+them all (a restart cannot mend the store, and it would end every truck's stream and the EDI door with it).
 """
 
 from __future__ import annotations
@@ -52,9 +58,11 @@ from ._workers import supervise_workers
 from .audit_anchor import AuditSigner, CheckpointWriter
 from .objectstore import ObjectStoreError, open_object_store
 
-__all__ = ["Service", "run_service"]
+__all__ = ["LIVENESS_SERVICE", "Service", "run_service"]
 
 _log = logging.getLogger("haulmesh.server")
+#: The health name a liveness probe asks (see the module docstring): alive and answering, whatever the store does.
+LIVENESS_SERVICE = "haulmesh.liveness"
 StubT = TypeVar("StubT")
 
 #: How long the keeper waits for the store to answer its check that a restarted companion which reports no
@@ -309,6 +317,7 @@ class Service:
         # (the health servicer's own default is SERVING) until the store answers.
         for name in ["", *self._services]:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self.metrics.start()
         await self._start_probe_listener()
         if not await self._wait_for_store() or not await self._load_revocations():

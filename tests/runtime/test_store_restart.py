@@ -12,7 +12,7 @@ import grpc
 import pytest
 import redis.asyncio
 
-from services.runtime import Mesh, connect_async
+from services.runtime import LIVENESS_SERVICE, Mesh, check_health, connect_async
 from services.telemetry.store import TelemetryStore
 from tests.conftest import Pki, running_mesh, wait_for
 from tests.store_faults import ConnectionsRefused, kill_store, restart_store
@@ -92,7 +92,12 @@ async def _through_a_fault(mesh: Mesh, mesh_pki: Pki, fault: Callable[[], Awaita
 
         async def stuck() -> bool:
             statuses = await mesh.status()
-            seen_not_serving.update(n for n, s in statuses.items() if s == "NOT_SERVING")
+            stuck_now = [n for n, s in statuses.items() if s == "NOT_SERVING"]
+            seen_not_serving.update(stuck_now)
+            # Not ready, yet alive: the liveness probe's answer stays SERVING, so a kubelet restarts nothing.
+            alive = [await check_health(mesh.address(n), mesh.operator_credentials(), service=LIVENESS_SERVICE)
+                     for n in stuck_now]
+            assert set(alive) <= {"SERVING"}, dict(zip(stuck_now, alive, strict=True))
             return bool(seen_not_serving)
 
         await wait_for(stuck, timeout_seconds=30, interval_seconds=0.2)

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.gateway.config import GatewayConfig
-from services.runtime import DEFAULT_PORTS
+from services.runtime import DEFAULT_PORTS, LIVENESS_SERVICE
 from services.telemetry.config import TelemetryConfig
 
 from .conftest import ALL_ON, CHART, NAMESPACE, PRODUCTION, RELEASE, SERVICES, ChartRenderer, Rendered, helm
@@ -152,7 +152,9 @@ def test_probes_are_native_grpc_health_checks(rendered: Rendered) -> None:
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             assert set(container[probe]) & {"grpc", "exec", "httpGet", "tcpSocket"} == {"grpc"}, (name, probe)
             assert container[probe]["grpc"]["port"] == health_port, (name, probe)
-        assert container["livenessProbe"]["grpc"]["service"] == ""
+        # Liveness asks whether the process answers, not whether its store does: an outage restarts nothing.
+        assert container["livenessProbe"]["grpc"]["service"] == LIVENESS_SERVICE
+        assert container["startupProbe"]["grpc"]["service"] == LIVENESS_SERVICE
         # Readiness asks for the service's own name: it turns NOT_SERVING first when the pod drains.
         assert container["readinessProbe"]["grpc"]["service"] == GRPC_SERVICES[name]
 

@@ -524,13 +524,14 @@ spec:
           startupProbe:
             grpc:
               port: {{ $root.Values.health.port }}
+              service: haulmesh.liveness
             periodSeconds: {{ $root.Values.probes.startup.periodSeconds }}
             timeoutSeconds: {{ $root.Values.probes.startup.timeoutSeconds }}
             failureThreshold: {{ $root.Values.probes.startup.failureThreshold }}
           livenessProbe:
             grpc:
               port: {{ $root.Values.health.port }}
-              service: ""
+              service: haulmesh.liveness
             initialDelaySeconds: {{ $root.Values.probes.liveness.initialDelaySeconds }}
             periodSeconds: {{ $root.Values.probes.liveness.periodSeconds }}
             timeoutSeconds: {{ $root.Values.probes.liveness.timeoutSeconds }}
