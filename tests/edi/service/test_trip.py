@@ -24,6 +24,8 @@ from haulmesh.mission.v1 import mission_pb2, mission_service_pb2, mission_servic
 from haulmesh.telemetry.v1 import frame_pb2, stream_pb2
 from haulmesh.tender.v1 import tender_service_pb2, tender_service_pb2_grpc
 from haulmesh.type.v1 import equipment_pb2, health_check_pb2, location_pb2
+from services.edi.archive import RawArchive
+from services.edi.config import PARTNERS_FILE_ENV, EdiConfig
 from services.edi.domain import (
     EXCEPTION_REASONS,
     SCHEMA_210,
@@ -40,7 +42,9 @@ from services.edi.domain import (
     validate,
     write,
 )
+from services.edi.folders import PartnerFolders
 from services.edi.store import EdiStore
+from services.edi.usecases import EdiDesk, MissionClient
 from services.mission.domain import key_id_of
 from services.runtime import carrier_metadata, connect_async, metering, new_id
 
@@ -48,7 +52,7 @@ from ...conftest import Pki, running_mesh, wait_for
 from ...telemetry.helpers import Session
 from ...telemetry.missions.test_follow import _keep_alive
 from ...trucks import Truck
-from .samples import load_tender_204
+from .samples import load_tender_204, nothing
 from .test_flow import EXAMPLE, drop, new_files, only_set, outbox
 
 CARRIER = "prairie-freight"
@@ -277,6 +281,20 @@ async def test_a_partners_load_driven_by_a_truck_gets_its_214s_and_its_210(trip_
         async def accepted() -> bool:
             return (await edi.document("prairie", record["id"]))["state"] == "accepted"
         await wait_for(accepted, timeout_seconds=15)
+
+        # A mission first heard of by a telemetry event (its dispatch not seen: the service started later) is read
+        # from the mission service as service edi, and found to be the shipment: what was said is not said again.
+        await store_client.delete(f"edi:{{prairie}}:mission:{mission_id}")
+        async with grpc.aio.secure_channel(mesh.address("mission"), mesh_pki.credentials("service", "edi")) as ch:
+            config = EdiConfig.from_env({PARTNERS_FILE_ENV: str(state / "partners.toml")})
+            desk = EdiDesk(partners=config.partners, store=edi, archive=RawArchive(str(state / "edi-archive")),
+                           folders=PartnerFolders(state / "edi"), tenders=None, lanes=config.lanes, durable=nothing,
+                           duplicate_window_seconds=60,
+                           missions=MissionClient(lambda: mission_service_pb2_grpc.MissionServiceStub(ch)))
+            seen = [e for e in carried if e.type == "haulmesh.telemetry.v1.geofence_entered"
+                    and e.subject == mission_name]
+            assert seen and await desk.follow(seen[-1]) == []
+        assert await edi.followed("prairie", mission_id) == shipment
     finally:
         if alive is not None:
             alive.cancel()
