@@ -75,7 +75,7 @@ from localmesh import fresh_mesh, register_truck
 from edge_client.simulator import CRUISE_KPH, lane_between
 from services.edi import domain as x12
 from services.edi.store import EdiStore
-from services.runtime import METERS_PER_MILE, Mesh, connect_async, free_port
+from services.runtime import METERS_PER_MILE, Mesh, connect_async, free_port, tenant_key
 
 STATE = ROOT / ".haulmesh" / "demo-edi"
 PARTNER = "acme-tms"
@@ -100,6 +100,8 @@ FACILITIES = {
     "ACME-ATL": ("ACME Atlanta DC", 33.7490, -84.3880, ("55 Trinity Ave SW",), "Atlanta", "GA", "30303"),
 }
 HOUSTON = ZoneInfo("America/Chicago")
+#: The stops' time zones (by S5-01), as ACME's TMS knows its facilities.
+STOP_ZONES = {"1": "America/Chicago", "2": "America/New_York"}
 
 _DESCRIBED = {"X3": "arrived at pickup", "AF": "departed pickup", "X6": "en route", "X1": "arrived at delivery",
               "D1": "delivered", "CD": "departed delivery", "AG": "estimated delivery", "SD": "delayed"}
@@ -159,6 +161,18 @@ def _element(segments, segment_id: str, position: int) -> str:
     return next((s.get(position) for s in segments if s.id == segment_id), "")
 
 
+def _when(event: dict) -> str:
+    """An AT7's time as the TMS shows it: a stop's local time (LT) with its zone's abbreviation, as the TMS knows
+    where its stops are; any other time code as written."""
+    hhmm, day, code = event.get("hhmm", ""), event.get("day", ""), event.get("zone", "")
+    if not hhmm:
+        return ""
+    zone = STOP_ZONES.get(event.get("stop", ""))
+    if code == "LT" and zone and day:
+        code = datetime.combine(x12.parse_date(day), clock(int(hhmm[:2]), int(hhmm[2:4])), ZoneInfo(zone)).tzname()
+    return f"{hhmm[:2]}:{hhmm[2:4]} {code}".strip()
+
+
 def _describe_214(segments) -> tuple[str, list[str]]:
     """``X3 arrived at pickup (stop 1) 08:05 LT, Houston TX`` for each LX loop of a 214; the AT7-01 codes."""
     events, codes, current = [], [], None
@@ -171,8 +185,7 @@ def _describe_214(segments) -> tuple[str, list[str]]:
         elif segment.id == "AT7":
             code = segment.get(1) or segment.get(3)
             codes.append(code)
-            hhmm = segment.get(6)
-            current.update(code=code, when=f"{hhmm[:2]}:{hhmm[2:4]} {segment.get(7)}".strip() if hhmm else "",
+            current.update(code=code, day=segment.get(5), hhmm=segment.get(6), zone=segment.get(7),
                            reason=segment.get(2))
         elif segment.id == "MS1":
             if segment.get(1):
@@ -188,7 +201,7 @@ def _describe_214(segments) -> tuple[str, list[str]]:
         stop = f" (stop {event['stop']})" if event.get("stop") else ""
         reason = f" reason {event['reason']}" if event.get("reason") not in ("", "NS", None) else ""
         where = f", {event['where']}" if event["where"] else ""
-        texts.append(f"{code} {_DESCRIBED.get(code, '')}{stop} {event.get('when', '')}{reason}{where}")
+        texts.append(f"{code} {_DESCRIBED.get(code, '')}{stop} {_when(event)}{reason}{where}")
     return "; ".join(texts), codes
 
 
@@ -716,7 +729,7 @@ class EdiDemo:
     async def _summary(self) -> None:
         records = await self._records()
         counts = Counter((r["direction"], r["set"]) for r in records if r.get("state") != "duplicate")
-        awaiting = await self.store_client.zcard(f"edi:{{{PARTNER}}}:awaiting")
+        awaiting = await self.store_client.zcard(tenant_key("edi", PARTNER, "awaiting"))  # as store.py keys it
         unacknowledged = len(await self._unacknowledged())
         self.summary = {
             "x12_204_in": counts[("in", "204")], "x12_997_out": counts[("out", "997")],
