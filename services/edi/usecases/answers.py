@@ -68,7 +68,6 @@ class Answers(DeskBase):
                       outcome: Received) -> None:
         policy = context.partner.response
         carrier = context.partner.carrier
-        assert self.tenders is not None
         if created.state == State.STATE_REJECTED:
             reasons = "; ".join(r.description for r in created.rejection_reasons) or created.state_reason
             await self._answer(context, tender, created, Decision.DECLINE, policy.ineligible_reason, reasons,

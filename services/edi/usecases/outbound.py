@@ -53,10 +53,13 @@ Build = Callable[[str, datetime], TransactionSet]
 
 
 class DeskBase:
-    """The desk's collaborators and its outbound path; the use cases are mixins over it (see desk.py)."""
+    """The desk's collaborators and its outbound path; the use cases are mixins over it (see desk.py).
+
+    ``missions`` may be None (a desk that only reads files): then a mission is followed only once an event that
+    carries it was seen, and no X6 is sent (the vehicle's position is the mission service's roster)."""
 
     def __init__(self, *, partners: Partners, store: EdiStore, archive: RawArchive, folders: PartnerFolders,
-                 tenders: TenderClient | None, lanes, durable: Callable[[], Awaitable[None]],
+                 tenders: TenderClient, lanes, durable: Callable[[], Awaitable[None]],
                  duplicate_window_seconds: int, missions: MissionClient | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.partners = partners
