@@ -350,8 +350,8 @@ class Tms:
         control = self.next_control()
         now = datetime.now(UTC)
         group = x12.acknowledgement_group(group_reading, group_control=str(control), set_control="0001",
-                                      date=now.strftime("%Y%m%d"), time=now.strftime("%H%M"), sender=ACME_GS,
-                                      receiver=OUR_GS)
+                                          date=now.strftime("%Y%m%d"), time=now.strftime("%H%M"), sender=ACME_GS,
+                                          receiver=OUR_GS)
         expect(group is not None, f"the domain owes no 997 for our group {group_reading.group.control}")
         assert group is not None
         await self.upload(f"997_{control:09d}.x12", self.interchange(control, group))
@@ -412,9 +412,9 @@ class Tms:
 # -- the demo ------------------------------------------------------------------------------------------------------
 
 
-def _keys(state: Path) -> tuple[asyncssh.SSHKey, asyncssh.SSHKey, Path]:
-    """ACME's SSH key (its public half goes in the partners file) and the SFTP door's host key (the TMS pins it),
-    both Ed25519, written 0600 under ``state``; the host key's path."""
+def _keys(state: Path) -> tuple[asyncssh.SSHKey, asyncssh.SSHKey]:
+    """ACME's SSH key (its public half goes in the partners file) and the SFTP door's host key (the TMS pins it;
+    the service reads it from HAULMESH_EDI_SFTP_HOST_KEY_FILE), both Ed25519, written 0600 under ``state``/keys."""
     keys = state / "keys"
     keys.mkdir(parents=True, exist_ok=True)
     tms_key = asyncssh.generate_private_key("ssh-ed25519", comment=f"{PARTNER}@demo")
@@ -423,7 +423,7 @@ def _keys(state: Path) -> tuple[asyncssh.SSHKey, asyncssh.SSHKey, Path]:
         path = keys / name
         path.write_bytes(key.export_private_key())
         path.chmod(0o600)
-    return tms_key, host_key, keys / "sftp_host_ed25519"
+    return tms_key, host_key
 
 
 def write_partners(path: Path, tms_key: asyncssh.SSHKey) -> None:
@@ -442,7 +442,7 @@ async def run(speedup: int) -> None:
                       HAULMESH_EDI_SFTP_PORT=str(sftp_port),
                       HAULMESH_EDI_SFTP_HOST_KEY_FILE=str(STATE / "keys" / "sftp_host_ed25519"), **MESH_ENV)
     issue_truck_certificate(mesh)
-    tms_key, host_key, _ = _keys(STATE)
+    tms_key, host_key = _keys(STATE)
     write_partners(partners_file, tms_key)
     detail(f"trading partner {PARTNER} (ISA {ACME_ISA[0]}/{ACME_ISA[1]}) for carrier {CARRIER}: "
            f"{partners_file.relative_to(ROOT)}, its SSH key in {(STATE / 'keys').relative_to(ROOT)}/")
