@@ -1,8 +1,9 @@
 """A partner's shipment after its 990, on a real Valkey with a clock of the test's own (the desk alone, no mesh:
 tests/edi/service/test_trip.py drives a real truck through the mesh): the mission's and telemetry's events become
-214s (X3, AF, X1, D1 in order, SD with the exception's reason), nothing twice when the events come again, the
-partner's 997 accepts a 214; the issued invoice becomes a 210 whose totals and references match, once; an invoice
-the 210 cannot express is recorded as refused; another carrier's mission, or a mission of no 204, says nothing."""
+214s (X3, AF, AG for the ETA, SD with the exception's reason, X1, D1, in order), nothing twice when the events come
+again, the partner's 997 accepts a 214, the unacknowledged age is the oldest's; the issued invoice becomes a 210
+whose totals and references match, once; an invoice the 210 cannot express is recorded as refused; another
+carrier's mission, or a mission of no 204, says nothing."""
 
 from __future__ import annotations
 
@@ -47,11 +48,12 @@ HOUSTON = location_pb2.Location(lat=29.7594, lon=-95.3594)
 
 
 def partners_file(tmp_path: Path) -> Path:
-    """The example partners, prairie wanting delays (SD) besides its milestones and positions, and named
+    """The example partners, prairie wanting delays (SD) and ETAs (AG) besides its milestones and positions, named
     :data:`PARTNER` here (the session's store is shared: the chaser of another test reads the partners it knows)."""
     text = EXAMPLE.read_text().replace('id = "prairie"', f'id = "{PARTNER}"')
-    text = text.replace('events = ["X3", "AF", "X6", "X1", "D1"]', 'events = ["X3", "AF", "X6", "X1", "D1", "SD"]')
-    assert '"SD"]' in text
+    text = text.replace('events = ["X3", "AF", "X6", "X1", "D1"]',
+                        'events = ["X3", "AF", "X6", "X1", "D1", "SD", "AG"]')
+    assert '"SD", "AG"]' in text
     path = tmp_path / "partners.toml"
     path.write_text(text)
     return path
@@ -119,6 +121,15 @@ def entered(name: str, stop: int, when: datetime) -> event_pb2.Event:
     return out
 
 
+def eta(name: str, estimate: datetime, device: datetime) -> event_pb2.Event:
+    out = event("telemetry_eta_updated")
+    update = out.telemetry_eta_updated
+    update.mission, update.vehicle, update.stop_index = name, "vehicles/AU-TRK-1001", 1
+    update.estimated_arrive_time.FromDatetime(estimate)
+    update.device_time.FromDatetime(device)
+    return out
+
+
 def sensor_fault(name: str, tender: str, when: datetime) -> event_pb2.Event:
     out = event("mission_exception_raised")
     raised = out.mission_exception_raised
@@ -177,6 +188,7 @@ async def test_a_trip_becomes_its_214s_once_and_the_invoice_its_210(store_client
     trip = [dispatched(mission(name, tender, mission_pb2.Mission.STATE_DISPATCHED, t0=t0)),
             changed(mission(name, tender, mission_pb2.Mission.STATE_PRE_TRIP, t0=t0, arrived=True)),
             changed(mission(name, tender, mission_pb2.Mission.STATE_ENROUTE, t0=t0, arrived=True, departed=True)),
+            eta(name, t0 + timedelta(hours=4), t0 + timedelta(hours=1)),
             sensor_fault(name, tender, t0 + timedelta(hours=2)),
             entered(name, 1, t0 + timedelta(hours=4)),
             changed(mission(name, tender, mission_pb2.Mission.STATE_DELIVERED, t0=t0, arrived=True, departed=True,
@@ -194,8 +206,9 @@ async def test_a_trip_becomes_its_214s_once_and_the_invoice_its_210(store_client
         assert ("BM", f"BOL-{shipment}") in [(s.get(2), s.get(1)) for s in transaction.segments if s.id == "L11"]
         said += statuses(transaction)
     # A sensor fault is a delay with its reason (EXCEPTION_REASONS: a breakdown of the vehicle's equipment).
-    assert said == [("X3", "NS"), ("AF", "NS"), ("SD", EXCEPTION_REASONS["SENSOR_FAULT"]), ("X1", "NS"),
-                    ("D1", "NS")]
+    # The ETA the partner wants is an AG (domain/_milestones.py: the estimate as its date and time).
+    assert said == [("X3", "NS"), ("AF", "NS"), ("AG", "NS"), ("SD", EXCEPTION_REASONS["SENSOR_FAULT"]),
+                    ("X1", "NS"), ("D1", "NS")]
     records = [d for d in await desk.store.documents(PARTNER, limit=50)
                if d["set"] == "214" and d["shipment"] == shipment]
     assert {d["state"] for d in records} == {"awaiting_997"} and {d["tender"] for d in records} == {tender}
