@@ -213,6 +213,10 @@ async def test_a_trip_becomes_its_214s_once_and_the_invoice_its_210(store_client
                if d["set"] == "214" and d["shipment"] == shipment]
     assert {d["state"] for d in records} == {"awaiting_997"} and {d["tender"] for d in records} == {tender}
 
+    counted = METRICS_REGISTRY.get_sample_value("haulmesh_edi_documents_total",
+                                                {"direction": "out", "set": "214", "state": "awaiting_997"})
+    assert counted is not None and counted >= len(sent)
+
     # The same events again (a redelivery, a replay of the stream): nothing more is sent.
     for e in trip:
         await desk.follow(e)
