@@ -52,6 +52,7 @@ from ..domain import (
     LoadTender,
     MilestoneState,
     Partner,
+    PositionFormat,
     Purpose,
     ShipmentReference,
     StatusError,
@@ -91,10 +92,12 @@ _NOT_OURS = frozenset({grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DEN
 
 
 def preferences_for(partner: Partner) -> StatusPreferences:
-    """The partner's 214 habits as the milestone rules take them (positions as lat/lon, ETAs at the default
-    threshold: the partner file says neither yet)."""
+    """The partner's 214 habits as the milestone rules take them: its events and X6 cadence; MS1 the 204's city and
+    state at a stop (what a TMS shows for its stops; lat/lon where the 204's N4 cannot be an MS1), the vehicle's
+    latitude and longitude en route (no reverse geocoding here); ETAs at the rules' default threshold (the partner
+    file says neither yet)."""
     return StatusPreferences(events=frozenset(partner.status_events),
-                             position_minutes=partner.status_cadence_minutes)
+                             position_minutes=partner.status_cadence_minutes, position=PositionFormat.CITYSTATE)
 
 
 def kept_204(partner: Partner, transaction: TransactionSet) -> bytes | None:

@@ -237,6 +237,9 @@ async def test_a_partners_load_driven_by_a_truck_gets_its_214s_and_its_210(trip_
         for _, _, transaction in said:
             b10 = transaction.segments[0]
             assert (b10.get(1), b10.get(2), b10.get(3)) == (mission_id, shipment, "HMSH")
+        # At a stop MS1 is the 204's city and state; en route the truck's latitude and longitude.
+        places = {(m.get(1), m.get(2)) for _, _, t in said for m in t.segments if m.id == "MS1" and m.get(1)}
+        assert places == {("Dallas", "TX"), ("Houston", "TX")}, places
         (x6,) = [t for c, _, t in said if c == "X6"]
         ms1 = next(s for s in x6.segments if s.id == "MS1")
         lat, lon = from_dddmmss(ms1.get(5), ms1.get(7)), from_dddmmss(ms1.get(4), ms1.get(6))
