@@ -671,7 +671,7 @@ class EdiDemo:
                        f"dispatched")
             else:
                 # An accepted load takes no change to its stops, weight or lane: the 990 declines the change and
-                # says the load stands as tendered before (the service's rule, services/edi/usecases.py).
+                # says the load stands as tendered before (the service's rule, services/edi/usecases/inbound.py).
                 detail(f"990 {answer.facts['decision']}: the tender service's answer to a change of an accepted load")
 
         async def cancelled():

@@ -148,8 +148,10 @@ class Answers(DeskBase):
 
 def remark_for(exc: grpc.aio.AioRpcError, tender: LoadTender) -> str:
     """A failed call's message, as a 990 remark: the tender service names the field and the rule; a stop it names
-    (``tender.stops[1]``) is named as the 204 does (``stop 2``, its S5-01)."""
+    (``tender.stops[1]``) is named as the 204 does (``stop 2``, its S5-01). The gRPC code's name is left out: a
+    TMS user reads the remark, and the reason is the message."""
     def stop(match: re.Match[str]) -> str:
         index = int(match.group(1))
         return f"stop {tender.stops[index].sequence}" if index < len(tender.stops) else match.group(0)
-    return _STOP_FIELD.sub(stop, describe_rpc_error(exc))[:_MAX_REMARK]
+    message = describe_rpc_error(exc).removeprefix(f"{exc.code().name}: ")
+    return _STOP_FIELD.sub(stop, message)[:_MAX_REMARK]
