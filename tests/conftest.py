@@ -103,16 +103,18 @@ def mesh_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 @asynccontextmanager
 async def running_mesh(mesh_pki: Pki, state_dir: Path, *, env: Mapping[str, str] | None = None,
                        redis_url: str | None = None, metrics: bool = False,
-                       http_port: int | None = None) -> AsyncIterator[Mesh]:
+                       http_port: int | None = None, optional: tuple[str, ...] = ()) -> AsyncIterator[Mesh]:
     """The one way a test starts a mesh: every service as a real process on free ports, with certificates from
     ``mesh_pki``, on a fresh embedded store in ``state_dir`` (stopped after) or on ``redis_url`` (left running).
 
     ``env`` adds the variables the test needs (a short liveness timeout, tracing, webhook retry pacing);
     ``metrics`` gives every service a Prometheus port of its own (``mesh.metrics_ports``); ``http_port`` the
-    gateway's HTTP port when the test must know it before the start (an identity provider's redirect URI).
+    gateway's HTTP port when the test must know it before the start (an identity provider's redirect URI);
+    ``optional`` the optional services to start too (``edi``).
     """
-    mesh = Mesh(state_dir, ports={name: free_port() for name in MESH_SERVICES}, http_port=http_port or free_port(),
-                metrics_ports={name: free_port() for name in MESH_SERVICES} if metrics else {},
+    mesh = Mesh(state_dir, ports={name: free_port() for name in (*MESH_SERVICES, *optional)},
+                http_port=http_port or free_port(), optional=optional,
+                metrics_ports={name: free_port() for name in (*MESH_SERVICES, *optional)} if metrics else {},
                 grace_period_seconds=2, redis_url=redis_url,
                 extra_env={"HAULMESH_CERT_DIR": str(mesh_pki.directory), **(env or {})})
     try:

@@ -39,5 +39,5 @@ def test_every_call_has_an_exact_expectation(tmp_path: Path) -> None:
 
 
 def test_every_update_has_read_only_fields_to_refuse() -> None:
-    assert {m.name for m, _ in updates()} == {"UpdateTender", "UpdateRateCard", "UpdateVehicle",
+    assert {m.name for m, _ in updates()} == {"UpdateTender", "UpdateFacility", "UpdateRateCard", "UpdateVehicle",
                                                "UpdateWebhookSubscription"}

@@ -29,10 +29,11 @@ from haulmesh.billing.v1 import billing_service_pb2, evidence_service_pb2, repor
 from haulmesh.gateway.v1 import webhook_service_pb2
 from haulmesh.mission.v1 import mission_service_pb2
 from haulmesh.telemetry.v1 import telemetry_service_pb2
-from haulmesh.tender.v1 import tender_service_pb2
+from haulmesh.tender.v1 import facility_service_pb2, tender_service_pb2
 from services.billing.evidence.server import POLICY as EVIDENCE_POLICY
 from services.billing.reports.server import POLICY as REPORT_POLICY
 from services.billing.server import POLICY as BILLING_POLICY
+from services.edi.server import POLICY as EDI_POLICY
 from services.gateway.webhooks.server import POLICY as GATEWAY_POLICY
 from services.mission.server import POLICY as MISSION_POLICY
 from services.runtime import Identity, Policy, pki, status_of
@@ -42,7 +43,8 @@ from services.tender.server import POLICY as TENDER_POLICY
 #: What each mesh service serves over gRPC, with the policy its __main__ runs it with (the gateway's gRPC is its
 #: webhook service). Health and reflection, which every server adds, are attacked too.
 SERVED: dict[str, tuple[Policy, tuple[ServiceDescriptor, ...]]] = {
-    "tender": (TENDER_POLICY, (tender_service_pb2.DESCRIPTOR.services_by_name["TenderService"],)),
+    "tender": (TENDER_POLICY, (tender_service_pb2.DESCRIPTOR.services_by_name["TenderService"],
+                               facility_service_pb2.DESCRIPTOR.services_by_name["FacilityService"])),
     "mission": (MISSION_POLICY, (mission_service_pb2.DESCRIPTOR.services_by_name["MissionService"],)),
     "telemetry": (TELEMETRY_POLICY, (telemetry_service_pb2.DESCRIPTOR.services_by_name["TelemetryService"],)),
     "billing": (BILLING_POLICY | REPORT_POLICY | EVIDENCE_POLICY,
@@ -50,6 +52,8 @@ SERVED: dict[str, tuple[Policy, tuple[ServiceDescriptor, ...]]] = {
                  evidence_service_pb2.DESCRIPTOR.services_by_name["EvidenceService"],
                  report_service_pb2.DESCRIPTOR.services_by_name["ReportService"])),
     "gateway": (GATEWAY_POLICY, (webhook_service_pb2.DESCRIPTOR.services_by_name["WebhookService"],)),
+    # An optional service (a carrier's EDI partners): health and reflection only, attacked all the same.
+    "edi": (EDI_POLICY, ()),
 }
 
 #: What the runtime adds to every server: health (open to every identity) and reflection (services and operators).
@@ -58,7 +62,7 @@ BUILTIN: tuple[ServiceDescriptor, ...] = (health_pb2.DESCRIPTOR.services_by_name
 
 #: Identities a method may or may not allow: one of each kind, every mesh service.
 CANDIDATES = (Identity("vehicle", "AT14-TRK-1"), Identity("operator", "at14"),
-              *(Identity("service", name) for name in ("gateway", "tender", "mission", "telemetry", "billing")))
+              *(Identity("service", name) for name in ("gateway", "tender", "mission", "telemetry", "billing", "edi")))
 
 ATTACKS = ("no-certificate", "expired", "other-ca", "foreign-trust-domain", "two-uri-sans", "revoked", "not-allowed")
 #: The attacks the TLS handshake itself refuses (the call ends UNAVAILABLE, no HTTP/2 stream is ever opened).

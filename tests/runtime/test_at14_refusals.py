@@ -206,7 +206,7 @@ def _scrape(port: int) -> dict[tuple[str, str], float]:
 
 @pytest.mark.chaos(seeds=1)
 async def test_at14_full_on_the_real_mesh(mesh_pki: Pki, tmp_path: Path, chaos_seed: int, chaos_record) -> None:
-    async with running_mesh(mesh_pki, tmp_path / "mesh", metrics=True,
+    async with running_mesh(mesh_pki, tmp_path / "mesh", metrics=True, optional=("edi",),
                             env={"HAULMESH_REVOCATION_REFRESH_SECONDS": "0.5"}) as mesh:
         await _full(mesh, mesh_pki, chaos_record)
 
