@@ -15,14 +15,14 @@ from .domain import State
 from .metrics import TENDER_PROCESSING
 from .usecases import FacilityRegistry, TenderBook
 
-__all__ = ["POLICY", "FacilityServicer", "TenderServicer"]
+__all__ = ["FACILITY_POLICY", "POLICY", "TENDER_POLICY", "FacilityServicer", "TenderServicer"]
 
 _SERVICE = "/haulmesh.tender.v1.TenderService"
 _FACILITIES = "/haulmesh.tender.v1.FacilityService"
 
 #: Who may call what. The TMS's doors reach the tender book: the gateway (REST) and the EDI service (X12 204s,
 #: always for its partner's carrier).
-POLICY = Policy({
+TENDER_POLICY = Policy({
     f"{_SERVICE}/CreateTender": ["service/gateway", "service/edi"],
     f"{_SERVICE}/GetTender": ["service/gateway", "service/mission", "service/billing", "service/edi"],
     f"{_SERVICE}/ListTenders": ["service/gateway"],
@@ -30,13 +30,17 @@ POLICY = Policy({
     f"{_SERVICE}/CancelTender": ["service/gateway", "service/edi"],
     f"{_SERVICE}/AcceptTender": ["service/gateway", "service/edi"],
     f"{_SERVICE}/DeclineTender": ["service/gateway", "service/edi"],
-    # The facility registry is the carrier's, managed through its door like its tenders.
+})
+#: The facility registry is the carrier's, managed through its door like its tenders.
+FACILITY_POLICY = Policy({
     f"{_FACILITIES}/CreateFacility": ["service/gateway"],
     f"{_FACILITIES}/GetFacility": ["service/gateway"],
     f"{_FACILITIES}/ListFacilities": ["service/gateway"],
     f"{_FACILITIES}/UpdateFacility": ["service/gateway"],
     f"{_FACILITIES}/DeleteFacility": ["service/gateway"],
 })
+#: What the tender process serves (its __main__ runs both services).
+POLICY = TENDER_POLICY | FACILITY_POLICY
 
 
 class TenderServicer(tender_service_pb2_grpc.TenderServiceServicer):

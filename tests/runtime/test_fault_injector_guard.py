@@ -13,7 +13,7 @@ import pytest
 
 from haulmesh.tender.v1 import tender_service_pb2, tender_service_pb2_grpc
 from services.runtime import ConfigError, Service, ServiceConfig, free_port
-from services.tender.server import POLICY
+from services.tender.server import TENDER_POLICY as POLICY
 from tests.conftest import make_pki
 
 from .test_security import CountingTenders, _issue_server_cert

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from haulmesh.tender.v1 import tender_service_pb2, tender_service_pb2_grpc
 from services.runtime import Periodic, Service, ServiceConfig, Unavailable, check_health, free_port
 from services.runtime._retry import Backoff, is_transient
-from services.tender.server import POLICY
+from services.tender.server import TENDER_POLICY as POLICY
 from tests.conftest import make_pki, rich_error, wait_for
 
 from .test_security import CARRIER, CountingTenders, _issue_server_cert

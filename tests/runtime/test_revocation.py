@@ -33,7 +33,7 @@ from services.runtime import (
 )
 from services.runtime import _revocation as revocation
 from services.runtime.cli import main
-from services.tender.server import POLICY
+from services.tender.server import TENDER_POLICY as POLICY
 
 from ..conftest import wait_for
 from .conftest import tender_server_config

@@ -29,7 +29,7 @@ from services.runtime import (
 )
 from services.runtime._authz import _is_mutating
 from services.runtime._store import free_port
-from services.tender.server import POLICY
+from services.tender.server import TENDER_POLICY as POLICY
 
 from ..conftest import Pki, make_pki
 
