@@ -46,5 +46,5 @@ async def test_a_tender_reaches_its_invoice_with_nothing_refused(mesh: Mesh, mes
     consumers): the whole path on least-privilege users, and the store's ACL log empty."""
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{mesh.http_port}", timeout=20) as http:
         resources = await _owners_resources(mesh, mesh_pki, http, "acl-owner")
-    assert set(resources) == {"tenders", "missions", "quotes", "invoices", "rateCards", "vehicles"}
+    assert set(resources) == {"tenders", "facilities", "missions", "quotes", "invoices", "rateCards", "vehicles"}
     assert _refusals(mesh) == [], "the store refused a service's command or key (ACL LOG)"
