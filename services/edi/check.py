@@ -20,7 +20,9 @@ fields that changed are where that element goes:
 A stop's place is the tender service's to resolve (the carrier's facility registry by N1-03/N1-04, else the ZIP
 code's centroid): the check says which would be tried, with the centroid from the same offline ``zipcodes`` data.
 
-Exit status 0 when every interchange would be accepted (TA1 and 997 accepting, every 204 mapped to a request), 1
+A set whose errors are all in data the 204 reading does not use is accepted with errors (AK5 ``E``): it is
+mapped like an accepted one and its noted errors listed. Exit status 0 when every interchange would be accepted
+(TA1 and 997 accepting, with errors noted or without, every 204 mapped to a request), 1
 otherwise, 2 for a usage or configuration error. ``--format json`` prints the same report as one JSON object.
 The tender service may still refuse what the check passes (an unknown facility without a ZIP, a lane the fleet
 does not serve): that is the 990's answer, not the 997's.
@@ -79,6 +81,8 @@ DEFAULT_PARTNERS_FILE = Path(__file__).with_name("partners.example.toml")
 #: How many other codes of a code list are tried for one element (the lists are short; B2-06's has 29).
 _MOST_CODES_TRIED = 8
 _REQUEST_ID = "edi-check"
+#: AK5 / AK9 statuses of a set or group the service acts on (E: errors noted in data it does not use).
+_ACCEPTING = ("A", "E")
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,7 @@ class SetReport:
 
     @property
     def accepted(self) -> bool:
-        return self.status == "A" and not self.refusal
+        return self.status in _ACCEPTING and not self.refusal
 
 
 @dataclass
@@ -127,7 +131,7 @@ class Report:
     @property
     def accepted(self) -> bool:
         return (not self.envelope and bool(self.sets) and all(s.accepted for s in self.sets)
-                and all(g["status"] == "A" for g in self.groups))
+                and all(g["status"] in _ACCEPTING for g in self.groups))
 
     def to_dict(self) -> dict[str, object]:
         return {"partner": self.partner, "file": self.file, "accepted": self.accepted, "envelope": self.envelope,
@@ -201,13 +205,14 @@ def _group(group_reading: GroupReading, lanes: LaneFacts, report: Report) -> Non
     for set_reading in group_reading.sets:
         transaction = set_reading.transaction
         out = SetReport(transaction.id, transaction.control, status=set_reading.status,
-                        errors=[str(e) for e in set_reading.segment_errors] + [str(p) for p in set_reading.problems])
+                        errors=[str(e) for e in set_reading.segment_errors] + [str(p) for p in set_reading.problems]
+                        + [f"noted (not used by Haulmesh): {e}" for e in set_reading.noted])
         report.sets.append(out)
         tender = tenders.get(transaction.control)
         if tender is None:
             if transaction.id != "204":
                 out.errors.append(f"a {transaction.id} is not a set Haulmesh reads from a partner (204 and 997 are)")
-                out.status = "R" if out.status == "A" else out.status
+                out.status = "R" if out.status in _ACCEPTING else out.status
             continue
         out.shipment, out.purpose = tender.shipment_id, tender.purpose.name.lower()
         request: Message | Refusal | None = None
@@ -424,13 +429,14 @@ def _text(report: Report) -> str:
         head = f"  set {out.set_id} {out.control}"
         if out.shipment:
             head += f", shipment {out.shipment}, {out.purpose}"
-        if out.status != "A":
+        if out.status not in _ACCEPTING:
             verdict = f"REJECTED by its 997 (AK5 {out.status})"
         elif out.refusal:
-            verdict = "accepted by its 997, then DECLINED by a 990"
+            verdict = f"{_accepted_by(out)}, then DECLINED by a 990"
         else:
             verdict = {"cancel": "would cancel the shipment's tender",
                        "change": "would update the shipment's tender"}.get(out.purpose, "would become a tender request")
+            verdict = f"{_accepted_by(out)}: {verdict}" if out.status == "E" else verdict
         lines.append(f"{head}: {verdict}")
         lines += [f"    note: {n}" for n in out.notes]
         lines += [f"    error: {e}" for e in out.errors]
@@ -454,6 +460,10 @@ def _text(report: Report) -> str:
             lines += [f"      {m}" for m in out.missing]
     lines.append(f"result: {'accepted' if report.accepted else 'NOT accepted'}")
     return "\n".join(lines)
+
+
+def _accepted_by(out: SetReport) -> str:
+    return "accepted with errors by its 997 (AK5 E)" if out.status == "E" else "accepted by its 997"
 
 
 def _parser() -> argparse.ArgumentParser:

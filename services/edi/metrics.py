@@ -2,9 +2,10 @@
 
 * ``haulmesh_edi_documents_total{direction, set, state}``: every document recorded, in (``204``, ``997``; a file
   or interchange refused as a whole has set ``""``) or out (``997``, ``TA1``, ``990``, ``214``, ``210``), by its
-  state when recorded (received, rejected, duplicate; sent, awaiting_997; ``refused``: a 214 or 210 whose content
-  our writer cannot express, recorded and logged, never sent). No partner label: a carrier's partner count is
-  unbounded in principle, and the documents' records (the store) name them.
+  state when recorded (received, ``accepted_with_errors``: a set our 997 accepts with errors noted in data the 204
+  reading does not use, acted on all the same, rejected, duplicate; sent, awaiting_997; ``refused``: a 214 or 210
+  whose content our writer cannot express, recorded and logged, never sent). No partner label: a carrier's partner
+  count is unbounded in principle, and the documents' records (the store) name them.
 * ``haulmesh_edi_ack_latency_seconds``: from an inbound file being taken from ``in/`` to its 997 being placed in
   ``out/`` (partners expect 997s within seconds).
 * ``haulmesh_edi_overdue_total``: transmissions of ours counted overdue (no 997 within the partner's deadline);

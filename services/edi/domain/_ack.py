@@ -4,9 +4,18 @@ Rules (issue 15 and the notes' checklist):
 
 * one 997 per received group: AK1 (GS01, GS06 [, GS08 from 005010]), one AK2 per set (ST01, ST02 [, ST03]) with
   its AK3/AK4 errors and AK5, and AK9 (status, included = GE01 as stated, received, accepted, codes);
+* AK5 is ``A`` (no error), ``E`` accepted with errors noted, or ``R`` rejected. An error is *noted* when it is
+  confined to data the set's reading does not use (the schema says which, beside each element: _schema.py,
+  _sets.py): an unused element of the wrong length or character set, a syntax note among unused elements only, a
+  too-long NTE note (kept cut to 80 characters), a segment the set does not define inside a loop the reading
+  skips (the 204's equipment or order detail). The set is then acted on like an accepted one (tender made, 990
+  sent), and its AK3/AK4s say what was noted, AK5 ``E`` with code 5. Any error in what the reading uses (B2-04,
+  S5, G62 windows, N4 postal code, weights, ...), a missing mandatory segment, an envelope problem (SE01 count,
+  control numbers) or a content error of the 204 reading rejects it: AK5 ``R``, nothing done with it;
 * a group whose own envelope is in doubt (GE missing or disagreeing, unsupported id or version, bad GS06) is
   rejected whole: AK9 ``R`` with its codes and 0 accepted, whatever its sets say;
-* otherwise AK9 is ``A`` (all accepted), ``P`` (some) or ``R`` (none);
+* otherwise AK9 is ``A`` (every set accepted without errors), ``E`` (every set accepted, some with errors noted),
+  ``P`` (some accepted, with or without errors; AK9-04 counts both) or ``R`` (none);
 * never acknowledge a 997 (or anything in an ``FA`` group), and answer in the inbound group's GS08 version;
 * a TA1 echoes ISA13/09/10, says ``A``, ``E`` or ``R``, and carries the first (most serious) note code;
 * an inbound 997 says which of our GS06/ST02 were accepted; it proves receipt, never acceptance of the business.
@@ -17,7 +26,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ._codes import ElementSyntax, SegmentSyntax, Ta1Note
+from ._codes import ElementSyntax, SegmentSyntax, SetSyntax, Ta1Note
 from ._envelope import FunctionalGroup, GroupReading, Reading, Ta1, TransactionSet, echoable_group
 from ._errors import AcknowledgementError, ElementError, SegmentError
 from ._tokens import DATA_CHARACTERS, Delimiters, Segment
@@ -59,7 +68,8 @@ def acknowledge(reading: GroupReading, *, control: str, delimiters: Delimiters |
             continue  # no AK2 can name it: AK9 counts it received and not accepted
         segments.append(Segment.of("AK2", transaction.id, transaction.control,
                                    transaction.convention if five else ""))
-        for error in set_reading.segment_errors[:_MAX_SEGMENT_ERRORS]:
+        errors = sorted((*set_reading.segment_errors, *set_reading.noted), key=lambda e: e.position)
+        for error in errors[:_MAX_SEGMENT_ERRORS]:
             if not _SEGMENT_ID.fullmatch(error.segment_id):
                 continue  # an id no AK3 can carry (the AK5's code 5 still rejects the set)
             segments.append(Segment.of("AK3", error.segment_id, str(error.position), error.loop_id,
@@ -67,6 +77,8 @@ def acknowledge(reading: GroupReading, *, control: str, delimiters: Delimiters |
             for element in error.elements[:_MAX_ELEMENT_ERRORS]:
                 segments.append(_ak4(element, reserved))
         codes = _unique(str(int(p.code)) for p in set_reading.problems)
+        if set_reading.status == "E":  # what was noted: the AK3s above
+            codes = [str(int(SetSyntax.SEGMENTS_IN_ERROR))]
         segments.append(Segment.of("AK5", set_reading.status, *codes))
     received = len(reading.sets)
     included = reading.stated_count if reading.stated_count is not None else received
@@ -74,8 +86,9 @@ def acknowledge(reading: GroupReading, *, control: str, delimiters: Delimiters |
         status, accepted = "R", 0
         codes = _unique(str(int(p.code)) for p in reading.problems)
     else:
-        accepted = sum(s.accepted for s in reading.sets)
-        status = "A" if accepted == received else "R" if accepted == 0 else "P"
+        accepted = sum(s.accepted for s in reading.sets)  # with errors noted or without
+        noted = any(s.status == "E" for s in reading.sets)
+        status = ("E" if noted else "A") if accepted == received else "R" if accepted == 0 else "P"
         codes = []
     segments.append(Segment.of("AK9", status, str(included), str(received), str(accepted), *codes))
     return TransactionSet("997", control, tuple(segments))

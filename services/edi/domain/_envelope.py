@@ -128,20 +128,23 @@ class Interchange:
 
 @dataclass(frozen=True)
 class SetReading:
-    """A received set and what is wrong with it (empty: accepted)."""
+    """A received set and what is wrong with it: ``problems`` and ``segment_errors`` reject it; ``noted`` are AK3
+    errors confined to what the set's reading does not use (:meth:`SetSchema.tolerates`), which do not."""
 
     transaction: TransactionSet
     problems: tuple[SetError, ...] = ()
     segment_errors: tuple = ()
+    noted: tuple = ()
 
     @property
     def accepted(self) -> bool:
+        """Whether the set is to be acted on (accepted, with noted errors or without)."""
         return not self.problems and not self.segment_errors
 
     @property
     def status(self) -> str:
-        """AK5-01: ``A`` accepted or ``R`` rejected (every problem found here rejects the set)."""
-        return "A" if self.accepted else "R"
+        """AK5-01: ``A`` accepted, ``E`` accepted with errors noted, or ``R`` rejected."""
+        return "R" if not self.accepted else "E" if self.noted else "A"
 
 
 @dataclass(frozen=True)
@@ -437,11 +440,15 @@ def _close_set(opened: _OpenSet, se: Segment | None, d: Delimiters) -> SetReadin
         if se.get(2) != opened.control:
             problems.append(SetError(SetSyntax.CONTROL_NUMBER_MISMATCH, f"SE02 {se.get(2)!r}, ST02 "
                                      f"{opened.control!r}"))
-    errors = validate(opened.schema, opened.segments, d) if opened.schema is not None else ()
+    errors, noted = (), ()
+    if opened.schema is not None:
+        found = validate(opened.schema, opened.segments, d)
+        errors = tuple(e for e in found if not opened.schema.tolerates(e))
+        noted = tuple(e for e in found if opened.schema.tolerates(e))
     if errors:
         problems.append(SetError(SetSyntax.SEGMENTS_IN_ERROR, f"{len(errors)} segment errors"))
     transaction = TransactionSet(opened.id, opened.control, tuple(opened.segments), opened.convention)
-    return SetReading(transaction, tuple(problems), errors)
+    return SetReading(transaction, tuple(problems), errors, noted)
 
 
 def _close_group(group: _OpenGroup, ge: Segment | None, current: _OpenSet | None, d: Delimiters) -> GroupReading:

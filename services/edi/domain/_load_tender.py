@@ -4,7 +4,11 @@
 errors (:class:`SegmentError` carrying :class:`ElementError`\\ s, as the schema validator gives them) of what the
 schema cannot say. Nothing is guessed:
 
-* the set is validated against the 204 schema first; its errors are returned as they are;
+* the set is validated against the 204 schema first; its errors are returned as they are, unless every one is
+  confined to what this reading does not use (:meth:`SetSchema.tolerates`: the schema marks, beside each element,
+  whether it is read here): then the tender is read all the same (the 997 notes them, AK5 ``E``), a too-long NTE
+  cut to its 80 characters. Tests hold the schema's marks to this reading: any element marked unused may be
+  corrupted without changing the tender read;
 * B2-04 (the shipment id, the join key of every 990, 214 and 210) is required whatever the purpose (AK4 code 2);
 * the header G62 is the must-respond-by deadline: ``G62*64`` with time qualifier ``1``;
 * stops keep the file's order and their S5-01 sequence numbers must increase (AK4 S5-01 code 7);
@@ -358,10 +362,10 @@ def read_load_tender(transaction: TransactionSet, *, schema: SetSchema = SCHEMA_
         LoadTender | list[SegmentError]:
     """The tender a 204 carries, or the AK3/AK4 errors that stop it from being one (see the module's rules)."""
     errors = validate(schema, transaction.segments)
-    if errors:
+    if not all(schema.tolerates(e) for e in errors):
         return list(errors)
     problems = _Problems()
-    located = [_Located(s, k + 2) for k, s in enumerate(transaction.segments)]
+    located = [_Located(s, k + 2) for k, s in enumerate(schema.cut(transaction.segments, errors))]
     header, parties, stops, totals = _split(located)
     b2 = next(x for x in header if x.segment.id == "B2")
     b2a = next(x for x in header if x.segment.id == "B2A")

@@ -12,6 +12,22 @@ The validator walks the segments once with a stack of loop frames (the way the s
 segment either continues the current frame at or after its position, starts a loop, or closes frames until one
 takes it; a segment no frame takes is out of sequence (its id is in the set) or not in the set. Mandatory
 segments or loops passed over are reported missing at the position where the reader noticed.
+
+What the set's reading uses is declared here too, beside each element (one place, checked against the reader by
+the tests, which corrupt every element and measure what changes): an element has ``used`` (default ``True``), a
+segment ``used`` (``False``: the reading looks at neither its presence nor its elements), a segment whose
+``elements`` are ``None`` has none the reading reads (at most its presence), and a loop is used when anything in
+it is. :meth:`SetSchema.tolerates` says which errors are confined to what the reading does not use: those are
+*noted* (AK3/AK4 in the 997, AK5 ``E``) and the set is still acted on; every other error rejects it (AK5 ``R``):
+
+* an element error (AK3 code 8) whose elements are all unused, or (``cut``) text too long that the reading keeps
+  cut to its maximum length (an NTE note); a syntax note's error is noted only when every element it names is
+  unused; an element beyond the segment's definition (AK4 code 3) is never noted (the segment's shape is in doubt);
+* a segment not in the set, or out of sequence (AK3 codes 6, 7), inside a loop the reading skips, when no segment
+  of that id is used anywhere in the set (a used one out of place may be data the reading would miss);
+* a segment used more often than allowed (code 5), or a loop repeated more often (code 4), that is not used;
+* never: an unrecognised segment id (1), a missing mandatory segment (3), an unexpected one (2), nor any problem
+  of the set's envelope (SE01 count, control numbers).
 """
 
 from __future__ import annotations
@@ -44,23 +60,31 @@ class El:
     mandatory: bool = False
     codes: frozenset[str] | None = None
     components: tuple[El, ...] | None = None
+    #: Whether the set's reading uses the value (``False``: an error in it is noted, not rejecting).
+    used: bool = True
+    #: Whether a value over ``max`` is noted and read cut to ``max`` characters (free text only, e.g. NTE-02).
+    cut: bool = False
 
     def __post_init__(self) -> None:
         if self.type not in _TYPES:
             raise ValueError(f"element {self.ref}: unknown type {self.type!r}")
         if not 0 < self.min <= self.max:
             raise ValueError(f"element {self.ref}: lengths {self.min}/{self.max}")
+        if self.cut and self.type != "AN":
+            raise ValueError(f"element {self.ref}: only text (AN) is cut")
 
 
 @dataclass(frozen=True)
 class Seg:
-    """A segment's place in a set: id, mandatory, maximum use, its elements (``None``: not checked), rules."""
+    """A segment's place in a set: id, mandatory, maximum use, its elements (``None``: not checked, and none read
+    by the set's reading), syntax notes, and whether the reading uses it at all (``used``)."""
 
     id: str
     mandatory: bool = False
     max_use: int = 1
     elements: tuple[El, ...] | None = None
     rules: tuple[str, ...] = ()
+    used: bool = True
 
     def __post_init__(self) -> None:
         for rule in self.rules:
@@ -89,6 +113,11 @@ class Loop:
     def trigger(self) -> str:
         return self.children[0].id
 
+    @property
+    def used(self) -> bool:
+        """Whether the reading uses anything in the loop."""
+        return any(child.used for child in self.children)
+
 
 @dataclass(frozen=True)
 class SetSchema:
@@ -102,6 +131,12 @@ class SetSchema:
     composites: dict[str, frozenset[int]] = field(init=False, compare=False)
     #: Every segment id the set knows (derived).
     segment_ids: frozenset[str] = field(init=False, compare=False)
+    #: (loop id an AK3 names, segment id) -> the segment or loop it is about; ``None`` where ambiguous (derived).
+    _nodes: dict[tuple[str, str], Seg | Loop | None] = field(init=False, compare=False, repr=False)
+    #: Loop id -> loop (derived).
+    _loops: dict[str, Loop] = field(init=False, compare=False, repr=False)
+    #: Segment ids the reading uses somewhere in the set (derived).
+    _used_ids: frozenset[str] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         composites: dict[str, set[int]] = {}
@@ -113,6 +148,84 @@ class SetSchema:
                     composites.setdefault(seg.id, set()).add(position)
         object.__setattr__(self, "composites", {k: frozenset(v) for k, v in composites.items()})
         object.__setattr__(self, "segment_ids", frozenset(ids))
+        nodes: dict[tuple[str, str], Seg | Loop | None] = {}
+        loops: dict[str, Loop] = {}
+
+        def index(children: tuple[Seg | Loop, ...], loop_id: str) -> None:
+            # The validator names a segment's errors by the loop whose frame took it: a loop's trigger by the
+            # loop itself (its elements) or by the enclosing frame (the loop's repeats).
+            for child in children:
+                key = (loop_id, child.trigger)
+                nodes[key] = child if key not in nodes else None
+                if isinstance(child, Loop):
+                    loops[child.id] = child
+                    index(child.children, child.id)
+
+        index(self.body, "")
+        object.__setattr__(self, "_nodes", nodes)
+        object.__setattr__(self, "_loops", loops)
+        object.__setattr__(self, "_used_ids", frozenset(s.id for s in _segments(self.body) if s.used))
+
+    def tolerates(self, error: SegmentError) -> bool:
+        """Whether an AK3 error (with its AK4s) is confined to what the set's reading does not use: noted in the
+        997 (AK5 ``E``) while the set is acted on (the rules: the module docstring)."""
+        node = self._nodes.get((error.loop_id, error.segment_id))
+        if error.code is SegmentSyntax.ELEMENT_ERRORS:
+            return isinstance(node, Seg) and bool(error.elements) and all(
+                _element_tolerated(node, e) for e in error.elements)
+        if error.code in (SegmentSyntax.NOT_IN_SET, SegmentSyntax.OUT_OF_SEQUENCE):
+            loop = self._loops.get(error.loop_id)
+            return loop is not None and not loop.used and error.segment_id not in self._used_ids
+        if error.code is SegmentSyntax.OVER_MAXIMUM_USE:
+            return isinstance(node, Seg) and not node.used
+        if error.code is SegmentSyntax.LOOP_OVER_MAXIMUM:
+            return isinstance(node, Loop) and not node.used
+        return False
+
+    def cut(self, segments: Sequence[Segment], errors: Iterable[SegmentError]) -> tuple[Segment, ...]:
+        """``segments`` with each tolerated over-long value of a ``cut`` element cut to its maximum length (what
+        the reading keeps of a too-long note)."""
+        out = list(segments)
+        for error in errors:
+            node = self._nodes.get((error.loop_id, error.segment_id))
+            if not isinstance(node, Seg) or not node.elements or not self.tolerates(error):
+                continue
+            for element_error in error.elements:
+                spec = _element_at(node, element_error.position)
+                if spec is None or not spec.cut or element_error.code is not ElementSyntax.TOO_LONG:
+                    continue
+                segment = out[error.position - 2]
+                values = list(segment.elements)
+                text = values[element_error.position - 1]
+                if isinstance(text, str):
+                    values[element_error.position - 1] = text[:spec.max]
+                    out[error.position - 2] = Segment(segment.id, tuple(values))
+        return tuple(out)
+
+
+def _element_at(spec: Seg, position: int) -> El | None:
+    return spec.elements[position - 1] if spec.elements and 0 < position <= len(spec.elements) else None
+
+
+def _element_used(spec: Seg, position: int) -> bool:
+    element = _element_at(spec, position)
+    return spec.used and (element is None or element.used)
+
+
+def _element_tolerated(spec: Seg, error: ElementError) -> bool:
+    if spec.elements is None:  # not checked and not read (at most its presence is)
+        return True
+    element = _element_at(spec, error.position)
+    if element is None:  # beyond the segment's definition: its shape is in doubt
+        return False
+    if error.code in (ElementSyntax.CONDITIONAL_MISSING, ElementSyntax.EXCLUSION_VIOLATED):
+        for rule in spec.rules:
+            positions = _rule_positions(rule)
+            if error.position in positions and any(_element_used(spec, p) for p in positions):
+                return False
+    if not _element_used(spec, error.position):
+        return True
+    return element.cut and error.code is ElementSyntax.TOO_LONG
 
 
 def _segments(nodes: Iterable[Seg | Loop]) -> Iterable[Seg]:
@@ -294,11 +407,16 @@ def _valid_time(value: str) -> bool:
     return hours < 24 and minutes < 60 and seconds < 60
 
 
-def _check_rule(rule: str, present: set[int], refs: dict[int, str]) -> list[ElementError]:
+def _rule_positions(rule: str) -> list[int]:
+    """The element positions a syntax note names (``P0304`` -> 3, 4)."""
     match = _RULE.fullmatch(rule)
     assert match is not None  # checked when the schema was built
-    kind, digits = match.group(1), match.group(2)
-    positions = [int(digits[i:i + 2]) for i in range(0, len(digits), 2)]
+    digits = match.group(2)
+    return [int(digits[i:i + 2]) for i in range(0, len(digits), 2)]
+
+
+def _check_rule(rule: str, present: set[int], refs: dict[int, str]) -> list[ElementError]:
+    kind, positions = rule[0], _rule_positions(rule)
     have = [p for p in positions if p in present]
     lacking = [p for p in positions if p not in present]
 

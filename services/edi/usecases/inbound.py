@@ -9,14 +9,16 @@ One file (:meth:`EdiDesk.receive`), every interchange in it, in this order:
    TA1 with note 025 when the partner wants TA1s, and nothing else is done: the same file delivered twice makes
    one tender. One whose processing a crash cut short is finished instead (every step is idempotent);
 4. each functional group gets its 997 (never a group of 997s: those are matched to our documents, which become
-   accepted or rejected); a 204's content errors (no B2-04, a stop out of order) are in the 997 as AK3/AK4;
-5. each accepted 204: original (00) → CreateTender as service ``edi`` for the partner's carrier, with a
-   request id from partner, B2-04, purpose and ISA13 (a retry never creates a second tender); change (04) →
-   UpdateTender; cancel (01) → CancelTender. Then the 990 per the partner's policy: accept (AcceptTender, 990
-   ``A``) when the offer is eligible and within the tolerance of the 204's rate, decline (DeclineTender, 990
-   ``D`` with the reason code), or hold (nothing sent yet). A tender the fleet rejected, or a 204 that cannot
-   become one (a stop that cannot be placed), is declined with the partner's ineligible reason and a remark
-   naming why.
+   accepted or rejected); a 204's content errors (no B2-04, a stop out of order) are in the 997 as AK3/AK4. A set
+   whose errors are all confined to data the 204 reading does not use (services/edi/domain/_ack.py says which) is
+   accepted with errors (AK5 ``E``): recorded ``accepted_with_errors`` and acted on like an accepted one;
+5. each accepted 204 (with errors noted or without): original (00) → CreateTender as service ``edi`` for the
+   partner's carrier, with a request id from partner, B2-04, purpose and ISA13 (a retry never creates a second
+   tender); change (04) → UpdateTender; cancel (01) → CancelTender. Then the 990 per the partner's policy: accept
+   (AcceptTender, 990 ``A``) when the offer is eligible and within the tolerance of the 204's rate, decline
+   (DeclineTender, 990 ``D`` with the reason code), or hold (nothing sent yet). A tender the fleet rejected, or a
+   204 that cannot become one (a stop that cannot be placed), is declined with the partner's ineligible reason and
+   a remark naming why.
 
 Every document in or out is recorded (store.py) and archived raw; an outbound file is written only once its
 record is durable, through ``out/<name>.tmp`` and a rename.
@@ -142,11 +144,11 @@ class Inbound(Answers, Acknowledgements):
             records[transaction.control] = await self._record(context.partner.id, {
                 "direction": "in", "set": transaction.id, "isa13": context.interchange.control,
                 "gs06": group.control, "st02": transaction.control, "shipment": shipment,
-                "state": (DocumentState.RECEIVED if set_reading.accepted and not group_reading.problems
-                          else DocumentState.REJECTED).value,
+                "state": _state(set_reading, group_reading).value,
                 "file": context.file_name, "archive": context.archive_key,
                 "detail": detail_json(problems=[str(p) for p in set_reading.problems],
-                                      errors=[str(e) for e in set_reading.segment_errors][:20])})
+                                      errors=[str(e) for e in set_reading.segment_errors][:20],
+                                      noted=[str(e) for e in set_reading.noted][:20])})
         if acknowledge(group_reading, control="0001") is not None:
             outcome.sent.append(await self._send(context.partner, "997", acknowledging=group_reading))
             ACK_LATENCY.observe(time.monotonic() - context.began)
@@ -229,6 +231,13 @@ class Inbound(Answers, Acknowledgements):
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:  # already cancelled (a re-read) is done
                 raise
+
+
+def _state(set_reading: SetReading, group_reading: GroupReading) -> DocumentState:
+    """A received set's record state: as its AK5 says (a set of a group rejected whole is rejected)."""
+    if group_reading.problems or not set_reading.accepted:
+        return DocumentState.REJECTED
+    return DocumentState.ACCEPTED_WITH_ERRORS if set_reading.status == "E" else DocumentState.RECEIVED
 
 
 def _echo(value: str, width: int) -> str:
