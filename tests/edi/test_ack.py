@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from services.edi.domain import (
@@ -26,7 +28,7 @@ from services.edi.domain import (
     write,
 )
 
-from .builders import group, interchange, sample, set_204
+from .builders import group, interchange, sample, set_204, stops
 
 
 def reading_of(name: str, index: int = 0) -> GroupReading:
@@ -98,6 +100,70 @@ def test_an_echoed_bad_value_that_would_break_the_997_is_left_out() -> None:
 def test_an_empty_group_is_acknowledged_as_accepted() -> None:
     reading = GroupReading(group(set_204()), (), (), 0)
     assert [str(s) for s in acknowledge(reading, control="0001").segments][-1] == "AK9*A*0*0*0"
+
+
+# --- accepted with errors ----------------------------------------------------------------------------------------
+
+
+def _with_b2(*b2: str) -> TransactionSet:
+    body = stops("Origin Yard", "Destination DC")
+    return TransactionSet("204", "0001", (Segment.of("B2", *b2), *body[1:]))
+
+
+def _group_of(*sets: TransactionSet) -> GroupReading:
+    """The group as the service reads it from a file."""
+    numbered = tuple(dataclasses.replace(s, control=f"{k:04d}") for k, s in enumerate(sets, 1))
+    return read(write(interchange(group(*numbered))))[0].groups[0]
+
+
+def test_an_over_long_element_the_reading_ignores_is_noted_accepted_with_errors() -> None:
+    """B2-03 (159, an ID of 6 to 9 the 204 mapping never reads) too long: AK3/AK4 point at it, AK5 E, AK9 E, and
+    the set is one to act on."""
+    reading = _group_of(_with_b2("", "HMSH", "ROUTE12345", "SHIP-1", "", "PP"))
+    (set_reading,) = reading.sets
+    assert set_reading.status == "E" and set_reading.accepted and reading.accepted_sets == (set_reading,)
+    lines = [str(s) for s in acknowledge(reading, control="0001").segments]
+    assert lines == ["AK1*SM*77", "AK2*204*0001", "AK3*B2*2**8", "AK4*3*159*5*ROUTE12345", "AK5*E*5",
+                     "AK9*E*1*1*1"]
+    assert validate(SCHEMA_997, acknowledge(reading, control="0001").segments) == ()
+    # What a partner's translator makes of it: accepted with errors.
+    (ours,) = read(write(answer(reading)))
+    assert read_997(ours.groups[0].sets[0].transaction).outcome("0001") == "accepted_with_errors"
+
+
+def test_a_group_of_an_accepted_with_errors_and_a_rejected_set_is_partly_accepted() -> None:
+    noted = _with_b2("", "HMSH", "ROUTE12345", "SHIP-1", "", "PP")
+    rejected = _with_b2("", "HMSH", "", "SHIP-2", "", "ZZ")  # B2-06, payment method, is read: an unknown code
+    clean = _with_b2("", "HMSH", "", "SHIP-3", "", "PP")
+    reading = _group_of(noted, rejected, clean)
+    assert [s.status for s in reading.sets] == ["E", "R", "A"]
+    lines = [str(s) for s in acknowledge(reading, control="0001").segments]
+    assert lines == ["AK1*SM*77",
+                     "AK2*204*0001", "AK3*B2*2**8", "AK4*3*159*5*ROUTE12345", "AK5*E*5",
+                     "AK2*204*0002", "AK3*B2*2**8", "AK4*6*146*7*ZZ", "AK5*R*5",
+                     "AK2*204*0003", "AK5*A",
+                     "AK9*P*3*3*2"]
+
+
+@pytest.mark.parametrize(("b2", "ak4"), [
+    (("", "HMSH", "", "SHIP-1-WHICH-IS-FAR-TOO-LONG-FOR-B2-04", "", "PP"), "AK4*4*145*5*"),  # the shipment id
+    (("", "HMSH", "", "SHIP-1", "", "PP", "", "", "", "", "", "", "X"), "AK4*13**3*X"),  # beyond the definition
+])
+def test_an_error_in_what_the_reading_uses_still_rejects(b2: tuple[str, ...], ak4: str) -> None:
+    reading = _group_of(_with_b2(*b2))
+    (set_reading,) = reading.sets
+    assert set_reading.status == "R" and reading.accepted_sets == ()
+    lines = [str(s) for s in acknowledge(reading, control="0001").segments]
+    assert lines[3].startswith(ak4) and lines[-2:] == ["AK5*R*5", "AK9*R*1*1*0"]
+
+
+def test_an_envelope_problem_rejects_a_set_whose_content_errors_are_only_noted() -> None:
+    text = write(interchange(group(_with_b2("", "HMSH", "ROUTE12345", "SHIP-1", "", "PP")))).decode()
+    reading = read(text.replace("SE*8*0001", "SE*9*0001"))[0].groups[0]
+    (set_reading,) = reading.sets
+    assert set_reading.status == "R" and set_reading.noted
+    lines = [str(s) for s in acknowledge(reading, control="0001").segments]
+    assert lines[-3:] == ["AK4*3*159*5*ROUTE12345", "AK5*R*4", "AK9*R*1*1*0"]
 
 
 # --- 997 in -------------------------------------------------------------------------------------------------------

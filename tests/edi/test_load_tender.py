@@ -12,9 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from services.edi.convert import Refusal, tender_request
 from services.edi.domain import (
     DELIVERY_REASONS,
     PICKUP_REASONS,
+    SCHEMA_204,
     SEPARATOR_CHOICES,
     TERMINATOR_CHOICES,
     Commodity,
@@ -22,6 +24,7 @@ from services.edi.domain import (
     Delimiters,
     ElementSyntax,
     LoadTender,
+    Loop,
     Moment,
     Money,
     Note,
@@ -29,6 +32,7 @@ from services.edi.domain import (
     Purpose,
     Quantity,
     Reference,
+    Seg,
     Segment,
     SegmentError,
     SegmentSyntax,
@@ -43,12 +47,17 @@ from services.edi.domain import (
     acknowledge,
     read,
     read_load_tender,
+    validate,
     write,
     write_load_tender,
+    write_text,
 )
 from services.edi.domain import SetError as SetProblem
+from services.runtime.lanes import load_lane_facts
 
 from .builders import group, interchange, sample, set_204
+
+_LANES = load_lane_facts({})
 
 # --- helpers -----------------------------------------------------------------------------------------------------
 
@@ -428,3 +437,218 @@ def test_read_load_tender_recovers_what_was_written(d: Delimiters, tender: LoadT
     (set_reading,) = reading.groups[0].sets
     assert reading.problems == () and set_reading.accepted, set_reading.segment_errors
     assert read_load_tender(set_reading.transaction) == tender
+
+
+# --- accepted with errors: what the reading does not use -------------------------------------------------------
+
+_DAY = (date.today() + timedelta(days=3)).strftime("%Y%m%d")
+_NEXT = (date.today() + timedelta(days=4)).strftime("%Y%m%d")
+
+#: A 204 with every element of every segment the schema defines filled (hazardous detail aside, which the mapping
+#: declines), each segment with the loop whose frame takes it: the reading's whole surface.
+FULL_204: tuple[tuple[str, Segment], ...] = (
+    ("", Segment.of("B2", "AB", "HMSH", "ABCDEF", "PF-FULL-1", "L", "PP", "A", "12", "N", "AB", "ABC", "PBC")),
+    ("", Segment.of("B2A", "00", "LT")),
+    ("", Segment.of("L11", "BOL-1", "BM", "Bill of lading")),
+    ("", Segment.of("G62", "64", _DAY, "1", "1200", "LT")),
+    ("", Segment.of("MS3", "HMSH", "B", "Dallas", "M", "TX")),
+    ("", Segment.of("AT5", "HM", "AB", "Handle with care")),
+    ("", Segment.of("PLD", "22", "Y", "L", "500")),
+    ("", Segment.of("NTE", "GEN", "Trailer pre-loaded at door 4")),
+    ("0100", Segment.of("N1", "BT", "Prairie Freight Payables", "93", "PF-BILLTO", "01", "SH")),
+    ("0100", Segment.of("N2", "Accounts", "Payable")),
+    ("0100", Segment.of("N3", "1200 Commerce St", "Suite 2")),
+    ("0100", Segment.of("N4", "Dallas", "TX", "75202", "US", "CY", "Dallas")),
+    ("0100", Segment.of("L11", "PF-BT", "IA", "Vendor")),
+    ("0100", Segment.of("G61", "AC", "Jane Payer", "TE", "2145550100", "X12")),
+    ("0200", Segment.of("N7", "", "TRL0042")),
+    ("0200", Segment.of("M7", "SEAL1")),
+    ("0300", Segment.of("S5", "1", "LD", "42000", "L", "22", "PL", "1500", "E", "First stop", "ABCDEF", "Y")),
+    ("0300", Segment.of("L11", "SID-1", "SI", "Shipper id")),
+    ("0300", Segment.of("G62", "37", _DAY, "I", "0800", "LT")),
+    ("0300", Segment.of("G62", "38", _DAY, "K", "1000", "LT")),
+    ("0300", Segment.of("AT8", "G", "L", "42000", "22", "22", "E", "1500")),
+    ("0300", Segment.of("LAD", "PLT", "22")),
+    ("0300", Segment.of("AT5", "HM", "AB", "Stop handling")),
+    ("0300", Segment.of("PLD", "22", "Y", "L", "500")),
+    ("0300", Segment.of("NTE", "LOI", "Dock 4")),
+    ("0310", Segment.of("N1", "SH", "Prairie Dallas Cross-Dock", "93", "PF-DAL-01", "01", "SH")),
+    ("0310", Segment.of("N2", "Cross-Dock", "North")),
+    ("0310", Segment.of("N3", "2100 Logistics Pkwy", "Gate 3")),
+    ("0310", Segment.of("N4", "Dallas", "TX", "75212", "US", "CY", "Dallas")),
+    ("0310", Segment.of("G61", "SH", "Dock Office", "TE", "2145550100", "X7")),
+    ("0320", Segment.of("L5", "1", "Canned vegetables", "86700", "N", "ABC", "Mark", "ZZ", "N", "12345", "Y")),
+    ("0320", Segment.of("AT8", "G", "L", "42000", "22", "22", "E", "1500")),
+    ("0350", Segment.of("OID", "REF1", "PO1")),
+    ("0350", Segment.of("G62", "10", _DAY)),
+    ("0350", Segment.of("LAD", "PLT", "22")),
+    ("0360", Segment.of("L5", "1", "Order line", "86700", "N", "ABC", "Mark", "ZZ", "N", "12345", "Y")),
+    ("0360", Segment.of("AT8", "G", "L", "42000", "22", "22", "E", "1500")),
+    ("0300", Segment.of("S5", "2", "UL", "42000", "L", "22", "PL", "1500", "E", "Last stop", "ABCDEF", "Y")),
+    ("0300", Segment.of("G62", "53", _NEXT, "G", "0600", "LT")),
+    ("0300", Segment.of("G62", "54", _NEXT, "L", "1800", "LT")),
+    ("0310", Segment.of("N1", "CN", "Prairie Houston DC", "93", "PF-HOU-02")),
+    ("0310", Segment.of("N3", "800 Port Rd")),
+    ("0310", Segment.of("N4", "Houston", "TX", "77002", "US")),
+    ("", Segment.of("L3", "42000", "G", "2.5", "PM", "123450", "100", "100", "400", "1500", "E", "22", "L", "T1",
+                    "1000", "PM")),
+)
+
+
+def full_body(body: tuple[tuple[str, Segment], ...] = FULL_204) -> tuple[Segment, ...]:
+    return tuple(segment for _, segment in body)
+
+
+def specs_204() -> dict[tuple[str, str], Seg]:
+    """(loop id, segment id) -> the 204 schema's segment."""
+    found: dict[tuple[str, str], Seg] = {}
+
+    def walk(children, loop_id: str) -> None:
+        for child in children:
+            if isinstance(child, Loop):
+                walk(child.children, child.id)
+            else:
+                found[(loop_id, child.id)] = child
+    walk(SCHEMA_204.body, "")
+    return found
+
+
+def element_used(loop_id: str, segment: Segment, position: int) -> bool:
+    """What the schema declares (the flag under test)."""
+    spec = specs_204()[(loop_id, segment.id)]
+    if spec.elements is None:
+        return False
+    return spec.used and spec.elements[position - 1].used
+
+
+def corruptions(loop_id: str, segment: Segment, position: int) -> list[str]:
+    """Values that make the element wrong by the schema: too long, too short, a code not in its list, a bad date or
+    time, a letter in a number, missing when mandatory."""
+    spec = specs_204()[(loop_id, segment.id)]
+    if spec.elements is None:
+        return ["bad\x7f"]  # a character outside X12's set
+    element = spec.elements[position - 1]
+    value = segment.get(position)
+    filler = "9" if element.type[0] == "N" or element.type in ("R", "DT", "TM") else "X"
+    length = sum(c.isdigit() for c in value) if filler == "9" else len(value)  # a number's length is its digits
+    out = [value + filler * (element.max - length + 1)]
+    if element.min > 1:
+        out.append(value[:element.min - 1] or filler)
+    if element.codes:
+        out.append("QQ"[:element.max])
+    if element.type == "DT":
+        out.append(value[:4] + "1399")
+    if element.type == "TM":
+        out.append("2599")
+    if element.type[0] == "N" or element.type == "R":
+        out.append(value[:-1] + "A")
+    if element.mandatory:
+        out.append("")
+    return out
+
+
+def with_value(body: tuple[Segment, ...], index: int, position: int, value: str) -> tuple[Segment, ...]:
+    segment = body[index]
+    values = list(segment.elements)
+    values[position - 1] = value
+    return (*body[:index], Segment.of(segment.id, *values), *body[index + 1:])
+
+
+def received(body: tuple[Segment, ...]) -> SetReading:
+    """The set as the service reads it from a file (the envelope reader's AK5 status), 204s read as the inbound use
+    case does: a content error of the reading rejects it."""
+    swaps: dict[str, str] = {}  # what the writer refuses (a character outside X12's set) is put in afterwards
+    safe = []
+    for segment in body:
+        values = []
+        for value in segment.elements:
+            if isinstance(value, str) and any(c < " " or c > "~" for c in value):
+                swaps[f"QZ{len(swaps)}QZ"] = value
+                value = f"QZ{len(swaps) - 1}QZ"
+            values.append(value)
+        safe.append(Segment.of(segment.id, *values))
+    text = write_text(interchange(group(set_204(body=tuple(safe)))))
+    for token, value in swaps.items():
+        text = text.replace(token, value)
+    (set_reading,) = read(text)[0].groups[0].sets
+    return set_reading
+
+
+def test_the_full_204_reads_and_maps() -> None:
+    body = full_body()
+    assert validate(SCHEMA_204, body) == ()
+    tender = read_load_tender(set_204(body=body))
+    assert isinstance(tender, LoadTender) and not tender.hazardous
+    assert not isinstance(tender_request(tender, _LANES, request_id="t"), Refusal)
+
+
+def test_any_corruption_of_an_unused_element_is_noted_and_of_a_used_one_rejects() -> None:
+    """Every element of the full 204, each corruption: one marked unused leaves the set accepted with errors (AK5
+    E) and the tender read and its request unchanged (so the mark is true of the reading); one marked used rejects
+    the set (AK5 R), a too-long NTE text (kept cut) aside."""
+    body = full_body()
+    clean = read_load_tender(set_204(body=body))
+    assert isinstance(clean, LoadTender)
+    clean_request = tender_request(clean, _LANES, request_id="t")
+    wrong: list[str] = []
+    tried = 0
+    for index, (loop_id, segment) in enumerate(FULL_204):
+        for position in range(1, len(segment.elements) + 1):
+            if not segment.get(position):
+                continue
+            used = element_used(loop_id, segment, position)
+            for value in corruptions(loop_id, segment, position):
+                tried += 1
+                corrupted = with_value(body, index, position, value)
+                name = f"{loop_id}/{segment.id}-{position:02d}={value!r}"
+                status = received(corrupted).status
+                tender = read_load_tender(set_204(body=corrupted)) if status != "R" else None
+                if used and segment.id == "NTE" and position == 2 and len(value) > 80:
+                    if status != "E" or not isinstance(tender, LoadTender):
+                        wrong.append(f"{name}: a long note is cut, not {status}")
+                elif used and status != "R":
+                    wrong.append(f"{name}: used, but {status}")
+                elif not used and status != "E":
+                    wrong.append(f"{name}: not used, but {status}")
+                elif not used and (tender != clean
+                                   or tender_request(tender, _LANES, request_id="t") != clean_request):
+                    wrong.append(f"{name}: marked unused, yet the tender read changed")
+    assert tried > 250
+    assert not wrong, wrong
+
+
+def test_a_too_long_note_is_kept_cut_to_80_characters_and_noted() -> None:
+    body = full_body()
+    index = next(k for k, s in enumerate(body) if s.id == "NTE")
+    text = "Autonomous lane. " * 6
+    corrupted = with_value(body, index, 2, text)
+    set_reading = received(corrupted)
+    assert set_reading.status == "E"
+    (noted,) = set_reading.noted
+    assert (noted.segment_id, noted.position, [(e.position, e.code) for e in noted.elements]) == (
+        "NTE", index + 2, [(2, ElementSyntax.TOO_LONG)])
+    tender = read_load_tender(set_204(body=corrupted))
+    assert isinstance(tender, LoadTender) and tender.notes[0].text == text[:80]
+
+
+#: Segment ids no 204 defines (well-formed: two or three capitals and digits).
+_FOREIGN = st.from_regex(r"[A-Z][A-Z0-9]{1,2}", fullmatch=True).filter(lambda i: i not in SCHEMA_204.segment_ids)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, len(FULL_204) - 1), _FOREIGN,
+       st.lists(st.from_regex(r"[A-Z0-9 ]{1,12}", fullmatch=True), max_size=4))
+def test_a_stray_segment_is_noted_only_in_a_loop_the_reading_skips(after: int, segment_id: str,
+                                                                  values: list[str]) -> None:
+    """A segment the 204 does not define, after any segment of the full 204: inside the equipment (0200) or order
+    detail (0350/0360) loops, which the reading skips, it is noted (AK5 E) and the tender is the same; anywhere
+    else it rejects the set."""
+    body = full_body()
+    stray = Segment.of(segment_id, *values)
+    corrupted = (*body[:after + 1], stray, *body[after + 1:])
+    status = received(corrupted).status
+    if FULL_204[after][0] in ("0200", "0350", "0360"):
+        assert status == "E"
+        assert read_load_tender(set_204(body=corrupted)) == read_load_tender(set_204(body=body))
+    else:
+        assert status == "R"

@@ -148,3 +148,61 @@ def test_the_204_schema_knows_its_composites_and_ids() -> None:
     assert {"B2", "B2A", "S5", "G62", "L11", "N1", "N4", "L5", "AT8", "NTE", "L3", "MS3", "PLD"} <= \
         SCHEMA_204.segment_ids
     assert SegmentSyntax.OUT_OF_SEQUENCE == 7
+
+
+# --- what the reading uses: noted errors ---------------------------------------------------------------------
+
+
+def noted(body) -> list[tuple[str, int, int, bool]]:
+    """(segment id, position, AK3 code, noted) for a 204 body."""
+    return [(e.segment_id, e.position, int(e.code), SCHEMA_204.tolerates(e))
+            for e in validate(SCHEMA_204, body, Delimiters())]
+
+
+def test_an_error_in_an_unused_element_or_segment_is_noted_and_in_a_used_one_is_not() -> None:
+    assert noted(with_stop(Segment.of("S5X", "1"))) == [("S5X", 5, 6, False)]  # a stray in the stop: read
+    # S5-09 (a stop description) is not read, S5-03 (the stop's weight) is
+    body = stops("Origin", "Destination")
+    described = Segment.of("S5", "1", "LD", "", "", "", "", "", "", "D" * 81)
+    assert noted((*body[:2], described, *body[3:])) == [("S5", 4, 8, True)]
+    heavy = Segment.of("S5", "1", "LD", "1" * 11, "L")
+    assert noted((*body[:2], heavy, *body[3:])) == [("S5", 4, 8, False)]
+    # an unused segment (MS3) used twice, and missing its mandatory element
+    ms3 = Segment.of("MS3", "HMSH", "B")
+    body = stops("Origin")
+    assert noted((*body[:2], ms3, ms3, *body[2:])) == [("MS3", 5, 5, True)]
+    assert noted((*body[:2], Segment.of("MS3", "", "B"), *body[2:])) == [("MS3", 4, 8, True)]
+
+
+def test_a_syntax_note_is_noted_only_when_every_element_it_names_is_unused() -> None:
+    body = stops("Origin", "Destination")
+    at8 = Segment.of("AT8", "G", "L", "42000", "", "", "E")  # P0607 (volume unit, volume): not read
+    assert noted((*body[:3], at8, *body[3:])) == [("AT8", 5, 8, True)]
+    at8 = Segment.of("AT8", "G", "", "42000")  # P010203 (the weight): read
+    assert noted((*body[:3], at8, *body[3:])) == [("AT8", 5, 8, False)]
+
+
+def test_a_stray_segment_is_noted_only_inside_a_loop_the_reading_skips() -> None:
+    body = stops("Origin", "Destination")
+    # the equipment loop (0200) is not read: an unknown segment there is noted
+    equipment = (*body[:2], Segment.of("N7", "", "TRL1"), Segment.of("ZZ9", "X"), *body[2:])
+    assert noted(equipment) == [("ZZ9", 5, 6, True)]
+    # but a segment the reading uses elsewhere (a party's N1) out of sequence there is not: it would be missed
+    party = (*body[:2], Segment.of("N7", "", "TRL1"), Segment.of("N1", "BT", "Payables", "93", "BT1"), *body[2:])
+    assert noted(party) == [("N1", 5, 7, False)]
+    # the order detail loop (0350) is not read either
+    order = (*body[:4], Segment.of("OID", "REF1"), Segment.of("ZZ9", "X"), *body[4:])
+    assert noted(order) == [("ZZ9", 7, 6, True)]
+    # in the header, the reading's own
+    assert noted((*body[:2], Segment.of("ZZ9", "X"), *body[2:])) == [("ZZ9", 4, 6, False)]
+
+
+def test_missing_mandatory_segments_and_unrecognised_ids_are_never_noted() -> None:
+    body = stops("Origin")
+    assert noted(body[1:]) == [("B2", 2, 3, False)]
+    assert noted((*body, Segment("n1", ("x",)))) == [("n1", 6, 1, False)]
+
+
+def test_only_text_is_cut() -> None:
+    with pytest.raises(ValueError, match="only text"):
+        El("81", "R", 1, 10, cut=True)
