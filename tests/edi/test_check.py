@@ -14,9 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from services.edi.check import DEFAULT_PARTNERS_FILE, check
+from services.edi.check import DEFAULT_PARTNERS_FILE, _text, check
 from services.edi.config import load_partners
+from services.edi.domain import write
 from services.runtime.lanes import load_lane_facts
+
+from .builders import group, interchange, set_204
+from .test_load_tender import FULL_204, element_used, full_body
 
 SAMPLES = Path(__file__).parent / "samples"
 PARTNERS = load_partners(DEFAULT_PARTNERS_FILE)
@@ -111,3 +115,44 @@ def test_the_command_exit_status(sample: str, partner: str, code: int) -> None:
         assert report["accepted"] is (code == 0) and report["sets"][0]["shipment"] == "PF-DAL-HOU-0315"
     else:
         assert "no partner 'nobody'" in done.stderr
+
+
+# --- accepted with errors, and the schema's "used" marks measured ----------------------------------------------
+
+
+def test_a_204_with_an_error_in_what_haulmesh_ignores_is_accepted_with_errors() -> None:
+    original = (SAMPLES / "204_original.edi").read_bytes()
+    data = original.replace(b"N7**TRL0042~", b"N7**TRL0042~\nZZ9*A stray segment~").replace(
+        b"SE*29*0001~", b"SE*30*0001~")
+    report = _check("noted.edi", data=data)
+    (only,) = report.sets
+    assert only.status == "E" and report.accepted and [g["status"] for g in report.groups] == ["E"]
+    assert "AK3*ZZ9*12*0200*6" in report.groups[0]["ack"] and "AK5*E*5" in report.groups[0]["ack"]
+    assert any(e.startswith("noted (not used by Haulmesh): AK3 ZZ9@12") for e in only.errors)
+    assert _uses(report)[("B2-04", "PF-DAL-HOU-0315")].status == "mapped"  # mapped as ever
+    text = _text(report)
+    assert "accepted with errors by its 997 (AK5 E): would become a tender request" in text
+    assert text.endswith("result: accepted")
+
+
+def test_what_the_check_measures_as_used_the_schema_marks_used() -> None:
+    """The 204 schema's ``used`` marks and the reading agree (the marks decide what an error may be noted in): on a
+    204 with every element filled, each element the check measures as mapped, kept or checked is marked used, and
+    each marked unused is measured ignored. (The other way round, marked used yet measured ignored, is the safe
+    side: only the stop's own AT8, which is read when its S5 gives no weight or pieces, and this S5 gives both.)"""
+    data = write(interchange(group(set_204(body=full_body()))))
+    report = _check("full.edi", data=data)
+    (only,) = report.sets
+    assert report.accepted and only.status == "A"
+    elements = [(loop_id, segment, position) for loop_id, segment in FULL_204
+                for position, value in enumerate(segment.elements, 1) if value]
+    assert len(elements) == len(only.fields)
+    unsafe, conservative = [], []
+    for (loop_id, segment, position), use in zip(elements, only.fields, strict=True):
+        used = element_used(loop_id, segment, position)
+        if use.status != "ignored" and not used:
+            unsafe.append(use.element)
+        elif use.status == "ignored" and used:
+            conservative.append(use.element)
+    assert not unsafe, unsafe
+    assert conservative == [f"S5[1]/AT8-0{n}" for n in range(1, 5)], conservative
