@@ -12,8 +12,10 @@ Keys of partner ``p`` (all tagged ``{p}``: what commits together shares a slot, 
 * ``edi:{p}:doc:<id>`` hash: one document in or out (``direction``, ``set``, ``isa13``, ``gs06``, ``st02``,
   ``shipment`` B2-04, ``tender`` name, ``state``, ``file``, ``archive`` key, ``detail``, ``created_ms``,
   ``updated_ms``); ``edi:{p}:docs`` sorted set of the ids by creation time.
-  States: in ``received`` / ``rejected`` / ``duplicate``; out ``awaiting_997`` / ``overdue`` / ``accepted`` /
-  ``accepted_with_errors`` / ``rejected`` / ``given_up`` (997s and TA1s are never acknowledged: ``sent``).
+  States: in ``received`` / ``accepted_with_errors`` (our 997 said AK5 E: noted, acted on) / ``rejected`` /
+  ``duplicate``; out ``awaiting_997`` / ``overdue`` / ``accepted`` / ``accepted_with_errors`` / ``rejected`` /
+  ``given_up`` / ``refused`` (a 214 or 210 our writer could not express; 997s and TA1s are never acknowledged:
+  ``sent``).
 * ``edi:{p}:out:<GS06>`` hash ST02 -> the id of our outbound document: what a partner's 997 answers (AK1-02,
   and AK2-02, or every set of the group when an accepting 997 lists none).
 * ``edi:{p}:awaiting`` sorted set of our documents awaiting a 997, by when their tracking is next due (ms): what
