@@ -184,7 +184,7 @@ def _group(group_reading: GroupReading, lanes: LaneFacts, report: Report) -> Non
     for set_reading in group_reading.sets:
         transaction = set_reading.transaction
         if set_reading.accepted and transaction.id == "204":
-            result = read_load_tender(transaction)
+            result = read_load_tender(transaction, version=group.version)
             if isinstance(result, LoadTender):
                 tenders[transaction.control] = result
             else:  # as the service does: the 204's content errors become the set's AK3/AK4s

@@ -27,6 +27,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from ._envelope import TransactionSet
 from ._errors import WriteRefused
 from ._set_210 import PAYMENT_METHODS
+from ._set_5010 import reference_max
 from ._status import ShipmentReference, clean_text
 from ._tokens import Segment
 from ._values import format_date, from_implied, to_implied
@@ -222,13 +223,15 @@ def _line(number: int, charge: InvoiceCharge, codes: Mapping[str, str], weight: 
 
 
 def invoice_210(invoice: FreightInvoice, *, control: str, charge_codes: Mapping[str, str] | None = None,
-                references: Iterable[ShipmentReference] | None = None) -> TransactionSet:
+                references: Iterable[ShipmentReference] | None = None, version: str = "004010") -> TransactionSet:
     """The 210 (ST02 ``control``) for ``invoice``: B3, C3, the references as N9, the parties as N1 loops, one LX
-    loop per charge, L3 totals.
+    loop per charge, L3 totals. ``version`` is the partner's GS08: the segments are the same in 004010 and
+    005010, whose N9-02 may be 50 characters long, not 30.
 
     ``charge_codes`` is the partner's L1-08 map (by line code, then by kind), laid over :data:`CHARGE_CODES`.
     ``references`` replaces ``invoice.references`` when given. Raises :class:`InvoiceError` when the total
     disagrees with the lines or a value cannot be written faithfully."""
+    longest = reference_max(version)
     if invoice.payment_method not in PAYMENT_METHODS:
         raise InvoiceError(f"B3-04 {invoice.payment_method!r} is not one of {sorted(PAYMENT_METHODS)}")
     if not re.fullmatch(r"[A-Z0-9]{2,4}", invoice.scac):
@@ -260,7 +263,7 @@ def invoice_210(invoice: FreightInvoice, *, control: str, charge_codes: Mapping[
     for reference in echoed:
         if not re.fullmatch(r"[A-Z0-9]{2,3}", reference.qualifier):
             raise InvoiceError(f"N9-01: not a reference qualifier: {reference.qualifier!r}")
-        body.append(Segment.of("N9", reference.qualifier, _id(reference.value, 1, 30, "N9-02")))
+        body.append(Segment.of("N9", reference.qualifier, _id(reference.value, 1, longest, "N9-02")))
     if len(invoice.parties) > 10:
         raise InvoiceError(f"at most 10 parties, not {len(invoice.parties)}")
     for party in invoice.parties:

@@ -52,7 +52,7 @@ from ._codes import ElementSyntax, SegmentSyntax
 from ._envelope import TransactionSet
 from ._errors import ElementError, SegmentError, WriteRefused
 from ._schema import SetSchema, validate
-from ._sets import SCHEMA_204
+from ._sets import SCHEMA_204, schema_for
 from ._tokens import Segment
 from ._values import format_date, format_time, from_implied, parse_date, parse_time, to_implied
 
@@ -358,9 +358,12 @@ class _StopParts:
     place_expected_at: int = 0
 
 
-def read_load_tender(transaction: TransactionSet, *, schema: SetSchema = SCHEMA_204) -> \
-        LoadTender | list[SegmentError]:
-    """The tender a 204 carries, or the AK3/AK4 errors that stop it from being one (see the module's rules)."""
+def read_load_tender(transaction: TransactionSet, *, schema: SetSchema = SCHEMA_204, version: str | None = None) \
+        -> LoadTender | list[SegmentError]:
+    """The tender a 204 carries, or the AK3/AK4 errors that stop it from being one (see the module's rules).
+    ``version`` (the group's GS08) picks the schema: a 005010 204 reads to the same :class:`LoadTender`."""
+    if version is not None:
+        schema = schema_for("204", version)
     errors = validate(schema, transaction.segments)
     if not all(schema.tolerates(e) for e in errors):
         return list(errors)
@@ -604,10 +607,13 @@ def _check_route(stops: list[_StopParts], tender_stops: tuple[Stop, ...], proble
 # --- writing ---------------------------------------------------------------------------------------------------
 
 
-def write_load_tender(tender: LoadTender, *, control: str = "0001", schema: SetSchema = SCHEMA_204) -> \
-        TransactionSet:
-    """The 204 for ``tender`` (what a TMS sends); refuses (:class:`WriteRefused`) what the schema would reject
-    and what :func:`read_load_tender` would not read back the same (hazardous-material detail is not written)."""
+def write_load_tender(tender: LoadTender, *, control: str = "0001", schema: SetSchema = SCHEMA_204,
+                      version: str | None = None) -> TransactionSet:
+    """The 204 for ``tender`` (what a TMS sends; ``version`` picks the schema, as in :func:`read_load_tender`);
+    refuses (:class:`WriteRefused`) what the schema would reject and what :func:`read_load_tender` would not read
+    back the same (hazardous-material detail is not written)."""
+    if version is not None:
+        schema = schema_for("204", version)
     if tender.hazardous:
         raise WriteRefused("hazardous-material detail (LH1) is not written by this mapping")
     body: list[Segment] = [

@@ -25,6 +25,7 @@ from ._errors import WriteRefused, X12Error
 from ._load_tender import LoadTender, Reference
 from ._schema import SetSchema, validate
 from ._set_990 import SCHEMA_990
+from ._sets import schema_for
 from ._tokens import Segment
 from ._values import format_date, parse_date
 
@@ -70,8 +71,12 @@ class TenderResponse:
 
 def response_990(tender: LoadTender, decision: Decision | str, *, scac: str, date: date, control: str,
                  reason_code: str | None = None, remark: str | None = None, style: DeclineStyle | None = None,
-                 extra_references: tuple[Reference, ...] = (), schema: SetSchema = SCHEMA_990) -> TransactionSet:
-    """The 990 (ST02 ``control``) answering ``tender``; refuses what the 990 schema would reject."""
+                 extra_references: tuple[Reference, ...] = (), schema: SetSchema = SCHEMA_990,
+                 version: str | None = None) -> TransactionSet:
+    """The 990 (ST02 ``control``) answering ``tender``; refuses what the 990 schema would reject. ``version``
+    (the partner's GS08) picks the schema; the segments written are the same in 004010 and 005010."""
+    if version is not None:
+        schema = schema_for("990", version)
     decision = Decision(decision)
     style = style or DeclineStyle()
     if decision is Decision.DECLINE and not reason_code:
@@ -111,13 +116,14 @@ def _wrap(remark: str) -> list[str]:
     return lines
 
 
-def read_990(transaction: TransactionSet, *, style: DeclineStyle | None = None) -> TenderResponse:
+def read_990(transaction: TransactionSet, *, style: DeclineStyle | None = None,
+             version: str = "004010") -> TenderResponse:
     """A 990 as a :class:`TenderResponse` (the partner's side, and our tests); raises :class:`X12Error` for a set
-    that is not a valid 990. ``style`` says where a decline's reason is (K1-01 first when both)."""
+    that is not a valid 990 of ``version``. ``style`` says where a decline's reason is (K1-01 first when both)."""
     style = style or DeclineStyle()
     if transaction.id != "990":
         raise X12Error(f"set {transaction.id} is not a 990")
-    errors = validate(SCHEMA_990, transaction.segments)
+    errors = validate(schema_for("990", version), transaction.segments)
     if errors:
         raise X12Error("; ".join(str(e) for e in errors))
     b1 = transaction.segments[0]

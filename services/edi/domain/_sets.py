@@ -13,18 +13,23 @@ not; see _schema.py for what that makes of an error in it: noted in the 997, AK5
 The tests hold these flags to the reader: every element marked unused is corrupted and the tender read must not
 change; every element ``haulmesh edi check`` measures as mapped, kept or checked must be marked used.
 
-Not here yet: 005010 204 (its lengths differ: L11-01 and N1-02 grew), the 990/214/210 (they are written, not
-read; their schemas come with their writers, to validate what we send).
+The 990/214/210 schemas come with their writers (_set_990, _set_214, _set_210: they are written, not read, and
+validate what we send). The 005010 204, 990, 214 and 210 are their 004010 schemas with the differences of
+_set_5010.py applied (L11-01, N9-02 and B10-01 grew to 50 characters; L11 and N4 gained elements); the catalog
+finds a set's schema by ST01 and GS08, and :func:`schema_for` gives a writer the schema of the partner's version.
 """
 
 from __future__ import annotations
 
+from ._errors import WriteRefused
 from ._schema import Catalog, El, Loop, Seg, SetSchema
 from ._set_210 import SCHEMA_210
 from ._set_214 import SCHEMA_214
 from ._set_990 import SCHEMA_990
+from ._set_5010 import five_010
 
-__all__ = ["CATALOG", "FUNCTIONAL_IDS", "PURPOSES", "SCHEMA_204", "SCHEMA_997", "SCHEMA_997_5010", "STOP_REASONS"]
+__all__ = ["CATALOG", "FUNCTIONAL_IDS", "PURPOSES", "SCHEMA_204", "SCHEMA_204_5010", "SCHEMA_210_5010",
+           "SCHEMA_214_5010", "SCHEMA_990_5010", "SCHEMA_997", "SCHEMA_997_5010", "STOP_REASONS", "schema_for"]
 
 #: GS01 per set (the notes' checklist).
 FUNCTIONAL_IDS = {"204": "SM", "990": "GF", "214": "QM", "210": "IM", "997": "FA"}
@@ -210,5 +215,22 @@ SCHEMA_204 = SetSchema("204", "SM", _V4010, (
     _L3,
 ))
 
+# --- 005010: the 004010 schemas with the differences applied (_set_5010.py) ----------------------------------
+
+SCHEMA_204_5010 = five_010(SCHEMA_204)
+SCHEMA_990_5010 = five_010(SCHEMA_990)
+SCHEMA_214_5010 = five_010(SCHEMA_214)
+SCHEMA_210_5010 = five_010(SCHEMA_210)
+
 #: What the reader validates by default.
-CATALOG = Catalog((SCHEMA_997, SCHEMA_997_5010, SCHEMA_204, SCHEMA_990, SCHEMA_214, SCHEMA_210))
+CATALOG = Catalog((SCHEMA_997, SCHEMA_997_5010, SCHEMA_204, SCHEMA_990, SCHEMA_214, SCHEMA_210,
+                   SCHEMA_204_5010, SCHEMA_990_5010, SCHEMA_214_5010, SCHEMA_210_5010))
+
+
+def schema_for(set_id: str, version: str) -> SetSchema:
+    """The schema of ``set_id`` in ``version`` (GS08, e.g. a partner's ``005010``); a version or set the catalog
+    does not know is refused (:class:`WriteRefused`): nothing is written in a version it cannot validate."""
+    schema = CATALOG.find(set_id, version)
+    if schema is None:
+        raise WriteRefused(f"no {set_id} schema for version {version!r}")
+    return schema

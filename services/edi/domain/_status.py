@@ -31,6 +31,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from ._envelope import TransactionSet
 from ._errors import WriteRefused
 from ._set_214 import APPOINTMENT_STATUSES, STATUS_CODES, STATUS_REASONS
+from ._set_5010 import reference_max
 from ._tokens import Segment
 from ._values import format_date, format_time
 
@@ -349,10 +350,10 @@ def _printable(value: str, low: int, high: int) -> bool:
     return low <= len(value) <= high and all(" " <= c <= "~" for c in value)
 
 
-def _reference(reference: ShipmentReference) -> Segment:
+def _reference(reference: ShipmentReference, longest: int = 30) -> Segment:
     qualifier, value = reference.qualifier, reference.value  # echoed as received: never rewritten
-    if not re.fullmatch(r"[A-Z0-9]{2,3}", qualifier) or not _printable(value, 1, 30):
-        raise StatusError(f"L11: a 2-3 character qualifier and a value of 1 to 30: {reference!r}")
+    if not re.fullmatch(r"[A-Z0-9]{2,3}", qualifier) or not _printable(value, 1, longest):
+        raise StatusError(f"L11: a 2-3 character qualifier and a value of 1 to {longest}: {reference!r}")
     return Segment.of("L11", value, qualifier)
 
 
@@ -379,7 +380,7 @@ def _at7(event: StatusEvent, mode: str) -> Segment:
     return Segment.of("AT7", event.status, reason, "", "", day, clock, code)
 
 
-def _lx(number: int, event: StatusEvent, mode: str) -> list[Segment]:
+def _lx(number: int, event: StatusEvent, mode: str, longest: int = 30) -> list[Segment]:
     segments = [Segment.of("LX", str(number)), _at7(event, mode)]
     if event.location is not None:
         segments.append(_location(event.location))
@@ -392,14 +393,17 @@ def _lx(number: int, event: StatusEvent, mode: str) -> list[Segment]:
         references.insert(0, ShipmentReference(_STOP_SEQUENCE, str(event.stop_sequence)))
     if len(references) > 10:
         raise StatusError(f"at most 10 L11 per event, not {len(references)}")
-    segments += [_reference(r) for r in references]
+    segments += [_reference(r, longest) for r in references]
     segments += remarks(*event.remarks)
     return segments
 
 
 def status_214(status: ShipmentStatus, *, control: str, time_code: str = "LT",
-               references: Iterable[ShipmentReference] | None = None) -> TransactionSet:
+               references: Iterable[ShipmentReference] | None = None, version: str = "004010") -> TransactionSet:
     """The 214 (ST02 ``control``) for ``status``: B10, the references as L11, one LX loop per event.
+
+    ``version`` is the partner's GS08: the segments are the same in 004010 and 005010, whose references (B10-01,
+    L11-01) may be 50 characters long, not 30.
 
     ``time_code`` is the partner's habit: ``LT`` (the stop's wall time, the default), ``ZONE`` (the same with
     its zone's code) or ``UT``. ``references`` replaces ``status.references`` when given (e.g. a partner that
@@ -409,14 +413,15 @@ def status_214(status: ShipmentStatus, *, control: str, time_code: str = "LT",
     if not status.events:
         raise StatusError("a 214 carries at least one status")
     pro, shipment = status.pro, status.shipment_id
-    if not _printable(pro, 1, 30) or not _printable(shipment, 0, 30) or not re.fullmatch(r"[A-Z0-9]{2,4}",
-                                                                                         status.scac):
-        raise StatusError(f"B10: a PRO of 1 to 30, a shipment id of at most 30, a SCAC: {status!r}")
+    longest = reference_max(version)
+    if not _printable(pro, 1, longest) or not _printable(shipment, 0, 30) or not re.fullmatch(r"[A-Z0-9]{2,4}",
+                                                                                              status.scac):
+        raise StatusError(f"B10: a PRO of 1 to {longest}, a shipment id of at most 30, a SCAC: {status!r}")
     echoed = tuple(status.references if references is None else references)
     if len(echoed) > 300:
         raise StatusError(f"at most 300 references, not {len(echoed)}")
     body = [Segment.of("B10", pro, shipment, status.scac)]
-    body += [_reference(r) for r in echoed]
+    body += [_reference(r, longest) for r in echoed]
     for number, event in enumerate(status.events, 1):
-        body += _lx(number, event, time_code)
+        body += _lx(number, event, time_code, longest)
     return TransactionSet("214", control, tuple(body))

@@ -122,7 +122,7 @@ class Answers(DeskBase):
             partner, "990", shipment=tender.shipment_id,
             build=lambda st02, now: response_990(tender, decision, scac=partner.scac, date=now.date(),
                                                  control=st02, reason_code=reason, remark=remark_text,
-                                                 style=partner.response.decline_style),
+                                                 style=partner.response.decline_style, version=partner.version),
             detail={"decision": decision.value, "reason": reason or "", "remark": remark})
 
     # --- a person's answer to a held tender ------------------------------------------------------------------

@@ -166,7 +166,7 @@ class Inbound(Answers, Acknowledgements):
         sets: list[SetReading] = []
         for set_reading in group_reading.sets:
             if set_reading.accepted and set_reading.transaction.id == "204":
-                result = read_load_tender(set_reading.transaction)
+                result = read_load_tender(set_reading.transaction, version=group_reading.group.version)
                 if isinstance(result, LoadTender):
                     tenders[set_reading.transaction.control] = result
                 else:

@@ -104,7 +104,7 @@ def kept_204(partner: Partner, transaction: TransactionSet) -> bytes | None:
     """A received 204 set as the store keeps it: alone in an interchange of its own (None when its content holds
     the default delimiters, which the partner's own may not have excluded: then nothing is kept, and the 214s and
     210 fall back on the mission and the tender)."""
-    group = FunctionalGroup("SM", partner.gs_id, partner.our_gs_id, "20000101", "0000", "1", "004010",
+    group = FunctionalGroup("SM", partner.gs_id, partner.our_gs_id, "20000101", "0000", "1", partner.version,
                             (transaction,))
     try:
         return write(Interchange(partner.isa_qualifier, partner.isa_id, partner.our_isa_qualifier,
@@ -226,7 +226,8 @@ class Shipments(DeskBase):
         if data is None:
             return None
         try:
-            result = read_load_tender(read(data)[0].groups[0].sets[0].transaction)
+            kept = read(data)[0].groups[0]
+            result = read_load_tender(kept.sets[0].transaction, version=kept.group.version)
         except (IndexError, X12Error) as exc:
             _log.warning("partner %s: the kept 204 of %s does not read back: %s", partner.id, shipment, exc)
             return None
@@ -285,13 +286,15 @@ class Shipments(DeskBase):
         status = shipment_status(state, statuses, scac=partner.scac, references=references)
         codes = [s.status for s in statuses]
         try:
-            status_214(status, control="0001")  # refused here, before a control number is spent
+            # refused here, before a control number is spent
+            status_214(status, control="0001", version=partner.version)
         except StatusError as exc:
             _log.error("partner %s: 214 %s for %s refused by the writer: %s", partner.id, codes, shipment, exc)
             await self._refused(partner, "214", shipment, event=event_id, statuses=codes, problem=str(exc))
             return None
         return await self._send(partner, "214", shipment=shipment,
-                                build=lambda st02, _now: status_214(status, control=st02),
+                                build=lambda st02, _now: status_214(status, control=st02,
+                                                                    version=partner.version),
                                 detail={"statuses": codes, "event": event_id})
 
     async def _refused(self, partner: Partner, kind: str, shipment: str, **detail: object) -> None:
@@ -316,7 +319,8 @@ class Shipments(DeskBase):
             zone = self._zone(last.postal_code if last else "", None)
             try:
                 content = freight_invoice(invoice, load, scac=partner.scac, zone=zone)
-                invoice_210(content, control="0001")  # refused here, before a control number is spent
+                # refused here, before a control number is spent
+                invoice_210(content, control="0001", version=partner.version)
             except InvoiceError as exc:
                 _log.error("partner %s: invoice %s (%s) of shipment %s cannot be sent as a 210: %s", partner.id,
                            invoice.invoice_number, invoice.name, shipment, exc)
@@ -325,7 +329,8 @@ class Shipments(DeskBase):
                 await self.store.mark_invoiced(partner.id, invoice_id)
                 continue
             sent.append(await self._send(partner, "210", shipment=shipment,
-                                         build=lambda st02, _now, c=content: invoice_210(c, control=st02),
+                                         build=lambda st02, _now, c=content, v=partner.version: invoice_210(
+                                             c, control=st02, version=v),
                                          detail={"invoice": invoice.name, "number": invoice.invoice_number,
                                                  "total": str(content.total)}))
             await self.store.mark_invoiced(partner.id, invoice_id)
