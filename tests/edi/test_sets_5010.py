@@ -5,12 +5,18 @@ other has not answered with the right AK4 (the differences: services/edi/domain/
 from __future__ import annotations
 
 import dataclasses
+import random
 from datetime import UTC, date, datetime
+from pathlib import Path
 
+import grpc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from haulmesh.tender.v1 import tender_service_pb2, tender_service_pb2_grpc
+from services.edi.archive import RawArchive
+from services.edi.config import PARTNERS_FILE_ENV, EdiConfig
 from services.edi.domain import (
     CATALOG,
     SCHEMA_204,
@@ -26,6 +32,7 @@ from services.edi.domain import (
     Interchange,
     LoadTender,
     Reference,
+    Segment,
     ShipmentReference,
     ShipmentStatus,
     StatusError,
@@ -44,8 +51,14 @@ from services.edi.domain import (
     write,
 )
 from services.edi.domain._sets import schema_for
+from services.edi.folders import PartnerFolders
+from services.edi.store import EdiStore
+from services.edi.usecases import EdiDesk, TenderClient
+from services.runtime import carrier_metadata, connect_async, new_id
 
+from ..conftest import Pki
 from .builders import sample
+from .service.samples import load_tender_204, nothing
 from .test_invoice import INVOICE, invoices
 from .test_load_tender import _TEXT, tenders
 from .test_load_tender import delimiters as tender_delimiters
@@ -53,6 +66,7 @@ from .test_status import _DATA_PUNCTUATION, _WORDS, events
 from .test_status import delimiters as status_delimiters
 
 FIVE = "005010"
+EXAMPLE = Path(__file__).parents[2] / "services" / "edi" / "partners.example.toml"
 DAY = date(2026, 3, 15)
 
 
@@ -237,3 +251,63 @@ def test_a_5010_reference_of_50_characters_is_echoed_in_5010_and_refused_in_4010
         invoice_210(invoice, control="0001")
     with pytest.raises(WriteRefused):
         status_214(status, control="0001", version="003040")
+
+
+# --- the service, for a 005010 partner -----------------------------------------------------------------------------
+
+
+def as_5010(data: bytes, *, reference: str) -> bytes:
+    """A 004010 interchange of one 204 as its partner's 005010 translator sends it: ISA12 00501 with ISA11 ``^``,
+    GS08 005010, ST03, and a bill of lading ``reference`` (004010 holds 30 characters, 005010 50)."""
+    (reading,) = read(data)
+    ic = reading.interchange
+    (group,) = ic.groups
+    (transaction,) = group.sets
+    body = tuple(Segment.of("L11", reference, "BM") if s.id == "L11" and s.get(2) == "BM" else s
+                 for s in transaction.segments)
+    five = dataclasses.replace(group, version=FIVE, sets=(dataclasses.replace(
+        transaction, segments=body, convention=FIVE),))
+    return write(dataclasses.replace(ic, version="00501", groups=(five,),
+                                     delimiters=dataclasses.replace(ic.delimiters, repetition="^")))
+
+
+async def test_a_5010_partner_gets_its_997_and_990_in_5010_and_its_tender_made(mesh, mesh_pki: Pki,
+                                                                               tmp_path: Path) -> None:
+    config = EdiConfig.from_env({PARTNERS_FILE_ENV: str(EXAMPLE)})
+    prairie = config.partners.get("prairie")
+    assert prairie is not None
+    partner = dataclasses.replace(prairie, version=FIVE)  # the partners file's `version = "005010"`
+    folders = PartnerFolders(tmp_path / "edi")
+    folders.ensure(p.id for p in config.partners)
+    shipment, isa13 = f"PF-{new_id()[-8:].upper()}", f"{random.randrange(10**8, 10**9):09d}"
+    reference = f"BOL-{shipment}-" + "7" * 30  # over 004010's 30 characters
+    data = as_5010(load_tender_204(shipment, isa13=isa13), reference=reference)
+    client = connect_async(mesh.store.url)
+    store = EdiStore(client)
+    try:
+        async with grpc.aio.secure_channel(mesh.address("tender"), mesh_pki.credentials("service", "edi")) as ch:
+            stub = tender_service_pb2_grpc.TenderServiceStub(ch)
+            outcome = await EdiDesk(
+                partners=config.partners, store=store, folders=folders, durable=nothing, lanes=config.lanes,
+                archive=RawArchive(str(tmp_path / "archive")), tenders=TenderClient(lambda: stub),
+                duplicate_window_seconds=60).receive(partner, f"{shipment}.x12", data)
+            (tender_name,) = outcome.tenders
+            tender = await stub.GetTender(tender_service_pb2.GetTenderRequest(name=tender_name),
+                                          metadata=carrier_metadata(partner.carrier), timeout=10)
+        assert tender.tms_load_id == shipment
+        out = {p.name: p.read_bytes() for p in folders.folder("prairie", "out").iterdir()}
+        (ack_name,) = [n for n in outcome.sent if n.startswith("997_")]
+        (ack,) = read(out[ack_name])
+        assert ack.interchange.groups[0].version == FIVE
+        assert [str(s) for s in ack.interchange.groups[0].sets[0].segments] == [
+            f"AK1*SM*{int(isa13)}*005010", "AK2*204*0001*005010", "AK5*A", "AK9*A*1*1*1"]
+        (answer_name,) = [n for n in outcome.sent if n.startswith("990_")]
+        (sent,) = read(out[answer_name])
+        assert sent.problems == () and sent.interchange.version == "00501"
+        (group,) = sent.groups
+        assert group.problems == () and group.group.version == FIVE and group.accepted_sets == group.sets
+        answer = read_990(group.sets[0].transaction, version=FIVE,
+                          style=partner.response.decline_style)
+        assert answer.shipment_id == shipment and Reference("BM", reference) in answer.references
+    finally:
+        await client.aclose()
