@@ -46,11 +46,11 @@ from services.edi.domain import (
     read_990,
     read_load_tender,
     response_990,
+    schema_for,
     status_214,
     validate,
     write,
 )
-from services.edi.domain._sets import schema_for
 from services.edi.folders import PartnerFolders
 from services.edi.store import EdiStore
 from services.edi.usecases import EdiDesk, TenderClient

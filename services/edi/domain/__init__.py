@@ -7,7 +7,8 @@ Private modules, re-exported here (import from ``services.edi.domain``):
   their problems, never raising for bad input) and :func:`write` (counts computed, the ISA at 106 characters,
   delimiters in data refused);
 * ``_schema``: declarative set schemas (``Seg``, ``Loop``, ``El``, syntax notes) and :func:`validate` into AK3/AK4;
-* ``_sets``: the 997 and 204 schemas and the default catalog;
+* ``_sets``: the 997 and 204 schemas, the catalog, and :func:`schema_for` a set in a version (004010, or
+  005010 from ``_set_5010``'s differences);
 * ``_load_tender``: a 204 as a :class:`LoadTender` (:func:`read_load_tender`, problems as AK3/AK4) and back;
 * ``_response``: the 990 accepting or declining a tender (:func:`response_990`, schema in ``_set_990``);
 * ``_status`` and ``_invoice``: the 214 shipment status and 210 freight invoice writers (schemas in
@@ -86,7 +87,16 @@ from ._schema import Catalog, El, Loop, Seg, SetSchema, validate
 from ._set_210 import SCHEMA_210
 from ._set_214 import SCHEMA_214
 from ._set_990 import SCHEMA_990
-from ._sets import CATALOG, FUNCTIONAL_IDS, PURPOSES, SCHEMA_204, SCHEMA_997, SCHEMA_997_5010, STOP_REASONS
+from ._sets import (
+    CATALOG,
+    FUNCTIONAL_IDS,
+    PURPOSES,
+    SCHEMA_204,
+    SCHEMA_997,
+    SCHEMA_997_5010,
+    STOP_REASONS,
+    schema_for,
+)
 from ._status import (
     ARRIVED_AT_DELIVERY,
     ARRIVED_AT_PICKUP,
@@ -238,6 +248,7 @@ __all__ = [
     "read_load_tender",
     "remarks",
     "response_990",
+    "schema_for",
     "split_segment",
     "status_214",
     "ta1_for",
