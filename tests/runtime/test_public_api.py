@@ -36,6 +36,8 @@ PUBLIC = {
     "verify_audit_log", "verify_relayed_certificate", "wait_durable",
     # The one-store durable wait in a caller's own pipeline (the telemetry commit), and the cluster client.
     "ClusterClient", "confirmed_durable", "queue_durable_wait",
+    # The health name liveness probes ask (alive and answering, whatever the store does).
+    "LIVENESS_SERVICE",
 }
 
 
