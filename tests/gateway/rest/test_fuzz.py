@@ -88,11 +88,13 @@ def _summary(text: str) -> str:
 
 
 # make fuzz's 200 examples an operation are ~8,000 requests: over 3 minutes at FUZZ_REQUESTS_PER_SECOND, past the
-# suite's 300 s default once the stateful phase is added (the short run of make test has its own 280 s bound).
+# suite's 300 s default once the stateful phase is added. The short run of make test has its own bound: 40
+# operations took ~245 s here (4,533 cases at ~19/s, under the 40/s budget: the coverage phase's cases for the SSE
+# watches are a suspect), so 420 s, not the 280 s it had: a bound that a slower machine meets is a flaky test.
 @pytest.mark.timeout(1800)
 async def test_schemathesis_every_operation_every_check(base_url: str, token, tmp_path: Path) -> None:
     returncode, data, text = await _schemathesis(base_url, token, tmp_path, EXAMPLES, SEED,
-                                                 None if RESULT_JSON else 280)
+                                                 None if RESULT_JSON else 420)
     if RESULT_JSON:
         _write_row(data, returncode, _summary(text))
     assert returncode == 0, text.split("WARNINGS ===")[0][-20000:]
